@@ -1,0 +1,25 @@
+//! Warren's kernel programs.
+//!
+//! Built for `bpfel-unknown-none` by aya-build (from node-agent's build.rs)
+//! and embedded in the node agent. Names of programs and maps come from
+//! `warren-ebpf-common`, the contract with user space.
+//!
+//! On the host (for `cargo clippy --workspace`) this compiles to an empty
+//! `main`; every program is gated on `target_arch = "bpf"`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod capture;
+#[cfg(target_arch = "bpf")]
+mod counters;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier proves programs cannot panic; this is never reached.
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
