@@ -5,6 +5,7 @@
 //! starts here, so a fresh machine needs nothing but `cargo`.
 
 mod build;
+mod cluster;
 mod exec;
 mod setup;
 mod test;
@@ -35,6 +36,9 @@ enum Command {
     /// Setup, then fmt, clippy, unit tests and privileged end-to-end tests,
     /// with a summary at the end.
     Test(test::Args),
+    /// Testbed clusters made of network namespaces: up, down, status, exec.
+    #[command(subcommand)]
+    Cluster(cluster::Command),
     /// Bring up a multi-node mesh on network namespaces and show it working
     /// (not available yet: see the README's feature table).
     Demo,
@@ -52,6 +56,12 @@ fn main() -> ExitCode {
         Command::Setup(args) => setup::run(&args),
         Command::Build(args) => build::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Cluster(command) => {
+            return cluster::run(command).unwrap_or_else(|err| {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            });
+        }
         Command::Demo => not_yet(
             "demo",
             "the multi-node demo lands with the testbed, ztunnel and waypoint (issues 3, 5, 8, 9)",

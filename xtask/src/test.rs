@@ -73,6 +73,11 @@ pub fn run(args: &Args) -> Result<()> {
         });
     }
     if ready {
+        // End-to-end tests start the workspace's binaries (warren-sample, the
+        // node agent): build them all once, in the shared target folder.
+        ready = step("build", &|| crate::build::run_build(false));
+    }
+    if ready {
         step("unit tests", &|| {
             exec::run(
                 cargo()

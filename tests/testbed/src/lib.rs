@@ -3,7 +3,22 @@
 //! Tests, the demo and the benchmarks all build their clusters from here, so
 //! each test reads as a scenario rather than as setup.
 //!
-//! - [`cgroup`]: cgroup v2 folders that clean themselves up.
+//! - [`cluster`]: nodes, pods and services, and the Kubernetes objects that
+//!   describe them (written by [`manifests`]).
+//! - [`sandbox`]: running processes inside a pod or a node.
+//! - [`cleanup`]: teardown on drop, on Ctrl-C, and of killed runs' leftovers.
+//! - [`addressing`]: the address plan.
+//! - [`netns`], [`cgroup`]: the kernel objects underneath.
 //! - [`privilege`]: the checks privileged tests start with, failing loudly.
+pub mod addressing;
+pub mod binaries;
 pub mod cgroup;
+pub mod cleanup;
+pub mod cluster;
+pub mod manifests;
+pub mod netns;
 pub mod privilege;
+pub mod sandbox;
+
+pub use cluster::{Cluster, Node, Pod, PodSpec, Service, ServicePort};
+pub use sandbox::{Process, Sandbox};

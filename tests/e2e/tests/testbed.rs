@@ -1,0 +1,242 @@
+//! The testbed itself: real TCP between pods on one node and across nodes,
+//! processes placed in the right namespace and cgroup, clean teardown,
+//! concurrent clusters, and leftovers of a killed run.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    os::unix::fs::MetadataExt as _,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use warren_testbed::{Cluster, Pod, cgroup, cleanup, netns, privilege::require_root};
+
+/// Listens on `port` inside `server`, then connects from `client` and checks
+/// an echo round trip and that the server sees the client's own pod IP.
+fn tcp_round_trip(server: &Pod, client: &Pod, port: u16) -> Result<()> {
+    let listener = server
+        .sandbox
+        .in_netns(move || Ok(TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?))?;
+    let accept = std::thread::spawn(move || -> Result<SocketAddrV4> {
+        let (mut conn, peer) = listener.accept()?;
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf)?;
+        conn.write_all(&buf)?;
+        match peer {
+            std::net::SocketAddr::V4(v4) => Ok(v4),
+            other => anyhow::bail!("IPv6 peer {other}"),
+        }
+    });
+    let target = SocketAddrV4::new(server.ip, port);
+    let echoed = client.sandbox.in_netns(move || {
+        let mut conn = TcpStream::connect_timeout(&target.into(), Duration::from_secs(5))?;
+        conn.write_all(b"hello")?;
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf)?;
+        Ok(buf)
+    })?;
+    ensure!(&echoed == b"hello", "echo returned {echoed:?}");
+    let peer = accept
+        .join()
+        .map_err(|_| anyhow::anyhow!("accept thread panicked"))??;
+    ensure!(
+        *peer.ip() == client.ip,
+        "server saw {peer}, expected the client pod {}",
+        client.ip
+    );
+    Ok(())
+}
+
+#[test]
+fn pods_talk_tcp_within_and_across_nodes() -> Result<()> {
+    require_root()?;
+    let cluster = Cluster::builder().nodes(2).pods_per_node(2).up()?;
+    let a = cluster.pod("n0-p0")?;
+    let same_node = cluster.pod("n0-p1")?;
+    let other_node = cluster.pod("n1-p0")?;
+    tcp_round_trip(a, same_node, 7001).context("same node")?;
+    tcp_round_trip(a, other_node, 7002).context("across nodes")?;
+    tcp_round_trip(other_node, a, 7003).context("across nodes, the other way")?;
+    Ok(())
+}
+
+#[test]
+fn processes_run_in_their_pods_namespace_and_cgroup() -> Result<()> {
+    require_root()?;
+    let cluster = Cluster::builder().nodes(1).pods_per_node(1).up()?;
+    let pod = cluster.pod("n0-p0")?;
+    let mut sleeper = cluster.spawn(&pod.sandbox, "sleep", &["30"])?;
+    let pid = sleeper.pid().context("no pid")?;
+    // Give the child a moment to exec.
+    std::thread::sleep(Duration::from_millis(50));
+    sleeper.check_running()?;
+    let proc_ns = std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino();
+    let pod_ns = std::fs::metadata(&pod.sandbox.netns)?.ino();
+    ensure!(
+        proc_ns == pod_ns,
+        "process is not in the pod's network namespace"
+    );
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let root = cgroup::v2_root()?;
+    let rel = pod.sandbox.cgroup.strip_prefix(&root)?;
+    ensure!(
+        cg.lines()
+            .any(|l| l.starts_with("0::") && l.ends_with(&*rel.to_string_lossy())),
+        "process cgroup is {cg:?}, expected {}",
+        rel.display()
+    );
+    // One-shot commands see the pod's interfaces and environment.
+    let out = pod
+        .sandbox
+        .exec("sh", ["-c", "ip -o -4 addr show dev eth0; echo $POD_NAME"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains(&pod.ip.to_string()) && text.contains("n0-p0"),
+        "exec printed {text:?}"
+    );
+    sleeper.stop()?;
+    Ok(())
+}
+
+#[test]
+fn a_3x10_cluster_comes_up_and_leaves_nothing() -> Result<()> {
+    require_root()?;
+    let links_before = root_links()?;
+    let started = Instant::now();
+    let cluster = Cluster::builder().nodes(3).pods_per_node(10).up()?;
+    let up = started.elapsed();
+    let id = cluster.id().to_owned();
+    ensure!(cluster.pods().len() == 30, "{} pods", cluster.pods().len());
+    // The objects a kubelet and API server would show.
+    let files = std::fs::read_dir(cluster.config_dir())?.count();
+    ensure!(
+        files >= 31,
+        "config folder has {files} files, expected 30 pods and a namespace"
+    );
+    let first = cluster.pod("n0-p0")?;
+    let last = cluster.pod("n2-p9")?;
+    tcp_round_trip(first, last, 7010)?;
+    let mut sleeper = cluster.spawn(&last.sandbox, "sleep", &["60"])?;
+    let pid = sleeper.pid().context("no pid")?;
+
+    let started = Instant::now();
+    let removed = cluster.down()?;
+    eprintln!(
+        "3x10 cluster: up in {:.2}s, down in {:.2}s ({removed:?})",
+        up.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    ensure!(
+        netns::list(&format!("{id}-"))?.is_empty(),
+        "namespaces of {id} left"
+    );
+    ensure!(
+        !cgroup::v2_root()?.join(&id).exists(),
+        "cgroup of {id} left"
+    );
+    ensure!(
+        !cleanup::state_base().join(&id).exists(),
+        "state of {id} left"
+    );
+    ensure!(
+        sleeper.check_running().is_err(),
+        "process {pid} in a pod survived teardown"
+    );
+    ensure!(
+        root_links()? == links_before,
+        "links in the host namespace changed"
+    );
+    Ok(())
+}
+
+#[test]
+fn two_clusters_at_once_do_not_collide() -> Result<()> {
+    require_root()?;
+    let a = std::thread::spawn(|| Cluster::builder().nodes(2).pods_per_node(1).up());
+    let b = Cluster::builder().nodes(2).pods_per_node(1).up()?;
+    let a = a.join().map_err(|_| anyhow::anyhow!("thread panicked"))??;
+    ensure!(a.id() != b.id(), "both clusters got id {}", a.id());
+    // Same address plan, separate worlds.
+    ensure!(a.pod("n0-p0")?.ip == b.pod("n0-p0")?.ip);
+    tcp_round_trip(a.pod("n0-p0")?, a.pod("n1-p0")?, 7020)?;
+    tcp_round_trip(b.pod("n0-p0")?, b.pod("n1-p0")?, 7020)?;
+    drop(a);
+    tcp_round_trip(b.pod("n1-p0")?, b.pod("n0-p0")?, 7021).context("b after a went down")?;
+    Ok(())
+}
+
+/// Not a test on its own: the child process of
+/// `killed_run_leftovers_are_removed`, which makes a cluster and waits to be
+/// killed.
+#[test]
+#[ignore = "helper process for killed_run_leftovers_are_removed"]
+fn helper_cluster_then_wait() -> Result<()> {
+    if std::env::var_os("WARREN_E2E_HELPER").is_none() {
+        return Ok(());
+    }
+    let cluster = Cluster::builder().nodes(1).pods_per_node(1).up()?;
+    let _sleeper = cluster.spawn(&cluster.pod("n0-p0")?.sandbox, "sleep", &["60"])?;
+    println!("CLUSTER {}", cluster.id());
+    // Bounded: the parent kills us long before this ends.
+    std::thread::sleep(Duration::from_secs(60));
+    Ok(())
+}
+
+#[test]
+fn killed_run_leftovers_are_removed() -> Result<()> {
+    require_root()?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "helper_cluster_then_wait",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("WARREN_E2E_HELPER", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let id = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("CLUSTER ").map(str::to_owned));
+    child.kill()?;
+    child.wait()?;
+    let id = id.context("helper printed no cluster id")?;
+    ensure!(
+        !netns::list(&format!("{id}-"))?.is_empty(),
+        "the killed run left nothing to clean?"
+    );
+
+    // `cargo xtask cluster down --all` is this call with the testbed prefix;
+    // the test narrows it to the killed run's id so it cannot touch clusters
+    // of tests running alongside.
+    let removed = cleanup::remove_all_matching(&id)?;
+    ensure!(removed == [id.clone()], "removed {removed:?}");
+    ensure!(
+        netns::list(&format!("{id}-"))?.is_empty(),
+        "namespaces of {id} left"
+    );
+    ensure!(
+        !cgroup::v2_root()?.join(&id).exists(),
+        "cgroup of {id} left"
+    );
+    ensure!(
+        !cleanup::state_base().join(&id).exists(),
+        "state of {id} left"
+    );
+    Ok(())
+}
+
+fn root_links() -> Result<Vec<String>> {
+    let out = Command::new("ip").args(["-o", "link", "show"]).output()?;
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_owned()))
+        .collect();
+    names.sort();
+    Ok(names)
+}

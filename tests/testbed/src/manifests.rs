@@ -1,0 +1,159 @@
+//! The Kubernetes objects a cluster shows, written as YAML into its config
+//! folder: what the API server would serve about the pods, namespaces and
+//! services the testbed makes. The node agent's local config source reads
+//! them exactly as it would read objects from a real cluster.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use serde_json::{Value, json};
+
+use crate::cluster::{Node, Pod, Service};
+
+/// Annotation carrying the pod's network namespace path.
+pub const NETNS_ANNOTATION: &str = "warren.io/netns";
+/// Annotation carrying the pod's cgroup v2 path.
+pub const CGROUP_ANNOTATION: &str = "warren.io/cgroup";
+
+/// File name of an object: `<kind>.<namespace>.<name>.yaml`.
+fn file_name(kind: &str, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{}.{ns}.{name}.yaml", kind.to_lowercase()),
+        None => format!("{}.{name}.yaml", kind.to_lowercase()),
+    }
+}
+
+/// Writes `object` to `dir` atomically (a reader never sees half a file).
+fn write(dir: &Path, file: String, object: &Value) -> Result<PathBuf> {
+    let yaml = serde_yaml::to_string(object).context("encoding YAML")?;
+    let path = dir.join(&file);
+    let tmp = dir.join(format!(".{file}.tmp"));
+    fs::write(&tmp, yaml).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(path)
+}
+
+/// Removes an object's file; a missing one is fine.
+pub fn remove(dir: &Path, kind: &str, namespace: Option<&str>, name: &str) -> Result<()> {
+    match fs::remove_file(dir.join(file_name(kind, namespace, name))) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
+        _ => Ok(()),
+    }
+}
+
+pub fn write_namespace(
+    dir: &Path,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<PathBuf> {
+    let mut labels = labels.clone();
+    labels.insert("kubernetes.io/metadata.name".into(), name.into());
+    let object = json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": { "name": name, "labels": labels },
+    });
+    write(dir, file_name("Namespace", None, name), &object)
+}
+
+pub fn write_pod(dir: &Path, pod: &Pod, node: &Node) -> Result<PathBuf> {
+    let object = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod.name,
+            "namespace": pod.namespace,
+            "uid": pod.uid,
+            "labels": pod.labels,
+            "annotations": {
+                NETNS_ANNOTATION: pod.sandbox.netns,
+                CGROUP_ANNOTATION: pod.sandbox.cgroup,
+            },
+        },
+        "spec": {
+            "nodeName": node.name,
+            "serviceAccountName": pod.service_account,
+            "containers": [{ "name": "main", "image": "warren-sample" }],
+        },
+        "status": {
+            "phase": "Running",
+            "hostIP": node.ip,
+            "podIP": pod.ip,
+            "podIPs": [{ "ip": pod.ip }],
+            "conditions": [{ "type": "Ready", "status": "True" }],
+        },
+    });
+    write(
+        dir,
+        file_name("Pod", Some(&pod.namespace), &pod.name),
+        &object,
+    )
+}
+
+pub fn write_service(dir: &Path, svc: &Service) -> Result<PathBuf> {
+    let ports: Vec<Value> = svc
+        .ports
+        .iter()
+        .map(|p| json!({ "name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": "TCP" }))
+        .collect();
+    let object = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": svc.name, "namespace": svc.namespace, "labels": svc.labels },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": svc.cluster_ip,
+            "clusterIPs": [svc.cluster_ip],
+            "selector": svc.selector,
+            "ports": ports,
+        },
+    });
+    write(
+        dir,
+        file_name("Service", Some(&svc.namespace), &svc.name),
+        &object,
+    )
+}
+
+/// The EndpointSlice of `svc` over the pods it selects, as the endpoint-slice
+/// controller would write it.
+pub fn write_endpoint_slice(dir: &Path, svc: &Service, pods: &[(&Pod, &Node)]) -> Result<PathBuf> {
+    let name = format!("{}-warren", svc.name);
+    let endpoints: Vec<Value> = pods
+        .iter()
+        .map(|(pod, node)| {
+            json!({
+                "addresses": [pod.ip],
+                "conditions": { "ready": true, "serving": true, "terminating": false },
+                "nodeName": node.name,
+                "targetRef": { "kind": "Pod", "name": pod.name, "namespace": pod.namespace, "uid": pod.uid },
+            })
+        })
+        .collect();
+    let ports: Vec<Value> = svc
+        .ports
+        .iter()
+        .map(|p| json!({ "name": p.name, "port": p.target_port, "protocol": "TCP" }))
+        .collect();
+    let object = json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": svc.namespace,
+            "labels": { "kubernetes.io/service-name": svc.name },
+        },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": ports,
+    });
+    write(
+        dir,
+        file_name("EndpointSlice", Some(&svc.namespace), &name),
+        &object,
+    )
+}
