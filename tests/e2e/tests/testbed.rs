@@ -240,3 +240,27 @@ fn root_links() -> Result<Vec<String>> {
     names.sort();
     Ok(names)
 }
+
+#[test]
+fn pods_talk_http_within_and_across_nodes() -> Result<()> {
+    use warren_e2e::{count_status, count_version, load, start_http_server};
+    require_root()?;
+    let cluster = Cluster::builder().nodes(2).pods_per_node(2).up()?;
+    let server = cluster.pod("n0-p0")?;
+    let _http = start_http_server(&cluster, server, 8080, &["--version", "v7"])?;
+    let url = format!("http://{}:8080/hello", server.ip);
+    for client in ["n0-p1", "n1-p0"] {
+        let client = cluster.pod(client)?;
+        for extra in [&[][..], &["--http2"][..]] {
+            let mut args = vec!["-n", "50", "-c", "4"];
+            args.extend_from_slice(extra);
+            let report = load(client, &url, &args)?;
+            ensure!(
+                count_status(&report, 200) == 50 && count_version(&report, "v7") == 50,
+                "from {} ({extra:?}): {report}",
+                client.name
+            );
+        }
+    }
+    Ok(())
+}
