@@ -64,17 +64,25 @@ pub fn remove_cluster(id: &str) -> Result<Removed> {
     if let Ok(entries) = fs::read_dir(BPFFS_DIR) {
         for entry in entries.filter_map(|e| e.ok()) {
             if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                fs::remove_dir_all(entry.path())
+                ignore_missing(fs::remove_dir_all(entry.path()))
                     .with_context(|| format!("removing pins {}", entry.path().display()))?;
                 removed.pins += 1;
             }
         }
     }
     let state = state_base().join(id);
-    if state.exists() {
-        fs::remove_dir_all(&state).with_context(|| format!("removing {}", state.display()))?;
-    }
+    ignore_missing(fs::remove_dir_all(&state))
+        .with_context(|| format!("removing {}", state.display()))?;
     Ok(removed)
+}
+
+/// Two teardowns of one cluster may race (a test's own and another test's
+/// reaping): what the other already removed is not an error.
+fn ignore_missing(result: std::io::Result<()>) -> std::io::Result<()> {
+    match result {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// Removes every cluster whose id starts with `prefix` (`down --all` passes

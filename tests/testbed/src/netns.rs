@@ -28,12 +28,13 @@ pub fn create(name: &str) -> Result<()> {
     ip(&["-n", name, "link", "set", "lo", "up"])
 }
 
-/// Deletes the named namespace; a missing one is fine.
+/// Deletes the named namespace; a missing one is fine, including one that
+/// a concurrent teardown removed first.
 pub fn delete(name: &str) -> Result<()> {
-    if !path(name).exists() {
-        return Ok(());
+    match ip(&["netns", "delete", name]) {
+        Err(_) if !path(name).exists() => Ok(()),
+        other => other,
     }
-    ip(&["netns", "delete", name])
 }
 
 /// Names of all namespaces starting with `prefix`.
