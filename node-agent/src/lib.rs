@@ -1,5 +1,7 @@
 //! Warren's node agent: the per-node control plane.
 //!
-//! - [`datapath`] loads Warren's eBPF programs, attaches them and reads and
-//!   writes their maps. It is the only owner of kernel state.
+//! - [`datapath`] installs Warren's eBPF programs and owns their maps: the
+//!   only code that touches kernel state.
+//! - [`config`] holds every setting of the agent binary.
+pub mod config;
 pub mod datapath;

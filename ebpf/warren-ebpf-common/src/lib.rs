@@ -1,45 +1,111 @@
 //! The contract between Warren's kernel programs and user space.
 //!
 //! Everything both sides must agree on lives here and nowhere else: the names
-//! of programs and maps (user space looks them up by name in the object file
-//! and under the pin folder) and the `#[repr(C)]` layout of map keys and
-//! values. The crate is `no_std` so the eBPF crate can use it; the `user`
-//! feature adds the `aya::Pod` impls that typed user-space maps need.
+//! of programs and maps (user space finds them by name in the object and
+//! under the pin folder) and the `#[repr(C)]` layout of map keys and values.
+//! The crate is `no_std` so the eBPF crate can use it; the `user` feature adds
+//! the `aya::Pod` impls that typed user-space maps need.
+//!
+//! Addresses are stored exactly as the kernel hands them to programs: IPv4 in
+//! network byte order in the first word of a `[u32; 4]` (the other words
+//! zero), IPv6 as four network-order words. Ports are in host order.
 #![no_std]
 
 /// Program names, as the eBPF crate names its functions.
 pub mod program {
-    /// `cgroup/connect4`: sees every IPv4 TCP connect in the attached cgroup.
+    /// `cgroup/connect4`: redirects enrolled pods' IPv4 TCP connects.
     pub const CONNECT4: &str = "warren_connect4";
+    /// `cgroup/connect6`: the same for IPv6 (and v4-mapped) connects.
+    pub const CONNECT6: &str = "warren_connect6";
+    /// `sock_ops`: moves original destinations to flow keys, fills the
+    /// shortcut SOCKHASH, forgets flows at close.
+    pub const SOCK_OPS: &str = "warren_sock_ops";
+    /// `cgroup/getsockopt`: answers `SO_ORIGINAL_DST` from the flow map.
+    pub const GETSOCKOPT: &str = "warren_getsockopt";
+    /// `sk_msg`: hands payloads straight to the peer socket.
+    pub const SHORTCUT: &str = "warren_shortcut";
+    /// TC classifier on pods' host-side veths: the STRICT guard.
+    pub const GUARD: &str = "warren_guard";
 
-    /// Every program the object carries, for listing and uninstalling.
-    pub const ALL: &[&str] = &[CONNECT4];
+    /// Programs attached to the node's cgroup subtree.
+    pub const CGROUP: &[&str] = &[CONNECT4, CONNECT6, SOCK_OPS, GETSOCKOPT];
+    /// Every program the object carries.
+    pub const ALL: &[&str] = &[CONNECT4, CONNECT6, SOCK_OPS, GETSOCKOPT, SHORTCUT, GUARD];
 }
 
 /// Map names, as the eBPF crate declares them.
 pub mod map {
-    /// Socket cookie → original destination of a connect.
+    /// Netns cookie → [`crate::EnrolledPod`]: pods whose connects are captured.
+    pub const ENROLLED: &str = "WARREN_ENROLLED";
+    /// One [`crate::NodeConfig`]: where ztunnel listens, its socket mark.
+    pub const CONFIG: &str = "WARREN_CONFIG";
+    /// [`crate::PortKey`] → 1: destination ports a pod keeps out of the mesh.
+    pub const EXCLUDED_PORTS: &str = "WARREN_EXCLUDED_PORTS";
+    /// Socket cookie → [`crate::OrigDst`], from connect until established.
     pub const ORIG_DST: &str = "WARREN_ORIG_DST";
+    /// [`crate::FlowKey`] (client's view) → [`crate::OrigDst`], while the
+    /// connection lives.
+    pub const ORIG_DST_BY_FLOW: &str = "WARREN_ORIG_DST_BY_FLOW";
+    /// SOCKHASH of local sockets keyed by [`crate::FlowKey`] (own view).
+    pub const SOCKS: &str = "WARREN_SOCKS";
+    /// [`crate::IpKey`] → [`crate::AddrKind`]: this node's own and its pods'
+    /// addresses.
+    pub const LOCAL_ADDRS: &str = "WARREN_LOCAL_ADDRS";
+    /// Host-side veth ifindex → [`crate::GuardEntry`].
+    pub const GUARD: &str = "WARREN_GUARD";
+    /// Netns cookie → per-CPU [`crate::PodStats`].
+    pub const POD_STATS: &str = "WARREN_POD_STATS";
     /// Per-CPU event counters, indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "WARREN_COUNTERS";
 
-    /// Every map the object carries, for listing and uninstalling.
-    pub const ALL: &[&str] = &[ORIG_DST, COUNTERS];
+    /// Every map the object carries.
+    pub const ALL: &[&str] = &[
+        ENROLLED,
+        CONFIG,
+        EXCLUDED_PORTS,
+        ORIG_DST,
+        ORIG_DST_BY_FLOW,
+        SOCKS,
+        LOCAL_ADDRS,
+        GUARD,
+        POD_STATS,
+        COUNTERS,
+    ];
 }
 
-/// Capacity of [`map::ORIG_DST`]. Entries outlive the connect only until
-/// the connection is established, so this bounds connects in flight, not
-/// open connections.
-pub const ORIG_DST_CAPACITY: u32 = 65_536;
+/// Capacities. Flow-keyed maps are LRU so that a flow whose close was never
+/// seen (a socket outside the subtree, a crash) cannot fill them.
+pub mod capacity {
+    pub const ENROLLED: u32 = 4_096;
+    pub const EXCLUDED_PORTS: u32 = 16_384;
+    pub const ORIG_DST: u32 = 65_536;
+    pub const ORIG_DST_BY_FLOW: u32 = 262_144;
+    pub const SOCKS: u32 = 262_144;
+    pub const LOCAL_ADDRS: u32 = 8_192;
+    pub const GUARD: u32 = 4_096;
+}
 
-/// Address families as the kernel numbers them (`AF_INET`, `AF_INET6`).
+/// Address families as the kernel numbers them.
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
-/// A socket address as the kernel hands it to cgroup programs.
-///
-/// `addr` holds the address in network byte order exactly as the kernel
-/// stores it (an IPv4 address uses `addr[0]` only); `port` is in host order.
+/// Socket mark of ztunnel's own sockets. Connects carrying it are never
+/// captured, whatever namespace they come from: a loop guard. Istio uses the
+/// same value, so operators' rules carry over.
+pub const ZTUNNEL_MARK: u32 = 0x539;
+
+/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)`, as netfilter defines it; IPv6 uses
+/// the same number at level `SOL_IPV6` (`IP6T_SO_ORIGINAL_DST`).
+pub const SO_ORIGINAL_DST: i32 = 80;
+pub const SOL_IP: i32 = 0;
+pub const SOL_IPV6: i32 = 41;
+/// Warren's own option at level `SOL_IP`: returns the whole [`OrigDst`],
+/// original destination and the client pod's netns cookie, so a proxy learns
+/// who connected from the kernel. Unused by Linux (its SOL_IP options stop
+/// below 100).
+pub const SO_WARREN_ORIGIN: i32 = 0x5741;
+
+/// A socket address: family, port (host order) and address (kernel layout).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockAddr {
@@ -57,42 +123,255 @@ impl SockAddr {
             addr: [addr_be, 0, 0, 0],
         }
     }
-}
 
-/// Events the programs count, one slot each in [`map::COUNTERS`].
-///
-/// A per-CPU array because the bpf target has no 64-bit atomic add; user
-/// space sums the CPUs when it reads.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    /// A TCP connect seen by `connect4`.
-    Connect4Seen = 0,
-    /// The original destination could not be recorded (map full).
-    OrigDstFull = 1,
-}
-
-impl Counter {
-    /// Number of slots the counters map needs.
-    pub const COUNT: u32 = 2;
-    pub const ALL: [Counter; Self::COUNT as usize] = [Counter::Connect4Seen, Counter::OrigDstFull];
-
-    /// Stable name for tables and metrics.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::Connect4Seen => "connect4_seen",
-            Counter::OrigDstFull => "orig_dst_full",
+    /// An IPv6 address from four network-order words and a host-order port.
+    pub const fn v6(addr_be: [u32; 4], port: u16) -> Self {
+        Self {
+            family: AF_INET6,
+            port,
+            addr: addr_be,
         }
     }
 }
 
+/// Where a captured connection was going, and who sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    pub dst: SockAddr,
+    pub _pad: u32,
+    /// Network-namespace cookie of the connecting pod.
+    pub netns_cookie: u64,
+}
+
+/// A TCP flow. Maps say whose view it is: `ORIG_DST_BY_FLOW` keys flows as
+/// the client sees them (`src` = client); `SOCKS` keys each socket by its own
+/// view (`src` = the socket's local end).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub family: u32,
+}
+
+impl FlowKey {
+    /// The same flow seen from the other end.
+    pub const fn reversed(&self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            family: self.family,
+        }
+    }
+}
+
+/// An IP address as a map key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpKey {
+    pub family: u32,
+    pub addr: [u32; 4],
+}
+
+impl IpKey {
+    pub const fn v4(addr_be: u32) -> Self {
+        Self {
+            family: AF_INET as u32,
+            addr: [addr_be, 0, 0, 0],
+        }
+    }
+
+    pub const fn v6(addr_be: [u32; 4]) -> Self {
+        Self {
+            family: AF_INET6 as u32,
+            addr: addr_be,
+        }
+    }
+}
+
+/// What a local address belongs to ([`map::LOCAL_ADDRS`] values).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddrKind {
+    /// The node itself (where ztunnel and kubelet-style probes come from).
+    Node = 1,
+    /// A pod on this node.
+    Pod = 2,
+}
+
+/// A pod's destination port kept out of the mesh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortKey {
+    pub netns_cookie: u64,
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Inbound policy the STRICT guard enforces on a pod's veth.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Plaintext from outside the mesh is let through.
+    Permissive = 0,
+    /// Only the node (its ztunnel, its probes) may open connections to the pod.
+    Strict = 1,
+}
+
+impl Mode {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Mode::Permissive),
+            1 => Some(Mode::Strict),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Permissive => "PERMISSIVE",
+            Mode::Strict => "STRICT",
+        }
+    }
+}
+
+/// Length of [`EnrolledPod::name`].
+pub const POD_NAME_LEN: usize = 64;
+
+/// An enrolled pod ([`map::ENROLLED`] values). The kernel only needs the
+/// key; the rest is there so debugging tools can explain the map from the
+/// pins alone, with no agent running.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnrolledPod {
+    /// `namespace/name`, NUL-padded (truncated if longer).
+    pub name: [u8; POD_NAME_LEN],
+    /// The pod's IPv4 address (network order), 0 if none.
+    pub ip4: u32,
+    /// Host-side veth ifindex in the node's namespace.
+    pub ifindex: u32,
+    /// [`Mode`] as u32.
+    pub mode: u32,
+    pub _pad: u32,
+}
+
+/// Guard settings for one veth ([`map::GUARD`] values).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardEntry {
+    /// [`Mode`] as u32.
+    pub mode: u32,
+    pub _pad: u32,
+}
+
+/// Node-wide settings ([`map::CONFIG`], one entry at index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// ztunnel's outbound listener as pods reach it (IPv4, network order).
+    pub ztunnel_ip4: u32,
+    /// The same for IPv6 (all zero: IPv6 is not captured).
+    pub ztunnel_ip6: [u32; 4],
+    /// ztunnel's outbound port (15001); 0 turns capture off.
+    pub ztunnel_port: u16,
+    pub _pad: u16,
+    /// Sockets with this mark are never captured.
+    pub mark: u32,
+}
+
+/// Per-pod counters ([`map::POD_STATS`], per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodStats {
+    /// Connects sent to ztunnel.
+    pub redirected: u64,
+    /// Connects left alone (loopback, excluded port, marked socket).
+    pub exempt: u64,
+}
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $variant:ident = $slot:literal => $name:literal,)*) => {
+        /// Events the programs count, one slot each in [`map::COUNTERS`].
+        ///
+        /// A per-CPU array because the bpf target has no 64-bit atomic add;
+        /// user space sums the CPUs when it reads.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $($(#[$doc])* $variant = $slot,)*
+        }
+
+        impl Counter {
+            pub const ALL: &[Counter] = &[$(Counter::$variant,)*];
+            /// Number of slots the counters map needs.
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            /// Stable name for tables and metrics.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// A TCP connect seen by connect4/connect6.
+    ConnectSeen = 0 => "connect_seen",
+    /// A connect from an enrolled pod sent to ztunnel.
+    ConnectRedirected = 1 => "connect_redirected",
+    /// A connect from a namespace that is not enrolled.
+    ConnectNotEnrolled = 2 => "connect_not_enrolled",
+    /// A connect from an enrolled pod left alone (loopback, excluded port, mark).
+    ConnectExempt = 3 => "connect_exempt",
+    /// Capture is off (no ztunnel address configured).
+    ConnectUnconfigured = 4 => "connect_unconfigured",
+    /// The original destination could not be recorded (map full).
+    OrigDstFull = 5 => "orig_dst_full",
+    /// An original destination moved to its flow key at establishment.
+    OrigDstEstablished = 6 => "orig_dst_established",
+    /// `SO_ORIGINAL_DST` (or Warren's option) answered from the flow map.
+    GetsockoptAnswered = 7 => "getsockopt_answered",
+    /// `SO_ORIGINAL_DST` asked for a flow Warren did not capture.
+    GetsockoptMiss = 8 => "getsockopt_miss",
+    /// A local socket added to the shortcut map.
+    ShortcutInserted = 9 => "shortcut_inserted",
+    /// A message handed straight to its peer socket.
+    ShortcutHit = 10 => "shortcut_hit",
+    /// A message whose peer is not in the map: normal path.
+    ShortcutMiss = 11 => "shortcut_miss",
+    /// A connection attempt to a guarded pod let through.
+    GuardPassed = 12 => "guard_passed",
+    /// A connection attempt to a STRICT pod from outside the node: dropped.
+    GuardDropped = 13 => "guard_dropped",
+}
+
 #[cfg(feature = "user")]
-// SAFETY: `SockAddr` is `repr(C)`, `Copy`, has no padding (2 + 2 + 16 bytes)
-// and every bit pattern is a valid value.
-unsafe impl aya::Pod for SockAddr {}
+mod pod_impls {
+    use super::*;
+    // SAFETY (all): `repr(C)`, `Copy`, explicit padding fields so no
+    // implicit padding, and every bit pattern is a valid value.
+    unsafe impl aya::Pod for SockAddr {}
+    unsafe impl aya::Pod for OrigDst {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for IpKey {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for EnrolledPod {}
+    unsafe impl aya::Pod for GuardEntry {}
+    unsafe impl aya::Pod for NodeConfig {}
+    unsafe impl aya::Pod for PodStats {}
+}
 
 #[cfg(test)]
 mod tests {
+    use core::mem::size_of;
+
     use super::*;
 
     #[test]
@@ -108,10 +387,33 @@ mod tests {
     }
 
     #[test]
-    fn sockaddr_layout_matches_kernel_side() {
-        // 2 + 2 + 16 bytes, no padding: both sides read the same bytes.
-        assert_eq!(core::mem::size_of::<SockAddr>(), 20);
-        let a = SockAddr::v4(u32::from_be_bytes([10, 0, 0, 1]).to_be(), 8080);
-        assert_eq!((a.family, a.port, a.addr[1]), (AF_INET, 8080, 0));
+    fn layouts_have_no_hidden_padding() {
+        // Sizes are the sum of the fields: both sides read the same bytes,
+        // and hash keys have no uninitialised bytes.
+        assert_eq!(size_of::<SockAddr>(), 20);
+        assert_eq!(size_of::<OrigDst>(), 32);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<IpKey>(), 20);
+        assert_eq!(size_of::<PortKey>(), 16);
+        assert_eq!(size_of::<EnrolledPod>(), POD_NAME_LEN + 16);
+        assert_eq!(size_of::<NodeConfig>(), 4 + 16 + 4 + 4);
+        assert_eq!(size_of::<PodStats>(), 16);
+    }
+
+    #[test]
+    fn flow_reversal_swaps_ends() {
+        let f = FlowKey {
+            src: [1, 0, 0, 0],
+            dst: [2, 0, 0, 0],
+            src_port: 40000,
+            dst_port: 15001,
+            family: AF_INET as u32,
+        };
+        let r = f.reversed();
+        assert_eq!(
+            (r.src, r.src_port, r.dst, r.dst_port),
+            (f.dst, f.dst_port, f.src, f.src_port)
+        );
+        assert_eq!(r.reversed(), f);
     }
 }

@@ -1,47 +1,181 @@
-//! Outbound capture: the `cgroup/connect4` hook.
+//! Outbound capture: the `cgroup/connect4` and `cgroup/connect6` hooks.
 //!
-//! Runs on every `connect()` of a socket in the attached cgroup subtree,
-//! before the kernel picks a route. It records where the application meant
-//! to go, keyed by the socket cookie, so the proxy the connection is sent to
-//! can learn the original destination from the kernel rather than from
-//! anything the peer says.
+//! They run on every `connect()` in the node's cgroup subtree, before the
+//! kernel picks a route. For a TCP socket of an enrolled pod (its network
+//! namespace cookie is in `ENROLLED`), the destination is rewritten to the
+//! node's ztunnel and the original one is remembered under the socket cookie;
+//! `flows` moves it to the flow key once the connection is up.
+//!
+//! Left alone: sockets of namespaces that are not enrolled (ztunnel's own
+//! among them), sockets carrying ztunnel's mark (a loop guard), loopback
+//! destinations, and destination ports the pod excludes.
+
+use core::ptr::{addr_of_mut, write_volatile};
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::bpf_get_socket_cookie,
-    macros::{cgroup_sock_addr, map},
-    maps::HashMap,
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use warren_ebpf_common::{Counter, ORIG_DST_CAPACITY, SockAddr};
+use warren_ebpf_common::{Counter, NodeConfig, OrigDst, PodStats, PortKey, SockAddr};
 
-use crate::counters::bump;
+use crate::{
+    addr::{is_loopback_v4, is_loopback_v6, is_v4_mapped},
+    counters::{bump, bump_pod},
+    maps::{CONFIG, ENROLLED, EXCLUDED_PORTS, ORIG_DST},
+};
 
 const IPPROTO_TCP: u32 = 6;
-/// Return value that lets the syscall proceed.
+/// Return value that lets the syscall proceed. Capture never blocks a
+/// connect: when it cannot capture, the connection goes out uncaptured.
 const ALLOW: i32 = 1;
-
-#[map(name = "WARREN_ORIG_DST")]
-static ORIG_DST: HashMap<u64, SockAddr> = HashMap::with_max_entries(ORIG_DST_CAPACITY, 0);
 
 #[cgroup_sock_addr(connect4)]
 pub fn warren_connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid `bpf_sock_addr` for this program type.
-    let sa = unsafe { &*ctx.sock_addr };
-    if sa.protocol != IPPROTO_TCP {
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let Some((cfg, netns_cookie)) = should_capture(&ctx, sa) else {
         return ALLOW;
+    };
+    let dst_ip = sa.user_ip4;
+    let dst_port = u16::from_be(sa.user_port as u16);
+    if is_loopback_v4(dst_ip) || is_excluded(netns_cookie, dst_port) {
+        return exempt(netns_cookie);
     }
-    bump(Counter::Connect4Seen);
+    remember(&ctx, SockAddr::v4(dst_ip, dst_port), netns_cookie);
+    // Two separate 4-byte stores: LLVM may otherwise merge adjacent context
+    // writes into one 8-byte store, which the verifier rejects.
+    // SAFETY: writing the destination fields of the context is what
+    // connect hooks are for; the pointer is valid for this run.
+    unsafe {
+        write_volatile(addr_of_mut!((*ctx.sock_addr).user_ip4), cfg.ztunnel_ip4);
+        write_volatile(
+            addr_of_mut!((*ctx.sock_addr).user_port),
+            u32::from(cfg.ztunnel_port.to_be()),
+        );
+    }
+    redirected(netns_cookie)
+}
 
-    // `user_port` holds the port in network order in its low 16 bits.
-    let port = u16::from_be(sa.user_port as u16);
-    let dst = SockAddr::v4(sa.user_ip4, port);
+#[cgroup_sock_addr(connect6)]
+pub fn warren_connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as above.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let Some((cfg, netns_cookie)) = should_capture(&ctx, sa) else {
+        return ALLOW;
+    };
+    let dst = sa.user_ip6;
+    let dst_port = u16::from_be(sa.user_port as u16);
+    if is_loopback_v6(&dst) || is_excluded(netns_cookie, dst_port) {
+        return exempt(netns_cookie);
+    }
+    // An IPv4 destination on a dual-stack socket goes to ztunnel's IPv4
+    // listener, v4-mapped; a real IPv6 one to its IPv6 listener.
+    let target = if is_v4_mapped(&dst) {
+        if cfg.ztunnel_ip4 == 0 {
+            return unconfigured();
+        }
+        [0, 0, 0xffffu32.to_be(), cfg.ztunnel_ip4]
+    } else {
+        if cfg.ztunnel_ip6 == [0; 4] {
+            return unconfigured();
+        }
+        cfg.ztunnel_ip6
+    };
+    let original = if is_v4_mapped(&dst) {
+        SockAddr::v4(dst[3], dst_port)
+    } else {
+        SockAddr::v6(dst, dst_port)
+    };
+    remember(&ctx, original, netns_cookie);
+    // SAFETY: as in connect4; one 4-byte store per word.
+    unsafe {
+        let ip6 = addr_of_mut!((*ctx.sock_addr).user_ip6);
+        write_volatile(addr_of_mut!((*ip6)[0]), target[0]);
+        write_volatile(addr_of_mut!((*ip6)[1]), target[1]);
+        write_volatile(addr_of_mut!((*ip6)[2]), target[2]);
+        write_volatile(addr_of_mut!((*ip6)[3]), target[3]);
+        write_volatile(
+            addr_of_mut!((*ctx.sock_addr).user_port),
+            u32::from(cfg.ztunnel_port.to_be()),
+        );
+    }
+    redirected(netns_cookie)
+}
+
+/// The node config and the pod's netns cookie if this connect is a TCP
+/// connect of an enrolled pod that capture applies to.
+#[inline(always)]
+fn should_capture(ctx: &SockAddrContext, sa: &bpf_sock_addr) -> Option<(NodeConfig, u64)> {
+    if sa.protocol != IPPROTO_TCP {
+        return None;
+    }
+    bump(Counter::ConnectSeen);
+    // SAFETY: the helper only reads the socket behind a valid context.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if ENROLLED.get_ptr(&netns_cookie).is_none() {
+        bump(Counter::ConnectNotEnrolled);
+        return None;
+    }
+    let Some(cfg) = CONFIG.get(0).copied() else {
+        unconfigured();
+        return None;
+    };
+    if cfg.ztunnel_port == 0 {
+        unconfigured();
+        return None;
+    }
+    // SAFETY: `sk` is always set for connect hooks and points to the socket.
+    let mark = unsafe { (*sa.__bindgen_anon_1.sk).mark };
+    if cfg.mark != 0 && mark == cfg.mark {
+        exempt(netns_cookie);
+        return None;
+    }
+    Some((cfg, netns_cookie))
+}
+
+#[inline(always)]
+fn is_excluded(netns_cookie: u64, port: u16) -> bool {
+    let key = PortKey {
+        netns_cookie,
+        port,
+        _pad: [0; 6],
+    };
+    EXCLUDED_PORTS.get_ptr(&key).is_some()
+}
+
+#[inline(always)]
+fn remember(ctx: &SockAddrContext, dst: SockAddr, netns_cookie: u64) {
     // SAFETY: the helper only reads the socket behind a valid context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if ORIG_DST.insert(&cookie, &dst, 0).is_err() {
+    let value = OrigDst {
+        dst,
+        _pad: 0,
+        netns_cookie,
+    };
+    if ORIG_DST.insert(&cookie, &value, 0).is_err() {
         bump(Counter::OrigDstFull);
     }
-    // A hook never blocks a connect: capture failing must not break the
-    // application, only leave this connection uncaptured.
+}
+
+#[inline(always)]
+fn redirected(netns_cookie: u64) -> i32 {
+    bump(Counter::ConnectRedirected);
+    bump_pod(netns_cookie, |s: &mut PodStats| &mut s.redirected);
+    ALLOW
+}
+
+#[inline(always)]
+fn exempt(netns_cookie: u64) -> i32 {
+    bump(Counter::ConnectExempt);
+    bump_pod(netns_cookie, |s: &mut PodStats| &mut s.exempt);
+    ALLOW
+}
+
+#[inline(always)]
+fn unconfigured() -> i32 {
+    bump(Counter::ConnectUnconfigured);
     ALLOW
 }

@@ -1,10 +1,8 @@
 //! Per-CPU event counters, summed by user space.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use warren_ebpf_common::Counter;
+use warren_ebpf_common::{Counter, PodStats};
 
-#[map(name = "WARREN_COUNTERS")]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+use crate::maps::{COUNTERS, POD_STATS};
 
 /// Adds one to `counter` on this CPU. No atomics needed: a per-CPU slot is
 /// only touched by programs running on that CPU, one at a time.
@@ -14,5 +12,14 @@ pub fn bump(counter: Counter) {
         // SAFETY: the pointer comes from a successful lookup in a per-CPU
         // array, valid for this program run and not shared with other CPUs.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Adds one to a field of a pod's per-CPU stats, if the agent made its entry.
+#[inline(always)]
+pub fn bump_pod(netns_cookie: u64, field: fn(&mut PodStats) -> &mut u64) {
+    if let Some(stats) = POD_STATS.get_ptr_mut(&netns_cookie) {
+        // SAFETY: as above, a per-CPU value valid for this run.
+        unsafe { *field(&mut *stats) += 1 };
     }
 }

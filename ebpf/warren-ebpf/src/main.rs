@@ -4,15 +4,35 @@
 //! and embedded in the node agent. Names of programs and maps come from
 //! `warren-ebpf-common`, the contract with user space.
 //!
+//! | module | program | job |
+//! |---|---|---|
+//! | `capture` | `cgroup/connect4`, `cgroup/connect6` | send enrolled pods' connects to ztunnel |
+//! | `flows` | `sock_ops` | key original destinations by flow; fill the shortcut map |
+//! | `original_dst` | `cgroup/getsockopt` | answer `SO_ORIGINAL_DST` |
+//! | `shortcut` | `sk_msg` | hand bytes straight to the local peer socket |
+//! | `guard` | TC classifier | STRICT: only the node may open connections to a pod |
+//!
 //! On the host (for `cargo clippy --workspace`) this compiles to an empty
 //! `main`; every program is gated on `target_arch = "bpf"`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod addr;
+#[cfg(target_arch = "bpf")]
 mod capture;
 #[cfg(target_arch = "bpf")]
 mod counters;
+#[cfg(target_arch = "bpf")]
+mod flows;
+#[cfg(target_arch = "bpf")]
+mod guard;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod original_dst;
+#[cfg(target_arch = "bpf")]
+mod shortcut;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -1,11 +1,15 @@
 //! `warren-node-agent`: the per-node agent binary.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use tracing::info;
-use warren_node_agent::datapath::Datapath;
+use warren_ebpf_common::AddrKind;
+use warren_node_agent::{
+    config::{NodeArgs, RunArgs},
+    datapath::{self, Datapath, Redirect},
+};
 
 #[derive(Parser)]
 #[command(name = "warren-node-agent", version, about = "Warren's per-node agent")]
@@ -16,16 +20,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the eBPF datapath, attach it to the node's cgroup subtree and
-    /// keep it there until SIGINT or SIGTERM.
-    Run {
-        /// cgroup v2 folder whose processes the datapath sees.
-        #[arg(long, env = "WARREN_CGROUP")]
-        cgroup: PathBuf,
-        /// How often to log the datapath counters.
-        #[arg(long, default_value = "10", value_name = "SECONDS")]
-        report_every: u64,
-    },
+    /// Install (or adopt) the eBPF datapath on this node and keep it
+    /// configured until SIGINT or SIGTERM. Pinned programs stay attached
+    /// after the agent exits, so capture survives restarts and upgrades.
+    Run(RunArgs),
+    /// Remove every program, link, map and pin of this node.
+    Uninstall(NodeArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -37,35 +37,53 @@ async fn main() -> Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Run {
-            cgroup,
-            report_every,
-        } => run(cgroup, Duration::from_secs(report_every.max(1))).await,
+        Command::Run(args) => run(args).await,
+        Command::Uninstall(node) => {
+            let root = node.pin_root();
+            datapath::uninstall(&datapath::pins::Pins::new(&root))
+                .with_context(|| format!("uninstalling {}", root.display()))?;
+            info!(pins = %root.display(), "datapath uninstalled");
+            Ok(())
+        }
     }
 }
 
-async fn run(cgroup: PathBuf, report_every: Duration) -> Result<()> {
-    let mut datapath = Datapath::load()?;
-    datapath
-        .attach_cgroup(&cgroup)
-        .with_context(|| format!("attaching to {}", cgroup.display()))?;
-    info!(cgroup = %cgroup.display(), "datapath attached");
+async fn run(args: RunArgs) -> Result<()> {
+    let pin_root = args.node.pin_root();
+    let (mut datapath, installed) = Datapath::install(&pin_root, &args.cgroup)
+        .with_context(|| format!("installing the datapath on {}", args.cgroup.display()))?;
+    datapath.set_redirect(args.ztunnel.map(|addr| Redirect {
+        ip4: *addr.ip(),
+        port: addr.port(),
+    }))?;
+    for ip in &args.node_addrs {
+        datapath.add_local_addr(*ip, AddrKind::Node)?;
+    }
+    info!(
+        node = %args.node.node,
+        pins = %pin_root.display(),
+        cgroup = %args.cgroup.display(),
+        ?installed,
+        ztunnel = ?args.ztunnel,
+        "node agent ready"
+    );
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let mut ticker = tokio::time::interval(report_every);
+    let mut ticker = tokio::time::interval(Duration::from_secs(args.report_every.max(1)));
     loop {
         tokio::select! {
             _ = ticker.tick() => {
                 let counters = datapath.counters()?;
-                let fields: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let fields: Vec<String> = counters.iter().filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k}={v}")).collect();
                 info!(counters = %fields.join(" "), "datapath");
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
     }
-    // Dropping the datapath detaches its programs: nothing is pinned yet.
-    info!("shutting down");
+    // Nothing is detached: the pins keep capture running until the next
+    // agent adopts them, or `uninstall` removes them.
+    info!("node agent stopping; datapath stays installed");
     Ok(())
 }

@@ -14,14 +14,13 @@ pub struct Counters {
 
 impl Counters {
     pub(super) fn read(map: &Map) -> Result<Self, DatapathError> {
-        let err = |source| DatapathError::Map {
-            name: map::COUNTERS,
-            source,
-        };
+        let err = DatapathError::map(map::COUNTERS);
         let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(err)?;
         let mut values = Vec::with_capacity(Counter::ALL.len());
-        for counter in Counter::ALL {
-            let per_cpu = array.get(&(counter as u32), 0).map_err(err)?;
+        for &counter in Counter::ALL {
+            let per_cpu = array
+                .get(&(counter as u32), 0)
+                .map_err(DatapathError::map(map::COUNTERS))?;
             values.push((counter.name(), per_cpu.iter().sum()));
         }
         Ok(Self { values })

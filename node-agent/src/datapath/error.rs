@@ -1,9 +1,9 @@
 use std::path::PathBuf;
 
-use aya::{EbpfError, maps::MapError, programs::ProgramError};
+use aya::{EbpfError, maps::MapError, pin::PinError, programs::ProgramError};
 
 /// Why the datapath could not do what it was asked. Each variant names the
-/// program, map or path involved.
+/// program, map, pod or path involved.
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error(
@@ -16,8 +16,8 @@ pub enum DatapathError {
     Load(#[source] EbpfError),
     #[error("the eBPF object has no program named {0}")]
     MissingProgram(&'static str),
-    #[error("the eBPF object has no map named {0}")]
-    MissingMap(&'static str),
+    #[error("no pinned map {name} at {path} (is the datapath installed? `warren-node-agent run`)")]
+    MissingPin { name: &'static str, path: PathBuf },
     #[error("program {name}")]
     Program {
         name: &'static str,
@@ -31,16 +31,40 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("pinning {what} at {path}")]
+    Pin {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: PinError,
+    },
     #[error("map {name}")]
     Map {
         name: &'static str,
         #[source]
         source: MapError,
     },
-    #[error("opening cgroup {path}")]
-    Cgroup {
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error("pod {pod}: {reason}")]
+    Pod { pod: String, reason: String },
+}
+
+impl DatapathError {
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { what, path, source }
+    }
+
+    pub(crate) fn map(name: &'static str) -> impl FnOnce(MapError) -> Self {
+        move |source| Self::Map { name, source }
+    }
 }

@@ -1,112 +1,282 @@
 //! The eBPF datapath as user space sees it.
 //!
-//! [`Datapath`] owns the loaded object: programs, their attachments and their
-//! maps. Everything else in the agent asks it questions or gives it orders;
-//! nothing else touches the kernel objects.
+//! [`Datapath`] is the only owner of the node's kernel objects: it installs
+//! (or adopts) the programs, and reads and writes the maps. Everything else
+//! in the agent, and `warrenctl`, goes through it.
+//!
+//! - `install`: load, attach and pin; adopt an earlier installation.
+//! - `maps`: the maps, opened from their pins.
+//! - `enroll`: netns cookies, veth guards.
+//! - `inspect`: decoded views of programs and maps for debugging.
 
 mod counters;
+mod enroll;
 mod error;
+pub mod inspect;
+mod install;
+mod link;
+mod maps;
 mod object;
+pub mod pins;
 
-use std::{fs::File, net::SocketAddrV4, path::Path};
-
-use aya::{
-    Ebpf,
-    maps::HashMap,
-    programs::{CgroupAttachMode, CgroupSockAddr},
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
 };
-use warren_ebpf_common::{AF_INET, SockAddr, map, program};
+
+use aya::maps::{Array, HashMap, PerCpuHashMap, PerCpuValues};
+use tracing::info;
+use warren_ebpf_common::{
+    AddrKind, EnrolledPod, GuardEntry, IpKey, Mode, NodeConfig, PodStats, PortKey, ZTUNNEL_MARK,
+    map,
+};
 
 pub use counters::Counters;
+pub use enroll::{PodEnrollment, netns_cookie};
 pub use error::DatapathError;
+pub use install::{Installed, uninstall};
+use maps::Maps;
+use pins::Pins;
 
-/// Warren's loaded eBPF programs and maps.
+/// Where the node's ztunnel takes captured connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// ztunnel's outbound listener as pods reach it.
+    pub ip4: Ipv4Addr,
+    pub port: u16,
+}
+
+/// One node's installed datapath.
 pub struct Datapath {
-    ebpf: Ebpf,
+    pins: Pins,
+    maps: Maps,
 }
 
 impl Datapath {
-    /// Loads the embedded object into the kernel (programs verified, maps
-    /// created) without attaching anything yet.
-    pub fn load() -> Result<Self, DatapathError> {
-        let bytes = object::bytes()?;
-        let mut ebpf = Ebpf::load(bytes).map_err(DatapathError::Load)?;
-        let connect4: &mut CgroupSockAddr = program_mut(&mut ebpf, program::CONNECT4)?;
-        connect4.load().map_err(|source| DatapathError::Program {
-            name: program::CONNECT4,
-            source,
-        })?;
-        Ok(Self { ebpf })
+    /// Installs the programs on `cgroup` (the node's cgroup subtree), or
+    /// adopts an earlier installation pinned at `pin_root`.
+    pub fn install(pin_root: &Path, cgroup: &Path) -> Result<(Self, Installed), DatapathError> {
+        let pins = Pins::new(pin_root);
+        let installed = install::install(&pins, cgroup)?;
+        let maps = Maps::open(&pins)?;
+        Ok((Self { pins, maps }, installed))
     }
 
-    /// Attaches the capture programs to the cgroup v2 folder `cgroup`, so
-    /// they see every socket of every process in that subtree. They stay
-    /// attached until `self` is dropped.
-    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
-        let cgroup_fd = File::open(cgroup).map_err(|source| DatapathError::Cgroup {
-            path: cgroup.to_owned(),
-            source,
-        })?;
-        let connect4: &mut CgroupSockAddr = program_mut(&mut self.ebpf, program::CONNECT4)?;
-        // The kernel wants no flags on link-based cgroup attachments (aya
-        // uses bpf_link_create on 5.7+): links always run alongside programs
-        // other tools attached, so `Single` here replaces nobody.
-        connect4
-            .attach(&cgroup_fd, CgroupAttachMode::Single)
-            .map_err(|source| DatapathError::Attach {
-                name: program::CONNECT4,
-                target: cgroup.display().to_string(),
-                source,
-            })?;
+    /// Opens an installed datapath from its pins alone (no programs loaded).
+    pub fn open(pin_root: &Path) -> Result<Self, DatapathError> {
+        let pins = Pins::new(pin_root);
+        let maps = Maps::open(&pins)?;
+        Ok(Self { pins, maps })
+    }
+
+    pub fn pins(&self) -> &Pins {
+        &self.pins
+    }
+
+    /// Points capture at ztunnel; `None` turns capture off (connects then
+    /// go out untouched).
+    pub fn set_redirect(&mut self, redirect: Option<Redirect>) -> Result<(), DatapathError> {
+        let value = NodeConfig {
+            ztunnel_ip4: redirect.map_or(0, |r| u32::from(r.ip4).to_be()),
+            ztunnel_ip6: [0; 4],
+            ztunnel_port: redirect.map_or(0, |r| r.port),
+            _pad: 0,
+            mark: ZTUNNEL_MARK,
+        };
+        let mut config: Array<_, NodeConfig> = Array::try_from(self.maps.get_mut(map::CONFIG))
+            .map_err(DatapathError::map(map::CONFIG))?;
+        config
+            .set(0, value, 0)
+            .map_err(DatapathError::map(map::CONFIG))
+    }
+
+    /// Records an address of this node or of one of its pods: the STRICT
+    /// guard admits connections from node addresses; sockets whose peer has a
+    /// local address may use the shortcut.
+    pub fn add_local_addr(&mut self, ip: IpAddr, kind: AddrKind) -> Result<(), DatapathError> {
+        let mut addrs: HashMap<_, IpKey, u32> =
+            HashMap::try_from(self.maps.get_mut(map::LOCAL_ADDRS))
+                .map_err(DatapathError::map(map::LOCAL_ADDRS))?;
+        addrs
+            .insert(ip_key(ip), kind as u32, 0)
+            .map_err(DatapathError::map(map::LOCAL_ADDRS))
+    }
+
+    pub fn remove_local_addr(&mut self, ip: IpAddr) -> Result<(), DatapathError> {
+        let mut addrs: HashMap<_, IpKey, u32> =
+            HashMap::try_from(self.maps.get_mut(map::LOCAL_ADDRS))
+                .map_err(DatapathError::map(map::LOCAL_ADDRS))?;
+        ignore_missing(addrs.remove(&ip_key(ip))).map_err(DatapathError::map(map::LOCAL_ADDRS))
+    }
+
+    /// Enrolls a pod (or updates its enrollment) and returns its netns
+    /// cookie. Capture starts last, once the guard, exclusions and stats are
+    /// in place. Must run in the node's network namespace when the pod has a
+    /// veth to guard. Re-enrolling keeps the pod's counters.
+    pub fn enroll(&mut self, pod: &PodEnrollment) -> Result<u64, DatapathError> {
+        let cookie = netns_cookie(&pod.netns)?;
+        let ifindex = match &pod.host_veth {
+            Some(veth) => {
+                let index = enroll::ifindex(&pod.name, veth)?;
+                let mut guard: HashMap<_, u32, GuardEntry> =
+                    HashMap::try_from(self.maps.get_mut(map::GUARD))
+                        .map_err(DatapathError::map(map::GUARD))?;
+                guard
+                    .insert(
+                        index,
+                        GuardEntry {
+                            mode: pod.mode as u32,
+                            _pad: 0,
+                        },
+                        0,
+                    )
+                    .map_err(DatapathError::map(map::GUARD))?;
+                enroll::attach_guard(&self.pins, &pod.name, veth)?;
+                index
+            }
+            None => 0,
+        };
+        if let Some(ip) = pod.ip4 {
+            self.add_local_addr(IpAddr::V4(ip), AddrKind::Pod)?;
+        }
+        {
+            let mut stats: PerCpuHashMap<_, u64, PodStats> =
+                PerCpuHashMap::try_from(self.maps.get_mut(map::POD_STATS))
+                    .map_err(DatapathError::map(map::POD_STATS))?;
+            if stats.get(&cookie, 0).is_err() {
+                let zeros = PerCpuValues::try_from(vec![
+                    PodStats::default();
+                    aya::util::nr_cpus().map_err(
+                        |(_, e)| DatapathError::io(
+                            "counting CPUs",
+                            "/sys/devices/system/cpu/possible"
+                        )(e)
+                    )?
+                ])
+                .map_err(DatapathError::io(
+                    "sizing per-CPU values",
+                    "/sys/devices/system/cpu/possible",
+                ))?;
+                stats
+                    .insert(cookie, zeros, 0)
+                    .map_err(DatapathError::map(map::POD_STATS))?;
+            }
+        }
+        self.set_excluded_ports(cookie, &pod.excluded_ports)?;
+        let mut enrolled: HashMap<_, u64, EnrolledPod> =
+            HashMap::try_from(self.maps.get_mut(map::ENROLLED))
+                .map_err(DatapathError::map(map::ENROLLED))?;
+        enrolled
+            .insert(cookie, enroll::enrolled_value(pod, ifindex), 0)
+            .map_err(DatapathError::map(map::ENROLLED))?;
+        info!(pod = %pod.name, netns_cookie = cookie, mode = pod.mode.name(), "pod enrolled");
+        Ok(cookie)
+    }
+
+    /// Stops capturing new connections of the pod with this netns cookie;
+    /// its established connections carry on. Removes its guard, exclusions
+    /// and stats. Must run in the node's namespace if the pod had a guard.
+    pub fn unenroll(&mut self, cookie: u64) -> Result<(), DatapathError> {
+        let mut enrolled: HashMap<_, u64, EnrolledPod> =
+            HashMap::try_from(self.maps.get_mut(map::ENROLLED))
+                .map_err(DatapathError::map(map::ENROLLED))?;
+        let Ok(pod) = enrolled.get(&cookie, 0) else {
+            return Ok(());
+        };
+        enrolled
+            .remove(&cookie)
+            .map_err(DatapathError::map(map::ENROLLED))?;
+        self.set_excluded_ports(cookie, &[])?;
+        if pod.ifindex != 0 {
+            let mut guard: HashMap<_, u32, GuardEntry> =
+                HashMap::try_from(self.maps.get_mut(map::GUARD))
+                    .map_err(DatapathError::map(map::GUARD))?;
+            ignore_missing(guard.remove(&pod.ifindex)).map_err(DatapathError::map(map::GUARD))?;
+            if let Some(veth) = inspect::ifname(pod.ifindex) {
+                enroll::detach_guard(&self.pins, &veth)?;
+            }
+        }
+        let mut stats: PerCpuHashMap<_, u64, PodStats> =
+            PerCpuHashMap::try_from(self.maps.get_mut(map::POD_STATS))
+                .map_err(DatapathError::map(map::POD_STATS))?;
+        ignore_missing(stats.remove(&cookie)).map_err(DatapathError::map(map::POD_STATS))?;
+        info!(pod = %inspect::pod_name(&pod), netns_cookie = cookie, "pod unenrolled");
         Ok(())
     }
 
-    /// Original destinations recorded by the connect hook, by socket cookie.
-    pub fn original_destinations(&self) -> Result<Vec<(u64, SocketAddrV4)>, DatapathError> {
-        let map = self
-            .ebpf
-            .map(map::ORIG_DST)
-            .ok_or(DatapathError::MissingMap(map::ORIG_DST))?;
-        let orig: HashMap<_, u64, SockAddr> =
-            HashMap::try_from(map).map_err(|source| DatapathError::Map {
-                name: map::ORIG_DST,
-                source,
-            })?;
-        let mut out = Vec::new();
-        for entry in orig.iter() {
-            let (cookie, addr) = entry.map_err(|source| DatapathError::Map {
-                name: map::ORIG_DST,
-                source,
-            })?;
-            if addr.family == AF_INET {
-                out.push((cookie, sockaddr_v4(&addr)));
-            }
+    /// Replaces the pod's excluded destination ports.
+    fn set_excluded_ports(&mut self, cookie: u64, ports: &[u16]) -> Result<(), DatapathError> {
+        let mut excluded: HashMap<_, PortKey, u8> =
+            HashMap::try_from(self.maps.get_mut(map::EXCLUDED_PORTS))
+                .map_err(DatapathError::map(map::EXCLUDED_PORTS))?;
+        let stale: Vec<PortKey> = excluded
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.netns_cookie == cookie && !ports.contains(&k.port))
+            .collect();
+        for key in stale {
+            ignore_missing(excluded.remove(&key))
+                .map_err(DatapathError::map(map::EXCLUDED_PORTS))?;
         }
-        Ok(out)
+        for &port in ports {
+            let key = PortKey {
+                netns_cookie: cookie,
+                port,
+                _pad: [0; 6],
+            };
+            excluded
+                .insert(key, 1, 0)
+                .map_err(DatapathError::map(map::EXCLUDED_PORTS))?;
+        }
+        Ok(())
     }
 
     /// Event counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, DatapathError> {
-        let map = self
-            .ebpf
-            .map(map::COUNTERS)
-            .ok_or(DatapathError::MissingMap(map::COUNTERS))?;
-        Counters::read(map)
+        Counters::read(self.maps.get(map::COUNTERS))
+    }
+
+    /// Enrolled pods with their per-pod counters.
+    pub fn pods(&self) -> Result<Vec<inspect::PodRow>, DatapathError> {
+        inspect::pods(&self.maps)
+    }
+
+    /// Every map with its shape and entry count.
+    pub fn map_rows(&self) -> Result<Vec<inspect::MapRow>, DatapathError> {
+        inspect::maps(&self.pins, &self.maps)
+    }
+
+    /// Decoded contents of one map, by name.
+    pub fn dump(&self, name: &str) -> Result<inspect::MapDump, DatapathError> {
+        inspect::dump(&self.maps, name)
+    }
+
+    /// The pod mode the guard enforces on `ifindex`, if any.
+    pub fn guard_mode(&self, ifindex: u32) -> Result<Option<Mode>, DatapathError> {
+        let guard: HashMap<_, u32, GuardEntry> =
+            HashMap::try_from(self.maps.get(map::GUARD)).map_err(DatapathError::map(map::GUARD))?;
+        Ok(guard
+            .get(&ifindex, 0)
+            .ok()
+            .and_then(|e| Mode::from_u32(e.mode)))
     }
 }
 
-/// An IPv4 socket address from the kernel's layout (address in network order).
-fn sockaddr_v4(addr: &SockAddr) -> SocketAddrV4 {
-    SocketAddrV4::new(u32::from_be(addr.addr[0]).into(), addr.port)
+fn ip_key(ip: IpAddr) -> IpKey {
+    match ip {
+        IpAddr::V4(v4) => IpKey::v4(u32::from(v4).to_be()),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let word = |i: usize| u32::from_be_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]).to_be();
+            IpKey::v6([word(0), word(4), word(8), word(12)])
+        }
+    }
 }
 
-fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or(DatapathError::MissingProgram(name))?;
-    prog.try_into()
-        .map_err(|source| DatapathError::Program { name, source })
+/// Removing what is already gone is not an error.
+fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
 }

@@ -1,0 +1,45 @@
+//! The `sk_msg` program: for a socket in the shortcut SOCKHASH, each
+//! `sendmsg` is handed straight to the receive queue of its peer socket on
+//! this node, skipping the TCP/IP stack on both sides. A peer that is not in
+//! the map (on another node, closed, not yet established) means the normal
+//! path: the program never drops data.
+
+use aya_ebpf::{
+    bindings::{BPF_F_INGRESS, sk_action::SK_PASS},
+    macros::sk_msg,
+    programs::SkMsgContext,
+};
+use warren_ebpf_common::{AF_INET, AF_INET6, Counter, FlowKey};
+
+use crate::{counters::bump, flows::fold_v4_mapped, maps::SOCKS};
+
+#[sk_msg]
+pub fn warren_shortcut(ctx: SkMsgContext) -> u32 {
+    // SAFETY: the kernel passes a valid `sk_msg_md` for this program type.
+    let md = unsafe { &*ctx.msg };
+    let own = if md.family == AF_INET as u32 {
+        FlowKey {
+            src: [md.local_ip4, 0, 0, 0],
+            dst: [md.remote_ip4, 0, 0, 0],
+            src_port: md.local_port as u16,
+            dst_port: u32::from_be(md.remote_port) as u16,
+            family: AF_INET as u32,
+        }
+    } else {
+        fold_v4_mapped(FlowKey {
+            src: md.local_ip6,
+            dst: md.remote_ip6,
+            src_port: md.local_port as u16,
+            dst_port: u32::from_be(md.remote_port) as u16,
+            family: AF_INET6 as u32,
+        })
+    };
+    // The peer socket is keyed by its own view: ours reversed.
+    let mut peer = own.reversed();
+    if SOCKS.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64) == SK_PASS as i64 {
+        bump(Counter::ShortcutHit);
+    } else {
+        bump(Counter::ShortcutMiss);
+    }
+    SK_PASS
+}

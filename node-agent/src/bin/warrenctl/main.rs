@@ -1,0 +1,36 @@
+//! `warrenctl`: Warren's debugging CLI, in the spirit of bpftool. It reads
+//! what the kernel holds (pins, maps, programs) directly, so it works with
+//! no agent running.
+
+mod bpf;
+mod table;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "warrenctl", version, about = "Inspect a Warren node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The node's eBPF programs, maps and enrolled pods.
+    #[command(subcommand)]
+    Bpf(bpf::Command),
+}
+
+fn main() -> std::process::ExitCode {
+    let result: Result<()> = match Cli::parse().command {
+        Command::Bpf(cmd) => bpf::run(cmd),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Every setting of the node agent in one place: its flag, its environment
+//! variable and its default.
+
+use std::{
+    net::{IpAddr, SocketAddrV4},
+    path::PathBuf,
+};
+
+use clap::Args;
+
+use crate::datapath::pins::BPFFS_ROOT;
+
+/// Which node, and where its kernel objects live.
+#[derive(Args, Clone, Debug)]
+pub struct NodeArgs {
+    /// This node's name (Kubernetes node name).
+    #[arg(long = "node", env = "NODE_NAME")]
+    pub node: String,
+    /// Pin folder for this node's eBPF objects [default: /sys/fs/bpf/warren/<node>].
+    #[arg(long, env = "WARREN_BPFFS")]
+    pub bpffs: Option<PathBuf>,
+}
+
+impl NodeArgs {
+    pub fn pin_root(&self) -> PathBuf {
+        self.bpffs
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(BPFFS_ROOT).join(&self.node))
+    }
+}
+
+/// `warren-node-agent run`.
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// cgroup v2 folder holding every process of this node (pods and node
+    /// daemons); the capture programs attach here.
+    #[arg(long, env = "WARREN_CGROUP")]
+    pub cgroup: PathBuf,
+    /// ztunnel's outbound listener as pods reach it; without it, capture is
+    /// off and connects go out untouched.
+    #[arg(long, env = "WARREN_ZTUNNEL_OUTBOUND")]
+    pub ztunnel: Option<SocketAddrV4>,
+    /// This node's own addresses (repeatable): the STRICT guard admits
+    /// connections from them (ztunnel, probes).
+    #[arg(long = "node-addr", env = "WARREN_NODE_ADDRS", value_delimiter = ',')]
+    pub node_addrs: Vec<IpAddr>,
+    /// How often to log the datapath counters.
+    #[arg(
+        long,
+        default_value = "10",
+        value_name = "SECONDS",
+        env = "WARREN_REPORT_EVERY"
+    )]
+    pub report_every: u64,
+}

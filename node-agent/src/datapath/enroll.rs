@@ -1,0 +1,169 @@
+//! Enrolling pods: telling the kernel programs which network namespaces to
+//! capture, and guarding their veths.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::programs::{
+    LinkOrder, SchedClassifier, TcAttachType, links::FdLink, links::PinnedLink, tc::TcAttachOptions,
+};
+use warren_ebpf_common::{EnrolledPod, Mode, POD_NAME_LEN, program};
+
+use super::{DatapathError, pins::Pins};
+
+/// What the datapath needs to know about a pod to capture it.
+#[derive(Clone, Debug)]
+pub struct PodEnrollment {
+    /// `namespace/name`, for errors and for `warrenctl bpf pods`.
+    pub name: String,
+    /// The pod's network namespace (e.g. `/run/netns/…` or `/proc/PID/ns/net`).
+    pub netns: PathBuf,
+    /// The pod's IPv4 address, if it has one.
+    pub ip4: Option<Ipv4Addr>,
+    /// The node-side end of the pod's veth, in the node's namespace, if the
+    /// STRICT guard should watch it.
+    pub host_veth: Option<String>,
+    pub mode: Mode,
+    /// Destination ports this pod keeps out of the mesh
+    /// (`warren.io/exclude-outbound-ports`).
+    pub excluded_ports: Vec<u16>,
+}
+
+/// The network-namespace cookie the kernel programs see for sockets made in
+/// `netns`: asked of a socket made there (`SO_NETNS_COOKIE`).
+pub fn netns_cookie(netns: &Path) -> Result<u64, DatapathError> {
+    let file = File::open(netns).map_err(DatapathError::io("opening network namespace", netns))?;
+    let shown = netns.to_path_buf();
+    // setns changes only the calling thread: do it on a thread of its own.
+    std::thread::spawn(move || -> std::io::Result<u64> {
+        // SAFETY: setns on a valid namespace fd; affects this thread only.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: plain socket(2); the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NETNS_COOKIE,
+                (&raw mut cookie).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(cookie)
+    })
+    .join()
+    .map_err(|_| DatapathError::Pod {
+        pod: shown.display().to_string(),
+        reason: "thread reading the netns cookie panicked".into(),
+    })?
+    .map_err(DatapathError::io("reading SO_NETNS_COOKIE in", shown))
+}
+
+/// The `EnrolledPod` value for a pod.
+pub(super) fn enrolled_value(pod: &PodEnrollment, ifindex: u32) -> EnrolledPod {
+    let mut name = [0u8; POD_NAME_LEN];
+    let bytes = pod.name.as_bytes();
+    let len = bytes.len().min(POD_NAME_LEN);
+    name[..len].copy_from_slice(&bytes[..len]);
+    EnrolledPod {
+        name,
+        ip4: pod.ip4.map_or(0, |ip| u32::from(ip).to_be()),
+        ifindex,
+        mode: pod.mode as u32,
+        _pad: 0,
+    }
+}
+
+/// The ifindex of `veth` in the calling thread's network namespace.
+pub(super) fn ifindex(pod: &str, veth: &str) -> Result<u32, DatapathError> {
+    let name = CString::new(veth).map_err(|_| DatapathError::Pod {
+        pod: pod.into(),
+        reason: format!("interface name {veth:?} contains a NUL byte"),
+    })?;
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(DatapathError::Pod {
+            pod: pod.into(),
+            reason: format!(
+                "no interface {veth} in this network namespace (the agent must run in the node's namespace)"
+            ),
+        });
+    }
+    Ok(index)
+}
+
+/// Attaches the pinned guard program to `veth`'s egress (towards the pod)
+/// and pins the link, unless an earlier agent already did.
+pub(super) fn attach_guard(pins: &Pins, pod: &str, veth: &str) -> Result<(), DatapathError> {
+    let link_path = pins.guard_link(veth);
+    if link_path.exists() {
+        // Adopt it only if it is a live link; a stale pin is replaced.
+        if PinnedLink::from_pin(&link_path).is_ok() {
+            return Ok(());
+        }
+        std::fs::remove_file(&link_path)
+            .map_err(DatapathError::io("removing stale pin", &link_path))?;
+    }
+    let mut guard = SchedClassifier::from_pin(pins.prog(program::GUARD)).map_err(|source| {
+        DatapathError::Program {
+            name: program::GUARD,
+            source,
+        }
+    })?;
+    let attach = |source| DatapathError::Attach {
+        name: program::GUARD,
+        target: format!("{veth} (pod {pod})"),
+        source,
+    };
+    let id = guard
+        .attach_with_options(
+            veth,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(attach)?;
+    let link: FdLink = guard.take_link(id).map_err(attach)?.try_into().map_err(
+        |e: aya::programs::links::LinkError| DatapathError::Pod {
+            pod: pod.into(),
+            reason: format!(
+                "the guard on {veth} is not a TCX link ({e}); TCX needs Linux 6.6 or newer"
+            ),
+        },
+    )?;
+    link.pin(&link_path).map_err(|source| DatapathError::Pin {
+        what: format!("guard link on {veth}"),
+        path: link_path,
+        source,
+    })?;
+    Ok(())
+}
+
+/// Detaches the guard from `veth` (unpinning its link detaches it).
+pub(super) fn detach_guard(pins: &Pins, veth: &str) -> Result<(), DatapathError> {
+    let path = pins.guard_link(veth);
+    match std::fs::remove_file(&path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(DatapathError::io("unpinning", &path)(err))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,91 @@
+//! Pinned cgroup links, made with the `bpf()` syscall directly.
+//!
+//! aya 0.14 cannot hand out the link of a `cgroup/getsockopt` program for
+//! pinning, and an unpinned link detaches when the agent exits. Creating
+//! and pinning the link here takes two small syscalls and treats all four
+//! cgroup programs the same way.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
+
+/// `enum bpf_attach_type` values from the kernel UAPI.
+pub(super) mod attach_type {
+    pub const CGROUP_SOCK_OPS: u32 = 3;
+    pub const CGROUP_INET4_CONNECT: u32 = 10;
+    pub const CGROUP_INET6_CONNECT: u32 = 11;
+    pub const CGROUP_GETSOCKOPT: u32 = 21;
+}
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+/// The `bpf_attr` union is large; both commands used here read only its
+/// first bytes and require the rest to be zero.
+#[repr(C, align(8))]
+struct Attr([u8; 128]);
+
+impl Attr {
+    fn zeroed() -> Self {
+        Self([0; 128])
+    }
+
+    fn put_u32(&mut self, offset: usize, v: u32) {
+        self.0[offset..offset + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+
+    fn put_u64(&mut self, offset: usize, v: u64) {
+        self.0[offset..offset + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a zero-initialised bpf_attr-sized buffer laid out as
+    // the command expects; the kernel reads at most its size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut Attr,
+            std::mem::size_of::<Attr>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+/// Attaches `prog` to the cgroup `cgroup` through a new link and pins the
+/// link at `pin`. The link stays attached until the pin is removed.
+pub(super) fn attach_cgroup_pinned(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+    pin: &Path,
+) -> io::Result<()> {
+    // link_create: prog_fd u32 @0, target_fd u32 @4, attach_type u32 @8, flags u32 @12.
+    let mut attr = Attr::zeroed();
+    attr.put_u32(0, prog.as_raw_fd() as u32);
+    attr.put_u32(4, cgroup.as_raw_fd() as u32);
+    attr.put_u32(8, attach_type);
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: on success BPF_LINK_CREATE returns a new fd that we own.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+
+    // obj_pin: pathname u64 @0, bpf_fd u32 @8, file_flags u32 @12.
+    let path = CString::new(pin.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pin path contains a NUL byte"))?;
+    let mut attr = Attr::zeroed();
+    attr.put_u64(0, path.as_ptr() as u64);
+    attr.put_u32(8, link.as_raw_fd() as u32);
+    bpf(BPF_OBJ_PIN, &mut attr)?;
+    // Closing our fd is fine: the pin holds the link.
+    Ok(())
+}
