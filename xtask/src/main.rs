@@ -4,6 +4,7 @@
 //! eBPF object with the rest, running tests, the demo and the benchmarks —
 //! starts here, so a fresh machine needs nothing but `cargo`.
 
+mod bench;
 mod build;
 mod cluster;
 mod exec;
@@ -42,12 +43,9 @@ enum Command {
     /// Bring up a multi-node mesh on network namespaces and show it working
     /// (not available yet: see the README's feature table).
     Demo,
-    /// Run a benchmark against a baseline measured in the same run (none
-    /// available yet: see the README's feature table).
-    Bench {
-        /// Benchmark name.
-        name: Option<String>,
-    },
+    /// Run a benchmark: Warren and its baseline measured in one run, with
+    /// ratios (omit the name to list them).
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,10 +64,7 @@ fn main() -> ExitCode {
             "demo",
             "the multi-node demo lands with the testbed, ztunnel and waypoint (issues 3, 5, 8, 9)",
         ),
-        Command::Bench { name } => not_yet(
-            &format!("bench {}", name.as_deref().unwrap_or("")),
-            "no benchmark exists yet; `shortcut`, `l4`, `l7` and `config` land with their issues",
-        ),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,83 +2,8 @@
 //! BPF and network namespaces, and `cargo xtask test` runs them after the
 //! unit tests. Cluster setup lives in `warren-testbed`; this crate holds the
 //! steps several scenarios share.
-
-use std::time::{Duration, Instant};
-
-use anyhow::{Context as _, Result, bail};
-use serde_json::Value;
-use warren_testbed::{Cluster, Pod, Process, binaries};
-
-/// Starts the sample HTTP server in `pod` on `port` and waits until it
-/// answers its health check from inside the pod.
-pub fn start_http_server(
-    cluster: &Cluster,
-    pod: &Pod,
-    port: u16,
-    extra: &[&str],
-) -> Result<Process> {
-    let sample = binaries::path("warren-sample")?;
-    let sample = sample.to_string_lossy();
-    let listen = format!("0.0.0.0:{port}");
-    let mut args = vec!["http", "--listen", &listen];
-    args.extend_from_slice(extra);
-    let mut server = cluster.spawn(&pod.sandbox, &sample, &args)?;
-    let health = format!("http://127.0.0.1:{port}/healthz");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        server.check_running()?;
-        let out = pod
-            .sandbox
-            .exec(&sample, ["load", "--url", &health, "-n", "1", "--json"])?;
-        if out.status.success() && count_status(&serde_json::from_slice(&out.stdout)?, 200) == 1 {
-            return Ok(server);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "server in {} not healthy after 10s; output:\n{}",
-                pod.name,
-                server.output()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Runs the sample load client in `pod` against `url` and returns its JSON
-/// report.
-pub fn load(pod: &Pod, url: &str, args: &[&str]) -> Result<Value> {
-    let sample = binaries::path("warren-sample")?;
-    let out = pod.sandbox.exec(
-        &sample.to_string_lossy(),
-        ["load", "--url", url, "--json"].iter().chain(args),
-    )?;
-    if !out.status.success() {
-        bail!(
-            "load from {} to {url} failed ({}): {}",
-            pod.name,
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    serde_json::from_slice(&out.stdout).context("parsing the load client's JSON")
-}
-
-/// How many responses in a load report had `status`.
-pub fn count_status(report: &Value, status: u64) -> u64 {
-    rows(report)
-        .filter(|r| r["status"].as_u64() == Some(status))
-        .filter_map(|r| r["count"].as_u64())
-        .sum()
-}
-
-/// How many responses in a load report came from `version`.
-pub fn count_version(report: &Value, version: &str) -> u64 {
-    rows(report)
-        .filter(|r| r["version"].as_str() == Some(version))
-        .filter_map(|r| r["count"].as_u64())
-        .sum()
-}
-
-fn rows(report: &Value) -> impl Iterator<Item = &Value> {
-    report["by_version_status"].as_array().into_iter().flatten()
-}
+//!
+//! - [`workload`]: sample servers in pods and the load client's reports.
+//! - [`agent`]: node agents on testbed nodes, and enrolling pods.
+pub mod agent;
+pub mod workload;

@@ -287,7 +287,7 @@ fn root_links() -> Result<Vec<String>> {
 
 #[test]
 fn pods_talk_http_within_and_across_nodes() -> Result<()> {
-    use warren_e2e::{count_status, count_version, load, start_http_server};
+    use warren_e2e::workload::{count_status, count_version, load, start_http_server};
     require_root()?;
     let cluster = Cluster::builder().nodes(2).pods_per_node(2).up()?;
     let server = cluster.pod("n0-p0")?;

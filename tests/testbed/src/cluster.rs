@@ -49,8 +49,14 @@ pub struct Node {
     pub pod_cidr: String,
     /// The node's namespace and its daemons' cgroup.
     pub sandbox: Sandbox,
+    /// The node's cgroup subtree: its pods and its daemons. The node agent
+    /// attaches its programs here.
+    pub cgroup: PathBuf,
     /// The cgroup subtree holding this node's pods.
     pub pods_cgroup: PathBuf,
+    /// The node's address on its pod bridge: pods' default gateway, and how
+    /// pods reach the node's ztunnel.
+    pub gateway: Ipv4Addr,
     /// Where this node's eBPF objects are pinned.
     pub bpffs: PathBuf,
 }
@@ -600,7 +606,9 @@ impl Cluster {
                     ("NODE_IP".into(), node_ip.to_string()),
                 ],
             },
+            cgroup: cgroup_root,
             pods_cgroup: pods,
+            gateway: addressing::pod_gateway(index),
             pod_cidr: format!("{}/{}", addressing::pod_cidr(index), addressing::PREFIX_LEN),
             ip: node_ip,
             index,

@@ -1,0 +1,134 @@
+//! Node agents on testbed nodes, and enrolling pods through the pins the
+//! agent leaves (what the control plane will do from config).
+
+use std::{
+    net::{IpAddr, SocketAddrV4},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use warren_ebpf_common::program;
+pub use warren_ebpf_common::{AddrKind, Counter, Mode};
+use warren_node_agent::datapath::{Datapath, PodEnrollment};
+use warren_testbed::{Cluster, Node, Pod, Process, binaries};
+
+/// ztunnel's outbound capture port.
+pub const OUTBOUND_PORT: u16 = 15001;
+
+/// Where node `node`'s pods are sent: its bridge address, port 15001.
+pub fn outbound_addr(node: &Node) -> SocketAddrV4 {
+    SocketAddrV4::new(node.gateway, OUTBOUND_PORT)
+}
+
+/// Starts `warren-node-agent run` in the node's namespace and cgroup, with
+/// capture pointed at `outbound_addr(node)`, and waits until its datapath is
+/// installed (or adopted).
+pub fn start_agent(cluster: &Cluster, node: &Node) -> Result<Process> {
+    let agent = binaries::path("warren-node-agent")?;
+    let cgroup = node.cgroup.to_string_lossy().into_owned();
+    let bpffs = node.bpffs.to_string_lossy().into_owned();
+    let ztunnel = outbound_addr(node).to_string();
+    let addrs = format!("{},{}", node.gateway, node.ip);
+    let args = [
+        "run",
+        "--node",
+        &node.name,
+        "--cgroup",
+        &cgroup,
+        "--bpffs",
+        &bpffs,
+        "--ztunnel",
+        &ztunnel,
+        "--node-addr",
+        &addrs,
+        "--report-every",
+        "3600",
+    ];
+    let mut process = cluster.spawn(&node.sandbox, &agent.to_string_lossy(), &args)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !process.output().contains("node agent ready") {
+        process.check_running()?;
+        if Instant::now() > deadline {
+            bail!(
+                "node agent on {} not ready after 20s:\n{}",
+                node.name,
+                process.output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(process)
+}
+
+/// Enrolls `pod` in its node's datapath (through the pins, from the node's
+/// namespace) and returns its netns cookie.
+pub fn enroll(cluster: &Cluster, pod: &Pod, mode: Mode, excluded_ports: &[u16]) -> Result<u64> {
+    let node = node_of(cluster, pod)?;
+    let enrollment = PodEnrollment {
+        name: format!("{}/{}", pod.namespace, pod.name),
+        netns: pod.sandbox.netns.clone(),
+        ip4: Some(pod.ip),
+        host_veth: Some(pod.host_veth.clone()),
+        mode,
+        excluded_ports: excluded_ports.to_vec(),
+    };
+    let bpffs = node.bpffs.clone();
+    node.sandbox
+        .in_netns(move || Ok(Datapath::open(&bpffs)?.enroll(&enrollment)?))
+        .with_context(|| format!("enrolling {}", pod.name))
+}
+
+/// Stops capturing `pod`'s new connections.
+pub fn unenroll(cluster: &Cluster, pod: &Pod, cookie: u64) -> Result<()> {
+    let node = node_of(cluster, pod)?;
+    let bpffs = node.bpffs.clone();
+    node.sandbox
+        .in_netns(move || Ok(Datapath::open(&bpffs)?.unenroll(cookie)?))
+}
+
+/// Records every pod of `node` as a local address (what the agent will do
+/// from config): their sockets may use the shortcut.
+pub fn register_local_pods(cluster: &Cluster, node: &Node) -> Result<()> {
+    let mut datapath = Datapath::open(&node.bpffs)?;
+    for pod in cluster.pods().iter().filter(|p| p.node == node.name) {
+        datapath.add_local_addr(IpAddr::V4(pod.ip), AddrKind::Pod)?;
+    }
+    Ok(())
+}
+
+/// The node's datapath, opened from its pins.
+pub fn datapath(node: &Node) -> Result<Datapath> {
+    Ok(Datapath::open(&node.bpffs)?)
+}
+
+/// Names of the programs the node's pins hold, one per attachment.
+pub fn attached_programs(node: &Node) -> Result<Vec<String>> {
+    let pins = warren_node_agent::datapath::pins::Pins::new(&node.bpffs);
+    let mut names: Vec<String> = warren_node_agent::datapath::inspect::programs(&pins)?
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Every program a complete installation holds, sorted.
+pub fn expected_programs() -> Vec<String> {
+    let mut names: Vec<String> = program::ALL.iter().map(|s| (*s).to_owned()).collect();
+    names.sort();
+    names
+}
+
+/// The pin folder of `node`.
+pub fn pin_root(node: &Node) -> PathBuf {
+    node.bpffs.clone()
+}
+
+fn node_of<'a>(cluster: &'a Cluster, pod: &Pod) -> Result<&'a Node> {
+    cluster
+        .nodes()
+        .iter()
+        .find(|n| n.name == pod.node)
+        .with_context(|| format!("pod {} is on unknown node {}", pod.name, pod.node))
+}
