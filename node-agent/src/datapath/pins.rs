@@ -4,7 +4,7 @@
 //! /sys/fs/bpf/warren/<node>/
 //!   maps/<MAP NAME>          every map (aya pins them by name)
 //!   links/<program>          cgroup attachments (connect4, connect6, sock_ops, getsockopt)
-//!   links/guard.<veth>       TC (TCX) attachment of the guard on one pod's veth
+//!   links/guard_<veth>       TC (TCX) attachment of the guard on one pod's veth
 //!   progs/<program>          programs attached without a link (sk_msg) or
 //!                            attached later (the guard, per pod)
 //! ```
@@ -51,8 +51,10 @@ impl Pins {
         self.links_dir().join(program)
     }
 
+    /// bpffs refuses names containing a dot (it keeps them for itself), and
+    /// interface names may have one (`eth0.100`).
     pub fn guard_link(&self, veth: &str) -> PathBuf {
-        self.links_dir().join(format!("guard.{veth}"))
+        self.links_dir().join(format!("guard_{}", veth.replace('.', "_")))
     }
 
     pub fn prog(&self, name: &str) -> PathBuf {

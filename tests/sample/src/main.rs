@@ -6,10 +6,16 @@
 //! - `echo`: a TCP echo server ([`echo`]).
 //! - `load`: a bounded load client that tallies answers by version and status ([`load`],
 //!   [`tally`]).
+//! - `stream`: a byte-exact check of a gigabyte-scale echo ([`stream`], [`pattern`]).
+//! - `pingpong`: round-trip latency and stream throughput of one echo connection
+//!   ([`pingpong`]).
+//! - `transparent`: a minimal transparent proxy that reports the original destination the
+//!   kernel gives it ([`transparent`], [`original_dst`], [`socket_mark`]).
 //!
 //! Every flag, its default and its environment variable are declared here.
 
 mod body;
+mod byte_size;
 mod duration;
 mod echo;
 mod error_chain;
@@ -17,13 +23,19 @@ mod fault;
 mod http_server;
 mod http_url;
 mod load;
+mod original_dst;
+mod pattern;
+mod pingpong;
 mod shutdown;
+mod socket_mark;
+mod stream;
 mod tally;
+mod transparent;
 mod upstream;
 
-use std::{io::IsTerminal as _, net::SocketAddr, time::Duration};
+use std::{io::IsTerminal as _, net::SocketAddr, process::ExitCode, time::Duration};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
 
@@ -33,7 +45,8 @@ use crate::fault::FailRate;
 #[command(
     name = "warren-sample",
     version,
-    about = "Test and demo workload for Warren: HTTP and echo servers, and a load client"
+    about = "Test and demo workload for Warren: HTTP and echo servers, load, stream and \
+             latency clients, and a transparent proxy"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,6 +67,22 @@ enum Command {
     /// Exits 0 whenever the run completed, whatever the answers were: tests judge the
     /// tally. Exits non-zero only if the run could not start (bad URL, bad flag).
     Load(LoadArgs),
+    /// Stream seeded pseudo-random bytes to an echo server and check every byte that comes
+    /// back.
+    ///
+    /// Exits 0 if the echo matched exactly, 1 if it differed or was short, 2 if the
+    /// connection could not be made.
+    Stream(StreamArgs),
+    /// Measure round-trip latency (or, with --stream-mib, throughput) of one connection to
+    /// an echo server.
+    Pingpong(PingpongArgs),
+    /// Relay connections redirected to this listener to their original destination,
+    /// printing one JSON line per connection with what the kernel said about it.
+    ///
+    /// The original destination comes from getsockopt(SO_ORIGINAL_DST) or Warren's
+    /// SO_WARREN_ORIGIN; a connection with neither is closed. Lines go to stdout, logs to
+    /// stderr.
+    Transparent(TransparentArgs),
 }
 
 #[derive(Args)]
@@ -126,8 +155,76 @@ struct LoadArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct StreamArgs {
+    /// Echo server to stream to, IP:PORT.
+    #[arg(long, value_name = "IP:PORT")]
+    connect: SocketAddr,
+    /// How many bytes to send, e.g. 4096, 64M, 1G (binary units).
+    #[arg(long, value_parser = byte_size::parse)]
+    bytes: u64,
+    /// Seed of the data and of the write sizes; the same seed sends the same bytes.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Largest write; each write's size is drawn from 1..=this, e.g. 65536, 1M.
+    #[arg(long, default_value = "65536", value_parser = byte_size::parse)]
+    max_write: u64,
+    /// How long to wait for the connection, and at most between two echoed chunks.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    timeout: Duration,
+    /// Print the result as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct PingpongArgs {
+    /// Echo server to measure, IP:PORT.
+    #[arg(long, value_name = "IP:PORT")]
+    connect: SocketAddr,
+    /// Size of each message, e.g. 1024, 16K.
+    #[arg(long, default_value = "1024", value_parser = byte_size::parse, conflicts_with = "stream_mib")]
+    size: u64,
+    /// Number of round trips (or use --duration instead).
+    #[arg(
+        short = 'n',
+        long,
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..),
+        conflicts_with_all = ["duration", "stream_mib"]
+    )]
+    round_trips: u64,
+    /// Make round trips for this long instead of a fixed number, e.g. 3s.
+    #[arg(short = 'd', long, value_parser = duration::parse, conflicts_with = "stream_mib")]
+    duration: Option<Duration>,
+    /// Instead of round trips, send this many MiB in 64 KiB writes and report the echo's
+    /// throughput.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    stream_mib: Option<u64>,
+    /// Limit on connecting, on each round trip, and on each wait for echoed bytes.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    timeout: Duration,
+    /// Print the result as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct TransparentArgs {
+    /// Address to listen on (where Warren's connect hook sends captured connects).
+    #[arg(long, default_value = "0.0.0.0:15001")]
+    listen: SocketAddr,
+    /// SO_MARK for outbound connections, hex or decimal (Warren's hook skips 0x539, so
+    /// the proxy's own connects are not captured again). Needs CAP_NET_ADMIN.
+    #[arg(long, value_parser = socket_mark::parse)]
+    mark: Option<u32>,
+    /// How long to wait for the original destination to accept.
+    #[arg(long, default_value = "5s", value_parser = duration::parse)]
+    connect_timeout: Duration,
+}
+
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> Result<ExitCode> {
     // Logs go to stderr: stdout carries `load`'s report, which tests parse.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -139,15 +236,33 @@ async fn main() -> Result<()> {
         )
         .init();
 
+    let done = ExitCode::SUCCESS;
     match Cli::parse().command {
-        Command::Http(args) => http_server::run(args.into_config()).await,
-        Command::Echo(args) => {
-            echo::run(echo::Config {
-                listen: args.listen,
-            })
-            .await
-        }
-        Command::Load(args) => load::run(args.into_config()?).await,
+        Command::Http(args) => http_server::run(args.into_config()).await.map(|()| done),
+        Command::Echo(args) => echo::run(echo::Config {
+            listen: args.listen,
+        })
+        .await
+        .map(|()| done),
+        Command::Load(args) => load::run(args.into_config()?).await.map(|()| done),
+        // `stream` chooses its exit status: tests tell a broken path from a corrupting one.
+        Command::Stream(args) => stream::run(args.into_config()?).await,
+        Command::Pingpong(args) => pingpong::run(args.into_config()?).await.map(|()| done),
+        Command::Transparent(args) => transparent::run(transparent::Config {
+            listen: args.listen,
+            mark: args.mark,
+            connect_timeout: args.connect_timeout,
+        })
+        .await
+        .map(|()| done),
+    }
+}
+
+fn output(json: bool) -> load::Output {
+    if json {
+        load::Output::Json
+    } else {
+        load::Output::Table
     }
 }
 
@@ -185,11 +300,62 @@ impl LoadArgs {
             http2: self.http2,
             timeout: self.timeout,
             body_bytes: self.body_bytes,
-            output: if self.json {
-                load::Output::Json
-            } else {
-                load::Output::Table
+            output: output(self.json),
+        })
+    }
+}
+
+impl StreamArgs {
+    fn into_config(self) -> Result<stream::Config> {
+        if self.timeout.is_zero() {
+            bail!("--timeout must be more than 0 (every wait would time out)");
+        }
+        // The write buffer is allocated whole; a gigabyte write is no test of anything.
+        const MAX_WRITE_LIMIT: u64 = 64 << 20;
+        if !(1..=MAX_WRITE_LIMIT).contains(&self.max_write) {
+            bail!(
+                "--max-write {} is outside 1..={MAX_WRITE_LIMIT} bytes",
+                self.max_write
+            );
+        }
+        Ok(stream::Config {
+            connect: self.connect,
+            bytes: self.bytes,
+            seed: self.seed,
+            max_write: usize::try_from(self.max_write)
+                .context("--max-write does not fit this machine's memory")?,
+            timeout: self.timeout,
+            output: output(self.json),
+        })
+    }
+}
+
+impl PingpongArgs {
+    fn into_config(self) -> Result<pingpong::Config> {
+        if self.timeout.is_zero() {
+            bail!("--timeout must be more than 0 (every round trip would time out)");
+        }
+        // Both message buffers are allocated whole.
+        const MAX_SIZE: u64 = 64 << 20;
+        if !(1..=MAX_SIZE).contains(&self.size) {
+            bail!("--size {} is outside 1..={MAX_SIZE} bytes", self.size);
+        }
+        let mode = match self.stream_mib {
+            Some(mib) => pingpong::Mode::Stream { mib },
+            None => pingpong::Mode::RoundTrips {
+                size: usize::try_from(self.size)
+                    .context("--size does not fit this machine's memory")?,
+                stop: match self.duration {
+                    Some(duration) => pingpong::Stop::AfterDuration(duration),
+                    None => pingpong::Stop::AfterRoundTrips(self.round_trips),
+                },
             },
+        };
+        Ok(pingpong::Config {
+            connect: self.connect,
+            mode,
+            timeout: self.timeout,
+            output: output(self.json),
         })
     }
 }
@@ -274,5 +440,118 @@ mod tests {
             panic!("not the http command");
         };
         assert_eq!(args.version, "v3");
+    }
+
+    #[test]
+    fn stream_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "warren-sample",
+            "stream",
+            "--connect",
+            "127.0.0.1:9000",
+            "--bytes",
+            "1G",
+            "--seed",
+            "7",
+            "--max-write",
+            "4K",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Stream(args) = cli.command else {
+            panic!("not the stream command");
+        };
+        let config = args.into_config().unwrap();
+        assert_eq!(config.bytes, 1 << 30);
+        assert_eq!(config.seed, 7);
+        assert_eq!(config.max_write, 4096);
+        assert_eq!(config.output, load::Output::Json);
+
+        let cli = Cli::try_parse_from([
+            "warren-sample",
+            "stream",
+            "--connect",
+            "127.0.0.1:9000",
+            "--bytes",
+            "1M",
+            "--max-write",
+            "0",
+        ])
+        .unwrap();
+        let Command::Stream(args) = cli.command else {
+            panic!("not the stream command");
+        };
+        let error = args.into_config().err().unwrap().to_string();
+        assert!(error.contains("--max-write 0"), "{error}");
+        let error = Cli::try_parse_from([
+            "warren-sample",
+            "stream",
+            "--connect",
+            "127.0.0.1:9000",
+            "--bytes",
+            "1X",
+        ])
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(error.contains("unknown unit"), "{error}");
+    }
+
+    #[test]
+    fn pingpong_flags_parse_into_one_mode() {
+        let parse = |extra: &[&str]| {
+            let cli = Cli::try_parse_from(
+                [
+                    &["warren-sample", "pingpong", "--connect", "127.0.0.1:9000"],
+                    extra,
+                ]
+                .concat(),
+            )?;
+            let Command::Pingpong(args) = cli.command else {
+                panic!("not the pingpong command");
+            };
+            Ok::<_, clap::Error>(args.into_config().unwrap())
+        };
+        assert_eq!(
+            parse(&[]).unwrap().mode,
+            pingpong::Mode::RoundTrips {
+                size: 1024,
+                stop: pingpong::Stop::AfterRoundTrips(10_000)
+            }
+        );
+        assert_eq!(
+            parse(&["--size", "16K", "-d", "3s"]).unwrap().mode,
+            pingpong::Mode::RoundTrips {
+                size: 16 << 10,
+                stop: pingpong::Stop::AfterDuration(Duration::from_secs(3))
+            }
+        );
+        assert_eq!(
+            parse(&["--stream-mib", "16"]).unwrap().mode,
+            pingpong::Mode::Stream { mib: 16 }
+        );
+        for conflicting in [
+            &["-n", "5", "-d", "1s"][..],
+            &["-n", "5", "--stream-mib", "1"][..],
+            &["--size", "10", "--stream-mib", "1"][..],
+            &["-n", "0"][..],
+        ] {
+            assert!(parse(conflicting).is_err(), "{conflicting:?}");
+        }
+    }
+
+    #[test]
+    fn transparent_flags_parse() {
+        let cli = Cli::try_parse_from(["warren-sample", "transparent", "--mark", "0x539"]).unwrap();
+        let Command::Transparent(args) = cli.command else {
+            panic!("not the transparent command");
+        };
+        assert_eq!(args.listen, "0.0.0.0:15001".parse().unwrap());
+        assert_eq!(args.mark, Some(warren_ebpf_common::ZTUNNEL_MARK));
+        let error = Cli::try_parse_from(["warren-sample", "transparent", "--mark", "0xzz"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("not a socket mark"), "{error}");
     }
 }

@@ -1,11 +1,12 @@
 //! The real `warren-sample` binary on 127.0.0.1: servers started as child processes, the
-//! load client run against them, and its JSON report checked the way the testbed's
-//! end-to-end tests will read it.
+//! clients (load, stream, pingpong) run against them, and their JSON reports checked the
+//! way the testbed's end-to-end tests will read them.
 
 use std::{
     io::{self, Read as _, Write as _},
     net::{Shutdown, TcpListener, TcpStream},
     process::{Child, Command, Output, Stdio},
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
@@ -33,18 +34,45 @@ impl Server {
     /// Starts `warren-sample <subcommand> --listen 127.0.0.1:<free port> <args>` and
     /// waits until it accepts connections (for `http`, until `/healthz` answers).
     fn start(subcommand: &str, args: &[&str]) -> Server {
+        Self::spawn(subcommand, args, Stdio::null())
+    }
+
+    /// Like [`Server::start`], for a server that reports on stdout while it runs
+    /// (`transparent`): its lines arrive on the receiver as it prints them. Readiness
+    /// probes count as connections too, so a test picks its own lines out by content.
+    fn start_reporting(subcommand: &str, args: &[&str]) -> (Server, mpsc::Receiver<String>) {
+        let mut server = Self::spawn(subcommand, args, Stdio::piped());
+        let stdout = server.child.stdout.take().expect("stdout is piped");
+        let (lines, receiver) = mpsc::channel();
+        // Ends when the server exits and its stdout closes.
+        thread::spawn(move || {
+            for line in io::BufRead::lines(io::BufReader::new(stdout)) {
+                let Ok(line) = line else { break };
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (server, receiver)
+    }
+
+    fn spawn(subcommand: &str, args: &[&str], stdout: Stdio) -> Server {
         let port = free_port();
         let child = sample()
             .arg(subcommand)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting warren-sample");
         let mut server = Server { child, port };
         server.wait_until_ready(subcommand == "http");
         server
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     fn wait_until_ready(&mut self, http: bool) {
@@ -158,6 +186,27 @@ fn load_json(args: &[&str]) -> Value {
         panic!(
             "load printed no JSON ({error}): {}\n{stderr}",
             String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// Runs a client subcommand (`stream`, `pingpong`) to completion.
+fn run_client(subcommand: &str, args: &[&str]) -> Output {
+    sample()
+        .arg(subcommand)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("running warren-sample {subcommand}: {error}"))
+}
+
+/// The JSON report a client printed, whatever its exit status.
+fn report_of(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "no JSON report ({error}), exit {}: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
         )
     })
 }
@@ -330,4 +379,139 @@ fn load_exits_zero_when_nothing_answers_and_non_zero_when_it_cannot_run() {
         assert!(!output.status.success(), "{bad:?} should not run");
         assert!(output.stdout.is_empty(), "{bad:?} printed a report");
     }
+}
+
+#[test]
+fn stream_checks_64_mebibytes_echoed_byte_exact() {
+    let server = Server::start("echo", &[]);
+    let output = run_client(
+        "stream",
+        &[
+            "--connect",
+            &server.addr(),
+            "--bytes",
+            "64M",
+            "--seed",
+            "42",
+            "--max-write",
+            "100000",
+            "--json",
+        ],
+    );
+    let report = report_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["bytes_sent"], 64 << 20, "{report}");
+    assert_eq!(report["bytes_received"], 64 << 20, "{report}");
+    assert_eq!(report["first_mismatch"], Value::Null, "{report}");
+    assert!(
+        report["throughput_mib_s"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}
+
+#[test]
+fn stream_exits_two_when_it_cannot_connect() {
+    let closed = format!("127.0.0.1:{}", free_port());
+    let output = run_client("stream", &["--connect", &closed, "--bytes", "1M", "--json"]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "printed a report without a connection"
+    );
+}
+
+#[test]
+fn pingpong_counts_round_trips_and_streams() {
+    let server = Server::start("echo", &[]);
+    let output = run_client(
+        "pingpong",
+        &[
+            "--connect",
+            &server.addr(),
+            "-n",
+            "200",
+            "--size",
+            "512",
+            "--json",
+        ],
+    );
+    let report = report_of(&output);
+    assert!(output.status.success(), "{report}");
+    assert_eq!(report["round_trips"], 200, "{report}");
+    assert!(report["rtt_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    let latency = &report["latency_us"];
+    let p50 = latency["p50"].as_f64().unwrap();
+    assert!(p50 > 0.0, "{report}");
+    for key in ["p90", "p99", "max"] {
+        assert!(latency[key].as_f64().unwrap() >= p50, "{key}: {report}");
+    }
+
+    let output = run_client(
+        "pingpong",
+        &["--connect", &server.addr(), "--stream-mib", "16", "--json"],
+    );
+    let report = report_of(&output);
+    assert!(output.status.success(), "{report}");
+    assert_eq!(report["stream_mib"], 16, "{report}");
+    assert!(report["stream_mib_s"].as_f64().unwrap() > 0.0, "{report}");
+}
+
+/// No eBPF program and no netfilter redirect on loopback: the proxy has nowhere to send a
+/// connection, so it closes it, and its line says why instead of the proxy crashing.
+#[test]
+fn transparent_without_a_redirect_closes_and_says_why() {
+    let (mut proxy, lines) = Server::start_reporting("transparent", &[]);
+
+    let mut client = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    client.set_read_timeout(Some(PATIENCE)).unwrap();
+    let me = client.local_addr().unwrap().to_string();
+    let mut buf = [0u8; 16];
+    match client.read(&mut buf) {
+        Ok(0) => {}
+        Err(error) if error.kind() == io::ErrorKind::ConnectionReset => {}
+        other => panic!("the proxy did not close the connection: {other:?}"),
+    }
+
+    let deadline = Instant::now() + PATIENCE;
+    let line: Value = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let text = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|error| panic!("no line for peer {me}: {error}"));
+        let line: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|error| panic!("not a JSON line ({error}): {text}"));
+        if line["peer"] == me.as_str() {
+            break line;
+        }
+    };
+    assert_eq!(line["orig_dst"], Value::Null, "{line}");
+    let why = line["orig_dst_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("SO_ORIGINAL_DST") && why.contains(':'),
+        "{line}"
+    );
+    assert_eq!(line["origin_dst"], Value::Null, "{line}");
+    assert_eq!(line["netns_cookie"], Value::Null, "{line}");
+    let why = line["origin_error"].as_str().unwrap_or_default();
+    assert!(why.contains("SO_WARREN_ORIGIN"), "{line}");
+
+    // A stream through a path that drops it is a failed check, not an unreachable one.
+    let output = run_client(
+        "stream",
+        &["--connect", &proxy.addr(), "--bytes", "1M", "--json"],
+    );
+    let report = report_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["bytes_received"], 0, "{report}");
+
+    proxy.terminate();
+    let exit = proxy.wait_for_exit();
+    assert!(exit.success(), "{exit}");
 }

@@ -234,7 +234,11 @@ impl Cluster {
         } else {
             Some(Owner::current()?)
         };
-        fs::write(cluster.dir.join(OWNER_FILE), serde_json::to_vec(&owner)?)?;
+        // Atomically: a concurrent `reap_stale` must see no owner file (being
+        // created) or a whole one, never an empty file it would call stale.
+        let tmp = cluster.dir.join(format!(".{OWNER_FILE}.tmp"));
+        fs::write(&tmp, serde_json::to_vec(&owner)?)?;
+        fs::rename(&tmp, cluster.dir.join(OWNER_FILE))?;
         fs::create_dir_all(cluster.config_dir())?;
         fs::create_dir_all(cluster.log_dir())?;
 
