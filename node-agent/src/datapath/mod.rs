@@ -274,9 +274,16 @@ fn ip_key(ip: IpAddr) -> IpKey {
 }
 
 /// Removing what is already gone is not an error.
+/// aya reports a missing key as `KeyNotFound` on lookups but as the raw
+/// `ENOENT` of `bpf_map_delete_elem` on deletes.
 fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match result {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }

@@ -54,7 +54,8 @@ impl Pins {
     /// bpffs refuses names containing a dot (it keeps them for itself), and
     /// interface names may have one (`eth0.100`).
     pub fn guard_link(&self, veth: &str) -> PathBuf {
-        self.links_dir().join(format!("guard_{}", veth.replace('.', "_")))
+        self.links_dir()
+            .join(format!("guard_{}", veth.replace('.', "_")))
     }
 
     pub fn prog(&self, name: &str) -> PathBuf {

@@ -20,6 +20,10 @@ use crate::{
     tuning::CpuWake,
 };
 
+/// CPUs for the client and the echo server.
+const CLIENT_CPU: &str = "0";
+const ECHO_CPU: &str = "1";
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Length of each measurement.
@@ -49,10 +53,22 @@ pub fn run(args: &Args) -> Result<()> {
     let _agent = start_agent(&cluster, node)?;
     let (client, server) = (cluster.pod("n0-p0")?, cluster.pod("n0-p1")?);
     let sample = binaries::path("warren-sample")?;
+    // Client and echo on separate CPUs (when there are two): on a small VM,
+    // a thread migrating between CPUs mid-run costs more than the path
+    // being measured. Both arms run the same way.
+    let sample = sample.to_string_lossy();
     let _echo = cluster.spawn(
         &server.sandbox,
-        &sample.to_string_lossy(),
-        &["echo", "--listen", "0.0.0.0:9000"],
+        "taskset",
+        &[
+            "-c",
+            ECHO_CPU,
+            &sample,
+            "echo",
+            "--blocking",
+            "--listen",
+            "0.0.0.0:9000",
+        ],
     )?;
     std::thread::sleep(Duration::from_millis(200));
     let _wake = CpuWake::hold();
@@ -151,9 +167,12 @@ fn measure(client: &Pod, target: &str, args: &Args) -> Result<Sample> {
 
 fn pingpong(client: &Pod, args: &[&str]) -> Result<Value> {
     let sample = binaries::path("warren-sample")?;
+    let sample = sample.to_string_lossy();
     let out = client.sandbox.exec(
-        &sample.to_string_lossy(),
-        ["pingpong", "--json"].iter().chain(args),
+        "taskset",
+        ["-c", CLIENT_CPU, &sample, "pingpong", "--json"]
+            .iter()
+            .chain(args),
     )?;
     ensure!(
         out.status.success(),

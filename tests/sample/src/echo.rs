@@ -16,6 +16,9 @@ use crate::shutdown::{GRACE, Shutdown};
 
 pub struct Config {
     pub listen: SocketAddr,
+    /// One OS thread per connection with blocking I/O: the lowest latency an
+    /// echo can add, for latency benchmarks. Not for many connections.
+    pub blocking: bool,
 }
 
 pub async fn run(config: Config) -> Result<()> {
@@ -29,6 +32,7 @@ pub async fn run(config: Config) -> Result<()> {
     let signal = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) if config.blocking => echo_blocking(stream, peer),
                 Ok((stream, peer)) => {
                     connections.spawn(echo(stream, peer));
                 }
@@ -75,4 +79,42 @@ async fn echo(mut stream: TcpStream, peer: SocketAddr) {
     if let Err(error) = writer.shutdown().await {
         debug!(%peer, %error, "closing the echo connection failed");
     }
+}
+
+/// Echoes on a thread of its own with blocking I/O (see [`Config::blocking`]).
+fn echo_blocking(stream: TcpStream, peer: SocketAddr) {
+    let stream = match stream
+        .into_std()
+        .and_then(|s| s.set_nonblocking(false).map(|()| s))
+    {
+        Ok(s) => s,
+        Err(error) => {
+            debug!(%peer, %error, "making the echo connection blocking failed");
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        let _ = stream.set_nodelay(true);
+        // 64 KiB, not std::io::copy's 8 KiB: fewer, larger writes, as a
+        // streaming server would do.
+        let copied = stream.try_clone().and_then(|mut writer| {
+            use std::io::{Read as _, Write as _};
+            let mut reader = &stream;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0u64;
+            loop {
+                let n = reader.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(total);
+                }
+                writer.write_all(&buf[..n])?;
+                total += n as u64;
+            }
+        });
+        match copied {
+            Ok(bytes) => debug!(%peer, bytes, "echo connection finished"),
+            Err(error) => debug!(%peer, %error, "echo connection failed"),
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    });
 }

@@ -122,6 +122,10 @@ struct EchoArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:9000")]
     listen: SocketAddr,
+    /// A thread per connection with blocking I/O: lowest added latency, for
+    /// latency benchmarks; not for thousands of connections.
+    #[arg(long)]
+    blocking: bool,
 }
 
 #[derive(Args)]
@@ -241,6 +245,7 @@ async fn main() -> Result<ExitCode> {
         Command::Http(args) => http_server::run(args.into_config()).await.map(|()| done),
         Command::Echo(args) => echo::run(echo::Config {
             listen: args.listen,
+            blocking: args.blocking,
         })
         .await
         .map(|()| done),
