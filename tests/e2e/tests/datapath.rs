@@ -308,6 +308,24 @@ fn shortcut_carries_streams_byte_exact() -> Result<()> {
     Ok(())
 }
 
+/// Runs `warrenctl ARGS… -j --bpffs <node pins>` and parses its JSON.
+fn warrenctl(node: &Node, args: &[&str]) -> Result<Value> {
+    let ctl = binaries::path("warrenctl")?;
+    let out = Command::new(ctl)
+        .args(args)
+        .arg("-j")
+        .arg("--bpffs")
+        .arg(&node.bpffs)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "warrenctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("warrenctl {args:?} printed no JSON"))
+}
+
 fn bpftool_cgroup_programs(node: &Node) -> Result<usize> {
     let out = Command::new("bpftool")
         .arg("cgroup")
@@ -342,6 +360,36 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() -> Result<()> {
     ensure!(
         mesh.captured_from(&client).len() == 2,
         "capture stopped with the agent"
+    );
+
+    // With no agent running, warrenctl explains the node from its pins.
+    let pods = warrenctl(mesh.node(), &["bpf", "pods"])?;
+    let row = pods
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["pod"] == "default/n0-p0"))
+        .with_context(|| format!("enrolled pod missing from warrenctl bpf pods: {pods}"))?;
+    ensure!(
+        row["mode"] == "PERMISSIVE" && row["redirected"].as_u64() >= Some(2),
+        "pod row {row}"
+    );
+    let progs = warrenctl(mesh.node(), &["bpf", "prog", "list"])?;
+    ensure!(
+        progs.as_array().map(Vec::len) == Some(installed.len()),
+        "prog list {progs}"
+    );
+    let maps = warrenctl(mesh.node(), &["bpf", "map", "list"])?;
+    ensure!(
+        maps.as_array().map(Vec::len) == Some(warren_ebpf_common::map::ALL.len()),
+        "map list {maps}"
+    );
+    let counters = warrenctl(mesh.node(), &["bpf", "map", "dump", "warren_counters"])?;
+    let redirected_now = counters
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["key"] == "connect_redirected"))
+        .and_then(|r| r["value"].as_u64());
+    ensure!(
+        redirected_now == Some(redirected + 1),
+        "decoded counters {counters}"
     );
 
     // A new agent adopts the pins: nothing attached twice, counters go on.
