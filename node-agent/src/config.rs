@@ -46,6 +46,22 @@ pub struct RunArgs {
     /// connections from them (ztunnel, probes).
     #[arg(long = "node-addr", env = "WARREN_NODE_ADDRS", value_delimiter = ',')]
     pub node_addrs: Vec<IpAddr>,
+    /// Folder of Kubernetes and Istio YAML to read configuration from
+    /// (hot-reloaded). Without it, no pod is enrolled by the agent.
+    #[arg(long, env = "WARREN_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Namespace whose unselected PeerAuthentication applies mesh-wide.
+    #[arg(long, default_value = "istio-system", env = "WARREN_ROOT_NAMESPACE")]
+    pub root_namespace: String,
+    /// How often the config folder is rescanned in case the watcher missed
+    /// an event.
+    #[arg(
+        long,
+        default_value = "10",
+        value_name = "SECONDS",
+        env = "WARREN_RESCAN_EVERY"
+    )]
+    pub rescan_every: u64,
     /// How often to log the datapath counters.
     #[arg(
         long,

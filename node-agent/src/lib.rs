@@ -1,7 +1,18 @@
 //! Warren's node agent: the per-node control plane.
 //!
-//! - [`datapath`] installs Warren's eBPF programs and owns their maps: the
-//!   only code that touches kernel state.
-//! - [`config`] holds every setting of the agent binary.
+//! Data flows one way: [`source`] → [`model`] → [`store`] → [`enrollment`]
+//! (and, later, the per-node view pushed to proxies) → [`datapath`].
+//!
+//! - [`source`]: where configuration comes from (a folder; Kubernetes later).
+//! - [`model`]: the kinds Warren reads, typed and validated.
+//! - [`store`]: the last good version of every object.
+//! - [`enrollment`]: which pods of this node are captured, and how.
+//! - [`datapath`]: the eBPF programs and maps; the only code that touches
+//!   kernel state.
+//! - [`config`]: every setting of the agent binary.
 pub mod config;
 pub mod datapath;
+pub mod enrollment;
+pub mod model;
+pub mod source;
+pub mod store;

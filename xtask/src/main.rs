@@ -7,6 +7,7 @@
 mod bench;
 mod build;
 mod cluster;
+mod demo;
 mod exec;
 mod setup;
 mod test;
@@ -40,9 +41,9 @@ enum Command {
     /// Testbed clusters made of network namespaces: up, down, status, exec.
     #[command(subcommand)]
     Cluster(cluster::Command),
-    /// Bring up a multi-node mesh on network namespaces and show it working
-    /// (not available yet: see the README's feature table).
-    Demo,
+    /// Bring up a two-node mesh on network namespaces and show it working
+    /// with real traffic, step by step.
+    Demo(demo::Args),
     /// Run a benchmark: Warren and its baseline measured in one run, with
     /// ratios (omit the name to list them).
     Bench(bench::Args),
@@ -60,10 +61,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             });
         }
-        Command::Demo => not_yet(
-            "demo",
-            "the multi-node demo lands with the testbed, ztunnel and waypoint (issues 3, 5, 8, 9)",
-        ),
+        Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
     };
     match result {
@@ -73,13 +71,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Says plainly that a task does not exist yet, and fails so no script
-/// mistakes it for success.
-fn not_yet(task: &str, why: &str) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "`cargo xtask {}` is not implemented yet: {why}",
-        task.trim()
-    )
 }

@@ -4,11 +4,15 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use tracing::info;
+use tokio::sync::mpsc;
+use tracing::{error, info};
 use warren_ebpf_common::AddrKind;
 use warren_node_agent::{
     config::{NodeArgs, RunArgs},
     datapath::{self, Datapath, Redirect},
+    enrollment::Enrollment,
+    source::{SourceEvent, local::LocalSource},
+    store::{Applied, Store},
 };
 
 #[derive(Parser)]
@@ -31,6 +35,9 @@ enum Command {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
+        // Colour only for a person's terminal, not in captured logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -68,11 +75,38 @@ async fn run(args: RunArgs) -> Result<()> {
         "node agent ready"
     );
 
+    // Configuration: a folder source feeding the store; enrollment follows
+    // the store. Without a folder the agent only keeps the datapath up.
+    let (events_tx, mut events) = mpsc::channel(1024);
+    if let Some(dir) = &args.config_dir {
+        let source = LocalSource::new(dir, Duration::from_secs(args.rescan_every.max(1)));
+        let dir = dir.display().to_string();
+        tokio::spawn(async move {
+            if let Err(err) = source.run(events_tx).await {
+                error!(dir, error = %format!("{err:#}"), "config source stopped");
+            }
+        });
+    } else {
+        drop(events_tx);
+    }
+    let mut store = Store::default();
+    let mut enrollment = Enrollment::new(&args.node.node, &args.root_namespace, &datapath)?;
+
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let mut ticker = tokio::time::interval(Duration::from_secs(args.report_every.max(1)));
     loop {
         tokio::select! {
+            Some(event) = events.recv() => {
+                // Take every event already queued, then reconcile once.
+                let mut relevant = apply(&mut store, event);
+                while let Ok(event) = events.try_recv() {
+                    relevant |= apply(&mut store, event);
+                }
+                if relevant && store.synced() {
+                    enrollment.reconcile(&store, &mut datapath);
+                }
+            }
             _ = ticker.tick() => {
                 let counters = datapath.counters()?;
                 let fields: Vec<String> = counters.iter().filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k}={v}")).collect();
@@ -86,4 +120,13 @@ async fn run(args: RunArgs) -> Result<()> {
     // agent adopts them, or `uninstall` removes them.
     info!("node agent stopping; datapath stays installed");
     Ok(())
+}
+
+/// Applies one event; true if it may change enrollment.
+fn apply(store: &mut Store, event: SourceEvent) -> bool {
+    match store.apply(event) {
+        Applied::Changed(kind) => Enrollment::cares_about(kind),
+        Applied::Synced => true,
+        Applied::Unchanged => false,
+    }
 }

@@ -17,7 +17,7 @@ use warren_ebpf_common::{EnrolledPod, Mode, POD_NAME_LEN, program};
 use super::{DatapathError, pins::Pins};
 
 /// What the datapath needs to know about a pod to capture it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodEnrollment {
     /// `namespace/name`, for errors and for `warrenctl bpf pods`.
     pub name: String,

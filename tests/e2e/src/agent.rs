@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use warren_ebpf_common::program;
-pub use warren_ebpf_common::{AddrKind, Counter, Mode};
+pub use warren_ebpf_common::{AddrKind, Counter, Mode, ZTUNNEL_MARK};
 use warren_node_agent::datapath::{Datapath, PodEnrollment};
 use warren_testbed::{Cluster, Node, Pod, Process, binaries};
 
@@ -25,6 +25,21 @@ pub fn outbound_addr(node: &Node) -> SocketAddrV4 {
 /// capture pointed at `outbound_addr(node)`, and waits until its datapath is
 /// installed (or adopted).
 pub fn start_agent(cluster: &Cluster, node: &Node) -> Result<Process> {
+    start_agent_with(cluster, node, &[])
+}
+
+/// [`start_agent`], with the cluster's config folder as its configuration
+/// source: enrollment then follows the Namespace and Pod objects.
+pub fn start_agent_with_config(cluster: &Cluster, node: &Node) -> Result<Process> {
+    let dir = cluster.config_dir().to_string_lossy().into_owned();
+    start_agent_with(
+        cluster,
+        node,
+        &["--config-dir", &dir, "--rescan-every", "1"],
+    )
+}
+
+fn start_agent_with(cluster: &Cluster, node: &Node, extra: &[&str]) -> Result<Process> {
     let agent = binaries::path("warren-node-agent")?;
     let cgroup = node.cgroup.to_string_lossy().into_owned();
     let bpffs = node.bpffs.to_string_lossy().into_owned();
@@ -45,6 +60,7 @@ pub fn start_agent(cluster: &Cluster, node: &Node) -> Result<Process> {
         "--report-every",
         "3600",
     ];
+    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
     let mut process = cluster.spawn(&node.sandbox, &agent.to_string_lossy(), &args)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !process.output().contains("node agent ready") {
@@ -59,6 +75,36 @@ pub fn start_agent(cluster: &Cluster, node: &Node) -> Result<Process> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(process)
+}
+
+/// Starts `warren-sample transparent` on the node's outbound port, in
+/// ztunnel's place until ztunnel exists: it asks the kernel where each
+/// captured connection was going, prints it as one JSON line, and forwards
+/// the bytes with ztunnel's socket mark. Waits until it listens.
+pub fn start_proxy(cluster: &Cluster, node: &Node) -> Result<Process> {
+    let sample = binaries::path("warren-sample")?;
+    let listen = format!("0.0.0.0:{OUTBOUND_PORT}");
+    let mark = format!("{ZTUNNEL_MARK:#x}");
+    let mut proxy = cluster.spawn(
+        &node.sandbox,
+        &sample.to_string_lossy(),
+        &["transparent", "--listen", &listen, "--mark", &mark],
+    )?;
+    // Listening once `ss` inside the node's namespace shows the port.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        proxy.check_running()?;
+        let out = node
+            .sandbox
+            .exec("ss", ["-Hltn", &format!("sport = :{OUTBOUND_PORT}")])?;
+        if !out.stdout.is_empty() {
+            return Ok(proxy);
+        }
+        if Instant::now() > deadline {
+            bail!("proxy not listening after 10s:\n{}", proxy.output());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Enrolls `pod` in its node's datapath (through the pins, from the node's

@@ -17,12 +17,12 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 use warren_e2e::{
     agent::{
-        OUTBOUND_PORT, attached_programs, datapath, enroll, expected_programs, outbound_addr,
-        register_local_pods, start_agent, unenroll,
+        attached_programs, datapath, enroll, expected_programs, outbound_addr, register_local_pods,
+        start_agent, start_proxy, unenroll,
     },
     workload::{count_status, load, start_http_server},
 };
-use warren_ebpf_common::{Counter, Mode, ZTUNNEL_MARK};
+use warren_ebpf_common::{Counter, Mode};
 use warren_node_agent::datapath::PodEnrollment;
 use warren_testbed::{Cluster, Node, Pod, Process, binaries, privilege::require_root};
 
@@ -81,32 +81,6 @@ impl Mesh {
 
     fn counter(&self, counter: Counter) -> Result<u64> {
         Ok(datapath(self.node())?.counters()?.get(counter))
-    }
-}
-
-fn start_proxy(cluster: &Cluster, node: &Node) -> Result<Process> {
-    let sample = binaries::path("warren-sample")?;
-    let listen = format!("0.0.0.0:{OUTBOUND_PORT}");
-    let mark = format!("{ZTUNNEL_MARK:#x}");
-    let mut proxy = cluster.spawn(
-        &node.sandbox,
-        &sample.to_string_lossy(),
-        &["transparent", "--listen", &listen, "--mark", &mark],
-    )?;
-    // Listening once `ss` inside the node's namespace shows the port.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        proxy.check_running()?;
-        let out = node
-            .sandbox
-            .exec("ss", ["-Hltn", &format!("sport = :{OUTBOUND_PORT}")])?;
-        if !out.stdout.is_empty() {
-            return Ok(proxy);
-        }
-        if Instant::now() > deadline {
-            bail!("proxy not listening after 10s:\n{}", proxy.output());
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

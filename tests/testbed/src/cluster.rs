@@ -290,6 +290,18 @@ impl Cluster {
             .collect())
     }
 
+    /// Keeps the cluster after this process exits (as `cluster up` does);
+    /// remove it later with `cargo xtask cluster down`.
+    pub fn detach(mut self) -> Result<String> {
+        let none: Option<Owner> = None;
+        let tmp = self.dir.join(format!(".{OWNER_FILE}.tmp"));
+        fs::write(&tmp, serde_json::to_vec(&none)?)?;
+        fs::rename(&tmp, self.dir.join(OWNER_FILE))?;
+        self.owned = false;
+        cleanup::forget_on_interrupt(&self.state.id);
+        Ok(self.state.id.clone())
+    }
+
     /// Tears the cluster down now, reporting errors (drop only warns).
     pub fn down(mut self) -> Result<cleanup::Removed> {
         self.owned = false;

@@ -18,6 +18,8 @@ use crate::cluster::{Node, Pod, Service};
 pub const NETNS_ANNOTATION: &str = "warren.io/netns";
 /// Annotation carrying the pod's cgroup v2 path.
 pub const CGROUP_ANNOTATION: &str = "warren.io/cgroup";
+/// Annotation naming the node-side end of the pod's veth.
+pub const HOST_VETH_ANNOTATION: &str = "warren.io/host-veth";
 
 /// File name of an object: `<kind>.<namespace>.<name>.yaml`.
 fn file_name(kind: &str, namespace: Option<&str>, name: &str) -> String {
@@ -72,6 +74,7 @@ pub fn write_pod(dir: &Path, pod: &Pod, node: &Node) -> Result<PathBuf> {
             "annotations": {
                 NETNS_ANNOTATION: pod.sandbox.netns,
                 CGROUP_ANNOTATION: pod.sandbox.cgroup,
+                HOST_VETH_ANNOTATION: pod.host_veth,
             },
         },
         "spec": {

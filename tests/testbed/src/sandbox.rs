@@ -165,6 +165,12 @@ impl Process {
         Ok(child.wait()?)
     }
 
+    /// Lets it run on after this handle is gone (it still lives in the
+    /// cluster's cgroups, so the cluster's teardown stops it).
+    pub fn detach(mut self) {
+        self.child.take();
+    }
+
     /// Stops it with a two-second grace period.
     pub fn stop(&mut self) -> Result<ExitStatus> {
         self.stop_within(Duration::from_secs(2))

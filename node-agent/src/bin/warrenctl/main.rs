@@ -3,6 +3,7 @@
 //! no agent running.
 
 mod bpf;
+mod config;
 mod table;
 
 use anyhow::Result;
@@ -20,11 +21,15 @@ enum Command {
     /// The node's eBPF programs, maps and enrolled pods.
     #[command(subcommand)]
     Bpf(bpf::Command),
+    /// Configuration: validate files offline.
+    #[command(subcommand)]
+    Config(config::Command),
 }
 
 fn main() -> std::process::ExitCode {
     let result: Result<()> = match Cli::parse().command {
         Command::Bpf(cmd) => bpf::run(cmd),
+        Command::Config(cmd) => config::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

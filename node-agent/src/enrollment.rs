@@ -1,0 +1,261 @@
+//! Which pods of this node the datapath captures, from configuration.
+//!
+//! A pod is enrolled when it runs on this node, its namespace is labelled
+//! `warren.io/dataplane-mode=ambient` (or Istio's
+//! `istio.io/dataplane-mode=ambient`), and it does not opt out with the pod
+//! label `warren.io/dataplane-mode=none`. Its inbound mode comes from
+//! PeerAuthentication: a workload policy in its namespace, else the
+//! namespace's policy, else the mesh-wide policy in the root namespace,
+//! else PERMISSIVE (Istio's default).
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use tracing::{info, warn};
+use warren_ebpf_common::Mode;
+
+use crate::{
+    datapath::{Datapath, DatapathError, PodEnrollment},
+    model::{
+        Kind, Object, ObjectKey,
+        istio::{MtlsMode, PeerAuthentication},
+        object::excluded_ports,
+    },
+    store::Store,
+};
+
+/// Namespace label values that opt a namespace in.
+pub const DATAPLANE_LABELS: &[&str] = &["warren.io/dataplane-mode", "istio.io/dataplane-mode"];
+pub const AMBIENT: &str = "ambient";
+/// Pod label value that opts one pod out.
+pub const NONE: &str = "none";
+/// Pod annotations Warren reads in local mode (a kubelet plugin would
+/// provide the same facts on a cluster).
+pub const NETNS_ANNOTATION: &str = "warren.io/netns";
+pub const HOST_VETH_ANNOTATION: &str = "warren.io/host-veth";
+
+/// Keeps the datapath's enrolled pods equal to what configuration asks.
+pub struct Enrollment {
+    node: String,
+    root_namespace: String,
+    /// Enrolled pods: what was asked, and the netns cookie it got.
+    enrolled: BTreeMap<ObjectKey, (PodEnrollment, u64)>,
+    /// Pods enrolled by an earlier agent: reconciled once after the first
+    /// sync, then forgotten.
+    adopted: Option<BTreeMap<String, u64>>,
+}
+
+impl Enrollment {
+    pub fn new(
+        node: impl Into<String>,
+        root_namespace: impl Into<String>,
+        datapath: &Datapath,
+    ) -> Result<Self, DatapathError> {
+        // What the kernel holds from before a restart, by pod name.
+        let adopted = datapath
+            .pods()?
+            .into_iter()
+            .map(|p| (p.pod, p.netns_cookie))
+            .collect();
+        Ok(Self {
+            node: node.into(),
+            root_namespace: root_namespace.into(),
+            enrolled: BTreeMap::new(),
+            adopted: Some(adopted),
+        })
+    }
+
+    /// Whether a change of this kind can change enrollment.
+    pub fn cares_about(kind: Kind) -> bool {
+        matches!(kind, Kind::Pod | Kind::Namespace | Kind::PeerAuthentication)
+    }
+
+    /// Enrolls, updates and unenrolls pods so the datapath matches the
+    /// store. Errors about one pod are logged and do not stop the others.
+    pub fn reconcile(&mut self, store: &Store, datapath: &mut Datapath) {
+        let desired = self.desired(store);
+        let stale: Vec<ObjectKey> = self
+            .enrolled
+            .keys()
+            .filter(|k| !desired.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in stale {
+            if let Some((pod, cookie)) = self.enrolled.remove(&key) {
+                match datapath.unenroll(cookie) {
+                    Ok(()) => info!(pod = %pod.name, "unenrolled"),
+                    Err(err) => warn!(pod = %pod.name, error = %format!("{err:#}"), "unenrolling"),
+                }
+            }
+        }
+        for (key, want) in desired {
+            if self
+                .enrolled
+                .get(&key)
+                .is_some_and(|(have, _)| have == &want)
+            {
+                continue;
+            }
+            match datapath.enroll(&want) {
+                Ok(cookie) => {
+                    self.enrolled.insert(key, (want, cookie));
+                }
+                Err(err) => warn!(pod = %want.name, error = %format!("{err:#}"), "enrolling"),
+            }
+        }
+        // After the first sync, pods a previous agent enrolled that
+        // configuration no longer asks for are unenrolled.
+        if store.synced()
+            && let Some(adopted) = self.adopted.take()
+        {
+            let wanted: Vec<&str> = self
+                .enrolled
+                .values()
+                .map(|(p, _)| p.name.as_str())
+                .collect();
+            for (name, cookie) in adopted {
+                if !wanted.contains(&name.as_str()) {
+                    match datapath.unenroll(cookie) {
+                        Ok(()) => info!(pod = %name, "unenrolled (left by an earlier agent)"),
+                        Err(err) => warn!(pod = %name, error = %format!("{err:#}"), "unenrolling"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pods of this node that configuration says to enroll.
+    fn desired(&self, store: &Store) -> BTreeMap<ObjectKey, PodEnrollment> {
+        let mut out = BTreeMap::new();
+        for object in store.of_kind(Kind::Pod) {
+            let Object::Pod(pod) = object else { continue };
+            if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(self.node.as_str()) {
+                continue;
+            }
+            let namespace = pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            if !namespace_is_ambient(store, &namespace) || pod_opts_out(pod) {
+                continue;
+            }
+            let name = format!(
+                "{namespace}/{}",
+                pod.metadata.name.clone().unwrap_or_default()
+            );
+            let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+            let Some(netns) = annotations.get(NETNS_ANNOTATION) else {
+                warn!(pod = %name, "no {NETNS_ANNOTATION} annotation: cannot find its network namespace");
+                continue;
+            };
+            let ip4 = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref())
+                .and_then(|ip| ip.parse().ok());
+            out.insert(
+                object.key(),
+                PodEnrollment {
+                    name,
+                    netns: PathBuf::from(netns),
+                    ip4,
+                    host_veth: annotations.get(HOST_VETH_ANNOTATION).cloned(),
+                    mode: self.mode(store, &namespace, pod),
+                    // Validation refused pods with a bad annotation.
+                    excluded_ports: excluded_ports(pod).unwrap_or_default(),
+                },
+            );
+        }
+        out
+    }
+
+    /// The inbound mode of `pod`: workload policy, else namespace policy,
+    /// else mesh-wide policy, else PERMISSIVE. The guard has no per-port
+    /// modes, so a STRICT port override makes the whole pod STRICT: it
+    /// fails closed rather than let plaintext reach a port meant to refuse it.
+    fn mode(&self, store: &Store, namespace: &str, pod: &Pod) -> Mode {
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let policies: Vec<&PeerAuthentication> = store
+            .of_kind(Kind::PeerAuthentication)
+            .filter_map(|o| match o {
+                Object::PeerAuthentication(pa) => Some(pa.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let in_ns = |ns: &str| -> Vec<&PeerAuthentication> {
+            policies
+                .iter()
+                .copied()
+                .filter(|pa| pa.metadata.namespace.as_deref().unwrap_or("default") == ns)
+                .collect()
+        };
+        let workload = in_ns(namespace).into_iter().find(|pa| {
+            pa.spec.selector.as_ref().is_some_and(|sel| {
+                !sel.match_labels.is_empty()
+                    && sel
+                        .match_labels
+                        .iter()
+                        .all(|(k, v)| labels.get(k) == Some(v))
+            })
+        });
+        let unselected = |ns: &str| {
+            in_ns(ns).into_iter().find(|pa| {
+                pa.spec
+                    .selector
+                    .as_ref()
+                    .is_none_or(|s| s.match_labels.is_empty())
+            })
+        };
+        let chain = [
+            workload,
+            unselected(namespace),
+            unselected(&self.root_namespace),
+        ];
+        let mut mode = MtlsMode::Unset;
+        for pa in chain.into_iter().flatten() {
+            if let Some(m) = pa.spec.mtls.as_ref().map(|m| m.mode)
+                && m != MtlsMode::Unset
+            {
+                mode = m;
+                break;
+            }
+        }
+        let strict_port = workload
+            .into_iter()
+            .flat_map(|pa| pa.spec.port_level_mtls.values())
+            .any(|m| m.mode == MtlsMode::Strict);
+        if mode == MtlsMode::Strict || strict_port {
+            Mode::Strict
+        } else {
+            Mode::Permissive
+        }
+    }
+}
+
+fn namespace_is_ambient(store: &Store, namespace: &str) -> bool {
+    let key = ObjectKey {
+        kind: Kind::Namespace,
+        namespace: None,
+        name: namespace.to_owned(),
+    };
+    let Some(Object::Namespace(ns)) = store.get(&key) else {
+        return false;
+    };
+    is_ambient(ns)
+}
+
+fn is_ambient(ns: &Namespace) -> bool {
+    let labels = ns.metadata.labels.clone().unwrap_or_default();
+    DATAPLANE_LABELS
+        .iter()
+        .any(|l| labels.get(*l).map(String::as_str) == Some(AMBIENT))
+}
+
+fn pod_opts_out(pod: &Pod) -> bool {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(DATAPLANE_LABELS[0]))
+        .is_some_and(|v| v == NONE)
+}

@@ -1,0 +1,385 @@
+//! The local source: a folder of Kubernetes YAML or JSON (multi-document
+//! files welcome), watched with inotify and hot-reloaded.
+//!
+//! Each file is re-read on its own when it changes, and only the objects it
+//! holds are re-sent; objects a file no longer holds are deleted. A file
+//! that does not parse as YAML is most likely being written: its previous
+//! objects stay until it parses again. Hidden files (editors' and atomic
+//! writers' temporaries) are ignored. A periodic rescan catches events the
+//! watcher missed.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    hash::{DefaultHasher, Hash as _, Hasher as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::SourceEvent;
+use crate::model::{
+    ConfigError, FieldError, ObjectKey,
+    object::{document_key, parse_document, split_documents},
+};
+
+/// How long to wait for more filesystem events before acting: one editor
+/// save is often several events.
+const SETTLE: Duration = Duration::from_millis(20);
+
+pub struct LocalSource {
+    dir: PathBuf,
+    rescan_every: Duration,
+}
+
+/// What the source last sent for one file.
+#[derive(Default)]
+struct FileState {
+    hash: u64,
+    keys: BTreeSet<ObjectKey>,
+}
+
+impl LocalSource {
+    pub fn new(dir: impl Into<PathBuf>, rescan_every: Duration) -> Self {
+        Self {
+            dir: dir.into(),
+            rescan_every,
+        }
+    }
+
+    /// Sends the folder's objects, then `Synced`, then every change, until
+    /// the receiver goes away.
+    pub async fn run(self, events: mpsc::Sender<SourceEvent>) -> Result<()> {
+        let (raw_tx, mut raw_rx) = mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let _ = raw_tx.send(res);
+        })
+        .context("starting the folder watcher")?;
+        watcher
+            .watch(&self.dir, RecursiveMode::Recursive)
+            .with_context(|| format!("watching {}", self.dir.display()))?;
+
+        let mut files: HashMap<PathBuf, FileState> = HashMap::new();
+        let mut out = Vec::new();
+        rescan(&self.dir, &mut files, &mut out)?;
+        out.push(SourceEvent::Synced);
+        if !send_all(&events, &mut out).await {
+            return Ok(());
+        }
+
+        let mut rescan_tick = tokio::time::interval(self.rescan_every);
+        rescan_tick.tick().await;
+        loop {
+            tokio::select! {
+                first = raw_rx.recv() => {
+                    let Some(first) = first else { return Ok(()) };
+                    let mut changed = BTreeSet::new();
+                    collect_paths(first, &mut changed);
+                    // Let a burst of events settle, then handle each file once.
+                    tokio::time::sleep(SETTLE).await;
+                    while let Ok(more) = raw_rx.try_recv() {
+                        collect_paths(more, &mut changed);
+                    }
+                    for path in changed {
+                        reload(&path, &mut files, &mut out);
+                    }
+                }
+                _ = rescan_tick.tick() => {
+                    if let Err(err) = rescan(&self.dir, &mut files, &mut out) {
+                        warn!(dir = %self.dir.display(), error = %format!("{err:#}"), "rescanning the config folder");
+                    }
+                }
+            }
+            if !send_all(&events, &mut out).await {
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn send_all(events: &mpsc::Sender<SourceEvent>, out: &mut Vec<SourceEvent>) -> bool {
+    for event in out.drain(..) {
+        if events.send(event).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+fn collect_paths(event: notify::Result<notify::Event>, into: &mut BTreeSet<PathBuf>) {
+    match event {
+        Ok(event) => into.extend(event.paths),
+        Err(err) => warn!(error = %err, "folder watcher error; the next rescan catches up"),
+    }
+}
+
+/// Re-reads every config file under `dir` and forgets files that are gone.
+fn rescan(
+    dir: &Path,
+    files: &mut HashMap<PathBuf, FileState>,
+    out: &mut Vec<SourceEvent>,
+) -> Result<()> {
+    let mut present = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&folder).with_context(|| format!("reading {}", folder.display()))?;
+        for entry in entries.filter_map(|e| e.ok()) {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                if !is_hidden(&path) {
+                    stack.push(path);
+                }
+            } else if is_config_file(&path) {
+                present.insert(path);
+            }
+        }
+    }
+    let gone: Vec<PathBuf> = files
+        .keys()
+        .filter(|p| !present.contains(*p))
+        .cloned()
+        .collect();
+    for path in gone.into_iter().chain(present) {
+        reload(&path, files, out);
+    }
+    Ok(())
+}
+
+/// Brings one file's objects up to date.
+fn reload(path: &Path, files: &mut HashMap<PathBuf, FileState>, out: &mut Vec<SourceEvent>) {
+    if !is_config_file(path) {
+        return;
+    }
+    let source = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(state) = files.remove(path) {
+                debug!(file = %source, objects = state.keys.len(), "config file removed");
+                out.extend(state.keys.into_iter().map(SourceEvent::Delete));
+            }
+            return;
+        }
+        Err(err) => {
+            warn!(file = %source, error = %err, "reading config file; keeping its previous objects");
+            return;
+        }
+    };
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    let hash = hasher.finish();
+    let state = files.entry(path.to_path_buf()).or_default();
+    if state.hash == hash && hash != 0 {
+        return;
+    }
+    let docs = match split_documents(&text) {
+        Ok(docs) => docs,
+        Err(reason) => {
+            // Probably half-written: keep what the file held before, and
+            // do not record the hash so the next event re-reads it.
+            out.push(SourceEvent::Rejected {
+                key: None,
+                error: ConfigError {
+                    kind: "file".into(),
+                    object: source.clone(),
+                    origin: None,
+                    errors: vec![FieldError::new(
+                        "",
+                        format!("not valid YAML (yet?): {reason}"),
+                    )],
+                },
+            });
+            return;
+        }
+    };
+    let mut keys = BTreeSet::new();
+    for doc in docs {
+        let key = document_key(&doc);
+        match parse_document(doc, &source) {
+            Ok(object) => {
+                keys.insert(object.key());
+                out.push(SourceEvent::Upsert(object));
+            }
+            Err(error) => {
+                // The file still holds this object: its last good version
+                // stays, and removing the file removes it.
+                keys.extend(key.clone());
+                out.push(SourceEvent::Rejected { key, error });
+            }
+        }
+    }
+    for key in state.keys.difference(&keys) {
+        out.push(SourceEvent::Delete(key.clone()));
+    }
+    state.keys = keys;
+    state.hash = hash;
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
+fn is_config_file(path: &Path) -> bool {
+    !is_hidden(path)
+        && path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{sync::mpsc, time::timeout};
+
+    use super::*;
+    use crate::model::{Kind, Object};
+
+    /// A folder under the temp dir, removed on drop.
+    struct Folder(PathBuf);
+
+    impl Folder {
+        fn new(name: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("warren-local-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).expect("creating a temp folder");
+            Self(path)
+        }
+
+        /// Writes atomically, as kubectl-like tools and the testbed do.
+        fn write(&self, file: &str, text: &str) {
+            let tmp = self.0.join(format!(".{file}.tmp"));
+            std::fs::write(&tmp, text).expect("writing");
+            std::fs::rename(&tmp, self.0.join(file)).expect("renaming");
+        }
+    }
+
+    impl Drop for Folder {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    warren.io/dataplane-mode: ambient\n";
+
+    fn pod(version: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: shop\n  labels:\n    version: {version}\nspec:\n  nodeName: n0\n  containers: []\n"
+        )
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<SourceEvent>) -> SourceEvent {
+        timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("no event within 5s")
+            .expect("source stopped")
+    }
+
+    fn upserted(event: SourceEvent) -> Object {
+        match event {
+            SourceEvent::Upsert(o) => o,
+            other => panic!("expected an upsert, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn lists_then_follows_changes() {
+        let folder = Folder::new("follow");
+        folder.write("shop.yaml", &format!("{NS}---\n{}", pod("v1")));
+        folder.write(".hidden.yaml", "this: is ignored");
+        let (tx, mut rx) = mpsc::channel(64);
+        tokio::spawn(LocalSource::new(&folder.0, Duration::from_secs(3600)).run(tx));
+
+        // Initial listing: both documents of the file, then Synced.
+        let mut kinds = vec![
+            upserted(next(&mut rx).await).kind(),
+            upserted(next(&mut rx).await).kind(),
+        ];
+        kinds.sort();
+        assert_eq!(kinds, [Kind::Namespace, Kind::Pod]);
+        assert!(matches!(next(&mut rx).await, SourceEvent::Synced));
+
+        // A change re-sends that file's objects (the store skips unchanged ones).
+        folder.write("shop.yaml", &format!("{NS}---\n{}", pod("v2")));
+        let mut changed = Vec::new();
+        for _ in 0..2 {
+            changed.push(upserted(next(&mut rx).await));
+        }
+        let Some(Object::Pod(p)) = changed.iter().find(|o| o.kind() == Kind::Pod) else {
+            panic!("pod not re-sent: {changed:?}");
+        };
+        assert_eq!(
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("version"))
+                .map(String::as_str),
+            Some("v2")
+        );
+
+        // Half-written: refused as a file, nothing deleted.
+        std::fs::write(folder.0.join("shop.yaml"), "apiVersion: v1\nkind: [").expect("writing");
+        match next(&mut rx).await {
+            SourceEvent::Rejected { key: None, error } => {
+                assert!(error.to_string().contains("not valid YAML"), "{error}")
+            }
+            other => panic!("expected a file rejection, got {other:?}"),
+        }
+        // Completed: the pod comes back as it now reads; the namespace is gone
+        // from the file, so it is deleted.
+        folder.write("shop.yaml", &pod("v3"));
+        let mut saw_delete = false;
+        let mut saw_pod = false;
+        while !(saw_delete && saw_pod) {
+            match next(&mut rx).await {
+                SourceEvent::Delete(key) => {
+                    assert_eq!(key.kind, Kind::Namespace);
+                    saw_delete = true;
+                }
+                SourceEvent::Upsert(Object::Pod(_)) => saw_pod = true,
+                SourceEvent::Upsert(_) | SourceEvent::Rejected { .. } => {}
+                SourceEvent::Synced => panic!("second Synced"),
+            }
+        }
+
+        // An invalid object is refused with its key; the valid one the file
+        // no longer holds is deleted.
+        folder.write(
+            "shop.yaml",
+            &pod("v3").replace("name: web", "name: Web_Bad"),
+        );
+        let (mut rejected, mut deleted) = (false, false);
+        while !(rejected && deleted) {
+            match next(&mut rx).await {
+                SourceEvent::Rejected {
+                    key: Some(key),
+                    error,
+                } => {
+                    assert_eq!(key.name, "Web_Bad");
+                    assert!(error.to_string().contains("metadata.name"), "{error}");
+                    rejected = true;
+                }
+                SourceEvent::Delete(key) => {
+                    assert_eq!(key.name, "web");
+                    deleted = true;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        // Removing the file deletes what it held.
+        std::fs::remove_file(folder.0.join("shop.yaml")).expect("removing");
+        match next(&mut rx).await {
+            SourceEvent::Delete(key) => assert_eq!(key.name, "Web_Bad"),
+            other => panic!("expected a delete, got {other:?}"),
+        }
+    }
+}

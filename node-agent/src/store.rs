@@ -1,0 +1,112 @@
+//! The agent's view of configuration: the last good version of every
+//! object, and what was refused and why.
+//!
+//! The store is the single owner of configuration state. A refused object
+//! never replaces a good one: the last good version stays in force until a
+//! valid version or a deletion arrives.
+
+use std::collections::BTreeMap;
+
+use tracing::{info, warn};
+
+use crate::{
+    model::{ConfigError, Kind, Object, ObjectKey},
+    source::SourceEvent,
+};
+
+#[derive(Default)]
+pub struct Store {
+    objects: BTreeMap<ObjectKey, Object>,
+    /// Refusals still standing, by object (or by file for unparsable files).
+    rejected: BTreeMap<String, ConfigError>,
+    synced: bool,
+    /// Bumped on every change that took effect.
+    version: u64,
+}
+
+/// What one event changed, for whoever reacts to it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    Changed(Kind),
+    Unchanged,
+    Synced,
+}
+
+impl Store {
+    pub fn apply(&mut self, event: SourceEvent) -> Applied {
+        match event {
+            SourceEvent::Upsert(object) => {
+                let key = object.key();
+                self.rejected.remove(&key.to_string());
+                let kind = key.kind;
+                if self.objects.get(&key) == Some(&object) {
+                    return Applied::Unchanged;
+                }
+                self.objects.insert(key, object);
+                self.version += 1;
+                Applied::Changed(kind)
+            }
+            SourceEvent::Rejected { key, error } => {
+                let kept = key.as_ref().is_some_and(|k| self.objects.contains_key(k));
+                warn!(
+                    error = %error,
+                    last_good_kept = kept,
+                    "configuration object rejected"
+                );
+                let id = key.map_or_else(|| error.object.clone(), |k| k.to_string());
+                self.rejected.insert(id, error);
+                Applied::Unchanged
+            }
+            SourceEvent::Delete(key) => {
+                self.rejected.remove(&key.to_string());
+                match self.objects.remove(&key) {
+                    Some(_) => {
+                        self.version += 1;
+                        Applied::Changed(key.kind)
+                    }
+                    None => Applied::Unchanged,
+                }
+            }
+            SourceEvent::Synced => {
+                self.synced = true;
+                info!(
+                    objects = self.objects.len(),
+                    rejected = self.rejected.len(),
+                    "configuration synced"
+                );
+                Applied::Synced
+            }
+        }
+    }
+
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
+        self.objects.get(key)
+    }
+
+    /// Objects of one kind.
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+        self.objects
+            .range(
+                ObjectKey {
+                    kind,
+                    namespace: None,
+                    name: String::new(),
+                }..,
+            )
+            .take_while(move |(k, _)| k.kind == kind)
+            .map(|(_, o)| o)
+    }
+
+    /// Refusals still standing.
+    pub fn rejected(&self) -> impl Iterator<Item = &ConfigError> {
+        self.rejected.values()
+    }
+}

@@ -1,0 +1,177 @@
+//! Enrollment follows configuration: the node agent reads the cluster's
+//! config folder (what the API server would show) and captures exactly the
+//! pods of labelled namespaces, in the mode PeerAuthentication asks for.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail, ensure};
+use warren_e2e::agent::{datapath, start_agent_with_config};
+use warren_testbed::{Cluster, Node, PodSpec, Process, privilege::require_root};
+
+/// Waits until the node's enrolled pods (name → mode) equal `want`.
+fn wait_for_enrolled(node: &Node, agent: &mut Process, want: &[(&str, &str)]) -> Result<()> {
+    let want: BTreeMap<String, String> = want
+        .iter()
+        .map(|(p, m)| ((*p).to_owned(), (*m).to_owned()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        agent.check_running()?;
+        let have: BTreeMap<String, String> = datapath(node)?
+            .pods()?
+            .into_iter()
+            .map(|p| (p.pod, p.mode))
+            .collect();
+        if have == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "enrolled pods are {have:?}, want {want:?}; agent log:\n{}",
+                agent.output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn enrollment_follows_namespace_labels_and_peer_authentication() -> Result<()> {
+    require_root()?;
+    let mut cluster = Cluster::builder().nodes(2).pods_per_node(2).up()?;
+    let node = cluster.node(0)?.clone();
+    let mut agent = start_agent_with_config(&cluster, &node)?;
+    wait_for_enrolled(&node, &mut agent, &[])?;
+
+    // Labelling the namespace enrolls its pods on this node (not node 1's).
+    cluster.add_namespace("default", labels(&[("istio.io/dataplane-mode", "ambient")]))?;
+    wait_for_enrolled(
+        &node,
+        &mut agent,
+        &[
+            ("default/n0-p0", "PERMISSIVE"),
+            ("default/n0-p1", "PERMISSIVE"),
+        ],
+    )?;
+
+    // A pod that opts out stays out; a new pod in the namespace comes in.
+    cluster.add_pod(PodSpec {
+        name: "opted-out".into(),
+        namespace: "default".into(),
+        node: 0,
+        labels: labels(&[("warren.io/dataplane-mode", "none")]),
+        service_account: None,
+    })?;
+    cluster.add_pod(PodSpec {
+        name: "web".into(),
+        namespace: "default".into(),
+        node: 0,
+        labels: labels(&[("app", "web")]),
+        service_account: None,
+    })?;
+    wait_for_enrolled(
+        &node,
+        &mut agent,
+        &[
+            ("default/n0-p0", "PERMISSIVE"),
+            ("default/n0-p1", "PERMISSIVE"),
+            ("default/web", "PERMISSIVE"),
+        ],
+    )?;
+
+    // PeerAuthentication: STRICT for the namespace, PERMISSIVE for app=web.
+    let config = cluster.config_dir();
+    std::fs::write(
+        config.join("peerauthentication.default.strict.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: strict\n  namespace: default\nspec:\n  mtls:\n    mode: STRICT\n---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: web\n  namespace: default\nspec:\n  selector:\n    matchLabels:\n      app: web\n  mtls:\n    mode: PERMISSIVE\n",
+    )?;
+    wait_for_enrolled(
+        &node,
+        &mut agent,
+        &[
+            ("default/n0-p0", "STRICT"),
+            ("default/n0-p1", "STRICT"),
+            ("default/web", "PERMISSIVE"),
+        ],
+    )?;
+
+    // A bad object is refused with its field and reason; the last good
+    // version of the same object stays in force.
+    std::fs::write(
+        config.join("peerauthentication.default.strict.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: strict\n  namespace: default\nspec:\n  mtls:\n    mode: SORTOF\n---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: web\n  namespace: default\nspec:\n  selector:\n    matchLabels:\n      app: web\n  mtls:\n    mode: PERMISSIVE\n",
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.output().contains("PeerAuthentication default/strict") {
+        ensure!(
+            Instant::now() < deadline,
+            "rejection not logged:\n{}",
+            agent.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ensure!(
+        agent.output().contains("spec.mtls.mode"),
+        "rejection does not name the field:\n{}",
+        agent.output()
+    );
+    wait_for_enrolled(
+        &node,
+        &mut agent,
+        &[
+            ("default/n0-p0", "STRICT"),
+            ("default/n0-p1", "STRICT"),
+            ("default/web", "PERMISSIVE"),
+        ],
+    )?;
+
+    // Removing the label unenrolls everything.
+    cluster.add_namespace("default", BTreeMap::new())?;
+    wait_for_enrolled(&node, &mut agent, &[])?;
+
+    // Labelled again: the last good STRICT policy is still in force.
+    cluster.add_namespace(
+        "default",
+        labels(&[("warren.io/dataplane-mode", "ambient")]),
+    )?;
+    wait_for_enrolled(
+        &node,
+        &mut agent,
+        &[
+            ("default/n0-p0", "STRICT"),
+            ("default/n0-p1", "STRICT"),
+            ("default/web", "PERMISSIVE"),
+        ],
+    )?;
+
+    // A restarted agent adopts what the kernel holds and unenrolls pods
+    // that configuration no longer asks for. (It has no memory of last good
+    // versions, so the policy file is made valid again first.)
+    std::fs::write(
+        config.join("peerauthentication.default.strict.yaml"),
+        strict_again(),
+    )?;
+    agent.stop()?;
+    cluster.remove_pod("default/web")?;
+    let mut agent = start_agent_with_config(&cluster, &node)?;
+    wait_for_enrolled(
+        &node,
+        &mut agent,
+        &[("default/n0-p0", "STRICT"), ("default/n0-p1", "STRICT")],
+    )?;
+    Ok(())
+}
+
+fn strict_again() -> &'static str {
+    "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: strict\n  namespace: default\nspec:\n  mtls:\n    mode: STRICT\n"
+}
