@@ -19,10 +19,10 @@ use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
 use serde_json::Value;
 use warren_e2e::{
-    agent::{Counter, datapath, start_agent_with_config, start_proxy},
+    agent::{Counter, datapath, start_agent_with_config, start_proxy, warrenctl},
     workload::{count_status, load, start_http_server},
 };
-use warren_testbed::{Cluster, Node, Pod, PodSpec, Process, binaries};
+use warren_testbed::{Cluster, Node, Pod, PodSpec, Process};
 
 use crate::steps::{Steps, show_yaml};
 
@@ -381,20 +381,4 @@ impl Demo {
         );
         Ok("agent stopped: 5/5 requests still captured; restarted: same programs, nothing attached twice".into())
     }
-}
-
-fn warrenctl(node: &Node, args: &[&str]) -> Result<Value> {
-    let ctl = binaries::path("warrenctl")?;
-    let out = std::process::Command::new(ctl)
-        .args(args)
-        .arg("-j")
-        .arg("--bpffs")
-        .arg(&node.bpffs)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "warrenctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).context("warrenctl printed no JSON")
 }

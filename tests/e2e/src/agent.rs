@@ -178,3 +178,22 @@ fn node_of<'a>(cluster: &'a Cluster, pod: &Pod) -> Result<&'a Node> {
         .find(|n| n.name == pod.node)
         .with_context(|| format!("pod {} is on unknown node {}", pod.name, pod.node))
 }
+
+/// Runs `warrenctl ARGS… -j --bpffs <node pins>` and parses its JSON.
+pub fn warrenctl(node: &Node, args: &[&str]) -> Result<serde_json::Value> {
+    let ctl = binaries::path("warrenctl")?;
+    let out = std::process::Command::new(ctl)
+        .args(args)
+        .arg("-j")
+        .arg("--bpffs")
+        .arg(&node.bpffs)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "warrenctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("warrenctl {args:?} printed no JSON"))
+}

@@ -18,7 +18,7 @@ use serde_json::Value;
 use warren_e2e::{
     agent::{
         attached_programs, datapath, enroll, expected_programs, outbound_addr, register_local_pods,
-        start_agent, start_proxy, unenroll,
+        start_agent, start_proxy, unenroll, warrenctl,
     },
     workload::{count_status, load, start_http_server},
 };
@@ -280,24 +280,6 @@ fn shortcut_carries_streams_byte_exact() -> Result<()> {
     );
     ensure!(mesh.counter(Counter::ShortcutInserted)? >= 4);
     Ok(())
-}
-
-/// Runs `warrenctl ARGS… -j --bpffs <node pins>` and parses its JSON.
-fn warrenctl(node: &Node, args: &[&str]) -> Result<Value> {
-    let ctl = binaries::path("warrenctl")?;
-    let out = Command::new(ctl)
-        .args(args)
-        .arg("-j")
-        .arg("--bpffs")
-        .arg(&node.bpffs)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "warrenctl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("warrenctl {args:?} printed no JSON"))
 }
 
 fn bpftool_cgroup_programs(node: &Node) -> Result<usize> {
