@@ -175,6 +175,21 @@ impl Enrollment {
     /// modes, so a STRICT port override makes the whole pod STRICT: it
     /// fails closed rather than let plaintext reach a port meant to refuse it.
     fn mode(&self, store: &Store, namespace: &str, pod: &Pod) -> Mode {
+        // A refused policy with no good version in force (say, an agent
+        // restarted on a broken file) might have asked for STRICT: the guard
+        // fails closed for its namespace (all of the mesh for the root
+        // namespace) until the policy is fixed.
+        if let Some(key) = store
+            .refused_without_last_good(Kind::PeerAuthentication)
+            .find(|k| {
+                k.namespace
+                    .as_deref()
+                    .is_some_and(|ns| ns == namespace || ns == self.root_namespace)
+            })
+        {
+            warn!(policy = %key, pod = ?pod.metadata.name, "refused PeerAuthentication: STRICT until it is fixed");
+            return Mode::Strict;
+        }
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let policies: Vec<&PeerAuthentication> = store
             .of_kind(Kind::PeerAuthentication)

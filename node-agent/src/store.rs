@@ -17,8 +17,9 @@ use crate::{
 #[derive(Default)]
 pub struct Store {
     objects: BTreeMap<ObjectKey, Object>,
-    /// Refusals still standing, by object (or by file for unparsable files).
-    rejected: BTreeMap<String, ConfigError>,
+    /// Refusals still standing, by object (or by file for unparsable files),
+    /// with the object's key when the document named one.
+    rejected: BTreeMap<String, (Option<ObjectKey>, ConfigError)>,
     synced: bool,
     /// Bumped on every change that took effect.
     version: u64,
@@ -53,8 +54,10 @@ impl Store {
                     last_good_kept = kept,
                     "configuration object rejected"
                 );
-                let id = key.map_or_else(|| error.object.clone(), |k| k.to_string());
-                self.rejected.insert(id, error);
+                let id = key
+                    .as_ref()
+                    .map_or_else(|| error.object.clone(), |k| k.to_string());
+                self.rejected.insert(id, (key, error));
                 Applied::Unchanged
             }
             SourceEvent::Delete(key) => {
@@ -107,6 +110,15 @@ impl Store {
 
     /// Refusals still standing.
     pub fn rejected(&self) -> impl Iterator<Item = &ConfigError> {
-        self.rejected.values()
+        self.rejected.values().map(|(_, e)| e)
+    }
+
+    /// Keys of refused objects of `kind` that have no good version in force:
+    /// configuration someone meant, that Warren cannot know.
+    pub fn refused_without_last_good(&self, kind: Kind) -> impl Iterator<Item = &ObjectKey> {
+        self.rejected
+            .values()
+            .filter_map(|(key, _)| key.as_ref())
+            .filter(move |k| k.kind == kind && !self.objects.contains_key(*k))
     }
 }

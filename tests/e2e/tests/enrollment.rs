@@ -155,12 +155,9 @@ fn enrollment_follows_namespace_labels_and_peer_authentication() -> Result<()> {
     )?;
 
     // A restarted agent adopts what the kernel holds and unenrolls pods
-    // that configuration no longer asks for. (It has no memory of last good
-    // versions, so the policy file is made valid again first.)
-    std::fs::write(
-        config.join("peerauthentication.default.strict.yaml"),
-        strict_again(),
-    )?;
+    // that configuration no longer asks for. It has no last good version of
+    // the broken policy, so its namespace fails closed: STRICT, even for
+    // app=web, whose own policy might be overridden by what it cannot read.
     agent.stop()?;
     cluster.remove_pod("default/web")?;
     let mut agent = start_agent_with_config(&cluster, &node)?;
@@ -169,9 +166,28 @@ fn enrollment_follows_namespace_labels_and_peer_authentication() -> Result<()> {
         &mut agent,
         &[("default/n0-p0", "STRICT"), ("default/n0-p1", "STRICT")],
     )?;
+    ensure!(
+        agent.output().contains("STRICT until it is fixed"),
+        "fail-closed not explained:\n{}",
+        agent.output()
+    );
+
+    // Fixing the policy restores what it says.
+    std::fs::write(
+        config.join("peerauthentication.default.strict.yaml"),
+        permissive_again(),
+    )?;
+    wait_for_enrolled(
+        &node,
+        &mut agent,
+        &[
+            ("default/n0-p0", "PERMISSIVE"),
+            ("default/n0-p1", "PERMISSIVE"),
+        ],
+    )?;
     Ok(())
 }
 
-fn strict_again() -> &'static str {
-    "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: strict\n  namespace: default\nspec:\n  mtls:\n    mode: STRICT\n"
+fn permissive_again() -> &'static str {
+    "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: strict\n  namespace: default\nspec:\n  mtls:\n    mode: PERMISSIVE\n"
 }
