@@ -16,7 +16,7 @@ pub struct NodeArgs {
     /// This node's name (Kubernetes node name).
     #[arg(long = "node", env = "NODE_NAME")]
     pub node: String,
-    /// Pin folder for this node's eBPF objects [default: /sys/fs/bpf/warren/<node>].
+    /// Pin folder for this node's eBPF objects [default: `/sys/fs/bpf/warren/NODE`].
     #[arg(long, env = "WARREN_BPFFS")]
     pub bpffs: Option<PathBuf>,
 }

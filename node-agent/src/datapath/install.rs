@@ -13,7 +13,7 @@ use warren_ebpf_common::{FlowKey, map, program};
 
 use super::{DatapathError, link, object, pins::Pins};
 
-/// What [`install`] found.
+/// What installing found: a fresh installation or one to adopt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Installed {
     /// Nothing was there: programs loaded, attached and pinned now.

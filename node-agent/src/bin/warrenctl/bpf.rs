@@ -14,7 +14,7 @@ use crate::table;
 
 #[derive(Args, Clone, Debug)]
 pub struct Target {
-    /// Node name (its pins are under /sys/fs/bpf/warren/<node>); optional
+    /// Node name (its pins are under `/sys/fs/bpf/warren/NODE`); optional
     /// when this machine has one node.
     #[arg(long, env = "NODE_NAME")]
     node: Option<String>,
