@@ -40,9 +40,10 @@ pub struct Enrollment {
     root_namespace: String,
     /// Enrolled pods: what was asked, and the netns cookie it got.
     enrolled: BTreeMap<ObjectKey, (PodEnrollment, u64)>,
-    /// Pods enrolled by an earlier agent: reconciled once after the first
-    /// sync, then forgotten.
-    adopted: Option<BTreeMap<String, u64>>,
+    /// Pods enrolled by an earlier agent (netns cookie → name): reconciled
+    /// once after the first sync, then forgotten. Keyed by cookie because
+    /// the name the kernel stores may be truncated.
+    adopted: Option<BTreeMap<u64, String>>,
 }
 
 impl Enrollment {
@@ -55,7 +56,7 @@ impl Enrollment {
         let adopted = datapath
             .pods()?
             .into_iter()
-            .map(|p| (p.pod, p.netns_cookie))
+            .map(|p| (p.netns_cookie, p.pod))
             .collect();
         Ok(Self {
             node: node.into(),
@@ -108,13 +109,9 @@ impl Enrollment {
         if store.synced()
             && let Some(adopted) = self.adopted.take()
         {
-            let wanted: Vec<&str> = self
-                .enrolled
-                .values()
-                .map(|(p, _)| p.name.as_str())
-                .collect();
-            for (name, cookie) in adopted {
-                if !wanted.contains(&name.as_str()) {
+            let wanted: Vec<u64> = self.enrolled.values().map(|(_, cookie)| *cookie).collect();
+            for (cookie, name) in adopted {
+                if !wanted.contains(&cookie) {
                     match datapath.unenroll(cookie) {
                         Ok(()) => info!(pod = %name, "unenrolled (left by an earlier agent)"),
                         Err(err) => warn!(pod = %name, error = %format!("{err:#}"), "unenrolling"),

@@ -29,6 +29,9 @@ pub struct Store {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applied {
     Changed(Kind),
+    /// A refusal of this kind was recorded or withdrawn; the objects in
+    /// force did not change.
+    Refused(Kind),
     Unchanged,
     Synced,
 }
@@ -57,16 +60,19 @@ impl Store {
                 let id = key
                     .as_ref()
                     .map_or_else(|| error.object.clone(), |k| k.to_string());
+                let kind = key.as_ref().map(|k| k.kind);
                 self.rejected.insert(id, (key, error));
-                Applied::Unchanged
+                // Consumers that fail closed on refused objects must hear of it.
+                kind.map_or(Applied::Unchanged, Applied::Refused)
             }
             SourceEvent::Delete(key) => {
-                self.rejected.remove(&key.to_string());
+                let was_refused = self.rejected.remove(&key.to_string()).is_some();
                 match self.objects.remove(&key) {
                     Some(_) => {
                         self.version += 1;
                         Applied::Changed(key.kind)
                     }
+                    None if was_refused => Applied::Refused(key.kind),
                     None => Applied::Unchanged,
                 }
             }

@@ -27,8 +27,10 @@ pub mod program {
     /// TC classifier on pods' host-side veths: the STRICT guard.
     pub const GUARD: &str = "warren_guard";
 
-    /// Programs attached to the node's cgroup subtree.
-    pub const CGROUP: &[&str] = &[CONNECT4, CONNECT6, SOCK_OPS, GETSOCKOPT];
+    /// Programs attached to the node's cgroup subtree, in attach order:
+    /// the programs that answer `SO_ORIGINAL_DST` first, capture last, so a
+    /// failed install never leaves capture on with nothing answering.
+    pub const CGROUP: &[&str] = &[SOCK_OPS, GETSOCKOPT, CONNECT4, CONNECT6];
     /// Every program the object carries.
     pub const ALL: &[&str] = &[CONNECT4, CONNECT6, SOCK_OPS, GETSOCKOPT, SHORTCUT, GUARD];
 }

@@ -29,7 +29,9 @@ use crate::{
 
 const IPPROTO_TCP: u32 = 6;
 /// Return value that lets the syscall proceed. Capture never blocks a
-/// connect: when it cannot capture, the connection goes out uncaptured.
+/// connect itself: an enrolled pod's connect is always sent to ztunnel, and
+/// ztunnel refuses what it cannot resolve, so a capture that could not
+/// record the original destination fails closed there, not open here.
 const ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
@@ -41,8 +43,12 @@ pub fn warren_connect4(ctx: SockAddrContext) -> i32 {
     };
     let dst_ip = sa.user_ip4;
     let dst_port = u16::from_be(sa.user_port as u16);
-    if is_loopback_v4(dst_ip) || is_excluded(netns_cookie, dst_port) {
+    // 0.0.0.0 means "this host" to connect(): the pod itself, like loopback.
+    if is_loopback_v4(dst_ip) || dst_ip == 0 || is_excluded(netns_cookie, dst_port) {
         return exempt(netns_cookie);
+    }
+    if cfg.ztunnel_ip4 == 0 {
+        return unconfigured();
     }
     remember(&ctx, SockAddr::v4(dst_ip, dst_port), netns_cookie);
     // Two separate 4-byte stores: LLVM may otherwise merge adjacent context
@@ -68,7 +74,8 @@ pub fn warren_connect6(ctx: SockAddrContext) -> i32 {
     };
     let dst = sa.user_ip6;
     let dst_port = u16::from_be(sa.user_port as u16);
-    if is_loopback_v6(&dst) || is_excluded(netns_cookie, dst_port) {
+    // `::` means "this host" to connect(), like loopback.
+    if is_loopback_v6(&dst) || dst == [0; 4] || is_excluded(netns_cookie, dst_port) {
         return exempt(netns_cookie);
     }
     // An IPv4 destination on a dual-stack socket goes to ztunnel's IPv4

@@ -7,18 +7,23 @@
 //! this program then overrides the answer for flows in `ORIG_DST_BY_FLOW`
 //! and leaves every other call untouched.
 
-use core::ptr::write_unaligned;
+use core::ptr::{addr_of_mut, write_unaligned, write_volatile};
 
-use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
+use aya_ebpf::{bindings::bpf_sockopt, macros::cgroup_sockopt, programs::SockoptContext};
 use warren_ebpf_common::{
     AF_INET, AF_INET6, Counter, FlowKey, OrigDst, SO_ORIGINAL_DST, SO_WARREN_ORIGIN, SOL_IP,
     SOL_IPV6,
 };
 
-use crate::{counters::bump, flows::fold_v4_mapped, maps::ORIG_DST_BY_FLOW};
+use crate::{
+    counters::bump,
+    flows::fold_v4_mapped,
+    maps::{CONFIG, ORIG_DST_BY_FLOW},
+};
 
 /// Return value that keeps the (possibly overridden) result.
 const KEEP: i32 = 1;
+const ENOENT: i32 = 2;
 
 #[repr(C)]
 struct SockaddrIn {
@@ -76,6 +81,14 @@ pub fn warren_getsockopt(ctx: SockoptContext) -> i32 {
     };
     let Some(orig) = ORIG_DST_BY_FLOW.get_ptr(&client) else {
         bump(Counter::GetsockoptMiss);
+        // On ztunnel's own listener, conntrack's answer (if any) would be
+        // ztunnel itself: a loop. Say "no such entry" instead.
+        if CONFIG
+            .get(0)
+            .is_some_and(|c| c.ztunnel_port != 0 && client.dst_port == c.ztunnel_port)
+        {
+            set_result(so, 0, -ENOENT);
+        }
         return KEEP;
     };
     // SAFETY: a pointer from a successful lookup, valid for this run.
@@ -120,14 +133,25 @@ pub fn warren_getsockopt(ctx: SockoptContext) -> i32 {
     };
     match written {
         Some(len) => {
-            so.optlen = len as i32;
-            so.retval = 0;
+            set_result(so, len as i32, 0);
             bump(Counter::GetsockoptAnswered);
         }
         // The caller's buffer is too small: leave the kernel's error.
         None => bump(Counter::GetsockoptMiss),
     }
     KEEP
+}
+
+/// Sets the caller's `optlen` and the syscall's result. Two separate 4-byte
+/// stores: LLVM may otherwise merge the adjacent fields into one 8-byte
+/// store, which the verifier rejects as an invalid context access.
+#[inline(always)]
+fn set_result(so: &mut bpf_sockopt, optlen: i32, retval: i32) {
+    // SAFETY: both fields belong to the valid context the kernel passed.
+    unsafe {
+        write_volatile(addr_of_mut!(so.optlen), optlen);
+        write_volatile(addr_of_mut!(so.retval), retval);
+    }
 }
 
 /// Writes `value` at `start` if it fits before `end`; returns its size.

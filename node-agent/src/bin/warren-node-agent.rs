@@ -125,7 +125,7 @@ async fn run(args: RunArgs) -> Result<()> {
 /// Applies one event; true if it may change enrollment.
 fn apply(store: &mut Store, event: SourceEvent) -> bool {
     match store.apply(event) {
-        Applied::Changed(kind) => Enrollment::cares_about(kind),
+        Applied::Changed(kind) | Applied::Refused(kind) => Enrollment::cares_about(kind),
         Applied::Synced => true,
         Applied::Unchanged => false,
     }

@@ -138,7 +138,9 @@ pub(super) fn attach_guard(pins: &Pins, pod: &str, veth: &str) -> Result<(), Dat
         .attach_with_options(
             veth,
             TcAttachType::Egress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
+            // First in the chain: a program before it that returned "pass"
+            // would skip the guard.
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
         )
         .map_err(attach)?;
     let link: FdLink = guard.take_link(id).map_err(attach)?.try_into().map_err(

@@ -200,6 +200,11 @@ impl Datapath {
             PerCpuHashMap::try_from(self.maps.get_mut(map::POD_STATS))
                 .map_err(DatapathError::map(map::POD_STATS))?;
         ignore_missing(stats.remove(&cookie)).map_err(DatapathError::map(map::POD_STATS))?;
+        if pod.ip4 != 0 {
+            // Out of the shortcut's local set too: the map is bounded, and
+            // the address may next belong to a pod on another node.
+            self.remove_local_addr(IpAddr::V4(Ipv4Addr::from(u32::from_be(pod.ip4))))?;
+        }
         info!(pod = %inspect::pod_name(&pod), netns_cookie = cookie, "pod unenrolled");
         Ok(())
     }

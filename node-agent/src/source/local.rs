@@ -3,13 +3,18 @@
 //!
 //! Each file is re-read on its own when it changes, and only the objects it
 //! holds are re-sent; objects a file no longer holds are deleted. A file
-//! that does not parse as YAML is most likely being written: its previous
-//! objects stay until it parses again. Hidden files (editors' and atomic
-//! writers' temporaries) are ignored. A periodic rescan catches events the
-//! watcher missed.
+//! that does not parse as YAML, or is empty, is most likely being written:
+//! its previous objects stay until it parses again (to remove a file's
+//! objects, remove the file). Hidden files (editors' and atomic writers'
+//! temporaries) are ignored. A periodic rescan catches events the watcher
+//! missed.
+//!
+//! Two files may hold the same object (a rename is briefly that): the
+//! object is deleted only when no file holds it any more, and if one of
+//! them still does, its version is sent again.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     hash::{DefaultHasher, Hash as _, Hasher as _},
     path::{Path, PathBuf},
     time::Duration,
@@ -22,7 +27,7 @@ use tracing::{debug, warn};
 
 use super::SourceEvent;
 use crate::model::{
-    ConfigError, FieldError, ObjectKey,
+    ConfigError, FieldError, Object, ObjectKey,
     object::{document_key, parse_document, split_documents},
 };
 
@@ -40,6 +45,14 @@ pub struct LocalSource {
 struct FileState {
     hash: u64,
     keys: BTreeSet<ObjectKey>,
+}
+
+/// Everything the source knows about the folder: per file, what it held;
+/// per object, which files hold it (with each file's good version, if any).
+#[derive(Default)]
+struct Folder {
+    files: HashMap<PathBuf, FileState>,
+    holders: HashMap<ObjectKey, BTreeMap<PathBuf, Option<Object>>>,
 }
 
 impl LocalSource {
@@ -62,9 +75,9 @@ impl LocalSource {
             .watch(&self.dir, RecursiveMode::Recursive)
             .with_context(|| format!("watching {}", self.dir.display()))?;
 
-        let mut files: HashMap<PathBuf, FileState> = HashMap::new();
+        let mut folder = Folder::default();
         let mut out = Vec::new();
-        rescan(&self.dir, &mut files, &mut out)?;
+        folder.rescan(&self.dir, &mut out)?;
         out.push(SourceEvent::Synced);
         if !send_all(&events, &mut out).await {
             return Ok(());
@@ -83,12 +96,16 @@ impl LocalSource {
                     while let Ok(more) = raw_rx.try_recv() {
                         collect_paths(more, &mut changed);
                     }
-                    for path in changed {
-                        reload(&path, &mut files, &mut out);
+                    // Files that exist first, then files that vanished: a
+                    // rename then never deletes what it moved.
+                    let (present, gone): (Vec<PathBuf>, Vec<PathBuf>) =
+                        changed.into_iter().partition(|p| p.exists());
+                    for path in present.into_iter().chain(gone) {
+                        folder.reload(&path, &mut out);
                     }
                 }
                 _ = rescan_tick.tick() => {
-                    if let Err(err) = rescan(&self.dir, &mut files, &mut out) {
+                    if let Err(err) = folder.rescan(&self.dir, &mut out) {
                         warn!(dir = %self.dir.display(), error = %format!("{err:#}"), "rescanning the config folder");
                     }
                 }
@@ -116,107 +133,138 @@ fn collect_paths(event: notify::Result<notify::Event>, into: &mut BTreeSet<PathB
     }
 }
 
-/// Re-reads every config file under `dir` and forgets files that are gone.
-fn rescan(
-    dir: &Path,
-    files: &mut HashMap<PathBuf, FileState>,
-    out: &mut Vec<SourceEvent>,
-) -> Result<()> {
-    let mut present = BTreeSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(folder) = stack.pop() {
-        let entries =
-            std::fs::read_dir(&folder).with_context(|| format!("reading {}", folder.display()))?;
-        for entry in entries.filter_map(|e| e.ok()) {
-            let path = entry.path();
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                if !is_hidden(&path) {
-                    stack.push(path);
+impl Folder {
+    /// Re-reads every config file under `dir` and forgets files that are gone.
+    fn rescan(&mut self, dir: &Path, out: &mut Vec<SourceEvent>) -> Result<()> {
+        let mut present = BTreeSet::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(folder) = stack.pop() {
+            let entries = std::fs::read_dir(&folder)
+                .with_context(|| format!("reading {}", folder.display()))?;
+            for entry in entries.filter_map(|e| e.ok()) {
+                let path = entry.path();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    if !is_hidden(&path) {
+                        stack.push(path);
+                    }
+                } else if is_config_file(&path) {
+                    present.insert(path);
                 }
-            } else if is_config_file(&path) {
-                present.insert(path);
             }
         }
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !present.contains(*p))
+            .cloned()
+            .collect();
+        for path in present.into_iter().chain(gone) {
+            self.reload(&path, out);
+        }
+        Ok(())
     }
-    let gone: Vec<PathBuf> = files
-        .keys()
-        .filter(|p| !present.contains(*p))
-        .cloned()
-        .collect();
-    for path in gone.into_iter().chain(present) {
-        reload(&path, files, out);
-    }
-    Ok(())
-}
 
-/// Brings one file's objects up to date.
-fn reload(path: &Path, files: &mut HashMap<PathBuf, FileState>, out: &mut Vec<SourceEvent>) {
-    if !is_config_file(path) {
-        return;
-    }
-    let source = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(state) = files.remove(path) {
-                debug!(file = %source, objects = state.keys.len(), "config file removed");
-                out.extend(state.keys.into_iter().map(SourceEvent::Delete));
-            }
+    /// Brings one file's objects up to date.
+    fn reload(&mut self, path: &Path, out: &mut Vec<SourceEvent>) {
+        if !is_config_file(path) {
             return;
         }
-        Err(err) => {
-            warn!(file = %source, error = %err, "reading config file; keeping its previous objects");
+        let source = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(state) = self.files.remove(path) {
+                    debug!(file = %source, objects = state.keys.len(), "config file removed");
+                    for key in state.keys {
+                        self.release(key, path, out);
+                    }
+                }
+                return;
+            }
+            Err(err) => {
+                warn!(file = %source, error = %err, "reading config file; keeping its previous objects");
+                return;
+            }
+        };
+        let mut hasher = DefaultHasher::new();
+        text.hash(&mut hasher);
+        let hash = hasher.finish();
+        if self.files.get(path).is_some_and(|state| state.hash == hash) {
             return;
         }
-    };
-    let mut hasher = DefaultHasher::new();
-    text.hash(&mut hasher);
-    let hash = hasher.finish();
-    let state = files.entry(path.to_path_buf()).or_default();
-    if state.hash == hash && hash != 0 {
-        return;
+        let docs = match split_documents(&text) {
+            // Empty: truncated by a writer that has not written yet.
+            Ok(docs) if docs.is_empty() && text.trim().is_empty() => return,
+            Ok(docs) => docs,
+            Err(reason) => {
+                // Probably half-written: keep what the file held before, and
+                // do not record the hash so the next event re-reads it.
+                out.push(SourceEvent::Rejected {
+                    key: None,
+                    error: ConfigError {
+                        kind: "file".into(),
+                        object: source.clone(),
+                        origin: None,
+                        errors: vec![FieldError::new(
+                            "",
+                            format!("not valid YAML (yet?): {reason}"),
+                        )],
+                    },
+                });
+                return;
+            }
+        };
+        let mut keys = BTreeSet::new();
+        for doc in docs {
+            let key = document_key(&doc);
+            match parse_document(doc, &source) {
+                Ok(object) => {
+                    let key = object.key();
+                    self.holders
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(path.to_path_buf(), Some(object.clone()));
+                    keys.insert(key);
+                    out.push(SourceEvent::Upsert(object));
+                }
+                Err(error) => {
+                    // The file still holds this object: its last good version
+                    // stays, and removing the file removes it.
+                    if let Some(key) = &key {
+                        self.holders
+                            .entry(key.clone())
+                            .or_default()
+                            .insert(path.to_path_buf(), None);
+                        keys.insert(key.clone());
+                    }
+                    out.push(SourceEvent::Rejected { key, error });
+                }
+            }
+        }
+        let state = self.files.entry(path.to_path_buf()).or_default();
+        let dropped: Vec<ObjectKey> = state.keys.difference(&keys).cloned().collect();
+        state.keys = keys;
+        state.hash = hash;
+        for key in dropped {
+            self.release(key, path, out);
+        }
     }
-    let docs = match split_documents(&text) {
-        Ok(docs) => docs,
-        Err(reason) => {
-            // Probably half-written: keep what the file held before, and
-            // do not record the hash so the next event re-reads it.
-            out.push(SourceEvent::Rejected {
-                key: None,
-                error: ConfigError {
-                    kind: "file".into(),
-                    object: source.clone(),
-                    origin: None,
-                    errors: vec![FieldError::new(
-                        "",
-                        format!("not valid YAML (yet?): {reason}"),
-                    )],
-                },
-            });
+
+    /// `path` no longer holds `key`: delete the object if no file holds it,
+    /// else send the version another file holds.
+    fn release(&mut self, key: ObjectKey, path: &Path, out: &mut Vec<SourceEvent>) {
+        let Some(files) = self.holders.get_mut(&key) else {
+            out.push(SourceEvent::Delete(key));
             return;
-        }
-    };
-    let mut keys = BTreeSet::new();
-    for doc in docs {
-        let key = document_key(&doc);
-        match parse_document(doc, &source) {
-            Ok(object) => {
-                keys.insert(object.key());
-                out.push(SourceEvent::Upsert(object));
-            }
-            Err(error) => {
-                // The file still holds this object: its last good version
-                // stays, and removing the file removes it.
-                keys.extend(key.clone());
-                out.push(SourceEvent::Rejected { key, error });
-            }
+        };
+        files.remove(path);
+        if files.is_empty() {
+            self.holders.remove(&key);
+            out.push(SourceEvent::Delete(key));
+        } else if let Some(object) = files.values().flatten().next() {
+            out.push(SourceEvent::Upsert(object.clone()));
         }
     }
-    for key in state.keys.difference(&keys) {
-        out.push(SourceEvent::Delete(key.clone()));
-    }
-    state.keys = keys;
-    state.hash = hash;
 }
 
 fn is_hidden(path: &Path) -> bool {
@@ -379,6 +427,59 @@ mod tests {
         std::fs::remove_file(folder.0.join("shop.yaml")).expect("removing");
         match next(&mut rx).await {
             SourceEvent::Delete(key) => assert_eq!(key.name, "Web_Bad"),
+            other => panic!("expected a delete, got {other:?}"),
+        }
+    }
+
+    /// Events until none arrives for `quiet`.
+    async fn drain(rx: &mut mpsc::Receiver<SourceEvent>, quiet: Duration) -> Vec<SourceEvent> {
+        let mut events = Vec::new();
+        while let Ok(Some(e)) = timeout(quiet, rx.recv()).await {
+            events.push(e);
+        }
+        events
+    }
+
+    async fn no_delete(rx: &mut mpsc::Receiver<SourceEvent>, what: &str) {
+        let events = drain(rx, Duration::from_millis(200)).await;
+        assert!(
+            !events.iter().any(|e| matches!(e, SourceEvent::Delete(_))),
+            "{what} deleted the object: {events:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn renames_and_truncation_delete_nothing() {
+        let folder = Folder::new("rename");
+        folder.write("a.yaml", &pod("v1"));
+        let (tx, mut rx) = mpsc::channel(64);
+        tokio::spawn(LocalSource::new(&folder.0, Duration::from_secs(3600)).run(tx));
+        upserted(next(&mut rx).await);
+        assert!(matches!(next(&mut rx).await, SourceEvent::Synced));
+
+        // Renamed, either way round in the alphabet, then truncated by a
+        // writer that has not written yet: none of it deletes the object.
+        let path = |name: &str| folder.0.join(name);
+        std::fs::rename(path("a.yaml"), path("b.yaml")).expect("renaming");
+        no_delete(&mut rx, "rename a → b").await;
+        std::fs::rename(path("b.yaml"), path("0.yaml")).expect("renaming");
+        no_delete(&mut rx, "rename b → 0").await;
+        std::fs::write(path("0.yaml"), "").expect("truncating");
+        no_delete(&mut rx, "truncation").await;
+
+        // A second file with the same object: removing one keeps it.
+        folder.write("0.yaml", &pod("v1"));
+        folder.write("copy.yaml", &pod("v1"));
+        drain(&mut rx, Duration::from_millis(300)).await;
+        std::fs::remove_file(folder.0.join("copy.yaml")).expect("removing");
+        let events = drain(&mut rx, Duration::from_millis(300)).await;
+        assert!(
+            !events.iter().any(|e| matches!(e, SourceEvent::Delete(_))),
+            "{events:?}"
+        );
+        std::fs::remove_file(folder.0.join("0.yaml")).expect("removing");
+        match next(&mut rx).await {
+            SourceEvent::Delete(key) => assert_eq!(key.name, "web"),
             other => panic!("expected a delete, got {other:?}"),
         }
     }

@@ -3,7 +3,6 @@
 
 use std::{
     net::{IpAddr, SocketAddrV4},
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -164,11 +163,6 @@ pub fn expected_programs() -> Vec<String> {
     let mut names: Vec<String> = program::ALL.iter().map(|s| (*s).to_owned()).collect();
     names.sort();
     names
-}
-
-/// The pin folder of `node`.
-pub fn pin_root(node: &Node) -> PathBuf {
-    node.bpffs.clone()
 }
 
 fn node_of<'a>(cluster: &'a Cluster, pod: &Pod) -> Result<&'a Node> {

@@ -79,3 +79,40 @@ pub fn count_version(report: &Value, version: &str) -> u64 {
 fn rows(report: &Value) -> impl Iterator<Item = &Value> {
     report["by_version_status"].as_array().into_iter().flatten()
 }
+
+/// Starts the sample TCP echo server in `pod` on `port` and waits until it
+/// listens.
+pub fn start_echo(cluster: &Cluster, pod: &Pod, port: u16) -> Result<Process> {
+    let sample = binaries::path("warren-sample")?;
+    let listen = format!("0.0.0.0:{port}");
+    let mut echo = cluster.spawn(
+        &pod.sandbox,
+        &sample.to_string_lossy(),
+        &["echo", "--listen", &listen],
+    )?;
+    wait_listening(pod, port, &mut echo)?;
+    Ok(echo)
+}
+
+/// Waits until something listens on TCP `port` inside `pod` (as `ss`
+/// shows it), failing early if `process` exits.
+pub fn wait_listening(pod: &Pod, port: u16, process: &mut Process) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        process.check_running()?;
+        let out = pod
+            .sandbox
+            .exec("ss", ["-Hltn", &format!("sport = :{port}")])?;
+        if !out.stdout.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "nothing listens on {port} in {} after 10s:\n{}",
+                pod.name,
+                process.output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -17,10 +17,10 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 use warren_e2e::{
     agent::{
-        attached_programs, datapath, enroll, expected_programs, outbound_addr, register_local_pods,
-        start_agent, start_proxy, unenroll, warrenctl,
+        attached_programs, datapath, enroll, expected_programs, register_local_pods, start_agent,
+        start_proxy, unenroll, warrenctl,
     },
-    workload::{count_status, load, start_http_server},
+    workload::{count_status, load, start_echo, start_http_server},
 };
 use warren_ebpf_common::{Counter, Mode};
 use warren_node_agent::datapath::PodEnrollment;
@@ -254,13 +254,7 @@ fn stream(client: &Pod, target: &str, bytes: &str, max_write: &str) -> Result<Va
 fn shortcut_carries_streams_byte_exact() -> Result<()> {
     let mesh = Mesh::up(1, 2)?;
     let (client, server) = (mesh.pod("n0-p0")?, mesh.pod("n0-p1")?);
-    let sample = binaries::path("warren-sample")?;
-    let _echo = mesh.cluster.spawn(
-        &server.sandbox,
-        &sample.to_string_lossy(),
-        &["echo", "--listen", "0.0.0.0:9000"],
-    )?;
-    std::thread::sleep(Duration::from_millis(200));
+    let _echo = start_echo(&mesh.cluster, server, 9000)?;
     enroll(&mesh.cluster, client, Mode::Permissive, &[])?;
     let target = format!("{}:9000", server.ip);
     let hits_before = mesh.counter(Counter::ShortcutHit)?;
@@ -393,7 +387,6 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() -> Result<()> {
     let before = mesh.captured().len();
     all_ok(&client, &url(&remote, 8080), 2)?;
     ensure!(mesh.captured().len() == before, "captured after uninstall");
-    let _ = outbound_addr(node);
     Ok(())
 }
 
@@ -401,13 +394,7 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() -> Result<()> {
 fn unenroll_stops_new_captures_and_spares_open_connections() -> Result<()> {
     let mesh = Mesh::up(2, 1)?;
     let (client, remote) = (mesh.pod("n0-p0")?, mesh.pod("n1-p0")?);
-    let sample = binaries::path("warren-sample")?;
-    let _echo = mesh.cluster.spawn(
-        &remote.sandbox,
-        &sample.to_string_lossy(),
-        &["echo", "--listen", "0.0.0.0:9000"],
-    )?;
-    std::thread::sleep(Duration::from_millis(200));
+    let _echo = start_echo(&mesh.cluster, remote, 9000)?;
     let cookie = enroll(&mesh.cluster, client, Mode::Permissive, &[])?;
 
     // A connection that is open across the unenrollment.

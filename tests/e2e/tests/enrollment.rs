@@ -51,6 +51,17 @@ fn enrollment_follows_namespace_labels_and_peer_authentication() -> Result<()> {
     let mut cluster = Cluster::builder().nodes(2).pods_per_node(2).up()?;
     let node = cluster.node(0)?.clone();
     let mut agent = start_agent_with_config(&cluster, &node)?;
+    // Nothing is labelled yet: once the agent has read the folder, nothing
+    // may be enrolled.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.output().contains("configuration synced") {
+        ensure!(
+            Instant::now() < deadline,
+            "agent never synced:\n{}",
+            agent.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     wait_for_enrolled(&node, &mut agent, &[])?;
 
     // Labelling the namespace enrolls its pods on this node (not node 1's).

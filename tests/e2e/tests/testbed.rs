@@ -248,10 +248,9 @@ fn killed_run_leftovers_are_removed() -> Result<()> {
     let (mut child, id) = start_helper()?;
     child.kill()?;
     child.wait()?;
-    ensure!(
-        !netns::list(&format!("{id}-"))?.is_empty(),
-        "the killed run left nothing to clean?"
-    );
+    // No check that leftovers exist here: a test running alongside may
+    // already have reaped them (its `Cluster::up` removes clusters of dead
+    // owners). Either way, what follows must leave the machine clean.
 
     // `cargo xtask cluster down --all` is this call with the testbed prefix;
     // the test narrows it to the killed run's id so it cannot touch clusters
