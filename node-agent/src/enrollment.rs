@@ -158,7 +158,7 @@ impl Enrollment {
                     netns: PathBuf::from(netns),
                     ip4,
                     host_veth: annotations.get(HOST_VETH_ANNOTATION).cloned(),
-                    mode: self.mode(store, &namespace, pod),
+                    mode: inbound_mode(store, &self.root_namespace, &namespace, pod),
                     // Validation refused pods with a bad annotation.
                     excluded_ports: excluded_ports(pod).unwrap_or_default(),
                 },
@@ -166,82 +166,78 @@ impl Enrollment {
         }
         out
     }
+}
 
-    /// The inbound mode of `pod`: workload policy, else namespace policy,
-    /// else mesh-wide policy, else PERMISSIVE. The guard has no per-port
-    /// modes, so a STRICT port override makes the whole pod STRICT: it
-    /// fails closed rather than let plaintext reach a port meant to refuse it.
-    fn mode(&self, store: &Store, namespace: &str, pod: &Pod) -> Mode {
-        // A refused policy with no good version in force (say, an agent
-        // restarted on a broken file) might have asked for STRICT: the guard
-        // fails closed for its namespace (all of the mesh for the root
-        // namespace) until the policy is fixed.
-        if let Some(key) = store
-            .refused_without_last_good(Kind::PeerAuthentication)
-            .find(|k| {
-                k.namespace
-                    .as_deref()
-                    .is_some_and(|ns| ns == namespace || ns == self.root_namespace)
-            })
+/// The inbound mode of `pod`: workload policy, else namespace policy,
+/// else mesh-wide policy, else PERMISSIVE. The guard has no per-port
+/// modes, so a STRICT port override makes the whole pod STRICT: it
+/// fails closed rather than let plaintext reach a port meant to refuse it.
+pub fn inbound_mode(store: &Store, root_namespace: &str, namespace: &str, pod: &Pod) -> Mode {
+    // A refused policy with no good version in force (say, an agent
+    // restarted on a broken file) might have asked for STRICT: the guard
+    // fails closed for its namespace (all of the mesh for the root
+    // namespace) until the policy is fixed.
+    if let Some(key) = store
+        .refused_without_last_good(Kind::PeerAuthentication)
+        .find(|k| {
+            k.namespace
+                .as_deref()
+                .is_some_and(|ns| ns == namespace || ns == root_namespace)
+        })
+    {
+        warn!(policy = %key, pod = ?pod.metadata.name, "refused PeerAuthentication: STRICT until it is fixed");
+        return Mode::Strict;
+    }
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let policies: Vec<&PeerAuthentication> = store
+        .of_kind(Kind::PeerAuthentication)
+        .filter_map(|o| match o {
+            Object::PeerAuthentication(pa) => Some(pa.as_ref()),
+            _ => None,
+        })
+        .collect();
+    let in_ns = |ns: &str| -> Vec<&PeerAuthentication> {
+        policies
+            .iter()
+            .copied()
+            .filter(|pa| pa.metadata.namespace.as_deref().unwrap_or("default") == ns)
+            .collect()
+    };
+    let workload = in_ns(namespace).into_iter().find(|pa| {
+        pa.spec.selector.as_ref().is_some_and(|sel| {
+            !sel.match_labels.is_empty()
+                && sel
+                    .match_labels
+                    .iter()
+                    .all(|(k, v)| labels.get(k) == Some(v))
+        })
+    });
+    let unselected = |ns: &str| {
+        in_ns(ns).into_iter().find(|pa| {
+            pa.spec
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.match_labels.is_empty())
+        })
+    };
+    let chain = [workload, unselected(namespace), unselected(&root_namespace)];
+    let mut mode = MtlsMode::Unset;
+    for pa in chain.into_iter().flatten() {
+        if let Some(m) = pa.spec.mtls.as_ref().map(|m| m.mode)
+            && m != MtlsMode::Unset
         {
-            warn!(policy = %key, pod = ?pod.metadata.name, "refused PeerAuthentication: STRICT until it is fixed");
-            return Mode::Strict;
+            mode = m;
+            break;
         }
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
-        let policies: Vec<&PeerAuthentication> = store
-            .of_kind(Kind::PeerAuthentication)
-            .filter_map(|o| match o {
-                Object::PeerAuthentication(pa) => Some(pa.as_ref()),
-                _ => None,
-            })
-            .collect();
-        let in_ns = |ns: &str| -> Vec<&PeerAuthentication> {
-            policies
-                .iter()
-                .copied()
-                .filter(|pa| pa.metadata.namespace.as_deref().unwrap_or("default") == ns)
-                .collect()
-        };
-        let workload = in_ns(namespace).into_iter().find(|pa| {
-            pa.spec.selector.as_ref().is_some_and(|sel| {
-                !sel.match_labels.is_empty()
-                    && sel
-                        .match_labels
-                        .iter()
-                        .all(|(k, v)| labels.get(k) == Some(v))
-            })
-        });
-        let unselected = |ns: &str| {
-            in_ns(ns).into_iter().find(|pa| {
-                pa.spec
-                    .selector
-                    .as_ref()
-                    .is_none_or(|s| s.match_labels.is_empty())
-            })
-        };
-        let chain = [
-            workload,
-            unselected(namespace),
-            unselected(&self.root_namespace),
-        ];
-        let mut mode = MtlsMode::Unset;
-        for pa in chain.into_iter().flatten() {
-            if let Some(m) = pa.spec.mtls.as_ref().map(|m| m.mode)
-                && m != MtlsMode::Unset
-            {
-                mode = m;
-                break;
-            }
-        }
-        let strict_port = workload
-            .into_iter()
-            .flat_map(|pa| pa.spec.port_level_mtls.values())
-            .any(|m| m.mode == MtlsMode::Strict);
-        if mode == MtlsMode::Strict || strict_port {
-            Mode::Strict
-        } else {
-            Mode::Permissive
-        }
+    }
+    let strict_port = workload
+        .into_iter()
+        .flat_map(|pa| pa.spec.port_level_mtls.values())
+        .any(|m| m.mode == MtlsMode::Strict);
+    if mode == MtlsMode::Strict || strict_port {
+        Mode::Strict
+    } else {
+        Mode::Permissive
     }
 }
 
@@ -270,4 +266,120 @@ fn pod_opts_out(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|l| l.get(DATAPLANE_LABELS[0]))
         .is_some_and(|v| v == NONE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::object::{parse_document, split_documents},
+        source::SourceEvent,
+    };
+
+    fn store(yaml: &str) -> Store {
+        let mut store = Store::default();
+        for doc in split_documents(yaml).expect("test YAML") {
+            let event = match parse_document(doc, "test") {
+                Ok(o) => SourceEvent::Upsert(o),
+                Err(error) => SourceEvent::Rejected {
+                    key: Some(ObjectKey {
+                        kind: Kind::PeerAuthentication,
+                        namespace: Some("shop".into()),
+                        name: "broken".into(),
+                    }),
+                    error,
+                },
+            };
+            store.apply(event);
+        }
+        store.apply(SourceEvent::Synced);
+        store
+    }
+
+    fn pod(app: &str) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("p".into());
+        pod.metadata.namespace = Some("shop".into());
+        pod.metadata.labels = Some([("app".to_owned(), app.to_owned())].into());
+        pod
+    }
+
+    fn pa(
+        ns: &str,
+        name: &str,
+        selector: Option<&str>,
+        mode: &str,
+        port: Option<(u16, &str)>,
+    ) -> String {
+        let selector = selector.map_or(String::new(), |app| {
+            format!("  selector:\n    matchLabels:\n      app: {app}\n")
+        });
+        let port = port.map_or(String::new(), |(p, m)| {
+            format!("  portLevelMtls:\n    {p}:\n      mode: {m}\n")
+        });
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{selector}  mtls:\n    mode: {mode}\n{port}"
+        )
+    }
+
+    fn mode(yaml: &str, app: &str) -> Mode {
+        inbound_mode(&store(yaml), "istio-system", "shop", &pod(app))
+    }
+
+    #[test]
+    fn precedence_workload_then_namespace_then_mesh() {
+        assert_eq!(mode("", "web"), Mode::Permissive, "Istio's default");
+        let mesh = pa("istio-system", "mesh", None, "STRICT", None);
+        assert_eq!(mode(&mesh, "web"), Mode::Strict);
+        let ns = pa("shop", "ns", None, "PERMISSIVE", None);
+        assert_eq!(
+            mode(&format!("{mesh}{ns}"), "web"),
+            Mode::Permissive,
+            "namespace over mesh"
+        );
+        let workload = pa("shop", "w", Some("web"), "STRICT", None);
+        assert_eq!(
+            mode(&format!("{mesh}{ns}{workload}"), "web"),
+            Mode::Strict,
+            "workload over namespace"
+        );
+        assert_eq!(
+            mode(&format!("{mesh}{ns}{workload}"), "db"),
+            Mode::Permissive,
+            "selector does not match"
+        );
+        // UNSET inherits from the next level.
+        let unset = pa("shop", "w", Some("web"), "UNSET", None);
+        assert_eq!(mode(&format!("{mesh}{unset}"), "web"), Mode::Strict);
+        // Another namespace's policy does not apply.
+        let other = pa("billing", "ns", None, "STRICT", None);
+        assert_eq!(mode(&other, "web"), Mode::Permissive);
+    }
+
+    #[test]
+    fn coarse_port_level_and_refusals_fail_closed() {
+        let port = pa(
+            "shop",
+            "w",
+            Some("web"),
+            "PERMISSIVE",
+            Some((8080, "STRICT")),
+        );
+        assert_eq!(
+            mode(&port, "web"),
+            Mode::Strict,
+            "a STRICT port makes the pod STRICT"
+        );
+        let broken = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: broken\n  namespace: shop\nspec:\n  mtls:\n    mode: SORTOF\n";
+        let s = store(broken);
+        assert_eq!(
+            s.refused_without_last_good(Kind::PeerAuthentication)
+                .count(),
+            1
+        );
+        assert_eq!(
+            inbound_mode(&s, "istio-system", "shop", &pod("web")),
+            Mode::Strict
+        );
+    }
 }
