@@ -220,7 +220,7 @@ pub fn inbound_mode(store: &Store, root_namespace: &str, namespace: &str, pod: &
                 .is_none_or(|s| s.match_labels.is_empty())
         })
     };
-    let chain = [workload, unselected(namespace), unselected(&root_namespace)];
+    let chain = [workload, unselected(namespace), unselected(root_namespace)];
     let mut mode = MtlsMode::Unset;
     for pa in chain.into_iter().flatten() {
         if let Some(m) = pa.spec.mtls.as_ref().map(|m| m.mode)
