@@ -24,7 +24,7 @@ use crate::{
     store::Store,
 };
 
-/// Namespace label values that opt a namespace in.
+/// Labels that opt a namespace in (value `ambient`) or a pod out (`none`).
 pub const DATAPLANE_LABELS: &[&str] = &["warren.io/dataplane-mode", "istio.io/dataplane-mode"];
 pub const AMBIENT: &str = "ambient";
 /// Pod label value that opts one pod out.
@@ -260,12 +260,12 @@ fn is_ambient(ns: &Namespace) -> bool {
         .any(|l| labels.get(*l).map(String::as_str) == Some(AMBIENT))
 }
 
+/// Either label, Warren's or Istio's, set to `none` opts a pod out.
 fn pod_opts_out(pod: &Pod) -> bool {
-    pod.metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(DATAPLANE_LABELS[0]))
-        .is_some_and(|v| v == NONE)
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    DATAPLANE_LABELS
+        .iter()
+        .any(|l| labels.get(*l).map(String::as_str) == Some(NONE))
 }
 
 #[cfg(test)]

@@ -9,9 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::{
-    LinkOrder, SchedClassifier, TcAttachType, links::FdLink, links::PinnedLink, tc::TcAttachOptions,
-};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions};
 use warren_ebpf_common::{EnrolledPod, Mode, POD_NAME_LEN, program};
 
 use super::{DatapathError, pins::Pins};
@@ -116,8 +114,11 @@ pub(super) fn ifindex(pod: &str, veth: &str) -> Result<u32, DatapathError> {
 pub(super) fn attach_guard(pins: &Pins, pod: &str, veth: &str) -> Result<(), DatapathError> {
     let link_path = pins.guard_link(veth);
     if link_path.exists() {
-        // Adopt it only if it is a live link; a stale pin is replaced.
-        if PinnedLink::from_pin(&link_path).is_ok() {
+        // Adopt it only if it guards this very interface: a pin left by a
+        // deleted pod whose veth name came back would otherwise leave the
+        // new pod unguarded.
+        let ifindex = ifindex(pod, veth)?;
+        if super::link::tcx_link_ifindex(&link_path).is_ok_and(|i| i == ifindex) {
             return Ok(());
         }
         std::fs::remove_file(&link_path)
@@ -159,13 +160,30 @@ pub(super) fn attach_guard(pins: &Pins, pod: &str, veth: &str) -> Result<(), Dat
     Ok(())
 }
 
-/// Detaches the guard from `veth` (unpinning its link detaches it).
-pub(super) fn detach_guard(pins: &Pins, veth: &str) -> Result<(), DatapathError> {
-    let path = pins.guard_link(veth);
-    match std::fs::remove_file(&path) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            Err(DatapathError::io("unpinning", &path)(err))
+/// Detaches the guards on interface `ifindex`, and any whose interface is
+/// gone (unpinning a link detaches it). Found by what the kernel says each
+/// link is attached to, so it works after the veth itself was deleted.
+pub(super) fn detach_guards(pins: &Pins, ifindex: u32) -> Result<(), DatapathError> {
+    let dir = pins.links_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(DatapathError::io("reading", &dir)(err)),
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let path = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with("guard_") {
+            continue;
         }
-        _ => Ok(()),
+        let attached = super::link::tcx_link_ifindex(&path).unwrap_or(0);
+        if attached == ifindex || attached == 0 {
+            match std::fs::remove_file(&path) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(DatapathError::io("unpinning", &path)(err));
+                }
+                _ => {}
+            }
+        }
     }
+    Ok(())
 }

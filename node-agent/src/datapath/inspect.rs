@@ -37,6 +37,9 @@ pub struct ProgRow {
     pub pin: String,
     /// The kernel's link id when attached through a link.
     pub link_id: Option<u32>,
+    /// For a guard link, the ifindex the kernel says it is attached to
+    /// (0: its interface is gone).
+    pub ifindex: Option<u32>,
 }
 
 /// One pinned map.
@@ -105,12 +108,16 @@ pub fn programs(pins: &Pins) -> Result<Vec<ProgRow>, DatapathError> {
             .iter()
             .find(|p| p.id() == prog_id)
             .map_or(("?".into(), "?".into()), describe);
+        let is_guard = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("guard_"));
         rows.push(ProgRow {
             id: prog_id,
             name,
             kind,
             pin: relative(pins, &path),
             link_id: Some(info.id()),
+            ifindex: is_guard.then(|| super::link::tcx_link_ifindex(&path).unwrap_or(0)),
         });
     }
     for path in pin_files(&pins.progs_dir())? {
@@ -124,6 +131,7 @@ pub fn programs(pins: &Pins) -> Result<Vec<ProgRow>, DatapathError> {
             kind,
             pin: relative(pins, &path),
             link_id: None,
+            ifindex: None,
         });
     }
     Ok(rows)

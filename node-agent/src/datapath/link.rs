@@ -3,7 +3,8 @@
 //! aya 0.14 cannot hand out the link of a `cgroup/getsockopt` program for
 //! pinning, and an unpinned link detaches when the agent exits. Creating
 //! and pinning the link here takes two small syscalls and treats all four
-//! cgroup programs the same way.
+//! cgroup programs the same way. The same goes for asking a pinned TCX link
+//! which interface it is attached to, which aya 0.14 does not expose.
 
 use std::{
     ffi::CString,
@@ -24,6 +25,8 @@ pub(super) mod attach_type {
 }
 
 const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
 /// The `bpf_attr` union is large; both commands used here read only its
@@ -88,4 +91,32 @@ pub(super) fn attach_cgroup_pinned(
     bpf(BPF_OBJ_PIN, &mut attr)?;
     // Closing our fd is fine: the pin holds the link.
     Ok(())
+}
+
+/// Opens the object pinned at `pin`.
+fn obj_get(pin: &Path) -> io::Result<OwnedFd> {
+    // obj_get: pathname u64 @0, bpf_fd u32 @8, file_flags u32 @12.
+    let path = CString::new(pin.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pin path contains a NUL byte"))?;
+    let mut attr = Attr::zeroed();
+    attr.put_u64(0, path.as_ptr() as u64);
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: on success BPF_OBJ_GET returns a new fd that we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The ifindex a pinned TCX link is attached to; 0 once its interface is
+/// gone (the kernel detaches the link then).
+pub(super) fn tcx_link_ifindex(pin: &Path) -> io::Result<u32> {
+    let link = obj_get(pin)?;
+    // struct bpf_link_info: type u32 @0, id u32 @4, prog_id u32 @8, then a
+    // union aligned to 8 whose tcx member is { ifindex u32 @16, attach_type }.
+    let mut info = [0u8; 128];
+    // obj_get_info_by_fd: bpf_fd u32 @0, info_len u32 @4, info u64 @8.
+    let mut attr = Attr::zeroed();
+    attr.put_u32(0, link.as_raw_fd() as u32);
+    attr.put_u32(4, info.len() as u32);
+    attr.put_u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(u32::from_ne_bytes([info[16], info[17], info[18], info[19]]))
 }

@@ -192,9 +192,7 @@ impl Datapath {
                 HashMap::try_from(self.maps.get_mut(map::GUARD))
                     .map_err(DatapathError::map(map::GUARD))?;
             ignore_missing(guard.remove(&pod.ifindex)).map_err(DatapathError::map(map::GUARD))?;
-            if let Some(veth) = inspect::ifname(pod.ifindex) {
-                enroll::detach_guard(&self.pins, &veth)?;
-            }
+            enroll::detach_guards(&self.pins, pod.ifindex)?;
         }
         let mut stats: PerCpuHashMap<_, u64, PodStats> =
             PerCpuHashMap::try_from(self.maps.get_mut(map::POD_STATS))

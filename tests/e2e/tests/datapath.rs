@@ -432,3 +432,88 @@ fn unenroll_stops_new_captures_and_spares_open_connections() -> Result<()> {
     );
     Ok(())
 }
+
+/// The ifindex of `ifname` inside the node's namespace (`ip -o link`
+/// prints "<index>: <name>: …").
+fn ifindex_in(node: &Node, ifname: &str) -> Result<u64> {
+    let out = node.sandbox.exec("ip", ["-o", "link", "show", ifname])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(':')
+        .next()
+        .and_then(|i| i.trim().parse().ok())
+        .with_context(|| format!("no interface {ifname} in {}: {text}", node.name))
+}
+
+#[test]
+fn guard_pins_follow_the_interface_not_its_name() -> Result<()> {
+    let mut mesh = Mesh::up(1, 2)?;
+    let victim = mesh.pod("n0-p0")?.clone();
+    let other = mesh.pod("n0-p1")?.clone();
+    let node = mesh.node().clone();
+    enroll(&mesh.cluster, &victim, Mode::Strict, &[])?;
+
+    // The pod dies without being unenrolled: its veth goes, the pin stays.
+    mesh.cluster.remove_pod("n0-p0")?;
+    let guards = |mesh: &Mesh| -> Result<Vec<Value>> {
+        let progs = warrenctl(mesh.node(), &["bpf", "prog", "list"])?;
+        Ok(progs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p["pin"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("links/guard_"))
+            })
+            .cloned()
+            .collect())
+    };
+    let stale = guards(&mesh)?;
+    ensure!(
+        stale.len() == 1 && stale[0]["ifindex"] == 0,
+        "expected one guard whose interface is gone: {stale:?}"
+    );
+
+    // A new interface takes the old name. Enrolling a pod behind it must
+    // attach a fresh guard, not adopt the dead one.
+    let veth = victim.host_veth.clone();
+    node.sandbox.in_netns({
+        let veth = veth.clone();
+        move || {
+            warren_testbed::netns::ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "impostor",
+            ])?;
+            Ok(())
+        }
+    })?;
+    let new_ifindex = ifindex_in(&node, &veth)?;
+    let enrollment = PodEnrollment {
+        name: "default/newcomer".into(),
+        netns: other.sandbox.netns.clone(),
+        ip4: None,
+        host_veth: Some(veth.clone()),
+        mode: Mode::Strict,
+        excluded_ports: Vec::new(),
+    };
+    let bpffs = node.bpffs.clone();
+    let cookie = node.sandbox.in_netns(move || {
+        Ok(warren_node_agent::datapath::Datapath::open(&bpffs)?.enroll(&enrollment)?)
+    })?;
+    let fresh = guards(&mesh)?;
+    ensure!(
+        fresh.len() == 1 && fresh[0]["ifindex"].as_u64() == Some(new_ifindex),
+        "guard not on the new {veth} (ifindex {new_ifindex}): {fresh:?}"
+    );
+
+    // Unenrolling finds the guard by interface and removes it.
+    let bpffs = node.bpffs.clone();
+    node.sandbox.in_netns(move || {
+        Ok(warren_node_agent::datapath::Datapath::open(&bpffs)?.unenroll(cookie)?)
+    })?;
+    ensure!(
+        guards(&mesh)?.is_empty(),
+        "guard left after unenroll: {:?}",
+        guards(&mesh)?
+    );
+    Ok(())
+}

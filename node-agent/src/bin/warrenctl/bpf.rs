@@ -100,7 +100,7 @@ pub fn run(cmd: Command) -> Result<()> {
                 return print_json(&rows);
             }
             table::print(
-                &["ID", "NAME", "TYPE", "LINK", "PIN"],
+                &["ID", "NAME", "TYPE", "LINK", "PIN", "ATTACHED TO"],
                 &rows
                     .iter()
                     .map(|r| {
@@ -110,6 +110,14 @@ pub fn run(cmd: Command) -> Result<()> {
                             r.kind.clone(),
                             r.link_id.map_or_else(|| "-".into(), |l| l.to_string()),
                             r.pin.clone(),
+                            match r.ifindex {
+                                None => "-".into(),
+                                Some(0) => "(interface gone)".into(),
+                                Some(i) => inspect::ifname(i).map_or_else(
+                                    || format!("ifindex {i}"),
+                                    |n| format!("{n} (ifindex {i})"),
+                                ),
+                            },
                         ]
                     })
                     .collect::<Vec<_>>(),
