@@ -59,6 +59,9 @@ pub mod map {
     pub const POD_STATS: &str = "WARREN_POD_STATS";
     /// Per-CPU event counters, indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "WARREN_COUNTERS";
+    /// One `u64`: a hash of the object whose programs are installed, so an
+    /// agent can tell whether the pinned programs are its own.
+    pub const META: &str = "WARREN_META";
 
     /// Every map the object carries.
     pub const ALL: &[&str] = &[
@@ -72,8 +75,46 @@ pub mod map {
         GUARD,
         POD_STATS,
         COUNTERS,
+        META,
     ];
 }
+
+/// The shape of one map, as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapLayout {
+    pub name: &'static str,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+const fn layout<K, V>(name: &'static str, max_entries: u32) -> MapLayout {
+    MapLayout {
+        name,
+        key_size: core::mem::size_of::<K>() as u32,
+        value_size: core::mem::size_of::<V>() as u32,
+        max_entries,
+    }
+}
+
+/// Every map's shape, from the same types and capacities the eBPF crate
+/// declares them with. An agent that finds pinned maps of another shape
+/// (left by another version) must not reuse them; a fresh install is
+/// checked against this table too, so it cannot drift from the programs.
+pub const MAP_LAYOUTS: &[MapLayout] = &[
+    layout::<u64, EnrolledPod>(map::ENROLLED, capacity::ENROLLED),
+    layout::<u32, NodeConfig>(map::CONFIG, 1),
+    layout::<PortKey, u8>(map::EXCLUDED_PORTS, capacity::EXCLUDED_PORTS),
+    layout::<u64, OrigDst>(map::ORIG_DST, capacity::ORIG_DST),
+    layout::<FlowKey, OrigDst>(map::ORIG_DST_BY_FLOW, capacity::ORIG_DST_BY_FLOW),
+    // A SOCKHASH value is the socket, 4 bytes from user space's side.
+    layout::<FlowKey, u32>(map::SOCKS, capacity::SOCKS),
+    layout::<IpKey, u32>(map::LOCAL_ADDRS, capacity::LOCAL_ADDRS),
+    layout::<u32, GuardEntry>(map::GUARD, capacity::GUARD),
+    layout::<u64, PodStats>(map::POD_STATS, capacity::ENROLLED),
+    layout::<u32, u64>(map::COUNTERS, Counter::COUNT),
+    layout::<u32, u64>(map::META, 1),
+];
 
 /// Capacities. Flow-keyed maps are LRU so that a flow whose close was never
 /// seen (a socket outside the subtree, a crash) cannot fill them.

@@ -41,3 +41,7 @@ pub static POD_STATS: PerCpuHashMap<u64, PodStats> = PerCpuHashMap::pinned(capac
 
 #[map(name = "WARREN_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+
+/// Written by user space only: which object's programs are installed.
+#[map(name = "WARREN_META")]
+pub static META: Array<u64> = Array::pinned(1, 0);

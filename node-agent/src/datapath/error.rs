@@ -51,6 +51,8 @@ pub enum DatapathError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the eBPF maps do not have the shape this build expects: {0}")]
+    Layout(String),
     #[error("pod {pod}: {reason}")]
     Pod { pod: String, reason: String },
 }

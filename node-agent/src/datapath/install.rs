@@ -1,61 +1,94 @@
 //! Loading the object, attaching its programs and pinning everything, or
-//! adopting what an earlier agent pinned.
+//! taking over what an earlier agent pinned: adopting it as is, upgrading
+//! its programs in place, or reinstalling when its maps have another shape.
 
-use std::{fs, mem, os::fd::AsFd as _};
+use std::{
+    fs,
+    hash::{DefaultHasher, Hash as _, Hasher as _},
+    mem,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
 
 use aya::{
-    EbpfLoader,
-    maps::SockHash,
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, MapInfo, SockHash},
     programs::{Program, ProgramError, SchedClassifier, SkMsg},
 };
 use tracing::{info, warn};
-use warren_ebpf_common::{FlowKey, map, program};
+use warren_ebpf_common::{FlowKey, MAP_LAYOUTS, map, program};
 
 use super::{DatapathError, link, object, pins::Pins};
 
-/// What installing found: a fresh installation or one to adopt.
+/// What [`install`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Installed {
     /// Nothing was there: programs loaded, attached and pinned now.
     Fresh,
-    /// A complete set of pins was there: adopted as is, nothing attached
-    /// twice.
+    /// This agent's own programs were there: adopted, nothing attached twice.
     Adopted,
+    /// Another version's programs were there, with maps of the same shape:
+    /// each pinned link now runs this version's program, swapped
+    /// atomically, with no gap in capture and the maps' contents kept.
+    Upgraded,
+    /// The pinned maps had another shape: everything was removed and
+    /// installed afresh (enrollment comes back from configuration).
+    Reinstalled,
 }
 
-/// Programs whose pins must all exist for an installation to be complete.
-fn expected_pins(pins: &Pins) -> Vec<std::path::PathBuf> {
+/// Pins that must all exist for an installation to be complete.
+fn expected_pins(pins: &Pins) -> Vec<PathBuf> {
     let mut paths: Vec<_> = program::CGROUP.iter().map(|p| pins.link(p)).collect();
     paths.push(pins.prog(program::SHORTCUT));
     paths.push(pins.prog(program::GUARD));
+    paths.extend(map::ALL.iter().map(|m| pins.map(m)));
     paths
 }
 
-/// Installs the datapath on the cgroup subtree `cgroup`, or adopts a complete
-/// earlier installation pinned under `pins`. Maps are reused either way, so
-/// enrolled pods and counters survive an agent restart.
-pub fn install(pins: &Pins, cgroup: &std::path::Path) -> Result<Installed, DatapathError> {
+/// Identifies the embedded object: equal hashes, same programs.
+fn object_hash(bytes: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Installs the datapath on the cgroup subtree `cgroup`, or takes over an
+/// earlier installation pinned under `pins` (see [`Installed`]).
+pub fn install(pins: &Pins, cgroup: &Path) -> Result<Installed, DatapathError> {
     for dir in [pins.maps_dir(), pins.links_dir(), pins.progs_dir()] {
         fs::create_dir_all(&dir).map_err(DatapathError::io("creating pin folder", &dir))?;
     }
+    let bytes = object::bytes()?;
+    let hash = object_hash(bytes);
     let expected = expected_pins(pins);
     let present = expected.iter().filter(|p| p.exists()).count();
-    if present == expected.len() {
-        info!(pins = %pins.root().display(), "adopting the installed datapath");
-        return Ok(Installed::Adopted);
-    }
+    let mut outcome = Installed::Fresh;
     if present > 0 {
-        // An install that died halfway: start its programs over, keep maps.
-        warn!(pins = %pins.root().display(), present, "incomplete installation found; reinstalling programs");
-        remove_programs(pins)?;
+        if let Some(mismatch) = layout_mismatch(pins) {
+            // Reusing maps of another shape would corrupt them (aya reuses
+            // pins without comparing): start over.
+            warn!(pins = %pins.root().display(), %mismatch, "pinned maps have another shape; reinstalling");
+            remove_programs(pins)?;
+            remove_maps(pins)?;
+            outcome = Installed::Reinstalled;
+        } else if present == expected.len() {
+            if installed_object(pins) == Some(hash) {
+                info!(pins = %pins.root().display(), "adopting the installed datapath");
+                return Ok(Installed::Adopted);
+            }
+            upgrade_in_place(pins, bytes)?;
+            record_object(pins, hash)?;
+            info!(pins = %pins.root().display(), "programs upgraded in place");
+            return Ok(Installed::Upgraded);
+        } else {
+            // An install that died halfway: start its programs over, keep maps.
+            warn!(pins = %pins.root().display(), present, "incomplete installation found; reinstalling programs");
+            remove_programs(pins)?;
+        }
     }
 
     let cgroup_fd = fs::File::open(cgroup).map_err(DatapathError::io("opening cgroup", cgroup))?;
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(pins.maps_dir())
-        .load(object::bytes()?)
-        .map_err(DatapathError::Load)?;
-
+    let mut ebpf = load(pins, bytes)?;
     let target = cgroup.display().to_string();
     for &name in program::CGROUP {
         let prog = ebpf
@@ -69,17 +102,61 @@ pub fn install(pins: &Pins, cgroup: &std::path::Path) -> Result<Installed, Datap
             }
         })?;
     }
+    install_shortcut(&mut ebpf, pins)?;
+    install_guard(&mut ebpf, pins)?;
+    if let Some(mismatch) = layout_mismatch(pins) {
+        // The table in warren-ebpf-common and the eBPF declarations differ:
+        // a build mistake, caught before any agent trusts the maps.
+        return Err(DatapathError::Layout(mismatch));
+    }
+    record_object(pins, hash)?;
+    info!(pins = %pins.root().display(), cgroup = %target, "datapath installed");
+    Ok(outcome)
+}
 
-    // The shortcut attaches to the SOCKHASH itself. That attachment has no
-    // link to pin; it lives as long as the map does, so the link object is
-    // forgotten rather than dropped (dropping would detach it).
+fn load(pins: &Pins, bytes: &[u8]) -> Result<Ebpf, DatapathError> {
+    EbpfLoader::new()
+        .default_map_pin_directory(pins.maps_dir())
+        .load(bytes)
+        .map_err(DatapathError::Load)
+}
+
+/// Swaps every pinned attachment to this object's programs.
+fn upgrade_in_place(pins: &Pins, bytes: &[u8]) -> Result<(), DatapathError> {
+    let mut ebpf = load(pins, bytes)?;
+    for &name in program::CGROUP {
+        let prog = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?;
+        load_cgroup_program(prog).map_err(prog_err(name))?;
+        let fd = prog.fd().map_err(prog_err(name))?;
+        let pin = pins.link(name);
+        link::update_pinned_link(&pin, fd.as_fd())
+            .map_err(|e| DatapathError::io("updating link", pin)(e))?;
+    }
+    // Attaching to the SOCKHASH replaces the program attached there.
+    let _ = fs::remove_file(pins.prog(program::SHORTCUT));
+    install_shortcut(&mut ebpf, pins)?;
+    let _ = fs::remove_file(pins.prog(program::GUARD));
+    let guard_fd = install_guard(&mut ebpf, pins)?;
+    for path in guard_links(pins)? {
+        link::update_pinned_link(&path, guard_fd.as_fd())
+            .map_err(|e| DatapathError::io("updating link", path)(e))?;
+    }
+    Ok(())
+}
+
+/// The shortcut attaches to the SOCKHASH itself. That attachment has no
+/// link to pin; it lives as long as the map does, so the link object is
+/// forgotten rather than dropped (dropping would detach it).
+fn install_shortcut(ebpf: &mut Ebpf, pins: &Pins) -> Result<(), DatapathError> {
     let socks = ebpf.take_map(map::SOCKS).ok_or(DatapathError::MissingPin {
         name: map::SOCKS,
         path: pins.map(map::SOCKS),
     })?;
     let socks: SockHash<_, FlowKey> =
         SockHash::try_from(socks).map_err(DatapathError::map(map::SOCKS))?;
-    let shortcut: &mut SkMsg = program_as(&mut ebpf, program::SHORTCUT)?;
+    let shortcut: &mut SkMsg = program_as(ebpf, program::SHORTCUT)?;
     shortcut.load().map_err(prog_err(program::SHORTCUT))?;
     let link = shortcut
         .attach(socks.fd())
@@ -95,17 +172,66 @@ pub fn install(pins: &Pins, cgroup: &std::path::Path) -> Result<Installed, Datap
     let path = pins.prog(program::SHORTCUT);
     shortcut
         .pin(&path)
-        .map_err(pin_err(program::SHORTCUT, path))?;
+        .map_err(pin_err(program::SHORTCUT, path))
+}
 
-    // The guard attaches per pod, at enrollment; pin it so any later agent
-    // can attach it without loading the object.
-    let guard: &mut SchedClassifier = program_as(&mut ebpf, program::GUARD)?;
+/// The guard attaches per pod, at enrollment; pinned so any later agent
+/// can attach it without loading the object. Returns its fd.
+fn install_guard(ebpf: &mut Ebpf, pins: &Pins) -> Result<aya::programs::ProgramFd, DatapathError> {
+    let guard: &mut SchedClassifier = program_as(ebpf, program::GUARD)?;
     guard.load().map_err(prog_err(program::GUARD))?;
     let path = pins.prog(program::GUARD);
     guard.pin(&path).map_err(pin_err(program::GUARD, path))?;
+    guard
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        .map_err(prog_err(program::GUARD))
+}
 
-    info!(pins = %pins.root().display(), cgroup = %target, "datapath installed");
-    Ok(Installed::Fresh)
+/// A description of the first pinned map whose shape differs from
+/// [`MAP_LAYOUTS`], if any.
+fn layout_mismatch(pins: &Pins) -> Option<String> {
+    for want in MAP_LAYOUTS {
+        let path = pins.map(want.name);
+        if !path.exists() {
+            continue;
+        }
+        let Ok(info) = MapInfo::from_pin(&path) else {
+            return Some(format!("{} cannot be read", want.name));
+        };
+        let have = (info.key_size(), info.value_size(), info.max_entries());
+        if have != (want.key_size, want.value_size, want.max_entries) {
+            return Some(format!(
+                "{}: key {} value {} max {} pinned, key {} value {} max {} expected",
+                want.name, have.0, have.1, have.2, want.key_size, want.value_size, want.max_entries
+            ));
+        }
+    }
+    None
+}
+
+/// The object hash recorded in the pinned META map.
+pub(super) fn installed_object(pins: &Pins) -> Option<u64> {
+    let data = MapData::from_pin(pins.map(map::META)).ok()?;
+    let meta: Array<_, u64> = Array::try_from(aya::maps::Map::Array(data)).ok()?;
+    meta.get(&0, 0).ok().filter(|h| *h != 0)
+}
+
+/// Records which object's programs are installed.
+pub(super) fn record_object(pins: &Pins, hash: u64) -> Result<(), DatapathError> {
+    let data = MapData::from_pin(pins.map(map::META)).map_err(DatapathError::map(map::META))?;
+    let mut meta: Array<_, u64> =
+        Array::try_from(aya::maps::Map::Array(data)).map_err(DatapathError::map(map::META))?;
+    meta.set(0, hash, 0).map_err(DatapathError::map(map::META))
+}
+
+fn load_cgroup_program(prog: &mut Program) -> Result<(), ProgramError> {
+    match prog {
+        Program::CgroupSockAddr(p) => p.load(),
+        Program::SockOps(p) => p.load(),
+        Program::CgroupSockopt(p) => p.load(),
+        _ => Err(ProgramError::UnexpectedProgramType),
+    }
 }
 
 /// Loads a cgroup program and attaches it through a pinned link. The attach
@@ -114,7 +240,7 @@ fn attach_to_cgroup(
     name: &str,
     prog: &mut Program,
     cgroup: &fs::File,
-    pin: &std::path::Path,
+    pin: &Path,
 ) -> Result<(), ProgramError> {
     let attach_type = match name {
         program::CONNECT4 => link::attach_type::CGROUP_INET4_CONNECT,
@@ -123,12 +249,7 @@ fn attach_to_cgroup(
         program::GETSOCKOPT => link::attach_type::CGROUP_GETSOCKOPT,
         _ => return Err(ProgramError::UnexpectedProgramType),
     };
-    match prog {
-        Program::CgroupSockAddr(p) => p.load()?,
-        Program::SockOps(p) => p.load()?,
-        Program::CgroupSockopt(p) => p.load()?,
-        _ => return Err(ProgramError::UnexpectedProgramType),
-    }
+    load_cgroup_program(prog)?;
     let prog_fd = prog.fd()?;
     link::attach_cgroup_pinned(prog_fd.as_fd(), cgroup.as_fd(), attach_type, pin).map_err(
         |io_error| {
@@ -140,10 +261,7 @@ fn attach_to_cgroup(
     )
 }
 
-fn program_as<'a, T>(
-    ebpf: &'a mut aya::Ebpf,
-    name: &'static str,
-) -> Result<&'a mut T, DatapathError>
+fn program_as<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>
 where
     &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
 {
@@ -153,10 +271,7 @@ where
     prog.try_into().map_err(prog_err(name))
 }
 
-fn pin_err(
-    name: &'static str,
-    path: std::path::PathBuf,
-) -> impl FnOnce(aya::pin::PinError) -> DatapathError {
+fn pin_err(name: &'static str, path: PathBuf) -> impl FnOnce(aya::pin::PinError) -> DatapathError {
     move |source| DatapathError::Pin {
         what: format!("program {name}"),
         path,
@@ -168,19 +283,39 @@ fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
     move |source| DatapathError::Program { name, source }
 }
 
+fn guard_links(pins: &Pins) -> Result<Vec<PathBuf>, DatapathError> {
+    Ok(pin_files(&pins.links_dir())?
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("guard_"))
+        })
+        .collect())
+}
+
+fn pin_files(dir: &Path) -> Result<Vec<PathBuf>, DatapathError> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.filter_map(|e| e.ok()).map(|e| e.path()).collect()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(err) => Err(DatapathError::io("reading", dir)(err)),
+    }
+}
+
 /// Unpins every link and program: detaches the cgroup programs and the
 /// guards. Maps are left alone.
 pub fn remove_programs(pins: &Pins) -> Result<(), DatapathError> {
     for dir in [pins.links_dir(), pins.progs_dir()] {
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(err) => return Err(DatapathError::io("reading", &dir)(err)),
-        };
-        for entry in entries.filter_map(|e| e.ok()) {
-            let path = entry.path();
+        for path in pin_files(&dir)? {
             fs::remove_file(&path).map_err(DatapathError::io("unpinning", &path))?;
         }
+    }
+    Ok(())
+}
+
+/// Unpins every map; the kernel frees them once no program uses them.
+fn remove_maps(pins: &Pins) -> Result<(), DatapathError> {
+    for path in pin_files(&pins.maps_dir())? {
+        fs::remove_file(&path).map_err(DatapathError::io("unpinning", &path))?;
     }
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! pinning, and an unpinned link detaches when the agent exits. Creating
 //! and pinning the link here takes two small syscalls and treats all four
 //! cgroup programs the same way. The same goes for asking a pinned TCX link
-//! which interface it is attached to, which aya 0.14 does not expose.
+//! which interface it is attached to, and swapping the program inside a
+//! pinned link (`BPF_LINK_UPDATE`), which aya 0.14 does not expose.
 
 use std::{
     ffi::CString,
@@ -27,6 +28,7 @@ pub(super) mod attach_type {
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
 /// The `bpf_attr` union is large; both commands used here read only its
@@ -119,4 +121,17 @@ pub(super) fn tcx_link_ifindex(pin: &Path) -> io::Result<u32> {
     attr.put_u64(8, info.as_mut_ptr() as u64);
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(u32::from_ne_bytes([info[16], info[17], info[18], info[19]]))
+}
+
+/// Swaps the program inside the link pinned at `pin` for `new_prog`,
+/// atomically: the attachment never goes away, and the old and new
+/// programs never both run.
+pub(super) fn update_pinned_link(pin: &Path, new_prog: BorrowedFd<'_>) -> io::Result<()> {
+    let link = obj_get(pin)?;
+    // link_update: link_fd u32 @0, new_prog_fd u32 @4, flags u32 @8, old_prog_fd u32 @12.
+    let mut attr = Attr::zeroed();
+    attr.put_u32(0, link.as_raw_fd() as u32);
+    attr.put_u32(4, new_prog.as_raw_fd() as u32);
+    bpf(BPF_LINK_UPDATE, &mut attr)?;
+    Ok(())
 }

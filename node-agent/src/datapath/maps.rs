@@ -14,7 +14,7 @@ use super::{DatapathError, pins::Pins};
 /// fixed by the eBPF crate's declarations.
 fn wrap(name: &str, data: MapData) -> Map {
     match name {
-        map::CONFIG => Map::Array(data),
+        map::CONFIG | map::META => Map::Array(data),
         map::ORIG_DST | map::ORIG_DST_BY_FLOW => Map::LruHashMap(data),
         map::SOCKS => Map::SockHash(data),
         map::POD_STATS => Map::PerCpuHashMap(data),

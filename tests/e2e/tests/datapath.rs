@@ -517,3 +517,141 @@ fn guard_pins_follow_the_interface_not_its_name() -> Result<()> {
     );
     Ok(())
 }
+
+/// Programs and links as warrenctl lists them: (pin, link id, program id).
+fn attachments(node: &Node) -> Result<Vec<(String, Option<u64>, u64)>> {
+    let progs = warrenctl(node, &["bpf", "prog", "list"])?;
+    let mut rows: Vec<(String, Option<u64>, u64)> = progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["pin"].as_str().unwrap_or_default().to_owned(),
+                p["link_id"].as_u64(),
+                p["id"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    rows.sort();
+    Ok(rows)
+}
+
+fn bpftool(args: &[&str]) -> Result<()> {
+    let out = Command::new("bpftool").args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn another_version_is_upgraded_in_place_or_reinstalled() -> Result<()> {
+    let mut mesh = Mesh::up(2, 1)?;
+    let (client, remote) = (mesh.pod("n0-p0")?.clone(), mesh.pod("n1-p0")?.clone());
+    let _http = start_http_server(&mesh.cluster, &remote, 8080, &[])?;
+    enroll(&mesh.cluster, &client, Mode::Strict, &[])?;
+    all_ok(&client, &url(&remote, 8080), 1)?;
+    let before = attachments(mesh.node())?;
+    let meta = mesh.node().bpffs.join("maps/WARREN_META");
+    let meta = meta.to_string_lossy().into_owned();
+
+    // Pins left by another version of the agent (another object hash).
+    mesh.agent.stop()?;
+    bpftool(&[
+        "map", "update", "pinned", &meta, "key", "0", "0", "0", "0", "value", "1", "0", "0", "0",
+        "0", "0", "0", "0",
+    ])?;
+    // New connections keep being captured while the new agent upgrades.
+    let sample = binaries::path("warren-sample")?;
+    let loop_script = format!(
+        "for i in $(seq 30); do {} load --url {} -n 1 --json; sleep 0.02; done",
+        sample.display(),
+        url(&remote, 8080)
+    );
+    let mut traffic = mesh
+        .cluster
+        .spawn(&client.sandbox, "bash", &["-c", &loop_script])?;
+    std::thread::sleep(Duration::from_millis(200));
+    mesh.agent = start_agent(&mesh.cluster, mesh.node())?;
+    ensure!(
+        mesh.agent.output().contains("Upgraded"),
+        "no upgrade:\n{}",
+        mesh.agent.output()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while traffic.check_running().is_ok() {
+        ensure!(Instant::now() < deadline, "traffic loop hung");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reports: Vec<Value> = traffic
+        .output()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let ok: u64 = reports.iter().map(|r| count_status(r, 200)).sum();
+    ensure!(
+        reports.len() == 30 && ok == 30,
+        "{ok}/30 requests answered across the upgrade"
+    );
+    ensure!(
+        mesh.captured_from(&client).len() == 31,
+        "not every connection was captured across the upgrade"
+    );
+    // Same links (same ids), new programs inside them; the pod stays enrolled.
+    let after = attachments(mesh.node())?;
+    ensure!(
+        after.len() == before.len(),
+        "attachments {before:?} → {after:?}"
+    );
+    for ((pin_a, link_a, prog_a), (pin_b, link_b, prog_b)) in before.iter().zip(&after) {
+        ensure!(
+            pin_a == pin_b && link_a == link_b,
+            "{pin_a} changed: {link_a:?} → {link_b:?}"
+        );
+        ensure!(prog_a != prog_b, "{pin_a} still runs program {prog_a}");
+    }
+    ensure!(
+        datapath(mesh.node())?.pods()?.len() == 1,
+        "enrollment lost in the upgrade"
+    );
+    ensure!(bpftool_cgroup_programs(mesh.node())? == 4);
+
+    // Maps of another shape: not reused, everything installed afresh.
+    mesh.agent.stop()?;
+    std::fs::remove_file(&meta)?;
+    bpftool(&[
+        "map",
+        "create",
+        &meta,
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "16",
+        "entries",
+        "1",
+        "name",
+        "WARREN_META",
+    ])?;
+    mesh.agent = start_agent(&mesh.cluster, mesh.node())?;
+    ensure!(
+        mesh.agent.output().contains("Reinstalled"),
+        "no reinstall:\n{}",
+        mesh.agent.output()
+    );
+    ensure!(
+        bpftool_cgroup_programs(mesh.node())? == 4,
+        "after reinstall: {} programs",
+        bpftool_cgroup_programs(mesh.node())?
+    );
+    ensure!(
+        datapath(mesh.node())?.pods()?.is_empty(),
+        "maps were reused"
+    );
+    Ok(())
+}
