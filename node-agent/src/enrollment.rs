@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use warren_ebpf_common::Mode;
 
 use crate::{
-    datapath::{Datapath, DatapathError, PodEnrollment},
+    datapath::{Datapath, DatapathError, PodEnrollment, netns_cookie},
     model::{
         Kind, Object, ObjectKey,
         istio::{MtlsMode, PeerAuthentication},
@@ -90,17 +90,26 @@ impl Enrollment {
             }
         }
         for (key, want) in desired {
-            if self
-                .enrolled
-                .get(&key)
-                .is_some_and(|(have, _)| have == &want)
+            if let Some((have, cookie)) = self.enrolled.get(&key)
+                && have == &want
+                // Same request; but a namespace recreated at the same path
+                // (a restarted pod sandbox) has a new cookie.
+                && netns_cookie(&want.netns).is_ok_and(|now| now == *cookie)
             {
                 continue;
             }
             match datapath.enroll(&want) {
                 Ok(cookie) => {
-                    self.enrolled.insert(key, (want, cookie));
+                    if let Some((_, old)) = self.enrolled.insert(key, (want, cookie))
+                        && old != cookie
+                        && let Err(err) = datapath.unenroll(old)
+                    {
+                        // The pod's previous namespace: nothing uses it now.
+                        warn!(error = %format!("{err:#}"), "unenrolling a pod's previous namespace");
+                    }
                 }
+                // Retried on the next reconcile (the agent runs one
+                // periodically): the namespace or veth may not exist yet.
                 Err(err) => warn!(pod = %want.name, error = %format!("{err:#}"), "enrolling"),
             }
         }

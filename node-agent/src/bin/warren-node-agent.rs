@@ -95,6 +95,9 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let mut ticker = tokio::time::interval(Duration::from_secs(args.report_every.max(1)));
+    // Reconciling on a timer too retries enrollments that failed (a pod's
+    // namespace or veth not there yet) and notices recreated namespaces.
+    let mut retry = tokio::time::interval(Duration::from_secs(args.rescan_every.max(1)));
     loop {
         tokio::select! {
             Some(event) = events.recv() => {
@@ -104,6 +107,11 @@ async fn run(args: RunArgs) -> Result<()> {
                     relevant |= apply(&mut store, event);
                 }
                 if relevant && store.synced() {
+                    enrollment.reconcile(&store, &mut datapath);
+                }
+            }
+            _ = retry.tick() => {
+                if store.synced() {
                     enrollment.reconcile(&store, &mut datapath);
                 }
             }

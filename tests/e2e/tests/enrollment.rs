@@ -202,3 +202,65 @@ fn enrollment_follows_namespace_labels_and_peer_authentication() -> Result<()> {
 fn permissive_again() -> &'static str {
     "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: strict\n  namespace: default\nspec:\n  mtls:\n    mode: PERMISSIVE\n"
 }
+
+#[test]
+fn enrollment_retries_and_follows_recreated_namespaces() -> Result<()> {
+    require_root()?;
+    let mut cluster = Cluster::builder().nodes(1).up()?;
+    let node = cluster.node(0)?.clone();
+    cluster.add_namespace(
+        "default",
+        labels(&[("warren.io/dataplane-mode", "ambient")]),
+    )?;
+    let mut agent = start_agent_with_config(&cluster, &node)?;
+
+    // A pod whose object arrives before its network namespace exists.
+    let netns_name = format!("{}-late", cluster.id());
+    let netns_path = warren_testbed::netns::path(&netns_name);
+    let pod_yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: late\n  namespace: default\n  annotations:\n    warren.io/netns: {}\nspec:\n  nodeName: {}\n  containers: []\n",
+        netns_path.display(),
+        node.name
+    );
+    std::fs::write(cluster.config_dir().join("pod.default.late.yaml"), pod_yaml)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.output().contains("default/late") {
+        ensure!(
+            Instant::now() < deadline,
+            "failed enrollment not logged:\n{}",
+            agent.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The namespace appears: the periodic reconcile enrolls the pod.
+    warren_testbed::netns::create(&netns_name)?;
+    wait_for_enrolled(&node, &mut agent, &[("default/late", "PERMISSIVE")])?;
+    let first = cookie_of(&node, "default/late")?;
+
+    // Recreated at the same path (a restarted sandbox): new cookie, enrolled
+    // again, the old namespace's entry dropped.
+    warren_testbed::netns::delete(&netns_name)?;
+    warren_testbed::netns::create(&netns_name)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pods = datapath(&node)?.pods()?;
+        if pods.len() == 1 && pods[0].netns_cookie != first {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not re-enrolled after the namespace was recreated: {pods:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn cookie_of(node: &Node, pod: &str) -> Result<u64> {
+    datapath(node)?
+        .pods()?
+        .into_iter()
+        .find(|p| p.pod == pod)
+        .map(|p| p.netns_cookie)
+        .ok_or_else(|| anyhow::anyhow!("{pod} is not enrolled"))
+}
