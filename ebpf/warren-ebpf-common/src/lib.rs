@@ -148,6 +148,34 @@ pub const SOL_IPV6: i32 = 41;
 /// below 100).
 pub const SO_WARREN_ORIGIN: i32 = 0x5741;
 
+/// Four address words in kernel layout (network-order bytes, as the kernel
+/// stores them) from an IP address: IPv4 in the first word.
+pub fn words_of(ip: core::net::IpAddr) -> (u16, [u32; 4]) {
+    match ip {
+        core::net::IpAddr::V4(v4) => (AF_INET, [u32::from_ne_bytes(v4.octets()), 0, 0, 0]),
+        core::net::IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            (AF_INET6, [word(0), word(4), word(8), word(12)])
+        }
+    }
+}
+
+/// The IP address of four words in kernel layout, if `family` is one.
+pub fn ip_of_words(family: u32, addr: &[u32; 4]) -> Option<core::net::IpAddr> {
+    match family {
+        f if f == AF_INET as u32 => Some(core::net::Ipv4Addr::from(addr[0].to_ne_bytes()).into()),
+        f if f == AF_INET6 as u32 => {
+            let mut octets = [0u8; 16];
+            for (chunk, word) in octets.chunks_exact_mut(4).zip(addr) {
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            Some(core::net::Ipv6Addr::from(octets).into())
+        }
+        _ => None,
+    }
+}
+
 /// A socket address: family, port (host order) and address (kernel layout).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -174,6 +202,12 @@ impl SockAddr {
             port,
             addr: addr_be,
         }
+    }
+
+    /// As a std socket address, if the family is IPv4 or IPv6.
+    pub fn to_socket_addr(&self) -> Option<core::net::SocketAddr> {
+        ip_of_words(u32::from(self.family), &self.addr)
+            .map(|ip| core::net::SocketAddr::new(ip, self.port))
     }
 }
 
@@ -234,6 +268,18 @@ impl IpKey {
             family: AF_INET6 as u32,
             addr: addr_be,
         }
+    }
+
+    pub fn from_ip(ip: core::net::IpAddr) -> Self {
+        let (family, addr) = words_of(ip);
+        Self {
+            family: u32::from(family),
+            addr,
+        }
+    }
+
+    pub fn to_ip(&self) -> Option<core::net::IpAddr> {
+        ip_of_words(self.family, &self.addr)
     }
 }
 
@@ -441,6 +487,20 @@ mod tests {
         assert_eq!(size_of::<EnrolledPod>(), POD_NAME_LEN + 16);
         assert_eq!(size_of::<NodeConfig>(), 4 + 16 + 4 + 4);
         assert_eq!(size_of::<PodStats>(), 16);
+    }
+
+    #[test]
+    fn addresses_round_trip_through_kernel_layout() {
+        use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let v4 = IpAddr::V4(Ipv4Addr::new(10, 244, 1, 2));
+        // The kernel stores 10.244.1.2 as the bytes 0a f4 01 02.
+        assert_eq!(IpKey::from_ip(v4).addr[0].to_ne_bytes(), [10, 244, 1, 2]);
+        assert_eq!(IpKey::from_ip(v4).to_ip(), Some(v4));
+        let v6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x1));
+        assert_eq!(IpKey::from_ip(v6).to_ip(), Some(v6));
+        let sa = SockAddr::v4(u32::from_ne_bytes([10, 0, 0, 1]), 8080);
+        let want = core::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 8080);
+        assert_eq!(sa.to_socket_addr(), Some(want));
     }
 
     #[test]

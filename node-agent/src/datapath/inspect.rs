@@ -6,7 +6,7 @@
 
 use std::{
     ffi::CStr,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -21,8 +21,8 @@ use aya::{
 use serde::Serialize;
 use serde_json::{Value, json};
 use warren_ebpf_common::{
-    AF_INET, AddrKind, Counter, EnrolledPod, FlowKey, GuardEntry, IpKey, Mode, NodeConfig, OrigDst,
-    PodStats, PortKey, SockAddr, map, program,
+    AddrKind, Counter, EnrolledPod, FlowKey, GuardEntry, IpKey, Mode, NodeConfig, OrigDst,
+    PodStats, PortKey, SockAddr, ip_of_words, map, program,
 };
 
 use super::{DatapathError, maps::Maps, pins::Pins};
@@ -354,24 +354,17 @@ fn mode_name(mode: u32) -> &'static str {
 }
 
 fn ipv4(be: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from_be(be))
+    Ipv4Addr::from(be.to_ne_bytes())
 }
 
 fn ip_of(family: u32, addr: &[u32; 4]) -> IpAddr {
-    if family == u32::from(AF_INET) {
-        IpAddr::V4(ipv4(addr[0]))
-    } else {
-        let mut octets = [0u8; 16];
-        for (i, word) in addr.iter().enumerate() {
-            octets[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-        }
-        IpAddr::V6(Ipv6Addr::from(octets))
-    }
+    ip_of_words(family, addr).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
 /// A socket address in kernel layout as a std one.
 pub fn socket_addr(addr: &SockAddr) -> SocketAddr {
-    SocketAddr::new(ip_of(u32::from(addr.family), &addr.addr), addr.port)
+    addr.to_socket_addr()
+        .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port))
 }
 
 fn orig_json(orig: &OrigDst) -> Value {

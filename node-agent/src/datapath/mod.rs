@@ -98,7 +98,7 @@ impl Datapath {
             HashMap::try_from(self.maps.get_mut(map::LOCAL_ADDRS))
                 .map_err(DatapathError::map(map::LOCAL_ADDRS))?;
         addrs
-            .insert(ip_key(ip), kind as u32, 0)
+            .insert(IpKey::from_ip(ip), kind as u32, 0)
             .map_err(DatapathError::map(map::LOCAL_ADDRS))
     }
 
@@ -106,7 +106,8 @@ impl Datapath {
         let mut addrs: HashMap<_, IpKey, u32> =
             HashMap::try_from(self.maps.get_mut(map::LOCAL_ADDRS))
                 .map_err(DatapathError::map(map::LOCAL_ADDRS))?;
-        ignore_missing(addrs.remove(&ip_key(ip))).map_err(DatapathError::map(map::LOCAL_ADDRS))
+        ignore_missing(addrs.remove(&IpKey::from_ip(ip)))
+            .map_err(DatapathError::map(map::LOCAL_ADDRS))
     }
 
     /// Enrolls a pod (or updates its enrollment) and returns its netns
@@ -262,17 +263,6 @@ impl Datapath {
             .get(&ifindex, 0)
             .ok()
             .and_then(|e| Mode::from_u32(e.mode)))
-    }
-}
-
-fn ip_key(ip: IpAddr) -> IpKey {
-    match ip {
-        IpAddr::V4(v4) => IpKey::v4(u32::from(v4).to_be()),
-        IpAddr::V6(v6) => {
-            let o = v6.octets();
-            let word = |i: usize| u32::from_be_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]).to_be();
-            IpKey::v6([word(0), word(4), word(8), word(12)])
-        }
     }
 }
 

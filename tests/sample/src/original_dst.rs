@@ -126,23 +126,12 @@ pub fn origin(socket: BorrowedFd<'_>, local: SocketAddr) -> Result<Origin, Looku
 /// network-order words, the port in host order.
 fn decode_sock_addr(answer: &OrigDst, option: &'static str) -> Result<SocketAddr, LookupError> {
     let dst = &answer.dst;
-    match dst.family {
-        AF_INET => Ok(SocketAddr::new(
-            Ipv4Addr::from(dst.addr[0].to_ne_bytes()).into(),
-            dst.port,
-        )),
-        AF_INET6 => {
-            let mut octets = [0u8; 16];
-            for (chunk, word) in octets.chunks_exact_mut(4).zip(dst.addr) {
-                chunk.copy_from_slice(&word.to_ne_bytes());
-            }
-            Ok(SocketAddr::new(
-                Ipv6Addr::from(octets).to_canonical(),
-                dst.port,
-            ))
-        }
-        family => Err(LookupError::Family { option, family }),
-    }
+    dst.to_socket_addr()
+        .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+        .ok_or(LookupError::Family {
+            option,
+            family: dst.family,
+        })
 }
 
 /// Conntrack answers `SO_ORIGINAL_DST` for any connection it tracks, redirected or not;
