@@ -468,11 +468,20 @@ fn guard_pins_follow_the_interface_not_its_name() -> Result<()> {
             .cloned()
             .collect())
     };
-    let stale = guards(&mesh)?;
-    ensure!(
-        stale.len() == 1 && stale[0]["ifindex"] == 0,
-        "expected one guard whose interface is gone: {stale:?}"
-    );
+    // The kernel destroys a deleted namespace (and its veths) a moment
+    // later, in the background; the link is detached then.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stale = guards(&mesh)?;
+        if stale.len() == 1 && stale[0]["ifindex"] == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "expected one guard whose interface is gone: {stale:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // A new interface takes the old name. Enrolling a pod behind it must
     // attach a fresh guard, not adopt the dead one.
