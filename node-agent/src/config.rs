@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// off and connects go out untouched.
     #[arg(long, env = "WARREN_ZTUNNEL_OUTBOUND")]
     pub ztunnel: Option<SocketAddrV4>,
+    /// ztunnel's outbound listener IPv6 address as pods reach it (same port
+    /// as --ztunnel); without it, IPv6 connects are not captured.
+    #[arg(long, env = "WARREN_ZTUNNEL_OUTBOUND6", requires = "ztunnel")]
+    pub ztunnel6: Option<std::net::Ipv6Addr>,
     /// This node's own addresses (repeatable): the STRICT guard admits
     /// connections from them (ztunnel, probes).
     #[arg(long = "node-addr", env = "WARREN_NODE_ADDRS", value_delimiter = ',')]

@@ -61,6 +61,7 @@ async fn run(args: RunArgs) -> Result<()> {
         .with_context(|| format!("installing the datapath on {}", args.cgroup.display()))?;
     datapath.set_redirect(args.ztunnel.map(|addr| Redirect {
         ip4: *addr.ip(),
+        ip6: args.ztunnel6,
         port: addr.port(),
     }))?;
     for ip in &args.node_addrs {

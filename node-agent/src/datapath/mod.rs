@@ -43,6 +43,8 @@ use pins::Pins;
 pub struct Redirect {
     /// ztunnel's outbound listener as pods reach it.
     pub ip4: Ipv4Addr,
+    /// The same over IPv6; without it, IPv6 connects are not captured.
+    pub ip6: Option<std::net::Ipv6Addr>,
     pub port: u16,
 }
 
@@ -78,7 +80,9 @@ impl Datapath {
     pub fn set_redirect(&mut self, redirect: Option<Redirect>) -> Result<(), DatapathError> {
         let value = NodeConfig {
             ztunnel_ip4: redirect.map_or(0, |r| u32::from(r.ip4).to_be()),
-            ztunnel_ip6: [0; 4],
+            ztunnel_ip6: redirect.and_then(|r| r.ip6).map_or([0; 4], |ip6| {
+                warren_ebpf_common::words_of(IpAddr::V6(ip6)).1
+            }),
             ztunnel_port: redirect.map_or(0, |r| r.port),
             _pad: 0,
             mark: ZTUNNEL_MARK,

@@ -43,7 +43,11 @@ fn start_agent_with(cluster: &Cluster, node: &Node, extra: &[&str]) -> Result<Pr
     let cgroup = node.cgroup.to_string_lossy().into_owned();
     let bpffs = node.bpffs.to_string_lossy().into_owned();
     let ztunnel = outbound_addr(node).to_string();
-    let addrs = format!("{},{}", node.gateway, node.ip);
+    let addrs = format!(
+        "{},{},{},{}",
+        node.gateway, node.ip, node.gateway6, node.ip6
+    );
+    let ztunnel6 = node.gateway6.to_string();
     let args = [
         "run",
         "--node",
@@ -54,6 +58,8 @@ fn start_agent_with(cluster: &Cluster, node: &Node, extra: &[&str]) -> Result<Pr
         &bpffs,
         "--ztunnel",
         &ztunnel,
+        "--ztunnel6",
+        &ztunnel6,
         "--node-addr",
         &addrs,
         "--report-every",
@@ -82,7 +88,8 @@ fn start_agent_with(cluster: &Cluster, node: &Node, extra: &[&str]) -> Result<Pr
 /// the bytes with ztunnel's socket mark. Waits until it listens.
 pub fn start_proxy(cluster: &Cluster, node: &Node) -> Result<Process> {
     let sample = binaries::path("warren-sample")?;
-    let listen = format!("0.0.0.0:{OUTBOUND_PORT}");
+    // [::] takes IPv4 (as v4-mapped) and IPv6 alike.
+    let listen = format!("[::]:{OUTBOUND_PORT}");
     let mark = format!("{ZTUNNEL_MARK:#x}");
     let mut proxy = cluster.spawn(
         &node.sandbox,

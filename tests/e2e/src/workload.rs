@@ -16,7 +16,7 @@ pub fn start_http_server(
 ) -> Result<Process> {
     let sample = binaries::path("warren-sample")?;
     let sample = sample.to_string_lossy();
-    let listen = format!("0.0.0.0:{port}");
+    let listen = format!("[::]:{port}");
     let mut args = vec!["http", "--listen", &listen];
     args.extend_from_slice(extra);
     let mut server = cluster.spawn(&pod.sandbox, &sample, &args)?;
@@ -84,7 +84,7 @@ fn rows(report: &Value) -> impl Iterator<Item = &Value> {
 /// listens.
 pub fn start_echo(cluster: &Cluster, pod: &Pod, port: u16) -> Result<Process> {
     let sample = binaries::path("warren-sample")?;
-    let listen = format!("0.0.0.0:{port}");
+    let listen = format!("[::]:{port}");
     let mut echo = cluster.spawn(
         &pod.sandbox,
         &sample.to_string_lossy(),

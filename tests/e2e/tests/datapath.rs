@@ -70,12 +70,26 @@ impl Mesh {
             .collect()
     }
 
-    /// Captured connections that came from `pod`.
+    /// Captured connections that came from `pod` (over IPv4).
     fn captured_from(&self, pod: &Pod) -> Vec<Value> {
-        let prefix = format!("{}:", pod.ip);
+        self.captured_from_ip(&pod.ip.to_string())
+    }
+
+    /// Captured connections whose peer address is `ip`. The proxy listens
+    /// on [::], so IPv4 peers show as v4-mapped or plain; both count.
+    fn captured_from_ip(&self, ip: &str) -> Vec<Value> {
+        let forms = [
+            format!("{ip}:"),
+            format!("[{ip}]:"),
+            format!("[::ffff:{ip}]:"),
+        ];
         self.captured()
             .into_iter()
-            .filter(|c| c["peer"].as_str().is_some_and(|p| p.starts_with(&prefix)))
+            .filter(|c| {
+                c["peer"]
+                    .as_str()
+                    .is_some_and(|p| forms.iter().any(|f| p.starts_with(f.as_str())))
+            })
             .collect()
     }
 
@@ -662,5 +676,50 @@ fn another_version_is_upgraded_in_place_or_reinstalled() -> Result<()> {
         datapath(mesh.node())?.pods()?.is_empty(),
         "maps were reused"
     );
+    Ok(())
+}
+
+#[test]
+fn ipv6_is_captured_and_guarded_too() -> Result<()> {
+    let mesh = Mesh::up(2, 2)?;
+    let (client, guarded) = (mesh.pod("n0-p0")?, mesh.pod("n0-p1")?);
+    let (remote, outsider) = (mesh.pod("n1-p0")?, mesh.pod("n1-p1")?);
+    let _remote_http = start_http_server(&mesh.cluster, remote, 8080, &[])?;
+    let _guarded_http = start_http_server(&mesh.cluster, guarded, 8080, &[])?;
+    let cookie = enroll(&mesh.cluster, client, Mode::Permissive, &[])?;
+    let url6 = |pod: &Pod| format!("http://[{}]:8080/", pod.ip6);
+
+    // connect6 sends it to ztunnel's IPv6 listener; the proxy gets the
+    // original IPv6 destination (IP6T_SO_ORIGINAL_DST) and the source pod.
+    all_ok(client, &url6(remote), 2)?;
+    let seen = mesh.captured_from_ip(&client.ip6.to_string());
+    let want = format!("[{}]:8080", remote.ip6);
+    ensure!(
+        seen.len() == 1,
+        "IPv6 connection not captured once: {seen:?}"
+    );
+    ensure!(
+        seen[0]["orig_dst"] == want.as_str() && seen[0]["origin_dst"] == want.as_str(),
+        "{}",
+        seen[0]
+    );
+    ensure!(
+        seen[0]["netns_cookie"].as_u64() == Some(cookie),
+        "{}",
+        seen[0]
+    );
+
+    // STRICT over IPv6: an outsider is refused, mesh traffic from the node passes.
+    enroll(&mesh.cluster, guarded, Mode::Strict, &[])?;
+    let report = load(
+        outsider,
+        &url6(guarded),
+        &["-n", "2", "-c", "1", "--timeout", "1s"],
+    )?;
+    ensure!(
+        count_status(&report, 200) == 0,
+        "STRICT let an IPv6 outsider in: {report}"
+    );
+    all_ok(client, &url6(guarded), 2)?;
     Ok(())
 }

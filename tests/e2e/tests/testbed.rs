@@ -62,6 +62,49 @@ fn pods_talk_tcp_within_and_across_nodes() -> Result<()> {
     Ok(())
 }
 
+/// The IPv6 counterpart of [`tcp_round_trip`].
+fn tcp6_round_trip(server: &Pod, client: &Pod, port: u16) -> Result<()> {
+    use std::net::{Ipv6Addr, SocketAddrV6};
+    let listener = server
+        .sandbox
+        .in_netns(move || Ok(TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?))?;
+    let accept = std::thread::spawn(move || -> Result<std::net::SocketAddr> {
+        let (mut conn, peer) = listener.accept()?;
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf)?;
+        conn.write_all(&buf)?;
+        Ok(peer)
+    });
+    let target = SocketAddrV6::new(server.ip6, port, 0, 0);
+    let echoed = client.sandbox.in_netns(move || {
+        let mut conn = TcpStream::connect_timeout(&target.into(), Duration::from_secs(5))?;
+        conn.write_all(b"hello")?;
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf)?;
+        Ok(buf)
+    })?;
+    ensure!(&echoed == b"hello", "echo returned {echoed:?}");
+    let peer = accept
+        .join()
+        .map_err(|_| anyhow::anyhow!("accept thread panicked"))??;
+    ensure!(
+        peer.ip() == std::net::IpAddr::V6(client.ip6),
+        "server saw {peer}, expected {}",
+        client.ip6
+    );
+    Ok(())
+}
+
+#[test]
+fn pods_talk_ipv6_within_and_across_nodes() -> Result<()> {
+    require_root()?;
+    let cluster = Cluster::builder().nodes(2).pods_per_node(2).up()?;
+    let a = cluster.pod("n0-p0")?;
+    tcp6_round_trip(a, cluster.pod("n0-p1")?, 7101).context("same node")?;
+    tcp6_round_trip(a, cluster.pod("n1-p0")?, 7102).context("across nodes")?;
+    Ok(())
+}
+
 #[test]
 fn processes_run_in_their_pods_namespace_and_cgroup() -> Result<()> {
     require_root()?;

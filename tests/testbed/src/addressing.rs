@@ -3,13 +3,13 @@
 //! Every address lives inside the cluster's own namespaces, so two clusters
 //! can use the same plan without seeing each other.
 //!
-//! | what | range |
-//! |---|---|
-//! | fabric (node addresses) | 172.30.0.0/24, node i = .(i+1) |
-//! | pods of node i | 10.244.i.0/24, bridge .1, pods from .2 |
-//! | service ClusterIPs | 10.96.0.0/16, from 10.96.0.10 |
+//! | what | IPv4 | IPv6 |
+//! |---|---|---|
+//! | fabric (node addresses) | 172.30.0.0/24, node i = .(i+1) | fd00:30::/64, node i = ::(i+1) |
+//! | pods of node i | 10.244.i.0/24, bridge .1, pods from .2 | fd00:244:i::/64, bridge ::1, pods from ::2 |
+//! | service ClusterIPs | 10.96.0.0/16, from 10.96.0.10 | — |
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Result, bail};
 
@@ -41,6 +41,29 @@ pub fn pod_ip(node: usize, slot: usize) -> Result<Ipv4Addr> {
         bail!("node {node} is full: at most {MAX_PODS_PER_NODE} pods per node");
     }
     Ok(Ipv4Addr::new(10, 244, node as u8, (slot + 2) as u8))
+}
+
+/// Prefix length of the IPv6 fabric and of each node's IPv6 pod CIDR.
+pub const PREFIX_LEN6: u8 = 64;
+
+/// A node's IPv6 address on the fabric.
+pub fn node_ip6(node: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, node as u16 + 1)
+}
+
+/// The network part of node `node`'s IPv6 pod CIDR.
+pub fn pod_cidr6(node: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x244, node as u16, 0, 0, 0, 0, 0)
+}
+
+/// The node bridge's IPv6 address: its pods' IPv6 gateway.
+pub fn pod_gateway6(node: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x244, node as u16, 0, 0, 0, 0, 1)
+}
+
+/// The IPv6 address of the `slot`-th pod on node `node`.
+pub fn pod_ip6(node: usize, slot: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x244, node as u16, 0, 0, 0, 0, slot as u16 + 2)
 }
 
 /// The `n`-th ClusterIP (0-based).
@@ -82,6 +105,8 @@ mod tests {
         assert_eq!(cluster_ip(300)?, Ipv4Addr::new(10, 96, 1, 54));
         assert!(check_size(0, 1).is_err());
         assert!(check_size(3, 10).is_ok());
+        assert_eq!(pod_ip6(1, 0).to_string(), "fd00:244:1::2");
+        assert_eq!(node_ip6(0).to_string(), "fd00:30::1");
         Ok(())
     }
 }

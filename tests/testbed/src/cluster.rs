@@ -15,7 +15,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicUsize, Ordering},
@@ -45,6 +45,8 @@ pub struct Node {
     pub index: usize,
     /// Address on the fabric (the node IP).
     pub ip: Ipv4Addr,
+    /// IPv6 address on the fabric.
+    pub ip6: Ipv6Addr,
     /// `10.244.<i>.0/24`.
     pub pod_cidr: String,
     /// The node's namespace and its daemons' cgroup.
@@ -57,6 +59,10 @@ pub struct Node {
     /// The node's address on its pod bridge: pods' default gateway, and how
     /// pods reach the node's ztunnel.
     pub gateway: Ipv4Addr,
+    /// The same for IPv6.
+    pub gateway6: Ipv6Addr,
+    /// `fd00:244:<i>::/64`.
+    pub pod_cidr6: String,
     /// Where this node's eBPF objects are pinned.
     pub bpffs: PathBuf,
 }
@@ -69,6 +75,7 @@ pub struct Pod {
     /// Name of the node it runs on.
     pub node: String,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
     /// The node-side end of its veth (inside the node's namespace).
@@ -437,6 +444,31 @@ impl Cluster {
         ip(&["-n", &netns_name, "link", "set", "eth0", "up"])?;
         let gw = addressing::pod_gateway(spec.node).to_string();
         ip(&["-n", &netns_name, "route", "add", "default", "via", &gw])?;
+        // Dual-stack; no duplicate address detection, so the address is
+        // usable at once.
+        let ip6_addr = addressing::pod_ip6(spec.node, slot);
+        let cidr6 = format!("{ip6_addr}/{}", addressing::PREFIX_LEN6);
+        ip(&[
+            "-n",
+            &netns_name,
+            "addr",
+            "add",
+            &cidr6,
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        let gw6 = addressing::pod_gateway6(spec.node).to_string();
+        ip(&[
+            "-n",
+            &netns_name,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw6,
+        ])?;
         let netns_path = netns::path(&netns_name);
         netns::sysctl(&netns_path, "net.ipv4.tcp_tw_reuse", "1")?;
         fs::create_dir_all(&cgroup)
@@ -455,6 +487,7 @@ impl Cluster {
             uid: format!("{}-{}-{}", self.state.id, spec.namespace, spec.name),
             node: node.name.clone(),
             ip: ip_addr,
+            ip6: ip6_addr,
             service_account: spec.service_account.unwrap_or_else(|| "default".into()),
             host_veth,
             sandbox: Sandbox {
@@ -599,6 +632,33 @@ impl Cluster {
         ip(&["-n", &netns_name, "addr", "add", &gw, "dev", "cni0"])?;
         ip(&["-n", &netns_name, "link", "set", "cni0", "up"])?;
         let netns_path = netns::path(&netns_name);
+        let node_ip6 = addressing::node_ip6(index);
+        ip(&[
+            "-n",
+            &netns_name,
+            "addr",
+            "add",
+            &format!("{node_ip6}/{}", addressing::PREFIX_LEN6),
+            "dev",
+            "fabric0",
+            "nodad",
+        ])?;
+        let gw6 = format!(
+            "{}/{}",
+            addressing::pod_gateway6(index),
+            addressing::PREFIX_LEN6
+        );
+        ip(&[
+            "-n",
+            &netns_name,
+            "addr",
+            "add",
+            &gw6,
+            "dev",
+            "cni0",
+            "nodad",
+        ])?;
+        netns::sysctl(&netns_path, "net.ipv6.conf.all.forwarding", "1")?;
         netns::sysctl(&netns_path, "net.ipv4.ip_forward", "1")?;
         netns::sysctl(&netns_path, "net.ipv4.tcp_tw_reuse", "1")?;
 
@@ -625,6 +685,13 @@ impl Cluster {
             cgroup: cgroup_root,
             pods_cgroup: pods,
             gateway: addressing::pod_gateway(index),
+            gateway6: addressing::pod_gateway6(index),
+            pod_cidr6: format!(
+                "{}/{}",
+                addressing::pod_cidr6(index),
+                addressing::PREFIX_LEN6
+            ),
+            ip6: node_ip6,
             pod_cidr: format!("{}/{}", addressing::pod_cidr(index), addressing::PREFIX_LEN),
             ip: node_ip,
             index,
@@ -645,6 +712,18 @@ impl Cluster {
                     &to.pod_cidr,
                     "via",
                     &via,
+                ])?;
+
+                let via6 = to.ip6.to_string();
+                ip(&[
+                    "-n",
+                    &from.sandbox_netns_name(),
+                    "-6",
+                    "route",
+                    "add",
+                    &to.pod_cidr6,
+                    "via",
+                    &via6,
                 ])?;
             }
         }

@@ -86,7 +86,7 @@ pub fn write_pod(dir: &Path, pod: &Pod, node: &Node) -> Result<PathBuf> {
             "phase": "Running",
             "hostIP": node.ip,
             "podIP": pod.ip,
-            "podIPs": [{ "ip": pod.ip }],
+            "podIPs": [{ "ip": pod.ip }, { "ip": pod.ip6 }],
             "conditions": [{ "type": "Ready", "status": "True" }],
         },
     });
