@@ -411,20 +411,32 @@ fn unenroll_stops_new_captures_and_spares_open_connections() -> Result<()> {
     let _echo = start_echo(&mesh.cluster, remote, 9000)?;
     let cookie = enroll(&mesh.cluster, client, Mode::Permissive, &[])?;
 
-    // A connection that is open across the unenrollment.
+    // A connection that is open across the unenrollment: it exchanges one
+    // line, then waits on a fifo that the test opens only after unenrolling,
+    // then exchanges a second line on the same connection.
+    let fifo = mesh.cluster.log_dir().join("held.go");
+    let made = Command::new("mkfifo").arg(&fifo).status()?;
+    ensure!(made.success(), "mkfifo failed");
     let script = format!(
-        "exec 3<>/dev/tcp/{}/9000; echo one >&3; read -r a <&3; sleep 1.5; echo two >&3; read -r b <&3; echo \"$a $b\"",
-        remote.ip
+        "exec 3<>/dev/tcp/{}/9000; echo one >&3; read -r a <&3; echo up; read -r go < {}; echo two >&3; read -r b <&3; echo \"$a $b\"",
+        remote.ip,
+        fifo.display()
     );
     let mut held = mesh
         .cluster
         .spawn(&client.sandbox, "bash", &["-c", &script])?;
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !held.output().contains("up") {
+        held.check_running()?;
+        ensure!(Instant::now() < deadline, "held connection never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     ensure!(
         mesh.captured_from(client).len() == 1,
         "held connection not captured"
     );
     unenroll(&mesh.cluster, client, cookie)?;
+    std::fs::write(&fifo, "go\n")?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while held.check_running().is_ok() {
         if Instant::now() > deadline {
@@ -433,7 +445,7 @@ fn unenroll_stops_new_captures_and_spares_open_connections() -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     ensure!(
-        held.output().trim() == "one two",
+        held.output().trim() == "up\none two",
         "held connection broke: {:?}",
         held.output()
     );
