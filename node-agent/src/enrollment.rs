@@ -160,6 +160,7 @@ impl Enrollment {
                 .as_ref()
                 .and_then(|s| s.pod_ip.as_deref())
                 .and_then(|ip| ip.parse().ok());
+            let (mode, port_modes) = inbound_mode(store, &self.root_namespace, &namespace, pod);
             out.insert(
                 object.key(),
                 PodEnrollment {
@@ -167,7 +168,8 @@ impl Enrollment {
                     netns: PathBuf::from(netns),
                     ip4,
                     host_veth: annotations.get(HOST_VETH_ANNOTATION).cloned(),
-                    mode: inbound_mode(store, &self.root_namespace, &namespace, pod),
+                    mode,
+                    port_modes,
                     // Validation refused pods with a bad annotation.
                     excluded_ports: excluded_ports(pod).unwrap_or_default(),
                 },
@@ -177,11 +179,15 @@ impl Enrollment {
     }
 }
 
-/// The inbound mode of `pod`: workload policy, else namespace policy,
-/// else mesh-wide policy, else PERMISSIVE. The guard has no per-port
-/// modes, so a STRICT port override makes the whole pod STRICT: it
-/// fails closed rather than let plaintext reach a port meant to refuse it.
-pub fn inbound_mode(store: &Store, root_namespace: &str, namespace: &str, pod: &Pod) -> Mode {
+/// The inbound mode of `pod` — workload policy, else namespace policy, else
+/// mesh-wide policy, else PERMISSIVE — and the modes of ports whose matching
+/// workload policy sets one (`portLevelMtls`; UNSET ports inherit).
+pub fn inbound_mode(
+    store: &Store,
+    root_namespace: &str,
+    namespace: &str,
+    pod: &Pod,
+) -> (Mode, Vec<(u16, Mode)>) {
     // A refused policy with no good version in force (say, an agent
     // restarted on a broken file) might have asked for STRICT: the guard
     // fails closed for its namespace (all of the mesh for the root
@@ -195,7 +201,7 @@ pub fn inbound_mode(store: &Store, root_namespace: &str, namespace: &str, pod: &
         })
     {
         warn!(policy = %key, pod = ?pod.metadata.name, "refused PeerAuthentication: STRICT until it is fixed");
-        return Mode::Strict;
+        return (Mode::Strict, Vec::new());
     }
     let labels = pod.metadata.labels.clone().unwrap_or_default();
     let policies: Vec<&PeerAuthentication> = store
@@ -239,15 +245,21 @@ pub fn inbound_mode(store: &Store, root_namespace: &str, namespace: &str, pod: &
             break;
         }
     }
-    let strict_port = workload
+    let guard_mode = |m: MtlsMode| {
+        if m == MtlsMode::Strict {
+            Mode::Strict
+        } else {
+            Mode::Permissive
+        }
+    };
+    let pod_mode = guard_mode(mode);
+    let ports = workload
         .into_iter()
-        .flat_map(|pa| pa.spec.port_level_mtls.values())
-        .any(|m| m.mode == MtlsMode::Strict);
-    if mode == MtlsMode::Strict || strict_port {
-        Mode::Strict
-    } else {
-        Mode::Permissive
-    }
+        .flat_map(|pa| pa.spec.port_level_mtls.iter())
+        .filter(|(_, m)| m.mode != MtlsMode::Unset)
+        .filter_map(|(port, m)| u16::try_from(*port).ok().map(|p| (p, guard_mode(m.mode))))
+        .collect();
+    (pod_mode, ports)
 }
 
 fn namespace_is_ambient(store: &Store, namespace: &str) -> bool {
@@ -332,7 +344,7 @@ mod tests {
     }
 
     fn mode(yaml: &str, app: &str) -> Mode {
-        inbound_mode(&store(yaml), "istio-system", "shop", &pod(app))
+        inbound_mode(&store(yaml), "istio-system", "shop", &pod(app)).0
     }
 
     #[test]
@@ -366,7 +378,7 @@ mod tests {
     }
 
     #[test]
-    fn coarse_port_level_and_refusals_fail_closed() {
+    fn port_level_modes_and_refusals_fail_closed() {
         let port = pa(
             "shop",
             "w",
@@ -374,10 +386,28 @@ mod tests {
             "PERMISSIVE",
             Some((8080, "STRICT")),
         );
+        let (pod_mode, ports) = inbound_mode(&store(&port), "istio-system", "shop", &pod("web"));
         assert_eq!(
-            mode(&port, "web"),
-            Mode::Strict,
-            "a STRICT port makes the pod STRICT"
+            (pod_mode, ports),
+            (Mode::Permissive, vec![(8080, Mode::Strict)])
+        );
+        let exception = pa(
+            "shop",
+            "w",
+            Some("web"),
+            "STRICT",
+            Some((9090, "PERMISSIVE")),
+        );
+        let (pod_mode, ports) =
+            inbound_mode(&store(&exception), "istio-system", "shop", &pod("web"));
+        assert_eq!(
+            (pod_mode, ports),
+            (Mode::Strict, vec![(9090, Mode::Permissive)])
+        );
+        let unset = pa("shop", "w", Some("web"), "STRICT", Some((9090, "UNSET")));
+        assert_eq!(
+            inbound_mode(&store(&unset), "istio-system", "shop", &pod("web")).1,
+            vec![]
         );
         let broken = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: broken\n  namespace: shop\nspec:\n  mtls:\n    mode: SORTOF\n";
         let s = store(broken);
@@ -387,7 +417,7 @@ mod tests {
             1
         );
         assert_eq!(
-            inbound_mode(&s, "istio-system", "shop", &pod("web")),
+            inbound_mode(&s, "istio-system", "shop", &pod("web")).0,
             Mode::Strict
         );
     }

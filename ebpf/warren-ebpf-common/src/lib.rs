@@ -55,6 +55,9 @@ pub mod map {
     pub const LOCAL_ADDRS: &str = "WARREN_LOCAL_ADDRS";
     /// Host-side veth ifindex → [`crate::GuardEntry`].
     pub const GUARD: &str = "WARREN_GUARD";
+    /// [`crate::GuardPortKey`] → [`crate::GuardEntry`]: a pod's per-port
+    /// mode (PeerAuthentication `portLevelMtls`), overriding its own.
+    pub const GUARD_PORTS: &str = "WARREN_GUARD_PORTS";
     /// Netns cookie → per-CPU [`crate::PodStats`].
     pub const POD_STATS: &str = "WARREN_POD_STATS";
     /// Per-CPU event counters, indexed by [`crate::Counter`].
@@ -73,6 +76,7 @@ pub mod map {
         SOCKS,
         LOCAL_ADDRS,
         GUARD,
+        GUARD_PORTS,
         POD_STATS,
         COUNTERS,
         META,
@@ -111,6 +115,7 @@ pub const MAP_LAYOUTS: &[MapLayout] = &[
     layout::<FlowKey, u32>(map::SOCKS, capacity::SOCKS),
     layout::<IpKey, u32>(map::LOCAL_ADDRS, capacity::LOCAL_ADDRS),
     layout::<u32, GuardEntry>(map::GUARD, capacity::GUARD),
+    layout::<GuardPortKey, GuardEntry>(map::GUARD_PORTS, capacity::GUARD_PORTS),
     layout::<u64, PodStats>(map::POD_STATS, capacity::ENROLLED),
     layout::<u32, u64>(map::COUNTERS, Counter::COUNT),
     layout::<u32, u64>(map::META, 1),
@@ -126,6 +131,7 @@ pub mod capacity {
     pub const SOCKS: u32 = 262_144;
     pub const LOCAL_ADDRS: u32 = 8_192;
     pub const GUARD: u32 = 4_096;
+    pub const GUARD_PORTS: u32 = 16_384;
 }
 
 /// Address families as the kernel numbers them.
@@ -349,13 +355,26 @@ pub struct EnrolledPod {
     pub _pad: u32,
 }
 
-/// Guard settings for one veth ([`map::GUARD`] values).
+/// Guard settings for one veth ([`map::GUARD`]) or one of its ports
+/// ([`map::GUARD_PORTS`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuardEntry {
     /// [`Mode`] as u32.
     pub mode: u32,
-    pub _pad: u32,
+    /// In a pod's entry: 1 if any of its ports is STRICT. A packet whose
+    /// port cannot be read (a fragment) is then judged as STRICT.
+    pub strict_port: u32,
+}
+
+/// A pod's port, as seen on its host-side veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardPortKey {
+    pub ifindex: u32,
+    /// Destination port (host order).
+    pub port: u16,
+    pub _pad: u16,
 }
 
 /// Node-wide settings ([`map::CONFIG`], one entry at index 0).
@@ -453,6 +472,7 @@ mod pod_impls {
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for EnrolledPod {}
     unsafe impl aya::Pod for GuardEntry {}
+    unsafe impl aya::Pod for GuardPortKey {}
     unsafe impl aya::Pod for NodeConfig {}
     unsafe impl aya::Pod for PodStats {}
 }
@@ -484,6 +504,7 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<IpKey>(), 20);
         assert_eq!(size_of::<PortKey>(), 16);
+        assert_eq!(size_of::<GuardPortKey>(), 8);
         assert_eq!(size_of::<EnrolledPod>(), POD_NAME_LEN + 16);
         assert_eq!(size_of::<NodeConfig>(), 4 + 16 + 4 + 4);
         assert_eq!(size_of::<PodStats>(), 16);

@@ -14,12 +14,12 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use warren_ebpf_common::{AF_INET, AF_INET6, AddrKind, Counter, Mode};
+use warren_ebpf_common::{AF_INET, AF_INET6, AddrKind, Counter, GuardPortKey, Mode};
 
 use crate::{
     addr::ip_key,
     counters::bump,
-    maps::{GUARD, LOCAL_ADDRS},
+    maps::{GUARD, GUARD_PORTS, LOCAL_ADDRS},
 };
 
 const ETH_HLEN: usize = 14;
@@ -60,7 +60,9 @@ fn judge(ctx: &TcContext) -> Option<bool> {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let entry = GUARD.get_ptr(&ifindex)?;
     // SAFETY: a pointer from a successful lookup, valid for this run.
-    let strict = unsafe { (*entry).mode } == Mode::Strict as u32;
+    let pod = unsafe { *entry };
+    // What cannot be judged is judged as strictly as the pod's strictest port.
+    let strict = pod.mode == Mode::Strict as u32 || pod.strict_port != 0;
     let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
     let (family, src, tcp) = match ethertype {
         ETH_P_IP => {
@@ -99,6 +101,21 @@ fn judge(ctx: &TcContext) -> Option<bool> {
     if flags & TCP_SYN == 0 || flags & TCP_ACK != 0 {
         return None;
     }
+    // The port's own mode, if PeerAuthentication set one, else the pod's.
+    let port_mode = ctx
+        .load::<u16>(tcp + 2)
+        .ok()
+        .and_then(|port| {
+            let key = GuardPortKey {
+                ifindex,
+                port: u16::from_be(port),
+                _pad: 0,
+            };
+            GUARD_PORTS.get_ptr(&key)
+        })
+        // SAFETY: a pointer from a successful lookup, valid for this run.
+        .map(|e| unsafe { (*e).mode });
+    let strict = port_mode.unwrap_or(pod.mode) == Mode::Strict as u32;
     Some(!strict || from_node(family, src))
 }
 

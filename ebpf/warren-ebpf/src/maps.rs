@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
 };
 use warren_ebpf_common::{
-    Counter, EnrolledPod, FlowKey, GuardEntry, IpKey, NodeConfig, OrigDst, PodStats, PortKey,
-    capacity,
+    Counter, EnrolledPod, FlowKey, GuardEntry, GuardPortKey, IpKey, NodeConfig, OrigDst, PodStats,
+    PortKey, capacity,
 };
 
 #[map(name = "WARREN_ENROLLED")]
@@ -35,6 +35,10 @@ pub static LOCAL_ADDRS: HashMap<IpKey, u32> = HashMap::pinned(capacity::LOCAL_AD
 
 #[map(name = "WARREN_GUARD")]
 pub static GUARD: HashMap<u32, GuardEntry> = HashMap::pinned(capacity::GUARD, 0);
+
+#[map(name = "WARREN_GUARD_PORTS")]
+pub static GUARD_PORTS: HashMap<GuardPortKey, GuardEntry> =
+    HashMap::pinned(capacity::GUARD_PORTS, 0);
 
 #[map(name = "WARREN_POD_STATS")]
 pub static POD_STATS: PerCpuHashMap<u64, PodStats> = PerCpuHashMap::pinned(capacity::ENROLLED, 0);

@@ -27,6 +27,9 @@ pub struct PodEnrollment {
     /// STRICT guard should watch it.
     pub host_veth: Option<String>,
     pub mode: Mode,
+    /// Ports whose inbound mode differs from `mode` (PeerAuthentication
+    /// `portLevelMtls`).
+    pub port_modes: Vec<(u16, Mode)>,
     /// Destination ports this pod keeps out of the mesh
     /// (`warren.io/exclude-outbound-ports`).
     pub excluded_ports: Vec<u16>,

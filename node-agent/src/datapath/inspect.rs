@@ -21,8 +21,8 @@ use aya::{
 use serde::Serialize;
 use serde_json::{Value, json};
 use warren_ebpf_common::{
-    AddrKind, Counter, EnrolledPod, FlowKey, GuardEntry, IpKey, Mode, NodeConfig, OrigDst,
-    PodStats, PortKey, SockAddr, ip_of_words, map, program,
+    AddrKind, Counter, EnrolledPod, FlowKey, GuardEntry, GuardPortKey, IpKey, Mode, NodeConfig,
+    OrigDst, PodStats, PortKey, SockAddr, ip_of_words, map, program,
 };
 
 use super::{DatapathError, maps::Maps, pins::Pins};
@@ -250,6 +250,15 @@ pub fn dump(maps: &Maps, name: &str) -> Result<MapDump, DatapathError> {
             for (ifindex, entry) in h.iter().filter_map(Result::ok) {
                 entries.push(Entry {
                     key: json!({ "ifindex": ifindex, "ifname": ifname(ifindex) }),
+                    value: json!(mode_name(entry.mode)),
+                });
+            }
+        }
+        map::GUARD_PORTS => {
+            let h: HashMap<_, GuardPortKey, GuardEntry> = HashMap::try_from(m).map_err(err)?;
+            for (key, entry) in h.iter().filter_map(Result::ok) {
+                entries.push(Entry {
+                    key: json!({ "ifindex": key.ifindex, "ifname": ifname(key.ifindex), "port": key.port }),
                     value: json!(mode_name(entry.mode)),
                 });
             }

@@ -27,8 +27,8 @@ use std::{
 use aya::maps::{Array, HashMap, PerCpuHashMap, PerCpuValues};
 use tracing::info;
 use warren_ebpf_common::{
-    AddrKind, EnrolledPod, GuardEntry, IpKey, Mode, NodeConfig, PodStats, PortKey, ZTUNNEL_MARK,
-    map,
+    AddrKind, EnrolledPod, GuardEntry, GuardPortKey, IpKey, Mode, NodeConfig, PodStats, PortKey,
+    ZTUNNEL_MARK, map,
 };
 
 pub use counters::Counters;
@@ -123,6 +123,9 @@ impl Datapath {
         let ifindex = match &pod.host_veth {
             Some(veth) => {
                 let index = enroll::ifindex(&pod.name, veth)?;
+                // Ports first: the pod's entry is what makes the guard act.
+                self.set_guard_ports(index, &pod.port_modes)?;
+                let strict_port = pod.port_modes.iter().any(|(_, m)| *m == Mode::Strict);
                 let mut guard: HashMap<_, u32, GuardEntry> =
                     HashMap::try_from(self.maps.get_mut(map::GUARD))
                         .map_err(DatapathError::map(map::GUARD))?;
@@ -131,7 +134,7 @@ impl Datapath {
                         index,
                         GuardEntry {
                             mode: pod.mode as u32,
-                            _pad: 0,
+                            strict_port: u32::from(strict_port),
                         },
                         0,
                     )
@@ -198,6 +201,7 @@ impl Datapath {
                     .map_err(DatapathError::map(map::GUARD))?;
             ignore_missing(guard.remove(&pod.ifindex)).map_err(DatapathError::map(map::GUARD))?;
             enroll::detach_guards(&self.pins, pod.ifindex)?;
+            self.set_guard_ports(pod.ifindex, &[])?;
         }
         let mut stats: PerCpuHashMap<_, u64, PodStats> =
             PerCpuHashMap::try_from(self.maps.get_mut(map::POD_STATS))
@@ -209,6 +213,39 @@ impl Datapath {
             self.remove_local_addr(IpAddr::V4(Ipv4Addr::from(u32::from_be(pod.ip4))))?;
         }
         info!(pod = %inspect::pod_name(&pod), netns_cookie = cookie, "pod unenrolled");
+        Ok(())
+    }
+
+    /// Replaces the per-port modes of the pod behind veth `ifindex`.
+    fn set_guard_ports(
+        &mut self,
+        ifindex: u32,
+        ports: &[(u16, Mode)],
+    ) -> Result<(), DatapathError> {
+        let mut map: HashMap<_, GuardPortKey, GuardEntry> =
+            HashMap::try_from(self.maps.get_mut(map::GUARD_PORTS))
+                .map_err(DatapathError::map(map::GUARD_PORTS))?;
+        let stale: Vec<GuardPortKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.ifindex == ifindex && !ports.iter().any(|(p, _)| *p == k.port))
+            .collect();
+        for key in stale {
+            ignore_missing(map.remove(&key)).map_err(DatapathError::map(map::GUARD_PORTS))?;
+        }
+        for &(port, mode) in ports {
+            let key = GuardPortKey {
+                ifindex,
+                port,
+                _pad: 0,
+            };
+            let entry = GuardEntry {
+                mode: mode as u32,
+                strict_port: 0,
+            };
+            map.insert(key, entry, 0)
+                .map_err(DatapathError::map(map::GUARD_PORTS))?;
+        }
         Ok(())
     }
 

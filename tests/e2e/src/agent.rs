@@ -123,6 +123,7 @@ pub fn enroll(cluster: &Cluster, pod: &Pod, mode: Mode, excluded_ports: &[u16]) 
         ip4: Some(pod.ip),
         host_veth: Some(pod.host_veth.clone()),
         mode,
+        port_modes: Vec::new(),
         excluded_ports: excluded_ports.to_vec(),
     };
     let bpffs = node.bpffs.clone();

@@ -176,6 +176,7 @@ fn enrolled_pods_are_captured_with_original_destination_and_source() -> Result<(
         ip4: None,
         host_veth: None,
         mode: Mode::Permissive,
+        port_modes: Vec::new(),
         excluded_ports: Vec::new(),
     };
     let bpffs = node.bpffs.clone();
@@ -528,6 +529,7 @@ fn guard_pins_follow_the_interface_not_its_name() -> Result<()> {
         ip4: None,
         host_veth: Some(veth.clone()),
         mode: Mode::Strict,
+        port_modes: Vec::new(),
         excluded_ports: Vec::new(),
     };
     let bpffs = node.bpffs.clone();
@@ -733,5 +735,59 @@ fn ipv6_is_captured_and_guarded_too() -> Result<()> {
         "STRICT let an IPv6 outsider in: {report}"
     );
     all_ok(client, &url6(guarded), 2)?;
+    Ok(())
+}
+
+#[test]
+fn port_level_modes_override_the_pods_mode() -> Result<()> {
+    let mesh = Mesh::up(2, 2)?;
+    let (guarded, outsider) = (mesh.pod("n0-p1")?, mesh.pod("n1-p0")?);
+    let _http_a = start_http_server(&mesh.cluster, guarded, 8080, &[])?;
+    let _http_b = start_http_server(&mesh.cluster, guarded, 8081, &[])?;
+    let node = mesh.node().clone();
+    let enroll_with = |mode: Mode, port_modes: Vec<(u16, Mode)>| -> Result<u64> {
+        let enrollment = PodEnrollment {
+            name: "default/n0-p1".into(),
+            netns: guarded.sandbox.netns.clone(),
+            ip4: Some(guarded.ip),
+            host_veth: Some(guarded.host_veth.clone()),
+            mode,
+            port_modes,
+            excluded_ports: Vec::new(),
+        };
+        let bpffs = node.bpffs.clone();
+        node.sandbox.in_netns(move || {
+            Ok(warren_node_agent::datapath::Datapath::open(&bpffs)?.enroll(&enrollment)?)
+        })
+    };
+    let reachable = |port: u16| -> Result<bool> {
+        let report = load(
+            outsider,
+            &url(guarded, port),
+            &["-n", "1", "-c", "1", "--timeout", "1s"],
+        )?;
+        Ok(count_status(&report, 200) == 1)
+    };
+
+    // A STRICT port on a PERMISSIVE pod.
+    enroll_with(Mode::Permissive, vec![(8080, Mode::Strict)])?;
+    ensure!(
+        !reachable(8080)? && reachable(8081)?,
+        "PERMISSIVE pod, STRICT 8080"
+    );
+    // A PERMISSIVE exception on a STRICT pod; the old 8080 entry goes.
+    enroll_with(Mode::Strict, vec![(8081, Mode::Permissive)])?;
+    ensure!(
+        !reachable(8080)? && reachable(8081)?,
+        "STRICT pod, PERMISSIVE 8081"
+    );
+    // No port modes left: the pod's mode alone.
+    enroll_with(Mode::Permissive, Vec::new())?;
+    ensure!(
+        reachable(8080)? && reachable(8081)?,
+        "PERMISSIVE pod, no port modes"
+    );
+    let entries = datapath(&node)?.dump("WARREN_GUARD_PORTS")?.entries;
+    ensure!(entries.is_empty(), "stale port entries: {entries:?}");
     Ok(())
 }
