@@ -211,12 +211,21 @@ pub fn inbound_mode(
             _ => None,
         })
         .collect();
+    // Oldest first: when two policies of the same level apply, Istio uses
+    // the oldest (then the name, for objects created in the same second).
     let in_ns = |ns: &str| -> Vec<&PeerAuthentication> {
-        policies
+        let mut found: Vec<&PeerAuthentication> = policies
             .iter()
             .copied()
             .filter(|pa| pa.metadata.namespace.as_deref().unwrap_or("default") == ns)
-            .collect()
+            .collect();
+        found.sort_by_key(|pa| {
+            (
+                pa.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                pa.metadata.name.clone(),
+            )
+        });
+        found
     };
     let workload = in_ns(namespace).into_iter().find(|pa| {
         pa.spec.selector.as_ref().is_some_and(|sel| {
@@ -372,6 +381,12 @@ mod tests {
         // UNSET inherits from the next level.
         let unset = pa("shop", "w", Some("web"), "UNSET", None);
         assert_eq!(mode(&format!("{mesh}{unset}"), "web"), Mode::Strict);
+        // Two namespace policies: the oldest wins, whatever the names.
+        let older = pa("shop", "zeta", None, "STRICT", None)
+            .replace("  name: zeta\n", "  name: zeta\n  creationTimestamp: \"2026-01-01T00:00:00Z\"\n");
+        let newer = pa("shop", "alpha", None, "PERMISSIVE", None)
+            .replace("  name: alpha\n", "  name: alpha\n  creationTimestamp: \"2026-06-01T00:00:00Z\"\n");
+        assert_eq!(mode(&format!("{newer}{older}"), "web"), Mode::Strict, "oldest policy wins");
         // Another namespace's policy does not apply.
         let other = pa("billing", "ns", None, "STRICT", None);
         assert_eq!(mode(&other, "web"), Mode::Permissive);
