@@ -51,9 +51,13 @@ pub struct RunArgs {
     #[arg(long = "node-addr", env = "WARREN_NODE_ADDRS", value_delimiter = ',')]
     pub node_addrs: Vec<IpAddr>,
     /// Folder of Kubernetes and Istio YAML to read configuration from
-    /// (hot-reloaded). Without it, no pod is enrolled by the agent.
-    #[arg(long, env = "WARREN_CONFIG_DIR")]
+    /// (hot-reloaded). Without it or --kube, no pod is enrolled by the agent.
+    #[arg(long, env = "WARREN_CONFIG_DIR", conflicts_with = "kube")]
     pub config_dir: Option<PathBuf>,
+    /// Read configuration from the Kubernetes API server (in-cluster
+    /// credentials, or the kubeconfig).
+    #[arg(long, env = "WARREN_KUBE")]
+    pub kube: bool,
     /// Namespace whose unselected PeerAuthentication applies mesh-wide.
     #[arg(long, default_value = "istio-system", env = "WARREN_ROOT_NAMESPACE")]
     pub root_namespace: String,

@@ -382,11 +382,19 @@ mod tests {
         let unset = pa("shop", "w", Some("web"), "UNSET", None);
         assert_eq!(mode(&format!("{mesh}{unset}"), "web"), Mode::Strict);
         // Two namespace policies: the oldest wins, whatever the names.
-        let older = pa("shop", "zeta", None, "STRICT", None)
-            .replace("  name: zeta\n", "  name: zeta\n  creationTimestamp: \"2026-01-01T00:00:00Z\"\n");
-        let newer = pa("shop", "alpha", None, "PERMISSIVE", None)
-            .replace("  name: alpha\n", "  name: alpha\n  creationTimestamp: \"2026-06-01T00:00:00Z\"\n");
-        assert_eq!(mode(&format!("{newer}{older}"), "web"), Mode::Strict, "oldest policy wins");
+        let older = pa("shop", "zeta", None, "STRICT", None).replace(
+            "  name: zeta\n",
+            "  name: zeta\n  creationTimestamp: \"2026-01-01T00:00:00Z\"\n",
+        );
+        let newer = pa("shop", "alpha", None, "PERMISSIVE", None).replace(
+            "  name: alpha\n",
+            "  name: alpha\n  creationTimestamp: \"2026-06-01T00:00:00Z\"\n",
+        );
+        assert_eq!(
+            mode(&format!("{newer}{older}"), "web"),
+            Mode::Strict,
+            "oldest policy wins"
+        );
         // Another namespace's policy does not apply.
         let other = pa("billing", "ns", None, "STRICT", None);
         assert_eq!(mode(&other, "web"), Mode::Permissive);

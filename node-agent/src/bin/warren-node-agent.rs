@@ -11,7 +11,7 @@ use warren_node_agent::{
     config::{NodeArgs, RunArgs},
     datapath::{self, Datapath, Redirect},
     enrollment::Enrollment,
-    source::{SourceEvent, local::LocalSource},
+    source::{Source, SourceEvent, kube::KubeSource, local::LocalSource},
     store::{Applied, Store},
 };
 
@@ -80,13 +80,21 @@ async fn run(args: RunArgs) -> Result<()> {
     // the store. Without a folder the agent only keeps the datapath up.
     let (events_tx, mut events) = mpsc::channel(1024);
     if let Some(dir) = &args.config_dir {
-        let source = LocalSource::new(dir, Duration::from_secs(args.rescan_every.max(1)));
-        let dir = dir.display().to_string();
-        tokio::spawn(async move {
-            if let Err(err) = source.run(events_tx).await {
-                error!(dir, error = %format!("{err:#}"), "config source stopped");
-            }
-        });
+        let rescan = Duration::from_secs(args.rescan_every.max(1));
+        spawn_source(
+            LocalSource::new(dir, rescan),
+            events_tx,
+            dir.display().to_string(),
+        );
+    } else if args.kube {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API server (in-cluster or kubeconfig)")?;
+        spawn_source(
+            KubeSource::new(client, &args.node.node),
+            events_tx,
+            "kube".into(),
+        );
     } else {
         drop(events_tx);
     }
@@ -138,4 +146,13 @@ fn apply(store: &mut Store, event: SourceEvent) -> bool {
         Applied::Synced => true,
         Applied::Unchanged => false,
     }
+}
+
+/// Runs a configuration source in the background, logging why it stopped.
+fn spawn_source(source: impl Source, events: mpsc::Sender<SourceEvent>, name: String) {
+    tokio::spawn(async move {
+        if let Err(err) = source.run(events).await {
+            error!(source = name, error = %format!("{err:#}"), "config source stopped");
+        }
+    });
 }

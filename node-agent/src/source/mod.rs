@@ -3,10 +3,43 @@
 //! whether objects came from a folder or an API server.
 //!
 //! - [`local`]: a folder of YAML/JSON, hot-reloaded (the default).
+//! - [`kube`]: an API server, through kube-rs watchers.
 
+pub mod kube;
 pub mod local;
 
+use std::future::Future;
+
+use tokio::sync::mpsc;
+
 use crate::model::{ConfigError, Object, ObjectKey};
+
+/// A source of configuration. It sends every object it holds, then
+/// [`SourceEvent::Synced`], then every change, until the receiver is gone.
+pub trait Source: Send + 'static {
+    fn run(
+        self,
+        events: mpsc::Sender<SourceEvent>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+impl Source for local::LocalSource {
+    fn run(
+        self,
+        events: mpsc::Sender<SourceEvent>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        local::LocalSource::run(self, events)
+    }
+}
+
+impl Source for kube::KubeSource {
+    fn run(
+        self,
+        events: mpsc::Sender<SourceEvent>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        kube::KubeSource::run(self, events)
+    }
+}
 
 /// A change a source saw.
 #[derive(Debug)]

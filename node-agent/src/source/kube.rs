@@ -1,0 +1,229 @@
+//! The Kubernetes source: kube-rs watchers on the API server, turned into
+//! the same [`SourceEvent`]s as the folder.
+//!
+//! Objects are watched untyped and parsed by the same code as the folder's
+//! documents ([`parse_document`]): one invalid object is refused on its own,
+//! with the same errors, instead of failing a typed watch for its whole
+//! kind. Pods are watched for this node only (a field selector); everything
+//! else cluster-wide. After a watch is lost (`410 Gone`, a disconnect) the
+//! watcher lists again, and objects that vanished meanwhile are deleted.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Result;
+use futures::{StreamExt as _, stream::select_all};
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, GroupVersionKind, TypeMeta},
+    runtime::{WatchStreamExt as _, watcher},
+};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::SourceEvent;
+use crate::model::{
+    Kind, ObjectKey,
+    object::{document_key, parse_document},
+};
+
+/// Every kind Warren reads, with where the API server serves it.
+const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
+    // (kind, group, version, API kind, plural)
+    (Kind::Namespace, "", "v1", "Namespace", "namespaces"),
+    (Kind::Pod, "", "v1", "Pod", "pods"),
+    (Kind::Service, "", "v1", "Service", "services"),
+    (
+        Kind::EndpointSlice,
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+    ),
+    (
+        Kind::VirtualService,
+        "networking.istio.io",
+        "v1",
+        "VirtualService",
+        "virtualservices",
+    ),
+    (
+        Kind::DestinationRule,
+        "networking.istio.io",
+        "v1",
+        "DestinationRule",
+        "destinationrules",
+    ),
+    (
+        Kind::ServiceEntry,
+        "networking.istio.io",
+        "v1",
+        "ServiceEntry",
+        "serviceentries",
+    ),
+    (
+        Kind::AuthorizationPolicy,
+        "security.istio.io",
+        "v1",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+    ),
+    (
+        Kind::PeerAuthentication,
+        "security.istio.io",
+        "v1",
+        "PeerAuthentication",
+        "peerauthentications",
+    ),
+];
+
+pub struct KubeSource {
+    client: Client,
+    node: String,
+    kinds: Vec<Kind>,
+}
+
+/// What one kind's watcher saw, before relist bookkeeping.
+enum Seen {
+    Listing,
+    Object(Box<DynamicObject>),
+    Gone(Box<DynamicObject>),
+    Listed,
+}
+
+impl KubeSource {
+    /// Watches every kind Warren reads.
+    pub fn new(client: Client, node: impl Into<String>) -> Self {
+        Self::with_kinds(client, node, KINDS.iter().map(|k| k.0).collect())
+    }
+
+    /// Watches only `kinds` (a cluster without Istio's CRDs, or a test).
+    pub fn with_kinds(client: Client, node: impl Into<String>, kinds: Vec<Kind>) -> Self {
+        Self {
+            client,
+            node: node.into(),
+            kinds,
+        }
+    }
+
+    /// Sends every listed object, then `Synced` once every kind is listed,
+    /// then every change, until the receiver goes away.
+    pub async fn run(self, events: mpsc::Sender<SourceEvent>) -> Result<()> {
+        let mut streams = Vec::new();
+        for &(kind, group, version, api_kind, plural) in KINDS {
+            if !self.kinds.contains(&kind) {
+                continue;
+            }
+            let resource = ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk(group, version, api_kind),
+                plural,
+            );
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+            let mut config = watcher::Config::default();
+            if kind == Kind::Pod {
+                config = config.fields(&format!("spec.nodeName={}", self.node));
+            }
+            let types = TypeMeta {
+                api_version: resource.api_version.clone(),
+                kind: resource.kind.clone(),
+            };
+            let stream = watcher(api, config)
+                .default_backoff()
+                .map(move |event| (kind, event.map(|e| e.modify(|o| fill_types(o, &types)))));
+            streams.push(stream.boxed());
+        }
+        let mut merged = select_all(streams);
+        // Per kind: the keys last known, and those seen in a relist.
+        let mut known: BTreeMap<Kind, BTreeSet<ObjectKey>> = BTreeMap::new();
+        let mut relisting: BTreeMap<Kind, BTreeSet<ObjectKey>> = BTreeMap::new();
+        let mut listed: BTreeSet<Kind> = BTreeSet::new();
+        let mut synced = false;
+        while let Some((kind, event)) = merged.next().await {
+            let seen = match event {
+                Ok(watcher::Event::Init) => Seen::Listing,
+                Ok(watcher::Event::InitApply(o)) | Ok(watcher::Event::Apply(o)) => {
+                    Seen::Object(Box::new(o))
+                }
+                Ok(watcher::Event::Delete(o)) => Seen::Gone(Box::new(o)),
+                Ok(watcher::Event::InitDone) => Seen::Listed,
+                Err(err) => {
+                    // The watcher retries with backoff; the last good
+                    // objects stay in force meanwhile.
+                    warn!(kind = kind.name(), error = %err, "watching the API server");
+                    continue;
+                }
+            };
+            let mut out = Vec::new();
+            match seen {
+                Seen::Listing => {
+                    relisting.insert(kind, BTreeSet::new());
+                }
+                Seen::Object(object) => {
+                    let doc = match serde_json::to_value(&*object).and_then(serde_json::from_value)
+                    {
+                        Ok(doc) => doc,
+                        Err(err) => {
+                            warn!(kind = kind.name(), error = %err, "object from the API server is not a document");
+                            continue;
+                        }
+                    };
+                    let key = document_key(&doc);
+                    if let Some(key) = &key {
+                        known.entry(kind).or_default().insert(key.clone());
+                        if let Some(seen) = relisting.get_mut(&kind) {
+                            seen.insert(key.clone());
+                        }
+                    }
+                    out.push(match parse_document(doc, "kube") {
+                        Ok(object) => SourceEvent::Upsert(object),
+                        Err(error) => SourceEvent::Rejected { key, error },
+                    });
+                }
+                Seen::Gone(object) => {
+                    let doc = serde_json::to_value(&*object)
+                        .and_then(serde_json::from_value)
+                        .ok();
+                    if let Some(key) = doc.as_ref().and_then(document_key) {
+                        known.entry(kind).or_default().remove(&key);
+                        out.push(SourceEvent::Delete(key));
+                    }
+                }
+                Seen::Listed => {
+                    // What was known but not listed again vanished while the
+                    // watch was down.
+                    if let Some(seen) = relisting.remove(&kind) {
+                        let kind_known = known.entry(kind).or_default();
+                        let vanished: Vec<ObjectKey> =
+                            kind_known.difference(&seen).cloned().collect();
+                        for key in vanished {
+                            kind_known.remove(&key);
+                            out.push(SourceEvent::Delete(key));
+                        }
+                    }
+                    listed.insert(kind);
+                    if !synced && listed.len() == self.kinds.len() {
+                        synced = true;
+                        info!(
+                            kinds = listed.len(),
+                            "every kind listed from the API server"
+                        );
+                        out.push(SourceEvent::Synced);
+                    }
+                }
+            }
+            for event in out {
+                if events.send(event).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The API server leaves `apiVersion` and `kind` out of a list's items; the
+/// document parser needs them, and the watcher knows them.
+fn fill_types(object: &mut DynamicObject, types: &TypeMeta) {
+    if object.types.is_none() {
+        object.types = Some(types.clone());
+    }
+}

@@ -1,0 +1,170 @@
+//! The kube source against recorded API server responses (kube's mock
+//! service): lists, watch events (ADDED, MODIFIED, DELETED, BOOKMARK), a
+//! `410 Gone` that forces a relist during which an object vanished, the pod
+//! field selector, and an invalid object refused on its own.
+
+use std::time::Duration;
+
+use http::{Request, Response};
+use kube::{Client, client::Body};
+use serde_json::{Value, json};
+use tokio::{sync::mpsc, time::timeout};
+use warren_node_agent::{
+    model::Kind,
+    source::{SourceEvent, kube::KubeSource},
+};
+
+fn namespace(name: &str, rv: &str, ambient: bool) -> Value {
+    let labels = if ambient {
+        json!({ "warren.io/dataplane-mode": "ambient" })
+    } else {
+        json!({})
+    };
+    json!({ "metadata": { "name": name, "resourceVersion": rv, "labels": labels } })
+}
+
+fn list(kind: &str, rv: &str, items: Vec<Value>) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "v1", "kind": kind, "metadata": { "resourceVersion": rv }, "items": items
+    }))
+    .expect("JSON")
+}
+
+/// A watch response: one JSON event per line.
+fn watch(events: &[Value]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for e in events {
+        body.extend(serde_json::to_vec(e).expect("JSON"));
+        body.push(b'\n');
+    }
+    body
+}
+
+fn typed(api_version: &str, kind: &str, mut object: Value) -> Value {
+    object["apiVersion"] = json!(api_version);
+    object["kind"] = json!(kind);
+    object
+}
+
+/// Answers the source's requests from a script. Watches past the script
+/// are left pending, as an idle API server would.
+async fn api_server(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) {
+    let mut calls: std::collections::HashMap<(String, bool), usize> = Default::default();
+    let mut held = Vec::new();
+    while let Some((request, send)) = handle.next_request().await {
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let is_watch = query.contains("watch=true");
+        let n = {
+            let c = calls.entry((path.clone(), is_watch)).or_default();
+            *c += 1;
+            *c
+        };
+        let body = match (path.as_str(), is_watch, n) {
+            ("/api/v1/namespaces", false, 1) => list(
+                "NamespaceList",
+                "10",
+                vec![
+                    namespace("default", "8", true),
+                    namespace("old", "9", false),
+                ],
+            ),
+            ("/api/v1/namespaces", true, 1) => watch(&[
+                json!({ "type": "ADDED", "object": typed("v1", "Namespace", namespace("shop", "11", true)) }),
+                json!({ "type": "MODIFIED", "object": typed("v1", "Namespace", namespace("default", "12", false)) }),
+                json!({ "type": "BOOKMARK", "object": { "kind": "Namespace", "apiVersion": "v1", "metadata": { "resourceVersion": "13" } } }),
+                json!({ "type": "ERROR", "object": { "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Expired", "code": 410, "message": "too old resource version" } }),
+            ]),
+            // The relist: "old" was deleted while the watch was down.
+            ("/api/v1/namespaces", false, 2) => list(
+                "NamespaceList",
+                "20",
+                vec![
+                    namespace("default", "12", false),
+                    namespace("shop", "11", true),
+                ],
+            ),
+            ("/api/v1/pods", false, 1) => {
+                assert!(
+                    query.contains("fieldSelector=spec.nodeName%3Dn0"),
+                    "pods listed without the node's field selector: {query}"
+                );
+                let pod = json!({ "metadata": { "name": "web", "namespace": "shop", "resourceVersion": "5" }, "spec": { "nodeName": "n0", "containers": [] } });
+                list("PodList", "5", vec![pod])
+            }
+            ("/api/v1/pods", true, 1) => {
+                let pod = json!({ "metadata": { "name": "web", "namespace": "shop", "resourceVersion": "6" }, "spec": { "nodeName": "n0", "containers": [] } });
+                watch(&[json!({ "type": "DELETED", "object": typed("v1", "Pod", pod) })])
+            }
+            ("/apis/security.istio.io/v1/peerauthentications", false, 1) => {
+                let good = json!({ "metadata": { "name": "strict", "namespace": "shop", "resourceVersion": "3" }, "spec": { "mtls": { "mode": "STRICT" } } });
+                let bad = json!({ "metadata": { "name": "broken", "namespace": "shop", "resourceVersion": "4" }, "spec": { "mtls": { "mode": "SORTOF" } } });
+                list("PeerAuthenticationList", "4", vec![good, bad])
+            }
+            _ if is_watch => {
+                held.push(send);
+                continue;
+            }
+            other => panic!("unexpected request {other:?} {query}"),
+        };
+        send.send_response(Response::new(Body::from(body)));
+    }
+}
+
+#[tokio::test]
+async fn lists_watches_and_relists_after_410() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(api_server(handle));
+    let client = Client::new(service, "default");
+    let source = KubeSource::with_kinds(
+        client,
+        "n0",
+        vec![Kind::Namespace, Kind::Pod, Kind::PeerAuthentication],
+    );
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(source.run(tx));
+
+    let mut log: Vec<String> = Vec::new();
+    while let Ok(Some(event)) = timeout(Duration::from_secs(2), rx.recv()).await {
+        log.push(match event {
+            SourceEvent::Upsert(o) => format!("upsert {}", o.key()),
+            SourceEvent::Rejected { key, error } => format!(
+                "rejected {} {error}",
+                key.map(|k| k.to_string()).unwrap_or_default()
+            ),
+            SourceEvent::Delete(k) => format!("delete {k}"),
+            SourceEvent::Synced => "synced".into(),
+        });
+        if log.iter().any(|l| l == "delete Namespace old")
+            && log.iter().any(|l| l == "delete Pod shop/web")
+        {
+            break;
+        }
+    }
+    let at = |needle: &str| {
+        log.iter()
+            .position(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in {log:#?}"))
+    };
+    let synced = at("synced");
+    // Everything listed comes before Synced; the invalid object alone is refused.
+    for listed in [
+        "upsert Namespace default",
+        "upsert Namespace old",
+        "upsert Pod shop/web",
+        "upsert PeerAuthentication shop/strict",
+    ] {
+        assert!(at(listed) < synced, "{listed} after synced: {log:#?}");
+    }
+    let refused = &log[at("rejected PeerAuthentication shop/broken")];
+    assert!(refused.contains("spec.mtls.mode"), "{refused}");
+    // Watch events, then the relist's deletion of what vanished meanwhile.
+    assert!(at("upsert Namespace shop") > synced);
+    assert!(at("delete Namespace old") > at("upsert Namespace shop"));
+    assert!(at("delete Pod shop/web") > synced);
+    assert_eq!(
+        log.iter().filter(|l| *l == "synced").count(),
+        1,
+        "synced twice: {log:#?}"
+    );
+}
