@@ -67,18 +67,7 @@ fn start_agent_with(cluster: &Cluster, node: &Node, extra: &[&str]) -> Result<Pr
     ];
     let args: Vec<&str> = args.iter().chain(extra).copied().collect();
     let mut process = cluster.spawn(&node.sandbox, &agent.to_string_lossy(), &args)?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !process.output().contains("node agent ready") {
-        process.check_running()?;
-        if Instant::now() > deadline {
-            bail!(
-                "node agent on {} not ready after 20s:\n{}",
-                node.name,
-                process.output()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    process.wait_for_output("node agent ready", Duration::from_secs(20))?;
     Ok(process)
 }
 

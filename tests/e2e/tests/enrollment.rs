@@ -53,15 +53,7 @@ fn enrollment_follows_namespace_labels_and_peer_authentication() -> Result<()> {
     let mut agent = start_agent_with_config(&cluster, &node)?;
     // Nothing is labelled yet: once the agent has read the folder, nothing
     // may be enrolled.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !agent.output().contains("configuration synced") {
-        ensure!(
-            Instant::now() < deadline,
-            "agent never synced:\n{}",
-            agent.output()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    agent.wait_for_output("configuration synced", Duration::from_secs(10))?;
     wait_for_enrolled(&node, &mut agent, &[])?;
 
     // Labelling the namespace enrolls its pods on this node (not node 1's).
@@ -122,15 +114,7 @@ fn enrollment_follows_namespace_labels_and_peer_authentication() -> Result<()> {
         config.join("peerauthentication.default.strict.yaml"),
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: strict\n  namespace: default\nspec:\n  mtls:\n    mode: SORTOF\n---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: web\n  namespace: default\nspec:\n  selector:\n    matchLabels:\n      app: web\n  mtls:\n    mode: PERMISSIVE\n",
     )?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !agent.output().contains("PeerAuthentication default/strict") {
-        ensure!(
-            Instant::now() < deadline,
-            "rejection not logged:\n{}",
-            agent.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    agent.wait_for_output("PeerAuthentication default/strict", Duration::from_secs(10))?;
     ensure!(
         agent.output().contains("spec.mtls.mode"),
         "rejection does not name the field:\n{}",
@@ -223,15 +207,7 @@ fn enrollment_retries_and_follows_recreated_namespaces() -> Result<()> {
         node.name
     );
     std::fs::write(cluster.config_dir().join("pod.default.late.yaml"), pod_yaml)?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !agent.output().contains("default/late") {
-        ensure!(
-            Instant::now() < deadline,
-            "failed enrollment not logged:\n{}",
-            agent.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    agent.wait_for_output("default/late", Duration::from_secs(10))?;
     // The namespace appears: the periodic reconcile enrolls the pod.
     warren_testbed::netns::create(&netns_name)?;
     wait_for_enrolled(&node, &mut agent, &[("default/late", "PERMISSIVE")])?;

@@ -4,7 +4,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     os::unix::fs::MetadataExt as _,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -13,25 +13,33 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use warren_testbed::{Cluster, Pod, cgroup, cleanup, netns, privilege::require_root};
 
-/// Listens on `port` inside `server`, then connects from `client` and checks
-/// an echo round trip and that the server sees the client's own pod IP.
-fn tcp_round_trip(server: &Pod, client: &Pod, port: u16) -> Result<()> {
+/// Listens on `port` inside `server` (at `server_ip`), then connects from
+/// `client` and checks an echo round trip and that the server sees the
+/// client's own address `client_ip` (no NAT between pods).
+fn round_trip(
+    server: &Pod,
+    client: &Pod,
+    server_ip: IpAddr,
+    client_ip: IpAddr,
+    port: u16,
+) -> Result<()> {
+    let any = match server_ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
     let listener = server
         .sandbox
-        .in_netns(move || Ok(TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?))?;
-    let accept = std::thread::spawn(move || -> Result<SocketAddrV4> {
+        .in_netns(move || Ok(TcpListener::bind((any, port))?))?;
+    let accept = std::thread::spawn(move || -> Result<SocketAddr> {
         let (mut conn, peer) = listener.accept()?;
         let mut buf = [0u8; 5];
         conn.read_exact(&mut buf)?;
         conn.write_all(&buf)?;
-        match peer {
-            std::net::SocketAddr::V4(v4) => Ok(v4),
-            other => anyhow::bail!("IPv6 peer {other}"),
-        }
+        Ok(peer)
     });
-    let target = SocketAddrV4::new(server.ip, port);
+    let target = SocketAddr::new(server_ip, port);
     let echoed = client.sandbox.in_netns(move || {
-        let mut conn = TcpStream::connect_timeout(&target.into(), Duration::from_secs(5))?;
+        let mut conn = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
         conn.write_all(b"hello")?;
         let mut buf = [0u8; 5];
         conn.read_exact(&mut buf)?;
@@ -42,11 +50,18 @@ fn tcp_round_trip(server: &Pod, client: &Pod, port: u16) -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("accept thread panicked"))??;
     ensure!(
-        *peer.ip() == client.ip,
-        "server saw {peer}, expected the client pod {}",
-        client.ip
+        peer.ip() == client_ip,
+        "server saw {peer}, expected the client pod {client_ip}"
     );
     Ok(())
+}
+
+fn tcp_round_trip(server: &Pod, client: &Pod, port: u16) -> Result<()> {
+    round_trip(server, client, server.ip.into(), client.ip.into(), port)
+}
+
+fn tcp6_round_trip(server: &Pod, client: &Pod, port: u16) -> Result<()> {
+    round_trip(server, client, server.ip6.into(), client.ip6.into(), port)
 }
 
 #[test]
@@ -59,39 +74,6 @@ fn pods_talk_tcp_within_and_across_nodes() -> Result<()> {
     tcp_round_trip(a, same_node, 7001).context("same node")?;
     tcp_round_trip(a, other_node, 7002).context("across nodes")?;
     tcp_round_trip(other_node, a, 7003).context("across nodes, the other way")?;
-    Ok(())
-}
-
-/// The IPv6 counterpart of [`tcp_round_trip`].
-fn tcp6_round_trip(server: &Pod, client: &Pod, port: u16) -> Result<()> {
-    use std::net::{Ipv6Addr, SocketAddrV6};
-    let listener = server
-        .sandbox
-        .in_netns(move || Ok(TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?))?;
-    let accept = std::thread::spawn(move || -> Result<std::net::SocketAddr> {
-        let (mut conn, peer) = listener.accept()?;
-        let mut buf = [0u8; 5];
-        conn.read_exact(&mut buf)?;
-        conn.write_all(&buf)?;
-        Ok(peer)
-    });
-    let target = SocketAddrV6::new(server.ip6, port, 0, 0);
-    let echoed = client.sandbox.in_netns(move || {
-        let mut conn = TcpStream::connect_timeout(&target.into(), Duration::from_secs(5))?;
-        conn.write_all(b"hello")?;
-        let mut buf = [0u8; 5];
-        conn.read_exact(&mut buf)?;
-        Ok(buf)
-    })?;
-    ensure!(&echoed == b"hello", "echo returned {echoed:?}");
-    let peer = accept
-        .join()
-        .map_err(|_| anyhow::anyhow!("accept thread panicked"))??;
-    ensure!(
-        peer.ip() == std::net::IpAddr::V6(client.ip6),
-        "server saw {peer}, expected {}",
-        client.ip6
-    );
     Ok(())
 }
 

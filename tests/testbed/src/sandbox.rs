@@ -128,6 +128,24 @@ impl Process {
         &self.log
     }
 
+    /// Waits until its output contains `needle`, failing if it exits first
+    /// or `within` passes.
+    pub fn wait_for_output(&mut self, needle: &str, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        while !self.output().contains(needle) {
+            self.check_running()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "{} printed no {needle:?} within {within:?}; output:\n{}",
+                    self.label,
+                    self.output()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// Fails if it has already exited, with its status and output.
     pub fn check_running(&mut self) -> Result<()> {
         let Some(child) = self.child.as_mut() else {
