@@ -46,10 +46,18 @@ impl Steps {
         let passed = matches!(outcome, Outcome::Pass(_));
         match &outcome {
             Outcome::Pass(e) => {
-                println!("   \x1b[32mPASS\x1b[0m ({:.1}s) {e}", elapsed.as_secs_f64())
+                println!(
+                    "   {} ({:.1}s) {e}",
+                    paint("32", "PASS"),
+                    elapsed.as_secs_f64()
+                )
             }
             Outcome::Fail(e) => {
-                println!("   \x1b[31mFAIL\x1b[0m ({:.1}s) {e}", elapsed.as_secs_f64())
+                println!(
+                    "   {} ({:.1}s) {e}",
+                    paint("31", "FAIL"),
+                    elapsed.as_secs_f64()
+                )
             }
             Outcome::NotYet(_) => {}
         }
@@ -65,20 +73,23 @@ impl Steps {
     /// Prints the table; true if every step that ran passed.
     pub fn summary(&self) -> bool {
         println!(
-            "\n\x1b[1m{:<4}{:<52}{:>8}  result\x1b[0m",
-            "#", "step", "time"
+            "\n{}",
+            paint(
+                "1",
+                &format!("{:<4}{:<64}{:>8}  result", "#", "step", "time")
+            )
         );
         let mut ok = true;
         for (i, (title, elapsed, outcome)) in self.rows.iter().enumerate() {
             let (verdict, time) = match outcome {
                 Outcome::Pass(_) => (
-                    "\x1b[32mPASS\x1b[0m".to_owned(),
+                    paint("32", "PASS"),
                     format!("{:.1}s", elapsed.as_secs_f64()),
                 ),
                 Outcome::Fail(_) => {
                     ok = false;
                     (
-                        "\x1b[31mFAIL\x1b[0m".to_owned(),
+                        paint("31", "FAIL"),
                         format!("{:.1}s", elapsed.as_secs_f64()),
                     )
                 }
