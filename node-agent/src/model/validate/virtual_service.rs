@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use crate::model::error::FieldError;
 use crate::model::istio::{
     CorsPolicy, Destination, Headers, HttpFaultInjection, HttpMatchRequest, HttpRedirect,
-    HttpRetry, HttpRoute, L4MatchAttributes, Percent, StringMatch, TcpRoute, TlsRoute,
-    VirtualService,
+    HttpRetry, HttpRoute, L4MatchAttributes, Percent, RouteDestination, StringMatch, TcpRoute,
+    TlsRoute, VirtualService,
 };
 
 use super::{
@@ -608,17 +608,16 @@ fn is_authority_header(name: &str) -> bool {
     name.eq_ignore_ascii_case(":authority") || name.eq_ignore_ascii_case("host")
 }
 
-fn tcp_route(r: &mut Report, path: &str, route: &TcpRoute) {
-    for (k, m) in route.r#match.iter().enumerate() {
-        l4_match(r, &format!("{path}.match[{k}]"), m);
-    }
-    if route.route.is_empty() {
+/// The destinations of a TCP or TLS route: at least one, each valid, and
+/// weights that add up.
+fn l4_destinations(r: &mut Report, path: &str, route: &[RouteDestination]) {
+    if route.is_empty() {
         r.error(
             format!("{path}.route"),
             "at least one destination is required",
         );
     }
-    for (j, dest) in route.route.iter().enumerate() {
+    for (j, dest) in route.iter().enumerate() {
         destination(
             r,
             &format!("{path}.route[{j}].destination"),
@@ -628,8 +627,15 @@ fn tcp_route(r: &mut Report, path: &str, route: &TcpRoute) {
     weights(
         r,
         &format!("{path}.route"),
-        &route.route.iter().map(|d| d.weight).collect::<Vec<_>>(),
+        &route.iter().map(|d| d.weight).collect::<Vec<_>>(),
     );
+}
+
+fn tcp_route(r: &mut Report, path: &str, route: &TcpRoute) {
+    for (k, m) in route.r#match.iter().enumerate() {
+        l4_match(r, &format!("{path}.match[{k}]"), m);
+    }
+    l4_destinations(r, path, &route.route);
 }
 
 fn l4_match(r: &mut Report, path: &str, m: &L4MatchAttributes) {
@@ -685,24 +691,7 @@ fn tls_route(r: &mut Report, path: &str, route: &TlsRoute) {
             gateway_name(r, &format!("{p}.gateways[{g}]"), gateway);
         }
     }
-    if route.route.is_empty() {
-        r.error(
-            format!("{path}.route"),
-            "at least one destination is required",
-        );
-    }
-    for (j, dest) in route.route.iter().enumerate() {
-        destination(
-            r,
-            &format!("{path}.route[{j}].destination"),
-            &dest.destination,
-        );
-    }
-    weights(
-        r,
-        &format!("{path}.route"),
-        &route.route.iter().map(|d| d.weight).collect::<Vec<_>>(),
-    );
+    l4_destinations(r, path, &route.route);
 }
 
 /// Each weight 0-100 and, with several destinations, a sum of exactly 100.
