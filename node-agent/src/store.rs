@@ -76,6 +76,10 @@ impl Store {
                     None => Applied::Unchanged,
                 }
             }
+            SourceEvent::FileParsed(file) => {
+                self.rejected.remove(&file);
+                Applied::Unchanged
+            }
             SourceEvent::Synced => {
                 self.synced = true;
                 info!(
@@ -126,5 +130,34 @@ impl Store {
             .values()
             .filter_map(|(key, _)| key.as_ref())
             .filter(move |k| k.kind == kind && !self.objects.contains_key(*k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::FieldError;
+
+    fn file_refusal(file: &str) -> SourceEvent {
+        SourceEvent::Rejected {
+            key: None,
+            error: ConfigError {
+                kind: "file".into(),
+                object: file.into(),
+                origin: None,
+                errors: vec![FieldError::new("", "not valid YAML (yet?)")],
+            },
+        }
+    }
+
+    #[test]
+    fn a_file_that_parses_again_is_no_longer_refused() {
+        let mut store = Store::default();
+        store.apply(file_refusal("/cfg/a.yaml"));
+        store.apply(file_refusal("/cfg/b.yaml"));
+        assert_eq!(store.rejected().count(), 2);
+        store.apply(SourceEvent::FileParsed("/cfg/a.yaml".into()));
+        let left: Vec<&str> = store.rejected().map(|e| e.object.as_str()).collect();
+        assert_eq!(left, ["/cfg/b.yaml"]);
     }
 }

@@ -134,6 +134,7 @@ async fn lists_watches_and_relists_after_410() {
             ),
             SourceEvent::Delete(k) => format!("delete {k}"),
             SourceEvent::Synced => "synced".into(),
+            SourceEvent::FileParsed(f) => format!("file parsed {f}"),
         });
         if log.iter().any(|l| l == "delete Namespace old")
             && log.iter().any(|l| l == "delete Pod shop/web")

@@ -214,6 +214,7 @@ impl Folder {
                 return;
             }
         };
+        out.push(SourceEvent::FileParsed(source.clone()));
         let mut keys = BTreeSet::new();
         for doc in docs {
             let key = document_key(&doc);
@@ -324,11 +325,17 @@ mod tests {
         )
     }
 
+    /// The next event that is not bookkeeping (`FileParsed`).
     async fn next(rx: &mut mpsc::Receiver<SourceEvent>) -> SourceEvent {
-        timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("no event within 5s")
-            .expect("source stopped")
+        loop {
+            let event = timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("no event within 5s")
+                .expect("source stopped");
+            if !matches!(event, SourceEvent::FileParsed(_)) {
+                return event;
+            }
+        }
     }
 
     fn upserted(event: SourceEvent) -> Object {
@@ -395,6 +402,7 @@ mod tests {
                 SourceEvent::Upsert(Object::Pod(_)) => saw_pod = true,
                 SourceEvent::Upsert(_) | SourceEvent::Rejected { .. } => {}
                 SourceEvent::Synced => panic!("second Synced"),
+                SourceEvent::FileParsed(_) => {}
             }
         }
 

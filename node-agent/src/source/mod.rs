@@ -54,6 +54,9 @@ pub enum SourceEvent {
     },
     /// An object is gone.
     Delete(ObjectKey),
+    /// A file that was refused as a whole parses again (local source): its
+    /// file-level refusal no longer stands.
+    FileParsed(String),
     /// The first complete listing has been sent: from here on, an object
     /// that was not listed does not exist.
     Synced,
