@@ -353,7 +353,13 @@ pub struct EnrolledPod {
     /// [`Mode`] as u32.
     pub mode: u32,
     pub _pad: u32,
+    /// Name of the host-side veth, NUL-padded: debugging tools show it even
+    /// when they run in another network namespace than the veth.
+    pub ifname: [u8; IFNAME_LEN],
 }
+
+/// Length of [`EnrolledPod::ifname`] (the kernel's `IFNAMSIZ`).
+pub const IFNAME_LEN: usize = 16;
 
 /// Guard settings for one veth ([`map::GUARD`]) or one of its ports
 /// ([`map::GUARD_PORTS`]).
@@ -505,7 +511,7 @@ mod tests {
         assert_eq!(size_of::<IpKey>(), 20);
         assert_eq!(size_of::<PortKey>(), 16);
         assert_eq!(size_of::<GuardPortKey>(), 8);
-        assert_eq!(size_of::<EnrolledPod>(), POD_NAME_LEN + 16);
+        assert_eq!(size_of::<EnrolledPod>(), POD_NAME_LEN + 16 + IFNAME_LEN);
         assert_eq!(size_of::<NodeConfig>(), 4 + 16 + 4 + 4);
         assert_eq!(size_of::<PodStats>(), 16);
     }

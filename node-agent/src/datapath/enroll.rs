@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions};
-use warren_ebpf_common::{EnrolledPod, Mode, POD_NAME_LEN, program};
+use warren_ebpf_common::{EnrolledPod, IFNAME_LEN, Mode, POD_NAME_LEN, program};
 
 use super::{DatapathError, pins::Pins};
 
@@ -84,12 +84,19 @@ pub(super) fn enrolled_value(pod: &PodEnrollment, ifindex: u32) -> EnrolledPod {
     let bytes = pod.name.as_bytes();
     let len = bytes.len().min(POD_NAME_LEN);
     name[..len].copy_from_slice(&bytes[..len]);
+    let mut ifname = [0u8; IFNAME_LEN];
+    if let Some(veth) = &pod.host_veth {
+        let bytes = veth.as_bytes();
+        let len = bytes.len().min(IFNAME_LEN - 1);
+        ifname[..len].copy_from_slice(&bytes[..len]);
+    }
     EnrolledPod {
         name,
         ip4: pod.ip4.map_or(0, |ip| u32::from(ip).to_be()),
         ifindex,
         mode: pod.mode as u32,
         _pad: 0,
+        ifname,
     }
 }
 

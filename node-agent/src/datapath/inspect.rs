@@ -74,6 +74,8 @@ pub struct PodRow {
     pub netns_cookie: u64,
     pub ip: Option<Ipv4Addr>,
     pub veth: Option<String>,
+    /// The veth's ifindex in the node's namespace (0 when not guarded).
+    pub ifindex: u32,
     pub mode: String,
     pub redirected: u64,
     pub exempt: u64,
@@ -313,8 +315,8 @@ pub fn pods(maps: &Maps) -> Result<Vec<PodRow>, DatapathError> {
                 pod: pod_name(&pod),
                 netns_cookie: cookie,
                 ip: (pod.ip4 != 0).then(|| ipv4(pod.ip4)),
-                veth: (pod.ifindex != 0)
-                    .then(|| ifname(pod.ifindex).unwrap_or_else(|| format!("if{}", pod.ifindex))),
+                veth: (pod.ifindex != 0).then(|| stored_ifname(&pod)),
+                ifindex: pod.ifindex,
                 mode: mode_name(pod.mode).to_owned(),
                 redirected: s.redirected,
                 exempt: s.exempt,
@@ -323,6 +325,20 @@ pub fn pods(maps: &Maps) -> Result<Vec<PodRow>, DatapathError> {
         .collect();
     rows.sort_by(|a, b| a.pod.cmp(&b.pod));
     Ok(rows)
+}
+
+/// The veth name recorded at enrollment (a name resolved here could belong
+/// to another namespace's interface with the same index).
+fn stored_ifname(pod: &EnrolledPod) -> String {
+    let end = pod
+        .ifname
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(pod.ifname.len());
+    match &pod.ifname[..end] {
+        [] => format!("ifindex {}", pod.ifindex),
+        name => String::from_utf8_lossy(name).into_owned(),
+    }
 }
 
 /// The `namespace/name` stored with an enrolled pod.

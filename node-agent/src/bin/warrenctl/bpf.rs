@@ -99,6 +99,17 @@ pub fn run(cmd: Command) -> Result<()> {
             if target.json {
                 return print_json(&rows);
             }
+            // Guards sit on veths in the node's namespace, maybe not this
+            // one's: take their names from the enrolled pods, not from here.
+            let veths: std::collections::HashMap<u32, String> = target
+                .open()
+                .and_then(|d| Ok(d.pods()?))
+                .map(|pods| {
+                    pods.into_iter()
+                        .filter_map(|p| Some((p.ifindex, p.veth?)))
+                        .collect()
+                })
+                .unwrap_or_default();
             table::print(
                 &["ID", "NAME", "TYPE", "LINK", "PIN", "ATTACHED TO"],
                 &rows
@@ -113,7 +124,7 @@ pub fn run(cmd: Command) -> Result<()> {
                             match r.ifindex {
                                 None => "-".into(),
                                 Some(0) => "(interface gone)".into(),
-                                Some(i) => inspect::ifname(i).map_or_else(
+                                Some(i) => veths.get(&i).map_or_else(
                                     || format!("ifindex {i}"),
                                     |n| format!("{n} (ifindex {i})"),
                                 ),
