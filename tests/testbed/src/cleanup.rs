@@ -9,6 +9,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     sync::{Mutex, Once},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
@@ -135,9 +136,10 @@ pub fn reap_stale() -> Result<Vec<String>> {
             // Detached (`cargo xtask cluster up`): kept until `down`.
             Ok(None) => false,
             Ok(Some(owner)) => !owner.is_alive(),
-            // No readable state: a run killed before it wrote any, or a
-            // teardown that already removed it; either way nothing to keep.
-            Err(_) => !being_created(&state),
+            // No readable owner: a run killed before it wrote one, or a
+            // cluster being built or torn down right now. Only the first
+            // is old; a young one is left to whoever is working on it.
+            Err(_) => !being_created(&state) && older_than(&state, Duration::from_secs(60)),
         };
         if stale {
             remove_cluster(&id)?;
@@ -151,6 +153,13 @@ pub fn reap_stale() -> Result<Vec<String>> {
 /// yet is being created right now by another process or thread.
 fn being_created(state: &Path) -> bool {
     state.exists() && !state.join(crate::cluster::OWNER_FILE).exists()
+}
+
+/// True if `path` was last changed more than `age` ago, or is gone.
+fn older_than(path: &Path, age: Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map_or(true, |t| t.elapsed().is_ok_and(|e| e > age))
 }
 
 fn dir_names(dir: &Path) -> Vec<String> {
