@@ -2,17 +2,19 @@
 //! would only get in the way (byte-exact transfer through the tunnel, half-close, many
 //! connections).
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result};
 use tokio::{
     io::AsyncWriteExt as _,
     net::{TcpListener, TcpStream},
-    task::JoinSet,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::shutdown::{GRACE, Shutdown};
+use crate::{
+    accept,
+    shutdown::{GRACE, Shutdown},
+};
 
 pub struct Config {
     pub listen: SocketAddr,
@@ -22,51 +24,22 @@ pub struct Config {
 }
 
 pub async fn run(config: Config) -> Result<()> {
-    let mut shutdown = Shutdown::install()?;
+    let shutdown = Shutdown::install()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the echo server to {}", config.listen))?;
     info!(addr = %config.listen, "echo server listening");
 
-    let mut connections = JoinSet::new();
-    let signal = loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) if config.blocking => echo_blocking(stream, peer),
-                Ok((stream, peer)) => {
-                    connections.spawn(echo(stream, peer));
-                }
-                Err(error) => {
-                    // Usually out of file descriptors: pausing beats spinning on it.
-                    warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            // Reap finished connections so the set does not grow without bound.
-            Some(finished) = connections.join_next() => {
-                if let Err(error) = finished {
-                    warn!(%error, "an echo connection task failed");
-                }
-            }
-            signal = shutdown.recv() => break signal,
+    let blocking = config.blocking;
+    accept::serve(listener, shutdown, "echo server", GRACE, |stream, peer| {
+        if blocking {
+            echo_blocking(stream, peer);
+            None
+        } else {
+            Some(echo(stream, peer))
         }
-    };
-
-    drop(listener);
-    info!(signal, open = connections.len(), "echo server stopping");
-    let drained = tokio::time::timeout(GRACE, async {
-        while connections.join_next().await.is_some() {}
     })
-    .await;
-    if drained.is_err() {
-        warn!(
-            open = connections.len(),
-            grace = ?GRACE,
-            "closing echo connections still open after the grace period"
-        );
-        connections.shutdown().await;
-    }
-    Ok(())
+    .await
 }
 
 async fn echo(mut stream: TcpStream, peer: SocketAddr) {

@@ -14,6 +14,7 @@
 //!
 //! Every flag, its default and its environment variable are declared here.
 
+mod accept;
 mod body;
 mod byte_size;
 mod duration;

@@ -17,14 +17,12 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use serde::Serialize;
-use tokio::{
-    net::{TcpListener, TcpSocket, TcpStream},
-    task::JoinSet,
-};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, info, warn};
 use warren_ebpf_common::ZTUNNEL_MARK;
 
 use crate::{
+    accept,
     error_chain::describe,
     original_dst::{self, LookupError, Origin},
     shutdown::Shutdown,
@@ -54,7 +52,7 @@ struct Outbound {
 }
 
 pub async fn run(config: Config) -> Result<()> {
-    let mut shutdown = Shutdown::install()?;
+    let shutdown = Shutdown::install()?;
     if let Some(mark) = config.mark {
         check_mark_allowed(mark)?;
         if mark != ZTUNNEL_MARK {
@@ -80,48 +78,14 @@ pub async fn run(config: Config) -> Result<()> {
         mark: config.mark,
         connect_timeout: config.connect_timeout,
     });
-    let mut connections = JoinSet::new();
-    let signal = loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    connections.spawn(serve(stream, peer, Arc::clone(&outbound)));
-                }
-                Err(error) => {
-                    // Usually out of file descriptors: pausing beats spinning on it.
-                    warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            // Reap finished connections so the set does not grow without bound.
-            Some(finished) = connections.join_next() => {
-                if let Err(error) = finished {
-                    warn!(%error, "a relay task failed");
-                }
-            }
-            signal = shutdown.recv() => break signal,
-        }
-    };
-
-    drop(listener);
-    info!(
-        signal,
-        open = connections.len(),
-        "transparent proxy stopping"
-    );
-    let drained = tokio::time::timeout(GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        warn!(
-            open = connections.len(),
-            grace = ?GRACE,
-            "closing relays still open after the grace period"
-        );
-        connections.shutdown().await;
-    }
-    Ok(())
+    accept::serve(
+        listener,
+        shutdown,
+        "transparent proxy",
+        GRACE,
+        |stream, peer| Some(serve(stream, peer, Arc::clone(&outbound))),
+    )
+    .await
 }
 
 /// Setting a mark needs `CAP_NET_ADMIN`; finding out at start beats failing every

@@ -639,6 +639,29 @@ fn tcp_route(r: &mut Report, path: &str, route: &TcpRoute) {
 }
 
 fn l4_match(r: &mut Report, path: &str, m: &L4MatchAttributes) {
+    connection_match(
+        r,
+        path,
+        ConnectionMatch {
+            destination_subnets: &m.destination_subnets,
+            port: m.port,
+            source_labels: &m.source_labels,
+            source_namespace: &m.source_namespace,
+            gateways: &m.gateways,
+        },
+    );
+}
+
+/// The connection attributes TCP and TLS matches share.
+struct ConnectionMatch<'a> {
+    destination_subnets: &'a [String],
+    port: Option<u32>,
+    source_labels: &'a BTreeMap<String, String>,
+    source_namespace: &'a str,
+    gateways: &'a [String],
+}
+
+fn connection_match(r: &mut Report, path: &str, m: ConnectionMatch<'_>) {
     for (k, subnet) in m.destination_subnets.iter().enumerate() {
         if let Err(reason) = ip_or_cidr(subnet) {
             r.error(format!("{path}.destinationSubnets[{k}]"), reason);
@@ -649,9 +672,9 @@ fn l4_match(r: &mut Report, path: &str, m: &L4MatchAttributes) {
     }
     r.extend(label_selector(
         &format!("{path}.sourceLabels"),
-        &m.source_labels,
+        m.source_labels,
     ));
-    namespace_name(r, &format!("{path}.sourceNamespace"), &m.source_namespace);
+    namespace_name(r, &format!("{path}.sourceNamespace"), m.source_namespace);
     for (k, gateway) in m.gateways.iter().enumerate() {
         gateway_name(r, &format!("{path}.gateways[{k}]"), gateway);
     }
@@ -674,22 +697,17 @@ fn tls_route(r: &mut Report, path: &str, route: &TlsRoute) {
                 host_name(r, &format!("{p}.sniHosts[{h}]"), sni);
             }
         }
-        for (s, subnet) in m.destination_subnets.iter().enumerate() {
-            if let Err(reason) = ip_or_cidr(subnet) {
-                r.error(format!("{p}.destinationSubnets[{s}]"), reason);
-            }
-        }
-        if let Some(number) = m.port {
-            port(r, &format!("{p}.port"), number);
-        }
-        r.extend(label_selector(
-            &format!("{p}.sourceLabels"),
-            &m.source_labels,
-        ));
-        namespace_name(r, &format!("{p}.sourceNamespace"), &m.source_namespace);
-        for (g, gateway) in m.gateways.iter().enumerate() {
-            gateway_name(r, &format!("{p}.gateways[{g}]"), gateway);
-        }
+        connection_match(
+            r,
+            &p,
+            ConnectionMatch {
+                destination_subnets: &m.destination_subnets,
+                port: m.port,
+                source_labels: &m.source_labels,
+                source_namespace: &m.source_namespace,
+                gateways: &m.gateways,
+            },
+        );
     }
     l4_destinations(r, path, &route.route);
 }
