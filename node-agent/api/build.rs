@@ -1,0 +1,20 @@
+//! Compiles the protos with protox (pure Rust), so building Warren needs no
+//! `protoc` on the machine.
+
+use std::path::Path;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/warren/config/v1/config.proto",
+        "proto/warren/ca/v1/ca.proto",
+    ];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let fds = protox::compile(protos, [Path::new("proto")])?;
+    tonic_prost_build::configure()
+        // Ordered maps: equal resources encode equally, and dumps are stable.
+        .btree_map(".")
+        .compile_fds(fds)?;
+    Ok(())
+}

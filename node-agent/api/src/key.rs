@@ -1,0 +1,24 @@
+//! Keys of the per-node view's resources: `<kind>/<namespace>/<name>` for
+//! namespaced ones, so a key says what it is about when it shows up in a
+//! NACK or a log line.
+
+use crate::Identity;
+
+pub const MESH: &str = "mesh";
+pub const TRUST_BUNDLE: &str = "trust-bundle";
+
+pub fn workload(namespace: &str, name: &str) -> String {
+    format!("workload/{namespace}/{name}")
+}
+
+pub fn service(namespace: &str, name: &str) -> String {
+    format!("service/{namespace}/{name}")
+}
+
+pub fn authorization(namespace: &str, name: &str) -> String {
+    format!("authorization/{namespace}/{name}")
+}
+
+pub fn certificate(identity: &Identity) -> String {
+    format!("certificate/{identity}")
+}

@@ -1,0 +1,26 @@
+//! Warren's control-plane API, shared by every component.
+//!
+//! - [`config`]: what the node agent streams to the proxies on its node
+//!   (the per-node view), and [`subscribe`], the client side of that stream
+//!   that ztunnel and waypoints run.
+//! - [`ca`]: the mesh certificate authority's signing service.
+//! - [`identity`]: SPIFFE identities as every component names them.
+//! - [`key`]: how resources of the per-node view are addressed.
+
+pub mod addr;
+pub mod identity;
+pub mod key;
+pub mod socket;
+pub mod subscribe;
+
+/// Generated from `proto/warren/config/v1/config.proto`.
+pub mod config {
+    tonic::include_proto!("warren.config.v1");
+}
+
+/// Generated from `proto/warren/ca/v1/ca.proto`.
+pub mod ca {
+    tonic::include_proto!("warren.ca.v1");
+}
+
+pub use identity::Identity;

@@ -1,0 +1,147 @@
+//! The proxy side of the config stream: subscribe, apply each update, answer
+//! ACK or NACK, and when the stream breaks, reconnect with backoff and start
+//! again from a snapshot.
+
+use std::{path::PathBuf, time::Duration};
+
+use rand::Rng as _;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, info, warn};
+
+use crate::config::{
+    Ack, ClientMessage, Hello, Nack, Update, config_distribution_client::ConfigDistributionClient,
+    client_message::Message,
+};
+
+/// A resource the proxy could not take, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub key: String,
+    pub reason: String,
+}
+
+/// What a proxy does with updates. It must keep its last good copy of any
+/// resource it refuses and apply the others.
+pub trait Handler: Send + 'static {
+    fn apply(&mut self, update: Update) -> Vec<Refused>;
+}
+
+/// How the subscription is doing, for readiness and logs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    pub connected: bool,
+    /// A snapshot was applied since the last (re)connect.
+    pub synced: bool,
+    pub version: u64,
+    pub reconnects: u64,
+}
+
+pub struct Subscriber {
+    socket: PathBuf,
+    hello: Hello,
+    min_backoff: Duration,
+    max_backoff: Duration,
+    status: watch::Sender<Status>,
+}
+
+impl Subscriber {
+    pub fn new(socket: PathBuf, hello: Hello) -> Self {
+        Subscriber {
+            socket,
+            hello,
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            status: watch::Sender::new(Status::default()),
+        }
+    }
+
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.min_backoff = min;
+        self.max_backoff = max.max(min);
+        self
+    }
+
+    /// Follows the subscription's status.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    /// Runs until the task is dropped: the subscription has no end of its own.
+    pub async fn run(self, mut handler: impl Handler) {
+        let mut backoff = self.min_backoff;
+        loop {
+            match self.session(&mut handler).await {
+                Ok(()) => info!(socket = %self.socket.display(), "config stream ended; resubscribing"),
+                Err(err) => warn!(socket = %self.socket.display(), error = %err, "config stream failed; resubscribing"),
+            }
+            let synced = self.status.borrow().synced;
+            self.status.send_modify(|s| {
+                s.connected = false;
+                s.synced = false;
+                s.reconnects += 1;
+            });
+            if synced {
+                // The stream worked: start over quickly.
+                backoff = self.min_backoff;
+            }
+            let jitter = rand::rng().random_range(0.8..1.2);
+            tokio::time::sleep(backoff.mul_f64(jitter)).await;
+            backoff = (backoff * 2).min(self.max_backoff);
+        }
+    }
+
+    /// One subscription, from hello to the stream's end.
+    async fn session(&self, handler: &mut impl Handler) -> Result<(), tonic::Status> {
+        let mut client = ConfigDistributionClient::new(crate::socket::channel(&self.socket))
+            .max_decoding_message_size(256 << 20);
+        let (tx, rx) = mpsc::channel(16);
+        // Cannot fail: the receiver is alive and the queue empty.
+        let _ = tx
+            .send(ClientMessage {
+                message: Some(Message::Hello(self.hello.clone())),
+            })
+            .await;
+        let mut updates = client
+            .subscribe(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        self.status.send_modify(|s| s.connected = true);
+        while let Some(update) = updates.message().await? {
+            let version = update.version;
+            let snapshot = update.snapshot;
+            let (upserts, removals) = (update.upserts.len(), update.removals.len());
+            let refused = handler.apply(update);
+            let answer = if refused.is_empty() {
+                debug!(version, snapshot, upserts, removals, "config update applied");
+                Message::Ack(Ack { version })
+            } else {
+                let reason = refused
+                    .iter()
+                    .map(|r| format!("{}: {}", r.key, r.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                warn!(version, %reason, "config update partly refused");
+                Message::Nack(Nack {
+                    version,
+                    reason,
+                    refused: refused.into_iter().map(|r| r.key).collect(),
+                })
+            };
+            self.status.send_modify(|s| {
+                s.version = version;
+                s.synced |= snapshot;
+            });
+            if tx
+                .send(ClientMessage {
+                    message: Some(answer),
+                })
+                .await
+                .is_err()
+            {
+                return Err(tonic::Status::unavailable("request stream closed"));
+            }
+        }
+        Ok(())
+    }
+}

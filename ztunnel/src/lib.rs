@@ -1,0 +1,1 @@
+//! Warren's ztunnel: the node-local L4 proxy (see README.md).
