@@ -11,6 +11,14 @@
 //! zero), IPv6 as four network-order words. Ports are in host order.
 #![no_std]
 
+// The `user` side runs in ordinary processes: `origin` needs std (sockets, errors).
+#[cfg(feature = "user")]
+extern crate std;
+
+/// Asking the kernel where a captured connection was going (user space only).
+#[cfg(feature = "user")]
+pub mod origin;
+
 /// Program names, as the eBPF crate names its functions.
 pub mod program {
     /// `cgroup/connect4`: redirects enrolled pods' IPv4 TCP connects.

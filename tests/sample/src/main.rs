@@ -10,7 +10,7 @@
 //! - `pingpong`: round-trip latency and stream throughput of one echo connection
 //!   ([`pingpong`]).
 //! - `transparent`: a minimal transparent proxy that reports the original destination the
-//!   kernel gives it ([`transparent`], [`original_dst`], [`socket_mark`]).
+//!   kernel gives it ([`transparent`], [`warren_ebpf_common::origin`], [`socket_mark`]).
 //!
 //! Every flag, its default and its environment variable are declared here.
 
@@ -24,7 +24,6 @@ mod fault;
 mod http_server;
 mod http_url;
 mod load;
-mod original_dst;
 mod pattern;
 mod pingpong;
 mod shutdown;

@@ -19,12 +19,14 @@ use anyhow::{Context as _, Result, anyhow};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, info, warn};
-use warren_ebpf_common::ZTUNNEL_MARK;
+use warren_ebpf_common::{
+    ZTUNNEL_MARK,
+    origin::{self as original_dst, LookupError, Origin},
+};
 
 use crate::{
     accept,
     error_chain::describe,
-    original_dst::{self, LookupError, Origin},
     shutdown::Shutdown,
     socket_mark,
 };

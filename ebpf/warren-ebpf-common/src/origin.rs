@@ -7,6 +7,9 @@
 //! - `SO_WARREN_ORIGIN`, Warren's own option: the destination and the client pod's
 //!   network-namespace cookie, so the proxy learns from the kernel who connected.
 //!
+//! Transparent proxies (ztunnel, the sample's stand-in) share this one copy, next to the
+//! `OrigDst` layout it decodes.
+//!
 //! With no program attached both fail (typically `ENOPROTOOPT`, or `ENOENT` from
 //! conntrack); callers report the error rather than give up.
 
@@ -18,9 +21,8 @@ use std::{
 };
 
 use thiserror::Error;
-use warren_ebpf_common::{
-    AF_INET, AF_INET6, OrigDst, SO_ORIGINAL_DST, SO_WARREN_ORIGIN, SOL_IP, SOL_IPV6,
-};
+
+use crate::{AF_INET, AF_INET6, OrigDst, SO_ORIGINAL_DST, SO_WARREN_ORIGIN, SOL_IP, SOL_IPV6};
 
 /// What `SO_WARREN_ORIGIN` answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,9 +212,11 @@ fn getsockopt<T: PlainData>(
 mod tests {
     use std::os::fd::AsFd as _;
 
-    use warren_ebpf_common::SockAddr;
+    // The crate is `no_std`: the std prelude's traits are not in scope by themselves.
+    use std::string::ToString as _;
 
     use super::*;
+    use crate::SockAddr;
 
     #[test]
     fn the_answer_buffers_have_the_kernel_sizes() {
