@@ -24,12 +24,7 @@ use warren_ebpf_common::{
     origin::{self as original_dst, LookupError, Origin},
 };
 
-use crate::{
-    accept,
-    error_chain::describe,
-    shutdown::Shutdown,
-    socket_mark,
-};
+use crate::{accept, error_chain::describe, shutdown::Shutdown, socket_mark};
 
 /// How long relays may go on after a signal. Shorter than the servers' grace: datapath
 /// tests restart the proxy between scenarios, and a relay still open then belongs to a
