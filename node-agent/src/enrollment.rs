@@ -66,6 +66,14 @@ impl Enrollment {
         })
     }
 
+    /// The network-namespace cookie of every enrolled pod.
+    pub fn cookies(&self) -> BTreeMap<ObjectKey, u64> {
+        self.enrolled
+            .iter()
+            .map(|(k, (_, cookie))| (k.clone(), *cookie))
+            .collect()
+    }
+
     /// Whether a change of this kind can change enrollment.
     pub fn cares_about(kind: Kind) -> bool {
         matches!(kind, Kind::Pod | Kind::Namespace | Kind::PeerAuthentication)
@@ -143,7 +151,7 @@ impl Enrollment {
                 .namespace
                 .clone()
                 .unwrap_or_else(|| "default".into());
-            if !namespace_is_ambient(store, &namespace) || pod_opts_out(pod) {
+            if !is_enrolled_namespace(store, &namespace) || pod_opts_out(pod) {
                 continue;
             }
             let name = format!(
@@ -271,7 +279,8 @@ pub fn inbound_mode(
     (pod_mode, ports)
 }
 
-fn namespace_is_ambient(store: &Store, namespace: &str) -> bool {
+/// Whether `namespace` is labelled into the mesh.
+pub fn is_enrolled_namespace(store: &Store, namespace: &str) -> bool {
     let key = ObjectKey {
         kind: Kind::Namespace,
         namespace: None,
@@ -291,7 +300,7 @@ fn is_ambient(ns: &Namespace) -> bool {
 }
 
 /// Either label, Warren's or Istio's, set to `none` opts a pod out.
-fn pod_opts_out(pod: &Pod) -> bool {
+pub fn pod_opts_out(pod: &Pod) -> bool {
     let labels = pod.metadata.labels.clone().unwrap_or_default();
     DATAPLANE_LABELS
         .iter()

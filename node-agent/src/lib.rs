@@ -16,3 +16,4 @@ pub mod enrollment;
 pub mod model;
 pub mod source;
 pub mod store;
+pub mod view;

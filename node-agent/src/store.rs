@@ -28,10 +28,10 @@ pub struct Store {
 /// What one event changed, for whoever reacts to it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applied {
-    Changed(Kind),
-    /// A refusal of this kind was recorded or withdrawn; the objects in
+    Changed(ObjectKey),
+    /// A refusal of this object was recorded or withdrawn; the objects in
     /// force did not change.
-    Refused(Kind),
+    Refused(ObjectKey),
     Unchanged,
     Synced,
 }
@@ -42,13 +42,12 @@ impl Store {
             SourceEvent::Upsert(object) => {
                 let key = object.key();
                 self.rejected.remove(&key.to_string());
-                let kind = key.kind;
                 if self.objects.get(&key) == Some(&object) {
                     return Applied::Unchanged;
                 }
-                self.objects.insert(key, object);
+                self.objects.insert(key.clone(), object);
                 self.version += 1;
-                Applied::Changed(kind)
+                Applied::Changed(key)
             }
             SourceEvent::Rejected { key, error } => {
                 let kept = key.as_ref().is_some_and(|k| self.objects.contains_key(k));
@@ -60,19 +59,18 @@ impl Store {
                 let id = key
                     .as_ref()
                     .map_or_else(|| error.object.clone(), |k| k.to_string());
-                let kind = key.as_ref().map(|k| k.kind);
-                self.rejected.insert(id, (key, error));
+                self.rejected.insert(id, (key.clone(), error));
                 // Consumers that fail closed on refused objects must hear of it.
-                kind.map_or(Applied::Unchanged, Applied::Refused)
+                key.map_or(Applied::Unchanged, Applied::Refused)
             }
             SourceEvent::Delete(key) => {
                 let was_refused = self.rejected.remove(&key.to_string()).is_some();
                 match self.objects.remove(&key) {
                     Some(_) => {
                         self.version += 1;
-                        Applied::Changed(key.kind)
+                        Applied::Changed(key)
                     }
-                    None if was_refused => Applied::Refused(key.kind),
+                    None if was_refused => Applied::Refused(key),
                     None => Applied::Unchanged,
                 }
             }
@@ -116,6 +114,29 @@ impl Store {
             )
             .take_while(move |(k, _)| k.kind == kind)
             .map(|(_, o)| o)
+    }
+
+    /// Objects of one kind in one namespace.
+    pub fn of_kind_in<'a>(
+        &'a self,
+        kind: Kind,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a Object> + 'a {
+        self.objects
+            .range(
+                ObjectKey {
+                    kind,
+                    namespace: Some(namespace.to_owned()),
+                    name: String::new(),
+                }..,
+            )
+            .take_while(move |(k, _)| k.kind == kind && k.namespace.as_deref() == Some(namespace))
+            .map(|(_, o)| o)
+    }
+
+    /// Refusals still standing, with the object each is about when known.
+    pub fn refusals(&self) -> impl Iterator<Item = (Option<&ObjectKey>, &ConfigError)> {
+        self.rejected.values().map(|(k, e)| (k.as_ref(), e))
     }
 
     /// Refusals still standing.

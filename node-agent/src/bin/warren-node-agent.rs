@@ -142,7 +142,7 @@ async fn run(args: RunArgs) -> Result<()> {
 /// Applies one event; true if it may change enrollment.
 fn apply(store: &mut Store, event: SourceEvent) -> bool {
     match store.apply(event) {
-        Applied::Changed(kind) | Applied::Refused(kind) => Enrollment::cares_about(kind),
+        Applied::Changed(key) | Applied::Refused(key) => Enrollment::cares_about(key.kind),
         Applied::Synced => true,
         Applied::Unchanged => false,
     }

@@ -1,0 +1,278 @@
+//! AuthorizationPolicy as an L4 proxy enforces it.
+//!
+//! ztunnel sees connections, not requests. Whatever a policy asks about
+//! requests (paths, methods, hosts, JWT principals, headers) is made to fail
+//! closed here, once, as Istio ambient does: an ALLOW rule that needs
+//! request attributes is dropped (it could only allow more), and a DENY rule
+//! loses its request conditions (it denies more, never less). Each change is
+//! noted on the resource, so `warrenctl config dump` explains a refusal.
+
+use std::net::IpAddr;
+
+use warren_api::{
+    addr,
+    config::{
+        Action, Authorization, Cidr, Clause, Match, Rule, Scope, StringMatch,
+        string_match::Kind as StringKind,
+    },
+};
+
+use crate::model::istio::{
+    Action as IstioAction, AuthorizationPolicy, Condition, Operation, Rule as IstioRule, Source,
+};
+
+/// Whom a policy applies to, as far as the view's index cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// Every workload of the mesh (root namespace, no selector).
+    Mesh,
+    /// Every workload of its namespace.
+    Namespace,
+    /// Workloads whose labels include these (in every namespace when the
+    /// policy is in the root namespace).
+    Labels(std::collections::BTreeMap<String, String>),
+}
+
+/// The policy for ztunnel and whom it applies to; `None` when ztunnel has
+/// nothing to enforce: AUDIT policies, and policies attached to a waypoint
+/// or service by `targetRef(s)` (the waypoint enforces those).
+pub fn authorization(
+    policy: &AuthorizationPolicy,
+    root_namespace: &str,
+) -> Option<(Authorization, Selection)> {
+    let spec = &policy.spec;
+    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+        return None;
+    }
+    let namespace = policy
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let mut notes = Vec::new();
+    let action = match spec.action() {
+        IstioAction::Allow => Action::Allow,
+        IstioAction::Deny => Action::Deny,
+        IstioAction::Audit => return None,
+        IstioAction::Custom => {
+            notes.push(
+                "CUSTOM (external authorization) is not available at L4: enforced as DENY of \
+                 what the rules match at L4"
+                    .to_owned(),
+            );
+            Action::Deny
+        }
+    };
+    let selector = spec
+        .selector
+        .as_ref()
+        .filter(|s| !s.match_labels.is_empty());
+    let (scope, selection) = match selector {
+        Some(s) => (Scope::Workload, Selection::Labels(s.match_labels.clone())),
+        None if namespace == root_namespace => (Scope::Global, Selection::Mesh),
+        None => (Scope::Namespace, Selection::Namespace),
+    };
+    let mut rules = Vec::new();
+    for (i, rule) in spec.rules.iter().enumerate() {
+        let mut l7 = Vec::new();
+        let translated = rule_l4(rule, &mut l7);
+        match (action, l7.is_empty()) {
+            (_, true) => rules.push(translated),
+            (Action::Allow, false) => notes.push(format!(
+                "rules[{i}] dropped: it needs request attributes ({}) an L4 proxy cannot see, \
+                 so it can never allow",
+                l7.join(", ")
+            )),
+            (Action::Deny, false) => {
+                notes.push(format!(
+                    "rules[{i}]: request attributes ({}) ignored, so it denies every connection \
+                     its other conditions match",
+                    l7.join(", ")
+                ));
+                rules.push(translated);
+            }
+        }
+    }
+    Some((
+        Authorization {
+            name: policy.metadata.name.clone().unwrap_or_default(),
+            namespace,
+            scope: scope as i32,
+            action: action as i32,
+            rules,
+            notes,
+        },
+        selection,
+    ))
+}
+
+/// The L4 part of a rule; what it could not express goes to `l7`.
+fn rule_l4(rule: &IstioRule, l7: &mut Vec<String>) -> Rule {
+    let mut clauses = Vec::new();
+    if !rule.from.is_empty() {
+        let matches = rule
+            .from
+            .iter()
+            .map(|f| source(f.source.as_ref().unwrap_or(&Source::default()), l7))
+            .collect();
+        clauses.push(Clause { matches });
+    }
+    if !rule.to.is_empty() {
+        let matches = rule
+            .to
+            .iter()
+            .map(|t| operation(t.operation.as_ref().unwrap_or(&Operation::default()), l7))
+            .collect();
+        clauses.push(Clause { matches });
+    }
+    for condition in &rule.when {
+        clauses.push(Clause {
+            matches: vec![when(condition, l7)],
+        });
+    }
+    Rule { clauses }
+}
+
+fn source(s: &Source, l7: &mut Vec<String>) -> Match {
+    for (name, values) in [
+        ("requestPrincipals", &s.request_principals),
+        ("notRequestPrincipals", &s.not_request_principals),
+        ("remoteIpBlocks", &s.remote_ip_blocks),
+        ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+    ] {
+        if !values.is_empty() {
+            l7.push(name.to_owned());
+        }
+    }
+    let accounts = |v: &[String]| {
+        v.iter()
+            .map(|sa| {
+                // `ns/sa` names the principal `<any trust domain>/ns/ns/sa/sa`.
+                let (ns, name) = sa.split_once('/').unwrap_or(("", sa));
+                string_match_kind(StringKind::Suffix(format!("/ns/{ns}/sa/{name}")))
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut principals: Vec<StringMatch> = s.principals.iter().map(|p| string_match(p)).collect();
+    principals.extend(accounts(&s.service_accounts));
+    let mut not_principals: Vec<StringMatch> =
+        s.not_principals.iter().map(|p| string_match(p)).collect();
+    not_principals.extend(accounts(&s.not_service_accounts));
+    Match {
+        principals,
+        not_principals,
+        namespaces: s.namespaces.iter().map(|n| string_match(n)).collect(),
+        not_namespaces: s.not_namespaces.iter().map(|n| string_match(n)).collect(),
+        source_ips: cidrs(&s.ip_blocks, "ipBlocks", l7),
+        not_source_ips: cidrs(&s.not_ip_blocks, "notIpBlocks", l7),
+        ..Match::default()
+    }
+}
+
+fn operation(o: &Operation, l7: &mut Vec<String>) -> Match {
+    for (name, values) in [
+        ("hosts", &o.hosts),
+        ("notHosts", &o.not_hosts),
+        ("methods", &o.methods),
+        ("notMethods", &o.not_methods),
+        ("paths", &o.paths),
+        ("notPaths", &o.not_paths),
+    ] {
+        if !values.is_empty() {
+            l7.push(name.to_owned());
+        }
+    }
+    Match {
+        destination_ports: ports(&o.ports, "ports", l7),
+        not_destination_ports: ports(&o.not_ports, "notPorts", l7),
+        ..Match::default()
+    }
+}
+
+fn when(c: &Condition, l7: &mut Vec<String>) -> Match {
+    let strings = |v: &[String]| v.iter().map(|s| string_match(s)).collect::<Vec<_>>();
+    match c.key.as_str() {
+        "source.ip" => Match {
+            source_ips: cidrs(&c.values, "when source.ip", l7),
+            not_source_ips: cidrs(&c.not_values, "when source.ip", l7),
+            ..Match::default()
+        },
+        "source.namespace" => Match {
+            namespaces: strings(&c.values),
+            not_namespaces: strings(&c.not_values),
+            ..Match::default()
+        },
+        "source.principal" => Match {
+            principals: strings(&c.values),
+            not_principals: strings(&c.not_values),
+            ..Match::default()
+        },
+        "destination.ip" => Match {
+            destination_ips: cidrs(&c.values, "when destination.ip", l7),
+            not_destination_ips: cidrs(&c.not_values, "when destination.ip", l7),
+            ..Match::default()
+        },
+        "destination.port" => Match {
+            destination_ports: ports(&c.values, "when destination.port", l7),
+            not_destination_ports: ports(&c.not_values, "when destination.port", l7),
+            ..Match::default()
+        },
+        other => {
+            l7.push(format!("when {other}"));
+            Match::default()
+        }
+    }
+}
+
+/// Istio's `*` forms: `*` any, `*x` suffix, `x*` prefix, else exact.
+fn string_match(s: &str) -> StringMatch {
+    let kind = if s == "*" {
+        StringKind::Presence(true)
+    } else if let Some(suffix) = s.strip_prefix('*') {
+        StringKind::Suffix(suffix.to_owned())
+    } else if let Some(prefix) = s.strip_suffix('*') {
+        StringKind::Prefix(prefix.to_owned())
+    } else {
+        StringKind::Exact(s.to_owned())
+    };
+    string_match_kind(kind)
+}
+
+fn string_match_kind(kind: StringKind) -> StringMatch {
+    StringMatch { kind: Some(kind) }
+}
+
+/// Addresses and CIDRs; validation refused bad ones, but should one get
+/// here it is reported as unenforceable (failing closed) rather than
+/// silently dropped, which would widen the match of a `not` field.
+fn cidrs(values: &[String], field: &str, l7: &mut Vec<String>) -> Vec<Cidr> {
+    let mut out = Vec::new();
+    for v in values {
+        let (ip, len) = match v.split_once('/') {
+            Some((ip, len)) => (ip, len.parse::<u32>().ok()),
+            None => (v.as_str(), None),
+        };
+        match ip.parse::<IpAddr>() {
+            Ok(ip) => {
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                out.push(Cidr {
+                    address: addr::to_bytes(ip),
+                    prefix_len: len.unwrap_or(max).min(max),
+                });
+            }
+            Err(_) => l7.push(format!("{field} {v:?} (not an address)")),
+        }
+    }
+    out
+}
+
+fn ports(values: &[String], field: &str, l7: &mut Vec<String>) -> Vec<u32> {
+    let mut out = Vec::new();
+    for v in values {
+        match v.parse::<u16>() {
+            Ok(p) => out.push(u32::from(p)),
+            Err(_) => l7.push(format!("{field} {v:?} (not a port)")),
+        }
+    }
+    out
+}

@@ -1,0 +1,372 @@
+//! The per-node view: from the store's objects, what this node's proxies
+//! need — workloads, services with their endpoints, L4 policies, mesh
+//! settings and the certificates of the node's workloads — published for
+//! the distribution server with a version per change.
+//!
+//! It is computed incrementally: a changed object recomputes only the
+//! resources that depend on it (a pod its workload; a Service or one of its
+//! EndpointSlices that service; a policy its own resource, and the
+//! workloads of its namespace only when whom it selects changed).
+
+mod authorization;
+pub mod published;
+mod service;
+mod workload;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use warren_api::{
+    Identity, addr,
+    config::{
+        Certificate, MeshSettings, OutboundPolicy, Refusal, Resource, TrustBundle, TunnelProtocol,
+        resource::Kind as ResourceKind,
+    },
+    key,
+};
+
+use crate::{
+    model::{Kind, Object, ObjectKey},
+    store::Store,
+};
+pub use authorization::Selection;
+pub use published::{Pending, Published, Publisher};
+
+/// Mesh-wide settings the view needs.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    pub node: String,
+    pub node_addresses: Vec<IpAddr>,
+    pub root_namespace: String,
+    pub trust_domain: String,
+    pub cluster_domain: String,
+    pub outbound_policy: OutboundPolicy,
+}
+
+pub struct View {
+    mesh: Mesh,
+    publisher: Publisher,
+    /// Policies ztunnel enforces, by (namespace, name), with whom they select.
+    policies: BTreeMap<(String, String), Selection>,
+    /// EndpointSlice → the Service it belongs to (same namespace).
+    slices: HashMap<ObjectKey, String>,
+    /// Network-namespace cookies of this node's enrolled pods.
+    cookies: BTreeMap<ObjectKey, u64>,
+    /// Identities of the workloads this node's ztunnel serves.
+    local_identities: BTreeMap<String, Identity>,
+}
+
+impl View {
+    pub fn new(mesh: Mesh, publisher: Publisher) -> Self {
+        Self {
+            mesh,
+            publisher,
+            policies: BTreeMap::new(),
+            slices: HashMap::new(),
+            cookies: BTreeMap::new(),
+            local_identities: BTreeMap::new(),
+        }
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// Computes everything from the store (at the first sync).
+    pub fn rebuild(&mut self, store: &Store) {
+        self.publisher.write(|p| {
+            p.upsert(Resource {
+                key: key::MESH.into(),
+                kind: Some(ResourceKind::Mesh(MeshSettings {
+                    trust_domain: self.mesh.trust_domain.clone(),
+                    root_namespace: self.mesh.root_namespace.clone(),
+                    outbound_policy: self.mesh.outbound_policy as i32,
+                    node: self.mesh.node.clone(),
+                    node_addresses: self
+                        .mesh
+                        .node_addresses
+                        .iter()
+                        .map(|ip| addr::to_bytes(*ip))
+                        .collect(),
+                })),
+            });
+        });
+        let keys: Vec<ObjectKey> = [
+            Kind::AuthorizationPolicy,
+            Kind::EndpointSlice,
+            Kind::Service,
+            Kind::Pod,
+        ]
+        .into_iter()
+        .flat_map(|kind| store.of_kind(kind).map(Object::key))
+        .collect();
+        self.changed(store, &keys);
+        self.refusals(store);
+    }
+
+    /// Recomputes what depends on the objects `keys` (changed, added or
+    /// removed in `store`).
+    pub fn changed(&mut self, store: &Store, keys: &[ObjectKey]) {
+        let mut workloads: BTreeSet<ObjectKey> = BTreeSet::new();
+        let mut services: BTreeSet<(String, String)> = BTreeSet::new();
+        // Namespaces whose every workload must be recomputed; `None` for all.
+        let mut namespaces: BTreeSet<Option<String>> = BTreeSet::new();
+        for key in keys {
+            let ns = key.namespace.clone().unwrap_or_default();
+            match key.kind {
+                Kind::Pod => {
+                    workloads.insert(key.clone());
+                }
+                Kind::Namespace => {
+                    namespaces.insert(Some(key.name.clone()));
+                }
+                Kind::PeerAuthentication => {
+                    namespaces.insert((ns != self.mesh.root_namespace).then_some(ns));
+                }
+                Kind::AuthorizationPolicy => {
+                    if self.policy_changed(store, key) {
+                        namespaces.insert((ns != self.mesh.root_namespace).then_some(ns));
+                    }
+                }
+                Kind::Service => {
+                    services.insert((ns, key.name.clone()));
+                }
+                Kind::EndpointSlice => {
+                    let before = self.slices.remove(key);
+                    let now = match store.get(key) {
+                        Some(Object::EndpointSlice(slice)) => {
+                            service::service_of(slice).map(str::to_owned)
+                        }
+                        _ => None,
+                    };
+                    if let Some(svc) = &now {
+                        self.slices.insert(key.clone(), svc.clone());
+                    }
+                    for svc in before.into_iter().chain(now) {
+                        services.insert((ns.clone(), svc));
+                    }
+                }
+                Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {}
+            }
+        }
+        if namespaces.contains(&None) {
+            workloads.extend(store.of_kind(Kind::Pod).map(Object::key));
+        } else {
+            for ns in namespaces.into_iter().flatten() {
+                workloads.extend(store.of_kind_in(Kind::Pod, &ns).map(Object::key));
+            }
+        }
+        for key in &workloads {
+            self.workload(store, key);
+        }
+        for (ns, name) in &services {
+            self.service(store, ns, name);
+        }
+    }
+
+    /// Records the store's refusals for dumps.
+    pub fn refusals(&mut self, store: &Store) {
+        let refusals = store
+            .refusals()
+            .map(|(key, error)| Refusal {
+                object: key.map_or_else(|| error.object.clone(), ToString::to_string),
+                error: error.to_string(),
+            })
+            .collect();
+        self.publisher.write(|p| p.set_refusals(refusals));
+    }
+
+    /// Takes the enrolled pods' cookies, recomputing pods whose cookie moved.
+    pub fn set_cookies(&mut self, store: &Store, cookies: BTreeMap<ObjectKey, u64>) {
+        let moved: Vec<ObjectKey> = cookies
+            .iter()
+            .filter(|(k, c)| self.cookies.get(*k) != Some(*c))
+            .map(|(k, _)| k.clone())
+            .chain(
+                self.cookies
+                    .keys()
+                    .filter(|k| !cookies.contains_key(*k))
+                    .cloned(),
+            )
+            .collect();
+        self.cookies = cookies;
+        for key in &moved {
+            self.workload(store, key);
+        }
+    }
+
+    /// Identities the node's ztunnel needs certificates for.
+    pub fn local_identities(&self) -> BTreeSet<Identity> {
+        self.local_identities.values().cloned().collect()
+    }
+
+    /// Publishes the certificates of this node's identities and the roots.
+    pub fn set_certificates(
+        &mut self,
+        certificates: &BTreeMap<Identity, std::sync::Arc<Certificate>>,
+        roots_pem: &[String],
+    ) {
+        self.publisher.write(|p| {
+            let stale: Vec<String> = p
+                .resources()
+                .filter(|r| matches!(r.kind, Some(ResourceKind::Certificate(_))))
+                .map(|r| r.key.clone())
+                .filter(|k| !certificates.keys().any(|id| key::certificate(id) == *k))
+                .collect();
+            for key in stale {
+                p.remove(&key);
+            }
+            for (identity, cert) in certificates {
+                p.upsert(Resource {
+                    key: key::certificate(identity),
+                    kind: Some(ResourceKind::Certificate((**cert).clone())),
+                });
+            }
+            if roots_pem.is_empty() {
+                p.remove(key::TRUST_BUNDLE);
+            } else {
+                p.upsert(Resource {
+                    key: key::TRUST_BUNDLE.into(),
+                    kind: Some(ResourceKind::TrustBundle(TrustBundle {
+                        roots_pem: roots_pem.to_vec(),
+                    })),
+                });
+            }
+        });
+    }
+
+    /// Recomputes the policy resource; true if whom it selects changed.
+    fn policy_changed(&mut self, store: &Store, key: &ObjectKey) -> bool {
+        let id = (key.namespace.clone().unwrap_or_default(), key.name.clone());
+        let resource_key = key::authorization(&id.0, &id.1);
+        let now = match store.get(key) {
+            Some(Object::AuthorizationPolicy(policy)) => {
+                authorization::authorization(policy, &self.mesh.root_namespace)
+            }
+            _ => None,
+        };
+        let before = match &now {
+            Some((auth, selection)) => {
+                self.publisher.write(|p| {
+                    p.upsert(Resource {
+                        key: resource_key,
+                        kind: Some(ResourceKind::Authorization(auth.clone())),
+                    })
+                });
+                self.policies.insert(id, selection.clone())
+            }
+            None => {
+                self.publisher.write(|p| p.remove(&resource_key));
+                self.policies.remove(&id)
+            }
+        };
+        before.as_ref() != now.as_ref().map(|(_, s)| s)
+    }
+
+    /// Keys of the policies that apply to a pod of `namespace` with `labels`.
+    fn policies_for(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
+        let selects = |selection: &Selection| match selection {
+            Selection::Mesh | Selection::Namespace => true,
+            Selection::Labels(want) => want.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        };
+        let root = &self.mesh.root_namespace;
+        let mut found: Vec<String> = self
+            .policies_in(namespace)
+            .filter(|(_, s)| selects(s))
+            .map(|((ns, name), _)| key::authorization(ns, name))
+            .collect();
+        if namespace != root {
+            found.extend(
+                self.policies_in(root)
+                    .filter(|(_, s)| selects(s))
+                    .map(|((ns, name), _)| key::authorization(ns, name)),
+            );
+        }
+        found
+    }
+
+    fn policies_in<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = (&'a (String, String), &'a Selection)> + 'a {
+        self.policies
+            .range((namespace.to_owned(), String::new())..)
+            .take_while(move |((ns, _), _)| ns == namespace)
+    }
+
+    fn workload(&mut self, store: &Store, key: &ObjectKey) {
+        let namespace = key.namespace.as_deref().unwrap_or("default");
+        let resource_key = key::workload(namespace, &key.name);
+        let computed = match store.get(key) {
+            Some(Object::Pod(pod)) => {
+                let labels = pod.metadata.labels.clone().unwrap_or_default();
+                let policies = self.policies_for(namespace, &labels);
+                workload::workload(
+                    &self.mesh,
+                    store,
+                    pod,
+                    self.cookies.get(key).copied(),
+                    policies,
+                )
+            }
+            _ => None,
+        };
+        match computed {
+            Some(w) => {
+                let local = w.node == self.mesh.node && w.protocol == TunnelProtocol::Hbone as i32;
+                if local {
+                    self.local_identities.insert(
+                        resource_key.clone(),
+                        Identity::new(&w.trust_domain, &w.namespace, &w.service_account),
+                    );
+                } else {
+                    self.local_identities.remove(&resource_key);
+                }
+                self.publisher.write(|p| {
+                    p.upsert(Resource {
+                        key: resource_key,
+                        kind: Some(ResourceKind::Workload(w)),
+                    })
+                });
+            }
+            None => {
+                self.local_identities.remove(&resource_key);
+                self.publisher.write(|p| p.remove(&resource_key));
+            }
+        }
+    }
+
+    fn service(&mut self, store: &Store, namespace: &str, name: &str) {
+        let resource_key = key::service(namespace, name);
+        let svc_key = ObjectKey {
+            kind: Kind::Service,
+            namespace: Some(namespace.to_owned()),
+            name: name.to_owned(),
+        };
+        let Some(Object::Service(svc)) = store.get(&svc_key) else {
+            self.publisher.write(|p| p.remove(&resource_key));
+            return;
+        };
+        let slices: Vec<_> = store
+            .of_kind_in(Kind::EndpointSlice, namespace)
+            .filter_map(|o| match o {
+                Object::EndpointSlice(s) if service::service_of(s) == Some(name) => {
+                    Some(s.as_ref())
+                }
+                _ => None,
+            })
+            .collect();
+        let computed = service::service(&self.mesh, svc, &slices);
+        self.publisher.write(|p| {
+            p.upsert(Resource {
+                key: resource_key,
+                kind: Some(ResourceKind::Service(computed)),
+            })
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

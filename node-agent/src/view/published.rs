@@ -1,0 +1,296 @@
+//! The per-node view as the proxies see it: every resource with the version
+//! at which it last changed, so a subscriber at version `v` is brought up to
+//! date with exactly the keys changed after `v` — however many changes
+//! happened in between, each key is sent once, in its latest state.
+//!
+//! The view writes; the distribution server reads. A change log ordered by
+//! version (one entry per key, its latest change) makes a delta a range
+//! scan, and removals are remembered as tombstones until compacted; a
+//! subscriber older than the oldest tombstone kept gets a snapshot instead.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use tokio::sync::watch;
+use warren_api::config::{Refusal, Resource, Update};
+
+/// Tombstones kept before the oldest half is dropped.
+const MAX_TOMBSTONES: usize = 16_384;
+
+#[derive(Default)]
+pub struct Published {
+    version: u64,
+    /// Key → (version of its last change, resource).
+    resources: BTreeMap<String, (u64, Arc<Resource>)>,
+    /// Key → version of its removal.
+    tombstones: HashMap<String, u64>,
+    /// Version → the key that changed then (each key once, at its latest).
+    changes: BTreeMap<u64, String>,
+    /// Deltas can be computed from any version at or after this one.
+    horizon: u64,
+    /// Objects the agent refused, for `warrenctl config dump`.
+    refusals: Vec<Refusal>,
+}
+
+/// What a subscriber needs next.
+pub enum Pending {
+    UpToDate,
+    Update(Update),
+}
+
+impl Published {
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Arc<Resource>> {
+        self.resources.get(key).map(|(_, r)| r)
+    }
+
+    pub fn resources(&self) -> impl Iterator<Item = &Arc<Resource>> {
+        self.resources.values().map(|(_, r)| r)
+    }
+
+    pub fn refusals(&self) -> &[Refusal] {
+        &self.refusals
+    }
+
+    /// Sets `key` to `resource`; true if that changed anything.
+    pub fn upsert(&mut self, resource: Resource) -> bool {
+        if self
+            .resources
+            .get(&resource.key)
+            .is_some_and(|(_, old)| **old == resource)
+        {
+            return false;
+        }
+        let key = resource.key.clone();
+        let version = self.bump(&key);
+        self.tombstones.remove(&key);
+        self.resources.insert(key, (version, Arc::new(resource)));
+        true
+    }
+
+    /// Removes `key`; true if it was there.
+    pub fn remove(&mut self, key: &str) -> bool {
+        if !self.resources.contains_key(key) {
+            return false;
+        }
+        let version = self.bump(key);
+        self.resources.remove(key);
+        self.tombstones.insert(key.to_owned(), version);
+        if self.tombstones.len() > MAX_TOMBSTONES {
+            self.compact();
+        }
+        true
+    }
+
+    pub fn set_refusals(&mut self, refusals: Vec<Refusal>) {
+        self.refusals = refusals;
+    }
+
+    /// A new version for `key`, moving its change-log entry.
+    fn bump(&mut self, key: &str) -> u64 {
+        let previous = self
+            .resources
+            .get(key)
+            .map(|(v, _)| *v)
+            .or_else(|| self.tombstones.get(key).copied());
+        if let Some(v) = previous {
+            self.changes.remove(&v);
+        }
+        self.version += 1;
+        self.changes.insert(self.version, key.to_owned());
+        self.version
+    }
+
+    /// Forgets the oldest half of the tombstones; subscribers from before
+    /// the newest one forgotten get a snapshot.
+    fn compact(&mut self) {
+        let mut versions: Vec<u64> = self.tombstones.values().copied().collect();
+        versions.sort_unstable();
+        let cut = versions[versions.len() / 2];
+        self.tombstones.retain(|_, v| *v > cut);
+        self.changes
+            .retain(|v, key| *v > cut || self.resources.contains_key(key));
+        self.horizon = cut;
+    }
+
+    /// Everything, as a snapshot.
+    pub fn snapshot(&self) -> Update {
+        Update {
+            version: self.version,
+            snapshot: true,
+            upserts: self.resources().map(|r| (**r).clone()).collect(),
+            removals: Vec::new(),
+        }
+    }
+
+    /// What a subscriber that has `sent` (None: nothing yet) needs next.
+    pub fn pending(&self, sent: Option<u64>) -> Pending {
+        let Some(sent) = sent.filter(|s| *s >= self.horizon) else {
+            return Pending::Update(self.snapshot());
+        };
+        if sent >= self.version {
+            return Pending::UpToDate;
+        }
+        let mut update = Update {
+            version: self.version,
+            snapshot: false,
+            upserts: Vec::new(),
+            removals: Vec::new(),
+        };
+        for key in self.changes.range(sent + 1..).map(|(_, k)| k) {
+            match self.resources.get(key) {
+                Some((_, resource)) => update.upserts.push((**resource).clone()),
+                None => update.removals.push(key.clone()),
+            }
+        }
+        Pending::Update(update)
+    }
+}
+
+/// The view's handle on what it publishes: writes under the lock, then one
+/// wake-up for every subscriber.
+#[derive(Clone)]
+pub struct Publisher {
+    published: Arc<Mutex<Published>>,
+    version: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Publisher {
+    fn default() -> Self {
+        Self {
+            published: Arc::default(),
+            version: Arc::new(watch::Sender::new(0)),
+        }
+    }
+}
+
+impl Publisher {
+    /// Read access. Held briefly: the view waits for it.
+    pub fn lock(&self) -> MutexGuard<'_, Published> {
+        // A panic while holding the lock leaves valid data behind (every
+        // write is a single insert or remove), so poisoning is ignored.
+        self.published.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `change` and wakes subscribers if the version moved.
+    pub fn write<T>(&self, change: impl FnOnce(&mut Published) -> T) -> T {
+        let (out, version) = {
+            let mut published = self.lock();
+            let out = change(&mut published);
+            (out, published.version())
+        };
+        self.version.send_if_modified(|v| {
+            let moved = *v != version;
+            *v = version;
+            moved
+        });
+        out
+    }
+
+    /// Follows the version.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_api::config::{MeshSettings, resource::Kind};
+
+    fn resource(key: &str, node: &str) -> Resource {
+        Resource {
+            key: key.into(),
+            kind: Some(Kind::Mesh(MeshSettings {
+                node: node.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn keys(update: &Update) -> (Vec<&str>, Vec<&str>) {
+        (
+            update.upserts.iter().map(|r| r.key.as_str()).collect(),
+            update.removals.iter().map(String::as_str).collect(),
+        )
+    }
+
+    fn update(p: &Published, sent: Option<u64>) -> Update {
+        match p.pending(sent) {
+            Pending::Update(u) => u,
+            Pending::UpToDate => panic!("expected an update"),
+        }
+    }
+
+    #[test]
+    fn a_delta_carries_each_changed_key_once_in_its_latest_state() {
+        let mut p = Published::default();
+        assert!(p.upsert(resource("a", "1")));
+        assert!(p.upsert(resource("b", "1")));
+        let v = p.version();
+        assert!(!p.upsert(resource("a", "1")), "same content is no change");
+        assert_eq!(p.version(), v);
+        p.upsert(resource("a", "2"));
+        p.upsert(resource("a", "3"));
+        p.upsert(resource("c", "1"));
+        p.remove("b");
+        let delta = update(&p, Some(v));
+        assert!(!delta.snapshot);
+        assert_eq!(keys(&delta), (vec!["a", "c"], vec!["b"]));
+        assert_eq!(delta.upserts[0], resource("a", "3"));
+        assert!(matches!(p.pending(Some(p.version())), Pending::UpToDate));
+    }
+
+    #[test]
+    fn a_new_subscriber_gets_a_snapshot_without_tombstones() {
+        let mut p = Published::default();
+        p.upsert(resource("a", "1"));
+        p.upsert(resource("b", "1"));
+        p.remove("a");
+        let snap = update(&p, None);
+        assert!(snap.snapshot);
+        assert_eq!(keys(&snap), (vec!["b"], vec![]));
+    }
+
+    #[test]
+    fn a_removed_then_recreated_key_is_an_upsert() {
+        let mut p = Published::default();
+        p.upsert(resource("a", "1"));
+        let v = p.version();
+        p.remove("a");
+        p.upsert(resource("a", "2"));
+        assert_eq!(keys(&update(&p, Some(v))), (vec!["a"], vec![]));
+    }
+
+    #[test]
+    fn subscribers_behind_compacted_tombstones_get_a_snapshot() {
+        let mut p = Published::default();
+        p.upsert(resource("keep", "1"));
+        let early = p.version();
+        for i in 0..=MAX_TOMBSTONES {
+            let key = format!("k{i}");
+            p.upsert(resource(&key, "1"));
+            p.remove(&key);
+        }
+        assert!(p.tombstones.len() <= MAX_TOMBSTONES);
+        assert!(update(&p, Some(early)).snapshot);
+        // A recent subscriber still gets a delta.
+        let recent = p.version();
+        p.remove("keep");
+        let delta = update(&p, Some(recent));
+        assert_eq!(keys(&delta), (vec![], vec!["keep"]));
+    }
+}

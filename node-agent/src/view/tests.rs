@@ -1,0 +1,463 @@
+use std::{collections::BTreeMap, sync::Arc};
+
+use warren_api::config::{
+    Action, Authorization, InboundMode, Match, Scope, TunnelProtocol, Update, Workload,
+    string_match::Kind as SKind,
+};
+
+use super::*;
+use crate::{
+    model::object::{parse_document, split_documents},
+    source::SourceEvent,
+};
+
+const BASE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: { name: demo, labels: { warren.io/dataplane-mode: ambient } }
+---
+apiVersion: v1
+kind: Namespace
+metadata: { name: plain }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: app-v1-0, namespace: demo, labels: { app: app, version: v1 } }
+spec: { nodeName: node-a, serviceAccountName: app, containers: [{ name: main }] }
+status: { hostIP: 172.30.0.1, podIP: 10.244.0.5, podIPs: [{ ip: 10.244.0.5 }, { ip: "fd00:244::5" }] }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: app-v2-0, namespace: demo, labels: { app: app, version: v2 } }
+spec: { nodeName: node-b, serviceAccountName: app, containers: [{ name: main }] }
+status: { hostIP: 172.30.0.2, podIP: 10.244.1.5 }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: out-0, namespace: demo, labels: { app: out, warren.io/dataplane-mode: none } }
+spec: { nodeName: node-a, containers: [{ name: main }] }
+status: { hostIP: 172.30.0.1, podIP: 10.244.0.6 }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: legacy-0, namespace: plain }
+spec: { nodeName: node-a, containers: [{ name: main }] }
+status: { hostIP: 172.30.0.1, podIP: 10.244.0.7 }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: app, namespace: demo }
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{ name: http, port: 80, targetPort: web }, { name: admin, port: 9000, targetPort: 9000 }]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: app-1, namespace: demo, labels: { kubernetes.io/service-name: app } }
+addressType: IPv4
+ports: [{ name: http, port: 8080 }, { name: admin, port: 9000 }]
+endpoints:
+  - addresses: [10.244.1.5]
+    conditions: { ready: false }
+    targetRef: { kind: Pod, name: app-v2-0, namespace: demo }
+  - addresses: [10.244.0.5]
+    targetRef: { kind: Pod, name: app-v1-0, namespace: demo }
+"#;
+
+fn mesh() -> Mesh {
+    Mesh {
+        node: "node-a".into(),
+        node_addresses: vec!["172.30.0.1".parse().unwrap()],
+        root_namespace: "istio-system".into(),
+        trust_domain: "cluster.local".into(),
+        cluster_domain: "cluster.local".into(),
+        outbound_policy: OutboundPolicy::AllowAny,
+    }
+}
+
+/// Applies `yaml` to the store; returns the keys it changed.
+fn apply(store: &mut Store, yaml: &str) -> Vec<ObjectKey> {
+    let mut keys = Vec::new();
+    for doc in split_documents(yaml).unwrap() {
+        let object = parse_document(doc, "test").unwrap_or_else(|e| panic!("{e}"));
+        keys.push(object.key());
+        store.apply(SourceEvent::Upsert(object));
+    }
+    keys
+}
+
+fn delete(store: &mut Store, kind: Kind, ns: &str, name: &str) -> ObjectKey {
+    let key = ObjectKey {
+        kind,
+        namespace: Some(ns.into()),
+        name: name.into(),
+    };
+    store.apply(SourceEvent::Delete(key.clone()));
+    key
+}
+
+fn built(extra: &str) -> (Store, View) {
+    let mut store = Store::default();
+    apply(&mut store, BASE);
+    if !extra.is_empty() {
+        apply(&mut store, extra);
+    }
+    store.apply(SourceEvent::Synced);
+    let mut view = View::new(mesh(), Publisher::default());
+    view.rebuild(&store);
+    (store, view)
+}
+
+fn get(view: &View, key: &str) -> Option<ResourceKind> {
+    view.publisher()
+        .lock()
+        .get(key)
+        .and_then(|r| r.kind.clone())
+}
+
+fn workload(view: &View, ns: &str, name: &str) -> Workload {
+    match get(view, &key::workload(ns, name)) {
+        Some(ResourceKind::Workload(w)) => w,
+        other => panic!("no workload {ns}/{name}: {other:?}"),
+    }
+}
+
+fn authorization(view: &View, ns: &str, name: &str) -> Authorization {
+    match get(view, &key::authorization(ns, name)) {
+        Some(ResourceKind::Authorization(a)) => a,
+        other => panic!("no policy {ns}/{name}: {other:?}"),
+    }
+}
+
+/// Keys a subscriber at `since` is sent next.
+fn delta_keys(view: &View, since: u64) -> Vec<String> {
+    match view.publisher().lock().pending(Some(since)) {
+        Pending::UpToDate => Vec::new(),
+        Pending::Update(Update {
+            upserts, removals, ..
+        }) => upserts.into_iter().map(|r| r.key).chain(removals).collect(),
+    }
+}
+
+fn version(view: &View) -> u64 {
+    view.publisher().lock().version()
+}
+
+#[test]
+fn workloads_carry_identity_addresses_node_and_mesh_membership() {
+    let (_, view) = built("");
+    let w = workload(&view, "demo", "app-v1-0");
+    assert_eq!(w.uid, "demo/app-v1-0");
+    assert_eq!(w.service_account, "app");
+    assert_eq!(w.node, "node-a");
+    assert_eq!(w.trust_domain, "cluster.local");
+    assert_eq!(w.protocol, TunnelProtocol::Hbone as i32);
+    assert_eq!(
+        (w.canonical_name.as_str(), w.canonical_revision.as_str()),
+        ("app", "v1")
+    );
+    let ips: Vec<_> = w
+        .addresses
+        .iter()
+        .filter_map(|a| addr::from_bytes(a))
+        .collect();
+    assert_eq!(
+        ips,
+        [
+            "10.244.0.5".parse::<IpAddr>().unwrap(),
+            "fd00:244::5".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        addr::from_bytes(&w.node_address),
+        Some("172.30.0.1".parse().unwrap())
+    );
+    assert_eq!(w.inbound_mode, InboundMode::Permissive as i32);
+
+    // Opted out, or in a namespace outside the mesh: reachable, not meshed.
+    for (ns, name) in [("demo", "out-0"), ("plain", "legacy-0")] {
+        let w = workload(&view, ns, name);
+        assert_eq!(w.protocol, TunnelProtocol::None as i32, "{name}");
+        assert_eq!(w.service_account, "default");
+    }
+    // Only meshed pods of this node need certificates here.
+    let ids: Vec<String> = view
+        .local_identities()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(ids, ["spiffe://cluster.local/ns/demo/sa/app"]);
+}
+
+#[test]
+fn services_list_their_endpoints_with_named_target_ports_resolved() {
+    let (_, view) = built("");
+    let Some(ResourceKind::Service(svc)) = get(&view, "service/demo/app") else {
+        panic!("no service");
+    };
+    assert_eq!(svc.hostname, "app.demo.svc.cluster.local");
+    assert_eq!(
+        addr::from_bytes(&svc.vips[0]),
+        Some("10.96.0.10".parse().unwrap())
+    );
+    let ports: Vec<(u32, u32)> = svc.ports.iter().map(|p| (p.port, p.target_port)).collect();
+    assert_eq!(ports, [(80, 0), (9000, 9000)]);
+    let eps: Vec<(&str, bool, Option<&u32>)> = svc
+        .endpoints
+        .iter()
+        .map(|e| (e.workload.as_str(), e.ready, e.ports.get(&80)))
+        .collect();
+    assert_eq!(
+        eps,
+        [
+            ("workload/demo/app-v1-0", true, Some(&8080)),
+            ("workload/demo/app-v2-0", false, Some(&8080)),
+        ]
+    );
+}
+
+#[test]
+fn l4_policies_translate_and_fail_closed_on_request_attributes() {
+    let (_, view) = built(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: allow-front, namespace: demo }
+spec:
+  selector: { matchLabels: { app: app } }
+  rules:
+    - from: [{ source: { principals: ["cluster.local/ns/demo/sa/front", "*/sa/ops"], notNamespaces: [kube-system] } }]
+      to: [{ operation: { ports: ["8080"] } }]
+    - from: [{ source: { serviceAccounts: [demo/batch] } }]
+      when: [{ key: source.ip, values: [10.244.0.0/16] }]
+    - to: [{ operation: { paths: ["/admin"] } }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: deny-get, namespace: demo }
+spec:
+  action: DENY
+  rules: [{ from: [{ source: { namespaces: [plain] } }], to: [{ operation: { methods: [GET] } }] }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: audit, namespace: demo }
+spec: { action: AUDIT, rules: [{}] }
+"#,
+    );
+    let allow = authorization(&view, "demo", "allow-front");
+    assert_eq!(
+        (allow.action, allow.scope),
+        (Action::Allow as i32, Scope::Workload as i32)
+    );
+    assert_eq!(
+        allow.rules.len(),
+        2,
+        "the paths rule can never allow at L4: dropped"
+    );
+    assert!(allow.notes[0].contains("rules[2] dropped") && allow.notes[0].contains("paths"));
+    let from = &allow.rules[0].clauses[0].matches[0];
+    let kinds: Vec<_> = from
+        .principals
+        .iter()
+        .map(|p| p.kind.clone().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            SKind::Exact("cluster.local/ns/demo/sa/front".into()),
+            SKind::Suffix("/sa/ops".into())
+        ]
+    );
+    assert_eq!(
+        from.not_namespaces[0].kind,
+        Some(SKind::Exact("kube-system".into()))
+    );
+    assert_eq!(
+        allow.rules[0].clauses[1].matches[0].destination_ports,
+        [8080]
+    );
+    let batch = &allow.rules[1];
+    assert_eq!(
+        batch.clauses[0].matches[0].principals[0].kind,
+        Some(SKind::Suffix("/ns/demo/sa/batch".into()))
+    );
+    assert_eq!(batch.clauses[1].matches[0].source_ips[0].prefix_len, 16);
+
+    let deny = authorization(&view, "demo", "deny-get");
+    assert_eq!(
+        (deny.action, deny.scope),
+        (Action::Deny as i32, Scope::Namespace as i32)
+    );
+    assert_eq!(deny.rules.len(), 1, "a DENY rule is kept, wider");
+    assert!(deny.notes[0].contains("methods"));
+    let to = &deny.rules[0].clauses[1].matches[0];
+    assert_eq!(
+        to,
+        &Match::default(),
+        "the method condition is gone: any operation"
+    );
+
+    assert!(
+        get(&view, "authorization/demo/audit").is_none(),
+        "AUDIT changes no verdict"
+    );
+    // The selected workload lists both; the unselected one only the namespace-wide one.
+    assert_eq!(
+        workload(&view, "demo", "app-v1-0").authorization_policies,
+        [
+            "authorization/demo/allow-front",
+            "authorization/demo/deny-get"
+        ]
+    );
+    assert_eq!(
+        workload(&view, "demo", "out-0").authorization_policies,
+        ["authorization/demo/deny-get"]
+    );
+}
+
+#[test]
+fn mesh_wide_policies_and_peer_authentication_reach_every_namespace() {
+    let (_, view) = built(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: mesh-deny, namespace: istio-system }
+spec: { action: DENY, rules: [{ from: [{ source: { ipBlocks: [192.0.2.0/24] } }] }] }
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: default, namespace: istio-system }
+spec: { mtls: { mode: STRICT } }
+"#,
+    );
+    assert_eq!(
+        authorization(&view, "istio-system", "mesh-deny").scope,
+        Scope::Global as i32
+    );
+    for (ns, name) in [("demo", "app-v1-0"), ("plain", "legacy-0")] {
+        let w = workload(&view, ns, name);
+        assert_eq!(
+            w.authorization_policies,
+            ["authorization/istio-system/mesh-deny"]
+        );
+        assert_eq!(w.inbound_mode, InboundMode::Strict as i32);
+    }
+}
+
+#[test]
+fn a_change_recomputes_only_what_depends_on_it() {
+    let policy = |rules: &str, selector: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {{ name: p, namespace: demo }}\nspec: {{ {selector} rules: {rules} }}\n"
+        )
+    };
+    let (mut store, mut view) = built(&policy("[{}]", ""));
+
+    // New rules, same selection: only the policy itself is sent.
+    let v = version(&view);
+    let keys = apply(
+        &mut store,
+        &policy("[{ to: [{ operation: { ports: [\"80\"] } }] }]", ""),
+    );
+    view.changed(&store, &keys);
+    assert_eq!(delta_keys(&view, v), ["authorization/demo/p"]);
+
+    // A selector: the workloads of the namespace are recomputed; only those
+    // whose list changed are sent.
+    let v = version(&view);
+    let keys = apply(
+        &mut store,
+        &policy("[{}]", "selector: { matchLabels: { version: v2 } },"),
+    );
+    view.changed(&store, &keys);
+    let mut sent = delta_keys(&view, v);
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            "authorization/demo/p",
+            "workload/demo/app-v1-0",
+            "workload/demo/out-0"
+        ]
+    );
+
+    // One endpoint slice: one service.
+    let v = version(&view);
+    let keys = apply(
+        &mut store,
+        r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: app-1, namespace: demo, labels: { kubernetes.io/service-name: app } }
+addressType: IPv4
+endpoints: [{ addresses: [10.244.0.5] }]
+"#,
+    );
+    view.changed(&store, &keys);
+    assert_eq!(delta_keys(&view, v), ["service/demo/app"]);
+
+    // A namespace leaving the mesh: its pods stop being meshed.
+    let v = version(&view);
+    let keys = apply(
+        &mut store,
+        "apiVersion: v1\nkind: Namespace\nmetadata: { name: demo }\n",
+    );
+    view.changed(&store, &keys);
+    // The opted-out pod was not meshed before either: unchanged, not sent.
+    assert_eq!(
+        delta_keys(&view, v),
+        ["workload/demo/app-v1-0", "workload/demo/app-v2-0"]
+    );
+    assert_eq!(
+        workload(&view, "demo", "app-v1-0").protocol,
+        TunnelProtocol::None as i32
+    );
+    assert!(view.local_identities().is_empty());
+
+    // Deletions are removals.
+    let v = version(&view);
+    let keys = [
+        delete(&mut store, Kind::Pod, "demo", "out-0"),
+        delete(&mut store, Kind::Service, "demo", "app"),
+        delete(&mut store, Kind::AuthorizationPolicy, "demo", "p"),
+    ];
+    view.changed(&store, &keys);
+    let mut sent = delta_keys(&view, v);
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            "authorization/demo/p",
+            "service/demo/app",
+            "workload/demo/app-v2-0",
+            "workload/demo/out-0"
+        ]
+    );
+    assert!(get(&view, "workload/demo/out-0").is_none());
+}
+
+#[test]
+fn cookies_and_certificates_are_published() {
+    let (store, mut view) = built("");
+    let pod = ObjectKey {
+        kind: Kind::Pod,
+        namespace: Some("demo".into()),
+        name: "app-v1-0".into(),
+    };
+    view.set_cookies(&store, BTreeMap::from([(pod, 4242)]));
+    assert_eq!(workload(&view, "demo", "app-v1-0").netns_cookie, 4242);
+
+    let id = Identity::new("cluster.local", "demo", "app");
+    let cert = Arc::new(Certificate {
+        identity: id.to_string(),
+        chain_pem: vec!["leaf".into()],
+        ..Default::default()
+    });
+    view.set_certificates(&BTreeMap::from([(id.clone(), cert)]), &["root".into()]);
+    assert!(get(&view, &key::certificate(&id)).is_some());
+    assert!(get(&view, key::TRUST_BUNDLE).is_some());
+    view.set_certificates(&BTreeMap::new(), &["root".into()]);
+    assert!(get(&view, &key::certificate(&id)).is_none());
+}
