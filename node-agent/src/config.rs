@@ -2,8 +2,9 @@
 //! variable and its default.
 
 use std::{
-    net::{IpAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr, SocketAddrV4},
     path::PathBuf,
+    time::Duration,
 };
 
 use clap::Args;
@@ -70,6 +71,19 @@ pub struct RunArgs {
         env = "WARREN_RESCAN_EVERY"
     )]
     pub rescan_every: u64,
+    /// Unix socket where this node's proxies subscribe to their config.
+    #[arg(long, default_value = warren_api::socket::DEFAULT_PATH, env = "WARREN_AGENT_SOCKET")]
+    pub socket: PathBuf,
+    /// The mesh's SPIFFE trust domain.
+    #[arg(long, default_value = warren_api::identity::DEFAULT_TRUST_DOMAIN, env = "WARREN_TRUST_DOMAIN")]
+    pub trust_domain: String,
+    /// The cluster's DNS domain (service hostnames end with it).
+    #[arg(long, default_value = "cluster.local", env = "WARREN_CLUSTER_DOMAIN")]
+    pub cluster_domain: String,
+    /// Where proxies send connections to destinations the mesh does not
+    /// know: ALLOW_ANY (straight there) or REGISTRY_ONLY (refused).
+    #[arg(long, default_value = "ALLOW_ANY", value_parser = ["ALLOW_ANY", "REGISTRY_ONLY"], env = "WARREN_OUTBOUND_POLICY")]
+    pub outbound_policy: String,
     /// How often to log the datapath counters.
     #[arg(
         long,
@@ -78,4 +92,193 @@ pub struct RunArgs {
         env = "WARREN_REPORT_EVERY"
     )]
     pub report_every: u64,
+}
+
+/// `warren-node-agent ca`: the mesh certificate authority. Without a
+/// subcommand it serves; the subcommands manage its state folder.
+#[derive(Args, Clone, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct CaArgs {
+    #[command(subcommand)]
+    pub command: Option<CaCommand>,
+    #[command(flatten)]
+    pub serve: CaServeArgs,
+}
+
+/// What `warren-node-agent ca` does besides serving.
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum CaCommand {
+    /// Create a bootstrap token for one node (local mode) and print it.
+    IssueToken(CaIssueTokenArgs),
+    /// Make a new root the signer. The previous root stays in the trust
+    /// bundle until `remove-root` or its expiry.
+    RotateRoot(CaStateArgs),
+    /// Stop trusting a retired root (by serial, as `rotate-root` prints it).
+    RemoveRoot(CaRemoveRootArgs),
+}
+
+/// The CA's state folder.
+#[derive(Args, Clone, Debug)]
+pub struct CaStateArgs {
+    /// Folder holding the CA's root (key mode 0600), the trust bundle
+    /// (`root-cert.pem`) and the bootstrap tokens.
+    #[arg(
+        long,
+        env = "WARREN_CA_STATE_DIR",
+        default_value = "/var/lib/warren/ca"
+    )]
+    pub state_dir: PathBuf,
+}
+
+/// `warren-node-agent ca issue-token`.
+#[derive(Args, Clone, Debug)]
+pub struct CaIssueTokenArgs {
+    #[command(flatten)]
+    pub state: CaStateArgs,
+    /// The node the token authenticates.
+    #[arg(long, env = "NODE_NAME")]
+    pub node: String,
+    /// How long the token is accepted (e.g. `90s`, `30m`, `24h`, `7d`).
+    #[arg(long, env = "WARREN_CA_TOKEN_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub ttl: Duration,
+}
+
+/// `warren-node-agent ca remove-root`.
+#[derive(Args, Clone, Debug)]
+pub struct CaRemoveRootArgs {
+    #[command(flatten)]
+    pub state: CaStateArgs,
+    /// Serial of the retired root to drop (hex, as printed by `rotate-root`).
+    #[arg(long)]
+    pub serial: String,
+}
+
+/// `warren-node-agent ca` (serving).
+#[derive(Args, Clone, Debug)]
+pub struct CaServeArgs {
+    #[command(flatten)]
+    pub state: CaStateArgs,
+    /// Address the gRPC (TLS) service listens on.
+    #[arg(long, env = "WARREN_CA_LISTEN", default_value = "0.0.0.0:15012")]
+    pub listen: SocketAddr,
+    /// Extra names for the CA's serving certificate (repeatable): DNS names
+    /// or IP addresses clients use to reach it. `warren-ca` and the listen
+    /// address are always included.
+    #[arg(long = "san", env = "WARREN_CA_SANS", value_delimiter = ',')]
+    pub sans: Vec<String>,
+    /// The only trust domain this CA issues identities in.
+    #[arg(long, env = "WARREN_TRUST_DOMAIN", default_value = warren_api::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Lifetime of a certificate when the request asks for none.
+    #[arg(long, env = "WARREN_CA_DEFAULT_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub default_ttl: Duration,
+    /// Longest lifetime issued; longer requests are capped.
+    #[arg(long, env = "WARREN_CA_MAX_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub max_ttl: Duration,
+    /// Plug-in CA: the signing certificate (a root or an intermediate)
+    /// supplied by the operator, instead of a root generated in the state
+    /// folder. Needs --key-file and --root-file.
+    #[arg(long, env = "WARREN_CA_SIGNER_CERT", requires_all = ["key_file", "root_file"])]
+    pub cert_file: Option<PathBuf>,
+    /// Plug-in CA: the signing certificate's private key (PKCS#8 PEM).
+    #[arg(long, env = "WARREN_CA_SIGNER_KEY", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// Plug-in CA: intermediates between the signing certificate and the
+    /// root, in order (may be absent when the signer is the root or sits
+    /// right under it).
+    #[arg(long, env = "WARREN_CA_SIGNER_CHAIN", requires = "cert_file")]
+    pub chain_file: Option<PathBuf>,
+    /// Plug-in CA: the roots to trust (several during a rotation).
+    #[arg(long, env = "WARREN_CA_ROOTS", requires = "cert_file")]
+    pub root_file: Option<PathBuf>,
+    /// Folder of Kubernetes YAML saying which pods run on which node
+    /// (hot-reloaded); authorizes requests in local mode.
+    #[arg(long, env = "WARREN_CONFIG_DIR", conflicts_with = "kube")]
+    pub config_dir: Option<PathBuf>,
+    /// Authenticate callers with TokenReview and authorize them against
+    /// the API server's pods (in-cluster credentials, or the kubeconfig).
+    #[arg(long, env = "WARREN_KUBE")]
+    pub kube: bool,
+    /// Kubernetes: ServiceAccounts (`namespace/name`, repeatable) whose
+    /// tokens may request identities for the pods of the token's node.
+    #[arg(
+        long = "node-agent-account",
+        env = "WARREN_CA_NODE_AGENT_ACCOUNTS",
+        value_delimiter = ',',
+        default_value = "warren-system/warren-node-agent"
+    )]
+    pub node_agent_accounts: Vec<String>,
+    /// Kubernetes: audiences the reviewed tokens must carry (repeatable);
+    /// none means the API server's own.
+    #[arg(
+        long = "token-audience",
+        env = "WARREN_CA_TOKEN_AUDIENCES",
+        value_delimiter = ','
+    )]
+    pub token_audiences: Vec<String>,
+    /// How often the config folder is rescanned in case the watcher missed
+    /// an event.
+    #[arg(long, env = "WARREN_RESCAN_EVERY", default_value = "10s", value_parser = parse_duration)]
+    pub rescan_every: Duration,
+    /// How often the signing material is re-read (a `rotate-root` or new
+    /// plug-in files take effect without a restart).
+    #[arg(long, env = "WARREN_CA_RELOAD_EVERY", default_value = "5s", value_parser = parse_duration)]
+    pub reload_every: Duration,
+    /// How often the issuance and refusal counters are logged (when they
+    /// changed).
+    #[arg(long, env = "WARREN_REPORT_EVERY", default_value = "60s", value_parser = parse_duration)]
+    pub report_every: Duration,
+}
+
+/// Where the node agent gets its workloads' certificates. Without
+/// `--ca-addr` the agent runs without identities.
+#[derive(Args, Clone, Debug)]
+pub struct IdentityArgs {
+    /// The mesh CA (`host:port` or `https://host:port`).
+    #[arg(long, env = "WARREN_CA_ADDR")]
+    pub ca_addr: Option<String>,
+    /// The roots the CA's serving certificate chains to (the CA writes
+    /// them to `root-cert.pem` in its state folder). Re-read on every
+    /// connection, so a root rotation needs no restart.
+    #[arg(long, env = "WARREN_CA_ROOT_FILE", requires = "ca_addr")]
+    pub ca_root_file: Option<PathBuf>,
+    /// The bearer token the agent authenticates with (a bootstrap token,
+    /// or a projected ServiceAccount token). Re-read on every request, so
+    /// a refreshed token is picked up.
+    #[arg(long, env = "WARREN_CA_TOKEN_FILE", requires = "ca_addr")]
+    pub ca_token_file: Option<PathBuf>,
+    /// Name the CA's serving certificate is checked against.
+    #[arg(long, env = "WARREN_CA_SERVER_NAME", default_value = "warren-ca")]
+    pub ca_server_name: String,
+    /// Lifetime asked for; the CA may cap it. Renewal starts at half of it.
+    #[arg(long, env = "WARREN_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub cert_ttl: Duration,
+    /// How often the trust bundle is fetched even without an issuance.
+    #[arg(long, env = "WARREN_TRUST_BUNDLE_EVERY", default_value = "5m", value_parser = parse_duration)]
+    pub trust_bundle_every: Duration,
+}
+
+/// A duration flag: a number with a unit (`500ms`, `90s`, `15m`, `24h`,
+/// `7d`); a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 90s, 15m, 24h, 7d)"))?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
+    };
+    value
+        .checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }

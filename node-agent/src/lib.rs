@@ -9,10 +9,16 @@
 //! - [`enrollment`]: which pods of this node are captured, and how.
 //! - [`datapath`]: the eBPF programs and maps; the only code that touches
 //!   kernel state.
+//! - [`ca`]: the mesh certificate authority (`warren-node-agent ca`).
+//! - [`identity`]: the agent's workload certificates, obtained from the CA
+//!   and renewed before they expire.
 //! - [`config`]: every setting of the agent binary.
+pub mod ca;
 pub mod config;
 pub mod datapath;
+pub mod distribution;
 pub mod enrollment;
+pub mod identity;
 pub mod model;
 pub mod source;
 pub mod store;

@@ -6,13 +6,17 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 use tracing::{error, info};
+use warren_api::config::OutboundPolicy;
 use warren_ebpf_common::AddrKind;
 use warren_node_agent::{
     config::{NodeArgs, RunArgs},
     datapath::{self, Datapath, Redirect},
+    distribution::{self, Distribution},
     enrollment::Enrollment,
+    model::ObjectKey,
     source::{Source, SourceEvent, kube::KubeSource, local::LocalSource},
     store::{Applied, Store},
+    view::{Mesh, Publisher, View},
 };
 
 #[derive(Parser)]
@@ -30,6 +34,9 @@ enum Command {
     Run(RunArgs),
     /// Remove every program, link, map and pin of this node.
     Uninstall(NodeArgs),
+    /// The mesh certificate authority: serve (default), or manage its
+    /// state folder (`issue-token`, `rotate-root`, `remove-root`).
+    Ca(warren_node_agent::config::CaArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -52,6 +59,7 @@ async fn main() -> Result<()> {
             info!(pins = %root.display(), "datapath uninstalled");
             Ok(())
         }
+        Command::Ca(args) => Ok(warren_node_agent::ca::run(args).await?),
     }
 }
 
@@ -101,6 +109,35 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut store = Store::default();
     let mut enrollment = Enrollment::new(&args.node.node, &args.root_namespace, &datapath)?;
 
+    // The per-node view, served to this node's proxies.
+    let publisher = Publisher::default();
+    let mut view = View::new(
+        Mesh {
+            node: args.node.node.clone(),
+            node_addresses: args.node_addrs.clone(),
+            root_namespace: args.root_namespace.clone(),
+            trust_domain: args.trust_domain.clone(),
+            cluster_domain: args.cluster_domain.clone(),
+            outbound_policy: OutboundPolicy::from_str_name(&args.outbound_policy)
+                .unwrap_or(OutboundPolicy::AllowAny),
+        },
+        publisher.clone(),
+    );
+    let listener = distribution::bind(&args.socket).await?;
+    info!(socket = %args.socket.display(), "serving proxies");
+    let service = Distribution::new(publisher).into_service();
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        if let Err(err) = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming)
+            .await
+        {
+            error!(error = %err, "config distribution server stopped");
+        }
+    });
+    let mut built = false;
+
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let mut ticker = tokio::time::interval(Duration::from_secs(args.report_every.max(1)));
@@ -111,17 +148,30 @@ async fn run(args: RunArgs) -> Result<()> {
         tokio::select! {
             Some(event) = events.recv() => {
                 // Take every event already queued, then reconcile once.
-                let mut relevant = apply(&mut store, event);
+                let mut changed = Vec::new();
+                let mut relevant = apply(&mut store, event, &mut changed);
                 while let Ok(event) = events.try_recv() {
-                    relevant |= apply(&mut store, event);
+                    relevant |= apply(&mut store, event, &mut changed);
                 }
-                if relevant && store.synced() {
+                if !store.synced() {
+                    continue;
+                }
+                if relevant {
                     enrollment.reconcile(&store, &mut datapath);
                 }
+                if built {
+                    view.changed(&store, &changed);
+                } else {
+                    view.rebuild(&store);
+                    built = true;
+                }
+                view.refusals(&store);
+                view.set_cookies(&store, enrollment.cookies());
             }
             _ = retry.tick() => {
                 if store.synced() {
                     enrollment.reconcile(&store, &mut datapath);
+                    view.set_cookies(&store, enrollment.cookies());
                 }
             }
             _ = ticker.tick() => {
@@ -139,10 +189,21 @@ async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Applies one event; true if it may change enrollment.
-fn apply(store: &mut Store, event: SourceEvent) -> bool {
+/// Applies one event, noting the objects it changed; true if it may change
+/// enrollment.
+fn apply(store: &mut Store, event: SourceEvent, changed: &mut Vec<ObjectKey>) -> bool {
     match store.apply(event) {
-        Applied::Changed(key) | Applied::Refused(key) => Enrollment::cares_about(key.kind),
+        Applied::Changed(key) => {
+            let relevant = Enrollment::cares_about(key.kind);
+            changed.push(key);
+            relevant
+        }
+        // A refusal can change a fail-closed decision (PeerAuthentication).
+        Applied::Refused(key) => {
+            let relevant = Enrollment::cares_about(key.kind);
+            changed.push(key);
+            relevant
+        }
         Applied::Synced => true,
         Applied::Unchanged => false,
     }

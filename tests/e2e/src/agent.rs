@@ -48,8 +48,11 @@ fn start_agent_with(cluster: &Cluster, node: &Node, extra: &[&str]) -> Result<Pr
         node.gateway, node.ip, node.gateway6, node.ip6
     );
     let ztunnel6 = node.gateway6.to_string();
+    let socket = agent_socket(cluster, node)?.to_string_lossy().into_owned();
     let args = [
         "run",
+        "--socket",
+        &socket,
         "--node",
         &node.name,
         "--cgroup",
@@ -69,6 +72,11 @@ fn start_agent_with(cluster: &Cluster, node: &Node, extra: &[&str]) -> Result<Pr
     let mut process = cluster.spawn(&node.sandbox, &agent.to_string_lossy(), &args)?;
     process.wait_for_output("node agent ready", Duration::from_secs(20))?;
     Ok(process)
+}
+
+/// Where node `node`'s agent serves its proxies.
+pub fn agent_socket(cluster: &Cluster, node: &Node) -> Result<std::path::PathBuf> {
+    Ok(cluster.node_dir(node)?.join("agent.sock"))
 }
 
 /// Starts `warren-sample transparent` on the node's outbound port, in

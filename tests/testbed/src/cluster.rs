@@ -372,6 +372,14 @@ impl Cluster {
         self.dir.join("config")
     }
 
+    /// A folder for a node's daemons' runtime files (the agent's socket, the
+    /// CA's state), removed with the cluster.
+    pub fn node_dir(&self, node: &Node) -> Result<PathBuf> {
+        let dir = self.dir.join("nodes").join(&node.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+
     /// The folder holding the output of processes started here.
     pub fn log_dir(&self) -> PathBuf {
         self.dir.join("logs")

@@ -4,14 +4,36 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Subcommand;
+use warren_api::config::{DumpRequest, Role, StatusRequest};
 use warren_node_agent::model::{
     ConfigError, FieldError, Object,
     object::{parse_document, split_documents},
     validate,
 };
 
+use crate::{agent::AgentArgs, dump, table};
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
 #[derive(Subcommand)]
 pub enum Command {
+    /// The node agent's current view: what it serves this node's ztunnel.
+    Dump {
+        #[command(flatten)]
+        agent: AgentArgs,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Each subscribed proxy: the version it was sent, the one it
+    /// acknowledged, and why it refused one, if it did.
+    Status {
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
     /// Check YAML/JSON files offline with the agent's own rules; exits
     /// non-zero if any object would be refused.
     Validate {
@@ -24,6 +46,67 @@ pub enum Command {
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Validate { files } => validate_files(&files),
+        Command::Dump { agent, output } => {
+            let dump = agent.call(|mut c| async move {
+                c.dump(DumpRequest {
+                    role: Role::Ztunnel as i32,
+                    namespace: String::new(),
+                })
+                .await
+                .map(tonic::Response::into_inner)
+            })?;
+            match output {
+                Output::Json => dump::print_json(&dump)?,
+                Output::Table => dump::print_tables(&dump),
+            }
+            Ok(())
+        }
+        Command::Status { agent } => {
+            let status = agent.call(|mut c| async move {
+                c.status(StatusRequest {})
+                    .await
+                    .map(tonic::Response::into_inner)
+            })?;
+            println!("view version {}", status.version);
+            let rows: Vec<Vec<String>> = status
+                .clients
+                .iter()
+                .map(|c| {
+                    let role = Role::try_from(c.role).map_or("?", |r| r.as_str_name());
+                    let behind = status.version.saturating_sub(c.acked_version);
+                    vec![
+                        c.client_id.clone(),
+                        role.to_owned(),
+                        c.sent_version.to_string(),
+                        c.acked_version.to_string(),
+                        if behind == 0 {
+                            "in sync".into()
+                        } else {
+                            format!("{behind} behind")
+                        },
+                        c.nacks.to_string(),
+                        if c.nacks == 0 {
+                            "-".into()
+                        } else {
+                            format!("v{}: {}", c.nacked_version, c.nack_reason)
+                        },
+                    ]
+                })
+                .collect();
+            table::print(
+                &[
+                    "CLIENT",
+                    "ROLE",
+                    "SENT",
+                    "ACKED",
+                    "STATE",
+                    "NACKS",
+                    "LAST NACK",
+                ],
+                &rows,
+            );
+            Ok(())
+        }
     }
 }
 

@@ -1,9 +1,11 @@
-//! `warrenctl`: Warren's debugging CLI, in the spirit of bpftool. It reads
-//! what the kernel holds (pins, maps, programs) directly, so it works with
-//! no agent running.
+//! `warrenctl`: Warren's debugging CLI, in the spirit of bpftool. `bpf`
+//! reads what the kernel holds (pins, maps, programs) directly, so it works
+//! with no agent running; `config dump|status` ask the node agent.
 
+mod agent;
 mod bpf;
 mod config;
+mod dump;
 mod table;
 
 use anyhow::Result;
@@ -21,7 +23,8 @@ enum Command {
     /// The node's eBPF programs, maps and enrolled pods.
     #[command(subcommand)]
     Bpf(bpf::Command),
-    /// Configuration: validate files offline.
+    /// Configuration: validate files offline; the agent's view and its
+    /// proxies' sync status.
     #[command(subcommand)]
     Config(config::Command),
 }

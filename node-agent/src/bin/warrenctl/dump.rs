@@ -1,0 +1,257 @@
+//! The per-node view for people: tables by kind, or JSON with addresses
+//! and enums spelled out.
+
+use serde_json::{Value, json};
+use warren_api::{
+    addr,
+    config::{
+        Action, Authorization, Certificate, Cidr, DumpResponse, InboundMode, Match, MeshSettings,
+        OutboundPolicy, Resource, Scope, Service, StringMatch, TunnelProtocol, Workload,
+        resource::Kind, string_match::Kind as SKind,
+    },
+};
+
+use crate::table;
+
+fn ip(bytes: &[u8]) -> String {
+    addr::from_bytes(bytes).map_or_else(|| format!("<{} bytes>", bytes.len()), |ip| ip.to_string())
+}
+
+fn ips(list: &[Vec<u8>]) -> Vec<String> {
+    list.iter().map(|b| ip(b)).collect()
+}
+
+fn enum_name<E: TryFrom<i32>>(value: i32, name: impl Fn(&E) -> &'static str) -> String {
+    E::try_from(value).map_or_else(|_| value.to_string(), |e| name(&e).to_owned())
+}
+
+fn protocol(w: &Workload) -> String {
+    enum_name(w.protocol, |e: &TunnelProtocol| e.as_str_name())
+}
+
+fn mode(m: i32) -> String {
+    enum_name(m, |e: &InboundMode| e.as_str_name())
+}
+
+fn string_match(m: &StringMatch) -> String {
+    match &m.kind {
+        Some(SKind::Exact(s)) => s.clone(),
+        Some(SKind::Prefix(s)) => format!("{s}*"),
+        Some(SKind::Suffix(s)) => format!("*{s}"),
+        Some(SKind::Presence(_)) => "*".into(),
+        None => "<empty>".into(),
+    }
+}
+
+fn cidr(c: &Cidr) -> String {
+    format!("{}/{}", ip(&c.address), c.prefix_len)
+}
+
+fn match_json(m: &Match) -> Value {
+    let strings = |v: &[StringMatch]| v.iter().map(string_match).collect::<Vec<_>>();
+    let cidrs = |v: &[Cidr]| v.iter().map(cidr).collect::<Vec<_>>();
+    let mut out = serde_json::Map::new();
+    let mut put = |k: &str, v: Vec<String>| {
+        if !v.is_empty() {
+            out.insert(k.into(), json!(v));
+        }
+    };
+    put("principals", strings(&m.principals));
+    put("notPrincipals", strings(&m.not_principals));
+    put("namespaces", strings(&m.namespaces));
+    put("notNamespaces", strings(&m.not_namespaces));
+    put("sourceIps", cidrs(&m.source_ips));
+    put("notSourceIps", cidrs(&m.not_source_ips));
+    put("destinationIps", cidrs(&m.destination_ips));
+    put("notDestinationIps", cidrs(&m.not_destination_ips));
+    let ports = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>();
+    put("destinationPorts", ports(&m.destination_ports));
+    put("notDestinationPorts", ports(&m.not_destination_ports));
+    Value::Object(out)
+}
+
+fn workload_json(w: &Workload) -> Value {
+    json!({
+        "uid": w.uid, "name": w.name, "namespace": w.namespace,
+        "serviceAccount": w.service_account, "node": w.node,
+        "addresses": ips(&w.addresses), "nodeAddress": ip(&w.node_address),
+        "protocol": protocol(w), "trustDomain": w.trust_domain,
+        "canonicalName": w.canonical_name, "canonicalRevision": w.canonical_revision,
+        "workloadName": w.workload_name, "labels": w.labels,
+        "authorizationPolicies": w.authorization_policies,
+        "inboundMode": mode(w.inbound_mode),
+        "portModes": w.port_modes.iter().map(|(p, m)| (p.to_string(), mode(*m))).collect::<std::collections::BTreeMap<_, _>>(),
+        "isWaypoint": w.is_waypoint, "netnsCookie": w.netns_cookie,
+    })
+}
+
+fn service_json(s: &Service) -> Value {
+    json!({
+        "name": s.name, "namespace": s.namespace, "hostname": s.hostname,
+        "vips": ips(&s.vips),
+        "ports": s.ports.iter().map(|p| json!({"port": p.port, "targetPort": p.target_port, "name": p.name, "appProtocol": p.app_protocol})).collect::<Vec<_>>(),
+        "endpoints": s.endpoints.iter().map(|e| json!({"workload": e.workload, "address": ip(&e.address), "ready": e.ready, "ports": e.ports})).collect::<Vec<_>>(),
+        "waypoint": s.waypoint.as_ref().map(|w| json!({"workload": w.workload, "address": ip(&w.address), "hbonePort": w.hbone_port, "identity": w.identity})),
+    })
+}
+
+fn authorization_json(a: &Authorization) -> Value {
+    json!({
+        "name": a.name, "namespace": a.namespace,
+        "scope": enum_name(a.scope, |e: &Scope| e.as_str_name()),
+        "action": enum_name(a.action, |e: &Action| e.as_str_name()),
+        "rules": a.rules.iter().map(|r| r.clauses.iter().map(|c| c.matches.iter().map(match_json).collect::<Vec<_>>()).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "notes": a.notes,
+    })
+}
+
+fn mesh_json(m: &MeshSettings) -> Value {
+    json!({
+        "trustDomain": m.trust_domain, "rootNamespace": m.root_namespace,
+        "outboundPolicy": enum_name(m.outbound_policy, |e: &OutboundPolicy| e.as_str_name()),
+        "node": m.node, "nodeAddresses": ips(&m.node_addresses),
+    })
+}
+
+/// A certificate without its private key: a dump never shows keys.
+fn certificate_json(c: &Certificate) -> Value {
+    json!({
+        "identity": c.identity, "chainLength": c.chain_pem.len(),
+        "notBefore": c.not_before, "notAfter": c.not_after,
+    })
+}
+
+pub fn resource_json(r: &Resource) -> Value {
+    let (kind, body) = match &r.kind {
+        Some(Kind::Workload(w)) => ("Workload", workload_json(w)),
+        Some(Kind::Service(s)) => ("Service", service_json(s)),
+        Some(Kind::Authorization(a)) => ("Authorization", authorization_json(a)),
+        Some(Kind::Mesh(m)) => ("MeshSettings", mesh_json(m)),
+        Some(Kind::Certificate(c)) => ("Certificate", certificate_json(c)),
+        Some(Kind::TrustBundle(t)) => ("TrustBundle", json!({ "roots": t.roots_pem.len() })),
+        None => ("Unknown", Value::Null),
+    };
+    json!({ "key": r.key, "kind": kind, "spec": body })
+}
+
+pub fn print_json(dump: &DumpResponse) -> anyhow::Result<()> {
+    let value = json!({
+        "version": dump.version,
+        "resources": dump.resources.iter().map(resource_json).collect::<Vec<_>>(),
+        "refused": dump.refusals.iter().map(|r| json!({"object": r.object, "error": r.error})).collect::<Vec<_>>(),
+    });
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
+pub fn print_tables(dump: &DumpResponse) {
+    let of = |pick: fn(&Kind) -> bool| {
+        dump.resources
+            .iter()
+            .filter(move |r| r.kind.as_ref().is_some_and(pick))
+    };
+    println!("view version {}\n", dump.version);
+    for r in of(|k| matches!(k, Kind::Mesh(_))) {
+        if let Some(Kind::Mesh(m)) = &r.kind {
+            println!(
+                "MESH  trust domain {}  root namespace {}  outbound {}  node {} ({})\n",
+                m.trust_domain,
+                m.root_namespace,
+                enum_name(m.outbound_policy, |e: &OutboundPolicy| e.as_str_name()),
+                m.node,
+                ips(&m.node_addresses).join(", ")
+            );
+        }
+    }
+    let rows: Vec<Vec<String>> = of(|k| matches!(k, Kind::Workload(_)))
+        .filter_map(|r| match &r.kind {
+            Some(Kind::Workload(w)) => Some(vec![
+                w.uid.clone(),
+                w.node.clone(),
+                ips(&w.addresses).join(","),
+                protocol(w),
+                w.service_account.clone(),
+                mode(w.inbound_mode),
+                w.authorization_policies.len().to_string(),
+            ]),
+            _ => None,
+        })
+        .collect();
+    println!("WORKLOADS ({})", rows.len());
+    table::print(
+        &[
+            "WORKLOAD",
+            "NODE",
+            "ADDRESSES",
+            "PROTOCOL",
+            "SERVICE ACCOUNT",
+            "INBOUND",
+            "POLICIES",
+        ],
+        &rows,
+    );
+    let rows: Vec<Vec<String>> = of(|k| matches!(k, Kind::Service(_)))
+        .filter_map(|r| match &r.kind {
+            Some(Kind::Service(s)) => Some(vec![
+                format!("{}/{}", s.namespace, s.name),
+                ips(&s.vips).join(","),
+                s.ports
+                    .iter()
+                    .map(|p| {
+                        if p.target_port == 0 || p.target_port == p.port {
+                            p.port.to_string()
+                        } else {
+                            format!("{}→{}", p.port, p.target_port)
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                format!(
+                    "{}/{}",
+                    s.endpoints.iter().filter(|e| e.ready).count(),
+                    s.endpoints.len()
+                ),
+                s.waypoint
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |w| w.workload.clone()),
+            ]),
+            _ => None,
+        })
+        .collect();
+    println!("\nSERVICES ({})", rows.len());
+    table::print(&["SERVICE", "VIPS", "PORTS", "READY", "WAYPOINT"], &rows);
+    let rows: Vec<Vec<String>> = of(|k| matches!(k, Kind::Authorization(_)))
+        .filter_map(|r| match &r.kind {
+            Some(Kind::Authorization(a)) => Some(vec![
+                format!("{}/{}", a.namespace, a.name),
+                enum_name(a.scope, |e: &Scope| e.as_str_name()),
+                enum_name(a.action, |e: &Action| e.as_str_name()),
+                a.rules.len().to_string(),
+                a.notes.join("; "),
+            ]),
+            _ => None,
+        })
+        .collect();
+    println!("\nPOLICIES ({})", rows.len());
+    table::print(&["POLICY", "SCOPE", "ACTION", "RULES", "NOTES"], &rows);
+    let rows: Vec<Vec<String>> = of(|k| matches!(k, Kind::Certificate(_)))
+        .filter_map(|r| match &r.kind {
+            Some(Kind::Certificate(c)) => Some(vec![c.identity.clone(), c.not_after.to_string()]),
+            _ => None,
+        })
+        .collect();
+    println!("\nCERTIFICATES ({})", rows.len());
+    table::print(&["IDENTITY", "NOT AFTER (unix)"], &rows);
+    if !dump.refusals.is_empty() {
+        println!(
+            "\nREFUSED ({}) — the last good version of each stays in force",
+            dump.refusals.len()
+        );
+        let rows: Vec<Vec<String>> = dump
+            .refusals
+            .iter()
+            .map(|r| vec![r.object.clone(), r.error.clone()])
+            .collect();
+        table::print(&["OBJECT", "ERROR"], &rows);
+    }
+}

@@ -1,0 +1,240 @@
+//! Serving the per-node view to the proxies of this node over gRPC on a
+//! Unix socket: each subscriber gets a snapshot, then deltas as the view
+//! changes, and answers each with an ACK or a NACK.
+//!
+//! A subscriber is never sent more than it can take: its stream holds at
+//! most one update in flight, and the next one is computed when it can be
+//! sent, from what the subscriber was last sent to what the view holds then.
+//! A slow proxy therefore gets fewer, larger deltas, never a backlog.
+
+mod socket;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+use warren_api::config::{
+    ClientMessage, ClientStatus, DumpRequest, DumpResponse, Hello, Role, StatusRequest,
+    StatusResponse, Update,
+    client_message::Message,
+    config_distribution_server::{ConfigDistribution, ConfigDistributionServer},
+};
+
+pub use socket::{SocketError, bind};
+
+use crate::view::{Pending, Publisher};
+
+/// How long a new stream may take to say who it is.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message a proxy may send (ACKs and NACKs are small).
+const MAX_REQUEST: usize = 1 << 20;
+/// Largest update sent: a snapshot of a big mesh.
+const MAX_UPDATE: usize = 512 << 20;
+
+pub struct Distribution {
+    publisher: Publisher,
+    clients: Arc<Mutex<BTreeMap<u64, ClientStatus>>>,
+    next_id: AtomicU64,
+}
+
+impl Distribution {
+    pub fn new(publisher: Publisher) -> Self {
+        Self {
+            publisher,
+            clients: Arc::default(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn into_service(self) -> ConfigDistributionServer<Self> {
+        ConfigDistributionServer::new(self)
+            .max_decoding_message_size(MAX_REQUEST)
+            .max_encoding_message_size(MAX_UPDATE)
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Checks a Hello; the error says what a client must send instead.
+fn check_hello(hello: &Hello) -> Result<Role, Status> {
+    match Role::try_from(hello.role) {
+        Ok(Role::Ztunnel) => Ok(Role::Ztunnel),
+        Ok(Role::Waypoint) => Err(Status::unimplemented(
+            "the waypoint role is not served yet: only ZTUNNEL subscriptions are",
+        )),
+        Ok(Role::Unspecified) | Err(_) => Err(Status::invalid_argument(format!(
+            "hello.role {} is not a role (ZTUNNEL = 1, WAYPOINT = 2)",
+            hello.role
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl ConfigDistribution for Distribution {
+    type SubscribeStream = ReceiverStream<Result<Update, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<ClientMessage>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
+        let Some(ClientMessage {
+            message: Some(Message::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message of a subscription must be a hello",
+            ));
+        };
+        let role = check_hello(&hello)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let client_id = if hello.client_id.is_empty() {
+            format!("client-{id}")
+        } else {
+            hello.client_id.clone()
+        };
+        info!(client = %client_id, role = role.as_str_name(), "proxy subscribed");
+        lock(&self.clients).insert(
+            id,
+            ClientStatus {
+                client_id: client_id.clone(),
+                role: role as i32,
+                namespace: hello.namespace.clone(),
+                connected_at: now(),
+                ..Default::default()
+            },
+        );
+        let (tx, rx) = mpsc::channel(1);
+        let subscriber = Subscriber {
+            id,
+            client_id,
+            publisher: self.publisher.clone(),
+            version: self.publisher.watch(),
+            clients: self.clients.clone(),
+            tx,
+        };
+        tokio::spawn(subscriber.serve(inbound));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(StatusResponse {
+            version: self.publisher.lock().version(),
+            clients: lock(&self.clients).values().cloned().collect(),
+        }))
+    }
+
+    async fn dump(&self, request: Request<DumpRequest>) -> Result<Response<DumpResponse>, Status> {
+        let role = request.get_ref().role;
+        if role != Role::Ztunnel as i32 && role != Role::Unspecified as i32 {
+            return Err(Status::unimplemented("only the ztunnel view exists yet"));
+        }
+        let published = self.publisher.lock();
+        Ok(Response::new(DumpResponse {
+            version: published.version(),
+            resources: published.resources().map(|r| (**r).clone()).collect(),
+            refusals: published.refusals().to_vec(),
+        }))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One subscription's task.
+struct Subscriber {
+    id: u64,
+    client_id: String,
+    publisher: Publisher,
+    version: watch::Receiver<u64>,
+    clients: Arc<Mutex<BTreeMap<u64, ClientStatus>>>,
+    tx: mpsc::Sender<Result<Update, Status>>,
+}
+
+impl Subscriber {
+    async fn serve(mut self, mut inbound: Streaming<ClientMessage>) {
+        let mut sent: Option<u64> = None;
+        let reason = loop {
+            // Nothing is served before the view's first build: a proxy
+            // must not take an empty mesh for the real one.
+            if *self.version.borrow_and_update() > 0 {
+                let pending = self.publisher.lock().pending(sent);
+                if let Pending::Update(update) = pending {
+                    let (version, resources) = (update.version, update.upserts.len());
+                    self.record(|s| {
+                        s.sent_version = version;
+                        if update.snapshot {
+                            s.resources = resources as u64;
+                        }
+                    });
+                    if self.tx.send(Ok(update)).await.is_err() {
+                        break "stream closed".to_owned();
+                    }
+                    sent = Some(version);
+                }
+            }
+            tokio::select! {
+                changed = self.version.changed() => {
+                    if changed.is_err() {
+                        break "agent stopping".to_owned();
+                    }
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(ClientMessage { message: Some(Message::Ack(ack)) })) => {
+                        self.record(|s| s.acked_version = s.acked_version.max(ack.version));
+                    }
+                    Ok(Some(ClientMessage { message: Some(Message::Nack(nack)) })) => {
+                        warn!(
+                            client = %self.client_id,
+                            version = nack.version,
+                            reason = %nack.reason,
+                            refused = ?nack.refused,
+                            "proxy refused part of an update"
+                        );
+                        self.record(|s| {
+                            s.nacked_version = nack.version;
+                            s.nack_reason = nack.reason.clone();
+                            s.nacks += 1;
+                        });
+                    }
+                    Ok(Some(_)) => {
+                        let _ = self
+                            .tx
+                            .send(Err(Status::invalid_argument(
+                                "after the hello, a subscriber sends only ACKs and NACKs",
+                            )))
+                            .await;
+                        break "protocol error".to_owned();
+                    }
+                    Ok(None) => break "closed by the proxy".to_owned(),
+                    Err(status) => break format!("stream error: {}", status.message()),
+                },
+            }
+        };
+        info!(client = %self.client_id, %reason, "proxy unsubscribed");
+        lock(&self.clients).remove(&self.id);
+    }
+
+    fn record(&self, change: impl FnOnce(&mut ClientStatus)) {
+        if let Some(status) = lock(&self.clients).get_mut(&self.id) {
+            change(status);
+        }
+    }
+}
