@@ -1,1 +1,25 @@
 //! Warren's ztunnel: the node-local L4 proxy (see README.md).
+//!
+//! - [`config`]: every knob, with its flag, environment variable and default.
+//! - [`state`]: what ztunnel knows (workloads, services, policies, certificates), fed by
+//!   [`subscription`] from the node agent's config stream.
+//! - [`proxy`]: the data path (outbound capture, HBONE in and out, plaintext inbound).
+//! - [`tls`], [`rbac`]: mTLS by SPIFFE identity and L4 authorization.
+//! - [`metrics`], [`admin`], [`readiness`], [`drain`]: operating it.
+//! - [`app`]: binding the listeners and starting it all, for the binary and tests.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod drain;
+pub mod http_endpoint;
+pub mod metrics;
+pub mod proxy;
+pub mod rbac;
+pub mod readiness;
+pub mod state;
+pub mod subscription;
+pub mod tls;
+
+pub use app::{Addresses, Ztunnel};
+pub use config::Config;

@@ -1,5 +1,79 @@
-//! `warren-ztunnel`: the node-local L4 proxy.
+//! `warren-ztunnel`: the node-local L4 proxy. Subscribes to the node agent's config
+//! stream, serves its listeners, and drains on SIGTERM, SIGINT or `/quitquitquit`.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+use tracing_subscriber::{
+    EnvFilter, layer::SubscriberExt as _, reload, util::SubscriberInitExt as _,
+};
+use warren_api::{
+    config::{Hello, Role},
+    subscribe::Subscriber,
+};
+use warren_ztunnel::{
+    Config, Ztunnel, admin::LogControl, drain, state::State, subscription::Subscription,
+};
 
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("warren-ztunnel is being built (issue #5)")
+    let config = Config::parse();
+    let filter = EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("bad log filter {:?}", config.log_level))?;
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+    let log: LogControl = Arc::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(run(config, log))
+}
+
+async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
+    // Installing the crypto provider process-wide lets rustls pick it where a config
+    // is not built with one explicitly (tokio-rustls, hyper).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    let state = State::new(config.node_name.clone(), config.hbone_port);
+    let client_id = config
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("ztunnel-{}", std::process::id()));
+    let subscriber = Subscriber::new(
+        config.agent_socket.clone(),
+        Hello {
+            role: Role::Ztunnel.into(),
+            namespace: String::new(),
+            client_id,
+        },
+    );
+    info!(socket = %config.agent_socket.display(), "subscribing to the node agent");
+    let subscription = tokio::spawn(subscriber.run(Subscription::new(Arc::clone(&state))));
+
+    let ztunnel = Ztunnel::start(config, state, Some(log)).await?;
+    info!(addresses = ?ztunnel.addresses, "ztunnel started; ready once config and certificates arrive");
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM: draining"),
+        _ = sigint.recv() => info!("SIGINT: draining"),
+        () = ztunnel.quit_requested() => {}
+    }
+    subscription.abort();
+    match ztunnel.drain().await {
+        drain::Outcome::Clean => info!("drained: every connection finished"),
+        drain::Outcome::Forced => info!("drain deadline passed: remaining connections cut"),
+    }
+    Ok(())
 }

@@ -1,0 +1,170 @@
+//! L4 telemetry with Istio's metric names and labels, so existing dashboards work, plus
+//! counters of refused connections by reason.
+
+use std::sync::Mutex;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue},
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+
+use crate::state::Workload;
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Reporter {
+    source,
+    destination,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum SecurityPolicy {
+    mutual_tls,
+    unknown,
+}
+
+/// Istio's TCP labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub reporter: Reporter,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    pub source_canonical_service: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+    pub destination_canonical_service: String,
+    pub destination_service: String,
+    pub connection_security_policy: SecurityPolicy,
+}
+
+const UNKNOWN: &str = "unknown";
+
+impl ConnectionLabels {
+    pub fn new(
+        reporter: Reporter,
+        source: Option<&Workload>,
+        source_identity: Option<&warren_api::Identity>,
+        destination: Option<&Workload>,
+        destination_service: Option<&str>,
+        security: SecurityPolicy,
+    ) -> Self {
+        let name = |w: Option<&Workload>| w.map_or(UNKNOWN, Workload::telemetry_name).to_owned();
+        let namespace =
+            |w: Option<&Workload>| w.map_or(UNKNOWN, |w| w.namespace.as_str()).to_owned();
+        let canonical = |w: Option<&Workload>| {
+            w.map(|w| {
+                if w.canonical_name.is_empty() {
+                    w.telemetry_name()
+                } else {
+                    &w.canonical_name
+                }
+            })
+            .unwrap_or(UNKNOWN)
+            .to_owned()
+        };
+        let principal = |id: Option<&warren_api::Identity>| {
+            id.map_or_else(|| UNKNOWN.to_owned(), ToString::to_string)
+        };
+        ConnectionLabels {
+            reporter,
+            source_workload: name(source),
+            source_workload_namespace: namespace(source),
+            source_principal: principal(
+                source_identity.or(source.and_then(|w| w.identity.as_ref())),
+            ),
+            source_canonical_service: canonical(source),
+            destination_workload: name(destination),
+            destination_workload_namespace: namespace(destination),
+            destination_principal: principal(destination.and_then(|w| w.identity.as_ref())),
+            destination_canonical_service: canonical(destination),
+            destination_service: destination_service.unwrap_or(UNKNOWN).to_owned(),
+            connection_security_policy: security,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// The listener: outbound, inbound (HBONE), inbound_passthrough.
+    pub direction: &'static str,
+    pub reason: &'static str,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub opened: Family<ConnectionLabels, Counter>,
+    pub closed: Family<ConnectionLabels, Counter>,
+    pub sent: Family<ConnectionLabels, Counter>,
+    pub received: Family<ConnectionLabels, Counter>,
+    pub refused: Family<RefusalLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let opened = Family::<ConnectionLabels, Counter>::default();
+        let closed = Family::<ConnectionLabels, Counter>::default();
+        let sent = Family::<ConnectionLabels, Counter>::default();
+        let received = Family::<ConnectionLabels, Counter>::default();
+        let refused = Family::<RefusalLabels, Counter>::default();
+        // The registry adds `_total` to counters.
+        registry.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            closed.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent by the client (to the destination)",
+            sent.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received by the client (from the destination)",
+            received.clone(),
+        );
+        registry.register(
+            "warren_ztunnel_refused_connections",
+            "Connections ztunnel refused or reset, by listener and reason",
+            refused.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            opened,
+            closed,
+            sent,
+            received,
+            refused,
+        }
+    }
+
+    pub fn refuse(&self, direction: &'static str, reason: &'static str) {
+        self.refused
+            .get_or_create(&RefusalLabels { direction, reason })
+            .inc();
+    }
+
+    /// The Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}

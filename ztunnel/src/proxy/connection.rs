@@ -1,0 +1,198 @@
+//! One proxied connection: relaying bytes both ways, counting them, and reporting it once
+//! (metrics and the access log line) however it ends.
+
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use warren_api::Identity;
+
+use crate::{
+    drain,
+    metrics::{ConnectionLabels, Metrics},
+};
+
+/// Counts the bytes read through it.
+pub struct Counting<S> {
+    inner: S,
+    pub read: u64,
+}
+
+impl<S> Counting<S> {
+    pub fn new(inner: S) -> Self {
+        Counting { inner, read: 0 }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        self.read += n as u64;
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// How a relay went: bytes from the downstream (client) side and from the upstream, and
+/// why it ended if not cleanly.
+pub struct Relayed {
+    pub sent: u64,
+    pub received: u64,
+    pub error: Option<String>,
+}
+
+/// Copies both ways until both directions have ended. An EOF on one side shuts down the
+/// other's writing (half-close) and the answer keeps flowing. Cut when the drain deadline
+/// passes.
+pub async fn relay<D, U>(
+    downstream: D,
+    upstream: U,
+    buffer: usize,
+    drain: &mut drain::Watch,
+) -> Relayed
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut down = Counting::new(downstream);
+    let mut up = Counting::new(upstream);
+    let error = tokio::select! {
+        result = tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, buffer, buffer) => {
+            result.err().map(|e| e.to_string())
+        }
+        () = drain.forced() => Some("cut at the drain deadline".to_owned()),
+    };
+    Relayed {
+        sent: down.read,
+        received: up.read,
+        error,
+    }
+}
+
+/// What the access log says of a connection.
+pub struct AccessLog {
+    pub direction: &'static str,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub src_identity: Option<Identity>,
+    pub dst_identity: Option<Identity>,
+    pub dst_service: Option<String>,
+    /// How it was carried: `hbone`, `direct` (same node), `plain`, `passthrough`.
+    pub path: &'static str,
+}
+
+/// Reports a connection that was opened: counted now, closed and logged exactly once,
+/// by [`Report::finish`] or, if the task is cancelled, on drop.
+pub struct Report<'m> {
+    metrics: &'m Metrics,
+    labels: Vec<ConnectionLabels>,
+    log: AccessLog,
+    started: Instant,
+    done: bool,
+}
+
+impl<'m> Report<'m> {
+    /// `labels`: one set per reporter (a same-node connection reports as source and as
+    /// destination).
+    pub fn open(metrics: &'m Metrics, labels: Vec<ConnectionLabels>, log: AccessLog) -> Self {
+        for l in &labels {
+            metrics.opened.get_or_create(l).inc();
+        }
+        Report {
+            metrics,
+            labels,
+            log,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    pub fn finish(mut self, relayed: &Relayed) {
+        self.record(
+            relayed.sent,
+            relayed.received,
+            relayed.error.as_deref().map_or("ok", |_| "error"),
+            relayed.error.as_deref(),
+        );
+    }
+
+    /// The connection failed before any byte was relayed.
+    pub fn fail(mut self, reason: &str) {
+        self.record(0, 0, "refused", Some(reason));
+    }
+
+    fn record(&mut self, sent: u64, received: u64, outcome: &str, reason: Option<&str>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        for l in &self.labels {
+            self.metrics.closed.get_or_create(l).inc();
+            self.metrics.sent.get_or_create(l).inc_by(sent);
+            self.metrics.received.get_or_create(l).inc_by(received);
+        }
+        let log = &self.log;
+        tracing::info!(
+            target: "access",
+            direction = log.direction,
+            src = %log.src,
+            dst = %log.dst,
+            src_identity = log.src_identity.as_ref().map(tracing::field::display),
+            dst_identity = log.dst_identity.as_ref().map(tracing::field::display),
+            dst_service = log.dst_service.as_deref(),
+            path = log.path,
+            bytes_sent = sent,
+            bytes_received = received,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            outcome,
+            reason,
+            "connection complete"
+        );
+    }
+}
+
+impl Drop for Report<'_> {
+    fn drop(&mut self) {
+        self.record(0, 0, "cancelled", Some("the connection task ended early"));
+    }
+}

@@ -1,0 +1,176 @@
+//! HBONE inbound (15008): a CONNECT from a peer ztunnel, already mutually
+//! authenticated, for a pod of this node. PeerAuthentication is satisfied (HBONE is
+//! mTLS); the pod's L4 AuthorizationPolicies decide; then the pod is dialled and bytes
+//! flow through the CONNECT stream.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use super::{
+    Inputs, connect,
+    connection::{AccessLog, Report, relay},
+    hbone::{FORWARDED, Tunnel, forwarded_for, server::Peer},
+};
+use crate::{
+    drain,
+    metrics::{ConnectionLabels, Reporter, SecurityPolicy},
+    rbac,
+};
+
+const DIRECTION: &str = "inbound";
+
+/// Accepts HBONE connections until draining starts.
+pub async fn serve(inputs: Arc<Inputs>, listener: TcpListener, drain: drain::Watch) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "HBONE listener ready");
+    }
+    super::accept_loop(listener, drain, "hbone", move |stream, peer, drain| {
+        super::hbone::server::serve(Arc::clone(&inputs), stream, peer, drain)
+    })
+    .await;
+}
+
+fn answer(status: StatusCode, reason: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(reason.into())));
+    *response.status_mut() = status;
+    response
+}
+
+/// Answers one request of an HBONE connection.
+pub async fn handle(
+    inputs: Arc<Inputs>,
+    mut request: Request<Incoming>,
+    peer: Arc<Peer>,
+    drain: drain::Watch,
+) -> Response<Full<Bytes>> {
+    let refuse = |status: StatusCode, reason: &'static str, detail: String| {
+        warn!(peer = %peer.addr, identity = %peer.identity, reason, %detail, "HBONE request refused");
+        inputs.metrics.refuse(DIRECTION, reason);
+        answer(status, detail)
+    };
+    if request.method() != Method::CONNECT {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "not_connect",
+            format!("only CONNECT is served here, not {}", request.method()),
+        );
+    }
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
+    let Ok(dst) = authority.parse::<SocketAddr>() else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_authority",
+            format!("the CONNECT authority {authority:?} is not an ip:port"),
+        );
+    };
+    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+    let state = &inputs.state;
+    let Some(workload) = state.workload_by_ip(dst.ip()).filter(|w| state.is_local(w)) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "unknown_destination",
+            format!("{} is not a workload of this node", dst.ip()),
+        );
+    };
+
+    // The original source: the client's `Forwarded: for=`, unless that address is a
+    // workload with another identity (an identity may not speak for another's address).
+    let claimed = request
+        .headers()
+        .get(FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(forwarded_for)
+        .map(|ip| ip.to_canonical());
+    let source_workload = claimed.and_then(|ip| state.workload_by_ip(ip));
+    let src_ip = match (claimed, &source_workload) {
+        (Some(ip), Some(w)) if w.identity.as_ref() == Some(&peer.identity) => ip,
+        (Some(ip), None) => ip,
+        (Some(ip), Some(_)) => {
+            debug!(claimed = %ip, identity = %peer.identity, "Forwarded names another identity's workload; using the peer address");
+            peer.addr.ip().to_canonical()
+        }
+        (None, _) => peer.addr.ip().to_canonical(),
+    };
+    let source_workload = source_workload.filter(|w| w.identity.as_ref() == Some(&peer.identity));
+
+    let conn = rbac::Connection {
+        src_identity: Some(&peer.identity),
+        src_ip,
+        dst,
+    };
+    if let Err(denied) = state.authorize(&workload, &conn) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            denied.reason(),
+            format!("{conn}: {denied}"),
+        );
+    }
+
+    let labels = ConnectionLabels::new(
+        Reporter::destination,
+        source_workload.as_deref(),
+        Some(&peer.identity),
+        Some(&workload),
+        None,
+        SecurityPolicy::mutual_tls,
+    );
+    let log = AccessLog {
+        direction: DIRECTION,
+        src: SocketAddr::new(src_ip, 0),
+        dst,
+        src_identity: Some(peer.identity.clone()),
+        dst_identity: workload.identity.clone(),
+        dst_service: None,
+        path: "hbone",
+    };
+    let pod = match connect(
+        dst,
+        inputs.config.socket_mark(),
+        inputs.config.connect_timeout,
+    )
+    .await
+    {
+        Ok(pod) => pod,
+        Err(error) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "pod_connect",
+                format!("connecting to {dst}: {error}"),
+            );
+        }
+    };
+    let upgrade = hyper::upgrade::on(&mut request);
+    let task_inputs = Arc::clone(&inputs);
+    let mut drain = drain;
+    tokio::spawn(async move {
+        let metrics = &task_inputs.metrics;
+        let report = Report::open(metrics, vec![labels], log);
+        match upgrade.await {
+            Ok(upgraded) => {
+                let relayed = relay(
+                    Tunnel::new(upgraded, None),
+                    pod,
+                    task_inputs.config.buffer_size,
+                    &mut drain,
+                )
+                .await;
+                report.finish(&relayed);
+            }
+            Err(error) => {
+                metrics.refuse(DIRECTION, "upgrade");
+                report.fail(&format!("the CONNECT stream did not open: {error}"));
+            }
+        }
+    });
+    Response::new(Full::new(Bytes::new()))
+}

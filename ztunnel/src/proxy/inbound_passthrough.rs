@@ -1,0 +1,128 @@
+//! Plaintext inbound (15006): a connection from outside the mesh to a pod of this node.
+//! Allowed only where PeerAuthentication is PERMISSIVE (or DISABLE) for that port, and
+//! then only as the pod's policies allow a peer with no identity.
+
+use std::{net::SocketAddr, os::fd::AsFd as _, sync::Arc};
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
+use warren_ebpf_common::origin;
+
+use super::{
+    Inputs, connect,
+    connection::{AccessLog, Report, relay},
+    reset,
+};
+use crate::{
+    drain,
+    metrics::{ConnectionLabels, Reporter, SecurityPolicy},
+    rbac,
+    state::workload::Mode,
+};
+
+const DIRECTION: &str = "inbound_passthrough";
+
+pub async fn serve(inputs: Arc<Inputs>, listener: TcpListener, drain: drain::Watch) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "inbound plaintext listener ready");
+    }
+    super::accept_loop(listener, drain, "inbound_passthrough", move |stream, peer, drain| {
+        let inputs = Arc::clone(&inputs);
+        async move {
+            let dst = stream
+                .local_addr()
+                .map_err(|source| origin::LookupError::Getsockopt { option: "getsockname", source })
+                .and_then(|local| origin::original_dst(stream.as_fd(), peer, local));
+            match dst {
+                Ok(dst) => handle(inputs, stream, peer, dst, drain).await,
+                Err(error) => {
+                    warn!(%peer, %error, "plaintext inbound without an original destination; resetting");
+                    inputs.metrics.refuse(DIRECTION, "no_original_destination");
+                    reset(stream);
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// Proxies one plaintext inbound connection to `dst`. Public so tests can drive it
+/// without a redirect.
+pub async fn handle(
+    inputs: Arc<Inputs>,
+    client: TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    mut drain: drain::Watch,
+) {
+    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+    let refuse = |client: TcpStream, reason: &'static str, detail: String| {
+        warn!(%peer, %dst, reason, %detail, "plaintext inbound refused");
+        inputs.metrics.refuse(DIRECTION, reason);
+        reset(client);
+    };
+    let state = &inputs.state;
+    let Some(workload) = state.workload_by_ip(dst.ip()).filter(|w| state.is_local(w)) else {
+        return refuse(
+            client,
+            "unknown_destination",
+            format!("{} is not a workload of this node", dst.ip()),
+        );
+    };
+    if workload.hbone && workload.mode_on(dst.port()) == Mode::Strict {
+        return refuse(
+            client,
+            "strict_mtls",
+            format!(
+                "{} requires mTLS (STRICT) on port {}",
+                workload.key,
+                dst.port()
+            ),
+        );
+    }
+    let src_ip = peer.ip().to_canonical();
+    let conn = rbac::Connection {
+        src_identity: None,
+        src_ip,
+        dst,
+    };
+    if let Err(denied) = state.authorize(&workload, &conn) {
+        return refuse(client, denied.reason(), format!("{conn}: {denied}"));
+    }
+    let source = state.workload_by_ip(src_ip);
+    let labels = vec![ConnectionLabels::new(
+        Reporter::destination,
+        source.as_deref(),
+        None,
+        Some(&workload),
+        None,
+        SecurityPolicy::unknown,
+    )];
+    let log = AccessLog {
+        direction: DIRECTION,
+        src: peer,
+        dst,
+        src_identity: None,
+        dst_identity: workload.identity.clone(),
+        dst_service: None,
+        path: "passthrough",
+    };
+    let report = Report::open(&inputs.metrics, labels, log);
+    match connect(
+        dst,
+        inputs.config.socket_mark(),
+        inputs.config.connect_timeout,
+    )
+    .await
+    {
+        Ok(pod) => {
+            let relayed = relay(client, pod, inputs.config.buffer_size, &mut drain).await;
+            report.finish(&relayed);
+        }
+        Err(error) => {
+            inputs.metrics.refuse(DIRECTION, "pod_connect");
+            report.fail(&error.to_string());
+            reset(client);
+        }
+    }
+}

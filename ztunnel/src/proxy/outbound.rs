@@ -1,0 +1,278 @@
+//! Outbound (15001): connections the eBPF connect hook redirected from local pods. The
+//! kernel says where each was going and which pod opened it; ztunnel resolves the
+//! destination and carries the bytes: HBONE to another node (or a waypoint), straight to
+//! a pod of this node after its policy, or plain TCP outside the mesh.
+
+use std::{net::SocketAddr, os::fd::AsFd as _, sync::Arc};
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+use warren_ebpf_common::origin::{self, Origin};
+
+use super::{
+    Inputs, connect,
+    connection::{AccessLog, Report, relay},
+    pool::PoolKey,
+    reset,
+};
+use crate::{
+    drain,
+    metrics::{ConnectionLabels, Reporter, SecurityPolicy},
+    rbac,
+    state::{Upstream, Workload},
+};
+
+const DIRECTION: &str = "outbound";
+
+/// Accepts captured connections until draining starts.
+pub async fn serve(inputs: Arc<Inputs>, listener: TcpListener, drain: drain::Watch) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "outbound listener ready");
+    }
+    super::accept_loop(listener, drain, "outbound", move |stream, peer, drain| {
+        let inputs = Arc::clone(&inputs);
+        async move {
+            match lookup_origin(&stream, peer) {
+                Ok(origin) => handle(inputs, stream, peer, origin, drain).await,
+                Err(error) => {
+                    warn!(%peer, %error, "captured connection without an original destination; resetting");
+                    inputs.metrics.refuse(DIRECTION, "no_original_destination");
+                    reset(stream);
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// Asks the kernel: Warren's own option first (destination and the pod's netns cookie),
+/// then the standard `SO_ORIGINAL_DST` (destination only).
+fn lookup_origin(stream: &TcpStream, peer: SocketAddr) -> Result<Origin, origin::LookupError> {
+    let local = stream
+        .local_addr()
+        .map_err(|source| origin::LookupError::Getsockopt {
+            option: "getsockname",
+            source,
+        })?;
+    match origin::origin(stream.as_fd(), local) {
+        Ok(found) => Ok(found),
+        Err(error) => {
+            debug!(%peer, %error, "SO_WARREN_ORIGIN unanswered; asking SO_ORIGINAL_DST");
+            let dst = origin::original_dst(stream.as_fd(), peer, local)?;
+            Ok(Origin {
+                dst,
+                netns_cookie: 0,
+            })
+        }
+    }
+}
+
+/// Which pod opened the connection: by the kernel's netns cookie, else (cookie 0 or
+/// unknown) by source address.
+fn source_workload(inputs: &Inputs, peer: SocketAddr, cookie: u64) -> Option<Arc<Workload>> {
+    if cookie != 0 {
+        if let Some(w) = inputs.state.workload_by_cookie(cookie) {
+            return Some(w);
+        }
+        info!(%peer, cookie, "netns cookie unknown to ztunnel; identifying the source by address");
+    } else {
+        debug!(%peer, "no netns cookie from the kernel; identifying the source by address");
+    }
+    inputs.state.workload_by_ip(peer.ip())
+}
+
+/// Proxies one captured connection whose origin is known. Public so tests (and tools)
+/// can drive the outbound path without the eBPF capture.
+pub async fn handle(
+    inputs: Arc<Inputs>,
+    client: TcpStream,
+    peer: SocketAddr,
+    origin: Origin,
+    mut drain: drain::Watch,
+) {
+    let dst = SocketAddr::new(origin.dst.ip().to_canonical(), origin.dst.port());
+    let refuse = |client: TcpStream, reason: &'static str, detail: &dyn std::fmt::Display| {
+        warn!(%peer, %dst, reason, %detail, "outbound connection refused");
+        inputs.metrics.refuse(DIRECTION, reason);
+        reset(client);
+    };
+    let Some(source) = source_workload(&inputs, peer, origin.netns_cookie) else {
+        return refuse(
+            client,
+            "unknown_source",
+            &format_args!(
+                "no workload with cookie {} or address {}",
+                origin.netns_cookie,
+                peer.ip()
+            ),
+        );
+    };
+    let resolved = match inputs.state.resolve(dst, inputs.config.prefer_same_node) {
+        Ok(resolved) => resolved,
+        Err(error) => return refuse(client, error.reason(), &error),
+    };
+    let service = resolved.service;
+    let buffer = inputs.config.buffer_size;
+    let metrics = &inputs.metrics;
+    match resolved.upstream {
+        Upstream::Hbone {
+            gateway,
+            authority,
+            identity,
+            workload,
+            waypoint,
+        } => {
+            let Some(source_identity) = source.identity.clone() else {
+                return refuse(
+                    client,
+                    "no_source_identity",
+                    &format_args!("{} has no identity", source.key),
+                );
+            };
+            let Some(cert) = inputs.state.certificate(&source_identity) else {
+                return refuse(
+                    client,
+                    "no_certificate",
+                    &format_args!("no certificate for {source_identity}"),
+                );
+            };
+            let Some(trust) = inputs.state.trust_bundle() else {
+                return refuse(client, "no_trust_bundle", &"no trust bundle");
+            };
+            let labels = ConnectionLabels::new(
+                Reporter::source,
+                Some(&source),
+                None,
+                workload.as_deref(),
+                service.as_deref(),
+                SecurityPolicy::mutual_tls,
+            );
+            let log = AccessLog {
+                direction: DIRECTION,
+                src: peer,
+                dst: authority,
+                src_identity: Some(source_identity.clone()),
+                dst_identity: Some(identity.clone()),
+                dst_service: service.clone(),
+                path: if waypoint { "waypoint" } else { "hbone" },
+            };
+            let report = Report::open(metrics, vec![labels], log);
+            let key = PoolKey {
+                source: source_identity,
+                gateway,
+                expected: identity,
+            };
+            match inputs
+                .pool
+                .tunnel(
+                    &key,
+                    &cert,
+                    &trust,
+                    authority,
+                    Some(peer.ip().to_canonical()),
+                )
+                .await
+            {
+                Ok(tunnel) => {
+                    let relayed = relay(client, tunnel, buffer, &mut drain).await;
+                    report.finish(&relayed);
+                }
+                Err(error) => {
+                    warn!(%peer, %dst, %gateway, reason = error.reason(), %error, "HBONE tunnel failed");
+                    metrics.refuse(DIRECTION, error.reason());
+                    report.fail(&error.to_string());
+                    reset(client);
+                }
+            }
+        }
+        Upstream::SameNode { addr, workload } => {
+            // No TLS on the node, but the destination's policy all the same: the
+            // source's identity comes from the kernel (its netns cookie).
+            let conn = rbac::Connection {
+                src_identity: source.identity.as_ref(),
+                src_ip: peer.ip().to_canonical(),
+                dst: addr,
+            };
+            if let Err(denied) = inputs.state.authorize(&workload, &conn) {
+                return refuse(client, denied.reason(), &format_args!("{conn}: {denied}"));
+            }
+            let labels = [Reporter::source, Reporter::destination]
+                .into_iter()
+                .map(|reporter| {
+                    ConnectionLabels::new(
+                        reporter,
+                        Some(&source),
+                        None,
+                        Some(&workload),
+                        service.as_deref(),
+                        SecurityPolicy::mutual_tls,
+                    )
+                })
+                .collect();
+            let log = AccessLog {
+                direction: DIRECTION,
+                src: peer,
+                dst: addr,
+                src_identity: source.identity.clone(),
+                dst_identity: workload.identity.clone(),
+                dst_service: service.clone(),
+                path: "direct",
+            };
+            plain(&inputs, client, addr, labels, log, &mut drain).await;
+        }
+        Upstream::Plain { addr, workload } => {
+            let labels = vec![ConnectionLabels::new(
+                Reporter::source,
+                Some(&source),
+                None,
+                workload.as_deref(),
+                service.as_deref(),
+                SecurityPolicy::unknown,
+            )];
+            let log = AccessLog {
+                direction: DIRECTION,
+                src: peer,
+                dst: addr,
+                src_identity: source.identity.clone(),
+                dst_identity: None,
+                dst_service: service.clone(),
+                path: if workload.is_some() || service.is_some() {
+                    "plain"
+                } else {
+                    "passthrough"
+                },
+            };
+            plain(&inputs, client, addr, labels, log, &mut drain).await;
+        }
+    }
+}
+
+/// A direct TCP connection from ztunnel (marked) and the relay.
+async fn plain(
+    inputs: &Inputs,
+    client: TcpStream,
+    addr: SocketAddr,
+    labels: Vec<ConnectionLabels>,
+    log: AccessLog,
+    drain: &mut drain::Watch,
+) {
+    let report = Report::open(&inputs.metrics, labels, log);
+    match connect(
+        addr,
+        inputs.config.socket_mark(),
+        inputs.config.connect_timeout,
+    )
+    .await
+    {
+        Ok(upstream) => {
+            let relayed = relay(client, upstream, inputs.config.buffer_size, drain).await;
+            report.finish(&relayed);
+        }
+        Err(error) => {
+            warn!(%addr, %error, "outbound connect failed");
+            inputs.metrics.refuse(DIRECTION, "connect");
+            report.fail(&error.to_string());
+            reset(client);
+        }
+    }
+}

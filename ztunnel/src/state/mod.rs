@@ -1,0 +1,683 @@
+//! What ztunnel knows of the mesh: workloads, services, policies, mesh settings,
+//! certificates and roots, as the agent last sent them (see [`crate::subscription`]).
+//!
+//! The proxy asks questions here (who is this cookie, where does this address lead, may
+//! this connection pass); state never calls into the proxy.
+
+pub mod policy;
+pub mod service;
+pub mod workload;
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
+};
+
+use rustls::sign::CertifiedKey;
+use serde::Serialize;
+use tokio::sync::watch;
+use warren_api::{Identity, config::OutboundPolicy};
+
+use crate::{
+    rbac,
+    tls::{self, TrustBundle, WorkloadCertificate},
+};
+pub use policy::Authorization;
+pub use service::Service;
+pub use workload::Workload;
+
+/// A resource the agent sent that ztunnel cannot take: names the object, the field and
+/// the reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {field}: {reason}")]
+pub struct ResourceError {
+    pub key: String,
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl ResourceError {
+    pub fn new(key: &str, field: &'static str, reason: String) -> Self {
+        ResourceError {
+            key: key.to_owned(),
+            field,
+            reason,
+        }
+    }
+}
+
+/// Serializes what has a `Display` (identities) as its string, for `/config_dump`.
+pub(crate) fn serialize_display<T: ShowAs, S: serde::Serializer>(
+    value: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match value.show() {
+        Some(text) => s.serialize_str(&text),
+        None => s.serialize_none(),
+    }
+}
+
+pub(crate) trait ShowAs {
+    fn show(&self) -> Option<String>;
+}
+
+impl ShowAs for Identity {
+    fn show(&self) -> Option<String> {
+        Some(self.to_string())
+    }
+}
+
+impl ShowAs for Option<Identity> {
+    fn show(&self) -> Option<String> {
+        self.as_ref().map(ToString::to_string)
+    }
+}
+
+/// The node-wide settings (`mesh` resource).
+#[derive(Clone, Debug, Serialize)]
+pub struct Mesh {
+    pub trust_domain: String,
+    pub root_namespace: String,
+    pub registry_only: bool,
+    pub node: String,
+    pub node_addresses: Vec<IpAddr>,
+}
+
+impl Default for Mesh {
+    fn default() -> Self {
+        Mesh {
+            trust_domain: warren_api::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
+            root_namespace: String::new(),
+            registry_only: false,
+            node: String::new(),
+            node_addresses: Vec::new(),
+        }
+    }
+}
+
+impl Mesh {
+    pub fn from_proto(m: &warren_api::config::MeshSettings) -> Result<Mesh, ResourceError> {
+        let registry_only = match OutboundPolicy::try_from(m.outbound_policy) {
+            Ok(OutboundPolicy::AllowAny) => false,
+            Ok(OutboundPolicy::RegistryOnly) => true,
+            Err(_) => {
+                return Err(ResourceError::new(
+                    warren_api::key::MESH,
+                    "outbound_policy",
+                    format!("unknown outbound policy {}", m.outbound_policy),
+                ));
+            }
+        };
+        let node_addresses = m
+            .node_addresses
+            .iter()
+            .map(|b| {
+                warren_api::addr::from_bytes(b).ok_or_else(|| {
+                    ResourceError::new(
+                        warren_api::key::MESH,
+                        "node_addresses",
+                        format!("{} bytes is not an address", b.len()),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Mesh {
+            trust_domain: if m.trust_domain.is_empty() {
+                warren_api::identity::DEFAULT_TRUST_DOMAIN.to_owned()
+            } else {
+                m.trust_domain.clone()
+            },
+            root_namespace: m.root_namespace.clone(),
+            registry_only,
+            node: m.node.clone(),
+            node_addresses,
+        })
+    }
+}
+
+/// Everything, behind one lock: updates replace entries, readers take `Arc`s out.
+#[derive(Default)]
+pub struct Inner {
+    pub(crate) mesh: Option<Mesh>,
+    pub(crate) workloads: HashMap<String, Arc<Workload>>,
+    by_address: HashMap<IpAddr, String>,
+    by_cookie: HashMap<u64, String>,
+    pub(crate) services: HashMap<String, Arc<Service>>,
+    by_vip: HashMap<IpAddr, String>,
+    pub(crate) policies: HashMap<String, Arc<Authorization>>,
+    /// Keyed by resource key (`certificate/<spiffe id>`).
+    pub(crate) certificates: HashMap<String, Arc<WorkloadCertificate>>,
+    pub(crate) trust: Option<Arc<TrustBundle>>,
+    /// Changes whenever the trust bundle or the trust domain does.
+    trust_generation: u64,
+    pub(crate) synced: bool,
+    pub(crate) version: u64,
+}
+
+/// A resource ztunnel holds, by kind.
+pub enum Resource {
+    Mesh(Mesh),
+    TrustBundle(Arc<TrustBundle>),
+    Certificate(Arc<WorkloadCertificate>),
+    Authorization(Arc<Authorization>),
+    Workload(Arc<Workload>),
+    Service(Arc<Service>),
+}
+
+impl Inner {
+    /// Whether a resource with this key is held, of any kind.
+    pub fn contains(&self, key: &str) -> bool {
+        (key == warren_api::key::MESH && self.mesh.is_some())
+            || (key == warren_api::key::TRUST_BUNDLE && self.trust.is_some())
+            || self.workloads.contains_key(key)
+            || self.services.contains_key(key)
+            || self.policies.contains_key(key)
+            || self.certificates.contains_key(key)
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = Vec::new();
+        if self.mesh.is_some() {
+            keys.push(warren_api::key::MESH.to_owned());
+        }
+        if self.trust.is_some() {
+            keys.push(warren_api::key::TRUST_BUNDLE.to_owned());
+        }
+        keys.extend(self.workloads.keys().cloned());
+        keys.extend(self.services.keys().cloned());
+        keys.extend(self.policies.keys().cloned());
+        keys.extend(self.certificates.keys().cloned());
+        keys
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        self.mesh
+            .as_ref()
+            .map_or(warren_api::identity::DEFAULT_TRUST_DOMAIN, |m| {
+                &m.trust_domain
+            })
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        if key == warren_api::key::MESH {
+            if self.mesh.take().is_some() {
+                self.trust_generation += 1;
+            }
+        } else if key == warren_api::key::TRUST_BUNDLE {
+            self.trust = None;
+            self.trust_generation += 1;
+        } else if let Some(old) = self.workloads.remove(key) {
+            self.unindex_workload(&old);
+        } else if let Some(old) = self.services.remove(key) {
+            for vip in &old.vips {
+                if self.by_vip.get(vip).is_some_and(|k| k == key) {
+                    self.by_vip.remove(vip);
+                }
+            }
+        } else if self.policies.remove(key).is_none() {
+            self.certificates.remove(key);
+        }
+    }
+
+    fn unindex_workload(&mut self, old: &Workload) {
+        for ip in &old.addresses {
+            if self.by_address.get(ip).is_some_and(|k| *k == old.key) {
+                self.by_address.remove(ip);
+            }
+        }
+        if old.netns_cookie != 0
+            && self
+                .by_cookie
+                .get(&old.netns_cookie)
+                .is_some_and(|k| *k == old.key)
+        {
+            self.by_cookie.remove(&old.netns_cookie);
+        }
+    }
+
+    pub fn upsert(&mut self, key: String, resource: Resource) {
+        match resource {
+            Resource::Mesh(mesh) => {
+                if self
+                    .mesh
+                    .as_ref()
+                    .is_none_or(|m| m.trust_domain != mesh.trust_domain)
+                {
+                    self.trust_generation += 1;
+                }
+                self.mesh = Some(mesh);
+            }
+            Resource::TrustBundle(bundle) => {
+                self.trust = Some(bundle);
+                self.trust_generation += 1;
+            }
+            Resource::Certificate(cert) => {
+                self.certificates.insert(key, cert);
+            }
+            Resource::Authorization(policy) => {
+                self.policies.insert(key, policy);
+            }
+            Resource::Workload(workload) => {
+                if let Some(old) = self.workloads.remove(&key) {
+                    self.unindex_workload(&old);
+                }
+                for ip in &workload.addresses {
+                    self.by_address.insert(*ip, key.clone());
+                }
+                if workload.netns_cookie != 0 {
+                    self.by_cookie.insert(workload.netns_cookie, key.clone());
+                }
+                self.workloads.insert(key, workload);
+            }
+            Resource::Service(service) => {
+                self.remove(&key);
+                for vip in &service.vips {
+                    self.by_vip.insert(*vip, key.clone());
+                }
+                self.services.insert(key, service);
+            }
+        }
+    }
+
+    /// References that must resolve before a resource is taken: a workload's policies.
+    /// (Endpoints and waypoints are looked up when used: an endpoint whose workload is
+    /// gone is skipped.)
+    pub fn check_references(&self, resource: &Resource) -> Result<(), String> {
+        if let Resource::Workload(w) = resource {
+            let missing: Vec<&str> = w
+                .authorization_policies
+                .iter()
+                .filter(|k| !self.policies.contains_key(*k))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "authorization_policies: unknown policy {}",
+                    missing.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where an outbound connection goes.
+#[derive(Clone, Debug)]
+pub enum Upstream {
+    /// HBONE to a peer ztunnel (or waypoint) at `gateway`, CONNECT to `authority`,
+    /// accepting only `identity`.
+    Hbone {
+        gateway: SocketAddr,
+        authority: SocketAddr,
+        identity: Identity,
+        workload: Option<Arc<Workload>>,
+        /// The waypoint's workload key when the hop is a waypoint.
+        waypoint: bool,
+    },
+    /// A mesh workload of this node: straight to the pod, after its policy.
+    SameNode {
+        addr: SocketAddr,
+        workload: Arc<Workload>,
+    },
+    /// Plain TCP: a destination outside the mesh (or unknown, under ALLOW_ANY).
+    Plain {
+        addr: SocketAddr,
+        workload: Option<Arc<Workload>>,
+    },
+}
+
+/// Why no upstream could be chosen.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("{0} is not a known destination and the outbound policy is REGISTRY_ONLY")]
+    RegistryOnly(SocketAddr),
+    #[error("service {service} has no port {port}")]
+    UnknownServicePort { service: String, port: u16 },
+    #[error("service {0} has no ready endpoint")]
+    NoEndpoint(String),
+    #[error("workload {0} has no address of the destination's family")]
+    NoAddress(String),
+}
+
+impl ResolveError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ResolveError::RegistryOnly(_) => "registry_only",
+            ResolveError::UnknownServicePort { .. } => "unknown_service_port",
+            ResolveError::NoEndpoint(_) => "no_healthy_endpoint",
+            ResolveError::NoAddress(_) => "no_address",
+        }
+    }
+}
+
+/// The resolved destination with what telemetry reports of it.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub upstream: Upstream,
+    /// The service's hostname when the destination was a VIP.
+    pub service: Option<String>,
+}
+
+pub struct State {
+    inner: RwLock<Inner>,
+    /// Bumped after every applied update, so readiness can wait for changes.
+    changed: watch::Sender<u64>,
+    /// `--node-name`, when given: overrides the mesh settings' node.
+    node_override: Option<String>,
+    hbone_port: u16,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").finish_non_exhaustive()
+    }
+}
+
+impl State {
+    pub fn new(node_override: Option<String>, hbone_port: u16) -> Arc<State> {
+        Arc::new(State {
+            inner: RwLock::new(Inner::default()),
+            changed: watch::Sender::new(0),
+            node_override,
+            hbone_port,
+        })
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied map (each update
+        // replaces whole entries), so a poisoned lock is still usable.
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs an update under the write lock, then tells watchers.
+    pub fn update<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let result = {
+            let mut inner: RwLockWriteGuard<'_, Inner> =
+                self.inner.write().unwrap_or_else(|p| p.into_inner());
+            f(&mut inner)
+        };
+        self.changed.send_modify(|n| *n += 1);
+        result
+    }
+
+    /// Follows updates (for readiness).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn mesh(&self) -> Mesh {
+        self.read().mesh.clone().unwrap_or_default()
+    }
+
+    /// This node's name: `--node-name`, else the mesh settings'.
+    pub fn node(&self) -> String {
+        match &self.node_override {
+            Some(node) => node.clone(),
+            None => self
+                .read()
+                .mesh
+                .as_ref()
+                .map(|m| m.node.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn workload(&self, key: &str) -> Option<Arc<Workload>> {
+        self.read().workloads.get(key).cloned()
+    }
+
+    pub fn workload_by_cookie(&self, cookie: u64) -> Option<Arc<Workload>> {
+        let inner = self.read();
+        inner
+            .by_cookie
+            .get(&cookie)
+            .and_then(|k| inner.workloads.get(k))
+            .cloned()
+    }
+
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
+        let inner = self.read();
+        inner
+            .by_address
+            .get(&ip.to_canonical())
+            .and_then(|k| inner.workloads.get(k))
+            .cloned()
+    }
+
+    pub fn certificate(&self, identity: &Identity) -> Option<Arc<WorkloadCertificate>> {
+        self.read()
+            .certificates
+            .get(&warren_api::key::certificate(identity))
+            .cloned()
+    }
+
+    pub fn trust_bundle(&self) -> Option<Arc<TrustBundle>> {
+        self.read().trust.clone()
+    }
+
+    /// Whether the workload is on this node.
+    pub fn is_local(&self, workload: &Workload) -> bool {
+        let node = self.node();
+        !node.is_empty() && workload.node == node
+    }
+
+    /// The destination workload's L4 policies applied to `conn`.
+    pub fn authorize(
+        &self,
+        workload: &Workload,
+        conn: &rbac::Connection<'_>,
+    ) -> Result<(), rbac::Denied> {
+        let inner = self.read();
+        rbac::authorize(
+            conn,
+            workload
+                .authorization_policies
+                .iter()
+                .map(|key| (key.as_str(), inner.policies.get(key).map(|p| p.as_ref()))),
+        )
+    }
+
+    /// Where a connection to `dst` goes: a service VIP picks an endpoint (or its
+    /// waypoint), a pod address its workload, anything else passes through or is
+    /// refused, per the outbound policy.
+    pub fn resolve(
+        &self,
+        dst: SocketAddr,
+        prefer_same_node: bool,
+    ) -> Result<Resolved, ResolveError> {
+        let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+        let node = self.node();
+        let inner = self.read();
+        if let Some(service) = inner
+            .by_vip
+            .get(&dst.ip())
+            .and_then(|k| inner.services.get(k))
+        {
+            let hostname = Some(service.hostname.clone())
+                .filter(|h| !h.is_empty())
+                .or_else(|| Some(service.key.clone()));
+            let port =
+                service
+                    .port(dst.port())
+                    .ok_or_else(|| ResolveError::UnknownServicePort {
+                        service: service.key.clone(),
+                        port: dst.port(),
+                    })?;
+            if let Some(waypoint) = &service.waypoint {
+                return Ok(Resolved {
+                    upstream: Upstream::Hbone {
+                        gateway: SocketAddr::new(waypoint.address, waypoint.hbone_port),
+                        authority: dst,
+                        identity: waypoint.identity.clone(),
+                        workload: inner.workloads.get(&waypoint.workload).cloned(),
+                        waypoint: true,
+                    },
+                    service: hostname,
+                });
+            }
+            // An endpoint naming a workload ztunnel does not hold cannot be reached
+            // safely (its identity is unknown): skip it.
+            let usable = |e: &service::Endpoint| match &e.workload {
+                Some(key) => inner.workloads.contains_key(key),
+                None => true,
+            };
+            let same_node = |e: &service::Endpoint| {
+                e.workload
+                    .as_ref()
+                    .and_then(|k| inner.workloads.get(k))
+                    .is_some_and(|w| !node.is_empty() && w.node == node)
+            };
+            let preferred: Option<&dyn Fn(&service::Endpoint) -> bool> = if prefer_same_node {
+                Some(&same_node)
+            } else {
+                None
+            };
+            let endpoint = service
+                .pick(usable, preferred)
+                .ok_or_else(|| ResolveError::NoEndpoint(service.key.clone()))?;
+            let addr = SocketAddr::new(endpoint.address, Service::target_port(endpoint, port));
+            let workload = endpoint
+                .workload
+                .as_ref()
+                .and_then(|k| inner.workloads.get(k))
+                .cloned();
+            let upstream = match workload {
+                Some(w) => self.to_workload(addr, w, &node),
+                None => Upstream::Plain {
+                    addr,
+                    workload: None,
+                },
+            };
+            return Ok(Resolved {
+                upstream,
+                service: hostname,
+            });
+        }
+        if let Some(workload) = inner
+            .by_address
+            .get(&dst.ip())
+            .and_then(|k| inner.workloads.get(k))
+        {
+            return Ok(Resolved {
+                upstream: self.to_workload(dst, Arc::clone(workload), &node),
+                service: None,
+            });
+        }
+        if inner.mesh.as_ref().is_some_and(|m| m.registry_only) {
+            return Err(ResolveError::RegistryOnly(dst));
+        }
+        Ok(Resolved {
+            upstream: Upstream::Plain {
+                addr: dst,
+                workload: None,
+            },
+            service: None,
+        })
+    }
+
+    fn to_workload(&self, addr: SocketAddr, workload: Arc<Workload>, node: &str) -> Upstream {
+        match (&workload.identity, workload.node_address) {
+            (Some(identity), Some(node_address)) if workload.hbone => {
+                if !node.is_empty() && workload.node == node {
+                    Upstream::SameNode { addr, workload }
+                } else {
+                    Upstream::Hbone {
+                        gateway: SocketAddr::new(node_address, self.hbone_port),
+                        authority: addr,
+                        identity: identity.clone(),
+                        workload: Some(workload),
+                        waypoint: false,
+                    }
+                }
+            }
+            _ => Upstream::Plain {
+                addr,
+                workload: Some(workload),
+            },
+        }
+    }
+
+    /// Ready: a snapshot was applied, the roots are here, and every mesh workload of this
+    /// node has its certificate. The error says what is missing.
+    pub fn ready(&self) -> Result<(), String> {
+        let node = self.node();
+        let inner = self.read();
+        if !inner.synced {
+            return Err("no config snapshot applied yet".into());
+        }
+        if inner.trust.is_none() {
+            return Err("no trust bundle".into());
+        }
+        let missing: Vec<String> = inner
+            .workloads
+            .values()
+            .filter(|w| w.hbone && !node.is_empty() && w.node == node)
+            .filter_map(|w| w.identity.as_ref())
+            .filter(|id| {
+                !inner
+                    .certificates
+                    .contains_key(&warren_api::key::certificate(id))
+            })
+            .map(ToString::to_string)
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!("no certificate yet for {}", missing.join(", ")));
+        }
+        Ok(())
+    }
+
+    /// `/config_dump`: everything held, certificates by identity and validity only.
+    pub fn dump(&self) -> serde_json::Value {
+        let inner = self.read();
+        let mut workloads: Vec<&Workload> = inner.workloads.values().map(|w| w.as_ref()).collect();
+        workloads.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut services: Vec<&Service> = inner.services.values().map(|s| s.as_ref()).collect();
+        services.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut policies: Vec<&Authorization> =
+            inner.policies.values().map(|p| p.as_ref()).collect();
+        policies.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut certificates: Vec<_> = inner.certificates.values().map(|c| c.summary()).collect();
+        certificates.sort_by(|a, b| a.identity.cmp(&b.identity));
+        serde_json::json!({
+            "version": inner.version,
+            "synced": inner.synced,
+            "node": self.node_override.clone().or_else(|| inner.mesh.as_ref().map(|m| m.node.clone())),
+            "mesh": inner.mesh,
+            "workloads": workloads,
+            "services": services,
+            "policies": policies,
+            "certificates": certificates,
+            "trust_bundle": inner.trust.as_ref().map(|t| serde_json::json!({ "roots": t.count })),
+        })
+    }
+}
+
+impl tls::CertificateSource for State {
+    fn server_certificate(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let inner = self.read();
+        match server_name {
+            Some(name) => inner
+                .certificates
+                .values()
+                .find(|c| tls::server_name_string(&c.identity) == name)
+                .map(|c| Arc::clone(&c.certified)),
+            None if inner.certificates.len() == 1 => inner
+                .certificates
+                .values()
+                .next()
+                .map(|c| Arc::clone(&c.certified)),
+            None => None,
+        }
+    }
+
+    fn trust(&self) -> Option<(u64, Arc<TrustBundle>, String)> {
+        let inner = self.read();
+        let trust = inner.trust.clone()?;
+        Some((
+            inner.trust_generation,
+            trust,
+            inner.trust_domain().to_owned(),
+        ))
+    }
+}

@@ -1,0 +1,187 @@
+//! Services: VIPs, ports, endpoints and an optional waypoint, and the choice of an endpoint.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+use serde::Serialize;
+use warren_api::{Identity, config};
+
+use super::ResourceError;
+
+#[derive(Debug, Serialize)]
+pub struct Service {
+    pub key: String,
+    pub name: String,
+    pub namespace: String,
+    pub hostname: String,
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    pub endpoints: Vec<Endpoint>,
+    pub waypoint: Option<Waypoint>,
+    /// Round-robin cursor, shared by every connection to the service.
+    #[serde(skip)]
+    next: AtomicUsize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServicePort {
+    pub port: u16,
+    /// Where endpoints listen (already `port` when the agent sent 0).
+    pub target_port: u16,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Endpoint {
+    /// Key of the endpoint's workload; `None` for an endpoint that is no pod.
+    pub workload: Option<String>,
+    pub address: IpAddr,
+    pub ready: bool,
+    /// Target port by service port, when it differs per endpoint.
+    pub ports: BTreeMap<u16, u16>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Waypoint {
+    pub workload: String,
+    pub address: IpAddr,
+    pub hbone_port: u16,
+    #[serde(serialize_with = "super::serialize_display")]
+    pub identity: Identity,
+}
+
+fn port(key: &str, field: &'static str, value: u32) -> Result<u16, ResourceError> {
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| ResourceError::new(key, field, format!("{value} is not a port")))
+}
+
+fn address(key: &str, field: &'static str, bytes: &[u8]) -> Result<IpAddr, ResourceError> {
+    warren_api::addr::from_bytes(bytes).ok_or_else(|| {
+        ResourceError::new(
+            key,
+            field,
+            format!("{} bytes is not an IPv4 or IPv6 address", bytes.len()),
+        )
+    })
+}
+
+impl Service {
+    pub fn from_proto(key: &str, s: config::Service) -> Result<Service, ResourceError> {
+        let vips = s
+            .vips
+            .iter()
+            .map(|v| address(key, "vips", v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ports = s
+            .ports
+            .iter()
+            .map(|p| {
+                let service_port = port(key, "ports.port", p.port)?;
+                let target_port = match p.target_port {
+                    0 => service_port,
+                    t => port(key, "ports.target_port", t)?,
+                };
+                Ok(ServicePort {
+                    port: service_port,
+                    target_port,
+                    name: p.name.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, ResourceError>>()?;
+        let endpoints = s
+            .endpoints
+            .iter()
+            .map(|e| {
+                let ports = e
+                    .ports
+                    .iter()
+                    .map(|(sp, tp)| {
+                        Ok((
+                            port(key, "endpoints.ports", *sp)?,
+                            port(key, "endpoints.ports", *tp)?,
+                        ))
+                    })
+                    .collect::<Result<_, ResourceError>>()?;
+                Ok(Endpoint {
+                    workload: (!e.workload.is_empty()).then(|| e.workload.clone()),
+                    address: address(key, "endpoints.address", &e.address)?,
+                    ready: e.ready,
+                    ports,
+                })
+            })
+            .collect::<Result<Vec<_>, ResourceError>>()?;
+        let waypoint = match s.waypoint {
+            None => None,
+            Some(w) => Some(Waypoint {
+                address: address(key, "waypoint.address", &w.address)?,
+                hbone_port: match w.hbone_port {
+                    0 => 15008,
+                    p => port(key, "waypoint.hbone_port", p)?,
+                },
+                identity: w.identity.parse().map_err(
+                    |e: warren_api::identity::IdentityError| {
+                        ResourceError::new(key, "waypoint.identity", e.to_string())
+                    },
+                )?,
+                workload: w.workload,
+            }),
+        };
+        Ok(Service {
+            key: key.to_owned(),
+            name: s.name,
+            namespace: s.namespace,
+            hostname: s.hostname,
+            vips,
+            ports,
+            endpoints,
+            waypoint,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn port(&self, port: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+
+    /// The next ready endpoint for which `usable` holds, round robin; among those that
+    /// also satisfy `preferred`, when any does.
+    pub fn pick(
+        &self,
+        usable: impl Fn(&Endpoint) -> bool,
+        preferred: Option<&dyn Fn(&Endpoint) -> bool>,
+    ) -> Option<&Endpoint> {
+        let ready = |e: &&Endpoint| e.ready && usable(e);
+        let count = self.endpoints.iter().filter(ready).count();
+        if count == 0 {
+            return None;
+        }
+        if let Some(preferred) = preferred {
+            let local: Vec<&Endpoint> = self
+                .endpoints
+                .iter()
+                .filter(ready)
+                .filter(|e| preferred(e))
+                .collect();
+            if !local.is_empty() {
+                let n = self.next.fetch_add(1, Ordering::Relaxed);
+                return local.get(n % local.len()).copied();
+            }
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        self.endpoints.iter().filter(ready).nth(n)
+    }
+
+    /// The port an endpoint listens on for `service_port`.
+    pub fn target_port(endpoint: &Endpoint, port: &ServicePort) -> u16 {
+        endpoint
+            .ports
+            .get(&port.port)
+            .copied()
+            .unwrap_or(port.target_port)
+    }
+}

@@ -1,0 +1,137 @@
+//! Turns the agent's config stream into state: each resource is validated on its own; a
+//! bad one is refused with a reason (the agent sees a NACK naming it) and its last good
+//! copy stays in force; the others are applied.
+
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+use warren_api::{
+    config::{Update, resource::Kind},
+    subscribe::{Handler, Refused},
+};
+
+use crate::{
+    state::{Authorization, Mesh, Resource, ResourceError, Service, State, Workload},
+    tls::{TrustBundle, WorkloadCertificate},
+};
+
+/// The [`Handler`] ztunnel gives the [`warren_api::subscribe::Subscriber`].
+pub struct Subscription {
+    state: Arc<State>,
+}
+
+impl Subscription {
+    pub fn new(state: Arc<State>) -> Self {
+        Subscription { state }
+    }
+}
+
+/// Resources are applied in this order so that references (a workload's policies) point
+/// at what the same update brings.
+fn rank(resource: &Resource) -> u8 {
+    match resource {
+        Resource::Mesh(_) => 0,
+        Resource::TrustBundle(_) => 1,
+        Resource::Certificate(_) => 2,
+        Resource::Authorization(_) => 3,
+        Resource::Workload(_) => 4,
+        Resource::Service(_) => 5,
+    }
+}
+
+fn parse(key: &str, kind: Kind, trust_domain: &str) -> Result<Resource, String> {
+    let wrap = |e: ResourceError| format!("{}: {}", e.field, e.reason);
+    match kind {
+        Kind::Mesh(m) => Mesh::from_proto(&m).map(Resource::Mesh).map_err(wrap),
+        Kind::TrustBundle(b) => TrustBundle::from_proto(&b)
+            .map(|b| Resource::TrustBundle(Arc::new(b)))
+            .map_err(|e| format!("trust bundle: {e}")),
+        Kind::Certificate(c) => {
+            let cert =
+                WorkloadCertificate::from_proto(&c).map_err(|e| format!("certificate: {e}"))?;
+            let expected = warren_api::key::certificate(&cert.identity);
+            if key != expected {
+                return Err(format!(
+                    "the key of the certificate of {} must be {expected}",
+                    cert.identity
+                ));
+            }
+            Ok(Resource::Certificate(Arc::new(cert)))
+        }
+        Kind::Authorization(a) => Authorization::from_proto(key, a)
+            .map(|a| Resource::Authorization(Arc::new(a)))
+            .map_err(wrap),
+        Kind::Workload(w) => Workload::from_proto(key, w, trust_domain)
+            .map(|w| Resource::Workload(Arc::new(w)))
+            .map_err(wrap),
+        Kind::Service(s) => Service::from_proto(key, s)
+            .map(|s| Resource::Service(Arc::new(s)))
+            .map_err(wrap),
+    }
+}
+
+impl Handler for Subscription {
+    fn apply(&mut self, update: Update) -> Vec<Refused> {
+        let mut refused = Vec::new();
+        // The trust domain workloads' identities default to: this update's, else the
+        // one in force.
+        let trust_domain = update
+            .upserts
+            .iter()
+            .find_map(|r| match &r.kind {
+                Some(Kind::Mesh(m)) if !m.trust_domain.is_empty() => Some(m.trust_domain.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| self.state.mesh().trust_domain);
+        let mut parsed = Vec::with_capacity(update.upserts.len());
+        let mut mentioned = std::collections::HashSet::new();
+        for resource in update.upserts {
+            mentioned.insert(resource.key.clone());
+            let result = match resource.kind {
+                Some(kind) => parse(&resource.key, kind, &trust_domain),
+                None => Err("the resource has no kind".to_owned()),
+            };
+            match result {
+                Ok(r) => parsed.push((resource.key, r)),
+                Err(reason) => refused.push(Refused {
+                    key: resource.key,
+                    reason,
+                }),
+            }
+        }
+        parsed.sort_by_key(|(_, r)| rank(r));
+
+        self.state.update(|inner| {
+            if update.snapshot {
+                // A snapshot replaces everything, except that a refused resource keeps its
+                // last good copy.
+                for key in inner.keys() {
+                    if !mentioned.contains(&key) {
+                        inner.remove(&key);
+                    }
+                }
+            }
+            for key in &update.removals {
+                inner.remove(key);
+            }
+            for (key, resource) in parsed {
+                match inner.check_references(&resource) {
+                    Ok(()) => inner.upsert(key, resource),
+                    Err(reason) => refused.push(Refused { key, reason }),
+                }
+            }
+            inner.version = update.version;
+            inner.synced |= update.snapshot;
+        });
+        for r in &refused {
+            warn!(key = %r.key, reason = %r.reason, version = update.version, "config resource refused; keeping its last good copy");
+        }
+        debug!(
+            version = update.version,
+            snapshot = update.snapshot,
+            refused = refused.len(),
+            "config update applied"
+        );
+        refused
+    }
+}

@@ -1,0 +1,180 @@
+//! Certificate verification by SPIFFE identity: the chain must lead to the trust bundle
+//! (webpki: signatures, validity period, key usage), then the URI SAN decides.
+
+use std::sync::Arc;
+
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError, RootCertStore,
+    SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::WebPkiSupportedAlgorithms,
+    server::{
+        ParsedCertificate,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use warren_api::Identity;
+
+use super::identity_of;
+
+/// Why a peer's certificate names the wrong identity.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityMismatch {
+    #[error("the peer presented {got}, expected {expected}")]
+    Unexpected { expected: Identity, got: Identity },
+    #[error("the peer's identity {got} is not of trust domain {trust_domain}")]
+    ForeignTrustDomain { trust_domain: String, got: Identity },
+    #[error("the peer's certificate has no usable SPIFFE identity: {0}")]
+    NoIdentity(String),
+}
+
+fn reject(mismatch: IdentityMismatch) -> Error {
+    Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(mismatch))))
+}
+
+/// The client's check of the peer ztunnel (or waypoint): chain to our roots, and the URI
+/// SAN is exactly the identity the destination must have.
+#[derive(Debug)]
+pub struct ServerIdentityVerifier {
+    roots: Arc<RootCertStore>,
+    expected: Identity,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerIdentityVerifier {
+    pub fn new(
+        roots: Arc<RootCertStore>,
+        expected: Identity,
+        algorithms: WebPkiSupportedAlgorithms,
+    ) -> Self {
+        ServerIdentityVerifier {
+            roots,
+            expected,
+            algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for ServerIdentityVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        let got = identity_of(end_entity)
+            .map_err(|e| reject(IdentityMismatch::NoIdentity(e.to_string())))?;
+        if got != self.expected {
+            return Err(reject(IdentityMismatch::Unexpected {
+                expected: self.expected.clone(),
+                got,
+            }));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The HBONE server's check of a client: webpki's chain verification (a certificate is
+/// mandatory), then a SPIFFE identity of this mesh's trust domain.
+#[derive(Debug)]
+pub struct ClientIdentityVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+}
+
+impl ClientIdentityVerifier {
+    pub fn new(inner: Arc<dyn ClientCertVerifier>, trust_domain: String) -> Self {
+        ClientIdentityVerifier {
+            inner,
+            trust_domain,
+        }
+    }
+}
+
+impl ClientCertVerifier for ClientIdentityVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let got = identity_of(end_entity)
+            .map_err(|e| reject(IdentityMismatch::NoIdentity(e.to_string())))?;
+        if got.trust_domain != self.trust_domain {
+            return Err(reject(IdentityMismatch::ForeignTrustDomain {
+                trust_domain: self.trust_domain.clone(),
+                got,
+            }));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
