@@ -1,0 +1,427 @@
+//! The CA's signing material: the certificate and key it signs with, the
+//! intermediates it sends after each leaf, and the roots every peer trusts.
+//!
+//! Two origins:
+//! - self-managed (the default): a root generated on first start and kept
+//!   in the state folder, rotated by `ca rotate-root`;
+//! - plug-in: files an operator supplies (a root or an intermediate, its
+//!   key, the chain above it, the roots).
+//!
+//! State folder (self-managed):
+//! - `signer.pem` (mode 0600): the active root, certificate and PKCS#8 key
+//!   in one file, so that a rotation swaps both in a single rename;
+//! - `retired-roots.pem`: earlier roots, still trusted until removed or
+//!   expired, so certificates they issued keep verifying during a rotation;
+//! - `root-cert.pem`: the trust bundle (active root first), what clients
+//!   read to verify the CA and what proxies trust.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SerialNumber,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+use time::OffsetDateTime;
+use tracing::info;
+
+use super::{
+    persist::{self, StateLock},
+    x509::{self, CertError},
+};
+
+pub const SIGNER_FILE: &str = "signer.pem";
+pub const RETIRED_FILE: &str = "retired-roots.pem";
+/// The trust bundle clients read (the CA's `--ca-root-file`).
+pub const BUNDLE_FILE: &str = "root-cert.pem";
+
+/// Lifetime of a generated root.
+const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Generated roots start this much in the past: nodes' clocks disagree.
+const ROOT_BACKDATE: Duration = Duration::from_secs(3600);
+pub const ROOT_COMMON_NAME: &str = "Warren mesh root";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaterialError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    #[error("generating a root: {0}")]
+    Generate(rcgen::Error),
+    #[error("no retired root has serial {serial} (retired: {retired})")]
+    NoSuchRoot { serial: String, retired: String },
+    #[error("root {0} is the active signer: rotate to a new root before removing it")]
+    ActiveRoot(String),
+    #[error("{0}")]
+    Unusable(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MaterialError + '_ {
+    move |source| MaterialError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn invalid(path: &Path, reason: impl std::fmt::Display) -> MaterialError {
+    MaterialError::Invalid {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Operator-supplied signing material.
+#[derive(Clone, Debug)]
+pub struct PluginFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub chain: Option<PathBuf>,
+    pub roots: PathBuf,
+}
+
+/// What the CA signs with, and what it tells peers to trust.
+pub struct Material {
+    issuer: Issuer<'static, KeyPair>,
+    signer: CertificateDer<'static>,
+    /// Sent after every leaf: the signer unless it is a root, then the
+    /// intermediates above it.
+    chain: Vec<CertificateDer<'static>>,
+    /// The trust bundle; the signer's root first.
+    roots: Vec<CertificateDer<'static>>,
+    /// Leaves must fit inside every certificate of their chain.
+    not_after: OffsetDateTime,
+    not_before: OffsetDateTime,
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material")
+            .field("signer", &self.signer_serial())
+            .field("roots", &self.roots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Material {
+    /// The self-managed signer in `dir`, generated (and persisted) if the
+    /// folder has none yet. True when it was generated now.
+    pub fn load_or_create(dir: &Path, now: OffsetDateTime) -> Result<(Self, bool), MaterialError> {
+        if dir.join(SIGNER_FILE).exists() {
+            return Ok((Self::load_state(dir, now)?, false));
+        }
+        let _lock = StateLock::acquire(dir).map_err(io_err(dir))?;
+        // Another process may have created it while we waited for the lock.
+        if dir.join(SIGNER_FILE).exists() {
+            return Ok((Self::load_state(dir, now)?, false));
+        }
+        let (key, cert) = generate_root(now)?;
+        write_signer(dir, &key, &cert)?;
+        let material = Self::load_state(dir, now)?;
+        write_bundle(dir, &material.roots_pem()).map_err(io_err(dir))?;
+        Ok((material, true))
+    }
+
+    /// The self-managed signer in `dir`, which must exist.
+    pub fn load_state(dir: &Path, now: OffsetDateTime) -> Result<Self, MaterialError> {
+        let path = dir.join(SIGNER_FILE);
+        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+        let certs = x509::certs_from_pem(&text).map_err(|e| invalid(&path, e))?;
+        let [signer] = <[_; 1]>::try_from(certs)
+            .map_err(|_| invalid(&path, "holds more than one certificate"))?;
+        let key = key_from_pem(&text).map_err(|e| invalid(&path, e))?;
+        let mut roots = vec![signer.clone()];
+        roots.extend(retired_roots(dir, now)?);
+        Self::new(signer, key, Vec::new(), roots, now).map_err(|e| invalid(&path, e))
+    }
+
+    /// Operator-supplied material.
+    pub fn load_plugin(files: &PluginFiles, now: OffsetDateTime) -> Result<Self, MaterialError> {
+        let read = |path: &Path| fs::read_to_string(path).map_err(io_err(path));
+        let certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, MaterialError> {
+            x509::certs_from_pem(&read(path)?).map_err(|e| invalid(path, e))
+        };
+        let mut signer_certs = certs(&files.cert)?.into_iter();
+        let signer = signer_certs
+            .next()
+            .ok_or_else(|| invalid(&files.cert, CertError::Empty))?;
+        // A cert file holding the whole chain (signer first) is common.
+        let mut chain: Vec<_> = signer_certs.collect();
+        if let Some(path) = &files.chain {
+            chain.extend(certs(path)?);
+        }
+        let key = key_from_pem(&read(&files.key)?).map_err(|e| invalid(&files.key, e))?;
+        let roots = certs(&files.roots)?;
+        Self::new(signer, key, chain, roots, now).map_err(|e| invalid(&files.cert, e))
+    }
+
+    fn new(
+        signer: CertificateDer<'static>,
+        key: KeyPair,
+        intermediates: Vec<CertificateDer<'static>>,
+        roots: Vec<CertificateDer<'static>>,
+        now: OffsetDateTime,
+    ) -> Result<Self, String> {
+        let parsed = x509::parse(&signer).map_err(|e| e.to_string())?;
+        if !parsed.is_ca() {
+            return Err("the signing certificate is not a CA (basicConstraints CA:true)".into());
+        }
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err("the key does not belong to the signing certificate".into());
+        }
+        let mut not_before = x509::not_before(&parsed);
+        let mut not_after = x509::not_after(&parsed);
+        for cert in &intermediates {
+            let cert = x509::parse(cert).map_err(|e| e.to_string())?;
+            not_before = not_before.max(x509::not_before(&cert));
+            not_after = not_after.min(x509::not_after(&cert));
+        }
+        if not_after <= now {
+            return Err(format!(
+                "the signing chain expired at {not_after} (serial {})",
+                x509::serial_hex(&parsed)
+            ));
+        }
+        let mut bundle: Vec<CertificateDer<'static>> = Vec::new();
+        for root in roots {
+            let expired = x509::parse(&root)
+                .map(|c| x509::not_after(&c) <= now)
+                .map_err(|e| e.to_string())?;
+            if !expired && !bundle.contains(&root) {
+                bundle.push(root);
+            }
+        }
+        if bundle.is_empty() {
+            return Err("no root that has not expired".into());
+        }
+        let chain = std::iter::once(signer.clone())
+            .chain(intermediates)
+            .filter(|c| !bundle.contains(c))
+            .collect();
+        let issuer = Issuer::from_ca_cert_der(&signer, key)
+            .map_err(|e| format!("the signing certificate: {e}"))?;
+        Ok(Self {
+            issuer,
+            signer,
+            chain,
+            roots: bundle,
+            not_after,
+            not_before,
+        })
+    }
+
+    pub fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
+    /// Certificates to send after a leaf.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    pub fn roots_pem(&self) -> Vec<String> {
+        self.roots.iter().map(|c| x509::to_pem(c)).collect()
+    }
+
+    /// The window a leaf must fit in.
+    pub fn validity(&self) -> (OffsetDateTime, OffsetDateTime) {
+        (self.not_before, self.not_after)
+    }
+
+    pub fn signer_serial(&self) -> String {
+        x509::parse(&self.signer)
+            .map(|c| x509::serial_hex(&c))
+            .unwrap_or_default()
+    }
+
+    /// SHA-256 of the first root (the one the signer chains to when
+    /// self-managed), for logs.
+    pub fn root_fingerprint(&self) -> String {
+        self.roots
+            .first()
+            .map(|r| x509::fingerprint(r))
+            .unwrap_or_default()
+    }
+
+    /// Same certificates and roots (a reload that found nothing new).
+    pub fn same_as(&self, other: &Material) -> bool {
+        self.signer == other.signer && self.chain == other.chain && self.roots == other.roots
+    }
+}
+
+/// The first private key (PKCS#8) of a PEM text.
+fn key_from_pem(text: &str) -> Result<KeyPair, String> {
+    let der = PrivateKeyDer::from_pem_slice(text.as_bytes())
+        .map_err(|e| format!("no private key: {e}"))?;
+    KeyPair::try_from(&der).map_err(|e| {
+        format!("the private key is not usable ({e}); ECDSA P-256/P-384 or Ed25519 in PKCS#8 are")
+    })
+}
+
+/// Retired roots still trusted; expired ones are left out.
+fn retired_roots(
+    dir: &Path,
+    now: OffsetDateTime,
+) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
+    let path = dir.join(RETIRED_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(io_err(&path)(err)),
+    };
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let certs = x509::certs_from_pem(&text).map_err(|e| invalid(&path, e))?;
+    Ok(certs
+        .into_iter()
+        .filter(|c| x509::parse(c).is_ok_and(|p| x509::not_after(&p) > now))
+        .collect())
+}
+
+/// A random, positive, 16-byte serial (RFC 5280: at most 20 octets, and
+/// unpredictable so that a collision cannot be engineered).
+pub fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    // Top bit clear: positive; next bit set: no leading zero to strip.
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    SerialNumber::from_slice(&bytes)
+}
+
+fn generate_root(now: OffsetDateTime) -> Result<(KeyPair, rcgen::Certificate), MaterialError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(MaterialError::Generate)?;
+    let serial = random_serial();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, ROOT_COMMON_NAME);
+    name.push(DnType::OrganizationName, "Warren");
+    // Successive roots differ in name too, so path building by name (as
+    // OpenSSL does) never confuses the old root with the new one.
+    name.push(
+        DnType::OrganizationalUnitName,
+        format!("root {}", &x509::hex(&serial.to_bytes())[..12]),
+    );
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name;
+    params.serial_number = Some(serial);
+    // The root signs leaves only: no intermediate below it.
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = now - ROOT_BACKDATE;
+    params.not_after = now + ROOT_LIFETIME;
+    let cert = params.self_signed(&key).map_err(MaterialError::Generate)?;
+    Ok((key, cert))
+}
+
+fn write_signer(dir: &Path, key: &KeyPair, cert: &rcgen::Certificate) -> Result<(), MaterialError> {
+    persist::ensure_dir(dir).map_err(io_err(dir))?;
+    let path = dir.join(SIGNER_FILE);
+    let text = format!("{}{}", cert.pem(), key.serialize_pem());
+    persist::write_atomic(&path, text.as_bytes(), persist::PRIVATE).map_err(io_err(&path))
+}
+
+/// Writes the trust bundle file if its content differs. True if written.
+pub fn write_bundle(dir: &Path, roots_pem: &[String]) -> io::Result<bool> {
+    let path = dir.join(BUNDLE_FILE);
+    let text = roots_pem.concat();
+    if fs::read_to_string(&path).is_ok_and(|old| old == text) {
+        return Ok(false);
+    }
+    persist::ensure_dir(dir)?;
+    persist::write_atomic(&path, text.as_bytes(), persist::PUBLIC)?;
+    Ok(true)
+}
+
+/// What a rotation did.
+#[derive(Debug)]
+pub struct Rotated {
+    pub new_serial: String,
+    pub new_not_after: OffsetDateTime,
+    /// The root that signed until now, if there was one; still trusted.
+    pub previous_serial: Option<String>,
+    pub bundle: Vec<String>,
+}
+
+/// Makes a new root the signer. The previous root moves to the retired
+/// roots and stays in the trust bundle, so certificates it issued keep
+/// verifying until they are renewed; remove it with [`remove_root`] once
+/// every certificate has been renewed (after one maximum TTL).
+pub fn rotate_root(dir: &Path, now: OffsetDateTime) -> Result<Rotated, MaterialError> {
+    let _lock = StateLock::acquire(dir).map_err(io_err(dir))?;
+    let previous = match Material::load_state(dir, now) {
+        Ok(material) => Some(material),
+        Err(MaterialError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
+        Err(err) => return Err(err),
+    };
+    if let Some(previous) = &previous {
+        // Retired first: a CA reloading between the two writes sees the old
+        // root twice, never the new signer without the old root trusted.
+        let mut retired = retired_roots(dir, now)?;
+        if !retired.contains(&previous.signer) {
+            retired.insert(0, previous.signer.clone());
+        }
+        write_retired(dir, &retired)?;
+    }
+    let (key, cert) = generate_root(now)?;
+    write_signer(dir, &key, &cert)?;
+    let material = Material::load_state(dir, now)?;
+    let bundle = material.roots_pem();
+    write_bundle(dir, &bundle).map_err(io_err(dir))?;
+    let rotated = Rotated {
+        new_serial: material.signer_serial(),
+        new_not_after: material.not_after,
+        previous_serial: previous.map(|p| p.signer_serial()),
+        bundle,
+    };
+    info!(new = %rotated.new_serial, previous = ?rotated.previous_serial, "root rotated");
+    Ok(rotated)
+}
+
+/// Stops trusting a retired root. The active root cannot be removed.
+pub fn remove_root(dir: &Path, serial: &str, now: OffsetDateTime) -> Result<(), MaterialError> {
+    let _lock = StateLock::acquire(dir).map_err(io_err(dir))?;
+    let material = Material::load_state(dir, now)?;
+    let serial = serial.trim().to_ascii_lowercase().replace(':', "");
+    if material.signer_serial() == serial {
+        return Err(MaterialError::ActiveRoot(serial));
+    }
+    let retired = retired_roots(dir, now)?;
+    let serial_of = |c: &CertificateDer<'_>| {
+        x509::parse(c)
+            .map(|p| x509::serial_hex(&p))
+            .unwrap_or_default()
+    };
+    let kept: Vec<_> = retired
+        .iter()
+        .filter(|c| serial_of(c) != serial)
+        .cloned()
+        .collect();
+    if kept.len() == retired.len() {
+        return Err(MaterialError::NoSuchRoot {
+            serial,
+            retired: retired.iter().map(serial_of).collect::<Vec<_>>().join(", "),
+        });
+    }
+    write_retired(dir, &kept)?;
+    let material = Material::load_state(dir, now)?;
+    write_bundle(dir, &material.roots_pem()).map_err(io_err(dir))?;
+    info!(serial, "retired root removed from the trust bundle");
+    Ok(())
+}
+
+fn write_retired(dir: &Path, roots: &[CertificateDer<'_>]) -> Result<(), MaterialError> {
+    let path = dir.join(RETIRED_FILE);
+    let text: String = roots.iter().map(|c| x509::to_pem(c)).collect();
+    persist::write_atomic(&path, text.as_bytes(), persist::PUBLIC).map_err(io_err(&path))
+}
