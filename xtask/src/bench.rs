@@ -7,10 +7,16 @@ use anyhow::{Result, bail};
 use crate::exec::{self, cargo, is_root, workspace_root};
 
 /// Benchmarks that exist, with what they compare.
-const BENCHES: &[(&str, &str)] = &[(
-    "shortcut",
-    "same-node pod-to-pod ping-pong and stream, with and without the sk_msg shortcut",
-)];
+const BENCHES: &[(&str, &str)] = &[
+    (
+        "shortcut",
+        "same-node pod-to-pod ping-pong and stream, with and without the sk_msg shortcut",
+    ),
+    (
+        "config",
+        "config distribution on 10k services / 50k endpoints / 2k policies: change to proxy, snapshot, memory",
+    ),
+];
 
 #[derive(clap::Args)]
 pub struct Args {

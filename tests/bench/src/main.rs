@@ -2,6 +2,7 @@
 //! in one run and print ratios. Run through `cargo xtask bench <name>`,
 //! which builds everything in release mode first.
 
+mod config;
 mod report;
 mod shortcut;
 mod tuning;
@@ -23,6 +24,9 @@ enum Bench {
     /// Same-node pod-to-pod ping-pong and stream, with and without the
     /// sk_msg shortcut.
     Shortcut(shortcut::Args),
+    /// Config distribution on a synthetic mesh: one object's change to the
+    /// proxy, a full snapshot to a new proxy, agent memory per workload.
+    Config(config::Args),
 }
 
 /// Parses "3s", "500ms", "2m".
@@ -46,6 +50,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let result = match Cli::parse().bench {
         Bench::Shortcut(args) => shortcut::run(&args),
+        Bench::Config(args) => config::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
