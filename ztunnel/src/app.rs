@@ -165,6 +165,12 @@ impl Ztunnel {
         })
     }
 
+    /// A drain watch for connections handled outside the listeners (tests drive the
+    /// outbound path directly); the drain waits for it like for any connection.
+    pub fn drain_watch(&self) -> drain::Watch {
+        self.trigger.watch()
+    }
+
     /// Resolves when `/quitquitquit` is called.
     pub async fn quit_requested(&self) {
         self.quit.notified().await;

@@ -19,7 +19,7 @@ use warren_api::Identity;
 use super::identity_of;
 
 /// Why a peer's certificate names the wrong identity.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub enum IdentityMismatch {
     #[error("the peer presented {got}, expected {expected}")]
     Unexpected { expected: Identity, got: Identity },
@@ -27,6 +27,13 @@ pub enum IdentityMismatch {
     ForeignTrustDomain { trust_domain: String, got: Identity },
     #[error("the peer's certificate has no usable SPIFFE identity: {0}")]
     NoIdentity(String),
+}
+
+/// rustls shows `Other` errors with `Debug`: make that the sentence operators read.
+impl std::fmt::Debug for IdentityMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 fn reject(mismatch: IdentityMismatch) -> Error {

@@ -1,0 +1,915 @@
+//! HBONE between two ztunnels on loopback: round trips, identity checks, authorization,
+//! and bad input.
+
+mod common;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, Request, StatusCode};
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+use warren_api::{
+    Identity,
+    config::{self, Action, resource::Kind},
+};
+use warren_ztunnel::{
+    proxy::hbone::client::{self, HboneError},
+    tls::{TrustBundle, WorkloadCertificate},
+};
+
+const PAYLOAD: &[u8] = b"hello through the mesh";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hbone_round_trip_carries_bytes_both_ways_and_counts_them() {
+    let mesh = two_nodes(11).await;
+    // Larger than a window's worth, so flow control and half-close both matter.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let echoed = round_trip(mesh.client_to(mesh.server).await, &big)
+        .await
+        .unwrap();
+    assert_eq!(echoed.len(), big.len());
+    assert!(echoed == big, "echoed bytes differ");
+    let echoed = round_trip(mesh.client_to(mesh.server).await, PAYLOAD)
+        .await
+        .unwrap();
+    assert_eq!(echoed, PAYLOAD);
+
+    // Both tunnels shared one pooled connection.
+    assert_eq!(mesh.a.ztunnel.inputs.pool.connection_count(), 1);
+
+    let source = "reporter=\"source\"";
+    let ok = eventually(Duration::from_secs(3), async || {
+        let text = mesh.a.metrics().await;
+        metric(&text, "istio_tcp_connections_closed_total", &[source]) == 2
+    })
+    .await;
+    assert!(ok, "client side closed count");
+    let text = mesh.a.metrics().await;
+    let labels = [
+        source,
+        "source_workload=\"client\"",
+        "destination_workload=\"server\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ];
+    assert_eq!(
+        metric(&text, "istio_tcp_connections_opened_total", &labels),
+        2
+    );
+    assert_eq!(
+        metric(&text, "istio_tcp_sent_bytes_total", &labels),
+        (big.len() + PAYLOAD.len()) as u64
+    );
+    assert_eq!(
+        metric(&text, "istio_tcp_received_bytes_total", &labels),
+        (big.len() + PAYLOAD.len()) as u64
+    );
+    assert!(
+        text.contains("source_principal=\"spiffe://cluster.local/ns/demo/sa/client\""),
+        "{text}"
+    );
+
+    let ok = eventually(Duration::from_secs(3), async || {
+        let text = mesh.b.metrics().await;
+        metric(
+            &text,
+            "istio_tcp_connections_closed_total",
+            &["reporter=\"destination\"", "source_workload=\"client\""],
+        ) == 2
+    })
+    .await;
+    assert!(
+        ok,
+        "server side reports the source workload it learnt from Forwarded + identity"
+    );
+}
+
+fn certificate(cert: &config::Certificate) -> WorkloadCertificate {
+    WorkloadCertificate::from_proto(cert).unwrap()
+}
+
+fn bundle(ca: &Ca) -> TrustBundle {
+    TrustBundle::from_proto(&config::TrustBundle {
+        roots_pem: vec![ca.root_pem.clone()],
+    })
+    .unwrap()
+}
+
+/// A direct HBONE connect from a client holding `cert` and trusting `trust`, to node B,
+/// expecting `expected`.
+async fn connect_b(
+    mesh: &TwoNodes,
+    cert: &config::Certificate,
+    trust: &TrustBundle,
+    expected: &str,
+) -> Result<client::Connection, HboneError> {
+    let config = test_config("probe", mesh.a.ip, 0);
+    client::connect(
+        &config,
+        mesh.b.hbone(),
+        &certificate(cert),
+        trust,
+        &expected.parse::<Identity>().unwrap(),
+    )
+    .await
+}
+
+async fn refused_metric(node: &Node, reason: &str) -> u64 {
+    metric(
+        &node.metrics().await,
+        "warren_ztunnel_refused_connections_total",
+        &[&format!("reason=\"{reason}\"")],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_must_prove_the_expected_identity() {
+    let mesh = two_nodes(12).await;
+    let client_cert = mesh.view.ca.issue(&spiffe("demo", "client"));
+    let trust = bundle(&mesh.view.ca);
+    let good = connect_b(&mesh, &client_cert, &trust, &spiffe("demo", "server")).await;
+    assert!(good.is_ok(), "{:?}", good.err());
+
+    let wrong = connect_b(&mesh, &client_cert, &trust, &spiffe("demo", "someone-else")).await;
+    // B has no certificate for that name, or presents one with another SAN: refused
+    // either way.
+    assert!(
+        matches!(wrong, Err(HboneError::Tls { .. })),
+        "{:?}",
+        wrong.err()
+    );
+
+    // A peer presenting `server`'s valid certificate to a client that expects `client`:
+    // the URI SAN check refuses it.
+    let server_cert = mesh.view.ca.issue(&spiffe("demo", "server"));
+    let chain: Vec<rustls_pki_types::CertificateDer<'static>> =
+        certificate(&server_cert).certified.cert.clone();
+    let key = rustls_pki_types::PrivateKeyDer::try_from(
+        rustls_pki_types::pem::PemObject::from_pem_slice(server_cert.private_key_pem.as_bytes())
+            .map(|k: rustls_pki_types::PrivatePkcs8KeyDer| k.secret_pkcs8_der().to_vec())
+            .unwrap(),
+    )
+    .unwrap();
+    let mut server_config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    server_config.alpn_protocols = vec![b"h2".to_vec()];
+    let listener = tokio::net::TcpListener::bind("127.12.3.1:0").await.unwrap();
+    let impostor = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = acceptor.accept(tcp).await;
+        }
+    });
+    let config = test_config("probe", mesh.a.ip, 0);
+    let expected: Identity = spiffe("demo", "client").parse().unwrap();
+    match client::connect(
+        &config,
+        impostor,
+        &certificate(&client_cert),
+        &trust,
+        &expected,
+    )
+    .await
+    {
+        Err(HboneError::Tls { source, .. }) => {
+            assert!(
+                source
+                    .to_string()
+                    .contains("expected spiffe://cluster.local/ns/demo/sa/client"),
+                "{source}"
+            )
+        }
+        other => panic!("expected a SAN mismatch, got {:?}", other.err()),
+    }
+}
+
+/// Connect and open one stream: TLS 1.3 checks the client's certificate after the
+/// client's side of the handshake is done, so a refused client learns it here.
+async fn tunnel_b(
+    mesh: &TwoNodes,
+    cert: &config::Certificate,
+    trust: &TrustBundle,
+    expected: &str,
+) -> Result<(), String> {
+    let connection = connect_b(mesh, cert, trust, expected)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Closed already when the server's alert arrived first.
+    let guard = connection.try_reserve().ok_or("the connection closed")?;
+    connection
+        .open(guard, mesh.server, None, Duration::from_secs(2))
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_expired_and_other_domain_clients_are_refused() {
+    let mesh = two_nodes(13).await;
+    let trust = bundle(&mesh.view.ca);
+    let server = spiffe("demo", "server");
+
+    let foreign = Ca::new("someone else's root");
+    let foreign_cert = foreign.issue(&spiffe("demo", "client"));
+    assert!(
+        tunnel_b(
+            &mesh,
+            &mesh.view.ca.issue(&spiffe("demo", "client")),
+            &trust,
+            &server
+        )
+        .await
+        .is_ok()
+    );
+    let result = tunnel_b(&mesh, &foreign_cert, &trust, &server).await;
+    assert!(result.is_err(), "a foreign CA's client was accepted");
+
+    let now = time::OffsetDateTime::now_utc();
+    let expired = mesh.view.ca.issue_between(
+        &spiffe("demo", "client"),
+        now - time::Duration::hours(3),
+        now - time::Duration::hours(1),
+    );
+    let result = tunnel_b(&mesh, &expired, &trust, &server).await;
+    assert!(
+        result.is_err(),
+        "an expired client certificate was accepted"
+    );
+
+    let other_domain = mesh
+        .view
+        .ca
+        .issue("spiffe://other.domain/ns/demo/sa/client");
+    let result = tunnel_b(&mesh, &other_domain, &trust, &server).await;
+    assert!(
+        result.is_err(),
+        "another trust domain's client was accepted"
+    );
+
+    // TLS 1.3 client certificates are checked after the client's handshake completes:
+    // the refusal shows on the server.
+    let ok = eventually(Duration::from_secs(3), async || {
+        refused_metric(&mesh.b, "tls_handshake").await >= 3
+    })
+    .await;
+    assert!(ok, "{}", mesh.b.metrics().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_a_foreign_or_expired_certificate_is_refused() {
+    let mut mesh = two_nodes(14).await;
+    let client_cert = mesh.view.ca.issue(&spiffe("demo", "client"));
+    let trust = bundle(&mesh.view.ca);
+    let server_id: Identity = spiffe("demo", "server").parse().unwrap();
+    let key = warren_api::key::certificate(&server_id);
+
+    let foreign = Ca::new("impostor root");
+    let mut update = mesh.view.snapshot();
+    update.snapshot = false;
+    update.upserts = vec![res(
+        key.clone(),
+        Kind::Certificate(foreign.issue(&server_id.to_string())),
+    )];
+    assert!(mesh.b.apply(update).is_empty());
+    match connect_b(&mesh, &client_cert, &trust, &server_id.to_string()).await {
+        Err(HboneError::Tls { source, .. }) => {
+            assert!(source.to_string().contains("UnknownIssuer"), "{source}")
+        }
+        other => panic!(
+            "a server with a foreign certificate was accepted: {:?}",
+            other.err()
+        ),
+    }
+
+    let now = time::OffsetDateTime::now_utc();
+    let mut update = mesh.view.snapshot();
+    update.snapshot = false;
+    let expired = mesh.view.ca.issue_between(
+        &server_id.to_string(),
+        now - time::Duration::hours(3),
+        now - time::Duration::hours(1),
+    );
+    update.upserts = vec![res(key, Kind::Certificate(expired))];
+    assert!(mesh.b.apply(update).is_empty());
+    match connect_b(&mesh, &client_cert, &trust, &server_id.to_string()).await {
+        Err(HboneError::Tls { source, .. }) => {
+            assert!(source.to_string().contains("expired"), "{source}")
+        }
+        other => panic!(
+            "a server with an expired certificate was accepted: {:?}",
+            other.err()
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_policy_matrix() {
+    use config::Match;
+    let mut mesh = two_nodes(15).await;
+    let port = mesh.server.port();
+    let client_principal = "cluster.local/ns/demo/sa/client";
+    let m = Match::default;
+    // (name, policies, allowed)
+    let cases: Vec<(&str, Vec<config::Authorization>, bool)> = vec![
+        ("no policy", vec![], true),
+        (
+            "allow principal",
+            vec![policy(
+                "p",
+                Action::Allow,
+                vec![vec![vec![Match {
+                    principals: vec![exact(client_principal)],
+                    ..m()
+                }]]],
+            )],
+            true,
+        ),
+        (
+            "allow other principal",
+            vec![policy(
+                "p",
+                Action::Allow,
+                vec![vec![vec![Match {
+                    principals: vec![exact("cluster.local/ns/demo/sa/x")],
+                    ..m()
+                }]]],
+            )],
+            false,
+        ),
+        (
+            "allow principal prefix",
+            vec![policy(
+                "p",
+                Action::Allow,
+                vec![vec![vec![Match {
+                    principals: vec![prefix("cluster.local/ns/demo/")],
+                    ..m()
+                }]]],
+            )],
+            true,
+        ),
+        (
+            "allow namespace",
+            vec![policy(
+                "p",
+                Action::Allow,
+                vec![vec![vec![Match {
+                    namespaces: vec![exact("demo")],
+                    ..m()
+                }]]],
+            )],
+            true,
+        ),
+        (
+            "allow other namespace",
+            vec![policy(
+                "p",
+                Action::Allow,
+                vec![vec![vec![Match {
+                    namespaces: vec![exact("prod")],
+                    ..m()
+                }]]],
+            )],
+            false,
+        ),
+        (
+            "allow not_namespaces demo",
+            vec![policy(
+                "p",
+                Action::Allow,
+                vec![vec![vec![Match {
+                    not_namespaces: vec![exact("demo")],
+                    ..m()
+                }]]],
+            )],
+            false,
+        ),
+        (
+            "allow source block",
+            vec![policy(
+                "p",
+                Action::Allow,
+                vec![vec![vec![Match {
+                    source_ips: vec![cidr("127.15.1.0", 24)],
+                    ..m()
+                }]]],
+            )],
+            true,
+        ),
+        (
+            "allow other source block",
+            vec![policy(
+                "p",
+                Action::Allow,
+                vec![vec![vec![Match {
+                    source_ips: vec![cidr("10.0.0.0", 8)],
+                    ..m()
+                }]]],
+            )],
+            false,
+        ),
+        (
+            "allow not_source block",
+            vec![policy(
+                "p",
+                Action::Allow,
+                vec![vec![vec![Match {
+                    not_source_ips: vec![cidr("127.15.1.2", 32)],
+                    ..m()
+                }]]],
+            )],
+            false,
+        ),
+        (
+            "allow destination ip",
+            vec![policy(
+                "p",
+                Action::Allow,
+                vec![vec![vec![Match {
+                    destination_ips: vec![cidr("127.15.2.2", 32)],
+                    ..m()
+                }]]],
+            )],
+            true,
+        ),
+        (
+            "allow port",
+            vec![policy(
+                "p",
+                Action::Allow,
+                vec![vec![vec![Match {
+                    destination_ports: vec![u32::from(port)],
+                    ..m()
+                }]]],
+            )],
+            true,
+        ),
+        (
+            "allow other port",
+            vec![policy(
+                "p",
+                Action::Allow,
+                vec![vec![vec![Match {
+                    destination_ports: vec![1],
+                    ..m()
+                }]]],
+            )],
+            false,
+        ),
+        (
+            "allow not_port",
+            vec![policy(
+                "p",
+                Action::Allow,
+                vec![vec![vec![Match {
+                    not_destination_ports: vec![u32::from(port)],
+                    ..m()
+                }]]],
+            )],
+            false,
+        ),
+        (
+            "allow with no rules",
+            vec![policy("p", Action::Allow, vec![])],
+            false,
+        ),
+        (
+            "rule needs every clause",
+            vec![policy(
+                "p",
+                Action::Allow,
+                vec![vec![
+                    vec![Match {
+                        principals: vec![presence()],
+                        ..m()
+                    }],
+                    vec![Match {
+                        destination_ports: vec![1],
+                        ..m()
+                    }],
+                ]],
+            )],
+            false,
+        ),
+        (
+            "clause needs any match",
+            vec![policy(
+                "p",
+                Action::Allow,
+                vec![vec![vec![
+                    Match {
+                        destination_ports: vec![1],
+                        ..m()
+                    },
+                    Match {
+                        namespaces: vec![exact("demo")],
+                        ..m()
+                    },
+                ]]],
+            )],
+            true,
+        ),
+        (
+            "deny wins over allow",
+            vec![
+                policy("allow-all", Action::Allow, vec![vec![]]),
+                policy(
+                    "deny-demo",
+                    Action::Deny,
+                    vec![vec![vec![Match {
+                        namespaces: vec![exact("demo")],
+                        ..m()
+                    }]]],
+                ),
+            ],
+            false,
+        ),
+        (
+            "deny not matching",
+            vec![policy(
+                "d",
+                Action::Deny,
+                vec![vec![vec![Match {
+                    namespaces: vec![exact("prod")],
+                    ..m()
+                }]]],
+            )],
+            true,
+        ),
+        (
+            "deny not_principals any",
+            vec![policy(
+                "d",
+                Action::Deny,
+                vec![vec![vec![Match {
+                    not_principals: vec![presence()],
+                    ..m()
+                }]]],
+            )],
+            true,
+        ),
+        (
+            "deny that lost its HTTP conditions",
+            vec![policy("d", Action::Deny, vec![vec![vec![m()]]])],
+            false,
+        ),
+    ];
+    let server_key = mesh.server_key.clone();
+    for (name, policies, allowed) in cases {
+        // Drop the previous case's policies, then add this case's.
+        mesh.view
+            .resources
+            .retain(|k, _| !k.starts_with("authorization/"));
+        let keys: Vec<String> = policies
+            .into_iter()
+            .map(|p| mesh.view.add_policy(p))
+            .collect();
+        mesh.view.workload_mut(&server_key).authorization_policies = keys;
+        mesh.sync();
+        let result = round_trip(mesh.client_to(mesh.server).await, PAYLOAD).await;
+        let passed = matches!(&result, Ok(bytes) if bytes == PAYLOAD);
+        assert_eq!(passed, allowed, "case {name:?}: {result:?}");
+    }
+    assert!(refused_metric(&mesh.b, "not_allowed").await > 0);
+    assert!(refused_metric(&mesh.b, "deny_policy").await > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_connect_says_why() {
+    let mut mesh = two_nodes(16).await;
+    let key = mesh
+        .view
+        .add_policy(policy("nobody", Action::Allow, vec![]));
+    let server_key = mesh.server_key.clone();
+    mesh.view.workload_mut(&server_key).authorization_policies = vec![key];
+    mesh.sync();
+    let id: Identity = spiffe("demo", "client").parse().unwrap();
+    let cert = mesh.a.state.certificate(&id).unwrap();
+    let trust = mesh.a.state.trust_bundle().unwrap();
+    let pool_key = warren_ztunnel::proxy::pool::PoolKey {
+        source: id,
+        gateway: mesh.b.hbone(),
+        expected: spiffe("demo", "server").parse().unwrap(),
+    };
+    match mesh
+        .a
+        .ztunnel
+        .inputs
+        .pool
+        .tunnel(&pool_key, &cert, &trust, mesh.server, None)
+        .await
+    {
+        Err(HboneError::Status { status, reason, .. }) => {
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            assert!(
+                reason.contains("no ALLOW policy matched (of authorization/demo/nobody)"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected 403, got {:?}", other.err()),
+    }
+}
+
+/// An h2 client over mTLS to node B that sends whatever request a test makes.
+async fn raw_h2(mesh: &TwoNodes) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let cert = certificate(&mesh.view.ca.issue(&spiffe("demo", "client")));
+    let trust = bundle(&mesh.view.ca);
+    let server: Identity = spiffe("demo", "server").parse().unwrap();
+    let tls_config = warren_ztunnel::tls::client_config(&cert, &trust, server.clone()).unwrap();
+    let tcp = TcpStream::connect(mesh.b.hbone()).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(tls_config)
+        .connect(warren_ztunnel::tls::server_name_for(&server), tcp)
+        .await
+        .unwrap();
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+async fn send(
+    sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    request: Request<Empty<Bytes>>,
+) -> (StatusCode, String) {
+    use http_body_util::BodyExt as _;
+    sender.ready().await.unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors() {
+    let mesh = two_nodes(17).await;
+    let mut sender = raw_h2(&mesh).await;
+
+    let get = Request::builder()
+        .method(Method::GET)
+        .uri(format!("http://{}/", mesh.server))
+        .body(Empty::new())
+        .unwrap();
+    let (status, body) = send(&mut sender, get).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("only CONNECT"), "{body}");
+
+    let named = Request::builder()
+        .method(Method::CONNECT)
+        .uri("example.com:80")
+        .body(Empty::new())
+        .unwrap();
+    let (status, body) = send(&mut sender, named).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("is not an ip:port"), "{body}");
+
+    let elsewhere = Request::builder()
+        .method(Method::CONNECT)
+        .uri("127.17.9.9:80")
+        .body(Empty::new())
+        .unwrap();
+    let (status, body) = send(&mut sender, elsewhere).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("not a workload of this node"), "{body}");
+
+    // The client pod lives on node A: B must not dial it.
+    let not_here = Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("{}:80", mesh.client_ip))
+        .body(Empty::new())
+        .unwrap();
+    let (status, _) = send(&mut sender, not_here).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The connection is still good for a proper CONNECT.
+    let good = Request::builder()
+        .method(Method::CONNECT)
+        .uri(mesh.server.to_string())
+        .body(Empty::new())
+        .unwrap();
+    sender.ready().await.unwrap();
+    let response = sender.send_request(good).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let text = mesh.b.metrics().await;
+    for reason in ["not_connect", "bad_authority", "unknown_destination"] {
+        assert!(
+            metric(
+                &text,
+                "warren_ztunnel_refused_connections_total",
+                &[&format!("reason=\"{reason}\"")]
+            ) >= 1,
+            "{reason}: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_truncated_and_stalled_peers_are_cut() {
+    let mesh = two_nodes(18).await;
+    let hbone = mesh.b.hbone();
+    let closed_within = |mut stream: TcpStream, limit: Duration| async move {
+        let mut buf = [0u8; 256];
+        let started = std::time::Instant::now();
+        loop {
+            match tokio::time::timeout(limit, stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed() < limit,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    };
+
+    // Garbage instead of a ClientHello.
+    let mut garbage = TcpStream::connect(hbone).await.unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(garbage, Duration::from_secs(3)).await,
+        "garbage was not cut"
+    );
+
+    // A truncated ClientHello: a TLS record header announcing more than is sent.
+    let mut truncated = TcpStream::connect(hbone).await.unwrap();
+    truncated
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+        .await
+        .unwrap();
+    assert!(
+        closed_within(truncated, Duration::from_secs(3)).await,
+        "a truncated hello was not cut"
+    );
+
+    // Nothing at all: the handshake timeout (500 ms in tests) cuts it.
+    let stalled = TcpStream::connect(hbone).await.unwrap();
+    assert!(
+        closed_within(stalled, Duration::from_secs(3)).await,
+        "a stalled peer was not cut"
+    );
+
+    // TLS done, then no CONNECT: the header timeout cuts it.
+    let cert = certificate(&mesh.view.ca.issue(&spiffe("demo", "client")));
+    let trust = bundle(&mesh.view.ca);
+    let server: Identity = spiffe("demo", "server").parse().unwrap();
+    let tls_config = warren_ztunnel::tls::client_config(&cert, &trust, server.clone()).unwrap();
+    let tcp = TcpStream::connect(hbone).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(tls_config)
+        .connect(warren_ztunnel::tls::server_name_for(&server), tcp)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let cut = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "a peer that never sent CONNECT was not cut");
+
+    let ok = eventually(Duration::from_secs(3), async || {
+        // The truncated hello waits for the rest of its record: a timeout too.
+        refused_metric(&mesh.b, "tls_handshake").await >= 1
+            && refused_metric(&mesh.b, "tls_handshake_timeout").await >= 2
+            && refused_metric(&mesh.b, "connect_header_timeout").await >= 1
+    })
+    .await;
+    assert!(ok, "{}", mesh.b.metrics().await);
+
+    // And B still serves.
+    assert_eq!(
+        round_trip(mesh.client_to(mesh.server).await, PAYLOAD)
+            .await
+            .unwrap(),
+        PAYLOAD
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hop_to_a_service_with_a_waypoint_is_the_waypoint() {
+    let mut mesh = two_nodes(19).await;
+    // The "waypoint" is node B's ztunnel with the server's identity: it answers 404 for
+    // the VIP, which shows the CONNECT went there with the VIP as authority.
+    let vip: SocketAddr = "127.19.100.1:80".parse().unwrap();
+    let service = config::Service {
+        name: "svc".into(),
+        namespace: "demo".into(),
+        hostname: "svc.demo.svc.cluster.local".into(),
+        vips: vec![warren_api::addr::to_bytes(vip.ip())],
+        ports: vec![config::ServicePort {
+            port: 80,
+            target_port: u32::from(mesh.server.port()),
+            ..Default::default()
+        }],
+        endpoints: vec![],
+        waypoint: Some(config::GatewayAddress {
+            workload: mesh.server_key.clone(),
+            address: warren_api::addr::to_bytes(mesh.b.hbone().ip()),
+            hbone_port: u32::from(mesh.b.hbone().port()),
+            identity: spiffe("demo", "server"),
+        }),
+    };
+    mesh.view.put(res(
+        warren_api::key::service("demo", "svc"),
+        Kind::Service(service),
+    ));
+    mesh.sync();
+    assert!(refused(mesh.client_to(vip).await).await);
+    let ok = eventually(Duration::from_secs(3), async || {
+        refused_metric(&mesh.b, "unknown_destination").await == 1
+            && refused_metric(&mesh.a, "hbone_status").await == 1
+    })
+    .await;
+    assert!(ok, "the CONNECT for the VIP did not reach the waypoint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_vip_balances_over_ready_endpoints() {
+    let mut mesh = two_nodes(20).await;
+    // Two more pods on B that each answer with their name.
+    let mut endpoints = Vec::new();
+    let mut counters = Vec::new();
+    for (i, name) in ["one", "two", "three"].into_iter().enumerate() {
+        let ip: std::net::IpAddr = format!("127.20.2.{}", 10 + i).parse().unwrap();
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = Arc::clone(&count);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let _ = s.write_all(name.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        counters.push(count);
+        let key = mesh.view.add_workload(workload(
+            "demo",
+            &format!("web-{name}"),
+            "web",
+            ip,
+            "node-b",
+            "127.20.2.1".parse().unwrap(),
+        ));
+        endpoints.push(config::Endpoint {
+            workload: key,
+            address: warren_api::addr::to_bytes(ip),
+            // The third is not ready: never picked.
+            ready: i < 2,
+            ports: [(80, u32::from(addr.port()))].into(),
+        });
+    }
+    let vip: SocketAddr = "127.20.100.1:80".parse().unwrap();
+    mesh.view.put(res(
+        warren_api::key::service("demo", "web"),
+        Kind::Service(config::Service {
+            name: "web".into(),
+            namespace: "demo".into(),
+            hostname: "web.demo.svc.cluster.local".into(),
+            vips: vec![warren_api::addr::to_bytes(vip.ip())],
+            ports: vec![config::ServicePort {
+                port: 80,
+                target_port: 8080,
+                ..Default::default()
+            }],
+            endpoints,
+            waypoint: None,
+        }),
+    ));
+    mesh.sync();
+    for _ in 0..6 {
+        let answer = round_trip(mesh.client_to(vip).await, b"").await.unwrap();
+        assert!(answer == b"one" || answer == b"two", "{answer:?}");
+    }
+    let counts: Vec<usize> = counters
+        .iter()
+        .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    assert_eq!(counts, vec![3, 3, 0]);
+    let text = mesh.a.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "istio_tcp_connections_opened_total",
+            &["destination_service=\"web.demo.svc.cluster.local\""]
+        ),
+        6
+    );
+}
