@@ -71,6 +71,9 @@ pub struct RunArgs {
         env = "WARREN_RESCAN_EVERY"
     )]
     pub rescan_every: u64,
+    /// Where this node's workload certificates come from.
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Unix socket where this node's proxies subscribe to their config.
     #[arg(long, default_value = warren_api::socket::DEFAULT_PATH, env = "WARREN_AGENT_SOCKET")]
     pub socket: PathBuf,

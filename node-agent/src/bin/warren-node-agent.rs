@@ -13,6 +13,7 @@ use warren_node_agent::{
     datapath::{self, Datapath, Redirect},
     distribution::{self, Distribution},
     enrollment::Enrollment,
+    identity,
     model::ObjectKey,
     source::{Source, SourceEvent, kube::KubeSource, local::LocalSource},
     store::{Applied, Store},
@@ -138,6 +139,12 @@ async fn run(args: RunArgs) -> Result<()> {
     });
     let mut built = false;
 
+    // Certificates for this node's workloads, when a CA is configured.
+    let identities = identity::ClientConfig::from_args(&args.identity)
+        .context("configuring the CA client")?
+        .map(identity::Manager::spawn);
+    let mut certificates = identities.as_ref().map(identity::Handle::certificates);
+
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let mut ticker = tokio::time::interval(Duration::from_secs(args.report_every.max(1)));
@@ -167,6 +174,15 @@ async fn run(args: RunArgs) -> Result<()> {
                 }
                 view.refusals(&store);
                 view.set_cookies(&store, enrollment.cookies());
+                if let Some(handle) = &identities {
+                    handle.want(view.local_identities());
+                }
+            }
+            Some(()) = certificates_changed(&mut certificates) => {
+                if let Some(rx) = &mut certificates {
+                    let certs = rx.borrow_and_update().clone();
+                    view.set_certificates(&certs.by_identity, &certs.roots_pem);
+                }
             }
             _ = retry.tick() => {
                 if store.synced() {
@@ -206,6 +222,16 @@ fn apply(store: &mut Store, event: SourceEvent, changed: &mut Vec<ObjectKey>) ->
         }
         Applied::Synced => true,
         Applied::Unchanged => false,
+    }
+}
+
+/// Resolves when the certificates change; never without a CA.
+async fn certificates_changed(
+    rx: &mut Option<tokio::sync::watch::Receiver<identity::Certificates>>,
+) -> Option<()> {
+    match rx {
+        Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
     }
 }
 
