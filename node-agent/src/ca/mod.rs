@@ -92,7 +92,7 @@ pub async fn run(args: CaArgs) -> Result<(), CaError> {
             println!(
                 "new root {} (valid until {}); previous root {} stays trusted until removed",
                 rotated.new_serial,
-                rotated.new_not_after,
+                rotated.new_not_after.date(),
                 rotated.previous_serial.as_deref().unwrap_or("(none)"),
             );
             Ok(())

@@ -488,3 +488,77 @@ fn retired_roots_leave_the_bundle_once_expired() {
     let err = Material::load_state(dir.path(), now() + time::Duration::days(11 * 365)).unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");
 }
+
+/// The `ca` command line as the binary parses it.
+#[derive(clap::Parser, Debug)]
+struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Top {
+    Ca(crate::config::CaArgs),
+}
+
+fn parse(args: &[&str]) -> Result<crate::config::CaArgs, clap::Error> {
+    use clap::Parser as _;
+    let Top::Ca(ca) = Cli::try_parse_from(["warren-node-agent", "ca"].iter().chain(args))?.command;
+    Ok(ca)
+}
+
+#[test]
+fn the_ca_command_line_serves_by_default_and_has_state_commands() {
+    use crate::config::CaCommand;
+    use clap::CommandFactory as _;
+    Cli::command().debug_assert();
+
+    let serve = parse(&[
+        "--state-dir",
+        "/s",
+        "--config-dir",
+        "/c",
+        "--max-ttl",
+        "1h",
+        "--san",
+        "ca.example,10.0.0.9",
+    ])
+    .unwrap();
+    assert!(serve.command.is_none());
+    assert_eq!(serve.serve.max_ttl, HOUR);
+    assert_eq!(serve.serve.default_ttl, 24 * HOUR);
+    assert_eq!(serve.serve.listen.to_string(), "0.0.0.0:15012");
+    assert_eq!(serve.serve.sans, ["ca.example", "10.0.0.9"]);
+    assert_eq!(
+        serve.serve.node_agent_accounts,
+        ["warren-system/warren-node-agent"]
+    );
+
+    let token = parse(&[
+        "issue-token",
+        "--state-dir",
+        "/s",
+        "--node",
+        "node-a",
+        "--ttl",
+        "90s",
+    ])
+    .unwrap();
+    match token.command {
+        Some(CaCommand::IssueToken(t)) => {
+            assert_eq!(t.node, "node-a");
+            assert_eq!(t.ttl, Duration::from_secs(90));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        parse(&["rotate-root", "--state-dir", "/s"])
+            .unwrap()
+            .command,
+        Some(CaCommand::RotateRoot(_))
+    ));
+    // A plug-in signer needs its key and roots.
+    let err = parse(&["--cert-file", "/ca.pem"]).unwrap_err();
+    assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    assert!(parse(&["--max-ttl", "soon"]).is_err());
+}
