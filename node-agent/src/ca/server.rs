@@ -40,6 +40,9 @@ use crate::{config::CaServeArgs, source::local::LocalSource, store::Store};
 
 /// Largest gRPC message the CA decodes: a CSR is a few hundred bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds a request, a TokenReview or pod list included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the signing material comes from.
 #[derive(Clone, Debug)]
@@ -300,7 +303,10 @@ impl Serving {
                 .serving_identity(listen_ip, &self.sans, OffsetDateTime::now_utc())
                 .map_err(CaError::Serving)?;
             let tls = ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(chain.concat(), key));
+                .identity(tonic::transport::Identity::from_pem(chain.concat(), key))
+                // A peer that opens a connection and never finishes the
+                // handshake must not hold resources for long.
+                .timeout(HANDSHAKE_TIMEOUT);
             let service = CertificateAuthorityServer::new(CaService::new(
                 Arc::clone(&self.authority),
                 self.authn.clone(),
@@ -317,6 +323,7 @@ impl Serving {
                 }
             };
             Server::builder()
+                .timeout(REQUEST_TIMEOUT)
                 .tls_config(tls)
                 .map_err(CaError::Tls)?
                 .add_service(service)

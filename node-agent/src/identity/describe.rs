@@ -57,3 +57,34 @@ pub fn describe(chain_pem: &[String]) -> Result<CertSummary, DescribeError> {
         chain_len: certs.len(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summarises_the_leaf_of_a_chain() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://cluster.local/ns/demo/sa/web".try_into().unwrap(),
+        )];
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x4a, 0x01]));
+        params.not_after = rcgen::date_time_ymd(2030, 1, 2);
+        let cert = params.self_signed(&key).unwrap();
+        let summary = describe(&[cert.pem()]).unwrap();
+        assert_eq!(summary.serial, "4a01");
+        assert_eq!(summary.uris, ["spiffe://cluster.local/ns/demo/sa/web"]);
+        assert_eq!(summary.not_after, rcgen::date_time_ymd(2030, 1, 2));
+        assert_eq!(summary.chain_len, 1);
+        assert!(
+            summary.issuer.contains("rcgen self signed cert"),
+            "{}",
+            summary.issuer
+        );
+        assert!(matches!(
+            describe(&["not a certificate".into()]),
+            Err(DescribeError::Cert(CertError::Empty))
+        ));
+    }
+}
