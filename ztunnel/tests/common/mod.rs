@@ -250,9 +250,17 @@ pub fn test_config(name: &str, ip: IpAddr, peer_hbone_port: u16) -> Config {
 
 impl Node {
     pub async fn start(config: Config, state: Arc<State>) -> Node {
+        Node::start_with_log(config, state, None).await
+    }
+
+    pub async fn start_with_log(
+        config: Config,
+        state: Arc<State>,
+        log: Option<warren_ztunnel::admin::LogControl>,
+    ) -> Node {
         let name = config.node_name.clone().unwrap();
         let ip = config.admin_addr.ip();
-        let ztunnel = Ztunnel::start(config, Arc::clone(&state), None)
+        let ztunnel = Ztunnel::start(config, Arc::clone(&state), log)
             .await
             .unwrap();
         let handler = Mutex::new(Subscription::new(Arc::clone(&state)));
