@@ -38,7 +38,7 @@ pub fn start_agent_with_config(cluster: &Cluster, node: &Node) -> Result<Process
     )
 }
 
-fn start_agent_with(cluster: &Cluster, node: &Node, extra: &[&str]) -> Result<Process> {
+pub fn start_agent_with(cluster: &Cluster, node: &Node, extra: &[&str]) -> Result<Process> {
     let agent = binaries::path("warren-node-agent")?;
     let cgroup = node.cgroup.to_string_lossy().into_owned();
     let bpffs = node.bpffs.to_string_lossy().into_owned();

@@ -6,4 +6,5 @@
 //! - [`workload`]: sample servers in pods and the load client's reports.
 //! - [`agent`]: node agents on testbed nodes, and enrolling pods.
 pub mod agent;
+pub mod mesh;
 pub mod workload;

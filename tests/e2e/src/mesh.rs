@@ -1,0 +1,235 @@
+//! A whole mesh on a testbed cluster: the CA (in the first node's
+//! namespace, reached over the fabric), and on every node a node agent
+//! reading the cluster's config folder and a ztunnel subscribed to it.
+//! What a DaemonSet and a CA Deployment would run on a real cluster.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use warren_testbed::{Cluster, Node, Process, binaries};
+
+use crate::agent::{agent_socket, start_agent_with};
+
+/// Where the CA listens, on the first node's fabric address.
+pub const CA_PORT: u16 = 15012;
+/// ztunnel's Prometheus port.
+pub const METRICS_PORT: u16 = 15020;
+
+pub struct NodeDaemons {
+    pub node: Node,
+    pub agent: Process,
+    pub ztunnel: Process,
+}
+
+pub struct Mesh {
+    pub ca: Process,
+    pub ca_dir: PathBuf,
+    pub nodes: Vec<NodeDaemons>,
+}
+
+/// Options for [`start_mesh_with`].
+#[derive(Clone, Debug)]
+pub struct MeshOptions {
+    /// Lifetime of workload certificates (short to exercise renewal).
+    pub cert_ttl: String,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self {
+            cert_ttl: "1h".into(),
+        }
+    }
+}
+
+pub fn start_mesh(cluster: &Cluster) -> Result<Mesh> {
+    start_mesh_with(cluster, &MeshOptions::default())
+}
+
+pub fn start_mesh_with(cluster: &Cluster, options: &MeshOptions) -> Result<Mesh> {
+    let agent_bin = binaries::path("warren-node-agent")?;
+    let agent_bin = agent_bin.to_string_lossy().into_owned();
+    let first = cluster.node(0)?;
+    let ca_dir = cluster.node_dir(first)?.join("ca");
+    let ca_state = ca_dir.to_string_lossy().into_owned();
+    let listen = SocketAddr::new(first.ip.into(), CA_PORT).to_string();
+    let config = cluster.config_dir().to_string_lossy().into_owned();
+    let mut ca = cluster.spawn(
+        &first.sandbox,
+        &agent_bin,
+        &[
+            "ca",
+            "--state-dir",
+            &ca_state,
+            "--listen",
+            &listen,
+            "--san",
+            &first.ip.to_string(),
+            "--config-dir",
+            &config,
+            "--max-ttl",
+            "24h",
+        ],
+    )?;
+    ca.wait_for_output("ca ready", Duration::from_secs(20))?;
+    let root = ca_dir.join("root-cert.pem");
+
+    let mut nodes = Vec::new();
+    for node in cluster.nodes() {
+        let dir = cluster.node_dir(node)?;
+        let token_file = dir.join("ca-token");
+        let out = Command::new(&agent_bin)
+            .args([
+                "ca",
+                "issue-token",
+                "--state-dir",
+                &ca_state,
+                "--node",
+                &node.name,
+            ])
+            .output()
+            .context("running warren-node-agent ca issue-token")?;
+        ensure!(
+            out.status.success(),
+            "issue-token for {}: {}",
+            node.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        std::fs::write(&token_file, token).context("writing the token file")?;
+        let agent = start_agent_with(
+            cluster,
+            node,
+            &[
+                "--config-dir",
+                &config,
+                "--rescan-every",
+                "1",
+                "--ca-addr",
+                &listen,
+                "--ca-root-file",
+                &root.to_string_lossy(),
+                "--ca-token-file",
+                &token_file.to_string_lossy(),
+                "--cert-ttl",
+                &options.cert_ttl,
+            ],
+        )?;
+        let ztunnel = start_ztunnel(cluster, node)?;
+        nodes.push(NodeDaemons {
+            node: node.clone(),
+            agent,
+            ztunnel,
+        });
+    }
+    Ok(Mesh { ca, ca_dir, nodes })
+}
+
+/// Starts `warren-ztunnel` in the node's namespace, subscribed to its agent.
+pub fn start_ztunnel(cluster: &Cluster, node: &Node) -> Result<Process> {
+    let bin = binaries::path("warren-ztunnel")?;
+    let socket = agent_socket(cluster, node)?.to_string_lossy().into_owned();
+    cluster.spawn(
+        &node.sandbox,
+        &bin.to_string_lossy(),
+        &[
+            "--agent-socket",
+            &socket,
+            "--node-name",
+            &node.name,
+            "--client-id",
+            &format!("ztunnel-{}", node.name),
+        ],
+    )
+}
+
+impl Mesh {
+    /// Waits until every ztunnel is ready (config and certificates in).
+    pub fn wait_ready(&mut self, within: Duration) -> Result<()> {
+        for daemons in &mut self.nodes {
+            daemons
+                .ztunnel
+                .wait_for_output("ztunnel ready", within)
+                .with_context(|| format!("ztunnel on {}", daemons.node.name))?;
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, name: &str) -> Result<&NodeDaemons> {
+        self.nodes
+            .iter()
+            .find(|d| d.node.name == name)
+            .with_context(|| format!("no node {name} in the mesh"))
+    }
+
+    /// Every process's log, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut out = format!("--- ca\n{}", self.ca.output());
+        for d in &self.nodes {
+            out.push_str(&format!(
+                "\n--- agent {}\n{}\n--- ztunnel {}\n{}",
+                d.node.name,
+                d.agent.output(),
+                d.node.name,
+                d.ztunnel.output()
+            ));
+        }
+        out
+    }
+}
+
+/// ztunnel's metrics on `node`, scraped from inside the node's namespace.
+pub fn scrape_metrics(node: &Node) -> Result<String> {
+    let url = format!("http://{}:{METRICS_PORT}/metrics", node.ip);
+    let out = node
+        .sandbox
+        .exec("curl", ["-sS", "--max-time", "5", &url])
+        .context("scraping ztunnel metrics")?;
+    ensure!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Sum of a metric's samples whose labels include every `name="value"`.
+pub fn metric_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `check` until it holds or `within` passes.
+pub fn eventually(
+    within: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
