@@ -103,6 +103,20 @@ enum ObtainError {
     Answer(String),
 }
 
+impl ObtainError {
+    /// The CA was not reached (or its files are missing): every request
+    /// would fail the same way.
+    fn unreachable(&self) -> bool {
+        match self {
+            ObtainError::Client(ClientError::Status(status)) => {
+                status.code() == tonic::Code::Unavailable
+            }
+            ObtainError::Client(_) => true,
+            ObtainError::Key(_) | ObtainError::Answer(_) => false,
+        }
+    }
+}
+
 struct Renewer {
     client: CaClient,
     entries: BTreeMap<Identity, Entry>,
@@ -141,8 +155,18 @@ impl Renewer {
                 .filter(|(_, e)| e.due <= now)
                 .map(|(id, _)| id.clone())
                 .collect();
-            for identity in due {
-                self.obtain(identity).await;
+            let mut due = due.into_iter();
+            while let Some(identity) = due.next() {
+                if let Err(retry_at) = self.obtain(identity).await {
+                    // The CA cannot be reached: the others would wait for
+                    // the same timeout one after another. They retry with
+                    // this one instead.
+                    for other in due.by_ref() {
+                        if let Some(entry) = self.entries.get_mut(&other) {
+                            entry.due = entry.due.max(retry_at);
+                        }
+                    }
+                }
             }
             if Instant::now() >= bundle_due {
                 self.refresh_bundle().await;
@@ -180,10 +204,12 @@ impl Renewer {
             .map(|c| instant_at(c.not_after))
     }
 
-    async fn obtain(&mut self, identity: Identity) {
+    /// Obtains or renews one certificate. `Err(retry_at)` when the CA could
+    /// not be reached at all (as opposed to a refusal of this request).
+    async fn obtain(&mut self, identity: Identity) -> Result<(), Instant> {
         let result = self.request(&identity).await;
         let Some(entry) = self.entries.get_mut(&identity) else {
-            return;
+            return Ok(());
         };
         match result {
             Ok((cert, roots)) => {
@@ -200,6 +226,7 @@ impl Renewer {
                 if !roots.is_empty() {
                     self.roots = roots;
                 }
+                Ok(())
             }
             Err(err) => {
                 entry.failures = entry.failures.saturating_add(1);
@@ -213,6 +240,11 @@ impl Renewer {
                     still_valid = entry.cert.is_some(),
                     "obtaining a certificate failed"
                 );
+                if err.unreachable() {
+                    Err(entry.due)
+                } else {
+                    Ok(())
+                }
             }
         }
     }
