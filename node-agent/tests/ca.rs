@@ -313,10 +313,10 @@ async fn clients_verify_the_ca_against_the_root_file() {
 
 #[tokio::test]
 async fn the_manager_renews_before_expiry_and_drops_what_is_not_wanted() {
-    let setup = Setup::new(Duration::from_secs(4));
+    let setup = Setup::new(Duration::from_secs(6));
     let ca = server::start(&setup.args).await.unwrap();
     let token_a = setup.token_file("node-a", Duration::from_secs(3600));
-    let handle = Manager::spawn(setup.client_config(&ca, token_a, Duration::from_secs(4)));
+    let handle = Manager::spawn(setup.client_config(&ca, token_a, Duration::from_secs(6)));
     let mut certs = handle.certificates();
     // db runs on node B: refused and retried, never published.
     handle.want(BTreeSet::from([web(), db()]));
