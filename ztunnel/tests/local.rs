@@ -368,3 +368,32 @@ async fn drain_lets_connections_finish_then_cuts_them() {
     let end = tokio::time::timeout(Duration::from_secs(3), held.read_to_end(&mut rest)).await;
     assert!(end.is_ok(), "the held connection was not cut");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hbone_over_ipv6_loopback() {
+    init();
+    // IPv6 loopback has one address: the nodes differ by port, the client is known by
+    // its cookie (it has no address of its own here).
+    let ip: IpAddr = "::1".parse().unwrap();
+    let b = Node::new("node-b", ip, 0).await;
+    let a = Node::new("node-a", ip, b.hbone().port()).await;
+    let server = echo(ip).await;
+    let mut view = View::new(Ca::new("root"));
+    let mut client = workload("demo", "client", "client", ip, "node-a", ip);
+    client.addresses.clear();
+    client.netns_cookie = 66;
+    view.add_workload(client);
+    view.add_workload(workload("demo", "server", "server", ip, "node-b", ip));
+    let snapshot = view.snapshot();
+    assert!(a.apply(snapshot.clone()).is_empty());
+    assert!(b.apply(snapshot).is_empty());
+    let echoed = round_trip(a.outbound(ip, server, 66).await, PAYLOAD)
+        .await
+        .unwrap();
+    assert_eq!(echoed, PAYLOAD);
+    assert_eq!(
+        a.ztunnel.inputs.pool.connection_count(),
+        1,
+        "the IPv6 round trip did not use HBONE"
+    );
+}

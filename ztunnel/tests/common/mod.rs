@@ -294,7 +294,12 @@ impl Node {
         let listener = TcpListener::bind(SocketAddr::new(self.ip, 0))
             .await
             .unwrap();
-        let socket = TcpSocket::new_v4().unwrap();
+        let socket = if from.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .unwrap();
         socket.bind(SocketAddr::new(from, 0)).unwrap();
         let client = socket
             .connect(listener.local_addr().unwrap())
@@ -322,7 +327,12 @@ impl Node {
         let listener = TcpListener::bind(SocketAddr::new(self.ip, 0))
             .await
             .unwrap();
-        let socket = TcpSocket::new_v4().unwrap();
+        let socket = if from.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .unwrap();
         socket.bind(SocketAddr::new(from, 0)).unwrap();
         let client = socket
             .connect(listener.local_addr().unwrap())
