@@ -13,7 +13,9 @@ pub fn to_bytes(ip: IpAddr) -> Vec<u8> {
 /// An address from the protos; `None` when the length is neither 4 nor 16.
 pub fn from_bytes(bytes: &[u8]) -> Option<IpAddr> {
     match bytes.len() {
-        4 => <[u8; 4]>::try_from(bytes).ok().map(|b| Ipv4Addr::from(b).into()),
+        4 => <[u8; 4]>::try_from(bytes)
+            .ok()
+            .map(|b| Ipv4Addr::from(b).into()),
         16 => <[u8; 16]>::try_from(bytes)
             .ok()
             .map(|b| Ipv6Addr::from(b).into()),

@@ -14,12 +14,13 @@ pub const DEFAULT_PATH: &str = "/var/run/warren/agent.sock";
 pub fn channel(path: &Path) -> Channel {
     let path: PathBuf = path.to_owned();
     // The URI is required by tonic but never resolved: the connector decides.
-    Endpoint::from_static("http://warren-node-agent")
-        .connect_with_connector_lazy(tower::service_fn(move |_| {
+    Endpoint::from_static("http://warren-node-agent").connect_with_connector_lazy(
+        tower::service_fn(move |_| {
             let path = path.clone();
             async move {
                 let stream = tokio::net::UnixStream::connect(&path).await?;
                 Ok::<_, io::Error>(TokioIo::new(stream))
             }
-        }))
+        }),
+    )
 }

@@ -10,8 +10,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
 use crate::config::{
-    Ack, ClientMessage, Hello, Nack, Update, config_distribution_client::ConfigDistributionClient,
-    client_message::Message,
+    Ack, ClientMessage, Hello, Nack, Update, client_message::Message,
+    config_distribution_client::ConfigDistributionClient,
 };
 
 /// A resource the proxy could not take, and why.
@@ -72,8 +72,12 @@ impl Subscriber {
         let mut backoff = self.min_backoff;
         loop {
             match self.session(&mut handler).await {
-                Ok(()) => info!(socket = %self.socket.display(), "config stream ended; resubscribing"),
-                Err(err) => warn!(socket = %self.socket.display(), error = %err, "config stream failed; resubscribing"),
+                Ok(()) => {
+                    info!(socket = %self.socket.display(), "config stream ended; resubscribing")
+                }
+                Err(err) => {
+                    warn!(socket = %self.socket.display(), error = %err, "config stream failed; resubscribing")
+                }
             }
             let synced = self.status.borrow().synced;
             self.status.send_modify(|s| {
@@ -113,7 +117,10 @@ impl Subscriber {
             let (upserts, removals) = (update.upserts.len(), update.removals.len());
             let refused = handler.apply(update);
             let answer = if refused.is_empty() {
-                debug!(version, snapshot, upserts, removals, "config update applied");
+                debug!(
+                    version,
+                    snapshot, upserts, removals, "config update applied"
+                );
                 Message::Ack(Ack { version })
             } else {
                 let reason = refused

@@ -127,7 +127,9 @@ struct Renewer {
 
 impl Renewer {
     async fn run(mut self, mut wanted: watch::Receiver<BTreeSet<Identity>>) {
-        let mut bundle_due = Instant::now() + self.bundle_every;
+        // The bundle is fetched at once: proxies need the roots to accept
+        // peers before this node has any workload of its own.
+        let mut bundle_due = Instant::now();
         loop {
             let next = self
                 .entries
@@ -169,8 +171,13 @@ impl Renewer {
                 }
             }
             if Instant::now() >= bundle_due {
-                self.refresh_bundle().await;
-                bundle_due = Instant::now() + self.bundle_every;
+                // Until a bundle is in, retry soon rather than every period.
+                let wait = if self.refresh_bundle().await || !self.roots.is_empty() {
+                    self.bundle_every
+                } else {
+                    self.bundle_every.min(Duration::from_secs(2))
+                };
+                bundle_due = Instant::now() + wait;
             }
             self.drop_expired();
             self.publish();
@@ -275,16 +282,24 @@ impl Renewer {
         ))
     }
 
-    async fn refresh_bundle(&mut self) {
+    /// Fetches the bundle; true if the CA answered with one.
+    async fn refresh_bundle(&mut self) -> bool {
         match self.client.trust_bundle().await {
             Ok(roots) if !roots.is_empty() => {
                 if roots != self.roots {
                     info!(roots = roots.len(), "trust bundle changed");
                 }
                 self.roots = roots;
+                true
             }
-            Ok(_) => warn!("the CA sent an empty trust bundle; keeping the current one"),
-            Err(err) => warn!(error = %err, "fetching the trust bundle failed; retrying later"),
+            Ok(_) => {
+                warn!("the CA sent an empty trust bundle; keeping the current one");
+                false
+            }
+            Err(err) => {
+                warn!(error = %err, "fetching the trust bundle failed; retrying later");
+                false
+            }
         }
     }
 

@@ -3,9 +3,9 @@
 //! builds what it needs first.
 //!
 //! The application: `front` calls `app` (v1 on the other node, v2 on its
-//! own node); `outside/curl` is a client outside the mesh. Until ztunnel
-//! exists, `warren-sample transparent` takes its place on port 15001 on each
-//! node, so the demo shows what the kernel and the node agent do today.
+//! own node); `cart` is another caller in the mesh; `outside/curl` is a
+//! client outside it. The mesh: the CA, and per node a node agent (eBPF
+//! datapath, config, certificates) and a ztunnel.
 
 mod steps;
 
@@ -19,7 +19,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
 use serde_json::Value;
 use warren_e2e::{
-    agent::{Counter, datapath, start_agent_with_config, start_proxy, warrenctl},
+    agent::{Counter, agent_socket, datapath, warrenctl},
+    mesh::{Mesh, eventually, metric_sum, scrape_metrics, start_mesh},
     workload::{count_status, load, start_http_server},
 };
 use warren_testbed::{Cluster, Node, Pod, PodSpec, Process};
@@ -38,14 +39,8 @@ struct Cli {
     keep: bool,
 }
 
-/// One node's Warren: its agent and the stand-in for its ztunnel.
-struct NodeMesh {
-    agent: Process,
-    proxy: Process,
-}
-
 struct Demo {
-    nodes: Vec<NodeMesh>,
+    mesh: Option<Mesh>,
     cluster: Cluster,
     servers: Vec<Process>,
 }
@@ -83,18 +78,26 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
 
-    steps.run("Node agents install the eBPF datapath (pinned)", || {
-        demo.agents_up()
-    });
+    steps.run(
+        "Mesh up: CA, node agents (eBPF datapath pinned), ztunnels",
+        || demo.mesh_up(),
+    );
     steps.run("Namespace opts in: pods enrolled from config", || {
         demo.opt_in()
     });
     steps.run(
-        "Capture: original destination and source pod from the kernel",
+        "Capture: pods' connections reach ztunnel through the kernel",
         || demo.capture(),
+    );
+    steps.run(
+        "mTLS between nodes: HBONE with SPIFFE identities from the CA",
+        || demo.mtls(),
     );
     steps.run("STRICT: plaintext from outside the mesh is refused", || {
         demo.strict()
+    });
+    steps.run("L4 authorization: a DENY policy blocks one caller", || {
+        demo.deny()
     });
     steps.run(
         "Socket shortcut: same-node hops skip the TCP/IP stack",
@@ -103,8 +106,6 @@ fn main() -> ExitCode {
     steps.run("Agent restart: capture continues, pins adopted", || {
         demo.restart()
     });
-    steps.not_yet("mTLS between nodes (HBONE, SPIFFE identities)", "#5, #6");
-    steps.not_yet("L4 authorization: a DENY policy blocks one caller", "#5");
     steps.not_yet(
         "Waypoint: canary 80/20, header routing, faults, retries",
         "#8",
@@ -118,16 +119,21 @@ fn main() -> ExitCode {
             .node(0)
             .map(|n| n.name.clone())
             .unwrap_or_default();
-        for n in demo.nodes.drain(..) {
-            n.agent.detach();
-            n.proxy.detach();
+        let socket = demo
+            .cluster
+            .node(0)
+            .and_then(|n| agent_socket(&demo.cluster, n))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if let Some(mesh) = demo.mesh.take() {
+            mesh.detach();
         }
         for s in demo.servers.drain(..) {
             s.detach();
         }
         match demo.cluster.detach() {
             Ok(id) => println!(
-                "\nThe cluster {id} is still running. Explore it:\n  target/debug/warrenctl bpf pods --node {node}\n  target/debug/warrenctl bpf map dump WARREN_COUNTERS --node {node}\n  cargo xtask cluster status\n  cargo xtask cluster exec shop/front -- target/debug/warren-sample load --url http://<app-v1 ip>:8080/ -n 5\nRemove it with: cargo xtask cluster down {id}"
+                "\nThe cluster {id} is still running. Explore it:\n  target/debug/warrenctl bpf pods --node {node}\n  target/debug/warrenctl config dump --socket {socket}\n  target/debug/warrenctl config status --socket {socket}\n  target/debug/warrenctl bpf map dump WARREN_COUNTERS --node {node}\n  cargo xtask cluster status\n  cargo xtask cluster exec shop/front -- target/debug/warren-sample load --url http://<app-v1 ip>:8080/ -n 5\nRemove it with: cargo xtask cluster down {id}"
             ),
             Err(err) => eprintln!("could not keep the cluster: {err:#}"),
         }
@@ -166,6 +172,7 @@ fn deploy() -> Result<Demo> {
             0,
             labels(&[("app", "app"), ("version", "v2")]),
         ),
+        ("cart", SHOP, 0, labels(&[("app", "cart")])),
         ("curl", "outside", 0, labels(&[("app", "curl")])),
     ];
     for (name, namespace, node, labels) in pods {
@@ -183,7 +190,7 @@ fn deploy() -> Result<Demo> {
         servers.push(start_http_server(&cluster, &pod, 8080, &[])?);
     }
     Ok(Demo {
-        nodes: Vec::new(),
+        mesh: None,
         cluster,
         servers,
     })
@@ -198,12 +205,13 @@ impl Demo {
         self.cluster.node(i)
     }
 
-    fn agents_up(&mut self) -> Result<String> {
+    fn mesh_up(&mut self) -> Result<String> {
+        let mut mesh = start_mesh(&self.cluster)?;
+        mesh.wait_ready(Duration::from_secs(30))
+            .with_context(|| mesh.logs())?;
         let mut evidence = Vec::new();
-        for node in self.cluster.nodes().to_vec() {
-            let agent = start_agent_with_config(&self.cluster, &node)?;
-            let proxy = start_proxy(&self.cluster, &node)?;
-            let progs = warrenctl(&node, &["bpf", "prog", "list"])?;
+        for node in self.cluster.nodes() {
+            let progs = warrenctl(node, &["bpf", "prog", "list"])?;
             let names: Vec<&str> = progs
                 .as_array()
                 .into_iter()
@@ -216,10 +224,22 @@ impl Demo {
                 node.name,
                 names.len()
             );
-            evidence.push(format!("{}: {}", node.name, names.join(", ")));
-            self.nodes.push(NodeMesh { agent, proxy });
+            evidence.push(format!(
+                "{}: {} eBPF programs, ztunnel ready",
+                node.name,
+                names.len()
+            ));
         }
-        Ok(evidence.join(" | "))
+        self.mesh = Some(mesh);
+        Ok(format!(
+            "CA on {} | {}",
+            self.node(0)?.ip,
+            evidence.join(" | ")
+        ))
+    }
+
+    fn mesh(&self) -> Result<&Mesh> {
+        self.mesh.as_ref().context("the mesh is not up")
     }
 
     fn opt_in(&mut self) -> Result<String> {
@@ -229,7 +249,8 @@ impl Demo {
         );
         self.cluster
             .add_namespace(SHOP, labels(&[("warren.io/dataplane-mode", "ambient")]))?;
-        let n0 = self.wait_enrolled(0, &["shop/app-v2", "shop/front"], "PERMISSIVE")?;
+        let n0 =
+            self.wait_enrolled(0, &["shop/app-v2", "shop/cart", "shop/front"], "PERMISSIVE")?;
         let n1 = self.wait_enrolled(1, &["shop/app-v1"], "PERMISSIVE")?;
         Ok(format!(
             "node 0 enrolled {n0}; node 1 enrolled {n1}; outside/curl not enrolled"
@@ -263,7 +284,6 @@ impl Demo {
         let mut evidence = Vec::new();
         for target in ["shop/app-v1", "shop/app-v2"] {
             let app = self.pod(target)?.clone();
-            let before = self.captured(0, &front).len();
             let report = load(
                 &front,
                 &format!("http://{}:8080/", app.ip),
@@ -271,34 +291,86 @@ impl Demo {
             )?;
             ensure!(
                 count_status(&report, 200) == 20,
-                "front → {target}: {report}"
+                "front → {target}: {report}\n{}",
+                self.mesh()?.logs()
             );
-            let seen = self.captured(0, &front);
-            let conn = seen
-                .get(before)
-                .with_context(|| format!("ztunnel's port never saw front → {target}"))?;
-            let want = format!("{}:8080", app.ip);
-            ensure!(conn["orig_dst"] == want.as_str(), "kernel said {conn}");
+        }
+        // ztunnel on front's node reports both as the source side.
+        let metrics = scrape_metrics(self.node(0)?)?;
+        for (target, workload) in [
+            ("app-v1 (other node)", "app-v1"),
+            ("app-v2 (same node)", "app-v2"),
+        ] {
+            let n = metric_sum(
+                &metrics,
+                "istio_tcp_connections_opened_total",
+                &[
+                    ("reporter", "source"),
+                    ("source_workload", "front"),
+                    ("destination_workload", workload),
+                ],
+            );
+            ensure!(
+                n >= 1.0,
+                "node 0's ztunnel saw no connection front → {workload}:\n{metrics}"
+            );
             evidence.push(format!(
-                "front → {target}: 20/20 OK via port 15001; kernel: original dst {}, source netns cookie {}",
-                conn["orig_dst"].as_str().unwrap_or("?"),
-                conn["netns_cookie"]
+                "front → {target}: 20/20 OK, node 0's ztunnel opened {n}"
             ));
         }
         Ok(evidence.join(" | "))
     }
 
-    /// Connections the node's stand-in proxy saw from `pod`.
-    fn captured(&self, node: usize, pod: &Pod) -> Vec<Value> {
-        let prefix = format!("{}:", pod.ip);
-        self.nodes[node]
-            .proxy
-            .output()
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|c| c["peer"].as_str().is_some_and(|p| p.starts_with(&prefix)))
-            .collect()
+    fn mtls(&mut self) -> Result<String> {
+        let metrics = scrape_metrics(self.node(1)?)?;
+        let principal = "spiffe://cluster.local/ns/shop/sa/front";
+        let n = metric_sum(
+            &metrics,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("source_principal", principal),
+                ("destination_workload", "app-v1"),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        );
+        ensure!(
+            n >= 1.0,
+            "node 1's ztunnel saw no mTLS connection from front:\n{metrics}"
+        );
+        let status = warrenctl_status(&self.cluster, self.node(1)?)?;
+        Ok(format!(
+            "app-v1's ztunnel (node 1) accepted {n} mutual_tls connection(s) from {principal}; agent → ztunnel: {status}"
+        ))
+    }
+
+    fn deny(&mut self) -> Result<String> {
+        let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-cart\n  namespace: shop\nspec:\n  selector:\n    matchLabels:\n      app: app\n  action: DENY\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/shop/sa/cart\"]\n";
+        show_yaml("authorizationpolicy.shop.deny-cart.yaml", yaml);
+        std::fs::write(
+            self.cluster
+                .config_dir()
+                .join("authorizationpolicy.shop.deny-cart.yaml"),
+            yaml,
+        )?;
+        let app = self.pod("shop/app-v1")?.clone();
+        let url = format!("http://{}:8080/", app.ip);
+        let cart = self.pod("shop/cart")?.clone();
+        eventually(Duration::from_secs(10), "cart refused", || {
+            let r = load(&cart, &url, &["-n", "5", "-c", "1", "--timeout", "1s"])?;
+            Ok(count_status(&r, 200) == 0)
+        })?;
+        let member = load(self.pod("shop/front")?, &url, &["-n", "5", "-c", "1"])?;
+        ensure!(count_status(&member, 200) == 5, "front refused: {member}");
+        let metrics = scrape_metrics(self.node(1)?)?;
+        let denied = metric_sum(
+            &metrics,
+            "warren_ztunnel_refused_connections_total",
+            &[("reason", "deny_policy")],
+        );
+        Ok(format!(
+            "shop/cart → app-v1: 0/5; shop/front → app-v1: 5/5; node 1's ztunnel counted {denied} deny_policy refusals"
+        ))
     }
 
     fn strict(&mut self) -> Result<String> {
@@ -310,7 +382,7 @@ impl Demo {
                 .join("peerauthentication.shop.default.yaml"),
             yaml,
         )?;
-        self.wait_enrolled(0, &["shop/app-v2", "shop/front"], "STRICT")?;
+        self.wait_enrolled(0, &["shop/app-v2", "shop/cart", "shop/front"], "STRICT")?;
         let app = self.pod("shop/app-v2")?.clone();
         let url = format!("http://{}:8080/", app.ip);
         let outsider = load(
@@ -345,10 +417,10 @@ impl Demo {
     fn restart(&mut self) -> Result<String> {
         let node = self.node(0)?.clone();
         let before = warrenctl(&node, &["bpf", "prog", "list"])?;
-        self.nodes[0].agent.stop()?;
         let front = self.pod("shop/front")?.clone();
-        let app = self.pod("shop/app-v2")?.clone();
-        let seen = self.captured(0, &front).len();
+        let app = self.pod("shop/app-v1")?.clone();
+        let mesh = self.mesh.as_mut().context("the mesh is not up")?;
+        mesh.nodes[0].agent.stop()?;
         let report = load(
             &front,
             &format!("http://{}:8080/", app.ip),
@@ -358,13 +430,9 @@ impl Demo {
             count_status(&report, 200) == 5,
             "traffic failed with the agent down: {report}"
         );
+        mesh.restart_agent(&self.cluster, 0)?;
         ensure!(
-            self.captured(0, &front).len() > seen,
-            "not captured with the agent down"
-        );
-        self.nodes[0].agent = start_agent_with_config(&self.cluster, &node)?;
-        ensure!(
-            self.nodes[0].agent.output().contains("Adopted"),
+            mesh.nodes[0].agent.output().contains("Adopted"),
             "the new agent did not adopt the pins"
         );
         let after = warrenctl(&node, &["bpf", "prog", "list"])?;
@@ -379,6 +447,31 @@ impl Demo {
             ids(&before) == ids(&after),
             "programs changed across the restart"
         );
-        Ok("agent stopped: 5/5 requests still captured; restarted: same programs, nothing attached twice".into())
+        let status = warrenctl_status(&self.cluster, &node)?;
+        Ok(format!(
+            "agent stopped: 5/5 requests across nodes still OK; restarted: same programs, ztunnel resubscribed ({status})"
+        ))
     }
+}
+
+/// `warrenctl config status` for the node, summed up: each client and its state.
+fn warrenctl_status(cluster: &Cluster, node: &Node) -> Result<String> {
+    let socket = agent_socket(cluster, node)?;
+    let bin = warren_testbed::binaries::path("warrenctl")?;
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = std::process::Command::new(&bin)
+            .args(["config", "status", "--socket"])
+            .arg(&socket)
+            .output()?;
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rows: Vec<&str> = last.lines().filter(|l| l.starts_with("ztunnel-")).collect();
+        if let Some(row) = rows.first()
+            && row.contains("in sync")
+        {
+            return Ok(row.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("warrenctl config status shows no ztunnel in sync:\n{last}")
 }

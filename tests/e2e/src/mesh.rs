@@ -24,6 +24,8 @@ pub struct NodeDaemons {
     pub node: Node,
     pub agent: Process,
     pub ztunnel: Process,
+    /// The agent's extra arguments, to restart it the same way.
+    agent_args: Vec<String>,
 }
 
 pub struct Mesh {
@@ -102,29 +104,31 @@ pub fn start_mesh_with(cluster: &Cluster, options: &MeshOptions) -> Result<Mesh>
         );
         let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         std::fs::write(&token_file, token).context("writing the token file")?;
-        let agent = start_agent_with(
-            cluster,
-            node,
-            &[
-                "--config-dir",
-                &config,
-                "--rescan-every",
-                "1",
-                "--ca-addr",
-                &listen,
-                "--ca-root-file",
-                &root.to_string_lossy(),
-                "--ca-token-file",
-                &token_file.to_string_lossy(),
-                "--cert-ttl",
-                &options.cert_ttl,
-            ],
-        )?;
+        let agent_args: Vec<String> = [
+            "--config-dir",
+            &config,
+            "--rescan-every",
+            "1",
+            "--ca-addr",
+            &listen,
+            "--ca-root-file",
+            &root.to_string_lossy(),
+            "--ca-token-file",
+            &token_file.to_string_lossy(),
+            "--cert-ttl",
+            &options.cert_ttl,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
+        let agent = start_agent_with(cluster, node, &args)?;
         let ztunnel = start_ztunnel(cluster, node)?;
         nodes.push(NodeDaemons {
             node: node.clone(),
             agent,
             ztunnel,
+            agent_args,
         });
     }
     Ok(Mesh { ca, ca_dir, nodes })
@@ -160,11 +164,32 @@ impl Mesh {
         Ok(())
     }
 
+    /// Stops node `i`'s agent (unless it is already stopped) and starts a
+    /// new one the same way.
+    pub fn restart_agent(&mut self, cluster: &Cluster, i: usize) -> Result<()> {
+        let daemons = self.nodes.get_mut(i).context("no such node")?;
+        if daemons.agent.check_running().is_ok() {
+            daemons.agent.stop()?;
+        }
+        let args: Vec<&str> = daemons.agent_args.iter().map(String::as_str).collect();
+        daemons.agent = start_agent_with(cluster, &daemons.node, &args)?;
+        Ok(())
+    }
+
     pub fn node(&self, name: &str) -> Result<&NodeDaemons> {
         self.nodes
             .iter()
             .find(|d| d.node.name == name)
             .with_context(|| format!("no node {name} in the mesh"))
+    }
+
+    /// Leaves every process running (for `--keep`).
+    pub fn detach(self) {
+        self.ca.detach();
+        for d in self.nodes {
+            d.agent.detach();
+            d.ztunnel.detach();
+        }
     }
 
     /// Every process's log, for a failure message.
