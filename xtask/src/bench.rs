@@ -13,6 +13,10 @@ const BENCHES: &[(&str, &str)] = &[
         "same-node pod-to-pod ping-pong and stream, with and without the sk_msg shortcut",
     ),
     (
+        "l4",
+        "pod to pod across nodes, direct and through ztunnel (HBONE mTLS): round trips, throughput, memory",
+    ),
+    (
         "config",
         "config distribution on 10k services / 50k endpoints / 2k policies: change to proxy, snapshot, memory",
     ),
@@ -53,6 +57,8 @@ pub fn run(args: &Args) -> Result<()> {
         "warren-sample",
         "-p",
         "warren-node-agent",
+        "-p",
+        "warren-ztunnel",
     ]))?;
     let bench = workspace_root().join("target/release/warren-bench");
     exec::run(std::process::Command::new(bench).arg(name).args(&args.rest))

@@ -3,6 +3,7 @@
 //! which builds everything in release mode first.
 
 mod config;
+mod l4;
 mod report;
 mod shortcut;
 mod tuning;
@@ -27,6 +28,9 @@ enum Bench {
     /// Config distribution on a synthetic mesh: one object's change to the
     /// proxy, a full snapshot to a new proxy, agent memory per workload.
     Config(config::Args),
+    /// Pod to pod across nodes, direct and through ztunnel (HBONE mTLS):
+    /// 1 KiB round trips, bulk throughput, ztunnel memory.
+    L4(l4::Args),
 }
 
 /// Parses "3s", "500ms", "2m".
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().bench {
         Bench::Shortcut(args) => shortcut::run(&args),
         Bench::Config(args) => config::run(&args),
+        Bench::L4(args) => l4::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,215 @@
+//! `l4`: pod to pod across nodes, direct and through Warren (capture →
+//! ztunnel → HBONE mTLS → ztunnel → pod), in one run.
+//!
+//! One echo server on node 1 in a meshed namespace (PERMISSIVE, so a
+//! client outside the mesh reaches it directly). Two clients on node 0,
+//! pinned to the same CPU: `direct` in a namespace outside the mesh, and
+//! `meshed` in the server's namespace, whose connections ztunnel carries.
+//! Arms alternate round by round; medians are reported. ztunnel's memory is
+//! read from /proc: resident at idle, and its high-water mark after the run.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
+use warren_e2e::mesh::start_mesh;
+use warren_testbed::{Cluster, Pod, PodSpec, binaries};
+
+use crate::{
+    parse_duration,
+    report::{self, Row},
+    tuning::CpuWake,
+};
+
+const CLIENT_CPU: &str = "0";
+const ECHO_CPU: &str = "1";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Length of each ping-pong measurement.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Measurements per arm (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// MiB per bulk-throughput measurement.
+    #[arg(long, default_value_t = 256)]
+    stream_mib: u64,
+}
+
+struct Sample {
+    p50_us: f64,
+    p99_us: f64,
+    stream_mib_s: f64,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} for pid {pid}"))
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
+    cluster.add_namespace("mesh", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
+    cluster.add_namespace("plain", BTreeMap::new())?;
+    for (name, ns, node) in [
+        ("echo", "mesh", 1),
+        ("meshed", "mesh", 0),
+        ("direct", "plain", 0),
+    ] {
+        cluster.add_pod(PodSpec {
+            name: name.into(),
+            namespace: ns.into(),
+            node,
+            labels: labels(&[("app", name)]),
+            service_account: Some(name.into()),
+        })?;
+    }
+    let mut mesh = start_mesh(&cluster)?;
+    mesh.wait_ready(Duration::from_secs(30))
+        .with_context(|| mesh.logs())?;
+    let echo = cluster.pod("mesh/echo")?.clone();
+    let sample = binaries::path("warren-sample")?;
+    let sample = sample.to_string_lossy();
+    let _echo = cluster.spawn(
+        &echo.sandbox,
+        "taskset",
+        &[
+            "-c",
+            ECHO_CPU,
+            &sample,
+            "echo",
+            "--blocking",
+            "--listen",
+            "0.0.0.0:9000",
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(200));
+    let target = format!("{}:9000", echo.ip);
+    let ztunnels: Vec<u32> = mesh.nodes.iter().filter_map(|d| d.ztunnel.pid()).collect();
+    ensure!(ztunnels.len() == 2, "ztunnel pids unknown");
+    let idle_kib: Vec<f64> = ztunnels
+        .iter()
+        .map(|pid| proc_status_kib(*pid, "VmRSS:"))
+        .collect::<Result<_>>()?;
+
+    let _wake = CpuWake::hold();
+    let (direct, meshed) = (
+        cluster.pod("plain/direct")?.clone(),
+        cluster.pod("mesh/meshed")?.clone(),
+    );
+    let (mut base, mut warren) = (Vec::new(), Vec::new());
+    eprintln!(
+        "l4: {} rounds per arm, {:?} ping-pong (1 KiB) + {} MiB stream, node 0 → node 1",
+        args.rounds, args.duration, args.stream_mib
+    );
+    for round in 1..=args.rounds {
+        for (arm, client) in [("direct", &direct), ("warren", &meshed)] {
+            let s = measure(client, &target, args)?;
+            eprintln!(
+                "  round {round} {arm:<7} p50 {:>7.1} us  p99 {:>7.1} us  stream {:>7.1} MiB/s",
+                s.p50_us, s.p99_us, s.stream_mib_s
+            );
+            if arm == "direct" {
+                base.push(s)
+            } else {
+                warren.push(s)
+            }
+        }
+    }
+    let peak_kib: Vec<f64> = ztunnels
+        .iter()
+        .map(|pid| proc_status_kib(*pid, "VmHWM:"))
+        .collect::<Result<_>>()?;
+    // The meshed arm really went through the tunnel.
+    let metrics = warren_e2e::mesh::scrape_metrics(&mesh.nodes[1].node)?;
+    let tunnelled = warren_e2e::mesh::metric_sum(
+        &metrics,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    );
+    ensure!(
+        tunnelled >= args.rounds as f64,
+        "the meshed arm did not use HBONE: {tunnelled} mTLS connections"
+    );
+
+    let median = |xs: &[Sample], f: fn(&Sample) -> f64| {
+        let mut v: Vec<f64> = xs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let row = |metric, unit, f: fn(&Sample) -> f64, higher_is_better| Row {
+        metric,
+        unit,
+        warren: median(&warren, f),
+        baseline: median(&base, f),
+        higher_is_better,
+    };
+    report::print(
+        "l4",
+        "direct",
+        &[
+            row("rr_p50_us", "us", |s| s.p50_us, false),
+            row("rr_p99_us", "us", |s| s.p99_us, false),
+            row("stream_mib_s", "MiB/s", |s| s.stream_mib_s, true),
+        ],
+    );
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max) / 1024.0;
+    println!(
+        "BENCH l4 ztunnel_rss_idle_mib={:.1}\nBENCH l4 ztunnel_rss_peak_mib={:.1}",
+        max(&idle_kib),
+        max(&peak_kib)
+    );
+    Ok(())
+}
+
+fn measure(client: &Pod, target: &str, args: &Args) -> Result<Sample> {
+    let duration = format!("{}ms", args.duration.as_millis());
+    let ping = pingpong(
+        client,
+        &["--connect", target, "--size", "1024", "-d", &duration],
+    )?;
+    let mib = args.stream_mib.to_string();
+    let stream = pingpong(client, &["--connect", target, "--stream-mib", &mib])?;
+    let num = |v: &Value, what: &str| {
+        v.as_f64()
+            .with_context(|| format!("pingpong report has no {what}"))
+    };
+    Ok(Sample {
+        p50_us: num(&ping["latency_us"]["p50"], "p50")?,
+        p99_us: num(&ping["latency_us"]["p99"], "p99")?,
+        stream_mib_s: num(&stream["stream_mib_s"], "stream_mib_s")?,
+    })
+}
+
+fn pingpong(client: &Pod, args: &[&str]) -> Result<Value> {
+    let sample = binaries::path("warren-sample")?;
+    let sample = sample.to_string_lossy();
+    let out = client.sandbox.exec(
+        "taskset",
+        ["-c", CLIENT_CPU, &sample, "pingpong", "--json"]
+            .iter()
+            .chain(args),
+    )?;
+    ensure!(
+        out.status.success(),
+        "pingpong from {} {args:?} failed: {}",
+        client.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).context("parsing pingpong's JSON")
+}
