@@ -4,6 +4,7 @@
 
 mod agent;
 mod bpf;
+mod certs;
 mod config;
 mod dump;
 mod table;
@@ -27,12 +28,16 @@ enum Command {
     /// proxies' sync status.
     #[command(subcommand)]
     Config(config::Command),
+    /// Workload certificates this node serves: identity, serial, expiry;
+    /// `--chain ID` for one identity's whole chain.
+    Certs(certs::CertsArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let result: Result<()> = match Cli::parse().command {
         Command::Bpf(cmd) => bpf::run(cmd),
         Command::Config(cmd) => config::run(cmd),
+        Command::Certs(args) => certs::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
