@@ -85,12 +85,14 @@ async fn api_server(mut handle: tower_test::mock::Handle<Request<Body>, Response
                 ],
             ),
             ("/api/v1/pods", false, 1) => {
+                // Every node's pods: the view describes remote workloads too.
                 assert!(
-                    query.contains("fieldSelector=spec.nodeName%3Dn0"),
-                    "pods listed without the node's field selector: {query}"
+                    !query.contains("fieldSelector"),
+                    "pods listed for one node only: {query}"
                 );
                 let pod = json!({ "metadata": { "name": "web", "namespace": "shop", "resourceVersion": "5" }, "spec": { "nodeName": "n0", "containers": [] } });
-                list("PodList", "5", vec![pod])
+                let remote = json!({ "metadata": { "name": "db", "namespace": "shop", "resourceVersion": "4" }, "spec": { "nodeName": "n1", "containers": [] } });
+                list("PodList", "5", vec![pod, remote])
             }
             ("/api/v1/pods", true, 1) => {
                 let pod = json!({ "metadata": { "name": "web", "namespace": "shop", "resourceVersion": "6" }, "spec": { "nodeName": "n0", "containers": [] } });
@@ -118,7 +120,6 @@ async fn lists_watches_and_relists_after_410() {
     let client = Client::new(service, "default");
     let source = KubeSource::with_kinds(
         client,
-        "n0",
         vec![Kind::Namespace, Kind::Pod, Kind::PeerAuthentication],
     );
     let (tx, mut rx) = mpsc::channel(64);
@@ -152,6 +153,7 @@ async fn lists_watches_and_relists_after_410() {
     for listed in [
         "upsert Namespace default",
         "upsert Namespace old",
+        "upsert Pod shop/db",
         "upsert Pod shop/web",
         "upsert PeerAuthentication shop/strict",
     ] {

@@ -99,11 +99,7 @@ async fn run(args: RunArgs) -> Result<()> {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the Kubernetes API server (in-cluster or kubeconfig)")?;
-        spawn_source(
-            KubeSource::new(client, &args.node.node),
-            events_tx,
-            "kube".into(),
-        );
+        spawn_source(KubeSource::new(client), events_tx, "kube".into());
     } else {
         drop(events_tx);
     }

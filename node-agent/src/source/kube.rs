@@ -4,8 +4,10 @@
 //! Objects are watched untyped and parsed by the same code as the folder's
 //! documents ([`parse_document`]): one invalid object is refused on its own,
 //! with the same errors, instead of failing a typed watch for its whole
-//! kind. Pods are watched for this node only (a field selector); everything
-//! else cluster-wide. After a watch is lost (`410 Gone`, a disconnect) the
+//! kind. Every kind is watched cluster-wide, pods included: the per-node
+//! view describes every workload a local pod may call (its identity and its
+//! node's address come from its Pod), as Istio's control plane does for
+//! ztunnel; enrollment picks this node's pods itself. After a watch is lost (`410 Gone`, a disconnect) the
 //! watcher lists again, and objects that vanished meanwhile are deleted.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -78,7 +80,6 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
 
 pub struct KubeSource {
     client: Client,
-    node: String,
     kinds: Vec<Kind>,
 }
 
@@ -92,17 +93,13 @@ enum Seen {
 
 impl KubeSource {
     /// Watches every kind Warren reads.
-    pub fn new(client: Client, node: impl Into<String>) -> Self {
-        Self::with_kinds(client, node, KINDS.iter().map(|k| k.0).collect())
+    pub fn new(client: Client) -> Self {
+        Self::with_kinds(client, KINDS.iter().map(|k| k.0).collect())
     }
 
     /// Watches only `kinds` (a cluster without Istio's CRDs, or a test).
-    pub fn with_kinds(client: Client, node: impl Into<String>, kinds: Vec<Kind>) -> Self {
-        Self {
-            client,
-            node: node.into(),
-            kinds,
-        }
+    pub fn with_kinds(client: Client, kinds: Vec<Kind>) -> Self {
+        Self { client, kinds }
     }
 
     /// Sends every listed object, then `Synced` once every kind is listed,
@@ -118,10 +115,7 @@ impl KubeSource {
                 plural,
             );
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
-            let mut config = watcher::Config::default();
-            if kind == Kind::Pod {
-                config = config.fields(&format!("spec.nodeName={}", self.node));
-            }
+            let config = watcher::Config::default();
             let types = TypeMeta {
                 api_version: resource.api_version.clone(),
                 kind: resource.kind.clone(),
