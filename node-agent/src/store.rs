@@ -5,7 +5,7 @@
 //! never replaces a good one: the last good version stays in force until a
 //! valid version or a deletion arrives.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use tracing::{info, warn};
 
@@ -16,7 +16,7 @@ use crate::{
 
 #[derive(Default)]
 pub struct Store {
-    objects: BTreeMap<ObjectKey, Object>,
+    objects: BTreeMap<ObjectKey, Arc<Object>>,
     /// Refusals still standing, by object (or by file for unparsable files),
     /// with the object's key when the document named one.
     rejected: BTreeMap<String, (Option<ObjectKey>, ConfigError)>,
@@ -42,7 +42,7 @@ impl Store {
             SourceEvent::Upsert(object) => {
                 let key = object.key();
                 self.rejected.remove(&key.to_string());
-                if self.objects.get(&key) == Some(&object) {
+                if self.objects.get(&key).is_some_and(|have| **have == *object) {
                     return Applied::Unchanged;
                 }
                 self.objects.insert(key.clone(), object);
@@ -99,7 +99,7 @@ impl Store {
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
-        self.objects.get(key)
+        self.objects.get(key).map(Arc::as_ref)
     }
 
     /// Objects of one kind.
@@ -113,7 +113,7 @@ impl Store {
                 }..,
             )
             .take_while(move |(k, _)| k.kind == kind)
-            .map(|(_, o)| o)
+            .map(|(_, o)| o.as_ref())
     }
 
     /// Objects of one kind in one namespace.
@@ -131,7 +131,7 @@ impl Store {
                 }..,
             )
             .take_while(move |(k, _)| k.kind == kind && k.namespace.as_deref() == Some(namespace))
-            .map(|(_, o)| o)
+            .map(|(_, o)| o.as_ref())
     }
 
     /// Refusals still standing, with the object each is about when known.

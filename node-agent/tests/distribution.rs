@@ -121,7 +121,7 @@ fn apply(store: &mut Store, yaml: &str) -> Vec<ObjectKey> {
     let mut keys = Vec::new();
     for doc in split_documents(yaml).unwrap() {
         let object = parse_document(doc, "test").unwrap();
-        if let Applied::Changed(key) = store.apply(SourceEvent::Upsert(object)) {
+        if let Applied::Changed(key) = store.apply(SourceEvent::Upsert(Arc::new(object))) {
             keys.push(key);
         }
     }

@@ -10,7 +10,10 @@
 //! ztunnel; enrollment picks this node's pods itself. After a watch is lost (`410 Gone`, a disconnect) the
 //! watcher lists again, and objects that vanished meanwhile are deleted.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use anyhow::Result;
 use futures::{StreamExt as _, stream::select_all};
@@ -168,7 +171,7 @@ impl KubeSource {
                         }
                     }
                     out.push(match parse_document(doc, "kube") {
-                        Ok(object) => SourceEvent::Upsert(object),
+                        Ok(object) => SourceEvent::Upsert(Arc::new(object)),
                         Err(error) => SourceEvent::Rejected { key, error },
                     });
                 }

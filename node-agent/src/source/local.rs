@@ -17,6 +17,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     hash::{DefaultHasher, Hash as _, Hasher as _},
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -52,7 +53,7 @@ struct FileState {
 #[derive(Default)]
 struct Folder {
     files: HashMap<PathBuf, FileState>,
-    holders: HashMap<ObjectKey, BTreeMap<PathBuf, Option<Object>>>,
+    holders: HashMap<ObjectKey, BTreeMap<PathBuf, Option<Arc<Object>>>>,
 }
 
 impl LocalSource {
@@ -221,6 +222,7 @@ impl Folder {
             match parse_document(doc, &source) {
                 Ok(object) => {
                     let key = object.key();
+                    let object = Arc::new(object);
                     self.holders
                         .entry(key.clone())
                         .or_default()
@@ -340,7 +342,7 @@ mod tests {
 
     fn upserted(event: SourceEvent) -> Object {
         match event {
-            SourceEvent::Upsert(o) => o,
+            SourceEvent::Upsert(o) => (*o).clone(),
             other => panic!("expected an upsert, got {other:?}"),
         }
     }
@@ -399,7 +401,7 @@ mod tests {
                     assert_eq!(key.kind, Kind::Namespace);
                     saw_delete = true;
                 }
-                SourceEvent::Upsert(Object::Pod(_)) => saw_pod = true,
+                SourceEvent::Upsert(o) if matches!(*o, Object::Pod(_)) => saw_pod = true,
                 SourceEvent::Upsert(_) | SourceEvent::Rejected { .. } => {}
                 SourceEvent::Synced => panic!("second Synced"),
                 SourceEvent::FileParsed(_) => {}

@@ -8,7 +8,7 @@
 pub mod kube;
 pub mod local;
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
 use tokio::sync::mpsc;
 
@@ -44,8 +44,9 @@ impl Source for kube::KubeSource {
 /// A change a source saw.
 #[derive(Debug)]
 pub enum SourceEvent {
-    /// A valid object, new or changed.
-    Upsert(Object),
+    /// A valid object, new or changed. Shared: the local source keeps the
+    /// same copy per file that holds it, so an object is in memory once.
+    Upsert(Arc<Object>),
     /// An object that failed parsing or validation; its last good version,
     /// if any, stays in force.
     Rejected {
