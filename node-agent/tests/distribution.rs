@@ -101,7 +101,13 @@ impl Agent {
 
     fn stop(&mut self) {
         if let Some(server) = self.server.take() {
-            server.shutdown_background();
+            // Wait until the runtime's threads are gone, and with them the
+            // listener: a restarted agent must find the socket dead, as it
+            // would after the process exited. Blocking shutdown is not
+            // allowed on an async thread, hence the helper thread.
+            std::thread::spawn(move || server.shutdown_timeout(Duration::from_secs(5)))
+                .join()
+                .expect("stopping the test agent's runtime");
         }
     }
 
