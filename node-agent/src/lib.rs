@@ -19,7 +19,10 @@ pub mod datapath;
 pub mod distribution;
 pub mod enrollment;
 pub mod identity;
-pub mod model;
 pub mod source;
 pub mod store;
 pub mod view;
+
+/// The configuration model lives in its own crate so the waypoint reads the
+/// same Istio types the agent validates; `crate::model` keeps its old path.
+pub use warren_model as model;

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::model::error::FieldError;
-use crate::model::istio::{
+use crate::error::FieldError;
+use crate::istio::{
     CorsPolicy, Destination, Headers, HttpFaultInjection, HttpMatchRequest, HttpRedirect,
     HttpRetry, HttpRoute, L4MatchAttributes, Percent, RouteDestination, StringMatch, TcpRoute,
     TlsRoute, VirtualService,

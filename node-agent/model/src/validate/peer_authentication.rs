@@ -1,7 +1,7 @@
 //! PeerAuthentication checks: the selector and port-level mTLS.
 
-use crate::model::error::FieldError;
-use crate::model::istio::PeerAuthentication;
+use crate::error::FieldError;
+use crate::istio::PeerAuthentication;
 
 use super::{Report, port, workload_selector};
 

@@ -10,7 +10,7 @@
 //! The types are declared at `v1`; Istio's `v1beta1` and `v1alpha3` have the
 //! same fields and are read into them. What each field means to Warren, and
 //! which are enforced, is in `docs/configuration.md`; checks are in
-//! [`crate::model::validate`].
+//! [`crate::validate`].
 pub mod common;
 pub mod networking;
 pub mod security;

@@ -2,7 +2,7 @@
 //! percentages and policy target references.
 //!
 //! Durations (`"10s"`, `"1.5s"`, `"100ms"`, `"1h"`) stay `String` in the
-//! types: they are checked by [`crate::model::validate::duration`], so a bad
+//! types: they are checked by [`crate::validate::duration`], so a bad
 //! one is reported with its field path instead of failing the whole parse.
 
 use std::collections::BTreeMap;

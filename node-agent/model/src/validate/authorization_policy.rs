@@ -1,8 +1,8 @@
 //! AuthorizationPolicy checks: attachment (selector or target references),
 //! action and provider, and the rules' sources, operations and conditions.
 
-use crate::model::error::FieldError;
-use crate::model::istio::{
+use crate::error::FieldError;
+use crate::istio::{
     Action, AuthorizationPolicy, Operation, PolicyTargetReference, Rule, Source,
 };
 

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::model::error::FieldError;
-use crate::model::istio::{
+use crate::error::FieldError;
+use crate::istio::{
     ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, ConsistentHashLb, DestinationRule,
     H2UpgradePolicy, LoadBalancerSettings, LocalityLbSetting, OutlierDetection, TrafficPolicy,
 };

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::model::error::FieldError;
-use crate::model::istio::{Resolution, ServiceEntry};
+use crate::error::FieldError;
+use crate::istio::{Resolution, ServiceEntry};
 
 use super::{
     DNS1123_LABEL, Report, export_to, fqdn_problem, host_name, ip_or_cidr, is_dns1123_label,

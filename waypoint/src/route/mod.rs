@@ -1,0 +1,1 @@
+//! VirtualService `http` rules, compiled.

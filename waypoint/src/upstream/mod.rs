@@ -1,0 +1,1 @@
+//! DestinationRule policies and upstream clusters.
