@@ -345,7 +345,7 @@ async fn snapshot_then_deltas_acks_nacks_and_resync_after_a_restart() {
 }
 
 #[tokio::test]
-async fn a_subscription_must_start_with_a_ztunnel_hello() {
+async fn a_subscription_must_start_with_a_valid_hello() {
     let dir = scratch("hello");
     let socket = dir.join("agent.sock");
     let _agent = Agent::start(&socket, OBJECTS).await;
@@ -383,7 +383,12 @@ async fn a_subscription_must_start_with_a_ztunnel_hello() {
         ..Default::default()
     }))
     .await;
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("names the namespace"),
+        "{}",
+        err.message()
+    );
 
     // A live agent's socket is never taken over.
     let err = distribution::bind(&socket).await.unwrap_err();

@@ -67,6 +67,9 @@ fn parse(key: &str, kind: Kind, trust_domain: &str) -> Result<Resource, String> 
         Kind::Service(s) => Service::from_proto(key, s)
             .map(|s| Resource::Service(Arc::new(s)))
             .map_err(wrap),
+        Kind::VirtualService(_) | Kind::DestinationRule(_) => {
+            Err("L7 routing is the waypoint's; ztunnel does not take it".to_owned())
+        }
     }
 }
 

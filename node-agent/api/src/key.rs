@@ -22,3 +22,11 @@ pub fn authorization(namespace: &str, name: &str) -> String {
 pub fn certificate(identity: &Identity) -> String {
     format!("certificate/{identity}")
 }
+
+pub fn virtual_service(namespace: &str, name: &str) -> String {
+    format!("virtualservice/{namespace}/{name}")
+}
+
+pub fn destination_rule(namespace: &str, name: &str) -> String {
+    format!("destinationrule/{namespace}/{name}")
+}

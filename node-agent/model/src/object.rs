@@ -15,6 +15,7 @@ use serde_yaml::Value;
 
 use super::{
     ConfigError, FieldError,
+    gateway::{self, Gateway},
     istio::{
         AuthorizationPolicy, DestinationRule, PeerAuthentication, ServiceEntry, VirtualService,
     },
@@ -33,6 +34,7 @@ pub enum Kind {
     ServiceEntry,
     AuthorizationPolicy,
     PeerAuthentication,
+    Gateway,
 }
 
 impl Kind {
@@ -54,6 +56,9 @@ impl Kind {
             }
             ("security.istio.io", "PeerAuthentication") if istio_version => {
                 Kind::PeerAuthentication
+            }
+            ("gateway.networking.k8s.io", "Gateway") if matches!(version, "v1" | "v1beta1") => {
+                Kind::Gateway
             }
             _ => {
                 return Err(format!(
@@ -79,6 +84,7 @@ impl Kind {
             Kind::ServiceEntry => "ServiceEntry",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::Gateway => "Gateway",
         }
     }
 }
@@ -112,6 +118,7 @@ pub enum Object {
     ServiceEntry(Box<ServiceEntry>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     PeerAuthentication(Box<PeerAuthentication>),
+    Gateway(Box<Gateway>),
 }
 
 impl Object {
@@ -126,6 +133,7 @@ impl Object {
             Object::ServiceEntry(_) => Kind::ServiceEntry,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Object::Gateway(_) => Kind::Gateway,
         }
     }
 
@@ -140,6 +148,7 @@ impl Object {
             Object::ServiceEntry(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
+            Object::Gateway(o) => &o.metadata,
         }
     }
 
@@ -176,6 +185,7 @@ impl Object {
             Object::ServiceEntry(o) => validate::service_entry(o),
             Object::AuthorizationPolicy(o) => validate::authorization_policy(o),
             Object::PeerAuthentication(o) => validate::peer_authentication(o),
+            Object::Gateway(o) => gateway::validate(o),
             Object::Pod(o) => pod_annotations(o),
             Object::Namespace(_) | Object::Service(_) | Object::EndpointSlice(_) => Vec::new(),
         });
@@ -280,6 +290,7 @@ pub fn parse_document(doc: Value, source: &str) -> Result<Object, ConfigError> {
         Kind::ServiceEntry => typed(doc).map(|o| Object::ServiceEntry(Box::new(o))),
         Kind::AuthorizationPolicy => typed(doc).map(|o| Object::AuthorizationPolicy(Box::new(o))),
         Kind::PeerAuthentication => typed(doc).map(|o| Object::PeerAuthentication(Box::new(o))),
+        Kind::Gateway => typed(doc).map(|o| Object::Gateway(Box::new(o))),
     }
     .map_err(|e| refuse(kind.name(), vec![e]))?;
     let errors = object.validate();

@@ -31,7 +31,7 @@ use warren_api::config::{
 
 pub use socket::{SocketError, bind};
 
-use crate::view::{Pending, Publisher};
+use crate::view::{Audience, Pending, Publisher};
 
 /// How long a new stream may take to say who it is.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,15 +69,36 @@ fn now() -> i64 {
 }
 
 /// Checks a Hello; the error says what a client must send instead.
-fn check_hello(hello: &Hello) -> Result<Role, Status> {
+fn check_hello(hello: &Hello) -> Result<(Role, Audience), Status> {
     match Role::try_from(hello.role) {
-        Ok(Role::Ztunnel) => Ok(Role::Ztunnel),
-        Ok(Role::Waypoint) => Err(Status::unimplemented(
-            "the waypoint role is not served yet: only ZTUNNEL subscriptions are",
+        Ok(Role::Ztunnel) => Ok((Role::Ztunnel, Audience::Ztunnel)),
+        Ok(Role::Waypoint) if hello.namespace.is_empty() => Err(Status::invalid_argument(
+            "a WAYPOINT hello names the namespace it serves (hello.namespace)",
+        )),
+        Ok(Role::Waypoint) => Ok((
+            Role::Waypoint,
+            Audience::Waypoint {
+                namespace: hello.namespace.clone(),
+            },
         )),
         Ok(Role::Unspecified) | Err(_) => Err(Status::invalid_argument(format!(
             "hello.role {} is not a role (ZTUNNEL = 1, WAYPOINT = 2)",
             hello.role
+        ))),
+    }
+}
+
+/// Which resources a dump shows for the role it asks about.
+fn dump_audience(request: &DumpRequest) -> Result<Audience, Status> {
+    match Role::try_from(request.role) {
+        Ok(Role::Unspecified) => Ok(Audience::All),
+        Ok(Role::Ztunnel) => Ok(Audience::Ztunnel),
+        Ok(Role::Waypoint) => Ok(Audience::Waypoint {
+            namespace: request.namespace.clone(),
+        }),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "role {} is not a role",
+            request.role
         ))),
     }
 }
@@ -102,7 +123,7 @@ impl ConfigDistribution for Distribution {
                 "the first message of a subscription must be a hello",
             ));
         };
-        let role = check_hello(&hello)?;
+        let (role, audience) = check_hello(&hello)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let client_id = if hello.client_id.is_empty() {
             format!("client-{id}")
@@ -124,6 +145,7 @@ impl ConfigDistribution for Distribution {
         let subscriber = Subscriber {
             id,
             client_id,
+            audience,
             publisher: self.publisher.clone(),
             version: self.publisher.watch(),
             clients: self.clients.clone(),
@@ -141,14 +163,15 @@ impl ConfigDistribution for Distribution {
     }
 
     async fn dump(&self, request: Request<DumpRequest>) -> Result<Response<DumpResponse>, Status> {
-        let role = request.get_ref().role;
-        if role != Role::Ztunnel as i32 && role != Role::Unspecified as i32 {
-            return Err(Status::unimplemented("only the ztunnel view exists yet"));
-        }
+        let audience = dump_audience(request.get_ref())?;
         let published = self.publisher.lock();
         Ok(Response::new(DumpResponse {
             version: published.version(),
-            resources: published.resources().map(|r| (**r).clone()).collect(),
+            resources: published
+                .resources()
+                .filter(|r| audience.receives(&r.key))
+                .map(|r| (**r).clone())
+                .collect(),
             refusals: published.refusals().to_vec(),
         }))
     }
@@ -162,6 +185,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Subscriber {
     id: u64,
     client_id: String,
+    audience: Audience,
     publisher: Publisher,
     version: watch::Receiver<u64>,
     clients: Arc<Mutex<BTreeMap<u64, ClientStatus>>>,
@@ -175,7 +199,7 @@ impl Subscriber {
             // Nothing is served before the view's first build: a proxy
             // must not take an empty mesh for the real one.
             if *self.version.borrow_and_update() > 0 {
-                let pending = self.publisher.lock().pending(sent);
+                let pending = self.publisher.lock().pending(sent, &self.audience);
                 if let Pending::Update(update) = pending {
                     let (version, resources) = (update.version, update.upserts.len());
                     self.record(|s| {

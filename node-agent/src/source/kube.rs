@@ -79,6 +79,13 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
         "PeerAuthentication",
         "peerauthentications",
     ),
+    (
+        Kind::Gateway,
+        "gateway.networking.k8s.io",
+        "v1",
+        "Gateway",
+        "gateways",
+    ),
 ];
 
 pub struct KubeSource {

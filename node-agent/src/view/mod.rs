@@ -10,7 +10,9 @@
 
 mod authorization;
 pub mod published;
+pub mod routing;
 mod service;
+mod waypoint;
 mod workload;
 
 use std::{
@@ -21,8 +23,8 @@ use std::{
 use warren_api::{
     Identity, addr,
     config::{
-        Certificate, MeshSettings, OutboundPolicy, Refusal, Resource, TrustBundle, TunnelProtocol,
-        resource::Kind as ResourceKind,
+        Certificate, GatewayAddress, MeshSettings, OutboundPolicy, Refusal, Resource, TrustBundle,
+        TunnelProtocol, resource::Kind as ResourceKind,
     },
     key,
 };
@@ -32,7 +34,7 @@ use crate::{
     store::Store,
 };
 pub use authorization::Selection;
-pub use published::{Pending, Published, Publisher};
+pub use published::{Audience, Pending, Published, Publisher};
 
 /// Mesh-wide settings the view needs.
 #[derive(Clone, Debug)]
@@ -54,8 +56,11 @@ pub struct View {
     slices: HashMap<ObjectKey, String>,
     /// Network-namespace cookies of this node's enrolled pods.
     cookies: BTreeMap<ObjectKey, u64>,
-    /// Identities of the workloads this node's ztunnel serves.
+    /// Identities of the workloads this node's ztunnel serves, and of the
+    /// waypoints running on this node.
     local_identities: BTreeMap<String, Identity>,
+    /// Each namespace's waypoint, where one is asked for.
+    waypoints: BTreeMap<String, GatewayAddress>,
 }
 
 impl View {
@@ -67,6 +72,7 @@ impl View {
             slices: HashMap::new(),
             cookies: BTreeMap::new(),
             local_identities: BTreeMap::new(),
+            waypoints: BTreeMap::new(),
         }
     }
 
@@ -95,9 +101,12 @@ impl View {
         });
         let keys: Vec<ObjectKey> = [
             Kind::AuthorizationPolicy,
+            Kind::Gateway,
             Kind::EndpointSlice,
             Kind::Service,
             Kind::Pod,
+            Kind::VirtualService,
+            Kind::DestinationRule,
         ]
         .into_iter()
         .flat_map(|kind| store.of_kind(kind).map(Object::key))
@@ -113,14 +122,26 @@ impl View {
         let mut services: BTreeSet<(String, String)> = BTreeSet::new();
         // Namespaces whose every workload must be recomputed; `None` for all.
         let mut namespaces: BTreeSet<Option<String>> = BTreeSet::new();
+        // Namespaces whose waypoint may have moved (a Gateway or a pod).
+        let mut waypoint_namespaces: BTreeSet<String> = BTreeSet::new();
         for key in keys {
             let ns = key.namespace.clone().unwrap_or_default();
             match key.kind {
                 Kind::Pod => {
                     workloads.insert(key.clone());
+                    waypoint_namespaces.insert(ns);
+                }
+                Kind::Gateway => {
+                    waypoint_namespaces.insert(ns);
                 }
                 Kind::Namespace => {
                     namespaces.insert(Some(key.name.clone()));
+                    // Its `istio.io/use-waypoint` label may have changed.
+                    services.extend(
+                        store
+                            .of_kind_in(Kind::Service, &key.name)
+                            .map(|o| (key.name.clone(), o.key().name)),
+                    );
                 }
                 Kind::PeerAuthentication => {
                     namespaces.insert((ns != self.mesh.root_namespace).then_some(ns));
@@ -148,7 +169,22 @@ impl View {
                         services.insert((ns.clone(), svc));
                     }
                 }
-                Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {}
+                Kind::VirtualService | Kind::DestinationRule => self.routing(store, key),
+                Kind::ServiceEntry => {}
+            }
+        }
+        for ns in waypoint_namespaces {
+            let now = waypoint::of_namespace(&self.mesh, store, &ns);
+            let before = match &now {
+                Some(w) => self.waypoints.insert(ns.clone(), w.clone()),
+                None => self.waypoints.remove(&ns),
+            };
+            if before != now {
+                services.extend(
+                    store
+                        .of_kind_in(Kind::Service, &ns)
+                        .map(|o| (ns.clone(), o.key().name)),
+                );
             }
         }
         if namespaces.contains(&None) {
@@ -315,7 +351,10 @@ impl View {
         };
         match computed {
             Some(w) => {
-                let local = w.node == self.mesh.node && w.protocol == TunnelProtocol::Hbone as i32;
+                // A waypoint pod is outside the capture (it must not loop back
+                // through ztunnel) but speaks mTLS: it needs its certificate.
+                let local = w.node == self.mesh.node
+                    && (w.protocol == TunnelProtocol::Hbone as i32 || w.is_waypoint);
                 if local {
                     self.local_identities.insert(
                         resource_key.clone(),
@@ -338,6 +377,43 @@ impl View {
         }
     }
 
+    /// Publishes (or withdraws) a VirtualService or DestinationRule for the
+    /// waypoints.
+    fn routing(&mut self, store: &Store, key: &ObjectKey) {
+        let ns = key.namespace.as_deref().unwrap_or("default");
+        let (resource_key, computed) = match key.kind {
+            Kind::VirtualService => (
+                key::virtual_service(ns, &key.name),
+                match store.get(key) {
+                    Some(Object::VirtualService(vs)) => {
+                        routing::virtual_service(&self.mesh, vs).map(ResourceKind::VirtualService)
+                    }
+                    _ => None,
+                },
+            ),
+            _ => (
+                key::destination_rule(ns, &key.name),
+                match store.get(key) {
+                    Some(Object::DestinationRule(dr)) => Some(ResourceKind::DestinationRule(
+                        routing::destination_rule(&self.mesh, dr),
+                    )),
+                    _ => None,
+                },
+            ),
+        };
+        self.publisher.write(|p| match computed {
+            Some(kind) => {
+                p.upsert(Resource {
+                    key: resource_key,
+                    kind: Some(kind),
+                });
+            }
+            None => {
+                p.remove(&resource_key);
+            }
+        });
+    }
+
     fn service(&mut self, store: &Store, namespace: &str, name: &str) {
         let resource_key = key::service(namespace, name);
         let svc_key = ObjectKey {
@@ -358,7 +434,18 @@ impl View {
                 _ => None,
             })
             .collect();
-        let computed = service::service(&self.mesh, svc, &slices);
+        let mut computed = service::service(&self.mesh, svc, &slices);
+        let namespace_opts_out = match store.get(&ObjectKey {
+            kind: Kind::Namespace,
+            namespace: None,
+            name: namespace.to_owned(),
+        }) {
+            Some(Object::Namespace(ns)) => waypoint::opts_out(ns.metadata.labels.as_ref()),
+            _ => false,
+        };
+        if !namespace_opts_out && !waypoint::opts_out(svc.metadata.labels.as_ref()) {
+            computed.waypoint = self.waypoints.get(namespace).cloned();
+        }
         self.publisher.write(|p| {
             p.upsert(Resource {
                 key: resource_key,

@@ -126,20 +126,26 @@ impl Published {
         self.horizon = cut;
     }
 
-    /// Everything, as a snapshot.
-    pub fn snapshot(&self) -> Update {
+    /// Everything `audience` receives, as a snapshot.
+    pub fn snapshot(&self, audience: &Audience) -> Update {
         Update {
             version: self.version,
             snapshot: true,
-            upserts: self.resources().map(|r| (**r).clone()).collect(),
+            upserts: self
+                .resources()
+                .filter(|r| audience.receives(&r.key))
+                .map(|r| (**r).clone())
+                .collect(),
             removals: Vec::new(),
         }
     }
 
-    /// What a subscriber that has `sent` (None: nothing yet) needs next.
-    pub fn pending(&self, sent: Option<u64>) -> Pending {
+    /// What a subscriber of `audience` that has `sent` (None: nothing yet)
+    /// needs next. Its version moves with every change, received or not, so
+    /// its ACKs compare with the agent's version.
+    pub fn pending(&self, sent: Option<u64>, audience: &Audience) -> Pending {
         let Some(sent) = sent.filter(|s| *s >= self.horizon) else {
-            return Pending::Update(self.snapshot());
+            return Pending::Update(self.snapshot(audience));
         };
         if sent >= self.version {
             return Pending::UpToDate;
@@ -150,13 +156,47 @@ impl Published {
             upserts: Vec::new(),
             removals: Vec::new(),
         };
-        for key in self.changes.range(sent + 1..).map(|(_, k)| k) {
+        for key in self
+            .changes
+            .range(sent + 1..)
+            .map(|(_, k)| k)
+            .filter(|k| audience.receives(k))
+        {
             match self.resources.get(key) {
                 Some((_, resource)) => update.upserts.push((**resource).clone()),
                 None => update.removals.push(key.clone()),
             }
         }
         Pending::Update(update)
+    }
+}
+
+/// Who a subscription serves, and so which resources it receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Audience {
+    /// A node's ztunnel: everything but L7 routing.
+    Ztunnel,
+    /// The waypoint of a namespace: everything but other identities' keys.
+    Waypoint { namespace: String },
+    /// Every resource (dumps).
+    All,
+}
+
+impl Audience {
+    pub fn receives(&self, key: &str) -> bool {
+        match self {
+            Audience::All => true,
+            Audience::Ztunnel => {
+                !key.starts_with("virtualservice/") && !key.starts_with("destinationrule/")
+            }
+            Audience::Waypoint { namespace } => match key.strip_prefix("certificate/") {
+                // A waypoint holds only keys of its own namespace's identities.
+                Some(identity) => identity
+                    .parse::<warren_api::Identity>()
+                    .is_ok_and(|id| id.namespace == *namespace),
+                None => true,
+            },
+        }
     }
 }
 
@@ -229,7 +269,7 @@ mod tests {
     }
 
     fn update(p: &Published, sent: Option<u64>) -> Update {
-        match p.pending(sent) {
+        match p.pending(sent, &Audience::All) {
             Pending::Update(u) => u,
             Pending::UpToDate => panic!("expected an update"),
         }
@@ -251,7 +291,10 @@ mod tests {
         assert!(!delta.snapshot);
         assert_eq!(keys(&delta), (vec!["a", "c"], vec!["b"]));
         assert_eq!(delta.upserts[0], resource("a", "3"));
-        assert!(matches!(p.pending(Some(p.version())), Pending::UpToDate));
+        assert!(matches!(
+            p.pending(Some(p.version()), &Audience::All),
+            Pending::UpToDate
+        ));
     }
 
     #[test]

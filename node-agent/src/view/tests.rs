@@ -131,7 +131,11 @@ fn authorization(view: &View, ns: &str, name: &str) -> Authorization {
 
 /// Keys a subscriber at `since` is sent next.
 fn delta_keys(view: &View, since: u64) -> Vec<String> {
-    match view.publisher().lock().pending(Some(since)) {
+    match view
+        .publisher()
+        .lock()
+        .pending(Some(since), &super::published::Audience::All)
+    {
         Pending::UpToDate => Vec::new(),
         Pending::Update(Update {
             upserts, removals, ..
@@ -460,4 +464,175 @@ fn cookies_and_certificates_are_published() {
     assert!(get(&view, key::TRUST_BUNDLE).is_some());
     view.set_certificates(&BTreeMap::new(), &["root".into()]);
     assert!(get(&view, &key::certificate(&id)).is_none());
+}
+
+fn service(view: &View, ns: &str, name: &str) -> warren_api::config::Service {
+    match get(view, &key::service(ns, name)) {
+        Some(ResourceKind::Service(s)) => s,
+        other => panic!("no service {ns}/{name}: {other:?}"),
+    }
+}
+
+const WAYPOINT_GATEWAY: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: { name: waypoint, namespace: demo }
+spec:
+  gatewayClassName: warren-waypoint
+  listeners: [{ name: mesh, port: 15008, protocol: HBONE }]
+"#;
+
+const WAYPOINT_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: waypoint-0
+  namespace: demo
+  labels: { gateway.networking.k8s.io/gateway-name: waypoint, warren.io/dataplane-mode: none }
+spec: { nodeName: node-a, serviceAccountName: waypoint, containers: [{ name: main }] }
+status: { hostIP: 172.30.0.1, podIP: 10.244.0.9 }
+"#;
+
+#[test]
+fn a_waypoint_gateway_claims_its_namespaces_services_and_fails_closed_without_a_pod() {
+    let (mut store, mut view) = built("");
+    assert_eq!(service(&view, "demo", "app").waypoint, None);
+
+    // The Gateway alone: the traffic is claimed, with nowhere to go.
+    let keys = apply(&mut store, WAYPOINT_GATEWAY);
+    view.changed(&store, &keys);
+    let claimed = service(&view, "demo", "app").waypoint.expect("claimed");
+    assert!(claimed.address.is_empty(), "{claimed:?}");
+
+    // Its pod comes up: the address and identity of that pod, and the pod,
+    // though outside the capture, gets a certificate on its node.
+    let keys = apply(&mut store, WAYPOINT_POD);
+    view.changed(&store, &keys);
+    let waypoint = service(&view, "demo", "app").waypoint.expect("waypoint");
+    assert_eq!(
+        warren_api::addr::from_bytes(&waypoint.address),
+        Some("10.244.0.9".parse().unwrap())
+    );
+    assert_eq!(
+        waypoint.identity,
+        "spiffe://cluster.local/ns/demo/sa/waypoint"
+    );
+    assert_eq!(waypoint.workload, "workload/demo/waypoint-0");
+    let w = workload(&view, "demo", "waypoint-0");
+    assert!(w.is_waypoint);
+    assert_eq!(w.protocol, TunnelProtocol::None as i32);
+    assert!(
+        view.local_identities()
+            .contains(&Identity::new("cluster.local", "demo", "waypoint"))
+    );
+
+    // A Service may opt out.
+    let keys = apply(
+        &mut store,
+        "apiVersion: v1\nkind: Service\nmetadata: { name: app, namespace: demo, labels: { istio.io/use-waypoint: none } }\nspec: { clusterIP: 10.96.0.10, ports: [{ name: http, port: 80 }] }\n",
+    );
+    view.changed(&store, &keys);
+    assert_eq!(service(&view, "demo", "app").waypoint, None);
+
+    // The Gateway goes: nothing is claimed any more.
+    let key = delete(&mut store, Kind::Gateway, "demo", "waypoint");
+    view.changed(&store, &[key]);
+    assert_eq!(service(&view, "demo", "app").waypoint, None);
+}
+
+#[test]
+fn routing_reaches_waypoints_with_hosts_qualified_and_not_ztunnels() {
+    let (mut store, mut view) = built(WAYPOINT_GATEWAY);
+    let keys = apply(
+        &mut store,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: app, namespace: demo }
+spec:
+  hosts: [app]
+  http:
+    - route:
+        - { destination: { host: app, subset: v1 }, weight: 80 }
+        - { destination: { host: app.other, subset: v2 }, weight: 20 }
+      mirror: { host: shadow.demo.svc.cluster.local }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: app, namespace: demo }
+spec:
+  host: app
+  subsets: [{ name: v1, labels: { version: v1 } }, { name: v2, labels: { version: v2 } }]
+"#,
+    );
+    view.changed(&store, &keys);
+    let Some(ResourceKind::VirtualService(vs)) = get(&view, &key::virtual_service("demo", "app"))
+    else {
+        panic!("no VirtualService published");
+    };
+    assert_eq!(vs.hosts, ["app.demo.svc.cluster.local"]);
+    let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
+    assert_eq!(
+        spec["http"][0]["route"][1]["destination"]["host"],
+        "app.other.svc.cluster.local"
+    );
+    assert_eq!(
+        spec["http"][0]["mirror"]["host"],
+        "shadow.demo.svc.cluster.local"
+    );
+    let Some(ResourceKind::DestinationRule(dr)) = get(&view, &key::destination_rule("demo", "app"))
+    else {
+        panic!("no DestinationRule published");
+    };
+    assert_eq!(dr.host, "app.demo.svc.cluster.local");
+
+    // Who receives what.
+    let published = view.publisher().lock();
+    let keys_for = |audience: &Audience| -> Vec<String> {
+        match published.pending(None, audience) {
+            Pending::Update(u) => u.upserts.into_iter().map(|r| r.key).collect(),
+            Pending::UpToDate => Vec::new(),
+        }
+    };
+    let ztunnel = keys_for(&Audience::Ztunnel);
+    assert!(!ztunnel.iter().any(|k| k.starts_with("virtualservice/")));
+    assert!(ztunnel.contains(&key::service("demo", "app")));
+    let waypoint = keys_for(&Audience::Waypoint {
+        namespace: "demo".into(),
+    });
+    assert!(waypoint.contains(&key::virtual_service("demo", "app")));
+    assert!(waypoint.contains(&key::destination_rule("demo", "app")));
+    drop(published);
+
+    // A certificate reaches only the waypoint of its namespace.
+    let cert = |ns: &str| {
+        (
+            Identity::new("cluster.local", ns, "sa"),
+            std::sync::Arc::new(Certificate {
+                identity: Identity::new("cluster.local", ns, "sa").to_string(),
+                ..Default::default()
+            }),
+        )
+    };
+    view.set_certificates(&[cert("demo"), cert("shop")].into_iter().collect(), &[]);
+    let published = view.publisher().lock();
+    let waypoint = match published.pending(
+        None,
+        &Audience::Waypoint {
+            namespace: "demo".into(),
+        },
+    ) {
+        Pending::Update(u) => u.upserts.into_iter().map(|r| r.key).collect::<Vec<_>>(),
+        Pending::UpToDate => Vec::new(),
+    };
+    assert!(waypoint.contains(&key::certificate(&Identity::new(
+        "cluster.local",
+        "demo",
+        "sa"
+    ))));
+    assert!(!waypoint.contains(&key::certificate(&Identity::new(
+        "cluster.local",
+        "shop",
+        "sa"
+    ))));
 }

@@ -13,6 +13,7 @@ use warren_ebpf_common::Mode;
 use super::Mesh;
 use crate::{
     enrollment::{self, inbound_mode},
+    model::gateway::GATEWAY_NAME_LABEL,
     store::Store,
 };
 
@@ -28,9 +29,6 @@ const REVISION_LABELS: &[&str] = &[
     "app.kubernetes.io/version",
     "version",
 ];
-/// Label Gateway API implementations put on a gateway's pods; a pod of a
-/// `warren-waypoint` gateway is a waypoint.
-pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 /// The pod's addresses: `status.podIPs`, else `status.podIP`.
 pub fn pod_addresses(pod: &Pod) -> Vec<IpAddr> {

@@ -338,6 +338,8 @@ pub enum ResolveError {
     NoEndpoint(String),
     #[error("workload {0} has no address of the destination's family")]
     NoAddress(String),
+    #[error("service {0} sends its traffic through a waypoint that is not running")]
+    WaypointUnavailable(String),
 }
 
 impl ResolveError {
@@ -347,6 +349,7 @@ impl ResolveError {
             ResolveError::UnknownServicePort { .. } => "unknown_service_port",
             ResolveError::NoEndpoint(_) => "no_healthy_endpoint",
             ResolveError::NoAddress(_) => "no_address",
+            ResolveError::WaypointUnavailable(_) => "waypoint_unavailable",
         }
     }
 }
@@ -505,9 +508,12 @@ impl State {
                         port: dst.port(),
                     })?;
             if let Some(waypoint) = &service.waypoint {
+                let address = waypoint
+                    .address
+                    .ok_or_else(|| ResolveError::WaypointUnavailable(service.key.clone()))?;
                 return Ok(Resolved {
                     upstream: Upstream::Hbone {
-                        gateway: SocketAddr::new(waypoint.address, waypoint.hbone_port),
+                        gateway: SocketAddr::new(address, waypoint.hbone_port),
                         authority: dst,
                         identity: waypoint.identity.clone(),
                         workload: inner.workloads.get(&waypoint.workload).cloned(),

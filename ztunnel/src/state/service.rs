@@ -47,7 +47,9 @@ pub struct Endpoint {
 #[derive(Clone, Debug, Serialize)]
 pub struct Waypoint {
     pub workload: String,
-    pub address: IpAddr,
+    /// None while the waypoint has no running pod: its policy cannot be
+    /// enforced, so connections are refused rather than sent around it.
+    pub address: Option<IpAddr>,
     pub hbone_port: u16,
     #[serde(serialize_with = "super::serialize_display")]
     pub identity: Identity,
@@ -118,16 +120,29 @@ impl Service {
         let waypoint = match s.waypoint {
             None => None,
             Some(w) => Some(Waypoint {
-                address: address(key, "waypoint.address", &w.address)?,
+                address: if w.address.is_empty() {
+                    None
+                } else {
+                    Some(address(key, "waypoint.address", &w.address)?)
+                },
                 hbone_port: match w.hbone_port {
                     0 => 15008,
                     p => port(key, "waypoint.hbone_port", p)?,
                 },
-                identity: w.identity.parse().map_err(
-                    |e: warren_api::identity::IdentityError| {
+                identity: w
+                    .identity
+                    .parse()
+                    .or_else(|e| {
+                        if w.address.is_empty() {
+                            // No pod yet, so no identity either; never dialled.
+                            Ok(Identity::new("unavailable", &s.namespace, "waypoint"))
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .map_err(|e: warren_api::identity::IdentityError| {
                         ResourceError::new(key, "waypoint.identity", e.to_string())
-                    },
-                )?,
+                    })?,
                 workload: w.workload,
             }),
         };

@@ -2,9 +2,7 @@
 //! action and provider, and the rules' sources, operations and conditions.
 
 use crate::error::FieldError;
-use crate::istio::{
-    Action, AuthorizationPolicy, Operation, PolicyTargetReference, Rule, Source,
-};
+use crate::istio::{Action, AuthorizationPolicy, Operation, PolicyTargetReference, Rule, Source};
 
 use super::{Report, ip_or_cidr, workload_selector};
 

@@ -129,6 +129,20 @@ pub fn resource_json(r: &Resource) -> Value {
         Some(Kind::Mesh(m)) => ("MeshSettings", mesh_json(m)),
         Some(Kind::Certificate(c)) => ("Certificate", certificate_json(c)),
         Some(Kind::TrustBundle(t)) => ("TrustBundle", json!({ "roots": t.roots_pem.len() })),
+        Some(Kind::VirtualService(v)) => (
+            "VirtualService",
+            json!({
+                "name": v.name, "namespace": v.namespace, "hosts": v.hosts,
+                "spec": serde_json::from_str::<Value>(&v.spec_json).unwrap_or(Value::Null),
+            }),
+        ),
+        Some(Kind::DestinationRule(d)) => (
+            "DestinationRule",
+            json!({
+                "name": d.name, "namespace": d.namespace, "host": d.host,
+                "spec": serde_json::from_str::<Value>(&d.spec_json).unwrap_or(Value::Null),
+            }),
+        ),
         None => ("Unknown", Value::Null),
     };
     json!({ "key": r.key, "kind": kind, "spec": body })
@@ -234,6 +248,24 @@ pub fn print_tables(dump: &DumpResponse) {
         .collect();
     println!("\nPOLICIES ({})", rows.len());
     table::print(&["POLICY", "SCOPE", "ACTION", "RULES", "NOTES"], &rows);
+    let rows: Vec<Vec<String>> =
+        of(|k| matches!(k, Kind::VirtualService(_) | Kind::DestinationRule(_)))
+            .filter_map(|r| match &r.kind {
+                Some(Kind::VirtualService(v)) => Some(vec![
+                    "VirtualService".into(),
+                    format!("{}/{}", v.namespace, v.name),
+                    v.hosts.join(","),
+                ]),
+                Some(Kind::DestinationRule(d)) => Some(vec![
+                    "DestinationRule".into(),
+                    format!("{}/{}", d.namespace, d.name),
+                    d.host.clone(),
+                ]),
+                _ => None,
+            })
+            .collect();
+    println!("\nROUTING FOR WAYPOINTS ({})", rows.len());
+    table::print(&["KIND", "OBJECT", "HOSTS"], &rows);
     let rows: Vec<Vec<String>> = of(|k| matches!(k, Kind::Certificate(_)))
         .filter_map(|r| match &r.kind {
             Some(Kind::Certificate(c)) => Some(vec![c.identity.clone(), c.not_after.to_string()]),

@@ -1,0 +1,84 @@
+//! `gateway.networking.k8s.io` Gateway: how a namespace asks for a waypoint.
+//!
+//! Warren reads only the Gateways of its own classes (`warren-waypoint`, and
+//! `istio-waypoint` so Istio's YAML carries over); a Gateway of another class
+//! belongs to some other controller and is left alone. The fields are the
+//! ones a waypoint uses; Gateway API has many more that describe ingress
+//! gateways, and they are refused by name rather than silently ignored.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::FieldError;
+
+/// Gateway classes that make a waypoint.
+pub const WAYPOINT_CLASSES: [&str; 2] = ["warren-waypoint", "istio-waypoint"];
+
+/// The pod label naming the Gateway a pod implements (set by Kubernetes'
+/// Gateway controllers on the Deployment they create).
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// Label on a namespace or Service choosing its waypoint by name (`none`
+/// opts out of the namespace's waypoint).
+pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+
+/// The port a waypoint listens on for HBONE.
+pub const WAYPOINT_HBONE_PORT: u16 = 15008;
+
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "Gateway",
+    namespaced,
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewaySpec {
+    pub gateway_class_name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<Listener>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    pub port: i32,
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Accepted for Istio's YAML; a waypoint serves its namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_routes: Option<serde_json::Value>,
+}
+
+impl Gateway {
+    /// Whether this Gateway asks for a Warren waypoint.
+    pub fn is_waypoint(&self) -> bool {
+        WAYPOINT_CLASSES.contains(&self.spec.gateway_class_name.as_str())
+    }
+}
+
+pub fn validate(gateway: &Gateway) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if gateway.spec.gateway_class_name.is_empty() {
+        errors.push(FieldError::new("spec.gatewayClassName", "required"));
+    }
+    for (i, listener) in gateway.spec.listeners.iter().enumerate() {
+        if !(1..=65535).contains(&listener.port) {
+            errors.push(FieldError::new(
+                format!("spec.listeners[{i}].port"),
+                format!("{} is not a port (1-65535)", listener.port),
+            ));
+        }
+        if gateway.is_waypoint() && listener.protocol != "HBONE" {
+            errors.push(FieldError::new(
+                format!("spec.listeners[{i}].protocol"),
+                format!("a waypoint listens for HBONE, not {:?}", listener.protocol),
+            ));
+        }
+    }
+    errors
+}

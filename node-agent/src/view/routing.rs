@@ -1,0 +1,97 @@
+//! VirtualServices and DestinationRules as the waypoints receive them:
+//! validated Istio specs with every host made fully qualified.
+//!
+//! Istio reads a short host (`reviews`) in the namespace of the object that
+//! names it, and `reviews.shop` as a name in namespace `shop`. Resolving here,
+//! once, means a waypoint in another namespace never has to guess.
+
+use warren_api::config::{DestinationRule, VirtualService};
+
+use super::Mesh;
+use crate::model::istio::{
+    Destination, DestinationRule as IstioDestinationRule, VirtualService as IstioVirtualService,
+};
+
+/// `host` as a fully qualified name, read in `namespace`.
+pub fn qualify(mesh: &Mesh, namespace: &str, host: &str) -> String {
+    let suffix = format!("svc.{}", mesh.cluster_domain);
+    if host.starts_with('*') || host.ends_with(&suffix) || host.parse::<std::net::IpAddr>().is_ok()
+    {
+        return host.to_owned();
+    }
+    match host.split('.').count() {
+        1 => format!("{host}.{namespace}.{suffix}"),
+        2 => format!("{host}.{suffix}"),
+        // Three labels or more and not under the cluster domain: an external
+        // name (a ServiceEntry host), kept as written.
+        _ => host.to_owned(),
+    }
+}
+
+fn qualify_destination(mesh: &Mesh, namespace: &str, destination: &mut Destination) {
+    destination.host = qualify(mesh, namespace, &destination.host);
+}
+
+pub fn virtual_service(mesh: &Mesh, vs: &IstioVirtualService) -> Option<VirtualService> {
+    let namespace = vs
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let mut spec = vs.spec.clone();
+    // Only the mesh's routes are a waypoint's business; a VirtualService bound
+    // to ingress gateways alone is some other proxy's.
+    if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
+        return None;
+    }
+    spec.hosts = spec
+        .hosts
+        .iter()
+        .map(|h| qualify(mesh, &namespace, h))
+        .collect();
+    for rule in &mut spec.http {
+        for route in &mut rule.route {
+            qualify_destination(mesh, &namespace, &mut route.destination);
+        }
+        if let Some(mirror) = &mut rule.mirror {
+            qualify_destination(mesh, &namespace, mirror);
+        }
+        for mirror in &mut rule.mirrors {
+            qualify_destination(mesh, &namespace, &mut mirror.destination);
+        }
+    }
+    for rule in &mut spec.tcp {
+        for route in &mut rule.route {
+            qualify_destination(mesh, &namespace, &mut route.destination);
+        }
+    }
+    for rule in &mut spec.tls {
+        for route in &mut rule.route {
+            qualify_destination(mesh, &namespace, &mut route.destination);
+        }
+    }
+    Some(VirtualService {
+        name: vs.metadata.name.clone().unwrap_or_default(),
+        namespace,
+        hosts: spec.hosts.clone(),
+        // Serializing a validated model type cannot fail; an empty spec would
+        // be refused by the waypoint rather than taken for "no routes".
+        spec_json: serde_json::to_string(&spec).unwrap_or_default(),
+    })
+}
+
+pub fn destination_rule(mesh: &Mesh, dr: &IstioDestinationRule) -> DestinationRule {
+    let namespace = dr
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let mut spec = dr.spec.clone();
+    spec.host = qualify(mesh, &namespace, &spec.host);
+    DestinationRule {
+        name: dr.metadata.name.clone().unwrap_or_default(),
+        namespace,
+        host: spec.host.clone(),
+        spec_json: serde_json::to_string(&spec).unwrap_or_default(),
+    }
+}
