@@ -6,6 +6,23 @@
 //! - [`upstream`]: DestinationRule policies compiled per destination, and the
 //!   live state of each upstream cluster (load balancing, connection pool
 //!   limits, outlier detection).
+//! - [`tables`] and [`subscription`]: that configuration as the node agent
+//!   streams it.
+//! - [`proxy`]: HBONE in, HTTP inside, HBONE out.
+//! - [`metrics`], [`config`], [`app`]: operating it.
+//!
+//! The L4 pieces (mTLS with SPIFFE identities, the HBONE server and client
+//! pool, the state of workloads and services) are ztunnel's, used as a
+//! library.
 
+pub mod app;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
 pub mod route;
+pub mod subscription;
+pub mod tables;
 pub mod upstream;
+
+pub use app::App;
+pub use config::Config;

@@ -159,6 +159,12 @@ impl Metrics {
             .inc();
     }
 
+    /// Adds metrics of another component to the same registry (the waypoint's
+    /// L7 metrics), so one scrape returns them all.
+    pub fn register(&self, register: impl FnOnce(&mut Registry)) {
+        register(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
     /// The Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -73,6 +73,20 @@ pub struct RouteDestination {
     headers: HeaderChanges,
 }
 
+impl RouteDestination {
+    /// All of `host`, no header changes: where a request goes when no
+    /// VirtualService claims its host.
+    pub fn to_host(host: &str) -> Self {
+        RouteDestination {
+            host: host.to_owned(),
+            subset: None,
+            port: None,
+            weight: 100,
+            headers: HeaderChanges::default(),
+        }
+    }
+}
+
 /// A copy of the request sent to another destination, response ignored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MirrorTarget {

@@ -15,7 +15,10 @@ use tracing::{debug, info, warn};
 use super::{
     Inputs, connect,
     connection::{AccessLog, Report, relay},
-    hbone::{FORWARDED, Tunnel, forwarded_for, server::Peer},
+    hbone::{
+        FORWARDED, Tunnel, forwarded_for,
+        server::{ConnectHandler, Peer},
+    },
 };
 use crate::{
     drain,
@@ -30,10 +33,26 @@ pub async fn serve(inputs: Arc<Inputs>, listener: TcpListener, drain: drain::Wat
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "HBONE listener ready");
     }
+    let handler = Inbound(Arc::clone(&inputs));
     super::accept_loop(listener, drain, "hbone", move |stream, peer, drain| {
-        super::hbone::server::serve(Arc::clone(&inputs), stream, peer, drain)
+        super::hbone::server::serve(Arc::clone(&inputs), stream, peer, drain, handler.clone())
     })
     .await;
+}
+
+/// ztunnel's answer to a CONNECT: relay to a pod of this node.
+#[derive(Clone)]
+struct Inbound(Arc<Inputs>);
+
+impl ConnectHandler for Inbound {
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: Arc<Peer>,
+        drain: drain::Watch,
+    ) -> Response<Full<Bytes>> {
+        handle(Arc::clone(&self.0), request, peer, drain).await
+    }
 }
 
 fn answer(status: StatusCode, reason: impl Into<String>) -> Response<Full<Bytes>> {

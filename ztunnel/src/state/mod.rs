@@ -448,6 +448,26 @@ impl State {
             .cloned()
     }
 
+    /// The service with this cluster IP.
+    pub fn service_by_vip(&self, ip: IpAddr) -> Option<Arc<Service>> {
+        let inner = self.read();
+        inner
+            .by_vip
+            .get(&ip.to_canonical())
+            .and_then(|k| inner.services.get(k))
+            .cloned()
+    }
+
+    /// The service with this hostname (`name.namespace.svc.<domain>`). A scan:
+    /// the waypoint caches what it finds per upstream cluster.
+    pub fn service_by_hostname(&self, hostname: &str) -> Option<Arc<Service>> {
+        self.read()
+            .services
+            .values()
+            .find(|s| s.hostname == hostname)
+            .cloned()
+    }
+
     pub fn certificate(&self, identity: &Identity) -> Option<Arc<WorkloadCertificate>> {
         self.read()
             .certificates

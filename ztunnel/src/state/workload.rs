@@ -33,6 +33,8 @@ pub struct Workload {
     pub port_modes: BTreeMap<u16, Mode>,
     pub is_waypoint: bool,
     pub netns_cookie: u64,
+    /// The pod's labels: subsets and `sourceLabels` matches (waypoint).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// PeerAuthentication's mode for one workload (or port).
@@ -148,6 +150,7 @@ impl Workload {
             port_modes,
             is_waypoint: w.is_waypoint,
             netns_cookie: w.netns_cookie,
+            labels: w.labels.into_iter().collect(),
         })
     }
 

@@ -17,9 +17,14 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 use warren_api::Identity;
 
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
 use crate::{
     drain,
-    proxy::{Inputs, inbound, reset},
+    proxy::{Inputs, reset},
     tls,
 };
 
@@ -32,12 +37,24 @@ pub struct Peer {
     pub addr: SocketAddr,
 }
 
+/// Answers one CONNECT of an HBONE connection: ztunnel's inbound relays it to a
+/// pod, a waypoint serves HTTP inside it.
+pub trait ConnectHandler: Clone + Send + Sync + 'static {
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: Arc<Peer>,
+        drain: drain::Watch,
+    ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+}
+
 /// Serves one accepted TCP connection on the HBONE port.
 pub async fn serve(
     inputs: Arc<Inputs>,
     stream: TcpStream,
     addr: SocketAddr,
     mut drain: drain::Watch,
+    handler: impl ConnectHandler,
 ) {
     let config = match inputs.server_tls.current() {
         Ok(config) => config,
@@ -87,16 +104,15 @@ pub async fn serve(
 
     let seen_request = Arc::new(AtomicBool::new(false));
     let service = {
-        let inputs = Arc::clone(&inputs);
         let peer = Arc::clone(&peer);
         let drain = drain.clone();
         let seen_request = Arc::clone(&seen_request);
         hyper::service::service_fn(move |request| {
             seen_request.store(true, Ordering::Release);
-            let inputs = Arc::clone(&inputs);
+            let handler = handler.clone();
             let peer = Arc::clone(&peer);
             let drain = drain.clone();
-            async move { Ok::<_, Infallible>(inbound::handle(inputs, request, peer, drain).await) }
+            async move { Ok::<_, Infallible>(handler.handle(request, peer, drain).await) }
         })
     };
     let config = &inputs.config;

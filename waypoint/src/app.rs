@@ -1,0 +1,251 @@
+//! Starting the waypoint: bind the listeners, share one [`Context`] with
+//! every request, and stop with a drain. The binary and the tests start it
+//! the same way.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use tokio::{net::TcpListener, sync::Notify};
+use tracing::info;
+use warren_api::Identity;
+use warren_ztunnel::{
+    admin::{self, LogControl},
+    drain,
+    http_endpoint::{self, text},
+    metrics::Metrics as L4Metrics,
+    proxy::{Inputs, accept_loop, hbone::server},
+    state::State,
+};
+
+use crate::{
+    config::Config,
+    metrics::Metrics,
+    proxy::{Waypoint, connect::Connector},
+    tables::Tables,
+    upstream::Cluster,
+};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type HttpClient = Client<Connector, Body>;
+
+/// What an upstream cluster is: a destination host, subset and port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClusterKey {
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: u16,
+}
+
+/// What every request shares.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub inputs: Arc<Inputs>,
+    pub tables: Arc<Tables>,
+    pub metrics: Metrics,
+    /// Live upstream clusters with the routing generation they were built
+    /// for (load balancer, pool and outlier state live here).
+    pub clusters: Mutex<HashMap<ClusterKey, (u64, Arc<Cluster>)>>,
+    pub http1: HttpClient,
+    pub http2: HttpClient,
+}
+
+impl Context {
+    /// The waypoint's own identity, in the mesh's trust domain.
+    pub fn identity(&self) -> Identity {
+        identity(&self.inputs.state, &self.config)
+    }
+}
+
+fn identity(state: &State, config: &Config) -> Identity {
+    Identity::new(
+        &state.mesh().trust_domain,
+        &config.namespace,
+        &config.service_account,
+    )
+}
+
+pub struct Addresses {
+    pub hbone: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub readiness: SocketAddr,
+}
+
+pub struct App {
+    pub addresses: Addresses,
+    pub context: Arc<Context>,
+    trigger: drain::Trigger,
+    quit: Arc<Notify>,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener to {addr}"))
+}
+
+impl App {
+    pub async fn start(
+        config: Config,
+        state: Arc<State>,
+        tables: Arc<Tables>,
+        log: Option<LogControl>,
+    ) -> anyhow::Result<App> {
+        let config = Arc::new(config);
+        let proxy = Arc::new(config.proxy());
+        let hbone = bind(config.hbone_addr, "HBONE").await?;
+        let admin_listener = bind(config.admin_addr, "admin").await?;
+        let metrics_listener = bind(config.metrics_addr, "metrics").await?;
+        let readiness_listener = bind(config.readiness_addr, "readiness").await?;
+        let addresses = Addresses {
+            hbone: hbone.local_addr()?,
+            admin: admin_listener.local_addr()?,
+            metrics: metrics_listener.local_addr()?,
+            readiness: readiness_listener.local_addr()?,
+        };
+        let l4_metrics = Arc::new(L4Metrics::new());
+        let metrics = Metrics::register(&l4_metrics);
+        let inputs = Inputs::new(proxy, Arc::clone(&state), Arc::clone(&l4_metrics));
+        let connector = Connector {
+            inputs: Arc::clone(&inputs),
+            identity: {
+                let state = Arc::clone(&state);
+                let config = Arc::clone(&config);
+                Arc::new(move || identity(&state, &config))
+            },
+        };
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+        let context = Arc::new(Context {
+            config: Arc::clone(&config),
+            inputs: Arc::clone(&inputs),
+            tables,
+            metrics,
+            clusters: Mutex::new(HashMap::new()),
+            http1,
+            http2,
+        });
+        let trigger = drain::Trigger::new();
+        let quit = Arc::new(Notify::new());
+
+        let handler = Waypoint(Arc::clone(&context));
+        {
+            let inputs = Arc::clone(&inputs);
+            info!(addr = %addresses.hbone, "HBONE listener ready");
+            tokio::spawn(accept_loop(
+                hbone,
+                trigger.watch(),
+                "hbone",
+                move |stream, peer, drain| {
+                    server::serve(Arc::clone(&inputs), stream, peer, drain, handler.clone())
+                },
+            ));
+        }
+        tokio::spawn(inputs.pool.clone().run_eviction(trigger.watch()));
+        tokio::spawn(http_endpoint::serve(
+            admin_listener,
+            trigger.watch(),
+            "admin",
+            admin::handler(Arc::clone(&inputs), log, Arc::clone(&quit)),
+        ));
+        let metrics_handler: http_endpoint::Handler = Arc::new(move |request| {
+            let l4_metrics = Arc::clone(&l4_metrics);
+            Box::pin(async move {
+                match request.uri().path() {
+                    "/metrics" | "/stats/prometheus" => {
+                        text(http::StatusCode::OK, l4_metrics.encode())
+                    }
+                    other => text(
+                        http::StatusCode::NOT_FOUND,
+                        format!("no endpoint {other}\n"),
+                    ),
+                }
+            })
+        });
+        tokio::spawn(http_endpoint::serve(
+            metrics_listener,
+            trigger.watch(),
+            "metrics",
+            metrics_handler,
+        ));
+        let ready = {
+            let state = Arc::clone(&state);
+            let config = Arc::clone(&config);
+            move || -> Result<(), String> {
+                state.ready()?;
+                let me = identity(&state, &config);
+                match state.certificate(&me) {
+                    Some(_) => Ok(()),
+                    None => Err(format!("no certificate yet for {me}")),
+                }
+            }
+        };
+        let readiness_handler: http_endpoint::Handler = {
+            let ready = ready.clone();
+            Arc::new(move |request| {
+                let result = ready();
+                Box::pin(async move {
+                    match (request.uri().path(), result) {
+                        ("/healthz/ready", Ok(())) => text(http::StatusCode::OK, "ready\n"),
+                        ("/healthz/ready", Err(missing)) => text(
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {missing}\n"),
+                        ),
+                        (other, _) => text(
+                            http::StatusCode::NOT_FOUND,
+                            format!("no endpoint {other}\n"),
+                        ),
+                    }
+                })
+            })
+        };
+        tokio::spawn(http_endpoint::serve(
+            readiness_listener,
+            trigger.watch(),
+            "readiness",
+            readiness_handler,
+        ));
+        // The line tests and operators wait for.
+        tokio::spawn(async move {
+            let mut changes = state.changes();
+            loop {
+                if ready().is_ok() {
+                    info!(identity = %identity(&state, &config), "waypoint ready");
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(App {
+            addresses,
+            context,
+            trigger,
+            quit,
+        })
+    }
+
+    pub async fn quit_requested(&self) {
+        self.quit.notified().await;
+    }
+
+    pub async fn drain(self) -> drain::Outcome {
+        let timeout = self.context.config.drain_timeout;
+        self.context.inputs.pool.clear();
+        self.trigger
+            .drain(timeout, std::time::Duration::from_secs(1))
+            .await
+    }
+}

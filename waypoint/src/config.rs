@@ -1,0 +1,107 @@
+//! Every setting of the waypoint, with its flag, environment variable and default.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use warren_ztunnel::config::parse_duration;
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "warren-waypoint",
+    about = "Warren's waypoint: the L7 proxy of one namespace"
+)]
+pub struct Config {
+    /// The namespace this waypoint serves.
+    #[arg(long, env = "WARREN_WAYPOINT_NAMESPACE")]
+    pub namespace: String,
+
+    /// The service account the waypoint runs as: its certificate's identity.
+    #[arg(
+        long,
+        env = "WARREN_WAYPOINT_SERVICE_ACCOUNT",
+        default_value = "waypoint"
+    )]
+    pub service_account: String,
+
+    /// The node agent's config socket.
+    #[arg(long, env = "WARREN_AGENT_SOCKET", default_value = warren_api::socket::DEFAULT_PATH)]
+    pub agent_socket: PathBuf,
+
+    /// Name in the agent's `warrenctl config status` (default: waypoint-<pid>).
+    #[arg(long, env = "WARREN_WAYPOINT_CLIENT_ID")]
+    pub client_id: Option<String>,
+
+    /// HBONE listener: ztunnels send the namespace's traffic here.
+    #[arg(
+        long,
+        env = "WARREN_WAYPOINT_HBONE_ADDR",
+        default_value = "0.0.0.0:15008"
+    )]
+    pub hbone_addr: SocketAddr,
+
+    /// Admin endpoint (`/config_dump`, `/logging`, `/quitquitquit`): loopback only.
+    #[arg(
+        long,
+        env = "WARREN_WAYPOINT_ADMIN_ADDR",
+        default_value = "127.0.0.1:15000"
+    )]
+    pub admin_addr: SocketAddr,
+
+    /// Prometheus metrics (`/metrics`).
+    #[arg(
+        long,
+        env = "WARREN_WAYPOINT_METRICS_ADDR",
+        default_value = "0.0.0.0:15020"
+    )]
+    pub metrics_addr: SocketAddr,
+
+    /// Readiness (`/healthz/ready`).
+    #[arg(
+        long,
+        env = "WARREN_WAYPOINT_READINESS_ADDR",
+        default_value = "0.0.0.0:15021"
+    )]
+    pub readiness_addr: SocketAddr,
+
+    /// Largest request body buffered so it can be retried or mirrored; a
+    /// larger one is answered 413.
+    #[arg(long, env = "WARREN_WAYPOINT_MAX_BODY", default_value_t = 8 << 20)]
+    pub max_request_body: usize,
+
+    /// Limit on a TCP connect and on opening an HBONE stream upstream.
+    #[arg(long, env = "WARREN_WAYPOINT_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// How long open requests may go on after SIGTERM or `/quitquitquit`.
+    #[arg(long, env = "WARREN_WAYPOINT_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Runtime worker threads.
+    #[arg(long, env = "WARREN_WAYPOINT_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
+
+    /// Initial log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Config {
+    /// The L4 settings the waypoint shares with ztunnel (TLS, HBONE pool and
+    /// timeouts), with ztunnel's own listeners switched off.
+    pub fn proxy(&self) -> warren_ztunnel::Config {
+        let mut proxy = warren_ztunnel::Config::parse_from(["warren-waypoint"]);
+        proxy.agent_socket = self.agent_socket.clone();
+        proxy.outbound_addrs = Vec::new();
+        proxy.inbound_plaintext_addrs = Vec::new();
+        proxy.hbone_addrs = vec![self.hbone_addr];
+        proxy.admin_addr = self.admin_addr;
+        proxy.metrics_addr = self.metrics_addr;
+        proxy.readiness_addr = self.readiness_addr;
+        // The waypoint is outside the capture: nothing to mark its sockets for.
+        proxy.mark = 0;
+        proxy.connect_timeout = self.connect_timeout;
+        proxy.drain_timeout = self.drain_timeout;
+        proxy.log_level = self.log_level.clone();
+        proxy
+    }
+}

@@ -1,0 +1,161 @@
+//! Opening upstream connections: an HBONE stream to the endpoint's node
+//! (mutual TLS as the waypoint's own identity, the endpoint's identity
+//! verified), or plain TCP to an endpoint outside the mesh. hyper's client
+//! pools what this opens, per endpoint address, so keep-alive requests reuse
+//! one stream.
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::Uri;
+use hyper_util::{
+    client::legacy::connect::{Connected, Connection},
+    rt::TokioIo,
+};
+use warren_api::Identity;
+use warren_ztunnel::proxy::{
+    Inputs,
+    hbone::{Tunnel, client::HboneError},
+    pool::PoolKey,
+};
+
+/// Why an upstream connection could not be made (retryable as
+/// `connect-failure`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("upstream URI {0} has no ip:port authority")]
+    BadAuthority(Uri),
+    #[error("no certificate for the waypoint's identity {0} yet")]
+    NoCertificate(Identity),
+    #[error("no trust bundle yet")]
+    NoTrustBundle,
+    #[error(transparent)]
+    Hbone(#[from] HboneError),
+    #[error("connecting to {addr}: {source}")]
+    Tcp { addr: SocketAddr, source: io::Error },
+}
+
+/// The connector hyper's client calls for a new upstream connection.
+#[derive(Clone)]
+pub struct Connector {
+    pub inputs: Arc<Inputs>,
+    pub identity: Arc<dyn Fn() -> Identity + Send + Sync>,
+}
+
+impl Connector {
+    async fn open(self, uri: Uri) -> Result<Upstream, ConnectError> {
+        let authority: SocketAddr = uri
+            .authority()
+            .and_then(|a| a.as_str().parse().ok())
+            .ok_or_else(|| ConnectError::BadAuthority(uri.clone()))?;
+        let state = &self.inputs.state;
+        let workload = state.workload_by_ip(authority.ip());
+        match workload.as_deref() {
+            Some(w) if w.hbone => {
+                let (Some(expected), Some(node_address)) = (w.identity.clone(), w.node_address)
+                else {
+                    return plain(authority, &self.inputs).await;
+                };
+                let source = (self.identity)();
+                let cert = state
+                    .certificate(&source)
+                    .ok_or_else(|| ConnectError::NoCertificate(source.clone()))?;
+                let trust = state.trust_bundle().ok_or(ConnectError::NoTrustBundle)?;
+                let key = PoolKey {
+                    source,
+                    gateway: SocketAddr::new(node_address, self.inputs.config.hbone_port),
+                    expected,
+                };
+                let tunnel = self
+                    .inputs
+                    .pool
+                    .tunnel(&key, &cert, &trust, authority, None)
+                    .await?;
+                Ok(Upstream::Tunnel(TokioIo::new(tunnel)))
+            }
+            _ => plain(authority, &self.inputs).await,
+        }
+    }
+}
+
+async fn plain(addr: SocketAddr, inputs: &Inputs) -> Result<Upstream, ConnectError> {
+    let stream = warren_ztunnel::proxy::connect(addr, None, inputs.config.connect_timeout)
+        .await
+        .map_err(|source| ConnectError::Tcp { addr, source })?;
+    Ok(Upstream::Tcp(TokioIo::new(stream)))
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = Upstream;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Upstream, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        Box::pin(self.clone().open(uri))
+    }
+}
+
+/// An upstream byte stream hyper speaks HTTP over.
+pub enum Upstream {
+    Tunnel(TokioIo<Tunnel>),
+    Tcp(TokioIo<tokio::net::TcpStream>),
+}
+
+impl Connection for Upstream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $io:ident => $call:expr) => {
+        match $self.get_mut() {
+            Upstream::Tunnel($io) => {
+                let $io = Pin::new($io);
+                $call
+            }
+            Upstream::Tcp($io) => {
+                let $io = Pin::new($io);
+                $call
+            }
+        }
+    };
+}
+
+impl hyper::rt::Read for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_read(cx, buf))
+    }
+}
+
+impl hyper::rt::Write for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_shutdown(cx))
+    }
+}

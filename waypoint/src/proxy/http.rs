@@ -1,0 +1,740 @@
+//! One request through the waypoint: route it (VirtualService), inject
+//! faults, pick an upstream cluster and endpoint (DestinationRule), send it
+//! with retries under the route's timeout, copy it to mirrors, and report it.
+//!
+//! Response flags follow Envoy's, so operators read them as they would
+//! Istio's: `NR` no route, `UO` pool overflow, `UH` no healthy endpoint, `UF`
+//! connect failure, `UT` timeout, `URX` retries exhausted, `FI` fault abort,
+//! `DI` fault delay, `UC` upstream reset.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use rand::Rng as _;
+use tracing::{debug, info};
+use warren_ztunnel::state::Workload;
+
+use super::Downstream;
+use crate::{
+    app::{Body, ClusterKey, Context},
+    metrics::{ClusterLabels, RequestLabels},
+    route::{Action, FailureKind, RequestInfo, RetryPolicy, RouteDestination},
+    tables::Compiled,
+    upstream::{self, Cluster, Endpoint, HashInput, Outcome, Pick},
+};
+
+const REQUEST_ID: &str = "x-request-id";
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+fn reply(status: StatusCode, body: &str) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from(format!("{body}\n"))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+fn boxed(response: Response<Bytes>) -> Response<Body> {
+    response.map(full)
+}
+
+/// What became of a request, for telemetry.
+struct Done {
+    response: Response<Body>,
+    flags: &'static str,
+    route: String,
+    /// The endpoint that answered, if any.
+    upstream: Option<SocketAddr>,
+    destination: Option<Arc<Workload>>,
+    attempts: u32,
+}
+
+impl Done {
+    fn local(response: Response<Body>, flags: &'static str, route: String) -> Done {
+        Done {
+            response,
+            flags,
+            route,
+            upstream: None,
+            destination: None,
+            attempts: 0,
+        }
+    }
+}
+
+pub async fn handle(
+    ctx: Arc<Context>,
+    down: Arc<Downstream>,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let start = Instant::now();
+    let (mut parts, body) = request.into_parts();
+    let request_id = ensure_request_id(&mut parts.headers);
+    propagate_trace(&mut parts.headers);
+    let grpc = is_grpc(&parts.headers);
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_owned();
+    let request_bytes = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let mut done = route_and_forward(&ctx, &down, parts, body).await;
+    done.response
+        .headers_mut()
+        .entry(REQUEST_ID)
+        .or_insert(request_id.clone());
+    report(&ctx, &down, &done, grpc, start, request_bytes);
+    info!(
+        target: "access",
+        request_id = %request_id.to_str().unwrap_or_default(),
+        src = %down.source_ip,
+        src_identity = %down.peer.identity,
+        service = %down.service.hostname,
+        %method,
+        path,
+        route = %done.route,
+        status = done.response.status().as_u16(),
+        flags = done.flags,
+        upstream = ?done.upstream,
+        attempts = done.attempts,
+        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    done.response
+}
+
+async fn route_and_forward(
+    ctx: &Arc<Context>,
+    down: &Downstream,
+    mut parts: http::request::Parts,
+    body: Incoming,
+) -> Done {
+    let compiled = ctx.tables.current();
+    let empty = BTreeMap::new();
+    let source_labels = down.source.as_ref().map_or(&empty, |w| &w.labels);
+    let source_namespace = down.peer.identity.namespace.clone();
+    let host = down.service.hostname.clone();
+    let routed = {
+        let info = RequestInfo::from_parts(&parts, down.port, source_labels, &source_namespace);
+        compiled.routes.route(&host, &info)
+    };
+    // No VirtualService for the host: straight to the service, with Istio's
+    // default retry policy.
+    let (rule, matched, route_name) = match &routed {
+        Some(routed) => (
+            Some(routed.rule),
+            Some(routed.matched),
+            routed.route_name().to_owned(),
+        ),
+        None => (None, None, "default".to_owned()),
+    };
+    let default_destination = RouteDestination::to_host(&host);
+
+    // Faults first, as Envoy's fault filter runs before the router.
+    let mut delayed = false;
+    if let Some(fault) = rule.and_then(|r| r.fault.as_ref()) {
+        let decision = fault.decide(&mut rand::rng());
+        if let Some(delay) = decision.delay {
+            tokio::time::sleep(delay).await;
+            delayed = true;
+        }
+        if let Some(abort) = decision.abort {
+            let mut response = boxed(abort.response());
+            if let Some(rule) = rule {
+                rule.apply_response(None, response.headers_mut());
+            }
+            return Done::local(response, "FI", route_name);
+        }
+    }
+    let destination = match rule.map(|r| &r.action) {
+        None => &default_destination,
+        Some(Action::Redirect(redirect)) => {
+            let info = RequestInfo::from_parts(&parts, down.port, source_labels, &source_namespace);
+            return Done::local(boxed(redirect.response(&info)), "-", route_name);
+        }
+        Some(Action::DirectResponse(direct)) => {
+            return Done::local(boxed(direct.response()), "-", route_name);
+        }
+        Some(Action::Forward(_)) => {
+            let picked = rule.and_then(|r| r.pick_destination(&mut rand::rng()));
+            match picked {
+                Some(d) => d,
+                None => {
+                    return Done::local(
+                        reply(StatusCode::SERVICE_UNAVAILABLE, "no route destination"),
+                        "NR",
+                        route_name,
+                    );
+                }
+            }
+        }
+    };
+    if let (Some(rule), Some(matched)) = (rule, matched)
+        && let Err(error) = rule.apply_request(destination, &mut parts, &matched)
+    {
+        return Done::local(
+            reply(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+            "-",
+            route_name,
+        );
+    }
+
+    // Buffered, so that a retry or a mirror can send it again.
+    let body = match Limited::new(body, ctx.config.max_request_body)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            let too_large = error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            return Done::local(
+                if too_large {
+                    reply(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!(
+                            "request body over {} bytes (--max-request-body)",
+                            ctx.config.max_request_body
+                        ),
+                    )
+                } else {
+                    reply(
+                        StatusCode::BAD_REQUEST,
+                        &format!("reading the request body: {error}"),
+                    )
+                },
+                "DPE",
+                route_name,
+            );
+        }
+    };
+
+    if let Some(rule) = rule {
+        for mirror in rule.mirrors_for(&mut rand::rng()) {
+            let key = ClusterKey {
+                host: mirror.host.clone(),
+                subset: mirror.subset.clone(),
+                port: mirror.port.unwrap_or(down.port),
+            };
+            let mut copy = clone_parts(&parts);
+            if let Some(authority) = copy.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+                let shadow = crate::route::MirrorTarget::shadow_authority(authority);
+                if let Ok(value) = HeaderValue::from_str(&shadow) {
+                    copy.headers.insert(header::HOST, value);
+                }
+            }
+            ctx.metrics
+                .mirrored
+                .get_or_create(&ClusterLabels {
+                    destination_service: key.host.clone(),
+                    subset: key.subset.clone().unwrap_or_default(),
+                })
+                .inc();
+            let body = body.clone();
+            let ctx_mirror = Arc::clone(ctx);
+            let source = SocketAddr::new(down.source_ip, 0);
+            // A copy never delays or fails the primary: it runs on its own
+            // and its answer is dropped.
+            tokio::spawn(async move {
+                let compiled = ctx_mirror.tables.current();
+                let _ = attempt(&ctx_mirror, &compiled, &key, &copy, &body, None, source).await;
+            });
+        }
+    }
+
+    let key = ClusterKey {
+        host: destination.host.clone(),
+        subset: destination.subset.clone(),
+        port: destination.port.unwrap_or(down.port),
+    };
+    let retries = rule.map_or_else(RetryPolicy::default, |r| r.retries.clone());
+    let timeout = rule.and_then(|r| r.timeout);
+    let source = SocketAddr::new(down.source_ip, 0);
+    let send = send_with_retries(ctx, &compiled, &key, &parts, &body, &retries, source);
+    let mut done = match timeout {
+        Some(limit) => match tokio::time::timeout(limit, send).await {
+            Ok(done) => done,
+            Err(_) => Done::local(
+                reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                "UT",
+                String::new(),
+            ),
+        },
+        None => send.await,
+    };
+    if let Some(rule) = rule {
+        rule.apply_response(Some(destination), done.response.headers_mut());
+    }
+    if delayed && done.flags == "-" {
+        done.flags = "DI";
+    }
+    done.route = route_name;
+    done
+}
+
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut builder = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .version(parts.version);
+    if let Some(headers) = builder.headers_mut() {
+        *headers = parts.headers.clone();
+    }
+    // Method, URI and version come from a valid request.
+    builder
+        .body(())
+        .map(|r| r.into_parts().0)
+        .unwrap_or_else(|_| {
+            let (p, ()) = Request::new(()).into_parts();
+            p
+        })
+}
+
+async fn send_with_retries(
+    ctx: &Context,
+    compiled: &Compiled,
+    key: &ClusterKey,
+    parts: &http::request::Parts,
+    body: &Bytes,
+    retries: &RetryPolicy,
+    source: SocketAddr,
+) -> Done {
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let result = attempt(
+            ctx,
+            compiled,
+            key,
+            parts,
+            body,
+            retries.per_try_timeout,
+            source,
+        )
+        .await;
+        let retryable = match &result {
+            Attempt::Answered { response, .. } => {
+                retries.should_retry_response(response.status(), response.headers())
+            }
+            Attempt::Failed { kind, .. } => retries.should_retry_error(*kind),
+            Attempt::Local(_) => false,
+        };
+        let retry = retryable
+            && tries <= retries.attempts
+            && ctx
+                .cluster(compiled, key)
+                .ok()
+                .is_some_and(|c| c.try_retry().is_some());
+        if !retry {
+            let exhausted = retryable && tries > 1;
+            return match result {
+                Attempt::Answered {
+                    response,
+                    endpoint,
+                    destination,
+                } => Done {
+                    response,
+                    flags: if exhausted { "URX" } else { "-" },
+                    route: String::new(),
+                    upstream: Some(endpoint),
+                    destination,
+                    attempts: tries,
+                },
+                Attempt::Failed {
+                    kind,
+                    detail,
+                    endpoint,
+                } => {
+                    let (status, flags) = match kind {
+                        FailureKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "UT"),
+                        FailureKind::ConnectFailure => (StatusCode::SERVICE_UNAVAILABLE, "UF"),
+                        _ => (StatusCode::SERVICE_UNAVAILABLE, "UC"),
+                    };
+                    Done {
+                        response: reply(status, &detail),
+                        flags: if exhausted { "URX" } else { flags },
+                        route: String::new(),
+                        upstream: endpoint,
+                        destination: None,
+                        attempts: tries,
+                    }
+                }
+                Attempt::Local(mut done) => {
+                    done.attempts = tries;
+                    *done
+                }
+            };
+        }
+        ctx.metrics
+            .retries
+            .get_or_create(&ClusterLabels {
+                destination_service: key.host.clone(),
+                subset: key.subset.clone().unwrap_or_default(),
+            })
+            .inc();
+        let pause = retries.backoff(tries, &mut rand::rng());
+        debug!(host = %key.host, tries, ?pause, "retrying");
+        tokio::time::sleep(pause).await;
+    }
+}
+
+enum Attempt {
+    Answered {
+        response: Response<Body>,
+        endpoint: SocketAddr,
+        destination: Option<Arc<Workload>>,
+    },
+    Failed {
+        kind: FailureKind,
+        detail: String,
+        endpoint: Option<SocketAddr>,
+    },
+    /// Answered by the waypoint itself (no route, overflow, no endpoint).
+    Local(Box<Done>),
+}
+
+/// One try: a cluster, a pool permit, an endpoint, the exchange.
+async fn attempt(
+    ctx: &Context,
+    compiled: &Compiled,
+    key: &ClusterKey,
+    parts: &http::request::Parts,
+    body: &Bytes,
+    per_try_timeout: Option<Duration>,
+    source: SocketAddr,
+) -> Attempt {
+    let local = |status, text: &str, flags| {
+        Attempt::Local(Box::new(Done::local(
+            reply(status, text),
+            flags,
+            String::new(),
+        )))
+    };
+    let cluster = match ctx.cluster(compiled, key) {
+        Ok(cluster) => cluster,
+        Err(reason) => return local(StatusCode::SERVICE_UNAVAILABLE, &reason, "NR"),
+    };
+    let h2 = parts.version == Version::HTTP_2;
+    let permit = if h2 {
+        cluster.admit_multiplexed().await
+    } else {
+        cluster.admit().await
+    };
+    let Ok(_permit) = permit else {
+        ctx.metrics
+            .overflows
+            .get_or_create(&ClusterLabels {
+                destination_service: key.host.clone(),
+                subset: key.subset.clone().unwrap_or_default(),
+            })
+            .inc();
+        return local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            "UO",
+        );
+    };
+    let hash = HashInput::new(&parts.headers, &parts.uri, Some(source));
+    let picked = match cluster.pick(&hash, Instant::now()) {
+        Some(Pick::Endpoint(picked)) => picked,
+        Some(Pick::OriginalDestination) | None => {
+            return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "UH");
+        }
+    };
+    let endpoint = picked.endpoint.address;
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = match format!("http://{endpoint}{path}").parse() {
+        Ok(uri) => uri,
+        Err(error) => return local(StatusCode::BAD_REQUEST, &error.to_string(), "-"),
+    };
+    let mut request = Request::new(full(body.clone()));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = parts.headers.clone();
+    if !request.headers().contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    strip_hop_by_hop(request.headers_mut());
+    let client = if h2 { &ctx.http2 } else { &ctx.http1 };
+    let sent = client.request(request);
+    let result = match per_try_timeout {
+        Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
+        None => Some(sent.await),
+    };
+    let destination = ctx.inputs.state.workload_by_ip(endpoint.ip());
+    match result {
+        None => {
+            cluster.report(&picked.endpoint.id, Outcome::LocalFailure, Instant::now());
+            Attempt::Failed {
+                kind: FailureKind::Timeout,
+                detail: "upstream request timeout".into(),
+                endpoint: Some(endpoint),
+            }
+        }
+        Some(Ok(response)) => {
+            let status = response.status().as_u16();
+            cluster.report(
+                &picked.endpoint.id,
+                if status >= 500 {
+                    Outcome::Status(status)
+                } else {
+                    Outcome::Success
+                },
+                Instant::now(),
+            );
+            let mut response = response.map(|b| b.boxed());
+            strip_hop_by_hop(response.headers_mut());
+            if let Some(cookie) = &picked.set_cookie
+                && let Ok(value) = HeaderValue::from_str(&set_cookie(cookie))
+            {
+                response.headers_mut().append(header::SET_COOKIE, value);
+            }
+            Attempt::Answered {
+                response,
+                endpoint,
+                destination,
+            }
+        }
+        Some(Err(error)) => {
+            cluster.report(&picked.endpoint.id, Outcome::LocalFailure, Instant::now());
+            let kind = if error.is_connect() {
+                FailureKind::ConnectFailure
+            } else {
+                FailureKind::Reset
+            };
+            let detail = match std::error::Error::source(&error) {
+                Some(source) => format!("upstream {endpoint}: {error}: {source}"),
+                None => format!("upstream {endpoint}: {error}"),
+            };
+            debug!(%detail, ?kind, "upstream attempt failed");
+            Attempt::Failed {
+                kind,
+                detail,
+                endpoint: Some(endpoint),
+            }
+        }
+    }
+}
+
+impl Context {
+    /// The live cluster for `key`, rebuilt when the routing generation or the
+    /// mesh state moved (keeping load-balancer and outlier state of the
+    /// endpoints that stay).
+    pub fn cluster(&self, compiled: &Compiled, key: &ClusterKey) -> Result<Arc<Cluster>, String> {
+        let state_generation = *self.inputs.state.changes().borrow();
+        let generation = compiled.generation << 32 | (state_generation & 0xffff_ffff);
+        let mut clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((built, cluster)) = clusters.get(key)
+            && *built == generation
+        {
+            return Ok(Arc::clone(cluster));
+        }
+        let resolved = compiled
+            .policies
+            .resolve(&key.host, key.subset.as_deref(), key.port)
+            .map_err(|e| e.to_string())?;
+        let service = self
+            .inputs
+            .state
+            .service_by_hostname(&key.host)
+            .ok_or_else(|| format!("no service {}", key.host))?;
+        let port = service
+            .port(key.port)
+            .ok_or_else(|| format!("service {} has no port {}", key.host, key.port))?;
+        let endpoints: Vec<Endpoint> = service
+            .endpoints
+            .iter()
+            .filter(|e| e.ready)
+            .filter_map(|e| {
+                let workload = self.inputs.state.workload_by_ip(e.address);
+                let labels = workload
+                    .as_ref()
+                    .map(|w| w.labels.clone())
+                    .unwrap_or_default();
+                upstream::selects(&resolved.selector, &labels).then(|| Endpoint {
+                    id: e.workload.clone().unwrap_or_else(|| e.address.to_string()),
+                    address: SocketAddr::new(
+                        e.address,
+                        warren_ztunnel::state::Service::target_port(e, port),
+                    ),
+                    labels,
+                })
+            })
+            .collect();
+        let cluster = match clusters.get(key) {
+            Some((_, cluster)) if cluster.resolved() == &resolved => {
+                cluster.update(endpoints);
+                Arc::clone(cluster)
+            }
+            _ => Arc::new(Cluster::new(resolved, endpoints, Instant::now())),
+        };
+        clusters.insert(key.clone(), (generation, Arc::clone(&cluster)));
+        Ok(cluster)
+    }
+}
+
+fn report(
+    ctx: &Context,
+    down: &Downstream,
+    done: &Done,
+    grpc: bool,
+    start: Instant,
+    request_bytes: u64,
+) {
+    let unknown = || "unknown".to_owned();
+    let source = down.source.as_deref();
+    let destination = done.destination.as_deref();
+    let service = &down.service;
+    let labels = RequestLabels {
+        reporter: "waypoint",
+        source_workload: source.map_or_else(unknown, |w| w.telemetry_name().to_owned()),
+        source_workload_namespace: source.map_or_else(unknown, |w| w.namespace.clone()),
+        source_principal: format!("spiffe://{}", down.peer.identity.principal()),
+        source_canonical_service: source.map_or_else(unknown, |w| w.canonical_name.clone()),
+        destination_workload: destination.map_or_else(unknown, |w| w.telemetry_name().to_owned()),
+        destination_workload_namespace: destination.map_or_else(unknown, |w| w.namespace.clone()),
+        destination_principal: destination
+            .and_then(|w| w.identity.as_ref())
+            .map_or_else(unknown, |id| format!("spiffe://{}", id.principal())),
+        destination_canonical_service: destination
+            .map_or_else(unknown, |w| w.canonical_name.clone()),
+        destination_version: destination.map_or_else(unknown, |w| w.canonical_revision.clone()),
+        destination_service: service.hostname.clone(),
+        destination_service_name: service.name.clone(),
+        destination_service_namespace: service.namespace.clone(),
+        request_protocol: if grpc { "grpc" } else { "http" },
+        response_code: done.response.status().as_u16(),
+        grpc_response_status: done
+            .response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+        response_flags: done.flags,
+        connection_security_policy: "mutual_tls",
+    };
+    let m = &ctx.metrics;
+    m.requests.get_or_create(&labels).inc();
+    m.duration
+        .get_or_create(&labels)
+        .observe(start.elapsed().as_secs_f64() * 1000.0);
+    m.request_bytes
+        .get_or_create(&labels)
+        .observe(request_bytes as f64);
+    let response_bytes = done
+        .response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    m.response_bytes
+        .get_or_create(&labels)
+        .observe(response_bytes);
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The request's `x-request-id`, made when the client sent none.
+fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(REQUEST_ID) {
+        return id.clone();
+    }
+    let mut rng = rand::rng();
+    let id = format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        rng.random::<u32>(),
+        rng.random::<u16>(),
+        rng.random::<u16>() & 0x0fff,
+        (rng.random::<u16>() & 0x3fff) | 0x8000,
+        rng.random::<u64>() & 0xffff_ffff_ffff
+    );
+    let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    headers.insert(REQUEST_ID, value.clone());
+    value
+}
+
+/// Continues the caller's trace with a span of the waypoint's own: W3C
+/// `traceparent` gets a new parent id; B3 headers a new span id with the
+/// caller's as parent.
+fn propagate_trace(headers: &mut HeaderMap) {
+    let span = format!("{:016x}", rand::rng().random::<u64>());
+    if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        let fields: Vec<&str> = parent.split('-').collect();
+        if let [version, trace, _parent, flags] = fields.as_slice()
+            && trace.len() == 32
+            && let Ok(value) = HeaderValue::from_str(&format!("{version}-{trace}-{span}-{flags}"))
+        {
+            headers.insert("traceparent", value);
+        }
+    }
+    if headers.contains_key("x-b3-traceid") {
+        if let Some(caller) = headers.get("x-b3-spanid").cloned() {
+            headers.insert("x-b3-parentspanid", caller);
+        }
+        if let Ok(value) = HeaderValue::from_str(&span) {
+            headers.insert("x-b3-spanid", value);
+        }
+    }
+    if let Some(b3) = headers.get("b3").and_then(|v| v.to_str().ok()) {
+        let fields: Vec<&str> = b3.split('-').collect();
+        if fields.len() >= 2 {
+            let sampled = fields.get(2).map_or(String::new(), |s| format!("-{s}"));
+            let rebuilt = format!("{}-{span}{sampled}-{}", fields[0], fields[1]);
+            if let Ok(value) = HeaderValue::from_str(&rebuilt) {
+                headers.insert("b3", value);
+            }
+        }
+    }
+}
+
+/// Headers that describe one hop and must not be forwarded.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+}
+
+/// The `Set-Cookie` a consistent-hash cookie policy asks for.
+fn set_cookie(cookie: &upstream::SetCookie) -> String {
+    let mut value = format!("{}=\"{}\"", cookie.name, cookie.value);
+    if let Some(path) = &cookie.path {
+        value.push_str(&format!("; Path={path}"));
+    }
+    if let Some(age) = cookie.max_age {
+        value.push_str(&format!("; Max-Age={}", age.as_secs()));
+    }
+    value.push_str("; HttpOnly");
+    value
+}

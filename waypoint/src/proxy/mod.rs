@@ -1,0 +1,177 @@
+//! The waypoint's data path.
+//!
+//! - [`connect`]: upstream connections (HBONE to the endpoint's node, or TCP).
+//! - [`http`]: one request: route, fault, retries and timeouts, load
+//!   balancing, mirrors, headers, telemetry.
+//!
+//! Traffic arrives as HBONE CONNECT streams from ztunnels, for a service VIP
+//! and port; inside each stream the client's HTTP (1.1 or 2) is served.
+
+pub mod connect;
+pub mod http;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use ::http::{Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tracing::{debug, warn};
+use warren_ztunnel::{
+    drain,
+    proxy::hbone::{
+        FORWARDED, Tunnel, forwarded_for,
+        server::{ConnectHandler, Peer},
+    },
+    state::{Service, Workload},
+};
+
+use crate::app::Context;
+
+const DIRECTION: &str = "waypoint";
+
+/// Who sent a CONNECT stream, and for which service.
+pub struct Downstream {
+    pub peer: Arc<Peer>,
+    /// The source workload, when the ztunnel's `Forwarded` names one with the
+    /// peer's identity.
+    pub source: Option<Arc<Workload>>,
+    pub source_ip: std::net::IpAddr,
+    pub service: Arc<Service>,
+    pub port: u16,
+}
+
+/// The waypoint's answer to a CONNECT: serve HTTP inside it.
+#[derive(Clone)]
+pub struct Waypoint(pub Arc<Context>);
+
+fn answer(status: StatusCode, reason: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(reason)));
+    *response.status_mut() = status;
+    response
+}
+
+impl ConnectHandler for Waypoint {
+    async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        peer: Arc<Peer>,
+        drain: drain::Watch,
+    ) -> Response<Full<Bytes>> {
+        let ctx = &self.0;
+        let refuse = |status: StatusCode, reason: &'static str, detail: String| {
+            warn!(peer = %peer.addr, identity = %peer.identity, reason, %detail, "waypoint refused a CONNECT");
+            ctx.inputs.metrics.refuse(DIRECTION, reason);
+            answer(status, detail)
+        };
+        if request.method() != Method::CONNECT {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "not_connect",
+                format!("only CONNECT is served here, not {}", request.method()),
+            );
+        }
+        let authority = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default();
+        let Ok(dst) = authority.parse::<SocketAddr>() else {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_authority",
+                format!("the CONNECT authority {authority:?} is not an ip:port"),
+            );
+        };
+        let state = &ctx.inputs.state;
+        let Some(service) = state
+            .service_by_vip(dst.ip())
+            .filter(|s| s.waypoint.is_some())
+        else {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                "unknown_destination",
+                format!(
+                    "{} is not the address of a service using a waypoint",
+                    dst.ip()
+                ),
+            );
+        };
+        if service.port(dst.port()).is_none() {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                "unknown_service_port",
+                format!("service {} has no port {}", service.key, dst.port()),
+            );
+        }
+        // The original source, as ztunnel inbound reads it: a workload may
+        // only be claimed by its own identity.
+        let claimed = request
+            .headers()
+            .get(FORWARDED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(forwarded_for)
+            .map(|ip| ip.to_canonical());
+        let source = claimed
+            .and_then(|ip| state.workload_by_ip(ip))
+            .filter(|w| w.identity.as_ref() == Some(&peer.identity));
+        let downstream = Arc::new(Downstream {
+            source_ip: claimed.unwrap_or_else(|| peer.addr.ip().to_canonical()),
+            source,
+            peer,
+            service,
+            port: dst.port(),
+        });
+        let upgrade = hyper::upgrade::on(&mut request);
+        let ctx = Arc::clone(ctx);
+        tokio::spawn(async move {
+            let upgraded = match upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    debug!(%error, "the CONNECT stream did not open");
+                    return;
+                }
+            };
+            serve_http(ctx, downstream, Tunnel::new(upgraded, None), drain).await;
+        });
+        Response::new(Full::new(Bytes::new()))
+    }
+}
+
+/// Serves the HTTP a client speaks inside one CONNECT stream.
+async fn serve_http(
+    ctx: Arc<Context>,
+    downstream: Arc<Downstream>,
+    tunnel: Tunnel,
+    mut drain: drain::Watch,
+) {
+    let service = hyper::service::service_fn(move |request| {
+        let ctx = Arc::clone(&ctx);
+        let downstream = Arc::clone(&downstream);
+        async move { Ok::<_, std::convert::Infallible>(http::handle(ctx, downstream, request).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(64 << 10)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(30));
+    builder.http2().max_header_list_size(64 << 10);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tunnel), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                debug!(%error, "downstream HTTP connection ended with an error");
+            }
+        }
+        () = drain.draining() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}

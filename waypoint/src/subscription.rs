@@ -1,0 +1,78 @@
+//! The waypoint's side of the agent's config stream: L7 routing goes to
+//! [`Tables`], everything else (workloads, services, certificates, roots) to
+//! the state ztunnel's own handler keeps, so both proxies read resources the
+//! same way.
+
+use std::{collections::HashSet, sync::Arc};
+
+use warren_api::{
+    config::{Update, resource::Kind},
+    subscribe::{Handler, Refused},
+};
+use warren_ztunnel::subscription::Subscription as L4Subscription;
+
+use crate::tables::Tables;
+
+pub struct Subscription {
+    l4: L4Subscription,
+    tables: Arc<Tables>,
+}
+
+impl Subscription {
+    pub fn new(l4: L4Subscription, tables: Arc<Tables>) -> Self {
+        Subscription { l4, tables }
+    }
+}
+
+fn is_l7(kind: &Option<Kind>) -> bool {
+    matches!(
+        kind,
+        Some(Kind::VirtualService(_) | Kind::DestinationRule(_))
+    )
+}
+
+impl Handler for Subscription {
+    fn apply(&mut self, update: Update) -> Vec<Refused> {
+        let mut refused = Vec::new();
+        let (l7, l4): (Vec<_>, Vec<_>) = update.upserts.into_iter().partition(|r| is_l7(&r.kind));
+        let mentioned: HashSet<String> = l7.iter().map(|r| r.key.clone()).collect();
+        if update.snapshot {
+            for key in self.tables.keys() {
+                if !mentioned.contains(&key) {
+                    self.tables.remove(&key);
+                }
+            }
+        }
+        let mut l4_removals = Vec::new();
+        for key in update.removals {
+            if !self.tables.remove(&key) {
+                l4_removals.push(key);
+            }
+        }
+        for resource in l7 {
+            let parsed = match &resource.kind {
+                Some(Kind::VirtualService(vs)) => Tables::parse_virtual_service(vs)
+                    .map(|vs| self.tables.upsert_virtual_service(resource.key.clone(), vs)),
+                Some(Kind::DestinationRule(dr)) => Tables::parse_destination_rule(dr).map(|dr| {
+                    self.tables
+                        .upsert_destination_rule(resource.key.clone(), dr)
+                }),
+                _ => Ok(()),
+            };
+            if let Err(reason) = parsed {
+                refused.push(Refused {
+                    key: resource.key,
+                    reason,
+                });
+            }
+        }
+        self.tables.rebuild();
+        refused.extend(self.l4.apply(Update {
+            version: update.version,
+            snapshot: update.snapshot,
+            upserts: l4,
+            removals: l4_removals,
+        }));
+        refused
+    }
+}

@@ -1,0 +1,116 @@
+//! The waypoint's L7 configuration: the VirtualServices and DestinationRules
+//! the agent sent, compiled into a [`RouteTable`] and [`Policies`], rebuilt
+//! whole when either changes (there are few per namespace; a rebuild takes
+//! microseconds and readers never wait for it: they hold the previous
+//! [`Compiled`] until they are done).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+};
+
+use tracing::warn;
+use warren_api::config::{DestinationRule, VirtualService};
+use warren_model::istio::{DestinationRuleSpec, VirtualServiceSpec};
+
+use crate::{
+    route::{RouteTable, VsInput},
+    upstream::{DrInput, Policies},
+};
+
+/// One generation of compiled routing.
+#[derive(Default)]
+pub struct Compiled {
+    pub routes: RouteTable,
+    pub policies: Policies,
+    /// Bumped on every rebuild: upstream clusters built from an older
+    /// generation are rebuilt.
+    pub generation: u64,
+}
+
+#[derive(Default)]
+pub struct Tables {
+    virtual_services: RwLock<BTreeMap<String, VsInput>>,
+    destination_rules: RwLock<BTreeMap<String, DrInput>>,
+    compiled: RwLock<Arc<Compiled>>,
+}
+
+impl Tables {
+    pub fn current(&self) -> Arc<Compiled> {
+        Arc::clone(&self.compiled.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Checks a VirtualService resource; the error names what is wrong.
+    pub fn parse_virtual_service(vs: &VirtualService) -> Result<VsInput, String> {
+        let spec: VirtualServiceSpec =
+            serde_json::from_str(&vs.spec_json).map_err(|e| format!("spec_json: {e}"))?;
+        Ok(VsInput {
+            namespace: vs.namespace.clone(),
+            name: vs.name.clone(),
+            hosts: vs.hosts.clone(),
+            spec,
+        })
+    }
+
+    pub fn parse_destination_rule(dr: &DestinationRule) -> Result<DrInput, String> {
+        let spec: DestinationRuleSpec =
+            serde_json::from_str(&dr.spec_json).map_err(|e| format!("spec_json: {e}"))?;
+        Ok(DrInput {
+            namespace: dr.namespace.clone(),
+            name: dr.name.clone(),
+            host: dr.host.clone(),
+            spec,
+        })
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = read(&self.virtual_services).keys().cloned().collect();
+        keys.extend(read(&self.destination_rules).keys().cloned());
+        keys
+    }
+
+    pub fn upsert_virtual_service(&self, key: String, vs: VsInput) {
+        write(&self.virtual_services).insert(key, vs);
+    }
+
+    pub fn upsert_destination_rule(&self, key: String, dr: DrInput) {
+        write(&self.destination_rules).insert(key, dr);
+    }
+
+    /// Forgets `key`; false if it was not an L7 resource.
+    pub fn remove(&self, key: &str) -> bool {
+        write(&self.virtual_services).remove(key).is_some()
+            || write(&self.destination_rules).remove(key).is_some()
+    }
+
+    /// Compiles what is held and makes it current. Errors were checked when
+    /// each resource came in, except those between objects (two
+    /// VirtualServices claiming a host), which are logged here.
+    pub fn rebuild(&self) {
+        let (routes, route_errors) =
+            RouteTable::build(read(&self.virtual_services).values().cloned());
+        let (policies, policy_errors) =
+            Policies::build(read(&self.destination_rules).values().cloned());
+        for error in &route_errors {
+            warn!(%error, "VirtualService not (fully) applied");
+        }
+        for error in &policy_errors {
+            warn!(%error, "DestinationRule not (fully) applied");
+        }
+        let mut compiled = write(&self.compiled);
+        let generation = compiled.generation + 1;
+        *compiled = Arc::new(Compiled {
+            routes,
+            policies,
+            generation,
+        });
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
