@@ -1,0 +1,502 @@
+//! Load balancing helpers: what a request is hashed on, the consistent hash
+//! tables (ring hash and maglev), and the random choices.
+//!
+//! Hashes are deterministic (FNV-1a with a murmur3 finaliser, not Rust's
+//! seeded `RandomState`), so every waypoint replica sends one key to the same
+//! endpoint.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use http::header::COOKIE;
+use http::{HeaderMap, Uri};
+use rand::Rng;
+
+use super::policy::{HashCookie, HashKey, HashTable};
+
+// ---------------------------------------------------------------------------
+// Request side
+// ---------------------------------------------------------------------------
+
+/// What a request offers to a consistent hash. Fields the key does not use
+/// may be left `None`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HashInput<'a> {
+    pub headers: Option<&'a HeaderMap>,
+    /// The raw query string (after `?`), if any.
+    pub query: Option<&'a str>,
+    /// The downstream client's address.
+    pub source: Option<SocketAddr>,
+}
+
+impl<'a> HashInput<'a> {
+    pub fn new(headers: &'a HeaderMap, uri: &'a Uri, source: Option<SocketAddr>) -> Self {
+        Self {
+            headers: Some(headers),
+            query: uri.query(),
+            source,
+        }
+    }
+}
+
+/// A cookie the proxy must add to the response (`Set-Cookie`): the request
+/// had no hash cookie and the rule has a ttl. The request was hashed on the
+/// new value, so the client's next request lands on the same endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetCookie {
+    pub name: String,
+    pub value: String,
+    pub path: Option<String>,
+    /// `None` for a session cookie (ttl `0s`).
+    pub max_age: Option<Duration>,
+}
+
+impl SetCookie {
+    /// The `Set-Cookie` header value; fails only when the configured name or
+    /// path holds bytes a header cannot carry.
+    pub fn header_value(&self) -> Result<http::HeaderValue, http::header::InvalidHeaderValue> {
+        http::HeaderValue::from_str(&self.to_string())
+    }
+}
+
+/// The `Set-Cookie` header value, as Envoy writes it.
+impl fmt::Display for SetCookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}=\"{}\"", self.name, self.value)?;
+        if let Some(age) = self.max_age {
+            write!(f, "; Max-Age={}", age.as_secs())?;
+        }
+        if let Some(path) = &self.path {
+            write!(f, "; Path={path}")?;
+        }
+        write!(f, "; HttpOnly")
+    }
+}
+
+/// The hash of a request for `key`, or `None` when the request lacks the
+/// attribute (it then goes to a random endpoint, as in Envoy); and the
+/// cookie to set, when one was generated.
+pub(crate) fn hash_request(
+    key: &HashKey,
+    input: &HashInput<'_>,
+) -> (Option<u64>, Option<SetCookie>) {
+    match key {
+        HashKey::Header(name) => {
+            let Some(headers) = input.headers else {
+                return (None, None);
+            };
+            let mut values: Vec<&[u8]> =
+                headers.get_all(name).iter().map(|v| v.as_bytes()).collect();
+            // Several values hash the same whatever their order (Envoy).
+            values.sort_unstable();
+            if values.is_empty() {
+                return (None, None);
+            }
+            let mut h = Hasher::new();
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    h.write(&[0]);
+                }
+                h.write(v);
+            }
+            (Some(h.finish()), None)
+        }
+        HashKey::Cookie(cookie) => hash_cookie(cookie, input),
+        HashKey::SourceIp => (input.source.map(|s| hash_ip(s.ip())), None),
+        HashKey::QueryParameter(name) => (
+            input
+                .query
+                .and_then(|q| query_value(q, name))
+                .map(|v| hash_bytes(v.as_bytes())),
+            None,
+        ),
+    }
+}
+
+fn hash_cookie(cookie: &HashCookie, input: &HashInput<'_>) -> (Option<u64>, Option<SetCookie>) {
+    if let Some(value) = input.headers.and_then(|h| cookie_value(h, &cookie.name)) {
+        return (Some(hash_bytes(value.as_bytes())), None);
+    }
+    let Some(ttl) = cookie.ttl else {
+        return (None, None);
+    };
+    // Envoy derives the value from the connection's addresses, so requests
+    // racing on one connection get the same cookie.
+    let seed = match input.source {
+        Some(source) => {
+            let mut h = Hasher::new();
+            h.write(source.to_string().as_bytes());
+            h.finish()
+        }
+        None => rand::rng().random(),
+    };
+    let value = format!("{seed:016x}");
+    let hash = hash_bytes(value.as_bytes());
+    let set = SetCookie {
+        name: cookie.name.clone(),
+        value,
+        path: cookie.path.clone(),
+        max_age: (!ttl.is_zero()).then_some(ttl),
+    };
+    (Some(hash), Some(set))
+}
+
+/// The first value of cookie `name` in the request's `Cookie` headers.
+fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k.trim() == name).then(|| {
+                let v = v.trim();
+                v.strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v)
+            })
+        })
+}
+
+/// The raw value of the first parameter `name`; a parameter without `=`
+/// has the empty value.
+fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn hash_ip(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => hash_bytes(&v4.octets()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            // One client, one hash, whichever socket family it came in on.
+            Some(v4) => hash_bytes(&v4.octets()),
+            None => hash_bytes(&v6.octets()),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Hashing
+// ---------------------------------------------------------------------------
+
+/// FNV-1a over the bytes, finished with murmur3's `fmix64` so that short,
+/// similar inputs (`10.0.0.1:80` and `10.0.0.2:80`) spread over the ring.
+#[derive(Clone, Debug)]
+pub(crate) struct Hasher(u64);
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
+impl Hasher {
+    pub(crate) fn new() -> Self {
+        Self(FNV_OFFSET)
+    }
+
+    pub(crate) fn with_seed(seed: u64) -> Self {
+        let mut h = Self::new();
+        h.write(&seed.to_le_bytes());
+        h
+    }
+
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(FNV_PRIME);
+        }
+    }
+
+    pub(crate) fn finish(&self) -> u64 {
+        let mut k = self.0;
+        k ^= k >> 33;
+        k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        k ^= k >> 33;
+        k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        k ^= k >> 33;
+        k
+    }
+}
+
+pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
+    let mut h = Hasher::new();
+    h.write(bytes);
+    h.finish()
+}
+
+// ---------------------------------------------------------------------------
+// Consistent hash tables
+// ---------------------------------------------------------------------------
+
+/// A consistent hash table over a list of endpoint keys (their addresses):
+/// `lookup` answers a position in that list.
+#[derive(Debug)]
+pub(crate) enum Table {
+    Ring(Ring),
+    Maglev(Maglev),
+}
+
+impl Table {
+    /// A table over `keys`, the eligible endpoints out of `population`.
+    pub(crate) fn build(kind: &HashTable, keys: &[String], population: usize) -> Table {
+        match kind {
+            HashTable::Ring { minimum_size } => {
+                Table::Ring(Ring::build(keys, *minimum_size, population))
+            }
+            HashTable::Maglev { table_size } => Table::Maglev(Maglev::build(keys, *table_size)),
+        }
+    }
+
+    pub(crate) fn lookup(&self, hash: u64) -> Option<usize> {
+        match self {
+            Table::Ring(ring) => ring.lookup(hash),
+            Table::Maglev(maglev) => maglev.lookup(hash),
+        }
+    }
+}
+
+/// Envoy's ring hash: every endpoint owns points on a 64-bit ring (hashes
+/// of its address and the point's number); a request goes to the owner of
+/// the first point at or after its hash.
+///
+/// Envoy gives each of `n` endpoints `ceil(minimum / n)` points, so removing
+/// one endpoint also adds points to the others, which take keys from each
+/// other. Here the count is rounded up to a power of two and computed from
+/// all the cluster's endpoints, ejected or not: it changes only when the
+/// endpoint count crosses a power-of-two boundary, so removing or ejecting
+/// an endpoint usually moves only the keys it owned. The ring holds between
+/// `minimum` and twice that many points.
+#[derive(Debug, Default)]
+pub(crate) struct Ring {
+    /// Sorted.
+    points: Vec<u64>,
+    /// `owners[i]` owns `points[i]`.
+    owners: Vec<u32>,
+}
+
+impl Ring {
+    fn build(keys: &[String], minimum_size: usize, population: usize) -> Ring {
+        let n = keys.len();
+        if n == 0 {
+            return Ring::default();
+        }
+        let population = population.max(n);
+        let per_key = minimum_size
+            .div_ceil(population)
+            .max(1)
+            .checked_next_power_of_two()
+            .unwrap_or(1);
+        let mut entries: Vec<(u64, u32)> = Vec::with_capacity(per_key * n);
+        for (owner, key) in keys.iter().enumerate() {
+            // More than 2^32 endpoints cannot be listed; saturate rather than wrap.
+            let owner = u32::try_from(owner).unwrap_or(u32::MAX);
+            for replica in 0..per_key {
+                let mut h = Hasher::new();
+                h.write(key.as_bytes());
+                h.write(b"_");
+                h.write(&(replica as u64).to_le_bytes());
+                entries.push((h.finish(), owner));
+            }
+        }
+        entries.sort_unstable();
+        let (points, owners) = entries.into_iter().unzip();
+        Ring { points, owners }
+    }
+
+    fn lookup(&self, hash: u64) -> Option<usize> {
+        if self.points.is_empty() {
+            return None;
+        }
+        let i = self.points.partition_point(|p| *p < hash);
+        let i = if i == self.points.len() { 0 } else { i };
+        self.owners.get(i).map(|o| *o as usize)
+    }
+}
+
+/// Maglev (Eisenbud et al., 2016): a prime-sized table filled by each
+/// endpoint's permutation in turn; near-minimal disruption, O(1) lookup.
+#[derive(Debug, Default)]
+pub(crate) struct Maglev {
+    table: Vec<u32>,
+}
+
+impl Maglev {
+    fn build(keys: &[String], table_size: usize) -> Maglev {
+        let n = keys.len();
+        // The permutation needs a prime size of at least 2.
+        let m = if table_size < 2 { 65537 } else { table_size } as u64;
+        if n == 0 {
+            return Maglev::default();
+        }
+        const EMPTY: u32 = u32::MAX;
+        let mut table = vec![EMPTY; m as usize];
+        let mut cursor: Vec<u64> = Vec::with_capacity(n);
+        let mut skip: Vec<u64> = Vec::with_capacity(n);
+        for key in keys {
+            let mut offset = Hasher::with_seed(0);
+            offset.write(key.as_bytes());
+            let mut step = Hasher::with_seed(1);
+            step.write(key.as_bytes());
+            cursor.push(offset.finish() % m);
+            skip.push(step.finish() % (m - 1) + 1);
+        }
+        let mut filled = 0u64;
+        'fill: loop {
+            for i in 0..n {
+                // Each permutation visits every slot (m is prime), so an
+                // empty one is found while any remains.
+                while table[cursor[i] as usize] != EMPTY {
+                    cursor[i] = (cursor[i] + skip[i]) % m;
+                }
+                table[cursor[i] as usize] = u32::try_from(i).unwrap_or(EMPTY - 1);
+                cursor[i] = (cursor[i] + skip[i]) % m;
+                filled += 1;
+                if filled == m {
+                    break 'fill;
+                }
+            }
+        }
+        Maglev { table }
+    }
+
+    fn lookup(&self, hash: u64) -> Option<usize> {
+        if self.table.is_empty() {
+            return None;
+        }
+        let slot = (hash % self.table.len() as u64) as usize;
+        self.table.get(slot).map(|o| *o as usize)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Random choices
+// ---------------------------------------------------------------------------
+
+/// A uniform position below `n` (`n > 0`).
+pub(crate) fn random_index(n: usize) -> usize {
+    rand::rng().random_range(0..n)
+}
+
+/// Power of two choices: two distinct random positions, the one with the
+/// smaller load wins (Envoy's LEAST_REQUEST with `choice_count` 2).
+pub(crate) fn two_choices(n: usize, load: impl Fn(usize) -> u64) -> usize {
+    if n < 2 {
+        return 0;
+    }
+    let mut rng = rand::rng();
+    let a = rng.random_range(0..n);
+    let mut b = rng.random_range(0..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    if load(b) < load(a) { b } else { a }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_and_query_values_are_found() {
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, "a=1; user=\"bob\"".parse().expect("static header"));
+        headers.append(COOKIE, "user=alice".parse().expect("static header"));
+        assert_eq!(cookie_value(&headers, "user"), Some("bob"));
+        assert_eq!(cookie_value(&headers, "a"), Some("1"));
+        assert_eq!(cookie_value(&headers, "b"), None);
+
+        assert_eq!(query_value("a=1&b=2&b=3", "b"), Some("2"));
+        assert_eq!(query_value("flag&x=1", "flag"), Some(""));
+        assert_eq!(query_value("a=1", "c"), None);
+    }
+
+    #[test]
+    fn set_cookie_header_matches_envoy() {
+        let c = SetCookie {
+            name: "session".into(),
+            value: "00ff".into(),
+            path: Some("/app".into()),
+            max_age: Some(Duration::from_secs(3600)),
+        };
+        assert_eq!(
+            c.to_string(),
+            "session=\"00ff\"; Max-Age=3600; Path=/app; HttpOnly"
+        );
+        assert_eq!(
+            c.header_value().ok().as_ref().map(|v| v.as_bytes()),
+            Some(&b"session=\"00ff\"; Max-Age=3600; Path=/app; HttpOnly"[..])
+        );
+        let session = SetCookie {
+            max_age: None,
+            path: None,
+            ..c
+        };
+        assert_eq!(session.to_string(), "session=\"00ff\"; HttpOnly");
+    }
+
+    #[test]
+    fn header_values_hash_in_any_order() {
+        let name = http::HeaderName::from_static("x-user");
+        let key = HashKey::Header(name.clone());
+        let mut ab = HeaderMap::new();
+        ab.append(&name, "a".parse().expect("static header"));
+        ab.append(&name, "b".parse().expect("static header"));
+        let mut ba = HeaderMap::new();
+        ba.append(&name, "b".parse().expect("static header"));
+        ba.append(&name, "a".parse().expect("static header"));
+        let input = |h| HashInput {
+            headers: Some(h),
+            ..Default::default()
+        };
+        let (h1, _) = hash_request(&key, &input(&ab));
+        let (h2, _) = hash_request(&key, &input(&ba));
+        assert!(h1.is_some());
+        assert_eq!(h1, h2);
+        assert_eq!(hash_request(&key, &input(&HeaderMap::new())).0, None);
+    }
+
+    #[test]
+    fn ring_has_the_minimum_size_and_wraps() {
+        let keys: Vec<String> = (0..3).map(|i| format!("10.0.0.{i}:80")).collect();
+        let Table::Ring(ring) = Table::build(&HashTable::Ring { minimum_size: 1024 }, &keys, 3)
+        else {
+            panic!("asked for a ring");
+        };
+        // ceil(1024 / 3) = 342, rounded up to 512.
+        assert_eq!(ring.points.len(), 3 * 512);
+        assert!(ring.points.windows(2).all(|w| w[0] <= w[1]));
+        // Past the last point, the first point's owner takes the hash.
+        let last = *ring.points.last().expect("the ring has points");
+        if last < u64::MAX {
+            assert_eq!(ring.lookup(last + 1), Some(ring.owners[0] as usize));
+        }
+        assert_eq!(ring.lookup(0), Some(ring.owners[0] as usize));
+    }
+
+    #[test]
+    fn maglev_fills_every_slot_evenly() {
+        let keys: Vec<String> = (0..7).map(|i| format!("10.0.0.{i}:80")).collect();
+        let Table::Maglev(m) = Table::build(&HashTable::Maglev { table_size: 65537 }, &keys, 7)
+        else {
+            panic!("asked for maglev");
+        };
+        let mut counts = [0usize; 7];
+        for owner in &m.table {
+            counts[*owner as usize] += 1;
+        }
+        // Maglev gives each endpoint within one slot of m / n.
+        for c in counts {
+            assert!((9361..=9364).contains(&c), "uneven maglev share {c}");
+        }
+    }
+
+    #[test]
+    fn two_choices_never_picks_the_busier_of_two() {
+        for _ in 0..200 {
+            assert_eq!(two_choices(2, |i| if i == 0 { 5 } else { 0 }), 1);
+        }
+    }
+}

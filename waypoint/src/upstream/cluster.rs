@@ -1,0 +1,374 @@
+//! The live state of one upstream cluster, a (host, subset, port) with its
+//! [`Resolved`] settings: its endpoints, the balancer's state, the pool
+//! limits and outlier detection. Shared by concurrent requests through an
+//! `Arc`; a short std `Mutex` guards the endpoint list, atomics count
+//! requests.
+//!
+//! Which endpoints a pick considers: those not ejected, unless that leaves
+//! none, or fewer than `minHealthPercent` of them; then all of them (Envoy's
+//! panic mode). Istio sets Envoy's panic threshold to `minHealthPercent`,
+//! 0% by default, which makes Envoy answer "no healthy upstream" when every
+//! endpoint is ejected; Warren uses them all instead, since a request to an
+//! endpoint that failed recently beats a certain 503 (only reachable with
+//! `maxEjectionPercent: 100`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::balance::{HashInput, SetCookie, Table, hash_request, random_index, two_choices};
+use super::outlier::{Detector, HostOutlier, Outcome};
+use super::policy::{LoadBalancer, Resolved};
+use super::pool::{Overflow, Permit, Pool, RetryPermit};
+
+/// One endpoint of the cluster, as the proxy knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Stable identity across updates (e.g. the workload's uid); state is
+    /// kept by it.
+    pub id: String,
+    pub address: SocketAddr,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Where a request goes.
+#[derive(Debug)]
+pub enum Pick {
+    Endpoint(Picked),
+    /// PASSTHROUGH: to the address the client connected to.
+    OriginalDestination,
+}
+
+/// The chosen endpoint. Counts as an active request of the endpoint (for
+/// LEAST_REQUEST) until dropped.
+#[derive(Debug)]
+pub struct Picked {
+    pub endpoint: Arc<Endpoint>,
+    /// A consistent-hash cookie the proxy must set on the response.
+    pub set_cookie: Option<SetCookie>,
+    _active: ActiveRequest,
+}
+
+#[derive(Debug)]
+struct ActiveRequest(Arc<AtomicU64>);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub struct Cluster {
+    resolved: Resolved,
+    pool: Pool,
+    /// ROUND_ROBIN's position.
+    next: AtomicUsize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    endpoints: Vec<Slot>,
+    /// Parallel to `endpoints`.
+    outliers: Vec<HostOutlier>,
+    by_id: HashMap<String, usize>,
+    /// Positions in `endpoints` a pick chooses among.
+    eligible: Vec<usize>,
+    /// Consistent hash over `eligible`'s addresses.
+    table: Option<Table>,
+    detector: Option<Detector>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    endpoint: Arc<Endpoint>,
+    active: Arc<AtomicU64>,
+}
+
+impl Cluster {
+    /// A cluster created at `now` (outlier detection's interval ticks count
+    /// from it). `endpoints` are already filtered by the subset's selector.
+    pub fn new(resolved: Resolved, endpoints: Vec<Endpoint>, now: Instant) -> Self {
+        let detector = resolved
+            .outlier
+            .clone()
+            .map(|settings| Detector::new(settings, now));
+        let mut state = State {
+            endpoints: Vec::new(),
+            outliers: Vec::new(),
+            by_id: HashMap::new(),
+            eligible: Vec::new(),
+            table: None,
+            detector,
+        };
+        state.replace(endpoints, &resolved);
+        Self {
+            pool: Pool::new(resolved.pool.clone()),
+            resolved,
+            next: AtomicUsize::new(0),
+            state: Mutex::new(state),
+        }
+    }
+
+    pub fn resolved(&self) -> &Resolved {
+        &self.resolved
+    }
+
+    /// Replaces the endpoints. An endpoint whose id stays keeps its active
+    /// requests and outlier state (an ejected one stays ejected); a repeated
+    /// id is ignored after its first entry.
+    pub fn update(&self, endpoints: Vec<Endpoint>) {
+        self.lock().replace(endpoints, &self.resolved);
+    }
+
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.lock()
+            .endpoints
+            .iter()
+            .map(|s| s.endpoint.clone())
+            .collect()
+    }
+
+    /// Chooses where the request goes, or `None` when the cluster has no
+    /// endpoint (the proxy answers 503, "no healthy upstream").
+    pub fn pick(&self, input: &HashInput<'_>, now: Instant) -> Option<Pick> {
+        let lb = &self.resolved.load_balancer;
+        let (hash, set_cookie) = match lb {
+            LoadBalancer::Passthrough => return Some(Pick::OriginalDestination),
+            LoadBalancer::ConsistentHash(ch) => hash_request(&ch.key, input),
+            _ => (None, None),
+        };
+        let mut state = self.lock();
+        state.refresh(now, &self.resolved);
+        let n = state.eligible.len();
+        if n == 0 {
+            return None;
+        }
+        let position = match lb {
+            LoadBalancer::Passthrough => return Some(Pick::OriginalDestination),
+            LoadBalancer::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
+            LoadBalancer::Random => random_index(n),
+            LoadBalancer::LeastRequest => two_choices(n, |p| {
+                state
+                    .eligible
+                    .get(p)
+                    .and_then(|i| state.endpoints.get(*i))
+                    .map_or(u64::MAX, |s| s.active.load(Ordering::Acquire))
+            }),
+            LoadBalancer::ConsistentHash(_) => hash
+                .and_then(|h| state.table.as_ref()?.lookup(h))
+                .filter(|p| *p < n)
+                .unwrap_or_else(|| random_index(n)),
+        };
+        let slot = state
+            .eligible
+            .get(position)
+            .and_then(|i| state.endpoints.get(*i))?;
+        slot.active.fetch_add(1, Ordering::AcqRel);
+        Some(Pick::Endpoint(Picked {
+            endpoint: slot.endpoint.clone(),
+            set_cookie,
+            _active: ActiveRequest(slot.active.clone()),
+        }))
+    }
+
+    /// Counts how a request to `endpoint_id` ended, for outlier detection.
+    /// Unknown ids (an endpoint removed meanwhile) are ignored.
+    pub fn report(&self, endpoint_id: &str, outcome: Outcome, now: Instant) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let Some(i) = state.by_id.get(endpoint_id).copied() else {
+            return;
+        };
+        let Some(detector) = state.detector.as_mut() else {
+            return;
+        };
+        let was_ejected = state.outliers.get(i).is_some_and(HostOutlier::is_ejected);
+        if detector.report(&mut state.outliers, i, outcome, now) {
+            state.recompute(&self.resolved);
+        }
+        if let Some(returns_at) = state.outliers.get(i).and_then(HostOutlier::returns_at)
+            && !was_ejected
+        {
+            tracing::info!(
+                host = %self.resolved.host,
+                subset = self.resolved.subset.as_deref().unwrap_or(""),
+                port = self.resolved.port,
+                endpoint = endpoint_id,
+                out_for = ?returns_at.saturating_duration_since(now),
+                "outlier detection ejected an endpoint"
+            );
+        }
+    }
+
+    /// A slot for an HTTP/1.1 request; see [`super::pool`].
+    pub async fn admit(&self) -> Result<Permit, Overflow> {
+        self.pool.admit().await
+    }
+
+    /// A slot for an HTTP/2 request; see [`super::pool`].
+    pub async fn admit_multiplexed(&self) -> Result<Permit, Overflow> {
+        self.pool.admit_multiplexed().await
+    }
+
+    /// A retry may start (`http.maxRetries` in flight at once).
+    pub fn try_retry(&self) -> Option<RetryPermit> {
+        self.pool.try_retry()
+    }
+
+    /// `http.maxRequestsPerConnection` for the proxy's connection pool;
+    /// `None` is unlimited.
+    pub fn max_requests_per_connection(&self) -> Option<u32> {
+        self.pool.limits().max_requests_per_connection
+    }
+
+    /// Requests waiting for a slot now.
+    pub fn pending(&self) -> u64 {
+        self.pool.pending()
+    }
+
+    /// Requests refused by the pool so far.
+    pub fn overflows(&self) -> u64 {
+        self.pool.overflows()
+    }
+
+    /// Retries refused by `maxRetries` so far.
+    pub fn retry_overflows(&self) -> u64 {
+        self.pool.retry_overflows()
+    }
+
+    /// Active requests of an endpoint (picked and not yet dropped).
+    pub fn active(&self, endpoint_id: &str) -> Option<u64> {
+        let state = self.lock();
+        let i = *state.by_id.get(endpoint_id)?;
+        state
+            .endpoints
+            .get(i)
+            .map(|s| s.active.load(Ordering::Acquire))
+    }
+
+    /// The ids of the endpoints ejected at `now`.
+    pub fn ejected(&self, now: Instant) -> Vec<String> {
+        let mut state = self.lock();
+        state.refresh(now, &self.resolved);
+        state
+            .endpoints
+            .iter()
+            .zip(&state.outliers)
+            .filter(|(_, o)| o.is_ejected())
+            .map(|(s, _)| s.endpoint.id.clone())
+            .collect()
+    }
+
+    /// Ejections so far.
+    pub fn ejections(&self) -> u64 {
+        self.lock().detector.as_ref().map_or(0, Detector::ejections)
+    }
+
+    /// Ejections `maxEjectionPercent` prevented so far.
+    pub fn ejection_overflows(&self) -> u64 {
+        self.lock().detector.as_ref().map_or(0, Detector::overflows)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing under this lock panics on input; a poisoned lock means a
+        // bug already reported by the panic that poisoned it.
+        self.state
+            .lock()
+            .expect("upstream cluster state lock poisoned by an earlier panic")
+    }
+}
+
+// Shared by concurrent requests through an `Arc`, picks held across awaits.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Cluster>();
+    shared::<Picked>();
+    shared::<Permit>();
+};
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("host", &self.resolved.host)
+            .field("subset", &self.resolved.subset)
+            .field("port", &self.resolved.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    fn replace(&mut self, endpoints: Vec<Endpoint>, resolved: &Resolved) {
+        let mut old: HashMap<String, (Slot, HostOutlier)> = self
+            .endpoints
+            .drain(..)
+            .zip(self.outliers.drain(..))
+            .map(|(slot, outlier)| (slot.endpoint.id.clone(), (slot, outlier)))
+            .collect();
+        self.by_id.clear();
+        for endpoint in endpoints {
+            if self.by_id.contains_key(&endpoint.id) {
+                continue;
+            }
+            let (active, outlier) = match old.remove(&endpoint.id) {
+                Some((slot, outlier)) => (slot.active, outlier),
+                None => (Arc::new(AtomicU64::new(0)), HostOutlier::default()),
+            };
+            self.by_id.insert(endpoint.id.clone(), self.endpoints.len());
+            self.endpoints.push(Slot {
+                endpoint: Arc::new(endpoint),
+                active,
+            });
+            self.outliers.push(outlier);
+        }
+        if let Some(detector) = self.detector.as_mut() {
+            detector.rearm(&self.outliers);
+        }
+        // Addresses may have changed under the same positions: clearing
+        // forces the rebuild.
+        self.eligible.clear();
+        self.table = None;
+        self.recompute(resolved);
+    }
+
+    /// Returns endpoints whose ejection ended.
+    fn refresh(&mut self, now: Instant, resolved: &Resolved) {
+        let Some(detector) = self.detector.as_mut() else {
+            return;
+        };
+        if detector.sweep(&mut self.outliers, now) {
+            self.recompute(resolved);
+        }
+    }
+
+    /// Recomputes the eligible endpoints, and the hash table if they changed.
+    fn recompute(&mut self, resolved: &Resolved) {
+        let total = self.endpoints.len();
+        let healthy: Vec<usize> = (0..total)
+            .filter(|i| !self.outliers.get(*i).is_some_and(HostOutlier::is_ejected))
+            .collect();
+        let min_health = resolved
+            .outlier
+            .as_ref()
+            .map_or(0, |o| u64::from(o.min_health_percent));
+        let panic = healthy.is_empty() || (healthy.len() as u64) * 100 < min_health * total as u64;
+        let eligible = if panic { (0..total).collect() } else { healthy };
+        if eligible == self.eligible {
+            return;
+        }
+        self.table = match &resolved.load_balancer {
+            LoadBalancer::ConsistentHash(ch) if !eligible.is_empty() => {
+                let keys: Vec<String> = eligible
+                    .iter()
+                    .filter_map(|i| self.endpoints.get(*i))
+                    .map(|s| s.endpoint.address.to_string())
+                    .collect();
+                Some(Table::build(&ch.table, &keys, total))
+            }
+            _ => None,
+        };
+        self.eligible = eligible;
+    }
+}

@@ -1,0 +1,1146 @@
+//! Scenarios across the upstream module: rules in, picks, admissions and
+//! ejections out. Time is an `Instant` the tests move by hand.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::COOKIE;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::json;
+use tokio::time::timeout;
+use warren_model::istio::DestinationRuleSpec;
+
+use super::*;
+
+const HOST: &str = "reviews.default.svc.cluster.local";
+
+fn dr(name: &str, host: &str, spec: serde_json::Value) -> DrInput {
+    let spec: DestinationRuleSpec =
+        serde_json::from_value(spec).expect("test DestinationRule spec is valid");
+    DrInput {
+        namespace: "default".into(),
+        name: name.into(),
+        host: host.into(),
+        spec,
+    }
+}
+
+fn build(rules: Vec<DrInput>) -> Policies {
+    let (policies, errors) = Policies::build(rules);
+    assert!(errors.is_empty(), "unexpected errors: {errors:?}");
+    policies
+}
+
+fn endpoints(n: u8) -> Vec<Endpoint> {
+    (0..n).map(endpoint).collect()
+}
+
+fn endpoint(i: u8) -> Endpoint {
+    Endpoint {
+        id: format!("ep{i}"),
+        address: SocketAddr::from(([10, 0, 0, i + 1], 9080)),
+        labels: BTreeMap::new(),
+    }
+}
+
+fn with_lb(lb: LoadBalancer) -> Resolved {
+    Resolved {
+        load_balancer: lb,
+        ..Resolved::defaults(HOST, 9080)
+    }
+}
+
+fn with_outlier(outlier: OutlierSettings) -> Resolved {
+    Resolved {
+        load_balancer: LoadBalancer::RoundRobin,
+        outlier: Some(outlier),
+        ..Resolved::defaults(HOST, 9080)
+    }
+}
+
+fn header_hash(table: HashTable) -> Resolved {
+    with_lb(LoadBalancer::ConsistentHash(ConsistentHash {
+        key: HashKey::Header(HeaderName::from_static("x-user")),
+        table,
+    }))
+}
+
+/// Picks and returns the endpoint's id, dropping the pick.
+fn pick_id(cluster: &Cluster, input: &HashInput<'_>, now: Instant) -> String {
+    match cluster.pick(input, now) {
+        Some(Pick::Endpoint(p)) => p.endpoint.id.clone(),
+        other => panic!("expected an endpoint, got {other:?}"),
+    }
+}
+
+fn counts(ids: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for id in ids {
+        *counts.entry(id).or_default() += 1;
+    }
+    counts
+}
+
+fn user_headers(user: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "x-user",
+        HeaderValue::from_str(user).expect("test header value"),
+    );
+    headers
+}
+
+// ---------------------------------------------------------------------------
+// Policies: lookup and merge
+// ---------------------------------------------------------------------------
+
+#[test]
+fn merge_precedence_top_then_port_then_subset_then_subset_port() {
+    let policies = build(vec![dr(
+        "reviews",
+        HOST,
+        json!({
+            "host": "reviews",
+            "trafficPolicy": {
+                "loadBalancer": {"simple": "RANDOM"},
+                "connectionPool": {"tcp": {"maxConnections": 10}},
+                "outlierDetection": {"consecutive5xxErrors": 7},
+                "portLevelSettings": [
+                    {"port": {"number": 8080}, "loadBalancer": {"simple": "ROUND_ROBIN"}}
+                ]
+            },
+            "subsets": [
+                {
+                    "name": "v2",
+                    "labels": {"version": "v2"},
+                    "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST"}}
+                },
+                {
+                    "name": "v3",
+                    "labels": {"version": "v3"},
+                    "trafficPolicy": {
+                        "connectionPool": {"http": {"http2MaxRequests": 3}},
+                        "portLevelSettings": [
+                            {"port": {"number": 8080}, "loadBalancer": {"simple": "PASSTHROUGH"}}
+                        ]
+                    }
+                }
+            ]
+        }),
+    )]);
+    let resolve = |subset, port| {
+        policies
+            .resolve(HOST, subset, port)
+            .expect("known host and subset")
+    };
+
+    // 1. Top level.
+    let top = resolve(None, 80);
+    assert_eq!(top.load_balancer, LoadBalancer::Random);
+    assert_eq!(top.pool.max_connections, 10);
+    assert_eq!(
+        top.outlier.as_ref().and_then(|o| o.consecutive_5xx),
+        Some(7)
+    );
+    assert!(top.selector.is_empty());
+    assert_eq!(top.rules, vec!["default/reviews".to_owned()]);
+
+    // 2. The port-level entry replaces the whole policy: what it omits is
+    //    the default, not the top level.
+    let port = resolve(None, 8080);
+    assert_eq!(port.load_balancer, LoadBalancer::RoundRobin);
+    assert_eq!(port.pool, PoolLimits::default());
+    assert_eq!(port.outlier, None);
+
+    // 3. A subset overrides only what it sets.
+    let v2 = resolve(Some("v2"), 80);
+    assert_eq!(v2.load_balancer, LoadBalancer::LeastRequest);
+    assert_eq!(v2.pool.max_connections, 10);
+    assert_eq!(v2.outlier.as_ref().and_then(|o| o.consecutive_5xx), Some(7));
+    assert_eq!(v2.selector.get("version").map(String::as_str), Some("v2"));
+    assert_eq!(v2.subset.as_deref(), Some("v2"));
+    // On the port with a top-level port entry, the subset builds on that.
+    let v2_port = resolve(Some("v2"), 8080);
+    assert_eq!(v2_port.load_balancer, LoadBalancer::LeastRequest);
+    assert_eq!(v2_port.pool, PoolLimits::default());
+
+    // 3 again: the subset's pool replaces the top-level pool whole.
+    let v3 = resolve(Some("v3"), 80);
+    assert_eq!(v3.load_balancer, LoadBalancer::Random);
+    assert_eq!(v3.pool.max_requests, 3);
+    assert_eq!(v3.pool.max_connections, policy_unlimited());
+    // 4. The subset's port-level entry wins over everything.
+    let v3_port = resolve(Some("v3"), 8080);
+    assert_eq!(v3_port.load_balancer, LoadBalancer::Passthrough);
+    assert_eq!(v3_port.pool, PoolLimits::default());
+    assert_eq!(v3_port.outlier, None);
+}
+
+fn policy_unlimited() -> u32 {
+    PoolLimits::default().max_connections
+}
+
+#[test]
+fn unknown_subset_is_an_error() {
+    let policies = build(vec![dr(
+        "reviews",
+        HOST,
+        json!({"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}),
+    )]);
+    let err = policies
+        .resolve(HOST, Some("v9"), 9080)
+        .expect_err("v9 is not defined");
+    assert_eq!(err.subset, "v9");
+    assert_eq!(err.rules.as_deref(), Some("default/reviews"));
+    assert!(err.to_string().contains("no subset \"v9\""), "{err}");
+
+    // A host without any rule has no subsets either.
+    let err = policies
+        .resolve("ratings.default.svc.cluster.local", Some("v1"), 9080)
+        .expect_err("no rule for ratings");
+    assert_eq!(err.rules, None);
+
+    // An empty subset name is no subset.
+    assert!(policies.resolve(HOST, Some(""), 9080).is_ok());
+}
+
+#[test]
+fn a_host_without_rules_gets_istio_defaults() {
+    let policies = build(Vec::new());
+    let r = policies.resolve(HOST, None, 9080).expect("no subset asked");
+    assert_eq!(r, Resolved::defaults(HOST, 9080));
+    assert_eq!(r.load_balancer, LoadBalancer::LeastRequest);
+    assert_eq!(r.pool.max_connections, u32::MAX);
+    assert_eq!(r.pool.max_pending_requests, u32::MAX);
+    assert_eq!(r.pool.max_requests, u32::MAX);
+    assert_eq!(r.pool.max_retries, u32::MAX);
+    assert_eq!(r.pool.max_requests_per_connection, None);
+    assert_eq!(r.pool.connect_timeout, Duration::from_secs(10));
+    assert_eq!(r.outlier, None);
+    assert!(!policies.has_rule(HOST));
+}
+
+#[test]
+fn exact_host_beats_wildcards_and_longer_wildcards_beat_shorter() {
+    let policies = build(vec![
+        dr(
+            "everything",
+            "*",
+            json!({"host": "*", "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}}),
+        ),
+        dr(
+            "namespace",
+            "*.default.svc.cluster.local",
+            json!({"host": "*.default.svc.cluster.local",
+                   "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}}),
+        ),
+        dr(
+            "exact",
+            HOST,
+            json!({"host": "reviews", "trafficPolicy": {"loadBalancer": {"simple": "PASSTHROUGH"}}}),
+        ),
+    ]);
+    let lb = |host: &str| {
+        policies
+            .resolve(host, None, 80)
+            .expect("no subset")
+            .load_balancer
+    };
+    assert_eq!(lb(HOST), LoadBalancer::Passthrough);
+    assert_eq!(
+        lb("REVIEWS.default.svc.cluster.local"),
+        LoadBalancer::Passthrough
+    );
+    assert_eq!(
+        lb("ratings.default.svc.cluster.local"),
+        LoadBalancer::RoundRobin
+    );
+    assert_eq!(lb("ratings.other.svc.cluster.local"), LoadBalancer::Random);
+    // `*.default...` needs a label in front of the suffix.
+    assert_eq!(lb("default.svc.cluster.local"), LoadBalancer::Random);
+}
+
+#[test]
+fn rules_for_one_host_merge_like_istio() {
+    let (policies, errors) = Policies::build(vec![
+        dr(
+            "first",
+            HOST,
+            json!({"host": "reviews",
+                   "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}},
+                   "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}),
+        ),
+        dr(
+            "second",
+            HOST,
+            json!({"host": "reviews",
+            "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}},
+            "subsets": [
+                {"name": "v1", "labels": {"version": "other"}},
+                {"name": "v2", "labels": {"version": "v2"}}
+            ]}),
+        ),
+    ]);
+    // The older rule's policy and subset win; the newer one's v2 is added.
+    let v1 = policies
+        .resolve(HOST, Some("v1"), 80)
+        .expect("v1 from first");
+    assert_eq!(v1.selector.get("version").map(String::as_str), Some("v1"));
+    assert_eq!(v1.load_balancer, LoadBalancer::Random);
+    let v2 = policies
+        .resolve(HOST, Some("v2"), 80)
+        .expect("v2 from second");
+    assert_eq!(v2.selector.get("version").map(String::as_str), Some("v2"));
+    assert_eq!(v2.load_balancer, LoadBalancer::Random);
+    assert_eq!(v2.rules, vec!["default/first", "default/second"]);
+    // Both shadowed parts are reported against the newer rule.
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors.iter().all(|e| e.name == "second"));
+    assert!(errors.iter().any(|e| e.path == "spec.subsets[0].name"));
+    assert!(errors.iter().any(|e| e.path == "spec.trafficPolicy"));
+}
+
+#[test]
+fn outlier_defaults_and_zero_values_follow_istio() {
+    let policies = build(vec![
+        dr(
+            "defaults",
+            HOST,
+            json!({"host": "reviews", "trafficPolicy": {"outlierDetection": {}}}),
+        ),
+        dr(
+            "zeros",
+            "ratings.default.svc.cluster.local",
+            json!({"host": "ratings", "trafficPolicy": {"outlierDetection": {
+                "consecutive5xxErrors": 0,
+                "consecutiveGatewayErrors": 0,
+                "maxEjectionPercent": 0,
+                "interval": "1s",
+                "baseEjectionTime": "10m",
+                "minHealthPercent": 50,
+                "splitExternalLocalOriginErrors": true
+            }}}),
+        ),
+    ]);
+    let defaults = policies
+        .resolve(HOST, None, 80)
+        .expect("no subset")
+        .outlier
+        .expect("outlierDetection is set");
+    assert_eq!(defaults, OutlierSettings::default());
+    assert_eq!(defaults.consecutive_5xx, Some(5));
+    assert_eq!(defaults.consecutive_gateway, None);
+    assert_eq!(defaults.interval, Duration::from_secs(10));
+    assert_eq!(defaults.base_ejection_time, Duration::from_secs(30));
+    assert_eq!(defaults.max_ejection_time, Duration::from_secs(300));
+    assert_eq!(defaults.max_ejection_percent, 10);
+    assert_eq!(defaults.min_health_percent, 0);
+
+    let zeros = policies
+        .resolve("ratings.default.svc.cluster.local", None, 80)
+        .expect("no subset")
+        .outlier
+        .expect("outlierDetection is set");
+    assert_eq!(zeros.consecutive_5xx, None, "0 turns the check off");
+    assert_eq!(zeros.consecutive_gateway, None);
+    assert_eq!(zeros.max_ejection_percent, 10, "0 is unset in Istio");
+    assert_eq!(zeros.interval, Duration::from_secs(1));
+    assert_eq!(zeros.base_ejection_time, Duration::from_secs(600));
+    assert_eq!(zeros.max_ejection_time, Duration::from_secs(600));
+    assert_eq!(zeros.min_health_percent, 50);
+    assert!(zeros.split_local_origin);
+    assert_eq!(zeros.consecutive_local_origin, 5);
+}
+
+#[test]
+fn load_balancer_settings_compile() {
+    let lb = |spec: serde_json::Value| {
+        let (policies, errors) = Policies::build(vec![dr(
+            "reviews",
+            HOST,
+            json!({"host": "reviews", "trafficPolicy": {"loadBalancer": spec}}),
+        )]);
+        let resolved = policies.resolve(HOST, None, 80).expect("no subset");
+        (resolved.load_balancer, errors)
+    };
+    assert_eq!(
+        lb(json!({"simple": "LEAST_CONN"})).0,
+        LoadBalancer::LeastRequest
+    );
+    assert_eq!(
+        lb(json!({"simple": "UNSPECIFIED"})).0,
+        LoadBalancer::LeastRequest
+    );
+    assert_eq!(
+        lb(json!({"consistentHash": {"httpHeaderName": "X-User"}})).0,
+        LoadBalancer::ConsistentHash(ConsistentHash {
+            key: HashKey::Header(HeaderName::from_static("x-user")),
+            table: HashTable::Ring { minimum_size: 1024 },
+        })
+    );
+    assert_eq!(
+        lb(json!({"consistentHash": {"useSourceIp": true, "minimumRingSize": 64}})).0,
+        LoadBalancer::ConsistentHash(ConsistentHash {
+            key: HashKey::SourceIp,
+            table: HashTable::Ring { minimum_size: 64 },
+        })
+    );
+    assert_eq!(
+        lb(json!({"consistentHash": {"httpQueryParameterName": "user", "maglev": {}}})).0,
+        LoadBalancer::ConsistentHash(ConsistentHash {
+            key: HashKey::QueryParameter("user".into()),
+            table: HashTable::Maglev { table_size: 65537 },
+        })
+    );
+    assert_eq!(
+        lb(json!({"consistentHash": {"httpCookie": {"name": "s", "path": "/", "ttl": "0s"}}})).0,
+        LoadBalancer::ConsistentHash(ConsistentHash {
+            key: HashKey::Cookie(HashCookie {
+                name: "s".into(),
+                path: Some("/".into()),
+                ttl: Some(Duration::ZERO),
+            }),
+            table: HashTable::Ring { minimum_size: 1024 },
+        })
+    );
+    // A header name HTTP cannot carry: reported, default balancer.
+    let (bad, errors) = lb(json!({"consistentHash": {"httpHeaderName": "bad header"}}));
+    assert_eq!(bad, LoadBalancer::LeastRequest);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        errors[0].path,
+        "spec.trafficPolicy.loadBalancer.consistentHash.httpHeaderName"
+    );
+}
+
+#[test]
+fn pool_limits_compile() {
+    let policies = build(vec![dr(
+        "reviews",
+        HOST,
+        json!({"host": "reviews", "trafficPolicy": {"connectionPool": {
+            "tcp": {"maxConnections": 100, "connectTimeout": "30ms", "maxConnectionDuration": "1h"},
+            "http": {"http1MaxPendingRequests": 5, "http2MaxRequests": 1000,
+                     "maxRequestsPerConnection": 10, "maxRetries": 3, "idleTimeout": "90s"}
+        }}}),
+    )]);
+    let pool = policies.resolve(HOST, None, 80).expect("no subset").pool;
+    assert_eq!(
+        pool,
+        PoolLimits {
+            max_connections: 100,
+            max_pending_requests: 5,
+            max_requests: 1000,
+            max_requests_per_connection: Some(10),
+            max_retries: 3,
+            connect_timeout: Duration::from_millis(30),
+            idle_timeout: Duration::from_secs(90),
+            max_connection_duration: Some(Duration::from_secs(3600)),
+        }
+    );
+}
+
+#[test]
+fn selects_requires_every_label() {
+    let labels: BTreeMap<String, String> = [("app", "reviews"), ("version", "v1")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let selector = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert!(selects(&selector(&[]), &labels));
+    assert!(selects(&selector(&[("version", "v1")]), &labels));
+    assert!(selects(
+        &selector(&[("version", "v1"), ("app", "reviews")]),
+        &labels
+    ));
+    assert!(!selects(&selector(&[("version", "v2")]), &labels));
+    assert!(!selects(
+        &selector(&[("version", "v1"), ("zone", "a")]),
+        &labels
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// Load balancing
+// ---------------------------------------------------------------------------
+
+#[test]
+fn round_robin_spreads_evenly() {
+    let now = Instant::now();
+    let cluster = Cluster::new(with_lb(LoadBalancer::RoundRobin), endpoints(4), now);
+    let input = HashInput::default();
+    let seen = counts((0..400).map(|_| pick_id(&cluster, &input, now)));
+    assert_eq!(seen.len(), 4);
+    assert!(seen.values().all(|c| *c == 100), "{seen:?}");
+}
+
+#[test]
+fn least_request_prefers_an_idle_endpoint() {
+    let now = Instant::now();
+    let cluster = Cluster::new(with_lb(LoadBalancer::LeastRequest), endpoints(2), now);
+    let input = HashInput::default();
+    let Some(Pick::Endpoint(busy)) = cluster.pick(&input, now) else {
+        panic!("two endpoints to pick from");
+    };
+    assert_eq!(cluster.active(&busy.endpoint.id), Some(1));
+    for _ in 0..100 {
+        assert_ne!(pick_id(&cluster, &input, now), busy.endpoint.id);
+    }
+    let busy_id = busy.endpoint.id.clone();
+    drop(busy);
+    assert_eq!(cluster.active(&busy_id), Some(0));
+
+    // With four endpoints, three busy, two random choices find the idle one
+    // half of the time, and it gets the most.
+    let cluster = Cluster::new(with_lb(LoadBalancer::LeastRequest), endpoints(4), now);
+    let mut held = Vec::new();
+    while held.len() < 3 {
+        match cluster.pick(&input, now) {
+            Some(Pick::Endpoint(p)) if cluster.active(&p.endpoint.id) == Some(1) => held.push(p),
+            _ => {}
+        }
+    }
+    let idle = (0..4)
+        .map(|i| format!("ep{i}"))
+        .find(|id| cluster.active(id) == Some(0))
+        .expect("one endpoint is idle");
+    let seen = counts((0..2000).map(|_| pick_id(&cluster, &input, now)));
+    let idle_share = seen.get(&idle).copied().unwrap_or(0);
+    assert!(
+        idle_share > 800,
+        "idle endpoint got {idle_share} of 2000: {seen:?}"
+    );
+    assert!(seen.iter().all(|(id, c)| *id == idle || *c < idle_share));
+}
+
+#[test]
+fn random_covers_every_endpoint() {
+    let now = Instant::now();
+    let cluster = Cluster::new(with_lb(LoadBalancer::Random), endpoints(5), now);
+    let input = HashInput::default();
+    let seen = counts((0..1000).map(|_| pick_id(&cluster, &input, now)));
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert!(seen.values().all(|c| *c >= 100), "{seen:?}");
+}
+
+#[test]
+fn passthrough_uses_the_original_destination() {
+    let now = Instant::now();
+    let cluster = Cluster::new(with_lb(LoadBalancer::Passthrough), Vec::new(), now);
+    assert!(matches!(
+        cluster.pick(&HashInput::default(), now),
+        Some(Pick::OriginalDestination)
+    ));
+}
+
+#[test]
+fn a_cluster_without_endpoints_picks_nothing() {
+    let now = Instant::now();
+    for lb in [
+        LoadBalancer::RoundRobin,
+        LoadBalancer::LeastRequest,
+        LoadBalancer::Random,
+    ] {
+        let cluster = Cluster::new(with_lb(lb), Vec::new(), now);
+        assert!(cluster.pick(&HashInput::default(), now).is_none());
+    }
+    let cluster = Cluster::new(
+        header_hash(HashTable::Ring { minimum_size: 1024 }),
+        Vec::new(),
+        now,
+    );
+    let headers = user_headers("alice");
+    let input = HashInput {
+        headers: Some(&headers),
+        ..Default::default()
+    };
+    assert!(cluster.pick(&input, now).is_none());
+}
+
+/// Maps 1000 users to endpoints, removes `ep2` of five, maps them again.
+/// Returns (users that were on ep2, users that moved).
+fn hash_disruption(table: HashTable) -> (usize, usize) {
+    let now = Instant::now();
+    let cluster = Cluster::new(header_hash(table), endpoints(5), now);
+    let users: Vec<HeaderMap> = (0..1000)
+        .map(|i| user_headers(&format!("user-{i}")))
+        .collect();
+    let place = |cluster: &Cluster| -> Vec<String> {
+        users
+            .iter()
+            .map(|h| {
+                let input = HashInput {
+                    headers: Some(h),
+                    ..Default::default()
+                };
+                pick_id(cluster, &input, now)
+            })
+            .collect()
+    };
+    let before = place(&cluster);
+    // One key, one endpoint, every time.
+    let input = HashInput {
+        headers: Some(&users[7]),
+        ..Default::default()
+    };
+    for _ in 0..1000 {
+        assert_eq!(pick_id(&cluster, &input, now), before[7]);
+    }
+    let spread = counts(before.iter().cloned());
+    assert_eq!(spread.len(), 5, "{spread:?}");
+    assert!(
+        spread.values().all(|c| (100..=300).contains(c)),
+        "{spread:?}"
+    );
+
+    cluster.update(endpoints(5).into_iter().filter(|e| e.id != "ep2").collect());
+    let after = place(&cluster);
+    assert!(after.iter().all(|id| id != "ep2"));
+    let on_removed = before.iter().filter(|id| *id == "ep2").count();
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    (on_removed, moved)
+}
+
+#[test]
+fn ring_hash_is_sticky_and_moves_only_the_removed_endpoints_keys() {
+    let (on_removed, moved) = hash_disruption(HashTable::Ring { minimum_size: 1024 });
+    assert_eq!(moved, on_removed);
+}
+
+#[test]
+fn maglev_is_sticky_and_moves_about_the_removed_endpoints_keys() {
+    let (on_removed, moved) = hash_disruption(HashTable::Maglev { table_size: 65537 });
+    assert!(moved >= on_removed);
+    assert!(
+        moved <= on_removed + 50,
+        "maglev moved {moved} keys for {on_removed} on the removed endpoint"
+    );
+}
+
+#[test]
+fn cookie_hash_asks_for_a_cookie_and_sticks_to_it() {
+    let now = Instant::now();
+    let ttl = Duration::from_secs(3600);
+    let resolved = with_lb(LoadBalancer::ConsistentHash(ConsistentHash {
+        key: HashKey::Cookie(HashCookie {
+            name: "session".into(),
+            path: Some("/".into()),
+            ttl: Some(ttl),
+        }),
+        table: HashTable::Ring { minimum_size: 1024 },
+    }));
+    let cluster = Cluster::new(resolved, endpoints(5), now);
+    for client in 1..=20u8 {
+        let empty = HeaderMap::new();
+        let first = HashInput {
+            headers: Some(&empty),
+            source: Some(SocketAddr::from(([192, 168, 0, client], 40000))),
+            ..Default::default()
+        };
+        let Some(Pick::Endpoint(picked)) = cluster.pick(&first, now) else {
+            panic!("five endpoints to pick from");
+        };
+        let cookie = picked
+            .set_cookie
+            .clone()
+            .expect("no cookie and a ttl: the proxy must set one");
+        assert_eq!(cookie.name, "session");
+        assert_eq!(cookie.path.as_deref(), Some("/"));
+        assert_eq!(cookie.max_age, Some(ttl));
+        assert_eq!(cookie.value.len(), 16);
+
+        // The client sends it back: no new cookie, same endpoint.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("other=1; session={}", cookie.value))
+                .expect("hex cookie"),
+        );
+        let next = HashInput {
+            headers: Some(&headers),
+            ..Default::default()
+        };
+        for _ in 0..10 {
+            let Some(Pick::Endpoint(again)) = cluster.pick(&next, now) else {
+                panic!("five endpoints to pick from");
+            };
+            assert!(again.set_cookie.is_none());
+            assert_eq!(again.endpoint.id, picked.endpoint.id);
+        }
+    }
+
+    // Without a ttl the proxy never sets the cookie; the request goes to a
+    // random endpoint.
+    let resolved = with_lb(LoadBalancer::ConsistentHash(ConsistentHash {
+        key: HashKey::Cookie(HashCookie {
+            name: "session".into(),
+            path: None,
+            ttl: None,
+        }),
+        table: HashTable::Ring { minimum_size: 1024 },
+    }));
+    let cluster = Cluster::new(resolved, endpoints(5), now);
+    let seen = counts(
+        (0..500).map(|_| match cluster.pick(&HashInput::default(), now) {
+            Some(Pick::Endpoint(p)) => {
+                assert!(p.set_cookie.is_none());
+                p.endpoint.id.clone()
+            }
+            other => panic!("expected an endpoint, got {other:?}"),
+        }),
+    );
+    assert_eq!(seen.len(), 5);
+}
+
+#[test]
+fn source_ip_and_query_parameter_hashes_stick() {
+    let now = Instant::now();
+    let by_ip = Cluster::new(
+        with_lb(LoadBalancer::ConsistentHash(ConsistentHash {
+            key: HashKey::SourceIp,
+            table: HashTable::Ring { minimum_size: 1024 },
+        })),
+        endpoints(5),
+        now,
+    );
+    let by_query = Cluster::new(
+        with_lb(LoadBalancer::ConsistentHash(ConsistentHash {
+            key: HashKey::QueryParameter("user".into()),
+            table: HashTable::Maglev { table_size: 65537 },
+        })),
+        endpoints(5),
+        now,
+    );
+    let mut ip_spread = Vec::new();
+    let mut query_spread = Vec::new();
+    for i in 0..50u8 {
+        // Another port of the same client changes nothing.
+        let a = HashInput {
+            source: Some(SocketAddr::from(([172, 16, 0, i], 1000))),
+            ..Default::default()
+        };
+        let b = HashInput {
+            source: Some(SocketAddr::from(([172, 16, 0, i], 2000))),
+            ..Default::default()
+        };
+        let first = pick_id(&by_ip, &a, now);
+        assert_eq!(pick_id(&by_ip, &b, now), first);
+        ip_spread.push(first);
+
+        let uri: http::Uri = format!("/reviews?page=2&user=u{i}")
+            .parse()
+            .expect("test uri");
+        let other: http::Uri = format!("/other?user=u{i}").parse().expect("test uri");
+        let headers = HeaderMap::new();
+        let first = pick_id(&by_query, &HashInput::new(&headers, &uri, None), now);
+        assert_eq!(
+            pick_id(&by_query, &HashInput::new(&headers, &other, None), now),
+            first
+        );
+        query_spread.push(first);
+    }
+    assert!(counts(ip_spread).len() >= 4);
+    assert!(counts(query_spread).len() >= 4);
+}
+
+#[test]
+fn update_keeps_the_state_of_endpoints_that_stay() {
+    let now = Instant::now();
+    let outlier = OutlierSettings {
+        max_ejection_percent: 100,
+        ..OutlierSettings::default()
+    };
+    let cluster = Cluster::new(with_outlier(outlier), endpoints(3), now);
+    let input = HashInput::default();
+    let held = match cluster.pick(&input, now) {
+        Some(Pick::Endpoint(p)) => p,
+        other => panic!("expected an endpoint, got {other:?}"),
+    };
+    let held_id = held.endpoint.id.clone();
+    let ejected_id = if held_id == "ep0" { "ep1" } else { "ep0" };
+    for _ in 0..5 {
+        cluster.report(ejected_id, Outcome::Status(500), now);
+    }
+    assert_eq!(cluster.ejected(now), vec![ejected_id.to_owned()]);
+
+    // ep2 leaves, ep3 joins; the others keep their state.
+    let next: Vec<Endpoint> = [0, 1, 3].into_iter().map(endpoint).collect();
+    cluster.update(next);
+    assert_eq!(cluster.ejected(now), vec![ejected_id.to_owned()]);
+    if held_id != "ep2" {
+        assert_eq!(cluster.active(&held_id), Some(1));
+    }
+    assert_eq!(cluster.active("ep2"), None);
+    let seen = counts((0..30).map(|_| pick_id(&cluster, &input, now)));
+    assert!(!seen.contains_key(ejected_id));
+    assert!(seen.contains_key("ep3"));
+    // Reports for an endpoint that left are ignored.
+    cluster.report("ep2", Outcome::Status(500), now);
+    drop(held);
+}
+
+// ---------------------------------------------------------------------------
+// Connection pool
+// ---------------------------------------------------------------------------
+
+fn pooled(limits: PoolLimits) -> Arc<Cluster> {
+    let resolved = Resolved {
+        pool: limits,
+        ..Resolved::defaults(HOST, 9080)
+    };
+    Arc::new(Cluster::new(resolved, endpoints(1), Instant::now()))
+}
+
+const NO_HANG: Duration = Duration::from_secs(5);
+
+async fn until_pending(cluster: &Cluster, n: u64) {
+    timeout(NO_HANG, async {
+        while cluster.pending() < n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the request queues");
+}
+
+#[tokio::test]
+async fn one_connection_one_pending_slot_admits_two_of_three() {
+    let cluster = pooled(PoolLimits {
+        max_connections: 1,
+        max_pending_requests: 1,
+        ..PoolLimits::default()
+    });
+    let first = cluster.admit().await.expect("the connection is free");
+    let second = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.admit().await }
+    });
+    until_pending(&cluster, 1).await;
+    let third = cluster.admit().await;
+    assert_eq!(third.err(), Some(Overflow));
+    assert_eq!(cluster.overflows(), 1);
+    assert!(!second.is_finished(), "the second request waits");
+
+    drop(first);
+    let second = timeout(NO_HANG, second)
+        .await
+        .expect("the second request is admitted once the first ends")
+        .expect("task did not panic")
+        .expect("admitted after waiting");
+    assert_eq!(cluster.pending(), 0);
+    assert_eq!(cluster.overflows(), 1);
+    drop(second);
+    // Free again.
+    assert!(cluster.admit().await.is_ok());
+}
+
+#[tokio::test]
+async fn a_waiter_that_gives_up_frees_its_place() {
+    let cluster = pooled(PoolLimits {
+        max_connections: 1,
+        max_pending_requests: 1,
+        ..PoolLimits::default()
+    });
+    let _busy = cluster.admit().await.expect("the connection is free");
+    let waiter = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.admit().await }
+    });
+    until_pending(&cluster, 1).await;
+    waiter.abort();
+    assert!(waiter.await.is_err(), "aborted");
+    assert_eq!(cluster.pending(), 0);
+    // The place is free for the next one.
+    let next = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.admit().await }
+    });
+    until_pending(&cluster, 1).await;
+    assert_eq!(cluster.overflows(), 0);
+    next.abort();
+}
+
+#[tokio::test]
+async fn http2_requests_are_limited_by_max_requests_not_connections() {
+    let cluster = pooled(PoolLimits {
+        max_connections: 1,
+        max_requests: 3,
+        max_pending_requests: 1,
+        ..PoolLimits::default()
+    });
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            timeout(NO_HANG, cluster.admit_multiplexed())
+                .await
+                .expect("no wait below http2MaxRequests")
+                .expect("admitted"),
+        );
+    }
+    let waiter = tokio::spawn({
+        let cluster = cluster.clone();
+        async move { cluster.admit_multiplexed().await }
+    });
+    until_pending(&cluster, 1).await;
+    assert_eq!(cluster.admit_multiplexed().await.err(), Some(Overflow));
+    held.pop();
+    assert!(
+        timeout(NO_HANG, waiter)
+            .await
+            .expect("admitted once one ends")
+            .expect("task did not panic")
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn default_pool_is_effectively_unlimited() {
+    let cluster = pooled(PoolLimits::default());
+    let mut held = Vec::new();
+    for _ in 0..10_000 {
+        held.push(
+            timeout(NO_HANG, cluster.admit())
+                .await
+                .expect("no wait")
+                .expect("admitted"),
+        );
+    }
+    assert_eq!(cluster.overflows(), 0);
+    assert_eq!(cluster.max_requests_per_connection(), None);
+}
+
+#[test]
+fn retries_in_flight_are_limited() {
+    let cluster = pooled(PoolLimits {
+        max_retries: 2,
+        max_requests_per_connection: Some(1),
+        ..PoolLimits::default()
+    });
+    assert_eq!(cluster.max_requests_per_connection(), Some(1));
+    let a = cluster.try_retry().expect("first retry");
+    let _b = cluster.try_retry().expect("second retry");
+    assert!(cluster.try_retry().is_none());
+    assert_eq!(cluster.retry_overflows(), 1);
+    drop(a);
+    assert!(cluster.try_retry().is_some());
+}
+
+// ---------------------------------------------------------------------------
+// Outlier detection
+// ---------------------------------------------------------------------------
+
+fn outlier(max_ejection_percent: u32) -> OutlierSettings {
+    OutlierSettings {
+        interval: Duration::from_secs(1),
+        max_ejection_percent,
+        ..OutlierSettings::default()
+    }
+}
+
+fn fail(cluster: &Cluster, id: &str, times: usize, outcome: Outcome, now: Instant) {
+    for _ in 0..times {
+        cluster.report(id, outcome, now);
+    }
+}
+
+#[test]
+fn five_consecutive_5xx_eject_for_a_growing_time() {
+    let t0 = Instant::now();
+    let s = Duration::from_secs;
+    let cluster = Cluster::new(with_outlier(outlier(50)), endpoints(2), t0);
+    let input = HashInput::default();
+
+    fail(&cluster, "ep0", 4, Outcome::Status(500), t0);
+    assert!(cluster.ejected(t0).is_empty(), "four are not enough");
+    cluster.report("ep0", Outcome::Status(503), t0);
+    assert_eq!(cluster.ejected(t0), vec!["ep0".to_owned()]);
+    assert_eq!(cluster.ejections(), 1);
+    // Ejected endpoints are skipped.
+    assert!((0..20).all(|_| pick_id(&cluster, &input, t0) == "ep1"));
+
+    // Back after baseEjectionTime (30s).
+    assert_eq!(cluster.ejected(t0 + s(29)), vec!["ep0".to_owned()]);
+    assert!(cluster.ejected(t0 + s(30)).is_empty());
+    let seen = counts((0..20).map(|_| pick_id(&cluster, &input, t0 + s(30))));
+    assert_eq!(seen.get("ep0"), Some(&10));
+
+    // Ejected again right away: twice as long.
+    fail(&cluster, "ep0", 5, Outcome::Status(500), t0 + s(30));
+    assert_eq!(cluster.ejected(t0 + s(89)), vec!["ep0".to_owned()]);
+    assert!(cluster.ejected(t0 + s(90)).is_empty());
+    assert_eq!(cluster.ejections(), 2);
+}
+
+#[test]
+fn an_answer_below_500_resets_the_count() {
+    let t0 = Instant::now();
+    let cluster = Cluster::new(with_outlier(outlier(50)), endpoints(2), t0);
+    fail(&cluster, "ep0", 4, Outcome::Status(500), t0);
+    cluster.report("ep0", Outcome::Success, t0);
+    fail(&cluster, "ep0", 4, Outcome::Status(502), t0);
+    cluster.report("ep0", Outcome::Status(404), t0);
+    fail(&cluster, "ep0", 4, Outcome::Status(500), t0);
+    assert!(cluster.ejected(t0).is_empty());
+    cluster.report("ep0", Outcome::Status(500), t0);
+    assert_eq!(cluster.ejected(t0), vec!["ep0".to_owned()]);
+}
+
+#[test]
+fn max_ejection_percent_is_respected() {
+    let t0 = Instant::now();
+    // 50% of four: two may be out, not three.
+    let cluster = Cluster::new(with_outlier(outlier(50)), endpoints(4), t0);
+    for id in ["ep0", "ep1", "ep2"] {
+        fail(&cluster, id, 5, Outcome::Status(500), t0);
+    }
+    assert_eq!(
+        cluster.ejected(t0),
+        vec!["ep0".to_owned(), "ep1".to_owned()]
+    );
+    assert_eq!(cluster.ejection_overflows(), 1);
+    let input = HashInput::default();
+    let seen = counts((0..40).map(|_| pick_id(&cluster, &input, t0)));
+    assert_eq!(seen.keys().collect::<Vec<_>>(), vec!["ep2", "ep3"]);
+
+    // Istio's default 10%: one of ten, none of five (Envoy >= 1.31 lets no
+    // ejection exceed the percentage).
+    let ten = Cluster::new(with_outlier(outlier(10)), endpoints(10), t0);
+    fail(&ten, "ep0", 5, Outcome::Status(500), t0);
+    fail(&ten, "ep1", 5, Outcome::Status(500), t0);
+    assert_eq!(ten.ejected(t0), vec!["ep0".to_owned()]);
+    let five = Cluster::new(with_outlier(outlier(10)), endpoints(5), t0);
+    fail(&five, "ep0", 5, Outcome::Status(500), t0);
+    assert!(five.ejected(t0).is_empty());
+    assert_eq!(five.ejection_overflows(), 1);
+}
+
+#[test]
+fn gateway_errors_count_apart() {
+    let t0 = Instant::now();
+    let settings = OutlierSettings {
+        consecutive_5xx: None,
+        consecutive_gateway: Some(3),
+        ..outlier(50)
+    };
+    let cluster = Cluster::new(with_outlier(settings), endpoints(2), t0);
+    fail(&cluster, "ep0", 20, Outcome::Status(500), t0);
+    assert!(cluster.ejected(t0).is_empty(), "500 is no gateway error");
+    cluster.report("ep0", Outcome::Status(502), t0);
+    cluster.report("ep0", Outcome::Status(504), t0);
+    cluster.report("ep0", Outcome::Status(500), t0);
+    cluster.report("ep0", Outcome::Status(503), t0);
+    assert!(cluster.ejected(t0).is_empty(), "a 500 breaks the run");
+    cluster.report("ep0", Outcome::Status(503), t0);
+    // A local failure counts as a 503.
+    cluster.report("ep0", Outcome::LocalFailure, t0);
+    assert_eq!(cluster.ejected(t0), vec!["ep0".to_owned()]);
+}
+
+#[test]
+fn split_local_origin_failures_have_their_own_count() {
+    let t0 = Instant::now();
+    let settings = OutlierSettings {
+        split_local_origin: true,
+        consecutive_local_origin: 2,
+        ..outlier(100)
+    };
+    let cluster = Cluster::new(with_outlier(settings), endpoints(2), t0);
+    // Local failures do not add to the 5xx count...
+    fail(&cluster, "ep0", 4, Outcome::Status(500), t0);
+    cluster.report("ep0", Outcome::LocalFailure, t0);
+    cluster.report("ep0", Outcome::Status(500), t0);
+    assert_eq!(cluster.ejected(t0), vec!["ep0".to_owned()]);
+    // ...and an answer (even a 5xx) resets theirs.
+    cluster.report("ep1", Outcome::LocalFailure, t0);
+    cluster.report("ep1", Outcome::Status(500), t0);
+    cluster.report("ep1", Outcome::LocalFailure, t0);
+    assert_eq!(cluster.ejected(t0), vec!["ep0".to_owned()]);
+    cluster.report("ep1", Outcome::LocalFailure, t0);
+    assert_eq!(
+        cluster.ejected(t0),
+        vec!["ep0".to_owned(), "ep1".to_owned()]
+    );
+}
+
+#[test]
+fn with_every_endpoint_ejected_all_are_used() {
+    let t0 = Instant::now();
+    let cluster = Cluster::new(with_outlier(outlier(100)), endpoints(2), t0);
+    fail(&cluster, "ep0", 5, Outcome::Status(500), t0);
+    fail(&cluster, "ep1", 5, Outcome::Status(500), t0);
+    assert_eq!(cluster.ejected(t0).len(), 2);
+    let input = HashInput::default();
+    let seen = counts((0..10).map(|_| pick_id(&cluster, &input, t0)));
+    assert_eq!(seen.len(), 2, "panic mode uses every endpoint: {seen:?}");
+}
+
+#[test]
+fn below_min_health_percent_all_endpoints_are_used() {
+    let t0 = Instant::now();
+    let settings = OutlierSettings {
+        min_health_percent: 75,
+        ..outlier(50)
+    };
+    let cluster = Cluster::new(with_outlier(settings), endpoints(4), t0);
+    let input = HashInput::default();
+    fail(&cluster, "ep0", 5, Outcome::Status(500), t0);
+    // 75% healthy: not below the threshold, ep0 is skipped.
+    let seen = counts((0..30).map(|_| pick_id(&cluster, &input, t0)));
+    assert!(!seen.contains_key("ep0"), "{seen:?}");
+    fail(&cluster, "ep1", 5, Outcome::Status(500), t0);
+    // 50% healthy: below, every endpoint is used again.
+    assert_eq!(cluster.ejected(t0).len(), 2);
+    let seen = counts((0..40).map(|_| pick_id(&cluster, &input, t0)));
+    assert_eq!(seen.len(), 4, "{seen:?}");
+}
+
+#[test]
+fn without_outlier_detection_nothing_is_ejected() {
+    let t0 = Instant::now();
+    let cluster = Cluster::new(with_lb(LoadBalancer::RoundRobin), endpoints(2), t0);
+    fail(&cluster, "ep0", 50, Outcome::Status(500), t0);
+    assert!(cluster.ejected(t0).is_empty());
+    assert_eq!(cluster.ejections(), 0);
+}
+
+#[test]
+fn ejecting_moves_only_the_ejected_endpoints_keys() {
+    let t0 = Instant::now();
+    let resolved = Resolved {
+        outlier: Some(outlier(50)),
+        ..header_hash(HashTable::Ring { minimum_size: 1024 })
+    };
+    let cluster = Cluster::new(resolved, endpoints(4), t0);
+    let users: Vec<HeaderMap> = (0..400).map(|i| user_headers(&format!("u{i}"))).collect();
+    let place = |now| -> Vec<String> {
+        users
+            .iter()
+            .map(|h| {
+                let input = HashInput {
+                    headers: Some(h),
+                    ..Default::default()
+                };
+                pick_id(&cluster, &input, now)
+            })
+            .collect()
+    };
+    let before = place(t0);
+    fail(&cluster, "ep1", 5, Outcome::Status(500), t0);
+    let during = place(t0);
+    for (b, d) in before.iter().zip(&during) {
+        if b == "ep1" {
+            assert_ne!(d, "ep1");
+        } else {
+            assert_eq!(b, d);
+        }
+    }
+    // Once back, every key is where it was.
+    assert_eq!(place(t0 + Duration::from_secs(30)), before);
+}
