@@ -258,3 +258,42 @@ pub fn eventually(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The Gateway that asks for a namespace's waypoint, as `warrenctl waypoint
+/// apply` would write it.
+pub fn waypoint_gateway(namespace: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: waypoint\n  namespace: {namespace}\nspec:\n  gatewayClassName: warren-waypoint\n  listeners:\n  - name: mesh\n    port: 15008\n    protocol: HBONE\n"
+    )
+}
+
+/// Starts `warren-waypoint` for `namespace` in `pod` (a pod labelled as the
+/// Gateway's, outside the capture), subscribed to its node's agent, and waits
+/// until it has its config and certificate.
+pub fn start_waypoint(
+    cluster: &Cluster,
+    pod: &warren_testbed::Pod,
+    namespace: &str,
+) -> Result<Process> {
+    let bin = binaries::path("warren-waypoint")?;
+    let node = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.name == pod.node)
+        .with_context(|| format!("node {} of pod {}", pod.node, pod.name))?;
+    let socket = agent_socket(cluster, node)?.to_string_lossy().into_owned();
+    let mut process = cluster.spawn(
+        &pod.sandbox,
+        &bin.to_string_lossy(),
+        &[
+            "--namespace",
+            namespace,
+            "--agent-socket",
+            &socket,
+            "--client-id",
+            &format!("waypoint-{namespace}"),
+        ],
+    )?;
+    process.wait_for_output("waypoint ready", Duration::from_secs(30))?;
+    Ok(process)
+}

@@ -1,0 +1,175 @@
+//! The waypoint with real traffic: a namespace's Gateway puts a waypoint in
+//! the path of its services; ztunnels send the traffic to it over HBONE, and
+//! it applies the VirtualService and DestinationRule before sending each
+//! request on, over HBONE again, to the chosen endpoint's node.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+use warren_e2e::{
+    mesh::{start_mesh, start_waypoint, waypoint_gateway},
+    workload::{count_status, count_version, load, start_http_server},
+};
+use warren_testbed::{Cluster, PodSpec, ServicePort, privilege::require_root};
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+const ROUTES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: app, namespace: demo }
+spec:
+  host: app
+  subsets:
+  - { name: v1, labels: { version: v1 } }
+  - { name: v2, labels: { version: v2 } }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: app, namespace: demo }
+spec:
+  hosts: [app]
+  http:
+  - name: jason
+    match: [{ headers: { end-user: { exact: jason } } }]
+    route: [{ destination: { host: app, subset: v2 } }]
+  - name: faulty
+    match: [{ headers: { x-fault: { exact: abort } } }]
+    fault: { abort: { httpStatus: 418, percentage: { value: 50 } } }
+    route: [{ destination: { host: app, subset: v1 } }]
+  - name: canary
+    route:
+    - { destination: { host: app, subset: v1 }, weight: 80 }
+    - { destination: { host: app, subset: v2 }, weight: 20 }
+"#;
+
+#[test]
+fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
+    require_root()?;
+    let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
+    cluster.add_namespace("demo", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
+    for (name, node, pod_labels, sa) in [
+        (
+            "app-v1",
+            1,
+            labels(&[("app", "app"), ("version", "v1")]),
+            "app",
+        ),
+        (
+            "app-v2",
+            0,
+            labels(&[("app", "app"), ("version", "v2")]),
+            "app",
+        ),
+        ("client", 0, labels(&[("app", "client")]), "client"),
+        (
+            "waypoint",
+            1,
+            labels(&[
+                ("gateway.networking.k8s.io/gateway-name", "waypoint"),
+                ("warren.io/dataplane-mode", "none"),
+            ]),
+            "waypoint",
+        ),
+    ] {
+        cluster.add_pod(PodSpec {
+            name: name.into(),
+            namespace: "demo".into(),
+            node,
+            labels: pod_labels,
+            service_account: Some(sa.into()),
+        })?;
+    }
+    cluster.add_service(
+        "demo",
+        "app",
+        labels(&[("app", "app")]),
+        vec![ServicePort {
+            name: "http".into(),
+            port: 80,
+            target_port: 8080,
+        }],
+    )?;
+    let mut mesh = start_mesh(&cluster)?;
+    mesh.wait_ready(Duration::from_secs(30))
+        .with_context(|| mesh.logs())?;
+    std::fs::write(
+        cluster.config_dir().join("gateway.demo.waypoint.yaml"),
+        waypoint_gateway("demo"),
+    )?;
+    std::fs::write(cluster.config_dir().join("routes.demo.app.yaml"), ROUTES)?;
+    let waypoint_pod = cluster.pod("waypoint")?.clone();
+    let waypoint = start_waypoint(&cluster, &waypoint_pod, "demo").with_context(|| mesh.logs())?;
+    let mut servers = Vec::new();
+    for version in ["v1", "v2"] {
+        let pod = cluster.pod(&format!("app-{version}"))?.clone();
+        servers.push(start_http_server(
+            &cluster,
+            &pod,
+            8080,
+            &["--version", version, "--name", &pod.name],
+        )?);
+    }
+    let vip = cluster
+        .services()
+        .iter()
+        .find(|s| s.name == "app")
+        .context("service app")?
+        .cluster_ip;
+    let url = format!("http://{vip}/");
+    let client = cluster.pod("client")?.clone();
+    let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
+
+    // Canary: 80/20 by weight over 1 000 requests.
+    let report = load(&client, &url, &["-n", "1000", "-c", "8"])?;
+    let (v1, v2) = (count_version(&report, "v1"), count_version(&report, "v2"));
+    ensure!(
+        v1 + v2 == 1000,
+        "canary: {v1} v1 + {v2} v2 of 1000 answered\n{report}\n{}",
+        logs()
+    );
+    eprintln!("canary through the waypoint: v1 {v1}, v2 {v2} of 1000");
+    ensure!(
+        (750..=850).contains(&v1),
+        "canary: {v1}/1000 to v1, expected 800 ± 50\n{}",
+        logs()
+    );
+
+    // Header routing: jason always reaches v2.
+    let report = load(
+        &client,
+        &url,
+        &["-n", "100", "-c", "4", "-H", "end-user: jason"],
+    )?;
+    ensure!(
+        count_version(&report, "v2") == 100,
+        "end-user: jason must always reach v2: {report}\n{}",
+        logs()
+    );
+
+    // A 50 % abort hits about half the requests; the rest reach v1.
+    let report = load(
+        &client,
+        &url,
+        &["-n", "400", "-c", "4", "-H", "x-fault: abort"],
+    )?;
+    let (aborted, ok) = (count_status(&report, 418), count_status(&report, 200));
+    eprintln!("fault at 50 %: {aborted} aborted, {ok} OK of 400");
+    ensure!(
+        aborted + ok == 400 && (140..=260).contains(&aborted),
+        "fault: {aborted} aborted, {ok} OK of 400 (expected about 200 aborted)\n{report}\n{}",
+        logs()
+    );
+    ensure!(
+        count_version(&report, "v1") == ok,
+        "fault rule routes to v1: {report}"
+    );
+    drop(servers);
+    drop(waypoint);
+    Ok(())
+}
