@@ -122,12 +122,14 @@ impl Fault {
                                 format!("{status} is not an HTTP status"),
                             )
                         })?,
-                    (None, Some(name)) => grpc_code(name).map(Abort::Grpc).ok_or_else(|| {
-                        CompileError::new(
-                            format!("{p}.grpcStatus"),
-                            format!("{name:?} is not a gRPC status"),
-                        )
-                    })?,
+                    (None, Some(name)) => warren_model::validate::grpc_code(name)
+                        .map(Abort::Grpc)
+                        .ok_or_else(|| {
+                            CompileError::new(
+                                format!("{p}.grpcStatus"),
+                                format!("{name:?} is not a gRPC status"),
+                            )
+                        })?,
                     _ => {
                         return Err(CompileError::new(
                             p,
@@ -163,31 +165,4 @@ impl Fault {
                 .map(|a| a.abort),
         }
     }
-}
-
-/// gRPC status names as Istio accepts them.
-fn grpc_code(name: &str) -> Option<u32> {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    NAMES
-        .iter()
-        .position(|n| *n == name)
-        .and_then(|i| u32::try_from(i).ok())
 }

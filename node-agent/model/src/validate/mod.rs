@@ -40,7 +40,7 @@ pub use authorization_policy::authorization_policy;
 pub use destination_rule::destination_rule;
 pub use peer_authentication::peer_authentication;
 pub use service_entry::service_entry;
-pub use virtual_service::{unknown_subsets, virtual_service};
+pub use virtual_service::{grpc_code, unknown_subsets, virtual_service};
 
 /// Turns a deserialization error into a [`FieldError`] at the path where it
 /// happened (`spec.http[0].routes` for an unknown field). The root is the

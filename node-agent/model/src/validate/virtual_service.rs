@@ -480,7 +480,7 @@ fn fault_injection(r: &mut Report, path: &str, fault: &HttpFaultInjection) {
             );
         }
         if let Some(status) = &abort.grpc_status
-            && !GRPC_STATUS.contains(&status.as_str())
+            && grpc_code(status).is_none()
         {
             r.error(
                 format!("{p}.grpcStatus"),
@@ -493,6 +493,7 @@ fn fault_injection(r: &mut Report, path: &str, fault: &HttpFaultInjection) {
     }
 }
 
+/// gRPC status names as Istio accepts them, in code order (`OK` is 0).
 const GRPC_STATUS: &[&str] = &[
     "OK",
     "CANCELLED",
@@ -512,6 +513,15 @@ const GRPC_STATUS: &[&str] = &[
     "DATA_LOSS",
     "UNAUTHENTICATED",
 ];
+
+/// The numeric gRPC code of a status name (`UNAVAILABLE` is 14); the
+/// validator and the waypoint read names the same way.
+pub fn grpc_code(name: &str) -> Option<u32> {
+    GRPC_STATUS
+        .iter()
+        .position(|n| *n == name)
+        .and_then(|i| u32::try_from(i).ok())
+}
 
 fn cors_policy(r: &mut Report, path: &str, cors: &CorsPolicy) {
     for (k, origin) in cors.allow_origins.iter().enumerate() {
