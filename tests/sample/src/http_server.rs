@@ -56,6 +56,8 @@ pub struct Config {
     pub fail_status: StatusCode,
     pub upstream: Option<Uri>,
     pub upstream_timeout: Duration,
+    /// Log a line per request served.
+    pub access_log: bool,
 }
 
 pub async fn run(config: Config) -> Result<()> {
@@ -132,6 +134,7 @@ struct Handler {
     fail_rate: FailRate,
     fail_status: StatusCode,
     upstream: Option<Upstream>,
+    access_log: bool,
 }
 
 /// The JSON answer to a request.
@@ -192,6 +195,7 @@ impl Handler {
             upstream: config
                 .upstream
                 .map(|url| Upstream::new(url, config.upstream_timeout)),
+            access_log: config.access_log,
         })
     }
 
@@ -204,6 +208,15 @@ impl Handler {
         // Probes must see the process, not the faults it is told to inject.
         if parts.uri.path() == "/healthz" {
             return self.respond(StatusCode::OK, "text/plain", Bytes::from_static(b"ok"));
+        }
+        if self.access_log {
+            let authority = parts
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| parts.headers.get(http::header::HOST)?.to_str().ok())
+                .unwrap_or("-");
+            info!(method = %parts.method, path = %parts.uri.path(), authority, "served");
         }
 
         let body_bytes = match read_body(&parts.headers, body).await {
@@ -356,6 +369,7 @@ mod tests {
             fail_status: StatusCode::SERVICE_UNAVAILABLE,
             upstream: None,
             upstream_timeout: Duration::from_secs(1),
+            access_log: false,
         })
         .unwrap()
     }
@@ -487,6 +501,7 @@ mod tests {
             fail_status: StatusCode::SERVICE_UNAVAILABLE,
             upstream: None,
             upstream_timeout: Duration::from_secs(1),
+            access_log: false,
         });
         let error = result.err().unwrap();
         assert!(error.to_string().contains("pod name"), "{error:#}");

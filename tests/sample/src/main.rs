@@ -115,6 +115,10 @@ struct HttpArgs {
     /// How long to wait for the upstream's whole answer.
     #[arg(long, default_value = "5s", value_parser = duration::parse)]
     upstream_timeout: Duration,
+    /// Log one line per request served (method, path, authority), so a test
+    /// can count what reached this server, e.g. a mesh's mirrored copies.
+    #[arg(long)]
+    access_log: bool,
 }
 
 #[derive(Args)]
@@ -285,6 +289,7 @@ impl HttpArgs {
             fail_status: self.fail_status,
             upstream: self.upstream,
             upstream_timeout: self.upstream_timeout,
+            access_log: self.access_log,
         }
     }
 }

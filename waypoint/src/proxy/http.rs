@@ -1,4 +1,5 @@
-//! One request through the waypoint: route it (VirtualService), inject
+//! One request through the waypoint: authorize it (AuthorizationPolicy
+//! attached to the waypoint or the Service), route it (VirtualService), inject
 //! faults, pick an upstream cluster and endpoint (DestinationRule), send it
 //! with retries under the route's timeout, copy it to mirrors, and report it.
 //!
@@ -108,6 +109,7 @@ pub async fn handle(
         route = %done.route,
         status = done.response.status().as_u16(),
         flags = done.flags,
+        details = %denial.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
         upstream = ?done.upstream,
         attempts = done.attempts,
         duration_ms = start.elapsed().as_secs_f64() * 1000.0,
@@ -362,6 +364,7 @@ async fn send_with_retries(
                     let (status, flags) = match kind {
                         FailureKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "UT"),
                         FailureKind::ConnectFailure => (StatusCode::SERVICE_UNAVAILABLE, "UF"),
+                        FailureKind::ProtocolError => (StatusCode::BAD_GATEWAY, "UPE"),
                         _ => (StatusCode::SERVICE_UNAVAILABLE, "UC"),
                     };
                     Done {
@@ -479,9 +482,20 @@ async fn attempt(
         None => Some(sent.await),
     };
     let destination = ctx.inputs.state.workload_by_ip(endpoint.ip());
+    let report = |outcome| {
+        if cluster.report(&picked.endpoint.id, outcome, Instant::now()) {
+            ctx.metrics
+                .ejections
+                .get_or_create(&ClusterLabels {
+                    destination_service: key.host.clone(),
+                    subset: key.subset.clone().unwrap_or_default(),
+                })
+                .inc();
+        }
+    };
     match result {
         None => {
-            cluster.report(&picked.endpoint.id, Outcome::LocalFailure, Instant::now());
+            report(Outcome::LocalFailure);
             Attempt::Failed {
                 kind: FailureKind::Timeout,
                 detail: "upstream request timeout".into(),
@@ -490,15 +504,11 @@ async fn attempt(
         }
         Some(Ok(response)) => {
             let status = response.status().as_u16();
-            cluster.report(
-                &picked.endpoint.id,
-                if status >= 500 {
-                    Outcome::Status(status)
-                } else {
-                    Outcome::Success
-                },
-                Instant::now(),
-            );
+            report(if status >= 500 {
+                Outcome::Status(status)
+            } else {
+                Outcome::Success
+            });
             let mut response = response.map(|b| b.boxed());
             strip_hop_by_hop(response.headers_mut());
             if let Some(cookie) = &picked.set_cookie
@@ -513,9 +523,11 @@ async fn attempt(
             }
         }
         Some(Err(error)) => {
-            cluster.report(&picked.endpoint.id, Outcome::LocalFailure, Instant::now());
+            report(Outcome::LocalFailure);
             let kind = if error.is_connect() {
                 FailureKind::ConnectFailure
+            } else if is_parse_error(&error) {
+                FailureKind::ProtocolError
             } else {
                 FailureKind::Reset
             };
@@ -531,6 +543,14 @@ async fn attempt(
             }
         }
     }
+}
+
+/// Whether the upstream's bytes were no valid HTTP response (as opposed to
+/// the connection failing).
+fn is_parse_error(error: &hyper_util::client::legacy::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<hyper::Error>())
+        .is_some_and(|error| error.is_parse() || error.is_parse_status())
 }
 
 impl Context {

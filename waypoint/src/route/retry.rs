@@ -38,6 +38,9 @@ pub enum FailureKind {
     ResetBeforeRequest,
     /// HTTP/2 `REFUSED_STREAM`: the upstream did not process the request.
     RefusedStream,
+    /// The upstream answered with bytes that are no valid HTTP response
+    /// (Envoy's `UPE`); retried like a reset.
+    ProtocolError,
     /// The per-try timeout expired.
     Timeout,
 }
@@ -291,7 +294,7 @@ impl RetryPolicy {
             FailureKind::ConnectFailure => on.connect_failure || on.reset_before_request,
             FailureKind::ResetBeforeRequest => on.reset_before_request,
             FailureKind::RefusedStream => on.refused_stream,
-            FailureKind::Reset | FailureKind::Timeout => false,
+            FailureKind::Reset | FailureKind::ProtocolError | FailureKind::Timeout => false,
         }
     }
 

@@ -174,16 +174,17 @@ impl Cluster {
         }))
     }
 
-    /// Counts how a request to `endpoint_id` ended, for outlier detection.
-    /// Unknown ids (an endpoint removed meanwhile) are ignored.
-    pub fn report(&self, endpoint_id: &str, outcome: Outcome, now: Instant) {
+    /// Counts how a request to `endpoint_id` ended, for outlier detection;
+    /// true when this report ejected the endpoint. Unknown ids (an endpoint
+    /// removed meanwhile) are ignored.
+    pub fn report(&self, endpoint_id: &str, outcome: Outcome, now: Instant) -> bool {
         let mut state = self.lock();
         let state = &mut *state;
         let Some(i) = state.by_id.get(endpoint_id).copied() else {
-            return;
+            return false;
         };
         let Some(detector) = state.detector.as_mut() else {
-            return;
+            return false;
         };
         let was_ejected = state.outliers.get(i).is_some_and(HostOutlier::is_ejected);
         if detector.report(&mut state.outliers, i, outcome, now) {
@@ -200,7 +201,9 @@ impl Cluster {
                 out_for = ?returns_at.saturating_duration_since(now),
                 "outlier detection ejected an endpoint"
             );
+            return true;
         }
+        false
     }
 
     /// A slot for an HTTP/1.1 request; see [`super::pool`].

@@ -1,0 +1,479 @@
+//! The waypoint's resilience features with real traffic and real failures:
+//! retries hide a flaky backend, a timeout answers 504 in time, a mirror
+//! gets copies without slowing or failing the primary, a connection pool
+//! limit answers 503 and counts it, outlier detection ejects a failing
+//! endpoint and lets it back, consistent hashing pins a header value to one
+//! endpoint, and bad bytes from either side get a clear status, not a panic.
+//!
+//! One cluster serves every scenario: each has its own Service, so each
+//! VirtualService and DestinationRule stays small and independent.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
+use warren_e2e::{
+    mesh::{eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway},
+    workload::{count_status, count_version, load, start_echo, start_http_server},
+};
+use warren_testbed::{Cluster, Pod, PodSpec, Process, ServicePort, privilege::require_root};
+
+const NS: &str = "shop";
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Each scenario's Service and the pods behind it: (service, pods as
+/// (name, node)).
+const SERVICES: &[(&str, &[(&str, usize)])] = &[
+    ("flaky", &[("flaky-0", 1)]),
+    ("slow", &[("slow-0", 1)]),
+    ("primary", &[("primary-0", 1)]),
+    ("shadow", &[("shadow-0", 0)]),
+    ("pool", &[("pool-0", 1)]),
+    ("outlier", &[("outlier-good", 0), ("outlier-bad", 1)]),
+    ("hash", &[("hash-0", 0), ("hash-1", 1), ("hash-2", 1)]),
+    ("broken", &[("broken-0", 1)]),
+];
+
+const CONFIG: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: flaky, namespace: shop }
+spec:
+  hosts: [flaky]
+  http:
+  - name: no-retries
+    match: [{ headers: { x-retry: { exact: "off" } } }]
+    retries: { attempts: 0 }
+    route: [{ destination: { host: flaky } }]
+  - name: retried
+    retries: { attempts: 10, retryOn: 5xx, perTryTimeout: 2s }
+    route: [{ destination: { host: flaky } }]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: slow, namespace: shop }
+spec:
+  hosts: [slow]
+  http:
+  - timeout: 300ms
+    route: [{ destination: { host: slow } }]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: primary, namespace: shop }
+spec:
+  hosts: [primary]
+  http:
+  - route: [{ destination: { host: primary } }]
+    mirror: { host: shadow }
+    mirrorPercentage: { value: 100 }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: pool, namespace: shop }
+spec:
+  host: pool
+  trafficPolicy:
+    connectionPool:
+      tcp: { maxConnections: 1 }
+      http: { http1MaxPendingRequests: 1 }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: pool, namespace: shop }
+spec:
+  hosts: [pool]
+  http:
+  - retries: { attempts: 0 }
+    route: [{ destination: { host: pool } }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: outlier, namespace: shop }
+spec:
+  host: outlier
+  trafficPolicy:
+    loadBalancer: { simple: ROUND_ROBIN }
+    outlierDetection:
+      consecutive5xxErrors: 2
+      interval: 500ms
+      baseEjectionTime: 3s
+      maxEjectionPercent: 100
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: outlier, namespace: shop }
+spec:
+  hosts: [outlier]
+  http:
+  - retries: { attempts: 0 }
+    route: [{ destination: { host: outlier } }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: hash, namespace: shop }
+spec:
+  host: hash
+  trafficPolicy:
+    loadBalancer: { consistentHash: { httpHeaderName: x-user } }
+"#;
+
+struct Shop {
+    cluster: Cluster,
+    client: Pod,
+    waypoint_pod: Pod,
+}
+
+impl Shop {
+    fn url(&self, service: &str) -> Result<String> {
+        let vip = self
+            .cluster
+            .services()
+            .iter()
+            .find(|s| s.name == service)
+            .with_context(|| format!("service {service}"))?
+            .cluster_ip;
+        Ok(format!("http://{vip}/"))
+    }
+
+    fn pod(&self, name: &str) -> Result<Pod> {
+        Ok(self.cluster.pod(name)?.clone())
+    }
+
+    /// The waypoint's Prometheus metrics, scraped from inside its pod.
+    fn waypoint_metrics(&self) -> Result<String> {
+        let out = self.waypoint_pod.sandbox.exec(
+            "curl",
+            ["-sS", "--max-time", "5", "http://127.0.0.1:15020/metrics"],
+        )?;
+        ensure!(
+            out.status.success(),
+            "scraping the waypoint's metrics: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `curl` in the client pod; returns its stdout.
+    fn curl(&self, args: &[&str]) -> Result<String> {
+        let out = self.client.sandbox.exec("curl", args)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn setup() -> Result<Shop> {
+    let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
+    cluster.add_namespace(NS, labels(&[("warren.io/dataplane-mode", "ambient")]))?;
+    let mut pods = vec![
+        ("client".to_owned(), 0, labels(&[("app", "client")])),
+        (
+            "waypoint".to_owned(),
+            1,
+            labels(&[
+                ("gateway.networking.k8s.io/gateway-name", "waypoint"),
+                ("warren.io/dataplane-mode", "none"),
+            ]),
+        ),
+    ];
+    for (service, backends) in SERVICES {
+        for (name, node) in *backends {
+            pods.push(((*name).to_owned(), *node, labels(&[("app", service)])));
+        }
+    }
+    for (name, node, pod_labels) in pods {
+        let sa = pod_labels
+            .get("app")
+            .cloned()
+            .unwrap_or_else(|| "waypoint".into());
+        cluster.add_pod(PodSpec {
+            name,
+            namespace: NS.into(),
+            node,
+            labels: pod_labels,
+            service_account: Some(sa),
+        })?;
+    }
+    for (service, _) in SERVICES {
+        cluster.add_service(
+            NS,
+            service,
+            labels(&[("app", service)]),
+            vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                target_port: 8080,
+            }],
+        )?;
+    }
+    let client = cluster.pod("client")?.clone();
+    let waypoint_pod = cluster.pod("waypoint")?.clone();
+    Ok(Shop {
+        cluster,
+        client,
+        waypoint_pod,
+    })
+}
+
+/// Starts the sample server of `pod`, answering as `version`.
+fn serve(shop: &Shop, pod: &str, version: &str, extra: &[&str]) -> Result<Process> {
+    let pod = shop.pod(pod)?;
+    let mut args = vec!["--version", version, "--name", &pod.name];
+    args.extend_from_slice(extra);
+    start_http_server(&shop.cluster, &pod, 8080, &args)
+}
+
+fn p99_ms(report: &Value) -> f64 {
+    report["latency_ms"]["p99"]
+        .as_f64()
+        .unwrap_or(f64::INFINITY)
+}
+
+#[test]
+fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<()> {
+    require_root()?;
+    let shop = setup()?;
+    let mut mesh = start_mesh(&shop.cluster)?;
+    mesh.wait_ready(Duration::from_secs(30))
+        .with_context(|| mesh.logs())?;
+    let config_dir = shop.cluster.config_dir();
+    std::fs::write(config_dir.join("gateway.shop.yaml"), waypoint_gateway(NS))?;
+    std::fs::write(config_dir.join("routes.shop.yaml"), CONFIG)?;
+    let waypoint =
+        start_waypoint(&shop.cluster, &shop.waypoint_pod, NS).with_context(|| mesh.logs())?;
+    let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
+
+    let mut servers = vec![
+        serve(&shop, "flaky-0", "v1", &["--fail-rate", "0.5"])?,
+        serve(&shop, "slow-0", "v1", &["--latency", "3s"])?,
+        serve(&shop, "primary-0", "primary", &[])?,
+        serve(&shop, "pool-0", "v1", &["--latency", "300ms"])?,
+        serve(&shop, "outlier-good", "good", &[])?,
+        serve(&shop, "hash-0", "h0", &[])?,
+        serve(&shop, "hash-1", "h1", &[])?,
+        serve(&shop, "hash-2", "h2", &[])?,
+    ];
+
+    // Retries: a backend failing half the time looks healthy.
+    let url = shop.url("flaky")?;
+    let bare = load(
+        &shop.client,
+        &url,
+        &["-n", "200", "-c", "4", "-H", "x-retry: off"],
+    )?;
+    let retried = load(&shop.client, &url, &["-n", "400", "-c", "4"])?;
+    let (bare_ok, retried_ok) = (count_status(&bare, 200), count_status(&retried, 200));
+    eprintln!("flaky backend: {bare_ok}/200 OK without retries, {retried_ok}/400 with retries");
+    ensure!(
+        (40..=160).contains(&bare_ok),
+        "without retries about half should fail: {bare}\n{}",
+        logs()
+    );
+    ensure!(
+        retried_ok * 100 >= 400 * 99,
+        "retries must lift success to ≥ 99 %: {retried}\n{}",
+        logs()
+    );
+    let retries = metric_sum(
+        &shop.waypoint_metrics()?,
+        "warren_waypoint_retries_total",
+        &[],
+    );
+    ensure!(retries >= 100.0, "retries counted: {retries}");
+
+    // Timeout: a 3 s backend behind a 300 ms route timeout answers 504 early.
+    let report = load(&shop.client, &shop.url("slow")?, &["-n", "8", "-c", "4"])?;
+    eprintln!(
+        "timeout: {} × 504, p99 {:.0} ms (backend takes 3 s)",
+        count_status(&report, 504),
+        p99_ms(&report)
+    );
+    ensure!(
+        count_status(&report, 504) == 8 && p99_ms(&report) < 2000.0,
+        "the route timeout must answer 504 well before the backend: {report}\n{}",
+        logs()
+    );
+
+    // Mirror: copies reach a slow shadow, and then a dead one, while the
+    // primary's answers stay fast and OK.
+    let mut shadow = serve(
+        &shop,
+        "shadow-0",
+        "shadow",
+        &["--latency", "1s", "--access-log"],
+    )?;
+    let url = shop.url("primary")?;
+    let report = load(&shop.client, &url, &["-n", "60", "-c", "2"])?;
+    ensure!(
+        count_version(&report, "primary") == 60 && p99_ms(&report) < 800.0,
+        "a slow mirror must not slow the primary: {report}\n{}",
+        logs()
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the shadow receives the mirrored copies",
+        || Ok(shadow.output().matches("served").count() >= 60),
+    )
+    .with_context(|| format!("shadow:\n{}\n{}", shadow.output(), logs()))?;
+    shadow.stop()?;
+    let report = load(&shop.client, &url, &["-n", "60", "-c", "2"])?;
+    ensure!(
+        count_version(&report, "primary") == 60 && p99_ms(&report) < 800.0,
+        "a dead mirror must not fail or slow the primary: {report}\n{}",
+        logs()
+    );
+    let mirrored = metric_sum(
+        &shop.waypoint_metrics()?,
+        "warren_waypoint_mirrored_requests_total",
+        &[],
+    );
+    eprintln!("mirror: 120 primary answers OK, {mirrored} copies sent");
+    ensure!(mirrored >= 120.0, "copies counted: {mirrored}");
+
+    // Connection pool: one connection and one pending request; a third
+    // concurrent request overflows with 503.
+    let report = load(&shop.client, &shop.url("pool")?, &["-n", "30", "-c", "3"])?;
+    let (ok, overflow) = (count_status(&report, 200), count_status(&report, 503));
+    let counted = metric_sum(
+        &shop.waypoint_metrics()?,
+        "warren_waypoint_upstream_overflow_total",
+        &[],
+    );
+    eprintln!("pool: {ok} OK, {overflow} × 503 (overflow counter {counted})");
+    ensure!(
+        ok > 0 && overflow > 0 && ok + overflow == 30 && counted >= overflow as f64,
+        "maxConnections 1 + 1 pending at concurrency 3: {report}\n{}",
+        logs()
+    );
+
+    // Outlier detection: a failing endpoint is ejected, then let back.
+    let mut bad = serve(&shop, "outlier-bad", "bad", &["--fail-rate", "1"])?;
+    let url = shop.url("outlier")?;
+    let first = load(&shop.client, &url, &["-n", "20", "-c", "1"])?;
+    let then = load(&shop.client, &url, &["-n", "20", "-c", "1"])?;
+    eprintln!(
+        "outlier: {} × 503 in the first 20, then {} of 20 from the good endpoint",
+        count_status(&first, 503),
+        count_version(&then, "good")
+    );
+    ensure!(
+        count_status(&first, 503) <= 3 && count_version(&then, "good") == 20,
+        "the failing endpoint must be ejected after 2 errors: {first}\n{then}\n{}",
+        logs()
+    );
+    let ejections = metric_sum(
+        &shop.waypoint_metrics()?,
+        "warren_waypoint_outlier_ejections_total",
+        &[],
+    );
+    ensure!(ejections >= 1.0, "ejection counted: {ejections}");
+    bad.stop()?;
+    let healed = serve(&shop, "outlier-bad", "bad", &[])?;
+    servers.push(healed);
+    let healed_at = Instant::now();
+    eventually(
+        Duration::from_secs(15),
+        "the healed endpoint returns",
+        || {
+            let report = load(&shop.client, &url, &["-n", "10", "-c", "1"])?;
+            Ok(count_version(&report, "bad") > 0)
+        },
+    )
+    .with_context(logs)?;
+    eprintln!(
+        "outlier: back in the pool {:?} after healing",
+        healed_at.elapsed()
+    );
+
+    // Consistent hash: each user sticks to one endpoint; users spread.
+    let url = shop.url("hash")?;
+    let mut used = BTreeSet::new();
+    for user in 0..10 {
+        let header = format!("x-user: user-{user}");
+        let report = load(&shop.client, &url, &["-n", "10", "-c", "2", "-H", &header])?;
+        let versions: Vec<&str> = ["h0", "h1", "h2"]
+            .into_iter()
+            .filter(|v| count_version(&report, v) > 0)
+            .collect();
+        ensure!(
+            versions.len() == 1 && count_status(&report, 200) == 10,
+            "user-{user} must stay on one endpoint: {report}"
+        );
+        used.insert(versions[0]);
+    }
+    eprintln!("consistent hash: 10 users on endpoints {used:?}, each on one");
+    ensure!(used.len() >= 2, "10 users all hashed to {used:?}");
+
+    // Bad input from the client: garbage, oversized headers.
+    let vip = shop.url("flaky")?;
+    let host = vip.trim_start_matches("http://").trim_end_matches('/');
+    let out = shop.client.sandbox.exec(
+        "bash",
+        [
+            "-c",
+            &format!(
+                "exec 3<>/dev/tcp/{host}/80; printf 'THIS IS NOT HTTP\\r\\n\\r\\n' >&3; timeout 5 head -c 200 <&3"
+            ),
+        ],
+    )?;
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        answer.starts_with("HTTP/1.1 400"),
+        "garbage must get 400: {answer:?}\n{}",
+        logs()
+    );
+    let big = format!("x-big: {}", "a".repeat(100 << 10));
+    let status = shop.curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &big,
+        &vip,
+    ])?;
+    ensure!(
+        status == "431",
+        "oversized headers must get 431, got {status}\n{}",
+        logs()
+    );
+
+    // Bad input from the upstream: an echo server answers a request with the
+    // request itself, which is no HTTP response.
+    let broken = shop.pod("broken-0")?;
+    servers.push(start_echo(&shop.cluster, &broken, 8080)?);
+    let report = load(&shop.client, &shop.url("broken")?, &["-n", "4", "-c", "1"])?;
+    ensure!(
+        count_status(&report, 502) == 4,
+        "an invalid upstream response must be answered 502: {report}\n{}",
+        logs()
+    );
+
+    // Still serving after all of it.
+    let report = load(
+        &shop.client,
+        &shop.url("primary")?,
+        &["-n", "10", "-c", "2"],
+    )?;
+    ensure!(
+        count_status(&report, 200) == 10,
+        "after bad input: {report}"
+    );
+    ensure!(
+        !waypoint.output().contains("panicked"),
+        "the waypoint panicked:\n{}",
+        waypoint.output()
+    );
+    drop(servers);
+    drop(waypoint);
+    Ok(())
+}
