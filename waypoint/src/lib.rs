@@ -6,6 +6,8 @@
 //! - [`upstream`]: DestinationRule policies compiled per destination, and the
 //!   live state of each upstream cluster (load balancing, connection pool
 //!   limits, outlier detection).
+//! - [`authz`]: AuthorizationPolicies attached to the waypoint or its
+//!   Services, decided per request before routing.
 //! - [`tables`] and [`subscription`]: that configuration as the node agent
 //!   streams it.
 //! - [`proxy`]: HBONE in, HTTP inside, HBONE out.
@@ -16,6 +18,7 @@
 //! library.
 
 pub mod app;
+pub mod authz;
 pub mod config;
 pub mod metrics;
 pub mod proxy;

@@ -1,4 +1,5 @@
-//! The waypoint's side of the agent's config stream: L7 routing goes to
+//! The waypoint's side of the agent's config stream: L7 routing and attached
+//! AuthorizationPolicies go to
 //! [`Tables`], everything else (workloads, services, certificates, roots) to
 //! the state ztunnel's own handler keeps, so both proxies read resources the
 //! same way.
@@ -27,7 +28,7 @@ impl Subscription {
 fn is_l7(kind: &Option<Kind>) -> bool {
     matches!(
         kind,
-        Some(Kind::VirtualService(_) | Kind::DestinationRule(_))
+        Some(Kind::VirtualService(_) | Kind::DestinationRule(_) | Kind::L7Authorization(_))
     )
 }
 
@@ -57,6 +58,10 @@ impl Handler for Subscription {
                     self.tables
                         .upsert_destination_rule(resource.key.clone(), dr)
                 }),
+                // Refused (a spec this build cannot read): the last good copy
+                // stays in force, as for every resource.
+                Some(Kind::L7Authorization(policy)) => Tables::parse_authorization(policy)
+                    .map(|p| self.tables.upsert_authorization(resource.key.clone(), p)),
                 _ => Ok(()),
             };
             if let Err(reason) = parsed {

@@ -1,5 +1,6 @@
-//! The waypoint's L7 configuration: the VirtualServices and DestinationRules
-//! the agent sent, compiled into a [`RouteTable`] and [`Policies`], rebuilt
+//! The waypoint's L7 configuration: the VirtualServices, DestinationRules and
+//! attached AuthorizationPolicies the agent sent, compiled into a
+//! [`RouteTable`], [`Policies`] and an [`Authorizer`], rebuilt
 //! whole when either changes (there are few per namespace; a rebuild takes
 //! microseconds and readers never wait for it: they hold the previous
 //! [`Compiled`] until they are done).
@@ -10,10 +11,11 @@ use std::{
 };
 
 use tracing::warn;
-use warren_api::config::{DestinationRule, VirtualService};
-use warren_model::istio::{DestinationRuleSpec, VirtualServiceSpec};
+use warren_api::config::{DestinationRule, L7Authorization, VirtualService};
+use warren_model::istio::{AuthorizationPolicySpec, DestinationRuleSpec, VirtualServiceSpec};
 
 use crate::{
+    authz::{Authorizer, PolicyInput},
     route::{RouteTable, VsInput},
     upstream::{DrInput, Policies},
 };
@@ -23,6 +25,7 @@ use crate::{
 pub struct Compiled {
     pub routes: RouteTable,
     pub policies: Policies,
+    pub authz: Authorizer,
     /// Bumped on every rebuild: upstream clusters built from an older
     /// generation are rebuilt.
     pub generation: u64,
@@ -32,6 +35,7 @@ pub struct Compiled {
 pub struct Tables {
     virtual_services: RwLock<BTreeMap<String, VsInput>>,
     destination_rules: RwLock<BTreeMap<String, DrInput>>,
+    authorizations: RwLock<BTreeMap<String, PolicyInput>>,
     compiled: RwLock<Arc<Compiled>>,
 }
 
@@ -63,9 +67,23 @@ impl Tables {
         })
     }
 
+    /// Checks an attached AuthorizationPolicy resource.
+    pub fn parse_authorization(policy: &L7Authorization) -> Result<PolicyInput, String> {
+        let spec: AuthorizationPolicySpec =
+            serde_json::from_str(&policy.spec_json).map_err(|e| format!("spec_json: {e}"))?;
+        Ok(PolicyInput {
+            namespace: policy.namespace.clone(),
+            name: policy.name.clone(),
+            waypoint: policy.waypoint,
+            services: policy.services.clone(),
+            spec,
+        })
+    }
+
     pub fn keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = read(&self.virtual_services).keys().cloned().collect();
         keys.extend(read(&self.destination_rules).keys().cloned());
+        keys.extend(read(&self.authorizations).keys().cloned());
         keys
     }
 
@@ -77,10 +95,15 @@ impl Tables {
         write(&self.destination_rules).insert(key, dr);
     }
 
+    pub fn upsert_authorization(&self, key: String, policy: PolicyInput) {
+        write(&self.authorizations).insert(key, policy);
+    }
+
     /// Forgets `key`; false if it was not an L7 resource.
     pub fn remove(&self, key: &str) -> bool {
         write(&self.virtual_services).remove(key).is_some()
             || write(&self.destination_rules).remove(key).is_some()
+            || write(&self.authorizations).remove(key).is_some()
     }
 
     /// Compiles what is held and makes it current. Errors were checked when
@@ -97,11 +120,13 @@ impl Tables {
         for error in &policy_errors {
             warn!(%error, "DestinationRule not (fully) applied");
         }
+        let authz = Authorizer::build(read(&self.authorizations).values().cloned());
         let mut compiled = write(&self.compiled);
         let generation = compiled.generation + 1;
         *compiled = Arc::new(Compiled {
             routes,
             policies,
+            authz,
             generation,
         });
     }

@@ -30,3 +30,8 @@ pub fn virtual_service(namespace: &str, name: &str) -> String {
 pub fn destination_rule(namespace: &str, name: &str) -> String {
     format!("destinationrule/{namespace}/{name}")
 }
+
+/// An AuthorizationPolicy the namespace's waypoint enforces.
+pub fn l7_authorization(namespace: &str, name: &str) -> String {
+    format!("l7authorization/{namespace}/{name}")
+}

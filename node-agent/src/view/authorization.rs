@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use warren_api::{
     addr,
     config::{
-        Action, Authorization, Cidr, Clause, Match, Rule, Scope, StringMatch,
+        Action, Authorization, Cidr, Clause, L7Authorization, Match, Rule, Scope, StringMatch,
         string_match::Kind as StringKind,
     },
 };
@@ -104,6 +104,47 @@ pub fn authorization(
         },
         selection,
     ))
+}
+
+/// The policy for the waypoint of its namespace, when a `targetRef(s)`
+/// attaches it there: to the namespace's waypoint Gateway (by name, as
+/// `is_waypoint` tells) or to a Service of the namespace. `None` for selector
+/// policies (ztunnel's) and for targets no waypoint serves (an ingress
+/// Gateway, a GatewayClass, a ServiceEntry).
+pub fn l7_authorization(
+    policy: &AuthorizationPolicy,
+    is_waypoint: impl Fn(&str) -> bool,
+) -> Option<L7Authorization> {
+    let spec = &policy.spec;
+    let mut waypoint = false;
+    let mut services = Vec::new();
+    for target in spec.target_ref.iter().chain(&spec.target_refs) {
+        match (target.group.as_str(), target.kind.as_str()) {
+            ("gateway.networking.k8s.io", "Gateway") if is_waypoint(&target.name) => {
+                waypoint = true;
+            }
+            ("" | "core", "Service") => services.push(target.name.clone()),
+            _ => {}
+        }
+    }
+    if !waypoint && services.is_empty() {
+        return None;
+    }
+    services.sort();
+    services.dedup();
+    Some(L7Authorization {
+        name: policy.metadata.name.clone().unwrap_or_default(),
+        namespace: policy
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        waypoint,
+        services,
+        // Serializing a validated model type cannot fail; an empty spec is
+        // refused by the waypoint, which then keeps the last good one.
+        spec_json: serde_json::to_string(spec).unwrap_or_default(),
+    })
 }
 
 /// The L4 part of a rule; what it could not express goes to `l7`.

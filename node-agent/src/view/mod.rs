@@ -132,6 +132,8 @@ impl View {
                     waypoint_namespaces.insert(ns);
                 }
                 Kind::Gateway => {
+                    // Whether a policy's targetRef names a waypoint may have changed.
+                    self.l7_policies_in(store, &ns);
                     waypoint_namespaces.insert(ns);
                 }
                 Kind::Namespace => {
@@ -147,6 +149,7 @@ impl View {
                     namespaces.insert((ns != self.mesh.root_namespace).then_some(ns));
                 }
                 Kind::AuthorizationPolicy => {
+                    self.l7_policy(store, key);
                     if self.policy_changed(store, key) {
                         namespaces.insert((ns != self.mesh.root_namespace).then_some(ns));
                     }
@@ -301,6 +304,42 @@ impl View {
         before.as_ref() != now.as_ref().map(|(_, s)| s)
     }
 
+    /// Publishes (or withdraws) the policy for the waypoint of its namespace.
+    fn l7_policy(&mut self, store: &Store, key: &ObjectKey) {
+        let ns = key.namespace.as_deref().unwrap_or("default");
+        let resource_key = key::l7_authorization(ns, &key.name);
+        let computed = match store.get(key) {
+            Some(Object::AuthorizationPolicy(policy)) => {
+                authorization::l7_authorization(policy, |gateway| {
+                    is_waypoint_gateway(store, ns, gateway)
+                })
+            }
+            _ => None,
+        };
+        self.publisher.write(|p| match computed {
+            Some(policy) => {
+                p.upsert(Resource {
+                    key: resource_key,
+                    kind: Some(ResourceKind::L7Authorization(policy)),
+                });
+            }
+            None => {
+                p.remove(&resource_key);
+            }
+        });
+    }
+
+    /// Recomputes the waypoint policies of `namespace` (a Gateway changed).
+    fn l7_policies_in(&mut self, store: &Store, namespace: &str) {
+        let keys: Vec<ObjectKey> = store
+            .of_kind_in(Kind::AuthorizationPolicy, namespace)
+            .map(Object::key)
+            .collect();
+        for key in &keys {
+            self.l7_policy(store, key);
+        }
+    }
+
     /// Keys of the policies that apply to a pod of `namespace` with `labels`.
     fn policies_for(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
         let selects = |selection: &Selection| match selection {
@@ -453,6 +492,16 @@ impl View {
             })
         });
     }
+}
+
+/// Whether `name` is a Gateway of a waypoint class in `namespace`.
+fn is_waypoint_gateway(store: &Store, namespace: &str, name: &str) -> bool {
+    let key = ObjectKey {
+        kind: Kind::Gateway,
+        namespace: Some(namespace.to_owned()),
+        name: name.to_owned(),
+    };
+    matches!(store.get(&key), Some(Object::Gateway(g)) if g.is_waypoint())
 }
 
 #[cfg(test)]

@@ -171,6 +171,9 @@ impl Published {
     }
 }
 
+/// Key prefix of the policies a waypoint enforces ([`warren_api::key::l7_authorization`]).
+const L7_AUTHORIZATION: &str = "l7authorization/";
+
 /// Who a subscription serves, and so which resources it receives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Audience {
@@ -187,15 +190,23 @@ impl Audience {
         match self {
             Audience::All => true,
             Audience::Ztunnel => {
-                !key.starts_with("virtualservice/") && !key.starts_with("destinationrule/")
+                !key.starts_with("virtualservice/")
+                    && !key.starts_with("destinationrule/")
+                    && !key.starts_with(L7_AUTHORIZATION)
             }
-            Audience::Waypoint { namespace } => match key.strip_prefix("certificate/") {
-                // A waypoint holds only keys of its own namespace's identities.
-                Some(identity) => identity
-                    .parse::<warren_api::Identity>()
-                    .is_ok_and(|id| id.namespace == *namespace),
-                None => true,
-            },
+            Audience::Waypoint { namespace } => {
+                if let Some(identity) = key.strip_prefix("certificate/") {
+                    // A waypoint holds only keys of its own namespace's identities.
+                    return identity
+                        .parse::<warren_api::Identity>()
+                        .is_ok_and(|id| id.namespace == *namespace);
+                }
+                // Attached policies bind only the waypoint of their namespace.
+                match key.strip_prefix(L7_AUTHORIZATION) {
+                    Some(rest) => rest.split_once('/').is_some_and(|(ns, _)| ns == namespace),
+                    None => true,
+                }
+            }
         }
     }
 }

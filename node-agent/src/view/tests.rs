@@ -636,3 +636,106 @@ spec:
         "sa"
     ))));
 }
+
+const ATTACHED_POLICIES: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: on-waypoint, namespace: demo }
+spec:
+  targetRefs: [{ group: gateway.networking.k8s.io, kind: Gateway, name: waypoint }]
+  rules: [{ to: [{ operation: { methods: [GET], paths: ["/public*"] } }] }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: on-service, namespace: demo }
+spec:
+  action: DENY
+  targetRef: { kind: Service, name: app }
+  rules: [{ when: [{ key: "request.headers[x-block]", values: ["yes"] }] }]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: { name: ingress, namespace: demo }
+spec:
+  gatewayClassName: istio
+  listeners: [{ name: http, port: 80, protocol: HTTP }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: on-ingress, namespace: demo }
+spec:
+  targetRefs: [{ group: gateway.networking.k8s.io, kind: Gateway, name: ingress }]
+  rules: [{}]
+"#;
+
+fn l7_policy(view: &View, name: &str) -> Option<warren_api::config::L7Authorization> {
+    match get(view, &key::l7_authorization("demo", name)) {
+        Some(ResourceKind::L7Authorization(p)) => Some(p),
+        _ => None,
+    }
+}
+
+#[test]
+fn attached_policies_reach_their_namespace_waypoint_only() {
+    let (mut store, mut view) = built(ATTACHED_POLICIES);
+    // No waypoint Gateway yet: nothing names one.
+    assert_eq!(l7_policy(&view, "on-waypoint"), None);
+    let on_service = l7_policy(&view, "on-service").expect("Service target published");
+    assert!(!on_service.waypoint);
+    assert_eq!(on_service.services, ["app"]);
+    let spec: serde_json::Value = serde_json::from_str(&on_service.spec_json).unwrap();
+    assert_eq!(spec["action"], "DENY");
+    // An ingress Gateway is some other proxy's business.
+    assert_eq!(l7_policy(&view, "on-ingress"), None);
+    // ztunnel enforces none of them.
+    for name in ["on-waypoint", "on-service", "on-ingress"] {
+        assert_eq!(
+            get(&view, &key::authorization("demo", name)),
+            None,
+            "{name}"
+        );
+    }
+
+    // The waypoint Gateway appears: the policy naming it now binds it.
+    let keys = apply(&mut store, WAYPOINT_GATEWAY);
+    view.changed(&store, &keys);
+    let on_waypoint = l7_policy(&view, "on-waypoint").expect("published");
+    assert!(on_waypoint.waypoint);
+    assert!(on_waypoint.services.is_empty());
+
+    let published = view.publisher().lock();
+    let keys_for = |audience: &Audience| -> Vec<String> {
+        match published.pending(None, audience) {
+            Pending::Update(u) => u.upserts.into_iter().map(|r| r.key).collect(),
+            Pending::UpToDate => Vec::new(),
+        }
+    };
+    let l7 = |keys: &[String]| {
+        keys.iter()
+            .filter(|k| k.starts_with("l7authorization/"))
+            .count()
+    };
+    assert_eq!(l7(&keys_for(&Audience::Ztunnel)), 0);
+    assert_eq!(
+        l7(&keys_for(&Audience::Waypoint {
+            namespace: "demo".into()
+        })),
+        2
+    );
+    assert_eq!(
+        l7(&keys_for(&Audience::Waypoint {
+            namespace: "shop".into()
+        })),
+        0
+    );
+    drop(published);
+
+    // Deleted: withdrawn.
+    let key = delete(&mut store, Kind::AuthorizationPolicy, "demo", "on-service");
+    view.changed(&store, &[key]);
+    assert_eq!(l7_policy(&view, "on-service"), None);
+    // The Gateway goes: the policy naming it no longer binds anything.
+    let key = delete(&mut store, Kind::Gateway, "demo", "waypoint");
+    view.changed(&store, &[key]);
+    assert_eq!(l7_policy(&view, "on-waypoint"), None);
+}

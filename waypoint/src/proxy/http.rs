@@ -26,6 +26,7 @@ use warren_ztunnel::state::Workload;
 use super::Downstream;
 use crate::{
     app::{Body, ClusterKey, Context},
+    authz,
     metrics::{ClusterLabels, RequestLabels},
     route::{Action, FailureKind, RequestInfo, RetryPolicy, RouteDestination},
     tables::Compiled,
@@ -86,13 +87,25 @@ pub async fn handle(
     propagate_trace(&mut parts.headers);
     let grpc = is_grpc(&parts.headers);
     let method = parts.method.clone();
-    let path = parts.uri.path().to_owned();
     let request_bytes = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .unwrap_or(0);
-    let mut done = route_and_forward(&ctx, &down, parts, body).await;
+    // Before routing and faults, as Envoy's RBAC filter runs ahead of them.
+    let peer = authz::Peer {
+        identity: &down.peer.identity,
+        source_ip: down.source_ip,
+        service: &down.service.name,
+        service_namespace: &down.service.namespace,
+        port: down.port,
+    };
+    let denial = authz::authorize(&ctx.tables.current().authz, &peer, &mut parts);
+    let path = parts.uri.path().to_owned();
+    let mut done = match &denial {
+        Some(_) => Done::local(boxed(authz::forbidden()), "-", String::new()),
+        None => route_and_forward(&ctx, &down, parts, body).await,
+    };
     done.response
         .headers_mut()
         .entry(REQUEST_ID)

@@ -143,6 +143,14 @@ pub fn resource_json(r: &Resource) -> Value {
                 "spec": serde_json::from_str::<Value>(&d.spec_json).unwrap_or(Value::Null),
             }),
         ),
+        Some(Kind::L7Authorization(a)) => (
+            "L7Authorization",
+            json!({
+                "name": a.name, "namespace": a.namespace,
+                "waypoint": a.waypoint, "services": a.services,
+                "spec": serde_json::from_str::<Value>(&a.spec_json).unwrap_or(Value::Null),
+            }),
+        ),
         None => ("Unknown", Value::Null),
     };
     json!({ "key": r.key, "kind": kind, "spec": body })
@@ -248,23 +256,37 @@ pub fn print_tables(dump: &DumpResponse) {
         .collect();
     println!("\nPOLICIES ({})", rows.len());
     table::print(&["POLICY", "SCOPE", "ACTION", "RULES", "NOTES"], &rows);
-    let rows: Vec<Vec<String>> =
-        of(|k| matches!(k, Kind::VirtualService(_) | Kind::DestinationRule(_)))
-            .filter_map(|r| match &r.kind {
-                Some(Kind::VirtualService(v)) => Some(vec![
-                    "VirtualService".into(),
-                    format!("{}/{}", v.namespace, v.name),
-                    v.hosts.join(","),
-                ]),
-                Some(Kind::DestinationRule(d)) => Some(vec![
-                    "DestinationRule".into(),
-                    format!("{}/{}", d.namespace, d.name),
-                    d.host.clone(),
-                ]),
-                _ => None,
-            })
-            .collect();
-    println!("\nROUTING FOR WAYPOINTS ({})", rows.len());
+    let rows: Vec<Vec<String>> = of(|k| {
+        matches!(
+            k,
+            Kind::VirtualService(_) | Kind::DestinationRule(_) | Kind::L7Authorization(_)
+        )
+    })
+    .filter_map(|r| match &r.kind {
+        Some(Kind::VirtualService(v)) => Some(vec![
+            "VirtualService".into(),
+            format!("{}/{}", v.namespace, v.name),
+            v.hosts.join(","),
+        ]),
+        Some(Kind::DestinationRule(d)) => Some(vec![
+            "DestinationRule".into(),
+            format!("{}/{}", d.namespace, d.name),
+            d.host.clone(),
+        ]),
+        // Whom an attached AuthorizationPolicy binds, in the HOSTS column.
+        Some(Kind::L7Authorization(a)) => Some(vec![
+            "AuthorizationPolicy".into(),
+            format!("{}/{}", a.namespace, a.name),
+            if a.waypoint {
+                "(waypoint)".into()
+            } else {
+                a.services.join(",")
+            },
+        ]),
+        _ => None,
+    })
+    .collect();
+    println!("\nROUTING AND POLICY FOR WAYPOINTS ({})", rows.len());
     table::print(&["KIND", "OBJECT", "HOSTS"], &rows);
     let rows: Vec<Vec<String>> = of(|k| matches!(k, Kind::Certificate(_)))
         .filter_map(|r| match &r.kind {

@@ -1,0 +1,333 @@
+//! An AuthorizationPolicy's rules as tests on a request.
+//!
+//! Istio's structure is kept: a rule holds when any of its `from` sources,
+//! any of its `to` operations and all of its `when` conditions hold; within
+//! a source or operation every field must hold; a field holds when any of
+//! its values matches (`not…` fields: when none does).
+//!
+//! What the waypoint cannot evaluate (JWT principals, `request.auth.*`,
+//! path templates, attributes it does not know) fails closed, as Istio
+//! does: the field is recorded as unsupported, which makes an ALLOW rule
+//! never match and is ignored in a DENY rule (so that it denies more, never
+//! less).
+
+use http::HeaderName;
+use warren_model::istio::{Condition, Operation, Rule, Source};
+
+use super::{
+    Request,
+    matcher::{Cidr, Pattern},
+};
+
+/// What one field tests, with the values it accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Test {
+    /// The peer's SPIFFE identity without `spiffe://`.
+    Principal(Vec<Pattern>),
+    /// The namespace of the peer's identity.
+    Namespace(Vec<Pattern>),
+    SourceIp(Vec<Cidr>),
+    /// The destination (service) port.
+    Port(Vec<u16>),
+    Method(Vec<Pattern>),
+    /// The normalized path, without the query.
+    Path(Vec<Pattern>),
+    /// The authority, without case.
+    Host(Vec<Pattern>),
+    Header(HeaderName, Vec<Pattern>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Field {
+    test: Test,
+    negated: bool,
+}
+
+impl Field {
+    fn holds(&self, request: &Request<'_>) -> bool {
+        let any = |patterns: &[Pattern], value: &str| patterns.iter().any(|p| p.matches(value));
+        let hit = match &self.test {
+            Test::Principal(p) => any(p, &request.principal),
+            Test::Namespace(p) => any(p, request.namespace),
+            Test::SourceIp(blocks) => blocks.iter().any(|b| b.contains(request.source_ip)),
+            Test::Port(ports) => ports.contains(&request.port),
+            Test::Method(p) => any(p, request.method),
+            Test::Path(p) => any(p, request.path),
+            Test::Host(p) => {
+                let host = request.host.as_str();
+                let bare = strip_port(host);
+                p.iter().any(|p| p.matches(host) || p.matches(bare))
+            }
+            // An absent header matches no value: a `values` condition fails
+            // and a `notValues` one holds, as Envoy's header matcher does.
+            Test::Header(name, p) => request.header(name).is_some_and(|v| any(p, &v)),
+        };
+        hit != self.negated
+    }
+}
+
+/// `host:port` → `host`; `[v6]:port` → `[v6]`.
+fn strip_port(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((host, port))
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.ends_with(']')) =>
+        {
+            host
+        }
+        _ => authority,
+    }
+}
+
+/// One compiled rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompiledRule {
+    /// Alternatives: any must hold (none given: no constraint).
+    from: Vec<Vec<Field>>,
+    to: Vec<Vec<Field>>,
+    /// All must hold.
+    when: Vec<Field>,
+    /// Fields the waypoint cannot evaluate, by their YAML path.
+    pub unsupported: Vec<String>,
+}
+
+impl CompiledRule {
+    /// Whether the rule matches. `allowing` rules with an unsupported field
+    /// never do; in the others that field was left out (it matches).
+    pub fn matches(&self, request: &Request<'_>, allowing: bool) -> bool {
+        if allowing && !self.unsupported.is_empty() {
+            return false;
+        }
+        let all = |fields: &[Field]| fields.iter().all(|f| f.holds(request));
+        let any_of = |alternatives: &[Vec<Field>]| {
+            alternatives.is_empty() || alternatives.iter().any(|fields| all(fields))
+        };
+        any_of(&self.from) && any_of(&self.to) && all(&self.when)
+    }
+}
+
+pub fn rule(rule: &Rule) -> CompiledRule {
+    let mut unsupported = Vec::new();
+    let from = rule
+        .from
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let path = format!("from[{i}].source");
+            f.source
+                .as_ref()
+                .map_or_else(Vec::new, |s| source(s, &path, &mut unsupported))
+        })
+        .collect();
+    let to = rule
+        .to
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let path = format!("to[{i}].operation");
+            t.operation
+                .as_ref()
+                .map_or_else(Vec::new, |o| operation(o, &path, &mut unsupported))
+        })
+        .collect();
+    let mut when = Vec::new();
+    for (i, c) in rule.when.iter().enumerate() {
+        condition(c, &format!("when[{i}]"), &mut when, &mut unsupported);
+    }
+    CompiledRule {
+        from,
+        to,
+        when,
+        unsupported,
+    }
+}
+
+/// Pushes `test(values)` (and its negation for `not_values`) when non-empty.
+fn push(fields: &mut Vec<Field>, values: Option<Test>, negated: bool) {
+    if let Some(test) = values {
+        fields.push(Field { test, negated });
+    }
+}
+
+fn patterns(values: &[String]) -> Option<Vec<Pattern>> {
+    (!values.is_empty()).then(|| values.iter().map(|v| Pattern::parse(v)).collect())
+}
+
+/// `ns/sa` (serviceAccounts, source.serviceAccount) as principals of any
+/// trust domain.
+fn accounts(values: &[String]) -> Option<Vec<Pattern>> {
+    (!values.is_empty()).then(|| {
+        values
+            .iter()
+            .map(|v| {
+                let (ns, sa) = v.split_once('/').unwrap_or(("", v));
+                Pattern::Suffix(format!("/ns/{ns}/sa/{sa}"))
+            })
+            .collect()
+    })
+}
+
+fn blocks(values: &[String], path: &str, unsupported: &mut Vec<String>) -> Option<Test> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for v in values {
+        match Cidr::parse(v) {
+            Some(cidr) => out.push(cidr),
+            // Dropping it would widen a `not` field: fail closed instead.
+            None => unsupported.push(format!("{path} {v:?} (not an address)")),
+        }
+    }
+    Some(Test::SourceIp(out))
+}
+
+fn ports(values: &[String], path: &str, unsupported: &mut Vec<String>) -> Option<Test> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for v in values {
+        match v.parse::<u16>() {
+            Ok(p) => out.push(p),
+            Err(_) => unsupported.push(format!("{path} {v:?} (not a port)")),
+        }
+    }
+    Some(Test::Port(out))
+}
+
+fn source(s: &Source, path: &str, unsupported: &mut Vec<String>) -> Vec<Field> {
+    let mut fields = Vec::new();
+    for (name, values) in [
+        ("requestPrincipals", &s.request_principals),
+        ("notRequestPrincipals", &s.not_request_principals),
+    ] {
+        if !values.is_empty() {
+            unsupported.push(format!("{path}.{name} (JWT is not validated here)"));
+        }
+    }
+    push(
+        &mut fields,
+        patterns(&s.principals).map(Test::Principal),
+        false,
+    );
+    push(
+        &mut fields,
+        patterns(&s.not_principals).map(Test::Principal),
+        true,
+    );
+    push(
+        &mut fields,
+        accounts(&s.service_accounts).map(Test::Principal),
+        false,
+    );
+    push(
+        &mut fields,
+        accounts(&s.not_service_accounts).map(Test::Principal),
+        true,
+    );
+    push(
+        &mut fields,
+        patterns(&s.namespaces).map(Test::Namespace),
+        false,
+    );
+    push(
+        &mut fields,
+        patterns(&s.not_namespaces).map(Test::Namespace),
+        true,
+    );
+    // No forwarding hop is trusted, so the remote address is the source's
+    // own (Envoy with xff_num_trusted_hops 0).
+    for (name, values, negated) in [
+        ("ipBlocks", &s.ip_blocks, false),
+        ("notIpBlocks", &s.not_ip_blocks, true),
+        ("remoteIpBlocks", &s.remote_ip_blocks, false),
+        ("notRemoteIpBlocks", &s.not_remote_ip_blocks, true),
+    ] {
+        let test = blocks(values, &format!("{path}.{name}"), unsupported);
+        push(&mut fields, test, negated);
+    }
+    fields
+}
+
+fn operation(o: &Operation, path: &str, unsupported: &mut Vec<String>) -> Vec<Field> {
+    let mut fields = Vec::new();
+    let hosts = |values: &[String]| {
+        (!values.is_empty()).then(|| {
+            Test::Host(
+                values
+                    .iter()
+                    .map(|v| Pattern::parse(v).lowercase())
+                    .collect(),
+            )
+        })
+    };
+    push(&mut fields, hosts(&o.hosts), false);
+    push(&mut fields, hosts(&o.not_hosts), true);
+    let test = ports(&o.ports, &format!("{path}.ports"), unsupported);
+    push(&mut fields, test, false);
+    let test = ports(&o.not_ports, &format!("{path}.notPorts"), unsupported);
+    push(&mut fields, test, true);
+    push(&mut fields, patterns(&o.methods).map(Test::Method), false);
+    push(
+        &mut fields,
+        patterns(&o.not_methods).map(Test::Method),
+        true,
+    );
+    for (name, values, negated) in [("paths", &o.paths, false), ("notPaths", &o.not_paths, true)] {
+        // Path templates (`/a/{*}/b`) are not implemented: fail closed
+        // rather than compare them as literal text.
+        if values.iter().any(|v| v.contains('{')) {
+            unsupported.push(format!("{path}.{name} (path templates)"));
+        }
+        push(&mut fields, patterns(values).map(Test::Path), negated);
+    }
+    fields
+}
+
+fn condition(c: &Condition, path: &str, fields: &mut Vec<Field>, unsupported: &mut Vec<String>) {
+    let key = c.key.as_str();
+    let strings = |make: fn(Vec<Pattern>) -> Test, fields: &mut Vec<Field>| {
+        push(fields, patterns(&c.values).map(make), false);
+        push(fields, patterns(&c.not_values).map(make), true);
+    };
+    if let Some(name) = key
+        .strip_prefix("request.headers[")
+        .and_then(|k| k.strip_suffix(']'))
+    {
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) => {
+                let header =
+                    |values: &[String]| patterns(values).map(|p| Test::Header(name.clone(), p));
+                push(fields, header(&c.values), false);
+                push(fields, header(&c.not_values), true);
+            }
+            Err(_) => unsupported.push(format!("{path} {key:?} (not a header name)")),
+        }
+        return;
+    }
+    match key {
+        "source.ip" | "remote.ip" => {
+            let test = blocks(&c.values, path, unsupported);
+            push(fields, test, false);
+            let test = blocks(&c.not_values, path, unsupported);
+            push(fields, test, true);
+        }
+        "source.namespace" => strings(Test::Namespace, fields),
+        "source.principal" => strings(Test::Principal, fields),
+        "source.serviceAccount" => {
+            push(fields, accounts(&c.values).map(Test::Principal), false);
+            push(fields, accounts(&c.not_values).map(Test::Principal), true);
+        }
+        "destination.port" => {
+            let test = ports(&c.values, path, unsupported);
+            push(fields, test, false);
+            let test = ports(&c.not_values, path, unsupported);
+            push(fields, test, true);
+        }
+        // request.auth.* (JWT), destination.ip, connection.sni,
+        // experimental.*: not known to this waypoint.
+        other => unsupported.push(format!("{path} {other:?}")),
+    }
+}

@@ -1,0 +1,286 @@
+//! L7 AuthorizationPolicy: the policies attached by `targetRef(s)` to this
+//! namespace's waypoint Gateway or to its Services, decided per request.
+//!
+//! Istio's order: a matching DENY (or CUSTOM, which cannot be asked here and
+//! so denies what it matches) denies; else, if ALLOW policies apply, one must
+//! match; else the request is allowed. AUDIT changes nothing.
+//!
+//! - [`matcher`]: Istio's string patterns and IP blocks.
+//! - [`compile`]: rules as tests on a request, failing closed.
+//! - [`path`]: the path normalization a decision and the upstream share.
+
+mod compile;
+pub mod matcher;
+pub mod path;
+
+use std::{fmt, net::IpAddr};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
+use tracing::{debug, warn};
+use warren_api::Identity;
+use warren_model::istio::{Action, AuthorizationPolicySpec};
+
+use compile::CompiledRule;
+
+/// Envoy's RBAC filter's answer, which operators and tests recognize.
+pub const DENIED_BODY: &str = "RBAC: access denied";
+
+/// A policy as the agent sent it, before compiling.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyInput {
+    pub namespace: String,
+    pub name: String,
+    /// Attached to the waypoint: applies to every request it serves.
+    pub waypoint: bool,
+    /// Attached to these Services of `namespace`.
+    pub services: Vec<String>,
+    pub spec: AuthorizationPolicySpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Policy {
+    namespace: String,
+    name: String,
+    action: Action,
+    waypoint: bool,
+    services: Vec<String>,
+    rules: Vec<CompiledRule>,
+}
+
+impl Policy {
+    fn compile(input: PolicyInput) -> Policy {
+        let rules: Vec<CompiledRule> = input.spec.rules.iter().map(compile::rule).collect();
+        let action = input.spec.action();
+        for (i, rule) in rules.iter().enumerate() {
+            if !rule.unsupported.is_empty() {
+                // Said once per compile, not per request.
+                warn!(
+                    policy = %format!("{}/{}", input.namespace, input.name),
+                    rule = i,
+                    unsupported = %rule.unsupported.join(", "),
+                    effect = if allows(action) { "the rule never matches" } else { "those conditions are ignored: the rule denies more" },
+                    "AuthorizationPolicy asks what the waypoint cannot evaluate; failing closed"
+                );
+            }
+        }
+        Policy {
+            namespace: input.namespace,
+            name: input.name,
+            action,
+            waypoint: input.waypoint,
+            services: input.services,
+            rules,
+        }
+    }
+
+    fn applies_to(&self, request: &Request<'_>) -> bool {
+        self.waypoint
+            || (self.namespace == request.service_namespace
+                && self.services.iter().any(|s| s == request.service))
+    }
+
+    /// The index of the first rule that matches.
+    fn matching_rule(&self, request: &Request<'_>) -> Option<usize> {
+        let allowing = allows(self.action);
+        self.rules.iter().position(|r| r.matches(request, allowing))
+    }
+}
+
+/// Actions whose rules grant access: an unsupported field must make their
+/// rules match less, not more.
+fn allows(action: Action) -> bool {
+    matches!(action, Action::Allow | Action::Audit)
+}
+
+/// The compiled policies of one generation.
+#[derive(Debug, Default)]
+pub struct Authorizer {
+    /// In key order, so which policy a denial names is stable.
+    policies: Vec<Policy>,
+}
+
+impl Authorizer {
+    pub fn build(inputs: impl IntoIterator<Item = PolicyInput>) -> Authorizer {
+        Authorizer {
+            policies: inputs.into_iter().map(Policy::compile).collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    pub fn decide(&self, request: &Request<'_>) -> Decision {
+        let mut allow_policies = false;
+        let mut allowed = false;
+        for policy in self.policies.iter().filter(|p| p.applies_to(request)) {
+            match policy.action {
+                Action::Deny | Action::Custom => {
+                    if let Some(rule) = policy.matching_rule(request) {
+                        return Decision::Deny(Denial::Matched {
+                            namespace: policy.namespace.clone(),
+                            name: policy.name.clone(),
+                            rule,
+                            custom: policy.action == Action::Custom,
+                        });
+                    }
+                }
+                Action::Allow => {
+                    allow_policies = true;
+                    allowed = allowed || policy.matching_rule(request).is_some();
+                }
+                Action::Audit => {
+                    if let Some(rule) = policy.matching_rule(request) {
+                        debug!(policy = %format!("{}/{}", policy.namespace, policy.name), rule, "AUDIT policy matched");
+                    }
+                }
+            }
+        }
+        if allow_policies && !allowed {
+            Decision::Deny(Denial::NoAllowMatched)
+        } else {
+            Decision::Allow
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny(Denial),
+}
+
+/// Why a request was denied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// A DENY (or CUSTOM) policy's rule matched.
+    Matched {
+        namespace: String,
+        name: String,
+        rule: usize,
+        custom: bool,
+    },
+    /// ALLOW policies apply and none matched.
+    NoAllowMatched,
+}
+
+/// Envoy's `RESPONSE_CODE_DETAILS` for an RBAC denial, so access logs read
+/// as Istio's do.
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Denial::Matched {
+                namespace,
+                name,
+                rule,
+                custom,
+            } => {
+                write!(
+                    f,
+                    "rbac_access_denied_matched_policy[ns[{namespace}]-policy[{name}]-rule[{rule}]]"
+                )?;
+                if *custom {
+                    // No external authorizer is reachable from here.
+                    f.write_str("(CUSTOM unsupported: fail closed)")?;
+                }
+                Ok(())
+            }
+            Denial::NoAllowMatched => f.write_str("rbac_access_denied_matched_policy[none]"),
+        }
+    }
+}
+
+/// What a decision looks at.
+pub struct Request<'a> {
+    /// `<trust domain>/ns/<ns>/sa/<sa>`: the HBONE peer, which the source's
+    /// ztunnel connects as (it holds the source workload's certificate).
+    pub principal: String,
+    pub namespace: &'a str,
+    pub source_ip: IpAddr,
+    /// The destination Service's name and namespace.
+    pub service: &'a str,
+    pub service_namespace: &'a str,
+    /// The destination (service) port.
+    pub port: u16,
+    pub method: &'a str,
+    /// Normalized ([`path::normalize_uri`]), without the query.
+    pub path: &'a str,
+    /// The authority, lower-cased.
+    pub host: String,
+    pub headers: &'a HeaderMap,
+}
+
+/// Who sent a request and where it goes, as the CONNECT stream told.
+pub struct Peer<'a> {
+    pub identity: &'a Identity,
+    pub source_ip: IpAddr,
+    pub service: &'a str,
+    pub service_namespace: &'a str,
+    pub port: u16,
+}
+
+impl<'a> Request<'a> {
+    pub fn new(peer: &Peer<'a>, parts: &'a http::request::Parts) -> Request<'a> {
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| parts.headers.get(header::HOST)?.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        Request {
+            principal: peer.identity.principal(),
+            namespace: &peer.identity.namespace,
+            source_ip: peer.source_ip,
+            service: peer.service,
+            service_namespace: peer.service_namespace,
+            port: peer.port,
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            host,
+            headers: &parts.headers,
+        }
+    }
+
+    /// A header's values joined with `,`, as Envoy's matcher reads a
+    /// repeated header.
+    fn header(&self, name: &HeaderName) -> Option<String> {
+        let mut values = self.headers.get_all(name).iter().peekable();
+        values.peek()?;
+        let joined: Vec<String> = values
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        Some(joined.join(","))
+    }
+}
+
+/// Normalizes the request's path (so what is decided is what is sent on)
+/// and decides; `Some` when it is denied.
+pub fn authorize(
+    authorizer: &Authorizer,
+    peer: &Peer<'_>,
+    parts: &mut http::request::Parts,
+) -> Option<Denial> {
+    path::normalize_uri(&mut parts.uri);
+    if authorizer.is_empty() {
+        return None;
+    }
+    match authorizer.decide(&Request::new(peer, parts)) {
+        Decision::Allow => None,
+        Decision::Deny(denial) => Some(denial),
+    }
+}
+
+/// The 403 a denied request gets.
+pub fn forbidden() -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from_static(DENIED_BODY.as_bytes()));
+    *response.status_mut() = StatusCode::FORBIDDEN;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,467 @@
+use std::net::IpAddr;
+
+use serde_json::{Value, json};
+use warren_api::Identity;
+
+use super::{
+    Authorizer, Decision, Denial, Peer, PolicyInput, Request,
+    matcher::{Cidr, Pattern},
+    path::{normalize, normalize_uri},
+};
+
+/// A request as a test writes it.
+struct Sent {
+    sa: &'static str,
+    ns: &'static str,
+    ip: &'static str,
+    service: &'static str,
+    port: u16,
+    method: &'static str,
+    uri: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+}
+
+fn get(uri: &'static str) -> Sent {
+    Sent {
+        sa: "client-a",
+        ns: "demo",
+        ip: "10.0.0.5",
+        service: "app",
+        port: 80,
+        method: "GET",
+        uri,
+        headers: Vec::new(),
+    }
+}
+
+impl Sent {
+    fn from(mut self, ns: &'static str, sa: &'static str) -> Sent {
+        self.ns = ns;
+        self.sa = sa;
+        self
+    }
+    fn method(mut self, method: &'static str) -> Sent {
+        self.method = method;
+        self
+    }
+    fn header(mut self, name: &'static str, value: &'static str) -> Sent {
+        self.headers.push((name, value));
+        self
+    }
+    fn ip(mut self, ip: &'static str) -> Sent {
+        self.ip = ip;
+        self
+    }
+    fn port(mut self, port: u16) -> Sent {
+        self.port = port;
+        self
+    }
+    fn service(mut self, service: &'static str) -> Sent {
+        self.service = service;
+        self
+    }
+}
+
+fn decide(authorizer: &Authorizer, sent: Sent) -> Decision {
+    let mut builder = http::Request::builder().method(sent.method).uri(sent.uri);
+    for (name, value) in &sent.headers {
+        builder = builder.header(*name, *value);
+    }
+    let (mut parts, ()) = builder.body(()).expect("test request").into_parts();
+    normalize_uri(&mut parts.uri);
+    let identity = Identity::new("cluster.local", sent.ns, sent.sa);
+    let peer = Peer {
+        identity: &identity,
+        source_ip: sent.ip.parse::<IpAddr>().expect("test address"),
+        service: sent.service,
+        service_namespace: "demo",
+        port: sent.port,
+    };
+    authorizer.decide(&Request::new(&peer, &parts))
+}
+
+fn on_waypoint(name: &str, spec: Value) -> PolicyInput {
+    PolicyInput {
+        namespace: "demo".into(),
+        name: name.into(),
+        waypoint: true,
+        services: Vec::new(),
+        spec: serde_json::from_value(spec).expect("test policy"),
+    }
+}
+
+fn authorizer(policies: Vec<PolicyInput>) -> Authorizer {
+    Authorizer::build(policies)
+}
+
+fn allowed(a: &Authorizer, sent: Sent) -> bool {
+    decide(a, sent) == Decision::Allow
+}
+
+fn denied_by(a: &Authorizer, sent: Sent) -> Option<String> {
+    match decide(a, sent) {
+        Decision::Deny(Denial::Matched { name, .. }) => Some(name),
+        Decision::Deny(Denial::NoAllowMatched) => Some("(no allow)".into()),
+        Decision::Allow => None,
+    }
+}
+
+const A: &str = "cluster.local/ns/demo/sa/client-a";
+
+#[test]
+fn no_policies_allow_everything() {
+    let a = authorizer(Vec::new());
+    assert!(allowed(&a, get("/anything").method("DELETE")));
+}
+
+#[test]
+fn allow_by_principal_and_path_prefix_denies_the_rest() {
+    let a = authorizer(vec![on_waypoint(
+        "public",
+        json!({ "action": "ALLOW", "rules": [{
+            "from": [{ "source": { "principals": [A] } }],
+            "to": [{ "operation": { "methods": ["GET"], "paths": ["/public*"] } }],
+        }]}),
+    )]);
+    assert!(allowed(&a, get("/public")));
+    assert!(allowed(&a, get("/public/x?q=1")));
+    assert_eq!(
+        denied_by(&a, get("/private")),
+        Some("(no allow)".into()),
+        "ALLOW present but no match: deny"
+    );
+    assert!(!allowed(&a, get("/public").method("POST")), "method");
+    assert!(
+        !allowed(&a, get("/public").from("demo", "client-b")),
+        "principal"
+    );
+    assert!(
+        !allowed(&a, get("/public").from("other", "client-a")),
+        "same sa, other namespace: other principal"
+    );
+}
+
+#[test]
+fn dot_segments_cannot_sidestep_a_path_rule() {
+    let a = authorizer(vec![on_waypoint(
+        "public",
+        json!({ "rules": [{ "to": [{ "operation": { "paths": ["/public*"] } }] }] }),
+    )]);
+    assert!(!allowed(&a, get("/public/../admin")));
+    assert!(!allowed(&a, get("/%70ublic/../admin")));
+    assert!(allowed(&a, get("/%70ublic/ok")), "%70 is p");
+    let deny = authorizer(vec![on_waypoint(
+        "no-admin",
+        json!({ "action": "DENY", "rules": [{ "to": [{ "operation": { "paths": ["/admin*"] } }] }] }),
+    )]);
+    assert!(!allowed(&deny, get("/public/../admin/users")));
+    assert!(!allowed(&deny, get("/%61dmin")));
+    assert!(!allowed(&deny, get("/public/%2E%2E/admin")));
+}
+
+#[test]
+fn string_forms_exact_prefix_suffix_presence() {
+    for (pattern, path, expected) in [
+        ("/exact", "/exact", true),
+        ("/exact", "/exact/more", false),
+        ("/pre*", "/prefix", true),
+        ("/pre*", "/other", false),
+        ("*.png", "/img/cat.png", true),
+        ("*.png", "/img/cat.jpg", false),
+        ("*", "/anything", true),
+    ] {
+        let a = authorizer(vec![on_waypoint(
+            "p",
+            json!({ "rules": [{ "to": [{ "operation": { "paths": [pattern] } }] }] }),
+        )]);
+        assert_eq!(allowed(&a, get(path)), expected, "{pattern} vs {path}");
+    }
+}
+
+#[test]
+fn not_paths_not_methods_and_ports() {
+    let a = authorizer(vec![on_waypoint(
+        "p",
+        json!({ "rules": [{ "to": [{ "operation": {
+            "notPaths": ["/admin*"], "notMethods": ["DELETE"], "ports": ["80"],
+        } }] }] }),
+    )]);
+    assert!(allowed(&a, get("/x")));
+    assert!(!allowed(&a, get("/admin/x")), "notPaths");
+    assert!(!allowed(&a, get("/x").method("DELETE")), "notMethods");
+    assert!(!allowed(&a, get("/x").port(8080)), "ports");
+    let not_port = authorizer(vec![on_waypoint(
+        "p",
+        json!({ "rules": [{ "to": [{ "operation": { "notPorts": ["8080"] } }] }] }),
+    )]);
+    assert!(allowed(&not_port, get("/x")));
+    assert!(!allowed(&not_port, get("/x").port(8080)));
+}
+
+#[test]
+fn namespaces_and_not_namespaces_and_service_accounts() {
+    let a = authorizer(vec![on_waypoint(
+        "ns",
+        json!({ "rules": [{ "from": [{ "source": { "namespaces": ["demo", "team-*"], "notNamespaces": ["team-x"] } }] }] }),
+    )]);
+    assert!(allowed(&a, get("/").from("demo", "any")));
+    assert!(allowed(&a, get("/").from("team-a", "any")));
+    assert!(
+        !allowed(&a, get("/").from("team-x", "any")),
+        "notNamespaces"
+    );
+    assert!(!allowed(&a, get("/").from("other", "any")));
+    let sa = authorizer(vec![on_waypoint(
+        "sa",
+        json!({ "rules": [{ "from": [{ "source": { "serviceAccounts": ["demo/client-a"] } }] }] }),
+    )]);
+    assert!(allowed(&sa, get("/")));
+    assert!(!allowed(&sa, get("/").from("demo", "client-b")));
+    let not_principal = authorizer(vec![on_waypoint(
+        "np",
+        json!({ "rules": [{ "from": [{ "source": { "notPrincipals": ["*/sa/client-b"] } }] }] }),
+    )]);
+    assert!(allowed(&not_principal, get("/")));
+    assert!(!allowed(&not_principal, get("/").from("demo", "client-b")));
+}
+
+#[test]
+fn ip_blocks() {
+    let a = authorizer(vec![on_waypoint(
+        "ip",
+        json!({ "rules": [{ "from": [{ "source": { "ipBlocks": ["10.0.0.0/24"], "notIpBlocks": ["10.0.0.9"] } }] }] }),
+    )]);
+    assert!(allowed(&a, get("/")));
+    assert!(allowed(&a, get("/").ip("::ffff:10.0.0.7")), "v4-mapped");
+    assert!(!allowed(&a, get("/").ip("10.0.0.9")));
+    assert!(!allowed(&a, get("/").ip("10.0.1.5")));
+    let remote = authorizer(vec![on_waypoint(
+        "remote",
+        json!({ "rules": [{ "from": [{ "source": { "remoteIpBlocks": ["10.0.0.5"] } }] }] }),
+    )]);
+    assert!(allowed(&remote, get("/")));
+    assert!(!allowed(&remote, get("/").ip("10.0.0.6")));
+}
+
+#[test]
+fn hosts_ignore_case_and_port() {
+    let a = authorizer(vec![on_waypoint(
+        "h",
+        json!({ "rules": [{ "to": [{ "operation": { "hosts": ["App.demo.svc.cluster.local", "*.example.com"] } }] }] }),
+    )]);
+    assert!(allowed(
+        &a,
+        get("/").header("host", "app.demo.svc.cluster.local:80")
+    ));
+    assert!(allowed(&a, get("http://WWW.Example.com/")));
+    assert!(!allowed(&a, get("/").header("host", "app.other")));
+}
+
+#[test]
+fn when_conditions() {
+    let a = authorizer(vec![on_waypoint(
+        "w",
+        json!({ "rules": [{ "when": [
+            { "key": "request.headers[x-team]", "values": ["blue", "green*"] },
+            { "key": "source.namespace", "values": ["demo"] },
+            { "key": "source.principal", "notValues": ["*/sa/client-b"] },
+            { "key": "destination.port", "values": ["80"] },
+            { "key": "source.ip", "values": ["10.0.0.0/8"] },
+        ] }] }),
+    )]);
+    assert!(allowed(&a, get("/").header("x-team", "blue")));
+    assert!(allowed(&a, get("/").header("x-team", "green-2")));
+    assert!(!allowed(&a, get("/")), "header absent");
+    assert!(!allowed(&a, get("/").header("x-team", "red")));
+    assert!(!allowed(
+        &a,
+        get("/").header("x-team", "blue").from("demo", "client-b")
+    ));
+    assert!(!allowed(
+        &a,
+        get("/").header("x-team", "blue").from("other", "client-a")
+    ));
+    assert!(!allowed(&a, get("/").header("x-team", "blue").port(81)));
+    assert!(!allowed(
+        &a,
+        get("/").header("x-team", "blue").ip("192.168.0.1")
+    ));
+}
+
+#[test]
+fn header_not_values_hold_when_the_header_is_absent() {
+    let a = authorizer(vec![on_waypoint(
+        "w",
+        json!({ "action": "DENY", "rules": [{ "when": [
+            { "key": "request.headers[x-token]", "notValues": ["*"] },
+        ] }] }),
+    )]);
+    assert!(!allowed(&a, get("/")), "no token: denied");
+    assert!(allowed(&a, get("/").header("x-token", "t")));
+}
+
+#[test]
+fn deny_wins_over_allow() {
+    let a = authorizer(vec![
+        on_waypoint("allow-all", json!({ "rules": [{}] })),
+        on_waypoint(
+            "block",
+            json!({ "action": "DENY", "rules": [{ "when": [{ "key": "request.headers[x-block]", "values": ["yes"] }] }] }),
+        ),
+    ]);
+    assert!(allowed(&a, get("/")));
+    assert_eq!(
+        denied_by(&a, get("/").header("x-block", "yes")),
+        Some("block".into())
+    );
+    assert_eq!(
+        decide(&a, get("/").header("x-block", "yes")),
+        Decision::Deny(Denial::Matched {
+            namespace: "demo".into(),
+            name: "block".into(),
+            rule: 0,
+            custom: false,
+        })
+    );
+}
+
+#[test]
+fn only_deny_policies_allow_what_they_do_not_match() {
+    let a = authorizer(vec![on_waypoint(
+        "block",
+        json!({ "action": "DENY", "rules": [{ "to": [{ "operation": { "methods": ["DELETE"] } }] }] }),
+    )]);
+    assert!(allowed(&a, get("/")));
+    assert!(!allowed(&a, get("/").method("DELETE")));
+}
+
+#[test]
+fn allow_without_rules_allows_nothing_and_audit_changes_nothing() {
+    let nothing = authorizer(vec![on_waypoint("nothing", json!({}))]);
+    assert!(!allowed(&nothing, get("/")));
+    let audit = authorizer(vec![on_waypoint(
+        "audit",
+        json!({ "action": "AUDIT", "rules": [{}] }),
+    )]);
+    assert!(allowed(&audit, get("/")));
+}
+
+#[test]
+fn custom_fails_closed_as_a_deny_of_what_it_matches() {
+    let a = authorizer(vec![on_waypoint(
+        "ext",
+        json!({ "action": "CUSTOM", "provider": { "name": "opa" },
+                "rules": [{ "to": [{ "operation": { "paths": ["/admin*"] } }] }] }),
+    )]);
+    assert!(allowed(&a, get("/public")));
+    let decision = decide(&a, get("/admin"));
+    assert!(
+        matches!(
+            &decision,
+            Decision::Deny(Denial::Matched { custom: true, .. })
+        ),
+        "{decision:?}"
+    );
+    let Decision::Deny(denial) = decision else {
+        unreachable!()
+    };
+    assert!(denial.to_string().contains("policy[ext]"));
+}
+
+#[test]
+fn unsupported_fields_fail_closed() {
+    // An ALLOW rule needing a JWT never matches …
+    let allow = authorizer(vec![on_waypoint(
+        "jwt",
+        json!({ "rules": [{ "from": [{ "source": { "requestPrincipals": ["*"] } }] }] }),
+    )]);
+    assert!(!allowed(&allow, get("/")));
+    // … even beside conditions that would hold.
+    let allow = authorizer(vec![on_waypoint(
+        "jwt",
+        json!({ "rules": [{
+            "from": [{ "source": { "principals": [A] } }],
+            "when": [{ "key": "request.auth.claims[group]", "values": ["admin"] }],
+        }] }),
+    )]);
+    assert!(!allowed(&allow, get("/")));
+    // A DENY rule needing one matches regardless of it, on its other
+    // conditions.
+    let deny = authorizer(vec![on_waypoint(
+        "jwt",
+        json!({ "action": "DENY", "rules": [{
+            "from": [{ "source": { "notRequestPrincipals": ["*"] } }],
+            "to": [{ "operation": { "paths": ["/admin*"] } }],
+        }] }),
+    )]);
+    assert!(!allowed(&deny, get("/admin")));
+    assert!(allowed(&deny, get("/public")));
+    // Path templates are not implemented: same treatment.
+    let template = authorizer(vec![on_waypoint(
+        "t",
+        json!({ "rules": [{ "to": [{ "operation": { "paths": ["/a/{*}/b"] } }] }] }),
+    )]);
+    assert!(!allowed(&template, get("/a/{*}/b")));
+}
+
+#[test]
+fn service_targets_bind_only_that_service() {
+    let a = authorizer(vec![PolicyInput {
+        services: vec!["app".into()],
+        waypoint: false,
+        ..on_waypoint("app-only", json!({ "action": "DENY", "rules": [{}] }))
+    }]);
+    assert!(!allowed(&a, get("/")));
+    assert!(allowed(&a, get("/").service("other")));
+}
+
+#[test]
+fn patterns_and_blocks() {
+    assert!(Pattern::parse("*").matches(""));
+    assert!(Pattern::parse("a*").matches("abc"));
+    assert!(!Pattern::parse("a*").matches("ba"));
+    assert!(Pattern::parse("*c").matches("abc"));
+    assert!(Pattern::parse("abc").matches("abc"));
+    assert!(!Pattern::parse("abc").matches("abcd"));
+    let block = Cidr::parse("10.1.0.0/16").expect("cidr");
+    assert!(block.contains("10.1.200.3".parse().expect("ip")));
+    assert!(!block.contains("10.2.0.1".parse().expect("ip")));
+    assert!(
+        Cidr::parse("0.0.0.0/0")
+            .expect("cidr")
+            .contains("1.2.3.4".parse().expect("ip"))
+    );
+    assert!(
+        Cidr::parse("fd00::/8")
+            .expect("cidr")
+            .contains("fd12::1".parse().expect("ip"))
+    );
+    assert_eq!(Cidr::parse("10.0.0.0/33"), None);
+    assert_eq!(Cidr::parse("nope"), None);
+}
+
+#[test]
+fn path_normalization() {
+    for (raw, normal) in [
+        ("/", "/"),
+        ("/a/b", "/a/b"),
+        ("/a/./b", "/a/b"),
+        ("/a/../b", "/b"),
+        ("/../../b", "/b"),
+        ("/a/b/..", "/a/"),
+        ("/a/b/.", "/a/b/"),
+        ("/%61dmin", "/admin"),
+        ("/a%2fb", "/a%2Fb"),
+        ("/a%2e%2e/x", "/a../x"),
+        ("/x/%2e%2e/y", "/y"),
+        ("/a\\..\\b", "/b"),
+        ("/a//b", "/a//b"),
+        ("/100%", "/100%"),
+        ("*", "*"),
+    ] {
+        assert_eq!(normalize(raw), normal, "{raw}");
+    }
+    let mut uri: http::Uri = "/a/../b?x=1".parse().expect("uri");
+    normalize_uri(&mut uri);
+    assert_eq!(uri.path_and_query().map(|p| p.as_str()), Some("/b?x=1"));
+}
