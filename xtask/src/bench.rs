@@ -17,6 +17,10 @@ const BENCHES: &[(&str, &str)] = &[
         "pod to pod across nodes, direct and through ztunnel (HBONE mTLS): round trips, throughput, memory",
     ),
     (
+        "l7",
+        "HTTP/1.1 keep-alive through the waypoint (route + retries) vs HAProxy vs direct: req/s, p50, p99",
+    ),
+    (
         "config",
         "config distribution on 10k services / 50k endpoints / 2k policies: change to proxy, snapshot, memory",
     ),
@@ -59,6 +63,8 @@ pub fn run(args: &Args) -> Result<()> {
         "warren-node-agent",
         "-p",
         "warren-ztunnel",
+        "-p",
+        "warren-waypoint",
     ]))?;
     let bench = workspace_root().join("target/release/warren-bench");
     exec::run(std::process::Command::new(bench).arg(name).args(&args.rest))

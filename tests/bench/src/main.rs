@@ -4,6 +4,7 @@
 
 mod config;
 mod l4;
+mod l7;
 mod report;
 mod shortcut;
 mod tuning;
@@ -31,6 +32,10 @@ enum Bench {
     /// Pod to pod across nodes, direct and through ztunnel (HBONE mTLS):
     /// 1 KiB round trips, bulk throughput, ztunnel memory.
     L4(l4::Args),
+    /// HTTP/1.1 keep-alive (64 connections) through the waypoint with a
+    /// route and a retry policy, against HAProxy with the same route and
+    /// against direct: requests/s, p50, p99.
+    L7(l7::Args),
 }
 
 /// Parses "3s", "500ms", "2m".
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
         Bench::Shortcut(args) => shortcut::run(&args),
         Bench::Config(args) => config::run(&args),
         Bench::L4(args) => l4::run(&args),
+        Bench::L7(args) => l7::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
