@@ -41,6 +41,7 @@ const SERVICES: &[(&str, &[(&str, usize)])] = &[
     ("outlier", &[("outlier-good", 0), ("outlier-bad", 1)]),
     ("hash", &[("hash-0", 0), ("hash-1", 1), ("hash-2", 1)]),
     ("broken", &[("broken-0", 1)]),
+    ("grpc", &[("grpc-0", 1)]),
 ];
 
 const CONFIG: &str = r#"
@@ -125,6 +126,15 @@ spec:
   host: hash
   trafficPolicy:
     loadBalancer: { consistentHash: { httpHeaderName: x-user } }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: grpc-faulty, namespace: shop }
+spec:
+  hosts: [grpc-faulty]
+  http:
+  - fault: { abort: { grpcStatus: UNAVAILABLE, percentage: { value: 100 } } }
+    route: [{ destination: { host: grpc } }]
 "#;
 
 struct Shop {
@@ -134,15 +144,19 @@ struct Shop {
 }
 
 impl Shop {
-    fn url(&self, service: &str) -> Result<String> {
-        let vip = self
+    fn vip(&self, service: &str) -> Result<String> {
+        Ok(self
             .cluster
             .services()
             .iter()
             .find(|s| s.name == service)
             .with_context(|| format!("service {service}"))?
-            .cluster_ip;
-        Ok(format!("http://{vip}/"))
+            .cluster_ip
+            .to_string())
+    }
+
+    fn url(&self, service: &str) -> Result<String> {
+        Ok(format!("http://{}/", self.vip(service)?))
     }
 
     fn pod(&self, name: &str) -> Result<Pod> {
@@ -202,7 +216,7 @@ fn setup() -> Result<Shop> {
             service_account: Some(sa),
         })?;
     }
-    for (service, _) in SERVICES {
+    for (service, _) in SERVICES.iter().filter(|(s, _)| *s != "grpc") {
         cluster.add_service(
             NS,
             service,
@@ -211,6 +225,20 @@ fn setup() -> Result<Shop> {
                 name: "http".into(),
                 port: 80,
                 target_port: 8080,
+            }],
+        )?;
+    }
+    // gRPC on its own port; `grpc-faulty` reaches the same server through a
+    // route that aborts every call.
+    for service in ["grpc", "grpc-faulty"] {
+        cluster.add_service(
+            NS,
+            service,
+            labels(&[("app", "grpc")]),
+            vec![ServicePort {
+                name: "grpc".into(),
+                port: 9090,
+                target_port: 9090,
             }],
         )?;
     }
@@ -413,8 +441,7 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
     ensure!(used.len() >= 2, "10 users all hashed to {used:?}");
 
     // Bad input from the client: garbage, oversized headers.
-    let vip = shop.url("flaky")?;
-    let host = vip.trim_start_matches("http://").trim_end_matches('/');
+    let host = shop.vip("flaky")?;
     let out = shop.client.sandbox.exec(
         "bash",
         [
@@ -439,7 +466,7 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         "%{http_code}",
         "-H",
         &big,
-        &vip,
+        &shop.url("flaky")?,
     ])?;
     ensure!(
         status == "431",
@@ -456,6 +483,72 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         count_status(&report, 502) == 4,
         "an invalid upstream response must be answered 502: {report}\n{}",
         logs()
+    );
+
+    // gRPC: statuses travel in HTTP/2 trailers, through both HBONE hops.
+    let grpc_pod = shop.pod("grpc-0")?;
+    let sample = warren_testbed::binaries::path("warren-sample")?;
+    let sample = sample.to_string_lossy();
+    let mut grpc_server = shop.cluster.spawn(
+        &grpc_pod.sandbox,
+        &sample,
+        &["grpc-server", "--listen", "[::]:9090"],
+    )?;
+    warren_e2e::workload::wait_listening(&grpc_pod, 9090, &mut grpc_server)?;
+    servers.push(grpc_server);
+    let grpc_url =
+        |service: &str| -> Result<String> { Ok(format!("http://{}:9090", shop.vip(service)?)) };
+    let check = |service: &str, name: &str| -> Result<Value> {
+        let out = shop.client.sandbox.exec(
+            &sample,
+            [
+                "grpc-check",
+                "--url",
+                &grpc_url(service)?,
+                "--service",
+                name,
+            ],
+        )?;
+        ensure!(
+            out.status.success(),
+            "grpc-check: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).context("grpc-check's JSON")
+    };
+    let serving = check("grpc", "warren.sample.Serving")?;
+    let not_serving = check("grpc", "warren.sample.NotServing")?;
+    let unknown = check("grpc", "no.such.Service")?;
+    let aborted = check("grpc-faulty", "warren.sample.Serving")?;
+    eprintln!("grpc: {serving} / {not_serving} / {unknown} / fault: {aborted}");
+    ensure!(
+        serving["code"] == 0 && serving["serving_status"] == "SERVING",
+        "a gRPC call through the waypoint: {serving}\n{}",
+        logs()
+    );
+    ensure!(
+        not_serving["serving_status"] == "NOT_SERVING",
+        "{not_serving}"
+    );
+    ensure!(
+        unknown["code"] == 5,
+        "the server's NOT_FOUND must cross the waypoint: {unknown}\n{}",
+        logs()
+    );
+    ensure!(
+        aborted["code"] == 14,
+        "a grpcStatus abort answers UNAVAILABLE: {aborted}\n{}",
+        logs()
+    );
+    let metrics = shop.waypoint_metrics()?;
+    let not_found = metric_sum(
+        &metrics,
+        "istio_requests_total",
+        &[("request_protocol", "grpc"), ("grpc_response_status", "5")],
+    );
+    ensure!(
+        not_found >= 1.0,
+        "grpc status in istio_requests_total: {metrics}"
     );
 
     // Still serving after all of it.

@@ -21,6 +21,7 @@ mod duration;
 mod echo;
 mod error_chain;
 mod fault;
+mod grpc;
 mod http_server;
 mod http_url;
 mod load;
@@ -83,6 +84,33 @@ enum Command {
     /// SO_WARREN_ORIGIN; a connection with neither is closed. Lines go to stdout, logs to
     /// stderr.
     Transparent(TransparentArgs),
+    /// Serve the standard gRPC health service (h2c): `warren.sample.Serving` is serving,
+    /// `warren.sample.NotServing` is not, any other name is answered NOT_FOUND.
+    GrpcServer(GrpcServerArgs),
+    /// Make one gRPC health check call and print its status code as JSON.
+    ///
+    /// Exits 0 whenever the call was made, whatever its status: tests judge the output.
+    GrpcCheck(GrpcCheckArgs),
+}
+
+#[derive(Args)]
+struct GrpcServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    listen: SocketAddr,
+}
+
+#[derive(Args)]
+struct GrpcCheckArgs {
+    /// The server, e.g. http://10.96.0.12:9090 (h2c).
+    #[arg(long)]
+    url: String,
+    /// The service name to check.
+    #[arg(long, default_value = grpc::SERVING)]
+    service: String,
+    /// How long to wait for the connection and for the answer.
+    #[arg(long, default_value = "5s", value_parser = duration::parse)]
+    timeout: Duration,
 }
 
 #[derive(Args)]
@@ -247,6 +275,12 @@ async fn main() -> Result<ExitCode> {
     let done = ExitCode::SUCCESS;
     match Cli::parse().command {
         Command::Http(args) => http_server::run(args.into_config()).await.map(|()| done),
+        Command::GrpcServer(args) => grpc::serve(args.listen).await.map(|()| done),
+        Command::GrpcCheck(args) => {
+            let checked = grpc::check(&args.url, &args.service, args.timeout).await?;
+            println!("{}", serde_json::to_string(&checked)?);
+            Ok(done)
+        }
         Command::Echo(args) => echo::run(echo::Config {
             listen: args.listen,
             blocking: args.blocking,
