@@ -89,13 +89,7 @@ impl Upstream {
 
     /// GETs the upstream URL, forwarding the [`FORWARDED_HEADERS`] found in `incoming`.
     pub async fn call(&self, incoming: &HeaderMap) -> Result<UpstreamAnswer, UpstreamError> {
-        let mut request = Request::new(Empty::new());
-        *request.uri_mut() = self.url.clone();
-        for name in FORWARDED_HEADERS {
-            for value in incoming.get_all(name) {
-                request.headers_mut().append(name, value.clone());
-            }
-        }
+        let request = self.request(incoming);
         let exchange = async {
             let answer = self
                 .client
@@ -117,6 +111,21 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// The GET sent upstream: the [`FORWARDED_HEADERS`] of `incoming` (every value of
+    /// each), nothing else.
+    fn request(&self, incoming: &HeaderMap) -> Request<Empty<Bytes>> {
+        let mut request = Request::new(Empty::new());
+        *request.uri_mut() = self.url.clone();
+        for name in FORWARDED_HEADERS {
+            for value in incoming.get_all(name) {
+                request.headers_mut().append(name, value.clone());
+            }
+        }
+        request
+    }
+}
+
 fn parse_body(bytes: Bytes) -> Value {
     serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
@@ -133,6 +142,61 @@ mod tests {
             body: parse_body(Bytes::from_static(br#"{"chain": ["back@v2", "db@v1"]}"#)),
         };
         assert_eq!(answer.chain(), ["back@v2", "db@v1"]);
+    }
+
+    #[test]
+    fn trace_ids_lanes_and_users_are_forwarded_and_nothing_else() {
+        let upstream = Upstream::new(
+            Uri::from_static("http://data.shop/"),
+            Duration::from_secs(1),
+        );
+        let mut incoming = HeaderMap::new();
+        for (name, value) in [
+            ("x-request-id", "req-1"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("b3", "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1"),
+            ("x-lane-id", "dev-alice"),
+            ("end-user", "jason"),
+            ("x-b3-traceid", "4bf92f3577b34da6a3ce929d0e0e4736"),
+            ("cookie", "session=secret"),
+            ("authorization", "Bearer secret"),
+            ("host", "app.shop"),
+        ] {
+            incoming.append(name, http::HeaderValue::from_static(value));
+        }
+        let request = upstream.request(&incoming);
+        assert_eq!(request.uri(), "http://data.shop/");
+        for name in [
+            "x-request-id",
+            "traceparent",
+            "b3",
+            "x-lane-id",
+            "end-user",
+            "x-b3-traceid",
+        ] {
+            assert_eq!(
+                request.headers().get(name),
+                incoming.get(name),
+                "{name} must be forwarded"
+            );
+        }
+        for name in ["cookie", "authorization", "host"] {
+            assert!(request.headers().get(name).is_none(), "{name} must not be");
+        }
+    }
+
+    #[test]
+    fn a_header_sent_twice_is_forwarded_twice() {
+        let upstream = Upstream::new(Uri::from_static("http://back/"), Duration::from_secs(1));
+        let mut incoming = HeaderMap::new();
+        incoming.append("x-lane-id", http::HeaderValue::from_static("a"));
+        incoming.append("x-lane-id", http::HeaderValue::from_static("b"));
+        let request = upstream.request(&incoming);
+        let values: Vec<_> = request.headers().get_all("x-lane-id").iter().collect();
+        assert_eq!(values, ["a", "b"]);
     }
 
     #[test]
