@@ -551,6 +551,28 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         "grpc status in istio_requests_total: {metrics}"
     );
 
+    // An HTTP/1.1 upgrade (as WebSocket does) is routed, switched and then
+    // spliced: bytes after the 101 reach the server and come back.
+    let out = shop.client.sandbox.exec(
+        "bash",
+        [
+            "-c",
+            &format!(
+                "exec 3<>/dev/tcp/{}/80; printf 'GET /chat HTTP/1.1\\r\\nHost: primary\\r\\nConnection: Upgrade\\r\\nUpgrade: warren-echo\\r\\n\\r\\n' >&3; printf 'hello-through-the-waypoint' >&3; timeout 2 cat <&3",
+                shop.vip("primary")?
+            ),
+        ],
+    )?;
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("upgrade: {answer:?}");
+    ensure!(
+        answer.starts_with("HTTP/1.1 101")
+            && answer.to_ascii_lowercase().contains("upgrade: warren-echo")
+            && answer.ends_with("hello-through-the-waypoint"),
+        "an upgrade must be switched and spliced through the waypoint: {answer:?}\n{}",
+        logs()
+    );
+
     // Still serving after all of it.
     let report = load(
         &shop.client,

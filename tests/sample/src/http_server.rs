@@ -99,7 +99,7 @@ pub async fn run(config: Config) -> Result<()> {
                     async move { Ok::<_, Infallible>(handler.handle(request).await) }
                 });
                 let connection = builder
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
@@ -199,11 +199,14 @@ impl Handler {
         })
     }
 
-    async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    async fn handle<B>(&self, mut request: Request<B>) -> Response<Full<Bytes>>
     where
         B: Body,
         B::Error: Into<BoxError>,
     {
+        if let Some(protocol) = upgrade_requested(&request) {
+            return self.switch_to_echo(&mut request, protocol);
+        }
         let (parts, body) = request.into_parts();
         // Probes must see the process, not the faults it is told to inject.
         if parts.uri.path() == "/healthz" {
@@ -257,6 +260,44 @@ impl Handler {
             }
         }
         self.json(status, &answer)
+    }
+
+    /// Answers an HTTP/1.1 upgrade, whatever the protocol asked, with `101
+    /// Switching Protocols`, then echoes every byte on the connection until
+    /// the client closes: enough to see an upgrade cross a proxy intact.
+    fn switch_to_echo<B>(
+        &self,
+        request: &mut Request<B>,
+        protocol: HeaderValue,
+    ) -> Response<Full<Bytes>> {
+        let on_upgrade = hyper::upgrade::on(request);
+        let pod = self.identity.name.clone();
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+                    match tokio::io::copy(&mut reader, &mut writer).await {
+                        Ok(bytes) => debug!(%pod, bytes, "upgraded echo closed"),
+                        Err(error) => debug!(%pod, %error, "upgraded echo ended with an error"),
+                    }
+                }
+                Err(error) => warn!(%pod, %error, "the upgrade did not complete"),
+            }
+        });
+        if self.access_log {
+            info!(protocol = ?protocol, "switched protocols (echo)");
+        }
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        headers.insert(http::header::UPGRADE, protocol);
+        headers.insert(VERSION_HEADER, self.version_header.clone());
+        headers.insert(POD_HEADER, self.pod_header.clone());
+        response
     }
 
     fn answer<'a>(&'a self, parts: &'a Parts, body_bytes: u64) -> Answer<'a> {
@@ -319,6 +360,23 @@ impl Handler {
 
 /// Reads and counts the body, refusing one whose declared length is already too large
 /// without reading it.
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection:
+/// upgrade` and `Upgrade: <protocol>`), if it asks.
+fn upgrade_requested<B>(request: &Request<B>) -> Option<HeaderValue> {
+    if request.version() != http::Version::HTTP_11 {
+        return None;
+    }
+    let headers = request.headers();
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        .then(|| headers.get(http::header::UPGRADE).cloned())
+        .flatten()
+}
+
 async fn read_body<B>(headers: &HeaderMap, body: B) -> Result<u64, BodyError>
 where
     B: Body,

@@ -18,12 +18,12 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::Incoming;
+use hyper::{body::Incoming, upgrade::OnUpgrade};
 use rand::Rng as _;
 use tracing::{debug, info};
 use warren_ztunnel::state::Workload;
 
-use super::Downstream;
+use super::{Downstream, upgrade};
 use crate::{
     app::{Body, ClusterKey, Context},
     authz,
@@ -83,6 +83,9 @@ pub async fn handle(
 ) -> Response<Body> {
     let start = Instant::now();
     let (mut parts, body) = request.into_parts();
+    // Kept aside for the splice, should the upstream switch protocols.
+    let downstream_upgrade = upgrade::requested(parts.version, &parts.headers)
+        .and_then(|_| parts.extensions.remove::<OnUpgrade>());
     let request_id = ensure_request_id(&mut parts.headers);
     propagate_trace(&mut parts.headers);
     let grpc = is_grpc(&parts.headers);
@@ -128,6 +131,8 @@ pub async fn handle(
         duration_ms = start.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
+    let upstream_upgrade = done.response.extensions_mut().remove::<OnUpgrade>();
+    upgrade::splice(done.response.status(), downstream_upgrade, upstream_upgrade);
     done.response
 }
 
@@ -238,7 +243,9 @@ async fn route_and_forward(
         }
     };
 
-    if let Some(rule) = rule {
+    // An upgrade cannot be copied: the mirror would switch protocols too.
+    let upgrading = upgrade::requested(parts.version, &parts.headers).is_some();
+    if let Some(rule) = rule.filter(|_| !upgrading) {
         for mirror in rule.mirrors_for(&mut rand::rng()) {
             let key = ClusterKey {
                 host: mirror.host.clone(),
@@ -488,6 +495,10 @@ async fn attempt(
         request.headers_mut().insert(header::HOST, host);
     }
     strip_hop_by_hop(request.headers_mut());
+    let upgrading = upgrade::requested(parts.version, &parts.headers);
+    if let Some(protocol) = &upgrading {
+        upgrade::restore(request.headers_mut(), protocol);
+    }
     let client = if h2 { &ctx.http2 } else { &ctx.http1 };
     let sent = client.request(request);
     let result = match per_try_timeout {
@@ -523,7 +534,13 @@ async fn attempt(
                 Outcome::Success
             });
             let mut response = response.map(|b| b.boxed());
+            let switched = response.headers().get(header::UPGRADE).cloned();
             strip_hop_by_hop(response.headers_mut());
+            if let (Some(_), StatusCode::SWITCHING_PROTOCOLS, Some(protocol)) =
+                (&upgrading, response.status(), &switched)
+            {
+                upgrade::restore(response.headers_mut(), protocol);
+            }
             if let Some(cookie) = &picked.set_cookie
                 && let Ok(value) = HeaderValue::from_str(&set_cookie(cookie))
             {

@@ -3,12 +3,14 @@
 //! - [`connect`]: upstream connections (HBONE to the endpoint's node, or TCP).
 //! - [`http`]: one request: route, fault, retries and timeouts, load
 //!   balancing, mirrors, headers, telemetry.
+//! - [`upgrade`]: HTTP/1.1 upgrades (WebSocket) spliced once switched.
 //!
 //! Traffic arrives as HBONE CONNECT streams from ztunnels, for a service VIP
 //! and port; inside each stream the client's HTTP (1.1 or 2) is served.
 
 pub mod connect;
 pub mod http;
+pub mod upgrade;
 
 use std::{net::SocketAddr, sync::Arc};
 
