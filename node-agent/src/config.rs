@@ -87,6 +87,31 @@ pub struct RunArgs {
     /// know: ALLOW_ANY (straight there) or REGISTRY_ONLY (refused).
     #[arg(long, default_value = "ALLOW_ANY", value_parser = ["ALLOW_ANY", "REGISTRY_ONLY"], env = "WARREN_OUTBOUND_POLICY")]
     pub outbound_policy: String,
+    /// Run this node's waypoints: for every waypoint Gateway, a
+    /// `warren-waypoint` inside each pod of this node labelled with its
+    /// name. `--run-waypoints` alone means true. Default: on with
+    /// --config-dir (local mode, where nothing else would run them), off
+    /// with --kube (a Deployment runs them).
+    #[arg(
+        long,
+        env = "WARREN_RUN_WAYPOINTS",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub run_waypoints: Option<bool>,
+    /// The waypoint binary the agent runs [default: `warren-waypoint`
+    /// beside the agent's own binary].
+    #[arg(long, env = "WARREN_WAYPOINT_BIN")]
+    pub waypoint_bin: Option<PathBuf>,
+    /// Folder for the waypoints' output, one `waypoint.NS.POD.log` each;
+    /// without it they write to the agent's own stdout and stderr.
+    #[arg(long, env = "WARREN_WAYPOINT_LOG_DIR")]
+    pub waypoint_log_dir: Option<PathBuf>,
+    /// How long a stopped waypoint may drain its open requests (after
+    /// SIGTERM) before it is killed.
+    #[arg(long, env = "WARREN_WAYPOINT_STOP_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub waypoint_stop_grace: Duration,
     /// How often to log the datapath counters.
     #[arg(
         long,
@@ -95,6 +120,13 @@ pub struct RunArgs {
         env = "WARREN_REPORT_EVERY"
     )]
     pub report_every: u64,
+}
+
+impl RunArgs {
+    /// Whether this agent runs its node's waypoints (see `--run-waypoints`).
+    pub fn runs_waypoints(&self) -> bool {
+        self.run_waypoints.unwrap_or(self.config_dir.is_some())
+    }
 }
 
 /// `warren-node-agent ca`: the mesh certificate authority. Without a

@@ -12,6 +12,8 @@
 //! - [`ca`]: the mesh certificate authority (`warren-node-agent ca`).
 //! - [`identity`]: the agent's workload certificates, obtained from the CA
 //!   and renewed before they expire.
+//! - [`waypoints`]: in local mode, the waypoint processes of this node's
+//!   waypoint pods (what a Gateway controller and kubelet do on a cluster).
 //! - [`config`]: every setting of the agent binary.
 pub mod ca;
 pub mod config;
@@ -22,6 +24,7 @@ pub mod identity;
 pub mod source;
 pub mod store;
 pub mod view;
+pub mod waypoints;
 
 /// The configuration model lives in its own crate so the waypoint reads the
 /// same Istio types the agent validates; `crate::model` keeps its old path.

@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::FieldError;
 
+/// The class `warrenctl waypoint apply` writes.
+pub const WARREN_WAYPOINT_CLASS: &str = "warren-waypoint";
+
 /// Gateway classes that make a waypoint.
-pub const WAYPOINT_CLASSES: [&str; 2] = ["warren-waypoint", "istio-waypoint"];
+pub const WAYPOINT_CLASSES: [&str; 2] = [WARREN_WAYPOINT_CLASS, "istio-waypoint"];
 
 /// The pod label naming the Gateway a pod implements (set by Kubernetes'
 /// Gateway controllers on the Deployment they create).
@@ -81,4 +84,64 @@ pub fn validate(gateway: &Gateway) -> Vec<FieldError> {
         }
     }
     errors
+}
+
+/// The name a namespace's waypoint Gateway gets unless told otherwise (as
+/// `istioctl waypoint apply` names it).
+pub const DEFAULT_WAYPOINT_NAME: &str = "waypoint";
+
+impl Gateway {
+    /// The Gateway asking for a waypoint in `namespace`: class
+    /// `warren-waypoint`, one HBONE listener `mesh` on 15008. The one
+    /// definition `warrenctl waypoint apply`, the tests and the benches
+    /// share, so they cannot drift apart.
+    pub fn waypoint(namespace: &str, name: &str) -> Self {
+        let mut gateway = Gateway::new(
+            name,
+            GatewaySpec {
+                gateway_class_name: WARREN_WAYPOINT_CLASS.into(),
+                listeners: vec![Listener {
+                    name: "mesh".into(),
+                    port: i32::from(WAYPOINT_HBONE_PORT),
+                    protocol: "HBONE".into(),
+                    hostname: None,
+                    allowed_routes: None,
+                }],
+            },
+        );
+        gateway.metadata.namespace = Some(namespace.into());
+        gateway
+    }
+
+    /// [`Gateway::waypoint`] as YAML, ready for a config folder or
+    /// `kubectl apply`.
+    pub fn waypoint_yaml(namespace: &str, name: &str) -> Result<String, serde_yaml::Error> {
+        serde_yaml::to_string(&Self::waypoint(namespace, name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        Object,
+        object::{parse_document, split_documents},
+    };
+
+    #[test]
+    fn the_waypoint_gateway_parses_back_and_validates() {
+        let yaml = Gateway::waypoint_yaml("demo", "waypoint").expect("encodes");
+        let docs = split_documents(&yaml).expect("one YAML document");
+        assert_eq!(docs.len(), 1, "{yaml}");
+        let object = parse_document(docs.into_iter().next().expect("doc"), "test")
+            .unwrap_or_else(|err| panic!("{err}\n{yaml}"));
+        let Object::Gateway(gateway) = object else {
+            panic!("not a Gateway: {yaml}");
+        };
+        assert!(gateway.is_waypoint());
+        assert_eq!(gateway.metadata.namespace.as_deref(), Some("demo"));
+        assert_eq!(gateway.metadata.name.as_deref(), Some("waypoint"));
+        assert!(validate(&gateway).is_empty(), "{yaml}");
+        assert_eq!(*gateway, Gateway::waypoint("demo", "waypoint"));
+    }
 }

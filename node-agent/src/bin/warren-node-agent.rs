@@ -18,6 +18,7 @@ use warren_node_agent::{
     source::{Source, SourceEvent, kube::KubeSource, local::LocalSource},
     store::{Applied, Store},
     view::{Mesh, Publisher, View},
+    waypoints::{self, Supervisor},
 };
 
 #[derive(Parser)]
@@ -135,6 +136,27 @@ async fn run(args: RunArgs) -> Result<()> {
     });
     let mut built = false;
 
+    // Local mode: nothing else turns a waypoint Gateway into a process.
+    let mut waypoints = if args.runs_waypoints() {
+        let binary = match &args.waypoint_bin {
+            Some(path) => path.clone(),
+            None => waypoints::beside_current_exe()
+                .context("finding warren-waypoint beside the agent (or pass --waypoint-bin)")?,
+        };
+        if let Some(dir) = &args.waypoint_log_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the waypoint log folder {}", dir.display()))?;
+        }
+        Some(Supervisor::new(waypoints::Settings {
+            binary,
+            agent_socket: args.socket.clone(),
+            log_dir: args.waypoint_log_dir.clone(),
+            stop_grace: args.waypoint_stop_grace,
+        }))
+    } else {
+        None
+    };
+
     // Certificates for this node's workloads, when a CA is configured.
     let identities = identity::ClientConfig::from_args(&args.identity)
         .context("configuring the CA client")?
@@ -173,6 +195,9 @@ async fn run(args: RunArgs) -> Result<()> {
                 if let Some(handle) = &identities {
                     handle.want(view.local_identities());
                 }
+                if let Some(waypoints) = &mut waypoints {
+                    waypoints.reconcile(&store, &args.node.node);
+                }
             }
             Some(()) = certificates_changed(&mut certificates) => {
                 if let Some(rx) = &mut certificates {
@@ -194,6 +219,11 @@ async fn run(args: RunArgs) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
+    }
+    // Waypoints talk to this agent's socket: they go with it (SIGTERM, so
+    // open requests drain), and the next agent starts them again.
+    if let Some(waypoints) = waypoints {
+        waypoints.shutdown().await;
     }
     // Nothing is detached: the pins keep capture running until the next
     // agent adopts them, or `uninstall` removes them.

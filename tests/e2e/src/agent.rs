@@ -196,3 +196,20 @@ pub fn warrenctl(node: &Node, args: &[&str]) -> Result<serde_json::Value> {
     serde_json::from_slice(&out.stdout)
         .with_context(|| format!("warrenctl {args:?} printed no JSON"))
 }
+
+/// Runs `warrenctl ARGS…` and returns what it printed; fails with its
+/// stderr if it exits non-zero.
+pub fn warrenctl_text(args: &[&str]) -> Result<String> {
+    let ctl = binaries::path("warrenctl")?;
+    let out = std::process::Command::new(ctl)
+        .args(args)
+        .output()
+        .context("running warrenctl")?;
+    if !out.status.success() {
+        bail!(
+            "warrenctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

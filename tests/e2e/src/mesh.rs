@@ -13,6 +13,8 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use warren_testbed::{Cluster, Node, Process, binaries};
 
+use warren_node_agent::model::gateway::{DEFAULT_WAYPOINT_NAME, Gateway};
+
 use crate::agent::{agent_socket, start_agent_with};
 
 /// Where the CA listens, on the first node's fabric address.
@@ -54,6 +56,17 @@ pub fn start_mesh(cluster: &Cluster) -> Result<Mesh> {
 }
 
 pub fn start_mesh_with(cluster: &Cluster, options: &MeshOptions) -> Result<Mesh> {
+    start(cluster, options, false)
+}
+
+/// [`start_mesh`] with every agent running its node's waypoints (the
+/// agent's default in local mode). The other tests start waypoints
+/// themselves, so for them the agents leave waypoint pods alone.
+pub fn start_mesh_with_waypoints(cluster: &Cluster) -> Result<Mesh> {
+    start(cluster, &MeshOptions::default(), true)
+}
+
+fn start(cluster: &Cluster, options: &MeshOptions, run_waypoints: bool) -> Result<Mesh> {
     let agent_bin = binaries::path("warren-node-agent")?;
     let agent_bin = agent_bin.to_string_lossy().into_owned();
     let first = cluster.node(0)?;
@@ -117,6 +130,7 @@ pub fn start_mesh_with(cluster: &Cluster, options: &MeshOptions) -> Result<Mesh>
             &token_file.to_string_lossy(),
             "--cert-ttl",
             &options.cert_ttl,
+            &format!("--run-waypoints={run_waypoints}"),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -259,12 +273,12 @@ pub fn eventually(
     }
 }
 
-/// The Gateway that asks for a namespace's waypoint, as `warrenctl waypoint
-/// apply` would write it.
+/// The Gateway that asks for a namespace's waypoint, exactly as `warrenctl
+/// waypoint apply` writes it (both use the model's one definition).
 pub fn waypoint_gateway(namespace: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: waypoint\n  namespace: {namespace}\nspec:\n  gatewayClassName: warren-waypoint\n  listeners:\n  - name: mesh\n    port: 15008\n    protocol: HBONE\n"
-    )
+    // Serialising a struct of strings and numbers to YAML cannot fail.
+    Gateway::waypoint_yaml(namespace, DEFAULT_WAYPOINT_NAME)
+        .expect("a waypoint Gateway encodes as YAML")
 }
 
 /// Starts `warren-waypoint` for `namespace` in `pod` (a pod labelled as the

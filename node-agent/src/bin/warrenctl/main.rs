@@ -1,6 +1,7 @@
 //! `warrenctl`: Warren's debugging CLI, in the spirit of bpftool. `bpf`
 //! reads what the kernel holds (pins, maps, programs) directly, so it works
-//! with no agent running; `config dump|status` ask the node agent.
+//! with no agent running; `config dump|status` ask the node agent;
+//! `waypoint` manages waypoint Gateways in the local config folder.
 
 mod agent;
 mod bpf;
@@ -8,6 +9,7 @@ mod certs;
 mod config;
 mod dump;
 mod table;
+mod waypoint;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -31,6 +33,10 @@ enum Command {
     /// Workload certificates this node serves: identity, serial, expiry;
     /// `--chain ID` for one identity's whole chain.
     Certs(certs::CertsArgs),
+    /// A namespace's waypoint in local mode: `apply` and `delete` its
+    /// Gateway in the config folder, `list` them.
+    #[command(subcommand)]
+    Waypoint(waypoint::Command),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Command::Bpf(cmd) => bpf::run(cmd),
         Command::Config(cmd) => config::run(cmd),
         Command::Certs(args) => certs::run(args),
+        Command::Waypoint(cmd) => waypoint::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

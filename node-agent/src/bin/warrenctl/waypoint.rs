@@ -1,0 +1,270 @@
+//! `warrenctl waypoint …`: a namespace's waypoint in local mode, where the
+//! config folder plays the API server: `apply` writes the Gateway that asks
+//! for it (each node agent then runs `warren-waypoint` in the namespace's
+//! waypoint pods on its node), `delete` removes it, `list` shows them.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+use warren_api::config::{Role, StatusRequest};
+use warren_node_agent::model::{
+    Object,
+    gateway::{DEFAULT_WAYPOINT_NAME, GATEWAY_NAME_LABEL, Gateway},
+    object::{parse_document, split_documents},
+};
+
+use crate::{agent::AgentArgs, table};
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Ask for a waypoint in a namespace: writes its Gateway (class
+    /// warren-waypoint, HBONE on 15008) as `gateway.NS.NAME.yaml` into the
+    /// config folder. Pods labelled `gateway.networking.k8s.io/gateway-name=NAME`
+    /// then run it.
+    Apply(Target),
+    /// Remove a namespace's waypoint Gateway from the config folder; the
+    /// agents stop its processes and traffic goes straight to endpoints.
+    Delete(Target),
+    /// Waypoint Gateways in the config folder, their pods, and whether this
+    /// node's agent has a waypoint of that namespace subscribed.
+    List {
+        #[command(flatten)]
+        folder: Folder,
+        #[command(flatten)]
+        agent: AgentArgs,
+    },
+}
+
+/// Where the local configuration lives (the agent's `--config-dir`).
+#[derive(Args, Clone, Debug)]
+pub struct Folder {
+    /// The node agents' config folder.
+    #[arg(long, env = "WARREN_CONFIG_DIR")]
+    config_dir: PathBuf,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct Target {
+    /// The namespace the waypoint serves.
+    #[arg(short, long)]
+    namespace: String,
+    /// The Gateway's name (its pods carry it in their gateway-name label).
+    #[arg(long, default_value = DEFAULT_WAYPOINT_NAME)]
+    name: String,
+    #[command(flatten)]
+    folder: Folder,
+}
+
+pub fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Apply(target) => apply(&target),
+        Command::Delete(target) => delete(&target),
+        Command::List { folder, agent } => list(&folder.config_dir, &agent),
+    }
+}
+
+/// `gateway.NS.NAME.yaml`, the name the testbed's writer would give it.
+fn file_name(namespace: &str, name: &str) -> String {
+    format!("gateway.{namespace}.{name}.yaml")
+}
+
+fn apply(target: &Target) -> Result<()> {
+    let dir = &target.folder.config_dir;
+    ensure_dir(dir)?;
+    let yaml =
+        Gateway::waypoint_yaml(&target.namespace, &target.name).context("encoding the Gateway")?;
+    let file = file_name(&target.namespace, &target.name);
+    let path = dir.join(&file);
+    // Written aside (hidden, so the agents skip it) and renamed into place:
+    // an agent never reads half a file.
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, yaml).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+    println!(
+        "gateway {}/{} written to {}",
+        target.namespace,
+        target.name,
+        path.display()
+    );
+    Ok(())
+}
+
+fn delete(target: &Target) -> Result<()> {
+    let dir = &target.folder.config_dir;
+    let wanted = (target.namespace.as_str(), target.name.as_str());
+    // The Gateway may have been written by hand under another file name.
+    let mut removed = false;
+    for (path, objects) in read_folder(dir)? {
+        let holds = |o: &Object| matches!(o, Object::Gateway(g) if (g.metadata.namespace.as_deref().unwrap_or("default"), g.metadata.name.as_deref().unwrap_or_default()) == wanted);
+        if !objects.iter().any(holds) {
+            continue;
+        }
+        if !objects.iter().all(holds) {
+            bail!(
+                "{} holds gateway {}/{} with other objects: edit it by hand",
+                path.display(),
+                target.namespace,
+                target.name
+            );
+        }
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        println!(
+            "gateway {}/{} removed ({})",
+            target.namespace,
+            target.name,
+            path.display()
+        );
+        removed = true;
+    }
+    if !removed {
+        bail!(
+            "no gateway {}/{} in {}",
+            target.namespace,
+            target.name,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn list(dir: &Path, agent: &AgentArgs) -> Result<()> {
+    let objects: Vec<Object> = read_folder(dir)?
+        .into_iter()
+        .flat_map(|(_, objects)| objects)
+        .collect();
+    // Waypoints subscribed to this node's agent, by namespace. Without an
+    // agent the folder is still worth showing.
+    let subscribed: Option<BTreeMap<String, String>> = match agent.call(|mut c| async move {
+        c.status(StatusRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+    }) {
+        Ok(status) => Some(
+            status
+                .clients
+                .iter()
+                .filter(|c| c.role == Role::Waypoint as i32)
+                .filter_map(|c| {
+                    let namespace = c.client_id.strip_prefix("waypoint-")?;
+                    Some((namespace.to_owned(), c.client_id.clone()))
+                })
+                .collect(),
+        ),
+        Err(err) => {
+            eprintln!("warning: {err:#}");
+            None
+        }
+    };
+    let mut rows = Vec::new();
+    for object in &objects {
+        let Object::Gateway(gateway) = object else {
+            continue;
+        };
+        if !gateway.is_waypoint() {
+            continue;
+        }
+        let namespace = gateway.metadata.namespace.as_deref().unwrap_or("default");
+        let name = gateway.metadata.name.as_deref().unwrap_or_default();
+        let pods: Vec<String> = objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::Pod(p) => Some(p),
+                _ => None,
+            })
+            .filter(|p| p.metadata.namespace.as_deref().unwrap_or("default") == namespace)
+            .filter(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(GATEWAY_NAME_LABEL))
+                    .is_some_and(|v| v == name)
+            })
+            .map(|p| {
+                let node = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_deref())
+                    .unwrap_or("?");
+                format!("{}@{node}", p.metadata.name.as_deref().unwrap_or_default())
+            })
+            .collect();
+        let process = match &subscribed {
+            None => "? (no agent)".to_owned(),
+            Some(clients) => match clients.get(namespace) {
+                Some(client) => format!("running ({client})"),
+                None => "not on this node".to_owned(),
+            },
+        };
+        rows.push(vec![
+            namespace.to_owned(),
+            name.to_owned(),
+            gateway.spec.gateway_class_name.clone(),
+            if pods.is_empty() {
+                "none (fails closed)".to_owned()
+            } else {
+                pods.join(",")
+            },
+            process,
+        ]);
+    }
+    rows.sort();
+    table::print(&["NAMESPACE", "NAME", "CLASS", "PODS", "PROCESS"], &rows);
+    Ok(())
+}
+
+fn ensure_dir(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        bail!(
+            "{} is not a folder (the node agents' --config-dir)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Every config file of the folder with the objects it holds, read the way
+/// the agent reads it; files or documents it would refuse are skipped with
+/// a warning.
+fn read_folder(dir: &Path) -> Result<Vec<(PathBuf, Vec<Object>)>> {
+    ensure_dir(dir)?;
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("reading {}", dir.display()))?
+            .path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let is_config =
+            !name.starts_with('.') && [".yaml", ".yml", ".json"].iter().any(|e| name.ends_with(e));
+        if !is_config || !path.is_file() {
+            continue;
+        }
+        let source = path.display().to_string();
+        // A file may vanish between listing and reading (the testbed or an
+        // agent's writer renaming): skip it.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let docs = match split_documents(&text) {
+            Ok(docs) => docs,
+            Err(reason) => {
+                eprintln!("warning: {source}: not valid YAML: {reason}");
+                continue;
+            }
+        };
+        let mut objects = Vec::new();
+        for doc in docs {
+            match parse_document(doc, &source) {
+                Ok(object) => objects.push(object),
+                Err(err) => eprintln!("warning: {err}"),
+            }
+        }
+        out.push((path, objects));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
