@@ -289,7 +289,9 @@ async fn supervise(settings: Arc<Settings>, want: WaypointPod, mut stop: oneshot
         let started = Instant::now();
         match spawn(&settings, &want) {
             Ok(mut child) => {
-                info!(pod = %pod, gateway = %want.gateway, pid = child.id(), "waypoint started");
+                // id() is None only once reaped, which cannot be yet.
+                let pid = child.id().unwrap_or_default();
+                info!(pod = %pod, gateway = %want.gateway, pid, "waypoint started");
                 tokio::select! {
                     status = child.wait() => match status {
                         Ok(status) => warn!(pod = %pod, %status, "waypoint exited"),

@@ -185,6 +185,28 @@ fn warrenctl_deploys_a_waypoint_the_agent_runs_and_removes() -> Result<()> {
         "through the waypoint every request goes to v2: {report}\n{}",
         mesh.logs()
     );
+
+    // A waypoint that dies is started again (after a backoff) and serves.
+    let agent = &mut mesh.nodes[agent_index].agent;
+    let pid = last_started_pid(&agent.output()).context("the agent logs the waypoint's pid")?;
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .context("running kill")?;
+    ensure!(killed.success(), "kill -KILL {pid}: {killed}");
+    eventually(Duration::from_secs(20), "the waypoint restarted", || {
+        let output = agent.output();
+        Ok(output.matches("waypoint ready").count() >= 2
+            && last_started_pid(&output).is_some_and(|p| p != pid))
+    })
+    .with_context(|| mesh.logs())?;
+    eventually(
+        Duration::from_secs(20),
+        "every answer from v2 again",
+        || Ok(versions(&client, &url) == Some((0, REQUESTS))),
+    )
+    .with_context(|| mesh.logs())?;
+
     let listed = warrenctl_text(&[
         "waypoint",
         "list",
@@ -231,4 +253,17 @@ fn warrenctl_deploys_a_waypoint_the_agent_runs_and_removes() -> Result<()> {
     );
     drop(servers);
     Ok(())
+}
+
+/// The pid on the agent's last "waypoint started" line.
+fn last_started_pid(agent_output: &str) -> Option<i32> {
+    let line = agent_output
+        .lines()
+        .rev()
+        .find(|l| l.contains("waypoint started"))?;
+    let rest = &line[line.find("pid=")? + 4..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
