@@ -2,10 +2,13 @@
 //! with real traffic. Run it with `cargo xtask demo`, which installs and
 //! builds what it needs first.
 //!
-//! The application: `front` calls `app` (v1 on the other node, v2 on its
-//! own node); `cart` is another caller in the mesh; `outside/curl` is a
-//! client outside it. The mesh: the CA, and per node a node agent (eBPF
-//! datapath, config, certificates) and a ztunnel.
+//! The application (manifests in `examples/` at the repository root): `front`
+//! calls `app` (v1 on the other node, v2 on its own node, plus a flaky v3, a
+//! slow `reports` version and Alice's `dev-alice`); app v2 and dev-alice call
+//! `data` (v1 only). `client` and `cart` are callers in the mesh;
+//! `outside/curl` is a client outside it. The mesh: the CA, per node a node
+//! agent (eBPF datapath, config, certificates) and a ztunnel, and later the
+//! namespace's waypoint.
 
 mod steps;
 
@@ -17,13 +20,14 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
+use serde::Deserialize as _;
 use serde_json::Value;
 use warren_e2e::{
     agent::{Counter, agent_socket, datapath, warrenctl},
-    mesh::{Mesh, eventually, metric_sum, scrape_metrics, start_mesh},
-    workload::{count_status, load, start_http_server},
+    mesh::{Mesh, eventually, metric_sum, scrape_metrics, start_mesh, start_waypoint},
+    workload::{count_status, count_version, load, start_http_server},
 };
-use warren_testbed::{Cluster, Node, Pod, PodSpec, Process};
+use warren_testbed::{Cluster, Node, Pod, PodSpec, Process, ServicePort};
 
 use crate::steps::{Steps, show_yaml};
 
@@ -43,9 +47,74 @@ struct Demo {
     mesh: Option<Mesh>,
     cluster: Cluster,
     servers: Vec<Process>,
+    waypoint: Option<(Pod, Process)>,
 }
 
 const SHOP: &str = "shop";
+
+/// The example application's manifests, from `examples/`.
+mod examples {
+    pub const NAMESPACE: &str = include_str!("../../../examples/namespace.yaml");
+    pub const SERVICES: &str = include_str!("../../../examples/services.yaml");
+    pub const WAYPOINT: &str = include_str!("../../../examples/waypoint.yaml");
+    pub const DESTINATION_RULES: &str = include_str!("../../../examples/destination-rules.yaml");
+    pub const CANARY: &str = include_str!("../../../examples/canary.yaml");
+    pub const HEADER_ROUTING: &str = include_str!("../../../examples/header-routing.yaml");
+    pub const FAULT_INJECTION: &str = include_str!("../../../examples/fault-injection.yaml");
+    pub const RETRIES_TIMEOUTS: &str = include_str!("../../../examples/retries-timeouts.yaml");
+    pub const SWIM_LANE: &str = include_str!("../../../examples/swim-lane.yaml");
+}
+
+/// The file in the config folder that holds the current step's
+/// VirtualServices: each step replaces the last one's.
+const ROUTES_FILE: &str = "virtualservices.shop.yaml";
+
+/// The pods of the example application: (name, node, app, version, extra
+/// server flags). `{app}` and `{data}` in flags become the Services' URLs.
+const APP_PODS: &[(&str, usize, &str, &str, &[&str])] = &[
+    ("front", 0, "front", "v1", &["--upstream", "{app}"]),
+    ("app-v1", 1, "app", "v1", &[]),
+    ("app-v2", 0, "app", "v2", &["--upstream", "{data}"]),
+    ("app-v3", 1, "app", "v3", &["--fail-rate", "0.5"]),
+    ("app-reports", 1, "app", "reports", &["--latency", "3s"]),
+    (
+        "app-dev-alice",
+        1,
+        "app",
+        "dev-alice",
+        &["--upstream", "{data}"],
+    ),
+    ("data-v1", 1, "data", "v1", &[]),
+];
+
+/// The enrolled pods each node should report once `shop` opts in.
+const ENROLLED: [&[&str]; 2] = [
+    &["shop/app-v2", "shop/cart", "shop/client", "shop/front"],
+    &[
+        "shop/app-dev-alice",
+        "shop/app-reports",
+        "shop/app-v1",
+        "shop/app-v3",
+        "shop/data-v1",
+    ],
+];
+
+/// The documents of a multi-document YAML file.
+fn documents(yaml: &str) -> Result<Vec<serde_yaml::Value>> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| serde_yaml::Value::deserialize(doc).context("parsing an example"))
+        .filter(|v| !matches!(v, Ok(serde_yaml::Value::Null)))
+        .collect()
+}
+
+/// A string-to-string map of a YAML mapping (labels, selectors).
+fn string_map(v: &serde_yaml::Value) -> BTreeMap<String, String> {
+    v.as_mapping()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
+        .collect()
+}
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -106,11 +175,25 @@ fn main() -> ExitCode {
     steps.run("Agent restart: capture continues, pins adopted", || {
         demo.restart()
     });
-    steps.not_yet(
-        "Waypoint: canary 80/20, header routing, faults, retries",
-        "#8",
+    steps.run(
+        "Waypoint for the namespace; canary 80/20 over 1 000 requests",
+        || demo.canary(),
     );
-    steps.not_yet("Swim lanes with x-lane-id", "#9");
+    steps.run("Header routing: end-user: jason always reaches v2", || {
+        demo.header_routing()
+    });
+    steps.run(
+        "Fault injection: 50 % aborted, jason delayed 500 ms",
+        || demo.faults(),
+    );
+    steps.run(
+        "Retries hide a flaky version; a timeout answers 504 in time",
+        || demo.retries_timeouts(),
+    );
+    steps.run(
+        "Swim lane: x-lane-id: dev-alice takes dev-alice versions",
+        || demo.swim_lane(),
+    );
     let ok = steps.summary();
 
     if cli.keep {
@@ -125,15 +208,24 @@ fn main() -> ExitCode {
             .and_then(|n| agent_socket(&demo.cluster, n))
             .map(|p| p.display().to_string())
             .unwrap_or_default();
+        let app = demo.vip("app").map(|ip| ip.to_string()).unwrap_or_default();
+        let front = demo
+            .vip("front")
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let config = demo.cluster.config_dir().display().to_string();
         if let Some(mesh) = demo.mesh.take() {
             mesh.detach();
+        }
+        if let Some((_, waypoint)) = demo.waypoint.take() {
+            waypoint.detach();
         }
         for s in demo.servers.drain(..) {
             s.detach();
         }
         match demo.cluster.detach() {
             Ok(id) => println!(
-                "\nThe cluster {id} is still running. Explore it:\n  target/debug/warrenctl bpf pods --node {node}\n  target/debug/warrenctl config dump --socket {socket}\n  target/debug/warrenctl config status --socket {socket}\n  target/debug/warrenctl bpf map dump WARREN_COUNTERS --node {node}\n  cargo xtask cluster status\n  cargo xtask cluster exec shop/front -- target/debug/warren-sample load --url http://<app-v1 ip>:8080/ -n 5\nRemove it with: cargo xtask cluster down {id}"
+                "\nThe cluster {id} is still running; its config folder is {config} (copy examples/*.yaml there to apply them). Explore it:\n  target/debug/warrenctl bpf pods --node {node}\n  target/debug/warrenctl config dump --socket {socket}\n  target/debug/warrenctl config status --socket {socket}\n  target/debug/warrenctl bpf map dump WARREN_COUNTERS --node {node}\n  cargo xtask cluster status\n  cargo xtask cluster exec shop/client -- target/debug/warren-sample load --url http://{app}/ -n 100 -H 'end-user: jason'\n  cargo xtask cluster exec shop/client -- curl -s -H 'x-lane-id: dev-alice' http://{front}/\nRemove it with: cargo xtask cluster down {id}"
             ),
             Err(err) => eprintln!("could not keep the cluster: {err:#}"),
         }
@@ -147,34 +239,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// The cluster and the application: front, app v1 and v2, and a client
-/// outside the mesh. Namespaces start without the opt-in label.
+/// The cluster and the application (`examples/services.yaml` and the pods
+/// behind it), plus the callers. Namespaces start without the opt-in label.
 fn deploy() -> Result<Demo> {
     let mut cluster = Cluster::builder().nodes(2).up()?;
     cluster.add_namespace(SHOP, BTreeMap::new())?;
     cluster.add_namespace("outside", BTreeMap::new())?;
-    let pods = [
-        (
-            "front",
-            SHOP,
-            0,
-            labels(&[("app", "front"), ("version", "v1")]),
-        ),
-        (
-            "app-v1",
-            SHOP,
-            1,
-            labels(&[("app", "app"), ("version", "v1")]),
-        ),
-        (
-            "app-v2",
-            SHOP,
-            0,
-            labels(&[("app", "app"), ("version", "v2")]),
-        ),
+    let mut pods: Vec<(&str, &str, usize, BTreeMap<String, String>)> = APP_PODS
+        .iter()
+        .map(|(name, node, app, version, _)| {
+            (
+                *name,
+                SHOP,
+                *node,
+                labels(&[("app", app), ("version", version)]),
+            )
+        })
+        .collect();
+    pods.extend([
         ("cart", SHOP, 0, labels(&[("app", "cart")])),
+        ("client", SHOP, 0, labels(&[("app", "client")])),
         ("curl", "outside", 0, labels(&[("app", "curl")])),
-    ];
+    ]);
     for (name, namespace, node, labels) in pods {
         cluster.add_pod(PodSpec {
             name: name.into(),
@@ -184,16 +270,59 @@ fn deploy() -> Result<Demo> {
             service_account: Some(name.into()),
         })?;
     }
-    let mut servers = Vec::new();
-    for name in ["app-v1", "app-v2", "front"] {
-        let pod = cluster.pod(&format!("{SHOP}/{name}"))?.clone();
-        servers.push(start_http_server(&cluster, &pod, 8080, &[])?);
-    }
-    Ok(Demo {
+    show_yaml("examples/services.yaml", examples::SERVICES);
+    apply_services(&mut cluster, examples::SERVICES)?;
+    let mut demo = Demo {
         mesh: None,
         cluster,
-        servers,
-    })
+        servers: Vec::new(),
+        waypoint: None,
+    };
+    let app = format!("http://{}/", demo.vip("app")?);
+    let data = format!("http://{}/", demo.vip("data")?);
+    for (name, _, service, version, extra) in APP_PODS {
+        let pod = demo.pod(&format!("{SHOP}/{name}"))?.clone();
+        let mut args = vec!["--name", service, "--version", version];
+        args.extend(extra.iter().map(|a| match *a {
+            "{app}" => app.as_str(),
+            "{data}" => data.as_str(),
+            a => a,
+        }));
+        let server = start_http_server(&demo.cluster, &pod, 8080, &args)?;
+        demo.servers.push(server);
+    }
+    Ok(demo)
+}
+
+/// Creates the Services of a manifest in the testbed, which assigns each a
+/// ClusterIP and writes it with its EndpointSlice, as the API server and the
+/// endpoint-slice controller would.
+fn apply_services(cluster: &mut Cluster, yaml: &str) -> Result<()> {
+    for doc in documents(yaml)? {
+        ensure!(
+            doc["kind"].as_str() == Some("Service"),
+            "not a Service: {doc:?}"
+        );
+        let name = doc["metadata"]["name"]
+            .as_str()
+            .context("a Service's name")?;
+        let namespace = doc["metadata"]["namespace"].as_str().unwrap_or("default");
+        let ports = doc["spec"]["ports"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let port = p["port"].as_u64().context("a port")?;
+                Ok(ServicePort {
+                    name: p["name"].as_str().unwrap_or("http").to_owned(),
+                    port: u16::try_from(port)?,
+                    target_port: u16::try_from(p["targetPort"].as_u64().unwrap_or(port))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        cluster.add_service(namespace, name, string_map(&doc["spec"]["selector"]), ports)?;
+    }
+    Ok(())
 }
 
 impl Demo {
@@ -203,6 +332,16 @@ impl Demo {
 
     fn node(&self, i: usize) -> Result<&Node> {
         self.cluster.node(i)
+    }
+
+    /// The ClusterIP of a Service in `shop`.
+    fn vip(&self, service: &str) -> Result<std::net::Ipv4Addr> {
+        self.cluster
+            .services()
+            .iter()
+            .find(|s| s.name == service && s.namespace == SHOP)
+            .map(|s| s.cluster_ip)
+            .with_context(|| format!("no Service {SHOP}/{service}"))
     }
 
     fn mesh_up(&mut self) -> Result<String> {
@@ -243,15 +382,22 @@ impl Demo {
     }
 
     fn opt_in(&mut self) -> Result<String> {
-        show_yaml(
-            "namespace.shop.yaml",
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    warren.io/dataplane-mode: ambient",
+        show_yaml("examples/namespace.yaml", examples::NAMESPACE);
+        let namespace = documents(examples::NAMESPACE)?
+            .into_iter()
+            .next()
+            .context("examples/namespace.yaml is empty")?;
+        let name = namespace["metadata"]["name"]
+            .as_str()
+            .context("the namespace's name")?;
+        ensure!(
+            name == SHOP,
+            "examples/namespace.yaml names {name}, not {SHOP}"
         );
         self.cluster
-            .add_namespace(SHOP, labels(&[("warren.io/dataplane-mode", "ambient")]))?;
-        let n0 =
-            self.wait_enrolled(0, &["shop/app-v2", "shop/cart", "shop/front"], "PERMISSIVE")?;
-        let n1 = self.wait_enrolled(1, &["shop/app-v1"], "PERMISSIVE")?;
+            .add_namespace(SHOP, string_map(&namespace["metadata"]["labels"]))?;
+        let n0 = self.wait_enrolled(0, ENROLLED[0], "PERMISSIVE")?;
+        let n1 = self.wait_enrolled(1, ENROLLED[1], "PERMISSIVE")?;
         Ok(format!(
             "node 0 enrolled {n0}; node 1 enrolled {n1}; outside/curl not enrolled"
         ))
@@ -269,7 +415,9 @@ impl Demo {
                 .collect();
             let mut names: Vec<&str> = rows.iter().map(|r| r.pod.as_str()).collect();
             names.sort_unstable();
-            if names == pods && rows.iter().all(|r| r.mode == mode) {
+            let mut want = pods.to_vec();
+            want.sort_unstable();
+            if names == want && rows.iter().all(|r| r.mode == mode) {
                 return Ok(have.join(", "));
             }
             if Instant::now() > deadline {
@@ -382,7 +530,7 @@ impl Demo {
                 .join("peerauthentication.shop.default.yaml"),
             yaml,
         )?;
-        self.wait_enrolled(0, &["shop/app-v2", "shop/cart", "shop/front"], "STRICT")?;
+        self.wait_enrolled(0, ENROLLED[0], "STRICT")?;
         let app = self.pod("shop/app-v2")?.clone();
         let url = format!("http://{}:8080/", app.ip);
         let outsider = load(
@@ -452,6 +600,327 @@ impl Demo {
             "agent stopped: 5/5 requests across nodes still OK; restarted: same programs, ztunnel resubscribed ({status})"
         ))
     }
+
+    /// Shows an example and writes it into the local config folder as
+    /// `file`, where the agents pick it up.
+    fn apply(&self, example: &str, yaml: &str, file: &str) -> Result<()> {
+        show_yaml(&format!("examples/{example}"), yaml);
+        std::fs::write(self.cluster.config_dir().join(file), yaml)
+            .with_context(|| format!("writing {file}"))
+    }
+
+    fn client(&self) -> Result<Pod> {
+        Ok(self.pod("shop/client")?.clone())
+    }
+
+    fn url(&self, service: &str, path: &str) -> Result<String> {
+        Ok(format!("http://{}{path}", self.vip(service)?))
+    }
+
+    /// The waypoint's Prometheus metrics, scraped from inside its pod.
+    fn waypoint_metrics(&self) -> Result<String> {
+        let (pod, _) = self.waypoint.as_ref().context("no waypoint")?;
+        let out = pod.sandbox.exec(
+            "curl",
+            ["-sS", "--max-time", "5", "http://127.0.0.1:15020/metrics"],
+        )?;
+        ensure!(
+            out.status.success(),
+            "scraping the waypoint's metrics: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Mesh and waypoint logs, for a failure's message.
+    fn logs(&self) -> String {
+        let mesh = self.mesh.as_ref().map(Mesh::logs).unwrap_or_default();
+        let waypoint = self
+            .waypoint
+            .as_ref()
+            .map(|(_, p)| p.output())
+            .unwrap_or_default();
+        format!("{mesh}\nwaypoint:\n{waypoint}")
+    }
+
+    /// Waits until the client's requests to app, with `headers`, show the
+    /// routes just applied: `check` on a small load's report.
+    fn wait_routes(
+        &self,
+        what: &str,
+        headers: &[&str],
+        check: impl Fn(&Value) -> bool,
+    ) -> Result<()> {
+        let client = self.client()?;
+        let url = self.url("app", "/")?;
+        let mut args = vec!["-n", "20", "-c", "4"];
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        eventually(Duration::from_secs(15), what, || {
+            Ok(check(&load(&client, &url, &args)?))
+        })
+        .with_context(|| self.logs())
+    }
+
+    fn canary(&mut self) -> Result<String> {
+        self.apply(
+            "destination-rules.yaml",
+            examples::DESTINATION_RULES,
+            "destinationrules.shop.yaml",
+        )?;
+        self.apply("canary.yaml", examples::CANARY, ROUTES_FILE)?;
+        // The pod a Deployment would make for the Gateway: labelled as its,
+        // and outside the capture (it speaks HBONE itself).
+        let pod = self
+            .cluster
+            .add_pod(PodSpec {
+                name: "waypoint".into(),
+                namespace: SHOP.into(),
+                node: 1,
+                labels: labels(&[
+                    ("gateway.networking.k8s.io/gateway-name", "waypoint"),
+                    ("warren.io/dataplane-mode", "none"),
+                ]),
+                service_account: Some("waypoint".into()),
+            })?
+            .clone();
+        self.apply(
+            "waypoint.yaml",
+            examples::WAYPOINT,
+            "gateway.shop.waypoint.yaml",
+        )?;
+        let process = start_waypoint(&self.cluster, &pod, SHOP).with_context(|| self.logs())?;
+        self.waypoint = Some((pod, process));
+        self.wait_routes("app's requests through the waypoint", &[], |r| {
+            count_version(r, "v1") + count_version(r, "v2") == 20
+        })?;
+        let before = self.app_requests()?;
+
+        let report = load(
+            &self.client()?,
+            &self.url("app", "/")?,
+            &["-n", "1000", "-c", "8"],
+        )?;
+        let (v1, v2) = (count_version(&report, "v1"), count_version(&report, "v2"));
+        ensure!(
+            v1 + v2 == 1000,
+            "{v1} v1 + {v2} v2 of 1000 answered: {report}\n{}",
+            self.logs()
+        );
+        ensure!(
+            (750..=850).contains(&v1),
+            "{v1}/1000 to v1, expected 80 % ± 5 points: {report}"
+        );
+        let counted = self.app_requests()? - before;
+        ensure!(
+            counted >= 1000.0,
+            "the waypoint counted only {counted} requests to app"
+        );
+        Ok(format!(
+            "waypoint shop/waypoint up on node 1; 1000 requests from shop/client: v1 {v1} ({:.1} %), v2 {v2} ({:.1} %) — target 80/20 ± 5; the waypoint counted {counted} of them (istio_requests_total)",
+            v1 as f64 / 10.0,
+            v2 as f64 / 10.0
+        ))
+    }
+
+    /// Requests to app the waypoint has counted.
+    fn app_requests(&self) -> Result<f64> {
+        Ok(metric_sum(
+            &self.waypoint_metrics()?,
+            "istio_requests_total",
+            &[("destination_service_name", "app")],
+        ))
+    }
+
+    fn header_routing(&mut self) -> Result<String> {
+        self.apply("header-routing.yaml", examples::HEADER_ROUTING, ROUTES_FILE)?;
+        self.wait_routes("jason's requests to v2", &["end-user: jason"], |r| {
+            count_version(r, "v2") == 20
+        })?;
+        let client = self.client()?;
+        let url = self.url("app", "/")?;
+        let jason = load(
+            &client,
+            &url,
+            &["-n", "200", "-c", "8", "-H", "end-user: jason"],
+        )?;
+        let v2 = count_version(&jason, "v2");
+        ensure!(v2 == 200, "jason reached v2 {v2}/200 times: {jason}");
+        let others = load(&client, &url, &["-n", "200", "-c", "8"])?;
+        let (v1, ov2) = (count_version(&others, "v1"), count_version(&others, "v2"));
+        ensure!(
+            v1 + ov2 == 200 && v1 > ov2,
+            "others should stay on the 80/20 canary: {others}"
+        );
+        Ok(format!(
+            "end-user: jason → v2 {v2}/200; without the header: v1 {v1}, v2 {ov2} of 200 (canary kept)"
+        ))
+    }
+
+    fn faults(&mut self) -> Result<String> {
+        self.apply(
+            "fault-injection.yaml",
+            examples::FAULT_INJECTION,
+            ROUTES_FILE,
+        )?;
+        self.wait_routes("half the requests aborted", &[], |r| {
+            count_status(r, 503) > 0 && count_version(r, "v2") == 0
+        })?;
+        let client = self.client()?;
+        let url = self.url("app", "/")?;
+        let report = load(&client, &url, &["-n", "400", "-c", "8"])?;
+        let (aborted, ok) = (count_status(&report, 503), count_status(&report, 200));
+        ensure!(
+            aborted + ok == 400 && (160..=240).contains(&aborted),
+            "{aborted} aborted and {ok} OK of 400, expected 50 % ± 10 points aborted: {report}"
+        );
+        ensure!(
+            count_version(&report, "v1") == ok,
+            "the answered requests must come from v1: {report}"
+        );
+        let jason = load(
+            &client,
+            &url,
+            &["-n", "16", "-c", "4", "-H", "end-user: jason"],
+        )?;
+        let p50 = jason["latency_ms"]["p50"].as_f64().unwrap_or(0.0);
+        ensure!(
+            count_version(&jason, "v2") == 16 && p50 >= 500.0,
+            "jason: expected 16 answers from v2 after ≥ 500 ms, got p50 {p50:.0} ms: {jason}"
+        );
+        let max = jason["latency_ms"]["max"].as_f64().unwrap_or(0.0);
+        Ok(format!(
+            "400 requests: {aborted} aborted with 503 by the waypoint ({:.1} %), {ok} answered by v1; jason: 16/16 answered by v2, p50 {p50:.0} ms, max {max:.0} ms (delay 500 ms)",
+            aborted as f64 / 4.0
+        ))
+    }
+
+    fn retries_timeouts(&mut self) -> Result<String> {
+        self.apply(
+            "retries-timeouts.yaml",
+            examples::RETRIES_TIMEOUTS,
+            ROUTES_FILE,
+        )?;
+        self.wait_routes("requests routed to v3", &["x-retry: off"], |r| {
+            count_version(r, "v3") == 20
+        })?;
+        let client = self.client()?;
+        let url = self.url("app", "/")?;
+        let bare = load(
+            &client,
+            &url,
+            &["-n", "200", "-c", "8", "-H", "x-retry: off"],
+        )?;
+        let bare_ok = count_status(&bare, 200);
+        ensure!(
+            (60..=140).contains(&bare_ok),
+            "without retries about half of v3's answers should fail: {bare}"
+        );
+        let retries_before = self.retries()?;
+        let retried = load(&client, &url, &["-n", "400", "-c", "8"])?;
+        let retried_ok = count_status(&retried, 200);
+        ensure!(
+            retried_ok >= 396,
+            "retries must lift success to ≥ 99 %: {retried_ok}/400: {retried}\n{}",
+            self.logs()
+        );
+        let retries = self.retries()? - retries_before;
+
+        let reports = load(
+            &client,
+            &self.url("app", "/reports")?,
+            &["-n", "8", "-c", "8", "--timeout", "5s"],
+        )?;
+        let timed_out = count_status(&reports, 504);
+        let p99 = reports["latency_ms"]["p99"]
+            .as_f64()
+            .unwrap_or(f64::INFINITY);
+        ensure!(
+            timed_out == 8 && p99 < 1500.0,
+            "/reports (3 s) behind a 500 ms timeout: {timed_out}/8 answered 504, p99 {p99:.0} ms: {reports}"
+        );
+        Ok(format!(
+            "v3 fails half its requests: without retries {bare_ok}/200 OK; with retries {retried_ok}/400 OK ({:.1} %, {retries} retries counted); /reports (3 s) behind a 500 ms timeout: {timed_out}/8 answered 504, p99 {p99:.0} ms",
+            retried_ok as f64 / 4.0
+        ))
+    }
+
+    /// Retries the waypoint has counted.
+    fn retries(&self) -> Result<f64> {
+        Ok(metric_sum(
+            &self.waypoint_metrics()?,
+            "warren_waypoint_retries_total",
+            &[],
+        ))
+    }
+
+    fn swim_lane(&mut self) -> Result<String> {
+        self.apply("swim-lane.yaml", examples::SWIM_LANE, ROUTES_FILE)?;
+        self.wait_routes(
+            "lane requests to dev-alice",
+            &["x-lane-id: dev-alice"],
+            |r| count_version(r, "dev-alice") == 20,
+        )?;
+        let client = self.client()?;
+        let lane = load(
+            &client,
+            &self.url("app", "/")?,
+            &["-n", "100", "-c", "8", "-H", "x-lane-id: dev-alice"],
+        )?;
+        let alice = count_version(&lane, "dev-alice");
+        ensure!(
+            alice == 100,
+            "lane requests to dev-alice: {alice}/100: {lane}"
+        );
+
+        // One full answer through front: the chain of hops and what the last
+        // one received.
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let front = self.url("front", "/")?;
+        let body = curl(
+            &client,
+            &[
+                "-H",
+                "x-lane-id: dev-alice",
+                "-H",
+                "x-request-id: demo-lane-1",
+                "-H",
+                &format!("traceparent: 00-{trace}-00f067aa0ba902b7-01"),
+                "-H",
+                &format!("b3: {trace}-00f067aa0ba902b7-1"),
+                &front,
+            ],
+        )?;
+        let chain = chain_of(&body);
+        ensure!(
+            chain == ["front@v1", "app@dev-alice", "data@v1"],
+            "the lane's chain is {chain:?}: {body}"
+        );
+        let last = last_hop(&body);
+        let header = |name: &str| last["headers"][name].as_str().unwrap_or("").to_owned();
+        ensure!(
+            header("x-lane-id") == "dev-alice"
+                && header("x-request-id") == "demo-lane-1"
+                && header("traceparent").contains(trace)
+                && header("b3").starts_with(trace),
+            "data did not receive the lane and trace headers: {last}"
+        );
+        let baseline = curl(&client, &[&front])?;
+        let base_chain = chain_of(&baseline);
+        ensure!(
+            base_chain.first().map(String::as_str) == Some("front@v1")
+                && base_chain.iter().all(|h| !h.ends_with("@dev-alice"))
+                && base_chain.len() >= 2,
+            "a request outside the lane went {base_chain:?}: {baseline}"
+        );
+        Ok(format!(
+            "x-lane-id: dev-alice → app dev-alice {alice}/100; through front: {} (dev-alice where it exists, baseline front and data); data received x-lane-id, x-request-id demo-lane-1, trace {}…; without the lane: {}",
+            chain.join(" → "),
+            &trace[..8],
+            base_chain.join(" → ")
+        ))
+    }
 }
 
 /// `warrenctl config status` for the node, summed up: each client and its state.
@@ -474,4 +943,43 @@ fn warrenctl_status(cluster: &Cluster, node: &Node) -> Result<String> {
         std::thread::sleep(Duration::from_millis(100));
     }
     bail!("warrenctl config status shows no ztunnel in sync:\n{last}")
+}
+
+/// `curl -s ARGS…` in `pod`; the answer's body as JSON.
+fn curl(pod: &Pod, args: &[&str]) -> Result<Value> {
+    let out = pod
+        .sandbox
+        .exec("curl", ["-sS", "--max-time", "5"].iter().chain(args))?;
+    ensure!(
+        out.status.success(),
+        "curl {args:?} from {}: {}",
+        pod.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "curl {args:?} answered no JSON: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The `chain` of hops a sample's answer reports.
+fn chain_of(body: &Value) -> Vec<String> {
+    body["chain"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The answer of the last hop in a chain of samples (each answer nests its
+/// upstream's under `upstream.body`).
+fn last_hop(body: &Value) -> &Value {
+    let mut hop = body;
+    while let Some(next) = hop.get("upstream").map(|u| &u["body"]) {
+        hop = next;
+    }
+    hop
 }

@@ -20,8 +20,6 @@ fn paint(style: &str, text: &str) -> String {
 pub enum Outcome {
     Pass(String),
     Fail(String),
-    /// A feature that is not built yet, with the issue that brings it.
-    NotYet(&'static str),
 }
 
 pub struct Steps {
@@ -59,15 +57,9 @@ impl Steps {
                     elapsed.as_secs_f64()
                 )
             }
-            Outcome::NotYet(_) => {}
         }
         self.rows.push((title.to_owned(), elapsed, outcome));
         passed
-    }
-
-    pub fn not_yet(&mut self, title: &str, issue: &'static str) {
-        self.rows
-            .push((title.to_owned(), Duration::ZERO, Outcome::NotYet(issue)));
     }
 
     /// Prints the table; true if every step that ran passed.
@@ -93,7 +85,6 @@ impl Steps {
                         format!("{:.1}s", elapsed.as_secs_f64()),
                     )
                 }
-                Outcome::NotYet(issue) => (format!("not built yet ({issue})"), "-".to_owned()),
             };
             println!("{:<4}{:<64}{:>8}  {verdict}", i + 1, title, time);
         }
