@@ -54,6 +54,8 @@ pub struct Context {
     pub clusters: Mutex<HashMap<ClusterKey, (u64, Arc<Cluster>)>>,
     pub http1: HttpClient,
     pub http2: HttpClient,
+    /// Upstream connections for TCP routes (the HTTP clients own theirs).
+    pub connector: Connector,
 }
 
 impl Context {
@@ -126,7 +128,7 @@ impl App {
             .build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .build(connector);
+            .build(connector.clone());
         let context = Arc::new(Context {
             config: Arc::clone(&config),
             inputs: Arc::clone(&inputs),
@@ -135,6 +137,7 @@ impl App {
             clusters: Mutex::new(HashMap::new()),
             http1,
             http2,
+            connector,
         });
         let trigger = drain::Trigger::new();
         let quit = Arc::new(Notify::new());

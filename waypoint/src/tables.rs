@@ -16,7 +16,7 @@ use warren_model::istio::{AuthorizationPolicySpec, DestinationRuleSpec, VirtualS
 
 use crate::{
     authz::{Authorizer, PolicyInput},
-    route::{RouteTable, VsInput},
+    route::{RouteTable, VsInput, tcp::TcpTable},
     upstream::{DrInput, Policies},
 };
 
@@ -24,6 +24,8 @@ use crate::{
 #[derive(Default)]
 pub struct Compiled {
     pub routes: RouteTable,
+    /// `tcp` rules, for service ports whose protocol is TCP.
+    pub tcp_routes: TcpTable,
     pub policies: Policies,
     pub authz: Authorizer,
     /// Bumped on every rebuild: upstream clusters built from an older
@@ -112,9 +114,11 @@ impl Tables {
     pub fn rebuild(&self) {
         let (routes, route_errors) =
             RouteTable::build(read(&self.virtual_services).values().cloned());
+        let (tcp_routes, tcp_errors) =
+            TcpTable::build(read(&self.virtual_services).values().cloned());
         let (policies, policy_errors) =
             Policies::build(read(&self.destination_rules).values().cloned());
-        for error in &route_errors {
+        for error in route_errors.iter().chain(&tcp_errors) {
             warn!(%error, "VirtualService not (fully) applied");
         }
         for error in &policy_errors {
@@ -125,6 +129,7 @@ impl Tables {
         let generation = compiled.generation + 1;
         *compiled = Arc::new(Compiled {
             routes,
+            tcp_routes,
             policies,
             authz,
             generation,

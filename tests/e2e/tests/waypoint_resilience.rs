@@ -42,6 +42,7 @@ const SERVICES: &[(&str, &[(&str, usize)])] = &[
     ("hash", &[("hash-0", 0), ("hash-1", 1), ("hash-2", 1)]),
     ("broken", &[("broken-0", 1)]),
     ("grpc", &[("grpc-0", 1)]),
+    ("db", &[("db-v1", 0), ("db-v2", 1)]),
 ];
 
 const CONFIG: &str = r#"
@@ -135,6 +136,24 @@ spec:
   http:
   - fault: { abort: { grpcStatus: UNAVAILABLE, percentage: { value: 100 } } }
     route: [{ destination: { host: grpc } }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: db, namespace: shop }
+spec:
+  host: db
+  subsets:
+  - { name: v1, labels: { version: v1 } }
+  - { name: v2, labels: { version: v2 } }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: db, namespace: shop }
+spec:
+  hosts: [db]
+  tcp:
+  - match: [{ port: 5432 }]
+    route: [{ destination: { host: db, subset: v2 } }]
 "#;
 
 struct Shop {
@@ -200,7 +219,11 @@ fn setup() -> Result<Shop> {
     ];
     for (service, backends) in SERVICES {
         for (name, node) in *backends {
-            pods.push(((*name).to_owned(), *node, labels(&[("app", service)])));
+            let mut pod_labels = labels(&[("app", service)]);
+            if let Some(version) = name.strip_prefix("db-") {
+                pod_labels.insert("version".into(), version.into());
+            }
+            pods.push(((*name).to_owned(), *node, pod_labels));
         }
     }
     for (name, node, pod_labels) in pods {
@@ -216,7 +239,7 @@ fn setup() -> Result<Shop> {
             service_account: Some(sa),
         })?;
     }
-    for (service, _) in SERVICES.iter().filter(|(s, _)| *s != "grpc") {
+    for (service, _) in SERVICES.iter().filter(|(s, _)| !["grpc", "db"].contains(s)) {
         cluster.add_service(
             NS,
             service,
@@ -228,6 +251,17 @@ fn setup() -> Result<Shop> {
             }],
         )?;
     }
+    // A TCP port (by its name): routed per connection by `tcp` rules.
+    cluster.add_service(
+        NS,
+        "db",
+        labels(&[("app", "db")]),
+        vec![ServicePort {
+            name: "tcp-postgres".into(),
+            port: 5432,
+            target_port: 9000,
+        }],
+    )?;
     // gRPC on its own port; `grpc-faulty` reaches the same server through a
     // route that aborts every call.
     for service in ["grpc", "grpc-faulty"] {
@@ -571,6 +605,56 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
             && answer.ends_with("hello-through-the-waypoint"),
         "an upgrade must be switched and spliced through the waypoint: {answer:?}\n{}",
         logs()
+    );
+
+    // TCP routes: every connection to the db port goes to subset v2, and
+    // the bytes come back intact.
+    for pod in ["db-v1", "db-v2"] {
+        let pod = shop.pod(pod)?;
+        servers.push(start_echo(&shop.cluster, &pod, 9000)?);
+    }
+    let db = format!("{}:5432", shop.vip("db")?);
+    for seed in 1..=4 {
+        let out = shop.client.sandbox.exec(
+            &sample,
+            [
+                "stream",
+                "--connect",
+                db.as_str(),
+                "--bytes",
+                "256K",
+                "--seed",
+                &seed.to_string(),
+            ],
+        )?;
+        ensure!(
+            out.status.success(),
+            "a stream through the waypoint's tcp route: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            logs()
+        );
+    }
+    let v2 = shop.pod("db-v2")?.ip.to_string();
+    let v1 = shop.pod("db-v1")?.ip.to_string();
+    let output = waypoint.output();
+    let connections: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("connection") && l.contains("protocol=\"tcp\""))
+        .collect();
+    eprintln!("tcp route: {} connections logged", connections.len());
+    ensure!(
+        connections.len() == 4
+            && connections
+                .iter()
+                .all(|l| l.contains(&v2) && !l.contains(&v1)),
+        "4 connections must go to db-v2 ({v2}):\n{}\n{}",
+        connections.join("\n"),
+        output
+            .lines()
+            .filter(|l| l.contains("5432") || l.contains("tcp"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     // Still serving after all of it.

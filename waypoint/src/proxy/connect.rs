@@ -54,6 +54,12 @@ impl Connector {
             .authority()
             .and_then(|a| a.as_str().parse().ok())
             .ok_or_else(|| ConnectError::BadAuthority(uri.clone()))?;
+        self.connect(authority).await
+    }
+
+    /// A byte stream to `authority`: an HBONE tunnel through the endpoint's
+    /// node when it is a meshed workload, else plain TCP.
+    pub async fn connect(&self, authority: SocketAddr) -> Result<Upstream, ConnectError> {
         let state = &self.inputs.state;
         let workload = state.workload_by_ip(authority.ip());
         match workload.as_deref() {

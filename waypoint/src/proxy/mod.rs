@@ -4,12 +4,14 @@
 //! - [`http`]: one request: route, fault, retries and timeouts, load
 //!   balancing, mirrors, headers, telemetry.
 //! - [`upgrade`]: HTTP/1.1 upgrades (WebSocket) spliced once switched.
+//! - [`tcp`]: a connection to a TCP port: routed once, then spliced.
 //!
 //! Traffic arrives as HBONE CONNECT streams from ztunnels, for a service VIP
 //! and port; inside each stream the client's HTTP (1.1 or 2) is served.
 
 pub mod connect;
 pub mod http;
+pub mod tcp;
 pub mod upgrade;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -29,7 +31,7 @@ use warren_ztunnel::{
         FORWARDED, Tunnel, forwarded_for,
         server::{ConnectHandler, Peer},
     },
-    state::{Service, Workload},
+    state::{Service, Workload, service::Protocol},
 };
 
 use crate::app::Context;
@@ -44,6 +46,8 @@ pub struct Downstream {
     pub source: Option<Arc<Workload>>,
     pub source_ip: std::net::IpAddr,
     pub service: Arc<Service>,
+    /// The service address and port the CONNECT asked for.
+    pub vip: std::net::IpAddr,
     pub port: u16,
 }
 
@@ -103,13 +107,13 @@ impl ConnectHandler for Waypoint {
                 ),
             );
         };
-        if service.port(dst.port()).is_none() {
+        let Some(protocol) = service.port(dst.port()).map(|p| p.protocol()) else {
             return refuse(
                 StatusCode::NOT_FOUND,
                 "unknown_service_port",
                 format!("service {} has no port {}", service.key, dst.port()),
             );
-        }
+        };
         // The original source, as ztunnel inbound reads it: a workload may
         // only be claimed by its own identity.
         let claimed = request
@@ -126,6 +130,7 @@ impl ConnectHandler for Waypoint {
             source,
             peer,
             service,
+            vip: dst.ip(),
             port: dst.port(),
         });
         let upgrade = hyper::upgrade::on(&mut request);
@@ -138,7 +143,11 @@ impl ConnectHandler for Waypoint {
                     return;
                 }
             };
-            serve_http(ctx, downstream, Tunnel::new(upgraded, None), drain).await;
+            let tunnel = Tunnel::new(upgraded, None);
+            match protocol {
+                Protocol::Http => serve_http(ctx, downstream, tunnel, drain).await,
+                Protocol::Tcp => tcp::serve(ctx, downstream, tunnel, drain).await,
+            }
         });
         Response::new(Full::new(Bytes::new()))
     }

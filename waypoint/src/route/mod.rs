@@ -22,9 +22,9 @@
 //! Semantics are Istio's (its API reference, and where that is silent what
 //! istiod generates for Envoy); each type says which fields it honours.
 //! Not implemented: `corsPolicy` (parsed and ignored: the waypoint does not
-//! answer preflights), `delegate` (the model refuses it), `tcp` and `tls`
-//! routes (not HTTP; a VirtualService with only those is reported and
-//! skipped), Envoy `%COMMAND%` substitutions in header values (values are
+//! answer preflights), `delegate` (the model refuses it), `tls` routes (a
+//! VirtualService with only those is reported and skipped; `tcp` routes are
+//! [`tcp`]'s), Envoy `%COMMAND%` substitutions in header values (values are
 //! literal), and JWT-claim header matches (`@request.auth.claims.*`, which
 //! the model refuses).
 
@@ -32,6 +32,7 @@ mod fault;
 mod matching;
 mod retry;
 mod rule;
+pub mod tcp;
 #[cfg(test)]
 mod tests;
 
@@ -200,6 +201,10 @@ impl RouteTable {
                 reason: e.reason,
                 effect: ErrorEffect::Skipped,
             };
+            // TCP-only: the [`tcp::TcpTable`]'s, nothing for HTTP to report.
+            if input.spec.http.is_empty() && !input.spec.tcp.is_empty() {
+                continue;
+            }
             let rules = match compile_rules(&input.spec) {
                 Ok(rules) => rules,
                 Err(e) => {
@@ -306,7 +311,7 @@ fn compile_rules(spec: &VirtualServiceSpec) -> Result<Vec<HttpRule>, CompileErro
     if spec.http.is_empty() {
         return Err(CompileError::new(
             "spec.http",
-            "no http routes: tcp and tls routes are not handled by the waypoint's HTTP routing",
+            "no http routes (tls routes are not supported)",
         ));
     }
     spec.http

@@ -32,6 +32,35 @@ pub struct ServicePort {
     /// Where endpoints listen (already `port` when the agent sent 0).
     pub target_port: u16,
     pub name: String,
+    /// Kubernetes `appProtocol`, empty when not set.
+    pub app_protocol: String,
+}
+
+/// What a service port carries, as Istio's protocol selection reads it:
+/// `appProtocol` first, else the port name's prefix (`tcp-db`, `http2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1, HTTP/2 or gRPC: a waypoint routes requests.
+    Http,
+    /// Opaque bytes (including TLS a proxy does not terminate and the
+    /// database protocols Istio names): a waypoint routes connections.
+    Tcp,
+}
+
+impl ServicePort {
+    pub fn protocol(&self) -> Protocol {
+        let declared = if self.app_protocol.is_empty() {
+            self.name.split('-').next().unwrap_or_default()
+        } else {
+            self.app_protocol.as_str()
+        };
+        match declared.to_ascii_lowercase().as_str() {
+            "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => Protocol::Tcp,
+            // http, http2, grpc, grpc-web, h2c, kubernetes.io/h2c, ws, and
+            // unnamed ports: served as HTTP (the server tells 1.1 from 2).
+            _ => Protocol::Http,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -92,6 +121,7 @@ impl Service {
                     port: service_port,
                     target_port,
                     name: p.name.clone(),
+                    app_protocol: p.app_protocol.clone(),
                 })
             })
             .collect::<Result<Vec<_>, ResourceError>>()?;
@@ -198,5 +228,32 @@ impl Service {
             .get(&port.port)
             .copied()
             .unwrap_or(port.target_port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(name: &str, app_protocol: &str) -> ServicePort {
+        ServicePort {
+            port: 80,
+            target_port: 80,
+            name: name.into(),
+            app_protocol: app_protocol.into(),
+        }
+    }
+
+    #[test]
+    fn protocol_from_app_protocol_then_port_name() {
+        assert_eq!(port("tcp", "").protocol(), Protocol::Tcp);
+        assert_eq!(port("tcp-db", "").protocol(), Protocol::Tcp);
+        assert_eq!(port("mysql", "").protocol(), Protocol::Tcp);
+        assert_eq!(port("http", "").protocol(), Protocol::Http);
+        assert_eq!(port("grpc-api", "").protocol(), Protocol::Http);
+        assert_eq!(port("", "").protocol(), Protocol::Http);
+        // appProtocol wins over the name.
+        assert_eq!(port("http", "TCP").protocol(), Protocol::Tcp);
+        assert_eq!(port("tcp", "kubernetes.io/h2c").protocol(), Protocol::Http);
     }
 }

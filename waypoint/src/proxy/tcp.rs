@@ -1,0 +1,178 @@
+//! A connection to a TCP service port through the waypoint: route it once
+//! (VirtualService `tcp` rules), take a connection-pool slot and an
+//! endpoint from the destination's cluster (DestinationRule subsets, load
+//! balancing, `tcp.maxConnections`, outlier detection), connect over HBONE,
+//! and splice bytes until either side closes.
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Instant};
+
+use http::{HeaderMap, Uri};
+use tracing::{debug, info};
+use warren_ztunnel::{drain, proxy::hbone::Tunnel};
+
+use super::{
+    Downstream,
+    connect::{ConnectError, Upstream},
+};
+use crate::{
+    app::{ClusterKey, Context},
+    metrics::ClusterLabels,
+    route::{
+        RouteDestination,
+        tcp::{ConnectionInfo, TcpRouted},
+    },
+    upstream::{HashInput, Outcome, Pick},
+};
+
+/// Why a connection was not spliced, for the access log.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("no tcp route of {0} matches the connection")]
+    NoRoute(String),
+    #[error("{0}")]
+    NoCluster(String),
+    #[error("connection pool overflow")]
+    Overflow,
+    #[error("no healthy endpoint")]
+    NoEndpoint,
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+impl Refused {
+    /// Envoy's response flag for the access log.
+    fn flag(&self) -> &'static str {
+        match self {
+            Refused::NoRoute(_) | Refused::NoCluster(_) => "NR",
+            Refused::Overflow => "UO",
+            Refused::NoEndpoint => "UH",
+            Refused::Connect(_) => "UF",
+        }
+    }
+}
+
+pub async fn serve(
+    ctx: Arc<Context>,
+    down: Arc<Downstream>,
+    mut tunnel: Tunnel,
+    _drain: drain::Watch,
+) {
+    let start = Instant::now();
+    let compiled = ctx.tables.current();
+    let empty = BTreeMap::new();
+    let info = ConnectionInfo {
+        port: down.port,
+        destination: down.vip,
+        source_labels: down.source.as_ref().map_or(&empty, |w| &w.labels),
+        source_namespace: &down.peer.identity.namespace,
+    };
+    let host = &down.service.hostname;
+    let default = RouteDestination::to_host(host);
+    let (route, destination) = match compiled.tcp_routes.route(host, &info) {
+        TcpRouted::Default => ("default".to_owned(), &default),
+        TcpRouted::Rule(id, rule) => match rule.pick(&mut rand::rng()) {
+            Some(d) => (format!("{id}.{}", rule.name), d),
+            None => ("-".to_owned(), &default),
+        },
+        TcpRouted::NoMatch => {
+            log(
+                &down,
+                "-",
+                start,
+                Err(&Refused::NoRoute(host.clone())),
+                None,
+                (0, 0),
+            );
+            return;
+        }
+    };
+    let key = ClusterKey {
+        host: destination.host.clone(),
+        subset: destination.subset.clone(),
+        port: destination.port.unwrap_or(down.port),
+    };
+    let (upstream, endpoint, _permit) = match connect(&ctx, &compiled, &key, &down).await {
+        Ok(connected) => connected,
+        Err((refused, endpoint)) => {
+            log(&down, &route, start, Err(&refused), endpoint, (0, 0));
+            return;
+        }
+    };
+    let copied = match upstream {
+        Upstream::Tunnel(io) => {
+            tokio::io::copy_bidirectional(&mut tunnel, &mut io.into_inner()).await
+        }
+        Upstream::Tcp(io) => tokio::io::copy_bidirectional(&mut tunnel, &mut io.into_inner()).await,
+    };
+    let bytes = copied.unwrap_or_else(|error| {
+        debug!(%error, "tcp connection ended with an error");
+        (0, 0)
+    });
+    log(&down, &route, start, Ok(()), Some(endpoint), bytes);
+}
+
+/// A pool slot, an endpoint and a connection to it.
+async fn connect(
+    ctx: &Context,
+    compiled: &crate::tables::Compiled,
+    key: &ClusterKey,
+    down: &Downstream,
+) -> Result<(Upstream, SocketAddr, crate::upstream::Permit), (Refused, Option<SocketAddr>)> {
+    let labels = ClusterLabels {
+        destination_service: key.host.clone(),
+        subset: key.subset.clone().unwrap_or_default(),
+    };
+    let cluster = ctx
+        .cluster(compiled, key)
+        .map_err(|reason| (Refused::NoCluster(reason), None))?;
+    let Ok(permit) = cluster.admit().await else {
+        ctx.metrics.overflows.get_or_create(&labels).inc();
+        return Err((Refused::Overflow, None));
+    };
+    let (headers, uri) = (HeaderMap::new(), Uri::default());
+    let hash = HashInput::new(&headers, &uri, Some(SocketAddr::new(down.source_ip, 0)));
+    let Some(Pick::Endpoint(picked)) = cluster.pick(&hash, Instant::now()) else {
+        return Err((Refused::NoEndpoint, None));
+    };
+    let endpoint = picked.endpoint.address;
+    // Bounded by the connector: --connect-timeout for TCP, the HBONE pool's
+    // own limits for tunnels.
+    let connected = ctx.connector.connect(endpoint).await;
+    let outcome = match &connected {
+        Ok(_) => Outcome::Success,
+        Err(_) => Outcome::LocalFailure,
+    };
+    if cluster.report(&picked.endpoint.id, outcome, Instant::now()) {
+        ctx.metrics.ejections.get_or_create(&labels).inc();
+    }
+    match connected {
+        Ok(upstream) => Ok((upstream, endpoint, permit)),
+        Err(error) => Err((Refused::Connect(error), Some(endpoint))),
+    }
+}
+
+fn log(
+    down: &Downstream,
+    route: &str,
+    start: Instant,
+    result: Result<(), &Refused>,
+    upstream: Option<SocketAddr>,
+    (sent, received): (u64, u64),
+) {
+    info!(
+        target: "access",
+        src = %down.source_ip,
+        src_identity = %down.peer.identity,
+        service = %down.service.hostname,
+        port = down.port,
+        protocol = "tcp",
+        route,
+        flags = result.err().map_or("-", Refused::flag),
+        details = %result.err().map_or_else(|| "-".to_owned(), ToString::to_string),
+        upstream = ?upstream,
+        sent,
+        received,
+        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        "connection"
+    );
+}
