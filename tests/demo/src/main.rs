@@ -23,8 +23,8 @@ use clap::Parser;
 use serde::Deserialize as _;
 use serde_json::Value;
 use warren_e2e::{
-    agent::{Counter, agent_socket, datapath, warrenctl},
-    mesh::{Mesh, eventually, metric_sum, scrape_metrics, start_mesh, start_waypoint},
+    agent::{Counter, agent_socket, datapath, warrenctl, warrenctl_text},
+    mesh::{Mesh, eventually, metric_sum, scrape_metrics, start_mesh_with_waypoints},
     workload::{count_status, count_version, load, start_http_server},
 };
 use warren_testbed::{Cluster, Node, Pod, PodSpec, Process, ServicePort};
@@ -47,7 +47,8 @@ struct Demo {
     mesh: Option<Mesh>,
     cluster: Cluster,
     servers: Vec<Process>,
-    waypoint: Option<(Pod, Process)>,
+    /// The waypoint's pod, once it has one (its node's agent runs it).
+    waypoint: Option<Pod>,
 }
 
 const SHOP: &str = "shop";
@@ -217,9 +218,6 @@ fn main() -> ExitCode {
         if let Some(mesh) = demo.mesh.take() {
             mesh.detach();
         }
-        if let Some((_, waypoint)) = demo.waypoint.take() {
-            waypoint.detach();
-        }
         for s in demo.servers.drain(..) {
             s.detach();
         }
@@ -334,6 +332,15 @@ impl Demo {
         self.cluster.node(i)
     }
 
+    /// The index of the node called `name`.
+    fn node_index(&self, name: &str) -> Result<usize> {
+        self.cluster
+            .nodes()
+            .iter()
+            .position(|n| n.name == name)
+            .with_context(|| format!("no node {name}"))
+    }
+
     /// The ClusterIP of a Service in `shop`.
     fn vip(&self, service: &str) -> Result<std::net::Ipv4Addr> {
         self.cluster
@@ -345,7 +352,7 @@ impl Demo {
     }
 
     fn mesh_up(&mut self) -> Result<String> {
-        let mut mesh = start_mesh(&self.cluster)?;
+        let mut mesh = start_mesh_with_waypoints(&self.cluster)?;
         mesh.wait_ready(Duration::from_secs(30))
             .with_context(|| mesh.logs())?;
         let mut evidence = Vec::new();
@@ -619,7 +626,7 @@ impl Demo {
 
     /// The waypoint's Prometheus metrics, scraped from inside its pod.
     fn waypoint_metrics(&self) -> Result<String> {
-        let (pod, _) = self.waypoint.as_ref().context("no waypoint")?;
+        let pod = self.waypoint.as_ref().context("no waypoint")?;
         let out = pod.sandbox.exec(
             "curl",
             ["-sS", "--max-time", "5", "http://127.0.0.1:15020/metrics"],
@@ -632,15 +639,10 @@ impl Demo {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Mesh and waypoint logs, for a failure's message.
+    /// The mesh's logs (the agents' include their waypoints'), for a
+    /// failure's message.
     fn logs(&self) -> String {
-        let mesh = self.mesh.as_ref().map(Mesh::logs).unwrap_or_default();
-        let waypoint = self
-            .waypoint
-            .as_ref()
-            .map(|(_, p)| p.output())
-            .unwrap_or_default();
-        format!("{mesh}\nwaypoint:\n{waypoint}")
+        self.mesh.as_ref().map(Mesh::logs).unwrap_or_default()
     }
 
     /// Waits until the client's requests to app, with `headers`, show the
@@ -657,8 +659,9 @@ impl Demo {
         for h in headers {
             args.extend(["-H", h]);
         }
-        eventually(Duration::from_secs(15), what, || {
-            Ok(check(&load(&client, &url, &args)?))
+        // A load that fails outright (paths switching) is "not yet".
+        eventually(Duration::from_secs(20), what, || {
+            Ok(load(&client, &url, &args).is_ok_and(|r| check(&r)))
         })
         .with_context(|| self.logs())
     }
@@ -685,13 +688,40 @@ impl Demo {
                 service_account: Some("waypoint".into()),
             })?
             .clone();
-        self.apply(
-            "waypoint.yaml",
-            examples::WAYPOINT,
-            "gateway.shop.waypoint.yaml",
-        )?;
-        let process = start_waypoint(&self.cluster, &pod, SHOP).with_context(|| self.logs())?;
-        self.waypoint = Some((pod, process));
+        // `warrenctl waypoint apply` writes the Gateway of examples/waypoint.yaml;
+        // the agent of the pod's node then runs the waypoint in the pod.
+        show_yaml("examples/waypoint.yaml", examples::WAYPOINT);
+        let config_dir = self.cluster.config_dir();
+        println!(
+            "   $ warrenctl waypoint apply -n {SHOP} --config-dir {}",
+            config_dir.display()
+        );
+        let out = warrenctl_text(&[
+            "waypoint",
+            "apply",
+            "-n",
+            SHOP,
+            "--config-dir",
+            &config_dir.to_string_lossy(),
+        ])?;
+        for line in out.lines() {
+            println!("   {line}");
+        }
+        let written = std::fs::read_to_string(config_dir.join("gateway.shop.waypoint.yaml"))
+            .with_context(|| {
+                format!("warrenctl waypoint apply wrote no gateway.shop.waypoint.yaml: {out}")
+            })?;
+        ensure!(
+            documents(&written)? == documents(examples::WAYPOINT)?,
+            "examples/waypoint.yaml differs from what warrenctl wrote:\n{written}"
+        );
+        let index = self.node_index(&pod.node)?;
+        let mesh = self.mesh.as_mut().context("the mesh is not up")?;
+        mesh.nodes[index]
+            .agent
+            .wait_for_output("waypoint ready", Duration::from_secs(30))
+            .with_context(|| mesh.logs())?;
+        self.waypoint = Some(pod);
         self.wait_routes("app's requests through the waypoint", &[], |r| {
             count_version(r, "v1") + count_version(r, "v2") == 20
         })?;
@@ -718,7 +748,7 @@ impl Demo {
             "the waypoint counted only {counted} requests to app"
         );
         Ok(format!(
-            "waypoint shop/waypoint up on node 1; 1000 requests from shop/client: v1 {v1} ({:.1} %), v2 {v2} ({:.1} %) — target 80/20 ± 5; the waypoint counted {counted} of them (istio_requests_total)",
+            "waypoint run by node 1's agent in pod shop/waypoint; 1000 requests from shop/client: v1 {v1} ({:.1} %), v2 {v2} ({:.1} %) — target 80/20 ± 5; the waypoint counted {counted} of them (istio_requests_total)",
             v1 as f64 / 10.0,
             v2 as f64 / 10.0
         ))
