@@ -129,6 +129,24 @@ impl RunArgs {
     }
 }
 
+/// `warren-node-agent waypoint-controller`: a Deployment of
+/// `warren-waypoint` for every waypoint Gateway (Kubernetes only; in local
+/// mode `run --run-waypoints` runs them). The API server is reached with
+/// in-cluster credentials or the kubeconfig (`KUBECONFIG`).
+#[derive(Args, Clone, Debug)]
+pub struct WaypointControllerArgs {
+    /// The `warren-waypoint` image the Deployments run.
+    #[arg(long, env = "WARREN_WAYPOINT_IMAGE")]
+    pub image: String,
+    /// Watch the Gateways of this namespace only [default: every namespace].
+    #[arg(long, env = "WARREN_WAYPOINT_CONTROLLER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The node agents' socket on every node (`run --socket`): its folder
+    /// is mounted into waypoint pods at the same path.
+    #[arg(long, default_value = warren_api::socket::DEFAULT_PATH, env = "WARREN_AGENT_SOCKET")]
+    pub agent_socket: PathBuf,
+}
+
 /// `warren-node-agent ca`: the mesh certificate authority. Without a
 /// subcommand it serves; the subcommands manage its state folder.
 #[derive(Args, Clone, Debug)]

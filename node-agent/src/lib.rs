@@ -14,6 +14,8 @@
 //!   and renewed before they expire.
 //! - [`waypoints`]: in local mode, the waypoint processes of this node's
 //!   waypoint pods (what a Gateway controller and kubelet do on a cluster).
+//! - [`waypoint_controller`]: that Gateway controller, on a cluster: a
+//!   Deployment per waypoint Gateway (`warren-node-agent waypoint-controller`).
 //! - [`config`]: every setting of the agent binary.
 pub mod ca;
 pub mod config;
@@ -24,6 +26,7 @@ pub mod identity;
 pub mod source;
 pub mod store;
 pub mod view;
+pub mod waypoint_controller;
 pub mod waypoints;
 
 /// The configuration model lives in its own crate so the waypoint reads the

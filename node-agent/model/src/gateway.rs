@@ -6,6 +6,7 @@
 //! ones a waypoint uses; Gateway API has many more that describe ingress
 //! gateways, and they are refused by name rather than silently ignored.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,7 @@ pub const WAYPOINT_HBONE_PORT: u16 = 15008;
     version = "v1",
     kind = "Gateway",
     namespaced,
+    status = "GatewayStatus",
     derive = "PartialEq"
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -55,6 +57,40 @@ pub struct Listener {
     /// Accepted for Istio's YAML; a waypoint serves its namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_routes: Option<serde_json::Value>,
+}
+
+/// What the Gateway's controller reports: in Warren, the waypoint
+/// controller (`warren-node-agent waypoint-controller`). Unknown fields are
+/// accepted, not refused: the status is written by controllers, not by the
+/// operator, and Gateway API adds to it (listener status, for one).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatus {
+    /// `Accepted` and `Programmed`, as Gateway API defines them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Where the Gateway is reached, once known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<GatewayStatusAddress>,
+}
+
+/// One address of a Gateway (`type` is `IPAddress` or `Hostname`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayStatusAddress {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    pub value: String,
+}
+
+/// Gateway API condition types and reasons the waypoint controller sets.
+pub mod condition {
+    pub const ACCEPTED: &str = "Accepted";
+    pub const PROGRAMMED: &str = "Programmed";
+    pub const REASON_ACCEPTED: &str = "Accepted";
+    pub const REASON_INVALID: &str = "Invalid";
+    pub const REASON_PROGRAMMED: &str = "Programmed";
+    pub const REASON_PENDING: &str = "Pending";
 }
 
 impl Gateway {

@@ -9,7 +9,7 @@ use tracing::{error, info};
 use warren_api::config::OutboundPolicy;
 use warren_ebpf_common::AddrKind;
 use warren_node_agent::{
-    config::{NodeArgs, RunArgs},
+    config::{NodeArgs, RunArgs, WaypointControllerArgs},
     datapath::{self, Datapath, Redirect},
     distribution::{self, Distribution},
     enrollment::Enrollment,
@@ -18,6 +18,7 @@ use warren_node_agent::{
     source::{Source, SourceEvent, kube::KubeSource, local::LocalSource},
     store::{Applied, Store},
     view::{Mesh, Publisher, View},
+    waypoint_controller,
     waypoints::{self, Supervisor},
 };
 
@@ -39,6 +40,10 @@ enum Command {
     /// The mesh certificate authority: serve (default), or manage its
     /// state folder (`issue-token`, `rotate-root`, `remove-root`).
     Ca(warren_node_agent::config::CaArgs),
+    /// Kubernetes: deploy a waypoint (ServiceAccount and Deployment) for
+    /// every Gateway of class warren-waypoint or istio-waypoint, and report
+    /// in the Gateway's status. One per cluster.
+    WaypointController(WaypointControllerArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -62,7 +67,33 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Ca(args) => Ok(warren_node_agent::ca::run(args).await?),
+        Command::WaypointController(args) => waypoint_controller(args).await,
     }
+}
+
+async fn waypoint_controller(args: WaypointControllerArgs) -> Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API server (in-cluster or kubeconfig)")?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+        }
+    };
+    waypoint_controller::run(
+        client,
+        waypoint_controller::render::Settings {
+            image: args.image,
+            agent_socket: args.agent_socket,
+        },
+        args.namespace.as_deref(),
+        shutdown,
+    )
+    .await;
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> Result<()> {
