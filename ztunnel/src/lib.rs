@@ -13,6 +13,7 @@ pub mod app;
 pub mod config;
 pub mod drain;
 pub mod http_endpoint;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod rbac;

@@ -49,6 +49,7 @@ async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
     // Installing the crypto provider process-wide lets rustls pick it where a config
     // is not built with one explicitly (tokio-rustls, hyper).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    warren_ztunnel::limits::raise_open_files_or_warn();
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 

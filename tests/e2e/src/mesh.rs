@@ -41,12 +41,15 @@ pub struct Mesh {
 pub struct MeshOptions {
     /// Lifetime of workload certificates (short to exercise renewal).
     pub cert_ttl: String,
+    /// Extra arguments for every ztunnel.
+    pub ztunnel_args: Vec<String>,
 }
 
 impl Default for MeshOptions {
     fn default() -> Self {
         Self {
             cert_ttl: "1h".into(),
+            ztunnel_args: Vec::new(),
         }
     }
 }
@@ -137,7 +140,7 @@ fn start(cluster: &Cluster, options: &MeshOptions, run_waypoints: bool) -> Resul
         .collect();
         let args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
         let agent = start_agent_with(cluster, node, &args)?;
-        let ztunnel = start_ztunnel(cluster, node)?;
+        let ztunnel = start_ztunnel_with(cluster, node, &options.ztunnel_args)?;
         nodes.push(NodeDaemons {
             node: node.clone(),
             agent,
@@ -150,20 +153,24 @@ fn start(cluster: &Cluster, options: &MeshOptions, run_waypoints: bool) -> Resul
 
 /// Starts `warren-ztunnel` in the node's namespace, subscribed to its agent.
 pub fn start_ztunnel(cluster: &Cluster, node: &Node) -> Result<Process> {
+    start_ztunnel_with(cluster, node, &[])
+}
+
+/// [`start_ztunnel`] with extra arguments.
+pub fn start_ztunnel_with(cluster: &Cluster, node: &Node, extra: &[String]) -> Result<Process> {
     let bin = binaries::path("warren-ztunnel")?;
     let socket = agent_socket(cluster, node)?.to_string_lossy().into_owned();
-    cluster.spawn(
-        &node.sandbox,
-        &bin.to_string_lossy(),
-        &[
-            "--agent-socket",
-            &socket,
-            "--node-name",
-            &node.name,
-            "--client-id",
-            &format!("ztunnel-{}", node.name),
-        ],
-    )
+    let client_id = format!("ztunnel-{}", node.name);
+    let mut args = vec![
+        "--agent-socket",
+        &socket,
+        "--node-name",
+        &node.name,
+        "--client-id",
+        &client_id,
+    ];
+    args.extend(extra.iter().map(String::as_str));
+    cluster.spawn(&node.sandbox, &bin.to_string_lossy(), &args)
 }
 
 impl Mesh {

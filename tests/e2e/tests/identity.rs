@@ -69,6 +69,7 @@ fn short_lived_certificates_renew_and_a_root_rotation_keeps_traffic_flowing() ->
         &cluster,
         &MeshOptions {
             cert_ttl: "8s".into(),
+            ..MeshOptions::default()
         },
     )?;
     mesh.wait_ready(Duration::from_secs(30))

@@ -22,6 +22,7 @@ mod echo;
 mod error_chain;
 mod fault;
 mod grpc;
+mod hold;
 mod http_server;
 mod http_url;
 mod load;
@@ -87,10 +88,34 @@ enum Command {
     /// Serve the standard gRPC health service (h2c): `warren.sample.Serving` is serving,
     /// `warren.sample.NotServing` is not, any other name is answered NOT_FOUND.
     GrpcServer(GrpcServerArgs),
+    /// Open many connections to an echo server, check a round trip on each, hold them
+    /// all open for a while, close them, and print a JSON report.
+    ///
+    /// Exits 0 whenever the run completed, whatever came back: tests judge the report.
+    Hold(HoldArgs),
     /// Make one gRPC health check call and print its status code as JSON.
     ///
     /// Exits 0 whenever the call was made, whatever its status: tests judge the output.
     GrpcCheck(GrpcCheckArgs),
+}
+
+#[derive(Args)]
+struct HoldArgs {
+    /// Echo server to connect to, IP:PORT.
+    #[arg(long, value_name = "IP:PORT")]
+    connect: SocketAddr,
+    /// How many connections to open.
+    #[arg(long, default_value_t = 1000)]
+    count: u32,
+    /// Connection attempts in flight at once.
+    #[arg(long, default_value_t = 256)]
+    parallel: usize,
+    /// How long all connections stay open once established, e.g. 3s.
+    #[arg(long, default_value = "2s", value_parser = duration::parse)]
+    hold: Duration,
+    /// Limit for each connect and each round trip.
+    #[arg(long, default_value = "20s", value_parser = duration::parse)]
+    timeout: Duration,
 }
 
 #[derive(Args)]
@@ -275,6 +300,18 @@ async fn main() -> Result<ExitCode> {
     let done = ExitCode::SUCCESS;
     match Cli::parse().command {
         Command::Http(args) => http_server::run(args.into_config()).await.map(|()| done),
+        Command::Hold(args) => {
+            let report = hold::run(hold::Config {
+                connect: args.connect,
+                count: args.count,
+                parallel: args.parallel,
+                hold: args.hold,
+                timeout: args.timeout,
+            })
+            .await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(done)
+        }
         Command::GrpcServer(args) => grpc::serve(args.listen).await.map(|()| done),
         Command::GrpcCheck(args) => {
             let checked = grpc::check(&args.url, &args.service, args.timeout).await?;

@@ -309,6 +309,52 @@ fn echo_returns_one_mebibyte_byte_exact() {
 }
 
 #[test]
+fn hold_opens_checks_and_releases_many_connections() {
+    let server = Server::start("echo", &[]);
+    let addr = format!("127.0.0.1:{}", server.port);
+    let output = Command::new(BIN)
+        .args([
+            "hold",
+            "--connect",
+            &addr,
+            "--count",
+            "300",
+            "--hold",
+            "100ms",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["requested"], 300, "{report}");
+    assert_eq!(report["held"], 300, "{report}");
+    assert_eq!(report["mismatched"], 0, "{report}");
+    // Nothing listens on the next port: every connection is refused and counted.
+    let closed = format!("127.0.0.1:{}", free_port());
+    let output = Command::new(BIN)
+        .args([
+            "hold",
+            "--connect",
+            &closed,
+            "--count",
+            "5",
+            "--hold",
+            "1ms",
+        ])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (
+            report["held"].as_u64(),
+            report["errors"]["connect"].as_u64()
+        ),
+        (Some(0), Some(5)),
+        "{report}"
+    );
+}
+
+#[test]
 fn an_upstream_chain_shows_every_hop_and_forwards_trace_headers() {
     let back = Server::start("http", &["--name", "back-0", "--version", "v2"]);
     let upstream = back.url("/inventory");

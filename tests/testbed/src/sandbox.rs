@@ -40,12 +40,23 @@ impl Sandbox {
         let mut cmd = Command::new(program);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         // SAFETY: the closure runs between fork and exec and only makes
-        // async-signal-safe system calls (setns, open, write, close) on data
-        // prepared before the fork.
+        // async-signal-safe system calls (setns, open, write, close,
+        // get/setrlimit) on data prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // As a container runtime does for a pod (containerd: 1048576),
+                // open files up to the hard limit, so a process can hold
+                // thousands of connections as it would in a cluster.
+                let mut limit = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                    limit.rlim_cur = limit.rlim_max;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
                 }
                 // Writing "0" to cgroup.procs moves the writer itself.
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
@@ -144,6 +155,29 @@ impl Process {
             thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// Waits until it exits on its own, up to `within` (then fails and
+    /// leaves it running for the drop guard to stop).
+    pub fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                bail!("{} was stopped", self.label);
+            };
+            if let Some(status) = child.try_wait()? {
+                self.child.take();
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} still running after {within:?}; output:\n{}",
+                    self.label,
+                    self.output()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Fails if it has already exited, with its status and output.
