@@ -40,6 +40,9 @@ pub struct Args {
 struct Sample {
     p50_us: f64,
     p99_us: f64,
+    /// A new connection plus one 1 KiB round trip on it.
+    new_p50_us: f64,
+    new_p99_us: f64,
     stream_mib_s: f64,
 }
 
@@ -111,15 +114,15 @@ pub fn run(args: &Args) -> Result<()> {
     );
     let (mut base, mut warren) = (Vec::new(), Vec::new());
     eprintln!(
-        "l4: {} rounds per arm, {:?} ping-pong (1 KiB) + {} MiB stream, node 0 → node 1",
-        args.rounds, args.duration, args.stream_mib
+        "l4: {} rounds per arm, {:?} ping-pong (1 KiB), {:?} new connection + 1 KiB, {} MiB stream, node 0 → node 1",
+        args.rounds, args.duration, args.duration, args.stream_mib
     );
     for round in 1..=args.rounds {
         for (arm, client) in [("direct", &direct), ("warren", &meshed)] {
             let s = measure(client, &target, args)?;
             eprintln!(
-                "  round {round} {arm:<7} p50 {:>7.1} us  p99 {:>7.1} us  stream {:>7.1} MiB/s",
-                s.p50_us, s.p99_us, s.stream_mib_s
+                "  round {round} {arm:<7} p50 {:>7.1} us  p99 {:>7.1} us  new conn p50 {:>7.1} us  p99 {:>7.1} us  stream {:>7.1} MiB/s",
+                s.p50_us, s.p99_us, s.new_p50_us, s.new_p99_us, s.stream_mib_s
             );
             if arm == "direct" {
                 base.push(s)
@@ -165,6 +168,8 @@ pub fn run(args: &Args) -> Result<()> {
         &[
             row("rr_p50_us", "us", |s| s.p50_us, false),
             row("rr_p99_us", "us", |s| s.p99_us, false),
+            row("newconn_p50_us", "us", |s| s.new_p50_us, false),
+            row("newconn_p99_us", "us", |s| s.new_p99_us, false),
             row("stream_mib_s", "MiB/s", |s| s.stream_mib_s, true),
         ],
     );
@@ -183,6 +188,18 @@ fn measure(client: &Pod, target: &str, args: &Args) -> Result<Sample> {
         client,
         &["--connect", target, "--size", "1024", "-d", &duration],
     )?;
+    let fresh = pingpong(
+        client,
+        &[
+            "--connect",
+            target,
+            "--size",
+            "1024",
+            "--new-connection",
+            "-d",
+            &duration,
+        ],
+    )?;
     let mib = args.stream_mib.to_string();
     let stream = pingpong(client, &["--connect", target, "--stream-mib", &mib])?;
     let num = |v: &Value, what: &str| {
@@ -192,6 +209,8 @@ fn measure(client: &Pod, target: &str, args: &Args) -> Result<Sample> {
     Ok(Sample {
         p50_us: num(&ping["latency_us"]["p50"], "p50")?,
         p99_us: num(&ping["latency_us"]["p99"], "p99")?,
+        new_p50_us: num(&fresh["latency_us"]["p50"], "new-connection p50")?,
+        new_p99_us: num(&fresh["latency_us"]["p99"], "new-connection p99")?,
         stream_mib_s: num(&stream["stream_mib_s"], "stream_mib_s")?,
     })
 }

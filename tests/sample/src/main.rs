@@ -265,6 +265,9 @@ struct PingpongArgs {
     /// Limit on connecting, on each round trip, and on each wait for echoed bytes.
     #[arg(long, default_value = "10s", value_parser = duration::parse)]
     timeout: Duration,
+    /// Open a new connection for every round trip and time connect plus round trip.
+    #[arg(long, conflicts_with = "stream_mib")]
+    new_connection: bool,
     /// Print the result as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -423,14 +426,19 @@ impl PingpongArgs {
         }
         let mode = match self.stream_mib {
             Some(mib) => pingpong::Mode::Stream { mib },
-            None => pingpong::Mode::RoundTrips {
-                size: usize::try_from(self.size)
-                    .context("--size does not fit this machine's memory")?,
-                stop: match self.duration {
+            None => {
+                let size = usize::try_from(self.size)
+                    .context("--size does not fit this machine's memory")?;
+                let stop = match self.duration {
                     Some(duration) => pingpong::Stop::AfterDuration(duration),
                     None => pingpong::Stop::AfterRoundTrips(self.round_trips),
-                },
-            },
+                };
+                if self.new_connection {
+                    pingpong::Mode::NewConnections { size, stop }
+                } else {
+                    pingpong::Mode::RoundTrips { size, stop }
+                }
+            }
         };
         Ok(pingpong::Config {
             connect: self.connect,

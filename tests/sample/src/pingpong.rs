@@ -41,8 +41,20 @@ pub enum Stop {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    RoundTrips { size: usize, stop: Stop },
-    Stream { mib: u64 },
+    RoundTrips {
+        size: usize,
+        stop: Stop,
+    },
+    /// Each round trip on a connection of its own, timed from before the
+    /// connect to the last echoed byte: what a proxy adds to a new
+    /// connection (its handshakes included).
+    NewConnections {
+        size: usize,
+        stop: Stop,
+    },
+    Stream {
+        mib: u64,
+    },
 }
 
 pub struct Config {
@@ -79,6 +91,15 @@ pub struct StreamReport {
 }
 
 pub async fn run(config: Config) -> Result<()> {
+    if let Mode::NewConnections { size, stop } = config.mode {
+        info!(addr = %config.connect, mode = ?config.mode, "pingpong starting");
+        let (addr, timeout) = (config.connect, config.timeout);
+        let report =
+            tokio::task::spawn_blocking(move || new_connections(addr, size, stop, timeout))
+                .await
+                .context("the round-trip thread panicked")??;
+        return print_report(&report, RoundTripReport::to_table, config.output);
+    }
     let stream = tokio::time::timeout(config.timeout, TcpStream::connect(config.connect))
         .await
         .map_err(|_| {
@@ -114,6 +135,7 @@ pub async fn run(config: Config) -> Result<()> {
             let report = stream_through(stream, mib, config.timeout).await?;
             print_report(&report, StreamReport::to_table, config.output)
         }
+        Mode::NewConnections { .. } => unreachable!("answered above"),
     }
 }
 
@@ -173,6 +195,59 @@ fn round_trips(
             "round trip {}: the echo differs from the message",
             done + 1
         );
+        done += 1;
+    }
+    Ok(RoundTripReport::new(done, started.elapsed(), &rtt_ns))
+}
+
+/// Round trips each on a new blocking connection (see [`Mode::NewConnections`]).
+fn new_connections(
+    addr: SocketAddr,
+    size: usize,
+    stop: Stop,
+    timeout: Duration,
+) -> Result<RoundTripReport> {
+    use std::io::{Read as _, Write as _};
+    let mut message = vec![0u8; size];
+    ByteStream::new(0).fill(&mut message);
+    let mut echo = vec![0u8; size];
+    let mut rtt_ns = Histogram::<u64>::new_with_bounds(1, MAX_RTT_NS, SIGNIFICANT_DIGITS)
+        .context("creating the latency histogram")?;
+    let started = Instant::now();
+    let mut done = 0u64;
+    loop {
+        let more = match stop {
+            Stop::AfterRoundTrips(n) => done < n,
+            Stop::AfterDuration(d) => started.elapsed() < d,
+        };
+        if !more {
+            break;
+        }
+        let began = Instant::now();
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connection {} to {addr}", done + 1))?;
+        stream
+            .set_nodelay(true)
+            .and_then(|()| stream.set_read_timeout(Some(timeout)))
+            .and_then(|()| stream.set_write_timeout(Some(timeout)))
+            .context("setting up the connection")?;
+        stream
+            .write_all(&message)
+            .and_then(|()| stream.read_exact(&mut echo))
+            .with_context(|| {
+                format!(
+                    "round trip on connection {} (timeout {timeout:?})",
+                    done + 1
+                )
+            })?;
+        let rtt = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        rtt_ns.saturating_record(rtt.max(1));
+        ensure!(
+            echo == message,
+            "connection {}: the echo differs from the message",
+            done + 1
+        );
+        drop(stream);
         done += 1;
     }
     Ok(RoundTripReport::new(done, started.elapsed(), &rtt_ns))

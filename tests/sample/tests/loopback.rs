@@ -309,6 +309,31 @@ fn echo_returns_one_mebibyte_byte_exact() {
 }
 
 #[test]
+fn pingpong_new_connection_times_one_connection_per_round_trip() {
+    let server = Server::start("echo", &[]);
+    let addr = format!("127.0.0.1:{}", server.port);
+    let output = Command::new(BIN)
+        .args([
+            "pingpong",
+            "--connect",
+            &addr,
+            "--new-connection",
+            "-n",
+            "50",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["round_trips"], 50, "{report}");
+    assert!(
+        report["latency_us"]["p50"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}
+
+#[test]
 fn hold_opens_checks_and_releases_many_connections() {
     let server = Server::start("echo", &[]);
     let addr = format!("127.0.0.1:{}", server.port);
