@@ -2,6 +2,9 @@
 //! `istio_request_duration_milliseconds`, `istio_request_bytes`,
 //! `istio_response_bytes`), plus the waypoint's own counters.
 
+use std::sync::{Arc, Mutex};
+
+use http::HeaderValue;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{
@@ -11,7 +14,7 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use warren_ztunnel::metrics::Metrics as L4Metrics;
+use warren_ztunnel::{metrics::Metrics as L4Metrics, state::Workload};
 
 /// Istio's standard request labels, as a waypoint reports them.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,6 +37,90 @@ pub struct RequestLabels {
     pub grpc_response_status: String,
     pub response_flags: &'static str,
     pub connection_security_policy: &'static str,
+}
+
+/// The four request metrics of one label set.
+#[derive(Clone)]
+pub struct RequestMetrics {
+    pub requests: Counter,
+    pub duration: Histogram,
+    pub request_bytes: Histogram,
+    pub response_bytes: Histogram,
+}
+
+/// What varies between the requests of one downstream connection (its
+/// source, peer and service are fixed): the label sets it has reported, so
+/// that a request after the first neither builds its labels nor hashes them
+/// four times.
+#[derive(Default)]
+pub struct RequestMetricsCache {
+    entries: Mutex<Vec<(CacheKey, RequestMetrics)>>,
+}
+
+struct CacheKey {
+    /// Held, so that the address compared stays this workload's.
+    destination: Option<Arc<Workload>>,
+    grpc: bool,
+    response_code: u16,
+    grpc_response_status: Option<HeaderValue>,
+    response_flags: &'static str,
+}
+
+/// The labels that vary between one connection's requests.
+pub struct Varying<'a> {
+    pub destination: Option<&'a Arc<Workload>>,
+    pub grpc: bool,
+    pub response_code: u16,
+    pub grpc_response_status: Option<&'a HeaderValue>,
+    pub response_flags: &'static str,
+}
+
+impl CacheKey {
+    fn is(&self, v: &Varying<'_>) -> bool {
+        self.response_code == v.response_code
+            && self.grpc == v.grpc
+            && self.response_flags == v.response_flags
+            && match (&self.destination, v.destination) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+            && self.grpc_response_status.as_ref() == v.grpc_response_status
+    }
+}
+
+/// Label sets one connection keeps; past that, the cache starts over.
+const CACHED_LABEL_SETS: usize = 16;
+
+impl RequestMetricsCache {
+    /// The metrics for these varying labels; `labels` builds the full label
+    /// set the first time.
+    pub fn get(
+        &self,
+        metrics: &Metrics,
+        varying: Varying<'_>,
+        labels: impl FnOnce() -> RequestLabels,
+    ) -> RequestMetrics {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, found)) = entries.iter().find(|(key, _)| key.is(&varying)) {
+            return found.clone();
+        }
+        let found = metrics.for_labels(&labels());
+        if entries.len() >= CACHED_LABEL_SETS {
+            entries.clear();
+        }
+        entries.push((
+            CacheKey {
+                destination: varying.destination.cloned(),
+                grpc: varying.grpc,
+                response_code: varying.response_code,
+                grpc_response_status: varying.grpc_response_status.cloned(),
+                response_flags: varying.response_flags,
+            },
+            found.clone(),
+        ));
+        found
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,6 +159,16 @@ fn size_histogram() -> Histogram {
 }
 
 impl Metrics {
+    /// The request metrics of one label set (handles on the families' series).
+    pub fn for_labels(&self, labels: &RequestLabels) -> RequestMetrics {
+        RequestMetrics {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration: self.duration.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+        }
+    }
+
     /// Registers the L7 metrics beside ztunnel's L4 ones in one registry.
     pub fn register(l4: &L4Metrics) -> Metrics {
         let metrics = Metrics {
@@ -127,5 +224,62 @@ impl Metrics {
             );
         });
         metrics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(code: u16) -> RequestLabels {
+        RequestLabels {
+            reporter: "waypoint",
+            source_workload: "a".into(),
+            source_workload_namespace: "ns".into(),
+            source_principal: "p".into(),
+            source_canonical_service: "a".into(),
+            destination_workload: "unknown".into(),
+            destination_workload_namespace: "unknown".into(),
+            destination_principal: "unknown".into(),
+            destination_canonical_service: "unknown".into(),
+            destination_version: "unknown".into(),
+            destination_service: "b.ns.svc.cluster.local".into(),
+            destination_service_name: "b".into(),
+            destination_service_namespace: "ns".into(),
+            request_protocol: "http",
+            response_code: code,
+            grpc_response_status: String::new(),
+            response_flags: "-",
+            connection_security_policy: "mutual_tls",
+        }
+    }
+
+    fn varying(code: u16) -> Varying<'static> {
+        Varying {
+            destination: None,
+            grpc: false,
+            response_code: code,
+            grpc_response_status: None,
+            response_flags: "-",
+        }
+    }
+
+    #[test]
+    fn cached_label_sets_count_in_the_families() {
+        let metrics = Metrics::register(&L4Metrics::new());
+        let cache = RequestMetricsCache::default();
+        let mut built = 0;
+        for code in [200, 200, 503, 200] {
+            cache
+                .get(&metrics, varying(code), || {
+                    built += 1;
+                    labels(code)
+                })
+                .requests
+                .inc();
+        }
+        assert_eq!(built, 2, "one label set per code");
+        assert_eq!(metrics.requests.get_or_create(&labels(200)).get(), 3);
+        assert_eq!(metrics.requests.get_or_create(&labels(503)).get(), 1);
     }
 }

@@ -18,7 +18,10 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::{body::Incoming, upgrade::OnUpgrade};
+use hyper::{
+    body::{Body as _, Incoming},
+    upgrade::OnUpgrade,
+};
 use rand::Rng as _;
 use tracing::{debug, info};
 use warren_ztunnel::state::Workload;
@@ -27,7 +30,7 @@ use super::{Downstream, upgrade};
 use crate::{
     app::{Body, ClusterKey, Context},
     authz,
-    metrics::{ClusterLabels, RequestLabels},
+    metrics::{ClusterLabels, RequestLabels, Varying},
     route::{Action, FailureKind, RequestInfo, RetryPolicy, RouteDestination},
     tables::Compiled,
     upstream::{self, Cluster, Endpoint, HashInput, Outcome, Pick},
@@ -104,7 +107,12 @@ pub async fn handle(
         port: down.port,
     };
     let denial = authz::authorize(&ctx.tables.current().authz, &peer, &mut parts);
-    let path = parts.uri.path().to_owned();
+    // Kept for the access line only when it is written.
+    let path = if tracing::enabled!(target: "access", tracing::Level::INFO) {
+        parts.uri.path().to_owned()
+    } else {
+        String::new()
+    };
     let mut done = match &denial {
         Some(_) => Done::local(boxed(authz::forbidden()), "-", String::new()),
         None => route_and_forward(&ctx, &down, parts, body).await,
@@ -145,11 +153,11 @@ async fn route_and_forward(
     let compiled = ctx.tables.current();
     let empty = BTreeMap::new();
     let source_labels = down.source.as_ref().map_or(&empty, |w| &w.labels);
-    let source_namespace = down.peer.identity.namespace.clone();
-    let host = down.service.hostname.clone();
+    let source_namespace = down.peer.identity.namespace.as_str();
+    let host = down.service.hostname.as_str();
     let routed = {
-        let info = RequestInfo::from_parts(&parts, down.port, source_labels, &source_namespace);
-        compiled.routes.route(&host, &info)
+        let info = RequestInfo::from_parts(&parts, down.port, source_labels, source_namespace);
+        compiled.routes.route(host, &info)
     };
     // No VirtualService for the host: straight to the service, with Istio's
     // default retry policy.
@@ -161,7 +169,7 @@ async fn route_and_forward(
         ),
         None => (None, None, "default".to_owned()),
     };
-    let default_destination = RouteDestination::to_host(&host);
+    let default_destination;
 
     // Faults first, as Envoy's fault filter runs before the router.
     let mut delayed = false;
@@ -180,9 +188,12 @@ async fn route_and_forward(
         }
     }
     let destination = match rule.map(|r| &r.action) {
-        None => &default_destination,
+        None => {
+            default_destination = RouteDestination::to_host(host);
+            &default_destination
+        }
         Some(Action::Redirect(redirect)) => {
-            let info = RequestInfo::from_parts(&parts, down.port, source_labels, &source_namespace);
+            let info = RequestInfo::from_parts(&parts, down.port, source_labels, source_namespace);
             return Done::local(boxed(redirect.response(&info)), "-", route_name);
         }
         Some(Action::DirectResponse(direct)) => {
@@ -213,11 +224,16 @@ async fn route_and_forward(
     }
 
     // Buffered, so that a retry or a mirror can send it again.
-    let body = match Limited::new(body, ctx.config.max_request_body)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
+    let body = if body.is_end_stream() {
+        Ok(Bytes::new())
+    } else {
+        Limited::new(body, ctx.config.max_request_body)
+            .collect()
+            .await
+            .map(|collected| collected.to_bytes())
+    };
+    let body = match body {
+        Ok(body) => body,
         Err(error) => {
             let too_large = error
                 .downcast_ref::<http_body_util::LengthLimitError>()
@@ -283,10 +299,17 @@ async fn route_and_forward(
         subset: destination.subset.clone(),
         port: destination.port.unwrap_or(down.port),
     };
-    let retries = rule.map_or_else(RetryPolicy::default, |r| r.retries.clone());
+    let default_retries;
+    let retries = match rule {
+        Some(rule) => &rule.retries,
+        None => {
+            default_retries = RetryPolicy::default();
+            &default_retries
+        }
+    };
     let timeout = rule.and_then(|r| r.timeout);
     let source = SocketAddr::new(down.source_ip, 0);
-    let send = send_with_retries(ctx, &compiled, &key, &parts, &body, &retries, source);
+    let send = send_with_retries(ctx, &compiled, &key, &parts, &body, retries, source);
     let mut done = match timeout {
         Some(limit) => match tokio::time::timeout(limit, send).await {
             Ok(done) => done,
@@ -479,8 +502,7 @@ async fn attempt(
         }
     };
     let endpoint = picked.endpoint.address;
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = match format!("http://{endpoint}{path}").parse() {
+    let uri = match upstream_uri(endpoint, &parts.uri) {
         Ok(uri) => uri,
         Err(error) => return local(StatusCode::BAD_REQUEST, &error.to_string(), "-"),
     };
@@ -575,6 +597,20 @@ async fn attempt(
     }
 }
 
+/// `http://<endpoint><path and query of the request>`.
+fn upstream_uri(endpoint: SocketAddr, request: &Uri) -> Result<Uri, http::Error> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(http::uri::Authority::try_from(endpoint.to_string())?);
+    parts.path_and_query = Some(
+        request
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Ok(Uri::from_parts(parts)?)
+}
+
 /// Whether the upstream's bytes were no valid HTTP response (as opposed to
 /// the connection failing).
 fn is_parse_error(error: &hyper_util::client::legacy::Error) -> bool {
@@ -648,11 +684,38 @@ fn report(
     start: Instant,
     request_bytes: u64,
 ) {
+    let metrics = down.metrics.get(
+        &ctx.metrics,
+        Varying {
+            destination: done.destination.as_ref(),
+            grpc,
+            response_code: done.response.status().as_u16(),
+            grpc_response_status: done.response.headers().get("grpc-status"),
+            response_flags: done.flags,
+        },
+        || request_labels(down, done, grpc),
+    );
+    metrics.requests.inc();
+    metrics
+        .duration
+        .observe(start.elapsed().as_secs_f64() * 1000.0);
+    metrics.request_bytes.observe(request_bytes as f64);
+    let response_bytes = done
+        .response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    metrics.response_bytes.observe(response_bytes);
+}
+
+/// Istio's labels for one request.
+fn request_labels(down: &Downstream, done: &Done, grpc: bool) -> RequestLabels {
     let unknown = || "unknown".to_owned();
     let source = down.source.as_deref();
     let destination = done.destination.as_deref();
     let service = &down.service;
-    let labels = RequestLabels {
+    RequestLabels {
         reporter: "waypoint",
         source_workload: source.map_or_else(unknown, |w| w.telemetry_name().to_owned()),
         source_workload_namespace: source.map_or_else(unknown, |w| w.namespace.clone()),
@@ -680,24 +743,7 @@ fn report(
             .to_owned(),
         response_flags: done.flags,
         connection_security_policy: "mutual_tls",
-    };
-    let m = &ctx.metrics;
-    m.requests.get_or_create(&labels).inc();
-    m.duration
-        .get_or_create(&labels)
-        .observe(start.elapsed().as_secs_f64() * 1000.0);
-    m.request_bytes
-        .get_or_create(&labels)
-        .observe(request_bytes as f64);
-    let response_bytes = done
-        .response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    m.response_bytes
-        .get_or_create(&labels)
-        .observe(response_bytes);
+    }
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
@@ -712,24 +758,42 @@ fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     if let Some(id) = headers.get(REQUEST_ID) {
         return id.clone();
     }
-    let mut rng = rand::rng();
-    let id = format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        rng.random::<u32>(),
-        rng.random::<u16>(),
-        rng.random::<u16>() & 0x0fff,
-        (rng.random::<u16>() & 0x3fff) | 0x8000,
-        rng.random::<u64>() & 0xffff_ffff_ffff
-    );
-    let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    let value = HeaderValue::from_bytes(&uuid_v4(&mut rand::rng()))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"));
     headers.insert(REQUEST_ID, value.clone());
     value
+}
+
+/// A random (version 4) UUID in its hyphenated form, written without
+/// `format!`: one per request that came without an id.
+fn uuid_v4(rng: &mut impl rand::Rng) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bits: u128 = rng.random();
+    // Version 4, variant 10.
+    bits = (bits & !(0xf << 76)) | (0x4 << 76);
+    bits = (bits & !(0x3 << 62)) | (0x2 << 62);
+    let mut out = [b'-'; 36];
+    let mut nibble = 32;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        nibble -= 1;
+        *slot = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
+    }
+    out
 }
 
 /// Continues the caller's trace with a span of the waypoint's own: W3C
 /// `traceparent` gets a new parent id; B3 headers a new span id with the
 /// caller's as parent.
 fn propagate_trace(headers: &mut HeaderMap) {
+    if !["traceparent", "x-b3-traceid", "b3"]
+        .iter()
+        .any(|name| headers.contains_key(*name))
+    {
+        return;
+    }
     let span = format!("{:016x}", rand::rng().random::<u64>());
     if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
         let fields: Vec<&str> = parent.split('-').collect();
@@ -787,4 +851,39 @@ fn set_cookie(cookie: &upstream::SetCookie) -> String {
     }
     value.push_str("; HttpOnly");
     value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let mut rng = rand::rng();
+        for _ in 0..100 {
+            let id = uuid_v4(&mut rng);
+            let id = std::str::from_utf8(&id).unwrap();
+            let groups: Vec<&str> = id.split('-').collect();
+            assert_eq!(
+                groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12],
+                "{id}"
+            );
+            assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+            assert!(groups[2].starts_with('4'), "{id}");
+            assert!(groups[3].starts_with(['8', '9', 'a', 'b']), "{id}");
+        }
+    }
+
+    #[test]
+    fn upstream_uri_keeps_path_and_query() {
+        let endpoint: SocketAddr = "10.0.0.7:8080".parse().unwrap();
+        let uri = upstream_uri(endpoint, &"/api/items?x=1".parse().unwrap()).unwrap();
+        assert_eq!(uri.to_string(), "http://10.0.0.7:8080/api/items?x=1");
+        let uri = upstream_uri(endpoint, &"http://app/".parse().unwrap()).unwrap();
+        assert_eq!(uri.to_string(), "http://10.0.0.7:8080/");
+        let v6: SocketAddr = "[fd00::1]:80".parse().unwrap();
+        let uri = upstream_uri(v6, &"/x".parse().unwrap()).unwrap();
+        assert_eq!(uri.to_string(), "http://[fd00::1]:80/x");
+    }
 }

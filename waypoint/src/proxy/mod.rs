@@ -49,6 +49,8 @@ pub struct Downstream {
     /// The service address and port the CONNECT asked for.
     pub vip: std::net::IpAddr,
     pub port: u16,
+    /// The request metrics this connection has reported to.
+    pub metrics: crate::metrics::RequestMetricsCache,
 }
 
 /// The waypoint's answer to a CONNECT: serve HTTP inside it.
@@ -132,6 +134,7 @@ impl ConnectHandler for Waypoint {
             service,
             vip: dst.ip(),
             port: dst.port(),
+            metrics: Default::default(),
         });
         let upgrade = hyper::upgrade::on(&mut request);
         let ctx = Arc::clone(ctx);
