@@ -156,6 +156,10 @@ pub struct CaArgs {
     pub command: Option<CaCommand>,
     #[command(flatten)]
     pub serve: CaServeArgs,
+    /// Where the root is kept with --kube (kept out of `CaServeArgs` so that
+    /// code building those by hand needs no Kubernetes settings).
+    #[command(flatten)]
+    pub secret: CaSecretArgs,
 }
 
 /// What `warren-node-agent ca` does besides serving.
@@ -165,7 +169,7 @@ pub enum CaCommand {
     IssueToken(CaIssueTokenArgs),
     /// Make a new root the signer. The previous root stays in the trust
     /// bundle until `remove-root` or its expiry.
-    RotateRoot(CaStateArgs),
+    RotateRoot(CaRotateRootArgs),
     /// Stop trusting a retired root (by serial, as `rotate-root` prints it).
     RemoveRoot(CaRemoveRootArgs),
 }
@@ -181,6 +185,41 @@ pub struct CaStateArgs {
         default_value = "/var/lib/warren/ca"
     )]
     pub state_dir: PathBuf,
+}
+
+/// The Secret a CA started with `--kube` keeps its self-managed root in
+/// (created on first start; a plug-in CA does not use it).
+#[derive(Args, Clone, Debug)]
+pub struct CaSecretArgs {
+    /// Name of the Secret.
+    #[arg(long, env = "WARREN_CA_SECRET_NAME", default_value = crate::ca::root_store::DEFAULT_SECRET_NAME)]
+    pub secret_name: String,
+    /// Namespace of the Secret; by default the CA's own (in-cluster), or
+    /// the kubeconfig context's.
+    #[arg(long, env = "WARREN_CA_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+impl Default for CaSecretArgs {
+    fn default() -> Self {
+        Self {
+            secret_name: crate::ca::root_store::DEFAULT_SECRET_NAME.to_owned(),
+            namespace: None,
+        }
+    }
+}
+
+/// `warren-node-agent ca rotate-root`.
+#[derive(Args, Clone, Debug)]
+pub struct CaRotateRootArgs {
+    #[command(flatten)]
+    pub state: CaStateArgs,
+    /// Rotate the root kept in the Secret (as a CA run with --kube does)
+    /// instead of the one in the state folder.
+    #[arg(long, env = "WARREN_KUBE")]
+    pub kube: bool,
+    #[command(flatten)]
+    pub secret: CaSecretArgs,
 }
 
 /// `warren-node-agent ca issue-token`.
@@ -204,6 +243,12 @@ pub struct CaRemoveRootArgs {
     /// Serial of the retired root to drop (hex, as printed by `rotate-root`).
     #[arg(long)]
     pub serial: String,
+    /// Change the root kept in the Secret (as a CA run with --kube does)
+    /// instead of the one in the state folder.
+    #[arg(long, env = "WARREN_KUBE")]
+    pub kube: bool,
+    #[command(flatten)]
+    pub secret: CaSecretArgs,
 }
 
 /// `warren-node-agent ca` (serving).

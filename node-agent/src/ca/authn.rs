@@ -8,13 +8,18 @@
 //!   node), and the token must be bound to a pod, whose node the API server
 //!   reports in `user.extra["authentication.kubernetes.io/node-name"]`.
 
-use std::time::SystemTime;
+use std::{sync::Arc, time::SystemTime};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::{Api, api::PostParams};
 use tonic::{Code, metadata::MetadataMap};
+use tracing::debug;
 
-use super::tokens::{TokenError, Tokens};
+use super::{
+    counters::Counters,
+    review_cache::{self, ReviewCache},
+    tokens::{TokenError, Tokens},
+};
 
 /// The node-name claim of bound ServiceAccount tokens.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
@@ -109,13 +114,16 @@ impl Authenticator {
     }
 }
 
-/// Checks ServiceAccount tokens with the API server.
+/// Checks ServiceAccount tokens with the API server, remembering successes
+/// for a short while ([`ReviewCache`]).
 #[derive(Clone)]
 pub struct TokenReviewer {
     client: kube::Client,
     /// `namespace/name` of the accounts node agents run as.
     accounts: Vec<String>,
     audiences: Vec<String>,
+    cache: Arc<ReviewCache>,
+    counters: Option<Arc<Counters>>,
 }
 
 impl TokenReviewer {
@@ -124,10 +132,43 @@ impl TokenReviewer {
             client,
             accounts,
             audiences,
+            cache: Arc::new(ReviewCache::new(
+                review_cache::DEFAULT_TTL,
+                review_cache::DEFAULT_CAPACITY,
+                Arc::new(SystemTime::now),
+            )),
+            counters: None,
         }
     }
 
+    /// Replaces the cache (a TTL of zero disables it).
+    pub fn with_cache(mut self, cache: ReviewCache) -> Self {
+        self.cache = Arc::new(cache);
+        self
+    }
+
+    /// Counts cache hits and misses there.
+    pub fn with_counters(mut self, counters: Arc<Counters>) -> Self {
+        self.counters = Some(counters);
+        self
+    }
+
     pub async fn review(&self, token: &str) -> Result<Caller, AuthnError> {
+        let cached = self.cache.get(token);
+        if let Some(counters) = &self.counters {
+            counters.review_cache(cached.is_some());
+        }
+        if let Some(caller) = cached {
+            debug!(node = caller.node, "token review answered from the cache");
+            return Ok(caller);
+        }
+        let caller = self.ask(token).await?;
+        self.cache.insert(token, caller.clone());
+        Ok(caller)
+    }
+
+    /// One TokenReview; refusals are not cached.
+    async fn ask(&self, token: &str) -> Result<Caller, AuthnError> {
         let api: Api<TokenReview> = Api::all(self.client.clone());
         let request = TokenReview {
             spec: TokenReviewSpec {

@@ -3,11 +3,13 @@
 //!
 //! Two origins:
 //! - self-managed (the default): a root generated on first start and kept
-//!   in the state folder, rotated by `ca rotate-root`;
+//!   in a [`RootStore`] (the state folder, or a Secret with `--kube`),
+//!   rotated by `ca rotate-root`;
 //! - plug-in: files an operator supplies (a root or an intermediate, its
 //!   key, the chain above it, the roots).
 //!
-//! State folder (self-managed):
+//! What is kept (the state folder's files; the Secret mirrors them, see
+//! [`super::root_store`]):
 //! - `signer.pem` (mode 0600): the active root, certificate and PKCS#8 key
 //!   in one file, so that a rotation swaps both in a single rename;
 //! - `retired-roots.pem`: earlier roots, still trusted until removed or
@@ -30,14 +32,12 @@ use time::OffsetDateTime;
 use tracing::info;
 
 use super::{
-    persist::{self, StateLock},
+    persist,
+    root_store::{Created, Part, Place, RootState, RootStore, StoreError},
     x509::{self, CertError},
 };
 
-pub const SIGNER_FILE: &str = "signer.pem";
-pub const RETIRED_FILE: &str = "retired-roots.pem";
-/// The trust bundle clients read (the CA's `--ca-root-file`).
-pub const BUNDLE_FILE: &str = "root-cert.pem";
+pub use super::root_store::{BUNDLE_FILE, RETIRED_FILE, SIGNER_FILE};
 
 /// Lifetime of a generated root.
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -49,8 +49,12 @@ pub const ROOT_COMMON_NAME: &str = "Warren mesh root";
 pub enum MaterialError {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
-    #[error("{}: {reason}", path.display())]
-    Invalid { path: PathBuf, reason: String },
+    #[error("{place}: {reason}")]
+    Invalid { place: Place, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no root in the {0} yet: start the CA once to generate it")]
+    NoRoot(String),
     #[error("generating a root: {0}")]
     Generate(rcgen::Error),
     #[error("no retired root has serial {serial} (retired: {retired})")]
@@ -69,8 +73,12 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MaterialError + '_ {
 }
 
 fn invalid(path: &Path, reason: impl std::fmt::Display) -> MaterialError {
+    invalid_at(Place::File(path.to_owned()), reason)
+}
+
+fn invalid_at(place: Place, reason: impl std::fmt::Display) -> MaterialError {
     MaterialError::Invalid {
-        path: path.to_owned(),
+        place,
         reason: reason.to_string(),
     }
 }
@@ -108,35 +116,34 @@ impl std::fmt::Debug for Material {
 }
 
 impl Material {
-    /// The self-managed signer in `dir`, generated (and persisted) if the
-    /// folder has none yet. True when it was generated now.
+    /// The self-managed signer in the folder `dir`, generated (and
+    /// persisted) if the folder has none yet. True when it was generated now.
     pub fn load_or_create(dir: &Path, now: OffsetDateTime) -> Result<(Self, bool), MaterialError> {
-        if dir.join(SIGNER_FILE).exists() {
-            return Ok((Self::load_state(dir, now)?, false));
-        }
-        let _lock = StateLock::acquire(dir).map_err(io_err(dir))?;
-        // Another process may have created it while we waited for the lock.
-        if dir.join(SIGNER_FILE).exists() {
-            return Ok((Self::load_state(dir, now)?, false));
-        }
-        let (key, cert) = generate_root(now)?;
-        write_signer(dir, &key, &cert)?;
-        let material = Self::load_state(dir, now)?;
-        write_bundle(dir, &material.roots_pem()).map_err(io_err(dir))?;
-        Ok((material, true))
+        // The folder store never awaits: this completes without a runtime.
+        futures::executor::block_on(load_or_create(&RootStore::Folder(dir.to_owned()), now))
     }
 
-    /// The self-managed signer in `dir`, which must exist.
+    /// The self-managed signer in the folder `dir`, which must exist.
     pub fn load_state(dir: &Path, now: OffsetDateTime) -> Result<Self, MaterialError> {
-        let path = dir.join(SIGNER_FILE);
-        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
-        let certs = x509::certs_from_pem(&text).map_err(|e| invalid(&path, e))?;
+        futures::executor::block_on(load(&RootStore::Folder(dir.to_owned()), now))
+    }
+
+    /// The signer a persisted state describes. Errors name the file or
+    /// Secret key at fault.
+    pub fn from_state(
+        state: &RootState,
+        store: &RootStore,
+        now: OffsetDateTime,
+    ) -> Result<Self, MaterialError> {
+        let at = |part| store.place(part);
+        let certs =
+            x509::certs_from_pem(&state.cert_pem).map_err(|e| invalid_at(at(Part::Cert), e))?;
         let [signer] = <[_; 1]>::try_from(certs)
-            .map_err(|_| invalid(&path, "holds more than one certificate"))?;
-        let key = key_from_pem(&text).map_err(|e| invalid(&path, e))?;
+            .map_err(|_| invalid_at(at(Part::Cert), "holds more than one certificate"))?;
+        let key = key_from_pem(&state.key_pem).map_err(|e| invalid_at(at(Part::Key), e))?;
         let mut roots = vec![signer.clone()];
-        roots.extend(retired_roots(dir, now)?);
-        Self::new(signer, key, Vec::new(), roots, now).map_err(|e| invalid(&path, e))
+        roots.extend(retired_roots(state, store, now)?);
+        Self::new(signer, key, Vec::new(), roots, now).map_err(|e| invalid_at(at(Part::Cert), e))
     }
 
     /// Operator-supplied material.
@@ -268,19 +275,15 @@ fn key_from_pem(text: &str) -> Result<KeyPair, String> {
 
 /// Retired roots still trusted; expired ones are left out.
 fn retired_roots(
-    dir: &Path,
+    state: &RootState,
+    store: &RootStore,
     now: OffsetDateTime,
 ) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
-    let path = dir.join(RETIRED_FILE);
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(io_err(&path)(err)),
-    };
-    if text.trim().is_empty() {
+    if state.retired_pem.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let certs = x509::certs_from_pem(&text).map_err(|e| invalid(&path, e))?;
+    let certs = x509::certs_from_pem(&state.retired_pem)
+        .map_err(|e| invalid_at(store.place(Part::Retired), e))?;
     Ok(certs
         .into_iter()
         .filter(|c| x509::parse(c).is_ok_and(|p| x509::not_after(&p) > now))
@@ -324,11 +327,14 @@ fn generate_root(now: OffsetDateTime) -> Result<(KeyPair, rcgen::Certificate), M
     Ok((key, cert))
 }
 
-fn write_signer(dir: &Path, key: &KeyPair, cert: &rcgen::Certificate) -> Result<(), MaterialError> {
-    persist::ensure_dir(dir).map_err(io_err(dir))?;
-    let path = dir.join(SIGNER_FILE);
-    let text = format!("{}{}", cert.pem(), key.serialize_pem());
-    persist::write_atomic(&path, text.as_bytes(), persist::PRIVATE).map_err(io_err(&path))
+/// A state holding a freshly generated root (and the given retired ones).
+fn generated_state(now: OffsetDateTime, retired_pem: String) -> Result<RootState, MaterialError> {
+    let (key, cert) = generate_root(now)?;
+    Ok(RootState {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        retired_pem,
+    })
 }
 
 /// Writes the trust bundle file if its content differs. True if written.
@@ -343,6 +349,33 @@ pub fn write_bundle(dir: &Path, roots_pem: &[String]) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The self-managed signer in `store`, which must exist.
+pub async fn load(store: &RootStore, now: OffsetDateTime) -> Result<Material, MaterialError> {
+    let read = store
+        .read()
+        .await?
+        .ok_or_else(|| MaterialError::NoRoot(store.to_string()))?;
+    Material::from_state(&read.state, store, now)
+}
+
+/// The self-managed signer in `store`, generated and persisted on first
+/// start. True when it was generated now. When two CAs start at once, the
+/// one that persists second uses the first one's root.
+pub async fn load_or_create(
+    store: &RootStore,
+    now: OffsetDateTime,
+) -> Result<(Material, bool), MaterialError> {
+    if let Some(read) = store.read().await? {
+        return Ok((Material::from_state(&read.state, store, now)?, false));
+    }
+    let state = generated_state(now, String::new())?;
+    let material = Material::from_state(&state, store, now)?;
+    match store.create(&state, &material.roots_pem().concat()).await? {
+        Created::Written => Ok((material, true)),
+        Created::Existing(theirs) => Ok((Material::from_state(&theirs, store, now)?, false)),
+    }
+}
+
 /// What a rotation did.
 #[derive(Debug)]
 pub struct Rotated {
@@ -353,50 +386,67 @@ pub struct Rotated {
     pub bundle: Vec<String>,
 }
 
+/// Makes a new root the signer (in the folder `dir`). See [`rotate_in`].
+pub fn rotate_root(dir: &Path, now: OffsetDateTime) -> Result<Rotated, MaterialError> {
+    futures::executor::block_on(rotate_in(&RootStore::Folder(dir.to_owned()), now))
+}
+
 /// Makes a new root the signer. The previous root moves to the retired
 /// roots and stays in the trust bundle, so certificates it issued keep
-/// verifying until they are renewed; remove it with [`remove_root`] once
+/// verifying until they are renewed; remove it with [`remove_in`] once
 /// every certificate has been renewed (after one maximum TTL).
-pub fn rotate_root(dir: &Path, now: OffsetDateTime) -> Result<Rotated, MaterialError> {
-    let _lock = StateLock::acquire(dir).map_err(io_err(dir))?;
-    let previous = match Material::load_state(dir, now) {
-        Ok(material) => Some(material),
-        Err(MaterialError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
-        Err(err) => return Err(err),
-    };
-    if let Some(previous) = &previous {
-        // Retired first: a CA reloading between the two writes sees the old
-        // root twice, never the new signer without the old root trusted.
-        let mut retired = retired_roots(dir, now)?;
+pub async fn rotate_in(store: &RootStore, now: OffsetDateTime) -> Result<Rotated, MaterialError> {
+    let _lock = store.lock()?;
+    let current = store.read().await?;
+    let mut previous_serial = None;
+    let mut retired_pem = String::new();
+    if let Some(current) = &current {
+        let previous = Material::from_state(&current.state, store, now)?;
+        let mut retired = retired_roots(&current.state, store, now)?;
         if !retired.contains(&previous.signer) {
             retired.insert(0, previous.signer.clone());
         }
-        write_retired(dir, &retired)?;
+        retired_pem = retired.iter().map(|c| x509::to_pem(c)).collect();
+        previous_serial = Some(previous.signer_serial());
     }
-    let (key, cert) = generate_root(now)?;
-    write_signer(dir, &key, &cert)?;
-    let material = Material::load_state(dir, now)?;
+    let next = generated_state(now, retired_pem)?;
+    let material = Material::from_state(&next, store, now)?;
     let bundle = material.roots_pem();
-    write_bundle(dir, &bundle).map_err(io_err(dir))?;
+    store
+        .replace(current.as_ref(), &next, &bundle.concat())
+        .await?;
     let rotated = Rotated {
         new_serial: material.signer_serial(),
         new_not_after: material.not_after,
-        previous_serial: previous.map(|p| p.signer_serial()),
+        previous_serial,
         bundle,
     };
-    info!(new = %rotated.new_serial, previous = ?rotated.previous_serial, "root rotated");
+    info!(%store, new = %rotated.new_serial, previous = ?rotated.previous_serial, "root rotated");
     Ok(rotated)
 }
 
-/// Stops trusting a retired root. The active root cannot be removed.
+/// Stops trusting a retired root (in the folder `dir`). See [`remove_in`].
 pub fn remove_root(dir: &Path, serial: &str, now: OffsetDateTime) -> Result<(), MaterialError> {
-    let _lock = StateLock::acquire(dir).map_err(io_err(dir))?;
-    let material = Material::load_state(dir, now)?;
+    futures::executor::block_on(remove_in(&RootStore::Folder(dir.to_owned()), serial, now))
+}
+
+/// Stops trusting a retired root. The active root cannot be removed.
+pub async fn remove_in(
+    store: &RootStore,
+    serial: &str,
+    now: OffsetDateTime,
+) -> Result<(), MaterialError> {
+    let _lock = store.lock()?;
+    let current = store
+        .read()
+        .await?
+        .ok_or_else(|| MaterialError::NoRoot(store.to_string()))?;
+    let material = Material::from_state(&current.state, store, now)?;
     let serial = serial.trim().to_ascii_lowercase().replace(':', "");
     if material.signer_serial() == serial {
         return Err(MaterialError::ActiveRoot(serial));
     }
-    let retired = retired_roots(dir, now)?;
+    let retired = retired_roots(&current.state, store, now)?;
     let serial_of = |c: &CertificateDer<'_>| {
         x509::parse(c)
             .map(|p| x509::serial_hex(&p))
@@ -413,15 +463,14 @@ pub fn remove_root(dir: &Path, serial: &str, now: OffsetDateTime) -> Result<(), 
             retired: retired.iter().map(serial_of).collect::<Vec<_>>().join(", "),
         });
     }
-    write_retired(dir, &kept)?;
-    let material = Material::load_state(dir, now)?;
-    write_bundle(dir, &material.roots_pem()).map_err(io_err(dir))?;
-    info!(serial, "retired root removed from the trust bundle");
+    let next = RootState {
+        retired_pem: kept.iter().map(|c| x509::to_pem(c)).collect(),
+        ..current.state.clone()
+    };
+    let material = Material::from_state(&next, store, now)?;
+    store
+        .replace(Some(&current), &next, &material.roots_pem().concat())
+        .await?;
+    info!(%store, serial, "retired root removed from the trust bundle");
     Ok(())
-}
-
-fn write_retired(dir: &Path, roots: &[CertificateDer<'_>]) -> Result<(), MaterialError> {
-    let path = dir.join(RETIRED_FILE);
-    let text: String = roots.iter().map(|c| x509::to_pem(c)).collect();
-    persist::write_atomic(&path, text.as_bytes(), persist::PUBLIC).map_err(io_err(&path))
 }

@@ -20,7 +20,8 @@
 //! State folder (`--state-dir`): `signer.pem` (the self-managed root and
 //! its key, mode 0600), `retired-roots.pem` (roots still trusted after a
 //! rotation), `root-cert.pem` (the trust bundle clients read) and
-//! `tokens/` (hashes of bootstrap tokens).
+//! `tokens/` (hashes of bootstrap tokens). With `--kube` the root lives in
+//! a Secret instead ([`root_store`]); the bundle file is still written.
 
 pub mod authn;
 pub mod authority;
@@ -29,6 +30,8 @@ pub mod csr;
 pub mod material;
 pub mod persist;
 pub mod placement;
+pub mod review_cache;
+pub mod root_store;
 pub mod server;
 pub mod service;
 pub mod tokens;
@@ -39,7 +42,7 @@ use std::{io, net::SocketAddr, path::PathBuf, time::SystemTime};
 use time::OffsetDateTime;
 use tracing::info;
 
-use crate::config::{CaArgs, CaCommand};
+use crate::config::{CaArgs, CaCommand, CaSecretArgs, CaServeArgs, CaStateArgs};
 
 /// Why the CA (or one of its commands) could not do its job.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +78,7 @@ pub enum CaError {
 /// `warren-node-agent ca …`: serves, or runs one state-folder command.
 pub async fn run(args: CaArgs) -> Result<(), CaError> {
     match args.command {
-        None => serve(args.serve).await,
+        None => serve(args.serve, args.secret).await,
         Some(CaCommand::IssueToken(args)) => {
             let token = tokens::Tokens::new(&args.state.state_dir).issue(
                 &args.node,
@@ -88,7 +91,8 @@ pub async fn run(args: CaArgs) -> Result<(), CaError> {
             Ok(())
         }
         Some(CaCommand::RotateRoot(args)) => {
-            let rotated = material::rotate_root(&args.state_dir, OffsetDateTime::now_utc())?;
+            let store = root_store(&args.state, &args.secret, args.kube).await?;
+            let rotated = material::rotate_in(&store, OffsetDateTime::now_utc()).await?;
             println!(
                 "new root {} (valid until {}); previous root {} stays trusted until removed",
                 rotated.new_serial,
@@ -98,19 +102,30 @@ pub async fn run(args: CaArgs) -> Result<(), CaError> {
             Ok(())
         }
         Some(CaCommand::RemoveRoot(args)) => {
-            material::remove_root(
-                &args.state.state_dir,
-                &args.serial,
-                OffsetDateTime::now_utc(),
-            )?;
+            let store = root_store(&args.state, &args.secret, args.kube).await?;
+            material::remove_in(&store, &args.serial, OffsetDateTime::now_utc()).await?;
             println!("root {} removed from the trust bundle", args.serial);
             Ok(())
         }
     }
 }
 
-async fn serve(args: crate::config::CaServeArgs) -> Result<(), CaError> {
-    let mut ca = server::start(&args).await?;
+/// Where `rotate-root` and `remove-root` find the root.
+async fn root_store(
+    state: &CaStateArgs,
+    secret: &CaSecretArgs,
+    kube: bool,
+) -> Result<root_store::RootStore, CaError> {
+    let client = if kube {
+        Some(kube::Client::try_default().await.map_err(CaError::Kube)?)
+    } else {
+        None
+    };
+    Ok(root_store::RootStore::of(&state.state_dir, secret, client))
+}
+
+async fn serve(args: CaServeArgs, secret: CaSecretArgs) -> Result<(), CaError> {
+    let mut ca = server::start_with(&args, &secret).await?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(CaError::Signal)?;
     tokio::select! {
@@ -122,5 +137,7 @@ async fn serve(args: crate::config::CaServeArgs) -> Result<(), CaError> {
     ca.shutdown().await
 }
 
+#[cfg(test)]
+mod kube_tests;
 #[cfg(test)]
 mod tests;

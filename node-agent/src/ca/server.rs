@@ -33,10 +33,15 @@ use super::{
     counters::{Counters, Snapshot},
     material::{self, Material, PluginFiles},
     placement::Placement,
+    root_store::RootStore,
     service::{CaService, SharedAuthority},
     tokens::Tokens,
 };
-use crate::{config::CaServeArgs, source::local::LocalSource, store::Store};
+use crate::{
+    config::{CaSecretArgs, CaServeArgs},
+    source::local::LocalSource,
+    store::Store,
+};
 
 /// Largest gRPC message the CA decodes: a CSR is a few hundred bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -47,12 +52,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the signing material comes from.
 #[derive(Clone, Debug)]
 enum Origin {
-    SelfManaged(PathBuf),
+    SelfManaged(RootStore),
     Plugin(PluginFiles),
 }
 
 impl Origin {
-    fn of(args: &CaServeArgs) -> Self {
+    fn of(args: &CaServeArgs, secret: &CaSecretArgs, client: Option<kube::Client>) -> Self {
         match (&args.cert_file, &args.key_file, &args.root_file) {
             (Some(cert), Some(key), Some(roots)) => Origin::Plugin(PluginFiles {
                 cert: cert.clone(),
@@ -60,13 +65,13 @@ impl Origin {
                 chain: args.chain_file.clone(),
                 roots: roots.clone(),
             }),
-            _ => Origin::SelfManaged(args.state.state_dir.clone()),
+            _ => Origin::SelfManaged(RootStore::of(&args.state.state_dir, secret, client)),
         }
     }
 
-    fn load(&self, now: OffsetDateTime) -> Result<Material, CaError> {
+    async fn load(&self, now: OffsetDateTime) -> Result<Material, CaError> {
         Ok(match self {
-            Origin::SelfManaged(dir) => Material::load_state(dir, now)?,
+            Origin::SelfManaged(store) => material::load(store, now).await?,
             Origin::Plugin(files) => Material::load_plugin(files, now)?,
         })
     }
@@ -121,20 +126,31 @@ impl RunningCa {
     }
 }
 
+/// [`start_with`] the default Secret settings.
+pub async fn start(args: &CaServeArgs) -> Result<RunningCa, CaError> {
+    start_with(args, &CaSecretArgs::default()).await
+}
+
 /// Loads (or creates) the signing material, binds the listener and serves
 /// in the background. Logs `ca ready` once it accepts connections.
-pub async fn start(args: &CaServeArgs) -> Result<RunningCa, CaError> {
+pub async fn start_with(args: &CaServeArgs, secret: &CaSecretArgs) -> Result<RunningCa, CaError> {
     // tonic's TLS acceptor asks rustls for the process-wide provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let now = OffsetDateTime::now_utc();
     let state_dir = args.state.state_dir.clone();
-    let origin = Origin::of(args);
+    // With --kube the root lives in a Secret, so the client comes first.
+    let client = if args.kube {
+        Some(kube::Client::try_default().await.map_err(CaError::Kube)?)
+    } else {
+        None
+    };
+    let origin = Origin::of(args, secret, client.clone());
     let material = match &origin {
-        Origin::SelfManaged(dir) => {
-            let (material, created) = Material::load_or_create(dir, now)?;
+        Origin::SelfManaged(store) => {
+            let (material, created) = material::load_or_create(store, now).await?;
             if created {
                 info!(
-                    state_dir = %dir.display(),
+                    %store,
                     serial = material.signer_serial(),
                     "generated a new mesh root"
                 );
@@ -151,13 +167,14 @@ pub async fn start(args: &CaServeArgs) -> Result<RunningCa, CaError> {
     let authority = Authority::new(material, policy.clone(), now).map_err(CaError::Authority)?;
     write_bundle(&state_dir, &authority.roots_pem())?;
 
-    let (authn, placement) = if args.kube {
-        let client = kube::Client::try_default().await.map_err(CaError::Kube)?;
+    let counters = Arc::new(Counters::default());
+    let (authn, placement) = if let Some(client) = client {
         let reviewer = TokenReviewer::new(
             client.clone(),
             args.node_agent_accounts.clone(),
             args.token_audiences.clone(),
-        );
+        )
+        .with_counters(Arc::clone(&counters));
         (Authenticator::Kube(reviewer), Placement::Kube(client))
     } else if let Some(dir) = &args.config_dir {
         let store = Arc::new(RwLock::new(Store::default()));
@@ -184,7 +201,6 @@ pub async fn start(args: &CaServeArgs) -> Result<RunningCa, CaError> {
         source,
     })?;
     let authority: SharedAuthority = Arc::new(RwLock::new(Arc::new(authority)));
-    let counters = Arc::new(Counters::default());
     let (stop, stopped) = watch::channel(false);
     let (changed_tx, changed_rx) = mpsc::channel(1);
     tokio::spawn(reload(
@@ -378,7 +394,7 @@ async fn reload(
             _ = stopped.wait_for(|s| *s) => return,
         }
         let now = OffsetDateTime::now_utc();
-        let material = match origin.load(now) {
+        let material = match origin.load(now).await {
             Ok(material) => material,
             Err(err) => {
                 // A half-done rotation, or an operator mid-copy: the
