@@ -76,7 +76,8 @@ pub struct Config {
     #[arg(long, env = "WARREN_WAYPOINT_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
-    /// Runtime worker threads.
+    /// Runtime worker threads; 1 runs a current-thread runtime (FIFO run
+    /// queue, so HTTP/2 frames of several streams go out in one write).
     #[arg(long, env = "WARREN_WAYPOINT_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
 

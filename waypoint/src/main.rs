@@ -37,8 +37,18 @@ fn main() -> anyhow::Result<()> {
         let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads.max(1))
+    // One worker: the current-thread scheduler. Its run queue is FIFO, so the
+    // HTTP/2 connection task a stream wakes runs after the other ready streams
+    // have queued their frames, and one TLS write carries several of them (the
+    // multi-thread scheduler's LIFO slot runs it at once: a write per frame).
+    let mut builder = if config.worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(config.worker_threads);
+        builder
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the runtime")?;
