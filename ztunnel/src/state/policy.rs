@@ -85,6 +85,22 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// An address (a block of one) or `address/prefix`, as Istio writes
+    /// ipBlocks and destinationSubnets; `None` when `s` is neither.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (ip, len) = match s.split_once('/') {
+            Some((ip, len)) => (ip, Some(len.parse::<u8>().ok()?)),
+            None => (s, None),
+        };
+        let address: IpAddr = ip.parse().ok()?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let prefix_len = len.unwrap_or(max);
+        (prefix_len <= max).then_some(Cidr {
+            address,
+            prefix_len,
+        })
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.address, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
