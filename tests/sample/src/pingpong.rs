@@ -159,45 +159,16 @@ fn round_trips(
     stop: Stop,
     timeout: Duration,
 ) -> Result<RoundTripReport> {
-    use std::io::{Read as _, Write as _};
     stream
         .set_read_timeout(Some(timeout))
         .context("setting the read timeout")?;
     stream
         .set_write_timeout(Some(timeout))
         .context("setting the write timeout")?;
-    // Varied bytes rather than zeros, so an echo that mixes up messages is caught.
-    let mut message = vec![0u8; size];
-    ByteStream::new(0).fill(&mut message);
-    let mut echo = vec![0u8; size];
-    let mut rtt_ns = Histogram::<u64>::new_with_bounds(1, MAX_RTT_NS, SIGNIFICANT_DIGITS)
-        .context("creating the latency histogram")?;
-
-    let started = Instant::now();
-    let mut done = 0u64;
-    loop {
-        let more = match stop {
-            Stop::AfterRoundTrips(n) => done < n,
-            Stop::AfterDuration(d) => started.elapsed() < d,
-        };
-        if !more {
-            break;
-        }
-        let sent_at = Instant::now();
-        stream
-            .write_all(&message)
-            .and_then(|()| stream.read_exact(&mut echo))
-            .with_context(|| format!("round trip {} (timeout {timeout:?})", done + 1))?;
-        let rtt = u64::try_from(sent_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        rtt_ns.saturating_record(rtt.max(1));
-        ensure!(
-            echo == message,
-            "round trip {}: the echo differs from the message",
-            done + 1
-        );
-        done += 1;
-    }
-    Ok(RoundTripReport::new(done, started.elapsed(), &rtt_ns))
+    timed(size, stop, |n, message, echo| {
+        exchange(&mut stream, message, echo)
+            .with_context(|| format!("round trip {n} (timeout {timeout:?})"))
+    })
 }
 
 /// Round trips each on a new blocking connection (see [`Mode::NewConnections`]).
@@ -207,7 +178,37 @@ fn new_connections(
     stop: Stop,
     timeout: Duration,
 ) -> Result<RoundTripReport> {
+    timed(size, stop, |n, message, echo| {
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connection {n} to {addr}"))?;
+        stream
+            .set_nodelay(true)
+            .and_then(|()| stream.set_read_timeout(Some(timeout)))
+            .and_then(|()| stream.set_write_timeout(Some(timeout)))
+            .context("setting up the connection")?;
+        exchange(&mut stream, message, echo)
+            .with_context(|| format!("round trip on connection {n} (timeout {timeout:?})"))
+    })
+}
+
+fn exchange(
+    stream: &mut std::net::TcpStream,
+    message: &[u8],
+    echo: &mut [u8],
+) -> std::io::Result<()> {
     use std::io::{Read as _, Write as _};
+    stream.write_all(message)?;
+    stream.read_exact(echo)
+}
+
+/// Runs `one` (round trip number n, message, echo buffer) until `stop`,
+/// timing each call and checking each echo.
+fn timed(
+    size: usize,
+    stop: Stop,
+    mut one: impl FnMut(u64, &[u8], &mut [u8]) -> Result<()>,
+) -> Result<RoundTripReport> {
+    // Varied bytes rather than zeros, so an echo that mixes up messages is caught.
     let mut message = vec![0u8; size];
     ByteStream::new(0).fill(&mut message);
     let mut echo = vec![0u8; size];
@@ -224,30 +225,14 @@ fn new_connections(
             break;
         }
         let began = Instant::now();
-        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
-            .with_context(|| format!("connection {} to {addr}", done + 1))?;
-        stream
-            .set_nodelay(true)
-            .and_then(|()| stream.set_read_timeout(Some(timeout)))
-            .and_then(|()| stream.set_write_timeout(Some(timeout)))
-            .context("setting up the connection")?;
-        stream
-            .write_all(&message)
-            .and_then(|()| stream.read_exact(&mut echo))
-            .with_context(|| {
-                format!(
-                    "round trip on connection {} (timeout {timeout:?})",
-                    done + 1
-                )
-            })?;
+        one(done + 1, &message, &mut echo)?;
         let rtt = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
         rtt_ns.saturating_record(rtt.max(1));
         ensure!(
             echo == message,
-            "connection {}: the echo differs from the message",
+            "round trip {}: the echo differs from the message",
             done + 1
         );
-        drop(stream);
         done += 1;
     }
     Ok(RoundTripReport::new(done, started.elapsed(), &rtt_ns))
