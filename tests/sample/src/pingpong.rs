@@ -282,11 +282,14 @@ async fn stream_through(stream: TcpStream, mib: u64, timeout: Duration) -> Resul
     .await;
 
     let elapsed = match reading.await {
-        Ok(read) => read?,
+        // A failed write explains a missing echo: say both.
+        Ok(Err(read_error)) => match written {
+            Err(write_error) => bail!("{read_error:#}; before that, {write_error:#}"),
+            Ok(()) => return Err(read_error),
+        },
+        Ok(Ok(elapsed)) => elapsed,
         Err(join_error) => bail!("the reading task failed: {join_error}"),
     };
-    // A write error with a complete echo cannot happen; with an incomplete one, the read
-    // error above already said so.
     written?;
     let duration_s = elapsed.as_secs_f64();
     Ok(StreamReport {

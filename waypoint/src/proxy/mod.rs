@@ -16,10 +16,7 @@ pub mod upgrade;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use ::http::{Method, Request, Response, StatusCode};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
+use ::http::{Method, Request, StatusCode};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
@@ -29,7 +26,7 @@ use warren_ztunnel::{
     drain,
     proxy::hbone::{
         FORWARDED, Tunnel, forwarded_for,
-        server::{ConnectHandler, Peer},
+        server::{ConnectHandler, Peer, Stream},
     },
     state::{Service, Workload, service::Protocol},
 };
@@ -57,27 +54,23 @@ pub struct Downstream {
 #[derive(Clone)]
 pub struct Waypoint(pub Arc<Context>);
 
-fn answer(status: StatusCode, reason: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(reason)));
-    *response.status_mut() = status;
-    response
-}
-
 impl ConnectHandler for Waypoint {
     async fn handle(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<()>,
+        stream: Stream,
         peer: Arc<Peer>,
         drain: drain::Watch,
-    ) -> Response<Full<Bytes>> {
+    ) {
         let ctx = &self.0;
-        let refuse = |status: StatusCode, reason: &'static str, detail: String| {
+        let refuse = |stream: Stream, status: StatusCode, reason: &'static str, detail: String| {
             warn!(peer = %peer.addr, identity = %peer.identity, reason, %detail, "waypoint refused a CONNECT");
             ctx.inputs.metrics.refuse(DIRECTION, reason);
-            answer(status, detail)
+            stream.refuse(status, detail);
         };
         if request.method() != Method::CONNECT {
             return refuse(
+                stream,
                 StatusCode::BAD_REQUEST,
                 "not_connect",
                 format!("only CONNECT is served here, not {}", request.method()),
@@ -90,6 +83,7 @@ impl ConnectHandler for Waypoint {
             .unwrap_or_default();
         let Ok(dst) = authority.parse::<SocketAddr>() else {
             return refuse(
+                stream,
                 StatusCode::BAD_REQUEST,
                 "bad_authority",
                 format!("the CONNECT authority {authority:?} is not an ip:port"),
@@ -101,6 +95,7 @@ impl ConnectHandler for Waypoint {
             .filter(|s| s.waypoint.is_some())
         else {
             return refuse(
+                stream,
                 StatusCode::NOT_FOUND,
                 "unknown_destination",
                 format!(
@@ -111,6 +106,7 @@ impl ConnectHandler for Waypoint {
         };
         let Some(protocol) = service.port(dst.port()).map(|p| p.protocol()) else {
             return refuse(
+                stream,
                 StatusCode::NOT_FOUND,
                 "unknown_service_port",
                 format!("service {} has no port {}", service.key, dst.port()),
@@ -136,23 +132,17 @@ impl ConnectHandler for Waypoint {
             port: dst.port(),
             metrics: Default::default(),
         });
-        let upgrade = hyper::upgrade::on(&mut request);
-        let ctx = Arc::clone(ctx);
-        tokio::spawn(async move {
-            let upgraded = match upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(error) => {
-                    debug!(%error, "the CONNECT stream did not open");
-                    return;
-                }
-            };
-            let tunnel = Tunnel::new(upgraded, None);
-            match protocol {
-                Protocol::Http => serve_http(ctx, downstream, tunnel, drain).await,
-                Protocol::Tcp => tcp::serve(ctx, downstream, tunnel, drain).await,
+        let tunnel = match stream.accept() {
+            Ok(tunnel) => tunnel,
+            Err(error) => {
+                debug!(%error, "the CONNECT stream was gone before its answer");
+                return;
             }
-        });
-        Response::new(Full::new(Bytes::new()))
+        };
+        match protocol {
+            Protocol::Http => serve_http(Arc::clone(ctx), downstream, tunnel, drain).await,
+            Protocol::Tcp => tcp::serve(Arc::clone(ctx), downstream, tunnel, drain).await,
+        }
     }
 }
 

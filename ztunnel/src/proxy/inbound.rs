@@ -5,10 +5,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http::{Method, Request, StatusCode};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
@@ -16,8 +13,8 @@ use super::{
     Inputs, connect,
     connection::{AccessLog, Report, relay},
     hbone::{
-        FORWARDED, Tunnel, forwarded_for,
-        server::{ConnectHandler, Peer},
+        FORWARDED, forwarded_for,
+        server::{ConnectHandler, Peer, Stream},
     },
 };
 use crate::{
@@ -47,34 +44,31 @@ struct Inbound(Arc<Inputs>);
 impl ConnectHandler for Inbound {
     async fn handle(
         &self,
-        request: Request<Incoming>,
+        request: Request<()>,
+        stream: Stream,
         peer: Arc<Peer>,
         drain: drain::Watch,
-    ) -> Response<Full<Bytes>> {
-        handle(Arc::clone(&self.0), request, peer, drain).await
+    ) {
+        handle(Arc::clone(&self.0), request, stream, peer, drain).await
     }
 }
 
-fn answer(status: StatusCode, reason: impl Into<String>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(reason.into())));
-    *response.status_mut() = status;
-    response
-}
-
-/// Answers one request of an HBONE connection.
+/// Answers one request of an HBONE connection and relays its stream until it ends.
 pub async fn handle(
     inputs: Arc<Inputs>,
-    mut request: Request<Incoming>,
+    request: Request<()>,
+    stream: Stream,
     peer: Arc<Peer>,
-    drain: drain::Watch,
-) -> Response<Full<Bytes>> {
-    let refuse = |status: StatusCode, reason: &'static str, detail: String| {
+    mut drain: drain::Watch,
+) {
+    let refuse = |stream: Stream, status: StatusCode, reason: &'static str, detail: String| {
         warn!(peer = %peer.addr, identity = %peer.identity, reason, %detail, "HBONE request refused");
         inputs.metrics.refuse(DIRECTION, reason);
-        answer(status, detail)
+        stream.refuse(status, detail);
     };
     if request.method() != Method::CONNECT {
         return refuse(
+            stream,
             StatusCode::BAD_REQUEST,
             "not_connect",
             format!("only CONNECT is served here, not {}", request.method()),
@@ -87,6 +81,7 @@ pub async fn handle(
         .unwrap_or_default();
     let Ok(dst) = authority.parse::<SocketAddr>() else {
         return refuse(
+            stream,
             StatusCode::BAD_REQUEST,
             "bad_authority",
             format!("the CONNECT authority {authority:?} is not an ip:port"),
@@ -96,6 +91,7 @@ pub async fn handle(
     let state = &inputs.state;
     let Some(workload) = state.workload_by_ip(dst.ip()).filter(|w| state.is_local(w)) else {
         return refuse(
+            stream,
             StatusCode::NOT_FOUND,
             "unknown_destination",
             format!("{} is not a workload of this node", dst.ip()),
@@ -129,6 +125,7 @@ pub async fn handle(
     };
     if let Err(denied) = state.authorize(&workload, &conn) {
         return refuse(
+            stream,
             StatusCode::FORBIDDEN,
             denied.reason(),
             format!("{conn}: {denied}"),
@@ -162,34 +159,25 @@ pub async fn handle(
         Ok(pod) => pod,
         Err(error) => {
             return refuse(
+                stream,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "pod_connect",
                 format!("connecting to {dst}: {error}"),
             );
         }
     };
-    let upgrade = hyper::upgrade::on(&mut request);
-    let task_inputs = Arc::clone(&inputs);
-    let mut drain = drain;
-    tokio::spawn(async move {
-        let metrics = &task_inputs.metrics;
-        let report = Report::open(metrics, vec![labels], log);
-        match upgrade.await {
-            Ok(upgraded) => {
-                let relayed = relay(
-                    Tunnel::new(upgraded, None),
-                    pod,
-                    task_inputs.config.buffer_size,
-                    &mut drain,
-                )
-                .await;
-                report.finish(&relayed);
-            }
-            Err(error) => {
-                metrics.refuse(DIRECTION, "upgrade");
-                report.fail(&format!("the CONNECT stream did not open: {error}"));
-            }
+    let metrics = &inputs.metrics;
+    let report = Report::open(metrics, vec![labels], log);
+    match stream.accept() {
+        Ok(tunnel) => {
+            let relayed = relay(tunnel, pod, inputs.config.buffer_size, &mut drain).await;
+            report.finish(&relayed);
         }
-    });
-    Response::new(Full::new(Bytes::new()))
+        Err(error) => {
+            metrics.refuse(DIRECTION, "stream_gone");
+            report.fail(&format!(
+                "the CONNECT stream was gone before its answer: {error}"
+            ));
+        }
+    }
 }

@@ -5,20 +5,18 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
+use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::{Instrument as _, debug};
 use warren_api::Identity;
 
-use super::{FORWARDED, Tunnel};
+use super::{FORWARDED, Tunnel, keepalive};
 use crate::{
     config::Config,
     proxy::connect as tcp_connect,
@@ -42,10 +40,7 @@ pub enum HboneError {
     #[error("TLS setup: {0}")]
     TlsConfig(#[from] tls::TlsError),
     #[error("HTTP/2 with {addr}: {source}")]
-    Http2 {
-        addr: SocketAddr,
-        source: hyper::Error,
-    },
+    Http2 { addr: SocketAddr, source: h2::Error },
     #[error("the CONNECT to {0} got no answer in time")]
     ConnectTimeout(SocketAddr),
     #[error("the peer answered the CONNECT to {authority} with {status}: {reason}")]
@@ -111,7 +106,9 @@ impl Drop for StreamGuard {
 
 /// One HTTP/2 connection to a peer.
 pub struct Connection {
-    sender: http2::SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Bytes>,
+    /// Set by the connection's task when it ends (peer gone, GOAWAY done, keepalive).
+    closed: Arc<AtomicBool>,
     usage: Arc<Usage>,
     max_streams: usize,
     peer: SocketAddr,
@@ -120,7 +117,7 @@ pub struct Connection {
 impl Connection {
     /// Takes a stream slot if the connection is alive and not full.
     pub fn try_reserve(&self) -> Option<StreamGuard> {
-        if self.sender.is_closed() {
+        if self.is_closed() {
             return None;
         }
         self.usage
@@ -133,7 +130,7 @@ impl Connection {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
+        self.closed.load(Ordering::Acquire)
     }
 
     pub fn usage(&self) -> &Usage {
@@ -148,7 +145,7 @@ impl Connection {
         source: Option<IpAddr>,
         timeout: Duration,
     ) -> Result<Tunnel, HboneError> {
-        let mut sender = self.sender.clone();
+        let sender = self.sender.clone();
         let peer = self.peer;
         let mut request = Request::builder()
             .method(Method::CONNECT)
@@ -160,45 +157,50 @@ impl Connection {
             };
             request = request.header(FORWARDED, value);
         }
-        let request = request.body(Empty::new()).map_err(|e| HboneError::Status {
+        let request = request.body(()).map_err(|e| HboneError::Status {
             authority,
             status: StatusCode::BAD_REQUEST,
             reason: format!("building the CONNECT: {e}"),
         })?;
+        let http2 = |source| HboneError::Http2 { addr: peer, source };
         let exchange = async {
-            sender
-                .ready()
-                .await
-                .map_err(|source| HboneError::Http2 { addr: peer, source })?;
-            sender
-                .send_request(request)
-                .await
-                .map_err(|source| HboneError::Http2 { addr: peer, source })
+            let mut sender = sender.ready().await.map_err(http2)?;
+            let (response, send) = sender.send_request(request, false).map_err(http2)?;
+            Ok::<_, HboneError>((response.await.map_err(http2)?, send))
         };
-        let response = tokio::time::timeout(timeout, exchange)
+        let (response, send) = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| HboneError::ConnectTimeout(authority))??;
-        let status = response.status();
-        if status != StatusCode::OK {
+        let (head, mut recv) = response.into_parts();
+        if head.status != StatusCode::OK {
             // The peer says why in the body; read a little of it, briefly.
-            let body = Limited::new(response.into_body(), 1024);
-            let reason = match tokio::time::timeout(Duration::from_secs(1), body.collect()).await {
-                Ok(Ok(collected)) => String::from_utf8_lossy(&collected.to_bytes())
-                    .trim()
-                    .to_owned(),
-                _ => String::new(),
-            };
+            let reason = tokio::time::timeout(Duration::from_secs(1), read_reason(&mut recv))
+                .await
+                .unwrap_or_default();
             return Err(HboneError::Status {
                 authority,
-                status,
+                status: head.status,
                 reason,
             });
         }
-        let upgraded = hyper::upgrade::on(response)
-            .await
-            .map_err(|source| HboneError::Http2 { addr: peer, source })?;
-        Ok(Tunnel::new(upgraded, Some(guard)))
+        Ok(Tunnel::new(send, recv, Some(guard)))
     }
+}
+
+/// The first KiB of a refusal's body, as text.
+async fn read_reason(recv: &mut h2::RecvStream) -> String {
+    const LIMIT: usize = 1024;
+    let mut reason = Vec::new();
+    while reason.len() < LIMIT {
+        match recv.data().await {
+            Some(Ok(chunk)) => {
+                let _ = recv.flow_control().release_capacity(chunk.len());
+                reason.extend_from_slice(&chunk[..chunk.len().min(LIMIT - reason.len())]);
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&reason).trim().to_owned()
 }
 
 /// Connects to `gateway`, proves `source`'s identity, requires `expected` from the peer,
@@ -229,34 +231,41 @@ pub async fn connect(
         source,
     })?;
 
-    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(config.stream_window)
+    let (sender, mut connection) = h2::client::Builder::new()
+        .initial_window_size(config.stream_window)
         .initial_connection_window_size(config.connection_window)
         .max_frame_size(config.frame_size)
-        .max_send_buf_size(config.stream_window as usize)
+        .max_send_buffer_size(config.stream_window as usize)
         .initial_max_send_streams(config.pool_max_streams)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .handshake(TokioIo::new(tls))
+        .enable_push(false)
+        .handshake::<_, Bytes>(tls)
         .await
         .map_err(|source| HboneError::Http2 {
             addr: gateway,
             source,
         })?;
-    // The connection task ends when the peer goes away or every sender (the pool's and
-    // the streams') is dropped and no stream is open.
+    // The connection task ends when the peer goes away, stops answering PINGs, or
+    // every sender (the pool's and the streams') is dropped and no stream is open.
+    let closed = Arc::new(AtomicBool::new(false));
+    let ping_pong = connection.ping_pong();
+    let task_closed = Arc::clone(&closed);
     tokio::spawn(
         async move {
-            if let Err(error) = connection.await {
-                debug!(%error, "HBONE connection ended with an error");
+            tokio::select! {
+                result = &mut connection => if let Err(error) = result {
+                    debug!(%error, "HBONE connection ended with an error");
+                },
+                reason = keepalive::watch(ping_pong) => {
+                    debug!(%reason, "HBONE peer went silent; closing the connection");
+                }
             }
+            task_closed.store(true, Ordering::Release);
         }
         .instrument(tracing::debug_span!("hbone_client", peer = %gateway)),
     );
     Ok(Connection {
         sender,
+        closed,
         usage: Arc::new(Usage {
             streams: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),

@@ -1,18 +1,17 @@
 //! HBONE: TCP carried in HTTP/2 CONNECT streams over mutual TLS, as Istio ambient
-//! speaks it. [`client`] opens tunnels, [`server`] terminates them.
+//! speaks it. [`client`] opens tunnels, [`server`] terminates them, [`tunnel`] is one
+//! CONNECT stream as a byte stream, [`keepalive`] notices a peer that went silent.
+//!
+//! HTTP/2 is spoken with the `h2` crate directly rather than through hyper's upgrades:
+//! a tunnel then writes into its stream's own flow-control window, with no channel and
+//! no extra task per direction, and its back-pressure is HTTP/2's.
 
 pub mod client;
+mod keepalive;
 pub mod server;
+mod tunnel;
 
-use std::{
-    io,
-    pin::Pin,
-    task::{Context, Poll},
-};
-
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+pub use tunnel::Tunnel;
 
 /// Header the client puts the original source address in (`for=<ip>`), as Istio does.
 pub const FORWARDED: &str = "forwarded";
@@ -31,50 +30,6 @@ pub fn forwarded_for(value: &str) -> Option<std::net::IpAddr> {
             .map_or(v, |(ip, _)| ip);
         v.parse().ok()
     })
-}
-
-/// One CONNECT stream as a byte stream. Holds what must live as long as it does (the
-/// pool's count of streams on its connection).
-pub struct Tunnel {
-    io: TokioIo<Upgraded>,
-    _guard: Option<client::StreamGuard>,
-}
-
-impl Tunnel {
-    pub fn new(upgraded: Upgraded, guard: Option<client::StreamGuard>) -> Self {
-        Tunnel {
-            io: TokioIo::new(upgraded),
-            _guard: guard,
-        }
-    }
-}
-
-impl AsyncRead for Tunnel {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Tunnel {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -1,27 +1,16 @@
 //! The HBONE server's connection handling: mutual TLS with a deadline, the peer's SPIFFE
 //! identity, then HTTP/2 whose requests [`crate::proxy::inbound`] answers.
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
-
-use hyper::server::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
-use tracing::{debug, warn};
-use warren_api::Identity;
+use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use h2::{RecvStream, server::SendResponse};
+use http::{Request, Response, StatusCode};
+use tokio::net::TcpStream;
+use tracing::{Instrument as _, debug, warn};
+use warren_api::Identity;
 
+use super::{Tunnel, keepalive};
 use crate::{
     drain,
     proxy::{Inputs, reset},
@@ -37,15 +26,45 @@ pub struct Peer {
     pub addr: SocketAddr,
 }
 
-/// Answers one CONNECT of an HBONE connection: ztunnel's inbound relays it to a
-/// pod, a waypoint serves HTTP inside it.
+/// Answers one CONNECT of an HBONE connection, on a task of its own: ztunnel's inbound
+/// relays it to a pod, a waypoint serves HTTP inside it. The handler either refuses the
+/// stream or accepts it and then uses the tunnel until it is done.
 pub trait ConnectHandler: Clone + Send + Sync + 'static {
     fn handle(
         &self,
-        request: Request<Incoming>,
+        request: Request<()>,
+        stream: Stream,
         peer: Arc<Peer>,
         drain: drain::Watch,
-    ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// A request's stream, not yet answered. Dropped unanswered, it is reset.
+pub struct Stream {
+    respond: SendResponse<Bytes>,
+    recv: RecvStream,
+}
+
+impl Stream {
+    /// Answers 200 and hands the stream over as a tunnel.
+    pub fn accept(mut self) -> Result<Tunnel, h2::Error> {
+        let send = self.respond.send_response(Response::new(()), false)?;
+        Ok(Tunnel::new(send, self.recv, None))
+    }
+
+    /// Answers `status` with `reason` as the body, and ends the stream.
+    pub fn refuse(mut self, status: StatusCode, reason: String) {
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        let sent = match self.respond.send_response(response, reason.is_empty()) {
+            Ok(mut send) if !reason.is_empty() => send.send_data(Bytes::from(reason), true),
+            Ok(_) => Ok(()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = sent {
+            debug!(%error, "the refusal could not be sent: the stream is gone");
+        }
+    }
 }
 
 /// Serves one accepted TCP connection on the HBONE port.
@@ -102,26 +121,12 @@ pub async fn serve(
     debug!(peer = %addr, %identity, "HBONE connection");
     let peer = Arc::new(Peer { identity, addr });
 
-    let seen_request = Arc::new(AtomicBool::new(false));
-    let service = {
-        let peer = Arc::clone(&peer);
-        let drain = drain.clone();
-        let seen_request = Arc::clone(&seen_request);
-        hyper::service::service_fn(move |request| {
-            seen_request.store(true, Ordering::Release);
-            let handler = handler.clone();
-            let peer = Arc::clone(&peer);
-            let drain = drain.clone();
-            async move { Ok::<_, Infallible>(handler.handle(request, peer, drain).await) }
-        })
-    };
     let config = &inputs.config;
-    let connection = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(config.stream_window)
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(config.stream_window)
         .initial_connection_window_size(config.connection_window)
         .max_frame_size(config.frame_size)
-        .max_send_buf_size(config.stream_window as usize)
+        .max_send_buffer_size(config.stream_window as usize)
         // Above the clients' per-connection bound, so the client's pool decides.
         .max_concurrent_streams(
             u32::try_from(config.pool_max_streams.saturating_mul(2))
@@ -129,35 +134,71 @@ pub async fn serve(
                 .max(100),
         )
         .max_header_list_size(16 << 10)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .serve_connection(TokioIo::new(tls), service);
-    let mut connection = std::pin::pin!(connection);
-
-    // A peer that completes TLS and then sends nothing is cut off after the header
-    // timeout; a drain asks the peer to go away (GOAWAY) and lets streams finish.
+        .handshake::<_, Bytes>(tls);
+    // A peer that completes TLS and then sends nothing (not even the HTTP/2 preface, or
+    // no CONNECT after it) is cut off after the header timeout.
     let header_deadline = tokio::time::sleep(config.connect_header_timeout);
     let mut header_deadline = std::pin::pin!(header_deadline);
+    let mut connection = tokio::select! {
+        result = handshake => match result {
+            Ok(connection) => connection,
+            Err(error) => {
+                warn!(peer = %addr, identity = %peer.identity, %error, "HBONE peer did not start HTTP/2");
+                inputs.metrics.refuse(DIRECTION, "http2_handshake");
+                return;
+            }
+        },
+        () = &mut header_deadline => {
+            warn!(peer = %addr, identity = %peer.identity, "HBONE peer sent no HTTP/2 preface in time; closing");
+            inputs.metrics.refuse(DIRECTION, "connect_header_timeout");
+            return;
+        }
+    };
+    let keepalive = keepalive::watch(connection.ping_pong());
+    let mut keepalive = std::pin::pin!(keepalive);
+
+    // Each stream is answered on a task of its own; this task drives the connection.
+    // A drain asks the peer to go away (GOAWAY) and lets streams finish.
+    let mut seen_request = false;
     let mut draining = false;
     let mut deadline = drain.clone();
     loop {
         tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(error) = result {
-                    debug!(peer = %addr, %error, "HBONE connection ended with an error");
+            next = connection.accept() => match next {
+                Some(Ok((request, respond))) => {
+                    seen_request = true;
+                    let (head, recv) = request.into_parts();
+                    let stream = Stream { respond, recv };
+                    let handler = handler.clone();
+                    let peer = Arc::clone(&peer);
+                    let drain = drain.clone();
+                    tokio::spawn(
+                        async move {
+                            handler
+                                .handle(Request::from_parts(head, ()), stream, peer, drain)
+                                .await;
+                        }
+                        .in_current_span(),
+                    );
                 }
-                return;
-            }
-            () = &mut header_deadline, if !seen_request.load(Ordering::Acquire) => {
-                if !seen_request.load(Ordering::Acquire) {
-                    warn!(peer = %addr, identity = %peer.identity, "HBONE peer sent no CONNECT in time; closing");
-                    inputs.metrics.refuse(DIRECTION, "connect_header_timeout");
+                Some(Err(error)) => {
+                    debug!(peer = %addr, %error, "HBONE connection ended with an error");
                     return;
                 }
+                None => return,
+            },
+            () = &mut header_deadline, if !seen_request => {
+                warn!(peer = %addr, identity = %peer.identity, "HBONE peer sent no CONNECT in time; closing");
+                inputs.metrics.refuse(DIRECTION, "connect_header_timeout");
+                return;
+            }
+            reason = &mut keepalive => {
+                debug!(peer = %addr, %reason, "HBONE peer went silent; closing the connection");
+                return;
             }
             () = drain.draining(), if !draining => {
                 draining = true;
-                connection.as_mut().graceful_shutdown();
+                connection.graceful_shutdown();
             }
             () = deadline.forced() => return,
         }
