@@ -47,6 +47,12 @@ pub struct RunArgs {
     /// as --ztunnel); without it, IPv6 connects are not captured.
     #[arg(long, env = "WARREN_ZTUNNEL_OUTBOUND6", requires = "ztunnel")]
     pub ztunnel6: Option<std::net::Ipv6Addr>,
+    /// Let local socket pairs (a pod and ztunnel on this node) skip the TCP
+    /// stack with sk_msg. Experimental and off by default: the kernel's
+    /// sockmap can fail a blocking reader with EAGAIN and has no
+    /// back-pressure (see docs/datapath.md).
+    #[arg(long, env = "WARREN_SOCKET_SHORTCUT")]
+    pub socket_shortcut: bool,
     /// This node's own addresses (repeatable): the STRICT guard admits
     /// connections from them (ztunnel, probes).
     #[arg(long = "node-addr", env = "WARREN_NODE_ADDRS", value_delimiter = ',')]

@@ -58,6 +58,9 @@ pub mod map {
     pub const ORIG_DST_BY_FLOW: &str = "WARREN_ORIG_DST_BY_FLOW";
     /// SOCKHASH of local sockets keyed by [`crate::FlowKey`] (own view).
     pub const SOCKS: &str = "WARREN_SOCKS";
+    /// Bytes each shortcut socket may still hand to its peer directly
+    /// (LRU, keyed by the socket's own flow).
+    pub const SHORTCUT_BUDGET: &str = "WARREN_SHORTCUT_BUDGET";
     /// [`crate::IpKey`] → [`crate::AddrKind`]: this node's own and its pods'
     /// addresses.
     pub const LOCAL_ADDRS: &str = "WARREN_LOCAL_ADDRS";
@@ -82,6 +85,7 @@ pub mod map {
         ORIG_DST,
         ORIG_DST_BY_FLOW,
         SOCKS,
+        SHORTCUT_BUDGET,
         LOCAL_ADDRS,
         GUARD,
         GUARD_PORTS,
@@ -121,6 +125,7 @@ pub const MAP_LAYOUTS: &[MapLayout] = &[
     layout::<FlowKey, OrigDst>(map::ORIG_DST_BY_FLOW, capacity::ORIG_DST_BY_FLOW),
     // A SOCKHASH value is the socket, 4 bytes from user space's side.
     layout::<FlowKey, u32>(map::SOCKS, capacity::SOCKS),
+    layout::<FlowKey, u64>(map::SHORTCUT_BUDGET, capacity::SOCKS),
     layout::<IpKey, u32>(map::LOCAL_ADDRS, capacity::LOCAL_ADDRS),
     layout::<u32, GuardEntry>(map::GUARD, capacity::GUARD),
     layout::<GuardPortKey, GuardEntry>(map::GUARD_PORTS, capacity::GUARD_PORTS),
@@ -141,6 +146,21 @@ pub mod capacity {
     pub const GUARD: u32 = 4_096;
     pub const GUARD_PORTS: u32 = 16_384;
 }
+
+/// How many bytes one socket may send through the shortcut before the rest
+/// of its life goes over TCP.
+///
+/// The kernel queues a redirected message on the peer's ingress list with no
+/// back-pressure: a sender faster than its reader (a bulk upload into ztunnel,
+/// which is busy encrypting) grows that list until the host's TCP memory
+/// reaches its hard limit (`tcp_mem`), and then every redirect fails with
+/// ENOMEM in the sender's `write`. Measured here: a 4 GiB echo through
+/// ztunnel failed after 1.6-2.0 GB. TCP bounds what a socket queues by its
+/// windows; the budget bounds it the same way, so a socket can never have
+/// more than this waiting at its peer. The switch is one-way because the
+/// reader takes queued shortcut messages before TCP data: returning to the
+/// shortcut while TCP bytes are unread would reorder the stream.
+pub const SHORTCUT_BUDGET_BYTES: u64 = 8 << 20;
 
 /// Address families as the kernel numbers them.
 pub const AF_INET: u16 = 2;
@@ -401,7 +421,10 @@ pub struct NodeConfig {
     pub ztunnel_ip6: [u32; 4],
     /// ztunnel's outbound port (15001); 0 turns capture off.
     pub ztunnel_port: u16,
-    pub _pad: u16,
+    /// 1: local socket pairs may take the sk_msg shortcut (opt-in, see
+    /// [`SHORTCUT_BUDGET_BYTES`] and docs/datapath.md for why it is off by
+    /// default).
+    pub shortcut: u16,
     /// Sockets with this mark are never captured.
     pub mark: u32,
 }
@@ -472,6 +495,8 @@ counters! {
     GuardPassed = 12 => "guard_passed",
     /// A connection attempt to a STRICT pod from outside the node: dropped.
     GuardDropped = 13 => "guard_dropped",
+    /// A socket spent its shortcut budget: the rest of its bytes take TCP.
+    ShortcutBudgetSpent = 14 => "shortcut_budget_spent",
 }
 
 #[cfg(feature = "user")]

@@ -5,8 +5,9 @@
 //!   (by socket cookie) moves to the flow key, where `getsockopt` on the
 //!   proxy's accepted socket finds it; the socket asks to hear about its
 //!   close, so the entry goes when the connection does.
-//! - Either side established with a peer on this node: the socket joins the
-//!   shortcut SOCKHASH, keyed by its own view of the flow.
+//! - Either side established with a peer on this node: the socket gets its
+//!   shortcut budget and joins the shortcut SOCKHASH, keyed by its own view
+//!   of the flow; its close removes the budget.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -18,12 +19,12 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use warren_ebpf_common::{AF_INET, AF_INET6, AddrKind, Counter, FlowKey};
+use warren_ebpf_common::{AF_INET, AF_INET6, AddrKind, Counter, FlowKey, SHORTCUT_BUDGET_BYTES};
 
 use crate::{
     addr::{ip_key, is_loopback_v4, is_loopback_v6, is_v4_mapped},
     counters::bump,
-    maps::{LOCAL_ADDRS, ORIG_DST, ORIG_DST_BY_FLOW, SOCKS},
+    maps::{CONFIG, LOCAL_ADDRS, ORIG_DST, ORIG_DST_BY_FLOW, SHORTCUT_BUDGET, SOCKS},
 };
 
 /// `TCP_CLOSE` from the kernel's TCP state numbering.
@@ -41,8 +42,9 @@ pub fn warren_sock_ops(ctx: SockOpsContext) -> u32 {
         }
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => join_shortcut(&ctx, &own),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
-            // Only client sockets with a captured flow asked for this.
+            // Only captured client sockets and shortcut sockets asked for this.
             let _ = ORIG_DST_BY_FLOW.remove(&own);
+            let _ = SHORTCUT_BUDGET.remove(&own);
         }
         _ => {}
     }
@@ -68,6 +70,10 @@ fn track_original_destination(ctx: &SockOpsContext, own: &FlowKey) {
 }
 
 fn join_shortcut(ctx: &SockOpsContext, own: &FlowKey) {
+    // Opt-in: the agent turns it on with --socket-shortcut.
+    if CONFIG.get(0).is_none_or(|cfg| cfg.shortcut == 0) {
+        return;
+    }
     // Loopback is never shortcut: the same loopback 4-tuple can exist in
     // many pod namespaces at once, and the key has no namespace in it.
     let loopback = if own.family == AF_INET as u32 {
@@ -87,10 +93,22 @@ fn join_shortcut(ctx: &SockOpsContext, own: &FlowKey) {
     if !local {
         return;
     }
+    // The budget first: a socket without one never takes the shortcut.
+    if SHORTCUT_BUDGET
+        .insert(own, &SHORTCUT_BUDGET_BYTES, 0)
+        .is_err()
+    {
+        return;
+    }
     let mut key = *own;
     // SAFETY: `ops` is the valid context the kernel passed us.
     if SOCKS.update(&mut key, unsafe { &mut *ctx.ops }, 0).is_ok() {
         bump(Counter::ShortcutInserted);
+        // Its close removes the budget (the LRU would, later).
+        let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
+        let _ = ctx.set_cb_flags(flags as i32);
+    } else {
+        let _ = SHORTCUT_BUDGET.remove(own);
     }
 }
 

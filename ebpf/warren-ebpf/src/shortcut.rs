@@ -4,6 +4,9 @@
 //! counts verdicts, each covering up to [`APPLY_BYTES`]. A peer that is not in
 //! the map (on another node, closed, not yet established) means the normal
 //! path: the program never drops data.
+//!
+//! Each socket may send [`warren_ebpf_common::SHORTCUT_BUDGET_BYTES`] this way, then TCP for the
+//! rest of its life (see there why, and why never back).
 
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, sk_action::SK_PASS},
@@ -12,7 +15,11 @@ use aya_ebpf::{
 };
 use warren_ebpf_common::{AF_INET, AF_INET6, Counter, FlowKey};
 
-use crate::{counters::bump, flows::fold_v4_mapped, maps::SOCKS};
+use crate::{
+    counters::bump,
+    flows::fold_v4_mapped,
+    maps::{SHORTCUT_BUDGET, SOCKS},
+};
 
 /// After a successful redirect, the verdict covers this many following
 /// bytes without running the program again: a connected socket's peer does
@@ -41,14 +48,38 @@ pub fn warren_shortcut(ctx: SkMsgContext) -> u32 {
             family: AF_INET6 as u32,
         })
     };
+    // A verdict covers up to APPLY_BYTES, so each one is charged that much.
+    let Some(budget) = SHORTCUT_BUDGET.get_ptr_mut(&own) else {
+        // Spent (or never granted): TCP, and this verdict stands for the next
+        // APPLY_BYTES too, so the program stays off the per-message path.
+        apply_verdict(&ctx);
+        return SK_PASS;
+    };
+    // SAFETY: a pointer from a successful lookup, valid for this run; only
+    // this socket's own sendmsg (under its socket lock) touches the entry.
+    let left = unsafe { *budget };
+    if left < APPLY_BYTES as u64 {
+        let _ = SHORTCUT_BUDGET.remove(&own);
+        bump(Counter::ShortcutBudgetSpent);
+        apply_verdict(&ctx);
+        return SK_PASS;
+    }
     // The peer socket is keyed by its own view: ours reversed.
     let mut peer = own.reversed();
     if SOCKS.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64) == SK_PASS as i64 {
-        // SAFETY: a valid context; the helper only sets the psock's byte budget.
-        unsafe { aya_ebpf::helpers::bpf_msg_apply_bytes(ctx.msg, APPLY_BYTES) };
+        // SAFETY: as above.
+        unsafe { *budget = left - APPLY_BYTES as u64 };
+        apply_verdict(&ctx);
         bump(Counter::ShortcutHit);
     } else {
         bump(Counter::ShortcutMiss);
     }
     SK_PASS
+}
+
+/// Lets this verdict cover the next [`APPLY_BYTES`] without running again.
+#[inline(always)]
+fn apply_verdict(ctx: &SkMsgContext) {
+    // SAFETY: a valid context; the helper only sets the psock's byte budget.
+    unsafe { aya_ebpf::helpers::bpf_msg_apply_bytes(ctx.msg, APPLY_BYTES) };
 }

@@ -100,11 +100,14 @@ async fn run(args: RunArgs) -> Result<()> {
     let pin_root = args.node.pin_root();
     let (mut datapath, installed) = Datapath::install(&pin_root, &args.cgroup)
         .with_context(|| format!("installing the datapath on {}", args.cgroup.display()))?;
-    datapath.set_redirect(args.ztunnel.map(|addr| Redirect {
-        ip4: *addr.ip(),
-        ip6: args.ztunnel6,
-        port: addr.port(),
-    }))?;
+    datapath.configure(
+        args.ztunnel.map(|addr| Redirect {
+            ip4: *addr.ip(),
+            ip6: args.ztunnel6,
+            port: addr.port(),
+        }),
+        args.socket_shortcut,
+    )?;
     for ip in &args.node_addrs {
         datapath.add_local_addr(*ip, AddrKind::Node)?;
     }

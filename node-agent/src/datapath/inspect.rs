@@ -233,6 +233,15 @@ pub fn dump(maps: &Maps, name: &str) -> Result<MapDump, DatapathError> {
                 });
             }
         }
+        map::SHORTCUT_BUDGET => {
+            let h: HashMap<_, FlowKey, u64> = HashMap::try_from(m).map_err(err)?;
+            for (flow, left) in h.iter().filter_map(Result::ok) {
+                entries.push(Entry {
+                    key: json!(flow_string(&flow)),
+                    value: json!({ "bytes_left": left }),
+                });
+            }
+        }
         map::LOCAL_ADDRS => {
             let h: HashMap<_, IpKey, u32> = HashMap::try_from(m).map_err(err)?;
             for (ip, kind) in h.iter().filter_map(Result::ok) {

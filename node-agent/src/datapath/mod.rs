@@ -75,16 +75,21 @@ impl Datapath {
         &self.pins
     }
 
-    /// Points capture at ztunnel; `None` turns capture off (connects then
-    /// go out untouched).
-    pub fn set_redirect(&mut self, redirect: Option<Redirect>) -> Result<(), DatapathError> {
+    /// Points capture at ztunnel (`None` turns capture off: connects then
+    /// go out untouched) and turns the socket shortcut on or off for
+    /// connections established from now on.
+    pub fn configure(
+        &mut self,
+        redirect: Option<Redirect>,
+        shortcut: bool,
+    ) -> Result<(), DatapathError> {
         let value = NodeConfig {
             ztunnel_ip4: redirect.map_or(0, |r| u32::from(r.ip4).to_be()),
             ztunnel_ip6: redirect.and_then(|r| r.ip6).map_or([0; 4], |ip6| {
                 warren_ebpf_common::words_of(IpAddr::V6(ip6)).1
             }),
             ztunnel_port: redirect.map_or(0, |r| r.port),
-            _pad: 0,
+            shortcut: u16::from(shortcut),
             mark: ZTUNNEL_MARK,
         };
         let mut config: Array<_, NodeConfig> = Array::try_from(self.maps.get_mut(map::CONFIG))

@@ -11,7 +11,7 @@ use std::{net::IpAddr, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
-use warren_e2e::agent::{AddrKind, Counter, datapath, start_agent};
+use warren_e2e::agent::{AddrKind, Counter, datapath, start_agent_with};
 use warren_testbed::{Cluster, Pod, binaries};
 
 use crate::{
@@ -51,7 +51,8 @@ struct Sample {
 pub fn run(args: &Args) -> Result<()> {
     let cluster = Cluster::builder().nodes(1).pods_per_node(2).up()?;
     let node = cluster.node(0)?;
-    let _agent = start_agent(&cluster, node)?;
+    // The shortcut is opt-in; this bench is about it.
+    let _agent = start_agent_with(&cluster, node, &["--socket-shortcut"])?;
     let (client, server) = (cluster.pod("n0-p0")?, cluster.pod("n0-p1")?);
     let sample = binaries::path("warren-sample")?;
     // Client and echo on separate CPUs (when there are two): on a small VM,

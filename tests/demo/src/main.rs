@@ -24,7 +24,7 @@ use serde::Deserialize as _;
 use serde_json::Value;
 use warren_e2e::{
     agent::{Counter, agent_socket, datapath, warrenctl, warrenctl_text},
-    mesh::{Mesh, eventually, metric_sum, scrape_metrics, start_mesh_with_waypoints},
+    mesh::{Mesh, MeshOptions, eventually, metric_sum, scrape_metrics, start_mesh_with},
     workload::{count_status, count_version, load, start_http_server},
 };
 use warren_testbed::{Cluster, Node, Pod, PodSpec, Process, ServicePort};
@@ -170,7 +170,7 @@ fn main() -> ExitCode {
         demo.deny()
     });
     steps.run(
-        "Socket shortcut: same-node hops skip the TCP/IP stack",
+        "Socket shortcut (opt-in): same-node hops skip the TCP/IP stack",
         || demo.shortcut(),
     );
     steps.run("Agent restart: capture continues, pins adopted", || {
@@ -352,7 +352,13 @@ impl Demo {
     }
 
     fn mesh_up(&mut self) -> Result<String> {
-        let mut mesh = start_mesh_with_waypoints(&self.cluster)?;
+        // The socket shortcut is opt-in (docs/datapath.md); the demo shows it.
+        let options = MeshOptions {
+            run_waypoints: true,
+            agent_args: vec!["--socket-shortcut".into()],
+            ..MeshOptions::default()
+        };
+        let mut mesh = start_mesh_with(&self.cluster, &options)?;
         mesh.wait_ready(Duration::from_secs(30))
             .with_context(|| mesh.logs())?;
         let mut evidence = Vec::new();

@@ -43,6 +43,12 @@ pub struct MeshOptions {
     pub cert_ttl: String,
     /// Extra arguments for every ztunnel.
     pub ztunnel_args: Vec<String>,
+    /// Extra arguments for every node agent.
+    pub agent_args: Vec<String>,
+    /// Agents run their node's waypoints (the agent's default in local
+    /// mode). Most tests start waypoints themselves, so by default the
+    /// agents leave waypoint pods alone.
+    pub run_waypoints: bool,
 }
 
 impl Default for MeshOptions {
@@ -50,6 +56,8 @@ impl Default for MeshOptions {
         Self {
             cert_ttl: "1h".into(),
             ztunnel_args: Vec::new(),
+            agent_args: Vec::new(),
+            run_waypoints: false,
         }
     }
 }
@@ -58,18 +66,18 @@ pub fn start_mesh(cluster: &Cluster) -> Result<Mesh> {
     start_mesh_with(cluster, &MeshOptions::default())
 }
 
-pub fn start_mesh_with(cluster: &Cluster, options: &MeshOptions) -> Result<Mesh> {
-    start(cluster, options, false)
-}
-
-/// [`start_mesh`] with every agent running its node's waypoints (the
-/// agent's default in local mode). The other tests start waypoints
-/// themselves, so for them the agents leave waypoint pods alone.
+/// [`start_mesh`] with every agent running its node's waypoints.
 pub fn start_mesh_with_waypoints(cluster: &Cluster) -> Result<Mesh> {
-    start(cluster, &MeshOptions::default(), true)
+    start_mesh_with(
+        cluster,
+        &MeshOptions {
+            run_waypoints: true,
+            ..MeshOptions::default()
+        },
+    )
 }
 
-fn start(cluster: &Cluster, options: &MeshOptions, run_waypoints: bool) -> Result<Mesh> {
+pub fn start_mesh_with(cluster: &Cluster, options: &MeshOptions) -> Result<Mesh> {
     let agent_bin = binaries::path("warren-node-agent")?;
     let agent_bin = agent_bin.to_string_lossy().into_owned();
     let first = cluster.node(0)?;
@@ -133,10 +141,11 @@ fn start(cluster: &Cluster, options: &MeshOptions, run_waypoints: bool) -> Resul
             &token_file.to_string_lossy(),
             "--cert-ttl",
             &options.cert_ttl,
-            &format!("--run-waypoints={run_waypoints}"),
+            &format!("--run-waypoints={}", options.run_waypoints),
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(options.agent_args.iter().cloned())
         .collect();
         let args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
         let agent = start_agent_with(cluster, node, &args)?;
