@@ -1,6 +1,9 @@
 //! `warren-waypoint`: the L7 proxy of one namespace. Subscribes to the node
 //! agent as that namespace's waypoint, serves HBONE, drains on SIGTERM.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 
 use anyhow::Context as _;

@@ -1,6 +1,9 @@
 //! `warren-ztunnel`: the node-local L4 proxy. Subscribes to the node agent's config
 //! stream, serves its listeners, and drains on SIGTERM, SIGINT or `/quitquitquit`.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 
 use anyhow::Context as _;
