@@ -8,18 +8,17 @@
 //! namespace's policy, else the mesh-wide policy in the root namespace,
 //! else PERMISSIVE (Istio's default).
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
 use tracing::{info, warn};
 use warren_ebpf_common::Mode;
 
 use crate::{
     datapath::{Datapath, DatapathError, PodEnrollment, netns_cookie},
     model::{
-        Kind, Object, ObjectKey,
+        Kind, Labels, Object, ObjectKey,
+        cluster::Pod,
         istio::{MtlsMode, PeerAuthentication},
-        object::excluded_ports,
     },
     store::Store,
 };
@@ -143,43 +142,34 @@ impl Enrollment {
         let mut out = BTreeMap::new();
         for object in store.of_kind(Kind::Pod) {
             let Object::Pod(pod) = object else { continue };
-            if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(self.node.as_str()) {
+            if pod.node_name.as_deref() != Some(self.node.as_str()) {
                 continue;
             }
-            let namespace = pod
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            if !is_enrolled_namespace(store, &namespace) || pod_opts_out(pod) {
+            let namespace = &*pod.namespace;
+            if !is_enrolled_namespace(store, namespace) || pod_opts_out(pod) {
                 continue;
             }
-            let name = format!(
-                "{namespace}/{}",
-                pod.metadata.name.clone().unwrap_or_default()
-            );
-            let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-            let Some(netns) = annotations.get(NETNS_ANNOTATION) else {
+            let name = format!("{namespace}/{}", pod.name);
+            let Some(netns) = pod.annotation(NETNS_ANNOTATION) else {
                 warn!(pod = %name, "no {NETNS_ANNOTATION} annotation: cannot find its network namespace");
                 continue;
             };
-            let ip4 = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_ip.as_deref())
-                .and_then(|ip| ip.parse().ok());
-            let (mode, port_modes) = inbound_mode(store, &self.root_namespace, &namespace, pod);
+            let ip4 = match pod.pod_ip {
+                Some(IpAddr::V4(ip)) => Some(ip),
+                _ => None,
+            };
+            let (mode, port_modes) = inbound_mode(store, &self.root_namespace, namespace, pod);
             out.insert(
                 object.key(),
                 PodEnrollment {
                     name,
                     netns: PathBuf::from(netns),
                     ip4,
-                    host_veth: annotations.get(HOST_VETH_ANNOTATION).cloned(),
+                    host_veth: pod.annotation(HOST_VETH_ANNOTATION).map(str::to_owned),
                     mode,
                     port_modes,
                     // Validation refused pods with a bad annotation.
-                    excluded_ports: excluded_ports(pod).unwrap_or_default(),
+                    excluded_ports: pod.excluded_ports().unwrap_or_default(),
                 },
             );
         }
@@ -208,10 +198,10 @@ pub fn inbound_mode(
                 .is_some_and(|ns| ns == namespace || ns == root_namespace)
         })
     {
-        warn!(policy = %key, pod = ?pod.metadata.name, "refused PeerAuthentication: STRICT until it is fixed");
+        warn!(policy = %key, pod = %pod.name, "refused PeerAuthentication: STRICT until it is fixed");
         return (Mode::Strict, Vec::new());
     }
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let labels = &pod.labels;
     let policies: Vec<&PeerAuthentication> = store
         .of_kind(Kind::PeerAuthentication)
         .filter_map(|o| match o {
@@ -236,13 +226,10 @@ pub fn inbound_mode(
         found
     };
     let workload = in_ns(namespace).into_iter().find(|pa| {
-        pa.spec.selector.as_ref().is_some_and(|sel| {
-            !sel.match_labels.is_empty()
-                && sel
-                    .match_labels
-                    .iter()
-                    .all(|(k, v)| labels.get(k) == Some(v))
-        })
+        pa.spec
+            .selector
+            .as_ref()
+            .is_some_and(|sel| !sel.match_labels.is_empty() && labels.matches(&sel.match_labels))
     });
     let unselected = |ns: &str| {
         in_ns(ns).into_iter().find(|pa| {
@@ -281,30 +268,20 @@ pub fn inbound_mode(
 
 /// Whether `namespace` is labelled into the mesh.
 pub fn is_enrolled_namespace(store: &Store, namespace: &str) -> bool {
-    let key = ObjectKey {
-        kind: Kind::Namespace,
-        namespace: None,
-        name: namespace.to_owned(),
-    };
+    let key = ObjectKey::new(Kind::Namespace, None, namespace);
     let Some(Object::Namespace(ns)) = store.get(&key) else {
         return false;
     };
-    is_ambient(ns)
+    dataplane_mode_is(&ns.labels, AMBIENT)
 }
 
-fn is_ambient(ns: &Namespace) -> bool {
-    let labels = ns.metadata.labels.clone().unwrap_or_default();
-    DATAPLANE_LABELS
-        .iter()
-        .any(|l| labels.get(*l).map(String::as_str) == Some(AMBIENT))
+fn dataplane_mode_is(labels: &Labels, mode: &str) -> bool {
+    DATAPLANE_LABELS.iter().any(|l| labels.get(l) == Some(mode))
 }
 
 /// Either label, Warren's or Istio's, set to `none` opts a pod out.
 pub fn pod_opts_out(pod: &Pod) -> bool {
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
-    DATAPLANE_LABELS
-        .iter()
-        .any(|l| labels.get(*l).map(String::as_str) == Some(NONE))
+    dataplane_mode_is(&pod.labels, NONE)
 }
 
 #[cfg(test)]
@@ -336,11 +313,11 @@ mod tests {
     }
 
     fn pod(app: &str) -> Pod {
-        let mut pod = Pod::default();
+        let mut pod = k8s_openapi::api::core::v1::Pod::default();
         pod.metadata.name = Some("p".into());
         pod.metadata.namespace = Some("shop".into());
         pod.metadata.labels = Some([("app".to_owned(), app.to_owned())].into());
-        pod
+        Pod::from(pod)
     }
 
     fn pa(

@@ -109,7 +109,7 @@ impl Store {
                 ObjectKey {
                     kind,
                     namespace: None,
-                    name: String::new(),
+                    name: "".into(),
                 }..,
             )
             .take_while(move |(k, _)| k.kind == kind)
@@ -126,8 +126,8 @@ impl Store {
             .range(
                 ObjectKey {
                     kind,
-                    namespace: Some(namespace.to_owned()),
-                    name: String::new(),
+                    namespace: Some(namespace.into()),
+                    name: "".into(),
                 }..,
             )
             .take_while(move |(k, _)| k.kind == kind && k.namespace.as_deref() == Some(namespace))

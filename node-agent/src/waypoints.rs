@@ -140,28 +140,18 @@ pub fn desired(store: &Store, node: &str) -> BTreeMap<String, WaypointPod> {
         };
         for object in store.of_kind_in(Kind::Pod, namespace) {
             let Object::Pod(pod) = object else { continue };
-            let labels = pod.metadata.labels.as_ref();
-            if labels
-                .and_then(|l| l.get(GATEWAY_NAME_LABEL))
-                .map(String::as_str)
-                != Some(name)
-            {
+            if pod.labels.get(GATEWAY_NAME_LABEL) != Some(name) {
                 continue;
             }
-            let spec = pod.spec.as_ref();
-            if spec.and_then(|s| s.node_name.as_deref()) != Some(node) {
+            if pod.node_name.as_deref() != Some(node) {
                 continue;
             }
             // A finished pod's sandbox is gone; nothing to run in.
-            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-            if matches!(phase, Some("Succeeded" | "Failed")) {
+            if pod.finished() {
                 continue;
             }
-            let Some(pod_name) = pod.metadata.name.clone() else {
-                continue;
-            };
-            let annotations = pod.metadata.annotations.as_ref();
-            let Some(netns) = annotations.and_then(|a| a.get(NETNS_ANNOTATION)) else {
+            let pod_name = pod.name.to_string();
+            let Some(netns) = pod.annotation(NETNS_ANNOTATION) else {
                 // Called on every change: a debug line, not a warning flood.
                 debug!(pod = %format!("{namespace}/{pod_name}"), "waypoint pod without a {NETNS_ANNOTATION} annotation: not run here");
                 continue;
@@ -171,12 +161,8 @@ pub fn desired(store: &Store, node: &str) -> BTreeMap<String, WaypointPod> {
                 gateway: name.to_owned(),
                 pod: pod_name,
                 netns: PathBuf::from(netns),
-                cgroup: annotations
-                    .and_then(|a| a.get(CGROUP_ANNOTATION))
-                    .map(PathBuf::from),
-                service_account: spec
-                    .and_then(|s| s.service_account_name.clone())
-                    .unwrap_or_else(|| "default".into()),
+                cgroup: pod.annotation(CGROUP_ANNOTATION).map(PathBuf::from),
+                service_account: pod.service_account().to_owned(),
             };
             out.insert(want.name(), want);
         }

@@ -2,15 +2,22 @@
 //! validated, whichever source they came from.
 //!
 //! - [`object`]: the kinds Warren reads, parsing and keys.
+//! - [`cluster`]: Kubernetes' own kinds, reduced to the fields Warren reads.
+//! - [`labels`]: labels as objects keep them, shared between equal sets.
+//! - [`intern`]: one copy of strings that repeat across objects.
 //! - [`istio`]: Istio's networking and security API types.
 //! - [`gateway`]: the Gateway API's Gateway, which asks for a waypoint.
 //! - [`validate`]: per-kind checks, each error naming field path and reason.
 //! - [`error`]: the errors an operator sees.
+pub mod cluster;
 pub mod error;
 pub mod gateway;
+pub mod intern;
 pub mod istio;
+pub mod labels;
 pub mod object;
 pub mod validate;
 
 pub use error::{ConfigError, FieldError};
+pub use labels::Labels;
 pub use object::{Kind, Object, ObjectKey};

@@ -3,19 +3,19 @@
 //! Istio's groups are accepted at `v1`, `v1beta1` and `v1alpha3`: the fields
 //! are the same, so every version is read into the `v1` types.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
-use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
+pub use super::cluster::EXCLUDE_OUTBOUND_PORTS;
 use super::{
     ConfigError, FieldError,
+    cluster::{EndpointSlice, Namespace, Pod, Service},
     gateway::{self, Gateway},
+    intern::intern,
     istio::{
         AuthorizationPolicy, DestinationRule, PeerAuthentication, ServiceEntry, VirtualService,
     },
@@ -90,11 +90,25 @@ impl Kind {
 }
 
 /// Identifies an object: kind, namespace (none for cluster-scoped kinds), name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+///
+/// The strings are shared with the object (and the namespace with every
+/// object of it): the source, the store and the view each keep keys, and
+/// a copy costs no allocation.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
     pub kind: Kind,
-    pub namespace: Option<String>,
-    pub name: String,
+    pub namespace: Option<Arc<str>>,
+    pub name: Arc<str>,
+}
+
+impl ObjectKey {
+    pub fn new(kind: Kind, namespace: Option<&str>, name: &str) -> Self {
+        Self {
+            kind,
+            namespace: namespace.map(intern),
+            name: Arc::from(name),
+        }
+    }
 }
 
 impl fmt::Display for ObjectKey {
@@ -137,91 +151,79 @@ impl Object {
         }
     }
 
-    pub fn metadata(&self) -> &ObjectMeta {
+    /// `metadata` of the kinds kept whole; Kubernetes' own kinds keep only
+    /// what Warren reads ([`crate::cluster`]).
+    fn metadata(&self) -> Option<&ObjectMeta> {
         match self {
-            Object::Namespace(o) => &o.metadata,
-            Object::Pod(o) => &o.metadata,
-            Object::Service(o) => &o.metadata,
-            Object::EndpointSlice(o) => &o.metadata,
-            Object::VirtualService(o) => &o.metadata,
-            Object::DestinationRule(o) => &o.metadata,
-            Object::ServiceEntry(o) => &o.metadata,
-            Object::AuthorizationPolicy(o) => &o.metadata,
-            Object::PeerAuthentication(o) => &o.metadata,
-            Object::Gateway(o) => &o.metadata,
+            Object::Namespace(_)
+            | Object::Pod(_)
+            | Object::Service(_)
+            | Object::EndpointSlice(_) => None,
+            Object::VirtualService(o) => Some(&o.metadata),
+            Object::DestinationRule(o) => Some(&o.metadata),
+            Object::ServiceEntry(o) => Some(&o.metadata),
+            Object::AuthorizationPolicy(o) => Some(&o.metadata),
+            Object::PeerAuthentication(o) => Some(&o.metadata),
+            Object::Gateway(o) => Some(&o.metadata),
         }
     }
 
     pub fn key(&self) -> ObjectKey {
-        let meta = self.metadata();
         let kind = self.kind();
+        let (namespace, name) = match self {
+            Object::Namespace(o) => (None, o.name.clone()),
+            Object::Pod(o) => (Some(o.namespace.clone()), o.name.clone()),
+            Object::Service(o) => (Some(o.namespace.clone()), o.name.clone()),
+            Object::EndpointSlice(o) => (Some(o.namespace.clone()), o.name.clone()),
+            _ => {
+                let meta = self.metadata();
+                let namespace = meta.and_then(|m| m.namespace.as_deref());
+                (
+                    Some(intern(namespace.unwrap_or("default"))),
+                    Arc::from(meta.and_then(|m| m.name.as_deref()).unwrap_or_default()),
+                )
+            }
+        };
         ObjectKey {
             kind,
-            namespace: kind
-                .namespaced()
-                .then(|| meta.namespace.clone().unwrap_or_else(|| "default".into())),
-            name: meta.name.clone().unwrap_or_default(),
+            namespace: namespace.filter(|_| kind.namespaced()),
+            name,
         }
-    }
-
-    /// Checks that need only this object.
-    pub fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        let meta = self.metadata();
-        match meta.name.as_deref() {
-            None | Some("") => errors.push(FieldError::new("metadata.name", "required")),
-            Some(name) if !is_dns_subdomain(name) => errors.push(FieldError::new(
-                "metadata.name",
-                format!("{name:?} is not a valid name (lowercase letters, digits, '-' and '.', at most 253)"),
-            )),
-            _ => {}
-        }
-        if let Some(labels) = &meta.labels {
-            errors.extend(validate::label_selector("metadata.labels", labels));
-        }
-        errors.extend(match self {
-            Object::VirtualService(o) => validate::virtual_service(o),
-            Object::DestinationRule(o) => validate::destination_rule(o),
-            Object::ServiceEntry(o) => validate::service_entry(o),
-            Object::AuthorizationPolicy(o) => validate::authorization_policy(o),
-            Object::PeerAuthentication(o) => validate::peer_authentication(o),
-            Object::Gateway(o) => gateway::validate(o),
-            Object::Pod(o) => pod_annotations(o),
-            Object::Namespace(_) | Object::Service(_) | Object::EndpointSlice(_) => Vec::new(),
-        });
-        errors
     }
 }
 
-/// Annotation: destination ports a pod keeps out of the mesh.
-pub const EXCLUDE_OUTBOUND_PORTS: &str = "warren.io/exclude-outbound-ports";
-
-/// The pod's excluded outbound ports, from its annotation.
-pub fn excluded_ports(pod: &Pod) -> Result<Vec<u16>, FieldError> {
-    let Some(value) = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(EXCLUDE_OUTBOUND_PORTS))
-    else {
-        return Ok(Vec::new());
-    };
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|p| match p.parse::<u16>() {
-            Ok(port) if port > 0 => Ok(port),
-            _ => Err(FieldError::new(
-                format!("metadata.annotations[{EXCLUDE_OUTBOUND_PORTS}]"),
-                format!("{p:?} is not a port (1-65535)"),
-            )),
-        })
-        .collect()
+/// Checks of the metadata every kind has: the name, and label syntax.
+fn meta_errors(meta: &ObjectMeta) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    match meta.name.as_deref() {
+        None | Some("") => errors.push(FieldError::new("metadata.name", "required")),
+        Some(name) if !is_dns_subdomain(name) => errors.push(FieldError::new(
+            "metadata.name",
+            format!(
+                "{name:?} is not a valid name (lowercase letters, digits, '-' and '.', at most 253)"
+            ),
+        )),
+        _ => {}
+    }
+    if let Some(labels) = &meta.labels {
+        errors.extend(validate::label_selector("metadata.labels", labels));
+    }
+    errors
 }
 
-fn pod_annotations(pod: &Pod) -> Vec<FieldError> {
-    excluded_ports(pod).err().into_iter().collect()
+/// Reads `doc` as `T`, then checks its metadata and applies `rules`.
+fn checked<T: DeserializeOwned + kube::Resource>(
+    doc: Value,
+    rules: fn(&T) -> Vec<FieldError>,
+) -> Result<(T, Vec<FieldError>), FieldError> {
+    let object: T = typed(doc)?;
+    let mut errors = meta_errors(object.meta());
+    errors.extend(rules(&object));
+    Ok((object, errors))
+}
+
+fn no_rules<T>(_: &T) -> Vec<FieldError> {
+    Vec::new()
 }
 
 fn is_dns_subdomain(name: &str) -> bool {
@@ -243,13 +245,14 @@ pub fn document_key(doc: &Value) -> Option<ObjectKey> {
     let text = |v: &Value, field: &str| v.get(field).and_then(Value::as_str).map(str::to_owned);
     let kind = Kind::from_type(&text(doc, "apiVersion")?, &text(doc, "kind")?).ok()?;
     let meta = doc.get("metadata")?;
-    Some(ObjectKey {
+    let namespace = kind
+        .namespaced()
+        .then(|| text(meta, "namespace").unwrap_or_else(|| "default".into()));
+    Some(ObjectKey::new(
         kind,
-        namespace: kind
-            .namespaced()
-            .then(|| text(meta, "namespace").unwrap_or_else(|| "default".into())),
-        name: text(meta, "name")?,
-    })
+        namespace.as_deref(),
+        &text(meta, "name")?,
+    ))
 }
 
 /// Turns one document into a validated object. `source` names where it came
@@ -280,20 +283,34 @@ pub fn parse_document(doc: Value, source: &str) -> Result<Object, ConfigError> {
     };
     let kind = Kind::from_type(&api_version, &kind_name)
         .map_err(|reason| refuse(&kind_name, vec![FieldError::new("kind", reason)]))?;
-    let object = match kind {
-        Kind::Namespace => typed(doc).map(|o| Object::Namespace(Box::new(o))),
-        Kind::Pod => typed(doc).map(|o| Object::Pod(Box::new(o))),
-        Kind::Service => typed(doc).map(|o| Object::Service(Box::new(o))),
-        Kind::EndpointSlice => typed(doc).map(|o| Object::EndpointSlice(Box::new(o))),
-        Kind::VirtualService => typed(doc).map(|o| Object::VirtualService(Box::new(o))),
-        Kind::DestinationRule => typed(doc).map(|o| Object::DestinationRule(Box::new(o))),
-        Kind::ServiceEntry => typed(doc).map(|o| Object::ServiceEntry(Box::new(o))),
-        Kind::AuthorizationPolicy => typed(doc).map(|o| Object::AuthorizationPolicy(Box::new(o))),
-        Kind::PeerAuthentication => typed(doc).map(|o| Object::PeerAuthentication(Box::new(o))),
-        Kind::Gateway => typed(doc).map(|o| Object::Gateway(Box::new(o))),
+    // Kubernetes' own kinds are checked whole, then kept compact.
+    let (object, errors) = match kind {
+        Kind::Namespace => checked::<core::Namespace>(doc, no_rules)
+            .map(|(o, e)| (Object::Namespace(Box::new(o.into())), e)),
+        Kind::Pod => checked::<core::Pod>(doc, no_rules).map(|(o, mut e)| {
+            let pod = Pod::from(o);
+            e.extend(pod.excluded_ports().err());
+            (Object::Pod(Box::new(pod)), e)
+        }),
+        Kind::Service => checked::<core::Service>(doc, no_rules)
+            .map(|(o, e)| (Object::Service(Box::new(o.into())), e)),
+        Kind::EndpointSlice => checked::<discovery::EndpointSlice>(doc, no_rules)
+            .map(|(o, e)| (Object::EndpointSlice(Box::new(o.into())), e)),
+        Kind::VirtualService => checked(doc, validate::virtual_service)
+            .map(|(o, e)| (Object::VirtualService(Box::new(o)), e)),
+        Kind::DestinationRule => checked(doc, validate::destination_rule)
+            .map(|(o, e)| (Object::DestinationRule(Box::new(o)), e)),
+        Kind::ServiceEntry => checked(doc, validate::service_entry)
+            .map(|(o, e)| (Object::ServiceEntry(Box::new(o)), e)),
+        Kind::AuthorizationPolicy => checked(doc, validate::authorization_policy)
+            .map(|(o, e)| (Object::AuthorizationPolicy(Box::new(o)), e)),
+        Kind::PeerAuthentication => checked(doc, validate::peer_authentication)
+            .map(|(o, e)| (Object::PeerAuthentication(Box::new(o)), e)),
+        Kind::Gateway => {
+            checked(doc, gateway::validate).map(|(o, e)| (Object::Gateway(Box::new(o)), e))
+        }
     }
     .map_err(|e| refuse(kind.name(), vec![e]))?;
-    let errors = object.validate();
     if !errors.is_empty() {
         return Err(refuse(kind.name(), errors));
     }

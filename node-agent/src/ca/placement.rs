@@ -20,7 +20,7 @@ use tonic::Code;
 use warren_api::Identity;
 
 use crate::{
-    model::{Kind, Object},
+    model::{self, Kind, Object},
     store::Store,
 };
 
@@ -92,7 +92,9 @@ impl Placement {
                         node: node.to_owned(),
                         reason: e.to_string(),
                     })?;
-                pods.items.iter().any(|pod| runs_as(pod, node, identity))
+                pods.items
+                    .into_iter()
+                    .any(|pod| runs_as(&model::cluster::Pod::from(pod), node, identity))
             }
         };
         if found {
@@ -109,18 +111,9 @@ impl Placement {
 }
 
 /// The pod is on `node`, still running or about to, as `identity`.
-fn runs_as(pod: &Pod, node: &str, identity: &Identity) -> bool {
-    let spec = pod.spec.as_ref();
-    let on_node = spec.and_then(|s| s.node_name.as_deref()) == Some(node);
-    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let account = spec
-        .and_then(|s| s.service_account_name.as_deref())
-        .filter(|a| !a.is_empty())
-        .unwrap_or("default");
-    let finished = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .is_some_and(|phase| phase == "Succeeded" || phase == "Failed");
-    on_node && !finished && namespace == identity.namespace && account == identity.service_account
+fn runs_as(pod: &model::cluster::Pod, node: &str, identity: &Identity) -> bool {
+    pod.node_name.as_deref() == Some(node)
+        && !pod.finished()
+        && *pod.namespace == identity.namespace
+        && pod.service_account() == identity.service_account
 }

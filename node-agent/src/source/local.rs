@@ -373,14 +373,7 @@ mod tests {
         let Some(Object::Pod(p)) = changed.iter().find(|o| o.kind() == Kind::Pod) else {
             panic!("pod not re-sent: {changed:?}");
         };
-        assert_eq!(
-            p.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("version"))
-                .map(String::as_str),
-            Some("v2")
-        );
+        assert_eq!(p.labels.get("version"), Some("v2"));
 
         // Half-written: refused as a file, nothing deleted.
         std::fs::write(folder.0.join("shop.yaml"), "apiVersion: v1\nkind: [").expect("writing");
@@ -421,12 +414,12 @@ mod tests {
                     key: Some(key),
                     error,
                 } => {
-                    assert_eq!(key.name, "Web_Bad");
+                    assert_eq!(&*key.name, "Web_Bad");
                     assert!(error.to_string().contains("metadata.name"), "{error}");
                     rejected = true;
                 }
                 SourceEvent::Delete(key) => {
-                    assert_eq!(key.name, "web");
+                    assert_eq!(&*key.name, "web");
                     deleted = true;
                 }
                 other => panic!("unexpected {other:?}"),
@@ -436,7 +429,7 @@ mod tests {
         // Removing the file deletes what it held.
         std::fs::remove_file(folder.0.join("shop.yaml")).expect("removing");
         match next(&mut rx).await {
-            SourceEvent::Delete(key) => assert_eq!(key.name, "Web_Bad"),
+            SourceEvent::Delete(key) => assert_eq!(&*key.name, "Web_Bad"),
             other => panic!("expected a delete, got {other:?}"),
         }
     }
@@ -489,7 +482,7 @@ mod tests {
         );
         std::fs::remove_file(folder.0.join("0.yaml")).expect("removing");
         match next(&mut rx).await {
-            SourceEvent::Delete(key) => assert_eq!(key.name, "web"),
+            SourceEvent::Delete(key) => assert_eq!(&*key.name, "web"),
             other => panic!("expected a delete, got {other:?}"),
         }
     }

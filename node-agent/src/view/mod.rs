@@ -30,7 +30,7 @@ use warren_api::{
 };
 
 use crate::{
-    model::{Kind, Object, ObjectKey},
+    model::{Kind, Labels, Object, ObjectKey},
     store::Store,
 };
 pub use authorization::Selection;
@@ -125,7 +125,7 @@ impl View {
         // Namespaces whose waypoint may have moved (a Gateway or a pod).
         let mut waypoint_namespaces: BTreeSet<String> = BTreeSet::new();
         for key in keys {
-            let ns = key.namespace.clone().unwrap_or_default();
+            let ns = key.namespace.as_deref().unwrap_or_default().to_owned();
             match key.kind {
                 Kind::Pod => {
                     workloads.insert(key.clone());
@@ -137,12 +137,12 @@ impl View {
                     waypoint_namespaces.insert(ns);
                 }
                 Kind::Namespace => {
-                    namespaces.insert(Some(key.name.clone()));
+                    namespaces.insert(Some(key.name.to_string()));
                     // Its `istio.io/use-waypoint` label may have changed.
                     services.extend(
                         store
                             .of_kind_in(Kind::Service, &key.name)
-                            .map(|o| (key.name.clone(), o.key().name)),
+                            .map(|o| (key.name.to_string(), o.key().name.to_string())),
                     );
                 }
                 Kind::PeerAuthentication => {
@@ -155,7 +155,7 @@ impl View {
                     }
                 }
                 Kind::Service => {
-                    services.insert((ns, key.name.clone()));
+                    services.insert((ns, key.name.to_string()));
                 }
                 Kind::EndpointSlice => {
                     let before = self.slices.remove(key);
@@ -186,7 +186,7 @@ impl View {
                 services.extend(
                     store
                         .of_kind_in(Kind::Service, &ns)
-                        .map(|o| (ns.clone(), o.key().name)),
+                        .map(|o| (ns.clone(), o.key().name.to_string())),
                 );
             }
         }
@@ -278,7 +278,10 @@ impl View {
 
     /// Recomputes the policy resource; true if whom it selects changed.
     fn policy_changed(&mut self, store: &Store, key: &ObjectKey) -> bool {
-        let id = (key.namespace.clone().unwrap_or_default(), key.name.clone());
+        let id = (
+            key.namespace.as_deref().unwrap_or_default().to_owned(),
+            key.name.to_string(),
+        );
         let resource_key = key::authorization(&id.0, &id.1);
         let now = match store.get(key) {
             Some(Object::AuthorizationPolicy(policy)) => {
@@ -341,10 +344,10 @@ impl View {
     }
 
     /// Keys of the policies that apply to a pod of `namespace` with `labels`.
-    fn policies_for(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
+    fn policies_for(&self, namespace: &str, labels: &Labels) -> Vec<String> {
         let selects = |selection: &Selection| match selection {
             Selection::Mesh | Selection::Namespace => true,
-            Selection::Labels(want) => want.iter().all(|(k, v)| labels.get(k) == Some(v)),
+            Selection::Labels(want) => labels.matches(want),
         };
         let root = &self.mesh.root_namespace;
         let mut found: Vec<String> = self
@@ -376,8 +379,7 @@ impl View {
         let resource_key = key::workload(namespace, &key.name);
         let computed = match store.get(key) {
             Some(Object::Pod(pod)) => {
-                let labels = pod.metadata.labels.clone().unwrap_or_default();
-                let policies = self.policies_for(namespace, &labels);
+                let policies = self.policies_for(namespace, &pod.labels);
                 workload::workload(
                     &self.mesh,
                     store,
@@ -455,11 +457,7 @@ impl View {
 
     fn service(&mut self, store: &Store, namespace: &str, name: &str) {
         let resource_key = key::service(namespace, name);
-        let svc_key = ObjectKey {
-            kind: Kind::Service,
-            namespace: Some(namespace.to_owned()),
-            name: name.to_owned(),
-        };
+        let svc_key = ObjectKey::new(Kind::Service, Some(namespace), name);
         let Some(Object::Service(svc)) = store.get(&svc_key) else {
             self.publisher.write(|p| p.remove(&resource_key));
             return;
@@ -474,15 +472,12 @@ impl View {
             })
             .collect();
         let mut computed = service::service(&self.mesh, svc, &slices);
-        let namespace_opts_out = match store.get(&ObjectKey {
-            kind: Kind::Namespace,
-            namespace: None,
-            name: namespace.to_owned(),
-        }) {
-            Some(Object::Namespace(ns)) => waypoint::opts_out(ns.metadata.labels.as_ref()),
+        let namespace_opts_out = match store.get(&ObjectKey::new(Kind::Namespace, None, namespace))
+        {
+            Some(Object::Namespace(ns)) => waypoint::opts_out(&ns.labels),
             _ => false,
         };
-        if !namespace_opts_out && !waypoint::opts_out(svc.metadata.labels.as_ref()) {
+        if !namespace_opts_out && !waypoint::opts_out(&svc.labels) {
             computed.waypoint = self.waypoints.get(namespace).cloned();
         }
         self.publisher.write(|p| {
@@ -496,11 +491,7 @@ impl View {
 
 /// Whether `name` is a Gateway of a waypoint class in `namespace`.
 fn is_waypoint_gateway(store: &Store, namespace: &str, name: &str) -> bool {
-    let key = ObjectKey {
-        kind: Kind::Gateway,
-        namespace: Some(namespace.to_owned()),
-        name: name.to_owned(),
-    };
+    let key = ObjectKey::new(Kind::Gateway, Some(namespace), name);
     matches!(store.get(&key), Some(Object::Gateway(g)) if g.is_waypoint())
 }
 

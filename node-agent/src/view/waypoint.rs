@@ -9,10 +9,10 @@
 
 use warren_api::{Identity, addr, config::GatewayAddress, key};
 
-use super::{Mesh, workload::pod_addresses};
+use super::Mesh;
 use crate::{
     model::{
-        Kind, Object,
+        Kind, Labels, Object,
         gateway::{GATEWAY_NAME_LABEL, USE_WAYPOINT_LABEL, WAYPOINT_HBONE_PORT},
     },
     store::Store,
@@ -35,36 +35,17 @@ pub fn of_namespace(mesh: &Mesh, store: &Store, namespace: &str) -> Option<Gatew
             Object::Pod(p) => Some(p),
             _ => None,
         })
-        .filter(|p| {
-            p.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(GATEWAY_NAME_LABEL))
-                == Some(&gateway)
-        })
-        .filter_map(|p| {
-            Some((
-                p.metadata.name.clone()?,
-                p,
-                pod_addresses(p).first().copied()?,
-            ))
-        })
-        .min_by(|a, b| a.0.cmp(&b.0));
+        .filter(|p| p.labels.get(GATEWAY_NAME_LABEL) == Some(gateway.as_str()))
+        .filter_map(|p| Some((p, p.addresses().first().copied()?)))
+        .min_by(|a, b| a.0.name.cmp(&b.0.name));
     Some(match pod {
-        Some((name, pod, ip)) => {
-            let service_account = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.service_account_name.clone())
-                .unwrap_or_else(|| "default".into());
-            GatewayAddress {
-                workload: key::workload(namespace, &name),
-                address: addr::to_bytes(ip),
-                hbone_port: u32::from(WAYPOINT_HBONE_PORT),
-                identity: Identity::new(&mesh.trust_domain, namespace, &service_account)
-                    .to_string(),
-            }
-        }
+        Some((pod, ip)) => GatewayAddress {
+            workload: key::workload(namespace, &pod.name),
+            address: addr::to_bytes(ip),
+            hbone_port: u32::from(WAYPOINT_HBONE_PORT),
+            identity: Identity::new(&mesh.trust_domain, namespace, pod.service_account())
+                .to_string(),
+        },
         // Claimed but not running: no address, and ztunnel fails closed.
         None => GatewayAddress {
             workload: String::new(),
@@ -76,8 +57,6 @@ pub fn of_namespace(mesh: &Mesh, store: &Store, namespace: &str) -> Option<Gatew
 }
 
 /// Whether an object's labels opt it out of its namespace's waypoint.
-pub fn opts_out(labels: Option<&std::collections::BTreeMap<String, String>>) -> bool {
-    labels
-        .and_then(|l| l.get(USE_WAYPOINT_LABEL))
-        .is_some_and(|v| v == "none")
+pub fn opts_out(labels: &Labels) -> bool {
+    labels.get(USE_WAYPOINT_LABEL) == Some("none")
 }

@@ -1,9 +1,6 @@
 //! A pod as the proxies see it: addresses, identity, node, whether it is in
 //! the mesh, and the policies that apply to it.
 
-use std::{collections::BTreeMap, net::IpAddr};
-
-use k8s_openapi::api::core::v1::Pod;
 use warren_api::{
     addr,
     config::{InboundMode, TunnelProtocol, Workload},
@@ -13,7 +10,7 @@ use warren_ebpf_common::Mode;
 use super::Mesh;
 use crate::{
     enrollment::{self, inbound_mode},
-    model::gateway::GATEWAY_NAME_LABEL,
+    model::{cluster::Pod, gateway::GATEWAY_NAME_LABEL},
     store::Store,
 };
 
@@ -30,25 +27,6 @@ const REVISION_LABELS: &[&str] = &[
     "version",
 ];
 
-/// The pod's addresses: `status.podIPs`, else `status.podIP`.
-pub fn pod_addresses(pod: &Pod) -> Vec<IpAddr> {
-    let Some(status) = &pod.status else {
-        return Vec::new();
-    };
-    let mut ips: Vec<IpAddr> = status
-        .pod_ips
-        .iter()
-        .flatten()
-        .filter_map(|p| p.ip.parse().ok())
-        .collect();
-    if ips.is_empty()
-        && let Some(ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok())
-    {
-        ips.push(ip);
-    }
-    ips
-}
-
 /// The workload of `pod`, or `None` while it has no address (nothing can
 /// reach it yet).
 pub fn workload(
@@ -58,25 +36,22 @@ pub fn workload(
     netns_cookie: Option<u64>,
     authorization_policies: Vec<String>,
 ) -> Option<Workload> {
-    let addresses = pod_addresses(pod);
+    let addresses = pod.addresses();
     if addresses.is_empty() {
         return None;
     }
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let namespace = pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let spec = pod.spec.as_ref();
-    let node = spec.and_then(|s| s.node_name.clone()).unwrap_or_default();
-    let labels: BTreeMap<String, String> = pod.metadata.labels.clone().unwrap_or_default();
-    let pick = |candidates: &[&str]| candidates.iter().find_map(|l| labels.get(*l).cloned());
+    let name = pod.name.to_string();
+    let namespace = pod.namespace.to_string();
+    let node = pod.node_name.as_deref().unwrap_or_default().to_owned();
+    let labels = &pod.labels;
+    let pick = |candidates: &[&str]| {
+        candidates
+            .iter()
+            .find_map(|l| labels.get(l))
+            .map(str::to_owned)
+    };
     let node_address = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.host_ip.as_deref())
-        .and_then(|ip| ip.parse::<IpAddr>().ok())
+        .host_ip
         .or_else(|| {
             (node == mesh.node)
                 .then(|| mesh.node_addresses.first().copied())
@@ -93,9 +68,7 @@ pub fn workload(
     };
     Some(Workload {
         uid: format!("{namespace}/{name}"),
-        service_account: spec
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_else(|| "default".into()),
+        service_account: pod.service_account().to_owned(),
         node,
         addresses: addresses.into_iter().map(addr::to_bytes).collect(),
         node_address,
@@ -109,7 +82,7 @@ pub fn workload(
         canonical_revision: pick(REVISION_LABELS).unwrap_or_else(|| "latest".into()),
         workload_name: owner_name(pod).unwrap_or_else(|| name.clone()),
         is_waypoint: labels.contains_key(GATEWAY_NAME_LABEL),
-        labels,
+        labels: labels.to_map(),
         authorization_policies,
         inbound_mode: proto_mode(mode) as i32,
         port_modes: ports
@@ -125,11 +98,11 @@ pub fn workload(
 /// The pod's workload name for telemetry: its Deployment's name when the
 /// owner is a ReplicaSet (`<deployment>-<hash>`), else the owner's name.
 fn owner_name(pod: &Pod) -> Option<String> {
-    let owner = pod.metadata.owner_references.as_ref()?.first()?;
-    if owner.kind == "ReplicaSet"
+    let owner = pod.owner.as_ref()?;
+    if &*owner.kind == "ReplicaSet"
         && let Some((deployment, _hash)) = owner.name.rsplit_once('-')
     {
         return Some(deployment.to_owned());
     }
-    Some(owner.name.clone())
+    Some(owner.name.to_string())
 }

@@ -175,22 +175,9 @@ fn list(dir: &Path, agent: &AgentArgs) -> Result<()> {
                 Object::Pod(p) => Some(p),
                 _ => None,
             })
-            .filter(|p| p.metadata.namespace.as_deref().unwrap_or("default") == namespace)
-            .filter(|p| {
-                p.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(GATEWAY_NAME_LABEL))
-                    .is_some_and(|v| v == name)
-            })
-            .map(|p| {
-                let node = p
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.as_deref())
-                    .unwrap_or("?");
-                format!("{}@{node}", p.metadata.name.as_deref().unwrap_or_default())
-            })
+            .filter(|p| *p.namespace == *namespace)
+            .filter(|p| p.labels.get(GATEWAY_NAME_LABEL) == Some(name))
+            .map(|p| format!("{}@{}", p.name, p.node_name.as_deref().unwrap_or("?")))
             .collect();
         let process = match &subscribed {
             None => "? (no agent)".to_owned(),

@@ -1,0 +1,457 @@
+//! Kubernetes' own kinds — Namespace, Pod, Service, EndpointSlice — as the
+//! agent keeps them: only the fields Warren reads.
+//!
+//! A k8s-openapi `Pod` is over 2 KB before any of its strings, and a mesh
+//! has tens of thousands of them. Documents are still read (and refused,
+//! with the path of the bad field) as the full Kubernetes types; once valid,
+//! each is turned into one of these at the edge, so sources, store and view
+//! hold only what they use. Addresses are parsed once, here, and names that
+//! repeat across objects (namespaces, nodes, service accounts, label sets)
+//! are shared ([`crate::intern`]).
+
+use std::{net::IpAddr, sync::Arc};
+
+use k8s_openapi::{
+    api::{core::v1 as core, discovery::v1 as discovery},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use crate::{FieldError, intern::intern, labels::Labels};
+
+/// Annotations under this prefix are kept; Warren reads no others (and some,
+/// like kubectl's last-applied-configuration, are large).
+pub const WARREN_ANNOTATION_PREFIX: &str = "warren.io/";
+
+/// Annotation: destination ports a pod keeps out of the mesh.
+pub const EXCLUDE_OUTBOUND_PORTS: &str = "warren.io/exclude-outbound-ports";
+
+/// The namespace of an object that names none.
+const DEFAULT_NAMESPACE: &str = "default";
+
+fn namespace_of(namespace: Option<&str>) -> Arc<str> {
+    intern(namespace.unwrap_or(DEFAULT_NAMESPACE))
+}
+
+fn name_of(name: Option<String>) -> Arc<str> {
+    Arc::from(name.unwrap_or_default())
+}
+
+fn ip(text: &str) -> Option<IpAddr> {
+    text.parse().ok()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: Arc<str>,
+    pub labels: Labels,
+}
+
+impl From<core::Namespace> for Namespace {
+    fn from(ns: core::Namespace) -> Self {
+        Self {
+            labels: Labels::from_map(ns.metadata.labels.as_ref()),
+            name: name_of(ns.metadata.name),
+        }
+    }
+}
+
+/// `status.phase`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+impl PodPhase {
+    fn parse(phase: &str) -> Self {
+        match phase {
+            "Pending" => Self::Pending,
+            "Running" => Self::Running,
+            "Succeeded" => Self::Succeeded,
+            "Failed" => Self::Failed,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// The first of `metadata.ownerReferences`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub kind: Arc<str>,
+    /// Shared: the replicas of a ReplicaSet name the same owner.
+    pub name: Arc<str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
+    pub labels: Labels,
+    /// The `warren.io/` annotations (see [`WARREN_ANNOTATION_PREFIX`]).
+    pub annotations: Box<[(Box<str>, Box<str>)]>,
+    pub owner: Option<Owner>,
+    /// `spec.nodeName`.
+    pub node_name: Option<Arc<str>>,
+    /// `spec.serviceAccountName`.
+    pub service_account_name: Option<Arc<str>>,
+    /// `status.phase`.
+    pub phase: Option<PodPhase>,
+    /// `status.hostIP`, if it parses.
+    pub host_ip: Option<IpAddr>,
+    /// `status.podIP`, if it parses.
+    pub pod_ip: Option<IpAddr>,
+    /// `status.podIPs` that parse.
+    pub pod_ips: Box<[IpAddr]>,
+}
+
+impl From<core::Pod> for Pod {
+    fn from(pod: core::Pod) -> Self {
+        let meta = pod.metadata;
+        let spec = pod.spec.unwrap_or_default();
+        let status = pod.status.unwrap_or_default();
+        Self {
+            namespace: namespace_of(meta.namespace.as_deref()),
+            labels: Labels::from_map(meta.labels.as_ref()),
+            annotations: meta
+                .annotations
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with(WARREN_ANNOTATION_PREFIX))
+                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .collect(),
+            owner: meta
+                .owner_references
+                .as_ref()
+                .and_then(|o| o.first())
+                .map(|o| Owner {
+                    kind: intern(&o.kind),
+                    name: intern(&o.name),
+                }),
+            name: name_of(meta.name),
+            node_name: spec.node_name.as_deref().map(intern),
+            service_account_name: spec.service_account_name.as_deref().map(intern),
+            phase: status.phase.as_deref().map(PodPhase::parse),
+            host_ip: status.host_ip.as_deref().and_then(ip),
+            pod_ip: status.pod_ip.as_deref().and_then(ip),
+            pod_ips: status
+                .pod_ips
+                .iter()
+                .flatten()
+                .filter_map(|p| ip(&p.ip))
+                .collect(),
+        }
+    }
+}
+
+impl Pod {
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations
+            .iter()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, v)| &**v)
+    }
+
+    /// The pod's addresses: `status.podIPs`, else `status.podIP`.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        if self.pod_ips.is_empty() {
+            self.pod_ip.into_iter().collect()
+        } else {
+            self.pod_ips.to_vec()
+        }
+    }
+
+    /// The service account it runs as; unset or empty means `default`.
+    pub fn service_account(&self) -> &str {
+        self.service_account_name
+            .as_deref()
+            .filter(|a| !a.is_empty())
+            .unwrap_or("default")
+    }
+
+    /// Succeeded or Failed: its sandbox is gone.
+    pub fn finished(&self) -> bool {
+        matches!(self.phase, Some(PodPhase::Succeeded | PodPhase::Failed))
+    }
+
+    /// The pod's excluded outbound ports, from its annotation.
+    pub fn excluded_ports(&self) -> Result<Vec<u16>, FieldError> {
+        let Some(value) = self.annotation(EXCLUDE_OUTBOUND_PORTS) else {
+            return Ok(Vec::new());
+        };
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|p| match p.parse::<u16>() {
+                Ok(port) if port > 0 => Ok(port),
+                _ => Err(FieldError::new(
+                    format!("metadata.annotations[{EXCLUDE_OUTBOUND_PORTS}]"),
+                    format!("{p:?} is not a port (1-65535)"),
+                )),
+            })
+            .collect()
+    }
+}
+
+/// `spec.ports[].targetPort`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(i32),
+    /// A container port's name, resolved per endpoint.
+    Name(Arc<str>),
+}
+
+/// One of `spec.ports`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Option<Arc<str>>,
+    pub protocol: Option<Arc<str>>,
+    pub port: i32,
+    pub target_port: Option<TargetPort>,
+    pub app_protocol: Option<Arc<str>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
+    pub labels: Labels,
+    /// `spec.clusterIPs` then `spec.clusterIP`, parsed (`None` of a
+    /// headless Service is not an address), each once.
+    pub cluster_ips: Box<[IpAddr]>,
+    pub ports: Box<[ServicePort]>,
+}
+
+impl From<core::Service> for Service {
+    fn from(svc: core::Service) -> Self {
+        let meta = svc.metadata;
+        let spec = svc.spec.unwrap_or_default();
+        let mut cluster_ips: Vec<IpAddr> = Vec::new();
+        for ip in spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|a| ip(a))
+        {
+            if !cluster_ips.contains(&ip) {
+                cluster_ips.push(ip);
+            }
+        }
+        Self {
+            namespace: namespace_of(meta.namespace.as_deref()),
+            labels: Labels::from_map(meta.labels.as_ref()),
+            name: name_of(meta.name),
+            cluster_ips: cluster_ips.into(),
+            ports: spec
+                .ports
+                .into_iter()
+                .flatten()
+                .map(|p| ServicePort {
+                    name: p.name.as_deref().map(intern),
+                    protocol: p.protocol.as_deref().map(intern),
+                    port: p.port,
+                    target_port: p.target_port.map(|t| match t {
+                        IntOrString::Int(n) => TargetPort::Number(n),
+                        IntOrString::String(name) => TargetPort::Name(intern(&name)),
+                    }),
+                    app_protocol: p.app_protocol.as_deref().map(intern),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One of an EndpointSlice's `ports`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlicePort {
+    pub name: Option<Arc<str>>,
+    pub protocol: Option<Arc<str>>,
+    pub port: Option<i32>,
+}
+
+/// One of an EndpointSlice's `endpoints`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `addresses` that parse.
+    pub addresses: Box<[IpAddr]>,
+    /// `conditions.ready`.
+    pub ready: Option<bool>,
+    /// `targetRef.name` when the target is a Pod (no other target is read).
+    pub pod: Option<Box<str>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSlice {
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
+    pub labels: Labels,
+    pub ports: Box<[SlicePort]>,
+    pub endpoints: Box<[Endpoint]>,
+}
+
+impl From<discovery::EndpointSlice> for EndpointSlice {
+    fn from(slice: discovery::EndpointSlice) -> Self {
+        let meta = slice.metadata;
+        Self {
+            namespace: namespace_of(meta.namespace.as_deref()),
+            labels: Labels::from_map(meta.labels.as_ref()),
+            name: name_of(meta.name),
+            ports: slice
+                .ports
+                .into_iter()
+                .flatten()
+                .map(|p| SlicePort {
+                    name: p.name.as_deref().map(intern),
+                    protocol: p.protocol.as_deref().map(intern),
+                    port: p.port,
+                })
+                .collect(),
+            endpoints: slice
+                .endpoints
+                .into_iter()
+                .map(|ep| Endpoint {
+                    addresses: ep.addresses.iter().filter_map(|a| ip(a)).collect(),
+                    ready: ep.conditions.and_then(|c| c.ready),
+                    pod: ep
+                        .target_ref
+                        .filter(|r| r.kind.as_deref() == Some("Pod"))
+                        .and_then(|r| r.name)
+                        .map(String::into_boxed_str),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::object::{Object, parse_document, split_documents};
+
+    fn parse(yaml: &str) -> Result<Object, crate::ConfigError> {
+        let mut docs = split_documents(yaml).expect("test YAML");
+        parse_document(docs.remove(0), "test")
+    }
+
+    #[test]
+    fn a_pod_keeps_what_warren_reads() {
+        let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-7d9f-abcde
+  namespace: shop
+  labels: { app: web, pod-template-hash: 7d9f }
+  annotations:
+    warren.io/netns: /run/netns/web
+    warren.io/exclude-outbound-ports: "25, 587"
+    kubectl.kubernetes.io/last-applied-configuration: "{}"
+  ownerReferences: [{ apiVersion: apps/v1, kind: ReplicaSet, name: web-7d9f, uid: u1 }]
+spec:
+  nodeName: node-a
+  serviceAccountName: web
+  containers: [{ name: main, image: web:1, ports: [{ containerPort: 8080 }] }]
+status:
+  phase: Running
+  hostIP: 172.30.0.1
+  podIP: 10.244.0.5
+  podIPs: [{ ip: 10.244.0.5 }, { ip: "fd00::5" }]
+"#;
+        let Ok(Object::Pod(pod)) = parse(yaml) else {
+            panic!("not a valid pod");
+        };
+        assert_eq!((&*pod.namespace, &*pod.name), ("shop", "web-7d9f-abcde"));
+        assert_eq!(pod.labels.get("app"), Some("web"));
+        assert_eq!(pod.annotation("warren.io/netns"), Some("/run/netns/web"));
+        assert_eq!(
+            pod.annotations.len(),
+            2,
+            "only warren.io/ annotations are kept"
+        );
+        assert_eq!(pod.excluded_ports(), Ok(vec![25, 587]));
+        assert_eq!(pod.owner.as_ref().map(|o| &*o.name), Some("web-7d9f"));
+        assert_eq!(pod.node_name.as_deref(), Some("node-a"));
+        assert_eq!(pod.service_account(), "web");
+        assert_eq!(pod.phase, Some(PodPhase::Running));
+        assert!(!pod.finished());
+        assert_eq!(pod.host_ip, Some(IpAddr::V4(Ipv4Addr::new(172, 30, 0, 1))));
+        assert_eq!(pod.addresses().len(), 2);
+        assert_eq!(pod.pod_ip, Some(IpAddr::V4(Ipv4Addr::new(10, 244, 0, 5))));
+    }
+
+    #[test]
+    fn a_pod_without_status_or_account() {
+        let Ok(Object::Pod(pod)) =
+            parse("apiVersion: v1\nkind: Pod\nmetadata: { name: p }\nspec: { containers: [] }\n")
+        else {
+            panic!("not a valid pod");
+        };
+        assert_eq!(&*pod.namespace, "default");
+        assert_eq!(pod.service_account(), "default");
+        assert!(pod.addresses().is_empty());
+        assert!(pod.labels.is_empty());
+    }
+
+    #[test]
+    fn pod_errors_name_the_field() {
+        let bad_type = parse(
+            "apiVersion: v1\nkind: Pod\nmetadata: { name: p, namespace: shop }\n\
+             spec: { containers: [{ name: main, ports: [{ containerPort: http }] }] }\n",
+        )
+        .expect_err("a port that is not a number");
+        assert_eq!(
+            bad_type.errors[0].path,
+            "spec.containers[0].ports[0].containerPort"
+        );
+        let bad_annotation = parse(
+            "apiVersion: v1\nkind: Pod\nmetadata: { name: p, namespace: shop, \
+             annotations: { warren.io/exclude-outbound-ports: \"25,smtp\" } }\n",
+        )
+        .expect_err("a port annotation that is not a port");
+        assert_eq!(
+            bad_annotation.errors[0].path,
+            "metadata.annotations[warren.io/exclude-outbound-ports]"
+        );
+        let bad_label =
+            parse("apiVersion: v1\nkind: Pod\nmetadata: { name: p, labels: { app: \"-web\" } }\n")
+                .expect_err("a label value that Kubernetes refuses");
+        assert_eq!(bad_label.errors[0].path, "metadata.labels.app");
+    }
+
+    #[test]
+    fn services_and_slices_keep_addresses_ports_and_targets() {
+        let Ok(Object::Service(svc)) = parse(
+            "apiVersion: v1\nkind: Service\nmetadata: { name: web, namespace: shop }\n\
+             spec: { clusterIP: 10.96.0.1, clusterIPs: [10.96.0.1, \"fd00::1\"], \
+             ports: [{ name: http, port: 80, targetPort: web }, { port: 53, protocol: UDP }] }\n",
+        ) else {
+            panic!("not a valid service");
+        };
+        assert_eq!(svc.cluster_ips.len(), 2, "each address once");
+        assert_eq!(
+            svc.ports[0].target_port,
+            Some(TargetPort::Name("web".into()))
+        );
+        assert_eq!(svc.ports[1].protocol.as_deref(), Some("UDP"));
+        let Ok(Object::EndpointSlice(slice)) = parse(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: { name: web-1, namespace: shop, labels: { kubernetes.io/service-name: web } }\n\
+             addressType: IPv4\nports: [{ name: http, port: 8080 }]\nendpoints:\n\
+             - { addresses: [10.244.0.5], conditions: { ready: false }, targetRef: { kind: Pod, name: web-0 } }\n\
+             - { addresses: [10.244.0.6], targetRef: { kind: Node, name: n } }\n",
+        ) else {
+            panic!("not a valid slice");
+        };
+        assert_eq!(slice.labels.get("kubernetes.io/service-name"), Some("web"));
+        assert_eq!(slice.ports[0].port, Some(8080));
+        assert_eq!(slice.endpoints[0].ready, Some(false));
+        assert_eq!(slice.endpoints[0].pod.as_deref(), Some("web-0"));
+        assert_eq!(slice.endpoints[1].pod, None, "only Pod targets are read");
+    }
+}
