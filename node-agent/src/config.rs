@@ -50,7 +50,7 @@ pub struct RunArgs {
     /// Let local socket pairs (a pod and ztunnel on this node) skip the TCP
     /// stack with sk_msg. Experimental and off by default: the kernel's
     /// sockmap can fail a blocking reader with EAGAIN and has no
-    /// back-pressure (see docs/datapath.md).
+    /// back-pressure (see docs/debugging.md).
     #[arg(long, env = "WARREN_SOCKET_SHORTCUT")]
     pub socket_shortcut: bool,
     /// This node's own addresses (repeatable): the STRICT guard admits

@@ -58,9 +58,9 @@ pub mod map {
     pub const ORIG_DST_BY_FLOW: &str = "WARREN_ORIG_DST_BY_FLOW";
     /// SOCKHASH of local sockets keyed by [`crate::FlowKey`] (own view).
     pub const SOCKS: &str = "WARREN_SOCKS";
-    /// Bytes each shortcut socket may still hand to its peer directly
-    /// (LRU, keyed by the socket's own flow).
-    pub const SHORTCUT_BUDGET: &str = "WARREN_SHORTCUT_BUDGET";
+    /// Bytes each shortcut socket has handed to its peer directly, in
+    /// verdicts of up to 1 MiB (LRU, keyed by the socket's own flow).
+    pub const SHORTCUT_SENT: &str = "WARREN_SHORTCUT_SENT";
     /// [`crate::IpKey`] → [`crate::AddrKind`]: this node's own and its pods'
     /// addresses.
     pub const LOCAL_ADDRS: &str = "WARREN_LOCAL_ADDRS";
@@ -85,7 +85,7 @@ pub mod map {
         ORIG_DST,
         ORIG_DST_BY_FLOW,
         SOCKS,
-        SHORTCUT_BUDGET,
+        SHORTCUT_SENT,
         LOCAL_ADDRS,
         GUARD,
         GUARD_PORTS,
@@ -125,7 +125,7 @@ pub const MAP_LAYOUTS: &[MapLayout] = &[
     layout::<FlowKey, OrigDst>(map::ORIG_DST_BY_FLOW, capacity::ORIG_DST_BY_FLOW),
     // A SOCKHASH value is the socket, 4 bytes from user space's side.
     layout::<FlowKey, u32>(map::SOCKS, capacity::SOCKS),
-    layout::<FlowKey, u64>(map::SHORTCUT_BUDGET, capacity::SOCKS),
+    layout::<FlowKey, u64>(map::SHORTCUT_SENT, capacity::SOCKS),
     layout::<IpKey, u32>(map::LOCAL_ADDRS, capacity::LOCAL_ADDRS),
     layout::<u32, GuardEntry>(map::GUARD, capacity::GUARD),
     layout::<GuardPortKey, GuardEntry>(map::GUARD_PORTS, capacity::GUARD_PORTS),
@@ -147,7 +147,8 @@ pub mod capacity {
     pub const GUARD_PORTS: u32 = 16_384;
 }
 
-/// How many bytes one socket may send through the shortcut before the rest
+/// How far one socket may get ahead of its peer through the shortcut (bytes
+/// it sent that way minus bytes the peer sent back that way) before the rest
 /// of its life goes over TCP.
 ///
 /// The kernel queues a redirected message on the peer's ingress list with no
@@ -155,11 +156,13 @@ pub mod capacity {
 /// which is busy encrypting) grows that list until the host's TCP memory
 /// reaches its hard limit (`tcp_mem`), and then every redirect fails with
 /// ENOMEM in the sender's `write`. Measured here: a 4 GiB echo through
-/// ztunnel failed after 1.6-2.0 GB. TCP bounds what a socket queues by its
-/// windows; the budget bounds it the same way, so a socket can never have
-/// more than this waiting at its peer. The switch is one-way because the
-/// reader takes queued shortcut messages before TCP data: returning to the
-/// shortcut while TCP bytes are unread would reorder the stream.
+/// ztunnel failed after 1.6-2.0 GB. The peer's reader cannot be seen from
+/// the send hook, but what the peer sends back can: request/response and
+/// ping-pong traffic stays even and keeps the shortcut for good, while a
+/// one-way flood gets this far ahead and moves to TCP, whose windows bound
+/// it. The switch is one-way because the reader takes queued shortcut
+/// messages before TCP data: returning to the shortcut while TCP bytes are
+/// unread would reorder the stream.
 pub const SHORTCUT_BUDGET_BYTES: u64 = 8 << 20;
 
 /// Address families as the kernel numbers them.
@@ -422,8 +425,8 @@ pub struct NodeConfig {
     /// ztunnel's outbound port (15001); 0 turns capture off.
     pub ztunnel_port: u16,
     /// 1: local socket pairs may take the sk_msg shortcut (opt-in, see
-    /// [`SHORTCUT_BUDGET_BYTES`] and docs/datapath.md for why it is off by
-    /// default).
+    /// [`SHORTCUT_BUDGET_BYTES`] and docs/debugging.md for why it is off
+    /// by default).
     pub shortcut: u16,
     /// Sockets with this mark are never captured.
     pub mark: u32,
@@ -495,7 +498,7 @@ counters! {
     GuardPassed = 12 => "guard_passed",
     /// A connection attempt to a STRICT pod from outside the node: dropped.
     GuardDropped = 13 => "guard_dropped",
-    /// A socket spent its shortcut budget: the rest of its bytes take TCP.
+    /// A socket got too far ahead of its peer: the rest of its bytes take TCP.
     ShortcutBudgetSpent = 14 => "shortcut_budget_spent",
 }
 

@@ -5,9 +5,10 @@
 //!   (by socket cookie) moves to the flow key, where `getsockopt` on the
 //!   proxy's accepted socket finds it; the socket asks to hear about its
 //!   close, so the entry goes when the connection does.
-//! - Either side established with a peer on this node: the socket gets its
-//!   shortcut budget and joins the shortcut SOCKHASH, keyed by its own view
-//!   of the flow; its close removes the budget.
+//! - Either side established with a peer on this node (and the shortcut
+//!   on): the socket gets an account of bytes sent through the shortcut and
+//!   joins the shortcut SOCKHASH, keyed by its own view of the flow; its
+//!   close removes the account.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -19,12 +20,12 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use warren_ebpf_common::{AF_INET, AF_INET6, AddrKind, Counter, FlowKey, SHORTCUT_BUDGET_BYTES};
+use warren_ebpf_common::{AF_INET, AF_INET6, AddrKind, Counter, FlowKey};
 
 use crate::{
     addr::{ip_key, is_loopback_v4, is_loopback_v6, is_v4_mapped},
     counters::bump,
-    maps::{CONFIG, LOCAL_ADDRS, ORIG_DST, ORIG_DST_BY_FLOW, SHORTCUT_BUDGET, SOCKS},
+    maps::{CONFIG, LOCAL_ADDRS, ORIG_DST, ORIG_DST_BY_FLOW, SHORTCUT_SENT, SOCKS},
 };
 
 /// `TCP_CLOSE` from the kernel's TCP state numbering.
@@ -44,7 +45,7 @@ pub fn warren_sock_ops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
             // Only captured client sockets and shortcut sockets asked for this.
             let _ = ORIG_DST_BY_FLOW.remove(&own);
-            let _ = SHORTCUT_BUDGET.remove(&own);
+            let _ = SHORTCUT_SENT.remove(&own);
         }
         _ => {}
     }
@@ -93,22 +94,19 @@ fn join_shortcut(ctx: &SockOpsContext, own: &FlowKey) {
     if !local {
         return;
     }
-    // The budget first: a socket without one never takes the shortcut.
-    if SHORTCUT_BUDGET
-        .insert(own, &SHORTCUT_BUDGET_BYTES, 0)
-        .is_err()
-    {
+    // Its account first: a socket without one never takes the shortcut.
+    if SHORTCUT_SENT.insert(own, &0, 0).is_err() {
         return;
     }
     let mut key = *own;
     // SAFETY: `ops` is the valid context the kernel passed us.
     if SOCKS.update(&mut key, unsafe { &mut *ctx.ops }, 0).is_ok() {
         bump(Counter::ShortcutInserted);
-        // Its close removes the budget (the LRU would, later).
+        // Its close removes the account (the LRU would, later).
         let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
         let _ = ctx.set_cb_flags(flags as i32);
     } else {
-        let _ = SHORTCUT_BUDGET.remove(own);
+        let _ = SHORTCUT_SENT.remove(own);
     }
 }
 

@@ -30,8 +30,8 @@ pub static ORIG_DST_BY_FLOW: LruHashMap<FlowKey, OrigDst> =
 #[map(name = "WARREN_SOCKS")]
 pub static SOCKS: SockHash<FlowKey> = SockHash::pinned(capacity::SOCKS, 0);
 
-#[map(name = "WARREN_SHORTCUT_BUDGET")]
-pub static SHORTCUT_BUDGET: LruHashMap<FlowKey, u64> = LruHashMap::pinned(capacity::SOCKS, 0);
+#[map(name = "WARREN_SHORTCUT_SENT")]
+pub static SHORTCUT_SENT: LruHashMap<FlowKey, u64> = LruHashMap::pinned(capacity::SOCKS, 0);
 
 #[map(name = "WARREN_LOCAL_ADDRS")]
 pub static LOCAL_ADDRS: HashMap<IpKey, u32> = HashMap::pinned(capacity::LOCAL_ADDRS, 0);

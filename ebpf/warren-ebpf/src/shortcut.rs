@@ -5,20 +5,21 @@
 //! the map (on another node, closed, not yet established) means the normal
 //! path: the program never drops data.
 //!
-//! Each socket may send [`warren_ebpf_common::SHORTCUT_BUDGET_BYTES`] this way, then TCP for the
-//! rest of its life (see there why, and why never back).
+//! A socket that gets [`warren_ebpf_common::SHORTCUT_BUDGET_BYTES`] ahead of
+//! its peer moves to TCP for the rest of its life (see there why, and why
+//! never back).
 
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, sk_action::SK_PASS},
     macros::sk_msg,
     programs::SkMsgContext,
 };
-use warren_ebpf_common::{AF_INET, AF_INET6, Counter, FlowKey};
+use warren_ebpf_common::{AF_INET, AF_INET6, Counter, FlowKey, SHORTCUT_BUDGET_BYTES};
 
 use crate::{
     counters::bump,
     flows::fold_v4_mapped,
-    maps::{SHORTCUT_BUDGET, SOCKS},
+    maps::{SHORTCUT_SENT, SOCKS},
 };
 
 /// After a successful redirect, the verdict covers this many following
@@ -48,27 +49,30 @@ pub fn warren_shortcut(ctx: SkMsgContext) -> u32 {
             family: AF_INET6 as u32,
         })
     };
-    // A verdict covers up to APPLY_BYTES, so each one is charged that much.
-    let Some(budget) = SHORTCUT_BUDGET.get_ptr_mut(&own) else {
-        // Spent (or never granted): TCP, and this verdict stands for the next
+    // Each verdict covers up to APPLY_BYTES, so each is counted as that much.
+    let Some(sent) = SHORTCUT_SENT.get_ptr_mut(&own) else {
+        // Moved to TCP (or never joined): this verdict stands for the next
         // APPLY_BYTES too, so the program stays off the per-message path.
         apply_verdict(&ctx);
         return SK_PASS;
     };
-    // SAFETY: a pointer from a successful lookup, valid for this run; only
-    // this socket's own sendmsg (under its socket lock) touches the entry.
-    let left = unsafe { *budget };
-    if left < APPLY_BYTES as u64 {
-        let _ = SHORTCUT_BUDGET.remove(&own);
+    // The peer socket is keyed by its own view: ours reversed.
+    let mut peer = own.reversed();
+    // SAFETY (both reads): pointers from successful lookups, valid for this
+    // run. Only this socket's own sendmsg, under its socket lock, writes its
+    // entry; the peer's may move meanwhile, which only makes this estimate
+    // a verdict late.
+    let ours = unsafe { *sent };
+    let theirs = SHORTCUT_SENT.get_ptr(&peer).map_or(0, |p| unsafe { *p });
+    if ours.saturating_sub(theirs) >= SHORTCUT_BUDGET_BYTES {
+        let _ = SHORTCUT_SENT.remove(&own);
         bump(Counter::ShortcutBudgetSpent);
         apply_verdict(&ctx);
         return SK_PASS;
     }
-    // The peer socket is keyed by its own view: ours reversed.
-    let mut peer = own.reversed();
     if SOCKS.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64) == SK_PASS as i64 {
         // SAFETY: as above.
-        unsafe { *budget = left - APPLY_BYTES as u64 };
+        unsafe { *sent = ours + APPLY_BYTES as u64 };
         apply_verdict(&ctx);
         bump(Counter::ShortcutHit);
     } else {

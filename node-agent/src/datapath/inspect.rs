@@ -233,12 +233,12 @@ pub fn dump(maps: &Maps, name: &str) -> Result<MapDump, DatapathError> {
                 });
             }
         }
-        map::SHORTCUT_BUDGET => {
+        map::SHORTCUT_SENT => {
             let h: HashMap<_, FlowKey, u64> = HashMap::try_from(m).map_err(err)?;
-            for (flow, left) in h.iter().filter_map(Result::ok) {
+            for (flow, sent) in h.iter().filter_map(Result::ok) {
                 entries.push(Entry {
                     key: json!(flow_string(&flow)),
-                    value: json!({ "bytes_left": left }),
+                    value: json!({ "bytes_sent_at_most": sent }),
                 });
             }
         }

@@ -15,7 +15,7 @@ use super::{DatapathError, pins::Pins};
 fn wrap(name: &str, data: MapData) -> Map {
     match name {
         map::CONFIG | map::META => Map::Array(data),
-        map::ORIG_DST | map::ORIG_DST_BY_FLOW | map::SHORTCUT_BUDGET => Map::LruHashMap(data),
+        map::ORIG_DST | map::ORIG_DST_BY_FLOW | map::SHORTCUT_SENT => Map::LruHashMap(data),
         map::SOCKS => Map::SockHash(data),
         map::POD_STATS => Map::PerCpuHashMap(data),
         map::COUNTERS => Map::PerCpuArray(data),

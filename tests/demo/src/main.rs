@@ -352,7 +352,7 @@ impl Demo {
     }
 
     fn mesh_up(&mut self) -> Result<String> {
-        // The socket shortcut is opt-in (docs/datapath.md); the demo shows it.
+        // The socket shortcut is opt-in (docs/debugging.md); the demo shows it.
         let options = MeshOptions {
             run_waypoints: true,
             agent_args: vec!["--socket-shortcut".into()],

@@ -245,6 +245,29 @@ fn strict_guard_admits_only_the_node() -> Result<()> {
 
 /// Runs `warren-sample stream` from `client` to `target` and checks the echo
 /// came back byte-exact.
+/// Runs `warren-sample pingpong` (1 KiB round trips) from `client` to
+/// `target`; returns how many it made.
+fn pingpong(client: &Pod, target: &str, round_trips: &str) -> Result<u64> {
+    let sample = binaries::path("warren-sample")?;
+    let out = client.sandbox.exec(
+        &sample.to_string_lossy(),
+        [
+            "pingpong",
+            "--connect",
+            target,
+            "--round-trips",
+            round_trips,
+            "--json",
+        ],
+    )?;
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("pingpong report: {}", String::from_utf8_lossy(&out.stderr)))?;
+    ensure!(out.status.success(), "pingpong failed: {report}");
+    report["round_trips"]
+        .as_u64()
+        .with_context(|| format!("no round_trips in {report}"))
+}
+
 fn stream(client: &Pod, target: &str, bytes: &str, max_write: &str) -> Result<Value> {
     let sample = binaries::path("warren-sample")?;
     let out = client.sandbox.exec(
@@ -279,23 +302,30 @@ fn shortcut_carries_streams_byte_exact() -> Result<()> {
     let hits_before = mesh.counter(Counter::ShortcutHit)?;
     let spent_before = mesh.counter(Counter::ShortcutBudgetSpent)?;
 
-    // client → proxy and proxy → server are both local pairs. Each socket
-    // takes the shortcut for its first SHORTCUT_BUDGET_BYTES, then TCP: this
-    // 1 GiB echo crosses that switch on all four sockets, and must still
-    // arrive byte-exact and in order.
+    // Ping-pong stays even: its sockets keep the shortcut, however long.
+    let rounds = pingpong(client, &target, "20000")?;
+    ensure!(
+        mesh.counter(Counter::ShortcutBudgetSpent)? == spent_before,
+        "a ping-pong of {rounds} round trips left the shortcut"
+    );
+
+    // client → proxy and proxy → server are both local pairs. The client
+    // writes as fast as it can, so its socket gets SHORTCUT_BUDGET_BYTES
+    // ahead of the echo and moves to TCP, with bytes of the shortcut still
+    // queued: this 1 GiB echo must arrive byte-exact and in order anyway.
     let report = stream(client, &target, "1G", "65536")?;
     eprintln!("1 GiB through the shortcut, then TCP: {report}");
     let spent = mesh.counter(Counter::ShortcutBudgetSpent)? - spent_before;
     ensure!(
-        spent >= 4,
-        "only {spent} sockets spent their shortcut budget in a 1 GiB echo"
+        spent >= 1,
+        "no socket moved to TCP in a 1 GiB echo (hits {})",
+        mesh.counter(Counter::ShortcutHit)? - hits_before
     );
-    // Many small messages of random sizes, all within the budget.
-    stream(client, &target, "4M", "1500")?;
+    // Many small messages of random sizes.
+    stream(client, &target, "32M", "1500")?;
 
     let hits = mesh.counter(Counter::ShortcutHit)? - hits_before;
-    // At least the first verdict of each of the 8 sockets.
-    ensure!(hits >= 8, "only {hits} shortcut hits");
+    ensure!(hits > 100, "only {hits} shortcut hits");
     ensure!(
         mesh.captured_from(client).len() == 2,
         "streams did not go through the proxy"
