@@ -20,7 +20,7 @@ use warren_e2e::{
         attached_programs, datapath, enroll, expected_programs, register_local_pods, start_agent,
         start_agent_with, start_proxy, unenroll, warrenctl,
     },
-    workload::{count_status, load, start_echo, start_http_server},
+    workload::{count_status, load, start_echo, start_http_server, wait_listening},
 };
 use warren_ebpf_common::{Counter, Mode};
 use warren_node_agent::datapath::PodEnrollment;
@@ -245,6 +245,20 @@ fn strict_guard_admits_only_the_node() -> Result<()> {
 
 /// Runs `warren-sample stream` from `client` to `target` and checks the echo
 /// came back byte-exact.
+/// An echo server on `port` of `pod` that waits 2 s before reading each
+/// connection.
+fn start_slow_echo(cluster: &Cluster, pod: &Pod, port: u16) -> Result<Process> {
+    let sample = binaries::path("warren-sample")?;
+    let listen = format!("[::]:{port}");
+    let mut echo = cluster.spawn(
+        &pod.sandbox,
+        &sample.to_string_lossy(),
+        &["echo", "--listen", &listen, "--read-after", "2s"],
+    )?;
+    wait_listening(pod, port, &mut echo)?;
+    Ok(echo)
+}
+
 /// Runs `warren-sample pingpong` (1 KiB round trips) from `client` to
 /// `target`; returns how many it made.
 fn pingpong(client: &Pod, target: &str, round_trips: &str) -> Result<u64> {
@@ -309,17 +323,25 @@ fn shortcut_carries_streams_byte_exact() -> Result<()> {
         "a ping-pong of {rounds} round trips left the shortcut"
     );
 
-    // client → proxy and proxy → server are both local pairs. The client
-    // writes as fast as it can, so its socket gets SHORTCUT_BUDGET_BYTES
-    // ahead of the echo and moves to TCP, with bytes of the shortcut still
-    // queued: this 1 GiB echo must arrive byte-exact and in order anyway.
+    // client → proxy and proxy → server are both local pairs. A reader
+    // that keeps up keeps every socket even: this 1 GiB echo stays on the
+    // shortcut.
     let report = stream(client, &target, "1G", "65536")?;
-    eprintln!("1 GiB through the shortcut, then TCP: {report}");
+    eprintln!("1 GiB through the shortcut: {report}");
+
+    // A reader that waits 2 s before its first read: the proxy's socket gets
+    // SHORTCUT_BUDGET_BYTES ahead and moves to TCP, then TCP's window holds
+    // the proxy back and the client's socket moves too, each with shortcut
+    // bytes still queued at its peer. The echo must come back byte-exact
+    // and in order anyway.
+    let _slow = start_slow_echo(&mesh.cluster, server, 9001)?;
+    let slow = format!("{}:9001", server.ip);
+    let report = stream(client, &slow, "64M", "65536")?;
+    eprintln!("64 MiB into a slow reader, switching to TCP: {report}");
     let spent = mesh.counter(Counter::ShortcutBudgetSpent)? - spent_before;
     ensure!(
-        spent >= 1,
-        "no socket moved to TCP in a 1 GiB echo (hits {})",
-        mesh.counter(Counter::ShortcutHit)? - hits_before
+        spent >= 2,
+        "{spent} sockets moved to TCP with a slow reader (expected the client's and the proxy's)"
     );
     // Many small messages of random sizes.
     stream(client, &target, "32M", "1500")?;
@@ -327,8 +349,8 @@ fn shortcut_carries_streams_byte_exact() -> Result<()> {
     let hits = mesh.counter(Counter::ShortcutHit)? - hits_before;
     ensure!(hits > 100, "only {hits} shortcut hits");
     ensure!(
-        mesh.captured_from(client).len() == 2,
-        "streams did not go through the proxy"
+        mesh.captured_from(client).len() == 4,
+        "the ping-pong and the three streams did not all go through the proxy"
     );
     ensure!(mesh.counter(Counter::ShortcutInserted)? >= 4);
     Ok(())

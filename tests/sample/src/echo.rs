@@ -21,6 +21,9 @@ pub struct Config {
     /// One OS thread per connection with blocking I/O: the lowest latency an
     /// echo can add, for latency benchmarks. Not for many connections.
     pub blocking: bool,
+    /// How long a connection waits before its first read: a slow reader, so
+    /// that what the client sends piles up on the way.
+    pub read_after: std::time::Duration,
 }
 
 pub async fn run(config: Config) -> Result<()> {
@@ -30,19 +33,26 @@ pub async fn run(config: Config) -> Result<()> {
         .with_context(|| format!("binding the echo server to {}", config.listen))?;
     info!(addr = %config.listen, "echo server listening");
 
-    let blocking = config.blocking;
-    accept::serve(listener, shutdown, "echo server", GRACE, |stream, peer| {
-        if blocking {
-            echo_blocking(stream, peer);
-            None
-        } else {
-            Some(echo(stream, peer))
-        }
-    })
+    let (blocking, read_after) = (config.blocking, config.read_after);
+    accept::serve(
+        listener,
+        shutdown,
+        "echo server",
+        GRACE,
+        move |stream, peer| {
+            if blocking {
+                echo_blocking(stream, peer, read_after);
+                None
+            } else {
+                Some(echo(stream, peer, read_after))
+            }
+        },
+    )
     .await
 }
 
-async fn echo(mut stream: TcpStream, peer: SocketAddr) {
+async fn echo(mut stream: TcpStream, peer: SocketAddr, read_after: std::time::Duration) {
+    tokio::time::sleep(read_after).await;
     let (mut reader, mut writer) = stream.split();
     match tokio::io::copy(&mut reader, &mut writer).await {
         Ok(bytes) => debug!(%peer, bytes, "echo connection finished"),
@@ -55,7 +65,7 @@ async fn echo(mut stream: TcpStream, peer: SocketAddr) {
 }
 
 /// Echoes on a thread of its own with blocking I/O (see [`Config::blocking`]).
-fn echo_blocking(stream: TcpStream, peer: SocketAddr) {
+fn echo_blocking(stream: TcpStream, peer: SocketAddr, read_after: std::time::Duration) {
     let stream = match stream
         .into_std()
         .and_then(|s| s.set_nonblocking(false).map(|()| s))
@@ -67,6 +77,7 @@ fn echo_blocking(stream: TcpStream, peer: SocketAddr) {
         }
     };
     std::thread::spawn(move || {
+        std::thread::sleep(read_after);
         let _ = stream.set_nodelay(true);
         // 64 KiB, not std::io::copy's 8 KiB: fewer, larger writes, as a
         // streaming server would do.

@@ -183,6 +183,9 @@ struct EchoArgs {
     /// latency benchmarks; not for thousands of connections.
     #[arg(long)]
     blocking: bool,
+    /// Wait this long after accepting before reading (a slow reader, e.g. 2s).
+    #[arg(long, default_value = "0s", value_parser = duration::parse)]
+    read_after: Duration,
 }
 
 #[derive(Args)]
@@ -324,6 +327,7 @@ async fn main() -> Result<ExitCode> {
         Command::Echo(args) => echo::run(echo::Config {
             listen: args.listen,
             blocking: args.blocking,
+            read_after: args.read_after,
         })
         .await
         .map(|()| done),
