@@ -1,9 +1,6 @@
 //! `warren-waypoint`: the L7 proxy of one namespace. Subscribes to the node
 //! agent as that namespace's waypoint, serves HBONE, drains on SIGTERM.
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -23,6 +20,7 @@ use warren_ztunnel::{
 };
 
 fn main() -> anyhow::Result<()> {
+    warren_ztunnel::malloc::tune_for_proxy();
     let config = Config::parse();
     let filter = EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("bad log filter {:?}", config.log_level))?;

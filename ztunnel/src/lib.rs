@@ -14,6 +14,7 @@ pub mod config;
 pub mod drain;
 pub mod http_endpoint;
 pub mod limits;
+pub mod malloc;
 pub mod metrics;
 pub mod proxy;
 pub mod rbac;

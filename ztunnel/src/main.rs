@@ -1,9 +1,6 @@
 //! `warren-ztunnel`: the node-local L4 proxy. Subscribes to the node agent's config
 //! stream, serves its listeners, and drains on SIGTERM, SIGINT or `/quitquitquit`.
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -22,6 +19,7 @@ use warren_ztunnel::{
 };
 
 fn main() -> anyhow::Result<()> {
+    warren_ztunnel::malloc::tune_for_proxy();
     let config = Config::parse();
     let filter = EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("bad log filter {:?}", config.log_level))?;
