@@ -14,8 +14,8 @@
 //! them still does, its version is sent again.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    hash::{DefaultHasher, Hash as _, Hasher as _},
+    collections::{BTreeSet, HashMap},
+    hash::{BuildHasher as _, DefaultHasher, Hash as _, Hasher as _, RandomState},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -41,19 +41,51 @@ pub struct LocalSource {
     rescan_every: Duration,
 }
 
-/// What the source last sent for one file.
+/// What the source last sent for one file: each object it holds (its good
+/// version, or none if refused), sorted by key.
 #[derive(Default)]
 struct FileState {
     hash: u64,
-    keys: BTreeSet<ObjectKey>,
+    objects: Box<[(ObjectKey, Option<Arc<Object>>)]>,
+}
+
+impl FileState {
+    fn get(&self, key: &ObjectKey) -> Option<&Option<Arc<Object>>> {
+        self.objects
+            .binary_search_by(|(k, _)| k.cmp(key))
+            .ok()
+            .map(|i| &self.objects[i].1)
+    }
 }
 
 /// Everything the source knows about the folder: per file, what it held;
-/// per object, which files hold it (with each file's good version, if any).
+/// per object, which files hold it.
+///
+/// The second is an index by the key's hash, not by the key: the folder of
+/// a big mesh holds tens of thousands of objects, nearly each in one file,
+/// and a hash with one path costs a third of a key with one path. Each
+/// file is listed once per key of that hash it holds; the file's own list
+/// says which key that is.
 #[derive(Default)]
 struct Folder {
-    files: HashMap<PathBuf, FileState>,
-    holders: HashMap<ObjectKey, BTreeMap<PathBuf, Option<Arc<Object>>>>,
+    files: HashMap<Arc<Path>, FileState>,
+    holders: HashMap<u64, Holders>,
+    hasher: RandomState,
+}
+
+/// Files holding keys of one hash, with repeats: nearly always one file.
+enum Holders {
+    One(Arc<Path>),
+    Many(Vec<Arc<Path>>),
+}
+
+impl Holders {
+    fn paths(&self) -> &[Arc<Path>] {
+        match self {
+            Holders::One(path) => std::slice::from_ref(path),
+            Holders::Many(paths) => paths,
+        }
+    }
 }
 
 impl LocalSource {
@@ -119,7 +151,9 @@ impl LocalSource {
 }
 
 async fn send_all(events: &mpsc::Sender<SourceEvent>, out: &mut Vec<SourceEvent>) -> bool {
-    for event in out.drain(..) {
+    // Taken, not drained: a first listing of a big folder is tens of
+    // thousands of events, and a drained Vec would keep their room.
+    for event in std::mem::take(out) {
         if events.send(event).await.is_err() {
             return false;
         }
@@ -156,8 +190,8 @@ impl Folder {
         let gone: Vec<PathBuf> = self
             .files
             .keys()
-            .filter(|p| !present.contains(*p))
-            .cloned()
+            .filter(|p| !present.contains(&***p))
+            .map(|p| p.to_path_buf())
             .collect();
         for path in present.into_iter().chain(gone) {
             self.reload(&path, out);
@@ -174,10 +208,10 @@ impl Folder {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                if let Some(state) = self.files.remove(path) {
-                    debug!(file = %source, objects = state.keys.len(), "config file removed");
-                    for key in state.keys {
-                        self.release(key, path, out);
+                if let Some((path, state)) = self.files.remove_entry(path) {
+                    debug!(file = %source, objects = state.objects.len(), "config file removed");
+                    for (key, _) in state.objects {
+                        self.release(key, &path, out);
                     }
                 }
                 return;
@@ -216,56 +250,113 @@ impl Folder {
             }
         };
         out.push(SourceEvent::FileParsed(source.clone()));
-        let mut keys = BTreeSet::new();
+        let mut objects = Vec::with_capacity(docs.len());
         for doc in docs {
             let key = document_key(&doc);
             match parse_document(doc, &source) {
                 Ok(object) => {
-                    let key = object.key();
                     let object = Arc::new(object);
-                    self.holders
-                        .entry(key.clone())
-                        .or_default()
-                        .insert(path.to_path_buf(), Some(object.clone()));
-                    keys.insert(key);
+                    objects.push((object.key(), Some(object.clone())));
                     out.push(SourceEvent::Upsert(object));
                 }
                 Err(error) => {
                     // The file still holds this object: its last good version
                     // stays, and removing the file removes it.
                     if let Some(key) = &key {
-                        self.holders
-                            .entry(key.clone())
-                            .or_default()
-                            .insert(path.to_path_buf(), None);
-                        keys.insert(key.clone());
+                        objects.push((key.clone(), None));
                     }
                     out.push(SourceEvent::Rejected { key, error });
                 }
             }
         }
-        let state = self.files.entry(path.to_path_buf()).or_default();
-        let dropped: Vec<ObjectKey> = state.keys.difference(&keys).cloned().collect();
-        state.keys = keys;
-        state.hash = hash;
+        // One entry per key, the file's last document for it (as sent last).
+        objects.sort_by(|a, b| a.0.cmp(&b.0));
+        objects.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(&mut later.1, &mut kept.1);
+            }
+            same
+        });
+        let (path, before) = match self.files.remove_entry(path) {
+            Some((path, state)) => (path, state.objects),
+            None => (Arc::from(path), Box::default()),
+        };
+        let state = FileState {
+            hash,
+            objects: objects.into_boxed_slice(),
+        };
+        for (key, _) in state.objects.iter() {
+            if before.binary_search_by(|(k, _)| k.cmp(key)).is_err() {
+                self.hold(key, &path);
+            }
+        }
+        let dropped: Vec<ObjectKey> = before
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| state.get(key).is_none())
+            .collect();
+        self.files.insert(path.clone(), state);
         for key in dropped {
-            self.release(key, path, out);
+            self.release(key, &path, out);
+        }
+    }
+
+    /// Records that `path` holds `key`.
+    fn hold(&mut self, key: &ObjectKey, path: &Arc<Path>) {
+        let hash = self.hasher.hash_one(key);
+        match self.holders.get_mut(&hash) {
+            None => {
+                self.holders.insert(hash, Holders::One(path.clone()));
+            }
+            Some(holders) => {
+                let mut paths = holders.paths().to_vec();
+                paths.push(path.clone());
+                *holders = Holders::Many(paths);
+            }
         }
     }
 
     /// `path` no longer holds `key`: delete the object if no file holds it,
-    /// else send the version another file holds.
+    /// else send the version another file holds (the first by path that
+    /// has a good one).
     fn release(&mut self, key: ObjectKey, path: &Path, out: &mut Vec<SourceEvent>) {
-        let Some(files) = self.holders.get_mut(&key) else {
+        let hash = self.hasher.hash_one(&key);
+        let mut others: Vec<&Arc<Path>> = Vec::new();
+        if let Some(holders) = self.holders.get_mut(&hash) {
+            let mut paths = holders.paths().to_vec();
+            if let Some(i) = paths.iter().position(|p| **p == *path) {
+                paths.remove(i);
+            }
+            match paths.len() {
+                0 => {
+                    self.holders.remove(&hash);
+                }
+                1 => *holders = Holders::One(paths.remove(0)),
+                _ => *holders = Holders::Many(paths),
+            }
+        }
+        if let Some(holders) = self.holders.get(&hash) {
+            others.extend(
+                holders
+                    .paths()
+                    .iter()
+                    .filter(|p| self.files.get(*p).is_some_and(|f| f.get(&key).is_some())),
+            );
+        }
+        if others.is_empty() {
             out.push(SourceEvent::Delete(key));
             return;
-        };
-        files.remove(path);
-        if files.is_empty() {
-            self.holders.remove(&key);
-            out.push(SourceEvent::Delete(key));
-        } else if let Some(object) = files.values().flatten().next() {
-            out.push(SourceEvent::Upsert(object.clone()));
+        }
+        others.sort();
+        if let Some(object) = others.iter().find_map(|p| {
+            self.files
+                .get(*p)
+                .and_then(|f| f.get(&key))
+                .cloned()
+                .flatten()
+        }) {
+            out.push(SourceEvent::Upsert(object));
         }
     }
 }
@@ -485,5 +576,17 @@ mod tests {
             SourceEvent::Delete(key) => assert_eq!(&*key.name, "web"),
             other => panic!("expected a delete, got {other:?}"),
         }
+
+        // Two files with different versions: removing the one read last
+        // brings back the other's.
+        folder.write("a.yaml", &pod("v1"));
+        drain(&mut rx, Duration::from_millis(300)).await;
+        folder.write("b.yaml", &pod("v2"));
+        drain(&mut rx, Duration::from_millis(300)).await;
+        std::fs::remove_file(folder.0.join("b.yaml")).expect("removing");
+        let Object::Pod(p) = upserted(next(&mut rx).await) else {
+            panic!("expected the pod");
+        };
+        assert_eq!(p.labels.get("version"), Some("v1"));
     }
 }
