@@ -167,11 +167,7 @@ impl ConfigDistribution for Distribution {
         let published = self.publisher.lock();
         Ok(Response::new(DumpResponse {
             version: published.version(),
-            resources: published
-                .resources()
-                .filter(|r| audience.receives(&r.key))
-                .map(|r| (**r).clone())
-                .collect(),
+            resources: published.resources(&audience).collect(),
             refusals: published.refusals().to_vec(),
         }))
     }

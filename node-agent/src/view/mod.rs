@@ -36,6 +36,9 @@ use crate::{
 pub use authorization::Selection;
 pub use published::{Audience, Pending, Published, Publisher};
 
+/// What [`key::certificate`] keys begin with.
+const CERTIFICATE_PREFIX: &str = "certificate/";
+
 /// Mesh-wide settings the view needs.
 #[derive(Clone, Debug)]
 pub struct Mesh {
@@ -248,11 +251,11 @@ impl View {
         roots_pem: &[String],
     ) {
         self.publisher.write(|p| {
+            let wanted: BTreeSet<String> = certificates.keys().map(key::certificate).collect();
             let stale: Vec<String> = p
-                .resources()
-                .filter(|r| matches!(r.kind, Some(ResourceKind::Certificate(_))))
-                .map(|r| r.key.clone())
-                .filter(|k| !certificates.keys().any(|id| key::certificate(id) == *k))
+                .keys()
+                .filter(|k| k.starts_with(CERTIFICATE_PREFIX) && !wanted.contains(*k))
+                .map(str::to_owned)
                 .collect();
             for key in stale {
                 p.remove(&key);

@@ -3,41 +3,77 @@
 //! date with exactly the keys changed after `v` — however many changes
 //! happened in between, each key is sent once, in its latest state.
 //!
-//! The view writes; the distribution server reads. A change log ordered by
-//! version (one entry per key, its latest change) makes a delta a range
-//! scan, and removals are remembered as tombstones until compacted; a
-//! subscriber older than the oldest tombstone kept gets a snapshot instead.
+//! The view writes; the distribution server reads. A delta is a scan of the
+//! resources for versions after the subscriber's (a few milliseconds at
+//! 60 000 resources, far less than a change log's memory would cost), and
+//! removals are remembered as tombstones until compacted; a subscriber
+//! older than the oldest tombstone kept gets a snapshot instead.
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use prost::Message as _;
 use tokio::sync::watch;
+use tracing::error;
 use warren_api::config::{Refusal, Resource, Update};
 
 /// Tombstones kept before the oldest half is dropped.
 const MAX_TOMBSTONES: usize = 16_384;
 
+/// The view's resources, kept encoded: a decoded workload is some twenty
+/// allocations (a kilobyte and more), its encoding a couple of hundred
+/// bytes in one. Subscribers are sent decoded copies anyway, so a snapshot
+/// decodes where it used to clone.
 #[derive(Default)]
 pub struct Published {
     version: u64,
-    /// Key → (version of its last change, resource).
-    resources: BTreeMap<String, (u64, Arc<Resource>)>,
+    /// Key → the version of its last change, and the resource encoded
+    /// without its key.
+    resources: BTreeMap<Box<str>, Entry>,
     /// Key → version of its removal.
-    tombstones: HashMap<String, u64>,
-    /// Version → the key that changed then (each key once, at its latest).
-    changes: BTreeMap<u64, String>,
+    tombstones: HashMap<Box<str>, u64>,
     /// Deltas can be computed from any version at or after this one.
     horizon: u64,
     /// Objects the agent refused, for `warrenctl config dump`.
     refusals: Vec<Refusal>,
 }
 
+struct Entry {
+    version: u64,
+    encoded: Box<[u8]>,
+}
+
 /// What a subscriber needs next.
 pub enum Pending {
     UpToDate,
     Update(Update),
+}
+
+/// `resource` without its key, encoded.
+fn encode(resource: &Resource) -> Box<[u8]> {
+    Resource {
+        key: String::new(),
+        kind: resource.kind.clone(),
+    }
+    .encode_to_vec()
+    .into_boxed_slice()
+}
+
+/// The resource `key` was stored as. Only [`encode`] wrote these bytes; a
+/// failure would be a bug here, logged, and the resource left out.
+fn decode(key: &str, encoded: &[u8]) -> Option<Resource> {
+    match Resource::decode(encoded) {
+        Ok(mut resource) => {
+            resource.key = key.to_owned();
+            Some(resource)
+        }
+        Err(err) => {
+            error!(key, error = %err, "a published resource does not decode; left out");
+            None
+        }
+    }
 }
 
 impl Published {
@@ -53,12 +89,22 @@ impl Published {
         self.resources.is_empty()
     }
 
-    pub fn get(&self, key: &str) -> Option<&Arc<Resource>> {
-        self.resources.get(key).map(|(_, r)| r)
+    pub fn get(&self, key: &str) -> Option<Resource> {
+        self.resources
+            .get(key)
+            .and_then(|e| decode(key, &e.encoded))
     }
 
-    pub fn resources(&self) -> impl Iterator<Item = &Arc<Resource>> {
-        self.resources.values().map(|(_, r)| r)
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.resources.keys().map(|k| &**k)
+    }
+
+    /// Every resource `audience` receives, decoded.
+    pub fn resources<'a>(&'a self, audience: &'a Audience) -> impl Iterator<Item = Resource> + 'a {
+        self.resources
+            .iter()
+            .filter(|(k, _)| audience.receives(k))
+            .filter_map(|(k, e)| decode(k, &e.encoded))
     }
 
     pub fn refusals(&self) -> &[Refusal] {
@@ -67,28 +113,36 @@ impl Published {
 
     /// Sets `key` to `resource`; true if that changed anything.
     pub fn upsert(&mut self, resource: Resource) -> bool {
+        let encoded = encode(&resource);
         if self
             .resources
-            .get(&resource.key)
-            .is_some_and(|(_, old)| **old == resource)
+            .get(resource.key.as_str())
+            .is_some_and(|old| old.encoded == encoded)
         {
             return false;
         }
-        let key = resource.key.clone();
-        let version = self.bump(&key);
-        self.tombstones.remove(&key);
-        self.resources.insert(key, (version, Arc::new(resource)));
+        self.version += 1;
+        let entry = Entry {
+            version: self.version,
+            encoded,
+        };
+        match self.resources.get_mut(resource.key.as_str()) {
+            Some(old) => *old = entry,
+            None => {
+                self.tombstones.remove(resource.key.as_str());
+                self.resources.insert(resource.key.into_boxed_str(), entry);
+            }
+        }
         true
     }
 
     /// Removes `key`; true if it was there.
     pub fn remove(&mut self, key: &str) -> bool {
-        if !self.resources.contains_key(key) {
+        let Some((key, _)) = self.resources.remove_entry(key) else {
             return false;
-        }
-        let version = self.bump(key);
-        self.resources.remove(key);
-        self.tombstones.insert(key.to_owned(), version);
+        };
+        self.version += 1;
+        self.tombstones.insert(key, self.version);
         if self.tombstones.len() > MAX_TOMBSTONES {
             self.compact();
         }
@@ -99,21 +153,6 @@ impl Published {
         self.refusals = refusals;
     }
 
-    /// A new version for `key`, moving its change-log entry.
-    fn bump(&mut self, key: &str) -> u64 {
-        let previous = self
-            .resources
-            .get(key)
-            .map(|(v, _)| *v)
-            .or_else(|| self.tombstones.get(key).copied());
-        if let Some(v) = previous {
-            self.changes.remove(&v);
-        }
-        self.version += 1;
-        self.changes.insert(self.version, key.to_owned());
-        self.version
-    }
-
     /// Forgets the oldest half of the tombstones; subscribers from before
     /// the newest one forgotten get a snapshot.
     fn compact(&mut self) {
@@ -121,8 +160,6 @@ impl Published {
         versions.sort_unstable();
         let cut = versions[versions.len() / 2];
         self.tombstones.retain(|_, v| *v > cut);
-        self.changes
-            .retain(|v, key| *v > cut || self.resources.contains_key(key));
         self.horizon = cut;
     }
 
@@ -131,11 +168,7 @@ impl Published {
         Update {
             version: self.version,
             snapshot: true,
-            upserts: self
-                .resources()
-                .filter(|r| audience.receives(&r.key))
-                .map(|r| (**r).clone())
-                .collect(),
+            upserts: self.resources(audience).collect(),
             removals: Vec::new(),
         }
     }
@@ -156,17 +189,20 @@ impl Published {
             upserts: Vec::new(),
             removals: Vec::new(),
         };
-        for key in self
-            .changes
-            .range(sent + 1..)
-            .map(|(_, k)| k)
-            .filter(|k| audience.receives(k))
-        {
-            match self.resources.get(key) {
-                Some((_, resource)) => update.upserts.push((**resource).clone()),
-                None => update.removals.push(key.clone()),
-            }
-        }
+        update.upserts.extend(
+            self.resources
+                .iter()
+                .filter(|(k, e)| e.version > sent && audience.receives(k))
+                .filter_map(|(k, e)| decode(k, &e.encoded)),
+        );
+        update.removals.extend(
+            self.tombstones
+                .iter()
+                .filter(|(k, v)| **v > sent && audience.receives(k))
+                .map(|(k, _)| k.to_string()),
+        );
+        // Tombstones are hashed: a stable order keeps equal deltas equal.
+        update.removals.sort_unstable();
         Pending::Update(update)
     }
 }

@@ -109,10 +109,7 @@ fn built(extra: &str) -> (Store, View) {
 }
 
 fn get(view: &View, key: &str) -> Option<ResourceKind> {
-    view.publisher()
-        .lock()
-        .get(key)
-        .and_then(|r| r.kind.clone())
+    view.publisher().lock().get(key).and_then(|r| r.kind)
 }
 
 fn workload(view: &View, ns: &str, name: &str) -> Workload {
