@@ -9,9 +9,13 @@ use std::{
     time::Instant,
 };
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
 use warren_api::Identity;
 
+use super::hbone::Tunnel;
 use crate::{
     drain,
     metrics::{ConnectionLabels, Metrics},
@@ -105,6 +109,45 @@ where
     Relayed {
         sent: down.read,
         received: up.read,
+        error,
+    }
+}
+
+/// Which end of the connection the tunnel is, for [`relay_tunnel`]'s counts.
+#[derive(Clone, Copy)]
+pub enum TunnelEnd {
+    /// The client came in over HBONE (inbound).
+    Downstream,
+    /// The destination is reached over HBONE (outbound).
+    Upstream,
+}
+
+/// [`relay`] between a socket and an HBONE tunnel, without copying the bytes in
+/// between ([`Tunnel::splice`]).
+pub async fn relay_tunnel(
+    socket: TcpStream,
+    tunnel: Tunnel,
+    end: TunnelEnd,
+    buffer: usize,
+    drain: &mut drain::Watch,
+) -> Relayed {
+    let mut counted = (0, 0);
+    let error = tokio::select! {
+        spliced = tunnel.splice(socket, buffer) => {
+            counted = (spliced.to_tunnel, spliced.from_tunnel);
+            spliced.error.map(|e| e.to_string())
+        }
+        () = drain.forced() => Some("cut at the drain deadline".to_owned()),
+    };
+    // (bytes from the socket, bytes from the tunnel)
+    let (from_socket, from_tunnel) = counted;
+    let (sent, received) = match end {
+        TunnelEnd::Upstream => (from_socket, from_tunnel),
+        TunnelEnd::Downstream => (from_tunnel, from_socket),
+    };
+    Relayed {
+        sent,
+        received,
         error,
     }
 }

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     Inputs, connect,
-    connection::{AccessLog, Report, relay},
+    connection::{AccessLog, Report, TunnelEnd, relay_tunnel},
     hbone::{
         FORWARDED, forwarded_for,
         server::{ConnectHandler, Peer, Stream},
@@ -170,7 +170,9 @@ pub async fn handle(
     let report = Report::open(metrics, vec![labels], log);
     match stream.accept() {
         Ok(tunnel) => {
-            let relayed = relay(tunnel, pod, inputs.config.buffer_size, &mut drain).await;
+            let buffer = inputs.config.buffer_size;
+            let relayed =
+                relay_tunnel(pod, tunnel, TunnelEnd::Downstream, buffer, &mut drain).await;
             report.finish(&relayed);
         }
         Err(error) => {

@@ -11,7 +11,7 @@ use warren_ebpf_common::origin::{self, Origin};
 
 use super::{
     Inputs, connect,
-    connection::{AccessLog, Report, relay},
+    connection::{AccessLog, Report, TunnelEnd, relay, relay_tunnel},
     pool::PoolKey,
     reset,
 };
@@ -174,7 +174,8 @@ pub async fn handle(
                 .await
             {
                 Ok(tunnel) => {
-                    let relayed = relay(client, tunnel, buffer, &mut drain).await;
+                    let relayed =
+                        relay_tunnel(client, tunnel, TunnelEnd::Upstream, buffer, &mut drain).await;
                     report.finish(&relayed);
                 }
                 Err(error) => {

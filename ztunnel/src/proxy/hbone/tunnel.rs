@@ -6,14 +6,18 @@
 //! read, so a tunnel nobody reads holds at most one stream window.
 
 use std::{
+    future::poll_fn,
     io,
     pin::Pin,
     task::{Context, Poll, ready},
 };
 
-use bytes::{Buf as _, Bytes};
+use bytes::{Buf as _, Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    net::TcpStream,
+};
 
 use super::client::StreamGuard;
 
@@ -43,6 +47,67 @@ impl Tunnel {
         }
     }
 
+    /// Relays between `socket` and this tunnel until both directions have ended (an
+    /// EOF on one side half-closes the other) or one fails. Unlike a generic copy,
+    /// bytes read from the socket go to HTTP/2 as they are, and received DATA frames
+    /// are written to the socket as they are: no copy in between, in either direction.
+    pub async fn splice(self, mut socket: TcpStream, buffer: usize) -> Spliced {
+        let Tunnel {
+            mut send,
+            mut recv,
+            unread,
+            _guard,
+            ..
+        } = self;
+        let (mut reader, mut writer) = socket.split();
+        let (mut to_tunnel, mut from_tunnel) = (0u64, 0u64);
+        let result = {
+            let up = async {
+                let mut buf = BytesMut::with_capacity(buffer);
+                loop {
+                    buf.reserve(buffer);
+                    let n = reader.read_buf(&mut buf).await?;
+                    if n == 0 {
+                        return send.send_data(Bytes::new(), true).map_err(to_io_error);
+                    }
+                    to_tunnel += n as u64;
+                    let mut chunk = buf.split().freeze();
+                    while !chunk.is_empty() {
+                        send.reserve_capacity(chunk.len());
+                        let granted = send_capacity(&mut send).await?;
+                        let part = chunk.split_to(granted.min(chunk.len()));
+                        send.send_data(part, false).map_err(to_io_error)?;
+                    }
+                }
+            };
+            let down = async {
+                let mut data = unread;
+                loop {
+                    if !data.is_empty() {
+                        writer.write_all(&data).await?;
+                        from_tunnel += data.len() as u64;
+                        // Only fails once the stream is gone, and then nothing is owed.
+                        let _ = recv.flow_control().release_capacity(data.len());
+                    }
+                    data = match recv.data().await {
+                        Some(Ok(data)) => data,
+                        Some(Err(error)) if error.reason() != Some(Reason::NO_ERROR) => {
+                            return Err(to_io_error(error));
+                        }
+                        // END_STREAM (or a peer done with the whole stream).
+                        _ => return writer.shutdown().await,
+                    };
+                }
+            };
+            tokio::try_join!(up, down)
+        };
+        Spliced {
+            to_tunnel,
+            from_tunnel,
+            error: result.err(),
+        }
+    }
+
     /// Why the stream can no longer be written to.
     fn closed_error(&mut self, cx: &mut Context<'_>) -> io::Error {
         match self.send.poll_reset(cx) {
@@ -53,6 +118,41 @@ impl Tunnel {
             }
         }
     }
+}
+
+/// How a [`Tunnel::splice`] went.
+pub struct Spliced {
+    /// Bytes read from the socket and sent into the tunnel.
+    pub to_tunnel: u64,
+    /// Bytes received from the tunnel and written to the socket.
+    pub from_tunnel: u64,
+    pub error: Option<io::Error>,
+}
+
+/// Waits until the stream may send at least one byte; how many it may.
+async fn send_capacity(send: &mut SendStream<Bytes>) -> io::Result<usize> {
+    poll_fn(|cx| {
+        loop {
+            let available = send.capacity();
+            if available > 0 {
+                return Poll::Ready(Ok(available));
+            }
+            // Ready only when capacity grew since the last poll, hence the re-check.
+            match ready!(send.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return Poll::Ready(Err(to_io_error(error))),
+                None => {
+                    return Poll::Ready(Err(match send.poll_reset(cx) {
+                        Poll::Ready(Ok(reason)) => reset_error(reason),
+                        _ => {
+                            io::Error::new(io::ErrorKind::BrokenPipe, "the HBONE stream is closed")
+                        }
+                    }));
+                }
+            }
+        }
+    })
+    .await
 }
 
 impl AsyncRead for Tunnel {
