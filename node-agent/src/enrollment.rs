@@ -296,7 +296,7 @@ mod tests {
         let mut store = Store::default();
         for doc in split_documents(yaml).expect("test YAML") {
             let event = match parse_document(doc, "test") {
-                Ok(o) => SourceEvent::Upsert(std::sync::Arc::new(o)),
+                Ok(o) => SourceEvent::Upsert(o),
                 Err(error) => SourceEvent::Rejected {
                     key: Some(ObjectKey {
                         kind: Kind::PeerAuthentication,

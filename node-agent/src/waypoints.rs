@@ -415,8 +415,6 @@ fn open_log(path: &Path) -> io::Result<File> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::{
         model::object::{parse_document, split_documents},
@@ -472,7 +470,7 @@ spec: { nodeName: node-a, containers: [{ name: main }] }
         for text in yaml {
             for doc in split_documents(text).expect("YAML") {
                 let object = parse_document(doc, "test").unwrap_or_else(|e| panic!("{e}"));
-                store.apply(SourceEvent::Upsert(Arc::new(object)));
+                store.apply(SourceEvent::Upsert(object));
             }
         }
         store.apply(SourceEvent::Synced);

@@ -127,7 +127,7 @@ fn apply(store: &mut Store, yaml: &str) -> Vec<ObjectKey> {
     let mut keys = Vec::new();
     for doc in split_documents(yaml).unwrap() {
         let object = parse_document(doc, "test").unwrap();
-        if let Applied::Changed(key) = store.apply(SourceEvent::Upsert(Arc::new(object))) {
+        if let Applied::Changed(key) = store.apply(SourceEvent::Upsert(object)) {
             keys.push(key);
         }
     }

@@ -77,12 +77,24 @@ impl PodPhase {
     }
 }
 
-/// The first of `metadata.ownerReferences`.
+/// The first of `metadata.ownerReferences`, as one shared `Kind/name`
+/// string: the replicas of a ReplicaSet name the same owner, and one
+/// pointer keeps a pod small. A kind never contains `/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
-    pub kind: Arc<str>,
-    /// Shared: the replicas of a ReplicaSet name the same owner.
-    pub name: Arc<str>,
+pub struct Owner(Arc<str>);
+
+impl Owner {
+    pub fn new(kind: &str, name: &str) -> Self {
+        Self(intern(&format!("{kind}/{name}")))
+    }
+
+    pub fn kind(&self) -> &str {
+        self.0.split_once('/').map_or(&self.0, |(kind, _)| kind)
+    }
+
+    pub fn name(&self) -> &str {
+        self.0.split_once('/').map_or("", |(_, name)| name)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,10 +138,7 @@ impl From<core::Pod> for Pod {
                 .owner_references
                 .as_ref()
                 .and_then(|o| o.first())
-                .map(|o| Owner {
-                    kind: intern(&o.kind),
-                    name: intern(&o.name),
-                }),
+                .map(|o| Owner::new(&o.kind, &o.name)),
             name: name_of(meta.name),
             node_name: spec.node_name.as_deref().map(intern),
             service_account_name: spec.service_account_name.as_deref().map(intern),
@@ -276,8 +285,9 @@ pub struct SlicePort {
 /// One of an EndpointSlice's `endpoints`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    /// `addresses` that parse.
-    pub addresses: Box<[IpAddr]>,
+    /// The first of `addresses` that parses. The API defines no meaning for
+    /// addresses after the first, and kube-proxy reads only that one.
+    pub address: Option<IpAddr>,
     /// `conditions.ready`.
     pub ready: Option<bool>,
     /// `targetRef.name` when the target is a Pod (no other target is read).
@@ -314,7 +324,7 @@ impl From<discovery::EndpointSlice> for EndpointSlice {
                 .endpoints
                 .into_iter()
                 .map(|ep| Endpoint {
-                    addresses: ep.addresses.iter().filter_map(|a| ip(a)).collect(),
+                    address: ep.addresses.iter().find_map(|a| ip(a)),
                     ready: ep.conditions.and_then(|c| c.ready),
                     pod: ep
                         .target_ref
@@ -375,7 +385,8 @@ status:
             "only warren.io/ annotations are kept"
         );
         assert_eq!(pod.excluded_ports(), Ok(vec![25, 587]));
-        assert_eq!(pod.owner.as_ref().map(|o| &*o.name), Some("web-7d9f"));
+        let owner = pod.owner.as_ref().expect("an owner");
+        assert_eq!((owner.kind(), owner.name()), ("ReplicaSet", "web-7d9f"));
         assert_eq!(pod.node_name.as_deref(), Some("node-a"));
         assert_eq!(pod.service_account(), "web");
         assert_eq!(pod.phase, Some(PodPhase::Running));

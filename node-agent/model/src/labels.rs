@@ -83,6 +83,11 @@ impl Labels {
             .all(|(k, v)| self.get(k) == Some(v.as_str()))
     }
 
+    /// Whether every label of `other` is here with the same value.
+    pub fn includes(&self, other: &Labels) -> bool {
+        other.iter().all(|(k, v)| self.get(k) == Some(v))
+    }
+
     pub fn to_map(&self) -> BTreeMap<String, String> {
         self.iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -110,6 +115,8 @@ mod tests {
         assert_eq!(pairs, [("app", "web"), ("empty", ""), ("version", "v1")]);
         assert!(labels.matches(&[("app".into(), "web".into())].into()));
         assert!(!labels.matches(&[("app".into(), "db".into())].into()));
+        assert!(labels.includes(&Labels::new([("app", "web"), ("version", "v1")])));
+        assert!(!labels.includes(&Labels::new([("app", "web"), ("tier", "front")])));
         assert_eq!(Labels::from_map(Some(&labels.to_map())), labels);
     }
 

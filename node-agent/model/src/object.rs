@@ -120,19 +120,20 @@ impl fmt::Display for ObjectKey {
     }
 }
 
-/// One object of a kind Warren reads.
+/// One object of a kind Warren reads. Cheap to clone: the source, the
+/// store and the view share one copy.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
-    Namespace(Box<Namespace>),
-    Pod(Box<Pod>),
-    Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
-    VirtualService(Box<VirtualService>),
-    DestinationRule(Box<DestinationRule>),
-    ServiceEntry(Box<ServiceEntry>),
-    AuthorizationPolicy(Box<AuthorizationPolicy>),
-    PeerAuthentication(Box<PeerAuthentication>),
-    Gateway(Box<Gateway>),
+    Namespace(Arc<Namespace>),
+    Pod(Arc<Pod>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    VirtualService(Arc<VirtualService>),
+    DestinationRule(Arc<DestinationRule>),
+    ServiceEntry(Arc<ServiceEntry>),
+    AuthorizationPolicy(Arc<AuthorizationPolicy>),
+    PeerAuthentication(Arc<PeerAuthentication>),
+    Gateway(Arc<Gateway>),
 }
 
 impl Object {
@@ -165,6 +166,35 @@ impl Object {
             Object::AuthorizationPolicy(o) => Some(&o.metadata),
             Object::PeerAuthentication(o) => Some(&o.metadata),
             Object::Gateway(o) => Some(&o.metadata),
+        }
+    }
+
+    /// `metadata.name`.
+    pub fn name(&self) -> &str {
+        match self {
+            Object::Namespace(o) => &o.name,
+            Object::Pod(o) => &o.name,
+            Object::Service(o) => &o.name,
+            Object::EndpointSlice(o) => &o.name,
+            _ => self
+                .metadata()
+                .and_then(|m| m.name.as_deref())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The namespace of a namespaced kind (`default` when unset).
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Object::Namespace(_) => None,
+            Object::Pod(o) => Some(&o.namespace),
+            Object::Service(o) => Some(&o.namespace),
+            Object::EndpointSlice(o) => Some(&o.namespace),
+            _ => Some(
+                self.metadata()
+                    .and_then(|m| m.namespace.as_deref())
+                    .unwrap_or("default"),
+            ),
         }
     }
 
@@ -286,28 +316,28 @@ pub fn parse_document(doc: Value, source: &str) -> Result<Object, ConfigError> {
     // Kubernetes' own kinds are checked whole, then kept compact.
     let (object, errors) = match kind {
         Kind::Namespace => checked::<core::Namespace>(doc, no_rules)
-            .map(|(o, e)| (Object::Namespace(Box::new(o.into())), e)),
+            .map(|(o, e)| (Object::Namespace(Arc::new(o.into())), e)),
         Kind::Pod => checked::<core::Pod>(doc, no_rules).map(|(o, mut e)| {
             let pod = Pod::from(o);
             e.extend(pod.excluded_ports().err());
-            (Object::Pod(Box::new(pod)), e)
+            (Object::Pod(Arc::new(pod)), e)
         }),
         Kind::Service => checked::<core::Service>(doc, no_rules)
-            .map(|(o, e)| (Object::Service(Box::new(o.into())), e)),
+            .map(|(o, e)| (Object::Service(Arc::new(o.into())), e)),
         Kind::EndpointSlice => checked::<discovery::EndpointSlice>(doc, no_rules)
-            .map(|(o, e)| (Object::EndpointSlice(Box::new(o.into())), e)),
+            .map(|(o, e)| (Object::EndpointSlice(Arc::new(o.into())), e)),
         Kind::VirtualService => checked(doc, validate::virtual_service)
-            .map(|(o, e)| (Object::VirtualService(Box::new(o)), e)),
+            .map(|(o, e)| (Object::VirtualService(Arc::new(o)), e)),
         Kind::DestinationRule => checked(doc, validate::destination_rule)
-            .map(|(o, e)| (Object::DestinationRule(Box::new(o)), e)),
+            .map(|(o, e)| (Object::DestinationRule(Arc::new(o)), e)),
         Kind::ServiceEntry => checked(doc, validate::service_entry)
-            .map(|(o, e)| (Object::ServiceEntry(Box::new(o)), e)),
+            .map(|(o, e)| (Object::ServiceEntry(Arc::new(o)), e)),
         Kind::AuthorizationPolicy => checked(doc, validate::authorization_policy)
-            .map(|(o, e)| (Object::AuthorizationPolicy(Box::new(o)), e)),
+            .map(|(o, e)| (Object::AuthorizationPolicy(Arc::new(o)), e)),
         Kind::PeerAuthentication => checked(doc, validate::peer_authentication)
-            .map(|(o, e)| (Object::PeerAuthentication(Box::new(o)), e)),
+            .map(|(o, e)| (Object::PeerAuthentication(Arc::new(o)), e)),
         Kind::Gateway => {
-            checked(doc, gateway::validate).map(|(o, e)| (Object::Gateway(Box::new(o)), e))
+            checked(doc, gateway::validate).map(|(o, e)| (Object::Gateway(Arc::new(o)), e))
         }
     }
     .map_err(|e| refuse(kind.name(), vec![e]))?;

@@ -10,10 +10,7 @@
 //! ztunnel; enrollment picks this node's pods itself. After a watch is lost (`410 Gone`, a disconnect) the
 //! watcher lists again, and objects that vanished meanwhile are deleted.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
 use futures::{StreamExt as _, stream::select_all};
@@ -178,7 +175,7 @@ impl KubeSource {
                         }
                     }
                     out.push(match parse_document(doc, "kube") {
-                        Ok(object) => SourceEvent::Upsert(Arc::new(object)),
+                        Ok(object) => SourceEvent::Upsert(object),
                         Err(error) => SourceEvent::Rejected { key, error },
                     });
                 }

@@ -15,7 +15,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    hash::{BuildHasher as _, DefaultHasher, Hash as _, Hasher as _, RandomState},
+    hash::{DefaultHasher, Hash as _, Hasher as _},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -28,7 +28,7 @@ use tracing::{debug, warn};
 
 use super::SourceEvent;
 use crate::model::{
-    ConfigError, FieldError, Object, ObjectKey,
+    ConfigError, FieldError, Kind, Object, ObjectKey,
     object::{document_key, parse_document, split_documents},
 };
 
@@ -41,51 +41,58 @@ pub struct LocalSource {
     rescan_every: Duration,
 }
 
-/// What the source last sent for one file: each object it holds (its good
-/// version, or none if refused), sorted by key.
+/// What the source last sent for one file: each object it holds, sorted
+/// by key.
 #[derive(Default)]
 struct FileState {
     hash: u64,
-    objects: Box<[(ObjectKey, Option<Arc<Object>>)]>,
+    objects: Box<[Held]>,
 }
 
 impl FileState {
-    fn get(&self, key: &ObjectKey) -> Option<&Option<Arc<Object>>> {
+    fn get(&self, key: &ObjectKey) -> Option<&Held> {
+        let key = (key.kind, key.namespace.as_deref(), &*key.name);
         self.objects
-            .binary_search_by(|(k, _)| k.cmp(key))
+            .binary_search_by(|held| held.sort_key().cmp(&key))
             .ok()
-            .map(|i| &self.objects[i].1)
+            .map(|i| &self.objects[i])
     }
 }
 
-/// Everything the source knows about the folder: per file, what it held;
-/// per object, which files hold it.
+/// One object a file holds: the version sent, or the key of a version
+/// refused. The object knows its own key, so nothing else is kept for it.
+enum Held {
+    Good(Object),
+    Refused(Box<ObjectKey>),
+}
+
+impl Held {
+    /// The key's parts, borrowed: (kind, namespace, name).
+    fn sort_key(&self) -> (Kind, Option<&str>, &str) {
+        match self {
+            Held::Good(o) => (o.kind(), o.namespace(), o.name()),
+            Held::Refused(k) => (k.kind, k.namespace.as_deref(), &k.name),
+        }
+    }
+
+    fn key(&self) -> ObjectKey {
+        match self {
+            Held::Good(o) => o.key(),
+            Held::Refused(k) => (**k).clone(),
+        }
+    }
+}
+
+/// Everything the source knows about the folder: per file, what it held.
 ///
-/// The second is an index by the key's hash, not by the key: the folder of
-/// a big mesh holds tens of thousands of objects, nearly each in one file,
-/// and a hash with one path costs a third of a key with one path. Each
-/// file is listed once per key of that hash it holds; the file's own list
-/// says which key that is.
+/// Which other files hold an object is asked only when a file stops
+/// holding it (an edit removed it, or the file is gone), by searching the
+/// other files' sorted lists then. No index by key is kept: a big mesh's
+/// folder holds tens of thousands of objects, nearly each in one file, and
+/// such an index cost more memory than the lists themselves.
 #[derive(Default)]
 struct Folder {
     files: HashMap<Arc<Path>, FileState>,
-    holders: HashMap<u64, Holders>,
-    hasher: RandomState,
-}
-
-/// Files holding keys of one hash, with repeats: nearly always one file.
-enum Holders {
-    One(Arc<Path>),
-    Many(Vec<Arc<Path>>),
-}
-
-impl Holders {
-    fn paths(&self) -> &[Arc<Path>] {
-        match self {
-            Holders::One(path) => std::slice::from_ref(path),
-            Holders::Many(paths) => paths,
-        }
-    }
 }
 
 impl LocalSource {
@@ -208,11 +215,10 @@ impl Folder {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                if let Some((path, state)) = self.files.remove_entry(path) {
+                if let Some(state) = self.files.remove(path) {
                     debug!(file = %source, objects = state.objects.len(), "config file removed");
-                    for (key, _) in state.objects {
-                        self.release(key, &path, out);
-                    }
+                    let keys = state.objects.iter().map(Held::key).collect();
+                    self.release(keys, out);
                 }
                 return;
             }
@@ -255,26 +261,25 @@ impl Folder {
             let key = document_key(&doc);
             match parse_document(doc, &source) {
                 Ok(object) => {
-                    let object = Arc::new(object);
-                    objects.push((object.key(), Some(object.clone())));
+                    objects.push(Held::Good(object.clone()));
                     out.push(SourceEvent::Upsert(object));
                 }
                 Err(error) => {
                     // The file still holds this object: its last good version
                     // stays, and removing the file removes it.
                     if let Some(key) = &key {
-                        objects.push((key.clone(), None));
+                        objects.push(Held::Refused(Box::new(key.clone())));
                     }
                     out.push(SourceEvent::Rejected { key, error });
                 }
             }
         }
         // One entry per key, the file's last document for it (as sent last).
-        objects.sort_by(|a, b| a.0.cmp(&b.0));
+        objects.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         objects.dedup_by(|later, kept| {
-            let same = later.0 == kept.0;
+            let same = later.sort_key() == kept.sort_key();
             if same {
-                std::mem::swap(&mut later.1, &mut kept.1);
+                std::mem::swap(later, kept);
             }
             same
         });
@@ -286,77 +291,39 @@ impl Folder {
             hash,
             objects: objects.into_boxed_slice(),
         };
-        for (key, _) in state.objects.iter() {
-            if before.binary_search_by(|(k, _)| k.cmp(key)).is_err() {
-                self.hold(key, &path);
-            }
-        }
         let dropped: Vec<ObjectKey> = before
-            .into_iter()
-            .map(|(key, _)| key)
+            .iter()
+            .map(Held::key)
             .filter(|key| state.get(key).is_none())
             .collect();
-        self.files.insert(path.clone(), state);
-        for key in dropped {
-            self.release(key, &path, out);
-        }
+        self.files.insert(path, state);
+        self.release(dropped, out);
     }
 
-    /// Records that `path` holds `key`.
-    fn hold(&mut self, key: &ObjectKey, path: &Arc<Path>) {
-        let hash = self.hasher.hash_one(key);
-        match self.holders.get_mut(&hash) {
-            None => {
-                self.holders.insert(hash, Holders::One(path.clone()));
-            }
-            Some(holders) => {
-                let mut paths = holders.paths().to_vec();
-                paths.push(path.clone());
-                *holders = Holders::Many(paths);
-            }
-        }
-    }
-
-    /// `path` no longer holds `key`: delete the object if no file holds it,
-    /// else send the version another file holds (the first by path that
-    /// has a good one).
-    fn release(&mut self, key: ObjectKey, path: &Path, out: &mut Vec<SourceEvent>) {
-        let hash = self.hasher.hash_one(&key);
-        let mut others: Vec<&Arc<Path>> = Vec::new();
-        if let Some(holders) = self.holders.get_mut(&hash) {
-            let mut paths = holders.paths().to_vec();
-            if let Some(i) = paths.iter().position(|p| **p == *path) {
-                paths.remove(i);
-            }
-            match paths.len() {
-                0 => {
-                    self.holders.remove(&hash);
+    /// A file no longer holds `keys` (and is already recorded so): delete
+    /// each object no file holds, else send the version another file holds
+    /// (the first by path that has a good one).
+    fn release(&self, keys: Vec<ObjectKey>, out: &mut Vec<SourceEvent>) {
+        for key in keys {
+            let mut held = false;
+            let mut good: Option<(&Arc<Path>, &Object)> = None;
+            for (path, state) in &self.files {
+                let Some(version) = state.get(&key) else {
+                    continue;
+                };
+                held = true;
+                if let Held::Good(object) = version
+                    && good.is_none_or(|(first, _)| path < first)
+                {
+                    good = Some((path, object));
                 }
-                1 => *holders = Holders::One(paths.remove(0)),
-                _ => *holders = Holders::Many(paths),
             }
-        }
-        if let Some(holders) = self.holders.get(&hash) {
-            others.extend(
-                holders
-                    .paths()
-                    .iter()
-                    .filter(|p| self.files.get(*p).is_some_and(|f| f.get(&key).is_some())),
-            );
-        }
-        if others.is_empty() {
-            out.push(SourceEvent::Delete(key));
-            return;
-        }
-        others.sort();
-        if let Some(object) = others.iter().find_map(|p| {
-            self.files
-                .get(*p)
-                .and_then(|f| f.get(&key))
-                .cloned()
-                .flatten()
-        }) {
-            out.push(SourceEvent::Upsert(object));
+            match good {
+                Some((_, object)) => out.push(SourceEvent::Upsert(object.clone())),
+                None if !held => out.push(SourceEvent::Delete(key)),
+                // Only refused versions left: the last good one stays.
+                None => {}
+            }
         }
     }
 }
@@ -433,7 +400,7 @@ mod tests {
 
     fn upserted(event: SourceEvent) -> Object {
         match event {
-            SourceEvent::Upsert(o) => (*o).clone(),
+            SourceEvent::Upsert(o) => o,
             other => panic!("expected an upsert, got {other:?}"),
         }
     }
@@ -485,7 +452,7 @@ mod tests {
                     assert_eq!(key.kind, Kind::Namespace);
                     saw_delete = true;
                 }
-                SourceEvent::Upsert(o) if matches!(*o, Object::Pod(_)) => saw_pod = true,
+                SourceEvent::Upsert(Object::Pod(_)) => saw_pod = true,
                 SourceEvent::Upsert(_) | SourceEvent::Rejected { .. } => {}
                 SourceEvent::Synced => panic!("second Synced"),
                 SourceEvent::FileParsed(_) => {}

@@ -8,7 +8,7 @@
 pub mod kube;
 pub mod local;
 
-use std::{future::Future, sync::Arc};
+use std::future::Future;
 
 use tokio::sync::mpsc;
 
@@ -46,7 +46,7 @@ impl Source for kube::KubeSource {
 pub enum SourceEvent {
     /// A valid object, new or changed. Shared: the local source keeps the
     /// same copy per file that holds it, so an object is in memory once.
-    Upsert(Arc<Object>),
+    Upsert(Object),
     /// An object that failed parsing or validation; its last good version,
     /// if any, stays in force.
     Rejected {

@@ -17,8 +17,11 @@ use warren_api::{
     },
 };
 
-use crate::model::istio::{
-    Action as IstioAction, AuthorizationPolicy, Condition, Operation, Rule as IstioRule, Source,
+use crate::model::{
+    Labels,
+    istio::{
+        Action as IstioAction, AuthorizationPolicy, Condition, Operation, Rule as IstioRule, Source,
+    },
 };
 
 /// Whom a policy applies to, as far as the view's index cares.
@@ -30,7 +33,7 @@ pub enum Selection {
     Namespace,
     /// Workloads whose labels include these (in every namespace when the
     /// policy is in the root namespace).
-    Labels(std::collections::BTreeMap<String, String>),
+    Labels(Labels),
 }
 
 /// The policy for ztunnel and whom it applies to; `None` when ztunnel has
@@ -68,7 +71,10 @@ pub fn authorization(
         .as_ref()
         .filter(|s| !s.match_labels.is_empty());
     let (scope, selection) = match selector {
-        Some(s) => (Scope::Workload, Selection::Labels(s.match_labels.clone())),
+        Some(s) => (
+            Scope::Workload,
+            Selection::Labels(Labels::from_map(Some(&s.match_labels))),
+        ),
         None if namespace == root_namespace => (Scope::Global, Selection::Mesh),
         None => (Scope::Namespace, Selection::Namespace),
     };

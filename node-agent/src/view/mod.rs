@@ -350,7 +350,7 @@ impl View {
     fn policies_for(&self, namespace: &str, labels: &Labels) -> Vec<String> {
         let selects = |selection: &Selection| match selection {
             Selection::Mesh | Selection::Namespace => true,
-            Selection::Labels(want) => labels.matches(want),
+            Selection::Labels(want) => labels.includes(want),
         };
         let root = &self.mesh.root_namespace;
         let mut found: Vec<String> = self

@@ -10,7 +10,9 @@
 //! older than the oldest tombstone kept gets a snapshot instead.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    borrow::Borrow,
+    cmp::Ordering,
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex, MutexGuard},
 };
 
@@ -29,9 +31,8 @@ const MAX_TOMBSTONES: usize = 16_384;
 #[derive(Default)]
 pub struct Published {
     version: u64,
-    /// Key → the version of its last change, and the resource encoded
-    /// without its key.
-    resources: BTreeMap<Box<str>, Entry>,
+    /// Every resource, by key.
+    resources: BTreeSet<Entry>,
     /// Key → version of its removal.
     tombstones: HashMap<Box<str>, u64>,
     /// Deltas can be computed from any version at or after this one.
@@ -40,40 +41,84 @@ pub struct Published {
     refusals: Vec<Refusal>,
 }
 
+/// One resource: the version of its last change, and the resource encoded.
+/// Ordered and found by its key, read back from the encoding: the key is
+/// the message's first field, so it leads the bytes.
 struct Entry {
     version: u64,
     encoded: Box<[u8]>,
+}
+
+/// The tag of `Resource.key` (field 1, length-delimited).
+const KEY_TAG: u8 = 0x0a;
+
+impl Entry {
+    fn new(version: u64, resource: &Resource) -> Self {
+        Self {
+            version,
+            encoded: resource.encode_to_vec().into_boxed_slice(),
+        }
+    }
+
+    fn key(&self) -> &str {
+        // Written by prost from a String: the field comes first and is
+        // UTF-8. Anything else would be a bug here, read as an empty key.
+        let Some((&KEY_TAG, mut rest)) = self.encoded.split_first() else {
+            return "";
+        };
+        let Ok(len) = prost::encoding::decode_varint(&mut rest) else {
+            return "";
+        };
+        let key = usize::try_from(len)
+            .ok()
+            .and_then(|len| rest.get(..len))
+            .unwrap_or_default();
+        std::str::from_utf8(key).unwrap_or_default()
+    }
+
+    /// The resource, decoded. Only [`Entry::new`] wrote these bytes: a
+    /// failure would be a bug here, logged, and the resource left out.
+    fn decode(&self) -> Option<Resource> {
+        match Resource::decode(&*self.encoded) {
+            Ok(resource) => Some(resource),
+            Err(err) => {
+                error!(key = self.key(), error = %err, "a published resource does not decode; left out");
+                None
+            }
+        }
+    }
+}
+
+impl Borrow<str> for Entry {
+    fn borrow(&self) -> &str {
+        self.key()
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(other.key())
+    }
 }
 
 /// What a subscriber needs next.
 pub enum Pending {
     UpToDate,
     Update(Update),
-}
-
-/// `resource` without its key, encoded.
-fn encode(resource: &Resource) -> Box<[u8]> {
-    Resource {
-        key: String::new(),
-        kind: resource.kind.clone(),
-    }
-    .encode_to_vec()
-    .into_boxed_slice()
-}
-
-/// The resource `key` was stored as. Only [`encode`] wrote these bytes; a
-/// failure would be a bug here, logged, and the resource left out.
-fn decode(key: &str, encoded: &[u8]) -> Option<Resource> {
-    match Resource::decode(encoded) {
-        Ok(mut resource) => {
-            resource.key = key.to_owned();
-            Some(resource)
-        }
-        Err(err) => {
-            error!(key, error = %err, "a published resource does not decode; left out");
-            None
-        }
-    }
 }
 
 impl Published {
@@ -90,21 +135,19 @@ impl Published {
     }
 
     pub fn get(&self, key: &str) -> Option<Resource> {
-        self.resources
-            .get(key)
-            .and_then(|e| decode(key, &e.encoded))
+        self.resources.get(key).and_then(Entry::decode)
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.resources.keys().map(|k| &**k)
+        self.resources.iter().map(Entry::key)
     }
 
     /// Every resource `audience` receives, decoded.
     pub fn resources<'a>(&'a self, audience: &'a Audience) -> impl Iterator<Item = Resource> + 'a {
         self.resources
             .iter()
-            .filter(|(k, _)| audience.receives(k))
-            .filter_map(|(k, e)| decode(k, &e.encoded))
+            .filter(|e| audience.receives(e.key()))
+            .filter_map(Entry::decode)
     }
 
     pub fn refusals(&self) -> &[Refusal] {
@@ -113,36 +156,26 @@ impl Published {
 
     /// Sets `key` to `resource`; true if that changed anything.
     pub fn upsert(&mut self, resource: Resource) -> bool {
-        let encoded = encode(&resource);
-        if self
-            .resources
-            .get(resource.key.as_str())
-            .is_some_and(|old| old.encoded == encoded)
-        {
-            return false;
+        let entry = Entry::new(self.version + 1, &resource);
+        if let Some(old) = self.resources.get(resource.key.as_str()) {
+            if old.encoded == entry.encoded {
+                return false;
+            }
+        } else {
+            self.tombstones.remove(resource.key.as_str());
         }
         self.version += 1;
-        let entry = Entry {
-            version: self.version,
-            encoded,
-        };
-        match self.resources.get_mut(resource.key.as_str()) {
-            Some(old) => *old = entry,
-            None => {
-                self.tombstones.remove(resource.key.as_str());
-                self.resources.insert(resource.key.into_boxed_str(), entry);
-            }
-        }
+        self.resources.replace(entry);
         true
     }
 
     /// Removes `key`; true if it was there.
     pub fn remove(&mut self, key: &str) -> bool {
-        let Some((key, _)) = self.resources.remove_entry(key) else {
+        if self.resources.take(key).is_none() {
             return false;
-        };
+        }
         self.version += 1;
-        self.tombstones.insert(key, self.version);
+        self.tombstones.insert(key.into(), self.version);
         if self.tombstones.len() > MAX_TOMBSTONES {
             self.compact();
         }
@@ -192,8 +225,8 @@ impl Published {
         update.upserts.extend(
             self.resources
                 .iter()
-                .filter(|(k, e)| e.version > sent && audience.receives(k))
-                .filter_map(|(k, e)| decode(k, &e.encoded)),
+                .filter(|e| e.version > sent && audience.receives(e.key()))
+                .filter_map(Entry::decode),
         );
         update.removals.extend(
             self.tombstones
@@ -342,6 +375,19 @@ mod tests {
             p.pending(Some(p.version()), &Audience::All),
             Pending::UpToDate
         ));
+    }
+
+    #[test]
+    fn entries_are_found_by_the_key_their_encoding_leads_with() {
+        let long = "k".repeat(300);
+        for key in ["a", long.as_str()] {
+            let entry = Entry::new(7, &resource(key, "n"));
+            assert_eq!(entry.key(), key);
+            assert_eq!(entry.decode(), Some(resource(key, "n")));
+        }
+        let mut p = Published::default();
+        p.upsert(resource(&long, "1"));
+        assert_eq!(p.get(&long), Some(resource(&long, "1")));
     }
 
     #[test]

@@ -75,10 +75,10 @@ pub fn service(mesh: &Mesh, svc: &KubeService, slices: &[&EndpointSlice]) -> Ser
                 .as_deref()
                 .map(|pod| key::workload(&namespace, pod))
                 .unwrap_or_default();
-            for ip in &ep.addresses {
+            if let Some(ip) = ep.address {
                 endpoints.push(Endpoint {
-                    workload: workload.clone(),
-                    address: addr::to_bytes(*ip),
+                    workload,
+                    address: addr::to_bytes(ip),
                     ready,
                     ports: slice_ports.clone(),
                 });

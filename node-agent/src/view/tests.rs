@@ -81,7 +81,7 @@ fn apply(store: &mut Store, yaml: &str) -> Vec<ObjectKey> {
     for doc in split_documents(yaml).unwrap() {
         let object = parse_document(doc, "test").unwrap_or_else(|e| panic!("{e}"));
         keys.push(object.key());
-        store.apply(SourceEvent::Upsert(Arc::new(object)));
+        store.apply(SourceEvent::Upsert(object));
     }
     keys
 }

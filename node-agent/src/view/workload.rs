@@ -99,10 +99,10 @@ pub fn workload(
 /// owner is a ReplicaSet (`<deployment>-<hash>`), else the owner's name.
 fn owner_name(pod: &Pod) -> Option<String> {
     let owner = pod.owner.as_ref()?;
-    if &*owner.kind == "ReplicaSet"
-        && let Some((deployment, _hash)) = owner.name.rsplit_once('-')
+    if owner.kind() == "ReplicaSet"
+        && let Some((deployment, _hash)) = owner.name().rsplit_once('-')
     {
         return Some(deployment.to_owned());
     }
-    Some(owner.name.to_string())
+    Some(owner.name().to_owned())
 }
