@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Result, bail, ensure};
-use warren_e2e::agent::{datapath, start_agent_with_config};
+use warren_e2e::agent::{agent_socket, datapath, start_agent_with_config, warrenctl_text};
 use warren_testbed::{Cluster, Node, PodSpec, Process, privilege::require_root};
 
 /// Waits until the node's enrolled pods (name → mode) equal `want`.
@@ -119,6 +119,31 @@ fn enrollment_follows_namespace_labels_and_peer_authentication() -> Result<()> {
         agent.output().contains("spec.mtls.mode"),
         "rejection does not name the field:\n{}",
         agent.output()
+    );
+    // `warrenctl config dump` shows the view (its workloads) and the refusal.
+    let socket = agent_socket(&cluster, &node)?;
+    let dump: serde_json::Value = serde_json::from_str(&warrenctl_text(&[
+        "config",
+        "dump",
+        "--socket",
+        &socket.to_string_lossy(),
+        "--output",
+        "json",
+    ])?)?;
+    let keys: Vec<&str> = dump["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["key"].as_str())
+        .collect();
+    ensure!(
+        keys.contains(&"workload/default/web") && keys.contains(&"workload/default/n0-p0"),
+        "the dump lacks the workloads: {keys:?}"
+    );
+    ensure!(
+        dump["refused"].to_string().contains("spec.mtls.mode"),
+        "the dump lacks the refusal: {}",
+        dump["refused"]
     );
     wait_for_enrolled(
         &node,
