@@ -17,12 +17,15 @@
 //! - [`waypoint_controller`]: that Gateway controller, on a cluster: a
 //!   Deployment per waypoint Gateway (`warren-node-agent waypoint-controller`).
 //! - [`config`]: every setting of the agent binary.
+//! - [`memory`]: freed memory handed back after configuration changes, and
+//!   big sets kept packed.
 pub mod ca;
 pub mod config;
 pub mod datapath;
 pub mod distribution;
 pub mod enrollment;
 pub mod identity;
+pub mod memory;
 pub mod source;
 pub mod store;
 pub mod view;

@@ -5,15 +5,12 @@
 //! never replaces a good one: the last good version stays in force until a
 //! valid version or a deletion arrives.
 
-use std::{
-    borrow::Borrow,
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-};
+use std::{borrow::Borrow, collections::BTreeMap, sync::Arc};
 
 use tracing::{info, warn};
 
 use crate::{
+    memory::DenseSet,
     model::{ConfigError, Kind, Object, ObjectKey},
     source::SourceEvent,
 };
@@ -24,7 +21,7 @@ pub struct Store {
     /// name. Nested rather than keyed by [`ObjectKey`]: a map entry per
     /// object would repeat its kind and namespace and cost about 90 bytes
     /// in a mesh of 50 000 pods; a set entry is one pointer.
-    objects: BTreeMap<Kind, BTreeMap<Arc<str>, BTreeSet<ByName>>>,
+    objects: BTreeMap<Kind, BTreeMap<Arc<str>, DenseSet<ByName>>>,
     /// Objects in force.
     len: usize,
     /// Refusals still standing, by object (or by file for unparsable files),

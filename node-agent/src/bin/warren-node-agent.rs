@@ -13,7 +13,7 @@ use warren_node_agent::{
     datapath::{self, Datapath, Redirect},
     distribution::{self, Distribution},
     enrollment::Enrollment,
-    identity,
+    identity, memory,
     model::ObjectKey,
     source::{Source, SourceEvent, kube::KubeSource, local::LocalSource},
     store::{Applied, Store},
@@ -169,6 +169,7 @@ async fn run(args: RunArgs) -> Result<()> {
         }
     });
     let mut built = false;
+    let mut reclaim = memory::Reclaim::default();
 
     // Local mode: nothing else turns a waypoint Gateway into a process.
     let mut waypoints = if args.runs_waypoints() {
@@ -225,6 +226,8 @@ async fn run(args: RunArgs) -> Result<()> {
                     built = true;
                 }
                 view.refusals(&store);
+                // After the view's work: it frees what it computed from.
+                reclaim.after_changes(changed.len());
                 view.set_cookies(&store, enrollment.cookies());
                 if let Some(handle) = &identities {
                     handle.want(view.local_identities());
@@ -240,6 +243,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 }
             }
             _ = retry.tick() => {
+                reclaim.on_tick();
                 if store.synced() {
                     enrollment.reconcile(&store, &mut datapath);
                     view.set_cookies(&store, enrollment.cookies());

@@ -12,7 +12,7 @@
 use std::{
     borrow::Borrow,
     cmp::Ordering,
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
 };
 
@@ -20,6 +20,8 @@ use prost::Message as _;
 use tokio::sync::watch;
 use tracing::error;
 use warren_api::config::{Refusal, Resource, Update};
+
+use crate::memory::DenseSet;
 
 /// Tombstones kept before the oldest half is dropped.
 const MAX_TOMBSTONES: usize = 16_384;
@@ -32,7 +34,7 @@ const MAX_TOMBSTONES: usize = 16_384;
 pub struct Published {
     version: u64,
     /// Every resource, by key.
-    resources: BTreeSet<Entry>,
+    resources: DenseSet<Entry>,
     /// Key → version of its removal.
     tombstones: HashMap<Box<str>, u64>,
     /// Deltas can be computed from any version at or after this one.
