@@ -6,7 +6,7 @@
 
 use std::{
     fs,
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -85,6 +85,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     setup.step("bpffs mounted at /sys/fs/bpf", Setup::bpffs);
     setup.step("cgroup v2 mounted", Setup::cgroup2);
+    setup.step("disk space for target/", |_| disk_space());
 
     let elapsed = started.elapsed();
     if setup.failures > 0 {
@@ -283,6 +284,39 @@ impl Setup {
     }
 }
 
+/// What a cold `cargo xtask test` writes to target/ (about 3 GB with line
+/// tables only, measured), with room to spare. A linker that runs out of disk
+/// dies with SIGBUS, which says nothing about the cause: check first.
+const DISK_NEEDED_GB: u64 = 6;
+
+fn disk_space() -> Result<Outcome> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| exec::workspace_root().join("target"));
+    // df needs a path that exists; the target folder may not yet.
+    let at = target
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    let out = exec::stdout(Command::new("df").args(["-Pk", "--"]).arg(&at))?;
+    let free_gb = df_available_kb(&out)
+        .with_context(|| format!("reading df's output for {}: {out:?}", at.display()))?
+        / (1024 * 1024);
+    let detail = format!("{free_gb} GB free at {}", at.display());
+    if free_gb < DISK_NEEDED_GB {
+        bail!(
+            "{detail}; a cold build needs about {DISK_NEEDED_GB} GB; free some (cargo clean, or set CARGO_TARGET_DIR elsewhere)"
+        );
+    }
+    Ok(Outcome::Ok(detail))
+}
+
+/// The "Available" column (KiB) of `df -Pk`'s one data line.
+fn df_available_kb(df: &str) -> Option<u64> {
+    df.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()
+}
+
 fn rustc_nightly_version() -> Result<String> {
     exec::stdout(Command::new("rustc").args([&format!("+{NIGHTLY}"), "-vV"]))
 }
@@ -343,7 +377,7 @@ fn bpf_linker_llvm() -> Result<Option<String>> {
 
 fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
     let cargo_bin = std::env::var_os("CARGO_HOME")
-        .map(std::path::PathBuf::from)
+        .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
         .map(|h| h.join("bin"));
     std::env::var_os("PATH")
@@ -384,6 +418,13 @@ fn secs(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn df_available_is_the_fourth_column() {
+        let out = "Filesystem     1024-blocks      Used Available Capacity Mounted on\n/dev/vda         263174212  18874368  77594624      20% /\n";
+        assert_eq!(df_available_kb(out), Some(77_594_624));
+        assert_eq!(df_available_kb("Filesystem\n"), None);
+    }
 
     #[test]
     fn llvm_major_reads_rustc_vv() {
