@@ -134,7 +134,8 @@ pub struct Config {
     #[arg(long, env = "WARREN_ZTUNNEL_BUFFER_SIZE", default_value_t = 64 << 10)]
     pub buffer_size: usize,
 
-    /// Runtime worker threads.
+    /// Runtime worker threads; 1 runs a current-thread runtime (no wake-ups between
+    /// threads: less CPU and memory, one core at most).
     #[arg(long, env = "WARREN_ZTUNNEL_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
 

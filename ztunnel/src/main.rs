@@ -38,8 +38,14 @@ fn main() -> anyhow::Result<()> {
         handle.reload(filter).map_err(|e| e.to_string())
     });
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads.max(1))
+    let mut builder = if config.worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(config.worker_threads);
+        builder
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the runtime")?;

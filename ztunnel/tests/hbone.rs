@@ -12,14 +12,14 @@ use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
+    net::{TcpListener, TcpStream},
 };
 use warren_api::{
     Identity,
     config::{self, Action, resource::Kind},
 };
 use warren_ztunnel::{
-    proxy::hbone::client::{self, HboneError},
+    proxy::hbone::client::{self, Establish, HboneError},
     tls::{TrustBundle, WorkloadCertificate},
 };
 
@@ -205,7 +205,13 @@ async fn tunnel_b(
     // Closed already when the server's alert arrived first.
     let guard = connection.try_reserve().ok_or("the connection closed")?;
     connection
-        .open(guard, mesh.server, None, Duration::from_secs(2))
+        .open(
+            guard,
+            mesh.server,
+            None,
+            Duration::from_secs(2),
+            Establish::AwaitAnswer,
+        )
         .await
         .map(drop)
         .map_err(|e| e.to_string())
@@ -599,23 +605,69 @@ async fn a_denied_connect_says_why() {
         gateway: mesh.b.hbone(),
         expected: spiffe("demo", "server").parse().unwrap(),
     };
-    match mesh
-        .a
-        .ztunnel
-        .inputs
-        .pool
-        .tunnel(&pool_key, &cert, &trust, mesh.server, None)
-        .await
-    {
-        Err(HboneError::Status { status, reason, .. }) => {
-            assert_eq!(status, StatusCode::FORBIDDEN);
+    let pool = &mesh.a.ztunnel.inputs.pool;
+    let expect_403 = |error: &HboneError| match error {
+        HboneError::Status { status, reason, .. } => {
+            assert_eq!(*status, StatusCode::FORBIDDEN);
             assert!(
                 reason.contains("no ALLOW policy matched (of authorization/demo/nobody)"),
                 "{reason}"
             );
         }
-        other => panic!("expected 403, got {:?}", other.err()),
+        other => panic!("expected 403, got {other}"),
+    };
+    match pool
+        .tunnel(
+            &pool_key,
+            &cert,
+            &trust,
+            mesh.server,
+            None,
+            Establish::AwaitAnswer,
+        )
+        .await
+    {
+        Err(error) => expect_403(&error),
+        Ok(_) => panic!("expected 403, got a tunnel"),
     }
+
+    // Sending early, the refusal comes while relaying: the client's bytes went nowhere,
+    // the client is reset, and the splice says why.
+    let tunnel = pool
+        .tunnel(
+            &pool_key,
+            &cert,
+            &trust,
+            mesh.server,
+            None,
+            Establish::SendEarly,
+        )
+        .await
+        .expect("an early tunnel opens before the answer");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    client.write_all(b"first bytes").await.unwrap();
+    let spliced = tokio::time::timeout(Duration::from_secs(5), tunnel.splice(accepted, 4096))
+        .await
+        .expect("the refusal ends the splice");
+    expect_403(
+        spliced
+            .refused
+            .as_ref()
+            .expect("the splice reports the refusal"),
+    );
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+        .await
+        .expect("the client learns at once");
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "a refused client is reset, not given an empty answer"
+    );
 }
 
 /// An h2 client over mTLS to node B that sends whatever request a test makes.

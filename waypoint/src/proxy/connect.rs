@@ -21,7 +21,10 @@ use hyper_util::{
 use warren_api::Identity;
 use warren_ztunnel::proxy::{
     Inputs,
-    hbone::{Tunnel, client::HboneError},
+    hbone::{
+        Tunnel,
+        client::{Establish, HboneError},
+    },
     pool::PoolKey,
 };
 
@@ -81,7 +84,15 @@ impl Connector {
                 let tunnel = self
                     .inputs
                     .pool
-                    .tunnel(&key, &cert, &trust, authority, None)
+                    .tunnel(
+                        &key,
+                        &cert,
+                        &trust,
+                        authority,
+                        None,
+                        // A refusal must be a connect failure, for retryOn.
+                        Establish::AwaitAnswer,
+                    )
                     .await?;
                 Ok(Upstream::Tunnel(TokioIo::new(tunnel)))
             }

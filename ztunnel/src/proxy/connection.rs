@@ -15,7 +15,7 @@ use tokio::{
 };
 use warren_api::Identity;
 
-use super::hbone::Tunnel;
+use super::hbone::{Tunnel, client::HboneError};
 use crate::{
     drain,
     metrics::{ConnectionLabels, Metrics},
@@ -83,6 +83,9 @@ pub struct Relayed {
     pub sent: u64,
     pub received: u64,
     pub error: Option<String>,
+    /// The peer refused an early-sending tunnel's CONNECT: the connection never
+    /// reached its destination, and the client was reset.
+    pub refused: Option<HboneError>,
 }
 
 /// Copies both ways until both directions have ended. An EOF on one side shuts down the
@@ -110,6 +113,7 @@ where
         sent: down.read,
         received: up.read,
         error,
+        refused: None,
     }
 }
 
@@ -132,9 +136,11 @@ pub async fn relay_tunnel(
     drain: &mut drain::Watch,
 ) -> Relayed {
     let mut counted = (0, 0);
+    let mut refused = None;
     let error = tokio::select! {
         spliced = tunnel.splice(socket, buffer) => {
             counted = (spliced.to_tunnel, spliced.from_tunnel);
+            refused = spliced.refused;
             spliced.error.map(|e| e.to_string())
         }
         () = drain.forced() => Some("cut at the drain deadline".to_owned()),
@@ -149,6 +155,7 @@ pub async fn relay_tunnel(
         sent,
         received,
         error,
+        refused,
     }
 }
 

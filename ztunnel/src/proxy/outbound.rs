@@ -12,6 +12,7 @@ use warren_ebpf_common::origin::{self, Origin};
 use super::{
     Inputs, connect,
     connection::{AccessLog, Report, TunnelEnd, relay, relay_tunnel},
+    hbone::client::Establish,
     pool::PoolKey,
     reset,
 };
@@ -170,13 +171,23 @@ pub async fn handle(
                     &trust,
                     authority,
                     Some(peer.ip().to_canonical()),
+                    Establish::SendEarly,
                 )
                 .await
             {
                 Ok(tunnel) => {
                     let relayed =
                         relay_tunnel(client, tunnel, TunnelEnd::Upstream, buffer, &mut drain).await;
-                    report.finish(&relayed);
+                    match &relayed.refused {
+                        // Refused after the client's first bytes left: reported as a
+                        // refusal all the same (relay_tunnel reset the client).
+                        Some(error) => {
+                            warn!(%peer, %dst, %gateway, reason = error.reason(), %error, "HBONE tunnel refused");
+                            metrics.refuse(DIRECTION, error.reason());
+                            report.fail(&error.to_string());
+                        }
+                        None => report.finish(&relayed),
+                    }
                 }
                 Err(error) => {
                     warn!(%peer, %dst, %gateway, reason = error.reason(), %error, "HBONE tunnel failed");

@@ -14,7 +14,7 @@ use warren_api::Identity;
 
 use super::hbone::{
     Tunnel,
-    client::{self, Connection, HboneError, StreamGuard},
+    client::{self, Connection, Establish, HboneError, StreamGuard},
 };
 use crate::{
     config::Config,
@@ -63,10 +63,14 @@ impl Pool {
         trust: &TrustBundle,
         authority: SocketAddr,
         source_ip: Option<IpAddr>,
+        establish: Establish,
     ) -> Result<Tunnel, HboneError> {
         let timeout = self.inner.config.connect_header_timeout;
         if let Some((connection, guard)) = self.find(key) {
-            match connection.open(guard, authority, source_ip, timeout).await {
+            match connection
+                .open(guard, authority, source_ip, timeout, establish)
+                .await
+            {
                 // A pooled connection may have died since (GOAWAY, a reset): try once
                 // more on a fresh one.
                 Err(HboneError::Http2 { source, .. }) => {
@@ -76,7 +80,9 @@ impl Pool {
             }
         }
         let (connection, guard) = self.checkout_new(key, source_cert, trust).await?;
-        connection.open(guard, authority, source_ip, timeout).await
+        connection
+            .open(guard, authority, source_ip, timeout, establish)
+            .await
     }
 
     /// A live connection of `key` with a free stream slot.

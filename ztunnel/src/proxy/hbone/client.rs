@@ -138,14 +138,18 @@ impl Connection {
     }
 
     /// Opens a CONNECT stream to `authority`, telling the peer the original source.
+    ///
+    /// With [`Establish::AwaitAnswer`] this returns once the peer answered 200; with
+    /// [`Establish::SendEarly`] as soon as the request is queued, and the tunnel checks
+    /// the answer before its first received byte (see [`Establish`]).
     pub async fn open(
         &self,
         guard: StreamGuard,
         authority: SocketAddr,
         source: Option<IpAddr>,
         timeout: Duration,
+        establish: Establish,
     ) -> Result<Tunnel, HboneError> {
-        let sender = self.sender.clone();
         let peer = self.peer;
         let mut request = Request::builder()
             .method(Method::CONNECT)
@@ -162,29 +166,59 @@ impl Connection {
             status: StatusCode::BAD_REQUEST,
             reason: format!("building the CONNECT: {e}"),
         })?;
-        let http2 = |source| HboneError::Http2 { addr: peer, source };
-        let exchange = async {
-            let mut sender = sender.ready().await.map_err(http2)?;
-            let (response, send) = sender.send_request(request, false).map_err(http2)?;
-            Ok::<_, HboneError>((response.await.map_err(http2)?, send))
-        };
-        let (response, send) = tokio::time::timeout(timeout, exchange)
+        let http2 = move |source| HboneError::Http2 { addr: peer, source };
+        let started = tokio::time::Instant::now();
+        // Waits only when the peer's stream limit is reached.
+        let mut sender = tokio::time::timeout(timeout, self.sender.clone().ready())
             .await
-            .map_err(|_| HboneError::ConnectTimeout(authority))??;
-        let (head, mut recv) = response.into_parts();
-        if head.status != StatusCode::OK {
-            // The peer says why in the body; read a little of it, briefly.
-            let reason = tokio::time::timeout(Duration::from_secs(1), read_reason(&mut recv))
-                .await
-                .unwrap_or_default();
-            return Err(HboneError::Status {
-                authority,
-                status: head.status,
-                reason,
-            });
+            .map_err(|_| HboneError::ConnectTimeout(authority))?
+            .map_err(http2)?;
+        let (response, send) = sender.send_request(request, false).map_err(http2)?;
+        let answer = answer(response, authority, peer, started + timeout);
+        match establish {
+            Establish::AwaitAnswer => Ok(Tunnel::new(send, answer.await?, Some(guard))),
+            Establish::SendEarly => Ok(Tunnel::early(send, Box::pin(answer), guard)),
         }
-        Ok(Tunnel::new(send, recv, Some(guard)))
     }
+}
+
+/// When a tunnel may carry bytes: after the peer's 200, or at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Establish {
+    /// Wait for the answer: a refusal is an error of the open itself, before any byte of
+    /// the caller's was taken (the waypoint's retries tell connect failures apart so).
+    AwaitAnswer,
+    /// Send at once and check the answer before the first received byte. Saves a
+    /// round trip between the ztunnels on every new connection (the client's first bytes
+    /// travel with the CONNECT); the peer holds them in the stream's window, and drops
+    /// them if it refuses, so nothing reaches a destination that policy denies.
+    SendEarly,
+}
+
+/// The peer's answer to a CONNECT: its stream once it said 200, else why not.
+async fn answer(
+    response: h2::client::ResponseFuture,
+    authority: SocketAddr,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Result<h2::RecvStream, HboneError> {
+    let response = tokio::time::timeout_at(deadline, response)
+        .await
+        .map_err(|_| HboneError::ConnectTimeout(authority))?
+        .map_err(|source| HboneError::Http2 { addr: peer, source })?;
+    let (head, mut recv) = response.into_parts();
+    if head.status != StatusCode::OK {
+        // The peer says why in the body; read a little of it, briefly.
+        let reason = tokio::time::timeout(Duration::from_secs(1), read_reason(&mut recv))
+            .await
+            .unwrap_or_default();
+        return Err(HboneError::Status {
+            authority,
+            status: head.status,
+            reason,
+        });
+    }
+    Ok(recv)
 }
 
 /// The first KiB of a refusal's body, as text.
@@ -222,7 +256,7 @@ pub async fn connect(
     let connector = tokio_rustls::TlsConnector::from(tls_config);
     let tls = tokio::time::timeout(
         config.tls_handshake_timeout,
-        connector.connect(tls::server_name_for(expected), tcp),
+        connector.connect(tls::server_name_for(expected), super::wire(tcp)),
     )
     .await
     .map_err(|_| HboneError::TlsTimeout(gateway))?

@@ -87,7 +87,7 @@ pub async fn serve(
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let tls = match tokio::time::timeout(
         inputs.config.tls_handshake_timeout,
-        acceptor.accept(stream),
+        acceptor.accept(super::wire(stream)),
     )
     .await
     {

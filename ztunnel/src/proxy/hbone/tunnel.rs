@@ -6,7 +6,7 @@
 //! read, so a tunnel nobody reads holds at most one stream window.
 
 use std::{
-    future::poll_fn,
+    future::{Future, poll_fn},
     io,
     pin::Pin,
     task::{Context, Poll, ready},
@@ -19,11 +19,22 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::client::StreamGuard;
+use super::client::{HboneError, StreamGuard};
+
+/// The peer's answer to an early-sending CONNECT, still to come.
+pub(super) type Answer = Pin<Box<dyn Future<Output = Result<RecvStream, HboneError>> + Send>>;
+
+/// The receiving half: open, or waiting for the answer to the CONNECT.
+enum Recv {
+    Open(RecvStream),
+    Awaiting(Answer),
+    /// The answer was a refusal (already reported to the reader).
+    Refused,
+}
 
 pub struct Tunnel {
     send: SendStream<Bytes>,
-    recv: RecvStream,
+    recv: Recv,
     /// Received and not yet read.
     unread: Bytes,
     /// END_STREAM sent: our half is closed.
@@ -40,10 +51,21 @@ impl Tunnel {
     ) -> Self {
         Tunnel {
             send,
-            recv,
+            recv: Recv::Open(recv),
             unread: Bytes::new(),
             shut: false,
             _guard: guard,
+        }
+    }
+
+    /// A client's tunnel that sends before the peer answered; reading checks `answer`.
+    pub(super) fn early(send: SendStream<Bytes>, answer: Answer, guard: StreamGuard) -> Self {
+        Tunnel {
+            send,
+            recv: Recv::Awaiting(answer),
+            unread: Bytes::new(),
+            shut: false,
+            _guard: Some(guard),
         }
     }
 
@@ -51,16 +73,20 @@ impl Tunnel {
     /// EOF on one side half-closes the other) or one fails. Unlike a generic copy,
     /// bytes read from the socket go to HTTP/2 as they are, and received DATA frames
     /// are written to the socket as they are: no copy in between, in either direction.
+    ///
+    /// If the peer refuses an early-sending tunnel, the socket is reset (its bytes sent
+    /// so far were dropped by the peer) and [`Spliced::refused`] says why.
     pub async fn splice(self, mut socket: TcpStream, buffer: usize) -> Spliced {
         let Tunnel {
             mut send,
-            mut recv,
+            recv,
             unread,
             _guard,
             ..
         } = self;
         let (mut reader, mut writer) = socket.split();
         let (mut to_tunnel, mut from_tunnel) = (0u64, 0u64);
+        let mut refused = None;
         let result = {
             let up = async {
                 let mut buf = BytesMut::with_capacity(buffer);
@@ -81,6 +107,24 @@ impl Tunnel {
                 }
             };
             let down = async {
+                let mut recv = match recv {
+                    Recv::Open(recv) => recv,
+                    Recv::Awaiting(answer) => match answer.await {
+                        Ok(recv) => recv,
+                        Err(error) => {
+                            let io =
+                                io::Error::new(io::ErrorKind::ConnectionRefused, error.to_string());
+                            refused = Some(error);
+                            return Err(io);
+                        }
+                    },
+                    Recv::Refused => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::ConnectionRefused,
+                            "the peer refused the HBONE CONNECT",
+                        ));
+                    }
+                };
                 let mut data = unread;
                 loop {
                     if !data.is_empty() {
@@ -101,10 +145,14 @@ impl Tunnel {
             };
             tokio::try_join!(up, down)
         };
+        if refused.is_some() {
+            crate::proxy::reset(socket);
+        }
         Spliced {
             to_tunnel,
             from_tunnel,
             error: result.err(),
+            refused,
         }
     }
 
@@ -127,6 +175,8 @@ pub struct Spliced {
     /// Bytes received from the tunnel and written to the socket.
     pub from_tunnel: u64,
     pub error: Option<io::Error>,
+    /// The peer refused the CONNECT of an early-sending tunnel.
+    pub refused: Option<HboneError>,
 }
 
 /// Waits until the stream may send at least one byte; how many it may.
@@ -162,8 +212,29 @@ impl AsyncRead for Tunnel {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let recv = loop {
+            match &mut this.recv {
+                Recv::Open(recv) => break recv,
+                Recv::Awaiting(answer) => match ready!(answer.as_mut().poll(cx)) {
+                    Ok(recv) => this.recv = Recv::Open(recv),
+                    Err(error) => {
+                        this.recv = Recv::Refused;
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::ConnectionRefused,
+                            error,
+                        )));
+                    }
+                },
+                Recv::Refused => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        "the peer refused the HBONE CONNECT",
+                    )));
+                }
+            }
+        };
         while this.unread.is_empty() {
-            match ready!(this.recv.poll_data(cx)) {
+            match ready!(recv.poll_data(cx)) {
                 // END_STREAM: the peer finished writing.
                 None => return Poll::Ready(Ok(())),
                 Some(Ok(data)) => this.unread = data,
@@ -178,7 +249,7 @@ impl AsyncRead for Tunnel {
         buf.put_slice(&this.unread[..n]);
         this.unread.advance(n);
         // Only fails once the stream is gone, and then nothing is owed.
-        let _ = this.recv.flow_control().release_capacity(n);
+        let _ = recv.flow_control().release_capacity(n);
         Poll::Ready(Ok(()))
     }
 }
