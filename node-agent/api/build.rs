@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Ordered maps: equal resources encode equally, and dumps are stable.
         .btree_map(".")
+        // Slices of the received message, not a copy each.
+        .bytes(".warren.config.v1.Update.encoded_upserts")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use warren_api::{
@@ -393,5 +394,57 @@ async fn a_subscription_must_start_with_a_valid_hello() {
     // A live agent's socket is never taken over.
     let err = distribution::bind(&socket).await.unwrap_err();
     assert!(err.to_string().contains("another node agent"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client that did not ask for encoded resources (one from before them)
+/// gets them decoded; one that did gets the same resources encoded.
+#[tokio::test]
+async fn resources_come_decoded_unless_the_client_reads_them_encoded() {
+    let dir = scratch("forms");
+    let socket = dir.join("agent.sock");
+    let _agent = Agent::start(&socket, OBJECTS).await;
+    let first_update = |encoded_resources: bool| {
+        let socket = socket.clone();
+        async move {
+            let (tx, rx) = mpsc::channel(1);
+            tx.send(ClientMessage {
+                message: Some(Message::Hello(Hello {
+                    role: Role::Ztunnel as i32,
+                    client_id: format!("encoded-{encoded_resources}"),
+                    encoded_resources,
+                    ..Default::default()
+                })),
+            })
+            .await
+            .unwrap();
+            let mut updates = ConfigDistributionClient::new(warren_api::socket::channel(&socket))
+                .subscribe(ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            let update = tokio::time::timeout(Duration::from_secs(10), updates.message())
+                .await
+                .expect("a snapshot in time")
+                .unwrap()
+                .expect("a snapshot");
+            drop(tx);
+            update
+        }
+    };
+    let decoded = first_update(false).await;
+    assert!(decoded.snapshot);
+    assert!(decoded.encoded_upserts.is_empty());
+    assert!(!decoded.upserts.is_empty(), "the snapshot has resources");
+
+    let encoded = first_update(true).await;
+    assert!(encoded.snapshot);
+    assert!(encoded.upserts.is_empty());
+    let from_bytes: Vec<Resource> = encoded
+        .encoded_upserts
+        .iter()
+        .map(|bytes| Resource::decode(bytes.clone()).expect("each encoded resource decodes"))
+        .collect();
+    assert_eq!(from_bytes, decoded.upserts);
     let _ = std::fs::remove_dir_all(&dir);
 }

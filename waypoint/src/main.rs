@@ -72,6 +72,7 @@ async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
                 .client_id
                 .clone()
                 .unwrap_or_else(|| format!("waypoint-{}", std::process::id())),
+            ..Hello::default()
         },
     );
     info!(socket = %config.agent_socket.display(), namespace = %config.namespace, "subscribing to the node agent");

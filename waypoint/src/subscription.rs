@@ -77,6 +77,7 @@ impl Handler for Subscription {
             snapshot: update.snapshot,
             upserts: l4,
             removals: l4_removals,
+            ..Update::default()
         }));
         refused
     }

@@ -69,8 +69,8 @@ async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
         config.agent_socket.clone(),
         Hello {
             role: Role::Ztunnel.into(),
-            namespace: String::new(),
             client_id,
+            ..Hello::default()
         },
     );
     info!(socket = %config.agent_socket.display(), "subscribing to the node agent");

@@ -27,8 +27,8 @@ async fn subscribed_b(mesh: &mut TwoNodes, net: u8) -> (Node, ConfigServer) {
         config.agent_socket.clone(),
         Hello {
             role: Role::Ztunnel.into(),
-            namespace: String::new(),
             client_id: "test".into(),
+            ..Hello::default()
         },
     )
     .with_backoff(Duration::from_millis(10), Duration::from_millis(100));
@@ -59,6 +59,7 @@ fn delta(version: u64, upserts: Vec<config::Resource>, removals: Vec<String>) ->
         snapshot: false,
         upserts,
         removals,
+        ..Update::default()
     }
 }
 

@@ -9,8 +9,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
+use prost::Message as _;
+
 use crate::config::{
-    Ack, ClientMessage, Hello, Nack, Update, client_message::Message,
+    Ack, ClientMessage, Hello, Nack, Resource, Update, client_message::Message,
     config_distribution_client::ConfigDistributionClient,
 };
 
@@ -19,6 +21,23 @@ use crate::config::{
 pub struct Refused {
     pub key: String,
     pub reason: String,
+}
+
+/// Moves `update`'s encoded upserts into its decoded ones; those that do
+/// not decode are refused (the others are applied, as with any refusal).
+fn decode_upserts(update: &mut Update) -> Vec<Refused> {
+    let mut refused = Vec::new();
+    update.upserts.reserve(update.encoded_upserts.len());
+    for encoded in std::mem::take(&mut update.encoded_upserts) {
+        match Resource::decode(encoded) {
+            Ok(resource) => update.upserts.push(resource),
+            Err(error) => refused.push(Refused {
+                key: "(undecodable)".into(),
+                reason: format!("an encoded resource does not decode: {error}"),
+            }),
+        }
+    }
+    refused
 }
 
 /// What a proxy does with updates. It must keep its last good copy of any
@@ -49,7 +68,11 @@ impl Subscriber {
     pub fn new(socket: PathBuf, hello: Hello) -> Self {
         Subscriber {
             socket,
-            hello,
+            // Decoded here, before the handler sees them.
+            hello: Hello {
+                encoded_resources: true,
+                ..hello
+            },
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             status: watch::Sender::new(Status::default()),
@@ -111,11 +134,12 @@ impl Subscriber {
             .await?
             .into_inner();
         self.status.send_modify(|s| s.connected = true);
-        while let Some(update) = updates.message().await? {
+        while let Some(mut update) = updates.message().await? {
             let version = update.version;
             let snapshot = update.snapshot;
+            let mut refused = decode_upserts(&mut update);
             let (upserts, removals) = (update.upserts.len(), update.removals.len());
-            let refused = handler.apply(update);
+            refused.extend(handler.apply(update));
             let answer = if refused.is_empty() {
                 debug!(
                     version,
@@ -150,5 +174,37 @@ impl Subscriber {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    #[test]
+    fn encoded_upserts_decode_and_garbage_is_refused() {
+        let resource = Resource {
+            key: "workload/demo/a".into(),
+            ..Default::default()
+        };
+        let mut update = Update {
+            encoded_upserts: vec![
+                Bytes::from(resource.encode_to_vec()),
+                // A length-delimited field 1 claiming more bytes than follow.
+                Bytes::from_static(&[0x0a, 0x7f, b'x']),
+            ],
+            ..Update::default()
+        };
+        let refused = decode_upserts(&mut update);
+        assert_eq!(update.upserts, vec![resource]);
+        assert!(update.encoded_upserts.is_empty());
+        assert_eq!(refused.len(), 1);
+        assert!(
+            refused[0].reason.contains("does not decode"),
+            "{:?}",
+            refused[0]
+        );
     }
 }

@@ -31,7 +31,7 @@ use warren_api::config::{
 
 pub use socket::{SocketError, bind};
 
-use crate::view::{Audience, Pending, Publisher};
+use crate::view::{Audience, Form, Pending, Publisher};
 
 /// How long a new stream may take to say who it is.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -146,6 +146,11 @@ impl ConfigDistribution for Distribution {
             id,
             client_id,
             audience,
+            form: if hello.encoded_resources {
+                Form::Encoded
+            } else {
+                Form::Decoded
+            },
             publisher: self.publisher.clone(),
             version: self.publisher.watch(),
             clients: self.clients.clone(),
@@ -182,6 +187,7 @@ struct Subscriber {
     id: u64,
     client_id: String,
     audience: Audience,
+    form: Form,
     publisher: Publisher,
     version: watch::Receiver<u64>,
     clients: Arc<Mutex<BTreeMap<u64, ClientStatus>>>,
@@ -195,9 +201,13 @@ impl Subscriber {
             // Nothing is served before the view's first build: a proxy
             // must not take an empty mesh for the real one.
             if *self.version.borrow_and_update() > 0 {
-                let pending = self.publisher.lock().pending(sent, &self.audience);
+                let pending = self
+                    .publisher
+                    .lock()
+                    .pending_as(sent, &self.audience, self.form);
                 if let Pending::Update(update) = pending {
-                    let (version, resources) = (update.version, update.upserts.len());
+                    let resources = update.upserts.len() + update.encoded_upserts.len();
+                    let version = update.version;
                     self.record(|s| {
                         s.sent_version = version;
                         if update.snapshot {

@@ -34,7 +34,7 @@ use crate::{
     store::Store,
 };
 pub use authorization::Selection;
-pub use published::{Audience, Pending, Published, Publisher};
+pub use published::{Audience, Form, Pending, Published, Publisher};
 
 /// What [`key::certificate`] keys begin with.
 const CERTIFICATE_PREFIX: &str = "certificate/";

@@ -16,6 +16,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use bytes::Bytes;
 use prost::Message as _;
 use tokio::sync::watch;
 use tracing::error;
@@ -28,8 +29,8 @@ const MAX_TOMBSTONES: usize = 16_384;
 
 /// The view's resources, kept encoded: a decoded workload is some twenty
 /// allocations (a kilobyte and more), its encoding a couple of hundred
-/// bytes in one. Subscribers are sent decoded copies anyway, so a snapshot
-/// decodes where it used to clone.
+/// bytes in one. Subscribers that read encoded resources get copies of
+/// these bytes; others get decoded copies ([`Form`]).
 #[derive(Default)]
 pub struct Published {
     version: u64,
@@ -41,6 +42,16 @@ pub struct Published {
     horizon: u64,
     /// Objects the agent refused, for `warrenctl config dump`.
     refusals: Vec<Refusal>,
+}
+
+/// How a subscriber takes resources: the client's choice in its hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// In `Update.upserts` (clients from before encoded resources).
+    Decoded,
+    /// In `Update.encoded_upserts`, as kept: nothing decoded, so a snapshot
+    /// costs its encoded size in memory, not the decoded mesh.
+    Encoded,
 }
 
 /// One resource: the version of its last change, and the resource encoded.
@@ -88,6 +99,16 @@ impl Entry {
                 None
             }
         }
+    }
+}
+
+/// Adds `entries` to `update`'s upserts, in `form`.
+fn fill<'a>(update: &mut Update, entries: impl Iterator<Item = &'a Entry>, form: Form) {
+    match form {
+        Form::Decoded => update.upserts.extend(entries.filter_map(Entry::decode)),
+        Form::Encoded => update
+            .encoded_upserts
+            .extend(entries.map(|e| Bytes::copy_from_slice(&e.encoded))),
     }
 }
 
@@ -199,21 +220,28 @@ impl Published {
     }
 
     /// Everything `audience` receives, as a snapshot.
-    pub fn snapshot(&self, audience: &Audience) -> Update {
-        Update {
+    pub fn snapshot(&self, audience: &Audience, form: Form) -> Update {
+        let mut update = Update {
             version: self.version,
             snapshot: true,
-            upserts: self.resources(audience).collect(),
-            removals: Vec::new(),
-        }
+            ..Update::default()
+        };
+        let entries = self.resources.iter().filter(|e| audience.receives(e.key()));
+        fill(&mut update, entries, form);
+        update
     }
 
     /// What a subscriber of `audience` that has `sent` (None: nothing yet)
     /// needs next. Its version moves with every change, received or not, so
     /// its ACKs compare with the agent's version.
     pub fn pending(&self, sent: Option<u64>, audience: &Audience) -> Pending {
+        self.pending_as(sent, audience, Form::Decoded)
+    }
+
+    /// [`Published::pending`], with the resources in `form`.
+    pub fn pending_as(&self, sent: Option<u64>, audience: &Audience, form: Form) -> Pending {
         let Some(sent) = sent.filter(|s| *s >= self.horizon) else {
-            return Pending::Update(self.snapshot(audience));
+            return Pending::Update(self.snapshot(audience, form));
         };
         if sent >= self.version {
             return Pending::UpToDate;
@@ -221,15 +249,13 @@ impl Published {
         let mut update = Update {
             version: self.version,
             snapshot: false,
-            upserts: Vec::new(),
-            removals: Vec::new(),
+            ..Update::default()
         };
-        update.upserts.extend(
-            self.resources
-                .iter()
-                .filter(|e| e.version > sent && audience.receives(e.key()))
-                .filter_map(Entry::decode),
-        );
+        let changed = self
+            .resources
+            .iter()
+            .filter(|e| e.version > sent && audience.receives(e.key()));
+        fill(&mut update, changed, form);
         update.removals.extend(
             self.tombstones
                 .iter()

@@ -20,8 +20,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use tokio_stream::wrappers::ReceiverStream;
 use warren_api::{
-    config::{Hello, Role, Update, resource::Kind},
+    config::{
+        ClientMessage, Hello, Role, Update, client_message::Message,
+        config_distribution_client::ConfigDistributionClient, resource::Kind,
+    },
     subscribe::{Handler, Refused, Subscriber},
 };
 use warren_e2e::agent::{agent_socket, start_agent_with_config};
@@ -178,6 +182,61 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS in /proc/<pid>/status")
 }
 
+/// The process's peak RSS since the last [`reset_peak_rss`] (VmHWM).
+fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/<pid>/status")
+}
+
+/// Starts a new peak RSS measurement (clear_refs 5 sets VmHWM to the RSS now).
+fn reset_peak_rss(pid: u32) -> Result<()> {
+    fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .with_context(|| format!("resetting the peak RSS of pid {pid}"))
+}
+
+/// A bare subscription that asks for resources `encoded` or not: how long the
+/// snapshot took to arrive whole, and how many resources it held. Unlike
+/// [`subscribe`] nothing is applied: this times the agent's side.
+fn snapshot_in_form(
+    runtime: &tokio::runtime::Runtime,
+    socket: &Path,
+    encoded: bool,
+) -> Result<(Duration, usize)> {
+    runtime.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(ClientMessage {
+            message: Some(Message::Hello(Hello {
+                role: Role::Ztunnel as i32,
+                client_id: format!("bench-snapshot-encoded-{encoded}"),
+                encoded_resources: encoded,
+                ..Default::default()
+            })),
+        })
+        .await
+        .context("queueing the hello")?;
+        let t0 = Instant::now();
+        let mut updates = ConfigDistributionClient::new(warren_api::socket::channel(socket))
+            .max_decoding_message_size(256 << 20)
+            .subscribe(ReceiverStream::new(rx))
+            .await
+            .context("subscribing")?
+            .into_inner();
+        let update = tokio::time::timeout(Duration::from_secs(60), updates.message())
+            .await
+            .context("no snapshot within 60 s")?
+            .context("reading the snapshot")?
+            .context("the stream ended before a snapshot")?;
+        let elapsed = t0.elapsed();
+        ensure!(update.snapshot, "the first update was not a snapshot");
+        drop(tx);
+        Ok((elapsed, update.upserts.len() + update.encoded_upserts.len()))
+    })
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(i).copied().unwrap_or(f64::NAN)
@@ -284,6 +343,26 @@ pub fn run(args: &Args) -> Result<()> {
     let snapshot_ms = at.duration_since(t0).as_secs_f64() * 1e3;
     second.abort();
 
+    // The same snapshot with resources decoded for the message (proxies from
+    // before encoded resources), against encoded as kept: time, and how far
+    // the agent's RSS rose above its loaded size while building it.
+    let mut forms = Vec::new();
+    for encoded in [false, true] {
+        std::thread::sleep(Duration::from_millis(500));
+        let before = rss_kib(pid)?;
+        reset_peak_rss(pid)?;
+        let (took, n) = snapshot_in_form(&runtime, &socket, encoded)?;
+        ensure!(
+            n == resources,
+            "snapshot of {n} resources, the proxy's had {resources}"
+        );
+        let rise = peak_rss_kib(pid)?.saturating_sub(before);
+        forms.push((took.as_secs_f64() * 1e3, rise as f64 / 1024.0));
+    }
+    let [(decoded_ms, decoded_rise), (encoded_ms, encoded_rise)] = forms[..] else {
+        bail!("two snapshot forms measured, not {}", forms.len());
+    };
+
     // One object at a time: file renamed → update applied by the proxy.
     eprintln!("timing {} one-object changes…", args.changes);
     while rx.try_recv().is_ok() {}
@@ -350,6 +429,17 @@ pub fn run(args: &Args) -> Result<()> {
         bytes as f64 / 1048576.0,
         rss_empty as f64 / 1024.0,
         rss_full as f64 / 1024.0
+    );
+    println!(
+        "snapshot built by the agent:  encoded {encoded_ms:.0} ms, RSS +{encoded_rise:.1} MiB;  decoded (older proxies) {decoded_ms:.0} ms, RSS +{decoded_rise:.1} MiB\n"
+    );
+    println!(
+        "BENCH config snapshot_peak_rss_rise_mib encoded={encoded_rise:.1} decoded={decoded_rise:.1} ratio={:.3}",
+        encoded_rise / decoded_rise.max(0.1)
+    );
+    println!(
+        "BENCH config snapshot_agent_ms encoded={encoded_ms:.1} decoded={decoded_ms:.1} ratio={:.3}",
+        encoded_ms / decoded_ms.max(0.001)
     );
     println!("BENCH config change_to_ack_p50_ms={p50:.2}");
     println!(

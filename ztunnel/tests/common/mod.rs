@@ -220,7 +220,7 @@ impl View {
             version: self.version,
             snapshot: true,
             upserts: self.resources.values().cloned().collect(),
-            removals: vec![],
+            ..Update::default()
         }
     }
 }
