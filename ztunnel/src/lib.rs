@@ -16,6 +16,7 @@ pub mod http_endpoint;
 pub mod limits;
 pub mod malloc;
 pub mod metrics;
+pub mod process;
 pub mod proxy;
 pub mod rbac;
 pub mod readiness;

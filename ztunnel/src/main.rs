@@ -7,9 +7,6 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
-use tracing_subscriber::{
-    EnvFilter, layer::SubscriberExt as _, reload, util::SubscriberInitExt as _,
-};
 use warren_api::{
     config::{Hello, Role},
     subscribe::Subscriber,
@@ -21,34 +18,8 @@ use warren_ztunnel::{
 fn main() -> anyhow::Result<()> {
     warren_ztunnel::malloc::tune_for_proxy();
     let config = Config::parse();
-    let filter = EnvFilter::try_new(&config.log_level)
-        .with_context(|| format!("bad log filter {:?}", config.log_level))?;
-    let (filter, handle) = reload::Layer::new(filter);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                // Colour only for a person's terminal, not in captured logs.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
-        .init();
-    let log: LogControl = Arc::new(move |level: &str| {
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        handle.reload(filter).map_err(|e| e.to_string())
-    });
-
-    let mut builder = if config.worker_threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(config.worker_threads);
-        builder
-    };
-    let runtime = builder
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let log = warren_ztunnel::process::init_logging(&config.log_level)?;
+    let runtime = warren_ztunnel::process::runtime(config.worker_threads)?;
     runtime.block_on(run(config, log))
 }
 
