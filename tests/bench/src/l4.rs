@@ -7,22 +7,40 @@
 //! `meshed` in the server's namespace, whose connections ztunnel carries.
 //! Arms alternate round by round; medians are reported. ztunnel's memory is
 //! read from /proc: resident at idle, and its high-water mark after the run.
+//!
+//! A third arm, `relay`, measures the floor of any design with a proxy on each
+//! node: the direct client through two HAProxy TCP relays (one per node,
+//! splicing, no TLS), so three TCP connections as through the mesh. Warren is
+//! compared with direct (the issue's targets) and with that floor.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
-use warren_e2e::mesh::start_mesh;
-use warren_testbed::{Cluster, Pod, PodSpec, binaries};
+use warren_e2e::{mesh::start_mesh, workload::wait_listening};
+use warren_testbed::{Cluster, Pod, PodSpec, Process, binaries};
 
 use crate::{
     parse_duration,
     report::{self, Row},
+    tools::which,
     tuning::CpuWake,
 };
 
 const CLIENT_CPU: &str = "0";
 const ECHO_CPU: &str = "1";
+const ECHO_PORT: u16 = 9000;
+const RELAY_PORT: u16 = 9100;
+
+/// A plain TCP relay to `next`: HAProxy with kernel splicing, the cheapest
+/// user-space proxy hop there is; two threads like ztunnel.
+fn relay_config(next: &str) -> String {
+    format!(
+        "global\n  nbthread 2\n  maxconn 4096\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+         listen relay\n  bind 0.0.0.0:{RELAY_PORT}\n  option splice-auto\n  server next {next}\n"
+    )
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -46,6 +64,47 @@ struct Sample {
     stream_mib_s: f64,
 }
 
+/// One reported metric of a [`Sample`].
+struct Metric {
+    name: &'static str,
+    unit: &'static str,
+    value: fn(&Sample) -> f64,
+    higher_is_better: bool,
+}
+
+const METRICS: [Metric; 5] = [
+    Metric {
+        name: "rr_p50_us",
+        unit: "us",
+        value: |s| s.p50_us,
+        higher_is_better: false,
+    },
+    Metric {
+        name: "rr_p99_us",
+        unit: "us",
+        value: |s| s.p99_us,
+        higher_is_better: false,
+    },
+    Metric {
+        name: "newconn_p50_us",
+        unit: "us",
+        value: |s| s.new_p50_us,
+        higher_is_better: false,
+    },
+    Metric {
+        name: "newconn_p99_us",
+        unit: "us",
+        value: |s| s.new_p99_us,
+        higher_is_better: false,
+    },
+    Metric {
+        name: "stream_mib_s",
+        unit: "MiB/s",
+        value: |s| s.stream_mib_s,
+        higher_is_better: true,
+    },
+];
+
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -63,6 +122,9 @@ fn proc_status_kib(pid: u32, field: &str) -> Result<f64> {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    for tool in ["haproxy", "taskset"] {
+        which(tool)?;
+    }
     let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
     cluster.add_namespace("mesh", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
     cluster.add_namespace("plain", BTreeMap::new())?;
@@ -70,6 +132,8 @@ pub fn run(args: &Args) -> Result<()> {
         ("echo", "mesh", 1),
         ("meshed", "mesh", 0),
         ("direct", "plain", 0),
+        ("relay0", "plain", 0),
+        ("relay1", "plain", 1),
     ] {
         cluster.add_pod(PodSpec {
             name: name.into(),
@@ -99,7 +163,14 @@ pub fn run(args: &Args) -> Result<()> {
         ],
     )?;
     std::thread::sleep(Duration::from_millis(200));
-    let target = format!("{}:9000", echo.ip);
+    let target = format!("{}:{ECHO_PORT}", echo.ip);
+    let (relay0, relay1) = (
+        cluster.pod("plain/relay0")?.clone(),
+        cluster.pod("plain/relay1")?.clone(),
+    );
+    let _relay1 = start_relay(&cluster, &relay1, &target)?;
+    let _relay0 = start_relay(&cluster, &relay0, &format!("{}:{RELAY_PORT}", relay1.ip))?;
+    let relay_target = format!("{}:{RELAY_PORT}", relay0.ip);
     let ztunnels: Vec<u32> = mesh.nodes.iter().filter_map(|d| d.ztunnel.pid()).collect();
     ensure!(ztunnels.len() == 2, "ztunnel pids unknown");
     let idle_kib: Vec<f64> = ztunnels
@@ -112,22 +183,26 @@ pub fn run(args: &Args) -> Result<()> {
         cluster.pod("plain/direct")?.clone(),
         cluster.pod("mesh/meshed")?.clone(),
     );
-    let (mut base, mut warren) = (Vec::new(), Vec::new());
+    let (mut base, mut warren, mut relayed) = (Vec::new(), Vec::new(), Vec::new());
     eprintln!(
         "l4: {} rounds per arm, {:?} ping-pong (1 KiB), {:?} new connection + 1 KiB, {} MiB stream, node 0 → node 1",
         args.rounds, args.duration, args.duration, args.stream_mib
     );
     for round in 1..=args.rounds {
-        for (arm, client) in [("direct", &direct), ("warren", &meshed)] {
-            let s = measure(client, &target, args)?;
+        for (arm, client, to) in [
+            ("direct", &direct, &target),
+            ("relay", &direct, &relay_target),
+            ("warren", &meshed, &target),
+        ] {
+            let s = measure(client, to, args)?;
             eprintln!(
                 "  round {round} {arm:<7} p50 {:>7.1} us  p99 {:>7.1} us  new conn p50 {:>7.1} us  p99 {:>7.1} us  stream {:>7.1} MiB/s",
                 s.p50_us, s.p99_us, s.new_p50_us, s.new_p99_us, s.stream_mib_s
             );
-            if arm == "direct" {
-                base.push(s)
-            } else {
-                warren.push(s)
+            match arm {
+                "direct" => base.push(s),
+                "relay" => relayed.push(s),
+                _ => warren.push(s),
             }
         }
     }
@@ -162,17 +237,47 @@ pub fn run(args: &Args) -> Result<()> {
         baseline: median(&base, f),
         higher_is_better,
     };
-    report::print(
-        "l4",
-        "direct",
-        &[
-            row("rr_p50_us", "us", |s| s.p50_us, false),
-            row("rr_p99_us", "us", |s| s.p99_us, false),
-            row("newconn_p50_us", "us", |s| s.new_p50_us, false),
-            row("newconn_p99_us", "us", |s| s.new_p99_us, false),
-            row("stream_mib_s", "MiB/s", |s| s.stream_mib_s, true),
-        ],
+    let rows: Vec<Row> = METRICS
+        .iter()
+        .map(|m| row(m.name, m.unit, m.value, m.higher_is_better))
+        .collect();
+    report::print("l4", "direct", &rows);
+    // The floor: what the three TCP connections cost with proxies that add
+    // nothing else, and how far above it Warren is.
+    println!(
+        "\ntwo TCP relays (HAProxy, splicing) between the same pods: the floor of a proxy per node\n{:<16} {:>14} {:>14} {:>14}",
+        "metric", "relay", "relay/direct", "warren/relay"
     );
+    println!("{}", "-".repeat(62));
+    let floor: Vec<(&str, f64, f64, f64)> = METRICS
+        .iter()
+        .map(
+            |&Metric {
+                 name, unit, value, ..
+             }| {
+                let (r, d, w) = (
+                    median(&relayed, value),
+                    median(&base, value),
+                    median(&warren, value),
+                );
+                println!(
+                    "{name:<16} {:>14} {:>13.2}x {:>13.2}x",
+                    format!("{r:.1} {unit}"),
+                    r / d,
+                    w / r
+                );
+                (name, r, d, w)
+            },
+        )
+        .collect();
+    println!();
+    for (name, r, d, w) in floor {
+        println!(
+            "BENCH l4 floor_{name} relay={r:.2} direct={d:.2} ratio={:.3} warren_to_relay={:.3}",
+            r / d,
+            w / r
+        );
+    }
     let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max) / 1024.0;
     println!(
         "BENCH l4 ztunnel_rss_idle_mib={:.1}\nBENCH l4 ztunnel_rss_peak_mib={:.1}",
@@ -231,4 +336,36 @@ fn pingpong(client: &Pod, args: &[&str]) -> Result<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).context("parsing pingpong's JSON")
+}
+
+/// HAProxy relaying to `next` in `pod`, in the foreground (the returned guard
+/// stops it).
+fn start_relay(cluster: &Cluster, pod: &Pod, next: &str) -> Result<Process> {
+    let cfg = cluster.log_dir().join(format!("{}.cfg", pod.name));
+    std::fs::write(&cfg, relay_config(next))
+        .with_context(|| format!("writing {}", cfg.display()))?;
+    let cfg = cfg.to_string_lossy();
+    let check = pod.sandbox.exec("haproxy", ["-c", "-f", &cfg])?;
+    ensure!(
+        check.status.success(),
+        "haproxy rejects {cfg}: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let mut process = cluster.spawn(&pod.sandbox, "haproxy", &["-db", "-f", &cfg])?;
+    wait_listening(pod, RELAY_PORT, &mut process)?;
+    Ok(process)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_config_forwards_to_the_next_hop() {
+        let cfg = relay_config("10.244.1.2:9000");
+        assert!(cfg.contains("mode tcp"), "{cfg}");
+        assert!(cfg.contains("bind 0.0.0.0:9100"), "{cfg}");
+        assert!(cfg.contains("server next 10.244.1.2:9000"), "{cfg}");
+    }
 }

@@ -32,7 +32,7 @@ use warren_e2e::{
 };
 use warren_testbed::{Cluster, Pod, PodSpec, Process, ServicePort, binaries, manifests};
 
-use crate::{parse_duration, tuning::CpuWake};
+use crate::{parse_duration, tools::which, tuning::CpuWake};
 
 /// CPU of the load generator, and of the proxy under test.
 const CLIENT_CPU: &str = "0";
@@ -433,22 +433,6 @@ fn print_report(rows: &[Row], args: &Args) {
 
 fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
-fn which(tool: &str) -> Result<()> {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    ensure!(
-        found,
-        "{tool} not found on PATH; `cargo xtask setup` installs it (apt-get install -y {})",
-        if tool == "taskset" {
-            "util-linux"
-        } else {
-            tool
-        }
-    );
-    Ok(())
 }
 
 fn tail(text: &str, lines: usize) -> String {

@@ -7,6 +7,7 @@ mod l4;
 mod l7;
 mod report;
 mod shortcut;
+mod tools;
 mod tuning;
 
 use std::{process::ExitCode, time::Duration};
