@@ -668,6 +668,47 @@ async fn a_denied_connect_says_why() {
         Err(std::io::ErrorKind::ConnectionReset),
         "a refused client is reset, not given an empty answer"
     );
+
+    // A client still uploading when the refusal comes: whichever half learns of it
+    // first, the splice reports a refusal.
+    let tunnel = pool
+        .tunnel(
+            &pool_key,
+            &cert,
+            &trust,
+            mesh.server,
+            None,
+            Establish::SendEarly,
+        )
+        .await
+        .expect("an early tunnel opens before the answer");
+    let client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    let (_, mut upload) = client.into_split();
+    let uploading = tokio::spawn(async move {
+        let chunk = vec![0u8; 64 << 10];
+        // Ends with an error once the refused connection is reset.
+        for _ in 0..1024 {
+            if upload.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let spliced = tokio::time::timeout(Duration::from_secs(10), tunnel.splice(accepted, 4096))
+        .await
+        .expect("the refusal ends the splice");
+    expect_403(
+        spliced
+            .refused
+            .as_ref()
+            .expect("a refusal during an upload is still a refusal"),
+    );
+    tokio::time::timeout(Duration::from_secs(10), uploading)
+        .await
+        .expect("the reset stops the upload")
+        .unwrap();
 }
 
 /// An h2 client over mTLS to node B that sends whatever request a test makes.

@@ -87,6 +87,12 @@ impl Tunnel {
         let (mut reader, mut writer) = socket.split();
         let (mut to_tunnel, mut from_tunnel) = (0u64, 0u64);
         let mut refused = None;
+        // The answer to an early-sending CONNECT, until the download half has it.
+        let (mut answer, recv) = match recv {
+            Recv::Awaiting(answer) => (Some(answer), None),
+            Recv::Open(recv) => (None, Some(recv)),
+            Recv::Refused => (None, None),
+        };
         let result = {
             let up = async {
                 let mut buf = BytesMut::with_capacity(buffer);
@@ -107,18 +113,25 @@ impl Tunnel {
                 }
             };
             let down = async {
-                let mut recv = match recv {
-                    Recv::Open(recv) => recv,
-                    Recv::Awaiting(answer) => match answer.await {
-                        Ok(recv) => recv,
-                        Err(error) => {
-                            let io =
-                                io::Error::new(io::ErrorKind::ConnectionRefused, error.to_string());
-                            refused = Some(error);
-                            return Err(io);
+                let mut recv = match (recv, answer.as_mut()) {
+                    (Some(recv), _) => recv,
+                    (None, Some(pending)) => {
+                        let answered = pending.await;
+                        // Polled to completion: never again.
+                        answer = None;
+                        match answered {
+                            Ok(recv) => recv,
+                            Err(error) => {
+                                let io = io::Error::new(
+                                    io::ErrorKind::ConnectionRefused,
+                                    error.to_string(),
+                                );
+                                refused = Some(error);
+                                return Err(io);
+                            }
                         }
-                    },
-                    Recv::Refused => {
+                    }
+                    (None, None) => {
                         return Err(io::Error::new(
                             io::ErrorKind::ConnectionRefused,
                             "the peer refused the HBONE CONNECT",
@@ -145,6 +158,14 @@ impl Tunnel {
             };
             tokio::try_join!(up, down)
         };
+        // The upload can fail first (the peer resets a stream it refused while the
+        // client is still sending): the answer, due by its deadline, says whether
+        // this was a refusal.
+        if let (Err(_), Some(pending)) = (&result, answer)
+            && let Err(error) = pending.await
+        {
+            refused = Some(error);
+        }
         if refused.is_some() {
             crate::proxy::reset(socket);
         }
