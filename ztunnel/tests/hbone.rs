@@ -655,7 +655,7 @@ async fn a_denied_connect_says_why() {
         .expect("the refusal ends the splice");
     expect_403(
         spliced
-            .refused
+            .failed_connect
             .as_ref()
             .expect("the splice reports the refusal"),
     );
@@ -701,7 +701,7 @@ async fn a_denied_connect_says_why() {
         .expect("the refusal ends the splice");
     expect_403(
         spliced
-            .refused
+            .failed_connect
             .as_ref()
             .expect("a refusal during an upload is still a refusal"),
     );

@@ -29,15 +29,38 @@ fn decode_upserts(update: &mut Update) -> Vec<Refused> {
     let mut refused = Vec::new();
     update.upserts.reserve(update.encoded_upserts.len());
     for encoded in std::mem::take(&mut update.encoded_upserts) {
-        match Resource::decode(encoded) {
+        match Resource::decode(encoded.clone()) {
             Ok(resource) => update.upserts.push(resource),
-            Err(error) => refused.push(Refused {
-                key: "(undecodable)".into(),
-                reason: format!("an encoded resource does not decode: {error}"),
-            }),
+            Err(error) => {
+                // Passed on without a kind, under its key if that much reads: the
+                // handler refuses it and keeps its last good copy (a snapshot
+                // would otherwise drop the key as no longer mentioned).
+                let key = leading_key(&encoded).unwrap_or_default();
+                refused.push(Refused {
+                    key: if key.is_empty() {
+                        "(undecodable)".into()
+                    } else {
+                        key.clone()
+                    },
+                    reason: format!("an encoded resource does not decode: {error}"),
+                });
+                if !key.is_empty() {
+                    update.upserts.push(Resource { key, kind: None });
+                }
+            }
         }
     }
     refused
+}
+
+/// `Resource.key` (field 1, which prost writes first) of an encoding that may not
+/// decode as a whole.
+fn leading_key(encoded: &[u8]) -> Option<String> {
+    let (&0x0a, mut rest) = encoded.split_first()? else {
+        return None;
+    };
+    let len = usize::try_from(prost::encoding::decode_varint(&mut rest).ok()?).ok()?;
+    String::from_utf8(rest.get(..len)?.to_vec()).ok()
 }
 
 /// What a proxy does with updates. It must keep its last good copy of any
@@ -194,13 +217,27 @@ mod tests {
                 Bytes::from(resource.encode_to_vec()),
                 // A length-delimited field 1 claiming more bytes than follow.
                 Bytes::from_static(&[0x0a, 0x7f, b'x']),
+                // A readable key, then a field claiming more bytes than follow.
+                Bytes::from_static(b"\x0a\x01k\x52\x7f"),
             ],
             ..Update::default()
         };
         let refused = decode_upserts(&mut update);
-        assert_eq!(update.upserts, vec![resource]);
+        // The readable key is passed on without a kind, so the handler refuses it
+        // and keeps its last good copy.
+        assert_eq!(
+            update.upserts,
+            vec![
+                resource,
+                Resource {
+                    key: "k".into(),
+                    kind: None
+                }
+            ]
+        );
         assert!(update.encoded_upserts.is_empty());
-        assert_eq!(refused.len(), 1);
+        assert_eq!(refused.len(), 2);
+        assert_eq!(refused[1].key, "k");
         assert!(
             refused[0].reason.contains("does not decode"),
             "{:?}",

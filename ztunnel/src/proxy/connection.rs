@@ -83,9 +83,9 @@ pub struct Relayed {
     pub sent: u64,
     pub received: u64,
     pub error: Option<String>,
-    /// The peer refused an early-sending tunnel's CONNECT: the connection never
-    /// reached its destination, and the client was reset.
-    pub refused: Option<HboneError>,
+    /// An early-sending tunnel's CONNECT failed: the connection never reached its
+    /// destination, and the client was reset.
+    pub failed_connect: Option<HboneError>,
 }
 
 /// Copies both ways until both directions have ended. An EOF on one side shuts down the
@@ -113,7 +113,7 @@ where
         sent: down.read,
         received: up.read,
         error,
-        refused: None,
+        failed_connect: None,
     }
 }
 
@@ -136,11 +136,11 @@ pub async fn relay_tunnel(
     drain: &mut drain::Watch,
 ) -> Relayed {
     let mut counted = (0, 0);
-    let mut refused = None;
+    let mut failed_connect = None;
     let error = tokio::select! {
         spliced = tunnel.splice(socket, buffer) => {
             counted = (spliced.to_tunnel, spliced.from_tunnel);
-            refused = spliced.refused;
+            failed_connect = spliced.failed_connect;
             spliced.error.map(|e| e.to_string())
         }
         () = drain.forced() => Some("cut at the drain deadline".to_owned()),
@@ -155,7 +155,7 @@ pub async fn relay_tunnel(
         sent,
         received,
         error,
-        refused,
+        failed_connect,
     }
 }
 

@@ -178,11 +178,11 @@ pub async fn handle(
                 Ok(tunnel) => {
                     let relayed =
                         relay_tunnel(client, tunnel, TunnelEnd::Upstream, buffer, &mut drain).await;
-                    match &relayed.refused {
-                        // Refused after the client's first bytes left: reported as a
-                        // refusal all the same (relay_tunnel reset the client).
+                    match &relayed.failed_connect {
+                        // Failed after the client's first bytes left: reported as a
+                        // failed open all the same (relay_tunnel reset the client).
                         Some(error) => {
-                            warn!(%peer, %dst, %gateway, reason = error.reason(), %error, "HBONE tunnel refused");
+                            warn!(%peer, %dst, %gateway, reason = error.reason(), %error, "HBONE tunnel failed");
                             metrics.refuse(DIRECTION, error.reason());
                             report.fail(&error.to_string());
                         }

@@ -31,6 +31,11 @@ pub struct PoolKey {
 
 type Slot = Arc<tokio::sync::Mutex<()>>;
 
+/// A pooled connection without a stream for longer than this waits for the
+/// answer to its next CONNECT before sending: a peer that died meanwhile is then
+/// found, and retried on a fresh connection, before any client byte is spent.
+const QUIET_BEFORE_EARLY_DATA: Duration = Duration::from_secs(2);
+
 #[derive(Clone)]
 pub struct Pool {
     inner: Arc<Inner>,
@@ -55,7 +60,8 @@ impl Pool {
         }
     }
 
-    /// A CONNECT stream to `authority` through the peer of `key`.
+    /// A CONNECT stream to `authority` through the peer of `key`; `establish` says
+    /// whether it may carry bytes before the peer's answer.
     pub async fn tunnel(
         &self,
         key: &PoolKey,
@@ -67,6 +73,16 @@ impl Pool {
     ) -> Result<Tunnel, HboneError> {
         let timeout = self.inner.config.connect_header_timeout;
         if let Some((connection, guard)) = self.find(key) {
+            // Early data cannot be retried on another connection (the bytes are
+            // gone), so a connection that may have died unnoticed — no stream on it
+            // for a while — first proves itself with an answer.
+            let usage = connection.usage();
+            let quiet = usage.streams() <= 1 && usage.idle_for() > QUIET_BEFORE_EARLY_DATA;
+            let establish = if quiet {
+                Establish::AwaitAnswer
+            } else {
+                establish
+            };
             match connection
                 .open(guard, authority, source_ip, timeout, establish)
                 .await

@@ -9,6 +9,7 @@ use std::{
     future::{Future, poll_fn},
     io,
     pin::Pin,
+    sync::atomic::{AtomicBool, Ordering},
     task::{Context, Poll, ready},
 };
 
@@ -17,6 +18,7 @@ use h2::{Reason, RecvStream, SendStream};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     net::TcpStream,
+    sync::Notify,
 };
 
 use super::client::{HboneError, StreamGuard};
@@ -74,8 +76,8 @@ impl Tunnel {
     /// bytes read from the socket go to HTTP/2 as they are, and received DATA frames
     /// are written to the socket as they are: no copy in between, in either direction.
     ///
-    /// If the peer refuses an early-sending tunnel, the socket is reset (its bytes sent
-    /// so far were dropped by the peer) and [`Spliced::refused`] says why.
+    /// If an early-sending tunnel's CONNECT fails, the socket is reset (its bytes sent
+    /// so far were dropped by the peer) and [`Spliced::failed_connect`] says why.
     pub async fn splice(self, mut socket: TcpStream, buffer: usize) -> Spliced {
         let Tunnel {
             mut send,
@@ -86,17 +88,32 @@ impl Tunnel {
         } = self;
         let (mut reader, mut writer) = socket.split();
         let (mut to_tunnel, mut from_tunnel) = (0u64, 0u64);
-        let mut refused = None;
+        let mut failed_connect = None;
         // The answer to an early-sending CONNECT, until the download half has it.
         let (mut answer, recv) = match recv {
             Recv::Awaiting(answer) => (Some(answer), None),
             Recv::Open(recv) => (None, Some(recv)),
             Recv::Refused => (None, None),
         };
+        // Before the answer, only the client's first read goes out: the peer holds
+        // early bytes unread until it has reached the destination, and a stream
+        // filling its window with them would hold back the connection's others.
+        let early = answer.is_some();
+        let answered = AtomicBool::new(!early);
+        let answer_came = Notify::new();
         let result = {
             let up = async {
                 let mut buf = BytesMut::with_capacity(buffer);
+                let mut first = true;
                 loop {
+                    if !first {
+                        // notify_one keeps a permit: no wake-up is lost between the
+                        // check and the wait.
+                        while !answered.load(Ordering::Acquire) {
+                            answer_came.notified().await;
+                        }
+                    }
+                    first = false;
                     buf.reserve(buffer);
                     let n = reader.read_buf(&mut buf).await?;
                     if n == 0 {
@@ -116,17 +133,21 @@ impl Tunnel {
                 let mut recv = match (recv, answer.as_mut()) {
                     (Some(recv), _) => recv,
                     (None, Some(pending)) => {
-                        let answered = pending.await;
+                        let outcome = pending.await;
                         // Polled to completion: never again.
                         answer = None;
-                        match answered {
-                            Ok(recv) => recv,
+                        match outcome {
+                            Ok(recv) => {
+                                answered.store(true, Ordering::Release);
+                                answer_came.notify_one();
+                                recv
+                            }
                             Err(error) => {
                                 let io = io::Error::new(
                                     io::ErrorKind::ConnectionRefused,
                                     error.to_string(),
                                 );
-                                refused = Some(error);
+                                failed_connect = Some(error);
                                 return Err(io);
                             }
                         }
@@ -160,20 +181,20 @@ impl Tunnel {
         };
         // The upload can fail first (the peer resets a stream it refused while the
         // client is still sending): the answer, due by its deadline, says whether
-        // this was a refusal.
+        // the CONNECT itself failed.
         if let (Err(_), Some(pending)) = (&result, answer)
             && let Err(error) = pending.await
         {
-            refused = Some(error);
+            failed_connect = Some(error);
         }
-        if refused.is_some() {
+        if failed_connect.is_some() {
             crate::proxy::reset(socket);
         }
         Spliced {
             to_tunnel,
             from_tunnel,
             error: result.err(),
-            refused,
+            failed_connect,
         }
     }
 
@@ -196,8 +217,9 @@ pub struct Spliced {
     /// Bytes received from the tunnel and written to the socket.
     pub from_tunnel: u64,
     pub error: Option<io::Error>,
-    /// The peer refused the CONNECT of an early-sending tunnel.
-    pub refused: Option<HboneError>,
+    /// The CONNECT of an early-sending tunnel failed (refused, no answer in time,
+    /// or the connection broke first): nothing reached the destination.
+    pub failed_connect: Option<HboneError>,
 }
 
 /// Waits until the stream may send at least one byte; how many it may.
