@@ -290,8 +290,9 @@ impl Setup {
 const DISK_NEEDED_GB: u64 = 6;
 
 fn disk_space() -> Result<Outcome> {
+    // Cargo reads a relative CARGO_TARGET_DIR from where it runs: the workspace root.
     let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
+        .map(|dir| exec::workspace_root().join(PathBuf::from(dir)))
         .unwrap_or_else(|| exec::workspace_root().join("target"));
     // df needs a path that exists; the target folder may not yet.
     let at = target
@@ -305,6 +306,12 @@ fn disk_space() -> Result<Outcome> {
         / (1024 * 1024);
     let detail = format!("{free_gb} GB free at {}", at.display());
     if free_gb < DISK_NEEDED_GB {
+        // An existing build needs far less to be brought up to date: say so, go on.
+        if target.join("debug").is_dir() || target.join("release").is_dir() {
+            return Ok(Outcome::Ok(format!(
+                "{detail}; low, but target/ is built already (a cold build needs about {DISK_NEEDED_GB} GB)"
+            )));
+        }
         bail!(
             "{detail}; a cold build needs about {DISK_NEEDED_GB} GB; free some (cargo clean, or set CARGO_TARGET_DIR elsewhere)"
         );
