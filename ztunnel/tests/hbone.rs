@@ -631,24 +631,30 @@ async fn a_denied_connect_says_why() {
         Ok(_) => panic!("expected 403, got a tunnel"),
     }
 
+    // An early tunnel to the denied server, and a client socket pair to splice it with.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let early = || async {
+        let tunnel = pool
+            .tunnel(
+                &pool_key,
+                &cert,
+                &trust,
+                mesh.server,
+                None,
+                Establish::SendEarly,
+            )
+            .await
+            .expect("an early tunnel opens before the answer");
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        (tunnel, client, accepted)
+    };
+
     // Sending early, the refusal comes while relaying: the client's bytes went nowhere,
     // the client is reset, and the splice says why.
-    let tunnel = pool
-        .tunnel(
-            &pool_key,
-            &cert,
-            &trust,
-            mesh.server,
-            None,
-            Establish::SendEarly,
-        )
-        .await
-        .expect("an early tunnel opens before the answer");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut client = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (accepted, _) = listener.accept().await.unwrap();
+    let (tunnel, mut client, accepted) = early().await;
     client.write_all(b"first bytes").await.unwrap();
     let spliced = tokio::time::timeout(Duration::from_secs(5), tunnel.splice(accepted, 4096))
         .await
@@ -669,23 +675,9 @@ async fn a_denied_connect_says_why() {
         "a refused client is reset, not given an empty answer"
     );
 
-    // A client still uploading when the refusal comes: whichever half learns of it
-    // first, the splice reports a refusal.
-    let tunnel = pool
-        .tunnel(
-            &pool_key,
-            &cert,
-            &trust,
-            mesh.server,
-            None,
-            Establish::SendEarly,
-        )
-        .await
-        .expect("an early tunnel opens before the answer");
-    let client = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (accepted, _) = listener.accept().await.unwrap();
+    // A client still uploading when the refusal comes (only its first read may leave
+    // before the answer): the splice reports a refusal all the same.
+    let (tunnel, client, accepted) = early().await;
     let (_, mut upload) = client.into_split();
     let uploading = tokio::spawn(async move {
         let chunk = vec![0u8; 64 << 10];

@@ -31,6 +31,8 @@ use warren_api::{
 use warren_e2e::agent::{agent_socket, start_agent_with_config};
 use warren_testbed::Cluster;
 
+use crate::procfs;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Services (each with its EndpointSlice).
@@ -173,51 +175,6 @@ fn changed_policy(port: u32) -> String {
     )
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc/<pid>/status")
-}
-
-/// The process's peak RSS since the last [`reset_peak_rss`] (VmHWM).
-fn peak_rss_kib(pid: u32) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/<pid>/status")
-}
-
-/// CPU time (user + system) the process has used, in ms.
-fn cpu_ms(pid: u32) -> Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("no command name in /proc/<pid>/stat")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat(5); `after` starts at field 3.
-    let ticks = |i: usize| -> Result<f64> {
-        fields
-            .get(i - 3)
-            .and_then(|v| v.parse::<f64>().ok())
-            .with_context(|| format!("no field {i} in /proc/{pid}/stat"))
-    };
-    // The kernel's USER_HZ is 100 on every Linux this runs on.
-    Ok((ticks(14)? + ticks(15)?) * 10.0)
-}
-
-/// Starts a new peak RSS measurement (clear_refs 5 sets VmHWM to the RSS now).
-fn reset_peak_rss(pid: u32) -> Result<()> {
-    fs::write(format!("/proc/{pid}/clear_refs"), "5")
-        .with_context(|| format!("resetting the peak RSS of pid {pid}"))
-}
-
 /// A bare subscription that asks for resources `encoded` or not: how long the
 /// snapshot took to arrive whole, and how many resources it held. Unlike
 /// [`subscribe`] nothing is applied: this times the agent's side.
@@ -318,7 +275,7 @@ pub fn run(args: &Args) -> Result<()> {
     let socket = agent_socket(&cluster, node)?;
     let (first, rx) = subscribe(&runtime, &socket, "bench-load");
     wait_snapshot(&rx, Duration::from_secs(20))?;
-    let rss_empty = rss_kib(pid)?;
+    let rss_empty = procfs::status_kib(pid, "VmRSS:")?;
 
     eprintln!(
         "writing {} services, {} endpoints (pods), {} policies over {} namespaces…",
@@ -353,7 +310,7 @@ pub fn run(args: &Args) -> Result<()> {
     let load_s = started.elapsed().as_secs_f64();
     eprintln!("loaded in {load_s:.1} s; settling…");
     std::thread::sleep(Duration::from_secs(2));
-    let rss_full = rss_kib(pid)?;
+    let rss_full = procfs::status_kib(pid, "VmRSS:")?;
     let bytes_per_workload = (rss_full.saturating_sub(rss_empty) as f64 * 1024.0) / pods as f64;
 
     // A new proxy: how long until it holds the whole view.
@@ -372,16 +329,16 @@ pub fn run(args: &Args) -> Result<()> {
     let mut forms = Vec::new();
     for encoded in [true, false] {
         std::thread::sleep(Duration::from_millis(500));
-        let before = rss_kib(pid)?;
-        reset_peak_rss(pid)?;
-        let cpu_before = cpu_ms(pid)?;
+        let before = procfs::status_kib(pid, "VmRSS:")?;
+        procfs::reset_peak_rss(pid)?;
+        let cpu_before = procfs::cpu_ms(pid)?;
         let (took, n) = snapshot_in_form(&runtime, &socket, encoded)?;
         ensure!(
             n == resources,
             "snapshot of {n} resources, the proxy's had {resources}"
         );
-        let cpu = cpu_ms(pid)? - cpu_before;
-        let rise = peak_rss_kib(pid)?.saturating_sub(before);
+        let cpu = procfs::cpu_ms(pid)? - cpu_before;
+        let rise = procfs::status_kib(pid, "VmHWM:")?.saturating_sub(before);
         forms.push((took.as_secs_f64() * 1e3, cpu, rise as f64 / 1024.0));
     }
     let [

@@ -17,13 +17,13 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
-use warren_e2e::{mesh::start_mesh, workload::wait_listening};
-use warren_testbed::{Cluster, Pod, PodSpec, Process, binaries};
+use warren_e2e::mesh::start_mesh;
+use warren_testbed::{Cluster, Pod, PodSpec, binaries};
 
 use crate::{
-    parse_duration,
+    parse_duration, procfs,
     report::{self, Row},
-    tools::which,
+    tools::{self, which},
     tuning::CpuWake,
 };
 
@@ -112,15 +112,6 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {field} for pid {pid}"))
-}
-
 pub fn run(args: &Args) -> Result<()> {
     for tool in ["haproxy", "taskset"] {
         which(tool)?;
@@ -168,14 +159,16 @@ pub fn run(args: &Args) -> Result<()> {
         cluster.pod("plain/relay0")?.clone(),
         cluster.pod("plain/relay1")?.clone(),
     );
-    let _relay1 = start_relay(&cluster, &relay1, &target)?;
-    let _relay0 = start_relay(&cluster, &relay0, &format!("{}:{RELAY_PORT}", relay1.ip))?;
+    let _relay1 =
+        tools::start_haproxy(&cluster, &relay1, &relay_config(&target), RELAY_PORT, None)?;
+    let next = format!("{}:{RELAY_PORT}", relay1.ip);
+    let _relay0 = tools::start_haproxy(&cluster, &relay0, &relay_config(&next), RELAY_PORT, None)?;
     let relay_target = format!("{}:{RELAY_PORT}", relay0.ip);
     let ztunnels: Vec<u32> = mesh.nodes.iter().filter_map(|d| d.ztunnel.pid()).collect();
     ensure!(ztunnels.len() == 2, "ztunnel pids unknown");
     let idle_kib: Vec<f64> = ztunnels
         .iter()
-        .map(|pid| proc_status_kib(*pid, "VmRSS:"))
+        .map(|pid| procfs::status_kib(*pid, "VmRSS:").map(|k| k as f64))
         .collect::<Result<_>>()?;
 
     let _wake = CpuWake::hold();
@@ -208,7 +201,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let peak_kib: Vec<f64> = ztunnels
         .iter()
-        .map(|pid| proc_status_kib(*pid, "VmHWM:"))
+        .map(|pid| procfs::status_kib(*pid, "VmHWM:").map(|k| k as f64))
         .collect::<Result<_>>()?;
     // The meshed arm really went through the tunnel.
     let metrics = warren_e2e::mesh::scrape_metrics(&mesh.nodes[1].node)?;
@@ -336,25 +329,6 @@ fn pingpong(client: &Pod, args: &[&str]) -> Result<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).context("parsing pingpong's JSON")
-}
-
-/// HAProxy relaying to `next` in `pod`, in the foreground (the returned guard
-/// stops it).
-fn start_relay(cluster: &Cluster, pod: &Pod, next: &str) -> Result<Process> {
-    let cfg = cluster.log_dir().join(format!("{}.cfg", pod.name));
-    std::fs::write(&cfg, relay_config(next))
-        .with_context(|| format!("writing {}", cfg.display()))?;
-    let cfg = cfg.to_string_lossy();
-    let check = pod.sandbox.exec("haproxy", ["-c", "-f", &cfg])?;
-    ensure!(
-        check.status.success(),
-        "haproxy rejects {cfg}: {}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let mut process = cluster.spawn(&pod.sandbox, "haproxy", &["-db", "-f", &cfg])?;
-    wait_listening(pod, RELAY_PORT, &mut process)?;
-    Ok(process)
 }
 
 #[cfg(test)]

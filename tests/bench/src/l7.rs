@@ -28,11 +28,15 @@ use anyhow::{Context as _, Result, bail, ensure};
 use warren_e2e::{
     agent::agent_socket,
     mesh::{Mesh, metric_sum, scrape_metrics, start_mesh, waypoint_gateway},
-    workload::{start_http_server, wait_listening},
+    workload::start_http_server,
 };
 use warren_testbed::{Cluster, Pod, PodSpec, Process, ServicePort, binaries, manifests};
 
-use crate::{parse_duration, tools::which, tuning::CpuWake};
+use crate::{
+    parse_duration,
+    tools::{self, which},
+    tuning::CpuWake,
+};
 
 /// CPU of the load generator, and of the proxy under test.
 const CLIENT_CPU: &str = "0";
@@ -486,33 +490,15 @@ fn start_pinned_waypoint(
     Ok(process)
 }
 
-/// HAProxy in `pod`, in the foreground (the returned guard stops it),
-/// routing `/api` to the server pod with the waypoint's retry policy.
+/// HAProxy in `pod` on the proxy CPU, routing `/api` to the server pod with the
+/// waypoint's retry policy.
 fn start_haproxy(cluster: &Cluster, pod: &Pod, server: &Pod, args: &Args) -> Result<Process> {
-    let cfg = cluster.log_dir().join("haproxy.cfg");
-    write(
-        &cfg,
-        &haproxy_config(
-            &format!("{}:{SERVER_PORT}", server.ip),
-            args.proxy_threads,
-            args.access_log,
-        ),
-    )?;
-    let cfg = cfg.to_string_lossy();
-    let check = pod.sandbox.exec("haproxy", ["-c", "-f", &cfg])?;
-    ensure!(
-        check.status.success(),
-        "haproxy rejects {cfg}: {}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
+    let config = haproxy_config(
+        &format!("{}:{SERVER_PORT}", server.ip),
+        args.proxy_threads,
+        args.access_log,
     );
-    let mut process = cluster.spawn(
-        &pod.sandbox,
-        "taskset",
-        &["-c", PROXY_CPU, "haproxy", "-db", "-f", &cfg],
-    )?;
-    wait_listening(pod, HAPROXY_PORT, &mut process)?;
-    Ok(process)
+    tools::start_haproxy(cluster, pod, &config, HAPROXY_PORT, Some(PROXY_CPU))
 }
 
 /// Requests the waypoint has answered so far (its `istio_requests_total`).

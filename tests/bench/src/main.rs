@@ -5,6 +5,7 @@
 mod config;
 mod l4;
 mod l7;
+mod procfs;
 mod report;
 mod shortcut;
 mod tools;
