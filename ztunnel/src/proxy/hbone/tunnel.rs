@@ -211,6 +211,7 @@ impl Tunnel {
 }
 
 /// How a [`Tunnel::splice`] went.
+#[derive(Debug)]
 pub struct Spliced {
     /// Bytes read from the socket and sent into the tunnel.
     pub to_tunnel: u64,

@@ -1,0 +1,181 @@
+//! Early data on an HBONE tunnel: the client's first read leaves with the CONNECT,
+//! the rest waits for the peer's answer.
+//!
+//! The peer here is a bare HTTP/2 server over TLS that holds its answer back, so
+//! the test can see what a ztunnel client sends while a destination is slow to
+//! accept: a stream filling its window with bytes the peer cannot deliver yet
+//! would hold back every other stream of the pooled connection.
+
+mod common;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, Response};
+use rustls::sign::SingleCertAndKey;
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+};
+use warren_api::{Identity, config};
+use warren_ztunnel::{
+    proxy::{
+        hbone::client::Establish,
+        pool::{Pool, PoolKey},
+    },
+    tls::{TrustBundle, WorkloadCertificate},
+};
+
+const FIRST: usize = 1000;
+const LATER: usize = 3 * 16 * 1024;
+
+/// What the slow peer saw of the one tunnel it served.
+#[derive(Debug)]
+struct Seen {
+    authority: String,
+    before_answer: usize,
+    after_answer: usize,
+}
+
+/// An HBONE peer presenting `cert` that answers its first CONNECT only once
+/// `answer` fires; `first_arrived` fires when the first DATA has come.
+async fn slow_peer(
+    cert: &WorkloadCertificate,
+    first_arrived: oneshot::Sender<()>,
+    answer: oneshot::Receiver<()>,
+) -> (SocketAddr, tokio::task::JoinHandle<Seen>) {
+    let mut tls = rustls::ServerConfig::builder_with_provider(warren_ztunnel::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(Arc::clone(
+            &cert.certified,
+        ))));
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(tcp).await.unwrap();
+        let mut connection = h2::server::handshake(tls).await.unwrap();
+        let (request, mut respond) = connection.accept().await.unwrap().unwrap();
+        assert_eq!(request.method(), Method::CONNECT);
+        let authority = request.uri().to_string();
+        // The connection makes progress only while polled.
+        tokio::spawn(async move { while connection.accept().await.is_some() {} });
+
+        let mut body = request.into_body();
+        let take = async |body: &mut h2::RecvStream| match body.data().await {
+            Some(Ok(data)) => {
+                let _ = body.flow_control().release_capacity(data.len());
+                Some(data.len())
+            }
+            _ => None,
+        };
+        let mut before_answer = take(&mut body).await.expect("early data");
+        let _ = first_arrived.send(());
+        let mut answer = answer;
+        loop {
+            tokio::select! {
+                _ = &mut answer => break,
+                more = take(&mut body) => before_answer += more.expect("the tunnel stays open"),
+            }
+        }
+        let mut send = respond
+            .send_response(Response::new(()), false)
+            .expect("answering");
+        let mut after_answer = 0;
+        while let Some(n) = take(&mut body).await {
+            after_answer += n;
+        }
+        send.send_data(Bytes::new(), true).unwrap();
+        Seen {
+            authority,
+            before_answer,
+            after_answer,
+        }
+    });
+    (addr, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_first_read_leaves_before_the_answer() {
+    init();
+    let ca = Ca::new("mesh root");
+    let issue = |id: &str| WorkloadCertificate::from_proto(&ca.issue(id)).unwrap();
+    let (server, client) = (spiffe("demo", "server"), spiffe("demo", "client"));
+    let (server_cert, client_cert) = (issue(&server), issue(&client));
+    let trust = TrustBundle::from_proto(&config::TrustBundle {
+        roots_pem: vec![ca.root_pem.clone()],
+    })
+    .unwrap();
+
+    let (first_tx, first_rx) = oneshot::channel();
+    let (answer_tx, answer_rx) = oneshot::channel();
+    let (gateway, peer) = slow_peer(&server_cert, first_tx, answer_rx).await;
+
+    let mut config = test_config("node-a", [127, 0, 0, 1].into(), gateway.port());
+    config.connect_header_timeout = Duration::from_secs(10);
+    let pool = Pool::new(Arc::new(config));
+    let key = PoolKey {
+        source: client.parse::<Identity>().unwrap(),
+        gateway,
+        expected: server.parse::<Identity>().unwrap(),
+    };
+    let destination: SocketAddr = "10.1.2.3:8080".parse().unwrap();
+    let tunnel = pool
+        .tunnel(
+            &key,
+            &client_cert,
+            &trust,
+            destination,
+            None,
+            Establish::SendEarly,
+        )
+        .await
+        .expect("an early tunnel opens before the answer");
+
+    // The application's socket pair: `app` writes, ztunnel splices `accepted`.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut app = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    app.write_all(&[1u8; FIRST]).await.unwrap();
+    let splice = tokio::spawn(tunnel.splice(accepted, 64 << 10));
+
+    tokio::time::timeout(Duration::from_secs(5), first_rx)
+        .await
+        .expect("the first read leaves before the answer")
+        .unwrap();
+    // More from the application while the peer still has not answered; none of
+    // it may leave yet. A client that sent it would have it at the peer within
+    // milliseconds on loopback.
+    app.write_all(&[2u8; LATER]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    answer_tx.send(()).unwrap();
+    app.shutdown().await.unwrap();
+
+    let seen = tokio::time::timeout(Duration::from_secs(10), peer)
+        .await
+        .expect("the tunnel ends")
+        .unwrap();
+    assert_eq!(seen.authority, destination.to_string());
+    assert_eq!(
+        seen.before_answer, FIRST,
+        "only the first read goes out before the answer: {seen:?}"
+    );
+    assert_eq!(
+        seen.after_answer, LATER,
+        "the rest follows the answer: {seen:?}"
+    );
+    let spliced = tokio::time::timeout(Duration::from_secs(10), splice)
+        .await
+        .expect("the splice ends with the stream")
+        .unwrap();
+    assert!(spliced.failed_connect.is_none(), "{spliced:?}");
+    assert_eq!(spliced.to_tunnel, (FIRST + LATER) as u64);
+}
