@@ -446,6 +446,8 @@ pub async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> b
 #[derive(Clone)]
 pub struct ConfigServer {
     pub socket: PathBuf,
+    /// Removed with the last clone.
+    _dir: Arc<tempfile::TempDir>,
     current: Arc<Mutex<Update>>,
     subscribers: Arc<Mutex<Vec<UpdateSender>>>,
     answers: watch::Sender<Vec<Message>>,
@@ -453,16 +455,15 @@ pub struct ConfigServer {
 
 impl ConfigServer {
     pub async fn start(snapshot: Update) -> ConfigServer {
-        let dir = std::env::temp_dir().join(format!(
-            "warren-ztunnel-test-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("agent.sock");
+        let dir = tempfile::Builder::new()
+            .prefix("warren-ztunnel-test-")
+            .tempdir()
+            .unwrap();
+        let socket = dir.path().join("agent.sock");
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
         let server = ConfigServer {
             socket,
+            _dir: Arc::new(dir),
             current: Arc::new(Mutex::new(snapshot)),
             subscribers: Arc::default(),
             answers: watch::Sender::new(Vec::new()),
@@ -515,16 +516,6 @@ impl ConfigServer {
             })
             .unwrap()
     }
-}
-
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-        ^ (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64)
 }
 
 type UpdateSender = mpsc::Sender<Result<Update, tonic::Status>>;
