@@ -77,9 +77,10 @@ pub struct Config {
     pub drain_timeout: Duration,
 
     /// Runtime worker threads; 1 runs a current-thread runtime (FIFO run
-    /// queue, so HTTP/2 frames of several streams go out in one write).
-    #[arg(long, env = "WARREN_WAYPOINT_WORKER_THREADS", default_value_t = 2)]
-    pub worker_threads: usize,
+    /// queue, so HTTP/2 frames of several streams go out in one write). Default:
+    /// 1 with two CPUs or fewer, else 2 (as ztunnel).
+    #[arg(long, env = "WARREN_WAYPOINT_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 
     /// Initial log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]

@@ -20,7 +20,13 @@ fn main() -> anyhow::Result<()> {
     warren_ztunnel::malloc::tune_for_proxy();
     let config = Config::parse();
     let log = warren_ztunnel::process::init_logging(&config.log_level)?;
-    let runtime = warren_ztunnel::process::runtime(config.worker_threads)?;
+    let workers = warren_ztunnel::process::worker_threads(config.worker_threads);
+    let runtime = warren_ztunnel::process::runtime(workers)?;
+    tracing::info!(
+        workers,
+        explicit = config.worker_threads.is_some(),
+        "runtime"
+    );
     runtime.block_on(run(config, log))
 }
 

@@ -135,9 +135,10 @@ pub struct Config {
     pub buffer_size: usize,
 
     /// Runtime worker threads; 1 runs a current-thread runtime (no wake-ups between
-    /// threads: less CPU and memory, one core at most).
-    #[arg(long, env = "WARREN_ZTUNNEL_WORKER_THREADS", default_value_t = 2)]
-    pub worker_threads: usize,
+    /// threads: less CPU and memory, one core at most). Default: 1 with two CPUs or
+    /// fewer, else 2 (see `process::default_worker_threads`).
+    #[arg(long, env = "WARREN_ZTUNNEL_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 
     /// Initial log filter (tracing `EnvFilter` syntax); `/logging?level=` changes it.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
