@@ -875,6 +875,82 @@ mod tests {
         }
     }
 
+    fn traced(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        propagate_trace(&mut headers);
+        headers
+    }
+
+    fn get<'h>(headers: &'h HeaderMap, name: &str) -> &'h str {
+        headers.get(name).unwrap().to_str().unwrap()
+    }
+
+    fn is_span_id(id: &str) -> bool {
+        id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit())
+    }
+
+    #[test]
+    fn w3c_traceparent_gets_the_waypoints_span_as_parent() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let h = traced(&[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))]);
+        let fields: Vec<&str> = get(&h, "traceparent").split('-').collect();
+        assert_eq!(fields[0], "00");
+        assert_eq!(fields[1], trace, "the trace id is kept");
+        assert!(is_span_id(fields[2]), "{fields:?}");
+        assert_ne!(
+            fields[2], "00f067aa0ba902b7",
+            "a span of the waypoint's own"
+        );
+        assert_eq!(fields[3], "01", "the sampling flag is kept");
+    }
+
+    #[test]
+    fn b3_multi_headers_get_a_new_span_whose_parent_is_the_callers() {
+        let h = traced(&[
+            ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+            ("x-b3-spanid", "e457b5a2e4d86bd1"),
+            ("x-b3-sampled", "1"),
+        ]);
+        assert_eq!(get(&h, "x-b3-traceid"), "80f198ee56343ba864fe8b2a57d3eff7");
+        assert_eq!(get(&h, "x-b3-parentspanid"), "e457b5a2e4d86bd1");
+        let span = get(&h, "x-b3-spanid");
+        assert!(is_span_id(span) && span != "e457b5a2e4d86bd1", "{span}");
+        assert_eq!(get(&h, "x-b3-sampled"), "1");
+    }
+
+    #[test]
+    fn b3_single_header_keeps_trace_and_sampling_with_a_new_span() {
+        let trace = "80f198ee56343ba864fe8b2a57d3eff7";
+        let h = traced(&[(
+            "b3",
+            &format!("{trace}-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90"),
+        )]);
+        let fields: Vec<&str> = get(&h, "b3").split('-').collect();
+        assert_eq!(fields.len(), 4, "{fields:?}");
+        assert_eq!(fields[0], trace);
+        assert!(is_span_id(fields[1]) && fields[1] != "e457b5a2e4d86bd1");
+        assert_eq!(fields[2], "1");
+        assert_eq!(
+            fields[3], "e457b5a2e4d86bd1",
+            "the caller's span is the parent"
+        );
+        // A sampling-only b3 ("0", "1", "d") names no span: left as it is.
+        assert_eq!(get(&traced(&[("b3", "0")]), "b3"), "0");
+    }
+
+    #[test]
+    fn untraced_requests_get_no_trace_headers_and_bad_ones_are_left_alone() {
+        let h = traced(&[("x-request-id", "abc")]);
+        for name in ["traceparent", "b3", "x-b3-traceid", "x-b3-spanid"] {
+            assert!(!h.contains_key(name), "{name} added to an untraced request");
+        }
+        let bad = "00-short-00f067aa0ba902b7-01";
+        assert_eq!(get(&traced(&[("traceparent", bad)]), "traceparent"), bad);
+    }
+
     #[test]
     fn upstream_uri_keeps_path_and_query() {
         let endpoint: SocketAddr = "10.0.0.7:8080".parse().unwrap();
