@@ -234,7 +234,8 @@ pub fn run(args: &Args) -> Result<()> {
         .iter()
         .map(|m| row(m.name, m.unit, m.value, m.higher_is_better))
         .collect();
-    report::print("l4", "direct", &rows);
+    // `mesh=`: the name for the arm through Warren.
+    report::print("l4", "mesh", "direct", &rows);
     // The floor: what the three TCP connections cost with proxies that add
     // nothing else, and how far above it Warren is.
     println!(

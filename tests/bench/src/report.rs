@@ -21,11 +21,12 @@ impl Row {
 }
 
 /// Prints the table, then one line per metric:
-/// `BENCH <bench> <metric> warren=<v> <baseline>=<v> ratio=<warren/baseline>`.
-pub fn print(bench: &str, baseline: &str, rows: &[Row]) {
+/// `BENCH <bench> <metric> <subject>=<v> <baseline>=<v> ratio=<subject/baseline>`,
+/// `subject` naming Warren's arm as the bench's issue does (`mesh` for l4).
+pub fn print(bench: &str, subject: &str, baseline: &str, rows: &[Row]) {
     println!(
         "\n{:<16} {:>14} {:>14} {:>8}  better",
-        "metric", "warren", baseline, "ratio"
+        "metric", subject, baseline, "ratio"
     );
     println!("{}", "-".repeat(64));
     for r in rows {
@@ -45,7 +46,7 @@ pub fn print(bench: &str, baseline: &str, rows: &[Row]) {
     println!();
     for r in rows {
         println!(
-            "BENCH {bench} {} warren={:.2} {baseline}={:.2} ratio={:.3}",
+            "BENCH {bench} {} {subject}={:.2} {baseline}={:.2} ratio={:.3}",
             r.metric,
             r.warren,
             r.baseline,

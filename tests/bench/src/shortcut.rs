@@ -121,6 +121,7 @@ pub fn run(args: &Args) -> Result<()> {
     };
     report::print(
         "shortcut",
+        "warren",
         "plain",
         &[
             row("p50_us", "us", |s| s.p50_us, false),
