@@ -33,7 +33,7 @@ use crate::{
     metrics::{ClusterLabels, RequestLabels, Varying},
     route::{Action, FailureKind, RequestInfo, RetryPolicy, RouteDestination},
     tables::Compiled,
-    upstream::{self, Cluster, Endpoint, HashInput, Outcome, Pick},
+    upstream::{self, Cluster, Endpoint, HashInput, Outcome, Pick, RetryPermit},
 };
 
 const REQUEST_ID: &str = "x-request-id";
@@ -359,6 +359,9 @@ async fn send_with_retries(
     source: SocketAddr,
 ) -> Done {
     let mut tries = 0u32;
+    // Held from the decision to retry until that retry has its answer, backoff
+    // included: `maxRetries` bounds the retries in flight, as Envoy's breaker does.
+    let mut in_flight: Option<RetryPermit> = None;
     loop {
         tries += 1;
         let result = attempt(
@@ -378,13 +381,14 @@ async fn send_with_retries(
             Attempt::Failed { kind, .. } => retries.should_retry_error(*kind),
             Attempt::Local(_) => false,
         };
-        let retry = retryable
-            && tries <= retries.attempts
-            && ctx
-                .cluster(compiled, key)
-                .ok()
-                .is_some_and(|c| c.try_retry().is_some());
-        if !retry {
+        // The retry before this answer (if any) is over: its slot is free again.
+        drop(in_flight.take());
+        in_flight = if retryable && tries <= retries.attempts {
+            ctx.cluster(compiled, key).ok().and_then(|c| c.try_retry())
+        } else {
+            None
+        };
+        if in_flight.is_none() {
             let exhausted = retryable && tries > 1;
             return match result {
                 Attempt::Answered {
