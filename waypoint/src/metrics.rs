@@ -141,6 +141,8 @@ pub struct Metrics {
     pub ejections: Family<ClusterLabels, Counter>,
     /// Retries sent.
     pub retries: Family<ClusterLabels, Counter>,
+    /// Retries not made because `http.maxRetries` were already in flight.
+    pub retry_overflows: Family<ClusterLabels, Counter>,
     /// Copies sent to mirrors.
     pub mirrored: Family<ClusterLabels, Counter>,
 }
@@ -179,6 +181,7 @@ impl Metrics {
             overflows: Family::default(),
             ejections: Family::default(),
             retries: Family::default(),
+            retry_overflows: Family::default(),
             mirrored: Family::default(),
         };
         l4.register(|r: &mut Registry| {
@@ -216,6 +219,11 @@ impl Metrics {
                 "warren_waypoint_retries",
                 "Retries sent upstream",
                 metrics.retries.clone(),
+            );
+            r.register(
+                "warren_waypoint_retry_overflow",
+                "Retries not made because http.maxRetries were already in flight",
+                metrics.retry_overflows.clone(),
             );
             r.register(
                 "warren_waypoint_mirrored_requests",

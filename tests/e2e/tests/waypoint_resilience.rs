@@ -34,6 +34,7 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 /// (name, node)).
 const SERVICES: &[(&str, &[(&str, usize)])] = &[
     ("flaky", &[("flaky-0", 1)]),
+    ("budget", &[("budget-0", 1)]),
     ("slow", &[("slow-0", 1)]),
     ("primary", &[("primary-0", 1)]),
     ("shadow", &[("shadow-0", 0)]),
@@ -154,6 +155,24 @@ spec:
   tcp:
   - match: [{ port: 5432 }]
     route: [{ destination: { host: db, subset: v2 } }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: budget, namespace: shop }
+spec:
+  host: budget
+  trafficPolicy:
+    connectionPool:
+      http: { maxRetries: 1 }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: budget, namespace: shop }
+spec:
+  hosts: [budget]
+  http:
+  - retries: { attempts: 3, retryOn: 5xx }
+    route: [{ destination: { host: budget } }]
 "#;
 
 struct Shop {
@@ -315,6 +334,7 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
 
     let mut servers = vec![
         serve(&shop, "flaky-0", "v1", &["--fail-rate", "0.5"])?,
+        serve(&shop, "budget-0", "v1", &["--fail-rate", "1"])?,
         serve(&shop, "slow-0", "v1", &["--latency", "3s"])?,
         serve(&shop, "primary-0", "primary", &[])?,
         serve(&shop, "pool-0", "v1", &["--latency", "300ms"])?,
@@ -350,6 +370,27 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         &[],
     );
     ensure!(retries >= 100.0, "retries counted: {retries}");
+
+    // maxRetries 1: with eight requests failing at once, one retry is in
+    // flight at a time (backoff included) and the others answer at once.
+    let url = shop.url("budget")?;
+    let report = load(&shop.client, &url, &["-n", "40", "-c", "8"])?;
+    let metrics = shop.waypoint_metrics()?;
+    let budget = |name| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains("budget"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let refused = budget("warren_waypoint_retry_overflow_total{");
+    let made = budget("warren_waypoint_retries_total{");
+    eprintln!("maxRetries 1: {made} retries made, {refused} refused");
+    ensure!(
+        count_status(&report, 200) == 0 && refused > 0.0 && made < 40.0 * 3.0,
+        "a retry budget of 1 must refuse retries at concurrency 8: {report}\n{}",
+        logs()
+    );
 
     // Timeout: a 3 s backend behind a 300 ms route timeout answers 504 early.
     let report = load(&shop.client, &shop.url("slow")?, &["-n", "8", "-c", "4"])?;

@@ -384,7 +384,17 @@ async fn send_with_retries(
         // The retry before this answer (if any) is over: its slot is free again.
         drop(in_flight.take());
         in_flight = if retryable && tries <= retries.attempts {
-            ctx.cluster(compiled, key).ok().and_then(|c| c.try_retry())
+            let permit = ctx.cluster(compiled, key).ok().and_then(|c| c.try_retry());
+            if permit.is_none() {
+                ctx.metrics
+                    .retry_overflows
+                    .get_or_create(&ClusterLabels {
+                        destination_service: key.host.clone(),
+                        subset: key.subset.clone().unwrap_or_default(),
+                    })
+                    .inc();
+            }
+            permit
         } else {
             None
         };
