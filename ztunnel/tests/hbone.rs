@@ -998,3 +998,75 @@ async fn a_service_vip_balances_over_ready_endpoints() {
         6
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vip_prefers_endpoints_on_the_same_node_when_asked() {
+    let mut mesh = two_nodes(21).await;
+    let node_ip = |node: &str| -> std::net::IpAddr {
+        if node == "node-a" {
+            mesh.a.ip
+        } else {
+            mesh.b.ip
+        }
+    };
+    let mut endpoints = Vec::new();
+    for (name, ip, node) in [
+        ("local", "127.21.1.20", "node-a"),
+        ("remote", "127.21.2.20", "node-b"),
+    ] {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        let gateway = node_ip(node);
+        let key = mesh.view.add_workload(workload(
+            "demo",
+            &format!("api-{name}"),
+            "api",
+            ip,
+            node,
+            gateway,
+        ));
+        endpoints.push(config::Endpoint {
+            workload: key,
+            address: warren_api::addr::to_bytes(ip),
+            ready: true,
+            ports: [(80, 8080)].into(),
+        });
+    }
+    let vip: SocketAddr = "127.21.100.1:80".parse().unwrap();
+    mesh.view.put(res(
+        warren_api::key::service("demo", "api"),
+        Kind::Service(config::Service {
+            name: "api".into(),
+            namespace: "demo".into(),
+            hostname: "api.demo.svc.cluster.local".into(),
+            vips: vec![warren_api::addr::to_bytes(vip.ip())],
+            ports: vec![config::ServicePort {
+                port: 80,
+                target_port: 8080,
+                ..Default::default()
+            }],
+            endpoints,
+            waypoint: None,
+        }),
+    ));
+    mesh.sync();
+    let picks = |prefer: bool| -> Vec<bool> {
+        (0..8)
+            .map(|_| {
+                let resolved = mesh.a.state.resolve(vip, prefer).expect("the VIP resolves");
+                matches!(
+                    resolved.upstream,
+                    warren_ztunnel::state::Upstream::SameNode { .. }
+                )
+            })
+            .collect()
+    };
+    assert!(
+        picks(true).iter().all(|local| *local),
+        "with the preference every pick is node A's own endpoint"
+    );
+    let spread = picks(false);
+    assert!(
+        spread.iter().any(|l| *l) && spread.iter().any(|l| !*l),
+        "without it, round robin over both nodes: {spread:?}"
+    );
+}
