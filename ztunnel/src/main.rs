@@ -19,13 +19,7 @@ fn main() -> anyhow::Result<()> {
     warren_ztunnel::malloc::tune_for_proxy();
     let config = Config::parse();
     let log = warren_ztunnel::process::init_logging(&config.log_level)?;
-    let workers = warren_ztunnel::process::worker_threads(config.worker_threads);
-    let runtime = warren_ztunnel::process::runtime(workers)?;
-    tracing::info!(
-        workers,
-        explicit = config.worker_threads.is_some(),
-        "runtime"
-    );
+    let runtime = warren_ztunnel::process::runtime(config.worker_threads)?;
     runtime.block_on(run(config, log))
 }
 

@@ -55,25 +55,28 @@ pub fn init_logging(filter: &str) -> Result<LogControl, StartError> {
 /// plain TCP relays instead of 1.23–1.30×, bulk stream 1.02–1.15× the relays instead
 /// of 0.91–0.98×, requests/s with a waypoint +16 % and without +25 %; round trips
 /// the same.
-pub fn default_worker_threads(cpus: usize) -> usize {
+fn default_worker_threads(cpus: usize) -> usize {
     if cpus <= 2 { 1 } else { 2 }
 }
 
 /// The worker count to run: `requested`, or [`default_worker_threads`] for the CPUs
 /// this process may use (`available_parallelism` honours cgroup CPU limits).
-pub fn worker_threads(requested: Option<usize>) -> usize {
+fn worker_threads(requested: Option<usize>) -> usize {
     requested.unwrap_or_else(|| {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         default_worker_threads(cpus)
     })
 }
 
-/// The runtime for `workers` workers. One worker runs the current-thread
-/// scheduler: no wake-ups between threads, and its run queue is FIFO, so the
-/// HTTP/2 connection task a stream wakes runs after the other ready streams have
-/// queued their frames and one TLS write carries several of them (the
+/// The runtime for the `requested` workers (`--worker-threads`), or
+/// [`worker_threads`]'s default; logs the count. One worker runs the
+/// current-thread scheduler: no wake-ups between threads, and its run queue is
+/// FIFO, so the HTTP/2 connection task a stream wakes runs after the other ready
+/// streams have queued their frames and one TLS write carries several of them (the
 /// multi-thread scheduler's LIFO slot runs it at once: a write per frame).
-pub fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, StartError> {
+pub fn runtime(requested: Option<usize>) -> Result<tokio::runtime::Runtime, StartError> {
+    let workers = worker_threads(requested);
+    tracing::info!(workers, explicit = requested.is_some(), "runtime");
     let mut builder = if workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

@@ -962,22 +962,7 @@ async fn a_service_vip_balances_over_ready_endpoints() {
         });
     }
     let vip: SocketAddr = "127.20.100.1:80".parse().unwrap();
-    mesh.view.put(res(
-        warren_api::key::service("demo", "web"),
-        Kind::Service(config::Service {
-            name: "web".into(),
-            namespace: "demo".into(),
-            hostname: "web.demo.svc.cluster.local".into(),
-            vips: vec![warren_api::addr::to_bytes(vip.ip())],
-            ports: vec![config::ServicePort {
-                port: 80,
-                target_port: 8080,
-                ..Default::default()
-            }],
-            endpoints,
-            waypoint: None,
-        }),
-    ));
+    put_service(&mut mesh.view, "web", vip, endpoints);
     mesh.sync();
     for _ in 0..6 {
         let answer = round_trip(mesh.client_to(vip).await, b"").await.unwrap();
@@ -1032,22 +1017,7 @@ async fn a_vip_prefers_endpoints_on_the_same_node_when_asked() {
         });
     }
     let vip: SocketAddr = "127.21.100.1:80".parse().unwrap();
-    mesh.view.put(res(
-        warren_api::key::service("demo", "api"),
-        Kind::Service(config::Service {
-            name: "api".into(),
-            namespace: "demo".into(),
-            hostname: "api.demo.svc.cluster.local".into(),
-            vips: vec![warren_api::addr::to_bytes(vip.ip())],
-            ports: vec![config::ServicePort {
-                port: 80,
-                target_port: 8080,
-                ..Default::default()
-            }],
-            endpoints,
-            waypoint: None,
-        }),
-    ));
+    put_service(&mut mesh.view, "api", vip, endpoints);
     mesh.sync();
     let picks = |prefer: bool| -> Vec<bool> {
         (0..8)
@@ -1069,4 +1039,24 @@ async fn a_vip_prefers_endpoints_on_the_same_node_when_asked() {
         spread.iter().any(|l| *l) && spread.iter().any(|l| !*l),
         "without it, round robin over both nodes: {spread:?}"
     );
+}
+
+/// Service `name` in namespace demo at `vip` (port 80 → 8080) over `endpoints`.
+fn put_service(view: &mut View, name: &str, vip: SocketAddr, endpoints: Vec<config::Endpoint>) {
+    view.put(res(
+        warren_api::key::service("demo", name),
+        Kind::Service(config::Service {
+            name: name.into(),
+            namespace: "demo".into(),
+            hostname: format!("{name}.demo.svc.cluster.local"),
+            vips: vec![warren_api::addr::to_bytes(vip.ip())],
+            ports: vec![config::ServicePort {
+                port: 80,
+                target_port: 8080,
+                ..Default::default()
+            }],
+            endpoints,
+            waypoint: None,
+        }),
+    ));
 }

@@ -98,8 +98,7 @@ impl Tunnel {
         // Before the answer, only the client's first read goes out: the peer holds
         // early bytes unread until it has reached the destination, and a stream
         // filling its window with them would hold back the connection's others.
-        let early = answer.is_some();
-        let answered = AtomicBool::new(!early);
+        let answered = AtomicBool::new(answer.is_none());
         let answer_came = Notify::new();
         let result = {
             let up = async {
