@@ -3,7 +3,9 @@
 //! gets copies without slowing or failing the primary, a connection pool
 //! limit answers 503 and counts it, outlier detection ejects a failing
 //! endpoint and lets it back, consistent hashing pins a header value to one
-//! endpoint, and bad bytes from either side get a clear status, not a panic.
+//! endpoint, a retry moves off the endpoint that failed, a connection carries
+//! at most `maxRequestsPerConnection` requests, PASSTHROUGH leaves balancing
+//! to L4, and bad bytes from either side get a clear status, not a panic.
 //!
 //! One cluster serves every scenario: each has its own Service, so each
 //! VirtualService and DestinationRule stays small and independent.
@@ -41,6 +43,9 @@ const SERVICES: &[(&str, &[(&str, usize)])] = &[
     ("pool", &[("pool-0", 1)]),
     ("outlier", &[("outlier-good", 0), ("outlier-bad", 1)]),
     ("hash", &[("hash-0", 0), ("hash-1", 1), ("hash-2", 1)]),
+    ("hosts", &[("hosts-good", 0), ("hosts-bad", 1)]),
+    ("perconn", &[("perconn-0", 1)]),
+    ("passthrough", &[("passthrough-0", 0), ("passthrough-1", 1)]),
     ("broken", &[("broken-0", 1)]),
     ("grpc", &[("grpc-0", 1)]),
     ("db", &[("db-v1", 0), ("db-v2", 1)]),
@@ -173,6 +178,44 @@ spec:
   http:
   - retries: { attempts: 3, retryOn: 5xx }
     route: [{ destination: { host: budget } }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: hosts, namespace: shop }
+spec:
+  host: hosts
+  trafficPolicy:
+    loadBalancer: { simple: RANDOM }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: hosts, namespace: shop }
+spec:
+  hosts: [hosts]
+  http:
+  - name: same-host-allowed
+    match: [{ headers: { x-previous: { exact: keep } } }]
+    retries: { attempts: 1, retryOn: 5xx, retryIgnorePreviousHosts: false }
+    route: [{ destination: { host: hosts } }]
+  - retries: { attempts: 1, retryOn: 5xx }
+    route: [{ destination: { host: hosts } }]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: perconn, namespace: shop }
+spec:
+  host: perconn
+  trafficPolicy:
+    connectionPool:
+      http: { maxRequestsPerConnection: 1 }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: passthrough, namespace: shop }
+spec:
+  host: passthrough
+  trafficPolicy:
+    loadBalancer: { simple: PASSTHROUGH }
 "#;
 
 struct Shop {
@@ -279,6 +322,17 @@ fn setup() -> Result<Shop> {
             name: "tcp-postgres".into(),
             port: 5432,
             target_port: 9000,
+        }],
+    )?;
+    // The same pod as `perconn`, without a per-connection limit.
+    cluster.add_service(
+        NS,
+        "perconn-pooled",
+        labels(&[("app", "perconn")]),
+        vec![ServicePort {
+            name: "http".into(),
+            port: 80,
+            target_port: 8080,
         }],
     )?;
     // gRPC on its own port; `grpc-faulty` reaches the same server through a
@@ -508,6 +562,84 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
     }
     eprintln!("consistent hash: 10 users on endpoints {used:?}, each on one");
     ensure!(used.len() >= 2, "10 users all hashed to {used:?}");
+
+    // A retry goes to another endpoint than the one that failed: with one of
+    // two endpoints always failing and one retry, every request succeeds;
+    // allowed back on the same endpoint, about a quarter fail.
+    let _hosts = [
+        serve(&shop, "hosts-good", "good", &[])?,
+        serve(&shop, "hosts-bad", "bad", &["--fail-rate", "1"])?,
+    ];
+    let url = shop.url("hosts")?;
+    let avoiding = load(&shop.client, &url, &["-n", "100", "-c", "2"])?;
+    let same = load(
+        &shop.client,
+        &url,
+        &["-n", "100", "-c", "2", "-H", "x-previous: keep"],
+    )?;
+    let (avoiding_ok, same_ok) = (count_status(&avoiding, 200), count_status(&same, 200));
+    eprintln!(
+        "retry host: {avoiding_ok}/100 OK avoiding the failed endpoint, {same_ok}/100 when allowed back on it"
+    );
+    ensure!(
+        avoiding_ok == 100,
+        "a retry must leave the endpoint that failed: {avoiding}\n{}",
+        logs()
+    );
+    ensure!(
+        (50..=95).contains(&same_ok),
+        "with retryIgnorePreviousHosts false about a quarter fail: {same}\n{}",
+        logs()
+    );
+
+    // maxRequestsPerConnection 1: a new upstream connection per request; the
+    // same pod behind a Service without the limit keeps one.
+    let mut perconn = serve(&shop, "perconn-0", "v1", &["--access-log"])?;
+    let accepted = |p: &Process| p.output().matches("connection accepted").count();
+    let report = load(
+        &shop.client,
+        &shop.url("perconn-pooled")?,
+        &["-n", "20", "-c", "1"],
+    )?;
+    ensure!(count_status(&report, 200) == 20, "{report}");
+    let pooled = accepted(&perconn);
+    let report = load(
+        &shop.client,
+        &shop.url("perconn")?,
+        &["-n", "20", "-c", "1"],
+    )?;
+    ensure!(count_status(&report, 200) == 20, "{report}");
+    let limited = accepted(&perconn) - pooled;
+    eprintln!(
+        "maxRequestsPerConnection: 20 requests took {pooled} connection(s) pooled, {limited} with a limit of 1"
+    );
+    ensure!(
+        pooled <= 3 && limited >= 19,
+        "one request per upstream connection with maxRequestsPerConnection 1 \
+         (pooled {pooled}, limited {limited}):\n{}\n{}",
+        perconn.output(),
+        logs()
+    );
+    perconn.stop()?;
+
+    // PASSTHROUGH: the waypoint leaves the choice to L4 (round robin over the
+    // ready endpoints), rather than answering "no healthy upstream".
+    let _passthrough = [
+        serve(&shop, "passthrough-0", "p0", &[])?,
+        serve(&shop, "passthrough-1", "p1", &[])?,
+    ];
+    let report = load(
+        &shop.client,
+        &shop.url("passthrough")?,
+        &["-n", "20", "-c", "1"],
+    )?;
+    let (p0, p1) = (count_version(&report, "p0"), count_version(&report, "p1"));
+    eprintln!("passthrough: {p0} + {p1} of 20 from the two endpoints");
+    ensure!(
+        count_status(&report, 200) == 20 && p0 >= 5 && p1 >= 5,
+        "PASSTHROUGH must reach both endpoints: {report}\n{}",
+        logs()
+    );
 
     // Bad input from the client: garbage, oversized headers.
     let host = shop.vip("flaky")?;

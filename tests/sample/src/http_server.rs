@@ -93,6 +93,10 @@ pub async fn run(config: Config) -> Result<()> {
                 if let Err(error) = stream.set_nodelay(true) {
                     debug!(%peer, %error, "setting TCP_NODELAY failed");
                 }
+                if handler.access_log {
+                    // Lets a test count the connections a proxy opened.
+                    info!(%peer, "connection accepted");
+                }
                 let handler = Arc::clone(&handler);
                 let service = service_fn(move |request| {
                     let handler = Arc::clone(&handler);

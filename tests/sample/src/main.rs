@@ -168,8 +168,9 @@ struct HttpArgs {
     /// How long to wait for the upstream's whole answer.
     #[arg(long, default_value = "5s", value_parser = duration::parse)]
     upstream_timeout: Duration,
-    /// Log one line per request served (method, path, authority), so a test
-    /// can count what reached this server, e.g. a mesh's mirrored copies.
+    /// Log one line per request served (method, path, authority) and one per
+    /// connection accepted, so a test can count what reached this server, e.g.
+    /// a mesh's mirrored copies or the connections a proxy opened.
     #[arg(long)]
     access_log: bool,
 }

@@ -2,20 +2,24 @@
 //! (mutual TLS as the waypoint's own identity, the endpoint's identity
 //! verified), or plain TCP to an endpoint outside the mesh. hyper's client
 //! pools what this opens, per endpoint address, so keep-alive requests reuse
-//! one stream.
+//! one stream; [`retire_after`] takes a connection out of the pool once it
+//! has carried `http.maxRequestsPerConnection` requests.
 
 use std::{
     future::Future,
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     task::{Context, Poll},
 };
 
-use http::Uri;
+use http::{Response, Uri};
 use hyper_util::{
-    client::legacy::connect::{Connected, Connection},
+    client::legacy::connect::{CaptureConnection, Connected, Connection},
     rt::TokioIo,
 };
 use warren_api::Identity;
@@ -130,7 +134,32 @@ pub enum Upstream {
 
 impl Connection for Upstream {
     fn connected(&self) -> Connected {
-        Connected::new()
+        // hyper asks once per new connection and hands a clone of this
+        // `Connected` (the same counter) to every response the connection
+        // carries.
+        Connected::new().extra(Served::default())
+    }
+}
+
+/// How many answers a pooled connection has carried.
+#[derive(Clone, Debug, Default)]
+struct Served(Arc<AtomicU32>);
+
+/// Counts `response` against its connection and, once that connection has
+/// carried `limit` requests, poisons it: hyper's pool hands it to no further
+/// request and closes it when idle (`http.maxRequestsPerConnection`).
+/// Counted at the answer's headers: exact over HTTP/1.1, where a connection
+/// carries one request at a time; over HTTP/2 requests already in flight on
+/// the connection still finish on it.
+pub fn retire_after<B>(limit: u32, response: &Response<B>, captured: &CaptureConnection) {
+    let Some(served) = response.extensions().get::<Served>() else {
+        return;
+    };
+    let count = served.0.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+    if count >= limit
+        && let Some(connected) = captured.connection_metadata().as_ref()
+    {
+        connected.poison();
     }
 }
 

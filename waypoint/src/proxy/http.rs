@@ -8,12 +8,7 @@
 //! connect failure, `UT` timeout, `URX` retries exhausted, `FI` fault abort,
 //! `DI` fault delay, `UC` upstream reset.
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
@@ -22,18 +17,19 @@ use hyper::{
     body::{Body as _, Incoming},
     upgrade::OnUpgrade,
 };
+use hyper_util::client::legacy::connect::capture_connection;
 use rand::Rng as _;
 use tracing::{debug, info};
 use warren_ztunnel::state::Workload;
 
-use super::{Downstream, upgrade};
+use super::{Downstream, connect, upgrade};
 use crate::{
     app::{Body, ClusterKey, Context},
     authz,
     metrics::{ClusterLabels, RequestLabels, Varying},
     route::{Action, FailureKind, RequestInfo, RetryPolicy, RouteDestination},
     tables::Compiled,
-    upstream::{self, Cluster, Endpoint, HashInput, Outcome, Pick, RetryPermit},
+    upstream::{self, Cluster, Endpoint, HashInput, LoadBalancer, Outcome, RetryPermit},
 };
 
 const REQUEST_ID: &str = "x-request-id";
@@ -289,7 +285,17 @@ async fn route_and_forward(
             // and its answer is dropped.
             tokio::spawn(async move {
                 let compiled = ctx_mirror.tables.current();
-                let _ = attempt(&ctx_mirror, &compiled, &key, &copy, &body, None, source).await;
+                let mut once = Tries::default();
+                let _ = attempt(
+                    &ctx_mirror,
+                    &compiled,
+                    &key,
+                    &copy,
+                    &body,
+                    &mut once,
+                    source,
+                )
+                .await;
             });
         }
     }
@@ -359,21 +365,16 @@ async fn send_with_retries(
     source: SocketAddr,
 ) -> Done {
     let mut tries = 0u32;
+    let mut tried = Tries {
+        retries: Some(retries),
+        endpoints: Vec::new(),
+    };
     // Held from the decision to retry until that retry has its answer, backoff
     // included: `maxRetries` bounds the retries in flight, as Envoy's breaker does.
     let mut in_flight: Option<RetryPermit> = None;
     loop {
         tries += 1;
-        let result = attempt(
-            ctx,
-            compiled,
-            key,
-            parts,
-            body,
-            retries.per_try_timeout,
-            source,
-        )
-        .await;
+        let result = attempt(ctx, compiled, key, parts, body, &mut tried, source).await;
         let retryable = match &result {
             Attempt::Answered { response, .. } => {
                 retries.should_retry_response(response.status(), response.headers())
@@ -467,6 +468,15 @@ enum Attempt {
     Local(Box<Done>),
 }
 
+/// What one request's attempts share.
+#[derive(Default)]
+struct Tries<'a> {
+    /// `None` for a single attempt (a mirror's copy).
+    retries: Option<&'a RetryPolicy>,
+    /// The ids of the endpoints tried so far.
+    endpoints: Vec<String>,
+}
+
 /// One try: a cluster, a pool permit, an endpoint, the exchange.
 async fn attempt(
     ctx: &Context,
@@ -474,7 +484,7 @@ async fn attempt(
     key: &ClusterKey,
     parts: &http::request::Parts,
     body: &Bytes,
-    per_try_timeout: Option<Duration>,
+    tries: &mut Tries<'_>,
     source: SocketAddr,
 ) -> Attempt {
     let local = |status, text: &str, flags| {
@@ -509,13 +519,22 @@ async fn attempt(
         );
     };
     let hash = HashInput::new(&parts.headers, &parts.uri, Some(source));
-    let picked = match cluster.pick(&hash, Instant::now()) {
-        Some(Pick::Endpoint(picked)) => picked,
-        Some(Pick::OriginalDestination) | None => {
+    let hashing = matches!(
+        cluster.resolved().load_balancer,
+        LoadBalancer::ConsistentHash(_)
+    );
+    let avoid: &[String] = match tries.retries {
+        Some(retries) if retries.avoids_previous_hosts(hashing) => &tries.endpoints,
+        _ => &[],
+    };
+    let picked = match cluster.pick_avoiding(&hash, avoid, Instant::now()) {
+        Some(picked) => picked,
+        None => {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "UH");
         }
     };
     let endpoint = picked.endpoint.address;
+    tries.endpoints.push(picked.endpoint.id.clone());
     let uri = match upstream_uri(endpoint, &parts.uri) {
         Ok(uri) => uri,
         Err(error) => return local(StatusCode::BAD_REQUEST, &error.to_string(), "-"),
@@ -535,9 +554,11 @@ async fn attempt(
     if let Some(protocol) = &upgrading {
         upgrade::restore(request.headers_mut(), protocol);
     }
+    let per_connection = cluster.max_requests_per_connection();
+    let captured = per_connection.map(|_| capture_connection(&mut request));
     let client = if h2 { &ctx.http2 } else { &ctx.http1 };
     let sent = client.request(request);
-    let result = match per_try_timeout {
+    let result = match tries.retries.and_then(|r| r.per_try_timeout) {
         Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
         None => Some(sent.await),
     };
@@ -563,6 +584,9 @@ async fn attempt(
             }
         }
         Some(Ok(response)) => {
+            if let (Some(limit), Some(captured)) = (per_connection, &captured) {
+                connect::retire_after(limit, &response, captured);
+            }
             let status = response.status().as_u16();
             report(if status >= 500 {
                 Outcome::Status(status)

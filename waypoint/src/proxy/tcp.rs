@@ -21,7 +21,7 @@ use crate::{
         RouteDestination,
         tcp::{ConnectionInfo, TcpRouted},
     },
-    upstream::{HashInput, Outcome, Pick},
+    upstream::{HashInput, Outcome},
 };
 
 /// Why a connection was not spliced, for the access log.
@@ -131,7 +131,7 @@ async fn connect(
     };
     let (headers, uri) = (HeaderMap::new(), Uri::default());
     let hash = HashInput::new(&headers, &uri, Some(SocketAddr::new(down.source_ip, 0)));
-    let Some(Pick::Endpoint(picked)) = cluster.pick(&hash, Instant::now()) else {
+    let Some(picked) = cluster.pick(&hash, Instant::now()) else {
         return Err((Refused::NoEndpoint, None));
     };
     let endpoint = picked.endpoint.address;

@@ -169,10 +169,9 @@ pub struct RetryPolicy {
     pub per_try_timeout: Option<Duration>,
     pub retry_on: RetryOn,
     pub backoff: Backoff,
-    /// Prefer endpoints not tried yet (`retryIgnorePreviousHosts`, on by
-    /// default). Istio leaves it off, unless set explicitly, when the
-    /// destination balances by consistent hash: the caller knows that.
-    pub ignore_previous_hosts: bool,
+    /// Prefer endpoints not tried yet (`retryIgnorePreviousHosts`); `None`
+    /// when not set, see [`RetryPolicy::avoids_previous_hosts`].
+    pub ignore_previous_hosts: Option<bool>,
     /// Retry in other localities (`retryRemoteLocalities`).
     pub retry_remote_localities: bool,
 }
@@ -184,7 +183,7 @@ impl Default for RetryPolicy {
             per_try_timeout: None,
             retry_on: RetryOn::istio_default(),
             backoff: Backoff::default(),
-            ignore_previous_hosts: true,
+            ignore_previous_hosts: None,
             retry_remote_localities: false,
         }
     }
@@ -234,11 +233,16 @@ impl RetryPolicy {
             }
             policy.backoff = Backoff::with_base(base);
         }
-        if let Some(ignore) = retries.retry_ignore_previous_hosts {
-            policy.ignore_previous_hosts = ignore;
-        }
+        policy.ignore_previous_hosts = retries.retry_ignore_previous_hosts;
         policy.retry_remote_localities = retries.retry_remote_localities.unwrap_or(false);
         Ok(policy)
+    }
+
+    /// Whether a retry avoids the endpoints already tried. Istio's default:
+    /// yes, unless the destination balances by consistent hash, where the
+    /// same key belongs on the same endpoint.
+    pub fn avoids_previous_hosts(&self, consistent_hash: bool) -> bool {
+        self.ignore_previous_hosts.unwrap_or(!consistent_hash)
     }
 
     /// Whether a response with this status (and gRPC status, read from its

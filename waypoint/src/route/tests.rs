@@ -822,7 +822,11 @@ fn no_retries_field_means_istios_default_policy() {
     assert_eq!(p.per_try_timeout, None);
     assert_eq!(p.backoff.base, Duration::from_millis(25));
     assert_eq!(p.backoff.max, Duration::from_millis(250));
-    assert!(p.ignore_previous_hosts);
+    assert!(p.avoids_previous_hosts(false));
+    assert!(
+        !p.avoids_previous_hosts(true),
+        "Istio: a consistent-hash destination keeps its endpoint on retry"
+    );
     assert!(p.should_retry_status(StatusCode::SERVICE_UNAVAILABLE, None));
     assert!(!p.should_retry_status(StatusCode::INTERNAL_SERVER_ERROR, None));
     assert!(!p.should_retry_status(StatusCode::BAD_GATEWAY, None));
@@ -852,7 +856,13 @@ fn retries_override_the_default_field_by_field() {
     assert_eq!(p.attempts, 3);
     assert_eq!(p.per_try_timeout, Some(Duration::from_secs(2)));
     assert_eq!(p.backoff, Backoff::with_base(Duration::from_millis(100)));
-    assert!(!p.ignore_previous_hosts);
+    assert!(!p.avoids_previous_hosts(false));
+    let rule = only_rule(json!({"route": forward(),
+        "retries": {"attempts": 1, "retryIgnorePreviousHosts": true}}));
+    assert!(
+        rule.retries.avoids_previous_hosts(true),
+        "set explicitly, it holds for a consistent-hash destination too"
+    );
     assert_eq!(
         p.retry_on,
         RetryOn::istio_default(),

@@ -33,14 +33,6 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Where a request goes.
-#[derive(Debug)]
-pub enum Pick {
-    Endpoint(Picked),
-    /// PASSTHROUGH: to the address the client connected to.
-    OriginalDestination,
-}
-
 /// The chosen endpoint. Counts as an active request of the endpoint (for
 /// LEAST_REQUEST) until dropped.
 #[derive(Debug)]
@@ -87,13 +79,27 @@ struct Slot {
     active: Arc<AtomicU64>,
 }
 
+impl Slot {
+    /// The endpoint, counted as active until the pick is dropped.
+    fn picked(&self, set_cookie: Option<SetCookie>) -> Picked {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        Picked {
+            endpoint: self.endpoint.clone(),
+            set_cookie,
+            _active: ActiveRequest(self.active.clone()),
+        }
+    }
+}
+
 impl Cluster {
     /// A cluster created at `now` (outlier detection's interval ticks count
     /// from it). `endpoints` are already filtered by the subset's selector.
     pub fn new(resolved: Resolved, endpoints: Vec<Endpoint>, now: Instant) -> Self {
+        // PASSTHROUGH has no hosts of its own to eject.
         let detector = resolved
             .outlier
             .clone()
+            .filter(|_| resolved.load_balancer != LoadBalancer::Passthrough)
             .map(|settings| Detector::new(settings, now));
         let mut state = State {
             endpoints: Vec::new(),
@@ -133,45 +139,100 @@ impl Cluster {
 
     /// Chooses where the request goes, or `None` when the cluster has no
     /// endpoint (the proxy answers 503, "no healthy upstream").
-    pub fn pick(&self, input: &HashInput<'_>, now: Instant) -> Option<Pick> {
+    pub fn pick(&self, input: &HashInput<'_>, now: Instant) -> Option<Picked> {
+        self.pick_avoiding(input, &[], now)
+    }
+
+    /// [`Cluster::pick`] for a retry: an endpoint whose id is in `avoid`
+    /// (tried already) is chosen only when every eligible endpoint is in it
+    /// (Envoy's previous-hosts retry predicate, as Istio's
+    /// `retryIgnorePreviousHosts` sets it).
+    pub fn pick_avoiding(
+        &self,
+        input: &HashInput<'_>,
+        avoid: &[String],
+        now: Instant,
+    ) -> Option<Picked> {
         let lb = &self.resolved.load_balancer;
         let (hash, set_cookie) = match lb {
-            LoadBalancer::Passthrough => return Some(Pick::OriginalDestination),
             LoadBalancer::ConsistentHash(ch) => hash_request(&ch.key, input),
             _ => (None, None),
         };
         let mut state = self.lock();
+        if matches!(lb, LoadBalancer::Passthrough) {
+            return self.pass_through(&state);
+        }
         state.refresh(now, &self.resolved);
-        let n = state.eligible.len();
+        let avoided = |i: &usize| {
+            state
+                .endpoints
+                .get(*i)
+                .is_some_and(|s| avoid.contains(&s.endpoint.id))
+        };
+        // Positions in `eligible` this pick may take: all, or those not tried
+        // yet when some are left.
+        let fresh: Vec<usize> = if avoid.is_empty() {
+            Vec::new()
+        } else {
+            (0..state.eligible.len())
+                .filter(|p| state.eligible.get(*p).is_some_and(|i| !avoided(i)))
+                .collect()
+        };
+        let candidates: Option<&[usize]> = (!fresh.is_empty()).then_some(&fresh);
+        let n = candidates.map_or(state.eligible.len(), <[usize]>::len);
         if n == 0 {
             return None;
         }
+        // A choice among the candidates, as a position in `eligible`.
+        let over = |c: usize| candidates.map_or(Some(c), |cs| cs.get(c).copied());
         let position = match lb {
-            LoadBalancer::Passthrough => return Some(Pick::OriginalDestination),
-            LoadBalancer::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
-            LoadBalancer::Random => random_index(n),
-            LoadBalancer::LeastRequest => two_choices(n, |p| {
-                state
-                    .eligible
-                    .get(p)
+            LoadBalancer::Passthrough => return self.pass_through(&state),
+            LoadBalancer::RoundRobin => over(self.next.fetch_add(1, Ordering::Relaxed) % n)?,
+            LoadBalancer::Random => over(random_index(n))?,
+            LoadBalancer::LeastRequest => over(two_choices(n, |c| {
+                over(c)
+                    .and_then(|p| state.eligible.get(p))
                     .and_then(|i| state.endpoints.get(*i))
                     .map_or(u64::MAX, |s| s.active.load(Ordering::Acquire))
-            }),
-            LoadBalancer::ConsistentHash(_) => hash
-                .and_then(|h| state.table.as_ref()?.lookup(h))
-                .filter(|p| *p < n)
-                .unwrap_or_else(|| random_index(n)),
+            }))?,
+            LoadBalancer::ConsistentHash(_) => {
+                let total = state.eligible.len();
+                let home = hash
+                    .and_then(|h| state.table.as_ref()?.lookup(h))
+                    .filter(|p| *p < total);
+                match (home, candidates) {
+                    (Some(p), None) => p,
+                    // The key's endpoint, or when it was tried, the next
+                    // one along the table that was not.
+                    (Some(p), Some(cs)) => (0..total)
+                        .map(|step| (p + step) % total)
+                        .find(|q| cs.contains(q))
+                        .or_else(|| over(0))?,
+                    (None, _) => over(random_index(n))?,
+                }
+            }
         };
         let slot = state
             .eligible
             .get(position)
             .and_then(|i| state.endpoints.get(*i))?;
-        slot.active.fetch_add(1, Ordering::AcqRel);
-        Some(Pick::Endpoint(Picked {
-            endpoint: slot.endpoint.clone(),
-            set_cookie,
-            _active: ActiveRequest(slot.active.clone()),
-        }))
+        Some(slot.picked(set_cookie))
+    }
+
+    /// PASSTHROUGH: the waypoint does not balance; the Service's L4 routing
+    /// does, as for a client whose ztunnel sends it straight to an endpoint.
+    /// (Istio's ORIGINAL_DST leaves the choice to whatever routes the address
+    /// the client dialled, and what a waypoint is asked for is the VIP.) So:
+    /// round robin over every ready endpoint, as ztunnel picks, with no
+    /// outlier ejection (an original-destination cluster has no hosts to
+    /// eject), no hashing and no retry avoidance.
+    fn pass_through(&self, state: &State) -> Option<Picked> {
+        let n = state.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let position = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        Some(state.endpoints.get(position)?.picked(None))
     }
 
     /// Counts how a request to `endpoint_id` ended, for outlier detection;

@@ -66,7 +66,7 @@ mod tests;
 use std::collections::BTreeMap;
 
 pub use balance::{HashInput, SetCookie};
-pub use cluster::{Cluster, Endpoint, Pick, Picked};
+pub use cluster::{Cluster, Endpoint, Picked};
 pub use outlier::Outcome;
 pub use policy::{
     ConsistentHash, DrInput, HashCookie, HashKey, HashTable, LoadBalancer, OutlierSettings,

@@ -70,7 +70,7 @@ fn header_hash(table: HashTable) -> Resolved {
 /// Picks and returns the endpoint's id, dropping the pick.
 fn pick_id(cluster: &Cluster, input: &HashInput<'_>, now: Instant) -> String {
     match cluster.pick(input, now) {
-        Some(Pick::Endpoint(p)) => p.endpoint.id.clone(),
+        Some(p) => p.endpoint.id.clone(),
         other => panic!("expected an endpoint, got {other:?}"),
     }
 }
@@ -486,7 +486,7 @@ fn least_request_prefers_an_idle_endpoint() {
     let now = Instant::now();
     let cluster = Cluster::new(with_lb(LoadBalancer::LeastRequest), endpoints(2), now);
     let input = HashInput::default();
-    let Some(Pick::Endpoint(busy)) = cluster.pick(&input, now) else {
+    let Some(busy) = cluster.pick(&input, now) else {
         panic!("two endpoints to pick from");
     };
     assert_eq!(cluster.active(&busy.endpoint.id), Some(1));
@@ -503,7 +503,7 @@ fn least_request_prefers_an_idle_endpoint() {
     let mut held = Vec::new();
     while held.len() < 3 {
         match cluster.pick(&input, now) {
-            Some(Pick::Endpoint(p)) if cluster.active(&p.endpoint.id) == Some(1) => held.push(p),
+            Some(p) if cluster.active(&p.endpoint.id) == Some(1) => held.push(p),
             _ => {}
         }
     }
@@ -531,13 +531,36 @@ fn random_covers_every_endpoint() {
 }
 
 #[test]
-fn passthrough_uses_the_original_destination() {
+fn passthrough_leaves_balancing_to_l4_and_ejects_nobody() {
     let now = Instant::now();
-    let cluster = Cluster::new(with_lb(LoadBalancer::Passthrough), Vec::new(), now);
-    assert!(matches!(
-        cluster.pick(&HashInput::default(), now),
-        Some(Pick::OriginalDestination)
-    ));
+    let resolved = Resolved {
+        load_balancer: LoadBalancer::Passthrough,
+        outlier: Some(OutlierSettings {
+            consecutive_5xx: Some(1),
+            max_ejection_percent: 100,
+            ..OutlierSettings::default()
+        }),
+        ..Resolved::defaults(HOST, 9080)
+    };
+    let cluster = Cluster::new(resolved, endpoints(3), now);
+    // Failures are not counted against an endpoint: every one stays in turn.
+    for i in 0..3 {
+        assert!(!cluster.report(&format!("ep{i}"), Outcome::Status(503), now));
+    }
+    assert!(cluster.ejected(now).is_empty());
+    let input = HashInput::default();
+    let turns: Vec<String> = (0..6).map(|_| pick_id(&cluster, &input, now)).collect();
+    assert_eq!(
+        counts(turns.iter().cloned()),
+        BTreeMap::from([("ep0".into(), 2), ("ep1".into(), 2), ("ep2".into(), 2)]),
+        "round robin, as ztunnel picks: {turns:?}"
+    );
+    // A retry is not steered away from the endpoint it tried.
+    let avoid = vec!["ep0".to_owned(), "ep1".to_owned()];
+    let again = counts((0..6).map(|_| pick_avoiding_id(&cluster, &input, &avoid, now)));
+    assert_eq!(again.len(), 3, "{again:?}");
+    let empty = Cluster::new(with_lb(LoadBalancer::Passthrough), Vec::new(), now);
+    assert!(empty.pick(&input, now).is_none());
 }
 
 #[test]
@@ -644,7 +667,7 @@ fn cookie_hash_asks_for_a_cookie_and_sticks_to_it() {
             source: Some(SocketAddr::from(([192, 168, 0, client], 40000))),
             ..Default::default()
         };
-        let Some(Pick::Endpoint(picked)) = cluster.pick(&first, now) else {
+        let Some(picked) = cluster.pick(&first, now) else {
             panic!("five endpoints to pick from");
         };
         let cookie = picked
@@ -668,7 +691,7 @@ fn cookie_hash_asks_for_a_cookie_and_sticks_to_it() {
             ..Default::default()
         };
         for _ in 0..10 {
-            let Some(Pick::Endpoint(again)) = cluster.pick(&next, now) else {
+            let Some(again) = cluster.pick(&next, now) else {
                 panic!("five endpoints to pick from");
             };
             assert!(again.set_cookie.is_none());
@@ -689,7 +712,7 @@ fn cookie_hash_asks_for_a_cookie_and_sticks_to_it() {
     let cluster = Cluster::new(resolved, endpoints(5), now);
     let seen = counts(
         (0..500).map(|_| match cluster.pick(&HashInput::default(), now) {
-            Some(Pick::Endpoint(p)) => {
+            Some(p) => {
                 assert!(p.set_cookie.is_none());
                 p.endpoint.id.clone()
             }
@@ -760,7 +783,7 @@ fn update_keeps_the_state_of_endpoints_that_stay() {
     let cluster = Cluster::new(with_outlier(outlier), endpoints(3), now);
     let input = HashInput::default();
     let held = match cluster.pick(&input, now) {
-        Some(Pick::Endpoint(p)) => p,
+        Some(p) => p,
         other => panic!("expected an endpoint, got {other:?}"),
     };
     let held_id = held.endpoint.id.clone();
@@ -1143,4 +1166,78 @@ fn ejecting_moves_only_the_ejected_endpoints_keys() {
     }
     // Once back, every key is where it was.
     assert_eq!(place(t0 + Duration::from_secs(30)), before);
+}
+
+// ---------------------------------------------------------------------------
+// Retries: endpoints already tried are avoided while others are left
+// ---------------------------------------------------------------------------
+
+fn pick_avoiding_id(
+    cluster: &Cluster,
+    input: &HashInput<'_>,
+    avoid: &[String],
+    now: Instant,
+) -> String {
+    match cluster.pick_avoiding(input, avoid, now) {
+        Some(p) => p.endpoint.id.clone(),
+        other => panic!("expected an endpoint, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_retry_avoids_the_endpoints_already_tried_under_every_balancer() {
+    let now = Instant::now();
+    let balancers = [
+        LoadBalancer::RoundRobin,
+        LoadBalancer::Random,
+        LoadBalancer::LeastRequest,
+    ];
+    for lb in balancers {
+        let cluster = Cluster::new(with_lb(lb.clone()), endpoints(3), now);
+        let avoid = vec!["ep0".to_owned(), "ep2".to_owned()];
+        let seen = counts(
+            (0..200).map(|_| pick_avoiding_id(&cluster, &HashInput::default(), &avoid, now)),
+        );
+        assert_eq!(
+            seen.keys().collect::<Vec<_>>(),
+            ["ep1"],
+            "{lb:?}: only the endpoint not tried yet"
+        );
+        // Every endpoint tried: any of them, rather than none.
+        let all: Vec<String> = (0..3).map(|i| format!("ep{i}")).collect();
+        let seen =
+            counts((0..300).map(|_| pick_avoiding_id(&cluster, &HashInput::default(), &all, now)));
+        assert_eq!(seen.len(), 3, "{lb:?}: all tried, all eligible: {seen:?}");
+    }
+}
+
+#[test]
+fn a_consistent_hash_retry_moves_to_a_stable_next_endpoint() {
+    let now = Instant::now();
+    let cluster = Cluster::new(
+        header_hash(HashTable::Ring { minimum_size: 1024 }),
+        endpoints(4),
+        now,
+    );
+    for user in ["jason", "ana", "li", "sam", "kim"] {
+        let headers = user_headers(user);
+        let input = HashInput {
+            headers: Some(&headers),
+            ..Default::default()
+        };
+        let home = pick_id(&cluster, &input, now);
+        let avoid = vec![home.clone()];
+        let next = pick_avoiding_id(&cluster, &input, &avoid, now);
+        assert_ne!(next, home, "{user}: the retry leaves the endpoint tried");
+        for _ in 0..20 {
+            assert_eq!(
+                pick_avoiding_id(&cluster, &input, &avoid, now),
+                next,
+                "{user}: the same key retries on the same next endpoint"
+            );
+        }
+        // Something else tried, not the key's endpoint: it stays home.
+        let elsewhere = vec![if home == "ep0" { "ep1" } else { "ep0" }.to_owned()];
+        assert_eq!(pick_avoiding_id(&cluster, &input, &elsewhere, now), home);
+    }
 }
