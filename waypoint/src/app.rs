@@ -186,7 +186,9 @@ impl App {
             let state = Arc::clone(&state);
             let config = Arc::clone(&config);
             move || -> Result<(), String> {
-                state.ready()?;
+                // Not `ready()`: the node's other workloads' keys never reach a
+                // waypoint (another namespace's, or any when it runs off-node).
+                state.configured()?;
                 let me = identity(&state, &config);
                 match state.certificate(&me) {
                     Some(_) => Ok(()),

@@ -6,12 +6,14 @@
 //! ones a waypoint uses; Gateway API has many more that describe ingress
 //! gateways, and they are refused by name rather than silently ignored.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::FieldError;
+use crate::{FieldError, Labels};
 
 /// The class `warrenctl waypoint apply` writes.
 pub const WARREN_WAYPOINT_CLASS: &str = "warren-waypoint";
@@ -26,6 +28,10 @@ pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 /// Label on a namespace or Service choosing its waypoint by name (`none`
 /// opts out of the namespace's waypoint).
 pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+
+/// Label next to [`USE_WAYPOINT_LABEL`] naming the namespace of that
+/// waypoint, when it is not the object's own.
+pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
 
 /// The port a waypoint listens on for HBONE.
 pub const WAYPOINT_HBONE_PORT: u16 = 15008;
@@ -54,9 +60,57 @@ pub struct Listener {
     pub protocol: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
-    /// Accepted for Istio's YAML; a waypoint serves its namespace.
+    /// Which namespaces' Services may use this waypoint (by
+    /// `istio.io/use-waypoint-namespace`); its own namespace when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allowed_routes: Option<serde_json::Value>,
+    pub allowed_routes: Option<AllowedRoutes>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllowedRoutes {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<RouteNamespaces>,
+    /// Accepted for Istio's YAML; a waypoint is bound by labels, not Routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinds: Option<serde_json::Value>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteNamespaces {
+    /// `Same` (the default), `All` or `Selector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<NamespaceSelector>,
+}
+
+/// A label selector over namespaces; `matchLabels` only (a
+/// `matchExpressions` selector is refused when the Gateway is loaded).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespaceSelector {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+impl Listener {
+    /// Whether Services of `namespace` (labelled `labels`) may use the
+    /// waypoint through this listener; `own` is the Gateway's namespace.
+    fn admits(&self, own: &str, namespace: &str, labels: &Labels) -> bool {
+        let from = self
+            .allowed_routes
+            .as_ref()
+            .and_then(|r| r.namespaces.as_ref());
+        match from.and_then(|n| n.from.as_deref()).unwrap_or("Same") {
+            "All" => true,
+            "Selector" => from
+                .and_then(|n| n.selector.as_ref())
+                .is_some_and(|s| labels.matches(&s.match_labels)),
+            _ => namespace == own,
+        }
+    }
 }
 
 /// What the Gateway's controller reports: in Warren, the waypoint
@@ -98,6 +152,19 @@ impl Gateway {
     pub fn is_waypoint(&self) -> bool {
         WAYPOINT_CLASSES.contains(&self.spec.gateway_class_name.as_str())
     }
+
+    /// Whether Services of `namespace` (labelled `labels`) may use this
+    /// waypoint: always from its own namespace; from others when a
+    /// listener's `allowedRoutes.namespaces` lets them, as Istio reads it.
+    pub fn admits(&self, namespace: &str, labels: &Labels) -> bool {
+        let own = self.metadata.namespace.as_deref().unwrap_or_default();
+        namespace == own
+            || self
+                .spec
+                .listeners
+                .iter()
+                .any(|l| l.admits(own, namespace, labels))
+    }
 }
 
 pub fn validate(gateway: &Gateway) -> Vec<FieldError> {
@@ -111,6 +178,29 @@ pub fn validate(gateway: &Gateway) -> Vec<FieldError> {
                 format!("spec.listeners[{i}].port"),
                 format!("{} is not a port (1-65535)", listener.port),
             ));
+        }
+        let namespaces = listener
+            .allowed_routes
+            .as_ref()
+            .and_then(|r| r.namespaces.as_ref());
+        if let Some(namespaces) = namespaces {
+            let path = format!("spec.listeners[{i}].allowedRoutes.namespaces");
+            match (namespaces.from.as_deref(), &namespaces.selector) {
+                (None | Some("Same" | "All"), None) => {}
+                (Some("Selector"), Some(selector)) if !selector.match_labels.is_empty() => {}
+                (Some("Selector"), _) => errors.push(FieldError::new(
+                    format!("{path}.selector"),
+                    "`from: Selector` needs a selector with matchLabels",
+                )),
+                (None | Some("Same" | "All"), Some(_)) => errors.push(FieldError::new(
+                    format!("{path}.selector"),
+                    "only read with `from: Selector`",
+                )),
+                (Some(other), _) => errors.push(FieldError::new(
+                    format!("{path}.from"),
+                    format!("{other:?} is not one of All, Same, Selector"),
+                )),
+            }
         }
         if gateway.is_waypoint() && listener.protocol != "HBONE" {
             errors.push(FieldError::new(
@@ -179,5 +269,75 @@ mod tests {
         assert_eq!(gateway.metadata.name.as_deref(), Some("waypoint"));
         assert!(validate(&gateway).is_empty(), "{yaml}");
         assert_eq!(*gateway, Gateway::waypoint("demo", "waypoint"));
+    }
+
+    fn parsed(yaml: &str) -> Result<Gateway, String> {
+        let docs = split_documents(yaml).map_err(|e| e.to_string())?;
+        let doc = docs.into_iter().next().ok_or("no document")?;
+        match parse_document(doc, "test").map_err(|e| e.to_string())? {
+            Object::Gateway(gateway) => Ok((*gateway).clone()),
+            _ => Err(format!("not a Gateway: {yaml}")),
+        }
+    }
+
+    fn gateway(yaml: &str) -> Gateway {
+        parsed(yaml).unwrap_or_else(|err| panic!("{err}\n{yaml}"))
+    }
+
+    fn with_routes(allowed: &str) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {{ name: shared, namespace: infra }}\n\
+             spec:\n  gatewayClassName: istio-waypoint\n  listeners:\n  \
+             - {{ name: mesh, port: 15008, protocol: HBONE, allowedRoutes: {allowed} }}\n"
+        )
+    }
+
+    #[test]
+    fn other_namespaces_use_a_waypoint_only_as_its_listeners_allow() {
+        let team = Labels::new([("team", "shop")]);
+        let other = Labels::new([("team", "ads")]);
+        let own = gateway(&Gateway::waypoint_yaml("infra", "w").expect("encodes"));
+        assert!(own.admits("infra", &Labels::default()));
+        assert!(!own.admits("shop", &team), "Same by default");
+
+        let all = gateway(&with_routes("{ namespaces: { from: All } }"));
+        assert!(all.admits("shop", &team) && all.admits("ads", &other));
+
+        let selected = gateway(&with_routes(
+            "{ namespaces: { from: Selector, selector: { matchLabels: { team: shop } } } }",
+        ));
+        assert!(selected.admits("shop", &team));
+        assert!(!selected.admits("ads", &other));
+        assert!(selected.admits("infra", &other), "its own namespace always");
+    }
+
+    #[test]
+    fn allowed_routes_that_cannot_be_honoured_are_refused_by_name() {
+        for (allowed, reason) in [
+            (
+                "{ namespaces: { from: Selector } }",
+                "spec.listeners[0].allowedRoutes.namespaces.selector",
+            ),
+            (
+                "{ namespaces: { from: Everyone } }",
+                "spec.listeners[0].allowedRoutes.namespaces.from",
+            ),
+            (
+                "{ namespaces: { from: All, selector: { matchLabels: { a: b } } } }",
+                "spec.listeners[0].allowedRoutes.namespaces.selector",
+            ),
+            // Not read, so refused rather than ignored.
+            (
+                "{ namespaces: { from: Selector, selector: { matchExpressions: [] } } }",
+                "matchExpressions",
+            ),
+        ] {
+            let refused = parsed(&with_routes(allowed));
+            assert!(
+                refused.as_ref().is_err_and(|e| e.contains(reason)),
+                "{allowed}: {refused:?}"
+            );
+        }
     }
 }

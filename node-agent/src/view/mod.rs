@@ -23,8 +23,8 @@ use std::{
 use warren_api::{
     Identity, addr,
     config::{
-        Certificate, GatewayAddress, MeshSettings, OutboundPolicy, Refusal, Resource, TrustBundle,
-        TunnelProtocol, resource::Kind as ResourceKind,
+        Certificate, MeshSettings, OutboundPolicy, Refusal, Resource, TrustBundle, TunnelProtocol,
+        resource::Kind as ResourceKind,
     },
     key,
 };
@@ -62,8 +62,8 @@ pub struct View {
     /// Identities of the workloads this node's ztunnel serves, and of the
     /// waypoints running on this node.
     local_identities: BTreeMap<String, Identity>,
-    /// Each namespace's waypoint, where one is asked for.
-    waypoints: BTreeMap<String, GatewayAddress>,
+    /// Each namespace's waypoints by Gateway name, where any is asked for.
+    waypoints: BTreeMap<String, waypoint::Waypoints>,
 }
 
 impl View {
@@ -127,6 +127,8 @@ impl View {
         let mut namespaces: BTreeSet<Option<String>> = BTreeSet::new();
         // Namespaces whose waypoint may have moved (a Gateway or a pod).
         let mut waypoint_namespaces: BTreeSet<String> = BTreeSet::new();
+        // Namespaces with a changed Gateway: whom it admits may have changed.
+        let mut gateway_namespaces: BTreeSet<String> = BTreeSet::new();
         for key in keys {
             let ns = key.namespace.as_deref().unwrap_or_default().to_owned();
             match key.kind {
@@ -137,11 +139,13 @@ impl View {
                 Kind::Gateway => {
                     // Whether a policy's targetRef names a waypoint may have changed.
                     self.l7_policies_in(store, &ns);
+                    gateway_namespaces.insert(ns.clone());
                     waypoint_namespaces.insert(ns);
                 }
                 Kind::Namespace => {
                     namespaces.insert(Some(key.name.to_string()));
-                    // Its `istio.io/use-waypoint` label may have changed.
+                    // Its `istio.io/use-waypoint` labels may have changed, and
+                    // whether a waypoint's Selector admits its Services.
                     services.extend(
                         store
                             .of_kind_in(Kind::Service, &key.name)
@@ -180,17 +184,19 @@ impl View {
             }
         }
         for ns in waypoint_namespaces {
-            let now = waypoint::of_namespace(&self.mesh, store, &ns);
-            let before = match &now {
-                Some(w) => self.waypoints.insert(ns.clone(), w.clone()),
-                None => self.waypoints.remove(&ns),
+            let now = waypoint::in_namespace(&self.mesh, store, &ns);
+            let before = if now.is_empty() {
+                self.waypoints.remove(&ns)
+            } else {
+                self.waypoints.insert(ns.clone(), now.clone())
             };
-            if before != now {
+            if before.unwrap_or_default() != now || gateway_namespaces.contains(&ns) {
                 services.extend(
                     store
                         .of_kind_in(Kind::Service, &ns)
                         .map(|o| (ns.clone(), o.key().name.to_string())),
                 );
+                services.extend(waypoint::services_naming(store, &ns));
             }
         }
         if namespaces.contains(&None) {
@@ -475,14 +481,7 @@ impl View {
             })
             .collect();
         let mut computed = service::service(&self.mesh, svc, &slices);
-        let namespace_opts_out = match store.get(&ObjectKey::new(Kind::Namespace, None, namespace))
-        {
-            Some(Object::Namespace(ns)) => waypoint::opts_out(&ns.labels),
-            _ => false,
-        };
-        if !namespace_opts_out && !waypoint::opts_out(&svc.labels) {
-            computed.waypoint = self.waypoints.get(namespace).cloned();
-        }
+        computed.waypoint = waypoint::of_service(store, &self.waypoints, namespace, svc);
         self.publisher.write(|p| {
             p.upsert(Resource {
                 key: resource_key,

@@ -537,6 +537,134 @@ fn a_waypoint_gateway_claims_its_namespaces_services_and_fails_closed_without_a_
     assert_eq!(service(&view, "demo", "app").waypoint, None);
 }
 
+/// A waypoint Gateway `name` in `ns` and its running pod at `ip`, with
+/// `allowed` as its listener's `allowedRoutes` (YAML flow style, or empty).
+fn named_waypoint(ns: &str, name: &str, ip: &str, allowed: &str) -> String {
+    let allowed = if allowed.is_empty() {
+        String::new()
+    } else {
+        format!(", allowedRoutes: {allowed}")
+    };
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{ name: {name}, namespace: {ns} }}\n\
+         spec:\n  gatewayClassName: warren-waypoint\n  \
+         listeners: [{{ name: mesh, port: 15008, protocol: HBONE{allowed} }}]\n\
+         ---\napiVersion: v1\nkind: Pod\n\
+         metadata: {{ name: {name}-0, namespace: {ns}, labels: {{ gateway.networking.k8s.io/gateway-name: {name}, warren.io/dataplane-mode: none }} }}\n\
+         spec: {{ nodeName: node-a, serviceAccountName: {name}, containers: [{{ name: main }}] }}\n\
+         status: {{ hostIP: 172.30.0.1, podIP: {ip} }}\n"
+    )
+}
+
+fn app_service(labels: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{ name: app, namespace: demo, labels: {{ {labels} }} }}\n\
+         spec: {{ clusterIP: 10.96.0.10, ports: [{{ name: http, port: 80 }}] }}\n"
+    )
+}
+
+/// The address of the waypoint `demo/app` goes through: `Some(None)` when
+/// one is claimed but cannot serve.
+fn app_waypoint(view: &View) -> Option<Option<std::net::IpAddr>> {
+    service(view, "demo", "app")
+        .waypoint
+        .map(|w| warren_api::addr::from_bytes(&w.address))
+}
+
+#[test]
+fn a_service_or_namespace_chooses_its_waypoint_by_name() {
+    let ip = |s: &str| Some(Some(s.parse::<std::net::IpAddr>().unwrap()));
+    let (mut store, mut view) = built("");
+    let keys = apply(
+        &mut store,
+        &format!(
+            "{}---\n{}",
+            named_waypoint("demo", "a-general", "10.244.0.20", ""),
+            named_waypoint("demo", "special", "10.244.0.21", "")
+        ),
+    );
+    view.changed(&store, &keys);
+    assert_eq!(app_waypoint(&view), ip("10.244.0.20"), "the first by name");
+
+    let keys = apply(&mut store, &app_service("istio.io/use-waypoint: special"));
+    view.changed(&store, &keys);
+    assert_eq!(
+        app_waypoint(&view),
+        ip("10.244.0.21"),
+        "the Service's choice"
+    );
+
+    // A name that is no waypoint: claimed, and refused rather than bypassed.
+    let keys = apply(&mut store, &app_service("istio.io/use-waypoint: nosuch"));
+    view.changed(&store, &keys);
+    assert_eq!(app_waypoint(&view), Some(None));
+
+    // The namespace's label, when the Service has none.
+    let keys = apply(&mut store, &app_service(""));
+    view.changed(&store, &keys);
+    let keys = apply(
+        &mut store,
+        "apiVersion: v1\nkind: Namespace\nmetadata: { name: demo, labels: { warren.io/dataplane-mode: ambient, istio.io/use-waypoint: special } }\n",
+    );
+    view.changed(&store, &keys);
+    assert_eq!(
+        app_waypoint(&view),
+        ip("10.244.0.21"),
+        "the namespace's choice"
+    );
+
+    // The Service's label wins over its namespace's.
+    let keys = apply(&mut store, &app_service("istio.io/use-waypoint: none"));
+    view.changed(&store, &keys);
+    assert_eq!(app_waypoint(&view), None);
+}
+
+#[test]
+fn a_waypoint_in_another_namespace_serves_only_whom_its_listeners_admit() {
+    let shared = Some(Some("10.244.0.30".parse::<std::net::IpAddr>().unwrap()));
+    let (mut store, mut view) =
+        built("apiVersion: v1\nkind: Namespace\nmetadata: { name: infra }\n");
+    let keys = apply(
+        &mut store,
+        &app_service("istio.io/use-waypoint: shared, istio.io/use-waypoint-namespace: infra"),
+    );
+    view.changed(&store, &keys);
+    assert_eq!(app_waypoint(&view), Some(None), "no such waypoint yet");
+
+    // Same namespace only (the default): still refused.
+    let keys = apply(
+        &mut store,
+        &named_waypoint("infra", "shared", "10.244.0.30", ""),
+    );
+    view.changed(&store, &keys);
+    assert_eq!(app_waypoint(&view), Some(None), "not admitted from demo");
+
+    // The Gateway admits namespaces labelled as demo is: a change in
+    // infra reaches the Service in demo.
+    let keys = apply(
+        &mut store,
+        &named_waypoint(
+            "infra",
+            "shared",
+            "10.244.0.30",
+            "{ namespaces: { from: Selector, selector: { matchLabels: { warren.io/dataplane-mode: ambient } } } }",
+        ),
+    );
+    view.changed(&store, &keys);
+    assert_eq!(app_waypoint(&view), shared);
+    let waypoint = service(&view, "demo", "app").waypoint.expect("waypoint");
+    assert_eq!(
+        waypoint.identity,
+        "spiffe://cluster.local/ns/infra/sa/shared"
+    );
+
+    // Its pod goes: claimed, refused.
+    let key = delete(&mut store, Kind::Pod, "infra", "shared-0");
+    view.changed(&store, &[key]);
+    assert_eq!(app_waypoint(&view), Some(None));
+}
+
 #[test]
 fn routing_reaches_waypoints_with_hosts_qualified_and_not_ztunnels() {
     let (mut store, mut view) = built(WAYPOINT_GATEWAY);

@@ -1,44 +1,71 @@
 //! Which waypoint a Service's traffic goes through.
 //!
-//! A namespace gets a waypoint from a Gateway of a waypoint class; its pods
-//! (labelled with the Gateway's name, as a Gateway controller labels the
-//! Deployment it makes) are where the traffic goes. Every Service of the
-//! namespace then uses it, unless the Service or the namespace says
-//! `istio.io/use-waypoint: none`. A Gateway without a running pod still
-//! claims the traffic: ztunnel refuses it rather than bypass the L7 policy.
+//! A namespace gets waypoints from Gateways of a waypoint class; each one's
+//! pods (labelled with the Gateway's name, as a Gateway controller labels the
+//! Deployment it makes) are where its traffic goes. A Service chooses, in
+//! this order:
+//!
+//! 1. its own `istio.io/use-waypoint` label: `none`, or a Gateway's name
+//!    (in the namespace `istio.io/use-waypoint-namespace` names, its own by
+//!    default);
+//! 2. the same labels on its namespace;
+//! 3. otherwise its namespace's waypoint: the first waypoint Gateway there
+//!    by name, if any.
+//!
+//! A waypoint that is named but cannot serve (no such Gateway, another class,
+//! a namespace its listeners do not admit, or no running pod) still claims
+//! the traffic: ztunnel refuses it rather than bypass the L7 policy the
+//! operator asked for.
+
+use std::collections::BTreeMap;
 
 use warren_api::{Identity, addr, config::GatewayAddress, key};
 
 use super::Mesh;
 use crate::{
     model::{
-        Kind, Labels, Object,
-        gateway::{GATEWAY_NAME_LABEL, USE_WAYPOINT_LABEL, WAYPOINT_HBONE_PORT},
+        Kind, Labels, Object, ObjectKey,
+        cluster::Service,
+        gateway::{
+            GATEWAY_NAME_LABEL, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
+            WAYPOINT_HBONE_PORT,
+        },
     },
     store::Store,
 };
 
-/// The waypoint of `namespace`, if a waypoint Gateway exists there.
-pub fn of_namespace(mesh: &Mesh, store: &Store, namespace: &str) -> Option<GatewayAddress> {
-    // Several waypoint Gateways in one namespace: the first by name serves,
-    // so the choice is stable across restarts.
-    let gateway = store
+/// The waypoints of one namespace by Gateway name.
+pub type Waypoints = BTreeMap<String, GatewayAddress>;
+
+/// The waypoint Gateways of `namespace` with where each is reached (no
+/// address while no pod runs it).
+pub fn in_namespace(mesh: &Mesh, store: &Store, namespace: &str) -> Waypoints {
+    store
         .of_kind_in(Kind::Gateway, namespace)
         .filter_map(|o| match o {
             Object::Gateway(g) if g.is_waypoint() => g.metadata.name.clone(),
             _ => None,
         })
-        .min()?;
+        .map(|gateway| {
+            let address = address(mesh, store, namespace, &gateway);
+            (gateway, address)
+        })
+        .collect()
+}
+
+/// Where the waypoint `gateway` of `namespace` is reached: its first pod by
+/// name with an address.
+fn address(mesh: &Mesh, store: &Store, namespace: &str, gateway: &str) -> GatewayAddress {
     let pod = store
         .of_kind_in(Kind::Pod, namespace)
         .filter_map(|o| match o {
             Object::Pod(p) => Some(p),
             _ => None,
         })
-        .filter(|p| p.labels.get(GATEWAY_NAME_LABEL) == Some(gateway.as_str()))
+        .filter(|p| p.labels.get(GATEWAY_NAME_LABEL) == Some(gateway))
         .filter_map(|p| Some((p, p.addresses().first().copied()?)))
         .min_by(|a, b| a.0.name.cmp(&b.0.name));
-    Some(match pod {
+    match pod {
         Some((pod, ip)) => GatewayAddress {
             workload: key::workload(namespace, &pod.name),
             address: addr::to_bytes(ip),
@@ -46,17 +73,105 @@ pub fn of_namespace(mesh: &Mesh, store: &Store, namespace: &str) -> Option<Gatew
             identity: Identity::new(&mesh.trust_domain, namespace, pod.service_account())
                 .to_string(),
         },
-        // Claimed but not running: no address, and ztunnel fails closed.
-        None => GatewayAddress {
-            workload: String::new(),
-            address: Vec::new(),
-            hbone_port: u32::from(WAYPOINT_HBONE_PORT),
-            identity: String::new(),
-        },
-    })
+        None => unavailable(),
+    }
 }
 
-/// Whether an object's labels opt it out of its namespace's waypoint.
-pub fn opts_out(labels: &Labels) -> bool {
-    labels.get(USE_WAYPOINT_LABEL) == Some("none")
+/// A waypoint that claims traffic but cannot take it: ztunnel fails closed.
+fn unavailable() -> GatewayAddress {
+    GatewayAddress {
+        workload: String::new(),
+        address: Vec::new(),
+        hbone_port: u32::from(WAYPOINT_HBONE_PORT),
+        identity: String::new(),
+    }
+}
+
+/// What an object's labels say about its waypoint.
+#[derive(Debug, PartialEq, Eq)]
+enum Choice<'a> {
+    /// `istio.io/use-waypoint: none`.
+    OptOut,
+    Named {
+        namespace: &'a str,
+        name: &'a str,
+    },
+}
+
+fn choice<'a>(labels: &'a Labels, own_namespace: &'a str) -> Option<Choice<'a>> {
+    match labels.get(USE_WAYPOINT_LABEL)? {
+        "none" => Some(Choice::OptOut),
+        name => Some(Choice::Named {
+            namespace: labels
+                .get(USE_WAYPOINT_NAMESPACE_LABEL)
+                .unwrap_or(own_namespace),
+            name,
+        }),
+    }
+}
+
+fn namespace_labels<'a>(store: &'a Store, namespace: &str) -> Option<&'a Labels> {
+    match store.get(&ObjectKey::new(Kind::Namespace, None, namespace)) {
+        Some(Object::Namespace(ns)) => Some(&ns.labels),
+        _ => None,
+    }
+}
+
+/// The waypoint `svc` (of `namespace`) sends its traffic through, from the
+/// namespaces' waypoints as [`in_namespace`] found them.
+pub fn of_service(
+    store: &Store,
+    waypoints: &BTreeMap<String, Waypoints>,
+    namespace: &str,
+    svc: &Service,
+) -> Option<GatewayAddress> {
+    let empty = Labels::default();
+    let ns_labels = namespace_labels(store, namespace).unwrap_or(&empty);
+    let chosen = choice(&svc.labels, namespace).or_else(|| choice(ns_labels, namespace));
+    match chosen {
+        Some(Choice::OptOut) => None,
+        None => waypoints.get(namespace)?.values().next().cloned(),
+        Some(Choice::Named {
+            namespace: at,
+            name,
+        }) => {
+            let key = ObjectKey::new(Kind::Gateway, Some(at), name);
+            let admitted = matches!(
+                store.get(&key),
+                Some(Object::Gateway(g)) if g.is_waypoint() && g.admits(namespace, ns_labels)
+            );
+            let address = waypoints.get(at).and_then(|w| w.get(name));
+            Some(match address {
+                Some(address) if admitted => address.clone(),
+                _ => {
+                    tracing::debug!(
+                        service = %format!("{namespace}/{}", svc.name),
+                        waypoint = %format!("{at}/{name}"),
+                        admitted,
+                        "the named waypoint cannot serve this Service: its traffic is refused"
+                    );
+                    unavailable()
+                }
+            })
+        }
+    }
+}
+
+/// Services outside `namespace` that name a waypoint in it (by their own or
+/// their namespace's `istio.io/use-waypoint-namespace`): recomputed when
+/// that namespace's waypoints change.
+pub fn services_naming(store: &Store, namespace: &str) -> Vec<(String, String)> {
+    let names_it = |labels: &Labels| labels.get(USE_WAYPOINT_NAMESPACE_LABEL) == Some(namespace);
+    store
+        .of_kind(Kind::Service)
+        .filter_map(|o| match o {
+            Object::Service(svc) => Some(svc),
+            _ => None,
+        })
+        .filter(|svc| svc.namespace.as_ref() != namespace)
+        .filter(|svc| {
+            names_it(&svc.labels) || namespace_labels(store, &svc.namespace).is_some_and(names_it)
+        })
+        .map(|svc| (svc.namespace.to_string(), svc.name.to_string()))
+        .collect()
 }

@@ -318,6 +318,8 @@ pub fn start_waypoint(
         &[
             "--namespace",
             namespace,
+            "--service-account",
+            &pod.service_account,
             "--agent-socket",
             &socket,
             "--client-id",

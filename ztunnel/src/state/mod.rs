@@ -624,17 +624,12 @@ impl State {
         }
     }
 
-    /// Ready: a snapshot was applied, the roots are here, and every mesh workload of this
-    /// node has its certificate. The error says what is missing.
+    /// Ready: [`State::configured`], and every mesh workload of this node has its
+    /// certificate. The error says what is missing.
     pub fn ready(&self) -> Result<(), String> {
+        self.configured()?;
         let node = self.node();
         let inner = self.read();
-        if !inner.synced {
-            return Err("no config snapshot applied yet".into());
-        }
-        if inner.trust.is_none() {
-            return Err("no trust bundle".into());
-        }
         let missing: Vec<String> = inner
             .workloads
             .values()
@@ -649,6 +644,19 @@ impl State {
             .collect();
         if !missing.is_empty() {
             return Err(format!("no certificate yet for {}", missing.join(", ")));
+        }
+        Ok(())
+    }
+
+    /// A snapshot was applied and the roots are here: enough for a proxy that needs
+    /// only its own certificate (a waypoint holds no keys of the node's workloads).
+    pub fn configured(&self) -> Result<(), String> {
+        let inner = self.read();
+        if !inner.synced {
+            return Err("no config snapshot applied yet".into());
+        }
+        if inner.trust.is_none() {
+            return Err("no trust bundle".into());
         }
         Ok(())
     }

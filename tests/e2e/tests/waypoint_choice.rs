@@ -1,0 +1,232 @@
+//! Which waypoint a Service's traffic takes, with real traffic: its
+//! namespace's waypoint by default; the one its `istio.io/use-waypoint` (and
+//! `istio.io/use-waypoint-namespace`) labels name, in another namespace too
+//! when that Gateway's listener admits it; and none at all (refused, not
+//! bypassed) when the named waypoint does not admit it.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+use warren_e2e::{
+    mesh::{eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway},
+    workload::{count_status, count_version, load, start_http_server},
+};
+use warren_testbed::{Cluster, Pod, PodSpec, ServicePort, manifests, privilege::require_root};
+
+const NS: &str = "shop";
+const INFRA: &str = "infra";
+
+/// Everything to v2: only a waypoint applies this, ztunnel does not.
+const ROUTES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: app, namespace: shop }
+spec:
+  host: app
+  subsets:
+  - { name: v1, labels: { version: v1 } }
+  - { name: v2, labels: { version: v2 } }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: app, namespace: shop }
+spec:
+  hosts: [app]
+  http:
+  - route: [{ destination: { host: app, subset: v2 } }]
+"#;
+
+/// The shared waypoint Gateway of `infra`, with `allowed` as its listener's
+/// `allowedRoutes` (empty: its own namespace only).
+fn shared_gateway(allowed: &str) -> String {
+    let allowed = if allowed.is_empty() {
+        String::new()
+    } else {
+        format!(", allowedRoutes: {allowed}")
+    };
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{ name: shared, namespace: {INFRA} }}\n\
+         spec:\n  gatewayClassName: istio-waypoint\n  \
+         listeners: [{{ name: mesh, port: 15008, protocol: HBONE{allowed} }}]\n"
+    )
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Requests `istio_requests_total` of a waypoint counts for `app`.
+fn served(waypoint: &Pod) -> Result<f64> {
+    let out = waypoint.sandbox.exec(
+        "curl",
+        ["-sS", "--max-time", "5", "http://127.0.0.1:15020/metrics"],
+    )?;
+    ensure!(
+        out.status.success(),
+        "scraping {}'s metrics: {}",
+        waypoint.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(metric_sum(
+        &String::from_utf8_lossy(&out.stdout),
+        "istio_requests_total",
+        &[("destination_service", "app.shop.svc.cluster.local")],
+    ))
+}
+
+#[test]
+fn a_service_takes_the_waypoint_its_labels_name() -> Result<()> {
+    require_root()?;
+    let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
+    cluster.add_namespace(NS, labels(&[("warren.io/dataplane-mode", "ambient")]))?;
+    cluster.add_namespace(INFRA, BTreeMap::new())?;
+    let waypoint_labels = |gateway: &str| {
+        labels(&[
+            ("gateway.networking.k8s.io/gateway-name", gateway),
+            ("warren.io/dataplane-mode", "none"),
+        ])
+    };
+    for (name, namespace, node, pod_labels, sa) in [
+        (
+            "app-v1",
+            NS,
+            1,
+            labels(&[("app", "app"), ("version", "v1")]),
+            "app",
+        ),
+        (
+            "app-v2",
+            NS,
+            0,
+            labels(&[("app", "app"), ("version", "v2")]),
+            "app",
+        ),
+        ("client", NS, 0, labels(&[("app", "client")]), "client"),
+        ("waypoint", NS, 1, waypoint_labels("waypoint"), "waypoint"),
+        ("shared", INFRA, 0, waypoint_labels("shared"), "shared"),
+    ] {
+        cluster.add_pod(PodSpec {
+            name: name.into(),
+            namespace: namespace.into(),
+            node,
+            labels: pod_labels,
+            service_account: Some(sa.into()),
+        })?;
+    }
+    let mut app = cluster
+        .add_service(
+            NS,
+            "app",
+            labels(&[("app", "app")]),
+            vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                target_port: 8080,
+            }],
+        )?
+        .clone();
+    let url = format!("http://{}/", app.cluster_ip);
+    let mut mesh = start_mesh(&cluster)?;
+    mesh.wait_ready(Duration::from_secs(30))
+        .with_context(|| mesh.logs())?;
+    let config_dir = cluster.config_dir();
+    std::fs::write(config_dir.join("routes.shop.yaml"), ROUTES)?;
+    std::fs::write(config_dir.join("gateway.shop.yaml"), waypoint_gateway(NS))?;
+    std::fs::write(
+        config_dir.join("gateway.infra.yaml"),
+        shared_gateway("{ namespaces: { from: All } }"),
+    )?;
+    let (own_pod, shared_pod) = (
+        cluster.pod("waypoint")?.clone(),
+        cluster.pod("shared")?.clone(),
+    );
+    let own = start_waypoint(&cluster, &own_pod, NS).with_context(|| mesh.logs())?;
+    let shared = start_waypoint(&cluster, &shared_pod, INFRA).with_context(|| mesh.logs())?;
+    let logs = || {
+        format!(
+            "{}\nwaypoint shop:\n{}\nwaypoint infra:\n{}",
+            mesh.logs(),
+            own.output(),
+            shared.output()
+        )
+    };
+    let mut servers = Vec::new();
+    for version in ["v1", "v2"] {
+        let pod = cluster.pod(&format!("app-{version}"))?.clone();
+        servers.push(start_http_server(
+            &cluster,
+            &pod,
+            8080,
+            &["--version", version, "--name", &pod.name],
+        )?);
+    }
+    let client = cluster.pod("client")?.clone();
+    let all_v2 = |n: u64| -> Result<bool> {
+        let report = load(&client, &url, &["-n", &n.to_string(), "-c", "2"])?;
+        Ok(count_version(&report, "v2") == n)
+    };
+
+    // No label: the namespace's own waypoint.
+    eventually(Duration::from_secs(20), "every answer from v2", || {
+        all_v2(20)
+    })
+    .with_context(logs)?;
+    let (before_own, before_shared) = (served(&own_pod)?, served(&shared_pod)?);
+    ensure!(all_v2(50)?, "through shop's waypoint\n{}", logs());
+    let (after_own, after_shared) = (served(&own_pod)?, served(&shared_pod)?);
+    eprintln!(
+        "no label: shop's waypoint served {}, infra's {}",
+        after_own - before_own,
+        after_shared - before_shared
+    );
+    ensure!(
+        after_own - before_own >= 50.0 && after_shared == before_shared,
+        "the namespace's waypoint serves an unlabelled Service\n{}",
+        logs()
+    );
+
+    // Labelled for infra's shared waypoint, which admits every namespace.
+    app.labels = labels(&[
+        ("istio.io/use-waypoint", "shared"),
+        ("istio.io/use-waypoint-namespace", INFRA),
+    ]);
+    manifests::write_service(&config_dir, &app)?;
+    eventually(
+        Duration::from_secs(20),
+        "infra's waypoint takes the traffic",
+        || {
+            let before = served(&shared_pod)?;
+            Ok(all_v2(10)? && served(&shared_pod)? - before >= 10.0)
+        },
+    )
+    .with_context(logs)?;
+    let (before_own, before_shared) = (served(&own_pod)?, served(&shared_pod)?);
+    ensure!(all_v2(50)?, "through infra's waypoint\n{}", logs());
+    let (after_own, after_shared) = (served(&own_pod)?, served(&shared_pod)?);
+    eprintln!(
+        "use-waypoint shared: shop's waypoint served {}, infra's {}",
+        after_own - before_own,
+        after_shared - before_shared
+    );
+    ensure!(
+        after_shared - before_shared >= 50.0 && after_own == before_own,
+        "the named waypoint in infra serves the Service, with shop's VirtualService\n{}",
+        logs()
+    );
+
+    // The Gateway stops admitting other namespaces: the traffic is refused,
+    // not sent around the waypoint.
+    std::fs::write(config_dir.join("gateway.infra.yaml"), shared_gateway(""))?;
+    eventually(Duration::from_secs(20), "the traffic is refused", || {
+        let report = load(&client, &url, &["-n", "10", "-c", "2", "--timeout", "2s"])?;
+        Ok(count_status(&report, 200) == 0)
+    })
+    .with_context(logs)?;
+    eprintln!("not admitted: every request refused");
+    drop(servers);
+    Ok(())
+}
