@@ -110,6 +110,8 @@ impl WaypointPod {
         vec![
             "--namespace".into(),
             self.namespace.clone().into(),
+            "--gateway".into(),
+            self.gateway.clone().into(),
             "--service-account".into(),
             self.service_account.clone().into(),
             "--agent-socket".into(),

@@ -15,6 +15,11 @@ pub struct Config {
     #[arg(long, env = "WARREN_WAYPOINT_NAMESPACE")]
     pub namespace: String,
 
+    /// The waypoint Gateway (of `namespace`) this process implements: an
+    /// AuthorizationPolicy attached to that Gateway applies to every request.
+    #[arg(long, env = "WARREN_WAYPOINT_GATEWAY", default_value = "waypoint")]
+    pub gateway: String,
+
     /// The service account the waypoint runs as: its certificate's identity.
     #[arg(
         long,

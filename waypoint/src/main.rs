@@ -47,6 +47,8 @@ async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
     let subscription = tokio::spawn(subscriber.run(Subscription::new(
         L4Subscription::new(Arc::clone(&state)),
         Arc::clone(&tables),
+        config.namespace.clone(),
+        config.gateway.clone(),
     )));
     let app = App::start(config, state, tables, Some(log)).await?;
     tokio::select! {

@@ -17,11 +17,24 @@ use crate::tables::Tables;
 pub struct Subscription {
     l4: L4Subscription,
     tables: Arc<Tables>,
+    /// The namespace and Gateway this waypoint implements.
+    namespace: String,
+    gateway: String,
 }
 
 impl Subscription {
-    pub fn new(l4: L4Subscription, tables: Arc<Tables>) -> Self {
-        Subscription { l4, tables }
+    pub fn new(
+        l4: L4Subscription,
+        tables: Arc<Tables>,
+        namespace: String,
+        gateway: String,
+    ) -> Self {
+        Subscription {
+            l4,
+            tables,
+            namespace,
+            gateway,
+        }
     }
 }
 
@@ -60,8 +73,10 @@ impl Handler for Subscription {
                 }),
                 // Refused (a spec this build cannot read): the last good copy
                 // stays in force, as for every resource.
-                Some(Kind::L7Authorization(policy)) => Tables::parse_authorization(policy)
-                    .map(|p| self.tables.upsert_authorization(resource.key.clone(), p)),
+                Some(Kind::L7Authorization(policy)) => {
+                    Tables::parse_authorization(policy, &self.namespace, &self.gateway)
+                        .map(|p| self.tables.upsert_authorization(resource.key.clone(), p))
+                }
                 _ => Ok(()),
             };
             if let Err(reason) = parsed {

@@ -69,14 +69,21 @@ impl Tables {
         })
     }
 
-    /// Checks an attached AuthorizationPolicy resource.
-    pub fn parse_authorization(policy: &L7Authorization) -> Result<PolicyInput, String> {
+    /// Checks an attached AuthorizationPolicy resource, for the waypoint of
+    /// Gateway `gateway` in `namespace`.
+    pub fn parse_authorization(
+        policy: &L7Authorization,
+        namespace: &str,
+        gateway: &str,
+    ) -> Result<PolicyInput, String> {
         let spec: AuthorizationPolicySpec =
             serde_json::from_str(&policy.spec_json).map_err(|e| format!("spec_json: {e}"))?;
         Ok(PolicyInput {
             namespace: policy.namespace.clone(),
             name: policy.name.clone(),
-            waypoint: policy.waypoint,
+            // Attached to this waypoint, not another one (of this namespace
+            // or of another, which the agent sends for their Services).
+            waypoint: policy.namespace == namespace && policy.gateways.iter().any(|g| g == gateway),
             services: policy.services.clone(),
             spec,
         })
@@ -143,4 +150,32 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use warren_api::config::L7Authorization;
+
+    use super::Tables;
+
+    #[test]
+    fn a_policy_binds_only_the_waypoint_of_the_gateway_it_names() {
+        let policy = L7Authorization {
+            name: "deny".into(),
+            namespace: "demo".into(),
+            gateways: vec!["special".into()],
+            services: vec!["app".into()],
+            spec_json: r#"{"action":"DENY"}"#.into(),
+        };
+        let bound = |namespace: &str, gateway: &str| {
+            Tables::parse_authorization(&policy, namespace, gateway)
+                .map(|p| (p.waypoint, p.services))
+        };
+        let app = vec!["app".to_owned()];
+        assert_eq!(bound("demo", "special"), Ok((true, app.clone())));
+        // The namespace's other waypoint, and a waypoint elsewhere that may
+        // serve demo's Services: only the Service attachment holds.
+        assert_eq!(bound("demo", "waypoint"), Ok((false, app.clone())));
+        assert_eq!(bound("infra", "special"), Ok((false, app)));
+    }
 }

@@ -122,22 +122,24 @@ pub fn l7_authorization(
     is_waypoint: impl Fn(&str) -> bool,
 ) -> Option<L7Authorization> {
     let spec = &policy.spec;
-    let mut waypoint = false;
+    let mut gateways = Vec::new();
     let mut services = Vec::new();
     for target in spec.target_ref.iter().chain(&spec.target_refs) {
         match (target.group.as_str(), target.kind.as_str()) {
             ("gateway.networking.k8s.io", "Gateway") if is_waypoint(&target.name) => {
-                waypoint = true;
+                gateways.push(target.name.clone());
             }
             ("" | "core", "Service") => services.push(target.name.clone()),
             _ => {}
         }
     }
-    if !waypoint && services.is_empty() {
+    if gateways.is_empty() && services.is_empty() {
         return None;
     }
-    services.sort();
-    services.dedup();
+    for names in [&mut gateways, &mut services] {
+        names.sort();
+        names.dedup();
+    }
     Some(L7Authorization {
         name: policy.metadata.name.clone().unwrap_or_default(),
         namespace: policy
@@ -145,7 +147,7 @@ pub fn l7_authorization(
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into()),
-        waypoint,
+        gateways,
         services,
         // Serializing a validated model type cannot fail; an empty spec is
         // refused by the waypoint, which then keeps the last good one.

@@ -298,11 +298,10 @@ impl Audience {
                         .parse::<warren_api::Identity>()
                         .is_ok_and(|id| id.namespace == *namespace);
                 }
-                // Attached policies bind only the waypoint of their namespace.
-                match key.strip_prefix(L7_AUTHORIZATION) {
-                    Some(rest) => rest.split_once('/').is_some_and(|(ns, _)| ns == namespace),
-                    None => true,
-                }
+                // Every attached policy: one attached to Services binds
+                // whichever waypoint serves them, which may be another
+                // namespace's; the waypoint itself tells which Gateway it is.
+                true
             }
         }
     }

@@ -197,6 +197,8 @@ pub fn render(gateway: &Gateway, settings: &Settings) -> Result<Waypoint, Render
         args: Some(vec![
             "--namespace".into(),
             namespace.clone(),
+            "--gateway".into(),
+            name.clone(),
             "--service-account".into(),
             name.clone(),
             "--agent-socket".into(),
@@ -469,6 +471,8 @@ mod tests {
             [
                 "--namespace",
                 "demo",
+                "--gateway",
+                "waypoint",
                 "--service-account",
                 "waypoint",
                 "--agent-socket",

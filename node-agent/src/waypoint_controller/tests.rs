@@ -198,6 +198,8 @@ async fn a_waypoint_gateway_is_applied_as_service_account_deployment_and_status(
         json!([
             "--namespace",
             "demo",
+            "--gateway",
+            "waypoint",
             "--service-account",
             "waypoint",
             "--agent-socket",

@@ -318,6 +318,10 @@ pub fn start_waypoint(
         &[
             "--namespace",
             namespace,
+            "--gateway",
+            pod.labels
+                .get("gateway.networking.k8s.io/gateway-name")
+                .map_or("waypoint", String::as_str),
             "--service-account",
             &pod.service_account,
             "--agent-socket",

@@ -1,8 +1,9 @@
 //! Which waypoint a Service's traffic takes, with real traffic: its
 //! namespace's waypoint by default; the one its `istio.io/use-waypoint` (and
 //! `istio.io/use-waypoint-namespace`) labels name, in another namespace too
-//! when that Gateway's listener admits it; and none at all (refused, not
-//! bypassed) when the named waypoint does not admit it.
+//! when that Gateway's listener admits it, which then enforces the Service's
+//! own AuthorizationPolicies; and none at all (refused, not bypassed) when the
+//! named waypoint does not admit it.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -34,6 +35,14 @@ spec:
   hosts: [app]
   http:
   - route: [{ destination: { host: app, subset: v2 } }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: app-private, namespace: shop }
+spec:
+  targetRefs: [{ group: "", kind: Service, name: app }]
+  action: DENY
+  rules: [{ to: [{ operation: { paths: ["/private"] } }] }]
 "#;
 
 /// The shared waypoint Gateway of `infra`, with `allowed` as its listener's
@@ -215,6 +224,17 @@ fn a_service_takes_the_waypoint_its_labels_name() -> Result<()> {
     ensure!(
         after_shared - before_shared >= 50.0 && after_own == before_own,
         "the named waypoint in infra serves the Service, with shop's VirtualService\n{}",
+        logs()
+    );
+    // The Service's AuthorizationPolicy (in shop) holds at infra's waypoint.
+    let report = load(&client, &format!("{url}private"), &["-n", "10", "-c", "2"])?;
+    eprintln!(
+        "use-waypoint shared: {} of 10 requests to /private denied by shop's policy",
+        count_status(&report, 403)
+    );
+    ensure!(
+        count_status(&report, 403) == 10,
+        "shop's policy on the Service must bind infra's waypoint: {report}\n{}",
         logs()
     );
 

@@ -147,7 +147,7 @@ pub fn resource_json(r: &Resource) -> Value {
             "L7Authorization",
             json!({
                 "name": a.name, "namespace": a.namespace,
-                "waypoint": a.waypoint, "services": a.services,
+                "gateways": a.gateways, "services": a.services,
                 "spec": serde_json::from_str::<Value>(&a.spec_json).unwrap_or(Value::Null),
             }),
         ),
@@ -277,11 +277,12 @@ pub fn print_tables(dump: &DumpResponse) {
         Some(Kind::L7Authorization(a)) => Some(vec![
             "AuthorizationPolicy".into(),
             format!("{}/{}", a.namespace, a.name),
-            if a.waypoint {
-                "(waypoint)".into()
-            } else {
-                a.services.join(",")
-            },
+            a.gateways
+                .iter()
+                .map(|g| format!("(waypoint {g})"))
+                .chain(a.services.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(","),
         ]),
         _ => None,
     })
