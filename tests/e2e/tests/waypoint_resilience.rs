@@ -751,6 +751,18 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         not_found >= 1.0,
         "grpc status in istio_requests_total: {metrics}"
     );
+    // OK travels in trailers after the message: the report waits for them,
+    // and counts the body's bytes (an HTTP/2 answer declares no length).
+    let grpc_ok = [("request_protocol", "grpc"), ("grpc_response_status", "0")];
+    let ok = metric_sum(&metrics, "istio_requests_total", &grpc_ok);
+    let ok_bytes = metric_sum(&metrics, "istio_response_bytes_sum", &grpc_ok);
+    eprintln!(
+        "grpc: {ok} OK calls reported with their trailers' status, {ok_bytes} response bytes"
+    );
+    ensure!(
+        ok >= 2.0 && ok_bytes > 0.0,
+        "grpc status from trailers and response bytes in the metrics: {metrics}"
+    );
 
     // An HTTP/1.1 upgrade (as WebSocket does) is routed, switched and then
     // spliced: bytes after the 101 reach the server and come back.

@@ -33,6 +33,7 @@ use crate::{
 };
 
 const REQUEST_ID: &str = "x-request-id";
+const GRPC_STATUS: &str = "grpc-status";
 
 fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
@@ -60,6 +61,8 @@ struct Done {
     upstream: Option<SocketAddr>,
     destination: Option<Arc<Workload>>,
     attempts: u32,
+    /// The request body's size, once it was read (to be sent upstream).
+    request_bytes: Option<u64>,
 }
 
 impl Done {
@@ -71,6 +74,7 @@ impl Done {
             upstream: None,
             destination: None,
             attempts: 0,
+            request_bytes: None,
         }
     }
 }
@@ -89,7 +93,8 @@ pub async fn handle(
     propagate_trace(&mut parts.headers);
     let grpc = is_grpc(&parts.headers);
     let method = parts.method.clone();
-    let request_bytes = parts
+    // What the client declared; the body's real size once read.
+    let declared_bytes = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
@@ -117,27 +122,204 @@ pub async fn handle(
         .headers_mut()
         .entry(REQUEST_ID)
         .or_insert(request_id.clone());
-    report(&ctx, &down, &done, grpc, start, request_bytes);
-    info!(
-        target: "access",
-        request_id = %request_id.to_str().unwrap_or_default(),
-        src = %down.source_ip,
-        src_identity = %down.peer.identity,
-        service = %down.service.hostname,
-        %method,
-        path,
-        route = %done.route,
-        status = done.response.status().as_u16(),
-        flags = done.flags,
-        details = %denial.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
-        upstream = ?done.upstream,
-        attempts = done.attempts,
-        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
     let upstream_upgrade = done.response.extensions_mut().remove::<OnUpgrade>();
     upgrade::splice(done.response.status(), downstream_upgrade, upstream_upgrade);
-    done.response
+    let finished = Finished {
+        status: done.response.status(),
+        grpc_status: done.response.headers().get(GRPC_STATUS).cloned(),
+        flags: done.flags,
+        route: done.route,
+        upstream: done.upstream,
+        destination: done.destination,
+        attempts: done.attempts,
+        details: denial.as_ref().map(ToString::to_string),
+        request: Arrived {
+            start,
+            request_id,
+            method,
+            path,
+            grpc,
+            request_bytes: done.request_bytes.unwrap_or(declared_bytes),
+        },
+        ctx,
+        down,
+    };
+    let (parts, body) = done.response.into_parts();
+    Response::from_parts(parts, Measured::new(body, finished).boxed())
+}
+
+/// What was known of a request when it arrived, for its report.
+struct Arrived {
+    start: Instant,
+    request_id: HeaderValue,
+    method: http::Method,
+    /// Empty unless access lines are written.
+    path: String,
+    grpc: bool,
+    request_bytes: u64,
+}
+
+/// A request whose answer is on its way downstream: reported (metrics and
+/// access line) once the answer's body has been sent, so the duration, the
+/// response size and a gRPC status sent in trailers are the real ones, as
+/// Envoy reports them.
+struct Finished {
+    ctx: Arc<Context>,
+    down: Arc<Downstream>,
+    request: Arrived,
+    status: StatusCode,
+    /// From the headers (a trailers-only gRPC answer), else the trailers.
+    grpc_status: Option<HeaderValue>,
+    flags: &'static str,
+    route: String,
+    upstream: Option<SocketAddr>,
+    destination: Option<Arc<Workload>>,
+    attempts: u32,
+    /// Why an AuthorizationPolicy denied it.
+    details: Option<String>,
+}
+
+/// How the answer's body ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    Complete,
+    /// The upstream failed mid-body (Envoy's `UC`).
+    UpstreamFailed,
+    /// The client went away first (Envoy's `DC`).
+    DownstreamGone,
+}
+
+impl Finished {
+    fn report(self, response_bytes: u64, ending: Ending) {
+        let flags = match (ending, self.flags) {
+            (Ending::UpstreamFailed, "-") => "UC",
+            (Ending::DownstreamGone, "-") => "DC",
+            (_, flags) => flags,
+        };
+        let down = &self.down;
+        let request = &self.request;
+        let metrics = down.metrics.get(
+            &self.ctx.metrics,
+            Varying {
+                destination: self.destination.as_ref(),
+                grpc: request.grpc,
+                response_code: self.status.as_u16(),
+                grpc_response_status: self.grpc_status.as_ref(),
+                response_flags: flags,
+            },
+            || {
+                request_labels(
+                    down,
+                    self.destination.as_deref(),
+                    self.status,
+                    self.grpc_status.as_ref(),
+                    flags,
+                    request.grpc,
+                )
+            },
+        );
+        let elapsed_ms = request.start.elapsed().as_secs_f64() * 1000.0;
+        metrics.requests.inc();
+        metrics.duration.observe(elapsed_ms);
+        metrics.request_bytes.observe(request.request_bytes as f64);
+        metrics.response_bytes.observe(response_bytes as f64);
+        info!(
+            target: "access",
+            request_id = %request.request_id.to_str().unwrap_or_default(),
+            src = %down.source_ip,
+            src_identity = %down.peer.identity,
+            service = %down.service.hostname,
+            method = %request.method,
+            path = request.path,
+            route = %self.route,
+            status = self.status.as_u16(),
+            grpc_status = self.grpc_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            flags,
+            details = self.details.as_deref().unwrap_or("-"),
+            upstream = ?self.upstream,
+            attempts = self.attempts,
+            request_bytes = request.request_bytes,
+            response_bytes,
+            duration_ms = elapsed_ms,
+            "request"
+        );
+    }
+}
+
+/// The answer's body on its way downstream, counted; its end (or its drop
+/// before the end) reports the request.
+struct Measured {
+    inner: Body,
+    bytes: u64,
+    finished: Option<Finished>,
+}
+
+impl Measured {
+    fn new(inner: Body, finished: Finished) -> Self {
+        Self {
+            inner,
+            bytes: 0,
+            finished: Some(finished),
+        }
+    }
+
+    fn finish(&mut self, ending: Ending) {
+        if let Some(finished) = self.finished.take() {
+            finished.report(self.bytes, ending);
+        }
+    }
+}
+
+impl hyper::body::Body for Measured {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref()
+                    && let (Some(status), Some(finished)) =
+                        (trailers.get(GRPC_STATUS), this.finished.as_mut())
+                {
+                    finished.grpc_status = Some(status.clone());
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(Ending::Complete);
+                }
+            }
+            std::task::Poll::Ready(Some(Err(_))) => this.finish(Ending::UpstreamFailed),
+            std::task::Poll::Ready(None) => this.finish(Ending::Complete),
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        // An empty body may never be polled: dropped at its end, it is whole.
+        let ending = if self.inner.is_end_stream() {
+            Ending::Complete
+        } else {
+            Ending::DownstreamGone
+        };
+        self.finish(ending);
+    }
 }
 
 async fn route_and_forward(
@@ -334,6 +516,7 @@ async fn route_and_forward(
         done.flags = "DI";
     }
     done.route = route_name;
+    done.request_bytes = Some(body.len() as u64);
     done
 }
 
@@ -413,6 +596,7 @@ async fn send_with_retries(
                     upstream: Some(endpoint),
                     destination,
                     attempts: tries,
+                    request_bytes: None,
                 },
                 Attempt::Failed {
                     kind,
@@ -432,6 +616,7 @@ async fn send_with_retries(
                         upstream: endpoint,
                         destination: None,
                         attempts: tries,
+                        request_bytes: None,
                     }
                 }
                 Attempt::Local(mut done) => {
@@ -714,44 +899,17 @@ impl Context {
     }
 }
 
-fn report(
-    ctx: &Context,
-    down: &Downstream,
-    done: &Done,
-    grpc: bool,
-    start: Instant,
-    request_bytes: u64,
-) {
-    let metrics = down.metrics.get(
-        &ctx.metrics,
-        Varying {
-            destination: done.destination.as_ref(),
-            grpc,
-            response_code: done.response.status().as_u16(),
-            grpc_response_status: done.response.headers().get("grpc-status"),
-            response_flags: done.flags,
-        },
-        || request_labels(down, done, grpc),
-    );
-    metrics.requests.inc();
-    metrics
-        .duration
-        .observe(start.elapsed().as_secs_f64() * 1000.0);
-    metrics.request_bytes.observe(request_bytes as f64);
-    let response_bytes = done
-        .response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    metrics.response_bytes.observe(response_bytes);
-}
-
 /// Istio's labels for one request.
-fn request_labels(down: &Downstream, done: &Done, grpc: bool) -> RequestLabels {
+fn request_labels(
+    down: &Downstream,
+    destination: Option<&Workload>,
+    status: StatusCode,
+    grpc_status: Option<&HeaderValue>,
+    flags: &'static str,
+    grpc: bool,
+) -> RequestLabels {
     let unknown = || "unknown".to_owned();
     let source = down.source.as_deref();
-    let destination = done.destination.as_deref();
     let service = &down.service;
     RequestLabels {
         reporter: "waypoint",
@@ -771,15 +929,12 @@ fn request_labels(down: &Downstream, done: &Done, grpc: bool) -> RequestLabels {
         destination_service_name: service.name.clone(),
         destination_service_namespace: service.namespace.clone(),
         request_protocol: if grpc { "grpc" } else { "http" },
-        response_code: done.response.status().as_u16(),
-        grpc_response_status: done
-            .response
-            .headers()
-            .get("grpc-status")
+        response_code: status.as_u16(),
+        grpc_response_status: grpc_status
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned(),
-        response_flags: done.flags,
+        response_flags: flags,
         connection_security_policy: "mutual_tls",
     }
 }
