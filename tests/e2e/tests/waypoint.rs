@@ -1,11 +1,14 @@
 //! The waypoint with real traffic: a namespace's Gateway puts a waypoint in
 //! the path of its services; ztunnels send the traffic to it over HBONE, and
 //! it applies the VirtualService and DestinationRule before sending each
-//! request on, over HBONE again, to the chosen endpoint's node.
+//! request on, over HBONE again, to the chosen endpoint's node: weights,
+//! header matches, faults, redirects, rewrites, header changes both ways and
+//! `x-request-id`, as the client and the backend see them.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
 use warren_e2e::{
     mesh::{start_mesh, start_waypoint, waypoint_gateway},
     workload::{count_status, count_version, load, start_http_server},
@@ -38,6 +41,21 @@ spec:
   - name: jason
     match: [{ headers: { end-user: { exact: jason } } }]
     route: [{ destination: { host: app, subset: v2 } }]
+  - name: moved
+    match: [{ uri: { exact: /old } }]
+    redirect: { uri: /new, authority: app.example, redirectCode: 301 }
+  - name: shaped
+    match: [{ uri: { prefix: /api/ } }]
+    rewrite: { uri: /v2/, authority: backend.internal }
+    headers:
+      request:
+        set: { x-set: "yes" }
+        add: { x-added: extra }
+        remove: [x-secret]
+      response:
+        set: { x-shaped: "true" }
+        remove: [x-sample-pod]
+    route: [{ destination: { host: app, subset: v1 } }]
   - name: faulty
     match: [{ headers: { x-fault: { exact: abort } } }]
     fault: { abort: { httpStatus: 418, percentage: { value: 50 } } }
@@ -168,6 +186,72 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
     ensure!(
         count_version(&report, "v1") == ok,
         "fault rule routes to v1: {report}"
+    );
+
+    // What the client and the backend see, with curl.
+    let curl = |args: &[&str]| -> Result<(String, Value)> {
+        let out = client
+            .sandbox
+            .exec("curl", ["-sS", "-i", "--max-time", "5"].iter().chain(args))?;
+        ensure!(
+            out.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("no header end in {text:?}"))?;
+        let body = serde_json::from_str(body).unwrap_or(Value::Null);
+        Ok((head.to_ascii_lowercase(), body))
+    };
+
+    // Redirect: answered by the waypoint, nothing reaches a backend.
+    let (head, _) = curl(&[&format!("{url}old")])?;
+    eprintln!("redirect: {}", head.lines().next().unwrap_or_default());
+    ensure!(
+        head.starts_with("http/1.1 301") && head.contains("location: http://app.example/new"),
+        "/old must redirect to http://app.example/new:\n{head}\n{}",
+        logs()
+    );
+
+    // Rewrite and header changes: the backend sees the new path, authority
+    // and headers; the client sees the response headers changed, and an
+    // x-request-id that the backend saw too.
+    let (head, answer) = curl(&[
+        "-H",
+        "x-secret: hunter2",
+        "-H",
+        "x-added: mine",
+        &format!("{url}api/items"),
+    ])?;
+    let seen = &answer["headers"];
+    eprintln!(
+        "rewrite: path {} host {} x-set {} x-added {} x-secret {}",
+        answer["path"], seen["host"], seen["x-set"], seen["x-added"], seen["x-secret"]
+    );
+    ensure!(
+        answer["path"] == "/v2/items"
+            && seen["host"] == "backend.internal"
+            && seen["x-set"] == "yes"
+            && seen["x-secret"].is_null()
+            && seen["x-added"]
+                .as_str()
+                .is_some_and(|v| v.contains("mine") && v.contains("extra")),
+        "the backend must see the rewritten request: {answer}\n{}",
+        logs()
+    );
+    let request_id = seen["x-request-id"].as_str().unwrap_or_default();
+    ensure!(
+        head.contains("x-shaped: true")
+            && !head.contains("x-sample-pod:")
+            && head.contains("x-sample-version: v1")
+            && !request_id.is_empty()
+            && head.contains(&format!(
+                "x-request-id: {}",
+                request_id.to_ascii_lowercase()
+            )),
+        "the client must see the shaped response and the backend's x-request-id ({request_id}):\n{head}"
     );
     drop(servers);
     drop(waypoint);
