@@ -297,6 +297,21 @@ pub fn waypoint_gateway(namespace: &str) -> String {
         .expect("a waypoint Gateway encodes as YAML")
 }
 
+/// A waypoint's Prometheus metrics, scraped from inside its pod.
+pub fn waypoint_metrics(pod: &warren_testbed::Pod) -> Result<String> {
+    let out = pod.sandbox.exec(
+        "curl",
+        ["-sS", "--max-time", "5", "http://127.0.0.1:15020/metrics"],
+    )?;
+    ensure!(
+        out.status.success(),
+        "scraping {}'s metrics: {}",
+        pod.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Starts `warren-waypoint` for `namespace` in `pod` (a pod labelled as the
 /// Gateway's, outside the capture), subscribed to its node's agent, and waits
 /// until it has its config and certificate.

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use warren_e2e::{
-    mesh::{start_mesh, start_waypoint, waypoint_gateway},
+    mesh::{metric_sum, start_mesh, start_waypoint, waypoint_gateway, waypoint_metrics},
     workload::{count_status, count_version, load, start_http_server},
 };
 use warren_testbed::{Cluster, PodSpec, ServicePort, privilege::require_root};
@@ -55,6 +55,10 @@ spec:
       response:
         set: { x-shaped: "true" }
         remove: [x-sample-pod]
+    route: [{ destination: { host: app, subset: v1 } }]
+  - name: delayed
+    match: [{ headers: { x-fault: { exact: delay } } }]
+    fault: { delay: { fixedDelay: 300ms, percentage: { value: 50 } } }
     route: [{ destination: { host: app, subset: v1 } }]
   - name: faulty
     match: [{ headers: { x-fault: { exact: abort } } }]
@@ -186,6 +190,28 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
     ensure!(
         count_version(&report, "v1") == ok,
         "fault rule routes to v1: {report}"
+    );
+
+    // A 50 % delay of 300 ms slows about half the requests, all answered.
+    let report = load(
+        &client,
+        &url,
+        &["-n", "60", "-c", "6", "-H", "x-fault: delay"],
+    )?;
+    let delayed = metric_sum(
+        &waypoint_metrics(&waypoint_pod)?,
+        "istio_requests_total",
+        &[("response_flags", "DI")],
+    );
+    let p90 = report["latency_ms"]["p90"].as_f64().unwrap_or(0.0);
+    eprintln!(
+        "delay at 50 %: {delayed} of 60 delayed (flag DI), p90 {p90:.0} ms, {} OK",
+        count_status(&report, 200)
+    );
+    ensure!(
+        count_status(&report, 200) == 60 && (15.0..=45.0).contains(&delayed) && p90 >= 300.0,
+        "fault delay: {delayed} of 60 delayed, p90 {p90} ms (expected about 30, ≥ 300 ms)\n{report}\n{}",
+        logs()
     );
 
     // What the client and the backend see, with curl.

@@ -9,7 +9,9 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
-    mesh::{eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway},
+    mesh::{
+        eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway, waypoint_metrics,
+    },
     workload::{count_status, count_version, load, start_http_server},
 };
 use warren_testbed::{Cluster, Pod, PodSpec, ServicePort, manifests, privilege::require_root};
@@ -70,18 +72,8 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 /// Requests `istio_requests_total` of a waypoint counts for `app`.
 fn served(waypoint: &Pod) -> Result<f64> {
-    let out = waypoint.sandbox.exec(
-        "curl",
-        ["-sS", "--max-time", "5", "http://127.0.0.1:15020/metrics"],
-    )?;
-    ensure!(
-        out.status.success(),
-        "scraping {}'s metrics: {}",
-        waypoint.name,
-        String::from_utf8_lossy(&out.stderr)
-    );
     Ok(metric_sum(
-        &String::from_utf8_lossy(&out.stdout),
+        &waypoint_metrics(waypoint)?,
         "istio_requests_total",
         &[("destination_service", "app.shop.svc.cluster.local")],
     ))

@@ -18,7 +18,9 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use warren_e2e::{
-    mesh::{eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway},
+    mesh::{
+        eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway, waypoint_metrics,
+    },
     workload::{count_status, count_version, load, start_echo, start_http_server},
 };
 use warren_testbed::{Cluster, Pod, PodSpec, Process, ServicePort, privilege::require_root};
@@ -72,6 +74,11 @@ metadata: { name: slow, namespace: shop }
 spec:
   hosts: [slow]
   http:
+  - name: per-try
+    match: [{ headers: { x-per-try: { exact: "on" } } }]
+    timeout: 2s
+    retries: { attempts: 1, perTryTimeout: 200ms, retryOn: 5xx }
+    route: [{ destination: { host: slow } }]
   - timeout: 300ms
     route: [{ destination: { host: slow } }]
 ---
@@ -244,18 +251,8 @@ impl Shop {
         Ok(self.cluster.pod(name)?.clone())
     }
 
-    /// The waypoint's Prometheus metrics, scraped from inside its pod.
     fn waypoint_metrics(&self) -> Result<String> {
-        let out = self.waypoint_pod.sandbox.exec(
-            "curl",
-            ["-sS", "--max-time", "5", "http://127.0.0.1:15020/metrics"],
-        )?;
-        ensure!(
-            out.status.success(),
-            "scraping the waypoint's metrics: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        waypoint_metrics(&self.waypoint_pod)
     }
 
     /// Runs `curl` in the client pod; returns its stdout.
@@ -450,6 +447,34 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
     ensure!(
         count_status(&report, 504) == 8 && p99_ms(&report) < 2000.0,
         "the route timeout must answer 504 well before the backend: {report}\n{}",
+        logs()
+    );
+    // perTryTimeout: each of two tries gives up after 200 ms, well within
+    // the route's 2 s.
+    let slow = [("destination_service", "slow.shop.svc.cluster.local")];
+    let retried_before = metric_sum(
+        &shop.waypoint_metrics()?,
+        "warren_waypoint_retries_total",
+        &slow,
+    );
+    let report = load(
+        &shop.client,
+        &shop.url("slow")?,
+        &["-n", "4", "-c", "2", "-H", "x-per-try: on"],
+    )?;
+    let retried = metric_sum(
+        &shop.waypoint_metrics()?,
+        "warren_waypoint_retries_total",
+        &slow,
+    ) - retried_before;
+    eprintln!(
+        "perTryTimeout: {} × 504, {retried} retries, p99 {:.0} ms (two tries of 200 ms)",
+        count_status(&report, 504),
+        p99_ms(&report)
+    );
+    ensure!(
+        count_status(&report, 504) == 4 && retried >= 4.0 && p99_ms(&report) < 1500.0,
+        "each try must time out after perTryTimeout and be retried once: {report}\n{}",
         logs()
     );
 
