@@ -18,6 +18,7 @@ use x509_parser::{extensions::GeneralName, prelude::FromDer as _};
 
 pub use certificate::{TrustBundle, WorkloadCertificate};
 pub use config::{CertificateSource, ServerConfigs, client_config};
+pub use verify::handshake_refusal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -36,6 +36,37 @@ impl std::fmt::Debug for IdentityMismatch {
     }
 }
 
+/// The refusal reason (a metric label) for a failed TLS handshake: which
+/// check the peer's certificate failed, so a dashboard tells an expired
+/// certificate from a foreign CA or trust domain without reading logs.
+pub fn handshake_refusal(error: &std::io::Error) -> &'static str {
+    let Some(error) = error.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
+        return "tls_handshake";
+    };
+    match error {
+        Error::NoCertificatesPresented => "tls_no_certificate",
+        Error::InvalidCertificate(certificate) => match certificate {
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => "tls_certificate_not_valid_now",
+            CertificateError::UnknownIssuer
+            | CertificateError::BadSignature
+            | CertificateError::Revoked => "tls_certificate_untrusted",
+            CertificateError::Other(OtherError(other)) => {
+                match other.downcast_ref::<IdentityMismatch>() {
+                    Some(IdentityMismatch::ForeignTrustDomain { .. }) => "tls_foreign_trust_domain",
+                    Some(IdentityMismatch::Unexpected { .. }) => "tls_unexpected_identity",
+                    Some(IdentityMismatch::NoIdentity(_)) => "tls_no_identity",
+                    None => "tls_certificate_invalid",
+                }
+            }
+            _ => "tls_certificate_invalid",
+        },
+        _ => "tls_handshake",
+    }
+}
+
 fn reject(mismatch: IdentityMismatch) -> Error {
     Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(mismatch))))
 }

@@ -93,8 +93,9 @@ pub async fn serve(
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
-            warn!(peer = %addr, %error, "HBONE TLS handshake failed");
-            inputs.metrics.refuse(DIRECTION, "tls_handshake");
+            let reason = tls::handshake_refusal(&error);
+            warn!(peer = %addr, reason, %error, "HBONE TLS handshake failed");
+            inputs.metrics.refuse(DIRECTION, reason);
             return;
         }
         Err(_) => {
