@@ -19,7 +19,10 @@ use warren_api::{
     config::{self, Action, resource::Kind},
 };
 use warren_ztunnel::{
-    proxy::hbone::client::{self, Establish, HboneError},
+    proxy::{
+        hbone::client::{self, Establish, HboneError},
+        pool::{Pool, PoolKey},
+    },
     tls::{TrustBundle, WorkloadCertificate},
 };
 
@@ -1072,4 +1075,61 @@ fn put_service(view: &mut View, name: &str, vip: SocketAddr, endpoints: Vec<conf
             waypoint: None,
         }),
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_shares_a_connection_per_source_identity_up_to_its_stream_limit() {
+    let mesh = two_nodes(22).await;
+    let mut config = test_config("pool", mesh.a.ip, 0);
+    config.pool_max_streams = 2;
+    let pool = Pool::new(Arc::new(config));
+    let trust = bundle(&mesh.view.ca);
+    let client_id = spiffe("demo", "client");
+    let other_id = spiffe("demo", "other");
+    let client = certificate(&mesh.view.ca.issue(&client_id));
+    let other = certificate(&mesh.view.ca.issue(&other_id));
+    let key = |source: &str| PoolKey {
+        source: source.parse().unwrap(),
+        gateway: mesh.b.hbone(),
+        expected: spiffe("demo", "server").parse().unwrap(),
+    };
+    let open = async |source: &str, cert: &WorkloadCertificate| {
+        pool.tunnel(
+            &key(source),
+            cert,
+            &trust,
+            mesh.server,
+            None,
+            Establish::AwaitAnswer,
+        )
+        .await
+        .expect("a tunnel to the server")
+    };
+    let first = open(&client_id, &client).await;
+    let second = open(&client_id, &client).await;
+    assert_eq!(
+        pool.connection_count(),
+        1,
+        "two streams share one connection"
+    );
+    let third = open(&client_id, &client).await;
+    assert_eq!(
+        pool.connection_count(),
+        2,
+        "a third stream over the limit of 2 opens a second connection"
+    );
+    let elsewhere = open(&other_id, &other).await;
+    assert_eq!(
+        pool.connection_count(),
+        3,
+        "another source identity never rides the client's connections"
+    );
+    // Streams end with their tunnels; idle connections then go.
+    drop((first, second, third, elsewhere));
+    let emptied = eventually(Duration::from_secs(3), async || {
+        pool.evict_idle(Duration::ZERO);
+        pool.connection_count() == 0
+    })
+    .await;
+    assert!(emptied, "{} connections left", pool.connection_count());
 }

@@ -137,7 +137,34 @@ async fn plaintext_inbound_follows_peer_authentication() {
         PAYLOAD
     );
 
+    // DISABLE: ztunnel cannot stop tunnelling its own traffic, so as in
+    // PERMISSIVE both plaintext and HBONE pass.
+    mesh.view.workload_mut(&server_key).inbound_mode = InboundMode::Disable.into();
+    mesh.sync();
+    assert_eq!(
+        round_trip(mesh.b.passthrough(outsider, mesh.server).await, PAYLOAD)
+            .await
+            .unwrap(),
+        PAYLOAD,
+        "DISABLE refused plaintext"
+    );
+    assert_eq!(
+        round_trip(mesh.client_to(mesh.server).await, PAYLOAD)
+            .await
+            .unwrap(),
+        PAYLOAD,
+        "DISABLE refused HBONE"
+    );
+    // A mode this build cannot read (a newer agent's) fails closed, as STRICT.
+    mesh.view.workload_mut(&server_key).inbound_mode = 99;
+    mesh.sync();
+    assert!(
+        refused(mesh.b.passthrough(outsider, mesh.server).await).await,
+        "an unknown mode let plaintext in"
+    );
+
     // A port-level PERMISSIVE exception on a STRICT workload.
+    mesh.view.workload_mut(&server_key).inbound_mode = InboundMode::Strict.into();
     let port = u32::from(mesh.server.port());
     mesh.view.workload_mut(&server_key).port_modes =
         [(port, InboundMode::Permissive.into())].into();
@@ -169,7 +196,7 @@ async fn plaintext_inbound_follows_peer_authentication() {
             "warren_ztunnel_refused_connections_total",
             &["reason=\"strict_mtls\""]
         ),
-        1
+        2
     );
     assert_eq!(
         metric(

@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tokio::{
@@ -171,6 +171,40 @@ pub struct AccessLog {
     pub path: &'static str,
 }
 
+impl AccessLog {
+    /// The line of a connection refused before it was opened (the refusal
+    /// metric counts it; the connection metrics never saw it).
+    pub fn refused(&self, reason: &str) {
+        self.write(0, 0, Duration::ZERO, "refused", Some(reason));
+    }
+
+    fn write(
+        &self,
+        sent: u64,
+        received: u64,
+        duration: Duration,
+        outcome: &str,
+        reason: Option<&str>,
+    ) {
+        tracing::info!(
+            target: "access",
+            direction = self.direction,
+            src = %self.src,
+            dst = %self.dst,
+            src_identity = self.src_identity.as_ref().map(tracing::field::display),
+            dst_identity = self.dst_identity.as_ref().map(tracing::field::display),
+            dst_service = self.dst_service.as_deref(),
+            path = self.path,
+            bytes_sent = sent,
+            bytes_received = received,
+            duration_ms = duration.as_millis() as u64,
+            outcome,
+            reason,
+            "connection complete"
+        );
+    }
+}
+
 /// Reports a connection that was opened: counted now, closed and logged exactly once,
 /// by [`Report::finish`] or, if the task is cancelled, on drop.
 pub struct Report<'m> {
@@ -221,23 +255,8 @@ impl<'m> Report<'m> {
             self.metrics.sent.get_or_create(l).inc_by(sent);
             self.metrics.received.get_or_create(l).inc_by(received);
         }
-        let log = &self.log;
-        tracing::info!(
-            target: "access",
-            direction = log.direction,
-            src = %log.src,
-            dst = %log.dst,
-            src_identity = log.src_identity.as_ref().map(tracing::field::display),
-            dst_identity = log.dst_identity.as_ref().map(tracing::field::display),
-            dst_service = log.dst_service.as_deref(),
-            path = log.path,
-            bytes_sent = sent,
-            bytes_received = received,
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            outcome,
-            reason,
-            "connection complete"
-        );
+        let duration = self.started.elapsed();
+        self.log.write(sent, received, duration, outcome, reason);
     }
 }
 

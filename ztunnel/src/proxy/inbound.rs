@@ -118,18 +118,24 @@ pub async fn handle(
     };
     let source_workload = source_workload.filter(|w| w.identity.as_ref() == Some(&peer.identity));
 
+    let log = AccessLog {
+        direction: DIRECTION,
+        src: SocketAddr::new(src_ip, 0),
+        dst,
+        src_identity: Some(peer.identity.clone()),
+        dst_identity: workload.identity.clone(),
+        dst_service: None,
+        path: "hbone",
+    };
     let conn = rbac::Connection {
         src_identity: Some(&peer.identity),
         src_ip,
         dst,
     };
     if let Err(denied) = state.authorize(&workload, &conn) {
-        return refuse(
-            stream,
-            StatusCode::FORBIDDEN,
-            denied.reason(),
-            format!("{conn}: {denied}"),
-        );
+        let detail = format!("{conn}: {denied}");
+        log.refused(&detail);
+        return refuse(stream, StatusCode::FORBIDDEN, denied.reason(), detail);
     }
 
     let labels = ConnectionLabels::new(
@@ -140,15 +146,6 @@ pub async fn handle(
         None,
         SecurityPolicy::mutual_tls,
     );
-    let log = AccessLog {
-        direction: DIRECTION,
-        src: SocketAddr::new(src_ip, 0),
-        dst,
-        src_identity: Some(peer.identity.clone()),
-        dst_identity: workload.identity.clone(),
-        dst_service: None,
-        path: "hbone",
-    };
     let pod = match connect(
         dst,
         inputs.config.socket_mark(),
@@ -158,11 +155,13 @@ pub async fn handle(
     {
         Ok(pod) => pod,
         Err(error) => {
+            let detail = format!("connecting to {dst}: {error}");
+            log.refused(&detail);
             return refuse(
                 stream,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "pod_connect",
-                format!("connecting to {dst}: {error}"),
+                detail,
             );
         }
     };

@@ -69,16 +69,23 @@ pub async fn handle(
             format!("{} is not a workload of this node", dst.ip()),
         );
     };
+    let log = AccessLog {
+        direction: DIRECTION,
+        src: peer,
+        dst,
+        src_identity: None,
+        dst_identity: workload.identity.clone(),
+        dst_service: None,
+        path: "passthrough",
+    };
     if workload.hbone && workload.mode_on(dst.port()) == Mode::Strict {
-        return refuse(
-            client,
-            "strict_mtls",
-            format!(
-                "{} requires mTLS (STRICT) on port {}",
-                workload.key,
-                dst.port()
-            ),
+        let detail = format!(
+            "{} requires mTLS (STRICT) on port {}",
+            workload.key,
+            dst.port()
         );
+        log.refused(&detail);
+        return refuse(client, "strict_mtls", detail);
     }
     let src_ip = peer.ip().to_canonical();
     let conn = rbac::Connection {
@@ -87,7 +94,9 @@ pub async fn handle(
         dst,
     };
     if let Err(denied) = state.authorize(&workload, &conn) {
-        return refuse(client, denied.reason(), format!("{conn}: {denied}"));
+        let detail = format!("{conn}: {denied}");
+        log.refused(&detail);
+        return refuse(client, denied.reason(), detail);
     }
     let source = state.workload_by_ip(src_ip);
     let labels = vec![ConnectionLabels::new(
@@ -98,15 +107,6 @@ pub async fn handle(
         None,
         SecurityPolicy::unknown,
     )];
-    let log = AccessLog {
-        direction: DIRECTION,
-        src: peer,
-        dst,
-        src_identity: None,
-        dst_identity: workload.identity.clone(),
-        dst_service: None,
-        path: "passthrough",
-    };
     let report = Report::open(&inputs.metrics, labels, log);
     match connect(
         dst,
