@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
     mesh::{eventually, metric_sum, scrape_metrics, start_mesh},
-    workload::{count_status, load, start_http_server},
+    workload::{count_status, load, start_echo, start_http_server},
 };
 use warren_testbed::{Cluster, PodSpec, ServicePort, privilege::require_root};
 
@@ -152,6 +152,86 @@ fn a_deny_policy_blocks_one_caller_and_not_the_others() -> Result<()> {
     ensure!(
         denied >= 5.0,
         "deny_policy refusals counted: {denied}\n{metrics}"
+    );
+    Ok(())
+}
+
+#[test]
+fn sigterm_drains_ztunnel_open_connections_finish_new_ones_are_refused() -> Result<()> {
+    require_root()?;
+    let cluster = demo_cluster()?;
+    let mut mesh = start_mesh(&cluster)?;
+    mesh.wait_ready(Duration::from_secs(30))
+        .with_context(|| mesh.logs())?;
+    let web = cluster.pod("web")?.clone();
+    let _echo = start_echo(&cluster, &web, 9000)?;
+    let target = format!("/dev/tcp/{}/9000", web.ip);
+
+    // A connection through both ztunnels: one round trip, then a pause (the
+    // SIGTERM lands in it), then another.
+    let front = cluster.pod("front")?.clone();
+    let script = format!(
+        "exec 3<>{target} && echo first >&3 && read -t 5 a <&3 && echo opened && \
+         sleep 3 && echo second >&3 && read -t 5 b <&3 && echo \"carried $a $b\""
+    );
+    let mut client = cluster.spawn(&front.sandbox, "bash", &["-c", &script])?;
+    client.wait_for_output("opened", Duration::from_secs(10))?;
+
+    let ztunnel = &mut mesh.nodes[0].ztunnel;
+    let pid = ztunnel.pid().context("node 0's ztunnel is running")?;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .context("running kill")?;
+    ensure!(killed.success(), "kill -TERM {pid}: {killed}");
+    ztunnel.wait_for_output("SIGTERM: draining", Duration::from_secs(5))?;
+
+    // Draining: a new connection from the node is not taken any more.
+    let batch = cluster.pod("batch")?;
+    let out = batch.sandbox.exec(
+        "timeout",
+        [
+            "3",
+            "bash",
+            "-c",
+            &format!("exec 3<>{target} && echo x >&3 && read -t 2 r <&3 && echo \"$r\""),
+        ],
+    )?;
+    let answered = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "drain: new connection {} ({answered:?})",
+        if out.status.success() {
+            "carried"
+        } else {
+            "refused"
+        }
+    );
+    ensure!(
+        !out.status.success() && answered.trim().is_empty(),
+        "a draining ztunnel must not take new connections: {out:?}"
+    );
+
+    // The open one finishes its second round trip, then ztunnel exits.
+    client.wait_exit(Duration::from_secs(10))?;
+    let output = client.output();
+    eprintln!(
+        "drain: open connection: {}",
+        output.trim().replace('\n', " / ")
+    );
+    ensure!(
+        output.contains("carried first second"),
+        "the open connection must carry on through the drain: {output}\n{}",
+        mesh.logs()
+    );
+    let ztunnel = &mut mesh.nodes[0].ztunnel;
+    let status = ztunnel.wait_exit(Duration::from_secs(10))?;
+    ensure!(
+        status.success()
+            && ztunnel
+                .output()
+                .contains("drained: every connection finished"),
+        "ztunnel exits cleanly once its connections are done ({status}):\n{}",
+        ztunnel.output()
     );
     Ok(())
 }
