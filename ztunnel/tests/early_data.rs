@@ -1,9 +1,10 @@
-//! Early data on an HBONE tunnel: the client's first read leaves with the CONNECT,
-//! the rest waits for the peer's answer.
+//! An HBONE peer slow to answer a CONNECT: the client's first read leaves with
+//! the CONNECT and the rest waits for the answer; a peer that never answers is
+//! given up on in time, its stream cancelled.
 //!
-//! The peer here is a bare HTTP/2 server over TLS that holds its answer back, so
-//! the test can see what a ztunnel client sends while a destination is slow to
-//! accept: a stream filling its window with bytes the peer cannot deliver yet
+//! The peers here are bare HTTP/2 servers over TLS that hold their answer back,
+//! so the tests can see what a ztunnel client sends while a destination is slow
+//! to accept: a stream filling its window with bytes the peer cannot deliver yet
 //! would hold back every other stream of the pooled connection.
 
 mod common;
@@ -178,4 +179,83 @@ async fn only_the_first_read_leaves_before_the_answer() {
         .unwrap();
     assert!(spliced.failed_connect.is_none(), "{spliced:?}");
     assert_eq!(spliced.to_tunnel, (FIRST + LATER) as u64);
+}
+
+/// An HBONE peer that takes one CONNECT and never answers it; the task ends
+/// with how the client left the stream.
+async fn silent_peer(
+    cert: &WorkloadCertificate,
+) -> (SocketAddr, tokio::task::JoinHandle<Option<h2::Reason>>) {
+    let mut tls = rustls::ServerConfig::builder_with_provider(warren_ztunnel::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(Arc::clone(
+            &cert.certified,
+        ))));
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(tcp).await.unwrap();
+        let mut connection = h2::server::handshake(tls).await.unwrap();
+        let (_request, mut respond) = connection.accept().await.unwrap().unwrap();
+        tokio::spawn(async move { while connection.accept().await.is_some() {} });
+        std::future::poll_fn(|cx| respond.poll_reset(cx)).await.ok()
+    });
+    (addr, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_without_an_answer_fails_in_time_and_cancels_its_stream() {
+    init();
+    let ca = Ca::new("mesh root");
+    let issue = |id: &str| WorkloadCertificate::from_proto(&ca.issue(id)).unwrap();
+    let (server, client) = (spiffe("demo", "server"), spiffe("demo", "client"));
+    let trust = TrustBundle::from_proto(&config::TrustBundle {
+        roots_pem: vec![ca.root_pem.clone()],
+    })
+    .unwrap();
+    let (gateway, peer) = silent_peer(&issue(&server)).await;
+
+    let mut config = test_config("node-a", [127, 0, 0, 1].into(), gateway.port());
+    config.connect_header_timeout = Duration::from_millis(300);
+    let pool = Pool::new(Arc::new(config));
+    let key = PoolKey {
+        source: client.parse::<Identity>().unwrap(),
+        gateway,
+        expected: server.parse::<Identity>().unwrap(),
+    };
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(5),
+        pool.tunnel(
+            &key,
+            &issue(&client),
+            &trust,
+            "10.1.2.3:8080".parse().unwrap(),
+            None,
+            Establish::AwaitAnswer,
+        ),
+    )
+    .await
+    .expect("the client gives up by itself, not by the test's timeout");
+    let error = result.err().expect("a CONNECT without an answer must fail");
+    assert!(
+        error.to_string().contains("no answer in time"),
+        "the error says why: {error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    // The peer sees the stream cancelled: nothing is left waiting on it.
+    let reset = tokio::time::timeout(Duration::from_secs(5), peer)
+        .await
+        .expect("the stream ends at the peer")
+        .unwrap();
+    assert!(reset.is_some(), "the abandoned stream is reset");
 }
