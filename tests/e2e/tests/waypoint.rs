@@ -2,7 +2,8 @@
 //! the path of its services; ztunnels send the traffic to it over HBONE, and
 //! it applies the VirtualService and DestinationRule before sending each
 //! request on, over HBONE again, to the chosen endpoint's node: weights,
-//! header matches, faults, redirects, rewrites, header changes both ways and
+//! header matches (over HTTP/1.1 and h2c, from the sample client, curl and
+//! h2load), faults, redirects, rewrites, header changes both ways and
 //! `x-request-id`, as the client and the backend see them.
 
 use std::{collections::BTreeMap, time::Duration};
@@ -171,6 +172,46 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
     ensure!(
         count_version(&report, "v2") == 100,
         "end-user: jason must always reach v2: {report}\n{}",
+        logs()
+    );
+
+    // The same over HTTP/2 with prior knowledge (h2c), from the sample
+    // client and from h2load, many streams per connection.
+    let report = load(
+        &client,
+        &url,
+        &["-n", "100", "-c", "4", "--http2", "-H", "end-user: jason"],
+    )?;
+    ensure!(
+        count_version(&report, "v2") == 100,
+        "h2c: end-user: jason must always reach v2: {report}\n{}",
+        logs()
+    );
+    let out = client.sandbox.exec(
+        "h2load",
+        [
+            "-n",
+            "400",
+            "-c",
+            "4",
+            "-m",
+            "8",
+            "-H",
+            "end-user: jason",
+            &url,
+        ],
+    )?;
+    let h2load = String::from_utf8_lossy(&out.stdout).into_owned();
+    let summary: Vec<&str> = h2load
+        .lines()
+        .filter(|l| l.starts_with("requests:") || l.starts_with("status codes:"))
+        .collect();
+    eprintln!("h2load through the waypoint: {}", summary.join(" | "));
+    ensure!(
+        out.status.success()
+            && h2load.contains("400 succeeded, 0 failed")
+            && h2load.contains("status codes: 400 2xx"),
+        "h2load: 400 requests on 4 h2c connections, 8 streams each, all OK:\n{h2load}\n{}",
         logs()
     );
 
