@@ -104,6 +104,24 @@ impl ConnectHandler for Waypoint {
                 ),
             );
         };
+        // Only the Services bound to this waypoint: another waypoint's would
+        // get this one's Gateway policies instead of their own.
+        let me = ctx.identity();
+        if !serves(&service, &me) {
+            return refuse(
+                stream,
+                StatusCode::FORBIDDEN,
+                "not_this_waypoint",
+                format!(
+                    "service {} uses another waypoint ({}), not {me}",
+                    service.key,
+                    service
+                        .waypoint
+                        .as_ref()
+                        .map_or_else(String::new, |w| w.identity.to_string())
+                ),
+            );
+        }
         let Some(protocol) = service.port(dst.port()).map(|p| p.protocol()) else {
             return refuse(
                 stream,
@@ -146,6 +164,11 @@ impl ConnectHandler for Waypoint {
     }
 }
 
+/// Whether `service` sends its traffic to the waypoint of identity `me`.
+fn serves(service: &Service, me: &warren_api::Identity) -> bool {
+    service.waypoint.as_ref().is_some_and(|w| w.identity == *me)
+}
+
 /// Serves the HTTP a client speaks inside one CONNECT stream.
 async fn serve_http(
     ctx: Arc<Context>,
@@ -177,5 +200,48 @@ async fn serve_http(
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use warren_api::{Identity, config};
+    use warren_ztunnel::state::Service;
+
+    use super::serves;
+
+    fn service(waypoint_identity: Option<&str>) -> Service {
+        Service::from_proto(
+            "service/shop/app",
+            config::Service {
+                name: "app".into(),
+                namespace: "shop".into(),
+                waypoint: waypoint_identity.map(|identity| config::GatewayAddress {
+                    workload: "workload/infra/shared-0".into(),
+                    address: vec![10, 0, 0, 9],
+                    hbone_port: 15008,
+                    identity: identity.into(),
+                }),
+                ..Default::default()
+            },
+        )
+        .expect("a valid service")
+    }
+
+    #[test]
+    fn a_waypoint_serves_only_the_services_bound_to_it() {
+        let shared: Identity = "spiffe://cluster.local/ns/infra/sa/shared"
+            .parse()
+            .expect("identity");
+        let own: Identity = "spiffe://cluster.local/ns/shop/sa/waypoint"
+            .parse()
+            .expect("identity");
+        let bound = service(Some(&shared.to_string()));
+        assert!(serves(&bound, &shared));
+        assert!(!serves(&bound, &own), "another waypoint's Service");
+        assert!(
+            !serves(&service(None), &own),
+            "a Service without a waypoint"
+        );
     }
 }
