@@ -223,6 +223,15 @@ spec:
   host: passthrough
   trafficPolicy:
     loadBalancer: { simple: PASSTHROUGH }
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: sticky, namespace: shop }
+spec:
+  host: sticky
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: { httpCookie: { name: session, path: /, ttl: 60s } }
 "#;
 
 struct Shop {
@@ -319,6 +328,17 @@ fn setup() -> Result<Shop> {
             name: "tcp-postgres".into(),
             port: 5432,
             target_port: 9000,
+        }],
+    )?;
+    // The `hash` pods again, balanced by a cookie the waypoint hands out.
+    cluster.add_service(
+        NS,
+        "sticky",
+        labels(&[("app", "hash")]),
+        vec![ServicePort {
+            name: "http".into(),
+            port: 80,
+            target_port: 8080,
         }],
     )?;
     // The same pod as `perconn`, without a per-connection limit.
@@ -587,6 +607,50 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
     }
     eprintln!("consistent hash: 10 users on endpoints {used:?}, each on one");
     ensure!(used.len() >= 2, "10 users all hashed to {used:?}");
+
+    // Cookie hash with a ttl: a client without the cookie gets one, and
+    // with it stays on one endpoint; new clients spread.
+    let url = shop.url("sticky")?;
+    let mut homes = BTreeSet::new();
+    for client in 0..8 {
+        let head = shop.curl(&["-sS", "-o", "/dev/null", "-D", "-", &url])?;
+        let cookie = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("set-cookie")
+                    .then(|| value.trim().to_owned())
+            })
+            .with_context(|| format!("client {client}: no Set-Cookie in\n{head}"))?;
+        ensure!(
+            cookie.starts_with("session=")
+                && cookie.contains("Max-Age=60")
+                && cookie.contains("Path=/"),
+            "the cookie names the session, its ttl and path: {cookie}"
+        );
+        let session = cookie.split(';').next().unwrap_or_default().to_owned();
+        let mut versions = BTreeSet::new();
+        for _ in 0..8 {
+            let head = shop.curl(&["-sS", "-o", "/dev/null", "-D", "-", "-b", &session, &url])?;
+            ensure!(
+                !head.to_ascii_lowercase().contains("set-cookie"),
+                "with the cookie, no new one: {head}"
+            );
+            let version = head
+                .lines()
+                .find_map(|l| l.strip_prefix("x-sample-version: "))
+                .map(str::trim)
+                .with_context(|| format!("no version in\n{head}"))?;
+            versions.insert(version.to_owned());
+        }
+        ensure!(
+            versions.len() == 1,
+            "client {client} ({session}) must stay on one endpoint: {versions:?}"
+        );
+        homes.extend(versions);
+    }
+    eprintln!("cookie hash: 8 clients, each kept on one endpoint, on {homes:?}");
+    ensure!(homes.len() >= 2, "8 sessions all on {homes:?}");
 
     // A retry goes to another endpoint than the one that failed: with one of
     // two endpoints always failing and one retry, every request succeeds;

@@ -22,7 +22,7 @@ use rand::Rng as _;
 use tracing::{debug, info};
 use warren_ztunnel::state::Workload;
 
-use super::{Downstream, connect, upgrade};
+use super::{Client, Downstream, connect, upgrade};
 use crate::{
     app::{Body, ClusterKey, Context},
     authz,
@@ -462,7 +462,7 @@ async fn route_and_forward(
                 .inc();
             let body = body.clone();
             let ctx_mirror = Arc::clone(ctx);
-            let source = SocketAddr::new(down.source_ip, 0);
+            let client = down.client();
             // A copy never delays or fails the primary: it runs on its own
             // and its answer is dropped.
             tokio::spawn(async move {
@@ -475,7 +475,7 @@ async fn route_and_forward(
                     &copy,
                     &body,
                     &mut once,
-                    source,
+                    client,
                 )
                 .await;
             });
@@ -496,8 +496,7 @@ async fn route_and_forward(
         }
     };
     let timeout = rule.and_then(|r| r.timeout);
-    let source = SocketAddr::new(down.source_ip, 0);
-    let send = send_with_retries(ctx, &compiled, &key, &parts, &body, retries, source);
+    let send = send_with_retries(ctx, &compiled, &key, &parts, &body, retries, down.client());
     let mut done = match timeout {
         Some(limit) => match tokio::time::timeout(limit, send).await {
             Ok(done) => done,
@@ -545,7 +544,7 @@ async fn send_with_retries(
     parts: &http::request::Parts,
     body: &Bytes,
     retries: &RetryPolicy,
-    source: SocketAddr,
+    client: Client,
 ) -> Done {
     let mut tries = 0u32;
     let mut tried = Tries {
@@ -557,7 +556,7 @@ async fn send_with_retries(
     let mut in_flight: Option<RetryPermit> = None;
     loop {
         tries += 1;
-        let result = attempt(ctx, compiled, key, parts, body, &mut tried, source).await;
+        let result = attempt(ctx, compiled, key, parts, body, &mut tried, client).await;
         let retryable = match &result {
             Attempt::Answered { response, .. } => {
                 retries.should_retry_response(response.status(), response.headers())
@@ -670,7 +669,7 @@ async fn attempt(
     parts: &http::request::Parts,
     body: &Bytes,
     tries: &mut Tries<'_>,
-    source: SocketAddr,
+    client: Client,
 ) -> Attempt {
     let local = |status, text: &str, flags| {
         Attempt::Local(Box::new(Done::local(
@@ -703,7 +702,12 @@ async fn attempt(
             "UO",
         );
     };
-    let hash = HashInput::new(&parts.headers, &parts.uri, Some(source));
+    let hash = HashInput::new(
+        &parts.headers,
+        &parts.uri,
+        Some(client.addr),
+        Some(client.connection),
+    );
     let hashing = matches!(
         cluster.resolved().load_balancer,
         LoadBalancer::ConsistentHash(_)

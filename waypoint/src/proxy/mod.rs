@@ -48,6 +48,26 @@ pub struct Downstream {
     pub port: u16,
     /// The request metrics this connection has reported to.
     pub metrics: crate::metrics::RequestMetricsCache,
+    /// A random id of this connection (a new hash cookie's seed).
+    pub connection: u64,
+}
+
+impl Downstream {
+    /// The client as load balancing hashes it.
+    pub fn client(&self) -> Client {
+        Client {
+            addr: SocketAddr::new(self.source_ip, 0),
+            connection: self.connection,
+        }
+    }
+}
+
+/// The client of a request, as load balancing hashes it: its address
+/// (`useSourceIp`; the port is not known past ztunnel) and its connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub connection: u64,
 }
 
 /// The waypoint's answer to a CONNECT: serve HTTP inside it.
@@ -149,6 +169,7 @@ impl ConnectHandler for Waypoint {
             vip: dst.ip(),
             port: dst.port(),
             metrics: Default::default(),
+            connection: rand::random(),
         });
         let tunnel = match stream.accept() {
             Ok(tunnel) => tunnel,

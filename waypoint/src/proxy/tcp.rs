@@ -130,7 +130,8 @@ async fn connect(
         return Err((Refused::Overflow, None));
     };
     let (headers, uri) = (HeaderMap::new(), Uri::default());
-    let hash = HashInput::new(&headers, &uri, Some(SocketAddr::new(down.source_ip, 0)));
+    let client = down.client();
+    let hash = HashInput::new(&headers, &uri, Some(client.addr), Some(client.connection));
     let Some(picked) = cluster.pick(&hash, Instant::now()) else {
         return Err((Refused::NoEndpoint, None));
     };

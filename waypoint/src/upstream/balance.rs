@@ -28,14 +28,24 @@ pub struct HashInput<'a> {
     pub query: Option<&'a str>,
     /// The downstream client's address.
     pub source: Option<SocketAddr>,
+    /// The downstream connection's id: the seed of a new hash cookie, so
+    /// requests racing on one connection get the same cookie and other
+    /// connections (other sessions, even from the same address) their own.
+    pub connection: Option<u64>,
 }
 
 impl<'a> HashInput<'a> {
-    pub fn new(headers: &'a HeaderMap, uri: &'a Uri, source: Option<SocketAddr>) -> Self {
+    pub fn new(
+        headers: &'a HeaderMap,
+        uri: &'a Uri,
+        source: Option<SocketAddr>,
+        connection: Option<u64>,
+    ) -> Self {
         Self {
             headers: Some(headers),
             query: uri.query(),
             source,
+            connection,
         }
     }
 }
@@ -122,13 +132,12 @@ fn hash_cookie(cookie: &HashCookie, input: &HashInput<'_>) -> (Option<u64>, Opti
         return (None, None);
     };
     // Envoy derives the value from the connection's addresses, so requests
-    // racing on one connection get the same cookie.
-    let seed = match input.source {
-        Some(source) => {
-            let mut h = Hasher::new();
-            h.write(source.to_string().as_bytes());
-            h.finish()
-        }
+    // racing on one connection get the same cookie; a waypoint sees the
+    // client's address without its port (ztunnel forwards only the IP), which
+    // would give every session of one pod, or of an ingress gateway, one
+    // cookie and one endpoint: the connection's id stands in for it.
+    let seed = match input.connection {
+        Some(connection) => connection,
         None => rand::rng().random(),
     };
     let value = format!("{seed:016x}");

@@ -1,7 +1,7 @@
 //! Scenarios across the upstream module: rules in, picks, admissions and
 //! ejections out. Time is an `Instant` the tests move by hand.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -762,9 +762,13 @@ fn source_ip_and_query_parameter_hashes_stick() {
             .expect("test uri");
         let other: http::Uri = format!("/other?user=u{i}").parse().expect("test uri");
         let headers = HeaderMap::new();
-        let first = pick_id(&by_query, &HashInput::new(&headers, &uri, None), now);
+        let first = pick_id(&by_query, &HashInput::new(&headers, &uri, None, None), now);
         assert_eq!(
-            pick_id(&by_query, &HashInput::new(&headers, &other, None), now),
+            pick_id(
+                &by_query,
+                &HashInput::new(&headers, &other, None, None),
+                now
+            ),
             first
         );
         query_spread.push(first);
@@ -1240,4 +1244,37 @@ fn a_consistent_hash_retry_moves_to_a_stable_next_endpoint() {
         let elsewhere = vec![if home == "ep0" { "ep1" } else { "ep0" }.to_owned()];
         assert_eq!(pick_avoiding_id(&cluster, &input, &elsewhere, now), home);
     }
+}
+
+#[test]
+fn a_new_cookie_is_per_connection_not_per_client_address() {
+    let now = Instant::now();
+    let resolved = with_lb(LoadBalancer::ConsistentHash(ConsistentHash {
+        key: HashKey::Cookie(HashCookie {
+            name: "session".into(),
+            path: None,
+            ttl: Some(Duration::from_secs(60)),
+        }),
+        table: HashTable::Ring { minimum_size: 1024 },
+    }));
+    let cluster = Cluster::new(resolved, endpoints(3), now);
+    let empty = HeaderMap::new();
+    // Every request of a pod (or of an ingress gateway) arrives from one
+    // address, the port unknown past ztunnel.
+    let pod = SocketAddr::from(([10, 0, 9, 9], 0));
+    let cookie = |connection: u64| {
+        let input = HashInput {
+            headers: Some(&empty),
+            source: Some(pod),
+            connection: Some(connection),
+            ..Default::default()
+        };
+        match cluster.pick(&input, now) {
+            Some(p) => p.set_cookie.expect("a ttl: a cookie").value,
+            None => panic!("three endpoints to pick from"),
+        }
+    };
+    assert_eq!(cookie(7), cookie(7), "one connection, one cookie");
+    let sessions: BTreeSet<String> = (0..20).map(cookie).collect();
+    assert_eq!(sessions.len(), 20, "each connection its own session");
 }
