@@ -86,13 +86,70 @@ pub struct RouteNamespaces {
     pub selector: Option<NamespaceSelector>,
 }
 
-/// A label selector over namespaces; `matchLabels` only (a
-/// `matchExpressions` selector is refused when the Gateway is loaded).
+/// A label selector over namespaces, as Kubernetes defines it: every
+/// `matchLabels` pair and every `matchExpressions` requirement must hold.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NamespaceSelector {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<LabelRequirement>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelRequirement {
+    pub key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+    pub operator: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+impl NamespaceSelector {
+    fn is_empty(&self) -> bool {
+        self.match_labels.is_empty() && self.match_expressions.is_empty()
+    }
+
+    fn matches(&self, labels: &Labels) -> bool {
+        labels.matches(&self.match_labels)
+            && self.match_expressions.iter().all(|r| {
+                let value = labels.get(&r.key);
+                let listed = value.is_some_and(|v| r.values.iter().any(|w| w == v));
+                match r.operator.as_str() {
+                    "In" => listed,
+                    "NotIn" => !listed,
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    // Refused when the Gateway is loaded; never admits.
+                    _ => false,
+                }
+            })
+    }
+
+    fn errors(&self, path: &str) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        for (i, r) in self.match_expressions.iter().enumerate() {
+            let path = format!("{path}.matchExpressions[{i}]");
+            match (r.operator.as_str(), r.values.is_empty()) {
+                ("In" | "NotIn", false) | ("Exists" | "DoesNotExist", true) => {}
+                ("In" | "NotIn", true) => errors.push(FieldError::new(
+                    format!("{path}.values"),
+                    format!("`{}` needs at least one value", r.operator),
+                )),
+                ("Exists" | "DoesNotExist", false) => errors.push(FieldError::new(
+                    format!("{path}.values"),
+                    format!("`{}` takes no values", r.operator),
+                )),
+                (other, _) => errors.push(FieldError::new(
+                    format!("{path}.operator"),
+                    format!("{other:?} is not one of In, NotIn, Exists, DoesNotExist"),
+                )),
+            }
+        }
+        errors
+    }
 }
 
 impl Listener {
@@ -107,7 +164,7 @@ impl Listener {
             "All" => true,
             "Selector" => from
                 .and_then(|n| n.selector.as_ref())
-                .is_some_and(|s| labels.matches(&s.match_labels)),
+                .is_some_and(|s| s.matches(labels)),
             _ => namespace == own,
         }
     }
@@ -187,10 +244,12 @@ pub fn validate(gateway: &Gateway) -> Vec<FieldError> {
             let path = format!("spec.listeners[{i}].allowedRoutes.namespaces");
             match (namespaces.from.as_deref(), &namespaces.selector) {
                 (None | Some("Same" | "All"), None) => {}
-                (Some("Selector"), Some(selector)) if !selector.match_labels.is_empty() => {}
+                (Some("Selector"), Some(selector)) if !selector.is_empty() => {
+                    errors.extend(selector.errors(&format!("{path}.selector")));
+                }
                 (Some("Selector"), _) => errors.push(FieldError::new(
                     format!("{path}.selector"),
-                    "`from: Selector` needs a selector with matchLabels",
+                    "`from: Selector` needs a selector with matchLabels or matchExpressions",
                 )),
                 (None | Some("Same" | "All"), Some(_)) => errors.push(FieldError::new(
                     format!("{path}.selector"),
@@ -310,6 +369,19 @@ mod tests {
         assert!(selected.admits("shop", &team));
         assert!(!selected.admits("ads", &other));
         assert!(selected.admits("infra", &other), "its own namespace always");
+
+        let expressions = gateway(&with_routes(
+            "{ namespaces: { from: Selector, selector: { matchExpressions: [\
+             { key: team, operator: In, values: [shop, books] }, \
+             { key: frozen, operator: DoesNotExist }] } } }",
+        ));
+        assert!(expressions.admits("shop", &team));
+        assert!(!expressions.admits("ads", &other));
+        let frozen = Labels::new([("team", "shop"), ("frozen", "yes")]);
+        assert!(
+            !expressions.admits("shop", &frozen),
+            "every requirement must hold"
+        );
     }
 
     #[test]
@@ -327,10 +399,13 @@ mod tests {
                 "{ namespaces: { from: All, selector: { matchLabels: { a: b } } } }",
                 "spec.listeners[0].allowedRoutes.namespaces.selector",
             ),
-            // Not read, so refused rather than ignored.
             (
-                "{ namespaces: { from: Selector, selector: { matchExpressions: [] } } }",
-                "matchExpressions",
+                "{ namespaces: { from: Selector, selector: { matchExpressions: [{ key: team, operator: Near, values: [a] }] } } }",
+                "spec.listeners[0].allowedRoutes.namespaces.selector.matchExpressions[0].operator",
+            ),
+            (
+                "{ namespaces: { from: Selector, selector: { matchExpressions: [{ key: team, operator: In }] } } }",
+                "spec.listeners[0].allowedRoutes.namespaces.selector.matchExpressions[0].values",
             ),
         ] {
             let refused = parsed(&with_routes(allowed));
