@@ -17,8 +17,10 @@ pub struct Config {
 
     /// The waypoint Gateway (of `namespace`) this process implements: an
     /// AuthorizationPolicy attached to that Gateway applies to every request.
-    #[arg(long, env = "WARREN_WAYPOINT_GATEWAY", default_value = "waypoint")]
-    pub gateway: String,
+    /// Unset, a policy attached to any waypoint Gateway of the namespace
+    /// applies (more policy, never less).
+    #[arg(long, env = "WARREN_WAYPOINT_GATEWAY")]
+    pub gateway: Option<String>,
 
     /// The service account the waypoint runs as: its certificate's identity.
     #[arg(

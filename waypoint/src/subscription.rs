@@ -17,9 +17,9 @@ use crate::tables::Tables;
 pub struct Subscription {
     l4: L4Subscription,
     tables: Arc<Tables>,
-    /// The namespace and Gateway this waypoint implements.
+    /// The namespace and Gateway (when known) this waypoint implements.
     namespace: String,
-    gateway: String,
+    gateway: Option<String>,
 }
 
 impl Subscription {
@@ -27,7 +27,7 @@ impl Subscription {
         l4: L4Subscription,
         tables: Arc<Tables>,
         namespace: String,
-        gateway: String,
+        gateway: Option<String>,
     ) -> Self {
         Subscription {
             l4,
@@ -74,7 +74,7 @@ impl Handler for Subscription {
                 // Refused (a spec this build cannot read): the last good copy
                 // stays in force, as for every resource.
                 Some(Kind::L7Authorization(policy)) => {
-                    Tables::parse_authorization(policy, &self.namespace, &self.gateway)
+                    Tables::parse_authorization(policy, &self.namespace, self.gateway.as_deref())
                         .map(|p| self.tables.upsert_authorization(resource.key.clone(), p))
                 }
                 _ => Ok(()),

@@ -70,11 +70,11 @@ impl Tables {
     }
 
     /// Checks an attached AuthorizationPolicy resource, for the waypoint of
-    /// Gateway `gateway` in `namespace`.
+    /// Gateway `gateway` (any, when not known) in `namespace`.
     pub fn parse_authorization(
         policy: &L7Authorization,
         namespace: &str,
-        gateway: &str,
+        gateway: Option<&str>,
     ) -> Result<PolicyInput, String> {
         let spec: AuthorizationPolicySpec =
             serde_json::from_str(&policy.spec_json).map_err(|e| format!("spec_json: {e}"))?;
@@ -83,7 +83,11 @@ impl Tables {
             name: policy.name.clone(),
             // Attached to this waypoint, not another one (of this namespace
             // or of another, which the agent sends for their Services).
-            waypoint: policy.namespace == namespace && policy.gateways.iter().any(|g| g == gateway),
+            waypoint: policy.namespace == namespace
+                && policy
+                    .gateways
+                    .iter()
+                    .any(|g| gateway.is_none_or(|me| g == me)),
             services: policy.services.clone(),
             spec,
         })
@@ -167,15 +171,17 @@ mod tests {
             services: vec!["app".into()],
             spec_json: r#"{"action":"DENY"}"#.into(),
         };
-        let bound = |namespace: &str, gateway: &str| {
+        let bound = |namespace: &str, gateway: Option<&str>| {
             Tables::parse_authorization(&policy, namespace, gateway)
                 .map(|p| (p.waypoint, p.services))
         };
         let app = vec!["app".to_owned()];
-        assert_eq!(bound("demo", "special"), Ok((true, app.clone())));
+        assert_eq!(bound("demo", Some("special")), Ok((true, app.clone())));
         // The namespace's other waypoint, and a waypoint elsewhere that may
         // serve demo's Services: only the Service attachment holds.
-        assert_eq!(bound("demo", "waypoint"), Ok((false, app.clone())));
-        assert_eq!(bound("infra", "special"), Ok((false, app)));
+        assert_eq!(bound("demo", Some("waypoint")), Ok((false, app.clone())));
+        assert_eq!(bound("infra", Some("special")), Ok((false, app.clone())));
+        // A waypoint not told its Gateway errs on the side of more policy.
+        assert_eq!(bound("demo", None), Ok((true, app)));
     }
 }
