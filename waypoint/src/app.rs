@@ -32,7 +32,7 @@ use crate::{
     upstream::Cluster,
 };
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, crate::proxy::replay::BoxError>;
 pub type HttpClient = Client<Connector, Body>;
 
 /// What an upstream cluster is: a destination host, subset and port.

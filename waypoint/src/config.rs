@@ -70,8 +70,8 @@ pub struct Config {
     )]
     pub readiness_addr: SocketAddr,
 
-    /// Largest request body buffered so it can be retried or mirrored; a
-    /// larger one is answered 413.
+    /// Most bytes of a request body kept so a retry or a lagging mirror can
+    /// send it again; a larger body still streams through, on one attempt.
     #[arg(long, env = "WARREN_WAYPOINT_MAX_BODY", default_value_t = 8 << 20)]
     pub max_request_body: usize,
 

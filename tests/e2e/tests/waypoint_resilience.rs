@@ -441,6 +441,21 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         &[],
     );
     ensure!(retries >= 100.0, "retries counted: {retries}");
+    // A retry sends the request's body again, whole.
+    let posted = load(
+        &shop.client,
+        &url,
+        &["-n", "100", "-c", "4", "--body-bytes", "20000"],
+    )?;
+    eprintln!(
+        "flaky backend: {}/100 POSTs of 20 kB OK with retries",
+        count_status(&posted, 200)
+    );
+    ensure!(
+        count_status(&posted, 200) >= 99,
+        "retried POSTs must carry their body: {posted}\n{}",
+        logs()
+    );
 
     // maxRetries 1: with eight requests failing at once, one retry is in
     // flight at a time (backoff included) and the others answer at once.
@@ -707,6 +722,57 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         "one request per upstream connection with maxRequestsPerConnection 1 \
          (pooled {pooled}, limited {limited}):\n{}\n{}",
         perconn.output(),
+        logs()
+    );
+
+    // A request body streams to the backend as the client sends it (the
+    // backend logs the request on its headers, 3 s before the body ends),
+    // and one larger than the 8 MiB retry buffer goes through whole.
+    let url = format!("{}stream", shop.url("perconn-pooled")?);
+    let mut upload = shop.cluster.spawn(
+        &shop.client.sandbox,
+        "bash",
+        &[
+            "-c",
+            &format!("(echo first; sleep 3; echo second) | curl -sS -o /dev/null -w 'status %{{http_code}}' -T - {url}"),
+        ],
+    )?;
+    let streamed = Instant::now();
+    eventually(
+        Duration::from_secs(2),
+        "the backend has the request while its body is still coming",
+        || Ok(perconn.output().contains("path=/stream")),
+    )
+    .with_context(|| format!("backend:\n{}\n{}", perconn.output(), logs()))?;
+    let early = streamed.elapsed();
+    upload.wait_exit(Duration::from_secs(10))?;
+    ensure!(
+        upload.output().contains("status 200"),
+        "the streamed upload is answered once its body ends: {}",
+        upload.output()
+    );
+    let report = load(
+        &shop.client,
+        &shop.url("perconn-pooled")?,
+        &[
+            "-n",
+            "2",
+            "-c",
+            "1",
+            "--body-bytes",
+            "12000000",
+            "--timeout",
+            "20s",
+        ],
+    )?;
+    eprintln!(
+        "streaming: the backend had the request {early:?} after it started (its body took 3 s); \
+         12 MB uploads: {} of 2 OK",
+        count_status(&report, 200)
+    );
+    ensure!(
+        count_status(&report, 200) == 2,
+        "a body past the retry buffer streams through: {report}\n{}",
         logs()
     );
     perconn.stop()?;

@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Full};
 use hyper::{
     body::{Body as _, Incoming},
     upgrade::OnUpgrade,
@@ -22,7 +22,11 @@ use rand::Rng as _;
 use tracing::{debug, info};
 use warren_ztunnel::state::Workload;
 
-use super::{Client, Downstream, connect, upgrade};
+use super::{
+    Client, Downstream, connect,
+    replay::{BoxError, Source},
+    upgrade,
+};
 use crate::{
     app::{Body, ClusterKey, Context},
     authz,
@@ -61,8 +65,9 @@ struct Done {
     upstream: Option<SocketAddr>,
     destination: Option<Arc<Workload>>,
     attempts: u32,
-    /// The request body's size, once it was read (to be sent upstream).
-    request_bytes: Option<u64>,
+    /// The request body, as sent upstream (its size is reported once the
+    /// answer is done).
+    request_body: Option<Arc<Source>>,
 }
 
 impl Done {
@@ -74,7 +79,7 @@ impl Done {
             upstream: None,
             destination: None,
             attempts: 0,
-            request_bytes: None,
+            request_body: None,
         }
     }
 }
@@ -139,8 +144,9 @@ pub async fn handle(
             method,
             path,
             grpc,
-            request_bytes: done.request_bytes.unwrap_or(declared_bytes),
+            request_bytes: declared_bytes,
         },
+        request_body: done.request_body,
         ctx,
         down,
     };
@@ -177,6 +183,8 @@ struct Finished {
     attempts: u32,
     /// Why an AuthorizationPolicy denied it.
     details: Option<String>,
+    /// The body as read from the client, when it was sent on.
+    request_body: Option<Arc<Source>>,
 }
 
 /// How the answer's body ended.
@@ -198,6 +206,10 @@ impl Finished {
         };
         let down = &self.down;
         let request = &self.request;
+        let request_bytes = self
+            .request_body
+            .as_ref()
+            .map_or(request.request_bytes, |body| body.bytes_read());
         let metrics = down.metrics.get(
             &self.ctx.metrics,
             Varying {
@@ -221,7 +233,7 @@ impl Finished {
         let elapsed_ms = request.start.elapsed().as_secs_f64() * 1000.0;
         metrics.requests.inc();
         metrics.duration.observe(elapsed_ms);
-        metrics.request_bytes.observe(request.request_bytes as f64);
+        metrics.request_bytes.observe(request_bytes as f64);
         metrics.response_bytes.observe(response_bytes as f64);
         info!(
             target: "access",
@@ -238,7 +250,7 @@ impl Finished {
             details = self.details.as_deref().unwrap_or("-"),
             upstream = ?self.upstream,
             attempts = self.attempts,
-            request_bytes = request.request_bytes,
+            request_bytes,
             response_bytes,
             duration_ms = elapsed_ms,
             "request"
@@ -272,12 +284,12 @@ impl Measured {
 
 impl hyper::body::Body for Measured {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -401,41 +413,9 @@ async fn route_and_forward(
         );
     }
 
-    // Buffered, so that a retry or a mirror can send it again.
-    let body = if body.is_end_stream() {
-        Ok(Bytes::new())
-    } else {
-        Limited::new(body, ctx.config.max_request_body)
-            .collect()
-            .await
-            .map(|collected| collected.to_bytes())
-    };
-    let body = match body {
-        Ok(body) => body,
-        Err(error) => {
-            let too_large = error
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            return Done::local(
-                if too_large {
-                    reply(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!(
-                            "request body over {} bytes (--max-request-body)",
-                            ctx.config.max_request_body
-                        ),
-                    )
-                } else {
-                    reply(
-                        StatusCode::BAD_REQUEST,
-                        &format!("reading the request body: {error}"),
-                    )
-                },
-                "DPE",
-                route_name,
-            );
-        }
-    };
+    // Streamed to the upstream as it arrives, and kept (up to a limit) so a
+    // retry or a mirror can send it again.
+    let body = (!body.is_end_stream()).then(|| Source::new(body, ctx.config.max_request_body));
 
     // An upgrade cannot be copied: the mirror would switch protocols too.
     let upgrading = upgrade::requested(parts.version, &parts.headers).is_some();
@@ -473,7 +453,7 @@ async fn route_and_forward(
                     &compiled,
                     &key,
                     &copy,
-                    &body,
+                    body.as_ref(),
                     &mut once,
                     client,
                 )
@@ -496,7 +476,15 @@ async fn route_and_forward(
         }
     };
     let timeout = rule.and_then(|r| r.timeout);
-    let send = send_with_retries(ctx, &compiled, &key, &parts, &body, retries, down.client());
+    let send = send_with_retries(
+        ctx,
+        &compiled,
+        &key,
+        &parts,
+        body.as_ref(),
+        retries,
+        down.client(),
+    );
     let mut done = match timeout {
         Some(limit) => match tokio::time::timeout(limit, send).await {
             Ok(done) => done,
@@ -515,7 +503,7 @@ async fn route_and_forward(
         done.flags = "DI";
     }
     done.route = route_name;
-    done.request_bytes = Some(body.len() as u64);
+    done.request_body = body;
     done
 }
 
@@ -542,7 +530,7 @@ async fn send_with_retries(
     compiled: &Compiled,
     key: &ClusterKey,
     parts: &http::request::Parts,
-    body: &Bytes,
+    body: Option<&Arc<Source>>,
     retries: &RetryPolicy,
     client: Client,
 ) -> Done {
@@ -566,7 +554,9 @@ async fn send_with_retries(
         };
         // The retry before this answer (if any) is over: its slot is free again.
         drop(in_flight.take());
-        in_flight = if retryable && tries <= retries.attempts {
+        // A body streamed past the retry buffer cannot be sent again.
+        let replayable = body.is_none_or(|b| b.replayable());
+        in_flight = if retryable && replayable && tries <= retries.attempts {
             let permit = ctx.cluster(compiled, key).ok().and_then(|c| c.try_retry());
             if permit.is_none() {
                 ctx.metrics
@@ -595,7 +585,7 @@ async fn send_with_retries(
                     upstream: Some(endpoint),
                     destination,
                     attempts: tries,
-                    request_bytes: None,
+                    request_body: None,
                 },
                 Attempt::Failed {
                     kind,
@@ -615,7 +605,7 @@ async fn send_with_retries(
                         upstream: endpoint,
                         destination: None,
                         attempts: tries,
-                        request_bytes: None,
+                        request_body: None,
                     }
                 }
                 Attempt::Local(mut done) => {
@@ -667,7 +657,7 @@ async fn attempt(
     compiled: &Compiled,
     key: &ClusterKey,
     parts: &http::request::Parts,
-    body: &Bytes,
+    body: Option<&Arc<Source>>,
     tries: &mut Tries<'_>,
     client: Client,
 ) -> Attempt {
@@ -728,7 +718,10 @@ async fn attempt(
         Ok(uri) => uri,
         Err(error) => return local(StatusCode::BAD_REQUEST, &error.to_string(), "-"),
     };
-    let mut request = Request::new(full(body.clone()));
+    let mut request = Request::new(match body {
+        Some(source) => source.reader().boxed(),
+        None => full(Bytes::new()),
+    });
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
     *request.headers_mut() = parts.headers.clone();
@@ -782,7 +775,7 @@ async fn attempt(
             } else {
                 Outcome::Success
             });
-            let mut response = response.map(|b| b.boxed());
+            let mut response = response.map(|b| b.map_err(BoxError::from).boxed());
             let switched = response.headers().get(header::UPGRADE).cloned();
             strip_hop_by_hop(response.headers_mut());
             if let (Some(_), StatusCode::SWITCHING_PROTOCOLS, Some(protocol)) =

@@ -3,6 +3,8 @@
 //! - [`connect`]: upstream connections (HBONE to the endpoint's node, or TCP).
 //! - [`http`]: one request: route, fault, retries and timeouts, load
 //!   balancing, mirrors, headers, telemetry.
+//! - [`replay`]: a request body streamed to every attempt and mirror, kept
+//!   for retries up to a limit.
 //! - [`upgrade`]: HTTP/1.1 upgrades (WebSocket) spliced once switched.
 //! - [`tcp`]: a connection to a TCP port: routed once, then spliced.
 //!
@@ -11,6 +13,7 @@
 
 pub mod connect;
 pub mod http;
+pub mod replay;
 pub mod tcp;
 pub mod upgrade;
 

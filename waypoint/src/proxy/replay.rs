@@ -1,0 +1,404 @@
+//! A request body read once from the client and sent by every attempt and
+//! mirror, as it arrives.
+//!
+//! Bodies stream: an upload or a client-streaming gRPC call reaches the
+//! upstream as the client sends it, whatever its size (buffering it whole
+//! first would stall a bidirectional stream, and refuse large uploads). What
+//! has been read is kept, up to a limit, so that a retry (or a mirror that
+//! lags behind) can send it again and then go on with the rest; past the
+//! limit the kept part is dropped and only the reader in front carries on:
+//! the request can no longer be retried (Envoy's behaviour with its retry
+//! buffer). The first reader to poll pulls the next frame from the client;
+//! the others are woken to read it from what was kept.
+
+use std::{
+    error::Error as StdError,
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
+    task::{Context, Poll, Waker},
+};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::{BodyExt as _, combinators::BoxBody};
+use hyper::body::{Body, Frame, SizeHint};
+
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Why a reader cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("the request body went past the {0}-byte retry buffer: it cannot be sent again")]
+    NotKept(usize),
+    #[error("reading the request body from the client: {0}")]
+    Client(String),
+}
+
+/// The client's body and what has been read of it.
+pub struct Source {
+    state: Mutex<State>,
+    /// Most bytes kept for replay.
+    limit: usize,
+    /// The whole body's length, when the client said it.
+    exact: Option<u64>,
+}
+
+struct State {
+    /// The client's body; `None` once it ended or failed.
+    incoming: Option<BoxBody<Bytes, BoxError>>,
+    /// The data frames read so far, while they fit the limit.
+    kept: Vec<Bytes>,
+    kept_bytes: usize,
+    /// Data frames read so far, kept or not.
+    frames_read: usize,
+    bytes_read: u64,
+    trailers: Option<HeaderMap>,
+    ended: bool,
+    /// Something was read that is not kept: lagging readers cannot go on.
+    overflowed: bool,
+    error: Option<String>,
+    /// Readers waiting for the next frame (whoever gets it wakes them).
+    waiting: Vec<Waker>,
+}
+
+impl Source {
+    pub fn new<B>(body: B, limit: usize) -> Arc<Source>
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let exact = body.size_hint().exact();
+        Arc::new(Source {
+            state: Mutex::new(State {
+                incoming: Some(body.map_err(Into::into).boxed()),
+                kept: Vec::new(),
+                kept_bytes: 0,
+                frames_read: 0,
+                bytes_read: 0,
+                trailers: None,
+                ended: false,
+                overflowed: false,
+                error: None,
+                waiting: Vec::new(),
+            }),
+            limit,
+            exact,
+        })
+    }
+
+    /// A reader from the first byte.
+    pub fn reader(self: &Arc<Self>) -> Replay {
+        Replay {
+            source: Arc::clone(self),
+            next: 0,
+            read: 0,
+            trailers_sent: false,
+        }
+    }
+
+    /// Whether a new reader can still send the whole body.
+    pub fn replayable(&self) -> bool {
+        let state = self.lock();
+        !state.overflowed && state.error.is_none()
+    }
+
+    /// Bytes read from the client so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.lock().bytes_read
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing under this lock panics.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One attempt's (or mirror's) view of the body.
+pub struct Replay {
+    source: Arc<Source>,
+    /// The next data frame this reader sends.
+    next: usize,
+    read: u64,
+    trailers_sent: bool,
+}
+
+impl Body for Replay {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let source = Arc::clone(&this.source);
+        let mut state = source.lock();
+        loop {
+            if this.next < state.frames_read {
+                // Read by another reader already: from what was kept.
+                let Some(data) = state
+                    .kept
+                    .get(this.next)
+                    .cloned()
+                    .filter(|_| !state.overflowed)
+                else {
+                    return Poll::Ready(Some(Err(ReplayError::NotKept(source.limit).into())));
+                };
+                this.next += 1;
+                this.read += data.len() as u64;
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if let Some(error) = &state.error {
+                return Poll::Ready(Some(Err(ReplayError::Client(error.clone()).into())));
+            }
+            if state.ended {
+                return match state.trailers.clone().filter(|_| !this.trailers_sent) {
+                    Some(trailers) => {
+                        this.trailers_sent = true;
+                        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                    }
+                    None => Poll::Ready(None),
+                };
+            }
+            let Some(incoming) = state.incoming.as_mut() else {
+                state.ended = true;
+                continue;
+            };
+            match Pin::new(incoming).poll_frame(cx) {
+                Poll::Pending => {
+                    // Another reader may be the one whose waker the client's
+                    // body holds: whoever reads the frame wakes this one.
+                    if !state.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                        state.waiting.push(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(None) => {
+                    state.ended = true;
+                    state.incoming = None;
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    state.error = Some(error.to_string());
+                    state.incoming = None;
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        state.frames_read += 1;
+                        state.bytes_read += data.len() as u64;
+                        if !state.overflowed && state.kept_bytes + data.len() <= source.limit {
+                            state.kept_bytes += data.len();
+                            state.kept.push(data);
+                        } else {
+                            // Past the limit: nothing kept is of use any more.
+                            state.overflowed = true;
+                            state.kept = Vec::new();
+                            state.kept_bytes = 0;
+                            // This reader sends it; `next` moves past it.
+                            this.next = state.frames_read;
+                            this.read += data.len() as u64;
+                            wake_all(&mut state);
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            state.trailers = Some(trailers);
+                        }
+                        state.ended = true;
+                        state.incoming = None;
+                    }
+                },
+            }
+            wake_all(&mut state);
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let state = self.source.lock();
+        state.ended
+            && state.error.is_none()
+            && self.next >= state.frames_read
+            && (state.trailers.is_none() || self.trailers_sent)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.source.exact {
+            Some(total) => SizeHint::with_exact(total.saturating_sub(self.read)),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        // The client's body may hold this reader's waker: the others must
+        // poll again, so one of them registers its own.
+        wake_all(&mut self.source.lock());
+    }
+}
+
+fn wake_all(state: &mut State) {
+    for waker in state.waiting.drain(..) {
+        waker.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::BodyExt as _;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// A client body fed frame by frame by the test.
+    struct Fed {
+        frames: mpsc::UnboundedReceiver<Result<Frame<Bytes>, std::io::Error>>,
+        exact: Option<u64>,
+    }
+
+    impl Body for Fed {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            self.frames.poll_recv(cx)
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            self.exact
+                .map_or_else(SizeHint::default, SizeHint::with_exact)
+        }
+    }
+
+    type Feed = mpsc::UnboundedSender<Result<Frame<Bytes>, std::io::Error>>;
+
+    fn fed(limit: usize, exact: Option<u64>) -> (Feed, Arc<Source>) {
+        let (tx, frames) = mpsc::unbounded_channel();
+        (tx, Source::new(Fed { frames, exact }, limit))
+    }
+
+    fn data(text: &'static str) -> Result<Frame<Bytes>, std::io::Error> {
+        Ok(Frame::data(Bytes::from_static(text.as_bytes())))
+    }
+
+    async fn next_data(reader: &mut Replay) -> Bytes {
+        let frame = tokio::time::timeout(Duration::from_secs(2), reader.frame())
+            .await
+            .expect("a frame in time")
+            .expect("not the end")
+            .expect("not an error");
+        frame.into_data().expect("a data frame")
+    }
+
+    #[tokio::test]
+    async fn frames_stream_as_they_arrive_and_a_retry_replays_them_with_the_trailers() {
+        let (feed, source) = fed(1024, Some(10));
+        let mut first = source.reader();
+        assert_eq!(first.size_hint().exact(), Some(10));
+        feed.send(data("hello")).unwrap();
+        // The first frame is sent before the client has sent the rest.
+        assert_eq!(next_data(&mut first).await, "hello");
+        assert_eq!(first.size_hint().exact(), Some(5));
+        feed.send(data("world")).unwrap();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        feed.send(Ok(Frame::trailers(trailers.clone()))).unwrap();
+        drop(feed);
+        assert_eq!(next_data(&mut first).await, "world");
+        let last = first.frame().await.expect("trailers").expect("no error");
+        assert_eq!(last.into_trailers().ok(), Some(trailers.clone()));
+        assert!(first.frame().await.is_none());
+        assert!(first.is_end_stream());
+
+        assert!(source.replayable());
+        assert_eq!(source.bytes_read(), 10);
+        let again = source.reader().collect().await.expect("replayed");
+        assert_eq!(again.trailers(), Some(&trailers));
+        assert_eq!(again.to_bytes(), "helloworld");
+    }
+
+    #[tokio::test]
+    async fn past_the_limit_the_reader_in_front_goes_on_and_no_retry_can() {
+        let (feed, source) = fed(8, None);
+        let mut front = source.reader();
+        feed.send(data("12345")).unwrap();
+        assert_eq!(next_data(&mut front).await, "12345");
+        assert!(source.replayable(), "5 bytes fit the 8 kept");
+        feed.send(data("6789")).unwrap();
+        assert_eq!(next_data(&mut front).await, "6789");
+        assert!(!source.replayable(), "9 bytes do not");
+        let lagging = source.reader().frame().await.expect("an answer");
+        assert!(
+            lagging.is_err_and(|e| e.to_string().contains("retry buffer")),
+            "a retry cannot send what was not kept"
+        );
+        feed.send(data("more")).unwrap();
+        drop(feed);
+        assert_eq!(next_data(&mut front).await, "more");
+        assert!(front.frame().await.is_none());
+        assert_eq!(source.bytes_read(), 13);
+    }
+
+    #[tokio::test]
+    async fn readers_waiting_together_all_get_every_frame() {
+        let (feed, source) = fed(1024, None);
+        let read_all = |mut reader: Replay| {
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                while let Some(frame) = reader.frame().await {
+                    all.extend_from_slice(&frame.expect("no error").into_data().expect("data"));
+                }
+                all
+            })
+        };
+        let (a, b) = (read_all(source.reader()), read_all(source.reader()));
+        for chunk in ["a", "bb", "ccc"] {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            feed.send(data(chunk)).unwrap();
+        }
+        drop(feed);
+        for reader in [a, b] {
+            let got = tokio::time::timeout(Duration::from_secs(2), reader)
+                .await
+                .expect("every reader is woken")
+                .expect("no panic");
+            assert_eq!(got, b"abbccc");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_dropped_while_waiting_leaves_the_others_woken() {
+        let (feed, source) = fed(1024, None);
+        let mut dropped = source.reader();
+        // It polls first: the client's body holds its waker.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), dropped.frame())
+                .await
+                .is_err()
+        );
+        let mut stays = source.reader();
+        let waiting = tokio::spawn(async move { next_data(&mut stays).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(dropped);
+        feed.send(data("late")).unwrap();
+        assert_eq!(waiting.await.expect("no panic"), "late");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_fails_mid_body_fails_every_reader_and_any_retry() {
+        let (feed, source) = fed(1024, None);
+        let mut reader = source.reader();
+        feed.send(data("part")).unwrap();
+        assert_eq!(next_data(&mut reader).await, "part");
+        feed.send(Err(std::io::Error::other("client reset")))
+            .unwrap();
+        let failed = reader.frame().await.expect("an answer");
+        assert!(failed.is_err_and(|e| e.to_string().contains("client reset")));
+        assert!(!source.replayable());
+    }
+}
