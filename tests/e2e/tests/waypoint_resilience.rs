@@ -751,6 +751,28 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         "the streamed upload is answered once its body ends: {}",
         upload.output()
     );
+    // Both directions of one request at once, over h2c: each chunk of the
+    // body is sent only after the one before came back from the backend, as
+    // a bidirectional gRPC stream goes.
+    let sample = warren_testbed::binaries::path("warren-sample")?;
+    let out = shop.client.sandbox.exec(
+        &sample.to_string_lossy(),
+        [
+            "duplex",
+            "--url",
+            &shop.url("perconn-pooled")?,
+            "--chunks",
+            "3",
+        ],
+    )?;
+    let duplex: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("duplex: {}", String::from_utf8_lossy(&out.stderr)))?;
+    eprintln!("full duplex (h2c): {duplex}");
+    ensure!(
+        duplex["echoed"] == 3,
+        "each chunk must come back before the next is sent: {duplex}\n{}",
+        logs()
+    );
     let report = load(
         &shop.client,
         &shop.url("perconn-pooled")?,

@@ -1,6 +1,8 @@
 //! `warren-sample http`: an HTTP/1.1 and h2c server that answers with who it is and what
 //! it received, so a test can see which pod and version served a request, which headers
-//! reached it, and (with `--upstream`) which hops the request took.
+//! reached it, and (with `--upstream`) which hops the request took. `/echo-stream`
+//! answers at once with the request's own body, chunk by chunk as it arrives: a test sees
+//! whether a proxy carries both directions of a request at the same time.
 
 use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -11,7 +13,7 @@ use http::{
     header::{CONTENT_LENGTH, CONTENT_TYPE},
     request::Parts,
 };
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::{body::Body, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -31,6 +33,8 @@ use crate::{
 
 pub const VERSION_HEADER: &str = "x-sample-version";
 pub const POD_HEADER: &str = "x-sample-pod";
+/// The path answered with the request's own body, as it arrives.
+pub const ECHO_STREAM: &str = "/echo-stream";
 
 /// Who this server says it is, in headers and answers.
 #[derive(Debug, Clone)]
@@ -98,9 +102,14 @@ pub async fn run(config: Config) -> Result<()> {
                     info!(%peer, "connection accepted");
                 }
                 let handler = Arc::clone(&handler);
-                let service = service_fn(move |request| {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                     let handler = Arc::clone(&handler);
-                    async move { Ok::<_, Infallible>(handler.handle(request).await) }
+                    async move {
+                        if request.uri().path() == ECHO_STREAM {
+                            return Ok::<_, Infallible>(handler.echo_stream(request));
+                        }
+                        Ok(handler.handle(request).await.map(Either::Left))
+                    }
                 });
                 let connection = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -299,6 +308,21 @@ impl Handler {
             HeaderValue::from_static("upgrade"),
         );
         headers.insert(http::header::UPGRADE, protocol);
+        headers.insert(VERSION_HEADER, self.version_header.clone());
+        headers.insert(POD_HEADER, self.pod_header.clone());
+        response
+    }
+
+    /// The request's body as the response's, frame by frame.
+    fn echo_stream(
+        &self,
+        request: Request<hyper::body::Incoming>,
+    ) -> Response<Either<Full<Bytes>, hyper::body::Incoming>> {
+        if self.access_log {
+            info!(path = ECHO_STREAM, "echoing the body as it arrives");
+        }
+        let mut response = Response::new(Either::Right(request.into_body()));
+        let headers = response.headers_mut();
         headers.insert(VERSION_HEADER, self.version_header.clone());
         headers.insert(POD_HEADER, self.pod_header.clone());
         response

@@ -17,6 +17,7 @@
 mod accept;
 mod body;
 mod byte_size;
+mod duplex;
 mod duration;
 mod echo;
 mod error_chain;
@@ -97,6 +98,12 @@ enum Command {
     ///
     /// Exits 0 whenever the call was made, whatever its status: tests judge the output.
     GrpcCheck(GrpcCheckArgs),
+    /// Send one h2c request to a sample server's /echo-stream a chunk at a time, each
+    /// only after the one before came back, and print a JSON report: it completes only
+    /// through proxies that carry both directions of a request at once.
+    ///
+    /// Exits 0 whenever the request was made, whatever came back: tests judge the report.
+    Duplex(DuplexArgs),
 }
 
 #[derive(Args)]
@@ -123,6 +130,19 @@ struct GrpcServerArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:9090")]
     listen: SocketAddr,
+}
+
+#[derive(Args)]
+struct DuplexArgs {
+    /// The sample HTTP server, e.g. http://10.96.0.12/ (h2c; the path is ignored).
+    #[arg(long, value_parser = http_url::parse)]
+    url: Uri,
+    /// How many chunks to send.
+    #[arg(long, default_value_t = 3)]
+    chunks: u32,
+    /// How long to wait for the connection, the answer and each echo.
+    #[arg(long, default_value = "5s", value_parser = duration::parse)]
+    timeout: Duration,
 }
 
 #[derive(Args)]
@@ -320,6 +340,11 @@ async fn main() -> Result<ExitCode> {
             Ok(done)
         }
         Command::GrpcServer(args) => grpc::serve(args.listen).await.map(|()| done),
+        Command::Duplex(args) => {
+            let report = duplex::run(&args.url, args.chunks, args.timeout).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(done)
+        }
         Command::GrpcCheck(args) => {
             let checked = grpc::check(&args.url, &args.service, args.timeout).await?;
             println!("{}", serde_json::to_string(&checked)?);
