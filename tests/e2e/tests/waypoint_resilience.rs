@@ -564,6 +564,41 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         "maxConnections 1 + 1 pending at concurrency 3: {report}\n{}",
         logs()
     );
+    // A connection still streaming its answer is busy: while one upload
+    // streams through /echo-stream for 3 s, a request waits for its end (or
+    // overflows) rather than open a second connection.
+    let mut streaming = shop.cluster.spawn(
+        &shop.client.sandbox,
+        "bash",
+        &[
+            "-c",
+            &format!(
+                "(echo a; sleep 3; echo b) | curl -sS -T - -o /dev/null -w 'status %{{http_code}}' {}echo-stream",
+                shop.url("pool")?
+            ),
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(700));
+    let report = load(
+        &shop.client,
+        &shop.url("pool")?,
+        &["-n", "3", "-c", "3", "--timeout", "10s"],
+    )?;
+    let waited = report["latency_ms"]["max"].as_f64().unwrap_or(0.0);
+    streaming.wait_exit(Duration::from_secs(10))?;
+    eprintln!(
+        "pool: during a 3 s streamed answer, {} OK / {} × 503, the OK one after {waited:.0} ms",
+        count_status(&report, 200),
+        count_status(&report, 503)
+    );
+    ensure!(
+        streaming.output().contains("status 200")
+            && count_status(&report, 200) >= 1
+            && waited >= 1500.0,
+        "the slot must last as long as the streamed answer: {report}\n{}\n{}",
+        streaming.output(),
+        logs()
+    );
 
     // Outlier detection: a failing endpoint is ejected, then let back.
     let mut bad = serve(&shop, "outlier-bad", "bad", &["--fail-rate", "1"])?;

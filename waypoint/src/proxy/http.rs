@@ -258,6 +258,32 @@ impl Finished {
     }
 }
 
+/// An upstream answer's body with what must last as long as it.
+struct Held<T> {
+    body: Body,
+    _held: T,
+}
+
+impl<T: Unpin> hyper::body::Body for Held<T> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// The answer's body on its way downstream, counted; its end (or its drop
 /// before the end) reports the request.
 struct Measured {
@@ -678,7 +704,7 @@ async fn attempt(
     } else {
         cluster.admit().await
     };
-    let Ok(_permit) = permit else {
+    let Ok(permit) = permit else {
         ctx.metrics
             .overflows
             .get_or_create(&ClusterLabels {
@@ -775,7 +801,17 @@ async fn attempt(
             } else {
                 Outcome::Success
             });
-            let mut response = response.map(|b| b.map_err(BoxError::from).boxed());
+            let set_cookie = picked.set_cookie.clone();
+            // The pool slot and the endpoint's active-request count last as
+            // long as the answer's body: a connection streaming a body is
+            // still busy (maxConnections, LEAST_REQUEST).
+            let mut response = response.map(|body| {
+                Held {
+                    body: body.map_err(BoxError::from).boxed(),
+                    _held: (permit, picked),
+                }
+                .boxed()
+            });
             let switched = response.headers().get(header::UPGRADE).cloned();
             strip_hop_by_hop(response.headers_mut());
             if let (Some(_), StatusCode::SWITCHING_PROTOCOLS, Some(protocol)) =
@@ -783,8 +819,8 @@ async fn attempt(
             {
                 upgrade::restore(response.headers_mut(), protocol);
             }
-            if let Some(cookie) = &picked.set_cookie
-                && let Ok(value) = HeaderValue::from_str(&set_cookie(cookie))
+            if let Some(cookie) = &set_cookie
+                && let Ok(value) = HeaderValue::from_str(&self::set_cookie(cookie))
             {
                 response.headers_mut().append(header::SET_COOKIE, value);
             }
