@@ -33,6 +33,10 @@ pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
 /// waypoint, when it is not the object's own.
 pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
 
+/// Label on a waypoint Gateway saying which traffic it takes: `service` (the
+/// default), `workload`, `all` or `none`, as Istio reads it.
+pub const WAYPOINT_FOR_LABEL: &str = "istio.io/waypoint-for";
+
 /// The port a waypoint listens on for HBONE.
 pub const WAYPOINT_HBONE_PORT: u16 = 15008;
 
@@ -208,6 +212,19 @@ impl Gateway {
     /// Whether this Gateway asks for a Warren waypoint.
     pub fn is_waypoint(&self) -> bool {
         WAYPOINT_CLASSES.contains(&self.spec.gateway_class_name.as_str())
+    }
+
+    /// Whether this waypoint takes traffic addressed to Services
+    /// (`istio.io/waypoint-for` unset, `service` or `all`). Warren's waypoints
+    /// take only that traffic; one for `workload` or `none` takes none.
+    pub fn serves_services(&self) -> bool {
+        let waypoint_for = self
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(WAYPOINT_FOR_LABEL))
+            .map_or("service", String::as_str);
+        self.is_waypoint() && matches!(waypoint_for, "service" | "all")
     }
 
     /// Whether Services of `namespace` (labelled `labels`) may use this

@@ -621,6 +621,34 @@ fn a_service_or_namespace_chooses_its_waypoint_by_name() {
 }
 
 #[test]
+fn a_waypoint_for_workloads_only_takes_no_service_traffic() {
+    let ip = |s: &str| Some(Some(s.parse::<std::net::IpAddr>().unwrap()));
+    let (mut store, mut view) = built("");
+    // First by name, but for workloads only: not the namespace's choice.
+    let workloads_only = named_waypoint("demo", "a-workloads", "10.244.0.22", "").replacen(
+        "namespace: demo }",
+        "namespace: demo, labels: { istio.io/waypoint-for: workload } }",
+        1,
+    );
+    let keys = apply(
+        &mut store,
+        &format!(
+            "{workloads_only}---\n{}",
+            named_waypoint("demo", "b-services", "10.244.0.23", "")
+        ),
+    );
+    view.changed(&store, &keys);
+    assert_eq!(app_waypoint(&view), ip("10.244.0.23"));
+    // Named anyway: claimed, and refused rather than bypassed.
+    let keys = apply(
+        &mut store,
+        &app_service("istio.io/use-waypoint: a-workloads"),
+    );
+    view.changed(&store, &keys);
+    assert_eq!(app_waypoint(&view), Some(None));
+}
+
+#[test]
 fn a_waypoint_in_another_namespace_serves_only_whom_its_listeners_admit() {
     let shared = Some(Some("10.244.0.30".parse::<std::net::IpAddr>().unwrap()));
     let (mut store, mut view) =

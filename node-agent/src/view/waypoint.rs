@@ -12,10 +12,12 @@
 //! 3. otherwise its namespace's waypoint: the first waypoint Gateway there
 //!    by name, if any.
 //!
-//! A waypoint that is named but cannot serve (no such Gateway, another class,
-//! a namespace its listeners do not admit, or no running pod) still claims
-//! the traffic: ztunnel refuses it rather than bypass the L7 policy the
-//! operator asked for.
+//! Only Gateways that take Service traffic count (`istio.io/waypoint-for`
+//! unset, `service` or `all`). A waypoint that is named but cannot serve (no
+//! such Gateway, another class, one for `workload` or `none`, a namespace its
+//! listeners do not admit, or no running pod) still claims the traffic:
+//! ztunnel refuses it rather than bypass the L7 policy the operator asked
+//! for.
 
 use std::collections::BTreeMap;
 
@@ -43,7 +45,7 @@ pub fn in_namespace(mesh: &Mesh, store: &Store, namespace: &str) -> Waypoints {
     store
         .of_kind_in(Kind::Gateway, namespace)
         .filter_map(|o| match o {
-            Object::Gateway(g) if g.is_waypoint() => g.metadata.name.clone(),
+            Object::Gateway(g) if g.serves_services() => g.metadata.name.clone(),
             _ => None,
         })
         .map(|gateway| {
@@ -138,7 +140,7 @@ pub fn of_service(
             let key = ObjectKey::new(Kind::Gateway, Some(at), name);
             let admitted = matches!(
                 store.get(&key),
-                Some(Object::Gateway(g)) if g.is_waypoint() && g.admits(namespace, ns_labels)
+                Some(Object::Gateway(g)) if g.serves_services() && g.admits(namespace, ns_labels)
             );
             let address = waypoints.get(at).and_then(|w| w.get(name));
             Some(match address {
