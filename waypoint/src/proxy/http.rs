@@ -19,25 +19,25 @@ use hyper::{
 };
 use hyper_util::client::legacy::connect::capture_connection;
 use rand::Rng as _;
-use tracing::{debug, info};
+use tracing::debug;
 use warren_ztunnel::state::Workload;
 
 use super::{
     Client, Downstream, connect,
     replay::{BoxError, Source},
+    report::{Arrived, Finished, GRPC_STATUS, Measured},
     upgrade,
 };
 use crate::{
     app::{Body, ClusterKey, Context},
     authz,
-    metrics::{ClusterLabels, RequestLabels, Varying},
+    metrics::ClusterLabels,
     route::{Action, FailureKind, RequestInfo, RetryPolicy, RouteDestination},
     tables::Compiled,
     upstream::{self, Cluster, Endpoint, HashInput, LoadBalancer, Outcome, RetryPermit},
 };
 
 const REQUEST_ID: &str = "x-request-id";
-const GRPC_STATUS: &str = "grpc-status";
 
 fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
@@ -154,110 +154,6 @@ pub async fn handle(
     Response::from_parts(parts, Measured::new(body, finished).boxed())
 }
 
-/// What was known of a request when it arrived, for its report.
-struct Arrived {
-    start: Instant,
-    request_id: HeaderValue,
-    method: http::Method,
-    /// Empty unless access lines are written.
-    path: String,
-    grpc: bool,
-    request_bytes: u64,
-}
-
-/// A request whose answer is on its way downstream: reported (metrics and
-/// access line) once the answer's body has been sent, so the duration, the
-/// response size and a gRPC status sent in trailers are the real ones, as
-/// Envoy reports them.
-struct Finished {
-    ctx: Arc<Context>,
-    down: Arc<Downstream>,
-    request: Arrived,
-    status: StatusCode,
-    /// From the headers (a trailers-only gRPC answer), else the trailers.
-    grpc_status: Option<HeaderValue>,
-    flags: &'static str,
-    route: String,
-    upstream: Option<SocketAddr>,
-    destination: Option<Arc<Workload>>,
-    attempts: u32,
-    /// Why an AuthorizationPolicy denied it.
-    details: Option<String>,
-    /// The body as read from the client, when it was sent on.
-    request_body: Option<Arc<Source>>,
-}
-
-/// How the answer's body ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ending {
-    Complete,
-    /// The upstream failed mid-body (Envoy's `UC`).
-    UpstreamFailed,
-    /// The client went away first (Envoy's `DC`).
-    DownstreamGone,
-}
-
-impl Finished {
-    fn report(self, response_bytes: u64, ending: Ending) {
-        let flags = match (ending, self.flags) {
-            (Ending::UpstreamFailed, "-") => "UC",
-            (Ending::DownstreamGone, "-") => "DC",
-            (_, flags) => flags,
-        };
-        let down = &self.down;
-        let request = &self.request;
-        let request_bytes = self
-            .request_body
-            .as_ref()
-            .map_or(request.request_bytes, |body| body.bytes_read());
-        let metrics = down.metrics.get(
-            &self.ctx.metrics,
-            Varying {
-                destination: self.destination.as_ref(),
-                grpc: request.grpc,
-                response_code: self.status.as_u16(),
-                grpc_response_status: self.grpc_status.as_ref(),
-                response_flags: flags,
-            },
-            || {
-                request_labels(
-                    down,
-                    self.destination.as_deref(),
-                    self.status,
-                    self.grpc_status.as_ref(),
-                    flags,
-                    request.grpc,
-                )
-            },
-        );
-        let elapsed_ms = request.start.elapsed().as_secs_f64() * 1000.0;
-        metrics.requests.inc();
-        metrics.duration.observe(elapsed_ms);
-        metrics.request_bytes.observe(request_bytes as f64);
-        metrics.response_bytes.observe(response_bytes as f64);
-        info!(
-            target: "access",
-            request_id = %request.request_id.to_str().unwrap_or_default(),
-            src = %down.source_ip,
-            src_identity = %down.peer.identity,
-            service = %down.service.hostname,
-            method = %request.method,
-            path = request.path,
-            route = %self.route,
-            status = self.status.as_u16(),
-            grpc_status = self.grpc_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-            flags,
-            details = self.details.as_deref().unwrap_or("-"),
-            upstream = ?self.upstream,
-            attempts = self.attempts,
-            request_bytes,
-            response_bytes,
-            duration_ms = elapsed_ms,
-            "request"
-        );
-    }
-}
-
 /// An upstream answer's body with what must last as long as it.
 struct Held<T> {
     body: Body,
@@ -281,82 +177,6 @@ impl<T: Unpin> hyper::body::Body for Held<T> {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
-    }
-}
-
-/// The answer's body on its way downstream, counted; its end (or its drop
-/// before the end) reports the request.
-struct Measured {
-    inner: Body,
-    bytes: u64,
-    finished: Option<Finished>,
-}
-
-impl Measured {
-    fn new(inner: Body, finished: Finished) -> Self {
-        Self {
-            inner,
-            bytes: 0,
-            finished: Some(finished),
-        }
-    }
-
-    fn finish(&mut self, ending: Ending) {
-        if let Some(finished) = self.finished.take() {
-            finished.report(self.bytes, ending);
-        }
-    }
-}
-
-impl hyper::body::Body for Measured {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            std::task::Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.bytes += data.len() as u64;
-                } else if let Some(trailers) = frame.trailers_ref()
-                    && let (Some(status), Some(finished)) =
-                        (trailers.get(GRPC_STATUS), this.finished.as_mut())
-                {
-                    finished.grpc_status = Some(status.clone());
-                }
-                if this.inner.is_end_stream() {
-                    this.finish(Ending::Complete);
-                }
-            }
-            std::task::Poll::Ready(Some(Err(_))) => this.finish(Ending::UpstreamFailed),
-            std::task::Poll::Ready(None) => this.finish(Ending::Complete),
-            std::task::Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Measured {
-    fn drop(&mut self) {
-        // An empty body may never be polled: dropped at its end, it is whole.
-        let ending = if self.inner.is_end_stream() {
-            Ending::Complete
-        } else {
-            Ending::DownstreamGone
-        };
-        self.finish(ending);
     }
 }
 
@@ -929,46 +749,6 @@ impl Context {
         };
         clusters.insert(key.clone(), (generation, Arc::clone(&cluster)));
         Ok(cluster)
-    }
-}
-
-/// Istio's labels for one request.
-fn request_labels(
-    down: &Downstream,
-    destination: Option<&Workload>,
-    status: StatusCode,
-    grpc_status: Option<&HeaderValue>,
-    flags: &'static str,
-    grpc: bool,
-) -> RequestLabels {
-    let unknown = || "unknown".to_owned();
-    let source = down.source.as_deref();
-    let service = &down.service;
-    RequestLabels {
-        reporter: "waypoint",
-        source_workload: source.map_or_else(unknown, |w| w.telemetry_name().to_owned()),
-        source_workload_namespace: source.map_or_else(unknown, |w| w.namespace.clone()),
-        source_principal: format!("spiffe://{}", down.peer.identity.principal()),
-        source_canonical_service: source.map_or_else(unknown, |w| w.canonical_name.clone()),
-        destination_workload: destination.map_or_else(unknown, |w| w.telemetry_name().to_owned()),
-        destination_workload_namespace: destination.map_or_else(unknown, |w| w.namespace.clone()),
-        destination_principal: destination
-            .and_then(|w| w.identity.as_ref())
-            .map_or_else(unknown, |id| format!("spiffe://{}", id.principal())),
-        destination_canonical_service: destination
-            .map_or_else(unknown, |w| w.canonical_name.clone()),
-        destination_version: destination.map_or_else(unknown, |w| w.canonical_revision.clone()),
-        destination_service: service.hostname.clone(),
-        destination_service_name: service.name.clone(),
-        destination_service_namespace: service.namespace.clone(),
-        request_protocol: if grpc { "grpc" } else { "http" },
-        response_code: status.as_u16(),
-        grpc_response_status: grpc_status
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned(),
-        response_flags: flags,
-        connection_security_policy: "mutual_tls",
     }
 }
 

@@ -5,6 +5,7 @@
 //!   balancing, mirrors, headers, telemetry.
 //! - [`replay`]: a request body streamed to every attempt and mirror, kept
 //!   for retries up to a limit.
+//! - `report`: a request's metrics and access line, once its answer is sent.
 //! - [`upgrade`]: HTTP/1.1 upgrades (WebSocket) spliced once switched.
 //! - [`tcp`]: a connection to a TCP port: routed once, then spliced.
 //!
@@ -14,6 +15,7 @@
 pub mod connect;
 pub mod http;
 pub mod replay;
+mod report;
 pub mod tcp;
 pub mod upgrade;
 

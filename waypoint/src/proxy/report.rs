@@ -1,0 +1,249 @@
+//! What a request through the waypoint reports (its `istio_*` metrics and its
+//! access line), once its answer's body has been sent downstream: the
+//! duration, the response size and a gRPC status sent in trailers are then
+//! the real ones, as Envoy reports them.
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context as TaskContext, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use hyper::body::{Body as _, Frame, SizeHint};
+use tracing::info;
+use warren_ztunnel::state::Workload;
+
+use super::{
+    Downstream,
+    replay::{BoxError, Source},
+};
+use crate::{
+    app::{Body, Context},
+    metrics::{RequestLabels, Varying},
+};
+
+pub(super) const GRPC_STATUS: &str = "grpc-status";
+
+/// What was known of a request when it arrived, for its report.
+pub(super) struct Arrived {
+    pub(super) start: Instant,
+    pub(super) request_id: HeaderValue,
+    pub(super) method: http::Method,
+    /// Empty unless access lines are written.
+    pub(super) path: String,
+    pub(super) grpc: bool,
+    pub(super) request_bytes: u64,
+}
+
+/// A request whose answer is on its way downstream: reported (metrics and
+/// access line) once the answer's body has been sent, so the duration, the
+/// response size and a gRPC status sent in trailers are the real ones, as
+/// Envoy reports them.
+pub(super) struct Finished {
+    pub(super) ctx: Arc<Context>,
+    pub(super) down: Arc<Downstream>,
+    pub(super) request: Arrived,
+    pub(super) status: StatusCode,
+    /// From the headers (a trailers-only gRPC answer), else the trailers.
+    pub(super) grpc_status: Option<HeaderValue>,
+    pub(super) flags: &'static str,
+    pub(super) route: String,
+    pub(super) upstream: Option<SocketAddr>,
+    pub(super) destination: Option<Arc<Workload>>,
+    pub(super) attempts: u32,
+    /// Why an AuthorizationPolicy denied it.
+    pub(super) details: Option<String>,
+    /// The body as read from the client, when it was sent on.
+    pub(super) request_body: Option<Arc<Source>>,
+}
+
+/// How the answer's body ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    Complete,
+    /// The upstream failed mid-body (Envoy's `UC`).
+    UpstreamFailed,
+    /// The client went away first (Envoy's `DC`).
+    DownstreamGone,
+}
+
+impl Finished {
+    fn report(self, response_bytes: u64, ending: Ending) {
+        let flags = match (ending, self.flags) {
+            (Ending::UpstreamFailed, "-") => "UC",
+            (Ending::DownstreamGone, "-") => "DC",
+            (_, flags) => flags,
+        };
+        let down = &self.down;
+        let request = &self.request;
+        let request_bytes = self
+            .request_body
+            .as_ref()
+            .map_or(request.request_bytes, |body| body.bytes_read());
+        let metrics = down.metrics.get(
+            &self.ctx.metrics,
+            Varying {
+                destination: self.destination.as_ref(),
+                grpc: request.grpc,
+                response_code: self.status.as_u16(),
+                grpc_response_status: self.grpc_status.as_ref(),
+                response_flags: flags,
+            },
+            || {
+                request_labels(
+                    down,
+                    self.destination.as_deref(),
+                    self.status,
+                    self.grpc_status.as_ref(),
+                    flags,
+                    request.grpc,
+                )
+            },
+        );
+        let elapsed_ms = request.start.elapsed().as_secs_f64() * 1000.0;
+        metrics.requests.inc();
+        metrics.duration.observe(elapsed_ms);
+        metrics.request_bytes.observe(request_bytes as f64);
+        metrics.response_bytes.observe(response_bytes as f64);
+        info!(
+            target: "access",
+            request_id = %request.request_id.to_str().unwrap_or_default(),
+            src = %down.source_ip,
+            src_identity = %down.peer.identity,
+            service = %down.service.hostname,
+            method = %request.method,
+            path = request.path,
+            route = %self.route,
+            status = self.status.as_u16(),
+            grpc_status = self.grpc_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            flags,
+            details = self.details.as_deref().unwrap_or("-"),
+            upstream = ?self.upstream,
+            attempts = self.attempts,
+            request_bytes,
+            response_bytes,
+            duration_ms = elapsed_ms,
+            "request"
+        );
+    }
+}
+
+/// The answer's body on its way downstream, counted; its end (or its drop
+/// before the end) reports the request.
+pub(super) struct Measured {
+    inner: Body,
+    bytes: u64,
+    finished: Option<Finished>,
+}
+
+impl Measured {
+    pub(super) fn new(inner: Body, finished: Finished) -> Self {
+        Self {
+            inner,
+            bytes: 0,
+            finished: Some(finished),
+        }
+    }
+
+    fn finish(&mut self, ending: Ending) {
+        if let Some(finished) = self.finished.take() {
+            finished.report(self.bytes, ending);
+        }
+    }
+}
+
+impl hyper::body::Body for Measured {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref()
+                    && let (Some(status), Some(finished)) =
+                        (trailers.get(GRPC_STATUS), this.finished.as_mut())
+                {
+                    finished.grpc_status = Some(status.clone());
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(Ending::Complete);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.finish(Ending::UpstreamFailed),
+            Poll::Ready(None) => this.finish(Ending::Complete),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        // An empty body may never be polled: dropped at its end, it is whole.
+        let ending = if self.inner.is_end_stream() {
+            Ending::Complete
+        } else {
+            Ending::DownstreamGone
+        };
+        self.finish(ending);
+    }
+}
+
+/// Istio's labels for one request.
+fn request_labels(
+    down: &Downstream,
+    destination: Option<&Workload>,
+    status: StatusCode,
+    grpc_status: Option<&HeaderValue>,
+    flags: &'static str,
+    grpc: bool,
+) -> RequestLabels {
+    let unknown = || "unknown".to_owned();
+    let source = down.source.as_deref();
+    let service = &down.service;
+    RequestLabels {
+        reporter: "waypoint",
+        source_workload: source.map_or_else(unknown, |w| w.telemetry_name().to_owned()),
+        source_workload_namespace: source.map_or_else(unknown, |w| w.namespace.clone()),
+        source_principal: format!("spiffe://{}", down.peer.identity.principal()),
+        source_canonical_service: source.map_or_else(unknown, |w| w.canonical_name.clone()),
+        destination_workload: destination.map_or_else(unknown, |w| w.telemetry_name().to_owned()),
+        destination_workload_namespace: destination.map_or_else(unknown, |w| w.namespace.clone()),
+        destination_principal: destination
+            .and_then(|w| w.identity.as_ref())
+            .map_or_else(unknown, |id| format!("spiffe://{}", id.principal())),
+        destination_canonical_service: destination
+            .map_or_else(unknown, |w| w.canonical_name.clone()),
+        destination_version: destination.map_or_else(unknown, |w| w.canonical_revision.clone()),
+        destination_service: service.hostname.clone(),
+        destination_service_name: service.name.clone(),
+        destination_service_namespace: service.namespace.clone(),
+        request_protocol: if grpc { "grpc" } else { "http" },
+        response_code: status.as_u16(),
+        grpc_response_status: grpc_status
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+        response_flags: flags,
+        connection_security_policy: "mutual_tls",
+    }
+}
