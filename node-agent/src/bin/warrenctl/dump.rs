@@ -233,9 +233,18 @@ pub fn print_tables(dump: &DumpResponse) {
                     s.endpoints.iter().filter(|e| e.ready).count(),
                     s.endpoints.len()
                 ),
-                s.waypoint
-                    .as_ref()
-                    .map_or_else(|| "-".into(), |w| w.workload.clone()),
+                // A claimed waypoint without an address cannot serve: ztunnel
+                // refuses the traffic (say so rather than show nothing).
+                s.waypoint.as_ref().map_or_else(
+                    || "-".into(),
+                    |w| {
+                        if w.address.is_empty() {
+                            "unavailable (refused)".into()
+                        } else {
+                            w.workload.clone()
+                        }
+                    },
+                ),
             ]),
             _ => None,
         })
