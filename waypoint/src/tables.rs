@@ -82,12 +82,15 @@ impl Tables {
             namespace: policy.namespace.clone(),
             name: policy.name.clone(),
             // Attached to this waypoint, not another one (of this namespace
-            // or of another, which the agent sends for their Services).
+            // or of another, which the agent sends for their Services). An
+            // agent older than `gateways` sets only `waypoint`: bound then,
+            // as it was (more policy, never less).
             waypoint: policy.namespace == namespace
-                && policy
+                && (policy
                     .gateways
                     .iter()
-                    .any(|g| gateway.is_none_or(|me| g == me)),
+                    .any(|g| gateway.is_none_or(|me| g == me))
+                    || (policy.gateways.is_empty() && policy.waypoint)),
             services: policy.services.clone(),
             spec,
         })
@@ -164,9 +167,10 @@ mod tests {
 
     #[test]
     fn a_policy_binds_only_the_waypoint_of_the_gateway_it_names() {
-        let policy = L7Authorization {
+        let mut policy = L7Authorization {
             name: "deny".into(),
             namespace: "demo".into(),
+            waypoint: true,
             gateways: vec!["special".into()],
             services: vec!["app".into()],
             spec_json: r#"{"action":"DENY"}"#.into(),
@@ -182,6 +186,13 @@ mod tests {
         assert_eq!(bound("demo", Some("waypoint")), Ok((false, app.clone())));
         assert_eq!(bound("infra", Some("special")), Ok((false, app.clone())));
         // A waypoint not told its Gateway errs on the side of more policy.
-        assert_eq!(bound("demo", None), Ok((true, app)));
+        assert_eq!(bound("demo", None), Ok((true, app.clone())));
+        // From an agent older than `gateways`: bound, as before.
+        policy.gateways.clear();
+        let bound = |namespace: &str, gateway: Option<&str>| {
+            Tables::parse_authorization(&policy, namespace, gateway).map(|p| p.waypoint)
+        };
+        assert_eq!(bound("demo", Some("waypoint")), Ok(true));
+        assert_eq!(bound("infra", Some("waypoint")), Ok(false));
     }
 }

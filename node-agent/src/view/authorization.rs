@@ -147,6 +147,7 @@ pub fn l7_authorization(
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into()),
+        waypoint: !gateways.is_empty(),
         gateways,
         services,
         // Serializing a validated model type cannot fail; an empty spec is

@@ -834,7 +834,7 @@ fn attached_policies_reach_their_namespace_waypoint_only() {
     // No waypoint Gateway yet: nothing names one.
     assert_eq!(l7_policy(&view, "on-waypoint"), None);
     let on_service = l7_policy(&view, "on-service").expect("Service target published");
-    assert!(on_service.gateways.is_empty());
+    assert!(on_service.gateways.is_empty() && !on_service.waypoint);
     assert_eq!(on_service.services, ["app"]);
     let spec: serde_json::Value = serde_json::from_str(&on_service.spec_json).unwrap();
     assert_eq!(spec["action"], "DENY");
@@ -854,6 +854,7 @@ fn attached_policies_reach_their_namespace_waypoint_only() {
     view.changed(&store, &keys);
     let on_waypoint = l7_policy(&view, "on-waypoint").expect("published");
     assert_eq!(on_waypoint.gateways, ["waypoint"]);
+    assert!(on_waypoint.waypoint, "for waypoints older than `gateways`");
     assert!(on_waypoint.services.is_empty());
 
     let published = view.publisher().lock();
