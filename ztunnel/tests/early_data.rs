@@ -40,13 +40,56 @@ struct Seen {
     after_answer: usize,
 }
 
-/// An HBONE peer presenting `cert` that answers its first CONNECT only once
-/// `answer` fires; `first_arrived` fires when the first DATA has come.
-async fn slow_peer(
+/// The tests' mesh: a CA, its roots, a client and a server identity.
+struct Pki {
+    ca: Ca,
+    trust: TrustBundle,
+    client: String,
+    server: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        init();
+        let ca = Ca::new("mesh root");
+        let trust = TrustBundle::from_proto(&config::TrustBundle {
+            roots_pem: vec![ca.root_pem.clone()],
+        })
+        .unwrap();
+        Pki {
+            ca,
+            trust,
+            client: spiffe("demo", "client"),
+            server: spiffe("demo", "server"),
+        }
+    }
+
+    fn client_cert(&self) -> WorkloadCertificate {
+        WorkloadCertificate::from_proto(&self.ca.issue(&self.client)).unwrap()
+    }
+
+    fn server_cert(&self) -> WorkloadCertificate {
+        WorkloadCertificate::from_proto(&self.ca.issue(&self.server)).unwrap()
+    }
+
+    /// A ztunnel client's pool to the peer at `gateway`, and the key of the
+    /// client's connections to it.
+    fn pool_to(&self, gateway: SocketAddr, connect_header_timeout: Duration) -> (Pool, PoolKey) {
+        let mut config = test_config("node-a", [127, 0, 0, 1].into(), gateway.port());
+        config.connect_header_timeout = connect_header_timeout;
+        let key = PoolKey {
+            source: self.client.parse::<Identity>().unwrap(),
+            gateway,
+            expected: self.server.parse::<Identity>().unwrap(),
+        };
+        (Pool::new(Arc::new(config)), key)
+    }
+}
+
+/// A loopback listener for an HBONE peer presenting `cert` (TLS 1.3, h2).
+async fn h2_peer(
     cert: &WorkloadCertificate,
-    first_arrived: oneshot::Sender<()>,
-    answer: oneshot::Receiver<()>,
-) -> (SocketAddr, tokio::task::JoinHandle<Seen>) {
+) -> (TcpListener, tokio_rustls::TlsAcceptor, SocketAddr) {
     let mut tls = rustls::ServerConfig::builder_with_provider(warren_ztunnel::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -55,9 +98,23 @@ async fn slow_peer(
             &cert.certified,
         ))));
     tls.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    (
+        listener,
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+        addr,
+    )
+}
+
+/// An HBONE peer presenting `cert` that answers its first CONNECT only once
+/// `answer` fires; `first_arrived` fires when the first DATA has come.
+async fn slow_peer(
+    cert: &WorkloadCertificate,
+    first_arrived: oneshot::Sender<()>,
+    answer: oneshot::Receiver<()>,
+) -> (SocketAddr, tokio::task::JoinHandle<Seen>) {
+    let (listener, acceptor, addr) = h2_peer(cert).await;
     let served = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let tls = acceptor.accept(tcp).await.unwrap();
@@ -104,34 +161,18 @@ async fn slow_peer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_first_read_leaves_before_the_answer() {
-    init();
-    let ca = Ca::new("mesh root");
-    let issue = |id: &str| WorkloadCertificate::from_proto(&ca.issue(id)).unwrap();
-    let (server, client) = (spiffe("demo", "server"), spiffe("demo", "client"));
-    let (server_cert, client_cert) = (issue(&server), issue(&client));
-    let trust = TrustBundle::from_proto(&config::TrustBundle {
-        roots_pem: vec![ca.root_pem.clone()],
-    })
-    .unwrap();
-
+    let pki = Pki::new();
     let (first_tx, first_rx) = oneshot::channel();
     let (answer_tx, answer_rx) = oneshot::channel();
-    let (gateway, peer) = slow_peer(&server_cert, first_tx, answer_rx).await;
+    let (gateway, peer) = slow_peer(&pki.server_cert(), first_tx, answer_rx).await;
 
-    let mut config = test_config("node-a", [127, 0, 0, 1].into(), gateway.port());
-    config.connect_header_timeout = Duration::from_secs(10);
-    let pool = Pool::new(Arc::new(config));
-    let key = PoolKey {
-        source: client.parse::<Identity>().unwrap(),
-        gateway,
-        expected: server.parse::<Identity>().unwrap(),
-    };
+    let (pool, key) = pki.pool_to(gateway, Duration::from_secs(10));
     let destination: SocketAddr = "10.1.2.3:8080".parse().unwrap();
     let tunnel = pool
         .tunnel(
             &key,
-            &client_cert,
-            &trust,
+            &pki.client_cert(),
+            &pki.trust,
             destination,
             None,
             Establish::SendEarly,
@@ -186,17 +227,7 @@ async fn only_the_first_read_leaves_before_the_answer() {
 async fn silent_peer(
     cert: &WorkloadCertificate,
 ) -> (SocketAddr, tokio::task::JoinHandle<Option<h2::Reason>>) {
-    let mut tls = rustls::ServerConfig::builder_with_provider(warren_ztunnel::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SingleCertAndKey::from(Arc::clone(
-            &cert.certified,
-        ))));
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, acceptor, addr) = h2_peer(cert).await;
     let served = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let tls = acceptor.accept(tcp).await.unwrap();
@@ -210,31 +241,17 @@ async fn silent_peer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_without_an_answer_fails_in_time_and_cancels_its_stream() {
-    init();
-    let ca = Ca::new("mesh root");
-    let issue = |id: &str| WorkloadCertificate::from_proto(&ca.issue(id)).unwrap();
-    let (server, client) = (spiffe("demo", "server"), spiffe("demo", "client"));
-    let trust = TrustBundle::from_proto(&config::TrustBundle {
-        roots_pem: vec![ca.root_pem.clone()],
-    })
-    .unwrap();
-    let (gateway, peer) = silent_peer(&issue(&server)).await;
+    let pki = Pki::new();
+    let (gateway, peer) = silent_peer(&pki.server_cert()).await;
 
-    let mut config = test_config("node-a", [127, 0, 0, 1].into(), gateway.port());
-    config.connect_header_timeout = Duration::from_millis(300);
-    let pool = Pool::new(Arc::new(config));
-    let key = PoolKey {
-        source: client.parse::<Identity>().unwrap(),
-        gateway,
-        expected: server.parse::<Identity>().unwrap(),
-    };
+    let (pool, key) = pki.pool_to(gateway, Duration::from_millis(300));
     let started = std::time::Instant::now();
     let result = tokio::time::timeout(
         Duration::from_secs(5),
         pool.tunnel(
             &key,
-            &issue(&client),
-            &trust,
+            &pki.client_cert(),
+            &pki.trust,
             "10.1.2.3:8080".parse().unwrap(),
             None,
             Establish::AwaitAnswer,

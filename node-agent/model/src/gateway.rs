@@ -318,7 +318,22 @@ impl Gateway {
     /// [`Gateway::waypoint`] as YAML, ready for a config folder or
     /// `kubectl apply`.
     pub fn waypoint_yaml(namespace: &str, name: &str) -> Result<String, serde_yaml::Error> {
-        serde_yaml::to_string(&Self::waypoint(namespace, name))
+        Self::waypoint(namespace, name).to_yaml()
+    }
+
+    /// This Gateway with every listener admitting Services of `namespaces`.
+    pub fn admitting(mut self, namespaces: RouteNamespaces) -> Self {
+        for listener in &mut self.spec.listeners {
+            listener.allowed_routes = Some(AllowedRoutes {
+                namespaces: Some(namespaces.clone()),
+                kinds: None,
+            });
+        }
+        self
+    }
+
+    pub fn to_yaml(&self) -> Result<String, serde_yaml::Error> {
+        serde_yaml::to_string(self)
     }
 }
 

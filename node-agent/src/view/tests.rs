@@ -7,7 +7,10 @@ use warren_api::config::{
 
 use super::*;
 use crate::{
-    model::object::{parse_document, split_documents},
+    model::{
+        gateway::{Gateway, NamespaceSelector, RouteNamespaces, WAYPOINT_FOR_LABEL},
+        object::{parse_document, split_documents},
+    },
     source::SourceEvent,
 };
 
@@ -537,20 +540,13 @@ fn a_waypoint_gateway_claims_its_namespaces_services_and_fails_closed_without_a_
     assert_eq!(service(&view, "demo", "app").waypoint, None);
 }
 
-/// A waypoint Gateway `name` in `ns` and its running pod at `ip`, with
-/// `allowed` as its listener's `allowedRoutes` (YAML flow style, or empty).
-fn named_waypoint(ns: &str, name: &str, ip: &str, allowed: &str) -> String {
-    let allowed = if allowed.is_empty() {
-        String::new()
-    } else {
-        format!(", allowedRoutes: {allowed}")
-    };
+/// `gateway` and its running pod at `ip`, as YAML.
+fn named_waypoint(gateway: Gateway, ip: &str) -> String {
+    let ns = gateway.metadata.namespace.clone().unwrap_or_default();
+    let name = gateway.metadata.name.clone().unwrap_or_default();
+    let gateway = gateway.to_yaml().expect("a Gateway encodes as YAML");
     format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
-         metadata: {{ name: {name}, namespace: {ns} }}\n\
-         spec:\n  gatewayClassName: warren-waypoint\n  \
-         listeners: [{{ name: mesh, port: 15008, protocol: HBONE{allowed} }}]\n\
-         ---\napiVersion: v1\nkind: Pod\n\
+        "{gateway}---\napiVersion: v1\nkind: Pod\n\
          metadata: {{ name: {name}-0, namespace: {ns}, labels: {{ gateway.networking.k8s.io/gateway-name: {name}, warren.io/dataplane-mode: none }} }}\n\
          spec: {{ nodeName: node-a, serviceAccountName: {name}, containers: [{{ name: main }}] }}\n\
          status: {{ hostIP: 172.30.0.1, podIP: {ip} }}\n"
@@ -580,8 +576,8 @@ fn a_service_or_namespace_chooses_its_waypoint_by_name() {
         &mut store,
         &format!(
             "{}---\n{}",
-            named_waypoint("demo", "a-general", "10.244.0.20", ""),
-            named_waypoint("demo", "special", "10.244.0.21", "")
+            named_waypoint(Gateway::waypoint("demo", "a-general"), "10.244.0.20"),
+            named_waypoint(Gateway::waypoint("demo", "special"), "10.244.0.21")
         ),
     );
     view.changed(&store, &keys);
@@ -625,16 +621,15 @@ fn a_waypoint_for_workloads_only_takes_no_service_traffic() {
     let ip = |s: &str| Some(Some(s.parse::<std::net::IpAddr>().unwrap()));
     let (mut store, mut view) = built("");
     // First by name, but for workloads only: not the namespace's choice.
-    let workloads_only = named_waypoint("demo", "a-workloads", "10.244.0.22", "").replacen(
-        "namespace: demo }",
-        "namespace: demo, labels: { istio.io/waypoint-for: workload } }",
-        1,
-    );
+    let mut workloads_only = Gateway::waypoint("demo", "a-workloads");
+    workloads_only.metadata.labels =
+        Some([(WAYPOINT_FOR_LABEL.to_owned(), "workload".to_owned())].into());
+    let workloads_only = named_waypoint(workloads_only, "10.244.0.22");
     let keys = apply(
         &mut store,
         &format!(
             "{workloads_only}---\n{}",
-            named_waypoint("demo", "b-services", "10.244.0.23", "")
+            named_waypoint(Gateway::waypoint("demo", "b-services"), "10.244.0.23")
         ),
     );
     view.changed(&store, &keys);
@@ -663,7 +658,7 @@ fn a_waypoint_in_another_namespace_serves_only_whom_its_listeners_admit() {
     // Same namespace only (the default): still refused.
     let keys = apply(
         &mut store,
-        &named_waypoint("infra", "shared", "10.244.0.30", ""),
+        &named_waypoint(Gateway::waypoint("infra", "shared"), "10.244.0.30"),
     );
     view.changed(&store, &keys);
     assert_eq!(app_waypoint(&view), Some(None), "not admitted from demo");
@@ -673,10 +668,15 @@ fn a_waypoint_in_another_namespace_serves_only_whom_its_listeners_admit() {
     let keys = apply(
         &mut store,
         &named_waypoint(
-            "infra",
-            "shared",
+            Gateway::waypoint("infra", "shared").admitting(RouteNamespaces {
+                from: Some("Selector".into()),
+                selector: Some(NamespaceSelector {
+                    match_labels: [("warren.io/dataplane-mode".to_owned(), "ambient".to_owned())]
+                        .into(),
+                    match_expressions: Vec::new(),
+                }),
+            }),
             "10.244.0.30",
-            "{ namespaces: { from: Selector, selector: { matchLabels: { warren.io/dataplane-mode: ambient } } } }",
         ),
     );
     view.changed(&store, &keys);

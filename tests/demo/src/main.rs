@@ -632,17 +632,7 @@ impl Demo {
 
     /// The waypoint's Prometheus metrics, scraped from inside its pod.
     fn waypoint_metrics(&self) -> Result<String> {
-        let pod = self.waypoint.as_ref().context("no waypoint")?;
-        let out = pod.sandbox.exec(
-            "curl",
-            ["-sS", "--max-time", "5", "http://127.0.0.1:15020/metrics"],
-        )?;
-        ensure!(
-            out.status.success(),
-            "scraping the waypoint's metrics: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        warren_e2e::mesh::waypoint_metrics(self.waypoint.as_ref().context("no waypoint")?)
     }
 
     /// The mesh's logs (the agents' include their waypoints'), for a

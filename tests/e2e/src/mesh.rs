@@ -297,6 +297,23 @@ pub fn waypoint_gateway(namespace: &str) -> String {
         .expect("a waypoint Gateway encodes as YAML")
 }
 
+/// Service `app` of `namespace` split into subsets `v1` and `v2` by the pods'
+/// `version` label, and every request routed to `v2`: what only a waypoint
+/// applies (ztunnel balances over both), so answers tell whether one did.
+pub fn all_to_v2(namespace: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+         metadata: {{ name: app, namespace: {namespace} }}\n\
+         spec:\n  host: app\n  subsets:\n  \
+         - {{ name: v1, labels: {{ version: v1 }} }}\n  \
+         - {{ name: v2, labels: {{ version: v2 }} }}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+         metadata: {{ name: app, namespace: {namespace} }}\n\
+         spec:\n  hosts: [app]\n  http:\n  \
+         - route: [{{ destination: {{ host: app, subset: v2 }} }}]\n"
+    )
+}
+
 /// A waypoint's Prometheus metrics, scraped from inside its pod.
 pub fn waypoint_metrics(pod: &warren_testbed::Pod) -> Result<String> {
     let out = pod.sandbox.exec(

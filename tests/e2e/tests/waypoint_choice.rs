@@ -10,34 +10,19 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
     mesh::{
-        eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway, waypoint_metrics,
+        all_to_v2, eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway,
+        waypoint_metrics,
     },
     workload::{count_status, count_version, load, start_http_server},
 };
+use warren_node_agent::model::gateway::{Gateway, RouteNamespaces};
 use warren_testbed::{Cluster, Pod, PodSpec, ServicePort, manifests, privilege::require_root};
 
 const NS: &str = "shop";
 const INFRA: &str = "infra";
 
-/// Everything to v2: only a waypoint applies this, ztunnel does not.
-const ROUTES: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: { name: app, namespace: shop }
-spec:
-  host: app
-  subsets:
-  - { name: v1, labels: { version: v1 } }
-  - { name: v2, labels: { version: v2 } }
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: { name: app, namespace: shop }
-spec:
-  hosts: [app]
-  http:
-  - route: [{ destination: { host: app, subset: v2 } }]
----
+/// A DENY on Service `app` itself, for whichever waypoint serves it.
+const APP_PRIVATE: &str = r#"
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: { name: app-private, namespace: shop }
@@ -47,20 +32,19 @@ spec:
   rules: [{ to: [{ operation: { paths: ["/private"] } }] }]
 "#;
 
-/// The shared waypoint Gateway of `infra`, with `allowed` as its listener's
-/// `allowedRoutes` (empty: its own namespace only).
-fn shared_gateway(allowed: &str) -> String {
-    let allowed = if allowed.is_empty() {
-        String::new()
-    } else {
-        format!(", allowedRoutes: {allowed}")
-    };
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
-         metadata: {{ name: shared, namespace: {INFRA} }}\n\
-         spec:\n  gatewayClassName: istio-waypoint\n  \
-         listeners: [{{ name: mesh, port: 15008, protocol: HBONE{allowed} }}]\n"
-    )
+/// The shared waypoint Gateway of `infra` (of Istio's class, which Warren
+/// reads too): with `from` (`All`, `Same`), its listener admits Services of
+/// those namespaces; without, of its own only.
+fn shared_gateway(from: Option<&str>) -> Result<String> {
+    let mut gateway = Gateway::waypoint(INFRA, "shared");
+    gateway.spec.gateway_class_name = "istio-waypoint".into();
+    if let Some(from) = from {
+        gateway = gateway.admitting(RouteNamespaces {
+            from: Some(from.into()),
+            selector: None,
+        });
+    }
+    Ok(gateway.to_yaml()?)
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -135,11 +119,14 @@ fn a_service_takes_the_waypoint_its_labels_name() -> Result<()> {
     mesh.wait_ready(Duration::from_secs(30))
         .with_context(|| mesh.logs())?;
     let config_dir = cluster.config_dir();
-    std::fs::write(config_dir.join("routes.shop.yaml"), ROUTES)?;
+    std::fs::write(
+        config_dir.join("routes.shop.yaml"),
+        format!("{}---\n{APP_PRIVATE}", all_to_v2(NS)),
+    )?;
     std::fs::write(config_dir.join("gateway.shop.yaml"), waypoint_gateway(NS))?;
     std::fs::write(
         config_dir.join("gateway.infra.yaml"),
-        shared_gateway("{ namespaces: { from: All } }"),
+        shared_gateway(Some("All"))?,
     )?;
     let (own_pod, shared_pod) = (
         cluster.pod("waypoint")?.clone(),
@@ -232,7 +219,7 @@ fn a_service_takes_the_waypoint_its_labels_name() -> Result<()> {
 
     // The Gateway stops admitting other namespaces: the traffic is refused,
     // not sent around the waypoint.
-    std::fs::write(config_dir.join("gateway.infra.yaml"), shared_gateway(""))?;
+    std::fs::write(config_dir.join("gateway.infra.yaml"), shared_gateway(None)?)?;
     eventually(Duration::from_secs(20), "the traffic is refused", || {
         let report = load(&client, &url, &["-n", "10", "-c", "2", "--timeout", "2s"])?;
         Ok(count_status(&report, 200) == 0)

@@ -9,33 +9,13 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
     agent::{agent_socket, warrenctl_text},
-    mesh::{eventually, start_mesh_with_waypoints},
+    mesh::{all_to_v2, eventually, start_mesh_with_waypoints},
     workload::{count_version, load, start_http_server},
 };
 use warren_testbed::{Cluster, Pod, PodSpec, ServicePort, privilege::require_root};
 
 const NS: &str = "demo";
 const REQUESTS: u64 = 100;
-
-/// Everything to v2: only a waypoint applies this, ztunnel does not.
-const ROUTES: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: { name: app, namespace: demo }
-spec:
-  host: app
-  subsets:
-  - { name: v1, labels: { version: v1 } }
-  - { name: v2, labels: { version: v2 } }
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: { name: app, namespace: demo }
-spec:
-  hosts: [app]
-  http:
-  - route: [{ destination: { host: app, subset: v2 } }]
-"#;
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -111,7 +91,10 @@ fn warrenctl_deploys_a_waypoint_the_agent_runs_and_removes() -> Result<()> {
     mesh.wait_ready(Duration::from_secs(30))
         .with_context(|| mesh.logs())?;
     let config_dir = cluster.config_dir().to_string_lossy().into_owned();
-    std::fs::write(cluster.config_dir().join("routes.demo.app.yaml"), ROUTES)?;
+    std::fs::write(
+        cluster.config_dir().join("routes.demo.app.yaml"),
+        all_to_v2(NS),
+    )?;
     let mut servers = Vec::new();
     for version in ["v1", "v2"] {
         let pod = cluster.pod(&format!("app-{version}"))?.clone();

@@ -307,11 +307,19 @@ fn setup() -> Result<Shop> {
             service_account: Some(sa),
         })?;
     }
-    for (service, _) in SERVICES.iter().filter(|(s, _)| !["grpc", "db"].contains(s)) {
+    // Each scenario's HTTP Service, and two more over another's pods:
+    // `sticky` over the `hash` pods, balanced by a cookie the waypoint hands
+    // out, and `perconn-pooled` over `perconn`'s pod without its
+    // per-connection limit.
+    let own = SERVICES
+        .iter()
+        .map(|(s, _)| (*s, *s))
+        .filter(|(s, _)| !["grpc", "db"].contains(s));
+    for (service, app) in own.chain([("sticky", "hash"), ("perconn-pooled", "perconn")]) {
         cluster.add_service(
             NS,
             service,
-            labels(&[("app", service)]),
+            labels(&[("app", app)]),
             vec![ServicePort {
                 name: "http".into(),
                 port: 80,
@@ -328,28 +336,6 @@ fn setup() -> Result<Shop> {
             name: "tcp-postgres".into(),
             port: 5432,
             target_port: 9000,
-        }],
-    )?;
-    // The `hash` pods again, balanced by a cookie the waypoint hands out.
-    cluster.add_service(
-        NS,
-        "sticky",
-        labels(&[("app", "hash")]),
-        vec![ServicePort {
-            name: "http".into(),
-            port: 80,
-            target_port: 8080,
-        }],
-    )?;
-    // The same pod as `perconn`, without a per-connection limit.
-    cluster.add_service(
-        NS,
-        "perconn-pooled",
-        labels(&[("app", "perconn")]),
-        vec![ServicePort {
-            name: "http".into(),
-            port: 80,
-            target_port: 8080,
         }],
     )?;
     // gRPC on its own port; `grpc-faulty` reaches the same server through a

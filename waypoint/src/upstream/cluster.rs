@@ -174,8 +174,12 @@ impl Cluster {
         let fresh: Vec<usize> = if avoid.is_empty() {
             Vec::new()
         } else {
-            (0..state.eligible.len())
-                .filter(|p| state.eligible.get(*p).is_some_and(|i| !avoided(i)))
+            state
+                .eligible
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| !avoided(i))
+                .map(|(p, _)| p)
                 .collect()
         };
         let candidates: Option<&[usize]> = (!fresh.is_empty()).then_some(&fresh);
