@@ -8,6 +8,23 @@ use warren_testbed::{Cluster, Pod, Process, binaries};
 
 /// Starts the sample HTTP server in `pod` on `port` and waits until it
 /// answers its health check from inside the pod.
+/// Starts the sample HTTP server on 8080 in pods `app-v1`, `app-v2`, …,
+/// each answering as its version.
+pub fn start_app_versions(cluster: &Cluster, versions: &[&str]) -> Result<Vec<Process>> {
+    versions
+        .iter()
+        .map(|version| {
+            let pod = cluster.pod(&format!("app-{version}"))?.clone();
+            start_http_server(
+                cluster,
+                &pod,
+                8080,
+                &["--version", version, "--name", &pod.name],
+            )
+        })
+        .collect()
+}
+
 pub fn start_http_server(
     cluster: &Cluster,
     pod: &Pod,

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use warren_e2e::{
     mesh::{metric_sum, start_mesh, start_waypoint, waypoint_gateway, waypoint_metrics},
-    workload::{count_status, count_version, load, start_http_server},
+    workload::{count_status, count_version, load, start_app_versions},
 };
 use warren_testbed::{Cluster, PodSpec, ServicePort, privilege::require_root};
 
@@ -128,16 +128,7 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
     std::fs::write(cluster.config_dir().join("routes.demo.app.yaml"), ROUTES)?;
     let waypoint_pod = cluster.pod("waypoint")?.clone();
     let waypoint = start_waypoint(&cluster, &waypoint_pod, "demo").with_context(|| mesh.logs())?;
-    let mut servers = Vec::new();
-    for version in ["v1", "v2"] {
-        let pod = cluster.pod(&format!("app-{version}"))?.clone();
-        servers.push(start_http_server(
-            &cluster,
-            &pod,
-            8080,
-            &["--version", version, "--name", &pod.name],
-        )?);
-    }
+    let servers = start_app_versions(&cluster, &["v1", "v2"])?;
     let vip = cluster
         .services()
         .iter()

@@ -13,7 +13,7 @@ use warren_e2e::{
         all_to_v2, eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway,
         waypoint_metrics,
     },
-    workload::{count_status, count_version, load, start_http_server},
+    workload::{count_status, count_version, load, start_app_versions},
 };
 use warren_node_agent::model::gateway::{Gateway, RouteNamespaces};
 use warren_testbed::{Cluster, Pod, PodSpec, ServicePort, manifests, privilege::require_root};
@@ -142,16 +142,7 @@ fn a_service_takes_the_waypoint_its_labels_name() -> Result<()> {
             shared.output()
         )
     };
-    let mut servers = Vec::new();
-    for version in ["v1", "v2"] {
-        let pod = cluster.pod(&format!("app-{version}"))?.clone();
-        servers.push(start_http_server(
-            &cluster,
-            &pod,
-            8080,
-            &["--version", version, "--name", &pod.name],
-        )?);
-    }
+    let servers = start_app_versions(&cluster, &["v1", "v2"])?;
     let client = cluster.pod("client")?.clone();
     let all_v2 = |n: u64| -> Result<bool> {
         let report = load(&client, &url, &["-n", &n.to_string(), "-c", "2"])?;

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
     agent::{agent_socket, warrenctl_text},
     mesh::{all_to_v2, eventually, start_mesh_with_waypoints},
-    workload::{count_version, load, start_http_server},
+    workload::{count_version, load, start_app_versions},
 };
 use warren_testbed::{Cluster, Pod, PodSpec, ServicePort, privilege::require_root};
 
@@ -95,16 +95,7 @@ fn warrenctl_deploys_a_waypoint_the_agent_runs_and_removes() -> Result<()> {
         cluster.config_dir().join("routes.demo.app.yaml"),
         all_to_v2(NS),
     )?;
-    let mut servers = Vec::new();
-    for version in ["v1", "v2"] {
-        let pod = cluster.pod(&format!("app-{version}"))?.clone();
-        servers.push(start_http_server(
-            &cluster,
-            &pod,
-            8080,
-            &["--version", version, "--name", &pod.name],
-        )?);
-    }
+    let servers = start_app_versions(&cluster, &["v1", "v2"])?;
     let vip = cluster
         .services()
         .iter()
