@@ -194,20 +194,11 @@ fn source(s: &Source, l7: &mut Vec<String>) -> Match {
             l7.push(name.to_owned());
         }
     }
-    let accounts = |v: &[String]| {
-        v.iter()
-            .map(|sa| {
-                // `ns/sa` names the principal `<any trust domain>/ns/ns/sa/sa`.
-                let (ns, name) = sa.split_once('/').unwrap_or(("", sa));
-                string_match_kind(StringKind::Suffix(format!("/ns/{ns}/sa/{name}")))
-            })
-            .collect::<Vec<_>>()
-    };
     let mut principals: Vec<StringMatch> = s.principals.iter().map(|p| string_match(p)).collect();
-    principals.extend(accounts(&s.service_accounts));
+    principals.extend(service_accounts(&s.service_accounts));
     let mut not_principals: Vec<StringMatch> =
         s.not_principals.iter().map(|p| string_match(p)).collect();
-    not_principals.extend(accounts(&s.not_service_accounts));
+    not_principals.extend(service_accounts(&s.not_service_accounts));
     Match {
         principals,
         not_principals,
@@ -257,6 +248,11 @@ fn when(c: &Condition, l7: &mut Vec<String>) -> Match {
             not_principals: strings(&c.not_values),
             ..Match::default()
         },
+        "source.serviceAccount" => Match {
+            principals: service_accounts(&c.values),
+            not_principals: service_accounts(&c.not_values),
+            ..Match::default()
+        },
         "destination.ip" => Match {
             destination_ips: cidrs(&c.values, "when destination.ip", l7),
             not_destination_ips: cidrs(&c.not_values, "when destination.ip", l7),
@@ -272,6 +268,19 @@ fn when(c: &Condition, l7: &mut Vec<String>) -> Match {
             Match::default()
         }
     }
+}
+
+/// `ns/sa` (`serviceAccounts`, `when source.serviceAccount`) names the
+/// principal `<any trust domain>/ns/<ns>/sa/<sa>`; validation made sure each
+/// value has both parts.
+fn service_accounts(values: &[String]) -> Vec<StringMatch> {
+    values
+        .iter()
+        .map(|sa| {
+            let (ns, name) = sa.split_once('/').unwrap_or(("", sa));
+            string_match_kind(StringKind::Suffix(format!("/ns/{ns}/sa/{name}")))
+        })
+        .collect()
 }
 
 /// Istio's `*` forms: `*` any, `*x` suffix, `x*` prefix, else exact.

@@ -1,8 +1,8 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use warren_api::config::{
-    Action, Authorization, InboundMode, Match, Scope, TunnelProtocol, Update, Workload,
-    string_match::Kind as SKind,
+    Action, Authorization, InboundMode, Match, Scope, StringMatch, TunnelProtocol, Update,
+    Workload, string_match::Kind as SKind,
 };
 
 use super::*;
@@ -233,7 +233,9 @@ spec:
     - from: [{ source: { principals: ["cluster.local/ns/demo/sa/front", "*/sa/ops"], notNamespaces: [kube-system] } }]
       to: [{ operation: { ports: ["8080"] } }]
     - from: [{ source: { serviceAccounts: [demo/batch] } }]
-      when: [{ key: source.ip, values: [10.244.0.0/16] }]
+      when:
+        - { key: source.ip, values: [10.244.0.0/16] }
+        - { key: source.serviceAccount, values: [demo/batch, jobs/cron], notValues: [jobs/rogue] }
     - to: [{ operation: { paths: ["/admin"] } }]
 ---
 apiVersion: security.istio.io/v1
@@ -287,6 +289,21 @@ spec: { action: AUDIT, rules: [{}] }
         Some(SKind::Suffix("/ns/demo/sa/batch".into()))
     );
     assert_eq!(batch.clauses[1].matches[0].source_ips[0].prefix_len, 16);
+    // source.serviceAccount is the peer's identity: ztunnel checks it.
+    let accounts = &batch.clauses[2].matches[0];
+    let suffixes =
+        |m: &[StringMatch]| -> Vec<SKind> { m.iter().map(|p| p.kind.clone().unwrap()).collect() };
+    assert_eq!(
+        suffixes(&accounts.principals),
+        [
+            SKind::Suffix("/ns/demo/sa/batch".into()),
+            SKind::Suffix("/ns/jobs/sa/cron".into())
+        ]
+    );
+    assert_eq!(
+        suffixes(&accounts.not_principals),
+        [SKind::Suffix("/ns/jobs/sa/rogue".into())]
+    );
 
     let deny = authorization(&view, "demo", "deny-get");
     assert_eq!(

@@ -156,6 +156,11 @@ fn authorization_rule(r: &mut Report, path: &str, rule: &Rule, action: Action) {
                                     r.error(&value_path, reason);
                                 }
                             }
+                            ConditionKey::Identity if key == "source.serviceAccount" => {
+                                if let Err(reason) = service_account(value) {
+                                    r.error(&value_path, reason);
+                                }
+                            }
                             _ => {}
                         }
                     }
@@ -197,16 +202,10 @@ fn authorization_source(r: &mut Report, path: &str, source: &Source, action: Act
                 if let Err(reason) = ip_or_cidr(value) {
                     r.error(&p, reason);
                 }
-            } else if field.ends_with("erviceAccounts") {
-                let well_formed = value
-                    .split_once('/')
-                    .is_some_and(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains('/'));
-                if !well_formed {
-                    r.error(
-                        &p,
-                        format!("{value:?} is not <namespace>/<service account>"),
-                    );
-                }
+            } else if field.ends_with("erviceAccounts")
+                && let Err(reason) = service_account(value)
+            {
+                r.error(&p, reason);
             }
         }
         // An external authorizer sees the request, not the mesh identity.
@@ -309,6 +308,19 @@ fn condition_key(key: &str) -> Result<ConditionKey, String> {
         _ => Err(format!(
             "unknown attribute {key:?} (expected source.ip, remote.ip, source.namespace, source.principal, source.serviceAccount, request.headers[…], request.auth.…, destination.ip, destination.port or connection.sni)"
         )),
+    }
+}
+
+/// `<namespace>/<service account>`, as `serviceAccounts` and
+/// `source.serviceAccount` name one.
+fn service_account(value: &str) -> Result<(), String> {
+    let well_formed = value
+        .split_once('/')
+        .is_some_and(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains('/'));
+    if well_formed {
+        Ok(())
+    } else {
+        Err(format!("{value:?} is not <namespace>/<service account>"))
     }
 }
 
