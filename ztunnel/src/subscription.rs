@@ -80,6 +80,7 @@ fn parse(key: &str, kind: Kind, trust_domain: &str) -> Result<Resource, String> 
 impl Handler for Subscription {
     fn apply(&mut self, update: Update) -> Vec<Refused> {
         let mut refused = Vec::new();
+        let mut dangling = Vec::new();
         // The trust domain workloads' identities default to: this update's, else the
         // one in force.
         let trust_domain = update
@@ -122,10 +123,19 @@ impl Handler for Subscription {
                 inner.remove(key);
             }
             for (key, resource) in parsed {
-                match inner.check_references(&resource) {
-                    Ok(()) => inner.upsert(key, resource),
-                    Err(reason) => refused.push(Refused { key, reason }),
+                // A workload naming a policy ztunnel does not hold (refused, or not sent)
+                // is taken all the same: keeping its last copy would drop whatever policy
+                // was just added to it, a DENY among them, while `authorize` refuses every
+                // connection to a workload whose policy is missing. Still NACKed.
+                if let Err(reason) = inner.check_references(&resource) {
+                    dangling.push(Refused {
+                        key: key.clone(),
+                        reason: format!(
+                            "{reason} (taken: connections to it are refused until the policy arrives)"
+                        ),
+                    });
                 }
+                inner.upsert(key, resource);
             }
             inner.version = update.version;
             inner.synced |= update.snapshot;
@@ -133,6 +143,10 @@ impl Handler for Subscription {
         for r in &refused {
             warn!(key = %r.key, reason = %r.reason, version = update.version, "config resource refused; keeping its last good copy");
         }
+        for r in &dangling {
+            warn!(key = %r.key, reason = %r.reason, version = update.version, "workload names a policy ztunnel does not hold; denying its connections");
+        }
+        refused.extend(dangling);
         debug!(
             version = update.version,
             snapshot = update.snapshot,

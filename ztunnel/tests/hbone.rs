@@ -92,6 +92,50 @@ async fn hbone_round_trip_carries_bytes_both_ways_and_counts_them() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_counters_read_as_istio_received_is_the_request_sent_the_response() {
+    let mesh = two_nodes(25).await;
+    // A second server on the server pod's address: takes the whole request, then
+    // answers with a short response.
+    const REQUEST: usize = 50_000;
+    const RESPONSE: &[u8] = b"accepted";
+    let listener = TcpListener::bind(SocketAddr::new(mesh.server.ip(), 0))
+        .await
+        .unwrap();
+    let dst = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        stream.read_to_end(&mut request).await.unwrap();
+        assert_eq!(request.len(), REQUEST);
+        stream.write_all(RESPONSE).await.unwrap();
+        stream.shutdown().await.unwrap();
+    });
+    let response = round_trip(mesh.client_to(dst).await, &vec![7u8; REQUEST])
+        .await
+        .unwrap();
+    assert_eq!(response, RESPONSE);
+
+    for (node, reporter) in [(&mesh.a, "source"), (&mesh.b, "destination")] {
+        let labels = [&format!("reporter=\"{reporter}\"")[..]];
+        let counted = eventually(Duration::from_secs(3), async || {
+            let text = node.metrics().await;
+            metric(&text, "istio_tcp_connections_closed_total", &labels) == 1
+        })
+        .await;
+        assert!(counted, "{reporter}: {}", node.metrics().await);
+        let text = node.metrics().await;
+        assert_eq!(
+            (
+                metric(&text, "istio_tcp_received_bytes_total", &labels),
+                metric(&text, "istio_tcp_sent_bytes_total", &labels)
+            ),
+            (REQUEST as u64, RESPONSE.len() as u64),
+            "{reporter}: (received, sent)"
+        );
+    }
+}
+
 fn certificate(cert: &config::Certificate) -> WorkloadCertificate {
     WorkloadCertificate::from_proto(cert).unwrap()
 }
@@ -748,6 +792,48 @@ async fn send(
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_tls_session_is_resumed() {
+    // A client that would resume if it could (ztunnel's own never tries): each
+    // handshake must be a full one, with the client certificate checked again.
+    let mesh = two_nodes(24).await;
+    let cert = certificate(&mesh.view.ca.issue(&spiffe("demo", "client")));
+    let trust = bundle(&mesh.view.ca);
+    let server: Identity = spiffe("demo", "server").parse().unwrap();
+    let mut resuming =
+        (*warren_ztunnel::tls::client_config(&cert, &trust, server.clone()).unwrap()).clone();
+    resuming.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(resuming));
+    for attempt in 0..2 {
+        let tcp = TcpStream::connect(mesh.b.hbone()).await.unwrap();
+        let tls = connector
+            .connect(warren_ztunnel::tls::server_name_for(&server), tcp)
+            .await
+            .unwrap();
+        assert_eq!(
+            tls.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Full),
+            "handshake {attempt} was not a full one"
+        );
+        // Read the server's first flight after the handshake (where tickets would be).
+        let (mut sender, connection) =
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+        let driver = tokio::spawn(connection);
+        let get = Request::builder()
+            .method(Method::GET)
+            .uri(format!("http://{}/", mesh.server))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let (status, _) = send(&mut sender, get).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        drop(sender);
+        driver.abort();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -149,7 +149,21 @@ async fn a_bad_resource_is_refused_and_the_last_good_copy_stays() {
             .workload(&mesh.server_key)
             .is_some_and(|w| w.addresses == vec![mesh.server.ip()])
     );
-    assert!(b.state.workload("workload/demo/dangling").is_none());
+    // A workload naming a policy ztunnel lacks is taken (its old copy would lack a
+    // policy just added to it) and every connection to it is refused.
+    let dangling = b
+        .state
+        .workload("workload/demo/dangling")
+        .expect("the workload naming an unknown policy is taken");
+    let conn = warren_ztunnel::rbac::Connection {
+        src_identity: Some(&server_id),
+        src_ip: "127.31.1.1".parse().unwrap(),
+        dst: "127.31.2.50:8080".parse().unwrap(),
+    };
+    assert_eq!(
+        b.state.authorize(&dangling, &conn).map_err(|d| d.reason()),
+        Err("missing_policy")
+    );
     assert_eq!(
         round_trip(mesh.client_to(mesh.server).await, b"still here")
             .await

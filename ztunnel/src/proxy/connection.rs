@@ -77,11 +77,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
     }
 }
 
-/// How a relay went: bytes from the downstream (client) side and from the upstream, and
-/// why it ended if not cleanly.
+/// How a relay went: bytes of the request (from the client) and of the response (from
+/// the destination), and why it ended if not cleanly.
 pub struct Relayed {
-    pub sent: u64,
-    pub received: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
     pub error: Option<String>,
     /// An early-sending tunnel's CONNECT failed: the connection never reached its
     /// destination, and the client was reset.
@@ -110,8 +110,8 @@ where
         () = drain.forced() => Some("cut at the drain deadline".to_owned()),
     };
     Relayed {
-        sent: down.read,
-        received: up.read,
+        request_bytes: down.read,
+        response_bytes: up.read,
         error,
         failed_connect: None,
     }
@@ -147,13 +147,13 @@ pub async fn relay_tunnel(
     };
     // (bytes from the socket, bytes from the tunnel)
     let (from_socket, from_tunnel) = counted;
-    let (sent, received) = match end {
+    let (request_bytes, response_bytes) = match end {
         TunnelEnd::Upstream => (from_socket, from_tunnel),
         TunnelEnd::Downstream => (from_tunnel, from_socket),
     };
     Relayed {
-        sent,
-        received,
+        request_bytes,
+        response_bytes,
         error,
         failed_connect,
     }
@@ -178,10 +178,12 @@ impl AccessLog {
         self.write(0, 0, Duration::ZERO, "refused", Some(reason));
     }
 
+    /// `bytes_received` is the request's, `bytes_sent` the response's, as in
+    /// Envoy's access log and Istio's TCP metrics.
     fn write(
         &self,
-        sent: u64,
-        received: u64,
+        request: u64,
+        response: u64,
         duration: Duration,
         outcome: &str,
         reason: Option<&str>,
@@ -195,8 +197,8 @@ impl AccessLog {
             dst_identity = self.dst_identity.as_ref().map(tracing::field::display),
             dst_service = self.dst_service.as_deref(),
             path = self.path,
-            bytes_sent = sent,
-            bytes_received = received,
+            bytes_sent = response,
+            bytes_received = request,
             duration_ms = duration.as_millis() as u64,
             outcome,
             reason,
@@ -233,8 +235,8 @@ impl<'m> Report<'m> {
 
     pub fn finish(mut self, relayed: &Relayed) {
         self.record(
-            relayed.sent,
-            relayed.received,
+            relayed.request_bytes,
+            relayed.response_bytes,
             relayed.error.as_deref().map_or("ok", |_| "error"),
             relayed.error.as_deref(),
         );
@@ -245,18 +247,20 @@ impl<'m> Report<'m> {
         self.record(0, 0, "refused", Some(reason));
     }
 
-    fn record(&mut self, sent: u64, received: u64, outcome: &str, reason: Option<&str>) {
+    fn record(&mut self, request: u64, response: u64, outcome: &str, reason: Option<&str>) {
         if self.done {
             return;
         }
         self.done = true;
         for l in &self.labels {
             self.metrics.closed.get_or_create(l).inc();
-            self.metrics.sent.get_or_create(l).inc_by(sent);
-            self.metrics.received.get_or_create(l).inc_by(received);
+            // Istio's meaning, whichever side reports: `sent` is the response's
+            // bytes, `received` the request's.
+            self.metrics.sent.get_or_create(l).inc_by(response);
+            self.metrics.received.get_or_create(l).inc_by(request);
         }
         let duration = self.started.elapsed();
-        self.log.write(sent, received, duration, outcome, reason);
+        self.log.write(request, response, duration, outcome, reason);
     }
 }
 

@@ -102,16 +102,25 @@ impl Cidr {
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.address, ip.to_canonical()) {
+        // Addresses are compared in their canonical form, so a block written in the
+        // IPv4-mapped range (`::ffff:10.0.0.0/104`) is the IPv4 block it names.
+        let (net, prefix_len) = match self.address {
+            IpAddr::V6(v6) if self.prefix_len >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), self.prefix_len - 96),
+                None => (self.address, self.prefix_len),
+            },
+            other => (other, self.prefix_len),
+        };
+        match (net, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix_len))
+                    .checked_shl(32 - u32::from(prefix_len))
                     .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
                 let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix_len))
+                    .checked_shl(128 - u32::from(prefix_len))
                     .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
@@ -293,5 +302,20 @@ mod tests {
         };
         assert!(host.contains("fd00::7".parse().unwrap()));
         assert!(!host.contains("fd00::8".parse().unwrap()));
+        // An IPv4 block written as IPv6 holds the IPv4 clients it names, as either form.
+        let mapped = Cidr {
+            address: "::ffff:10.1.0.0".parse().unwrap(),
+            prefix_len: 112,
+        };
+        assert!(mapped.contains("10.1.7.7".parse().unwrap()));
+        assert!(mapped.contains("::ffff:10.1.7.7".parse().unwrap()));
+        assert!(!mapped.contains("10.2.0.1".parse().unwrap()));
+        // Wider than the mapped range: an IPv6 block, as written.
+        let wide = Cidr {
+            address: "::".parse().unwrap(),
+            prefix_len: 0,
+        };
+        assert!(wide.contains("fd00::1".parse().unwrap()));
+        assert!(!wide.contains("10.1.0.1".parse().unwrap()));
     }
 }

@@ -36,6 +36,8 @@ pub fn client_config(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(OneCertificate(Arc::clone(&source.certified))));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // A resumed session skips the peer's certificate: see the server side.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 
@@ -117,6 +119,13 @@ impl<S: CertificateSource> ServerConfigs<S> {
             .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(Resolver(Arc::clone(&self.source))));
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        // No session resumption: a resumed TLS 1.3 session brings back the identity
+        // of the first handshake without showing a certificate, so a peer could go on
+        // as an identity whose short-lived certificate has expired (or was replaced)
+        // for as long as its ticket lives. HBONE connections are long-lived and
+        // pooled; a full handshake per connection costs next to nothing.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         let config = Arc::new(config);
         *cached = Some((generation, trust_domain, Arc::clone(&config)));
         Ok(config)
