@@ -9,7 +9,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::state::Workload;
+use crate::state::{Service, Workload};
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -25,23 +25,40 @@ pub enum SecurityPolicy {
     unknown,
 }
 
-/// Istio's TCP labels.
+/// Istio's TCP labels, as Istio's ztunnel reports them: dashboards and Kiali group by
+/// the `*_app`, `*_version` and `destination_service_*` ones as much as by workloads.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
     pub reporter: Reporter,
     pub source_workload: String,
+    pub source_canonical_service: String,
+    pub source_canonical_revision: String,
     pub source_workload_namespace: String,
     pub source_principal: String,
-    pub source_canonical_service: String,
+    pub source_app: String,
+    pub source_version: String,
+    pub source_cluster: &'static str,
+    pub destination_service: String,
+    pub destination_service_namespace: String,
+    pub destination_service_name: String,
     pub destination_workload: String,
+    pub destination_canonical_service: String,
+    pub destination_canonical_revision: String,
     pub destination_workload_namespace: String,
     pub destination_principal: String,
-    pub destination_canonical_service: String,
-    pub destination_service: String,
+    pub destination_app: String,
+    pub destination_version: String,
+    pub destination_cluster: &'static str,
+    pub request_protocol: &'static str,
+    pub response_flags: &'static str,
     pub connection_security_policy: SecurityPolicy,
 }
 
 const UNKNOWN: &str = "unknown";
+
+/// The cluster of every known workload: Warren runs one cluster, and Istio names an
+/// unnamed one `Kubernetes`.
+const CLUSTER: &str = "Kubernetes";
 
 impl ConnectionLabels {
     pub fn new(
@@ -49,7 +66,7 @@ impl ConnectionLabels {
         source: Option<&Workload>,
         source_identity: Option<&warren_api::Identity>,
         destination: Option<&Workload>,
-        destination_service: Option<&str>,
+        destination_service: Option<&Service>,
         security: SecurityPolicy,
     ) -> Self {
         let name = |w: Option<&Workload>| w.map_or(UNKNOWN, Workload::telemetry_name).to_owned();
@@ -66,22 +83,56 @@ impl ConnectionLabels {
             .unwrap_or(UNKNOWN)
             .to_owned()
         };
+        let revision = |w: Option<&Workload>| {
+            w.map(|w| {
+                if w.canonical_revision.is_empty() {
+                    "latest"
+                } else {
+                    &w.canonical_revision
+                }
+            })
+            .unwrap_or(UNKNOWN)
+            .to_owned()
+        };
+        let cluster = |w: Option<&Workload>| if w.is_some() { CLUSTER } else { UNKNOWN };
         let principal = |id: Option<&warren_api::Identity>| {
             id.map_or_else(|| UNKNOWN.to_owned(), ToString::to_string)
+        };
+        let service = |f: fn(&Service) -> &str| {
+            destination_service
+                .map(f)
+                .filter(|v| !v.is_empty())
+                .unwrap_or(UNKNOWN)
+                .to_owned()
         };
         ConnectionLabels {
             reporter,
             source_workload: name(source),
-            source_workload_namespace: namespace(source),
-            source_principal: principal(
-                source_identity.or(source.and_then(|w| w.identity.as_ref())),
-            ),
             source_canonical_service: canonical(source),
+            source_canonical_revision: revision(source),
+            source_workload_namespace: namespace(source),
+            // The source side knows its pod from the kernel; the destination side only
+            // knows what mutual TLS proved: a plaintext peer's address names no one.
+            source_principal: principal(source_identity.or(match reporter {
+                Reporter::source => source.and_then(|w| w.identity.as_ref()),
+                Reporter::destination => None,
+            })),
+            source_app: canonical(source),
+            source_version: revision(source),
+            source_cluster: cluster(source),
+            destination_service: service(Service::telemetry_host),
+            destination_service_namespace: service(|s| &s.namespace),
+            destination_service_name: service(|s| &s.name),
             destination_workload: name(destination),
+            destination_canonical_service: canonical(destination),
+            destination_canonical_revision: revision(destination),
             destination_workload_namespace: namespace(destination),
             destination_principal: principal(destination.and_then(|w| w.identity.as_ref())),
-            destination_canonical_service: canonical(destination),
-            destination_service: destination_service.unwrap_or(UNKNOWN).to_owned(),
+            destination_app: canonical(destination),
+            destination_version: revision(destination),
+            destination_cluster: cluster(destination),
+            request_protocol: "tcp",
+            response_flags: "-",
             connection_security_policy: security,
         }
     }

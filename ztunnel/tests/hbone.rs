@@ -1084,6 +1084,29 @@ async fn a_service_vip_balances_over_ready_endpoints() {
         ),
         6
     );
+    // The rest of Istio's labels, which dashboards group by.
+    for endpoint in ["web-one", "web-two"] {
+        let destination_app = format!("destination_app=\"{endpoint}\"");
+        let labels = [
+            "reporter=\"source\"",
+            "source_app=\"client\"",
+            "source_version=\"latest\"",
+            "source_canonical_revision=\"latest\"",
+            "source_cluster=\"Kubernetes\"",
+            "destination_service_name=\"web\"",
+            "destination_service_namespace=\"demo\"",
+            &destination_app,
+            "destination_version=\"latest\"",
+            "destination_cluster=\"Kubernetes\"",
+            "request_protocol=\"tcp\"",
+            "response_flags=\"-\"",
+        ];
+        assert_eq!(
+            metric(&text, "istio_tcp_connections_opened_total", &labels),
+            3,
+            "{endpoint}: {text}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,6 +121,32 @@ async fn plaintext_inbound_follows_peer_authentication() {
             .unwrap(),
         PAYLOAD
     );
+    // Plaintext from a mesh pod's address proves no identity: the metrics name no
+    // principal for it.
+    assert_eq!(
+        round_trip(
+            mesh.b.passthrough(mesh.client_ip, mesh.server).await,
+            PAYLOAD
+        )
+        .await
+        .unwrap(),
+        PAYLOAD
+    );
+    let plaintext = [
+        "reporter=\"destination\"",
+        "source_workload=\"client\"",
+        "source_principal=\"unknown\"",
+        "connection_security_policy=\"unknown\"",
+    ];
+    let counted = eventually(Duration::from_secs(3), async || {
+        metric(
+            &mesh.b.metrics().await,
+            "istio_tcp_connections_closed_total",
+            &plaintext,
+        ) == 1
+    })
+    .await;
+    assert!(counted, "{}", mesh.b.metrics().await);
 
     let server_key = mesh.server_key.clone();
     mesh.view.workload_mut(&server_key).inbound_mode = InboundMode::Strict.into();

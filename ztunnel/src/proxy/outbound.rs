@@ -154,7 +154,7 @@ pub async fn handle(
                 dst: authority,
                 src_identity: Some(source_identity.clone()),
                 dst_identity: Some(identity.clone()),
-                dst_service: service.clone(),
+                dst_service: service.as_deref().map(|s| s.telemetry_host().to_owned()),
                 path: if waypoint { "waypoint" } else { "hbone" },
             };
             let report = Report::open(metrics, vec![labels], log);
@@ -227,7 +227,7 @@ pub async fn handle(
                 dst: addr,
                 src_identity: source.identity.clone(),
                 dst_identity: workload.identity.clone(),
-                dst_service: service.clone(),
+                dst_service: service.as_deref().map(|s| s.telemetry_host().to_owned()),
                 path: "direct",
             };
             plain(&inputs, client, addr, labels, log, &mut drain).await;
@@ -247,7 +247,7 @@ pub async fn handle(
                 dst: addr,
                 src_identity: source.identity.clone(),
                 dst_identity: None,
-                dst_service: service.clone(),
+                dst_service: service.as_deref().map(|s| s.telemetry_host().to_owned()),
                 path: if workload.is_some() || service.is_some() {
                     "plain"
                 } else {

@@ -358,8 +358,8 @@ impl ResolveError {
 #[derive(Clone, Debug)]
 pub struct Resolved {
     pub upstream: Upstream,
-    /// The service's hostname when the destination was a VIP.
-    pub service: Option<String>,
+    /// The service when the destination was its VIP.
+    pub service: Option<Arc<Service>>,
 }
 
 pub struct State {
@@ -517,9 +517,7 @@ impl State {
             .get(&dst.ip())
             .and_then(|k| inner.services.get(k))
         {
-            let hostname = Some(service.hostname.clone())
-                .filter(|h| !h.is_empty())
-                .or_else(|| Some(service.key.clone()));
+            let found = Some(Arc::clone(service));
             let port =
                 service
                     .port(dst.port())
@@ -539,7 +537,7 @@ impl State {
                         workload: inner.workloads.get(&waypoint.workload).cloned(),
                         waypoint: true,
                     },
-                    service: hostname,
+                    service: found,
                 });
             }
             // An endpoint naming a workload ztunnel does not hold cannot be reached
@@ -577,7 +575,7 @@ impl State {
             };
             return Ok(Resolved {
                 upstream,
-                service: hostname,
+                service: found,
             });
         }
         if let Some(workload) = inner

@@ -26,6 +26,18 @@ pub struct Service {
     next: AtomicUsize,
 }
 
+impl Service {
+    /// The name telemetry and access lines give the service: its hostname, else its
+    /// key.
+    pub fn telemetry_host(&self) -> &str {
+        if self.hostname.is_empty() {
+            &self.key
+        } else {
+            &self.hostname
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ServicePort {
     pub port: u16,
