@@ -91,6 +91,9 @@ async fn the_source_is_known_by_its_netns_cookie() {
     );
     // Neither cookie nor address known: refused.
     assert!(refused(mesh.a.outbound(stranger, mesh.server, 7).await).await);
+    // No cookie, and the address of a workload of another node: no pod of this node
+    // can have it, so it names no one here (and lends no identity).
+    assert!(refused(mesh.a.outbound(mesh.server.ip(), mesh.server, 0).await).await);
     let text = mesh.a.metrics().await;
     assert_eq!(
         metric(
@@ -98,7 +101,7 @@ async fn the_source_is_known_by_its_netns_cookie() {
             "warren_ztunnel_refused_connections_total",
             &["reason=\"unknown_source\""]
         ),
-        1
+        2
     );
     assert_eq!(
         metric(

@@ -69,7 +69,9 @@ fn lookup_origin(stream: &TcpStream, peer: SocketAddr) -> Result<Origin, origin:
 }
 
 /// Which pod opened the connection: by the kernel's netns cookie, else (cookie 0 or
-/// unknown) by source address.
+/// unknown) by source address, among this node's workloads only: a captured connection
+/// comes from a pod of this node, and an address of another node's pod would lend its
+/// identity to whoever could send from it.
 fn source_workload(inputs: &Inputs, peer: SocketAddr, cookie: u64) -> Option<Arc<Workload>> {
     if cookie != 0 {
         if let Some(w) = inputs.state.workload_by_cookie(cookie) {
@@ -79,7 +81,10 @@ fn source_workload(inputs: &Inputs, peer: SocketAddr, cookie: u64) -> Option<Arc
     } else {
         debug!(%peer, "no netns cookie from the kernel; identifying the source by address");
     }
-    inputs.state.workload_by_ip(peer.ip())
+    inputs
+        .state
+        .workload_by_ip(peer.ip())
+        .filter(|w| inputs.state.is_local(w))
 }
 
 /// Proxies one captured connection whose origin is known. Public so tests (and tools)
