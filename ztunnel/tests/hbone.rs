@@ -837,6 +837,49 @@ async fn no_tls_session_is_resumed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_is_believed_only_for_the_peers_own_workload() {
+    let mut mesh = two_nodes(26).await;
+    // Only the client pod's address, or an address that is no workload's, may connect.
+    let outsider = "127.26.9.9";
+    let allow = policy(
+        "from-addresses",
+        Action::Allow,
+        vec![vec![vec![config::Match {
+            source_ips: vec![cidr(&mesh.client_ip.to_string(), 32), cidr(outsider, 32)],
+            ..Default::default()
+        }]]],
+    );
+    let key = mesh.view.add_policy(allow);
+    let server_key = mesh.server_key.clone();
+    mesh.view.workload_mut(&server_key).authorization_policies = vec![key];
+    mesh.sync();
+
+    // A raw client holding the client's certificate, from an address of its own.
+    let mut sender = raw_h2(&mesh).await;
+    let connect = |forwarded_for: &str| {
+        Request::builder()
+            .method(Method::CONNECT)
+            .uri(mesh.server.to_string())
+            .header("forwarded", format!("for={forwarded_for}"))
+            .body(Empty::new())
+            .unwrap()
+    };
+    // Its own pod's address: believed.
+    sender.ready().await.unwrap();
+    let own = sender
+        .send_request(connect(&mesh.client_ip.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(own.status(), StatusCode::OK);
+    // An address that is no workload's: not believed, the peer's address stands.
+    let (status, body) = send(&mut sender, connect(outsider)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // Another identity's workload: not believed either.
+    let (status, body) = send(&mut sender, connect(&mesh.server.ip().to_string())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors() {
     let mesh = two_nodes(17).await;
     let mut sender = raw_h2(&mesh).await;

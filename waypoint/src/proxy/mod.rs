@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 use warren_ztunnel::{
     drain,
     proxy::hbone::{
-        FORWARDED, Tunnel, forwarded_for,
+        Tunnel, original_source,
         server::{ConnectHandler, Peer, Stream},
     },
     state::{Service, Workload, service::Protocol},
@@ -155,19 +155,10 @@ impl ConnectHandler for Waypoint {
                 format!("service {} has no port {}", service.key, dst.port()),
             );
         };
-        // The original source, as ztunnel inbound reads it: a workload may
-        // only be claimed by its own identity.
-        let claimed = request
-            .headers()
-            .get(FORWARDED)
-            .and_then(|v| v.to_str().ok())
-            .and_then(forwarded_for)
-            .map(|ip| ip.to_canonical());
-        let source = claimed
-            .and_then(|ip| state.workload_by_ip(ip))
-            .filter(|w| w.identity.as_ref() == Some(&peer.identity));
+        // The original source, read as ztunnel inbound reads it.
+        let (source_ip, source) = original_source(state, request.headers(), &peer);
         let downstream = Arc::new(Downstream {
-            source_ip: claimed.unwrap_or_else(|| peer.addr.ip().to_canonical()),
+            source_ip,
             source,
             peer,
             service,

@@ -7,13 +7,13 @@ use std::{net::SocketAddr, sync::Arc};
 
 use http::{Method, Request, StatusCode};
 use tokio::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::{
     Inputs, connect,
     connection::{AccessLog, Report, TunnelEnd, relay_tunnel},
     hbone::{
-        FORWARDED, forwarded_for,
+        original_source,
         server::{ConnectHandler, Peer, Stream},
     },
 };
@@ -98,25 +98,7 @@ pub async fn handle(
         );
     };
 
-    // The original source: the client's `Forwarded: for=`, unless that address is a
-    // workload with another identity (an identity may not speak for another's address).
-    let claimed = request
-        .headers()
-        .get(FORWARDED)
-        .and_then(|v| v.to_str().ok())
-        .and_then(forwarded_for)
-        .map(|ip| ip.to_canonical());
-    let source_workload = claimed.and_then(|ip| state.workload_by_ip(ip));
-    let src_ip = match (claimed, &source_workload) {
-        (Some(ip), Some(w)) if w.identity.as_ref() == Some(&peer.identity) => ip,
-        (Some(ip), None) => ip,
-        (Some(ip), Some(_)) => {
-            debug!(claimed = %ip, identity = %peer.identity, "Forwarded names another identity's workload; using the peer address");
-            peer.addr.ip().to_canonical()
-        }
-        (None, _) => peer.addr.ip().to_canonical(),
-    };
-    let source_workload = source_workload.filter(|w| w.identity.as_ref() == Some(&peer.identity));
+    let (src_ip, source_workload) = original_source(state, request.headers(), &peer);
 
     let log = AccessLog {
         direction: DIRECTION,

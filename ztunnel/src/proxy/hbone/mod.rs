@@ -47,6 +47,39 @@ pub fn forwarded_for(value: &str) -> Option<std::net::IpAddr> {
     })
 }
 
+/// Where a CONNECT's connection really comes from: the address its `Forwarded: for=`
+/// claims, with that address's workload, believed only when the workload's identity is
+/// the peer's own (a ztunnel speaking for its pod). Any other claim, another identity's
+/// workload or an address that is no workload's, would let any holder of a mesh
+/// certificate pick the address an ipBlocks rule allows or escape one that denies: the
+/// peer's own address stands instead.
+pub fn original_source(
+    state: &crate::state::State,
+    headers: &http::HeaderMap,
+    peer: &server::Peer,
+) -> (
+    std::net::IpAddr,
+    Option<std::sync::Arc<crate::state::Workload>>,
+) {
+    let claimed = headers
+        .get(FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(forwarded_for)
+        .map(|ip| ip.to_canonical());
+    let workload = claimed
+        .and_then(|ip| state.workload_by_ip(ip))
+        .filter(|w| w.identity.as_ref() == Some(&peer.identity));
+    match (claimed, workload) {
+        (Some(ip), Some(workload)) => (ip, Some(workload)),
+        (claimed, _) => {
+            if let Some(ip) = claimed {
+                tracing::debug!(claimed = %ip, identity = %peer.identity, "Forwarded names no workload of the peer's identity; using the peer address");
+            }
+            (peer.addr.ip().to_canonical(), None)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
