@@ -133,4 +133,21 @@ async fn each_side_logs_one_line_per_connection_with_its_outcome() {
     })
     .await;
     assert!(logged, "a STRICT refusal is logged:\n{}", captured.text());
+
+    // Refused on the way out (no pod of node A has that address): logged too.
+    assert!(refused(mesh.a.outbound(outsider, mesh.server, 0).await).await);
+    let parts = [
+        "direction=\"outbound\"",
+        "outcome=\"refused\"",
+        "unknown_source",
+    ];
+    let logged = eventually(Duration::from_secs(3), async || {
+        captured.lines_with(&parts).len() == 1
+    })
+    .await;
+    assert!(
+        logged,
+        "an outbound refusal is logged:\n{}",
+        captured.text()
+    );
 }

@@ -97,14 +97,30 @@ pub async fn handle(
     mut drain: drain::Watch,
 ) {
     let dst = SocketAddr::new(origin.dst.ip().to_canonical(), origin.dst.port());
-    let refuse = |client: TcpStream, reason: &'static str, detail: &dyn std::fmt::Display| {
+    // Refused before it was opened: the refusal counter, a warning and an access line
+    // (the connection metrics never saw it).
+    let refuse = |client: TcpStream,
+                  source: Option<&Workload>,
+                  reason: &'static str,
+                  detail: &dyn std::fmt::Display| {
         warn!(%peer, %dst, reason, %detail, "outbound connection refused");
         inputs.metrics.refuse(DIRECTION, reason);
+        AccessLog {
+            direction: DIRECTION,
+            src: peer,
+            dst,
+            src_identity: source.and_then(|w| w.identity.clone()),
+            dst_identity: None,
+            dst_service: None,
+            path: "refused",
+        }
+        .refused(&format!("{reason}: {detail}"));
         reset(client);
     };
     let Some(source) = source_workload(&inputs, peer, origin.netns_cookie) else {
         return refuse(
             client,
+            None,
             "unknown_source",
             &format_args!(
                 "no workload with cookie {} or address {}",
@@ -115,7 +131,7 @@ pub async fn handle(
     };
     let resolved = match inputs.state.resolve(dst, inputs.config.prefer_same_node) {
         Ok(resolved) => resolved,
-        Err(error) => return refuse(client, error.reason(), &error),
+        Err(error) => return refuse(client, Some(&source), error.reason(), &error),
     };
     let service = resolved.service;
     let buffer = inputs.config.buffer_size;
@@ -131,6 +147,7 @@ pub async fn handle(
             let Some(source_identity) = source.identity.clone() else {
                 return refuse(
                     client,
+                    Some(&source),
                     "no_source_identity",
                     &format_args!("{} has no identity", source.key),
                 );
@@ -138,12 +155,13 @@ pub async fn handle(
             let Some(cert) = inputs.state.certificate(&source_identity) else {
                 return refuse(
                     client,
+                    Some(&source),
                     "no_certificate",
                     &format_args!("no certificate for {source_identity}"),
                 );
             };
             let Some(trust) = inputs.state.trust_bundle() else {
-                return refuse(client, "no_trust_bundle", &"no trust bundle");
+                return refuse(client, Some(&source), "no_trust_bundle", &"no trust bundle");
             };
             let labels = ConnectionLabels::new(
                 Reporter::source,
@@ -211,7 +229,12 @@ pub async fn handle(
                 dst: addr,
             };
             if let Err(denied) = inputs.state.authorize(&workload, &conn) {
-                return refuse(client, denied.reason(), &format_args!("{conn}: {denied}"));
+                return refuse(
+                    client,
+                    Some(&source),
+                    denied.reason(),
+                    &format_args!("{conn}: {denied}"),
+                );
             }
             let labels = [Reporter::source, Reporter::destination]
                 .into_iter()
