@@ -1150,6 +1150,44 @@ async fn a_service_vip_balances_over_ready_endpoints() {
             "{endpoint}: {text}"
         );
     }
+    // The destination side sees pod addresses, and names the service they serve.
+    let text = mesh.b.metrics().await;
+    let labels = [
+        "reporter=\"destination\"",
+        "destination_service=\"web.demo.svc.cluster.local\"",
+        "destination_service_name=\"web\"",
+        "destination_service_namespace=\"demo\"",
+    ];
+    assert_eq!(
+        metric(&text, "istio_tcp_connections_opened_total", &labels),
+        6,
+        "{text}"
+    );
+    // Once the service is gone, its pods serve none.
+    let one = mesh
+        .b
+        .state
+        .workload(&warren_api::key::workload("demo", "web-one"))
+        .unwrap();
+    let port = u16::try_from(endpoints_port(
+        &mesh.view,
+        &warren_api::key::service("demo", "web"),
+    ))
+    .unwrap();
+    assert!(mesh.b.state.inbound_service(&one, port).is_some());
+    mesh.view
+        .resources
+        .remove(&warren_api::key::service("demo", "web"));
+    mesh.sync();
+    assert!(mesh.b.state.inbound_service(&one, port).is_none());
+}
+
+/// The target port of the first endpoint of a service in the view.
+fn endpoints_port(view: &View, key: &str) -> u32 {
+    match view.resources.get(key).and_then(|r| r.kind.as_ref()) {
+        Some(Kind::Service(s)) => s.endpoints[0].ports[&80],
+        _ => panic!("no service {key}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

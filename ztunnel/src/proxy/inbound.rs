@@ -99,6 +99,7 @@ pub async fn handle(
     };
 
     let (src_ip, source_workload) = original_source(state, request.headers(), &peer);
+    let service = state.inbound_service(&workload, dst.port());
 
     let log = AccessLog {
         direction: DIRECTION,
@@ -106,7 +107,7 @@ pub async fn handle(
         dst,
         src_identity: Some(peer.identity.clone()),
         dst_identity: workload.identity.clone(),
-        dst_service: None,
+        dst_service: service.as_deref().map(|s| s.telemetry_host().to_owned()),
         path: "hbone",
     };
     let conn = rbac::Connection {
@@ -125,7 +126,7 @@ pub async fn handle(
         source_workload.as_deref(),
         Some(&peer.identity),
         Some(&workload),
-        None,
+        service.as_deref(),
         SecurityPolicy::mutual_tls,
     );
     let pod = match connect(

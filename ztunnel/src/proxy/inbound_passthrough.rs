@@ -69,13 +69,14 @@ pub async fn handle(
             format!("{} is not a workload of this node", dst.ip()),
         );
     };
+    let service = state.inbound_service(&workload, dst.port());
     let log = AccessLog {
         direction: DIRECTION,
         src: peer,
         dst,
         src_identity: None,
         dst_identity: workload.identity.clone(),
-        dst_service: None,
+        dst_service: service.as_deref().map(|s| s.telemetry_host().to_owned()),
         path: "passthrough",
     };
     if workload.hbone && workload.mode_on(dst.port()) == Mode::Strict {
@@ -104,7 +105,7 @@ pub async fn handle(
         source.as_deref(),
         None,
         Some(&workload),
-        None,
+        service.as_deref(),
         SecurityPolicy::unknown,
     )];
     let report = Report::open(&inputs.metrics, labels, log);

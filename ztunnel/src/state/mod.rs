@@ -145,6 +145,9 @@ pub struct Inner {
     by_cookie: HashMap<u64, String>,
     pub(crate) services: HashMap<String, Arc<Service>>,
     by_vip: HashMap<IpAddr, String>,
+    /// The services each workload is an endpoint of (keys both ways), for the
+    /// destination side's telemetry, which sees a pod address and not the VIP.
+    services_by_workload: HashMap<String, Vec<String>>,
     pub(crate) policies: HashMap<String, Arc<Authorization>>,
     /// Keyed by resource key (`certificate/<spiffe id>`).
     pub(crate) certificates: HashMap<String, Arc<WorkloadCertificate>>,
@@ -215,6 +218,14 @@ impl Inner {
                     self.by_vip.remove(vip);
                 }
             }
+            for workload in old.endpoints.iter().filter_map(|e| e.workload.as_ref()) {
+                if let Some(services) = self.services_by_workload.get_mut(workload) {
+                    services.retain(|k| k != key);
+                    if services.is_empty() {
+                        self.services_by_workload.remove(workload);
+                    }
+                }
+            }
         } else if self.policies.remove(key).is_none() {
             self.certificates.remove(key);
         }
@@ -274,6 +285,15 @@ impl Inner {
                 self.remove(&key);
                 for vip in &service.vips {
                     self.by_vip.insert(*vip, key.clone());
+                }
+                for workload in service.endpoints.iter().filter_map(|e| e.workload.as_ref()) {
+                    let services = self
+                        .services_by_workload
+                        .entry(workload.clone())
+                        .or_default();
+                    if !services.contains(&key) {
+                        services.push(key.clone());
+                    }
                 }
                 self.services.insert(key, service);
             }
@@ -483,6 +503,36 @@ impl State {
     pub fn is_local(&self, workload: &Workload) -> bool {
         let node = self.node();
         !node.is_empty() && workload.node == node
+    }
+
+    /// The service a connection to `workload` on `port` most likely came through, for
+    /// telemetry on the destination side (which sees the pod's address, not the VIP the
+    /// client dialled): of the services the workload is an endpoint of, the first by key
+    /// with a port that targets `port` on it. A guess, as Istio's ztunnel makes it: a pod
+    /// behind two services on one port is reported under one of them.
+    pub fn inbound_service(&self, workload: &Workload, port: u16) -> Option<Arc<Service>> {
+        let inner = self.read();
+        let mut keys: Vec<&String> = inner
+            .services_by_workload
+            .get(&workload.key)?
+            .iter()
+            .collect();
+        keys.sort();
+        keys.into_iter()
+            .filter_map(|k| inner.services.get(k))
+            .find(|service| {
+                service
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.workload.as_deref() == Some(workload.key.as_str()))
+                    .any(|e| {
+                        service
+                            .ports
+                            .iter()
+                            .any(|p| Service::target_port(e, p) == port)
+                    })
+            })
+            .cloned()
     }
 
     /// The destination workload's L4 policies applied to `conn`.
