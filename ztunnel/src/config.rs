@@ -118,6 +118,12 @@ pub struct Config {
     #[arg(long, env = "WARREN_ZTUNNEL_POOL_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub pool_idle_timeout: Duration,
 
+    /// An accepted HBONE connection with no stream for this long is asked to go away
+    /// (GOAWAY), so a peer cannot hold connections it does not use; well above any
+    /// client pool's own idle timeout, which normally closes first.
+    #[arg(long, env = "WARREN_ZTUNNEL_HBONE_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub hbone_idle_timeout: Duration,
+
     /// HTTP/2 flow-control window of one stream (bytes).
     #[arg(long, env = "WARREN_ZTUNNEL_STREAM_WINDOW", default_value_t = 4 << 20)]
     pub stream_window: u32,

@@ -765,11 +765,23 @@ async fn a_denied_connect_says_why() {
 
 /// An h2 client over mTLS to node B that sends whatever request a test makes.
 async fn raw_h2(mesh: &TwoNodes) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    raw_h2_at(mesh, mesh.b.hbone()).await.0
+}
+
+/// [`raw_h2`] to the HBONE port at `hbone` (a node holding the server's certificate),
+/// with the task driving the connection, which ends when the connection does.
+async fn raw_h2_at(
+    mesh: &TwoNodes,
+    hbone: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
     let cert = certificate(&mesh.view.ca.issue(&spiffe("demo", "client")));
     let trust = bundle(&mesh.view.ca);
     let server: Identity = spiffe("demo", "server").parse().unwrap();
     let tls_config = warren_ztunnel::tls::client_config(&cert, &trust, server.clone()).unwrap();
-    let tcp = TcpStream::connect(mesh.b.hbone()).await.unwrap();
+    let tcp = TcpStream::connect(hbone).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(tls_config)
         .connect(warren_ztunnel::tls::server_name_for(&server), tcp)
         .await
@@ -778,8 +790,38 @@ async fn raw_h2(mesh: &TwoNodes) -> hyper::client::conn::http2::SendRequest<Empt
         .handshake(TokioIo::new(tls))
         .await
         .unwrap();
-    tokio::spawn(connection);
-    sender
+    (sender, tokio::spawn(connection))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_left_without_streams_is_asked_to_go_away() {
+    let mut mesh = two_nodes(27).await;
+    // A third node that holds the server's certificate, with a short idle limit.
+    let mut config = test_config("node-c", "127.27.3.1".parse().unwrap(), 0);
+    config.hbone_idle_timeout = Duration::from_millis(400);
+    let state = warren_ztunnel::state::State::new(config.node_name.clone(), config.hbone_port);
+    let c = Node::start(config, state).await;
+    assert!(c.apply(mesh.view.snapshot()).is_empty());
+
+    for (node, closes) in [(&c, true), (&mesh.b, false)] {
+        let (mut sender, connection) = raw_h2_at(&mesh, node.hbone()).await;
+        // One stream (refused: not a CONNECT), then none.
+        let get = Request::builder()
+            .method(Method::GET)
+            .uri(format!("http://{}/", mesh.server))
+            .body(Empty::new())
+            .unwrap();
+        let (status, _) = send(&mut sender, get).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let ended = tokio::time::timeout(Duration::from_secs(2), connection).await;
+        assert_eq!(
+            ended.is_ok(),
+            closes,
+            "{}: the idle connection {}",
+            node.name,
+            if closes { "stayed open" } else { "was closed" }
+        );
+    }
 }
 
 async fn send(

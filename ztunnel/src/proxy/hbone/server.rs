@@ -1,7 +1,11 @@
 //! The HBONE server's connection handling: mutual TLS with a deadline, the peer's SPIFFE
 //! identity, then HTTP/2 whose requests [`crate::proxy::inbound`] answers.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use h2::{RecvStream, server::SendResponse};
@@ -63,6 +67,44 @@ impl Stream {
         };
         if let Err(error) = sent {
             debug!(%error, "the refusal could not be sent: the stream is gone");
+        }
+    }
+}
+
+/// The streams of one connection being answered, and since when there has been none.
+#[derive(Default)]
+struct Streams {
+    state: std::sync::Mutex<(usize, Option<Instant>)>,
+}
+
+/// One open stream; dropping it closes it.
+struct OpenStream(Arc<Streams>);
+
+impl Streams {
+    fn open(this: &Arc<Streams>) -> OpenStream {
+        let mut state = this.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 += 1;
+        state.1 = None;
+        OpenStream(Arc::clone(this))
+    }
+
+    /// How long the connection has had no stream, if it has none (counted from the
+    /// first check when it never had one).
+    fn idle_for(&self) -> Option<Duration> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0 > 0 {
+            return None;
+        }
+        Some(state.1.get_or_insert_with(Instant::now).elapsed())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 = state.0.saturating_sub(1);
+        if state.0 == 0 {
+            state.1 = Some(Instant::now());
         }
     }
 }
@@ -159,10 +201,14 @@ pub async fn serve(
     let mut keepalive = std::pin::pin!(keepalive);
 
     // Each stream is answered on a task of its own; this task drives the connection.
-    // A drain asks the peer to go away (GOAWAY) and lets streams finish.
+    // A drain asks the peer to go away (GOAWAY) and lets streams finish, as does a
+    // connection left without a stream for `hbone_idle_timeout`.
     let mut seen_request = false;
     let mut draining = false;
     let mut deadline = drain.clone();
+    let streams = Arc::new(Streams::default());
+    let idle = config.hbone_idle_timeout;
+    let mut idle_check = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
     loop {
         tokio::select! {
             next = connection.accept() => match next {
@@ -173,11 +219,13 @@ pub async fn serve(
                     let handler = handler.clone();
                     let peer = Arc::clone(&peer);
                     let drain = drain.clone();
+                    let open = Streams::open(&streams);
                     tokio::spawn(
                         async move {
                             handler
                                 .handle(Request::from_parts(head, ()), stream, peer, drain)
                                 .await;
+                            drop(open);
                         }
                         .in_current_span(),
                     );
@@ -200,6 +248,13 @@ pub async fn serve(
             () = drain.draining(), if !draining => {
                 draining = true;
                 connection.graceful_shutdown();
+            }
+            _ = idle_check.tick(), if seen_request && !draining => {
+                if streams.idle_for().is_some_and(|quiet| quiet >= idle) {
+                    debug!(peer = %addr, identity = %peer.identity, ?idle, "HBONE connection idle; asking the peer to go away");
+                    draining = true;
+                    connection.graceful_shutdown();
+                }
             }
             () = deadline.forced() => return,
         }
