@@ -393,7 +393,9 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         serve(&shop, "flaky-0", "v1", &["--fail-rate", "0.5"])?,
         serve(&shop, "budget-0", "v1", &["--fail-rate", "1"])?,
         serve(&shop, "slow-0", "v1", &["--latency", "3s"])?,
-        serve(&shop, "primary-0", "primary", &[])?,
+        // Slow to read bodies: a mirror that pulled ahead of it would
+        // drag a large body past the waypoint's retry buffer.
+        serve(&shop, "primary-0", "primary", &["--read-after", "500ms"])?,
         serve(&shop, "pool-0", "v1", &["--latency", "300ms"])?,
         serve(&shop, "outlier-good", "good", &[])?,
         serve(&shop, "hash-0", "h0", &[])?,
@@ -498,6 +500,37 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         "each try must time out after perTryTimeout and be retried once: {report}\n{}",
         logs()
     );
+    // A client that gives up before the answer is reported as Envoy does:
+    // response code 0, flag DC.
+    let gone = [
+        ("destination_service", "slow.shop.svc.cluster.local"),
+        ("response_code", "0"),
+        ("response_flags", "DC"),
+    ];
+    let gone_before = metric_sum(&shop.waypoint_metrics()?, "istio_requests_total", &gone);
+    load(
+        &shop.client,
+        &shop.url("slow")?,
+        &[
+            "-n",
+            "3",
+            "-c",
+            "1",
+            "-H",
+            "x-per-try: on",
+            "--timeout",
+            "100ms",
+        ],
+    )?;
+    eventually(
+        Duration::from_secs(5),
+        "requests whose client left are counted with DC",
+        || {
+            let metrics = shop.waypoint_metrics()?;
+            Ok(metric_sum(&metrics, "istio_requests_total", &gone) - gone_before >= 3.0)
+        },
+    )
+    .with_context(logs)?;
 
     // Mirror: copies reach a slow shadow, and then a dead one, while the
     // primary's answers stay fast and OK.
@@ -512,6 +545,18 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
     ensure!(
         count_version(&report, "primary") == 60 && p99_ms(&report) < 800.0,
         "a slow mirror must not slow the primary: {report}\n{}",
+        logs()
+    );
+    // Bodies past the waypoint's 8 MiB retry buffer: the copy may fall
+    // behind and fail, the primary may not.
+    let report = load(
+        &shop.client,
+        &url,
+        &["-n", "6", "-c", "2", "--body-bytes", "10485760"],
+    )?;
+    ensure!(
+        count_version(&report, "primary") == 6,
+        "a mirror must not fail the primary of a body past the retry buffer: {report}\n{}",
         logs()
     );
     eventually(

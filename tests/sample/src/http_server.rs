@@ -56,6 +56,8 @@ pub struct Config {
     pub identity: Identity,
     /// Added before answering each request (not `/healthz`).
     pub latency: Duration,
+    /// Waited before reading a request's body: a slow reader.
+    pub read_after: Duration,
     pub fail_rate: FailRate,
     pub fail_status: StatusCode,
     pub upstream: Option<Uri>,
@@ -144,6 +146,7 @@ struct Handler {
     version_header: HeaderValue,
     pod_header: HeaderValue,
     latency: Duration,
+    read_after: Duration,
     fail_rate: FailRate,
     fail_status: StatusCode,
     upstream: Option<Upstream>,
@@ -203,6 +206,7 @@ impl Handler {
             version_header,
             pod_header,
             latency: config.latency,
+            read_after: config.read_after,
             fail_rate: config.fail_rate,
             fail_status: config.fail_status,
             upstream: config
@@ -235,6 +239,9 @@ impl Handler {
             info!(method = %parts.method, path = %parts.uri.path(), authority, "served");
         }
 
+        if !self.read_after.is_zero() && !body.is_end_stream() {
+            tokio::time::sleep(self.read_after).await;
+        }
         let body_bytes = match read_body(&parts.headers, body).await {
             Ok(n) => n,
             Err(error @ BodyError::TooLarge { .. }) => {
@@ -451,6 +458,7 @@ mod tests {
                 version: "v2".into(),
             },
             latency: Duration::ZERO,
+            read_after: Duration::ZERO,
             fail_rate: FailRate::parse(fail_rate).unwrap(),
             fail_status: StatusCode::SERVICE_UNAVAILABLE,
             upstream: None,
@@ -583,6 +591,7 @@ mod tests {
                 version: "v1".into(),
             },
             latency: Duration::ZERO,
+            read_after: Duration::ZERO,
             fail_rate: FailRate::default(),
             fail_status: StatusCode::SERVICE_UNAVAILABLE,
             upstream: None,

@@ -175,6 +175,9 @@ struct HttpArgs {
     /// Delay added to each answer (not /healthz), e.g. 50ms, 1s.
     #[arg(long, default_value = "0", value_parser = duration::parse)]
     latency: Duration,
+    /// Wait this long before reading a request's body (a slow reader), e.g. 500ms.
+    #[arg(long, default_value = "0", value_parser = duration::parse)]
+    read_after: Duration,
     /// Fraction of requests (0 to 1) answered with --fail-status, chosen at random.
     #[arg(long, default_value = "0", value_parser = FailRate::parse)]
     fail_rate: FailRate,
@@ -389,6 +392,7 @@ impl HttpArgs {
                 version: self.version,
             },
             latency: self.latency,
+            read_after: self.read_after,
             fail_rate: self.fail_rate,
             fail_status: self.fail_status,
             upstream: self.upstream,

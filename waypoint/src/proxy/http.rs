@@ -24,8 +24,8 @@ use warren_ztunnel::state::Workload;
 
 use super::{
     Client, Downstream, connect,
-    replay::{BoxError, Source},
-    report::{Arrived, Finished, GRPC_STATUS, Measured},
+    replay::{BoxError, ReadCount, Source},
+    report::{Arrived, Finished, GRPC_STATUS, Measured, Unanswered},
     upgrade,
 };
 use crate::{
@@ -38,6 +38,9 @@ use crate::{
 };
 
 const REQUEST_ID: &str = "x-request-id";
+
+/// How long a mirror's copy may take when its route sets no timeout.
+const MIRROR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
@@ -65,9 +68,9 @@ struct Done {
     upstream: Option<SocketAddr>,
     destination: Option<Arc<Workload>>,
     attempts: u32,
-    /// The request body, as sent upstream (its size is reported once the
-    /// answer is done).
-    request_body: Option<Arc<Source>>,
+    /// The bytes read of the request body (its size is reported once the
+    /// answer is done: the body may stream on meanwhile).
+    request_body: Option<ReadCount>,
 }
 
 impl Done {
@@ -119,6 +122,28 @@ pub async fn handle(
     } else {
         String::new()
     };
+    // Reports the request should the client leave before its answer.
+    let unanswered = Unanswered::new(Finished {
+        ctx: Arc::clone(&ctx),
+        down: Arc::clone(&down),
+        request: Arrived {
+            start,
+            request_id: request_id.clone(),
+            method,
+            path,
+            grpc,
+            request_bytes: declared_bytes,
+        },
+        response_code: 0,
+        grpc_status: None,
+        flags: "-",
+        route: String::new(),
+        upstream: None,
+        destination: None,
+        attempts: 0,
+        details: denial.as_ref().map(ToString::to_string),
+        request_body: None,
+    });
     let mut done = match &denial {
         Some(_) => Done::local(boxed(authz::forbidden()), "-", String::new()),
         None => route_and_forward(&ctx, &down, parts, body).await,
@@ -126,31 +151,22 @@ pub async fn handle(
     done.response
         .headers_mut()
         .entry(REQUEST_ID)
-        .or_insert(request_id.clone());
+        .or_insert(request_id);
     let upstream_upgrade = done.response.extensions_mut().remove::<OnUpgrade>();
     upgrade::splice(done.response.status(), downstream_upgrade, upstream_upgrade);
-    let finished = Finished {
-        status: done.response.status(),
-        grpc_status: done.response.headers().get(GRPC_STATUS).cloned(),
-        flags: done.flags,
-        route: done.route,
-        upstream: done.upstream,
-        destination: done.destination,
-        attempts: done.attempts,
-        details: denial.as_ref().map(ToString::to_string),
-        request: Arrived {
-            start,
-            request_id,
-            method,
-            path,
-            grpc,
-            request_bytes: declared_bytes,
-        },
-        request_body: done.request_body,
-        ctx,
-        down,
-    };
     let (parts, body) = done.response.into_parts();
+    // Always there: only this takes it.
+    let Some(mut finished) = unanswered.answered() else {
+        return Response::from_parts(parts, body);
+    };
+    finished.response_code = parts.status.as_u16();
+    finished.grpc_status = parts.headers.get(GRPC_STATUS).cloned();
+    finished.flags = done.flags;
+    finished.route = done.route;
+    finished.upstream = done.upstream;
+    finished.destination = done.destination;
+    finished.attempts = done.attempts;
+    finished.request_body = done.request_body;
     Response::from_parts(parts, Measured::new(body, finished).boxed())
 }
 
@@ -262,6 +278,9 @@ async fn route_and_forward(
     // Streamed to the upstream as it arrives, and kept (up to a limit) so a
     // retry or a mirror can send it again.
     let body = (!body.is_end_stream()).then(|| Source::new(body, ctx.config.max_request_body));
+    // However this ends (answer, timeout, client gone), no attempt follows.
+    let _settling = body.as_ref().map(Source::settling);
+    let timeout = rule.and_then(|r| r.timeout);
 
     // An upgrade cannot be copied: the mirror would switch protocols too.
     let upgrading = upgrade::requested(parts.version, &parts.headers).is_some();
@@ -290,11 +309,13 @@ async fn route_and_forward(
             let ctx_mirror = Arc::clone(ctx);
             let client = down.client();
             // A copy never delays or fails the primary: it runs on its own
-            // and its answer is dropped.
+            // and its answer is dropped. Bounded, so that a shadow that
+            // never answers does not hold a pool slot and the body forever.
+            let limit = timeout.unwrap_or(MIRROR_TIMEOUT);
             tokio::spawn(async move {
                 let compiled = ctx_mirror.tables.current();
                 let mut once = Tries::default();
-                let _ = attempt(
+                let copy = attempt(
                     &ctx_mirror,
                     &compiled,
                     &key,
@@ -302,8 +323,10 @@ async fn route_and_forward(
                     body.as_ref(),
                     &mut once,
                     client,
-                )
-                .await;
+                );
+                if tokio::time::timeout(limit, copy).await.is_err() {
+                    debug!(host = %key.host, ?limit, "mirror gave no answer in time");
+                }
             });
         }
     }
@@ -321,7 +344,6 @@ async fn route_and_forward(
             &default_retries
         }
     };
-    let timeout = rule.and_then(|r| r.timeout);
     let send = send_with_retries(
         ctx,
         &compiled,
@@ -349,7 +371,7 @@ async fn route_and_forward(
         done.flags = "DI";
     }
     done.route = route_name;
-    done.request_body = body;
+    done.request_body = body.as_ref().map(|b| b.read_count());
     done
 }
 
@@ -417,6 +439,11 @@ async fn send_with_retries(
         } else {
             None
         };
+        // The attempt just answered stops reading the body (its connection
+        // may still poll it), unless it went past the buffer meanwhile.
+        if in_flight.is_some() && !body.is_none_or(|b| b.hold_for_retry()) {
+            in_flight = None;
+        }
         if in_flight.is_none() {
             let exhausted = retryable && tries > 1;
             return match result {
@@ -467,6 +494,8 @@ async fn send_with_retries(
                 subset: key.subset.clone().unwrap_or_default(),
             })
             .inc();
+        // Not held through the backoff: its connection goes back to the pool.
+        drop(result);
         let pause = retries.backoff(tries, &mut rand::rng());
         debug!(host = %key.host, tries, ?pause, "retrying");
         tokio::time::sleep(pause).await;
@@ -491,7 +520,8 @@ enum Attempt {
 /// What one request's attempts share.
 #[derive(Default)]
 struct Tries<'a> {
-    /// `None` for a single attempt (a mirror's copy).
+    /// `None` for a mirror's copy: a single attempt, sending the body the
+    /// request's own attempts read.
     retries: Option<&'a RetryPolicy>,
     /// The ids of the endpoints tried so far.
     endpoints: Vec<String>,
@@ -565,7 +595,8 @@ async fn attempt(
         Err(error) => return local(StatusCode::BAD_REQUEST, &error.to_string(), "-"),
     };
     let mut request = Request::new(match body {
-        Some(source) => source.reader().boxed(),
+        Some(source) if tries.retries.is_none() => source.mirror().boxed(),
+        Some(source) => source.attempt().boxed(),
         None => full(Bytes::new()),
     });
     *request.method_mut() = parts.method.clone();

@@ -12,14 +12,14 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode};
+use http::HeaderValue;
 use hyper::body::{Body as _, Frame, SizeHint};
 use tracing::info;
 use warren_ztunnel::state::Workload;
 
 use super::{
     Downstream,
-    replay::{BoxError, Source},
+    replay::{BoxError, ReadCount},
 };
 use crate::{
     app::{Body, Context},
@@ -47,7 +47,9 @@ pub(super) struct Finished {
     pub(super) ctx: Arc<Context>,
     pub(super) down: Arc<Downstream>,
     pub(super) request: Arrived,
-    pub(super) status: StatusCode,
+    /// The answer's status; 0 when the client went away before it (as Envoy
+    /// reports it).
+    pub(super) response_code: u16,
     /// From the headers (a trailers-only gRPC answer), else the trailers.
     pub(super) grpc_status: Option<HeaderValue>,
     pub(super) flags: &'static str,
@@ -57,8 +59,8 @@ pub(super) struct Finished {
     pub(super) attempts: u32,
     /// Why an AuthorizationPolicy denied it.
     pub(super) details: Option<String>,
-    /// The body as read from the client, when it was sent on.
-    pub(super) request_body: Option<Arc<Source>>,
+    /// The bytes read of the client's body, when it was sent on.
+    pub(super) request_body: Option<ReadCount>,
 }
 
 /// How the answer's body ended.
@@ -83,13 +85,13 @@ impl Finished {
         let request_bytes = self
             .request_body
             .as_ref()
-            .map_or(request.request_bytes, |body| body.bytes_read());
+            .map_or(request.request_bytes, ReadCount::get);
         let metrics = down.metrics.get(
             &self.ctx.metrics,
             Varying {
                 destination: self.destination.as_ref(),
                 grpc: request.grpc,
-                response_code: self.status.as_u16(),
+                response_code: self.response_code,
                 grpc_response_status: self.grpc_status.as_ref(),
                 response_flags: flags,
             },
@@ -97,7 +99,7 @@ impl Finished {
                 request_labels(
                     down,
                     self.destination.as_deref(),
-                    self.status,
+                    self.response_code,
                     self.grpc_status.as_ref(),
                     flags,
                     request.grpc,
@@ -118,7 +120,7 @@ impl Finished {
             method = %request.method,
             path = request.path,
             route = %self.route,
-            status = self.status.as_u16(),
+            status = self.response_code,
             grpc_status = self.grpc_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
             flags,
             details = self.details.as_deref().unwrap_or("-"),
@@ -129,6 +131,35 @@ impl Finished {
             duration_ms = elapsed_ms,
             "request"
         );
+    }
+}
+
+/// A request still waiting for its answer. Dropped so (the client reset the
+/// stream or closed its connection first), it is reported with response
+/// code 0 and `DC`, as Envoy reports it: a client giving up on a slow
+/// service shows in the metrics and the access log.
+pub(super) struct Unanswered(Option<Finished>);
+
+impl Unanswered {
+    /// `finished` says what is known before the answer; the rest is filled
+    /// in by [`Unanswered::answered`]'s caller.
+    pub(super) fn new(finished: Finished) -> Self {
+        Self(Some(finished))
+    }
+
+    /// The answer's headers are ready: the request is reported with its body.
+    pub(super) fn answered(mut self) -> Option<Finished> {
+        self.0.take()
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(mut finished) = self.0.take() {
+            finished.response_code = 0;
+            finished.flags = "DC";
+            finished.report(0, Ending::DownstreamGone);
+        }
     }
 }
 
@@ -212,7 +243,7 @@ impl Drop for Measured {
 fn request_labels(
     down: &Downstream,
     destination: Option<&Workload>,
-    status: StatusCode,
+    response_code: u16,
     grpc_status: Option<&HeaderValue>,
     flags: &'static str,
     grpc: bool,
@@ -238,7 +269,7 @@ fn request_labels(
         destination_service_name: service.name.clone(),
         destination_service_namespace: service.namespace.clone(),
         request_protocol: if grpc { "grpc" } else { "http" },
-        response_code: status.as_u16(),
+        response_code,
         grpc_response_status: grpc_status
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
