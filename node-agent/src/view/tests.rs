@@ -25,7 +25,11 @@ metadata: { name: plain }
 ---
 apiVersion: v1
 kind: Pod
-metadata: { name: app-v1-0, namespace: demo, labels: { app: app, version: v1 } }
+metadata:
+  name: app-v1-0
+  namespace: demo
+  labels: { app: app, version: v1 }
+  annotations: { warren.io/netns: /run/netns/t-app-v1-0 }
 spec: { nodeName: node-a, serviceAccountName: app, containers: [{ name: main }] }
 status: { hostIP: 172.30.0.1, podIP: 10.244.0.5, podIPs: [{ ip: 10.244.0.5 }, { ip: "fd00:244::5" }] }
 ---
@@ -462,13 +466,17 @@ endpoints: [{ addresses: [10.244.0.5] }]
 #[test]
 fn cookies_and_certificates_are_published() {
     let (store, mut view) = built("");
+    // Not enrolled yet: ztunnel gets no namespace to open connections in.
+    assert_eq!(workload(&view, "demo", "app-v1-0").netns, "");
     let pod = ObjectKey {
         kind: Kind::Pod,
         namespace: Some("demo".into()),
         name: "app-v1-0".into(),
     };
     view.set_cookies(&store, BTreeMap::from([(pod, 4242)]));
-    assert_eq!(workload(&view, "demo", "app-v1-0").netns_cookie, 4242);
+    let enrolled = workload(&view, "demo", "app-v1-0");
+    assert_eq!(enrolled.netns_cookie, 4242);
+    assert_eq!(enrolled.netns, "/run/netns/t-app-v1-0");
 
     let id = Identity::new("cluster.local", "demo", "app");
     let cert = Arc::new(Certificate {

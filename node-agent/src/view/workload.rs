@@ -90,6 +90,11 @@ pub fn workload(
             .map(|(p, m)| (u32::from(p), proto_mode(m) as i32))
             .collect(),
         netns_cookie: netns_cookie.unwrap_or_default(),
+        // Only for pods enrolled here: the cookie says the netns was found.
+        netns: netns_cookie
+            .and_then(|_| pod.annotation(enrollment::NETNS_ANNOTATION))
+            .unwrap_or_default()
+            .to_owned(),
         name,
         namespace,
     })

@@ -39,6 +39,15 @@ fn demo_cluster() -> Result<Cluster> {
             service_account: Some(sa.into()),
         })?;
     }
+    // Outside the mesh: its namespace has no dataplane label.
+    cluster.add_namespace("legacy", BTreeMap::new())?;
+    cluster.add_pod(PodSpec {
+        name: "plain".into(),
+        namespace: "legacy".into(),
+        node: 1,
+        labels: labels(&[("app", "plain")]),
+        service_account: None,
+    })?;
     cluster.add_service(
         "demo",
         "web",
@@ -88,6 +97,27 @@ fn pods_talk_over_mtls_across_nodes_on_one_node_and_through_a_service() -> Resul
         .cluster_ip;
     let ok = ok_count(&cluster, "front", &format!("http://{vip}/"), 20)?;
     ensure!(ok == 20, "front → Service web: {ok}/20 OK\n{}", mesh.logs());
+
+    // A pod outside the mesh is reached from the caller's own address, as
+    // without the mesh: ztunnel connects from inside the caller's network
+    // namespace, not from the node's.
+    let plain = cluster.pod("plain")?.clone();
+    let front_ip = cluster.pod("front")?.ip;
+    let plain_server = start_http_server(&cluster, &plain, 8080, &["--access-log"])?;
+    let ok = ok_count(&cluster, "front", &format!("http://{}:8080/", plain.ip), 4)?;
+    ensure!(
+        ok == 4,
+        "front → plain (outside the mesh): {ok}/4 OK\n{}",
+        mesh.logs()
+    );
+    let seen = plain_server.output();
+    // The server listens on both families: v4 peers read `[::ffff:a.b.c.d]`.
+    ensure!(
+        seen.contains(&format!("peer={front_ip}:"))
+            || seen.contains(&format!("peer=[::ffff:{front_ip}]:")),
+        "the server outside the mesh must see front's address {front_ip}:\n{seen}\n{}",
+        mesh.logs()
+    );
 
     // The destination's ztunnel saw the callers' SPIFFE identities over mTLS.
     let metrics = scrape_metrics(&mesh.nodes[1].node)?;

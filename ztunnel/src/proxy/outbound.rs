@@ -3,14 +3,14 @@
 //! destination and carries the bytes: HBONE to another node (or a waypoint), straight to
 //! a pod of this node after its policy, or plain TCP outside the mesh.
 
-use std::{net::SocketAddr, os::fd::AsFd as _, sync::Arc};
+use std::{net::SocketAddr, os::fd::AsFd as _, path::Path, sync::Arc};
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 use warren_ebpf_common::origin::{self, Origin};
 
 use super::{
-    Inputs, connect,
+    Inputs, connect, connect_in,
     connection::{AccessLog, Report, TunnelEnd, relay, relay_tunnel},
     hbone::client::Establish,
     pool::PoolKey,
@@ -258,7 +258,8 @@ pub async fn handle(
                 dst_service: service.as_deref().map(|s| s.telemetry_host().to_owned()),
                 path: "direct",
             };
-            plain(&inputs, client, addr, labels, log, &mut drain).await;
+            // From the node, as HBONE would deliver it: the pod is in the mesh.
+            plain(&inputs, client, addr, None, labels, log, &mut drain).await;
         }
         Upstream::Plain { addr, workload } => {
             let labels = vec![ConnectionLabels::new(
@@ -282,28 +283,31 @@ pub async fn handle(
                     "passthrough"
                 },
             };
-            plain(&inputs, client, addr, labels, log, &mut drain).await;
+            // Outside the mesh: from the pod, as without the mesh.
+            let netns = source.netns.as_deref();
+            plain(&inputs, client, addr, netns, labels, log, &mut drain).await;
         }
     }
 }
 
-/// A direct TCP connection from ztunnel (marked) and the relay.
+/// A direct TCP connection from ztunnel (marked) and the relay; made in
+/// `netns` (the source pod's) when given.
 async fn plain(
     inputs: &Inputs,
     client: TcpStream,
     addr: SocketAddr,
+    netns: Option<&Path>,
     labels: Vec<ConnectionLabels>,
     log: AccessLog,
     drain: &mut drain::Watch,
 ) {
     let report = Report::open(&inputs.metrics, labels, log);
-    match connect(
-        addr,
-        inputs.config.socket_mark(),
-        inputs.config.connect_timeout,
-    )
-    .await
-    {
+    let (mark, timeout) = (inputs.config.socket_mark(), inputs.config.connect_timeout);
+    let connected = match netns {
+        Some(netns) => connect_in(netns, addr, mark, timeout).await,
+        None => connect(addr, mark, timeout).await,
+    };
+    match connected {
         Ok(upstream) => {
             let relayed = relay(client, upstream, inputs.config.buffer_size, drain).await;
             report.finish(&relayed);

@@ -1,6 +1,6 @@
 //! Pods as ztunnel knows them: addresses, identity, node, and the policies that guard them.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use serde::Serialize;
 use warren_api::{
@@ -33,6 +33,9 @@ pub struct Workload {
     pub port_modes: BTreeMap<u16, Mode>,
     pub is_waypoint: bool,
     pub netns_cookie: u64,
+    /// For enrolled pods of this node: their network namespace, where
+    /// connections to destinations outside the mesh are opened.
+    pub netns: Option<PathBuf>,
     /// The pod's labels: subsets and `sourceLabels` matches (waypoint).
     pub labels: BTreeMap<String, String>,
 }
@@ -132,6 +135,16 @@ impl Workload {
                     .map_err(|_| fail("port_modes", format!("{port} is not a port")))
             })
             .collect::<Result<_, _>>()?;
+        let netns = match PathBuf::from(&w.netns) {
+            _ if w.netns.is_empty() => None,
+            path if path.is_absolute() => Some(path),
+            _ => {
+                return Err(fail(
+                    "netns",
+                    format!("{:?} is not an absolute path", w.netns),
+                ));
+            }
+        };
         Ok(Workload {
             key: key.to_owned(),
             name: w.name,
@@ -150,6 +163,7 @@ impl Workload {
             port_modes,
             is_waypoint: w.is_waypoint,
             netns_cookie: w.netns_cookie,
+            netns,
             labels: w.labels.into_iter().collect(),
         })
     }
@@ -169,5 +183,38 @@ impl Workload {
         } else {
             &self.workload_name
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_netns(netns: &str) -> Result<Workload, ResourceError> {
+        let w = config::Workload {
+            name: "app-0".into(),
+            namespace: "demo".into(),
+            service_account: "app".into(),
+            addresses: vec![vec![10, 244, 0, 5]],
+            node_address: vec![172, 30, 0, 1],
+            protocol: TunnelProtocol::Hbone as i32,
+            netns: netns.into(),
+            ..Default::default()
+        };
+        Workload::from_proto("workload/demo/app-0", w, "cluster.local")
+    }
+
+    #[test]
+    fn a_pods_namespace_is_taken_only_as_an_absolute_path() {
+        assert_eq!(with_netns("").unwrap().netns, None);
+        assert_eq!(
+            with_netns("/run/netns/app-0").unwrap().netns,
+            Some(PathBuf::from("/run/netns/app-0"))
+        );
+        let error = with_netns("run/netns/app-0").unwrap_err().to_string();
+        assert!(
+            error.contains("netns") && error.contains("absolute"),
+            "{error}"
+        );
     }
 }
