@@ -86,6 +86,16 @@ pub struct RunArgs {
     /// The mesh's SPIFFE trust domain.
     #[arg(long, default_value = warren_api::identity::DEFAULT_TRUST_DOMAIN, env = "WARREN_TRUST_DOMAIN")]
     pub trust_domain: String,
+    /// Other trust domains taken as the mesh's own (repeatable; Istio's
+    /// `trustDomainAliases`): their peers are accepted, and policies naming
+    /// them name the same workloads. `cluster.local` in a policy always
+    /// stands for the mesh's trust domain.
+    #[arg(
+        long = "trust-domain-alias",
+        env = "WARREN_TRUST_DOMAIN_ALIASES",
+        value_delimiter = ','
+    )]
+    pub trust_domain_aliases: Vec<String>,
     /// The cluster's DNS domain (service hostnames end with it).
     #[arg(long, default_value = "cluster.local", env = "WARREN_CLUSTER_DOMAIN")]
     pub cluster_domain: String,

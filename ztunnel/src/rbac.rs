@@ -10,7 +10,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use warren_api::Identity;
+use warren_api::{Identity, identity::TrustDomains};
 
 use crate::state::policy::{Action, Authorization, Cidr, Match, StringMatch};
 
@@ -58,22 +58,29 @@ impl Denied {
 /// each key the workload names, with the policy if ztunnel holds it.
 pub fn authorize<'p>(
     conn: &Connection<'_>,
+    domains: &TrustDomains,
     policies: impl IntoIterator<Item = (&'p str, Option<&'p Authorization>)>,
 ) -> Result<(), Denied> {
+    // Every name the peer answers to in a policy (its trust domain's aliases).
+    let principals = conn
+        .src_identity
+        .map(|id| domains.principals(id))
+        .unwrap_or_default();
+    let matches = |policy: &Authorization| matches(policy, conn, &principals);
     let mut allows = Vec::new();
     for (key, policy) in policies {
         let Some(policy) = policy else {
             return Err(Denied::MissingPolicy(key.to_owned()));
         };
         match policy.action {
-            Action::Deny if matches(policy, conn) => {
+            Action::Deny if matches(policy) => {
                 return Err(Denied::DenyPolicy(policy.key.clone()));
             }
             Action::Deny => {}
             Action::Allow => allows.push(policy),
         }
     }
-    if allows.is_empty() || allows.iter().any(|p| matches(p, conn)) {
+    if allows.is_empty() || allows.iter().any(|p| matches(p)) {
         Ok(())
     } else {
         Err(Denied::NotAllowed(
@@ -86,12 +93,12 @@ pub fn authorize<'p>(
     }
 }
 
-/// Whether any rule of `policy` matches (a policy with no rule never does).
-pub fn matches(policy: &Authorization, conn: &Connection<'_>) -> bool {
-    let principal = conn.src_identity.map(Identity::principal);
+/// Whether any rule of `policy` matches (a policy with no rule never does);
+/// `principals` are the names the peer answers to (none without identity).
+fn matches(policy: &Authorization, conn: &Connection<'_>, principals: &[String]) -> bool {
     let namespace = conn.src_identity.map(|id| id.namespace.as_str());
     let attrs = Attributes {
-        principal: principal.as_deref(),
+        principals,
         namespace,
         src_ip: conn.src_ip.to_canonical(),
         dst_ip: conn.dst.ip().to_canonical(),
@@ -105,7 +112,7 @@ pub fn matches(policy: &Authorization, conn: &Connection<'_>) -> bool {
 }
 
 struct Attributes<'a> {
-    principal: Option<&'a str>,
+    principals: &'a [String],
     namespace: Option<&'a str>,
     src_ip: IpAddr,
     dst_ip: IpAddr,
@@ -116,11 +123,17 @@ fn match_one(m: &Match, a: &Attributes<'_>) -> bool {
     let strings =
         |values: &[StringMatch], value: Option<&str>| values.iter().any(|s| s.matches(value));
     let ips = |values: &[Cidr], ip: IpAddr| values.iter().any(|c| c.contains(ip));
-    field(&m.principals, &m.not_principals, |v| {
-        strings(v, a.principal)
-    }) && field(&m.namespaces, &m.not_namespaces, |v| {
-        strings(v, a.namespace)
-    }) && field(&m.source_ips, &m.not_source_ips, |v| ips(v, a.src_ip))
+    // A peer matches a principal by any of its names; without identity, as
+    // an absent value.
+    let principal = |values: &[StringMatch]| match a.principals {
+        [] => strings(values, None),
+        names => names.iter().any(|n| strings(values, Some(n))),
+    };
+    field(&m.principals, &m.not_principals, principal)
+        && field(&m.namespaces, &m.not_namespaces, |v| {
+            strings(v, a.namespace)
+        })
+        && field(&m.source_ips, &m.not_source_ips, |v| ips(v, a.src_ip))
         && field(&m.destination_ips, &m.not_destination_ips, |v| {
             ips(v, a.dst_ip)
         })
@@ -154,6 +167,22 @@ mod tests {
         Rule {
             clauses: vec![Clause { matches: vec![m] }],
         }
+    }
+
+    /// `super::matches` in a mesh of Istio's default trust domain.
+    fn matches(policy: &Authorization, conn: &Connection<'_>) -> bool {
+        let principals = conn
+            .src_identity
+            .map(|id| TrustDomains::default().principals(id))
+            .unwrap_or_default();
+        super::matches(policy, conn, &principals)
+    }
+
+    fn authorize<'p>(
+        conn: &Connection<'_>,
+        policies: impl IntoIterator<Item = (&'p str, Option<&'p Authorization>)>,
+    ) -> Result<(), Denied> {
+        super::authorize(conn, &TrustDomains::default(), policies)
     }
 
     fn conn(id: Option<&Identity>) -> Connection<'_> {
@@ -250,5 +279,34 @@ mod tests {
             authorize(&c, [("x", None)]),
             Err(Denied::MissingPolicy(_))
         ));
+    }
+
+    #[test]
+    fn cluster_local_and_aliases_name_the_meshs_own_peers() {
+        let domains = TrustDomains {
+            trust_domain: "corp.example".into(),
+            aliases: vec!["old.example".into()],
+        };
+        let named = |principal: &str| {
+            policy(
+                Action::Deny,
+                vec![rule(Match {
+                    principals: vec![StringMatch::Exact(principal.into())],
+                    ..Default::default()
+                })],
+            )
+        };
+        let deny_batch = named("cluster.local/ns/demo/sa/batch");
+        let batch = Identity::new("corp.example", "demo", "batch");
+        let migrating = Identity::new("old.example", "demo", "batch");
+        for peer in [&batch, &migrating] {
+            assert!(
+                super::authorize(&conn(Some(peer)), &domains, [("d", Some(&deny_batch))]).is_err(),
+                "a DENY naming cluster.local must deny {peer} in this mesh"
+            );
+        }
+        // Another mesh's trust domain names nobody here.
+        let other = named("elsewhere.example/ns/demo/sa/batch");
+        assert!(super::authorize(&conn(Some(&batch)), &domains, [("d", Some(&other))]).is_ok());
     }
 }

@@ -266,7 +266,7 @@ async fn tunnel_b(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_expired_and_other_domain_clients_are_refused() {
-    let mesh = two_nodes(13).await;
+    let mut mesh = two_nodes(13).await;
     let trust = bundle(&mesh.view.ca);
     let server = spiffe("demo", "server");
 
@@ -327,6 +327,22 @@ async fn foreign_expired_and_other_domain_clients_are_refused() {
     )
     .await;
     assert_eq!(refused_metric(&mesh.b, "tls_handshake").await, 0);
+
+    // Once that domain is an alias of the mesh's, its clients are the mesh's.
+    mesh.view.put(res(
+        warren_api::key::MESH,
+        Kind::Mesh(config::MeshSettings {
+            trust_domain: TD.into(),
+            trust_domain_aliases: vec!["other.domain".into()],
+            ..Default::default()
+        }),
+    ));
+    mesh.sync();
+    assert_eq!(
+        tunnel_b(&mesh, &other_domain, &trust, &server).await,
+        Ok(()),
+        "an alias's client is refused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,56 @@ impl Identity {
     }
 }
 
+/// The mesh's trust domain and its aliases (Istio's `trustDomainAliases`:
+/// domains a mesh is migrating from, or shares its root with), which its
+/// proxies accept as their own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustDomains {
+    pub trust_domain: String,
+    pub aliases: Vec<String>,
+}
+
+impl Default for TrustDomains {
+    fn default() -> Self {
+        TrustDomains {
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+            aliases: Vec::new(),
+        }
+    }
+}
+
+impl TrustDomains {
+    /// Whether a peer of `trust_domain` is one of this mesh's.
+    pub fn is_local(&self, trust_domain: &str) -> bool {
+        self.trust_domain == trust_domain || self.aliases.iter().any(|a| a == trust_domain)
+    }
+
+    /// The principals `identity` answers to in AuthorizationPolicies, as
+    /// Istio reads them: a principal naming the mesh's trust domain, one of
+    /// its aliases, or `cluster.local` (which stands for the local trust
+    /// domain, whatever it is, so policies written for Istio's default keep
+    /// their meaning) names the same workload under each of them. Its own
+    /// principal first; a peer of another trust domain has only its own.
+    pub fn principals(&self, identity: &Identity) -> Vec<String> {
+        let own = identity.principal();
+        if !self.is_local(&identity.trust_domain) {
+            return vec![own];
+        }
+        let rest = &own[identity.trust_domain.len()..];
+        let mut forms = vec![own.clone()];
+        let others = std::iter::once(self.trust_domain.as_str())
+            .chain(self.aliases.iter().map(String::as_str))
+            .chain(std::iter::once(DEFAULT_TRUST_DOMAIN));
+        for domain in others {
+            let form = format!("{domain}{rest}");
+            if !forms.contains(&form) {
+                forms.push(form);
+            }
+        }
+        forms
+    }
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "spiffe://{}", self.principal())
@@ -89,6 +139,34 @@ impl FromStr for Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_principals_answer_to_every_local_trust_domain_and_cluster_local() {
+        let domains = TrustDomains {
+            trust_domain: "corp.example".into(),
+            aliases: vec!["old.example".into()],
+        };
+        let peer = Identity::new("old.example", "demo", "app");
+        assert_eq!(
+            domains.principals(&peer),
+            [
+                "old.example/ns/demo/sa/app",
+                "corp.example/ns/demo/sa/app",
+                "cluster.local/ns/demo/sa/app",
+            ]
+        );
+        // Another mesh's peer is only itself.
+        let foreign = Identity::new("cluster.local", "demo", "app");
+        assert_eq!(
+            domains.principals(&foreign),
+            ["cluster.local/ns/demo/sa/app"]
+        );
+        // Istio's default: nothing to add.
+        let default = TrustDomains::default();
+        let peer = Identity::new("cluster.local", "demo", "app");
+        assert_eq!(default.principals(&peer), ["cluster.local/ns/demo/sa/app"]);
+        assert!(default.is_local("cluster.local") && !default.is_local("corp.example"));
+    }
 
     #[test]
     fn parses_and_prints_back() {

@@ -149,6 +149,7 @@ async fn run(args: RunArgs) -> Result<()> {
             node_addresses: args.node_addrs.clone(),
             root_namespace: args.root_namespace.clone(),
             trust_domain: args.trust_domain.clone(),
+            trust_domain_aliases: args.trust_domain_aliases.clone(),
             cluster_domain: args.cluster_domain.clone(),
             outbound_policy: OutboundPolicy::from_str_name(&args.outbound_policy)
                 .unwrap_or(OutboundPolicy::AllowAny),

@@ -46,6 +46,7 @@ pub struct Mesh {
     pub node_addresses: Vec<IpAddr>,
     pub root_namespace: String,
     pub trust_domain: String,
+    pub trust_domain_aliases: Vec<String>,
     pub cluster_domain: String,
     pub outbound_policy: OutboundPolicy,
 }
@@ -90,6 +91,7 @@ impl View {
                 key: key::MESH.into(),
                 kind: Some(ResourceKind::Mesh(MeshSettings {
                     trust_domain: self.mesh.trust_domain.clone(),
+                    trust_domain_aliases: self.mesh.trust_domain_aliases.clone(),
                     root_namespace: self.mesh.root_namespace.clone(),
                     outbound_policy: self.mesh.outbound_policy as i32,
                     node: self.mesh.node.clone(),

@@ -77,6 +77,7 @@ fn mesh() -> Mesh {
         node_addresses: vec!["172.30.0.1".parse().unwrap()],
         root_namespace: "istio-system".into(),
         trust_domain: "cluster.local".into(),
+        trust_domain_aliases: Vec::new(),
         cluster_domain: "cluster.local".into(),
         outbound_policy: OutboundPolicy::AllowAny,
     }

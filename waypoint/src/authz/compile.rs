@@ -47,7 +47,7 @@ impl Field {
     fn holds(&self, request: &Request<'_>) -> bool {
         let any = |patterns: &[Pattern], value: &str| patterns.iter().any(|p| p.matches(value));
         let hit = match &self.test {
-            Test::Principal(p) => any(p, &request.principal),
+            Test::Principal(p) => request.principals.iter().any(|n| any(p, n)),
             Test::Namespace(p) => any(p, request.namespace),
             Test::SourceIp(blocks) => blocks.iter().any(|b| b.contains(request.source_ip)),
             Test::Port(ports) => ports.contains(&request.port),

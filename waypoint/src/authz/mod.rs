@@ -194,8 +194,9 @@ impl fmt::Display for Denial {
 /// What a decision looks at.
 pub struct Request<'a> {
     /// `<trust domain>/ns/<ns>/sa/<sa>`: the HBONE peer, which the source's
-    /// ztunnel connects as (it holds the source workload's certificate).
-    pub principal: String,
+    /// ztunnel connects as (it holds the source workload's certificate),
+    /// under each of the mesh's trust domains (its own first).
+    pub principals: &'a [String],
     pub namespace: &'a str,
     pub source_ip: IpAddr,
     /// The destination Service's name and namespace.
@@ -214,6 +215,8 @@ pub struct Request<'a> {
 /// Who sent a request and where it goes, as the CONNECT stream told.
 pub struct Peer<'a> {
     pub identity: &'a Identity,
+    /// [`warren_api::identity::TrustDomains::principals`] of `identity`.
+    pub principals: &'a [String],
     pub source_ip: IpAddr,
     pub service: &'a str,
     pub service_namespace: &'a str,
@@ -230,7 +233,7 @@ impl<'a> Request<'a> {
             .unwrap_or_default()
             .to_ascii_lowercase();
         Request {
-            principal: peer.identity.principal(),
+            principals: peer.principals,
             namespace: &peer.identity.namespace,
             source_ip: peer.source_ip,
             service: peer.service,

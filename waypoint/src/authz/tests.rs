@@ -1,7 +1,7 @@
 use std::net::IpAddr;
 
 use serde_json::{Value, json};
-use warren_api::Identity;
+use warren_api::{Identity, identity::TrustDomains};
 
 use super::{
     Authorizer, Decision, Denial, Peer, PolicyInput, Request,
@@ -19,6 +19,9 @@ struct Sent {
     method: &'static str,
     uri: &'static str,
     headers: Vec<(&'static str, &'static str)>,
+    /// The peer's trust domain, and the mesh's.
+    td: &'static str,
+    domains: TrustDomains,
 }
 
 fn get(uri: &'static str) -> Sent {
@@ -31,10 +34,21 @@ fn get(uri: &'static str) -> Sent {
         method: "GET",
         uri,
         headers: Vec::new(),
+        td: "cluster.local",
+        domains: TrustDomains::default(),
     }
 }
 
 impl Sent {
+    /// A peer of trust domain `td`, in a mesh of `trust_domain` with `aliases`.
+    fn in_mesh(mut self, td: &'static str, trust_domain: &str, aliases: &[&str]) -> Sent {
+        self.td = td;
+        self.domains = TrustDomains {
+            trust_domain: trust_domain.into(),
+            aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        self
+    }
     fn from(mut self, ns: &'static str, sa: &'static str) -> Sent {
         self.ns = ns;
         self.sa = sa;
@@ -69,9 +83,11 @@ fn decide(authorizer: &Authorizer, sent: Sent) -> Decision {
     }
     let (mut parts, ()) = builder.body(()).expect("test request").into_parts();
     normalize_uri(&mut parts.uri);
-    let identity = Identity::new("cluster.local", sent.ns, sent.sa);
+    let identity = Identity::new(sent.td, sent.ns, sent.sa);
+    let principals = sent.domains.principals(&identity);
     let peer = Peer {
         identity: &identity,
+        principals: &principals,
         source_ip: sent.ip.parse::<IpAddr>().expect("test address"),
         service: sent.service,
         service_namespace: "demo",
@@ -323,6 +339,33 @@ fn deny_wins_over_allow() {
             custom: false,
         })
     );
+}
+
+#[test]
+fn cluster_local_and_aliases_name_the_meshs_own_workloads() {
+    // Policies written for Istio's default trust domain, in a mesh of
+    // another one that is migrating from `old.example`.
+    let a = authorizer(vec![
+        on_waypoint(
+            "deny-batch",
+            json!({ "action": "DENY", "rules": [{ "from": [{ "source": { "principals": ["cluster.local/ns/demo/sa/batch"] } }] }] }),
+        ),
+        on_waypoint(
+            "allow-a",
+            json!({ "rules": [{ "from": [{ "source": { "principals": ["old.example/ns/demo/sa/client-a"] } }] }] }),
+        ),
+    ]);
+    let mesh = |sent: Sent, td| sent.in_mesh(td, "corp.example", &["old.example"]);
+    assert_eq!(
+        denied_by(&a, mesh(get("/").from("demo", "batch"), "corp.example")),
+        Some("deny-batch".into()),
+        "a DENY naming cluster.local must hold in any trust domain"
+    );
+    assert!(allowed(&a, mesh(get("/"), "corp.example")));
+    assert!(allowed(&a, mesh(get("/"), "old.example")));
+    // A mesh without that alias: `old.example` names another mesh.
+    let plain = get("/").in_mesh("corp.example", "corp.example", &[]);
+    assert!(!allowed(&a, plain));
 }
 
 #[test]

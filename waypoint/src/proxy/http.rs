@@ -110,6 +110,7 @@ pub async fn handle(
     // Before routing and faults, as Envoy's RBAC filter runs ahead of them.
     let peer = authz::Peer {
         identity: &down.peer.identity,
+        principals: &down.principals,
         source_ip: down.source_ip,
         service: &down.service.name,
         service_namespace: &down.service.namespace,

@@ -43,6 +43,9 @@ const DIRECTION: &str = "waypoint";
 /// Who sent a CONNECT stream, and for which service.
 pub struct Downstream {
     pub peer: Arc<Peer>,
+    /// The names the peer answers to in AuthorizationPolicy principals (its
+    /// own, then under the mesh's other trust domains).
+    pub principals: Vec<String>,
     /// The source workload, when the ztunnel's `Forwarded` names one with the
     /// peer's identity.
     pub source: Option<Arc<Workload>>,
@@ -160,6 +163,7 @@ impl ConnectHandler for Waypoint {
         let downstream = Arc::new(Downstream {
             source_ip,
             source,
+            principals: state.trust_domains().principals(&peer.identity),
             peer,
             service,
             vip: dst.ip(),

@@ -17,7 +17,7 @@ use std::{
 use rustls::sign::CertifiedKey;
 use serde::Serialize;
 use tokio::sync::watch;
-use warren_api::{Identity, config::OutboundPolicy};
+use warren_api::{Identity, config::OutboundPolicy, identity::TrustDomains};
 
 use crate::{
     rbac,
@@ -78,6 +78,7 @@ impl ShowAs for Option<Identity> {
 #[derive(Clone, Debug, Serialize)]
 pub struct Mesh {
     pub trust_domain: String,
+    pub trust_domain_aliases: Vec<String>,
     pub root_namespace: String,
     pub registry_only: bool,
     pub node: String,
@@ -88,6 +89,7 @@ impl Default for Mesh {
     fn default() -> Self {
         Mesh {
             trust_domain: warren_api::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
+            trust_domain_aliases: Vec::new(),
             root_namespace: String::new(),
             registry_only: false,
             node: String::new(),
@@ -97,6 +99,13 @@ impl Default for Mesh {
 }
 
 impl Mesh {
+    pub fn trust_domains(&self) -> TrustDomains {
+        TrustDomains {
+            trust_domain: self.trust_domain.clone(),
+            aliases: self.trust_domain_aliases.clone(),
+        }
+    }
+
     pub fn from_proto(m: &warren_api::config::MeshSettings) -> Result<Mesh, ResourceError> {
         let registry_only = match OutboundPolicy::try_from(m.outbound_policy) {
             Ok(OutboundPolicy::AllowAny) => false,
@@ -128,6 +137,7 @@ impl Mesh {
             } else {
                 m.trust_domain.clone()
             },
+            trust_domain_aliases: m.trust_domain_aliases.clone(),
             root_namespace: m.root_namespace.clone(),
             registry_only,
             node: m.node.clone(),
@@ -194,6 +204,12 @@ impl Inner {
         keys
     }
 
+    fn trust_domains(&self) -> TrustDomains {
+        self.mesh
+            .as_ref()
+            .map_or_else(TrustDomains::default, Mesh::trust_domains)
+    }
+
     pub fn trust_domain(&self) -> &str {
         self.mesh
             .as_ref()
@@ -253,7 +269,7 @@ impl Inner {
                 if self
                     .mesh
                     .as_ref()
-                    .is_none_or(|m| m.trust_domain != mesh.trust_domain)
+                    .is_none_or(|m| m.trust_domains() != mesh.trust_domains())
                 {
                     self.trust_generation += 1;
                 }
@@ -536,6 +552,11 @@ impl State {
     }
 
     /// The destination workload's L4 policies applied to `conn`.
+    /// The mesh's trust domain and aliases.
+    pub fn trust_domains(&self) -> TrustDomains {
+        self.read().trust_domains()
+    }
+
     pub fn authorize(
         &self,
         workload: &Workload,
@@ -544,6 +565,7 @@ impl State {
         let inner = self.read();
         rbac::authorize(
             conn,
+            &inner.trust_domains(),
             workload
                 .authorization_policies
                 .iter()
@@ -753,13 +775,9 @@ impl tls::CertificateSource for State {
         }
     }
 
-    fn trust(&self) -> Option<(u64, Arc<TrustBundle>, String)> {
+    fn trust(&self) -> Option<(u64, Arc<TrustBundle>, TrustDomains)> {
         let inner = self.read();
         let trust = inner.trust.clone()?;
-        Some((
-            inner.trust_generation,
-            trust,
-            inner.trust_domain().to_owned(),
-        ))
+        Some((inner.trust_generation, trust, inner.trust_domains()))
     }
 }

@@ -8,7 +8,7 @@ use rustls::{
     server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
     sign::CertifiedKey,
 };
-use warren_api::Identity;
+use warren_api::{Identity, identity::TrustDomains};
 
 use super::{
     TlsError, TrustBundle, WorkloadCertificate, provider,
@@ -60,8 +60,8 @@ pub trait CertificateSource: Send + Sync + std::fmt::Debug + 'static {
     /// [`super::server_name_for`]); without one, the only certificate if there is one.
     fn server_certificate(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>>;
     /// The trust bundle, a number that changes whenever it does, and the mesh's trust
-    /// domain.
-    fn trust(&self) -> Option<(u64, Arc<TrustBundle>, String)>;
+    /// domains.
+    fn trust(&self) -> Option<(u64, Arc<TrustBundle>, TrustDomains)>;
 }
 
 #[derive(Debug)]
@@ -84,7 +84,7 @@ impl<S: CertificateSource> ResolvesServerCert for Resolver<S> {
 /// The HBONE server's config, rebuilt when the trust bundle or trust domain changes.
 pub struct ServerConfigs<S> {
     source: Arc<S>,
-    cached: Mutex<Option<(u64, String, Arc<ServerConfig>)>>,
+    cached: Mutex<Option<(u64, TrustDomains, Arc<ServerConfig>)>>,
 }
 
 impl<S: CertificateSource> ServerConfigs<S> {

@@ -14,7 +14,7 @@ use rustls::{
     },
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use warren_api::Identity;
+use warren_api::{Identity, identity::TrustDomains};
 
 use super::identity_of;
 
@@ -146,19 +146,16 @@ impl ServerCertVerifier for ServerIdentityVerifier {
 }
 
 /// The HBONE server's check of a client: webpki's chain verification (a certificate is
-/// mandatory), then a SPIFFE identity of this mesh's trust domain.
+/// mandatory), then a SPIFFE identity of this mesh's trust domain or one of its aliases.
 #[derive(Debug)]
 pub struct ClientIdentityVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    trust_domain: String,
+    domains: TrustDomains,
 }
 
 impl ClientIdentityVerifier {
-    pub fn new(inner: Arc<dyn ClientCertVerifier>, trust_domain: String) -> Self {
-        ClientIdentityVerifier {
-            inner,
-            trust_domain,
-        }
+    pub fn new(inner: Arc<dyn ClientCertVerifier>, domains: TrustDomains) -> Self {
+        ClientIdentityVerifier { inner, domains }
     }
 }
 
@@ -185,9 +182,9 @@ impl ClientCertVerifier for ClientIdentityVerifier {
             .verify_client_cert(end_entity, intermediates, now)?;
         let got = identity_of(end_entity)
             .map_err(|e| reject(IdentityMismatch::NoIdentity(e.to_string())))?;
-        if got.trust_domain != self.trust_domain {
+        if !self.domains.is_local(&got.trust_domain) {
             return Err(reject(IdentityMismatch::ForeignTrustDomain {
-                trust_domain: self.trust_domain.clone(),
+                trust_domain: self.domains.trust_domain.clone(),
                 got,
             }));
         }
