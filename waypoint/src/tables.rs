@@ -53,6 +53,7 @@ impl Tables {
         Ok(VsInput {
             namespace: vs.namespace.clone(),
             name: vs.name.clone(),
+            created: vs.created,
             hosts: vs.hosts.clone(),
             spec,
         })
@@ -126,10 +127,14 @@ impl Tables {
     /// each resource came in, except those between objects (two
     /// VirtualServices claiming a host), which are logged here.
     pub fn rebuild(&self) {
-        let (routes, route_errors) =
-            RouteTable::build(read(&self.virtual_services).values().cloned());
-        let (tcp_routes, tcp_errors) =
-            TcpTable::build(read(&self.virtual_services).values().cloned());
+        // Oldest first, then by namespace and name (Istio's precedence).
+        let mut virtual_services: Vec<VsInput> =
+            read(&self.virtual_services).values().cloned().collect();
+        virtual_services.sort_by(|a, b| {
+            (a.created, &a.namespace, &a.name).cmp(&(b.created, &b.namespace, &b.name))
+        });
+        let (routes, route_errors) = RouteTable::build(virtual_services.iter().cloned());
+        let (tcp_routes, tcp_errors) = TcpTable::build(virtual_services);
         let (policies, policy_errors) =
             Policies::build(read(&self.destination_rules).values().cloned());
         for error in route_errors.iter().chain(&tcp_errors) {

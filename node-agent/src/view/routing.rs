@@ -72,6 +72,11 @@ pub fn virtual_service(mesh: &Mesh, vs: &IstioVirtualService) -> Option<VirtualS
     }
     Some(VirtualService {
         name: vs.metadata.name.clone().unwrap_or_default(),
+        created: vs
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second()),
         namespace,
         hosts: spec.hosts.clone(),
         // Serializing a validated model type cannot fail; an empty spec would

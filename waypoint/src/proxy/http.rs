@@ -32,7 +32,7 @@ use crate::{
     app::{Body, ClusterKey, Context},
     authz,
     metrics::ClusterLabels,
-    route::{Action, FailureKind, RequestInfo, RetryPolicy, RouteDestination},
+    route::{Action, FailureKind, Lookup, RequestInfo, RetryPolicy, RouteDestination},
     tables::Compiled,
     upstream::{self, Cluster, Endpoint, HashInput, LoadBalancer, Outcome, RetryPermit},
 };
@@ -208,19 +208,34 @@ async fn route_and_forward(
     let source_labels = down.source.as_ref().map_or(&empty, |w| &w.labels);
     let source_namespace = down.peer.identity.namespace.as_str();
     let host = down.service.hostname.as_str();
-    let routed = {
+    // The service's own VirtualServices, and the waypoint's namespace's.
+    let namespaces = [
+        down.service.namespace.as_str(),
+        ctx.config.namespace.as_str(),
+    ];
+    let lookup = {
         let info = RequestInfo::from_parts(&parts, down.port, source_labels, source_namespace);
-        compiled.routes.route(host, &info)
+        compiled.routes.route(host, &namespaces, &info)
     };
-    // No VirtualService for the host: straight to the service, with Istio's
-    // default retry policy.
-    let (rule, matched, route_name) = match &routed {
-        Some(routed) => (
+    let (rule, matched, route_name) = match lookup {
+        Lookup::Routed(routed) => (
             Some(routed.rule),
             Some(routed.matched),
             routed.route_name().to_owned(),
         ),
-        None => (None, None, "default".to_owned()),
+        // No VirtualService for the host: straight to the service, with
+        // Istio's default retry policy.
+        Lookup::Default => (None, None, "default".to_owned()),
+        Lookup::NoMatch(vs) => {
+            return Done::local(
+                reply(
+                    StatusCode::NOT_FOUND,
+                    &format!("no route of VirtualService {vs} matched"),
+                ),
+                "NR",
+                String::new(),
+            );
+        }
     };
     let default_destination;
 
@@ -247,10 +262,18 @@ async fn route_and_forward(
         }
         Some(Action::Redirect(redirect)) => {
             let info = RequestInfo::from_parts(&parts, down.port, source_labels, source_namespace);
-            return Done::local(boxed(redirect.response(&info)), "-", route_name);
+            let mut response = boxed(redirect.response(&info));
+            if let Some(rule) = rule {
+                rule.apply_response(None, response.headers_mut());
+            }
+            return Done::local(response, "-", route_name);
         }
         Some(Action::DirectResponse(direct)) => {
-            return Done::local(boxed(direct.response()), "-", route_name);
+            let mut response = boxed(direct.response());
+            if let Some(rule) = rule {
+                rule.apply_response(None, response.headers_mut());
+            }
+            return Done::local(response, "-", route_name);
         }
         Some(Action::Forward(_)) => {
             let picked = rule.and_then(|r| r.pick_destination(&mut rand::rng()));

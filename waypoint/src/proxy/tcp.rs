@@ -27,8 +27,6 @@ use crate::{
 /// Why a connection was not spliced, for the access log.
 #[derive(Debug, thiserror::Error)]
 enum Refused {
-    #[error("no tcp route of {0} matches the connection")]
-    NoRoute(String),
     #[error("{0}")]
     NoCluster(String),
     #[error("connection pool overflow")]
@@ -43,7 +41,7 @@ impl Refused {
     /// Envoy's response flag for the access log.
     fn flag(&self) -> &'static str {
         match self {
-            Refused::NoRoute(_) | Refused::NoCluster(_) => "NR",
+            Refused::NoCluster(_) => "NR",
             Refused::Overflow => "UO",
             Refused::NoEndpoint => "UH",
             Refused::Connect(_) => "UF",
@@ -68,23 +66,17 @@ pub async fn serve(
     };
     let host = &down.service.hostname;
     let default = RouteDestination::to_host(host);
-    let (route, destination) = match compiled.tcp_routes.route(host, &info) {
+    // The service's own VirtualServices, and the waypoint's namespace's.
+    let namespaces = [
+        down.service.namespace.as_str(),
+        ctx.config.namespace.as_str(),
+    ];
+    let (route, destination) = match compiled.tcp_routes.route(host, &namespaces, &info) {
         TcpRouted::Default => ("default".to_owned(), &default),
         TcpRouted::Rule(id, rule) => match rule.pick(&mut rand::rng()) {
             Some(d) => (format!("{id}.{}", rule.name), d),
             None => ("-".to_owned(), &default),
         },
-        TcpRouted::NoMatch => {
-            log(
-                &down,
-                "-",
-                start,
-                Err(&Refused::NoRoute(host.clone())),
-                None,
-                (0, 0),
-            );
-            return;
-        }
     };
     let key = ClusterKey {
         host: destination.host.clone(),

@@ -304,6 +304,11 @@ impl RequestMatch {
         })
     }
 
+    /// Whether a request on `port` from the mesh could match.
+    pub(super) fn may_match_port(&self, port: u16) -> bool {
+        self.port.is_none_or(|p| p == u32::from(port)) && !matches!(self.source, SourceMatch::Never)
+    }
+
     /// `None` when the request does not match; otherwise what the `uri`
     /// match covered.
     pub(super) fn matches(&self, req: &RequestInfo<'_>) -> Option<UriMatched> {

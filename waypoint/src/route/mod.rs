@@ -29,6 +29,7 @@
 //! the model refuses).
 
 mod fault;
+mod host;
 mod matching;
 mod retry;
 mod rule;
@@ -36,8 +37,9 @@ pub mod tcp;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::fmt;
+use std::{collections::HashMap, fmt};
+
+use host::{HostIndex, normalize_host};
 
 use rand::Rng;
 use warren_model::istio::VirtualServiceSpec;
@@ -55,6 +57,9 @@ pub use rule::{
 pub struct VsInput {
     pub namespace: String,
     pub name: String,
+    /// Seconds since the epoch it was created at (0 when not known): the
+    /// oldest VirtualService of a namespace keeps a host two claim.
+    pub created: i64,
     /// The hosts the VirtualService claims, already fully qualified
     /// (`reviews.demo.svc.cluster.local`, or `*.demo.svc.cluster.local`).
     /// `spec.hosts` is not read: it may hold short names.
@@ -129,6 +134,13 @@ impl VirtualServiceRoutes {
         &self.rules
     }
 
+    /// Whether any rule can match a request on `port`. One with none is not
+    /// this port's: Istio builds no routes from it and the port's traffic
+    /// goes straight to the service.
+    pub fn serves_port(&self, port: u16) -> bool {
+        self.rules.iter().any(|rule| rule.may_match_port(port))
+    }
+
     /// The first rule that matches, as Istio: rules in order, and within a
     /// rule the first matching alternative. `None` means the host has routes
     /// but none fits — Istio (Envoy) answers 404 then.
@@ -160,6 +172,26 @@ impl<'a> Routed<'a> {
     }
 }
 
+/// What the route table says about a request.
+#[derive(Clone, Copy, Debug)]
+pub enum Lookup<'a> {
+    /// No VirtualService routes the host on this port: straight to the
+    /// service (Istio's default route).
+    Default,
+    /// One does, and none of its rules fits: 404 (Envoy's `NR`).
+    NoMatch(&'a VsId),
+    Routed(Routed<'a>),
+}
+
+impl<'a> Lookup<'a> {
+    pub fn routed(self) -> Option<Routed<'a>> {
+        match self {
+            Lookup::Routed(routed) => Some(routed),
+            _ => None,
+        }
+    }
+}
+
 /// Every host's routes.
 ///
 /// Host lookup is case-insensitive and ignores a trailing dot. An exact
@@ -167,17 +199,19 @@ impl<'a> Routed<'a> {
 /// over a shorter one (`*.svc.cluster.local`); `*.x` matches `a.x` and
 /// `a.b.x` but not `x`.
 ///
-/// When several VirtualServices claim the same host, the first one given to
-/// [`RouteTable::build`] keeps it (Istio: the oldest by creation time; the
-/// caller orders its input that way) and the later ones are reported with
+/// Only VirtualServices of the destination service's namespace and of the
+/// waypoint's own route a request (Istio's waypoint does the same): another
+/// namespace cannot reroute a service it does not own. Within a namespace,
+/// when several claim the same host, the first one given to
+/// [`RouteTable::build`] keeps it (Istio: the oldest; the caller orders its
+/// input that way) and the later ones are reported with
 /// [`ErrorEffect::HostIgnored`]. Istio merges VirtualServices only on
 /// gateways, so this matches what a sidecar or waypoint does.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     virtual_services: Vec<VirtualServiceRoutes>,
-    exact: HashMap<String, usize>,
-    /// `(suffix after '*', index)`, longest suffix first.
-    wildcards: Vec<(String, usize)>,
+    /// At most one VirtualService per namespace and host.
+    hosts: HostIndex,
 }
 
 impl RouteTable {
@@ -187,7 +221,8 @@ impl RouteTable {
         virtual_services: impl IntoIterator<Item = VsInput>,
     ) -> (RouteTable, Vec<RouteError>) {
         let mut table = RouteTable::default();
-        let mut claims: HashMap<String, usize> = HashMap::new();
+        // By (namespace, host): one VirtualService per namespace keeps a host.
+        let mut claims: HashMap<(String, String), usize> = HashMap::new();
         let mut errors = Vec::new();
 
         for input in virtual_services {
@@ -222,7 +257,7 @@ impl RouteTable {
             let index = table.virtual_services.len();
             let mut claimed = false;
             for (i, host) in input.hosts.iter().enumerate() {
-                let key = normalize_host(host);
+                let key = (id.namespace.clone(), normalize_host(host));
                 match claims.get(&key) {
                     Some(&owner) if owner == index => {}
                     // Every index in `claims` is of a VirtualService
@@ -238,6 +273,8 @@ impl RouteTable {
                     }),
                     None => {
                         claims.insert(key, index);
+                        // In precedence order: indexes only grow.
+                        table.hosts.claim(host, index);
                         claimed = true;
                     }
                 }
@@ -249,41 +286,30 @@ impl RouteTable {
             }
         }
 
-        for (host, index) in claims {
-            match host.strip_prefix('*') {
-                Some(suffix) => table.wildcards.push((suffix.to_owned(), index)),
-                None => {
-                    table.exact.insert(host, index);
-                }
-            }
-        }
-        // Longest suffix first; among equals, the earlier VirtualService
-        // (they cannot be equal strings: claims are unique).
-        table
-            .wildcards
-            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        table.hosts.finish();
         (table, errors)
     }
 
-    /// The routes for `host` (a hostname without port), if a VirtualService
-    /// claims it.
-    pub fn for_host(&self, host: &str) -> Option<&VirtualServiceRoutes> {
-        let key = normalize_host(host);
-        let index = self.exact.get(&key).copied().or_else(|| {
-            self.wildcards
-                .iter()
-                .find(|(suffix, _)| key.len() > suffix.len() && key.ends_with(suffix.as_str()))
-                .map(|(_, index)| *index)
-        })?;
-        self.virtual_services.get(index)
+    /// The routes for `host` (a hostname without port) that a request may
+    /// take: the first VirtualService claiming it from one of `namespaces`
+    /// (the service's and the waypoint's).
+    pub fn for_host(&self, host: &str, namespaces: &[&str]) -> Option<&VirtualServiceRoutes> {
+        self.hosts
+            .claims(host)
+            .filter_map(|i| self.virtual_services.get(i))
+            .find(|vs| namespaces.contains(&vs.id.namespace.as_str()))
     }
 
-    /// The rule for a request to `host`. `None` both when no VirtualService
-    /// claims the host (route to the host itself, Istio's default) and when
-    /// one does but no rule matches (404); [`RouteTable::for_host`] tells
-    /// them apart.
-    pub fn route(&self, host: &str, req: &RequestInfo<'_>) -> Option<Routed<'_>> {
-        self.for_host(host)?.route(req)
+    /// Where a request to `host` on `port` goes, with the VirtualServices
+    /// of `namespaces` (see [`RouteTable::for_host`]).
+    pub fn route(&self, host: &str, namespaces: &[&str], req: &RequestInfo<'_>) -> Lookup<'_> {
+        match self.for_host(host, namespaces) {
+            Some(vs) if vs.serves_port(req.port) => match vs.route(req) {
+                Some(routed) => Lookup::Routed(routed),
+                None => Lookup::NoMatch(&vs.id),
+            },
+            _ => Lookup::Default,
+        }
     }
 
     /// The VirtualServices in use, in precedence order.
@@ -319,10 +345,6 @@ fn compile_rules(spec: &VirtualServiceSpec) -> Result<Vec<HttpRule>, CompileErro
         .enumerate()
         .map(|(i, route)| HttpRule::compile(&format!("spec.http[{i}]"), route))
         .collect()
-}
-
-fn normalize_host(host: &str) -> String {
-    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
 /// Envoy's fractional percent: Istio turns `Percent.value` into parts per

@@ -434,6 +434,12 @@ impl HttpRule {
             .map_or(self.name.as_str(), String::as_str)
     }
 
+    /// Whether some request on `port` could match (a rule of other ports'
+    /// or of gateways only cannot).
+    pub(super) fn may_match_port(&self, port: u16) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.may_match_port(port))
+    }
+
     /// Whether the request matches, and how: the first matching
     /// alternative of `match`. A rule without `match` matches every request
     /// (Envoy's prefix `/`).

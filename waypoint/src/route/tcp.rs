@@ -3,26 +3,24 @@
 //!
 //! A waypoint serves a port whose protocol is TCP (see
 //! `warren_ztunnel::state::service::Protocol`) as opaque bytes: it picks a
-//! destination once per connection and splices. The first rule, of the
-//! first VirtualService (by namespace/name) claiming the service's host,
-//! whose `match` fits the connection wins; its destinations are chosen by
-//! weight. No VirtualService, or none with `tcp` rules: the service itself.
-//! A claiming VirtualService whose rules all miss: the connection is
-//! refused, as Envoy has no filter chain for it.
+//! destination once per connection and splices. Of the VirtualServices with
+//! `tcp` rules claiming the service's host (exactly or by wildcard, and only
+//! those of the service's namespace or the waypoint's, as for HTTP), the
+//! first in precedence order is used; its first rule whose `match` fits the
+//! connection wins, and its destinations are chosen by weight. No such
+//! VirtualService, or no rule that fits: the service itself (Istio's
+//! waypoint does the same).
 //!
 //! Match fields: `port`, `sourceLabels`, `sourceNamespace`,
-//! `destinationSubnets`. `gateways` other than `mesh` make a rule the
-//! gateways', not the waypoint's.
+//! `destinationSubnets`. A match bound to `gateways` other than `mesh` is
+//! the gateways', not the waypoint's: left out (a rule left with none is).
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use rand::Rng;
 use warren_model::istio::{L4MatchAttributes, TcpRoute};
 
-use super::{ErrorEffect, RouteDestination, RouteError, VsId, VsInput};
+use super::{ErrorEffect, RouteDestination, RouteError, VsId, VsInput, host::HostIndex};
 use crate::authz::matcher::Cidr;
 
 /// A field that does not compile, and why.
@@ -105,7 +103,9 @@ pub struct TcpRule {
 }
 
 impl TcpRule {
-    fn compile(path: &str, rule: &TcpRoute) -> Result<Self, Invalid> {
+    /// `None` for a rule whose every match is bound to gateways: not the
+    /// mesh's.
+    fn compile(path: &str, rule: &TcpRoute) -> Result<Option<Self>, Invalid> {
         let matches = rule
             .r#match
             .iter()
@@ -114,10 +114,7 @@ impl TcpRule {
             .map(|(i, m)| L4Match::compile(&format!("{path}.match[{i}]"), m))
             .collect::<Result<Vec<_>, _>>()?;
         if !rule.r#match.is_empty() && matches.is_empty() {
-            return Err(invalid(
-                format!("{path}.match"),
-                "every match is bound to gateways, not the mesh".into(),
-            ));
+            return Ok(None);
         }
         if rule.route.is_empty() {
             return Err(invalid(format!("{path}.route"), "no destination".into()));
@@ -148,11 +145,11 @@ impl TcpRule {
                 Ok(destination)
             })
             .collect::<Result<Vec<_>, Invalid>>()?;
-        Ok(TcpRule {
+        Ok(Some(TcpRule {
             name: path.to_owned(),
             matches,
             destinations,
-        })
+        }))
     }
 
     fn fits(&self, c: &ConnectionInfo<'_>) -> bool {
@@ -179,25 +176,23 @@ impl TcpRule {
 
 /// How a TCP connection to a host is routed.
 pub enum TcpRouted<'a> {
-    /// No VirtualService has `tcp` rules for the host: to the host itself.
+    /// No VirtualService's `tcp` rule fits: to the host itself.
     Default,
     Rule(&'a VsId, &'a TcpRule),
-    /// VirtualServices claim the host but no rule fits: refuse.
-    NoMatch,
 }
 
 /// Every VirtualService's `tcp` rules, by host.
 #[derive(Default)]
 pub struct TcpTable {
-    by_host: HashMap<String, Vec<(VsId, Vec<TcpRule>)>>,
+    virtual_services: Vec<(VsId, Vec<TcpRule>)>,
+    hosts: HostIndex,
 }
 
 impl TcpTable {
-    /// Compiles the `tcp` rules of `inputs`; a VirtualService whose rules
-    /// do not compile is reported and left out, the others still route.
+    /// Compiles the `tcp` rules of `inputs`, in precedence order (oldest
+    /// first); a VirtualService whose rules do not compile is reported and
+    /// left out, the others still route.
     pub fn build(inputs: impl IntoIterator<Item = VsInput>) -> (TcpTable, Vec<RouteError>) {
-        let mut inputs: Vec<VsInput> = inputs.into_iter().collect();
-        inputs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         let mut table = TcpTable::default();
         let mut errors = Vec::new();
         for input in inputs {
@@ -219,13 +214,15 @@ impl TcpTable {
                 .collect::<Result<Vec<_>, _>>();
             match rules {
                 Ok(rules) => {
-                    for host in &input.hosts {
-                        table
-                            .by_host
-                            .entry(host.to_ascii_lowercase())
-                            .or_default()
-                            .push((id.clone(), rules.clone()));
+                    let rules: Vec<TcpRule> = rules.into_iter().flatten().collect();
+                    if rules.is_empty() {
+                        continue;
                     }
+                    let index = table.virtual_services.len();
+                    for host in &input.hosts {
+                        table.hosts.claim(host, index);
+                    }
+                    table.virtual_services.push((id, rules));
                 }
                 Err(Invalid { field, reason }) => errors.push(RouteError {
                     virtual_service: id,
@@ -235,17 +232,21 @@ impl TcpTable {
                 }),
             }
         }
+        table.hosts.finish();
         (table, errors)
     }
 
-    pub fn route(&self, host: &str, c: &ConnectionInfo<'_>) -> TcpRouted<'_> {
-        let Some(claims) = self.by_host.get(&host.to_ascii_lowercase()) else {
-            return TcpRouted::Default;
-        };
-        claims
-            .iter()
-            .find_map(|(id, rules)| rules.iter().find(|r| r.fits(c)).map(|r| (id, r)))
-            .map_or(TcpRouted::NoMatch, |(id, rule)| TcpRouted::Rule(id, rule))
+    /// Where a connection to `host` goes, with the VirtualServices of
+    /// `namespaces` (the service's and the waypoint's).
+    pub fn route(&self, host: &str, namespaces: &[&str], c: &ConnectionInfo<'_>) -> TcpRouted<'_> {
+        let claimed = self
+            .hosts
+            .claims(host)
+            .filter_map(|i| self.virtual_services.get(i))
+            .find(|(id, _)| namespaces.contains(&id.namespace.as_str()));
+        claimed
+            .and_then(|(id, rules)| rules.iter().find(|r| r.fits(c)).map(|r| (id, r)))
+            .map_or(TcpRouted::Default, |(id, rule)| TcpRouted::Rule(id, rule))
     }
 }
 
@@ -255,11 +256,13 @@ mod tests {
     use rand::{SeedableRng, rngs::StdRng};
 
     const HOST: &str = "db.shop.svc.cluster.local";
+    const SHOP: &[&str] = &["shop"];
 
     fn input(name: &str, tcp: serde_json::Value) -> VsInput {
         VsInput {
             namespace: "shop".into(),
             name: name.into(),
+            created: 0,
             hosts: vec![HOST.into()],
             spec: serde_json::from_value(serde_json::json!({ "hosts": [HOST], "tcp": tcp }))
                 .expect("a valid spec"),
@@ -281,7 +284,7 @@ mod tests {
         assert!(errors.is_empty());
         let labels = BTreeMap::new();
         assert!(matches!(
-            table.route(HOST, &conn(5432, &labels)),
+            table.route(HOST, SHOP, &conn(5432, &labels)),
             TcpRouted::Default
         ));
     }
@@ -302,7 +305,7 @@ mod tests {
         )]);
         assert!(errors.is_empty(), "{errors:?}");
         let admin: BTreeMap<_, _> = [("app".to_owned(), "admin".to_owned())].into();
-        let TcpRouted::Rule(_, rule) = table.route(HOST, &conn(5432, &admin)) else {
+        let TcpRouted::Rule(_, rule) = table.route(HOST, SHOP, &conn(5432, &admin)) else {
             panic!("the admin rule fits");
         };
         assert_eq!(
@@ -312,7 +315,7 @@ mod tests {
         );
 
         let other = BTreeMap::new();
-        let TcpRouted::Rule(_, rule) = table.route(HOST, &conn(5432, &other)) else {
+        let TcpRouted::Rule(_, rule) = table.route(HOST, SHOP, &conn(5432, &other)) else {
             panic!("the subnet rule fits");
         };
         let mut rng = StdRng::seed_from_u64(7);
@@ -323,16 +326,52 @@ mod tests {
     }
 
     #[test]
-    fn a_claimed_host_with_no_fitting_rule_refuses() {
+    fn a_claimed_host_with_no_fitting_rule_goes_to_the_service() {
         let (table, _) = TcpTable::build([input(
             "db",
-            serde_json::json!([{ "match": [{ "port": 1 }], "route": [{ "destination": { "host": HOST } }] }]),
+            serde_json::json!([{ "match": [{ "port": 1 }], "route": [{ "destination": { "host": HOST, "subset": "v2" } }] }]),
         )]);
         let labels = BTreeMap::new();
         assert!(matches!(
-            table.route(HOST, &conn(5432, &labels)),
-            TcpRouted::NoMatch
+            table.route(HOST, SHOP, &conn(5432, &labels)),
+            TcpRouted::Default
         ));
+        assert!(matches!(
+            table.route(HOST, SHOP, &conn(1, &labels)),
+            TcpRouted::Rule(..)
+        ));
+    }
+
+    #[test]
+    fn wildcards_gateway_rules_and_other_namespaces() {
+        let mut wild = input(
+            "all",
+            serde_json::json!([
+                { "match": [{ "gateways": ["shop/ingress"] }],
+                  "route": [{ "destination": { "host": HOST, "subset": "gw" } }] },
+                { "route": [{ "destination": { "host": HOST, "subset": "v2" } }] }
+            ]),
+        );
+        wild.hosts = vec!["*.shop.svc.cluster.local".into()];
+        let mut foreign = input(
+            "aaa",
+            serde_json::json!([{ "route": [{ "destination": { "host": "collector.evil.svc.cluster.local" } }] }]),
+        );
+        foreign.namespace = "evil".into();
+        let (table, errors) = TcpTable::build([foreign, wild]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let labels = BTreeMap::new();
+        // The gateway-bound rule is left out, the next one routes; the other
+        // namespace's VirtualService, first in order, is not in scope.
+        let TcpRouted::Rule(id, rule) = table.route(HOST, SHOP, &conn(5432, &labels)) else {
+            panic!("the wildcard VirtualService routes");
+        };
+        assert_eq!(id.name, "all");
+        assert_eq!(
+            rule.pick(&mut rand::rng())
+                .and_then(|d| d.subset.as_deref()),
+            Some("v2")
+        );
     }
 
     #[test]
@@ -349,7 +388,7 @@ mod tests {
         );
         let labels = BTreeMap::new();
         assert!(matches!(
-            table.route(HOST, &conn(5432, &labels)),
+            table.route(HOST, SHOP, &conn(5432, &labels)),
             TcpRouted::Default
         ));
     }

@@ -14,11 +14,15 @@ use super::*;
 
 const REVIEWS: &str = "reviews.demo.svc.cluster.local";
 const RATINGS: &str = "ratings.demo.svc.cluster.local";
+/// The namespaces whose VirtualServices route: the service's and the
+/// waypoint's (both `demo` here).
+const DEMO: &[&str] = &["demo"];
 
 fn vs(name: &str, hosts: &[&str], spec: serde_json::Value) -> VsInput {
     VsInput {
         namespace: "demo".into(),
         name: name.into(),
+        created: 0,
         hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
         spec: serde_json::from_value(spec).expect("test spec parses"),
     }
@@ -95,7 +99,8 @@ fn route_name_from(
     caller: &Caller,
 ) -> Option<String> {
     table
-        .route(host, &caller.info(parts))
+        .route(host, DEMO, &caller.info(parts))
+        .routed()
         .map(|r| r.route_name().to_owned())
 }
 
@@ -129,7 +134,10 @@ fn weighted_split_80_20_holds_over_2000_picks() {
     ]}]}));
     let parts = get("/", &[]);
     let caller = Caller::default();
-    let routed = table.route(REVIEWS, &caller.info(&parts)).expect("routed");
+    let routed = table
+        .route(REVIEWS, DEMO, &caller.info(&parts))
+        .routed()
+        .expect("routed");
     let mut rng = rng();
     let v1 = share(2000, || {
         let dest = routed.rule.pick_destination(&mut rng).expect("forwards");
@@ -186,7 +194,10 @@ fn end_user_jason_goes_to_v2_ahead_of_the_default_rule() {
     let subset = |headers: &[(&str, &str)]| {
         let parts = get("/reviews/0", headers);
         let caller = Caller::default();
-        let routed = table.route(REVIEWS, &caller.info(&parts)).expect("routed");
+        let routed = table
+            .route(REVIEWS, DEMO, &caller.info(&parts))
+            .routed()
+            .expect("routed");
         let dest = routed.rule.pick_destination(&mut rng()).expect("forwards");
         (routed.route_name().to_owned(), dest.subset.clone())
     };
@@ -370,15 +381,67 @@ fn no_matching_rule_is_told_apart_from_no_virtual_service() {
         "route": [{"destination": {"host": REVIEWS}}]}]}));
     let parts = get("/elsewhere", &[]);
     let caller = Caller::default();
-    assert!(table.route(REVIEWS, &caller.info(&parts)).is_none());
     assert!(
-        table.for_host(REVIEWS).is_some(),
-        "reviews has routes: a 404"
+        matches!(
+            table.route(REVIEWS, DEMO, &caller.info(&parts)),
+            Lookup::NoMatch(_)
+        ),
+        "reviews has routes and none fits: a 404"
     );
     assert!(
-        table.for_host(RATINGS).is_none(),
+        matches!(
+            table.route(RATINGS, DEMO, &caller.info(&parts)),
+            Lookup::Default
+        ),
         "ratings has none: default routing"
     );
+}
+
+#[test]
+fn a_virtual_service_of_other_ports_leaves_this_one_to_the_service() {
+    let table = reviews(json!({"http": [{"match": [{"port": 9080}],
+        "route": [{"destination": {"host": REVIEWS, "subset": "v2"}}]}]}));
+    let parts = get("/", &[]);
+    let on = |port| {
+        let caller = Caller {
+            port,
+            ..Caller::default()
+        };
+        matches!(
+            table.route(REVIEWS, DEMO, &caller.info(&parts)),
+            Lookup::Default
+        )
+    };
+    assert!(on(8080), "no rule can match port 8080: the service itself");
+    assert!(!on(9080));
+}
+
+#[test]
+fn only_the_services_and_the_waypoints_namespaces_route() {
+    let mut foreign = vs(
+        "aaa",
+        &[REVIEWS],
+        json!({"http": [{"name": "stolen", "route": [{"destination": {"host": "collector.evil.svc.cluster.local"}}]}]}),
+    );
+    foreign.namespace = "evil".into();
+    let own = vs(
+        "reviews",
+        &[REVIEWS],
+        json!({"http": [{"name": "own", "route": [{"destination": {"host": REVIEWS}}]}]}),
+    );
+    let (table, errors) = RouteTable::build(vec![foreign, own]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let parts = get("/", &[]);
+    let caller = Caller::default();
+    let name = |namespaces: &[&str]| {
+        table
+            .route(REVIEWS, namespaces, &caller.info(&parts))
+            .routed()
+            .map(|r| r.route_name().to_owned())
+    };
+    assert_eq!(name(DEMO).as_deref(), Some("own"));
+    // In scope only when it is the waypoint's own namespace.
+    assert_eq!(name(&["demo", "evil"]).as_deref(), Some("stolen"));
 }
 
 // ---------------------------------------------------------------------------
@@ -464,7 +527,7 @@ fn a_virtual_service_with_a_bad_regex_is_reported_and_the_others_still_route() {
     assert_eq!(error.effect, ErrorEffect::Skipped);
 
     let parts = get("/", &[]);
-    assert!(table.for_host(REVIEWS).is_none());
+    assert!(table.for_host(REVIEWS, DEMO).is_none());
     assert_eq!(
         route_name(&table, RATINGS, &parts).as_deref(),
         Some("ratings")
@@ -496,9 +559,13 @@ fn gateway_only_and_tcp_only_virtual_services_are_skipped() {
     // The TCP-only one is the TCP table's, not an error here.
     assert_eq!(fields, ["spec.gateways"]);
     assert!(errors.iter().all(|e| e.effect == ErrorEffect::Skipped));
-    assert!(table.for_host(REVIEWS).is_none());
-    assert!(table.for_host(RATINGS).is_none());
-    assert!(table.for_host("details.demo.svc.cluster.local").is_some());
+    assert!(table.for_host(REVIEWS, DEMO).is_none());
+    assert!(table.for_host(RATINGS, DEMO).is_none());
+    assert!(
+        table
+            .for_host("details.demo.svc.cluster.local", DEMO)
+            .is_some()
+    );
 }
 
 #[test]
@@ -531,7 +598,10 @@ fn unsupported_redirect_code_skips_the_virtual_service() {
 fn rewritten(table: &RouteTable, mut parts: Parts) -> String {
     let caller = Caller::default();
     let (rule, matched) = {
-        let routed = table.route(REVIEWS, &caller.info(&parts)).expect("routed");
+        let routed = table
+            .route(REVIEWS, DEMO, &caller.info(&parts))
+            .routed()
+            .expect("routed");
         (routed.rule, routed.matched)
     };
     let dest = rule.pick_destination(&mut rng()).expect("forwards");
@@ -596,7 +666,8 @@ fn authority_rewrite_sets_host_and_the_uri_authority() {
 
     let mut absolute = get("http://reviews:9080/x", &[]);
     let routed = table
-        .route(REVIEWS, &caller.info(&absolute))
+        .route(REVIEWS, DEMO, &caller.info(&absolute))
+        .routed()
         .expect("routed");
     let (rule, matched) = (routed.rule, routed.matched);
     let dest = rule.pick_destination(&mut rng()).expect("forwards");
@@ -620,7 +691,10 @@ fn destination_authority_applies_when_the_rule_sets_none() {
     );
     let caller = Caller::default();
     let mut parts = get("/", &[]);
-    let routed = table.route(REVIEWS, &caller.info(&parts)).expect("routed");
+    let routed = table
+        .route(REVIEWS, DEMO, &caller.info(&parts))
+        .routed()
+        .expect("routed");
     let (rule, matched) = (routed.rule, routed.matched);
     let dest = rule.pick_destination(&mut rng()).expect("forwards");
     rule.apply_request(dest, &mut parts, &matched)
@@ -645,7 +719,10 @@ fn header_changes_run_removes_then_rule_then_destination() {
         "/",
         &[("x-b", "client"), ("x-drop", "1"), ("x-set", "client")],
     );
-    let routed = table.route(REVIEWS, &caller.info(&parts)).expect("routed");
+    let routed = table
+        .route(REVIEWS, DEMO, &caller.info(&parts))
+        .routed()
+        .expect("routed");
     let (rule, matched) = (routed.rule, routed.matched);
     let dest = rule.pick_destination(&mut rng()).expect("forwards");
     rule.apply_request(dest, &mut parts, &matched)
@@ -683,7 +760,10 @@ fn header_changes_run_removes_then_rule_then_destination() {
 // ---------------------------------------------------------------------------
 
 fn redirect_of(table: &RouteTable, parts: &Parts, caller: &Caller) -> Response<bytes::Bytes> {
-    let routed = table.route(REVIEWS, &caller.info(parts)).expect("routed");
+    let routed = table
+        .route(REVIEWS, DEMO, &caller.info(parts))
+        .routed()
+        .expect("routed");
     let Action::Redirect(redirect) = &routed.rule.action else {
         panic!("a redirect rule")
     };
@@ -774,7 +854,10 @@ fn direct_response_with_text_or_base64_body() {
     let caller = Caller::default();
     let respond = |path: &str| {
         let parts = get(path, &[]);
-        let routed = table.route(REVIEWS, &caller.info(&parts)).expect("routed");
+        let routed = table
+            .route(REVIEWS, DEMO, &caller.info(&parts))
+            .routed()
+            .expect("routed");
         assert!(routed.rule.pick_destination(&mut rng()).is_none());
         let Action::DirectResponse(direct) = &routed.rule.action else {
             panic!("a direct response")
