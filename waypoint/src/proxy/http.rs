@@ -316,12 +316,7 @@ async fn route_and_forward(
                 port: mirror.port.unwrap_or(down.port),
             };
             let mut copy = clone_parts(&parts);
-            if let Some(authority) = copy.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
-                let shadow = crate::route::MirrorTarget::shadow_authority(authority);
-                if let Ok(value) = HeaderValue::from_str(&shadow) {
-                    copy.headers.insert(header::HOST, value);
-                }
-            }
+            shadow(&mut copy);
             ctx.metrics
                 .mirrored
                 .get_or_create(&ClusterLabels {
@@ -397,6 +392,25 @@ async fn route_and_forward(
     done.route = route_name;
     done.request_body = body.as_ref().map(|b| b.read_count());
     done
+}
+
+/// Marks a mirror's copy as Envoy does: `-shadow` after the host, in the
+/// `Host` header (HTTP/1.1) and the URI's authority (HTTP/2's `:authority`).
+fn shadow(copy: &mut http::request::Parts) {
+    use crate::route::MirrorTarget;
+    if let Some(host) = copy.headers.get(header::HOST).and_then(|h| h.to_str().ok())
+        && let Ok(value) = HeaderValue::from_str(&MirrorTarget::shadow_authority(host))
+    {
+        copy.headers.insert(header::HOST, value);
+    }
+    if let Some(authority) = copy.uri.authority() {
+        let mut uri = copy.uri.clone().into_parts();
+        uri.authority =
+            http::uri::Authority::try_from(MirrorTarget::shadow_authority(authority.as_str())).ok();
+        if let Ok(shadowed) = Uri::from_parts(uri) {
+            copy.uri = shadowed;
+        }
+    }
 }
 
 fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
@@ -709,6 +723,8 @@ async fn attempt(
             report(Outcome::LocalFailure);
             let kind = if error.is_connect() {
                 FailureKind::ConnectFailure
+            } else if is_refused_stream(&error) {
+                FailureKind::RefusedStream
             } else if is_parse_error(&error) {
                 FailureKind::ProtocolError
             } else {
@@ -740,6 +756,20 @@ fn upstream_uri(endpoint: SocketAddr, request: &Uri) -> Result<Uri, http::Error>
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     );
     Ok(Uri::from_parts(parts)?)
+}
+
+/// Whether an HTTP/2 upstream refused the stream (REFUSED_STREAM: it did not
+/// process the request, so a retry is safe; Istio's default `retryOn` has
+/// `refused-stream`).
+fn is_refused_stream(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Whether the upstream's bytes were no valid HTTP response (as opposed to
@@ -1010,6 +1040,49 @@ mod tests {
         }
         let bad = "00-short-00f067aa0ba902b7-01";
         assert_eq!(get(&traced(&[("traceparent", bad)]), "traceparent"), bad);
+    }
+
+    #[test]
+    fn a_mirrors_copy_is_marked_shadow_in_host_and_authority() {
+        let (mut h1, ()) = Request::get("/x")
+            .header(header::HOST, "reviews:9080")
+            .body(())
+            .unwrap()
+            .into_parts();
+        shadow(&mut h1);
+        assert_eq!(h1.headers[header::HOST], "reviews-shadow:9080");
+        let (mut h2, ()) = Request::get("http://reviews.demo:9080/x?y=1")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap()
+            .into_parts();
+        shadow(&mut h2);
+        assert_eq!(h2.uri.to_string(), "http://reviews.demo-shadow:9080/x?y=1");
+    }
+
+    #[tokio::test]
+    async fn an_http2_stream_refused_by_the_upstream_is_told_apart() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // An HTTP/2 server that refuses every stream.
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut connection = h2::server::handshake(socket).await.unwrap();
+            while let Some(Ok((_, mut respond))) = connection.accept().await {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+            }
+        });
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http::<http_body_util::Empty<Bytes>>();
+        let uri: Uri = format!("http://{addr}/").parse().unwrap();
+        let error = client
+            .request(Request::get(uri).body(Default::default()).unwrap())
+            .await
+            .expect_err("refused");
+        assert!(is_refused_stream(&error), "{error:?}");
+        assert!(!error.is_connect() && !is_parse_error(&error));
     }
 
     #[test]

@@ -526,15 +526,12 @@ impl HttpRule {
             set_path_and_query(&mut parts.uri, path_and_query)?;
         }
 
-        let sides = [&self.headers.request, &destination.headers.request];
-        for ops in sides {
-            for name in &ops.remove {
-                parts.headers.remove(name);
-            }
-        }
-        for ops in sides {
-            ops.apply_set_add(&mut parts.headers);
-        }
+        apply_header_ops(
+            &self.headers.request,
+            &destination.headers.request,
+            self.has_several_destinations(),
+            &mut parts.headers,
+        );
 
         let authority = self
             .authority
@@ -562,14 +559,55 @@ impl HttpRule {
     /// redirect, a direct response or an abort, which Envoy also passes
     /// through the rule's response headers.
     pub fn apply_response(&self, destination: Option<&RouteDestination>, headers: &mut HeaderMap) {
-        let rule = Some(&self.headers.response);
-        let dest = destination.map(|d| &d.headers.response);
-        for ops in [rule, dest].into_iter().flatten() {
+        match destination {
+            Some(destination) => apply_header_ops(
+                &self.headers.response,
+                &destination.headers.response,
+                self.has_several_destinations(),
+                headers,
+            ),
+            None => {
+                let rule = &self.headers.response;
+                for name in &rule.remove {
+                    headers.remove(name);
+                }
+                rule.apply_set_add(headers);
+            }
+        }
+    }
+
+    fn has_several_destinations(&self) -> bool {
+        matches!(&self.action, Action::Forward(destinations) if destinations.len() > 1)
+    }
+}
+
+/// A rule's and its destination's header changes, in Envoy's order as
+/// Istio configures it. With one destination, Istio appends the
+/// destination's changes to the route's: every `remove` (rule, then
+/// destination), then the rule's `set` and `add`, then the destination's, so
+/// the destination's `set` wins. With several, each destination's changes
+/// belong to its weighted cluster, which Envoy applies before the route's:
+/// the rule's win.
+fn apply_header_ops(
+    rule: &HeaderOps,
+    destination: &HeaderOps,
+    several: bool,
+    headers: &mut HeaderMap,
+) {
+    if several {
+        for ops in [destination, rule] {
+            for name in &ops.remove {
+                headers.remove(name);
+            }
+            ops.apply_set_add(headers);
+        }
+    } else {
+        for ops in [rule, destination] {
             for name in &ops.remove {
                 headers.remove(name);
             }
         }
-        for ops in [rule, dest].into_iter().flatten() {
+        for ops in [rule, destination] {
             ops.apply_set_add(headers);
         }
     }

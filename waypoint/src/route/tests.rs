@@ -755,6 +755,36 @@ fn header_changes_run_removes_then_rule_then_destination() {
     assert_eq!(header(&local, "x-r"), ["rule"]);
 }
 
+#[test]
+fn with_several_destinations_the_rules_header_changes_come_last() {
+    // Each destination's changes are its weighted cluster's, which Envoy
+    // applies before the route's.
+    let table = reviews(json!({"http": [{
+    "headers": {"request": {"set": {"x-ver": "rule"}, "remove": ["x-debug"]}},
+    "route": [
+        {"destination": {"host": REVIEWS, "subset": "v1"}, "weight": 50,
+         "headers": {"request": {"set": {"x-ver": "v1"}, "add": {"x-debug": "1"}}}},
+        {"destination": {"host": REVIEWS, "subset": "v2"}, "weight": 50,
+         "headers": {"request": {"set": {"x-ver": "v2"}, "add": {"x-debug": "1"}}}}
+    ]}]}));
+    let caller = Caller::default();
+    let mut parts = get("/", &[]);
+    let routed = table
+        .route(REVIEWS, DEMO, &caller.info(&parts))
+        .routed()
+        .expect("routed");
+    let dest = routed.rule.pick_destination(&mut rng()).expect("forwards");
+    routed
+        .rule
+        .apply_request(dest, &mut parts, &routed.matched)
+        .expect("valid");
+    assert_eq!(header(&parts.headers, "x-ver"), ["rule"]);
+    assert!(
+        parts.headers.get("x-debug").is_none(),
+        "the rule's remove runs last"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Redirects and direct responses
 // ---------------------------------------------------------------------------
