@@ -8,7 +8,9 @@
 //!
 //! For one request the waypoint asks, in this order:
 //! 1. [`RouteTable::route`]: the first rule of the host's VirtualService
-//!    whose `match` fits ([`Routed`]), or none.
+//!    (of the service's namespace or the waypoint's) whose `match` fits
+//!    ([`Lookup::Routed`]); none fitting is a 404, no VirtualService the
+//!    service itself.
 //! 2. [`HttpRule::fault`]: a delay and/or an abort to inject
 //!    ([`Fault::decide`]).
 //! 3. [`HttpRule::action`]: answer directly ([`Redirect`],
@@ -20,7 +22,11 @@
 //!    per attempt, [`HttpRule::mirrors_for`] for shadow copies.
 //!
 //! Semantics are Istio's (its API reference, and where that is silent what
-//! istiod generates for Envoy); each type says which fields it honours.
+//! istiod generates for Envoy); each type says which fields it honours. One
+//! deliberate extension: `sourceLabels` and `sourceNamespace` are matched
+//! against the calling workload (known from its mTLS identity and
+//! ztunnel's `Forwarded`), as a sidecar would; Istio's waypoint drops such
+//! matches.
 //! Not implemented: `corsPolicy` (parsed and ignored: the waypoint does not
 //! answer preflights), `delegate` (the model refuses it), `tls` routes (a
 //! VirtualService with only those is reported and skipped; `tcp` routes are
