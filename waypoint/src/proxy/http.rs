@@ -171,6 +171,56 @@ pub async fn handle(
     Response::from_parts(parts, Measured::new(body, finished).boxed())
 }
 
+/// Resolves when a route's timeout of `limit` expires: `limit` after the
+/// client's request was complete (`arrived`, for a request without a body).
+fn deadline(body: Option<Arc<Source>>, arrived: Instant, limit: std::time::Duration) -> Expiry {
+    Box::pin(async move {
+        let complete = match body {
+            Some(body) => body.completed_at().await,
+            None => arrived.into(),
+        };
+        tokio::time::sleep_until(complete + limit).await;
+    })
+}
+
+type Expiry = std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
+
+/// The route's timeout ran out while the answer's body was on its way.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream request timeout (the route's timeout ended the response)")]
+pub(super) struct RouteTimeout;
+
+/// An answer's body cut off when its route's timeout expires (Envoy resets
+/// the stream then: the client sees the answer end early, not complete).
+struct Deadline {
+    body: Body,
+    expiry: Expiry,
+}
+
+impl hyper::body::Body for Deadline {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.expiry.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Some(Err(RouteTimeout.into())));
+        }
+        std::pin::Pin::new(&mut this.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// An upstream answer's body with what must last as long as it.
 struct Held<T> {
     body: Body,
@@ -363,6 +413,8 @@ async fn route_and_forward(
             &default_retries
         }
     };
+    // After the faults, as Envoy's router starts its timer after them.
+    let forwarded = Instant::now();
     let send = send_with_retries(
         ctx,
         &compiled,
@@ -373,14 +425,29 @@ async fn route_and_forward(
         down.client(),
     );
     let mut done = match timeout {
-        Some(limit) => match tokio::time::timeout(limit, send).await {
-            Ok(done) => done,
-            Err(_) => Done::local(
-                reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-                "UT",
-                String::new(),
-            ),
-        },
+        // Envoy's route timeout: from the end of the client's request to the
+        // end of the answer, retries included. An upload is not cut short by
+        // its own length, and a streamed answer is by the timeout.
+        Some(limit) => {
+            let mut done = tokio::select! {
+                done = send => done,
+                () = deadline(body.clone(), forwarded, limit) => Done::local(
+                    reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                    "UT",
+                    String::new(),
+                ),
+            };
+            if done.flags != "UT" {
+                done.response = done.response.map(|answer| {
+                    Deadline {
+                        body: answer,
+                        expiry: deadline(body.clone(), forwarded, limit),
+                    }
+                    .boxed()
+                });
+            }
+            done
+        }
         None => send.await,
     };
     if let Some(rule) = rule {
@@ -1083,6 +1150,69 @@ mod tests {
             .expect_err("refused");
         assert!(is_refused_stream(&error), "{error:?}");
         assert!(!error.is_connect() && !is_parse_error(&error));
+    }
+
+    /// A body fed by the test: ends when the sender is dropped.
+    struct Fed(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
+
+    impl hyper::body::Body for Fed {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|data| data.map(|d| Ok(hyper::body::Frame::data(d))))
+        }
+    }
+
+    fn fed() -> (tokio::sync::mpsc::UnboundedSender<Bytes>, Fed) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (tx, Fed(rx))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_route_timeout_cuts_a_streamed_answer_counted_from_the_requests_end() {
+        let arrived = Instant::now();
+        let clock = tokio::time::Instant::now();
+        // An answer that sends one frame, then stalls.
+        let (upstream, stalled) = fed();
+        upstream.send(Bytes::from_static(b"first")).unwrap();
+        let mut answer = Deadline {
+            body: stalled.boxed(),
+            expiry: deadline(None, arrived, std::time::Duration::from_secs(5)),
+        };
+        let first = answer.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().ok().as_deref(), Some(&b"first"[..]));
+        let cut = answer
+            .frame()
+            .await
+            .expect("an end")
+            .expect_err("cut short");
+        assert!(cut.is::<RouteTimeout>(), "{cut}");
+        assert!(clock.elapsed() >= std::time::Duration::from_secs(5));
+
+        // With a body, the clock starts when the client's request is whole.
+        let (feed, incoming) = fed();
+        let source = Source::new(incoming, 1024);
+        let started = tokio::time::Instant::now();
+        let expiry = deadline(
+            Some(Arc::clone(&source)),
+            Instant::now(),
+            std::time::Duration::from_secs(5),
+        );
+        let mut reader = source.attempt();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            let _ = feed.send(Bytes::from_static(b"upload"));
+        });
+        // A 30 s upload: the request is whole at 30 s.
+        while reader.frame().await.is_some() {}
+        expiry.await;
+        assert!(started.elapsed() >= std::time::Duration::from_secs(35));
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct Source {
     /// Bytes read from the client so far (shared with the request's report,
     /// which outlives the kept frames).
     bytes_read: ReadCount,
+    /// When the client's body ended (or failed): the route's timeout starts
+    /// then, as Envoy's does.
+    complete: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
 }
 
 /// The bytes read from a client's body so far.
@@ -130,7 +133,26 @@ impl Source {
             limit,
             exact,
             bytes_read: ReadCount::default(),
+            complete: tokio::sync::watch::Sender::new(None),
         })
+    }
+
+    /// When the client's whole body had been read (or failed), once it has.
+    pub async fn completed_at(&self) -> tokio::time::Instant {
+        let mut complete = self.complete.subscribe();
+        // The sender lives as long as `self`, so `wait_for` cannot fail.
+        match complete.wait_for(Option::is_some).await {
+            Ok(at) => at.unwrap_or_else(tokio::time::Instant::now),
+            Err(_) => tokio::time::Instant::now(),
+        }
+    }
+
+    fn mark_complete(&self) {
+        self.complete.send_if_modified(|at| {
+            let first = at.is_none();
+            at.get_or_insert_with(tokio::time::Instant::now);
+            first
+        });
     }
 
     /// A reader from the first byte for the request's next attempt, which
@@ -295,10 +317,12 @@ impl Body for Replay {
                 Poll::Ready(None) => {
                     state.ended = true;
                     state.incoming = None;
+                    source.mark_complete();
                 }
                 Poll::Ready(Some(Err(error))) => {
                     state.error = Some(error.to_string());
                     state.incoming = None;
+                    source.mark_complete();
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
@@ -328,6 +352,7 @@ impl Body for Replay {
                         }
                         state.ended = true;
                         state.incoming = None;
+                        source.mark_complete();
                     }
                 },
             }

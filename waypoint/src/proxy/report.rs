@@ -69,6 +69,8 @@ enum Ending {
     Complete,
     /// The upstream failed mid-body (Envoy's `UC`).
     UpstreamFailed,
+    /// The route's timeout cut the answer short (Envoy's `UT`).
+    TimedOut,
     /// The client went away first (Envoy's `DC`).
     DownstreamGone,
 }
@@ -77,6 +79,7 @@ impl Finished {
     fn report(self, response_bytes: u64, ending: Ending) {
         let flags = match (ending, self.flags) {
             (Ending::UpstreamFailed, "-") => "UC",
+            (Ending::TimedOut, _) => "UT",
             (Ending::DownstreamGone, "-") => "DC",
             (_, flags) => flags,
         };
@@ -211,7 +214,13 @@ impl hyper::body::Body for Measured {
                     this.finish(Ending::Complete);
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.finish(Ending::UpstreamFailed),
+            Poll::Ready(Some(Err(error))) => {
+                this.finish(if error.is::<super::http::RouteTimeout>() {
+                    Ending::TimedOut
+                } else {
+                    Ending::UpstreamFailed
+                })
+            }
             Poll::Ready(None) => this.finish(Ending::Complete),
             Poll::Pending => {}
         }
