@@ -32,7 +32,7 @@ use crate::{
     app::{Body, ClusterKey, Context},
     authz,
     metrics::ClusterLabels,
-    route::{Action, FailureKind, Lookup, RequestInfo, RetryPolicy, RouteDestination},
+    route::{Action, FailureKind, Lookup, RequestInfo, RetryPolicy, RouteDestination, Scope},
     tables::Compiled,
     upstream::{self, Cluster, Endpoint, HashInput, LoadBalancer, Outcome, RetryPermit},
 };
@@ -259,13 +259,13 @@ async fn route_and_forward(
     let source_namespace = down.peer.identity.namespace.as_str();
     let host = down.service.hostname.as_str();
     // The service's own VirtualServices, and the waypoint's namespace's.
-    let namespaces = [
-        down.service.namespace.as_str(),
-        ctx.config.namespace.as_str(),
-    ];
+    let scope = Scope {
+        service_namespace: &down.service.namespace,
+        waypoint_namespace: &ctx.config.namespace,
+    };
     let lookup = {
         let info = RequestInfo::from_parts(&parts, down.port, source_labels, source_namespace);
-        compiled.routes.route(host, &namespaces, &info)
+        compiled.routes.route(host, scope, &info)
     };
     let (rule, matched, route_name) = match lookup {
         Lookup::Routed(routed) => (

@@ -18,7 +18,7 @@ use crate::{
     app::{ClusterKey, Context},
     metrics::ClusterLabels,
     route::{
-        RouteDestination,
+        RouteDestination, Scope,
         tcp::{ConnectionInfo, TcpRouted},
     },
     upstream::{HashInput, Outcome},
@@ -67,11 +67,11 @@ pub async fn serve(
     let host = &down.service.hostname;
     let default = RouteDestination::to_host(host);
     // The service's own VirtualServices, and the waypoint's namespace's.
-    let namespaces = [
-        down.service.namespace.as_str(),
-        ctx.config.namespace.as_str(),
-    ];
-    let (route, destination) = match compiled.tcp_routes.route(host, &namespaces, &info) {
+    let scope = Scope {
+        service_namespace: &down.service.namespace,
+        waypoint_namespace: &ctx.config.namespace,
+    };
+    let (route, destination) = match compiled.tcp_routes.route(host, scope, &info) {
         TcpRouted::Default => ("default".to_owned(), &default),
         TcpRouted::Rule(id, rule) => match rule.pick(&mut rand::rng()) {
             Some(d) => (format!("{id}.{}", rule.name), d),

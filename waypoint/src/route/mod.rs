@@ -128,6 +128,7 @@ impl CompileError {
 #[derive(Debug)]
 pub struct VirtualServiceRoutes {
     id: VsId,
+    export_to: ExportTo,
     rules: Vec<HttpRule>,
 }
 
@@ -175,6 +176,43 @@ impl<'a> Routed<'a> {
     /// alternative's `name` when it has one.
     pub fn route_name(&self) -> &'a str {
         self.rule.route_name(&self.matched)
+    }
+}
+
+/// Which waypoint's VirtualServices route a request: Istio's waypoint takes
+/// those of the destination service's namespace (when exported to the
+/// waypoint's) and of its own, so one namespace cannot reroute another's
+/// services.
+#[derive(Clone, Copy, Debug)]
+pub struct Scope<'a> {
+    pub service_namespace: &'a str,
+    pub waypoint_namespace: &'a str,
+}
+
+/// `spec.exportTo`: the namespaces that see a VirtualService (empty: all,
+/// Istio's default).
+#[derive(Clone, Debug, Default)]
+pub struct ExportTo(Vec<String>);
+
+impl ExportTo {
+    pub fn new(entries: &[String]) -> Self {
+        Self(entries.to_vec())
+    }
+
+    /// Whether a VirtualService of `own` namespace is visible in `namespace`.
+    pub fn reaches(&self, own: &str, namespace: &str) -> bool {
+        self.0.is_empty()
+            || self
+                .0
+                .iter()
+                .any(|e| e == "*" || e == namespace || (e == "." && own == namespace))
+    }
+}
+
+impl Scope<'_> {
+    fn admits(&self, id: &VsId, export_to: &ExportTo) -> bool {
+        (id.namespace == self.service_namespace || id.namespace == self.waypoint_namespace)
+            && export_to.reaches(&id.namespace, self.waypoint_namespace)
     }
 }
 
@@ -286,9 +324,11 @@ impl RouteTable {
                 }
             }
             if claimed {
-                table
-                    .virtual_services
-                    .push(VirtualServiceRoutes { id, rules });
+                table.virtual_services.push(VirtualServiceRoutes {
+                    id,
+                    export_to: ExportTo::new(&input.spec.export_to),
+                    rules,
+                });
             }
         }
 
@@ -297,19 +337,18 @@ impl RouteTable {
     }
 
     /// The routes for `host` (a hostname without port) that a request may
-    /// take: the first VirtualService claiming it from one of `namespaces`
-    /// (the service's and the waypoint's).
-    pub fn for_host(&self, host: &str, namespaces: &[&str]) -> Option<&VirtualServiceRoutes> {
+    /// take: the first VirtualService claiming it that `scope` admits.
+    pub fn for_host(&self, host: &str, scope: Scope<'_>) -> Option<&VirtualServiceRoutes> {
         self.hosts
             .claims(host)
             .filter_map(|i| self.virtual_services.get(i))
-            .find(|vs| namespaces.contains(&vs.id.namespace.as_str()))
+            .find(|vs| scope.admits(&vs.id, &vs.export_to))
     }
 
     /// Where a request to `host` on `port` goes, with the VirtualServices
-    /// of `namespaces` (see [`RouteTable::for_host`]).
-    pub fn route(&self, host: &str, namespaces: &[&str], req: &RequestInfo<'_>) -> Lookup<'_> {
-        match self.for_host(host, namespaces) {
+    /// `scope` admits (see [`RouteTable::for_host`]).
+    pub fn route(&self, host: &str, scope: Scope<'_>, req: &RequestInfo<'_>) -> Lookup<'_> {
+        match self.for_host(host, scope) {
             Some(vs) if vs.serves_port(req.port) => match vs.route(req) {
                 Some(routed) => Lookup::Routed(routed),
                 None => Lookup::NoMatch(&vs.id),

@@ -20,7 +20,9 @@ use std::{collections::BTreeMap, net::IpAddr};
 use rand::Rng;
 use warren_model::istio::{L4MatchAttributes, TcpRoute};
 
-use super::{ErrorEffect, RouteDestination, RouteError, VsId, VsInput, host::HostIndex};
+use super::{
+    ErrorEffect, ExportTo, RouteDestination, RouteError, Scope, VsId, VsInput, host::HostIndex,
+};
 use crate::authz::matcher::Cidr;
 
 /// A field that does not compile, and why.
@@ -184,7 +186,7 @@ pub enum TcpRouted<'a> {
 /// Every VirtualService's `tcp` rules, by host.
 #[derive(Default)]
 pub struct TcpTable {
-    virtual_services: Vec<(VsId, Vec<TcpRule>)>,
+    virtual_services: Vec<(VsId, ExportTo, Vec<TcpRule>)>,
     hosts: HostIndex,
 }
 
@@ -222,7 +224,8 @@ impl TcpTable {
                     for host in &input.hosts {
                         table.hosts.claim(host, index);
                     }
-                    table.virtual_services.push((id, rules));
+                    let export_to = ExportTo::new(&spec.export_to);
+                    table.virtual_services.push((id, export_to, rules));
                 }
                 Err(Invalid { field, reason }) => errors.push(RouteError {
                     virtual_service: id,
@@ -236,16 +239,16 @@ impl TcpTable {
         (table, errors)
     }
 
-    /// Where a connection to `host` goes, with the VirtualServices of
-    /// `namespaces` (the service's and the waypoint's).
-    pub fn route(&self, host: &str, namespaces: &[&str], c: &ConnectionInfo<'_>) -> TcpRouted<'_> {
+    /// Where a connection to `host` goes, with the VirtualServices `scope`
+    /// admits.
+    pub fn route(&self, host: &str, scope: Scope<'_>, c: &ConnectionInfo<'_>) -> TcpRouted<'_> {
         let claimed = self
             .hosts
             .claims(host)
             .filter_map(|i| self.virtual_services.get(i))
-            .find(|(id, _)| namespaces.contains(&id.namespace.as_str()));
+            .find(|(id, export_to, _)| scope.admits(id, export_to));
         claimed
-            .and_then(|(id, rules)| rules.iter().find(|r| r.fits(c)).map(|r| (id, r)))
+            .and_then(|(id, _, rules)| rules.iter().find(|r| r.fits(c)).map(|r| (id, r)))
             .map_or(TcpRouted::Default, |(id, rule)| TcpRouted::Rule(id, rule))
     }
 }
@@ -256,7 +259,10 @@ mod tests {
     use rand::{SeedableRng, rngs::StdRng};
 
     const HOST: &str = "db.shop.svc.cluster.local";
-    const SHOP: &[&str] = &["shop"];
+    const SHOP: Scope<'static> = Scope {
+        service_namespace: "shop",
+        waypoint_namespace: "shop",
+    };
 
     fn input(name: &str, tcp: serde_json::Value) -> VsInput {
         VsInput {

@@ -16,7 +16,10 @@ const REVIEWS: &str = "reviews.demo.svc.cluster.local";
 const RATINGS: &str = "ratings.demo.svc.cluster.local";
 /// The namespaces whose VirtualServices route: the service's and the
 /// waypoint's (both `demo` here).
-const DEMO: &[&str] = &["demo"];
+const DEMO: Scope<'static> = Scope {
+    service_namespace: "demo",
+    waypoint_namespace: "demo",
+};
 
 fn vs(name: &str, hosts: &[&str], spec: serde_json::Value) -> VsInput {
     VsInput {
@@ -433,15 +436,46 @@ fn only_the_services_and_the_waypoints_namespaces_route() {
     assert!(errors.is_empty(), "{errors:?}");
     let parts = get("/", &[]);
     let caller = Caller::default();
-    let name = |namespaces: &[&str]| {
+    let name = |scope| {
         table
-            .route(REVIEWS, namespaces, &caller.info(&parts))
+            .route(REVIEWS, scope, &caller.info(&parts))
             .routed()
             .map(|r| r.route_name().to_owned())
     };
     assert_eq!(name(DEMO).as_deref(), Some("own"));
     // In scope only when it is the waypoint's own namespace.
-    assert_eq!(name(&["demo", "evil"]).as_deref(), Some("stolen"));
+    let evil_waypoint = Scope {
+        service_namespace: "demo",
+        waypoint_namespace: "evil",
+    };
+    assert_eq!(name(evil_waypoint).as_deref(), Some("stolen"));
+}
+
+#[test]
+fn a_service_of_another_namespace_routes_by_what_it_exports_to_the_waypoint() {
+    let private = vs(
+        "reviews",
+        &[REVIEWS],
+        json!({"exportTo": ["."], "http": [{"name": "private", "route": [{"destination": {"host": REVIEWS}}]}]}),
+    );
+    let (table, errors) = RouteTable::build(vec![private]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let parts = get("/", &[]);
+    let caller = Caller::default();
+    let shared_waypoint = Scope {
+        service_namespace: "demo",
+        waypoint_namespace: "mesh-gw",
+    };
+    assert!(matches!(
+        table.route(REVIEWS, shared_waypoint, &caller.info(&parts)),
+        Lookup::Default
+    ));
+    assert!(
+        table
+            .route(REVIEWS, DEMO, &caller.info(&parts))
+            .routed()
+            .is_some()
+    );
 }
 
 // ---------------------------------------------------------------------------
