@@ -354,7 +354,12 @@ async fn route_and_forward(
     let body = (!body.is_end_stream()).then(|| Source::new(body, ctx.config.max_request_body));
     // However this ends (answer, timeout, client gone), no attempt follows.
     let _settling = body.as_ref().map(Source::settling);
-    let timeout = rule.and_then(|r| r.timeout);
+    // A gRPC client's deadline counts as Envoy counts it with Istio's
+    // settings (`max_grpc_timeout` = the route's timeout): the shorter wins.
+    let timeout = match (rule.and_then(|r| r.timeout), grpc_timeout(&parts.headers)) {
+        (Some(route), Some(grpc)) => Some(route.min(grpc)),
+        (route, grpc) => route.or(grpc),
+    };
 
     // An upgrade cannot be copied: the mirror would switch protocols too.
     let upgrading = upgrade::requested(parts.version, &parts.headers).is_some();
@@ -904,6 +909,28 @@ impl Context {
     }
 }
 
+/// The `grpc-timeout` header: up to 8 digits and a unit (`H`, `M`, `S`,
+/// `m`, `u`, `n`); `None` when absent or malformed (then ignored, as Envoy
+/// does).
+fn grpc_timeout(headers: &HeaderMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -1213,6 +1240,24 @@ mod tests {
         while reader.frame().await.is_some() {}
         expiry.await;
         assert!(started.elapsed() >= std::time::Duration::from_secs(35));
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read_as_grpc_writes_them() {
+        use std::time::Duration;
+        let read = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-timeout", HeaderValue::from_str(value).unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(read("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(read("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(read("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(read("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "S", "123456789S", "2s", "-1S", "1.5S", "2"] {
+            assert_eq!(read(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
     }
 
     #[test]
