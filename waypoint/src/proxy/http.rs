@@ -71,6 +71,9 @@ struct Done {
     /// The bytes read of the request body (its size is reported once the
     /// answer is done: the body may stream on meanwhile).
     request_body: Option<ReadCount>,
+    /// Made by the waypoint, not the upstream (a gRPC caller gets it as a
+    /// gRPC status).
+    local: bool,
 }
 
 impl Done {
@@ -83,6 +86,7 @@ impl Done {
             destination: None,
             attempts: 0,
             request_body: None,
+            local: true,
         }
     }
 }
@@ -149,6 +153,9 @@ pub async fn handle(
         Some(_) => Done::local(boxed(authz::forbidden()), "-", String::new()),
         None => route_and_forward(&ctx, &down, parts, body).await,
     };
+    if grpc && done.local {
+        done.response = grpc_local_reply(done.response).await;
+    }
     done.response
         .headers_mut()
         .entry(REQUEST_ID)
@@ -569,6 +576,7 @@ async fn send_with_retries(
                     destination,
                     attempts: tries,
                     request_body: None,
+                    local: false,
                 },
                 Attempt::Failed {
                     kind,
@@ -589,6 +597,7 @@ async fn send_with_retries(
                         destination: None,
                         attempts: tries,
                         request_body: None,
+                        local: true,
                     }
                 }
                 Attempt::Local(mut done) => {
@@ -814,6 +823,57 @@ async fn attempt(
             }
         }
     }
+}
+
+/// A local answer to a gRPC call, as Envoy sends it: HTTP 200, trailers only,
+/// with the gRPC status the HTTP status maps to (gRPC's own table) and the
+/// text as `grpc-message`. gRPC clients read these, and Istio's metrics
+/// count them by `grpc_response_status`. One already in gRPC form (a fault
+/// abort with `grpcStatus`) is left as it is.
+async fn grpc_local_reply(response: Response<Body>) -> Response<Body> {
+    if response.headers().contains_key(GRPC_STATUS) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let code = match parts.status.as_u16() {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
+    };
+    // A local answer's body is already in memory.
+    let text = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    parts.status = StatusCode::OK;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    parts.headers.insert(GRPC_STATUS, HeaderValue::from(code));
+    if let Ok(message) = HeaderValue::from_str(&grpc_message(text.trim_ascii())) {
+        parts.headers.insert("grpc-message", message);
+    }
+    Response::from_parts(parts, full(Bytes::new()))
+}
+
+/// gRPC's percent-encoding of `grpc-message`: printable ASCII but `%` as
+/// is, every other byte as `%XX`.
+fn grpc_message(text: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `http://<endpoint><path and query of the request>`.
@@ -1258,6 +1318,27 @@ mod tests {
             assert_eq!(read(bad), None, "{bad:?}");
         }
         assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn a_local_answer_to_a_grpc_call_is_a_grpc_status() {
+        let unavailable = grpc_local_reply(reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream",
+        ))
+        .await;
+        assert_eq!(unavailable.status(), StatusCode::OK);
+        let headers = unavailable.headers();
+        assert_eq!(headers[GRPC_STATUS], "14");
+        assert_eq!(headers["grpc-message"], "no healthy upstream");
+        assert_eq!(headers[header::CONTENT_TYPE], "application/grpc");
+        assert!(unavailable.into_body().is_end_stream(), "trailers only");
+
+        let denied = grpc_local_reply(boxed(authz::forbidden())).await;
+        assert_eq!(denied.headers()[GRPC_STATUS], "7");
+        let other = grpc_local_reply(reply(StatusCode::IM_A_TEAPOT, "50% off\n")).await;
+        assert_eq!(other.headers()[GRPC_STATUS], "2");
+        assert_eq!(other.headers()["grpc-message"], "50%25 off");
     }
 
     #[test]
