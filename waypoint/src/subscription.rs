@@ -86,7 +86,6 @@ impl Handler for Subscription {
                 });
             }
         }
-        self.tables.rebuild();
         refused.extend(self.l4.apply(Update {
             version: update.version,
             snapshot: update.snapshot,
@@ -94,6 +93,10 @@ impl Handler for Subscription {
             removals: l4_removals,
             ..Update::default()
         }));
+        // After the mesh settings of the same update: the root namespace
+        // decides which DestinationRules apply.
+        let root = self.l4.state().mesh().root_namespace;
+        self.tables.rebuild(&self.namespace, &root);
         refused
     }
 }

@@ -24,6 +24,10 @@ impl Subscription {
     pub fn new(state: Arc<State>) -> Self {
         Subscription { state }
     }
+
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
 }
 
 /// Resources are applied in this order so that references (a workload's policies) point

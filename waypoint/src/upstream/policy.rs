@@ -7,8 +7,8 @@
 //! `mergeDestinationRule`): the subsets of later rules are appended unless a
 //! subset of that name already exists, and the top-level traffic policy of
 //! the first rule that has one wins. Which rules are visible to this waypoint
-//! (exportTo, workloadSelector, namespace precedence) is the caller's
-//! decision: it passes only those, in Istio's order (oldest first).
+//! (exportTo, namespace precedence) is the caller's decision
+//! (`tables::visible_destination_rules`): it passes only those.
 //!
 //! Merging follows Istio's `MergeSubsetTrafficPolicy`
 //! (`pilot/pkg/networking/core/cluster_traffic_policy.go`), each of load
