@@ -65,6 +65,7 @@ impl Tables {
         Ok(DrInput {
             namespace: dr.namespace.clone(),
             name: dr.name.clone(),
+            created: dr.created,
             host: dr.host.clone(),
             spec,
         })
@@ -187,11 +188,16 @@ fn visible_destination_rules<'a>(
         let entry = best.entry(dr.host.to_ascii_lowercase()).or_insert(*rank);
         *entry = (*entry).min(*rank);
     }
-    ranked
+    let mut visible: Vec<DrInput> = ranked
         .into_iter()
         .filter(|(rank, dr)| best.get(&dr.host.to_ascii_lowercase()) == Some(rank))
         .map(|(_, dr)| dr.clone())
-        .collect()
+        .collect();
+    // Oldest first, then by namespace and name: the order Istio merges in.
+    visible.sort_by(|a, b| {
+        (a.created, &a.namespace, &a.name).cmp(&(b.created, &b.namespace, &b.name))
+    });
+    visible
 }
 
 /// The namespace of a Service host (`name.ns.svc.<domain>`, or
@@ -221,6 +227,7 @@ mod tests {
         DrInput {
             namespace: namespace.into(),
             name: format!("{namespace}-{host}"),
+            created: 0,
             host: host.into(),
             spec: serde_json::from_value(serde_json::json!({
                 "host": host,
@@ -256,6 +263,21 @@ mod tests {
                 "shop-reviews.shop.svc.cluster.local",
             ]
         );
+    }
+
+    #[test]
+    fn destination_rules_for_a_host_merge_oldest_first() {
+        let mut newer = dr("prod", "db.prod.svc.cluster.local", &[]);
+        newer.name = "a-newer".into();
+        newer.created = 20;
+        let mut older = dr("prod", "db.prod.svc.cluster.local", &[]);
+        older.name = "z-older".into();
+        older.created = 10;
+        let order: Vec<String> = visible_destination_rules([newer, older].iter(), "prod", "")
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        assert_eq!(order, ["z-older", "a-newer"]);
     }
 
     #[test]

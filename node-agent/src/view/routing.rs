@@ -95,6 +95,11 @@ pub fn destination_rule(mesh: &Mesh, dr: &IstioDestinationRule) -> DestinationRu
     spec.host = qualify(mesh, &namespace, &spec.host);
     DestinationRule {
         name: dr.metadata.name.clone().unwrap_or_default(),
+        created: dr
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second()),
         namespace,
         host: spec.host.clone(),
         spec_json: serde_json::to_string(&spec).unwrap_or_default(),

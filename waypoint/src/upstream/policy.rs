@@ -76,6 +76,9 @@ const MAGLEV_TABLE_LIMIT: u64 = 5_000_011;
 pub struct DrInput {
     pub namespace: String,
     pub name: String,
+    /// Seconds since the epoch it was created at (0 when not known): rules
+    /// for one host merge oldest first.
+    pub created: i64,
     /// `spec.host` resolved to a fully qualified name
     /// (`reviews.default.svc.cluster.local`); may be a wildcard
     /// (`*.default.svc.cluster.local`, `*`).

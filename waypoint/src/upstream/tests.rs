@@ -22,6 +22,7 @@ fn dr(name: &str, host: &str, spec: serde_json::Value) -> DrInput {
     DrInput {
         namespace: "default".into(),
         name: name.into(),
+        created: 0,
         host: host.into(),
         spec,
     }
