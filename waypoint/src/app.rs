@@ -27,7 +27,11 @@ use warren_ztunnel::{
 use crate::{
     config::Config,
     metrics::Metrics,
-    proxy::{Waypoint, connect::Connector},
+    proxy::{
+        Waypoint,
+        connect::Connector,
+        multiplex::{self, Multiplexed},
+    },
     tables::Tables,
     upstream::Cluster,
 };
@@ -53,7 +57,7 @@ pub struct Context {
     /// for (load balancer, pool and outlier state live here).
     pub clusters: Mutex<HashMap<ClusterKey, (u64, Arc<Cluster>)>>,
     pub http1: HttpClient,
-    pub http2: HttpClient,
+    pub http2: Arc<Multiplexed>,
     /// Upstream connections for TCP routes (the HTTP clients own theirs).
     pub connector: Connector,
 }
@@ -126,9 +130,7 @@ impl App {
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .build(connector.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(connector.clone());
+        let http2 = Arc::new(Multiplexed::new(connector.clone(), multiplex::IDLE_TIMEOUT));
         let context = Arc::new(Context {
             config: Arc::clone(&config),
             inputs: Arc::clone(&inputs),
@@ -156,6 +158,7 @@ impl App {
             ));
         }
         tokio::spawn(inputs.pool.clone().run_eviction(trigger.watch()));
+        tokio::spawn(Arc::clone(&context.http2).run_eviction(trigger.watch()));
         tokio::spawn(http_endpoint::serve(
             admin_listener,
             trigger.watch(),

@@ -311,6 +311,22 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
             )),
         "the client must see the shaped response and the backend's x-request-id ({request_id}):\n{head}"
     );
+
+    // The same over HTTP/2: the authority travels as `:authority`, the
+    // request's own (here rewritten), not the endpoint the waypoint picked.
+    let (head, answer) = curl(&["--http2-prior-knowledge", &format!("{url}api/items")])?;
+    eprintln!(
+        "rewrite over h2c: path {} authority {} host header {}",
+        answer["path"], answer["authority"], answer["headers"]["host"]
+    );
+    ensure!(
+        head.starts_with("http/2 200")
+            && answer["path"] == "/v2/items"
+            && answer["authority"] == "backend.internal"
+            && answer["headers"]["host"].is_null(),
+        "over h2c the backend must see the rewritten :authority and no Host: {answer}\n{}",
+        logs()
+    );
     drop(servers);
     drop(waypoint);
     Ok(())

@@ -160,6 +160,9 @@ struct Answer<'a> {
     namespace: &'a str,
     version: &'a str,
     method: &'a str,
+    /// The request's authority: HTTP/2's `:authority`, else `Host`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authority: Option<&'a str>,
     path: &'a str,
     headers: BTreeMap<String, String>,
     body_bytes: u64,
@@ -230,12 +233,7 @@ impl Handler {
             return self.respond(StatusCode::OK, "text/plain", Bytes::from_static(b"ok"));
         }
         if self.access_log {
-            let authority = parts
-                .uri
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| parts.headers.get(http::header::HOST)?.to_str().ok())
-                .unwrap_or("-");
+            let authority = authority(&parts).unwrap_or("-");
             info!(method = %parts.method, path = %parts.uri.path(), authority, "served");
         }
 
@@ -341,6 +339,7 @@ impl Handler {
             namespace: &self.identity.namespace,
             version: &self.identity.version,
             method: parts.method.as_str(),
+            authority: authority(parts),
             path: parts.uri.path(),
             headers: header_map(&parts.headers),
             body_bytes,
@@ -425,6 +424,15 @@ where
         return Err(BodyError::TooLarge { limit: body::LIMIT });
     }
     body::count(body, body::LIMIT).await
+}
+
+/// The authority a request names: HTTP/2's `:authority`, else `Host`.
+fn authority(parts: &Parts) -> Option<&str> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(http::header::HOST)?.to_str().ok())
 }
 
 /// Request headers as a JSON object; repeated headers are joined with ", " as HTTP allows.

@@ -1,9 +1,10 @@
 //! Opening upstream connections: an HBONE stream to the endpoint's node
 //! (mutual TLS as the waypoint's own identity, the endpoint's identity
-//! verified), or plain TCP to an endpoint outside the mesh. hyper's client
-//! pools what this opens, per endpoint address, so keep-alive requests reuse
-//! one stream; [`retire_after`] takes a connection out of the pool once it
-//! has carried `http.maxRequestsPerConnection` requests.
+//! verified), or plain TCP to an endpoint outside the mesh. For HTTP/1.1,
+//! hyper's client pools what this opens, per endpoint address, so
+//! keep-alive requests reuse one stream; [`retire_after`] takes a connection
+//! out of the pool once it has carried `http.maxRequestsPerConnection`
+//! requests. HTTP/2 has a pool of its own ([`super::multiplex`]).
 
 use std::{
     future::Future,
@@ -46,6 +47,25 @@ pub enum ConnectError {
     Hbone(#[from] HboneError),
     #[error("connecting to {addr}: {source}")]
     Tcp { addr: SocketAddr, source: io::Error },
+    #[error("HTTP/2 handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+}
+
+/// Why an upstream request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection (HTTP/2: shared by the requests that waited for it).
+    #[error(transparent)]
+    Connect(Arc<ConnectError>),
+    /// Over an HTTP/2 connection.
+    #[error(transparent)]
+    Request(hyper::Error),
+    /// Through hyper's pooling HTTP/1.1 client.
+    #[error(transparent)]
+    Pooled(hyper_util::client::legacy::Error),
 }
 
 /// The connector hyper's client calls for a new upstream connection.

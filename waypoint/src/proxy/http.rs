@@ -23,7 +23,8 @@ use tracing::debug;
 use warren_ztunnel::state::Workload;
 
 use super::{
-    Client, Downstream, connect,
+    Client, Downstream,
+    connect::{self, SendError},
     replay::{BoxError, ReadCount, Source},
     report::{Arrived, Finished, GRPC_STATUS, Measured, Unanswered},
     upgrade,
@@ -42,7 +43,7 @@ const REQUEST_ID: &str = "x-request-id";
 /// How long a mirror's copy may take when its route sets no timeout.
 const MIRROR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-fn full(bytes: Bytes) -> Body {
+pub(crate) fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
@@ -709,7 +710,14 @@ async fn attempt(
     };
     let endpoint = picked.endpoint.address;
     tries.endpoints.push(picked.endpoint.id.clone());
-    let uri = match upstream_uri(endpoint, &parts.uri) {
+    // Over HTTP/1.1 the URI only picks the pooled connection (hyper sends
+    // the path, and `Host` says whom for); over HTTP/2 its authority is the
+    // `:authority` the endpoint reads, so it stays the request's.
+    let authority = match h2.then(|| request_authority(parts)).flatten() {
+        Some(authority) => Ok(authority),
+        None => http::uri::Authority::try_from(endpoint.to_string()).map_err(http::Error::from),
+    };
+    let uri = match authority.and_then(|authority| upstream_uri(authority, &parts.uri)) {
         Ok(uri) => uri,
         Err(error) => return local(StatusCode::BAD_REQUEST, &error.to_string(), "-"),
     };
@@ -721,7 +729,11 @@ async fn attempt(
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
     *request.headers_mut() = parts.headers.clone();
-    if !request.headers().contains_key(header::HOST)
+    if h2 {
+        // `:authority` carries it (RFC 9113 asks intermediaries to move it
+        // there, and lets a server refuse a `Host` that disagrees).
+        request.headers_mut().remove(header::HOST);
+    } else if !request.headers().contains_key(header::HOST)
         && let Some(authority) = parts.uri.authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
     {
@@ -733,9 +745,14 @@ async fn attempt(
         upgrade::restore(request.headers_mut(), protocol);
     }
     let per_connection = cluster.max_requests_per_connection();
-    let captured = per_connection.map(|_| capture_connection(&mut request));
-    let client = if h2 { &ctx.http2 } else { &ctx.http1 };
-    let sent = client.request(request);
+    let captured = (!h2 && per_connection.is_some()).then(|| capture_connection(&mut request));
+    let sent = async {
+        if h2 {
+            ctx.http2.send(endpoint, request, per_connection).await
+        } else {
+            ctx.http1.request(request).await.map_err(SendError::Pooled)
+        }
+    };
     let result = match tries.retries.and_then(|r| r.per_try_timeout) {
         Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
         None => Some(sent.await),
@@ -802,15 +819,7 @@ async fn attempt(
         }
         Some(Err(error)) => {
             report(Outcome::LocalFailure);
-            let kind = if error.is_connect() {
-                FailureKind::ConnectFailure
-            } else if is_refused_stream(&error) {
-                FailureKind::RefusedStream
-            } else if is_parse_error(&error) {
-                FailureKind::ProtocolError
-            } else {
-                FailureKind::Reset
-            };
+            let kind = failure_kind(&error);
             let detail = match std::error::Error::source(&error) {
                 Some(source) => format!("upstream {endpoint}: {error}: {source}"),
                 None => format!("upstream {endpoint}: {error}"),
@@ -876,11 +885,23 @@ fn grpc_message(text: &[u8]) -> String {
     out
 }
 
-/// `http://<endpoint><path and query of the request>`.
-fn upstream_uri(endpoint: SocketAddr, request: &Uri) -> Result<Uri, http::Error> {
+/// The authority a request names: its URI's (HTTP/2's `:authority`, or an
+/// absolute-form HTTP/1.1 target), else its `Host` header's.
+fn request_authority(parts: &http::request::Parts) -> Option<http::uri::Authority> {
+    match parts.uri.authority() {
+        Some(authority) => Some(authority.clone()),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .and_then(|host| http::uri::Authority::try_from(host.as_bytes()).ok()),
+    }
+}
+
+/// `http://<authority><path and query of the request>`.
+fn upstream_uri(authority: http::uri::Authority, request: &Uri) -> Result<Uri, http::Error> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(http::uri::Authority::try_from(endpoint.to_string())?);
+    parts.authority = Some(authority);
     parts.path_and_query = Some(
         request
             .path_and_query()
@@ -890,26 +911,38 @@ fn upstream_uri(endpoint: SocketAddr, request: &Uri) -> Result<Uri, http::Error>
     Ok(Uri::from_parts(parts)?)
 }
 
+/// How an upstream attempt failed, for `retryOn` and the response flags.
+fn failure_kind(error: &SendError) -> FailureKind {
+    let hyper = match error {
+        SendError::Connect(_) => return FailureKind::ConnectFailure,
+        SendError::Pooled(error) if error.is_connect() => return FailureKind::ConnectFailure,
+        SendError::Pooled(error) => std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<hyper::Error>()),
+        SendError::Request(error) => Some(error),
+    };
+    if is_refused_stream(error) {
+        FailureKind::RefusedStream
+    } else if hyper.is_some_and(|error| error.is_parse() || error.is_parse_status()) {
+        // The upstream's bytes were no valid HTTP response, as opposed to
+        // the connection failing.
+        FailureKind::ProtocolError
+    } else {
+        FailureKind::Reset
+    }
+}
+
 /// Whether an HTTP/2 upstream refused the stream (REFUSED_STREAM: it did not
 /// process the request, so a retry is safe; Istio's default `retryOn` has
 /// `refused-stream`).
-fn is_refused_stream(error: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(error);
-    while let Some(error) = source {
+fn is_refused_stream(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
         if let Some(h2) = error.downcast_ref::<h2::Error>() {
             return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
         }
-        source = error.source();
+        next = error.source();
     }
     false
-}
-
-/// Whether the upstream's bytes were no valid HTTP response (as opposed to
-/// the connection failing).
-fn is_parse_error(error: &hyper_util::client::legacy::Error) -> bool {
-    std::error::Error::source(error)
-        .and_then(|source| source.downcast_ref::<hyper::Error>())
-        .is_some_and(|error| error.is_parse() || error.is_parse_status())
 }
 
 impl Context {
@@ -1226,17 +1259,33 @@ mod tests {
                 respond.send_reset(h2::Reason::REFUSED_STREAM);
             }
         });
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .http2_only(true)
-                .build_http::<http_body_util::Empty<Bytes>>();
-        let uri: Uri = format!("http://{addr}/").parse().unwrap();
-        let error = client
-            .request(Request::get(uri).body(Default::default()).unwrap())
+        let pool = super::super::multiplex::tests::pool();
+        let request = Request::get("http://app.shop:80/")
+            .body(full(Bytes::new()))
+            .unwrap();
+        let error = pool.send(addr, request, None).await.expect_err("refused");
+        assert_eq!(
+            failure_kind(&error),
+            FailureKind::RefusedStream,
+            "{error:?}"
+        );
+
+        // Nobody listening: a connect failure.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = closed.local_addr().unwrap();
+        drop(closed);
+        let request = Request::get("http://app.shop:80/")
+            .body(full(Bytes::new()))
+            .unwrap();
+        let error = pool
+            .send(gone, request, None)
             .await
-            .expect_err("refused");
-        assert!(is_refused_stream(&error), "{error:?}");
-        assert!(!error.is_connect() && !is_parse_error(&error));
+            .expect_err("no listener");
+        assert_eq!(
+            failure_kind(&error),
+            FailureKind::ConnectFailure,
+            "{error:?}"
+        );
     }
 
     /// A body fed by the test: ends when the sender is dropped.
@@ -1343,13 +1392,38 @@ mod tests {
 
     #[test]
     fn upstream_uri_keeps_path_and_query() {
-        let endpoint: SocketAddr = "10.0.0.7:8080".parse().unwrap();
-        let uri = upstream_uri(endpoint, &"/api/items?x=1".parse().unwrap()).unwrap();
-        assert_eq!(uri.to_string(), "http://10.0.0.7:8080/api/items?x=1");
-        let uri = upstream_uri(endpoint, &"http://app/".parse().unwrap()).unwrap();
-        assert_eq!(uri.to_string(), "http://10.0.0.7:8080/");
-        let v6: SocketAddr = "[fd00::1]:80".parse().unwrap();
-        let uri = upstream_uri(v6, &"/x".parse().unwrap()).unwrap();
-        assert_eq!(uri.to_string(), "http://[fd00::1]:80/x");
+        let endpoint = |a: &str| http::uri::Authority::try_from(a).unwrap();
+        let uri = upstream_uri(
+            endpoint("10.0.0.7:8080"),
+            &"/api/items?x=1".parse().unwrap(),
+        );
+        assert_eq!(
+            uri.unwrap().to_string(),
+            "http://10.0.0.7:8080/api/items?x=1"
+        );
+        let uri = upstream_uri(endpoint("10.0.0.7:8080"), &"http://app/".parse().unwrap());
+        assert_eq!(uri.unwrap().to_string(), "http://10.0.0.7:8080/");
+        let uri = upstream_uri(endpoint("[fd00::1]:80"), &"/x".parse().unwrap());
+        assert_eq!(uri.unwrap().to_string(), "http://[fd00::1]:80/x");
+    }
+
+    #[test]
+    fn a_requests_authority_is_its_uris_else_its_host() {
+        let h2 = Request::get("http://reviews.shop:9080/x")
+            .header(header::HOST, "other")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert_eq!(request_authority(&h2).unwrap(), "reviews.shop:9080");
+        let h1 = Request::get("/x")
+            .header(header::HOST, "reviews")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert_eq!(request_authority(&h1).unwrap(), "reviews");
+        let neither = Request::get("/x").body(()).unwrap().into_parts().0;
+        assert_eq!(request_authority(&neither), None);
     }
 }

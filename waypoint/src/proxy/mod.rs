@@ -1,6 +1,7 @@
 //! The waypoint's data path.
 //!
 //! - [`connect`]: upstream connections (HBONE to the endpoint's node, or TCP).
+//! - [`multiplex`]: the HTTP/2 upstream pool, one connection per endpoint.
 //! - [`http`]: one request: route, fault, retries and timeouts, load
 //!   balancing, mirrors, headers, telemetry.
 //! - [`replay`]: a request body streamed to every attempt and mirror, kept
@@ -14,6 +15,7 @@
 
 pub mod connect;
 pub mod http;
+pub mod multiplex;
 pub mod replay;
 mod report;
 pub mod tcp;

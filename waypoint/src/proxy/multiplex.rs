@@ -1,0 +1,498 @@
+//! HTTP/2 upstream connections: one per endpoint, shared by every request
+//! to it, as Envoy's HTTP/2 connection pool keeps them.
+//!
+//! hyper-util's pooling client keys connections by the request URI's
+//! authority, and over HTTP/2 that authority is also the `:authority` the
+//! server reads. Pooling per endpoint through it sent the endpoint's
+//! address as every request's authority (while the `Host` header, left in,
+//! named the service: a mismatch RFC 9113 lets a server refuse). Here the
+//! pool is keyed by endpoint and a request keeps its own authority.
+//!
+//! A new connection is opened once for all the requests that need it: they
+//! wait for the one handshake and share its failure, so a dead endpoint
+//! costs one connect attempt, not one per waiting request. A connection
+//! leaves the pool when it closes, when it has carried
+//! `http.maxRequestsPerConnection` requests, or after sitting unused for the
+//! idle timeout; requests already on it finish (hyper keeps the connection
+//! until their streams end).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use http::{Request, Response};
+use hyper::{body::Incoming, client::conn::http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+use tracing::debug;
+use warren_ztunnel::drain;
+
+use super::connect::{ConnectError, Connector, SendError};
+use crate::app::Body;
+
+/// How long an unused connection stays open (hyper-util's and Envoy's
+/// default idle timeouts are of this order).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// HTTP/2 connections to upstream endpoints.
+pub struct Multiplexed {
+    connector: Connector,
+    idle_timeout: Duration,
+    endpoints: Mutex<HashMap<SocketAddr, Slot>>,
+    ids: AtomicU64,
+}
+
+/// An endpoint's entry: its connection, or the handshake that will give it.
+enum Slot {
+    Open {
+        connection: Connection,
+        last_used: Instant,
+    },
+    Opening {
+        id: u64,
+        handshake: Handshake,
+    },
+}
+
+type Handshake = Shared<BoxFuture<'static, Result<Connection, Arc<ConnectError>>>>;
+
+#[derive(Clone)]
+struct Connection {
+    id: u64,
+    send: http2::SendRequest<Body>,
+    /// Requests given this connection so far. Only changed under the
+    /// endpoints lock, so a plain count would do; the connection is cloned
+    /// to the requests that wait on its handshake.
+    sent: Arc<AtomicU64>,
+}
+
+impl Multiplexed {
+    pub fn new(connector: Connector, idle_timeout: Duration) -> Self {
+        Self {
+            connector,
+            idle_timeout,
+            endpoints: Mutex::new(HashMap::new()),
+            ids: AtomicU64::new(0),
+        }
+    }
+
+    /// Sends `request` to `endpoint` over HTTP/2; its URI's authority is
+    /// the `:authority` the endpoint reads. `limit` is
+    /// `http.maxRequestsPerConnection`.
+    pub async fn send(
+        &self,
+        endpoint: SocketAddr,
+        mut request: Request<Body>,
+        limit: Option<u32>,
+    ) -> Result<Response<Incoming>, SendError> {
+        // A connection can close between being taken from the pool and the
+        // request reaching it; hyper then hands the request back unsent, and
+        // it goes once more, on a new connection.
+        let mut retried = false;
+        loop {
+            let mut connection = self.connection(endpoint, limit).await?;
+            match connection.send.try_send_request(request).await {
+                Ok(response) => return Ok(response),
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) if !retried => {
+                        debug!(%endpoint, "pooled HTTP/2 connection closed; sending on a new one");
+                        self.forget(endpoint, connection.id);
+                        request = unsent;
+                        retried = true;
+                    }
+                    _ => return Err(SendError::Request(error.into_error())),
+                },
+            }
+        }
+    }
+
+    /// A connection to `endpoint` for one more request: the pooled one, or
+    /// a new one (opened once for everyone waiting).
+    async fn connection(
+        &self,
+        endpoint: SocketAddr,
+        limit: Option<u32>,
+    ) -> Result<Connection, SendError> {
+        loop {
+            let (id, handshake) = {
+                let mut endpoints = self.lock();
+                match endpoints.get_mut(&endpoint) {
+                    Some(Slot::Open {
+                        connection,
+                        last_used,
+                    }) if !connection.send.is_closed() => {
+                        *last_used = Instant::now();
+                        let connection = connection.clone();
+                        if claim(&mut endpoints, endpoint, &connection, limit) {
+                            return Ok(connection);
+                        }
+                        continue;
+                    }
+                    Some(Slot::Opening { id, handshake }) => (*id, handshake.clone()),
+                    _ => {
+                        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+                        let handshake = open(self.connector.clone(), endpoint, id).boxed().shared();
+                        endpoints.insert(
+                            endpoint,
+                            Slot::Opening {
+                                id,
+                                handshake: handshake.clone(),
+                            },
+                        );
+                        (id, handshake)
+                    }
+                }
+            };
+            let opened = handshake.await;
+            let mut endpoints = self.lock();
+            let current = matches!(
+                endpoints.get(&endpoint),
+                Some(Slot::Opening { id: current, .. }) if *current == id
+            );
+            match opened {
+                Ok(connection) => {
+                    if current {
+                        endpoints.insert(
+                            endpoint,
+                            Slot::Open {
+                                connection: connection.clone(),
+                                last_used: Instant::now(),
+                            },
+                        );
+                    }
+                    if claim(&mut endpoints, endpoint, &connection, limit) {
+                        return Ok(connection);
+                    }
+                    // Others took every request it may carry: go round for
+                    // a fresh one.
+                }
+                Err(error) => {
+                    if current {
+                        endpoints.remove(&endpoint);
+                    }
+                    return Err(SendError::Connect(error));
+                }
+            }
+        }
+    }
+
+    /// Drops `endpoint`'s connection `id` from the pool, if still there.
+    fn forget(&self, endpoint: SocketAddr, id: u64) {
+        let mut endpoints = self.lock();
+        if let Some(Slot::Open { connection, .. }) = endpoints.get(&endpoint)
+            && connection.id == id
+        {
+            endpoints.remove(&endpoint);
+        }
+    }
+
+    /// Closes connections that have closed or sat unused for the idle
+    /// timeout, until the drain.
+    pub async fn run_eviction(self: Arc<Self>, mut drain: drain::Watch) {
+        let mut tick = tokio::time::interval(self.idle_timeout / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.evict(Instant::now()),
+                () = drain.draining() => return,
+            }
+        }
+    }
+
+    fn evict(&self, now: Instant) {
+        self.lock().retain(|endpoint, slot| match slot {
+            Slot::Open {
+                connection,
+                last_used,
+            } => {
+                let keep = !connection.send.is_closed()
+                    && now.saturating_duration_since(*last_used) < self.idle_timeout;
+                if !keep {
+                    debug!(%endpoint, "closing an idle or closed HTTP/2 upstream connection");
+                }
+                keep
+            }
+            Slot::Opening { .. } => true,
+        });
+    }
+
+    /// Endpoints with a pooled connection or one being opened.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Slot>> {
+        self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Counts one more request on `connection`. The request that reaches
+/// `limit` is its last: the connection leaves the pool (and closes once its
+/// requests are done). `false` when it is already spent.
+fn claim(
+    endpoints: &mut HashMap<SocketAddr, Slot>,
+    endpoint: SocketAddr,
+    connection: &Connection,
+    limit: Option<u32>,
+) -> bool {
+    let sent = connection.sent.fetch_add(1, Ordering::Relaxed) + 1;
+    let Some(limit) = limit.map(u64::from) else {
+        return true;
+    };
+    if sent >= limit
+        && let Some(Slot::Open {
+            connection: pooled, ..
+        }) = endpoints.get(&endpoint)
+        && pooled.id == connection.id
+    {
+        endpoints.remove(&endpoint);
+    }
+    sent <= limit
+}
+
+/// A byte stream to `endpoint` (HBONE or TCP, as for HTTP/1.1) and an
+/// HTTP/2 handshake over it; the connection is driven by a task of its own.
+async fn open(
+    connector: Connector,
+    endpoint: SocketAddr,
+    id: u64,
+) -> Result<Connection, Arc<ConnectError>> {
+    let io = connector.connect(endpoint).await.map_err(Arc::new)?;
+    let (send, connection) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        // A dead peer behind a live tunnel is found by pings.
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .handshake::<_, Body>(io)
+        .await
+        .map_err(|source| {
+            Arc::new(ConnectError::Handshake {
+                addr: endpoint,
+                source,
+            })
+        })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            debug!(%endpoint, %error, "HTTP/2 upstream connection ended with an error");
+        }
+    });
+    Ok(Connection {
+        id,
+        send,
+        sent: Arc::new(AtomicU64::new(0)),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::{
+        convert::Infallible,
+        net::{IpAddr, Ipv4Addr},
+        sync::atomic::AtomicUsize,
+    };
+
+    use bytes::Bytes;
+    use http::header;
+    use http_body_util::BodyExt as _;
+    use hyper::body::Frame;
+    use warren_ztunnel::{metrics::Metrics, proxy::Inputs, state::State};
+
+    use super::*;
+    use crate::proxy::http::full;
+
+    /// A pool whose endpoints are outside the mesh (plain TCP on loopback).
+    pub(crate) fn pool() -> Multiplexed {
+        let config = Arc::new(warren_ztunnel::Config::for_tests(IpAddr::V4(
+            Ipv4Addr::LOCALHOST,
+        )));
+        let state = State::new(config.node_name.clone(), config.hbone_port);
+        let inputs = Inputs::new(config, state, Arc::new(Metrics::new()));
+        let connector = Connector {
+            inputs,
+            identity: Arc::new(|| {
+                "spiffe://cluster.local/ns/shop/sa/waypoint"
+                    .parse()
+                    .expect("identity")
+            }),
+        };
+        Multiplexed::new(connector, IDLE_TIMEOUT)
+    }
+
+    /// What an HTTP/2 server saw.
+    #[derive(Default)]
+    struct Seen {
+        connections: AtomicUsize,
+        closed: AtomicUsize,
+        /// `:authority` and `Host` of each request.
+        requests: Mutex<Vec<(Option<String>, Option<String>)>>,
+    }
+
+    /// An h2c server: answers `/slow` with one chunk, then another after
+    /// 300 ms; everything else at once.
+    async fn server() -> (SocketAddr, Arc<Seen>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Seen::default());
+        let shared = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                shared.connections.fetch_add(1, Ordering::SeqCst);
+                let seen = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn({
+                        let seen = Arc::clone(&seen);
+                        move |request: Request<Incoming>| {
+                            let seen = Arc::clone(&seen);
+                            async move {
+                                seen.requests.lock().unwrap().push((
+                                    request.uri().authority().map(|a| a.to_string()),
+                                    request
+                                        .headers()
+                                        .get(header::HOST)
+                                        .map(|h| h.to_str().unwrap().to_owned()),
+                                ));
+                                let body = if request.uri().path() == "/slow" {
+                                    let chunks = futures::stream::unfold(0, |n| async move {
+                                        let chunk: &'static [u8] = match n {
+                                            0 => b"one ",
+                                            1 => {
+                                                tokio::time::sleep(Duration::from_millis(300))
+                                                    .await;
+                                                b"two"
+                                            }
+                                            _ => return None,
+                                        };
+                                        Some((
+                                            Ok::<_, Infallible>(Frame::data(Bytes::from_static(
+                                                chunk,
+                                            ))),
+                                            n + 1,
+                                        ))
+                                    });
+                                    http_body_util::StreamBody::new(chunks).boxed()
+                                } else {
+                                    http_body_util::Full::new(Bytes::from_static(b"ok"))
+                                        .map_err(|never| match never {})
+                                        .boxed()
+                                };
+                                Ok::<_, Infallible>(Response::new(body))
+                            }
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                        .await;
+                    seen.closed.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::get(format!("http://reviews.shop:9080{path}"))
+            .body(full(Bytes::new()))
+            .unwrap()
+    }
+
+    async fn text(response: Response<Incoming>) -> String {
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_keep_their_authority_and_share_one_connection() {
+        let (addr, seen) = server().await;
+        let pool = pool();
+        let sent = (0..8).map(|_| pool.send(addr, get("/"), None));
+        for response in futures::future::join_all(sent).await {
+            assert_eq!(text(response.expect("an answer")).await, "ok");
+        }
+        assert_eq!(
+            seen.connections.load(Ordering::SeqCst),
+            1,
+            "one handshake for all"
+        );
+        let requests = seen.requests.lock().unwrap().clone();
+        assert_eq!(requests.len(), 8);
+        for (authority, host) in requests {
+            assert_eq!(authority.as_deref(), Some("reviews.shop:9080"));
+            assert_eq!(host, None);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_carries_at_most_max_requests_per_connection() {
+        let (addr, seen) = server().await;
+        let pool = pool();
+        for _ in 0..5 {
+            let response = pool.send(addr, get("/"), Some(2)).await.expect("an answer");
+            assert_eq!(text(response).await, "ok");
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 3, "2 + 2 + 1");
+        // Spent connections close once their requests are done.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while seen.closed.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the two spent connections closed");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_closes_but_a_streaming_answer_on_it_finishes() {
+        let (addr, seen) = server().await;
+        let pool = pool();
+        let streaming = pool
+            .send(addr, get("/slow"), None)
+            .await
+            .expect("an answer");
+        assert_eq!(pool.len(), 1);
+        pool.evict(Instant::now() + IDLE_TIMEOUT);
+        assert!(pool.is_empty(), "idle past the timeout");
+        assert_eq!(
+            text(streaming).await,
+            "one two",
+            "the answer in flight finished"
+        );
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while seen.closed.load(Ordering::SeqCst) < 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the evicted connection closed");
+        let response = pool.send(addr, get("/"), None).await.expect("an answer");
+        assert_eq!(text(response).await, "ok");
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2, "a new one");
+    }
+
+    #[tokio::test]
+    async fn every_request_waiting_on_a_failed_connect_fails_as_connect_failure() {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = closed.local_addr().unwrap();
+        drop(closed);
+        let pool = pool();
+        let sent = (0..4).map(|_| pool.send(gone, get("/"), None));
+        for result in futures::future::join_all(sent).await {
+            assert!(
+                matches!(result, Err(SendError::Connect(_))),
+                "{:?}",
+                result.map(|_| ())
+            );
+        }
+        assert!(pool.is_empty(), "a failed connect is not kept");
+    }
+}
