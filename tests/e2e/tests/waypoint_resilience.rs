@@ -130,6 +130,11 @@ metadata: { name: outlier, namespace: shop }
 spec:
   hosts: [outlier]
   http:
+  - name: route-timeout
+    match: [{ headers: { x-hang: { exact: "on" } } }]
+    timeout: 300ms
+    retries: { attempts: 0 }
+    route: [{ destination: { host: outlier } }]
   - retries: { attempts: 0 }
     route: [{ destination: { host: outlier } }]
 ---
@@ -653,8 +658,7 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
     );
     ensure!(ejections >= 1.0, "ejection counted: {ejections}");
     bad.stop()?;
-    let healed = serve(&shop, "outlier-bad", "bad", &[])?;
-    servers.push(healed);
+    let mut healed = serve(&shop, "outlier-bad", "bad", &[])?;
     let healed_at = Instant::now();
     eventually(
         Duration::from_secs(15),
@@ -668,6 +672,36 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
     eprintln!(
         "outlier: back in the pool {:?} after healing",
         healed_at.elapsed()
+    );
+
+    // An endpoint that hangs, behind a route timeout and no per-try
+    // timeout: each request the route's timeout cuts short counts against
+    // it, so it is ejected too (Envoy's local-origin timeout).
+    healed.stop()?;
+    servers.push(serve(&shop, "outlier-bad", "bad", &["--latency", "5s"])?);
+    let hung = load(
+        &shop.client,
+        &url,
+        &[
+            "-n",
+            "20",
+            "-c",
+            "1",
+            "-H",
+            "x-hang: on",
+            "--timeout",
+            "10s",
+        ],
+    )?;
+    eprintln!(
+        "outlier: a hanging endpoint behind a 300 ms route timeout: {} × 504, {} of 20 from the good one",
+        count_status(&hung, 504),
+        count_version(&hung, "good")
+    );
+    ensure!(
+        (1..=3).contains(&count_status(&hung, 504)) && count_version(&hung, "good") >= 17,
+        "route timeouts must eject the hanging endpoint after 2: {hung}\n{}",
+        logs()
     );
 
     // Consistent hash: each user sticks to one endpoint; users spread.

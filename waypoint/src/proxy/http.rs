@@ -8,7 +8,15 @@
 //! connect failure, `UT` timeout, `URX` retries exhausted, `FI` fault abort,
 //! `DI` fault delay, `UC` upstream reset.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
@@ -396,7 +404,7 @@ async fn route_and_forward(
             let limit = timeout.unwrap_or(MIRROR_TIMEOUT);
             tokio::spawn(async move {
                 let compiled = ctx_mirror.tables.current();
-                let mut once = Tries::default();
+                let mut once = Tries::mirror(client);
                 let copy = attempt(
                     &ctx_mirror,
                     &compiled,
@@ -404,7 +412,6 @@ async fn route_and_forward(
                     &copy,
                     body.as_ref(),
                     &mut once,
-                    client,
                 );
                 if tokio::time::timeout(limit, copy).await.is_err() {
                     debug!(host = %key.host, ?limit, "mirror gave no answer in time");
@@ -428,15 +435,9 @@ async fn route_and_forward(
     };
     // After the faults, as Envoy's router starts its timer after them.
     let forwarded = Instant::now();
-    let send = send_with_retries(
-        ctx,
-        &compiled,
-        &key,
-        &parts,
-        body.as_ref(),
-        retries,
-        down.client(),
-    );
+    let route_timed_out = AtomicBool::new(false);
+    let tried = Tries::request(down.client(), retries, &route_timed_out);
+    let send = send_with_retries(ctx, &compiled, &key, &parts, body.as_ref(), retries, tried);
     let mut done = match timeout {
         // Envoy's route timeout: from the end of the client's request to the
         // end of the answer, retries included. An upload is not cut short by
@@ -444,7 +445,13 @@ async fn route_and_forward(
         Some(limit) => {
             let mut done = tokio::select! {
                 done = send => done,
-                () = deadline(body.clone(), forwarded, limit) => Done::local(
+                // Set while `send` is still alive (select! drops the losing
+                // future before running the winning branch), so the try in
+                // flight can tell it was cut short.
+                () = async {
+                    deadline(body.clone(), forwarded, limit).await;
+                    route_timed_out.store(true, Ordering::Release);
+                } => Done::local(
                     reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
                     "UT",
                     String::new(),
@@ -518,19 +525,15 @@ async fn send_with_retries(
     parts: &http::request::Parts,
     body: Option<&Arc<Source>>,
     retries: &RetryPolicy,
-    client: Client,
+    mut tried: Tries<'_>,
 ) -> Done {
     let mut tries = 0u32;
-    let mut tried = Tries {
-        retries: Some(retries),
-        endpoints: Vec::new(),
-    };
     // Held from the decision to retry until that retry has its answer, backoff
     // included: `maxRetries` bounds the retries in flight, as Envoy's breaker does.
     let mut in_flight: Option<RetryPermit> = None;
     loop {
         tries += 1;
-        let result = attempt(ctx, compiled, key, parts, body, &mut tried, client).await;
+        let result = attempt(ctx, compiled, key, parts, body, &mut tried).await;
         let retryable = match &result {
             Attempt::Answered { response, .. } => {
                 retries.should_retry_response(response.status(), response.headers())
@@ -638,13 +641,38 @@ enum Attempt {
 }
 
 /// What one request's attempts share.
-#[derive(Default)]
 struct Tries<'a> {
+    /// The downstream connection, for hashing and the access log.
+    client: Client,
     /// `None` for a mirror's copy: a single attempt, sending the body the
     /// request's own attempts read.
     retries: Option<&'a RetryPolicy>,
     /// The ids of the endpoints tried so far.
     endpoints: Vec<String>,
+    /// Set when the route's timeout fired (not for a mirror's copy).
+    route_timed_out: Option<&'a AtomicBool>,
+}
+
+impl<'a> Tries<'a> {
+    /// A request's own tries, under its retry policy and route timeout.
+    fn request(client: Client, retries: &'a RetryPolicy, timed_out: &'a AtomicBool) -> Self {
+        Self {
+            client,
+            retries: Some(retries),
+            endpoints: Vec::new(),
+            route_timed_out: Some(timed_out),
+        }
+    }
+
+    /// A mirror's copy: one try, no retries, no route timeout to report.
+    fn mirror(client: Client) -> Self {
+        Self {
+            client,
+            retries: None,
+            endpoints: Vec::new(),
+            route_timed_out: None,
+        }
+    }
 }
 
 /// One try: a cluster, a pool permit, an endpoint, the exchange.
@@ -655,8 +683,8 @@ async fn attempt(
     parts: &http::request::Parts,
     body: Option<&Arc<Source>>,
     tries: &mut Tries<'_>,
-    client: Client,
 ) -> Attempt {
+    let client = tries.client;
     let local = |status, text: &str, flags| {
         Attempt::Local(Box::new(Done::local(
             reply(status, text),
@@ -670,7 +698,7 @@ async fn attempt(
     };
     let h2 = parts.version == Version::HTTP_2;
     let permit = if h2 {
-        cluster.admit_multiplexed().await
+        cluster.admit_multiplexed()
     } else {
         cluster.admit().await
     };
@@ -753,22 +781,22 @@ async fn attempt(
             ctx.http1.request(request).await.map_err(SendError::Pooled)
         }
     };
+    let mut cut_short = CutShort {
+        ctx,
+        cluster: &cluster,
+        key,
+        endpoint: &picked.endpoint.id,
+        route_timed_out: tries.route_timed_out,
+        armed: true,
+    };
     let result = match tries.retries.and_then(|r| r.per_try_timeout) {
         Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
         None => Some(sent.await),
     };
+    cut_short.armed = false;
+    drop(cut_short);
     let destination = ctx.inputs.state.workload_by_ip(endpoint.ip());
-    let report = |outcome| {
-        if cluster.report(&picked.endpoint.id, outcome, Instant::now()) {
-            ctx.metrics
-                .ejections
-                .get_or_create(&ClusterLabels {
-                    destination_service: key.host.clone(),
-                    subset: key.subset.clone().unwrap_or_default(),
-                })
-                .inc();
-        }
-    };
+    let report = |outcome| report_outcome(ctx, &cluster, key, &picked.endpoint.id, outcome);
     match result {
         None => {
             report(Outcome::LocalFailure);
@@ -830,6 +858,57 @@ async fn attempt(
                 detail,
                 endpoint: Some(endpoint),
             }
+        }
+    }
+}
+
+/// Tells outlier detection how a try went, and counts an ejection it causes.
+fn report_outcome(
+    ctx: &Context,
+    cluster: &Cluster,
+    key: &ClusterKey,
+    endpoint: &str,
+    outcome: Outcome,
+) {
+    if cluster.report(endpoint, outcome, Instant::now()) {
+        ctx.metrics
+            .ejections
+            .get_or_create(&ClusterLabels {
+                destination_service: key.host.clone(),
+                subset: key.subset.clone().unwrap_or_default(),
+            })
+            .inc();
+    }
+}
+
+/// A try waiting for its answer's headers when the route's timeout ends the
+/// request counts against its endpoint, as Envoy reports a local-origin
+/// timeout: with a route `timeout` and no `perTryTimeout` (the usual
+/// setting), an endpoint that hangs must still be ejectable. A try dropped
+/// because the client left is not the endpoint's fault and is not reported.
+struct CutShort<'a> {
+    ctx: &'a Context,
+    cluster: &'a Cluster,
+    key: &'a ClusterKey,
+    endpoint: &'a str,
+    route_timed_out: Option<&'a AtomicBool>,
+    armed: bool,
+}
+
+impl Drop for CutShort<'_> {
+    fn drop(&mut self) {
+        if self.armed
+            && self
+                .route_timed_out
+                .is_some_and(|fired| fired.load(Ordering::Acquire))
+        {
+            report_outcome(
+                self.ctx,
+                self.cluster,
+                self.key,
+                self.endpoint,
+                Outcome::LocalFailure,
+            );
         }
     }
 }

@@ -117,7 +117,7 @@ async fn connect(
     let cluster = ctx
         .cluster(compiled, key)
         .map_err(|reason| (Refused::NoCluster(reason), None))?;
-    let Ok(permit) = cluster.admit().await else {
+    let Ok(permit) = cluster.admit_connection() else {
         ctx.metrics.overflows.get_or_create(&labels).inc();
         return Err((Refused::Overflow, None));
     };

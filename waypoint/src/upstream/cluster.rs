@@ -277,8 +277,13 @@ impl Cluster {
     }
 
     /// A slot for an HTTP/2 request; see [`super::pool`].
-    pub async fn admit_multiplexed(&self) -> Result<Permit, Overflow> {
-        self.pool.admit_multiplexed().await
+    pub fn admit_multiplexed(&self) -> Result<Permit, Overflow> {
+        self.pool.admit_multiplexed()
+    }
+
+    /// A place for a connection to a TCP port; see [`super::pool`].
+    pub fn admit_connection(&self) -> Result<Permit, Overflow> {
+        self.pool.admit_connection()
     }
 
     /// A retry may start (`http.maxRetries` in flight at once).

@@ -1,15 +1,18 @@
 //! Connection pool limits (Envoy's circuit breakers, as Istio sets them
 //! from `connectionPool`), per upstream cluster.
 //!
-//! A request needs a slot to be sent. Over HTTP/1.1 a connection carries one
-//! request at a time, so the slots are `min(maxConnections,
-//! http2MaxRequests)`; over HTTP/2 requests share connections, so only
-//! `http2MaxRequests` limits them. A request that finds no free slot waits,
-//! first come first served, if fewer than `http1MaxPendingRequests` are
-//! already waiting; otherwise it is refused at once ([`Overflow`]: the proxy
-//! answers 503 with `x-envoy-overloaded`, Envoy's `UO`). A cluster speaks one
-//! protocol to its endpoints: use [`Pool::admit`] or
-//! [`Pool::admit_multiplexed`], not both.
+//! Two counts, as in Envoy: connections (`tcp.maxConnections`) and active
+//! requests of any protocol (`http.http2MaxRequests`, Envoy's
+//! `max_requests`). An HTTP/1.1 request needs a connection of its own; when
+//! none is free it waits, first come first served, if fewer than
+//! `http1MaxPendingRequests` are already waiting. Every HTTP request also
+//! needs a request slot, and one over `http2MaxRequests` is refused at once:
+//! that limit has no queue. An HTTP/2 request shares its endpoint's
+//! connection and needs only the request slot. A connection to a TCP port is
+//! refused at once when `maxConnections` are open (Envoy's TCP proxy does
+//! not queue: a long-lived connection may never free its place). A refusal
+//! is [`Overflow`]: the proxy answers 503 (Envoy's `UO`) or closes the
+//! connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,11 +26,12 @@ use super::policy::PoolLimits;
 #[error("upstream overflow: every connection is busy and the pending queue is full")]
 pub struct Overflow;
 
-/// A slot in the pool, held for the whole request; dropping it frees the
-/// slot for the next waiting request.
+/// A place in the pool, held for the whole request or connection; dropping
+/// it frees the place for the next one.
 #[derive(Debug)]
 pub struct Permit {
-    _slot: OwnedSemaphorePermit,
+    _connection: Option<OwnedSemaphorePermit>,
+    _request: Option<OwnedSemaphorePermit>,
 }
 
 /// One retry in flight (`http.maxRetries`); dropping it ends the retry.
@@ -45,10 +49,10 @@ impl Drop for RetryPermit {
 #[derive(Debug)]
 pub(crate) struct Pool {
     limits: PoolLimits,
-    /// HTTP/1.1 slots: one request per connection.
-    serial: Arc<Semaphore>,
-    /// HTTP/2 slots: requests share connections.
-    multiplexed: Arc<Semaphore>,
+    /// Open connections: HTTP/1.1 requests (one each) and TCP connections.
+    connections: Arc<Semaphore>,
+    /// Active HTTP requests, whatever their protocol.
+    requests: Arc<Semaphore>,
     pending: AtomicU64,
     overflows: AtomicU64,
     retries: Arc<AtomicU64>,
@@ -75,10 +79,9 @@ fn permits(limit: u32) -> usize {
 
 impl Pool {
     pub(crate) fn new(limits: PoolLimits) -> Self {
-        let serial = limits.max_connections.min(limits.max_requests);
         Self {
-            serial: Arc::new(Semaphore::new(permits(serial))),
-            multiplexed: Arc::new(Semaphore::new(permits(limits.max_requests))),
+            connections: Arc::new(Semaphore::new(permits(limits.max_connections))),
+            requests: Arc::new(Semaphore::new(permits(limits.max_requests))),
             limits,
             pending: AtomicU64::new(0),
             overflows: AtomicU64::new(0),
@@ -91,32 +94,69 @@ impl Pool {
         &self.limits
     }
 
-    /// A slot for an HTTP/1.1 request.
+    /// A place for an HTTP/1.1 request: a connection (waiting in the
+    /// pending queue if need be), then a request slot.
     pub(crate) async fn admit(&self) -> Result<Permit, Overflow> {
-        self.acquire(&self.serial).await
+        let connection = self.connection_or_wait().await?;
+        let request = self.request()?;
+        Ok(Permit {
+            _connection: Some(connection),
+            _request: Some(request),
+        })
     }
 
-    /// A slot for an HTTP/2 request.
-    pub(crate) async fn admit_multiplexed(&self) -> Result<Permit, Overflow> {
-        self.acquire(&self.multiplexed).await
+    /// A place for an HTTP/2 request: a request slot.
+    pub(crate) fn admit_multiplexed(&self) -> Result<Permit, Overflow> {
+        Ok(Permit {
+            _connection: None,
+            _request: Some(self.request()?),
+        })
     }
 
-    async fn acquire(&self, slots: &Arc<Semaphore>) -> Result<Permit, Overflow> {
-        // A free slot exists only when nobody waits (tokio hands a released
-        // permit to the first waiter), so this does not jump the queue.
-        if let Ok(slot) = slots.clone().try_acquire_owned() {
-            return Ok(Permit { _slot: slot });
+    /// A place for a connection to a TCP port, or a refusal at once.
+    pub(crate) fn admit_connection(&self) -> Result<Permit, Overflow> {
+        match self.connections.clone().try_acquire_owned() {
+            Ok(connection) => Ok(Permit {
+                _connection: Some(connection),
+                _request: None,
+            }),
+            Err(_) => Err(self.overflow()),
+        }
+    }
+
+    fn request(&self) -> Result<OwnedSemaphorePermit, Overflow> {
+        self.requests
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| self.overflow())
+    }
+
+    fn overflow(&self) -> Overflow {
+        self.overflows.fetch_add(1, Ordering::Relaxed);
+        Overflow
+    }
+
+    async fn connection_or_wait(&self) -> Result<OwnedSemaphorePermit, Overflow> {
+        // A free connection exists only when nobody waits (tokio hands a
+        // released permit to the first waiter), so this does not jump the
+        // queue.
+        if let Ok(slot) = self.connections.clone().try_acquire_owned() {
+            return Ok(slot);
         }
         let already = self.pending.fetch_add(1, Ordering::AcqRel);
         let waiting = Waiting(&self.pending);
         if already >= u64::from(self.limits.max_pending_requests) {
-            self.overflows.fetch_add(1, Ordering::Relaxed);
-            return Err(Overflow);
+            return Err(self.overflow());
         }
         // The semaphore is never closed; if it were, refusing is the answer.
-        let slot = slots.clone().acquire_owned().await.map_err(|_| Overflow)?;
+        let slot = self
+            .connections
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Overflow)?;
         drop(waiting);
-        Ok(Permit { _slot: slot })
+        Ok(slot)
     }
 
     /// A retry may start if fewer than `maxRetries` are in flight.

@@ -896,7 +896,7 @@ async fn a_waiter_that_gives_up_frees_its_place() {
 }
 
 #[tokio::test]
-async fn http2_requests_are_limited_by_max_requests_not_connections() {
+async fn http2_requests_are_limited_by_max_requests_at_once_without_a_queue() {
     let cluster = pooled(PoolLimits {
         max_connections: 1,
         max_requests: 3,
@@ -905,27 +905,51 @@ async fn http2_requests_are_limited_by_max_requests_not_connections() {
     });
     let mut held = Vec::new();
     for _ in 0..3 {
-        held.push(
-            timeout(NO_HANG, cluster.admit_multiplexed())
-                .await
-                .expect("no wait below http2MaxRequests")
-                .expect("admitted"),
-        );
+        held.push(cluster.admit_multiplexed().expect("below http2MaxRequests"));
     }
-    let waiter = tokio::spawn({
-        let cluster = cluster.clone();
-        async move { cluster.admit_multiplexed().await }
-    });
-    until_pending(&cluster, 1).await;
-    assert_eq!(cluster.admit_multiplexed().await.err(), Some(Overflow));
+    // Envoy's max_requests has no queue: the fourth is refused at once.
+    assert_eq!(cluster.admit_multiplexed().err(), Some(Overflow));
+    assert_eq!((cluster.pending(), cluster.overflows()), (0, 1));
     held.pop();
-    assert!(
-        timeout(NO_HANG, waiter)
+    assert!(cluster.admit_multiplexed().is_ok(), "a slot is free again");
+}
+
+#[tokio::test]
+async fn max_requests_counts_http1_and_http2_requests_together() {
+    let cluster = pooled(PoolLimits {
+        max_requests: 2,
+        ..PoolLimits::default()
+    });
+    let _h1 = cluster
+        .admit()
+        .await
+        .expect("a connection and a request slot");
+    let _h2 = cluster
+        .admit_multiplexed()
+        .expect("the second request slot");
+    assert_eq!(cluster.admit_multiplexed().err(), Some(Overflow));
+    assert_eq!(
+        timeout(NO_HANG, cluster.admit())
             .await
-            .expect("admitted once one ends")
-            .expect("task did not panic")
-            .is_ok()
+            .expect("refused at once, not queued")
+            .err(),
+        Some(Overflow)
     );
+    assert_eq!(cluster.overflows(), 2);
+}
+
+#[tokio::test]
+async fn a_tcp_connection_over_max_connections_is_refused_at_once() {
+    let cluster = pooled(PoolLimits {
+        max_connections: 1,
+        max_pending_requests: 5,
+        ..PoolLimits::default()
+    });
+    let open = cluster.admit_connection().expect("the first connection");
+    assert_eq!(cluster.admit_connection().err(), Some(Overflow));
+    assert_eq!((cluster.pending(), cluster.overflows()), (0, 1));
+    drop(open);
+    assert!(cluster.admit_connection().is_ok());
 }
 
 #[tokio::test]
