@@ -11,7 +11,6 @@ use std::{
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tokio::{net::TcpListener, sync::Notify};
 use tracing::info;
 use warren_api::Identity;
@@ -27,17 +26,12 @@ use warren_ztunnel::{
 use crate::{
     config::Config,
     metrics::Metrics,
-    proxy::{
-        Waypoint,
-        connect::Connector,
-        multiplex::{self, Multiplexed},
-    },
+    proxy::{Waypoint, connect::Connector, keepalive::KeepAlive, multiplex::Multiplexed},
     tables::Tables,
     upstream::Cluster,
 };
 
 pub type Body = BoxBody<Bytes, crate::proxy::replay::BoxError>;
-pub type HttpClient = Client<Connector, Body>;
 
 /// What an upstream cluster is: a destination host, subset and port.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -56,9 +50,9 @@ pub struct Context {
     /// Live upstream clusters with the routing generation they were built
     /// for (load balancer, pool and outlier state live here).
     pub clusters: Mutex<HashMap<ClusterKey, (u64, Arc<Cluster>)>>,
-    pub http1: HttpClient,
+    pub http1: Arc<KeepAlive>,
     pub http2: Arc<Multiplexed>,
-    /// Upstream connections for TCP routes (the HTTP clients own theirs).
+    /// Upstream connections for TCP routes (the HTTP pools own theirs).
     pub connector: Connector,
 }
 
@@ -127,10 +121,8 @@ impl App {
                 Arc::new(move || identity(&state, &config))
             },
         };
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .build(connector.clone());
-        let http2 = Arc::new(Multiplexed::new(connector.clone(), multiplex::IDLE_TIMEOUT));
+        let http1 = Arc::new(KeepAlive::new(connector.clone()));
+        let http2 = Arc::new(Multiplexed::new(connector.clone()));
         let context = Arc::new(Context {
             config: Arc::clone(&config),
             inputs: Arc::clone(&inputs),
@@ -158,6 +150,7 @@ impl App {
             ));
         }
         tokio::spawn(inputs.pool.clone().run_eviction(trigger.watch()));
+        tokio::spawn(Arc::clone(&context.http1).run_eviction(trigger.watch()));
         tokio::spawn(Arc::clone(&context.http2).run_eviction(trigger.watch()));
         tokio::spawn(http_endpoint::serve(
             admin_listener,

@@ -75,7 +75,9 @@ pub struct Config {
     #[arg(long, env = "WARREN_WAYPOINT_MAX_BODY", default_value_t = 8 << 20)]
     pub max_request_body: usize,
 
-    /// Limit on a TCP connect and on opening an HBONE stream upstream.
+    /// Limit on reaching an endpoint's node over HBONE (the TLS connection
+    /// the streams share). A connection to an endpoint, stream included,
+    /// is bounded by its DestinationRule's `tcp.connectTimeout` (10s).
     #[arg(long, env = "WARREN_WAYPOINT_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 

@@ -12,7 +12,7 @@ use warren_api::{
 };
 use warren_ztunnel::subscription::Subscription as L4Subscription;
 
-use crate::tables::Tables;
+use crate::{tables::Tables, upstream::Scope};
 
 pub struct Subscription {
     l4: L4Subscription,
@@ -95,8 +95,11 @@ impl Handler for Subscription {
         }));
         // After the mesh settings of the same update: the root namespace
         // decides which DestinationRules apply.
-        let root = self.l4.state().mesh().root_namespace;
-        self.tables.rebuild(&self.namespace, &root);
+        self.tables.rebuild(Scope {
+            namespace: self.namespace.clone(),
+            root: self.l4.state().mesh().root_namespace,
+            labels: Scope::waypoint_labels(self.gateway.as_deref()),
+        });
         refused
     }
 }

@@ -6,7 +6,7 @@
 //! [`Compiled`] until they are done).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, RwLock},
 };
 
@@ -16,8 +16,8 @@ use warren_model::istio::{AuthorizationPolicySpec, DestinationRuleSpec, VirtualS
 
 use crate::{
     authz::{Authorizer, PolicyInput},
-    route::{ExportTo, RouteTable, VsInput, tcp::TcpTable},
-    upstream::{DrInput, Policies},
+    route::{RouteTable, VsInput, tcp::TcpTable},
+    upstream::{DrInput, Policies, Scope},
 };
 
 /// One generation of compiled routing.
@@ -127,7 +127,7 @@ impl Tables {
     /// Compiles what is held and makes it current. Errors were checked when
     /// each resource came in, except those between objects (two
     /// VirtualServices claiming a host), which are logged here.
-    pub fn rebuild(&self, waypoint_namespace: &str, root_namespace: &str) {
+    pub fn rebuild(&self, scope: Scope) {
         // Oldest first, then by namespace and name (Istio's precedence).
         let mut virtual_services: Vec<VsInput> =
             read(&self.virtual_services).values().cloned().collect();
@@ -136,11 +136,8 @@ impl Tables {
         });
         let (routes, route_errors) = RouteTable::build(virtual_services.iter().cloned());
         let (tcp_routes, tcp_errors) = TcpTable::build(virtual_services);
-        let (policies, policy_errors) = Policies::build(visible_destination_rules(
-            read(&self.destination_rules).values(),
-            waypoint_namespace,
-            root_namespace,
-        ));
+        let (policies, policy_errors) =
+            Policies::build(read(&self.destination_rules).values().cloned(), scope);
         for error in route_errors.iter().chain(&tcp_errors) {
             warn!(%error, "VirtualService not (fully) applied");
         }
@@ -160,55 +157,6 @@ impl Tables {
     }
 }
 
-/// The DestinationRules this waypoint applies, as Istio looks them up for a
-/// proxy: for each host, those of the waypoint's own namespace; else those
-/// of the host's namespace exported to it; else those of the root namespace
-/// exported to it. A rule of any other namespace does not apply, so one
-/// namespace cannot set another's subsets, pools or ejections.
-fn visible_destination_rules<'a>(
-    all: impl Iterator<Item = &'a DrInput>,
-    waypoint: &str,
-    root: &str,
-) -> Vec<DrInput> {
-    let rank = |dr: &DrInput| {
-        let exported = ExportTo::new(&dr.spec.export_to).reaches(&dr.namespace, waypoint);
-        if dr.namespace == waypoint {
-            Some(0)
-        } else if exported && host_namespace(&dr.host) == Some(dr.namespace.as_str()) {
-            Some(1)
-        } else if exported && !root.is_empty() && dr.namespace == root {
-            Some(2)
-        } else {
-            None
-        }
-    };
-    let ranked: Vec<(u8, &DrInput)> = all.filter_map(|dr| Some((rank(dr)?, dr))).collect();
-    let mut best: HashMap<String, u8> = HashMap::new();
-    for (rank, dr) in &ranked {
-        let entry = best.entry(dr.host.to_ascii_lowercase()).or_insert(*rank);
-        *entry = (*entry).min(*rank);
-    }
-    let mut visible: Vec<DrInput> = ranked
-        .into_iter()
-        .filter(|(rank, dr)| best.get(&dr.host.to_ascii_lowercase()) == Some(rank))
-        .map(|(_, dr)| dr.clone())
-        .collect();
-    // Oldest first, then by namespace and name: the order Istio merges in.
-    visible.sort_by(|a, b| {
-        (a.created, &a.namespace, &a.name).cmp(&(b.created, &b.namespace, &b.name))
-    });
-    visible
-}
-
-/// The namespace of a Service host (`name.ns.svc.<domain>`, or
-/// `*.ns.svc.<domain>`); `None` for other hosts.
-fn host_namespace(host: &str) -> Option<&str> {
-    let mut labels = host.split('.');
-    let _name = labels.next()?;
-    let namespace = labels.next()?;
-    (labels.next() == Some("svc")).then_some(namespace)
-}
-
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|p| p.into_inner())
 }
@@ -221,64 +169,7 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 mod tests {
     use warren_api::config::L7Authorization;
 
-    use super::{DrInput, Tables, visible_destination_rules};
-
-    fn dr(namespace: &str, host: &str, export_to: &[&str]) -> DrInput {
-        DrInput {
-            namespace: namespace.into(),
-            name: format!("{namespace}-{host}"),
-            created: 0,
-            host: host.into(),
-            spec: serde_json::from_value(serde_json::json!({
-                "host": host,
-                "exportTo": export_to,
-            }))
-            .expect("a valid spec"),
-        }
-    }
-
-    #[test]
-    fn destination_rules_apply_from_the_waypoints_the_hosts_or_the_root_namespace() {
-        let all = [
-            dr("evil", "payments.prod.svc.cluster.local", &[]),
-            dr("prod", "payments.prod.svc.cluster.local", &[]),
-            dr("shop", "ratings.shop.svc.cluster.local", &["."]),
-            dr("shop", "reviews.shop.svc.cluster.local", &[]),
-            dr("istio-system", "reviews.shop.svc.cluster.local", &[]),
-            dr("istio-system", "*", &[]),
-        ];
-        let mut seen: Vec<String> = visible_destination_rules(all.iter(), "prod", "istio-system")
-            .into_iter()
-            .map(|d| d.name)
-            .collect();
-        seen.sort();
-        assert_eq!(
-            seen,
-            [
-                // The root's mesh-wide default.
-                "istio-system-*",
-                // The waypoint's own, not another namespace's.
-                "prod-payments.prod.svc.cluster.local",
-                // The host's namespace's, exported; before the root's.
-                "shop-reviews.shop.svc.cluster.local",
-            ]
-        );
-    }
-
-    #[test]
-    fn destination_rules_for_a_host_merge_oldest_first() {
-        let mut newer = dr("prod", "db.prod.svc.cluster.local", &[]);
-        newer.name = "a-newer".into();
-        newer.created = 20;
-        let mut older = dr("prod", "db.prod.svc.cluster.local", &[]);
-        older.name = "z-older".into();
-        older.created = 10;
-        let order: Vec<String> = visible_destination_rules([newer, older].iter(), "prod", "")
-            .into_iter()
-            .map(|d| d.name)
-            .collect();
-        assert_eq!(order, ["z-older", "a-newer"]);
-    }
+    use super::Tables;
 
     #[test]
     fn a_policy_binds_only_the_waypoint_of_the_gateway_it_names() {

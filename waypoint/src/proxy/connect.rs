@@ -1,28 +1,19 @@
 //! Opening upstream connections: an HBONE stream to the endpoint's node
 //! (mutual TLS as the waypoint's own identity, the endpoint's identity
-//! verified), or plain TCP to an endpoint outside the mesh. For HTTP/1.1,
-//! hyper's client pools what this opens, per endpoint address, so
-//! keep-alive requests reuse one stream; [`retire_after`] takes a connection
-//! out of the pool once it has carried `http.maxRequestsPerConnection`
-//! requests. HTTP/2 has a pool of its own ([`super::multiplex`]).
+//! verified), or plain TCP to an endpoint outside the mesh, within the
+//! DestinationRule's `tcp.connectTimeout`. The HTTP pools
+//! ([`super::keepalive`], [`super::multiplex`]) and TCP routes call it.
 
 use std::{
-    future::Future,
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
-use http::{Response, Uri};
-use hyper_util::{
-    client::legacy::connect::{CaptureConnection, Connected, Connection},
-    rt::TokioIo,
-};
+use hyper_util::rt::TokioIo;
 use warren_api::Identity;
 use warren_ztunnel::proxy::{
     Inputs,
@@ -37,8 +28,8 @@ use warren_ztunnel::proxy::{
 /// `connect-failure`).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("upstream URI {0} has no ip:port authority")]
-    BadAuthority(Uri),
+    #[error("connecting to {addr} took over {after:?} (connectTimeout)")]
+    Timeout { addr: SocketAddr, after: Duration },
     #[error("no certificate for the waypoint's identity {0} yet")]
     NoCertificate(Identity),
     #[error("no trust bundle yet")]
@@ -60,15 +51,12 @@ pub enum SendError {
     /// No connection (HTTP/2: shared by the requests that waited for it).
     #[error(transparent)]
     Connect(Arc<ConnectError>),
-    /// Over an HTTP/2 connection.
+    /// Over a connection that was open.
     #[error(transparent)]
     Request(hyper::Error),
-    /// Through hyper's pooling HTTP/1.1 client.
-    #[error(transparent)]
-    Pooled(hyper_util::client::legacy::Error),
 }
 
-/// The connector hyper's client calls for a new upstream connection.
+/// Opens upstream connections as the waypoint's identity.
 #[derive(Clone)]
 pub struct Connector {
     pub inputs: Arc<Inputs>,
@@ -76,24 +64,34 @@ pub struct Connector {
 }
 
 impl Connector {
-    async fn open(self, uri: Uri) -> Result<Upstream, ConnectError> {
-        let authority: SocketAddr = uri
-            .authority()
-            .and_then(|a| a.as_str().parse().ok())
-            .ok_or_else(|| ConnectError::BadAuthority(uri.clone()))?;
-        self.connect(authority).await
+    /// A byte stream to `authority` within `timeout`: an HBONE tunnel
+    /// through the endpoint's node when it is a meshed workload (the
+    /// endpoint's answer to the CONNECT included), else plain TCP.
+    pub async fn connect(
+        &self,
+        authority: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Upstream, ConnectError> {
+        tokio::time::timeout(timeout, self.open(authority, timeout))
+            .await
+            .unwrap_or(Err(ConnectError::Timeout {
+                addr: authority,
+                after: timeout,
+            }))
     }
 
-    /// A byte stream to `authority`: an HBONE tunnel through the endpoint's
-    /// node when it is a meshed workload, else plain TCP.
-    pub async fn connect(&self, authority: SocketAddr) -> Result<Upstream, ConnectError> {
+    async fn open(
+        &self,
+        authority: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Upstream, ConnectError> {
         let state = &self.inputs.state;
         let workload = state.workload_by_ip(authority.ip());
         match workload.as_deref() {
             Some(w) if w.hbone => {
                 let (Some(expected), Some(node_address)) = (w.identity.clone(), w.node_address)
                 else {
-                    return plain(authority, &self.inputs).await;
+                    return plain(authority, timeout).await;
                 };
                 let source = (self.identity)();
                 let cert = state
@@ -120,67 +118,28 @@ impl Connector {
                     .await?;
                 Ok(Upstream::Tunnel(TokioIo::new(tunnel)))
             }
-            _ => plain(authority, &self.inputs).await,
+            _ => plain(authority, timeout).await,
         }
     }
 }
 
-async fn plain(addr: SocketAddr, inputs: &Inputs) -> Result<Upstream, ConnectError> {
-    let stream = warren_ztunnel::proxy::connect(addr, None, inputs.config.connect_timeout)
+async fn plain(addr: SocketAddr, timeout: Duration) -> Result<Upstream, ConnectError> {
+    let stream = warren_ztunnel::proxy::connect(addr, None, timeout)
         .await
-        .map_err(|source| ConnectError::Tcp { addr, source })?;
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::TimedOut => ConnectError::Timeout {
+                addr,
+                after: timeout,
+            },
+            _ => ConnectError::Tcp { addr, source },
+        })?;
     Ok(Upstream::Tcp(TokioIo::new(stream)))
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = Upstream;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Upstream, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        Box::pin(self.clone().open(uri))
-    }
 }
 
 /// An upstream byte stream hyper speaks HTTP over.
 pub enum Upstream {
     Tunnel(TokioIo<Tunnel>),
     Tcp(TokioIo<tokio::net::TcpStream>),
-}
-
-impl Connection for Upstream {
-    fn connected(&self) -> Connected {
-        // hyper asks once per new connection and hands a clone of this
-        // `Connected` (the same counter) to every response the connection
-        // carries.
-        Connected::new().extra(Served::default())
-    }
-}
-
-/// How many answers a pooled connection has carried.
-#[derive(Clone, Debug, Default)]
-struct Served(Arc<AtomicU32>);
-
-/// Counts `response` against its connection and, once that connection has
-/// carried `limit` requests, poisons it: hyper's pool hands it to no further
-/// request and closes it when idle (`http.maxRequestsPerConnection`).
-/// Counted at the answer's headers: exact over HTTP/1.1, where a connection
-/// carries one request at a time; over HTTP/2 requests already in flight on
-/// the connection still finish on it.
-pub fn retire_after<B>(limit: u32, response: &Response<B>, captured: &CaptureConnection) {
-    let Some(served) = response.extensions().get::<Served>() else {
-        return;
-    };
-    let count = served.0.fetch_add(1, Ordering::AcqRel).saturating_add(1);
-    if count >= limit
-        && let Some(connected) = captured.connection_metadata().as_ref()
-    {
-        connected.poison();
-    }
 }
 
 macro_rules! delegate {

@@ -4,8 +4,8 @@
 //! with retries under the route's timeout, copy it to mirrors, and report it.
 //!
 //! Response flags follow Envoy's, so operators read them as they would
-//! Istio's: `NR` no route, `UO` pool overflow, `UH` no healthy endpoint, `UF`
-//! connect failure, `UT` timeout, `URX` retries exhausted, `FI` fault abort,
+//! Istio's: `NR` no route, `NC` no cluster (an unknown subset or service),
+//! `UO` pool overflow, `UH` no healthy endpoint, `UF` connect failure, `UT` timeout, `URX` retries exhausted, `FI` fault abort,
 //! `DI` fault delay, `UC` upstream reset.
 
 use std::{
@@ -25,14 +25,13 @@ use hyper::{
     body::{Body as _, Incoming},
     upgrade::OnUpgrade,
 };
-use hyper_util::client::legacy::connect::capture_connection;
 use rand::Rng as _;
 use tracing::debug;
 use warren_ztunnel::state::Workload;
 
 use super::{
     Client, Downstream,
-    connect::{self, SendError},
+    connect::SendError,
     replay::{BoxError, ReadCount, Source},
     report::{Arrived, Finished, GRPC_STATUS, Measured, Unanswered},
     upgrade,
@@ -694,7 +693,7 @@ async fn attempt(
     };
     let cluster = match ctx.cluster(compiled, key) {
         Ok(cluster) => cluster,
-        Err(reason) => return local(StatusCode::SERVICE_UNAVAILABLE, &reason, "NR"),
+        Err(reason) => return local(StatusCode::SERVICE_UNAVAILABLE, &reason, "NC"),
     };
     let h2 = parts.version == Version::HTTP_2;
     let permit = if h2 {
@@ -738,14 +737,19 @@ async fn attempt(
     };
     let endpoint = picked.endpoint.address;
     tries.endpoints.push(picked.endpoint.id.clone());
-    // Over HTTP/1.1 the URI only picks the pooled connection (hyper sends
-    // the path, and `Host` says whom for); over HTTP/2 its authority is the
-    // `:authority` the endpoint reads, so it stays the request's.
-    let authority = match h2.then(|| request_authority(parts)).flatten() {
-        Some(authority) => Ok(authority),
-        None => http::uri::Authority::try_from(endpoint.to_string()).map_err(http::Error::from),
+    // Over HTTP/2 the URI's authority is the `:authority` the endpoint
+    // reads, so it stays the request's; HTTP/1.1 sends the path alone
+    // (origin form) and `Host` says whom for.
+    let uri = if h2 {
+        let authority = match request_authority(parts) {
+            Some(authority) => Ok(authority),
+            None => http::uri::Authority::try_from(endpoint.to_string()).map_err(http::Error::from),
+        };
+        authority.and_then(|authority| upstream_uri(authority, &parts.uri))
+    } else {
+        Ok(Uri::from(origin_form(&parts.uri)))
     };
-    let uri = match authority.and_then(|authority| upstream_uri(authority, &parts.uri)) {
+    let uri = match uri {
         Ok(uri) => uri,
         Err(error) => return local(StatusCode::BAD_REQUEST, &error.to_string(), "-"),
     };
@@ -772,13 +776,12 @@ async fn attempt(
     if let Some(protocol) = &upgrading {
         upgrade::restore(request.headers_mut(), protocol);
     }
-    let per_connection = cluster.max_requests_per_connection();
-    let captured = (!h2 && per_connection.is_some()).then(|| capture_connection(&mut request));
+    let limits = cluster.limits();
     let sent = async {
         if h2 {
-            ctx.http2.send(endpoint, request, per_connection).await
+            ctx.http2.send(endpoint, request, limits).await
         } else {
-            ctx.http1.request(request).await.map_err(SendError::Pooled)
+            ctx.http1.send(endpoint, request, limits).await
         }
     };
     let mut cut_short = CutShort {
@@ -807,9 +810,6 @@ async fn attempt(
             }
         }
         Some(Ok(response)) => {
-            if let (Some(limit), Some(captured)) = (per_connection, &captured) {
-                connect::retire_after(limit, &response, captured);
-            }
             let status = response.status().as_u16();
             report(if status >= 500 {
                 Outcome::Status(status)
@@ -981,27 +981,27 @@ fn upstream_uri(authority: http::uri::Authority, request: &Uri) -> Result<Uri, h
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(http::uri::Scheme::HTTP);
     parts.authority = Some(authority);
-    parts.path_and_query = Some(
-        request
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
+    parts.path_and_query = Some(origin_form(request));
     Ok(Uri::from_parts(parts)?)
+}
+
+/// The path and query a request line carries (`/` when there is none).
+fn origin_form(request: &Uri) -> http::uri::PathAndQuery {
+    request
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
 }
 
 /// How an upstream attempt failed, for `retryOn` and the response flags.
 fn failure_kind(error: &SendError) -> FailureKind {
     let hyper = match error {
         SendError::Connect(_) => return FailureKind::ConnectFailure,
-        SendError::Pooled(error) if error.is_connect() => return FailureKind::ConnectFailure,
-        SendError::Pooled(error) => std::error::Error::source(error)
-            .and_then(|source| source.downcast_ref::<hyper::Error>()),
-        SendError::Request(error) => Some(error),
+        SendError::Request(error) => error,
     };
     if is_refused_stream(error) {
         FailureKind::RefusedStream
-    } else if hyper.is_some_and(|error| error.is_parse() || error.is_parse_status()) {
+    } else if hyper.is_parse() || hyper.is_parse_status() {
         // The upstream's bytes were no valid HTTP response, as opposed to
         // the connection failing.
         FailureKind::ProtocolError
@@ -1037,15 +1037,20 @@ impl Context {
         {
             return Ok(Arc::clone(cluster));
         }
-        let resolved = compiled
-            .policies
-            .resolve(&key.host, key.subset.as_deref(), key.port)
-            .map_err(|e| e.to_string())?;
         let service = self
             .inputs
             .state
             .service_by_hostname(&key.host)
             .ok_or_else(|| format!("no service {}", key.host))?;
+        let resolved = compiled
+            .policies
+            .resolve(
+                &key.host,
+                &service.namespace,
+                key.subset.as_deref(),
+                key.port,
+            )
+            .map_err(|e| e.to_string())?;
         let port = service
             .port(key.port)
             .ok_or_else(|| format!("service {} has no port {}", key.host, key.port))?;
@@ -1342,7 +1347,11 @@ mod tests {
         let request = Request::get("http://app.shop:80/")
             .body(full(Bytes::new()))
             .unwrap();
-        let error = pool.send(addr, request, None).await.expect_err("refused");
+        let limits = crate::upstream::PoolLimits::default();
+        let error = pool
+            .send(addr, request, &limits)
+            .await
+            .expect_err("refused");
         assert_eq!(
             failure_kind(&error),
             FailureKind::RefusedStream,
@@ -1357,7 +1366,7 @@ mod tests {
             .body(full(Bytes::new()))
             .unwrap();
         let error = pool
-            .send(gone, request, None)
+            .send(gone, request, &limits)
             .await
             .expect_err("no listener");
         assert_eq!(

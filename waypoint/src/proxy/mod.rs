@@ -15,6 +15,7 @@
 
 pub mod connect;
 pub mod http;
+pub mod keepalive;
 pub mod multiplex;
 pub mod replay;
 mod report;

@@ -1,20 +1,21 @@
 //! HTTP/2 upstream connections: one per endpoint, shared by every request
 //! to it, as Envoy's HTTP/2 connection pool keeps them.
 //!
-//! hyper-util's pooling client keys connections by the request URI's
-//! authority, and over HTTP/2 that authority is also the `:authority` the
-//! server reads. Pooling per endpoint through it sent the endpoint's
-//! address as every request's authority (while the `Host` header, left in,
-//! named the service: a mismatch RFC 9113 lets a server refuse). Here the
-//! pool is keyed by endpoint and a request keeps its own authority.
+//! The pool is keyed by endpoint and a request keeps its own authority:
+//! over HTTP/2 the URI's authority is the `:authority` the server reads (a
+//! pool keyed by the URI, as hyper-util's, would send the endpoint's address
+//! there instead, which RFC 9113 lets a server refuse next to a `Host`
+//! naming the service).
 //!
 //! A new connection is opened once for all the requests that need it: they
 //! wait for the one handshake and share its failure, so a dead endpoint
 //! costs one connect attempt, not one per waiting request. A connection
 //! leaves the pool when it closes, when it has carried
-//! `http.maxRequestsPerConnection` requests, or after sitting unused for the
-//! idle timeout; requests already on it finish (hyper keeps the connection
-//! until their streams end).
+//! `http.maxRequestsPerConnection` requests, once it is older than
+//! `tcp.maxConnectionDuration`, or after sitting unused for
+//! `http.idleTimeout`; requests already on it finish (hyper keeps the
+//! connection until their streams end). As for HTTP/1.1, the timeouts are
+//! those of the request that opened the connection.
 
 use std::{
     collections::HashMap,
@@ -34,17 +35,15 @@ use tokio::time::Instant;
 use tracing::debug;
 use warren_ztunnel::drain;
 
-use super::connect::{ConnectError, Connector, SendError};
-use crate::app::Body;
-
-/// How long an unused connection stays open (hyper-util's and Envoy's
-/// default idle timeouts are of this order).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+use super::{
+    connect::{ConnectError, Connector, SendError},
+    keepalive::EVICTION_INTERVAL,
+};
+use crate::{app::Body, upstream::PoolLimits};
 
 /// HTTP/2 connections to upstream endpoints.
 pub struct Multiplexed {
     connector: Connector,
-    idle_timeout: Duration,
     endpoints: Mutex<HashMap<SocketAddr, Slot>>,
     ids: AtomicU64,
 }
@@ -71,33 +70,44 @@ struct Connection {
     /// endpoints lock, so a plain count would do; the connection is cloned
     /// to the requests that wait on its handshake.
     sent: Arc<AtomicU64>,
+    /// `http.idleTimeout`.
+    idle_timeout: Duration,
+    /// `tcp.maxConnectionDuration` from its opening.
+    retire_at: Option<Instant>,
+}
+
+impl Connection {
+    /// Whether it stays pooled at `now`, last used at `last_used`.
+    fn keep(&self, last_used: Instant, now: Instant) -> bool {
+        !self.send.is_closed()
+            && now.saturating_duration_since(last_used) < self.idle_timeout
+            && self.retire_at.is_none_or(|at| now < at)
+    }
 }
 
 impl Multiplexed {
-    pub fn new(connector: Connector, idle_timeout: Duration) -> Self {
+    pub fn new(connector: Connector) -> Self {
         Self {
             connector,
-            idle_timeout,
             endpoints: Mutex::new(HashMap::new()),
             ids: AtomicU64::new(0),
         }
     }
 
     /// Sends `request` to `endpoint` over HTTP/2; its URI's authority is
-    /// the `:authority` the endpoint reads. `limit` is
-    /// `http.maxRequestsPerConnection`.
+    /// the `:authority` the endpoint reads.
     pub async fn send(
         &self,
         endpoint: SocketAddr,
         mut request: Request<Body>,
-        limit: Option<u32>,
+        limits: &PoolLimits,
     ) -> Result<Response<Incoming>, SendError> {
         // A connection can close between being taken from the pool and the
         // request reaching it; hyper then hands the request back unsent, and
         // it goes once more, on a new connection.
         let mut retried = false;
         loop {
-            let mut connection = self.connection(endpoint, limit).await?;
+            let mut connection = self.connection(endpoint, limits).await?;
             match connection.send.try_send_request(request).await {
                 Ok(response) => return Ok(response),
                 Err(mut error) => match error.take_message() {
@@ -118,8 +128,9 @@ impl Multiplexed {
     async fn connection(
         &self,
         endpoint: SocketAddr,
-        limit: Option<u32>,
+        limits: &PoolLimits,
     ) -> Result<Connection, SendError> {
+        let limit = limits.max_requests_per_connection;
         loop {
             let (id, handshake) = {
                 let mut endpoints = self.lock();
@@ -127,7 +138,7 @@ impl Multiplexed {
                     Some(Slot::Open {
                         connection,
                         last_used,
-                    }) if !connection.send.is_closed() => {
+                    }) if connection.keep(*last_used, Instant::now()) => {
                         *last_used = Instant::now();
                         let connection = connection.clone();
                         if claim(&mut endpoints, endpoint, &connection, limit) {
@@ -138,7 +149,9 @@ impl Multiplexed {
                     Some(Slot::Opening { id, handshake }) => (*id, handshake.clone()),
                     _ => {
                         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-                        let handshake = open(self.connector.clone(), endpoint, id).boxed().shared();
+                        let handshake = open(self.connector.clone(), endpoint, id, limits.clone())
+                            .boxed()
+                            .shared();
                         endpoints.insert(
                             endpoint,
                             Slot::Opening {
@@ -193,10 +206,10 @@ impl Multiplexed {
         }
     }
 
-    /// Closes connections that have closed or sat unused for the idle
-    /// timeout, until the drain.
+    /// Closes connections that have closed, sat unused for their idle
+    /// timeout or lived their maximum duration, until the drain.
     pub async fn run_eviction(self: Arc<Self>, mut drain: drain::Watch) {
-        let mut tick = tokio::time::interval(self.idle_timeout / 2);
+        let mut tick = tokio::time::interval(EVICTION_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -212,10 +225,9 @@ impl Multiplexed {
                 connection,
                 last_used,
             } => {
-                let keep = !connection.send.is_closed()
-                    && now.saturating_duration_since(*last_used) < self.idle_timeout;
+                let keep = connection.keep(*last_used, now);
                 if !keep {
-                    debug!(%endpoint, "closing an idle or closed HTTP/2 upstream connection");
+                    debug!(%endpoint, "retiring an idle, old or closed HTTP/2 upstream connection");
                 }
                 keep
             }
@@ -267,8 +279,12 @@ async fn open(
     connector: Connector,
     endpoint: SocketAddr,
     id: u64,
+    limits: PoolLimits,
 ) -> Result<Connection, Arc<ConnectError>> {
-    let io = connector.connect(endpoint).await.map_err(Arc::new)?;
+    let io = connector
+        .connect(endpoint, limits.connect_timeout)
+        .await
+        .map_err(Arc::new)?;
     let (send, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         // A dead peer behind a live tunnel is found by pings.
@@ -291,6 +307,10 @@ async fn open(
         id,
         send,
         sent: Arc::new(AtomicU64::new(0)),
+        idle_timeout: limits.idle_timeout,
+        retire_at: limits
+            .max_connection_duration
+            .map(|limit| Instant::now() + limit),
     })
 }
 
@@ -311,22 +331,32 @@ pub(crate) mod tests {
     use super::*;
     use crate::proxy::http::full;
 
-    /// A pool whose endpoints are outside the mesh (plain TCP on loopback).
-    pub(crate) fn pool() -> Multiplexed {
+    /// A connector to endpoints outside the mesh (plain TCP on loopback).
+    pub(crate) fn connector() -> Connector {
         let config = Arc::new(warren_ztunnel::Config::for_tests(IpAddr::V4(
             Ipv4Addr::LOCALHOST,
         )));
         let state = State::new(config.node_name.clone(), config.hbone_port);
         let inputs = Inputs::new(config, state, Arc::new(Metrics::new()));
-        let connector = Connector {
+        Connector {
             inputs,
             identity: Arc::new(|| {
                 "spiffe://cluster.local/ns/shop/sa/waypoint"
                     .parse()
                     .expect("identity")
             }),
-        };
-        Multiplexed::new(connector, IDLE_TIMEOUT)
+        }
+    }
+
+    pub(crate) fn pool() -> Multiplexed {
+        Multiplexed::new(connector())
+    }
+
+    fn per_connection(limit: u32) -> PoolLimits {
+        PoolLimits {
+            max_requests_per_connection: Some(limit),
+            ..PoolLimits::default()
+        }
     }
 
     /// What an HTTP/2 server saw.
@@ -415,7 +445,8 @@ pub(crate) mod tests {
     async fn requests_keep_their_authority_and_share_one_connection() {
         let (addr, seen) = server().await;
         let pool = pool();
-        let sent = (0..8).map(|_| pool.send(addr, get("/"), None));
+        let limits = PoolLimits::default();
+        let sent = (0..8).map(|_| pool.send(addr, get("/"), &limits));
         for response in futures::future::join_all(sent).await {
             assert_eq!(text(response.expect("an answer")).await, "ok");
         }
@@ -437,7 +468,10 @@ pub(crate) mod tests {
         let (addr, seen) = server().await;
         let pool = pool();
         for _ in 0..5 {
-            let response = pool.send(addr, get("/"), Some(2)).await.expect("an answer");
+            let response = pool
+                .send(addr, get("/"), &per_connection(2))
+                .await
+                .expect("an answer");
             assert_eq!(text(response).await, "ok");
         }
         assert_eq!(seen.connections.load(Ordering::SeqCst), 3, "2 + 2 + 1");
@@ -456,11 +490,11 @@ pub(crate) mod tests {
         let (addr, seen) = server().await;
         let pool = pool();
         let streaming = pool
-            .send(addr, get("/slow"), None)
+            .send(addr, get("/slow"), &PoolLimits::default())
             .await
             .expect("an answer");
         assert_eq!(pool.len(), 1);
-        pool.evict(Instant::now() + IDLE_TIMEOUT);
+        pool.evict(Instant::now() + PoolLimits::default().idle_timeout);
         assert!(pool.is_empty(), "idle past the timeout");
         assert_eq!(
             text(streaming).await,
@@ -474,9 +508,36 @@ pub(crate) mod tests {
         })
         .await
         .expect("the evicted connection closed");
-        let response = pool.send(addr, get("/"), None).await.expect("an answer");
+        let response = pool
+            .send(addr, get("/"), &PoolLimits::default())
+            .await
+            .expect("an answer");
         assert_eq!(text(response).await, "ok");
         assert_eq!(seen.connections.load(Ordering::SeqCst), 2, "a new one");
+    }
+
+    #[tokio::test]
+    async fn a_connection_past_its_maximum_duration_takes_no_new_requests() {
+        let (addr, seen) = server().await;
+        let pool = pool();
+        let limits = PoolLimits {
+            max_connection_duration: Some(Duration::from_millis(100)),
+            ..PoolLimits::default()
+        };
+        let streaming = pool
+            .send(addr, get("/slow"), &limits)
+            .await
+            .expect("an answer");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Past its duration: the next request opens a new connection while
+        // the answer streaming on the old one still finishes.
+        let response = pool.send(addr, get("/"), &limits).await.expect("an answer");
+        assert_eq!(text(response).await, "ok");
+        assert_eq!(text(streaming).await, "one two");
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+        // And the eviction pass retires it without a request.
+        pool.evict(Instant::now() + Duration::from_millis(150));
+        assert!(pool.is_empty());
     }
 
     #[tokio::test]
@@ -485,7 +546,8 @@ pub(crate) mod tests {
         let gone = closed.local_addr().unwrap();
         drop(closed);
         let pool = pool();
-        let sent = (0..4).map(|_| pool.send(gone, get("/"), None));
+        let limits = PoolLimits::default();
+        let sent = (0..4).map(|_| pool.send(gone, get("/"), &limits));
         for result in futures::future::join_all(sent).await {
             assert!(
                 matches!(result, Err(SendError::Connect(_))),

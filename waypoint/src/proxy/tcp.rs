@@ -41,7 +41,7 @@ impl Refused {
     /// Envoy's response flag for the access log.
     fn flag(&self) -> &'static str {
         match self {
-            Refused::NoCluster(_) => "NR",
+            Refused::NoCluster(_) => "NC",
             Refused::Overflow => "UO",
             Refused::NoEndpoint => "UH",
             Refused::Connect(_) => "UF",
@@ -128,9 +128,10 @@ async fn connect(
         return Err((Refused::NoEndpoint, None));
     };
     let endpoint = picked.endpoint.address;
-    // Bounded by the connector: --connect-timeout for TCP, the HBONE pool's
-    // own limits for tunnels.
-    let connected = ctx.connector.connect(endpoint).await;
+    let connected = ctx
+        .connector
+        .connect(endpoint, cluster.limits().connect_timeout)
+        .await;
     let outcome = match &connected {
         Ok(_) => Outcome::Success,
         Err(_) => Outcome::LocalFailure,

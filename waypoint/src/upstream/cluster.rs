@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use super::balance::{HashInput, SetCookie, Table, hash_request, random_index, two_choices};
 use super::outlier::{Detector, HostOutlier, Outcome};
-use super::policy::{LoadBalancer, Resolved};
+use super::policy::{LoadBalancer, PoolLimits, Resolved};
 use super::pool::{Overflow, Permit, Pool, RetryPermit};
 
 /// One endpoint of the cluster, as the proxy knows it.
@@ -291,10 +291,10 @@ impl Cluster {
         self.pool.try_retry()
     }
 
-    /// `http.maxRequestsPerConnection` for the proxy's connection pool;
-    /// `None` is unlimited.
-    pub fn max_requests_per_connection(&self) -> Option<u32> {
-        self.pool.limits().max_requests_per_connection
+    /// The connection settings for the proxy's connection pools
+    /// (timeouts, requests per connection, maximum duration).
+    pub fn limits(&self) -> &PoolLimits {
+        self.pool.limits()
     }
 
     /// Requests waiting for a slot now.

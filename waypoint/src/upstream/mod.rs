@@ -2,8 +2,9 @@
 //!
 //! Two halves, data flowing one way:
 //!
-//! - [`Policies`] (`policy.rs`): every DestinationRule the waypoint applies,
-//!   compiled once per configuration change. [`Policies::resolve`] answers
+//! - [`Policies`] (`policy.rs`): every DestinationRule visible to the
+//!   waypoint, compiled once per configuration change and filed by
+//!   namespace tier, host and workload selector (`lookup.rs`). [`Policies::resolve`] answers
 //!   the effective settings of a (host, subset, port) as a [`Resolved`], or
 //!   [`UnknownSubset`], which the proxy answers with a 503.
 //! - [`Cluster`] (`cluster.rs`): the live state of one (host, subset, port),
@@ -52,11 +53,11 @@
 //! load balancing, `warmupDurationSecs`, Envoy's success-rate and
 //! failure-percentage detectors (Istio turns them off), TCP keepalive and
 //! `h2UpgradePolicy` / `useClientProtocol` (connection-level, for the
-//! proxy's connector), `exportTo` and `workloadSelector` (the caller passes
-//! only the rules visible to this waypoint).
+//! proxy's connector).
 
 mod balance;
 mod cluster;
+mod lookup;
 mod outlier;
 mod policy;
 mod pool;
@@ -67,6 +68,7 @@ use std::collections::BTreeMap;
 
 pub use balance::{HashInput, SetCookie};
 pub use cluster::{Cluster, Endpoint, Picked};
+pub use lookup::Scope;
 pub use outlier::Outcome;
 pub use policy::{
     ConsistentHash, DrInput, HashCookie, HashKey, HashTable, LoadBalancer, OutlierSettings,

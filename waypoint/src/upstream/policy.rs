@@ -7,8 +7,8 @@
 //! `mergeDestinationRule`): the subsets of later rules are appended unless a
 //! subset of that name already exists, and the top-level traffic policy of
 //! the first rule that has one wins. Which rules are visible to this waypoint
-//! (exportTo, namespace precedence) is the caller's decision
-//! (`tables::visible_destination_rules`): it passes only those.
+//! and which of them apply to a host (exportTo, namespace precedence,
+//! workloadSelector) is `lookup.rs`'s business.
 //!
 //! Merging follows Istio's `MergeSubsetTrafficPolicy`
 //! (`pilot/pkg/networking/core/cluster_traffic_policy.go`), each of load
@@ -22,9 +22,7 @@
 //! 4. or, if the subset's policy has a `portLevelSettings` entry for the
 //!    port, replaced by that entry (again, omitted parts are defaults).
 
-use std::borrow::Cow;
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -32,6 +30,9 @@ use warren_model::istio::{
     ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings, OutlierDetection, SimpleLb,
     TrafficPolicy,
 };
+
+use super::lookup::{Lookup, Placed, Scope};
+use crate::route::ExportTo;
 
 // ---------------------------------------------------------------------------
 // Defaults (Istio's, and Envoy's where Istio leaves a field to Envoy)
@@ -99,7 +100,7 @@ pub struct PolicyError {
 }
 
 /// A route named a subset that no DestinationRule for the host defines.
-/// Envoy has no cluster for it, so the proxy answers 503 (`NR`).
+/// Envoy has no cluster for it, so the proxy answers 503 (`NC`).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("host {host} has no subset {subset:?} (DestinationRule: {})", rules.as_deref().unwrap_or("none"))]
 pub struct UnknownSubset {
@@ -280,13 +281,10 @@ impl Default for OutlierSettings {
 // Compiled rules
 // ---------------------------------------------------------------------------
 
-/// Every DestinationRule the waypoint applies, by host.
+/// Every DestinationRule visible to the waypoint, compiled and merged.
 #[derive(Debug, Default)]
 pub struct Policies {
-    exact: HashMap<String, Rule>,
-    /// `(suffix, rule)`, longest suffix first; `*.a.b` is stored as `.a.b`,
-    /// `*` as the empty suffix.
-    wildcards: Vec<(String, Rule)>,
+    rules: Lookup<Rule>,
 }
 
 /// The rules of one host, merged.
@@ -330,54 +328,56 @@ struct Parts {
 }
 
 impl Policies {
-    /// Compiles rules given oldest first. Parts that cannot be used are
-    /// reported and fall back to their defaults; the rest applies.
-    pub fn build(rules: impl IntoIterator<Item = DrInput>) -> (Policies, Vec<PolicyError>) {
+    /// Compiles the rules for a waypoint of `scope`, given in any order
+    /// (they merge oldest first, then by namespace and name, as in Istio).
+    /// Parts that cannot be used are reported and fall back to their
+    /// defaults; the rest applies.
+    pub fn build(
+        rules: impl IntoIterator<Item = DrInput>,
+        scope: Scope,
+    ) -> (Policies, Vec<PolicyError>) {
+        let mut rules: Vec<DrInput> = rules.into_iter().collect();
+        rules.sort_by(|a, b| {
+            (a.created, &a.namespace, &a.name).cmp(&(b.created, &b.namespace, &b.name))
+        });
+        let waypoint = scope.namespace.clone();
         let mut errors = Vec::new();
-        let mut exact: HashMap<String, Rule> = HashMap::new();
-        let mut wildcards: Vec<(String, Rule)> = Vec::new();
+        let mut lookup = Lookup::new(scope);
         for input in rules {
-            let host = input.host.to_ascii_lowercase();
             let mut cx = Ctx {
                 namespace: &input.namespace,
                 name: &input.name,
                 errors: &mut errors,
             };
             let rule = compile_rule(&mut cx, &input.spec);
-            let existing = match host.strip_prefix('*') {
-                Some(suffix) => match wildcards.iter_mut().find(|(s, _)| s == suffix) {
-                    Some((_, existing)) => existing,
-                    None => {
-                        wildcards.push((suffix.to_owned(), rule));
-                        continue;
-                    }
-                },
-                None => match exact.entry(host) {
-                    Entry::Occupied(entry) => entry.into_mut(),
-                    Entry::Vacant(entry) => {
-                        entry.insert(rule);
-                        continue;
-                    }
-                },
-            };
-            merge(&mut cx, existing, rule, &input.spec);
+            let exported =
+                ExportTo::new(&input.spec.export_to).reaches(&input.namespace, &waypoint);
+            let selector = input
+                .spec
+                .workload_selector
+                .as_ref()
+                .map(|s| &s.match_labels);
+            if let Placed::Merge { older, later } =
+                lookup.insert(&input.namespace, &input.host, selector, exported, rule)
+            {
+                merge(&mut cx, older, later, &input.spec);
+            }
         }
-        // Stable: among equal lengths the older rule stays first (they
-        // cannot both match a host anyway, being different suffixes).
-        wildcards.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
-        (Policies { exact, wildcards }, errors)
+        (Policies { rules: lookup }, errors)
     }
 
     /// The effective settings for traffic to `host` (a fully qualified
-    /// name), the route's `subset` and the destination `port`.
+    /// name) of a service in `namespace`, the route's `subset` and the
+    /// destination `port`.
     pub fn resolve(
         &self,
         host: &str,
+        namespace: &str,
         subset: Option<&str>,
         port: u16,
     ) -> Result<Resolved, UnknownSubset> {
         let subset = subset.filter(|s| !s.is_empty());
-        let Some(rule) = self.rule_for(host) else {
+        let Some(rule) = self.rules.get(host, namespace) else {
             return match subset {
                 None => Ok(Resolved::defaults(host, port)),
                 Some(subset) => Err(UnknownSubset {
@@ -411,28 +411,6 @@ impl Policies {
             pool: parts.pool.unwrap_or_default(),
             outlier: parts.outlier,
         })
-    }
-
-    /// Whether any rule applies to `host`.
-    pub fn has_rule(&self, host: &str) -> bool {
-        self.rule_for(host).is_some()
-    }
-
-    fn rule_for(&self, host: &str) -> Option<&Rule> {
-        // Host names compare without case; avoid the copy when already lower.
-        let host: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(host.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(host)
-        };
-        if let Some(rule) = self.exact.get(host.as_ref()) {
-            return Some(rule);
-        }
-        self.wildcards
-            .iter()
-            // `*.a.b` needs at least one label before `.a.b`.
-            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
-            .map(|(_, rule)| rule)
     }
 }
 

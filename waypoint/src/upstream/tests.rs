@@ -28,8 +28,17 @@ fn dr(name: &str, host: &str, spec: serde_json::Value) -> DrInput {
     }
 }
 
+/// A waypoint in `default`, the rules' namespace.
+fn scope() -> Scope {
+    Scope {
+        namespace: "default".into(),
+        root: "istio-system".into(),
+        labels: BTreeMap::new(),
+    }
+}
+
 fn build(rules: Vec<DrInput>) -> Policies {
-    let (policies, errors) = Policies::build(rules);
+    let (policies, errors) = Policies::build(rules, scope());
     assert!(errors.is_empty(), "unexpected errors: {errors:?}");
     policies
 }
@@ -133,7 +142,7 @@ fn merge_precedence_top_then_port_then_subset_then_subset_port() {
     )]);
     let resolve = |subset, port| {
         policies
-            .resolve(HOST, subset, port)
+            .resolve(HOST, "default", subset, port)
             .expect("known host and subset")
     };
 
@@ -191,7 +200,7 @@ fn unknown_subset_is_an_error() {
         json!({"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}),
     )]);
     let err = policies
-        .resolve(HOST, Some("v9"), 9080)
+        .resolve(HOST, "default", Some("v9"), 9080)
         .expect_err("v9 is not defined");
     assert_eq!(err.subset, "v9");
     assert_eq!(err.rules.as_deref(), Some("default/reviews"));
@@ -199,18 +208,25 @@ fn unknown_subset_is_an_error() {
 
     // A host without any rule has no subsets either.
     let err = policies
-        .resolve("ratings.default.svc.cluster.local", Some("v1"), 9080)
+        .resolve(
+            "ratings.default.svc.cluster.local",
+            "default",
+            Some("v1"),
+            9080,
+        )
         .expect_err("no rule for ratings");
     assert_eq!(err.rules, None);
 
     // An empty subset name is no subset.
-    assert!(policies.resolve(HOST, Some(""), 9080).is_ok());
+    assert!(policies.resolve(HOST, "default", Some(""), 9080).is_ok());
 }
 
 #[test]
 fn a_host_without_rules_gets_istio_defaults() {
     let policies = build(Vec::new());
-    let r = policies.resolve(HOST, None, 9080).expect("no subset asked");
+    let r = policies
+        .resolve(HOST, "default", None, 9080)
+        .expect("no subset asked");
     assert_eq!(r, Resolved::defaults(HOST, 9080));
     assert_eq!(r.load_balancer, LoadBalancer::LeastRequest);
     assert_eq!(r.pool.max_connections, u32::MAX);
@@ -220,7 +236,7 @@ fn a_host_without_rules_gets_istio_defaults() {
     assert_eq!(r.pool.max_requests_per_connection, None);
     assert_eq!(r.pool.connect_timeout, Duration::from_secs(10));
     assert_eq!(r.outlier, None);
-    assert!(!policies.has_rule(HOST));
+    assert!(r.rules.is_empty());
 }
 
 #[test]
@@ -245,7 +261,7 @@ fn exact_host_beats_wildcards_and_longer_wildcards_beat_shorter() {
     ]);
     let lb = |host: &str| {
         policies
-            .resolve(host, None, 80)
+            .resolve(host, "default", None, 80)
             .expect("no subset")
             .load_balancer
     };
@@ -263,35 +279,111 @@ fn exact_host_beats_wildcards_and_longer_wildcards_beat_shorter() {
     assert_eq!(lb("default.svc.cluster.local"), LoadBalancer::Random);
 }
 
+fn lb_rule(name: &str, simple: &str, extra: serde_json::Value) -> DrInput {
+    let mut spec =
+        json!({"host": "reviews", "trafficPolicy": {"loadBalancer": {"simple": simple}}});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    dr(name, HOST, spec)
+}
+
+#[test]
+fn rules_for_one_host_merge_oldest_first_whatever_their_names() {
+    let mut newer = lb_rule("a-newer", "RANDOM", json!({}));
+    newer.created = 20;
+    let mut older = lb_rule("z-older", "ROUND_ROBIN", json!({}));
+    older.created = 10;
+    let (policies, errors) = Policies::build(vec![newer, older], scope());
+    let resolved = policies
+        .resolve(HOST, "default", None, 80)
+        .expect("no subset asked");
+    assert_eq!(resolved.rules, ["default/z-older", "default/a-newer"]);
+    assert_eq!(resolved.load_balancer, LoadBalancer::RoundRobin);
+    // The newer rule's top-level policy is the one reported as ignored.
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].name, "a-newer");
+}
+
+#[test]
+fn a_rule_selecting_the_waypoint_replaces_the_others_for_its_host() {
+    let selecting = |name: &str, simple: &str, labels: serde_json::Value| {
+        lb_rule(
+            name,
+            simple,
+            json!({"workloadSelector": {"matchLabels": labels}}),
+        )
+    };
+    let rules = vec![
+        lb_rule("catch-all", "ROUND_ROBIN", json!({})),
+        selecting("for-clients", "LEAST_REQUEST", json!({"app": "client"})),
+        selecting(
+            "for-waypoint",
+            "RANDOM",
+            json!({"gateway.networking.k8s.io/gateway-name": "waypoint"}),
+        ),
+    ];
+    let resolve = |gateway: &str| {
+        let scope = Scope {
+            labels: Scope::waypoint_labels(Some(gateway)),
+            ..scope()
+        };
+        let (policies, errors) = Policies::build(rules.clone(), scope);
+        assert!(errors.is_empty(), "{errors:?}");
+        let resolved = policies
+            .resolve(HOST, "default", None, 80)
+            .expect("no subset asked");
+        (resolved.rules, resolved.load_balancer)
+    };
+    assert_eq!(
+        resolve("waypoint"),
+        (
+            vec!["default/for-waypoint".to_owned()],
+            LoadBalancer::Random
+        )
+    );
+    // Another waypoint of the namespace: not selected, the catch-all holds.
+    assert_eq!(
+        resolve("other"),
+        (
+            vec!["default/catch-all".to_owned()],
+            LoadBalancer::RoundRobin
+        )
+    );
+}
+
 #[test]
 fn rules_for_one_host_merge_like_istio() {
-    let (policies, errors) = Policies::build(vec![
-        dr(
-            "first",
-            HOST,
-            json!({"host": "reviews",
+    let (policies, errors) = Policies::build(
+        vec![
+            dr(
+                "first",
+                HOST,
+                json!({"host": "reviews",
                    "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}},
                    "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}),
-        ),
-        dr(
-            "second",
-            HOST,
-            json!({"host": "reviews",
-            "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}},
-            "subsets": [
-                {"name": "v1", "labels": {"version": "other"}},
-                {"name": "v2", "labels": {"version": "v2"}}
-            ]}),
-        ),
-    ]);
+            ),
+            dr(
+                "second",
+                HOST,
+                json!({"host": "reviews",
+                "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}},
+                "subsets": [
+                    {"name": "v1", "labels": {"version": "other"}},
+                    {"name": "v2", "labels": {"version": "v2"}}
+                ]}),
+            ),
+        ],
+        scope(),
+    );
     // The older rule's policy and subset win; the newer one's v2 is added.
     let v1 = policies
-        .resolve(HOST, Some("v1"), 80)
+        .resolve(HOST, "default", Some("v1"), 80)
         .expect("v1 from first");
     assert_eq!(v1.selector.get("version").map(String::as_str), Some("v1"));
     assert_eq!(v1.load_balancer, LoadBalancer::Random);
     let v2 = policies
-        .resolve(HOST, Some("v2"), 80)
+        .resolve(HOST, "default", Some("v2"), 80)
         .expect("v2 from second");
     assert_eq!(v2.selector.get("version").map(String::as_str), Some("v2"));
     assert_eq!(v2.load_balancer, LoadBalancer::Random);
@@ -326,7 +418,7 @@ fn outlier_defaults_and_zero_values_follow_istio() {
         ),
     ]);
     let defaults = policies
-        .resolve(HOST, None, 80)
+        .resolve(HOST, "default", None, 80)
         .expect("no subset")
         .outlier
         .expect("outlierDetection is set");
@@ -340,7 +432,7 @@ fn outlier_defaults_and_zero_values_follow_istio() {
     assert_eq!(defaults.min_health_percent, 0);
 
     let zeros = policies
-        .resolve("ratings.default.svc.cluster.local", None, 80)
+        .resolve("ratings.default.svc.cluster.local", "default", None, 80)
         .expect("no subset")
         .outlier
         .expect("outlierDetection is set");
@@ -358,12 +450,17 @@ fn outlier_defaults_and_zero_values_follow_istio() {
 #[test]
 fn load_balancer_settings_compile() {
     let lb = |spec: serde_json::Value| {
-        let (policies, errors) = Policies::build(vec![dr(
-            "reviews",
-            HOST,
-            json!({"host": "reviews", "trafficPolicy": {"loadBalancer": spec}}),
-        )]);
-        let resolved = policies.resolve(HOST, None, 80).expect("no subset");
+        let (policies, errors) = Policies::build(
+            vec![dr(
+                "reviews",
+                HOST,
+                json!({"host": "reviews", "trafficPolicy": {"loadBalancer": spec}}),
+            )],
+            scope(),
+        );
+        let resolved = policies
+            .resolve(HOST, "default", None, 80)
+            .expect("no subset");
         (resolved.load_balancer, errors)
     };
     assert_eq!(
@@ -427,7 +524,10 @@ fn pool_limits_compile() {
                      "maxRequestsPerConnection": 10, "maxRetries": 3, "idleTimeout": "90s"}
         }}}),
     )]);
-    let pool = policies.resolve(HOST, None, 80).expect("no subset").pool;
+    let pool = policies
+        .resolve(HOST, "default", None, 80)
+        .expect("no subset")
+        .pool;
     assert_eq!(
         pool,
         PoolLimits {
@@ -965,7 +1065,7 @@ async fn default_pool_is_effectively_unlimited() {
         );
     }
     assert_eq!(cluster.overflows(), 0);
-    assert_eq!(cluster.max_requests_per_connection(), None);
+    assert_eq!(cluster.limits().max_requests_per_connection, None);
 }
 
 #[test]
@@ -975,7 +1075,7 @@ fn retries_in_flight_are_limited() {
         max_requests_per_connection: Some(1),
         ..PoolLimits::default()
     });
-    assert_eq!(cluster.max_requests_per_connection(), Some(1));
+    assert_eq!(cluster.limits().max_requests_per_connection, Some(1));
     let a = cluster.try_retry().expect("first retry");
     let _b = cluster.try_retry().expect("second retry");
     assert!(cluster.try_retry().is_none());
