@@ -11,7 +11,9 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use warren_e2e::{
-    mesh::{metric_sum, start_mesh, start_waypoint, waypoint_gateway, waypoint_metrics},
+    mesh::{
+        eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway, waypoint_metrics,
+    },
     workload::{count_status, count_version, load, start_app_versions},
 };
 use warren_testbed::{Cluster, PodSpec, ServicePort, privilege::require_root};
@@ -312,19 +314,50 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
         "the client must see the shaped response and the backend's x-request-id ({request_id}):\n{head}"
     );
 
-    // The same over HTTP/2: the authority travels as `:authority`, the
-    // request's own (here rewritten), not the endpoint the waypoint picked.
+    // The same over HTTP/2, to a port named `http`: as from Istio, the
+    // endpoint is spoken to in HTTP/1.1, with the rewritten authority as
+    // `Host`.
     let (head, answer) = curl(&["--http2-prior-knowledge", &format!("{url}api/items")])?;
     eprintln!(
-        "rewrite over h2c: path {} authority {} host header {}",
-        answer["path"], answer["authority"], answer["headers"]["host"]
+        "rewrite over h2c: upstream {} path {} authority {} host header {}",
+        answer["protocol"], answer["path"], answer["authority"], answer["headers"]["host"]
     );
     ensure!(
         head.starts_with("http/2 200")
+            && answer["protocol"] == "HTTP/1.1"
             && answer["path"] == "/v2/items"
-            && answer["authority"] == "backend.internal"
-            && answer["headers"]["host"].is_null(),
-        "over h2c the backend must see the rewritten :authority and no Host: {answer}\n{}",
+            && answer["headers"]["host"] == "backend.internal",
+        "h2c to a port named http must reach the backend in HTTP/1.1 with the rewritten Host: {answer}\n{}",
+        logs()
+    );
+
+    // h2UpgradePolicy: UPGRADE sends HTTP/1.1 clients' requests on in
+    // HTTP/2: the authority travels as `:authority`, the request's own
+    // (here rewritten), not the endpoint the waypoint picked.
+    std::fs::write(
+        cluster.config_dir().join("routes.demo.app.yaml"),
+        ROUTES.replacen(
+            "  host: app\n",
+            "  host: app\n  trafficPolicy: { connectionPool: { http: { h2UpgradePolicy: UPGRADE } } }\n",
+            1,
+        ),
+    )?;
+    let mut upgraded = Value::Null;
+    eventually(Duration::from_secs(10), "h2UpgradePolicy applied", || {
+        let (head, answer) = curl(&[&format!("{url}api/items")])?;
+        upgraded = answer;
+        Ok(head.starts_with("http/1.1 200") && upgraded["protocol"] == "HTTP/2.0")
+    })
+    .with_context(|| format!("last answer: {upgraded}\n{}", logs()))?;
+    eprintln!(
+        "upgraded: upstream {} path {} authority {} host header {}",
+        upgraded["protocol"], upgraded["path"], upgraded["authority"], upgraded["headers"]["host"]
+    );
+    ensure!(
+        upgraded["path"] == "/v2/items"
+            && upgraded["authority"] == "backend.internal"
+            && upgraded["headers"]["host"].is_null(),
+        "upgraded to HTTP/2, the backend must see the rewritten :authority and no Host: {upgraded}\n{}",
         logs()
     );
     drop(servers);

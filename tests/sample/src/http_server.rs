@@ -163,6 +163,8 @@ struct Answer<'a> {
     /// The request's authority: HTTP/2's `:authority`, else `Host`.
     #[serde(skip_serializing_if = "Option::is_none")]
     authority: Option<&'a str>,
+    /// The HTTP version the request came with (`HTTP/1.1`, `HTTP/2.0`).
+    protocol: String,
     path: &'a str,
     headers: BTreeMap<String, String>,
     body_bytes: u64,
@@ -340,6 +342,7 @@ impl Handler {
             version: &self.identity.version,
             method: parts.method.as_str(),
             authority: authority(parts),
+            protocol: format!("{:?}", parts.version),
             path: parts.uri.path(),
             headers: header_map(&parts.headers),
             body_bytes,

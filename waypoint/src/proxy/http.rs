@@ -42,7 +42,9 @@ use crate::{
     metrics::ClusterLabels,
     route::{Action, FailureKind, Lookup, RequestInfo, RetryPolicy, RouteDestination, Scope},
     tables::Compiled,
-    upstream::{self, Cluster, Endpoint, HashInput, LoadBalancer, Outcome, RetryPermit},
+    upstream::{
+        self, Cluster, Endpoint, HashInput, LoadBalancer, Outcome, RetryPermit, UpstreamHttp,
+    },
 };
 
 const REQUEST_ID: &str = "x-request-id";
@@ -695,7 +697,13 @@ async fn attempt(
         Ok(cluster) => cluster,
         Err(reason) => return local(StatusCode::SERVICE_UNAVAILABLE, &reason, "NC"),
     };
-    let h2 = parts.version == Version::HTTP_2;
+    // An upgrade (WebSocket) stays on HTTP/1.1: it takes its connection over.
+    let upgrading = upgrade::requested(parts.version, &parts.headers);
+    let h2 = match cluster.upstream_http() {
+        UpstreamHttp::Http2 => upgrading.is_none(),
+        UpstreamHttp::Http1 => false,
+        UpstreamHttp::Client => parts.version == Version::HTTP_2,
+    };
     let permit = if h2 {
         cluster.admit_multiplexed()
     } else {
@@ -772,7 +780,13 @@ async fn attempt(
         request.headers_mut().insert(header::HOST, host);
     }
     strip_hop_by_hop(request.headers_mut());
-    let upgrading = upgrade::requested(parts.version, &parts.headers);
+    // The one hop-by-hop value that goes on: gRPC servers expect it, and
+    // HTTP/2 allows no other.
+    if wants_trailers(&parts.headers) {
+        request
+            .headers_mut()
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let Some(protocol) = &upgrading {
         upgrade::restore(request.headers_mut(), protocol);
     }
@@ -1054,6 +1068,7 @@ impl Context {
         let port = service
             .port(key.port)
             .ok_or_else(|| format!("service {} has no port {}", key.host, key.port))?;
+        let declared = port.declared_http();
         let endpoints: Vec<Endpoint> = service
             .endpoints
             .iter()
@@ -1075,11 +1090,13 @@ impl Context {
             })
             .collect();
         let cluster = match clusters.get(key) {
-            Some((_, cluster)) if cluster.resolved() == &resolved => {
+            Some((_, cluster))
+                if cluster.resolved() == &resolved && cluster.declared_http() == declared =>
+            {
                 cluster.update(endpoints);
                 Arc::clone(cluster)
             }
-            _ => Arc::new(Cluster::new(resolved, endpoints, Instant::now())),
+            _ => Arc::new(Cluster::new(resolved, endpoints, Instant::now()).for_port(declared)),
         };
         clusters.insert(key.clone(), (generation, Arc::clone(&cluster)));
         Ok(cluster)
@@ -1187,6 +1204,22 @@ fn propagate_trace(headers: &mut HeaderMap) {
 }
 
 /// Headers that describe one hop and must not be forwarded.
+/// Whether the client's `TE` lists `trailers`.
+fn wants_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        })
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in [
         header::CONNECTION,

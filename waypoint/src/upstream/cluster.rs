@@ -20,8 +20,9 @@ use std::time::Instant;
 
 use super::balance::{HashInput, SetCookie, Table, hash_request, random_index, two_choices};
 use super::outlier::{Detector, HostOutlier, Outcome};
-use super::policy::{LoadBalancer, PoolLimits, Resolved};
+use super::policy::{LoadBalancer, PoolLimits, Resolved, UpstreamHttp};
 use super::pool::{Overflow, Permit, Pool, RetryPermit};
+use warren_ztunnel::state::service::DeclaredHttp;
 
 /// One endpoint of the cluster, as the proxy knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +55,8 @@ impl Drop for ActiveRequest {
 
 pub struct Cluster {
     resolved: Resolved,
+    /// What the service port declares (see [`Cluster::upstream_http`]).
+    declared: DeclaredHttp,
     pool: Pool,
     /// ROUND_ROBIN's position.
     next: AtomicUsize,
@@ -113,13 +116,30 @@ impl Cluster {
         Self {
             pool: Pool::new(resolved.pool.clone()),
             resolved,
+            declared: DeclaredHttp::Undeclared,
             next: AtomicUsize::new(0),
             state: Mutex::new(state),
         }
     }
 
+    /// For a service port that declares `declared` (a cluster is made
+    /// anew when that changes).
+    pub fn for_port(mut self, declared: DeclaredHttp) -> Self {
+        self.declared = declared;
+        self
+    }
+
     pub fn resolved(&self) -> &Resolved {
         &self.resolved
+    }
+
+    pub fn declared_http(&self) -> DeclaredHttp {
+        self.declared
+    }
+
+    /// The HTTP version requests go to the endpoints with.
+    pub fn upstream_http(&self) -> UpstreamHttp {
+        self.resolved.pool.upstream_http(self.declared)
     }
 
     /// Replaces the endpoints. An endpoint whose id stays keeps its active

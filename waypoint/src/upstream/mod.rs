@@ -51,9 +51,9 @@
 //!
 //! TLS settings (the mesh's own mTLS carries waypoint traffic), locality
 //! load balancing, `warmupDurationSecs`, Envoy's success-rate and
-//! failure-percentage detectors (Istio turns them off), TCP keepalive and
-//! `h2UpgradePolicy` / `useClientProtocol` (connection-level, for the
-//! proxy's connector).
+//! failure-percentage detectors (Istio turns them off), TCP keepalive,
+//! `tcp.idleTimeout` and `http.maxConcurrentStreams`. The mesh-wide
+//! `h2UpgradePolicy` is taken as its default, `DO_NOT_UPGRADE`.
 
 mod balance;
 mod cluster;
@@ -72,7 +72,7 @@ pub use lookup::Scope;
 pub use outlier::Outcome;
 pub use policy::{
     ConsistentHash, DrInput, HashCookie, HashKey, HashTable, LoadBalancer, OutlierSettings,
-    Policies, PolicyError, PoolLimits, Resolved, UnknownSubset,
+    Policies, PolicyError, PoolLimits, Resolved, UnknownSubset, UpstreamHttp,
 };
 pub use pool::{Overflow, Permit, RetryPermit};
 

@@ -27,9 +27,10 @@ use std::time::Duration;
 
 use http::HeaderName;
 use warren_model::istio::{
-    ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings, OutlierDetection, SimpleLb,
-    TrafficPolicy,
+    ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy, LoadBalancerSettings,
+    OutlierDetection, SimpleLb, TrafficPolicy,
 };
+use warren_ztunnel::state::service::DeclaredHttp;
 
 use super::lookup::{Lookup, Placed, Scope};
 use crate::route::ExportTo;
@@ -223,6 +224,36 @@ pub struct PoolLimits {
     pub idle_timeout: Duration,
     /// `tcp.maxConnectionDuration`; `None` is unlimited.
     pub max_connection_duration: Option<Duration>,
+    /// `http.h2UpgradePolicy: UPGRADE`.
+    pub h2_upgrade: bool,
+    /// `http.useClientProtocol`.
+    pub use_client_protocol: bool,
+}
+
+/// The HTTP version requests go to the endpoints with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamHttp {
+    Http1,
+    Http2,
+    /// The version the client spoke.
+    Client,
+}
+
+impl PoolLimits {
+    /// As istiod picks a cluster's protocol: the client's when
+    /// `useClientProtocol` says so; HTTP/2 for a port declaring it or with
+    /// `h2UpgradePolicy: UPGRADE`; HTTP/1.1 for a port declaring `http`
+    /// (the mesh default is not to upgrade). A port declaring neither gets
+    /// the client's version, as a sidecar's protocol sniffing gives.
+    pub fn upstream_http(&self, declared: DeclaredHttp) -> UpstreamHttp {
+        match declared {
+            _ if self.use_client_protocol => UpstreamHttp::Client,
+            DeclaredHttp::Http2 => UpstreamHttp::Http2,
+            _ if self.h2_upgrade => UpstreamHttp::Http2,
+            DeclaredHttp::Http1 => UpstreamHttp::Http1,
+            DeclaredHttp::Undeclared => UpstreamHttp::Client,
+        }
+    }
 }
 
 impl Default for PoolLimits {
@@ -236,6 +267,8 @@ impl Default for PoolLimits {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connection_duration: None,
+            h2_upgrade: false,
+            use_client_protocol: false,
         }
     }
 }
@@ -738,8 +771,12 @@ fn compile_pool(cx: &mut Ctx<'_>, path: &str, pool: &ConnectionPoolSettings) -> 
         limits.max_requests_per_connection = limit(http.max_requests_per_connection);
         limits.max_retries = limit(http.max_retries).unwrap_or(UNLIMITED);
         if let Some(d) = &http.idle_timeout {
-            limits.idle_timeout = cx.duration(&format!("{p}.idleTimeout"), d, DEFAULT_IDLE_TIMEOUT);
+            let d = cx.duration(&format!("{p}.idleTimeout"), d, DEFAULT_IDLE_TIMEOUT);
+            // `0s` turns it off, as in Envoy.
+            limits.idle_timeout = if d.is_zero() { Duration::MAX } else { d };
         }
+        limits.h2_upgrade = http.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade);
+        limits.use_client_protocol = http.use_client_protocol == Some(true);
     }
     limits
 }

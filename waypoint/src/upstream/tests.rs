@@ -521,7 +521,8 @@ fn pool_limits_compile() {
         json!({"host": "reviews", "trafficPolicy": {"connectionPool": {
             "tcp": {"maxConnections": 100, "connectTimeout": "30ms", "maxConnectionDuration": "1h"},
             "http": {"http1MaxPendingRequests": 5, "http2MaxRequests": 1000,
-                     "maxRequestsPerConnection": 10, "maxRetries": 3, "idleTimeout": "90s"}
+                     "maxRequestsPerConnection": 10, "maxRetries": 3, "idleTimeout": "90s",
+                     "h2UpgradePolicy": "UPGRADE"}
         }}}),
     )]);
     let pool = policies
@@ -539,8 +540,47 @@ fn pool_limits_compile() {
             connect_timeout: Duration::from_millis(30),
             idle_timeout: Duration::from_secs(90),
             max_connection_duration: Some(Duration::from_secs(3600)),
+            h2_upgrade: true,
+            use_client_protocol: false,
         }
     );
+}
+
+#[test]
+fn upstream_http_version_as_istiod_picks_it() {
+    use warren_ztunnel::state::service::DeclaredHttp::{Http1, Http2, Undeclared};
+    let pick = |h2_upgrade, use_client_protocol, declared| {
+        PoolLimits {
+            h2_upgrade,
+            use_client_protocol,
+            ..PoolLimits::default()
+        }
+        .upstream_http(declared)
+    };
+    // By the port's declaration, the mesh default being not to upgrade.
+    assert_eq!(pick(false, false, Http1), UpstreamHttp::Http1);
+    assert_eq!(pick(false, false, Http2), UpstreamHttp::Http2);
+    assert_eq!(pick(false, false, Undeclared), UpstreamHttp::Client);
+    // h2UpgradePolicy: UPGRADE, whatever the port says.
+    assert_eq!(pick(true, false, Http1), UpstreamHttp::Http2);
+    assert_eq!(pick(true, false, Undeclared), UpstreamHttp::Http2);
+    // useClientProtocol wins over everything.
+    assert_eq!(pick(false, true, Http1), UpstreamHttp::Client);
+    assert_eq!(pick(false, true, Http2), UpstreamHttp::Client);
+}
+
+#[test]
+fn an_idle_timeout_of_zero_turns_it_off() {
+    let policies = build(vec![dr(
+        "reviews",
+        HOST,
+        json!({"host": "reviews", "trafficPolicy": {"connectionPool": {"http": {"idleTimeout": "0s"}}}}),
+    )]);
+    let pool = policies
+        .resolve(HOST, "default", None, 80)
+        .expect("no subset")
+        .pool;
+    assert_eq!(pool.idle_timeout, Duration::MAX);
 }
 
 #[test]

@@ -59,19 +59,46 @@ pub enum Protocol {
     Tcp,
 }
 
+/// Which HTTP an HTTP port declares, for the version a waypoint speaks to
+/// its endpoints (Istio's `IsHTTP2` and `IsHTTP`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeclaredHttp {
+    /// `http`: HTTP/1.1 upstream.
+    Http1,
+    /// `http2`, `grpc`, `grpc-web`, appProtocol `kubernetes.io/h2c`:
+    /// HTTP/2 upstream.
+    Http2,
+    /// Anything else (an unnamed port): the client's version.
+    #[default]
+    Undeclared,
+}
+
 impl ServicePort {
     pub fn protocol(&self) -> Protocol {
-        let declared = if self.app_protocol.is_empty() {
-            self.name.split('-').next().unwrap_or_default()
-        } else {
-            self.app_protocol.as_str()
-        };
-        match declared.to_ascii_lowercase().as_str() {
+        match self.declared().as_str() {
             "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => Protocol::Tcp,
             // http, http2, grpc, grpc-web, h2c, kubernetes.io/h2c, ws, and
             // unnamed ports: served as HTTP (the server tells 1.1 from 2).
             _ => Protocol::Http,
         }
+    }
+
+    pub fn declared_http(&self) -> DeclaredHttp {
+        match self.declared().as_str() {
+            "http" => DeclaredHttp::Http1,
+            "http2" | "grpc" | "grpc-web" | "h2c" | "kubernetes.io/h2c" => DeclaredHttp::Http2,
+            _ => DeclaredHttp::Undeclared,
+        }
+    }
+
+    /// `appProtocol` first, else the port name's prefix, lower case.
+    fn declared(&self) -> String {
+        let declared = if self.app_protocol.is_empty() {
+            self.name.split('-').next().unwrap_or_default()
+        } else {
+            self.app_protocol.as_str()
+        };
+        declared.to_ascii_lowercase()
     }
 }
 
@@ -267,5 +294,23 @@ mod tests {
         // appProtocol wins over the name.
         assert_eq!(port("http", "TCP").protocol(), Protocol::Tcp);
         assert_eq!(port("tcp", "kubernetes.io/h2c").protocol(), Protocol::Http);
+    }
+
+    #[test]
+    fn declared_http_version() {
+        assert_eq!(port("http-web", "").declared_http(), DeclaredHttp::Http1);
+        assert_eq!(port("HTTP", "").declared_http(), DeclaredHttp::Http1);
+        assert_eq!(port("grpc", "").declared_http(), DeclaredHttp::Http2);
+        assert_eq!(port("http2-api", "").declared_http(), DeclaredHttp::Http2);
+        assert_eq!(
+            port("web", "kubernetes.io/h2c").declared_http(),
+            DeclaredHttp::Http2
+        );
+        assert_eq!(
+            port("http", "grpc-web").declared_http(),
+            DeclaredHttp::Http2
+        );
+        assert_eq!(port("", "").declared_http(), DeclaredHttp::Undeclared);
+        assert_eq!(port("web", "").declared_http(), DeclaredHttp::Undeclared);
     }
 }
