@@ -515,6 +515,7 @@ mod tests {
                 "namespace": "shop",
                 "version": "v2",
                 "method": "POST",
+                "protocol": "HTTP/1.1",
                 "path": "/api/items",
                 "headers": {"x-request-id": "abc", "accept": "a/b, c/d"},
                 "body_bytes": 5,
