@@ -1024,14 +1024,17 @@ fn failure_kind(error: &SendError) -> FailureKind {
     }
 }
 
-/// Whether an HTTP/2 upstream refused the stream (REFUSED_STREAM: it did not
-/// process the request, so a retry is safe; Istio's default `retryOn` has
-/// `refused-stream`).
+/// Whether an HTTP/2 upstream did not process the request, so a retry is
+/// safe (Istio's default `retryOn` has `refused-stream`): it refused the
+/// stream (REFUSED_STREAM), or sent a GOAWAY whose last stream id is below
+/// it (h2 fails only those streams with the peer's GOAWAY; RFC 9113 §6.8
+/// says they were not processed, and Envoy's codec reports them refused).
 fn is_refused_stream(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(error) = next {
         if let Some(h2) = error.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote());
         }
         next = error.source();
     }
@@ -1405,6 +1408,55 @@ mod tests {
         assert_eq!(
             failure_kind(&error),
             FailureKind::ConnectFailure,
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_above_a_goaways_last_stream_id_counts_as_refused() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // A bare HTTP/2 server: once the request's HEADERS arrive, it says
+        // GOAWAY with last stream id 0, so stream 1 was not processed.
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut preface = [0u8; 24];
+            socket.read_exact(&mut preface).await.unwrap();
+            // An empty SETTINGS frame.
+            socket
+                .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+                .await
+                .unwrap();
+            loop {
+                let mut head = [0u8; 9];
+                socket.read_exact(&mut head).await.unwrap();
+                let length =
+                    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+                let mut payload = vec![0u8; length];
+                socket.read_exact(&mut payload).await.unwrap();
+                if head[3] == 0x1 {
+                    break;
+                }
+            }
+            // GOAWAY: last stream id 0, NO_ERROR.
+            let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            socket.write_all(&goaway).await.unwrap();
+            let mut rest = Vec::new();
+            let _ = socket.read_to_end(&mut rest).await;
+        });
+        let pool = super::super::multiplex::tests::pool();
+        let request = Request::post("http://app.shop:80/orders")
+            .body(full(Bytes::from_static(b"{}")))
+            .unwrap();
+        let limits = crate::upstream::PoolLimits::default();
+        let error = pool
+            .send(addr, request, &limits)
+            .await
+            .expect_err("not processed");
+        assert_eq!(
+            failure_kind(&error),
+            FailureKind::RefusedStream,
             "{error:?}"
         );
     }
