@@ -331,6 +331,20 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
         logs()
     );
 
+    // An HTTP/1.0 client may send no Host; HTTP/1.1 upstream needs one,
+    // the destination service's name.
+    let (head, answer) = curl(&["--http1.0", "-H", "Host:", &url])?;
+    eprintln!(
+        "HTTP/1.0 without Host: {} → host header {}",
+        head.lines().next().unwrap_or_default(),
+        answer["headers"]["host"]
+    );
+    ensure!(
+        head.contains(" 200") && answer["headers"]["host"] == "app.demo.svc.cluster.local",
+        "an HTTP/1.0 request without Host must reach the backend with the service's name: {head}\n{answer}\n{}",
+        logs()
+    );
+
     // h2UpgradePolicy: UPGRADE sends HTTP/1.1 clients' requests on in
     // HTTP/2: the authority travels as `:authority`, the request's own
     // (here rewritten), not the endpoint the waypoint picked.

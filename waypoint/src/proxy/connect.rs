@@ -6,7 +6,7 @@
 
 use std::{
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -63,7 +63,33 @@ pub struct Connector {
     pub identity: Arc<dyn Fn() -> Identity + Send + Sync>,
 }
 
+/// How an endpoint is reached. Pooled connections remember theirs, so that
+/// a pod joining the mesh (or moving node, or changing identity) is not
+/// reached over an old connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// HBONE through the endpoint's node, verifying its identity.
+    Hbone { node: IpAddr, expected: Identity },
+    /// Plain TCP to an endpoint outside the mesh.
+    Plain,
+}
+
 impl Connector {
+    /// How `authority` is reached now.
+    pub fn route(&self, authority: SocketAddr) -> Route {
+        let workload = self.inputs.state.workload_by_ip(authority.ip());
+        match workload.as_deref() {
+            Some(w) if w.hbone => match (&w.identity, w.node_address) {
+                (Some(expected), Some(node)) => Route::Hbone {
+                    node,
+                    expected: expected.clone(),
+                },
+                _ => Route::Plain,
+            },
+            _ => Route::Plain,
+        }
+    }
+
     /// A byte stream to `authority` within `timeout`: an HBONE tunnel
     /// through the endpoint's node when it is a meshed workload (the
     /// endpoint's answer to the CONNECT included), else plain TCP.
@@ -72,7 +98,18 @@ impl Connector {
         authority: SocketAddr,
         timeout: Duration,
     ) -> Result<Upstream, ConnectError> {
-        tokio::time::timeout(timeout, self.open(authority, timeout))
+        self.connect_via(&self.route(authority), authority, timeout)
+            .await
+    }
+
+    /// As [`Connector::connect`], by a route found before.
+    pub async fn connect_via(
+        &self,
+        route: &Route,
+        authority: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Upstream, ConnectError> {
+        tokio::time::timeout(timeout, self.open(route, authority, timeout))
             .await
             .unwrap_or(Err(ConnectError::Timeout {
                 addr: authority,
@@ -82,17 +119,16 @@ impl Connector {
 
     async fn open(
         &self,
+        route: &Route,
         authority: SocketAddr,
         timeout: Duration,
     ) -> Result<Upstream, ConnectError> {
         let state = &self.inputs.state;
-        let workload = state.workload_by_ip(authority.ip());
-        match workload.as_deref() {
-            Some(w) if w.hbone => {
-                let (Some(expected), Some(node_address)) = (w.identity.clone(), w.node_address)
-                else {
-                    return plain(authority, timeout).await;
-                };
+        match route {
+            Route::Hbone {
+                node: node_address,
+                expected,
+            } => {
                 let source = (self.identity)();
                 let cert = state
                     .certificate(&source)
@@ -100,8 +136,8 @@ impl Connector {
                 let trust = state.trust_bundle().ok_or(ConnectError::NoTrustBundle)?;
                 let key = PoolKey {
                     source,
-                    gateway: SocketAddr::new(node_address, self.inputs.config.hbone_port),
-                    expected,
+                    gateway: SocketAddr::new(*node_address, self.inputs.config.hbone_port),
+                    expected: expected.clone(),
                 };
                 let tunnel = self
                     .inputs
@@ -118,7 +154,7 @@ impl Connector {
                     .await?;
                 Ok(Upstream::Tunnel(TokioIo::new(tunnel)))
             }
-            _ => plain(authority, timeout).await,
+            Route::Plain => plain(authority, timeout).await,
         }
     }
 }

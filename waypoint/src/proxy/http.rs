@@ -773,16 +773,23 @@ async fn attempt(
         // `:authority` carries it (RFC 9113 asks intermediaries to move it
         // there, and lets a server refuse a `Host` that disagrees).
         request.headers_mut().remove(header::HOST);
-    } else if !request.headers().contains_key(header::HOST)
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        request.headers_mut().insert(header::HOST, host);
+    } else if !request.headers().contains_key(header::HOST) {
+        // HTTP/1.1 needs one: the client's `:authority` (HTTP/2), else the
+        // destination service (an HTTP/1.0 client may send none).
+        let host = match parts.uri.authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()),
+            None if key.port == 80 => HeaderValue::from_str(&key.host),
+            None => HeaderValue::from_str(&format!("{}:{}", key.host, key.port)),
+        };
+        if let Ok(host) = host {
+            request.headers_mut().insert(header::HOST, host);
+        }
     }
     strip_hop_by_hop(request.headers_mut());
-    // The one hop-by-hop value that goes on: gRPC servers expect it, and
-    // HTTP/2 allows no other.
-    if wants_trailers(&parts.headers) {
+    // The one hop-by-hop value HTTP/2 allows, which gRPC servers expect.
+    // (Over HTTP/1.1 it would need `Connection: TE`; no HTTP/1.1 server
+    // needs it.)
+    if h2 && wants_trailers(&parts.headers) {
         request
             .headers_mut()
             .insert(header::TE, HeaderValue::from_static("trailers"));
@@ -1206,7 +1213,6 @@ fn propagate_trace(headers: &mut HeaderMap) {
     }
 }
 
-/// Headers that describe one hop and must not be forwarded.
 /// Whether the client's `TE` lists `trailers`.
 fn wants_trailers(headers: &HeaderMap) -> bool {
     headers
@@ -1223,6 +1229,7 @@ fn wants_trailers(headers: &HeaderMap) -> bool {
         })
 }
 
+/// Removes the headers that describe one hop and must not be forwarded.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in [
         header::CONNECTION,

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tracing::debug;
 use warren_ztunnel::drain;
 
-use super::connect::{ConnectError, Connector, SendError};
+use super::connect::{ConnectError, Connector, Route, SendError};
 use crate::{app::Body, upstream::PoolLimits};
 
 /// How often idle connections are checked for their idle timeout and
@@ -40,6 +40,8 @@ pub struct KeepAlive {
 
 struct Connection {
     send: http1::SendRequest<Body>,
+    /// How it reaches the endpoint.
+    route: Route,
     /// Requests it has been given.
     served: u32,
     /// `tcp.maxConnectionDuration` from its opening.
@@ -80,7 +82,8 @@ impl KeepAlive {
     ) -> Result<Response<Incoming>, SendError> {
         // An idle connection may close while taken (the server's own idle
         // timeout); hyper then hands the request back unsent.
-        while let Some(mut connection) = self.take(endpoint) {
+        let route = self.connector.route(endpoint);
+        while let Some(mut connection) = self.take(endpoint, &route) {
             match connection.send.try_send_request(request).await {
                 Ok(response) => {
                     self.give_back(endpoint, connection, limits);
@@ -95,7 +98,7 @@ impl KeepAlive {
                 },
             }
         }
-        let mut connection = self.open(endpoint, limits).await?;
+        let mut connection = self.open(endpoint, route, limits).await?;
         let response = connection
             .send
             .send_request(request)
@@ -105,15 +108,15 @@ impl KeepAlive {
         Ok(response)
     }
 
-    /// The most recently used idle connection to `endpoint` still usable;
-    /// the others found on the way are closed.
-    fn take(&self, endpoint: SocketAddr) -> Option<Connection> {
+    /// The most recently used idle connection to `endpoint` still usable
+    /// and reaching it by `route`; the others found on the way are closed.
+    fn take(&self, endpoint: SocketAddr, route: &Route) -> Option<Connection> {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
         let stack = idle.get_mut(&endpoint)?;
         let mut found = None;
         while let Some(top) = stack.pop() {
-            if top.usable(now) {
+            if top.usable(now) && top.connection.route == *route {
                 found = Some(top.connection);
                 break;
             }
@@ -127,11 +130,12 @@ impl KeepAlive {
     async fn open(
         &self,
         endpoint: SocketAddr,
+        route: Route,
         limits: &PoolLimits,
     ) -> Result<Connection, SendError> {
         let io = self
             .connector
-            .connect(endpoint, limits.connect_timeout)
+            .connect_via(&route, endpoint, limits.connect_timeout)
             .await
             .map_err(|error| SendError::Connect(Arc::new(error)))?;
         let (send, connection) = http1::Builder::new()
@@ -150,6 +154,7 @@ impl KeepAlive {
         });
         Ok(Connection {
             send,
+            route,
             served: 0,
             retire_at: limits
                 .max_connection_duration
@@ -374,6 +379,48 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(pool.idle(), 0);
         assert_eq!(get(&pool, endpoint, &limits).await, "2");
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_not_reused_once_the_endpoint_joins_the_mesh() {
+        use warren_api::config::{self, TunnelProtocol};
+        use warren_ztunnel::state::{Resource, workload::Workload};
+
+        let (endpoint, accepted) = server().await;
+        let connector = connector();
+        let state = Arc::clone(&connector.inputs.state);
+        let pool = KeepAlive::new(connector);
+        let limits = PoolLimits::default();
+        assert_eq!(get(&pool, endpoint, &limits).await, "1");
+        settle(&pool, 1).await;
+        // The endpoint's address now belongs to a meshed pod: it must be
+        // reached over HBONE (which fails here: the test waypoint has no
+        // certificate), not over the plain connection kept from before.
+        let pod = config::Workload {
+            name: "app-0".into(),
+            namespace: "shop".into(),
+            service_account: "app".into(),
+            addresses: vec![vec![127, 0, 0, 1]],
+            node_address: vec![127, 0, 0, 2],
+            protocol: TunnelProtocol::Hbone as i32,
+            ..Default::default()
+        };
+        let pod = Workload::from_proto("workload/shop/app-0", pod, "cluster.local")
+            .expect("a valid workload");
+        state.update(|inner| inner.upsert(pod.key.clone(), Resource::Workload(Arc::new(pod))));
+        let request = Request::builder()
+            .uri("/")
+            .header(http::header::HOST, "reviews")
+            .body(full(Bytes::new()))
+            .expect("request");
+        match pool.send(endpoint, request, &limits).await {
+            Err(SendError::Connect(error)) => {
+                assert!(matches!(*error, ConnectError::NoCertificate(_)), "{error}");
+            }
+            other => panic!("expected an HBONE attempt, got {:?}", other.map(|_| ())),
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle(), 0, "the plain connection was closed");
     }
 
     #[tokio::test]

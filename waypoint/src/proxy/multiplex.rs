@@ -36,7 +36,7 @@ use tracing::debug;
 use warren_ztunnel::drain;
 
 use super::{
-    connect::{ConnectError, Connector, SendError},
+    connect::{ConnectError, Connector, Route, SendError},
     keepalive::EVICTION_INTERVAL,
 };
 use crate::{app::Body, upstream::PoolLimits};
@@ -66,6 +66,8 @@ type Handshake = Shared<BoxFuture<'static, Result<Connection, Arc<ConnectError>>
 struct Connection {
     id: u64,
     send: http2::SendRequest<Body>,
+    /// How it reaches the endpoint (see [`Route`]).
+    route: Route,
     /// Requests given this connection so far. Only changed under the
     /// endpoints lock, so a plain count would do; the connection is cloned
     /// to the requests that wait on its handshake.
@@ -131,6 +133,7 @@ impl Multiplexed {
         limits: &PoolLimits,
     ) -> Result<Connection, SendError> {
         let limit = limits.max_requests_per_connection;
+        let route = self.connector.route(endpoint);
         loop {
             let (id, handshake) = {
                 let mut endpoints = self.lock();
@@ -138,7 +141,9 @@ impl Multiplexed {
                     Some(Slot::Open {
                         connection,
                         last_used,
-                    }) if connection.keep(*last_used, Instant::now()) => {
+                    }) if connection.keep(*last_used, Instant::now())
+                        && connection.route == route =>
+                    {
                         *last_used = Instant::now();
                         let connection = connection.clone();
                         if claim(&mut endpoints, endpoint, &connection, limit) {
@@ -149,9 +154,14 @@ impl Multiplexed {
                     Some(Slot::Opening { id, handshake }) => (*id, handshake.clone()),
                     _ => {
                         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-                        let handshake = open(self.connector.clone(), endpoint, id, limits.clone())
-                            .boxed()
-                            .shared();
+                        let opening = open(
+                            self.connector.clone(),
+                            endpoint,
+                            route.clone(),
+                            id,
+                            limits.clone(),
+                        );
+                        let handshake = opening.boxed().shared();
                         endpoints.insert(
                             endpoint,
                             Slot::Opening {
@@ -278,11 +288,12 @@ fn claim(
 async fn open(
     connector: Connector,
     endpoint: SocketAddr,
+    route: Route,
     id: u64,
     limits: PoolLimits,
 ) -> Result<Connection, Arc<ConnectError>> {
     let io = connector
-        .connect(endpoint, limits.connect_timeout)
+        .connect_via(&route, endpoint, limits.connect_timeout)
         .await
         .map_err(Arc::new)?;
     let (send, connection) = http2::Builder::new(TokioExecutor::new())
@@ -306,6 +317,7 @@ async fn open(
     Ok(Connection {
         id,
         send,
+        route,
         sent: Arc::new(AtomicU64::new(0)),
         idle_timeout: limits.idle_timeout,
         retire_at: limits

@@ -199,13 +199,18 @@ impl ExportTo {
         Self(entries.to_vec())
     }
 
-    /// Whether a VirtualService of `own` namespace is visible in `namespace`.
+    /// Whether an object of `own` namespace is visible in `namespace`.
     pub fn reaches(&self, own: &str, namespace: &str) -> bool {
         self.0.is_empty()
             || self
                 .0
                 .iter()
                 .any(|e| e == "*" || e == namespace || (e == "." && own == namespace))
+    }
+
+    /// Whether an object of `own` namespace is visible there only.
+    pub fn private(&self, own: &str) -> bool {
+        !self.0.is_empty() && self.0.iter().all(|e| e == "." || e == own)
     }
 }
 

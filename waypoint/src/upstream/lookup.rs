@@ -3,9 +3,13 @@
 //!
 //! Three tiers, the first with a rule for the host deciding alone:
 //!
-//! 1. the proxy's own namespace, whatever the rules' `exportTo`;
-//! 2. the service's namespace, rules exported to the proxy's;
-//! 3. the root namespace, rules exported to the proxy's.
+//! 1. the proxy's own namespace: its rules visible there (`exportTo` empty,
+//!    `*`, `.` or naming it); for a proxy in the root namespace only those
+//!    private to it, so that the root's mesh-wide defaults do not hide the
+//!    service's own rules;
+//! 2. the service's namespace: the most specific of the rules it exports
+//!    (not private), if that one is exported to the proxy's namespace;
+//! 3. the root namespace, likewise.
 //!
 //! Rules of any other namespace never apply, so one namespace cannot set
 //! another's subsets, pools or ejections. Within a tier the most specific
@@ -17,12 +21,15 @@
 //! instead of the others when it selects the proxy (the first such group
 //! wins); otherwise the rules without a selector apply. A selector is only
 //! honoured in the rules' own namespace (Istio refuses exporting such a rule
-//! elsewhere), so other tiers hold no selector groups.
+//! elsewhere), so other tiers hold no selector groups. (Istio's enhanced
+//! merge also folds a rule without a selector into a selector group when
+//! their `exportTo` sets are equal; not done here.)
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use super::selects;
+use crate::route::ExportTo;
 
 /// The proxy the rules are looked up for.
 #[derive(Clone, Debug, Default)]
@@ -89,24 +96,31 @@ impl<R> Lookup<R> {
         }
     }
 
-    /// Files a rule; rules come oldest first. `exported`: its `exportTo`
-    /// reaches the proxy's namespace.
+    /// Files a rule; rules come oldest first.
     pub fn insert(
         &mut self,
         namespace: &str,
         host: &str,
         selector: Option<&BTreeMap<String, String>>,
-        exported: bool,
+        export_to: &ExportTo,
         rule: R,
     ) -> Placed<'_, R> {
-        let hosts = if namespace == self.scope.namespace {
-            &mut self.local
-        } else if exported && selector.is_none() {
-            self.exported.entry(namespace.to_owned()).or_default()
-        } else {
+        let mine = namespace == self.scope.namespace;
+        let private = export_to.private(namespace);
+        if mine
+            && (private
+                || (namespace != self.scope.root && export_to.reaches(namespace, namespace)))
+        {
+            return self.local.insert(host, selector, true, rule);
+        }
+        if private || selector.is_some() {
             return Placed::Invisible;
-        };
-        hosts.insert(host, selector, rule)
+        }
+        let reaches = export_to.reaches(namespace, &self.scope.namespace);
+        self.exported
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(host, None, reaches, rule)
     }
 
     /// The merged rules that apply to `host`, a service of `namespace`.
@@ -122,10 +136,13 @@ impl<R> Lookup<R> {
             self.exported.get(namespace),
             self.exported.get(&self.scope.root),
         ];
+        // The most specific host first; then, if its rules are not exported
+        // to the proxy's namespace, the next tier.
         let groups = tiers
             .into_iter()
             .flatten()
-            .find_map(|hosts| hosts.most_specific(&host))?;
+            .filter_map(|hosts| hosts.most_specific(&host))
+            .find(|groups| groups.iter().any(|g| g.reaches))?;
         groups
             .iter()
             .find(|g| {
@@ -160,6 +177,9 @@ impl<R> Default for Hosts<R> {
 #[derive(Debug)]
 struct Group<R> {
     selector: Option<BTreeMap<String, String>>,
+    /// Some of them are exported to the proxy's namespace (Istio merges
+    /// their `exportTo` sets).
+    reaches: bool,
     rule: R,
 }
 
@@ -168,6 +188,7 @@ impl<R> Hosts<R> {
         &mut self,
         host: &str,
         selector: Option<&BTreeMap<String, String>>,
+        reaches: bool,
         rule: R,
     ) -> Placed<'_, R> {
         let host = host.to_ascii_lowercase();
@@ -188,13 +209,18 @@ impl<R> Hosts<R> {
             None => self.exact.entry(host).or_default(),
         };
         match groups.iter().position(|g| g.selector.as_ref() == selector) {
-            Some(i) => Placed::Merge {
-                older: &mut groups[i].rule,
-                later: rule,
-            },
+            Some(i) => {
+                let group = &mut groups[i];
+                group.reaches |= reaches;
+                Placed::Merge {
+                    older: &mut group.rule,
+                    later: rule,
+                }
+            }
             None => {
                 groups.push(Group {
                     selector: selector.cloned(),
+                    reaches,
                     rule,
                 });
                 Placed::New
@@ -219,26 +245,38 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::{Lookup, Placed, Scope};
+    use crate::route::ExportTo;
 
     type Labels<'a> = &'a [(&'a str, &'a str)];
 
-    /// `(namespace, host, selector, exported)`, oldest first. Rules are
-    /// names; merging appends.
-    fn lookup(rules: &[(&str, &str, Option<Labels<'_>>, bool)]) -> Lookup<String> {
+    /// `(namespace, host, selector, exportTo)`, oldest first, for a
+    /// waypoint in `waypoint`. Rules are names; merging appends.
+    fn lookup_in(
+        waypoint: &str,
+        rules: &[(&str, &str, Option<Labels<'_>>, &[&str])],
+    ) -> Lookup<String> {
         let mut lookup = Lookup::new(Scope {
-            namespace: "prod".into(),
+            namespace: waypoint.into(),
             root: "istio-system".into(),
             labels: Scope::waypoint_labels(Some("waypoint")),
         });
-        for (i, (namespace, host, selector, exported)) in rules.iter().enumerate() {
+        for (i, (namespace, host, selector, export_to)) in rules.iter().enumerate() {
             let selector: Option<BTreeMap<String, String>> = selector.map(|labels| {
                 labels
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect()
             });
+            let export_to: Vec<String> = export_to.iter().map(|e| (*e).to_owned()).collect();
             let name = format!("{namespace}/{i}");
-            match lookup.insert(namespace, host, selector.as_ref(), *exported, name.clone()) {
+            let placed = lookup.insert(
+                namespace,
+                host,
+                selector.as_ref(),
+                &ExportTo::new(&export_to),
+                name.clone(),
+            );
+            match placed {
                 Placed::Merge { older, later } => *older = format!("{older}+{later}"),
                 Placed::New | Placed::Invisible => {}
             }
@@ -246,70 +284,100 @@ mod tests {
         lookup
     }
 
+    fn lookup(rules: &[(&str, &str, Option<Labels<'_>>, &[&str])]) -> Lookup<String> {
+        lookup_in("prod", rules)
+    }
+
+    fn get<'a>(lookup: &'a Lookup<String>, host: &str, namespace: &str) -> Option<&'a str> {
+        lookup.get(host, namespace).map(String::as_str)
+    }
+
     const PAYMENTS: &str = "payments.shop.svc.cluster.local";
+    const ALL: &[&str] = &[];
+    const PRIVATE: &[&str] = &["."];
 
     #[test]
     fn the_proxys_namespace_then_the_services_then_the_roots() {
         let rules = lookup(&[
-            ("istio-system", "*", None, true),
-            ("shop", PAYMENTS, None, true),
-            ("evil", PAYMENTS, None, true),
+            ("istio-system", "*", None, ALL),
+            ("shop", PAYMENTS, None, ALL),
+            ("evil", PAYMENTS, None, ALL),
         ]);
-        assert_eq!(
-            rules.get(PAYMENTS, "shop").map(String::as_str),
-            Some("shop/1")
-        );
+        assert_eq!(get(&rules, PAYMENTS, "shop"), Some("shop/1"));
         // Another namespace's service: only the root's default reaches it;
         // `evil` is neither the proxy's nor the service's namespace.
         assert_eq!(
-            rules
-                .get("db.evil.svc.cluster.local", "evil")
-                .map(String::as_str),
+            get(&rules, "db.evil.svc.cluster.local", "evil"),
             Some("istio-system/0")
         );
         // The proxy's own namespace wins, even with a wildcard against the
         // service namespace's exact host.
         let rules = lookup(&[
-            ("shop", PAYMENTS, None, true),
-            ("prod", "*.svc.cluster.local", None, false),
+            ("shop", PAYMENTS, None, ALL),
+            ("prod", "*.svc.cluster.local", None, PRIVATE),
         ]);
-        assert_eq!(
-            rules.get(PAYMENTS, "shop").map(String::as_str),
-            Some("prod/1")
-        );
+        assert_eq!(get(&rules, PAYMENTS, "shop"), Some("prod/1"));
     }
 
     #[test]
-    fn a_rule_not_exported_to_the_proxy_does_not_apply_elsewhere() {
-        let rules = lookup(&[("shop", PAYMENTS, None, false)]);
-        assert_eq!(rules.get(PAYMENTS, "shop"), None);
-        // In its own namespace, exportTo does not matter (Istio indexes every
-        // rule in its own namespace).
-        let rules = lookup(&[("prod", "db.prod.svc.cluster.local", None, false)]);
-        assert!(rules.get("db.prod.svc.cluster.local", "prod").is_some());
+    fn export_to_decides_what_another_namespace_and_the_own_one_see() {
+        let rules = lookup(&[("shop", PAYMENTS, None, PRIVATE)]);
+        assert_eq!(get(&rules, PAYMENTS, "shop"), None);
+        let rules = lookup(&[("shop", PAYMENTS, None, &["prod"])]);
+        assert_eq!(get(&rules, PAYMENTS, "shop"), Some("shop/0"));
+        // In its own namespace a rule applies if exported there: `.`, `*`,
+        // none, or the namespace by name; not when exported elsewhere only.
+        const DB: &str = "db.prod.svc.cluster.local";
+        for export_to in [ALL, PRIVATE, &["*"], &["prod"]] {
+            let rules = lookup(&[("prod", DB, None, export_to)]);
+            assert_eq!(get(&rules, DB, "prod"), Some("prod/0"), "{export_to:?}");
+        }
+        let rules = lookup(&[("prod", DB, None, &["shop"])]);
+        assert_eq!(get(&rules, DB, "prod"), None);
     }
 
     #[test]
     fn the_most_specific_host_of_the_first_tier_that_has_one_decides() {
         let rules = lookup(&[
-            ("shop", "*.shop.svc.cluster.local", None, true),
-            ("shop", "*", None, true),
-            ("shop", PAYMENTS, None, true),
+            ("shop", "*.shop.svc.cluster.local", None, ALL),
+            ("shop", "*", None, ALL),
+            ("shop", PAYMENTS, None, ALL),
         ]);
+        assert_eq!(get(&rules, PAYMENTS, "shop"), Some("shop/2"));
         assert_eq!(
-            rules.get(PAYMENTS, "shop").map(String::as_str),
-            Some("shop/2")
-        );
-        assert_eq!(
-            rules
-                .get("cart.shop.svc.cluster.local", "shop")
-                .map(String::as_str),
+            get(&rules, "cart.shop.svc.cluster.local", "shop"),
             Some("shop/0")
         );
-        assert_eq!(
-            rules.get("example.com", "shop").map(String::as_str),
-            Some("shop/1")
+        assert_eq!(get(&rules, "example.com", "shop"), Some("shop/1"));
+        // The most specific exported rule is not exported to the proxy's
+        // namespace: the tier gives nothing (not its wildcard), the root's
+        // default applies.
+        let rules = lookup(&[
+            ("istio-system", "*", None, ALL),
+            ("shop", "*.shop.svc.cluster.local", None, ALL),
+            ("shop", PAYMENTS, None, &["web"]),
+        ]);
+        assert_eq!(get(&rules, PAYMENTS, "shop"), Some("istio-system/0"));
+    }
+
+    #[test]
+    fn a_waypoint_in_the_root_namespace_keeps_the_roots_defaults_last() {
+        let rules = lookup_in(
+            "istio-system",
+            &[
+                ("istio-system", "*", None, ALL),
+                ("shop", PAYMENTS, None, ALL),
+                ("istio-system", "*.internal", None, PRIVATE),
+            ],
         );
+        // The service's own rule, not the root's mesh-wide `*`.
+        assert_eq!(get(&rules, PAYMENTS, "shop"), Some("shop/1"));
+        assert_eq!(
+            get(&rules, "cart.shop.svc.cluster.local", "shop"),
+            Some("istio-system/0")
+        );
+        // A rule private to the root namespace is the waypoint's own.
+        assert_eq!(get(&rules, "db.internal", "shop"), Some("istio-system/2"));
     }
 
     #[test]
@@ -319,32 +387,26 @@ mod tests {
         let other: Labels<'_> = &[("app", "sidecar")];
         // Same selector merges; a selector for someone else is ignored.
         let rules = lookup(&[
-            ("prod", DB, None, true),
-            ("prod", DB, Some(other), true),
-            ("prod", DB, Some(me), true),
-            ("prod", DB, None, true),
-            ("prod", DB, Some(me), true),
+            ("prod", DB, None, ALL),
+            ("prod", DB, Some(other), PRIVATE),
+            ("prod", DB, Some(me), PRIVATE),
+            ("prod", DB, None, ALL),
+            ("prod", DB, Some(me), PRIVATE),
         ]);
-        assert_eq!(
-            rules.get(DB, "prod").map(String::as_str),
-            Some("prod/2+prod/4")
-        );
+        assert_eq!(get(&rules, DB, "prod"), Some("prod/2+prod/4"));
         // Not selected: the rules without a selector, merged.
         let rules = lookup(&[
-            ("prod", DB, None, true),
-            ("prod", DB, Some(other), true),
-            ("prod", DB, None, true),
+            ("prod", DB, None, ALL),
+            ("prod", DB, Some(other), PRIVATE),
+            ("prod", DB, None, ALL),
         ]);
-        assert_eq!(
-            rules.get(DB, "prod").map(String::as_str),
-            Some("prod/0+prod/2")
-        );
+        assert_eq!(get(&rules, DB, "prod"), Some("prod/0+prod/2"));
         // Only selector rules for the host, none selecting the waypoint:
         // nothing applies, and less specific hosts are not consulted.
-        let rules = lookup(&[("prod", "*", None, true), ("prod", DB, Some(other), true)]);
-        assert_eq!(rules.get(DB, "prod"), None);
+        let rules = lookup(&[("prod", "*", None, ALL), ("prod", DB, Some(other), PRIVATE)]);
+        assert_eq!(get(&rules, DB, "prod"), None);
         // A selector rule of another namespace never applies.
-        let rules = lookup(&[("shop", PAYMENTS, Some(me), true)]);
-        assert_eq!(rules.get(PAYMENTS, "shop"), None);
+        let rules = lookup(&[("shop", PAYMENTS, Some(me), PRIVATE)]);
+        assert_eq!(get(&rules, PAYMENTS, "shop"), None);
     }
 }

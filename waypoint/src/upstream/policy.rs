@@ -373,7 +373,6 @@ impl Policies {
         rules.sort_by(|a, b| {
             (a.created, &a.namespace, &a.name).cmp(&(b.created, &b.namespace, &b.name))
         });
-        let waypoint = scope.namespace.clone();
         let mut errors = Vec::new();
         let mut lookup = Lookup::new(scope);
         for input in rules {
@@ -383,15 +382,14 @@ impl Policies {
                 errors: &mut errors,
             };
             let rule = compile_rule(&mut cx, &input.spec);
-            let exported =
-                ExportTo::new(&input.spec.export_to).reaches(&input.namespace, &waypoint);
+            let export_to = ExportTo::new(&input.spec.export_to);
             let selector = input
                 .spec
                 .workload_selector
                 .as_ref()
                 .map(|s| &s.match_labels);
             if let Placed::Merge { older, later } =
-                lookup.insert(&input.namespace, &input.host, selector, exported, rule)
+                lookup.insert(&input.namespace, &input.host, selector, &export_to, rule)
             {
                 merge(&mut cx, older, later, &input.spec);
             }

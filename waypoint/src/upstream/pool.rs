@@ -97,6 +97,12 @@ impl Pool {
     /// A place for an HTTP/1.1 request: a connection (waiting in the
     /// pending queue if need be), then a request slot.
     pub(crate) async fn admit(&self) -> Result<Permit, Overflow> {
+        // Envoy checks the request breaker before queueing: with every
+        // request slot taken, waiting for a connection could only end in
+        // the same refusal.
+        if self.requests.available_permits() == 0 {
+            return Err(self.overflow());
+        }
         let connection = self.connection_or_wait().await?;
         let request = self.request()?;
         Ok(Permit {

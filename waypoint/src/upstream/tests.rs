@@ -1079,6 +1079,29 @@ async fn max_requests_counts_http1_and_http2_requests_together() {
 }
 
 #[tokio::test]
+async fn a_request_is_not_queued_when_every_request_slot_is_taken() {
+    // One connection, one request slot, a queue: the request slot is
+    // checked first (as Envoy's breaker is), so the second request is
+    // refused at once instead of waiting for a connection and then being
+    // refused anyway.
+    let cluster = pooled(PoolLimits {
+        max_connections: 1,
+        max_pending_requests: 5,
+        max_requests: 1,
+        ..PoolLimits::default()
+    });
+    let _first = cluster.admit().await.expect("the only slot");
+    assert_eq!(
+        timeout(NO_HANG, cluster.admit())
+            .await
+            .expect("refused at once, not queued")
+            .err(),
+        Some(Overflow)
+    );
+    assert_eq!(cluster.pending(), 0);
+}
+
+#[tokio::test]
 async fn a_tcp_connection_over_max_connections_is_refused_at_once() {
     let cluster = pooled(PoolLimits {
         max_connections: 1,

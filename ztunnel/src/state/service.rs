@@ -63,7 +63,8 @@ pub enum Protocol {
 /// its endpoints (Istio's `IsHTTP2` and `IsHTTP`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DeclaredHttp {
-    /// `http`: HTTP/1.1 upstream.
+    /// `http`, `http_proxy`, appProtocol `kubernetes.io/ws`: HTTP/1.1
+    /// upstream.
     Http1,
     /// `http2`, `grpc`, `grpc-web`, appProtocol `kubernetes.io/h2c`:
     /// HTTP/2 upstream.
@@ -85,8 +86,8 @@ impl ServicePort {
 
     pub fn declared_http(&self) -> DeclaredHttp {
         match self.declared().as_str() {
-            "http" => DeclaredHttp::Http1,
-            "http2" | "grpc" | "grpc-web" | "h2c" | "kubernetes.io/h2c" => DeclaredHttp::Http2,
+            "http" | "http_proxy" | "kubernetes.io/ws" => DeclaredHttp::Http1,
+            "http2" | "grpc" | "grpc-web" | "kubernetes.io/h2c" => DeclaredHttp::Http2,
             _ => DeclaredHttp::Undeclared,
         }
     }
@@ -310,6 +311,11 @@ mod tests {
             port("http", "grpc-web").declared_http(),
             DeclaredHttp::Http2
         );
+        assert_eq!(
+            port("ws", "kubernetes.io/ws").declared_http(),
+            DeclaredHttp::Http1
+        );
+        assert_eq!(port("h2c", "").declared_http(), DeclaredHttp::Undeclared);
         assert_eq!(port("", "").declared_http(), DeclaredHttp::Undeclared);
         assert_eq!(port("web", "").declared_http(), DeclaredHttp::Undeclared);
     }
