@@ -61,6 +61,28 @@ impl Context {
     pub fn identity(&self) -> Identity {
         identity(&self.inputs.state, &self.config)
     }
+
+    /// The live upstream clusters, for the admin endpoint `/clusters`.
+    pub fn dump_clusters(&self) -> serde_json::Value {
+        let now = std::time::Instant::now();
+        let clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dump: Vec<serde_json::Value> = clusters
+            .iter()
+            .map(|(key, (_, cluster))| {
+                let mut entry = cluster.dump(now);
+                entry["host"] = key.host.clone().into();
+                entry["subset"] = key.subset.clone().into();
+                entry["port"] = key.port.into();
+                entry
+            })
+            .collect();
+        dump.sort_by_key(|c| c.to_string());
+        serde_json::json!({
+            "clusters": dump,
+            "http1_idle_connections": self.http1.idle(),
+            "http2_endpoints": self.http2.len(),
+        })
+    }
 }
 
 fn identity(state: &State, config: &Config) -> Identity {
@@ -152,11 +174,24 @@ impl App {
         tokio::spawn(inputs.pool.clone().run_eviction(trigger.watch()));
         tokio::spawn(Arc::clone(&context.http1).run_eviction(trigger.watch()));
         tokio::spawn(Arc::clone(&context.http2).run_eviction(trigger.watch()));
+        // ztunnel's admin endpoints, and `/clusters`.
+        let admin_handler: http_endpoint::Handler = {
+            let l4 = admin::handler(Arc::clone(&inputs), log, Arc::clone(&quit));
+            let context = Arc::clone(&context);
+            Arc::new(move |request| {
+                if request.uri().path() == "/clusters" {
+                    let dump = context.dump_clusters();
+                    Box::pin(async move { http_endpoint::json(&dump) })
+                } else {
+                    l4(request)
+                }
+            })
+        };
         tokio::spawn(http_endpoint::serve(
             admin_listener,
             trigger.watch(),
             "admin",
-            admin::handler(Arc::clone(&inputs), log, Arc::clone(&quit)),
+            admin_handler,
         ));
         let metrics_handler: http_endpoint::Handler = Arc::new(move |request| {
             let l4_metrics = Arc::clone(&l4_metrics);

@@ -374,6 +374,36 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
         "upgraded to HTTP/2, the backend must see the rewritten :authority and no Host: {upgraded}\n{}",
         logs()
     );
+
+    // The admin endpoint says which rules made each cluster and how its
+    // endpoints stand.
+    let out = waypoint_pod.sandbox.exec(
+        "curl",
+        ["-sS", "--max-time", "5", "http://127.0.0.1:15000/clusters"],
+    )?;
+    let dump: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("/clusters: {}", String::from_utf8_lossy(&out.stdout)))?;
+    let v1 = dump["clusters"]
+        .as_array()
+        .and_then(|clusters| {
+            clusters.iter().find(|c| {
+                c["host"] == "app.demo.svc.cluster.local" && c["subset"] == "v1" && c["port"] == 80
+            })
+        })
+        .with_context(|| format!("no cluster for app v1 in {dump}"))?;
+    eprintln!(
+        "/clusters: app v1 from {} ({} upstream), {} endpoint(s)",
+        v1["rules"],
+        v1["upstream_http"],
+        v1["endpoints"].as_array().map_or(0, Vec::len)
+    );
+    ensure!(
+        v1["rules"] == serde_json::json!(["demo/app"])
+            && v1["upstream_http"] == "Http2"
+            && v1["subset_selector"]["version"] == "v1"
+            && v1["endpoints"].as_array().is_some_and(|e| !e.is_empty()),
+        "/clusters must show app v1 made by demo/app, upgraded to HTTP/2: {v1}"
+    );
     drop(servers);
     drop(waypoint);
     Ok(())

@@ -365,6 +365,61 @@ impl Cluster {
         self.lock().detector.as_ref().map_or(0, Detector::overflows)
     }
 
+    /// What the cluster applies and how its endpoints stand at `now`, for
+    /// the admin endpoint (`/clusters`): which DestinationRules made it,
+    /// and why a request went where it went or was refused.
+    pub fn dump(&self, now: Instant) -> serde_json::Value {
+        let resolved = &self.resolved;
+        let pool = &resolved.pool;
+        let limit = |n: u32| -> serde_json::Value {
+            if n == super::policy::UNLIMITED {
+                "unlimited".into()
+            } else {
+                n.into()
+            }
+        };
+        let endpoints: Vec<serde_json::Value> = {
+            let mut state = self.lock();
+            state.refresh(now, resolved);
+            state
+                .endpoints
+                .iter()
+                .zip(&state.outliers)
+                .map(|(slot, outlier)| {
+                    serde_json::json!({
+                        "id": slot.endpoint.id,
+                        "address": slot.endpoint.address.to_string(),
+                        "active_requests": slot.active.load(Ordering::Acquire),
+                        "ejected": outlier.is_ejected(),
+                    })
+                })
+                .collect()
+        };
+        serde_json::json!({
+            "rules": resolved.rules,
+            "subset_selector": resolved.selector,
+            "load_balancer": format!("{:?}", resolved.load_balancer),
+            "upstream_http": format!("{:?}", self.upstream_http()),
+            "connection_pool": {
+                "max_connections": limit(pool.max_connections),
+                "http1_max_pending_requests": limit(pool.max_pending_requests),
+                "http2_max_requests": limit(pool.max_requests),
+                "max_requests_per_connection": pool.max_requests_per_connection,
+                "max_retries": limit(pool.max_retries),
+                "connect_timeout": format!("{:?}", pool.connect_timeout),
+                "idle_timeout": (pool.idle_timeout != std::time::Duration::MAX)
+                    .then(|| format!("{:?}", pool.idle_timeout)),
+                "max_connection_duration": pool.max_connection_duration.map(|d| format!("{d:?}")),
+            },
+            "outlier_detection": resolved.outlier.is_some(),
+            "pending": self.pending(),
+            "overflows": self.overflows(),
+            "retry_overflows": self.retry_overflows(),
+            "ejections": self.ejections(),
+            "endpoints": endpoints,
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing under this lock panics on input; a poisoned lock means a
         // bug already reported by the panic that poisoned it.

@@ -1194,6 +1194,34 @@ fn five_consecutive_5xx_eject_for_a_growing_time() {
 }
 
 #[test]
+fn the_dump_shows_the_settings_and_each_endpoints_state() {
+    let t0 = Instant::now();
+    let cluster = Cluster::new(with_outlier(outlier(50)), endpoints(2), t0);
+    let picked = cluster
+        .pick(&HashInput::default(), t0)
+        .expect("an endpoint");
+    fail(&cluster, "ep0", 5, Outcome::Status(500), t0);
+    let dump = cluster.dump(t0);
+    assert_eq!(dump["load_balancer"], "RoundRobin");
+    assert_eq!(dump["upstream_http"], "Client");
+    assert_eq!(dump["outlier_detection"], true);
+    assert_eq!(dump["ejections"], 1);
+    assert_eq!(dump["connection_pool"]["max_connections"], "unlimited");
+    assert_eq!(dump["connection_pool"]["idle_timeout"], "3600s");
+    let endpoints = dump["endpoints"].as_array().expect("a list");
+    assert_eq!(endpoints.len(), 2);
+    assert_eq!(endpoints[0]["id"], "ep0");
+    assert_eq!(endpoints[0]["ejected"], true);
+    assert_eq!(endpoints[1]["ejected"], false);
+    let active: u64 = endpoints
+        .iter()
+        .map(|e| e["active_requests"].as_u64().unwrap_or_default())
+        .sum();
+    assert_eq!(active, 1, "the pick held: {dump}");
+    drop(picked);
+}
+
+#[test]
 fn an_answer_below_500_resets_the_count() {
     let t0 = Instant::now();
     let cluster = Cluster::new(with_outlier(outlier(50)), endpoints(2), t0);
