@@ -189,15 +189,8 @@ impl KeepAlive {
 
     /// Closes idle connections past their idle timeout or maximum duration,
     /// or closed by the peer, until the drain.
-    pub async fn run_eviction(self: Arc<Self>, mut drain: drain::Watch) {
-        let mut tick = tokio::time::interval(EVICTION_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.evict(Instant::now()),
-                () = drain.draining() => return,
-            }
-        }
+    pub async fn run_eviction(self: Arc<Self>, drain: drain::Watch) {
+        sweep(drain, |now| self.evict(now)).await;
     }
 
     fn evict(&self, now: Instant) {
@@ -216,6 +209,19 @@ impl KeepAlive {
     /// Idle connections pooled now.
     pub fn idle(&self) -> usize {
         lock(&self.idle).values().map(Vec::len).sum()
+    }
+}
+
+/// Calls `evict` every [`EVICTION_INTERVAL`] until the drain: both pools'
+/// eviction task.
+pub(super) async fn sweep(mut drain: drain::Watch, evict: impl Fn(Instant)) {
+    let mut tick = tokio::time::interval(EVICTION_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => evict(Instant::now()),
+            () = drain.draining() => return,
+        }
     }
 }
 

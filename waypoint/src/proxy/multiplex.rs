@@ -37,7 +37,7 @@ use warren_ztunnel::drain;
 
 use super::{
     connect::{ConnectError, Connector, Route, SendError},
-    keepalive::EVICTION_INTERVAL,
+    keepalive::sweep,
 };
 use crate::{app::Body, upstream::PoolLimits};
 
@@ -218,15 +218,8 @@ impl Multiplexed {
 
     /// Closes connections that have closed, sat unused for their idle
     /// timeout or lived their maximum duration, until the drain.
-    pub async fn run_eviction(self: Arc<Self>, mut drain: drain::Watch) {
-        let mut tick = tokio::time::interval(EVICTION_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.evict(Instant::now()),
-                () = drain.draining() => return,
-            }
-        }
+    pub async fn run_eviction(self: Arc<Self>, drain: drain::Watch) {
+        sweep(drain, |now| self.evict(now)).await;
     }
 
     fn evict(&self, now: Instant) {
