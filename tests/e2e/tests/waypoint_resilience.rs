@@ -160,6 +160,7 @@ kind: DestinationRule
 metadata: { name: db, namespace: shop }
 spec:
   host: db
+  trafficPolicy: { connectionPool: { tcp: { maxConnectionDuration: 1s } } }
   subsets:
   - { name: v1, labels: { version: v1 } }
   - { name: v2, labels: { version: v2 } }
@@ -1111,6 +1112,34 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
             .filter(|l| l.contains("5432") || l.contains("tcp"))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+
+    // maxConnectionDuration 1s: an idle connection to the db port is
+    // closed by the waypoint after a second, not left to the client's 5 s.
+    let held = Instant::now();
+    let out = shop.client.sandbox.exec(
+        "bash",
+        [
+            "-c",
+            &format!(
+                "exec 3<>/dev/tcp/{}/5432; timeout 5 cat <&3; echo \"exit $?\"",
+                shop.vip("db")?
+            ),
+        ],
+    )?;
+    let lasted = held.elapsed();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "tcp maxConnectionDuration 1s: closed after {lasted:?} ({})",
+        said.trim()
+    );
+    ensure!(
+        said.trim_end().ends_with("exit 0")
+            && lasted >= Duration::from_millis(900)
+            && lasted < Duration::from_secs(4)
+            && waypoint.output().contains("flags=\"DT\""),
+        "an idle tcp connection must be closed at maxConnectionDuration (1s): {lasted:?} {said:?}\n{}",
+        logs()
     );
 
     // Still serving after all of it.

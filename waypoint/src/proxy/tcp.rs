@@ -35,6 +35,9 @@ enum Refused {
     NoEndpoint,
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// Not refused: closed at `tcp.maxConnectionDuration`.
+    #[error("closed after maxConnectionDuration {0:?}")]
+    MaxDuration(std::time::Duration),
 }
 
 impl Refused {
@@ -45,6 +48,7 @@ impl Refused {
             Refused::Overflow => "UO",
             Refused::NoEndpoint => "UH",
             Refused::Connect(_) => "UF",
+            Refused::MaxDuration(_) => "DT",
         }
     }
 }
@@ -83,18 +87,43 @@ pub async fn serve(
         subset: destination.subset.clone(),
         port: destination.port.unwrap_or(down.port),
     };
-    let (upstream, endpoint, _permit) = match connect(&ctx, &compiled, &key, &down).await {
+    let connected = connect(&ctx, &compiled, &key, &down).await;
+    let (upstream, endpoint, max_duration, _permit) = match connected {
         Ok(connected) => connected,
         Err((refused, endpoint)) => {
             log(&down, &route, start, Err(&refused), endpoint, (0, 0));
             return;
         }
     };
-    let copied = match upstream {
-        Upstream::Tunnel(io) => {
-            tokio::io::copy_bidirectional(&mut tunnel, &mut io.into_inner()).await
+    let splice = async {
+        match upstream {
+            Upstream::Tunnel(io) => {
+                tokio::io::copy_bidirectional(&mut tunnel, &mut io.into_inner()).await
+            }
+            Upstream::Tcp(io) => {
+                tokio::io::copy_bidirectional(&mut tunnel, &mut io.into_inner()).await
+            }
         }
-        Upstream::Tcp(io) => tokio::io::copy_bidirectional(&mut tunnel, &mut io.into_inner()).await,
+    };
+    let copied = match max_duration {
+        // `tcp.maxConnectionDuration`: Istio sets it as the TCP proxy's
+        // maximum downstream connection duration; the connection is closed
+        // then (the byte counts of a splice cut short are not known).
+        Some(limit) => match tokio::time::timeout(limit, splice).await {
+            Ok(copied) => copied,
+            Err(_) => {
+                log(
+                    &down,
+                    &route,
+                    start,
+                    Err(&Refused::MaxDuration(limit)),
+                    Some(endpoint),
+                    (0, 0),
+                );
+                return;
+            }
+        },
+        None => splice.await,
     };
     let bytes = copied.unwrap_or_else(|error| {
         debug!(%error, "tcp connection ended with an error");
@@ -103,13 +132,21 @@ pub async fn serve(
     log(&down, &route, start, Ok(()), Some(endpoint), bytes);
 }
 
+/// A connection to an endpoint, its maximum duration, and its pool slot.
+type Connected = (
+    Upstream,
+    SocketAddr,
+    Option<std::time::Duration>,
+    crate::upstream::Permit,
+);
+
 /// A pool slot, an endpoint and a connection to it.
 async fn connect(
     ctx: &Context,
     compiled: &crate::tables::Compiled,
     key: &ClusterKey,
     down: &Downstream,
-) -> Result<(Upstream, SocketAddr, crate::upstream::Permit), (Refused, Option<SocketAddr>)> {
+) -> Result<Connected, (Refused, Option<SocketAddr>)> {
     let labels = ClusterLabels {
         destination_service: key.host.clone(),
         subset: key.subset.clone().unwrap_or_default(),
@@ -140,7 +177,12 @@ async fn connect(
         ctx.metrics.ejections.get_or_create(&labels).inc();
     }
     match connected {
-        Ok(upstream) => Ok((upstream, endpoint, permit)),
+        Ok(upstream) => Ok((
+            upstream,
+            endpoint,
+            cluster.limits().max_connection_duration,
+            permit,
+        )),
         Err(error) => Err((Refused::Connect(error), Some(endpoint))),
     }
 }
