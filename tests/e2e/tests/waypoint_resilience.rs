@@ -1102,9 +1102,12 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
     eprintln!("tcp route: {} connections logged", connections.len());
     ensure!(
         connections.len() == 4
-            && connections
-                .iter()
-                .all(|l| l.contains(&v2) && !l.contains(&v1)),
+            && connections.iter().all(|l| {
+                l.contains(&v2)
+                    && !l.contains(&v1)
+                    && l.contains("sent=262144")
+                    && l.contains("received=262144")
+            }),
         "4 connections must go to db-v2 ({v2}):\n{}\n{}",
         connections.join("\n"),
         output
@@ -1122,7 +1125,7 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         [
             "-c",
             &format!(
-                "exec 3<>/dev/tcp/{}/5432; timeout 5 cat <&3; echo \"exit $?\"",
+                "exec 3<>/dev/tcp/{}/5432; printf hello >&3; timeout 5 cat <&3; echo \" exit $?\"",
                 shop.vip("db")?
             ),
         ],
@@ -1133,11 +1136,19 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         "tcp maxConnectionDuration 1s: closed after {lasted:?} ({})",
         said.trim()
     );
+    let output = waypoint.output();
+    let cut = output
+        .lines()
+        .find(|l| l.contains("flags=\"DT\""))
+        .unwrap_or_default();
+    eprintln!("tcp maxConnectionDuration access line: {cut}");
     ensure!(
-        said.trim_end().ends_with("exit 0")
+        said.starts_with("hello")
+            && said.trim_end().ends_with("exit 0")
             && lasted >= Duration::from_millis(900)
             && lasted < Duration::from_secs(4)
-            && waypoint.output().contains("flags=\"DT\""),
+            && cut.contains("sent=5")
+            && cut.contains("received=5"),
         "an idle tcp connection must be closed at maxConnectionDuration (1s): {lasted:?} {said:?}\n{}",
         logs()
     );

@@ -4,9 +4,12 @@
 //! balancing, `tcp.maxConnections`, outlier detection), connect over HBONE,
 //! and splice bytes until either side closes.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    collections::BTreeMap, io, net::SocketAddr, pin::Pin, sync::Arc, task::Poll, time::Instant,
+};
 
 use http::{HeaderMap, Uri};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{debug, info};
 use warren_ztunnel::{drain, proxy::hbone::Tunnel};
 
@@ -95,41 +98,91 @@ pub async fn serve(
             return;
         }
     };
+    let mut client = Counted {
+        inner: &mut tunnel,
+        from_client: 0,
+        to_client: 0,
+    };
     let splice = async {
         match upstream {
             Upstream::Tunnel(io) => {
-                tokio::io::copy_bidirectional(&mut tunnel, &mut io.into_inner()).await
+                tokio::io::copy_bidirectional(&mut client, &mut io.into_inner()).await
             }
             Upstream::Tcp(io) => {
-                tokio::io::copy_bidirectional(&mut tunnel, &mut io.into_inner()).await
+                tokio::io::copy_bidirectional(&mut client, &mut io.into_inner()).await
             }
         }
     };
-    let copied = match max_duration {
+    let ended = match max_duration {
         // `tcp.maxConnectionDuration`: Istio sets it as the TCP proxy's
         // maximum downstream connection duration; the connection is closed
-        // then (the byte counts of a splice cut short are not known).
-        Some(limit) => match tokio::time::timeout(limit, splice).await {
-            Ok(copied) => copied,
-            Err(_) => {
-                log(
-                    &down,
-                    &route,
-                    start,
-                    Err(&Refused::MaxDuration(limit)),
-                    Some(endpoint),
-                    (0, 0),
-                );
-                return;
-            }
-        },
-        None => splice.await,
+        // then.
+        Some(limit) => tokio::time::timeout(limit, splice)
+            .await
+            .map_err(|_| Refused::MaxDuration(limit)),
+        None => Ok(splice.await),
     };
-    let bytes = copied.unwrap_or_else(|error| {
-        debug!(%error, "tcp connection ended with an error");
-        (0, 0)
-    });
-    log(&down, &route, start, Ok(()), Some(endpoint), bytes);
+    let bytes = (client.from_client, client.to_client);
+    match ended {
+        Ok(copied) => {
+            if let Err(error) = copied {
+                debug!(%error, "tcp connection ended with an error");
+            }
+            log(&down, &route, start, Ok(()), Some(endpoint), bytes);
+        }
+        Err(cut) => log(&down, &route, start, Err(&cut), Some(endpoint), bytes),
+    }
+}
+
+/// The client's side of a splice, counting the bytes each way, so that a
+/// splice cut short (an error, `maxConnectionDuration`) still reports what
+/// it moved.
+struct Counted<T> {
+    inner: T,
+    from_client: u64,
+    to_client: u64,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            this.from_client += (buf.filled().len() - before) as u64;
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.to_client += n as u64;
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// A connection to an endpoint, its maximum duration, and its pool slot.
