@@ -66,9 +66,16 @@ impl Context {
     pub fn dump_clusters(&self) -> serde_json::Value {
         let now = std::time::Instant::now();
         let clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
-        let mut dump: Vec<serde_json::Value> = clusters
+        let mut live: Vec<(&ClusterKey, &Arc<Cluster>)> = clusters
             .iter()
-            .map(|(key, (_, cluster))| {
+            .map(|(key, (_, cluster))| (key, cluster))
+            .collect();
+        live.sort_by(|(a, _), (b, _)| {
+            (&a.host, &a.subset, a.port).cmp(&(&b.host, &b.subset, b.port))
+        });
+        let dump: Vec<serde_json::Value> = live
+            .into_iter()
+            .map(|(key, cluster)| {
                 let mut entry = cluster.dump(now);
                 entry["host"] = key.host.clone().into();
                 entry["subset"] = key.subset.clone().into();
@@ -76,7 +83,6 @@ impl Context {
                 entry
             })
             .collect();
-        dump.sort_by_key(|c| c.to_string());
         serde_json::json!({
             "clusters": dump,
             "http1_idle_connections": self.http1.idle(),

@@ -5,8 +5,9 @@
 //!
 //! Response flags follow Envoy's, so operators read them as they would
 //! Istio's: `NR` no route, `NC` no cluster (an unknown subset or service),
-//! `UO` pool overflow, `UH` no healthy endpoint, `UF` connect failure, `UT` timeout, `URX` retries exhausted, `FI` fault abort,
-//! `DI` fault delay, `UC` upstream reset.
+//! `UO` pool overflow, `UH` no healthy endpoint, `UF` connect failure, `UT`
+//! timeout, `URX` retries exhausted, `FI` fault abort, `DI` fault delay, `UC`
+//! upstream reset.
 
 use std::{
     collections::BTreeMap,

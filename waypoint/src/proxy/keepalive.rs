@@ -6,17 +6,16 @@
 //! once the answer's body has been read to its end (hyper says so by
 //! becoming ready again); an answer left unread, or a connection upgraded
 //! (WebSocket), never comes back. The DestinationRule's connection settings
-//! (`ConnectionLimits`) are taken from the request that opens a connection
-//! (idle timeout, maximum duration) or from each request (connect timeout,
-//! requests per connection): connections are pooled per endpoint, so two
-//! clusters (subsets) with different settings sharing an endpoint share its
-//! connections.
+//! ([`PoolLimits`]) are taken from the request that opens a connection
+//! (idle timeout, maximum duration: its [`Lifetime`]) or from each request
+//! (connect timeout, requests per connection): connections are pooled per
+//! endpoint, so two clusters (subsets) with different settings sharing an
+//! endpoint share its connections.
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use http::{Request, Response};
@@ -25,12 +24,11 @@ use tokio::time::Instant;
 use tracing::debug;
 use warren_ztunnel::drain;
 
-use super::connect::{ConnectError, Connector, Route, SendError};
+use super::{
+    connect::{ConnectError, Connector, Route, SendError},
+    lifetime::{Lifetime, sweep},
+};
 use crate::{app::Body, upstream::PoolLimits};
-
-/// How often idle connections are checked for their idle timeout and
-/// maximum duration.
-pub const EVICTION_INTERVAL: Duration = Duration::from_secs(1);
 
 /// HTTP/1.1 connections to upstream endpoints.
 pub struct KeepAlive {
@@ -40,14 +38,9 @@ pub struct KeepAlive {
 
 struct Connection {
     send: http1::SendRequest<Body>,
-    /// How it reaches the endpoint.
-    route: Route,
+    lifetime: Lifetime,
     /// Requests it has been given.
     served: u32,
-    /// `tcp.maxConnectionDuration` from its opening.
-    retire_at: Option<Instant>,
-    /// `http.idleTimeout`.
-    idle_timeout: Duration,
 }
 
 struct Idle {
@@ -58,9 +51,7 @@ struct Idle {
 impl Idle {
     /// Whether it may carry another request at `now`.
     fn usable(&self, now: Instant) -> bool {
-        !self.connection.send.is_closed()
-            && now.saturating_duration_since(self.since) < self.connection.idle_timeout
-            && self.connection.retire_at.is_none_or(|at| now < at)
+        !self.connection.send.is_closed() && self.connection.lifetime.fresh(self.since, now)
     }
 }
 
@@ -116,7 +107,7 @@ impl KeepAlive {
         let stack = idle.get_mut(&endpoint)?;
         let mut found = None;
         while let Some(top) = stack.pop() {
-            if top.usable(now) && top.connection.route == *route {
+            if top.usable(now) && top.connection.lifetime.reaches_by(route) {
                 found = Some(top.connection);
                 break;
             }
@@ -154,12 +145,8 @@ impl KeepAlive {
         });
         Ok(Connection {
             send,
-            route,
+            lifetime: Lifetime::new(route, limits),
             served: 0,
-            retire_at: limits
-                .max_connection_duration
-                .map(|limit| Instant::now() + limit),
-            idle_timeout: limits.idle_timeout,
         })
     }
 
@@ -172,8 +159,7 @@ impl KeepAlive {
         let spent = limits
             .max_requests_per_connection
             .is_some_and(|limit| connection.served >= limit);
-        let expired = connection.retire_at.is_some_and(|at| Instant::now() >= at);
-        if spent || expired {
+        if spent || connection.lifetime.expired(Instant::now()) {
             return;
         }
         let idle = Arc::clone(&self.idle);
@@ -212,19 +198,6 @@ impl KeepAlive {
     }
 }
 
-/// Calls `evict` every [`EVICTION_INTERVAL`] until the drain: both pools'
-/// eviction task.
-pub(super) async fn sweep(mut drain: drain::Watch, evict: impl Fn(Instant)) {
-    let mut tick = tokio::time::interval(EVICTION_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => evict(Instant::now()),
-            () = drain.draining() => return,
-        }
-    }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -235,6 +208,7 @@ mod tests {
         convert::Infallible,
         net::{IpAddr, Ipv4Addr},
         sync::atomic::{AtomicUsize, Ordering},
+        time::Duration,
     };
 
     use bytes::Bytes;

@@ -16,6 +16,7 @@
 pub mod connect;
 pub mod http;
 pub mod keepalive;
+mod lifetime;
 pub mod multiplex;
 pub mod replay;
 mod report;

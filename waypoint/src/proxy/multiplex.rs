@@ -37,7 +37,7 @@ use warren_ztunnel::drain;
 
 use super::{
     connect::{ConnectError, Connector, Route, SendError},
-    keepalive::sweep,
+    lifetime::{Lifetime, sweep},
 };
 use crate::{app::Body, upstream::PoolLimits};
 
@@ -66,24 +66,17 @@ type Handshake = Shared<BoxFuture<'static, Result<Connection, Arc<ConnectError>>
 struct Connection {
     id: u64,
     send: http2::SendRequest<Body>,
-    /// How it reaches the endpoint (see [`Route`]).
-    route: Route,
+    lifetime: Lifetime,
     /// Requests given this connection so far. Only changed under the
     /// endpoints lock, so a plain count would do; the connection is cloned
     /// to the requests that wait on its handshake.
     sent: Arc<AtomicU64>,
-    /// `http.idleTimeout`.
-    idle_timeout: Duration,
-    /// `tcp.maxConnectionDuration` from its opening.
-    retire_at: Option<Instant>,
 }
 
 impl Connection {
     /// Whether it stays pooled at `now`, last used at `last_used`.
     fn keep(&self, last_used: Instant, now: Instant) -> bool {
-        !self.send.is_closed()
-            && now.saturating_duration_since(last_used) < self.idle_timeout
-            && self.retire_at.is_none_or(|at| now < at)
+        !self.send.is_closed() && self.lifetime.fresh(last_used, now)
     }
 }
 
@@ -142,7 +135,7 @@ impl Multiplexed {
                         connection,
                         last_used,
                     }) if connection.keep(*last_used, Instant::now())
-                        && connection.route == route =>
+                        && connection.lifetime.reaches_by(&route) =>
                     {
                         *last_used = Instant::now();
                         let connection = connection.clone();
@@ -310,12 +303,8 @@ async fn open(
     Ok(Connection {
         id,
         send,
-        route,
+        lifetime: Lifetime::new(route, &limits),
         sent: Arc::new(AtomicU64::new(0)),
-        idle_timeout: limits.idle_timeout,
-        retire_at: limits
-            .max_connection_duration
-            .map(|limit| Instant::now() + limit),
     })
 }
 
