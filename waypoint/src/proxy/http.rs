@@ -1589,6 +1589,22 @@ mod tests {
     }
 
     #[test]
+    fn te_trailers_is_recognised_among_other_codings() {
+        let te = |values: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::TE, HeaderValue::from_static(v));
+            }
+            wants_trailers(&headers)
+        };
+        assert!(te(&["trailers"]));
+        assert!(te(&["gzip;q=0.5, Trailers"]));
+        assert!(te(&["deflate", "trailers;q=1"]));
+        assert!(!te(&["gzip"]));
+        assert!(!te(&[]));
+    }
+
+    #[test]
     fn a_requests_authority_is_its_uris_else_its_host() {
         let h2 = Request::get("http://reviews.shop:9080/x")
             .header(header::HOST, "other")
