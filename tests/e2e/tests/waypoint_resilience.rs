@@ -1153,6 +1153,55 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         logs()
     );
 
+    // tcp.idleTimeout 1s (hot, with a longer maxConnectionDuration): a
+    // connection that sends a byte every 0.6 s lives on, and is closed a
+    // second after its last one, about 2.2 s in (a timer from the
+    // connection's start would have closed it before the third byte).
+    std::fs::write(
+        shop.cluster.config_dir().join("routes.shop.yaml"),
+        CONFIG.replacen(
+            "connectionPool: { tcp: { maxConnectionDuration: 1s } }",
+            "connectionPool: { tcp: { maxConnectionDuration: 20s, idleTimeout: 1s } }",
+            1,
+        ),
+    )?;
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/5432; printf a >&3; sleep 0.6; printf b >&3; sleep 0.6; printf c >&3; \
+         timeout 8 cat <&3; echo \" exit $?\"",
+        shop.vip("db")?
+    );
+    let mut seen = (Duration::ZERO, String::new());
+    eventually(Duration::from_secs(30), "tcp.idleTimeout applied", || {
+        let held = Instant::now();
+        let out = shop.client.sandbox.exec("bash", ["-c", &script])?;
+        seen = (
+            held.elapsed(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        );
+        // Before the change the connection ends at maxConnectionDuration
+        // (1 s, after "ab"), so only the new setting passes.
+        Ok(seen.1.starts_with("abc") && seen.1.trim_end().ends_with("exit 0"))
+    })
+    .with_context(|| format!("last: {seen:?}\n{}", logs()))?;
+    let (lasted, said) = seen;
+    let output = waypoint.output();
+    let idle = output
+        .lines()
+        .find(|l| l.contains("flags=\"SI\""))
+        .unwrap_or_default();
+    eprintln!(
+        "tcp idleTimeout 1s: closed after {lasted:?} ({}); access line: {idle}",
+        said.trim()
+    );
+    ensure!(
+        lasted >= Duration::from_millis(2000)
+            && lasted < Duration::from_secs(5)
+            && idle.contains("sent=3")
+            && idle.contains("received=3"),
+        "a tcp connection must be closed 1s after its last byte (tcp.idleTimeout): {lasted:?} {said:?}\n{}",
+        logs()
+    );
+
     // Still serving after all of it.
     let report = load(
         &shop.client,

@@ -2,10 +2,20 @@
 //! (VirtualService `tcp` rules), take a connection-pool slot and an
 //! endpoint from the destination's cluster (DestinationRule subsets, load
 //! balancing, `tcp.maxConnections`, outlier detection), connect over HBONE,
-//! and splice bytes until either side closes.
+//! and splice bytes until either side closes, or the DestinationRule's
+//! `tcp.maxConnectionDuration` or `tcp.idleTimeout` ends it.
 
 use std::{
-    collections::BTreeMap, io, net::SocketAddr, pin::Pin, sync::Arc, task::Poll, time::Instant,
+    collections::BTreeMap,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::Poll,
+    time::{Duration, Instant},
 };
 
 use http::{HeaderMap, Uri};
@@ -24,7 +34,7 @@ use crate::{
         RouteDestination, Scope,
         tcp::{ConnectionInfo, TcpRouted},
     },
-    upstream::{HashInput, Outcome},
+    upstream::{HashInput, Outcome, Permit, PoolLimits},
 };
 
 /// Why a connection was not spliced, for the access log.
@@ -40,7 +50,10 @@ enum Refused {
     Connect(#[from] ConnectError),
     /// Not refused: closed at `tcp.maxConnectionDuration`.
     #[error("closed after maxConnectionDuration {0:?}")]
-    MaxDuration(std::time::Duration),
+    MaxDuration(Duration),
+    /// Not refused: closed after `tcp.idleTimeout` without traffic.
+    #[error("closed after idleTimeout {0:?} without traffic")]
+    Idle(Duration),
 }
 
 impl Refused {
@@ -52,6 +65,8 @@ impl Refused {
             Refused::NoEndpoint => "UH",
             Refused::Connect(_) => "UF",
             Refused::MaxDuration(_) => "DT",
+            // Envoy's stream idle timeout flag, which its TCP proxy sets too.
+            Refused::Idle(_) => "SI",
         }
     }
 }
@@ -91,17 +106,22 @@ pub async fn serve(
         port: destination.port.unwrap_or(down.port),
     };
     let connected = connect(&ctx, &compiled, &key, &down).await;
-    let (upstream, endpoint, max_duration, _permit) = match connected {
+    let Connected {
+        upstream,
+        endpoint,
+        limits,
+        _permit,
+    } = match connected {
         Ok(connected) => connected,
         Err((refused, endpoint)) => {
             log(&down, &route, start, Err(&refused), endpoint, (0, 0));
             return;
         }
     };
+    let traffic = Traffic::new();
     let mut client = Counted {
         inner: &mut tunnel,
-        from_client: 0,
-        to_client: 0,
+        traffic: &traffic,
     };
     let splice = async {
         match upstream {
@@ -113,16 +133,19 @@ pub async fn serve(
             }
         }
     };
-    let ended = match max_duration {
-        // `tcp.maxConnectionDuration`: Istio sets it as the TCP proxy's
-        // maximum downstream connection duration; the connection is closed
-        // then.
-        Some(limit) => tokio::time::timeout(limit, splice)
-            .await
-            .map_err(|_| Refused::MaxDuration(limit)),
-        None => Ok(splice.await),
+    // Istio sets `tcp.maxConnectionDuration` as the TCP proxy's maximum
+    // downstream connection duration and `tcp.idleTimeout` as its idle
+    // timeout: either closes both sides.
+    let ended = tokio::select! {
+        copied = splice => Ok(copied),
+        () = after(limits.max_connection_duration) => {
+            Err(Refused::MaxDuration(limits.max_connection_duration.unwrap_or_default()))
+        }
+        () = traffic.idle_for(limits.tcp_idle_timeout) => {
+            Err(Refused::Idle(limits.tcp_idle_timeout.unwrap_or_default()))
+        }
     };
-    let bytes = (client.from_client, client.to_client);
+    let bytes = traffic.bytes();
     match ended {
         Ok(copied) => {
             if let Err(error) = copied {
@@ -134,16 +157,80 @@ pub async fn serve(
     }
 }
 
-/// The client's side of a splice, counting the bytes each way, so that a
-/// splice cut short (an error, `maxConnectionDuration`) still reports what
-/// it moved.
-struct Counted<T> {
-    inner: T,
-    from_client: u64,
-    to_client: u64,
+/// Ends after `limit`, or never.
+async fn after(limit: Option<Duration>) {
+    match limit {
+        Some(limit) => tokio::time::sleep(limit).await,
+        None => std::future::pending().await,
+    }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+/// What a splice has moved, and when it last moved anything: written by
+/// the client's side of the splice, read by the idle timer beside it.
+struct Traffic {
+    opened: tokio::time::Instant,
+    from_client: AtomicU64,
+    to_client: AtomicU64,
+    /// Milliseconds from `opened` to the last byte either way.
+    last_active_ms: AtomicU64,
+}
+
+impl Traffic {
+    fn new() -> Self {
+        Self {
+            opened: tokio::time::Instant::now(),
+            from_client: AtomicU64::new(0),
+            to_client: AtomicU64::new(0),
+            last_active_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn moved(&self, count: &AtomicU64, n: usize) {
+        if n == 0 {
+            return;
+        }
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_active_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last_active(&self) -> tokio::time::Instant {
+        self.opened + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed))
+    }
+
+    /// Ends once nothing has moved either way for `limit`, or never.
+    async fn idle_for(&self, limit: Option<Duration>) {
+        let Some(limit) = limit else {
+            return std::future::pending().await;
+        };
+        loop {
+            let deadline = self.last_active() + limit;
+            tokio::time::sleep_until(deadline).await;
+            // Bytes moved while it slept push the deadline on.
+            if self.last_active() + limit <= tokio::time::Instant::now() {
+                return;
+            }
+        }
+    }
+
+    /// Bytes from the client and to it.
+    fn bytes(&self) -> (u64, u64) {
+        (
+            self.from_client.load(Ordering::Relaxed),
+            self.to_client.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The client's side of a splice: every byte to and from the upstream
+/// passes it, so it counts both directions (what a splice cut short still
+/// reports) and notes activity for the idle timeout.
+struct Counted<'a, T> {
+    inner: T,
+    traffic: &'a Traffic,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -153,13 +240,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            this.from_client += (buf.filled().len() - before) as u64;
+            this.traffic
+                .moved(&this.traffic.from_client, buf.filled().len() - before);
         }
         polled
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -168,7 +256,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled {
-            this.to_client += n as u64;
+            this.traffic.moved(&this.traffic.to_client, n);
         }
         polled
     }
@@ -185,13 +273,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     }
 }
 
-/// A connection to an endpoint, its maximum duration, and its pool slot.
-type Connected = (
-    Upstream,
-    SocketAddr,
-    Option<std::time::Duration>,
-    crate::upstream::Permit,
-);
+/// A connection to an endpoint, its cluster's settings, and its pool slot.
+struct Connected {
+    upstream: Upstream,
+    endpoint: SocketAddr,
+    limits: PoolLimits,
+    _permit: Permit,
+}
 
 /// A pool slot, an endpoint and a connection to it.
 async fn connect(
@@ -230,12 +318,12 @@ async fn connect(
         ctx.metrics.ejections.get_or_create(&labels).inc();
     }
     match connected {
-        Ok(upstream) => Ok((
+        Ok(upstream) => Ok(Connected {
             upstream,
             endpoint,
-            cluster.limits().max_connection_duration,
-            permit,
-        )),
+            limits: cluster.limits().clone(),
+            _permit: permit,
+        }),
         Err(error) => Err((Refused::Connect(error), Some(endpoint))),
     }
 }
@@ -264,4 +352,39 @@ fn log(
         duration_ms = start.elapsed().as_secs_f64() * 1000.0,
         "connection"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timer_restarts_with_every_byte() {
+        let traffic = Traffic::new();
+        let start = tokio::time::Instant::now();
+        let mover = async {
+            for _ in 0..2 {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                traffic.moved(&traffic.from_client, 1);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            traffic.moved(&traffic.to_client, 7);
+        };
+        let ((), ()) = tokio::join!(mover, traffic.idle_for(Some(Duration::from_secs(1))));
+        // The last byte moved 1.5 s in; a second later the timer ends.
+        let ended = start.elapsed();
+        assert!(
+            ended >= Duration::from_millis(2500) && ended < Duration::from_millis(2600),
+            "ended after {ended:?}"
+        );
+        assert_eq!(traffic.bytes(), (2, 7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_an_idle_timeout_a_quiet_connection_stays() {
+        let traffic = Traffic::new();
+        let waited =
+            tokio::time::timeout(Duration::from_secs(86_400), traffic.idle_for(None)).await;
+        assert!(waited.is_err(), "idle_for(None) must never end");
+    }
 }

@@ -410,6 +410,7 @@ impl Cluster {
                 "idle_timeout": (pool.idle_timeout != std::time::Duration::MAX)
                     .then(|| format!("{:?}", pool.idle_timeout)),
                 "max_connection_duration": pool.max_connection_duration.map(|d| format!("{d:?}")),
+                "tcp_idle_timeout": pool.tcp_idle_timeout.map(|d| format!("{d:?}")),
             },
             "outlier_detection": resolved.outlier.is_some(),
             "pending": self.pending(),

@@ -43,7 +43,7 @@ use crate::route::ExportTo;
 pub const UNLIMITED: u32 = u32::MAX;
 /// `tcp.connectTimeout` (Istio: 10s).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// `http.idleTimeout` (Istio: 1 hour).
+/// `http.idleTimeout` and `tcp.idleTimeout` (Istio: 1 hour each).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// `consecutive5xxErrors` when unset (Istio: 5; `0` turns it off).
 pub const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
@@ -224,6 +224,9 @@ pub struct PoolLimits {
     pub idle_timeout: Duration,
     /// `tcp.maxConnectionDuration`; `None` is unlimited.
     pub max_connection_duration: Option<Duration>,
+    /// `tcp.idleTimeout`: a connection to a TCP port that moves no byte
+    /// either way for this long is closed; `None` (`0s`) is never.
+    pub tcp_idle_timeout: Option<Duration>,
     /// `http.h2UpgradePolicy: UPGRADE`.
     pub h2_upgrade: bool,
     /// `http.useClientProtocol`.
@@ -267,6 +270,7 @@ impl Default for PoolLimits {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connection_duration: None,
+            tcp_idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             h2_upgrade: false,
             use_client_protocol: false,
         }
@@ -760,6 +764,10 @@ fn compile_pool(cx: &mut Ctx<'_>, path: &str, pool: &ConnectionPoolSettings) -> 
         if let Some(d) = &tcp.max_connection_duration {
             let d = cx.duration(&format!("{p}.maxConnectionDuration"), d, Duration::ZERO);
             limits.max_connection_duration = (!d.is_zero()).then_some(d);
+        }
+        if let Some(d) = &tcp.idle_timeout {
+            let d = cx.duration(&format!("{p}.idleTimeout"), d, DEFAULT_IDLE_TIMEOUT);
+            limits.tcp_idle_timeout = (!d.is_zero()).then_some(d);
         }
     }
     if let Some(http) = &pool.http {

@@ -519,7 +519,8 @@ fn pool_limits_compile() {
         "reviews",
         HOST,
         json!({"host": "reviews", "trafficPolicy": {"connectionPool": {
-            "tcp": {"maxConnections": 100, "connectTimeout": "30ms", "maxConnectionDuration": "1h"},
+            "tcp": {"maxConnections": 100, "connectTimeout": "30ms", "maxConnectionDuration": "1h",
+                    "idleTimeout": "45s"},
             "http": {"http1MaxPendingRequests": 5, "http2MaxRequests": 1000,
                      "maxRequestsPerConnection": 10, "maxRetries": 3, "idleTimeout": "90s",
                      "h2UpgradePolicy": "UPGRADE"}
@@ -540,6 +541,7 @@ fn pool_limits_compile() {
             connect_timeout: Duration::from_millis(30),
             idle_timeout: Duration::from_secs(90),
             max_connection_duration: Some(Duration::from_secs(3600)),
+            tcp_idle_timeout: Some(Duration::from_secs(45)),
             h2_upgrade: true,
             use_client_protocol: false,
         }
@@ -574,13 +576,19 @@ fn an_idle_timeout_of_zero_turns_it_off() {
     let policies = build(vec![dr(
         "reviews",
         HOST,
-        json!({"host": "reviews", "trafficPolicy": {"connectionPool": {"http": {"idleTimeout": "0s"}}}}),
+        json!({"host": "reviews", "trafficPolicy": {"connectionPool": {
+            "http": {"idleTimeout": "0s"}, "tcp": {"idleTimeout": "0s"}}}}),
     )]);
     let pool = policies
         .resolve(HOST, "default", None, 80)
         .expect("no subset")
         .pool;
     assert_eq!(pool.idle_timeout, Duration::MAX);
+    assert_eq!(pool.tcp_idle_timeout, None);
+    // Unset, both are Istio's hour.
+    let pool = PoolLimits::default();
+    assert_eq!(pool.idle_timeout, Duration::from_secs(3600));
+    assert_eq!(pool.tcp_idle_timeout, Some(Duration::from_secs(3600)));
 }
 
 #[test]
@@ -1208,6 +1216,7 @@ fn the_dump_shows_the_settings_and_each_endpoints_state() {
     assert_eq!(dump["ejections"], 1);
     assert_eq!(dump["connection_pool"]["max_connections"], "unlimited");
     assert_eq!(dump["connection_pool"]["idle_timeout"], "3600s");
+    assert_eq!(dump["connection_pool"]["tcp_idle_timeout"], "3600s");
     let endpoints = dump["endpoints"].as_array().expect("a list");
     assert_eq!(endpoints.len(), 2);
     assert_eq!(endpoints[0]["id"], "ep0");
