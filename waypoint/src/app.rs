@@ -57,15 +57,33 @@ pub struct Context {
 }
 
 impl Context {
+    /// Nothing under this lock panics on input: a poisoned lock is a bug
+    /// the panic already reported, and the map is still sound.
+    pub fn lock_clusters(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ClusterKey, (u64, Arc<Cluster>)>> {
+        self.clusters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The waypoint's own identity, in the mesh's trust domain.
     pub fn identity(&self) -> Identity {
         identity(&self.inputs.state, &self.config)
     }
 
     /// The live upstream clusters, for the admin endpoint `/clusters`.
+    /// Clusters are rebuilt by the next request after a change; the dump
+    /// brings each up to date first, so it shows what that request would
+    /// get, and drops those whose service or subset is gone.
     pub fn dump_clusters(&self) -> serde_json::Value {
+        let compiled = self.tables.current();
+        let keys: Vec<ClusterKey> = self.lock_clusters().keys().cloned().collect();
+        for key in keys {
+            if self.cluster(&compiled, &key).is_err() {
+                self.lock_clusters().remove(&key);
+            }
+        }
         let now = std::time::Instant::now();
-        let clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        let clusters = self.lock_clusters();
         let mut live: Vec<(&ClusterKey, &Arc<Cluster>)> = clusters
             .iter()
             .map(|(key, (_, cluster))| (key, cluster))

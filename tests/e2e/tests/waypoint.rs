@@ -11,6 +11,7 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use warren_e2e::{
+    agent::warrenctl_text,
     mesh::{
         eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway, waypoint_metrics,
     },
@@ -403,6 +404,52 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
             && v1["subset_selector"]["version"] == "v1"
             && v1["endpoints"].as_array().is_some_and(|e| !e.is_empty()),
         "/clusters must show app v1 made by demo/app, upgraded to HTTP/2: {v1}"
+    );
+    // warrenctl finds the waypoint's pod in the config folder and asks it
+    // from inside its network namespace.
+    let config_dir = cluster.config_dir().to_string_lossy().into_owned();
+    let shown = warrenctl_text(&[
+        "waypoint",
+        "clusters",
+        "-n",
+        "demo",
+        "--config-dir",
+        &config_dir,
+    ])?;
+    eprintln!("warrenctl waypoint clusters:\n{shown}");
+    let row = shown
+        .lines()
+        .find(|l| l.starts_with("app.demo.svc.cluster.local:80 (v1)"))
+        .with_context(|| format!("no row for app v1:\n{shown}"))?;
+    // v2 was last asked before the upgrade: the dump shows it as the next
+    // request would find it, not as it was built.
+    let v2_row = shown
+        .lines()
+        .find(|l| l.starts_with("app.demo.svc.cluster.local:80 (v2)"))
+        .unwrap_or_default();
+    ensure!(
+        shown.starts_with("waypoint pod demo/waypoint")
+            && row.contains("demo/app")
+            && row.contains("Http2")
+            && v2_row.contains("Http2")
+            && shown.contains("ENDPOINT")
+            && shown.contains("healthy"),
+        "warrenctl waypoint clusters must show app v1 from demo/app over HTTP/2:\n{shown}"
+    );
+    let as_json: Value = serde_json::from_str(&warrenctl_text(&[
+        "waypoint",
+        "clusters",
+        "-n",
+        "demo",
+        "--config-dir",
+        &config_dir,
+        "--json",
+    ])?)?;
+    ensure!(
+        as_json["demo/waypoint"]["clusters"]
+            .as_array()
+            .is_some_and(|c| c.len() == dump["clusters"].as_array().map_or(0, Vec::len)),
+        "warrenctl waypoint clusters --json must carry the waypoint's answer: {as_json}"
     );
     drop(servers);
     drop(waypoint);

@@ -1056,7 +1056,7 @@ impl Context {
     pub fn cluster(&self, compiled: &Compiled, key: &ClusterKey) -> Result<Arc<Cluster>, String> {
         let state_generation = *self.inputs.state.changes().borrow();
         let generation = compiled.generation << 32 | (state_generation & 0xffff_ffff);
-        let mut clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut clusters = self.lock_clusters();
         if let Some((built, cluster)) = clusters.get(key)
             && *built == generation
         {

@@ -1,8 +1,10 @@
 //! `warrenctl`: Warren's debugging CLI, in the spirit of bpftool. `bpf`
 //! reads what the kernel holds (pins, maps, programs) directly, so it works
 //! with no agent running; `config dump|status` ask the node agent;
-//! `waypoint` manages waypoint Gateways in the local config folder.
+//! `waypoint` manages waypoint Gateways in the local config folder and asks
+//! running waypoints how their upstreams stand.
 
+mod admin;
 mod agent;
 mod bpf;
 mod certs;
@@ -34,7 +36,7 @@ enum Command {
     /// `--chain ID` for one identity's whole chain.
     Certs(certs::CertsArgs),
     /// A namespace's waypoint in local mode: `apply` and `delete` its
-    /// Gateway in the config folder, `list` them.
+    /// Gateway in the config folder, `list` them; `clusters` of a running one.
     #[command(subcommand)]
     Waypoint(waypoint::Command),
 }

@@ -2,6 +2,7 @@
 //! config folder plays the API server: `apply` writes the Gateway that asks
 //! for it (each node agent then runs `warren-waypoint` in the namespace's
 //! waypoint pods on its node), `delete` removes it, `list` shows them.
+//! `clusters` asks a running waypoint how its upstream clusters stand.
 
 use std::{
     collections::BTreeMap,
@@ -11,13 +12,14 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use warren_api::config::{Role, StatusRequest};
+use warren_node_agent::enrollment::NETNS_ANNOTATION;
 use warren_node_agent::model::{
     Object,
     gateway::{DEFAULT_WAYPOINT_NAME, GATEWAY_NAME_LABEL, Gateway},
     object::{parse_document, split_documents},
 };
 
-use crate::{agent::AgentArgs, table};
+use crate::{admin, agent::AgentArgs, table};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -36,6 +38,21 @@ pub enum Command {
         folder: Folder,
         #[command(flatten)]
         agent: AgentArgs,
+    },
+    /// The upstream clusters a namespace's running waypoint has built: the
+    /// DestinationRules that made each, its balancer, upstream HTTP version,
+    /// pool limits and counters, and each endpoint's active requests and
+    /// ejection (the waypoint's admin `/clusters`, asked inside its pods'
+    /// network namespaces on this machine).
+    Clusters {
+        #[command(flatten)]
+        target: Target,
+        /// The waypoint's admin port (on loopback in its pod).
+        #[arg(long, default_value_t = 15000)]
+        admin_port: u16,
+        /// Print each pod's answer as JSON, keyed by pod.
+        #[arg(short, long)]
+        json: bool,
     },
 }
 
@@ -64,6 +81,11 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Apply(target) => apply(&target),
         Command::Delete(target) => delete(&target),
         Command::List { folder, agent } => list(&folder.config_dir, &agent),
+        Command::Clusters {
+            target,
+            admin_port,
+            json,
+        } => clusters(&target, admin_port, json),
     }
 }
 
@@ -201,6 +223,182 @@ fn list(dir: &Path, agent: &AgentArgs) -> Result<()> {
     rows.sort();
     table::print(&["NAMESPACE", "NAME", "CLASS", "PODS", "PROCESS"], &rows);
     Ok(())
+}
+
+/// A waypoint pod found in the config folder: `namespace/name` and its
+/// network namespace.
+struct WaypointPod {
+    name: String,
+    netns: PathBuf,
+}
+
+fn clusters(target: &Target, admin_port: u16, json: bool) -> Result<()> {
+    let pods: Vec<WaypointPod> = read_folder(&target.folder.config_dir)?
+        .into_iter()
+        .flat_map(|(_, objects)| objects)
+        .filter_map(|object| match object {
+            Object::Pod(pod) => Some(pod),
+            _ => None,
+        })
+        .filter(|pod| *pod.namespace == *target.namespace)
+        .filter(|pod| pod.labels.get(GATEWAY_NAME_LABEL) == Some(target.name.as_str()))
+        .filter_map(|pod| {
+            Some(WaypointPod {
+                name: format!("{}/{}", pod.namespace, pod.name),
+                netns: PathBuf::from(pod.annotation(NETNS_ANNOTATION)?),
+            })
+        })
+        .collect();
+    if pods.is_empty() {
+        bail!(
+            "no pod of waypoint {}/{} with a {NETNS_ANNOTATION} annotation in {}",
+            target.namespace,
+            target.name,
+            target.folder.config_dir.display()
+        );
+    }
+    let mut answers = serde_json::Map::new();
+    let mut failed = Vec::new();
+    for pod in &pods {
+        let answer = admin::get_in_netns(&pod.netns, admin_port, "/clusters").and_then(|body| {
+            serde_json::from_slice::<serde_json::Value>(&body)
+                .context("the waypoint's /clusters is not JSON")
+        });
+        match answer {
+            Ok(dump) => {
+                answers.insert(pod.name.clone(), dump);
+            }
+            Err(err) => failed.push(format!("{}: {err:#}", pod.name)),
+        }
+    }
+    for failure in &failed {
+        eprintln!("warning: {failure}");
+    }
+    if answers.is_empty() {
+        bail!(
+            "no waypoint pod of {}/{} answered",
+            target.namespace,
+            target.name
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answers)?);
+        return Ok(());
+    }
+    for (i, (pod, dump)) in answers.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!("waypoint pod {pod}");
+        print_clusters(dump);
+    }
+    Ok(())
+}
+
+/// Two tables from a `/clusters` answer: one row per cluster, then one per
+/// endpoint.
+fn print_clusters(dump: &serde_json::Value) {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    let empty = Vec::new();
+    let clusters = dump["clusters"].as_array().unwrap_or(&empty);
+    let mut rows = Vec::new();
+    let mut endpoint_rows = Vec::new();
+    for cluster in clusters {
+        let name = match cluster["subset"].as_str() {
+            Some(subset) => format!("{}:{} ({subset})", text(&cluster["host"]), cluster["port"]),
+            None => format!("{}:{}", text(&cluster["host"]), cluster["port"]),
+        };
+        let rules = cluster["rules"]
+            .as_array()
+            .filter(|r| !r.is_empty())
+            .map_or_else(
+                || "-".to_owned(),
+                |r| r.iter().map(text).collect::<Vec<_>>().join(","),
+            );
+        let pool = &cluster["connection_pool"];
+        let limits: Vec<String> = [
+            ("maxConnections", "max_connections"),
+            ("http1MaxPendingRequests", "http1_max_pending_requests"),
+            ("http2MaxRequests", "http2_max_requests"),
+            ("maxRequestsPerConnection", "max_requests_per_connection"),
+            ("maxRetries", "max_retries"),
+        ]
+        .into_iter()
+        .filter(|(_, key)| !pool[*key].is_null() && pool[*key] != "unlimited")
+        .map(|(field, key)| format!("{field}={}", text(&pool[key])))
+        .collect();
+        let endpoints = cluster["endpoints"].as_array().unwrap_or(&empty);
+        let ejected = endpoints
+            .iter()
+            .filter(|e| e["ejected"] == serde_json::Value::Bool(true))
+            .count();
+        let active: u64 = endpoints
+            .iter()
+            .filter_map(|e| e["active_requests"].as_u64())
+            .sum();
+        rows.push(vec![
+            name.clone(),
+            rules,
+            text(&cluster["load_balancer"]),
+            text(&cluster["upstream_http"]),
+            format!("{}/{}", endpoints.len() - ejected, endpoints.len()),
+            active.to_string(),
+            text(&cluster["pending"]),
+            text(&cluster["overflows"]),
+            text(&cluster["ejections"]),
+            if limits.is_empty() {
+                "-".to_owned()
+            } else {
+                limits.join(" ")
+            },
+        ]);
+        for endpoint in endpoints {
+            endpoint_rows.push(vec![
+                name.clone(),
+                text(&endpoint["id"]),
+                text(&endpoint["address"]),
+                text(&endpoint["active_requests"]),
+                if endpoint["ejected"] == serde_json::Value::Bool(true) {
+                    "ejected".to_owned()
+                } else {
+                    "healthy".to_owned()
+                },
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        println!("no clusters yet (they are built by the first request to each destination)");
+        return;
+    }
+    table::print(
+        &[
+            "CLUSTER",
+            "RULES",
+            "BALANCER",
+            "UPSTREAM",
+            "HEALTHY",
+            "ACTIVE",
+            "PENDING",
+            "OVERFLOWS",
+            "EJECTIONS",
+            "LIMITS",
+        ],
+        &rows,
+    );
+    println!();
+    table::print(
+        &["CLUSTER", "ENDPOINT", "ADDRESS", "ACTIVE", "STATE"],
+        &endpoint_rows,
+    );
+    println!(
+        "\npooled: {} idle HTTP/1.1 connection(s), HTTP/2 connections to {} endpoint(s)",
+        text(&dump["http1_idle_connections"]),
+        text(&dump["http2_endpoints"])
+    );
 }
 
 fn ensure_dir(dir: &Path) -> Result<()> {
