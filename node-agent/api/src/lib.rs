@@ -6,10 +6,12 @@
 //! - [`ca`]: the mesh certificate authority's signing service.
 //! - [`identity`]: SPIFFE identities as every component names them.
 //! - [`key`]: how resources of the per-node view are addressed.
+//! - [`locality`]: where a workload runs (region/zone/subzone).
 
 pub mod addr;
 pub mod identity;
 pub mod key;
+pub mod locality;
 pub mod socket;
 pub mod subscribe;
 
@@ -24,3 +26,4 @@ pub mod ca {
 }
 
 pub use identity::Identity;
+pub use locality::Locality;

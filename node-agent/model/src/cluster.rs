@@ -1,4 +1,4 @@
-//! Kubernetes' own kinds — Namespace, Pod, Service, EndpointSlice — as the
+//! Kubernetes' own kinds — Namespace, Node, Pod, Service, EndpointSlice — as the
 //! agent keeps them: only the fields Warren reads.
 //!
 //! A k8s-openapi `Pod` is over 2 KB before any of its strings, and a mesh
@@ -14,6 +14,11 @@ use std::{net::IpAddr, sync::Arc};
 use k8s_openapi::{
     api::{core::v1 as core, discovery::v1 as discovery},
     apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use warren_api::{
+    Locality,
+    locality::{REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL},
 };
 
 use crate::{FieldError, intern::intern, labels::Labels};
@@ -51,6 +56,28 @@ impl From<core::Namespace> for Namespace {
         Self {
             labels: Labels::from_map(ns.metadata.labels.as_ref()),
             name: name_of(ns.metadata.name),
+        }
+    }
+}
+
+/// A node: Warren reads only its locality, from its topology labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: Arc<str>,
+    pub locality: Locality,
+}
+
+impl From<core::Node> for Node {
+    fn from(node: core::Node) -> Self {
+        let labels = node.metadata.labels.unwrap_or_default();
+        let level = |key: &str| labels.get(key).cloned().unwrap_or_default();
+        Self {
+            locality: Locality {
+                region: level(REGION_LABEL),
+                zone: level(ZONE_LABEL),
+                subzone: level(SUBZONE_LABEL),
+            },
+            name: name_of(node.metadata.name),
         }
     }
 }

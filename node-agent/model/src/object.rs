@@ -13,7 +13,7 @@ use serde_yaml::Value;
 pub use super::cluster::EXCLUDE_OUTBOUND_PORTS;
 use super::{
     ConfigError, FieldError,
-    cluster::{EndpointSlice, Namespace, Pod, Service},
+    cluster::{EndpointSlice, Namespace, Node, Pod, Service},
     gateway::{self, Gateway},
     intern::intern,
     istio::{
@@ -26,6 +26,7 @@ use super::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum Kind {
     Namespace,
+    Node,
     Pod,
     Service,
     EndpointSlice,
@@ -45,6 +46,7 @@ impl Kind {
         let istio_version = matches!(version, "v1" | "v1beta1" | "v1alpha3");
         let found = match (group, kind) {
             ("", "Namespace") if version == "v1" => Kind::Namespace,
+            ("", "Node") if version == "v1" => Kind::Node,
             ("", "Pod") if version == "v1" => Kind::Pod,
             ("", "Service") if version == "v1" => Kind::Service,
             ("discovery.k8s.io", "EndpointSlice") if version == "v1" => Kind::EndpointSlice,
@@ -70,12 +72,13 @@ impl Kind {
     }
 
     pub fn namespaced(self) -> bool {
-        self != Kind::Namespace
+        !matches!(self, Kind::Namespace | Kind::Node)
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
             Kind::Pod => "Pod",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
@@ -125,6 +128,7 @@ impl fmt::Display for ObjectKey {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Namespace(Arc<Namespace>),
+    Node(Arc<Node>),
     Pod(Arc<Pod>),
     Service(Arc<Service>),
     EndpointSlice(Arc<EndpointSlice>),
@@ -140,6 +144,7 @@ impl Object {
     pub fn kind(&self) -> Kind {
         match self {
             Object::Namespace(_) => Kind::Namespace,
+            Object::Node(_) => Kind::Node,
             Object::Pod(_) => Kind::Pod,
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
@@ -157,6 +162,7 @@ impl Object {
     fn metadata(&self) -> Option<&ObjectMeta> {
         match self {
             Object::Namespace(_)
+            | Object::Node(_)
             | Object::Pod(_)
             | Object::Service(_)
             | Object::EndpointSlice(_) => None,
@@ -173,6 +179,7 @@ impl Object {
     pub fn name(&self) -> &str {
         match self {
             Object::Namespace(o) => &o.name,
+            Object::Node(o) => &o.name,
             Object::Pod(o) => &o.name,
             Object::Service(o) => &o.name,
             Object::EndpointSlice(o) => &o.name,
@@ -186,7 +193,7 @@ impl Object {
     /// The namespace of a namespaced kind (`default` when unset).
     pub fn namespace(&self) -> Option<&str> {
         match self {
-            Object::Namespace(_) => None,
+            Object::Namespace(_) | Object::Node(_) => None,
             Object::Pod(o) => Some(&o.namespace),
             Object::Service(o) => Some(&o.namespace),
             Object::EndpointSlice(o) => Some(&o.namespace),
@@ -202,6 +209,7 @@ impl Object {
         let kind = self.kind();
         let (namespace, name) = match self {
             Object::Namespace(o) => (None, o.name.clone()),
+            Object::Node(o) => (None, o.name.clone()),
             Object::Pod(o) => (Some(o.namespace.clone()), o.name.clone()),
             Object::Service(o) => (Some(o.namespace.clone()), o.name.clone()),
             Object::EndpointSlice(o) => (Some(o.namespace.clone()), o.name.clone()),
@@ -317,6 +325,9 @@ pub fn parse_document(doc: Value, source: &str) -> Result<Object, ConfigError> {
     let (object, errors) = match kind {
         Kind::Namespace => checked::<core::Namespace>(doc, no_rules)
             .map(|(o, e)| (Object::Namespace(Arc::new(o.into())), e)),
+        Kind::Node => {
+            checked::<core::Node>(doc, no_rules).map(|(o, e)| (Object::Node(Arc::new(o.into())), e))
+        }
         Kind::Pod => checked::<core::Pod>(doc, no_rules).map(|(o, mut e)| {
             let pod = Pod::from(o);
             e.extend(pod.excluded_ports().err());

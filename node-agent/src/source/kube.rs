@@ -32,6 +32,7 @@ use crate::model::{
 const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
     // (kind, group, version, API kind, plural)
     (Kind::Namespace, "", "v1", "Namespace", "namespaces"),
+    (Kind::Node, "", "v1", "Node", "nodes"),
     (Kind::Pod, "", "v1", "Pod", "pods"),
     (Kind::Service, "", "v1", "Service", "services"),
     (

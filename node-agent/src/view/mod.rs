@@ -181,6 +181,17 @@ impl View {
                         services.insert((ns.clone(), svc));
                     }
                 }
+                Kind::Node => {
+                    // Its pods' locality may have changed.
+                    workloads.extend(
+                        store
+                            .of_kind(Kind::Pod)
+                            .filter(|o| {
+                                matches!(o, Object::Pod(p) if p.node_name.as_deref() == Some(&*key.name))
+                            })
+                            .map(Object::key),
+                    );
+                }
                 Kind::VirtualService | Kind::DestinationRule => self.routing(store, key),
                 Kind::ServiceEntry => {}
             }

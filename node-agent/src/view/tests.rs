@@ -921,3 +921,62 @@ fn attached_policies_reach_their_namespace_waypoint_only() {
     view.changed(&store, &[key]);
     assert_eq!(l7_policy(&view, "on-waypoint"), None);
 }
+
+#[test]
+fn a_workload_carries_its_nodes_locality_or_its_own_label() {
+    let (mut store, mut view) = built(
+        r#"
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-a
+  labels: { topology.kubernetes.io/region: eu-west1, topology.kubernetes.io/zone: eu-west1-b }
+"#,
+    );
+    assert_eq!(
+        workload(&view, "demo", "app-v1-0").locality,
+        "eu-west1/eu-west1-b"
+    );
+    // No Node object: no locality.
+    assert_eq!(workload(&view, "demo", "app-v2-0").locality, "");
+    // The node gains a subzone: its pods follow.
+    let keys = apply(
+        &mut store,
+        r#"
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-a
+  labels:
+    topology.kubernetes.io/region: eu-west1
+    topology.kubernetes.io/zone: eu-west1-b
+    topology.istio.io/subzone: rack3
+"#,
+    );
+    view.changed(&store, &keys);
+    assert_eq!(
+        workload(&view, "demo", "app-v1-0").locality,
+        "eu-west1/eu-west1-b/rack3"
+    );
+    // A pod's istio-locality label wins over its node's.
+    let keys = apply(
+        &mut store,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: { name: app-v2-0, namespace: demo, labels: { app: app, version: v2, istio-locality: us.us-1a } }
+spec: { nodeName: node-b, serviceAccountName: app, containers: [{ name: main }] }
+status: { hostIP: 172.30.0.2, podIP: 10.244.1.5 }
+"#,
+    );
+    view.changed(&store, &keys);
+    assert_eq!(workload(&view, "demo", "app-v2-0").locality, "us/us-1a");
+    // The Node goes: its pods lose the locality.
+    store.apply(SourceEvent::Delete(ObjectKey::new(
+        Kind::Node,
+        None,
+        "node-a",
+    )));
+    view.changed(&store, &[ObjectKey::new(Kind::Node, None, "node-a")]);
+    assert_eq!(workload(&view, "demo", "app-v1-0").locality, "");
+}

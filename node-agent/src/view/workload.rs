@@ -2,15 +2,16 @@
 //! the mesh, and the policies that apply to it.
 
 use warren_api::{
-    addr,
+    Locality, addr,
     config::{InboundMode, TunnelProtocol, Workload},
+    locality::POD_LOCALITY_LABEL,
 };
 use warren_ebpf_common::Mode;
 
 use super::Mesh;
 use crate::{
     enrollment::{self, inbound_mode},
-    model::{cluster::Pod, gateway::GATEWAY_NAME_LABEL},
+    model::{Kind, Object, ObjectKey, cluster::Pod, gateway::GATEWAY_NAME_LABEL},
     store::Store,
 };
 
@@ -89,6 +90,7 @@ pub fn workload(
             .into_iter()
             .map(|(p, m)| (u32::from(p), proto_mode(m) as i32))
             .collect(),
+        locality: locality(store, pod).to_string(),
         netns_cookie: netns_cookie.unwrap_or_default(),
         // Only for pods enrolled here: the cookie says the netns was found.
         netns: netns_cookie
@@ -98,6 +100,21 @@ pub fn workload(
         name,
         namespace,
     })
+}
+
+/// Where the pod runs: its own `istio-locality` label, else its node's
+/// topology labels (Istio's order).
+fn locality(store: &Store, pod: &Pod) -> Locality {
+    if let Some(label) = pod.labels.get(POD_LOCALITY_LABEL) {
+        return Locality::from_pod_label(label);
+    }
+    let Some(node) = pod.node_name.as_deref() else {
+        return Locality::default();
+    };
+    match store.get(&ObjectKey::new(Kind::Node, None, node)) {
+        Some(Object::Node(node)) => node.locality.clone(),
+        _ => Locality::default(),
+    }
 }
 
 /// The pod's workload name for telemetry: its Deployment's name when the

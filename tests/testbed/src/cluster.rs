@@ -392,6 +392,19 @@ impl Cluster {
         self.save()
     }
 
+    /// Writes node `node`'s Node object with these labels (e.g. Kubernetes'
+    /// topology labels, for locality-aware load balancing). A node without
+    /// one has no locality.
+    pub fn label_node(&self, node: &str, labels: BTreeMap<String, String>) -> Result<()> {
+        let node = self
+            .nodes()
+            .iter()
+            .find(|n| n.name == node || n.name.ends_with(&format!("-{node}")))
+            .with_context(|| format!("no node {node}"))?;
+        manifests::write_node(&self.config_dir(), &node.name, &labels)?;
+        Ok(())
+    }
+
     /// Labels of a namespace.
     pub fn namespace_labels(&self, name: &str) -> Option<&BTreeMap<String, String>> {
         self.state.namespaces.get(name)

@@ -1,6 +1,6 @@
 //! The Kubernetes objects a cluster shows, written as YAML into its config
-//! folder: what the API server would serve about the pods, namespaces and
-//! services the testbed makes. The node agent's local config source reads
+//! folder: what the API server would serve about the nodes, pods,
+//! namespaces and services the testbed makes. The node agent's local config source reads
 //! them exactly as it would read objects from a real cluster.
 
 use std::{
@@ -60,6 +60,17 @@ pub fn write_namespace(
         "metadata": { "name": name, "labels": labels },
     });
     write(dir, file_name("Namespace", None, name), &object)
+}
+
+pub fn write_node(dir: &Path, name: &str, labels: &BTreeMap<String, String>) -> Result<PathBuf> {
+    let mut labels = labels.clone();
+    labels.insert("kubernetes.io/hostname".into(), name.into());
+    let object = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": { "name": name, "labels": labels },
+    });
+    write(dir, file_name("Node", None, name), &object)
 }
 
 pub fn write_pod(dir: &Path, pod: &Pod, node: &Node) -> Result<PathBuf> {

@@ -68,6 +68,12 @@ impl ShowAs for Identity {
     }
 }
 
+impl ShowAs for warren_api::Locality {
+    fn show(&self) -> Option<String> {
+        Some(self.to_string())
+    }
+}
+
 impl ShowAs for Option<Identity> {
     fn show(&self) -> Option<String> {
         self.as_ref().map(ToString::to_string)

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use serde::Serialize;
 use warren_api::{
-    Identity,
+    Identity, Locality,
     config::{self, InboundMode, TunnelProtocol},
 };
 
@@ -38,6 +38,9 @@ pub struct Workload {
     pub netns: Option<PathBuf>,
     /// The pod's labels: subsets and `sourceLabels` matches (waypoint).
     pub labels: BTreeMap<String, String>,
+    /// Where it runs (locality-aware load balancing in the waypoint).
+    #[serde(serialize_with = "super::serialize_display")]
+    pub locality: Locality,
 }
 
 /// PeerAuthentication's mode for one workload (or port).
@@ -165,6 +168,7 @@ impl Workload {
             netns_cookie: w.netns_cookie,
             netns,
             labels: w.labels.into_iter().collect(),
+            locality: Locality::parse(&w.locality),
         })
     }
 
