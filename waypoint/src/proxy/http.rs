@@ -1090,7 +1090,12 @@ impl Context {
                     .as_ref()
                     .map(|w| w.labels.clone())
                     .unwrap_or_default();
+                let locality = workload
+                    .as_ref()
+                    .map(|w| w.locality.clone())
+                    .unwrap_or_default();
                 upstream::selects(&resolved.selector, &labels).then(|| Endpoint {
+                    locality,
                     id: e.workload.clone().unwrap_or_else(|| e.address.to_string()),
                     address: SocketAddr::new(
                         e.address,
@@ -1100,17 +1105,52 @@ impl Context {
                 })
             })
             .collect();
+        let proximity = self.proximity();
         let cluster = match clusters.get(key) {
             Some((_, cluster))
-                if cluster.resolved() == &resolved && cluster.declared_http() == declared =>
+                if cluster.resolved() == &resolved
+                    && cluster.declared_http() == declared
+                    && cluster.proximity() == proximity =>
             {
                 cluster.update(endpoints);
                 Arc::clone(cluster)
             }
-            _ => Arc::new(Cluster::new(resolved, endpoints, Instant::now()).for_port(declared)),
+            _ => Arc::new(
+                Cluster::new(resolved, endpoints, Instant::now())
+                    .for_port(declared)
+                    .near(proximity),
+            ),
         };
         clusters.insert(key.clone(), (generation, Arc::clone(&cluster)));
         Ok(cluster)
+    }
+}
+
+impl Context {
+    /// Where this waypoint runs, for locality-aware balancing: the locality
+    /// and labels of its own pod (a waypoint workload of its namespace and
+    /// Gateway on this node); nowhere in particular until that is known.
+    fn proximity(&self) -> upstream::Proximity {
+        let state = &self.inputs.state;
+        let node = state.node();
+        let gateway = self.config.gateway.as_deref();
+        state
+            .find_workload(|w| {
+                w.is_waypoint
+                    && w.node == node
+                    && w.namespace == self.config.namespace
+                    && gateway.is_none_or(|g| {
+                        w.labels
+                            .get(warren_model::gateway::GATEWAY_NAME_LABEL)
+                            .map(String::as_str)
+                            == Some(g)
+                    })
+            })
+            .map(|w| upstream::Proximity {
+                locality: w.locality.clone(),
+                labels: w.labels.clone(),
+            })
+            .unwrap_or_default()
     }
 }
 

@@ -19,9 +19,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::balance::{HashInput, SetCookie, Table, hash_request, random_index, two_choices};
+use super::locality::{self, Health, Member, Proximity};
 use super::outlier::{Detector, HostOutlier, Outcome};
 use super::policy::{LoadBalancer, PoolLimits, Resolved, UpstreamHttp};
 use super::pool::{Overflow, Permit, Pool, RetryPermit};
+use warren_api::Locality;
 use warren_ztunnel::state::service::DeclaredHttp;
 
 /// One endpoint of the cluster, as the proxy knows it.
@@ -32,6 +34,7 @@ pub struct Endpoint {
     pub id: String,
     pub address: SocketAddr,
     pub labels: BTreeMap<String, String>,
+    pub locality: Locality,
 }
 
 /// The chosen endpoint. Counts as an active request of the endpoint (for
@@ -69,11 +72,27 @@ struct State {
     /// Parallel to `endpoints`.
     outliers: Vec<HostOutlier>,
     by_id: HashMap<String, usize>,
-    /// Positions in `endpoints` a pick chooses among.
+    /// Where the waypoint is, for locality-aware balancing.
+    proximity: Proximity,
+    /// The endpoints by locality priority and weight (one group without
+    /// locality balancing; see `locality.rs`). A pick first chooses a
+    /// group by its load, then an endpoint of it.
+    groups: Vec<Group>,
+    detector: Option<Detector>,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    priority: u32,
+    weight: u64,
+    /// Positions in `endpoints`.
+    members: Vec<usize>,
+    /// Members a pick chooses among.
     eligible: Vec<usize>,
     /// Consistent hash over `eligible`'s addresses.
     table: Option<Table>,
-    detector: Option<Detector>,
+    /// Share of the picks, parts per 10 000.
+    load: u64,
 }
 
 #[derive(Debug)]
@@ -108,8 +127,8 @@ impl Cluster {
             endpoints: Vec::new(),
             outliers: Vec::new(),
             by_id: HashMap::new(),
-            eligible: Vec::new(),
-            table: None,
+            proximity: Proximity::default(),
+            groups: Vec::new(),
             detector,
         };
         state.replace(endpoints, &resolved);
@@ -120,6 +139,21 @@ impl Cluster {
             next: AtomicUsize::new(0),
             state: Mutex::new(state),
         }
+    }
+
+    /// Seen from a waypoint at `proximity` (locality-aware balancing; a
+    /// cluster is made anew when that changes).
+    pub fn near(self, proximity: Proximity) -> Self {
+        {
+            let mut state = self.lock();
+            state.proximity = proximity;
+            state.regroup(&self.resolved);
+        }
+        self
+    }
+
+    pub fn proximity(&self) -> Proximity {
+        self.lock().proximity.clone()
     }
 
     /// For a service port that declares `declared` (a cluster is made
@@ -183,6 +217,7 @@ impl Cluster {
             return self.pass_through(&state);
         }
         state.refresh(now, &self.resolved);
+        let group = state.choose_group(hash)?;
         let avoided = |i: &usize| {
             state
                 .endpoints
@@ -194,7 +229,7 @@ impl Cluster {
         let fresh: Vec<usize> = if avoid.is_empty() {
             Vec::new()
         } else {
-            state
+            group
                 .eligible
                 .iter()
                 .enumerate()
@@ -203,7 +238,7 @@ impl Cluster {
                 .collect()
         };
         let candidates: Option<&[usize]> = (!fresh.is_empty()).then_some(&fresh);
-        let n = candidates.map_or(state.eligible.len(), <[usize]>::len);
+        let n = candidates.map_or(group.eligible.len(), <[usize]>::len);
         if n == 0 {
             return None;
         }
@@ -215,14 +250,14 @@ impl Cluster {
             LoadBalancer::Random => over(random_index(n))?,
             LoadBalancer::LeastRequest => over(two_choices(n, |c| {
                 over(c)
-                    .and_then(|p| state.eligible.get(p))
+                    .and_then(|p| group.eligible.get(p))
                     .and_then(|i| state.endpoints.get(*i))
                     .map_or(u64::MAX, |s| s.active.load(Ordering::Acquire))
             }))?,
             LoadBalancer::ConsistentHash(_) => {
-                let total = state.eligible.len();
+                let total = group.eligible.len();
                 let home = hash
-                    .and_then(|h| state.table.as_ref()?.lookup(h))
+                    .and_then(|h| group.table.as_ref()?.lookup(h))
                     .filter(|p| *p < total);
                 match (home, candidates) {
                     (Some(p), None) => p,
@@ -236,7 +271,7 @@ impl Cluster {
                 }
             }
         };
-        let slot = state
+        let slot = group
             .eligible
             .get(position)
             .and_then(|i| state.endpoints.get(*i))?;
@@ -378,22 +413,47 @@ impl Cluster {
                 n.into()
             }
         };
-        let endpoints: Vec<serde_json::Value> = {
+        let (endpoints, groups, proximity) = {
             let mut state = self.lock();
             state.refresh(now, resolved);
-            state
+            let priority = |i: usize| {
+                state
+                    .groups
+                    .iter()
+                    .find(|g| g.members.contains(&i))
+                    .map(|g| g.priority)
+            };
+            let endpoints: Vec<serde_json::Value> = state
                 .endpoints
                 .iter()
                 .zip(&state.outliers)
-                .map(|(slot, outlier)| {
+                .enumerate()
+                .map(|(i, (slot, outlier))| {
                     serde_json::json!({
                         "id": slot.endpoint.id,
                         "address": slot.endpoint.address.to_string(),
+                        "locality": slot.endpoint.locality.to_string(),
+                        // `null`: locality balancing gives it no traffic.
+                        "priority": priority(i),
                         "active_requests": slot.active.load(Ordering::Acquire),
                         "ejected": outlier.is_ejected(),
                     })
                 })
-                .collect()
+                .collect();
+            let groups: Vec<serde_json::Value> = state
+                .groups
+                .iter()
+                .map(|g| {
+                    serde_json::json!({
+                        "priority": g.priority,
+                        "weight": g.weight,
+                        "endpoints": g.members.len(),
+                        "eligible": g.eligible.len(),
+                        "load_percent": g.load as f64 / 100.0,
+                    })
+                })
+                .collect();
+            (endpoints, groups, state.proximity.locality.to_string())
         };
         serde_json::json!({
             "rules": resolved.rules,
@@ -413,6 +473,8 @@ impl Cluster {
                 "tcp_idle_timeout": pool.tcp_idle_timeout.map(|d| format!("{d:?}")),
             },
             "outlier_detection": resolved.outlier.is_some(),
+            "locality": proximity,
+            "locality_groups": groups,
             "pending": self.pending(),
             "overflows": self.overflows(),
             "retry_overflows": self.retry_overflows(),
@@ -475,11 +537,60 @@ impl State {
         if let Some(detector) = self.detector.as_mut() {
             detector.rearm(&self.outliers);
         }
-        // Addresses may have changed under the same positions: clearing
-        // forces the rebuild.
-        self.eligible.clear();
-        self.table = None;
+        self.regroup(resolved);
+    }
+
+    /// Puts the endpoints in locality groups anew (endpoints or the
+    /// waypoint's place changed). Addresses may have changed under the same
+    /// positions, so every table is rebuilt.
+    fn regroup(&mut self, resolved: &Resolved) {
+        let members: Vec<Member<'_>> = self
+            .endpoints
+            .iter()
+            .map(|s| Member {
+                locality: &s.endpoint.locality,
+                labels: &s.endpoint.labels,
+            })
+            .collect();
+        self.groups = locality::groups(
+            resolved.locality.as_ref(),
+            resolved.outlier.is_some(),
+            &self.proximity,
+            &members,
+        )
+        .into_iter()
+        .map(|g| Group {
+            priority: g.priority,
+            weight: g.weight,
+            members: g.members,
+            ..Group::default()
+        })
+        .collect();
         self.recompute(resolved);
+    }
+
+    /// The group a pick goes to: by the groups' loads, drawn from the
+    /// request's hash when it has one (so a key keeps its group while the
+    /// loads stay), else at random.
+    fn choose_group(&self, hash: Option<u64>) -> Option<&Group> {
+        if let [only] = self.groups.as_slice() {
+            return Some(only);
+        }
+        let total: u64 = self.groups.iter().map(|g| g.load).sum();
+        if total == 0 {
+            return self.groups.first();
+        }
+        let mut draw = match hash {
+            Some(h) => h % total,
+            None => rand::random_range(0..total),
+        };
+        for group in &self.groups {
+            if draw < group.load {
+                return Some(group);
+            }
+            draw -= group.load;
+        }
+        self.groups.last()
     }
 
     /// Returns endpoints whose ejection ended.
@@ -492,32 +603,57 @@ impl State {
         }
     }
 
-    /// Recomputes the eligible endpoints, and the hash table if they changed.
+    /// Recomputes each group's eligible endpoints and load, and its hash
+    /// table if its endpoints changed.
     fn recompute(&mut self, resolved: &Resolved) {
         let total = self.endpoints.len();
-        let healthy: Vec<usize> = (0..total)
-            .filter(|i| !self.outliers.get(*i).is_some_and(HostOutlier::is_ejected))
-            .collect();
+        let is_healthy = |i: &usize| !self.outliers.get(*i).is_some_and(HostOutlier::is_ejected);
+        let healthy = (0..total).filter(is_healthy).count();
         let min_health = resolved
             .outlier
             .as_ref()
             .map_or(0, |o| u64::from(o.min_health_percent));
-        let panic = healthy.is_empty() || (healthy.len() as u64) * 100 < min_health * total as u64;
-        let eligible = if panic { (0..total).collect() } else { healthy };
-        if eligible == self.eligible {
-            return;
+        let panic = healthy == 0 || (healthy as u64) * 100 < min_health * total as u64;
+        let mut health = Vec::with_capacity(self.groups.len());
+        let mut eligible_sets = Vec::with_capacity(self.groups.len());
+        for group in &self.groups {
+            let eligible: Vec<usize> = if panic {
+                group.members.clone()
+            } else {
+                group.members.iter().copied().filter(is_healthy).collect()
+            };
+            let members = group.members.len() as u64;
+            health.push(Health {
+                priority: group.priority,
+                weight: group.weight,
+                // In panic every endpoint counts, and level 0 takes it all.
+                healthy: match (panic, group.priority) {
+                    (true, 0) => members,
+                    (true, _) => 0,
+                    (false, _) => eligible.len() as u64,
+                },
+                total: members,
+            });
+            eligible_sets.push(eligible);
         }
-        self.table = match &resolved.load_balancer {
-            LoadBalancer::ConsistentHash(ch) if !eligible.is_empty() => {
-                let keys: Vec<String> = eligible
-                    .iter()
-                    .filter_map(|i| self.endpoints.get(*i))
-                    .map(|s| s.endpoint.address.to_string())
-                    .collect();
-                Some(Table::build(&ch.table, &keys, total))
+        let loads = locality::loads(&health);
+        for ((group, eligible), load) in self.groups.iter_mut().zip(eligible_sets).zip(loads) {
+            group.load = load;
+            if eligible == group.eligible && (group.table.is_some() || eligible.is_empty()) {
+                continue;
             }
-            _ => None,
-        };
-        self.eligible = eligible;
+            group.table = match &resolved.load_balancer {
+                LoadBalancer::ConsistentHash(ch) if !eligible.is_empty() => {
+                    let keys: Vec<String> = eligible
+                        .iter()
+                        .filter_map(|i| self.endpoints.get(*i))
+                        .map(|s| s.endpoint.address.to_string())
+                        .collect();
+                    Some(Table::build(&ch.table, &keys, group.members.len()))
+                }
+                _ => None,
+            };
+            group.eligible = eligible;
+        }
     }
 }

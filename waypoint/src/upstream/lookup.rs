@@ -50,7 +50,7 @@ impl Scope {
         gateway
             .map(|name| {
                 BTreeMap::from([(
-                    "gateway.networking.k8s.io/gateway-name".to_owned(),
+                    warren_model::gateway::GATEWAY_NAME_LABEL.to_owned(),
                     name.to_owned(),
                 )])
             })

@@ -49,14 +49,16 @@
 //!
 //! # Not covered
 //!
-//! TLS settings (the mesh's own mTLS carries waypoint traffic), locality
-//! load balancing, `warmupDurationSecs`, Envoy's success-rate and
-//! failure-percentage detectors (Istio turns them off), TCP keepalive,
-//! `tcp.idleTimeout` and `http.maxConcurrentStreams`. The mesh-wide
-//! `h2UpgradePolicy` is taken as its default, `DO_NOT_UPGRADE`.
+//! TLS settings (the mesh's own mTLS carries waypoint traffic),
+//! `warmupDurationSecs`, Envoy's success-rate and failure-percentage
+//! detectors (Istio turns them off), TCP keepalive and
+//! `http.maxConcurrentStreams`. The mesh-wide `h2UpgradePolicy` and
+//! `localityLbSetting` are taken as their defaults (`DO_NOT_UPGRADE`;
+//! locality failover on).
 
 mod balance;
 mod cluster;
+mod locality;
 mod lookup;
 mod outlier;
 mod policy;
@@ -68,6 +70,7 @@ use std::collections::BTreeMap;
 
 pub use balance::{HashInput, SetCookie};
 pub use cluster::{Cluster, Endpoint, Picked};
+pub use locality::{LocalityLb, PriorityLabel, Proximity};
 pub use lookup::Scope;
 pub use outlier::Outcome;
 pub use policy::{

@@ -28,10 +28,11 @@ use std::time::Duration;
 use http::HeaderName;
 use warren_model::istio::{
     ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy, LoadBalancerSettings,
-    OutlierDetection, SimpleLb, TrafficPolicy,
+    LocalityLbSetting, OutlierDetection, SimpleLb, TrafficPolicy,
 };
 use warren_ztunnel::state::service::DeclaredHttp;
 
+use super::locality::{LocalityLb, PriorityLabel};
 use super::lookup::{Lookup, Placed, Scope};
 use crate::route::ExportTo;
 
@@ -128,6 +129,8 @@ pub struct Resolved {
     /// every endpoint of the host.
     pub selector: BTreeMap<String, String>,
     pub load_balancer: LoadBalancer,
+    /// `loadBalancer.localityLbSetting`; `None` is the mesh default.
+    pub locality: Option<LocalityLb>,
     pub pool: PoolLimits,
     /// `None`: outlier detection is off (no `outlierDetection` applies).
     pub outlier: Option<OutlierSettings>,
@@ -143,6 +146,7 @@ impl Resolved {
             rules: Vec::new(),
             selector: BTreeMap::new(),
             load_balancer: LoadBalancer::default(),
+            locality: None,
             pool: PoolLimits::default(),
             outlier: None,
         }
@@ -360,6 +364,9 @@ impl Compiled {
 #[derive(Clone, Debug, Default)]
 struct Parts {
     load_balancer: Option<LoadBalancer>,
+    /// Set with `load_balancer` (both come from `loadBalancer`, taken
+    /// whole); the inner `None` when it has no `localityLbSetting`.
+    locality: Option<Option<LocalityLb>>,
     pool: Option<PoolLimits>,
     outlier: Option<OutlierSettings>,
 }
@@ -443,6 +450,7 @@ impl Policies {
             rules: rule.from.clone(),
             selector,
             load_balancer: parts.load_balancer.unwrap_or_default(),
+            locality: parts.locality.flatten(),
             pool: parts.pool.unwrap_or_default(),
             outlier: parts.outlier,
         })
@@ -461,6 +469,7 @@ fn merge_parts(top: Option<&Compiled>, subset: Option<&Compiled>, port: u16) -> 
     }
     Parts {
         load_balancer: own.load_balancer.clone().or(base.load_balancer),
+        locality: own.locality.clone().or(base.locality),
         pool: own.pool.clone().or(base.pool),
         outlier: own.outlier.clone().or(base.outlier),
     }
@@ -623,6 +632,7 @@ fn compile_parts(
 ) -> Parts {
     Parts {
         load_balancer: load_balancer.map(|lb| compile_lb(cx, &format!("{path}.loadBalancer"), lb)),
+        locality: load_balancer.map(|lb| lb.locality_lb_setting.as_ref().map(compile_locality)),
         pool: pool.map(|p| compile_pool(cx, &format!("{path}.connectionPool"), p)),
         outlier: outlier.map(|o| compile_outlier(cx, &format!("{path}.outlierDetection"), o)),
     }
@@ -729,6 +739,31 @@ fn compile_lb(cx: &mut Ctx<'_>, path: &str, lb: &LoadBalancerSettings) -> LoadBa
         Some(SimpleLb::RoundRobin) => LoadBalancer::RoundRobin,
         Some(SimpleLb::Random) => LoadBalancer::Random,
         Some(SimpleLb::Passthrough) => LoadBalancer::Passthrough,
+    }
+}
+
+/// `localityLbSetting` (validated when the rule was read).
+fn compile_locality(setting: &LocalityLbSetting) -> LocalityLb {
+    LocalityLb {
+        enabled: setting.enabled != Some(false),
+        distribute: setting
+            .distribute
+            .iter()
+            .map(|d| {
+                let to = d.to.iter().map(|(k, w)| (k.clone(), *w)).collect();
+                (d.from.clone(), to)
+            })
+            .collect(),
+        failover: setting
+            .failover
+            .iter()
+            .map(|f| (f.from.clone(), f.to.clone()))
+            .collect(),
+        failover_priority: setting
+            .failover_priority
+            .iter()
+            .map(|l| PriorityLabel::parse(l))
+            .collect(),
     }
 }
 

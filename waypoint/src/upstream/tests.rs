@@ -52,6 +52,7 @@ fn endpoint(i: u8) -> Endpoint {
         id: format!("ep{i}"),
         address: SocketAddr::from(([10, 0, 0, i + 1], 9080)),
         labels: BTreeMap::new(),
+        locality: warren_api::Locality::default(),
     }
 }
 
@@ -1502,4 +1503,140 @@ fn a_new_cookie_is_per_connection_not_per_client_address() {
     assert_eq!(cookie(7), cookie(7), "one connection, one cookie");
     let sessions: BTreeSet<String> = (0..20).map(cookie).collect();
     assert_eq!(sessions.len(), 20, "each connection its own session");
+}
+
+fn in_locality(i: u8, locality: &str) -> Endpoint {
+    Endpoint {
+        locality: warren_api::Locality::parse(locality),
+        ..endpoint(i)
+    }
+}
+
+fn at(locality: &str) -> Proximity {
+    Proximity {
+        locality: warren_api::Locality::parse(locality),
+        labels: BTreeMap::new(),
+    }
+}
+
+fn tally(cluster: &Cluster, n: usize, now: Instant) -> BTreeMap<String, usize> {
+    counts((0..n).map(|_| pick_id(cluster, &HashInput::default(), now)))
+}
+
+#[test]
+fn locality_failover_keeps_traffic_in_the_waypoints_zone_until_it_fails() {
+    let t0 = Instant::now();
+    let zones = vec![
+        in_locality(0, "r1/a"),
+        in_locality(1, "r1/a"),
+        in_locality(2, "r1/b"),
+        in_locality(3, "r1/b"),
+    ];
+    let cluster = Cluster::new(with_outlier(outlier(100)), zones.clone(), t0).near(at("r1/a"));
+    let all_near = tally(&cluster, 1000, t0);
+    assert_eq!(
+        all_near.keys().collect::<Vec<_>>(),
+        ["ep0", "ep1"],
+        "{all_near:?}"
+    );
+    // Half the zone ejected: 1.4 × 50 % = 70 % stays, 30 % goes to zone b.
+    fail(&cluster, "ep0", 5, Outcome::Status(503), t0);
+    let split = tally(&cluster, 4000, t0);
+    let near = split.get("ep1").copied().unwrap_or(0);
+    let far = split.get("ep2").copied().unwrap_or(0) + split.get("ep3").copied().unwrap_or(0);
+    assert!(!split.contains_key("ep0"), "{split:?}");
+    assert!((2600..=3000).contains(&near), "about 70 % near: {split:?}");
+    assert!((1000..=1400).contains(&far), "about 30 % far: {split:?}");
+    // The whole zone ejected: all to zone b.
+    fail(&cluster, "ep1", 5, Outcome::Status(503), t0);
+    let moved = tally(&cluster, 1000, t0);
+    assert_eq!(
+        moved.keys().collect::<Vec<_>>(),
+        ["ep2", "ep3"],
+        "{moved:?}"
+    );
+    // Without outlier detection nothing could move back: no locality.
+    let plain = Cluster::new(with_lb(LoadBalancer::RoundRobin), zones.clone(), t0).near(at("r1/a"));
+    assert_eq!(tally(&plain, 1000, t0).len(), 4);
+    // Turned off by the rule.
+    let off = Resolved {
+        locality: Some(LocalityLb {
+            enabled: false,
+            ..LocalityLb::default()
+        }),
+        ..with_outlier(outlier(100))
+    };
+    let off = Cluster::new(off, zones, t0).near(at("r1/a"));
+    assert_eq!(tally(&off, 1000, t0).len(), 4);
+}
+
+#[test]
+fn locality_distribute_weights_zones() {
+    let t0 = Instant::now();
+    let zones = vec![
+        in_locality(0, "r1/a"),
+        in_locality(1, "r1/b"),
+        in_locality(2, "r1/c"),
+    ];
+    let resolved = Resolved {
+        locality: Some(LocalityLb {
+            distribute: vec![(
+                "r1/a".into(),
+                vec![("r1/a".into(), 75), ("r1/b".into(), 25)],
+            )],
+            ..LocalityLb::default()
+        }),
+        ..with_lb(LoadBalancer::RoundRobin)
+    };
+    let cluster = Cluster::new(resolved, zones, t0).near(at("r1/a"));
+    let picked = tally(&cluster, 4000, t0);
+    assert!(!picked.contains_key("ep2"), "r1/c is not named: {picked:?}");
+    let a = picked.get("ep0").copied().unwrap_or(0);
+    assert!((2800..=3200).contains(&a), "about 75 % to r1/a: {picked:?}");
+    let dump = cluster.dump(t0);
+    assert_eq!(dump["locality"], "r1/a");
+    assert_eq!(dump["locality_groups"][0]["load_percent"], 75.0);
+    assert_eq!(dump["endpoints"][2]["priority"], serde_json::Value::Null);
+    assert_eq!(dump["endpoints"][1]["locality"], "r1/b");
+}
+
+#[test]
+fn locality_settings_compile_with_the_load_balancer() {
+    let policies = build(vec![dr(
+        "reviews",
+        HOST,
+        json!({"host": "reviews", "trafficPolicy": {
+            "loadBalancer": {"simple": "ROUND_ROBIN", "localityLbSetting": {
+                "failover": [{"from": "us", "to": "eu"}],
+                "failoverPriority": ["topology.istio.io/network", "env=prod"]}},
+            "outlierDetection": {}
+        },
+        "subsets": [{"name": "off", "labels": {"v": "1"}, "trafficPolicy": {
+            "loadBalancer": {"simple": "RANDOM", "localityLbSetting": {"enabled": false}}}},
+            {"name": "plain", "labels": {"v": "2"}, "trafficPolicy": {
+            "loadBalancer": {"simple": "RANDOM"}}}]}),
+    )]);
+    let top = policies.resolve(HOST, "default", None, 80).expect("top");
+    assert_eq!(
+        top.locality,
+        Some(LocalityLb {
+            enabled: true,
+            distribute: Vec::new(),
+            failover: vec![("us".into(), "eu".into())],
+            failover_priority: vec![
+                PriorityLabel::Same("topology.istio.io/network".into()),
+                PriorityLabel::Value("env".into(), "prod".into()),
+            ],
+        })
+    );
+    let off = policies
+        .resolve(HOST, "default", Some("off"), 80)
+        .expect("off");
+    assert_eq!(off.locality.map(|l| l.enabled), Some(false));
+    // A subset's loadBalancer replaces the top one whole: no locality
+    // setting there means the mesh default, not the top level's.
+    let plain = policies
+        .resolve(HOST, "default", Some("plain"), 80)
+        .expect("plain");
+    assert_eq!(plain.locality, None);
 }

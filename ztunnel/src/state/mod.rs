@@ -472,6 +472,12 @@ impl State {
         self.read().workloads.get(key).cloned()
     }
 
+    /// The first workload `wanted` accepts (a scan: for rare lookups, such
+    /// as a waypoint finding its own pod).
+    pub fn find_workload(&self, wanted: impl Fn(&Workload) -> bool) -> Option<Arc<Workload>> {
+        self.read().workloads.values().find(|w| wanted(w)).cloned()
+    }
+
     pub fn workload_by_cookie(&self, cookie: u64) -> Option<Arc<Workload>> {
         let inner = self.read();
         inner
