@@ -340,6 +340,20 @@ fn print_clusters(dump: &serde_json::Value) {
             .iter()
             .filter_map(|e| e["active_requests"].as_u64())
             .sum();
+        // Where the load goes by locality priority, when it is split.
+        let loads: Vec<String> = cluster["locality_groups"]
+            .as_array()
+            .filter(|g| g.len() > 1)
+            .map(|groups| {
+                groups
+                    .iter()
+                    .map(|g| {
+                        let load = g["load_percent"].as_f64().unwrap_or_default();
+                        format!("p{}:{load:.0}%", g["priority"])
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         rows.push(vec![
             name.clone(),
             rules,
@@ -350,6 +364,11 @@ fn print_clusters(dump: &serde_json::Value) {
             text(&cluster["pending"]),
             text(&cluster["overflows"]),
             text(&cluster["ejections"]),
+            if loads.is_empty() {
+                "-".to_owned()
+            } else {
+                loads.join(" ")
+            },
             if limits.is_empty() {
                 "-".to_owned()
             } else {
@@ -357,10 +376,20 @@ fn print_clusters(dump: &serde_json::Value) {
             },
         ]);
         for endpoint in endpoints {
+            let locality = match endpoint["locality"].as_str() {
+                None | Some("") => "-".to_owned(),
+                Some(l) => l.to_owned(),
+            };
             endpoint_rows.push(vec![
                 name.clone(),
                 text(&endpoint["id"]),
                 text(&endpoint["address"]),
+                locality,
+                // No priority: locality balancing gives it no traffic.
+                match endpoint["priority"].as_u64() {
+                    Some(p) => p.to_string(),
+                    None => "none".to_owned(),
+                },
                 text(&endpoint["active_requests"]),
                 if endpoint["ejected"] == serde_json::Value::Bool(true) {
                     "ejected".to_owned()
@@ -385,13 +414,16 @@ fn print_clusters(dump: &serde_json::Value) {
             "PENDING",
             "OVERFLOWS",
             "EJECTIONS",
+            "LOCALITY LOAD",
             "LIMITS",
         ],
         &rows,
     );
     println!();
     table::print(
-        &["CLUSTER", "ENDPOINT", "ADDRESS", "ACTIVE", "STATE"],
+        &[
+            "CLUSTER", "ENDPOINT", "ADDRESS", "LOCALITY", "PRIORITY", "ACTIVE", "STATE",
+        ],
         &endpoint_rows,
     );
     println!(

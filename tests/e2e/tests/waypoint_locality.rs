@@ -1,0 +1,206 @@
+//! Locality-aware balancing through the waypoint, with real traffic: the two
+//! nodes are in two zones (their Nodes' topology labels); once a
+//! DestinationRule turns outlier detection on, the waypoint keeps requests
+//! in its own zone, and when that zone's endpoint fails and is ejected they
+//! fail over to the other zone. `warrenctl waypoint clusters` shows why.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
+use warren_e2e::{
+    agent::warrenctl_text,
+    mesh::{eventually, start_mesh, start_waypoint, waypoint_gateway},
+    workload::{count_status, count_version, load, start_app_versions},
+};
+use warren_testbed::{Cluster, PodSpec, ServicePort, privilege::require_root};
+
+const NS: &str = "shop";
+
+/// Outlier detection that ejects at the first failure, for long enough.
+const OUTLIER: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: app, namespace: shop }
+spec:
+  host: app
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 1
+      interval: 1s
+      baseEjectionTime: 60s
+      maxEjectionPercent: 100
+"#;
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_waypoint_keeps_traffic_in_its_zone_and_fails_over() -> Result<()> {
+    require_root()?;
+    let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
+    for (node, zone) in [("n0", "zone-0"), ("n1", "zone-1")] {
+        cluster.label_node(
+            node,
+            labels(&[
+                ("topology.kubernetes.io/region", "region-a"),
+                ("topology.kubernetes.io/zone", zone),
+            ]),
+        )?;
+    }
+    cluster.add_namespace(NS, labels(&[("warren.io/dataplane-mode", "ambient")]))?;
+    for (name, node, pod_labels, sa) in [
+        (
+            "app-v1",
+            1,
+            labels(&[("app", "app"), ("version", "v1")]),
+            "app",
+        ),
+        (
+            "app-v2",
+            0,
+            labels(&[("app", "app"), ("version", "v2")]),
+            "app",
+        ),
+        ("client", 0, labels(&[("app", "client")]), "client"),
+        (
+            "waypoint",
+            1,
+            labels(&[
+                ("gateway.networking.k8s.io/gateway-name", "waypoint"),
+                ("warren.io/dataplane-mode", "none"),
+            ]),
+            "waypoint",
+        ),
+    ] {
+        cluster.add_pod(PodSpec {
+            name: name.into(),
+            namespace: NS.into(),
+            node,
+            labels: pod_labels,
+            service_account: Some(sa.into()),
+        })?;
+    }
+    let app = cluster
+        .add_service(
+            NS,
+            "app",
+            labels(&[("app", "app")]),
+            vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                target_port: 8080,
+            }],
+        )?
+        .clone();
+    let url = format!("http://{}/", app.cluster_ip);
+    let mut mesh = start_mesh(&cluster)?;
+    mesh.wait_ready(Duration::from_secs(30))
+        .with_context(|| mesh.logs())?;
+    let config_dir = cluster.config_dir();
+    std::fs::write(config_dir.join("gateway.shop.yaml"), waypoint_gateway(NS))?;
+    let waypoint_pod = cluster.pod("waypoint")?.clone();
+    let waypoint = start_waypoint(&cluster, &waypoint_pod, NS).with_context(|| mesh.logs())?;
+    let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
+    let mut servers = start_app_versions(&cluster, &["v1", "v2"])?;
+    let client = cluster.pod("client")?.clone();
+    let run = |n: u64| load(&client, &url, &["-n", &n.to_string(), "-c", "2"]);
+
+    // Without outlier detection traffic cannot fail over, so locality plays
+    // no part (Istio's rule): both zones answer.
+    eventually(Duration::from_secs(20), "both zones answer", || {
+        let report = run(40)?;
+        Ok(count_status(&report, 200) == 40
+            && count_version(&report, "v1") > 0
+            && count_version(&report, "v2") > 0)
+    })
+    .with_context(logs)?;
+
+    // With it, the waypoint (zone-1) keeps to its zone's endpoint.
+    std::fs::write(config_dir.join("routes.shop.yaml"), OUTLIER)?;
+    eventually(Duration::from_secs(20), "every answer from zone-1", || {
+        Ok(count_version(&run(40)?, "v1") == 40)
+    })
+    .with_context(logs)?;
+    let report = run(100)?;
+    eprintln!(
+        "outlier detection on: {} of 100 from v1 (zone-1, the waypoint's), {} from v2",
+        count_version(&report, "v1"),
+        count_version(&report, "v2")
+    );
+    ensure!(
+        count_version(&report, "v1") == 100,
+        "the waypoint must keep traffic in its zone: {report}\n{}",
+        logs()
+    );
+
+    // zone-1's endpoint goes away: once ejected, traffic moves to zone-0.
+    drop(servers.remove(0));
+    let mut last = Value::Null;
+    eventually(Duration::from_secs(20), "failed over to zone-0", || {
+        last = run(20)?;
+        Ok(count_version(&last, "v2") == 20)
+    })
+    .with_context(|| format!("last: {last}\n{}", logs()))?;
+    let report = run(100)?;
+    eprintln!(
+        "zone-1's endpoint down: {} of 100 answered by v2 (zone-0)",
+        count_version(&report, "v2")
+    );
+    ensure!(
+        count_version(&report, "v2") == 100,
+        "with its zone's endpoint ejected, traffic must fail over: {report}\n{}",
+        logs()
+    );
+
+    // warrenctl shows the waypoint's locality, each endpoint's priority and
+    // where the load goes.
+    let config = config_dir.to_string_lossy().into_owned();
+    let dump: Value = serde_json::from_str(&warrenctl_text(&[
+        "waypoint",
+        "clusters",
+        "-n",
+        NS,
+        "--config-dir",
+        &config,
+        "--json",
+    ])?)?;
+    let cluster_dump = dump["shop/waypoint"]["clusters"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["host"] == "app.shop.svc.cluster.local"))
+        .with_context(|| format!("no app cluster in {dump}"))?;
+    eprintln!(
+        "/clusters: locality {}, groups {}",
+        cluster_dump["locality"], cluster_dump["locality_groups"]
+    );
+    let endpoint = |id: &str| {
+        cluster_dump["endpoints"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["id"] == id))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (near, far) = (
+        endpoint("workload/shop/app-v1"),
+        endpoint("workload/shop/app-v2"),
+    );
+    ensure!(
+        cluster_dump["locality"] == "region-a/zone-1"
+            && near["priority"] == 0
+            && near["locality"] == "region-a/zone-1"
+            && near["ejected"] == true
+            && far["priority"] == 1
+            && far["locality"] == "region-a/zone-0"
+            && cluster_dump["locality_groups"][1]["load_percent"] == 100.0,
+        "/clusters must show the zones, priorities and the load on zone-0: {cluster_dump}"
+    );
+    let table = warrenctl_text(&["waypoint", "clusters", "-n", NS, "--config-dir", &config])?;
+    eprintln!("{table}");
+    drop(servers);
+    drop(waypoint);
+    Ok(())
+}
