@@ -1103,6 +1103,7 @@ async fn the_hop_to_a_service_with_a_waypoint_is_the_waypoint() {
             ..Default::default()
         }],
         endpoints: vec![],
+        load_balancing: None,
         waypoint: Some(config::GatewayAddress {
             workload: mesh.server_key.clone(),
             address: warren_api::addr::to_bytes(mesh.b.hbone().ip()),
@@ -1281,12 +1282,13 @@ async fn a_vip_prefers_endpoints_on_the_same_node_when_asked() {
         });
     }
     let vip: SocketAddr = "127.21.100.1:80".parse().unwrap();
-    put_service(&mut mesh.view, "api", vip, endpoints);
+    put_service(&mut mesh.view, "api", vip, endpoints.clone());
     mesh.sync();
+    let state = Arc::clone(&mesh.a.state);
     let picks = |prefer: bool| -> Vec<bool> {
         (0..8)
             .map(|_| {
-                let resolved = mesh.a.state.resolve(vip, prefer).expect("the VIP resolves");
+                let resolved = state.resolve(vip, None, prefer).expect("the VIP resolves");
                 matches!(
                     resolved.upstream,
                     warren_ztunnel::state::Upstream::SameNode { .. }
@@ -1303,10 +1305,56 @@ async fn a_vip_prefers_endpoints_on_the_same_node_when_asked() {
         spread.iter().any(|l| *l) && spread.iter().any(|l| !*l),
         "without it, round robin over both nodes: {spread:?}"
     );
+
+    // `internalTrafficPolicy: Local`, as the agent sends it: this node's
+    // endpoints only, whatever the node-wide setting; none here is no
+    // endpoint, not a remote one.
+    let node_local = config::LoadBalancing {
+        routing_preference: vec![config::load_balancing::Scope::Node as i32],
+        mode: config::load_balancing::Mode::Strict as i32,
+    };
+    put_balanced_service(
+        &mut mesh.view,
+        "api",
+        vip,
+        endpoints.clone(),
+        Some(node_local.clone()),
+    );
+    mesh.sync();
+    assert!(
+        picks(false).iter().all(|local| *local),
+        "a node-local Service keeps to node A's endpoint"
+    );
+    let remote_only: Vec<config::Endpoint> = endpoints
+        .iter()
+        .filter(|e| e.workload.ends_with("api-remote"))
+        .cloned()
+        .collect();
+    put_balanced_service(&mut mesh.view, "api", vip, remote_only, Some(node_local));
+    mesh.sync();
+    let refused = state.resolve(vip, None, false);
+    assert!(
+        matches!(
+            refused,
+            Err(warren_ztunnel::state::ResolveError::NoEndpoint(_))
+        ),
+        "no endpoint on this node: refused, not sent away ({refused:?})"
+    );
 }
 
 /// Service `name` in namespace demo at `vip` (port 80 → 8080) over `endpoints`.
 fn put_service(view: &mut View, name: &str, vip: SocketAddr, endpoints: Vec<config::Endpoint>) {
+    put_balanced_service(view, name, vip, endpoints, None);
+}
+
+/// [`put_service`] with a closeness preference.
+fn put_balanced_service(
+    view: &mut View,
+    name: &str,
+    vip: SocketAddr,
+    endpoints: Vec<config::Endpoint>,
+    load_balancing: Option<config::LoadBalancing>,
+) {
     view.put(res(
         warren_api::key::service("demo", name),
         Kind::Service(config::Service {
@@ -1321,6 +1369,7 @@ fn put_service(view: &mut View, name: &str, vip: SocketAddr, endpoints: Vec<conf
             }],
             endpoints,
             waypoint: None,
+            load_balancing,
         }),
     ));
 }

@@ -259,7 +259,16 @@ pub struct Service {
     /// headless Service is not an address), each once.
     pub cluster_ips: Box<[IpAddr]>,
     pub ports: Box<[ServicePort]>,
+    /// `spec.trafficDistribution` (`PreferClose`, `PreferSameZone`,
+    /// `PreferSameNode`), else Istio's `networking.istio.io/traffic-distribution`
+    /// annotation, which clusters without the field use.
+    pub traffic_distribution: Option<Arc<str>>,
+    /// `spec.internalTrafficPolicy: Local`: this node's endpoints only.
+    pub node_local: bool,
 }
+
+/// Istio's annotation standing in for `spec.trafficDistribution`.
+pub const TRAFFIC_DISTRIBUTION_ANNOTATION: &str = "networking.istio.io/traffic-distribution";
 
 impl From<core::Service> for Service {
     fn from(svc: core::Service) -> Self {
@@ -277,7 +286,19 @@ impl From<core::Service> for Service {
                 cluster_ips.push(ip);
             }
         }
+        let traffic_distribution = spec
+            .traffic_distribution
+            .as_deref()
+            .or_else(|| {
+                meta.annotations
+                    .as_ref()?
+                    .get(TRAFFIC_DISTRIBUTION_ANNOTATION)
+                    .map(String::as_str)
+            })
+            .map(intern);
         Self {
+            traffic_distribution,
+            node_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
             namespace: namespace_of(meta.namespace.as_deref()),
             labels: Labels::from_map(meta.labels.as_ref()),
             name: name_of(meta.name),

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use warren_api::{
     addr,
-    config::{Endpoint, Service, ServicePort},
+    config::{
+        Endpoint, LoadBalancing, Service, ServicePort,
+        load_balancing::{Mode, Scope},
+    },
     key,
 };
 
@@ -96,5 +99,37 @@ pub fn service(mesh: &Mesh, svc: &KubeService, slices: &[&EndpointSlice]) -> Ser
         ports,
         endpoints,
         waypoint: None,
+        load_balancing: load_balancing(svc),
+    }
+}
+
+/// How ztunnel should weigh closeness, as istiod maps a Service's fields:
+/// `internalTrafficPolicy: Local` keeps to the client's node; a
+/// `trafficDistribution` prefers the client's zone (`PreferClose`,
+/// `PreferSameZone`) or node (`PreferSameNode`), spilling further when none
+/// is ready. Istio's leading network scope is left out: Warren has one.
+fn load_balancing(svc: &KubeService) -> Option<LoadBalancing> {
+    let scopes = |scopes: &[Scope], mode: Mode| LoadBalancing {
+        routing_preference: scopes.iter().map(|s| *s as i32).collect(),
+        mode: mode as i32,
+    };
+    if svc.node_local {
+        return Some(scopes(&[Scope::Node], Mode::Strict));
+    }
+    // The annotation's values are read case-insensitively, as Istio does.
+    match svc
+        .traffic_distribution
+        .as_deref()?
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "preferclose" | "prefersamezone" => {
+            Some(scopes(&[Scope::Region, Scope::Zone], Mode::Failover))
+        }
+        "prefersamenode" => Some(scopes(
+            &[Scope::Region, Scope::Zone, Scope::Subzone, Scope::Node],
+            Mode::Failover,
+        )),
+        _ => None,
     }
 }

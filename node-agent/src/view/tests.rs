@@ -980,3 +980,55 @@ status: { hostIP: 172.30.0.2, podIP: 10.244.1.5 }
     view.changed(&store, &[ObjectKey::new(Kind::Node, None, "node-a")]);
     assert_eq!(workload(&view, "demo", "app-v1-0").locality, "");
 }
+
+#[test]
+fn a_services_traffic_distribution_becomes_a_closeness_preference() {
+    use warren_api::config::load_balancing::{Mode, Scope as LbScope};
+    let with = |spec: &str, annotations: &str| {
+        let (_, view) = built(&format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{ name: app, namespace: demo{annotations} }}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{{ name: http, port: 80, targetPort: web }}]
+{spec}
+"#
+        ));
+        service(&view, "demo", "app").load_balancing
+    };
+    let scopes = |s: &[LbScope]| s.iter().map(|s| *s as i32).collect::<Vec<_>>();
+    assert_eq!(with("", ""), None);
+    let close = with("  trafficDistribution: PreferClose", "").expect("a preference");
+    assert_eq!(
+        close.routing_preference,
+        scopes(&[LbScope::Region, LbScope::Zone])
+    );
+    assert_eq!(close.mode, Mode::Failover as i32);
+    let node = with("  trafficDistribution: PreferSameNode", "").expect("a preference");
+    assert_eq!(
+        node.routing_preference,
+        scopes(&[
+            LbScope::Region,
+            LbScope::Zone,
+            LbScope::Subzone,
+            LbScope::Node
+        ])
+    );
+    // Istio's annotation, for clusters without the field.
+    let annotated = with(
+        "",
+        ", annotations: { networking.istio.io/traffic-distribution: PreferClose }",
+    )
+    .expect("a preference");
+    assert_eq!(annotated, close);
+    // internalTrafficPolicy: Local wins: this node only.
+    let local = with(
+        "  trafficDistribution: PreferClose\n  internalTrafficPolicy: Local",
+        "",
+    )
+    .expect("a preference");
+    assert_eq!(local.routing_preference, scopes(&[LbScope::Node]));
+    assert_eq!(local.mode, Mode::Strict as i32);
+}

@@ -204,3 +204,108 @@ fn the_waypoint_keeps_traffic_in_its_zone_and_fails_over() -> Result<()> {
     drop(waypoint);
     Ok(())
 }
+
+/// Without a waypoint, ztunnel honours the Service's `trafficDistribution`:
+/// `PreferClose` keeps a client on the endpoints of its own zone, and
+/// `internalTrafficPolicy: Local` on its own node's.
+#[test]
+fn ztunnel_keeps_a_preferclose_service_in_the_clients_zone() -> Result<()> {
+    require_root()?;
+    let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
+    for (node, zone) in [("n0", "zone-0"), ("n1", "zone-1")] {
+        cluster.label_node(
+            node,
+            labels(&[
+                ("topology.kubernetes.io/region", "region-a"),
+                ("topology.kubernetes.io/zone", zone),
+            ]),
+        )?;
+    }
+    cluster.add_namespace(NS, labels(&[("warren.io/dataplane-mode", "ambient")]))?;
+    for (name, node, pod_labels) in [
+        ("app-v1", 1, labels(&[("app", "app"), ("version", "v1")])),
+        ("app-v2", 0, labels(&[("app", "app"), ("version", "v2")])),
+        ("client", 0, labels(&[("app", "client")])),
+    ] {
+        cluster.add_pod(PodSpec {
+            name: name.into(),
+            namespace: NS.into(),
+            node,
+            labels: pod_labels,
+            service_account: Some("app".into()),
+        })?;
+    }
+    let app = cluster
+        .add_service(
+            NS,
+            "app",
+            labels(&[("app", "app")]),
+            vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                target_port: 8080,
+            }],
+        )?
+        .clone();
+    let url = format!("http://{}/", app.cluster_ip);
+    let mut mesh = start_mesh(&cluster)?;
+    mesh.wait_ready(Duration::from_secs(30))
+        .with_context(|| mesh.logs())?;
+    let servers = start_app_versions(&cluster, &["v1", "v2"])?;
+    let client = cluster.pod("client")?.clone();
+    let run = |n: u64| load(&client, &url, &["-n", &n.to_string(), "-c", "2"]);
+    eventually(Duration::from_secs(20), "both zones answer", || {
+        let report = run(40)?;
+        Ok(count_version(&report, "v1") > 0 && count_version(&report, "v2") > 0)
+    })
+    .with_context(|| mesh.logs())?;
+
+    let config_dir = cluster.config_dir();
+    warren_testbed::manifests::write_service_with(
+        &config_dir,
+        &app,
+        &serde_json::json!({ "trafficDistribution": "PreferClose" }),
+    )?;
+    eventually(Duration::from_secs(20), "only zone-0 answers", || {
+        Ok(count_version(&run(40)?, "v2") == 40)
+    })
+    .with_context(|| mesh.logs())?;
+    let report = run(100)?;
+    eprintln!(
+        "PreferClose: {} of 100 from v2 (the client's zone-0), {} from v1",
+        count_version(&report, "v2"),
+        count_version(&report, "v1")
+    );
+    ensure!(
+        count_version(&report, "v2") == 100,
+        "PreferClose must keep the client in its zone: {report}\n{}",
+        mesh.logs()
+    );
+
+    // Node-local: the client's node's endpoint only; once that pod is gone,
+    // refused rather than sent to the other node.
+    warren_testbed::manifests::write_service_with(
+        &config_dir,
+        &app,
+        &serde_json::json!({ "internalTrafficPolicy": "Local" }),
+    )?;
+    let report = run(40)?;
+    ensure!(
+        count_version(&report, "v2") == 40,
+        "internalTrafficPolicy Local: the client's node's endpoint: {report}\n{}",
+        mesh.logs()
+    );
+    cluster.remove_pod("app-v2")?;
+    eventually(
+        Duration::from_secs(20),
+        "refused without a local endpoint",
+        || {
+            let report = load(&client, &url, &["-n", "5", "-c", "1", "--timeout", "2s"])?;
+            Ok(count_status(&report, 200) == 0)
+        },
+    )
+    .with_context(|| mesh.logs())?;
+    eprintln!("internalTrafficPolicy Local with no endpoint on the client's node: refused");
+    drop(servers);
+    Ok(())
+}

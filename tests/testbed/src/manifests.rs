@@ -109,12 +109,18 @@ pub fn write_pod(dir: &Path, pod: &Pod, node: &Node) -> Result<PathBuf> {
 }
 
 pub fn write_service(dir: &Path, svc: &Service) -> Result<PathBuf> {
+    write_service_with(dir, svc, &json!({}))
+}
+
+/// [`write_service`] with more `spec` fields (`trafficDistribution`,
+/// `internalTrafficPolicy`, …), which win over the testbed's.
+pub fn write_service_with(dir: &Path, svc: &Service, extra_spec: &Value) -> Result<PathBuf> {
     let ports: Vec<Value> = svc
         .ports
         .iter()
         .map(|p| json!({ "name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": "TCP" }))
         .collect();
-    let object = json!({
+    let mut object = json!({
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": { "name": svc.name, "namespace": svc.namespace, "labels": svc.labels },
@@ -126,6 +132,11 @@ pub fn write_service(dir: &Path, svc: &Service) -> Result<PathBuf> {
             "ports": ports,
         },
     });
+    if let (Some(spec), Some(extra)) = (object["spec"].as_object_mut(), extra_spec.as_object()) {
+        for (field, value) in extra {
+            spec.insert(field.clone(), value.clone());
+        }
+    }
     write(
         dir,
         file_name("Service", Some(&svc.namespace), &svc.name),

@@ -129,7 +129,10 @@ pub async fn handle(
             ),
         );
     };
-    let resolved = match inputs.state.resolve(dst, inputs.config.prefer_same_node) {
+    let resolved = match inputs
+        .state
+        .resolve(dst, Some(&source), inputs.config.prefer_same_node)
+    {
         Ok(resolved) => resolved,
         Err(error) => return refuse(client, Some(&source), error.reason(), &error),
     };

@@ -396,6 +396,13 @@ impl ResolveError {
     }
 }
 
+/// The locality of a client nobody placed.
+static NOWHERE: warren_api::Locality = warren_api::Locality {
+    region: String::new(),
+    zone: String::new(),
+    subzone: String::new(),
+};
+
 /// The resolved destination with what telemetry reports of it.
 #[derive(Clone, Debug)]
 pub struct Resolved {
@@ -592,9 +599,12 @@ impl State {
     /// Where a connection to `dst` goes: a service VIP picks an endpoint (or its
     /// waypoint), a pod address its workload, anything else passes through or is
     /// refused, per the outbound policy.
+    /// `source`, the connecting workload, is where closeness is measured
+    /// from (a Service's `trafficDistribution`).
     pub fn resolve(
         &self,
         dst: SocketAddr,
+        source: Option<&Workload>,
         prefer_same_node: bool,
     ) -> Result<Resolved, ResolveError> {
         let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
@@ -634,19 +644,28 @@ impl State {
                 Some(key) => inner.workloads.contains_key(key),
                 None => true,
             };
-            let same_node = |e: &service::Endpoint| {
-                e.workload
-                    .as_ref()
-                    .and_then(|k| inner.workloads.get(k))
-                    .is_some_and(|w| !node.is_empty() && w.node == node)
+            let endpoint_workload =
+                |e: &service::Endpoint| e.workload.as_ref().and_then(|k| inner.workloads.get(k));
+            let client = service::Place {
+                locality: source.map_or(&NOWHERE, |w| &w.locality),
+                node: &node,
             };
-            let preferred: Option<&dyn Fn(&service::Endpoint) -> bool> = if prefer_same_node {
-                Some(&same_node)
-            } else {
-                None
+            let closeness = |e: &service::Endpoint| -> Option<usize> {
+                let place = endpoint_workload(e).map(|w| service::Place {
+                    locality: &w.locality,
+                    node: &w.node,
+                });
+                match &service.load_balancing {
+                    Some(lb) => lb.closeness(&client, place.as_ref()),
+                    // The node-wide `--prefer-same-node`.
+                    None if prefer_same_node => Some(usize::from(
+                        place.is_some_and(|p| !node.is_empty() && p.node == node),
+                    )),
+                    None => Some(0),
+                }
             };
             let endpoint = service
-                .pick(usable, preferred)
+                .pick(usable, closeness)
                 .ok_or_else(|| ResolveError::NoEndpoint(service.key.clone()))?;
             let addr = SocketAddr::new(endpoint.address, Service::target_port(endpoint, port));
             let workload = endpoint

@@ -21,6 +21,8 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<Endpoint>,
     pub waypoint: Option<Waypoint>,
+    /// Closeness preference (`trafficDistribution`, `internalTrafficPolicy`).
+    pub load_balancing: Option<LoadBalancing>,
     /// Round-robin cursor, shared by every connection to the service.
     #[serde(skip)]
     next: AtomicUsize,
@@ -35,6 +37,82 @@ impl Service {
         } else {
             &self.hostname
         }
+    }
+}
+
+/// How endpoints are weighed by closeness to the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LoadBalancing {
+    /// Levels of closeness, counted in order up to the first an endpoint
+    /// does not share with the client.
+    pub preference: Vec<Scope>,
+    /// Only endpoints sharing every level (else the closest there are).
+    pub strict: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Scope {
+    Region,
+    Zone,
+    Subzone,
+    Node,
+}
+
+/// Where a client or an endpoint is, for [`LoadBalancing`].
+#[derive(Clone, Copy, Debug)]
+pub struct Place<'a> {
+    pub locality: &'a warren_api::Locality,
+    pub node: &'a str,
+}
+
+impl LoadBalancing {
+    fn from_proto(key: &str, lb: &config::LoadBalancing) -> Result<Self, ResourceError> {
+        use config::load_balancing::{Mode, Scope as ProtoScope};
+        let preference = lb
+            .routing_preference
+            .iter()
+            .map(|s| match ProtoScope::try_from(*s) {
+                Ok(ProtoScope::Region) => Ok(Scope::Region),
+                Ok(ProtoScope::Zone) => Ok(Scope::Zone),
+                Ok(ProtoScope::Subzone) => Ok(Scope::Subzone),
+                Ok(ProtoScope::Node) => Ok(Scope::Node),
+                Err(_) => Err(ResourceError::new(
+                    key,
+                    "load_balancing.routing_preference",
+                    format!("unknown scope {s}"),
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+        let strict = match Mode::try_from(lb.mode) {
+            Ok(Mode::Failover) => false,
+            Ok(Mode::Strict) => true,
+            Err(_) => {
+                return Err(ResourceError::new(
+                    key,
+                    "load_balancing.mode",
+                    format!("unknown mode {}", lb.mode),
+                ));
+            }
+        };
+        Ok(Self { preference, strict })
+    }
+
+    /// How close `endpoint` is to `client` (more is closer), or `None`
+    /// when a strict preference rules it out. An endpoint of unknown place
+    /// shares nothing.
+    pub fn closeness(&self, client: &Place<'_>, endpoint: Option<&Place<'_>>) -> Option<usize> {
+        let shared = endpoint.map_or(0, |endpoint| {
+            self.preference
+                .iter()
+                .take_while(|scope| match scope {
+                    Scope::Region => client.locality.region == endpoint.locality.region,
+                    Scope::Zone => client.locality.zone == endpoint.locality.zone,
+                    Scope::Subzone => client.locality.subzone == endpoint.locality.subzone,
+                    Scope::Node => !client.node.is_empty() && client.node == endpoint.node,
+                })
+                .count()
+        });
+        (!self.strict || shared == self.preference.len()).then_some(shared)
     }
 }
 
@@ -225,6 +303,11 @@ impl Service {
             ports,
             endpoints,
             waypoint,
+            load_balancing: s
+                .load_balancing
+                .as_ref()
+                .map(|lb| LoadBalancing::from_proto(key, lb))
+                .transpose()?,
             next: AtomicUsize::new(0),
         })
     }
@@ -233,32 +316,28 @@ impl Service {
         self.ports.iter().find(|p| p.port == port)
     }
 
-    /// The next ready endpoint for which `usable` holds, round robin; among those that
-    /// also satisfy `preferred`, when any does.
+    /// The next ready endpoint for which `usable` holds, round robin among
+    /// the closest: `closeness` ranks an endpoint (more is closer) or rules
+    /// it out (`None`).
     pub fn pick(
         &self,
         usable: impl Fn(&Endpoint) -> bool,
-        preferred: Option<&dyn Fn(&Endpoint) -> bool>,
+        closeness: impl Fn(&Endpoint) -> Option<usize>,
     ) -> Option<&Endpoint> {
-        let ready = |e: &&Endpoint| e.ready && usable(e);
-        let count = self.endpoints.iter().filter(ready).count();
-        if count == 0 {
-            return None;
-        }
-        if let Some(preferred) = preferred {
-            let local: Vec<&Endpoint> = self
-                .endpoints
-                .iter()
-                .filter(ready)
-                .filter(|e| preferred(e))
-                .collect();
-            if !local.is_empty() {
-                let n = self.next.fetch_add(1, Ordering::Relaxed);
-                return local.get(n % local.len()).copied();
-            }
-        }
-        let n = self.next.fetch_add(1, Ordering::Relaxed) % count;
-        self.endpoints.iter().filter(ready).nth(n)
+        let ranked: Vec<(usize, &Endpoint)> = self
+            .endpoints
+            .iter()
+            .filter(|e| e.ready && usable(e))
+            .filter_map(|e| Some((closeness(e)?, e)))
+            .collect();
+        let best = ranked.iter().map(|(rank, _)| *rank).max()?;
+        let closest: Vec<&Endpoint> = ranked
+            .into_iter()
+            .filter(|(rank, _)| *rank == best)
+            .map(|(_, e)| e)
+            .collect();
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        closest.get(n % closest.len()).copied()
     }
 
     /// The port an endpoint listens on for `service_port`.
@@ -318,5 +397,91 @@ mod tests {
         assert_eq!(port("h2c", "").declared_http(), DeclaredHttp::Undeclared);
         assert_eq!(port("", "").declared_http(), DeclaredHttp::Undeclared);
         assert_eq!(port("web", "").declared_http(), DeclaredHttp::Undeclared);
+    }
+
+    fn prefer_close() -> LoadBalancing {
+        LoadBalancing {
+            preference: vec![Scope::Region, Scope::Zone],
+            strict: false,
+        }
+    }
+
+    #[test]
+    fn closeness_counts_shared_levels_in_order() {
+        let here = warren_api::Locality::parse("r1/z1/s1");
+        let client = Place {
+            locality: &here,
+            node: "n1",
+        };
+        let at = |text: &str, node: &'static str| (warren_api::Locality::parse(text), node);
+        let rank = |lb: &LoadBalancing, (locality, node): &(warren_api::Locality, &str)| {
+            lb.closeness(&client, Some(&Place { locality, node }))
+        };
+        let close = prefer_close();
+        assert_eq!(rank(&close, &at("r1/z1/s9", "n2")), Some(2));
+        assert_eq!(rank(&close, &at("r1/z2", "n1")), Some(1));
+        // A zone of the same name in another region is not close.
+        assert_eq!(rank(&close, &at("r2/z1", "n2")), Some(0));
+        assert_eq!(close.closeness(&client, None), Some(0));
+        let same_node = LoadBalancing {
+            preference: vec![Scope::Region, Scope::Zone, Scope::Subzone, Scope::Node],
+            strict: false,
+        };
+        assert_eq!(rank(&same_node, &at("r1/z1/s1", "n1")), Some(4));
+        assert_eq!(rank(&same_node, &at("r1/z1/s1", "n2")), Some(3));
+        let node_local = LoadBalancing {
+            preference: vec![Scope::Node],
+            strict: true,
+        };
+        assert_eq!(rank(&node_local, &at("r9", "n1")), Some(1));
+        assert_eq!(rank(&node_local, &at("r1/z1/s1", "n2")), None);
+        assert_eq!(node_local.closeness(&client, None), None);
+    }
+
+    #[test]
+    fn pick_takes_the_closest_ready_endpoints_round_robin() {
+        let endpoint = |last: u8, ready: bool| Endpoint {
+            workload: Some(format!("w{last}")),
+            address: IpAddr::from([10, 0, 0, last]),
+            ready,
+            ports: BTreeMap::new(),
+        };
+        let service = Service {
+            key: "svc".into(),
+            name: "svc".into(),
+            namespace: "ns".into(),
+            hostname: "svc.ns.svc.cluster.local".into(),
+            vips: Vec::new(),
+            ports: Vec::new(),
+            // 1 and 2 are close, 3 is far, 4 close but not ready.
+            endpoints: vec![
+                endpoint(1, true),
+                endpoint(2, true),
+                endpoint(3, true),
+                endpoint(4, false),
+            ],
+            waypoint: None,
+            load_balancing: None,
+            next: AtomicUsize::new(0),
+        };
+        let closeness = |far: u8| {
+            move |e: &Endpoint| match e.address {
+                IpAddr::V4(a) if a.octets()[3] == far => Some(0),
+                _ => Some(2),
+            }
+        };
+        let picked: Vec<u8> = (0..4)
+            .filter_map(|_| service.pick(|_| true, closeness(3)))
+            .map(|e| match e.address {
+                IpAddr::V4(a) => a.octets()[3],
+                IpAddr::V6(_) => 0,
+            })
+            .collect();
+        assert_eq!(picked, vec![1, 2, 1, 2]);
+        // The close ones unusable: the far one.
+        let far = service.pick(|e| e.address == IpAddr::from([10, 0, 0, 3]), closeness(3));
+        assert_eq!(far.map(|e| e.address), Some(IpAddr::from([10, 0, 0, 3])));
+        // Every endpoint ruled out: none.
+        assert!(service.pick(|_| true, |_| None).is_none());
     }
 }
