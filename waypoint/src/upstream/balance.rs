@@ -389,6 +389,26 @@ pub(crate) fn random_index(n: usize) -> usize {
     rand::rng().random_range(0..n)
 }
 
+/// A random position, each as likely as its weight (slow start); `None`
+/// when no weight is positive.
+pub(crate) fn weighted_index(weights: &[f64]) -> Option<usize> {
+    let total: f64 = weights.iter().filter(|w| **w > 0.0).sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut draw = rand::rng().random_range(0.0..total);
+    for (i, w) in weights.iter().enumerate() {
+        if *w <= 0.0 {
+            continue;
+        }
+        if draw < *w {
+            return Some(i);
+        }
+        draw -= w;
+    }
+    weights.iter().rposition(|w| *w > 0.0)
+}
+
 /// Power of two choices: two distinct random positions, the one with the
 /// smaller load wins (Envoy's LEAST_REQUEST with `choice_count` 2).
 pub(crate) fn two_choices(n: usize, load: impl Fn(usize) -> u64) -> usize {

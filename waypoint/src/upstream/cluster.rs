@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::balance::{HashInput, SetCookie, Table, hash_request, random_index, two_choices};
+use super::balance::{
+    HashInput, SetCookie, Table, hash_request, random_index, two_choices, weighted_index,
+};
 use super::locality::{self, Health, Member, Proximity};
 use super::outlier::{Detector, HostOutlier, Outcome};
 use super::policy::{LoadBalancer, PoolLimits, Resolved, UpstreamHttp};
@@ -99,6 +101,22 @@ struct Group {
 struct Slot {
     endpoint: Arc<Endpoint>,
     active: Arc<AtomicU64>,
+    /// When it joined the cluster (slow start counts from here).
+    joined: Instant,
+}
+
+/// Envoy's slow start floor: a new endpoint gets at least this share of
+/// its weight (`min_weight_percent`, 10 % by default; Istio leaves it).
+const WARMUP_MIN_FACTOR: f64 = 0.1;
+
+/// An endpoint's weight factor `age` into a `window` of slow start
+/// (Envoy's with aggression 1: linear, from at least one second, floored).
+fn warmup_factor(age: std::time::Duration, window: std::time::Duration) -> f64 {
+    if age >= window {
+        return 1.0;
+    }
+    let age = age.max(std::time::Duration::from_secs(1));
+    (age.as_secs_f64() / window.as_secs_f64()).clamp(WARMUP_MIN_FACTOR, 1.0)
 }
 
 impl Slot {
@@ -131,7 +149,7 @@ impl Cluster {
             groups: Vec::new(),
             detector,
         };
-        state.replace(endpoints, &resolved);
+        state.replace(endpoints, &resolved, now);
         Self {
             pool: Pool::new(resolved.pool.clone()),
             resolved,
@@ -180,7 +198,13 @@ impl Cluster {
     /// requests and outlier state (an ejected one stays ejected); a repeated
     /// id is ignored after its first entry.
     pub fn update(&self, endpoints: Vec<Endpoint>) {
-        self.lock().replace(endpoints, &self.resolved);
+        self.update_at(endpoints, Instant::now());
+    }
+
+    /// [`Cluster::update`] at `now` (new endpoints' slow start counts from
+    /// it).
+    pub fn update_at(&self, endpoints: Vec<Endpoint>, now: Instant) {
+        self.lock().replace(endpoints, &self.resolved, now);
     }
 
     pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
@@ -244,32 +268,66 @@ impl Cluster {
         }
         // A choice among the candidates, as a position in `eligible`.
         let over = |c: usize| candidates.map_or(Some(c), |cs| cs.get(c).copied());
-        let position = match lb {
-            LoadBalancer::Passthrough => return self.pass_through(&state),
-            LoadBalancer::RoundRobin => over(self.next.fetch_add(1, Ordering::Relaxed) % n)?,
-            LoadBalancer::Random => over(random_index(n))?,
-            LoadBalancer::LeastRequest => over(two_choices(n, |c| {
-                over(c)
-                    .and_then(|p| group.eligible.get(p))
-                    .and_then(|i| state.endpoints.get(*i))
-                    .map_or(u64::MAX, |s| s.active.load(Ordering::Acquire))
-            }))?,
-            LoadBalancer::ConsistentHash(_) => {
-                let total = group.eligible.len();
-                let home = hash
-                    .and_then(|h| group.table.as_ref()?.lookup(h))
-                    .filter(|p| *p < total);
-                match (home, candidates) {
-                    (Some(p), None) => p,
-                    // The key's endpoint, or when it was tried, the next
-                    // one along the table that was not.
-                    (Some(p), Some(cs)) => (0..total)
-                        .map(|step| (p + step) % total)
-                        .find(|q| cs.contains(q))
-                        .or_else(|| over(0))?,
-                    (None, _) => over(random_index(n))?,
-                }
+        let slot_at = |c: usize| {
+            over(c)
+                .and_then(|p| group.eligible.get(p))
+                .and_then(|i| state.endpoints.get(*i))
+        };
+        // Slow start: while an endpoint is younger than the warmup window,
+        // ROUND_ROBIN and LEAST_REQUEST weigh it by its age (Envoy's EDF
+        // weights; drawn at random here, which gives the same shares).
+        let warming: Option<Vec<f64>> = match (lb, self.resolved.warmup) {
+            (LoadBalancer::RoundRobin | LoadBalancer::LeastRequest, Some(window)) => {
+                let factors: Vec<f64> = (0..n)
+                    .map(|c| {
+                        slot_at(c).map_or(0.0, |s| {
+                            warmup_factor(now.saturating_duration_since(s.joined), window)
+                        })
+                    })
+                    .collect();
+                factors.iter().any(|f| *f < 1.0).then_some(factors)
             }
+            _ => None,
+        };
+        let position = match (lb, warming) {
+            (LoadBalancer::RoundRobin, Some(factors)) => over(weighted_index(&factors)?)?,
+            (LoadBalancer::LeastRequest, Some(factors)) => {
+                // Envoy divides a weighted endpoint's weight by its active
+                // requests + 1.
+                let weights: Vec<f64> = factors
+                    .iter()
+                    .enumerate()
+                    .map(|(c, f)| {
+                        let active = slot_at(c).map_or(0, |s| s.active.load(Ordering::Acquire));
+                        f / (active as f64 + 1.0)
+                    })
+                    .collect();
+                over(weighted_index(&weights)?)?
+            }
+            (lb, _) => match lb {
+                LoadBalancer::Passthrough => return self.pass_through(&state),
+                LoadBalancer::RoundRobin => over(self.next.fetch_add(1, Ordering::Relaxed) % n)?,
+                LoadBalancer::Random => over(random_index(n))?,
+                LoadBalancer::LeastRequest => over(two_choices(n, |c| {
+                    slot_at(c).map_or(u64::MAX, |s| s.active.load(Ordering::Acquire))
+                }))?,
+                LoadBalancer::ConsistentHash(_) => {
+                    let total = group.eligible.len();
+                    let home = hash
+                        .and_then(|h| group.table.as_ref()?.lookup(h))
+                        .filter(|p| *p < total);
+                    match (home, candidates) {
+                        (Some(p), None) => p,
+                        // The key's endpoint, or when it was tried, the next
+                        // one along the table that was not.
+                        (Some(p), Some(cs)) => (0..total)
+                            .map(|step| (p + step) % total)
+                            .find(|q| cs.contains(q))
+                            .or_else(|| over(0))?,
+                        (None, _) => over(random_index(n))?,
+                    }
+                }
+            },
         };
         let slot = group
             .eligible
@@ -459,6 +517,7 @@ impl Cluster {
             "rules": resolved.rules,
             "subset_selector": resolved.selector,
             "load_balancer": format!("{:?}", resolved.load_balancer),
+            "warmup": resolved.warmup.map(|d| format!("{d:?}")),
             "upstream_http": format!("{:?}", self.upstream_http()),
             "connection_pool": {
                 "max_connections": limit(pool.max_connections),
@@ -511,7 +570,7 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl State {
-    fn replace(&mut self, endpoints: Vec<Endpoint>, resolved: &Resolved) {
+    fn replace(&mut self, endpoints: Vec<Endpoint>, resolved: &Resolved, now: Instant) {
         let mut old: HashMap<String, (Slot, HostOutlier)> = self
             .endpoints
             .drain(..)
@@ -523,14 +582,15 @@ impl State {
             if self.by_id.contains_key(&endpoint.id) {
                 continue;
             }
-            let (active, outlier) = match old.remove(&endpoint.id) {
-                Some((slot, outlier)) => (slot.active, outlier),
-                None => (Arc::new(AtomicU64::new(0)), HostOutlier::default()),
+            let (active, outlier, joined) = match old.remove(&endpoint.id) {
+                Some((slot, outlier)) => (slot.active, outlier, slot.joined),
+                None => (Arc::new(AtomicU64::new(0)), HostOutlier::default(), now),
             };
             self.by_id.insert(endpoint.id.clone(), self.endpoints.len());
             self.endpoints.push(Slot {
                 endpoint: Arc::new(endpoint),
                 active,
+                joined,
             });
             self.outliers.push(outlier);
         }

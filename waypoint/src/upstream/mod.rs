@@ -49,8 +49,8 @@
 //!
 //! # Not covered
 //!
-//! TLS settings (the mesh's own mTLS carries waypoint traffic),
-//! `warmupDurationSecs`, Envoy's success-rate and failure-percentage
+//! TLS settings (the mesh's own mTLS carries waypoint traffic), the newer
+//! `warmup` block (`warmupDurationSecs` is read), Envoy's success-rate and failure-percentage
 //! detectors (Istio turns them off), TCP keepalive and
 //! `http.maxConcurrentStreams`. The mesh-wide `h2UpgradePolicy` and
 //! `localityLbSetting` are taken as their defaults (`DO_NOT_UPGRADE`;

@@ -131,6 +131,9 @@ pub struct Resolved {
     pub load_balancer: LoadBalancer,
     /// `loadBalancer.localityLbSetting`; `None` is the mesh default.
     pub locality: Option<LocalityLb>,
+    /// `loadBalancer.warmupDurationSecs`: a new endpoint's share ramps up
+    /// over this long (ROUND_ROBIN and LEAST_REQUEST only).
+    pub warmup: Option<Duration>,
     pub pool: PoolLimits,
     /// `None`: outlier detection is off (no `outlierDetection` applies).
     pub outlier: Option<OutlierSettings>,
@@ -147,6 +150,7 @@ impl Resolved {
             selector: BTreeMap::new(),
             load_balancer: LoadBalancer::default(),
             locality: None,
+            warmup: None,
             pool: PoolLimits::default(),
             outlier: None,
         }
@@ -367,6 +371,8 @@ struct Parts {
     /// Set with `load_balancer` (both come from `loadBalancer`, taken
     /// whole); the inner `None` when it has no `localityLbSetting`.
     locality: Option<Option<LocalityLb>>,
+    /// Likewise `warmupDurationSecs`.
+    warmup: Option<Option<Duration>>,
     pool: Option<PoolLimits>,
     outlier: Option<OutlierSettings>,
 }
@@ -451,6 +457,7 @@ impl Policies {
             selector,
             load_balancer: parts.load_balancer.unwrap_or_default(),
             locality: parts.locality.flatten(),
+            warmup: parts.warmup.flatten(),
             pool: parts.pool.unwrap_or_default(),
             outlier: parts.outlier,
         })
@@ -470,6 +477,7 @@ fn merge_parts(top: Option<&Compiled>, subset: Option<&Compiled>, port: u16) -> 
     Parts {
         load_balancer: own.load_balancer.clone().or(base.load_balancer),
         locality: own.locality.clone().or(base.locality),
+        warmup: own.warmup.or(base.warmup),
         pool: own.pool.clone().or(base.pool),
         outlier: own.outlier.clone().or(base.outlier),
     }
@@ -633,6 +641,15 @@ fn compile_parts(
     Parts {
         load_balancer: load_balancer.map(|lb| compile_lb(cx, &format!("{path}.loadBalancer"), lb)),
         locality: load_balancer.map(|lb| lb.locality_lb_setting.as_ref().map(compile_locality)),
+        warmup: load_balancer.map(|lb| {
+            let d = lb.warmup_duration_secs.as_deref()?;
+            let d = cx.duration(
+                &format!("{path}.loadBalancer.warmupDurationSecs"),
+                d,
+                Duration::ZERO,
+            );
+            (!d.is_zero()).then_some(d)
+        }),
         pool: pool.map(|p| compile_pool(cx, &format!("{path}.connectionPool"), p)),
         outlier: outlier.map(|o| compile_outlier(cx, &format!("{path}.outlierDetection"), o)),
     }

@@ -1640,3 +1640,56 @@ fn locality_settings_compile_with_the_load_balancer() {
         .expect("plain");
     assert_eq!(plain.locality, None);
 }
+
+#[test]
+fn a_new_endpoint_warms_up_over_warmup_duration() {
+    let t0 = Instant::now();
+    let s = Duration::from_secs;
+    for lb in [LoadBalancer::RoundRobin, LoadBalancer::LeastRequest] {
+        let resolved = Resolved {
+            warmup: Some(s(60)),
+            ..with_lb(lb.clone())
+        };
+        let cluster = Cluster::new(resolved, endpoints(2), t0);
+        // The first endpoints are old by the time the third joins.
+        let joined = t0 + s(300);
+        cluster.update_at(endpoints(3), joined);
+        let share = |at: Instant| {
+            let picked = tally(&cluster, 6000, at);
+            picked.get("ep2").copied().unwrap_or(0) as f64 / 6000.0
+        };
+        // 6 s in: 10 % of its weight, 0.1 / 2.1 ≈ 4.8 % of the picks.
+        let early = share(joined + s(6));
+        assert!((0.03..0.07).contains(&early), "{lb:?} 6 s in: {early}");
+        // Half way: 0.5 / 2.5 = 20 %.
+        let half = share(joined + s(30));
+        assert!((0.17..0.23).contains(&half), "{lb:?} 30 s in: {half}");
+        // Warm: a third, and round robin is exact again.
+        let warm = share(joined + s(61));
+        assert!((0.30..0.37).contains(&warm), "{lb:?} warm: {warm}");
+    }
+    // RANDOM has no slow start in Envoy: an equal share at once.
+    let resolved = Resolved {
+        warmup: Some(s(60)),
+        ..with_lb(LoadBalancer::Random)
+    };
+    let cluster = Cluster::new(resolved, endpoints(2), t0);
+    cluster.update_at(endpoints(3), t0 + s(300));
+    let picked = tally(&cluster, 6000, t0 + s(306));
+    let share = picked.get("ep2").copied().unwrap_or(0) as f64 / 6000.0;
+    assert!((0.30..0.37).contains(&share), "random: {share}");
+}
+
+#[test]
+fn warmup_compiles_with_the_load_balancer() {
+    let policies = build(vec![dr(
+        "reviews",
+        HOST,
+        json!({"host": "reviews", "trafficPolicy": {
+            "loadBalancer": {"simple": "ROUND_ROBIN", "warmupDurationSecs": "90s"}}}),
+    )]);
+    let resolved = policies
+        .resolve(HOST, "default", None, 80)
+        .expect("resolves");
+    assert_eq!(resolved.warmup, Some(Duration::from_secs(90)));
+}
