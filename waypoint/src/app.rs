@@ -105,6 +105,7 @@ impl Context {
             "clusters": dump,
             "http1_idle_connections": self.http1.idle(),
             "http2_endpoints": self.http2.len(),
+            "http2_connections": self.http2.connections(),
         })
     }
 }

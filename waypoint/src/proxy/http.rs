@@ -801,9 +801,11 @@ async fn attempt(
     let limits = cluster.limits();
     let sent = async {
         if h2 {
-            ctx.http2.send(endpoint, request, limits).await
+            let (response, stream) = ctx.http2.send(endpoint, request, limits).await?;
+            Ok((response, Some(stream)))
         } else {
-            ctx.http1.send(endpoint, request, limits).await
+            let response = ctx.http1.send(endpoint, request, limits).await?;
+            Ok::<_, SendError>((response, None))
         }
     };
     let mut cut_short = CutShort {
@@ -831,7 +833,7 @@ async fn attempt(
                 endpoint: Some(endpoint),
             }
         }
-        Some(Ok(response)) => {
+        Some(Ok((response, stream))) => {
             let status = response.status().as_u16();
             report(if status >= 500 {
                 Outcome::Status(status)
@@ -845,7 +847,7 @@ async fn attempt(
             let mut response = response.map(|body| {
                 Held {
                     body: body.map_err(BoxError::from).boxed(),
-                    _held: (permit, picked),
+                    _held: (permit, picked, stream),
                 }
                 .boxed()
             });

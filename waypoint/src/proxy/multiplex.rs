@@ -1,5 +1,6 @@
 //! HTTP/2 upstream connections: one per endpoint, shared by every request
-//! to it, as Envoy's HTTP/2 connection pool keeps them.
+//! to it, as Envoy's HTTP/2 connection pool keeps them — or, with
+//! `http.maxConcurrentStreams`, as many as that many streams each need.
 //!
 //! The pool is keyed by endpoint and a request keeps its own authority:
 //! over HTTP/2 the URI's authority is the `:authority` the server reads (a
@@ -22,7 +23,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -44,20 +45,21 @@ use crate::{app::Body, upstream::PoolLimits};
 /// HTTP/2 connections to upstream endpoints.
 pub struct Multiplexed {
     connector: Connector,
-    endpoints: Mutex<HashMap<SocketAddr, Slot>>,
+    endpoints: Mutex<HashMap<SocketAddr, Endpoint>>,
     ids: AtomicU64,
 }
 
-/// An endpoint's entry: its connection, or the handshake that will give it.
-enum Slot {
-    Open {
-        connection: Connection,
-        last_used: Instant,
-    },
-    Opening {
-        id: u64,
-        handshake: Handshake,
-    },
+/// An endpoint's connections, and the handshake of the next one if one is
+/// being opened.
+#[derive(Default)]
+struct Endpoint {
+    open: Vec<Open>,
+    opening: Option<(u64, Handshake)>,
+}
+
+struct Open {
+    connection: Connection,
+    last_used: Instant,
 }
 
 type Handshake = Shared<BoxFuture<'static, Result<Connection, Arc<ConnectError>>>>;
@@ -71,12 +73,32 @@ struct Connection {
     /// endpoints lock, so a plain count would do; the connection is cloned
     /// to the requests that wait on its handshake.
     sent: Arc<AtomicU64>,
+    /// Streams open on it now (`http.maxConcurrentStreams`).
+    active: Arc<AtomicU32>,
 }
 
 impl Connection {
     /// Whether it stays pooled at `now`, last used at `last_used`.
     fn keep(&self, last_used: Instant, now: Instant) -> bool {
         !self.send.is_closed() && self.lifetime.fresh(last_used, now)
+    }
+
+    /// Whether it may take one more stream under `limit`.
+    fn has_room(&self, limit: Option<u32>) -> bool {
+        limit.is_none_or(|limit| self.active.load(Ordering::Acquire) < limit)
+    }
+}
+
+/// One stream's place on its connection, held until the answer is done
+/// (`http.maxConcurrentStreams` counts it until then).
+#[derive(Debug)]
+pub struct Stream {
+    active: Arc<AtomicU32>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -90,21 +112,22 @@ impl Multiplexed {
     }
 
     /// Sends `request` to `endpoint` over HTTP/2; its URI's authority is
-    /// the `:authority` the endpoint reads.
+    /// the `:authority` the endpoint reads. The [`Stream`] must be kept as
+    /// long as the answer's body.
     pub async fn send(
         &self,
         endpoint: SocketAddr,
         mut request: Request<Body>,
         limits: &PoolLimits,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<(Response<Incoming>, Stream), SendError> {
         // A connection can close between being taken from the pool and the
         // request reaching it; hyper then hands the request back unsent, and
         // it goes once more, on a new connection.
         let mut retried = false;
         loop {
-            let mut connection = self.connection(endpoint, limits).await?;
+            let (mut connection, stream) = self.connection(endpoint, limits).await?;
             match connection.send.try_send_request(request).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => return Ok((response, stream)),
                 Err(mut error) => match error.take_message() {
                     Some(unsent) if !retried => {
                         debug!(%endpoint, "pooled HTTP/2 connection closed; sending on a new one");
@@ -118,34 +141,25 @@ impl Multiplexed {
         }
     }
 
-    /// A connection to `endpoint` for one more request: the pooled one, or
-    /// a new one (opened once for everyone waiting).
+    /// A connection to `endpoint` for one more request: a pooled one with
+    /// room for another stream, or a new one (opened once for everyone
+    /// waiting).
     async fn connection(
         &self,
         endpoint: SocketAddr,
         limits: &PoolLimits,
-    ) -> Result<Connection, SendError> {
-        let limit = limits.max_requests_per_connection;
+    ) -> Result<(Connection, Stream), SendError> {
         let route = self.connector.route(endpoint);
         loop {
             let (id, handshake) = {
                 let mut endpoints = self.lock();
-                match endpoints.get_mut(&endpoint) {
-                    Some(Slot::Open {
-                        connection,
-                        last_used,
-                    }) if connection.keep(*last_used, Instant::now())
-                        && connection.lifetime.reaches_by(&route) =>
-                    {
-                        *last_used = Instant::now();
-                        let connection = connection.clone();
-                        if claim(&mut endpoints, endpoint, &connection, limit) {
-                            return Ok(connection);
-                        }
-                        continue;
-                    }
-                    Some(Slot::Opening { id, handshake }) => (*id, handshake.clone()),
-                    _ => {
+                let entry = endpoints.entry(endpoint).or_default();
+                if let Some(claimed) = entry.claim(&route, limits, Instant::now()) {
+                    return Ok(claimed);
+                }
+                match &entry.opening {
+                    Some((id, handshake)) => (*id, handshake.clone()),
+                    None => {
                         let id = self.ids.fetch_add(1, Ordering::Relaxed);
                         let opening = open(
                             self.connector.clone(),
@@ -155,42 +169,31 @@ impl Multiplexed {
                             limits.clone(),
                         );
                         let handshake = opening.boxed().shared();
-                        endpoints.insert(
-                            endpoint,
-                            Slot::Opening {
-                                id,
-                                handshake: handshake.clone(),
-                            },
-                        );
+                        entry.opening = Some((id, handshake.clone()));
                         (id, handshake)
                     }
                 }
             };
             let opened = handshake.await;
             let mut endpoints = self.lock();
-            let current = matches!(
-                endpoints.get(&endpoint),
-                Some(Slot::Opening { id: current, .. }) if *current == id
-            );
+            let entry = endpoints.entry(endpoint).or_default();
+            // The first waiter back files the connection; everyone then
+            // claims a stream on it, or goes round for another.
+            let current = entry.opening.as_ref().is_some_and(|(o, _)| *o == id);
+            if current {
+                entry.opening = None;
+            }
             match opened {
                 Ok(connection) => {
                     if current {
-                        endpoints.insert(
-                            endpoint,
-                            Slot::Open {
-                                connection: connection.clone(),
-                                last_used: Instant::now(),
-                            },
-                        );
+                        entry.open.push(Open {
+                            connection,
+                            last_used: Instant::now(),
+                        });
                     }
-                    if claim(&mut endpoints, endpoint, &connection, limit) {
-                        return Ok(connection);
-                    }
-                    // Others took every request it may carry: go round for
-                    // a fresh one.
                 }
                 Err(error) => {
-                    if current {
+                    if entry.open.is_empty() && entry.opening.is_none() {
                         endpoints.remove(&endpoint);
                     }
                     return Err(SendError::Connect(error));
@@ -202,10 +205,11 @@ impl Multiplexed {
     /// Drops `endpoint`'s connection `id` from the pool, if still there.
     fn forget(&self, endpoint: SocketAddr, id: u64) {
         let mut endpoints = self.lock();
-        if let Some(Slot::Open { connection, .. }) = endpoints.get(&endpoint)
-            && connection.id == id
-        {
-            endpoints.remove(&endpoint);
+        if let Some(entry) = endpoints.get_mut(&endpoint) {
+            entry.open.retain(|o| o.connection.id != id);
+            if entry.open.is_empty() && entry.opening.is_none() {
+                endpoints.remove(&endpoint);
+            }
         }
     }
 
@@ -216,18 +220,15 @@ impl Multiplexed {
     }
 
     fn evict(&self, now: Instant) {
-        self.lock().retain(|endpoint, slot| match slot {
-            Slot::Open {
-                connection,
-                last_used,
-            } => {
-                let keep = connection.keep(*last_used, now);
+        self.lock().retain(|endpoint, entry| {
+            entry.open.retain(|o| {
+                let keep = o.connection.keep(o.last_used, now);
                 if !keep {
                     debug!(%endpoint, "retiring an idle, old or closed HTTP/2 upstream connection");
                 }
                 keep
-            }
-            Slot::Opening { .. } => true,
+            });
+            !entry.open.is_empty() || entry.opening.is_some()
         });
     }
 
@@ -240,33 +241,51 @@ impl Multiplexed {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Slot>> {
+    /// Pooled connections, over every endpoint.
+    pub fn connections(&self) -> usize {
+        self.lock().values().map(|e| e.open.len()).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Endpoint>> {
         self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Counts one more request on `connection`. The request that reaches
-/// `limit` is its last: the connection leaves the pool (and closes once its
-/// requests are done). `false` when it is already spent.
-fn claim(
-    endpoints: &mut HashMap<SocketAddr, Slot>,
-    endpoint: SocketAddr,
-    connection: &Connection,
-    limit: Option<u32>,
-) -> bool {
-    let sent = connection.sent.fetch_add(1, Ordering::Relaxed) + 1;
-    let Some(limit) = limit.map(u64::from) else {
-        return true;
-    };
-    if sent >= limit
-        && let Some(Slot::Open {
-            connection: pooled, ..
-        }) = endpoints.get(&endpoint)
-        && pooled.id == connection.id
-    {
-        endpoints.remove(&endpoint);
+impl Endpoint {
+    /// A stream on the first pooled connection that is usable, reaches the
+    /// endpoint by `route` and has room, counted against it. A connection
+    /// whose request reaches `http.maxRequestsPerConnection` leaves the pool
+    /// (it closes once its requests are done).
+    fn claim(
+        &mut self,
+        route: &Route,
+        limits: &PoolLimits,
+        now: Instant,
+    ) -> Option<(Connection, Stream)> {
+        let streams = limits.max_concurrent_streams;
+        let position = self.open.iter().position(|o| {
+            o.connection.keep(o.last_used, now)
+                && o.connection.lifetime.reaches_by(route)
+                && o.connection.has_room(streams)
+        })?;
+        let open = self.open.get_mut(position)?;
+        open.last_used = now;
+        let connection = open.connection.clone();
+        let sent = connection.sent.fetch_add(1, Ordering::Relaxed) + 1;
+        let limit = limits.max_requests_per_connection.map(u64::from);
+        if limit.is_some_and(|limit| sent >= limit) {
+            self.open.remove(position);
+        }
+        if limit.is_some_and(|limit| sent > limit) {
+            // Spent by others in the meantime; never reached under the lock.
+            return None;
+        }
+        connection.active.fetch_add(1, Ordering::AcqRel);
+        let stream = Stream {
+            active: Arc::clone(&connection.active),
+        };
+        Some((connection, stream))
     }
-    sent <= limit
 }
 
 /// A byte stream to `endpoint` (HBONE or TCP, as for HTTP/1.1) and an
@@ -305,6 +324,7 @@ async fn open(
         send,
         lifetime: Lifetime::new(route, &limits),
         sent: Arc::new(AtomicU64::new(0)),
+        active: Arc::new(AtomicU32::new(0)),
     })
 }
 
@@ -430,7 +450,8 @@ pub(crate) mod tests {
             .unwrap()
     }
 
-    async fn text(response: Response<Incoming>) -> String {
+    /// The answer's body, read to its end while its stream is held.
+    async fn text((response, _stream): (Response<Incoming>, Stream)) -> String {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(body.to_vec()).unwrap()
     }
@@ -550,5 +571,42 @@ pub(crate) mod tests {
             );
         }
         assert!(pool.is_empty(), "a failed connect is not kept");
+    }
+
+    #[tokio::test]
+    async fn more_streams_than_max_concurrent_streams_open_another_connection() {
+        let (addr, seen) = server().await;
+        let pool = pool();
+        let limits = PoolLimits {
+            max_concurrent_streams: Some(2),
+            ..PoolLimits::default()
+        };
+        // Five answers streaming at once: 2 + 2 + 1 streams.
+        let sent = (0..5).map(|_| pool.send(addr, get("/slow"), &limits));
+        let answers: Vec<_> = futures::future::join_all(sent)
+            .await
+            .into_iter()
+            .map(|a| a.expect("an answer"))
+            .collect();
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+        assert_eq!(pool.connections(), 3);
+        for answer in answers {
+            assert_eq!(text(answer).await, "one two");
+        }
+        // Their streams done, the pooled connections take new ones: no
+        // fourth connection for two more at once.
+        let sent = (0..2).map(|_| pool.send(addr, get("/"), &limits));
+        for answer in futures::future::join_all(sent).await {
+            assert_eq!(text(answer.expect("an answer")).await, "ok");
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+        // Unlimited (the default): one connection for as many as come.
+        let (addr, seen) = server().await;
+        let unlimited = PoolLimits::default();
+        let sent = (0..5).map(|_| pool.send(addr, get("/slow"), &unlimited));
+        for answer in futures::future::join_all(sent).await {
+            assert_eq!(text(answer.expect("an answer")).await, "one two");
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
     }
 }

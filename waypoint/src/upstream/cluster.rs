@@ -524,6 +524,7 @@ impl Cluster {
                 "http1_max_pending_requests": limit(pool.max_pending_requests),
                 "http2_max_requests": limit(pool.max_requests),
                 "max_requests_per_connection": pool.max_requests_per_connection,
+                "max_concurrent_streams": pool.max_concurrent_streams,
                 "max_retries": limit(pool.max_retries),
                 "connect_timeout": format!("{:?}", pool.connect_timeout),
                 "idle_timeout": (pool.idle_timeout != std::time::Duration::MAX)

@@ -51,8 +51,7 @@
 //!
 //! TLS settings (the mesh's own mTLS carries waypoint traffic), the newer
 //! `warmup` block (`warmupDurationSecs` is read), Envoy's success-rate and failure-percentage
-//! detectors (Istio turns them off), TCP keepalive and
-//! `http.maxConcurrentStreams`. The mesh-wide `h2UpgradePolicy` and
+//! detectors (Istio turns them off) and TCP keepalive. The mesh-wide `h2UpgradePolicy` and
 //! `localityLbSetting` are taken as their defaults (`DO_NOT_UPGRADE`;
 //! locality failover on).
 

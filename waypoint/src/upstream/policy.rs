@@ -223,6 +223,9 @@ pub struct PoolLimits {
     /// `http.maxRequestsPerConnection`; `None` is unlimited. `1` turns
     /// keep-alive off.
     pub max_requests_per_connection: Option<u32>,
+    /// `http.maxConcurrentStreams`: streams on one HTTP/2 upstream
+    /// connection; more open another connection. `None` is unlimited.
+    pub max_concurrent_streams: Option<u32>,
     /// `http.maxRetries`: retries in flight at once.
     pub max_retries: u32,
     /// `tcp.connectTimeout`.
@@ -274,6 +277,7 @@ impl Default for PoolLimits {
             max_pending_requests: UNLIMITED,
             max_requests: UNLIMITED,
             max_requests_per_connection: None,
+            max_concurrent_streams: None,
             max_retries: UNLIMITED,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -827,6 +831,7 @@ fn compile_pool(cx: &mut Ctx<'_>, path: &str, pool: &ConnectionPoolSettings) -> 
         limits.max_pending_requests = limit(http.http1_max_pending_requests).unwrap_or(UNLIMITED);
         limits.max_requests = limit(http.http2_max_requests).unwrap_or(UNLIMITED);
         limits.max_requests_per_connection = limit(http.max_requests_per_connection);
+        limits.max_concurrent_streams = limit(http.max_concurrent_streams);
         limits.max_retries = limit(http.max_retries).unwrap_or(UNLIMITED);
         if let Some(d) = &http.idle_timeout {
             let d = cx.duration(&format!("{p}.idleTimeout"), d, DEFAULT_IDLE_TIMEOUT);

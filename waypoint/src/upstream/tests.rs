@@ -524,6 +524,7 @@ fn pool_limits_compile() {
                     "idleTimeout": "45s"},
             "http": {"http1MaxPendingRequests": 5, "http2MaxRequests": 1000,
                      "maxRequestsPerConnection": 10, "maxRetries": 3, "idleTimeout": "90s",
+                     "maxConcurrentStreams": 64,
                      "h2UpgradePolicy": "UPGRADE"}
         }}}),
     )]);
@@ -538,6 +539,7 @@ fn pool_limits_compile() {
             max_pending_requests: 5,
             max_requests: 1000,
             max_requests_per_connection: Some(10),
+            max_concurrent_streams: Some(64),
             max_retries: 3,
             connect_timeout: Duration::from_millis(30),
             idle_timeout: Duration::from_secs(90),

@@ -325,6 +325,7 @@ fn print_clusters(dump: &serde_json::Value) {
             ("http1MaxPendingRequests", "http1_max_pending_requests"),
             ("http2MaxRequests", "http2_max_requests"),
             ("maxRequestsPerConnection", "max_requests_per_connection"),
+            ("maxConcurrentStreams", "max_concurrent_streams"),
             ("maxRetries", "max_retries"),
         ]
         .into_iter()
@@ -427,8 +428,9 @@ fn print_clusters(dump: &serde_json::Value) {
         &endpoint_rows,
     );
     println!(
-        "\npooled: {} idle HTTP/1.1 connection(s), HTTP/2 connections to {} endpoint(s)",
+        "\npooled: {} idle HTTP/1.1 connection(s), {} HTTP/2 connection(s) to {} endpoint(s)",
         text(&dump["http1_idle_connections"]),
+        text(&dump["http2_connections"]),
         text(&dump["http2_endpoints"])
     );
 }
