@@ -171,3 +171,59 @@ async fn lists_watches_and_relists_after_410() {
         "synced twice: {log:#?}"
     );
 }
+
+/// An API server that lets the agent list namespaces but not nodes (a
+/// ClusterRole from before Warren read Nodes).
+async fn nodes_forbidden(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) {
+    let mut held = Vec::new();
+    while let Some((request, send)) = handle.next_request().await {
+        let path = request.uri().path().to_owned();
+        let is_watch = request
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .contains("watch=true");
+        match (path.as_str(), is_watch) {
+            ("/api/v1/namespaces", false) => send.send_response(Response::new(Body::from(list(
+                "NamespaceList",
+                "10",
+                vec![namespace("shop", "9", true)],
+            )))),
+            ("/api/v1/nodes", _) => {
+                let status = json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "Forbidden", "code": 403,
+                    "message": "nodes is forbidden: User \"system:serviceaccount:warren:agent\" cannot list resource \"nodes\""
+                });
+                let mut response =
+                    Response::new(Body::from(serde_json::to_vec(&status).expect("JSON")));
+                *response.status_mut() = http::StatusCode::FORBIDDEN;
+                send.send_response(response);
+            }
+            _ => held.push(send),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_forbidden_node_watch_does_not_hold_the_first_sync_back() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(nodes_forbidden(handle));
+    let client = Client::new(service, "default");
+    let source = KubeSource::with_kinds(client, vec![Kind::Namespace, Kind::Node]);
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(source.run(tx));
+    let mut log = Vec::new();
+    while let Ok(Some(event)) = timeout(Duration::from_secs(5), rx.recv()).await {
+        let synced = matches!(event, SourceEvent::Synced);
+        log.push(match event {
+            SourceEvent::Upsert(o) => format!("upsert {}", o.key()),
+            SourceEvent::Synced => "synced".into(),
+            other => format!("{other:?}"),
+        });
+        if synced {
+            break;
+        }
+    }
+    assert_eq!(log, vec!["upsert Namespace shop", "synced"], "{log:?}");
+}

@@ -54,6 +54,9 @@ pub struct Context {
     pub http2: Arc<Multiplexed>,
     /// Upstream connections for TCP routes (the HTTP pools own theirs).
     pub connector: Connector,
+    /// The waypoint's own place (locality-aware balancing) and the state
+    /// generation it was found for.
+    pub proximity: Mutex<Option<(u64, Option<crate::upstream::Proximity>)>>,
 }
 
 impl Context {
@@ -179,6 +182,7 @@ impl App {
             http1,
             http2,
             connector,
+            proximity: Mutex::new(None),
         });
         let trigger = drain::Trigger::new();
         let quit = Arc::new(Notify::new());

@@ -71,10 +71,22 @@ impl From<core::Node> for Node {
     fn from(node: core::Node) -> Self {
         let labels = node.metadata.labels.unwrap_or_default();
         let level = |key: &str| labels.get(key).cloned().unwrap_or_default();
+        // The deprecated beta labels, which older clusters still carry, as
+        // istiod falls back to them.
+        let or_beta = |level: String, beta: &str| {
+            if level.is_empty() {
+                labels.get(beta).cloned().unwrap_or_default()
+            } else {
+                level
+            }
+        };
         Self {
             locality: Locality {
-                region: level(REGION_LABEL),
-                zone: level(ZONE_LABEL),
+                region: or_beta(
+                    level(REGION_LABEL),
+                    "failure-domain.beta.kubernetes.io/region",
+                ),
+                zone: or_beta(level(ZONE_LABEL), "failure-domain.beta.kubernetes.io/zone"),
                 subzone: level(SUBZONE_LABEL),
             },
             name: name_of(node.metadata.name),

@@ -86,6 +86,10 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
     ),
 ];
 
+/// Kinds whose listing failing does not hold back the first sync: without
+/// Nodes, workloads just have no locality.
+const OPTIONAL_KINDS: &[Kind] = &[Kind::Node];
+
 pub struct KubeSource {
     client: Client,
     kinds: Vec<Kind>,
@@ -151,6 +155,25 @@ impl KubeSource {
                     // The watcher retries with backoff; the last good
                     // objects stay in force meanwhile.
                     warn!(kind = kind.name(), error = %err, "watching the API server");
+                    // A kind that only refines the view (Nodes: localities)
+                    // must not hold the first sync back, e.g. for an agent
+                    // whose ClusterRole predates it; it comes in when it can.
+                    if OPTIONAL_KINDS.contains(&kind) && listed.insert(kind) {
+                        warn!(
+                            kind = kind.name(),
+                            "going on without it until it can be listed (does the agent's ClusterRole allow list and watch?)"
+                        );
+                        if !synced && listed.len() == self.kinds.len() {
+                            synced = true;
+                            info!(
+                                kinds = listed.len(),
+                                "every kind listed from the API server"
+                            );
+                            if events.send(SourceEvent::Synced).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
                     continue;
                 }
             };

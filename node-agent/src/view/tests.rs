@@ -1032,3 +1032,17 @@ spec:
     assert_eq!(local.routing_preference, scopes(&[LbScope::Node]));
     assert_eq!(local.mode, Mode::Strict as i32);
 }
+
+#[test]
+fn a_node_with_only_the_beta_topology_labels_still_has_a_locality() {
+    let (_, view) = built(
+        r#"
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-a
+  labels: { failure-domain.beta.kubernetes.io/region: old-r, failure-domain.beta.kubernetes.io/zone: old-z }
+"#,
+    );
+    assert_eq!(workload(&view, "demo", "app-v1-0").locality, "old-r/old-z");
+}

@@ -120,7 +120,28 @@ fn the_waypoint_keeps_traffic_in_its_zone_and_fails_over() -> Result<()> {
     })
     .with_context(logs)?;
 
-    // With it, the waypoint (zone-1) keeps to its zone's endpoint.
+    // A Service asking for closeness (`trafficDistribution: PreferClose`)
+    // gets it from the waypoint too, outlier detection or not, as istiod
+    // forces a topology failoverPriority for it.
+    warren_testbed::manifests::write_service_with(
+        &config_dir,
+        &app,
+        &serde_json::json!({ "trafficDistribution": "PreferClose" }),
+    )?;
+    eventually(Duration::from_secs(20), "PreferClose: zone-1 only", || {
+        Ok(count_version(&run(40)?, "v1") == 40)
+    })
+    .with_context(logs)?;
+    eprintln!("PreferClose through the waypoint: every answer from zone-1");
+    warren_testbed::manifests::write_service(&config_dir, &app)?;
+    eventually(Duration::from_secs(20), "both zones again", || {
+        let report = run(40)?;
+        Ok(count_version(&report, "v1") > 0 && count_version(&report, "v2") > 0)
+    })
+    .with_context(logs)?;
+
+    // With outlier detection, the waypoint (zone-1) keeps to its zone's
+    // endpoint.
     std::fs::write(config_dir.join("routes.shop.yaml"), OUTLIER)?;
     eventually(Duration::from_secs(20), "every answer from zone-1", || {
         Ok(count_version(&run(40)?, "v1") == 40)

@@ -27,7 +27,7 @@ use hyper::{
     upgrade::OnUpgrade,
 };
 use rand::Rng as _;
-use tracing::debug;
+use tracing::{debug, warn};
 use warren_ztunnel::state::Workload;
 
 use super::{
@@ -738,7 +738,12 @@ async fn attempt(
         Some(retries) if retries.avoids_previous_hosts(hashing) => &tries.endpoints,
         _ => &[],
     };
-    let picked = match cluster.pick_avoiding(&hash, avoid, Instant::now()) {
+    // `retryRemoteLocalities`: retries leave the priorities tried so far.
+    let leave: &[String] = match tries.retries {
+        Some(retries) if retries.retry_remote_localities => &tries.endpoints,
+        _ => &[],
+    };
+    let picked = match cluster.pick_avoiding(&hash, avoid, leave, Instant::now()) {
         Some(picked) => picked,
         None => {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "UH");
@@ -1069,7 +1074,7 @@ impl Context {
             .state
             .service_by_hostname(&key.host)
             .ok_or_else(|| format!("no service {}", key.host))?;
-        let resolved = compiled
+        let mut resolved = compiled
             .policies
             .resolve(
                 &key.host,
@@ -1078,6 +1083,9 @@ impl Context {
                 key.port,
             )
             .map_err(|e| e.to_string())?;
+        if resolved.locality.is_none() {
+            resolved.locality = closeness(service.load_balancing.as_ref());
+        }
         let port = service
             .port(key.port)
             .ok_or_else(|| format!("service {} has no port {}", key.host, key.port))?;
@@ -1092,12 +1100,13 @@ impl Context {
                     .as_ref()
                     .map(|w| w.labels.clone())
                     .unwrap_or_default();
-                let locality = workload
+                let (locality, node) = workload
                     .as_ref()
-                    .map(|w| w.locality.clone())
+                    .map(|w| (w.locality.clone(), w.node.clone()))
                     .unwrap_or_default();
                 upstream::selects(&resolved.selector, &labels).then(|| Endpoint {
                     locality,
+                    node,
                     id: e.workload.clone().unwrap_or_else(|| e.address.to_string()),
                     address: SocketAddr::new(
                         e.address,
@@ -1107,21 +1116,20 @@ impl Context {
                 })
             })
             .collect();
-        let proximity = self.proximity();
+        let proximity = self.proximity(state_generation);
         let cluster = match clusters.get(key) {
             Some((_, cluster))
-                if cluster.resolved() == &resolved
-                    && cluster.declared_http() == declared
-                    && cluster.proximity() == proximity =>
+                if cluster.resolved() == &resolved && cluster.declared_http() == declared =>
             {
                 cluster.update(endpoints);
+                cluster.place(proximity);
                 Arc::clone(cluster)
             }
-            _ => Arc::new(
-                Cluster::new(resolved, endpoints, Instant::now())
-                    .for_port(declared)
-                    .near(proximity),
-            ),
+            _ => {
+                let cluster = Cluster::new(resolved, endpoints, Instant::now()).for_port(declared);
+                cluster.place(proximity);
+                Arc::new(cluster)
+            }
         };
         clusters.insert(key.clone(), (generation, Arc::clone(&cluster)));
         Ok(cluster)
@@ -1129,14 +1137,21 @@ impl Context {
 }
 
 impl Context {
-    /// Where this waypoint runs, for locality-aware balancing: the locality
-    /// and labels of its own pod (a waypoint workload of its namespace and
-    /// Gateway on this node); nowhere in particular until that is known.
-    fn proximity(&self) -> upstream::Proximity {
+    /// Where this waypoint runs, for locality-aware balancing: the locality,
+    /// node and labels of its own pod (a waypoint workload of its namespace
+    /// and Gateway on this node), looked up once per state generation;
+    /// `None` until that pod is known (then no locality preference).
+    fn proximity(&self, generation: u64) -> Option<upstream::Proximity> {
+        let mut cached = self.proximity.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, proximity)) = cached.as_ref()
+            && *seen == generation
+        {
+            return proximity.clone();
+        }
         let state = &self.inputs.state;
         let node = state.node();
         let gateway = self.config.gateway.as_deref();
-        state
+        let found = state
             .find_workload(|w| {
                 w.is_waypoint
                     && w.node == node
@@ -1150,10 +1165,44 @@ impl Context {
             })
             .map(|w| upstream::Proximity {
                 locality: w.locality.clone(),
+                node: w.node.clone(),
                 labels: w.labels.clone(),
-            })
-            .unwrap_or_default()
+            });
+        if found.is_none() && cached.as_ref().is_none_or(|(_, before)| before.is_some()) {
+            warn!(
+                namespace = %self.config.namespace,
+                node = %node,
+                "the waypoint's own pod is not in the mesh state: no locality preference until it is"
+            );
+        }
+        *cached = Some((generation, found.clone()));
+        found
     }
+}
+
+/// The locality setting istiod gives a Service that asks for closeness
+/// (`trafficDistribution`) and has no DestinationRule `localityLbSetting`: a
+/// `failoverPriority` of the topology labels (and the node's name for
+/// `PreferSameNode`) that applies without outlier detection. Istio's
+/// leading network label is left out: Warren has one network.
+fn closeness(
+    lb: Option<&warren_ztunnel::state::service::LoadBalancing>,
+) -> Option<upstream::LocalityLb> {
+    use warren_api::locality::{REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL};
+    use warren_ztunnel::state::service::Scope;
+    let lb = lb.filter(|lb| !lb.strict)?;
+    let mut labels = vec![REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL];
+    if lb.preference.contains(&Scope::Node) {
+        labels.push(upstream::HOSTNAME_LABEL);
+    }
+    Some(upstream::LocalityLb {
+        failover_priority: labels
+            .into_iter()
+            .map(upstream::PriorityLabel::parse)
+            .collect(),
+        forced: true,
+        ..upstream::LocalityLb::default()
+    })
 }
 
 /// The `grpc-timeout` header: up to 8 digits and a unit (`H`, `M`, `S`,

@@ -21,7 +21,7 @@ use std::time::Instant;
 use super::balance::{
     HashInput, SetCookie, Table, hash_request, random_index, two_choices, weighted_index,
 };
-use super::locality::{self, Health, Member, Proximity};
+use super::locality::{self, Health, Member, Proximity, level_in_panic, loads_in_total_panic};
 use super::outlier::{Detector, HostOutlier, Outcome};
 use super::policy::{LoadBalancer, PoolLimits, Resolved, UpstreamHttp};
 use super::pool::{Overflow, Permit, Pool, RetryPermit};
@@ -37,6 +37,8 @@ pub struct Endpoint {
     pub address: SocketAddr,
     pub labels: BTreeMap<String, String>,
     pub locality: Locality,
+    /// The node it runs on (`failoverPriority: [kubernetes.io/hostname]`).
+    pub node: String,
 }
 
 /// The chosen endpoint. Counts as an active request of the endpoint (for
@@ -74,8 +76,9 @@ struct State {
     /// Parallel to `endpoints`.
     outliers: Vec<HostOutlier>,
     by_id: HashMap<String, usize>,
-    /// Where the waypoint is, for locality-aware balancing.
-    proximity: Proximity,
+    /// Where the waypoint is, for locality-aware balancing; `None` until it
+    /// knows its own pod.
+    proximity: Option<Proximity>,
     /// The endpoints by locality priority and weight (one group without
     /// locality balancing; see `locality.rs`). A pick first chooses a
     /// group by its load, then an endpoint of it.
@@ -87,6 +90,9 @@ struct State {
 struct Group {
     priority: u32,
     weight: u64,
+    /// ROUND_ROBIN's position in this group (Envoy keeps a schedule per
+    /// priority and locality).
+    next: AtomicUsize,
     /// Positions in `endpoints`.
     members: Vec<usize>,
     /// Members a pick chooses among.
@@ -145,7 +151,7 @@ impl Cluster {
             endpoints: Vec::new(),
             outliers: Vec::new(),
             by_id: HashMap::new(),
-            proximity: Proximity::default(),
+            proximity: None,
             groups: Vec::new(),
             detector,
         };
@@ -159,19 +165,22 @@ impl Cluster {
         }
     }
 
-    /// Seen from a waypoint at `proximity` (locality-aware balancing; a
-    /// cluster is made anew when that changes).
+    /// Seen from a waypoint at `proximity` (a builder form of
+    /// [`Cluster::place`]).
     pub fn near(self, proximity: Proximity) -> Self {
-        {
-            let mut state = self.lock();
-            state.proximity = proximity;
-            state.regroup(&self.resolved);
-        }
+        self.place(Some(proximity));
         self
     }
 
-    pub fn proximity(&self) -> Proximity {
-        self.lock().proximity.clone()
+    /// Where the waypoint is now (`None`: not known), for locality-aware
+    /// balancing. A change regroups the endpoints in place, keeping their
+    /// outlier state, active requests and slow start.
+    pub fn place(&self, proximity: Option<Proximity>) {
+        let mut state = self.lock();
+        if state.proximity != proximity {
+            state.proximity = proximity;
+            state.regroup(&self.resolved);
+        }
     }
 
     /// For a service port that declares `declared` (a cluster is made
@@ -218,7 +227,7 @@ impl Cluster {
     /// Chooses where the request goes, or `None` when the cluster has no
     /// endpoint (the proxy answers 503, "no healthy upstream").
     pub fn pick(&self, input: &HashInput<'_>, now: Instant) -> Option<Picked> {
-        self.pick_avoiding(input, &[], now)
+        self.pick_avoiding(input, &[], &[], now)
     }
 
     /// [`Cluster::pick`] for a retry: an endpoint whose id is in `avoid`
@@ -229,6 +238,7 @@ impl Cluster {
         &self,
         input: &HashInput<'_>,
         avoid: &[String],
+        leave: &[String],
         now: Instant,
     ) -> Option<Picked> {
         let lb = &self.resolved.load_balancer;
@@ -241,13 +251,34 @@ impl Cluster {
             return self.pass_through(&state);
         }
         state.refresh(now, &self.resolved);
-        let group = state.choose_group(hash)?;
         let avoided = |i: &usize| {
             state
                 .endpoints
                 .get(*i)
                 .is_some_and(|s| avoid.contains(&s.endpoint.id))
         };
+        let mut chosen = match state.remote_group(leave) {
+            Some(remote) => remote,
+            None => state.choose_group(hash)?,
+        };
+        // A retry whose drawn group has only tried endpoints goes to another
+        // loaded group that has untried ones, as Envoy's previous-hosts
+        // predicate redraws the whole choice, priority and locality included.
+        let untried = |g: &Group| g.eligible.iter().any(|i| !avoided(i));
+        if !avoid.is_empty() && state.groups.get(chosen).is_some_and(|g| !untried(g)) {
+            let others: Vec<(usize, u64)> = state
+                .groups
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| g.load > 0 && untried(g))
+                .map(|(i, g)| (i, g.load))
+                .collect();
+            let weights: Vec<f64> = others.iter().map(|(_, load)| *load as f64).collect();
+            if let Some((i, _)) = weighted_index(&weights).and_then(|w| others.get(w)) {
+                chosen = *i;
+            }
+        }
+        let group = state.groups.get(chosen)?;
         // Positions in `eligible` this pick may take: all, or those not tried
         // yet when some are left.
         let fresh: Vec<usize> = if avoid.is_empty() {
@@ -306,7 +337,7 @@ impl Cluster {
             }
             (lb, _) => match lb {
                 LoadBalancer::Passthrough => return self.pass_through(&state),
-                LoadBalancer::RoundRobin => over(self.next.fetch_add(1, Ordering::Relaxed) % n)?,
+                LoadBalancer::RoundRobin => over(group.next.fetch_add(1, Ordering::Relaxed) % n)?,
                 LoadBalancer::Random => over(random_index(n))?,
                 LoadBalancer::LeastRequest => over(two_choices(n, |c| {
                     slot_at(c).map_or(u64::MAX, |s| s.active.load(Ordering::Acquire))
@@ -502,8 +533,17 @@ impl Cluster {
                 .groups
                 .iter()
                 .map(|g| {
+                    let mut localities: Vec<String> = g
+                        .members
+                        .iter()
+                        .filter_map(|i| state.endpoints.get(*i))
+                        .map(|s| s.endpoint.locality.to_string())
+                        .collect();
+                    localities.sort();
+                    localities.dedup();
                     serde_json::json!({
                         "priority": g.priority,
+                        "localities": localities,
                         "weight": g.weight,
                         "endpoints": g.members.len(),
                         "eligible": g.eligible.len(),
@@ -511,7 +551,8 @@ impl Cluster {
                     })
                 })
                 .collect();
-            (endpoints, groups, state.proximity.locality.to_string())
+            let proximity = state.proximity.as_ref().map(|p| p.locality.to_string());
+            (endpoints, groups, proximity)
         };
         serde_json::json!({
             "rules": resolved.rules,
@@ -610,13 +651,14 @@ impl State {
             .iter()
             .map(|s| Member {
                 locality: &s.endpoint.locality,
+                node: &s.endpoint.node,
                 labels: &s.endpoint.labels,
             })
             .collect();
         self.groups = locality::groups(
             resolved.locality.as_ref(),
             resolved.outlier.is_some(),
-            &self.proximity,
+            self.proximity.as_ref(),
             &members,
         )
         .into_iter()
@@ -630,28 +672,64 @@ impl State {
         self.recompute(resolved);
     }
 
-    /// The group a pick goes to: by the groups' loads, drawn from the
-    /// request's hash when it has one (so a key keeps its group while the
-    /// loads stay), else at random.
-    fn choose_group(&self, hash: Option<u64>) -> Option<&Group> {
-        if let [only] = self.groups.as_slice() {
-            return Some(only);
+    /// For a retry with `retryRemoteLocalities`: a group of another
+    /// priority than those of the endpoints in `leave` (the tries so far),
+    /// by the loads the levels would have with those levels out of the way
+    /// (Envoy's `previous_priorities` retry priority, as Istio sets it).
+    /// `None` when nothing is left elsewhere, or `leave` is empty.
+    fn remote_group(&self, leave: &[String]) -> Option<usize> {
+        if leave.is_empty() || self.groups.len() < 2 {
+            return None;
+        }
+        let tried: Vec<u32> = leave
+            .iter()
+            .filter_map(|id| self.by_id.get(id))
+            .filter_map(|i| self.groups.iter().find(|g| g.members.contains(i)))
+            .map(|g| g.priority)
+            .collect();
+        let health: Vec<Health> = self
+            .groups
+            .iter()
+            .map(|g| Health {
+                priority: g.priority,
+                weight: g.weight,
+                healthy: if tried.contains(&g.priority) {
+                    0
+                } else {
+                    g.eligible.len() as u64
+                },
+                total: g.members.len() as u64,
+            })
+            .collect();
+        let loads = locality::loads(&health);
+        let weights: Vec<f64> = loads.iter().map(|l| *l as f64).collect();
+        weighted_index(&weights)
+    }
+
+    /// The group a pick goes to, by the groups' loads (which sum to 100 %),
+    /// drawn from the request's hash when it has one (so a key keeps its
+    /// group while the loads stay), else at random. With no load anywhere
+    /// (no endpoint at all) the first group, whose empty list then gives
+    /// "no healthy upstream".
+    fn choose_group(&self, hash: Option<u64>) -> Option<usize> {
+        if self.groups.len() == 1 {
+            return Some(0);
         }
         let total: u64 = self.groups.iter().map(|g| g.load).sum();
         if total == 0 {
-            return self.groups.first();
+            return (!self.groups.is_empty()).then_some(0);
         }
         let mut draw = match hash {
             Some(h) => h % total,
             None => rand::random_range(0..total),
         };
-        for group in &self.groups {
+        for (i, group) in self.groups.iter().enumerate() {
             if draw < group.load {
-                return Some(group);
+                return Some(i);
             }
             draw -= group.load;
         }
-        self.groups.last()
+        Some(self.groups.len() - 1)
     }
 
     /// Returns endpoints whose ejection ended.
@@ -665,41 +743,46 @@ impl State {
     }
 
     /// Recomputes each group's eligible endpoints and load, and its hash
-    /// table if its endpoints changed.
+    /// table if its endpoints changed. Panic as Envoy decides it, per
+    /// priority level (a level short of healthy endpoints uses all of them);
+    /// with no healthy endpoint anywhere, every group uses all of its own,
+    /// loaded by endpoint count — Warren's choice over "no healthy upstream".
     fn recompute(&mut self, resolved: &Resolved) {
-        let total = self.endpoints.len();
         let is_healthy = |i: &usize| !self.outliers.get(*i).is_some_and(HostOutlier::is_ejected);
-        let healthy = (0..total).filter(is_healthy).count();
         let min_health = resolved
             .outlier
             .as_ref()
             .map_or(0, |o| u64::from(o.min_health_percent));
-        let panic = healthy == 0 || (healthy as u64) * 100 < min_health * total as u64;
-        let mut health = Vec::with_capacity(self.groups.len());
+        let health: Vec<Health> = self
+            .groups
+            .iter()
+            .map(|g| Health {
+                priority: g.priority,
+                weight: g.weight,
+                healthy: g.members.iter().filter(|i| is_healthy(i)).count() as u64,
+                total: g.members.len() as u64,
+            })
+            .collect();
+        let total_panic = health.iter().all(|h| h.healthy == 0);
+        let loads = if total_panic {
+            loads_in_total_panic(&health)
+        } else {
+            locality::loads(&health)
+        };
         let mut eligible_sets = Vec::with_capacity(self.groups.len());
         for group in &self.groups {
-            let eligible: Vec<usize> = if panic {
+            let panic = total_panic || level_in_panic(&health, group.priority, min_health);
+            eligible_sets.push(if panic {
                 group.members.clone()
             } else {
                 group.members.iter().copied().filter(is_healthy).collect()
-            };
-            let members = group.members.len() as u64;
-            health.push(Health {
-                priority: group.priority,
-                weight: group.weight,
-                // In panic every endpoint counts, and level 0 takes it all.
-                healthy: match (panic, group.priority) {
-                    (true, 0) => members,
-                    (true, _) => 0,
-                    (false, _) => eligible.len() as u64,
-                },
-                total: members,
             });
-            eligible_sets.push(eligible);
         }
-        let loads = locality::loads(&health);
         for ((group, eligible), load) in self.groups.iter_mut().zip(eligible_sets).zip(loads) {
             group.load = load;
+            // Members change only in `regroup`, which makes fresh groups, so
+            // an unchanged eligible list means an up-to-date table. (Groups
+            // without one, not hashing, just take the same list again.)
             if eligible == group.eligible && (group.table.is_some() || eligible.is_empty()) {
                 continue;
             }

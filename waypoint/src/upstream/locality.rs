@@ -8,14 +8,20 @@
 //!   locality: one priority, a group per locality the entry's `to` names,
 //!   weighted; endpoints in localities it does not name get no traffic.
 //! - else, failover, only when the cluster has outlier detection (without it
-//!   an endpoint never stops being healthy, so traffic would never move) and
-//!   locality balancing is not turned off (`enabled: false`; the mesh-wide
-//!   default is on): priority 0 for endpoints in the waypoint's region, zone
-//!   and subzone, 1 for its zone, 2 for its region, 3 for other regions — or
-//!   4 for regions other than the `failover` target of the waypoint's
-//!   region. With `failoverPriority`, endpoints are ordered by how many of
-//!   those labels, in order, they share with the waypoint first.
-//! - else every endpoint is in one group, as without locality.
+//!   an endpoint never stops being healthy, so traffic would never move) or
+//!   the Service asks for closeness (`trafficDistribution`, which istiod
+//!   turns into a `failoverPriority` of topology labels that applies
+//!   regardless), and locality balancing is not turned off (`enabled: false`;
+//!   the mesh-wide default is on): priority 0 for endpoints in the
+//!   waypoint's region, zone and subzone, 1 for its zone, 2 for its region, 3
+//!   for other regions — or 4 for regions other than the `failover` target
+//!   of the waypoint's region. With `failoverPriority`, endpoints are ordered
+//!   by how many of those labels, in order, they share with the waypoint
+//!   first (a label neither has counts as shared, as in istiod; node name
+//!   and localities stand in for `kubernetes.io/hostname` and the topology
+//!   labels).
+//! - else, or while the waypoint does not know its own pod, every endpoint
+//!   is in one group, as without locality.
 //!
 //! How a pick's load is split (Envoy's priority and locality weighting, with
 //! its default overprovisioning factor of 1.4): a priority level takes
@@ -25,10 +31,10 @@
 //! a level, a locality group's weight is scaled the same way by its healthy
 //! share.
 //!
-//! Where Warren differs: in failover mode the localities of one priority
-//! level form one group (Envoy weights them by their endpoint counts, which
-//! comes to nearly the same); with every endpoint unhealthy, all of level 0
-//! is used (Envoy's panic mode) — the cluster's own panic rule applies.
+//! Where Warren differs: with explicit `failover` or `failoverPriority` the
+//! localities of one priority level form one group (Envoy weights them by
+//! their endpoint counts, which comes to nearly the same; in the default
+//! failover Istio does not weight localities at all).
 
 use std::collections::BTreeMap;
 
@@ -36,6 +42,10 @@ use warren_api::{
     Locality,
     locality::{REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL},
 };
+
+/// The node label istiod adds to both sides of a `failoverPriority`
+/// comparison (a pod does not carry it; its node's name stands in).
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// Envoy's default overprovisioning factor, in percent.
 const OVERPROVISIONING: u64 = 140;
@@ -51,6 +61,9 @@ pub struct LocalityLb {
     pub failover: Vec<(String, String)>,
     /// `failoverPriority`.
     pub failover_priority: Vec<PriorityLabel>,
+    /// Failover applies without outlier detection (a Service's
+    /// `trafficDistribution`, as istiod forces it).
+    pub forced: bool,
 }
 
 impl Default for LocalityLb {
@@ -61,6 +74,7 @@ impl Default for LocalityLb {
             distribute: Vec::new(),
             failover: Vec::new(),
             failover_priority: Vec::new(),
+            forced: false,
         }
     }
 }
@@ -83,17 +97,18 @@ impl PriorityLabel {
     }
 }
 
-/// Where the waypoint is: its locality and its pod's labels.
+/// Where the waypoint is: its locality, node and its pod's labels.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Proximity {
     pub locality: Locality,
+    pub node: String,
     pub labels: BTreeMap<String, String>,
 }
 
 /// A set of endpoints that share a priority (and, with `distribute`, a
 /// locality), with its weight within the priority.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Group {
+pub struct Placement {
     pub priority: u32,
     pub weight: u64,
     /// Positions in the endpoint list given to [`groups`].
@@ -103,26 +118,31 @@ pub struct Group {
 /// An endpoint as grouping sees it.
 pub struct Member<'a> {
     pub locality: &'a Locality,
+    pub node: &'a str,
     pub labels: &'a BTreeMap<String, String>,
 }
 
 /// The groups of `endpoints` for a cluster with `settings` (`None`: the mesh
-/// default) and outlier detection on or off, seen from `proxy`. Endpoints
-/// that get no traffic are in no group; priorities are contiguous from 0.
+/// default) and outlier detection on or off, seen from `proxy` (`None`: not
+/// known yet). Endpoints that get no traffic are in no group; priorities are
+/// contiguous from 0.
 pub fn groups(
     settings: Option<&LocalityLb>,
     outlier_detection: bool,
-    proxy: &Proximity,
+    proxy: Option<&Proximity>,
     endpoints: &[Member<'_>],
-) -> Vec<Group> {
+) -> Vec<Placement> {
     let default = LocalityLb::default();
     let settings = settings.unwrap_or(&default);
     let everyone = || {
-        vec![Group {
+        vec![Placement {
             priority: 0,
             weight: 1,
             members: (0..endpoints.len()).collect(),
         }]
+    };
+    let Some(proxy) = proxy else {
+        return everyone();
     };
     if !settings.enabled || endpoints.is_empty() {
         return everyone();
@@ -134,7 +154,7 @@ pub fn groups(
     if let Some((_, to)) = distribute {
         return distributed(to, endpoints);
     }
-    if !settings.distribute.is_empty() || !outlier_detection {
+    if !settings.distribute.is_empty() || !(outlier_detection || settings.forced) {
         return everyone();
     }
     let priorities: Vec<u32> = endpoints
@@ -160,7 +180,7 @@ pub fn groups(
     levels
         .iter()
         .enumerate()
-        .map(|(rank, level)| Group {
+        .map(|(rank, level)| Placement {
             priority: u32::try_from(rank).unwrap_or(u32::MAX),
             weight: 1,
             members: (0..endpoints.len())
@@ -170,12 +190,16 @@ pub fn groups(
         .collect()
 }
 
-/// istiod's `applyLocalityWeights`: each `to` pattern, in order, takes the
-/// endpoints of the localities it matches that no earlier one took, and
-/// shares its weight among those localities by their endpoint counts.
-fn distributed(to: &[(String, u32)], endpoints: &[Member<'_>]) -> Vec<Group> {
+/// istiod's `applyLocalityWeights`: each `to` pattern takes the endpoints
+/// of the localities it matches that no other took, and shares its weight
+/// among those localities by their endpoint counts. The most specific
+/// patterns go first (`us/us-1a` before `us/*`), so an overlap cannot
+/// depend on the order the rule's map happens to have.
+fn distributed(to: &[(String, u32)], endpoints: &[Member<'_>]) -> Vec<Placement> {
     let mut taken = vec![false; endpoints.len()];
     let mut groups = Vec::new();
+    let mut to: Vec<&(String, u32)> = to.iter().collect();
+    to.sort_by_key(|(pattern, _)| std::cmp::Reverse(specificity(pattern)));
     for (pattern, weight) in to {
         let mut by_locality: BTreeMap<&Locality, Vec<usize>> = BTreeMap::new();
         for (i, e) in endpoints.iter().enumerate() {
@@ -187,7 +211,7 @@ fn distributed(to: &[(String, u32)], endpoints: &[Member<'_>]) -> Vec<Group> {
         let total: u64 = by_locality.values().map(|m| m.len() as u64).sum();
         for members in by_locality.into_values() {
             let share = (members.len() as u64 * u64::from(*weight)).div_ceil(total.max(1));
-            groups.push(Group {
+            groups.push(Placement {
                 priority: 0,
                 weight: share.max(1),
                 members,
@@ -195,6 +219,16 @@ fn distributed(to: &[(String, u32)], endpoints: &[Member<'_>]) -> Vec<Group> {
         }
     }
     groups
+}
+
+/// How many levels of a `region/zone/subzone` pattern name a place (not
+/// `*`, not left out).
+fn specificity(pattern: &str) -> usize {
+    let rule = Locality::parse(pattern);
+    [&rule.region, &rule.zone, &rule.subzone]
+        .iter()
+        .filter(|level| !level.is_empty() && level.as_str() != "*")
+        .count()
 }
 
 /// Istio's `LocalityMatch`: `region/zone/subzone`, where `*` or a missing
@@ -230,27 +264,32 @@ fn locality_priority(failover: &[(String, String)], proxy: &Proximity, endpoint:
 }
 
 /// `failoverPriority`: the number of labels, counted from the first, the
-/// endpoint shares with the waypoint, subtracted from their count.
+/// endpoint shares with the waypoint, subtracted from their count. As in
+/// istiod, a label missing on both sides reads as empty on both (shared),
+/// and both sides get the node's name and their localities as
+/// `kubernetes.io/hostname` and the topology labels.
 fn label_priority(labels: &[PriorityLabel], proxy: &Proximity, endpoint: &Member<'_>) -> u32 {
-    let value =
-        |labels: &BTreeMap<String, String>, locality: &Locality, key: &str| -> Option<String> {
-            match key {
-                REGION_LABEL => Some(locality.region.clone()),
-                ZONE_LABEL => Some(locality.zone.clone()),
-                SUBZONE_LABEL => Some(locality.subzone.clone()),
-                _ => labels.get(key).cloned(),
-            }
-        };
+    fn value<'a>(
+        labels: &'a BTreeMap<String, String>,
+        locality: &'a Locality,
+        node: &'a str,
+        key: &str,
+    ) -> &'a str {
+        match key {
+            REGION_LABEL => &locality.region,
+            ZONE_LABEL => &locality.zone,
+            SUBZONE_LABEL => &locality.subzone,
+            HOSTNAME_LABEL => node,
+            _ => labels.get(key).map_or("", String::as_str),
+        }
+    }
+    let theirs = |key: &str| value(endpoint.labels, endpoint.locality, endpoint.node, key);
+    let ours = |key: &str| value(&proxy.labels, &proxy.locality, &proxy.node, key);
     let matched = labels
         .iter()
         .take_while(|label| match label {
-            PriorityLabel::Same(key) => {
-                let theirs = value(endpoint.labels, endpoint.locality, key);
-                theirs.is_some() && theirs == value(&proxy.labels, &proxy.locality, key)
-            }
-            PriorityLabel::Value(key, wanted) => {
-                value(endpoint.labels, endpoint.locality, key).as_deref() == Some(wanted)
-            }
+            PriorityLabel::Same(key) => theirs(key) == ours(key),
+            PriorityLabel::Value(key, wanted) => theirs(key) == wanted,
         })
         .count();
     u32::try_from(labels.len() - matched).unwrap_or(u32::MAX)
@@ -303,7 +342,7 @@ pub fn loads(groups: &[Health]) -> Vec<u64> {
             *load = *load * WHOLE / total_available;
         }
     }
-    groups
+    let mut loads: Vec<u64> = groups
         .iter()
         .map(|g| {
             let level = g.priority as usize;
@@ -317,7 +356,57 @@ pub fn loads(groups: &[Health]) -> Vec<u64> {
                 .checked_div(level_weight)
                 .unwrap_or(0)
         })
-        .collect()
+        .collect();
+    // What rounding lost goes to the first group with load, as Envoy gives
+    // it to the first available priority: the loads sum to exactly 100 %,
+    // so a hash drawn against them stays put while they stay.
+    let lost = WHOLE.saturating_sub(loads.iter().sum());
+    if let Some(first) = loads.iter_mut().find(|l| **l > 0) {
+        *first += lost;
+    }
+    loads
+}
+
+/// Loads when every group is in panic: by endpoint count, as Envoy's
+/// `recalculateLoadInTotalPanic` (and what Warren does instead of "no
+/// healthy upstream" when no endpoint is healthy).
+pub fn loads_in_total_panic(groups: &[Health]) -> Vec<u64> {
+    const WHOLE: u64 = 10_000;
+    let total: u64 = groups.iter().map(|g| g.total).sum();
+    let mut loads: Vec<u64> = groups
+        .iter()
+        .map(|g| (g.total * WHOLE).checked_div(total).unwrap_or(0))
+        .collect();
+    let lost = WHOLE.saturating_sub(loads.iter().sum());
+    if let Some(first) = loads.iter_mut().find(|l| **l > 0) {
+        *first += lost;
+    }
+    loads
+}
+
+/// Whether a level is in panic, as Envoy decides it: never while the
+/// levels' availabilities add up to 100 %; else when its healthy share is
+/// below the threshold (`minHealthPercent`; 0, Istio's default, never).
+pub fn level_in_panic(groups: &[Health], priority: u32, threshold_percent: u64) -> bool {
+    let levels = groups.iter().map(|g| g.priority).max().map_or(0, |m| m + 1);
+    let availability = |level: u32| {
+        let (healthy, total) = groups
+            .iter()
+            .filter(|g| g.priority == level)
+            .fold((0, 0), |(h, t), g| (h + g.healthy, t + g.total));
+        (healthy * OVERPROVISIONING)
+            .checked_div(total)
+            .map_or(0, |a| a.min(100))
+    };
+    let total: u64 = (0..levels).map(availability).sum();
+    if total >= 100 {
+        return false;
+    }
+    let (healthy, all) = groups
+        .iter()
+        .filter(|g| g.priority == priority)
+        .fold((0, 0), |(h, t), g| (h + g.healthy, t + g.total));
+    healthy * 100 < threshold_percent * all
 }
 
 #[cfg(test)]
@@ -331,6 +420,7 @@ mod tests {
     fn proxy(text: &str) -> Proximity {
         Proximity {
             locality: at(text),
+            node: "node-a".into(),
             labels: BTreeMap::new(),
         }
     }
@@ -341,11 +431,15 @@ mod tests {
     ) -> Vec<Member<'a>> {
         localities
             .iter()
-            .map(|locality| Member { locality, labels })
+            .map(|locality| Member {
+                locality,
+                node: "node-b",
+                labels,
+            })
             .collect()
     }
 
-    fn priorities(groups: &[Group], n: usize) -> Vec<Option<u32>> {
+    fn priorities(groups: &[Placement], n: usize) -> Vec<Option<u32>> {
         (0..n)
             .map(|i| {
                 groups
@@ -381,13 +475,13 @@ mod tests {
         let labels = BTreeMap::new();
         let e = members(&endpoints, &labels);
         let here = proxy("us/us-1a/r1");
-        let groups = groups(None, true, &here, &e);
+        let groups = groups(None, true, Some(&here), &e);
         assert_eq!(
             priorities(&groups, 5),
             vec![Some(0), Some(1), Some(2), Some(3), Some(0)]
         );
         // No outlier detection: one group (traffic could never fail over).
-        let flat = super::groups(None, false, &here, &e);
+        let flat = super::groups(None, false, Some(&here), &e);
         assert_eq!(flat.len(), 1);
         assert_eq!(flat[0].members, vec![0, 1, 2, 3, 4]);
         // Turned off.
@@ -395,7 +489,7 @@ mod tests {
             enabled: false,
             ..LocalityLb::default()
         };
-        assert_eq!(super::groups(Some(&off), true, &here, &e).len(), 1);
+        assert_eq!(super::groups(Some(&off), true, Some(&here), &e).len(), 1);
     }
 
     #[test]
@@ -407,7 +501,7 @@ mod tests {
             failover: vec![("us".into(), "ap".into())],
             ..LocalityLb::default()
         };
-        let groups = groups(Some(&settings), true, &proxy("us/us-1a"), &e);
+        let groups = groups(Some(&settings), true, Some(&proxy("us/us-1a")), &e);
         // us first, then ap (named), then eu; priorities stay contiguous.
         assert_eq!(priorities(&groups, 3), vec![Some(0), Some(2), Some(1)]);
     }
@@ -422,23 +516,28 @@ mod tests {
         let e = vec![
             Member {
                 locality: &endpoints[0],
+                node: "n",
                 labels: &near,
             },
             Member {
                 locality: &endpoints[1],
+                node: "n",
                 labels: &far,
             },
             Member {
                 locality: &endpoints[2],
+                node: "n",
                 labels: &near,
             },
             Member {
                 locality: &endpoints[3],
+                node: "n",
                 labels: &near,
             },
         ];
         let here = Proximity {
             locality: at("us/a"),
+            node: "n".into(),
             labels: near.clone(),
         };
         let settings = LocalityLb {
@@ -449,7 +548,7 @@ mod tests {
             ],
             ..LocalityLb::default()
         };
-        let groups = groups(Some(&settings), true, &here, &e);
+        let groups = groups(Some(&settings), true, Some(&here), &e);
         // n1+us+a: 0; n1+us: 1; n1 only: 2; another network: 3 (no later
         // label counts once one differs).
         assert_eq!(
@@ -461,7 +560,7 @@ mod tests {
             failover_priority: vec![PriorityLabel::parse("topology.istio.io/network=n2")],
             ..LocalityLb::default()
         };
-        let groups = super::groups(Some(&settings), true, &here, &e);
+        let groups = super::groups(Some(&settings), true, Some(&here), &e);
         assert_eq!(
             priorities(&groups, 4),
             vec![Some(1), Some(0), Some(1), Some(1)]
@@ -487,7 +586,7 @@ mod tests {
             ..LocalityLb::default()
         };
         // Applies without outlier detection.
-        let groups = groups(Some(&settings), false, &proxy("us/us-1a"), &e);
+        let groups = groups(Some(&settings), false, Some(&proxy("us/us-1a")), &e);
         assert_eq!(
             priorities(&groups, 5),
             vec![Some(0), Some(0), Some(0), None, None]
@@ -499,7 +598,7 @@ mod tests {
             distribute: vec![("*".into(), vec![("us/*".into(), 100)])],
             ..LocalityLb::default()
         };
-        let groups = super::groups(Some(&settings), false, &proxy("eu/eu-1a"), &e);
+        let groups = super::groups(Some(&settings), false, Some(&proxy("eu/eu-1a")), &e);
         let weights: Vec<(Vec<usize>, u64)> = groups
             .iter()
             .map(|g| (g.members.clone(), g.weight))
@@ -515,7 +614,7 @@ mod tests {
             ..LocalityLb::default()
         };
         assert_eq!(
-            super::groups(Some(&settings), false, &proxy("us/us-1a"), &e).len(),
+            super::groups(Some(&settings), false, Some(&proxy("us/us-1a")), &e).len(),
             1
         );
     }
@@ -559,7 +658,7 @@ mod tests {
         // Short in sum (14 % + 35 %): scaled up to 100 %.
         assert_eq!(
             loads(&[health(0, 1, 1, 10), health(1, 1, 1, 4)]),
-            vec![2_857, 7_142]
+            vec![2_858, 7_142]
         );
         // Nobody healthy.
         assert_eq!(loads(&[health(0, 1, 0, 2), health(1, 1, 0, 1)]), vec![0, 0]);
@@ -572,10 +671,120 @@ mod tests {
             loads(&[health(0, 80, 2, 2), health(0, 20, 1, 1)]),
             vec![8_000, 2_000]
         );
-        // The 80 % locality loses half its endpoints: its weight × 70 %.
+        // The 80 % locality loses half its endpoints: its weight × 70 %
+        // (and the rounding's remainder, so the loads sum to 100 %).
         assert_eq!(
             loads(&[health(0, 80, 1, 2), health(0, 20, 1, 1)]),
-            vec![7_368, 2_631]
+            vec![7_369, 2_631]
         );
+    }
+
+    #[test]
+    fn failover_priority_reads_absent_labels_as_equal_and_knows_the_node() {
+        // Istio's documented list on a mesh without network labels: the
+        // network reads "" on both sides and the topology decides.
+        let endpoints = [at("us/a"), at("us/b"), at("us/a")];
+        let none = BTreeMap::new();
+        let e = vec![
+            Member {
+                locality: &endpoints[0],
+                node: "node-b",
+                labels: &none,
+            },
+            Member {
+                locality: &endpoints[1],
+                node: "node-c",
+                labels: &none,
+            },
+            Member {
+                locality: &endpoints[2],
+                node: "node-a",
+                labels: &none,
+            },
+        ];
+        let settings = LocalityLb {
+            failover_priority: ["topology.istio.io/network", REGION_LABEL, ZONE_LABEL]
+                .into_iter()
+                .map(PriorityLabel::parse)
+                .collect(),
+            ..LocalityLb::default()
+        };
+        let here = proxy("us/a");
+        let zones = groups(Some(&settings), true, Some(&here), &e);
+        assert_eq!(priorities(&zones, 3), vec![Some(0), Some(1), Some(0)]);
+        // kubernetes.io/hostname is the node's name.
+        let settings = LocalityLb {
+            failover_priority: vec![PriorityLabel::parse(HOSTNAME_LABEL)],
+            ..LocalityLb::default()
+        };
+        let nodes = groups(Some(&settings), true, Some(&here), &e);
+        assert_eq!(priorities(&nodes, 3), vec![Some(1), Some(1), Some(0)]);
+    }
+
+    #[test]
+    fn a_service_asking_for_closeness_fails_over_without_outlier_detection() {
+        let endpoints = [at("us/a"), at("us/b")];
+        let labels = BTreeMap::new();
+        let e = members(&endpoints, &labels);
+        let forced = LocalityLb {
+            failover_priority: [REGION_LABEL, ZONE_LABEL]
+                .into_iter()
+                .map(PriorityLabel::parse)
+                .collect(),
+            forced: true,
+            ..LocalityLb::default()
+        };
+        let here = proxy("us/a");
+        let g = groups(Some(&forced), false, Some(&here), &e);
+        assert_eq!(priorities(&g, 2), vec![Some(0), Some(1)]);
+        // A waypoint that does not know its own place: no preference.
+        assert_eq!(groups(Some(&forced), false, None, &e).len(), 1);
+    }
+
+    #[test]
+    fn the_most_specific_distribute_pattern_takes_its_endpoints_first() {
+        let endpoints = [at("us/us-1a"), at("us/us-1b")];
+        let labels = BTreeMap::new();
+        let e = members(&endpoints, &labels);
+        // `us/*` sorts before `us/us-1a`, but must not take us-1a's endpoint.
+        let settings = LocalityLb {
+            distribute: vec![(
+                "*".into(),
+                vec![("us/*".into(), 20), ("us/us-1a".into(), 80)],
+            )],
+            ..LocalityLb::default()
+        };
+        let g = groups(Some(&settings), false, Some(&proxy("us/us-1a")), &e);
+        let weights: Vec<(Vec<usize>, u64)> =
+            g.iter().map(|g| (g.members.clone(), g.weight)).collect();
+        assert_eq!(weights, vec![(vec![0], 80), (vec![1], 20)]);
+    }
+
+    #[test]
+    fn panic_is_per_level_and_only_short_of_full_availability() {
+        // minHealthPercent 50: P0 all ejected, P1 2 of 3 healthy. P1 is
+        // available enough (93 %) not to panic, and takes everything.
+        let groups = [health(0, 1, 0, 2), health(1, 1, 2, 3)];
+        assert!(level_in_panic(&groups, 0, 50));
+        assert!(!level_in_panic(&groups, 1, 50));
+        assert_eq!(loads(&groups), vec![0, 10_000]);
+        // 75 % healthy with a threshold of 80: 1.4 × 75 % covers it, so no
+        // panic at all.
+        assert!(!level_in_panic(&[health(0, 1, 3, 4)], 0, 80));
+        // Threshold 0 (Istio's default): never.
+        assert!(!level_in_panic(&[health(0, 1, 0, 4)], 0, 0));
+        // Everyone in panic: by endpoint count.
+        assert_eq!(
+            loads_in_total_panic(&[health(0, 1, 0, 1), health(1, 1, 0, 3)]),
+            vec![2_500, 7_500]
+        );
+    }
+
+    #[test]
+    fn loads_always_sum_to_the_whole() {
+        let split = loads(&[health(0, 80, 1, 2), health(0, 20, 1, 1)]);
+        assert_eq!(split.iter().sum::<u64>(), 10_000);
+        let short = loads(&[health(0, 1, 1, 10), health(1, 1, 1, 4)]);
+        assert_eq!(short.iter().sum::<u64>(), 10_000);
     }
 }

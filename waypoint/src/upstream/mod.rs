@@ -69,7 +69,7 @@ use std::collections::BTreeMap;
 
 pub use balance::{HashInput, SetCookie};
 pub use cluster::{Cluster, Endpoint, Picked};
-pub use locality::{LocalityLb, PriorityLabel, Proximity};
+pub use locality::{HOSTNAME_LABEL, LocalityLb, PriorityLabel, Proximity};
 pub use lookup::Scope;
 pub use outlier::Outcome;
 pub use policy::{

@@ -785,6 +785,7 @@ fn compile_locality(setting: &LocalityLbSetting) -> LocalityLb {
             .iter()
             .map(|l| PriorityLabel::parse(l))
             .collect(),
+        forced: false,
     }
 }
 

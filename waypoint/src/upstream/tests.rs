@@ -53,6 +53,7 @@ fn endpoint(i: u8) -> Endpoint {
         address: SocketAddr::from(([10, 0, 0, i + 1], 9080)),
         labels: BTreeMap::new(),
         locality: warren_api::Locality::default(),
+        node: String::new(),
     }
 }
 
@@ -1410,7 +1411,7 @@ fn pick_avoiding_id(
     avoid: &[String],
     now: Instant,
 ) -> String {
-    match cluster.pick_avoiding(input, avoid, now) {
+    match cluster.pick_avoiding(input, avoid, &[], now) {
         Some(p) => p.endpoint.id.clone(),
         other => panic!("expected an endpoint, got {other:?}"),
     }
@@ -1517,6 +1518,7 @@ fn in_locality(i: u8, locality: &str) -> Endpoint {
 fn at(locality: &str) -> Proximity {
     Proximity {
         locality: warren_api::Locality::parse(locality),
+        node: "node-w".into(),
         labels: BTreeMap::new(),
     }
 }
@@ -1629,6 +1631,7 @@ fn locality_settings_compile_with_the_load_balancer() {
                 PriorityLabel::Same("topology.istio.io/network".into()),
                 PriorityLabel::Value("env".into(), "prod".into()),
             ],
+            forced: false,
         })
     );
     let off = policies
@@ -1694,4 +1697,101 @@ fn warmup_compiles_with_the_load_balancer() {
         .resolve(HOST, "default", None, 80)
         .expect("resolves");
     assert_eq!(resolved.warmup, Some(Duration::from_secs(90)));
+}
+
+#[test]
+fn a_level_short_of_healthy_endpoints_panics_alone() {
+    // minHealthPercent 50: zone a's two endpoints ejected, zone b has 2 of
+    // 3 healthy: zone b is not in panic (1.4 × 67 % ≥ 50 %) and takes all,
+    // on its healthy endpoints only.
+    let t0 = Instant::now();
+    let zones = vec![
+        in_locality(0, "r1/a"),
+        in_locality(1, "r1/a"),
+        in_locality(2, "r1/b"),
+        in_locality(3, "r1/b"),
+        in_locality(4, "r1/b"),
+    ];
+    let settings = OutlierSettings {
+        min_health_percent: 50,
+        ..outlier(100)
+    };
+    let cluster = Cluster::new(with_outlier(settings), zones, t0).near(at("r1/a"));
+    for id in ["ep0", "ep1", "ep4"] {
+        fail(&cluster, id, 5, Outcome::Status(503), t0);
+    }
+    let picked = tally(&cluster, 1000, t0);
+    assert_eq!(
+        picked.keys().collect::<Vec<_>>(),
+        ["ep2", "ep3"],
+        "{picked:?}"
+    );
+}
+
+#[test]
+fn a_retry_looks_in_the_other_groups_for_an_untried_endpoint() {
+    let t0 = Instant::now();
+    let zones = vec![in_locality(0, "r1/a"), in_locality(1, "r1/b")];
+    let resolved = Resolved {
+        locality: Some(LocalityLb {
+            distribute: vec![(
+                "r1/a".into(),
+                vec![("r1/a".into(), 90), ("r1/b".into(), 10)],
+            )],
+            ..LocalityLb::default()
+        }),
+        ..with_lb(LoadBalancer::RoundRobin)
+    };
+    let cluster = Cluster::new(resolved, zones, t0).near(at("r1/a"));
+    let tried = vec!["ep0".to_owned()];
+    for _ in 0..200 {
+        let picked = cluster
+            .pick_avoiding(&HashInput::default(), &tried, &[], t0)
+            .expect("an endpoint");
+        assert_eq!(
+            picked.endpoint.id, "ep1",
+            "the retry must leave the tried zone"
+        );
+    }
+}
+
+#[test]
+fn learning_its_place_keeps_the_endpoints_state() {
+    let t0 = Instant::now();
+    let zones = vec![in_locality(0, "r1/a"), in_locality(1, "r1/b")];
+    let cluster = Cluster::new(with_outlier(outlier(100)), zones, t0);
+    // Not placed yet: no preference.
+    assert_eq!(tally(&cluster, 200, t0).len(), 2);
+    fail(&cluster, "ep1", 5, Outcome::Status(503), t0);
+    cluster.place(Some(at("r1/b")));
+    // Placed in r1/b, whose endpoint is still ejected: all to r1/a.
+    let picked = tally(&cluster, 200, t0);
+    assert_eq!(picked.keys().collect::<Vec<_>>(), ["ep0"], "{picked:?}");
+    assert_eq!(cluster.ejections(), 1);
+}
+
+#[test]
+fn retry_remote_localities_sends_a_retry_to_another_priority() {
+    let t0 = Instant::now();
+    let zones = vec![
+        in_locality(0, "r1/a"),
+        in_locality(1, "r1/a"),
+        in_locality(2, "r1/b"),
+    ];
+    let cluster = Cluster::new(with_outlier(outlier(100)), zones, t0).near(at("r1/a"));
+    let tried = vec!["ep0".to_owned()];
+    // Without it, a retry stays in the waypoint's zone (ep1 is untried).
+    for _ in 0..100 {
+        let picked = cluster
+            .pick_avoiding(&HashInput::default(), &tried, &[], t0)
+            .expect("an endpoint");
+        assert_eq!(picked.endpoint.id, "ep1");
+    }
+    // With it, the tried zone's priority is left for the next one.
+    for _ in 0..100 {
+        let picked = cluster
+            .pick_avoiding(&HashInput::default(), &tried, &tried, t0)
+            .expect("an endpoint");
+        assert_eq!(picked.endpoint.id, "ep2");
+    }
 }

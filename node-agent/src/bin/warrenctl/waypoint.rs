@@ -350,7 +350,18 @@ fn print_clusters(dump: &serde_json::Value) {
                     .iter()
                     .map(|g| {
                         let load = g["load_percent"].as_f64().unwrap_or_default();
-                        format!("p{}:{load:.0}%", g["priority"])
+                        // With `distribute` one priority holds several
+                        // weighted localities: name them.
+                        let localities: Vec<&str> = g["localities"]
+                            .as_array()
+                            .map(|l| l.iter().filter_map(serde_json::Value::as_str).collect())
+                            .unwrap_or_default();
+                        match localities.as_slice() {
+                            [one] if !one.is_empty() => {
+                                format!("p{} {one}:{load:.0}%", g["priority"])
+                            }
+                            _ => format!("p{}:{load:.0}%", g["priority"]),
+                        }
                     })
                     .collect()
             })
