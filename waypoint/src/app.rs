@@ -79,10 +79,21 @@ impl Context {
     /// get, and drops those whose service or subset is gone.
     pub fn dump_clusters(&self) -> serde_json::Value {
         let compiled = self.tables.current();
-        let keys: Vec<ClusterKey> = self.lock_clusters().keys().cloned().collect();
-        for key in keys {
+        let seen: Vec<(ClusterKey, Arc<Cluster>)> = self
+            .lock_clusters()
+            .iter()
+            .map(|(key, (_, cluster))| (key.clone(), Arc::clone(cluster)))
+            .collect();
+        for (key, before) in seen {
             if self.cluster(&compiled, &key).is_err() {
-                self.lock_clusters().remove(&key);
+                // Gone from the config; unless a request rebuilt it since.
+                let mut clusters = self.lock_clusters();
+                if clusters
+                    .get(&key)
+                    .is_some_and(|(_, now)| Arc::ptr_eq(now, &before))
+                {
+                    clusters.remove(&key);
+                }
             }
         }
         let now = std::time::Instant::now();

@@ -298,9 +298,17 @@ impl From<core::Service> for Service {
                 cluster_ips.push(ip);
             }
         }
+        // A value this version does not know falls through to the
+        // annotation, as in istiod.
+        let known = |v: &&str| {
+            ["PreferClose", "PreferSameZone", "PreferSameNode"]
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(v))
+        };
         let traffic_distribution = spec
             .traffic_distribution
             .as_deref()
+            .filter(known)
             .or_else(|| {
                 meta.annotations
                     .as_ref()?

@@ -43,6 +43,10 @@ pub enum ConnectError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    /// New HTTP/2 connections kept closing or filling before this request
+    /// could use one.
+    #[error("no usable HTTP/2 connection to {addr} after several tries")]
+    Unusable { addr: SocketAddr },
 }
 
 /// Why an upstream request got no answer.

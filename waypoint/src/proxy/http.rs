@@ -806,7 +806,8 @@ async fn attempt(
     let limits = cluster.limits();
     let sent = async {
         if h2 {
-            let (response, stream) = ctx.http2.send(endpoint, request, limits).await?;
+            let slot = || cluster.try_connection_slot();
+            let (response, stream) = ctx.http2.send(endpoint, request, limits, &slot).await?;
             Ok((response, Some(stream)))
         } else {
             let response = ctx.http1.send(endpoint, request, limits).await?;
@@ -1064,8 +1065,13 @@ impl Context {
         let state_generation = *self.inputs.state.changes().borrow();
         let generation = compiled.generation << 32 | (state_generation & 0xffff_ffff);
         let mut clusters = self.lock_clusters();
+        // Built for this generation, or a newer one (a request that saw a
+        // later config than `compiled`): never rebuilt back.
+        let newer_or_same = |built: u64| {
+            built >> 32 >= generation >> 32 && built & 0xffff_ffff >= generation & 0xffff_ffff
+        };
         if let Some((built, cluster)) = clusters.get(key)
-            && *built == generation
+            && newer_or_same(*built)
         {
             return Ok(Arc::clone(cluster));
         }
@@ -1484,7 +1490,7 @@ mod tests {
             .unwrap();
         let limits = crate::upstream::PoolLimits::default();
         let error = pool
-            .send(addr, request, &limits)
+            .send(addr, request, &limits, &|| None)
             .await
             .expect_err("refused");
         assert_eq!(
@@ -1501,7 +1507,7 @@ mod tests {
             .body(full(Bytes::new()))
             .unwrap();
         let error = pool
-            .send(gone, request, &limits)
+            .send(gone, request, &limits, &|| None)
             .await
             .expect_err("no listener");
         assert_eq!(
@@ -1550,7 +1556,7 @@ mod tests {
             .unwrap();
         let limits = crate::upstream::PoolLimits::default();
         let error = pool
-            .send(addr, request, &limits)
+            .send(addr, request, &limits, &|| None)
             .await
             .expect_err("not processed");
         assert_eq!(

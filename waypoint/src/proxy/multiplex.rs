@@ -45,9 +45,11 @@ use crate::{app::Body, upstream::PoolLimits};
 /// HTTP/2 connections to upstream endpoints.
 pub struct Multiplexed {
     connector: Connector,
-    endpoints: Mutex<HashMap<SocketAddr, Endpoint>>,
+    endpoints: Arc<Mutex<HashMap<SocketAddr, Endpoint>>>,
     ids: AtomicU64,
 }
+
+type Endpoints = Arc<Mutex<HashMap<SocketAddr, Endpoint>>>;
 
 /// An endpoint's connections, and the handshake of the next one if one is
 /// being opened.
@@ -62,43 +64,108 @@ struct Open {
     last_used: Instant,
 }
 
+/// A handshake runs in a task of its own, which files the connection in the
+/// pool when it is made: requests that gave up waiting neither stall it
+/// (a later one would inherit its spent connect timeout) nor leave a made
+/// connection outside the pool.
 type Handshake = Shared<BoxFuture<'static, Result<Connection, Arc<ConnectError>>>>;
+
+/// How many times a request goes round for a connection (one closing as it
+/// is made, others taking its streams first) before it shares a full one
+/// or gives up.
+const MAX_ROUNDS: usize = 3;
+
+/// A place for one more connection under the cluster's `maxConnections`,
+/// held as long as the connection is pooled.
+pub type ConnectionSlot = tokio::sync::OwnedSemaphorePermit;
 
 #[derive(Clone)]
 struct Connection {
     id: u64,
     send: http2::SendRequest<Body>,
     lifetime: Lifetime,
+    /// `http.maxConcurrentStreams` of the request that opened it (as the
+    /// other settings: connections are pooled per endpoint).
+    max_streams: Option<u32>,
     /// Requests given this connection so far. Only changed under the
     /// endpoints lock, so a plain count would do; the connection is cloned
     /// to the requests that wait on its handshake.
     sent: Arc<AtomicU64>,
-    /// Streams open on it now (`http.maxConcurrentStreams`).
-    active: Arc<AtomicU32>,
+    /// Streams open on it now, and when the last one ended.
+    streams: Arc<Streams>,
+    /// Its place under `maxConnections`, when it was one more than the
+    /// endpoint's first.
+    _slot: Option<Arc<ConnectionSlot>>,
+}
+
+struct Streams {
+    active: AtomicU32,
+    /// When a stream last ended, in microseconds from `base` plus one (0:
+    /// none yet; never later than the actual end).
+    released_us: AtomicU64,
+    base: Instant,
+}
+
+impl Streams {
+    fn new(base: Instant) -> Self {
+        Self {
+            active: AtomicU32::new(0),
+            released_us: AtomicU64::new(0),
+            base,
+        }
+    }
+
+    fn released(&self) -> Option<Instant> {
+        let us = self.released_us.load(Ordering::Acquire);
+        (us > 0).then(|| self.base + Duration::from_micros(us - 1))
+    }
 }
 
 impl Connection {
-    /// Whether it stays pooled at `now`, last used at `last_used`.
+    /// Whether it stays pooled at `now`, last given a stream at
+    /// `last_used`: not closed, not past its maximum duration, and — while
+    /// it carries no stream — not idle past its idle timeout, counted from
+    /// when it was last used or its last stream ended (Envoy's idle timeout
+    /// runs only while a connection has no active stream).
     fn keep(&self, last_used: Instant, now: Instant) -> bool {
-        !self.send.is_closed() && self.lifetime.fresh(last_used, now)
+        if self.send.is_closed() || self.lifetime.expired(now) {
+            return false;
+        }
+        if self.streams.active.load(Ordering::Acquire) > 0 {
+            return true;
+        }
+        let since = self
+            .streams
+            .released()
+            .map_or(last_used, |released| released.max(last_used));
+        self.lifetime.fresh(since, now)
     }
 
-    /// Whether it may take one more stream under `limit`.
-    fn has_room(&self, limit: Option<u32>) -> bool {
-        limit.is_none_or(|limit| self.active.load(Ordering::Acquire) < limit)
+    /// Whether it may take one more stream.
+    fn has_room(&self) -> bool {
+        self.max_streams
+            .is_none_or(|limit| self.streams.active.load(Ordering::Acquire) < limit)
     }
 }
 
 /// One stream's place on its connection, held until the answer is done
 /// (`http.maxConcurrentStreams` counts it until then).
-#[derive(Debug)]
 pub struct Stream {
-    active: Arc<AtomicU32>,
+    streams: Arc<Streams>,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").finish_non_exhaustive()
+    }
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        self.active.fetch_sub(1, Ordering::AcqRel);
+        let streams = &self.streams;
+        let us = u64::try_from(streams.base.elapsed().as_micros()).unwrap_or(u64::MAX - 1) + 1;
+        streams.released_us.store(us, Ordering::Release);
+        streams.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -106,26 +173,29 @@ impl Multiplexed {
     pub fn new(connector: Connector) -> Self {
         Self {
             connector,
-            endpoints: Mutex::new(HashMap::new()),
+            endpoints: Arc::default(),
             ids: AtomicU64::new(0),
         }
     }
 
     /// Sends `request` to `endpoint` over HTTP/2; its URI's authority is
     /// the `:authority` the endpoint reads. The [`Stream`] must be kept as
-    /// long as the answer's body.
+    /// long as the answer's body. `slot` gives a place under the cluster's
+    /// `maxConnections` for a connection beyond the endpoint's first; when
+    /// it gives none, streams share the connections there are.
     pub async fn send(
         &self,
         endpoint: SocketAddr,
         mut request: Request<Body>,
         limits: &PoolLimits,
+        slot: &(dyn Fn() -> Option<ConnectionSlot> + Sync),
     ) -> Result<(Response<Incoming>, Stream), SendError> {
         // A connection can close between being taken from the pool and the
         // request reaching it; hyper then hands the request back unsent, and
         // it goes once more, on a new connection.
         let mut retried = false;
         loop {
-            let (mut connection, stream) = self.connection(endpoint, limits).await?;
+            let (mut connection, stream) = self.connection(endpoint, limits, slot).await?;
             match connection.send.try_send_request(request).await {
                 Ok(response) => return Ok((response, stream)),
                 Err(mut error) => match error.take_message() {
@@ -143,68 +213,80 @@ impl Multiplexed {
 
     /// A connection to `endpoint` for one more request: a pooled one with
     /// room for another stream, or a new one (opened once for everyone
-    /// waiting).
+    /// waiting); past `maxConnections`, or after [`MAX_ROUNDS`], a pooled
+    /// one even if full.
     async fn connection(
         &self,
         endpoint: SocketAddr,
         limits: &PoolLimits,
+        slot: &(dyn Fn() -> Option<ConnectionSlot> + Sync),
     ) -> Result<(Connection, Stream), SendError> {
         let route = self.connector.route(endpoint);
+        let mut round = 0;
         loop {
             let (id, handshake) = {
-                let mut endpoints = self.lock();
+                let mut endpoints = lock(&self.endpoints);
                 let entry = endpoints.entry(endpoint).or_default();
-                if let Some(claimed) = entry.claim(&route, limits, Instant::now()) {
+                let now = Instant::now();
+                if let Some(claimed) = entry.claim(&route, limits, now, |c| c.has_room()) {
                     return Ok(claimed);
                 }
                 match &entry.opening {
                     Some((id, handshake)) => (*id, handshake.clone()),
                     None => {
+                        let pooled = entry.usable(&route, now);
+                        let extra = match pooled {
+                            // The endpoint's first connection.
+                            false => None,
+                            true if round >= MAX_ROUNDS => None,
+                            true => slot().map(Arc::new),
+                        };
+                        if pooled && extra.is_none() {
+                            // No place for another: share the busiest-free
+                            // one there is (h2 queues what the peer refuses).
+                            if let Some(claimed) = entry.claim(&route, limits, now, |_| true) {
+                                return Ok(claimed);
+                            }
+                        }
+                        if round >= MAX_ROUNDS {
+                            return Err(SendError::Connect(Arc::new(ConnectError::Unusable {
+                                addr: endpoint,
+                            })));
+                        }
                         let id = self.ids.fetch_add(1, Ordering::Relaxed);
-                        let opening = open(
+                        let handshake = spawn_open(
+                            Arc::clone(&self.endpoints),
                             self.connector.clone(),
                             endpoint,
                             route.clone(),
                             id,
                             limits.clone(),
+                            extra,
                         );
-                        let handshake = opening.boxed().shared();
                         entry.opening = Some((id, handshake.clone()));
                         (id, handshake)
                     }
                 }
             };
-            let opened = handshake.await;
-            let mut endpoints = self.lock();
-            let entry = endpoints.entry(endpoint).or_default();
-            // The first waiter back files the connection; everyone then
-            // claims a stream on it, or goes round for another.
-            let current = entry.opening.as_ref().is_some_and(|(o, _)| *o == id);
-            if current {
-                entry.opening = None;
+            handshake.await.map_err(SendError::Connect)?;
+            // Filed by its handshake task; claim on it first, so a waiter is
+            // not sent round by newcomers taking its streams.
+            let mut endpoints = lock(&self.endpoints);
+            if let Some(entry) = endpoints.get_mut(&endpoint)
+                && let Some(claimed) = entry.claim(&route, limits, Instant::now(), |c| {
+                    c.id == id && c.has_room()
+                })
+            {
+                return Ok(claimed);
             }
-            match opened {
-                Ok(connection) => {
-                    if current {
-                        entry.open.push(Open {
-                            connection,
-                            last_used: Instant::now(),
-                        });
-                    }
-                }
-                Err(error) => {
-                    if entry.open.is_empty() && entry.opening.is_none() {
-                        endpoints.remove(&endpoint);
-                    }
-                    return Err(SendError::Connect(error));
-                }
-            }
+            debug!(%endpoint, round, "a new HTTP/2 connection had no stream left for this request");
+            round += 1;
         }
     }
 
     /// Drops `endpoint`'s connection `id` from the pool, if still there.
     fn forget(&self, endpoint: SocketAddr, id: u64) {
-        let mut endpoints = self.lock();
+        let mut endpoints = lock(&self.endpoints);
         if let Some(entry) = endpoints.get_mut(&endpoint) {
             entry.open.retain(|o| o.connection.id != id);
             if entry.open.is_empty() && entry.opening.is_none() {
@@ -220,7 +302,7 @@ impl Multiplexed {
     }
 
     fn evict(&self, now: Instant) {
-        self.lock().retain(|endpoint, entry| {
+        lock(&self.endpoints).retain(|endpoint, entry| {
             entry.open.retain(|o| {
                 let keep = o.connection.keep(o.last_used, now);
                 if !keep {
@@ -234,7 +316,7 @@ impl Multiplexed {
 
     /// Endpoints with a pooled connection or one being opened.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        lock(&self.endpoints).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -243,30 +325,38 @@ impl Multiplexed {
 
     /// Pooled connections, over every endpoint.
     pub fn connections(&self) -> usize {
-        self.lock().values().map(|e| e.open.len()).sum()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Endpoint>> {
-        self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.endpoints).values().map(|e| e.open.len()).sum()
     }
 }
 
+fn lock(endpoints: &Endpoints) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Endpoint>> {
+    endpoints.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Endpoint {
+    /// Whether a pooled connection reaches the endpoint by `route` and may
+    /// be used at `now`.
+    fn usable(&self, route: &Route, now: Instant) -> bool {
+        self.open
+            .iter()
+            .any(|o| o.connection.keep(o.last_used, now) && o.connection.lifetime.reaches_by(route))
+    }
+
     /// A stream on the first pooled connection that is usable, reaches the
-    /// endpoint by `route` and has room, counted against it. A connection
-    /// whose request reaches `http.maxRequestsPerConnection` leaves the pool
-    /// (it closes once its requests are done).
+    /// endpoint by `route` and that `fits` accepts, counted against it. A
+    /// connection whose request reaches `http.maxRequestsPerConnection`
+    /// leaves the pool (it closes once its requests are done).
     fn claim(
         &mut self,
         route: &Route,
         limits: &PoolLimits,
         now: Instant,
+        fits: impl Fn(&Connection) -> bool,
     ) -> Option<(Connection, Stream)> {
-        let streams = limits.max_concurrent_streams;
         let position = self.open.iter().position(|o| {
             o.connection.keep(o.last_used, now)
                 && o.connection.lifetime.reaches_by(route)
-                && o.connection.has_room(streams)
+                && fits(&o.connection)
         })?;
         let open = self.open.get_mut(position)?;
         open.last_used = now;
@@ -280,12 +370,54 @@ impl Endpoint {
             // Spent by others in the meantime; never reached under the lock.
             return None;
         }
-        connection.active.fetch_add(1, Ordering::AcqRel);
+        connection.streams.active.fetch_add(1, Ordering::AcqRel);
         let stream = Stream {
-            active: Arc::clone(&connection.active),
+            streams: Arc::clone(&connection.streams),
         };
         Some((connection, stream))
     }
+}
+
+/// Opens a connection in a task of its own, which files it in the pool (or
+/// clears the failed attempt) before the waiters hear of it.
+fn spawn_open(
+    endpoints: Endpoints,
+    connector: Connector,
+    endpoint: SocketAddr,
+    route: Route,
+    id: u64,
+    limits: PoolLimits,
+    slot: Option<Arc<ConnectionSlot>>,
+) -> Handshake {
+    let task = tokio::spawn(async move {
+        let opened = open(connector, endpoint, route, id, limits, slot).await;
+        let mut endpoints = lock(&endpoints);
+        let entry = endpoints.entry(endpoint).or_default();
+        if entry.opening.as_ref().is_some_and(|(o, _)| *o == id) {
+            entry.opening = None;
+        }
+        match &opened {
+            Ok(connection) => entry.open.push(Open {
+                connection: connection.clone(),
+                last_used: Instant::now(),
+            }),
+            Err(_) if entry.open.is_empty() && entry.opening.is_none() => {
+                endpoints.remove(&endpoint);
+            }
+            Err(_) => {}
+        }
+        opened
+    });
+    async move {
+        task.await.unwrap_or_else(|error| {
+            // Only a panic in the handshake (a bug) or the runtime going
+            // away ends the task otherwise.
+            debug!(%endpoint, %error, "HTTP/2 handshake task ended");
+            Err(Arc::new(ConnectError::Unusable { addr: endpoint }))
+        })
+    }
+    .boxed()
+    .shared()
 }
 
 /// A byte stream to `endpoint` (HBONE or TCP, as for HTTP/1.1) and an
@@ -296,6 +428,7 @@ async fn open(
     route: Route,
     id: u64,
     limits: PoolLimits,
+    slot: Option<Arc<ConnectionSlot>>,
 ) -> Result<Connection, Arc<ConnectError>> {
     let io = connector
         .connect_via(&route, endpoint, limits.connect_timeout)
@@ -323,8 +456,10 @@ async fn open(
         id,
         send,
         lifetime: Lifetime::new(route, &limits),
+        max_streams: limits.max_concurrent_streams,
         sent: Arc::new(AtomicU64::new(0)),
-        active: Arc::new(AtomicU32::new(0)),
+        streams: Arc::new(Streams::new(Instant::now())),
+        _slot: slot,
     })
 }
 
@@ -364,6 +499,12 @@ pub(crate) mod tests {
 
     pub(crate) fn pool() -> Multiplexed {
         Multiplexed::new(connector())
+    }
+
+    /// Places under `maxConnections`, as a cluster with `limit` gives them.
+    fn slots_of(limit: usize) -> impl Fn() -> Option<ConnectionSlot> + Sync {
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(limit));
+        move || Arc::clone(&semaphore).try_acquire_owned().ok()
     }
 
     fn per_connection(limit: u32) -> PoolLimits {
@@ -460,8 +601,9 @@ pub(crate) mod tests {
     async fn requests_keep_their_authority_and_share_one_connection() {
         let (addr, seen) = server().await;
         let pool = pool();
+        let slots = slots_of(1000);
         let limits = PoolLimits::default();
-        let sent = (0..8).map(|_| pool.send(addr, get("/"), &limits));
+        let sent = (0..8).map(|_| pool.send(addr, get("/"), &limits, &slots));
         for response in futures::future::join_all(sent).await {
             assert_eq!(text(response.expect("an answer")).await, "ok");
         }
@@ -482,9 +624,10 @@ pub(crate) mod tests {
     async fn a_connection_carries_at_most_max_requests_per_connection() {
         let (addr, seen) = server().await;
         let pool = pool();
+        let slots = slots_of(1000);
         for _ in 0..5 {
             let response = pool
-                .send(addr, get("/"), &per_connection(2))
+                .send(addr, get("/"), &per_connection(2), &slots)
                 .await
                 .expect("an answer");
             assert_eq!(text(response).await, "ok");
@@ -501,21 +644,18 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn an_idle_connection_closes_but_a_streaming_answer_on_it_finishes() {
+    async fn an_idle_connection_closes_and_the_next_request_opens_another() {
         let (addr, seen) = server().await;
         let pool = pool();
-        let streaming = pool
-            .send(addr, get("/slow"), &PoolLimits::default())
+        let slots = slots_of(1000);
+        let answer = pool
+            .send(addr, get("/"), &PoolLimits::default(), &slots)
             .await
             .expect("an answer");
+        assert_eq!(text(answer).await, "ok");
         assert_eq!(pool.len(), 1);
         pool.evict(Instant::now() + PoolLimits::default().idle_timeout);
         assert!(pool.is_empty(), "idle past the timeout");
-        assert_eq!(
-            text(streaming).await,
-            "one two",
-            "the answer in flight finished"
-        );
         tokio::time::timeout(Duration::from_secs(5), async {
             while seen.closed.load(Ordering::SeqCst) < 1 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -524,7 +664,7 @@ pub(crate) mod tests {
         .await
         .expect("the evicted connection closed");
         let response = pool
-            .send(addr, get("/"), &PoolLimits::default())
+            .send(addr, get("/"), &PoolLimits::default(), &slots)
             .await
             .expect("an answer");
         assert_eq!(text(response).await, "ok");
@@ -535,18 +675,22 @@ pub(crate) mod tests {
     async fn a_connection_past_its_maximum_duration_takes_no_new_requests() {
         let (addr, seen) = server().await;
         let pool = pool();
+        let slots = slots_of(1000);
         let limits = PoolLimits {
             max_connection_duration: Some(Duration::from_millis(100)),
             ..PoolLimits::default()
         };
         let streaming = pool
-            .send(addr, get("/slow"), &limits)
+            .send(addr, get("/slow"), &limits, &slots)
             .await
             .expect("an answer");
         tokio::time::sleep(Duration::from_millis(150)).await;
         // Past its duration: the next request opens a new connection while
         // the answer streaming on the old one still finishes.
-        let response = pool.send(addr, get("/"), &limits).await.expect("an answer");
+        let response = pool
+            .send(addr, get("/"), &limits, &slots)
+            .await
+            .expect("an answer");
         assert_eq!(text(response).await, "ok");
         assert_eq!(text(streaming).await, "one two");
         assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
@@ -561,8 +705,9 @@ pub(crate) mod tests {
         let gone = closed.local_addr().unwrap();
         drop(closed);
         let pool = pool();
+        let slots = slots_of(1000);
         let limits = PoolLimits::default();
-        let sent = (0..4).map(|_| pool.send(gone, get("/"), &limits));
+        let sent = (0..4).map(|_| pool.send(gone, get("/"), &limits, &slots));
         for result in futures::future::join_all(sent).await {
             assert!(
                 matches!(result, Err(SendError::Connect(_))),
@@ -577,12 +722,13 @@ pub(crate) mod tests {
     async fn more_streams_than_max_concurrent_streams_open_another_connection() {
         let (addr, seen) = server().await;
         let pool = pool();
+        let slots = slots_of(1000);
         let limits = PoolLimits {
             max_concurrent_streams: Some(2),
             ..PoolLimits::default()
         };
         // Five answers streaming at once: 2 + 2 + 1 streams.
-        let sent = (0..5).map(|_| pool.send(addr, get("/slow"), &limits));
+        let sent = (0..5).map(|_| pool.send(addr, get("/slow"), &limits, &slots));
         let answers: Vec<_> = futures::future::join_all(sent)
             .await
             .into_iter()
@@ -595,7 +741,7 @@ pub(crate) mod tests {
         }
         // Their streams done, the pooled connections take new ones: no
         // fourth connection for two more at once.
-        let sent = (0..2).map(|_| pool.send(addr, get("/"), &limits));
+        let sent = (0..2).map(|_| pool.send(addr, get("/"), &limits, &slots));
         for answer in futures::future::join_all(sent).await {
             assert_eq!(text(answer.expect("an answer")).await, "ok");
         }
@@ -603,10 +749,53 @@ pub(crate) mod tests {
         // Unlimited (the default): one connection for as many as come.
         let (addr, seen) = server().await;
         let unlimited = PoolLimits::default();
-        let sent = (0..5).map(|_| pool.send(addr, get("/slow"), &unlimited));
+        let sent = (0..5).map(|_| pool.send(addr, get("/slow"), &unlimited, &slots));
         for answer in futures::future::join_all(sent).await {
             assert_eq!(text(answer.expect("an answer")).await, "one two");
         }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn past_max_connections_streams_share_the_connections_open() {
+        let (addr, seen) = server().await;
+        let pool = pool();
+        // One place beyond the endpoint's first connection.
+        let slots = slots_of(1);
+        let limits = PoolLimits {
+            max_concurrent_streams: Some(2),
+            ..PoolLimits::default()
+        };
+        let sent = (0..6).map(|_| pool.send(addr, get("/slow"), &limits, &slots));
+        for answer in futures::future::join_all(sent).await {
+            assert_eq!(text(answer.expect("an answer")).await, "one two");
+        }
+        assert_eq!(
+            seen.connections.load(Ordering::SeqCst),
+            2,
+            "the first connection and one more; the other streams share them"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_carrying_a_stream_is_not_idle() {
+        let (addr, seen) = server().await;
+        let pool = pool();
+        let slots = slots_of(1000);
+        let limits = PoolLimits::default();
+        let streaming = pool
+            .send(addr, get("/slow"), &limits, &slots)
+            .await
+            .expect("an answer");
+        // Far past the idle timeout, but with a stream open: kept.
+        pool.evict(Instant::now() + limits.idle_timeout * 2);
+        assert_eq!(pool.connections(), 1, "a busy connection is not idle");
+        assert_eq!(text(streaming).await, "one two");
+        // Its idle time counts from the end of that stream.
+        pool.evict(Instant::now() + limits.idle_timeout / 2);
+        assert_eq!(pool.connections(), 1);
+        pool.evict(Instant::now() + limits.idle_timeout);
+        assert!(pool.is_empty());
         assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
     }
 }

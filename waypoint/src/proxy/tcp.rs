@@ -37,9 +37,9 @@ use crate::{
     upstream::{HashInput, Outcome, Permit, PoolLimits},
 };
 
-/// Why a connection was not spliced, for the access log.
+/// Why a connection was not spliced, or was cut, for the access log.
 #[derive(Debug, thiserror::Error)]
-enum Refused {
+enum Ended {
     #[error("{0}")]
     NoCluster(String),
     #[error("connection pool overflow")]
@@ -48,25 +48,26 @@ enum Refused {
     NoEndpoint,
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// Not refused: closed at `tcp.maxConnectionDuration`.
+    /// Cut at `tcp.maxConnectionDuration`.
     #[error("closed after maxConnectionDuration {0:?}")]
     MaxDuration(Duration),
-    /// Not refused: closed after `tcp.idleTimeout` without traffic.
-    #[error("closed after idleTimeout {0:?} without traffic")]
+    /// Cut after `tcp.idleTimeout` without traffic (Envoy's close reason).
+    #[error("tcp_session_idle_timeout: no traffic for {0:?} (idleTimeout)")]
     Idle(Duration),
 }
 
-impl Refused {
+impl Ended {
     /// Envoy's response flag for the access log.
     fn flag(&self) -> &'static str {
         match self {
-            Refused::NoCluster(_) => "NC",
-            Refused::Overflow => "UO",
-            Refused::NoEndpoint => "UH",
-            Refused::Connect(_) => "UF",
-            Refused::MaxDuration(_) => "DT",
-            // Envoy's stream idle timeout flag, which its TCP proxy sets too.
-            Refused::Idle(_) => "SI",
+            Ended::NoCluster(_) => "NC",
+            Ended::Overflow => "UO",
+            Ended::NoEndpoint => "UH",
+            Ended::Connect(_) => "UF",
+            Ended::MaxDuration(_) => "DT",
+            // Envoy's TCP proxy sets no flag for its idle timeout; the
+            // details say it.
+            Ended::Idle(_) => "-",
         }
     }
 }
@@ -139,10 +140,10 @@ pub async fn serve(
     let ended = tokio::select! {
         copied = splice => Ok(copied),
         () = after(limits.max_connection_duration) => {
-            Err(Refused::MaxDuration(limits.max_connection_duration.unwrap_or_default()))
+            Err(Ended::MaxDuration(limits.max_connection_duration.unwrap_or_default()))
         }
         () = traffic.idle_for(limits.tcp_idle_timeout) => {
-            Err(Refused::Idle(limits.tcp_idle_timeout.unwrap_or_default()))
+            Err(Ended::Idle(limits.tcp_idle_timeout.unwrap_or_default()))
         }
     };
     let bytes = traffic.bytes();
@@ -287,23 +288,23 @@ async fn connect(
     compiled: &crate::tables::Compiled,
     key: &ClusterKey,
     down: &Downstream,
-) -> Result<Connected, (Refused, Option<SocketAddr>)> {
+) -> Result<Connected, (Ended, Option<SocketAddr>)> {
     let labels = ClusterLabels {
         destination_service: key.host.clone(),
         subset: key.subset.clone().unwrap_or_default(),
     };
     let cluster = ctx
         .cluster(compiled, key)
-        .map_err(|reason| (Refused::NoCluster(reason), None))?;
+        .map_err(|reason| (Ended::NoCluster(reason), None))?;
     let Ok(permit) = cluster.admit_connection() else {
         ctx.metrics.overflows.get_or_create(&labels).inc();
-        return Err((Refused::Overflow, None));
+        return Err((Ended::Overflow, None));
     };
     let (headers, uri) = (HeaderMap::new(), Uri::default());
     let client = down.client();
     let hash = HashInput::new(&headers, &uri, Some(client.addr), Some(client.connection));
     let Some(picked) = cluster.pick(&hash, Instant::now()) else {
-        return Err((Refused::NoEndpoint, None));
+        return Err((Ended::NoEndpoint, None));
     };
     let endpoint = picked.endpoint.address;
     let connected = ctx
@@ -324,7 +325,7 @@ async fn connect(
             limits: cluster.limits().clone(),
             _permit: permit,
         }),
-        Err(error) => Err((Refused::Connect(error), Some(endpoint))),
+        Err(error) => Err((Ended::Connect(error), Some(endpoint))),
     }
 }
 
@@ -332,7 +333,7 @@ fn log(
     down: &Downstream,
     route: &str,
     start: Instant,
-    result: Result<(), &Refused>,
+    result: Result<(), &Ended>,
     upstream: Option<SocketAddr>,
     (sent, received): (u64, u64),
 ) {
@@ -344,7 +345,7 @@ fn log(
         port = down.port,
         protocol = "tcp",
         route,
-        flags = result.err().map_or("-", Refused::flag),
+        flags = result.err().map_or("-", Ended::flag),
         details = %result.err().map_or_else(|| "-".to_owned(), ToString::to_string),
         upstream = ?upstream,
         sent,

@@ -84,6 +84,9 @@ struct State {
     /// group by its load, then an endpoint of it.
     groups: Vec<Group>,
     detector: Option<Detector>,
+    /// When the newest endpoint joined: slow start is over for every one a
+    /// window after it, and picks skip weighing them.
+    newest_join: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -154,6 +157,7 @@ impl Cluster {
             proximity: None,
             groups: Vec::new(),
             detector,
+            newest_join: None,
         };
         state.replace(endpoints, &resolved, now);
         Self {
@@ -308,7 +312,9 @@ impl Cluster {
         // ROUND_ROBIN and LEAST_REQUEST weigh it by its age (Envoy's EDF
         // weights; drawn at random here, which gives the same shares).
         let warming: Option<Vec<f64>> = match (lb, self.resolved.warmup) {
-            (LoadBalancer::RoundRobin | LoadBalancer::LeastRequest, Some(window)) => {
+            (LoadBalancer::RoundRobin | LoadBalancer::LeastRequest, Some(window))
+                if state.newest_join.is_some_and(|j| now < j + window) =>
+            {
                 let factors: Vec<f64> = (0..n)
                     .map(|c| {
                         slot_at(c).map_or(0.0, |s| {
@@ -423,6 +429,12 @@ impl Cluster {
     /// A slot for an HTTP/2 request; see [`super::pool`].
     pub fn admit_multiplexed(&self) -> Result<Permit, Overflow> {
         self.pool.admit_multiplexed()
+    }
+
+    /// A place under `maxConnections` for one more HTTP/2 connection to an
+    /// endpoint, if there is one free now.
+    pub fn try_connection_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.pool.try_connection_slot()
     }
 
     /// A place for a connection to a TCP port; see [`super::pool`].
@@ -636,6 +648,7 @@ impl State {
             });
             self.outliers.push(outlier);
         }
+        self.newest_join = self.endpoints.iter().map(|s| s.joined).max();
         if let Some(detector) = self.detector.as_mut() {
             detector.rearm(&self.outliers);
         }

@@ -130,6 +130,12 @@ impl Pool {
         }
     }
 
+    /// A connection place, if one is free now (an HTTP/2 connection beyond
+    /// an endpoint's first; none free means sharing the ones open).
+    pub(crate) fn try_connection_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.connections.clone().try_acquire_owned().ok()
+    }
+
     fn request(&self) -> Result<OwnedSemaphorePermit, Overflow> {
         self.requests
             .clone()

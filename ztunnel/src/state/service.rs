@@ -66,35 +66,27 @@ pub struct Place<'a> {
 }
 
 impl LoadBalancing {
-    fn from_proto(key: &str, lb: &config::LoadBalancing) -> Result<Self, ResourceError> {
+    /// From the agent's message. A scope or mode this ztunnel does not
+    /// know (a newer agent's) is skipped, as unset, rather than costing the
+    /// whole Service.
+    fn from_proto(key: &str, lb: &config::LoadBalancing) -> Self {
         use config::load_balancing::{Mode, Scope as ProtoScope};
         let preference = lb
             .routing_preference
             .iter()
-            .map(|s| match ProtoScope::try_from(*s) {
-                Ok(ProtoScope::Region) => Ok(Scope::Region),
-                Ok(ProtoScope::Zone) => Ok(Scope::Zone),
-                Ok(ProtoScope::Subzone) => Ok(Scope::Subzone),
-                Ok(ProtoScope::Node) => Ok(Scope::Node),
-                Err(_) => Err(ResourceError::new(
-                    key,
-                    "load_balancing.routing_preference",
-                    format!("unknown scope {s}"),
-                )),
+            .filter_map(|s| match ProtoScope::try_from(*s) {
+                Ok(ProtoScope::Region) => Some(Scope::Region),
+                Ok(ProtoScope::Zone) => Some(Scope::Zone),
+                Ok(ProtoScope::Subzone) => Some(Scope::Subzone),
+                Ok(ProtoScope::Node) => Some(Scope::Node),
+                Ok(ProtoScope::Unspecified) | Err(_) => {
+                    tracing::warn!(service = key, scope = s, "unknown closeness scope skipped");
+                    None
+                }
             })
-            .collect::<Result<_, _>>()?;
-        let strict = match Mode::try_from(lb.mode) {
-            Ok(Mode::Failover) => false,
-            Ok(Mode::Strict) => true,
-            Err(_) => {
-                return Err(ResourceError::new(
-                    key,
-                    "load_balancing.mode",
-                    format!("unknown mode {}", lb.mode),
-                ));
-            }
-        };
-        Ok(Self { preference, strict })
+            .collect();
+        let strict = Mode::try_from(lb.mode) == Ok(Mode::Strict);
+        Self { preference, strict }
     }
 
     /// How close `endpoint` is to `client` (more is closer), or `None`
@@ -306,8 +298,7 @@ impl Service {
             load_balancing: s
                 .load_balancing
                 .as_ref()
-                .map(|lb| LoadBalancing::from_proto(key, lb))
-                .transpose()?,
+                .map(|lb| LoadBalancing::from_proto(key, lb)),
             next: AtomicUsize::new(0),
         })
     }
@@ -331,12 +322,21 @@ impl Service {
             .filter_map(|e| Some((closeness(e)?, e)))
             .collect();
         let best = ranked.iter().map(|(rank, _)| *rank).max()?;
+        let all = ranked.len();
         let closest: Vec<&Endpoint> = ranked
             .into_iter()
             .filter(|(rank, _)| *rank == best)
             .map(|(_, e)| e)
             .collect();
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        // One cursor serves every client; when closeness narrows the set
+        // differently per client, turns would line up with set sizes and
+        // pin a client to one endpoint, so those picks are random (as
+        // Istio's ztunnel picks).
+        let n = if closest.len() == all {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            rand::random_range(0..closest.len())
+        };
         closest.get(n % closest.len()).copied()
     }
 
@@ -470,14 +470,28 @@ mod tests {
                 _ => Some(2),
             }
         };
-        let picked: Vec<u8> = (0..4)
+        let last = |e: &Endpoint| match e.address {
+            IpAddr::V4(a) => a.octets()[3],
+            IpAddr::V6(_) => 0,
+        };
+        // Narrowed to the closest: at random among them (a shared cursor
+        // would line up with other clients' turns).
+        let picked: BTreeMap<u8, usize> = (0..400)
             .filter_map(|_| service.pick(|_| true, closeness(3)))
-            .map(|e| match e.address {
-                IpAddr::V4(a) => a.octets()[3],
-                IpAddr::V6(_) => 0,
-            })
+            .fold(BTreeMap::new(), |mut seen, e| {
+                *seen.entry(last(e)).or_default() += 1;
+                seen
+            });
+        assert_eq!(picked.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+        assert!(picked.values().all(|n| *n > 100), "{picked:?}");
+        // Everyone equally close: round robin.
+        let even: Vec<u8> = (0..3)
+            .filter_map(|_| service.pick(|_| true, |_| Some(0)))
+            .map(last)
             .collect();
-        assert_eq!(picked, vec![1, 2, 1, 2]);
+        let mut sorted = even.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![1, 2, 3], "each ready endpoint once: {even:?}");
         // The close ones unusable: the far one.
         let far = service.pick(|e| e.address == IpAddr::from([10, 0, 0, 3]), closeness(3));
         assert_eq!(far.map(|e| e.address), Some(IpAddr::from([10, 0, 0, 3])));

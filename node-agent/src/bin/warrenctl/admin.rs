@@ -60,6 +60,9 @@ fn get(addr: SocketAddr, path: &str) -> Result<Vec<u8>> {
         .take(MAX_ANSWER)
         .read_to_end(&mut answer)
         .with_context(|| format!("reading the answer of {addr}{path}"))?;
+    if answer.len() as u64 == MAX_ANSWER {
+        bail!("the answer of {addr}{path} is over {MAX_ANSWER} bytes: not read");
+    }
     split_answer(&answer).with_context(|| format!("the answer of {addr}{path}"))
 }
 

@@ -53,6 +53,10 @@ pub enum Command {
         /// Print each pod's answer as JSON, keyed by pod.
         #[arg(short, long)]
         json: bool,
+        /// Only the pods of this node (the agent's `--node-name`); all
+        /// pods whose network namespace is on this machine by default.
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 
@@ -85,7 +89,8 @@ pub fn run(cmd: Command) -> Result<()> {
             target,
             admin_port,
             json,
-        } => clusters(&target, admin_port, json),
+            node,
+        } => clusters(&target, admin_port, json, node.as_deref()),
     }
 }
 
@@ -232,7 +237,7 @@ struct WaypointPod {
     netns: PathBuf,
 }
 
-fn clusters(target: &Target, admin_port: u16, json: bool) -> Result<()> {
+fn clusters(target: &Target, admin_port: u16, json: bool, node: Option<&str>) -> Result<()> {
     let pods: Vec<WaypointPod> = read_folder(&target.folder.config_dir)?
         .into_iter()
         .flat_map(|(_, objects)| objects)
@@ -242,6 +247,15 @@ fn clusters(target: &Target, admin_port: u16, json: bool) -> Result<()> {
         })
         .filter(|pod| *pod.namespace == *target.namespace)
         .filter(|pod| pod.labels.get(GATEWAY_NAME_LABEL) == Some(target.name.as_str()))
+        // As the agent runs them: pods that have not finished, on the node
+        // asked for.
+        .filter(|pod| !pod.finished())
+        .filter(|pod| node.is_none_or(|n| pod.node_name.as_deref() == Some(n)))
+        // A pod whose namespace is not on this machine runs elsewhere.
+        .filter(|pod| {
+            pod.annotation(NETNS_ANNOTATION)
+                .is_some_and(|path| Path::new(path).exists())
+        })
         .filter_map(|pod| {
             Some(WaypointPod {
                 name: format!("{}/{}", pod.namespace, pod.name),
@@ -251,7 +265,7 @@ fn clusters(target: &Target, admin_port: u16, json: bool) -> Result<()> {
         .collect();
     if pods.is_empty() {
         bail!(
-            "no pod of waypoint {}/{} with a {NETNS_ANNOTATION} annotation in {}",
+            "no running pod of waypoint {}/{} with a {NETNS_ANNOTATION} on this machine in {}",
             target.namespace,
             target.name,
             target.folder.config_dir.display()
