@@ -13,7 +13,7 @@ use warren_e2e::{
     mesh::{eventually, start_mesh, start_waypoint, waypoint_gateway},
     workload::{count_status, count_version, load, start_app_versions},
 };
-use warren_testbed::{Cluster, PodSpec, ServicePort, privilege::require_root};
+use warren_testbed::{Cluster, PodSpec, Service, ServicePort, privilege::require_root};
 
 const NS: &str = "shop";
 
@@ -39,9 +39,11 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-#[test]
-fn the_waypoint_keeps_traffic_in_its_zone_and_fails_over() -> Result<()> {
-    require_root()?;
+/// Two nodes in two zones of one region (node 0 in zone-0, node 1 in
+/// zone-1), namespace `shop` in the mesh, Service `app` over app-v1 (node 1)
+/// and app-v2 (node 0), a client on node 0, and with `waypoint` a waypoint
+/// pod on node 1.
+fn two_zones(waypoint: bool) -> Result<(Cluster, Service)> {
     let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
     for (node, zone) in [("n0", "zone-0"), ("n1", "zone-1")] {
         cluster.label_node(
@@ -53,7 +55,7 @@ fn the_waypoint_keeps_traffic_in_its_zone_and_fails_over() -> Result<()> {
         )?;
     }
     cluster.add_namespace(NS, labels(&[("warren.io/dataplane-mode", "ambient")]))?;
-    for (name, node, pod_labels, sa) in [
+    let mut pods = vec![
         (
             "app-v1",
             1,
@@ -67,7 +69,9 @@ fn the_waypoint_keeps_traffic_in_its_zone_and_fails_over() -> Result<()> {
             "app",
         ),
         ("client", 0, labels(&[("app", "client")]), "client"),
-        (
+    ];
+    if waypoint {
+        pods.push((
             "waypoint",
             1,
             labels(&[
@@ -75,8 +79,9 @@ fn the_waypoint_keeps_traffic_in_its_zone_and_fails_over() -> Result<()> {
                 ("warren.io/dataplane-mode", "none"),
             ]),
             "waypoint",
-        ),
-    ] {
+        ));
+    }
+    for (name, node, pod_labels, sa) in pods {
         cluster.add_pod(PodSpec {
             name: name.into(),
             namespace: NS.into(),
@@ -97,6 +102,13 @@ fn the_waypoint_keeps_traffic_in_its_zone_and_fails_over() -> Result<()> {
             }],
         )?
         .clone();
+    Ok((cluster, app))
+}
+
+#[test]
+fn the_waypoint_keeps_traffic_in_its_zone_and_fails_over() -> Result<()> {
+    require_root()?;
+    let (cluster, app) = two_zones(true)?;
     let url = format!("http://{}/", app.cluster_ip);
     let mut mesh = start_mesh(&cluster)?;
     mesh.wait_ready(Duration::from_secs(30))
@@ -232,42 +244,7 @@ fn the_waypoint_keeps_traffic_in_its_zone_and_fails_over() -> Result<()> {
 #[test]
 fn ztunnel_keeps_a_preferclose_service_in_the_clients_zone() -> Result<()> {
     require_root()?;
-    let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
-    for (node, zone) in [("n0", "zone-0"), ("n1", "zone-1")] {
-        cluster.label_node(
-            node,
-            labels(&[
-                ("topology.kubernetes.io/region", "region-a"),
-                ("topology.kubernetes.io/zone", zone),
-            ]),
-        )?;
-    }
-    cluster.add_namespace(NS, labels(&[("warren.io/dataplane-mode", "ambient")]))?;
-    for (name, node, pod_labels) in [
-        ("app-v1", 1, labels(&[("app", "app"), ("version", "v1")])),
-        ("app-v2", 0, labels(&[("app", "app"), ("version", "v2")])),
-        ("client", 0, labels(&[("app", "client")])),
-    ] {
-        cluster.add_pod(PodSpec {
-            name: name.into(),
-            namespace: NS.into(),
-            node,
-            labels: pod_labels,
-            service_account: Some("app".into()),
-        })?;
-    }
-    let app = cluster
-        .add_service(
-            NS,
-            "app",
-            labels(&[("app", "app")]),
-            vec![ServicePort {
-                name: "http".into(),
-                port: 80,
-                target_port: 8080,
-            }],
-        )?
-        .clone();
+    let (mut cluster, app) = two_zones(false)?;
     let url = format!("http://{}/", app.cluster_ip);
     let mut mesh = start_mesh(&cluster)?;
     mesh.wait_ready(Duration::from_secs(30))
