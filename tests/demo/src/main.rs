@@ -64,6 +64,8 @@ mod examples {
     pub const FAULT_INJECTION: &str = include_str!("../../../examples/fault-injection.yaml");
     pub const RETRIES_TIMEOUTS: &str = include_str!("../../../examples/retries-timeouts.yaml");
     pub const SWIM_LANE: &str = include_str!("../../../examples/swim-lane.yaml");
+    pub const LOCALITY: &str = include_str!("../../../examples/locality.yaml");
+    pub const LOCALITY_FAILOVER: &str = include_str!("../../../examples/locality-failover.yaml");
 }
 
 /// The file in the config folder that holds the current step's
@@ -195,6 +197,10 @@ fn main() -> ExitCode {
         "Swim lane: x-lane-id: dev-alice takes dev-alice versions",
         || demo.swim_lane(),
     );
+    steps.run(
+        "Zones: traffic stays in its zone, and fails over when it must",
+        || demo.zones(),
+    );
     let ok = steps.summary();
 
     if cli.keep {
@@ -318,7 +324,24 @@ fn apply_services(cluster: &mut Cluster, yaml: &str) -> Result<()> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        cluster.add_service(namespace, name, string_map(&doc["spec"]["selector"]), ports)?;
+        let mut service = cluster
+            .add_service(namespace, name, string_map(&doc["spec"]["selector"]), ports)?
+            .clone();
+        // What the testbed's Service does not model goes into the manifest
+        // as written: labels, and closeness (`trafficDistribution`,
+        // `internalTrafficPolicy`).
+        service.labels = string_map(&doc["metadata"]["labels"]);
+        let mut extra = serde_json::Map::new();
+        for field in ["trafficDistribution", "internalTrafficPolicy"] {
+            if let Some(value) = doc["spec"][field].as_str() {
+                extra.insert(field.to_owned(), Value::from(value));
+            }
+        }
+        warren_testbed::manifests::write_service_with(
+            &cluster.config_dir(),
+            &service,
+            &Value::Object(extra),
+        )?;
     }
     Ok(())
 }
@@ -945,6 +968,139 @@ impl Demo {
             chain.join(" → "),
             &trace[..8],
             base_chain.join(" → ")
+        ))
+    }
+}
+
+impl Demo {
+    /// Two zones: the nodes get topology labels, `stock` one replica in
+    /// each; its Service asks for closeness. Without the waypoint the
+    /// caller's ztunnel keeps it in the caller's zone; through the waypoint,
+    /// the waypoint's zone; with outlier detection, a failed replica's zone
+    /// fails over to the other.
+    fn zones(&mut self) -> Result<String> {
+        for (i, zone) in [(0, "zone-a"), (1, "zone-b")] {
+            let node = self.node(i)?.name.clone();
+            self.cluster.label_node(
+                &node,
+                labels(&[
+                    ("topology.kubernetes.io/region", "demo"),
+                    ("topology.kubernetes.io/zone", zone),
+                ]),
+            )?;
+            println!("   node {node}: topology.kubernetes.io/region=demo, zone={zone}");
+        }
+        let mut replicas = Vec::new();
+        for (name, node, zone) in [("stock-a", 0, "zone-a"), ("stock-b", 1, "zone-b")] {
+            let pod = self
+                .cluster
+                .add_pod(PodSpec {
+                    name: name.into(),
+                    namespace: SHOP.into(),
+                    node,
+                    labels: labels(&[("app", "stock"), ("version", zone)]),
+                    service_account: Some("stock".into()),
+                })?
+                .clone();
+            replicas.push(start_http_server(
+                &self.cluster,
+                &pod,
+                8080,
+                &["--name", "stock", "--version", zone],
+            )?);
+        }
+        show_yaml("examples/locality.yaml", examples::LOCALITY);
+        apply_services(&mut self.cluster, examples::LOCALITY)?;
+        let client = self.client()?;
+        let url = self.url("stock", "/")?;
+        let zone_of = |n: u64, zone: &str| -> Result<u64> {
+            Ok(count_version(
+                &load(&client, &url, &["-n", &n.to_string(), "-c", "4"])?,
+                zone,
+            ))
+        };
+        // The client runs on node 0, in zone-a.
+        eventually(
+            Duration::from_secs(30),
+            "stock answered from zone-a",
+            || Ok(zone_of(20, "zone-a")? == 20),
+        )
+        .with_context(|| self.logs())?;
+        let near = zone_of(100, "zone-a")?;
+        ensure!(
+            near == 100,
+            "the client's ztunnel kept {near}/100 in zone-a"
+        );
+
+        // Through the waypoint (node 1, zone-b): its zone now.
+        let mut stock = self
+            .cluster
+            .services()
+            .iter()
+            .find(|s| s.namespace == SHOP && s.name == "stock")
+            .context("no Service stock")?
+            .clone();
+        stock.labels.clear();
+        println!("   label istio.io/use-waypoint removed from Service stock: the waypoint picks");
+        warren_testbed::manifests::write_service_with(
+            &self.cluster.config_dir(),
+            &stock,
+            &serde_json::json!({ "trafficDistribution": "PreferClose" }),
+        )?;
+        eventually(
+            Duration::from_secs(30),
+            "stock answered from zone-b",
+            || Ok(zone_of(20, "zone-b")? == 20),
+        )
+        .with_context(|| self.logs())?;
+        let waypoint_zone = zone_of(100, "zone-b")?;
+        ensure!(
+            waypoint_zone == 100,
+            "the waypoint kept {waypoint_zone}/100 in its zone-b"
+        );
+
+        // zone-b's replica stops; with outlier detection it is ejected and
+        // the waypoint fails over to zone-a.
+        self.apply(
+            "locality-failover.yaml",
+            examples::LOCALITY_FAILOVER,
+            "destinationrules.stock.yaml",
+        )?;
+        let stopped = replicas.pop();
+        drop(stopped);
+        println!("   stock-b (zone-b) stopped");
+        eventually(
+            Duration::from_secs(30),
+            "stock failed over to zone-a",
+            || {
+                let report = load(&client, &url, &["-n", "20", "-c", "4"])?;
+                Ok(count_status(&report, 200) == 20 && count_version(&report, "zone-a") == 20)
+            },
+        )
+        .with_context(|| self.logs())?;
+        let failed_over = zone_of(100, "zone-a")?;
+        ensure!(
+            failed_over == 100,
+            "after failover {failed_over}/100 from zone-a"
+        );
+        let shown = warrenctl_text(&[
+            "waypoint",
+            "clusters",
+            "-n",
+            SHOP,
+            "--config-dir",
+            &self.cluster.config_dir().to_string_lossy(),
+        ])?;
+        println!("   $ warrenctl waypoint clusters -n {SHOP}");
+        for line in shown
+            .lines()
+            .filter(|l| l.starts_with("CLUSTER") || l.starts_with("stock."))
+        {
+            println!("   {line}");
+        }
+        self.servers.extend(replicas);
+        Ok(format!(
+            "client in zone-a → stock zone-a {near}/100 (its ztunnel); through the waypoint in zone-b → zone-b {waypoint_zone}/100; zone-b's replica down → zone-a {failed_over}/100"
         ))
     }
 }
