@@ -242,9 +242,12 @@ impl Multiplexed {
                             true => slot().map(Arc::new),
                         };
                         if pooled && extra.is_none() {
-                            // No place for another: share the busiest-free
-                            // one there is (h2 queues what the peer refuses).
-                            if let Some(claimed) = entry.claim(&route, limits, now, |_| true) {
+                            // No place for another: share the least busy one
+                            // there is (h2 queues what the peer refuses).
+                            let least = entry.least_busy(&route, now);
+                            if let Some(claimed) =
+                                entry.claim(&route, limits, now, |c| Some(c.id) == least)
+                            {
                                 return Ok(claimed);
                             }
                         }
@@ -340,6 +343,18 @@ impl Endpoint {
         self.open
             .iter()
             .any(|o| o.connection.keep(o.last_used, now) && o.connection.lifetime.reaches_by(route))
+    }
+
+    /// The usable connection reaching the endpoint by `route` with the
+    /// fewest streams open.
+    fn least_busy(&self, route: &Route, now: Instant) -> Option<u64> {
+        self.open
+            .iter()
+            .filter(|o| {
+                o.connection.keep(o.last_used, now) && o.connection.lifetime.reaches_by(route)
+            })
+            .min_by_key(|o| o.connection.streams.active.load(Ordering::Acquire))
+            .map(|o| o.connection.id)
     }
 
     /// A stream on the first pooled connection that is usable, reaches the
