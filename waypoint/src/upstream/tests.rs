@@ -1523,6 +1523,20 @@ fn at(locality: &str) -> Proximity {
     }
 }
 
+/// Round robin with `distribute` from `r1/a` to `to`.
+fn distributed_from_a(to: &[(&str, u32)]) -> Resolved {
+    Resolved {
+        locality: Some(LocalityLb {
+            distribute: vec![(
+                "r1/a".into(),
+                to.iter().map(|(l, w)| ((*l).to_owned(), *w)).collect(),
+            )],
+            ..LocalityLb::default()
+        }),
+        ..with_lb(LoadBalancer::RoundRobin)
+    }
+}
+
 fn tally(cluster: &Cluster, n: usize, now: Instant) -> BTreeMap<String, usize> {
     counts((0..n).map(|_| pick_id(cluster, &HashInput::default(), now)))
 }
@@ -1582,16 +1596,7 @@ fn locality_distribute_weights_zones() {
         in_locality(1, "r1/b"),
         in_locality(2, "r1/c"),
     ];
-    let resolved = Resolved {
-        locality: Some(LocalityLb {
-            distribute: vec![(
-                "r1/a".into(),
-                vec![("r1/a".into(), 75), ("r1/b".into(), 25)],
-            )],
-            ..LocalityLb::default()
-        }),
-        ..with_lb(LoadBalancer::RoundRobin)
-    };
+    let resolved = distributed_from_a(&[("r1/a", 75), ("r1/b", 25)]);
     let cluster = Cluster::new(resolved, zones, t0).near(at("r1/a"));
     let picked = tally(&cluster, 4000, t0);
     assert!(!picked.contains_key("ep2"), "r1/c is not named: {picked:?}");
@@ -1732,16 +1737,7 @@ fn a_level_short_of_healthy_endpoints_panics_alone() {
 fn a_retry_looks_in_the_other_groups_for_an_untried_endpoint() {
     let t0 = Instant::now();
     let zones = vec![in_locality(0, "r1/a"), in_locality(1, "r1/b")];
-    let resolved = Resolved {
-        locality: Some(LocalityLb {
-            distribute: vec![(
-                "r1/a".into(),
-                vec![("r1/a".into(), 90), ("r1/b".into(), 10)],
-            )],
-            ..LocalityLb::default()
-        }),
-        ..with_lb(LoadBalancer::RoundRobin)
-    };
+    let resolved = distributed_from_a(&[("r1/a", 90), ("r1/b", 10)]);
     let cluster = Cluster::new(resolved, zones, t0).near(at("r1/a"));
     let tried = vec!["ep0".to_owned()];
     for _ in 0..200 {
