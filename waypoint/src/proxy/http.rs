@@ -1113,6 +1113,7 @@ impl Context {
                 upstream::selects(&resolved.selector, &labels).then(|| Endpoint {
                     locality,
                     node,
+                    ready_since: e.ready_since,
                     id: e.workload.clone().unwrap_or_else(|| e.address.to_string()),
                     address: SocketAddr::new(
                         e.address,

@@ -39,6 +39,9 @@ pub struct Endpoint {
     pub locality: Locality,
     /// The node it runs on (`failoverPriority: [kubernetes.io/hostname]`).
     pub node: String,
+    /// Since when the mesh has known it ready; slow start counts from here
+    /// (else from when the cluster first sees it).
+    pub ready_since: Option<Instant>,
 }
 
 /// The chosen endpoint. Counts as an active request of the endpoint (for
@@ -638,7 +641,11 @@ impl State {
             }
             let (active, outlier, joined) = match old.remove(&endpoint.id) {
                 Some((slot, outlier)) => (slot.active, outlier, slot.joined),
-                None => (Arc::new(AtomicU64::new(0)), HostOutlier::default(), now),
+                None => (
+                    Arc::new(AtomicU64::new(0)),
+                    HostOutlier::default(),
+                    endpoint.ready_since.map_or(now, |since| since.min(now)),
+                ),
             };
             self.by_id.insert(endpoint.id.clone(), self.endpoints.len());
             self.endpoints.push(Slot {

@@ -54,6 +54,7 @@ fn endpoint(i: u8) -> Endpoint {
         labels: BTreeMap::new(),
         locality: warren_api::Locality::default(),
         node: String::new(),
+        ready_since: None,
     }
 }
 
@@ -1790,4 +1791,28 @@ fn retry_remote_localities_sends_a_retry_to_another_priority() {
             .expect("an endpoint");
         assert_eq!(picked.endpoint.id, "ep2");
     }
+}
+
+#[test]
+fn slow_start_counts_from_when_the_endpoint_became_ready() {
+    let t0 = Instant::now();
+    let s = Duration::from_secs;
+    let resolved = Resolved {
+        warmup: Some(s(60)),
+        ..with_lb(LoadBalancer::RoundRobin)
+    };
+    let cluster = Cluster::new(resolved, endpoints(2), t0);
+    // ep2 was ready long before this cluster first saw it: already warm.
+    let mut next = endpoints(3);
+    if let Some(late) = next.get_mut(2) {
+        late.ready_since = Some(t0);
+    }
+    let seen = t0 + s(300);
+    cluster.update_at(next, seen);
+    let picked = tally(&cluster, 6000, seen + s(1));
+    let share = picked.get("ep2").copied().unwrap_or(0) as f64 / 6000.0;
+    assert!(
+        (0.30..0.37).contains(&share),
+        "warm from its readiness: {share}"
+    );
 }

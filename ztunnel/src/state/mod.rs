@@ -303,7 +303,21 @@ impl Inner {
                 }
                 self.workloads.insert(key, workload);
             }
-            Resource::Service(service) => {
+            Resource::Service(mut service) => {
+                // An endpoint ready before keeps the time it became so.
+                if let (Some(old), Some(new)) =
+                    (self.services.get(&key), Arc::get_mut(&mut service))
+                {
+                    for endpoint in new.endpoints.iter_mut().filter(|e| e.ready) {
+                        if let Some(before) = old.endpoints.iter().find(|o| {
+                            o.ready
+                                && o.address == endpoint.address
+                                && o.workload == endpoint.workload
+                        }) {
+                            endpoint.ready_since = before.ready_since;
+                        }
+                    }
+                }
                 self.remove(&key);
                 for vip in &service.vips {
                     self.by_vip.insert(*vip, key.clone());
@@ -814,5 +828,59 @@ impl tls::CertificateSource for State {
         let inner = self.read();
         let trust = inner.trust.clone()?;
         Some((inner.trust_generation, trust, inner.trust_domains()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_api::config;
+
+    fn service(ready: &[(&str, bool)]) -> Arc<Service> {
+        let endpoints = ready
+            .iter()
+            .map(|(ip, ready)| config::Endpoint {
+                workload: format!("workload/ns/{ip}"),
+                address: warren_api::addr::to_bytes(ip.parse().expect("an address")),
+                ready: *ready,
+                ports: Default::default(),
+            })
+            .collect();
+        let proto = config::Service {
+            name: "svc".into(),
+            namespace: "ns".into(),
+            endpoints,
+            ..Default::default()
+        };
+        Arc::new(Service::from_proto("service/ns/svc", proto).expect("a service"))
+    }
+
+    fn since(inner: &Inner, ip: &str) -> Option<std::time::Instant> {
+        let ip: IpAddr = ip.parse().expect("an address");
+        inner.services["service/ns/svc"]
+            .endpoints
+            .iter()
+            .find(|e| e.address == ip)
+            .and_then(|e| e.ready_since)
+    }
+
+    #[test]
+    fn an_endpoint_keeps_the_time_it_became_ready_across_updates() {
+        let mut inner = Inner::default();
+        let key = "service/ns/svc".to_owned();
+        inner.upsert(
+            key.clone(),
+            Resource::Service(service(&[("10.0.0.1", true), ("10.0.0.2", false)])),
+        );
+        let first = since(&inner, "10.0.0.1").expect("ready");
+        assert_eq!(since(&inner, "10.0.0.2"), None, "not ready yet");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        inner.upsert(
+            key,
+            Resource::Service(service(&[("10.0.0.1", true), ("10.0.0.2", true)])),
+        );
+        assert_eq!(since(&inner, "10.0.0.1"), Some(first), "unchanged endpoint");
+        let second = since(&inner, "10.0.0.2").expect("ready now");
+        assert!(second > first, "newly ready: since this update");
     }
 }

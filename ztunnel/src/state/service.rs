@@ -181,6 +181,10 @@ pub struct Endpoint {
     pub ready: bool,
     /// Target port by service port, when it differs per endpoint.
     pub ports: BTreeMap<u16, u16>,
+    /// Since when this node has known it ready (carried over from the
+    /// Service's previous version): a waypoint's slow start counts from it.
+    #[serde(skip)]
+    pub ready_since: Option<std::time::Instant>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -254,6 +258,7 @@ impl Service {
                     address: address(key, "endpoints.address", &e.address)?,
                     ready: e.ready,
                     ports,
+                    ready_since: e.ready.then(std::time::Instant::now),
                 })
             })
             .collect::<Result<Vec<_>, ResourceError>>()?;
@@ -445,6 +450,7 @@ mod tests {
             address: IpAddr::from([10, 0, 0, last]),
             ready,
             ports: BTreeMap::new(),
+            ready_since: None,
         };
         let service = Service {
             key: "svc".into(),
