@@ -158,7 +158,7 @@ impl KubeSource {
                     // A kind that only refines the view (Nodes: localities)
                     // must not hold the first sync back, e.g. for an agent
                     // whose ClusterRole predates it; it comes in when it can.
-                    if OPTIONAL_KINDS.contains(&kind) && listed.insert(kind) {
+                    if OPTIONAL_KINDS.contains(&kind) && refused(&err) && listed.insert(kind) {
                         warn!(
                             kind = kind.name(),
                             "going on without it until it can be listed (does the agent's ClusterRole allow list and watch?)"
@@ -243,6 +243,20 @@ impl KubeSource {
         }
         Ok(())
     }
+}
+
+/// Whether the API server refused the request (forbidden, or no such
+/// resource) rather than failing it for a while: only then does an
+/// optional kind stop holding the first sync back.
+fn refused(err: &watcher::Error) -> bool {
+    let code = match err {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code,
+        watcher::Error::WatchError(status) => status.code,
+        _ => return false,
+    };
+    matches!(code, 403 | 404)
 }
 
 /// The API server leaves `apiVersion` and `kind` out of a list's items; the

@@ -125,7 +125,9 @@ fn the_waypoint_keeps_traffic_in_its_zone_and_fails_over() -> Result<()> {
     // Without outlier detection traffic cannot fail over, so locality plays
     // no part (Istio's rule): both zones answer.
     eventually(Duration::from_secs(20), "both zones answer", || {
-        let report = run(40)?;
+        let Ok(report) = run(40) else {
+            return Ok(false);
+        };
         Ok(count_status(&report, 200) == 40
             && count_version(&report, "v1") > 0
             && count_version(&report, "v2") > 0)
@@ -141,13 +143,15 @@ fn the_waypoint_keeps_traffic_in_its_zone_and_fails_over() -> Result<()> {
         &serde_json::json!({ "trafficDistribution": "PreferClose" }),
     )?;
     eventually(Duration::from_secs(20), "PreferClose: zone-1 only", || {
-        Ok(count_version(&run(40)?, "v1") == 40)
+        Ok(run(40).is_ok_and(|r| count_version(&r, "v1") == 40))
     })
     .with_context(logs)?;
     eprintln!("PreferClose through the waypoint: every answer from zone-1");
     warren_testbed::manifests::write_service(&config_dir, &app)?;
     eventually(Duration::from_secs(20), "both zones again", || {
-        let report = run(40)?;
+        let Ok(report) = run(40) else {
+            return Ok(false);
+        };
         Ok(count_version(&report, "v1") > 0 && count_version(&report, "v2") > 0)
     })
     .with_context(logs)?;
@@ -156,7 +160,7 @@ fn the_waypoint_keeps_traffic_in_its_zone_and_fails_over() -> Result<()> {
     // endpoint.
     std::fs::write(config_dir.join("routes.shop.yaml"), OUTLIER)?;
     eventually(Duration::from_secs(20), "every answer from zone-1", || {
-        Ok(count_version(&run(40)?, "v1") == 40)
+        Ok(run(40).is_ok_and(|r| count_version(&r, "v1") == 40))
     })
     .with_context(logs)?;
     let report = run(100)?;
@@ -175,7 +179,7 @@ fn the_waypoint_keeps_traffic_in_its_zone_and_fails_over() -> Result<()> {
     drop(servers.remove(0));
     let mut last = Value::Null;
     eventually(Duration::from_secs(20), "failed over to zone-0", || {
-        last = run(20)?;
+        last = run(20).unwrap_or_default();
         Ok(count_version(&last, "v2") == 20)
     })
     .with_context(|| format!("last: {last}\n{}", logs()))?;
@@ -253,7 +257,9 @@ fn ztunnel_keeps_a_preferclose_service_in_the_clients_zone() -> Result<()> {
     let client = cluster.pod("client")?.clone();
     let run = |n: u64| load(&client, &url, &["-n", &n.to_string(), "-c", "2"]);
     eventually(Duration::from_secs(20), "both zones answer", || {
-        let report = run(40)?;
+        let Ok(report) = run(40) else {
+            return Ok(false);
+        };
         Ok(count_version(&report, "v1") > 0 && count_version(&report, "v2") > 0)
     })
     .with_context(|| mesh.logs())?;
@@ -265,7 +271,7 @@ fn ztunnel_keeps_a_preferclose_service_in_the_clients_zone() -> Result<()> {
         &serde_json::json!({ "trafficDistribution": "PreferClose" }),
     )?;
     eventually(Duration::from_secs(20), "only zone-0 answers", || {
-        Ok(count_version(&run(40)?, "v2") == 40)
+        Ok(run(40).is_ok_and(|r| count_version(&r, "v2") == 40))
     })
     .with_context(|| mesh.logs())?;
     let report = run(100)?;

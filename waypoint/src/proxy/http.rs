@@ -1065,13 +1065,11 @@ impl Context {
         let state_generation = *self.inputs.state.changes().borrow();
         let generation = compiled.generation << 32 | (state_generation & 0xffff_ffff);
         let mut clusters = self.lock_clusters();
-        // Built for this generation, or a newer one (a request that saw a
-        // later config than `compiled`): never rebuilt back.
-        let newer_or_same = |built: u64| {
-            built >> 32 >= generation >> 32 && built & 0xffff_ffff >= generation & 0xffff_ffff
-        };
+        // Built for this generation or a later one (the packed number
+        // orders by config, then state; a retry holding an older config
+        // snapshot must not rebuild a cluster back).
         if let Some((built, cluster)) = clusters.get(key)
-            && newer_or_same(*built)
+            && *built >= generation
         {
             return Ok(Arc::clone(cluster));
         }

@@ -51,12 +51,31 @@ pub struct Multiplexed {
 
 type Endpoints = Arc<Mutex<HashMap<SocketAddr, Endpoint>>>;
 
-/// An endpoint's connections, and the handshake of the next one if one is
-/// being opened.
+/// An endpoint's connections, and those being opened.
 #[derive(Default)]
 struct Endpoint {
     open: Vec<Open>,
-    opening: Option<(u64, Handshake)>,
+    opening: Vec<Opening>,
+}
+
+/// A connection being made, and the requests waiting for it: no more than
+/// it will take (`maxConcurrentStreams`, `maxRequestsPerConnection`), so a
+/// burst opens as many connections at once as it needs, as Envoy counts
+/// the stream capacity being connected.
+struct Opening {
+    id: u64,
+    handshake: Handshake,
+    waiting: usize,
+    capacity: Option<usize>,
+    /// One more than the endpoint's first (it holds a `maxConnections`
+    /// place): if it fails, its waiters share the connections there are.
+    extra: bool,
+}
+
+impl Opening {
+    fn has_room(&self) -> bool {
+        self.capacity.is_none_or(|c| self.waiting < c)
+    }
 }
 
 struct Open {
@@ -70,10 +89,10 @@ struct Open {
 /// connection outside the pool.
 type Handshake = Shared<BoxFuture<'static, Result<Connection, Arc<ConnectError>>>>;
 
-/// How many times a request goes round for a connection (one closing as it
-/// is made, others taking its streams first) before it shares a full one
-/// or gives up.
-const MAX_ROUNDS: usize = 3;
+/// How many connections a request waits for (one closing as it is made,
+/// newcomers taking its streams first) before it takes a stream beyond the
+/// limits on one there is, or gives up.
+const MAX_ROUNDS: usize = 4;
 
 /// A place for one more connection under the cluster's `maxConnections`,
 /// held as long as the connection is pooled.
@@ -149,9 +168,12 @@ impl Connection {
 }
 
 /// One stream's place on its connection, held until the answer is done
-/// (`http.maxConcurrentStreams` counts it until then).
+/// (`http.maxConcurrentStreams` counts it until then). It also holds the
+/// connection's `maxConnections` place: a connection that left the pool
+/// still counts while it carries streams.
 pub struct Stream {
     streams: Arc<Streams>,
+    _slot: Option<Arc<ConnectionSlot>>,
 }
 
 impl std::fmt::Debug for Stream {
@@ -164,7 +186,8 @@ impl Drop for Stream {
     fn drop(&mut self) {
         let streams = &self.streams;
         let us = u64::try_from(streams.base.elapsed().as_micros()).unwrap_or(u64::MAX - 1) + 1;
-        streams.released_us.store(us, Ordering::Release);
+        // Concurrent ends: the latest wins.
+        streams.released_us.fetch_max(us, Ordering::AcqRel);
         streams.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -212,9 +235,10 @@ impl Multiplexed {
     }
 
     /// A connection to `endpoint` for one more request: a pooled one with
-    /// room for another stream, or a new one (opened once for everyone
-    /// waiting); past `maxConnections`, or after [`MAX_ROUNDS`], a pooled
-    /// one even if full.
+    /// room for another stream, else one being made with room for another
+    /// waiter, else a new one (the endpoint's first, or one more under
+    /// `maxConnections`). Past `maxConnections`, or after [`MAX_ROUNDS`], a
+    /// stream on the least busy connection there is, beyond the limits.
     async fn connection(
         &self,
         endpoint: SocketAddr,
@@ -222,69 +246,116 @@ impl Multiplexed {
         slot: &(dyn Fn() -> Option<ConnectionSlot> + Sync),
     ) -> Result<(Connection, Stream), SendError> {
         let route = self.connector.route(endpoint);
+        let capacity = [
+            limits.max_concurrent_streams,
+            limits.max_requests_per_connection,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|c| c as usize);
         let mut round = 0;
         loop {
-            let (id, handshake) = {
+            let late = round >= MAX_ROUNDS;
+            let (id, handshake, extra) = {
                 let mut endpoints = lock(&self.endpoints);
                 let entry = endpoints.entry(endpoint).or_default();
                 let now = Instant::now();
-                if let Some(claimed) = entry.claim(&route, limits, now, |c| c.has_room()) {
+                if let Some(claimed) = entry.claim(&route, limits, now, Connection::has_room) {
                     return Ok(claimed);
                 }
-                match &entry.opening {
-                    Some((id, handshake)) => (*id, handshake.clone()),
-                    None => {
-                        let pooled = entry.usable(&route, now);
-                        let extra = match pooled {
-                            // The endpoint's first connection.
-                            false => None,
-                            true if round >= MAX_ROUNDS => None,
-                            true => slot().map(Arc::new),
-                        };
-                        if pooled && extra.is_none() {
-                            // No place for another: share the least busy one
-                            // there is (h2 queues what the peer refuses).
-                            let least = entry.least_busy(&route, now);
-                            if let Some(claimed) =
-                                entry.claim(&route, limits, now, |c| Some(c.id) == least)
-                            {
-                                return Ok(claimed);
-                            }
-                        }
-                        if round >= MAX_ROUNDS {
-                            return Err(SendError::Connect(Arc::new(ConnectError::Unusable {
-                                addr: endpoint,
-                            })));
-                        }
-                        let id = self.ids.fetch_add(1, Ordering::Relaxed);
-                        let handshake = spawn_open(
-                            Arc::clone(&self.endpoints),
-                            self.connector.clone(),
-                            endpoint,
-                            route.clone(),
-                            id,
-                            limits.clone(),
-                            extra,
-                        );
-                        entry.opening = Some((id, handshake.clone()));
-                        (id, handshake)
-                    }
+                let first = !entry.usable(&route, now) && entry.opening.is_empty();
+                if let Some(opening) = entry.opening.iter_mut().find(|o| o.has_room()) {
+                    opening.waiting += 1;
+                    (opening.id, opening.handshake.clone(), opening.extra)
+                } else if let Some(slot) = (!first && !late).then(slot).flatten() {
+                    self.start(
+                        entry,
+                        endpoint,
+                        &route,
+                        limits,
+                        capacity,
+                        Some(Arc::new(slot)),
+                    )
+                } else if first {
+                    self.start(entry, endpoint, &route, limits, capacity, None)
+                } else if let Some(claimed) = entry.share(&route, limits, now) {
+                    // No place for another connection: share.
+                    return Ok(claimed);
+                } else if let Some(opening) = entry.opening.first_mut() {
+                    opening.waiting += 1;
+                    (opening.id, opening.handshake.clone(), opening.extra)
+                } else {
+                    return Err(SendError::Connect(Arc::new(ConnectError::Unusable {
+                        addr: endpoint,
+                    })));
                 }
             };
-            handshake.await.map_err(SendError::Connect)?;
-            // Filed by its handshake task; claim on it first, so a waiter is
-            // not sent round by newcomers taking its streams.
+            let opened = handshake.await;
             let mut endpoints = lock(&self.endpoints);
-            if let Some(entry) = endpoints.get_mut(&endpoint)
-                && let Some(claimed) = entry.claim(&route, limits, Instant::now(), |c| {
-                    c.id == id && c.has_room()
-                })
-            {
-                return Ok(claimed);
+            // Looked up, not made: a failed attempt may have removed it.
+            let entry = endpoints.get_mut(&endpoint);
+            let now = Instant::now();
+            let unusable =
+                || SendError::Connect(Arc::new(ConnectError::Unusable { addr: endpoint }));
+            match (opened, entry) {
+                (Ok(_), Some(entry)) => {
+                    // Filed by its handshake task: this request's place is
+                    // there unless newcomers took it; late, past the limit.
+                    let fits = |c: &Connection| c.id == id && (late || c.has_room());
+                    if let Some(claimed) = entry.claim(&route, limits, now, fits) {
+                        return Ok(claimed);
+                    }
+                    if late {
+                        return entry.share(&route, limits, now).ok_or_else(unusable);
+                    }
+                }
+                (Ok(_), None) if late => return Err(unusable()),
+                (Ok(_), None) => {}
+                (Err(error), entry) => {
+                    // One more connection failed while others serve: share
+                    // them rather than fail the request (and the endpoint).
+                    if extra && let Some(claimed) = entry.and_then(|e| e.share(&route, limits, now))
+                    {
+                        return Ok(claimed);
+                    }
+                    return Err(SendError::Connect(error));
+                }
             }
             debug!(%endpoint, round, "a new HTTP/2 connection had no stream left for this request");
             round += 1;
         }
+    }
+
+    /// Starts a connection for `entry`, with this request waiting on it.
+    fn start(
+        &self,
+        entry: &mut Endpoint,
+        endpoint: SocketAddr,
+        route: &Route,
+        limits: &PoolLimits,
+        capacity: Option<usize>,
+        slot: Option<Arc<ConnectionSlot>>,
+    ) -> (u64, Handshake, bool) {
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let extra = slot.is_some();
+        let handshake = spawn_open(
+            Arc::clone(&self.endpoints),
+            self.connector.clone(),
+            endpoint,
+            route.clone(),
+            id,
+            limits.clone(),
+            slot,
+        );
+        entry.opening.push(Opening {
+            id,
+            handshake: handshake.clone(),
+            waiting: 1,
+            capacity,
+            extra,
+        });
+        (id, handshake, extra)
     }
 
     /// Drops `endpoint`'s connection `id` from the pool, if still there.
@@ -292,7 +363,7 @@ impl Multiplexed {
         let mut endpoints = lock(&self.endpoints);
         if let Some(entry) = endpoints.get_mut(&endpoint) {
             entry.open.retain(|o| o.connection.id != id);
-            if entry.open.is_empty() && entry.opening.is_none() {
+            if entry.open.is_empty() && entry.opening.is_empty() {
                 endpoints.remove(&endpoint);
             }
         }
@@ -313,7 +384,7 @@ impl Multiplexed {
                 }
                 keep
             });
-            !entry.open.is_empty() || entry.opening.is_some()
+            !entry.open.is_empty() || !entry.opening.is_empty()
         });
     }
 
@@ -345,16 +416,23 @@ impl Endpoint {
             .any(|o| o.connection.keep(o.last_used, now) && o.connection.lifetime.reaches_by(route))
     }
 
-    /// The usable connection reaching the endpoint by `route` with the
-    /// fewest streams open.
-    fn least_busy(&self, route: &Route, now: Instant) -> Option<u64> {
-        self.open
+    /// A stream on the usable connection with the fewest streams open,
+    /// whatever its stream limit (h2 queues what the peer refuses).
+    fn share(
+        &mut self,
+        route: &Route,
+        limits: &PoolLimits,
+        now: Instant,
+    ) -> Option<(Connection, Stream)> {
+        let least = self
+            .open
             .iter()
             .filter(|o| {
                 o.connection.keep(o.last_used, now) && o.connection.lifetime.reaches_by(route)
             })
             .min_by_key(|o| o.connection.streams.active.load(Ordering::Acquire))
-            .map(|o| o.connection.id)
+            .map(|o| o.connection.id)?;
+        self.claim(route, limits, now, |c| c.id == least)
     }
 
     /// A stream on the first pooled connection that is usable, reaches the
@@ -388,6 +466,7 @@ impl Endpoint {
         connection.streams.active.fetch_add(1, Ordering::AcqRel);
         let stream = Stream {
             streams: Arc::clone(&connection.streams),
+            _slot: connection._slot.clone(),
         };
         Some((connection, stream))
     }
@@ -404,20 +483,19 @@ fn spawn_open(
     limits: PoolLimits,
     slot: Option<Arc<ConnectionSlot>>,
 ) -> Handshake {
+    let cleanup = Arc::clone(&endpoints);
     let task = tokio::spawn(async move {
         let opened = open(connector, endpoint, route, id, limits, slot).await;
-        let mut endpoints = lock(&endpoints);
-        let entry = endpoints.entry(endpoint).or_default();
-        if entry.opening.as_ref().is_some_and(|(o, _)| *o == id) {
-            entry.opening = None;
-        }
+        let mut map = lock(&endpoints);
+        let entry = map.entry(endpoint).or_default();
+        entry.opening.retain(|o| o.id != id);
         match &opened {
             Ok(connection) => entry.open.push(Open {
                 connection: connection.clone(),
                 last_used: Instant::now(),
             }),
-            Err(_) if entry.open.is_empty() && entry.opening.is_none() => {
-                endpoints.remove(&endpoint);
+            Err(_) if entry.open.is_empty() && entry.opening.is_empty() => {
+                map.remove(&endpoint);
             }
             Err(_) => {}
         }
@@ -426,8 +504,15 @@ fn spawn_open(
     async move {
         task.await.unwrap_or_else(|error| {
             // Only a panic in the handshake (a bug) or the runtime going
-            // away ends the task otherwise.
+            // away ends the task otherwise; its entry must not stay.
             debug!(%endpoint, %error, "HTTP/2 handshake task ended");
+            let mut map = lock(&cleanup);
+            if let Some(entry) = map.get_mut(&endpoint) {
+                entry.opening.retain(|o| o.id != id);
+                if entry.open.is_empty() && entry.opening.is_empty() {
+                    map.remove(&endpoint);
+                }
+            }
             Err(Arc::new(ConnectError::Unusable { addr: endpoint }))
         })
     }
@@ -812,5 +897,61 @@ pub(crate) mod tests {
         pool.evict(Instant::now() + limits.idle_timeout);
         assert!(pool.is_empty());
         assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_burst_with_one_request_per_connection_opens_them_side_by_side() {
+        let (addr, seen) = server().await;
+        let pool = pool();
+        let slots = slots_of(1000);
+        let limits = per_connection(1);
+        let sent = (0..8).map(|_| pool.send(addr, get("/"), &limits, &slots));
+        for answer in futures::future::join_all(sent).await {
+            assert_eq!(text(answer.expect("an answer, not UF")).await, "ok");
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 8);
+    }
+
+    #[tokio::test]
+    async fn a_failed_extra_connection_shares_the_ones_open() {
+        // A server that takes one connection, then stops listening: the
+        // second connection is refused.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            drop(listener);
+            let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                if request.uri().path() == "/slow" {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
+                    Bytes::from_static(b"ok"),
+                )))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                .await;
+        });
+        let pool = pool();
+        let slots = slots_of(1000);
+        let limits = PoolLimits {
+            max_concurrent_streams: Some(1),
+            ..PoolLimits::default()
+        };
+        let busy = pool
+            .send(addr, get("/slow"), &limits, &slots)
+            .await
+            .expect("the first connection");
+        // The first connection is full, so the next request opens another,
+        // which is refused: it shares the first instead of failing.
+        let shared = pool
+            .send(addr, get("/"), &limits, &slots)
+            .await
+            .expect("shared, not a connect failure");
+        assert_eq!(text(shared).await, "ok");
+        assert_eq!(text(busy).await, "ok");
     }
 }

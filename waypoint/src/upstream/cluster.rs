@@ -686,6 +686,9 @@ impl State {
             priority: g.priority,
             weight: g.weight,
             members: g.members,
+            // Regrouping happens on any mesh change; starting every cursor
+            // at 0 would favour each group's first endpoints.
+            next: AtomicUsize::new(rand::random_range(0..usize::MAX / 2)),
             ..Group::default()
         })
         .collect();
@@ -713,10 +716,15 @@ impl State {
             .map(|g| Health {
                 priority: g.priority,
                 weight: g.weight,
+                // Ejected endpoints of a level in panic are eligible, not
+                // healthy.
                 healthy: if tried.contains(&g.priority) {
                     0
                 } else {
-                    g.eligible.len() as u64
+                    g.eligible
+                        .iter()
+                        .filter(|i| !self.outliers.get(**i).is_some_and(HostOutlier::is_ejected))
+                        .count() as u64
                 },
                 total: g.members.len() as u64,
             })

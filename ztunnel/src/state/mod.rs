@@ -308,13 +308,15 @@ impl Inner {
                 if let (Some(old), Some(new)) =
                     (self.services.get(&key), Arc::get_mut(&mut service))
                 {
+                    let before: HashMap<(IpAddr, Option<&str>), std::time::Instant> = old
+                        .endpoints
+                        .iter()
+                        .filter_map(|o| Some(((o.address, o.workload.as_deref()), o.ready_since?)))
+                        .collect();
                     for endpoint in new.endpoints.iter_mut().filter(|e| e.ready) {
-                        if let Some(before) = old.endpoints.iter().find(|o| {
-                            o.ready
-                                && o.address == endpoint.address
-                                && o.workload == endpoint.workload
-                        }) {
-                            endpoint.ready_since = before.ready_since;
+                        let id = (endpoint.address, endpoint.workload.as_deref());
+                        if let Some(since) = before.get(&id) {
+                            endpoint.ready_since = Some(*since);
                         }
                     }
                 }
