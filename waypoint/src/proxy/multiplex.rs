@@ -1,6 +1,8 @@
 //! HTTP/2 upstream connections: one per endpoint, shared by every request
 //! to it, as Envoy's HTTP/2 connection pool keeps them — or, with
-//! `http.maxConcurrentStreams`, as many as that many streams each need.
+//! `http.maxConcurrentStreams` (or `http.maxRequestsPerConnection`), as many
+//! as the requests need, each beyond the first under the cluster's
+//! `tcp.maxConnections`; past it, streams share the least busy connection.
 //!
 //! The pool is keyed by endpoint and a request keeps its own authority:
 //! over HTTP/2 the URI's authority is the `:authority` the server reads (a
@@ -8,9 +10,10 @@
 //! there instead, which RFC 9113 lets a server refuse next to a `Host`
 //! naming the service).
 //!
-//! A new connection is opened once for all the requests that need it: they
+//! A new connection is opened once for all the requests it can take: they
 //! wait for the one handshake and share its failure, so a dead endpoint
-//! costs one connect attempt, not one per waiting request. A connection
+//! costs one connect attempt, not one per waiting request (a burst larger
+//! than a connection takes opens several side by side). A connection
 //! leaves the pool when it closes, when it has carried
 //! `http.maxRequestsPerConnection` requests, once it is older than
 //! `tcp.maxConnectionDuration`, or after sitting unused for
