@@ -695,6 +695,30 @@ impl State {
         self.recompute(resolved);
     }
 
+    /// Each group's standing for [`locality::loads`], with `healthy` saying
+    /// how many of its endpoints count as healthy.
+    fn health(&self, healthy: impl Fn(&Group) -> u64) -> Vec<Health> {
+        self.groups
+            .iter()
+            .map(|g| Health {
+                priority: g.priority,
+                weight: g.weight,
+                healthy: healthy(g),
+                total: g.members.len() as u64,
+            })
+            .collect()
+    }
+
+    /// A group's endpoints not ejected now (a level in panic makes ejected
+    /// ones eligible, not healthy).
+    fn healthy_in(&self, group: &Group) -> u64 {
+        group
+            .members
+            .iter()
+            .filter(|i| !self.outliers.get(**i).is_some_and(HostOutlier::is_ejected))
+            .count() as u64
+    }
+
     /// For a retry with `retryRemoteLocalities`: a group of another
     /// priority than those of the endpoints in `leave` (the tries so far),
     /// by the loads the levels would have with those levels out of the way
@@ -710,25 +734,14 @@ impl State {
             .filter_map(|i| self.groups.iter().find(|g| g.members.contains(i)))
             .map(|g| g.priority)
             .collect();
-        let health: Vec<Health> = self
-            .groups
-            .iter()
-            .map(|g| Health {
-                priority: g.priority,
-                weight: g.weight,
-                // Ejected endpoints of a level in panic are eligible, not
-                // healthy.
-                healthy: if tried.contains(&g.priority) {
-                    0
-                } else {
-                    g.eligible
-                        .iter()
-                        .filter(|i| !self.outliers.get(**i).is_some_and(HostOutlier::is_ejected))
-                        .count() as u64
-                },
-                total: g.members.len() as u64,
-            })
-            .collect();
+        // The tried levels count as unavailable.
+        let health = self.health(|g| {
+            if tried.contains(&g.priority) {
+                0
+            } else {
+                self.healthy_in(g)
+            }
+        });
         let loads = locality::loads(&health);
         let weights: Vec<f64> = loads.iter().map(|l| *l as f64).collect();
         weighted_index(&weights)
@@ -781,16 +794,7 @@ impl State {
             .outlier
             .as_ref()
             .map_or(0, |o| u64::from(o.min_health_percent));
-        let health: Vec<Health> = self
-            .groups
-            .iter()
-            .map(|g| Health {
-                priority: g.priority,
-                weight: g.weight,
-                healthy: g.members.iter().filter(|i| is_healthy(i)).count() as u64,
-                total: g.members.len() as u64,
-            })
-            .collect();
+        let health = self.health(|g| self.healthy_in(g));
         let total_panic = health.iter().all(|h| h.healthy == 0);
         let loads = if total_panic {
             loads_in_total_panic(&health)
