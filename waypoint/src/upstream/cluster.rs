@@ -21,7 +21,7 @@ use std::time::Instant;
 use super::balance::{
     HashInput, SetCookie, Table, hash_request, random_index, two_choices, weighted_index,
 };
-use super::locality::{self, Health, Member, Proximity, level_in_panic, loads_in_total_panic};
+use super::locality::{self, Health, Member, Proximity, levels_in_panic, loads_in_total_panic};
 use super::outlier::{Detector, HostOutlier, Outcome};
 use super::policy::{LoadBalancer, PoolLimits, Resolved, UpstreamHttp};
 use super::pool::{Overflow, Permit, Pool, RetryPermit};
@@ -344,30 +344,31 @@ impl Cluster {
                     .collect();
                 over(weighted_index(&weights)?)?
             }
-            (lb, _) => match lb {
-                LoadBalancer::Passthrough => return self.pass_through(&state),
-                LoadBalancer::RoundRobin => over(group.next.fetch_add(1, Ordering::Relaxed) % n)?,
-                LoadBalancer::Random => over(random_index(n))?,
-                LoadBalancer::LeastRequest => over(two_choices(n, |c| {
-                    slot_at(c).map_or(u64::MAX, |s| s.active.load(Ordering::Acquire))
-                }))?,
-                LoadBalancer::ConsistentHash(_) => {
-                    let total = group.eligible.len();
-                    let home = hash
-                        .and_then(|h| group.table.as_ref()?.lookup(h))
-                        .filter(|p| *p < total);
-                    match (home, candidates) {
-                        (Some(p), None) => p,
-                        // The key's endpoint, or when it was tried, the next
-                        // one along the table that was not.
-                        (Some(p), Some(cs)) => (0..total)
-                            .map(|step| (p + step) % total)
-                            .find(|q| cs.contains(q))
-                            .or_else(|| over(0))?,
-                        (None, _) => over(random_index(n))?,
-                    }
+            // Returned above; here for the match to be whole.
+            (LoadBalancer::Passthrough, _) => return self.pass_through(&state),
+            (LoadBalancer::RoundRobin, None) => {
+                over(group.next.fetch_add(1, Ordering::Relaxed) % n)?
+            }
+            (LoadBalancer::Random, _) => over(random_index(n))?,
+            (LoadBalancer::LeastRequest, None) => over(two_choices(n, |c| {
+                slot_at(c).map_or(u64::MAX, |s| s.active.load(Ordering::Acquire))
+            }))?,
+            (LoadBalancer::ConsistentHash(_), _) => {
+                let total = group.eligible.len();
+                let home = hash
+                    .and_then(|h| group.table.as_ref()?.lookup(h))
+                    .filter(|p| *p < total);
+                match (home, candidates) {
+                    (Some(p), None) => p,
+                    // The key's endpoint, or when it was tried, the next
+                    // one along the table that was not.
+                    (Some(p), Some(cs)) => (0..total)
+                        .map(|step| (p + step) % total)
+                        .find(|q| cs.contains(q))
+                        .or_else(|| over(0))?,
+                    (None, _) => over(random_index(n))?,
                 }
-            },
+            }
         };
         let slot = group
             .eligible
@@ -801,9 +802,14 @@ impl State {
         } else {
             locality::loads(&health)
         };
+        let in_panic = levels_in_panic(&health, min_health);
         let mut eligible_sets = Vec::with_capacity(self.groups.len());
         for group in &self.groups {
-            let panic = total_panic || level_in_panic(&health, group.priority, min_health);
+            let panic = total_panic
+                || in_panic
+                    .get(group.priority as usize)
+                    .copied()
+                    .unwrap_or(false);
             eligible_sets.push(if panic {
                 group.members.clone()
             } else {

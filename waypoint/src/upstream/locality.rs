@@ -304,26 +304,46 @@ pub struct Health {
     pub total: u64,
 }
 
+/// The whole load: shares are in parts per 10 000.
+const WHOLE: u64 = 10_000;
+
+/// A set's availability: min(100 %, 1.4 × its healthy share), per 10 000.
+fn available(healthy: u64, total: u64) -> u64 {
+    (healthy * OVERPROVISIONING * 100)
+        .checked_div(total)
+        .map_or(0, |a| a.min(WHOLE))
+}
+
+/// Each priority level's availability, level 0 first.
+fn level_availability(groups: &[Health]) -> Vec<u64> {
+    let levels = groups.iter().map(|g| g.priority).max().map_or(0, |m| m + 1);
+    (0..levels)
+        .map(|level| {
+            let (healthy, total) = groups
+                .iter()
+                .filter(|g| g.priority == level)
+                .fold((0, 0), |(h, t), g| (h + g.healthy, t + g.total));
+            available(healthy, total)
+        })
+        .collect()
+}
+
+/// Gives what rounding lost to the first group with load (as Envoy gives
+/// it to the first available priority), so the loads sum to exactly 100 %
+/// and a hash drawn against them stays put while they stay.
+fn settle(mut loads: Vec<u64>) -> Vec<u64> {
+    let lost = WHOLE.saturating_sub(loads.iter().sum());
+    if let Some(first) = loads.iter_mut().find(|l| **l > 0) {
+        *first += lost;
+    }
+    loads
+}
+
 /// Each group's share of the load, in parts per 10 000 (Envoy's priority
 /// load with overprovisioning, then locality weights within a priority).
 /// All zeros when no group has a healthy endpoint.
 pub fn loads(groups: &[Health]) -> Vec<u64> {
-    const WHOLE: u64 = 10_000;
-    // Availability of a set: min(100 %, 1.4 × healthy share), per 10 000.
-    let available = |healthy: u64, total: u64| -> u64 {
-        (healthy * OVERPROVISIONING * 100)
-            .checked_div(total)
-            .map_or(0, |a| a.min(WHOLE))
-    };
-    let levels = groups.iter().map(|g| g.priority).max().map_or(0, |m| m + 1);
-    let mut level_available = Vec::with_capacity(levels as usize);
-    for level in 0..levels {
-        let (healthy, total) = groups
-            .iter()
-            .filter(|g| g.priority == level)
-            .fold((0, 0), |(h, t), g| (h + g.healthy, t + g.total));
-        level_available.push(available(healthy, total));
-    }
+    let level_available = level_availability(groups);
     let sum: u64 = level_available.iter().sum();
     if sum == 0 {
         return vec![0; groups.len()];
@@ -342,71 +362,53 @@ pub fn loads(groups: &[Health]) -> Vec<u64> {
             *load = *load * WHOLE / total_available;
         }
     }
-    let mut loads: Vec<u64> = groups
-        .iter()
-        .map(|g| {
-            let level = g.priority as usize;
-            let effective = |h: &Health| h.weight * available(h.healthy, h.total);
-            let level_weight: u64 = groups
-                .iter()
-                .filter(|o| o.priority == g.priority)
-                .map(effective)
-                .sum();
-            (level_load.get(level).copied().unwrap_or(0) * effective(g))
-                .checked_div(level_weight)
-                .unwrap_or(0)
-        })
-        .collect();
-    // What rounding lost goes to the first group with load, as Envoy gives
-    // it to the first available priority: the loads sum to exactly 100 %,
-    // so a hash drawn against them stays put while they stay.
-    let lost = WHOLE.saturating_sub(loads.iter().sum());
-    if let Some(first) = loads.iter_mut().find(|l| **l > 0) {
-        *first += lost;
-    }
-    loads
+    let effective = |h: &Health| h.weight * available(h.healthy, h.total);
+    settle(
+        groups
+            .iter()
+            .map(|g| {
+                let level_weight: u64 = groups
+                    .iter()
+                    .filter(|o| o.priority == g.priority)
+                    .map(effective)
+                    .sum();
+                (level_load.get(g.priority as usize).copied().unwrap_or(0) * effective(g))
+                    .checked_div(level_weight)
+                    .unwrap_or(0)
+            })
+            .collect(),
+    )
 }
 
 /// Loads when every group is in panic: by endpoint count, as Envoy's
 /// `recalculateLoadInTotalPanic` (and what Warren does instead of "no
 /// healthy upstream" when no endpoint is healthy).
 pub fn loads_in_total_panic(groups: &[Health]) -> Vec<u64> {
-    const WHOLE: u64 = 10_000;
     let total: u64 = groups.iter().map(|g| g.total).sum();
-    let mut loads: Vec<u64> = groups
-        .iter()
-        .map(|g| (g.total * WHOLE).checked_div(total).unwrap_or(0))
-        .collect();
-    let lost = WHOLE.saturating_sub(loads.iter().sum());
-    if let Some(first) = loads.iter_mut().find(|l| **l > 0) {
-        *first += lost;
-    }
-    loads
+    settle(
+        groups
+            .iter()
+            .map(|g| (g.total * WHOLE).checked_div(total).unwrap_or(0))
+            .collect(),
+    )
 }
 
-/// Whether a level is in panic, as Envoy decides it: never while the
-/// levels' availabilities add up to 100 %; else when its healthy share is
-/// below the threshold (`minHealthPercent`; 0, Istio's default, never).
-pub fn level_in_panic(groups: &[Health], priority: u32, threshold_percent: u64) -> bool {
-    let levels = groups.iter().map(|g| g.priority).max().map_or(0, |m| m + 1);
-    let availability = |level: u32| {
-        let (healthy, total) = groups
-            .iter()
-            .filter(|g| g.priority == level)
-            .fold((0, 0), |(h, t), g| (h + g.healthy, t + g.total));
-        (healthy * OVERPROVISIONING)
-            .checked_div(total)
-            .map_or(0, |a| a.min(100))
-    };
-    let total: u64 = (0..levels).map(availability).sum();
-    if total >= 100 {
-        return false;
-    }
-    let (healthy, all) = groups
-        .iter()
-        .filter(|g| g.priority == priority)
-        .fold((0, 0), |(h, t), g| (h + g.healthy, t + g.total));
-    healthy * 100 < threshold_percent * all
+/// Which priority levels are in panic, level 0 first, as Envoy decides it:
+/// none while the levels' availabilities (in whole percent) add up to
+/// 100 %; else those whose healthy share is below the threshold
+/// (`minHealthPercent`; 0, Istio's default, never).
+pub fn levels_in_panic(groups: &[Health], threshold_percent: u64) -> Vec<bool> {
+    let level_available = level_availability(groups);
+    let percent: u64 = level_available.iter().map(|a| a / 100).sum();
+    (0..level_available.len())
+        .map(|level| {
+            let (healthy, all) = groups
+                .iter()
+                .filter(|g| g.priority as usize == level)
+                .fold((0, 0), |(h, t), g| (h + g.healthy, t + g.total));
+            percent < 100 && healthy * 100 < threshold_percent * all
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -765,14 +767,13 @@ mod tests {
         // minHealthPercent 50: P0 all ejected, P1 2 of 3 healthy. P1 is
         // available enough (93 %) not to panic, and takes everything.
         let groups = [health(0, 1, 0, 2), health(1, 1, 2, 3)];
-        assert!(level_in_panic(&groups, 0, 50));
-        assert!(!level_in_panic(&groups, 1, 50));
+        assert_eq!(levels_in_panic(&groups, 50), vec![true, false]);
         assert_eq!(loads(&groups), vec![0, 10_000]);
         // 75 % healthy with a threshold of 80: 1.4 × 75 % covers it, so no
         // panic at all.
-        assert!(!level_in_panic(&[health(0, 1, 3, 4)], 0, 80));
+        assert_eq!(levels_in_panic(&[health(0, 1, 3, 4)], 80), vec![false]);
         // Threshold 0 (Istio's default): never.
-        assert!(!level_in_panic(&[health(0, 1, 0, 4)], 0, 0));
+        assert_eq!(levels_in_panic(&[health(0, 1, 0, 4)], 0), vec![false]);
         // Everyone in panic: by endpoint count.
         assert_eq!(
             loads_in_total_panic(&[health(0, 1, 0, 1), health(1, 1, 0, 3)]),
