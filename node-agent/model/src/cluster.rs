@@ -271,12 +271,33 @@ pub struct Service {
     /// headless Service is not an address), each once.
     pub cluster_ips: Box<[IpAddr]>,
     pub ports: Box<[ServicePort]>,
-    /// `spec.trafficDistribution` (`PreferClose`, `PreferSameZone`,
-    /// `PreferSameNode`), else Istio's `networking.istio.io/traffic-distribution`
-    /// annotation, which clusters without the field use.
-    pub traffic_distribution: Option<Arc<str>>,
+    /// `spec.trafficDistribution`, else Istio's
+    /// `networking.istio.io/traffic-distribution` annotation, which clusters
+    /// without the field use.
+    pub traffic_distribution: Option<TrafficDistribution>,
     /// `spec.internalTrafficPolicy: Local`: this node's endpoints only.
     pub node_local: bool,
+}
+
+/// The closeness a Service asks for, as Istio reads its values (case
+/// insensitively; `PreferSameZone` is `PreferClose`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrafficDistribution {
+    /// `PreferClose`, `PreferSameZone`: the client's zone first.
+    PreferClose,
+    /// `PreferSameNode`: the client's node first.
+    PreferSameNode,
+}
+
+impl TrafficDistribution {
+    /// `None` for a value this version does not know.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.to_ascii_lowercase().as_str() {
+            "preferclose" | "prefersamezone" => Some(Self::PreferClose),
+            "prefersamenode" => Some(Self::PreferSameNode),
+            _ => None,
+        }
+    }
 }
 
 /// Istio's annotation standing in for `spec.trafficDistribution`.
@@ -300,22 +321,16 @@ impl From<core::Service> for Service {
         }
         // A value this version does not know falls through to the
         // annotation, as in istiod.
-        let known = |v: &&str| {
-            ["PreferClose", "PreferSameZone", "PreferSameNode"]
-                .iter()
-                .any(|k| k.eq_ignore_ascii_case(v))
-        };
         let traffic_distribution = spec
             .traffic_distribution
             .as_deref()
-            .filter(known)
+            .and_then(TrafficDistribution::parse)
             .or_else(|| {
                 meta.annotations
                     .as_ref()?
                     .get(TRAFFIC_DISTRIBUTION_ANNOTATION)
-                    .map(String::as_str)
-            })
-            .map(intern);
+                    .and_then(|v| TrafficDistribution::parse(v))
+            });
         Self {
             traffic_distribution,
             node_local: spec.internal_traffic_policy.as_deref() == Some("Local"),

@@ -13,7 +13,9 @@ use warren_api::{
 };
 
 use super::Mesh;
-use crate::model::cluster::{EndpointSlice, Service as KubeService, TargetPort};
+use crate::model::cluster::{
+    EndpointSlice, Service as KubeService, TargetPort, TrafficDistribution,
+};
 
 /// The label tying an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -116,20 +118,11 @@ fn load_balancing(svc: &KubeService) -> Option<LoadBalancing> {
     if svc.node_local {
         return Some(scopes(&[Scope::Node], Mode::Strict));
     }
-    // The annotation's values are read case-insensitively, as Istio does.
-    match svc
-        .traffic_distribution
-        .as_deref()?
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "preferclose" | "prefersamezone" => {
-            Some(scopes(&[Scope::Region, Scope::Zone], Mode::Failover))
-        }
-        "prefersamenode" => Some(scopes(
+    Some(match svc.traffic_distribution? {
+        TrafficDistribution::PreferClose => scopes(&[Scope::Region, Scope::Zone], Mode::Failover),
+        TrafficDistribution::PreferSameNode => scopes(
             &[Scope::Region, Scope::Zone, Scope::Subzone, Scope::Node],
             Mode::Failover,
-        )),
-        _ => None,
-    }
+        ),
+    })
 }

@@ -1023,6 +1023,14 @@ spec:
     )
     .expect("a preference");
     assert_eq!(annotated, close);
+    // A value this version does not know falls through to the annotation;
+    // values are read in any case.
+    let fallen_through = with(
+        "  trafficDistribution: PreferSomewhereNew",
+        ", annotations: { networking.istio.io/traffic-distribution: prefersamezone }",
+    )
+    .expect("a preference");
+    assert_eq!(fallen_through, close);
     // internalTrafficPolicy: Local wins: this node only.
     let local = with(
         "  trafficDistribution: PreferClose\n  internalTrafficPolicy: Local",

@@ -1127,21 +1127,15 @@ impl Context {
                 if cluster.resolved() == &resolved && cluster.declared_http() == declared =>
             {
                 cluster.update(endpoints);
-                cluster.place(proximity);
                 Arc::clone(cluster)
             }
-            _ => {
-                let cluster = Cluster::new(resolved, endpoints, Instant::now()).for_port(declared);
-                cluster.place(proximity);
-                Arc::new(cluster)
-            }
+            _ => Arc::new(Cluster::new(resolved, endpoints, Instant::now()).for_port(declared)),
         };
+        cluster.place(proximity);
         clusters.insert(key.clone(), (generation, Arc::clone(&cluster)));
         Ok(cluster)
     }
-}
 
-impl Context {
     /// Where this waypoint runs, for locality-aware balancing: the locality,
     /// node and labels of its own pod (a waypoint workload of its namespace
     /// and Gateway on this node), looked up once per state generation;
