@@ -48,10 +48,11 @@ use crate::{app::Body, upstream::PoolLimits};
 /// HTTP/2 connections to upstream endpoints.
 pub struct Multiplexed {
     connector: Connector,
-    endpoints: Arc<Mutex<HashMap<SocketAddr, Endpoint>>>,
+    endpoints: Endpoints,
     ids: AtomicU64,
 }
 
+/// Shared with the handshake tasks, which file their connections.
 type Endpoints = Arc<Mutex<HashMap<SocketAddr, Endpoint>>>;
 
 /// An endpoint's connections, and those being opened.
@@ -98,7 +99,7 @@ type Handshake = Shared<BoxFuture<'static, Result<Connection, Arc<ConnectError>>
 const MAX_ROUNDS: usize = 4;
 
 /// A place for one more connection under the cluster's `maxConnections`,
-/// held as long as the connection is pooled.
+/// held while the connection is pooled or carries a stream.
 pub type ConnectionSlot = tokio::sync::OwnedSemaphorePermit;
 
 #[derive(Clone)]

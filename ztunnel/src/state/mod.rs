@@ -412,13 +412,6 @@ impl ResolveError {
     }
 }
 
-/// The locality of a client nobody placed.
-static NOWHERE: warren_api::Locality = warren_api::Locality {
-    region: String::new(),
-    zone: String::new(),
-    subzone: String::new(),
-};
-
 /// The resolved destination with what telemetry reports of it.
 #[derive(Clone, Debug)]
 pub struct Resolved {
@@ -662,23 +655,21 @@ impl State {
             };
             let endpoint_workload =
                 |e: &service::Endpoint| e.workload.as_ref().and_then(|k| inner.workloads.get(k));
+            let nowhere = warren_api::Locality::default();
             let client = service::Place {
-                locality: source.map_or(&NOWHERE, |w| &w.locality),
+                locality: source.map_or(&nowhere, |w| &w.locality),
                 node: &node,
             };
+            // The node-wide `--prefer-same-node` is the preference of a
+            // Service that asks for none.
+            let same_node = prefer_same_node.then(service::LoadBalancing::same_node);
+            let preference = service.load_balancing.as_ref().or(same_node.as_ref());
             let closeness = |e: &service::Endpoint| -> Option<usize> {
                 let place = endpoint_workload(e).map(|w| service::Place {
                     locality: &w.locality,
                     node: &w.node,
                 });
-                match &service.load_balancing {
-                    Some(lb) => lb.closeness(&client, place.as_ref()),
-                    // The node-wide `--prefer-same-node`.
-                    None if prefer_same_node => Some(usize::from(
-                        place.is_some_and(|p| !node.is_empty() && p.node == node),
-                    )),
-                    None => Some(0),
-                }
+                preference.map_or(Some(0), |lb| lb.closeness(&client, place.as_ref()))
             };
             let endpoint = service
                 .pick(usable, closeness)

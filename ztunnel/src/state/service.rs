@@ -89,6 +89,15 @@ impl LoadBalancing {
         Self { preference, strict }
     }
 
+    /// This node's endpoints first, then any (ztunnel's
+    /// `--prefer-same-node`).
+    pub fn same_node() -> Self {
+        Self {
+            preference: vec![Scope::Node],
+            strict: false,
+        }
+    }
+
     /// How close `endpoint` is to `client` (more is closer), or `None`
     /// when a strict preference rules it out. An endpoint of unknown place
     /// shares nothing.
