@@ -408,14 +408,19 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
     // warrenctl finds the waypoint's pod in the config folder and asks it
     // from inside its network namespace.
     let config_dir = cluster.config_dir().to_string_lossy().into_owned();
-    let shown = warrenctl_text(&[
-        "waypoint",
-        "clusters",
-        "-n",
-        "demo",
-        "--config-dir",
-        &config_dir,
-    ])?;
+    let clusters = |extra: &[&str]| {
+        let mut args = vec![
+            "waypoint",
+            "clusters",
+            "-n",
+            "demo",
+            "--config-dir",
+            &config_dir,
+        ];
+        args.extend_from_slice(extra);
+        warrenctl_text(&args)
+    };
+    let shown = clusters(&[])?;
     eprintln!("warrenctl waypoint clusters:\n{shown}");
     let row = shown
         .lines()
@@ -436,15 +441,7 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
             && shown.contains("healthy"),
         "warrenctl waypoint clusters must show app v1 from demo/app over HTTP/2:\n{shown}"
     );
-    let as_json: Value = serde_json::from_str(&warrenctl_text(&[
-        "waypoint",
-        "clusters",
-        "-n",
-        "demo",
-        "--config-dir",
-        &config_dir,
-        "--json",
-    ])?)?;
+    let as_json: Value = serde_json::from_str(&clusters(&["--json"])?)?;
     ensure!(
         as_json["demo/waypoint"]["clusters"]
             .as_array()

@@ -329,29 +329,39 @@ impl Service {
         usable: impl Fn(&Endpoint) -> bool,
         closeness: impl Fn(&Endpoint) -> Option<usize>,
     ) -> Option<&Endpoint> {
-        let ranked: Vec<(usize, &Endpoint)> = self
-            .endpoints
-            .iter()
-            .filter(|e| e.ready && usable(e))
-            .filter_map(|e| Some((closeness(e)?, e)))
-            .collect();
-        let best = ranked.iter().map(|(rank, _)| *rank).max()?;
-        let all = ranked.len();
-        let closest: Vec<&Endpoint> = ranked
-            .into_iter()
-            .filter(|(rank, _)| *rank == best)
-            .map(|(_, e)| e)
-            .collect();
+        // Two passes and no allocation: this runs for every outbound
+        // connection to a Service.
+        let candidates = || {
+            self.endpoints
+                .iter()
+                .filter(|e| e.ready && usable(e))
+                .filter_map(|e| Some((closeness(e)?, e)))
+        };
+        let (mut best, mut closest, mut all) = (0, 0, 0);
+        for (rank, _) in candidates() {
+            all += 1;
+            if rank > best || closest == 0 {
+                (best, closest) = (rank, 1);
+            } else if rank == best {
+                closest += 1;
+            }
+        }
+        if closest == 0 {
+            return None;
+        }
         // One cursor serves every client; when closeness narrows the set
         // differently per client, turns would line up with set sizes and
         // pin a client to one endpoint, so those picks are random (as
         // Istio's ztunnel picks).
-        let n = if closest.len() == all {
+        let n = if closest == all {
             self.next.fetch_add(1, Ordering::Relaxed)
         } else {
-            rand::random_range(0..closest.len())
+            rand::random_range(0..closest)
         };
-        closest.get(n % closest.len()).copied()
+        candidates()
+            .filter(|(rank, _)| *rank == best)
+            .nth(n % closest)
+            .map(|(_, e)| e)
     }
 
     /// The port an endpoint listens on for `service_port`.
