@@ -158,23 +158,17 @@ impl KubeSource {
                     // A kind that only refines the view (Nodes: localities)
                     // must not hold the first sync back, e.g. for an agent
                     // whose ClusterRole predates it; it comes in when it can.
-                    if OPTIONAL_KINDS.contains(&kind) && refused(&err) && listed.insert(kind) {
+                    if OPTIONAL_KINDS.contains(&kind) && refused(&err) && !listed.contains(&kind) {
                         warn!(
                             kind = kind.name(),
                             "going on without it until it can be listed (does the agent's ClusterRole allow list and watch?)"
                         );
-                        if !synced && listed.len() == self.kinds.len() {
-                            synced = true;
-                            info!(
-                                kinds = listed.len(),
-                                "every kind listed from the API server"
-                            );
-                            if events.send(SourceEvent::Synced).await.is_err() {
-                                return Ok(());
-                            }
-                        }
+                        // Counted as listed, with nothing it had dropped.
+                        relisting.remove(&kind);
+                        Seen::Listed
+                    } else {
+                        continue;
                     }
-                    continue;
                 }
             };
             let mut out = Vec::new();
