@@ -1,6 +1,7 @@
 //! Admin endpoints (loopback only, 15000): `/config_dump` (what ztunnel holds; for
 //! certificates only identity and validity, never keys), `/logging?level=` (changes the
-//! log filter), `/quitquitquit` (drains and exits).
+//! log filter), `/quitquitquit` (drains and exits), `/server_info` (what this process is:
+//! a successor checks it before asking it to drain, see [`crate::handover`]).
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use http::{Method, StatusCode};
 use tokio::sync::Notify;
 
 use crate::{
+    handover::ServerInfo,
     http_endpoint::{Handler, json, text},
     proxy::Inputs,
 };
@@ -65,9 +67,13 @@ pub fn handler(inputs: Arc<Inputs>, log: Option<LogControl>, quit: Arc<Notify>) 
                     quit.notify_one();
                     text(StatusCode::OK, "draining\n")
                 }
+                "/server_info" => json(
+                    &serde_json::to_value(ServerInfo::of_this_process(inputs.state.node()))
+                        .unwrap_or_default(),
+                ),
                 "/" => text(
                     StatusCode::OK,
-                    "/config_dump\n/logging?level=<filter>\n/quitquitquit\n",
+                    "/config_dump\n/logging?level=<filter>\n/quitquitquit\n/server_info\n",
                 ),
                 other => text(
                     StatusCode::NOT_FOUND,

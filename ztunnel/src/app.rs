@@ -1,16 +1,25 @@
 //! Starting ztunnel: bind every listener, spawn the tasks, and stop them with a drain.
 //! The binary and the tests start it the same way; only the config and where state
 //! comes from differ.
+//!
+//! A ztunnel either starts on free ports ([`Ztunnel::start`]) or takes over from one
+//! already serving the node ([`Ztunnel::take_over`], an upgrade or restart): the proxy
+//! listeners are shared (`SO_REUSEPORT`) so that the new process accepts beside the old
+//! one before the old one stops; see [`crate::handover`].
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    sync::Notify,
+};
+use tracing::{info, warn};
 
 use crate::{
     admin::{self, LogControl},
     config::Config,
-    drain, http_endpoint,
+    drain, handover, http_endpoint,
     metrics::Metrics,
     proxy::{self, Inputs},
     readiness,
@@ -36,18 +45,51 @@ pub struct Ztunnel {
     quit: Arc<Notify>,
 }
 
+/// The listeners connections arrive on, bound so that a successor can bind them too.
+struct ProxyListeners {
+    outbound: Vec<TcpListener>,
+    inbound_plaintext: Vec<TcpListener>,
+    hbone: Vec<TcpListener>,
+}
+
+/// The operator's listeners (admin, metrics, readiness): bound by one process at a
+/// time, so a request reaches the ztunnel it was meant for.
+struct EndpointListeners {
+    admin: TcpListener,
+    metrics: TcpListener,
+    readiness: TcpListener,
+}
+
+/// How often a successor tries the operator's ports while its predecessor lets go of
+/// them, and after how long it says it is still waiting.
+const ENDPOINT_RETRY: Duration = Duration::from_millis(50);
+const ENDPOINT_PATIENCE: Duration = Duration::from_secs(5);
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the {what} listener to {addr}"))
 }
 
-async fn bind_all(addrs: &[SocketAddr], what: &str) -> anyhow::Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        listeners.push(bind(*addr, what).await?);
+/// Binds with `SO_REUSEPORT`: a later ztunnel (the same user) can bind the same
+/// address and accept beside this one until this one drains.
+fn bind_shared(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    let context = || format!("binding the {what} listener to {addr}");
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
     }
-    Ok(listeners)
+    .with_context(context)?;
+    socket.set_reuseaddr(true).with_context(context)?;
+    socket.set_reuseport(true).with_context(context)?;
+    socket.bind(addr).with_context(context)?;
+    // tokio's own default backlog for `TcpListener::bind`.
+    socket.listen(1024).with_context(context)
+}
+
+fn bind_all_shared(addrs: &[SocketAddr], what: &str) -> anyhow::Result<Vec<TcpListener>> {
+    addrs.iter().map(|addr| bind_shared(*addr, what)).collect()
 }
 
 fn local_addrs(listeners: &[TcpListener]) -> anyhow::Result<Vec<SocketAddr>> {
@@ -55,6 +97,55 @@ fn local_addrs(listeners: &[TcpListener]) -> anyhow::Result<Vec<SocketAddr>> {
         .iter()
         .map(|l| l.local_addr().context("reading a listener's address"))
         .collect()
+}
+
+impl ProxyListeners {
+    fn bind(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            outbound: bind_all_shared(&config.outbound_addrs, "outbound")?,
+            inbound_plaintext: bind_all_shared(
+                &config.inbound_plaintext_addrs,
+                "inbound plaintext",
+            )?,
+            hbone: bind_all_shared(&config.hbone_addrs, "HBONE")?,
+        })
+    }
+}
+
+impl EndpointListeners {
+    async fn bind(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            admin: bind(config.admin_addr, "admin").await?,
+            metrics: bind(config.metrics_addr, "metrics").await?,
+            readiness: bind(config.readiness_addr, "readiness").await?,
+        })
+    }
+
+    /// Binds them as soon as a predecessor has let go of them (it closes them when it
+    /// starts draining), trying until this ztunnel drains.
+    async fn bind_when_free(config: &Config, mut drain: drain::Watch) -> Option<Self> {
+        let started = tokio::time::Instant::now();
+        let mut said = false;
+        loop {
+            match Self::bind(config).await {
+                Ok(listeners) => return Some(listeners),
+                Err(error) => {
+                    if !said && started.elapsed() >= ENDPOINT_PATIENCE {
+                        warn!(
+                            error = %format!("{error:#}"),
+                            "the admin, metrics and readiness ports are still taken \
+                             (is the previous ztunnel draining?); still trying"
+                        );
+                        said = true;
+                    }
+                }
+            }
+            tokio::select! {
+                () = drain.draining() => return None,
+                () = tokio::time::sleep(ENDPOINT_RETRY) => {}
+            }
+        }
+    }
 }
 
 impl Ztunnel {
@@ -65,104 +156,128 @@ impl Ztunnel {
         state: Arc<State>,
         log: Option<LogControl>,
     ) -> anyhow::Result<Ztunnel> {
-        let config = Arc::new(config);
-        let outbound = bind_all(&config.outbound_addrs, "outbound").await?;
-        let inbound_plaintext =
-            bind_all(&config.inbound_plaintext_addrs, "inbound plaintext").await?;
-        let hbone = bind_all(&config.hbone_addrs, "HBONE").await?;
-        let admin_listener = bind(config.admin_addr, "admin").await?;
-        let metrics_listener = bind(config.metrics_addr, "metrics").await?;
-        let readiness_listener = bind(config.readiness_addr, "readiness").await?;
+        let proxies = ProxyListeners::bind(&config)?;
+        let endpoints = EndpointListeners::bind(&config).await?;
         let addresses = Addresses {
-            outbound: local_addrs(&outbound)?,
-            inbound_plaintext: local_addrs(&inbound_plaintext)?,
-            hbone: local_addrs(&hbone)?,
-            admin: admin_listener.local_addr()?,
-            metrics: metrics_listener.local_addr()?,
-            readiness: readiness_listener.local_addr()?,
+            admin: endpoints.admin.local_addr()?,
+            metrics: endpoints.metrics.local_addr()?,
+            readiness: endpoints.readiness.local_addr()?,
+            ..proxies.addresses(&config)?
         };
+        let ztunnel = Ztunnel::new(config, state, addresses);
+        ztunnel.serve_proxies(proxies);
+        ztunnel.serve_endpoints(endpoints, log);
+        Ok(ztunnel)
+    }
 
+    /// Takes over from the ztunnel serving the node now, without a connection
+    /// refused or cut: waits until `state` is ready (config and certificates; until
+    /// then the running one serves alone), accepts beside it, asks it to drain (it
+    /// stops accepting and lets its connections finish), then takes the admin, metrics
+    /// and readiness ports as it lets go of them.
+    ///
+    /// Fails, leaving the running ztunnel in charge, when `state` is not ready within
+    /// `ready_within` or the proxy ports cannot be shared.
+    pub async fn take_over(
+        config: Config,
+        state: Arc<State>,
+        log: Option<LogControl>,
+        ready_within: Duration,
+    ) -> anyhow::Result<Ztunnel> {
+        wait_ready(&state, ready_within).await?;
+        let proxies = ProxyListeners::bind(&config).context(
+            "sharing the running ztunnel's ports (a hand-over needs the same user and SO_REUSEPORT on both)",
+        )?;
+        let addresses = Addresses {
+            admin: config.admin_addr,
+            metrics: config.metrics_addr,
+            readiness: config.readiness_addr,
+            ..proxies.addresses(&config)?
+        };
+        let ztunnel = Ztunnel::new(config, state, addresses);
+        ztunnel.serve_proxies(proxies);
+        match handover::migrate_queued_connections() {
+            Ok(true) => info!(
+                "net.ipv4.tcp_migrate_req set: connections queued on the old listeners move to these"
+            ),
+            Ok(false) => {}
+            Err(error) => warn!(
+                %error,
+                "could not set net.ipv4.tcp_migrate_req: connections the old ztunnel has \
+                 queued but not accepted when it stops may be reset"
+            ),
+        }
+        let admin = ztunnel.inputs.config.admin_addr;
+        match handover::ask_to_drain(admin).await {
+            Ok(()) => info!(%admin, "took over: the previous ztunnel is draining"),
+            // Both serve until the operator stops the old one; nothing is lost.
+            Err(error) => warn!(
+                %admin,
+                error = %format!("{error:#}"),
+                "could not ask the previous ztunnel to drain; both serve until it stops"
+            ),
+        }
+        let config = Arc::clone(&ztunnel.inputs.config);
+        let drain = ztunnel.trigger.watch();
+        let server = ztunnel.endpoint_server(log);
+        tokio::spawn(async move {
+            if let Some(listeners) = EndpointListeners::bind_when_free(&config, drain).await {
+                server.serve(listeners);
+            }
+        });
+        Ok(ztunnel)
+    }
+
+    fn new(config: Config, state: Arc<State>, addresses: Addresses) -> Ztunnel {
+        let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
-        let inputs = Inputs::new(
-            Arc::clone(&config),
-            Arc::clone(&state),
-            Arc::clone(&metrics),
-        );
-        let trigger = drain::Trigger::new();
-        let quit = Arc::new(Notify::new());
-
-        for listener in outbound {
-            tokio::spawn(proxy::outbound::serve(
-                Arc::clone(&inputs),
-                listener,
-                trigger.watch(),
-            ));
-        }
-        for listener in inbound_plaintext {
-            tokio::spawn(proxy::inbound_passthrough::serve(
-                Arc::clone(&inputs),
-                listener,
-                trigger.watch(),
-            ));
-        }
-        for listener in hbone {
-            tokio::spawn(proxy::inbound::serve(
-                Arc::clone(&inputs),
-                listener,
-                trigger.watch(),
-            ));
-        }
-        tokio::spawn(inputs.pool.clone().run_eviction(trigger.watch()));
-        tokio::spawn(http_endpoint::serve(
-            admin_listener,
-            trigger.watch(),
-            "admin",
-            admin::handler(Arc::clone(&inputs), log, Arc::clone(&quit)),
-        ));
-        let metrics_handler: http_endpoint::Handler = {
-            let metrics = Arc::clone(&metrics);
-            Arc::new(move |request| {
-                let metrics = Arc::clone(&metrics);
-                Box::pin(async move {
-                    match request.uri().path() {
-                        "/metrics" | "/stats/prometheus" => {
-                            let mut reply =
-                                http_endpoint::text(http::StatusCode::OK, metrics.encode());
-                            reply.headers_mut().insert(
-                                http::header::CONTENT_TYPE,
-                                http::HeaderValue::from_static(
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                ),
-                            );
-                            reply
-                        }
-                        other => http_endpoint::text(
-                            http::StatusCode::NOT_FOUND,
-                            format!("no endpoint {other}\n"),
-                        ),
-                    }
-                })
-            })
-        };
-        tokio::spawn(http_endpoint::serve(
-            metrics_listener,
-            trigger.watch(),
-            "metrics",
-            metrics_handler,
-        ));
-        tokio::spawn(http_endpoint::serve(
-            readiness_listener,
-            trigger.watch(),
-            "readiness",
-            readiness::handler(Arc::clone(&state)),
-        ));
+        let inputs = Inputs::new(config, Arc::clone(&state), metrics);
         tokio::spawn(readiness::announce(state));
-        Ok(Ztunnel {
+        Ztunnel {
             addresses,
             inputs,
-            trigger,
-            quit,
-        })
+            trigger: drain::Trigger::new(),
+            quit: Arc::new(Notify::new()),
+        }
+    }
+
+    fn serve_proxies(&self, listeners: ProxyListeners) {
+        let inputs = &self.inputs;
+        for listener in listeners.outbound {
+            tokio::spawn(proxy::outbound::serve(
+                Arc::clone(inputs),
+                listener,
+                self.trigger.watch(),
+            ));
+        }
+        for listener in listeners.inbound_plaintext {
+            tokio::spawn(proxy::inbound_passthrough::serve(
+                Arc::clone(inputs),
+                listener,
+                self.trigger.watch(),
+            ));
+        }
+        for listener in listeners.hbone {
+            tokio::spawn(proxy::inbound::serve(
+                Arc::clone(inputs),
+                listener,
+                self.trigger.watch(),
+            ));
+        }
+        tokio::spawn(inputs.pool.clone().run_eviction(self.trigger.watch()));
+    }
+
+    fn serve_endpoints(&self, listeners: EndpointListeners, log: Option<LogControl>) {
+        self.endpoint_server(log).serve(listeners);
+    }
+
+    fn endpoint_server(&self, log: Option<LogControl>) -> EndpointServer {
+        EndpointServer {
+            inputs: Arc::clone(&self.inputs),
+            log,
+            quit: Arc::clone(&self.quit),
+            drain: self.trigger.watch(),
+        }
     }
 
     /// A drain watch for connections handled outside the listeners (tests drive the
@@ -185,4 +300,90 @@ impl Ztunnel {
             .drain(timeout, std::time::Duration::from_secs(1))
             .await
     }
+}
+
+impl ProxyListeners {
+    /// The proxy addresses as bound; the operator's as configured.
+    fn addresses(&self, config: &Config) -> anyhow::Result<Addresses> {
+        Ok(Addresses {
+            outbound: local_addrs(&self.outbound)?,
+            inbound_plaintext: local_addrs(&self.inbound_plaintext)?,
+            hbone: local_addrs(&self.hbone)?,
+            admin: config.admin_addr,
+            metrics: config.metrics_addr,
+            readiness: config.readiness_addr,
+        })
+    }
+}
+
+/// What serving the admin, metrics and readiness endpoints needs, taken before their
+/// listeners exist (a successor binds them later).
+struct EndpointServer {
+    inputs: Arc<Inputs>,
+    log: Option<LogControl>,
+    quit: Arc<Notify>,
+    drain: drain::Watch,
+}
+
+impl EndpointServer {
+    fn serve(self, listeners: EndpointListeners) {
+        tokio::spawn(http_endpoint::serve(
+            listeners.admin,
+            self.drain.clone(),
+            "admin",
+            admin::handler(Arc::clone(&self.inputs), self.log, self.quit),
+        ));
+        let metrics = Arc::clone(&self.inputs.metrics);
+        let metrics_handler: http_endpoint::Handler = Arc::new(move |request| {
+            let metrics = Arc::clone(&metrics);
+            Box::pin(async move {
+                match request.uri().path() {
+                    "/metrics" | "/stats/prometheus" => {
+                        let mut reply = http_endpoint::text(http::StatusCode::OK, metrics.encode());
+                        reply.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static(
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            ),
+                        );
+                        reply
+                    }
+                    other => http_endpoint::text(
+                        http::StatusCode::NOT_FOUND,
+                        format!("no endpoint {other}\n"),
+                    ),
+                }
+            })
+        });
+        tokio::spawn(http_endpoint::serve(
+            listeners.metrics,
+            self.drain.clone(),
+            "metrics",
+            metrics_handler,
+        ));
+        tokio::spawn(http_endpoint::serve(
+            listeners.readiness,
+            self.drain,
+            "readiness",
+            readiness::handler(Arc::clone(&self.inputs.state)),
+        ));
+    }
+}
+
+/// Waits until `state` is ready, at most `within`.
+async fn wait_ready(state: &State, within: Duration) -> anyhow::Result<()> {
+    let mut changes = state.changes();
+    let ready = async {
+        while state.ready().is_err() {
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::time::timeout(within, ready).await.map_err(|_| {
+        let missing = state.ready().err().unwrap_or_default();
+        anyhow::anyhow!(
+            "not ready within {within:?} ({missing}); the running ztunnel keeps serving"
+        )
+    })
 }

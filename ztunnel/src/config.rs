@@ -97,6 +97,12 @@ pub struct Config {
     #[arg(long, env = "WARREN_ZTUNNEL_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// How long a ztunnel that finds another serving this node (an upgrade, a restart)
+    /// may take to get its config and certificates before it gives up and exits, leaving
+    /// the running one in charge.
+    #[arg(long, env = "WARREN_ZTUNNEL_HANDOVER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub handover_timeout: Duration,
+
     /// Limit on a TCP connect to a pod, a peer ztunnel or a passthrough destination.
     #[arg(long, env = "WARREN_ZTUNNEL_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,

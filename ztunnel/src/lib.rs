@@ -6,12 +6,14 @@
 //! - [`proxy`]: the data path (outbound capture, HBONE in and out, plaintext inbound).
 //! - [`tls`], [`rbac`]: mTLS by SPIFFE identity and L4 authorization.
 //! - [`metrics`], [`admin`], [`readiness`], [`drain`]: operating it.
-//! - [`app`]: binding the listeners and starting it all, for the binary and tests.
+//! - [`app`]: binding the listeners and starting it all, for the binary and tests;
+//!   [`handover`]: taking a node over from a running ztunnel without losing a connection.
 
 pub mod admin;
 pub mod app;
 pub mod config;
 pub mod drain;
+pub mod handover;
 pub mod http_endpoint;
 pub mod limits;
 pub mod malloc;

@@ -1,5 +1,6 @@
 //! `warren-ztunnel`: the node-local L4 proxy. Subscribes to the node agent's config
-//! stream, serves its listeners, and drains on SIGTERM, SIGINT or `/quitquitquit`.
+//! stream, serves its listeners, and drains on SIGTERM, SIGINT or `/quitquitquit`. Started
+//! while another ztunnel serves the node, it takes over from it (`handover`).
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use warren_api::{
     subscribe::Subscriber,
 };
 use warren_ztunnel::{
-    Config, Ztunnel, admin::LogControl, drain, state::State, subscription::Subscription,
+    Config, Ztunnel, admin::LogControl, drain, handover, state::State, subscription::Subscription,
 };
 
 fn main() -> anyhow::Result<()> {
@@ -47,8 +48,25 @@ async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
     info!(socket = %config.agent_socket.display(), "subscribing to the node agent");
     let subscription = tokio::spawn(subscriber.run(Subscription::new(Arc::clone(&state))));
 
-    let ztunnel = Ztunnel::start(config, state, Some(log)).await?;
-    info!(addresses = ?ztunnel.addresses, "ztunnel started; ready once config and certificates arrive");
+    let ztunnel = match handover::predecessor(config.admin_addr, config.node_name.as_deref())
+        .await?
+    {
+        None => {
+            let ztunnel = Ztunnel::start(config, state, Some(log)).await?;
+            info!(addresses = ?ztunnel.addresses, "ztunnel started; ready once config and certificates arrive");
+            ztunnel
+        }
+        Some(running) => {
+            info!(
+                pid = running.pid,
+                version = %running.version,
+                admin = %config.admin_addr,
+                "a ztunnel already serves this node: taking over once config and certificates are in"
+            );
+            let within = config.handover_timeout;
+            Ztunnel::take_over(config, state, Some(log), within).await?
+        }
+    };
     tokio::select! {
         _ = sigterm.recv() => info!("SIGTERM: draining"),
         _ = sigint.recv() => info!("SIGINT: draining"),

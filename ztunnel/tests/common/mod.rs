@@ -584,10 +584,21 @@ pub struct TwoNodes {
 /// `net` picks a loopback /16 of its own (127.`net`.0.0) so tests running in parallel
 /// never share an address.
 pub async fn two_nodes(net: u8) -> TwoNodes {
+    two_nodes_configured(net, |_| {}).await
+}
+
+/// [`two_nodes`], each node's config changed by `tune` first.
+pub async fn two_nodes_configured(net: u8, tune: impl Fn(&mut Config)) -> TwoNodes {
     init();
     let ip = |c: u8, d: u8| IpAddr::from([127, net, c, d]);
-    let b = Node::new("node-b", ip(2, 1), 0).await;
-    let a = Node::new("node-a", ip(1, 1), b.hbone().port()).await;
+    let node = async |name: &str, ip: IpAddr, peer_hbone_port: u16| {
+        let mut config = test_config(name, ip, peer_hbone_port);
+        tune(&mut config);
+        let state = State::new(config.node_name.clone(), config.hbone_port);
+        Node::start(config, state).await
+    };
+    let b = node("node-b", ip(2, 1), 0).await;
+    let a = node("node-a", ip(1, 1), b.hbone().port()).await;
     let server = echo(ip(2, 2)).await;
     let mut view = View::new(Ca::new("mesh root"));
     let client_key = view.add_workload(workload(

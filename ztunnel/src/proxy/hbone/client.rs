@@ -107,7 +107,8 @@ impl Drop for StreamGuard {
 /// One HTTP/2 connection to a peer.
 pub struct Connection {
     sender: SendRequest<Bytes>,
-    /// Set by the connection's task when it ends (peer gone, GOAWAY done, keepalive).
+    /// Set by the connection's task when it ends (peer gone, GOAWAY done, keepalive),
+    /// and by [`Connection::open`] when the connection refuses a new stream.
     closed: Arc<AtomicBool>,
     usage: Arc<Usage>,
     max_streams: usize,
@@ -166,14 +167,21 @@ impl Connection {
             status: StatusCode::BAD_REQUEST,
             reason: format!("building the CONNECT: {e}"),
         })?;
-        let http2 = move |source| HboneError::Http2 { addr: peer, source };
+        // A stream refused before it was sent means the connection takes no more: the
+        // peer sent GOAWAY (it is draining, e.g. handing its node over to a new
+        // ztunnel) or the connection failed. It leaves the pool at once, so the retry
+        // opens a new connection instead of finding this one again.
+        let refused = |source| {
+            self.closed.store(true, Ordering::Release);
+            HboneError::Http2 { addr: peer, source }
+        };
         let started = tokio::time::Instant::now();
         // Waits only when the peer's stream limit is reached.
         let mut sender = tokio::time::timeout(timeout, self.sender.clone().ready())
             .await
             .map_err(|_| HboneError::ConnectTimeout(authority))?
-            .map_err(http2)?;
-        let (response, send) = sender.send_request(request, false).map_err(http2)?;
+            .map_err(refused)?;
+        let (response, send) = sender.send_request(request, false).map_err(refused)?;
         let answer = answer(response, authority, peer, started + timeout);
         match establish {
             Establish::AwaitAnswer => Ok(Tunnel::new(send, answer.await?, Some(guard))),

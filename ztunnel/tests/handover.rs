@@ -1,0 +1,191 @@
+//! A ztunnel taking a node over from the one serving it (an upgrade): peers' HBONE
+//! connections move to the new process, new connections never fail, and a connection
+//! open through the old process finishes on it.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use common::*;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use warren_api::subscribe::Handler as _;
+use warren_ztunnel::{Ztunnel, drain, state::State, subscription::Subscription};
+
+const OPENED: &str = "istio_tcp_connections_opened_total";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_takes_over_without_losing_a_connection() {
+    // Long enough for the held connection to finish on its own.
+    let drain_timeout = Duration::from_secs(20);
+    let mesh = two_nodes_configured(48, |c| c.drain_timeout = drain_timeout).await;
+    let TwoNodes {
+        mut view,
+        a,
+        b,
+        client_ip,
+        server,
+        ..
+    } = mesh;
+    let a = Arc::new(a);
+    let old_addresses = b.ztunnel.addresses.clone();
+
+    // A connection through B that stays open across the hand-over.
+    let mut held = a.outbound(client_ip, server, 0).await;
+    held.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    held.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+
+    // The old process drains when asked, as the binary does.
+    let (draining_tx, draining) = tokio::sync::oneshot::channel();
+    let old = tokio::spawn(async move {
+        b.ztunnel.quit_requested().await;
+        let _ = draining_tx.send(());
+        let started = std::time::Instant::now();
+        (b.ztunnel.drain().await, started.elapsed())
+    });
+
+    // New connections all along, bounded in number and stopped once checked.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let made = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn({
+        let (a, stop, failures, made) = (a.clone(), stop.clone(), failures.clone(), made.clone());
+        async move {
+            for n in 0..20_000u32 {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let payload = format!("connection {n}");
+                match round_trip(a.outbound(client_ip, server, 0).await, payload.as_bytes()).await {
+                    Ok(echo) if echo == payload.as_bytes() => {}
+                    Ok(echo) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{n}: echoed {} bytes", echo.len())),
+                    Err(error) => failures.lock().unwrap().push(format!("{n}: {error}")),
+                }
+                made.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(5), async || made
+            .load(Ordering::Acquire)
+            >= 20)
+        .await,
+        "no load before the hand-over"
+    );
+
+    // The successor: same addresses, its own state fed the same view.
+    let mut config = test_config("node-b", old_addresses.admin.ip(), 0);
+    config.outbound_addrs = old_addresses.outbound.clone();
+    config.inbound_plaintext_addrs = old_addresses.inbound_plaintext.clone();
+    config.hbone_addrs = old_addresses.hbone.clone();
+    config.admin_addr = old_addresses.admin;
+    config.metrics_addr = old_addresses.metrics;
+    config.readiness_addr = old_addresses.readiness;
+    let state = State::new(config.node_name.clone(), config.hbone_port);
+    let mut subscription = Subscription::new(Arc::clone(&state));
+    // Not ready yet: the take-over waits for the snapshot, the old one serving alone.
+    let successor = tokio::spawn(Ztunnel::take_over(
+        config,
+        Arc::clone(&state),
+        None,
+        Duration::from_secs(5),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!successor.is_finished(), "took over before it was ready");
+    assert!(subscription.apply(view.snapshot()).is_empty());
+    let successor = successor.await.unwrap().expect("the take-over");
+    tokio::time::timeout(Duration::from_secs(5), draining)
+        .await
+        .expect("the old ztunnel was not asked to drain")
+        .unwrap();
+
+    // Connections made after the old one stopped accepting go through the successor.
+    let before = made.load(Ordering::Acquire);
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            made.load(Ordering::Acquire) >= before + 200
+        })
+        .await,
+        "the load stalled after the hand-over"
+    );
+    stop.store(true, Ordering::Release);
+    load.await.unwrap();
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "{} of {} connections failed across the hand-over: {:?}",
+        failures.len(),
+        made.load(Ordering::Acquire),
+        &failures[..failures.len().min(5)]
+    );
+    // The successor took the operator's ports once the old one let go of them, and
+    // counts the connections it now carries.
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            tokio::net::TcpStream::connect(old_addresses.metrics)
+                .await
+                .is_ok()
+        })
+        .await,
+        "the successor did not take the metrics port"
+    );
+    let text = http_get(successor.addresses.metrics, "/metrics").await.1;
+    assert!(
+        metric(&text, OPENED, &["reporter=\"destination\""]) >= 100,
+        "the successor carried too few connections:\n{text}"
+    );
+    let (status, ready) = http_get(successor.addresses.readiness, "/healthz/ready").await;
+    assert_eq!((status, ready.trim()), (200, "ready"));
+
+    // The held connection still works through the old process, and its end lets the
+    // old one finish its drain cleanly, well before the deadline.
+    assert!(
+        !old.is_finished(),
+        "the old ztunnel left before its connection closed"
+    );
+    held.write_all(b"pong").await.unwrap();
+    held.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"pong");
+    drop(held);
+    let (outcome, took) = tokio::time::timeout(Duration::from_secs(10), old)
+        .await
+        .expect("the old ztunnel did not finish draining")
+        .unwrap();
+    assert_eq!(outcome, drain::Outcome::Clean);
+    assert!(
+        took < drain_timeout,
+        "drained only at the deadline: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_that_never_gets_ready_leaves_the_running_one_alone() {
+    let mesh = two_nodes(49).await;
+    let addresses = mesh.b.ztunnel.addresses.clone();
+    let mut config = test_config("node-b", addresses.admin.ip(), 0);
+    config.hbone_addrs = addresses.hbone.clone();
+    config.admin_addr = addresses.admin;
+    let state = State::new(config.node_name.clone(), config.hbone_port);
+    let error = match Ztunnel::take_over(config, state, None, Duration::from_millis(300)).await {
+        Ok(_) => panic!("took over without config"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("not ready within"), "{error}");
+    assert!(error.contains("keeps serving"), "{error}");
+    // The running one was never asked to drain and still serves.
+    let echoed = round_trip(mesh.client_to(mesh.server).await, b"still here")
+        .await
+        .unwrap();
+    assert_eq!(echoed, b"still here");
+    assert_eq!(http_get(addresses.admin, "/server_info").await.0, 200);
+}
