@@ -15,7 +15,13 @@ use std::{
 use common::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use warren_api::subscribe::Handler as _;
-use warren_ztunnel::{Ztunnel, drain, state::State, subscription::Subscription};
+use warren_ztunnel::{
+    Ztunnel, drain,
+    proxy::hbone::client::{self, Establish},
+    state::State,
+    subscription::Subscription,
+    tls::{TrustBundle, WorkloadCertificate},
+};
 
 const OPENED: &str = "istio_tcp_connections_opened_total";
 
@@ -188,4 +194,59 @@ async fn a_successor_that_never_gets_ready_leaves_the_running_one_alone() {
         .unwrap();
     assert_eq!(echoed, b"still here");
     assert_eq!(http_get(addresses.admin, "/server_info").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_learns_that_its_connection_goes_away_and_keeps_working() {
+    let mesh = two_nodes_configured(50, |c| c.drain_timeout = Duration::from_secs(10)).await;
+    let client_cert = mesh.view.ca.issue(&spiffe("demo", "client"));
+    let trust = TrustBundle::from_proto(&warren_api::config::TrustBundle {
+        roots_pem: vec![mesh.view.ca.root_pem.clone()],
+    })
+    .unwrap();
+    let connection = client::connect(
+        &test_config("probe", mesh.a.ip, 0),
+        mesh.b.hbone(),
+        &WorkloadCertificate::from_proto(&client_cert).unwrap(),
+        &trust,
+        &spiffe("demo", "server").parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let guard = connection.try_reserve().unwrap();
+    let tunnel = connection
+        .open(
+            guard,
+            mesh.server,
+            None,
+            Duration::from_secs(2),
+            Establish::AwaitAnswer,
+        )
+        .await
+        .unwrap();
+    let carrier = tunnel
+        .carrier()
+        .expect("a client tunnel knows its connection");
+    assert!(carrier.accepts_streams());
+
+    // B drains: GOAWAY on the connection. The carrier says so; the tunnel on it still
+    // carries its bytes until it ends.
+    let TwoNodes { b, .. } = mesh;
+    let drain = tokio::spawn(b.ztunnel.drain());
+    assert!(
+        eventually(Duration::from_secs(3), async || !carrier.accepts_streams()).await,
+        "the carrier still takes streams after GOAWAY"
+    );
+    let mut tunnel = tunnel;
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tunnel.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    drop(tunnel);
+    drop(connection);
+    let outcome = tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .expect("B did not finish draining once the tunnel ended")
+        .unwrap();
+    assert_eq!(outcome, drain::Outcome::Clean);
 }

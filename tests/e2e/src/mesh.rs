@@ -28,6 +28,8 @@ pub struct NodeDaemons {
     pub ztunnel: Process,
     /// The agent's extra arguments, to restart it the same way.
     agent_args: Vec<String>,
+    /// ztunnel's extra arguments, to start its successor the same way.
+    ztunnel_args: Vec<String>,
 }
 
 pub struct Mesh {
@@ -155,6 +157,7 @@ pub fn start_mesh_with(cluster: &Cluster, options: &MeshOptions) -> Result<Mesh>
             agent,
             ztunnel,
             agent_args,
+            ztunnel_args: options.ztunnel_args.clone(),
         });
     }
     Ok(Mesh { ca, ca_dir, nodes })
@@ -204,6 +207,18 @@ impl Mesh {
         let args: Vec<&str> = daemons.agent_args.iter().map(String::as_str).collect();
         daemons.agent = start_agent_with(cluster, &daemons.node, &args)?;
         Ok(())
+    }
+
+    /// Upgrades node `i`'s ztunnel the way an operator does: starts a new one
+    /// beside it, which takes over once ready and asks the old one to drain.
+    /// Returns the old process, draining (it exits by itself).
+    pub fn hand_over_ztunnel(&mut self, cluster: &Cluster, i: usize) -> Result<Process> {
+        let daemons = self.nodes.get_mut(i).context("no such node")?;
+        let mut successor = start_ztunnel_with(cluster, &daemons.node, &daemons.ztunnel_args)?;
+        successor
+            .wait_for_output("took over", Duration::from_secs(30))
+            .with_context(|| format!("the new ztunnel on {}", daemons.node.name))?;
+        Ok(std::mem::replace(&mut daemons.ztunnel, successor))
     }
 
     pub fn node(&self, name: &str) -> Result<&NodeDaemons> {

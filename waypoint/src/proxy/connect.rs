@@ -19,7 +19,7 @@ use warren_ztunnel::proxy::{
     Inputs,
     hbone::{
         Tunnel,
-        client::{Establish, HboneError},
+        client::{Carrier, Establish, HboneError},
     },
     pool::PoolKey,
 };
@@ -180,6 +180,16 @@ async fn plain(addr: SocketAddr, timeout: Duration) -> Result<Upstream, ConnectE
 pub enum Upstream {
     Tunnel(TokioIo<Tunnel>),
     Tcp(TokioIo<tokio::net::TcpStream>),
+}
+
+impl Upstream {
+    /// The HBONE connection a tunnel runs on, which pools watch for GOAWAY.
+    pub fn carrier(&self) -> Option<Carrier> {
+        match self {
+            Upstream::Tunnel(io) => io.inner().carrier(),
+            Upstream::Tcp(_) => None,
+        }
+    }
 }
 
 macro_rules! delegate {

@@ -129,6 +129,7 @@ impl KeepAlive {
             .connect_via(&route, endpoint, limits.connect_timeout)
             .await
             .map_err(|error| SendError::Connect(Arc::new(error)))?;
+        let carrier = io.carrier();
         let (send, connection) = http1::Builder::new()
             .handshake::<_, Body>(io)
             .await
@@ -145,7 +146,7 @@ impl KeepAlive {
         });
         Ok(Connection {
             send,
-            lifetime: Lifetime::new(route, limits),
+            lifetime: Lifetime::new(route, limits, carrier),
             served: 0,
         })
     }
@@ -159,7 +160,7 @@ impl KeepAlive {
         let spent = limits
             .max_requests_per_connection
             .is_some_and(|limit| connection.served >= limit);
-        if spent || connection.lifetime.expired(Instant::now()) {
+        if spent || connection.lifetime.retired(Instant::now()) {
             return;
         }
         let idle = Arc::clone(&self.idle);

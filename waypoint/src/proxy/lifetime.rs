@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use warren_ztunnel::drain;
+use warren_ztunnel::{drain, proxy::hbone::client::Carrier};
 
 use super::connect::Route;
 use crate::upstream::PoolLimits;
@@ -23,17 +23,21 @@ pub struct Lifetime {
     idle_timeout: Duration,
     /// `tcp.maxConnectionDuration` from its opening.
     retire_at: Option<Instant>,
+    /// The HBONE connection it runs on, if it is a tunnel: once that one goes away
+    /// (its ztunnel drains), this one takes no new request.
+    carrier: Option<Carrier>,
 }
 
 impl Lifetime {
-    /// For a connection opened now by `route`.
-    pub fn new(route: Route, limits: &PoolLimits) -> Self {
+    /// For a connection opened now by `route`, over `carrier` if a tunnel.
+    pub fn new(route: Route, limits: &PoolLimits, carrier: Option<Carrier>) -> Self {
         Self {
             route,
             idle_timeout: limits.idle_timeout,
             retire_at: limits
                 .max_connection_duration
                 .map(|limit| Instant::now() + limit),
+            carrier,
         }
     }
 
@@ -46,12 +50,18 @@ impl Lifetime {
 
     /// Whether it may stay pooled at `now`, unused since `last_used`.
     pub fn fresh(&self, last_used: Instant, now: Instant) -> bool {
-        now.saturating_duration_since(last_used) < self.idle_timeout && !self.expired(now)
+        now.saturating_duration_since(last_used) < self.idle_timeout && !self.retired(now)
     }
 
-    /// Whether it has lived its maximum duration at `now`.
-    pub fn expired(&self, now: Instant) -> bool {
+    /// Whether it must take no new request at `now`: it has lived its maximum
+    /// duration, or the HBONE connection under it takes no new stream (the peer
+    /// ztunnel is draining; a new connection reaches its successor).
+    pub fn retired(&self, now: Instant) -> bool {
         self.retire_at.is_some_and(|at| now >= at)
+            || self
+                .carrier
+                .as_ref()
+                .is_some_and(|carrier| !carrier.accepts_streams())
     }
 }
 

@@ -151,7 +151,7 @@ impl Connection {
     /// when it was last used or its last stream ended (Envoy's idle timeout
     /// runs only while a connection has no active stream).
     fn keep(&self, last_used: Instant, now: Instant) -> bool {
-        if self.send.is_closed() || self.lifetime.expired(now) {
+        if self.send.is_closed() || self.lifetime.retired(now) {
             return false;
         }
         if self.streams.active.load(Ordering::Acquire) > 0 {
@@ -538,6 +538,7 @@ async fn open(
         .connect_via(&route, endpoint, limits.connect_timeout)
         .await
         .map_err(Arc::new)?;
+    let carrier = io.carrier();
     let (send, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         // A dead peer behind a live tunnel is found by pings.
@@ -559,7 +560,7 @@ async fn open(
     Ok(Connection {
         id,
         send,
-        lifetime: Lifetime::new(route, &limits),
+        lifetime: Lifetime::new(route, &limits, carrier),
         max_streams: limits.max_concurrent_streams,
         sent: Arc::new(AtomicU64::new(0)),
         streams: Arc::new(Streams::new(Instant::now())),

@@ -72,14 +72,48 @@ impl HboneError {
     }
 }
 
-/// Shared by a pooled connection and its streams: how many are open, since when idle.
+/// Shared by a pooled connection and its streams: how many are open, since when idle,
+/// and whether it still takes streams.
 #[derive(Debug)]
 pub struct Usage {
     streams: AtomicUsize,
     idle_since: Mutex<Instant>,
+    /// A handle kept only to ask whether the connection takes new streams.
+    sender: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+/// The HBONE connection a client tunnel runs on, as its tunnel sees it.
+///
+/// A pool of connections carried by tunnels (the waypoint's upstream pools) asks it
+/// before reusing one: once the peer has sent GOAWAY (it is draining, e.g. handing its
+/// node over to a new ztunnel) the carried connection finishes what it carries and is
+/// not reused, so the peer's drain ends with the requests in flight instead of cutting
+/// kept-alive connections at its deadline.
+#[derive(Clone, Debug)]
+pub struct Carrier(Arc<Usage>);
+
+impl Carrier {
+    /// Whether the connection takes new streams: not ended, no GOAWAY received.
+    pub fn accepts_streams(&self) -> bool {
+        self.0.accepts_streams()
+    }
 }
 
 impl Usage {
+    fn accepts_streams(&self) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        // A fresh handle has no stream pending, so this only reads h2's connection
+        // error (set by a GOAWAY or a failure) and registers no waker.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        matches!(
+            self.sender.clone().poll_ready(&mut cx),
+            std::task::Poll::Ready(Ok(()))
+        )
+    }
+
     pub fn streams(&self) -> usize {
         self.streams.load(Ordering::Acquire)
     }
@@ -95,6 +129,12 @@ impl Usage {
 /// A stream slot on a connection, given back on drop.
 #[derive(Debug)]
 pub struct StreamGuard(Arc<Usage>);
+
+impl StreamGuard {
+    pub fn carrier(&self) -> Carrier {
+        Carrier(Arc::clone(&self.0))
+    }
+}
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
@@ -305,13 +345,16 @@ pub async fn connect(
         }
         .instrument(tracing::debug_span!("hbone_client", peer = %gateway)),
     );
+    let usage = Arc::new(Usage {
+        streams: AtomicUsize::new(0),
+        idle_since: Mutex::new(Instant::now()),
+        sender: sender.clone(),
+        closed: Arc::clone(&closed),
+    });
     Ok(Connection {
         sender,
         closed,
-        usage: Arc::new(Usage {
-            streams: AtomicUsize::new(0),
-            idle_since: Mutex::new(Instant::now()),
-        }),
+        usage,
         max_streams: config.pool_max_streams.max(1),
         peer: gateway,
     })

@@ -21,7 +21,7 @@ use tokio::{
     sync::Notify,
 };
 
-use super::client::{HboneError, StreamGuard};
+use super::client::{Carrier, HboneError, StreamGuard};
 
 /// The peer's answer to an early-sending CONNECT, still to come.
 pub(super) type Answer = Pin<Box<dyn Future<Output = Result<RecvStream, HboneError>> + Send>>;
@@ -42,10 +42,15 @@ pub struct Tunnel {
     /// END_STREAM sent: our half is closed.
     shut: bool,
     /// The pool's count of streams on the connection, for as long as this lives.
-    _guard: Option<StreamGuard>,
+    guard: Option<StreamGuard>,
 }
 
 impl Tunnel {
+    /// The HBONE connection this client tunnel runs on (`None` on the server side).
+    pub fn carrier(&self) -> Option<Carrier> {
+        self.guard.as_ref().map(StreamGuard::carrier)
+    }
+
     pub(super) fn new(
         send: SendStream<Bytes>,
         recv: RecvStream,
@@ -56,7 +61,7 @@ impl Tunnel {
             recv: Recv::Open(recv),
             unread: Bytes::new(),
             shut: false,
-            _guard: guard,
+            guard,
         }
     }
 
@@ -67,7 +72,7 @@ impl Tunnel {
             recv: Recv::Awaiting(answer),
             unread: Bytes::new(),
             shut: false,
-            _guard: Some(guard),
+            guard: Some(guard),
         }
     }
 
@@ -83,7 +88,7 @@ impl Tunnel {
             mut send,
             recv,
             unread,
-            _guard,
+            guard: _guard,
             ..
         } = self;
         let (mut reader, mut writer) = socket.split();

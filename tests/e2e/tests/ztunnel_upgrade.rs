@@ -1,0 +1,308 @@
+//! Upgrading ztunnel under load: a new process started on a node takes over from the
+//! running one, and no connection is refused or cut. A connection held open across
+//! both nodes' hand-overs keeps its round trips going, a client opening a new
+//! connection for every round trip sees no failure, and each old process leaves by
+//! itself once its last connection has ended.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
+use warren_e2e::{
+    mesh::{
+        MeshOptions, metric_sum, scrape_metrics, start_mesh_with, start_waypoint, waypoint_gateway,
+    },
+    workload::{count_status, start_echo, start_http_server},
+};
+use warren_testbed::{Cluster, PodSpec, Process, ServicePort, binaries, privilege::require_root};
+
+const ECHO_PORT: u16 = 9000;
+/// How long both clients run: long enough for both hand-overs inside it.
+const LOAD: &str = "8s";
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The JSON report a `pingpong --json` run printed (its last line that is one).
+fn report(output: &str) -> Result<Value> {
+    output
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str::<Value>(line.trim()).ok())
+        .with_context(|| format!("no JSON report in:\n{output}"))
+}
+
+/// Waits for each old ztunnel to leave by itself, having finished every connection
+/// (not cut at its drain deadline).
+fn drained_cleanly(old: Vec<(String, Process)>) -> Result<()> {
+    for (node, mut process) in old {
+        let status = process
+            .wait_exit(Duration::from_secs(20))
+            .with_context(|| format!("the old ztunnel on {node} did not leave"))?;
+        let output = process.output();
+        ensure!(
+            status.success(),
+            "old ztunnel on {node}: {status}\n{output}"
+        );
+        ensure!(
+            output.contains("drained: every connection finished"),
+            "the old ztunnel on {node} cut connections:\n{output}"
+        );
+    }
+    Ok(())
+}
+
+/// The mesh's ztunnels may drain for a minute: what ends a drain in these tests is
+/// the last connection finishing, never the deadline.
+fn long_drains() -> MeshOptions {
+    MeshOptions {
+        ztunnel_args: vec!["--drain-timeout".to_owned(), "60s".to_owned()],
+        ..MeshOptions::default()
+    }
+}
+
+#[test]
+fn a_new_ztunnel_takes_over_under_load_without_losing_a_connection() -> Result<()> {
+    require_root()?;
+    let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
+    cluster.add_namespace("demo", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
+    for (name, node) in [("server", 1), ("client", 0)] {
+        cluster.add_pod(PodSpec {
+            name: name.into(),
+            namespace: "demo".into(),
+            node,
+            labels: labels(&[("app", name)]),
+            service_account: Some(name.into()),
+        })?;
+    }
+    cluster.add_service(
+        "demo",
+        "server",
+        labels(&[("app", "server")]),
+        vec![ServicePort {
+            name: "tcp-echo".into(),
+            port: ECHO_PORT,
+            target_port: ECHO_PORT,
+        }],
+    )?;
+    let mut mesh = start_mesh_with(&cluster, &long_drains())?;
+    mesh.wait_ready(Duration::from_secs(30))
+        .with_context(|| mesh.logs())?;
+    let server = cluster.pod("server")?.clone();
+    let client = cluster.pod("client")?.clone();
+    let _echo = start_echo(&cluster, &server, ECHO_PORT)?;
+    let vip = cluster
+        .services()
+        .iter()
+        .find(|s| s.name == "server")
+        .context("service server")?
+        .cluster_ip;
+
+    // Both clients stop at their first failure (refused, reset, timed out, or a
+    // wrong echo) and exit non-zero.
+    let sample = binaries::path("warren-sample")?
+        .to_string_lossy()
+        .into_owned();
+    let pod_target = format!("{}:{ECHO_PORT}", server.ip);
+    let vip_target = format!("{vip}:{ECHO_PORT}");
+    let mut held = cluster.spawn(
+        &client.sandbox,
+        &sample,
+        &[
+            "pingpong",
+            "--connect",
+            &pod_target,
+            "--duration",
+            LOAD,
+            "--timeout",
+            "5s",
+            "--json",
+        ],
+    )?;
+    let mut churn = cluster.spawn(
+        &client.sandbox,
+        &sample,
+        &[
+            "pingpong",
+            "--connect",
+            &vip_target,
+            "--new-connection",
+            "--duration",
+            LOAD,
+            "--timeout",
+            "5s",
+            "--json",
+        ],
+    )?;
+
+    // The destination's node first (peers' HBONE connections must move), then the
+    // source's (captured connections must move).
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut old = Vec::new();
+    for index in [1, 0] {
+        let node = mesh.nodes[index].node.name.clone();
+        old.push((node, mesh.hand_over_ztunnel(&cluster, index)?));
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+
+    for (what, process) in [
+        ("held connection", &mut held),
+        ("new connections", &mut churn),
+    ] {
+        let status = process.wait_exit(Duration::from_secs(30))?;
+        let output = process.output();
+        ensure!(
+            status.success(),
+            "{what}: a connection failed across the hand-overs ({status}):\n{output}\n{}",
+            mesh.logs()
+        );
+        let round_trips = report(&output)?["round_trips"].as_u64().unwrap_or(0);
+        ensure!(
+            round_trips > 100,
+            "{what}: only {round_trips} round trips:\n{output}"
+        );
+    }
+
+    // Each old process drained cleanly once the held connection ended, long before
+    // its 60 s deadline.
+    drained_cleanly(old)?;
+
+    // The successors carry the node now: metrics, readiness, and traffic.
+    let metrics = scrape_metrics(&mesh.nodes[1].node)?;
+    let opened = metric_sum(
+        &metrics,
+        "istio_tcp_connections_opened_total",
+        &[("reporter", "destination")],
+    );
+    ensure!(
+        opened > 10.0,
+        "the successor on node 1 counted {opened} inbound connections:\n{metrics}"
+    );
+    for daemons in &mut mesh.nodes {
+        daemons.ztunnel.check_running()?;
+    }
+    let after = client.sandbox.exec(
+        &sample,
+        [
+            "pingpong",
+            "--connect",
+            &vip_target,
+            "--round-trips",
+            "10",
+            "--json",
+        ],
+    )?;
+    ensure!(
+        after.status.success(),
+        "after the hand-overs: {}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+    Ok(())
+}
+
+/// Through a waypoint, the waypoint's kept-alive upstream connections run over HBONE
+/// to the destination's ztunnel. When that ztunnel hands over, the waypoint stops
+/// reusing them (their HBONE connection got GOAWAY) once their request is done, so the
+/// old ztunnel's drain ends with the requests in flight, and no request fails.
+#[test]
+fn requests_through_a_waypoint_survive_both_hand_overs() -> Result<()> {
+    require_root()?;
+    const NS: &str = "shop";
+    let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
+    cluster.add_namespace(NS, labels(&[("warren.io/dataplane-mode", "ambient")]))?;
+    for (name, node, pod_labels) in [
+        ("client", 0, labels(&[("app", "client")])),
+        ("app", 1, labels(&[("app", "app")])),
+        (
+            "waypoint",
+            1,
+            labels(&[
+                ("gateway.networking.k8s.io/gateway-name", "waypoint"),
+                ("warren.io/dataplane-mode", "none"),
+            ]),
+        ),
+    ] {
+        cluster.add_pod(PodSpec {
+            name: name.into(),
+            namespace: NS.into(),
+            node,
+            labels: pod_labels,
+            service_account: Some(name.into()),
+        })?;
+    }
+    cluster.add_service(
+        NS,
+        "app",
+        labels(&[("app", "app")]),
+        vec![ServicePort {
+            name: "http".into(),
+            port: 80,
+            target_port: 8080,
+        }],
+    )?;
+    std::fs::write(
+        cluster.config_dir().join("waypoint.yaml"),
+        waypoint_gateway(NS),
+    )?;
+    let mut mesh = start_mesh_with(&cluster, &long_drains())?;
+    mesh.wait_ready(Duration::from_secs(30))
+        .with_context(|| mesh.logs())?;
+    let waypoint_pod = cluster.pod("waypoint")?.clone();
+    let _waypoint = start_waypoint(&cluster, &waypoint_pod, NS).with_context(|| mesh.logs())?;
+    let app = cluster.pod("app")?.clone();
+    let _server = start_http_server(&cluster, &app, 8080, &["--name", "app"])?;
+    let vip = cluster
+        .services()
+        .iter()
+        .find(|s| s.name == "app")
+        .context("service app")?
+        .cluster_ip;
+
+    let client = cluster.pod("client")?.clone();
+    let sample = binaries::path("warren-sample")?
+        .to_string_lossy()
+        .into_owned();
+    let url = format!("http://{vip}/");
+    let mut load = cluster.spawn(
+        &client.sandbox,
+        &sample,
+        &[
+            "load",
+            "--url",
+            &url,
+            "--duration",
+            LOAD,
+            "-c",
+            "4",
+            "--json",
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut old = Vec::new();
+    // The app's node first: the waypoint's upstream connections run through it.
+    for index in [1, 0] {
+        let node = mesh.nodes[index].node.name.clone();
+        old.push((node, mesh.hand_over_ztunnel(&cluster, index)?));
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let status = load.wait_exit(Duration::from_secs(30))?;
+    let output = load.output();
+    ensure!(
+        status.success(),
+        "the load client failed ({status}):\n{output}"
+    );
+    let report = report(&output)?;
+    let requests = report["requests"].as_u64().unwrap_or(0);
+    let ok = count_status(&report, 200);
+    ensure!(
+        requests > 100 && ok == requests,
+        "{ok} of {requests} requests answered 200 across the hand-overs:\n{report}\n{}",
+        mesh.logs()
+    );
+    drained_cleanly(old).with_context(|| mesh.logs())?;
+    Ok(())
+}
