@@ -77,6 +77,16 @@ pub fn load(pod: &Pod, url: &str, args: &[&str]) -> Result<Value> {
     serde_json::from_slice(&out.stdout).context("parsing the load client's JSON")
 }
 
+/// The JSON report a sample client started with `--json` printed: the last line of
+/// its output that is JSON (its log lines go to the same file).
+pub fn json_report(output: &str) -> Result<Value> {
+    output
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str::<Value>(line.trim()).ok())
+        .with_context(|| format!("no JSON report in:\n{output}"))
+}
+
 /// How many responses in a load report had `status`.
 pub fn count_status(report: &Value, status: u64) -> u64 {
     rows(report)

@@ -12,7 +12,7 @@ use warren_e2e::{
     mesh::{
         MeshOptions, metric_sum, scrape_metrics, start_mesh_with, start_waypoint, waypoint_gateway,
     },
-    workload::{count_status, start_echo, start_http_server},
+    workload::{count_status, json_report, start_echo, start_http_server},
 };
 use warren_testbed::{Cluster, PodSpec, Process, ServicePort, binaries, privilege::require_root};
 
@@ -25,15 +25,6 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect()
-}
-
-/// The JSON report a `pingpong --json` run printed (its last line that is one).
-fn report(output: &str) -> Result<Value> {
-    output
-        .lines()
-        .rev()
-        .find_map(|line| serde_json::from_str::<Value>(line.trim()).ok())
-        .with_context(|| format!("no JSON report in:\n{output}"))
 }
 
 /// Waits for each old ztunnel to leave by itself, having finished every connection
@@ -160,7 +151,7 @@ fn a_new_ztunnel_takes_over_under_load_without_losing_a_connection() -> Result<(
             "{what}: a connection failed across the hand-overs ({status}):\n{output}\n{}",
             mesh.logs()
         );
-        let round_trips = report(&output)?["round_trips"].as_u64().unwrap_or(0);
+        let round_trips = json_report(&output)?["round_trips"].as_u64().unwrap_or(0);
         ensure!(
             round_trips > 100,
             "{what}: only {round_trips} round trips:\n{output}"
@@ -295,7 +286,7 @@ fn requests_through_a_waypoint_survive_both_hand_overs() -> Result<()> {
         status.success(),
         "the load client failed ({status}):\n{output}"
     );
-    let report = report(&output)?;
+    let report = json_report(&output)?;
     let requests = report["requests"].as_u64().unwrap_or(0);
     let ok = count_status(&report, 200);
     ensure!(
