@@ -27,9 +27,14 @@ const OPENED: &str = "istio_tcp_connections_opened_total";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successor_takes_over_without_losing_a_connection() {
-    // Long enough for the held connection to finish on its own.
+    // Long enough for the held connections to finish on their own. Two streams per
+    // HBONE connection, so that A pools several connections to B, each with room.
     let drain_timeout = Duration::from_secs(20);
-    let mesh = two_nodes_configured(48, |c| c.drain_timeout = drain_timeout).await;
+    let mesh = two_nodes_configured(48, |c| {
+        c.drain_timeout = drain_timeout;
+        c.pool_max_streams = 2;
+    })
+    .await;
     let TwoNodes {
         mut view,
         a,
@@ -41,12 +46,21 @@ async fn a_successor_takes_over_without_losing_a_connection() {
     let a = Arc::new(a);
     let old_addresses = b.ztunnel.addresses.clone();
 
-    // A connection through B that stays open across the hand-over.
-    let mut held = a.outbound(client_ip, server, 0).await;
-    held.write_all(b"ping").await.unwrap();
-    let mut buf = [0u8; 4];
-    held.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"ping");
+    // Connections through B that stay open across the hand-over: four fill two
+    // HBONE connections, then one on each ends, leaving both with room.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut stream = a.outbound(client_ip, server, 0).await;
+        stream.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        held.push(stream);
+    }
+    assert_eq!(a.ztunnel.inputs.pool.connection_count(), 2);
+    drop(held.remove(3));
+    drop(held.remove(1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
 
     // The old process drains when asked, as the binary does.
     let (draining_tx, draining) = tokio::sync::oneshot::channel();
@@ -153,16 +167,18 @@ async fn a_successor_takes_over_without_losing_a_connection() {
     let (status, ready) = http_get(successor.addresses.readiness, "/healthz/ready").await;
     assert_eq!((status, ready.trim()), (200, "ready"));
 
-    // The held connection still works through the old process, and its end lets the
-    // old one finish its drain cleanly, well before the deadline.
+    // The held connections still work through the old process, and their end lets
+    // the old one finish its drain cleanly, well before the deadline.
     assert!(
         !old.is_finished(),
-        "the old ztunnel left before its connection closed"
+        "the old ztunnel left before its connections closed"
     );
-    held.write_all(b"pong").await.unwrap();
-    held.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"pong");
-    drop(held);
+    for mut stream in held {
+        stream.write_all(b"pong").await.unwrap();
+        let mut buf = [0u8; 4];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+    }
     let (outcome, took) = tokio::time::timeout(Duration::from_secs(10), old)
         .await
         .expect("the old ztunnel did not finish draining")

@@ -72,7 +72,9 @@ impl Pool {
         establish: Establish,
     ) -> Result<Tunnel, HboneError> {
         let timeout = self.inner.config.connect_header_timeout;
-        if let Some((connection, guard)) = self.find(key) {
+        // Pooled connections first. A peer that drains sends GOAWAY on all of them at
+        // once; each refusal retires its connection, so every one is tried at most once.
+        while let Some((connection, guard)) = self.find(key) {
             // Early data cannot be retried on another connection (the bytes are
             // gone), so a connection that may have died unnoticed — no stream on it
             // for a while — first proves itself with an answer.
@@ -87,10 +89,13 @@ impl Pool {
                 .open(guard, authority, source_ip, timeout, establish)
                 .await
             {
-                // A pooled connection may have died since (GOAWAY, a reset): try once
-                // more on a fresh one.
+                Err(HboneError::Http2 { source, .. }) if connection.is_closed() => {
+                    debug!(%source, "pooled HBONE connection takes no more streams; trying the next");
+                }
+                // It may have died since (a reset): once more, on a fresh one.
                 Err(HboneError::Http2 { source, .. }) => {
                     debug!(%source, "pooled HBONE connection failed; opening another");
+                    break;
                 }
                 other => return other,
             }

@@ -4,7 +4,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, Weak,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -72,14 +72,16 @@ impl HboneError {
     }
 }
 
-/// Shared by a pooled connection and its streams: how many are open, since when idle,
-/// and whether it still takes streams.
+/// One pooled connection as its pool and its streams share it: how many streams are
+/// open, since when it is idle, and whether it still takes streams. The connection
+/// closes once this is gone (the last handle on h2's side) and no stream is open.
 #[derive(Debug)]
 pub struct Usage {
     streams: AtomicUsize,
     idle_since: Mutex<Instant>,
-    /// A handle kept only to ask whether the connection takes new streams.
     sender: SendRequest<Bytes>,
+    /// Set by the connection's task when it ends (peer gone, GOAWAY done, keepalive),
+    /// or once the connection is seen to refuse new streams; never unset.
     closed: Arc<AtomicBool>,
 }
 
@@ -89,29 +91,36 @@ pub struct Usage {
 /// before reusing one: once the peer has sent GOAWAY (it is draining, e.g. handing its
 /// node over to a new ztunnel) the carried connection finishes what it carries and is
 /// not reused, so the peer's drain ends with the requests in flight instead of cutting
-/// kept-alive connections at its deadline.
+/// kept-alive connections at its deadline. It does not keep the connection open.
 #[derive(Clone, Debug)]
-pub struct Carrier(Arc<Usage>);
+pub struct Carrier(Weak<Usage>);
 
 impl Carrier {
-    /// Whether the connection takes new streams: not ended, no GOAWAY received.
+    /// Whether the connection takes new streams: open, and no GOAWAY received.
     pub fn accepts_streams(&self) -> bool {
-        self.0.accepts_streams()
+        self.0.upgrade().is_some_and(|usage| usage.takes_streams())
     }
 }
 
 impl Usage {
-    fn accepts_streams(&self) -> bool {
+    /// Whether the connection takes new streams; a refusal is remembered in `closed`,
+    /// so asking again costs an atomic load.
+    fn takes_streams(&self) -> bool {
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
         // A fresh handle has no stream pending, so this only reads h2's connection
-        // error (set by a GOAWAY or a failure) and registers no waker.
+        // state (an error once a GOAWAY or a failure arrived, or stream ids run out)
+        // and registers no waker.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        matches!(
+        let takes = matches!(
             self.sender.clone().poll_ready(&mut cx),
             std::task::Poll::Ready(Ok(()))
-        )
+        );
+        if !takes {
+            self.closed.store(true, Ordering::Release);
+        }
+        takes
     }
 
     pub fn streams(&self) -> usize {
@@ -132,7 +141,7 @@ pub struct StreamGuard(Arc<Usage>);
 
 impl StreamGuard {
     pub fn carrier(&self) -> Carrier {
-        Carrier(Arc::clone(&self.0))
+        Carrier(Arc::downgrade(&self.0))
     }
 }
 
@@ -146,10 +155,6 @@ impl Drop for StreamGuard {
 
 /// One HTTP/2 connection to a peer.
 pub struct Connection {
-    sender: SendRequest<Bytes>,
-    /// Set by the connection's task when it ends (peer gone, GOAWAY done, keepalive),
-    /// and by [`Connection::open`] when the connection refuses a new stream.
-    closed: Arc<AtomicBool>,
     usage: Arc<Usage>,
     max_streams: usize,
     peer: SocketAddr,
@@ -171,7 +176,7 @@ impl Connection {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.usage.closed.load(Ordering::Acquire)
     }
 
     pub fn usage(&self) -> &Usage {
@@ -207,17 +212,21 @@ impl Connection {
             status: StatusCode::BAD_REQUEST,
             reason: format!("building the CONNECT: {e}"),
         })?;
-        // A stream refused before it was sent means the connection takes no more: the
-        // peer sent GOAWAY (it is draining, e.g. handing its node over to a new
-        // ztunnel) or the connection failed. It leaves the pool at once, so the retry
-        // opens a new connection instead of finding this one again.
+        // A stream refused before it was sent may mean the connection takes no more:
+        // the peer sent GOAWAY (it is draining, e.g. handing its node over to a new
+        // ztunnel) or the connection failed. Then it leaves the pool at once, so the
+        // pool's retry does not find it again.
         let refused = |source| {
-            self.closed.store(true, Ordering::Release);
+            if !self.usage.takes_streams() {
+                debug!(%peer, "the HBONE connection takes no more streams; retired");
+            }
             HboneError::Http2 { addr: peer, source }
         };
         let started = tokio::time::Instant::now();
-        // Waits only when the peer's stream limit is reached.
-        let mut sender = tokio::time::timeout(timeout, self.sender.clone().ready())
+        // A fresh handle has no stream pending: this returns at once, with the
+        // connection's error if it has one. (Streams over the peer's limit wait in h2,
+        // inside the answer's deadline.)
+        let mut sender = tokio::time::timeout(timeout, self.usage.sender.clone().ready())
             .await
             .map_err(|_| HboneError::ConnectTimeout(authority))?
             .map_err(refused)?;
@@ -326,8 +335,9 @@ pub async fn connect(
             addr: gateway,
             source,
         })?;
-    // The connection task ends when the peer goes away, stops answering PINGs, or
-    // every sender (the pool's and the streams') is dropped and no stream is open.
+    // The connection task ends when the peer goes away, stops answering PINGs, or the
+    // sender (in the `Usage` the pool and the streams share) is dropped and no stream
+    // is open.
     let closed = Arc::new(AtomicBool::new(false));
     let ping_pong = connection.ping_pong();
     let task_closed = Arc::clone(&closed);
@@ -345,16 +355,13 @@ pub async fn connect(
         }
         .instrument(tracing::debug_span!("hbone_client", peer = %gateway)),
     );
-    let usage = Arc::new(Usage {
-        streams: AtomicUsize::new(0),
-        idle_since: Mutex::new(Instant::now()),
-        sender: sender.clone(),
-        closed: Arc::clone(&closed),
-    });
     Ok(Connection {
-        sender,
-        closed,
-        usage,
+        usage: Arc::new(Usage {
+            streams: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            sender,
+            closed,
+        }),
         max_streams: config.pool_max_streams.max(1),
         peer: gateway,
     })
