@@ -216,7 +216,12 @@ impl App {
         tokio::spawn(Arc::clone(&context.http2).run_eviction(trigger.watch()));
         // ztunnel's admin endpoints, and `/clusters`.
         let admin_handler: http_endpoint::Handler = {
-            let l4 = admin::handler(Arc::clone(&inputs), log, Arc::clone(&quit));
+            let l4 = admin::handler(
+                Arc::clone(&inputs),
+                log,
+                Arc::clone(&quit),
+                "warren-waypoint",
+            );
             let context = Arc::clone(&context);
             Arc::new(move |request| {
                 if request.uri().path() == "/clusters" {

@@ -17,7 +17,14 @@ use crate::{
 /// Changes the log filter (tracing `EnvFilter` syntax); the error says why not.
 pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
-pub fn handler(inputs: Arc<Inputs>, log: Option<LogControl>, quit: Arc<Notify>) -> Handler {
+/// `server` names the process in `/server_info` (the waypoint serves these endpoints
+/// too, under its own name).
+pub fn handler(
+    inputs: Arc<Inputs>,
+    log: Option<LogControl>,
+    quit: Arc<Notify>,
+    server: &'static str,
+) -> Handler {
     Arc::new(move |request| {
         let inputs = Arc::clone(&inputs);
         let log = log.clone();
@@ -60,20 +67,23 @@ pub fn handler(inputs: Arc<Inputs>, log: Option<LogControl>, quit: Arc<Notify>) 
                         }
                     }
                 }
-                "/quitquitquit"
-                    if request.method() == Method::POST || request.method() == Method::GET =>
-                {
+                // POST only, as Envoy's and Istio's: a stray GET (a browser, a link
+                // checker) never stops the node's proxy.
+                "/quitquitquit" if request.method() == Method::POST => {
                     tracing::info!("quit requested through the admin endpoint; draining");
                     quit.notify_one();
                     text(StatusCode::OK, "draining\n")
                 }
                 "/server_info" => json(
-                    &serde_json::to_value(ServerInfo::of_this_process(inputs.state.node()))
+                    &serde_json::to_value(ServerInfo::of_this_process(server, inputs.state.node()))
                         .unwrap_or_default(),
                 ),
+                "/quitquitquit" => {
+                    text(StatusCode::METHOD_NOT_ALLOWED, "/quitquitquit takes POST\n")
+                }
                 "/" => text(
                     StatusCode::OK,
-                    "/config_dump\n/logging?level=<filter>\n/quitquitquit\n/server_info\n",
+                    "/config_dump\n/logging?level=<filter>\nPOST /quitquitquit\n/server_info\n",
                 ),
                 other => text(
                     StatusCode::NOT_FOUND,

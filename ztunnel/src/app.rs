@@ -19,7 +19,9 @@ use tracing::{info, warn};
 use crate::{
     admin::{self, LogControl},
     config::Config,
-    drain, handover, http_endpoint,
+    drain,
+    handover::{self, ServerInfo},
+    http_endpoint,
     metrics::Metrics,
     proxy::{self, Inputs},
     readiness,
@@ -61,9 +63,10 @@ struct EndpointListeners {
 }
 
 /// How often a successor tries the operator's ports while its predecessor lets go of
-/// them, and after how long it says it is still waiting.
+/// them, after how long it says it is still waiting, and when it gives up.
 const ENDPOINT_RETRY: Duration = Duration::from_millis(50);
 const ENDPOINT_PATIENCE: Duration = Duration::from_secs(5);
+const ENDPOINT_GIVE_UP: Duration = Duration::from_secs(30);
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -110,6 +113,18 @@ impl ProxyListeners {
             hbone: bind_all_shared(&config.hbone_addrs, "HBONE")?,
         })
     }
+
+    /// The proxy addresses as bound; the operator's as configured.
+    fn addresses(&self, config: &Config) -> anyhow::Result<Addresses> {
+        Ok(Addresses {
+            outbound: local_addrs(&self.outbound)?,
+            inbound_plaintext: local_addrs(&self.inbound_plaintext)?,
+            hbone: local_addrs(&self.hbone)?,
+            admin: config.admin_addr,
+            metrics: config.metrics_addr,
+            readiness: config.readiness_addr,
+        })
+    }
 }
 
 impl EndpointListeners {
@@ -121,24 +136,36 @@ impl EndpointListeners {
         })
     }
 
-    /// Binds them as soon as a predecessor has let go of them (it closes them when it
-    /// starts draining), trying until this ztunnel drains.
+    /// Binds them as soon as the predecessor lets go of them (it closes them when it
+    /// starts draining). `None` when this ztunnel drains first, or when they stay
+    /// taken for [`ENDPOINT_GIVE_UP`]: then another process keeps them (a second
+    /// successor, or a predecessor that did not drain).
     async fn bind_when_free(config: &Config, mut drain: drain::Watch) -> Option<Self> {
         let started = tokio::time::Instant::now();
-        let mut said = false;
+        let mut warned = false;
         loop {
             match Self::bind(config).await {
-                Ok(listeners) => return Some(listeners),
-                Err(error) => {
-                    if !said && started.elapsed() >= ENDPOINT_PATIENCE {
-                        warn!(
-                            error = %format!("{error:#}"),
-                            "the admin, metrics and readiness ports are still taken \
-                             (is the previous ztunnel draining?); still trying"
-                        );
-                        said = true;
-                    }
+                Ok(listeners) => {
+                    info!("admin, metrics and readiness ports taken over");
+                    return Some(listeners);
                 }
+                Err(error) if started.elapsed() >= ENDPOINT_GIVE_UP => {
+                    tracing::error!(
+                        error = %format!("{error:#}"),
+                        "the admin, metrics and readiness ports stayed taken for {ENDPOINT_GIVE_UP:?}: \
+                         another ztunnel keeps them; this one drains"
+                    );
+                    return None;
+                }
+                Err(error) if !warned && started.elapsed() >= ENDPOINT_PATIENCE => {
+                    warn!(
+                        error = %format!("{error:#}"),
+                        "the admin, metrics and readiness ports are still taken \
+                         (is the previous ztunnel draining?); still trying"
+                    );
+                    warned = true;
+                }
+                Err(_) => {}
             }
             tokio::select! {
                 () = drain.draining() => return None,
@@ -150,14 +177,16 @@ impl EndpointListeners {
 
 impl Ztunnel {
     /// Binds every listener (all before serving any, so a port clash fails the start)
-    /// and serves from `state`.
+    /// and serves from `state`. The admin port goes first: it is never shared, so a
+    /// second ztunnel configured like this one fails here instead of joining the
+    /// proxy ports (which a successor may share, see [`Ztunnel::take_over`]).
     pub async fn start(
         config: Config,
         state: Arc<State>,
         log: Option<LogControl>,
     ) -> anyhow::Result<Ztunnel> {
-        let proxies = ProxyListeners::bind(&config)?;
         let endpoints = EndpointListeners::bind(&config).await?;
+        let proxies = ProxyListeners::bind(&config)?;
         let addresses = Addresses {
             admin: endpoints.admin.local_addr()?,
             metrics: endpoints.metrics.local_addr()?,
@@ -166,15 +195,15 @@ impl Ztunnel {
         };
         let ztunnel = Ztunnel::new(config, state, addresses);
         ztunnel.serve_proxies(proxies);
-        ztunnel.serve_endpoints(endpoints, log);
+        ztunnel.endpoint_server(log).serve(endpoints);
         Ok(ztunnel)
     }
 
-    /// Takes over from the ztunnel serving the node now, without a connection
-    /// refused or cut: waits until `state` is ready (config and certificates; until
-    /// then the running one serves alone), accepts beside it, asks it to drain (it
-    /// stops accepting and lets its connections finish), then takes the admin, metrics
-    /// and readiness ports as it lets go of them.
+    /// Takes over from `running`, the ztunnel serving the node now, without a
+    /// connection refused or cut: waits until `state` is ready (config and
+    /// certificates; until then the running one serves alone), accepts beside it,
+    /// asks it to drain (it stops accepting and lets its connections finish), then
+    /// takes the admin, metrics and readiness ports as it lets go of them.
     ///
     /// Fails, leaving the running ztunnel in charge, when `state` is not ready within
     /// `ready_within` or the proxy ports cannot be shared.
@@ -183,46 +212,68 @@ impl Ztunnel {
         state: Arc<State>,
         log: Option<LogControl>,
         ready_within: Duration,
+        running: &ServerInfo,
     ) -> anyhow::Result<Ztunnel> {
         wait_ready(&state, ready_within).await?;
+        // Before binding: the kernel reads it when a listener closes, and ours may
+        // close too (a failed start).
+        if config.migrate_queued_connections {
+            match handover::migrate_queued_connections() {
+                Ok(true) => info!(
+                    "net.ipv4.tcp_migrate_req set: connections queued on the old listeners move to these"
+                ),
+                Ok(false) => {}
+                Err(error) => warn!(
+                    %error,
+                    "could not set net.ipv4.tcp_migrate_req: connections the old ztunnel has \
+                     queued but not accepted when it stops may be reset"
+                ),
+            }
+        }
         let proxies = ProxyListeners::bind(&config).context(
             "sharing the running ztunnel's ports (a hand-over needs the same user and SO_REUSEPORT on both)",
         )?;
-        let addresses = Addresses {
-            admin: config.admin_addr,
-            metrics: config.metrics_addr,
-            readiness: config.readiness_addr,
-            ..proxies.addresses(&config)?
-        };
+        let addresses = proxies.addresses(&config)?;
         let ztunnel = Ztunnel::new(config, state, addresses);
         ztunnel.serve_proxies(proxies);
-        match handover::migrate_queued_connections() {
-            Ok(true) => info!(
-                "net.ipv4.tcp_migrate_req set: connections queued on the old listeners move to these"
+        let config = Arc::clone(&ztunnel.inputs.config);
+        let admin = config.admin_addr;
+        // The process on the admin port may have changed while this one got ready.
+        match handover::predecessor(admin, config.node_name.as_deref()).await {
+            Ok(Some(now)) if now.pid == running.pid => match handover::ask_to_drain(admin).await {
+                Ok(()) => {
+                    info!(%admin, pid = running.pid, "took over: the previous ztunnel is draining")
+                }
+                // Both serve until the operator stops the old one; nothing is lost.
+                Err(error) => warn!(
+                    %admin,
+                    error = %format!("{error:#}"),
+                    "could not ask the previous ztunnel to drain; both serve until it stops"
+                ),
+            },
+            Ok(Some(now)) => warn!(
+                %admin,
+                expected = running.pid,
+                found = now.pid,
+                "another ztunnel answers on the admin port now; not asking it to drain"
             ),
-            Ok(false) => {}
-            Err(error) => warn!(
-                %error,
-                "could not set net.ipv4.tcp_migrate_req: connections the old ztunnel has \
-                 queued but not accepted when it stops may be reset"
-            ),
-        }
-        let admin = ztunnel.inputs.config.admin_addr;
-        match handover::ask_to_drain(admin).await {
-            Ok(()) => info!(%admin, "took over: the previous ztunnel is draining"),
-            // Both serve until the operator stops the old one; nothing is lost.
+            Ok(None) => info!(%admin, "took over: the previous ztunnel had already stopped"),
             Err(error) => warn!(
                 %admin,
                 error = %format!("{error:#}"),
-                "could not ask the previous ztunnel to drain; both serve until it stops"
+                "the admin port no longer answers as the previous ztunnel; not asking it to drain"
             ),
         }
-        let config = Arc::clone(&ztunnel.inputs.config);
         let drain = ztunnel.trigger.watch();
         let server = ztunnel.endpoint_server(log);
+        let quit = Arc::clone(&ztunnel.quit);
         tokio::spawn(async move {
-            if let Some(listeners) = EndpointListeners::bind_when_free(&config, drain).await {
-                server.serve(listeners);
+            let draining = drain.clone();
+            match EndpointListeners::bind_when_free(&config, drain).await {
+                Some(listeners) => server.serve(listeners),
+                // Given up: this process leaves the node to the one holding them.
+                None if !draining.is_draining() => quit.notify_one(),
+                None => {}
             }
         });
         Ok(ztunnel)
@@ -267,10 +318,6 @@ impl Ztunnel {
         tokio::spawn(inputs.pool.clone().run_eviction(self.trigger.watch()));
     }
 
-    fn serve_endpoints(&self, listeners: EndpointListeners, log: Option<LogControl>) {
-        self.endpoint_server(log).serve(listeners);
-    }
-
     fn endpoint_server(&self, log: Option<LogControl>) -> EndpointServer {
         EndpointServer {
             inputs: Arc::clone(&self.inputs),
@@ -302,20 +349,6 @@ impl Ztunnel {
     }
 }
 
-impl ProxyListeners {
-    /// The proxy addresses as bound; the operator's as configured.
-    fn addresses(&self, config: &Config) -> anyhow::Result<Addresses> {
-        Ok(Addresses {
-            outbound: local_addrs(&self.outbound)?,
-            inbound_plaintext: local_addrs(&self.inbound_plaintext)?,
-            hbone: local_addrs(&self.hbone)?,
-            admin: config.admin_addr,
-            metrics: config.metrics_addr,
-            readiness: config.readiness_addr,
-        })
-    }
-}
-
 /// What serving the admin, metrics and readiness endpoints needs, taken before their
 /// listeners exist (a successor binds them later).
 struct EndpointServer {
@@ -331,7 +364,12 @@ impl EndpointServer {
             listeners.admin,
             self.drain.clone(),
             "admin",
-            admin::handler(Arc::clone(&self.inputs), self.log, self.quit),
+            admin::handler(
+                Arc::clone(&self.inputs),
+                self.log,
+                self.quit,
+                handover::SERVER,
+            ),
         ));
         let metrics = Arc::clone(&self.inputs.metrics);
         let metrics_handler: http_endpoint::Handler = Arc::new(move |request| {
@@ -371,7 +409,7 @@ impl EndpointServer {
 }
 
 /// Waits until `state` is ready, at most `within`.
-async fn wait_ready(state: &State, within: Duration) -> anyhow::Result<()> {
+pub async fn wait_ready(state: &State, within: Duration) -> anyhow::Result<()> {
     let mut changes = state.changes();
     let ready = async {
         while state.ready().is_err() {

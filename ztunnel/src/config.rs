@@ -103,6 +103,11 @@ pub struct Config {
     #[arg(long, env = "WARREN_ZTUNNEL_HANDOVER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub handover_timeout: Duration,
 
+    /// Set `net.ipv4.tcp_migrate_req` when taking over, so that connections the old
+    /// ztunnel has queued but not accepted move to this one instead of being reset.
+    #[arg(long, env = "WARREN_ZTUNNEL_MIGRATE_QUEUED_CONNECTIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_queued_connections: bool,
+
     /// Limit on a TCP connect to a pod, a peer ztunnel or a passthrough destination.
     #[arg(long, env = "WARREN_ZTUNNEL_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -170,6 +175,8 @@ impl Config {
         config.readiness_addr = any;
         // Tests need not run with CAP_NET_ADMIN, and no capture hook is there to avoid.
         config.mark = 0;
+        // In-process tests share the host's network namespace: leave its sysctls be.
+        config.migrate_queued_connections = false;
         config
     }
 

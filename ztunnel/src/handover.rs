@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 /// on the admin port is a ztunnel it may take over from.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ServerInfo {
-    /// Always [`SERVER`].
+    /// [`SERVER`] for a ztunnel.
     pub server: String,
     pub version: String,
     pub pid: u32,
@@ -53,9 +53,9 @@ const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl ServerInfo {
-    pub fn of_this_process(node: String) -> ServerInfo {
+    pub fn of_this_process(server: &str, node: String) -> ServerInfo {
         ServerInfo {
-            server: SERVER.into(),
+            server: server.into(),
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
             node,
@@ -80,17 +80,21 @@ pub async fn predecessor(
         }
         Err(error) => {
             return Err(error).with_context(|| {
-                format!("something holds the admin port {admin} but does not answer as a ztunnel")
+                format!("asking what holds the admin port {admin} (GET /server_info)")
             });
         }
     };
-    let info = match serde_json::from_slice::<ServerInfo>(&body) {
-        Ok(info) if status == StatusCode::OK && info.server == SERVER => info,
-        _ => bail!(
-            "the admin port {admin} is taken by something that is not a Warren ztunnel \
-             (GET /server_info answered {status})"
-        ),
-    };
+    // `server` first, so that a ztunnel of another version with other fields is
+    // still known for one.
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if status != StatusCode::OK || answer["server"] != SERVER {
+        bail!(
+            "the admin port {admin} is taken by something that is not a Warren ztunnel, or \
+             one too old to hand over (GET /server_info answered {status}): stop it first"
+        );
+    }
+    let info: ServerInfo = serde_json::from_value(answer)
+        .with_context(|| format!("reading the ztunnel's /server_info on {admin}"))?;
     if let Some(node) = node
         && !info.node.is_empty()
         && info.node != node
@@ -142,6 +146,14 @@ enum Exchange {
     Request(#[from] http::Error),
 }
 
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One HTTP/1.1 request to a loopback admin port, the answer read whole.
 async fn exchange(
     addr: SocketAddr,
@@ -157,7 +169,11 @@ async fn exchange(
         let stream = TcpStream::connect(addr).await.map_err(Exchange::Connect)?;
         let (mut send, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
+        // Driven by a task of its own (the answer can arrive as the peer closes), which
+        // ends with this exchange, timed out or not.
+        let _connection = AbortOnDrop(tokio::spawn(async move {
+            let _ = connection.await;
+        }));
         let response = send.send_request(request).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
@@ -207,7 +223,8 @@ mod tests {
 
     #[tokio::test]
     async fn only_a_ztunnel_of_this_node_is_taken_over() {
-        let info = serde_json::to_string(&ServerInfo::of_this_process("node-a".into())).unwrap();
+        let info =
+            serde_json::to_string(&ServerInfo::of_this_process(SERVER, "node-a".into())).unwrap();
         let info: &'static str = Box::leak(info.into_boxed_str());
         let ztunnel = answering(200, info).await;
         let found = predecessor(ztunnel, Some("node-a")).await.unwrap().unwrap();

@@ -13,7 +13,8 @@ use warren_api::{
     subscribe::Subscriber,
 };
 use warren_ztunnel::{
-    Config, Ztunnel, admin::LogControl, drain, handover, state::State, subscription::Subscription,
+    Config, Ztunnel, admin::LogControl, app, drain, handover, state::State,
+    subscription::Subscription,
 };
 
 fn main() -> anyhow::Result<()> {
@@ -64,7 +65,20 @@ async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
                 "a ztunnel already serves this node: taking over once config and certificates are in"
             );
             let within = config.handover_timeout;
-            Ztunnel::take_over(config, state, Some(log), within).await?
+            // A signal while waiting leaves the running one in charge: nothing is bound
+            // and it was not asked to drain yet.
+            tokio::select! {
+                ready = app::wait_ready(&state, within) => ready?,
+                _ = sigterm.recv() => {
+                    info!("SIGTERM before taking over: the running ztunnel stays in charge");
+                    return Ok(());
+                }
+                _ = sigint.recv() => {
+                    info!("SIGINT before taking over: the running ztunnel stays in charge");
+                    return Ok(());
+                }
+            }
+            Ztunnel::take_over(config, state, Some(log), within, &running).await?
         }
     };
     tokio::select! {

@@ -16,7 +16,7 @@ use common::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use warren_api::subscribe::Handler as _;
 use warren_ztunnel::{
-    Ztunnel, drain,
+    Ztunnel, drain, handover,
     proxy::hbone::client::{self, Establish},
     state::State,
     subscription::Subscription,
@@ -114,12 +114,14 @@ async fn a_successor_takes_over_without_losing_a_connection() {
     let state = State::new(config.node_name.clone(), config.hbone_port);
     let mut subscription = Subscription::new(Arc::clone(&state));
     // Not ready yet: the take-over waits for the snapshot, the old one serving alone.
-    let successor = tokio::spawn(Ztunnel::take_over(
-        config,
-        Arc::clone(&state),
-        None,
-        Duration::from_secs(5),
-    ));
+    let running = handover::predecessor(old_addresses.admin, Some("node-b"))
+        .await
+        .unwrap()
+        .expect("B answers on its admin port as a ztunnel");
+    let successor = tokio::spawn({
+        let state = Arc::clone(&state);
+        async move { Ztunnel::take_over(config, state, None, Duration::from_secs(5), &running).await }
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!successor.is_finished(), "took over before it was ready");
     assert!(subscription.apply(view.snapshot()).is_empty());
@@ -198,10 +200,15 @@ async fn a_successor_that_never_gets_ready_leaves_the_running_one_alone() {
     config.hbone_addrs = addresses.hbone.clone();
     config.admin_addr = addresses.admin;
     let state = State::new(config.node_name.clone(), config.hbone_port);
-    let error = match Ztunnel::take_over(config, state, None, Duration::from_millis(300)).await {
-        Ok(_) => panic!("took over without config"),
-        Err(error) => format!("{error:#}"),
-    };
+    let running = handover::predecessor(addresses.admin, Some("node-b"))
+        .await
+        .unwrap()
+        .unwrap();
+    let error =
+        match Ztunnel::take_over(config, state, None, Duration::from_millis(300), &running).await {
+            Ok(_) => panic!("took over without config"),
+            Err(error) => format!("{error:#}"),
+        };
     assert!(error.contains("not ready within"), "{error}");
     assert!(error.contains("keeps serving"), "{error}");
     // The running one was never asked to drain and still serves.

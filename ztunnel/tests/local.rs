@@ -377,7 +377,12 @@ async fn readiness_admin_and_logging() {
         node_a.ztunnel.drain().await
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(http_get(node.admin, "/quitquitquit").await.0, 200);
+    // Only a POST: a stray GET does not stop the node's proxy.
+    assert_eq!(http_get(node.admin, "/quitquitquit").await.0, 405);
+    assert_eq!(
+        http_request(node.admin, "POST", "/quitquitquit").await.0,
+        200
+    );
     let outcome = tokio::time::timeout(Duration::from_secs(3), quit)
         .await
         .unwrap()

@@ -681,6 +681,9 @@ impl Demo {
             old.push((mesh.nodes[i].node.name.clone(), previous));
             std::thread::sleep(Duration::from_secs(1));
         }
+        running
+            .check_running()
+            .context("the load ended before both hand-overs")?;
         let status = running.wait_exit(Duration::from_secs(30))?;
         let output = running.output();
         ensure!(

@@ -78,12 +78,13 @@ pub fn load(pod: &Pod, url: &str, args: &[&str]) -> Result<Value> {
 }
 
 /// The JSON report a sample client started with `--json` printed: the last line of
-/// its output that is JSON (its log lines go to the same file).
+/// its output that is a JSON object (its log lines go to the same file).
 pub fn json_report(output: &str) -> Result<Value> {
     output
         .lines()
         .rev()
-        .find_map(|line| serde_json::from_str::<Value>(line.trim()).ok())
+        .filter_map(|line| serde_json::from_str::<Value>(line.trim()).ok())
+        .find(Value::is_object)
         .with_context(|| format!("no JSON report in:\n{output}"))
 }
 

@@ -138,6 +138,12 @@ fn a_new_ztunnel_takes_over_under_load_without_losing_a_connection() -> Result<(
         old.push((node, mesh.hand_over_ztunnel(&cluster, index)?));
         std::thread::sleep(Duration::from_millis(1500));
     }
+    // Both hand-overs happened while the clients ran (else this proves nothing).
+    held.check_running()
+        .context("the held connection ended before the hand-overs")?;
+    churn
+        .check_running()
+        .context("the new connections ended before the hand-overs")?;
 
     for (what, process) in [
         ("held connection", &mut held),
@@ -279,6 +285,8 @@ fn requests_through_a_waypoint_survive_both_hand_overs() -> Result<()> {
         old.push((node, mesh.hand_over_ztunnel(&cluster, index)?));
         std::thread::sleep(Duration::from_millis(1500));
     }
+    load.check_running()
+        .context("the load ended before the hand-overs")?;
     let status = load.wait_exit(Duration::from_secs(30))?;
     let output = load.output();
     ensure!(
