@@ -50,7 +50,12 @@ impl Lifetime {
 
     /// Whether it may stay pooled at `now`, unused since `last_used`.
     pub fn fresh(&self, last_used: Instant, now: Instant) -> bool {
-        now.saturating_duration_since(last_used) < self.idle_timeout && !self.retired(now)
+        self.idle_within(last_used, now) && !self.retired(now)
+    }
+
+    /// Whether, unused since `last_used`, it is within its idle timeout at `now`.
+    pub fn idle_within(&self, last_used: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(last_used) < self.idle_timeout
     }
 
     /// Whether it must take no new request at `now`: it has lived its maximum

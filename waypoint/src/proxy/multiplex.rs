@@ -161,7 +161,8 @@ impl Connection {
             .streams
             .released()
             .map_or(last_used, |released| released.max(last_used));
-        self.lifetime.fresh(since, now)
+        // Not `fresh`: `retired` was asked above (it may take h2's lock).
+        self.lifetime.idle_within(since, now)
     }
 
     /// Whether it may take one more stream.
