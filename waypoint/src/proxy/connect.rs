@@ -15,6 +15,8 @@ use std::{
 
 use hyper_util::rt::TokioIo;
 use warren_api::Identity;
+
+use crate::upstream::{Keepalive, PoolLimits};
 use warren_ztunnel::proxy::{
     Inputs,
     hbone::{
@@ -94,15 +96,16 @@ impl Connector {
         }
     }
 
-    /// A byte stream to `authority` within `timeout`: an HBONE tunnel
-    /// through the endpoint's node when it is a meshed workload (the
-    /// endpoint's answer to the CONNECT included), else plain TCP.
+    /// A byte stream to `authority` within the cluster's `connectTimeout`: an
+    /// HBONE tunnel through the endpoint's node when it is a meshed workload
+    /// (the endpoint's answer to the CONNECT included), else plain TCP with
+    /// the cluster's `tcpKeepalive`.
     pub async fn connect(
         &self,
         authority: SocketAddr,
-        timeout: Duration,
+        limits: &PoolLimits,
     ) -> Result<Upstream, ConnectError> {
-        self.connect_via(&self.route(authority), authority, timeout)
+        self.connect_via(&self.route(authority), authority, limits)
             .await
     }
 
@@ -111,9 +114,10 @@ impl Connector {
         &self,
         route: &Route,
         authority: SocketAddr,
-        timeout: Duration,
+        limits: &PoolLimits,
     ) -> Result<Upstream, ConnectError> {
-        tokio::time::timeout(timeout, self.open(route, authority, timeout))
+        let timeout = limits.connect_timeout;
+        tokio::time::timeout(timeout, self.open(route, authority, limits))
             .await
             .unwrap_or(Err(ConnectError::Timeout {
                 addr: authority,
@@ -125,7 +129,7 @@ impl Connector {
         &self,
         route: &Route,
         authority: SocketAddr,
-        timeout: Duration,
+        limits: &PoolLimits,
     ) -> Result<Upstream, ConnectError> {
         let state = &self.inputs.state;
         match route {
@@ -158,12 +162,13 @@ impl Connector {
                     .await?;
                 Ok(Upstream::Tunnel(TokioIo::new(tunnel)))
             }
-            Route::Plain => plain(authority, timeout).await,
+            Route::Plain => plain(authority, limits).await,
         }
     }
 }
 
-async fn plain(addr: SocketAddr, timeout: Duration) -> Result<Upstream, ConnectError> {
+async fn plain(addr: SocketAddr, limits: &PoolLimits) -> Result<Upstream, ConnectError> {
+    let timeout = limits.connect_timeout;
     let stream = warren_ztunnel::proxy::connect(addr, None, timeout)
         .await
         .map_err(|source| match source.kind() {
@@ -173,7 +178,26 @@ async fn plain(addr: SocketAddr, timeout: Duration) -> Result<Upstream, ConnectE
             },
             _ => ConnectError::Tcp { addr, source },
         })?;
+    if let Some(keepalive) = &limits.tcp_keepalive {
+        set_keepalive(&stream, keepalive).map_err(|source| ConnectError::Tcp { addr, source })?;
+    }
     Ok(Upstream::Tcp(TokioIo::new(stream)))
+}
+
+/// `SO_KEEPALIVE` with the timings `keepalive` sets; the others stay the
+/// system's.
+fn set_keepalive(stream: &tokio::net::TcpStream, keepalive: &Keepalive) -> io::Result<()> {
+    let mut params = socket2::TcpKeepalive::new();
+    if let Some(time) = keepalive.time {
+        params = params.with_time(time);
+    }
+    if let Some(interval) = keepalive.interval {
+        params = params.with_interval(interval);
+    }
+    if let Some(probes) = keepalive.probes {
+        params = params.with_retries(probes);
+    }
+    socket2::SockRef::from(stream).set_tcp_keepalive(&params)
 }
 
 /// An upstream byte stream hyper speaks HTTP over.
@@ -232,5 +256,59 @@ impl hyper::rt::Write for Upstream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         delegate!(self, io => io.poll_shutdown(cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::proxy::multiplex::tests::connector;
+
+    /// Connects to a loopback listener outside the mesh with `limits`, and
+    /// reads the keepalive settings back from the socket.
+    async fn keepalive_of(limits: &PoolLimits) -> (bool, Duration, Duration, u32) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local address");
+        let upstream = connector().connect(addr, limits).await.expect("connected");
+        let Upstream::Tcp(io) = upstream else {
+            panic!("a loopback address outside the mesh is reached over plain TCP");
+        };
+        let socket = socket2::SockRef::from(io.inner());
+        (
+            socket.keepalive().expect("SO_KEEPALIVE"),
+            socket.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
+            socket.tcp_keepalive_interval().expect("TCP_KEEPINTVL"),
+            socket.tcp_keepalive_retries().expect("TCP_KEEPCNT"),
+        )
+    }
+
+    #[tokio::test]
+    async fn tcp_keepalive_reaches_the_upstream_socket() {
+        let (on, ..) = keepalive_of(&PoolLimits::default()).await;
+        assert!(!on, "keepalive without a tcpKeepalive");
+        let limits = PoolLimits {
+            tcp_keepalive: Some(Keepalive {
+                time: Some(Duration::from_secs(7)),
+                interval: Some(Duration::from_secs(3)),
+                probes: Some(4),
+            }),
+            ..PoolLimits::default()
+        };
+        assert_eq!(
+            keepalive_of(&limits).await,
+            (true, Duration::from_secs(7), Duration::from_secs(3), 4)
+        );
+        // Unset timings keep the system's.
+        let system = keepalive_of(&PoolLimits {
+            tcp_keepalive: Some(Keepalive::default()),
+            ..PoolLimits::default()
+        })
+        .await;
+        let (_, time, interval, probes) = keepalive_of(&PoolLimits::default()).await;
+        assert_eq!(system, (true, time, interval, probes));
     }
 }

@@ -126,7 +126,7 @@ impl KeepAlive {
     ) -> Result<Connection, SendError> {
         let io = self
             .connector
-            .connect_via(&route, endpoint, limits.connect_timeout)
+            .connect_via(&route, endpoint, limits)
             .await
             .map_err(|error| SendError::Connect(Arc::new(error)))?;
         let carrier = io.carrier();

@@ -536,7 +536,7 @@ async fn open(
     slot: Option<Arc<ConnectionSlot>>,
 ) -> Result<Connection, Arc<ConnectError>> {
     let io = connector
-        .connect_via(&route, endpoint, limits.connect_timeout)
+        .connect_via(&route, endpoint, &limits)
         .await
         .map_err(Arc::new)?;
     let carrier = io.carrier();

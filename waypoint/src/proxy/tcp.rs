@@ -307,10 +307,7 @@ async fn connect(
         return Err((Ended::NoEndpoint, None));
     };
     let endpoint = picked.endpoint.address;
-    let connected = ctx
-        .connector
-        .connect(endpoint, cluster.limits().connect_timeout)
-        .await;
+    let connected = ctx.connector.connect(endpoint, cluster.limits()).await;
     let outcome = match &connected {
         Ok(_) => Outcome::Success,
         Err(_) => Outcome::LocalFailure,

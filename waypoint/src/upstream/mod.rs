@@ -51,7 +51,8 @@
 //!
 //! TLS settings (the mesh's own mTLS carries waypoint traffic), the newer
 //! `warmup` block (`warmupDurationSecs` is read), Envoy's success-rate and failure-percentage
-//! detectors (Istio turns them off) and TCP keepalive. The mesh-wide `h2UpgradePolicy` and
+//! detectors (Istio turns them off), and `tcpKeepalive` on HBONE connections (it applies
+//! to endpoints outside the mesh). The mesh-wide `h2UpgradePolicy` and
 //! `localityLbSetting` are taken as their defaults (`DO_NOT_UPGRADE`;
 //! locality failover on).
 
@@ -73,8 +74,8 @@ pub use locality::{HOSTNAME_LABEL, LocalityLb, PriorityLabel, Proximity};
 pub use lookup::Scope;
 pub use outlier::Outcome;
 pub use policy::{
-    ConsistentHash, DrInput, HashCookie, HashKey, HashTable, LoadBalancer, OutlierSettings,
-    Policies, PolicyError, PoolLimits, Resolved, UnknownSubset, UpstreamHttp,
+    ConsistentHash, DrInput, HashCookie, HashKey, HashTable, Keepalive, LoadBalancer,
+    OutlierSettings, Policies, PolicyError, PoolLimits, Resolved, UnknownSubset, UpstreamHttp,
 };
 pub use pool::{Overflow, Permit, RetryPermit};
 

@@ -238,10 +238,27 @@ pub struct PoolLimits {
     /// `tcp.idleTimeout`: a connection to a TCP port that moves no byte
     /// either way for this long is closed; `None` (`0s`) is never.
     pub tcp_idle_timeout: Option<Duration>,
+    /// `tcp.tcpKeepalive`: TCP keepalive on connections to endpoints outside
+    /// the mesh. Meshed endpoints are reached over pooled HBONE connections,
+    /// shared by every cluster, which ztunnel's HTTP/2 pings watch instead
+    /// (in Istio's waypoint the setting likewise reaches no HBONE socket).
+    pub tcp_keepalive: Option<Keepalive>,
     /// `http.h2UpgradePolicy: UPGRADE`.
     pub h2_upgrade: bool,
     /// `http.useClientProtocol`.
     pub use_client_protocol: bool,
+}
+
+/// `tcp.tcpKeepalive`: each unset field keeps the system's default
+/// (`net.ipv4.tcp_keepalive_*`), as Istio documents.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe.
+    pub time: Option<Duration>,
+    /// Between probes.
+    pub interval: Option<Duration>,
+    /// Unanswered probes before the connection is dropped.
+    pub probes: Option<u32>,
 }
 
 /// The HTTP version requests go to the endpoints with.
@@ -283,6 +300,7 @@ impl Default for PoolLimits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connection_duration: None,
             tcp_idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            tcp_keepalive: None,
             h2_upgrade: false,
             use_client_protocol: false,
         }
@@ -825,6 +843,19 @@ fn compile_pool(cx: &mut Ctx<'_>, path: &str, pool: &ConnectionPoolSettings) -> 
         if let Some(d) = &tcp.idle_timeout {
             let d = cx.duration(&format!("{p}.idleTimeout"), d, DEFAULT_IDLE_TIMEOUT);
             limits.tcp_idle_timeout = (!d.is_zero()).then_some(d);
+        }
+        if let Some(keepalive) = &tcp.tcp_keepalive {
+            let p = format!("{p}.tcpKeepalive");
+            // A value that does not parse keeps the system's default.
+            let mut optional = |field: &str, value: &Option<String>| {
+                let d = cx.duration(&format!("{p}.{field}"), value.as_deref()?, Duration::ZERO);
+                (!d.is_zero()).then_some(d)
+            };
+            limits.tcp_keepalive = Some(Keepalive {
+                time: optional("time", &keepalive.time),
+                interval: optional("interval", &keepalive.interval),
+                probes: keepalive.probes.filter(|p| *p > 0),
+            });
         }
     }
     if let Some(http) = &pool.http {

@@ -523,7 +523,8 @@ fn pool_limits_compile() {
         HOST,
         json!({"host": "reviews", "trafficPolicy": {"connectionPool": {
             "tcp": {"maxConnections": 100, "connectTimeout": "30ms", "maxConnectionDuration": "1h",
-                    "idleTimeout": "45s"},
+                    "idleTimeout": "45s",
+                    "tcpKeepalive": {"time": "7s", "interval": "3s", "probes": 4}},
             "http": {"http1MaxPendingRequests": 5, "http2MaxRequests": 1000,
                      "maxRequestsPerConnection": 10, "maxRetries": 3, "idleTimeout": "90s",
                      "maxConcurrentStreams": 64,
@@ -547,10 +548,27 @@ fn pool_limits_compile() {
             idle_timeout: Duration::from_secs(90),
             max_connection_duration: Some(Duration::from_secs(3600)),
             tcp_idle_timeout: Some(Duration::from_secs(45)),
+            tcp_keepalive: Some(Keepalive {
+                time: Some(Duration::from_secs(7)),
+                interval: Some(Duration::from_secs(3)),
+                probes: Some(4),
+            }),
             h2_upgrade: true,
             use_client_protocol: false,
         }
     );
+    // An empty `tcpKeepalive` turns keepalive on with the system's timings.
+    let policies = build(vec![dr(
+        "reviews",
+        HOST,
+        json!({"host": "reviews", "trafficPolicy": {"connectionPool": {
+            "tcp": {"tcpKeepalive": {}}}}}),
+    )]);
+    let pool = policies
+        .resolve(HOST, "default", None, 80)
+        .expect("no subset")
+        .pool;
+    assert_eq!(pool.tcp_keepalive, Some(Keepalive::default()));
 }
 
 #[test]
