@@ -1104,6 +1104,7 @@ async fn the_hop_to_a_service_with_a_waypoint_is_the_waypoint() {
         }],
         endpoints: vec![],
         load_balancing: None,
+        passthrough: false,
         waypoint: Some(config::GatewayAddress {
             workload: mesh.server_key.clone(),
             address: warren_api::addr::to_bytes(mesh.b.hbone().ip()),
@@ -1370,6 +1371,7 @@ fn put_balanced_service(
             endpoints,
             waypoint: None,
             load_balancing,
+            passthrough: false,
         }),
     ));
 }

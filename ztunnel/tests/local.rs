@@ -292,6 +292,70 @@ async fn unknown_destinations_pass_through_or_are_refused_per_outbound_policy() 
         ),
         1
     );
+
+    // A ServiceEntry registers destinations outside the mesh. `resolution:
+    // NONE`: its address is let through, to the address dialled.
+    mesh.view.put(res(
+        warren_api::key::service_entry("demo", "outside.example"),
+        Kind::Service(config::Service {
+            name: "outside.example".into(),
+            namespace: "demo".into(),
+            hostname: "outside.example".into(),
+            vips: vec![warren_api::addr::to_bytes(outside.ip())],
+            ports: vec![config::ServicePort {
+                port: u32::from(outside.port()),
+                target_port: u32::from(outside.port()),
+                ..Default::default()
+            }],
+            passthrough: true,
+            ..Default::default()
+        }),
+    ));
+    // `STATIC`: a VIP of its own, balanced over endpoints outside the mesh.
+    let vip: std::net::SocketAddr = "127.44.60.1:80".parse().unwrap();
+    let other = echo("127.44.50.2".parse().unwrap()).await;
+    mesh.view.put(res(
+        warren_api::key::service_entry("demo", "static.example"),
+        Kind::Service(config::Service {
+            name: "static.example".into(),
+            namespace: "demo".into(),
+            hostname: "static.example".into(),
+            vips: vec![warren_api::addr::to_bytes(vip.ip())],
+            ports: vec![config::ServicePort {
+                port: 80,
+                target_port: u32::from(other.port()),
+                ..Default::default()
+            }],
+            endpoints: vec![config::Endpoint {
+                address: warren_api::addr::to_bytes(other.ip()),
+                ready: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    ));
+    mesh.sync();
+    for dst in [outside, vip] {
+        assert_eq!(
+            round_trip(mesh.client_to(dst).await, PAYLOAD)
+                .await
+                .unwrap(),
+            PAYLOAD,
+            "{dst} is registered by a ServiceEntry"
+        );
+    }
+    // Its other ports are not.
+    let unregistered = std::net::SocketAddr::new(outside.ip(), outside.port().wrapping_add(1));
+    assert!(refused(mesh.client_to(unregistered).await).await);
+    let text = mesh.a.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "istio_tcp_connections_opened_total",
+            &["destination_service=\"outside.example\""]
+        ),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,12 @@ pub fn service(namespace: &str, name: &str) -> String {
     format!("service/{namespace}/{name}")
 }
 
+/// A ServiceEntry's host, published as a Service. `:` never appears in a
+/// Kubernetes Service's name, so the two never share a key.
+pub fn service_entry(namespace: &str, host: &str) -> String {
+    format!("service/{namespace}/serviceentry:{host}")
+}
+
 pub fn authorization(namespace: &str, name: &str) -> String {
     format!("authorization/{namespace}/{name}")
 }

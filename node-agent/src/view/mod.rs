@@ -12,6 +12,7 @@ mod authorization;
 pub mod published;
 pub mod routing;
 mod service;
+mod service_entry;
 mod waypoint;
 mod workload;
 
@@ -65,6 +66,8 @@ pub struct View {
     local_identities: BTreeMap<String, Identity>,
     /// Each namespace's waypoints by Gateway name, where any is asked for.
     waypoints: BTreeMap<String, waypoint::Waypoints>,
+    /// The Service keys each namespace's ServiceEntries publish.
+    entries: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl View {
@@ -77,6 +80,7 @@ impl View {
             cookies: BTreeMap::new(),
             local_identities: BTreeMap::new(),
             waypoints: BTreeMap::new(),
+            entries: BTreeMap::new(),
         }
     }
 
@@ -112,6 +116,7 @@ impl View {
             Kind::Pod,
             Kind::VirtualService,
             Kind::DestinationRule,
+            Kind::ServiceEntry,
         ]
         .into_iter()
         .flat_map(|kind| store.of_kind(kind).map(Object::key))
@@ -131,11 +136,17 @@ impl View {
         let mut waypoint_namespaces: BTreeSet<String> = BTreeSet::new();
         // Namespaces with a changed Gateway: whom it admits may have changed.
         let mut gateway_namespaces: BTreeSet<String> = BTreeSet::new();
+        // Namespaces whose ServiceEntries' Services must be recomputed.
+        let mut entry_namespaces: BTreeSet<String> = BTreeSet::new();
         for key in keys {
             let ns = key.namespace.as_deref().unwrap_or_default().to_owned();
             match key.kind {
                 Kind::Pod => {
                     workloads.insert(key.clone());
+                    // A workloadSelector may select it (or did).
+                    if has_selecting_entry(store, &ns) {
+                        entry_namespaces.insert(ns.clone());
+                    }
                     waypoint_namespaces.insert(ns);
                 }
                 Kind::Gateway => {
@@ -193,8 +204,13 @@ impl View {
                     );
                 }
                 Kind::VirtualService | Kind::DestinationRule => self.routing(store, key),
-                Kind::ServiceEntry => {}
+                Kind::ServiceEntry => {
+                    entry_namespaces.insert(ns);
+                }
             }
+        }
+        for ns in &entry_namespaces {
+            self.service_entries(store, ns);
         }
         for ns in waypoint_namespaces {
             let now = waypoint::in_namespace(&self.mesh, store, &ns);
@@ -477,6 +493,46 @@ impl View {
         });
     }
 
+    /// Publishes the Services of `namespace`'s ServiceEntries, and removes
+    /// those no entry publishes any more. All of a namespace's at once: when
+    /// two name the same host, the first by name keeps it, whichever changed.
+    fn service_entries(&mut self, store: &Store, namespace: &str) {
+        let pods: Vec<_> = store
+            .of_kind_in(Kind::Pod, namespace)
+            .filter_map(|o| match o {
+                Object::Pod(p) => Some(p.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let mut computed: BTreeMap<String, warren_api::config::Service> = BTreeMap::new();
+        for object in store.of_kind_in(Kind::ServiceEntry, namespace) {
+            let Object::ServiceEntry(entry) = object else {
+                continue;
+            };
+            for service in service_entry::services(namespace, entry, pods.iter().copied()) {
+                computed
+                    .entry(key::service_entry(namespace, &service.hostname))
+                    .or_insert(service);
+            }
+        }
+        let before = self.entries.remove(namespace).unwrap_or_default();
+        let now: BTreeSet<String> = computed.keys().cloned().collect();
+        self.publisher.write(|p| {
+            for gone in before.difference(&now) {
+                p.remove(gone);
+            }
+            for (key, service) in computed {
+                p.upsert(Resource {
+                    key,
+                    kind: Some(ResourceKind::Service(service)),
+                });
+            }
+        });
+        if !now.is_empty() {
+            self.entries.insert(namespace.to_owned(), now);
+        }
+    }
+
     fn service(&mut self, store: &Store, namespace: &str, name: &str) {
         let resource_key = key::service(namespace, name);
         let svc_key = ObjectKey::new(Kind::Service, Some(namespace), name);
@@ -502,6 +558,13 @@ impl View {
             })
         });
     }
+}
+
+/// Whether a ServiceEntry of `namespace` picks its endpoints by labels.
+fn has_selecting_entry(store: &Store, namespace: &str) -> bool {
+    store
+        .of_kind_in(Kind::ServiceEntry, namespace)
+        .any(|o| matches!(o, Object::ServiceEntry(e) if e.spec.workload_selector.is_some()))
 }
 
 /// Whether `name` is a Gateway of a waypoint class in `namespace`.

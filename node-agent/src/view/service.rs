@@ -102,6 +102,7 @@ pub fn service(mesh: &Mesh, svc: &KubeService, slices: &[&EndpointSlice]) -> Ser
         endpoints,
         waypoint: None,
         load_balancing: load_balancing(svc),
+        passthrough: false,
     }
 }
 

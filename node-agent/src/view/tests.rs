@@ -1054,3 +1054,174 @@ metadata:
     );
     assert_eq!(workload(&view, "demo", "app-v1-0").locality, "old-r/old-z");
 }
+
+const SERVICE_ENTRIES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: billing, namespace: demo }
+spec:
+  hosts: [billing.example.com, billing.internal]
+  addresses: [10.20.0.1, 10.30.0.0/24, 10.20.0.2/32]
+  ports: [{ number: 443, name: https, protocol: TLS }, { number: 8080, name: http, protocol: HTTP, targetPort: 80 }]
+  resolution: STATIC
+  endpoints:
+    - { address: 192.0.2.10 }
+    - { address: 192.0.2.11, ports: { http: 8081 } }
+    - { address: "unix:///var/run/billing.sock" }
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: egress, namespace: demo }
+spec:
+  hosts: [api.partner.example]
+  addresses: [198.51.100.7]
+  ports: [{ number: 443, name: https, protocol: TLS }]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: inside, namespace: demo }
+spec:
+  hosts: [app.mesh.internal]
+  addresses: [10.40.0.1]
+  ports: [{ number: 80, name: http, targetPort: 8080 }]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: { labels: { app: app } }
+"#;
+
+fn entry_service(view: &View, ns: &str, host: &str) -> Option<warren_api::config::Service> {
+    match get(view, &key::service_entry(ns, host)) {
+        Some(ResourceKind::Service(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn ips(list: &[Vec<u8>]) -> Vec<String> {
+    list.iter()
+        .map(|b| addr::from_bytes(b).unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn service_entries_publish_a_service_per_host() {
+    let (mut store, mut view) = built(SERVICE_ENTRIES);
+
+    // STATIC: the IP endpoints (a `unix://` one is left out), each host
+    // with the same VIPs (single addresses only) and ports.
+    for host in ["billing.example.com", "billing.internal"] {
+        let billing = entry_service(&view, "demo", host).expect(host);
+        assert_eq!(billing.hostname, host);
+        assert_eq!(ips(&billing.vips), ["10.20.0.1", "10.20.0.2"]);
+        assert_eq!(
+            billing
+                .ports
+                .iter()
+                .map(|p| (p.port, p.target_port, p.app_protocol.as_str()))
+                .collect::<Vec<_>>(),
+            [(443, 443, "tls"), (8080, 80, "http")]
+        );
+        let endpoints: Vec<_> = billing
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    addr::from_bytes(&e.address).unwrap().to_string(),
+                    e.workload.as_str(),
+                    e.ready,
+                    e.ports.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            endpoints,
+            [
+                ("192.0.2.10".into(), "", true, BTreeMap::new()),
+                (
+                    "192.0.2.11".into(),
+                    "",
+                    true,
+                    BTreeMap::from([(8080, 8081)])
+                ),
+            ]
+        );
+        assert!(!billing.passthrough);
+    }
+    // NONE (the default): registered, to the address dialled.
+    let egress = entry_service(&view, "demo", "api.partner.example").expect("egress");
+    assert!(egress.passthrough);
+    assert!(egress.endpoints.is_empty());
+    // A workloadSelector: the namespace's pods it selects, as workloads.
+    let inside = entry_service(&view, "demo", "app.mesh.internal").expect("inside");
+    let selected: Vec<_> = inside
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.workload.as_str(),
+                addr::from_bytes(&e.address).unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        selected,
+        [
+            (
+                key::workload("demo", "app-v1-0").as_str(),
+                "10.244.0.5".to_owned()
+            ),
+            (
+                key::workload("demo", "app-v2-0").as_str(),
+                "10.244.1.5".to_owned()
+            ),
+        ]
+    );
+
+    // A selected pod that goes away leaves the entry's endpoints.
+    let since = version(&view);
+    let gone = delete(&mut store, Kind::Pod, "demo", "app-v2-0");
+    view.changed(&store, &[gone]);
+    let inside = entry_service(&view, "demo", "app.mesh.internal").expect("inside");
+    assert_eq!(inside.endpoints.len(), 1);
+    assert!(delta_keys(&view, since).contains(&key::service_entry("demo", "app.mesh.internal")));
+
+    // A host dropped from an entry, and an entry deleted, unpublish theirs.
+    let keys = apply(
+        &mut store,
+        &SERVICE_ENTRIES.split("---").next().unwrap().replace(
+            "hosts: [billing.example.com, billing.internal]",
+            "hosts: [billing.example.com]",
+        ),
+    );
+    view.changed(&store, &keys);
+    assert!(entry_service(&view, "demo", "billing.example.com").is_some());
+    assert!(entry_service(&view, "demo", "billing.internal").is_none());
+    let gone = delete(&mut store, Kind::ServiceEntry, "demo", "egress");
+    view.changed(&store, &[gone]);
+    assert!(entry_service(&view, "demo", "api.partner.example").is_none());
+    // A Kubernetes Service of the same namespace is untouched.
+    assert_eq!(service(&view, "demo", "app").name, "app");
+}
+
+#[test]
+fn two_entries_with_one_host_publish_the_first_by_name() {
+    let (mut store, mut view) = built(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: b-second, namespace: demo }
+spec: { hosts: [shared.example], addresses: [10.50.0.2], ports: [{ number: 80, name: http }] }
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: a-first, namespace: demo }
+spec: { hosts: [shared.example], addresses: [10.50.0.1], ports: [{ number: 80, name: http }] }
+"#,
+    );
+    let shared = entry_service(&view, "demo", "shared.example").expect("shared");
+    assert_eq!(ips(&shared.vips), ["10.50.0.1"]);
+    // The first one gone, the second publishes the host.
+    let gone = delete(&mut store, Kind::ServiceEntry, "demo", "a-first");
+    view.changed(&store, &[gone]);
+    let shared = entry_service(&view, "demo", "shared.example").expect("shared");
+    assert_eq!(ips(&shared.vips), ["10.50.0.2"]);
+}

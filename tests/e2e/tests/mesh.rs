@@ -265,3 +265,104 @@ fn sigterm_drains_ztunnel_open_connections_finish_new_ones_are_refused() -> Resu
     );
     Ok(())
 }
+
+/// One 1 KiB round trip from `client` to `target` (`ip:port`) on a new
+/// connection, through the capture; whether it came back.
+fn reaches(client: &warren_testbed::Pod, target: &str) -> Result<bool> {
+    let sample = warren_testbed::binaries::path("warren-sample")?;
+    let out = client.sandbox.exec(
+        &sample.to_string_lossy(),
+        [
+            "pingpong",
+            "--connect",
+            target,
+            "--round-trips",
+            "1",
+            "--timeout",
+            "2s",
+            "--json",
+        ],
+    )?;
+    Ok(out.status.success())
+}
+
+#[test]
+fn under_registry_only_a_service_entry_registers_a_destination_outside_the_mesh() -> Result<()> {
+    require_root()?;
+    let cluster = demo_cluster()?;
+    let mut mesh = warren_e2e::mesh::start_mesh_with(
+        &cluster,
+        &warren_e2e::mesh::MeshOptions {
+            agent_args: vec!["--outbound-policy".into(), "REGISTRY_ONLY".into()],
+            ..Default::default()
+        },
+    )?;
+    mesh.wait_ready(Duration::from_secs(30))
+        .with_context(|| mesh.logs())?;
+    // Outside the cluster: a server on node 1's own address (pods outside the
+    // mesh are known workloads, registered as Istio registers them).
+    let node = cluster.node(1)?.clone();
+    let front = cluster.pod("front")?.clone();
+    let sample = warren_testbed::binaries::path("warren-sample")?;
+    let listen = format!("{}:9000", node.ip);
+    let mut echo = cluster.spawn(
+        &node.sandbox,
+        &sample.to_string_lossy(),
+        &["echo", "--listen", &listen],
+    )?;
+    eventually(Duration::from_secs(10), "the echo server on node 1", || {
+        echo.check_running()?;
+        let out = node.sandbox.exec("ss", ["-Hltn", "sport = :9000"])?;
+        Ok(!out.stdout.is_empty())
+    })?;
+    let direct = listen.clone();
+    ensure!(
+        !reaches(&front, &direct)?,
+        "REGISTRY_ONLY let front reach an unregistered address\n{}",
+        mesh.logs()
+    );
+    let refused = metric_sum(
+        &scrape_metrics(cluster.node(0)?)?,
+        "warren_ztunnel_refused_connections_total",
+        &[("reason", "registry_only")],
+    );
+    ensure!(
+        refused >= 1.0,
+        "the refusal was not REGISTRY_ONLY's ({refused})"
+    );
+
+    // NONE: its address registered as it is; STATIC: a VIP of its own whose
+    // endpoint is that pod, on another port.
+    let entries = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{ name: legacy-echo, namespace: demo }}\n\
+         spec:\n  hosts: [echo.legacy.example]\n  addresses: [{ip}]\n  \
+         ports: [{{ number: 9000, name: tcp-echo, protocol: TCP }}]\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{ name: legacy-echo-vip, namespace: demo }}\n\
+         spec:\n  hosts: [vip.legacy.example]\n  addresses: [10.96.250.1]\n  \
+         ports: [{{ number: 80, name: tcp-echo, protocol: TCP, targetPort: 9000 }}]\n  \
+         resolution: STATIC\n  endpoints: [{{ address: {ip} }}]\n",
+        ip = node.ip
+    );
+    std::fs::write(cluster.config_dir().join("service-entries.yaml"), entries)?;
+    for target in [direct.as_str(), "10.96.250.1:80"] {
+        eventually(Duration::from_secs(10), target, || reaches(&front, target))
+            .with_context(|| mesh.logs())?;
+    }
+    // Only the ports the entry declares.
+    ensure!(
+        !reaches(&front, &format!("{}:9001", node.ip))?,
+        "a port the ServiceEntry does not declare was let through"
+    );
+    let unknown_port = metric_sum(
+        &scrape_metrics(cluster.node(0)?)?,
+        "warren_ztunnel_refused_connections_total",
+        &[("reason", "unknown_service_port")],
+    );
+    ensure!(
+        unknown_port >= 1.0,
+        "the undeclared port was not refused as one ({unknown_port})"
+    );
+    Ok(())
+}

@@ -647,6 +647,25 @@ impl State {
                     service: found,
                 });
             }
+            // Registered, with no endpoints of its own: to the address dialled, as
+            // for a pod address or a passthrough.
+            if service.passthrough {
+                let upstream = match inner
+                    .by_address
+                    .get(&dst.ip())
+                    .and_then(|k| inner.workloads.get(k))
+                {
+                    Some(workload) => self.to_workload(dst, Arc::clone(workload), &node),
+                    None => Upstream::Plain {
+                        addr: dst,
+                        workload: None,
+                    },
+                };
+                return Ok(Resolved {
+                    upstream,
+                    service: found,
+                });
+            }
             // An endpoint naming a workload ztunnel does not hold cannot be reached
             // safely (its identity is unknown): skip it.
             let usable = |e: &service::Endpoint| match &e.workload {

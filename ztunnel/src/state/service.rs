@@ -23,6 +23,8 @@ pub struct Service {
     pub waypoint: Option<Waypoint>,
     /// Closeness preference (`trafficDistribution`, `internalTrafficPolicy`).
     pub load_balancing: Option<LoadBalancing>,
+    /// Connections go to the address dialled (a ServiceEntry resolved `NONE`).
+    pub passthrough: bool,
     /// Round-robin cursor, shared by every connection to the service.
     #[serde(skip)]
     next: AtomicUsize,
@@ -313,6 +315,7 @@ impl Service {
                 .load_balancing
                 .as_ref()
                 .map(|lb| LoadBalancing::from_proto(key, lb)),
+            passthrough: s.passthrough,
             next: AtomicUsize::new(0),
         })
     }
@@ -487,6 +490,7 @@ mod tests {
             ],
             waypoint: None,
             load_balancing: None,
+            passthrough: false,
             next: AtomicUsize::new(0),
         };
         let closeness = |far: u8| {
