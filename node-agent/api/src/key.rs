@@ -21,6 +21,13 @@ pub fn service_entry(namespace: &str, host: &str) -> String {
     format!("service/{namespace}/serviceentry:{host}")
 }
 
+/// Whether a Service key is a ServiceEntry host's ([`service_entry`]): where
+/// one shares an address or a hostname with a Kubernetes Service, the
+/// Kubernetes Service wins, so an entry never takes over its traffic.
+pub fn is_service_entry(key: &str) -> bool {
+    key.contains("/serviceentry:")
+}
+
 pub fn authorization(namespace: &str, name: &str) -> String {
     format!("authorization/{namespace}/{name}")
 }

@@ -562,9 +562,11 @@ impl View {
 
 /// Whether a ServiceEntry of `namespace` picks its endpoints by labels.
 fn has_selecting_entry(store: &Store, namespace: &str) -> bool {
-    store
-        .of_kind_in(Kind::ServiceEntry, namespace)
-        .any(|o| matches!(o, Object::ServiceEntry(e) if e.spec.workload_selector.is_some()))
+    store.of_kind_in(Kind::ServiceEntry, namespace).any(|o| {
+        matches!(o, Object::ServiceEntry(e)
+                if e.spec.workload_selector.is_some()
+                    && e.spec.resolution == Some(crate::model::istio::Resolution::Static))
+    })
 }
 
 /// Whether `name` is a Gateway of a waypoint class in `namespace`.

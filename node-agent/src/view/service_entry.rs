@@ -10,9 +10,12 @@
 //!   namespace's running pods it selects, reached as mesh workloads.
 //! - `resolution: NONE` (the default): no endpoints; connections go to the
 //!   address the client dialled.
-//! - `DNS` and `DNS_ROUND_ROBIN` would need names resolved by ztunnel:
-//!   such an entry gets its VIPs and no endpoint, so connections to it are
-//!   refused (`no_endpoint`) rather than sent somewhere unintended.
+//! - `DNS` and `DNS_ROUND_ROBIN`: ztunnel resolves no names, so these are
+//!   taken as `NONE`: the client has resolved the host itself.
+//!
+//! An entry never takes over a Kubernetes Service's address or hostname, nor
+//! a pod's address (ztunnel's precedence), and one without a port leaves the
+//! address's other ports to the rest of the registry.
 //!
 //! Two entries of a namespace naming the same host: the first by name
 //! publishes it (Istio merges them; Warren keeps one, predictably).
@@ -58,7 +61,7 @@ pub fn services<'a>(
     let resolution = spec.resolution.unwrap_or(Resolution::None);
     let mut endpoints = match (resolution, &spec.workload_selector) {
         (Resolution::Static, Some(selector)) => pods
-            .filter(|pod| pod.labels.matches(&selector.labels))
+            .filter(|pod| !pod.finished() && pod.labels.matches(&selector.labels))
             .filter_map(|pod| {
                 Some(Endpoint {
                     workload: key::workload(namespace, &pod.name),
@@ -107,7 +110,9 @@ pub fn services<'a>(
             endpoints: endpoints.clone(),
             waypoint: None,
             load_balancing: None,
-            passthrough: resolution == Resolution::None,
+            // NONE, and DNS that ztunnel cannot resolve: the client has found
+            // the address already.
+            passthrough: resolution != Resolution::Static,
         })
         .collect()
 }

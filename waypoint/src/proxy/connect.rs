@@ -178,8 +178,11 @@ async fn plain(addr: SocketAddr, limits: &PoolLimits) -> Result<Upstream, Connec
             },
             _ => ConnectError::Tcp { addr, source },
         })?;
-    if let Some(keepalive) = &limits.tcp_keepalive {
-        set_keepalive(&stream, keepalive).map_err(|source| ConnectError::Tcp { addr, source })?;
+    if let Some(keepalive) = &limits.tcp_keepalive
+        && let Err(error) = set_keepalive(&stream, keepalive)
+    {
+        // The connection works without it; the endpoint is not at fault.
+        tracing::warn!(%addr, %error, "could not set TCP keepalive on an upstream connection");
     }
     Ok(Upstream::Tcp(TokioIo::new(stream)))
 }

@@ -7,8 +7,8 @@
 //! becoming ready again); an answer left unread, or a connection upgraded
 //! (WebSocket), never comes back. The DestinationRule's connection settings
 //! ([`PoolLimits`]) are taken from the request that opens a connection
-//! (idle timeout, maximum duration: its [`Lifetime`]) or from each request
-//! (connect timeout, requests per connection): connections are pooled per
+//! (idle timeout, maximum duration: its [`Lifetime`]; TCP keepalive) or from
+//! each request (connect timeout, requests per connection): connections are pooled per
 //! endpoint, so two clusters (subsets) with different settings sharing an
 //! endpoint share its connections.
 

@@ -249,6 +249,10 @@ pub struct PoolLimits {
     pub use_client_protocol: bool,
 }
 
+/// Linux's bounds on `TCP_KEEPIDLE`/`TCP_KEEPINTVL` (seconds) and `TCP_KEEPCNT`.
+const KEEPALIVE_MAX_SECONDS: u64 = 32_767;
+const KEEPALIVE_MAX_PROBES: u32 = 127;
+
 /// `tcp.tcpKeepalive`: each unset field keeps the system's default
 /// (`net.ipv4.tcp_keepalive_*`), as Istio documents.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -846,15 +850,37 @@ fn compile_pool(cx: &mut Ctx<'_>, path: &str, pool: &ConnectionPoolSettings) -> 
         }
         if let Some(keepalive) = &tcp.tcp_keepalive {
             let p = format!("{p}.tcpKeepalive");
-            // A value that does not parse keeps the system's default.
-            let mut optional = |field: &str, value: &Option<String>| {
-                let d = cx.duration(&format!("{p}.{field}"), value.as_deref()?, Duration::ZERO);
-                (!d.is_zero()).then_some(d)
+            // Linux takes whole seconds from 1 to 32767 and at most 127 probes;
+            // a value outside is brought within (and reported) rather than
+            // failing every connection. One that does not parse keeps the
+            // system's default.
+            let mut seconds = |field: &str, value: &Option<String>| {
+                let path = format!("{p}.{field}");
+                let d = cx.duration(&path, value.as_deref()?, Duration::ZERO);
+                if d.is_zero() {
+                    return None;
+                }
+                let kept = d.as_secs().clamp(1, KEEPALIVE_MAX_SECONDS);
+                if Duration::from_secs(kept) != d {
+                    cx.error(path, format!("TCP keepalive takes whole seconds from 1 to {KEEPALIVE_MAX_SECONDS}; using {kept}s"));
+                }
+                Some(Duration::from_secs(kept))
             };
+            let time = seconds("time", &keepalive.time);
+            let interval = seconds("interval", &keepalive.interval);
+            let probes = keepalive.probes.filter(|p| *p > 0).map(|probes| {
+                if probes > KEEPALIVE_MAX_PROBES {
+                    cx.error(
+                        format!("{p}.probes"),
+                        format!("at most {KEEPALIVE_MAX_PROBES}; using {KEEPALIVE_MAX_PROBES}"),
+                    );
+                }
+                probes.min(KEEPALIVE_MAX_PROBES)
+            });
             limits.tcp_keepalive = Some(Keepalive {
-                time: optional("time", &keepalive.time),
-                interval: optional("interval", &keepalive.interval),
-                probes: keepalive.probes.filter(|p| *p > 0),
+                time,
+                interval,
+                probes,
             });
         }
     }

@@ -569,6 +569,38 @@ fn pool_limits_compile() {
         .expect("no subset")
         .pool;
     assert_eq!(pool.tcp_keepalive, Some(Keepalive::default()));
+    // Values Linux would refuse (failing every connection) are brought
+    // within its bounds, and reported.
+    let (policies, errors) = Policies::build(
+        vec![dr(
+            "reviews",
+            HOST,
+            json!({"host": "reviews", "trafficPolicy": {"connectionPool": {
+                "tcp": {"tcpKeepalive": {"time": "500ms", "interval": "10h", "probes": 200}}}}}),
+        )],
+        scope(),
+    );
+    let pool = policies
+        .resolve(HOST, "default", None, 80)
+        .expect("no subset")
+        .pool;
+    assert_eq!(
+        pool.tcp_keepalive,
+        Some(Keepalive {
+            time: Some(Duration::from_secs(1)),
+            interval: Some(Duration::from_secs(32_767)),
+            probes: Some(127),
+        })
+    );
+    let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time",
+            "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.interval",
+            "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.probes",
+        ]
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ pub mod service;
 pub mod workload;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
 };
@@ -160,7 +160,8 @@ pub struct Inner {
     by_address: HashMap<IpAddr, String>,
     by_cookie: HashMap<u64, String>,
     pub(crate) services: HashMap<String, Arc<Service>>,
-    by_vip: HashMap<IpAddr, String>,
+    /// Every Service with the address; [`Inner::service_at`] picks one.
+    by_vip: HashMap<IpAddr, BTreeSet<String>>,
     /// The services each workload is an endpoint of (keys both ways), for the
     /// destination side's telemetry, which sees a pod address and not the VIP.
     services_by_workload: HashMap<String, Vec<String>>,
@@ -184,7 +185,24 @@ pub enum Resource {
     Service(Arc<Service>),
 }
 
+/// Which of several Services claiming one address or hostname counts: a
+/// Kubernetes Service before a ServiceEntry host (an entry must not take
+/// over a Service's traffic, its waypoint and its mTLS), then the first key,
+/// so every node picks the same one whatever order updates came in.
+fn precedence(key: &str) -> (bool, &str) {
+    (warren_api::key::is_service_entry(key), key)
+}
+
 impl Inner {
+    /// The service at `ip` (canonical), by [`precedence`].
+    fn service_at(&self, ip: IpAddr) -> Option<&Arc<Service>> {
+        self.by_vip
+            .get(&ip)?
+            .iter()
+            .min_by_key(|key| precedence(key))
+            .and_then(|key| self.services.get(key))
+    }
+
     /// Whether a resource with this key is held, of any kind.
     pub fn contains(&self, key: &str) -> bool {
         (key == warren_api::key::MESH && self.mesh.is_some())
@@ -236,8 +254,11 @@ impl Inner {
             self.unindex_workload(&old);
         } else if let Some(old) = self.services.remove(key) {
             for vip in &old.vips {
-                if self.by_vip.get(vip).is_some_and(|k| k == key) {
-                    self.by_vip.remove(vip);
+                if let Some(keys) = self.by_vip.get_mut(vip) {
+                    keys.remove(key);
+                    if keys.is_empty() {
+                        self.by_vip.remove(vip);
+                    }
                 }
             }
             for workload in old.endpoints.iter().filter_map(|e| e.workload.as_ref()) {
@@ -322,7 +343,7 @@ impl Inner {
                 }
                 self.remove(&key);
                 for vip in &service.vips {
-                    self.by_vip.insert(*vip, key.clone());
+                    self.by_vip.entry(*vip).or_default().insert(key.clone());
                 }
                 for workload in service.endpoints.iter().filter_map(|e| e.workload.as_ref()) {
                     let services = self
@@ -514,22 +535,19 @@ impl State {
 
     /// The service with this cluster IP.
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<Arc<Service>> {
-        let inner = self.read();
-        inner
-            .by_vip
-            .get(&ip.to_canonical())
-            .and_then(|k| inner.services.get(k))
-            .cloned()
+        self.read().service_at(ip.to_canonical()).cloned()
     }
 
-    /// The service with this hostname (`name.namespace.svc.<domain>`). A scan:
+    /// The service with this hostname (`name.namespace.svc.<domain>`, or a
+    /// ServiceEntry host), by [`precedence`] when several claim it. A scan:
     /// the waypoint caches what it finds per upstream cluster.
     pub fn service_by_hostname(&self, hostname: &str) -> Option<Arc<Service>> {
         self.read()
             .services
-            .values()
-            .find(|s| s.hostname == hostname)
-            .cloned()
+            .iter()
+            .filter(|(_, s)| s.hostname == hostname)
+            .min_by_key(|(key, _)| precedence(key))
+            .map(|(_, s)| Arc::clone(s))
     }
 
     pub fn certificate(&self, identity: &Identity) -> Option<Arc<WorkloadCertificate>> {
@@ -561,7 +579,7 @@ impl State {
             .get(&workload.key)?
             .iter()
             .collect();
-        keys.sort();
+        keys.sort_by_key(|key| precedence(key));
         keys.into_iter()
             .filter_map(|k| inner.services.get(k))
             .find(|service| {
@@ -619,11 +637,15 @@ impl State {
         let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
         let node = self.node();
         let inner = self.read();
-        if let Some(service) = inner
-            .by_vip
-            .get(&dst.ip())
-            .and_then(|k| inner.services.get(k))
-        {
+        // A ServiceEntry naming a pod's address does not take over the pod's
+        // traffic, and one without this port leaves the address to the
+        // rest of the registry (a pod there, or the outbound policy).
+        let claimed = inner.service_at(dst.ip()).filter(|s| {
+            !warren_api::key::is_service_entry(&s.key)
+                || (!inner.by_address.contains_key(&dst.ip())
+                    && (!s.passthrough || s.port(dst.port()).is_some()))
+        });
+        if let Some(service) = claimed {
             let found = Some(Arc::clone(service));
             let port =
                 service
@@ -650,19 +672,12 @@ impl State {
             // Registered, with no endpoints of its own: to the address dialled, as
             // for a pod address or a passthrough.
             if service.passthrough {
-                let upstream = match inner
-                    .by_address
-                    .get(&dst.ip())
-                    .and_then(|k| inner.workloads.get(k))
-                {
-                    Some(workload) => self.to_workload(dst, Arc::clone(workload), &node),
-                    None => Upstream::Plain {
+                // (Not a pod's address: that one would not have been claimed.)
+                return Ok(Resolved {
+                    upstream: Upstream::Plain {
                         addr: dst,
                         workload: None,
                     },
-                };
-                return Ok(Resolved {
-                    upstream,
                     service: found,
                 });
             }
@@ -694,11 +709,16 @@ impl State {
                 .pick(usable, closeness)
                 .ok_or_else(|| ResolveError::NoEndpoint(service.key.clone()))?;
             let addr = SocketAddr::new(endpoint.address, Service::target_port(endpoint, port));
-            let workload = endpoint
-                .workload
-                .as_ref()
-                .and_then(|k| inner.workloads.get(k))
-                .cloned();
+            // An endpoint given by address alone (a ServiceEntry's) that is a
+            // pod is reached as that pod: over HBONE when it is in the mesh.
+            let workload = match &endpoint.workload {
+                Some(key) => inner.workloads.get(key),
+                None => inner
+                    .by_address
+                    .get(&endpoint.address)
+                    .and_then(|k| inner.workloads.get(k)),
+            }
+            .cloned();
             let upstream = match workload {
                 Some(w) => self.to_workload(addr, w, &node),
                 None => Upstream::Plain {
@@ -894,5 +914,69 @@ mod tests {
         assert_eq!(since(&inner, "10.0.0.1"), Some(first), "unchanged endpoint");
         let second = since(&inner, "10.0.0.2").expect("ready now");
         assert!(second > first, "newly ready: since this update");
+    }
+
+    fn at_vip(key: &str, vip: &str, hostname: &str) -> Resource {
+        let proto = config::Service {
+            name: hostname.into(),
+            namespace: "ns".into(),
+            hostname: hostname.into(),
+            vips: vec![warren_api::addr::to_bytes(vip.parse().expect("an address"))],
+            ..Default::default()
+        };
+        Resource::Service(Arc::new(
+            Service::from_proto(key, proto).expect("a service"),
+        ))
+    }
+
+    #[test]
+    fn a_service_entry_never_takes_over_a_services_address_or_hostname() {
+        let vip: IpAddr = "10.96.0.10".parse().expect("an address");
+        let svc = "service/ns/web".to_owned();
+        let entry = warren_api::key::service_entry("evil", "web.ns.svc.cluster.local");
+        let other = warren_api::key::service_entry("evil", "a.example");
+        for order in [[&svc, &entry, &other], [&other, &entry, &svc]] {
+            let mut inner = Inner::default();
+            for key in order {
+                let host = if *key == other {
+                    "a.example"
+                } else {
+                    "web.ns.svc.cluster.local"
+                };
+                inner.upsert(key.clone(), at_vip(key, "10.96.0.10", host));
+            }
+            // Whatever the order, the Kubernetes Service holds its address.
+            assert_eq!(
+                inner.service_at(vip).map(|s| s.key.as_str()),
+                Some(svc.as_str())
+            );
+            // An entry going away leaves the others' claims as they were.
+            inner.remove(&entry);
+            assert_eq!(
+                inner.service_at(vip).map(|s| s.key.as_str()),
+                Some(svc.as_str())
+            );
+            inner.remove(&svc);
+            assert_eq!(
+                inner.service_at(vip).map(|s| s.key.as_str()),
+                Some(other.as_str())
+            );
+        }
+        // The same for a hostname, as the waypoint looks routes up.
+        let state = State::new(None, 15008);
+        state.update(|inner| {
+            inner.upsert(
+                entry.clone(),
+                at_vip(&entry, "10.1.0.1", "web.ns.svc.cluster.local"),
+            );
+            inner.upsert(
+                svc.clone(),
+                at_vip(&svc, "10.96.0.10", "web.ns.svc.cluster.local"),
+            );
+        });
+        let found = state
+            .service_by_hostname("web.ns.svc.cluster.local")
+            .expect("a service");
+        assert_eq!(found.key, svc);
     }
 }
