@@ -11,6 +11,7 @@ use std::{
     pin::Pin,
     sync::atomic::{AtomicBool, Ordering},
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use bytes::{Buf as _, Bytes, BytesMut};
@@ -105,32 +106,46 @@ impl Tunnel {
         // filling its window with them would hold back the connection's others.
         let answered = AtomicBool::new(answer.is_none());
         let answer_came = Notify::new();
+        let upload_stopped = AtomicBool::new(false);
         let result = {
             let up = async {
-                let mut buf = BytesMut::with_capacity(buffer);
-                let mut first = true;
-                loop {
-                    if !first {
-                        // notify_one keeps a permit: no wake-up is lost between the
-                        // check and the wait.
-                        while !answered.load(Ordering::Acquire) {
-                            answer_came.notified().await;
+                let sent = async {
+                    let mut buf = BytesMut::with_capacity(buffer);
+                    let mut first = true;
+                    loop {
+                        if !first {
+                            // notify_one keeps a permit: no wake-up is lost between the
+                            // check and the wait.
+                            while !answered.load(Ordering::Acquire) {
+                                answer_came.notified().await;
+                            }
+                        }
+                        first = false;
+                        buf.reserve(buffer);
+                        let n = reader.read_buf(&mut buf).await?;
+                        if n == 0 {
+                            return send.send_data(Bytes::new(), true).map_err(to_io_error);
+                        }
+                        to_tunnel += n as u64;
+                        let mut chunk = buf.split().freeze();
+                        while !chunk.is_empty() {
+                            send.reserve_capacity(chunk.len());
+                            let granted = send_capacity(&mut send).await?;
+                            let part = chunk.split_to(granted.min(chunk.len()));
+                            send.send_data(part, false).map_err(to_io_error)?;
                         }
                     }
-                    first = false;
-                    buf.reserve(buffer);
-                    let n = reader.read_buf(&mut buf).await?;
-                    if n == 0 {
-                        return send.send_data(Bytes::new(), true).map_err(to_io_error);
+                }
+                .await;
+                match sent {
+                    // RFC 9113 §8.1: a peer that has answered in full may stop the
+                    // rest of the request with RST_STREAM(NO_ERROR). Its answer stands:
+                    // the upload ends here and the download carries on to the end.
+                    Err(_) if reset_without_error(&mut send).await => {
+                        upload_stopped.store(true, Ordering::Release);
+                        Ok(())
                     }
-                    to_tunnel += n as u64;
-                    let mut chunk = buf.split().freeze();
-                    while !chunk.is_empty() {
-                        send.reserve_capacity(chunk.len());
-                        let granted = send_capacity(&mut send).await?;
-                        let part = chunk.split_to(granted.min(chunk.len()));
-                        send.send_data(part, false).map_err(to_io_error)?;
-                    }
+                    other => other,
                 }
             };
             let down = async {
@@ -193,6 +208,12 @@ impl Tunnel {
         }
         if failed_connect.is_some() {
             crate::proxy::reset(socket);
+        } else if result.is_ok() && upload_stopped.load(Ordering::Acquire) {
+            // The client may still be sending what the peer did not want: closing
+            // with it unread would reset the connection, and a reset can make the
+            // client's kernel drop the answer it has not read yet. So read it away
+            // (the answer's FIN is sent) until the client closes, for a moment.
+            linger(&mut socket).await;
         }
         Spliced {
             to_tunnel,
@@ -353,6 +374,29 @@ impl AsyncWrite for Tunnel {
     }
 }
 
+/// How long, at most, a client that keeps sending after the peer stopped its
+/// request is read and ignored before the connection closes.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Whether the peer reset the stream with NO_ERROR (it has answered and wants
+/// no more of the request).
+async fn reset_without_error(send: &mut SendStream<Bytes>) -> bool {
+    poll_fn(|cx| match send.poll_reset(cx) {
+        Poll::Ready(Ok(reason)) => Poll::Ready(reason == Reason::NO_ERROR),
+        // Not reset (some other failure), or the connection is gone.
+        _ => Poll::Ready(false),
+    })
+    .await
+}
+
+/// Reads and drops what the client still sends, until it closes or [`LINGER`]
+/// passes.
+async fn linger(socket: &mut TcpStream) {
+    let mut sink = [0u8; 16 * 1024];
+    let drained = async { while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(LINGER, drained).await;
+}
+
 fn reset_error(reason: Reason) -> io::Error {
     io::Error::new(
         io::ErrorKind::ConnectionReset,
@@ -370,5 +414,89 @@ fn to_io_error(error: h2::Error) -> io::Error {
         reset_error(reason)
     } else {
         io::Error::other(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, Request, Response};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A peer that answers in full before reading the request, then stops the
+    /// rest of it with RST_STREAM(NO_ERROR), as the waypoint refusing an
+    /// oversized request does (RFC 9113 §8.1). Its window is small and never
+    /// credited, so the client's upload is blocked when the reset comes.
+    #[tokio::test]
+    async fn an_answer_before_a_no_error_reset_reaches_the_client() {
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(async move {
+            let mut connection = h2::server::Builder::new()
+                .initial_window_size(1024)
+                .handshake::<_, Bytes>(server_io)
+                .await
+                .expect("server handshake");
+            let (request, mut respond) = connection
+                .accept()
+                .await
+                .expect("a stream")
+                .expect("no error");
+            let mut send = respond
+                .send_response(Response::new(()), false)
+                .expect("response");
+            send.send_data(Bytes::from_static(b"431 too large"), true)
+                .expect("data");
+            // Done with the stream while the request still streams in: h2 follows
+            // the answer with RST_STREAM(NO_ERROR).
+            drop((request, respond, send));
+            // Keep the connection going until the client is done with it.
+            while let Some(next) = connection.accept().await {
+                drop(next);
+            }
+        });
+        let (sender, connection) = h2::client::handshake(client_io)
+            .await
+            .expect("client handshake");
+        tokio::spawn(connection);
+        let mut sender = sender.ready().await.expect("ready");
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri("10.0.0.1:80")
+            .body(())
+            .expect("request");
+        let (response, send) = sender.send_request(request, false).expect("sent");
+        let recv = response.await.expect("an answer").into_body();
+        let tunnel = Tunnel::new(send, recv, None);
+
+        // The client app: sends far more than the peer's window, then reads.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut app = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (socket, _) = listener.accept().await.expect("accept");
+        let spliced = tokio::spawn(tunnel.splice(socket, 16 * 1024));
+        let upload = vec![b'x'; 8 << 20];
+        let (mut app_read, mut app_write) = app.split();
+        let writing = async {
+            app_write.write_all(&upload).await?;
+            app_write.shutdown().await
+        };
+        let reading = async {
+            let mut answer = Vec::new();
+            app_read.read_to_end(&mut answer).await.map(|_| answer)
+        };
+        let (written, answer) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(writing, reading)
+        })
+        .await
+        .expect("the relay ended");
+        assert_eq!(answer.expect("no reset").as_slice(), b"431 too large");
+        // What the peer did not want was read away, not answered with a reset.
+        written.expect("the client's upload was cut");
+        let spliced = spliced.await.expect("splice");
+        assert!(spliced.error.is_none(), "{:?}", spliced.error);
+        assert_eq!(spliced.from_tunnel, 13);
+        server.abort();
     }
 }
