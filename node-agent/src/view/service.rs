@@ -56,22 +56,16 @@ pub fn service(mesh: &Mesh, svc: &KubeService, slices: &[&EndpointSlice]) -> Ser
     for slice in slices {
         // Service port → the port the slice says endpoints listen on, by
         // port name (the controller names slice ports after service ports).
-        let slice_ports: BTreeMap<u32, u32> = ports
-            .iter()
-            .filter_map(|sp| {
+        let slice_ports = overrides(
+            &ports,
+            ports.iter().filter_map(|sp| {
                 let found = slice.ports.iter().find(|p| {
                     p.name.as_deref().unwrap_or_default() == sp.name
                         && is_tcp(p.protocol.as_deref())
                 })?;
                 Some((sp.port, u32::try_from(found.port?).ok()?))
-            })
-            .filter(|(sp, target)| {
-                ports
-                    .iter()
-                    .find(|p| p.port == *sp)
-                    .is_none_or(|p| p.target_port != *target)
-            })
-            .collect();
+            }),
+        );
         for ep in &slice.endpoints {
             // Kubernetes: a missing `ready` is to be read as ready.
             let ready = ep.ready.unwrap_or(true);
@@ -90,9 +84,8 @@ pub fn service(mesh: &Mesh, svc: &KubeService, slices: &[&EndpointSlice]) -> Ser
             }
         }
     }
-    // Slices arrive in any order; a stable order keeps equal views equal.
-    endpoints.sort_by(|a, b| (&a.address, &a.workload).cmp(&(&b.address, &b.workload)));
-    endpoints.dedup_by(|a, b| a.address == b.address);
+    // Slices arrive in any order.
+    settle(&mut endpoints);
     Service {
         hostname: format!("{name}.{namespace}.svc.{}", mesh.cluster_domain),
         name,
@@ -104,6 +97,29 @@ pub fn service(mesh: &Mesh, svc: &KubeService, slices: &[&EndpointSlice]) -> Ser
         load_balancing: load_balancing(svc),
         passthrough: false,
     }
+}
+
+/// An endpoint's ports (service port → where it listens) where they differ
+/// from the service's `targetPort`: only those travel with the endpoint.
+pub(super) fn overrides(
+    ports: &[ServicePort],
+    found: impl Iterator<Item = (u32, u32)>,
+) -> BTreeMap<u32, u32> {
+    found
+        .filter(|(port, target)| {
+            ports
+                .iter()
+                .find(|p| p.port == *port)
+                .is_none_or(|p| p.target_port != *target)
+        })
+        .collect()
+}
+
+/// One endpoint per address, in a stable order, so that equal views encode
+/// equally (and publish no change).
+pub(super) fn settle(endpoints: &mut Vec<Endpoint>) {
+    endpoints.sort_by(|a, b| (&a.address, &a.workload).cmp(&(&b.address, &b.workload)));
+    endpoints.dedup_by(|a, b| a.address == b.address);
 }
 
 /// How ztunnel should weigh closeness, as istiod maps a Service's fields:

@@ -28,6 +28,7 @@ use warren_api::{
     key,
 };
 
+use super::service::{overrides, settle};
 use crate::model::{
     cluster::{Pod, PodPhase},
     istio::{Resolution, ServiceEntry},
@@ -77,16 +78,12 @@ pub fn services<'a>(
             .filter_map(|e| {
                 let ip: IpAddr = e.address.parse().ok()?;
                 // Service port → this endpoint's port, by port name.
-                let ports = ports
-                    .iter()
-                    .filter_map(|p| Some((p.port, *e.ports.get(&p.name)?)))
-                    .filter(|(port, target)| {
-                        ports
-                            .iter()
-                            .find(|p| p.port == *port)
-                            .is_none_or(|p| p.target_port != *target)
-                    })
-                    .collect();
+                let ports = overrides(
+                    &ports,
+                    ports
+                        .iter()
+                        .filter_map(|p| Some((p.port, *e.ports.get(&p.name)?))),
+                );
                 Some(Endpoint {
                     workload: String::new(),
                     address: addr::to_bytes(ip),
@@ -97,8 +94,7 @@ pub fn services<'a>(
             .collect(),
         _ => Vec::new(),
     };
-    endpoints.sort_by(|a, b| (&a.address, &a.workload).cmp(&(&b.address, &b.workload)));
-    endpoints.dedup_by(|a, b| a.address == b.address);
+    settle(&mut endpoints);
     spec.hosts
         .iter()
         .map(|host| Service {

@@ -92,6 +92,7 @@ fn service_json(s: &Service) -> Value {
         "ports": s.ports.iter().map(|p| json!({"port": p.port, "targetPort": p.target_port, "name": p.name, "appProtocol": p.app_protocol})).collect::<Vec<_>>(),
         "endpoints": s.endpoints.iter().map(|e| json!({"workload": e.workload, "address": ip(&e.address), "ready": e.ready, "ports": e.ports})).collect::<Vec<_>>(),
         "waypoint": s.waypoint.as_ref().map(|w| json!({"workload": w.workload, "address": ip(&w.address), "hbonePort": w.hbone_port, "identity": w.identity})),
+        "passthrough": s.passthrough,
     })
 }
 
@@ -228,11 +229,16 @@ pub fn print_tables(dump: &DumpResponse) {
                     })
                     .collect::<Vec<_>>()
                     .join(","),
-                format!(
-                    "{}/{}",
-                    s.endpoints.iter().filter(|e| e.ready).count(),
-                    s.endpoints.len()
-                ),
+                // A ServiceEntry resolved NONE has no endpoints by design.
+                if s.passthrough {
+                    "passthrough".into()
+                } else {
+                    format!(
+                        "{}/{}",
+                        s.endpoints.iter().filter(|e| e.ready).count(),
+                        s.endpoints.len()
+                    )
+                },
                 // A claimed waypoint without an address cannot serve: ztunnel
                 // refuses the traffic (say so rather than show nothing).
                 s.waypoint.as_ref().map_or_else(
