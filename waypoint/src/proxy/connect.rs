@@ -60,6 +60,12 @@ pub enum SendError {
     /// Over a connection that was open.
     #[error(transparent)]
     Request(hyper::Error),
+    /// Every HTTP/2 connection at its stream limit, no place for another
+    /// under `maxConnections`, and the pending queue full.
+    #[error(
+        "upstream overflow: every connection is at its stream limit and the pending queue is full"
+    )]
+    Overflow,
 }
 
 /// Opens upstream connections as the waypoint's identity.

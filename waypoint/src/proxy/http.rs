@@ -710,7 +710,8 @@ async fn attempt(
     } else {
         cluster.admit().await
     };
-    let Ok(permit) = permit else {
+    // The pool is full: admission, or (HTTP/2) the pending queue.
+    let overflowed = || {
         ctx.metrics
             .overflows
             .get_or_create(&ClusterLabels {
@@ -718,11 +719,14 @@ async fn attempt(
                 subset: key.subset.clone().unwrap_or_default(),
             })
             .inc();
-        return local(
+        local(
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream connect error or disconnect/reset before headers. reset reason: overflow",
             "UO",
-        );
+        )
+    };
+    let Ok(permit) = permit else {
+        return overflowed();
     };
     let hash = HashInput::new(
         &parts.headers,
@@ -806,8 +810,7 @@ async fn attempt(
     let limits = cluster.limits();
     let sent = async {
         if h2 {
-            let slot = || cluster.try_connection_slot();
-            let (response, stream) = ctx.http2.send(endpoint, request, limits, &slot).await?;
+            let (response, stream) = ctx.http2.send(endpoint, request, cluster.pool()).await?;
             Ok((response, Some(stream)))
         } else {
             let response = ctx.http1.send(endpoint, request, limits).await?;
@@ -875,6 +878,9 @@ async fn attempt(
                 destination,
             }
         }
+        // Refused by the pool before any upstream was tried: not the
+        // endpoint's failure.
+        Some(Err(SendError::Overflow)) => overflowed(),
         Some(Err(error)) => {
             report(Outcome::LocalFailure);
             let kind = failure_kind(&error);
@@ -1026,7 +1032,8 @@ fn origin_form(request: &Uri) -> http::uri::PathAndQuery {
 /// How an upstream attempt failed, for `retryOn` and the response flags.
 fn failure_kind(error: &SendError) -> FailureKind {
     let hyper = match error {
-        SendError::Connect(_) => return FailureKind::ConnectFailure,
+        // (An overflow is answered locally before a try is judged.)
+        SendError::Connect(_) | SendError::Overflow => return FailureKind::ConnectFailure,
         SendError::Request(error) => error,
     };
     if is_refused_stream(error) {
@@ -1483,7 +1490,11 @@ mod tests {
             .unwrap();
         let limits = crate::upstream::PoolLimits::default();
         let error = pool
-            .send(addr, request, &limits, &|| None)
+            .send(
+                addr,
+                request,
+                super::super::multiplex::tests::cluster(&limits, 0),
+            )
             .await
             .expect_err("refused");
         assert_eq!(
@@ -1500,7 +1511,11 @@ mod tests {
             .body(full(Bytes::new()))
             .unwrap();
         let error = pool
-            .send(gone, request, &limits, &|| None)
+            .send(
+                gone,
+                request,
+                super::super::multiplex::tests::cluster(&limits, 0),
+            )
             .await
             .expect_err("no listener");
         assert_eq!(
@@ -1549,7 +1564,11 @@ mod tests {
             .unwrap();
         let limits = crate::upstream::PoolLimits::default();
         let error = pool
-            .send(addr, request, &limits, &|| None)
+            .send(
+                addr,
+                request,
+                super::super::multiplex::tests::cluster(&limits, 0),
+            )
             .await
             .expect_err("not processed");
         assert_eq!(

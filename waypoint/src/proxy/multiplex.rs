@@ -2,7 +2,9 @@
 //! to it, as Envoy's HTTP/2 connection pool keeps them — or, with
 //! `http.maxConcurrentStreams` (or `http.maxRequestsPerConnection`), as many
 //! as the requests need, each beyond the first under the cluster's
-//! `tcp.maxConnections`; past it, streams share the least busy connection.
+//! `tcp.maxConnections`. Past it a request waits in the cluster's pending
+//! queue (`http1MaxPendingRequests`, as Envoy's `max_pending_requests`) for
+//! a stream to end or a place to free, and overflows when the queue is full.
 //!
 //! The pool is keyed by endpoint and a request keeps its own authority:
 //! over HTTP/2 the URI's authority is the `:authority` the server reads (a
@@ -24,6 +26,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU32, AtomicU64, Ordering},
@@ -35,7 +38,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use http::{Request, Response};
 use hyper::{body::Incoming, client::conn::http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 use tracing::debug;
 use warren_ztunnel::drain;
 
@@ -43,7 +46,10 @@ use super::{
     connect::{ConnectError, Connector, Route, SendError},
     lifetime::{Lifetime, sweep},
 };
-use crate::{app::Body, upstream::PoolLimits};
+use crate::{
+    app::Body,
+    upstream::{Pool, PoolLimits},
+};
 
 /// HTTP/2 connections to upstream endpoints.
 pub struct Multiplexed {
@@ -60,6 +66,9 @@ type Endpoints = Arc<Mutex<HashMap<SocketAddr, Endpoint>>>;
 struct Endpoint {
     open: Vec<Open>,
     opening: Vec<Opening>,
+    /// Woken when one of its connections may take a stream again (a stream
+    /// ended, a connection was filed or failed): requests waiting for room.
+    freed: Arc<Notify>,
 }
 
 /// A connection being made, and the requests waiting for it: no more than
@@ -98,6 +107,16 @@ type Handshake = Shared<BoxFuture<'static, Result<Connection, Arc<ConnectError>>
 /// limits on one there is, or gives up.
 const MAX_ROUNDS: usize = 4;
 
+/// What a request does next when no pooled connection has room for it.
+enum Next {
+    /// Wait for this handshake (id, the handshake, whether it is an extra
+    /// connection).
+    Join(u64, Handshake, bool),
+    /// Wait in the pending queue until woken (a stream ended, a connection
+    /// was filed or failed).
+    Wait(Pin<Box<tokio::sync::futures::OwnedNotified>>),
+}
+
 /// A place for one more connection under the cluster's `maxConnections`,
 /// held while the connection is pooled or carries a stream.
 pub type ConnectionSlot = tokio::sync::OwnedSemaphorePermit;
@@ -123,6 +142,8 @@ struct Connection {
 
 struct Streams {
     active: AtomicU32,
+    /// The endpoint's [`Endpoint::freed`].
+    freed: Arc<Notify>,
     /// When a stream last ended, in microseconds from `base` plus one (0:
     /// none yet; never later than the actual end).
     released_us: AtomicU64,
@@ -130,9 +151,10 @@ struct Streams {
 }
 
 impl Streams {
-    fn new(base: Instant) -> Self {
+    fn new(base: Instant, freed: Arc<Notify>) -> Self {
         Self {
             active: AtomicU32::new(0),
+            freed,
             released_us: AtomicU64::new(0),
             base,
         }
@@ -194,6 +216,7 @@ impl Drop for Stream {
         // Concurrent ends: the latest wins.
         streams.released_us.fetch_max(us, Ordering::AcqRel);
         streams.active.fetch_sub(1, Ordering::AcqRel);
+        streams.freed.notify_waiters();
     }
 }
 
@@ -208,22 +231,21 @@ impl Multiplexed {
 
     /// Sends `request` to `endpoint` over HTTP/2; its URI's authority is
     /// the `:authority` the endpoint reads. The [`Stream`] must be kept as
-    /// long as the answer's body. `slot` gives a place under the cluster's
-    /// `maxConnections` for a connection beyond the endpoint's first; when
-    /// it gives none, streams share the connections there are.
-    pub async fn send(
+    /// long as the answer's body. `pool` is the cluster's: its settings, its
+    /// places under `maxConnections` for connections beyond the endpoint's
+    /// first, and its pending queue.
+    pub(crate) async fn send(
         &self,
         endpoint: SocketAddr,
         mut request: Request<Body>,
-        limits: &PoolLimits,
-        slot: &(dyn Fn() -> Option<ConnectionSlot> + Sync),
+        pool: &Pool,
     ) -> Result<(Response<Incoming>, Stream), SendError> {
         // A connection can close between being taken from the pool and the
         // request reaching it; hyper then hands the request back unsent, and
         // it goes once more, on a new connection.
         let mut retried = false;
         loop {
-            let (mut connection, stream) = self.connection(endpoint, limits, slot).await?;
+            let (mut connection, stream) = self.connection(endpoint, pool).await?;
             match connection.send.try_send_request(request).await {
                 Ok(response) => return Ok((response, stream)),
                 Err(mut error) => match error.take_message() {
@@ -242,14 +264,17 @@ impl Multiplexed {
     /// A connection to `endpoint` for one more request: a pooled one with
     /// room for another stream, else one being made with room for another
     /// waiter, else a new one (the endpoint's first, or one more under
-    /// `maxConnections`). Past `maxConnections`, or after [`MAX_ROUNDS`], a
-    /// stream on the least busy connection there is, beyond the limits.
+    /// `maxConnections`). With none of these, the request waits in the
+    /// cluster's pending queue (refused when it is full) until a stream ends
+    /// or a place frees, as in Envoy's HTTP/2 pool. After [`MAX_ROUNDS`]
+    /// handshakes that left it no room, it takes a stream on the least busy
+    /// connection there is, beyond the limits.
     async fn connection(
         &self,
         endpoint: SocketAddr,
-        limits: &PoolLimits,
-        slot: &(dyn Fn() -> Option<ConnectionSlot> + Sync),
+        pool: &Pool,
     ) -> Result<(Connection, Stream), SendError> {
+        let limits = pool.limits();
         let route = self.connector.route(endpoint);
         let capacity = [
             limits.max_concurrent_streams,
@@ -260,9 +285,13 @@ impl Multiplexed {
         .min()
         .map(|c| c as usize);
         let mut round = 0;
+        // A place taken while waiting, for the next connection.
+        let mut spare: Option<ConnectionSlot> = None;
+        // This request's place in the pending queue, once it waits.
+        let mut pending = None;
         loop {
             let late = round >= MAX_ROUNDS;
-            let (id, handshake, extra) = {
+            let next = {
                 let mut endpoints = lock(&self.endpoints);
                 let entry = endpoints.entry(endpoint).or_default();
                 let now = Instant::now();
@@ -270,10 +299,17 @@ impl Multiplexed {
                     return Ok(claimed);
                 }
                 let first = !entry.usable(&route, now) && entry.opening.is_empty();
+                let place = || {
+                    spare.take().or_else(|| {
+                        (!first && !late)
+                            .then(|| pool.try_connection_slot())
+                            .flatten()
+                    })
+                };
                 if let Some(opening) = entry.opening.iter_mut().find(|o| o.has_room()) {
                     opening.waiting += 1;
-                    (opening.id, opening.handshake.clone(), opening.extra)
-                } else if let Some(slot) = (!first && !late).then(slot).flatten() {
+                    Next::Join(opening.id, opening.handshake.clone(), opening.extra)
+                } else if let Some(slot) = (!first).then(place).flatten() {
                     self.start(
                         entry,
                         endpoint,
@@ -284,16 +320,30 @@ impl Multiplexed {
                     )
                 } else if first {
                     self.start(entry, endpoint, &route, limits, capacity, None)
-                } else if let Some(claimed) = entry.share(&route, limits, now) {
-                    // No place for another connection: share.
-                    return Ok(claimed);
-                } else if let Some(opening) = entry.opening.first_mut() {
-                    opening.waiting += 1;
-                    (opening.id, opening.handshake.clone(), opening.extra)
+                } else if late {
+                    return entry.share(&route, limits, now).ok_or_else(|| {
+                        SendError::Connect(Arc::new(ConnectError::Unusable { addr: endpoint }))
+                    });
                 } else {
-                    return Err(SendError::Connect(Arc::new(ConnectError::Unusable {
-                        addr: endpoint,
-                    })));
+                    // Every connection at its stream limit, no place for
+                    // another: wait for a stream to end or a place to free.
+                    if pending.is_none() {
+                        pending = Some(pool.pend().map_err(|_| SendError::Overflow)?);
+                    }
+                    // Registered before the lock is let go: no wake-up is lost.
+                    let mut notified = Box::pin(Arc::clone(&entry.freed).notified_owned());
+                    notified.as_mut().enable();
+                    Next::Wait(notified)
+                }
+            };
+            let (id, handshake, extra) = match next {
+                Next::Join(id, handshake, extra) => (id, handshake, extra),
+                Next::Wait(notified) => {
+                    tokio::select! {
+                        () = notified => {}
+                        slot = pool.connection_slot() => spare = slot,
+                    }
+                    continue;
                 }
             };
             let opened = handshake.await;
@@ -341,17 +391,20 @@ impl Multiplexed {
         limits: &PoolLimits,
         capacity: Option<usize>,
         slot: Option<Arc<ConnectionSlot>>,
-    ) -> (u64, Handshake, bool) {
+    ) -> Next {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let extra = slot.is_some();
         let handshake = spawn_open(
             Arc::clone(&self.endpoints),
-            self.connector.clone(),
-            endpoint,
-            route.clone(),
-            id,
-            limits.clone(),
-            slot,
+            Dial {
+                connector: self.connector.clone(),
+                endpoint,
+                route: route.clone(),
+                id,
+                limits: limits.clone(),
+                slot,
+                freed: Arc::clone(&entry.freed),
+            },
         );
         entry.opening.push(Opening {
             id,
@@ -360,7 +413,7 @@ impl Multiplexed {
             capacity,
             extra,
         });
-        (id, handshake, extra)
+        Next::Join(id, handshake, extra)
     }
 
     /// Drops `endpoint`'s connection `id` from the pool, if still there.
@@ -477,23 +530,32 @@ impl Endpoint {
     }
 }
 
-/// Opens a connection in a task of its own, which files it in the pool (or
-/// clears the failed attempt) before the waiters hear of it.
-fn spawn_open(
-    endpoints: Endpoints,
+/// What opening one connection takes.
+struct Dial {
     connector: Connector,
     endpoint: SocketAddr,
     route: Route,
     id: u64,
     limits: PoolLimits,
+    /// Its place under `maxConnections`, when one more than the endpoint's
+    /// first.
     slot: Option<Arc<ConnectionSlot>>,
-) -> Handshake {
+    /// The endpoint's [`Endpoint::freed`].
+    freed: Arc<Notify>,
+}
+
+/// Opens a connection in a task of its own, which files it in the pool (or
+/// clears the failed attempt) before the waiters hear of it.
+fn spawn_open(endpoints: Endpoints, dial: Dial) -> Handshake {
+    let (endpoint, id, freed) = (dial.endpoint, dial.id, Arc::clone(&dial.freed));
     let cleanup = Arc::clone(&endpoints);
     let task = tokio::spawn(async move {
-        let opened = open(connector, endpoint, route, id, limits, slot).await;
+        let opened = open(dial).await;
         let mut map = lock(&endpoints);
         let entry = map.entry(endpoint).or_default();
         entry.opening.retain(|o| o.id != id);
+        // Room for those waiting, or a failure they must see.
+        freed.notify_waiters();
         match &opened {
             Ok(connection) => entry.open.push(Open {
                 connection: connection.clone(),
@@ -525,16 +587,18 @@ fn spawn_open(
     .shared()
 }
 
-/// A byte stream to `endpoint` (HBONE or TCP, as for HTTP/1.1) and an
+/// A byte stream to the endpoint (HBONE or TCP, as for HTTP/1.1) and an
 /// HTTP/2 handshake over it; the connection is driven by a task of its own.
-async fn open(
-    connector: Connector,
-    endpoint: SocketAddr,
-    route: Route,
-    id: u64,
-    limits: PoolLimits,
-    slot: Option<Arc<ConnectionSlot>>,
-) -> Result<Connection, Arc<ConnectError>> {
+async fn open(dial: Dial) -> Result<Connection, Arc<ConnectError>> {
+    let Dial {
+        connector,
+        endpoint,
+        route,
+        id,
+        limits,
+        slot,
+        freed,
+    } = dial;
     let io = connector
         .connect_via(&route, endpoint, &limits)
         .await
@@ -564,7 +628,7 @@ async fn open(
         lifetime: Lifetime::new(route, &limits, carrier),
         max_streams: limits.max_concurrent_streams,
         sent: Arc::new(AtomicU64::new(0)),
-        streams: Arc::new(Streams::new(Instant::now())),
+        streams: Arc::new(Streams::new(Instant::now(), freed)),
         _slot: slot,
     })
 }
@@ -607,10 +671,14 @@ pub(crate) mod tests {
         Multiplexed::new(connector())
     }
 
-    /// Places under `maxConnections`, as a cluster with `limit` gives them.
-    fn slots_of(limit: usize) -> impl Fn() -> Option<ConnectionSlot> + Sync {
-        let semaphore = Arc::new(tokio::sync::Semaphore::new(limit));
-        move || Arc::clone(&semaphore).try_acquire_owned().ok()
+    /// A cluster's pool with `limits` and `places` under `maxConnections`
+    /// (beyond each endpoint's first connection). Leaked, so that a request
+    /// future may borrow it wherever it is made (a few hundred bytes a test).
+    pub(crate) fn cluster(limits: &PoolLimits, places: u32) -> &'static Pool {
+        Box::leak(Box::new(Pool::new(PoolLimits {
+            max_connections: places,
+            ..limits.clone()
+        })))
     }
 
     fn per_connection(limit: u32) -> PoolLimits {
@@ -707,9 +775,8 @@ pub(crate) mod tests {
     async fn requests_keep_their_authority_and_share_one_connection() {
         let (addr, seen) = server().await;
         let pool = pool();
-        let slots = slots_of(1000);
         let limits = PoolLimits::default();
-        let sent = (0..8).map(|_| pool.send(addr, get("/"), &limits, &slots));
+        let sent = (0..8).map(|_| pool.send(addr, get("/"), cluster(&limits, 1000)));
         for response in futures::future::join_all(sent).await {
             assert_eq!(text(response.expect("an answer")).await, "ok");
         }
@@ -730,10 +797,9 @@ pub(crate) mod tests {
     async fn a_connection_carries_at_most_max_requests_per_connection() {
         let (addr, seen) = server().await;
         let pool = pool();
-        let slots = slots_of(1000);
         for _ in 0..5 {
             let response = pool
-                .send(addr, get("/"), &per_connection(2), &slots)
+                .send(addr, get("/"), cluster(&per_connection(2), 1000))
                 .await
                 .expect("an answer");
             assert_eq!(text(response).await, "ok");
@@ -753,9 +819,8 @@ pub(crate) mod tests {
     async fn an_idle_connection_closes_and_the_next_request_opens_another() {
         let (addr, seen) = server().await;
         let pool = pool();
-        let slots = slots_of(1000);
         let answer = pool
-            .send(addr, get("/"), &PoolLimits::default(), &slots)
+            .send(addr, get("/"), cluster(&PoolLimits::default(), 1000))
             .await
             .expect("an answer");
         assert_eq!(text(answer).await, "ok");
@@ -770,7 +835,7 @@ pub(crate) mod tests {
         .await
         .expect("the evicted connection closed");
         let response = pool
-            .send(addr, get("/"), &PoolLimits::default(), &slots)
+            .send(addr, get("/"), cluster(&PoolLimits::default(), 1000))
             .await
             .expect("an answer");
         assert_eq!(text(response).await, "ok");
@@ -781,20 +846,19 @@ pub(crate) mod tests {
     async fn a_connection_past_its_maximum_duration_takes_no_new_requests() {
         let (addr, seen) = server().await;
         let pool = pool();
-        let slots = slots_of(1000);
         let limits = PoolLimits {
             max_connection_duration: Some(Duration::from_millis(100)),
             ..PoolLimits::default()
         };
         let streaming = pool
-            .send(addr, get("/slow"), &limits, &slots)
+            .send(addr, get("/slow"), cluster(&limits, 1000))
             .await
             .expect("an answer");
         tokio::time::sleep(Duration::from_millis(150)).await;
         // Past its duration: the next request opens a new connection while
         // the answer streaming on the old one still finishes.
         let response = pool
-            .send(addr, get("/"), &limits, &slots)
+            .send(addr, get("/"), cluster(&limits, 1000))
             .await
             .expect("an answer");
         assert_eq!(text(response).await, "ok");
@@ -811,9 +875,8 @@ pub(crate) mod tests {
         let gone = closed.local_addr().unwrap();
         drop(closed);
         let pool = pool();
-        let slots = slots_of(1000);
         let limits = PoolLimits::default();
-        let sent = (0..4).map(|_| pool.send(gone, get("/"), &limits, &slots));
+        let sent = (0..4).map(|_| pool.send(gone, get("/"), cluster(&limits, 1000)));
         for result in futures::future::join_all(sent).await {
             assert!(
                 matches!(result, Err(SendError::Connect(_))),
@@ -828,13 +891,12 @@ pub(crate) mod tests {
     async fn more_streams_than_max_concurrent_streams_open_another_connection() {
         let (addr, seen) = server().await;
         let pool = pool();
-        let slots = slots_of(1000);
         let limits = PoolLimits {
             max_concurrent_streams: Some(2),
             ..PoolLimits::default()
         };
         // Five answers streaming at once: 2 + 2 + 1 streams.
-        let sent = (0..5).map(|_| pool.send(addr, get("/slow"), &limits, &slots));
+        let sent = (0..5).map(|_| pool.send(addr, get("/slow"), cluster(&limits, 1000)));
         let answers: Vec<_> = futures::future::join_all(sent)
             .await
             .into_iter()
@@ -847,7 +909,7 @@ pub(crate) mod tests {
         }
         // Their streams done, the pooled connections take new ones: no
         // fourth connection for two more at once.
-        let sent = (0..2).map(|_| pool.send(addr, get("/"), &limits, &slots));
+        let sent = (0..2).map(|_| pool.send(addr, get("/"), cluster(&limits, 1000)));
         for answer in futures::future::join_all(sent).await {
             assert_eq!(text(answer.expect("an answer")).await, "ok");
         }
@@ -855,7 +917,7 @@ pub(crate) mod tests {
         // Unlimited (the default): one connection for as many as come.
         let (addr, seen) = server().await;
         let unlimited = PoolLimits::default();
-        let sent = (0..5).map(|_| pool.send(addr, get("/slow"), &unlimited, &slots));
+        let sent = (0..5).map(|_| pool.send(addr, get("/slow"), cluster(&unlimited, 1000)));
         for answer in futures::future::join_all(sent).await {
             assert_eq!(text(answer.expect("an answer")).await, "one two");
         }
@@ -863,23 +925,67 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn past_max_connections_streams_share_the_connections_open() {
+    async fn past_max_connections_requests_wait_in_the_pending_queue_then_overflow() {
         let (addr, seen) = server().await;
         let pool = pool();
-        // One place beyond the endpoint's first connection.
-        let slots = slots_of(1);
-        let limits = PoolLimits {
-            max_concurrent_streams: Some(2),
-            ..PoolLimits::default()
+        // Two streams per connection, one place beyond the endpoint's first
+        // connection, and two requests may wait.
+        let cluster = cluster(
+            &PoolLimits {
+                max_concurrent_streams: Some(2),
+                max_pending_requests: 2,
+                ..PoolLimits::default()
+            },
+            1,
+        );
+        // Four answers stream on the two connections, two requests wait for
+        // their streams to end, the seventh finds the queue full.
+        let sent = (0..7).map(|_| {
+            pool.send(addr, get("/slow"), cluster)
+                .then(|sent| async move {
+                    match sent {
+                        Ok(answer) => Ok(text(answer).await),
+                        Err(error) => Err(error),
+                    }
+                })
+        });
+        // Sampled until the queue has filled and emptied: how many waited at
+        // most, and the most streams any connection carried meanwhile.
+        let watch = async {
+            let (mut waited, mut busiest) = (0, 0);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                waited = waited.max(cluster.pending());
+                let now_busiest = lock(&pool.endpoints)
+                    .values()
+                    .flat_map(|e| e.open.iter())
+                    .map(|o| o.connection.streams.active.load(Ordering::Acquire))
+                    .max()
+                    .unwrap_or(0);
+                busiest = busiest.max(now_busiest);
+                if (waited >= 2 && cluster.pending() == 0) || Instant::now() > deadline {
+                    return (waited, busiest);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
         };
-        let sent = (0..6).map(|_| pool.send(addr, get("/slow"), &limits, &slots));
-        for answer in futures::future::join_all(sent).await {
-            assert_eq!(text(answer.expect("an answer")).await, "one two");
-        }
+        let (results, (waiting, busiest)) = futures::join!(futures::future::join_all(sent), watch);
+        assert_eq!((waiting, busiest), (2, 2));
+        let answered = results
+            .iter()
+            .filter(|r| matches!(r, Ok(body) if body == "one two"))
+            .count();
+        let overflowed = results
+            .iter()
+            .filter(|r| matches!(r, Err(SendError::Overflow)))
+            .count();
+        assert_eq!((answered, overflowed), (6, 1), "{results:?}");
+        assert_eq!(cluster.pending(), 0, "the queue is empty again");
+        assert_eq!(cluster.overflows(), 1);
         assert_eq!(
             seen.connections.load(Ordering::SeqCst),
             2,
-            "the first connection and one more; the other streams share them"
+            "the first connection and one more; the waiting requests took their streams"
         );
     }
 
@@ -887,10 +993,9 @@ pub(crate) mod tests {
     async fn a_connection_carrying_a_stream_is_not_idle() {
         let (addr, seen) = server().await;
         let pool = pool();
-        let slots = slots_of(1000);
         let limits = PoolLimits::default();
         let streaming = pool
-            .send(addr, get("/slow"), &limits, &slots)
+            .send(addr, get("/slow"), cluster(&limits, 1000))
             .await
             .expect("an answer");
         // Far past the idle timeout, but with a stream open: kept.
@@ -909,9 +1014,8 @@ pub(crate) mod tests {
     async fn a_burst_with_one_request_per_connection_opens_them_side_by_side() {
         let (addr, seen) = server().await;
         let pool = pool();
-        let slots = slots_of(1000);
         let limits = per_connection(1);
-        let sent = (0..8).map(|_| pool.send(addr, get("/"), &limits, &slots));
+        let sent = (0..8).map(|_| pool.send(addr, get("/"), cluster(&limits, 1000)));
         for answer in futures::future::join_all(sent).await {
             assert_eq!(text(answer.expect("an answer, not UF")).await, "ok");
         }
@@ -942,19 +1046,18 @@ pub(crate) mod tests {
                 .await;
         });
         let pool = pool();
-        let slots = slots_of(1000);
         let limits = PoolLimits {
             max_concurrent_streams: Some(1),
             ..PoolLimits::default()
         };
         let busy = pool
-            .send(addr, get("/slow"), &limits, &slots)
+            .send(addr, get("/slow"), cluster(&limits, 1000))
             .await
             .expect("the first connection");
         // The first connection is full, so the next request opens another,
         // which is refused: it shares the first instead of failing.
         let shared = pool
-            .send(addr, get("/"), &limits, &slots)
+            .send(addr, get("/"), cluster(&limits, 1000))
             .await
             .expect("shared, not a connect failure");
         assert_eq!(text(shared).await, "ok");

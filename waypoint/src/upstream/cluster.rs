@@ -435,10 +435,10 @@ impl Cluster {
         self.pool.admit_multiplexed()
     }
 
-    /// A place under `maxConnections` for one more HTTP/2 connection to an
-    /// endpoint, if there is one free now.
-    pub fn try_connection_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.pool.try_connection_slot()
+    /// Its connection pool limits, as the HTTP/2 pool takes places from them
+    /// (`maxConnections`, the pending queue).
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// A place for a connection to a TCP port; see [`super::pool`].

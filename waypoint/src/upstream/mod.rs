@@ -77,6 +77,7 @@ pub use policy::{
     ConsistentHash, DrInput, HashCookie, HashKey, HashTable, Keepalive, LoadBalancer,
     OutlierSettings, Policies, PolicyError, PoolLimits, Resolved, UnknownSubset, UpstreamHttp,
 };
+pub(crate) use pool::Pool;
 pub use pool::{Overflow, Permit, RetryPermit};
 
 /// Whether an endpoint with `labels` belongs to a subset selecting

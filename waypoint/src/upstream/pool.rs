@@ -8,7 +8,9 @@
 //! `http1MaxPendingRequests` are already waiting. Every HTTP request also
 //! needs a request slot, and one over `http2MaxRequests` is refused at once:
 //! that limit has no queue. An HTTP/2 request shares its endpoint's
-//! connection and needs only the request slot. A connection to a TCP port is
+//! connections and needs only the request slot; when every one is at its
+//! stream limit and `maxConnections` allows no other, it waits in the same
+//! pending queue ([`Pool::pend`], `proxy/multiplex.rs`). A connection to a TCP port is
 //! refused at once when `maxConnections` are open (Envoy's TCP proxy does
 //! not queue: a long-lived connection may never free its place). A refusal
 //! is [`Overflow`]: the proxy answers 503 (Envoy's `UO`) or closes the
@@ -61,7 +63,7 @@ pub(crate) struct Pool {
 
 /// Takes the request off the pending count however the wait ends
 /// (a slot, or the caller giving up and dropping the future).
-struct Waiting<'a>(&'a AtomicU64);
+pub(crate) struct Waiting<'a>(&'a AtomicU64);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
@@ -131,9 +133,27 @@ impl Pool {
     }
 
     /// A connection place, if one is free now (an HTTP/2 connection beyond
-    /// an endpoint's first; none free means sharing the ones open).
+    /// an endpoint's first).
     pub(crate) fn try_connection_slot(&self) -> Option<OwnedSemaphorePermit> {
         self.connections.clone().try_acquire_owned().ok()
+    }
+
+    /// A connection place, once one is free.
+    pub(crate) async fn connection_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.connections.clone().acquire_owned().await.ok()
+    }
+
+    /// A place in the pending queue for an HTTP/2 request that found every
+    /// connection at its stream limit and no place for another (Envoy's
+    /// HTTP/2 pool queues it under the same `max_pending_requests`), held
+    /// while it waits; the queue full is [`Overflow`].
+    pub(crate) fn pend(&self) -> Result<Waiting<'_>, Overflow> {
+        let already = self.pending.fetch_add(1, Ordering::AcqRel);
+        let waiting = Waiting(&self.pending);
+        if already >= u64::from(self.limits.max_pending_requests) {
+            return Err(self.overflow());
+        }
+        Ok(waiting)
     }
 
     fn request(&self) -> Result<OwnedSemaphorePermit, Overflow> {
