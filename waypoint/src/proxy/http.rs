@@ -808,13 +808,46 @@ async fn attempt(
         upgrade::restore(request.headers_mut(), protocol);
     }
     let limits = cluster.limits();
+    let report = |outcome| report_outcome(ctx, &cluster, key, &picked.endpoint.id, outcome);
+    let failed = |error: SendError| {
+        report(Outcome::LocalFailure);
+        let kind = failure_kind(&error);
+        let detail = match std::error::Error::source(&error) {
+            Some(source) => format!("upstream {endpoint}: {error}: {source}"),
+            None => format!("upstream {endpoint}: {error}"),
+        };
+        debug!(%detail, ?kind, "upstream attempt failed");
+        Attempt::Failed {
+            kind,
+            detail,
+            endpoint: Some(endpoint),
+        }
+    };
+    // HTTP/2: a stream first, waiting in the pending queue if need be. As
+    // in Envoy, the try's timeout starts once the pool hands one over, and
+    // time spent waiting is not the endpoint's failure.
+    let reserved = if h2 {
+        match ctx.http2.reserve(endpoint, cluster.pool()).await {
+            Ok(reserved) => Some(reserved),
+            Err(SendError::Overflow) => return overflowed(),
+            Err(error) => return failed(error),
+        }
+    } else {
+        None
+    };
     let sent = async {
-        if h2 {
-            let (response, stream) = ctx.http2.send(endpoint, request, cluster.pool()).await?;
-            Ok((response, Some(stream)))
-        } else {
-            let response = ctx.http1.send(endpoint, request, limits).await?;
-            Ok::<_, SendError>((response, None))
+        match reserved {
+            Some(reserved) => {
+                let (response, stream) = ctx
+                    .http2
+                    .send_on(endpoint, request, reserved, cluster.pool())
+                    .await?;
+                Ok((response, Some(stream)))
+            }
+            None => {
+                let response = ctx.http1.send(endpoint, request, limits).await?;
+                Ok::<_, SendError>((response, None))
+            }
         }
     };
     let mut cut_short = CutShort {
@@ -832,7 +865,6 @@ async fn attempt(
     cut_short.armed = false;
     drop(cut_short);
     let destination = ctx.inputs.state.workload_by_ip(endpoint.ip());
-    let report = |outcome| report_outcome(ctx, &cluster, key, &picked.endpoint.id, outcome);
     match result {
         None => {
             report(Outcome::LocalFailure);
@@ -881,20 +913,7 @@ async fn attempt(
         // Refused by the pool before any upstream was tried: not the
         // endpoint's failure.
         Some(Err(SendError::Overflow)) => overflowed(),
-        Some(Err(error)) => {
-            report(Outcome::LocalFailure);
-            let kind = failure_kind(&error);
-            let detail = match std::error::Error::source(&error) {
-                Some(source) => format!("upstream {endpoint}: {error}: {source}"),
-                None => format!("upstream {endpoint}: {error}"),
-            };
-            debug!(%detail, ?kind, "upstream attempt failed");
-            Attempt::Failed {
-                kind,
-                detail,
-                endpoint: Some(endpoint),
-            }
-        }
+        Some(Err(error)) => failed(error),
     }
 }
 

@@ -29,7 +29,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -66,9 +66,8 @@ type Endpoints = Arc<Mutex<HashMap<SocketAddr, Endpoint>>>;
 struct Endpoint {
     open: Vec<Open>,
     opening: Vec<Opening>,
-    /// Woken when one of its connections may take a stream again (a stream
-    /// ended, a connection was filed or failed): requests waiting for room.
-    freed: Arc<Notify>,
+    /// Wakes requests waiting for room on its connections.
+    freed: Arc<Freed>,
 }
 
 /// A connection being made, and the requests waiting for it: no more than
@@ -110,11 +109,66 @@ const MAX_ROUNDS: usize = 4;
 /// What a request does next when no pooled connection has room for it.
 enum Next {
     /// Wait for this handshake (id, the handshake, whether it is an extra
-    /// connection).
+    /// connection) and take a stream on its connection.
     Join(u64, Handshake, bool),
-    /// Wait in the pending queue until woken (a stream ended, a connection
-    /// was filed or failed).
-    Wait(Pin<Box<tokio::sync::futures::OwnedNotified>>),
+    /// Wait for a handshake that has waiters enough, for its outcome only.
+    Overbooked(Handshake),
+    /// Wait in the pending queue until woken.
+    Wait(Listening),
+    /// Look again at once.
+    Again,
+}
+
+/// Wakes the requests waiting for room on an endpoint's connections: one per
+/// stream that ends, all when a connection is filed or fails.
+#[derive(Default)]
+struct Freed {
+    notify: Arc<Notify>,
+    /// Requests listening now (a stream's end wakes none when there are none).
+    listening: AtomicUsize,
+}
+
+impl Freed {
+    /// A stream ended: room for one.
+    fn one(&self) {
+        if self.listening.load(Ordering::Acquire) > 0 {
+            self.notify.notify_one();
+        }
+    }
+
+    /// A connection was filed or failed: everyone looks again.
+    fn all(&self) {
+        self.notify.notify_waiters();
+    }
+
+    /// Starts listening (to be done before looking for room one last time).
+    fn listen(self: &Arc<Self>) -> Listening {
+        self.listening.fetch_add(1, Ordering::AcqRel);
+        let mut notified = Box::pin(Arc::clone(&self.notify).notified_owned());
+        notified.as_mut().enable();
+        Listening {
+            freed: Arc::clone(self),
+            notified,
+        }
+    }
+}
+
+/// One request listening on [`Freed`].
+struct Listening {
+    freed: Arc<Freed>,
+    notified: Pin<Box<tokio::sync::futures::OwnedNotified>>,
+}
+
+impl Listening {
+    async fn wait(&mut self) {
+        self.notified.as_mut().await;
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.freed.listening.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A place for one more connection under the cluster's `maxConnections`,
@@ -143,7 +197,7 @@ struct Connection {
 struct Streams {
     active: AtomicU32,
     /// The endpoint's [`Endpoint::freed`].
-    freed: Arc<Notify>,
+    freed: Arc<Freed>,
     /// When a stream last ended, in microseconds from `base` plus one (0:
     /// none yet; never later than the actual end).
     released_us: AtomicU64,
@@ -151,7 +205,7 @@ struct Streams {
 }
 
 impl Streams {
-    fn new(base: Instant, freed: Arc<Notify>) -> Self {
+    fn new(base: Instant, freed: Arc<Freed>) -> Self {
         Self {
             active: AtomicU32::new(0),
             freed,
@@ -194,6 +248,12 @@ impl Connection {
     }
 }
 
+/// A stream reserved on a connection, for one request.
+pub(crate) struct Reserved {
+    connection: Connection,
+    stream: Stream,
+}
+
 /// One stream's place on its connection, held until the answer is done
 /// (`http.maxConcurrentStreams` counts it until then). It also holds the
 /// connection's `maxConnections` place: a connection that left the pool
@@ -216,7 +276,7 @@ impl Drop for Stream {
         // Concurrent ends: the latest wins.
         streams.released_us.fetch_max(us, Ordering::AcqRel);
         streams.active.fetch_sub(1, Ordering::AcqRel);
-        streams.freed.notify_waiters();
+        streams.freed.one();
     }
 }
 
@@ -229,23 +289,51 @@ impl Multiplexed {
         }
     }
 
-    /// Sends `request` to `endpoint` over HTTP/2; its URI's authority is
-    /// the `:authority` the endpoint reads. The [`Stream`] must be kept as
-    /// long as the answer's body. `pool` is the cluster's: its settings, its
-    /// places under `maxConnections` for connections beyond the endpoint's
-    /// first, and its pending queue.
+    /// Sends `request` to `endpoint` over HTTP/2 ([`Multiplexed::reserve`],
+    /// then [`Multiplexed::send_on`]).
+    #[cfg(test)]
     pub(crate) async fn send(
         &self,
         endpoint: SocketAddr,
-        mut request: Request<Body>,
+        request: Request<Body>,
         pool: &Pool,
     ) -> Result<(Response<Incoming>, Stream), SendError> {
+        let reserved = self.reserve(endpoint, pool).await?;
+        self.send_on(endpoint, request, reserved, pool).await
+    }
+
+    /// A stream on a connection to `endpoint`, waiting in the cluster's
+    /// pending queue for one if need be. `pool` is the cluster's: its
+    /// settings, its places under `maxConnections` for connections beyond
+    /// the endpoint's first, and its pending queue.
+    pub(crate) async fn reserve(
+        &self,
+        endpoint: SocketAddr,
+        pool: &Pool,
+    ) -> Result<Reserved, SendError> {
+        let (connection, stream) = self.connection(endpoint, pool).await?;
+        Ok(Reserved { connection, stream })
+    }
+
+    /// Sends `request` on the stream `reserved`; its URI's authority is the
+    /// `:authority` the endpoint reads. The [`Stream`] must be kept as long
+    /// as the answer's body.
+    pub(crate) async fn send_on(
+        &self,
+        endpoint: SocketAddr,
+        mut request: Request<Body>,
+        reserved: Reserved,
+        pool: &Pool,
+    ) -> Result<(Response<Incoming>, Stream), SendError> {
+        let Reserved {
+            mut connection,
+            mut stream,
+        } = reserved;
         // A connection can close between being taken from the pool and the
         // request reaching it; hyper then hands the request back unsent, and
         // it goes once more, on a new connection.
         let mut retried = false;
         loop {
-            let (mut connection, stream) = self.connection(endpoint, pool).await?;
             match connection.send.try_send_request(request).await {
                 Ok(response) => return Ok((response, stream)),
                 Err(mut error) => match error.take_message() {
@@ -254,6 +342,7 @@ impl Multiplexed {
                         self.forget(endpoint, connection.id);
                         request = unsent;
                         retried = true;
+                        (connection, stream) = self.connection(endpoint, pool).await?;
                     }
                     _ => return Err(SendError::Request(error.into_error())),
                 },
@@ -263,7 +352,7 @@ impl Multiplexed {
 
     /// A connection to `endpoint` for one more request: a pooled one with
     /// room for another stream, else one being made with room for another
-    /// waiter, else a new one (the endpoint's first, or one more under
+    /// waiter, else a new one (the endpoint's free one, or one more under
     /// `maxConnections`). With none of these, the request waits in the
     /// cluster's pending queue (refused when it is full) until a stream ends
     /// or a place frees, as in Envoy's HTTP/2 pool. After [`MAX_ROUNDS`]
@@ -284,11 +373,15 @@ impl Multiplexed {
         .flatten()
         .min()
         .map(|c| c as usize);
+        let unusable = || SendError::Connect(Arc::new(ConnectError::Unusable { addr: endpoint }));
         let mut round = 0;
-        // A place taken while waiting, for the next connection.
+        // A place freed while this request waited, for its next connection.
         let mut spare: Option<ConnectionSlot> = None;
         // This request's place in the pending queue, once it waits.
         let mut pending = None;
+        // The place-freed wait, kept across wake-ups so as not to lose its
+        // turn in the semaphore's queue.
+        let mut freed_place = std::pin::pin!(pool.connection_slot());
         loop {
             let late = round >= MAX_ROUNDS;
             let next = {
@@ -298,18 +391,19 @@ impl Multiplexed {
                 if let Some(claimed) = entry.claim(&route, limits, now, Connection::has_room) {
                     return Ok(claimed);
                 }
-                let first = !entry.usable(&route, now) && entry.opening.is_empty();
-                let place = || {
-                    spare.take().or_else(|| {
-                        (!first && !late)
-                            .then(|| pool.try_connection_slot())
-                            .flatten()
-                    })
-                };
                 if let Some(opening) = entry.opening.iter_mut().find(|o| o.has_room()) {
                     opening.waiting += 1;
+                    spare = None;
                     Next::Join(opening.id, opening.handshake.clone(), opening.extra)
-                } else if let Some(slot) = (!first).then(place).flatten() {
+                } else if !entry.has_free_connection(&route, now) {
+                    // The endpoint's one connection outside `maxConnections`
+                    // (Envoy always lets a pool have one) is not there: this is it.
+                    spare = None;
+                    self.start(entry, endpoint, &route, limits, capacity, None)
+                } else if let Some(slot) = spare
+                    .take()
+                    .or_else(|| (!late).then(|| pool.try_connection_slot()).flatten())
+                {
                     self.start(
                         entry,
                         endpoint,
@@ -318,30 +412,50 @@ impl Multiplexed {
                         capacity,
                         Some(Arc::new(slot)),
                     )
-                } else if first {
-                    self.start(entry, endpoint, &route, limits, capacity, None)
                 } else if late {
-                    return entry.share(&route, limits, now).ok_or_else(|| {
-                        SendError::Connect(Arc::new(ConnectError::Unusable { addr: endpoint }))
-                    });
+                    return entry.share(&route, limits, now).ok_or_else(unusable);
+                } else if !entry.usable(&route, now)
+                    && let Some(opening) = entry.opening.first_mut()
+                {
+                    // Only connections being made, all spoken for: wait for
+                    // one anyway, so that its failure is this request's too.
+                    opening.waiting += 1;
+                    Next::Overbooked(opening.handshake.clone())
+                } else if entry.retire(now) {
+                    // Connections that take no more stream (closed, past their
+                    // lifetime) gave their places back: look again.
+                    Next::Again
                 } else {
                     // Every connection at its stream limit, no place for
                     // another: wait for a stream to end or a place to free.
                     if pending.is_none() {
                         pending = Some(pool.pend().map_err(|_| SendError::Overflow)?);
                     }
-                    // Registered before the lock is let go: no wake-up is lost.
-                    let mut notified = Box::pin(Arc::clone(&entry.freed).notified_owned());
-                    notified.as_mut().enable();
-                    Next::Wait(notified)
+                    let woken = entry.freed.listen();
+                    // A stream that ended between the claim above and the
+                    // listening: its room is there now.
+                    if let Some(claimed) = entry.claim(&route, limits, now, Connection::has_room) {
+                        return Ok(claimed);
+                    }
+                    Next::Wait(woken)
                 }
             };
             let (id, handshake, extra) = match next {
                 Next::Join(id, handshake, extra) => (id, handshake, extra),
-                Next::Wait(notified) => {
+                Next::Again => continue,
+                Next::Overbooked(handshake) => {
+                    if let Err(error) = handshake.await {
+                        return Err(SendError::Connect(error));
+                    }
+                    continue;
+                }
+                Next::Wait(mut woken) => {
                     tokio::select! {
-                        () = notified => {}
-                        slot = pool.connection_slot() => spare = slot,
+                        () = woken.wait() => {}
+                        slot = &mut freed_place => {
+                            spare = slot;
+                            freed_place.set(pool.connection_slot());
+                        }
                     }
                     continue;
                 }
@@ -351,8 +465,6 @@ impl Multiplexed {
             // Looked up, not made: a failed attempt may have removed it.
             let entry = endpoints.get_mut(&endpoint);
             let now = Instant::now();
-            let unusable =
-                || SendError::Connect(Arc::new(ConnectError::Unusable { addr: endpoint }));
             match (opened, entry) {
                 (Ok(_), Some(entry)) => {
                     // Filed by its handshake task: this request's place is
@@ -474,6 +586,25 @@ impl Endpoint {
             .any(|o| o.connection.keep(o.last_used, now) && o.connection.lifetime.reaches_by(route))
     }
 
+    /// Drops the connections that take no more stream at `now` from the pool
+    /// (their places free once their streams end); whether there were any.
+    fn retire(&mut self, now: Instant) -> bool {
+        let before = self.open.len();
+        self.open.retain(|o| o.connection.keep(o.last_used, now));
+        self.open.len() < before
+    }
+
+    /// Whether the endpoint has its connection outside `maxConnections`:
+    /// usable, or being made.
+    fn has_free_connection(&self, route: &Route, now: Instant) -> bool {
+        self.opening.iter().any(|o| !o.extra)
+            || self.open.iter().any(|o| {
+                o.connection._slot.is_none()
+                    && o.connection.keep(o.last_used, now)
+                    && o.connection.lifetime.reaches_by(route)
+            })
+    }
+
     /// A stream on the usable connection with the fewest streams open,
     /// whatever its stream limit (h2 queues what the peer refuses).
     fn share(
@@ -541,7 +672,7 @@ struct Dial {
     /// first.
     slot: Option<Arc<ConnectionSlot>>,
     /// The endpoint's [`Endpoint::freed`].
-    freed: Arc<Notify>,
+    freed: Arc<Freed>,
 }
 
 /// Opens a connection in a task of its own, which files it in the pool (or
@@ -555,7 +686,7 @@ fn spawn_open(endpoints: Endpoints, dial: Dial) -> Handshake {
         let entry = map.entry(endpoint).or_default();
         entry.opening.retain(|o| o.id != id);
         // Room for those waiting, or a failure they must see.
-        freed.notify_waiters();
+        freed.all();
         match &opened {
             Ok(connection) => entry.open.push(Open {
                 connection: connection.clone(),

@@ -106,7 +106,8 @@ impl Tunnel {
         // filling its window with them would hold back the connection's others.
         let answered = AtomicBool::new(answer.is_none());
         let answer_came = Notify::new();
-        let upload_stopped = AtomicBool::new(false);
+        // Told when the download half is done (a permit is kept if nobody waits).
+        let downloaded = Notify::new();
         let result = {
             let up = async {
                 let sent = async {
@@ -140,61 +141,81 @@ impl Tunnel {
                 match sent {
                     // RFC 9113 §8.1: a peer that has answered in full may stop the
                     // rest of the request with RST_STREAM(NO_ERROR). Its answer stands:
-                    // the upload ends here and the download carries on to the end.
+                    // the download carries on to the end. What the client still sends
+                    // is read away meanwhile (a client writing all its request before
+                    // reading would otherwise block the answer behind it) and for a
+                    // moment after: closing with it unread would reset the connection,
+                    // and a reset can make the client lose the answer.
                     Err(_) if reset_without_error(&mut send).await => {
-                        upload_stopped.store(true, Ordering::Release);
+                        let mut sink = vec![0u8; 16 * 1024];
+                        let drained = async {
+                            while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+                        };
+                        let enough = async {
+                            downloaded.notified().await;
+                            tokio::time::sleep(LINGER).await;
+                        };
+                        tokio::select! {
+                            () = drained => {}
+                            () = enough => {}
+                        }
                         Ok(())
                     }
                     other => other,
                 }
             };
             let down = async {
-                let mut recv = match (recv, answer.as_mut()) {
-                    (Some(recv), _) => recv,
-                    (None, Some(pending)) => {
-                        let outcome = pending.await;
-                        // Polled to completion: never again.
-                        answer = None;
-                        match outcome {
-                            Ok(recv) => {
-                                answered.store(true, Ordering::Release);
-                                answer_came.notify_one();
-                                recv
-                            }
-                            Err(error) => {
-                                let io = io::Error::new(
-                                    io::ErrorKind::ConnectionRefused,
-                                    error.to_string(),
-                                );
-                                failed_connect = Some(error);
-                                return Err(io);
+                let done = async {
+                    let mut recv = match (recv, answer.as_mut()) {
+                        (Some(recv), _) => recv,
+                        (None, Some(pending)) => {
+                            let outcome = pending.await;
+                            // Polled to completion: never again.
+                            answer = None;
+                            match outcome {
+                                Ok(recv) => {
+                                    answered.store(true, Ordering::Release);
+                                    answer_came.notify_one();
+                                    recv
+                                }
+                                Err(error) => {
+                                    let io = io::Error::new(
+                                        io::ErrorKind::ConnectionRefused,
+                                        error.to_string(),
+                                    );
+                                    failed_connect = Some(error);
+                                    return Err(io);
+                                }
                             }
                         }
-                    }
-                    (None, None) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::ConnectionRefused,
-                            "the peer refused the HBONE CONNECT",
-                        ));
-                    }
-                };
-                let mut data = unread;
-                loop {
-                    if !data.is_empty() {
-                        writer.write_all(&data).await?;
-                        from_tunnel += data.len() as u64;
-                        // Only fails once the stream is gone, and then nothing is owed.
-                        let _ = recv.flow_control().release_capacity(data.len());
-                    }
-                    data = match recv.data().await {
-                        Some(Ok(data)) => data,
-                        Some(Err(error)) if error.reason() != Some(Reason::NO_ERROR) => {
-                            return Err(to_io_error(error));
+                        (None, None) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::ConnectionRefused,
+                                "the peer refused the HBONE CONNECT",
+                            ));
                         }
-                        // END_STREAM (or a peer done with the whole stream).
-                        _ => return writer.shutdown().await,
                     };
+                    let mut data = unread;
+                    loop {
+                        if !data.is_empty() {
+                            writer.write_all(&data).await?;
+                            from_tunnel += data.len() as u64;
+                            // Only fails once the stream is gone, and then nothing is owed.
+                            let _ = recv.flow_control().release_capacity(data.len());
+                        }
+                        data = match recv.data().await {
+                            Some(Ok(data)) => data,
+                            Some(Err(error)) if error.reason() != Some(Reason::NO_ERROR) => {
+                                return Err(to_io_error(error));
+                            }
+                            // END_STREAM (or a peer done with the whole stream).
+                            _ => return writer.shutdown().await,
+                        };
+                    }
                 }
+                .await;
+                downloaded.notify_one();
+                done
             };
             tokio::try_join!(up, down)
         };
@@ -208,12 +229,6 @@ impl Tunnel {
         }
         if failed_connect.is_some() {
             crate::proxy::reset(socket);
-        } else if result.is_ok() && upload_stopped.load(Ordering::Acquire) {
-            // The client may still be sending what the peer did not want: closing
-            // with it unread would reset the connection, and a reset can make the
-            // client's kernel drop the answer it has not read yet. So read it away
-            // (the answer's FIN is sent) until the client closes, for a moment.
-            linger(&mut socket).await;
         }
         Spliced {
             to_tunnel,
@@ -374,8 +389,8 @@ impl AsyncWrite for Tunnel {
     }
 }
 
-/// How long, at most, a client that keeps sending after the peer stopped its
-/// request is read and ignored before the connection closes.
+/// How long, after the answer, a client that keeps sending after the peer
+/// stopped its request is read and ignored before the connection closes.
 const LINGER: Duration = Duration::from_secs(2);
 
 /// Whether the peer reset the stream with NO_ERROR (it has answered and wants
@@ -387,14 +402,6 @@ async fn reset_without_error(send: &mut SendStream<Bytes>) -> bool {
         _ => Poll::Ready(false),
     })
     .await
-}
-
-/// Reads and drops what the client still sends, until it closes or [`LINGER`]
-/// passes.
-async fn linger(socket: &mut TcpStream) {
-    let mut sink = [0u8; 16 * 1024];
-    let drained = async { while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {} };
-    let _ = tokio::time::timeout(LINGER, drained).await;
 }
 
 fn reset_error(reason: Reason) -> io::Error {
@@ -424,10 +431,14 @@ mod tests {
 
     use super::*;
 
+    const MIB: usize = 1 << 20;
+
     /// A peer that answers in full before reading the request, then stops the
     /// rest of it with RST_STREAM(NO_ERROR), as the waypoint refusing an
     /// oversized request does (RFC 9113 §8.1). Its window is small and never
-    /// credited, so the client's upload is blocked when the reset comes.
+    /// credited, so the client's upload is blocked when the reset comes. The
+    /// client writes all of its request before reading: the answer only gets
+    /// through if what it still sends is read away meanwhile.
     #[tokio::test]
     async fn an_answer_before_a_no_error_reset_reaches_the_client() {
         let (client_io, server_io) = tokio::io::duplex(1 << 20);
@@ -445,7 +456,7 @@ mod tests {
             let mut send = respond
                 .send_response(Response::new(()), false)
                 .expect("response");
-            send.send_data(Bytes::from_static(b"431 too large"), true)
+            send.send_data(Bytes::from(vec![b'a'; 8 * MIB]), true)
                 .expect("data");
             // Done with the stream while the request still streams in: h2 follows
             // the answer with RST_STREAM(NO_ERROR).
@@ -455,7 +466,10 @@ mod tests {
                 drop(next);
             }
         });
-        let (sender, connection) = h2::client::handshake(client_io)
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(16 * MIB as u32)
+            .initial_connection_window_size(16 * MIB as u32)
+            .handshake(client_io)
             .await
             .expect("client handshake");
         tokio::spawn(connection);
@@ -469,34 +483,27 @@ mod tests {
         let recv = response.await.expect("an answer").into_body();
         let tunnel = Tunnel::new(send, recv, None);
 
-        // The client app: sends far more than the peer's window, then reads.
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let mut app = TcpStream::connect(listener.local_addr().expect("address"))
             .await
             .expect("connect");
         let (socket, _) = listener.accept().await.expect("accept");
         let spliced = tokio::spawn(tunnel.splice(socket, 16 * 1024));
-        let upload = vec![b'x'; 8 << 20];
-        let (mut app_read, mut app_write) = app.split();
-        let writing = async {
-            app_write.write_all(&upload).await?;
-            app_write.shutdown().await
-        };
-        let reading = async {
+        let client = async {
+            app.write_all(&vec![b'x'; 8 * MIB]).await?;
+            app.shutdown().await?;
             let mut answer = Vec::new();
-            app_read.read_to_end(&mut answer).await.map(|_| answer)
+            app.read_to_end(&mut answer).await.map(|_| answer)
         };
-        let (written, answer) = tokio::time::timeout(Duration::from_secs(10), async {
-            tokio::join!(writing, reading)
-        })
-        .await
-        .expect("the relay ended");
-        assert_eq!(answer.expect("no reset").as_slice(), b"431 too large");
-        // What the peer did not want was read away, not answered with a reset.
-        written.expect("the client's upload was cut");
+        let answer = tokio::time::timeout(Duration::from_secs(10), client)
+            .await
+            .expect("the client got through")
+            .expect("no reset");
+        assert_eq!(answer.len(), 8 * MIB);
+        assert!(answer.iter().all(|b| *b == b'a'));
         let spliced = spliced.await.expect("splice");
         assert!(spliced.error.is_none(), "{:?}", spliced.error);
-        assert_eq!(spliced.from_tunnel, 13);
+        assert_eq!(spliced.from_tunnel, 8 * MIB as u64);
         server.abort();
     }
 }
