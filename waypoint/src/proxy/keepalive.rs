@@ -160,7 +160,9 @@ impl KeepAlive {
         let spent = limits
             .max_requests_per_connection
             .is_some_and(|limit| connection.served >= limit);
-        if spent || connection.lifetime.retired(Instant::now()) {
+        // (Whether its HBONE connection still takes streams is asked when it
+        // is next taken: once per request is enough.)
+        if spent || connection.lifetime.expired(Instant::now()) {
             return;
         }
         let idle = Arc::clone(&self.idle);
