@@ -25,7 +25,7 @@ use serde_json::Value;
 use warren_e2e::{
     agent::{Counter, agent_socket, datapath, warrenctl, warrenctl_text},
     mesh::{Mesh, MeshOptions, eventually, metric_sum, scrape_metrics, start_mesh_with},
-    workload::{count_status, count_version, json_report, load, start_http_server},
+    workload::{count_status, count_version, finished_report, load, start_http_server},
 };
 use warren_testbed::{Cluster, Node, Pod, PodSpec, Process, ServicePort};
 
@@ -669,28 +669,18 @@ impl Demo {
         )?;
         std::thread::sleep(Duration::from_secs(1));
         let mesh = self.mesh.as_mut().context("the mesh is not up")?;
-        let mut old = Vec::new();
-        for i in [1, 0] {
-            let previous = mesh.hand_over_ztunnel(&self.cluster, i)?;
+        let old = mesh.hand_over_ztunnels(&self.cluster, &[1, 0], Duration::from_secs(1))?;
+        for (i, (node, previous)) in [1, 0].into_iter().zip(&old) {
             println!(
-                "   {}: ztunnel pid {} took over from pid {}, which drains",
-                mesh.nodes[i].node.name,
+                "   {node}: ztunnel pid {} took over from pid {}, which drains",
                 mesh.nodes[i].ztunnel.pid().unwrap_or(0),
                 previous.pid().unwrap_or(0)
             );
-            old.push((mesh.nodes[i].node.name.clone(), previous));
-            std::thread::sleep(Duration::from_secs(1));
         }
         running
             .check_running()
             .context("the load ended before both hand-overs")?;
-        let status = running.wait_exit(Duration::from_secs(30))?;
-        let output = running.output();
-        ensure!(
-            status.success(),
-            "the load client failed ({status}):\n{output}"
-        );
-        let report = json_report(&output)?;
+        let report = finished_report(&mut running, Duration::from_secs(30))?;
         let requests = report["requests"].as_u64().unwrap_or(0);
         let ok = count_status(&report, 200);
         ensure!(

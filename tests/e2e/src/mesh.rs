@@ -221,6 +221,25 @@ impl Mesh {
         Ok(std::mem::replace(&mut daemons.ztunnel, successor))
     }
 
+    /// [`Mesh::hand_over_ztunnel`] on the nodes `order` names, one after
+    /// the other, `pause` after each; the old processes with their nodes'
+    /// names.
+    pub fn hand_over_ztunnels(
+        &mut self,
+        cluster: &Cluster,
+        order: &[usize],
+        pause: Duration,
+    ) -> Result<Vec<(String, Process)>> {
+        let mut old = Vec::new();
+        for &i in order {
+            let previous = self.hand_over_ztunnel(cluster, i)?;
+            let node = self.nodes.get(i).context("no such node")?.node.name.clone();
+            old.push((node, previous));
+            std::thread::sleep(pause);
+        }
+        Ok(old)
+    }
+
     pub fn node(&self, name: &str) -> Result<&NodeDaemons> {
         self.nodes
             .iter()

@@ -88,6 +88,18 @@ pub fn json_report(output: &str) -> Result<Value> {
         .with_context(|| format!("no JSON report in:\n{output}"))
 }
 
+/// Waits for a sample client started with `--json` to finish, and returns
+/// its report; its failing (it stops at its first failed connection or
+/// round trip) is an error with its output.
+pub fn finished_report(client: &mut Process, within: Duration) -> Result<Value> {
+    let status = client.wait_exit(within)?;
+    let output = client.output();
+    if !status.success() {
+        bail!("the client failed ({status}):\n{output}");
+    }
+    json_report(&output)
+}
+
 /// How many responses in a load report had `status`.
 pub fn count_status(report: &Value, status: u64) -> u64 {
     rows(report)

@@ -11,7 +11,7 @@ use warren_e2e::{
     mesh::{
         MeshOptions, metric_sum, scrape_metrics, start_mesh_with, start_waypoint, waypoint_gateway,
     },
-    workload::{count_status, json_report, start_echo, start_http_server},
+    workload::{count_status, finished_report, start_echo, start_http_server},
 };
 use warren_testbed::{Cluster, PodSpec, Process, ServicePort, binaries, privilege::require_root};
 
@@ -132,12 +132,7 @@ fn a_new_ztunnel_takes_over_under_load_without_losing_a_connection() -> Result<(
     // The destination's node first (peers' HBONE connections must move), then the
     // source's (captured connections must move).
     std::thread::sleep(Duration::from_millis(1500));
-    let mut old = Vec::new();
-    for index in [1, 0] {
-        let node = mesh.nodes[index].node.name.clone();
-        old.push((node, mesh.hand_over_ztunnel(&cluster, index)?));
-        std::thread::sleep(Duration::from_millis(1500));
-    }
+    let old = mesh.hand_over_ztunnels(&cluster, &[1, 0], Duration::from_millis(1500))?;
     // Both hand-overs happened while the clients ran (else this proves nothing).
     held.check_running()
         .context("the held connection ended before the hand-overs")?;
@@ -149,17 +144,16 @@ fn a_new_ztunnel_takes_over_under_load_without_losing_a_connection() -> Result<(
         ("held connection", &mut held),
         ("new connections", &mut churn),
     ] {
-        let status = process.wait_exit(Duration::from_secs(30))?;
-        let output = process.output();
-        ensure!(
-            status.success(),
-            "{what}: a connection failed across the hand-overs ({status}):\n{output}\n{}",
-            mesh.logs()
-        );
-        let round_trips = json_report(&output)?["round_trips"].as_u64().unwrap_or(0);
+        let report = finished_report(process, Duration::from_secs(30)).with_context(|| {
+            format!(
+                "{what}: a connection failed across the hand-overs\n{}",
+                mesh.logs()
+            )
+        })?;
+        let round_trips = report["round_trips"].as_u64().unwrap_or(0);
         ensure!(
             round_trips > 100,
-            "{what}: only {round_trips} round trips:\n{output}"
+            "{what}: only {round_trips} round trips: {report}"
         );
     }
 
@@ -278,22 +272,12 @@ fn requests_through_a_waypoint_survive_both_hand_overs() -> Result<()> {
         ],
     )?;
     std::thread::sleep(Duration::from_millis(1500));
-    let mut old = Vec::new();
     // The app's node first: the waypoint's upstream connections run through it.
-    for index in [1, 0] {
-        let node = mesh.nodes[index].node.name.clone();
-        old.push((node, mesh.hand_over_ztunnel(&cluster, index)?));
-        std::thread::sleep(Duration::from_millis(1500));
-    }
+    let old = mesh.hand_over_ztunnels(&cluster, &[1, 0], Duration::from_millis(1500))?;
     load.check_running()
         .context("the load ended before the hand-overs")?;
-    let status = load.wait_exit(Duration::from_secs(30))?;
-    let output = load.output();
-    ensure!(
-        status.success(),
-        "the load client failed ({status}):\n{output}"
-    );
-    let report = json_report(&output)?;
+    let report =
+        finished_report(&mut load, Duration::from_secs(30)).with_context(|| mesh.logs())?;
     let requests = report["requests"].as_u64().unwrap_or(0);
     let ok = count_status(&report, 200);
     ensure!(
