@@ -88,6 +88,18 @@ pub fn json_report(output: &str) -> Result<Value> {
         .with_context(|| format!("no JSON report in:\n{output}"))
 }
 
+/// Runs the sample's `pingpong --json` in `pod` against `target`
+/// (`ip:port`) with `args`, to its end: its exit status and report.
+pub fn pingpong(pod: &Pod, target: &str, args: &[&str]) -> Result<std::process::Output> {
+    let sample = binaries::path("warren-sample")?;
+    pod.sandbox.exec(
+        &sample.to_string_lossy(),
+        ["pingpong", "--connect", target, "--json"]
+            .iter()
+            .chain(args),
+    )
+}
+
 /// Waits for a sample client started with `--json` to finish, and returns
 /// its report; its failing (it stops at its first failed connection or
 /// round trip) is an error with its output.

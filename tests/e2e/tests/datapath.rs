@@ -262,18 +262,7 @@ fn start_slow_echo(cluster: &Cluster, pod: &Pod, port: u16) -> Result<Process> {
 /// Runs `warren-sample pingpong` (1 KiB round trips) from `client` to
 /// `target`; returns how many it made.
 fn pingpong(client: &Pod, target: &str, round_trips: &str) -> Result<u64> {
-    let sample = binaries::path("warren-sample")?;
-    let out = client.sandbox.exec(
-        &sample.to_string_lossy(),
-        [
-            "pingpong",
-            "--connect",
-            target,
-            "--round-trips",
-            round_trips,
-            "--json",
-        ],
-    )?;
+    let out = warren_e2e::workload::pingpong(client, target, &["--round-trips", round_trips])?;
     let report: Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("pingpong report: {}", String::from_utf8_lossy(&out.stderr)))?;
     ensure!(out.status.success(), "pingpong failed: {report}");

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
     mesh::{eventually, metric_sum, scrape_metrics, start_mesh},
-    workload::{count_status, load, start_echo, start_http_server},
+    workload::{count_status, load, pingpong, start_echo, start_http_server},
 };
 use warren_testbed::{Cluster, PodSpec, ServicePort, privilege::require_root};
 
@@ -269,20 +269,7 @@ fn sigterm_drains_ztunnel_open_connections_finish_new_ones_are_refused() -> Resu
 /// One 1 KiB round trip from `client` to `target` (`ip:port`) on a new
 /// connection, through the capture; whether it came back.
 fn reaches(client: &warren_testbed::Pod, target: &str) -> Result<bool> {
-    let sample = warren_testbed::binaries::path("warren-sample")?;
-    let out = client.sandbox.exec(
-        &sample.to_string_lossy(),
-        [
-            "pingpong",
-            "--connect",
-            target,
-            "--round-trips",
-            "1",
-            "--timeout",
-            "2s",
-            "--json",
-        ],
-    )?;
+    let out = pingpong(client, target, &["--round-trips", "1", "--timeout", "2s"])?;
     Ok(out.status.success())
 }
 

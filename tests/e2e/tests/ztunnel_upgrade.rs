@@ -11,7 +11,7 @@ use warren_e2e::{
     mesh::{
         MeshOptions, metric_sum, scrape_metrics, start_mesh_with, start_waypoint, waypoint_gateway,
     },
-    workload::{count_status, finished_report, start_echo, start_http_server},
+    workload::{count_status, finished_report, pingpong, start_echo, start_http_server},
 };
 use warren_testbed::{Cluster, PodSpec, Process, ServicePort, binaries, privilege::require_root};
 
@@ -175,17 +175,7 @@ fn a_new_ztunnel_takes_over_under_load_without_losing_a_connection() -> Result<(
     for daemons in &mut mesh.nodes {
         daemons.ztunnel.check_running()?;
     }
-    let after = client.sandbox.exec(
-        &sample,
-        [
-            "pingpong",
-            "--connect",
-            &vip_target,
-            "--round-trips",
-            "10",
-            "--json",
-        ],
-    )?;
+    let after = pingpong(&client, &vip_target, &["--round-trips", "10"])?;
     ensure!(
         after.status.success(),
         "after the hand-overs: {}",
