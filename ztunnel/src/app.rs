@@ -200,21 +200,22 @@ impl Ztunnel {
     }
 
     /// Takes over from `running`, the ztunnel serving the node now, without a
-    /// connection refused or cut: waits until `state` is ready (config and
-    /// certificates; until then the running one serves alone), accepts beside it,
-    /// asks it to drain (it stops accepting and lets its connections finish), then
-    /// takes the admin, metrics and readiness ports as it lets go of them.
+    /// connection refused or cut: accepts beside it, asks it to drain (it stops
+    /// accepting and lets its connections finish), then takes the admin, metrics
+    /// and readiness ports as it lets go of them. `state` must be ready (config
+    /// and certificates: [`wait_ready`] first, while the running one serves alone).
     ///
-    /// Fails, leaving the running ztunnel in charge, when `state` is not ready within
-    /// `ready_within` or the proxy ports cannot be shared.
+    /// Fails, leaving the running ztunnel in charge, when `state` is not ready or
+    /// the proxy ports cannot be shared.
     pub async fn take_over(
         config: Config,
         state: Arc<State>,
         log: Option<LogControl>,
-        ready_within: Duration,
         running: &ServerInfo,
     ) -> anyhow::Result<Ztunnel> {
-        wait_ready(&state, ready_within).await?;
+        if let Err(missing) = state.ready() {
+            anyhow::bail!("not ready ({missing}); the running ztunnel keeps serving");
+        }
         // Before binding: the kernel reads it when a listener closes, and ours may
         // close too (a failed start).
         if config.migrate_queued_connections {

@@ -78,7 +78,7 @@ async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
                     return Ok(());
                 }
             }
-            Ztunnel::take_over(config, state, Some(log), within, &running).await?
+            Ztunnel::take_over(config, state, Some(log), &running).await?
         }
     };
     tokio::select! {

@@ -16,7 +16,7 @@ use common::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use warren_api::subscribe::Handler as _;
 use warren_ztunnel::{
-    Ztunnel, drain, handover,
+    Ztunnel, app, drain, handover,
     proxy::hbone::client::{self, Establish},
     state::State,
     subscription::Subscription,
@@ -120,7 +120,10 @@ async fn a_successor_takes_over_without_losing_a_connection() {
         .expect("B answers on its admin port as a ztunnel");
     let successor = tokio::spawn({
         let state = Arc::clone(&state);
-        async move { Ztunnel::take_over(config, state, None, Duration::from_secs(5), &running).await }
+        async move {
+            app::wait_ready(&state, Duration::from_secs(5)).await?;
+            Ztunnel::take_over(config, state, None, &running).await
+        }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!successor.is_finished(), "took over before it was ready");
@@ -204,12 +207,16 @@ async fn a_successor_that_never_gets_ready_leaves_the_running_one_alone() {
         .await
         .unwrap()
         .unwrap();
-    let error =
-        match Ztunnel::take_over(config, state, None, Duration::from_millis(300), &running).await {
-            Ok(_) => panic!("took over without config"),
-            Err(error) => format!("{error:#}"),
-        };
+    let waited = app::wait_ready(&state, Duration::from_millis(300)).await;
+    let error = format!("{:#}", waited.expect_err("ready without config"));
     assert!(error.contains("not ready within"), "{error}");
+    assert!(error.contains("keeps serving"), "{error}");
+    // Taking over regardless is refused the same way.
+    let error = match Ztunnel::take_over(config, state, None, &running).await {
+        Ok(_) => panic!("took over without config"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("not ready"), "{error}");
     assert!(error.contains("keeps serving"), "{error}");
     // The running one was never asked to drain and still serves.
     let echoed = round_trip(mesh.client_to(mesh.server).await, b"still here")
