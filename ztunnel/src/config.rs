@@ -112,6 +112,12 @@ pub struct Config {
     #[arg(long, env = "WARREN_ZTUNNEL_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
+    /// DNS servers that resolve the names of endpoints known by name (ServiceEntries
+    /// with `resolution: DNS`), as `IP` or `IP:PORT`; default: the nameservers, search
+    /// domains and options of /etc/resolv.conf.
+    #[arg(long = "dns-server", env = "WARREN_ZTUNNEL_DNS_SERVER", value_delimiter = ',', value_parser = parse_dns_server)]
+    pub dns_servers: Vec<SocketAddr>,
+
     /// Limit on a TLS handshake, either side: a peer that stalls is cut off.
     #[arg(long, env = "WARREN_ZTUNNEL_TLS_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub tls_handshake_timeout: Duration,
@@ -196,6 +202,17 @@ pub fn parse_mark(input: &str) -> Result<u32, String> {
     .map_err(|_| format!("`{input}` is not a 32-bit mark (e.g. 1337 or 0x539)"))
 }
 
+/// A DNS server: `IP` (port 53) or `IP:PORT` (`[IPv6]:PORT`).
+pub fn parse_dns_server(input: &str) -> Result<SocketAddr, String> {
+    let text = input.trim();
+    text.parse::<SocketAddr>()
+        .or_else(|_| {
+            text.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("`{input}` is not a DNS server (e.g. 10.96.0.10 or 127.0.0.1:5353)"))
+}
+
 /// A duration such as `250ms`, `5s`, `2m` (a bare number is seconds).
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
     let text = input.trim();
@@ -229,6 +246,23 @@ mod tests {
         assert_eq!(parse_mark("0x539"), Ok(0x539));
         assert_eq!(parse_mark("1337"), Ok(1337));
         assert!(parse_mark("-1").is_err());
+        assert_eq!(
+            parse_dns_server("10.96.0.10"),
+            Ok("10.96.0.10:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_dns_server("127.0.0.1:5353"),
+            Ok("127.0.0.1:5353".parse().unwrap())
+        );
+        assert_eq!(
+            parse_dns_server("[::1]:5353"),
+            Ok("[::1]:5353".parse().unwrap())
+        );
+        assert_eq!(
+            parse_dns_server("fd00::a"),
+            Ok("[fd00::a]:53".parse().unwrap())
+        );
+        assert!(parse_dns_server("dns.example").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!   [`subscription`] from the node agent's config stream.
 //! - [`proxy`]: the data path (outbound capture, HBONE in and out, plaintext inbound).
 //! - [`tls`], [`rbac`]: mTLS by SPIFFE identity and L4 authorization.
+//! - [`dns`]: resolving endpoints known by name (ServiceEntry `resolution: DNS`).
 //! - [`metrics`], [`admin`], [`readiness`], [`drain`]: operating it.
 //! - [`app`]: binding the listeners and starting it all, for the binary and tests;
 //!   [`handover`]: taking a node over from a running ztunnel without losing a connection.
@@ -12,6 +13,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod dns;
 pub mod drain;
 pub mod handover;
 pub mod http_endpoint;

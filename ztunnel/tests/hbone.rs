@@ -1291,8 +1291,10 @@ async fn a_vip_prefers_endpoints_on_the_same_node_when_asked() {
             .map(|_| {
                 let resolved = state.resolve(vip, None, prefer).expect("the VIP resolves");
                 matches!(
-                    resolved.upstream,
-                    warren_ztunnel::state::Upstream::SameNode { .. }
+                    resolved.target,
+                    warren_ztunnel::state::Target::Upstream(
+                        warren_ztunnel::state::Upstream::SameNode { .. }
+                    )
                 )
             })
             .collect()

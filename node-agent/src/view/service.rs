@@ -80,6 +80,7 @@ pub fn service(mesh: &Mesh, svc: &KubeService, slices: &[&EndpointSlice]) -> Ser
                     address: addr::to_bytes(ip),
                     ready,
                     ports: slice_ports.clone(),
+                    hostname: String::new(),
                 });
             }
         }
@@ -96,6 +97,7 @@ pub fn service(mesh: &Mesh, svc: &KubeService, slices: &[&EndpointSlice]) -> Ser
         waypoint: None,
         load_balancing: load_balancing(svc),
         passthrough: false,
+        dns_first_address: false,
     }
 }
 
@@ -115,11 +117,14 @@ pub(super) fn overrides(
         .collect()
 }
 
-/// One endpoint per address, in a stable order, so that equal views encode
-/// equally (and publish no change).
+/// One endpoint per address (or name), in a stable order, so that equal
+/// views encode equally (and publish no change).
 pub(super) fn settle(endpoints: &mut Vec<Endpoint>) {
-    endpoints.sort_by(|a, b| (&a.address, &a.workload).cmp(&(&b.address, &b.workload)));
-    endpoints.dedup_by(|a, b| a.address == b.address);
+    fn order(e: &Endpoint) -> (&[u8], &str, &str) {
+        (&e.address, &e.hostname, &e.workload)
+    }
+    endpoints.sort_by(|a, b| order(a).cmp(&order(b)));
+    endpoints.dedup_by(|a, b| a.address == b.address && a.hostname == b.hostname);
 }
 
 /// How ztunnel should weigh closeness, as istiod maps a Service's fields:

@@ -5,13 +5,16 @@
 //! - `addresses` are the VIPs: single IPs (a CIDR of one address counts as
 //!   that address; wider CIDRs need a DNS proxy or per-prefix matching
 //!   Warren does not have, and are left out).
+//! - With a `workloadSelector` (any resolution but `NONE`): the namespace's
+//!   running pods it selects, reached as mesh workloads.
 //! - `resolution: STATIC`: the endpoints with an IP address (names and
-//!   `unix://` paths are left out), or, with a `workloadSelector`, the
-//!   namespace's running pods it selects, reached as mesh workloads.
+//!   `unix://` paths are left out).
+//! - `DNS` and `DNS_ROUND_ROBIN`: the endpoints, by address or by name, or
+//!   without endpoints the host itself; ztunnel resolves a name when a
+//!   connection picks it, and goes to one of its addresses (`DNS`) or the
+//!   first (`DNS_ROUND_ROBIN`).
 //! - `resolution: NONE` (the default): no endpoints; connections go to the
 //!   address the client dialled.
-//! - `DNS` and `DNS_ROUND_ROBIN`: ztunnel resolves no names, so these are
-//!   taken as `NONE`: the client has resolved the host itself.
 //!
 //! An entry never takes over a Kubernetes Service's address or hostname, nor
 //! a pod's address (ztunnel's precedence), and one without a port leaves the
@@ -20,7 +23,7 @@
 //! Two entries of a namespace naming the same host: the first by name
 //! publishes it (Istio merges them; Warren keeps one, predictably).
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::net::IpAddr;
 
 use warren_api::{
     addr,
@@ -60,41 +63,57 @@ pub fn services<'a>(
         })
         .collect();
     let resolution = spec.resolution.unwrap_or(Resolution::None);
-    let mut endpoints = match (resolution, &spec.workload_selector) {
-        (Resolution::Static, Some(selector)) => pods
-            .filter(|pod| !pod.finished() && pod.labels.matches(&selector.labels))
-            .filter_map(|pod| {
-                Some(Endpoint {
-                    workload: key::workload(namespace, &pod.name),
-                    address: addr::to_bytes(pod.addresses().first().copied()?),
-                    ready: pod.phase == Some(PodPhase::Running),
-                    ports: BTreeMap::new(),
+    let by_name = matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin);
+    // Endpoints shared by every host: selected pods, or listed endpoints
+    // (`None`: each host resolves itself).
+    let mut shared = match (resolution, &spec.workload_selector) {
+        (Resolution::None, _) => Some(Vec::new()),
+        (_, Some(selector)) => Some(
+            pods.filter(|pod| !pod.finished() && pod.labels.matches(&selector.labels))
+                .filter_map(|pod| {
+                    Some(Endpoint {
+                        workload: key::workload(namespace, &pod.name),
+                        address: addr::to_bytes(pod.addresses().first().copied()?),
+                        ready: pod.phase == Some(PodPhase::Running),
+                        ..Endpoint::default()
+                    })
                 })
-            })
-            .collect(),
-        (Resolution::Static, None) => spec
-            .endpoints
-            .iter()
-            .filter_map(|e| {
-                let ip: IpAddr = e.address.parse().ok()?;
-                // Service port → this endpoint's port, by port name.
-                let ports = overrides(
-                    &ports,
-                    ports
-                        .iter()
-                        .filter_map(|p| Some((p.port, *e.ports.get(&p.name)?))),
-                );
-                Some(Endpoint {
-                    workload: String::new(),
-                    address: addr::to_bytes(ip),
-                    ready: true,
-                    ports,
+                .collect(),
+        ),
+        (_, None) if by_name && spec.endpoints.is_empty() => None,
+        (_, None) => Some(
+            spec.endpoints
+                .iter()
+                .filter_map(|e| {
+                    let mut endpoint = match e.address.parse::<IpAddr>() {
+                        Ok(ip) => Endpoint {
+                            address: addr::to_bytes(ip),
+                            ..Endpoint::default()
+                        },
+                        // Names only where the entry asks for resolution;
+                        // `unix://` paths are no TCP destination.
+                        Err(_) if by_name && !e.address.starts_with("unix://") => Endpoint {
+                            hostname: e.address.clone(),
+                            ..Endpoint::default()
+                        },
+                        Err(_) => return None,
+                    };
+                    endpoint.ready = true;
+                    // Service port → this endpoint's port, by port name.
+                    endpoint.ports = overrides(
+                        &ports,
+                        ports
+                            .iter()
+                            .filter_map(|p| Some((p.port, *e.ports.get(&p.name)?))),
+                    );
+                    Some(endpoint)
                 })
-            })
-            .collect(),
-        _ => Vec::new(),
+                .collect(),
+        ),
     };
-    settle(&mut endpoints);
+    if let Some(endpoints) = &mut shared {
+        settle(endpoints);
+    }
     spec.hosts
         .iter()
         .map(|host| Service {
@@ -103,12 +122,17 @@ pub fn services<'a>(
             hostname: host.clone(),
             vips: vips.clone(),
             ports: ports.clone(),
-            endpoints: endpoints.clone(),
+            endpoints: shared.clone().unwrap_or_else(|| {
+                vec![Endpoint {
+                    hostname: host.clone(),
+                    ready: true,
+                    ..Endpoint::default()
+                }]
+            }),
             waypoint: None,
             load_balancing: None,
-            // NONE, and DNS that ztunnel cannot resolve: the client has found
-            // the address already.
-            passthrough: resolution != Resolution::Static,
+            passthrough: resolution == Resolution::None,
+            dns_first_address: resolution == Resolution::DnsRoundRobin,
         })
         .collect()
 }

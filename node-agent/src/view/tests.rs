@@ -1225,3 +1225,74 @@ spec: { hosts: [shared.example], addresses: [10.50.0.1], ports: [{ number: 80, n
     let shared = entry_service(&view, "demo", "shared.example").expect("shared");
     assert_eq!(ips(&shared.vips), ["10.50.0.2"]);
 }
+
+#[test]
+fn dns_entries_publish_names_for_ztunnel_to_resolve() {
+    let (_store, view) = built(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: by-host, namespace: demo }
+spec:
+  hosts: [api.example.com, www.example.com]
+  addresses: [10.60.0.1]
+  ports: [{ number: 443, name: tls, protocol: TLS }]
+  resolution: DNS_ROUND_ROBIN
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: by-endpoint, namespace: demo }
+spec:
+  hosts: [db.example.com]
+  addresses: [10.60.0.2]
+  ports: [{ number: 5432, name: tcp-pg, protocol: TCP }]
+  resolution: DNS
+  endpoints:
+  - { address: db-b.example.net, ports: { tcp-pg: 6432 } }
+  - { address: 192.0.2.30 }
+  - { address: db-a.example.net }
+  - { address: "unix:///run/pg.sock" }
+"#,
+    );
+    // No endpoints: each host is resolved itself; DNS_ROUND_ROBIN goes to the
+    // first address of each answer.
+    for host in ["api.example.com", "www.example.com"] {
+        let entry = entry_service(&view, "demo", host).expect(host);
+        let names: Vec<_> = entry
+            .endpoints
+            .iter()
+            .map(|e| (e.hostname.as_str(), e.address.len(), e.ready))
+            .collect();
+        assert_eq!(names, [(host, 0, true)]);
+        assert!(!entry.passthrough, "{host} goes to its resolved addresses");
+        assert!(entry.dns_first_address);
+    }
+    // Listed endpoints: by address or by name (a `unix://` path is left
+    // out), with their own ports; DNS spreads over every address.
+    let db = entry_service(&view, "demo", "db.example.com").expect("db");
+    let endpoints: Vec<_> = db
+        .endpoints
+        .iter()
+        .map(|e| {
+            let target = if e.hostname.is_empty() {
+                addr::from_bytes(&e.address).unwrap().to_string()
+            } else {
+                e.hostname.clone()
+            };
+            (target, e.ports.clone())
+        })
+        .collect();
+    assert_eq!(
+        endpoints,
+        [
+            ("db-a.example.net".to_owned(), BTreeMap::new()),
+            (
+                "db-b.example.net".to_owned(),
+                BTreeMap::from([(5432, 6432)])
+            ),
+            ("192.0.2.30".to_owned(), BTreeMap::new()),
+        ]
+    );
+    assert!(!db.dns_first_address);
+    assert!(!db.passthrough);
+}

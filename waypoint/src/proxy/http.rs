@@ -1125,7 +1125,11 @@ impl Context {
             .iter()
             .filter(|e| e.ready)
             .filter_map(|e| {
-                let workload = self.inputs.state.workload_by_ip(e.address);
+                // Endpoints known by name (ServiceEntry `resolution: DNS`) are
+                // ztunnel's to resolve; the waypoint has no resolver (and no
+                // egress role) yet.
+                let ip = e.address.ip()?;
+                let workload = self.inputs.state.workload_by_ip(ip);
                 let labels = workload
                     .as_ref()
                     .map(|w| w.labels.clone())
@@ -1138,9 +1142,9 @@ impl Context {
                     locality,
                     node,
                     ready_since: e.ready_since,
-                    id: e.workload.clone().unwrap_or_else(|| e.address.to_string()),
+                    id: e.workload.clone().unwrap_or_else(|| ip.to_string()),
                     address: SocketAddr::new(
-                        e.address,
+                        ip,
                         warren_ztunnel::state::Service::target_port(e, port),
                     ),
                     labels,

@@ -36,6 +36,7 @@ pub struct Inputs {
     pub metrics: Arc<Metrics>,
     pub pool: pool::Pool,
     pub server_tls: ServerConfigs<State>,
+    pub dns: crate::dns::Resolver,
 }
 
 impl Inputs {
@@ -43,6 +44,7 @@ impl Inputs {
         Arc::new(Inputs {
             pool: pool::Pool::new(Arc::clone(&config)),
             server_tls: ServerConfigs::new(Arc::clone(&state)),
+            dns: crate::dns::Resolver::new(config.dns_servers.clone()),
             config,
             state,
             metrics,

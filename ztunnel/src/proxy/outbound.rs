@@ -1,7 +1,8 @@
 //! Outbound (15001): connections the eBPF connect hook redirected from local pods. The
 //! kernel says where each was going and which pod opened it; ztunnel resolves the
-//! destination and carries the bytes: HBONE to another node (or a waypoint), straight to
-//! a pod of this node after its policy, or plain TCP outside the mesh.
+//! destination (resolving an endpoint known by name) and carries the bytes: HBONE to
+//! another node (or a waypoint), straight to a pod of this node after its policy, or
+//! plain TCP outside the mesh.
 
 use std::{net::SocketAddr, os::fd::AsFd as _, path::Path, sync::Arc};
 
@@ -20,7 +21,7 @@ use crate::{
     drain,
     metrics::{ConnectionLabels, Reporter, SecurityPolicy},
     rbac,
-    state::{Upstream, Workload},
+    state::{Target, Upstream, Workload},
 };
 
 const DIRECTION: &str = "outbound";
@@ -137,9 +138,27 @@ pub async fn handle(
         Err(error) => return refuse(client, Some(&source), error.reason(), &error),
     };
     let service = resolved.service;
+    let upstream = match resolved.target {
+        Target::Upstream(upstream) => upstream,
+        Target::Named {
+            host,
+            port,
+            first_address,
+        } => match inputs
+            .dns
+            .pick(&host, first_address, inputs.config.connect_timeout)
+            .await
+        {
+            Ok(ip) => {
+                debug!(%peer, %dst, %host, %ip, "endpoint name resolved");
+                inputs.state.to_address(SocketAddr::new(ip, port))
+            }
+            Err(error) => return refuse(client, Some(&source), "dns", &error),
+        },
+    };
     let buffer = inputs.config.buffer_size;
     let metrics = &inputs.metrics;
-    match resolved.upstream {
+    match upstream {
         Upstream::Hbone {
             gateway,
             authority,

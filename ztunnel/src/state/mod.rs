@@ -329,15 +329,17 @@ impl Inner {
                 if let (Some(old), Some(new)) =
                     (self.services.get(&key), Arc::get_mut(&mut service))
                 {
-                    let before: HashMap<(IpAddr, Option<&str>), std::time::Instant> = old
-                        .endpoints
-                        .iter()
-                        .filter_map(|o| Some(((o.address, o.workload.as_deref()), o.ready_since?)))
-                        .collect();
+                    let before: HashMap<(&service::Address, Option<&str>), std::time::Instant> =
+                        old.endpoints
+                            .iter()
+                            .filter_map(|o| {
+                                Some(((&o.address, o.workload.as_deref()), o.ready_since?))
+                            })
+                            .collect();
                     for endpoint in new.endpoints.iter_mut().filter(|e| e.ready) {
-                        let id = (endpoint.address, endpoint.workload.as_deref());
-                        if let Some(since) = before.get(&id) {
-                            endpoint.ready_since = Some(*since);
+                        let id = (&endpoint.address, endpoint.workload.as_deref());
+                        if let Some(since) = before.get(&id).copied() {
+                            endpoint.ready_since = Some(since);
                         }
                     }
                 }
@@ -406,6 +408,20 @@ pub enum Upstream {
     },
 }
 
+/// What [`State::resolve`] found: where to go, or a name to resolve first.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Upstream(Upstream),
+    /// An endpoint known by name: resolve `host` (outside the state's lock, per
+    /// connection), then go to `port` on the first address (`first_address`) or
+    /// on any of them, as [`State::to_address`] says.
+    Named {
+        host: String,
+        port: u16,
+        first_address: bool,
+    },
+}
+
 /// Why no upstream could be chosen.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
@@ -436,7 +452,7 @@ impl ResolveError {
 /// The resolved destination with what telemetry reports of it.
 #[derive(Clone, Debug)]
 pub struct Resolved {
-    pub upstream: Upstream,
+    pub target: Target,
     /// The service when the destination was its VIP.
     pub service: Option<Arc<Service>>,
 }
@@ -659,13 +675,13 @@ impl State {
                     .address
                     .ok_or_else(|| ResolveError::WaypointUnavailable(service.key.clone()))?;
                 return Ok(Resolved {
-                    upstream: Upstream::Hbone {
+                    target: Target::Upstream(Upstream::Hbone {
                         gateway: SocketAddr::new(address, waypoint.hbone_port),
                         authority: dst,
                         identity: waypoint.identity.clone(),
                         workload: inner.workloads.get(&waypoint.workload).cloned(),
                         waypoint: true,
-                    },
+                    }),
                     service: found,
                 });
             }
@@ -674,10 +690,10 @@ impl State {
             if service.passthrough {
                 // (Not a pod's address: that one would not have been claimed.)
                 return Ok(Resolved {
-                    upstream: Upstream::Plain {
+                    target: Target::Upstream(Upstream::Plain {
                         addr: dst,
                         workload: None,
-                    },
+                    }),
                     service: found,
                 });
             }
@@ -708,14 +724,29 @@ impl State {
             let endpoint = service
                 .pick(usable, closeness)
                 .ok_or_else(|| ResolveError::NoEndpoint(service.key.clone()))?;
-            let addr = SocketAddr::new(endpoint.address, Service::target_port(endpoint, port));
+            let target_port = Service::target_port(endpoint, port);
+            let ip = match &endpoint.address {
+                service::Address::Ip(ip) => *ip,
+                // Resolved by the caller, outside this lock and per connection.
+                service::Address::Hostname(host) => {
+                    return Ok(Resolved {
+                        target: Target::Named {
+                            host: host.clone(),
+                            port: target_port,
+                            first_address: service.dns_first_address,
+                        },
+                        service: found,
+                    });
+                }
+            };
+            let addr = SocketAddr::new(ip, target_port);
             // An endpoint given by address alone (a ServiceEntry's) that is a
             // pod is reached as that pod: over HBONE when it is in the mesh.
             let workload = match &endpoint.workload {
                 Some(key) => inner.workloads.get(key),
                 None => inner
                     .by_address
-                    .get(&endpoint.address)
+                    .get(&ip)
                     .and_then(|k| inner.workloads.get(k)),
             }
             .cloned();
@@ -727,7 +758,7 @@ impl State {
                 },
             };
             return Ok(Resolved {
-                upstream,
+                target: Target::Upstream(upstream),
                 service: found,
             });
         }
@@ -737,7 +768,7 @@ impl State {
             .and_then(|k| inner.workloads.get(k))
         {
             return Ok(Resolved {
-                upstream: self.to_workload(dst, Arc::clone(workload), &node),
+                target: Target::Upstream(self.to_workload(dst, Arc::clone(workload), &node)),
                 service: None,
             });
         }
@@ -745,12 +776,33 @@ impl State {
             return Err(ResolveError::RegistryOnly(dst));
         }
         Ok(Resolved {
-            upstream: Upstream::Plain {
+            target: Target::Upstream(Upstream::Plain {
                 addr: dst,
                 workload: None,
-            },
+            }),
             service: None,
         })
+    }
+
+    /// Where a connection to `addr`, an address a named endpoint resolved
+    /// to, goes: as to the pod there (over HBONE when it is in the mesh), else
+    /// plain TCP. Never a Service's VIP: a name is an endpoint, not a way
+    /// back into the registry.
+    pub fn to_address(&self, addr: SocketAddr) -> Upstream {
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        let node = self.node();
+        let inner = self.read();
+        match inner
+            .by_address
+            .get(&addr.ip())
+            .and_then(|k| inner.workloads.get(k))
+        {
+            Some(workload) => self.to_workload(addr, Arc::clone(workload), &node),
+            None => Upstream::Plain {
+                addr,
+                workload: None,
+            },
+        }
     }
 
     fn to_workload(&self, addr: SocketAddr, workload: Arc<Workload>, node: &str) -> Upstream {
@@ -875,7 +927,7 @@ mod tests {
                 workload: format!("workload/ns/{ip}"),
                 address: warren_api::addr::to_bytes(ip.parse().expect("an address")),
                 ready: *ready,
-                ports: Default::default(),
+                ..Default::default()
             })
             .collect();
         let proto = config::Service {
@@ -892,7 +944,7 @@ mod tests {
         inner.services["service/ns/svc"]
             .endpoints
             .iter()
-            .find(|e| e.address == ip)
+            .find(|e| e.address == service::Address::Ip(ip))
             .and_then(|e| e.ready_since)
     }
 

@@ -25,6 +25,9 @@ pub struct Service {
     pub load_balancing: Option<LoadBalancing>,
     /// Connections go to the address dialled (a ServiceEntry resolved `NONE`).
     pub passthrough: bool,
+    /// A named endpoint is reached at the first address its name resolves
+    /// to (`DNS_ROUND_ROBIN`), not spread over all of them (`DNS`).
+    pub dns_first_address: bool,
     /// Round-robin cursor, shared by every connection to the service.
     #[serde(skip)]
     next: AtomicUsize,
@@ -188,7 +191,7 @@ impl ServicePort {
 pub struct Endpoint {
     /// Key of the endpoint's workload; `None` for an endpoint that is no pod.
     pub workload: Option<String>,
-    pub address: IpAddr,
+    pub address: Address,
     pub ready: bool,
     /// Target port by service port, when it differs per endpoint.
     pub ports: BTreeMap<u16, u16>,
@@ -196,6 +199,35 @@ pub struct Endpoint {
     /// Service's previous version): a waypoint's slow start counts from it.
     #[serde(skip)]
     pub ready_since: Option<std::time::Instant>,
+}
+
+/// Where an endpoint is: an address, or a name (a ServiceEntry's with
+/// `resolution: DNS`) resolved each time a connection picks the endpoint,
+/// so that the answer's TTL, not the config, decides how long it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(untagged)]
+pub enum Address {
+    Ip(IpAddr),
+    Hostname(String),
+}
+
+impl Address {
+    /// The address, for an endpoint known by one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Address::Ip(ip) => Some(*ip),
+            Address::Hostname(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Ip(ip) => ip.fmt(f),
+            Address::Hostname(name) => f.write_str(name),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -214,6 +246,28 @@ fn port(key: &str, field: &'static str, value: u32) -> Result<u16, ResourceError
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| ResourceError::new(key, field, format!("{value} is not a port")))
+}
+
+/// A name to resolve: letters, digits, `-`, `_` and dots, as DNS carries
+/// them; anything else would only fail later, on a connection.
+fn hostname(key: &str, name: &str) -> Result<String, ResourceError> {
+    let valid = name.len() <= 253
+        && name.trim_end_matches('.').split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(ResourceError::new(
+            key,
+            "endpoints.hostname",
+            format!("{name:?} is not a DNS name"),
+        ))
+    }
 }
 
 fn address(key: &str, field: &'static str, bytes: &[u8]) -> Result<IpAddr, ResourceError> {
@@ -266,7 +320,11 @@ impl Service {
                     .collect::<Result<_, ResourceError>>()?;
                 Ok(Endpoint {
                     workload: (!e.workload.is_empty()).then(|| e.workload.clone()),
-                    address: address(key, "endpoints.address", &e.address)?,
+                    address: if e.hostname.is_empty() {
+                        Address::Ip(address(key, "endpoints.address", &e.address)?)
+                    } else {
+                        Address::Hostname(hostname(key, &e.hostname)?)
+                    },
                     ready: e.ready,
                     ports,
                     ready_since: e.ready.then(std::time::Instant::now),
@@ -316,6 +374,7 @@ impl Service {
                 .as_ref()
                 .map(|lb| LoadBalancing::from_proto(key, lb)),
             passthrough: s.passthrough,
+            dns_first_address: s.dns_first_address,
             next: AtomicUsize::new(0),
         })
     }
@@ -469,7 +528,7 @@ mod tests {
     fn pick_takes_the_closest_ready_endpoints_round_robin() {
         let endpoint = |last: u8, ready: bool| Endpoint {
             workload: Some(format!("w{last}")),
-            address: IpAddr::from([10, 0, 0, last]),
+            address: Address::Ip(IpAddr::from([10, 0, 0, last])),
             ready,
             ports: BTreeMap::new(),
             ready_since: None,
@@ -491,17 +550,18 @@ mod tests {
             waypoint: None,
             load_balancing: None,
             passthrough: false,
+            dns_first_address: false,
             next: AtomicUsize::new(0),
         };
         let closeness = |far: u8| {
             move |e: &Endpoint| match e.address {
-                IpAddr::V4(a) if a.octets()[3] == far => Some(0),
+                Address::Ip(IpAddr::V4(a)) if a.octets()[3] == far => Some(0),
                 _ => Some(2),
             }
         };
         let last = |e: &Endpoint| match e.address {
-            IpAddr::V4(a) => a.octets()[3],
-            IpAddr::V6(_) => 0,
+            Address::Ip(IpAddr::V4(a)) => a.octets()[3],
+            _ => 0,
         };
         // Narrowed to the closest: at random among them (a shared cursor
         // would line up with other clients' turns).
@@ -522,8 +582,9 @@ mod tests {
         sorted.sort_unstable();
         assert_eq!(sorted, vec![1, 2, 3], "each ready endpoint once: {even:?}");
         // The close ones unusable: the far one.
-        let far = service.pick(|e| e.address == IpAddr::from([10, 0, 0, 3]), closeness(3));
-        assert_eq!(far.map(|e| e.address), Some(IpAddr::from([10, 0, 0, 3])));
+        let third = Address::Ip(IpAddr::from([10, 0, 0, 3]));
+        let far = service.pick(|e| e.address == third, closeness(3));
+        assert_eq!(far.map(|e| &e.address), Some(&third));
         // Every endpoint ruled out: none.
         assert!(service.pick(|_| true, |_| None).is_none());
     }

@@ -90,9 +90,10 @@ fn service_json(s: &Service) -> Value {
         "name": s.name, "namespace": s.namespace, "hostname": s.hostname,
         "vips": ips(&s.vips),
         "ports": s.ports.iter().map(|p| json!({"port": p.port, "targetPort": p.target_port, "name": p.name, "appProtocol": p.app_protocol})).collect::<Vec<_>>(),
-        "endpoints": s.endpoints.iter().map(|e| json!({"workload": e.workload, "address": ip(&e.address), "ready": e.ready, "ports": e.ports})).collect::<Vec<_>>(),
+        "endpoints": s.endpoints.iter().map(|e| json!({"workload": e.workload, "address": (!e.address.is_empty()).then(|| ip(&e.address)), "hostname": (!e.hostname.is_empty()).then_some(&e.hostname), "ready": e.ready, "ports": e.ports})).collect::<Vec<_>>(),
         "waypoint": s.waypoint.as_ref().map(|w| json!({"workload": w.workload, "address": ip(&w.address), "hbonePort": w.hbone_port, "identity": w.identity})),
         "passthrough": s.passthrough,
+        "dnsFirstAddress": s.dns_first_address,
     })
 }
 
@@ -229,9 +230,23 @@ pub fn print_tables(dump: &DumpResponse) {
                     })
                     .collect::<Vec<_>>()
                     .join(","),
-                // A ServiceEntry resolved NONE has no endpoints by design.
+                // A ServiceEntry resolved NONE has no endpoints by design; one
+                // resolved DNS may have names, which ztunnel resolves.
                 if s.passthrough {
                     "passthrough".into()
+                } else if s.endpoints.iter().any(|e| !e.hostname.is_empty()) {
+                    format!(
+                        "{} (dns)",
+                        s.endpoints
+                            .iter()
+                            .map(|e| if e.hostname.is_empty() {
+                                ip(&e.address)
+                            } else {
+                                e.hostname.clone()
+                            })
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    )
                 } else {
                     format!(
                         "{}/{}",

@@ -1,0 +1,125 @@
+//! Names of endpoints known by name (a ServiceEntry with `resolution: DNS` or
+//! `DNS_ROUND_ROBIN`), resolved when a connection picks one.
+//!
+//! hickory's resolver keeps each answer for its TTL, so a busy name costs a query per
+//! TTL, not one per connection, and a changed record takes effect when the old answer
+//! expires. The resolver is built on first use: a node whose ServiceEntries name nothing
+//! never reads resolv.conf nor holds a cache, and a resolver that could not be built
+//! (resolv.conf missing) is tried again by the next connection.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hickory_resolver::{
+    TokioResolver,
+    config::{NameServerConfig, ResolverConfig},
+    net::{NetError, runtime::TokioRuntimeProvider},
+};
+use tokio::sync::OnceCell;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("no DNS resolver: {0}")]
+    Config(String),
+    #[error("cannot resolve {host}: {source}")]
+    Lookup {
+        host: String,
+        #[source]
+        source: NetError,
+    },
+    #[error("{host} resolves to no address")]
+    NoAddress { host: String },
+    #[error("resolving {host} took longer than {seconds:.1} s")]
+    Timeout { host: String, seconds: f64 },
+}
+
+/// Resolves endpoint names with the configured servers, or the system's.
+pub struct Resolver {
+    /// `--dns-server`; empty: /etc/resolv.conf.
+    servers: Vec<SocketAddr>,
+    resolver: OnceCell<TokioResolver>,
+}
+
+impl Resolver {
+    pub fn new(servers: Vec<SocketAddr>) -> Resolver {
+        Resolver {
+            servers,
+            resolver: OnceCell::new(),
+        }
+    }
+
+    /// Every address `host` resolves to, in the answer's order.
+    pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        let resolver = self
+            .resolver
+            .get_or_try_init(|| async { build(&self.servers) })
+            .await?;
+        let answer = resolver
+            .lookup_ip(host)
+            .await
+            .map_err(|source| DnsError::Lookup {
+                host: host.to_owned(),
+                source,
+            })?;
+        let addresses: Vec<IpAddr> = answer.iter().map(|ip| ip.to_canonical()).collect();
+        if addresses.is_empty() {
+            return Err(DnsError::NoAddress {
+                host: host.to_owned(),
+            });
+        }
+        Ok(addresses)
+    }
+
+    /// The address a connection to `host` goes to: the answer's first
+    /// (`DNS_ROUND_ROBIN`: the server rotates its answers), or any of them
+    /// (`DNS`: every address is an endpoint; connections spread at random),
+    /// within `limit`.
+    pub async fn pick(
+        &self,
+        host: &str,
+        first: bool,
+        limit: std::time::Duration,
+    ) -> Result<IpAddr, DnsError> {
+        let addresses = tokio::time::timeout(limit, self.lookup(host))
+            .await
+            .map_err(|_| DnsError::Timeout {
+                host: host.to_owned(),
+                seconds: limit.as_secs_f64(),
+            })??;
+        let index = if first {
+            0
+        } else {
+            rand::random_range(0..addresses.len())
+        };
+        // `lookup` never returns an empty list.
+        addresses
+            .get(index)
+            .copied()
+            .ok_or_else(|| DnsError::NoAddress {
+                host: host.to_owned(),
+            })
+    }
+}
+
+fn build(servers: &[SocketAddr]) -> Result<TokioResolver, DnsError> {
+    let provider = TokioRuntimeProvider::default();
+    let builder = if servers.is_empty() {
+        TokioResolver::builder(provider)
+            .map_err(|e| DnsError::Config(format!("reading /etc/resolv.conf: {e}")))?
+    } else {
+        let name_servers = servers
+            .iter()
+            .map(|server| {
+                let mut config = NameServerConfig::udp_and_tcp(server.ip());
+                for connection in &mut config.connections {
+                    connection.port = server.port();
+                }
+                config
+            })
+            .collect();
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(name_servers),
+            provider,
+        )
+    };
+    builder.build().map_err(|e| DnsError::Config(e.to_string()))
+}
