@@ -1105,6 +1105,7 @@ async fn the_hop_to_a_service_with_a_waypoint_is_the_waypoint() {
         endpoints: vec![],
         load_balancing: None,
         passthrough: false,
+        dns_first_address: false,
         waypoint: Some(config::GatewayAddress {
             workload: mesh.server_key.clone(),
             address: warren_api::addr::to_bytes(mesh.b.hbone().ip()),
@@ -1164,6 +1165,7 @@ async fn a_service_vip_balances_over_ready_endpoints() {
             // The third is not ready: never picked.
             ready: i < 2,
             ports: [(80, u32::from(addr.port()))].into(),
+            ..Default::default()
         });
     }
     let vip: SocketAddr = "127.20.100.1:80".parse().unwrap();
@@ -1280,6 +1282,7 @@ async fn a_vip_prefers_endpoints_on_the_same_node_when_asked() {
             address: warren_api::addr::to_bytes(ip),
             ready: true,
             ports: [(80, 8080)].into(),
+            ..Default::default()
         });
     }
     let vip: SocketAddr = "127.21.100.1:80".parse().unwrap();
@@ -1374,6 +1377,7 @@ fn put_balanced_service(
             waypoint: None,
             load_balancing,
             passthrough: false,
+            dns_first_address: false,
         }),
     ));
 }

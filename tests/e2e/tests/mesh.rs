@@ -277,19 +277,21 @@ fn reaches(client: &warren_testbed::Pod, target: &str) -> Result<bool> {
 fn under_registry_only_a_service_entry_registers_a_destination_outside_the_mesh() -> Result<()> {
     require_root()?;
     let cluster = demo_cluster()?;
+    // A destination outside the cluster: a server on node 1's own address.
+    // (A pod outside the mesh would not do: every pod is in the registry, as
+    // in Istio.) Node 1 also serves DNS, naming that address for ztunnel.
+    let node = cluster.node(1)?.clone();
+    let dns = format!("{}:5353", node.ip);
     let mut mesh = warren_e2e::mesh::start_mesh_with(
         &cluster,
         &warren_e2e::mesh::MeshOptions {
             agent_args: vec!["--outbound-policy".into(), "REGISTRY_ONLY".into()],
+            ztunnel_args: vec!["--dns-server".into(), dns.clone()],
             ..Default::default()
         },
     )?;
     mesh.wait_ready(Duration::from_secs(30))
         .with_context(|| mesh.logs())?;
-    // A destination outside the cluster: a server on node 1's own address.
-    // (A pod outside the mesh would not do: every pod is in the registry, as
-    // in Istio.)
-    let node = cluster.node(1)?.clone();
     let front = cluster.pod("front")?.clone();
     let sample = warren_testbed::binaries::path("warren-sample")?;
     let listen = format!("{}:9000", node.ip);
@@ -298,11 +300,23 @@ fn under_registry_only_a_service_entry_registers_a_destination_outside_the_mesh(
         &sample.to_string_lossy(),
         &["echo", "--listen", &listen],
     )?;
-    eventually(Duration::from_secs(10), "the echo server on node 1", || {
-        echo.check_running()?;
-        let out = node.sandbox.exec("ss", ["-Hltn", "sport = :9000"])?;
-        Ok(!out.stdout.is_empty())
-    })?;
+    let record = format!("echo.dns.example={}", node.ip);
+    let mut names = cluster.spawn(
+        &node.sandbox,
+        &sample.to_string_lossy(),
+        &["dns", "--listen", &dns, "--record", &record],
+    )?;
+    eventually(
+        Duration::from_secs(10),
+        "the echo and DNS servers on node 1",
+        || {
+            echo.check_running()?;
+            names.check_running()?;
+            let tcp = node.sandbox.exec("ss", ["-Hltn", "sport = :9000"])?;
+            let udp = node.sandbox.exec("ss", ["-Hlun", "sport = :5353"])?;
+            Ok(!tcp.stdout.is_empty() && !udp.stdout.is_empty())
+        },
+    )?;
     let direct = listen.clone();
     ensure!(
         !reaches(&front, &direct)?,
@@ -320,7 +334,8 @@ fn under_registry_only_a_service_entry_registers_a_destination_outside_the_mesh(
     );
 
     // NONE: its address registered as it is; STATIC: a VIP of its own whose
-    // endpoint is that pod, on another port.
+    // endpoint is that address, on another port; DNS: a VIP of its own whose
+    // host ztunnel resolves (to that address) on each connection.
     let entries = format!(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
          metadata: {{ name: legacy-echo, namespace: demo }}\n\
@@ -330,11 +345,16 @@ fn under_registry_only_a_service_entry_registers_a_destination_outside_the_mesh(
          metadata: {{ name: legacy-echo-vip, namespace: demo }}\n\
          spec:\n  hosts: [vip.legacy.example]\n  addresses: [10.96.250.1]\n  \
          ports: [{{ number: 80, name: tcp-echo, protocol: TCP, targetPort: 9000 }}]\n  \
-         resolution: STATIC\n  endpoints: [{{ address: {ip} }}]\n",
+         resolution: STATIC\n  endpoints: [{{ address: {ip} }}]\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{ name: legacy-echo-dns, namespace: demo }}\n\
+         spec:\n  hosts: [echo.dns.example]\n  addresses: [10.96.250.2]\n  \
+         ports: [{{ number: 80, name: tcp-echo, protocol: TCP, targetPort: 9000 }}]\n  \
+         resolution: DNS\n",
         ip = node.ip
     );
     std::fs::write(cluster.config_dir().join("service-entries.yaml"), entries)?;
-    for target in [direct.as_str(), "10.96.250.1:80"] {
+    for target in [direct.as_str(), "10.96.250.1:80", "10.96.250.2:80"] {
         eventually(Duration::from_secs(10), target, || reaches(&front, target))
             .with_context(|| mesh.logs())?;
     }

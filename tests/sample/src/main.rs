@@ -4,6 +4,7 @@
 //! - `http`: an HTTP/1.1 + h2c server that answers with its identity and what it received
 //!   ([`http_server`]), optionally calling an upstream ([`upstream`]).
 //! - `echo`: a TCP echo server ([`echo`]).
+//! - `dns`: a DNS server with a fixed zone, names for testbed addresses ([`dns`]).
 //! - `load`: a bounded load client that tallies answers by version and status ([`load`],
 //!   [`tally`]).
 //! - `stream`: a byte-exact check of a gigabyte-scale echo ([`stream`], [`pattern`]).
@@ -17,6 +18,7 @@
 mod accept;
 mod body;
 mod byte_size;
+mod dns;
 mod duplex;
 mod duration;
 mod echo;
@@ -104,6 +106,22 @@ enum Command {
     ///
     /// Exits 0 whenever the request was made, whatever came back: tests judge the report.
     Duplex(DuplexArgs),
+    /// Serve DNS over UDP with a fixed zone (A and AAAA records from --record), NXDOMAIN
+    /// for any other name: names for testbed addresses, with no DNS outside the testbed.
+    Dns(DnsArgs),
+}
+
+#[derive(Args)]
+struct DnsArgs {
+    /// Address to listen on (UDP).
+    #[arg(long, default_value = "0.0.0.0:5353")]
+    listen: SocketAddr,
+    /// A record, NAME=IP; repeat a name for several addresses.
+    #[arg(long = "record", value_name = "NAME=IP", value_parser = dns::parse_record, required = true)]
+    records: Vec<(String, std::net::IpAddr)>,
+    /// TTL of every record, in seconds.
+    #[arg(long, default_value_t = 5)]
+    ttl: u32,
 }
 
 #[derive(Args)]
@@ -352,6 +370,19 @@ async fn main() -> Result<ExitCode> {
             let checked = grpc::check(&args.url, &args.service, args.timeout).await?;
             println!("{}", serde_json::to_string(&checked)?);
             Ok(done)
+        }
+        Command::Dns(args) => {
+            let mut zone = std::collections::BTreeMap::<String, Vec<std::net::IpAddr>>::new();
+            for (name, ip) in args.records {
+                zone.entry(name).or_default().push(ip);
+            }
+            dns::run(dns::Config {
+                listen: args.listen,
+                zone,
+                ttl: args.ttl,
+            })
+            .await
+            .map(|()| done)
         }
         Command::Echo(args) => echo::run(echo::Config {
             listen: args.listen,
