@@ -157,6 +157,8 @@ impl View {
                 }
                 Kind::Namespace => {
                     namespaces.insert(Some(key.name.to_string()));
+                    // Its `istio.io/use-waypoint` labels, for its ServiceEntries too.
+                    entry_namespaces.insert(key.name.to_string());
                     // Its `istio.io/use-waypoint` labels may have changed, and
                     // whether a waypoint's Selector admits its Services.
                     services.extend(
@@ -209,9 +211,6 @@ impl View {
                 }
             }
         }
-        for ns in &entry_namespaces {
-            self.service_entries(store, ns);
-        }
         for ns in waypoint_namespaces {
             let now = waypoint::in_namespace(&self.mesh, store, &ns);
             let before = if now.is_empty() {
@@ -226,7 +225,13 @@ impl View {
                         .map(|o| (ns.clone(), o.key().name.to_string())),
                 );
                 services.extend(waypoint::services_naming(store, &ns));
+                entry_namespaces.extend(waypoint::entry_namespaces_naming(store, &ns));
+                entry_namespaces.insert(ns);
             }
+        }
+        // After the waypoints: an entry may name one.
+        for ns in &entry_namespaces {
+            self.service_entries(store, ns);
         }
         if namespaces.contains(&None) {
             workloads.extend(store.of_kind(Kind::Pod).map(Object::key));
@@ -509,7 +514,9 @@ impl View {
             let Object::ServiceEntry(entry) = object else {
                 continue;
             };
-            for service in service_entry::services(namespace, entry, pods.iter().copied()) {
+            let waypoint = waypoint::of_entry(store, &self.waypoints, namespace, entry);
+            for mut service in service_entry::services(namespace, entry, pods.iter().copied()) {
+                service.waypoint.clone_from(&waypoint);
                 computed
                     .entry(key::service_entry(namespace, &service.hostname))
                     .or_insert(service);

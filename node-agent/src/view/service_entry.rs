@@ -20,6 +20,10 @@
 //! a pod's address (ztunnel's precedence), and one without a port leaves the
 //! address's other ports to the rest of the registry.
 //!
+//! An entry labelled `istio.io/use-waypoint` (or in a namespace so labelled)
+//! sends its hosts' traffic through that waypoint, which the caller sets
+//! ([`super::waypoint::of_entry`]).
+//!
 //! Two entries of a namespace naming the same host: the first by name
 //! publishes it (Istio merges them; Warren keeps one, predictably).
 

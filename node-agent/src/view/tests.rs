@@ -1296,3 +1296,53 @@ spec:
     assert!(!db.dns_first_address);
     assert!(!db.passthrough);
 }
+
+#[test]
+fn a_service_entry_goes_through_a_waypoint_only_when_labelled() {
+    let ip = |s: &str| Some(Some(s.parse::<std::net::IpAddr>().unwrap()));
+    let entry = |labels: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {{ name: api, namespace: demo, labels: {{ {labels} }} }}\n\
+             spec: {{ hosts: [api.example.com], addresses: [10.70.0.1], ports: [{{ number: 80, name: http, protocol: HTTP }}], resolution: DNS }}\n"
+        )
+    };
+    let api_waypoint = |view: &View| {
+        entry_service(view, "demo", "api.example.com")
+            .expect("the entry's Service")
+            .waypoint
+            .map(|w| addr::from_bytes(&w.address))
+    };
+    let (mut store, mut view) = built(&entry(""));
+    // The namespace's waypoint claims its Services, not its entries.
+    let keys = apply(&mut store, &named_waypoint(Gateway::waypoint("demo", "egress"), "10.244.0.30"));
+    view.changed(&store, &keys);
+    assert_eq!(app_waypoint(&view), ip("10.244.0.30"));
+    assert_eq!(api_waypoint(&view), None);
+
+    // Its own label.
+    let keys = apply(&mut store, &entry("istio.io/use-waypoint: egress"));
+    view.changed(&store, &keys);
+    assert_eq!(api_waypoint(&view), ip("10.244.0.30"));
+    // The waypoint's pod goes: still claimed, refused rather than bypassed.
+    let gone = delete(&mut store, Kind::Pod, "demo", "egress-0");
+    view.changed(&store, &[gone]);
+    assert_eq!(api_waypoint(&view), Some(None));
+    let keys = apply(&mut store, &named_waypoint(Gateway::waypoint("demo", "egress"), "10.244.0.31"));
+    view.changed(&store, &keys);
+    assert_eq!(api_waypoint(&view), ip("10.244.0.31"));
+
+    // The namespace's label, when the entry has none; `none` opts out.
+    let keys = apply(&mut store, &entry(""));
+    view.changed(&store, &keys);
+    assert_eq!(api_waypoint(&view), None);
+    let keys = apply(
+        &mut store,
+        "apiVersion: v1\nkind: Namespace\nmetadata: { name: demo, labels: { warren.io/dataplane-mode: ambient, istio.io/use-waypoint: egress } }\n",
+    );
+    view.changed(&store, &keys);
+    assert_eq!(api_waypoint(&view), ip("10.244.0.31"));
+    let keys = apply(&mut store, &entry("istio.io/use-waypoint: none"));
+    view.changed(&store, &keys);
+    assert_eq!(api_waypoint(&view), None);
+}

@@ -12,6 +12,9 @@
 //! 3. otherwise its namespace's waypoint: the first waypoint Gateway there
 //!    by name, if any.
 //!
+//! A ServiceEntry chooses by 1. and 2. only: traffic to a destination outside
+//! the cluster goes through a waypoint when asked, as in Istio.
+//!
 //! Only Gateways that take Service traffic count (`istio.io/waypoint-for`
 //! unset, `service` or `all`). A waypoint that is named but cannot serve (no
 //! such Gateway, another class, one for `workload` or `none`, a namespace its
@@ -28,6 +31,7 @@ use crate::{
     model::{
         Kind, Labels, Object, ObjectKey,
         cluster::Service,
+        istio::ServiceEntry,
         gateway::{
             GATEWAY_NAME_LABEL, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
             WAYPOINT_HBONE_PORT,
@@ -127,28 +131,58 @@ pub fn of_service(
     namespace: &str,
     svc: &Service,
 ) -> Option<GatewayAddress> {
+    chosen(store, waypoints, namespace, &svc.name, &svc.labels, true)
+}
+
+/// The waypoint a ServiceEntry's hosts send their traffic through: only one
+/// its own or its namespace's `istio.io/use-waypoint` label names (as in
+/// Istio: traffic leaving the mesh goes through a waypoint only when asked,
+/// never by the namespace's default).
+pub fn of_entry(
+    store: &Store,
+    waypoints: &BTreeMap<String, Waypoints>,
+    namespace: &str,
+    entry: &ServiceEntry,
+) -> Option<GatewayAddress> {
+    let labels = Labels::from_map(entry.metadata.labels.as_ref());
+    let name = entry.metadata.name.as_deref().unwrap_or_default();
+    chosen(store, waypoints, namespace, name, &labels, false)
+}
+
+/// The waypoint an object of `namespace` with `labels` chooses: its own
+/// label, its namespace's, else (with `namespace_default`) the namespace's
+/// waypoint.
+fn chosen(
+    store: &Store,
+    waypoints: &BTreeMap<String, Waypoints>,
+    namespace: &str,
+    name: &str,
+    labels: &Labels,
+    namespace_default: bool,
+) -> Option<GatewayAddress> {
     let empty = Labels::default();
     let ns_labels = namespace_labels(store, namespace).unwrap_or(&empty);
-    let chosen = choice(&svc.labels, namespace).or_else(|| choice(ns_labels, namespace));
+    let chosen = choice(labels, namespace).or_else(|| choice(ns_labels, namespace));
     match chosen {
         Some(Choice::OptOut) => None,
-        None => waypoints.get(namespace)?.values().next().cloned(),
+        None if namespace_default => waypoints.get(namespace)?.values().next().cloned(),
+        None => None,
         Some(Choice::Named {
             namespace: at,
-            name,
+            name: gateway,
         }) => {
-            let key = ObjectKey::new(Kind::Gateway, Some(at), name);
+            let key = ObjectKey::new(Kind::Gateway, Some(at), gateway);
             let admitted = matches!(
                 store.get(&key),
                 Some(Object::Gateway(g)) if g.serves_services() && g.admits(namespace, ns_labels)
             );
-            let address = waypoints.get(at).and_then(|w| w.get(name));
+            let address = waypoints.get(at).and_then(|w| w.get(gateway));
             Some(match address {
                 Some(address) if admitted => address.clone(),
                 _ => {
                     tracing::debug!(
-                        service = %format!("{namespace}/{}", svc.name),
-                        waypoint = %format!("{at}/{name}"),
+                        service = %format!("{namespace}/{name}"),
+                        waypoint = %format!("{at}/{gateway}"),
                         admitted,
                         "the named waypoint cannot serve this Service: its traffic is refused"
                     );
@@ -157,6 +191,32 @@ pub fn of_service(
             })
         }
     }
+}
+
+/// Namespaces other than `namespace` with ServiceEntries that may name a
+/// waypoint in it (by their own or their namespace's
+/// `istio.io/use-waypoint-namespace`).
+pub fn entry_namespaces_naming(store: &Store, namespace: &str) -> Vec<String> {
+    let names_it = |labels: Option<&BTreeMap<String, String>>| {
+        labels.and_then(|l| l.get(USE_WAYPOINT_NAMESPACE_LABEL)).map(String::as_str) == Some(namespace)
+    };
+    let mut found: Vec<String> = store
+        .of_kind(Kind::ServiceEntry)
+        .filter_map(|o| match o {
+            Object::ServiceEntry(entry) => Some(entry),
+            _ => None,
+        })
+        .filter_map(|entry| {
+            let ns = entry.metadata.namespace.as_deref()?;
+            let by_namespace = namespace_labels(store, ns)
+                .is_some_and(|l| l.get(USE_WAYPOINT_NAMESPACE_LABEL) == Some(namespace));
+            (ns != namespace && (names_it(entry.metadata.labels.as_ref()) || by_namespace))
+                .then(|| ns.to_owned())
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    found
 }
 
 /// Services outside `namespace` that name a waypoint in it (by their own or
