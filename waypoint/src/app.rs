@@ -57,6 +57,8 @@ pub struct Context {
     /// The waypoint's own place (locality-aware balancing) and the state
     /// generation it was found for.
     pub proximity: Mutex<Option<(u64, Option<crate::upstream::Proximity>)>>,
+    /// What endpoints known by name resolved to.
+    pub names: crate::proxy::names::Names,
 }
 
 impl Context {
@@ -194,6 +196,7 @@ impl App {
             http2,
             connector,
             proximity: Mutex::new(None),
+            names: Default::default(),
         });
         let trigger = drain::Trigger::new();
         let quit = Arc::new(Notify::new());

@@ -81,6 +81,12 @@ pub struct Config {
     #[arg(long, env = "WARREN_WAYPOINT_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
+    /// DNS servers that resolve the names of endpoints known by name (ServiceEntries
+    /// with `resolution: DNS` that use this waypoint), as `IP` or `IP:PORT`; default:
+    /// /etc/resolv.conf. A name is looked up within `--connect-timeout`.
+    #[arg(long = "dns-server", env = "WARREN_WAYPOINT_DNS_SERVER", value_delimiter = ',', value_parser = warren_ztunnel::config::parse_dns_server)]
+    pub dns_servers: Vec<std::net::SocketAddr>,
+
     /// How long open requests may go on after SIGTERM or `/quitquitquit`.
     #[arg(long, env = "WARREN_WAYPOINT_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -111,6 +117,7 @@ impl Config {
         // The waypoint is outside the capture: nothing to mark its sockets for.
         proxy.mark = 0;
         proxy.connect_timeout = self.connect_timeout;
+        proxy.dns_servers = self.dns_servers.clone();
         proxy.drain_timeout = self.drain_timeout;
         proxy.log_level = self.log_level.clone();
         proxy

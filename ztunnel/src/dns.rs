@@ -7,7 +7,10 @@
 //! never reads resolv.conf nor holds a cache, and a resolver that could not be built
 //! (resolv.conf missing) is tried again by the next connection.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Instant,
+};
 
 use hickory_resolver::{
     TokioResolver,
@@ -49,6 +52,13 @@ impl Resolver {
 
     /// Every address `host` resolves to, in the answer's order.
     pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        self.lookup_until(host)
+            .await
+            .map(|(addresses, _)| addresses)
+    }
+
+    /// As [`Resolver::lookup`], with when the answer expires (its TTL).
+    pub async fn lookup_until(&self, host: &str) -> Result<(Vec<IpAddr>, Instant), DnsError> {
         let resolver = self
             .resolver
             .get_or_try_init(|| async { build(&self.servers) })
@@ -66,7 +76,7 @@ impl Resolver {
                 host: host.to_owned(),
             });
         }
-        Ok(addresses)
+        Ok((addresses, answer.valid_until()))
     }
 
     /// The address a connection to `host` goes to: the answer's first

@@ -1315,7 +1315,10 @@ fn a_service_entry_goes_through_a_waypoint_only_when_labelled() {
     };
     let (mut store, mut view) = built(&entry(""));
     // The namespace's waypoint claims its Services, not its entries.
-    let keys = apply(&mut store, &named_waypoint(Gateway::waypoint("demo", "egress"), "10.244.0.30"));
+    let keys = apply(
+        &mut store,
+        &named_waypoint(Gateway::waypoint("demo", "egress"), "10.244.0.30"),
+    );
     view.changed(&store, &keys);
     assert_eq!(app_waypoint(&view), ip("10.244.0.30"));
     assert_eq!(api_waypoint(&view), None);
@@ -1328,7 +1331,10 @@ fn a_service_entry_goes_through_a_waypoint_only_when_labelled() {
     let gone = delete(&mut store, Kind::Pod, "demo", "egress-0");
     view.changed(&store, &[gone]);
     assert_eq!(api_waypoint(&view), Some(None));
-    let keys = apply(&mut store, &named_waypoint(Gateway::waypoint("demo", "egress"), "10.244.0.31"));
+    let keys = apply(
+        &mut store,
+        &named_waypoint(Gateway::waypoint("demo", "egress"), "10.244.0.31"),
+    );
     view.changed(&store, &keys);
     assert_eq!(api_waypoint(&view), ip("10.244.0.31"));
 

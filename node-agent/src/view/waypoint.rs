@@ -31,11 +31,11 @@ use crate::{
     model::{
         Kind, Labels, Object, ObjectKey,
         cluster::Service,
-        istio::ServiceEntry,
         gateway::{
             GATEWAY_NAME_LABEL, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
             WAYPOINT_HBONE_PORT,
         },
+        istio::ServiceEntry,
     },
     store::Store,
 };
@@ -198,7 +198,10 @@ fn chosen(
 /// `istio.io/use-waypoint-namespace`).
 pub fn entry_namespaces_naming(store: &Store, namespace: &str) -> Vec<String> {
     let names_it = |labels: Option<&BTreeMap<String, String>>| {
-        labels.and_then(|l| l.get(USE_WAYPOINT_NAMESPACE_LABEL)).map(String::as_str) == Some(namespace)
+        labels
+            .and_then(|l| l.get(USE_WAYPOINT_NAMESPACE_LABEL))
+            .map(String::as_str)
+            == Some(namespace)
     };
     let mut found: Vec<String> = store
         .of_kind(Kind::ServiceEntry)

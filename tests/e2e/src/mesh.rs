@@ -371,6 +371,16 @@ pub fn start_waypoint(
     pod: &warren_testbed::Pod,
     namespace: &str,
 ) -> Result<Process> {
+    start_waypoint_with(cluster, pod, namespace, &[])
+}
+
+/// [`start_waypoint`] with `extra` flags.
+pub fn start_waypoint_with(
+    cluster: &Cluster,
+    pod: &warren_testbed::Pod,
+    namespace: &str,
+    extra: &[&str],
+) -> Result<Process> {
     let bin = binaries::path("warren-waypoint")?;
     let node = cluster
         .nodes()
@@ -394,7 +404,10 @@ pub fn start_waypoint(
             &socket,
             "--client-id",
             &format!("waypoint-{namespace}"),
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
     )?;
     process.wait_for_output("waypoint ready", Duration::from_secs(30))?;
     Ok(process)

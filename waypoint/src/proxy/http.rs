@@ -28,7 +28,7 @@ use hyper::{
 };
 use rand::Rng as _;
 use tracing::{debug, warn};
-use warren_ztunnel::state::Workload;
+use warren_ztunnel::state::{Workload, service::Address};
 
 use super::{
     Client, Downstream,
@@ -694,7 +694,7 @@ async fn attempt(
             String::new(),
         )))
     };
-    let cluster = match ctx.cluster(compiled, key) {
+    let cluster = match ctx.resolved_cluster(compiled, key).await {
         Ok(cluster) => cluster,
         Err(reason) => return local(StatusCode::SERVICE_UNAVAILABLE, &reason, "NC"),
     };
@@ -1089,7 +1089,9 @@ impl Context {
     /// endpoints that stay).
     pub fn cluster(&self, compiled: &Compiled, key: &ClusterKey) -> Result<Arc<Cluster>, String> {
         let state_generation = *self.inputs.state.changes().borrow();
-        let generation = compiled.generation << 32 | (state_generation & 0xffff_ffff);
+        // A changed answer for an endpoint name counts as a state change.
+        let generation = compiled.generation << 32
+            | (state_generation.wrapping_add(self.names.generation()) & 0xffff_ffff);
         let mut clusters = self.lock_clusters();
         // Built for this generation or a later one (the packed number
         // orders by config, then state; a retry holding an older config
@@ -1104,6 +1106,13 @@ impl Context {
             .state
             .service_by_hostname(&key.host)
             .ok_or_else(|| format!("no service {}", key.host))?;
+        if service.passthrough {
+            // Envoy would need an original-destination cluster here.
+            return Err(format!(
+                "{} is a ServiceEntry resolved NONE: a waypoint needs its endpoints (resolution STATIC or DNS)",
+                key.host
+            ));
+        }
         let mut resolved = compiled
             .policies
             .resolve(
@@ -1120,37 +1129,57 @@ impl Context {
             .port(key.port)
             .ok_or_else(|| format!("service {} has no port {}", key.host, key.port))?;
         let declared = port.declared_http();
-        let endpoints: Vec<Endpoint> = service
-            .endpoints
-            .iter()
-            .filter(|e| e.ready)
-            .filter_map(|e| {
-                // Endpoints known by name (ServiceEntry `resolution: DNS`) are
-                // ztunnel's to resolve; the waypoint has no resolver (and no
-                // egress role) yet.
-                let ip = e.address.ip()?;
-                let workload = self.inputs.state.workload_by_ip(ip);
-                let labels = workload
-                    .as_ref()
-                    .map(|w| w.labels.clone())
-                    .unwrap_or_default();
-                let (locality, node) = workload
-                    .as_ref()
-                    .map(|w| (w.locality.clone(), w.node.clone()))
-                    .unwrap_or_default();
-                upstream::selects(&resolved.selector, &labels).then(|| Endpoint {
+        let mut endpoints: Vec<Endpoint> = Vec::with_capacity(service.endpoints.len());
+        // Names the endpoints came from, and when the first answer expires
+        // (the past for a name not resolved yet).
+        let mut names: Vec<String> = Vec::new();
+        let mut valid_until: Option<Instant> = None;
+        for e in service.endpoints.iter().filter(|e| e.ready) {
+            let target_port = warren_ztunnel::state::Service::target_port(e, port);
+            let ip = match &e.address {
+                Address::Ip(ip) => *ip,
+                // Each address of the name is an endpoint (Envoy's
+                // STRICT_DNS); outside the mesh, so no labels to select.
+                Address::Hostname(host) => {
+                    let (addresses, until) = self
+                        .names
+                        .addresses(host)
+                        .unwrap_or_else(|| (Vec::new(), Instant::now()));
+                    valid_until = Some(valid_until.map_or(until, |v| v.min(until)));
+                    names.push(host.clone());
+                    if upstream::selects(&resolved.selector, &Default::default()) {
+                        endpoints.extend(addresses.into_iter().map(|ip| Endpoint {
+                            locality: Default::default(),
+                            node: String::new(),
+                            ready_since: e.ready_since,
+                            id: format!("{host}/{ip}"),
+                            address: SocketAddr::new(ip, target_port),
+                            labels: Default::default(),
+                        }));
+                    }
+                    continue;
+                }
+            };
+            let workload = self.inputs.state.workload_by_ip(ip);
+            let labels = workload
+                .as_ref()
+                .map(|w| w.labels.clone())
+                .unwrap_or_default();
+            let (locality, node) = workload
+                .as_ref()
+                .map(|w| (w.locality.clone(), w.node.clone()))
+                .unwrap_or_default();
+            if upstream::selects(&resolved.selector, &labels) {
+                endpoints.push(Endpoint {
                     locality,
                     node,
                     ready_since: e.ready_since,
                     id: e.workload.clone().unwrap_or_else(|| ip.to_string()),
-                    address: SocketAddr::new(
-                        ip,
-                        warren_ztunnel::state::Service::target_port(e, port),
-                    ),
+                    address: SocketAddr::new(ip, target_port),
                     labels,
-                })
-            })
-            .collect();
+                });
+            }
+        }
         let proximity = self.proximity(state_generation);
         let cluster = match clusters.get(key) {
             Some((_, cluster))
@@ -1162,7 +1191,32 @@ impl Context {
             _ => Arc::new(Cluster::new(resolved, endpoints, Instant::now()).for_port(declared)),
         };
         cluster.place(proximity);
+        cluster.named(names, valid_until);
         clusters.insert(key.clone(), (generation, Arc::clone(&cluster)));
+        Ok(cluster)
+    }
+
+    /// [`Context::cluster`], with the endpoint names it was built from
+    /// resolved first when any is missing or expired (then rebuilt).
+    pub async fn resolved_cluster(
+        &self,
+        compiled: &Compiled,
+        key: &ClusterKey,
+    ) -> Result<Arc<Cluster>, String> {
+        let cluster = self.cluster(compiled, key)?;
+        let Some(stale) = cluster.stale_names(Instant::now()) else {
+            return Ok(cluster);
+        };
+        let limit = self.config.connect_timeout;
+        self.names.refresh(&self.inputs.dns, &stale, limit).await;
+        let cluster = self.cluster(compiled, key)?;
+        // Answers that did not change rebuild nothing: the cluster learns
+        // when they expire now (after a failed lookup: when to try again).
+        let valid_until = stale
+            .iter()
+            .filter_map(|host| self.names.addresses(host).map(|(_, until)| until))
+            .min();
+        cluster.renew_names(&stale, valid_until);
         Ok(cluster)
     }
 

@@ -2,6 +2,8 @@
 //!
 //! - [`connect`]: upstream connections (HBONE to the endpoint's node, or TCP).
 //! - [`multiplex`]: the HTTP/2 upstream pool, one connection per endpoint.
+//! - [`names`]: endpoints known by name (ServiceEntry `resolution: DNS`),
+//!   resolved into one endpoint per address.
 //! - [`http`]: one request: route, fault, retries and timeouts, load
 //!   balancing, mirrors, headers, telemetry.
 //! - [`replay`]: a request body streamed to every attempt and mirror, kept
@@ -18,6 +20,7 @@ pub mod http;
 pub mod keepalive;
 mod lifetime;
 pub mod multiplex;
+pub mod names;
 pub mod replay;
 mod report;
 pub mod tcp;

@@ -294,7 +294,8 @@ async fn connect(
         subset: key.subset.clone().unwrap_or_default(),
     };
     let cluster = ctx
-        .cluster(compiled, key)
+        .resolved_cluster(compiled, key)
+        .await
         .map_err(|reason| (Ended::NoCluster(reason), None))?;
     let Ok(permit) = cluster.admit_connection() else {
         ctx.metrics.overflows.get_or_create(&labels).inc();

@@ -71,6 +71,11 @@ pub struct Cluster {
     /// ROUND_ROBIN's position.
     next: AtomicUsize,
     state: Mutex<State>,
+    /// Whether endpoints came from names (ServiceEntry `resolution: DNS`):
+    /// checked on every request, so the lock below is taken only then.
+    has_names: std::sync::atomic::AtomicBool,
+    /// Those names, and when the first of their answers expires.
+    names: Mutex<(Arc<[String]>, Option<Instant>)>,
 }
 
 #[derive(Debug)]
@@ -169,7 +174,39 @@ impl Cluster {
             declared: DeclaredHttp::Undeclared,
             next: AtomicUsize::new(0),
             state: Mutex::new(state),
+            has_names: std::sync::atomic::AtomicBool::new(false),
+            names: Mutex::new((Arc::from([]), None)),
         }
+    }
+
+    /// The names its endpoints were resolved from, and when the first of
+    /// their answers expires (`None`: no names).
+    pub fn named(&self, names: Vec<String>, valid_until: Option<Instant>) {
+        let named = !names.is_empty();
+        *self.names.lock().unwrap_or_else(|p| p.into_inner()) = (names.into(), valid_until);
+        self.has_names.store(named, Ordering::Release);
+    }
+
+    /// When the answers for `names` expire now, if the cluster still has
+    /// endpoints from exactly those names (not rebuilt from others since).
+    pub fn renew_names(&self, names: &[String], valid_until: Option<Instant>) {
+        let mut current = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if *current.0 == *names {
+            current.1 = valid_until;
+        }
+    }
+
+    /// The names to resolve again before the next pick, when any answer
+    /// has expired by `now` (or never came).
+    pub fn stale_names(&self, now: Instant) -> Option<Arc<[String]>> {
+        if !self.has_names.load(Ordering::Acquire) {
+            return None;
+        }
+        let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let (hosts, valid_until) = &*names;
+        valid_until
+            .is_some_and(|until| until <= now)
+            .then(|| Arc::clone(hosts))
     }
 
     /// Seen from a waypoint at `proximity` (a builder form of

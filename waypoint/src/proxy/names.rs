@@ -1,0 +1,103 @@
+//! Endpoints known by name (a ServiceEntry with `resolution: DNS` whose traffic goes
+//! through this waypoint): each address a name resolves to is an endpoint of the
+//! cluster, as Envoy's `STRICT_DNS` clusters have them, so balancing, outlier detection
+//! and pools work per address.
+//!
+//! Clusters are built synchronously from what this cache holds; a request whose cluster
+//! holds an expired or missing name first refreshes it ([`Names::refresh`]), and a
+//! changed answer moves [`Names::generation`] so the cluster is rebuilt. A failed lookup
+//! keeps the last good addresses (as Envoy does) and is retried a second later, not by
+//! every request.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tracing::{debug, warn};
+use warren_ztunnel::dns::Resolver;
+
+/// How long a failed lookup stands before the next request tries again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+struct Known {
+    addresses: Vec<IpAddr>,
+    valid_until: Instant,
+}
+
+#[derive(Default)]
+pub struct Names {
+    known: Mutex<HashMap<String, Known>>,
+    generation: AtomicU64,
+}
+
+impl Names {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
+        // Nothing under this lock panics; a poisoned map is still sound.
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What `host` resolved to last (possibly expired), and until when it
+    /// holds; `None` before any answer.
+    pub fn addresses(&self, host: &str) -> Option<(Vec<IpAddr>, Instant)> {
+        self.lock()
+            .get(host)
+            .map(|k| (k.addresses.clone(), k.valid_until))
+    }
+
+    /// Moves whenever a name's addresses change: clusters built before are
+    /// rebuilt.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Resolves the `hosts` that are missing or expired, each within `limit`.
+    pub async fn refresh(&self, resolver: &Resolver, hosts: &[String], limit: Duration) {
+        let now = Instant::now();
+        let stale: Vec<&String> = {
+            let known = self.lock();
+            hosts
+                .iter()
+                .filter(|h| known.get(*h).is_none_or(|k| k.valid_until <= now))
+                .collect()
+        };
+        for host in stale {
+            let answer = tokio::time::timeout(limit, resolver.lookup_until(host)).await;
+            let mut known = self.lock();
+            match answer {
+                Ok(Ok((addresses, valid_until))) => {
+                    debug!(%host, ?addresses, "endpoint name resolved");
+                    let changed = known.get(host).is_none_or(|k| k.addresses != addresses);
+                    known.insert(
+                        host.clone(),
+                        Known {
+                            addresses,
+                            valid_until,
+                        },
+                    );
+                    if changed {
+                        self.generation.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+                failed => {
+                    let error = match failed {
+                        Ok(Err(error)) => error.to_string(),
+                        _ => format!("no answer within {limit:?}"),
+                    };
+                    let entry = known.entry(host.clone()).or_insert_with(|| Known {
+                        addresses: Vec::new(),
+                        valid_until: now,
+                    });
+                    warn!(%host, %error, kept = entry.addresses.len(), "cannot resolve an endpoint's name; keeping its last addresses");
+                    entry.valid_until = Instant::now() + RETRY_AFTER;
+                }
+            }
+        }
+    }
+}
