@@ -14,7 +14,7 @@ use std::{
 
 use hickory_resolver::{
     TokioResolver,
-    config::{NameServerConfig, ResolverConfig},
+    config::{LookupIpStrategy, NameServerConfig, ResolverConfig},
     net::{NetError, runtime::TokioRuntimeProvider},
 };
 use tokio::sync::OnceCell;
@@ -63,13 +63,21 @@ impl Resolver {
             .resolver
             .get_or_try_init(|| async { build(&self.servers) })
             .await?;
-        let answer = resolver
-            .lookup_ip(host)
-            .await
-            .map_err(|source| DnsError::Lookup {
-                host: host.to_owned(),
-                source,
-            })?;
+        // A name with dots is asked as it is, not appended to the node's
+        // search domains first (a ServiceEntry names hosts in full).
+        let query = if host.contains('.') && !host.ends_with('.') {
+            format!("{host}.")
+        } else {
+            host.to_owned()
+        };
+        let answer =
+            resolver
+                .lookup_ip(query.as_str())
+                .await
+                .map_err(|source| DnsError::Lookup {
+                    host: host.to_owned(),
+                    source,
+                })?;
         let addresses: Vec<IpAddr> = answer.iter().map(|ip| ip.to_canonical()).collect();
         if addresses.is_empty() {
             return Err(DnsError::NoAddress {
@@ -79,7 +87,8 @@ impl Resolver {
         Ok((addresses, answer.valid_until()))
     }
 
-    /// The address a connection to `host` goes to: the answer's first
+    /// The address a connection to `host` goes to, of the family the client
+    /// dialled (`v4`) when the name has one: the answer's first
     /// (`DNS_ROUND_ROBIN`: the server rotates its answers), or any of them
     /// (`DNS`: every address is an endpoint; connections spread at random),
     /// within `limit`.
@@ -87,6 +96,7 @@ impl Resolver {
         &self,
         host: &str,
         first: bool,
+        v4: bool,
         limit: std::time::Duration,
     ) -> Result<IpAddr, DnsError> {
         let addresses = tokio::time::timeout(limit, self.lookup(host))
@@ -95,6 +105,7 @@ impl Resolver {
                 host: host.to_owned(),
                 seconds: limit.as_secs_f64(),
             })??;
+        let addresses = preferring(addresses, v4);
         let index = if first {
             0
         } else {
@@ -110,9 +121,23 @@ impl Resolver {
     }
 }
 
+/// The addresses of one family (IPv4 with `v4`) when there are any, else
+/// all: a name with both is reached in the client's own address family
+/// (as Istio's ztunnel does), or IPv4 first where no client decides.
+pub fn preferring(addresses: Vec<IpAddr>, v4: bool) -> Vec<IpAddr> {
+    if addresses.iter().any(|ip| ip.is_ipv4() == v4) {
+        addresses
+            .into_iter()
+            .filter(|ip| ip.is_ipv4() == v4)
+            .collect()
+    } else {
+        addresses
+    }
+}
+
 fn build(servers: &[SocketAddr]) -> Result<TokioResolver, DnsError> {
     let provider = TokioRuntimeProvider::default();
-    let builder = if servers.is_empty() {
+    let mut builder = if servers.is_empty() {
         TokioResolver::builder(provider)
             .map_err(|e| DnsError::Config(format!("reading /etc/resolv.conf: {e}")))?
     } else {
@@ -131,5 +156,23 @@ fn build(servers: &[SocketAddr]) -> Result<TokioResolver, DnsError> {
             provider,
         )
     };
+    // Both families, IPv4 first ([`preferring`] chooses); hickory's default
+    // puts IPv6 first.
+    builder.options_mut().ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     builder.build().map_err(|e| DnsError::Config(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dialled_family_first_else_any() {
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(preferring(vec![v6, v4], true), [v4]);
+        assert_eq!(preferring(vec![v6, v4], false), [v6]);
+        assert_eq!(preferring(vec![v6], true), [v6]);
+        assert_eq!(preferring(vec![v4], false), [v4]);
+    }
 }

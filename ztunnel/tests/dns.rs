@@ -6,14 +6,18 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use common::*;
 use hickory_proto::{
     op::{Message, MessageType, OpCode, ResponseCode},
-    rr::{RData, Record, RecordType, rdata::A},
+    rr::{
+        RData, Record, RecordType,
+        rdata::{A, AAAA},
+    },
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -21,10 +25,13 @@ use tokio::{
 };
 use warren_api::config::{self, MeshSettings, OutboundPolicy, resource::Kind};
 
-/// A DNS server over UDP answering A questions from `zone` (a name with a trailing dot →
-/// its addresses); a name it does not hold is NXDOMAIN, and `stall.example.` is never
-/// answered.
-async fn dns_server(ip: IpAddr, zone: BTreeMap<&'static str, Vec<Ipv4Addr>>) -> SocketAddr {
+/// Names (with a trailing dot) and their addresses; a test adds names as it learns
+/// addresses.
+type Zone = Arc<Mutex<BTreeMap<&'static str, Vec<IpAddr>>>>;
+
+/// A DNS server over UDP answering A and AAAA questions from `zone`; a name it does
+/// not hold is NXDOMAIN, and `stall.example.` is never answered.
+async fn dns_server(ip: IpAddr, zone: Zone) -> SocketAddr {
     let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await.unwrap();
     let addr = socket.local_addr().unwrap();
     tokio::spawn(async move {
@@ -44,17 +51,20 @@ async fn dns_server(ip: IpAddr, zone: BTreeMap<&'static str, Vec<Ipv4Addr>>) -> 
             answer.metadata.recursion_desired = query.metadata.recursion_desired;
             answer.metadata.recursion_available = true;
             answer.add_query(question.clone());
-            match zone.get(name.as_str()) {
-                // Only A records here: an AAAA question gets an empty answer.
+            let found = zone
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name.as_str())
+                .cloned();
+            match found {
                 Some(addresses) => {
-                    if question.query_type() == RecordType::A {
-                        for ip in addresses {
-                            answer.add_answer(Record::from_rdata(
-                                question.name().clone(),
-                                60,
-                                RData::A(A(*ip)),
-                            ));
-                        }
+                    for ip in addresses {
+                        let data = match (question.query_type(), ip) {
+                            (RecordType::A, IpAddr::V4(v4)) => RData::A(A(v4)),
+                            (RecordType::AAAA, IpAddr::V6(v6)) => RData::AAAA(AAAA(v6)),
+                            _ => continue,
+                        };
+                        answer.add_answer(Record::from_rdata(question.name().clone(), 60, data));
                     }
                 }
                 None => answer.metadata.response_code = ResponseCode::NXDomain,
@@ -115,7 +125,7 @@ fn named_entry(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_endpoints_are_resolved_per_connection() {
     let ip = |d: u8| IpAddr::from([127, 47, 50, d]);
-    let v4 = |d: u8| Ipv4Addr::new(127, 47, 50, d);
+    let vip = |d: u8| SocketAddr::new(IpAddr::from([127, 47, 60, d]), 80);
     // Two servers on one port: which answered says which address was dialled.
     let port = {
         let probe = TcpListener::bind(SocketAddr::new(ip(2), 0)).await.unwrap();
@@ -123,15 +133,25 @@ async fn named_endpoints_are_resolved_per_connection() {
     };
     tagged(SocketAddr::new(ip(2), port), "two").await;
     tagged(SocketAddr::new(ip(3), port), "three").await;
-    let dns = dns_server(
-        ip(53),
-        BTreeMap::from([
-            ("backend.example.", vec![v4(2), v4(3)]),
-            ("three.example.", vec![v4(3)]),
-        ]),
-    )
-    .await;
+    // Listening on another Service's VIP: reachable, were it not refused.
+    tagged(SocketAddr::new(ip(4), port), "four").await;
+    let (spread, first, unknown, stalled) = (vip(1), vip(2), vip(3), vip(4));
+    let (dual, to_pod, to_vip) = (vip(5), vip(6), vip(7));
+    let zone: Zone = Arc::new(Mutex::new(BTreeMap::from([
+        ("backend.example.", vec![ip(2), ip(3)]),
+        // IPv6 first in the answer: a client that dialled IPv4 still gets the
+        // IPv4 address (nothing listens on the IPv6 one).
+        ("dual.example.", vec!["::1".parse().unwrap(), ip(3)]),
+        // Another Service's VIP: sent there as a plain address, it would skip
+        // that Service's waypoint and mutual TLS.
+        ("vip.example.", vec![ip(4)]),
+    ])));
+    let dns = dns_server(ip(53), Arc::clone(&zone)).await;
     let mut mesh = two_nodes_configured(47, |config| config.dns_servers = vec![dns]).await;
+    // A mesh pod's name: reached over HBONE, as when dialled by address.
+    zone.lock()
+        .unwrap()
+        .insert("pod.example.", vec![mesh.server.ip()]);
     // Registered destinations only: what a name resolves to is reached all the
     // same, as the entry's endpoint.
     mesh.view.put(res(
@@ -142,39 +162,28 @@ async fn named_endpoints_are_resolved_per_connection() {
             ..Default::default()
         }),
     ));
-    let spread = SocketAddr::new("127.47.60.1".parse().unwrap(), 80);
-    let first = SocketAddr::new("127.47.60.2".parse().unwrap(), 80);
-    let unknown = SocketAddr::new("127.47.60.3".parse().unwrap(), 80);
-    let stalled = SocketAddr::new("127.47.60.4".parse().unwrap(), 80);
-    mesh.view.put(named_entry(
-        "spread.example",
-        spread.ip(),
-        port,
-        &["backend.example"],
-        false,
-    ));
-    // `DNS_ROUND_ROBIN`: the first address of the answer, every time.
-    mesh.view.put(named_entry(
-        "first.example",
-        first.ip(),
-        port,
-        &["backend.example"],
-        true,
-    ));
-    mesh.view.put(named_entry(
-        "unknown.example",
-        unknown.ip(),
-        port,
-        &["nowhere.example"],
-        false,
-    ));
-    mesh.view.put(named_entry(
-        "stalled.example",
-        stalled.ip(),
-        port,
-        &["stall.example"],
-        false,
-    ));
+    let server_port = mesh.server.port();
+    for (host, at, target, name, first_only) in [
+        ("spread.example", spread, port, "backend.example", false),
+        // `DNS_ROUND_ROBIN`: the first address of the answer, every time.
+        ("first.example", first, port, "backend.example", true),
+        ("unknown.example", unknown, port, "nowhere.example", false),
+        ("stalled.example", stalled, port, "stall.example", false),
+        ("dual.example", dual, port, "dual.example", false),
+        ("pod.example", to_pod, server_port, "pod.example", false),
+        ("vip.example", to_vip, port, "vip.example", false),
+        // The Service whose VIP vip.example names.
+        (
+            "other.example",
+            SocketAddr::new(ip(4), 80),
+            port,
+            "backend.example",
+            false,
+        ),
+    ] {
+        mesh.view
+            .put(named_entry(host, at.ip(), target, &[name], first_only));
+    }
     mesh.sync();
 
     let answers = async |dst: SocketAddr, n: usize| -> BTreeMap<String, usize> {
@@ -199,6 +208,19 @@ async fn named_endpoints_are_resolved_per_connection() {
     );
     let first_only = answers(first, 8).await;
     assert_eq!(first_only, BTreeMap::from([("two".to_owned(), 8)]));
+    let same_family = answers(dual, 8).await;
+    assert_eq!(same_family, BTreeMap::from([("three".to_owned(), 8)]));
+    assert_eq!(
+        round_trip(mesh.client_to(to_pod).await, b"hello pod")
+            .await
+            .unwrap(),
+        b"hello pod"
+    );
+    assert!(
+        mesh.a.ztunnel.inputs.pool.connection_count() > 0,
+        "the pod was not reached over HBONE"
+    );
+    assert!(refused(mesh.client_to(to_vip).await).await);
 
     // A name that does not resolve, and one whose server never answers: refused,
     // the second within the connect timeout (2 s here), never held.
@@ -208,9 +230,9 @@ async fn named_endpoints_are_resolved_per_connection() {
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(8), "held {waited:?}");
     let text = mesh.a.metrics().await;
+    let count = |name: &str, labels: &[&str]| metric(&text, name, labels);
     assert_eq!(
-        metric(
-            &text,
+        count(
             "warren_ztunnel_refused_connections_total",
             &["reason=\"dns\""]
         ),
@@ -218,11 +240,29 @@ async fn named_endpoints_are_resolved_per_connection() {
         "{text}"
     );
     assert_eq!(
-        metric(
-            &text,
+        count(
+            "warren_ztunnel_refused_connections_total",
+            &["reason=\"dns_service_address\""]
+        ),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        count(
             "istio_tcp_connections_opened_total",
             &["destination_service=\"spread.example\""]
         ),
         24
+    );
+    assert_eq!(
+        count(
+            "istio_tcp_connections_opened_total",
+            &[
+                "destination_service=\"pod.example\"",
+                "connection_security_policy=\"mutual_tls\""
+            ]
+        ),
+        1,
+        "{text}"
     );
 }

@@ -567,12 +567,14 @@ impl View {
     }
 }
 
-/// Whether a ServiceEntry of `namespace` picks its endpoints by labels.
+/// Whether a ServiceEntry of `namespace` picks its endpoints by labels (any
+/// resolution but `NONE`, as `service_entry::services` reads it).
 fn has_selecting_entry(store: &Store, namespace: &str) -> bool {
+    use crate::model::istio::Resolution;
     store.of_kind_in(Kind::ServiceEntry, namespace).any(|o| {
         matches!(o, Object::ServiceEntry(e)
                 if e.spec.workload_selector.is_some()
-                    && e.spec.resolution == Some(crate::model::istio::Resolution::Static))
+                    && e.spec.resolution.is_some_and(|r| r != Resolution::None))
     })
 }
 

@@ -12,7 +12,8 @@
 //! - `DNS` and `DNS_ROUND_ROBIN`: the endpoints, by address or by name, or
 //!   without endpoints the host itself; ztunnel resolves a name when a
 //!   connection picks it, and goes to one of its addresses (`DNS`) or the
-//!   first (`DNS_ROUND_ROBIN`).
+//!   first (`DNS_ROUND_ROBIN`). Hosts resolving themselves cannot share the
+//!   entry's addresses at L4: the first host keeps them.
 //! - `resolution: NONE` (the default): no endpoints; connections go to the
 //!   address the client dialled.
 //!
@@ -89,6 +90,10 @@ pub fn services<'a>(
             spec.endpoints
                 .iter()
                 .filter_map(|e| {
+                    // An endpoint on another network has no address here.
+                    if e.address.is_empty() {
+                        return None;
+                    }
                     let mut endpoint = match e.address.parse::<IpAddr>() {
                         Ok(ip) => Endpoint {
                             address: addr::to_bytes(ip),
@@ -120,11 +125,19 @@ pub fn services<'a>(
     }
     spec.hosts
         .iter()
-        .map(|host| Service {
+        .enumerate()
+        .map(|(i, host)| Service {
             name: host.clone(),
             namespace: namespace.to_owned(),
             hostname: host.clone(),
-            vips: vips.clone(),
+            // Hosts that each resolve themselves cannot share addresses at
+            // L4 (Envoy tells them apart by Host or SNI): the first keeps
+            // them, the others are reached by name (through a waypoint).
+            vips: if shared.is_none() && i > 0 {
+                Vec::new()
+            } else {
+                vips.clone()
+            },
             ports: ports.clone(),
             endpoints: shared.clone().unwrap_or_else(|| {
                 vec![Endpoint {

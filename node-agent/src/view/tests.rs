@@ -1228,7 +1228,7 @@ spec: { hosts: [shared.example], addresses: [10.50.0.1], ports: [{ number: 80, n
 
 #[test]
 fn dns_entries_publish_names_for_ztunnel_to_resolve() {
-    let (_store, view) = built(
+    let (mut store, mut view) = built(
         r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -1252,12 +1252,28 @@ spec:
   - { address: 192.0.2.30 }
   - { address: db-a.example.net }
   - { address: "unix:///run/pg.sock" }
+  - { network: remote }
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: selected, namespace: demo }
+spec:
+  hosts: [app.dns.internal]
+  addresses: [10.60.0.3]
+  ports: [{ number: 80, name: http }]
+  resolution: DNS
+  workloadSelector: { labels: { app: app } }
 "#,
     );
     // No endpoints: each host is resolved itself; DNS_ROUND_ROBIN goes to the
-    // first address of each answer.
-    for host in ["api.example.com", "www.example.com"] {
+    // first address of each answer. Only the first host keeps the entry's
+    // address (at L4 nothing would tell the two apart).
+    for (host, vips) in [
+        ("api.example.com", vec!["10.60.0.1"]),
+        ("www.example.com", vec![]),
+    ] {
         let entry = entry_service(&view, "demo", host).expect(host);
+        assert_eq!(ips(&entry.vips), vips, "{host}");
         let names: Vec<_> = entry
             .endpoints
             .iter()
@@ -1295,6 +1311,13 @@ spec:
     );
     assert!(!db.dns_first_address);
     assert!(!db.passthrough);
+    // A workloadSelector picks pods whatever the resolution, and follows them.
+    let selected = entry_service(&view, "demo", "app.dns.internal").expect("selected");
+    assert_eq!(selected.endpoints.len(), 2);
+    let gone = delete(&mut store, Kind::Pod, "demo", "app-v2-0");
+    view.changed(&store, &[gone]);
+    let selected = entry_service(&view, "demo", "app.dns.internal").expect("selected");
+    assert_eq!(selected.endpoints.len(), 1);
 }
 
 #[test]

@@ -11,7 +11,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -1147,6 +1147,16 @@ impl Context {
                         .unwrap_or_else(|| (Vec::new(), Instant::now()));
                     valid_until = Some(valid_until.map_or(until, |v| v.min(until)));
                     names.push(host.clone());
+                    // IPv4 first, as Istio's waypoints (V4_PREFERRED); never a
+                    // Service's VIP, which as a plain address would skip that
+                    // Service's own waypoint and mutual TLS.
+                    let (addresses, vips): (Vec<IpAddr>, Vec<IpAddr>) =
+                        warren_ztunnel::dns::preferring(addresses, true)
+                            .into_iter()
+                            .partition(|ip| self.inputs.state.service_by_vip(*ip).is_none());
+                    if !vips.is_empty() {
+                        warn!(%host, ?vips, "an endpoint name resolves to Service addresses; left out (name the Service instead)");
+                    }
                     if upstream::selects(&resolved.selector, &Default::default()) {
                         endpoints.extend(addresses.into_iter().map(|ip| Endpoint {
                             locality: Default::default(),

@@ -146,12 +146,20 @@ pub async fn handle(
             first_address,
         } => match inputs
             .dns
-            .pick(&host, first_address, inputs.config.connect_timeout)
+            .pick(
+                &host,
+                first_address,
+                dst.is_ipv4(),
+                inputs.config.connect_timeout,
+            )
             .await
         {
             Ok(ip) => {
                 debug!(%peer, %dst, %host, %ip, "endpoint name resolved");
-                inputs.state.to_address(SocketAddr::new(ip, port))
+                match inputs.state.to_address(&host, SocketAddr::new(ip, port)) {
+                    Ok(upstream) => upstream,
+                    Err(error) => return refuse(client, Some(&source), error.reason(), &error),
+                }
             }
             Err(error) => return refuse(client, Some(&source), "dns", &error),
         },

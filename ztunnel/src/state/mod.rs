@@ -435,6 +435,14 @@ pub enum ResolveError {
     NoAddress(String),
     #[error("service {0} sends its traffic through a waypoint that is not running")]
     WaypointUnavailable(String),
+    /// An endpoint's name resolved to a Service's VIP: reaching it as a
+    /// plain address would skip that Service's waypoint and mutual TLS.
+    #[error("{host} resolves to {ip}, the address of service {service}: name that service instead")]
+    NameIsServiceAddress {
+        host: String,
+        ip: IpAddr,
+        service: String,
+    },
 }
 
 impl ResolveError {
@@ -445,6 +453,7 @@ impl ResolveError {
             ResolveError::NoEndpoint(_) => "no_healthy_endpoint",
             ResolveError::NoAddress(_) => "no_address",
             ResolveError::WaypointUnavailable(_) => "waypoint_unavailable",
+            ResolveError::NameIsServiceAddress { .. } => "dns_service_address",
         }
     }
 }
@@ -784,25 +793,35 @@ impl State {
         })
     }
 
-    /// Where a connection to `addr`, an address a named endpoint resolved
-    /// to, goes: as to the pod there (over HBONE when it is in the mesh), else
-    /// plain TCP. Never a Service's VIP: a name is an endpoint, not a way
-    /// back into the registry.
-    pub fn to_address(&self, addr: SocketAddr) -> Upstream {
+    /// Where a connection to `addr`, an address the named endpoint `host`
+    /// resolved to, goes: as to the pod there (over HBONE when it is in the
+    /// mesh), else plain TCP. Never to a Service's VIP: sent there as a plain
+    /// address it would skip that Service's waypoint and mutual TLS, so it
+    /// is refused.
+    pub fn to_address(&self, host: &str, addr: SocketAddr) -> Result<Upstream, ResolveError> {
         let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
         let node = self.node();
         let inner = self.read();
-        match inner
-            .by_address
-            .get(&addr.ip())
-            .and_then(|k| inner.workloads.get(k))
-        {
-            Some(workload) => self.to_workload(addr, Arc::clone(workload), &node),
-            None => Upstream::Plain {
-                addr,
-                workload: None,
-            },
+        if let Some(service) = inner.service_at(addr.ip()) {
+            return Err(ResolveError::NameIsServiceAddress {
+                host: host.to_owned(),
+                ip: addr.ip(),
+                service: service.key.clone(),
+            });
         }
+        Ok(
+            match inner
+                .by_address
+                .get(&addr.ip())
+                .and_then(|k| inner.workloads.get(k))
+            {
+                Some(workload) => self.to_workload(addr, Arc::clone(workload), &node),
+                None => Upstream::Plain {
+                    addr,
+                    workload: None,
+                },
+            },
+        )
     }
 
     fn to_workload(&self, addr: SocketAddr, workload: Arc<Workload>, node: &str) -> Upstream {

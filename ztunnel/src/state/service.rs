@@ -251,7 +251,7 @@ fn port(key: &str, field: &'static str, value: u32) -> Result<u16, ResourceError
 /// A name to resolve: letters, digits, `-`, `_` and dots, as DNS carries
 /// them; anything else would only fail later, on a connection.
 fn hostname(key: &str, name: &str) -> Result<String, ResourceError> {
-    let valid = name.len() <= 253
+    let valid = name.len() <= 255
         && name.trim_end_matches('.').split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
