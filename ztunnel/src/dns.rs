@@ -8,8 +8,10 @@
 //! (resolv.conf missing) is tried again by the next connection.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
-    time::Instant,
+    sync::Mutex,
+    time::{Duration, Instant},
 };
 
 use hickory_resolver::{
@@ -18,6 +20,7 @@ use hickory_resolver::{
     net::{NetError, runtime::TokioRuntimeProvider},
 };
 use tokio::sync::OnceCell;
+use tracing::warn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -35,11 +38,30 @@ pub enum DnsError {
     Timeout { host: String, seconds: f64 },
 }
 
+impl DnsError {
+    /// The servers answered that the name has no address (NXDOMAIN, or no
+    /// records), as opposed to failing to answer.
+    fn no_such_name(&self) -> bool {
+        match self {
+            DnsError::Lookup { source, .. } => source.is_no_records_found(),
+            DnsError::NoAddress { .. } => true,
+            DnsError::Config(_) | DnsError::Timeout { .. } => false,
+        }
+    }
+}
+
+/// How long a last good answer stands in for one that failed before the name
+/// is asked again.
+const STALE_FOR: Duration = Duration::from_secs(1);
+
 /// Resolves endpoint names with the configured servers, or the system's.
 pub struct Resolver {
     /// `--dns-server`; empty: /etc/resolv.conf.
     servers: Vec<SocketAddr>,
     resolver: OnceCell<TokioResolver>,
+    /// The last answer of each name, kept past its TTL for when the DNS
+    /// servers fail (as Envoy keeps a DNS cluster's hosts).
+    last_good: Mutex<HashMap<String, Vec<IpAddr>>>,
 }
 
 impl Resolver {
@@ -47,18 +69,58 @@ impl Resolver {
         Resolver {
             servers,
             resolver: OnceCell::new(),
+            last_good: Mutex::default(),
         }
     }
 
-    /// Every address `host` resolves to, in the answer's order.
-    pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
-        self.lookup_until(host)
+    /// Every address `host` resolves to, in the answer's order, and until
+    /// when that holds, within `limit`. When the servers fail or stall, the
+    /// last good answer stands in for a second (a warning says so); a name
+    /// that no longer exists (NXDOMAIN, no records) fails at once.
+    pub async fn resolve(
+        &self,
+        host: &str,
+        limit: Duration,
+    ) -> Result<(Vec<IpAddr>, Instant), DnsError> {
+        let answer = tokio::time::timeout(limit, self.lookup_until(host))
+            .await
+            .unwrap_or_else(|_| {
+                Err(DnsError::Timeout {
+                    host: host.to_owned(),
+                    seconds: limit.as_secs_f64(),
+                })
+            });
+        let mut last_good = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
+        match answer {
+            Ok((addresses, until)) => {
+                if last_good.get(host) != Some(&addresses) {
+                    last_good.insert(host.to_owned(), addresses.clone());
+                }
+                Ok((addresses, until))
+            }
+            Err(error) if error.no_such_name() => {
+                last_good.remove(host);
+                Err(error)
+            }
+            Err(error) => match last_good.get(host) {
+                Some(addresses) => {
+                    warn!(%host, %error, ?addresses, "DNS failed; using the name's last answer");
+                    Ok((addresses.clone(), Instant::now() + STALE_FOR))
+                }
+                None => Err(error),
+            },
+        }
+    }
+
+    /// As [`Resolver::resolve`], the addresses alone.
+    pub async fn lookup(&self, host: &str, limit: Duration) -> Result<Vec<IpAddr>, DnsError> {
+        self.resolve(host, limit)
             .await
             .map(|(addresses, _)| addresses)
     }
 
-    /// As [`Resolver::lookup`], with when the answer expires (its TTL).
-    pub async fn lookup_until(&self, host: &str) -> Result<(Vec<IpAddr>, Instant), DnsError> {
+    /// One lookup, with when its answer expires (its TTL).
+    async fn lookup_until(&self, host: &str) -> Result<(Vec<IpAddr>, Instant), DnsError> {
         let resolver = self
             .resolver
             .get_or_try_init(|| async { build(&self.servers) })
@@ -91,21 +153,15 @@ impl Resolver {
     /// dialled (`v4`) when the name has one: the answer's first
     /// (`DNS_ROUND_ROBIN`: the server rotates its answers), or any of them
     /// (`DNS`: every address is an endpoint; connections spread at random),
-    /// within `limit`.
+    /// within `limit` (see [`Resolver::resolve`]).
     pub async fn pick(
         &self,
         host: &str,
         first: bool,
         v4: bool,
-        limit: std::time::Duration,
+        limit: Duration,
     ) -> Result<IpAddr, DnsError> {
-        let addresses = tokio::time::timeout(limit, self.lookup(host))
-            .await
-            .map_err(|_| DnsError::Timeout {
-                host: host.to_owned(),
-                seconds: limit.as_secs_f64(),
-            })??;
-        let addresses = preferring(addresses, v4);
+        let addresses = preferring(self.lookup(host, limit).await?, v4);
         let index = if first {
             0
         } else {

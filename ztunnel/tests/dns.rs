@@ -29,8 +29,9 @@ use warren_api::config::{self, MeshSettings, OutboundPolicy, resource::Kind};
 /// addresses.
 type Zone = Arc<Mutex<BTreeMap<&'static str, Vec<IpAddr>>>>;
 
-/// A DNS server over UDP answering A and AAAA questions from `zone`; a name it does
-/// not hold is NXDOMAIN, and `stall.example.` is never answered.
+/// A DNS server over UDP answering A and AAAA questions from `zone` with a TTL of one
+/// second; a name it does not hold is NXDOMAIN, and one with no addresses is never
+/// answered (a server that stalls).
 async fn dns_server(ip: IpAddr, zone: Zone) -> SocketAddr {
     let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await.unwrap();
     let addr = socket.local_addr().unwrap();
@@ -44,9 +45,6 @@ async fn dns_server(ip: IpAddr, zone: Zone) -> SocketAddr {
                 continue;
             };
             let name = question.name().to_ascii().to_ascii_lowercase();
-            if name == "stall.example." {
-                continue;
-            }
             let mut answer = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
             answer.metadata.recursion_desired = query.metadata.recursion_desired;
             answer.metadata.recursion_available = true;
@@ -57,6 +55,7 @@ async fn dns_server(ip: IpAddr, zone: Zone) -> SocketAddr {
                 .get(name.as_str())
                 .cloned();
             match found {
+                Some(addresses) if addresses.is_empty() => continue,
                 Some(addresses) => {
                     for ip in addresses {
                         let data = match (question.query_type(), ip) {
@@ -64,7 +63,7 @@ async fn dns_server(ip: IpAddr, zone: Zone) -> SocketAddr {
                             (RecordType::AAAA, IpAddr::V6(v6)) => RData::AAAA(AAAA(v6)),
                             _ => continue,
                         };
-                        answer.add_answer(Record::from_rdata(question.name().clone(), 60, data));
+                        answer.add_answer(Record::from_rdata(question.name().clone(), 1, data));
                     }
                 }
                 None => answer.metadata.response_code = ResponseCode::NXDomain,
@@ -133,18 +132,20 @@ async fn named_endpoints_are_resolved_per_connection() {
     };
     tagged(SocketAddr::new(ip(2), port), "two").await;
     tagged(SocketAddr::new(ip(3), port), "three").await;
-    // Listening on another Service's VIP: reachable, were it not refused.
+    // Listening on a Kubernetes Service's VIP: reachable, were it not refused.
     tagged(SocketAddr::new(ip(4), port), "four").await;
     let (spread, first, unknown, stalled) = (vip(1), vip(2), vip(3), vip(4));
-    let (dual, to_pod, to_vip) = (vip(5), vip(6), vip(7));
+    let (dual, to_pod, to_vip, flaky) = (vip(5), vip(6), vip(7), vip(8));
     let zone: Zone = Arc::new(Mutex::new(BTreeMap::from([
         ("backend.example.", vec![ip(2), ip(3)]),
         // IPv6 first in the answer: a client that dialled IPv4 still gets the
         // IPv4 address (nothing listens on the IPv6 one).
         ("dual.example.", vec!["::1".parse().unwrap(), ip(3)]),
-        // Another Service's VIP: sent there as a plain address, it would skip
-        // that Service's waypoint and mutual TLS.
+        // A Kubernetes Service's VIP: sent there as a plain address, it would
+        // skip that Service's waypoint and mutual TLS.
         ("vip.example.", vec![ip(4)]),
+        ("stall.example.", vec![]),
+        ("flaky.example.", vec![ip(2)]),
     ])));
     let dns = dns_server(ip(53), Arc::clone(&zone)).await;
     let mut mesh = two_nodes_configured(47, |config| config.dns_servers = vec![dns]).await;
@@ -172,18 +173,27 @@ async fn named_endpoints_are_resolved_per_connection() {
         ("dual.example", dual, port, "dual.example", false),
         ("pod.example", to_pod, server_port, "pod.example", false),
         ("vip.example", to_vip, port, "vip.example", false),
-        // The Service whose VIP vip.example names.
-        (
-            "other.example",
-            SocketAddr::new(ip(4), 80),
-            port,
-            "backend.example",
-            false,
-        ),
+        ("flaky.example", flaky, port, "flaky.example", false),
     ] {
         mesh.view
             .put(named_entry(host, at.ip(), target, &[name], first_only));
     }
+    // The Kubernetes Service whose VIP vip.example names.
+    mesh.view.put(res(
+        warren_api::key::service("demo", "other"),
+        Kind::Service(config::Service {
+            name: "other".into(),
+            namespace: "demo".into(),
+            hostname: "other.demo.svc.cluster.local".into(),
+            vips: vec![warren_api::addr::to_bytes(ip(4))],
+            ports: vec![config::ServicePort {
+                port: u32::from(port),
+                target_port: u32::from(port),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    ));
     mesh.sync();
 
     let answers = async |dst: SocketAddr, n: usize| -> BTreeMap<String, usize> {
@@ -222,6 +232,22 @@ async fn named_endpoints_are_resolved_per_connection() {
     );
     assert!(refused(mesh.client_to(to_vip).await).await);
 
+    // The DNS server stalls once the answer expired: the last answer stands
+    // in. Once the name no longer exists (NXDOMAIN), it does not.
+    assert_eq!(
+        answers(flaky, 1).await,
+        BTreeMap::from([("two".to_owned(), 1)])
+    );
+    zone.lock().unwrap().insert("flaky.example.", vec![]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        answers(flaky, 1).await,
+        BTreeMap::from([("two".to_owned(), 1)])
+    );
+    zone.lock().unwrap().remove("flaky.example.");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(refused(mesh.client_to(flaky).await).await);
+
     // A name that does not resolve, and one whose server never answers: refused,
     // the second within the connect timeout (2 s here), never held.
     assert!(refused(mesh.client_to(unknown).await).await);
@@ -236,7 +262,7 @@ async fn named_endpoints_are_resolved_per_connection() {
             "warren_ztunnel_refused_connections_total",
             &["reason=\"dns\""]
         ),
-        2,
+        3,
         "{text}"
     );
     assert_eq!(

@@ -1147,13 +1147,19 @@ impl Context {
                         .unwrap_or_else(|| (Vec::new(), Instant::now()));
                     valid_until = Some(valid_until.map_or(until, |v| v.min(until)));
                     names.push(host.clone());
-                    // IPv4 first, as Istio's waypoints (V4_PREFERRED); never a
-                    // Service's VIP, which as a plain address would skip that
-                    // Service's own waypoint and mutual TLS.
+                    // IPv4 first, as Istio's waypoints (V4_PREFERRED); never an
+                    // address of another Service that `fronts_mesh` (as a plain
+                    // address it would skip that Service's waypoint and mutual
+                    // TLS).
                     let (addresses, vips): (Vec<IpAddr>, Vec<IpAddr>) =
                         warren_ztunnel::dns::preferring(addresses, true)
                             .into_iter()
-                            .partition(|ip| self.inputs.state.service_by_vip(*ip).is_none());
+                            .partition(|ip| {
+                                self.inputs
+                                    .state
+                                    .service_by_vip(*ip)
+                                    .is_none_or(|s| s.key == service.key || !s.fronts_mesh())
+                            });
                     if !vips.is_empty() {
                         warn!(%host, ?vips, "an endpoint name resolves to Service addresses; left out (name the Service instead)");
                     }

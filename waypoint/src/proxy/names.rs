@@ -5,9 +5,10 @@
 //!
 //! Clusters are built synchronously from what this cache holds; a request whose cluster
 //! holds an expired or missing name first refreshes it ([`Names::refresh`]), and a
-//! changed answer moves [`Names::generation`] so the cluster is rebuilt. A failed lookup
-//! keeps the last good addresses (as Envoy does) and is retried a second later, not by
-//! every request.
+//! changed answer moves [`Names::generation`] so the cluster is rebuilt. When the DNS
+//! servers fail, the resolver stands in with the last good answer (as Envoy keeps a DNS
+//! cluster's hosts); a name with no answer at all is retried a second later, not by every
+//! request.
 
 use std::{
     collections::HashMap,
@@ -68,10 +69,10 @@ impl Names {
                 .collect()
         };
         for host in stale {
-            let answer = tokio::time::timeout(limit, resolver.lookup_until(host)).await;
+            let answer = resolver.resolve(host, limit).await;
             let mut known = self.lock();
             match answer {
-                Ok(Ok((addresses, valid_until))) => {
+                Ok((addresses, valid_until)) => {
                     debug!(%host, ?addresses, "endpoint name resolved");
                     let changed = known.get(host).is_none_or(|k| k.addresses != addresses);
                     known.insert(
@@ -85,17 +86,22 @@ impl Names {
                         self.generation.fetch_add(1, Ordering::AcqRel);
                     }
                 }
-                failed => {
-                    let error = match failed {
-                        Ok(Err(error)) => error.to_string(),
-                        _ => format!("no answer within {limit:?}"),
-                    };
-                    let entry = known.entry(host.clone()).or_insert_with(|| Known {
-                        addresses: Vec::new(),
-                        valid_until: now,
-                    });
-                    warn!(%host, %error, kept = entry.addresses.len(), "cannot resolve an endpoint's name; keeping its last addresses");
-                    entry.valid_until = Instant::now() + RETRY_AFTER;
+                // The resolver already stood in with the last good answer
+                // where it had one: this name has none (or no longer exists).
+                Err(error) => {
+                    warn!(%host, %error, "cannot resolve an endpoint's name: no endpoints from it");
+                    let had = known
+                        .insert(
+                            host.clone(),
+                            Known {
+                                addresses: Vec::new(),
+                                valid_until: Instant::now() + RETRY_AFTER,
+                            },
+                        )
+                        .is_some_and(|k| !k.addresses.is_empty());
+                    if had {
+                        self.generation.fetch_add(1, Ordering::AcqRel);
+                    }
                 }
             }
         }

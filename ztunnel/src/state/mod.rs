@@ -795,14 +795,14 @@ impl State {
 
     /// Where a connection to `addr`, an address the named endpoint `host`
     /// resolved to, goes: as to the pod there (over HBONE when it is in the
-    /// mesh), else plain TCP. Never to a Service's VIP: sent there as a plain
-    /// address it would skip that Service's waypoint and mutual TLS, so it
-    /// is refused.
+    /// mesh), else plain TCP. Never to an address of a Service that
+    /// [`Service::fronts_mesh`]: that would skip its waypoint and mutual TLS,
+    /// so it is refused.
     pub fn to_address(&self, host: &str, addr: SocketAddr) -> Result<Upstream, ResolveError> {
         let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
         let node = self.node();
         let inner = self.read();
-        if let Some(service) = inner.service_at(addr.ip()) {
+        if let Some(service) = inner.service_at(addr.ip()).filter(|s| s.fronts_mesh()) {
             return Err(ResolveError::NameIsServiceAddress {
                 host: host.to_owned(),
                 ip: addr.ip(),

@@ -34,6 +34,15 @@ pub struct Service {
 }
 
 impl Service {
+    /// Whether an address of it, dialled as a plain address (as a resolved
+    /// endpoint name would be), could reach its traffic around its waypoint
+    /// and mutual TLS: a Kubernetes Service's VIP (the node's service proxy
+    /// hands it to a pod in plaintext), or any Service with a waypoint. A
+    /// ServiceEntry's address is its destination itself.
+    pub fn fronts_mesh(&self) -> bool {
+        !warren_api::key::is_service_entry(&self.key) || self.waypoint.is_some()
+    }
+
     /// The name telemetry and access lines give the service: its hostname, else its
     /// key.
     pub fn telemetry_host(&self) -> &str {
