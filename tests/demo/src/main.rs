@@ -66,6 +66,7 @@ mod examples {
     pub const SWIM_LANE: &str = include_str!("../../../examples/swim-lane.yaml");
     pub const LOCALITY: &str = include_str!("../../../examples/locality.yaml");
     pub const LOCALITY_FAILOVER: &str = include_str!("../../../examples/locality-failover.yaml");
+    pub const EGRESS: &str = include_str!("../../../examples/egress.yaml");
 }
 
 /// The file in the config folder that holds the current step's
@@ -200,6 +201,10 @@ fn main() -> ExitCode {
     steps.run(
         "Zones: traffic stays in its zone, and fails over when it must",
         || demo.zones(),
+    );
+    steps.run(
+        "Egress: an API outside the cluster, through the waypoint",
+        || demo.egress(),
     );
     steps.run(
         "ztunnel upgrade under load: a new one takes over, no request lost",
@@ -1047,6 +1052,76 @@ impl Demo {
 }
 
 impl Demo {
+    /// A partner's API on node 1's own address, outside every pod, reached by
+    /// shop's client at the ServiceEntry's address: the entry's label sends
+    /// it through the waypoint, which adds the partner key and refuses
+    /// `/admin` before anything leaves the cluster.
+    fn egress(&mut self) -> Result<String> {
+        const API: &str = "http://240.240.0.10";
+        let node = self.cluster.node(1)?.clone();
+        ensure!(
+            node.ip.to_string() == "172.30.0.2",
+            "examples/egress.yaml names the API at 172.30.0.2, node 1's address, but node 1 is at {}",
+            node.ip
+        );
+        let sample = warren_testbed::binaries::path("warren-sample")?;
+        let listen = format!("{}:8080", node.ip);
+        let server = self.cluster.spawn(
+            &node.sandbox,
+            &sample.to_string_lossy(),
+            &[
+                "http",
+                "--listen",
+                &listen,
+                "--name",
+                "partner",
+                "--version",
+                "external",
+            ],
+        )?;
+        self.servers.push(server);
+        self.apply("egress.yaml", examples::EGRESS, "egress.shop.yaml")?;
+        let client = self.client()?;
+        let admin = format!("{API}/admin/users");
+        eventually(
+            Duration::from_secs(20),
+            "the partner API's routes on the waypoint",
+            || {
+                let report = load(&client, &admin, &["-n", "4"])?;
+                Ok(count_status(&report, 403) == 4)
+            },
+        )
+        .with_context(|| self.logs())?;
+        let orders = format!("{API}/orders");
+        let body = curl(&client, &[&orders])?;
+        let key = body["headers"]["x-partner-key"]
+            .as_str()
+            .unwrap_or_default();
+        ensure!(
+            body["pod"] == "partner" && key == "shop-demo-key",
+            "the partner API should answer with the key the waypoint added: {body}"
+        );
+        let report = load(&client, &orders, &["-n", "200", "-c", "4"])?;
+        let ok = count_status(&report, 200);
+        ensure!(
+            ok == 200,
+            "{ok} of 200 calls to the partner API answered: {report}"
+        );
+        let refused = count_status(&load(&client, &admin, &["-n", "20"])?, 403);
+        ensure!(
+            refused == 20,
+            "{refused} of 20 calls to /admin refused by the waypoint"
+        );
+        let counted = metric_sum(
+            &self.waypoint_metrics()?,
+            "istio_requests_total",
+            &[("destination_service", "api.partner.example")],
+        );
+        Ok(format!(
+            "200/200 calls to api.partner.example ({API}, on node 1 outside the mesh) answered with x-partner-key added by the waypoint; 20/20 to /admin refused 403 there; the waypoint counted {counted:.0} requests to the host"
+        ))
+    }
+
     /// Two zones: the nodes get topology labels, `stock` one replica in
     /// each; its Service asks for closeness. Without the waypoint the
     /// caller's ztunnel keeps it in the caller's zone; through the waypoint,
