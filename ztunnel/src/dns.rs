@@ -1,16 +1,18 @@
 //! Names of endpoints known by name (a ServiceEntry with `resolution: DNS` or
 //! `DNS_ROUND_ROBIN`), resolved when a connection picks one.
 //!
-//! hickory's resolver keeps each answer for its TTL, so a busy name costs a query per
-//! TTL, not one per connection, and a changed record takes effect when the old answer
-//! expires. The resolver is built on first use: a node whose ServiceEntries name nothing
+//! Each answer is kept for its TTL (at least a second), so a busy name costs a query
+//! per TTL, not one per connection, and a changed record takes effect when the old
+//! answer expires; an expired answer is refreshed in the background while it still
+//! serves, so no connection waits on DNS once a name has resolved. The resolver is
+//! built on first use: a node whose ServiceEntries name nothing
 //! never reads resolv.conf nor holds a cache, and a resolver that could not be built
 //! (resolv.conf missing) is tried again by the next connection.
 
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -50,34 +52,87 @@ impl DnsError {
     }
 }
 
-/// How long a last good answer stands in for one that failed before the name
-/// is asked again.
-const STALE_FOR: Duration = Duration::from_secs(1);
+/// Shortest time an answer is kept: a TTL of 0 would cost a query per
+/// connection (Envoy's `dns_min_refresh_rate` has the same purpose).
+const MIN_TTL: Duration = Duration::from_secs(1);
+/// After a refresh failed, how long the last good answer serves before the
+/// next refresh.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Resolves endpoint names with the configured servers, or the system's.
-pub struct Resolver {
+/// Cheap to clone: clones share the answers.
+#[derive(Clone)]
+pub struct Resolver(Arc<Inner>);
+
+struct Inner {
     /// `--dns-server`; empty: /etc/resolv.conf.
     servers: Vec<SocketAddr>,
     resolver: OnceCell<TokioResolver>,
-    /// The last answer of each name, kept past its TTL for when the DNS
-    /// servers fail (as Envoy keeps a DNS cluster's hosts).
-    last_good: Mutex<HashMap<String, Vec<IpAddr>>>,
+    known: Mutex<HashMap<String, Known>>,
+}
+
+/// The last good answer for a name.
+struct Known {
+    addresses: Vec<IpAddr>,
+    valid_until: Instant,
+    /// A refresh runs in the background.
+    refreshing: bool,
 }
 
 impl Resolver {
     pub fn new(servers: Vec<SocketAddr>) -> Resolver {
-        Resolver {
+        Resolver(Arc::new(Inner {
             servers,
             resolver: OnceCell::new(),
-            last_good: Mutex::default(),
-        }
+            known: Mutex::default(),
+        }))
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
+        // Nothing under this lock panics; a poisoned map is still sound.
+        self.0.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every address `host` resolves to, in the answer's order, and until
-    /// when that holds, within `limit`. When the servers fail or stall, the
-    /// last good answer stands in for a second (a warning says so); a name
-    /// that no longer exists (NXDOMAIN, no records) fails at once.
+    /// when that holds. A name resolved before is answered at once: while
+    /// its answer holds, from it; once expired, still from it while one
+    /// refresh runs in the background, as Envoy keeps a DNS cluster's hosts.
+    /// So when the DNS servers fail or stall, the last good answer stands in
+    /// (a warning says so), until a name that no longer exists (NXDOMAIN,
+    /// no records) is dropped. Only a name never resolved waits, within
+    /// `limit`.
     pub async fn resolve(
+        &self,
+        host: &str,
+        limit: Duration,
+    ) -> Result<(Vec<IpAddr>, Instant), DnsError> {
+        let now = Instant::now();
+        if let Some(known) = self.known().get_mut(host) {
+            if known.valid_until > now {
+                return Ok((known.addresses.clone(), known.valid_until));
+            }
+            if !known.refreshing {
+                known.refreshing = true;
+                let (this, name) = (self.clone(), host.to_owned());
+                tokio::spawn(async move {
+                    // What it found is in `known`; failures are logged there.
+                    let _ = this.refresh(&name, limit).await;
+                });
+            }
+            return Ok((known.addresses.clone(), now + RETRY_AFTER));
+        }
+        self.refresh(host, limit).await
+    }
+
+    /// As [`Resolver::resolve`], the addresses alone.
+    pub async fn lookup(&self, host: &str, limit: Duration) -> Result<Vec<IpAddr>, DnsError> {
+        self.resolve(host, limit)
+            .await
+            .map(|(addresses, _)| addresses)
+    }
+
+    /// Asks the servers for `host` within `limit` and keeps what they say.
+    async fn refresh(
         &self,
         host: &str,
         limit: Duration,
@@ -90,40 +145,43 @@ impl Resolver {
                     seconds: limit.as_secs_f64(),
                 })
             });
-        let mut last_good = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let mut known = self.known();
         match answer {
             Ok((addresses, until)) => {
-                if last_good.get(host) != Some(&addresses) {
-                    last_good.insert(host.to_owned(), addresses.clone());
-                }
-                Ok((addresses, until))
+                let valid_until = until.max(now + MIN_TTL);
+                known.insert(
+                    host.to_owned(),
+                    Known {
+                        addresses: addresses.clone(),
+                        valid_until,
+                        refreshing: false,
+                    },
+                );
+                Ok((addresses, valid_until))
             }
             Err(error) if error.no_such_name() => {
-                last_good.remove(host);
+                known.remove(host);
                 Err(error)
             }
-            Err(error) => match last_good.get(host) {
-                Some(addresses) => {
-                    warn!(%host, %error, ?addresses, "DNS failed; using the name's last answer");
-                    Ok((addresses.clone(), Instant::now() + STALE_FOR))
+            Err(error) => match known.get_mut(host) {
+                Some(stale) => {
+                    warn!(%host, %error, addresses = ?stale.addresses, "DNS failed; the name's last answer stands in");
+                    stale.valid_until = now + RETRY_AFTER;
+                    stale.refreshing = false;
+                    Ok((stale.addresses.clone(), stale.valid_until))
                 }
                 None => Err(error),
             },
         }
     }
 
-    /// As [`Resolver::resolve`], the addresses alone.
-    pub async fn lookup(&self, host: &str, limit: Duration) -> Result<Vec<IpAddr>, DnsError> {
-        self.resolve(host, limit)
-            .await
-            .map(|(addresses, _)| addresses)
-    }
-
     /// One lookup, with when its answer expires (its TTL).
     async fn lookup_until(&self, host: &str) -> Result<(Vec<IpAddr>, Instant), DnsError> {
         let resolver = self
+            .0
             .resolver
-            .get_or_try_init(|| async { build(&self.servers) })
+            .get_or_try_init(|| async { build(&self.0.servers) })
             .await?;
         // A name with dots is asked as it is, not appended to the node's
         // search domains first (a ServiceEntry names hosts in full).

@@ -114,12 +114,15 @@ pub fn authorization(
 
 /// The policy for the waypoint of its namespace, when a `targetRef(s)`
 /// attaches it there: to the namespace's waypoint Gateway (by name, as
-/// `is_waypoint` tells) or to a Service of the namespace. `None` for selector
+/// `is_waypoint` tells), to a Service of the namespace, or to a ServiceEntry
+/// of the namespace (its hosts, as `entry_hosts` finds them: each is a
+/// Service to the waypoint, for egress through it). `None` for selector
 /// policies (ztunnel's) and for targets no waypoint serves (an ingress
-/// Gateway, a GatewayClass, a ServiceEntry).
+/// Gateway, a GatewayClass, an entry that does not exist).
 pub fn l7_authorization(
     policy: &AuthorizationPolicy,
     is_waypoint: impl Fn(&str) -> bool,
+    entry_hosts: impl Fn(&str) -> Vec<String>,
 ) -> Option<L7Authorization> {
     let spec = &policy.spec;
     let mut gateways = Vec::new();
@@ -130,6 +133,7 @@ pub fn l7_authorization(
                 gateways.push(target.name.clone());
             }
             ("" | "core", "Service") => services.push(target.name.clone()),
+            ("networking.istio.io", "ServiceEntry") => services.extend(entry_hosts(&target.name)),
             _ => {}
         }
     }

@@ -207,6 +207,8 @@ impl View {
                 }
                 Kind::VirtualService | Kind::DestinationRule => self.routing(store, key),
                 Kind::ServiceEntry => {
+                    // A policy may target the entry (its hosts).
+                    self.l7_policies_in(store, &ns);
                     entry_namespaces.insert(ns);
                 }
             }
@@ -355,11 +357,14 @@ impl View {
         let ns = key.namespace.as_deref().unwrap_or("default");
         let resource_key = key::l7_authorization(ns, &key.name);
         let computed = match store.get(key) {
-            Some(Object::AuthorizationPolicy(policy)) => {
-                authorization::l7_authorization(policy, |gateway| {
-                    is_waypoint_gateway(store, ns, gateway)
-                })
-            }
+            Some(Object::AuthorizationPolicy(policy)) => authorization::l7_authorization(
+                policy,
+                |gateway| is_waypoint_gateway(store, ns, gateway),
+                |entry| match store.get(&ObjectKey::new(Kind::ServiceEntry, Some(ns), entry)) {
+                    Some(Object::ServiceEntry(e)) => e.spec.hosts.clone(),
+                    _ => Vec::new(),
+                },
+            ),
             _ => None,
         };
         self.publisher.write(|p| match computed {

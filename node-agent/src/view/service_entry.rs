@@ -131,8 +131,9 @@ pub fn services<'a>(
             namespace: namespace.to_owned(),
             hostname: host.clone(),
             // Hosts that each resolve themselves cannot share addresses at
-            // L4 (Envoy tells them apart by Host or SNI): the first keeps
-            // them, the others are reached by name (through a waypoint).
+            // L4 (Envoy tells them apart by Host or SNI; ztunnel and the
+            // waypoint pick a Service by address): the first keeps them,
+            // the others get none (give each its own entry).
             vips: if shared.is_none() && i > 0 {
                 Vec::new()
             } else {

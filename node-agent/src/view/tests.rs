@@ -1375,3 +1375,78 @@ fn a_service_entry_goes_through_a_waypoint_only_when_labelled() {
     view.changed(&store, &keys);
     assert_eq!(api_waypoint(&view), None);
 }
+
+#[test]
+fn a_policy_on_a_service_entry_binds_its_hosts_on_the_waypoint() {
+    let entry = |hosts: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {{ name: partner, namespace: demo, labels: {{ istio.io/use-waypoint: waypoint }} }}\n\
+             spec: {{ hosts: [{hosts}], addresses: [10.70.0.9], ports: [{{ number: 80, name: http, protocol: HTTP }}], resolution: STATIC, endpoints: [{{ address: 192.0.2.9 }}] }}\n"
+        )
+    };
+    let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+                  metadata: { name: no-admin, namespace: demo }\n\
+                  spec:\n  targetRefs: [{ group: networking.istio.io, kind: ServiceEntry, name: partner }]\n  \
+                  action: DENY\n  rules: [{ to: [{ operation: { paths: [/admin*] } }] }]\n";
+    // Before the entry: nothing to bind (and nothing to reach).
+    let (mut store, mut view) = built(policy);
+    assert_eq!(l7_policy(&view, "no-admin"), None);
+    // The entry appears: the policy binds its host, for the waypoint only.
+    let keys = apply(&mut store, &entry("api.partner.example"));
+    view.changed(&store, &keys);
+    let bound = l7_policy(&view, "no-admin").expect("published for the waypoint");
+    assert_eq!(bound.services, ["api.partner.example"]);
+    assert!(!bound.waypoint && bound.gateways.is_empty());
+    assert_eq!(get(&view, &key::authorization("demo", "no-admin")), None);
+    // Its hosts change: so does what the policy binds.
+    let keys = apply(
+        &mut store,
+        &entry("api.partner.example, status.partner.example"),
+    );
+    view.changed(&store, &keys);
+    let bound = l7_policy(&view, "no-admin").expect("published");
+    assert_eq!(
+        bound.services,
+        ["api.partner.example", "status.partner.example"]
+    );
+}
+
+#[test]
+fn an_entry_follows_a_waypoint_it_names_in_another_namespace() {
+    let shared = Some(Some("10.244.0.40".parse::<std::net::IpAddr>().unwrap()));
+    let (mut store, mut view) = built(
+        "apiVersion: v1\nkind: Namespace\nmetadata: { name: infra }\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: { name: api, namespace: demo, labels: { istio.io/use-waypoint: egress, istio.io/use-waypoint-namespace: infra } }\n\
+         spec: { hosts: [api.example.com], addresses: [10.70.0.2], ports: [{ number: 80, name: http }], resolution: DNS }\n",
+    );
+    let api_waypoint = |view: &View| {
+        entry_service(view, "demo", "api.example.com")
+            .expect("the entry's Service")
+            .waypoint
+            .map(|w| addr::from_bytes(&w.address))
+    };
+    assert_eq!(
+        api_waypoint(&view),
+        Some(None),
+        "no such waypoint yet: refused"
+    );
+    // The Gateway appears in infra, admitting demo: the entry in demo follows.
+    let keys = apply(
+        &mut store,
+        &named_waypoint(
+            Gateway::waypoint("infra", "egress").admitting(RouteNamespaces {
+                from: Some("All".into()),
+                selector: None,
+            }),
+            "10.244.0.40",
+        ),
+    );
+    view.changed(&store, &keys);
+    assert_eq!(api_waypoint(&view), shared);
+    // Its pod goes: claimed, refused.
+    let key = delete(&mut store, Kind::Pod, "infra", "egress-0");
+    view.changed(&store, &[key]);
+    assert_eq!(api_waypoint(&view), Some(None));
+}

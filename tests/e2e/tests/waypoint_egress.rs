@@ -172,6 +172,30 @@ fn a_service_entry_labelled_for_the_waypoint_leaves_through_it() -> Result<()> {
         "the waypoint counted {counted} answers from {HOST}"
     );
 
+    // An AuthorizationPolicy attached to the entry binds its host on the
+    // waypoint: refused with 403, the rest still answered.
+    std::fs::write(
+        cluster.config_dir().join("policy.demo.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+         metadata: { name: no-private, namespace: demo }\n\
+         spec:\n  targetRefs: [{ group: networking.istio.io, kind: ServiceEntry, name: external-api }]\n  \
+         action: DENY\n  rules: [{ to: [{ operation: { paths: [/private*] } }] }]\n",
+    )?;
+    eventually(
+        Duration::from_secs(20),
+        "the entry's policy on the waypoint",
+        || {
+            let private = load(&client, &url("/private/keys"), &["-n", "5"])?;
+            Ok(count_status(&private, 403) == 5)
+        },
+    )
+    .with_context(|| mesh.logs())?;
+    let report = load(&client, &url("/hello"), &["-n", "5"])?;
+    ensure!(
+        count_status(&report, 200) == 5,
+        "other paths still answered: {report}"
+    );
+
     // Without the label, the entry's traffic no longer goes through the
     // waypoint: ztunnel resolves the host and reaches the API itself, so
     // the waypoint's routes no longer apply.

@@ -1089,15 +1089,17 @@ impl Context {
     /// endpoints that stay).
     pub fn cluster(&self, compiled: &Compiled, key: &ClusterKey) -> Result<Arc<Cluster>, String> {
         let state_generation = *self.inputs.state.changes().borrow();
-        // A changed answer for an endpoint name counts as a state change.
-        let generation = compiled.generation << 32
-            | (state_generation.wrapping_add(self.names.generation()) & 0xffff_ffff);
+        let generation = compiled.generation << 32 | (state_generation & 0xffff_ffff);
+        // Read before the build: an answer changing meanwhile rebuilds again.
+        let names_generation = self.names.generation();
         let mut clusters = self.lock_clusters();
         // Built for this generation or a later one (the packed number
         // orders by config, then state; a retry holding an older config
-        // snapshot must not rebuild a cluster back).
+        // snapshot must not rebuild a cluster back), and, when its endpoints
+        // came from names, for their current answers.
         if let Some((built, cluster)) = clusters.get(key)
             && *built >= generation
+            && !cluster.names_outdated(names_generation)
         {
             return Ok(Arc::clone(cluster));
         }
@@ -1151,15 +1153,19 @@ impl Context {
                     // address of another Service that `fronts_mesh` (as a plain
                     // address it would skip that Service's waypoint and mutual
                     // TLS).
+                    let mut addresses = warren_ztunnel::dns::preferring(addresses, true);
+                    // DNS_ROUND_ROBIN: the answer's first address only (Envoy's
+                    // LOGICAL_DNS); DNS: every address.
+                    if service.dns_first_address {
+                        addresses.truncate(1);
+                    }
                     let (addresses, vips): (Vec<IpAddr>, Vec<IpAddr>) =
-                        warren_ztunnel::dns::preferring(addresses, true)
-                            .into_iter()
-                            .partition(|ip| {
-                                self.inputs
-                                    .state
-                                    .service_by_vip(*ip)
-                                    .is_none_or(|s| s.key == service.key || !s.fronts_mesh())
-                            });
+                        addresses.into_iter().partition(|ip| {
+                            self.inputs
+                                .state
+                                .service_by_vip(*ip)
+                                .is_none_or(|s| s.key == service.key || !s.fronts_mesh())
+                        });
                     if !vips.is_empty() {
                         warn!(%host, ?vips, "an endpoint name resolves to Service addresses; left out (name the Service instead)");
                     }
@@ -1207,7 +1213,7 @@ impl Context {
             _ => Arc::new(Cluster::new(resolved, endpoints, Instant::now()).for_port(declared)),
         };
         cluster.place(proximity);
-        cluster.named(names, valid_until);
+        cluster.named(names, valid_until, names_generation);
         clusters.insert(key.clone(), (generation, Arc::clone(&cluster)));
         Ok(cluster)
     }

@@ -68,13 +68,24 @@ impl Names {
                 .filter(|h| known.get(*h).is_none_or(|k| k.valid_until <= now))
                 .collect()
         };
-        for host in stale {
-            let answer = resolver.resolve(host, limit).await;
+        // Together: only names never resolved wait (the resolver answers the
+        // others at once, refreshing them in the background).
+        let answers =
+            futures::future::join_all(stale.iter().map(|host| resolver.resolve(host, limit))).await;
+        for (host, answer) in stale.into_iter().zip(answers) {
             let mut known = self.lock();
             match answer {
                 Ok((addresses, valid_until)) => {
                     debug!(%host, ?addresses, "endpoint name resolved");
-                    let changed = known.get(host).is_none_or(|k| k.addresses != addresses);
+                    // A server that shuffles its answers changes nothing.
+                    let sorted = |list: &[IpAddr]| {
+                        let mut list = list.to_vec();
+                        list.sort_unstable();
+                        list
+                    };
+                    let changed = known
+                        .get(host)
+                        .is_none_or(|k| sorted(&k.addresses) != sorted(&addresses));
                     known.insert(
                         host.clone(),
                         Known {

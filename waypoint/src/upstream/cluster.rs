@@ -76,6 +76,9 @@ pub struct Cluster {
     has_names: std::sync::atomic::AtomicBool,
     /// Those names, and when the first of their answers expires.
     names: Mutex<(Arc<[String]>, Option<Instant>)>,
+    /// The names' generation (`Names::generation`) the endpoints were
+    /// built from: only clusters with names are rebuilt when it moves.
+    names_generation: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -176,12 +179,21 @@ impl Cluster {
             state: Mutex::new(state),
             has_names: std::sync::atomic::AtomicBool::new(false),
             names: Mutex::new((Arc::from([]), None)),
+            names_generation: AtomicU64::new(0),
         }
+    }
+
+    /// Whether its endpoints, built from names at `generation` of their
+    /// answers, are out of date at `now_generation` (never, without names).
+    pub fn names_outdated(&self, now_generation: u64) -> bool {
+        self.has_names.load(Ordering::Acquire)
+            && self.names_generation.load(Ordering::Acquire) != now_generation
     }
 
     /// The names its endpoints were resolved from, and when the first of
     /// their answers expires (`None`: no names).
-    pub fn named(&self, names: Vec<String>, valid_until: Option<Instant>) {
+    pub fn named(&self, names: Vec<String>, valid_until: Option<Instant>, generation: u64) {
+        self.names_generation.store(generation, Ordering::Release);
         let named = !names.is_empty();
         *self.names.lock().unwrap_or_else(|p| p.into_inner()) = (names.into(), valid_until);
         self.has_names.store(named, Ordering::Release);
