@@ -1102,16 +1102,13 @@ async fn the_hop_to_a_service_with_a_waypoint_is_the_waypoint() {
             target_port: u32::from(mesh.server.port()),
             ..Default::default()
         }],
-        endpoints: vec![],
-        load_balancing: None,
-        passthrough: false,
-        dns_first_address: false,
         waypoint: Some(config::GatewayAddress {
             workload: mesh.server_key.clone(),
             address: warren_api::addr::to_bytes(mesh.b.hbone().ip()),
             hbone_port: u32::from(mesh.b.hbone().port()),
             identity: spiffe("demo", "server"),
         }),
+        ..Default::default()
     };
     mesh.view.put(res(
         warren_api::key::service("demo", "svc"),
@@ -1374,10 +1371,8 @@ fn put_balanced_service(
                 ..Default::default()
             }],
             endpoints,
-            waypoint: None,
             load_balancing,
-            passthrough: false,
-            dns_first_address: false,
+            ..Default::default()
         }),
     ));
 }

@@ -98,6 +98,7 @@ pub fn service(mesh: &Mesh, svc: &KubeService, slices: &[&EndpointSlice]) -> Ser
         load_balancing: load_balancing(svc),
         passthrough: false,
         dns_first_address: false,
+        export_to: Vec::new(),
     }
 }
 

@@ -21,6 +21,9 @@
 //! a pod's address (ztunnel's precedence), and one without a port leaves the
 //! address's other ports to the rest of the registry.
 //!
+//! `exportTo` says which namespaces' clients see the entry (ztunnel and the
+//! waypoint leave it out for the others).
+//!
 //! An entry labelled `istio.io/use-waypoint` (or in a namespace so labelled)
 //! sends its hosts' traffic through that waypoint, which the caller sets
 //! ([`super::waypoint::of_entry`]).
@@ -68,6 +71,12 @@ pub fn services<'a>(
         })
         .collect();
     let resolution = spec.resolution.unwrap_or(Resolution::None);
+    // `.` is the entry's own namespace; `*`, `~` and names stay.
+    let export_to: Vec<String> = spec
+        .export_to
+        .iter()
+        .map(|ns| if ns == "." { namespace } else { ns.as_str() }.to_owned())
+        .collect();
     let by_name = matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin);
     // Endpoints shared by every host: selected pods, or listed endpoints
     // (`None`: each host resolves itself).
@@ -151,6 +160,7 @@ pub fn services<'a>(
             load_balancing: None,
             passthrough: resolution == Resolution::None,
             dns_first_address: resolution == Resolution::DnsRoundRobin,
+            export_to: export_to.clone(),
         })
         .collect()
 }

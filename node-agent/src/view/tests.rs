@@ -1450,3 +1450,32 @@ fn an_entry_follows_a_waypoint_it_names_in_another_namespace() {
     view.changed(&store, &[key]);
     assert_eq!(api_waypoint(&view), Some(None));
 }
+
+#[test]
+fn an_entry_says_which_namespaces_see_it() {
+    let entry = |name: &str, export_to: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {{ name: {name}, namespace: demo }}\n\
+             spec: {{ hosts: [{name}.example], addresses: [10.80.0.1], ports: [{{ number: 80, name: http }}]{export_to} }}\n"
+        )
+    };
+    let (_store, view) = built(
+        &[
+            entry("everyone", ""),
+            entry("own", ", exportTo: [.]"),
+            entry("listed", ", exportTo: [., team-b]"),
+            entry("nobody", ", exportTo: [\"~\"]"),
+        ]
+        .join("---\n"),
+    );
+    let export_to = |name: &str| {
+        entry_service(&view, "demo", &format!("{name}.example"))
+            .expect(name)
+            .export_to
+    };
+    assert!(export_to("everyone").is_empty());
+    assert_eq!(export_to("own"), ["demo"]);
+    assert_eq!(export_to("listed"), ["demo", "team-b"]);
+    assert_eq!(export_to("nobody"), ["~"]);
+}

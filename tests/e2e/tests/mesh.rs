@@ -276,7 +276,17 @@ fn reaches(client: &warren_testbed::Pod, target: &str) -> Result<bool> {
 #[test]
 fn under_registry_only_a_service_entry_registers_a_destination_outside_the_mesh() -> Result<()> {
     require_root()?;
-    let cluster = demo_cluster()?;
+    let mut cluster = demo_cluster()?;
+    // Another team's namespace, in the mesh: an entry exported to `demo`
+    // only is no destination of theirs.
+    cluster.add_namespace("team-b", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
+    cluster.add_pod(PodSpec {
+        name: "other".into(),
+        namespace: "team-b".into(),
+        node: 0,
+        labels: labels(&[("app", "other")]),
+        service_account: Some("other".into()),
+    })?;
     // A destination outside the cluster: a server on node 1's own address.
     // (A pod outside the mesh would not do: every pod is in the registry, as
     // in Istio.) Node 1 also serves DNS, naming that address for ztunnel.
@@ -334,7 +344,7 @@ fn under_registry_only_a_service_entry_registers_a_destination_outside_the_mesh(
     );
 
     // NONE: its address registered as it is; STATIC: a VIP of its own whose
-    // endpoint is that address, on another port; DNS: a VIP of its own whose
+    // endpoint is that address, on another port (for `demo` only); DNS: a VIP of its own whose
     // host ztunnel resolves (to that address) on each connection.
     let entries = format!(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
@@ -345,7 +355,7 @@ fn under_registry_only_a_service_entry_registers_a_destination_outside_the_mesh(
          metadata: {{ name: legacy-echo-vip, namespace: demo }}\n\
          spec:\n  hosts: [vip.legacy.example]\n  addresses: [10.96.250.1]\n  \
          ports: [{{ number: 80, name: tcp-echo, protocol: TCP, targetPort: 9000 }}]\n  \
-         resolution: STATIC\n  endpoints: [{{ address: {ip} }}]\n\
+         resolution: STATIC\n  endpoints: [{{ address: {ip} }}]\n  exportTo: [.]\n\
          ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
          metadata: {{ name: legacy-echo-dns, namespace: demo }}\n\
          spec:\n  hosts: [echo.dns.example]\n  addresses: [10.96.250.2]\n  \
@@ -358,6 +368,13 @@ fn under_registry_only_a_service_entry_registers_a_destination_outside_the_mesh(
         eventually(Duration::from_secs(10), target, || reaches(&front, target))
             .with_context(|| mesh.logs())?;
     }
+    // Exported to `demo` only: from team-b, the entry's VIP is unknown.
+    let other = cluster.pod("other")?.clone();
+    ensure!(
+        !reaches(&other, "10.96.250.1:80")?,
+        "an entry exported to demo only was used from team-b\n{}",
+        mesh.logs()
+    );
     // Only the ports the entry declares: another port of the address is no
     // more registered than before.
     ensure!(

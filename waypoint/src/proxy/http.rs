@@ -1106,7 +1106,7 @@ impl Context {
         let service = self
             .inputs
             .state
-            .service_by_hostname(&key.host)
+            .service_by_hostname(&key.host, Some(&self.config.namespace))
             .ok_or_else(|| format!("no service {}", key.host))?;
         if service.passthrough {
             // Envoy would need an original-destination cluster here.

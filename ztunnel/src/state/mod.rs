@@ -196,11 +196,19 @@ fn precedence(key: &str) -> (bool, &str) {
 impl Inner {
     /// The service at `ip` (canonical), by [`precedence`].
     fn service_at(&self, ip: IpAddr) -> Option<&Arc<Service>> {
-        self.by_vip
-            .get(&ip)?
-            .iter()
-            .min_by_key(|key| precedence(key))
-            .and_then(|key| self.services.get(key))
+        self.service_at_for(ip, None)
+    }
+
+    /// The service at `ip` (canonical) that clients of `namespace` see
+    /// (any, without one), by [`precedence`].
+    fn service_at_for(&self, ip: IpAddr, namespace: Option<&str>) -> Option<&Arc<Service>> {
+        let mut keys: Vec<&String> = self.by_vip.get(&ip)?.iter().collect();
+        if keys.len() > 1 {
+            keys.sort_by_key(|key| precedence(key));
+        }
+        keys.into_iter()
+            .filter_map(|key| self.services.get(key))
+            .find(|s| namespace.is_none_or(|ns| s.visible_to(ns)))
     }
 
     /// Whether a resource with this key is held, of any kind.
@@ -566,11 +574,18 @@ impl State {
     /// The service with this hostname (`name.namespace.svc.<domain>`, or a
     /// ServiceEntry host), by [`precedence`] when several claim it. A scan:
     /// the waypoint caches what it finds per upstream cluster.
-    pub fn service_by_hostname(&self, hostname: &str) -> Option<Arc<Service>> {
+    /// The service named `hostname` that clients of `namespace` see (any,
+    /// without one), by [`precedence`].
+    pub fn service_by_hostname(
+        &self,
+        hostname: &str,
+        namespace: Option<&str>,
+    ) -> Option<Arc<Service>> {
         self.read()
             .services
             .iter()
             .filter(|(_, s)| s.hostname == hostname)
+            .filter(|(_, s)| namespace.is_none_or(|ns| s.visible_to(ns)))
             .min_by_key(|(key, _)| precedence(key))
             .map(|(_, s)| Arc::clone(s))
     }
@@ -665,7 +680,9 @@ impl State {
         // A ServiceEntry naming a pod's address does not take over the pod's
         // traffic, and one without this port leaves the address to the
         // rest of the registry (a pod there, or the outbound policy).
-        let claimed = inner.service_at(dst.ip()).filter(|s| {
+        // Only what the client's namespace sees (a ServiceEntry's `exportTo`).
+        let namespace = source.map(|w| w.namespace.as_str());
+        let claimed = inner.service_at_for(dst.ip(), namespace).filter(|s| {
             !warren_api::key::is_service_entry(&s.key)
                 || (!inner.by_address.contains_key(&dst.ip())
                     && (!s.passthrough || s.port(dst.port()).is_some()))
@@ -1046,8 +1063,50 @@ mod tests {
             );
         });
         let found = state
-            .service_by_hostname("web.ns.svc.cluster.local")
+            .service_by_hostname("web.ns.svc.cluster.local", None)
             .expect("a service");
         assert_eq!(found.key, svc);
+    }
+
+    #[test]
+    fn an_entry_is_seen_only_by_the_namespaces_it_is_exported_to() {
+        let vip: IpAddr = "10.70.0.1".parse().expect("an address");
+        let entry = |key: &str, export_to: &[&str]| {
+            let proto = config::Service {
+                name: "api.example".into(),
+                namespace: "team-a".into(),
+                hostname: "api.example".into(),
+                vips: vec![warren_api::addr::to_bytes(vip)],
+                export_to: export_to.iter().map(|ns| (*ns).to_owned()).collect(),
+                ..Default::default()
+            };
+            Resource::Service(Arc::new(
+                Service::from_proto(key, proto).expect("a service"),
+            ))
+        };
+        let private = warren_api::key::service_entry("team-a", "api.example");
+        let shared = warren_api::key::service_entry("team-b", "api.example");
+        let state = State::new(None, 15008);
+        state.update(|inner| inner.upsert(private.clone(), entry(&private, &["team-a"])));
+        let seen_by = |ns: &str| {
+            let inner = state.read();
+            inner.service_at_for(vip, Some(ns)).map(|s| s.key.clone())
+        };
+        assert_eq!(seen_by("team-a"), Some(private.clone()));
+        assert_eq!(seen_by("team-b"), None);
+        assert_eq!(
+            state
+                .service_by_hostname("api.example", Some("team-b"))
+                .map(|s| s.key.clone()),
+            None
+        );
+        // Another entry for everyone: team-b sees that one, team-a still its own
+        // (first by precedence).
+        state.update(|inner| inner.upsert(shared.clone(), entry(&shared, &["*"])));
+        assert_eq!(seen_by("team-a"), Some(private.clone()));
+        assert_eq!(seen_by("team-b"), Some(shared.clone()));
+        // `~`: nobody.
+        state.update(|inner| inner.upsert(shared.clone(), entry(&shared, &["~"])));
+        assert_eq!(seen_by("team-b"), None);
     }
 }

@@ -28,12 +28,20 @@ pub struct Service {
     /// A named endpoint is reached at the first address its name resolves
     /// to (`DNS_ROUND_ROBIN`), not spread over all of them (`DNS`).
     pub dns_first_address: bool,
+    /// The namespaces that see it (a ServiceEntry's `exportTo`); empty: all.
+    pub export_to: Vec<String>,
     /// Round-robin cursor, shared by every connection to the service.
     #[serde(skip)]
     next: AtomicUsize,
 }
 
 impl Service {
+    /// Whether clients of `namespace` see it (`exportTo`: empty or `*` is
+    /// every namespace, `~` none, else the namespaces named).
+    pub fn visible_to(&self, namespace: &str) -> bool {
+        self.export_to.is_empty() || self.export_to.iter().any(|ns| ns == "*" || ns == namespace)
+    }
+
     /// Whether an address of it, dialled as a plain address (as a resolved
     /// endpoint name would be), could reach its traffic around its waypoint
     /// and mutual TLS: a Kubernetes Service's VIP (the node's service proxy
@@ -384,6 +392,7 @@ impl Service {
                 .map(|lb| LoadBalancing::from_proto(key, lb)),
             passthrough: s.passthrough,
             dns_first_address: s.dns_first_address,
+            export_to: s.export_to,
             next: AtomicUsize::new(0),
         })
     }
@@ -560,6 +569,7 @@ mod tests {
             load_balancing: None,
             passthrough: false,
             dns_first_address: false,
+            export_to: Vec::new(),
             next: AtomicUsize::new(0),
         };
         let closeness = |far: u8| {
