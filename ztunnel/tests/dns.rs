@@ -23,7 +23,7 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, UdpSocket},
 };
-use warren_api::config::{self, MeshSettings, OutboundPolicy, resource::Kind};
+use warren_api::config::{self, resource::Kind};
 
 /// Names (with a trailing dot) and their addresses; a test adds names as it learns
 /// addresses.
@@ -155,14 +155,7 @@ async fn named_endpoints_are_resolved_per_connection() {
         .insert("pod.example.", vec![mesh.server.ip()]);
     // Registered destinations only: what a name resolves to is reached all the
     // same, as the entry's endpoint.
-    mesh.view.put(res(
-        warren_api::key::MESH,
-        Kind::Mesh(MeshSettings {
-            trust_domain: TD.into(),
-            outbound_policy: OutboundPolicy::RegistryOnly.into(),
-            ..Default::default()
-        }),
-    ));
+    mesh.view.put(registry_only());
     let server_port = mesh.server.port();
     for (host, at, target, name, first_only) in [
         ("spread.example", spread, port, "backend.example", false),

@@ -8,7 +8,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use common::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use warren_api::config::{self, Action, InboundMode, MeshSettings, OutboundPolicy, resource::Kind};
+use warren_api::config::{self, Action, InboundMode, resource::Kind};
 use warren_ztunnel::{admin::LogControl, drain, state::State};
 
 const PAYLOAD: &[u8] = b"local hello";
@@ -263,14 +263,7 @@ async fn unknown_destinations_pass_through_or_are_refused_per_outbound_policy() 
         1
     );
 
-    mesh.view.put(res(
-        warren_api::key::MESH,
-        Kind::Mesh(MeshSettings {
-            trust_domain: TD.into(),
-            outbound_policy: OutboundPolicy::RegistryOnly.into(),
-            ..Default::default()
-        }),
-    ));
+    mesh.view.put(registry_only());
     mesh.sync();
     assert!(
         refused(mesh.client_to(outside).await).await,

@@ -182,15 +182,6 @@ pub fn run(args: &Args) -> Result<()> {
     for (name, ns, node, pod_labels) in [
         ("app", NAMESPACE, 1, labels(&[("app", "app")])),
         ("meshed", NAMESPACE, 0, labels(&[("app", "meshed")])),
-        (
-            "waypoint",
-            NAMESPACE,
-            1,
-            labels(&[
-                ("gateway.networking.k8s.io/gateway-name", "waypoint"),
-                ("warren.io/dataplane-mode", "none"),
-            ]),
-        ),
         ("direct", "plain", 0, labels(&[("app", "direct")])),
         ("haproxy", "plain", 1, labels(&[("app", "haproxy")])),
     ] {
@@ -202,6 +193,7 @@ pub fn run(args: &Args) -> Result<()> {
             service_account: Some(name.into()),
         })?;
     }
+    cluster.add_pod(warren_e2e::mesh::waypoint_pod(NAMESPACE, 1))?;
     let port = || {
         vec![ServicePort {
             name: "http".into(),

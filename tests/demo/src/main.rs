@@ -775,16 +775,7 @@ impl Demo {
         // and outside the capture (it speaks HBONE itself).
         let pod = self
             .cluster
-            .add_pod(PodSpec {
-                name: "waypoint".into(),
-                namespace: SHOP.into(),
-                node: 1,
-                labels: labels(&[
-                    ("gateway.networking.k8s.io/gateway-name", "waypoint"),
-                    ("warren.io/dataplane-mode", "none"),
-                ]),
-                service_account: Some("waypoint".into()),
-            })?
+            .add_pod(warren_e2e::mesh::waypoint_pod(SHOP, 1))?
             .clone();
         // `warrenctl waypoint apply` writes the Gateway of examples/waypoint.yaml;
         // the agent of the pod's node then runs the waypoint in the pod.

@@ -11,9 +11,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use warren_testbed::{Cluster, Node, Process, binaries};
+use warren_testbed::{Cluster, Node, PodSpec, Process, binaries};
 
-use warren_node_agent::model::gateway::{DEFAULT_WAYPOINT_NAME, Gateway};
+use warren_node_agent::{
+    enrollment::DATAPLANE_LABELS,
+    model::gateway::{DEFAULT_WAYPOINT_NAME, GATEWAY_NAME_LABEL, Gateway},
+};
 
 use crate::agent::{agent_socket, start_agent_with};
 
@@ -320,6 +323,27 @@ pub fn eventually(
             bail!("{what}: not within {within:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The pod `waypoint` of `namespace` on node `node`: labelled with the
+/// waypoint Gateway's name (so an agent running waypoints, or
+/// [`start_waypoint`], runs it there) and left out of the capture, with
+/// service account `waypoint`.
+pub fn waypoint_pod(namespace: &str, node: usize) -> PodSpec {
+    PodSpec {
+        name: DEFAULT_WAYPOINT_NAME.into(),
+        namespace: namespace.into(),
+        node,
+        labels: [
+            (
+                GATEWAY_NAME_LABEL.to_owned(),
+                DEFAULT_WAYPOINT_NAME.to_owned(),
+            ),
+            (DATAPLANE_LABELS[0].to_owned(), "none".to_owned()),
+        ]
+        .into(),
+        service_account: Some(DEFAULT_WAYPOINT_NAME.into()),
     }
 }
 

@@ -10,6 +10,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
+use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
     agent::warrenctl_text,
     mesh::{
@@ -93,15 +94,6 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
             "app",
         ),
         ("client", 0, labels(&[("app", "client")]), "client"),
-        (
-            "waypoint",
-            1,
-            labels(&[
-                ("gateway.networking.k8s.io/gateway-name", "waypoint"),
-                ("warren.io/dataplane-mode", "none"),
-            ]),
-            "waypoint",
-        ),
     ] {
         cluster.add_pod(PodSpec {
             name: name.into(),
@@ -111,6 +103,7 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
             service_account: Some(sa.into()),
         })?;
     }
+    cluster.add_pod(waypoint_pod("demo", 1))?;
     cluster.add_service(
         "demo",
         "app",

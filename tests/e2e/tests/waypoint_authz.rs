@@ -7,6 +7,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
+use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
     mesh::{eventually, start_mesh, start_waypoint, waypoint_gateway},
     workload::{count_status, load, start_http_server},
@@ -161,15 +162,6 @@ fn a_waypoint_enforces_attached_authorization_policies() -> Result<()> {
         ("app", 1, labels(&[("app", "app")]), "app"),
         ("client-a", 0, labels(&[("app", "client-a")]), "client-a"),
         ("client-b", 0, labels(&[("app", "client-b")]), "client-b"),
-        (
-            "waypoint",
-            1,
-            labels(&[
-                ("gateway.networking.k8s.io/gateway-name", "waypoint"),
-                ("warren.io/dataplane-mode", "none"),
-            ]),
-            "waypoint",
-        ),
     ] {
         cluster.add_pod(PodSpec {
             name: name.into(),
@@ -179,6 +171,7 @@ fn a_waypoint_enforces_attached_authorization_policies() -> Result<()> {
             service_account: Some(sa.into()),
         })?;
     }
+    cluster.add_pod(waypoint_pod("demo", 1))?;
     cluster.add_service(
         "demo",
         "app",

@@ -7,6 +7,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
+use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
     agent::{agent_socket, warrenctl_text},
     mesh::{all_to_v2, eventually, start_mesh_with_waypoints},
@@ -56,15 +57,6 @@ fn warrenctl_deploys_a_waypoint_the_agent_runs_and_removes() -> Result<()> {
             "app",
         ),
         ("client", 0, labels(&[("app", "client")]), "client"),
-        (
-            "waypoint",
-            1,
-            labels(&[
-                ("gateway.networking.k8s.io/gateway-name", "waypoint"),
-                ("warren.io/dataplane-mode", "none"),
-            ]),
-            "waypoint",
-        ),
     ] {
         cluster.add_pod(PodSpec {
             name: name.into(),
@@ -74,6 +66,7 @@ fn warrenctl_deploys_a_waypoint_the_agent_runs_and_removes() -> Result<()> {
             service_account: Some(sa.into()),
         })?;
     }
+    cluster.add_pod(waypoint_pod(NS, 1))?;
     cluster.add_service(
         NS,
         "app",

@@ -6,6 +6,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
+use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
     mesh::{
         MeshOptions, eventually, metric_sum, start_mesh_with, start_waypoint_with,
@@ -50,26 +51,14 @@ fn a_service_entry_labelled_for_the_waypoint_leaves_through_it() -> Result<()> {
     require_root()?;
     let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
     cluster.add_namespace("demo", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
-    for (name, node, pod_labels, sa) in [
-        ("client", 0, labels(&[("app", "client")]), "client"),
-        (
-            "waypoint",
-            1,
-            labels(&[
-                ("gateway.networking.k8s.io/gateway-name", "waypoint"),
-                ("warren.io/dataplane-mode", "none"),
-            ]),
-            "waypoint",
-        ),
-    ] {
-        cluster.add_pod(PodSpec {
-            name: name.into(),
-            namespace: "demo".into(),
-            node,
-            labels: pod_labels,
-            service_account: Some(sa.into()),
-        })?;
-    }
+    cluster.add_pod(PodSpec {
+        name: "client".into(),
+        namespace: "demo".into(),
+        node: 0,
+        labels: labels(&[("app", "client")]),
+        service_account: Some("client".into()),
+    })?;
+    cluster.add_pod(waypoint_pod("demo", 1))?;
     // Outside the cluster, on node 1's own address: the API, and a DNS
     // server that names it for the waypoint and the ztunnels.
     let node = cluster.node(1)?.clone();

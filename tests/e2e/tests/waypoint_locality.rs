@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
+use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
     agent::warrenctl_text,
     mesh::{eventually, start_mesh, start_waypoint, waypoint_gateway},
@@ -55,7 +56,7 @@ fn two_zones(waypoint: bool) -> Result<(Cluster, Service)> {
         )?;
     }
     cluster.add_namespace(NS, labels(&[("warren.io/dataplane-mode", "ambient")]))?;
-    let mut pods = vec![
+    let pods = vec![
         (
             "app-v1",
             1,
@@ -70,17 +71,6 @@ fn two_zones(waypoint: bool) -> Result<(Cluster, Service)> {
         ),
         ("client", 0, labels(&[("app", "client")]), "client"),
     ];
-    if waypoint {
-        pods.push((
-            "waypoint",
-            1,
-            labels(&[
-                ("gateway.networking.k8s.io/gateway-name", "waypoint"),
-                ("warren.io/dataplane-mode", "none"),
-            ]),
-            "waypoint",
-        ));
-    }
     for (name, node, pod_labels, sa) in pods {
         cluster.add_pod(PodSpec {
             name: name.into(),
@@ -89,6 +79,9 @@ fn two_zones(waypoint: bool) -> Result<(Cluster, Service)> {
             labels: pod_labels,
             service_account: Some(sa.into()),
         })?;
+    }
+    if waypoint {
+        cluster.add_pod(waypoint_pod(NS, 1))?;
     }
     let app = cluster
         .add_service(

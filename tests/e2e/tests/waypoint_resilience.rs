@@ -17,6 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
+use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
     mesh::{
         eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway, waypoint_metrics,
@@ -280,17 +281,7 @@ impl Shop {
 fn setup() -> Result<Shop> {
     let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
     cluster.add_namespace(NS, labels(&[("warren.io/dataplane-mode", "ambient")]))?;
-    let mut pods = vec![
-        ("client".to_owned(), 0, labels(&[("app", "client")])),
-        (
-            "waypoint".to_owned(),
-            1,
-            labels(&[
-                ("gateway.networking.k8s.io/gateway-name", "waypoint"),
-                ("warren.io/dataplane-mode", "none"),
-            ]),
-        ),
-    ];
+    let mut pods = vec![("client".to_owned(), 0, labels(&[("app", "client")]))];
     for (service, backends) in SERVICES {
         for (name, node) in *backends {
             let mut pod_labels = labels(&[("app", service)]);
@@ -301,18 +292,16 @@ fn setup() -> Result<Shop> {
         }
     }
     for (name, node, pod_labels) in pods {
-        let sa = pod_labels
-            .get("app")
-            .cloned()
-            .unwrap_or_else(|| "waypoint".into());
+        let sa = pod_labels.get("app").cloned();
         cluster.add_pod(PodSpec {
             name,
             namespace: NS.into(),
             node,
             labels: pod_labels,
-            service_account: Some(sa),
+            service_account: sa,
         })?;
     }
+    cluster.add_pod(waypoint_pod(NS, 1))?;
     // Each scenario's HTTP Service, and two more over another's pods:
     // `sticky` over the `hash` pods, balanced by a cookie the waypoint hands
     // out, and `perconn-pooled` over `perconn`'s pod without its

@@ -7,6 +7,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
+use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
     mesh::{
         MeshOptions, metric_sum, scrape_metrics, start_mesh_with, start_waypoint, waypoint_gateway,
@@ -197,14 +198,6 @@ fn requests_through_a_waypoint_survive_both_hand_overs() -> Result<()> {
     for (name, node, pod_labels) in [
         ("client", 0, labels(&[("app", "client")])),
         ("app", 1, labels(&[("app", "app")])),
-        (
-            "waypoint",
-            1,
-            labels(&[
-                ("gateway.networking.k8s.io/gateway-name", "waypoint"),
-                ("warren.io/dataplane-mode", "none"),
-            ]),
-        ),
     ] {
         cluster.add_pod(PodSpec {
             name: name.into(),
@@ -214,6 +207,7 @@ fn requests_through_a_waypoint_survive_both_hand_overs() -> Result<()> {
             service_account: Some(name.into()),
         })?;
     }
+    cluster.add_pod(waypoint_pod(NS, 1))?;
     cluster.add_service(
         NS,
         "app",

@@ -127,6 +127,19 @@ pub fn res(key: impl Into<String>, kind: Kind) -> Resource {
     }
 }
 
+/// The mesh settings with the outbound policy `REGISTRY_ONLY`: unknown
+/// destinations are refused.
+pub fn registry_only() -> Resource {
+    res(
+        warren_api::key::MESH,
+        Kind::Mesh(MeshSettings {
+            trust_domain: TD.into(),
+            outbound_policy: config::OutboundPolicy::RegistryOnly.into(),
+            ..Default::default()
+        }),
+    )
+}
+
 /// A pod on `node` (whose address is `node_ip`) at `ip`.
 pub fn workload(
     ns: &str,
