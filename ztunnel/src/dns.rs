@@ -1,6 +1,10 @@
 //! Names of endpoints known by name (a ServiceEntry with `resolution: DNS` or
 //! `DNS_ROUND_ROBIN`), resolved when a connection picks one.
 //!
+//! The DNS servers are asked directly (A and AAAA, UDP, TCP when an answer is
+//! truncated), without a resolver library: one would cost ztunnel a megabyte of
+//! resident memory at idle for what a name lookup needs.
+//!
 //! Each answer is kept for its TTL (at least a second), so a busy name costs a query
 //! per TTL, not one per connection, and a changed record takes effect when the old
 //! answer expires; an expired answer is refreshed in the background while it still
@@ -11,29 +15,29 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use hickory_resolver::{
-    TokioResolver,
-    config::{LookupIpStrategy, NameServerConfig, ResolverConfig},
-    net::{NetError, runtime::TokioRuntimeProvider},
+use simple_dns::{
+    CLASS, Name, Packet, PacketFlag, QCLASS, QTYPE, Question, RCODE, TYPE, rdata::RData,
 };
-use tokio::sync::OnceCell;
-use tracing::warn;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpStream, UdpSocket},
+    sync::OnceCell,
+};
+use tracing::{debug, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
-    #[error("no DNS resolver: {0}")]
+    #[error("no DNS server: {0}")]
     Config(String),
-    #[error("cannot resolve {host}: {source}")]
-    Lookup {
-        host: String,
-        #[source]
-        source: NetError,
-    },
+    #[error("{host} does not exist (NXDOMAIN from {server})")]
+    NoSuchName { host: String, server: SocketAddr },
+    #[error("cannot resolve {host}: {reason}")]
+    Failed { host: String, reason: String },
     #[error("{host} resolves to no address")]
     NoAddress { host: String },
     #[error("resolving {host} took longer than {seconds:.1} s")]
@@ -44,11 +48,10 @@ impl DnsError {
     /// The servers answered that the name has no address (NXDOMAIN, or no
     /// records), as opposed to failing to answer.
     fn no_such_name(&self) -> bool {
-        match self {
-            DnsError::Lookup { source, .. } => source.is_no_records_found(),
-            DnsError::NoAddress { .. } => true,
-            DnsError::Config(_) | DnsError::Timeout { .. } => false,
-        }
+        matches!(
+            self,
+            DnsError::NoSuchName { .. } | DnsError::NoAddress { .. }
+        )
     }
 }
 
@@ -65,9 +68,10 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 pub struct Resolver(Arc<Inner>);
 
 struct Inner {
-    /// `--dns-server`; empty: /etc/resolv.conf.
-    servers: Vec<SocketAddr>,
-    resolver: OnceCell<TokioResolver>,
+    /// `--dns-server`; empty: the nameservers of /etc/resolv.conf, read on
+    /// first use.
+    configured: Vec<SocketAddr>,
+    servers: OnceCell<Vec<SocketAddr>>,
     known: Mutex<HashMap<String, Known>>,
 }
 
@@ -82,8 +86,8 @@ struct Known {
 impl Resolver {
     pub fn new(servers: Vec<SocketAddr>) -> Resolver {
         Resolver(Arc::new(Inner {
-            servers,
-            resolver: OnceCell::new(),
+            configured: servers,
+            servers: OnceCell::new(),
             known: Mutex::default(),
         }))
     }
@@ -176,35 +180,50 @@ impl Resolver {
         }
     }
 
-    /// One lookup, with when its answer expires (its TTL).
+    /// One lookup (A and AAAA together), with when its answer expires (its
+    /// shortest TTL).
     async fn lookup_until(&self, host: &str) -> Result<(Vec<IpAddr>, Instant), DnsError> {
-        let resolver = self
+        let servers = self
             .0
-            .resolver
-            .get_or_try_init(|| async { build(&self.0.servers) })
+            .servers
+            .get_or_try_init(|| async { servers(&self.0.configured) })
             .await?;
-        // A name with dots is asked as it is, not appended to the node's
-        // search domains first (a ServiceEntry names hosts in full).
-        let query = if host.contains('.') && !host.ends_with('.') {
-            format!("{host}.")
-        } else {
-            host.to_owned()
-        };
-        let answer =
-            resolver
-                .lookup_ip(query.as_str())
-                .await
-                .map_err(|source| DnsError::Lookup {
-                    host: host.to_owned(),
-                    source,
-                })?;
-        let addresses: Vec<IpAddr> = answer.iter().map(|ip| ip.to_canonical()).collect();
-        if addresses.is_empty() {
-            return Err(DnsError::NoAddress {
-                host: host.to_owned(),
-            });
+        let (v4, v6) = tokio::join!(
+            ask_servers(servers, host, TYPE::A),
+            ask_servers(servers, host, TYPE::AAAA)
+        );
+        let mut addresses = Vec::new();
+        let mut ttl: Option<u32> = None;
+        let mut failure = None;
+        for answer in [v4, v6] {
+            match answer {
+                Ok(Answer::Records(records)) => {
+                    for (ip, record_ttl) in records {
+                        addresses.push(ip);
+                        ttl = Some(ttl.map_or(record_ttl, |t| t.min(record_ttl)));
+                    }
+                }
+                Ok(Answer::NoSuchName(server)) => {
+                    failure.get_or_insert(DnsError::NoSuchName {
+                        host: host.to_owned(),
+                        server,
+                    });
+                }
+                Err(reason) => {
+                    failure = Some(DnsError::Failed {
+                        host: host.to_owned(),
+                        reason,
+                    });
+                }
+            }
         }
-        Ok((addresses, answer.valid_until()))
+        if addresses.is_empty() {
+            return Err(failure.unwrap_or_else(|| DnsError::NoAddress {
+                host: host.to_owned(),
+            }));
+        }
+        let ttl = Duration::from_secs(u64::from(ttl.unwrap_or(0)));
+        Ok((addresses, Instant::now() + ttl))
     }
 
     /// The address a connection to `host` goes to, of the family the client
@@ -249,36 +268,260 @@ pub fn preferring(addresses: Vec<IpAddr>, v4: bool) -> Vec<IpAddr> {
     }
 }
 
-fn build(servers: &[SocketAddr]) -> Result<TokioResolver, DnsError> {
-    let provider = TokioRuntimeProvider::default();
-    let mut builder = if servers.is_empty() {
-        TokioResolver::builder(provider)
-            .map_err(|e| DnsError::Config(format!("reading /etc/resolv.conf: {e}")))?
+/// The servers to ask: `configured`, else the nameservers of
+/// /etc/resolv.conf (port 53).
+fn servers(configured: &[SocketAddr]) -> Result<Vec<SocketAddr>, DnsError> {
+    if !configured.is_empty() {
+        return Ok(configured.to_vec());
+    }
+    let text = std::fs::read_to_string("/etc/resolv.conf")
+        .map_err(|e| DnsError::Config(format!("reading /etc/resolv.conf: {e}")))?;
+    let found = nameservers(&text);
+    if found.is_empty() {
+        return Err(DnsError::Config(
+            "/etc/resolv.conf names no nameserver".into(),
+        ));
+    }
+    Ok(found)
+}
+
+/// The `nameserver` lines of a resolv.conf (an IPv6 address with a zone is
+/// left out: a socket address cannot carry its name).
+fn nameservers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next()? == "nameserver").then_some(())?;
+            let ip: IpAddr = words.next()?.parse().ok()?;
+            Some(SocketAddr::new(ip, 53))
+        })
+        .collect()
+}
+
+/// What a server said of a name.
+enum Answer {
+    /// Addresses with their TTLs (none: the name has no such records).
+    Records(Vec<(IpAddr, u32)>),
+    /// NXDOMAIN, from this server.
+    NoSuchName(SocketAddr),
+}
+
+/// How long one server has to answer before the next is asked (the caller's
+/// limit bounds the whole lookup).
+const PER_SERVER: Duration = Duration::from_secs(2);
+
+/// Asks each server in turn, twice round, until one answers.
+async fn ask_servers(servers: &[SocketAddr], host: &str, kind: TYPE) -> Result<Answer, String> {
+    let mut last = String::from("no server");
+    for server in servers.iter().chain(servers) {
+        match tokio::time::timeout(PER_SERVER, ask(*server, host, kind)).await {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(error)) => last = format!("{server}: {error}"),
+            Err(_) => last = format!("{server}: no answer within {PER_SERVER:?}"),
+        }
+        debug!(%host, ?kind, %last, "DNS server failed; asking the next");
+    }
+    Err(last)
+}
+
+/// One question to one server over UDP (a connected socket: only that
+/// server's datagrams arrive), again over TCP when the answer is truncated.
+async fn ask(server: SocketAddr, host: &str, kind: TYPE) -> Result<Answer, String> {
+    let id: u16 = rand::random();
+    let query = query(id, host, kind)?;
+    let local: IpAddr = if server.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
     } else {
-        let name_servers = servers
-            .iter()
-            .map(|server| {
-                let mut config = NameServerConfig::udp_and_tcp(server.ip());
-                for connection in &mut config.connections {
-                    connection.port = server.port();
-                }
-                config
-            })
-            .collect();
-        TokioResolver::builder_with_config(
-            ResolverConfig::from_name_servers(name_servers),
-            provider,
-        )
+        Ipv6Addr::UNSPECIFIED.into()
     };
-    // Both families, IPv4 first ([`preferring`] chooses); hickory's default
-    // puts IPv6 first.
-    builder.options_mut().ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-    builder.build().map_err(|e| DnsError::Config(e.to_string()))
+    let socket = UdpSocket::bind(SocketAddr::new(local, 0))
+        .await
+        .map_err(|e| e.to_string())?;
+    socket.connect(server).await.map_err(|e| e.to_string())?;
+    socket.send(&query).await.map_err(|e| e.to_string())?;
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        let len = socket.recv(&mut buffer).await.map_err(|e| e.to_string())?;
+        let Some(bytes) = buffer.get(..len) else {
+            continue;
+        };
+        // Another query's answer (or garbage) is not this one's: wait on.
+        let Ok(reply) = Packet::parse(bytes) else {
+            continue;
+        };
+        if reply.id() != id {
+            continue;
+        }
+        if reply.has_flags(PacketFlag::TRUNCATION) {
+            return ask_tcp(server, id, &query, host).await;
+        }
+        return read_answer(&reply, server);
+    }
+}
+
+/// The same question over TCP (two length bytes before each message).
+async fn ask_tcp(server: SocketAddr, id: u16, query: &[u8], host: &str) -> Result<Answer, String> {
+    let mut stream = TcpStream::connect(server)
+        .await
+        .map_err(|e| e.to_string())?;
+    let len = u16::try_from(query.len()).map_err(|_| format!("query for {host} too long"))?;
+    stream
+        .write_all(&len.to_be_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.write_all(query).await.map_err(|e| e.to_string())?;
+    let mut len = [0u8; 2];
+    stream
+        .read_exact(&mut len)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut bytes = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream
+        .read_exact(&mut bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply = Packet::parse(&bytes).map_err(|e| format!("a malformed answer: {e}"))?;
+    if reply.id() != id {
+        return Err("an answer to another question".into());
+    }
+    read_answer(&reply, server)
+}
+
+/// A recursive query for `host`'s records of `kind`.
+fn query(id: u16, host: &str, kind: TYPE) -> Result<Vec<u8>, String> {
+    // Asked in full, not under the node's search domains: a ServiceEntry
+    // names hosts in full.
+    let name = Name::new(host.trim_end_matches('.'))
+        .map_err(|e| format!("{host:?} is not a DNS name: {e}"))?;
+    let mut packet = Packet::new_query(id);
+    packet.set_flags(PacketFlag::RECURSION_DESIRED);
+    packet.questions.push(Question::new(
+        name,
+        QTYPE::TYPE(kind),
+        QCLASS::CLASS(CLASS::IN),
+        false,
+    ));
+    packet.build_bytes_vec().map_err(|e| e.to_string())
+}
+
+/// The addresses in an answer (after whatever CNAMEs the server followed).
+fn read_answer(reply: &Packet<'_>, server: SocketAddr) -> Result<Answer, String> {
+    match reply.rcode() {
+        RCODE::NoError => {}
+        RCODE::NameError => return Ok(Answer::NoSuchName(server)),
+        other => return Err(format!("the server answered {other:?}")),
+    }
+    let records = reply
+        .answers
+        .iter()
+        .filter_map(|record| match &record.rdata {
+            RData::A(a) => Some((IpAddr::from(Ipv4Addr::from(a.address)), record.ttl)),
+            RData::AAAA(aaaa) => Some((
+                IpAddr::from(Ipv6Addr::from(aaaa.address)).to_canonical(),
+                record.ttl,
+            )),
+            _ => None,
+        })
+        .collect();
+    Ok(Answer::Records(records))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nameservers_from_resolv_conf() {
+        let text = "# local\nsearch svc.cluster.local\nnameserver 10.96.0.10\n\
+                    nameserver fd00::53\nnameserver fe80::1%eth0\noptions ndots:5\n";
+        assert_eq!(
+            nameservers(text),
+            [
+                "10.96.0.10:53".parse::<SocketAddr>().unwrap(),
+                "[fd00::53]:53".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_query_asks_recursively_in_full() {
+        let bytes = query(7, "api.example.com.", TYPE::AAAA).expect("a query");
+        let packet = Packet::parse(&bytes).expect("parses");
+        assert_eq!(packet.id(), 7);
+        assert!(packet.has_flags(PacketFlag::RECURSION_DESIRED));
+        let question = packet.questions.first().expect("a question");
+        assert_eq!(question.qname.to_string(), "api.example.com");
+        assert_eq!(question.qtype, QTYPE::TYPE(TYPE::AAAA));
+        // A label longer than DNS allows.
+        assert!(query(1, &format!("{}.example", "x".repeat(64)), TYPE::A).is_err());
+    }
+
+    /// A server on `127.0.0.1` that answers every UDP question first with
+    /// garbage, then NXDOMAIN under another question's id, then truncated; and over
+    /// TCP, in full, with 192.0.2.7 (TTL 30) for `api.example`, NXDOMAIN for
+    /// any other name.
+    async fn truncating_server() -> SocketAddr {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let udp = UdpSocket::bind(addr).await.unwrap();
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 4096];
+            while let Ok((len, from)) = udp.recv_from(&mut buffer).await {
+                let id = Packet::parse(&buffer[..len]).unwrap().id();
+                let mut stray = Packet::new_reply(id.wrapping_add(1));
+                *stray.rcode_mut() = RCODE::NameError;
+                let mut truncated = Packet::new_reply(id);
+                truncated.set_flags(PacketFlag::TRUNCATION);
+                for bytes in [
+                    b"not dns".to_vec(),
+                    stray.build_bytes_vec().unwrap(),
+                    truncated.build_bytes_vec().unwrap(),
+                ] {
+                    udp.send_to(&bytes, from).await.unwrap();
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = tcp.accept().await {
+                let mut len = [0u8; 2];
+                stream.read_exact(&mut len).await.unwrap();
+                let mut bytes = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                stream.read_exact(&mut bytes).await.unwrap();
+                let question = Packet::parse(&bytes).unwrap();
+                let name = question.questions[0].qname.clone();
+                let mut reply = Packet::new_reply(question.id());
+                if name.to_string() == "api.example" {
+                    reply.answers.push(simple_dns::ResourceRecord::new(
+                        name,
+                        CLASS::IN,
+                        30,
+                        RData::A(Ipv4Addr::new(192, 0, 2, 7).into()),
+                    ));
+                } else {
+                    *reply.rcode_mut() = RCODE::NameError;
+                }
+                let reply = reply.build_bytes_vec().unwrap();
+                let len = u16::try_from(reply.len()).unwrap().to_be_bytes();
+                stream.write_all(&len).await.unwrap();
+                stream.write_all(&reply).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_truncated_answer_is_asked_again_over_tcp() {
+        let server = truncating_server().await;
+        let answer = ask(server, "api.example", TYPE::A).await.expect("answered");
+        let Answer::Records(records) = answer else {
+            panic!("api.example: NXDOMAIN");
+        };
+        assert_eq!(records, [(IpAddr::from([192, 0, 2, 7]), 30)]);
+        let answer = ask(server, "gone.example", TYPE::A)
+            .await
+            .expect("answered");
+        assert!(matches!(answer, Answer::NoSuchName(from) if from == server));
+    }
 
     #[test]
     fn the_dialled_family_first_else_any() {
