@@ -61,6 +61,10 @@ const MIN_TTL: Duration = Duration::from_secs(1);
 /// After a refresh failed, how long the last good answer serves before the
 /// next refresh.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long an expired answer no connection asked for is kept: a name whose
+/// ServiceEntry is gone is never asked for again, and is forgotten then.
+/// (Names in use stay: each use past expiry refreshes them.)
+pub const FORGET_AFTER: Duration = Duration::from_secs(300);
 
 /// Resolves endpoint names with the configured servers, or the system's.
 /// Cheap to clone: clones share the answers.
@@ -111,7 +115,9 @@ impl Resolver {
         limit: Duration,
     ) -> Result<(Vec<IpAddr>, Instant), DnsError> {
         let now = Instant::now();
-        if let Some(known) = self.known().get_mut(host) {
+        // An answer left unused long past its expiry is not served while
+        // refreshed: it is asked for again, as a name never resolved.
+        if let Some(known) = self.known().get_mut(host).filter(|k| k.remembered_at(now)) {
             if known.valid_until > now {
                 return Ok((known.addresses.clone(), known.valid_until));
             }
@@ -151,6 +157,8 @@ impl Resolver {
             });
         let now = Instant::now();
         let mut known = self.known();
+        // Only a query can add a name, so forgetting here bounds the map.
+        forget_unused(&mut known, now);
         match answer {
             Ok((addresses, until)) => {
                 let valid_until = until.max(now + MIN_TTL);
@@ -251,6 +259,20 @@ impl Resolver {
             .ok_or_else(|| DnsError::NoAddress {
                 host: host.to_owned(),
             })
+    }
+}
+
+/// Drops the answers that expired more than [`FORGET_AFTER`] ago, unless
+/// being refreshed.
+fn forget_unused(known: &mut HashMap<String, Known>, now: Instant) {
+    known.retain(|_, k| k.refreshing || k.remembered_at(now));
+}
+
+impl Known {
+    /// Whether the answer is still kept at `now`: unexpired, or expired
+    /// less than [`FORGET_AFTER`] ago.
+    fn remembered_at(&self, now: Instant) -> bool {
+        self.valid_until + FORGET_AFTER > now
     }
 }
 
@@ -521,6 +543,35 @@ mod tests {
             .await
             .expect("answered");
         assert!(matches!(answer, Answer::NoSuchName(from) if from == server));
+    }
+
+    #[test]
+    fn answers_unused_long_past_expiry_are_forgotten() {
+        let now = Instant::now();
+        let known = |valid_until, refreshing| Known {
+            addresses: vec![IpAddr::from([192, 0, 2, 1])],
+            valid_until,
+            refreshing,
+        };
+        let mut map = HashMap::from([
+            (
+                "fresh".to_owned(),
+                known(now + Duration::from_secs(30), false),
+            ),
+            ("expired".to_owned(), known(now, false)),
+            ("gone".to_owned(), known(now, false)),
+            ("asked".to_owned(), known(now, true)),
+        ]);
+        // Just expired: kept, and served while refreshed.
+        forget_unused(&mut map, now + Duration::from_secs(1));
+        assert_eq!(map.len(), 4);
+        let later = now + FORGET_AFTER + Duration::from_secs(1);
+        assert!(map["fresh"].remembered_at(later));
+        assert!(!map["gone"].remembered_at(later));
+        forget_unused(&mut map, later);
+        let mut kept: Vec<&str> = map.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["asked", "fresh"]);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::{
 };
 
 use tracing::{debug, warn};
-use warren_ztunnel::dns::Resolver;
+use warren_ztunnel::dns::{FORGET_AFTER, Resolver};
 
 /// How long a failed lookup stands before the next request tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -58,10 +58,21 @@ impl Names {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Drops the answers that expired more than [`FORGET_AFTER`] ago: a
+    /// name whose ServiceEntry is gone is never asked for again. (A cluster
+    /// still naming one keeps its endpoints, and asks again on its next
+    /// request.)
+    fn forget_unused(&self, now: Instant) {
+        self.lock()
+            .retain(|_, k| k.valid_until + FORGET_AFTER > now);
+    }
+
     /// Resolves the `hosts` that are missing or expired, each within `limit`.
     pub async fn refresh(&self, resolver: &Resolver, hosts: &[String], limit: Duration) {
         let now = Instant::now();
         let stale: Vec<&String> = {
+            // Only a refresh adds names, so forgetting here bounds the map.
+            self.forget_unused(now);
             let known = self.lock();
             hosts
                 .iter()
@@ -116,5 +127,33 @@ impl Names {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_unused_long_past_expiry_are_forgotten() {
+        let names = Names::default();
+        let now = Instant::now();
+        for (host, valid_until) in [("used", now + Duration::from_secs(60)), ("gone", now)] {
+            names.lock().insert(
+                host.to_owned(),
+                Known {
+                    addresses: vec![IpAddr::from([192, 0, 2, 1])],
+                    valid_until,
+                },
+            );
+        }
+        names.forget_unused(now + Duration::from_secs(1));
+        assert!(names.addresses("gone").is_some(), "just expired: kept");
+        let generation = names.generation();
+        names.forget_unused(now + FORGET_AFTER + Duration::from_secs(1));
+        assert!(names.addresses("gone").is_none());
+        assert!(names.addresses("used").is_some());
+        // Nothing a cluster holds changed.
+        assert_eq!(names.generation(), generation);
     }
 }
