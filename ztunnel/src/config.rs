@@ -113,8 +113,8 @@ pub struct Config {
     pub connect_timeout: Duration,
 
     /// DNS servers that resolve the names of endpoints known by name (ServiceEntries
-    /// with `resolution: DNS`), as `IP` or `IP:PORT`; default: the nameservers, search
-    /// domains and options of /etc/resolv.conf.
+    /// with `resolution: DNS`), as `IP` or `IP:PORT`; default: the nameservers of
+    /// /etc/resolv.conf (names are asked in full: no search domains).
     #[arg(long = "dns-server", env = "WARREN_ZTUNNEL_DNS_SERVER", value_delimiter = ',', value_parser = parse_dns_server)]
     pub dns_servers: Vec<SocketAddr>,
 

@@ -185,6 +185,34 @@ fn a_service_entry_labelled_for_the_waypoint_leaves_through_it() -> Result<()> {
         "other paths still answered: {report}"
     );
 
+    // An entry is tenant input and a waypoint may be shared: one naming the
+    // waypoint's own loopback (its admin port) reaches nothing.
+    std::fs::write(
+        cluster.config_dir().join("loopback.demo.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: { name: own-admin, namespace: demo, labels: { istio.io/use-waypoint: waypoint } }\n\
+         spec:\n  hosts: [admin.external.example]\n  addresses: [10.96.250.10]\n  \
+         ports: [{ number: 15000, name: http, protocol: HTTP }]\n  \
+         resolution: STATIC\n  endpoints: [{ address: 127.0.0.1 }]\n",
+    )?;
+    eventually(
+        Duration::from_secs(20),
+        "the loopback entry on the waypoint",
+        || {
+            let admin = load(
+                &client,
+                "http://10.96.250.10:15000/config_dump",
+                &["-n", "5"],
+            )?;
+            ensure!(
+                count_status(&admin, 200) == 0,
+                "the waypoint's admin port was reached through an entry: {admin}"
+            );
+            Ok(count_status(&admin, 503) == 5)
+        },
+    )
+    .with_context(|| mesh.logs())?;
+
     // Without the label, the entry's traffic no longer goes through the
     // waypoint: ztunnel resolves the host and reaches the API itself, so
     // the waypoint's routes no longer apply.

@@ -1139,6 +1139,10 @@ impl Context {
         for e in service.endpoints.iter().filter(|e| e.ready) {
             let target_port = warren_ztunnel::state::Service::target_port(e, port);
             let ip = match &e.address {
+                Address::Ip(ip) if !upstream::dialable(*ip) => {
+                    warn!(service = %service.key, %ip, "an endpoint on the waypoint's own host (loopback, link-local or unspecified); left out");
+                    continue;
+                }
                 Address::Ip(ip) => *ip,
                 // Each address of the name is an endpoint (Envoy's
                 // STRICT_DNS); outside the mesh, so no labels to select.
@@ -1159,15 +1163,17 @@ impl Context {
                     if service.dns_first_address {
                         addresses.truncate(1);
                     }
-                    let (addresses, vips): (Vec<IpAddr>, Vec<IpAddr>) =
+                    let (addresses, refused): (Vec<IpAddr>, Vec<IpAddr>) =
                         addresses.into_iter().partition(|ip| {
-                            self.inputs
-                                .state
-                                .service_by_vip(*ip)
-                                .is_none_or(|s| s.key == service.key || !s.fronts_mesh())
+                            upstream::dialable(*ip)
+                                && self
+                                    .inputs
+                                    .state
+                                    .service_by_vip(*ip)
+                                    .is_none_or(|s| s.key == service.key || !s.fronts_mesh())
                         });
-                    if !vips.is_empty() {
-                        warn!(%host, ?vips, "an endpoint name resolves to Service addresses; left out (name the Service instead)");
+                    if !refused.is_empty() {
+                        warn!(%host, addresses = ?refused, "an endpoint name resolves to addresses the waypoint does not dial (its own host's, or a Service's: name the Service instead); left out");
                     }
                     if upstream::selects(&resolved.selector, &Default::default()) {
                         endpoints.extend(addresses.into_iter().map(|ip| Endpoint {

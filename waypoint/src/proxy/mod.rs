@@ -125,8 +125,11 @@ impl ConnectHandler for Waypoint {
             );
         };
         let state = &ctx.inputs.state;
+        // The service the client's ztunnel sent it to: among ServiceEntries
+        // sharing an address, the one exported to the client's namespace
+        // (from its certificate), whose policies then apply here.
         let Some(service) = state
-            .service_by_vip(dst.ip())
+            .service_by_vip_for(dst.ip(), &peer.identity.namespace)
             .filter(|s| s.waypoint.is_some())
         else {
             return refuse(

@@ -88,3 +88,17 @@ pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, St
         .iter()
         .all(|(key, value)| labels.get(key) == Some(value))
 }
+
+/// Whether the waypoint may dial `ip` for an endpoint: not an address of its
+/// own host (loopback, unspecified, link-local: its admin port listens on
+/// loopback, a cloud's metadata service on link-local), nor multicast. A
+/// ServiceEntry is tenant input, and the waypoint may be shared: an entry
+/// naming one of these would reach the waypoint's host, not a destination.
+pub fn dialable(ip: std::net::IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    let link_local = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
+        std::net::IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || link_local)
+}

@@ -1866,3 +1866,30 @@ fn slow_start_counts_from_when_the_endpoint_became_ready() {
         "warm from its readiness: {share}"
     );
 }
+
+#[test]
+fn the_waypoints_own_host_is_never_an_endpoint() {
+    for ip in [
+        "127.0.0.1",
+        "127.5.0.9",
+        "::1",
+        "::ffff:127.0.0.1",
+        "0.0.0.0",
+        "::",
+        "169.254.169.254",
+        "fe80::1",
+        "224.0.0.1",
+        "255.255.255.255",
+    ] {
+        assert!(!super::dialable(ip.parse().unwrap()), "{ip}");
+    }
+    for ip in [
+        "10.0.0.1",
+        "172.30.0.2",
+        "192.0.2.7",
+        "2001:db8::1",
+        "fd00::5",
+    ] {
+        assert!(super::dialable(ip.parse().unwrap()), "{ip}");
+    }
+}

@@ -571,6 +571,14 @@ impl State {
         self.read().service_at(ip.to_canonical()).cloned()
     }
 
+    /// The service at `ip` that clients of `namespace` see (a ServiceEntry's
+    /// `exportTo`), by [`precedence`]: the one their ztunnel sent them to.
+    pub fn service_by_vip_for(&self, ip: IpAddr, namespace: &str) -> Option<Arc<Service>> {
+        self.read()
+            .service_at_for(ip.to_canonical(), Some(namespace))
+            .cloned()
+    }
+
     /// The service with this hostname (`name.namespace.svc.<domain>`, or a
     /// ServiceEntry host), by [`precedence`] when several claim it. A scan:
     /// the waypoint caches what it finds per upstream cluster.
@@ -1094,6 +1102,13 @@ mod tests {
         };
         assert_eq!(seen_by("team-a"), Some(private.clone()));
         assert_eq!(seen_by("team-b"), None);
+        assert_eq!(
+            state
+                .service_by_vip_for(vip, "team-a")
+                .map(|s| s.key.clone()),
+            Some(private.clone())
+        );
+        assert!(state.service_by_vip_for(vip, "team-b").is_none());
         assert_eq!(
             state
                 .service_by_hostname("api.example", Some("team-b"))
