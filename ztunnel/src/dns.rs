@@ -42,6 +42,9 @@ pub enum DnsError {
     NoAddress { host: String },
     #[error("resolving {host} took longer than {seconds:.1} s")]
     Timeout { host: String, seconds: f64 },
+    /// A lookup that failed a moment ago, not asked again yet.
+    #[error("{reason} (a second ago; asked again shortly)")]
+    Recent { reason: String },
 }
 
 impl DnsError {
@@ -65,6 +68,13 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// ServiceEntry is gone is never asked for again, and is forgotten then.
 /// (Names in use stay: each use past expiry refreshes them.)
 pub const FORGET_AFTER: Duration = Duration::from_secs(300);
+/// How long past its expiry an answer still serves at once while a refresh
+/// runs in the background; later, a connection waits for the refresh (and
+/// gets the old answer only if that fails): a name idle for minutes is not
+/// sent to an address its owner may since have given up.
+const STALE_GRACE: Duration = Duration::from_secs(30);
+/// Longest time an answer is kept: a record's TTL may say decades.
+const MAX_TTL: u32 = 24 * 60 * 60;
 
 /// Resolves endpoint names with the configured servers, or the system's.
 /// Cheap to clone: clones share the answers.
@@ -79,9 +89,13 @@ struct Inner {
     known: Mutex<HashMap<String, Known>>,
 }
 
-/// The last good answer for a name.
+/// The last good answer for a name, or the last failure (for
+/// [`RETRY_AFTER`], so that connections to a name that does not resolve
+/// do not each ask the servers again).
 struct Known {
+    /// Empty: the lookup failed, for `failure`.
     addresses: Vec<IpAddr>,
+    failure: Option<String>,
     valid_until: Instant,
     /// A refresh runs in the background.
     refreshing: bool,
@@ -103,12 +117,13 @@ impl Resolver {
 
     /// Every address `host` resolves to, in the answer's order, and until
     /// when that holds. A name resolved before is answered at once: while
-    /// its answer holds, from it; once expired, still from it while one
-    /// refresh runs in the background, as Envoy keeps a DNS cluster's hosts.
-    /// So when the DNS servers fail or stall, the last good answer stands in
-    /// (a warning says so), until a name that no longer exists (NXDOMAIN,
-    /// no records) is dropped. Only a name never resolved waits, within
-    /// `limit`.
+    /// its answer holds, from it; once expired (up to [`STALE_GRACE`]),
+    /// still from it while one refresh runs in the background, as Envoy
+    /// keeps a DNS cluster's hosts. When the DNS servers fail or stall, the
+    /// last good answer stands in (a warning says so), until a name that no
+    /// longer exists (NXDOMAIN, no records) is dropped. A name never
+    /// resolved, or expired for longer, waits within `limit`; a lookup that
+    /// failed is not repeated for [`RETRY_AFTER`].
     pub async fn resolve(
         &self,
         host: &str,
@@ -119,9 +134,15 @@ impl Resolver {
         // refreshed: it is asked for again, as a name never resolved.
         if let Some(known) = self.known().get_mut(host).filter(|k| k.remembered_at(now)) {
             if known.valid_until > now {
-                return Ok((known.addresses.clone(), known.valid_until));
+                return match &known.failure {
+                    Some(reason) => Err(DnsError::Recent {
+                        reason: reason.clone(),
+                    }),
+                    None => Ok((known.addresses.clone(), known.valid_until)),
+                };
             }
-            if !known.refreshing {
+            let serves_stale = known.failure.is_none() && known.valid_until + STALE_GRACE > now;
+            if serves_stale && !known.refreshing {
                 known.refreshing = true;
                 let (this, name) = (self.clone(), host.to_owned());
                 tokio::spawn(async move {
@@ -129,7 +150,9 @@ impl Resolver {
                     let _ = this.refresh(&name, limit).await;
                 });
             }
-            return Ok((known.addresses.clone(), now + RETRY_AFTER));
+            if serves_stale {
+                return Ok((known.addresses.clone(), now + RETRY_AFTER));
+            }
         }
         self.refresh(host, limit).await
     }
@@ -166,24 +189,34 @@ impl Resolver {
                     host.to_owned(),
                     Known {
                         addresses: addresses.clone(),
+                        failure: None,
                         valid_until,
                         refreshing: false,
                     },
                 );
                 Ok((addresses, valid_until))
             }
-            Err(error) if error.no_such_name() => {
-                known.remove(host);
-                Err(error)
-            }
             Err(error) => match known.get_mut(host) {
-                Some(stale) => {
+                Some(stale) if stale.failure.is_none() && !error.no_such_name() => {
                     warn!(%host, %error, addresses = ?stale.addresses, "DNS failed; the name's last answer stands in");
                     stale.valid_until = now + RETRY_AFTER;
                     stale.refreshing = false;
                     Ok((stale.addresses.clone(), stale.valid_until))
                 }
-                None => Err(error),
+                // A name that no longer exists is dropped; one that never
+                // resolved stays unresolved for a moment.
+                _ => {
+                    known.insert(
+                        host.to_owned(),
+                        Known {
+                            addresses: Vec::new(),
+                            failure: Some(error.to_string()),
+                            valid_until: now + RETRY_AFTER,
+                            refreshing: false,
+                        },
+                    );
+                    Err(error)
+                }
             },
         }
     }
@@ -230,7 +263,12 @@ impl Resolver {
                 host: host.to_owned(),
             }));
         }
-        let ttl = Duration::from_secs(u64::from(ttl.unwrap_or(0)));
+        // A TTL with the top bit set counts as 0 (RFC 2181, 8).
+        let ttl = match ttl.unwrap_or(0) {
+            t if t > i32::MAX as u32 => 0,
+            t => t.min(MAX_TTL),
+        };
+        let ttl = Duration::from_secs(u64::from(ttl));
         Ok((addresses, Instant::now() + ttl))
     }
 
@@ -480,15 +518,18 @@ mod tests {
 
     /// A server on `127.0.0.1` that answers every UDP question first with
     /// garbage, then NXDOMAIN under another question's id, then truncated; and over
-    /// TCP, in full, with 192.0.2.7 (TTL 30) for `api.example`, NXDOMAIN for
-    /// any other name.
-    async fn truncating_server() -> SocketAddr {
+    /// TCP, in full, with 192.0.2.7 (TTL 30) for `api.example` (no AAAA),
+    /// NXDOMAIN for any other name.
+    async fn truncating_server() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&asked);
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let udp = UdpSocket::bind(addr).await.unwrap();
         tokio::spawn(async move {
             let mut buffer = vec![0u8; 4096];
             while let Ok((len, from)) = udp.recv_from(&mut buffer).await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let id = Packet::parse(&buffer[..len]).unwrap().id();
                 let mut stray = Packet::new_reply(id.wrapping_add(1));
                 *stray.rcode_mut() = RCODE::NameError;
@@ -512,15 +553,16 @@ mod tests {
                 let question = Packet::parse(&bytes).unwrap();
                 let name = question.questions[0].qname.clone();
                 let mut reply = Packet::new_reply(question.id());
-                if name.to_string() == "api.example" {
+                let wants_a = question.questions[0].qtype == QTYPE::TYPE(TYPE::A);
+                if name.to_string() != "api.example" {
+                    *reply.rcode_mut() = RCODE::NameError;
+                } else if wants_a {
                     reply.answers.push(simple_dns::ResourceRecord::new(
                         name,
                         CLASS::IN,
                         30,
                         RData::A(Ipv4Addr::new(192, 0, 2, 7).into()),
                     ));
-                } else {
-                    *reply.rcode_mut() = RCODE::NameError;
                 }
                 let reply = reply.build_bytes_vec().unwrap();
                 let len = u16::try_from(reply.len()).unwrap().to_be_bytes();
@@ -528,12 +570,12 @@ mod tests {
                 stream.write_all(&reply).await.unwrap();
             }
         });
-        addr
+        (addr, asked)
     }
 
     #[tokio::test]
     async fn a_truncated_answer_is_asked_again_over_tcp() {
-        let server = truncating_server().await;
+        let (server, _) = truncating_server().await;
         let answer = ask(server, "api.example", TYPE::A).await.expect("answered");
         let Answer::Records(records) = answer else {
             panic!("api.example: NXDOMAIN");
@@ -545,11 +587,52 @@ mod tests {
         assert!(matches!(answer, Answer::NoSuchName(from) if from == server));
     }
 
+    #[tokio::test]
+    async fn failures_are_remembered_and_long_expired_answers_wait_for_a_fresh_one() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (server, asked) = truncating_server().await;
+        let resolver = Resolver::new(vec![server]);
+        let limit = Duration::from_secs(5);
+        // NXDOMAIN: asked once (A and AAAA), then remembered for a moment.
+        let error = resolver.resolve("gone.example", limit).await.unwrap_err();
+        assert!(matches!(error, DnsError::NoSuchName { .. }), "{error}");
+        let error = resolver.resolve("gone.example", limit).await.unwrap_err();
+        assert!(matches!(error, DnsError::Recent { .. }), "{error}");
+        assert_eq!(asked.load(SeqCst), 2);
+
+        let old = IpAddr::from([192, 0, 2, 99]);
+        let fresh = IpAddr::from([192, 0, 2, 7]);
+        let expired_since = |ago: u64| {
+            let valid_until = Instant::now()
+                .checked_sub(Duration::from_secs(ago))
+                .expect("the clock started a minute ago");
+            resolver.known().insert(
+                "api.example".into(),
+                Known {
+                    addresses: vec![old],
+                    failure: None,
+                    valid_until,
+                    refreshing: false,
+                },
+            );
+        };
+        // Just expired: the old answer at once, refreshed in the background.
+        expired_since(5);
+        assert_eq!(resolver.lookup("api.example", limit).await.unwrap(), [old]);
+        // Expired past the grace: the connection waits for the new answer.
+        expired_since(60);
+        assert_eq!(
+            resolver.lookup("api.example", limit).await.unwrap(),
+            [fresh]
+        );
+    }
+
     #[test]
     fn answers_unused_long_past_expiry_are_forgotten() {
         let now = Instant::now();
         let known = |valid_until, refreshing| Known {
             addresses: vec![IpAddr::from([192, 0, 2, 1])],
+            failure: None,
             valid_until,
             refreshing,
         };
