@@ -827,7 +827,16 @@ impl State {
         let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
         let node = self.node();
         let inner = self.read();
-        if let Some(service) = inner.service_at(addr.ip()).filter(|s| s.fronts_mesh()) {
+        // Any service there, not only the first by precedence: entries
+        // sharing an address may be seen by different namespaces.
+        let fronting = inner
+            .by_vip
+            .get(&addr.ip())
+            .into_iter()
+            .flatten()
+            .filter_map(|key| inner.services.get(key))
+            .find(|s| s.fronts_mesh());
+        if let Some(service) = fronting {
             return Err(ResolveError::NameIsServiceAddress {
                 host: host.to_owned(),
                 ip: addr.ip(),
@@ -1074,6 +1083,44 @@ mod tests {
             .service_by_hostname("web.ns.svc.cluster.local", None)
             .expect("a service");
         assert_eq!(found.key, svc);
+    }
+
+    #[test]
+    fn a_name_resolving_to_an_address_any_service_there_fronts_is_refused() {
+        let vip: IpAddr = "10.70.0.2".parse().expect("an address");
+        let entry = |host: &str, waypoint: bool| {
+            let key = warren_api::key::service_entry("ns", host);
+            let proto = config::Service {
+                name: host.into(),
+                namespace: "ns".into(),
+                hostname: host.into(),
+                vips: vec![warren_api::addr::to_bytes(vip)],
+                waypoint: waypoint.then(|| config::GatewayAddress {
+                    workload: "ns/waypoint".into(),
+                    address: warren_api::addr::to_bytes("10.0.0.9".parse().expect("an address")),
+                    hbone_port: 15008,
+                    identity: "spiffe://cluster.local/ns/ns/sa/waypoint".into(),
+                }),
+                ..Default::default()
+            };
+            let service = Service::from_proto(&key, proto).expect("a service");
+            (key, Resource::Service(Arc::new(service)))
+        };
+        let state = State::new(None, 15008);
+        let dialled = SocketAddr::new(vip, 443);
+        let (plain, plain_entry) = entry("a.example", false);
+        state.update(|inner| inner.upsert(plain, plain_entry));
+        // Another entry's address is its destination itself.
+        assert!(state.to_address("name.example", dialled).is_ok());
+        // One behind a waypoint at the same address (second by precedence).
+        let (fronting, fronting_entry) = entry("b.example", true);
+        state.update(|inner| inner.upsert(fronting.clone(), fronting_entry));
+        match state.to_address("name.example", dialled) {
+            Err(ResolveError::NameIsServiceAddress { service, .. }) => {
+                assert_eq!(service, fronting);
+            }
+            other => panic!("not refused: {other:?}"),
+        }
     }
 
     #[test]
