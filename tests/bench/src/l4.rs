@@ -18,7 +18,7 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use warren_e2e::mesh::start_mesh;
-use warren_testbed::{Cluster, Pod, PodSpec, binaries};
+use warren_testbed::{Cluster, Pod, PodSpec, binaries, labels};
 
 use crate::{
     parse_duration, procfs,
@@ -104,13 +104,6 @@ const METRICS: [Metric; 5] = [
         higher_is_better: true,
     },
 ];
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
 
 pub fn run(args: &Args) -> Result<()> {
     for tool in ["haproxy", "taskset"] {

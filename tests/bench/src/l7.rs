@@ -30,7 +30,7 @@ use warren_e2e::{
     mesh::{Mesh, metric_sum, scrape_metrics, start_mesh, waypoint_gateway},
     workload::start_http_server,
 };
-use warren_testbed::{Cluster, Pod, PodSpec, Process, ServicePort, binaries, manifests};
+use warren_testbed::{Cluster, Pod, PodSpec, Process, ServicePort, binaries, labels, manifests};
 
 use crate::{
     parse_duration, procfs,
@@ -126,13 +126,6 @@ impl Arm {
             Arm::Mesh => "mesh",
         }
     }
-}
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
 }
 
 /// The waypoint's route: what HAProxy's `use_backend app if api` says.

@@ -27,7 +27,7 @@ use warren_e2e::{
     mesh::{Mesh, MeshOptions, eventually, metric_sum, scrape_metrics, start_mesh_with},
     workload::{count_status, count_version, finished_report, load, start_http_server},
 };
-use warren_testbed::{Cluster, Node, Pod, PodSpec, Process, ServicePort};
+use warren_testbed::{Cluster, Node, Pod, PodSpec, Process, ServicePort, labels};
 
 use crate::steps::{Steps, show_yaml};
 
@@ -117,13 +117,6 @@ fn string_map(v: &serde_yaml::Value) -> BTreeMap<String, String> {
         .into_iter()
         .flatten()
         .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
-        .collect()
-}
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect()
 }
 

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Result, bail, ensure};
 use warren_e2e::agent::{agent_socket, datapath, start_agent_with_config, warrenctl_text};
-use warren_testbed::{Cluster, Node, PodSpec, Process, privilege::require_root};
+use warren_testbed::{Cluster, Node, PodSpec, Process, labels, privilege::require_root};
 
 /// Waits until the node's enrolled pods (name → mode) equal `want`.
 fn wait_for_enrolled(node: &Node, agent: &mut Process, want: &[(&str, &str)]) -> Result<()> {
@@ -36,13 +36,6 @@ fn wait_for_enrolled(node: &Node, agent: &mut Process, want: &[(&str, &str)]) ->
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
 }
 
 #[test]

@@ -14,14 +14,7 @@ use warren_e2e::{
     mesh::{MeshOptions, start_mesh_with},
     workload::{count_status, load, start_http_server},
 };
-use warren_testbed::{Cluster, PodSpec, binaries, privilege::require_root};
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
+use warren_testbed::{Cluster, PodSpec, binaries, labels, privilege::require_root};
 
 /// `warrenctl certs` on node `node`.
 fn certs(cluster: &Cluster, node: usize) -> Result<String> {

@@ -10,14 +10,7 @@ use warren_e2e::{
     mesh::{eventually, metric_sum, scrape_metrics, start_mesh},
     workload::{count_status, load, pingpong, start_echo, start_http_server},
 };
-use warren_testbed::{Cluster, PodSpec, ServicePort, privilege::require_root};
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
+use warren_testbed::{Cluster, PodSpec, ServicePort, labels, privilege::require_root};
 
 /// A meshed namespace `demo`: `web` on node 1 behind Service `web`, and
 /// two clients with their own service accounts on node 0, plus one on

@@ -6,7 +6,7 @@
 //! h2load), faults, redirects, rewrites, header changes both ways and
 //! `x-request-id`, as the client and the backend see them.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
@@ -18,14 +18,7 @@ use warren_e2e::{
     },
     workload::{count_status, count_version, load, start_app_versions},
 };
-use warren_testbed::{Cluster, PodSpec, ServicePort, privilege::require_root};
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
+use warren_testbed::{Cluster, PodSpec, ServicePort, labels, privilege::require_root};
 
 const ROUTES: &str = r#"
 apiVersion: networking.istio.io/v1

@@ -4,7 +4,7 @@
 //! update of a policy leaves the last good one in force; without policies
 //! everything passes again.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::mesh::waypoint_pod;
@@ -12,14 +12,7 @@ use warren_e2e::{
     mesh::{eventually, start_mesh, start_waypoint, waypoint_gateway},
     workload::{count_status, load, start_http_server},
 };
-use warren_testbed::{Cluster, Pod, PodSpec, ServicePort, privilege::require_root};
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
+use warren_testbed::{Cluster, Pod, PodSpec, ServicePort, labels, privilege::require_root};
 
 const ALLOW_FILE: &str = "authz.demo.public-for-a.yaml";
 const DENY_FILE: &str = "authz.demo.block.yaml";

@@ -16,7 +16,9 @@ use warren_e2e::{
     workload::{count_status, count_version, load, start_app_versions},
 };
 use warren_node_agent::model::gateway::{Gateway, RouteNamespaces};
-use warren_testbed::{Cluster, Pod, PodSpec, ServicePort, manifests, privilege::require_root};
+use warren_testbed::{
+    Cluster, Pod, PodSpec, ServicePort, labels, manifests, privilege::require_root,
+};
 
 const NS: &str = "shop";
 const INFRA: &str = "infra";
@@ -45,13 +47,6 @@ fn shared_gateway(from: Option<&str>) -> Result<String> {
         });
     }
     Ok(gateway.to_yaml()?)
-}
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
 }
 
 /// Requests `istio_requests_total` of a waypoint counts for `app`.

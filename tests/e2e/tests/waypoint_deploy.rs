@@ -4,7 +4,7 @@
 //! traffic follows the VirtualService; `warrenctl waypoint delete` stops the
 //! process and traffic goes straight to the endpoints again.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::mesh::waypoint_pod;
@@ -13,17 +13,10 @@ use warren_e2e::{
     mesh::{all_to_v2, eventually, start_mesh_with_waypoints},
     workload::{count_version, load, start_app_versions},
 };
-use warren_testbed::{Cluster, Pod, PodSpec, ServicePort, privilege::require_root};
+use warren_testbed::{Cluster, Pod, PodSpec, ServicePort, labels, privilege::require_root};
 
 const NS: &str = "demo";
 const REQUESTS: u64 = 100;
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
 
 /// (v1, v2) answers out of [`REQUESTS`], or `None` if the load failed
 /// (say, while ztunnels switch paths).

@@ -3,7 +3,7 @@
 //! waypoint, which applies the host's VirtualService and resolves the host
 //! (`resolution: DNS`) to reach it: Istio's egress waypoint.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::mesh::waypoint_pod;
@@ -14,14 +14,7 @@ use warren_e2e::{
     },
     workload::{count_status, load},
 };
-use warren_testbed::{Cluster, PodSpec, privilege::require_root};
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
+use warren_testbed::{Cluster, PodSpec, labels, privilege::require_root};
 
 const HOST: &str = "api.external.example";
 const VIP: &str = "10.96.250.9";

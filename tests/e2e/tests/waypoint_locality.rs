@@ -4,7 +4,7 @@
 //! in its own zone, and when that zone's endpoint fails and is ejected they
 //! fail over to the other zone. `warrenctl waypoint clusters` shows why.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
@@ -14,7 +14,7 @@ use warren_e2e::{
     mesh::{eventually, start_mesh, start_waypoint, waypoint_gateway},
     workload::{count_status, count_version, load, start_app_versions},
 };
-use warren_testbed::{Cluster, PodSpec, Service, ServicePort, privilege::require_root};
+use warren_testbed::{Cluster, PodSpec, Service, ServicePort, labels, privilege::require_root};
 
 const NS: &str = "shop";
 
@@ -32,13 +32,6 @@ spec:
       baseEjectionTime: 60s
       maxEjectionPercent: 100
 "#;
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
 
 /// Two nodes in two zones of one region (node 0 in zone-0, node 1 in
 /// zone-1), namespace `shop` in the mesh, Service `app` over app-v1 (node 1)

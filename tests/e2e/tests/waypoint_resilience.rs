@@ -11,7 +11,7 @@
 //! VirtualService and DestinationRule stays small and independent.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     time::{Duration, Instant},
 };
 
@@ -24,16 +24,11 @@ use warren_e2e::{
     },
     workload::{count_status, count_version, load, start_echo, start_http_server},
 };
-use warren_testbed::{Cluster, Pod, PodSpec, Process, ServicePort, privilege::require_root};
+use warren_testbed::{
+    Cluster, Pod, PodSpec, Process, ServicePort, labels, privilege::require_root,
+};
 
 const NS: &str = "shop";
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
 
 /// Each scenario's Service and the pods behind it: (service, pods as
 /// (name, node)).

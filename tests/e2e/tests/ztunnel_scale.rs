@@ -4,7 +4,7 @@
 //! holding them stays bounded, and afterwards every file descriptor and
 //! every connection the ztunnels counted is given back.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
@@ -12,16 +12,9 @@ use warren_e2e::{
     mesh::{MeshOptions, eventually, metric_sum, scrape_metrics, start_mesh_with},
     workload::start_echo,
 };
-use warren_testbed::{Cluster, PodSpec, binaries, privilege::require_root};
+use warren_testbed::{Cluster, PodSpec, binaries, labels, privilege::require_root};
 
 const CONNECTIONS: u32 = 10_000;
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
 
 fn open_fds(pid: u32) -> Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))

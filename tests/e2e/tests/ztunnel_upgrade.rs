@@ -4,7 +4,7 @@
 //! connection for every round trip sees no failure, and each old process leaves by
 //! itself once its last connection has ended.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::mesh::waypoint_pod;
@@ -14,18 +14,13 @@ use warren_e2e::{
     },
     workload::{count_status, finished_report, pingpong, start_echo, start_http_server},
 };
-use warren_testbed::{Cluster, PodSpec, Process, ServicePort, binaries, privilege::require_root};
+use warren_testbed::{
+    Cluster, PodSpec, Process, ServicePort, binaries, labels, privilege::require_root,
+};
 
 const ECHO_PORT: u16 = 9000;
 /// How long both clients run: long enough for both hand-overs inside it.
 const LOAD: &str = "8s";
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
 
 /// Waits for each old ztunnel to leave by itself, having finished every connection
 /// (not cut at its drain deadline).

@@ -22,3 +22,11 @@ pub mod sandbox;
 
 pub use cluster::{Cluster, Node, Pod, PodSpec, Service, ServicePort};
 pub use sandbox::{Process, Sandbox};
+
+/// Labels (of a pod, namespace or service) from `(key, value)` pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
