@@ -87,6 +87,9 @@ struct Inner {
     configured: Vec<SocketAddr>,
     servers: OnceCell<Vec<SocketAddr>>,
     known: Mutex<HashMap<String, Known>>,
+    /// Per name being looked up for connections that wait: the first holds
+    /// it while asking, the others then take its answer from `known`.
+    asking: Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
 }
 
 /// The last good answer for a name, or the last failure (for
@@ -107,6 +110,7 @@ impl Resolver {
             configured: servers,
             servers: OnceCell::new(),
             known: Mutex::default(),
+            asking: Mutex::default(),
         }))
     }
 
@@ -129,32 +133,69 @@ impl Resolver {
         host: &str,
         limit: Duration,
     ) -> Result<(Vec<IpAddr>, Instant), DnsError> {
-        let now = Instant::now();
-        // An answer left unused long past its expiry is not served while
-        // refreshed: it is asked for again, as a name never resolved.
-        if let Some(known) = self.known().get_mut(host).filter(|k| k.remembered_at(now)) {
-            if known.valid_until > now {
-                return match &known.failure {
-                    Some(reason) => Err(DnsError::Recent {
-                        reason: reason.clone(),
-                    }),
-                    None => Ok((known.addresses.clone(), known.valid_until)),
-                };
-            }
-            let serves_stale = known.failure.is_none() && known.valid_until + STALE_GRACE > now;
-            if serves_stale && !known.refreshing {
-                known.refreshing = true;
-                let (this, name) = (self.clone(), host.to_owned());
-                tokio::spawn(async move {
-                    // What it found is in `known`; failures are logged there.
-                    let _ = this.refresh(&name, limit).await;
-                });
-            }
-            if serves_stale {
-                return Ok((known.addresses.clone(), now + RETRY_AFTER));
-            }
+        if let Some(answer) = self.answer_known(host, limit) {
+            return answer;
+        }
+        // Connections to a name not known yet wait for one lookup together:
+        // a burst of them asks the servers once, not once each.
+        let turn = self.turn(host);
+        let Ok(_turn) = tokio::time::timeout(limit, turn.lock()).await else {
+            return Err(DnsError::Timeout {
+                host: host.to_owned(),
+                seconds: limit.as_secs_f64(),
+            });
+        };
+        if let Some(answer) = self.answer_known(host, limit) {
+            return answer;
         }
         self.refresh(host, limit).await
+    }
+
+    /// The lock connections waiting on a lookup of `host` take turns on.
+    fn turn(&self, host: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut asking = self.0.asking.lock().unwrap_or_else(|p| p.into_inner());
+        // Names nobody waits on any more.
+        asking.retain(|_, turn| turn.strong_count() > 0);
+        if let Some(turn) = asking.get(host).and_then(std::sync::Weak::upgrade) {
+            return turn;
+        }
+        let turn = Arc::new(tokio::sync::Mutex::new(()));
+        asking.insert(host.to_owned(), Arc::downgrade(&turn));
+        turn
+    }
+
+    /// What is known of `host` that answers a connection at once: an
+    /// unexpired answer or failure, or an answer expired within
+    /// [`STALE_GRACE`] (then refreshed in the background); `None` when the
+    /// connection must wait for a lookup.
+    fn answer_known(
+        &self,
+        host: &str,
+        limit: Duration,
+    ) -> Option<Result<(Vec<IpAddr>, Instant), DnsError>> {
+        let now = Instant::now();
+        let mut known = self.known();
+        // An answer left unused long past its expiry is not served while
+        // refreshed: it is asked for again, as a name never resolved.
+        let known = known.get_mut(host).filter(|k| k.remembered_at(now))?;
+        if known.valid_until > now {
+            return Some(match &known.failure {
+                Some(reason) => Err(DnsError::Recent {
+                    reason: reason.clone(),
+                }),
+                None => Ok((known.addresses.clone(), known.valid_until)),
+            });
+        }
+        let serves_stale = known.failure.is_none() && known.valid_until + STALE_GRACE > now;
+        if serves_stale && !known.refreshing {
+            known.refreshing = true;
+            let (this, name) = (self.clone(), host.to_owned());
+            tokio::spawn(async move {
+                // What it found is in `known`; failures are logged there.
+                let _ = this.refresh(&name, limit).await;
+            });
+        }
+        serves_stale.then(|| Ok((known.addresses.clone(), now + RETRY_AFTER)))
     }
 
     /// As [`Resolver::resolve`], the addresses alone.
@@ -624,6 +665,33 @@ mod tests {
         assert_eq!(
             resolver.lookup("api.example", limit).await.unwrap(),
             [fresh]
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_to_a_new_name_wait_for_one_lookup_together() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (server, asked) = truncating_server().await;
+        let resolver = Resolver::new(vec![server]);
+        let limit = Duration::from_secs(5);
+        let answers =
+            futures::future::join_all((0..10).map(|_| resolver.lookup("api.example", limit))).await;
+        for answer in answers {
+            assert_eq!(answer.expect("resolved"), [IpAddr::from([192, 0, 2, 7])]);
+        }
+        // One A and one AAAA question, not ten of each.
+        assert_eq!(asked.load(SeqCst), 2);
+        let failures =
+            futures::future::join_all((0..10).map(|_| resolver.lookup("gone.example", limit)))
+                .await;
+        assert!(failures.iter().all(Result::is_err));
+        assert_eq!(asked.load(SeqCst), 4);
+        // Nobody waits any more: the names' locks are gone.
+        let _other = resolver.turn("other.example");
+        assert_eq!(
+            resolver.0.asking.lock().unwrap().len(),
+            1,
+            "only the name just asked for"
         );
     }
 
