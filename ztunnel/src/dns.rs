@@ -96,9 +96,8 @@ struct Inner {
 /// [`RETRY_AFTER`], so that connections to a name that does not resolve
 /// do not each ask the servers again).
 struct Known {
-    /// Empty: the lookup failed, for `failure`.
-    addresses: Vec<IpAddr>,
-    failure: Option<String>,
+    /// The addresses, or why the lookup failed.
+    answer: Result<Vec<IpAddr>, String>,
     valid_until: Instant,
     /// A refresh runs in the background.
     refreshing: bool,
@@ -175,19 +174,22 @@ impl Resolver {
     ) -> Option<Result<(Vec<IpAddr>, Instant), DnsError>> {
         let now = Instant::now();
         let mut known = self.known();
-        // An answer left unused long past its expiry is not served while
-        // refreshed: it is asked for again, as a name never resolved.
-        let known = known.get_mut(host).filter(|k| k.remembered_at(now))?;
+        let known = known.get_mut(host)?;
         if known.valid_until > now {
-            return Some(match &known.failure {
-                Some(reason) => Err(DnsError::Recent {
+            return Some(match &known.answer {
+                Ok(addresses) => Ok((addresses.clone(), known.valid_until)),
+                Err(reason) => Err(DnsError::Recent {
                     reason: reason.clone(),
                 }),
-                None => Ok((known.addresses.clone(), known.valid_until)),
             });
         }
-        let serves_stale = known.failure.is_none() && known.valid_until + STALE_GRACE > now;
-        if serves_stale && !known.refreshing {
+        let Ok(addresses) = &known.answer else {
+            return None;
+        };
+        if known.valid_until + STALE_GRACE <= now {
+            return None;
+        }
+        if !known.refreshing {
             known.refreshing = true;
             let (this, name) = (self.clone(), host.to_owned());
             tokio::spawn(async move {
@@ -195,7 +197,7 @@ impl Resolver {
                 let _ = this.refresh(&name, limit).await;
             });
         }
-        serves_stale.then(|| Ok((known.addresses.clone(), now + RETRY_AFTER)))
+        Some(Ok((addresses.clone(), now + RETRY_AFTER)))
     }
 
     /// As [`Resolver::resolve`], the addresses alone.
@@ -229,8 +231,7 @@ impl Resolver {
                 known.insert(
                     host.to_owned(),
                     Known {
-                        addresses: addresses.clone(),
-                        failure: None,
+                        answer: Ok(addresses.clone()),
                         valid_until,
                         refreshing: false,
                     },
@@ -238,11 +239,15 @@ impl Resolver {
                 Ok((addresses, valid_until))
             }
             Err(error) => match known.get_mut(host) {
-                Some(stale) if stale.failure.is_none() && !error.no_such_name() => {
-                    warn!(%host, %error, addresses = ?stale.addresses, "DNS failed; the name's last answer stands in");
-                    stale.valid_until = now + RETRY_AFTER;
-                    stale.refreshing = false;
-                    Ok((stale.addresses.clone(), stale.valid_until))
+                Some(Known {
+                    answer: Ok(addresses),
+                    valid_until,
+                    refreshing,
+                }) if !error.no_such_name() => {
+                    warn!(%host, %error, ?addresses, "DNS failed; the name's last answer stands in");
+                    *valid_until = now + RETRY_AFTER;
+                    *refreshing = false;
+                    Ok((addresses.clone(), *valid_until))
                 }
                 // A name that no longer exists is dropped; one that never
                 // resolved stays unresolved for a moment.
@@ -250,8 +255,7 @@ impl Resolver {
                     known.insert(
                         host.to_owned(),
                         Known {
-                            addresses: Vec::new(),
-                            failure: Some(error.to_string()),
+                            answer: Err(error.to_string()),
                             valid_until: now + RETRY_AFTER,
                             refreshing: false,
                         },
@@ -650,8 +654,7 @@ mod tests {
             resolver.known().insert(
                 "api.example".into(),
                 Known {
-                    addresses: vec![old],
-                    failure: None,
+                    answer: Ok(vec![old]),
                     valid_until,
                     refreshing: false,
                 },
@@ -699,8 +702,7 @@ mod tests {
     fn answers_unused_long_past_expiry_are_forgotten() {
         let now = Instant::now();
         let known = |valid_until, refreshing| Known {
-            addresses: vec![IpAddr::from([192, 0, 2, 1])],
-            failure: None,
+            answer: Ok(vec![IpAddr::from([192, 0, 2, 1])]),
             valid_until,
             refreshing,
         };
