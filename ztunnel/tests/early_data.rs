@@ -1,6 +1,7 @@
 //! An HBONE peer slow to answer a CONNECT: the client's first read leaves with
 //! the CONNECT and the rest waits for the answer; a peer that never answers is
-//! given up on in time, its stream cancelled.
+//! given up on in time, its stream cancelled; a peer that goes away before taking
+//! the stream has it sent again, first bytes and all, on a new connection.
 //!
 //! The peers here are bare HTTP/2 servers over TLS that hold their answer back,
 //! so the tests can see what a ztunnel client sends while a destination is slow
@@ -16,7 +17,7 @@ use common::*;
 use http::{Method, Response};
 use rustls::sign::SingleCertAndKey;
 use tokio::{
-    io::AsyncWriteExt as _,
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::oneshot,
 };
@@ -275,4 +276,145 @@ async fn a_connect_without_an_answer_fails_in_time_and_cancels_its_stream() {
         .expect("the stream ends at the peer")
         .unwrap();
     assert!(reset.is_some(), "the abandoned stream is reset");
+}
+
+/// HTTP/2 frame types and flags the going-away peer reads and writes by hand.
+const DATA: u8 = 0x0;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const ACK: u8 = 0x1;
+
+fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// An HBONE peer whose first connection goes away (GOAWAY, last stream 0, no
+/// error) once the first CONNECT's early bytes arrive: the stream was on its way
+/// before the client knew, and the peer never took it (h2's own server counts any
+/// stream it has seen as taken, hence the frames by hand). The second connection
+/// answers and echoes. The task ends with the early bytes the first connection got
+/// and everything the second one got.
+async fn going_away_peer(
+    cert: &WorkloadCertificate,
+) -> (SocketAddr, tokio::task::JoinHandle<(usize, Vec<u8>)>) {
+    let (listener, acceptor, addr) = h2_peer(cert).await;
+    let served = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut first = acceptor.accept(tcp).await.unwrap();
+        first.write_all(&frame(SETTINGS, 0, &[])).await.unwrap();
+        let mut preface = [0u8; 24];
+        first.read_exact(&mut preface).await.unwrap();
+        assert_eq!(&preface[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        let early = loop {
+            let mut head = [0u8; 9];
+            first.read_exact(&mut head).await.unwrap();
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            first.read_exact(&mut payload).await.unwrap();
+            match (head[3], head[4] & ACK) {
+                (SETTINGS, 0) => first.write_all(&frame(SETTINGS, ACK, &[])).await.unwrap(),
+                (DATA, _) => break len,
+                _ => {}
+            }
+        };
+        // Last stream 0 (none taken), NO_ERROR: a graceful drain that the stream
+        // crossed on the wire.
+        first.write_all(&frame(GOAWAY, 0, &[0; 8])).await.unwrap();
+        first.flush().await.unwrap();
+        // Open until the client lets go of it.
+        tokio::spawn(async move {
+            let mut sink = [0u8; 1024];
+            while matches!(first.read(&mut sink).await, Ok(n) if n > 0) {}
+        });
+
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(tcp).await.unwrap();
+        let mut connection = h2::server::handshake(tls).await.unwrap();
+        let (request, mut respond) = connection.accept().await.unwrap().unwrap();
+        tokio::spawn(async move { while connection.accept().await.is_some() {} });
+        let mut body = request.into_body();
+        let mut send = respond
+            .send_response(Response::new(()), false)
+            .expect("answering");
+        let mut got = Vec::new();
+        while let Some(Ok(data)) = body.data().await {
+            let _ = body.flow_control().release_capacity(data.len());
+            got.extend_from_slice(&data);
+            send.send_data(data, false).unwrap();
+        }
+        send.send_data(Bytes::new(), true).unwrap();
+        (early, got)
+    });
+    (addr, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_peer_went_away_before_is_sent_again_first_bytes_and_all() {
+    let pki = Pki::new();
+    let (gateway, peer) = going_away_peer(&pki.server_cert()).await;
+    let (pool, key) = pki.pool_to(gateway, Duration::from_secs(10));
+    let tunnel = pool
+        .tunnel(
+            &key,
+            &pki.client_cert(),
+            &pki.trust,
+            "10.1.2.3:8080".parse().unwrap(),
+            None,
+            Establish::SendEarly,
+        )
+        .await
+        .expect("an early tunnel opens before the answer");
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut app = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    let splice = tokio::spawn(tunnel.splice(accepted, 64 << 10));
+    let exchange = async {
+        app.write_all(&[1u8; FIRST]).await?;
+        let mut echo = vec![0u8; FIRST];
+        app.read_exact(&mut echo).await?;
+        app.write_all(&[2u8; LATER]).await?;
+        app.shutdown().await?;
+        app.read_to_end(&mut echo).await?;
+        std::io::Result::Ok(echo)
+    };
+    let echo = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("the tunnel carried on through the second connection")
+        .expect("the client saw no failure");
+    let mut sent = vec![1u8; FIRST];
+    sent.extend_from_slice(&[2u8; LATER]);
+    assert!(
+        echo == sent,
+        "echoed {} bytes, not what was sent",
+        echo.len()
+    );
+
+    let (early, got) = tokio::time::timeout(Duration::from_secs(10), peer)
+        .await
+        .expect("the peer is done")
+        .unwrap();
+    assert_eq!(
+        early, FIRST,
+        "the first bytes left early on the first connection"
+    );
+    assert!(
+        got == sent,
+        "the second connection got each byte once: {} bytes",
+        got.len()
+    );
+    let spliced = splice.await.unwrap();
+    assert!(spliced.failed_connect.is_none(), "{spliced:?}");
+    assert!(spliced.error.is_none(), "{spliced:?}");
+    assert_eq!(spliced.to_tunnel, sent.len() as u64);
+    assert_eq!(
+        pool.connection_count(),
+        1,
+        "the connection that went away is retired"
+    );
 }

@@ -71,13 +71,43 @@ impl Pool {
         source_ip: Option<IpAddr>,
         establish: Establish,
     ) -> Result<Tunnel, HboneError> {
+        let mut tunnel = self
+            .open(key, source_cert, trust, authority, source_ip, establish)
+            .await?;
+        if tunnel.is_early() {
+            // A draining peer's GOAWAY can cross a stream already sent: the peer
+            // refuses it unprocessed, and the splice opens it once more. The pool has
+            // retired the connection by then; this time the answer comes first.
+            let (pool, key) = (self.clone(), key.clone());
+            let (cert, trust) = (source_cert.clone(), trust.clone());
+            tunnel.reopen_with(Box::new(move || {
+                Box::pin(async move {
+                    let again = Establish::AwaitAnswer;
+                    pool.open(&key, &cert, &trust, authority, source_ip, again)
+                        .await
+                })
+            }));
+        }
+        Ok(tunnel)
+    }
+
+    async fn open(
+        &self,
+        key: &PoolKey,
+        source_cert: &WorkloadCertificate,
+        trust: &TrustBundle,
+        authority: SocketAddr,
+        source_ip: Option<IpAddr>,
+        establish: Establish,
+    ) -> Result<Tunnel, HboneError> {
         let timeout = self.inner.config.connect_header_timeout;
         // Pooled connections first. A peer that drains sends GOAWAY on all of them at
         // once; each refusal retires its connection, so every one is tried at most once.
         while let Some((connection, guard)) = self.find(key) {
-            // Early data cannot be retried on another connection (the bytes are
-            // gone), so a connection that may have died unnoticed — no stream on it
-            // for a while — first proves itself with an answer.
+            // Early data is sent again only when the peer says it did not take the
+            // stream (GOAWAY); a connection that died unnoticed says nothing. So one
+            // that may have, no stream on it for a while, first proves itself with
+            // an answer.
             let usage = connection.usage();
             let quiet = usage.streams() <= 1 && usage.idle_for() > QUIET_BEFORE_EARLY_DATA;
             let establish = if quiet {

@@ -56,6 +56,23 @@ pub enum HboneError {
 }
 
 impl HboneError {
+    /// Whether the peer refused the stream without processing it, so that it may be
+    /// sent again elsewhere, early bytes and all (RFC 9113 §8.7): the peer went away
+    /// gracefully before the stream's id (a GOAWAY whose last stream is below it), or
+    /// refused the stream outright (REFUSED_STREAM). h2 gives a stream the GOAWAY's
+    /// error only when its id is above the last one the peer took.
+    pub fn unprocessed(&self) -> bool {
+        let HboneError::Http2 { source, .. } = self else {
+            return false;
+        };
+        source.is_remote()
+            && match source.reason() {
+                Some(h2::Reason::NO_ERROR) => source.is_go_away(),
+                Some(h2::Reason::REFUSED_STREAM) => source.is_reset(),
+                _ => false,
+            }
+    }
+
     /// A short label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -9,7 +9,6 @@ use std::{
     future::{Future, poll_fn},
     io,
     pin::Pin,
-    sync::atomic::{AtomicBool, Ordering},
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -22,15 +21,24 @@ use tokio::{
     sync::Notify,
 };
 
+use tracing::debug;
+
 use super::client::{Carrier, HboneError, StreamGuard};
 
 /// The peer's answer to an early-sending CONNECT, still to come.
 pub(super) type Answer = Pin<Box<dyn Future<Output = Result<RecvStream, HboneError>> + Send>>;
 
+/// Opens the same CONNECT again, on another connection, for an early-sending tunnel
+/// whose stream the peer refused without processing it (see [`HboneError::unprocessed`]).
+pub type Reopen =
+    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<Tunnel, HboneError>> + Send>> + Send>;
+
 /// The receiving half: open, or waiting for the answer to the CONNECT.
 enum Recv {
     Open(RecvStream),
-    Awaiting(Answer),
+    /// The answer to come, and how to send the stream again if the peer went away
+    /// before it (only [`Tunnel::splice`] does; reads through `AsyncRead` fail then).
+    Awaiting(Answer, Option<Reopen>),
     /// The answer was a refusal (already reported to the reader).
     Refused,
 }
@@ -70,10 +78,25 @@ impl Tunnel {
     pub(super) fn early(send: SendStream<Bytes>, answer: Answer, guard: StreamGuard) -> Self {
         Tunnel {
             send,
-            recv: Recv::Awaiting(answer),
+            recv: Recv::Awaiting(answer, None),
             unread: Bytes::new(),
             shut: false,
             guard: Some(guard),
+        }
+    }
+
+    /// Whether the tunnel sends before the peer has answered.
+    pub fn is_early(&self) -> bool {
+        matches!(self.recv, Recv::Awaiting(..))
+    }
+
+    /// Gives an early-sending tunnel the way to open its CONNECT again should the peer
+    /// go away before taking the stream: a peer handing its node over sends GOAWAY, and
+    /// a stream already on its way is then refused unprocessed. What the client sent
+    /// early is sent again on the new stream, so the race costs no connection.
+    pub fn reopen_with(&mut self, reopen: Reopen) {
+        if let Recv::Awaiting(_, slot) = &mut self.recv {
+            *slot = Some(reopen);
         }
     }
 
@@ -89,39 +112,73 @@ impl Tunnel {
             mut send,
             recv,
             unread,
-            guard: _guard,
+            mut guard,
             ..
         } = self;
-        let (mut reader, mut writer) = socket.split();
         let (mut to_tunnel, mut from_tunnel) = (0u64, 0u64);
-        let mut failed_connect = None;
-        // The answer to an early-sending CONNECT, until the download half has it.
-        let (mut answer, recv) = match recv {
-            Recv::Awaiting(answer) => (Some(answer), None),
-            Recv::Open(recv) => (None, Some(recv)),
-            Recv::Refused => (None, None),
+        let mut client_done = false;
+        let recv = match recv {
+            Recv::Open(recv) => recv,
+            Recv::Awaiting(answer, reopen) => {
+                let early = Early {
+                    socket: &mut socket,
+                    send: &mut send,
+                    guard: &mut guard,
+                    buffer,
+                };
+                match early.await_answer(answer, reopen).await {
+                    Ok(answered) => {
+                        to_tunnel = answered.sent;
+                        client_done = answered.client_done;
+                        answered.recv
+                    }
+                    Err(EarlyFailure::Connect(error)) => {
+                        crate::proxy::reset(socket);
+                        return Spliced {
+                            to_tunnel: 0,
+                            from_tunnel: 0,
+                            error: Some(io::Error::new(
+                                io::ErrorKind::ConnectionRefused,
+                                error.to_string(),
+                            )),
+                            failed_connect: Some(error),
+                        };
+                    }
+                    Err(EarlyFailure::Client(error)) => {
+                        return Spliced {
+                            to_tunnel: 0,
+                            from_tunnel: 0,
+                            error: Some(error),
+                            failed_connect: None,
+                        };
+                    }
+                }
+            }
+            Recv::Refused => {
+                crate::proxy::reset(socket);
+                return Spliced {
+                    to_tunnel: 0,
+                    from_tunnel: 0,
+                    error: Some(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        "the peer refused the HBONE CONNECT",
+                    )),
+                    failed_connect: None,
+                };
+            }
         };
-        // Before the answer, only the client's first read goes out: the peer holds
-        // early bytes unread until it has reached the destination, and a stream
-        // filling its window with them would hold back the connection's others.
-        let answered = AtomicBool::new(answer.is_none());
-        let answer_came = Notify::new();
+        let _guard = guard;
+        let (mut reader, mut writer) = socket.split();
         // Told when the download half is done (a permit is kept if nobody waits).
         let downloaded = Notify::new();
         let result = {
             let up = async {
                 let sent = async {
+                    if client_done {
+                        return Ok(());
+                    }
                     let mut buf = BytesMut::with_capacity(buffer);
-                    let mut first = true;
                     loop {
-                        if !first {
-                            // notify_one keeps a permit: no wake-up is lost between the
-                            // check and the wait.
-                            while !answered.load(Ordering::Acquire) {
-                                answer_came.notified().await;
-                            }
-                        }
-                        first = false;
                         buf.reserve(buffer);
                         let n = reader.read_buf(&mut buf).await?;
                         if n == 0 {
@@ -166,35 +223,7 @@ impl Tunnel {
             };
             let down = async {
                 let done = async {
-                    let mut recv = match (recv, answer.as_mut()) {
-                        (Some(recv), _) => recv,
-                        (None, Some(pending)) => {
-                            let outcome = pending.await;
-                            // Polled to completion: never again.
-                            answer = None;
-                            match outcome {
-                                Ok(recv) => {
-                                    answered.store(true, Ordering::Release);
-                                    answer_came.notify_one();
-                                    recv
-                                }
-                                Err(error) => {
-                                    let io = io::Error::new(
-                                        io::ErrorKind::ConnectionRefused,
-                                        error.to_string(),
-                                    );
-                                    failed_connect = Some(error);
-                                    return Err(io);
-                                }
-                            }
-                        }
-                        (None, None) => {
-                            return Err(io::Error::new(
-                                io::ErrorKind::ConnectionRefused,
-                                "the peer refused the HBONE CONNECT",
-                            ));
-                        }
-                    };
+                    let mut recv = recv;
                     let mut data = unread;
                     loop {
                         if !data.is_empty() {
@@ -219,22 +248,11 @@ impl Tunnel {
             };
             tokio::try_join!(up, down)
         };
-        // The upload can fail first (the peer resets a stream it refused while the
-        // client is still sending): the answer, due by its deadline, says whether
-        // the CONNECT itself failed.
-        if let (Err(_), Some(pending)) = (&result, answer)
-            && let Err(error) = pending.await
-        {
-            failed_connect = Some(error);
-        }
-        if failed_connect.is_some() {
-            crate::proxy::reset(socket);
-        }
         Spliced {
             to_tunnel,
             from_tunnel,
             error: result.err(),
-            failed_connect,
+            failed_connect: None,
         }
     }
 
@@ -245,6 +263,102 @@ impl Tunnel {
             Poll::Ready(Err(error)) => to_io_error(error),
             Poll::Pending => {
                 io::Error::new(io::ErrorKind::BrokenPipe, "the HBONE stream is closed")
+            }
+        }
+    }
+}
+
+/// A splice of an early-sending tunnel until the peer's answer: the client's first
+/// read goes out with the CONNECT, and the rest waits for the answer. The peer holds
+/// early bytes unread until it has reached the destination, and a stream filling its
+/// window with them would hold back the connection's others.
+struct Early<'a> {
+    socket: &'a mut TcpStream,
+    send: &'a mut SendStream<Bytes>,
+    guard: &'a mut Option<StreamGuard>,
+    buffer: usize,
+}
+
+/// The peer answered: its stream, what went to it before, and whether the client
+/// had finished sending by then.
+struct Answered {
+    recv: RecvStream,
+    sent: u64,
+    client_done: bool,
+}
+
+enum EarlyFailure {
+    /// The CONNECT failed: nothing reached the destination.
+    Connect(HboneError),
+    /// The client's socket failed first.
+    Client(io::Error),
+}
+
+impl Early<'_> {
+    async fn await_answer(
+        self,
+        mut answer: Answer,
+        mut reopen: Option<Reopen>,
+    ) -> Result<Answered, EarlyFailure> {
+        let mut buf = BytesMut::with_capacity(self.buffer);
+        // The first read, kept until the answer in case the stream must be sent again.
+        let mut first: Option<Bytes> = None;
+        let mut client_done = false;
+        loop {
+            tokio::select! {
+                outcome = &mut answer => match outcome {
+                    Ok(recv) => {
+                        return Ok(Answered {
+                            recv,
+                            sent: first.map_or(0, |b| b.len() as u64),
+                            client_done,
+                        });
+                    }
+                    Err(error) if error.unprocessed() && reopen.is_some() => {
+                        debug!(%error, "the peer went away before taking the CONNECT; sending it again");
+                        let open_again = reopen.take().ok_or(EarlyFailure::Connect(error))?;
+                        let tunnel = open_again().await.map_err(EarlyFailure::Connect)?;
+                        *self.send = tunnel.send;
+                        *self.guard = tunnel.guard;
+                        // Buffered by h2 beyond the window if need be: one read at most.
+                        // (The client's EOF is only read while no byte has come.)
+                        let _ = match &first {
+                            Some(bytes) => self.send.send_data(bytes.clone(), false),
+                            None if client_done => self.send.send_data(Bytes::new(), true),
+                            None => Ok(()),
+                        };
+                        answer = match tunnel.recv {
+                            Recv::Open(recv) => Box::pin(std::future::ready(Ok(recv))),
+                            Recv::Awaiting(next, again) => {
+                                reopen = again;
+                                next
+                            }
+                            // Only a tunnel read through `AsyncRead` gets here, never
+                            // a fresh one.
+                            Recv::Refused => {
+                                return Err(EarlyFailure::Client(io::Error::new(
+                                    io::ErrorKind::ConnectionRefused,
+                                    "the peer refused the HBONE CONNECT",
+                                )));
+                            }
+                        };
+                    }
+                    Err(error) => return Err(EarlyFailure::Connect(error)),
+                },
+                read = self.socket.read_buf(&mut buf), if first.is_none() && !client_done => {
+                    // A send that fails means the stream is gone: the answer says why.
+                    match read.map_err(EarlyFailure::Client)? {
+                        0 => {
+                            client_done = true;
+                            let _ = self.send.send_data(Bytes::new(), true);
+                        }
+                        _ => {
+                            let bytes = buf.split().freeze();
+                            let _ = self.send.send_data(bytes.clone(), false);
+                            first = Some(bytes);
+                        }
+                    }
+                }
             }
         }
     }
@@ -299,7 +413,7 @@ impl AsyncRead for Tunnel {
         let recv = loop {
             match &mut this.recv {
                 Recv::Open(recv) => break recv,
-                Recv::Awaiting(answer) => match ready!(answer.as_mut().poll(cx)) {
+                Recv::Awaiting(answer, _) => match ready!(answer.as_mut().poll(cx)) {
                     Ok(recv) => this.recv = Recv::Open(recv),
                     Err(error) => {
                         this.recv = Recv::Refused;
