@@ -10,7 +10,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use warren_ebpf_common::Mode;
 
 use crate::{
@@ -20,6 +20,7 @@ use crate::{
         cluster::Pod,
         istio::{MtlsMode, PeerAuthentication},
     },
+    sandbox::{Locator, SandboxError, Sandboxes},
     store::Store,
 };
 
@@ -28,10 +29,18 @@ pub const DATAPLANE_LABELS: &[&str] = &["warren.io/dataplane-mode", "istio.io/da
 pub const AMBIENT: &str = "ambient";
 /// Pod label value that opts one pod out.
 pub const NONE: &str = "none";
-/// Pod annotations Warren reads in local mode (a kubelet plugin would
-/// provide the same facts on a cluster).
+/// Pod annotations Warren reads in local mode; on a cluster, [`crate::sandbox`]
+/// finds the same facts from the pod's UID.
 pub const NETNS_ANNOTATION: &str = "warren.io/netns";
 pub const HOST_VETH_ANNOTATION: &str = "warren.io/host-veth";
+
+/// An enrolled pod's network namespace: the cookie the kernel programs know
+/// it by, and a path that opens it (for ztunnel, to connect from the pod).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodNetns {
+    pub cookie: u64,
+    pub path: PathBuf,
+}
 
 /// Keeps the datapath's enrolled pods equal to what configuration asks.
 pub struct Enrollment {
@@ -39,6 +48,8 @@ pub struct Enrollment {
     root_namespace: String,
     /// Enrolled pods: what was asked, and the netns cookie it got.
     enrolled: BTreeMap<ObjectKey, (PodEnrollment, u64)>,
+    /// Pods' namespaces and veths found on a Kubernetes node (no annotations).
+    sandboxes: Sandboxes,
     /// Pods enrolled by an earlier agent (netns cookie → name): reconciled
     /// once after the first sync, then forgotten. Keyed by cookie because
     /// the name the kernel stores may be truncated.
@@ -61,15 +72,22 @@ impl Enrollment {
             node: node.into(),
             root_namespace: root_namespace.into(),
             enrolled: BTreeMap::new(),
+            sandboxes: Sandboxes::new(Locator::default()),
             adopted: Some(adopted),
         })
     }
 
-    /// The network-namespace cookie of every enrolled pod.
-    pub fn cookies(&self) -> BTreeMap<ObjectKey, u64> {
+    /// The network namespace of every enrolled pod.
+    pub fn namespaces(&self) -> BTreeMap<ObjectKey, PodNetns> {
         self.enrolled
             .iter()
-            .map(|(k, (_, cookie))| (k.clone(), *cookie))
+            .map(|(k, (pod, cookie))| {
+                let netns = PodNetns {
+                    cookie: *cookie,
+                    path: pod.netns.clone(),
+                };
+                (k.clone(), netns)
+            })
             .collect()
     }
 
@@ -138,8 +156,9 @@ impl Enrollment {
     }
 
     /// Pods of this node that configuration says to enroll.
-    fn desired(&self, store: &Store) -> BTreeMap<ObjectKey, PodEnrollment> {
+    fn desired(&mut self, store: &Store) -> BTreeMap<ObjectKey, PodEnrollment> {
         let mut out = BTreeMap::new();
+        let mut uids = Vec::new();
         for object in store.of_kind(Kind::Pod) {
             let Object::Pod(pod) = object else { continue };
             if pod.node_name.as_deref() != Some(self.node.as_str()) {
@@ -149,10 +168,37 @@ impl Enrollment {
             if !is_enrolled_namespace(store, namespace) || pod_opts_out(pod) {
                 continue;
             }
-            let name = format!("{namespace}/{}", pod.name);
-            let Some(netns) = pod.annotation(NETNS_ANNOTATION) else {
-                warn!(pod = %name, "no {NETNS_ANNOTATION} annotation: cannot find its network namespace");
+            // Istio leaves them out too: their namespace is the node's.
+            if pod.host_network {
                 continue;
+            }
+            let name = format!("{namespace}/{}", pod.name);
+            let (netns, host_veth) = match (pod.annotation(NETNS_ANNOTATION), pod.uid.as_deref()) {
+                (Some(netns), _) => (
+                    PathBuf::from(netns),
+                    pod.annotation(HOST_VETH_ANNOTATION).map(str::to_owned),
+                ),
+                // Kubelet gives a pod its address once its sandbox is up.
+                (None, Some(_)) if pod.pod_ip.is_none() => continue,
+                (None, Some(uid)) => {
+                    uids.push(uid.to_owned());
+                    match self.sandboxes.find(uid) {
+                        Ok(sandbox) => (sandbox.netns, sandbox.host_veth),
+                        // Retried on the next reconcile (one runs on a timer too).
+                        Err(SandboxError::NotRunning(_)) => {
+                            debug!(pod = %name, %uid, "no process of the pod seen yet");
+                            continue;
+                        }
+                        Err(error) => {
+                            warn!(pod = %name, %error, "cannot find the pod's network namespace");
+                            continue;
+                        }
+                    }
+                }
+                (None, None) => {
+                    warn!(pod = %name, "neither a {NETNS_ANNOTATION} annotation nor a UID: cannot find its network namespace");
+                    continue;
+                }
             };
             let ip4 = match pod.pod_ip {
                 Some(IpAddr::V4(ip)) => Some(ip),
@@ -163,9 +209,9 @@ impl Enrollment {
                 object.key(),
                 PodEnrollment {
                     name,
-                    netns: PathBuf::from(netns),
+                    netns,
                     ip4,
-                    host_veth: pod.annotation(HOST_VETH_ANNOTATION).map(str::to_owned),
+                    host_veth,
                     mode,
                     port_modes,
                     // Validation refused pods with a bad annotation.
@@ -173,6 +219,7 @@ impl Enrollment {
                 },
             );
         }
+        self.sandboxes.retain(uids.iter().map(String::as_str));
         out
     }
 }

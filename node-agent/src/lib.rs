@@ -7,6 +7,8 @@
 //! - [`model`]: the kinds Warren reads, typed and validated.
 //! - [`store`]: the last good version of every object.
 //! - [`enrollment`]: which pods of this node are captured, and how.
+//! - [`sandbox`]: on a Kubernetes node, a pod's network namespace and veth,
+//!   found from its UID.
 //! - [`datapath`]: the eBPF programs and maps; the only code that touches
 //!   kernel state.
 //! - [`ca`]: the mesh certificate authority (`warren-node-agent ca`).
@@ -26,6 +28,7 @@ pub mod distribution;
 pub mod enrollment;
 pub mod identity;
 pub mod memory;
+pub mod sandbox;
 pub mod source;
 pub mod store;
 pub mod view;

@@ -140,6 +140,9 @@ impl Owner {
 pub struct Pod {
     pub name: Arc<str>,
     pub namespace: Arc<str>,
+    /// `metadata.uid`: names the pod's cgroup on a Kubernetes node, where the
+    /// node agent finds its network namespace.
+    pub uid: Option<Box<str>>,
     pub labels: Labels,
     /// The `warren.io/` annotations (see [`WARREN_ANNOTATION_PREFIX`]).
     pub annotations: Box<[(Box<str>, Box<str>)]>,
@@ -148,6 +151,8 @@ pub struct Pod {
     pub node_name: Option<Arc<str>>,
     /// `spec.serviceAccountName`.
     pub service_account_name: Option<Arc<str>>,
+    /// `spec.hostNetwork`: the pod shares its node's network namespace.
+    pub host_network: bool,
     /// `status.phase`.
     pub phase: Option<PodPhase>,
     /// `status.hostIP`, if it parses.
@@ -179,8 +184,10 @@ impl From<core::Pod> for Pod {
                 .and_then(|o| o.first())
                 .map(|o| Owner::new(&o.kind, &o.name)),
             name: name_of(meta.name),
+            uid: meta.uid.map(String::into_boxed_str),
             node_name: spec.node_name.as_deref().map(intern),
             service_account_name: spec.service_account_name.as_deref().map(intern),
+            host_network: spec.host_network.unwrap_or(false),
             phase: status.phase.as_deref().map(PodPhase::parse),
             host_ip: status.host_ip.as_deref().and_then(ip),
             pod_ip: status.pod_ip.as_deref().and_then(ip),

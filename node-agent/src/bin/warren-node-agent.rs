@@ -229,7 +229,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 view.refusals(&store);
                 // After the view's work: it frees what it computed from.
                 reclaim.after_changes(changed.len());
-                view.set_cookies(&store, enrollment.cookies());
+                view.set_namespaces(&store, enrollment.namespaces());
                 if let Some(handle) = &identities {
                     handle.want(view.local_identities());
                 }
@@ -247,7 +247,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 reclaim.on_tick();
                 if store.synced() {
                     enrollment.reconcile(&store, &mut datapath);
-                    view.set_cookies(&store, enrollment.cookies());
+                    view.set_namespaces(&store, enrollment.namespaces());
                 }
             }
             _ = ticker.tick() => {

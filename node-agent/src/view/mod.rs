@@ -31,6 +31,7 @@ use warren_api::{
 };
 
 use crate::{
+    enrollment::PodNetns,
     model::{Kind, Labels, Object, ObjectKey},
     store::Store,
 };
@@ -59,8 +60,8 @@ pub struct View {
     policies: BTreeMap<(String, String), Selection>,
     /// EndpointSlice → the Service it belongs to (same namespace).
     slices: HashMap<ObjectKey, String>,
-    /// Network-namespace cookies of this node's enrolled pods.
-    cookies: BTreeMap<ObjectKey, u64>,
+    /// Network namespaces of this node's enrolled pods.
+    namespaces: BTreeMap<ObjectKey, PodNetns>,
     /// Identities of the workloads this node's ztunnel serves, and of the
     /// waypoints running on this node.
     local_identities: BTreeMap<String, Identity>,
@@ -77,7 +78,7 @@ impl View {
             publisher,
             policies: BTreeMap::new(),
             slices: HashMap::new(),
-            cookies: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
             local_identities: BTreeMap::new(),
             waypoints: BTreeMap::new(),
             entries: BTreeMap::new(),
@@ -262,20 +263,20 @@ impl View {
         self.publisher.write(|p| p.set_refusals(refusals));
     }
 
-    /// Takes the enrolled pods' cookies, recomputing pods whose cookie moved.
-    pub fn set_cookies(&mut self, store: &Store, cookies: BTreeMap<ObjectKey, u64>) {
-        let moved: Vec<ObjectKey> = cookies
+    /// Takes the enrolled pods' namespaces, recomputing pods whose namespace moved.
+    pub fn set_namespaces(&mut self, store: &Store, namespaces: BTreeMap<ObjectKey, PodNetns>) {
+        let moved: Vec<ObjectKey> = namespaces
             .iter()
-            .filter(|(k, c)| self.cookies.get(*k) != Some(*c))
+            .filter(|(k, n)| self.namespaces.get(*k) != Some(*n))
             .map(|(k, _)| k.clone())
             .chain(
-                self.cookies
+                self.namespaces
                     .keys()
-                    .filter(|k| !cookies.contains_key(*k))
+                    .filter(|k| !namespaces.contains_key(*k))
                     .cloned(),
             )
             .collect();
-        self.cookies = cookies;
+        self.namespaces = namespaces;
         for key in &moved {
             self.workload(store, key);
         }
@@ -428,13 +429,7 @@ impl View {
         let computed = match store.get(key) {
             Some(Object::Pod(pod)) => {
                 let policies = self.policies_for(namespace, &pod.labels);
-                workload::workload(
-                    &self.mesh,
-                    store,
-                    pod,
-                    self.cookies.get(key).copied(),
-                    policies,
-                )
+                workload::workload(&self.mesh, store, pod, self.namespaces.get(key), policies)
             }
             _ => None,
         };

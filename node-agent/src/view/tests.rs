@@ -474,7 +474,11 @@ fn cookies_and_certificates_are_published() {
         namespace: Some("demo".into()),
         name: "app-v1-0".into(),
     };
-    view.set_cookies(&store, BTreeMap::from([(pod, 4242)]));
+    let netns = PodNetns {
+        cookie: 4242,
+        path: "/run/netns/t-app-v1-0".into(),
+    };
+    view.set_namespaces(&store, BTreeMap::from([(pod, netns)]));
     let enrolled = workload(&view, "demo", "app-v1-0");
     assert_eq!(enrolled.netns_cookie, 4242);
     assert_eq!(enrolled.netns, "/run/netns/t-app-v1-0");

@@ -10,7 +10,7 @@ use warren_ebpf_common::Mode;
 
 use super::Mesh;
 use crate::{
-    enrollment::{self, inbound_mode},
+    enrollment::{self, PodNetns, inbound_mode},
     model::{Kind, Object, ObjectKey, cluster::Pod, gateway::GATEWAY_NAME_LABEL},
     store::Store,
 };
@@ -34,7 +34,7 @@ pub fn workload(
     mesh: &Mesh,
     store: &Store,
     pod: &Pod,
-    netns_cookie: Option<u64>,
+    netns: Option<&PodNetns>,
     authorization_policies: Vec<String>,
 ) -> Option<Workload> {
     let addresses = pod.addresses();
@@ -91,12 +91,11 @@ pub fn workload(
             .map(|(p, m)| (u32::from(p), proto_mode(m) as i32))
             .collect(),
         locality: locality(store, pod).to_string(),
-        netns_cookie: netns_cookie.unwrap_or_default(),
-        // Only for pods enrolled here: the cookie says the netns was found.
-        netns: netns_cookie
-            .and_then(|_| pod.annotation(enrollment::NETNS_ANNOTATION))
-            .unwrap_or_default()
-            .to_owned(),
+        netns_cookie: netns.map_or(0, |n| n.cookie),
+        // Only for pods enrolled here: ztunnel opens connections from the pod in it.
+        netns: netns
+            .map(|n| n.path.display().to_string())
+            .unwrap_or_default(),
         name,
         namespace,
     })

@@ -9,7 +9,8 @@ use std::{
 
 use anyhow::{Result, bail, ensure};
 use warren_e2e::agent::{agent_socket, datapath, start_agent_with_config, warrenctl_text};
-use warren_testbed::{Cluster, Node, PodSpec, Process, labels, privilege::require_root};
+use warren_node_agent::sandbox::{Locator, SandboxError};
+use warren_testbed::{Cluster, Node, PodSpec, Process, Sandbox, labels, privilege::require_root};
 
 /// Waits until the node's enrolled pods (name → mode) equal `want`.
 fn wait_for_enrolled(node: &Node, agent: &mut Process, want: &[(&str, &str)]) -> Result<()> {
@@ -257,4 +258,114 @@ fn cookie_of(node: &Node, pod: &str) -> Result<u64> {
         .find(|p| p.pod == pod)
         .map(|p| p.netns_cookie)
         .ok_or_else(|| anyhow::anyhow!("{pod} is not enrolled"))
+}
+
+/// On a Kubernetes node nothing writes the testbed's annotations: the agent finds
+/// a pod's network namespace (the runtime's bind mount) and its veth from the
+/// pod's UID, as kubelet names its cgroup; a pod sharing the node's namespace is
+/// never taken for one to capture.
+#[test]
+fn a_pod_on_a_kubernetes_node_is_found_by_its_uid() -> Result<()> {
+    require_root()?;
+    let mut cluster = Cluster::builder().nodes(1).pods_per_node(0).up()?;
+    let node = cluster.node(0)?.clone();
+    cluster.add_namespace("default", labels(&[("istio.io/dataplane-mode", "ambient")]))?;
+    std::fs::write(
+        cluster
+            .config_dir()
+            .join("peerauthentication.default.strict.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: strict\n  namespace: default\nspec:\n  mtls:\n    mode: STRICT\n",
+    )?;
+    let pod = cluster
+        .add_kubelet_pod(PodSpec {
+            name: "web".into(),
+            namespace: "default".into(),
+            node: 0,
+            labels: labels(&[("app", "web")]),
+            service_account: None,
+        })?
+        .clone();
+    let manifest = std::fs::read_to_string(cluster.config_dir().join("pod.default.web.yaml"))?;
+    ensure!(
+        !manifest.contains("warren.io/"),
+        "a kubelet's pod carries no testbed annotation:\n{manifest}"
+    );
+
+    let mut agent = start_agent_with_config(&cluster, &node)?;
+    wait_for_enrolled(&node, &mut agent, &[("default/web", "STRICT")])?;
+    // The STRICT guard sits on the pod's veth.
+    let row = datapath(&node)?
+        .pods()?
+        .into_iter()
+        .find(|p| p.pod == "default/web")
+        .ok_or_else(|| anyhow::anyhow!("default/web is not enrolled"))?;
+    ensure!(
+        row.veth.as_deref() == Some(pod.host_veth.as_str()) && row.ifindex != 0,
+        "the guard is not on {}: {row:?}",
+        pod.host_veth
+    );
+    // ztunnel is told the namespace to connect from the pod in: the runtime's
+    // bind mount, which outlives any one process of the pod.
+    let socket = agent_socket(&cluster, &node)?;
+    let dump = warrenctl_text(&[
+        "config",
+        "dump",
+        "--socket",
+        &socket.to_string_lossy(),
+        "--output",
+        "json",
+    ])?;
+    let netns = pod.sandbox.netns.display().to_string();
+    ensure!(
+        dump.contains(&format!("\"netns\": \"{netns}\""))
+            || dump.contains(&format!("\"netns\":\"{netns}\"")),
+        "the workload's namespace is not {netns}:\n{dump}"
+    );
+
+    // A process in a pod's cgroup but in the node's namespace (hostNetwork): the
+    // locator refuses it, whatever the Pod object says.
+    let host_uid = "00000000-0000-4000-8000-00000000beef";
+    let host_pod = Sandbox {
+        label: "host-network pod".into(),
+        netns: node.sandbox.netns.clone(),
+        cgroup: node.pods_cgroup.join(format!(
+            "kubepods.slice/kubepods-pod{}.slice",
+            host_uid.replace('-', "_")
+        )),
+        env: Vec::new(),
+    };
+    std::fs::create_dir_all(&host_pod.cgroup)?;
+    let status = host_pod
+        .command("sh")?
+        .args(["-c", "sleep infinity </dev/null >/dev/null 2>&1 &"])
+        .status()?;
+    ensure!(
+        status.success(),
+        "starting the host-network process: {status}"
+    );
+    let uid = pod.uid.clone();
+    let (found, host, missing) = warren_testbed::netns::run_in(&node.sandbox.netns, move || {
+        let locator = Locator::default();
+        Ok((
+            locator.find(&uid),
+            locator.find(host_uid),
+            locator.find("00000000-0000-4000-8000-000000000000"),
+        ))
+    })?;
+    let found = found?;
+    ensure!(
+        found.netns == pod.sandbox.netns
+            && found.host_veth.as_deref() == Some(pod.host_veth.as_str()),
+        "found {found:?} for {}",
+        pod.uid
+    );
+    ensure!(
+        matches!(host, Err(SandboxError::HostNetwork(_))),
+        "a process in the node's namespace was taken for a pod's: {host:?}"
+    );
+    ensure!(
+        matches!(missing, Err(SandboxError::NotRunning(_))),
+        "an unknown UID: {missing:?}"
+    );
+    Ok(())
 }

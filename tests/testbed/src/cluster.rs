@@ -22,7 +22,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -81,6 +81,9 @@ pub struct Pod {
     /// The node-side end of its veth (inside the node's namespace).
     pub host_veth: String,
     pub sandbox: Sandbox,
+    /// Shown as on a Kubernetes node (see [`Cluster::add_kubelet_pod`]).
+    #[serde(default)]
+    pub kubelet: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -413,6 +416,18 @@ impl Cluster {
     /// Creates a pod: namespace, veth on its node's bridge, address, default
     /// route, cgroup, and its `Pod` object (plus updated EndpointSlices).
     pub fn add_pod(&mut self, spec: PodSpec) -> Result<&Pod> {
+        self.add_pod_shown(spec, false)
+    }
+
+    /// Adds a pod shown as a kubelet on a Kubernetes node shows it: none of the
+    /// testbed's annotations (the node agent finds its namespace and veth from its
+    /// UID), its cgroup named after the UID as kubelet's systemd driver names it,
+    /// and a sandbox process ("pause") in it for as long as the pod lives.
+    pub fn add_kubelet_pod(&mut self, spec: PodSpec) -> Result<&Pod> {
+        self.add_pod_shown(spec, true)
+    }
+
+    fn add_pod_shown(&mut self, spec: PodSpec, kubelet: bool) -> Result<&Pod> {
         if self
             .state
             .pods
@@ -429,9 +444,16 @@ impl Cluster {
         let ip_addr = addressing::pod_ip(spec.node, slot)?;
         let netns_name = format!("{}-pod-{}-{}", self.state.id, spec.namespace, spec.name);
         let host_veth = format!("veth{slot}");
-        let cgroup = node
-            .pods_cgroup
-            .join(format!("{}.{}", spec.namespace, spec.name));
+        let uid = format!("{}-{}-{}", self.state.id, spec.namespace, spec.name);
+        let cgroup = if kubelet {
+            let slice = format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_"));
+            node.pods_cgroup
+                .join("kubepods.slice/kubepods-besteffort.slice")
+                .join(slice)
+        } else {
+            node.pods_cgroup
+                .join(format!("{}.{}", spec.namespace, spec.name))
+        };
 
         netns::create(&netns_name)?;
         // The veth is born with one end in each namespace: nothing is ever
@@ -505,7 +527,8 @@ impl Cluster {
             env.push(("SAMPLE_VERSION".to_owned(), version.clone()));
         }
         let pod = Pod {
-            uid: format!("{}-{}-{}", self.state.id, spec.namespace, spec.name),
+            uid,
+            kubelet,
             node: node.name.clone(),
             ip: ip_addr,
             ip6: ip6_addr,
@@ -521,6 +544,20 @@ impl Cluster {
             namespace: spec.namespace,
             labels: spec.labels,
         };
+        if kubelet {
+            // Reparented to init by the shell, and killed with the cgroup.
+            let status = pod
+                .sandbox
+                .command("sh")?
+                .args(["-c", "sleep infinity </dev/null >/dev/null 2>&1 &"])
+                .stdin(std::process::Stdio::null())
+                .status()
+                .context("starting the pod's sandbox process")?;
+            ensure!(
+                status.success(),
+                "starting the pod's sandbox process: {status}"
+            );
+        }
         manifests::write_pod(&self.config_dir(), &pod, &node)?;
         self.state.next_slot[spec.node] = slot + 1;
         self.state.pods.push(pod);

@@ -74,6 +74,16 @@ pub fn write_node(dir: &Path, name: &str, labels: &BTreeMap<String, String>) -> 
 }
 
 pub fn write_pod(dir: &Path, pod: &Pod, node: &Node) -> Result<PathBuf> {
+    // What only the testbed knows; a kubelet-shown pod is found by its UID.
+    let annotations = if pod.kubelet {
+        json!({})
+    } else {
+        json!({
+            NETNS_ANNOTATION: pod.sandbox.netns,
+            CGROUP_ANNOTATION: pod.sandbox.cgroup,
+            HOST_VETH_ANNOTATION: pod.host_veth,
+        })
+    };
     let object = json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -82,11 +92,7 @@ pub fn write_pod(dir: &Path, pod: &Pod, node: &Node) -> Result<PathBuf> {
             "namespace": pod.namespace,
             "uid": pod.uid,
             "labels": pod.labels,
-            "annotations": {
-                NETNS_ANNOTATION: pod.sandbox.netns,
-                CGROUP_ANNOTATION: pod.sandbox.cgroup,
-                HOST_VETH_ANNOTATION: pod.host_veth,
-            },
+            "annotations": annotations,
         },
         "spec": {
             "nodeName": node.name,

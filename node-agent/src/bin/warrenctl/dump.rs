@@ -81,7 +81,8 @@ fn workload_json(w: &Workload) -> Value {
         "authorizationPolicies": w.authorization_policies,
         "inboundMode": mode(w.inbound_mode),
         "portModes": w.port_modes.iter().map(|(p, m)| (p.to_string(), mode(*m))).collect::<std::collections::BTreeMap<_, _>>(),
-        "isWaypoint": w.is_waypoint, "netnsCookie": w.netns_cookie,
+        "isWaypoint": w.is_waypoint, "netnsCookie": w.netns_cookie, "netns": w.netns,
+        "locality": w.locality,
     })
 }
 
