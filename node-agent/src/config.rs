@@ -11,6 +11,32 @@ use clap::Args;
 
 use crate::datapath::pins::BPFFS_ROOT;
 
+/// The `warren-node-agent` command line (shared with tests that check what the
+/// Helm chart passes it).
+#[derive(clap::Parser)]
+#[command(name = "warren-node-agent", version, about = "Warren's per-node agent")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Install (or adopt) the eBPF datapath on this node and keep it
+    /// configured until SIGINT or SIGTERM. Pinned programs stay attached
+    /// after the agent exits, so capture survives restarts and upgrades.
+    Run(RunArgs),
+    /// Remove every program, link, map and pin of this node.
+    Uninstall(NodeArgs),
+    /// The mesh certificate authority: serve (default), or manage its
+    /// state folder (`issue-token`, `rotate-root`, `remove-root`).
+    Ca(CaArgs),
+    /// Kubernetes: deploy a waypoint (ServiceAccount and Deployment) for
+    /// every Gateway of class warren-waypoint or istio-waypoint, and report
+    /// in the Gateway's status. One per cluster.
+    WaypointController(WaypointControllerArgs),
+}
+
 /// Which node, and where its kernel objects live.
 #[derive(Args, Clone, Debug)]
 pub struct NodeArgs {

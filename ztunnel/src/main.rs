@@ -34,6 +34,7 @@ async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
     let state = State::new(config.node_name.clone(), config.hbone_port);
+    let linger = config.linger_after_handover;
     let client_id = config
         .client_id
         .clone()
@@ -81,15 +82,22 @@ async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
             Ztunnel::take_over(config, state, Some(log), &running).await?
         }
     };
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: draining"),
-        _ = sigint.recv() => info!("SIGINT: draining"),
-        () = ztunnel.quit_requested() => {}
-    }
+    let handed_over = tokio::select! {
+        _ = sigterm.recv() => { info!("SIGTERM: draining"); false }
+        _ = sigint.recv() => { info!("SIGINT: draining"); false }
+        () = ztunnel.quit_requested() => true,
+    };
     subscription.abort();
     match ztunnel.drain().await {
         drain::Outcome::Clean => info!("drained: every connection finished"),
         drain::Outcome::Forced => info!("drain deadline passed: remaining connections cut"),
+    }
+    if handed_over && linger {
+        info!("handed over: holding no port, waiting for SIGTERM");
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
     }
     Ok(())
 }

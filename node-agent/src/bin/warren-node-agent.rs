@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
 use tokio::sync::mpsc;
 use tracing::{error, info};
 use warren_api::config::OutboundPolicy;
 use warren_ebpf_common::AddrKind;
 use warren_node_agent::{
-    config::{NodeArgs, RunArgs, WaypointControllerArgs},
+    config::{Cli, Command, RunArgs, WaypointControllerArgs},
     datapath::{self, Datapath, Redirect},
     distribution::{self, Distribution},
     enrollment::Enrollment,
@@ -21,30 +21,6 @@ use warren_node_agent::{
     waypoint_controller,
     waypoints::{self, Supervisor},
 };
-
-#[derive(Parser)]
-#[command(name = "warren-node-agent", version, about = "Warren's per-node agent")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Install (or adopt) the eBPF datapath on this node and keep it
-    /// configured until SIGINT or SIGTERM. Pinned programs stay attached
-    /// after the agent exits, so capture survives restarts and upgrades.
-    Run(RunArgs),
-    /// Remove every program, link, map and pin of this node.
-    Uninstall(NodeArgs),
-    /// The mesh certificate authority: serve (default), or manage its
-    /// state folder (`issue-token`, `rotate-root`, `remove-root`).
-    Ca(warren_node_agent::config::CaArgs),
-    /// Kubernetes: deploy a waypoint (ServiceAccount and Deployment) for
-    /// every Gateway of class warren-waypoint or istio-waypoint, and report
-    /// in the Gateway's status. One per cluster.
-    WaypointController(WaypointControllerArgs),
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {

@@ -86,6 +86,14 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
     ),
 ];
 
+/// What the agent reads from the API server, as RBAC names it: (API group,
+/// resource). The Helm chart's ClusterRole must allow get, list and watch on each.
+pub fn watched_resources() -> impl Iterator<Item = (&'static str, &'static str)> {
+    KINDS
+        .iter()
+        .map(|&(_, group, _, _, plural)| (group, plural))
+}
+
 /// Kinds whose listing failing does not hold back the first sync: without
 /// Nodes, workloads just have no locality.
 const OPTIONAL_KINDS: &[Kind] = &[Kind::Node];

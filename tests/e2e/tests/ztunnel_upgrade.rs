@@ -217,7 +217,12 @@ fn requests_through_a_waypoint_survive_both_hand_overs() -> Result<()> {
         cluster.config_dir().join("waypoint.yaml"),
         waypoint_gateway(NS),
     )?;
-    let mut mesh = start_mesh_with(&cluster, &long_drains())?;
+    // As the Helm chart runs them: a drained ztunnel waits to be stopped.
+    let mut options = long_drains();
+    options
+        .ztunnel_args
+        .push("--linger-after-handover".to_owned());
+    let mut mesh = start_mesh_with(&cluster, &options)?;
     mesh.wait_ready(Duration::from_secs(30))
         .with_context(|| mesh.logs())?;
     let waypoint_pod = cluster.pod("waypoint")?.clone();
@@ -264,6 +269,38 @@ fn requests_through_a_waypoint_survive_both_hand_overs() -> Result<()> {
         "{ok} of {requests} requests answered 200 across the hand-overs:\n{report}\n{}",
         mesh.logs()
     );
-    drained_cleanly(old).with_context(|| mesh.logs())?;
+    lingered_cleanly(old).with_context(|| mesh.logs())?;
+    Ok(())
+}
+
+/// Waits for each old ztunnel run with `--linger-after-handover` to finish every
+/// connection, then checks it stays (holding no port) until SIGTERM, and leaves then.
+fn lingered_cleanly(old: Vec<(String, Process)>) -> Result<()> {
+    for (node, mut process) in old {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !process.output().contains("waiting for SIGTERM") {
+            process.check_running()?;
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the old ztunnel on {node} did not finish its drain:\n{}",
+                process.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let output = process.output();
+        ensure!(
+            output.contains("drained: every connection finished"),
+            "the old ztunnel on {node} cut connections:\n{output}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        process
+            .check_running()
+            .with_context(|| format!("the drained ztunnel on {node} did not wait to be stopped"))?;
+        let status = process.stop()?;
+        ensure!(
+            status.success(),
+            "old ztunnel on {node} after SIGTERM: {status}"
+        );
+    }
     Ok(())
 }

@@ -1,0 +1,332 @@
+//! The Helm chart (`helm/warren`) renders into objects the programs accept: every
+//! container's arguments parse as the program parses them, the names and paths the
+//! templates share agree (the CA trusts the agents' ServiceAccount, the agents mount
+//! the CA's trust bundle and a token of the audience it requires, everyone finds the
+//! agent's socket), the node agent may read every kind it watches, and the node
+//! DaemonSets can surge on a node. Needs `helm` (`cargo xtask setup` installs it).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::Parser as _;
+use serde::Deserialize as _;
+use serde_yaml::Value;
+use warren_node_agent::{
+    ca::root_store::SECRET_BUNDLE,
+    config::{Cli, Command as AgentCommand},
+    source::kube::watched_resources,
+};
+
+const NAMESPACE: &str = "warren-system";
+
+/// `helm lint` passes, and `helm template` gives these objects.
+fn render() -> Result<Vec<Value>> {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../helm/warren");
+    let helm = |args: &[&str]| -> Result<String> {
+        let out = Command::new("helm")
+            .args(args)
+            .output()
+            .context("running helm (cargo xtask setup installs it)")?;
+        ensure!(
+            out.status.success(),
+            "helm {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let chart = chart.to_string_lossy();
+    helm(&["lint", "--strict", &chart])?;
+    let text = helm(&["template", "warren", &chart, "--namespace", NAMESPACE])?;
+    let mut objects = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value = Value::deserialize(document)?;
+        if !value.is_null() {
+            objects.push(value);
+        }
+    }
+    Ok(objects)
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .with_context(|| format!("no {kind} {name} in the rendered chart"))
+}
+
+fn text(value: &Value) -> Result<&str> {
+    value
+        .as_str()
+        .with_context(|| format!("not a string: {value:?}"))
+}
+
+fn list(value: &Value) -> &[Value] {
+    value.as_sequence().map_or(&[], Vec::as_slice)
+}
+
+/// A workload's one container, by name.
+fn container<'a>(workload: &'a Value, name: &str) -> Result<&'a Value> {
+    list(&workload["spec"]["template"]["spec"]["containers"])
+        .iter()
+        .find(|c| c["name"] == name)
+        .with_context(|| format!("no container {name}"))
+}
+
+/// The container's arguments as the program gets them: `$(VAR)` expanded from its
+/// environment, the downward API's fields given stand-in values.
+fn args_of(container: &Value) -> Result<Vec<String>> {
+    let mut env = BTreeMap::new();
+    for var in list(&container["env"]) {
+        let name = text(&var["name"])?.to_owned();
+        let value = match (
+            var["value"].as_str(),
+            var["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        ) {
+            (Some(value), _) => value.to_owned(),
+            (None, Some("spec.nodeName")) => "node-1".to_owned(),
+            (None, Some("status.hostIP")) => "10.0.0.7".to_owned(),
+            (None, Some("metadata.name")) => "pod-1".to_owned(),
+            other => bail!("env {name}: no stand-in for {other:?}"),
+        };
+        env.insert(name, value);
+    }
+    list(&container["args"])
+        .iter()
+        .map(|arg| {
+            let mut arg = text(arg)?.to_owned();
+            while let Some(start) = arg.find("$(") {
+                let end = arg[start..].find(')').context("unclosed $(")? + start;
+                let name = &arg[start + 2..end];
+                let value = env
+                    .get(name)
+                    .with_context(|| format!("{arg}: no env {name} in the container"))?;
+                arg.replace_range(start..=end, value);
+            }
+            Ok(arg)
+        })
+        .collect()
+}
+
+fn agent_cli(container: &Value) -> Result<AgentCommand> {
+    let args = args_of(container)?;
+    let cli =
+        Cli::try_parse_from(std::iter::once("warren-node-agent".to_owned()).chain(args.clone()))
+            .with_context(|| format!("warren-node-agent {}", args.join(" ")))?;
+    Ok(cli.command)
+}
+
+/// The volume mounted at `dir` in the container, as the pod declares it.
+fn volume_at<'a>(workload: &'a Value, container: &Value, dir: &Path) -> Result<&'a Value> {
+    let mount = list(&container["volumeMounts"])
+        .iter()
+        .find(|m| m["mountPath"].as_str().map(Path::new) == Some(dir))
+        .with_context(|| format!("nothing mounted at {}", dir.display()))?;
+    list(&workload["spec"]["template"]["spec"]["volumes"])
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .with_context(|| format!("no volume {:?}", mount["name"]))
+}
+
+fn parent(path: &Path) -> Result<&Path> {
+    path.parent()
+        .with_context(|| format!("{} has no folder", path.display()))
+}
+
+#[test]
+fn the_helm_chart_renders_what_the_programs_accept() -> Result<()> {
+    let objects = render()?;
+    for object in &objects {
+        let spec = &object["spec"]["template"]["spec"];
+        // Every mount names a volume of its pod.
+        for container in list(&spec["containers"]) {
+            for mount in list(&container["volumeMounts"]) {
+                ensure!(
+                    list(&spec["volumes"])
+                        .iter()
+                        .any(|v| v["name"] == mount["name"]),
+                    "{:?}: mount {:?} has no volume",
+                    object["metadata"]["name"],
+                    mount["name"]
+                );
+            }
+        }
+        // On the host network a containerPort is a host port: a surging successor
+        // could not be scheduled beside the running pod.
+        if spec["hostNetwork"] == true {
+            for container in list(&spec["containers"]) {
+                ensure!(
+                    container["ports"].is_null(),
+                    "{:?} declares ports on the host network",
+                    object["metadata"]["name"]
+                );
+            }
+        }
+    }
+
+    // The node agent.
+    let agent = find(&objects, "DaemonSet", "warren-node-agent")?;
+    let agent_container = container(agent, "node-agent")?;
+    let AgentCommand::Run(run) = agent_cli(agent_container)? else {
+        bail!("the node agent does not `run`");
+    };
+    ensure!(run.kube, "the node agent does not read the API server");
+    let agent_spec = &agent["spec"]["template"]["spec"];
+    ensure!(
+        agent_spec["hostNetwork"] == true && agent_spec["hostPID"] == true,
+        "the agent finds pods' namespaces in the host's /proc and must be in the node's own"
+    );
+    ensure!(
+        agent_container["securityContext"]["privileged"] == true,
+        "the agent loads eBPF programs"
+    );
+
+    // The CA trusts the agents' ServiceAccount, and the agents its root and audience.
+    let ca = find(&objects, "Deployment", "warren-ca")?;
+    let AgentCommand::Ca(ca_args) = agent_cli(container(ca, "ca")?)? else {
+        bail!("the CA container does not run `ca`");
+    };
+    ensure!(ca_args.serve.kube, "the CA does not use TokenReview");
+    let agent_account = format!("{NAMESPACE}/{}", text(&agent_spec["serviceAccountName"])?);
+    ensure!(
+        ca_args.serve.node_agent_accounts == [agent_account.clone()],
+        "the CA trusts {:?}, the agents run as {agent_account}",
+        ca_args.serve.node_agent_accounts
+    );
+    let ca_service = find(&objects, "Service", "warren-ca")?;
+    let ca_port = ca_service["spec"]["ports"][0]["port"]
+        .as_u64()
+        .context("the CA Service's port")?;
+    ensure!(
+        run.identity.ca_addr.as_deref()
+            == Some(&*format!("https://warren-ca.{NAMESPACE}.svc:{ca_port}")),
+        "the agents dial {:?}",
+        run.identity.ca_addr
+    );
+    ensure!(
+        u64::from(ca_args.serve.listen.port()) == ca_port,
+        "the CA listens on {}, its Service sends to {ca_port}",
+        ca_args.serve.listen
+    );
+    let root_file = run
+        .identity
+        .ca_root_file
+        .clone()
+        .context("no --ca-root-file")?;
+    let trust = volume_at(agent, agent_container, parent(&root_file)?)?;
+    ensure!(
+        trust["secret"]["secretName"] == ca_args.secret.secret_name.as_str(),
+        "the agents read the trust bundle from {:?}, the CA keeps it in {}",
+        trust["secret"]["secretName"],
+        ca_args.secret.secret_name
+    );
+    let file_name = root_file.file_name().and_then(|n| n.to_str());
+    ensure!(
+        list(&trust["secret"]["items"])
+            .iter()
+            .map(|i| (i["key"].as_str(), i["path"].as_str()))
+            .eq([(Some(SECRET_BUNDLE), file_name)]),
+        "the agents must mount the CA's trust bundle and nothing else of its Secret: {trust:?}"
+    );
+    let token_file = run
+        .identity
+        .ca_token_file
+        .clone()
+        .context("no --ca-token-file")?;
+    let token = volume_at(agent, agent_container, parent(&token_file)?)?;
+    let source = &token["projected"]["sources"][0]["serviceAccountToken"];
+    ensure!(
+        ca_args.serve.token_audiences == [text(&source["audience"])?.to_owned()]
+            && source["path"].as_str() == token_file.file_name().and_then(|n| n.to_str()),
+        "the agents' token {source:?} is not what the CA asks ({:?})",
+        ca_args.serve.token_audiences
+    );
+    let ca_rules = &find(&objects, "ClusterRole", "warren-ca")?["rules"];
+    ensure!(
+        allows(ca_rules, "authentication.k8s.io", "tokenreviews", "create"),
+        "the CA may not create TokenReviews"
+    );
+    let ca_role = &find(&objects, "Role", "warren-ca")?["rules"];
+    for verb in ["get", "create", "update"] {
+        ensure!(
+            allows(ca_role, "", "secrets", verb),
+            "the CA may not {verb} its root's Secret"
+        );
+    }
+
+    // ztunnel: where the agent sends captured connections, and the agent's socket.
+    let ztunnel = find(&objects, "DaemonSet", "warren-ztunnel")?;
+    let ztunnel_container = container(ztunnel, "ztunnel")?;
+    let args = args_of(ztunnel_container)?;
+    let config = warren_ztunnel::Config::try_parse_from(
+        std::iter::once("warren-ztunnel".to_owned()).chain(args.clone()),
+    )
+    .with_context(|| format!("warren-ztunnel {}", args.join(" ")))?;
+    let outbound = run
+        .ztunnel
+        .context("the agent captures nothing (no --ztunnel)")?;
+    ensure!(
+        config.outbound_addrs == [std::net::SocketAddr::V4(outbound)],
+        "the agent sends captured connections to {outbound}, ztunnel listens on {:?}",
+        config.outbound_addrs
+    );
+    ensure!(
+        config.linger_after_handover,
+        "a drained ztunnel must wait to be deleted, or kubelet restarts it"
+    );
+    let controller = find(&objects, "Deployment", "warren-waypoint-controller")?;
+    let AgentCommand::WaypointController(controller_args) =
+        agent_cli(container(controller, "waypoint-controller")?)?
+    else {
+        bail!("the waypoint controller does not run `waypoint-controller`");
+    };
+    for (who, socket) in [
+        ("ztunnel", &config.agent_socket),
+        ("waypoints", &controller_args.agent_socket),
+    ] {
+        ensure!(
+            socket == &run.socket,
+            "{who} look for the agent at {}, it listens on {}",
+            socket.display(),
+            run.socket.display()
+        );
+    }
+    for (workload, container) in [(agent, agent_container), (ztunnel, ztunnel_container)] {
+        let volume = volume_at(workload, container, parent(&run.socket)?)?;
+        ensure!(
+            volume["hostPath"]["path"]
+                .as_str()
+                .map(PathBuf::from)
+                .as_deref()
+                == Some(parent(&run.socket)?),
+            "the socket's folder is not the node's: {volume:?}"
+        );
+    }
+
+    // The node agent may read every kind it watches.
+    let agent_rules = &find(&objects, "ClusterRole", "warren-node-agent")?["rules"];
+    for (group, resource) in watched_resources() {
+        for verb in ["get", "list", "watch"] {
+            ensure!(
+                allows(agent_rules, group, resource, verb),
+                "the node agent may not {verb} {resource} ({group:?})"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Whether RBAC `rules` allow `verb` on `resource` of `group`.
+fn allows(rules: &Value, group: &str, resource: &str, verb: &str) -> bool {
+    let has = |field: &Value, want: &str| list(field).iter().any(|v| v == want || v == "*");
+    list(rules).iter().any(|rule| {
+        has(&rule["apiGroups"], group)
+            && has(&rule["resources"], resource)
+            && has(&rule["verbs"], verb)
+    })
+}
