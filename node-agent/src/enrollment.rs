@@ -159,6 +159,7 @@ impl Enrollment {
     fn desired(&mut self, store: &Store) -> BTreeMap<ObjectKey, PodEnrollment> {
         let mut out = BTreeMap::new();
         let mut uids = Vec::new();
+        self.sandboxes.begin_round();
         for object in store.of_kind(Kind::Pod) {
             let Object::Pod(pod) = object else { continue };
             if pod.node_name.as_deref() != Some(self.node.as_str()) {

@@ -75,14 +75,21 @@ impl Default for Locator {
     }
 }
 
+/// The lowest PID in each pod's cgroup, by pod UID: one pass over `/proc`.
+pub type Processes = HashMap<String, u32>;
+
 impl Locator {
     /// The sandbox of the pod with `uid`, as seen from the calling thread's
     /// network namespace (the node's).
     pub fn find(&self, uid: &str) -> Result<Sandbox, SandboxError> {
-        let pid = self
-            .pids_of(uid)?
-            .into_iter()
-            .min()
+        self.find_in(&self.processes()?, uid)
+    }
+
+    /// [`Locator::find`] with the processes of an earlier [`Locator::processes`]:
+    /// many pods found at the cost of one scan.
+    pub fn find_in(&self, processes: &Processes, uid: &str) -> Result<Sandbox, SandboxError> {
+        let pid = *processes
+            .get(uid)
             .ok_or_else(|| SandboxError::NotRunning(uid.to_owned()))?;
         let proc_netns = self.proc.join(pid.to_string()).join("ns/net");
         let theirs = namespace_id(&proc_netns)?;
@@ -100,15 +107,14 @@ impl Locator {
         Ok(Sandbox { netns, host_veth })
     }
 
-    /// Processes whose cgroup is, or is under, the pod's.
-    fn pids_of(&self, uid: &str) -> Result<Vec<u32>, SandboxError> {
+    /// Every process in a pod's cgroup (or under it), the lowest PID per pod.
+    pub fn processes(&self) -> Result<Processes, SandboxError> {
         let entries = std::fs::read_dir(&self.proc).map_err(|source| SandboxError::Io {
             what: "listing",
             path: self.proc.clone(),
             source,
         })?;
-        let systemd = uid.replace('-', "_");
-        let mut pids = Vec::new();
+        let mut lowest = Processes::new();
         for entry in entries.flatten() {
             let Some(pid) = entry
                 .file_name()
@@ -121,15 +127,18 @@ impl Locator {
             let Ok(cgroups) = std::fs::read_to_string(entry.path().join("cgroup")) else {
                 continue;
             };
-            let in_pod = cgroups
+            let uid = cgroups
                 .lines()
                 .filter_map(|line| line.splitn(3, ':').nth(2))
-                .any(|path| path.split('/').any(|part| names_pod(part, uid, &systemd)));
-            if in_pod {
-                pids.push(pid);
+                .find_map(|path| path.split('/').find_map(pod_uid_of));
+            if let Some(uid) = uid {
+                lowest
+                    .entry(uid)
+                    .and_modify(|low| *low = (*low).min(pid))
+                    .or_insert(pid);
             }
         }
-        Ok(pids)
+        Ok(lowest)
     }
 
     /// A runtime's bind mount of the namespace `id`, if there is one.
@@ -143,15 +152,28 @@ impl Locator {
     }
 }
 
-/// Whether a cgroup path component is the pod's own: `pod<uid>` (cgroupfs
-/// driver) or `kubepods[-<qos>]-pod<uid_with_underscores>.slice` (systemd).
-fn names_pod(part: &str, uid: &str, systemd: &str) -> bool {
-    if part.strip_prefix("pod") == Some(uid) {
-        return true;
+/// The pod UID a cgroup path component names, as kubelet makes them: `pod<uid>`
+/// (cgroupfs driver) or `kubepods[-<qos>]-pod<uid with underscores>.slice`
+/// (systemd driver). Kubernetes UIDs have no underscores, so turning them back
+/// into dashes is exact.
+fn pod_uid_of(part: &str) -> Option<String> {
+    if let Some(slice) = part.strip_suffix(".slice") {
+        let (prefix, uid) = slice.rsplit_once("-pod")?;
+        return (prefix.starts_with("kubepods") && !uid.is_empty()).then(|| uid.replace('_', "-"));
     }
-    part.strip_suffix(".slice")
-        .and_then(|slice| slice.strip_suffix(systemd))
-        .is_some_and(|prefix| prefix.starts_with("kubepods") && prefix.ends_with("-pod"))
+    // Bare `pod…` names are common (a `pods` folder): only a UUID after it counts.
+    part.strip_prefix("pod")
+        .filter(|uid| is_uuid(uid))
+        .map(str::to_owned)
+}
+
+/// `8-4-4-4-12` hex digits, as Kubernetes makes UIDs.
+fn is_uuid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A namespace's identity: the device and inode of its nsfs file.
@@ -268,12 +290,15 @@ impl From<LinkMessage> for Link {
     }
 }
 
-/// Sandboxes found, by pod UID, so a reconcile does not scan `/proc` again for
-/// pods it already knows. An entry is dropped when its namespace path is gone.
+/// Sandboxes found, by pod UID, so a reconcile does not scan `/proc` for pods it
+/// already knows, and scans it at most once for those it does not. An entry is
+/// dropped when its namespace path is gone.
 #[derive(Debug, Default)]
 pub struct Sandboxes {
     locator: Locator,
     known: HashMap<Box<str>, Sandbox>,
+    /// This round's scan, made on the first pod not known.
+    processes: Option<Processes>,
 }
 
 impl Sandboxes {
@@ -281,7 +306,14 @@ impl Sandboxes {
         Sandboxes {
             locator,
             known: HashMap::new(),
+            processes: None,
         }
+    }
+
+    /// Starts a round of lookups: pods not found before are looked for in a
+    /// fresh scan.
+    pub fn begin_round(&mut self) {
+        self.processes = None;
     }
 
     pub fn find(&mut self, uid: &str) -> Result<Sandbox, SandboxError> {
@@ -291,7 +323,11 @@ impl Sandboxes {
             }
             self.known.remove(uid);
         }
-        let found = self.locator.find(uid)?;
+        let processes = match &mut self.processes {
+            Some(processes) => processes,
+            empty => empty.insert(self.locator.processes()?),
+        };
+        let found = self.locator.find_in(processes, uid)?;
         self.known.insert(uid.into(), found.clone());
         Ok(found)
     }
@@ -318,17 +354,21 @@ mod tests {
             format!("kubepods-burstable-pod{systemd}.slice"),
             format!("kubepods-pod{systemd}.slice"),
         ] {
-            assert!(names_pod(&part, UID, &systemd), "{part}");
+            assert_eq!(pod_uid_of(&part).as_deref(), Some(UID), "{part}");
         }
         for part in [
-            format!("pod{UID}x"),
-            format!("xpod{UID}"),
-            format!("kubepods-besteffort-pod{systemd}x.slice"),
-            format!("other-pod{systemd}.slice"),
-            format!("kubepods-besteffort-pod{UID}.slice"),
+            "pod".to_owned(),
+            "pods".to_owned(),
+            "podman".to_owned(),
+            format!("pod{UID}0"),
             "kubepods.slice".to_owned(),
+            "kubepods-besteffort.slice".to_owned(),
+            format!("other-pod{systemd}.slice"),
+            "kubepods-besteffort-pod.slice".to_owned(),
+            "cri-containerd-0123abcd.scope".to_owned(),
+            "system.slice".to_owned(),
         ] {
-            assert!(!names_pod(&part, UID, &systemd), "{part}");
+            assert_eq!(pod_uid_of(&part), None, "{part}");
         }
     }
 }
