@@ -166,11 +166,7 @@ impl Enrollment {
                 continue;
             }
             let namespace = &*pod.namespace;
-            if !is_enrolled_namespace(store, namespace) || pod_opts_out(pod) {
-                continue;
-            }
-            // Istio leaves them out too: their namespace is the node's.
-            if pod.host_network {
+            if !is_enrolled_namespace(store, namespace) || pod_outside_mesh(pod) {
                 continue;
             }
             let name = format!("{namespace}/{}", pod.name);
@@ -327,9 +323,12 @@ fn dataplane_mode_is(labels: &Labels, mode: &str) -> bool {
     DATAPLANE_LABELS.iter().any(|l| labels.get(l) == Some(mode))
 }
 
-/// Either label, Warren's or Istio's, set to `none` opts a pod out.
-pub fn pod_opts_out(pod: &Pod) -> bool {
-    dataplane_mode_is(&pod.labels, NONE)
+/// Whether a pod stays out of the mesh in an ambient namespace: either label,
+/// Warren's or Istio's, set to `none` opts it out; a pod on the host network is out
+/// too, as in Istio (its namespace is the node's: there is nothing of its own to
+/// capture or guard).
+pub fn pod_outside_mesh(pod: &Pod) -> bool {
+    pod.host_network || dataplane_mode_is(&pod.labels, NONE)
 }
 
 #[cfg(test)]

@@ -198,6 +198,24 @@ fn workloads_carry_identity_addresses_node_and_mesh_membership() {
     assert_eq!(ids, ["spiffe://cluster.local/ns/demo/sa/app"]);
 }
 
+/// A pod on the host network is never captured (its namespace is the node's), so it
+/// is no mesh workload either, even in an ambient namespace: peers reach it plainly.
+#[test]
+fn a_pod_on_the_host_network_is_outside_the_mesh() {
+    let (_, view) = built(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: { name: node-exporter-0, namespace: demo, labels: { app: exporter } }\nspec: { nodeName: node-a, hostNetwork: true, serviceAccountName: exporter, containers: [{ name: main }] }\nstatus: { hostIP: 172.30.0.1, podIP: 172.30.0.1 }\n",
+    );
+    let w = workload(&view, "demo", "node-exporter-0");
+    assert_eq!(w.protocol, TunnelProtocol::None as i32);
+    assert!(
+        !view
+            .local_identities()
+            .iter()
+            .any(|id| id.to_string().ends_with("/sa/exporter")),
+        "a pod outside the mesh needs no certificate"
+    );
+}
+
 #[test]
 fn services_list_their_endpoints_with_named_target_ports_resolved() {
     let (_, view) = built("");

@@ -61,7 +61,7 @@ pub fn workload(
         .map(addr::to_bytes)
         .unwrap_or_default();
     let in_mesh =
-        enrollment::is_enrolled_namespace(store, &namespace) && !enrollment::pod_opts_out(pod);
+        enrollment::is_enrolled_namespace(store, &namespace) && !enrollment::pod_outside_mesh(pod);
     let (mode, ports) = inbound_mode(store, &mesh.root_namespace, &namespace, pod);
     let proto_mode = |m: Mode| match m {
         Mode::Strict => InboundMode::Strict,
