@@ -11,7 +11,7 @@ use std::{
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::net::TcpListener;
 use tracing::info;
 use warren_api::Identity;
 use warren_ztunnel::{
@@ -145,7 +145,7 @@ pub struct App {
     pub addresses: Addresses,
     pub context: Arc<Context>,
     trigger: drain::Trigger,
-    quit: Arc<Notify>,
+    quit: Arc<admin::Quit>,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -199,7 +199,7 @@ impl App {
             names: Default::default(),
         });
         let trigger = drain::Trigger::new();
-        let quit = Arc::new(Notify::new());
+        let quit = Arc::new(admin::Quit::default());
 
         let handler = Waypoint(Arc::clone(&context));
         {
@@ -322,7 +322,7 @@ impl App {
     }
 
     pub async fn quit_requested(&self) {
-        self.quit.notified().await;
+        self.quit.requested().await;
     }
 
     pub async fn drain(self) -> drain::Outcome {

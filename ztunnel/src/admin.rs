@@ -3,7 +3,7 @@
 //! log filter), `/quitquitquit` (drains and exits), `/server_info` (what this process is:
 //! a successor checks it before asking it to drain, see [`crate::handover`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::{Method, StatusCode};
 use tokio::sync::Notify;
@@ -14,6 +14,43 @@ use crate::{
     proxy::Inputs,
 };
 
+/// Why a process was asked to stop. A successor says who it is (`POST
+/// /quitquitquit?from=successor`) so that the process knows it handed its node over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuitReason {
+    /// An operator (or anything else) asked.
+    Asked,
+    /// A successor took the node over and asked this one to drain.
+    HandedOver,
+    /// This process, a successor, gave up taking the node over.
+    GaveUp,
+}
+
+/// A request to stop, and its first reason (later ones do not change it).
+#[derive(Debug, Default)]
+pub struct Quit {
+    reason: Mutex<Option<QuitReason>>,
+    notify: Notify,
+}
+
+impl Quit {
+    pub fn request(&self, reason: QuitReason) {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
+        // notify_one keeps a permit: a request before anyone waits is not lost.
+        self.notify.notify_one();
+    }
+
+    /// Resolves with the reason once a stop is requested.
+    pub async fn requested(&self) -> QuitReason {
+        self.notify.notified().await;
+        let reason = *self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        reason.unwrap_or(QuitReason::Asked)
+    }
+}
+
 /// Changes the log filter (tracing `EnvFilter` syntax); the error says why not.
 pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
@@ -22,7 +59,7 @@ pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 pub fn handler(
     inputs: Arc<Inputs>,
     log: Option<LogControl>,
-    quit: Arc<Notify>,
+    quit: Arc<Quit>,
     server: &'static str,
 ) -> Handler {
     Arc::new(move |request| {
@@ -70,8 +107,16 @@ pub fn handler(
                 // POST only, as Envoy's and Istio's: a stray GET (a browser, a link
                 // checker) never stops the node's proxy.
                 "/quitquitquit" if request.method() == Method::POST => {
-                    tracing::info!("quit requested through the admin endpoint; draining");
-                    quit.notify_one();
+                    let reason = if request.uri().query() == Some("from=successor") {
+                        QuitReason::HandedOver
+                    } else {
+                        QuitReason::Asked
+                    };
+                    tracing::info!(
+                        ?reason,
+                        "quit requested through the admin endpoint; draining"
+                    );
+                    quit.request(reason);
                     text(StatusCode::OK, "draining\n")
                 }
                 "/server_info" => json(

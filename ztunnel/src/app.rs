@@ -10,14 +10,11 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::{
-    net::{TcpListener, TcpSocket},
-    sync::Notify,
-};
+use tokio::net::{TcpListener, TcpSocket};
 use tracing::{info, warn};
 
 use crate::{
-    admin::{self, LogControl},
+    admin::{self, LogControl, Quit, QuitReason},
     config::Config,
     drain,
     handover::{self, ServerInfo},
@@ -44,7 +41,7 @@ pub struct Ztunnel {
     pub addresses: Addresses,
     pub inputs: Arc<Inputs>,
     trigger: drain::Trigger,
-    quit: Arc<Notify>,
+    quit: Arc<Quit>,
 }
 
 /// The listeners connections arrive on, bound so that a successor can bind them too.
@@ -273,7 +270,7 @@ impl Ztunnel {
             match EndpointListeners::bind_when_free(&config, drain).await {
                 Some(listeners) => server.serve(listeners),
                 // Given up: this process leaves the node to the one holding them.
-                None if !draining.is_draining() => quit.notify_one(),
+                None if !draining.is_draining() => quit.request(QuitReason::GaveUp),
                 None => {}
             }
         });
@@ -289,7 +286,7 @@ impl Ztunnel {
             addresses,
             inputs,
             trigger: drain::Trigger::new(),
-            quit: Arc::new(Notify::new()),
+            quit: Arc::new(Quit::default()),
         }
     }
 
@@ -334,9 +331,10 @@ impl Ztunnel {
         self.trigger.watch()
     }
 
-    /// Resolves when `/quitquitquit` is called.
-    pub async fn quit_requested(&self) {
-        self.quit.notified().await;
+    /// Resolves when a stop is requested (`/quitquitquit`, or giving up a take-over),
+    /// with why.
+    pub async fn quit_requested(&self) -> QuitReason {
+        self.quit.requested().await
     }
 
     /// Stops accepting, lets open connections finish for `--drain-timeout`, then cuts
@@ -355,7 +353,7 @@ impl Ztunnel {
 struct EndpointServer {
     inputs: Arc<Inputs>,
     log: Option<LogControl>,
-    quit: Arc<Notify>,
+    quit: Arc<Quit>,
     drain: drain::Watch,
 }
 

@@ -111,7 +111,9 @@ pub async fn predecessor(
 
 /// Asks the ztunnel on `admin` to drain (`/quitquitquit`).
 pub async fn ask_to_drain(admin: SocketAddr) -> anyhow::Result<()> {
-    let (status, body) = exchange(admin, Method::POST, "/quitquitquit")
+    // Says who asks: the old process knows it handed the node over (and may wait to
+    // be stopped rather than exit, see `--linger-after-handover`).
+    let (status, body) = exchange(admin, Method::POST, "/quitquitquit?from=successor")
         .await
         .with_context(|| format!("POST /quitquitquit to {admin}"))?;
     if status != StatusCode::OK {

@@ -13,7 +13,10 @@ use warren_api::{
     subscribe::Subscriber,
 };
 use warren_ztunnel::{
-    Config, Ztunnel, admin::LogControl, app, drain, handover, state::State,
+    Config, Ztunnel,
+    admin::{LogControl, QuitReason},
+    app, drain, handover,
+    state::State,
     subscription::Subscription,
 };
 
@@ -85,7 +88,7 @@ async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
     let handed_over = tokio::select! {
         _ = sigterm.recv() => { info!("SIGTERM: draining"); false }
         _ = sigint.recv() => { info!("SIGINT: draining"); false }
-        () = ztunnel.quit_requested() => true,
+        reason = ztunnel.quit_requested() => reason == QuitReason::HandedOver,
     };
     subscription.abort();
     match ztunnel.drain().await {

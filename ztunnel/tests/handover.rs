@@ -16,7 +16,9 @@ use common::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use warren_api::subscribe::Handler as _;
 use warren_ztunnel::{
-    Ztunnel, app, drain, handover,
+    Ztunnel,
+    admin::QuitReason,
+    app, drain, handover,
     proxy::hbone::client::{self, Establish},
     state::State,
     subscription::Subscription,
@@ -65,8 +67,8 @@ async fn a_successor_takes_over_without_losing_a_connection() {
     // The old process drains when asked, as the binary does.
     let (draining_tx, draining) = tokio::sync::oneshot::channel();
     let old = tokio::spawn(async move {
-        b.ztunnel.quit_requested().await;
-        let _ = draining_tx.send(());
+        let reason = b.ztunnel.quit_requested().await;
+        let _ = draining_tx.send(reason);
         let started = std::time::Instant::now();
         (b.ztunnel.drain().await, started.elapsed())
     });
@@ -129,10 +131,12 @@ async fn a_successor_takes_over_without_losing_a_connection() {
     assert!(!successor.is_finished(), "took over before it was ready");
     assert!(subscription.apply(view.snapshot()).is_empty());
     let successor = successor.await.unwrap().expect("the take-over");
-    tokio::time::timeout(Duration::from_secs(5), draining)
+    let reason = tokio::time::timeout(Duration::from_secs(5), draining)
         .await
         .expect("the old ztunnel was not asked to drain")
         .unwrap();
+    // It knows a successor asked (`--linger-after-handover` waits then).
+    assert_eq!(reason, QuitReason::HandedOver);
 
     // Connections made after the old one stopped accepting go through the successor.
     let before = made.load(Ordering::Acquire);

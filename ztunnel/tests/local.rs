@@ -430,7 +430,10 @@ async fn readiness_admin_and_logging() {
 
     // /quitquitquit asks the process to drain.
     let quit = tokio::spawn(async move {
-        node_a.ztunnel.quit_requested().await;
+        // An operator's request, not a successor's: the binary exits once drained
+        // even with --linger-after-handover.
+        let reason = node_a.ztunnel.quit_requested().await;
+        assert_eq!(reason, warren_ztunnel::admin::QuitReason::Asked);
         node_a.ztunnel.drain().await
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
