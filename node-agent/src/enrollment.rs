@@ -17,10 +17,10 @@ use crate::{
     datapath::{Datapath, DatapathError, PodEnrollment, netns_cookie},
     model::{
         Kind, Labels, Object, ObjectKey,
-        cluster::Pod,
+        cluster::{Pod, PodPhase},
         istio::{MtlsMode, PeerAuthentication},
     },
-    sandbox::{Locator, SandboxError, Sandboxes},
+    sandbox::{Locator, Sandboxes},
     store::Store,
 };
 
@@ -33,6 +33,51 @@ pub const NONE: &str = "none";
 /// finds the same facts from the pod's UID.
 pub const NETNS_ANNOTATION: &str = "warren.io/netns";
 pub const HOST_VETH_ANNOTATION: &str = "warren.io/host-veth";
+
+/// Where the agent learns a pod's network namespace and veth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodNetworks {
+    /// Local mode: the testbed's annotations (the config folder is the operator's
+    /// own), else the pod's UID as on a Kubernetes node.
+    AnnotationsOrUid,
+    /// Kubernetes: the pod's UID only. Annotations are written by whoever creates the
+    /// pod; trusting one would let it point the capture and the guard at another
+    /// namespace or veth, even the node's.
+    UidOnly,
+}
+
+/// Where to look for one pod's network namespace.
+#[derive(Debug, PartialEq, Eq)]
+enum Lookup<'a> {
+    /// Local mode's annotations.
+    Annotated {
+        netns: &'a str,
+        host_veth: Option<&'a str>,
+    },
+    /// On the node, by the pod's UID.
+    Uid(&'a str),
+    /// Not yet: kubelet gives a pod its address once its sandbox is up, and a pod
+    /// that has finished has no processes left.
+    NotStarted,
+    Nowhere,
+}
+
+fn lookup(networks: PodNetworks, pod: &Pod) -> Lookup<'_> {
+    if networks == PodNetworks::AnnotationsOrUid
+        && let Some(netns) = pod.annotation(NETNS_ANNOTATION)
+    {
+        return Lookup::Annotated {
+            netns,
+            host_veth: pod.annotation(HOST_VETH_ANNOTATION),
+        };
+    }
+    let finished = matches!(pod.phase, Some(PodPhase::Succeeded | PodPhase::Failed));
+    match pod.uid.as_deref() {
+        Some(_) if pod.pod_ip.is_none() || finished => Lookup::NotStarted,
+        Some(uid) => Lookup::Uid(uid),
+        None => Lookup::Nowhere,
+    }
+}
 
 /// An enrolled pod's network namespace: the cookie the kernel programs know
 /// it by, and a path that opens it (for ztunnel, to connect from the pod).
@@ -50,6 +95,7 @@ pub struct Enrollment {
     enrolled: BTreeMap<ObjectKey, (PodEnrollment, u64)>,
     /// Pods' namespaces and veths found on a Kubernetes node (no annotations).
     sandboxes: Sandboxes,
+    networks: PodNetworks,
     /// Pods enrolled by an earlier agent (netns cookie → name): reconciled
     /// once after the first sync, then forgotten. Keyed by cookie because
     /// the name the kernel stores may be truncated.
@@ -60,6 +106,7 @@ impl Enrollment {
     pub fn new(
         node: impl Into<String>,
         root_namespace: impl Into<String>,
+        networks: PodNetworks,
         datapath: &Datapath,
     ) -> Result<Self, DatapathError> {
         // What the kernel holds from before a restart, by pod name.
@@ -73,6 +120,7 @@ impl Enrollment {
             root_namespace: root_namespace.into(),
             enrolled: BTreeMap::new(),
             sandboxes: Sandboxes::new(Locator::default()),
+            networks,
             adopted: Some(adopted),
         })
     }
@@ -170,29 +218,27 @@ impl Enrollment {
                 continue;
             }
             let name = format!("{namespace}/{}", pod.name);
-            let (netns, host_veth) = match (pod.annotation(NETNS_ANNOTATION), pod.uid.as_deref()) {
-                (Some(netns), _) => (
-                    PathBuf::from(netns),
-                    pod.annotation(HOST_VETH_ANNOTATION).map(str::to_owned),
-                ),
-                // Kubelet gives a pod its address once its sandbox is up.
-                (None, Some(_)) if pod.pod_ip.is_none() => continue,
-                (None, Some(uid)) => {
+            let (netns, host_veth) = match lookup(self.networks, pod) {
+                Lookup::Annotated { netns, host_veth } => {
+                    (PathBuf::from(netns), host_veth.map(str::to_owned))
+                }
+                Lookup::NotStarted => continue,
+                Lookup::Uid(uid) => {
                     uids.push(uid.to_owned());
                     match self.sandboxes.find(uid) {
                         Ok(sandbox) => (sandbox.netns, sandbox.host_veth),
                         // Retried on the next reconcile (one runs on a timer too).
-                        Err(SandboxError::NotRunning(_)) => {
-                            debug!(pod = %name, %uid, "no process of the pod seen yet");
-                            continue;
-                        }
                         Err(error) => {
-                            warn!(pod = %name, %error, "cannot find the pod's network namespace");
+                            if self.sandboxes.worth_a_warning(uid, &error) {
+                                warn!(pod = %name, %error, "cannot find the pod's network namespace; it is not captured");
+                            } else {
+                                debug!(pod = %name, %error, "pod's network namespace not found (yet)");
+                            }
                             continue;
                         }
                     }
                 }
-                (None, None) => {
+                Lookup::Nowhere => {
                     warn!(pod = %name, "neither a {NETNS_ANNOTATION} annotation nor a UID: cannot find its network namespace");
                     continue;
                 }
@@ -476,5 +522,39 @@ mod tests {
             inbound_mode(&s, "istio-system", "shop", &pod("web")).0,
             Mode::Strict
         );
+    }
+
+    /// A pod as kubelet shows it, with the testbed's annotations on top.
+    fn annotated_pod(phase: &str, ip: Option<&str>) -> Pod {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: shop\n  uid: 6f1c2d3e-0a1b-4c5d-8e9f-001122334455\n  annotations: {{ warren.io/netns: /proc/1/ns/net, warren.io/host-veth: eth0 }}\nspec: {{ nodeName: n }}\nstatus: {{ phase: {phase}{} }}\n",
+            ip.map_or(String::new(), |ip| format!(", podIP: {ip}"))
+        );
+        let object: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(&yaml).unwrap();
+        Pod::from(object)
+    }
+
+    #[test]
+    fn on_a_cluster_a_pods_annotations_never_name_its_namespace() {
+        let running = annotated_pod("Running", Some("10.244.0.9"));
+        // Local mode: the config folder is the operator's own.
+        assert_eq!(
+            lookup(PodNetworks::AnnotationsOrUid, &running),
+            Lookup::Annotated {
+                netns: "/proc/1/ns/net",
+                host_veth: Some("eth0")
+            }
+        );
+        // Kubernetes: whoever creates a pod writes its annotations; the UID decides.
+        let uid = "6f1c2d3e-0a1b-4c5d-8e9f-001122334455";
+        assert_eq!(lookup(PodNetworks::UidOnly, &running), Lookup::Uid(uid));
+        // Not looked for before it has an address, nor once it has finished.
+        for pod in [
+            annotated_pod("Pending", None),
+            annotated_pod("Succeeded", Some("10.244.0.9")),
+            annotated_pod("Failed", Some("10.244.0.9")),
+        ] {
+            assert_eq!(lookup(PodNetworks::UidOnly, &pod), Lookup::NotStarted);
+        }
     }
 }

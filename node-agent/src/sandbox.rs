@@ -21,6 +21,7 @@ use std::{
     io,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
@@ -29,7 +30,7 @@ use netlink_packet_route::{
     link::{LinkAttribute, LinkMessage},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// Where a pod's network lives on this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +39,9 @@ pub struct Sandbox {
     pub netns: PathBuf,
     /// The node's end of the pod's veth, when there is exactly one such pair.
     pub host_veth: Option<String>,
+    /// The namespace's identity when found: a path that later opens another one (a
+    /// PID reused) is not taken for it.
+    namespace: (u64, u64),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +79,8 @@ impl Default for Locator {
     }
 }
 
-/// The lowest PID in each pod's cgroup, by pod UID: one pass over `/proc`.
-pub type Processes = HashMap<String, u32>;
+/// The PIDs in each pod's cgroup, lowest first, by pod UID: one pass over `/proc`.
+pub type Processes = HashMap<String, Vec<u32>>;
 
 impl Locator {
     /// The sandbox of the pod with `uid`, as seen from the calling thread's
@@ -88,14 +92,24 @@ impl Locator {
     /// [`Locator::find`] with the processes of an earlier [`Locator::processes`]:
     /// many pods found at the cost of one scan.
     pub fn find_in(&self, processes: &Processes, uid: &str) -> Result<Sandbox, SandboxError> {
-        let pid = *processes
+        let pids = processes
             .get(uid)
             .ok_or_else(|| SandboxError::NotRunning(uid.to_owned()))?;
-        let proc_netns = self.proc.join(pid.to_string()).join("ns/net");
-        let theirs = namespace_id(&proc_netns)?;
-        if theirs == namespace_id(&self.proc.join("thread-self/ns/net"))? {
+        let host = self.host_namespace()?;
+        // The lowest PID is usually the sandbox ("pause"). Some runtimes put a
+        // monitor in the pod's cgroup but in the node's namespace (CRI-O's conmon
+        // with `conmon_cgroup = pod`): the first process in another namespace is
+        // the pod's. Processes gone meanwhile are skipped.
+        let found = pids.iter().find_map(|pid| {
+            let path = self.proc.join(pid.to_string()).join("ns/net");
+            namespace_id(&path)
+                .ok()
+                .filter(|id| *id != host)
+                .map(|id| (path, id))
+        });
+        let Some((proc_netns, theirs)) = found else {
             return Err(SandboxError::HostNetwork(uid.to_owned()));
-        }
+        };
         let netns = self.bind_mount_of(theirs).unwrap_or(proc_netns);
         let host_veth = match host_veth(&netns) {
             Ok(veth) => veth,
@@ -104,17 +118,35 @@ impl Locator {
                 None
             }
         };
-        Ok(Sandbox { netns, host_veth })
+        Ok(Sandbox {
+            netns,
+            host_veth,
+            namespace: theirs,
+        })
     }
 
-    /// Every process in a pod's cgroup (or under it), the lowest PID per pod.
+    /// The calling thread's network namespace (the node's).
+    fn host_namespace(&self) -> Result<(u64, u64), SandboxError> {
+        namespace_id(&self.proc.join("thread-self/ns/net"))
+    }
+
+    /// Whether `sandbox` still stands: its path opens the namespace it was found as,
+    /// and that is not the node's.
+    fn still_stands(&self, sandbox: &Sandbox) -> bool {
+        namespace_id(&sandbox.netns).is_ok_and(|id| id == sandbox.namespace)
+            && self
+                .host_namespace()
+                .is_ok_and(|host| host != sandbox.namespace)
+    }
+
+    /// Every process in a pod's cgroup (or under it), by pod.
     pub fn processes(&self) -> Result<Processes, SandboxError> {
         let entries = std::fs::read_dir(&self.proc).map_err(|source| SandboxError::Io {
             what: "listing",
             path: self.proc.clone(),
             source,
         })?;
-        let mut lowest = Processes::new();
+        let mut pods = Processes::new();
         for entry in entries.flatten() {
             let Some(pid) = entry
                 .file_name()
@@ -132,13 +164,13 @@ impl Locator {
                 .filter_map(|line| line.splitn(3, ':').nth(2))
                 .find_map(|path| path.split('/').find_map(pod_uid_of));
             if let Some(uid) = uid {
-                lowest
-                    .entry(uid)
-                    .and_modify(|low| *low = (*low).min(pid))
-                    .or_insert(pid);
+                pods.entry(uid).or_default().push(pid);
             }
         }
-        Ok(lowest)
+        for pids in pods.values_mut() {
+            pids.sort_unstable();
+        }
+        Ok(pods)
     }
 
     /// A runtime's bind mount of the namespace `id`, if there is one.
@@ -153,13 +185,15 @@ impl Locator {
 }
 
 /// The pod UID a cgroup path component names, as kubelet makes them: `pod<uid>`
-/// (cgroupfs driver) or `kubepods[-<qos>]-pod<uid with underscores>.slice`
+/// (cgroupfs driver) or `[<root>-]kubepods[-<qos>]-pod<uid with underscores>.slice`
 /// (systemd driver). Kubernetes UIDs have no underscores, so turning them back
 /// into dashes is exact.
 fn pod_uid_of(part: &str) -> Option<String> {
     if let Some(slice) = part.strip_suffix(".slice") {
         let (prefix, uid) = slice.rsplit_once("-pod")?;
-        return (prefix.starts_with("kubepods") && !uid.is_empty()).then(|| uid.replace('_', "-"));
+        // `kubepods-…`, or under a kubelet `--cgroup-root` (kind: `kubelet-kubepods-…`).
+        let kubepods = prefix.split('-').any(|segment| segment == "kubepods");
+        return (kubepods && !uid.is_empty()).then(|| uid.replace('_', "-"));
     }
     // Bare `pod…` names are common (a `pods` folder): only a UUID after it counts.
     part.strip_prefix("pod")
@@ -291,22 +325,27 @@ impl From<LinkMessage> for Link {
 }
 
 /// Sandboxes found, by pod UID, so a reconcile does not scan `/proc` for pods it
-/// already knows, and scans it at most once for those it does not. An entry is
-/// dropped when its namespace path is gone.
+/// already knows, and scans it at most once for those it does not.
 #[derive(Debug, Default)]
 pub struct Sandboxes {
     locator: Locator,
     known: HashMap<Box<str>, Sandbox>,
     /// This round's scan, made on the first pod not known.
     processes: Option<Processes>,
+    /// Pods looked for and not found: since when, and whether that was reported.
+    missing: HashMap<Box<str>, (Instant, bool)>,
 }
+
+/// How long a pod with an address may go unfound before a warning: kubelet sets the
+/// address once the sandbox runs, so by then something is wrong (a cgroup layout not
+/// recognised, the agent without the host's PID namespace).
+const MISSING_WARN_AFTER: Duration = Duration::from_secs(30);
 
 impl Sandboxes {
     pub fn new(locator: Locator) -> Self {
         Sandboxes {
             locator,
-            known: HashMap::new(),
-            processes: None,
+            ..Sandboxes::default()
         }
     }
 
@@ -317,8 +356,12 @@ impl Sandboxes {
     }
 
     pub fn find(&mut self, uid: &str) -> Result<Sandbox, SandboxError> {
-        if let Some(known) = self.known.get(uid) {
-            if known.netns.exists() {
+        if let Some(known) = self.known.get_mut(uid) {
+            if self.locator.still_stands(known) {
+                // A veth not found at first (not plugged in yet) is asked again.
+                if known.host_veth.is_none() {
+                    known.host_veth = host_veth(&known.netns).ok().flatten();
+                }
                 return Ok(known.clone());
             }
             self.known.remove(uid);
@@ -327,15 +370,43 @@ impl Sandboxes {
             Some(processes) => processes,
             empty => empty.insert(self.locator.processes()?),
         };
-        let found = self.locator.find_in(processes, uid)?;
-        self.known.insert(uid.into(), found.clone());
-        Ok(found)
+        match self.locator.find_in(processes, uid) {
+            Ok(found) => {
+                self.missing.remove(uid);
+                if found.host_veth.is_none() {
+                    warn!(%uid, netns = %found.netns.display(), "no single veth pairs the pod with the node: its STRICT guard is not attached");
+                }
+                self.known.insert(uid.into(), found.clone());
+                Ok(found)
+            }
+            Err(error) => {
+                self.missing
+                    .entry(uid.into())
+                    .or_insert((Instant::now(), false));
+                Err(error)
+            }
+        }
+    }
+
+    /// Whether `error`, from looking for `uid`, deserves a warning now: once per
+    /// pod, at once unless the pod's processes are just not seen yet, and then once
+    /// that has lasted [`MISSING_WARN_AFTER`].
+    pub fn worth_a_warning(&mut self, uid: &str, error: &SandboxError) -> bool {
+        let Some((since, warned)) = self.missing.get_mut(uid) else {
+            return false;
+        };
+        let due =
+            !matches!(error, SandboxError::NotRunning(_)) || since.elapsed() >= MISSING_WARN_AFTER;
+        let worth = due && !*warned;
+        *warned |= worth;
+        worth
     }
 
     /// Forgets pods not in `live`.
     pub fn retain<'a>(&mut self, live: impl IntoIterator<Item = &'a str>) {
         let live: std::collections::HashSet<&str> = live.into_iter().collect();
         self.known.retain(|uid, _| live.contains(&**uid));
+        self.missing.retain(|uid, _| live.contains(&**uid));
     }
 }
 
@@ -353,6 +424,7 @@ mod tests {
             format!("kubepods-besteffort-pod{systemd}.slice"),
             format!("kubepods-burstable-pod{systemd}.slice"),
             format!("kubepods-pod{systemd}.slice"),
+            format!("kubelet-kubepods-besteffort-pod{systemd}.slice"),
         ] {
             assert_eq!(pod_uid_of(&part).as_deref(), Some(UID), "{part}");
         }
@@ -370,5 +442,37 @@ mod tests {
         ] {
             assert_eq!(pod_uid_of(&part), None, "{part}");
         }
+    }
+
+    #[test]
+    fn a_pod_not_found_is_warned_about_once_and_not_at_once_when_just_starting() {
+        let mut sandboxes = Sandboxes::new(Locator {
+            // An empty /proc: nothing runs.
+            proc: std::env::temp_dir().join(format!("warren-no-proc-{}", std::process::id())),
+            netns_dirs: Vec::new(),
+        });
+        std::fs::create_dir_all(&sandboxes.locator.proc).unwrap();
+        let error = sandboxes.find(UID).unwrap_err();
+        assert!(matches!(error, SandboxError::NotRunning(_)), "{error}");
+        // Just starting: not worth a warning yet.
+        assert!(!sandboxes.worth_a_warning(UID, &error));
+        // Missing for long enough: once.
+        let since = &mut sandboxes.missing.get_mut(UID).unwrap().0;
+        *since = since
+            .checked_sub(MISSING_WARN_AFTER)
+            .expect("the machine has been up longer than that");
+        assert!(sandboxes.worth_a_warning(UID, &error));
+        assert!(!sandboxes.worth_a_warning(UID, &error));
+        // Another kind of failure is worth one at once, for a pod not warned about.
+        let other = "00000000-0000-4000-8000-000000000001";
+        let host = SandboxError::HostNetwork(other.into());
+        assert!(!sandboxes.worth_a_warning(other, &host), "never looked for");
+        let _ = sandboxes.find(other);
+        assert!(sandboxes.worth_a_warning(other, &host));
+        assert!(!sandboxes.worth_a_warning(other, &host));
+        // Gone pods are forgotten.
+        sandboxes.retain([other]);
+        assert!(!sandboxes.missing.contains_key(UID));
+        std::fs::remove_dir_all(&sandboxes.locator.proc).unwrap();
     }
 }

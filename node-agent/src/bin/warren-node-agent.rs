@@ -12,7 +12,7 @@ use warren_node_agent::{
     config::{Cli, Command, RunArgs, WaypointControllerArgs},
     datapath::{self, Datapath, Redirect},
     distribution::{self, Distribution},
-    enrollment::Enrollment,
+    enrollment::{Enrollment, PodNetworks},
     identity, memory,
     model::ObjectKey,
     source::{Source, SourceEvent, kube::KubeSource, local::LocalSource},
@@ -73,6 +73,13 @@ async fn waypoint_controller(args: WaypointControllerArgs) -> Result<()> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
+    // Local-mode waypoints run in the namespace a pod's annotation names; on a
+    // cluster anyone creating a pod writes those.
+    if args.kube && args.run_waypoints == Some(true) {
+        anyhow::bail!(
+            "--run-waypoints is for local mode: with --kube a Deployment runs each waypoint (warren-node-agent waypoint-controller)"
+        );
+    }
     let pin_root = args.node.pin_root();
     let (mut datapath, installed) = Datapath::install(&pin_root, &args.cgroup)
         .with_context(|| format!("installing the datapath on {}", args.cgroup.display()))?;
@@ -115,7 +122,13 @@ async fn run(args: RunArgs) -> Result<()> {
         drop(events_tx);
     }
     let mut store = Store::default();
-    let mut enrollment = Enrollment::new(&args.node.node, &args.root_namespace, &datapath)?;
+    let networks = if args.kube {
+        PodNetworks::UidOnly
+    } else {
+        PodNetworks::AnnotationsOrUid
+    };
+    let mut enrollment =
+        Enrollment::new(&args.node.node, &args.root_namespace, networks, &datapath)?;
 
     // The per-node view, served to this node's proxies.
     let publisher = Publisher::default();
