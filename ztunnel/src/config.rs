@@ -103,6 +103,18 @@ pub struct Config {
     #[arg(long, env = "WARREN_ZTUNNEL_HANDOVER_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub handover_timeout: Duration,
 
+    /// A file written once this process serves the node (ports bound, config and
+    /// certificates in) and removed when it drains: for a readiness probe that must ask
+    /// this very process (`--check-ready-file`), as on the host network the readiness
+    /// port answers for whichever ztunnel holds it.
+    #[arg(long, env = "WARREN_ZTUNNEL_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+
+    /// Exit 0 if this file exists, else 1, and do nothing else: the exec readiness
+    /// probe for a ztunnel run with `--ready-file`.
+    #[arg(long, value_name = "PATH")]
+    pub check_ready_file: Option<PathBuf>,
+
     /// Once drained at a successor's request, wait for SIGTERM instead of exiting. Under
     /// a DaemonSet the successor is a surged pod on the same node: an old container
     /// that exited would be restarted by kubelet and take the node back.

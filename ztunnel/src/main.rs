@@ -16,6 +16,7 @@ use warren_ztunnel::{
     Config, Ztunnel,
     admin::{LogControl, QuitReason},
     app, drain, handover,
+    readiness::ReadyFile,
     state::State,
     subscription::Subscription,
 };
@@ -23,6 +24,9 @@ use warren_ztunnel::{
 fn main() -> anyhow::Result<()> {
     warren_ztunnel::malloc::tune_for_proxy();
     let config = Config::parse();
+    if let Some(path) = &config.check_ready_file {
+        std::process::exit(if path.exists() { 0 } else { 1 });
+    }
     let log = warren_ztunnel::process::init_logging(&config.log_level)?;
     let runtime = warren_ztunnel::process::runtime(config.worker_threads)?;
     runtime.block_on(run(config, log))
@@ -38,6 +42,10 @@ async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
 
     let state = State::new(config.node_name.clone(), config.hbone_port);
     let linger = config.linger_after_handover;
+    let ready_file = config
+        .ready_file
+        .clone()
+        .map(|path| (path, Arc::clone(&state)));
     let client_id = config
         .client_id
         .clone()
@@ -85,12 +93,17 @@ async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
             Ztunnel::take_over(config, state, Some(log), &running).await?
         }
     };
+    // Only now, ports bound: a successor's file appears once it has taken over.
+    let ready_file = ready_file.map(|(path, state)| ReadyFile::once_ready(path, state));
     let handed_over = tokio::select! {
         _ = sigterm.recv() => { info!("SIGTERM: draining"); false }
         _ = sigint.recv() => { info!("SIGINT: draining"); false }
         reason = ztunnel.quit_requested() => reason == QuitReason::HandedOver,
     };
     subscription.abort();
+    if let Some(file) = ready_file {
+        file.withdraw().await;
+    }
     match ztunnel.drain().await {
         drain::Outcome::Clean => info!("drained: every connection finished"),
         drain::Outcome::Forced => info!("drain deadline passed: remaining connections cut"),

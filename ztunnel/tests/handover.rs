@@ -20,6 +20,7 @@ use warren_ztunnel::{
     admin::QuitReason,
     app, drain, handover,
     proxy::hbone::client::{self, Establish},
+    readiness::ReadyFile,
     state::State,
     subscription::Subscription,
     tls::{TrustBundle, WorkloadCertificate},
@@ -131,6 +132,15 @@ async fn a_successor_takes_over_without_losing_a_connection() {
     assert!(!successor.is_finished(), "took over before it was ready");
     assert!(subscription.apply(view.snapshot()).is_empty());
     let successor = successor.await.unwrap().expect("the take-over");
+    // Its own ready file (what the DaemonSet's probe asks) once it serves; the old
+    // process's port-bound readiness would have answered for it before.
+    let dir = tempfile::tempdir().unwrap();
+    let ready_path = dir.path().join("ready");
+    let ready = ReadyFile::once_ready(ready_path.clone(), Arc::clone(&state));
+    assert!(
+        eventually(Duration::from_secs(5), async || ready_path.exists()).await,
+        "the successor's ready file did not appear"
+    );
     let reason = tokio::time::timeout(Duration::from_secs(5), draining)
         .await
         .expect("the old ztunnel was not asked to drain")
@@ -173,8 +183,14 @@ async fn a_successor_takes_over_without_losing_a_connection() {
         metric(&text, OPENED, &["reporter=\"destination\""]) >= 100,
         "the successor carried too few connections:\n{text}"
     );
-    let (status, ready) = http_get(successor.addresses.readiness, "/healthz/ready").await;
-    assert_eq!((status, ready.trim()), (200, "ready"));
+    let (status, answer) = http_get(successor.addresses.readiness, "/healthz/ready").await;
+    assert_eq!((status, answer.trim()), (200, "ready"));
+    // Draining withdraws it.
+    ready.withdraw().await;
+    assert!(
+        !ready_path.exists(),
+        "the ready file outlived the drain's start"
+    );
 
     // The held connections still work through the old process, and their end lets
     // the old one finish its drain cleanly, well before the deadline.
@@ -211,7 +227,14 @@ async fn a_successor_that_never_gets_ready_leaves_the_running_one_alone() {
         .await
         .unwrap()
         .unwrap();
+    // Its ready file never appears, not even after it is withdrawn.
+    let dir = tempfile::tempdir().unwrap();
+    let ready_path = dir.path().join("ready");
+    let ready = ReadyFile::once_ready(ready_path.clone(), Arc::clone(&state));
     let waited = app::wait_ready(&state, Duration::from_millis(300)).await;
+    assert!(!ready_path.exists(), "ready file written without config");
+    ready.withdraw().await;
+    assert!(!ready_path.exists());
     let error = format!("{:#}", waited.expect_err("ready without config"));
     assert!(error.contains("not ready within"), "{error}");
     assert!(error.contains("keeps serving"), "{error}");

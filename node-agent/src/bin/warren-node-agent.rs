@@ -72,6 +72,25 @@ async fn waypoint_controller(args: WaypointControllerArgs) -> Result<()> {
     Ok(())
 }
 
+/// ztunnel hands a node over between processes with SO_REUSEPORT listeners; with
+/// `net.ipv4.tcp_migrate_req` the connections queued on the old one's listeners move
+/// to the new one's instead of being reset. ztunnel sets it when it can; in a
+/// container without a writable `/proc/sys` it cannot, so the agent (privileged, in
+/// the node's network namespace) sets it for the node.
+fn migrate_queued_connections() {
+    const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+    match std::fs::read_to_string(MIGRATE_REQ) {
+        Ok(now) if now.trim() == "1" => {}
+        Ok(_) => match std::fs::write(MIGRATE_REQ, "1") {
+            Ok(()) => info!("set net.ipv4.tcp_migrate_req for ztunnel's hand-overs"),
+            Err(error) => {
+                tracing::warn!(%error, "could not set net.ipv4.tcp_migrate_req: ztunnel hand-overs may reset queued connections")
+            }
+        },
+        Err(error) => tracing::warn!(%error, "reading net.ipv4.tcp_migrate_req"),
+    }
+}
+
 async fn run(args: RunArgs) -> Result<()> {
     // Local-mode waypoints run in the namespace a pod's annotation names; on a
     // cluster anyone creating a pod writes those.
@@ -93,6 +112,9 @@ async fn run(args: RunArgs) -> Result<()> {
     )?;
     for ip in &args.node_addrs {
         datapath.add_local_addr(*ip, AddrKind::Node)?;
+    }
+    if args.ztunnel.is_some() {
+        migrate_queued_connections();
     }
     info!(
         node = %args.node.node,

@@ -2,8 +2,10 @@
 //! container's arguments parse as the program parses them, the names and paths the
 //! templates share agree (the CA trusts the agents' ServiceAccount, the agents mount
 //! the CA's trust bundle and a token of the audience it requires, everyone finds the
-//! agent's socket), the node agent may read every kind it watches, and the node
-//! DaemonSets can surge on a node. Needs `helm` (`cargo xtask setup` installs it).
+//! agent's socket), every workload's ServiceAccount is bound to the rules it needs
+//! (the node agent may read every kind it watches), and ztunnel can surge on a node
+//! (no host ports, a readiness probe that asks its own process). Needs `helm`
+//! (`cargo xtask setup` installs it).
 
 use std::{
     collections::BTreeMap,
@@ -246,16 +248,30 @@ fn the_helm_chart_renders_what_the_programs_accept() -> Result<()> {
         "the agents' token {source:?} is not what the CA asks ({:?})",
         ca_args.serve.token_audiences
     );
-    let ca_rules = &find(&objects, "ClusterRole", "warren-ca")?["rules"];
+    let ca_account = text(&ca["spec"]["template"]["spec"]["serviceAccountName"])?;
+    let ca_rules = granted(&objects, "ClusterRole", "warren-ca", ca_account)?;
     ensure!(
-        allows(ca_rules, "authentication.k8s.io", "tokenreviews", "create"),
+        allows(
+            ca_rules,
+            "authentication.k8s.io",
+            "tokenreviews",
+            "create",
+            None
+        ),
         "the CA may not create TokenReviews"
     );
-    let ca_role = &find(&objects, "Role", "warren-ca")?["rules"];
+    let ca_role = granted(&objects, "Role", "warren-ca", ca_account)?;
     for verb in ["get", "create", "update"] {
         ensure!(
-            allows(ca_role, "", "secrets", verb),
-            "the CA may not {verb} its root's Secret"
+            allows(
+                ca_role,
+                "",
+                "secrets",
+                verb,
+                Some(&ca_args.secret.secret_name)
+            ),
+            "the CA may not {verb} its root's Secret {}",
+            ca_args.secret.secret_name
         );
     }
 
@@ -278,6 +294,34 @@ fn the_helm_chart_renders_what_the_programs_accept() -> Result<()> {
     ensure!(
         config.linger_after_handover,
         "a drained ztunnel must wait to be deleted, or kubelet restarts it"
+    );
+    // Its readiness asks this very process (a file in the pod's own folder), not the
+    // node's port 15021, which the old ztunnel answers during a surge.
+    let probe: Vec<String> = list(&ztunnel_container["readinessProbe"]["exec"]["command"])
+        .iter()
+        .map(|a| text(a).map(str::to_owned))
+        .collect::<Result<_>>()?;
+    ensure!(
+        probe.first().map(String::as_str) == Some("warren-ztunnel"),
+        "ztunnel's readiness probe is not its own check: {:?}",
+        ztunnel_container["readinessProbe"]
+    );
+    let check = warren_ztunnel::Config::try_parse_from(&probe)
+        .with_context(|| format!("the probe {}", probe.join(" ")))?;
+    let ready_file = config
+        .ready_file
+        .clone()
+        .context("ztunnel writes no --ready-file")?;
+    ensure!(
+        check.check_ready_file.as_ref() == Some(&ready_file),
+        "the probe checks {:?}, ztunnel writes {}",
+        check.check_ready_file,
+        ready_file.display()
+    );
+    let own = volume_at(ztunnel, ztunnel_container, parent(&ready_file)?)?;
+    ensure!(
+        !own["emptyDir"].is_null(),
+        "the ready file must be the pod's own, not the node's: {own:?}"
     );
     let controller = find(&objects, "Deployment", "warren-waypoint-controller")?;
     let AgentCommand::WaypointController(controller_args) =
@@ -309,11 +353,16 @@ fn the_helm_chart_renders_what_the_programs_accept() -> Result<()> {
     }
 
     // The node agent may read every kind it watches.
-    let agent_rules = &find(&objects, "ClusterRole", "warren-node-agent")?["rules"];
+    let agent_rules = granted(
+        &objects,
+        "ClusterRole",
+        "warren-node-agent",
+        text(&agent_spec["serviceAccountName"])?,
+    )?;
     for (group, resource) in watched_resources() {
         for verb in ["get", "list", "watch"] {
             ensure!(
-                allows(agent_rules, group, resource, verb),
+                allows(agent_rules, group, resource, verb, None),
                 "the node agent may not {verb} {resource} ({group:?})"
             );
         }
@@ -321,12 +370,41 @@ fn the_helm_chart_renders_what_the_programs_accept() -> Result<()> {
     Ok(())
 }
 
-/// Whether RBAC `rules` allow `verb` on `resource` of `group`.
-fn allows(rules: &Value, group: &str, resource: &str, verb: &str) -> bool {
+/// Whether RBAC `rules` allow `verb` on `resource` of `group` (on the object `name`,
+/// when given: a rule limited by `resourceNames` must list it).
+fn allows(rules: &Value, group: &str, resource: &str, verb: &str, name: Option<&str>) -> bool {
     let has = |field: &Value, want: &str| list(field).iter().any(|v| v == want || v == "*");
     list(rules).iter().any(|rule| {
+        let names = list(&rule["resourceNames"]);
         has(&rule["apiGroups"], group)
             && has(&rule["resources"], resource)
             && has(&rule["verbs"], verb)
+            && (names.is_empty() || name.is_some_and(|n| names.iter().any(|v| v == n)))
     })
+}
+
+/// The rules `account` (a ServiceAccount in the release's namespace) gets from the
+/// `kind` (`ClusterRole` or `Role`) named `role`, through a binding of the chart.
+fn granted<'a>(objects: &'a [Value], kind: &str, role: &str, account: &str) -> Result<&'a Value> {
+    let binding_kind = if kind == "ClusterRole" {
+        "ClusterRoleBinding"
+    } else {
+        "RoleBinding"
+    };
+    let bound = objects.iter().any(|o| {
+        o["kind"] == binding_kind
+            && o["roleRef"]["kind"] == kind
+            && o["roleRef"]["name"] == role
+            && list(&o["subjects"]).iter().any(|s| {
+                s["kind"] == "ServiceAccount" && s["name"] == account && s["namespace"] == NAMESPACE
+            })
+    });
+    ensure!(bound, "no {binding_kind} gives {account} the {kind} {role}");
+    ensure!(
+        objects
+            .iter()
+            .any(|o| o["kind"] == "ServiceAccount" && o["metadata"]["name"] == account),
+        "no ServiceAccount {account}"
+    );
+    Ok(&find(objects, kind, role)?["rules"])
 }

@@ -75,9 +75,11 @@ impl Pool {
             .open(key, source_cert, trust, authority, source_ip, establish)
             .await?;
         if tunnel.is_early() {
-            // A draining peer's GOAWAY can cross a stream already sent: the peer
-            // refuses it unprocessed, and the splice opens it once more. The pool has
-            // retired the connection by then; this time the answer comes first.
+            // A draining peer's GOAWAY can cross a stream already sent (or a peer
+            // can refuse a stream over its limit): the peer did not process it, and
+            // the splice opens it once more, on whichever connection the pool offers
+            // then (one that got GOAWAY takes no streams), waiting for the answer
+            // this time.
             let (pool, key) = (self.clone(), key.clone());
             let (cert, trust) = (source_cert.clone(), trust.clone());
             tunnel.reopen_with(Box::new(move || {
