@@ -87,6 +87,17 @@ impl Pki {
     }
 }
 
+/// The application's socket pair: the app writes and reads one end, ztunnel splices
+/// the other.
+async fn app_socket() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    (app, accepted)
+}
+
 /// A loopback listener for an HBONE peer presenting `cert` (TLS 1.3, h2).
 async fn h2_peer(
     cert: &WorkloadCertificate,
@@ -181,12 +192,7 @@ async fn only_the_first_read_leaves_before_the_answer() {
         .await
         .expect("an early tunnel opens before the answer");
 
-    // The application's socket pair: `app` writes, ztunnel splices `accepted`.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut app = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (accepted, _) = listener.accept().await.unwrap();
+    let (mut app, accepted) = app_socket().await;
     app.write_all(&[1u8; FIRST]).await.unwrap();
     let splice = tokio::spawn(tunnel.splice(accepted, 64 << 10));
 
@@ -368,11 +374,7 @@ async fn a_stream_the_peer_went_away_before_is_sent_again_first_bytes_and_all() 
         .await
         .expect("an early tunnel opens before the answer");
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut app = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (accepted, _) = listener.accept().await.unwrap();
+    let (mut app, accepted) = app_socket().await;
     let splice = tokio::spawn(tunnel.splice(accepted, 64 << 10));
     let exchange = async {
         app.write_all(&[1u8; FIRST]).await?;

@@ -199,6 +199,20 @@ pub fn warrenctl(node: &Node, args: &[&str]) -> Result<serde_json::Value> {
 
 /// Runs `warrenctl ARGS…` and returns what it printed; fails with its
 /// stderr if it exits non-zero.
+/// `warrenctl config dump --output json` of the node's agent: its view and refusals.
+pub fn config_dump(cluster: &Cluster, node: &Node) -> Result<serde_json::Value> {
+    let socket = agent_socket(cluster, node)?;
+    let text = warrenctl_text(&[
+        "config",
+        "dump",
+        "--socket",
+        &socket.to_string_lossy(),
+        "--output",
+        "json",
+    ])?;
+    Ok(serde_json::from_str(&text)?)
+}
+
 pub fn warrenctl_text(args: &[&str]) -> Result<String> {
     let ctl = binaries::path("warrenctl")?;
     let out = std::process::Command::new(ctl)

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Result, bail, ensure};
-use warren_e2e::agent::{agent_socket, datapath, start_agent_with_config, warrenctl_text};
+use warren_e2e::agent::{config_dump, datapath, start_agent_with_config};
 use warren_node_agent::sandbox::{Locator, SandboxError};
 use warren_testbed::{Cluster, Node, PodSpec, Process, Sandbox, labels, privilege::require_root};
 
@@ -115,15 +115,7 @@ fn enrollment_follows_namespace_labels_and_peer_authentication() -> Result<()> {
         agent.output()
     );
     // `warrenctl config dump` shows the view (its workloads) and the refusal.
-    let socket = agent_socket(&cluster, &node)?;
-    let dump: serde_json::Value = serde_json::from_str(&warrenctl_text(&[
-        "config",
-        "dump",
-        "--socket",
-        &socket.to_string_lossy(),
-        "--output",
-        "json",
-    ])?)?;
+    let dump = config_dump(&cluster, &node)?;
     let keys: Vec<&str> = dump["resources"]
         .as_array()
         .into_iter()
@@ -306,20 +298,16 @@ fn a_pod_on_a_kubernetes_node_is_found_by_its_uid() -> Result<()> {
     );
     // ztunnel is told the namespace to connect from the pod in: the runtime's
     // bind mount, which outlives any one process of the pod.
-    let socket = agent_socket(&cluster, &node)?;
-    let dump = warrenctl_text(&[
-        "config",
-        "dump",
-        "--socket",
-        &socket.to_string_lossy(),
-        "--output",
-        "json",
-    ])?;
+    let dump = config_dump(&cluster, &node)?;
     let netns = pod.sandbox.netns.display().to_string();
+    let workload = dump["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["key"] == "workload/default/web");
     ensure!(
-        dump.contains(&format!("\"netns\": \"{netns}\""))
-            || dump.contains(&format!("\"netns\":\"{netns}\"")),
-        "the workload's namespace is not {netns}:\n{dump}"
+        workload.is_some_and(|w| w["spec"]["netns"] == netns.as_str()),
+        "the workload's namespace is not {netns}: {workload:?}"
     );
 
     // A process in a pod's cgroup but in the node's namespace (hostNetwork): the

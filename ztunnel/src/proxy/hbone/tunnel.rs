@@ -132,40 +132,10 @@ impl Tunnel {
                         client_done = answered.client_done;
                         answered.recv
                     }
-                    Err(EarlyFailure::Connect(error)) => {
-                        crate::proxy::reset(socket);
-                        return Spliced {
-                            to_tunnel: 0,
-                            from_tunnel: 0,
-                            error: Some(io::Error::new(
-                                io::ErrorKind::ConnectionRefused,
-                                error.to_string(),
-                            )),
-                            failed_connect: Some(error),
-                        };
-                    }
-                    Err(EarlyFailure::Client(error)) => {
-                        return Spliced {
-                            to_tunnel: 0,
-                            from_tunnel: 0,
-                            error: Some(error),
-                            failed_connect: None,
-                        };
-                    }
+                    Err(failure) => return failure.spliced(socket),
                 }
             }
-            Recv::Refused => {
-                crate::proxy::reset(socket);
-                return Spliced {
-                    to_tunnel: 0,
-                    from_tunnel: 0,
-                    error: Some(io::Error::new(
-                        io::ErrorKind::ConnectionRefused,
-                        "the peer refused the HBONE CONNECT",
-                    )),
-                    failed_connect: None,
-                };
-            }
+            Recv::Refused => return EarlyFailure::Refused.spliced(socket),
         };
         let _guard = guard;
         let (mut reader, mut writer) = socket.split();
@@ -290,8 +260,36 @@ struct Answered {
 enum EarlyFailure {
     /// The CONNECT failed: nothing reached the destination.
     Connect(HboneError),
+    /// The answer was a refusal already reported (to a reader through `AsyncRead`).
+    Refused,
     /// The client's socket failed first.
     Client(io::Error),
+}
+
+impl EarlyFailure {
+    /// How the splice went: nothing relayed, and the client's socket reset unless it
+    /// failed first (its bytes sent so far were dropped by the peer).
+    fn spliced(self, socket: TcpStream) -> Spliced {
+        let refused = |reason: String| io::Error::new(io::ErrorKind::ConnectionRefused, reason);
+        let (error, failed_connect, reset) = match self {
+            EarlyFailure::Connect(error) => (refused(error.to_string()), Some(error), true),
+            EarlyFailure::Refused => (
+                refused("the peer refused the HBONE CONNECT".into()),
+                None,
+                true,
+            ),
+            EarlyFailure::Client(error) => (error, None, false),
+        };
+        if reset {
+            crate::proxy::reset(socket);
+        }
+        Spliced {
+            to_tunnel: 0,
+            from_tunnel: 0,
+            error: Some(error),
+            failed_connect,
+        }
+    }
 }
 
 impl Early<'_> {
@@ -335,12 +333,7 @@ impl Early<'_> {
                             }
                             // Only a tunnel read through `AsyncRead` gets here, never
                             // a fresh one.
-                            Recv::Refused => {
-                                return Err(EarlyFailure::Client(io::Error::new(
-                                    io::ErrorKind::ConnectionRefused,
-                                    "the peer refused the HBONE CONNECT",
-                                )));
-                            }
+                            Recv::Refused => return Err(EarlyFailure::Refused),
                         };
                     }
                     Err(error) => return Err(EarlyFailure::Connect(error)),
