@@ -6,7 +6,5 @@ accounts and the agents' ServiceAccount cannot drift apart. */}}
 {{/* The Secret the CA keeps its root in; agents mount only its trust bundle. */}}
 {{- define "warren.caSecret" -}}{{ printf "%s-ca-root" .Release.Name }}{{- end }}
 {{- define "warren.caAddress" -}}
-{{- if .Values.ca.address -}}{{ .Values.ca.address }}{{- else -}}
 {{ printf "https://%s.%s.svc:15012" (include "warren.ca" .) .Release.Namespace }}
-{{- end -}}
 {{- end }}

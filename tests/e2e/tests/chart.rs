@@ -25,8 +25,8 @@ use warren_node_agent::{
 
 const NAMESPACE: &str = "warren-system";
 
-/// `helm lint` passes, and `helm template` gives these objects.
-fn render() -> Result<Vec<Value>> {
+/// `helm lint` passes, and `helm template` gives these objects (`--set` each of `sets`).
+fn render(sets: &[&str]) -> Result<Vec<Value>> {
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../helm/warren");
     let helm = |args: &[&str]| -> Result<String> {
         let out = Command::new("helm")
@@ -43,8 +43,15 @@ fn render() -> Result<Vec<Value>> {
         Ok(String::from_utf8(out.stdout)?)
     };
     let chart = chart.to_string_lossy();
-    helm(&["lint", "--strict", &chart])?;
-    let text = helm(&["template", "warren", &chart, "--namespace", NAMESPACE])?;
+    let sets: Vec<&str> = sets.iter().flat_map(|set| ["--set", set]).collect();
+    helm(&[&["lint", "--strict", &chart][..], &sets].concat())?;
+    let text = helm(
+        &[
+            &["template", "warren", &chart, "--namespace", NAMESPACE][..],
+            &sets,
+        ]
+        .concat(),
+    )?;
     let mut objects = Vec::new();
     for document in serde_yaml::Deserializer::from_str(&text) {
         let value = Value::deserialize(document)?;
@@ -142,7 +149,7 @@ fn parent(path: &Path) -> Result<&Path> {
 
 #[test]
 fn the_helm_chart_renders_what_the_programs_accept() -> Result<()> {
-    let objects = render()?;
+    let objects = render(&[])?;
     for object in &objects {
         let spec = &object["spec"]["template"]["spec"];
         // Every mount names a volume of its pod.
@@ -407,4 +414,34 @@ fn granted<'a>(objects: &'a [Value], kind: &str, role: &str, account: &str) -> R
         "no ServiceAccount {account}"
     );
     Ok(&find(objects, kind, role)?["rules"])
+}
+
+/// Without the CA and the waypoint controller (an operator's own CA, Gateways handled
+/// elsewhere), the chart still renders a node agent that runs, without identities.
+#[test]
+fn the_chart_renders_without_the_optional_parts() -> Result<()> {
+    let objects = render(&["ca.enabled=false", "waypointController.enabled=false"])?;
+    for name in ["warren-ca", "warren-waypoint-controller"] {
+        ensure!(
+            !objects.iter().any(|o| o["metadata"]["name"] == name),
+            "{name} rendered though disabled"
+        );
+    }
+    let agent = find(&objects, "DaemonSet", "warren-node-agent")?;
+    let AgentCommand::Run(run) = agent_cli(container(agent, "node-agent")?)? else {
+        bail!("the node agent does not `run`");
+    };
+    ensure!(
+        run.identity.ca_addr.is_none(),
+        "the agent dials a CA that is not there: {:?}",
+        run.identity.ca_addr
+    );
+    let volumes = list(&agent["spec"]["template"]["spec"]["volumes"]);
+    ensure!(
+        !volumes
+            .iter()
+            .any(|v| !v["secret"].is_null() || !v["projected"].is_null()),
+        "the agent mounts the absent CA's Secret or token: {volumes:?}"
+    );
+    Ok(())
 }
