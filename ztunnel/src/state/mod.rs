@@ -580,10 +580,9 @@ impl State {
     }
 
     /// The service with this hostname (`name.namespace.svc.<domain>`, or a
-    /// ServiceEntry host), by [`precedence`] when several claim it. A scan:
-    /// the waypoint caches what it finds per upstream cluster.
-    /// The service named `hostname` that clients of `namespace` see (any,
-    /// without one), by [`precedence`].
+    /// ServiceEntry host) that clients of `namespace` see (any, without one), by
+    /// [`precedence`] when several claim it. A scan: the waypoint caches what it
+    /// finds per upstream cluster.
     pub fn service_by_hostname(
         &self,
         hostname: &str,
