@@ -88,15 +88,9 @@ impl Names {
             match answer {
                 Ok((addresses, valid_until)) => {
                     debug!(%host, ?addresses, "endpoint name resolved");
-                    // A server that shuffles its answers changes nothing.
-                    let sorted = |list: &[IpAddr]| {
-                        let mut list = list.to_vec();
-                        list.sort_unstable();
-                        list
-                    };
                     let changed = known
                         .get(host)
-                        .is_none_or(|k| sorted(&k.addresses) != sorted(&addresses));
+                        .is_none_or(|k| answer_changed(&k.addresses, &addresses));
                     known.insert(
                         host.clone(),
                         Known {
@@ -130,9 +124,44 @@ impl Names {
     }
 }
 
+/// Whether a new answer changes the endpoints clusters take from it: other addresses,
+/// or another first one where the cluster uses only that (`DNS_ROUND_ROBIN`, Envoy's
+/// LOGICAL_DNS: new connections go to the first address of the latest answer). A
+/// server that shuffles its answers otherwise changes nothing.
+fn answer_changed(before: &[IpAddr], now: &[IpAddr]) -> bool {
+    let sorted = |list: &[IpAddr]| {
+        let mut list = list.to_vec();
+        list.sort_unstable();
+        list
+    };
+    // The first address a cluster would pick: IPv4 first, as the clusters do.
+    let first = |list: &[IpAddr]| {
+        warren_ztunnel::dns::preferring(list.to_vec(), true)
+            .first()
+            .copied()
+    };
+    sorted(before) != sorted(now) || first(before) != first(now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reordered_answer_changes_only_its_first_address() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let (a, b, c) = (ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3"));
+        let v6 = ip("2001:db8::1");
+        // Same addresses, same first: nothing to rebuild.
+        assert!(!answer_changed(&[a, b, c], &[a, c, b]));
+        // Another first address: a DNS_ROUND_ROBIN cluster follows it.
+        assert!(answer_changed(&[a, b, c], &[b, a, c]));
+        // The first IPv4 address is what counts; IPv6 ahead of it changes nothing.
+        assert!(!answer_changed(&[a, v6], &[v6, a]));
+        // Other addresses.
+        assert!(answer_changed(&[a, b], &[a, c]));
+        assert!(answer_changed(&[a], &[]));
+    }
 
     #[test]
     fn answers_unused_long_past_expiry_are_forgotten() {
