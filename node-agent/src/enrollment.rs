@@ -96,6 +96,9 @@ pub struct Enrollment {
     /// Pods' namespaces and veths found on a Kubernetes node (no annotations).
     sandboxes: Sandboxes,
     networks: PodNetworks,
+    /// Pods configuration puts in the mesh that are not captured, and why: what
+    /// `warrenctl config dump` shows (the logs say it once).
+    uncaptured: BTreeMap<ObjectKey, String>,
     /// Pods enrolled by an earlier agent (netns cookie → name): reconciled
     /// once after the first sync, then forgotten. Keyed by cookie because
     /// the name the kernel stores may be truncated.
@@ -121,6 +124,7 @@ impl Enrollment {
             enrolled: BTreeMap::new(),
             sandboxes: Sandboxes::new(Locator::default()),
             networks,
+            uncaptured: BTreeMap::new(),
             adopted: Some(adopted),
         })
     }
@@ -137,6 +141,11 @@ impl Enrollment {
                 (k.clone(), netns)
             })
             .collect()
+    }
+
+    /// Pods configuration puts in the mesh that are not captured, and why.
+    pub fn uncaptured(&self) -> &BTreeMap<ObjectKey, String> {
+        &self.uncaptured
     }
 
     /// Whether a change of this kind can change enrollment.
@@ -183,7 +192,11 @@ impl Enrollment {
                 }
                 // Retried on the next reconcile (the agent runs one
                 // periodically): the namespace or veth may not exist yet.
-                Err(err) => warn!(pod = %want.name, error = %format!("{err:#}"), "enrolling"),
+                Err(err) => {
+                    let why = format!("{err:#}");
+                    warn!(pod = %want.name, error = %why, "enrolling");
+                    self.uncaptured.insert(key, why);
+                }
             }
         }
         // After the first sync, pods a previous agent enrolled that
@@ -208,6 +221,7 @@ impl Enrollment {
         let mut out = BTreeMap::new();
         let mut uids = Vec::new();
         self.sandboxes.begin_round();
+        self.uncaptured.clear();
         for object in store.of_kind(Kind::Pod) {
             let Object::Pod(pod) = object else { continue };
             if pod.node_name.as_deref() != Some(self.node.as_str()) {
@@ -222,6 +236,7 @@ impl Enrollment {
                 Lookup::Annotated { netns, host_veth } => {
                     (PathBuf::from(netns), host_veth.map(str::to_owned))
                 }
+                // Nothing to capture: not worth a line in the dump either.
                 Lookup::NotStarted => continue,
                 Lookup::Uid(uid) => {
                     uids.push(uid.to_owned());
@@ -229,6 +244,7 @@ impl Enrollment {
                         Ok(sandbox) => (sandbox.netns, sandbox.host_veth),
                         // Retried on the next reconcile (one runs on a timer too).
                         Err(error) => {
+                            self.uncaptured.insert(object.key(), error.to_string());
                             if self.sandboxes.worth_a_warning(uid, &error) {
                                 warn!(pod = %name, %error, "cannot find the pod's network namespace; it is not captured");
                             } else {
@@ -239,7 +255,11 @@ impl Enrollment {
                     }
                 }
                 Lookup::Nowhere => {
-                    warn!(pod = %name, "neither a {NETNS_ANNOTATION} annotation nor a UID: cannot find its network namespace");
+                    let why = format!(
+                        "neither a {NETNS_ANNOTATION} annotation nor a UID: its network namespace cannot be found"
+                    );
+                    warn!(pod = %name, "{why}");
+                    self.uncaptured.insert(object.key(), why);
                     continue;
                 }
             };

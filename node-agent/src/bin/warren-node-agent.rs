@@ -241,6 +241,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 // After the view's work: it frees what it computed from.
                 reclaim.after_changes(changed.len());
                 view.set_namespaces(&store, enrollment.namespaces());
+                view.set_uncaptured(enrollment.uncaptured());
                 if let Some(handle) = &identities {
                     handle.want(view.local_identities());
                 }
@@ -259,6 +260,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 if store.synced() {
                     enrollment.reconcile(&store, &mut datapath);
                     view.set_namespaces(&store, enrollment.namespaces());
+                    view.set_uncaptured(enrollment.uncaptured());
                 }
             }
             _ = ticker.tick() => {

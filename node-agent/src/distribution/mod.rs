@@ -174,6 +174,7 @@ impl ConfigDistribution for Distribution {
             version: published.version(),
             resources: published.resources(&audience).collect(),
             refusals: published.refusals().to_vec(),
+            uncaptured: published.uncaptured().to_vec(),
         }))
     }
 }

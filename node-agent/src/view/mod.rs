@@ -263,6 +263,18 @@ impl View {
         self.publisher.write(|p| p.set_refusals(refusals));
     }
 
+    /// Records this node's pods that should be captured and are not, for dumps.
+    pub fn set_uncaptured(&mut self, pods: &BTreeMap<ObjectKey, String>) {
+        let uncaptured = pods
+            .iter()
+            .map(|(key, why)| Refusal {
+                object: key.to_string(),
+                error: why.clone(),
+            })
+            .collect();
+        self.publisher.write(|p| p.set_uncaptured(uncaptured));
+    }
+
     /// Takes the enrolled pods' namespaces, recomputing pods whose namespace moved.
     pub fn set_namespaces(&mut self, store: &Store, namespaces: BTreeMap<ObjectKey, PodNetns>) {
         let moved: Vec<ObjectKey> = namespaces

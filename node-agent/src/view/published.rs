@@ -42,6 +42,8 @@ pub struct Published {
     horizon: u64,
     /// Objects the agent refused, for `warrenctl config dump`.
     refusals: Vec<Refusal>,
+    /// This node's pods that should be captured and are not, and why.
+    uncaptured: Vec<Refusal>,
 }
 
 /// How a subscriber takes resources: the client's choice in its hello.
@@ -177,6 +179,10 @@ impl Published {
         &self.refusals
     }
 
+    pub fn uncaptured(&self) -> &[Refusal] {
+        &self.uncaptured
+    }
+
     /// Sets `key` to `resource`; true if that changed anything.
     pub fn upsert(&mut self, resource: Resource) -> bool {
         let entry = Entry::new(self.version + 1, &resource);
@@ -207,6 +213,10 @@ impl Published {
 
     pub fn set_refusals(&mut self, refusals: Vec<Refusal>) {
         self.refusals = refusals;
+    }
+
+    pub fn set_uncaptured(&mut self, uncaptured: Vec<Refusal>) {
+        self.uncaptured = uncaptured;
     }
 
     /// Forgets the oldest half of the tombstones; subscribers from before

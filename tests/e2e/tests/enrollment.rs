@@ -310,6 +310,50 @@ fn a_pod_on_a_kubernetes_node_is_found_by_its_uid() -> Result<()> {
         "the workload's namespace is not {netns}: {workload:?}"
     );
 
+    // A pod the API server shows running on this node but with no process the agent
+    // can see (a kubelet layout it does not know, or an agent without hostPID): the
+    // dump says which pod is not captured, and why.
+    let ghost_uid = "00000000-0000-4000-8000-0000000000aa";
+    std::fs::write(
+        cluster.config_dir().join("pod.default.ghost.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{ name: ghost, namespace: default, uid: {ghost_uid} }}\n\
+             spec: {{ nodeName: {}, containers: [{{ name: main }}] }}\n\
+             status: {{ phase: Running, podIP: 10.244.0.250 }}\n",
+            node.name
+        ),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let dump = config_dump(&cluster, &node)?;
+        let ghost = dump["uncaptured"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|u| u["pod"] == "Pod default/ghost")
+            .cloned();
+        if let Some(ghost) = ghost {
+            ensure!(
+                ghost["why"]
+                    .as_str()
+                    .is_some_and(|why| why.contains(ghost_uid) && why.contains("no process")),
+                "the dump does not say why: {ghost}"
+            );
+            ensure!(
+                !dump["uncaptured"].to_string().contains("default/web"),
+                "the captured pod is listed as not captured: {}",
+                dump["uncaptured"]
+            );
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the dump never lists the pod it cannot capture: {}",
+            dump["uncaptured"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // A process in a pod's cgroup but in the node's namespace (hostNetwork): the
     // locator refuses it, whatever the Pod object says.
     let host_uid = "00000000-0000-4000-8000-00000000beef";

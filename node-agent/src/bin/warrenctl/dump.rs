@@ -164,6 +164,7 @@ pub fn print_json(dump: &DumpResponse) -> anyhow::Result<()> {
         "version": dump.version,
         "resources": dump.resources.iter().map(resource_json).collect::<Vec<_>>(),
         "refused": dump.refusals.iter().map(|r| json!({"object": r.object, "error": r.error})).collect::<Vec<_>>(),
+        "uncaptured": dump.uncaptured.iter().map(|r| json!({"pod": r.object, "why": r.error})).collect::<Vec<_>>(),
     });
     println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(())
@@ -339,5 +340,17 @@ pub fn print_tables(dump: &DumpResponse) {
             .map(|r| vec![r.object.clone(), r.error.clone()])
             .collect();
         table::print(&["OBJECT", "ERROR"], &rows);
+    }
+    if !dump.uncaptured.is_empty() {
+        println!(
+            "\nNOT CAPTURED ({}) — pods the mesh should hold and the agent could not capture",
+            dump.uncaptured.len()
+        );
+        let rows: Vec<Vec<String>> = dump
+            .uncaptured
+            .iter()
+            .map(|r| vec![r.object.clone(), r.error.clone()])
+            .collect();
+        table::print(&["POD", "WHY"], &rows);
     }
 }
