@@ -55,6 +55,10 @@ pub enum DatapathError {
     Layout(String),
     #[error("pod {pod}: {reason}")]
     Pod { pod: String, reason: String },
+    #[error(
+        "{0} is not a cgroup v2 folder (--cgroup); on a host with both cgroup versions, cgroup v2 is often at /sys/fs/cgroup/unified"
+    )]
+    NotCgroup2(PathBuf),
 }
 
 impl DatapathError {

@@ -54,6 +54,15 @@ fn object_hash(bytes: &[u8]) -> u64 {
 
 /// Installs the datapath on the cgroup subtree `cgroup`, or takes over an
 /// earlier installation pinned under `pins` (see [`Installed`]).
+/// Whether `folder` (open) is on a cgroup v2 file system.
+fn is_cgroup2(folder: &fs::File) -> bool {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: fstatfs fills the zeroed struct for a valid, open descriptor.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::fstatfs(folder.as_raw_fd(), &mut stat) };
+    rc == 0 && stat.f_type == libc::CGROUP2_SUPER_MAGIC
+}
+
 pub fn install(pins: &Pins, cgroup: &Path) -> Result<Installed, DatapathError> {
     for dir in [pins.maps_dir(), pins.links_dir(), pins.progs_dir()] {
         fs::create_dir_all(&dir).map_err(DatapathError::io("creating pin folder", &dir))?;
@@ -88,6 +97,10 @@ pub fn install(pins: &Pins, cgroup: &Path) -> Result<Installed, DatapathError> {
     }
 
     let cgroup_fd = fs::File::open(cgroup).map_err(DatapathError::io("opening cgroup", cgroup))?;
+    // Attaching to a cgroup v1 folder fails with a bare EBADF; say what is wrong.
+    if !is_cgroup2(&cgroup_fd) {
+        return Err(DatapathError::NotCgroup2(cgroup.to_owned()));
+    }
     let mut ebpf = load(pins, bytes)?;
     let target = cgroup.display().to_string();
     for &name in program::CGROUP {
@@ -329,5 +342,25 @@ pub fn uninstall(pins: &Pins) -> Result<(), DatapathError> {
             Err(DatapathError::io("removing", pins.root())(err))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_cgroup_v2_folder_is_taken_for_one() {
+        let mounts = fs::read_to_string("/proc/self/mounts").expect("mounts");
+        let cgroup2 = mounts
+            .lines()
+            .filter_map(|l| {
+                let fields: Vec<&str> = l.split_whitespace().collect();
+                (fields.get(2) == Some(&"cgroup2")).then(|| fields[1].to_owned())
+            })
+            .next()
+            .expect("a cgroup v2 mount (cargo xtask setup mounts one)");
+        assert!(is_cgroup2(&fs::File::open(&cgroup2).unwrap()), "{cgroup2}");
+        assert!(!is_cgroup2(&fs::File::open(std::env::temp_dir()).unwrap()));
     }
 }
