@@ -152,6 +152,9 @@ pub struct Metrics {
     pub sent: Family<ConnectionLabels, Counter>,
     pub received: Family<ConnectionLabels, Counter>,
     pub refused: Family<RefusalLabels, Counter>,
+    /// Early-sending CONNECTs a peer refused unprocessed (it went away, e.g.
+    /// handing its node over), opened again on another connection.
+    pub sent_again: Counter,
 }
 
 impl Default for Metrics {
@@ -168,6 +171,7 @@ impl Metrics {
         let sent = Family::<ConnectionLabels, Counter>::default();
         let received = Family::<ConnectionLabels, Counter>::default();
         let refused = Family::<RefusalLabels, Counter>::default();
+        let sent_again = Counter::default();
         // The registry adds `_total` to counters.
         registry.register(
             "istio_tcp_connections_opened",
@@ -194,6 +198,11 @@ impl Metrics {
             "Connections ztunnel refused or reset, by listener and reason",
             refused.clone(),
         );
+        registry.register(
+            "warren_ztunnel_hbone_streams_sent_again",
+            "Early-sending CONNECTs a peer refused unprocessed (it went away), opened again on another connection",
+            sent_again.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             opened,
@@ -201,6 +210,7 @@ impl Metrics {
             sent,
             received,
             refused,
+            sent_again,
         }
     }
 

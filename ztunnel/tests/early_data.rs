@@ -227,6 +227,7 @@ async fn only_the_first_read_leaves_before_the_answer() {
         .unwrap();
     assert!(spliced.failed_connect.is_none(), "{spliced:?}");
     assert_eq!(spliced.to_tunnel, (FIRST + LATER) as u64);
+    assert!(!spliced.sent_again);
 }
 
 /// An HBONE peer that takes one CONNECT and never answers it; the task ends
@@ -414,6 +415,10 @@ async fn a_stream_the_peer_went_away_before_is_sent_again_first_bytes_and_all() 
     assert!(spliced.failed_connect.is_none(), "{spliced:?}");
     assert!(spliced.error.is_none(), "{spliced:?}");
     assert_eq!(spliced.to_tunnel, sent.len() as u64);
+    assert!(
+        spliced.sent_again,
+        "the splice says it sent the stream again"
+    );
     assert_eq!(
         pool.connection_count(),
         1,

@@ -86,6 +86,9 @@ pub struct Relayed {
     /// An early-sending tunnel's CONNECT failed: the connection never reached its
     /// destination, and the client was reset.
     pub failed_connect: Option<HboneError>,
+    /// The tunnel's CONNECT went again on another connection: its peer went away
+    /// before taking it.
+    pub sent_again: bool,
 }
 
 /// Copies both ways until both directions have ended. An EOF on one side shuts down the
@@ -114,6 +117,7 @@ where
         response_bytes: up.read,
         error,
         failed_connect: None,
+        sent_again: false,
     }
 }
 
@@ -137,10 +141,12 @@ pub async fn relay_tunnel(
 ) -> Relayed {
     let mut counted = (0, 0);
     let mut failed_connect = None;
+    let mut sent_again = false;
     let error = tokio::select! {
         spliced = tunnel.splice(socket, buffer) => {
             counted = (spliced.to_tunnel, spliced.from_tunnel);
             failed_connect = spliced.failed_connect;
+            sent_again = spliced.sent_again;
             spliced.error.map(|e| e.to_string())
         }
         () = drain.forced() => Some("cut at the drain deadline".to_owned()),
@@ -156,6 +162,7 @@ pub async fn relay_tunnel(
         response_bytes,
         error,
         failed_connect,
+        sent_again,
     }
 }
 

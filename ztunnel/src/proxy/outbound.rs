@@ -231,6 +231,9 @@ pub async fn handle(
                 Ok(tunnel) => {
                     let relayed =
                         relay_tunnel(client, tunnel, TunnelEnd::Upstream, buffer, &mut drain).await;
+                    if relayed.sent_again {
+                        metrics.sent_again.inc();
+                    }
                     match &relayed.failed_connect {
                         // Failed after the client's first bytes left: reported as a
                         // failed open all the same (relay_tunnel reset the client).

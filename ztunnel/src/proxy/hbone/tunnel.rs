@@ -117,6 +117,7 @@ impl Tunnel {
         } = self;
         let (mut to_tunnel, mut from_tunnel) = (0u64, 0u64);
         let mut client_done = false;
+        let mut sent_again = false;
         let recv = match recv {
             Recv::Open(recv) => recv,
             Recv::Awaiting(answer, reopen) => {
@@ -130,6 +131,7 @@ impl Tunnel {
                     Ok(answered) => {
                         to_tunnel = answered.sent;
                         client_done = answered.client_done;
+                        sent_again = answered.sent_again;
                         answered.recv
                     }
                     Err(failure) => return failure.spliced(socket),
@@ -223,6 +225,7 @@ impl Tunnel {
             from_tunnel,
             error: result.err(),
             failed_connect: None,
+            sent_again,
         }
     }
 
@@ -255,6 +258,8 @@ struct Answered {
     recv: RecvStream,
     sent: u64,
     client_done: bool,
+    /// On another connection than the first (see [`Tunnel::reopen_with`]).
+    sent_again: bool,
 }
 
 enum EarlyFailure {
@@ -288,6 +293,7 @@ impl EarlyFailure {
             from_tunnel: 0,
             error: Some(error),
             failed_connect,
+            sent_again: false,
         }
     }
 }
@@ -302,6 +308,7 @@ impl Early<'_> {
         // The first read, kept until the answer in case the stream must be sent again.
         let mut first: Option<Bytes> = None;
         let mut client_done = false;
+        let mut sent_again = false;
         loop {
             tokio::select! {
                 outcome = &mut answer => match outcome {
@@ -310,6 +317,7 @@ impl Early<'_> {
                             recv,
                             sent: first.map_or(0, |b| b.len() as u64),
                             client_done,
+                            sent_again,
                         });
                     }
                     Err(error) if error.unprocessed() && reopen.is_some() => {
@@ -318,6 +326,7 @@ impl Early<'_> {
                         let tunnel = open_again().await.map_err(EarlyFailure::Connect)?;
                         *self.send = tunnel.send;
                         *self.guard = tunnel.guard;
+                        sent_again = true;
                         // Buffered by h2 beyond the window if need be: one read at most.
                         // (The client's EOF is only read while no byte has come.)
                         let _ = match &first {
@@ -368,6 +377,9 @@ pub struct Spliced {
     /// The CONNECT of an early-sending tunnel failed (refused, no answer in time,
     /// or the connection broke first): nothing reached the destination.
     pub failed_connect: Option<HboneError>,
+    /// The peer went away before taking the early-sending CONNECT, and it was opened
+    /// again on another connection (a hand-over's race, survived).
+    pub sent_again: bool,
 }
 
 /// Waits until the stream may send at least one byte; how many it may.
