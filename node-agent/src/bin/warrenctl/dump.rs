@@ -6,7 +6,7 @@ use warren_api::{
     addr,
     config::{
         Action, Authorization, Certificate, Cidr, DumpResponse, InboundMode, Match, MeshSettings,
-        OutboundPolicy, Resource, Scope, Service, StringMatch, TunnelProtocol, Workload,
+        OutboundPolicy, Refusal, Resource, Scope, Service, StringMatch, TunnelProtocol, Workload,
         resource::Kind, string_match::Kind as SKind,
     },
 };
@@ -329,28 +329,29 @@ pub fn print_tables(dump: &DumpResponse) {
         .collect();
     println!("\nCERTIFICATES ({})", rows.len());
     table::print(&["IDENTITY", "NOT AFTER (unix)"], &rows);
-    if !dump.refusals.is_empty() {
-        println!(
-            "\nREFUSED ({}) — the last good version of each stays in force",
-            dump.refusals.len()
-        );
-        let rows: Vec<Vec<String>> = dump
-            .refusals
-            .iter()
-            .map(|r| vec![r.object.clone(), r.error.clone()])
-            .collect();
-        table::print(&["OBJECT", "ERROR"], &rows);
+    print_problems(
+        "REFUSED",
+        "the last good version of each stays in force",
+        ["OBJECT", "ERROR"],
+        &dump.refusals,
+    );
+    print_problems(
+        "NOT CAPTURED",
+        "pods the mesh should hold and the agent could not capture",
+        ["POD", "WHY"],
+        &dump.uncaptured,
+    );
+}
+
+/// A table of objects and what is wrong with each, only when there is one.
+fn print_problems(title: &str, meaning: &str, header: [&str; 2], problems: &[Refusal]) {
+    if problems.is_empty() {
+        return;
     }
-    if !dump.uncaptured.is_empty() {
-        println!(
-            "\nNOT CAPTURED ({}) — pods the mesh should hold and the agent could not capture",
-            dump.uncaptured.len()
-        );
-        let rows: Vec<Vec<String>> = dump
-            .uncaptured
-            .iter()
-            .map(|r| vec![r.object.clone(), r.error.clone()])
-            .collect();
-        table::print(&["POD", "WHY"], &rows);
-    }
+    println!("\n{title} ({}) — {meaning}", problems.len());
+    let rows: Vec<Vec<String>> = problems
+        .iter()
+        .map(|r| vec![r.object.clone(), r.error.clone()])
+        .collect();
+    table::print(&header, &rows);
 }
