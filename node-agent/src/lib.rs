@@ -7,6 +7,7 @@
 //! - [`model`]: the kinds Warren reads, typed and validated.
 //! - [`store`]: the last good version of every object.
 //! - [`enrollment`]: which pods of this node are captured, and how.
+//! - [`netns`]: running code inside another network namespace.
 //! - [`sandbox`]: on a Kubernetes node, a pod's network namespace and veth,
 //!   found from its UID.
 //! - [`datapath`]: the eBPF programs and maps; the only code that touches
@@ -28,6 +29,7 @@ pub mod distribution;
 pub mod enrollment;
 pub mod identity;
 pub mod memory;
+pub mod netns;
 pub mod sandbox;
 pub mod source;
 pub mod store;

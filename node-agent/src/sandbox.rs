@@ -17,9 +17,8 @@
 
 use std::{
     collections::HashMap,
-    fs::File,
     io,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -234,17 +233,7 @@ struct Link {
 /// The node's end of the pod's veth: the pod's interface whose peer is in
 /// another namespace, and the interface here with that index pointing back.
 fn host_veth(netns: &Path) -> io::Result<Option<String>> {
-    let file = File::open(netns)?;
-    // setns changes only the calling thread: do it on a thread of its own.
-    let theirs = std::thread::spawn(move || -> io::Result<Vec<Link>> {
-        // SAFETY: setns on a valid namespace fd; affects this thread only.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        links()
-    })
-    .join()
-    .map_err(|_| io::Error::other("the thread listing the pod's interfaces panicked"))??;
+    let theirs = crate::netns::run_in(netns, links)??;
     let ours = links()?;
     let mut found = theirs
         .iter()

@@ -3,7 +3,6 @@
 
 use std::{
     ffi::CString,
-    fs::File,
     net::Ipv4Addr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
@@ -38,44 +37,36 @@ pub struct PodEnrollment {
 /// The network-namespace cookie the kernel programs see for sockets made in
 /// `netns`: asked of a socket made there (`SO_NETNS_COOKIE`).
 pub fn netns_cookie(netns: &Path) -> Result<u64, DatapathError> {
-    let file = File::open(netns).map_err(DatapathError::io("opening network namespace", netns))?;
-    let shown = netns.to_path_buf();
-    // setns changes only the calling thread: do it on a thread of its own.
-    std::thread::spawn(move || -> std::io::Result<u64> {
-        // SAFETY: setns on a valid namespace fd; affects this thread only.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: plain socket(2); the fd is owned below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut cookie: u64 = 0;
-        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
-        let rc = unsafe {
-            libc::getsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_NETNS_COOKIE,
-                (&raw mut cookie).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(cookie)
-    })
-    .join()
-    .map_err(|_| DatapathError::Pod {
-        pod: shown.display().to_string(),
-        reason: "thread reading the netns cookie panicked".into(),
-    })?
-    .map_err(DatapathError::io("reading SO_NETNS_COOKIE in", shown))
+    crate::netns::run_in(netns, socket_netns_cookie)
+        .and_then(|cookie| cookie)
+        .map_err(DatapathError::io("reading SO_NETNS_COOKIE in", netns))
+}
+
+/// `SO_NETNS_COOKIE` of a socket made in the calling thread's namespace.
+fn socket_netns_cookie() -> std::io::Result<u64> {
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// The `EnrolledPod` value for a pod.

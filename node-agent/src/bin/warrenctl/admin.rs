@@ -4,10 +4,8 @@
 //! beyond the pod.
 
 use std::{
-    fs::File,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    os::fd::AsRawFd,
     path::Path,
     time::Duration,
 };
@@ -24,25 +22,10 @@ const MAX_ANSWER: u64 = 64 << 20;
 /// (e.g. `/run/netns/NAME`): the answer's body, or an error naming what
 /// failed.
 pub fn get_in_netns(netns: &Path, port: u16, path: &str) -> Result<Vec<u8>> {
-    let namespace = File::open(netns)
-        .with_context(|| format!("opening network namespace {}", netns.display()))?;
-    // setns(2) moves only the calling thread; a thread of its own keeps
-    // warrenctl's main thread where it was.
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: a plain system call on a descriptor this thread
-                // keeps open for its duration.
-                if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error()).with_context(|| {
-                        format!("entering network namespace {}", netns.display())
-                    });
-                }
-                get(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), path)
-            })
-            .join()
-            .unwrap_or_else(|_| bail!("the thread asking {} panicked", netns.display()))
+    warren_node_agent::netns::run_in(netns, || {
+        get(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), path)
     })
+    .with_context(|| format!("entering network namespace {}", netns.display()))?
 }
 
 /// One HTTP/1.0 exchange: the server closes the connection after its
