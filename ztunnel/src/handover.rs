@@ -44,11 +44,6 @@ pub struct ServerInfo {
 
 pub const SERVER: &str = "warren-ztunnel";
 
-/// The sysctl that moves a closing listener's queued connections to another listener
-/// of its `SO_REUSEPORT` group (Linux 5.14). Per network namespace; it covers TCP over
-/// IPv6 too.
-const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
-
 /// Limit on each exchange with the running ztunnel: it is on loopback.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -125,16 +120,7 @@ pub async fn ask_to_drain(admin: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sets `net.ipv4.tcp_migrate_req` in this network namespace; `Ok(false)` when it
-/// already was.
-pub fn migrate_queued_connections() -> io::Result<bool> {
-    let now = std::fs::read_to_string(MIGRATE_REQ)?;
-    if now.trim() == "1" {
-        return Ok(false);
-    }
-    std::fs::write(MIGRATE_REQ, "1")?;
-    Ok(true)
-}
+pub use warren_api::handover::migrate_queued_connections;
 
 #[derive(Debug, thiserror::Error)]
 enum Exchange {

@@ -4,11 +4,13 @@
 //!   (the per-node view), and [`subscribe`], the client side of that stream
 //!   that ztunnel and waypoints run.
 //! - [`ca`]: the mesh certificate authority's signing service.
+//! - [`handover`]: what a ztunnel hand-over needs of the node.
 //! - [`identity`]: SPIFFE identities as every component names them.
 //! - [`key`]: how resources of the per-node view are addressed.
 //! - [`locality`]: where a workload runs (region/zone/subzone).
 
 pub mod addr;
+pub mod handover;
 pub mod identity;
 pub mod key;
 pub mod locality;

@@ -78,16 +78,12 @@ async fn waypoint_controller(args: WaypointControllerArgs) -> Result<()> {
 /// container without a writable `/proc/sys` it cannot, so the agent (privileged, in
 /// the node's network namespace) sets it for the node.
 fn migrate_queued_connections() {
-    const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
-    match std::fs::read_to_string(MIGRATE_REQ) {
-        Ok(now) if now.trim() == "1" => {}
-        Ok(_) => match std::fs::write(MIGRATE_REQ, "1") {
-            Ok(()) => info!("set net.ipv4.tcp_migrate_req for ztunnel's hand-overs"),
-            Err(error) => {
-                tracing::warn!(%error, "could not set net.ipv4.tcp_migrate_req: ztunnel hand-overs may reset queued connections")
-            }
-        },
-        Err(error) => tracing::warn!(%error, "reading net.ipv4.tcp_migrate_req"),
+    match warren_api::handover::migrate_queued_connections() {
+        Ok(true) => info!("set net.ipv4.tcp_migrate_req for ztunnel's hand-overs"),
+        Ok(false) => {}
+        Err(error) => {
+            tracing::warn!(%error, "could not set net.ipv4.tcp_migrate_req: ztunnel hand-overs may reset queued connections")
+        }
     }
 }
 
