@@ -26,8 +26,9 @@ pub enum Command {
     /// configured until SIGINT or SIGTERM. Pinned programs stay attached
     /// after the agent exits, so capture survives restarts and upgrades.
     Run(RunArgs),
-    /// Remove every program, link, map and pin of this node.
-    Uninstall(NodeArgs),
+    /// Remove every program, link, map and pin of this node (and, given the CNI
+    /// folders, the CNI plugin and its entry).
+    Uninstall(UninstallArgs),
     /// The mesh certificate authority: serve (default), or manage its
     /// state folder (`issue-token`, `rotate-root`, `remove-root`).
     Ca(CaArgs),
@@ -54,6 +55,28 @@ impl NodeArgs {
             .clone()
             .unwrap_or_else(|| PathBuf::from(BPFFS_ROOT).join(&self.node))
     }
+}
+
+/// `warren-node-agent uninstall`.
+#[derive(Args, Clone, Debug)]
+pub struct UninstallArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[command(flatten)]
+    pub cni: CniDirs,
+}
+
+/// Where the node's container runtime keeps its CNI plugins and configuration
+/// (as mounted into the agent's container).
+#[derive(Args, Clone, Debug, Default)]
+pub struct CniDirs {
+    /// The runtime's CNI configuration folder (`/etc/cni/net.d` on the host):
+    /// the agent chains `warren-cni` after the node's network plugin there.
+    #[arg(long, env = "WARREN_CNI_CONF_DIR", requires = "cni_bin_dir")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// The runtime's CNI plugin folder (`/opt/cni/bin` on the host).
+    #[arg(long, env = "WARREN_CNI_BIN_DIR", requires = "cni_conf_dir")]
+    pub cni_bin_dir: Option<PathBuf>,
 }
 
 /// `warren-node-agent run`.
@@ -106,6 +129,29 @@ pub struct RunArgs {
     /// Where this node's workload certificates come from.
     #[command(flatten)]
     pub identity: IdentityArgs,
+    /// Unix socket where the CNI plugin (`warren-cni`) asks the agent to capture a
+    /// pod as the runtime builds its sandbox, before its containers start. The path
+    /// must be the same on the host, where the runtime runs the plugin.
+    #[arg(long, env = "WARREN_CNI_SOCKET")]
+    pub cni_socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub cni_dirs: CniDirs,
+    /// The `warren-cni` binary to install [default: beside the agent].
+    #[arg(long, env = "WARREN_CNI_PLUGIN")]
+    pub cni_plugin: Option<PathBuf>,
+    /// Namespaces whose pods the plugin lets start without asking the agent (they
+    /// start even while the agent is down).
+    #[arg(
+        long = "cni-exclude-namespace",
+        env = "WARREN_CNI_EXCLUDE_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    pub cni_exclude_namespaces: Vec<String>,
+    /// How long a CNI call may wait for the pod to show in configuration before the
+    /// pod is refused (the runtime then tries again).
+    #[arg(long, env = "WARREN_CNI_WAIT", default_value = "10s", value_parser = parse_duration)]
+    pub cni_wait: Duration,
     /// Unix socket where this node's proxies subscribe to their config.
     #[arg(long, default_value = warren_api::socket::DEFAULT_PATH, env = "WARREN_AGENT_SOCKET")]
     pub socket: PathBuf,

@@ -62,7 +62,9 @@ enum Lookup<'a> {
     Nowhere,
 }
 
-fn lookup(networks: PodNetworks, pod: &Pod) -> Lookup<'_> {
+/// `reported`: whether the container runtime reported the pod's sandbox through
+/// the CNI plugin, which it does before kubelet publishes the address.
+fn lookup(networks: PodNetworks, pod: &Pod, reported: impl Fn(&str) -> bool) -> Lookup<'_> {
     if networks == PodNetworks::AnnotationsOrUid
         && let Some(netns) = pod.annotation(NETNS_ANNOTATION)
     {
@@ -73,7 +75,8 @@ fn lookup(networks: PodNetworks, pod: &Pod) -> Lookup<'_> {
     }
     let finished = matches!(pod.phase, Some(PodPhase::Succeeded | PodPhase::Failed));
     match pod.uid.as_deref() {
-        Some(_) if pod.pod_ip.is_none() || finished => Lookup::NotStarted,
+        Some(_) if finished => Lookup::NotStarted,
+        Some(uid) if pod.pod_ip.is_none() && !reported(uid) => Lookup::NotStarted,
         Some(uid) => Lookup::Uid(uid),
         None => Lookup::Nowhere,
     }
@@ -85,6 +88,42 @@ fn lookup(networks: PodNetworks, pod: &Pod) -> Lookup<'_> {
 pub struct PodNetns {
     pub cookie: u64,
     pub path: PathBuf,
+    /// The addresses the container runtime reported (CNI), for a pod whose
+    /// status does not show them yet; empty otherwise.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// One pod the datapath captures.
+#[derive(Clone, Debug)]
+struct Enrolled {
+    request: PodEnrollment,
+    cookie: u64,
+    /// The runtime's report of its addresses (see [`PodNetns::addresses`]).
+    addresses: Vec<IpAddr>,
+}
+
+/// What the CNI plugin is told about a pod whose sandbox the runtime is building.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Captured from now on: its containers may start.
+    Enrolled { mode: Mode },
+    /// Not for the mesh (its namespace, an opt-out label, hostNetwork).
+    Outside(String),
+    /// Not decided yet (the Pod object not seen yet, or configuration not synced).
+    NotYet(String),
+    /// For the mesh but cannot be captured: the pod must not start uncaptured.
+    Failed(String),
+}
+
+/// A pod's sandbox as the container runtime reports it through the CNI plugin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxReport {
+    pub namespace: String,
+    pub name: String,
+    /// Absent from older runtimes' CNI arguments: the name decides then.
+    pub uid: Option<String>,
+    pub netns: PathBuf,
+    pub addresses: Vec<IpAddr>,
 }
 
 /// Keeps the datapath's enrolled pods equal to what configuration asks.
@@ -92,7 +131,7 @@ pub struct Enrollment {
     node: String,
     root_namespace: String,
     /// Enrolled pods: what was asked, and the netns cookie it got.
-    enrolled: BTreeMap<ObjectKey, (PodEnrollment, u64)>,
+    enrolled: BTreeMap<ObjectKey, Enrolled>,
     /// Pods' namespaces and veths found on a Kubernetes node (no annotations).
     sandboxes: Sandboxes,
     networks: PodNetworks,
@@ -133,10 +172,11 @@ impl Enrollment {
     pub fn namespaces(&self) -> BTreeMap<ObjectKey, PodNetns> {
         self.enrolled
             .iter()
-            .map(|(k, (pod, cookie))| {
+            .map(|(k, pod)| {
                 let netns = PodNetns {
-                    cookie: *cookie,
-                    path: pod.netns.clone(),
+                    cookie: pod.cookie,
+                    path: pod.request.netns.clone(),
+                    addresses: pod.addresses.clone(),
                 };
                 (k.clone(), netns)
             })
@@ -164,27 +204,34 @@ impl Enrollment {
             .cloned()
             .collect();
         for key in stale {
-            if let Some((pod, cookie)) = self.enrolled.remove(&key) {
-                match datapath.unenroll(cookie) {
-                    Ok(()) => info!(pod = %pod.name, "unenrolled"),
-                    Err(err) => warn!(pod = %pod.name, error = %format!("{err:#}"), "unenrolling"),
+            if let Some(pod) = self.enrolled.remove(&key) {
+                let name = &pod.request.name;
+                match datapath.unenroll(pod.cookie) {
+                    Ok(()) => info!(pod = %name, "unenrolled"),
+                    Err(err) => warn!(pod = %name, error = %format!("{err:#}"), "unenrolling"),
                 }
             }
         }
-        for (key, want) in desired {
-            if let Some((have, cookie)) = self.enrolled.get(&key)
-                && have == &want
+        for (key, (want, addresses)) in desired {
+            if let Some(have) = self.enrolled.get_mut(&key)
+                && have.request == want
                 // Same request; but a namespace recreated at the same path
                 // (a restarted pod sandbox) has a new cookie.
-                && netns_cookie(&want.netns).is_ok_and(|now| now == *cookie)
+                && netns_cookie(&want.netns).is_ok_and(|now| now == have.cookie)
             {
+                have.addresses = addresses;
                 continue;
             }
             match datapath.enroll(&want) {
                 Ok(cookie) => {
-                    if let Some((_, old)) = self.enrolled.insert(key, (want, cookie))
-                        && old != cookie
-                        && let Err(err) = datapath.unenroll(old)
+                    let now = Enrolled {
+                        request: want,
+                        cookie,
+                        addresses,
+                    };
+                    if let Some(old) = self.enrolled.insert(key, now)
+                        && old.cookie != cookie
+                        && let Err(err) = datapath.unenroll(old.cookie)
                     {
                         // The pod's previous namespace: nothing uses it now.
                         warn!(error = %format!("{err:#}"), "unenrolling a pod's previous namespace");
@@ -204,7 +251,7 @@ impl Enrollment {
         if store.synced()
             && let Some(adopted) = self.adopted.take()
         {
-            let wanted: Vec<u64> = self.enrolled.values().map(|(_, cookie)| *cookie).collect();
+            let wanted: Vec<u64> = self.enrolled.values().map(|pod| pod.cookie).collect();
             for (cookie, name) in adopted {
                 if !wanted.contains(&cookie) {
                     match datapath.unenroll(cookie) {
@@ -216,8 +263,89 @@ impl Enrollment {
         }
     }
 
-    /// Pods of this node that configuration says to enroll.
-    fn desired(&mut self, store: &Store) -> BTreeMap<ObjectKey, PodEnrollment> {
+    /// Decides for a pod whose sandbox the container runtime is building (the CNI
+    /// plugin's call, before any of its containers runs) and, when it belongs in the
+    /// mesh, captures it before answering: its first connection is then captured too.
+    pub fn admit(
+        &mut self,
+        store: &Store,
+        datapath: &mut Datapath,
+        report: &SandboxReport,
+    ) -> Admission {
+        let name = format!("{}/{}", report.namespace, report.name);
+        if !store.synced() {
+            return Admission::NotYet("the agent has not read all of its configuration yet".into());
+        }
+        if !is_enrolled_namespace(store, &report.namespace) {
+            return Admission::Outside(format!(
+                "namespace {} is not in the ambient mesh",
+                report.namespace
+            ));
+        }
+        let key = ObjectKey::new(Kind::Pod, Some(&report.namespace), &report.name);
+        let Some(Object::Pod(pod)) = store.get(&key) else {
+            return Admission::NotYet(format!("pod {name} not seen by the agent yet"));
+        };
+        // A pod deleted and created again under the same name: the agent may still
+        // hold the old one.
+        let uid = match (report.uid.as_deref(), pod.uid.as_deref()) {
+            (Some(started), Some(seen)) if started != seen => {
+                return Admission::NotYet(format!(
+                    "pod {name} seen with UID {seen}, the runtime starts UID {started}"
+                ));
+            }
+            (_, Some(uid)) | (Some(uid), None) => uid.to_owned(),
+            (None, None) => return Admission::Failed(format!("pod {name} has no UID")),
+        };
+        if pod.node_name.as_deref() != Some(self.node.as_str()) {
+            return Admission::Failed(format!(
+                "pod {name} is bound to node {}, not to this one ({})",
+                pod.node_name.as_deref().unwrap_or("(none)"),
+                self.node
+            ));
+        }
+        if pod_outside_mesh(pod) {
+            return Admission::Outside(format!(
+                "pod {name} opts out of the mesh or uses the host's network"
+            ));
+        }
+        if let Err(error) = self
+            .sandboxes
+            .report(&uid, &report.netns, report.addresses.clone())
+        {
+            return Admission::Failed(format!("pod {name}: {error}"));
+        }
+        self.reconcile(store, datapath);
+        match self.enrolled.get(&key) {
+            Some(pod) => Admission::Enrolled {
+                mode: pod.request.mode,
+            },
+            None => Admission::Failed(
+                self.uncaptured
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| format!("pod {name} was not enrolled")),
+            ),
+        }
+    }
+
+    /// The runtime tore a pod's sandbox down (CNI DEL): what it reported is
+    /// forgotten. Unenrolling follows the Pod object (or the namespace's removal,
+    /// noticed by the next reconcile).
+    pub fn forget(&mut self, store: &Store, namespace: &str, name: &str, uid: Option<&str>) {
+        let key = ObjectKey::new(Kind::Pod, Some(namespace), name);
+        let seen = match store.get(&key) {
+            Some(Object::Pod(pod)) => pod.uid.as_deref(),
+            _ => None,
+        };
+        if let Some(uid) = uid.or(seen) {
+            self.sandboxes.forget(uid);
+        }
+    }
+
+    /// Pods of this node that configuration says to enroll, with the addresses the
+    /// runtime reported for them.
+    fn desired(&mut self, store: &Store) -> BTreeMap<ObjectKey, (PodEnrollment, Vec<IpAddr>)> {
         let mut out = BTreeMap::new();
         let mut uids = Vec::new();
         self.sandboxes.begin_round();
@@ -232,16 +360,21 @@ impl Enrollment {
                 continue;
             }
             let name = format!("{namespace}/{}", pod.name);
-            let (netns, host_veth) = match lookup(self.networks, pod) {
-                Lookup::Annotated { netns, host_veth } => {
-                    (PathBuf::from(netns), host_veth.map(str::to_owned))
-                }
+            let sandboxes = &self.sandboxes;
+            let (netns, host_veth, reported) = match lookup(self.networks, pod, |uid| {
+                sandboxes.is_reported(uid)
+            }) {
+                Lookup::Annotated { netns, host_veth } => (
+                    PathBuf::from(netns),
+                    host_veth.map(str::to_owned),
+                    Vec::new(),
+                ),
                 // Nothing to capture: not worth a line in the dump either.
                 Lookup::NotStarted => continue,
                 Lookup::Uid(uid) => {
                     uids.push(uid.to_owned());
                     match self.sandboxes.find(uid) {
-                        Ok(sandbox) => (sandbox.netns, sandbox.host_veth),
+                        Ok(sandbox) => (sandbox.netns, sandbox.host_veth, sandbox.addresses),
                         // Retried on the next reconcile (one runs on a timer too).
                         Err(error) => {
                             self.uncaptured.insert(object.key(), error.to_string());
@@ -263,24 +396,28 @@ impl Enrollment {
                     continue;
                 }
             };
+            // Kubelet publishes the address after the CNI plugins ran; until then
+            // the runtime's report has it.
             let ip4 = match pod.pod_ip {
                 Some(IpAddr::V4(ip)) => Some(ip),
-                _ => None,
+                Some(IpAddr::V6(_)) => None,
+                None => reported.iter().find_map(|ip| match ip {
+                    IpAddr::V4(ip) => Some(*ip),
+                    IpAddr::V6(_) => None,
+                }),
             };
             let (mode, port_modes) = inbound_mode(store, &self.root_namespace, namespace, pod);
-            out.insert(
-                object.key(),
-                PodEnrollment {
-                    name,
-                    netns,
-                    ip4,
-                    host_veth,
-                    mode,
-                    port_modes,
-                    // Validation refused pods with a bad annotation.
-                    excluded_ports: pod.excluded_ports().unwrap_or_default(),
-                },
-            );
+            let request = PodEnrollment {
+                name,
+                netns,
+                ip4,
+                host_veth,
+                mode,
+                port_modes,
+                // Validation refused pods with a bad annotation.
+                excluded_ports: pod.excluded_ports().unwrap_or_default(),
+            };
+            out.insert(object.key(), (request, reported));
         }
         self.sandboxes.retain(uids.iter().map(String::as_str));
         out
@@ -559,7 +696,7 @@ mod tests {
         let running = annotated_pod("Running", Some("10.244.0.9"));
         // Local mode: the config folder is the operator's own.
         assert_eq!(
-            lookup(PodNetworks::AnnotationsOrUid, &running),
+            lookup(PodNetworks::AnnotationsOrUid, &running, |_| false),
             Lookup::Annotated {
                 netns: "/proc/1/ns/net",
                 host_veth: Some("eth0")
@@ -567,14 +704,30 @@ mod tests {
         );
         // Kubernetes: whoever creates a pod writes its annotations; the UID decides.
         let uid = "6f1c2d3e-0a1b-4c5d-8e9f-001122334455";
-        assert_eq!(lookup(PodNetworks::UidOnly, &running), Lookup::Uid(uid));
+        assert_eq!(
+            lookup(PodNetworks::UidOnly, &running, |_| false),
+            Lookup::Uid(uid)
+        );
         // Not looked for before it has an address, nor once it has finished.
         for pod in [
             annotated_pod("Pending", None),
             annotated_pod("Succeeded", Some("10.244.0.9")),
             annotated_pod("Failed", Some("10.244.0.9")),
         ] {
-            assert_eq!(lookup(PodNetworks::UidOnly, &pod), Lookup::NotStarted);
+            assert_eq!(
+                lookup(PodNetworks::UidOnly, &pod, |_| true),
+                if pod.phase == Some(PodPhase::Pending) {
+                    Lookup::Uid(uid)
+                } else {
+                    Lookup::NotStarted
+                },
+                "once the runtime reported the sandbox of {:?}",
+                pod.phase
+            );
+            assert_eq!(
+                lookup(PodNetworks::UidOnly, &pod, |_| false),
+                Lookup::NotStarted
+            );
         }
     }
 }

@@ -7,6 +7,8 @@
 //! - [`model`]: the kinds Warren reads, typed and validated.
 //! - [`store`]: the last good version of every object.
 //! - [`enrollment`]: which pods of this node are captured, and how.
+//! - [`cni`]: the CNI plugin (`warren-cni`), through which the container
+//!   runtime has a starting pod captured before its containers run.
 //! - [`netns`]: running code inside another network namespace.
 //! - [`sandbox`]: on a Kubernetes node, a pod's network namespace and veth,
 //!   found from its UID.
@@ -23,6 +25,7 @@
 //! - [`memory`]: freed memory handed back after configuration changes, and
 //!   big sets kept packed.
 pub mod ca;
+pub mod cni;
 pub mod config;
 pub mod datapath;
 pub mod distribution;

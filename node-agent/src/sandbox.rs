@@ -18,6 +18,7 @@
 use std::{
     collections::HashMap,
     io,
+    net::IpAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -38,6 +39,10 @@ pub struct Sandbox {
     pub netns: PathBuf,
     /// The node's end of the pod's veth, when there is exactly one such pair.
     pub host_veth: Option<String>,
+    /// The pod's addresses as the container runtime reported them through the CNI
+    /// plugin, before kubelet writes them into the Pod's status; empty when the
+    /// sandbox was found by a scan.
+    pub addresses: Vec<IpAddr>,
     /// The namespace's identity when found: a path that later opens another one (a
     /// PID reused) is not taken for it.
     namespace: (u64, u64),
@@ -120,6 +125,26 @@ impl Locator {
         Ok(Sandbox {
             netns,
             host_veth,
+            addresses: Vec::new(),
+            namespace: theirs,
+        })
+    }
+
+    /// The sandbox the container runtime reports (through the CNI plugin) for a pod
+    /// it is starting: its namespace path is the runtime's own, so no scan is needed.
+    pub fn reported(&self, netns: &Path, addresses: Vec<IpAddr>) -> Result<Sandbox, SandboxError> {
+        let theirs = namespace_id(netns)?;
+        if theirs == self.host_namespace()? {
+            return Err(SandboxError::HostNetwork(netns.display().to_string()));
+        }
+        let host_veth = host_veth(netns).unwrap_or_else(|error| {
+            debug!(netns = %netns.display(), %error, "no veth found for the pod");
+            None
+        });
+        Ok(Sandbox {
+            netns: netns.to_owned(),
+            host_veth,
+            addresses,
             namespace: theirs,
         })
     }
@@ -389,6 +414,34 @@ impl Sandboxes {
         let worth = due && !*warned;
         *warned |= worth;
         worth
+    }
+
+    /// Takes what the container runtime reports for a pod it is starting (the CNI
+    /// plugin's call): the pod is then looked up without waiting for kubelet to
+    /// publish its address, and without a scan.
+    pub fn report(
+        &mut self,
+        uid: &str,
+        netns: &Path,
+        addresses: Vec<IpAddr>,
+    ) -> Result<(), SandboxError> {
+        let sandbox = self.locator.reported(netns, addresses)?;
+        self.missing.remove(uid);
+        self.known.insert(uid.into(), sandbox);
+        Ok(())
+    }
+
+    /// Whether the runtime reported this pod's sandbox, and it still stands.
+    pub fn is_reported(&self, uid: &str) -> bool {
+        self.known
+            .get(uid)
+            .is_some_and(|s| !s.addresses.is_empty() && self.locator.still_stands(s))
+    }
+
+    /// Forgets what is known of a pod (its sandbox torn down: CNI DEL).
+    pub fn forget(&mut self, uid: &str) {
+        self.known.remove(uid);
+        self.missing.remove(uid);
     }
 
     /// Forgets pods not in `live`.

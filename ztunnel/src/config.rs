@@ -130,6 +130,12 @@ pub struct Config {
     #[arg(long, env = "WARREN_ZTUNNEL_MIGRATE_QUEUED_CONNECTIONS", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate_queued_connections: bool,
 
+    /// How long a captured connection waits for what ztunnel does not have yet: the
+    /// agent's update naming its pod (one captured as its sandbox was built, whose
+    /// first connection can beat the update), or the pod's certificate. Refused after.
+    #[arg(long, env = "WARREN_ZTUNNEL_CATCH_UP_WAIT", default_value = "3s", value_parser = parse_duration)]
+    pub catch_up_wait: Duration,
+
     /// Limit on a TCP connect to a pod, a peer ztunnel or a passthrough destination.
     #[arg(long, env = "WARREN_ZTUNNEL_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,

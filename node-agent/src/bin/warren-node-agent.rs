@@ -5,10 +5,11 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use tokio::sync::mpsc;
-use tracing::{error, info};
+use tracing::{debug, error, info, warn};
 use warren_api::config::OutboundPolicy;
 use warren_ebpf_common::AddrKind;
 use warren_node_agent::{
+    cni,
     config::{Cli, Command, RunArgs, WaypointControllerArgs},
     datapath::{self, Datapath, Redirect},
     distribution::{self, Distribution},
@@ -35,11 +36,16 @@ async fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
-        Command::Uninstall(node) => {
-            let root = node.pin_root();
+        Command::Uninstall(args) => {
+            let root = args.node.pin_root();
             datapath::uninstall(&datapath::pins::Pins::new(&root))
                 .with_context(|| format!("uninstalling {}", root.display()))?;
             info!(pins = %root.display(), "datapath uninstalled");
+            if let (Some(conf), Some(bin)) = (&args.cni.cni_conf_dir, &args.cni.cni_bin_dir) {
+                let removed = cni::install::remove(conf, bin)
+                    .context("removing the CNI plugin from the node's configuration")?;
+                info!(?removed, "CNI plugin removed");
+            }
             Ok(())
         }
         Command::Ca(args) => Ok(warren_node_agent::ca::run(args).await?),
@@ -179,6 +185,21 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut built = false;
     let mut reclaim = memory::Reclaim::default();
 
+    // The CNI plugin's calls: pods captured as the runtime builds their sandbox.
+    let mut cni_calls = match &args.cni_socket {
+        Some(path) => {
+            let calls = cni::server::serve(path).await?;
+            info!(socket = %path.display(), "serving the CNI plugin");
+            Some(calls)
+        }
+        None => None,
+    };
+    let mut cni_pending = cni::server::Pending::default();
+    let cni_install = cni_install(&args)?;
+    if let Some(install) = &cni_install {
+        ensure_cni_installed(install);
+    }
+
     // Local mode: nothing else turns a waypoint Gateway into a process.
     let mut waypoints = if args.runs_waypoints() {
         let binary = match &args.waypoint_bin {
@@ -244,6 +265,22 @@ async fn run(args: RunArgs) -> Result<()> {
                 if let Some(waypoints) = &mut waypoints {
                     waypoints.reconcile(&store, &args.node.node);
                 }
+                settle(&mut cni_pending, &store, &mut datapath, &mut enrollment, &mut view, identities.as_ref());
+            }
+            Some(call) = next_call(&mut cni_calls) => {
+                match cni::server::report_of(&call.request) {
+                    Some(report) => cni_pending.add(report, call.answer, args.cni_wait),
+                    None => {
+                        if let cni::wire::Request::Del { pod, .. } = &call.request {
+                            enrollment.forget(&store, &pod.namespace, &pod.name, pod.uid.as_deref());
+                        }
+                        let _ = call.answer.send(cni::wire::Answer::Done);
+                    }
+                }
+                settle(&mut cni_pending, &store, &mut datapath, &mut enrollment, &mut view, identities.as_ref());
+            }
+            () = deadline(cni_pending.next_deadline()) => {
+                settle(&mut cni_pending, &store, &mut datapath, &mut enrollment, &mut view, identities.as_ref());
             }
             Some(()) = certificates_changed(&mut certificates) => {
                 if let Some(rx) = &mut certificates {
@@ -257,6 +294,10 @@ async fn run(args: RunArgs) -> Result<()> {
                     enrollment.reconcile(&store, &mut datapath);
                     view.set_namespaces(&store, enrollment.namespaces());
                     view.set_uncaptured(enrollment.uncaptured());
+                }
+                // The node's network plugin may have rewritten its configuration.
+                if let Some(install) = &cni_install {
+                    ensure_cni_installed(install);
                 }
             }
             _ = ticker.tick() => {
@@ -296,6 +337,91 @@ fn apply(store: &mut Store, event: SourceEvent, changed: &mut Vec<ObjectKey>) ->
         }
         Applied::Synced => true,
         Applied::Unchanged => false,
+    }
+}
+
+/// Decides the CNI calls that can be decided, and answers them once the view they
+/// depend on is published.
+fn settle(
+    pending: &mut cni::server::Pending,
+    store: &Store,
+    datapath: &mut Datapath,
+    enrollment: &mut Enrollment,
+    view: &mut View,
+    identities: Option<&identity::Handle>,
+) {
+    if pending.is_empty() {
+        return;
+    }
+    let answers = pending.settle(|report| enrollment.admit(store, datapath, report));
+    if answers.enrolled {
+        // Published before the runtime starts the pod's containers: ztunnel knows
+        // the pod (and the agent asks for its certificate) by its first connection.
+        view.set_namespaces(store, enrollment.namespaces());
+        view.set_uncaptured(enrollment.uncaptured());
+        if let Some(handle) = identities {
+            handle.want(view.local_identities());
+        }
+    }
+    answers.send();
+}
+
+/// What `--cni-conf-dir` asks to install, if anything.
+fn cni_install(args: &RunArgs) -> Result<Option<cni::install::Install>> {
+    let (Some(conf_dir), Some(bin_dir)) = (&args.cni_dirs.cni_conf_dir, &args.cni_dirs.cni_bin_dir)
+    else {
+        return Ok(None);
+    };
+    let Some(agent_socket) = &args.cni_socket else {
+        anyhow::bail!(
+            "--cni-conf-dir installs a plugin that asks the agent: give --cni-socket too"
+        );
+    };
+    let plugin = match &args.cni_plugin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("finding warren-cni beside the agent (or pass --cni-plugin)")?
+            .with_file_name(cni::PLUGIN_NAME),
+    };
+    Ok(Some(cni::install::Install {
+        bin_dir: bin_dir.clone(),
+        conf_dir: conf_dir.clone(),
+        plugin,
+        agent_socket: agent_socket.clone(),
+        exclude_namespaces: args.cni_exclude_namespaces.clone(),
+    }))
+}
+
+/// Installs the plugin, logging what changed; a failure is retried on the timer.
+fn ensure_cni_installed(install: &cni::install::Install) {
+    match install.ensure() {
+        Ok(cni::install::Installed::Changed(path)) => {
+            info!(path = %path.display(), "CNI plugin installed")
+        }
+        Ok(cni::install::Installed::Unchanged) => {}
+        Ok(cni::install::Installed::NoNetwork) => debug!(
+            conf_dir = %install.conf_dir.display(),
+            "no CNI network configuration yet to chain warren-cni after"
+        ),
+        Err(error) => warn!(%error, "installing the CNI plugin"),
+    }
+}
+
+/// The next CNI call; never without the CNI socket.
+async fn next_call(
+    calls: &mut Option<mpsc::Receiver<cni::server::Call>>,
+) -> Option<cni::server::Call> {
+    match calls {
+        Some(calls) => calls.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves at `at`; never without one.
+async fn deadline(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -495,6 +495,7 @@ fn cookies_and_certificates_are_published() {
     let netns = PodNetns {
         cookie: 4242,
         path: "/run/netns/t-app-v1-0".into(),
+        addresses: Vec::new(),
     };
     view.set_namespaces(&store, BTreeMap::from([(pod, netns)]));
     let enrolled = workload(&view, "demo", "app-v1-0");
@@ -1500,4 +1501,26 @@ fn an_entry_says_which_namespaces_see_it() {
     assert_eq!(export_to("own"), ["demo"]);
     assert_eq!(export_to("listed"), ["demo", "team-b"]);
     assert_eq!(export_to("nobody"), ["~"]);
+}
+
+/// A pod captured while the runtime builds its sandbox (the CNI plugin) has no
+/// address in its status yet: the runtime's report publishes it, so ztunnel knows
+/// the pod from its first connection; kubelet's status takes over once written.
+#[test]
+fn a_starting_pod_is_published_with_the_addresses_the_runtime_reported() {
+    let starting = "---\napiVersion: v1\nkind: Pod\nmetadata: { name: new-0, namespace: demo, labels: { app: app } }\nspec: { nodeName: node-a, serviceAccountName: app, containers: [{ name: main }] }\nstatus: { phase: Pending, hostIP: 172.30.0.1 }\n";
+    let (store, mut view) = built(starting);
+    assert!(get(&view, "workload/demo/new-0").is_none());
+    let pod = ObjectKey::new(Kind::Pod, Some("demo"), "new-0");
+    let reported: IpAddr = "10.244.0.42".parse().unwrap();
+    let netns = PodNetns {
+        cookie: 77,
+        path: "/run/netns/cni-1234".into(),
+        addresses: vec![reported],
+    };
+    view.set_namespaces(&store, BTreeMap::from([(pod, netns)]));
+    let published = workload(&view, "demo", "new-0");
+    assert_eq!(published.addresses, vec![addr::to_bytes(reported)]);
+    assert_eq!(published.netns_cookie, 77);
+    assert_eq!(published.service_account, "app");
 }

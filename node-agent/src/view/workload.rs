@@ -29,7 +29,8 @@ const REVISION_LABELS: &[&str] = &[
 ];
 
 /// The workload of `pod`, or `None` while it has no address (nothing can
-/// reach it yet).
+/// reach it yet). A pod this node captured as its sandbox was built has the
+/// addresses the runtime reported until kubelet publishes them.
 pub fn workload(
     mesh: &Mesh,
     store: &Store,
@@ -37,7 +38,12 @@ pub fn workload(
     netns: Option<&PodNetns>,
     authorization_policies: Vec<String>,
 ) -> Option<Workload> {
-    let addresses = pod.addresses();
+    let mut addresses = pod.addresses();
+    if addresses.is_empty()
+        && let Some(netns) = netns
+    {
+        addresses.clone_from(&netns.addresses);
+    }
     if addresses.is_empty() {
         return None;
     }

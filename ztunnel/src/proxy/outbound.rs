@@ -21,7 +21,7 @@ use crate::{
     drain,
     metrics::{ConnectionLabels, Reporter, SecurityPolicy},
     rbac,
-    state::{Target, Upstream, Workload},
+    state::{State, Target, Upstream, Workload},
 };
 
 const DIRECTION: &str = "outbound";
@@ -73,9 +73,23 @@ fn lookup_origin(stream: &TcpStream, peer: SocketAddr) -> Result<Origin, origin:
 /// unknown) by source address, among this node's workloads only: a captured connection
 /// comes from a pod of this node, and an address of another node's pod would lend its
 /// identity to whoever could send from it.
-fn source_workload(inputs: &Inputs, peer: SocketAddr, cookie: u64) -> Option<Arc<Workload>> {
+///
+/// A cookie not known yet is waited for (up to `--catch-up-wait`): the agent captures
+/// a starting pod before its containers run, and publishes it in the same breath, but
+/// the pod's first connection can still arrive here before the update does.
+async fn source_workload(inputs: &Inputs, peer: SocketAddr, cookie: u64) -> Option<Arc<Workload>> {
     if cookie != 0 {
-        if let Some(w) = inputs.state.workload_by_cookie(cookie) {
+        let by_cookie = |state: &State| state.workload_by_cookie(cookie);
+        if let Some(w) = by_cookie(&inputs.state) {
+            return Some(w);
+        }
+        let since = std::time::Instant::now();
+        if let Some(w) = inputs
+            .state
+            .wait_for(inputs.config.catch_up_wait, by_cookie)
+            .await
+        {
+            info!(%peer, cookie, waited = ?since.elapsed(), "source pod known after waiting for the agent's update");
             return Some(w);
         }
         info!(%peer, cookie, "netns cookie unknown to ztunnel; identifying the source by address");
@@ -118,7 +132,7 @@ pub async fn handle(
         .refused(&format!("{reason}: {detail}"));
         reset(client);
     };
-    let Some(source) = source_workload(&inputs, peer, origin.netns_cookie) else {
+    let Some(source) = source_workload(&inputs, peer, origin.netns_cookie).await else {
         return refuse(
             client,
             None,
@@ -182,7 +196,14 @@ pub async fn handle(
                     &format_args!("{} has no identity", source.key),
                 );
             };
-            let Some(cert) = inputs.state.certificate(&source_identity) else {
+            // A pod new to the node: its certificate is being issued.
+            let cert = inputs
+                .state
+                .wait_for(inputs.config.catch_up_wait, |state| {
+                    state.certificate(&source_identity)
+                })
+                .await;
+            let Some(cert) = cert else {
                 return refuse(
                     client,
                     Some(&source),

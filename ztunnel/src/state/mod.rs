@@ -12,6 +12,7 @@ use std::{
     collections::{BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    time::Duration,
 };
 
 use rustls::sign::CertifiedKey;
@@ -519,6 +520,29 @@ impl State {
     /// Follows updates (for readiness).
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// What `look` finds now, or after one of the updates applied within `wait`.
+    pub async fn wait_for<T>(
+        &self,
+        wait: Duration,
+        look: impl Fn(&State) -> Option<T>,
+    ) -> Option<T> {
+        // Subscribed before the first look: an update in between is not missed.
+        let mut changes = self.changes();
+        if let Some(found) = look(self) {
+            return Some(found);
+        }
+        let again = async {
+            // The sender lives as long as `self`.
+            while changes.changed().await.is_ok() {
+                if let Some(found) = look(self) {
+                    return Some(found);
+                }
+            }
+            None
+        };
+        tokio::time::timeout(wait, again).await.ok().flatten()
     }
 
     pub fn mesh(&self) -> Mesh {

@@ -1,0 +1,318 @@
+//! The `warren-cni` binary: a chained CNI plugin (specification 0.3.0 to 1.1.0).
+//!
+//! It changes nothing in the pod's network. On ADD it tells the agent which pod
+//! the runtime is starting, its namespace and the addresses the plugin before it
+//! assigned, waits until the agent has captured it (or found it outside the mesh),
+//! and passes the previous plugin's result on. A pod that is for the mesh and
+//! cannot be captured is refused: the runtime retries rather than starting it
+//! uncaptured. DEL never fails, as the specification asks.
+//!
+//! Written against the specification directly: the result is passed through as
+//! JSON untouched, so fields of any version survive, and the whole plugin is a
+//! function of its environment and stdin that tests drive without a runtime.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::IpAddr,
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    DEFAULT_SOCKET,
+    wire::{Answer, PodRef, Request},
+};
+
+/// Versions of the specification this plugin speaks (its result is the previous
+/// plugin's, so any of them).
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// Namespaces never asked about: the cluster's own pods must start even while
+/// the agent is down.
+const DEFAULT_EXCLUDED: &[&str] = &["kube-system"];
+
+// Error codes of the specification, and one of ours (100 and up are the plugin's).
+const INVALID_ENVIRONMENT: u32 = 4;
+const DECODING_FAILURE: u32 = 6;
+const INVALID_CONFIG: u32 = 7;
+const TRY_AGAIN_LATER: u32 = 11;
+const NOT_AVAILABLE: u32 = 50;
+const REFUSED_BY_MESH: u32 = 100;
+
+/// This plugin's entry in a network configuration list.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NetConf {
+    #[serde(default = "default_version")]
+    cni_version: String,
+    #[serde(default)]
+    agent_socket: Option<PathBuf>,
+    #[serde(default)]
+    exclude_namespaces: Option<Vec<String>>,
+    /// How long to wait for the agent's answer (it may wait for the Pod object).
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
+    #[serde(default)]
+    prev_result: Option<Value>,
+}
+
+fn default_version() -> String {
+    "0.3.1".into()
+}
+
+/// What the runtime reads back: stdout and the exit code.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub stdout: String,
+    pub exit_code: i32,
+}
+
+/// A failure as the specification has plugins report it.
+#[derive(Debug)]
+struct Failure {
+    code: u32,
+    msg: String,
+    details: String,
+}
+
+impl Failure {
+    fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
+        Failure {
+            code,
+            msg: msg.into(),
+            details: details.into(),
+        }
+    }
+}
+
+/// Runs one invocation: `env` reads the runtime's `CNI_*` variables, `stdin` is
+/// the network configuration.
+pub fn run(env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
+    let command = env("CNI_COMMAND").unwrap_or_default();
+    if command == "VERSION" {
+        return success(json!({
+            "cniVersion": SUPPORTED_VERSIONS.last(),
+            "supportedVersions": SUPPORTED_VERSIONS,
+        }));
+    }
+    let conf: NetConf = match serde_json::from_slice(stdin) {
+        Ok(conf) => conf,
+        Err(error) => {
+            return failure(
+                &default_version(),
+                Failure::new(
+                    DECODING_FAILURE,
+                    "cannot decode the network configuration",
+                    error.to_string(),
+                ),
+            );
+        }
+    };
+    let result = match command.as_str() {
+        "ADD" => add(&env, &conf),
+        // Never fails: the runtime could not tear the sandbox down otherwise.
+        "DEL" => {
+            del(&env, &conf);
+            Ok(None)
+        }
+        "CHECK" => conf
+            .prev_result
+            .is_some()
+            .then_some(None)
+            .ok_or_else(chained_only),
+        "STATUS" => status(&conf).map(|()| None),
+        "GC" => Ok(None),
+        other => Err(Failure::new(
+            INVALID_ENVIRONMENT,
+            format!("unknown CNI_COMMAND {other:?}"),
+            "expected ADD, DEL, CHECK, STATUS, GC or VERSION",
+        )),
+    };
+    match result {
+        Ok(Some(out)) => success(out),
+        Ok(None) => Outcome {
+            stdout: String::new(),
+            exit_code: 0,
+        },
+        Err(error) => failure(&conf.cni_version, error),
+    }
+}
+
+fn chained_only() -> Failure {
+    Failure::new(
+        INVALID_CONFIG,
+        "warren-cni is a chained plugin: it needs the result of the network plugin before it (prevResult)",
+        "list it after the node's network plugin in a .conflist",
+    )
+}
+
+fn add(env: &impl Fn(&str) -> Option<String>, conf: &NetConf) -> Result<Option<Value>, Failure> {
+    let mut result = conf.prev_result.clone().ok_or_else(chained_only)?;
+    // The result goes back in the version the runtime asked in.
+    if let Some(object) = result.as_object_mut() {
+        object.insert("cniVersion".into(), conf.cni_version.clone().into());
+    }
+    let Some(pod) = pod_of(env) else {
+        // Not a Kubernetes pod (no K8S_POD_* arguments): nothing to capture.
+        return Ok(Some(result));
+    };
+    if excluded(conf, &pod.namespace) {
+        return Ok(Some(result));
+    }
+    let netns = env("CNI_NETNS")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Failure::new(INVALID_ENVIRONMENT, "CNI_NETNS is not set", ""))?;
+    let request = Request::Add {
+        container_id: env("CNI_CONTAINERID").unwrap_or_default(),
+        netns: PathBuf::from(netns),
+        addresses: addresses(&result),
+        pod: pod.clone(),
+    };
+    let name = format!("{}/{}", pod.namespace, pod.name);
+    match ask(conf, &request)? {
+        Answer::Enrolled { .. } | Answer::Outside { .. } | Answer::Done => Ok(Some(result)),
+        Answer::Refused { why } => Err(Failure::new(
+            REFUSED_BY_MESH,
+            format!("pod {name} is in the mesh and cannot be captured"),
+            why,
+        )),
+    }
+}
+
+fn del(env: &impl Fn(&str) -> Option<String>, conf: &NetConf) {
+    let Some(pod) = pod_of(env) else { return };
+    if excluded(conf, &pod.namespace) {
+        return;
+    }
+    let request = Request::Del {
+        pod,
+        container_id: env("CNI_CONTAINERID").unwrap_or_default(),
+    };
+    // The agent forgets the sandbox on its own when the pod goes; telling it is a
+    // courtesy, so an agent that is down is no reason to fail.
+    if let Err(error) = ask(conf, &request) {
+        eprintln!(
+            "warren-cni: DEL not delivered: {}: {}",
+            error.msg, error.details
+        );
+    }
+}
+
+/// STATUS (1.1): whether pods can be added now.
+fn status(conf: &NetConf) -> Result<(), Failure> {
+    let socket = socket_of(conf);
+    UnixStream::connect(socket).map(drop).map_err(|error| {
+        Failure::new(
+            NOT_AVAILABLE,
+            "the Warren node agent is not reachable",
+            format!("{}: {error}", socket.display()),
+        )
+    })
+}
+
+fn socket_of(conf: &NetConf) -> &Path {
+    conf.agent_socket
+        .as_deref()
+        .unwrap_or(Path::new(DEFAULT_SOCKET))
+}
+
+fn excluded(conf: &NetConf, namespace: &str) -> bool {
+    match &conf.exclude_namespaces {
+        Some(list) => list.iter().any(|n| n == namespace),
+        None => DEFAULT_EXCLUDED.contains(&namespace),
+    }
+}
+
+/// The pod, from `CNI_ARGS` (`K=V;K=V`, as kubelet's runtimes pass them).
+fn pod_of(env: &impl Fn(&str) -> Option<String>) -> Option<PodRef> {
+    let args = env("CNI_ARGS")?;
+    let args: HashMap<&str, &str> = args
+        .split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .collect();
+    let field = |key| {
+        args.get(key)
+            .filter(|v| !v.is_empty())
+            .map(|v| v.to_string())
+    };
+    Some(PodRef {
+        namespace: field("K8S_POD_NAMESPACE")?,
+        name: field("K8S_POD_NAME")?,
+        uid: field("K8S_POD_UID"),
+    })
+}
+
+/// The pod's addresses in a result: `ips[].address` (`10.244.0.5/24`) in every
+/// version since 0.3.0.
+fn addresses(result: &Value) -> Vec<IpAddr> {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str())
+        .filter_map(|cidr| cidr.split('/').next()?.parse().ok())
+        .collect()
+}
+
+/// One request, one answer.
+fn ask(conf: &NetConf, request: &Request) -> Result<Answer, Failure> {
+    let socket = socket_of(conf);
+    let timeout = Duration::from_secs(conf.timeout_seconds.unwrap_or(30).max(1));
+    let unreachable = |error: std::io::Error| {
+        Failure::new(
+            TRY_AGAIN_LATER,
+            "cannot reach the Warren node agent",
+            format!("{}: {error}", socket.display()),
+        )
+    };
+    let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(unreachable)?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(unreachable)?;
+    let mut line = serde_json::to_vec(request)
+        .map_err(|e| Failure::new(DECODING_FAILURE, "encoding the request", e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(unreachable)?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(unreachable)?;
+    if answer.is_empty() {
+        return Err(unreachable(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    serde_json::from_str(&answer).map_err(|e| {
+        Failure::new(
+            DECODING_FAILURE,
+            "cannot decode the agent's answer",
+            format!("{e}: {answer:?}"),
+        )
+    })
+}
+
+fn success(out: Value) -> Outcome {
+    Outcome {
+        stdout: out.to_string(),
+        exit_code: 0,
+    }
+}
+
+fn failure(version: &str, error: Failure) -> Outcome {
+    Outcome {
+        stdout: json!({
+            "cniVersion": version,
+            "code": error.code,
+            "msg": error.msg,
+            "details": error.details,
+        })
+        .to_string(),
+        exit_code: 1,
+    }
+}

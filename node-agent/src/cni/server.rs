@@ -1,0 +1,203 @@
+//! The agent's end of the plugin's socket.
+//!
+//! Connections are read on their own tasks; each request goes to the agent's
+//! loop, the one owner of enrollment, and its answer comes back on a oneshot.
+//! A pod the agent cannot decide on yet (its Pod object not seen yet) waits in
+//! [`Pending`] until configuration shows it or its deadline passes.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::UnixStream,
+    sync::{mpsc, oneshot},
+};
+use tracing::{debug, info, warn};
+
+use super::wire::{Answer, Request};
+use crate::{
+    distribution::{self, SocketError},
+    enrollment::{Admission, SandboxReport},
+};
+
+/// A request longer than this is not the plugin's.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// One request from the plugin, and where its answer goes.
+#[derive(Debug)]
+pub struct Call {
+    pub request: Request,
+    pub answer: oneshot::Sender<Answer>,
+}
+
+/// Listens on `path` (root only) and hands every request to the returned channel.
+pub async fn serve(path: &Path) -> Result<mpsc::Receiver<Call>, SocketError> {
+    let listener = distribution::bind(path).await?;
+    let (calls, received) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(handle(stream, calls.clone()));
+                }
+                Err(error) => {
+                    warn!(%error, "accepting a CNI plugin connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(received)
+}
+
+async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let answer = match BufReader::new(read.take(MAX_REQUEST))
+        .read_line(&mut line)
+        .await
+    {
+        Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => {
+                let (answer, answered) = oneshot::channel();
+                if calls.send(Call { request, answer }).await.is_err() {
+                    return;
+                }
+                match answered.await {
+                    Ok(answer) => answer,
+                    // The agent is stopping: the plugin reports it unreachable.
+                    Err(_) => return,
+                }
+            }
+            Err(error) => Answer::Refused {
+                why: format!("cannot decode the request: {error}"),
+            },
+        },
+        Err(error) => {
+            debug!(%error, "reading a CNI plugin request");
+            return;
+        }
+    };
+    let Ok(mut out) = serde_json::to_vec(&answer) else {
+        return;
+    };
+    out.push(b'\n');
+    if let Err(error) = write.write_all(&out).await {
+        debug!(%error, "answering the CNI plugin");
+    }
+}
+
+/// ADD requests not decided yet, each with its deadline.
+#[derive(Debug, Default)]
+pub struct Pending {
+    waiting: Vec<Waiting>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    report: SandboxReport,
+    answer: oneshot::Sender<Answer>,
+    deadline: Instant,
+}
+
+/// Answers decided, sent once the agent has published what they depend on.
+#[must_use = "answers are sent with `send`"]
+#[derive(Debug, Default)]
+pub struct Answers {
+    ready: Vec<(oneshot::Sender<Answer>, Answer)>,
+    /// Some pod was captured: the proxies' view changed.
+    pub enrolled: bool,
+}
+
+impl Answers {
+    pub fn send(self) {
+        for (to, answer) in self.ready {
+            // The plugin gave up waiting: its runtime retries with a new call.
+            let _ = to.send(answer);
+        }
+    }
+}
+
+impl Pending {
+    /// Queues an ADD for a pod, to be decided by [`Pending::settle`] within `wait`.
+    pub fn add(&mut self, report: SandboxReport, answer: oneshot::Sender<Answer>, wait: Duration) {
+        self.waiting.push(Waiting {
+            report,
+            answer,
+            deadline: Instant::now() + wait,
+        });
+    }
+
+    /// Decides what can be decided now; a pod still undecided at its deadline is
+    /// refused with the reason it waited for.
+    pub fn settle(&mut self, mut admit: impl FnMut(&SandboxReport) -> Admission) -> Answers {
+        let mut answers = Answers::default();
+        let now = Instant::now();
+        let mut still = Vec::new();
+        for waiting in self.waiting.drain(..) {
+            let pod = format!("{}/{}", waiting.report.namespace, waiting.report.name);
+            let answer = match admit(&waiting.report) {
+                Admission::Enrolled { mode } => {
+                    info!(%pod, ?mode, netns = %waiting.report.netns.display(), "captured as its sandbox was built (CNI)");
+                    answers.enrolled = true;
+                    Answer::Enrolled {
+                        mode: mode.name().to_owned(),
+                    }
+                }
+                Admission::Outside(why) => {
+                    debug!(%pod, %why, "not for the mesh (CNI)");
+                    Answer::Outside { why }
+                }
+                Admission::Failed(why) => {
+                    warn!(%pod, %why, "refused to start: in the mesh but not captured (CNI)");
+                    Answer::Refused { why }
+                }
+                Admission::NotYet(why) if now >= waiting.deadline => {
+                    warn!(%pod, %why, "refused to start: undecided at the deadline (CNI)");
+                    Answer::Refused {
+                        why: format!("{why} (the runtime will try again)"),
+                    }
+                }
+                Admission::NotYet(why) => {
+                    debug!(%pod, %why, "waiting (CNI)");
+                    still.push(waiting);
+                    continue;
+                }
+            };
+            answers.ready.push((waiting.answer, answer));
+        }
+        self.waiting = still;
+        answers
+    }
+
+    /// When the earliest waiting request times out.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.waiting.iter().map(|w| w.deadline).min()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
+
+/// The report an ADD carries.
+pub fn report_of(request: &Request) -> Option<SandboxReport> {
+    match request {
+        Request::Add {
+            pod,
+            netns,
+            addresses,
+            ..
+        } => Some(SandboxReport {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+            netns: netns.clone(),
+            addresses: addresses.clone(),
+        }),
+        Request::Del { .. } => None,
+    }
+}
