@@ -239,3 +239,151 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallE
         .map_err(io_error("setting the mode of", &temporary))?;
     fs::rename(&temporary, path).map_err(io_error("renaming into", path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn install(dir: &Path) -> Install {
+        let plugin = dir.join("build/warren-cni");
+        fs::create_dir_all(plugin.parent().unwrap()).unwrap();
+        fs::write(&plugin, b"#!plugin v1").unwrap();
+        Install {
+            bin_dir: dir.join("opt/cni/bin"),
+            conf_dir: dir.join("etc/cni/net.d"),
+            plugin,
+            agent_socket: "/var/run/warren/cni.sock".into(),
+            exclude_namespaces: vec!["kube-system".into()],
+        }
+    }
+
+    fn read(path: &Path) -> Value {
+        serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_plugin_is_chained_after_the_first_network_and_kept_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let install = install(dir.path());
+        // No network plugin yet: nothing to chain after, the binary is in place.
+        assert_eq!(install.ensure().unwrap(), Installed::NoNetwork);
+        assert_eq!(
+            fs::read(install.bin_dir.join(PLUGIN_NAME)).unwrap(),
+            b"#!plugin v1"
+        );
+
+        fs::create_dir_all(&install.conf_dir).unwrap();
+        let primary = install.conf_dir.join("10-calico.conflist");
+        let later = install.conf_dir.join("99-loopback.conf");
+        fs::write(
+            &primary,
+            r#"{"cniVersion":"1.0.0","name":"k8s-pod-network","plugins":[{"type":"calico","mtu":1450},{"type":"portmap","capabilities":{"portMappings":true}}]}"#,
+        )
+        .unwrap();
+        fs::write(
+            &later,
+            r#"{"cniVersion":"1.0.0","name":"lo","type":"loopback"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            install.ensure().unwrap(),
+            Installed::Changed(primary.clone())
+        );
+        let list = read(&primary);
+        let plugins = list["plugins"].as_array().unwrap();
+        assert_eq!(plugins.len(), 3);
+        assert_eq!(
+            plugins[0]["mtu"], 1450,
+            "the network plugin's entry is kept"
+        );
+        assert_eq!(plugins[2]["type"], PLUGIN_NAME);
+        assert_eq!(plugins[2]["agentSocket"], "/var/run/warren/cni.sock");
+        assert_eq!(plugins[2]["excludeNamespaces"], json!(["kube-system"]));
+        assert!(!read(&later).to_string().contains(PLUGIN_NAME));
+        // Again: nothing to do.
+        assert_eq!(install.ensure().unwrap(), Installed::Unchanged);
+
+        // The network plugin rewrites its file: the entry comes back, once.
+        fs::write(
+            &primary,
+            r#"{"cniVersion":"1.0.0","name":"k8s-pod-network","plugins":[{"type":"calico","mtu":1400}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            install.ensure().unwrap(),
+            Installed::Changed(primary.clone())
+        );
+        let plugins = read(&primary)["plugins"].as_array().unwrap().clone();
+        assert_eq!(plugins.len(), 2);
+        assert_eq!(plugins[1]["type"], PLUGIN_NAME);
+
+        // A new agent version: the binary is replaced.
+        fs::write(&install.plugin, b"#!plugin v2").unwrap();
+        assert_eq!(
+            install.ensure().unwrap(),
+            Installed::Changed(install.bin_dir.join(PLUGIN_NAME))
+        );
+        assert_eq!(
+            fs::read(install.bin_dir.join(PLUGIN_NAME)).unwrap(),
+            b"#!plugin v2"
+        );
+        let mode = fs::metadata(install.bin_dir.join(PLUGIN_NAME))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+
+        // Uninstalled: the entry and the binary go, the rest stays.
+        let removed = remove(&install.conf_dir, &install.bin_dir).unwrap();
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        let plugins = read(&primary)["plugins"].as_array().unwrap().clone();
+        assert_eq!(plugins, vec![json!({"type":"calico","mtu":1400})]);
+        assert!(!install.bin_dir.join(PLUGIN_NAME).exists());
+        // No temporary file is left for the runtime to trip on.
+        let names: Vec<_> = fs::read_dir(&install.conf_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_single_network_conf_becomes_a_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let install = install(dir.path());
+        fs::create_dir_all(&install.conf_dir).unwrap();
+        let conf = install.conf_dir.join("10-flannel.conf");
+        fs::write(
+            &conf,
+            r#"{"cniVersion":"0.3.1","name":"cbr0","type":"flannel","delegate":{"isDefaultGateway":true}}"#,
+        )
+        .unwrap();
+        let list_path = install.conf_dir.join("10-flannel.conflist");
+        assert_eq!(
+            install.ensure().unwrap(),
+            Installed::Changed(list_path.clone())
+        );
+        assert!(!conf.exists());
+        let list = read(&list_path);
+        assert_eq!(list["cniVersion"], "0.3.1");
+        assert_eq!(list["name"], "cbr0");
+        assert_eq!(
+            list["plugins"][0],
+            json!({"type":"flannel","delegate":{"isDefaultGateway":true}})
+        );
+        assert_eq!(list["plugins"][1]["type"], PLUGIN_NAME);
+    }
+
+    #[test]
+    fn a_broken_network_configuration_is_named_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let install = install(dir.path());
+        fs::create_dir_all(&install.conf_dir).unwrap();
+        let broken = install.conf_dir.join("05-broken.conflist");
+        fs::write(&broken, "{ half").unwrap();
+        let error = install.ensure().unwrap_err().to_string();
+        assert!(error.contains("05-broken.conflist"), "{error}");
+        assert_eq!(fs::read(&broken).unwrap(), b"{ half");
+    }
+}

@@ -316,3 +316,174 @@ fn failure(version: &str, error: Failure) -> Outcome {
         exit_code: 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{io::BufRead as _, os::unix::net::UnixListener, thread};
+
+    use super::*;
+
+    /// A network configuration as the runtime hands it over after a bridge plugin.
+    fn conf(socket: &Path, extra: &str) -> Vec<u8> {
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"k8s","type":"warren-cni","agentSocket":{socket:?}{extra},
+               "prevResult":{{"cniVersion":"1.0.0",
+                 "interfaces":[{{"name":"cni0"}},{{"name":"veth1a2b"}},{{"name":"eth0","sandbox":"/var/run/netns/cni-1"}}],
+                 "ips":[{{"address":"10.244.0.7/24","gateway":"10.244.0.1","interface":2}},
+                        {{"address":"fd00:244::7/64","interface":2}}],
+                 "dns":{{}}}}}}"#
+        )
+        .into_bytes()
+    }
+
+    fn env(command: &str) -> impl Fn(&str) -> Option<String> {
+        let command = command.to_owned();
+        move |key| {
+            match key {
+            "CNI_COMMAND" => Some(command.clone()),
+            "CNI_CONTAINERID" => Some("abc123".into()),
+            "CNI_NETNS" => Some("/var/run/netns/cni-1".into()),
+            "CNI_IFNAME" => Some("eth0".into()),
+            "CNI_ARGS" => Some(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc123;K8S_POD_UID=6f1c2d3e-0a1b-4c5d-8e9f-001122334455".into(),
+            ),
+            _ => None,
+        }
+        }
+    }
+
+    /// An agent that answers one request with `answer` and hands back the request.
+    fn agent(answer: Answer) -> (tempfile::TempDir, PathBuf, thread::JoinHandle<Request>) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("cni.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let handle = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line).unwrap();
+            let mut out = serde_json::to_vec(&answer).unwrap();
+            out.push(b'\n');
+            (&stream).write_all(&out).unwrap();
+            serde_json::from_str(&line).unwrap()
+        });
+        (dir, socket, handle)
+    }
+
+    fn error_of(outcome: &Outcome) -> Value {
+        assert_eq!(outcome.exit_code, 1, "{outcome:?}");
+        serde_json::from_str(&outcome.stdout).unwrap()
+    }
+
+    #[test]
+    fn add_passes_the_previous_result_on_once_the_agent_has_captured_the_pod() {
+        let (_dir, socket, agent) = agent(Answer::Enrolled {
+            mode: "STRICT".into(),
+        });
+        let stdin = conf(&socket, "");
+        let outcome = run(env("ADD"), &stdin);
+        assert_eq!(outcome.exit_code, 0, "{outcome:?}");
+        let result: Value = serde_json::from_str(&outcome.stdout).unwrap();
+        let given: Value = serde_json::from_slice(&stdin).unwrap();
+        assert_eq!(
+            result, given["prevResult"],
+            "the result is passed on untouched"
+        );
+        assert_eq!(
+            agent.join().unwrap(),
+            Request::Add {
+                pod: PodRef {
+                    namespace: "shop".into(),
+                    name: "web-0".into(),
+                    uid: Some("6f1c2d3e-0a1b-4c5d-8e9f-001122334455".into()),
+                },
+                container_id: "abc123".into(),
+                netns: "/var/run/netns/cni-1".into(),
+                addresses: vec![
+                    "10.244.0.7".parse().unwrap(),
+                    "fd00:244::7".parse().unwrap()
+                ],
+            }
+        );
+    }
+
+    #[test]
+    fn a_pod_the_mesh_cannot_capture_does_not_start() {
+        let (_dir, socket, _agent) = agent(Answer::Refused {
+            why: "no veth".into(),
+        });
+        let error = error_of(&run(env("ADD"), &conf(&socket, "")));
+        assert_eq!(error["code"], REFUSED_BY_MESH);
+        assert_eq!(error["cniVersion"], "1.0.0");
+        assert!(
+            error["msg"].as_str().unwrap().contains("shop/web-0"),
+            "{error}"
+        );
+        assert_eq!(error["details"], "no veth");
+    }
+
+    #[test]
+    fn an_agent_that_is_down_means_try_again_later_but_never_fails_a_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("nobody.sock");
+        let error = error_of(&run(env("ADD"), &conf(&socket, "")));
+        assert_eq!(error["code"], TRY_AGAIN_LATER);
+        assert!(
+            error["details"].as_str().unwrap().contains("nobody.sock"),
+            "{error}"
+        );
+        assert_eq!(
+            error_of(&run(env("STATUS"), &conf(&socket, "")))["code"],
+            NOT_AVAILABLE
+        );
+        let del = run(env("DEL"), &conf(&socket, ""));
+        assert_eq!(del.exit_code, 0, "{del:?}");
+    }
+
+    #[test]
+    fn excluded_namespaces_and_pods_outside_kubernetes_are_not_asked_about() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nobody listens: asking would fail.
+        let socket = dir.path().join("nobody.sock");
+        let stdin = conf(&socket, r#","excludeNamespaces":["shop"]"#);
+        assert_eq!(run(env("ADD"), &stdin).exit_code, 0);
+        let no_pod = |key: &str| match key {
+            "CNI_ARGS" => Some("IgnoreUnknown=1".into()),
+            other => env("ADD")(other),
+        };
+        assert_eq!(run(no_pod, &conf(&socket, "")).exit_code, 0);
+        // kube-system is excluded unless the list says otherwise.
+        let system = |key: &str| match key {
+            "CNI_ARGS" => Some("K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-0".into()),
+            other => env("ADD")(other),
+        };
+        assert_eq!(run(system, &conf(&socket, "")).exit_code, 0);
+    }
+
+    #[test]
+    fn bad_input_gets_the_specifications_errors() {
+        let socket = Path::new("/nonexistent/cni.sock");
+        let decoding = error_of(&run(env("ADD"), b"{not json"));
+        assert_eq!(decoding["code"], DECODING_FAILURE);
+        let alone = br#"{"cniVersion":"1.0.0","name":"k8s","type":"warren-cni"}"#;
+        let error = error_of(&run(env("ADD"), alone));
+        assert_eq!(error["code"], INVALID_CONFIG);
+        assert!(
+            error["msg"].as_str().unwrap().contains("chained"),
+            "{error}"
+        );
+        assert_eq!(error_of(&run(env("CHECK"), alone))["code"], INVALID_CONFIG);
+        assert_eq!(
+            error_of(&run(env("FROB"), &conf(socket, "")))["code"],
+            INVALID_ENVIRONMENT
+        );
+        let version = run(env("VERSION"), b"");
+        assert_eq!(version.exit_code, 0);
+        let version: Value = serde_json::from_str(&version.stdout).unwrap();
+        assert!(
+            version["supportedVersions"]
+                .as_array()
+                .unwrap()
+                .contains(&"1.0.0".into())
+        );
+    }
+}

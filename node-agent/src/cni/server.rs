@@ -201,3 +201,55 @@ pub fn report_of(request: &Request) -> Option<SandboxReport> {
         Request::Del { .. } => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use warren_ebpf_common::Mode;
+
+    use super::*;
+
+    fn report(name: &str) -> SandboxReport {
+        SandboxReport {
+            namespace: "shop".into(),
+            name: name.into(),
+            uid: None,
+            netns: "/var/run/netns/cni-1".into(),
+            addresses: vec!["10.244.0.7".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn a_pod_waits_until_it_is_decided_or_its_deadline_passes() {
+        let mut pending = Pending::default();
+        let (to_web, mut web) = oneshot::channel();
+        let (to_late, mut late) = oneshot::channel();
+        pending.add(report("web"), to_web, Duration::from_secs(60));
+        pending.add(report("late"), to_late, Duration::ZERO);
+        // Neither Pod object seen yet: the one past its deadline is refused, saying why.
+        let answers =
+            pending.settle(|r| Admission::NotYet(format!("pod shop/{} not seen", r.name)));
+        assert!(!answers.enrolled);
+        answers.send();
+        match late.try_recv() {
+            Ok(Answer::Refused { why }) => assert!(why.contains("shop/late not seen"), "{why}"),
+            other => panic!("late: {other:?}"),
+        }
+        assert!(web.try_recv().is_err(), "web is still waiting");
+        assert!(!pending.is_empty());
+        assert!(pending.next_deadline().is_some());
+
+        let answers = pending.settle(|_| Admission::Enrolled { mode: Mode::Strict });
+        assert!(answers.enrolled);
+        // Nothing is sent before the agent says so (after publishing the view).
+        assert!(web.try_recv().is_err());
+        answers.send();
+        assert_eq!(
+            web.try_recv().unwrap(),
+            Answer::Enrolled {
+                mode: "STRICT".into()
+            }
+        );
+        assert!(pending.is_empty());
+        assert_eq!(pending.next_deadline(), None);
+    }
+}

@@ -48,7 +48,8 @@ pub struct MeshOptions {
     pub cert_ttl: String,
     /// Extra arguments for every ztunnel.
     pub ztunnel_args: Vec<String>,
-    /// Extra arguments for every node agent.
+    /// Extra arguments for every node agent; `{node_dir}` in one stands for the
+    /// node's own folder (for what must differ between nodes, such as sockets).
     pub agent_args: Vec<String>,
     /// Agents run their node's waypoints (the agent's default in local
     /// mode). Most tests start waypoints themselves, so by default the
@@ -150,7 +151,12 @@ pub fn start_mesh_with(cluster: &Cluster, options: &MeshOptions) -> Result<Mesh>
         ]
         .iter()
         .map(|s| s.to_string())
-        .chain(options.agent_args.iter().cloned())
+        .chain(
+            options
+                .agent_args
+                .iter()
+                .map(|a| a.replace("{node_dir}", &dir.to_string_lossy())),
+        )
         .collect();
         let args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
         let agent = start_agent_with(cluster, node, &args)?;

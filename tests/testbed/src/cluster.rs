@@ -416,7 +416,7 @@ impl Cluster {
     /// Creates a pod: namespace, veth on its node's bridge, address, default
     /// route, cgroup, and its `Pod` object (plus updated EndpointSlices).
     pub fn add_pod(&mut self, spec: PodSpec) -> Result<&Pod> {
-        self.add_pod_shown(spec, false)
+        self.add_pod_shown(spec, false, true)
     }
 
     /// Adds a pod shown as a kubelet on a Kubernetes node shows it: none of the
@@ -424,10 +424,31 @@ impl Cluster {
     /// UID), its cgroup named after the UID as kubelet's systemd driver names it,
     /// and a sandbox process ("pause") in it for as long as the pod lives.
     pub fn add_kubelet_pod(&mut self, spec: PodSpec) -> Result<&Pod> {
-        self.add_pod_shown(spec, true)
+        self.add_pod_shown(spec, true, true)
     }
 
-    fn add_pod_shown(&mut self, spec: PodSpec, kubelet: bool) -> Result<&Pod> {
+    /// [`Cluster::add_kubelet_pod`] caught while kubelet builds the sandbox: the
+    /// network namespace, veth and sandbox process exist, and the Pod object has no
+    /// address yet. [`Cluster::pod_started`] publishes it, as kubelet does once the
+    /// CNI plugins have run.
+    pub fn add_starting_pod(&mut self, spec: PodSpec) -> Result<&Pod> {
+        self.add_pod_shown(spec, true, false)
+    }
+
+    /// Publishes a starting pod's address and phase (see [`Cluster::add_starting_pod`]).
+    pub fn pod_started(&self, name: &str) -> Result<()> {
+        let pod = self.pod(name)?;
+        let node = self
+            .state
+            .nodes
+            .iter()
+            .find(|n| n.name == pod.node)
+            .with_context(|| format!("node {} of pod {name}", pod.node))?;
+        manifests::write_pod(&self.config_dir(), pod, node)?;
+        Ok(())
+    }
+
+    fn add_pod_shown(&mut self, spec: PodSpec, kubelet: bool, started: bool) -> Result<&Pod> {
         if self
             .state
             .pods
@@ -558,7 +579,11 @@ impl Cluster {
                 "starting the pod's sandbox process: {status}"
             );
         }
-        manifests::write_pod(&self.config_dir(), &pod, &node)?;
+        if started {
+            manifests::write_pod(&self.config_dir(), &pod, &node)?;
+        } else {
+            manifests::write_starting_pod(&self.config_dir(), &pod, &node)?;
+        }
         self.state.next_slot[spec.node] = slot + 1;
         self.state.pods.push(pod);
         self.write_endpoint_slices()?;

@@ -74,6 +74,16 @@ pub fn write_node(dir: &Path, name: &str, labels: &BTreeMap<String, String>) -> 
 }
 
 pub fn write_pod(dir: &Path, pod: &Pod, node: &Node) -> Result<PathBuf> {
+    write_pod_as(dir, pod, node, true)
+}
+
+/// The Pod as the API server shows it while kubelet builds its sandbox: bound to
+/// the node, no address yet (kubelet writes it once the CNI plugins have run).
+pub fn write_starting_pod(dir: &Path, pod: &Pod, node: &Node) -> Result<PathBuf> {
+    write_pod_as(dir, pod, node, false)
+}
+
+fn write_pod_as(dir: &Path, pod: &Pod, node: &Node, started: bool) -> Result<PathBuf> {
     // What only the testbed knows; a kubelet-shown pod is found by its UID.
     let annotations = if pod.kubelet {
         json!({})
@@ -99,12 +109,16 @@ pub fn write_pod(dir: &Path, pod: &Pod, node: &Node) -> Result<PathBuf> {
             "serviceAccountName": pod.service_account,
             "containers": [{ "name": "main", "image": "warren-sample" }],
         },
-        "status": {
-            "phase": "Running",
-            "hostIP": node.ip,
-            "podIP": pod.ip,
-            "podIPs": [{ "ip": pod.ip }, { "ip": pod.ip6 }],
-            "conditions": [{ "type": "Ready", "status": "True" }],
+        "status": if started {
+            json!({
+                "phase": "Running",
+                "hostIP": node.ip,
+                "podIP": pod.ip,
+                "podIPs": [{ "ip": pod.ip }, { "ip": pod.ip6 }],
+                "conditions": [{ "type": "Ready", "status": "True" }],
+            })
+        } else {
+            json!({ "phase": "Pending", "hostIP": node.ip })
         },
     });
     write(
