@@ -522,6 +522,19 @@ pub fn is_enrolled_namespace(store: &Store, namespace: &str) -> bool {
     dataplane_mode_is(&ns.labels, AMBIENT)
 }
 
+/// Every namespace labelled into the mesh.
+pub fn ambient_namespaces(store: &Store) -> std::collections::BTreeSet<String> {
+    store
+        .of_kind(Kind::Namespace)
+        .filter_map(|o| match o {
+            Object::Namespace(ns) if dataplane_mode_is(&ns.labels, AMBIENT) => {
+                Some(ns.name.to_string())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 fn dataplane_mode_is(labels: &Labels, mode: &str) -> bool {
     DATAPLANE_LABELS.iter().any(|l| labels.get(l) == Some(mode))
 }

@@ -13,7 +13,7 @@ use warren_node_agent::{
     config::{Cli, Command, RunArgs, WaypointControllerArgs},
     datapath::{self, Datapath, Redirect},
     distribution::{self, Distribution},
-    enrollment::{Enrollment, PodNetworks},
+    enrollment::{self, Enrollment, PodNetworks},
     identity, memory,
     model::ObjectKey,
     source::{Source, SourceEvent, kube::KubeSource, local::LocalSource},
@@ -195,10 +195,13 @@ async fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
     let mut cni_pending = cni::server::Pending::default();
+    let mut cni_namespaces = args
+        .cni_socket
+        .as_deref()
+        .map(cni::namespaces::NamespaceFile::new);
+    // Installed once configuration is read, after the mesh's namespaces are written
+    // for the plugin to fall back on (see `cni::namespaces`).
     let cni_install = cni_install(&args)?;
-    if let Some(install) = &cni_install {
-        ensure_cni_installed(install);
-    }
 
     // Local mode: nothing else turns a waypoint Gateway into a process.
     let mut waypoints = if args.runs_waypoints() {
@@ -248,6 +251,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 if relevant {
                     enrollment.reconcile(&store, &mut datapath);
                 }
+                let first_sync = !built;
                 if built {
                     view.changed(&store, &changed);
                 } else {
@@ -255,6 +259,14 @@ async fn run(args: RunArgs) -> Result<()> {
                     built = true;
                 }
                 view.refusals(&store);
+                if let Some(file) = &mut cni_namespaces {
+                    file.update(enrollment::ambient_namespaces(&store));
+                }
+                if let Some(install) = &cni_install
+                    && first_sync
+                {
+                    ensure_cni_installed(install);
+                }
                 // After the view's work: it frees what it computed from.
                 reclaim.after_changes(changed.len());
                 view.set_namespaces(&store, enrollment.namespaces());
@@ -296,7 +308,9 @@ async fn run(args: RunArgs) -> Result<()> {
                     view.set_uncaptured(enrollment.uncaptured());
                 }
                 // The node's network plugin may have rewritten its configuration.
-                if let Some(install) = &cni_install {
+                if let Some(install) = &cni_install
+                    && built
+                {
                     ensure_cni_installed(install);
                 }
             }

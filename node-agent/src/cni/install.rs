@@ -224,7 +224,7 @@ fn pretty(value: &Value) -> Vec<u8> {
 }
 
 /// Writes a temporary file beside `path` and renames it over `path`.
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
+pub(super) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()

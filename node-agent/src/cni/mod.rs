@@ -15,8 +15,11 @@
 //! - [`server`]: the agent's end of the socket, feeding the agent's loop, which
 //!   decides with [`crate::enrollment::Enrollment::admit`].
 //! - [`install`]: the plugin's place in the node's CNI configuration.
+//! - [`namespaces`]: the mesh's namespaces in a file beside the socket, so the
+//!   plugin lets other pods start while the agent is down.
 
 pub mod install;
+pub mod namespaces;
 pub mod plugin;
 pub mod server;
 pub mod wire;

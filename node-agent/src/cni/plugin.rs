@@ -174,7 +174,24 @@ fn add(env: &impl Fn(&str) -> Option<String>, conf: &NetConf) -> Result<Option<V
         pod: pod.clone(),
     };
     let name = format!("{}/{}", pod.namespace, pod.name);
-    match ask(conf, &request)? {
+    let answer = match ask(conf, &request) {
+        Ok(answer) => answer,
+        // No agent to ask: only a pod of the mesh must wait for one.
+        Err(error) if error.code == TRY_AGAIN_LATER => {
+            match super::namespaces::read(socket_of(conf)) {
+                Ok(mesh) if !mesh.contains(&pod.namespace) => {
+                    eprintln!(
+                        "warren-cni: {}: {}; {name} starts: its namespace is not in the mesh",
+                        error.msg, error.details
+                    );
+                    return Ok(Some(result));
+                }
+                _ => return Err(error),
+            }
+        }
+        Err(error) => return Err(error),
+    };
+    match answer {
         Answer::Enrolled { .. } | Answer::Outside { .. } | Answer::Done => Ok(Some(result)),
         Answer::Refused { why } => Err(Failure::new(
             REFUSED_BY_MESH,
@@ -437,6 +454,28 @@ mod tests {
         );
         let del = run(env("DEL"), &conf(&socket, ""));
         assert_eq!(del.exit_code, 0, "{del:?}");
+    }
+
+    #[test]
+    fn while_the_agent_is_down_only_pods_of_the_mesh_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("cni.sock");
+        // The agent never ran: nothing says which namespaces are in the mesh.
+        assert_eq!(
+            error_of(&run(env("ADD"), &conf(&socket, "")))["code"],
+            TRY_AGAIN_LATER
+        );
+        let mut file = super::super::namespaces::NamespaceFile::new(&socket);
+        file.update(["payments".to_owned()].into());
+        // `shop` is not in the mesh: its pod starts.
+        let outcome = run(env("ADD"), &conf(&socket, ""));
+        assert_eq!(outcome.exit_code, 0, "{outcome:?}");
+        // Now it is: its pod waits for the agent.
+        file.update(["payments".to_owned(), "shop".to_owned()].into());
+        assert_eq!(
+            error_of(&run(env("ADD"), &conf(&socket, "")))["code"],
+            TRY_AGAIN_LATER
+        );
     }
 
     #[test]

@@ -359,6 +359,59 @@ fn the_helm_chart_renders_what_the_programs_accept() -> Result<()> {
         );
     }
 
+    // The CNI plugin: the agent writes into the node's own CNI folders, serves the
+    // plugin on a socket at the path the node sees, in a folder no other pod mounts
+    // (what the plugin reports decides what is captured).
+    let values: Value = serde_yaml::from_str(&std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../helm/warren/values.yaml"),
+    )?)?;
+    let cni_socket = run.cni_socket.clone().context("no --cni-socket")?;
+    for (dir, value) in [
+        (&run.cni_dirs.cni_conf_dir, "confDir"),
+        (&run.cni_dirs.cni_bin_dir, "binDir"),
+    ] {
+        let dir = dir
+            .as_deref()
+            .with_context(|| format!("no folder for cni.{value}"))?;
+        let volume = volume_at(agent, agent_container, dir)?;
+        ensure!(
+            volume["hostPath"]["path"] == values["cni"][value],
+            "{} is not the node's {value}: {volume:?}",
+            dir.display()
+        );
+    }
+    let cni_dir = parent(&cni_socket)?;
+    let volume = volume_at(agent, agent_container, cni_dir)?;
+    ensure!(
+        volume["hostPath"]["path"].as_str().map(Path::new) == Some(cni_dir),
+        "the plugin (on the node) would not find the agent's socket {}: {volume:?}",
+        cni_socket.display()
+    );
+    ensure!(
+        cni_dir != parent(&run.socket)?,
+        "the CNI socket shares the proxies' socket folder"
+    );
+    for object in &objects {
+        let spec = &object["spec"]["template"]["spec"];
+        if object["metadata"]["name"] == "warren-node-agent" {
+            continue;
+        }
+        ensure!(
+            !list(&spec["volumes"])
+                .iter()
+                .any(|v| v["hostPath"]["path"].as_str().map(Path::new) == Some(cni_dir)),
+            "{:?} mounts the CNI socket's folder",
+            object["metadata"]["name"]
+        );
+    }
+    ensure!(
+        run.cni_exclude_namespaces
+            .iter()
+            .any(|n| n == "kube-system"),
+        "{:?}",
+        run.cni_exclude_namespaces
+    );
+
     // The node agent may read every kind it watches.
     let agent_rules = granted(
         &objects,
@@ -442,6 +495,24 @@ fn the_chart_renders_without_the_optional_parts() -> Result<()> {
             .iter()
             .any(|v| !v["secret"].is_null() || !v["projected"].is_null()),
         "the agent mounts the absent CA's Secret or token: {volumes:?}"
+    );
+
+    // Without the CNI plugin: no socket, and the node's CNI folders left alone.
+    let objects = render(&["cni.enabled=false"])?;
+    let agent = find(&objects, "DaemonSet", "warren-node-agent")?;
+    let AgentCommand::Run(run) = agent_cli(container(agent, "node-agent")?)? else {
+        bail!("the node agent does not `run`");
+    };
+    ensure!(
+        run.cni_socket.is_none() && run.cni_dirs.cni_conf_dir.is_none(),
+        "{run:?}"
+    );
+    let volumes = list(&agent["spec"]["template"]["spec"]["volumes"]);
+    ensure!(
+        !volumes.iter().any(|v| v["hostPath"]["path"]
+            .as_str()
+            .is_some_and(|p| p.contains("cni"))),
+        "the agent mounts CNI folders it does not use: {volumes:?}"
     );
     Ok(())
 }

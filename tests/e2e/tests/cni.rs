@@ -298,5 +298,26 @@ fn a_pod_is_captured_before_its_first_connection() -> Result<()> {
     // DEL is taken (and never fails).
     let del = run_plugin(&plugin, &entry, "DEL", &client)?;
     ensure!(del.code == Some(0), "DEL: {} {}", del.stdout, del.stderr);
+
+    // The agent down (restarting, upgrading): pods outside the mesh start, pods of
+    // the mesh wait for it (the runtime tries again), by the namespaces it left.
+    mesh.nodes[0].agent.stop()?;
+    let outside = run_plugin(&plugin, &entry, "ADD", &plain)?;
+    ensure!(
+        outside.code == Some(0),
+        "a pod outside the mesh waits for the agent: {} {}",
+        outside.stdout,
+        outside.stderr
+    );
+    let waiting = run_plugin(&plugin, &entry, "ADD", &late)?;
+    ensure!(
+        waiting.code == Some(1) && waiting.stdout["code"] == 11,
+        "a pod of the mesh started without the agent: {}",
+        waiting.stdout
+    );
+    // The agent back: the pod is admitted again.
+    mesh.restart_agent(&cluster, 0)?;
+    let again = run_plugin(&plugin, &entry, "ADD", &late)?;
+    ensure!(again.code == Some(0), "{} {}", again.stdout, again.stderr);
     Ok(())
 }
