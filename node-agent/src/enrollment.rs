@@ -396,15 +396,19 @@ impl Enrollment {
                     continue;
                 }
             };
-            // Kubelet publishes the address after the CNI plugins ran; until then
-            // the runtime's report has it.
-            let ip4 = match pod.pod_ip {
-                Some(IpAddr::V4(ip)) => Some(ip),
-                Some(IpAddr::V6(_)) => None,
-                None => reported.iter().find_map(|ip| match ip {
+            // The runtime's report, when there is one, is the freshest: kubelet
+            // publishes the address only after the CNI plugins ran (and, for a
+            // sandbox built again, still shows the old one for a while).
+            let ip4 = if reported.is_empty() {
+                match pod.pod_ip {
+                    Some(IpAddr::V4(ip)) => Some(ip),
+                    _ => None,
+                }
+            } else {
+                reported.iter().find_map(|ip| match ip {
                     IpAddr::V4(ip) => Some(*ip),
                     IpAddr::V6(_) => None,
-                }),
+                })
             };
             let (mode, port_modes) = inbound_mode(store, &self.root_namespace, namespace, pod);
             let request = PodEnrollment {

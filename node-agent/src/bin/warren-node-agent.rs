@@ -368,7 +368,7 @@ fn settle(
         return;
     }
     let answers = pending.settle(|report| enrollment.admit(store, datapath, report));
-    if answers.enrolled {
+    if answers.any() {
         // Published before the runtime starts the pod's containers: ztunnel knows
         // the pod (and the agent asks for its certificate) by its first connection.
         view.set_namespaces(store, enrollment.namespaces());

@@ -25,6 +25,8 @@ use crate::{
 
 /// A request longer than this is not the plugin's.
 const MAX_REQUEST: u64 = 64 * 1024;
+/// The plugin writes its request at once; a connection that does not is dropped.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One request from the plugin, and where its answer goes.
 #[derive(Debug)]
@@ -56,10 +58,11 @@ pub async fn serve(path: &Path) -> Result<mpsc::Receiver<Call>, SocketError> {
 async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let answer = match BufReader::new(read.take(MAX_REQUEST))
-        .read_line(&mut line)
+    let mut reader = BufReader::new(read.take(MAX_REQUEST));
+    let read = tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line))
         .await
-    {
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+    let answer = match read {
         Ok(_) => match serde_json::from_str::<Request>(&line) {
             Ok(request) => {
                 let (answer, answered) = oneshot::channel();
@@ -108,11 +111,14 @@ struct Waiting {
 #[derive(Debug, Default)]
 pub struct Answers {
     ready: Vec<(oneshot::Sender<Answer>, Answer)>,
-    /// Some pod was captured: the proxies' view changed.
-    pub enrolled: bool,
 }
 
 impl Answers {
+    /// Whether any call was decided (each decision reconciled enrollment).
+    pub fn any(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     pub fn send(self) {
         for (to, answer) in self.ready {
             // The plugin gave up waiting: its runtime retries with a new call.
@@ -142,7 +148,6 @@ impl Pending {
             let answer = match admit(&waiting.report) {
                 Admission::Enrolled { mode } => {
                     info!(%pod, ?mode, netns = %waiting.report.netns.display(), "captured as its sandbox was built (CNI)");
-                    answers.enrolled = true;
                     Answer::Enrolled {
                         mode: mode.name().to_owned(),
                     }
@@ -228,7 +233,7 @@ mod tests {
         // Neither Pod object seen yet: the one past its deadline is refused, saying why.
         let answers =
             pending.settle(|r| Admission::NotYet(format!("pod shop/{} not seen", r.name)));
-        assert!(!answers.enrolled);
+        assert!(answers.any(), "late's refusal");
         answers.send();
         match late.try_recv() {
             Ok(Answer::Refused { why }) => assert!(why.contains("shop/late not seen"), "{why}"),
@@ -239,7 +244,7 @@ mod tests {
         assert!(pending.next_deadline().is_some());
 
         let answers = pending.settle(|_| Admission::Enrolled { mode: Mode::Strict });
-        assert!(answers.enrolled);
+        assert!(answers.any());
         // Nothing is sent before the agent says so (after publishing the view).
         assert!(web.try_recv().is_err());
         answers.send();

@@ -30,7 +30,8 @@ const REVISION_LABELS: &[&str] = &[
 
 /// The workload of `pod`, or `None` while it has no address (nothing can
 /// reach it yet). A pod this node captured as its sandbox was built has the
-/// addresses the runtime reported until kubelet publishes them.
+/// addresses the runtime reported: fresher than its status, which kubelet
+/// writes only after the CNI plugins ran.
 pub fn workload(
     mesh: &Mesh,
     store: &Store,
@@ -38,12 +39,10 @@ pub fn workload(
     netns: Option<&PodNetns>,
     authorization_policies: Vec<String>,
 ) -> Option<Workload> {
-    let mut addresses = pod.addresses();
-    if addresses.is_empty()
-        && let Some(netns) = netns
-    {
-        addresses.clone_from(&netns.addresses);
-    }
+    let addresses = match netns {
+        Some(netns) if !netns.addresses.is_empty() => netns.addresses.clone(),
+        _ => pod.addresses(),
+    };
     if addresses.is_empty() {
         return None;
     }

@@ -5,6 +5,8 @@
 //!
 //! - [`workload`]: sample servers in pods and the load client's reports.
 //! - [`agent`]: node agents on testbed nodes, and enrolling pods.
+//! - [`cni`]: the container runtime's side of the CNI plugin.
 pub mod agent;
+pub mod cni;
 pub mod mesh;
 pub mod workload;
