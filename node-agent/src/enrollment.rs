@@ -122,8 +122,67 @@ pub struct SandboxReport {
     pub name: String,
     /// Absent from older runtimes' CNI arguments: the name decides then.
     pub uid: Option<String>,
+    /// The sandbox's ID: a pod whose sandbox is built again gets a new one.
+    pub container_id: String,
     pub netns: PathBuf,
     pub addresses: Vec<IpAddr>,
+}
+
+impl SandboxReport {
+    /// `namespace/name`.
+    pub fn pod(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What configuration says of a pod whose sandbox the runtime reports: its key and
+/// UID when it is to be captured, else the answer.
+fn decide(
+    store: &Store,
+    node: &str,
+    report: &SandboxReport,
+) -> Result<(ObjectKey, String), Admission> {
+    let name = report.pod();
+    if !store.synced() {
+        return Err(Admission::NotYet(
+            "the agent has not read all of its configuration yet".into(),
+        ));
+    }
+    if !is_enrolled_namespace(store, &report.namespace) {
+        return Err(Admission::Outside(format!(
+            "namespace {} is not in the ambient mesh",
+            report.namespace
+        )));
+    }
+    let key = ObjectKey::new(Kind::Pod, Some(&report.namespace), &report.name);
+    let Some(Object::Pod(pod)) = store.get(&key) else {
+        return Err(Admission::NotYet(format!(
+            "pod {name} not seen by the agent yet"
+        )));
+    };
+    // A pod deleted and created again under the same name, or bound to this node
+    // after the agent's copy was taken: the agent's copy is behind, not wrong.
+    let uid = match (report.uid.as_deref(), pod.uid.as_deref()) {
+        (Some(started), Some(seen)) if started != seen => {
+            return Err(Admission::NotYet(format!(
+                "pod {name} seen with UID {seen}, the runtime starts UID {started}"
+            )));
+        }
+        (_, Some(uid)) | (Some(uid), None) => uid.to_owned(),
+        (None, None) => return Err(Admission::Failed(format!("pod {name} has no UID"))),
+    };
+    if pod.node_name.as_deref() != Some(node) {
+        return Err(Admission::NotYet(format!(
+            "pod {name} seen bound to node {}, not to this one ({node})",
+            pod.node_name.as_deref().unwrap_or("(none)"),
+        )));
+    }
+    if pod_outside_mesh(pod) {
+        return Err(Admission::Outside(format!(
+            "pod {name} opts out of the mesh or uses the host's network"
+        )));
+    }
+    Ok((key, uid))
 }
 
 /// Keeps the datapath's enrolled pods equal to what configuration asks.
@@ -263,83 +322,67 @@ impl Enrollment {
         }
     }
 
-    /// Decides for a pod whose sandbox the container runtime is building (the CNI
-    /// plugin's call, before any of its containers runs) and, when it belongs in the
-    /// mesh, captures it before answering: its first connection is then captured too.
+    /// Decides for pods whose sandbox the container runtime is building (the CNI
+    /// plugin's calls, before any of their containers runs), and captures those that
+    /// belong in the mesh before answering: their first connections are captured too.
+    /// One reconcile serves every call decided together.
     pub fn admit(
         &mut self,
         store: &Store,
         datapath: &mut Datapath,
-        report: &SandboxReport,
-    ) -> Admission {
-        let name = format!("{}/{}", report.namespace, report.name);
-        if !store.synced() {
-            return Admission::NotYet("the agent has not read all of its configuration yet".into());
+        reports: &[&SandboxReport],
+    ) -> Vec<Admission> {
+        let decided: Vec<Result<ObjectKey, Admission>> = reports
+            .iter()
+            .map(|report| {
+                let (key, uid) = decide(store, &self.node, report)?;
+                self.sandboxes
+                    .report(&uid, report)
+                    .map_err(|error| Admission::Failed(format!("pod {}: {error}", report.pod())))?;
+                Ok(key)
+            })
+            .collect();
+        if decided.iter().any(Result::is_ok) {
+            self.reconcile(store, datapath);
         }
-        if !is_enrolled_namespace(store, &report.namespace) {
-            return Admission::Outside(format!(
-                "namespace {} is not in the ambient mesh",
-                report.namespace
-            ));
-        }
-        let key = ObjectKey::new(Kind::Pod, Some(&report.namespace), &report.name);
-        let Some(Object::Pod(pod)) = store.get(&key) else {
-            return Admission::NotYet(format!("pod {name} not seen by the agent yet"));
-        };
-        // A pod deleted and created again under the same name: the agent may still
-        // hold the old one.
-        let uid = match (report.uid.as_deref(), pod.uid.as_deref()) {
-            (Some(started), Some(seen)) if started != seen => {
-                return Admission::NotYet(format!(
-                    "pod {name} seen with UID {seen}, the runtime starts UID {started}"
-                ));
-            }
-            (_, Some(uid)) | (Some(uid), None) => uid.to_owned(),
-            (None, None) => return Admission::Failed(format!("pod {name} has no UID")),
-        };
-        if pod.node_name.as_deref() != Some(self.node.as_str()) {
-            return Admission::Failed(format!(
-                "pod {name} is bound to node {}, not to this one ({})",
-                pod.node_name.as_deref().unwrap_or("(none)"),
-                self.node
-            ));
-        }
-        if pod_outside_mesh(pod) {
-            return Admission::Outside(format!(
-                "pod {name} opts out of the mesh or uses the host's network"
-            ));
-        }
-        if let Err(error) = self
-            .sandboxes
-            .report(&uid, &report.netns, report.addresses.clone())
-        {
-            return Admission::Failed(format!("pod {name}: {error}"));
-        }
-        self.reconcile(store, datapath);
-        match self.enrolled.get(&key) {
-            Some(pod) => Admission::Enrolled {
-                mode: pod.request.mode,
-            },
-            None => Admission::Failed(
-                self.uncaptured
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or_else(|| format!("pod {name} was not enrolled")),
-            ),
-        }
+        decided
+            .into_iter()
+            .map(|decision| match decision {
+                Err(admission) => admission,
+                Ok(key) => match self.enrolled.get(&key) {
+                    Some(pod) => Admission::Enrolled {
+                        mode: pod.request.mode,
+                    },
+                    None => Admission::Failed(
+                        self.uncaptured
+                            .get(&key)
+                            .cloned()
+                            .unwrap_or_else(|| format!("{key} was not enrolled")),
+                    ),
+                },
+            })
+            .collect()
     }
 
-    /// The runtime tore a pod's sandbox down (CNI DEL): what it reported is
-    /// forgotten. Unenrolling follows the Pod object (or the namespace's removal,
-    /// noticed by the next reconcile).
-    pub fn forget(&mut self, store: &Store, namespace: &str, name: &str, uid: Option<&str>) {
+    /// The runtime tore a sandbox down (CNI DEL): what it reported for it is
+    /// forgotten, unless a newer sandbox of the pod replaced it (runtimes repeat
+    /// DELs). Unenrolling follows the Pod object, or the namespace's removal, which
+    /// the next reconcile notices.
+    pub fn forget(
+        &mut self,
+        store: &Store,
+        namespace: &str,
+        name: &str,
+        uid: Option<&str>,
+        container_id: &str,
+    ) {
         let key = ObjectKey::new(Kind::Pod, Some(namespace), name);
         let seen = match store.get(&key) {
             Some(Object::Pod(pod)) => pod.uid.as_deref(),
             _ => None,
         };
         if let Some(uid) = uid.or(seen) {
-            self.sandboxes.forget(uid);
+            self.sandboxes.forget(uid, container_id);
         }
     }
 
@@ -744,6 +787,115 @@ mod tests {
             assert_eq!(
                 lookup(PodNetworks::UidOnly, &pod, |_| false),
                 Lookup::NotStarted
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod admission_tests {
+    use super::*;
+    use crate::{
+        model::object::{parse_document, split_documents},
+        source::SourceEvent,
+    };
+
+    const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: { name: shop, labels: { istio.io/dataplane-mode: ambient } }
+---
+apiVersion: v1
+kind: Namespace
+metadata: { name: plain }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: web, namespace: shop, uid: 11111111-2222-4333-8444-555555555555 }
+spec: { nodeName: n0, containers: [{ name: main }] }
+status: { phase: Pending }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: batch, namespace: shop, uid: 21111111-2222-4333-8444-555555555555, labels: { istio.io/dataplane-mode: none } }
+spec: { nodeName: n0, containers: [{ name: main }] }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: elsewhere, namespace: shop, uid: 31111111-2222-4333-8444-555555555555 }
+spec: { nodeName: n1, containers: [{ name: main }] }
+"#;
+
+    fn store(synced: bool) -> Store {
+        let mut store = Store::default();
+        for doc in split_documents(MESH).expect("test YAML") {
+            store.apply(SourceEvent::Upsert(
+                parse_document(doc, "test").expect("test object"),
+            ));
+        }
+        if synced {
+            store.apply(SourceEvent::Synced);
+        }
+        store
+    }
+
+    fn report(namespace: &str, name: &str, uid: Option<&str>) -> SandboxReport {
+        SandboxReport {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.map(str::to_owned),
+            container_id: "c1".into(),
+            netns: "/run/netns/cni-1".into(),
+            addresses: vec!["10.244.0.9".parse().unwrap()],
+        }
+    }
+
+    fn why(decision: Result<(ObjectKey, String), Admission>) -> Admission {
+        decision.expect_err("a decision without capture")
+    }
+
+    #[test]
+    fn the_runtime_is_answered_from_configuration_or_asked_to_wait() {
+        let uid = "11111111-2222-4333-8444-555555555555";
+        let synced = store(true);
+        // A pod of the mesh, bound here: captured, by the UID the agent knows.
+        let (key, found) = decide(&synced, "n0", &report("shop", "web", Some(uid))).unwrap();
+        assert_eq!(
+            (key.to_string().as_str(), found.as_str()),
+            ("Pod shop/web", uid)
+        );
+        // Older runtimes pass no UID: the name decides.
+        assert!(decide(&synced, "n0", &report("shop", "web", None)).is_ok());
+
+        assert!(matches!(
+            why(decide(
+                &store(false),
+                "n0",
+                &report("shop", "web", Some(uid))
+            )),
+            Admission::NotYet(_)
+        ));
+        assert!(matches!(
+            why(decide(&synced, "n0", &report("plain", "db", None))),
+            Admission::Outside(w) if w.contains("plain")
+        ));
+        assert!(matches!(
+            why(decide(&synced, "n0", &report("shop", "batch", None))),
+            Admission::Outside(w) if w.contains("opts out")
+        ));
+        // The agent's copy is behind: a pod not seen yet, one created again under the
+        // same name, one whose binding to this node has not arrived.
+        for (name, uid) in [
+            ("new", None),
+            ("web", Some("99999999-2222-4333-8444-555555555555")),
+            ("elsewhere", None),
+        ] {
+            assert!(
+                matches!(
+                    why(decide(&synced, "n0", &report("shop", name, uid))),
+                    Admission::NotYet(_)
+                ),
+                "{name}"
             );
         }
     }

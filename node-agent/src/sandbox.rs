@@ -32,6 +32,8 @@ use netlink_packet_route::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tracing::{debug, warn};
 
+use crate::enrollment::SandboxReport;
+
 /// Where a pod's network lives on this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sandbox {
@@ -43,6 +45,8 @@ pub struct Sandbox {
     /// plugin, before kubelet writes them into the Pod's status; empty when the
     /// sandbox was found by a scan.
     pub addresses: Vec<IpAddr>,
+    /// The runtime's ID of the sandbox, when the runtime reported it (CNI).
+    pub container_id: Option<String>,
     /// The namespace's identity when found: a path that later opens another one (a
     /// PID reused) is not taken for it.
     namespace: (u64, u64),
@@ -56,6 +60,8 @@ pub enum SandboxError {
     NotRunning(String),
     #[error("pod UID {0} shares the node's network namespace (hostNetwork): not captured")]
     HostNetwork(String),
+    #[error("{0} is not a network namespace")]
+    NotANamespace(PathBuf),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -126,25 +132,43 @@ impl Locator {
             netns,
             host_veth,
             addresses: Vec::new(),
+            container_id: None,
             namespace: theirs,
         })
     }
 
     /// The sandbox the container runtime reports (through the CNI plugin) for a pod
-    /// it is starting: its namespace path is the runtime's own, so no scan is needed.
-    pub fn reported(&self, netns: &Path, addresses: Vec<IpAddr>) -> Result<Sandbox, SandboxError> {
+    /// it is starting: its namespace is the runtime's own, so no scan is needed.
+    pub fn reported(
+        &self,
+        netns: &Path,
+        addresses: Vec<IpAddr>,
+        container_id: &str,
+    ) -> Result<Sandbox, SandboxError> {
+        // Only a namespace file is opened: anything else (a FIFO) could block the
+        // agent.
+        if !is_namespace_file(netns)? {
+            return Err(SandboxError::NotANamespace(netns.to_owned()));
+        }
         let theirs = namespace_id(netns)?;
         if theirs == self.host_namespace()? {
             return Err(SandboxError::HostNetwork(netns.display().to_string()));
         }
-        let host_veth = host_veth(netns).unwrap_or_else(|error| {
+        // The runtime names it as the node sees it (`/var/run/netns/cni-…`); the same
+        // namespace under one of our own folders works in our mount namespace, and
+        // in ztunnel's.
+        let netns = self
+            .bind_mount_of(theirs)
+            .unwrap_or_else(|| netns.to_owned());
+        let host_veth = host_veth(&netns).unwrap_or_else(|error| {
             debug!(netns = %netns.display(), %error, "no veth found for the pod");
             None
         });
         Ok(Sandbox {
-            netns: netns.to_owned(),
+            netns,
             host_veth,
             addresses,
+            container_id: Some(container_id.to_owned()),
             namespace: theirs,
         })
     }
@@ -232,6 +256,31 @@ fn is_uuid(text: &str) -> bool {
         && groups
             .iter()
             .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Whether `path` is on nsfs (a namespace file), by `statfs`: stat alone cannot tell
+/// one from a regular file.
+fn is_namespace_file(path: &Path) -> Result<bool, SandboxError> {
+    /// `NSFS_MAGIC` of linux/magic.h.
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let io = |source| SandboxError::Io {
+        what: "reading",
+        path: path.to_owned(),
+        source,
+    };
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let mut fs = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `name` is a NUL-terminated path and `fs` is writable memory of the
+    // size statfs fills.
+    let rc = unsafe { libc::statfs(name.as_ptr(), fs.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io(io::Error::last_os_error()));
+    }
+    // SAFETY: statfs succeeded, so it filled `fs`.
+    let fs = unsafe { fs.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // `f_type`'s width differs between targets.
+    Ok(fs.f_type as i64 == NSFS_MAGIC)
 }
 
 /// A namespace's identity: the device and inode of its nsfs file.
@@ -419,13 +468,12 @@ impl Sandboxes {
     /// Takes what the container runtime reports for a pod it is starting (the CNI
     /// plugin's call): the pod is then looked up without waiting for kubelet to
     /// publish its address, and without a scan.
-    pub fn report(
-        &mut self,
-        uid: &str,
-        netns: &Path,
-        addresses: Vec<IpAddr>,
-    ) -> Result<(), SandboxError> {
-        let sandbox = self.locator.reported(netns, addresses)?;
+    pub fn report(&mut self, uid: &str, report: &SandboxReport) -> Result<(), SandboxError> {
+        let sandbox = self.locator.reported(
+            &report.netns,
+            report.addresses.clone(),
+            &report.container_id,
+        )?;
         self.missing.remove(uid);
         self.known.insert(uid.into(), sandbox);
         Ok(())
@@ -435,13 +483,22 @@ impl Sandboxes {
     pub fn is_reported(&self, uid: &str) -> bool {
         self.known
             .get(uid)
-            .is_some_and(|s| !s.addresses.is_empty() && self.locator.still_stands(s))
+            .is_some_and(|s| s.container_id.is_some() && self.locator.still_stands(s))
     }
 
-    /// Forgets what is known of a pod (its sandbox torn down: CNI DEL).
-    pub fn forget(&mut self, uid: &str) {
-        self.known.remove(uid);
-        self.missing.remove(uid);
+    /// Forgets the sandbox `container_id` of a pod (torn down: CNI DEL); a newer
+    /// sandbox reported since stays. An empty ID matches any.
+    pub fn forget(&mut self, uid: &str, container_id: &str) {
+        let this_one = self.known.get(uid).is_some_and(|s| {
+            container_id.is_empty()
+                || s.container_id
+                    .as_deref()
+                    .is_none_or(|id| id == container_id)
+        });
+        if this_one {
+            self.known.remove(uid);
+            self.missing.remove(uid);
+        }
     }
 
     /// Forgets pods not in `live`.

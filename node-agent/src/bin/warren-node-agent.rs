@@ -195,13 +195,11 @@ async fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
     let mut cni_pending = cni::server::Pending::default();
-    let mut cni_namespaces = args
-        .cni_socket
-        .as_deref()
-        .map(cni::namespaces::NamespaceFile::new);
-    // Installed once configuration is read, after the mesh's namespaces are written
-    // for the plugin to fall back on (see `cni::namespaces`).
+    // Installed once configuration is read: the entry lists the mesh's namespaces
+    // for the plugin to fall back on while the agent is down (`cni::install`).
     let cni_install = cni_install(&args)?;
+    // The mesh's namespaces as the installed entry lists them.
+    let mut cni_namespaces = None;
 
     // Local mode: nothing else turns a waypoint Gateway into a process.
     let mut waypoints = if args.runs_waypoints() {
@@ -251,7 +249,6 @@ async fn run(args: RunArgs) -> Result<()> {
                 if relevant {
                     enrollment.reconcile(&store, &mut datapath);
                 }
-                let first_sync = !built;
                 if built {
                     view.changed(&store, &changed);
                 } else {
@@ -259,13 +256,12 @@ async fn run(args: RunArgs) -> Result<()> {
                     built = true;
                 }
                 view.refusals(&store);
-                if let Some(file) = &mut cni_namespaces {
-                    file.update(enrollment::ambient_namespaces(&store));
-                }
-                if let Some(install) = &cni_install
-                    && first_sync
-                {
-                    ensure_cni_installed(install);
+                if let Some(install) = &cni_install {
+                    let namespaces = enrollment::ambient_namespaces(&store);
+                    if cni_namespaces.as_ref() != Some(&namespaces) {
+                        ensure_cni_installed(install, &namespaces);
+                        cni_namespaces = Some(namespaces);
+                    }
                 }
                 // After the view's work: it frees what it computed from.
                 reclaim.after_changes(changed.len());
@@ -283,8 +279,9 @@ async fn run(args: RunArgs) -> Result<()> {
                 match cni::server::report_of(&call.request) {
                     Some(report) => cni_pending.add(report, call.answer, args.cni_wait),
                     None => {
-                        if let cni::wire::Request::Del { pod, .. } = &call.request {
-                            enrollment.forget(&store, &pod.namespace, &pod.name, pod.uid.as_deref());
+                        if let cni::wire::Request::Del { pod, container_id } = &call.request {
+                            cni_pending.cancel(container_id);
+                            enrollment.forget(&store, &pod.namespace, &pod.name, pod.uid.as_deref(), container_id);
                         }
                         let _ = call.answer.send(cni::wire::Answer::Done);
                     }
@@ -308,10 +305,8 @@ async fn run(args: RunArgs) -> Result<()> {
                     view.set_uncaptured(enrollment.uncaptured());
                 }
                 // The node's network plugin may have rewritten its configuration.
-                if let Some(install) = &cni_install
-                    && built
-                {
-                    ensure_cni_installed(install);
+                if let (Some(install), Some(namespaces)) = (&cni_install, &cni_namespaces) {
+                    ensure_cni_installed(install, namespaces);
                 }
             }
             _ = ticker.tick() => {
@@ -367,7 +362,7 @@ fn settle(
     if pending.is_empty() {
         return;
     }
-    let answers = pending.settle(|report| enrollment.admit(store, datapath, report));
+    let answers = pending.settle(|reports| enrollment.admit(store, datapath, reports));
     if answers.any() {
         // Published before the runtime starts the pod's containers: ztunnel knows
         // the pod (and the agent asks for its certificate) by its first connection.
@@ -403,12 +398,17 @@ fn cni_install(args: &RunArgs) -> Result<Option<cni::install::Install>> {
         plugin,
         agent_socket: agent_socket.clone(),
         exclude_namespaces: args.cni_exclude_namespaces.clone(),
+        // The agent may wait `--cni-wait` for a Pod object, then answers.
+        timeout_seconds: args.cni_wait.as_secs() + 10,
     }))
 }
 
 /// Installs the plugin, logging what changed; a failure is retried on the timer.
-fn ensure_cni_installed(install: &cni::install::Install) {
-    match install.ensure() {
+fn ensure_cni_installed(
+    install: &cni::install::Install,
+    namespaces: &std::collections::BTreeSet<String>,
+) {
+    match install.ensure(namespaces) {
         Ok(cni::install::Installed::Changed(path)) => {
             info!(path = %path.display(), "CNI plugin installed")
         }

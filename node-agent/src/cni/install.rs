@@ -7,8 +7,17 @@
 //! plugin's result. A network plugin that rewrites its file drops the entry: the
 //! agent checks again on its timer. Files are replaced by rename, so the runtime
 //! never reads half of one.
+//!
+//! The entry lists the namespaces in the mesh (`meshNamespaces`): while the agent
+//! is down (restarting, upgrading) the plugin cannot ask it, and a pod of one of
+//! those must wait, or it would start uncaptured, while a pod of any other
+//! namespace has no reason to. The list is rewritten when it changes, and lives
+//! with the configuration, so it outlasts a reboot as the entry does. A namespace
+//! labelled into the mesh while no agent runs is not listed yet: its starting pods
+//! are captured once the agent is back and finds them, as without the plugin.
 
 use std::{
+    collections::BTreeSet,
     fs,
     io::{self, Write as _},
     os::unix::fs::PermissionsExt as _,
@@ -49,6 +58,9 @@ pub struct Install {
     pub agent_socket: PathBuf,
     /// Namespaces the plugin never asks about.
     pub exclude_namespaces: Vec<String>,
+    /// How long the plugin waits for the agent's answer (longer than the agent
+    /// waits for a Pod object).
+    pub timeout_seconds: u64,
 }
 
 /// What [`Install::ensure`] did.
@@ -65,8 +77,9 @@ pub enum Installed {
 
 impl Install {
     /// Copies the plugin and adds (or updates) its entry in the primary network
-    /// configuration. Idempotent: the agent calls it on start and on its timer.
-    pub fn ensure(&self) -> Result<Installed, InstallError> {
+    /// configuration, with the namespaces in the mesh. Idempotent: the agent calls
+    /// it once configuration is read, when the namespaces change, and on its timer.
+    pub fn ensure(&self, mesh_namespaces: &BTreeSet<String>) -> Result<Installed, InstallError> {
         let copied = self.copy_binary()?;
         let Some(primary) = primary_config(&self.conf_dir)? else {
             return Ok(Installed::NoNetwork);
@@ -77,7 +90,19 @@ impl Install {
             why: e.to_string(),
         })?;
         let mut list = as_list(&primary, config)?;
-        let entry = self.entry();
+        // Results before 0.3.0 carry no `ips` list: the plugin could not tell the
+        // agent the pod's addresses.
+        let version = list["cniVersion"].as_str().unwrap_or_default();
+        if !super::plugin::SUPPORTED_VERSIONS.contains(&version) {
+            return Err(InstallError::Invalid {
+                path: primary.clone(),
+                why: format!(
+                    "cniVersion {version:?}: warren-cni speaks {}",
+                    super::plugin::SUPPORTED_VERSIONS.join(", ")
+                ),
+            });
+        }
+        let entry = self.entry(mesh_namespaces);
         let plugins = plugins_mut(&primary, &mut list)?;
         match plugins.iter().position(is_ours) {
             Some(at) if plugins[at] == entry && is_conflist(&primary) => {
@@ -104,11 +129,13 @@ impl Install {
         Ok(Installed::Changed(target))
     }
 
-    fn entry(&self) -> Value {
+    fn entry(&self, mesh_namespaces: &BTreeSet<String>) -> Value {
         json!({
             "type": PLUGIN_NAME,
             "agentSocket": self.agent_socket,
             "excludeNamespaces": self.exclude_namespaces,
+            "meshNamespaces": mesh_namespaces,
+            "timeoutSeconds": self.timeout_seconds,
         })
     }
 
@@ -224,7 +251,7 @@ fn pretty(value: &Value) -> Vec<u8> {
 }
 
 /// Writes a temporary file beside `path` and renames it over `path`.
-pub(super) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -254,7 +281,12 @@ mod tests {
             plugin,
             agent_socket: "/var/run/warren/cni.sock".into(),
             exclude_namespaces: vec!["kube-system".into()],
+            timeout_seconds: 15,
         }
+    }
+
+    fn mesh() -> BTreeSet<String> {
+        ["shop".to_owned()].into()
     }
 
     fn read(path: &Path) -> Value {
@@ -266,7 +298,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let install = install(dir.path());
         // No network plugin yet: nothing to chain after, the binary is in place.
-        assert_eq!(install.ensure().unwrap(), Installed::NoNetwork);
+        assert_eq!(install.ensure(&mesh()).unwrap(), Installed::NoNetwork);
         assert_eq!(
             fs::read(install.bin_dir.join(PLUGIN_NAME)).unwrap(),
             b"#!plugin v1"
@@ -286,7 +318,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            install.ensure().unwrap(),
+            install.ensure(&mesh()).unwrap(),
             Installed::Changed(primary.clone())
         );
         let list = read(&primary);
@@ -299,9 +331,21 @@ mod tests {
         assert_eq!(plugins[2]["type"], PLUGIN_NAME);
         assert_eq!(plugins[2]["agentSocket"], "/var/run/warren/cni.sock");
         assert_eq!(plugins[2]["excludeNamespaces"], json!(["kube-system"]));
+        assert_eq!(plugins[2]["meshNamespaces"], json!(["shop"]));
+        assert_eq!(plugins[2]["timeoutSeconds"], 15);
         assert!(!read(&later).to_string().contains(PLUGIN_NAME));
         // Again: nothing to do.
-        assert_eq!(install.ensure().unwrap(), Installed::Unchanged);
+        assert_eq!(install.ensure(&mesh()).unwrap(), Installed::Unchanged);
+        // A namespace joins the mesh: the plugin learns it for when the agent is down.
+        let more: BTreeSet<String> = ["pay".to_owned(), "shop".to_owned()].into();
+        assert_eq!(
+            install.ensure(&more).unwrap(),
+            Installed::Changed(primary.clone())
+        );
+        assert_eq!(
+            read(&primary)["plugins"][2]["meshNamespaces"],
+            json!(["pay", "shop"])
+        );
 
         // The network plugin rewrites its file: the entry comes back, once.
         fs::write(
@@ -310,7 +354,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            install.ensure().unwrap(),
+            install.ensure(&mesh()).unwrap(),
             Installed::Changed(primary.clone())
         );
         let plugins = read(&primary)["plugins"].as_array().unwrap().clone();
@@ -320,7 +364,7 @@ mod tests {
         // A new agent version: the binary is replaced.
         fs::write(&install.plugin, b"#!plugin v2").unwrap();
         assert_eq!(
-            install.ensure().unwrap(),
+            install.ensure(&mesh()).unwrap(),
             Installed::Changed(install.bin_dir.join(PLUGIN_NAME))
         );
         assert_eq!(
@@ -361,7 +405,7 @@ mod tests {
         .unwrap();
         let list_path = install.conf_dir.join("10-flannel.conflist");
         assert_eq!(
-            install.ensure().unwrap(),
+            install.ensure(&mesh()).unwrap(),
             Installed::Changed(list_path.clone())
         );
         assert!(!conf.exists());
@@ -376,13 +420,29 @@ mod tests {
     }
 
     #[test]
+    fn a_network_too_old_to_report_addresses_is_not_chained() {
+        let dir = tempfile::tempdir().unwrap();
+        let install = install(dir.path());
+        fs::create_dir_all(&install.conf_dir).unwrap();
+        let old = install.conf_dir.join("10-old.conf");
+        let text = r#"{"cniVersion":"0.2.0","name":"old","type":"bridge"}"#;
+        fs::write(&old, text).unwrap();
+        let error = install.ensure(&mesh()).unwrap_err().to_string();
+        assert!(
+            error.contains("10-old.conf") && error.contains("0.2.0"),
+            "{error}"
+        );
+        assert_eq!(fs::read_to_string(&old).unwrap(), text);
+    }
+
+    #[test]
     fn a_broken_network_configuration_is_named_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let install = install(dir.path());
         fs::create_dir_all(&install.conf_dir).unwrap();
         let broken = install.conf_dir.join("05-broken.conflist");
         fs::write(&broken, "{ half").unwrap();
-        let error = install.ensure().unwrap_err().to_string();
+        let error = install.ensure(&mesh()).unwrap_err().to_string();
         assert!(error.contains("05-broken.conflist"), "{error}");
         assert_eq!(fs::read(&broken).unwrap(), b"{ half");
     }

@@ -14,12 +14,11 @@
 //!   plugin (environment, network configuration on stdin, result on stdout).
 //! - [`server`]: the agent's end of the socket, feeding the agent's loop, which
 //!   decides with [`crate::enrollment::Enrollment::admit`].
-//! - [`install`]: the plugin's place in the node's CNI configuration.
-//! - [`namespaces`]: the mesh's namespaces in a file beside the socket, so the
-//!   plugin lets other pods start while the agent is down.
+//! - [`install`]: the plugin's place in the node's CNI configuration, with the
+//!   mesh's namespaces, so the plugin lets other pods start while the agent is
+//!   down.
 
 pub mod install;
-pub mod namespaces;
 pub mod plugin;
 pub mod server;
 pub mod wire;

@@ -37,11 +37,11 @@ pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1
 const DEFAULT_EXCLUDED: &[&str] = &["kube-system"];
 
 // Error codes of the specification, and one of ours (100 and up are the plugin's).
+const INCOMPATIBLE_VERSION: u32 = 1;
 const INVALID_ENVIRONMENT: u32 = 4;
 const DECODING_FAILURE: u32 = 6;
 const INVALID_CONFIG: u32 = 7;
 const TRY_AGAIN_LATER: u32 = 11;
-const NOT_AVAILABLE: u32 = 50;
 const REFUSED_BY_MESH: u32 = 100;
 
 /// This plugin's entry in a network configuration list.
@@ -57,6 +57,10 @@ struct NetConf {
     /// How long to wait for the agent's answer (it may wait for the Pod object).
     #[serde(default)]
     timeout_seconds: Option<u64>,
+    /// The namespaces in the mesh, as the agent last wrote them: while the agent
+    /// cannot be asked, only their pods wait for it.
+    #[serde(default)]
+    mesh_namespaces: Option<Vec<String>>,
     #[serde(default)]
     prev_result: Option<Value>,
 }
@@ -113,6 +117,16 @@ pub fn run(env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
             );
         }
     };
+    if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
+        return failure(
+            &conf.cni_version,
+            Failure::new(
+                INCOMPATIBLE_VERSION,
+                format!("cniVersion {} is not supported", conf.cni_version),
+                format!("supported: {}", SUPPORTED_VERSIONS.join(", ")),
+            ),
+        );
+    }
     let result = match command.as_str() {
         "ADD" => add(&env, &conf),
         // Never fails: the runtime could not tear the sandbox down otherwise.
@@ -125,7 +139,9 @@ pub fn run(env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
             .is_some()
             .then_some(None)
             .ok_or_else(chained_only),
-        "STATUS" => status(&conf).map(|()| None),
+        // Pods outside the mesh can be added whatever the agent's state, and
+        // containerd reports the node's network not ready on a failed STATUS: ready.
+        "STATUS" => Ok(None),
         "GC" => Ok(None),
         other => Err(Failure::new(
             INVALID_ENVIRONMENT,
@@ -177,18 +193,17 @@ fn add(env: &impl Fn(&str) -> Option<String>, conf: &NetConf) -> Result<Option<V
     let answer = match ask(conf, &request) {
         Ok(answer) => answer,
         // No agent to ask: only a pod of the mesh must wait for one.
-        Err(error) if error.code == TRY_AGAIN_LATER => {
-            match super::namespaces::read(socket_of(conf)) {
-                Ok(mesh) if !mesh.contains(&pod.namespace) => {
-                    eprintln!(
-                        "warren-cni: {}: {}; {name} starts: its namespace is not in the mesh",
-                        error.msg, error.details
-                    );
-                    return Ok(Some(result));
-                }
-                _ => return Err(error),
+        Err(error) if error.code == TRY_AGAIN_LATER => match &conf.mesh_namespaces {
+            Some(mesh) if !mesh.contains(&pod.namespace) => {
+                eprintln!(
+                    "warren-cni: {}: {}; {name} starts: its namespace is not in the mesh",
+                    error.msg, error.details
+                );
+                return Ok(Some(result));
             }
-        }
+            // In the mesh, or no list to tell: the pod waits for the agent.
+            _ => return Err(error),
+        },
         Err(error) => return Err(error),
     };
     match answer {
@@ -218,18 +233,6 @@ fn del(env: &impl Fn(&str) -> Option<String>, conf: &NetConf) {
             error.msg, error.details
         );
     }
-}
-
-/// STATUS (1.1): whether pods can be added now.
-fn status(conf: &NetConf) -> Result<(), Failure> {
-    let socket = socket_of(conf);
-    UnixStream::connect(socket).map(drop).map_err(|error| {
-        Failure::new(
-            NOT_AVAILABLE,
-            "the Warren node agent is not reachable",
-            format!("{}: {error}", socket.display()),
-        )
-    })
 }
 
 fn socket_of(conf: &NetConf) -> &Path {
@@ -448,10 +451,8 @@ mod tests {
             error["details"].as_str().unwrap().contains("nobody.sock"),
             "{error}"
         );
-        assert_eq!(
-            error_of(&run(env("STATUS"), &conf(&socket, "")))["code"],
-            NOT_AVAILABLE
-        );
+        // The node's network stays ready: pods outside the mesh can start.
+        assert_eq!(run(env("STATUS"), &conf(&socket, "")).exit_code, 0);
         let del = run(env("DEL"), &conf(&socket, ""));
         assert_eq!(del.exit_code, 0, "{del:?}");
     }
@@ -460,22 +461,18 @@ mod tests {
     fn while_the_agent_is_down_only_pods_of_the_mesh_wait() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("cni.sock");
-        // The agent never ran: nothing says which namespaces are in the mesh.
+        // No list (an entry the agent did not write): every pod waits.
         assert_eq!(
             error_of(&run(env("ADD"), &conf(&socket, "")))["code"],
             TRY_AGAIN_LATER
         );
-        let mut file = super::super::namespaces::NamespaceFile::new(&socket);
-        file.update(["payments".to_owned()].into());
         // `shop` is not in the mesh: its pod starts.
-        let outcome = run(env("ADD"), &conf(&socket, ""));
+        let outside = conf(&socket, r#","meshNamespaces":["pay"]"#);
+        let outcome = run(env("ADD"), &outside);
         assert_eq!(outcome.exit_code, 0, "{outcome:?}");
         // Now it is: its pod waits for the agent.
-        file.update(["payments".to_owned(), "shop".to_owned()].into());
-        assert_eq!(
-            error_of(&run(env("ADD"), &conf(&socket, "")))["code"],
-            TRY_AGAIN_LATER
-        );
+        let inside = conf(&socket, r#","meshNamespaces":["pay","shop"]"#);
+        assert_eq!(error_of(&run(env("ADD"), &inside))["code"], TRY_AGAIN_LATER);
     }
 
     #[test]
@@ -514,6 +511,11 @@ mod tests {
         assert_eq!(
             error_of(&run(env("FROB"), &conf(socket, "")))["code"],
             INVALID_ENVIRONMENT
+        );
+        let ancient = br#"{"cniVersion":"0.2.0","name":"k8s","type":"warren-cni","prevResult":{}}"#;
+        assert_eq!(
+            error_of(&run(env("ADD"), ancient))["code"],
+            INCOMPATIBLE_VERSION
         );
         let version = run(env("VERSION"), b"");
         assert_eq!(version.exit_code, 0);

@@ -56,6 +56,21 @@ pub async fn serve(path: &Path) -> Result<mpsc::Receiver<Call>, SocketError> {
 }
 
 async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) {
+    // The socket is root's alone; the check keeps it so if its mode is ever widened.
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == 0 => {}
+        Ok(cred) => {
+            warn!(
+                uid = cred.uid(),
+                "CNI socket: a caller that is not root; closing"
+            );
+            return;
+        }
+        Err(error) => {
+            warn!(%error, "CNI socket: cannot tell who calls; closing");
+            return;
+        }
+    }
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST));
@@ -69,10 +84,16 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) {
                 if calls.send(Call { request, answer }).await.is_err() {
                     return;
                 }
-                match answered.await {
-                    Ok(answer) => answer,
-                    // The agent is stopping: the plugin reports it unreachable.
-                    Err(_) => return,
+                // A plugin that gave up (the runtime killed it) closes its end: the
+                // call is then dropped, not decided for nobody.
+                let mut rest = [0; 1];
+                tokio::select! {
+                    answer = answered => match answer {
+                        Ok(answer) => answer,
+                        // The agent is stopping: the plugin reports it unreachable.
+                        Err(_) => return,
+                    },
+                    _ = reader.read(&mut rest) => return,
                 }
             }
             Err(error) => Answer::Refused {
@@ -137,15 +158,22 @@ impl Pending {
         });
     }
 
-    /// Decides what can be decided now; a pod still undecided at its deadline is
-    /// refused with the reason it waited for.
-    pub fn settle(&mut self, mut admit: impl FnMut(&SandboxReport) -> Admission) -> Answers {
+    /// Decides what can be decided now, all calls in one `admit`; a pod still
+    /// undecided at its deadline is refused with the reason it waited for.
+    pub fn settle(&mut self, admit: impl FnOnce(&[&SandboxReport]) -> Vec<Admission>) -> Answers {
         let mut answers = Answers::default();
         let now = Instant::now();
+        // Calls whose plugin is gone are not decided.
+        self.waiting.retain(|w| !w.answer.is_closed());
+        if self.waiting.is_empty() {
+            return answers;
+        }
+        let reports: Vec<&SandboxReport> = self.waiting.iter().map(|w| &w.report).collect();
+        let admissions = admit(&reports);
         let mut still = Vec::new();
-        for waiting in self.waiting.drain(..) {
-            let pod = format!("{}/{}", waiting.report.namespace, waiting.report.name);
-            let answer = match admit(&waiting.report) {
+        for (waiting, admission) in self.waiting.drain(..).zip(admissions) {
+            let pod = waiting.report.pod();
+            let answer = match admission {
                 Admission::Enrolled { mode } => {
                     info!(%pod, ?mode, netns = %waiting.report.netns.display(), "captured as its sandbox was built (CNI)");
                     Answer::Enrolled {
@@ -178,6 +206,12 @@ impl Pending {
         answers
     }
 
+    /// Drops the calls for a sandbox the runtime tears down (a DEL for it).
+    pub fn cancel(&mut self, container_id: &str) {
+        self.waiting
+            .retain(|w| w.report.container_id != container_id);
+    }
+
     /// When the earliest waiting request times out.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.waiting.iter().map(|w| w.deadline).min()
@@ -193,13 +227,14 @@ pub fn report_of(request: &Request) -> Option<SandboxReport> {
     match request {
         Request::Add {
             pod,
+            container_id,
             netns,
             addresses,
-            ..
         } => Some(SandboxReport {
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),
             uid: pod.uid.clone(),
+            container_id: container_id.clone(),
             netns: netns.clone(),
             addresses: addresses.clone(),
         }),
@@ -218,6 +253,7 @@ mod tests {
             namespace: "shop".into(),
             name: name.into(),
             uid: None,
+            container_id: format!("sandbox-{name}"),
             netns: "/var/run/netns/cni-1".into(),
             addresses: vec!["10.244.0.7".parse().unwrap()],
         }
@@ -231,8 +267,12 @@ mod tests {
         pending.add(report("web"), to_web, Duration::from_secs(60));
         pending.add(report("late"), to_late, Duration::ZERO);
         // Neither Pod object seen yet: the one past its deadline is refused, saying why.
-        let answers =
-            pending.settle(|r| Admission::NotYet(format!("pod shop/{} not seen", r.name)));
+        let answers = pending.settle(|reports| {
+            reports
+                .iter()
+                .map(|r| Admission::NotYet(format!("pod shop/{} not seen", r.name)))
+                .collect()
+        });
         assert!(answers.any(), "late's refusal");
         answers.send();
         match late.try_recv() {
@@ -243,7 +283,10 @@ mod tests {
         assert!(!pending.is_empty());
         assert!(pending.next_deadline().is_some());
 
-        let answers = pending.settle(|_| Admission::Enrolled { mode: Mode::Strict });
+        let answers = pending.settle(|reports| {
+            assert_eq!(reports.len(), 1, "decided together");
+            vec![Admission::Enrolled { mode: Mode::Strict }]
+        });
         assert!(answers.any());
         // Nothing is sent before the agent says so (after publishing the view).
         assert!(web.try_recv().is_err());
@@ -256,5 +299,38 @@ mod tests {
         );
         assert!(pending.is_empty());
         assert_eq!(pending.next_deadline(), None);
+    }
+
+    /// The socket end to end: a request reaches the agent's loop and its answer the
+    /// plugin; a request that is not JSON is answered with why.
+    #[tokio::test]
+    async fn requests_reach_the_loop_and_garbage_is_answered() {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cni.sock");
+        let mut calls = serve(&path).await.unwrap();
+        let ask = |line: &'static str| {
+            let path = path.clone();
+            async move {
+                let mut stream = UnixStream::connect(&path).await.unwrap();
+                stream.write_all(line.as_bytes()).await.unwrap();
+                let mut answer = String::new();
+                BufReader::new(stream).read_line(&mut answer).await.unwrap();
+                serde_json::from_str::<Answer>(&answer).unwrap()
+            }
+        };
+        let plugin = tokio::spawn(ask(
+            "{\"command\":\"del\",\"pod\":{\"namespace\":\"shop\",\"name\":\"web\"},\"container_id\":\"c1\"}\n",
+        ));
+        let call = calls.recv().await.unwrap();
+        assert!(matches!(&call.request, Request::Del { container_id, .. } if container_id == "c1"));
+        call.answer.send(Answer::Done).unwrap();
+        assert_eq!(plugin.await.unwrap(), Answer::Done);
+
+        match ask("not json\n").await {
+            Answer::Refused { why } => assert!(why.contains("cannot decode"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

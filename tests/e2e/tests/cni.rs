@@ -90,6 +90,10 @@ fn a_pod_is_captured_before_its_first_connection() -> Result<()> {
         entry["agentSocket"] == runtime.socket.to_string_lossy().as_ref(),
         "{entry}"
     );
+    ensure!(
+        entry["meshNamespaces"] == serde_json::json!(["shop"]),
+        "the entry lists the mesh's namespaces for when the agent is down: {entry}"
+    );
     let list: Value = serde_json::from_slice(&std::fs::read(runtime.network_config())?)?;
     ensure!(list["plugins"][0]["type"] == "bridge", "{list}");
 
@@ -193,9 +197,15 @@ fn a_pod_is_captured_before_its_first_connection() -> Result<()> {
         waiting.code == Some(1) && waiting.stdout["code"] == 11,
         "a pod of the mesh started without the agent: {waiting:?}"
     );
-    // The agent back: the pod is admitted again.
+    // The agent back: a new pod is captured before it starts.
     mesh.restart_agent(&cluster, 0)?;
-    let again = runtime.run("ADD", &late)?;
-    ensure!(again.succeeded(), "{again:?}");
+    let after = starting(&mut cluster, "shop", "after")?;
+    let add = runtime.run("ADD", &after)?;
+    ensure!(add.succeeded(), "{add:?}");
+    ensure!(
+        enrolled(&node)?.contains(&"shop/after".to_owned()),
+        "{:?}",
+        enrolled(&node)?
+    );
     Ok(())
 }
