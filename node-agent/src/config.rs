@@ -96,6 +96,12 @@ pub struct RunArgs {
     /// as --ztunnel); without it, IPv6 connects are not captured.
     #[arg(long, env = "WARREN_ZTUNNEL_OUTBOUND6", requires = "ztunnel")]
     pub ztunnel6: Option<std::net::Ipv6Addr>,
+    /// Port of ztunnel's DNS proxy on the `--ztunnel` address: enrolled pods' DNS
+    /// queries (UDP port 53, IPv4) go there, and it answers for the mesh's names
+    /// (Services, ServiceEntry hosts) and forwards the rest. Without it pods' DNS
+    /// goes where they send it.
+    #[arg(long, env = "WARREN_ZTUNNEL_DNS_PORT", requires = "ztunnel")]
+    pub ztunnel_dns_port: Option<u16>,
     /// Let local socket pairs (a pod and ztunnel on this node) skip the TCP
     /// stack with sk_msg. Experimental and off by default: the kernel's
     /// sockmap can fail a blocking reader with EAGAIN and has no

@@ -10,7 +10,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tracing::{info, warn};
 
 use crate::{
@@ -29,6 +29,7 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Addresses {
     pub outbound: Vec<SocketAddr>,
+    pub dns_proxy: Vec<SocketAddr>,
     pub inbound_plaintext: Vec<SocketAddr>,
     pub hbone: Vec<SocketAddr>,
     pub admin: SocketAddr,
@@ -47,6 +48,7 @@ pub struct Ztunnel {
 /// The listeners connections arrive on, bound so that a successor can bind them too.
 struct ProxyListeners {
     outbound: Vec<TcpListener>,
+    dns_proxy: Vec<UdpSocket>,
     inbound_plaintext: Vec<TcpListener>,
     hbone: Vec<TcpListener>,
 }
@@ -88,6 +90,24 @@ fn bind_shared(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     socket.listen(1024).with_context(context)
 }
 
+/// A UDP socket bound as [`bind_shared`] binds listeners: a successor's socket on the
+/// same address gets the datagrams once this one closes.
+fn bind_shared_udp(addr: SocketAddr, what: &str) -> anyhow::Result<UdpSocket> {
+    let context = || format!("binding the {what} socket to {addr}");
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        .with_context(context)?;
+    socket.set_reuse_address(true).with_context(context)?;
+    socket.set_reuse_port(true).with_context(context)?;
+    socket.set_nonblocking(true).with_context(context)?;
+    socket.bind(&addr.into()).with_context(context)?;
+    UdpSocket::from_std(socket.into()).with_context(context)
+}
+
 fn bind_all_shared(addrs: &[SocketAddr], what: &str) -> anyhow::Result<Vec<TcpListener>> {
     addrs.iter().map(|addr| bind_shared(*addr, what)).collect()
 }
@@ -103,6 +123,11 @@ impl ProxyListeners {
     fn bind(config: &Config) -> anyhow::Result<Self> {
         Ok(Self {
             outbound: bind_all_shared(&config.outbound_addrs, "outbound")?,
+            dns_proxy: config
+                .dns_proxy_addrs
+                .iter()
+                .map(|addr| bind_shared_udp(*addr, "DNS proxy"))
+                .collect::<anyhow::Result<_>>()?,
             inbound_plaintext: bind_all_shared(
                 &config.inbound_plaintext_addrs,
                 "inbound plaintext",
@@ -115,6 +140,11 @@ impl ProxyListeners {
     fn addresses(&self, config: &Config) -> anyhow::Result<Addresses> {
         Ok(Addresses {
             outbound: local_addrs(&self.outbound)?,
+            dns_proxy: self
+                .dns_proxy
+                .iter()
+                .map(|s| s.local_addr().context("reading the DNS proxy's address"))
+                .collect::<anyhow::Result<_>>()?,
             inbound_plaintext: local_addrs(&self.inbound_plaintext)?,
             hbone: local_addrs(&self.hbone)?,
             admin: config.admin_addr,
@@ -296,6 +326,13 @@ impl Ztunnel {
             tokio::spawn(proxy::outbound::serve(
                 Arc::clone(inputs),
                 listener,
+                self.trigger.watch(),
+            ));
+        }
+        for socket in listeners.dns_proxy {
+            tokio::spawn(proxy::dns::serve(
+                Arc::clone(inputs),
+                socket,
                 self.trigger.watch(),
             ));
         }

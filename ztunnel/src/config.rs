@@ -37,6 +37,16 @@ pub struct Config {
     )]
     pub outbound_addrs: Vec<SocketAddr>,
 
+    /// The DNS proxy (UDP): pods' DNS queries the agent captures (`warren-node-agent
+    /// run --ztunnel-dns-port`) arrive here. Empty: no DNS proxy.
+    #[arg(
+        long = "dns-proxy-addr",
+        env = "WARREN_ZTUNNEL_DNS_PROXY_ADDR",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:15053"
+    )]
+    pub dns_proxy_addrs: Vec<SocketAddr>,
+
     /// Plaintext inbound (PERMISSIVE passthrough; refused under STRICT).
     #[arg(
         long = "inbound-plaintext-addr",
@@ -202,6 +212,7 @@ impl Config {
         let any = SocketAddr::new(ip, 0);
         let mut config = Config::parse_from(["warren-ztunnel"]);
         config.outbound_addrs = vec![any];
+        config.dns_proxy_addrs = vec![any];
         config.inbound_plaintext_addrs = vec![any];
         config.hbone_addrs = vec![any];
         config.admin_addr = any;

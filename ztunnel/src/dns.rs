@@ -375,7 +375,7 @@ pub fn preferring(addresses: Vec<IpAddr>, v4: bool) -> Vec<IpAddr> {
 
 /// The servers to ask: `configured`, else the nameservers of
 /// /etc/resolv.conf (port 53).
-fn servers(configured: &[SocketAddr]) -> Result<Vec<SocketAddr>, DnsError> {
+pub(crate) fn servers(configured: &[SocketAddr]) -> Result<Vec<SocketAddr>, DnsError> {
     if !configured.is_empty() {
         return Ok(configured.to_vec());
     }

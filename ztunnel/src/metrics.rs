@@ -145,6 +145,13 @@ pub struct RefusalLabels {
     pub reason: &'static str,
 }
 
+/// What the DNS proxy did with a query: `mesh` (answered from the mesh's names),
+/// `forwarded`, `dropped` (not a DNS query).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub opened: Family<ConnectionLabels, Counter>,
@@ -155,6 +162,7 @@ pub struct Metrics {
     /// Early-sending CONNECTs a peer refused unprocessed (it went away, e.g.
     /// handing its node over), opened again on another connection.
     pub sent_again: Counter,
+    pub dns_queries: Family<DnsLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -172,6 +180,7 @@ impl Metrics {
         let received = Family::<ConnectionLabels, Counter>::default();
         let refused = Family::<RefusalLabels, Counter>::default();
         let sent_again = Counter::default();
+        let dns_queries = Family::<DnsLabels, Counter>::default();
         // The registry adds `_total` to counters.
         registry.register(
             "istio_tcp_connections_opened",
@@ -203,6 +212,11 @@ impl Metrics {
             "Early-sending CONNECTs a peer refused unprocessed (it went away), opened again on another connection",
             sent_again.clone(),
         );
+        registry.register(
+            "warren_ztunnel_dns_queries",
+            "Pods' DNS queries the DNS proxy answered from the mesh's names, forwarded, or dropped",
+            dns_queries.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             opened,
@@ -211,6 +225,7 @@ impl Metrics {
             received,
             refused,
             sent_again,
+            dns_queries,
         }
     }
 
@@ -218,6 +233,10 @@ impl Metrics {
         self.refused
             .get_or_create(&RefusalLabels { direction, reason })
             .inc();
+    }
+
+    pub fn dns_query(&self, outcome: &'static str) {
+        self.dns_queries.get_or_create(&DnsLabels { outcome }).inc();
     }
 
     /// Adds metrics of another component to the same registry (the waypoint's

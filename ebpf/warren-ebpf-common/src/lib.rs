@@ -34,13 +34,20 @@ pub mod program {
     pub const SHORTCUT: &str = "warren_shortcut";
     /// TC classifier on pods' host-side veths: the STRICT guard.
     pub const GUARD: &str = "warren_guard";
+    /// `cgroup/sendmsg4`: sends enrolled pods' DNS queries (UDP port 53) to
+    /// ztunnel's DNS proxy.
+    pub const SENDMSG4: &str = "warren_sendmsg4";
+    /// `cgroup/recvmsg4`: gives the proxy's answers the address the pod asked.
+    pub const RECVMSG4: &str = "warren_recvmsg4";
 
     /// Programs attached to the node's cgroup subtree, in attach order:
     /// the programs that answer `SO_ORIGINAL_DST` first, capture last, so a
     /// failed install never leaves capture on with nothing answering.
-    pub const CGROUP: &[&str] = &[SOCK_OPS, GETSOCKOPT, CONNECT4, CONNECT6];
+    pub const CGROUP: &[&str] = &[SOCK_OPS, GETSOCKOPT, RECVMSG4, CONNECT4, CONNECT6, SENDMSG4];
     /// Every program the object carries.
-    pub const ALL: &[&str] = &[CONNECT4, CONNECT6, SOCK_OPS, GETSOCKOPT, SHORTCUT, GUARD];
+    pub const ALL: &[&str] = &[
+        CONNECT4, CONNECT6, SOCK_OPS, GETSOCKOPT, SHORTCUT, GUARD, SENDMSG4, RECVMSG4,
+    ];
 }
 
 /// Map names, as the eBPF crate declares them.
@@ -76,6 +83,9 @@ pub mod map {
     /// One `u64`: a hash of the object whose programs are installed, so an
     /// agent can tell whether the pinned programs are its own.
     pub const META: &str = "WARREN_META";
+    /// Socket cookie → [`crate::SockAddr`]: the DNS server a pod's socket last
+    /// asked, whose address the proxy's answers are given back (LRU).
+    pub const DNS_ORIG: &str = "WARREN_DNS_ORIG";
 
     /// Every map the object carries.
     pub const ALL: &[&str] = &[
@@ -92,6 +102,7 @@ pub mod map {
         POD_STATS,
         COUNTERS,
         META,
+        DNS_ORIG,
     ];
 }
 
@@ -132,6 +143,7 @@ pub const MAP_LAYOUTS: &[MapLayout] = &[
     layout::<u64, PodStats>(map::POD_STATS, capacity::ENROLLED),
     layout::<u32, u64>(map::COUNTERS, Counter::COUNT),
     layout::<u32, u64>(map::META, 1),
+    layout::<u64, SockAddr>(map::DNS_ORIG, capacity::DNS_ORIG),
 ];
 
 /// Capacities. Flow-keyed maps are LRU so that a flow whose close was never
@@ -145,6 +157,7 @@ pub mod capacity {
     pub const LOCAL_ADDRS: u32 = 8_192;
     pub const GUARD: u32 = 4_096;
     pub const GUARD_PORTS: u32 = 16_384;
+    pub const DNS_ORIG: u32 = 16_384;
 }
 
 /// How far one socket may get ahead of its peer through the shortcut (bytes
@@ -430,6 +443,9 @@ pub struct NodeConfig {
     pub shortcut: u16,
     /// Sockets with this mark are never captured.
     pub mark: u32,
+    /// ztunnel's DNS proxy port on `ztunnel_ip4` (15053); 0 leaves DNS alone.
+    pub dns_port: u16,
+    pub _pad: u16,
 }
 
 /// Per-pod counters ([`map::POD_STATS`], per CPU).
@@ -500,6 +516,10 @@ counters! {
     GuardDropped = 13 => "guard_dropped",
     /// A socket got too far ahead of its peer: the rest of its bytes take TCP.
     ShortcutBudgetSpent = 14 => "shortcut_budget_spent",
+    /// A DNS query of an enrolled pod sent to ztunnel's DNS proxy.
+    DnsRedirected = 15 => "dns_redirected",
+    /// An answer of the DNS proxy given the address the pod asked.
+    DnsAnswerRestored = 16 => "dns_answer_restored",
 }
 
 #[cfg(feature = "user")]

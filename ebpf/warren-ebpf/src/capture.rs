@@ -1,4 +1,5 @@
-//! Outbound capture: the `cgroup/connect4` and `cgroup/connect6` hooks.
+//! Outbound capture: the `cgroup/connect4` and `cgroup/connect6` hooks (and, in
+//! connect4, DNS capture's UDP connects: see `dns`).
 //!
 //! They run on every `connect()` in the node's cgroup subtree, before the
 //! kernel picks a route. For a TCP socket of an enrolled pod (its network
@@ -36,6 +37,8 @@ const ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn warren_connect4(ctx: SockAddrContext) -> i32 {
+    // A resolver's connected UDP socket: its queries go to the DNS proxy.
+    crate::dns::redirect_query4(&ctx);
     // SAFETY: the kernel passes a valid `bpf_sock_addr` for this program type.
     let sa = unsafe { &mut *ctx.sock_addr };
     let Some((cfg, netns_cookie)) = should_capture(&ctx, sa) else {

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use warren_ebpf_common::{
     Counter, EnrolledPod, FlowKey, GuardEntry, GuardPortKey, IpKey, NodeConfig, OrigDst, PodStats,
-    PortKey, capacity,
+    PortKey, SockAddr, capacity,
 };
 
 #[map(name = "WARREN_ENROLLED")]
@@ -52,3 +52,6 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
 /// Written by user space only: which object's programs are installed.
 #[map(name = "WARREN_META")]
 pub static META: Array<u64> = Array::pinned(1, 0);
+
+#[map(name = "WARREN_DNS_ORIG")]
+pub static DNS_ORIG: LruHashMap<u64, SockAddr> = LruHashMap::pinned(capacity::DNS_ORIG, 0);

@@ -109,6 +109,7 @@ async fn run(args: RunArgs) -> Result<()> {
             ip4: *addr.ip(),
             ip6: args.ztunnel6,
             port: addr.port(),
+            dns_port: args.ztunnel_dns_port,
         }),
         args.socket_shortcut,
     )?;

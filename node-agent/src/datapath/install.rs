@@ -260,6 +260,8 @@ fn attach_to_cgroup(
         program::CONNECT6 => link::attach_type::CGROUP_INET6_CONNECT,
         program::SOCK_OPS => link::attach_type::CGROUP_SOCK_OPS,
         program::GETSOCKOPT => link::attach_type::CGROUP_GETSOCKOPT,
+        program::SENDMSG4 => link::attach_type::CGROUP_UDP4_SENDMSG,
+        program::RECVMSG4 => link::attach_type::CGROUP_UDP4_RECVMSG,
         _ => return Err(ProgramError::UnexpectedProgramType),
     };
     load_cgroup_program(prog)?;

@@ -46,6 +46,8 @@ pub struct Redirect {
     /// The same over IPv6; without it, IPv6 connects are not captured.
     pub ip6: Option<std::net::Ipv6Addr>,
     pub port: u16,
+    /// ztunnel's DNS proxy on `ip4`; without it pods' DNS goes where they send it.
+    pub dns_port: Option<u16>,
 }
 
 /// One node's installed datapath.
@@ -91,6 +93,8 @@ impl Datapath {
             ztunnel_port: redirect.map_or(0, |r| r.port),
             shortcut: u16::from(shortcut),
             mark: ZTUNNEL_MARK,
+            dns_port: redirect.and_then(|r| r.dns_port).unwrap_or(0),
+            _pad: 0,
         };
         let mut config: Array<_, NodeConfig> = Array::try_from(self.maps.get_mut(map::CONFIG))
             .map_err(DatapathError::map(map::CONFIG))?;

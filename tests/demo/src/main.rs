@@ -25,10 +25,13 @@ use serde_json::Value;
 use warren_e2e::{
     agent::{Counter, agent_socket, datapath, warrenctl, warrenctl_text},
     cni::{self, Runtime},
+    dns::{Send, resolve},
     mesh::{Mesh, MeshOptions, eventually, metric_sum, scrape_metrics, start_mesh_with},
     workload::{count_status, count_version, finished_report, load, start_http_server},
 };
-use warren_testbed::{Cluster, Node, Pod, PodSpec, Process, ServicePort, labels};
+use warren_testbed::{
+    Cluster, Node, Pod, PodSpec, Process, ServicePort, addressing::CLUSTER_DNS, labels,
+};
 
 use crate::steps::{Steps, show_yaml};
 
@@ -161,6 +164,10 @@ fn main() -> ExitCode {
     steps.run(
         "mTLS between nodes: HBONE with SPIFFE identities from the CA",
         || demo.mtls(),
+    );
+    steps.run(
+        "DNS: the mesh's names resolve through ztunnel, no DNS server needed",
+        || demo.dns(),
     );
     steps.run("STRICT: plaintext from outside the mesh is refused", || {
         demo.strict()
@@ -391,7 +398,11 @@ impl Demo {
         // (the apps' own idle kept-alive connections to their upstreams).
         // The agents install the CNI plugin into each node's runtime folders.
         self.runtime = Some(Runtime::of(&self.cluster, self.node(0)?)?);
-        let mut agent_args = vec!["--socket-shortcut".to_owned()];
+        let mut agent_args = vec![
+            "--socket-shortcut".to_owned(),
+            "--ztunnel-dns-port".to_owned(),
+            "15053".to_owned(),
+        ];
         agent_args.extend(cni::agent_args());
         let options = MeshOptions {
             run_waypoints: true,
@@ -411,9 +422,10 @@ impl Demo {
                 .flatten()
                 .filter_map(|p| p["name"].as_str())
                 .collect();
+            let expected = warren_e2e::agent::expected_programs().len();
             ensure!(
-                names.len() == 6,
-                "{}: {} programs, expected 6: {names:?}",
+                names.len() == expected,
+                "{}: {} programs, expected {expected}: {names:?}",
                 node.name,
                 names.len()
             );
@@ -521,6 +533,22 @@ impl Demo {
             ));
         }
         Ok(evidence.join(" | "))
+    }
+
+    /// A pod's DNS query goes to ztunnel's DNS proxy, which answers for Services.
+    fn dns(&mut self) -> Result<String> {
+        let front = self.pod("shop/front")?.clone();
+        let name = "app.shop.svc.cluster.local";
+        let vip = self.vip("app")?;
+        let answer = resolve(&front, CLUSTER_DNS, name, Send::Connected)?
+            .with_context(|| format!("shop/front got no answer for {name}"))?;
+        ensure!(
+            answer.addresses == [vip] && answer.from == (CLUSTER_DNS, 53),
+            "shop/front got {answer:?} for {name}, want {vip} from {CLUSTER_DNS}:53"
+        );
+        Ok(format!(
+            "shop/front asked {CLUSTER_DNS} (nothing listens there) for {name}: {vip}, answered by its node's ztunnel"
+        ))
     }
 
     fn mtls(&mut self) -> Result<String> {

@@ -6,7 +6,9 @@
 //! - [`workload`]: sample servers in pods and the load client's reports.
 //! - [`agent`]: node agents on testbed nodes, and enrolling pods.
 //! - [`cni`]: the container runtime's side of the CNI plugin.
+//! - [`dns`]: a pod's resolver.
 pub mod agent;
 pub mod cni;
+pub mod dns;
 pub mod mesh;
 pub mod workload;

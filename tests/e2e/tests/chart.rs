@@ -298,6 +298,14 @@ fn the_helm_chart_renders_what_the_programs_accept() -> Result<()> {
         "the agent sends captured connections to {outbound}, ztunnel listens on {:?}",
         config.outbound_addrs
     );
+    // DNS capture: where the agent sends pods' queries, ztunnel's DNS proxy listens.
+    let dns_port = run.ztunnel_dns_port.context("no --ztunnel-dns-port")?;
+    ensure!(
+        config.dns_proxy_addrs == [std::net::SocketAddr::new((*outbound.ip()).into(), dns_port)],
+        "the agent sends DNS queries to {}:{dns_port}, ztunnel's proxy listens on {:?}",
+        outbound.ip(),
+        config.dns_proxy_addrs
+    );
     ensure!(
         config.linger_after_handover,
         "a drained ztunnel must wait to be deleted, or kubelet restarts it"

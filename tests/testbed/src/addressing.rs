@@ -66,6 +66,11 @@ pub fn pod_ip6(node: usize, slot: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x244, node as u16, 0, 0, 0, 0, slot as u16 + 2)
 }
 
+/// Where the testbed's pods send DNS queries: an address of the service range that
+/// no Service gets in practice and nothing listens on, so only ztunnel's DNS proxy
+/// (which captures queries to any server) answers there.
+pub const CLUSTER_DNS: Ipv4Addr = Ipv4Addr::new(10, 96, 255, 53);
+
 /// The `n`-th ClusterIP (0-based).
 pub fn cluster_ip(n: usize) -> Result<Ipv4Addr> {
     let offset = n + 10;

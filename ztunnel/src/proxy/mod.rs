@@ -3,10 +3,12 @@
 //! - [`outbound`]: connections captured from local pods (15001).
 //! - [`inbound`]: HBONE from other nodes (15008): mTLS, CONNECT, policy, the pod.
 //! - [`inbound_passthrough`]: plaintext to local pods (15006), PERMISSIVE only.
+//! - [`dns`]: the DNS proxy (15053, UDP): local pods' captured DNS queries.
 //! - [`pool`] and [`hbone`]: the HTTP/2 CONNECT client and server and the connection pool.
 //! - [`connection`]: relaying bytes, counting them, and reporting the connection.
 
 pub mod connection;
+pub mod dns;
 pub mod hbone;
 pub mod inbound;
 pub mod inbound_passthrough;

@@ -1,0 +1,93 @@
+//! Playing a pod's resolver: one A query, as glibc or musl send it.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, Result, ensure};
+use warren_testbed::Pod;
+
+/// How the resolver sends its query.
+#[derive(Clone, Copy, Debug)]
+pub enum Send {
+    /// On a connected UDP socket (glibc).
+    Connected,
+    /// With `sendto` on an unconnected one (musl).
+    SendTo,
+}
+
+/// The answer the pod received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The address and port the answer came from, as the pod sees it.
+    pub from: (Ipv4Addr, u16),
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// Asks `server` (IP) for NAME's A record and prints `<answering ip> <port> <address>…`,
+/// or exits 1 after 3 s without an answer.
+const RESOLVER: &str = r#"
+import socket, struct, sys
+server, name, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+query = struct.pack(">HHHHHH", 0x5157, 0x0100, 1, 0, 0, 0)
+query += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+query += struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+try:
+    if mode == "connected":
+        s.connect((server, 53))
+        s.send(query)
+    else:
+        s.sendto(query, (server, 53))
+    data, sender = s.recvfrom(4096)
+except socket.timeout:
+    sys.exit(1)
+def skip_name(at):
+    while True:
+        n = data[at]
+        if n == 0:
+            return at + 1
+        if n & 0xC0 == 0xC0:
+            return at + 2
+        at += n + 1
+(ident, flags, qd, an) = struct.unpack(">HHHH", data[:8])
+at = 12
+for _ in range(qd):
+    at = skip_name(at) + 4
+found = []
+for _ in range(an):
+    at = skip_name(at)
+    (kind, _, _, length) = struct.unpack(">HHIH", data[at:at + 10])
+    at += 10
+    if kind == 1:
+        found.append(socket.inet_ntoa(data[at:at + 4]))
+    at += length
+assert ident == 0x5157, ident
+print(sender[0], sender[1], *found)
+"#;
+
+/// Asks `server` in `pod` for `name`'s addresses; `None` when no answer came within
+/// 3 s.
+pub fn resolve(pod: &Pod, server: Ipv4Addr, name: &str, send: Send) -> Result<Option<Answer>> {
+    let mode = match send {
+        Send::Connected => "connected",
+        Send::SendTo => "sendto",
+    };
+    let server = server.to_string();
+    let out = pod
+        .sandbox
+        .exec("python3", ["-c", RESOLVER, &server, name, mode])?;
+    if !out.status.success() {
+        ensure!(
+            out.status.code() == Some(1),
+            "the resolver failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    let mut next = || words.next().context("a short answer line");
+    let from = (next()?.parse()?, next()?.parse()?);
+    let addresses = words.map(str::parse).collect::<Result<_, _>>()?;
+    Ok(Some(Answer { from, addresses }))
+}
