@@ -22,7 +22,7 @@ use warren_e2e::{
     },
     workload::{count_status, load, start_echo, start_http_server, wait_listening},
 };
-use warren_ebpf_common::{Counter, Mode};
+use warren_ebpf_common::{Counter, Mode, program};
 use warren_node_agent::datapath::PodEnrollment;
 use warren_testbed::{Cluster, Node, Pod, Process, binaries, privilege::require_root};
 
@@ -448,7 +448,7 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() -> Result<()> {
         "after restart: {adopted:?}, before: {installed:?}"
     );
     ensure!(
-        bpftool_cgroup_programs(mesh.node())? == 4,
+        bpftool_cgroup_programs(mesh.node())? == program::CGROUP.len(),
         "cgroup has {} warren programs",
         bpftool_cgroup_programs(mesh.node())?
     );
@@ -733,7 +733,7 @@ fn another_version_is_upgraded_in_place_or_reinstalled() -> Result<()> {
         datapath(mesh.node())?.pods()?.len() == 1,
         "enrollment lost in the upgrade"
     );
-    ensure!(bpftool_cgroup_programs(mesh.node())? == 4);
+    ensure!(bpftool_cgroup_programs(mesh.node())? == program::CGROUP.len());
 
     // Maps of another shape: not reused, everything installed afresh.
     mesh.agent.stop()?;
@@ -760,7 +760,7 @@ fn another_version_is_upgraded_in_place_or_reinstalled() -> Result<()> {
         mesh.agent.output()
     );
     ensure!(
-        bpftool_cgroup_programs(mesh.node())? == 4,
+        bpftool_cgroup_programs(mesh.node())? == program::CGROUP.len(),
         "after reinstall: {} programs",
         bpftool_cgroup_programs(mesh.node())?
     );
