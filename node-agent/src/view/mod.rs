@@ -9,6 +9,7 @@
 //! workloads of its namespace only when whom it selects changed).
 
 mod authorization;
+mod auto_vip;
 pub mod published;
 pub mod routing;
 mod service;
@@ -69,6 +70,8 @@ pub struct View {
     waypoints: BTreeMap<String, waypoint::Waypoints>,
     /// The Service keys each namespace's ServiceEntries publish.
     entries: BTreeMap<String, BTreeSet<String>>,
+    /// Addresses of ServiceEntry hosts that have none of their own.
+    auto_vips: auto_vip::AutoVips,
 }
 
 impl View {
@@ -82,6 +85,7 @@ impl View {
             local_identities: BTreeMap::new(),
             waypoints: BTreeMap::new(),
             entries: BTreeMap::new(),
+            auto_vips: auto_vip::AutoVips::new(),
         }
     }
 
@@ -139,6 +143,8 @@ impl View {
         let mut gateway_namespaces: BTreeSet<String> = BTreeSet::new();
         // Namespaces whose ServiceEntries' Services must be recomputed.
         let mut entry_namespaces: BTreeSet<String> = BTreeSet::new();
+        // A ServiceEntry changed: hosts' allocated addresses may have too.
+        let mut entries_changed = false;
         for key in keys {
             let ns = key.namespace.as_deref().unwrap_or_default().to_owned();
             match key.kind {
@@ -211,6 +217,7 @@ impl View {
                     // A policy may target the entry (its hosts).
                     self.l7_policies_in(store, &ns);
                     entry_namespaces.insert(ns);
+                    entries_changed = true;
                 }
             }
         }
@@ -231,6 +238,11 @@ impl View {
                 entry_namespaces.extend(waypoint::entry_namespaces_naming(store, &ns));
                 entry_namespaces.insert(ns);
             }
+        }
+        if entries_changed {
+            let now = auto_vip::allocate(store);
+            entry_namespaces.extend(auto_vip::namespaces_changed(&self.auto_vips, &now));
+            self.auto_vips = now;
         }
         // After the waypoints: an entry may name one.
         for ns in &entry_namespaces {
@@ -527,7 +539,14 @@ impl View {
                 continue;
             };
             let waypoint = waypoint::of_entry(store, &self.waypoints, namespace, entry);
-            for mut service in service_entry::services(namespace, entry, pods.iter().copied()) {
+            let auto_vip = |host: &str| {
+                self.auto_vips
+                    .get(&(namespace.to_owned(), host.to_ascii_lowercase()))
+                    .copied()
+            };
+            for mut service in
+                service_entry::services(namespace, entry, pods.iter().copied(), auto_vip)
+            {
                 service.waypoint.clone_from(&waypoint);
                 computed
                     .entry(key::service_entry(namespace, &service.hostname))

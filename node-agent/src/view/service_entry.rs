@@ -3,8 +3,9 @@
 //! Service's cluster IPs (and count as registered under `REGISTRY_ONLY`).
 //!
 //! - `addresses` are the VIPs: single IPs (a CIDR of one address counts as
-//!   that address; wider CIDRs need a DNS proxy or per-prefix matching
-//!   Warren does not have, and are left out).
+//!   that address; wider CIDRs need per-prefix matching Warren does not have,
+//!   and are left out). Without any, each host has the address
+//!   [`super::auto_vip`] allocated it, which ztunnel's DNS proxy answers.
 //! - With a `workloadSelector` (any resolution but `NONE`): the namespace's
 //!   running pods it selects, reached as mesh workloads.
 //! - `resolution: STATIC`: the endpoints with an IP address (names and
@@ -46,12 +47,13 @@ use crate::model::{
 };
 
 /// The Services `entry` (of `namespace`) publishes, one per host, given the
-/// pods of its namespace (for a `workloadSelector`). Their keys are
-/// [`key::service_entry`].
+/// pods of its namespace (for a `workloadSelector`) and the addresses allocated
+/// to hosts without any. Their keys are [`key::service_entry`].
 pub fn services<'a>(
     namespace: &str,
     entry: &ServiceEntry,
     pods: impl Iterator<Item = &'a Pod>,
+    auto_vip: impl Fn(&str) -> Option<IpAddr>,
 ) -> Vec<Service> {
     let spec = &entry.spec;
     let vips: Vec<Vec<u8>> = spec
@@ -143,7 +145,9 @@ pub fn services<'a>(
             // L4 (Envoy tells them apart by Host or SNI; ztunnel and the
             // waypoint pick a Service by address): the first keeps them,
             // the others get none (give each its own entry).
-            vips: if shared.is_none() && i > 0 {
+            vips: if vips.is_empty() {
+                auto_vip(host).map(addr::to_bytes).into_iter().collect()
+            } else if shared.is_none() && i > 0 {
                 Vec::new()
             } else {
                 vips.clone()

@@ -7,11 +7,12 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
     agent::datapath,
     dns::{Send, resolve},
     mesh::{MeshOptions, metric_sum, scrape_metrics, start_mesh_with},
+    workload::{pingpong, start_echo},
 };
 use warren_testbed::{
     Cluster, PodSpec, ServicePort, addressing::CLUSTER_DNS, labels, privilege::require_root,
@@ -93,6 +94,46 @@ fn an_enrolled_pods_dns_is_answered_by_ztunnel() -> Result<()> {
     ensure!(
         answered >= 2.0,
         "ztunnel answered {answered} queries:\n{metrics}"
+    );
+
+    // A ServiceEntry host without addresses: the agent allocates one, the proxy
+    // answers with it, and a connection to it reaches the entry's endpoint.
+    let _echo = start_echo(&cluster, &outsider, 7000)?;
+    std::fs::write(
+        cluster.config_dir().join("serviceentry.shop.legacy.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{ name: legacy, namespace: shop }}\n\
+             spec:\n  hosts: [legacy.example.test]\n  ports: [{{ number: 7000, name: tcp, protocol: TCP }}]\n\
+             \x20 resolution: STATIC\n  endpoints: [{{ address: {} }}]\n",
+            outsider.ip
+        ),
+    )?;
+    let mut allocated = None;
+    warren_e2e::mesh::eventually(
+        Duration::from_secs(10),
+        "legacy.example.test resolves",
+        || {
+            allocated = resolve(&client, CLUSTER_DNS, "legacy.example.test", Send::SendTo)?
+                .and_then(|a| a.addresses.first().copied());
+            Ok(allocated.is_some())
+        },
+    )?;
+    let vip = allocated.context("no address")?;
+    ensure!(
+        vip.octets()[..2] == [240, 240],
+        "legacy.example.test resolved to {vip}, not an allocated address"
+    );
+    let out = pingpong(
+        &client,
+        &format!("{vip}:7000"),
+        &["-n", "3", "--timeout", "10s"],
+    )?;
+    ensure!(
+        out.status.success(),
+        "a connection to {vip} (legacy.example.test) failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        mesh.logs()
     );
     Ok(())
 }

@@ -1,0 +1,171 @@
+//! Addresses for ServiceEntry hosts that have none, as Istio allocates them.
+//!
+//! A host that a ServiceEntry names without `addresses` gets one from
+//! 240.240.0.0/16 (resolution `DNS`, `DNS_ROUND_ROBIN` or `STATIC`; not
+//! wildcards). ztunnel's DNS proxy answers the host with it, so a pod's connection
+//! to the host reaches ztunnel as a connection to that address. ztunnel resolves it
+//! to the entry: its endpoints, its waypoint, its policies. Without it the
+//! connection would go to whatever address a DNS server gave, which the mesh does
+//! not know. `NONE` entries get no address: they go to the address dialled.
+//!
+//! Every agent computes the same addresses from the same configuration, without
+//! talking to the others. An address is a hash of the namespace and host (FNV-1a,
+//! the same in every version). On a collision the host takes the next free address,
+//! in order of namespace and host.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr},
+};
+
+use crate::{
+    model::{Kind, Object, istio::Resolution},
+    store::Store,
+};
+
+/// (namespace, host) → its address.
+pub type AutoVips = BTreeMap<(String, String), IpAddr>;
+
+/// Usable addresses of 240.240.0.0/16: .0.1 to .255.254.
+const SLOTS: u32 = 65_534;
+
+/// The address of every ServiceEntry host that needs one.
+pub fn allocate(store: &Store) -> AutoVips {
+    let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
+    for object in store.of_kind(Kind::ServiceEntry) {
+        let Object::ServiceEntry(entry) = object else {
+            continue;
+        };
+        let spec = &entry.spec;
+        let resolution = spec.resolution.unwrap_or(Resolution::None);
+        if !spec.addresses.is_empty() || resolution == Resolution::None {
+            continue;
+        }
+        let namespace = entry.metadata.namespace.as_deref().unwrap_or("default");
+        for host in spec.hosts.iter().filter(|h| !h.contains('*')) {
+            wanted.insert((namespace.to_owned(), host.to_ascii_lowercase()));
+        }
+    }
+    let mut taken: BTreeSet<u32> = BTreeSet::new();
+    let mut out = AutoVips::new();
+    for (namespace, host) in wanted {
+        let mut slot = fnv1a(&[namespace.as_bytes(), b"/", host.as_bytes()]) % SLOTS;
+        // At most 65 534 hosts fit; past that the rest get none.
+        if taken.len() as u32 >= SLOTS {
+            break;
+        }
+        while !taken.insert(slot) {
+            slot = (slot + 1) % SLOTS;
+        }
+        let n = slot + 1;
+        let ip = Ipv4Addr::new(240, 240, (n >> 8) as u8, (n & 0xff) as u8);
+        out.insert((namespace, host), IpAddr::V4(ip));
+    }
+    out
+}
+
+/// 32-bit FNV-1a over the parts, in order.
+fn fnv1a(parts: &[&[u8]]) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in parts.iter().flat_map(|p| p.iter()) {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
+}
+
+/// The namespaces whose hosts' addresses differ between `before` and `after`.
+pub fn namespaces_changed(before: &AutoVips, after: &AutoVips) -> BTreeSet<String> {
+    let keys: BTreeSet<&(String, String)> = before.keys().chain(after.keys()).collect();
+    keys.into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|(ns, _)| ns.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::object::{parse_document, split_documents},
+        source::SourceEvent,
+    };
+
+    fn store(yaml: &str) -> Store {
+        let mut store = Store::default();
+        for doc in split_documents(yaml).expect("test YAML") {
+            store.apply(SourceEvent::Upsert(
+                parse_document(doc, "test").expect("test object"),
+            ));
+        }
+        store.apply(SourceEvent::Synced);
+        store
+    }
+
+    fn entry(ns: &str, name: &str, hosts: &str, extra: &str) -> String {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{ name: {name}, namespace: {ns} }}\nspec:\n  hosts: [{hosts}]\n  ports: [{{ number: 443, name: tls, protocol: TLS }}]\n{extra}"
+        )
+    }
+
+    #[test]
+    fn hosts_without_addresses_get_stable_distinct_ones() {
+        let yaml = [
+            entry(
+                "shop",
+                "api",
+                "api.example.com, pay.example.com",
+                "  resolution: DNS\n",
+            ),
+            entry(
+                "shop",
+                "wild",
+                "\"*.example.org\"",
+                "  resolution: STATIC\n  endpoints: [{ address: 192.0.2.8 }]\n",
+            ),
+            entry(
+                "shop",
+                "given",
+                "given.example.com",
+                "  resolution: DNS\n  addresses: [192.0.2.7]\n",
+            ),
+            entry("shop", "none", "none.example.com", "  resolution: NONE\n"),
+            entry(
+                "bank",
+                "api",
+                "api.example.com",
+                "  resolution: STATIC\n  endpoints: [{ address: 192.0.2.9 }]\n",
+            ),
+        ]
+        .concat();
+        let vips = allocate(&store(&yaml));
+        let key = |ns: &str, host: &str| (ns.to_owned(), host.to_owned());
+        let got: BTreeSet<_> = vips.keys().cloned().collect();
+        assert_eq!(
+            got,
+            BTreeSet::from([
+                key("bank", "api.example.com"),
+                key("shop", "api.example.com"),
+                key("shop", "pay.example.com"),
+            ]),
+            "wildcards, entries with addresses and NONE entries get none"
+        );
+        let distinct: BTreeSet<_> = vips.values().collect();
+        assert_eq!(distinct.len(), 3);
+        for ip in vips.values() {
+            let IpAddr::V4(v4) = ip else { panic!("{ip}") };
+            assert_eq!(&v4.octets()[..2], &[240, 240]);
+            assert!(!matches!(v4.octets()[2..], [0, 0] | [255, 255]), "{v4}");
+        }
+        // Another agent, or this one later with more entries: the same addresses.
+        let more = yaml + &entry("zoo", "x", "x.example.com", "  resolution: DNS\n");
+        let again = allocate(&store(&more));
+        for (k, ip) in &vips {
+            assert_eq!(again.get(k), Some(ip), "{k:?} moved");
+        }
+        assert_eq!(
+            namespaces_changed(&vips, &again),
+            BTreeSet::from(["zoo".to_owned()])
+        );
+    }
+}
