@@ -568,7 +568,7 @@ mod tests {
         assert_eq!(size_of::<PortKey>(), 16);
         assert_eq!(size_of::<GuardPortKey>(), 8);
         assert_eq!(size_of::<EnrolledPod>(), POD_NAME_LEN + 16 + IFNAME_LEN);
-        assert_eq!(size_of::<NodeConfig>(), 4 + 16 + 4 + 4);
+        assert_eq!(size_of::<NodeConfig>(), 4 + 16 + 4 + 4 + 4);
         assert_eq!(size_of::<PodStats>(), 16);
     }
 

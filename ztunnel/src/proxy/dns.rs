@@ -65,9 +65,10 @@ pub async fn serve(inputs: Arc<Inputs>, socket: UdpSocket, mut drain: drain::Wat
                     continue;
                 }
             },
-            // A successor bound the same port: it gets every query once this
-            // socket is closed.
-            () = drain.draining() => return,
+            () = drain.draining() => {
+                leave_port(&socket);
+                return;
+            }
         };
         let query = &buf[..len];
         match answer(&inputs, client.ip(), query) {
@@ -91,6 +92,24 @@ pub async fn serve(inputs: Arc<Inputs>, socket: UdpSocket, mut drain: drain::Wat
                 debug!(%client, %why, "DNS proxy: dropped a datagram");
             }
         }
+    }
+}
+
+/// A successor has bound the same port (`SO_REUSEPORT`), and the kernel shares
+/// queries between the two sockets until this one is closed. Forwarded queries
+/// still in flight answer through it, so it cannot close yet. A connected UDP
+/// socket is out of the kernel's choice among the group's sockets, and may still
+/// send to any address: connecting it (to the discard port, where nothing is
+/// received) hands every new query to the successor at once.
+fn leave_port(socket: &UdpSocket) {
+    let discard: SocketAddr = match socket.local_addr() {
+        Ok(addr) if addr.is_ipv6() => (std::net::Ipv6Addr::LOCALHOST, 9).into(),
+        _ => (std::net::Ipv4Addr::LOCALHOST, 9).into(),
+    };
+    // Blocking is fine: connecting UDP only records the peer.
+    let std_socket = socket2::SockRef::from(socket);
+    if let Err(error) = std_socket.connect(&discard.into()) {
+        warn!(%error, "DNS proxy: leaving the port to the successor");
     }
 }
 
@@ -225,4 +244,48 @@ pub fn query(id: u16, name: &str, kind: TYPE) -> Result<Vec<u8>, String> {
         false,
     ));
     packet.build_bytes_vec().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(addr: SocketAddr) -> UdpSocket {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        socket.set_reuse_port(true).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        socket.bind(&addr.into()).unwrap();
+        UdpSocket::from_std(socket.into()).unwrap()
+    }
+
+    /// The kernel behaviour [`leave_port`] relies on: once connected, the old
+    /// socket gets none of the new datagrams, and can still answer anyone.
+    #[tokio::test]
+    async fn a_draining_proxy_hands_new_queries_to_its_successor() {
+        let old = shared("127.0.53.1:0".parse().unwrap());
+        let addr = old.local_addr().unwrap();
+        let new = shared(addr);
+        leave_port(&old);
+        let mut buf = [0; 16];
+        for i in 0..64u8 {
+            // A new source port each time: the kernel spreads those over the group.
+            let client = UdpSocket::bind("127.0.53.2:0").await.unwrap();
+            client.send_to(&[i], addr).await.unwrap();
+            let (len, from) = tokio::time::timeout(Duration::from_secs(1), new.recv_from(&mut buf))
+                .await
+                .expect("the successor gets every query")
+                .unwrap();
+            assert_eq!(&buf[..len], &[i]);
+            // The old socket still answers a query it took before.
+            old.send_to(b"late", from).await.unwrap();
+            let mut answer = [0; 8];
+            let (len, _) = client.recv_from(&mut answer).await.unwrap();
+            assert_eq!(&answer[..len], b"late");
+        }
+        assert!(
+            old.try_recv_from(&mut buf).is_err(),
+            "the draining socket got a new query"
+        );
+    }
 }
