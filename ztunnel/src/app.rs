@@ -101,7 +101,9 @@ fn bind_shared_udp(addr: SocketAddr, what: &str) -> anyhow::Result<UdpSocket> {
     };
     let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
         .with_context(context)?;
-    socket.set_reuse_address(true).with_context(context)?;
+    // SO_REUSEPORT alone: a successor of the same user may bind beside this one;
+    // SO_REUSEADDR on UDP would let any process bind the address and read pods'
+    // queries.
     socket.set_reuse_port(true).with_context(context)?;
     socket.set_nonblocking(true).with_context(context)?;
     socket.bind(&addr.into()).with_context(context)?;

@@ -38,7 +38,9 @@ pub struct Config {
     pub outbound_addrs: Vec<SocketAddr>,
 
     /// The DNS proxy (UDP): pods' DNS queries the agent captures (`warren-node-agent
-    /// run --ztunnel-dns-port`) arrive here. Empty: no DNS proxy.
+    /// run --ztunnel-dns-port`) arrive here. Bind the address the agent redirects to
+    /// (`--ztunnel`): a resolver drops an answer from another address, which a
+    /// wildcard bind may send from on a node with several.
     #[arg(
         long = "dns-proxy-addr",
         env = "WARREN_ZTUNNEL_DNS_PROXY_ADDR",

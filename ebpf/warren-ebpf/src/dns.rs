@@ -20,9 +20,12 @@ use aya_ebpf::{
 };
 use warren_ebpf_common::{Counter, SockAddr};
 
+use warren_ebpf_common::PortKey;
+
 use crate::{
+    addr::is_loopback_v4,
     counters::bump,
-    maps::{CONFIG, DNS_ORIG, ENROLLED},
+    maps::{CONFIG, DNS_ORIG, ENROLLED, EXCLUDED_PORTS},
 };
 
 const IPPROTO_UDP: u32 = 17;
@@ -90,6 +93,16 @@ pub fn redirect_query4(ctx: &SockAddrContext) {
     // SAFETY: the helper only reads the socket behind a valid context.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     if ENROLLED.get_ptr(&netns_cookie).is_none() {
+        return;
+    }
+    // A resolver inside the pod (dnsmasq on loopback), or a pod that keeps port 53
+    // out of the mesh (`warren.io/exclude-outbound-ports`), is asked directly.
+    let excluded = PortKey {
+        netns_cookie,
+        port: DNS_PORT,
+        _pad: [0; 6],
+    };
+    if is_loopback_v4(sa.user_ip4) || EXCLUDED_PORTS.get_ptr(&excluded).is_some() {
         return;
     }
     // SAFETY: `sk` is always set for these hooks and points to the socket.

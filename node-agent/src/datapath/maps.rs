@@ -15,7 +15,9 @@ use super::{DatapathError, pins::Pins};
 fn wrap(name: &str, data: MapData) -> Map {
     match name {
         map::CONFIG | map::META => Map::Array(data),
-        map::ORIG_DST | map::ORIG_DST_BY_FLOW | map::SHORTCUT_SENT => Map::LruHashMap(data),
+        map::ORIG_DST | map::ORIG_DST_BY_FLOW | map::SHORTCUT_SENT | map::DNS_ORIG => {
+            Map::LruHashMap(data)
+        }
         map::SOCKS => Map::SockHash(data),
         map::POD_STATS => Map::PerCpuHashMap(data),
         map::COUNTERS => Map::PerCpuArray(data),

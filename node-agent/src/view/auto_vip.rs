@@ -9,9 +9,13 @@
 //! not know. `NONE` entries get no address: they go to the address dialled.
 //!
 //! Every agent computes the same addresses from the same configuration, without
-//! talking to the others. An address is a hash of the namespace and host (FNV-1a,
-//! the same in every version). On a collision the host takes the next free address,
-//! in order of namespace and host.
+//! talking to the others. A host's address is the first free one of its own
+//! sequence of hashes of the namespace and host (FNV-1a, the same in every
+//! version). Hosts take their turn oldest entry first, so a new entry never moves
+//! an older entry's addresses, which clients may hold (they are in DNS answers).
+//! Removing an entry can move a later host only if it had collided with it, and
+//! then only back to its first choice. The range is Istio's; the addresses are
+//! Warren's own.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -31,7 +35,9 @@ const SLOTS: u32 = 65_534;
 
 /// The address of every ServiceEntry host that needs one.
 pub fn allocate(store: &Store) -> AutoVips {
-    let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
+    // (created, namespace, host): oldest first; names break ties, and order
+    // objects without a creation time (local mode).
+    let mut wanted: BTreeSet<(i64, String, String)> = BTreeSet::new();
     for object in store.of_kind(Kind::ServiceEntry) {
         let Object::ServiceEntry(entry) = object else {
             continue;
@@ -42,26 +48,51 @@ pub fn allocate(store: &Store) -> AutoVips {
             continue;
         }
         let namespace = entry.metadata.namespace.as_deref().unwrap_or("default");
+        let created = entry
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second());
         for host in spec.hosts.iter().filter(|h| !h.contains('*')) {
-            wanted.insert((namespace.to_owned(), host.to_ascii_lowercase()));
+            wanted.insert((created, namespace.to_owned(), normal(host)));
         }
     }
     let mut taken: BTreeSet<u32> = BTreeSet::new();
     let mut out = AutoVips::new();
-    for (namespace, host) in wanted {
-        let mut slot = fnv1a(&[namespace.as_bytes(), b"/", host.as_bytes()]) % SLOTS;
+    for (_, namespace, host) in wanted {
         // At most 65 534 hosts fit; past that the rest get none.
         if taken.len() as u32 >= SLOTS {
             break;
         }
-        while !taken.insert(slot) {
-            slot = (slot + 1) % SLOTS;
+        if out.contains_key(&(namespace.clone(), host.clone())) {
+            continue;
         }
+        // The host's own sequence of candidates, then (in a nearly full range) a
+        // scan for what is left.
+        let mut candidates = (0u32..64)
+            .map(|attempt| {
+                fnv1a(&[
+                    namespace.as_bytes(),
+                    b"/",
+                    host.as_bytes(),
+                    &attempt.to_be_bytes(),
+                ]) % SLOTS
+            })
+            .chain(0..SLOTS);
+        let Some(slot) = candidates.find(|slot| !taken.contains(slot)) else {
+            break;
+        };
+        taken.insert(slot);
         let n = slot + 1;
         let ip = Ipv4Addr::new(240, 240, (n >> 8) as u8, (n & 0xff) as u8);
         out.insert((namespace, host), IpAddr::V4(ip));
     }
     out
+}
+
+/// A host as DNS compares names: any case, with or without the trailing dot.
+pub fn normal(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// 32-bit FNV-1a over the parts, in order.
@@ -158,7 +189,7 @@ mod tests {
             assert!(!matches!(v4.octets()[2..], [0, 0] | [255, 255]), "{v4}");
         }
         // Another agent, or this one later with more entries: the same addresses.
-        let more = yaml + &entry("zoo", "x", "x.example.com", "  resolution: DNS\n");
+        let more = yaml.clone() + &entry("zoo", "x", "x.example.com", "  resolution: DNS\n");
         let again = allocate(&store(&more));
         for (k, ip) in &vips {
             assert_eq!(again.get(k), Some(ip), "{k:?} moved");
@@ -167,5 +198,39 @@ mod tests {
             namespaces_changed(&vips, &again),
             BTreeSet::from(["zoo".to_owned()])
         );
+    }
+
+    /// Thousands of hosts in one range: collisions happen, and still every host has
+    /// its own address, and hosts added later (newer entries) move none of them.
+    #[test]
+    fn collisions_never_move_an_older_entrys_address() {
+        let many = |n: usize, from: usize| -> String {
+            (from..from + n)
+                .map(|i| {
+                    let created = format!("2026-01-01T00:{:02}:{:02}Z", i / 60 % 60, i % 60);
+                    format!(
+                        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{ name: e{i}, namespace: ns{}, creationTimestamp: \"{created}\" }}\nspec:\n  hosts: [h{i}.example.com]\n  ports: [{{ number: 443, name: tls, protocol: TLS }}]\n  resolution: DNS\n",
+                        i % 7
+                    )
+                })
+                .collect()
+        };
+        let first = allocate(&store(&many(2000, 0)));
+        assert_eq!(first.len(), 2000);
+        let distinct: BTreeSet<_> = first.values().collect();
+        assert_eq!(distinct.len(), 2000);
+        let slots_hashed: BTreeSet<u32> = first
+            .keys()
+            .map(|(ns, host)| {
+                fnv1a(&[ns.as_bytes(), b"/", host.as_bytes(), &0u32.to_be_bytes()]) % SLOTS
+            })
+            .collect();
+        assert!(slots_hashed.len() < 2000, "no collision to test");
+        let later = allocate(&store(&(many(2000, 0) + &many(500, 3000))));
+        for (k, ip) in &first {
+            assert_eq!(later.get(k), Some(ip), "{k:?} moved");
+        }
+        // Hosts are matched as DNS asks them.
+        assert_eq!(normal("API.Example.com."), "api.example.com");
     }
 }

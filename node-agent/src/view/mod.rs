@@ -541,7 +541,7 @@ impl View {
             let waypoint = waypoint::of_entry(store, &self.waypoints, namespace, entry);
             let auto_vip = |host: &str| {
                 self.auto_vips
-                    .get(&(namespace.to_owned(), host.to_ascii_lowercase()))
+                    .get(&(namespace.to_owned(), auto_vip::normal(host)))
                     .copied()
             };
             for mut service in

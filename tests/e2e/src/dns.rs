@@ -23,7 +23,7 @@ pub struct Answer {
 }
 
 /// Asks `server` (IP) for NAME's A record and prints `<answering ip> <port> <address>…`,
-/// or exits 1 after 3 s without an answer.
+/// or exits 3 after 3 s without an answer.
 const RESOLVER: &str = r#"
 import socket, struct, sys
 server, name, mode = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -40,7 +40,7 @@ try:
         s.sendto(query, (server, 53))
     data, sender = s.recvfrom(4096)
 except socket.timeout:
-    sys.exit(1)
+    sys.exit(3)
 def skip_name(at):
     while True:
         n = data[at]
@@ -77,8 +77,9 @@ pub fn resolve(pod: &Pod, server: Ipv4Addr, name: &str, send: Send) -> Result<Op
         .sandbox
         .exec("python3", ["-c", RESOLVER, &server, name, mode])?;
     if !out.status.success() {
+        // 3: no answer in time; anything else is the resolver failing.
         ensure!(
-            out.status.code() == Some(1),
+            out.status.code() == Some(3),
             "the resolver failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );

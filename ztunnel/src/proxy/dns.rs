@@ -21,10 +21,13 @@ use std::{
 };
 
 use simple_dns::{
-    CLASS, Name, Packet, PacketFlag, QCLASS, QTYPE, RCODE, ResourceRecord, TYPE,
+    CLASS, Name, OPCODE, Packet, PacketFlag, QCLASS, QTYPE, RCODE, ResourceRecord, TYPE,
     rdata::{A, AAAA, RData},
 };
-use tokio::net::UdpSocket;
+use tokio::{
+    net::UdpSocket,
+    sync::{OnceCell, Semaphore},
+};
 use tracing::{debug, info, warn};
 
 use super::Inputs;
@@ -37,6 +40,10 @@ const TTL: u32 = 30;
 const MAX_MESSAGE: usize = 4096;
 /// How long a forwarded query waits for the node's DNS server.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Queries waiting at once (forwarded, or from a pod ztunnel does not know yet):
+/// a pod flooding random names cannot take ztunnel's file descriptors, which the
+/// node's connections need. Past it a query is dropped and the resolver retries.
+const MAX_WAITING: usize = 256;
 
 /// What to do with one query.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,6 +52,9 @@ pub enum Reply {
     Answer(Vec<u8>),
     /// Not the mesh's to answer: ask the node's DNS servers.
     Forward,
+    /// From an address that is no pod of this node yet: a pod captured as its
+    /// sandbox was built can ask before the agent's update naming it arrives.
+    Unknown,
     /// Not a DNS query: dropped.
     Drop(String),
 }
@@ -55,6 +65,8 @@ pub async fn serve(inputs: Arc<Inputs>, socket: UdpSocket, mut drain: drain::Wat
         info!(%addr, "DNS proxy ready");
     }
     let socket = Arc::new(socket);
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
+    let servers = Arc::new(OnceCell::new());
     let mut buf = vec![0; MAX_MESSAGE];
     loop {
         let (len, client) = tokio::select! {
@@ -71,27 +83,106 @@ pub async fn serve(inputs: Arc<Inputs>, socket: UdpSocket, mut drain: drain::Wat
             }
         };
         let query = &buf[..len];
-        match answer(&inputs, client.ip(), query) {
+        let reply = answer(&inputs, client.ip(), query);
+        if let Reply::Answer(bytes) = &reply {
+            inputs.metrics.dns_query("mesh");
+            if let Err(error) = socket.send_to(bytes, client).await {
+                debug!(%client, %error, "DNS proxy: answering");
+            }
+            continue;
+        }
+        if let Reply::Drop(why) = &reply {
+            inputs.metrics.dns_query("dropped");
+            debug!(%client, %why, "DNS proxy: dropped a datagram");
+            continue;
+        }
+        let Ok(permit) = Arc::clone(&waiting).try_acquire_owned() else {
+            inputs.metrics.dns_query("overloaded");
+            debug!(%client, "DNS proxy: too many queries waiting; dropped one");
+            continue;
+        };
+        let call = Call {
+            inputs: Arc::clone(&inputs),
+            socket: Arc::clone(&socket),
+            servers: Arc::clone(&servers),
+            query: query.to_vec(),
+            client,
+        };
+        tokio::spawn(async move {
+            call.finish(reply).await;
+            drop(permit);
+        });
+    }
+}
+
+/// A query that waits: for ztunnel to know its pod, or for the node's DNS server.
+struct Call {
+    inputs: Arc<Inputs>,
+    socket: Arc<UdpSocket>,
+    servers: Arc<OnceCell<Vec<SocketAddr>>>,
+    query: Vec<u8>,
+    client: SocketAddr,
+}
+
+impl Call {
+    async fn finish(self, mut reply: Reply) {
+        if let Reply::Unknown = reply {
+            let (state, ip) = (&self.inputs.state, self.client.ip());
+            let known = state
+                .wait_for(self.inputs.config.catch_up_wait, |s| {
+                    s.workload_by_ip(ip).filter(|w| s.is_local(w))
+                })
+                .await;
+            reply = match known {
+                Some(_) => answer(&self.inputs, ip, &self.query),
+                None => Reply::Drop(format!("{ip} is not a pod of this node")),
+            };
+        }
+        match reply {
             Reply::Answer(bytes) => {
-                inputs.metrics.dns_query("mesh");
-                if let Err(error) = socket.send_to(&bytes, client).await {
-                    debug!(%client, %error, "DNS proxy: answering");
-                }
+                self.inputs.metrics.dns_query("mesh");
+                self.send(&bytes).await;
             }
             Reply::Forward => {
-                inputs.metrics.dns_query("forwarded");
-                tokio::spawn(forward(
-                    Arc::clone(&inputs),
-                    Arc::clone(&socket),
-                    query.to_vec(),
-                    client,
-                ));
+                self.inputs.metrics.dns_query("forwarded");
+                self.forward().await;
             }
             Reply::Drop(why) => {
-                inputs.metrics.dns_query("dropped");
-                debug!(%client, %why, "DNS proxy: dropped a datagram");
+                self.inputs.metrics.dns_query("dropped");
+                debug!(client = %self.client, %why, "DNS proxy: dropped a datagram");
+            }
+            // Known after the wait, or dropped above: not again.
+            Reply::Unknown => {}
+        }
+    }
+
+    async fn send(&self, bytes: &[u8]) {
+        if let Err(error) = self.socket.send_to(bytes, self.client).await {
+            debug!(client = %self.client, %error, "DNS proxy: answering");
+        }
+    }
+
+    /// Asks the node's DNS servers in turn and relays the first answer.
+    async fn forward(&self) {
+        let configured = &self.inputs.config.dns_servers;
+        let servers = self
+            .servers
+            .get_or_try_init(|| async { crate::dns::servers(configured) })
+            .await;
+        let servers = match servers {
+            Ok(servers) => servers,
+            Err(error) => {
+                warn!(%error, "DNS proxy: nowhere to forward a query");
+                return;
+            }
+        };
+        for server in servers {
+            match ask(*server, &self.query).await {
+                Ok(reply) => return self.send(&reply).await,
+                Err(error) => debug!(%server, %error, "DNS proxy: forwarding"),
             }
         }
+        warn!(client = %self.client, "DNS proxy: no DNS server answered a forwarded query");
     }
 }
 
@@ -122,7 +213,7 @@ pub fn answer(inputs: &Inputs, client: IpAddr, query: &[u8]) -> Reply {
         .workload_by_ip(client)
         .filter(|w| inputs.state.is_local(w))
     else {
-        return Reply::Drop(format!("{client} is not a pod of this node"));
+        return Reply::Unknown;
     };
     let packet = match Packet::parse(query) {
         Ok(packet) => packet,
@@ -130,6 +221,9 @@ pub fn answer(inputs: &Inputs, client: IpAddr, query: &[u8]) -> Reply {
     };
     if packet.has_flags(PacketFlag::RESPONSE) {
         return Reply::Drop("a response, not a query".into());
+    }
+    if packet.opcode() != OPCODE::StandardQuery {
+        return Reply::Forward;
     }
     let [question] = packet.questions.as_slice() else {
         return Reply::Forward;
@@ -142,10 +236,9 @@ pub fn answer(inputs: &Inputs, client: IpAddr, query: &[u8]) -> Reply {
     if !matches!(question.qclass, QCLASS::CLASS(CLASS::IN)) {
         return Reply::Forward;
     }
-    let name = question.qname.to_string().to_ascii_lowercase();
-    let name = name.trim_end_matches('.');
+    let name = question.qname.to_string();
     // The names the pod's namespace sees (a Service's `exportTo`).
-    let Some(service) = inputs.state.service_by_hostname(name, Some(&pod.namespace)) else {
+    let Some(service) = inputs.state.service_by_dns_name(&name, &pod.namespace) else {
         return Reply::Forward;
     };
     // A ServiceEntry host without addresses is resolved by DNS, as the pod asked.
@@ -184,29 +277,6 @@ enum Family {
     V6,
 }
 
-/// Asks the node's DNS servers in turn and relays the first answer to `client`.
-async fn forward(inputs: Arc<Inputs>, socket: Arc<UdpSocket>, query: Vec<u8>, client: SocketAddr) {
-    let servers = match crate::dns::servers(&inputs.config.dns_servers) {
-        Ok(servers) => servers,
-        Err(error) => {
-            warn!(%error, "DNS proxy: nowhere to forward a query");
-            return;
-        }
-    };
-    for server in servers {
-        match ask(server, &query).await {
-            Ok(reply) => {
-                if let Err(error) = socket.send_to(&reply, client).await {
-                    debug!(%client, %error, "DNS proxy: relaying an answer");
-                }
-                return;
-            }
-            Err(error) => debug!(%server, %error, "DNS proxy: forwarding"),
-        }
-    }
-    warn!(%client, "DNS proxy: no DNS server answered a forwarded query");
-}
-
 /// One query to `server`, its answer (matched by ID).
 async fn ask(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
     let bind: SocketAddr = if server.is_ipv4() {
@@ -225,7 +295,7 @@ async fn ask(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         // Another query's late answer is not this one's.
-        if buf.get(..2) == id {
+        if len >= 2 && buf.get(..2) == id {
             buf.truncate(len);
             return Ok(buf);
         }

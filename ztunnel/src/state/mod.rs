@@ -621,6 +621,19 @@ impl State {
             .map(|(_, s)| Arc::clone(s))
     }
 
+    /// [`State::service_by_hostname`] for a name as DNS asks it: any case, the
+    /// trailing dot or not (a ServiceEntry may write its host either way).
+    pub fn service_by_dns_name(&self, name: &str, namespace: &str) -> Option<Arc<Service>> {
+        let name = name.trim_end_matches('.');
+        self.read()
+            .services
+            .iter()
+            .filter(|(_, s)| s.hostname.trim_end_matches('.').eq_ignore_ascii_case(name))
+            .filter(|(_, s)| s.visible_to(namespace))
+            .min_by_key(|(key, _)| precedence(key))
+            .map(|(_, s)| Arc::clone(s))
+    }
+
     pub fn certificate(&self, identity: &Identity) -> Option<Arc<WorkloadCertificate>> {
         self.read()
             .certificates
