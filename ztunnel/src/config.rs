@@ -142,9 +142,11 @@ pub struct Config {
     #[arg(long, env = "WARREN_ZTUNNEL_MIGRATE_QUEUED_CONNECTIONS", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate_queued_connections: bool,
 
-    /// How long a captured connection waits for what ztunnel does not have yet: the
-    /// agent's update naming its pod (one captured as its sandbox was built, whose
-    /// first connection can beat the update), or the pod's certificate. Refused after.
+    /// How long a connection waits for what ztunnel does not have yet: the agent's
+    /// update naming its pod (one captured as its sandbox was built, whose first
+    /// connection can beat the update), or a new pod's certificate, on either side
+    /// (the HBONE handshake waits for the certificate the client asks for). Refused
+    /// after.
     #[arg(long, env = "WARREN_ZTUNNEL_CATCH_UP_WAIT", default_value = "3s", value_parser = parse_duration)]
     pub catch_up_wait: Duration,
 

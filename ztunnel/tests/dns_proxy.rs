@@ -126,7 +126,11 @@ async fn the_mesh_names_are_answered_here_and_the_rest_forwarded() {
         ]),
     )
     .await;
-    let mut mesh = two_nodes_configured(49, |config| config.dns_servers = vec![dns]).await;
+    let mut mesh = two_nodes_configured(49, |config| {
+        config.dns_servers = vec![dns];
+        config.catch_up_wait = Duration::from_secs(5);
+    })
+    .await;
     mesh.view.put(service(
         warren_api::key::service("demo", "app"),
         "app.demo.svc.cluster.local",

@@ -109,6 +109,35 @@ impl Drop for OpenStream {
     }
 }
 
+/// The server side of the TLS handshake. The certificate the client asks for (by
+/// server name) may not be here yet: a pod new to this node gets its certificate
+/// moments after the agent publishes it, and a peer that learned of the pod at the
+/// same time can connect first. The handshake then waits for it, up to
+/// `--catch-up-wait` (within the handshake's own limit), instead of failing.
+async fn handshake<IO>(
+    inputs: &Inputs,
+    config: Arc<rustls::ServerConfig>,
+    io: IO,
+) -> std::io::Result<tokio_rustls::server::TlsStream<IO>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+    if let Some(name) = start.client_hello().server_name().map(str::to_owned) {
+        use crate::tls::CertificateSource as _;
+        let wanted = |state: &crate::state::State| state.server_certificate(Some(&name));
+        if wanted(&inputs.state).is_none() {
+            debug!(server_name = %name, "HBONE: waiting for the certificate asked for");
+            inputs
+                .state
+                .wait_for(inputs.config.catch_up_wait, wanted)
+                .await;
+        }
+    }
+    start.into_stream(config).await
+}
+
 /// Serves one accepted TCP connection on the HBONE port.
 pub async fn serve(
     inputs: Arc<Inputs>,
@@ -126,10 +155,9 @@ pub async fn serve(
             return;
         }
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let tls = match tokio::time::timeout(
         inputs.config.tls_handshake_timeout,
-        acceptor.accept(super::wire(stream)),
+        handshake(&inputs, config, super::wire(stream)),
     )
     .await
     {
