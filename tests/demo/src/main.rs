@@ -165,10 +165,9 @@ fn main() -> ExitCode {
         "mTLS between nodes: HBONE with SPIFFE identities from the CA",
         || demo.mtls(),
     );
-    steps.run(
-        "DNS: the mesh's names resolve through ztunnel, no DNS server needed",
-        || demo.dns(),
-    );
+    steps.run("DNS: the mesh's names resolve through ztunnel", || {
+        demo.dns()
+    });
     steps.run("STRICT: plaintext from outside the mesh is refused", || {
         demo.strict()
     });
