@@ -795,10 +795,6 @@ mod tests {
 #[cfg(test)]
 mod admission_tests {
     use super::*;
-    use crate::{
-        model::object::{parse_document, split_documents},
-        source::SourceEvent,
-    };
 
     const MESH: &str = r#"
 apiVersion: v1
@@ -827,16 +823,11 @@ spec: { nodeName: n1, containers: [{ name: main }] }
 "#;
 
     fn store(synced: bool) -> Store {
-        let mut store = Store::default();
-        for doc in split_documents(MESH).expect("test YAML") {
-            store.apply(SourceEvent::Upsert(
-                parse_document(doc, "test").expect("test object"),
-            ));
-        }
         if synced {
-            store.apply(SourceEvent::Synced);
+            Store::from_yaml(MESH)
+        } else {
+            Store::default()
         }
-        store
     }
 
     fn report(namespace: &str, name: &str, uid: Option<&str>) -> SandboxReport {

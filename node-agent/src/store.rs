@@ -44,6 +44,21 @@ pub enum Applied {
 }
 
 impl Store {
+    /// A store holding the objects of a multi-document YAML text, synced: what unit
+    /// tests start from. Panics on YAML that does not load (a broken test).
+    #[cfg(test)]
+    pub fn from_yaml(yaml: &str) -> Store {
+        use crate::model::object::{parse_document, split_documents};
+        let mut store = Store::default();
+        for doc in split_documents(yaml).expect("test YAML") {
+            store.apply(SourceEvent::Upsert(
+                parse_document(doc, "test").expect("test object"),
+            ));
+        }
+        store.apply(SourceEvent::Synced);
+        store
+    }
+
     pub fn apply(&mut self, event: SourceEvent) -> Applied {
         match event {
             SourceEvent::Upsert(object) => {

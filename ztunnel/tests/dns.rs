@@ -12,69 +12,11 @@ use std::{
 };
 
 use common::*;
-use hickory_proto::{
-    op::{Message, MessageType, OpCode, ResponseCode},
-    rr::{
-        RData, Record, RecordType,
-        rdata::{A, AAAA},
-    },
-};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, UdpSocket},
+    net::TcpListener,
 };
 use warren_api::config::{self, resource::Kind};
-
-/// Names (with a trailing dot) and their addresses; a test adds names as it learns
-/// addresses.
-type Zone = Arc<Mutex<BTreeMap<&'static str, Vec<IpAddr>>>>;
-
-/// A DNS server over UDP answering A and AAAA questions from `zone` with a TTL of one
-/// second; a name it does not hold is NXDOMAIN, and one with no addresses is never
-/// answered (a server that stalls).
-async fn dns_server(ip: IpAddr, zone: Zone) -> SocketAddr {
-    let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buffer = vec![0u8; 4096];
-        while let Ok((len, from)) = socket.recv_from(&mut buffer).await {
-            let Ok(query) = Message::from_vec(&buffer[..len]) else {
-                continue;
-            };
-            let Some(question) = query.queries.first().cloned() else {
-                continue;
-            };
-            let name = question.name().to_ascii().to_ascii_lowercase();
-            let mut answer = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
-            answer.metadata.recursion_desired = query.metadata.recursion_desired;
-            answer.metadata.recursion_available = true;
-            answer.add_query(question.clone());
-            let found = zone
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(name.as_str())
-                .cloned();
-            match found {
-                Some(addresses) if addresses.is_empty() => continue,
-                Some(addresses) => {
-                    for ip in addresses {
-                        let data = match (question.query_type(), ip) {
-                            (RecordType::A, IpAddr::V4(v4)) => RData::A(A(v4)),
-                            (RecordType::AAAA, IpAddr::V6(v6)) => RData::AAAA(AAAA(v6)),
-                            _ => continue,
-                        };
-                        answer.add_answer(Record::from_rdata(question.name().clone(), 1, data));
-                    }
-                }
-                None => answer.metadata.response_code = ResponseCode::NXDomain,
-            }
-            if let Ok(bytes) = answer.to_vec() {
-                let _ = socket.send_to(&bytes, from).await;
-            }
-        }
-    });
-    addr
-}
 
 /// A server at `addr` that sends `tag` on every connection and closes it.
 async fn tagged(addr: SocketAddr, tag: &'static str) {
@@ -136,7 +78,7 @@ async fn named_endpoints_are_resolved_per_connection() {
     tagged(SocketAddr::new(ip(4), port), "four").await;
     let (spread, first, unknown, stalled) = (vip(1), vip(2), vip(3), vip(4));
     let (dual, to_pod, to_vip, flaky) = (vip(5), vip(6), vip(7), vip(8));
-    let zone: Zone = Arc::new(Mutex::new(BTreeMap::from([
+    let zone: dns::Zone = Arc::new(Mutex::new(BTreeMap::from([
         ("backend.example.", vec![ip(2), ip(3)]),
         // IPv6 first in the answer: a client that dialled IPv4 still gets the
         // IPv4 address (nothing listens on the IPv6 one).
@@ -147,7 +89,7 @@ async fn named_endpoints_are_resolved_per_connection() {
         ("stall.example.", vec![]),
         ("flaky.example.", vec![ip(2)]),
     ])));
-    let dns = dns_server(ip(53), Arc::clone(&zone)).await;
+    let dns = dns::serve(ip(53), Arc::clone(&zone)).await;
     let mut mesh = two_nodes_configured(47, |config| config.dns_servers = vec![dns]).await;
     // A mesh pod's name: reached over HBONE, as when dialled by address.
     zone.lock()

@@ -7,48 +7,17 @@ mod common;
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use common::*;
 use hickory_proto::{
     op::{Message, MessageType, OpCode, Query, ResponseCode},
-    rr::{Name, RData, Record, RecordType, rdata::A},
+    rr::{Name, RData, RecordType},
 };
 use tokio::net::UdpSocket;
 use warren_api::config::{self, resource::Kind};
-
-/// The node's DNS server: answers A questions from `zone`, NXDOMAIN otherwise.
-async fn upstream(ip: IpAddr, zone: BTreeMap<&'static str, IpAddr>) -> SocketAddr {
-    let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buffer = vec![0u8; 4096];
-        while let Ok((len, from)) = socket.recv_from(&mut buffer).await {
-            let Ok(query) = Message::from_vec(&buffer[..len]) else {
-                continue;
-            };
-            let Some(question) = query.queries.first().cloned() else {
-                continue;
-            };
-            let mut answer = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
-            answer.add_query(question.clone());
-            let name = question.name().to_ascii().to_ascii_lowercase();
-            match (question.query_type(), zone.get(name.as_str())) {
-                (RecordType::A, Some(IpAddr::V4(v4))) => {
-                    answer.add_answer(Record::from_rdata(
-                        question.name().clone(),
-                        7,
-                        RData::A(A(*v4)),
-                    ));
-                }
-                _ => answer.metadata.response_code = ResponseCode::NXDomain,
-            }
-            let _ = socket.send_to(&answer.to_vec().unwrap(), from).await;
-        }
-    });
-    addr
-}
 
 fn service(key: String, hostname: &str, vips: &[IpAddr], export_to: &[&str]) -> config::Resource {
     res(
@@ -118,14 +87,12 @@ async fn the_mesh_names_are_answered_here_and_the_rest_forwarded() {
     let vip: IpAddr = ip(60, 1);
     let vip6: IpAddr = "fd00:96::10".parse().unwrap();
     let entry_vip = ip(60, 2);
-    let dns = upstream(
-        ip(53, 1),
-        BTreeMap::from([
-            ("www.example.org.", ip(70, 1)),
-            ("dynamic.example.com.", ip(70, 2)),
-        ]),
-    )
-    .await;
+    // The node's DNS server: answers from its zone (TTL 1 s), NXDOMAIN otherwise.
+    let zone: dns::Zone = Arc::new(Mutex::new(BTreeMap::from([
+        ("www.example.org.", vec![ip(70, 1)]),
+        ("dynamic.example.com.", vec![ip(70, 2)]),
+    ])));
+    let dns = dns::serve(ip(53, 1), zone).await;
     let mut mesh = two_nodes_configured(49, |config| {
         config.dns_servers = vec![dns];
         config.catch_up_wait = Duration::from_secs(5);
@@ -219,7 +186,7 @@ async fn the_mesh_names_are_answered_here_and_the_rest_forwarded() {
         (answer.metadata.id, addresses(&answer)),
         (11, vec![ip(70, 1)])
     );
-    assert_eq!(answer.answers[0].ttl, 7, "the server's answer, unchanged");
+    assert_eq!(answer.answers[0].ttl, 1, "the server's answer, unchanged");
     let answer = ask(proxy, client, 12, "dynamic.example.com.", RecordType::A)
         .await
         .unwrap();

@@ -117,20 +117,9 @@ pub fn namespaces_changed(before: &AutoVips, after: &AutoVips) -> BTreeSet<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        model::object::{parse_document, split_documents},
-        source::SourceEvent,
-    };
 
     fn store(yaml: &str) -> Store {
-        let mut store = Store::default();
-        for doc in split_documents(yaml).expect("test YAML") {
-            store.apply(SourceEvent::Upsert(
-                parse_document(doc, "test").expect("test object"),
-            ));
-        }
-        store.apply(SourceEvent::Synced);
-        store
+        Store::from_yaml(yaml)
     }
 
     fn entry(ns: &str, name: &str, hosts: &str, extra: &str) -> String {

@@ -3,6 +3,8 @@
 //! an in-process config server on a Unix socket, and clients.
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
