@@ -145,6 +145,28 @@ impl Locator {
         addresses: Vec<IpAddr>,
         container_id: &str,
     ) -> Result<Sandbox, SandboxError> {
+        // The runtime names the namespace as the node sees it; the agent's container
+        // may not have that path (no `/var/run` → `/run` link in its image), but it
+        // mounts the runtime's folder: the same file name there is the same file.
+        let found;
+        let netns = if netns.exists() {
+            netns
+        } else {
+            found = netns
+                .file_name()
+                .and_then(|name| {
+                    self.netns_dirs
+                        .iter()
+                        .map(|dir| dir.join(name))
+                        .find(|path| path.exists())
+                })
+                .ok_or_else(|| SandboxError::Io {
+                    what: "finding",
+                    path: netns.to_owned(),
+                    source: io::ErrorKind::NotFound.into(),
+                })?;
+            &found
+        };
         // Only a namespace file is opened: anything else (a FIFO) could block the
         // agent.
         if !is_namespace_file(netns)? {
@@ -573,5 +595,38 @@ mod tests {
         sandboxes.retain([other]);
         assert!(!sandboxes.missing.contains_key(UID));
         std::fs::remove_dir_all(&sandboxes.locator.proc).unwrap();
+    }
+
+    /// What the runtime reports is checked before it is opened: a path the agent's
+    /// container lacks is looked up by name in the runtime's folders, and only a
+    /// namespace file (not a FIFO, not a regular file) is taken; the node's own
+    /// namespace never is.
+    #[test]
+    fn a_reported_namespace_is_found_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let locator = Locator {
+            proc: PathBuf::from("/proc"),
+            netns_dirs: vec![dir.path().to_owned()],
+        };
+        // The test's own namespace, under a runtime's name.
+        std::os::unix::fs::symlink("/proc/thread-self/ns/net", dir.path().join("cni-own")).unwrap();
+        std::fs::write(dir.path().join("cni-file"), b"").unwrap();
+        let report = |path: &str| locator.reported(Path::new(path), Vec::new(), "c1");
+        assert!(
+            matches!(
+                report("/nowhere/run/netns/cni-own"),
+                Err(SandboxError::HostNetwork(_))
+            ),
+            "found by name, and refused as the node's own"
+        );
+        assert!(matches!(
+            report("/nowhere/run/netns/cni-gone"),
+            Err(SandboxError::Io { .. })
+        ));
+        let file = dir.path().join("cni-file");
+        assert!(matches!(
+            locator.reported(&file, Vec::new(), "c1"),
+            Err(SandboxError::NotANamespace(_))
+        ));
     }
 }
