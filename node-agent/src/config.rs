@@ -96,8 +96,9 @@ pub struct RunArgs {
     /// as --ztunnel); without it, IPv6 connects are not captured.
     #[arg(long, env = "WARREN_ZTUNNEL_OUTBOUND6", requires = "ztunnel")]
     pub ztunnel6: Option<std::net::Ipv6Addr>,
-    /// Port of ztunnel's DNS proxy on the `--ztunnel` address: enrolled pods' DNS
-    /// queries (UDP port 53, IPv4) go there, and it answers for the mesh's names
+    /// Port of ztunnel's DNS proxy on the `--ztunnel` address (and `--ztunnel6`, for
+    /// queries to IPv6 servers): enrolled pods' DNS queries (UDP port 53) go there,
+    /// and it answers for the mesh's names
     /// (Services, ServiceEntry hosts) and forwards the rest. Without it pods' DNS
     /// goes where they send it.
     #[arg(long, env = "WARREN_ZTUNNEL_DNS_PORT", requires = "ztunnel")]

@@ -105,6 +105,10 @@ fn bind_shared_udp(addr: SocketAddr, what: &str) -> anyhow::Result<UdpSocket> {
     // SO_REUSEADDR on UDP would let any process bind the address and read pods'
     // queries.
     socket.set_reuse_port(true).with_context(context)?;
+    // Beside an IPv4 socket on the same port: IPv6 only.
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).with_context(context)?;
+    }
     socket.set_nonblocking(true).with_context(context)?;
     socket.bind(&addr.into()).with_context(context)?;
     UdpSocket::from_std(socket.into()).with_context(context)

@@ -39,14 +39,20 @@ pub mod program {
     pub const SENDMSG4: &str = "warren_sendmsg4";
     /// `cgroup/recvmsg4`: gives the proxy's answers the address the pod asked.
     pub const RECVMSG4: &str = "warren_recvmsg4";
+    /// `cgroup/sendmsg6`, `cgroup/recvmsg6`: the same for IPv6 sockets.
+    pub const SENDMSG6: &str = "warren_sendmsg6";
+    pub const RECVMSG6: &str = "warren_recvmsg6";
 
     /// Programs attached to the node's cgroup subtree, in attach order:
     /// the programs that answer `SO_ORIGINAL_DST` first, capture last, so a
     /// failed install never leaves capture on with nothing answering.
-    pub const CGROUP: &[&str] = &[SOCK_OPS, GETSOCKOPT, RECVMSG4, CONNECT4, CONNECT6, SENDMSG4];
+    pub const CGROUP: &[&str] = &[
+        SOCK_OPS, GETSOCKOPT, RECVMSG4, RECVMSG6, CONNECT4, CONNECT6, SENDMSG4, SENDMSG6,
+    ];
     /// Every program the object carries.
     pub const ALL: &[&str] = &[
-        CONNECT4, CONNECT6, SOCK_OPS, GETSOCKOPT, SHORTCUT, GUARD, SENDMSG4, RECVMSG4,
+        CONNECT4, CONNECT6, SOCK_OPS, GETSOCKOPT, SHORTCUT, GUARD, SENDMSG4, RECVMSG4, SENDMSG6,
+        RECVMSG6,
     ];
 }
 
@@ -443,7 +449,8 @@ pub struct NodeConfig {
     pub shortcut: u16,
     /// Sockets with this mark are never captured.
     pub mark: u32,
-    /// ztunnel's DNS proxy port on `ztunnel_ip4` (15053); 0 leaves DNS alone.
+    /// ztunnel's DNS proxy port on `ztunnel_ip4` (and `ztunnel_ip6`, for queries to
+    /// IPv6 servers) (15053); 0 leaves DNS alone.
     pub dns_port: u16,
     pub _pad: u16,
 }

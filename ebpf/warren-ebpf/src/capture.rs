@@ -1,5 +1,5 @@
-//! Outbound capture: the `cgroup/connect4` and `cgroup/connect6` hooks (and, in
-//! connect4, DNS capture's UDP connects: see `dns`).
+//! Outbound capture: the `cgroup/connect4` and `cgroup/connect6` hooks (and DNS
+//! capture's UDP connects: see `dns`).
 //!
 //! They run on every `connect()` in the node's cgroup subtree, before the
 //! kernel picks a route. For a TCP socket of an enrolled pod (its network
@@ -70,6 +70,8 @@ pub fn warren_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn warren_connect6(ctx: SockAddrContext) -> i32 {
+    // A resolver's connected UDP socket: its queries go to the DNS proxy.
+    crate::dns::redirect_query6(&ctx);
     // SAFETY: as above.
     let sa = unsafe { &mut *ctx.sock_addr };
     let Some((cfg, netns_cookie)) = should_capture(&ctx, sa) else {

@@ -11,7 +11,7 @@
 //! | `original_dst` | `cgroup/getsockopt` | answer `SO_ORIGINAL_DST` |
 //! | `shortcut` | `sk_msg` | hand bytes straight to the local peer socket |
 //! | `guard` | TC classifier | STRICT: only the node may open connections to a pod |
-//! | `dns` | `cgroup/sendmsg4`, `cgroup/recvmsg4` | send enrolled pods' DNS queries to ztunnel's DNS proxy |
+//! | `dns` | `cgroup/sendmsg4`, `sendmsg6`, `recvmsg4`, `recvmsg6` | send enrolled pods' DNS queries to ztunnel's DNS proxy |
 //!
 //! On the host (for `cargo clippy --workspace`) this compiles to an empty
 //! `main`; every program is gated on `target_arch = "bpf"`.

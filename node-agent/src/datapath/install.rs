@@ -262,6 +262,8 @@ fn attach_to_cgroup(
         program::GETSOCKOPT => link::attach_type::CGROUP_GETSOCKOPT,
         program::SENDMSG4 => link::attach_type::CGROUP_UDP4_SENDMSG,
         program::RECVMSG4 => link::attach_type::CGROUP_UDP4_RECVMSG,
+        program::SENDMSG6 => link::attach_type::CGROUP_UDP6_SENDMSG,
+        program::RECVMSG6 => link::attach_type::CGROUP_UDP6_RECVMSG,
         _ => return Err(ProgramError::UnexpectedProgramType),
     };
     load_cgroup_program(prog)?;

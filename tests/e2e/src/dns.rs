@@ -1,6 +1,6 @@
 //! Playing a pod's resolver: one A query, as glibc or musl send it.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context as _, Result, ensure};
 use warren_testbed::Pod;
@@ -18,7 +18,7 @@ pub enum Send {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
     /// The address and port the answer came from, as the pod sees it.
-    pub from: (Ipv4Addr, u16),
+    pub from: (IpAddr, u16),
     pub addresses: Vec<Ipv4Addr>,
 }
 
@@ -30,7 +30,7 @@ server, name, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 query = struct.pack(">HHHHHH", 0x5157, 0x0100, 1, 0, 0, 0)
 query += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
 query += struct.pack(">HH", 1, 1)
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in server else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(3)
 try:
     if mode == "connected":
@@ -67,12 +67,17 @@ print(sender[0], sender[1], *found)
 
 /// Asks `server` in `pod` for `name`'s addresses; `None` when no answer came within
 /// 3 s.
-pub fn resolve(pod: &Pod, server: Ipv4Addr, name: &str, send: Send) -> Result<Option<Answer>> {
+pub fn resolve(
+    pod: &Pod,
+    server: impl Into<IpAddr>,
+    name: &str,
+    send: Send,
+) -> Result<Option<Answer>> {
     let mode = match send {
         Send::Connected => "connected",
         Send::SendTo => "sendto",
     };
-    let server = server.to_string();
+    let server = server.into().to_string();
     let out = pod
         .sandbox
         .exec("python3", ["-c", RESOLVER, &server, name, mode])?;

@@ -5,7 +5,7 @@
 //! The pods' resolver is played by `warren_e2e::dns::resolve`, in both of the ways
 //! resolvers send: on a connected socket (glibc) and with `sendto` (musl).
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
@@ -15,7 +15,10 @@ use warren_e2e::{
     workload::{pingpong, start_echo},
 };
 use warren_testbed::{
-    Cluster, PodSpec, ServicePort, addressing::CLUSTER_DNS, labels, privilege::require_root,
+    Cluster, PodSpec, ServicePort,
+    addressing::{CLUSTER_DNS, CLUSTER_DNS6},
+    labels,
+    privilege::require_root,
 };
 
 #[test]
@@ -64,15 +67,20 @@ fn an_enrolled_pods_dns_is_answered_by_ztunnel() -> Result<()> {
 
     // No DNS server listens at this address: only the proxy can answer.
     let name = "app.shop.svc.cluster.local";
-    for send in [Send::Connected, Send::SendTo] {
-        let answer = resolve(&client, CLUSTER_DNS, name, send)?;
-        ensure!(
-            answer
-                .as_ref()
-                .is_some_and(|a| a.from == (CLUSTER_DNS, 53) && a.addresses == [app.cluster_ip]),
-            "{send:?}: the client got {answer:?}, want the Service's address from {CLUSTER_DNS}:53\n{}",
-            mesh.logs()
-        );
+    // Both kinds of resolver, asking an IPv4 and an IPv6 server: the Service's
+    // address, from the server asked.
+    let servers: [IpAddr; 2] = [CLUSTER_DNS.into(), CLUSTER_DNS6.into()];
+    for server in servers {
+        for send in [Send::Connected, Send::SendTo] {
+            let answer = resolve(&client, server, name, send)?;
+            ensure!(
+                answer
+                    .as_ref()
+                    .is_some_and(|a| a.from == (server, 53) && a.addresses == [app.cluster_ip]),
+                "{send:?} to {server}: the client got {answer:?}, want the Service's address from port 53\n{}",
+                mesh.logs()
+            );
+        }
     }
     // Outside the mesh: nothing redirects the query, so nothing answers it.
     ensure!(

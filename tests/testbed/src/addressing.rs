@@ -70,6 +70,8 @@ pub fn pod_ip6(node: usize, slot: usize) -> Ipv6Addr {
 /// no Service gets in practice and nothing listens on, so only ztunnel's DNS proxy
 /// (which captures queries to any server) answers there.
 pub const CLUSTER_DNS: Ipv4Addr = Ipv4Addr::new(10, 96, 255, 53);
+/// The same over IPv6.
+pub const CLUSTER_DNS6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x53);
 
 /// The `n`-th ClusterIP (0-based).
 pub fn cluster_ip(n: usize) -> Result<Ipv4Addr> {
