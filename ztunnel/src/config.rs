@@ -45,7 +45,7 @@ pub struct Config {
         long = "dns-proxy-addr",
         env = "WARREN_ZTUNNEL_DNS_PROXY_ADDR",
         value_delimiter = ',',
-        default_value = "0.0.0.0:15053,[::]:15053"
+        default_value = "0.0.0.0:15053"
     )]
     pub dns_proxy_addrs: Vec<SocketAddr>,
 

@@ -56,7 +56,7 @@ pub fn warren_recvmsg4(ctx: SockAddrContext) -> i32 {
     if sa.user_ip4 != cfg.ztunnel_ip4 {
         return ALLOW;
     }
-    let Some(asked) = asked(&ctx, AF_INET) else {
+    let Some(asked) = asked(&ctx).filter(|a| a.family == AF_INET) else {
         return ALLOW;
     };
     // SAFETY: rewriting the sender is what recvmsg hooks are for; one 4-byte
@@ -80,7 +80,8 @@ pub fn warren_recvmsg6(ctx: SockAddrContext) -> i32 {
         return ALLOW;
     };
     let sender = sa.user_ip6;
-    let from_proxy = if is_v4_mapped(&sender) {
+    let mapped = is_v4_mapped(&sender);
+    let from_proxy = if mapped {
         cfg.ztunnel_ip4 != 0 && sender[3] == cfg.ztunnel_ip4
     } else {
         cfg.ztunnel_ip6 != [0; 4] && sender == cfg.ztunnel_ip6
@@ -88,16 +89,23 @@ pub fn warren_recvmsg6(ctx: SockAddrContext) -> i32 {
     if !from_proxy {
         return ALLOW;
     }
-    let Some(asked) = asked(&ctx, AF_INET6) else {
+    let Some(asked) = asked(&ctx) else {
         return ALLOW;
+    };
+    // A `sendto` to a v4-mapped server on an IPv6 socket takes the kernel's IPv4
+    // path (sendmsg4 recorded it as IPv4); the answer comes back here, v4-mapped.
+    let server = match asked.family {
+        AF_INET6 => asked.addr,
+        AF_INET if mapped => [0, 0, 0xffffu32.to_be(), asked.addr[0]],
+        _ => return ALLOW,
     };
     // SAFETY: as above; one 4-byte store per word.
     unsafe {
         let ip6 = addr_of_mut!((*ctx.sock_addr).user_ip6);
-        write_volatile(addr_of_mut!((*ip6)[0]), asked.addr[0]);
-        write_volatile(addr_of_mut!((*ip6)[1]), asked.addr[1]);
-        write_volatile(addr_of_mut!((*ip6)[2]), asked.addr[2]);
-        write_volatile(addr_of_mut!((*ip6)[3]), asked.addr[3]);
+        write_volatile(addr_of_mut!((*ip6)[0]), server[0]);
+        write_volatile(addr_of_mut!((*ip6)[1]), server[1]);
+        write_volatile(addr_of_mut!((*ip6)[2]), server[2]);
+        write_volatile(addr_of_mut!((*ip6)[3]), server[3]);
         write_volatile(
             addr_of_mut!((*ctx.sock_addr).user_port),
             u32::from(asked.port.to_be()),
@@ -117,14 +125,13 @@ fn answering(sa: &bpf_sock_addr) -> Option<NodeConfig> {
     (cfg.dns_port != 0 && u16::from_be(sa.user_port as u16) == cfg.dns_port).then_some(cfg)
 }
 
-/// The server this socket's query went to, if it was one of ours of `family`.
+/// The server this socket's query went to, if it was captured.
 #[inline(always)]
-fn asked(ctx: &SockAddrContext, family: u16) -> Option<SockAddr> {
+fn asked(ctx: &SockAddrContext) -> Option<SockAddr> {
     // SAFETY: the helper only reads the socket behind a valid context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: a plain value read of a map entry.
-    let asked = unsafe { DNS_ORIG.get(&cookie) }.copied()?;
-    (asked.family == family).then_some(asked)
+    unsafe { DNS_ORIG.get(&cookie) }.copied()
 }
 
 /// The node config and the pod's netns cookie if this is a DNS query of an

@@ -49,10 +49,16 @@ fn an_enrolled_pods_dns_is_answered_by_ztunnel() -> Result<()> {
             }],
         )?
         .clone();
+    // The proxy on the addresses the agent redirects to, IPv4 and IPv6.
+    let gateways = {
+        let node = cluster.node(0)?;
+        format!("{}:15053,[{}]:15053", node.gateway, node.gateway6)
+    };
     let mut mesh = start_mesh_with(
         &cluster,
         &MeshOptions {
             agent_args: vec!["--ztunnel-dns-port".into(), "15053".into()],
+            ztunnel_args: vec!["--dns-proxy-addr".into(), gateways],
             ..MeshOptions::default()
         },
     )?;
@@ -69,7 +75,14 @@ fn an_enrolled_pods_dns_is_answered_by_ztunnel() -> Result<()> {
     let name = "app.shop.svc.cluster.local";
     // Both kinds of resolver, asking an IPv4 and an IPv6 server: the Service's
     // address, from the server asked.
-    let servers: [IpAddr; 2] = [CLUSTER_DNS.into(), CLUSTER_DNS6.into()];
+    let servers: [IpAddr; 3] = [
+        CLUSTER_DNS.into(),
+        CLUSTER_DNS6.into(),
+        // An IPv4 server asked from an IPv6 socket (musl with an IPv6 nameserver
+        // listed too): the kernel sends it the IPv4 way, the answer comes back
+        // v4-mapped.
+        CLUSTER_DNS.to_ipv6_mapped().into(),
+    ];
     for server in servers {
         for send in [Send::Connected, Send::SendTo] {
             let answer = resolve(&client, server, name, send)?;

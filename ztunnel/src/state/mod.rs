@@ -621,6 +621,18 @@ impl State {
             .map(|(_, s)| Arc::clone(s))
     }
 
+    /// Whether a workload of this node has the identity a TLS client asks for by
+    /// `server_name` (whose certificate may still be on its way).
+    pub fn serves_server_name(&self, server_name: &str) -> bool {
+        let node = self.node();
+        self.read().workloads.values().any(|w| {
+            w.node == node
+                && w.identity
+                    .as_ref()
+                    .is_some_and(|id| tls::server_name_string(id) == server_name)
+        })
+    }
+
     /// [`State::service_by_hostname`] for a name as DNS asks it: any case, the
     /// trailing dot or not (a ServiceEntry may write its host either way).
     pub fn service_by_dns_name(&self, name: &str, namespace: &str) -> Option<Arc<Service>> {

@@ -113,7 +113,9 @@ impl Drop for OpenStream {
 /// server name) may not be here yet: a pod new to this node gets its certificate
 /// moments after the agent publishes it, and a peer that learned of the pod at the
 /// same time can connect first. The handshake then waits for it, up to
-/// `--catch-up-wait` (within the handshake's own limit), instead of failing.
+/// `--catch-up-wait` (within the handshake's own limit), instead of failing. Only
+/// for a name of a workload on this node: a client asking for anything else, before
+/// it has proved who it is, is refused at once.
 async fn handshake<IO>(
     inputs: &Inputs,
     config: Arc<rustls::ServerConfig>,
@@ -127,7 +129,7 @@ where
     if let Some(name) = start.client_hello().server_name().map(str::to_owned) {
         use crate::tls::CertificateSource as _;
         let wanted = |state: &crate::state::State| state.server_certificate(Some(&name));
-        if wanted(&inputs.state).is_none() {
+        if wanted(&inputs.state).is_none() && inputs.state.serves_server_name(&name) {
             debug!(server_name = %name, "HBONE: waiting for the certificate asked for");
             inputs
                 .state
