@@ -11,8 +11,6 @@
 //! among them), sockets carrying ztunnel's mark (a loop guard), loopback
 //! destinations, and destination ports the pod excludes.
 
-use core::ptr::{addr_of_mut, write_volatile};
-
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock_addr,
@@ -26,6 +24,7 @@ use crate::{
     addr::{is_loopback_v4, is_loopback_v6, is_v4_mapped},
     counters::{bump, bump_pod},
     maps::{CONFIG, ENROLLED, EXCLUDED_PORTS, ORIG_DST},
+    rewrite::{set_addr4, set_addr6},
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -54,17 +53,7 @@ pub fn warren_connect4(ctx: SockAddrContext) -> i32 {
         return unconfigured();
     }
     remember(&ctx, SockAddr::v4(dst_ip, dst_port), netns_cookie);
-    // Two separate 4-byte stores: LLVM may otherwise merge adjacent context
-    // writes into one 8-byte store, which the verifier rejects.
-    // SAFETY: writing the destination fields of the context is what
-    // connect hooks are for; the pointer is valid for this run.
-    unsafe {
-        write_volatile(addr_of_mut!((*ctx.sock_addr).user_ip4), cfg.ztunnel_ip4);
-        write_volatile(
-            addr_of_mut!((*ctx.sock_addr).user_port),
-            u32::from(cfg.ztunnel_port.to_be()),
-        );
-    }
+    set_addr4(&ctx, cfg.ztunnel_ip4, cfg.ztunnel_port);
     redirected(netns_cookie)
 }
 
@@ -102,18 +91,7 @@ pub fn warren_connect6(ctx: SockAddrContext) -> i32 {
         SockAddr::v6(dst, dst_port)
     };
     remember(&ctx, original, netns_cookie);
-    // SAFETY: as in connect4; one 4-byte store per word.
-    unsafe {
-        let ip6 = addr_of_mut!((*ctx.sock_addr).user_ip6);
-        write_volatile(addr_of_mut!((*ip6)[0]), target[0]);
-        write_volatile(addr_of_mut!((*ip6)[1]), target[1]);
-        write_volatile(addr_of_mut!((*ip6)[2]), target[2]);
-        write_volatile(addr_of_mut!((*ip6)[3]), target[3]);
-        write_volatile(
-            addr_of_mut!((*ctx.sock_addr).user_port),
-            u32::from(cfg.ztunnel_port.to_be()),
-        );
-    }
+    set_addr6(&ctx, target, cfg.ztunnel_port);
     redirected(netns_cookie)
 }
 

@@ -11,8 +11,6 @@
 //! query to an IPv6 server goes to ztunnel's IPv6 address, one to an IPv4 server
 //! (on an IPv6 socket, v4-mapped) to its IPv4 address.
 
-use core::ptr::{addr_of_mut, write_volatile};
-
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock_addr,
@@ -26,6 +24,7 @@ use crate::{
     addr::{is_loopback_v4, is_loopback_v6, is_v4_mapped},
     counters::bump,
     maps::{CONFIG, DNS_ORIG, ENROLLED, EXCLUDED_PORTS},
+    rewrite::{set_addr4, set_addr6},
 };
 
 const IPPROTO_UDP: u32 = 17;
@@ -59,15 +58,8 @@ pub fn warren_recvmsg4(ctx: SockAddrContext) -> i32 {
     let Some(asked) = asked(&ctx).filter(|a| a.family == AF_INET) else {
         return ALLOW;
     };
-    // SAFETY: rewriting the sender is what recvmsg hooks are for; one 4-byte
-    // store per field (see capture.rs).
-    unsafe {
-        write_volatile(addr_of_mut!((*ctx.sock_addr).user_ip4), asked.addr[0]);
-        write_volatile(
-            addr_of_mut!((*ctx.sock_addr).user_port),
-            u32::from(asked.port.to_be()),
-        );
-    }
+    // Rewriting the sender is what recvmsg hooks are for.
+    set_addr4(&ctx, asked.addr[0], asked.port);
     bump(Counter::DnsAnswerRestored);
     ALLOW
 }
@@ -99,18 +91,7 @@ pub fn warren_recvmsg6(ctx: SockAddrContext) -> i32 {
         AF_INET if mapped => [0, 0, 0xffffu32.to_be(), asked.addr[0]],
         _ => return ALLOW,
     };
-    // SAFETY: as above; one 4-byte store per word.
-    unsafe {
-        let ip6 = addr_of_mut!((*ctx.sock_addr).user_ip6);
-        write_volatile(addr_of_mut!((*ip6)[0]), server[0]);
-        write_volatile(addr_of_mut!((*ip6)[1]), server[1]);
-        write_volatile(addr_of_mut!((*ip6)[2]), server[2]);
-        write_volatile(addr_of_mut!((*ip6)[3]), server[3]);
-        write_volatile(
-            addr_of_mut!((*ctx.sock_addr).user_port),
-            u32::from(asked.port.to_be()),
-        );
-    }
+    set_addr6(&ctx, server, asked.port);
     bump(Counter::DnsAnswerRestored);
     ALLOW
 }
@@ -191,14 +172,7 @@ pub fn redirect_query4(ctx: &SockAddrContext) {
     if !remember(ctx, &SockAddr::v4(sa.user_ip4, DNS_PORT)) {
         return;
     }
-    // SAFETY: as in capture.rs; one 4-byte store per field.
-    unsafe {
-        write_volatile(addr_of_mut!((*ctx.sock_addr).user_ip4), cfg.ztunnel_ip4);
-        write_volatile(
-            addr_of_mut!((*ctx.sock_addr).user_port),
-            u32::from(cfg.dns_port.to_be()),
-        );
-    }
+    set_addr4(ctx, cfg.ztunnel_ip4, cfg.dns_port);
     bump(Counter::DnsRedirected);
 }
 
@@ -229,17 +203,6 @@ pub fn redirect_query6(ctx: &SockAddrContext) {
     if !remember(ctx, &SockAddr::v6(server, DNS_PORT)) {
         return;
     }
-    // SAFETY: as in capture.rs; one 4-byte store per word.
-    unsafe {
-        let ip6 = addr_of_mut!((*ctx.sock_addr).user_ip6);
-        write_volatile(addr_of_mut!((*ip6)[0]), target[0]);
-        write_volatile(addr_of_mut!((*ip6)[1]), target[1]);
-        write_volatile(addr_of_mut!((*ip6)[2]), target[2]);
-        write_volatile(addr_of_mut!((*ip6)[3]), target[3]);
-        write_volatile(
-            addr_of_mut!((*ctx.sock_addr).user_port),
-            u32::from(cfg.dns_port.to_be()),
-        );
-    }
+    set_addr6(ctx, target, cfg.dns_port);
     bump(Counter::DnsRedirected);
 }

@@ -35,6 +35,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod original_dst;
 #[cfg(target_arch = "bpf")]
+mod rewrite;
+#[cfg(target_arch = "bpf")]
 mod shortcut;
 
 #[cfg(target_arch = "bpf")]
