@@ -21,7 +21,7 @@ use std::{
 };
 
 use simple_dns::{
-    CLASS, Name, OPCODE, Packet, PacketFlag, QCLASS, QTYPE, RCODE, ResourceRecord, TYPE,
+    CLASS, OPCODE, Packet, PacketFlag, QCLASS, QTYPE, RCODE, ResourceRecord, TYPE,
     rdata::{A, AAAA, RData},
 };
 use tokio::{
@@ -300,20 +300,6 @@ async fn ask(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
             return Ok(buf);
         }
     }
-}
-
-/// A query, as a pod's resolver sends it (for tests and tools).
-pub fn query(id: u16, name: &str, kind: TYPE) -> Result<Vec<u8>, String> {
-    let name = Name::new(name).map_err(|e| e.to_string())?;
-    let mut packet = Packet::new_query(id);
-    packet.set_flags(PacketFlag::RECURSION_DESIRED);
-    packet.questions.push(simple_dns::Question::new(
-        name,
-        QTYPE::TYPE(kind),
-        QCLASS::CLASS(CLASS::IN),
-        false,
-    ));
-    packet.build_bytes_vec().map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

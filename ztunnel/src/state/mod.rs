@@ -612,13 +612,7 @@ impl State {
         hostname: &str,
         namespace: Option<&str>,
     ) -> Option<Arc<Service>> {
-        self.read()
-            .services
-            .iter()
-            .filter(|(_, s)| s.hostname == hostname)
-            .filter(|(_, s)| namespace.is_none_or(|ns| s.visible_to(ns)))
-            .min_by_key(|(key, _)| precedence(key))
-            .map(|(_, s)| Arc::clone(s))
+        self.service_named(|name| name == hostname, namespace)
     }
 
     /// Whether a workload of this node has the identity a TLS client asks for by
@@ -637,11 +631,24 @@ impl State {
     /// trailing dot or not (a ServiceEntry may write its host either way).
     pub fn service_by_dns_name(&self, name: &str, namespace: &str) -> Option<Arc<Service>> {
         let name = name.trim_end_matches('.');
+        self.service_named(
+            |hostname| hostname.trim_end_matches('.').eq_ignore_ascii_case(name),
+            Some(namespace),
+        )
+    }
+
+    /// The service whose hostname `matches` that clients of `namespace` see (any,
+    /// without one), by [`precedence`].
+    fn service_named(
+        &self,
+        matches: impl Fn(&str) -> bool,
+        namespace: Option<&str>,
+    ) -> Option<Arc<Service>> {
         self.read()
             .services
             .iter()
-            .filter(|(_, s)| s.hostname.trim_end_matches('.').eq_ignore_ascii_case(name))
-            .filter(|(_, s)| s.visible_to(namespace))
+            .filter(|(_, s)| matches(&s.hostname))
+            .filter(|(_, s)| namespace.is_none_or(|ns| s.visible_to(ns)))
             .min_by_key(|(key, _)| precedence(key))
             .map(|(_, s)| Arc::clone(s))
     }
