@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
 };
 
@@ -20,7 +20,7 @@ use warren_ztunnel::{
     http_endpoint::{self, text},
     metrics::Metrics as L4Metrics,
     proxy::{Inputs, accept_loop, hbone::server},
-    state::State,
+    state::{Service, State},
 };
 
 use crate::{
@@ -62,6 +62,21 @@ pub struct Context {
 }
 
 impl Context {
+    /// A pod addressed directly (at `ip`, on `port`) whose traffic goes
+    /// through a waypoint, as the Service of its own this waypoint serves it
+    /// as ([`Service::of_pod`]); `None` for an address of no such pod.
+    pub fn pod_destination(&self, ip: IpAddr, port: u16) -> Option<Arc<Service>> {
+        let state = &self.inputs.state;
+        let workload = state.workload_by_ip(ip).filter(|w| w.waypoint.is_some())?;
+        let declared = state.declared_port(&workload, port);
+        Some(Arc::new(Service::of_pod(
+            &workload,
+            ip,
+            port,
+            declared.as_ref(),
+        )))
+    }
+
     /// Nothing under this lock panics on input: a poisoned lock is a bug
     /// the panic already reported, and the map is still sound.
     pub fn lock_clusters(

@@ -215,16 +215,25 @@ impl Gateway {
     }
 
     /// Whether this waypoint takes traffic addressed to Services
-    /// (`istio.io/waypoint-for` unset, `service` or `all`). Warren's waypoints
-    /// take only that traffic; one for `workload` or `none` takes none.
+    /// (`istio.io/waypoint-for` unset, `service` or `all`).
     pub fn serves_services(&self) -> bool {
-        let waypoint_for = self
-            .metadata
+        self.is_waypoint() && matches!(self.waypoint_for(), "service" | "all")
+    }
+
+    /// Whether this waypoint takes traffic addressed to pods themselves (by
+    /// their own address, as clients of a headless Service or a StatefulSet's
+    /// members reach them): `istio.io/waypoint-for` `workload` or `all`.
+    pub fn serves_workloads(&self) -> bool {
+        self.is_waypoint() && matches!(self.waypoint_for(), "workload" | "all")
+    }
+
+    /// Its `istio.io/waypoint-for` label, `service` when unset.
+    fn waypoint_for(&self) -> &str {
+        self.metadata
             .labels
             .as_ref()
             .and_then(|l| l.get(WAYPOINT_FOR_LABEL))
-            .map_or("service", String::as_str);
-        self.is_waypoint() && matches!(waypoint_for, "service" | "all")
+            .map_or("service", String::as_str)
     }
 
     /// Whether Services of `namespace` (labelled `labels`) may use this

@@ -236,6 +236,9 @@ impl View {
                 );
                 services.extend(waypoint::services_naming(store, &ns));
                 entry_namespaces.extend(waypoint::entry_namespaces_naming(store, &ns));
+                // Pods addressed directly may go through it too.
+                workloads.extend(store.of_kind_in(Kind::Pod, &ns).map(Object::key));
+                workloads.extend(waypoint::pods_naming(store, &ns));
                 entry_namespaces.insert(ns);
             }
         }
@@ -453,7 +456,8 @@ impl View {
         let computed = match store.get(key) {
             Some(Object::Pod(pod)) => {
                 let policies = self.policies_for(namespace, &pod.labels);
-                workload::workload(&self.mesh, store, pod, self.namespaces.get(key), policies)
+                let netns = self.namespaces.get(key);
+                workload::workload(&self.mesh, store, pod, netns, policies, &self.waypoints)
             }
             _ => None,
         };

@@ -692,6 +692,131 @@ fn a_waypoint_for_workloads_only_takes_no_service_traffic() {
     assert_eq!(app_waypoint(&view), Some(None));
 }
 
+/// A waypoint Gateway of `demo` for `waypoint_for` traffic, running at `ip`.
+fn waypoint_for(name: &str, waypoint_for: &str, ip: &str) -> String {
+    let mut gateway = Gateway::waypoint("demo", name);
+    gateway.metadata.labels =
+        Some([(WAYPOINT_FOR_LABEL.to_owned(), waypoint_for.to_owned())].into());
+    named_waypoint(gateway, ip)
+}
+
+/// The address of the waypoint traffic to pod `demo/name` itself goes
+/// through: `Some(None)` when one is claimed but cannot serve.
+fn pod_waypoint(view: &View, name: &str) -> Option<Option<std::net::IpAddr>> {
+    workload(view, "demo", name)
+        .waypoint
+        .map(|w| warren_api::addr::from_bytes(&w.address))
+}
+
+#[test]
+fn a_pod_goes_through_a_waypoint_for_workloads() {
+    let ip = |s: &str| Some(Some(s.parse::<std::net::IpAddr>().unwrap()));
+    let (mut store, mut view) = built("");
+    // A waypoint for Services only leaves pods' own traffic alone.
+    let keys = apply(
+        &mut store,
+        &waypoint_for("b-services", "service", "10.244.0.23"),
+    );
+    view.changed(&store, &keys);
+    assert_eq!(pod_waypoint(&view, "app-v1-0"), None);
+    assert_eq!(app_waypoint(&view), ip("10.244.0.23"));
+
+    // One for workloads is the namespace's for pods, and a Gateway change
+    // reaches the pods of its namespace; the Services keep theirs.
+    let keys = apply(
+        &mut store,
+        &waypoint_for("a-workloads", "workload", "10.244.0.22"),
+    );
+    view.changed(&store, &keys);
+    assert_eq!(pod_waypoint(&view, "app-v1-0"), ip("10.244.0.22"));
+    assert_eq!(pod_waypoint(&view, "app-v2-0"), ip("10.244.0.22"));
+    let via = workload(&view, "demo", "app-v1-0").waypoint.unwrap();
+    assert_eq!(
+        via.identity,
+        "spiffe://cluster.local/ns/demo/sa/a-workloads"
+    );
+    assert_eq!(via.workload, "workload/demo/a-workloads-0");
+    assert_eq!(app_waypoint(&view), ip("10.244.0.23"));
+    // Never for a pod outside the mesh, nor a waypoint's own pod.
+    assert_eq!(workload(&view, "demo", "out-0").waypoint, None);
+    assert_eq!(workload(&view, "demo", "a-workloads-0").waypoint, None);
+
+    // The namespace names the Services' waypoint: pods stay direct, as it
+    // takes no traffic of theirs.
+    let keys = apply(
+        &mut store,
+        "apiVersion: v1\nkind: Namespace\nmetadata: { name: demo, labels: { warren.io/dataplane-mode: ambient, istio.io/use-waypoint: b-services } }\n",
+    );
+    view.changed(&store, &keys);
+    assert_eq!(pod_waypoint(&view, "app-v1-0"), None);
+    assert_eq!(app_waypoint(&view), ip("10.244.0.23"));
+
+    // A pod naming one for Services only: claimed, and refused rather
+    // than bypassed.
+    let pod = |labels: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{ name: app-v2-0, namespace: demo, labels: {{ app: app, version: v2{labels} }} }}\n\
+             spec: {{ nodeName: node-b, serviceAccountName: app, containers: [{{ name: main }}] }}\n\
+             status: {{ hostIP: 172.30.0.2, podIP: 10.244.1.5 }}\n"
+        )
+    };
+    let keys = apply(&mut store, &pod(", istio.io/use-waypoint: b-services"));
+    view.changed(&store, &keys);
+    assert_eq!(pod_waypoint(&view, "app-v2-0"), Some(None));
+    let keys = apply(&mut store, &pod(", istio.io/use-waypoint: a-workloads"));
+    view.changed(&store, &keys);
+    assert_eq!(pod_waypoint(&view, "app-v2-0"), ip("10.244.0.22"));
+
+    // A waypoint for all traffic named by the namespace takes both.
+    let keys = apply(
+        &mut store,
+        &format!(
+            "{}---\napiVersion: v1\nkind: Namespace\nmetadata: {{ name: demo, labels: {{ warren.io/dataplane-mode: ambient, istio.io/use-waypoint: c-all }} }}\n",
+            waypoint_for("c-all", "all", "10.244.0.24")
+        ),
+    );
+    view.changed(&store, &keys);
+    assert_eq!(pod_waypoint(&view, "app-v1-0"), ip("10.244.0.24"));
+    assert_eq!(app_waypoint(&view), ip("10.244.0.24"));
+
+    // Its pod goes: the pods' traffic is claimed with nowhere to go.
+    let key = delete(&mut store, Kind::Pod, "demo", "c-all-0");
+    view.changed(&store, &[key]);
+    assert_eq!(pod_waypoint(&view, "app-v1-0"), Some(None));
+    // The pod's own label still wins over its namespace's.
+    assert_eq!(pod_waypoint(&view, "app-v2-0"), ip("10.244.0.22"));
+}
+
+#[test]
+fn a_pod_follows_a_waypoint_it_names_in_another_namespace() {
+    let ip = |s: &str| Some(Some(s.parse::<std::net::IpAddr>().unwrap()));
+    let (mut store, mut view) =
+        built("apiVersion: v1\nkind: Namespace\nmetadata: { name: infra }\n");
+    let keys = apply(
+        &mut store,
+        "apiVersion: v1\nkind: Pod\nmetadata: { name: app-v1-0, namespace: demo, labels: { app: app, istio.io/use-waypoint: shared, istio.io/use-waypoint-namespace: infra } }\n\
+         spec: { nodeName: node-a, serviceAccountName: app, containers: [{ name: main }] }\n\
+         status: { hostIP: 172.30.0.1, podIP: 10.244.0.5 }\n",
+    );
+    view.changed(&store, &keys);
+    assert_eq!(
+        pod_waypoint(&view, "app-v1-0"),
+        Some(None),
+        "no such waypoint yet"
+    );
+
+    // Created in infra, admitting every namespace: a change there reaches
+    // the pod in demo.
+    let mut shared = Gateway::waypoint("infra", "shared").admitting(RouteNamespaces {
+        from: Some("All".into()),
+        selector: None,
+    });
+    shared.metadata.labels = Some([(WAYPOINT_FOR_LABEL.to_owned(), "all".to_owned())].into());
+    let keys = apply(&mut store, &named_waypoint(shared, "10.244.0.31"));
+    view.changed(&store, &keys);
+    assert_eq!(pod_waypoint(&view, "app-v1-0"), ip("10.244.0.31"));
+}
+
 #[test]
 fn a_waypoint_in_another_namespace_serves_only_whom_its_listeners_admit() {
     let shared = Some(Some("10.244.0.30".parse::<std::net::IpAddr>().unwrap()));

@@ -1,4 +1,4 @@
-//! Which waypoint a Service's traffic goes through.
+//! Which waypoint a Service's traffic goes through, and a pod's.
 //!
 //! A namespace gets waypoints from Gateways of a waypoint class; each one's
 //! pods (labelled with the Gateway's name, as a Gateway controller labels the
@@ -21,6 +21,15 @@
 //! listeners do not admit, or no running pod) still claims the traffic:
 //! ztunnel refuses it rather than bypass the L7 policy the operator asked
 //! for.
+//!
+//! A pod of the mesh chooses the same way for traffic addressed to the pod
+//! itself (its own address: a headless Service's clients, a StatefulSet's
+//! peers), among Gateways for `workload` or `all`. Its namespace's label
+//! names the waypoint for whatever traffic that waypoint takes, so a name
+//! there that is no waypoint for pods (one for Services only, or none at
+//! all) leaves the pod's own traffic direct; the pod's own label, like a
+//! Service's, claims the traffic even when its waypoint cannot serve.
+//! Waypoint pods never go through a waypoint.
 
 use std::collections::BTreeMap;
 
@@ -30,9 +39,9 @@ use super::Mesh;
 use crate::{
     model::{
         Kind, Labels, Object, ObjectKey,
-        cluster::Service,
+        cluster::{Pod, Service},
         gateway::{
-            GATEWAY_NAME_LABEL, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
+            GATEWAY_NAME_LABEL, Gateway, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
             WAYPOINT_HBONE_PORT,
         },
         istio::ServiceEntry,
@@ -40,8 +49,41 @@ use crate::{
     store::Store,
 };
 
+/// One waypoint Gateway: where it is reached, and which traffic it takes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Waypoint {
+    pub address: GatewayAddress,
+    pub services: bool,
+    pub workloads: bool,
+}
+
 /// The waypoints of one namespace by Gateway name.
-pub type Waypoints = BTreeMap<String, GatewayAddress>;
+pub type Waypoints = BTreeMap<String, Waypoint>;
+
+/// Which traffic a waypoint is chosen for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Traffic {
+    /// Addressed to a Service (or ServiceEntry host).
+    Services,
+    /// Addressed to a pod itself.
+    Workloads,
+}
+
+impl Traffic {
+    fn taken_by(self, gateway: &Gateway) -> bool {
+        match self {
+            Traffic::Services => gateway.serves_services(),
+            Traffic::Workloads => gateway.serves_workloads(),
+        }
+    }
+
+    fn takes(self, waypoint: &Waypoint) -> bool {
+        match self {
+            Traffic::Services => waypoint.services,
+            Traffic::Workloads => waypoint.workloads,
+        }
+    }
+}
 
 /// The waypoint Gateways of `namespace` with where each is reached (no
 /// address while no pod runs it).
@@ -49,12 +91,17 @@ pub fn in_namespace(mesh: &Mesh, store: &Store, namespace: &str) -> Waypoints {
     store
         .of_kind_in(Kind::Gateway, namespace)
         .filter_map(|o| match o {
-            Object::Gateway(g) if g.serves_services() => g.metadata.name.clone(),
+            Object::Gateway(g) if g.serves_services() || g.serves_workloads() => Some(g),
             _ => None,
         })
-        .map(|gateway| {
-            let address = address(mesh, store, namespace, &gateway);
-            (gateway, address)
+        .filter_map(|g| {
+            let name = g.metadata.name.clone()?;
+            let waypoint = Waypoint {
+                address: address(mesh, store, namespace, &name),
+                services: g.serves_services(),
+                workloads: g.serves_workloads(),
+            };
+            Some((name, waypoint))
         })
         .collect()
 }
@@ -131,7 +178,18 @@ pub fn of_service(
     namespace: &str,
     svc: &Service,
 ) -> Option<GatewayAddress> {
-    chosen(store, waypoints, namespace, &svc.name, &svc.labels, true)
+    let choices = Choices {
+        own: &svc.labels,
+        namespace_default: true,
+    };
+    chosen(
+        store,
+        waypoints,
+        namespace,
+        &svc.name,
+        choices,
+        Traffic::Services,
+    )
 }
 
 /// The waypoint a ServiceEntry's hosts send their traffic through: only one
@@ -146,45 +204,104 @@ pub fn of_entry(
 ) -> Option<GatewayAddress> {
     let labels = Labels::from_map(entry.metadata.labels.as_ref());
     let name = entry.metadata.name.as_deref().unwrap_or_default();
-    chosen(store, waypoints, namespace, name, &labels, false)
+    let choices = Choices {
+        own: &labels,
+        namespace_default: false,
+    };
+    chosen(
+        store,
+        waypoints,
+        namespace,
+        name,
+        choices,
+        Traffic::Services,
+    )
 }
 
-/// The waypoint an object of `namespace` with `labels` chooses: its own
+/// The waypoint traffic addressed to `pod` itself goes through (see the
+/// module's notes); never one for a pod outside the mesh or a waypoint's.
+pub fn of_pod(
+    store: &Store,
+    waypoints: &BTreeMap<String, Waypoints>,
+    pod: &Pod,
+) -> Option<GatewayAddress> {
+    let choices = Choices {
+        own: &pod.labels,
+        namespace_default: true,
+    };
+    chosen(
+        store,
+        waypoints,
+        &pod.namespace,
+        &pod.name,
+        choices,
+        Traffic::Workloads,
+    )
+}
+
+/// Where an object looks for its waypoint besides its namespace's label.
+#[derive(Clone, Copy)]
+struct Choices<'a> {
+    /// Its own labels.
+    own: &'a Labels,
+    /// Whether, named nowhere, it takes its namespace's first waypoint.
+    namespace_default: bool,
+}
+
+/// The waypoint an object of `namespace` chooses for `traffic`: by its own
 /// label, its namespace's, else (with `namespace_default`) the namespace's
-/// waypoint.
+/// first waypoint for that traffic.
 fn chosen(
     store: &Store,
     waypoints: &BTreeMap<String, Waypoints>,
     namespace: &str,
     name: &str,
-    labels: &Labels,
-    namespace_default: bool,
+    choices: Choices<'_>,
+    traffic: Traffic,
 ) -> Option<GatewayAddress> {
     let empty = Labels::default();
     let ns_labels = namespace_labels(store, namespace).unwrap_or(&empty);
-    let chosen = choice(labels, namespace).or_else(|| choice(ns_labels, namespace));
+    let (chosen, by_namespace) = match choice(choices.own, namespace) {
+        Some(own) => (Some(own), false),
+        None => (choice(ns_labels, namespace), true),
+    };
     match chosen {
         Some(Choice::OptOut) => None,
-        None if namespace_default => waypoints.get(namespace)?.values().next().cloned(),
+        None if choices.namespace_default => waypoints
+            .get(namespace)?
+            .values()
+            .find(|w| traffic.takes(w))
+            .map(|w| w.address.clone()),
         None => None,
         Some(Choice::Named {
             namespace: at,
             name: gateway,
         }) => {
             let key = ObjectKey::new(Kind::Gateway, Some(at), gateway);
-            let admitted = matches!(
-                store.get(&key),
-                Some(Object::Gateway(g)) if g.serves_services() && g.admits(namespace, ns_labels)
-            );
+            let found = match store.get(&key) {
+                Some(Object::Gateway(g)) => Some(g),
+                _ => None,
+            };
+            // A namespace names one waypoint for all its traffic: for a pod's
+            // own, only when that waypoint takes it.
+            if traffic == Traffic::Workloads
+                && by_namespace
+                && !found.is_some_and(|g| traffic.taken_by(g))
+            {
+                return None;
+            }
+            let admitted =
+                found.is_some_and(|g| traffic.taken_by(g) && g.admits(namespace, ns_labels));
             let address = waypoints.get(at).and_then(|w| w.get(gateway));
             Some(match address {
-                Some(address) if admitted => address.clone(),
+                Some(waypoint) if admitted => waypoint.address.clone(),
                 _ => {
                     tracing::debug!(
-                        service = %format!("{namespace}/{name}"),
+                        object = %format!("{namespace}/{name}"),
+                        ?traffic,
                         waypoint = %format!("{at}/{gateway}"),
                         admitted,
-                        "the named waypoint cannot serve this Service: its traffic is refused"
+                        "the named waypoint cannot take this traffic: it is refused"
                     );
                     unavailable()
                 }
@@ -220,6 +337,25 @@ pub fn entry_namespaces_naming(store: &Store, namespace: &str) -> Vec<String> {
     found.sort();
     found.dedup();
     found
+}
+
+/// Pods outside `namespace` that may name a waypoint in it (by their own or
+/// their namespace's `istio.io/use-waypoint-namespace`): recomputed when
+/// that namespace's waypoints change.
+pub fn pods_naming(store: &Store, namespace: &str) -> Vec<ObjectKey> {
+    let names_it = |labels: &Labels| labels.get(USE_WAYPOINT_NAMESPACE_LABEL) == Some(namespace);
+    store
+        .of_kind(Kind::Pod)
+        .filter_map(|o| match o {
+            Object::Pod(pod) => Some(pod),
+            _ => None,
+        })
+        .filter(|pod| pod.namespace.as_ref() != namespace)
+        .filter(|pod| {
+            names_it(&pod.labels) || namespace_labels(store, &pod.namespace).is_some_and(names_it)
+        })
+        .map(|pod| ObjectKey::new(Kind::Pod, Some(&pod.namespace), &pod.name))
+        .collect()
 }
 
 /// Services outside `namespace` that name a waypoint in it (by their own or

@@ -1,6 +1,8 @@
 //! A pod as the proxies see it: addresses, identity, node, whether it is in
 //! the mesh, and the policies that apply to it.
 
+use std::collections::BTreeMap;
+
 use warren_api::{
     Locality, addr,
     config::{InboundMode, TunnelProtocol, Workload},
@@ -8,7 +10,7 @@ use warren_api::{
 };
 use warren_ebpf_common::Mode;
 
-use super::Mesh;
+use super::{Mesh, waypoint};
 use crate::{
     enrollment::{self, PodNetns, inbound_mode},
     model::{Kind, Object, ObjectKey, cluster::Pod, gateway::GATEWAY_NAME_LABEL},
@@ -38,6 +40,7 @@ pub fn workload(
     pod: &Pod,
     netns: Option<&PodNetns>,
     authorization_policies: Vec<String>,
+    waypoints: &BTreeMap<String, waypoint::Waypoints>,
 ) -> Option<Workload> {
     let addresses = match netns {
         Some(netns) if !netns.addresses.is_empty() => netns.addresses.clone(),
@@ -67,6 +70,12 @@ pub fn workload(
         .unwrap_or_default();
     let in_mesh =
         enrollment::is_enrolled_namespace(store, &namespace) && !enrollment::pod_outside_mesh(pod);
+    let is_waypoint = labels.contains_key(GATEWAY_NAME_LABEL);
+    // Only a pod of the mesh can be reached through a waypoint (its node's
+    // ztunnel captures the clients), and a waypoint's own pod never is.
+    let waypoint = (in_mesh && !is_waypoint)
+        .then(|| waypoint::of_pod(store, waypoints, pod))
+        .flatten();
     let (mode, ports) = inbound_mode(store, &mesh.root_namespace, &namespace, pod);
     let proto_mode = |m: Mode| match m {
         Mode::Strict => InboundMode::Strict,
@@ -87,7 +96,7 @@ pub fn workload(
         canonical_name: pick(NAME_LABELS).unwrap_or_else(|| name.clone()),
         canonical_revision: pick(REVISION_LABELS).unwrap_or_else(|| "latest".into()),
         workload_name: owner_name(pod).unwrap_or_else(|| name.clone()),
-        is_waypoint: labels.contains_key(GATEWAY_NAME_LABEL),
+        is_waypoint,
         labels: labels.to_map(),
         authorization_policies,
         inbound_mode: proto_mode(mode) as i32,
@@ -101,6 +110,7 @@ pub fn workload(
         netns: netns
             .map(|n| n.path.display().to_string())
             .unwrap_or_default(),
+        waypoint,
         name,
         namespace,
     })

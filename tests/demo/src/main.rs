@@ -126,6 +126,19 @@ fn string_map(v: &serde_yaml::Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Runs one step of the demo; when it fails, keeps every process's log.
+/// One step of the tour: its evidence, or why it failed.
+type Step = fn(&mut Demo) -> Result<String>;
+
+fn step(steps: &mut Steps, demo: &mut Demo, title: &str, f: Step) {
+    if !steps.run(title, || f(demo)) {
+        match demo.keep_logs(steps.len()) {
+            Ok(dir) => println!("   the processes' logs are kept in {}", dir.display()),
+            Err(err) => eprintln!("   could not keep the logs: {err:#}"),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut steps = Steps::new();
@@ -150,72 +163,78 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
 
-    steps.run(
-        "Mesh up: CA, node agents (eBPF datapath pinned), ztunnels",
-        || demo.mesh_up(),
-    );
-    steps.run("Namespace opts in: pods enrolled from config", || {
-        demo.opt_in()
-    });
-    steps.run(
-        "Capture: pods' connections reach ztunnel through the kernel",
-        || demo.capture(),
-    );
-    steps.run(
-        "mTLS between nodes: HBONE with SPIFFE identities from the CA",
-        || demo.mtls(),
-    );
-    steps.run("DNS: the mesh's names resolve through ztunnel", || {
-        demo.dns()
-    });
-    steps.run("STRICT: plaintext from outside the mesh is refused", || {
-        demo.strict()
-    });
-    steps.run(
-        "A new pod joins: captured by the CNI plugin before it starts",
-        || demo.new_pod(),
-    );
-    steps.run("L4 authorization: a DENY policy blocks one caller", || {
-        demo.deny()
-    });
-    steps.run(
-        "Socket shortcut (opt-in): same-node hops skip the TCP/IP stack",
-        || demo.shortcut(),
-    );
-    steps.run("Agent restart: capture continues, pins adopted", || {
-        demo.restart()
-    });
-    steps.run(
-        "Waypoint for the namespace; canary 80/20 over 1 000 requests",
-        || demo.canary(),
-    );
-    steps.run("Header routing: end-user: jason always reaches v2", || {
-        demo.header_routing()
-    });
-    steps.run(
-        "Fault injection: 50 % aborted, jason delayed 500 ms",
-        || demo.faults(),
-    );
-    steps.run(
-        "Retries hide a flaky version; a timeout answers 504 in time",
-        || demo.retries_timeouts(),
-    );
-    steps.run(
-        "Swim lane: x-lane-id: dev-alice takes dev-alice versions",
-        || demo.swim_lane(),
-    );
-    steps.run(
-        "Zones: traffic stays in its zone, and fails over when it must",
-        || demo.zones(),
-    );
-    steps.run(
-        "Egress: an API outside the cluster, through the waypoint",
-        || demo.egress(),
-    );
-    steps.run(
-        "ztunnel upgrade under load: a new one takes over, no request lost",
-        || demo.upgrade(),
-    );
+    // The tour, in order; a later step builds on what the earlier ones set up.
+    let tour: [(&str, Step); 18] = [
+        (
+            "Mesh up: CA, node agents (eBPF datapath pinned), ztunnels",
+            Demo::mesh_up,
+        ),
+        ("Namespace opts in: pods enrolled from config", Demo::opt_in),
+        (
+            "Capture: pods' connections reach ztunnel through the kernel",
+            Demo::capture,
+        ),
+        (
+            "mTLS between nodes: HBONE with SPIFFE identities from the CA",
+            Demo::mtls,
+        ),
+        ("DNS: the mesh's names resolve through ztunnel", Demo::dns),
+        (
+            "STRICT: plaintext from outside the mesh is refused",
+            Demo::strict,
+        ),
+        (
+            "A new pod joins: captured by the CNI plugin before it starts",
+            Demo::new_pod,
+        ),
+        (
+            "L4 authorization: a DENY policy blocks one caller",
+            Demo::deny,
+        ),
+        (
+            "Socket shortcut (opt-in): same-node hops skip the TCP/IP stack",
+            Demo::shortcut,
+        ),
+        (
+            "Agent restart: capture continues, pins adopted",
+            Demo::restart,
+        ),
+        (
+            "Waypoint for the namespace; canary 80/20 over 1 000 requests",
+            Demo::canary,
+        ),
+        (
+            "Header routing: end-user: jason always reaches v2",
+            Demo::header_routing,
+        ),
+        (
+            "Fault injection: 50 % aborted, jason delayed 500 ms",
+            Demo::faults,
+        ),
+        (
+            "Retries hide a flaky version; a timeout answers 504 in time",
+            Demo::retries_timeouts,
+        ),
+        (
+            "Swim lane: x-lane-id: dev-alice takes dev-alice versions",
+            Demo::swim_lane,
+        ),
+        (
+            "Zones: traffic stays in its zone, and fails over when it must",
+            Demo::zones,
+        ),
+        (
+            "Egress: an API outside the cluster, through the waypoint",
+            Demo::egress,
+        ),
+        (
+            "ztunnel upgrade under load: a new one takes over, no request lost",
+            Demo::upgrade,
+        ),
+    ];
+    for (title, f) in tour {
+        step(&mut steps, &mut demo, title, f);
+    }
     let ok = steps.summary();
 
     if cli.keep {
@@ -363,6 +382,31 @@ fn apply_services(cluster: &mut Cluster, yaml: &str) -> Result<()> {
 }
 
 impl Demo {
+    /// Copies the cluster's process logs (CA, agents, ztunnels, waypoints,
+    /// servers) to `target/demo-failures/`, which outlives the cluster, and
+    /// returns the folder.
+    fn keep_logs(&self, step: usize) -> Result<std::path::PathBuf> {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/demo-failures")
+            .join(format!("{secs}-step{step}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let logs = self.cluster.log_dir();
+        for entry in
+            std::fs::read_dir(&logs).with_context(|| format!("reading {}", logs.display()))?
+        {
+            let path = entry?.path();
+            if let Some(name) = path.file_name() {
+                std::fs::copy(&path, dir.join(name))
+                    .with_context(|| format!("copying {}", path.display()))?;
+            }
+        }
+        Ok(dir)
+    }
+
     fn pod(&self, name: &str) -> Result<&Pod> {
         self.cluster.pod(name)
     }

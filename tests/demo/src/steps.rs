@@ -62,6 +62,11 @@ impl Steps {
         passed
     }
 
+    /// How many steps have run.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
     /// Prints the table; true if every step that ran passed.
     pub fn summary(&self) -> bool {
         println!(

@@ -35,6 +35,16 @@ pub fn pod_gateway(node: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, node as u8, 1)
 }
 
+/// The hardware address of a bridge: node `node`'s pod bridge, or (`None`)
+/// the fabric between nodes. Locally administered and fixed, so it never
+/// follows the ports as a bridge's own address would.
+pub fn bridge_mac(node: Option<usize>) -> String {
+    match node {
+        Some(node) => format!("02:77:72:00:{:02x}:01", node & 0xff),
+        None => "02:77:72:ff:00:01".to_owned(),
+    }
+}
+
 /// The address of the `slot`-th pod (0-based) on node `node`.
 pub fn pod_ip(node: usize, slot: usize) -> Result<Ipv4Addr> {
     if slot >= MAX_PODS_PER_NODE {

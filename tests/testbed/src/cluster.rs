@@ -661,7 +661,21 @@ impl Cluster {
     fn create_fabric(&mut self) -> Result<()> {
         let fabric = self.fabric_netns();
         netns::create(&fabric)?;
-        ip(&["-n", &fabric, "link", "add", "br0", "type", "bridge"])?;
+        // A bridge without an address of its own takes its lowest port's, so
+        // it changes as ports come and go; its neighbours' cached entries then
+        // point nowhere until they are probed again (seconds of silence).
+        // Pinned, as the CNI bridge plugin pins its bridge's.
+        ip(&[
+            "-n",
+            &fabric,
+            "link",
+            "add",
+            "br0",
+            "address",
+            &addressing::bridge_mac(None),
+            "type",
+            "bridge",
+        ])?;
         ip(&["-n", &fabric, "link", "set", "br0", "up"])
     }
 
@@ -706,7 +720,19 @@ impl Cluster {
             "fabric0",
         ])?;
         ip(&["-n", &netns_name, "link", "set", "fabric0", "up"])?;
-        ip(&["-n", &netns_name, "link", "add", "cni0", "type", "bridge"])?;
+        // Pinned (see `create_fabric`): pods come and go on it, and a pod that
+        // went quiet would otherwise find the gateway's address moved.
+        ip(&[
+            "-n",
+            &netns_name,
+            "link",
+            "add",
+            "cni0",
+            "address",
+            &addressing::bridge_mac(Some(index)),
+            "type",
+            "bridge",
+        ])?;
         let gw = format!(
             "{}/{}",
             addressing::pod_gateway(index),

@@ -1103,10 +1103,15 @@ impl Context {
         {
             return Ok(Arc::clone(cluster));
         }
+        // A pod addressed directly goes by its address.
         let service = self
             .inputs
             .state
             .service_by_hostname(&key.host, Some(&self.config.namespace))
+            .or_else(|| {
+                let ip = key.host.parse::<IpAddr>().ok()?;
+                self.pod_destination(ip, key.port)
+            })
             .ok_or_else(|| format!("no service {}", key.host))?;
         if service.passthrough {
             // Envoy would need an original-destination cluster here.

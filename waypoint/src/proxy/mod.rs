@@ -127,17 +127,19 @@ impl ConnectHandler for Waypoint {
         let state = &ctx.inputs.state;
         // The service the client's ztunnel sent it to: among ServiceEntries
         // sharing an address, the one exported to the client's namespace
-        // (from its certificate), whose policies then apply here.
+        // (from its certificate), whose policies then apply here. Else a pod
+        // addressed directly, whose own waypoint this may be.
         let Some(service) = state
             .service_by_vip_for(dst.ip(), &peer.identity.namespace)
             .filter(|s| s.waypoint.is_some())
+            .or_else(|| ctx.pod_destination(dst.ip(), dst.port()))
         else {
             return refuse(
                 stream,
                 StatusCode::NOT_FOUND,
                 "unknown_destination",
                 format!(
-                    "{} is not the address of a service using a waypoint",
+                    "{} is not the address of a service or pod using a waypoint",
                     dst.ip()
                 ),
             );
@@ -151,7 +153,7 @@ impl ConnectHandler for Waypoint {
                 StatusCode::FORBIDDEN,
                 "not_this_waypoint",
                 format!(
-                    "service {} uses another waypoint ({}), not {me}",
+                    "{} uses another waypoint ({}), not {me}",
                     service.key,
                     service
                         .waypoint

@@ -275,7 +275,12 @@ fn request_labels(
             .map_or_else(unknown, |w| w.canonical_name.clone()),
         destination_version: destination.map_or_else(unknown, |w| w.canonical_revision.clone()),
         destination_service: service.hostname.clone(),
-        destination_service_name: service.name.clone(),
+        // A pod addressed directly has no Service (`Service::of_pod`).
+        destination_service_name: if service.name.is_empty() {
+            unknown()
+        } else {
+            service.name.clone()
+        },
         destination_service_namespace: service.namespace.clone(),
         request_protocol: if grpc { "grpc" } else { "http" },
         response_code,

@@ -6,6 +6,7 @@
 
 pub mod policy;
 pub mod service;
+mod waypoint;
 pub mod workload;
 
 use std::{
@@ -26,6 +27,7 @@ use crate::{
 };
 pub use policy::Authorization;
 pub use service::Service;
+pub use waypoint::Waypoint;
 pub use workload::Workload;
 
 /// A resource the agent sent that ztunnel cannot take: names the object, the field and
@@ -442,7 +444,8 @@ pub enum ResolveError {
     NoEndpoint(String),
     #[error("workload {0} has no address of the destination's family")]
     NoAddress(String),
-    #[error("service {0} sends its traffic through a waypoint that is not running")]
+    /// The key of the Service (or pod) whose traffic its waypoint must take.
+    #[error("{0} sends its traffic through a waypoint that is not running")]
     WaypointUnavailable(String),
     /// An endpoint's name resolved to a Service's VIP: reaching it as a
     /// plain address would skip that Service's waypoint and mutual TLS.
@@ -700,6 +703,22 @@ impl State {
             .cloned()
     }
 
+    /// The port of a Service in front of `workload` that targets `port` on it
+    /// (of [`State::inbound_service`]'s choice): what that port speaks.
+    pub fn declared_port(&self, workload: &Workload, port: u16) -> Option<service::ServicePort> {
+        let service = self.inbound_service(workload, port)?;
+        let endpoints: Vec<&service::Endpoint> = service
+            .endpoints
+            .iter()
+            .filter(|e| e.workload.as_deref() == Some(workload.key.as_str()))
+            .collect();
+        service
+            .ports
+            .iter()
+            .find(|p| endpoints.iter().any(|e| Service::target_port(e, p) == port))
+            .cloned()
+    }
+
     /// The destination workload's L4 policies applied to `conn`.
     /// The mesh's trust domain and aliases.
     pub fn trust_domains(&self) -> TrustDomains {
@@ -840,7 +859,7 @@ impl State {
             }
             .cloned();
             let upstream = match workload {
-                Some(w) => self.to_workload(addr, w, &node),
+                Some(w) => Self::to_workload(&inner, self.hbone_port, addr, w, &node)?,
                 None => Upstream::Plain {
                     addr,
                     workload: None,
@@ -856,8 +875,10 @@ impl State {
             .get(&dst.ip())
             .and_then(|k| inner.workloads.get(k))
         {
+            let upstream =
+                Self::to_workload(&inner, self.hbone_port, dst, Arc::clone(workload), &node)?;
             return Ok(Resolved {
-                target: Target::Upstream(self.to_workload(dst, Arc::clone(workload), &node)),
+                target: Target::Upstream(upstream),
                 service: None,
             });
         }
@@ -898,29 +919,51 @@ impl State {
                 service: service.key.clone(),
             });
         }
-        Ok(
-            match inner
-                .by_address
-                .get(&addr.ip())
-                .and_then(|k| inner.workloads.get(k))
-            {
-                Some(workload) => self.to_workload(addr, Arc::clone(workload), &node),
-                None => Upstream::Plain {
-                    addr,
-                    workload: None,
-                },
-            },
-        )
+        match inner
+            .by_address
+            .get(&addr.ip())
+            .and_then(|k| inner.workloads.get(k))
+        {
+            Some(workload) => {
+                Self::to_workload(&inner, self.hbone_port, addr, Arc::clone(workload), &node)
+            }
+            None => Ok(Upstream::Plain {
+                addr,
+                workload: None,
+            }),
+        }
     }
 
-    fn to_workload(&self, addr: SocketAddr, workload: Arc<Workload>, node: &str) -> Upstream {
-        match (&workload.identity, workload.node_address) {
+    /// Where a connection to `addr`, an address of `workload`, goes: through
+    /// the pod's waypoint when it has one (refused while that waypoint is not
+    /// running), else to the pod: over HBONE to its node, straight to it on
+    /// this node, or plain TCP outside the mesh.
+    fn to_workload(
+        inner: &Inner,
+        hbone_port: u16,
+        addr: SocketAddr,
+        workload: Arc<Workload>,
+        node: &str,
+    ) -> Result<Upstream, ResolveError> {
+        if let Some(waypoint) = &workload.waypoint {
+            let address = waypoint
+                .address
+                .ok_or_else(|| ResolveError::WaypointUnavailable(workload.key.clone()))?;
+            return Ok(Upstream::Hbone {
+                gateway: SocketAddr::new(address, waypoint.hbone_port),
+                authority: addr,
+                identity: waypoint.identity.clone(),
+                workload: inner.workloads.get(&waypoint.workload).cloned(),
+                waypoint: true,
+            });
+        }
+        Ok(match (&workload.identity, workload.node_address) {
             (Some(identity), Some(node_address)) if workload.hbone => {
                 if !node.is_empty() && workload.node == node {
                     Upstream::SameNode { addr, workload }
                 } else {
                     Upstream::Hbone {
-                        gateway: SocketAddr::new(node_address, self.hbone_port),
+                        gateway: SocketAddr::new(node_address, hbone_port),
                         authority: addr,
                         identity: identity.clone(),
                         workload: Some(workload),
@@ -932,7 +975,7 @@ impl State {
                 addr,
                 workload: Some(workload),
             },
-        }
+        })
     }
 
     /// Ready: [`State::configured`], and every mesh workload of this node has its

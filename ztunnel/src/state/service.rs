@@ -7,9 +7,9 @@ use std::{
 };
 
 use serde::Serialize;
-use warren_api::{Identity, config};
+use warren_api::config;
 
-use super::ResourceError;
+use super::{ResourceError, Waypoint};
 
 #[derive(Debug, Serialize)]
 pub struct Service {
@@ -49,6 +49,52 @@ impl Service {
     /// ServiceEntry's address is its destination itself.
     pub fn fronts_mesh(&self) -> bool {
         !warren_api::key::is_service_entry(&self.key) || self.waypoint.is_some()
+    }
+
+    /// A pod addressed directly at `ip`:`port`, as the waypoint it goes
+    /// through serves it: a Service of its own with that one port and the pod
+    /// as its only endpoint, so routing, pools and telemetry treat it as any
+    /// other destination. Its hostname is the address dialled, and it has no
+    /// name: no policy or route written for a Service binds it. The port
+    /// carries what `declared` (a port of a Service in front of the pod that
+    /// targets it) says; with none, opaque TCP, as a waypoint cannot know
+    /// what an undeclared port speaks.
+    pub fn of_pod(
+        workload: &super::Workload,
+        ip: IpAddr,
+        port: u16,
+        declared: Option<&ServicePort>,
+    ) -> Service {
+        let (name, app_protocol) = match declared {
+            Some(p) => (p.name.clone(), p.app_protocol.clone()),
+            None => ("tcp".to_owned(), String::new()),
+        };
+        Service {
+            key: workload.key.clone(),
+            name: String::new(),
+            namespace: workload.namespace.clone(),
+            hostname: ip.to_string(),
+            vips: vec![ip],
+            ports: vec![ServicePort {
+                port,
+                target_port: port,
+                name,
+                app_protocol,
+            }],
+            endpoints: vec![Endpoint {
+                workload: Some(workload.key.clone()),
+                address: Address::Ip(ip),
+                ready: true,
+                ports: BTreeMap::new(),
+                ready_since: None,
+            }],
+            waypoint: workload.waypoint.clone(),
+            load_balancing: None,
+            passthrough: false,
+            dns_first_address: false,
+            export_to: Vec::new(),
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// The name telemetry and access lines give the service: its hostname, else its
@@ -247,18 +293,7 @@ impl std::fmt::Display for Address {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct Waypoint {
-    pub workload: String,
-    /// None while the waypoint has no running pod: its policy cannot be
-    /// enforced, so connections are refused rather than sent around it.
-    pub address: Option<IpAddr>,
-    pub hbone_port: u16,
-    #[serde(serialize_with = "super::serialize_display")]
-    pub identity: Identity,
-}
-
-fn port(key: &str, field: &'static str, value: u32) -> Result<u16, ResourceError> {
+pub(super) fn port(key: &str, field: &'static str, value: u32) -> Result<u16, ResourceError> {
     u16::try_from(value)
         .ok()
         .filter(|p| *p != 0)
@@ -287,7 +322,11 @@ fn hostname(key: &str, name: &str) -> Result<String, ResourceError> {
     }
 }
 
-fn address(key: &str, field: &'static str, bytes: &[u8]) -> Result<IpAddr, ResourceError> {
+pub(super) fn address(
+    key: &str,
+    field: &'static str,
+    bytes: &[u8],
+) -> Result<IpAddr, ResourceError> {
     warren_api::addr::from_bytes(bytes).ok_or_else(|| {
         ResourceError::new(
             key,
@@ -348,35 +387,10 @@ impl Service {
                 })
             })
             .collect::<Result<Vec<_>, ResourceError>>()?;
-        let waypoint = match s.waypoint {
-            None => None,
-            Some(w) => Some(Waypoint {
-                address: if w.address.is_empty() {
-                    None
-                } else {
-                    Some(address(key, "waypoint.address", &w.address)?)
-                },
-                hbone_port: match w.hbone_port {
-                    0 => 15008,
-                    p => port(key, "waypoint.hbone_port", p)?,
-                },
-                identity: w
-                    .identity
-                    .parse()
-                    .or_else(|e| {
-                        if w.address.is_empty() {
-                            // No pod yet, so no identity either; never dialled.
-                            Ok(Identity::new("unavailable", &s.namespace, "waypoint"))
-                        } else {
-                            Err(e)
-                        }
-                    })
-                    .map_err(|e: warren_api::identity::IdentityError| {
-                        ResourceError::new(key, "waypoint.identity", e.to_string())
-                    })?,
-                workload: w.workload,
-            }),
-        };
+        let waypoint = s
+            .waypoint
+            .map(|w| Waypoint::from_proto(key, &s.namespace, w))
+            .transpose()?;
         Ok(Service {
             key: key.to_owned(),
             name: s.name,

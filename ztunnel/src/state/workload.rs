@@ -8,7 +8,7 @@ use warren_api::{
     config::{self, InboundMode, TunnelProtocol},
 };
 
-use super::ResourceError;
+use super::{ResourceError, Waypoint};
 
 /// A workload, validated: every address parsed, identity well formed.
 #[derive(Clone, Debug, Serialize)]
@@ -41,6 +41,8 @@ pub struct Workload {
     /// Where it runs (locality-aware load balancing in the waypoint).
     #[serde(serialize_with = "super::serialize_display")]
     pub locality: Locality,
+    /// The waypoint that traffic addressed to the pod itself goes through.
+    pub waypoint: Option<Waypoint>,
 }
 
 /// PeerAuthentication's mode for one workload (or port).
@@ -148,6 +150,10 @@ impl Workload {
                 ));
             }
         };
+        let waypoint = w
+            .waypoint
+            .map(|wp| Waypoint::from_proto(key, &w.namespace, wp))
+            .transpose()?;
         Ok(Workload {
             key: key.to_owned(),
             name: w.name,
@@ -169,6 +175,7 @@ impl Workload {
             netns,
             labels: w.labels.into_iter().collect(),
             locality: Locality::parse(&w.locality),
+            waypoint,
         })
     }
 
