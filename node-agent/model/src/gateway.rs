@@ -37,6 +37,9 @@ pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace"
 /// default), `workload`, `all` or `none`, as Istio reads it.
 pub const WAYPOINT_FOR_LABEL: &str = "istio.io/waypoint-for";
 
+/// The values of [`WAYPOINT_FOR_LABEL`].
+pub const WAYPOINT_FOR_VALUES: [&str; 4] = ["service", "workload", "all", "none"];
+
 /// The port a waypoint listens on for HBONE.
 pub const WAYPOINT_HBONE_PORT: u16 = 15008;
 
@@ -255,6 +258,17 @@ pub fn validate(gateway: &Gateway) -> Vec<FieldError> {
     if gateway.spec.gateway_class_name.is_empty() {
         errors.push(FieldError::new("spec.gatewayClassName", "required"));
     }
+    // A misspelt value would make a waypoint that silently takes nothing.
+    let waypoint_for = gateway.waypoint_for();
+    if gateway.is_waypoint() && !WAYPOINT_FOR_VALUES.contains(&waypoint_for) {
+        errors.push(FieldError::new(
+            format!("metadata.labels[{WAYPOINT_FOR_LABEL}]"),
+            format!(
+                "{waypoint_for:?} is not one of {}",
+                WAYPOINT_FOR_VALUES.join(", ")
+            ),
+        ));
+    }
     for (i, listener) in gateway.spec.listeners.iter().enumerate() {
         if !(1..=65535).contains(&listener.port) {
             errors.push(FieldError::new(
@@ -322,6 +336,16 @@ impl Gateway {
         );
         gateway.metadata.namespace = Some(namespace.into());
         gateway
+    }
+
+    /// This Gateway labelled to take `traffic` (one of
+    /// [`WAYPOINT_FOR_VALUES`]).
+    pub fn taking(mut self, traffic: &str) -> Self {
+        self.metadata
+            .labels
+            .get_or_insert_default()
+            .insert(WAYPOINT_FOR_LABEL.to_owned(), traffic.to_owned());
+        self
     }
 
     /// [`Gateway::waypoint`] as YAML, ready for a config folder or
@@ -422,6 +446,29 @@ mod tests {
         assert!(
             !expressions.admits("shop", &frozen),
             "every requirement must hold"
+        );
+    }
+
+    #[test]
+    fn which_traffic_a_waypoint_takes_is_its_label_and_a_misspelt_one_is_refused() {
+        let taking = |traffic: &str| Gateway::waypoint("demo", "w").taking(traffic);
+        let unlabelled = Gateway::waypoint("demo", "w");
+        assert!(unlabelled.serves_services() && !unlabelled.serves_workloads());
+        assert!(taking("service").serves_services() && !taking("service").serves_workloads());
+        assert!(!taking("workload").serves_services() && taking("workload").serves_workloads());
+        assert!(taking("all").serves_services() && taking("all").serves_workloads());
+        assert!(!taking("none").serves_services() && !taking("none").serves_workloads());
+        for traffic in WAYPOINT_FOR_VALUES {
+            let yaml = taking(traffic).to_yaml().expect("encodes");
+            assert_eq!(gateway(&yaml), taking(traffic), "{yaml}");
+        }
+        let yaml = taking("workloads").to_yaml().expect("encodes");
+        let refused = parsed(&yaml);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("istio.io/waypoint-for") && e.contains("\"workloads\"")),
+            "{refused:?}"
         );
     }
 

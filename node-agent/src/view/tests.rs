@@ -694,10 +694,7 @@ fn a_waypoint_for_workloads_only_takes_no_service_traffic() {
 
 /// A waypoint Gateway of `demo` for `waypoint_for` traffic, running at `ip`.
 fn waypoint_for(name: &str, waypoint_for: &str, ip: &str) -> String {
-    let mut gateway = Gateway::waypoint("demo", name);
-    gateway.metadata.labels =
-        Some([(WAYPOINT_FOR_LABEL.to_owned(), waypoint_for.to_owned())].into());
-    named_waypoint(gateway, ip)
+    named_waypoint(Gateway::waypoint("demo", name).taking(waypoint_for), ip)
 }
 
 /// The address of the waypoint traffic to pod `demo/name` itself goes
@@ -807,11 +804,12 @@ fn a_pod_follows_a_waypoint_it_names_in_another_namespace() {
 
     // Created in infra, admitting every namespace: a change there reaches
     // the pod in demo.
-    let mut shared = Gateway::waypoint("infra", "shared").admitting(RouteNamespaces {
-        from: Some("All".into()),
-        selector: None,
-    });
-    shared.metadata.labels = Some([(WAYPOINT_FOR_LABEL.to_owned(), "all".to_owned())].into());
+    let shared = Gateway::waypoint("infra", "shared")
+        .admitting(RouteNamespaces {
+            from: Some("All".into()),
+            selector: None,
+        })
+        .taking("all");
     let keys = apply(&mut store, &named_waypoint(shared, "10.244.0.31"));
     view.changed(&store, &keys);
     assert_eq!(pod_waypoint(&view, "app-v1-0"), ip("10.244.0.31"));

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
+    agent::warrenctl_text,
     mesh::{eventually, metric_sum, start_mesh, start_waypoint, waypoint_metrics, waypoint_pod},
     workload::{count_status, load, start_http_server},
 };
-use warren_node_agent::model::gateway::{Gateway, WAYPOINT_FOR_LABEL};
 use warren_testbed::{Cluster, PodSpec, ServicePort, labels, manifests, privilege::require_root};
 
 const NS: &str = "shop";
@@ -64,6 +64,9 @@ fn traffic_to_a_pod_itself_passes_its_waypoint() -> Result<()> {
     let pod = cluster.pod("db-0")?.clone();
     let client = cluster.pod("client")?.clone();
     let _server = start_http_server(&cluster, &pod, 8080, &[])?;
+    // A port no Service declares.
+    let _undeclared = start_http_server(&cluster, &pod, 9090, &[])?;
+    let undeclared_url = format!("http://{}:9090/", pod.ip);
     let pod_url = format!("http://{}:8080/", pod.ip);
     let service_url = format!("http://{}/", db.cluster_ip);
     let status = |url: &str, path: &str, want: u64| -> Result<bool> {
@@ -82,10 +85,23 @@ fn traffic_to_a_pod_itself_passes_its_waypoint() -> Result<()> {
     .with_context(|| mesh.logs())?;
 
     let config_dir = cluster.config_dir();
-    let mut gateway = Gateway::waypoint(NS, "waypoint");
-    gateway.metadata.labels = Some([(WAYPOINT_FOR_LABEL.to_owned(), "workload".to_owned())].into());
     std::fs::write(config_dir.join("authz.shop.private.yaml"), PRIVATE)?;
-    std::fs::write(config_dir.join("gateway.shop.yaml"), gateway.to_yaml()?)?;
+    let dir = config_dir.to_string_lossy();
+    let applied = warrenctl_text(&[
+        "waypoint",
+        "apply",
+        "-n",
+        NS,
+        "--for",
+        "workload",
+        "--config-dir",
+        &dir,
+    ])?;
+    let gateway = std::fs::read_to_string(config_dir.join("gateway.shop.waypoint.yaml"))?;
+    ensure!(
+        gateway.contains("istio.io/waypoint-for: workload"),
+        "warrenctl wrote ({applied}):\n{gateway}"
+    );
     let waypoint_pod = cluster.pod("waypoint")?.clone();
     let waypoint = start_waypoint(&cluster, &waypoint_pod, NS).with_context(|| mesh.logs())?;
     let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
@@ -133,6 +149,20 @@ fn traffic_to_a_pod_itself_passes_its_waypoint() -> Result<()> {
         logs()
     );
 
+    // A port no Service declares is opaque TCP at the waypoint: the DENY
+    // rule, whose path a connection does not have, denies every connection
+    // (fail closed, as Istio decides TCP).
+    let report = load(
+        &client,
+        &format!("{undeclared_url}public"),
+        &["-n", "5", "-c", "1", "--timeout", "2s"],
+    )?;
+    ensure!(
+        count_status(&report, 200) == 0 && waypoint.output().contains("deny_policy"),
+        "the waypoint must refuse TCP it cannot decide on paths: {report}\n{}",
+        logs()
+    );
+
     // The pod opts out: reached directly again.
     let mut opted_out = pod.clone();
     opted_out
@@ -143,5 +173,10 @@ fn traffic_to_a_pod_itself_passes_its_waypoint() -> Result<()> {
         status(&pod_url, "private", 200)
     })
     .with_context(logs)?;
+    ensure!(
+        status(&undeclared_url, "public", 200)?,
+        "the undeclared port reached directly\n{}",
+        logs()
+    );
     Ok(())
 }

@@ -43,24 +43,44 @@ struct Field {
     negated: bool,
 }
 
+impl Test {
+    /// Whether it reads the HTTP request (a TCP connection has none).
+    fn is_http(&self) -> bool {
+        matches!(
+            self,
+            Test::Method(_) | Test::Path(_) | Test::Host(_) | Test::Header(..)
+        )
+    }
+}
+
 impl Field {
-    fn holds(&self, request: &Request<'_>) -> bool {
+    fn holds(&self, request: &Request<'_>, allowing: bool) -> bool {
+        if request.http.is_none() && self.test.is_http() {
+            // A TCP connection, as Istio decides it: an HTTP field makes an
+            // ALLOW rule match nothing, and is left out of a DENY rule (so
+            // that it denies more, never less).
+            return !allowing;
+        }
         let any = |patterns: &[Pattern], value: &str| patterns.iter().any(|p| p.matches(value));
         let hit = match &self.test {
             Test::Principal(p) => request.principals.iter().any(|n| any(p, n)),
             Test::Namespace(p) => any(p, request.namespace),
             Test::SourceIp(blocks) => blocks.iter().any(|b| b.contains(request.source_ip)),
             Test::Port(ports) => ports.contains(&request.port),
-            Test::Method(p) => any(p, request.method),
-            Test::Path(p) => any(p, request.path),
-            Test::Host(p) => {
-                let host = request.host.as_str();
+            Test::Method(p) => request.http.as_ref().is_some_and(|h| any(p, h.method)),
+            Test::Path(p) => request.http.as_ref().is_some_and(|h| any(p, h.path)),
+            Test::Host(p) => request.http.as_ref().is_some_and(|h| {
+                let host = h.host.as_str();
                 let bare = strip_port(host);
                 p.iter().any(|p| p.matches(host) || p.matches(bare))
-            }
+            }),
             // An absent header matches no value: a `values` condition fails
             // and a `notValues` one holds, as Envoy's header matcher does.
-            Test::Header(name, p) => request.header(name).is_some_and(|v| any(p, &v)),
+            Test::Header(name, p) => request
+                .http
+                .as_ref()
+                .and_then(|h| h.header(name))
+                .is_some_and(|v| any(p, &v)),
         };
         hit != self.negated
     }
@@ -99,7 +119,7 @@ impl CompiledRule {
         if allowing && !self.unsupported.is_empty() {
             return false;
         }
-        let all = |fields: &[Field]| fields.iter().all(|f| f.holds(request));
+        let all = |fields: &[Field]| fields.iter().all(|f| f.holds(request, allowing));
         let any_of = |alternatives: &[Vec<Field>]| {
             alternatives.is_empty() || alternatives.iter().any(|fields| all(fields))
         };

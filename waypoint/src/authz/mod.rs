@@ -204,6 +204,12 @@ pub struct Request<'a> {
     pub service_namespace: &'a str,
     /// The destination (service) port.
     pub port: u16,
+    /// `None` for a TCP connection.
+    pub http: Option<HttpRequest<'a>>,
+}
+
+/// What an HTTP request adds to a decision.
+pub struct HttpRequest<'a> {
     pub method: &'a str,
     /// Normalized ([`path::normalize_uri`]), without the query.
     pub path: &'a str,
@@ -233,19 +239,31 @@ impl<'a> Request<'a> {
             .unwrap_or_default()
             .to_ascii_lowercase();
         Request {
+            http: Some(HttpRequest {
+                method: parts.method.as_str(),
+                path: parts.uri.path(),
+                host,
+                headers: &parts.headers,
+            }),
+            ..Request::connection(peer)
+        }
+    }
+
+    /// A TCP connection: who, from where, to which port; no request.
+    pub fn connection(peer: &Peer<'a>) -> Request<'a> {
+        Request {
             principals: peer.principals,
             namespace: &peer.identity.namespace,
             source_ip: peer.source_ip,
             service: peer.service,
             service_namespace: peer.service_namespace,
             port: peer.port,
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            host,
-            headers: &parts.headers,
+            http: None,
         }
     }
+}
 
+impl HttpRequest<'_> {
     /// A header's values joined with `,`, as Envoy's matcher reads a
     /// repeated header.
     fn header(&self, name: &HeaderName) -> Option<String> {
@@ -270,6 +288,18 @@ pub fn authorize(
         return None;
     }
     match authorizer.decide(&Request::new(peer, parts)) {
+        Decision::Allow => None,
+        Decision::Deny(denial) => Some(denial),
+    }
+}
+
+/// Decides a TCP connection (Istio's rules for TCP: see
+/// [`Request::connection`]); `Some` when it is denied.
+pub fn authorize_connection(authorizer: &Authorizer, peer: &Peer<'_>) -> Option<Denial> {
+    if authorizer.is_empty() {
+        return None;
+    }
+    match authorizer.decide(&Request::connection(peer)) {
         Decision::Allow => None,
         Decision::Deny(denial) => Some(denial),
     }

@@ -508,3 +508,63 @@ fn path_normalization() {
     normalize_uri(&mut uri);
     assert_eq!(uri.path_and_query().map(|p| p.as_str()), Some("/b?x=1"));
 }
+
+/// A TCP connection's decision: who, from where, to which port.
+fn connection_allowed(a: &Authorizer, sent: Sent) -> bool {
+    let identity = Identity::new(sent.td, sent.ns, sent.sa);
+    let principals = sent.domains.principals(&identity);
+    let peer = Peer {
+        identity: &identity,
+        principals: &principals,
+        source_ip: sent.ip.parse::<IpAddr>().expect("test address"),
+        service: sent.service,
+        service_namespace: "demo",
+        port: sent.port,
+    };
+    super::authorize_connection(a, &peer).is_none()
+}
+
+#[test]
+fn a_tcp_connection_is_decided_on_l4_fields_and_http_ones_fail_closed() {
+    // L4 fields decide a connection as they decide a request.
+    let only_a = authorizer(vec![on_waypoint(
+        "only-a",
+        json!({ "action": "ALLOW", "rules": [
+            { "from": [{ "source": { "principals": ["cluster.local/ns/demo/sa/client-a"] } }] }
+        ] }),
+    )]);
+    assert!(connection_allowed(&only_a, get("/")));
+    assert!(!connection_allowed(
+        &only_a,
+        get("/").from("demo", "client-b")
+    ));
+
+    // An ALLOW rule that needs the request never matches a connection.
+    let get_only = authorizer(vec![on_waypoint(
+        "get-only",
+        json!({ "action": "ALLOW", "rules": [
+            { "from": [{ "source": { "namespaces": ["demo"] } }],
+              "to": [{ "operation": { "methods": ["GET"] } }] }
+        ] }),
+    )]);
+    assert!(allowed(&get_only, get("/")), "a request still matches");
+    assert!(!connection_allowed(&get_only, get("/")));
+
+    // A DENY rule leaves its HTTP fields out, so it denies more: even a
+    // `notPaths` that a request would escape.
+    let deny_private = authorizer(vec![on_waypoint(
+        "private",
+        json!({ "action": "DENY", "rules": [
+            { "from": [{ "source": { "namespaces": ["demo"] } }],
+              "to": [{ "operation": { "notPaths": ["/public*"] } }] }
+        ] }),
+    )]);
+    assert!(allowed(&deny_private, get("/public/x")));
+    assert!(!connection_allowed(&deny_private, get("/")));
+    assert!(
+        connection_allowed(&deny_private, get("/").from("other", "client-a")),
+        "its L4 fields still decide"
+    );
+    // No policy: every connection passes.
+    assert!(connection_allowed(&authorizer(Vec::new()), get("/")));
+}

@@ -43,7 +43,7 @@ use warren_ztunnel::{
     state::{Service, Workload, service::Protocol},
 };
 
-use crate::app::Context;
+use crate::{app::Context, authz};
 
 const DIRECTION: &str = "waypoint";
 
@@ -172,10 +172,31 @@ impl ConnectHandler for Waypoint {
         };
         // The original source, read as ztunnel inbound reads it.
         let (source_ip, source) = original_source(state, request.headers(), &peer);
+        let principals = state.trust_domains().principals(&peer.identity);
+        // A TCP port has no requests to decide: the policies decide the
+        // connection, before it is accepted (as ztunnel's are).
+        if protocol == Protocol::Tcp {
+            let who = authz::Peer {
+                identity: &peer.identity,
+                principals: &principals,
+                source_ip,
+                service: &service.name,
+                service_namespace: &service.namespace,
+                port: dst.port(),
+            };
+            if let Some(denial) = authz::authorize_connection(&ctx.tables.current().authz, &who) {
+                return refuse(
+                    stream,
+                    StatusCode::FORBIDDEN,
+                    "deny_policy",
+                    format!("{} to {dst}: {denial}", peer.identity),
+                );
+            }
+        }
         let downstream = Arc::new(Downstream {
             source_ip,
             source,
-            principals: state.trust_domains().principals(&peer.identity),
+            principals,
             peer,
             service,
             vip: dst.ip(),

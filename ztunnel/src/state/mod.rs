@@ -1222,6 +1222,96 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_with_a_waypoint_is_reached_through_it_directly_or_as_an_endpoint() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("an address");
+        let pod = |waypoint: Option<&str>| {
+            let proto = config::Workload {
+                name: "db-0".into(),
+                namespace: "ns".into(),
+                service_account: "db".into(),
+                node: "node-b".into(),
+                addresses: vec![warren_api::addr::to_bytes(ip("10.0.1.5"))],
+                node_address: warren_api::addr::to_bytes(ip("172.30.0.2")),
+                protocol: config::TunnelProtocol::Hbone as i32,
+                trust_domain: "cluster.local".into(),
+                waypoint: waypoint.map(|at| config::GatewayAddress {
+                    workload: "workload/ns/waypoint-0".into(),
+                    address: if at.is_empty() {
+                        Vec::new()
+                    } else {
+                        warren_api::addr::to_bytes(ip(at))
+                    },
+                    hbone_port: 15008,
+                    identity: if at.is_empty() {
+                        String::new()
+                    } else {
+                        "spiffe://cluster.local/ns/ns/sa/waypoint".into()
+                    },
+                }),
+                ..Default::default()
+            };
+            Resource::Workload(Arc::new(
+                Workload::from_proto("workload/ns/db-0", proto, "cluster.local")
+                    .expect("a workload"),
+            ))
+        };
+        let state = State::new(Some("node-a".into()), 15008);
+        state.update(|inner| {
+            inner.upsert("workload/ns/db-0".into(), pod(Some("10.0.0.9")));
+            let proto = config::Service {
+                name: "db".into(),
+                namespace: "ns".into(),
+                vips: vec![warren_api::addr::to_bytes(ip("10.96.0.20"))],
+                ports: vec![config::ServicePort {
+                    port: 80,
+                    target_port: 8080,
+                    ..Default::default()
+                }],
+                endpoints: vec![config::Endpoint {
+                    workload: "workload/ns/db-0".into(),
+                    address: warren_api::addr::to_bytes(ip("10.0.1.5")),
+                    ready: true,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let service = Service::from_proto("service/ns/db", proto).expect("a service");
+            inner.upsert("service/ns/db".into(), Resource::Service(Arc::new(service)));
+        });
+        let hop = |dst: &str| match state.resolve(dst.parse().expect("ip:port"), None, false) {
+            Ok(Resolved {
+                target:
+                    Target::Upstream(Upstream::Hbone {
+                        gateway,
+                        authority,
+                        waypoint,
+                        ..
+                    }),
+                ..
+            }) => Ok((gateway.to_string(), authority.to_string(), waypoint)),
+            Ok(other) => panic!("not over HBONE: {other:?}"),
+            Err(error) => Err(error),
+        };
+        // By its address, and through its Service (which has no waypoint of
+        // its own): to its waypoint, asking for the pod.
+        let through = Ok(("10.0.0.9:15008".into(), "10.0.1.5:8080".into(), true));
+        assert_eq!(hop("10.0.1.5:8080"), through);
+        assert_eq!(hop("10.96.0.20:80"), through);
+        // Its waypoint not running: refused, never around it.
+        state.update(|inner| inner.upsert("workload/ns/db-0".into(), pod(Some(""))));
+        assert_eq!(
+            hop("10.0.1.5:8080"),
+            Err(ResolveError::WaypointUnavailable("workload/ns/db-0".into()))
+        );
+        // No waypoint: to its node.
+        state.update(|inner| inner.upsert("workload/ns/db-0".into(), pod(None)));
+        assert_eq!(
+            hop("10.0.1.5:8080"),
+            Ok(("172.30.0.2:15008".into(), "10.0.1.5:8080".into(), false))
+        );
+    }
+
+    #[test]
     fn an_entry_is_seen_only_by_the_namespaces_it_is_exported_to() {
         let vip: IpAddr = "10.70.0.1".parse().expect("an address");
         let entry = |key: &str, export_to: &[&str]| {

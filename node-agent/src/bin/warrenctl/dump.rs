@@ -5,9 +5,9 @@ use serde_json::{Value, json};
 use warren_api::{
     addr,
     config::{
-        Action, Authorization, Certificate, Cidr, DumpResponse, InboundMode, Match, MeshSettings,
-        OutboundPolicy, Refusal, Resource, Scope, Service, StringMatch, TunnelProtocol, Workload,
-        resource::Kind, string_match::Kind as SKind,
+        Action, Authorization, Certificate, Cidr, DumpResponse, GatewayAddress, InboundMode, Match,
+        MeshSettings, OutboundPolicy, Refusal, Resource, Scope, Service, StringMatch,
+        TunnelProtocol, Workload, resource::Kind, string_match::Kind as SKind,
     },
 };
 
@@ -83,7 +83,27 @@ fn workload_json(w: &Workload) -> Value {
         "portModes": w.port_modes.iter().map(|(p, m)| (p.to_string(), mode(*m))).collect::<std::collections::BTreeMap<_, _>>(),
         "isWaypoint": w.is_waypoint, "netnsCookie": w.netns_cookie, "netns": w.netns,
         "locality": w.locality,
+        "waypoint": w.waypoint.as_ref().map(waypoint_json),
     })
+}
+
+fn waypoint_json(w: &GatewayAddress) -> Value {
+    json!({"workload": w.workload, "address": ip(&w.address), "hbonePort": w.hbone_port, "identity": w.identity})
+}
+
+/// A waypoint column: the waypoint's workload, or why there is none to go
+/// to (ztunnel refuses that traffic; say so rather than show nothing).
+fn waypoint_cell(waypoint: Option<&GatewayAddress>) -> String {
+    waypoint.map_or_else(
+        || "-".into(),
+        |w| {
+            if w.address.is_empty() {
+                "unavailable (refused)".into()
+            } else {
+                w.workload.clone()
+            }
+        },
+    )
 }
 
 fn service_json(s: &Service) -> Value {
@@ -92,7 +112,7 @@ fn service_json(s: &Service) -> Value {
         "vips": ips(&s.vips),
         "ports": s.ports.iter().map(|p| json!({"port": p.port, "targetPort": p.target_port, "name": p.name, "appProtocol": p.app_protocol})).collect::<Vec<_>>(),
         "endpoints": s.endpoints.iter().map(|e| json!({"workload": e.workload, "address": (!e.address.is_empty()).then(|| ip(&e.address)), "hostname": (!e.hostname.is_empty()).then_some(&e.hostname), "ready": e.ready, "ports": e.ports})).collect::<Vec<_>>(),
-        "waypoint": s.waypoint.as_ref().map(|w| json!({"workload": w.workload, "address": ip(&w.address), "hbonePort": w.hbone_port, "identity": w.identity})),
+        "waypoint": s.waypoint.as_ref().map(waypoint_json),
         "passthrough": s.passthrough,
         "dnsFirstAddress": s.dns_first_address,
     })
@@ -199,6 +219,7 @@ pub fn print_tables(dump: &DumpResponse) {
                 w.service_account.clone(),
                 mode(w.inbound_mode),
                 w.authorization_policies.len().to_string(),
+                waypoint_cell(w.waypoint.as_ref()),
             ]),
             _ => None,
         })
@@ -213,6 +234,7 @@ pub fn print_tables(dump: &DumpResponse) {
             "SERVICE ACCOUNT",
             "INBOUND",
             "POLICIES",
+            "WAYPOINT",
         ],
         &rows,
     );
@@ -256,18 +278,7 @@ pub fn print_tables(dump: &DumpResponse) {
                         s.endpoints.len()
                     )
                 },
-                // A claimed waypoint without an address cannot serve: ztunnel
-                // refuses the traffic (say so rather than show nothing).
-                s.waypoint.as_ref().map_or_else(
-                    || "-".into(),
-                    |w| {
-                        if w.address.is_empty() {
-                            "unavailable (refused)".into()
-                        } else {
-                            w.workload.clone()
-                        }
-                    },
-                ),
+                waypoint_cell(s.waypoint.as_ref()),
             ]),
             _ => None,
         })

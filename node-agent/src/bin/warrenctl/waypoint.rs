@@ -27,7 +27,14 @@ pub enum Command {
     /// warren-waypoint, HBONE on 15008) as `gateway.NS.NAME.yaml` into the
     /// config folder. Pods labelled `gateway.networking.k8s.io/gateway-name=NAME`
     /// then run it.
-    Apply(Target),
+    Apply {
+        #[command(flatten)]
+        target: Target,
+        /// Which traffic it takes (its `istio.io/waypoint-for` label):
+        /// addressed to Services, to pods themselves, or both.
+        #[arg(long = "for", value_enum, default_value_t = Traffic::Service)]
+        traffic: Traffic,
+    },
     /// Remove a namespace's waypoint Gateway from the config folder; the
     /// agents stop its processes and traffic goes straight to endpoints.
     Delete(Target),
@@ -60,6 +67,24 @@ pub enum Command {
     },
 }
 
+/// Values of `istio.io/waypoint-for` a waypoint can be applied with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Traffic {
+    Service,
+    Workload,
+    All,
+}
+
+impl Traffic {
+    fn label(self) -> &'static str {
+        match self {
+            Traffic::Service => "service",
+            Traffic::Workload => "workload",
+            Traffic::All => "all",
+        }
+    }
+}
+
 /// Where the local configuration lives (the agent's `--config-dir`).
 #[derive(Args, Clone, Debug)]
 pub struct Folder {
@@ -82,7 +107,7 @@ pub struct Target {
 
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Apply(target) => apply(&target),
+        Command::Apply { target, traffic } => apply(&target, traffic),
         Command::Delete(target) => delete(&target),
         Command::List { folder, agent } => list(&folder.config_dir, &agent),
         Command::Clusters {
@@ -99,11 +124,15 @@ fn file_name(namespace: &str, name: &str) -> String {
     format!("gateway.{namespace}.{name}.yaml")
 }
 
-fn apply(target: &Target) -> Result<()> {
+fn apply(target: &Target, traffic: Traffic) -> Result<()> {
     let dir = &target.folder.config_dir;
     ensure_dir(dir)?;
-    let yaml =
-        Gateway::waypoint_yaml(&target.namespace, &target.name).context("encoding the Gateway")?;
+    let mut gateway = Gateway::waypoint(&target.namespace, &target.name);
+    // Unlabelled is `service` already: the Gateway stays as Istio writes it.
+    if traffic != Traffic::Service {
+        gateway = gateway.taking(traffic.label());
+    }
+    let yaml = gateway.to_yaml().context("encoding the Gateway")?;
     let file = file_name(&target.namespace, &target.name);
     let path = dir.join(&file);
     // Written aside (hidden, so the agents skip it) and renamed into place:
