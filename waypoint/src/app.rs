@@ -63,18 +63,12 @@ pub struct Context {
 
 impl Context {
     /// A pod addressed directly (at `ip`, on `port`) whose traffic goes
-    /// through a waypoint, as the Service of its own this waypoint serves it
-    /// as ([`Service::of_pod`]); `None` for an address of no such pod.
+    /// through this waypoint, as the Service of its own it is served as
+    /// ([`Service::of_pod`]); `None` for an address of no such pod.
     pub fn pod_destination(&self, ip: IpAddr, port: u16) -> Option<Arc<Service>> {
-        let state = &self.inputs.state;
-        let workload = state.workload_by_ip(ip).filter(|w| w.waypoint.is_some())?;
-        let declared = state.declared_port(&workload, port);
-        Some(Arc::new(Service::of_pod(
-            &workload,
-            ip,
-            port,
-            declared.as_ref(),
-        )))
+        let me = self.identity();
+        crate::proxy::destination::pod(&self.inputs.state, ip, port)
+            .filter(|s| crate::proxy::serves(s, &me))
     }
 
     /// Nothing under this lock panics on input: a poisoned lock is a bug

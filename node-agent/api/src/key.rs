@@ -11,6 +11,12 @@ pub fn workload(namespace: &str, name: &str) -> String {
     format!("workload/{namespace}/{name}")
 }
 
+/// Whether a key is a workload's ([`workload`]): a waypoint serves a pod
+/// addressed directly as a Service keyed so.
+pub fn is_workload(key: &str) -> bool {
+    key.starts_with("workload/")
+}
+
 pub fn service(namespace: &str, name: &str) -> String {
     format!("service/{namespace}/{name}")
 }

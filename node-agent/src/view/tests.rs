@@ -683,13 +683,14 @@ fn a_waypoint_for_workloads_only_takes_no_service_traffic() {
     );
     view.changed(&store, &keys);
     assert_eq!(app_waypoint(&view), ip("10.244.0.23"));
-    // Named anyway: claimed, and refused rather than bypassed.
+    // Named anyway: it takes no Service traffic, so that goes direct (as
+    // in Istio, where such a binding is not accepted).
     let keys = apply(
         &mut store,
         &app_service("istio.io/use-waypoint: a-workloads"),
     );
     view.changed(&store, &keys);
-    assert_eq!(app_waypoint(&view), Some(None));
+    assert_eq!(app_waypoint(&view), None);
 }
 
 /// A waypoint Gateway of `demo` for `waypoint_for` traffic, running at `ip`.
@@ -705,26 +706,43 @@ fn pod_waypoint(view: &View, name: &str) -> Option<Option<std::net::IpAddr>> {
         .map(|w| warren_api::addr::from_bytes(&w.address))
 }
 
+/// Namespace `demo` in the mesh with `labels` (YAML, may be empty).
+fn demo_namespace(labels: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{ name: demo, labels: {{ warren.io/dataplane-mode: ambient{labels} }} }}\n"
+    )
+}
+
 #[test]
-fn a_pod_goes_through_a_waypoint_for_workloads() {
+fn a_pod_goes_through_the_waypoint_for_workloads_its_labels_name() {
     let ip = |s: &str| Some(Some(s.parse::<std::net::IpAddr>().unwrap()));
     let (mut store, mut view) = built("");
-    // A waypoint for Services only leaves pods' own traffic alone.
-    let keys = apply(
+    let changed = |store: &mut Store, view: &mut View, yaml: &str| {
+        let keys = apply(store, yaml);
+        view.changed(store, &keys);
+    };
+    changed(
         &mut store,
-        &waypoint_for("b-services", "service", "10.244.0.23"),
+        &mut view,
+        &format!(
+            "{}---\n{}",
+            waypoint_for("b-services", "service", "10.244.0.23"),
+            waypoint_for("a-workloads", "workload", "10.244.0.22")
+        ),
     );
-    view.changed(&store, &keys);
+    // Unlabelled, as in Istio: a Gateway for pods reroutes nothing until
+    // they ask for it; the Services keep theirs.
     assert_eq!(pod_waypoint(&view, "app-v1-0"), None);
     assert_eq!(app_waypoint(&view), ip("10.244.0.23"));
 
-    // One for workloads is the namespace's for pods, and a Gateway change
-    // reaches the pods of its namespace; the Services keep theirs.
-    let keys = apply(
+    // The namespace names the waypoint for pods: every pod of the mesh
+    // there takes it. It takes no Service traffic, so the Services go
+    // direct (the label's choice, not the namespace's default).
+    changed(
         &mut store,
-        &waypoint_for("a-workloads", "workload", "10.244.0.22"),
+        &mut view,
+        &demo_namespace(", istio.io/use-waypoint: a-workloads"),
     );
-    view.changed(&store, &keys);
     assert_eq!(pod_waypoint(&view, "app-v1-0"), ip("10.244.0.22"));
     assert_eq!(pod_waypoint(&view, "app-v2-0"), ip("10.244.0.22"));
     let via = workload(&view, "demo", "app-v1-0").waypoint.unwrap();
@@ -733,23 +751,21 @@ fn a_pod_goes_through_a_waypoint_for_workloads() {
         "spiffe://cluster.local/ns/demo/sa/a-workloads"
     );
     assert_eq!(via.workload, "workload/demo/a-workloads-0");
-    assert_eq!(app_waypoint(&view), ip("10.244.0.23"));
+    assert_eq!(app_waypoint(&view), None);
     // Never for a pod outside the mesh, nor a waypoint's own pod.
     assert_eq!(workload(&view, "demo", "out-0").waypoint, None);
     assert_eq!(workload(&view, "demo", "a-workloads-0").waypoint, None);
 
-    // The namespace names the Services' waypoint: pods stay direct, as it
-    // takes no traffic of theirs.
-    let keys = apply(
+    // The namespace names the Services' waypoint: pods go direct.
+    changed(
         &mut store,
-        "apiVersion: v1\nkind: Namespace\nmetadata: { name: demo, labels: { warren.io/dataplane-mode: ambient, istio.io/use-waypoint: b-services } }\n",
+        &mut view,
+        &demo_namespace(", istio.io/use-waypoint: b-services"),
     );
-    view.changed(&store, &keys);
     assert_eq!(pod_waypoint(&view, "app-v1-0"), None);
     assert_eq!(app_waypoint(&view), ip("10.244.0.23"));
 
-    // A pod naming one for Services only: claimed, and refused rather
-    // than bypassed.
+    // A pod's own label wins over its namespace's.
     let pod = |labels: &str| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{ name: app-v2-0, namespace: demo, labels: {{ app: app, version: v2{labels} }} }}\n\
@@ -757,31 +773,50 @@ fn a_pod_goes_through_a_waypoint_for_workloads() {
              status: {{ hostIP: 172.30.0.2, podIP: 10.244.1.5 }}\n"
         )
     };
-    let keys = apply(&mut store, &pod(", istio.io/use-waypoint: b-services"));
-    view.changed(&store, &keys);
-    assert_eq!(pod_waypoint(&view, "app-v2-0"), Some(None));
-    let keys = apply(&mut store, &pod(", istio.io/use-waypoint: a-workloads"));
-    view.changed(&store, &keys);
-    assert_eq!(pod_waypoint(&view, "app-v2-0"), ip("10.244.0.22"));
-
-    // A waypoint for all traffic named by the namespace takes both.
-    let keys = apply(
+    changed(
         &mut store,
+        &mut view,
+        &pod(", istio.io/use-waypoint: a-workloads"),
+    );
+    assert_eq!(pod_waypoint(&view, "app-v2-0"), ip("10.244.0.22"));
+    assert_eq!(pod_waypoint(&view, "app-v1-0"), None);
+
+    // One for all traffic named by the namespace takes both.
+    changed(
+        &mut store,
+        &mut view,
         &format!(
-            "{}---\napiVersion: v1\nkind: Namespace\nmetadata: {{ name: demo, labels: {{ warren.io/dataplane-mode: ambient, istio.io/use-waypoint: c-all }} }}\n",
-            waypoint_for("c-all", "all", "10.244.0.24")
+            "{}---\n{}",
+            waypoint_for("c-all", "all", "10.244.0.24"),
+            demo_namespace(", istio.io/use-waypoint: c-all")
         ),
     );
-    view.changed(&store, &keys);
     assert_eq!(pod_waypoint(&view, "app-v1-0"), ip("10.244.0.24"));
     assert_eq!(app_waypoint(&view), ip("10.244.0.24"));
+    assert_eq!(pod_waypoint(&view, "app-v2-0"), ip("10.244.0.22"));
 
-    // Its pod goes: the pods' traffic is claimed with nowhere to go.
+    // Its pod goes: the traffic is claimed with nowhere to go (refused).
     let key = delete(&mut store, Kind::Pod, "demo", "c-all-0");
     view.changed(&store, &[key]);
     assert_eq!(pod_waypoint(&view, "app-v1-0"), Some(None));
-    // The pod's own label still wins over its namespace's.
-    assert_eq!(pod_waypoint(&view, "app-v2-0"), ip("10.244.0.22"));
+    assert_eq!(app_waypoint(&view), Some(None));
+
+    // A name that is no Gateway fails closed for pods too: a deleted or
+    // refused waypoint must not let traffic around its policy.
+    changed(
+        &mut store,
+        &mut view,
+        &demo_namespace(", istio.io/use-waypoint: nosuch"),
+    );
+    assert_eq!(pod_waypoint(&view, "app-v1-0"), Some(None));
+    assert_eq!(app_waypoint(&view), Some(None));
+    let key = delete(&mut store, Kind::Gateway, "demo", "a-workloads");
+    view.changed(&store, &[key]);
+    assert_eq!(
+        pod_waypoint(&view, "app-v2-0"),
+        Some(None),
+        "its own, deleted"
+    );
 }
 
 #[test]
@@ -801,18 +836,37 @@ fn a_pod_follows_a_waypoint_it_names_in_another_namespace() {
         Some(None),
         "no such waypoint yet"
     );
+    let keys = apply(
+        &mut store,
+        &demo_namespace(", istio.io/use-waypoint: shared, istio.io/use-waypoint-namespace: infra"),
+    );
+    view.changed(&store, &keys);
+    assert_eq!(
+        pod_waypoint(&view, "app-v2-0"),
+        Some(None),
+        "by its namespace"
+    );
 
     // Created in infra, admitting every namespace: a change there reaches
-    // the pod in demo.
-    let shared = Gateway::waypoint("infra", "shared")
-        .admitting(RouteNamespaces {
-            from: Some("All".into()),
-            selector: None,
-        })
-        .taking("all");
-    let keys = apply(&mut store, &named_waypoint(shared, "10.244.0.31"));
+    // the pods in demo, by their own label and by their namespace's.
+    let shared = |ip: &str| {
+        let gateway = Gateway::waypoint("infra", "shared")
+            .admitting(RouteNamespaces {
+                from: Some("All".into()),
+                selector: None,
+            })
+            .taking("all");
+        named_waypoint(gateway, ip)
+    };
+    let keys = apply(&mut store, &shared("10.244.0.31"));
     view.changed(&store, &keys);
     assert_eq!(pod_waypoint(&view, "app-v1-0"), ip("10.244.0.31"));
+    assert_eq!(pod_waypoint(&view, "app-v2-0"), ip("10.244.0.31"));
+    // Its pod moves: both follow.
+    let keys = apply(&mut store, &shared("10.244.0.32"));
+    view.changed(&store, &keys);
+    assert_eq!(pod_waypoint(&view, "app-v1-0"), ip("10.244.0.32"));
+    assert_eq!(pod_waypoint(&view, "app-v2-0"), ip("10.244.0.32"));
 }
 
 #[test]

@@ -16,20 +16,19 @@
 //! the cluster goes through a waypoint when asked, as in Istio.
 //!
 //! Only Gateways that take Service traffic count (`istio.io/waypoint-for`
-//! unset, `service` or `all`). A waypoint that is named but cannot serve (no
-//! such Gateway, another class, one for `workload` or `none`, a namespace its
-//! listeners do not admit, or no running pod) still claims the traffic:
-//! ztunnel refuses it rather than bypass the L7 policy the operator asked
-//! for.
+//! unset, `service` or `all`); a label naming one for `workload` or `none`
+//! leaves the traffic direct, as Istio does. A waypoint that is named but
+//! cannot serve (no such Gateway, another class, a namespace its listeners
+//! do not admit, or no running pod) still claims the traffic: ztunnel
+//! refuses it rather than bypass the L7 policy the operator asked for.
 //!
-//! A pod of the mesh chooses the same way for traffic addressed to the pod
-//! itself (its own address: a headless Service's clients, a StatefulSet's
-//! peers), among Gateways for `workload` or `all`. Its namespace's label
-//! names the waypoint for whatever traffic that waypoint takes, so a name
-//! there that is no waypoint for pods (one for Services only, or none at
-//! all) leaves the pod's own traffic direct; the pod's own label, like a
-//! Service's, claims the traffic even when its waypoint cannot serve.
-//! Waypoint pods never go through a waypoint.
+//! A pod of the mesh chooses by 1. and 2. only (as in Istio: no label, no
+//! waypoint) for traffic addressed to the pod itself (its own address: a
+//! headless Service's clients, a StatefulSet's peers), among Gateways for
+//! `workload` or `all`. A label names one waypoint for whatever traffic it
+//! takes, so a waypoint for Services only leaves the pod's own traffic
+//! direct; a name that is no waypoint, or one that cannot serve, claims it
+//! (refused, as above). Waypoint pods never go through a waypoint.
 
 use std::collections::BTreeMap;
 
@@ -219,7 +218,9 @@ pub fn of_entry(
 }
 
 /// The waypoint traffic addressed to `pod` itself goes through (see the
-/// module's notes); never one for a pod outside the mesh or a waypoint's.
+/// module's notes): only one its own or its namespace's label names, as in
+/// Istio, so that a Gateway applied for pods reroutes nothing (and refuses
+/// nothing while it starts) until they are labelled.
 pub fn of_pod(
     store: &Store,
     waypoints: &BTreeMap<String, Waypoints>,
@@ -227,7 +228,7 @@ pub fn of_pod(
 ) -> Option<GatewayAddress> {
     let choices = Choices {
         own: &pod.labels,
-        namespace_default: true,
+        namespace_default: false,
     };
     chosen(
         store,
@@ -261,10 +262,7 @@ fn chosen(
 ) -> Option<GatewayAddress> {
     let empty = Labels::default();
     let ns_labels = namespace_labels(store, namespace).unwrap_or(&empty);
-    let (chosen, by_namespace) = match choice(choices.own, namespace) {
-        Some(own) => (Some(own), false),
-        None => (choice(ns_labels, namespace), true),
-    };
+    let chosen = choice(choices.own, namespace).or_else(|| choice(ns_labels, namespace));
     match chosen {
         Some(Choice::OptOut) => None,
         None if choices.namespace_default => waypoints
@@ -282,12 +280,11 @@ fn chosen(
                 Some(Object::Gateway(g)) => Some(g),
                 _ => None,
             };
-            // A namespace names one waypoint for all its traffic: for a pod's
-            // own, only when that waypoint takes it.
-            if traffic == Traffic::Workloads
-                && by_namespace
-                && !found.is_some_and(|g| traffic.taken_by(g))
-            {
+            // A waypoint that does not take this kind of traffic (one for
+            // Services named for a pod, as a namespace's label names one
+            // waypoint for both) leaves it direct, as Istio does; one
+            // missing, or unable to serve, still claims it.
+            if found.is_some_and(|g| g.is_waypoint() && !traffic.taken_by(g)) {
                 return None;
             }
             let admitted =

@@ -126,10 +126,10 @@ fn string_map(v: &serde_yaml::Value) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Runs one step of the demo; when it fails, keeps every process's log.
 /// One step of the tour: its evidence, or why it failed.
 type Step = fn(&mut Demo) -> Result<String>;
 
+/// Runs one step of the demo; when it fails, keeps every process's log.
 fn step(steps: &mut Steps, demo: &mut Demo, title: &str, f: Step) {
     if !steps.run(title, || f(demo)) {
         match demo.keep_logs(steps.len()) {

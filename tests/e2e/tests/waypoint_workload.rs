@@ -1,5 +1,6 @@
-//! A waypoint for workloads (`istio.io/waypoint-for: workload`), with real
-//! traffic: requests addressed to a pod itself (as a StatefulSet's peers or a
+//! A waypoint for workloads (`istio.io/waypoint-for: workload`, named by the
+//! namespace's `istio.io/use-waypoint`), with real traffic: requests
+//! addressed to a pod itself (as a StatefulSet's peers or a
 //! headless Service's clients send them) pass the waypoint, whose
 //! AuthorizationPolicy decides each one, and reach the pod; so does the
 //! traffic of the pod's Service, which has no waypoint of its own (ztunnel
@@ -104,6 +105,14 @@ fn traffic_to_a_pod_itself_passes_its_waypoint() -> Result<()> {
     );
     let waypoint_pod = cluster.pod("waypoint")?.clone();
     let waypoint = start_waypoint(&cluster, &waypoint_pod, NS).with_context(|| mesh.logs())?;
+    // As in Istio, the namespace (or a pod) asks for it by name.
+    cluster.add_namespace(
+        NS,
+        labels(&[
+            ("warren.io/dataplane-mode", "ambient"),
+            ("istio.io/use-waypoint", "waypoint"),
+        ]),
+    )?;
     let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
 
     // Addressed to the pod: through the waypoint, whose policy denies
@@ -120,15 +129,15 @@ fn traffic_to_a_pod_itself_passes_its_waypoint() -> Result<()> {
         logs()
     );
     let metrics = waypoint_metrics(&waypoint_pod)?;
-    // The address dialled names the destination; a denied request reached
-    // no workload.
-    let address = pod.ip.to_string();
+    // No Service was dialled (its labels say `unknown`); a denied request
+    // reached no workload.
     let to_pod = |code: &str, workload: &str| {
         metric_sum(
             &metrics,
             "istio_requests_total",
             &[
-                ("destination_service", address.as_str()),
+                ("source_workload", "client"),
+                ("destination_service", "unknown"),
                 ("destination_workload", workload),
                 ("response_code", code),
             ],

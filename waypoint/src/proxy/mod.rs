@@ -16,6 +16,7 @@
 //! and port; inside each stream the client's HTTP (1.1 or 2) is served.
 
 pub mod connect;
+pub mod destination;
 pub mod http;
 pub mod keepalive;
 mod lifetime;
@@ -125,15 +126,9 @@ impl ConnectHandler for Waypoint {
             );
         };
         let state = &ctx.inputs.state;
-        // The service the client's ztunnel sent it to: among ServiceEntries
-        // sharing an address, the one exported to the client's namespace
-        // (from its certificate), whose policies then apply here. Else a pod
-        // addressed directly, whose own waypoint this may be.
-        let Some(service) = state
-            .service_by_vip_for(dst.ip(), &peer.identity.namespace)
-            .filter(|s| s.waypoint.is_some())
-            .or_else(|| ctx.pod_destination(dst.ip(), dst.port()))
-        else {
+        // The service (or pod) the client's ztunnel sent it to, seen from
+        // the client's namespace (from its certificate).
+        let Some(service) = destination::of_connect(state, dst, &peer.identity.namespace) else {
             return refuse(
                 stream,
                 StatusCode::NOT_FOUND,
@@ -219,7 +214,7 @@ impl ConnectHandler for Waypoint {
 }
 
 /// Whether `service` sends its traffic to the waypoint of identity `me`.
-fn serves(service: &Service, me: &warren_api::Identity) -> bool {
+pub fn serves(service: &Service, me: &warren_api::Identity) -> bool {
     service.waypoint.as_ref().is_some_and(|w| w.identity == *me)
 }
 

@@ -260,6 +260,7 @@ fn request_labels(
     let unknown = || "unknown".to_owned();
     let source = down.source.as_deref();
     let service = &down.service;
+    let pod_addressed = warren_api::key::is_workload(&service.key);
     RequestLabels {
         reporter: "waypoint",
         source_workload: source.map_or_else(unknown, |w| w.telemetry_name().to_owned()),
@@ -274,14 +275,23 @@ fn request_labels(
         destination_canonical_service: destination
             .map_or_else(unknown, |w| w.canonical_name.clone()),
         destination_version: destination.map_or_else(unknown, |w| w.canonical_revision.clone()),
-        destination_service: service.hostname.clone(),
-        // A pod addressed directly has no Service (`Service::of_pod`).
-        destination_service_name: if service.name.is_empty() {
+        // A pod addressed directly has no Service (`Service::of_pod`): its
+        // address is no label (one series per pod address would churn).
+        destination_service: if pod_addressed {
+            unknown()
+        } else {
+            service.hostname.clone()
+        },
+        destination_service_name: if pod_addressed {
             unknown()
         } else {
             service.name.clone()
         },
-        destination_service_namespace: service.namespace.clone(),
+        destination_service_namespace: if pod_addressed {
+            unknown()
+        } else {
+            service.namespace.clone()
+        },
         request_protocol: if grpc { "grpc" } else { "http" },
         response_code,
         grpc_response_status: grpc_status
