@@ -30,7 +30,7 @@ use warren_e2e::{
     workload::{count_status, count_version, finished_report, load, start_http_server},
 };
 use warren_testbed::{
-    Cluster, Node, Pod, PodSpec, Process, ServicePort, addressing::CLUSTER_DNS, labels,
+    Cluster, Node, Pod, PodSpec, Process, ServicePort, addressing::CLUSTER_DNS, labels, manifests,
 };
 
 use crate::steps::{Steps, show_yaml};
@@ -73,6 +73,7 @@ mod examples {
     pub const LOCALITY: &str = include_str!("../../../examples/locality.yaml");
     pub const LOCALITY_FAILOVER: &str = include_str!("../../../examples/locality-failover.yaml");
     pub const EGRESS: &str = include_str!("../../../examples/egress.yaml");
+    pub const POD_WAYPOINT: &str = include_str!("../../../examples/pod-waypoint.yaml");
 }
 
 /// The file in the config folder that holds the current step's
@@ -164,7 +165,7 @@ fn main() -> ExitCode {
     };
 
     // The tour, in order; a later step builds on what the earlier ones set up.
-    let tour: [(&str, Step); 18] = [
+    let tour: [(&str, Step); 19] = [
         (
             "Mesh up: CA, node agents (eBPF datapath pinned), ztunnels",
             Demo::mesh_up,
@@ -226,6 +227,10 @@ fn main() -> ExitCode {
         (
             "Egress: an API outside the cluster, through the waypoint",
             Demo::egress,
+        ),
+        (
+            "A pod reached by its own address passes its waypoint too",
+            Demo::pod_waypoint,
         ),
         (
             "ztunnel upgrade under load: a new one takes over, no request lost",
@@ -1160,6 +1165,94 @@ impl Demo {
     /// shop's client at the ServiceEntry's address: the entry's label sends
     /// it through the waypoint, which adds the partner key and refuses
     /// `/admin` before anything leaves the cluster.
+    /// A pod addressed directly (as a StatefulSet's peers reach one): once
+    /// the waypoint takes pods' traffic and data-v1 names it, the waypoint's
+    /// policy holds on the pod's own address; an unlabelled pod is reached
+    /// directly.
+    fn pod_waypoint(&mut self) -> Result<String> {
+        let config_dir = self.cluster.config_dir();
+        println!(
+            "   $ warrenctl waypoint apply -n {SHOP} --for all --config-dir {}",
+            config_dir.display()
+        );
+        let out = warrenctl_text(&[
+            "waypoint",
+            "apply",
+            "-n",
+            SHOP,
+            "--for",
+            "all",
+            "--config-dir",
+            &config_dir.to_string_lossy(),
+        ])?;
+        for line in out.lines() {
+            println!("   {line}");
+        }
+        self.apply(
+            "pod-waypoint.yaml",
+            examples::POD_WAYPOINT,
+            "authorizationpolicy.shop.internal-pages.yaml",
+        )?;
+        let mut data = self.pod("shop/data-v1")?.clone();
+        println!("   labelling pod shop/data-v1 istio.io/use-waypoint=waypoint");
+        data.labels
+            .insert("istio.io/use-waypoint".into(), "waypoint".into());
+        let node = self.node(self.node_index(&data.node)?)?.clone();
+        manifests::write_pod(&config_dir, &data, &node)?;
+
+        let client = self.client()?;
+        let by_address = |pod: &Pod, path: &str| format!("http://{}:8080{path}", pod.ip);
+        let internal = by_address(&data, "/internal/report");
+        eventually(
+            Duration::from_secs(20),
+            "data-v1's /internal refused by the waypoint",
+            || {
+                let report = load(&client, &internal, &["-n", "4"])?;
+                Ok(count_status(&report, 403) == 4)
+            },
+        )
+        .with_context(|| self.logs())?;
+        let counted = || -> Result<f64> {
+            Ok(metric_sum(
+                &self.waypoint_metrics()?,
+                "istio_requests_total",
+                &[
+                    ("destination_workload", "data-v1"),
+                    ("destination_service", "unknown"),
+                    ("response_code", "200"),
+                ],
+            ))
+        };
+        let before = counted()?;
+        let report = load(&client, &by_address(&data, "/"), &["-n", "20", "-c", "2"])?;
+        let ok = count_status(&report, 200);
+        let through = counted()? - before;
+        ensure!(
+            ok == 20 && through >= 20.0,
+            "data-v1's other pages: {ok}/20 answered, {through} through the waypoint: {report}\n{}",
+            self.logs()
+        );
+        let refused = count_status(&load(&client, &internal, &["-n", "20"])?, 403);
+        ensure!(refused == 20, "{refused}/20 of /internal refused");
+        // Unlabelled: reached directly, the waypoint's policy not in its way.
+        let alice = self.pod("shop/app-dev-alice")?.clone();
+        let direct = count_status(
+            &load(
+                &client,
+                &by_address(&alice, "/internal/report"),
+                &["-n", "5"],
+            )?,
+            200,
+        );
+        ensure!(
+            direct == 5,
+            "app-dev-alice (no label) answered {direct}/5 of /internal directly"
+        );
+        Ok(format!(
+            "shop/client → data-v1 by its address: /internal 0/20 (403 from the waypoint's policy), / 20/20, {through} counted by the waypoint (destination_workload=data-v1); app-dev-alice, unlabelled: /internal 5/5, direct"
+        ))
+    }
+
     fn egress(&mut self) -> Result<String> {
         const API: &str = "http://240.240.0.10";
         let node = self.cluster.node(1)?.clone();
