@@ -85,6 +85,13 @@ fn bind_shared(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     .with_context(context)?;
     socket.set_reuseaddr(true).with_context(context)?;
     socket.set_reuseport(true).with_context(context)?;
+    // Beside an IPv4 listener on the same port: IPv6 only, or the two would
+    // share IPv4 connections between them.
+    if addr.is_ipv6() {
+        socket2::SockRef::from(&socket)
+            .set_only_v6(true)
+            .with_context(context)?;
+    }
     socket.bind(addr).with_context(context)?;
     // tokio's own default backlog for `TcpListener::bind`.
     socket.listen(1024).with_context(context)

@@ -131,6 +131,15 @@ async fn the_mesh_names_are_answered_here_and_the_rest_forwarded() {
         &[ip(60, 4)],
         &[],
     ));
+    // Both families: its IPv6 address leads only to ztunnel, which takes no
+    // IPv6 captures here (its outbound listener is IPv4), so it is not
+    // handed out.
+    mesh.view.put(service(
+        warren_api::key::service_entry("demo", "dual.example.com"),
+        "dual.example.com",
+        &[ip(60, 5), "2001:2::f0f0:5".parse().unwrap()],
+        &[],
+    ));
     mesh.sync();
     let proxy = mesh.a.ztunnel.addresses.dns_proxy[0];
     let client = mesh.client_ip;
@@ -176,6 +185,15 @@ async fn the_mesh_names_are_answered_here_and_the_rest_forwarded() {
         .unwrap();
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
     assert!(answer.answers.is_empty());
+    let answer = ask(proxy, client, 20, "dual.example.com.", RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(addresses(&answer), vec![ip(60, 5)]);
+    let answer = ask(proxy, client, 21, "dual.example.com.", RecordType::AAAA)
+        .await
+        .unwrap();
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert!(answer.answers.is_empty(), "{answer:?}");
 
     // Forwarded: a name outside the mesh, a ServiceEntry host without addresses, a
     // Service the client's namespace does not see, another type of question.

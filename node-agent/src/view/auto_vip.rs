@@ -1,25 +1,26 @@
 //! Addresses for ServiceEntry hosts that have none, as Istio allocates them.
 //!
 //! A host that a ServiceEntry names without `addresses` gets one from
-//! 240.240.0.0/16 (resolution `DNS`, `DNS_ROUND_ROBIN` or `STATIC`; not
-//! wildcards). ztunnel's DNS proxy answers the host with it, so a pod's connection
+//! 240.240.0.0/16, and its IPv6 twin from 2001:2::/48 (resolution `DNS`,
+//! `DNS_ROUND_ROBIN` or `STATIC`; not wildcards): one slot, two addresses,
+//! so a pod of either family reaches the host. ztunnel's DNS proxy answers the host with it, so a pod's connection
 //! to the host reaches ztunnel as a connection to that address. ztunnel resolves it
 //! to the entry: its endpoints, its waypoint, its policies. Without it the
 //! connection would go to whatever address a DNS server gave, which the mesh does
 //! not know. `NONE` entries get no address: they go to the address dialled.
 //!
 //! Every agent computes the same addresses from the same configuration, without
-//! talking to the others. A host's address is the first free one of its own
+//! talking to the others. A host's slot is the first free one of its own
 //! sequence of hashes of the namespace and host (FNV-1a, the same in every
 //! version). Hosts take their turn oldest entry first, so a new entry never moves
 //! an older entry's addresses, which clients may hold (they are in DNS answers).
 //! Removing an entry can move a later host only if it had collided with it, and
-//! then only back to its first choice. The range is Istio's; the addresses are
-//! Warren's own.
+//! then only back to its first choice. The ranges are Istio's; the addresses
+//! are Warren's own.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use crate::{
@@ -27,11 +28,33 @@ use crate::{
     store::Store,
 };
 
-/// (namespace, host) → its address.
-pub type AutoVips = BTreeMap<(String, String), IpAddr>;
+/// (namespace, host) → its slot.
+pub type AutoVips = BTreeMap<(String, String), Slot>;
 
 /// Usable addresses of 240.240.0.0/16: .0.1 to .255.254.
 const SLOTS: u32 = 65_534;
+
+/// One allocation: the `n`-th address (1 to [`SLOTS`]) of each range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slot(u16);
+
+impl Slot {
+    /// 240.240.x.y.
+    pub fn v4(self) -> Ipv4Addr {
+        let [high, low] = self.0.to_be_bytes();
+        Ipv4Addr::new(240, 240, high, low)
+    }
+
+    /// 2001:2::f0f0:n, in the benchmarking range (RFC 5180), never routed.
+    pub fn v6(self) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0xf0f0, self.0)
+    }
+
+    /// Both addresses, IPv4 first.
+    pub fn addresses(self) -> [IpAddr; 2] {
+        [IpAddr::V4(self.v4()), IpAddr::V6(self.v6())]
+    }
+}
 
 /// The address of every ServiceEntry host that needs one.
 pub fn allocate(store: &Store) -> AutoVips {
@@ -83,9 +106,11 @@ pub fn allocate(store: &Store) -> AutoVips {
             break;
         };
         taken.insert(slot);
-        let n = slot + 1;
-        let ip = Ipv4Addr::new(240, 240, (n >> 8) as u8, (n & 0xff) as u8);
-        out.insert((namespace, host), IpAddr::V4(ip));
+        // 0 and 65 535 stay out of the IPv4 range (network, broadcast).
+        let Ok(n) = u16::try_from(slot + 1) else {
+            break;
+        };
+        out.insert((namespace, host), Slot(n));
     }
     out
 }
@@ -172,10 +197,16 @@ mod tests {
         );
         let distinct: BTreeSet<_> = vips.values().collect();
         assert_eq!(distinct.len(), 3);
-        for ip in vips.values() {
-            let IpAddr::V4(v4) = ip else { panic!("{ip}") };
+        for slot in vips.values() {
+            let v4 = slot.v4();
             assert_eq!(&v4.octets()[..2], &[240, 240]);
             assert!(!matches!(v4.octets()[2..], [0, 0] | [255, 255]), "{v4}");
+            // The IPv6 twin ends as the IPv4 address does.
+            let v6 = slot.v6().octets();
+            assert_eq!(&v6[..4], &[0x20, 0x01, 0, 2], "{}", slot.v6());
+            assert_eq!(&v6[12..14], &[0xf0, 0xf0]);
+            assert_eq!(v6[14..], v4.octets()[2..]);
+            assert_eq!(slot.addresses(), [IpAddr::V4(v4), IpAddr::V6(slot.v6())]);
         }
         // Another agent, or this one later with more entries: the same addresses.
         let more = yaml.clone() + &entry("zoo", "x", "x.example.com", "  resolution: DNS\n");

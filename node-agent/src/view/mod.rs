@@ -546,7 +546,7 @@ impl View {
             let auto_vip = |host: &str| {
                 self.auto_vips
                     .get(&(namespace.to_owned(), auto_vip::normal(host)))
-                    .copied()
+                    .map_or_else(Vec::new, |slot| slot.addresses().to_vec())
             };
             for mut service in
                 service_entry::services(namespace, entry, pods.iter().copied(), auto_vip)

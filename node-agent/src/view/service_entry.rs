@@ -53,7 +53,7 @@ pub fn services<'a>(
     namespace: &str,
     entry: &ServiceEntry,
     pods: impl Iterator<Item = &'a Pod>,
-    auto_vip: impl Fn(&str) -> Option<IpAddr>,
+    auto_vip: impl Fn(&str) -> Vec<IpAddr>,
 ) -> Vec<Service> {
     let spec = &entry.spec;
     let vips: Vec<Vec<u8>> = spec
@@ -146,7 +146,7 @@ pub fn services<'a>(
             // waypoint pick a Service by address): the first keeps them,
             // the others get none (give each its own entry).
             vips: if vips.is_empty() {
-                auto_vip(host).map(addr::to_bytes).into_iter().collect()
+                auto_vip(host).into_iter().map(addr::to_bytes).collect()
             } else if shared.is_none() && i > 0 {
                 Vec::new()
             } else {

@@ -1427,6 +1427,19 @@ spec: { hosts: [shared.example], addresses: [10.50.0.1], ports: [{ number: 80, n
 }
 
 #[test]
+fn a_host_without_addresses_is_published_with_one_of_each_family() {
+    let (_, view) = built(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: legacy, namespace: demo }\n\
+         spec: { hosts: [legacy.example.com], ports: [{ number: 443, name: tls, protocol: TLS }], resolution: DNS }\n",
+    );
+    let service = entry_service(&view, "demo", "legacy.example.com").expect("published");
+    let vips = ips(&service.vips);
+    assert_eq!(vips.len(), 2, "{vips:?}");
+    assert!(vips[0].starts_with("240.240."), "{vips:?}");
+    assert!(vips[1].starts_with("2001:2::f0f0:"), "{vips:?}");
+}
+
+#[test]
 fn dns_entries_publish_names_for_ztunnel_to_resolve() {
     let (mut store, mut view) = built(
         r#"

@@ -591,7 +591,8 @@ impl Demo {
         let answer = resolve(&front, CLUSTER_DNS, name, Send::Connected)?
             .with_context(|| format!("shop/front got no answer for {name}"))?;
         ensure!(
-            answer.addresses == [vip] && answer.from == (CLUSTER_DNS.into(), 53),
+            answer.addresses == [std::net::IpAddr::from(vip)]
+                && answer.from == (CLUSTER_DNS.into(), 53),
             "shop/front got {answer:?} for {name}, want {vip} from {CLUSTER_DNS}:53"
         );
         Ok(format!(

@@ -1,6 +1,6 @@
-//! Playing a pod's resolver: one A query, as glibc or musl send it.
+//! Playing a pod's resolver: one A (or AAAA) query, as glibc or musl send it.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use anyhow::{Context as _, Result, ensure};
 use warren_testbed::Pod;
@@ -14,22 +14,29 @@ pub enum Send {
     SendTo,
 }
 
+/// The record asked for.
+#[derive(Clone, Copy, Debug)]
+pub enum Record {
+    A,
+    Aaaa,
+}
+
 /// The answer the pod received.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
     /// The address and port the answer came from, as the pod sees it.
     pub from: (IpAddr, u16),
-    pub addresses: Vec<Ipv4Addr>,
+    pub addresses: Vec<IpAddr>,
 }
 
-/// Asks `server` (IP) for NAME's A record and prints `<answering ip> <port> <address>…`,
-/// or exits 3 after 3 s without an answer.
+/// Asks `server` (IP) for NAME's record of type QTYPE (1: A, 28: AAAA) and prints
+/// `<answering ip> <port> <address>…`, or exits 3 after 3 s without an answer.
 const RESOLVER: &str = r#"
 import socket, struct, sys
-server, name, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+server, name, mode, qtype = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 query = struct.pack(">HHHHHH", 0x5157, 0x0100, 1, 0, 0, 0)
 query += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
-query += struct.pack(">HH", 1, 1)
+query += struct.pack(">HH", qtype, 1)
 s = socket.socket(socket.AF_INET6 if ":" in server else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(3)
 try:
@@ -60,27 +67,44 @@ for _ in range(an):
     at += 10
     if kind == 1:
         found.append(socket.inet_ntoa(data[at:at + 4]))
+    elif kind == 28:
+        found.append(socket.inet_ntop(socket.AF_INET6, data[at:at + 16]))
     at += length
 assert ident == 0x5157, ident
 print(sender[0], sender[1], *found)
 "#;
 
-/// Asks `server` in `pod` for `name`'s addresses; `None` when no answer came within
-/// 3 s.
+/// Asks `server` in `pod` for `name`'s IPv4 addresses; `None` when no answer came
+/// within 3 s.
 pub fn resolve(
     pod: &Pod,
     server: impl Into<IpAddr>,
     name: &str,
     send: Send,
 ) -> Result<Option<Answer>> {
+    resolve_record(pod, server, name, send, Record::A)
+}
+
+/// [`resolve`] for `record`.
+pub fn resolve_record(
+    pod: &Pod,
+    server: impl Into<IpAddr>,
+    name: &str,
+    send: Send,
+    record: Record,
+) -> Result<Option<Answer>> {
     let mode = match send {
         Send::Connected => "connected",
         Send::SendTo => "sendto",
     };
+    let qtype = match record {
+        Record::A => "1",
+        Record::Aaaa => "28",
+    };
     let server = server.into().to_string();
     let out = pod
         .sandbox
-        .exec("python3", ["-c", RESOLVER, &server, name, mode])?;
+        .exec("python3", ["-c", RESOLVER, &server, name, mode, qtype])?;
     if !out.status.success() {
         // 3: no answer in time; anything else is the resolver failing.
         ensure!(

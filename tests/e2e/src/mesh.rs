@@ -190,6 +190,10 @@ pub fn start_ztunnel_with(cluster: &Cluster, node: &Node, extra: &[String]) -> R
         "--client-id",
         &client_id,
     ];
+    // The agents capture both families (`--ztunnel6`): take both.
+    if !extra.iter().any(|a| a.starts_with("--outbound-addr")) {
+        args.extend(["--outbound-addr", "0.0.0.0:15001,[::]:15001"]);
+    }
     args.extend(extra.iter().map(String::as_str));
     cluster.spawn(&node.sandbox, &bin.to_string_lossy(), &args)
 }

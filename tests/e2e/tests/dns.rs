@@ -10,7 +10,7 @@ use std::{net::IpAddr, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
     agent::datapath,
-    dns::{Send, resolve},
+    dns::{Record, Send, resolve, resolve_record},
     mesh::{MeshOptions, metric_sum, scrape_metrics, start_mesh_with},
     workload::{pingpong, start_echo},
 };
@@ -87,9 +87,9 @@ fn an_enrolled_pods_dns_is_answered_by_ztunnel() -> Result<()> {
         for send in [Send::Connected, Send::SendTo] {
             let answer = resolve(&client, server, name, send)?;
             ensure!(
-                answer
-                    .as_ref()
-                    .is_some_and(|a| a.from == (server, 53) && a.addresses == [app.cluster_ip]),
+                answer.as_ref().is_some_and(
+                    |a| a.from == (server, 53) && a.addresses == [IpAddr::from(app.cluster_ip)]
+                ),
                 "{send:?} to {server}: the client got {answer:?}, want the Service's address from port 53\n{}",
                 mesh.logs()
             );
@@ -141,20 +141,34 @@ fn an_enrolled_pods_dns_is_answered_by_ztunnel() -> Result<()> {
     )?;
     let vip = allocated.context("no address")?;
     ensure!(
-        vip.octets()[..2] == [240, 240],
+        matches!(vip, IpAddr::V4(v4) if v4.octets()[..2] == [240, 240]),
         "legacy.example.test resolved to {vip}, not an allocated address"
     );
-    let out = pingpong(
+    // Its IPv6 twin, for a pod that dials IPv6: the same entry, the same
+    // (IPv4) endpoint.
+    let vip6 = resolve_record(
         &client,
-        &format!("{vip}:7000"),
-        &["-n", "3", "--timeout", "10s"],
-    )?;
+        CLUSTER_DNS,
+        "legacy.example.test",
+        Send::Connected,
+        Record::Aaaa,
+    )?
+    .and_then(|a| a.addresses.first().copied())
+    .context("no AAAA answer for legacy.example.test")?;
     ensure!(
-        out.status.success(),
-        "a connection to {vip} (legacy.example.test) failed: {}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        mesh.logs()
+        matches!(vip6, IpAddr::V6(v6) if v6.segments()[..2] == [0x2001, 2]),
+        "legacy.example.test's AAAA is {vip6}, not an allocated address"
     );
+    for dialled in [vip, vip6] {
+        let target = std::net::SocketAddr::new(dialled, 7000).to_string();
+        let out = pingpong(&client, &target, &["-n", "3", "--timeout", "10s"])?;
+        ensure!(
+            out.status.success(),
+            "a connection to {target} (legacy.example.test) failed: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            mesh.logs()
+        );
+    }
     Ok(())
 }
