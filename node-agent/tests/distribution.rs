@@ -72,6 +72,7 @@ impl Agent {
                 trust_domain_aliases: Vec::new(),
                 cluster_domain: "cluster.local".into(),
                 outbound_policy: Default::default(),
+                captures_ipv6: false,
             },
             publisher.clone(),
         );

@@ -75,7 +75,14 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 
 /// Binds with `SO_REUSEPORT`: a later ztunnel (the same user) can bind the same
 /// address and accept beside this one until this one drains.
-fn bind_shared(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+/// Whether an IPv6 `addr` of the list `all` must take IPv6 alone: when an
+/// IPv4 address of the list shares its port, as the two would otherwise
+/// share IPv4 traffic between them. A lone `[::]` keeps taking both.
+fn v6_only(addr: SocketAddr, all: &[SocketAddr]) -> bool {
+    addr.is_ipv6() && all.iter().any(|a| a.is_ipv4() && a.port() == addr.port())
+}
+
+fn bind_shared(addr: SocketAddr, v6_only: bool, what: &str) -> anyhow::Result<TcpListener> {
     let context = || format!("binding the {what} listener to {addr}");
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -85,9 +92,7 @@ fn bind_shared(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     .with_context(context)?;
     socket.set_reuseaddr(true).with_context(context)?;
     socket.set_reuseport(true).with_context(context)?;
-    // Beside an IPv4 listener on the same port: IPv6 only, or the two would
-    // share IPv4 connections between them.
-    if addr.is_ipv6() {
+    if v6_only {
         socket2::SockRef::from(&socket)
             .set_only_v6(true)
             .with_context(context)?;
@@ -99,7 +104,7 @@ fn bind_shared(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 
 /// A UDP socket bound as [`bind_shared`] binds listeners: a successor's socket on the
 /// same address gets the datagrams once this one closes.
-fn bind_shared_udp(addr: SocketAddr, what: &str) -> anyhow::Result<UdpSocket> {
+fn bind_shared_udp(addr: SocketAddr, v6_only: bool, what: &str) -> anyhow::Result<UdpSocket> {
     let context = || format!("binding the {what} socket to {addr}");
     let domain = if addr.is_ipv4() {
         socket2::Domain::IPV4
@@ -112,8 +117,7 @@ fn bind_shared_udp(addr: SocketAddr, what: &str) -> anyhow::Result<UdpSocket> {
     // SO_REUSEADDR on UDP would let any process bind the address and read pods'
     // queries.
     socket.set_reuse_port(true).with_context(context)?;
-    // Beside an IPv4 socket on the same port: IPv6 only.
-    if addr.is_ipv6() {
+    if v6_only {
         socket.set_only_v6(true).with_context(context)?;
     }
     socket.set_nonblocking(true).with_context(context)?;
@@ -122,7 +126,10 @@ fn bind_shared_udp(addr: SocketAddr, what: &str) -> anyhow::Result<UdpSocket> {
 }
 
 fn bind_all_shared(addrs: &[SocketAddr], what: &str) -> anyhow::Result<Vec<TcpListener>> {
-    addrs.iter().map(|addr| bind_shared(*addr, what)).collect()
+    addrs
+        .iter()
+        .map(|addr| bind_shared(*addr, v6_only(*addr, addrs), what))
+        .collect()
 }
 
 fn local_addrs(listeners: &[TcpListener]) -> anyhow::Result<Vec<SocketAddr>> {
@@ -139,7 +146,10 @@ impl ProxyListeners {
             dns_proxy: config
                 .dns_proxy_addrs
                 .iter()
-                .map(|addr| bind_shared_udp(*addr, "DNS proxy"))
+                .map(|addr| {
+                    let v6_only = v6_only(*addr, &config.dns_proxy_addrs);
+                    bind_shared_udp(*addr, v6_only, "DNS proxy")
+                })
                 .collect::<anyhow::Result<_>>()?,
             inbound_plaintext: bind_all_shared(
                 &config.inbound_plaintext_addrs,
@@ -473,4 +483,20 @@ pub async fn wait_ready(state: &State, within: Duration) -> anyhow::Result<()> {
             "not ready within {within:?} ({missing}); the running ztunnel keeps serving"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_listener_takes_ipv6_alone_only_beside_an_ipv4_one() {
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("ip:port");
+        let both = [addr("0.0.0.0:15001"), addr("[::]:15001")];
+        assert!(v6_only(both[1], &both));
+        assert!(!v6_only(both[0], &both), "IPv4 is IPv4");
+        // Alone, or beside an IPv4 listener on another port: both families.
+        assert!(!v6_only(both[1], &both[1..]));
+        assert!(!v6_only(both[1], &[addr("0.0.0.0:15002"), both[1]]));
+    }
 }

@@ -41,6 +41,20 @@ fn service(key: String, hostname: &str, vips: &[IpAddr], export_to: &[&str]) -> 
     )
 }
 
+/// A ServiceEntry host of `demo` with `vips` the agent allocated.
+fn allocated(host: &str, vips: &[IpAddr]) -> config::Resource {
+    let mut resource = service(
+        warren_api::key::service_entry("demo", host),
+        host,
+        vips,
+        &[],
+    );
+    if let Some(Kind::Service(s)) = &mut resource.kind {
+        s.vips_allocated = true;
+    }
+    resource
+}
+
 /// Asks `proxy` from `from` and returns the answer, if one comes within a second.
 async fn ask(
     proxy: SocketAddr,
@@ -131,13 +145,18 @@ async fn the_mesh_names_are_answered_here_and_the_rest_forwarded() {
         &[ip(60, 4)],
         &[],
     ));
-    // Both families: its IPv6 address leads only to ztunnel, which takes no
-    // IPv6 captures here (its outbound listener is IPv4), so it is not
-    // handed out.
-    mesh.view.put(service(
-        warren_api::key::service_entry("demo", "dual.example.com"),
+    // Addresses the agent allocated, of both families: the IPv6 one leads
+    // only to ztunnel, which takes no IPv6 captures here (its outbound
+    // listener is IPv4), so it is not handed out.
+    mesh.view.put(allocated(
         "dual.example.com",
         &[ip(60, 5), "2001:2::f0f0:5".parse().unwrap()],
+    ));
+    // An IPv6 address the entry's author gave: answered all the same.
+    mesh.view.put(service(
+        warren_api::key::service_entry("demo", "given6.example.com"),
+        "given6.example.com",
+        &["2001:db8::10".parse().unwrap()],
         &[],
     ));
     mesh.sync();
@@ -194,6 +213,13 @@ async fn the_mesh_names_are_answered_here_and_the_rest_forwarded() {
         .unwrap();
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
     assert!(answer.answers.is_empty(), "{answer:?}");
+    let answer = ask(proxy, client, 22, "given6.example.com.", RecordType::AAAA)
+        .await
+        .unwrap();
+    assert_eq!(
+        addresses(&answer),
+        vec!["2001:db8::10".parse::<IpAddr>().unwrap()]
+    );
 
     // Forwarded: a name outside the mesh, a ServiceEntry host without addresses, a
     // Service the client's namespace does not see, another type of question.
@@ -284,4 +310,31 @@ async fn the_mesh_names_are_answered_here_and_the_rest_forwarded() {
         );
         assert!(seen >= at_least, "{outcome}: {seen}\n{metrics}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocated_ipv6_address_is_handed_out_where_ztunnel_takes_ipv6() {
+    let mut mesh = two_nodes_configured(52, |config| {
+        config
+            .outbound_addrs
+            .push(SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), 0));
+    })
+    .await;
+    let v6: IpAddr = "2001:2::f0f0:7".parse().unwrap();
+    mesh.view.put(allocated(
+        "legacy.example.com",
+        &[IpAddr::from([127, 52, 60, 7]), v6],
+    ));
+    mesh.sync();
+    let proxy = mesh.a.ztunnel.addresses.dns_proxy[0];
+    let answer = ask(
+        proxy,
+        mesh.client_ip,
+        1,
+        "legacy.example.com.",
+        RecordType::AAAA,
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(addresses(&answer), vec![v6]);
 }

@@ -167,6 +167,7 @@ async fn run(args: RunArgs) -> Result<()> {
             cluster_domain: args.cluster_domain.clone(),
             outbound_policy: OutboundPolicy::from_str_name(&args.outbound_policy)
                 .unwrap_or(OutboundPolicy::AllowAny),
+            captures_ipv6: args.ztunnel6.is_some(),
         },
         publisher.clone(),
     );

@@ -52,6 +52,9 @@ pub struct Mesh {
     pub trust_domain_aliases: Vec<String>,
     pub cluster_domain: String,
     pub outbound_policy: OutboundPolicy,
+    /// Whether this node captures IPv6 connections (`--ztunnel6`): only then
+    /// does an allocated host get its IPv6 address, which nothing else routes.
+    pub captures_ipv6: bool,
 }
 
 pub struct View {
@@ -546,7 +549,13 @@ impl View {
             let auto_vip = |host: &str| {
                 self.auto_vips
                     .get(&(namespace.to_owned(), auto_vip::normal(host)))
-                    .map_or_else(Vec::new, |slot| slot.addresses().to_vec())
+                    .map_or_else(Vec::new, |slot| {
+                        if self.mesh.captures_ipv6 {
+                            slot.addresses().to_vec()
+                        } else {
+                            vec![IpAddr::V4(slot.v4())]
+                        }
+                    })
             };
             for mut service in
                 service_entry::services(namespace, entry, pods.iter().copied(), auto_vip)

@@ -99,6 +99,7 @@ pub fn service(mesh: &Mesh, svc: &KubeService, slices: &[&EndpointSlice]) -> Ser
         passthrough: false,
         dns_first_address: false,
         export_to: Vec::new(),
+        vips_allocated: false,
     }
 }
 

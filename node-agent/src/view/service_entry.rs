@@ -145,6 +145,7 @@ pub fn services<'a>(
             // L4 (Envoy tells them apart by Host or SNI; ztunnel and the
             // waypoint pick a Service by address): the first keeps them,
             // the others get none (give each its own entry).
+            vips_allocated: vips.is_empty(),
             vips: if vips.is_empty() {
                 auto_vip(host).into_iter().map(addr::to_bytes).collect()
             } else if shared.is_none() && i > 0 {

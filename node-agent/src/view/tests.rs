@@ -80,6 +80,7 @@ fn mesh() -> Mesh {
         trust_domain_aliases: Vec::new(),
         cluster_domain: "cluster.local".into(),
         outbound_policy: OutboundPolicy::AllowAny,
+        captures_ipv6: true,
     }
 }
 
@@ -1437,6 +1438,33 @@ fn a_host_without_addresses_is_published_with_one_of_each_family() {
     assert_eq!(vips.len(), 2, "{vips:?}");
     assert!(vips[0].starts_with("240.240."), "{vips:?}");
     assert!(vips[1].starts_with("2001:2::f0f0:"), "{vips:?}");
+    assert!(service.vips_allocated);
+
+    // A node that does not capture IPv6: nothing would route the IPv6 one.
+    let mut store = Store::default();
+    apply(&mut store, BASE);
+    apply(
+        &mut store,
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: legacy, namespace: demo }\n\
+         spec: { hosts: [legacy.example.com], ports: [{ number: 443, name: tls, protocol: TLS }], resolution: DNS }\n",
+    );
+    store.apply(SourceEvent::Synced);
+    let v4_only = Mesh {
+        captures_ipv6: false,
+        ..mesh()
+    };
+    let mut view = View::new(v4_only, Publisher::default());
+    view.rebuild(&store);
+    let service = entry_service(&view, "demo", "legacy.example.com").expect("published");
+    assert_eq!(ips(&service.vips), vec![vips[0].clone()]);
+    // Addresses the entry gives are its own, not allocated.
+    let (_, view) = built(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: given, namespace: demo }\n\
+         spec: { hosts: [given.example.com], addresses: [\"2001:db8::10\"], ports: [{ number: 443, name: tls, protocol: TLS }], resolution: DNS }\n",
+    );
+    let service = entry_service(&view, "demo", "given.example.com").expect("published");
+    assert!(!service.vips_allocated);
+    assert_eq!(ips(&service.vips), vec!["2001:db8::10".to_owned()]);
 }
 
 #[test]

@@ -340,36 +340,36 @@ pub fn entry_namespaces_naming(store: &Store, namespace: &str) -> Vec<String> {
 /// their namespace's `istio.io/use-waypoint-namespace`): recomputed when
 /// that namespace's waypoints change.
 pub fn pods_naming(store: &Store, namespace: &str) -> Vec<ObjectKey> {
-    let names_it = |labels: &Labels| labels.get(USE_WAYPOINT_NAMESPACE_LABEL) == Some(namespace);
     store
         .of_kind(Kind::Pod)
         .filter_map(|o| match o {
             Object::Pod(pod) => Some(pod),
             _ => None,
         })
-        .filter(|pod| pod.namespace.as_ref() != namespace)
-        .filter(|pod| {
-            names_it(&pod.labels) || namespace_labels(store, &pod.namespace).is_some_and(names_it)
-        })
+        .filter(|pod| names_namespace(store, namespace, &pod.namespace, &pod.labels))
         .map(|pod| ObjectKey::new(Kind::Pod, Some(&pod.namespace), &pod.name))
         .collect()
+}
+
+/// Whether an object of `own` namespace with `labels` may name a waypoint in
+/// `namespace`, another one: by its own or its namespace's
+/// `istio.io/use-waypoint-namespace`.
+fn names_namespace(store: &Store, namespace: &str, own: &str, labels: &Labels) -> bool {
+    let names_it = |labels: &Labels| labels.get(USE_WAYPOINT_NAMESPACE_LABEL) == Some(namespace);
+    own != namespace && (names_it(labels) || namespace_labels(store, own).is_some_and(names_it))
 }
 
 /// Services outside `namespace` that name a waypoint in it (by their own or
 /// their namespace's `istio.io/use-waypoint-namespace`): recomputed when
 /// that namespace's waypoints change.
 pub fn services_naming(store: &Store, namespace: &str) -> Vec<(String, String)> {
-    let names_it = |labels: &Labels| labels.get(USE_WAYPOINT_NAMESPACE_LABEL) == Some(namespace);
     store
         .of_kind(Kind::Service)
         .filter_map(|o| match o {
             Object::Service(svc) => Some(svc),
             _ => None,
         })
-        .filter(|svc| svc.namespace.as_ref() != namespace)
-        .filter(|svc| {
-            names_it(&svc.labels) || namespace_labels(store, &svc.namespace).is_some_and(names_it)
-        })
+        .filter(|svc| names_namespace(store, namespace, &svc.namespace, &svc.labels))
         .map(|svc| (svc.namespace.to_string(), svc.name.to_string()))
         .collect()
 }

@@ -843,6 +843,21 @@ impl Demo {
             .with_context(|| format!("writing {file}"))
     }
 
+    /// Runs (and shows) `warrenctl waypoint apply -n shop` with `extra`
+    /// flags; returns what it printed.
+    fn apply_waypoint(&self, extra: &[&str]) -> Result<String> {
+        let config_dir = self.cluster.config_dir().to_string_lossy().into_owned();
+        let mut args = vec!["waypoint", "apply", "-n", SHOP];
+        args.extend_from_slice(extra);
+        args.extend(["--config-dir", &config_dir]);
+        println!("   $ warrenctl {}", args.join(" "));
+        let out = warrenctl_text(&args)?;
+        for line in out.lines() {
+            println!("   {line}");
+        }
+        Ok(out)
+    }
+
     fn client(&self) -> Result<Pod> {
         Ok(self.pod("shop/client")?.clone())
     }
@@ -900,21 +915,7 @@ impl Demo {
         // the agent of the pod's node then runs the waypoint in the pod.
         show_yaml("examples/waypoint.yaml", examples::WAYPOINT);
         let config_dir = self.cluster.config_dir();
-        println!(
-            "   $ warrenctl waypoint apply -n {SHOP} --config-dir {}",
-            config_dir.display()
-        );
-        let out = warrenctl_text(&[
-            "waypoint",
-            "apply",
-            "-n",
-            SHOP,
-            "--config-dir",
-            &config_dir.to_string_lossy(),
-        ])?;
-        for line in out.lines() {
-            println!("   {line}");
-        }
+        let out = self.apply_waypoint(&[])?;
         let written = std::fs::read_to_string(config_dir.join("gateway.shop.waypoint.yaml"))
             .with_context(|| {
                 format!("warrenctl waypoint apply wrote no gateway.shop.waypoint.yaml: {out}")
@@ -1162,33 +1163,13 @@ impl Demo {
 }
 
 impl Demo {
-    /// A partner's API on node 1's own address, outside every pod, reached by
-    /// shop's client at the ServiceEntry's address: the entry's label sends
-    /// it through the waypoint, which adds the partner key and refuses
-    /// `/admin` before anything leaves the cluster.
     /// A pod addressed directly (as a StatefulSet's peers reach one): once
     /// the waypoint takes pods' traffic and data-v1 names it, the waypoint's
     /// policy holds on the pod's own address; an unlabelled pod is reached
     /// directly.
     fn pod_waypoint(&mut self) -> Result<String> {
         let config_dir = self.cluster.config_dir();
-        println!(
-            "   $ warrenctl waypoint apply -n {SHOP} --for all --config-dir {}",
-            config_dir.display()
-        );
-        let out = warrenctl_text(&[
-            "waypoint",
-            "apply",
-            "-n",
-            SHOP,
-            "--for",
-            "all",
-            "--config-dir",
-            &config_dir.to_string_lossy(),
-        ])?;
-        for line in out.lines() {
-            println!("   {line}");
-        }
+        self.apply_waypoint(&["--for", "all"])?;
         self.apply(
             "pod-waypoint.yaml",
             examples::POD_WAYPOINT,
@@ -1254,6 +1235,10 @@ impl Demo {
         ))
     }
 
+    /// A partner's API on node 1's own address, outside every pod, reached by
+    /// shop's client at the ServiceEntry's address: the entry's label sends
+    /// it through the waypoint, which adds the partner key and refuses
+    /// `/admin` before anything leaves the cluster.
     fn egress(&mut self) -> Result<String> {
         const API: &str = "http://240.240.0.10";
         let node = self.cluster.node(1)?.clone();

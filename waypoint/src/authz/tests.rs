@@ -74,6 +74,19 @@ impl Sent {
         self.service = service;
         self
     }
+    /// `f` of the peer this request comes from.
+    fn with_peer<T>(&self, f: impl FnOnce(&Peer<'_>) -> T) -> T {
+        let identity = Identity::new(self.td, self.ns, self.sa);
+        let principals = self.domains.principals(&identity);
+        f(&Peer {
+            identity: &identity,
+            principals: &principals,
+            source_ip: self.ip.parse::<IpAddr>().expect("test address"),
+            service: self.service,
+            service_namespace: "demo",
+            port: self.port,
+        })
+    }
 }
 
 fn decide(authorizer: &Authorizer, sent: Sent) -> Decision {
@@ -83,17 +96,7 @@ fn decide(authorizer: &Authorizer, sent: Sent) -> Decision {
     }
     let (mut parts, ()) = builder.body(()).expect("test request").into_parts();
     normalize_uri(&mut parts.uri);
-    let identity = Identity::new(sent.td, sent.ns, sent.sa);
-    let principals = sent.domains.principals(&identity);
-    let peer = Peer {
-        identity: &identity,
-        principals: &principals,
-        source_ip: sent.ip.parse::<IpAddr>().expect("test address"),
-        service: sent.service,
-        service_namespace: "demo",
-        port: sent.port,
-    };
-    authorizer.decide(&Request::new(&peer, &parts))
+    sent.with_peer(|peer| authorizer.decide(&Request::new(peer, &parts)))
 }
 
 fn on_waypoint(name: &str, spec: Value) -> PolicyInput {
@@ -511,17 +514,7 @@ fn path_normalization() {
 
 /// A TCP connection's decision: who, from where, to which port.
 fn connection_allowed(a: &Authorizer, sent: Sent) -> bool {
-    let identity = Identity::new(sent.td, sent.ns, sent.sa);
-    let principals = sent.domains.principals(&identity);
-    let peer = Peer {
-        identity: &identity,
-        principals: &principals,
-        source_ip: sent.ip.parse::<IpAddr>().expect("test address"),
-        service: sent.service,
-        service_namespace: "demo",
-        port: sent.port,
-    };
-    super::authorize_connection(a, &peer).is_none()
+    sent.with_peer(|peer| super::authorize_connection(a, peer).is_none())
 }
 
 #[test]

@@ -252,15 +252,15 @@ pub fn answer(inputs: &Inputs, client: IpAddr, query: &[u8]) -> Reply {
     }
     *reply.rcode_mut() = RCODE::NoError;
     reply.questions.push(question.clone());
-    // A ServiceEntry's addresses lead nowhere but here: an IPv6 one only
+    // Addresses the agent allocated lead nowhere but here: an IPv6 one only
     // while this ztunnel takes IPv6 captures (else the pod would dial an
-    // address no one answers; without it, it asks for the IPv4 one).
-    let entry = warren_api::key::is_service_entry(&service.key);
+    // address no one answers; without it, it asks for the IPv4 one). The
+    // agent publishes one only when it captures IPv6.
     let takes_v6 = inputs.config.outbound_addrs.iter().any(SocketAddr::is_ipv6);
     for ip in &service.vips {
         let rdata = match (family, ip.to_canonical()) {
             (Family::V4, IpAddr::V4(v4)) => RData::A(A::from(v4)),
-            (Family::V6, IpAddr::V6(_)) if entry && !takes_v6 => continue,
+            (Family::V6, IpAddr::V6(_)) if service.vips_allocated && !takes_v6 => continue,
             (Family::V6, IpAddr::V6(v6)) => RData::AAAA(AAAA::from(v6)),
             _ => continue,
         };

@@ -28,6 +28,9 @@ pub struct Service {
     /// A named endpoint is reached at the first address its name resolves
     /// to (`DNS_ROUND_ROBIN`), not spread over all of them (`DNS`).
     pub dns_first_address: bool,
+    /// The agent allocated the VIPs (a ServiceEntry host without addresses):
+    /// they lead nowhere but here.
+    pub vips_allocated: bool,
     /// The namespaces that see it (a ServiceEntry's `exportTo`); empty: all.
     pub export_to: Vec<String>,
     /// Round-robin cursor, shared by every connection to the service.
@@ -92,6 +95,7 @@ impl Service {
             load_balancing: None,
             passthrough: false,
             dns_first_address: false,
+            vips_allocated: false,
             export_to: Vec::new(),
             next: AtomicUsize::new(0),
         }
@@ -406,6 +410,7 @@ impl Service {
                 .map(|lb| LoadBalancing::from_proto(key, lb)),
             passthrough: s.passthrough,
             dns_first_address: s.dns_first_address,
+            vips_allocated: s.vips_allocated,
             export_to: s.export_to,
             next: AtomicUsize::new(0),
         })
@@ -583,6 +588,7 @@ mod tests {
             load_balancing: None,
             passthrough: false,
             dns_first_address: false,
+            vips_allocated: false,
             export_to: Vec::new(),
             next: AtomicUsize::new(0),
         };
