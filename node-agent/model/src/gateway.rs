@@ -231,7 +231,7 @@ impl Gateway {
     }
 
     /// Its `istio.io/waypoint-for` label, `service` when unset.
-    fn waypoint_for(&self) -> &str {
+    pub fn waypoint_for(&self) -> &str {
         self.metadata
             .labels
             .as_ref()

@@ -38,8 +38,9 @@ pub enum Command {
     /// Remove a namespace's waypoint Gateway from the config folder; the
     /// agents stop its processes and traffic goes straight to endpoints.
     Delete(Target),
-    /// Waypoint Gateways in the config folder, their pods, and whether this
-    /// node's agent has a waypoint of that namespace subscribed.
+    /// Waypoint Gateways in the config folder, the traffic each takes
+    /// (`istio.io/waypoint-for`), their pods, and whether this node's agent
+    /// has a waypoint of that namespace subscribed.
     List {
         #[command(flatten)]
         folder: Folder,
@@ -246,6 +247,7 @@ fn list(dir: &Path, agent: &AgentArgs) -> Result<()> {
             namespace.to_owned(),
             name.to_owned(),
             gateway.spec.gateway_class_name.clone(),
+            gateway.waypoint_for().to_owned(),
             if pods.is_empty() {
                 "none (fails closed)".to_owned()
             } else {
@@ -255,7 +257,10 @@ fn list(dir: &Path, agent: &AgentArgs) -> Result<()> {
         ]);
     }
     rows.sort();
-    table::print(&["NAMESPACE", "NAME", "CLASS", "PODS", "PROCESS"], &rows);
+    table::print(
+        &["NAMESPACE", "NAME", "CLASS", "FOR", "PODS", "PROCESS"],
+        &rows,
+    );
     Ok(())
 }
 
