@@ -73,8 +73,6 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding the {what} listener to {addr}"))
 }
 
-/// Binds with `SO_REUSEPORT`: a later ztunnel (the same user) can bind the same
-/// address and accept beside this one until this one drains.
 /// Whether an IPv6 `addr` of the list `all` must take IPv6 alone: when an
 /// IPv4 address of the list shares its port, as the two would otherwise
 /// share IPv4 traffic between them. A lone `[::]` keeps taking both.
@@ -82,6 +80,8 @@ fn v6_only(addr: SocketAddr, all: &[SocketAddr]) -> bool {
     addr.is_ipv6() && all.iter().any(|a| a.is_ipv4() && a.port() == addr.port())
 }
 
+/// Binds with `SO_REUSEPORT`: a later ztunnel (the same user) can bind the same
+/// address and accept beside this one until this one drains.
 fn bind_shared(addr: SocketAddr, v6_only: bool, what: &str) -> anyhow::Result<TcpListener> {
     let context = || format!("binding the {what} listener to {addr}");
     let socket = if addr.is_ipv4() {

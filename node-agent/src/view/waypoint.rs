@@ -48,16 +48,8 @@ use crate::{
     store::Store,
 };
 
-/// One waypoint Gateway: where it is reached, and which traffic it takes.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Waypoint {
-    pub address: GatewayAddress,
-    pub services: bool,
-    pub workloads: bool,
-}
-
 /// The waypoints of one namespace by Gateway name.
-pub type Waypoints = BTreeMap<String, Waypoint>;
+pub type Waypoints = BTreeMap<String, GatewayAddress>;
 
 /// Which traffic a waypoint is chosen for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,12 +67,13 @@ impl Traffic {
             Traffic::Workloads => gateway.serves_workloads(),
         }
     }
+}
 
-    fn takes(self, waypoint: &Waypoint) -> bool {
-        match self {
-            Traffic::Services => waypoint.services,
-            Traffic::Workloads => waypoint.workloads,
-        }
+/// Gateway `name` of `namespace`, if there is one.
+fn gateway<'a>(store: &'a Store, namespace: &str, name: &str) -> Option<&'a Gateway> {
+    match store.get(&ObjectKey::new(Kind::Gateway, Some(namespace), name)) {
+        Some(Object::Gateway(g)) => Some(g),
+        _ => None,
     }
 }
 
@@ -90,17 +83,14 @@ pub fn in_namespace(mesh: &Mesh, store: &Store, namespace: &str) -> Waypoints {
     store
         .of_kind_in(Kind::Gateway, namespace)
         .filter_map(|o| match o {
-            Object::Gateway(g) if g.serves_services() || g.serves_workloads() => Some(g),
+            Object::Gateway(g) if g.serves_services() || g.serves_workloads() => {
+                g.metadata.name.clone()
+            }
             _ => None,
         })
-        .filter_map(|g| {
-            let name = g.metadata.name.clone()?;
-            let waypoint = Waypoint {
-                address: address(mesh, store, namespace, &name),
-                services: g.serves_services(),
-                workloads: g.serves_workloads(),
-            };
-            Some((name, waypoint))
+        .map(|gateway| {
+            let address = address(mesh, store, namespace, &gateway);
+            (gateway, address)
         })
         .collect()
 }
@@ -267,19 +257,15 @@ fn chosen(
         Some(Choice::OptOut) => None,
         None if choices.namespace_default => waypoints
             .get(namespace)?
-            .values()
-            .find(|w| traffic.takes(w))
-            .map(|w| w.address.clone()),
+            .iter()
+            .find(|(name, _)| gateway(store, namespace, name).is_some_and(|g| traffic.taken_by(g)))
+            .map(|(_, address)| address.clone()),
         None => None,
         Some(Choice::Named {
             namespace: at,
-            name: gateway,
+            name: named,
         }) => {
-            let key = ObjectKey::new(Kind::Gateway, Some(at), gateway);
-            let found = match store.get(&key) {
-                Some(Object::Gateway(g)) => Some(g),
-                _ => None,
-            };
+            let found = gateway(store, at, named);
             // A waypoint that does not take this kind of traffic (one for
             // Services named for a pod, as a namespace's label names one
             // waypoint for both) leaves it direct, as Istio does; one
@@ -289,14 +275,14 @@ fn chosen(
             }
             let admitted =
                 found.is_some_and(|g| traffic.taken_by(g) && g.admits(namespace, ns_labels));
-            let address = waypoints.get(at).and_then(|w| w.get(gateway));
+            let address = waypoints.get(at).and_then(|w| w.get(named));
             Some(match address {
-                Some(waypoint) if admitted => waypoint.address.clone(),
+                Some(address) if admitted => address.clone(),
                 _ => {
                     tracing::debug!(
                         object = %format!("{namespace}/{name}"),
                         ?traffic,
-                        waypoint = %format!("{at}/{gateway}"),
+                        waypoint = %format!("{at}/{named}"),
                         admitted,
                         "the named waypoint cannot take this traffic: it is refused"
                     );

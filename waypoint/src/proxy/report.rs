@@ -260,7 +260,18 @@ fn request_labels(
     let unknown = || "unknown".to_owned();
     let source = down.source.as_deref();
     let service = &down.service;
-    let pod_addressed = warren_api::key::is_workload(&service.key);
+    // A pod addressed directly has no Service (`Service::of_pod`): its
+    // address is no label (one series per pod address would churn).
+    let (destination_service, destination_service_name, destination_service_namespace) =
+        if warren_api::key::is_workload(&service.key) {
+            (unknown(), unknown(), unknown())
+        } else {
+            (
+                service.hostname.clone(),
+                service.name.clone(),
+                service.namespace.clone(),
+            )
+        };
     RequestLabels {
         reporter: "waypoint",
         source_workload: source.map_or_else(unknown, |w| w.telemetry_name().to_owned()),
@@ -275,23 +286,9 @@ fn request_labels(
         destination_canonical_service: destination
             .map_or_else(unknown, |w| w.canonical_name.clone()),
         destination_version: destination.map_or_else(unknown, |w| w.canonical_revision.clone()),
-        // A pod addressed directly has no Service (`Service::of_pod`): its
-        // address is no label (one series per pod address would churn).
-        destination_service: if pod_addressed {
-            unknown()
-        } else {
-            service.hostname.clone()
-        },
-        destination_service_name: if pod_addressed {
-            unknown()
-        } else {
-            service.name.clone()
-        },
-        destination_service_namespace: if pod_addressed {
-            unknown()
-        } else {
-            service.namespace.clone()
-        },
+        destination_service,
+        destination_service_name,
+        destination_service_namespace,
         request_protocol: if grpc { "grpc" } else { "http" },
         response_code,
         grpc_response_status: grpc_status

@@ -197,6 +197,27 @@ fn precedence(key: &str) -> (bool, &str) {
 }
 
 impl Inner {
+    /// The hop to `waypoint`, asking it for `authority`, for the traffic of
+    /// `owner` (a Service's or pod's key): refused while it is not running,
+    /// never sent around it.
+    fn through(
+        &self,
+        waypoint: &Waypoint,
+        authority: SocketAddr,
+        owner: &str,
+    ) -> Result<Upstream, ResolveError> {
+        let address = waypoint
+            .address
+            .ok_or_else(|| ResolveError::WaypointUnavailable(owner.to_owned()))?;
+        Ok(Upstream::Hbone {
+            gateway: SocketAddr::new(address, waypoint.hbone_port),
+            authority,
+            identity: waypoint.identity.clone(),
+            workload: self.workloads.get(&waypoint.workload).cloned(),
+            waypoint: true,
+        })
+    }
+
     /// The service at `ip` (canonical), by [`precedence`].
     fn service_at(&self, ip: IpAddr) -> Option<&Arc<Service>> {
         self.service_at_for(ip, None)
@@ -679,6 +700,23 @@ impl State {
     /// with a port that targets `port` on it. A guess, as Istio's ztunnel makes it: a pod
     /// behind two services on one port is reported under one of them.
     pub fn inbound_service(&self, workload: &Workload, port: u16) -> Option<Arc<Service>> {
+        self.inbound_port(workload, port)
+            .map(|(service, _)| service)
+    }
+
+    /// The port of a Service in front of `workload` that targets `port` on it
+    /// (of [`State::inbound_service`]'s choice): what that port speaks.
+    pub fn declared_port(&self, workload: &Workload, port: u16) -> Option<service::ServicePort> {
+        self.inbound_port(workload, port)
+            .map(|(_, declared)| declared)
+    }
+
+    /// [`State::inbound_service`] with its port that targets `port`.
+    fn inbound_port(
+        &self,
+        workload: &Workload,
+        port: u16,
+    ) -> Option<(Arc<Service>, service::ServicePort)> {
         let inner = self.read();
         let mut keys: Vec<&String> = inner
             .services_by_workload
@@ -688,35 +726,17 @@ impl State {
         keys.sort_by_key(|key| precedence(key));
         keys.into_iter()
             .filter_map(|k| inner.services.get(k))
-            .find(|service| {
-                service
-                    .endpoints
-                    .iter()
-                    .filter(|e| e.workload.as_deref() == Some(workload.key.as_str()))
-                    .any(|e| {
-                        service
-                            .ports
-                            .iter()
-                            .any(|p| Service::target_port(e, p) == port)
-                    })
+            .find_map(|service| {
+                let targets = |p: &&service::ServicePort| {
+                    service
+                        .endpoints
+                        .iter()
+                        .filter(|e| e.workload.as_deref() == Some(workload.key.as_str()))
+                        .any(|e| Service::target_port(e, p) == port)
+                };
+                let declared = service.ports.iter().find(targets)?;
+                Some((Arc::clone(service), declared.clone()))
             })
-            .cloned()
-    }
-
-    /// The port of a Service in front of `workload` that targets `port` on it
-    /// (of [`State::inbound_service`]'s choice): what that port speaks.
-    pub fn declared_port(&self, workload: &Workload, port: u16) -> Option<service::ServicePort> {
-        let service = self.inbound_service(workload, port)?;
-        let endpoints: Vec<&service::Endpoint> = service
-            .endpoints
-            .iter()
-            .filter(|e| e.workload.as_deref() == Some(workload.key.as_str()))
-            .collect();
-        service
-            .ports
-            .iter()
-            .find(|p| endpoints.iter().any(|e| Service::target_port(e, p) == port))
-            .cloned()
     }
 
     /// The destination workload's L4 policies applied to `conn`.
@@ -779,17 +799,8 @@ impl State {
                         port: dst.port(),
                     })?;
             if let Some(waypoint) = &service.waypoint {
-                let address = waypoint
-                    .address
-                    .ok_or_else(|| ResolveError::WaypointUnavailable(service.key.clone()))?;
                 return Ok(Resolved {
-                    target: Target::Upstream(Upstream::Hbone {
-                        gateway: SocketAddr::new(address, waypoint.hbone_port),
-                        authority: dst,
-                        identity: waypoint.identity.clone(),
-                        workload: inner.workloads.get(&waypoint.workload).cloned(),
-                        waypoint: true,
-                    }),
+                    target: Target::Upstream(inner.through(waypoint, dst, &service.key)?),
                     service: found,
                 });
             }
@@ -946,16 +957,7 @@ impl State {
         node: &str,
     ) -> Result<Upstream, ResolveError> {
         if let Some(waypoint) = &workload.waypoint {
-            let address = waypoint
-                .address
-                .ok_or_else(|| ResolveError::WaypointUnavailable(workload.key.clone()))?;
-            return Ok(Upstream::Hbone {
-                gateway: SocketAddr::new(address, waypoint.hbone_port),
-                authority: addr,
-                identity: waypoint.identity.clone(),
-                workload: inner.workloads.get(&waypoint.workload).cloned(),
-                waypoint: true,
-            });
+            return inner.through(waypoint, addr, &workload.key);
         }
         Ok(match (&workload.identity, workload.node_address) {
             (Some(identity), Some(node_address)) if workload.hbone => {

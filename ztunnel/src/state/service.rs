@@ -58,7 +58,8 @@ impl Service {
     /// through serves it: a Service of its own with that one port and the pod
     /// as its only endpoint, so routing, pools and telemetry treat it as any
     /// other destination. Its hostname is the address dialled, and it has no
-    /// name: no policy or route written for a Service binds it. The port
+    /// name: no policy attached to a Service binds it (a VirtualService
+    /// listing the address as a host would route it). The port
     /// carries what `declared` (a port of a Service in front of the pod that
     /// targets it) says; with none, opaque TCP, as a waypoint cannot know
     /// what an undeclared port speaks.

@@ -32,8 +32,8 @@ pub enum Command {
         target: Target,
         /// Which traffic it takes (its `istio.io/waypoint-for` label):
         /// addressed to Services, to pods themselves, or both.
-        #[arg(long = "for", value_enum, default_value_t = Traffic::Service)]
-        traffic: Traffic,
+        #[arg(long = "for", default_value = "service", value_parser = ["service", "workload", "all"])]
+        traffic: String,
     },
     /// Remove a namespace's waypoint Gateway from the config folder; the
     /// agents stop its processes and traffic goes straight to endpoints.
@@ -68,24 +68,6 @@ pub enum Command {
     },
 }
 
-/// Values of `istio.io/waypoint-for` a waypoint can be applied with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Traffic {
-    Service,
-    Workload,
-    All,
-}
-
-impl Traffic {
-    fn label(self) -> &'static str {
-        match self {
-            Traffic::Service => "service",
-            Traffic::Workload => "workload",
-            Traffic::All => "all",
-        }
-    }
-}
-
 /// Where the local configuration lives (the agent's `--config-dir`).
 #[derive(Args, Clone, Debug)]
 pub struct Folder {
@@ -108,7 +90,7 @@ pub struct Target {
 
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Apply { target, traffic } => apply(&target, traffic),
+        Command::Apply { target, traffic } => apply(&target, &traffic),
         Command::Delete(target) => delete(&target),
         Command::List { folder, agent } => list(&folder.config_dir, &agent),
         Command::Clusters {
@@ -125,13 +107,13 @@ fn file_name(namespace: &str, name: &str) -> String {
     format!("gateway.{namespace}.{name}.yaml")
 }
 
-fn apply(target: &Target, traffic: Traffic) -> Result<()> {
+fn apply(target: &Target, traffic: &str) -> Result<()> {
     let dir = &target.folder.config_dir;
     ensure_dir(dir)?;
     let mut gateway = Gateway::waypoint(&target.namespace, &target.name);
     // Unlabelled is `service` already: the Gateway stays as Istio writes it.
-    if traffic != Traffic::Service {
-        gateway = gateway.taking(traffic.label());
+    if traffic != "service" {
+        gateway = gateway.taking(traffic);
     }
     let yaml = gateway.to_yaml().context("encoding the Gateway")?;
     let file = file_name(&target.namespace, &target.name);
