@@ -49,6 +49,8 @@ pub struct Ztunnel {
 struct ProxyListeners {
     outbound: Vec<TcpListener>,
     dns_proxy: Vec<UdpSocket>,
+    /// On each DNS proxy socket's address: DNS over TCP.
+    dns_proxy_tcp: Vec<TcpListener>,
     inbound_plaintext: Vec<TcpListener>,
     hbone: Vec<TcpListener>,
 }
@@ -141,16 +143,31 @@ fn local_addrs(listeners: &[TcpListener]) -> anyhow::Result<Vec<SocketAddr>> {
 
 impl ProxyListeners {
     fn bind(config: &Config) -> anyhow::Result<Self> {
+        let dns_proxy = config
+            .dns_proxy_addrs
+            .iter()
+            .map(|addr| {
+                let v6_only = v6_only(*addr, &config.dns_proxy_addrs);
+                bind_shared_udp(*addr, v6_only, "DNS proxy")
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // The same port over TCP, also where the UDP one was picked (port 0).
+        let dns_proxy_tcp = config
+            .dns_proxy_addrs
+            .iter()
+            .zip(&dns_proxy)
+            .map(|(configured, socket)| {
+                let addr = socket
+                    .local_addr()
+                    .context("reading the DNS proxy's address")?;
+                let v6_only = v6_only(*configured, &config.dns_proxy_addrs);
+                bind_shared(addr, v6_only, "DNS proxy (TCP)")
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             outbound: bind_all_shared(&config.outbound_addrs, "outbound")?,
-            dns_proxy: config
-                .dns_proxy_addrs
-                .iter()
-                .map(|addr| {
-                    let v6_only = v6_only(*addr, &config.dns_proxy_addrs);
-                    bind_shared_udp(*addr, v6_only, "DNS proxy")
-                })
-                .collect::<anyhow::Result<_>>()?,
+            dns_proxy,
+            dns_proxy_tcp,
             inbound_plaintext: bind_all_shared(
                 &config.inbound_plaintext_addrs,
                 "inbound plaintext",
@@ -356,6 +373,13 @@ impl Ztunnel {
             tokio::spawn(proxy::dns::serve(
                 Arc::clone(inputs),
                 socket,
+                self.trigger.watch(),
+            ));
+        }
+        for listener in listeners.dns_proxy_tcp {
+            tokio::spawn(proxy::dns::serve_tcp(
+                Arc::clone(inputs),
+                listener,
                 self.trigger.watch(),
             ));
         }

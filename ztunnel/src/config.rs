@@ -37,8 +37,8 @@ pub struct Config {
     )]
     pub outbound_addrs: Vec<SocketAddr>,
 
-    /// The DNS proxy (UDP): pods' DNS queries the agent captures (`warren-node-agent
-    /// run --ztunnel-dns-port`) arrive here. Bind the address the agent redirects to
+    /// The DNS proxy (UDP and TCP): pods' DNS queries the agent captures
+    /// (`warren-node-agent run --ztunnel-dns-port`) arrive here. Bind the address the agent redirects to
     /// (`--ztunnel`): a resolver drops an answer from another address, which a
     /// wildcard bind may send from on a node with several.
     #[arg(

@@ -24,7 +24,7 @@ use simple_dns::{
     CLASS, Name, Packet, PacketFlag, QCLASS, QTYPE, Question, RCODE, TYPE, rdata::RData,
 };
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpStream, UdpSocket},
     sync::OnceCell,
 };
@@ -266,14 +266,20 @@ impl Resolver {
         }
     }
 
-    /// One lookup (A and AAAA together), with when its answer expires (its
-    /// shortest TTL).
-    async fn lookup_until(&self, host: &str) -> Result<(Vec<IpAddr>, Instant), DnsError> {
+    /// The servers asked: `--dns-server`, else resolv.conf's, read once.
+    pub async fn servers(&self) -> Result<&[SocketAddr], DnsError> {
         let servers = self
             .0
             .servers
             .get_or_try_init(|| async { servers(&self.0.configured) })
             .await?;
+        Ok(servers)
+    }
+
+    /// One lookup (A and AAAA together), with when its answer expires (its
+    /// shortest TTL).
+    async fn lookup_until(&self, host: &str) -> Result<(Vec<IpAddr>, Instant), DnsError> {
+        let servers = self.servers().await?;
         let (v4, v6) = tokio::join!(
             ask_servers(servers, host, TYPE::A),
             ask_servers(servers, host, TYPE::AAAA)
@@ -375,7 +381,7 @@ pub fn preferring(addresses: Vec<IpAddr>, v4: bool) -> Vec<IpAddr> {
 
 /// The servers to ask: `configured`, else the nameservers of
 /// /etc/resolv.conf (port 53).
-pub(crate) fn servers(configured: &[SocketAddr]) -> Result<Vec<SocketAddr>, DnsError> {
+fn servers(configured: &[SocketAddr]) -> Result<Vec<SocketAddr>, DnsError> {
     if !configured.is_empty() {
         return Ok(configured.to_vec());
     }
@@ -464,32 +470,58 @@ async fn ask(server: SocketAddr, host: &str, kind: TYPE) -> Result<Answer, Strin
     }
 }
 
-/// The same question over TCP (two length bytes before each message).
+/// The same question over TCP.
 async fn ask_tcp(server: SocketAddr, id: u16, query: &[u8], host: &str) -> Result<Answer, String> {
     let mut stream = TcpStream::connect(server)
         .await
         .map_err(|e| e.to_string())?;
-    let len = u16::try_from(query.len()).map_err(|_| format!("query for {host} too long"))?;
-    stream
-        .write_all(&len.to_be_bytes())
+    write_message(&mut stream, query)
         .await
-        .map_err(|e| e.to_string())?;
-    stream.write_all(query).await.map_err(|e| e.to_string())?;
-    let mut len = [0u8; 2];
-    stream
-        .read_exact(&mut len)
+        .map_err(|e| format!("asking about {host}: {e}"))?;
+    let bytes = read_message(&mut stream)
         .await
-        .map_err(|e| e.to_string())?;
-    let mut bytes = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    stream
-        .read_exact(&mut bytes)
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .ok_or("the server closed without answering")?;
     let reply = Packet::parse(&bytes).map_err(|e| format!("a malformed answer: {e}"))?;
     if reply.id() != id {
         return Err("an answer to another question".into());
     }
     read_answer(&reply, server)
+}
+
+/// Writes one DNS message to a TCP stream: two length bytes before it.
+pub(crate) async fn write_message(
+    stream: &mut (impl AsyncWrite + Unpin),
+    message: &[u8],
+) -> std::io::Result<()> {
+    let len = u16::try_from(message.len()).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("a DNS message of {} bytes is too long", message.len()),
+        )
+    })?;
+    let mut framed = Vec::with_capacity(message.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    // One write: a message split over two segments costs the peer a wake-up.
+    stream.write_all(&framed).await
+}
+
+/// Reads one DNS message from a TCP stream; `None` when the peer closed
+/// between messages (a close inside one is an error).
+pub(crate) async fn read_message(
+    stream: &mut (impl AsyncRead + Unpin),
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 2];
+    match stream.read_exact(&mut len[..1]).await {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(error),
+    }
+    stream.read_exact(&mut len[1..]).await?;
+    let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut message).await?;
+    Ok(Some(message))
 }
 
 /// A recursive query for `host`'s records of `kind`.

@@ -149,6 +149,8 @@ pub struct RefusalLabels {
 /// `forwarded`, `dropped` (not a DNS query).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DnsLabels {
+    /// `udp` or `tcp`.
+    pub transport: &'static str,
     pub outcome: &'static str,
 }
 
@@ -235,8 +237,10 @@ impl Metrics {
             .inc();
     }
 
-    pub fn dns_query(&self, outcome: &'static str) {
-        self.dns_queries.get_or_create(&DnsLabels { outcome }).inc();
+    pub fn dns_query(&self, transport: &'static str, outcome: &'static str) {
+        self.dns_queries
+            .get_or_create(&DnsLabels { transport, outcome })
+            .inc();
     }
 
     /// Adds metrics of another component to the same registry (the waypoint's

@@ -13,10 +13,13 @@ use std::{
 
 use common::*;
 use hickory_proto::{
-    op::{Message, MessageType, OpCode, Query, ResponseCode},
+    op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{Name, RData, RecordType},
 };
-use tokio::net::UdpSocket;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::UdpSocket,
+};
 use warren_api::config::{self, resource::Kind};
 
 fn service(key: String, hostname: &str, vips: &[IpAddr], export_to: &[&str]) -> config::Resource {
@@ -337,4 +340,156 @@ async fn an_allocated_ipv6_address_is_handed_out_where_ztunnel_takes_ipv6() {
     .await
     .expect("an answer");
     assert_eq!(addresses(&answer), vec![v6]);
+}
+
+/// Asks `proxy` over one TCP connection from `from`, each query after the
+/// other; the answers, as many as came within a second each.
+async fn ask_tcp(proxy: SocketAddr, from: IpAddr, queries: &[Message]) -> Vec<Message> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let mut stream = socket.connect(proxy).await.unwrap();
+    let mut answers = Vec::new();
+    for query in queries {
+        let bytes = query.to_vec().unwrap();
+        let mut framed = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
+        framed.extend_from_slice(&bytes);
+        stream.write_all(&framed).await.unwrap();
+        let read = async {
+            let mut len = [0u8; 2];
+            stream.read_exact(&mut len).await?;
+            let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            stream.read_exact(&mut answer).await?;
+            std::io::Result::Ok(answer)
+        };
+        match tokio::time::timeout(Duration::from_secs(1), read).await {
+            Ok(Ok(answer)) => answers.push(Message::from_vec(&answer).unwrap()),
+            _ => break,
+        }
+    }
+    answers
+}
+
+fn question(id: u16, name: &str, kind: RecordType) -> Message {
+    let mut query = Message::new(id, MessageType::Query, OpCode::Query);
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
+    query
+}
+
+/// `query` with EDNS, offering `size` bytes over UDP.
+fn with_edns(mut query: Message, size: u16) -> Message {
+    let mut edns = Edns::new();
+    edns.set_max_payload(size);
+    query.set_edns(edns);
+    query
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_over_tcp_is_answered_and_a_long_answer_over_udp_sends_the_resolver_there() {
+    let ip = |c: u8, d: u8| IpAddr::from([127, 53, c, d]);
+    let zone: dns::Zone = Arc::new(Mutex::new(BTreeMap::from([(
+        "www.example.org.",
+        vec![ip(70, 1)],
+    )])));
+    let server = dns::serve_both(ip(53, 1), zone).await;
+    let mut mesh = two_nodes_configured(53, |config| {
+        config.dns_servers = vec![server.addr];
+    })
+    .await;
+    let vip = ip(60, 1);
+    mesh.view.put(service(
+        warren_api::key::service("demo", "app"),
+        "app.demo.svc.cluster.local",
+        &[vip],
+        &[],
+    ));
+    // 60 addresses: more than 512 bytes of answer, less than 4 096.
+    let many: Vec<IpAddr> = (1..=60).map(|d| ip(61, d)).collect();
+    mesh.view.put(service(
+        warren_api::key::service_entry("demo", "many.example.com"),
+        "many.example.com",
+        &many,
+        &[],
+    ));
+    mesh.sync();
+    let proxy = mesh.a.ztunnel.addresses.dns_proxy[0];
+    let client = mesh.client_ip;
+
+    // Over TCP: the mesh's names from here, several queries on one connection,
+    // the rest forwarded over TCP.
+    let answers = ask_tcp(
+        proxy,
+        client,
+        &[
+            question(1, "app.demo.svc.cluster.local.", RecordType::A),
+            question(2, "many.example.com.", RecordType::A),
+            question(3, "www.example.org.", RecordType::A),
+        ],
+    )
+    .await;
+    let got: Vec<_> = answers
+        .iter()
+        .map(|a| (a.metadata.id, addresses(a).len()))
+        .collect();
+    assert_eq!(got, [(1, 1), (2, 60), (3, 1)]);
+    assert_eq!(addresses(&answers[0]), [vip]);
+    assert!(answers[0].metadata.authoritative);
+    assert_eq!(addresses(&answers[1]), many);
+    assert!(!answers[1].metadata.truncation);
+    assert_eq!(addresses(&answers[2]), [ip(70, 1)]);
+    assert_eq!(
+        server.tcp_queries.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the forwarded query went over TCP, as the pod asked"
+    );
+
+    // Over UDP without EDNS (512 bytes at most): truncated, nothing in it, so
+    // the resolver asks again over TCP.
+    let plain = question(4, "many.example.com.", RecordType::A);
+    let answer = ask_raw(proxy, client, &plain.to_vec().unwrap())
+        .await
+        .map(|bytes| Message::from_vec(&bytes).unwrap())
+        .expect("an answer");
+    assert!(answer.metadata.truncation, "{answer:?}");
+    assert!(answer.answers.is_empty());
+    assert!(answer.edns.is_none(), "EDNS in an answer to a query without");
+    // With EDNS offering 4 096 bytes: all of it, EDNS in the answer too.
+    let edns = with_edns(question(5, "many.example.com.", RecordType::A), 4096);
+    let answer = ask_raw(proxy, client, &edns.to_vec().unwrap())
+        .await
+        .map(|bytes| Message::from_vec(&bytes).unwrap())
+        .expect("an answer");
+    assert!(!answer.metadata.truncation);
+    assert_eq!(addresses(&answer), many);
+    let offered = answer.edns.as_ref().expect("EDNS in the answer");
+    assert_eq!(offered.version(), 0);
+    assert!(offered.max_payload() >= 1232);
+    // An EDNS size below 512 still allows 512: a short answer fits.
+    let small = with_edns(question(6, "app.demo.svc.cluster.local.", RecordType::A), 100);
+    let answer = ask_raw(proxy, client, &small.to_vec().unwrap())
+        .await
+        .map(|bytes| Message::from_vec(&bytes).unwrap())
+        .expect("an answer");
+    assert_eq!(addresses(&answer), [vip]);
+
+    // Not a pod of this node: the connection is closed unanswered.
+    let answers = ask_tcp(
+        proxy,
+        mesh.server.ip(),
+        &[question(7, "app.demo.svc.cluster.local.", RecordType::A)],
+    )
+    .await;
+    assert!(answers.is_empty(), "{answers:?}");
+    let metrics = mesh.a.metrics().await;
+    for (transport, outcome, at_least) in [("tcp", "mesh", 2), ("tcp", "forwarded", 1), ("udp", "mesh", 3)] {
+        let seen = metric(
+            &metrics,
+            "warren_ztunnel_dns_queries_total",
+            &[
+                &format!("transport=\"{transport}\""),
+                &format!("outcome=\"{outcome}\""),
+            ],
+        );
+        assert!(seen >= at_least, "{transport} {outcome}: {seen}\n{metrics}");
+    }
 }

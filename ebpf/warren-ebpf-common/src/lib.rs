@@ -449,8 +449,9 @@ pub struct NodeConfig {
     pub shortcut: u16,
     /// Sockets with this mark are never captured.
     pub mark: u32,
-    /// ztunnel's DNS proxy port on `ztunnel_ip4` (and `ztunnel_ip6`, for queries to
-    /// IPv6 servers) (15053); 0 leaves DNS alone.
+    /// ztunnel's DNS proxy port, UDP and TCP, on `ztunnel_ip4` (and `ztunnel_ip6`,
+    /// for queries to IPv6 servers) (15053); 0 leaves DNS alone (DNS over TCP
+    /// then goes to `ztunnel_port` as any connection).
     pub dns_port: u16,
     pub _pad: u16,
 }

@@ -5,7 +5,9 @@
 //! kernel picks a route. For a TCP socket of an enrolled pod (its network
 //! namespace cookie is in `ENROLLED`), the destination is rewritten to the
 //! node's ztunnel and the original one is remembered under the socket cookie;
-//! `flows` moves it to the flow key once the connection is up.
+//! `flows` moves it to the flow key once the connection is up. DNS over TCP
+//! (port 53) goes to ztunnel's DNS proxy when DNS is captured, as its UDP
+//! queries do; everything else to the outbound listener.
 //!
 //! Left alone: sockets of namespaces that are not enrolled (ztunnel's own
 //! among them), sockets carrying ztunnel's mark (a loop guard), loopback
@@ -53,7 +55,7 @@ pub fn warren_connect4(ctx: SockAddrContext) -> i32 {
         return unconfigured();
     }
     remember(&ctx, SockAddr::v4(dst_ip, dst_port), netns_cookie);
-    set_addr4(&ctx, cfg.ztunnel_ip4, cfg.ztunnel_port);
+    set_addr4(&ctx, cfg.ztunnel_ip4, ztunnel_port(&cfg, dst_port));
     redirected(netns_cookie)
 }
 
@@ -91,7 +93,7 @@ pub fn warren_connect6(ctx: SockAddrContext) -> i32 {
         SockAddr::v6(dst, dst_port)
     };
     remember(&ctx, original, netns_cookie);
-    set_addr6(&ctx, target, cfg.ztunnel_port);
+    set_addr6(&ctx, target, ztunnel_port(&cfg, dst_port));
     redirected(netns_cookie)
 }
 
@@ -124,6 +126,17 @@ fn should_capture(ctx: &SockAddrContext, sa: &bpf_sock_addr) -> Option<(NodeConf
         return None;
     }
     Some((cfg, netns_cookie))
+}
+
+/// ztunnel's port for a connection to `dst_port`: the DNS proxy's for DNS
+/// when DNS is captured, the outbound listener's otherwise.
+#[inline(always)]
+fn ztunnel_port(cfg: &NodeConfig, dst_port: u16) -> u16 {
+    if dst_port == crate::dns::DNS_PORT && cfg.dns_port != 0 {
+        cfg.dns_port
+    } else {
+        cfg.ztunnel_port
+    }
 }
 
 #[inline(always)]

@@ -9,7 +9,8 @@
 //! address they did not ask. Resolvers that `connect()` their UDP socket (glibc)
 //! are redirected at the connect; those that `sendto()` (musl) at each send. A
 //! query to an IPv6 server goes to ztunnel's IPv6 address, one to an IPv4 server
-//! (on an IPv6 socket, v4-mapped) to its IPv4 address.
+//! (on an IPv6 socket, v4-mapped) to its IPv4 address. DNS over TCP is captured
+//! with the pod's other TCP connections (`capture`), to the proxy's port.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -28,7 +29,7 @@ use crate::{
 };
 
 const IPPROTO_UDP: u32 = 17;
-const DNS_PORT: u16 = 53;
+pub(crate) const DNS_PORT: u16 = 53;
 /// Lets the syscall proceed (the only value recvmsg hooks may return).
 const ALLOW: i32 = 1;
 

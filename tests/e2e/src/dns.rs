@@ -12,6 +12,9 @@ pub enum Send {
     Connected,
     /// With `sendto` on an unconnected one (musl).
     SendTo,
+    /// Over TCP, the query after its two length bytes (a resolver asking again
+    /// after a truncated answer, or told `use-vc`).
+    Tcp,
 }
 
 /// The record asked for.
@@ -31,22 +34,38 @@ pub struct Answer {
 
 /// Asks `server` (IP) for NAME's record of type QTYPE (1: A, 28: AAAA) and prints
 /// `<answering ip> <port> <address>…`, or exits 3 after 3 s without an answer.
+/// Over TCP the answering address is the connection's peer (`getpeername`).
 const RESOLVER: &str = r#"
 import socket, struct, sys
 server, name, mode, qtype = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 query = struct.pack(">HHHHHH", 0x5157, 0x0100, 1, 0, 0, 0)
 query += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
 query += struct.pack(">HH", qtype, 1)
-s = socket.socket(socket.AF_INET6 if ":" in server else socket.AF_INET, socket.SOCK_DGRAM)
+family = socket.AF_INET6 if ":" in server else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM if mode == "tcp" else socket.SOCK_DGRAM)
 s.settimeout(3)
+def read_exactly(n):
+    got = b""
+    while len(got) < n:
+        more = s.recv(n - len(got))
+        if not more:
+            sys.exit(3)
+        got += more
+    return got
 try:
-    if mode == "connected":
+    if mode == "tcp":
+        s.connect((server, 53))
+        s.sendall(struct.pack(">H", len(query)) + query)
+        (length,) = struct.unpack(">H", read_exactly(2))
+        data, sender = read_exactly(length), s.getpeername()
+    elif mode == "connected":
         s.connect((server, 53))
         s.send(query)
+        data, sender = s.recvfrom(4096)
     else:
         s.sendto(query, (server, 53))
-    data, sender = s.recvfrom(4096)
-except socket.timeout:
+        data, sender = s.recvfrom(4096)
+except (socket.timeout, ConnectionError):
     sys.exit(3)
 def skip_name(at):
     while True:
@@ -96,6 +115,7 @@ pub fn resolve_record(
     let mode = match send {
         Send::Connected => "connected",
         Send::SendTo => "sendto",
+        Send::Tcp => "tcp",
     };
     let qtype = match record {
         Record::A => "1",

@@ -1,9 +1,11 @@
-//! DNS capture: an enrolled pod's DNS queries (UDP port 53) reach ztunnel's DNS
-//! proxy through the node's eBPF hooks, whichever server the pod asked, and the
-//! answer comes back as if from that server. A pod outside the mesh is left alone.
+//! DNS capture: an enrolled pod's DNS queries (UDP or TCP to port 53) reach
+//! ztunnel's DNS proxy through the node's eBPF hooks, whichever server the pod
+//! asked, and the answer comes back as if from that server. A pod outside the
+//! mesh is left alone.
 //!
-//! The pods' resolver is played by `warren_e2e::dns::resolve`, in both of the ways
-//! resolvers send: on a connected socket (glibc) and with `sendto` (musl).
+//! The pods' resolver is played by `warren_e2e::dns::resolve`, in the ways
+//! resolvers send: on a connected socket (glibc), with `sendto` (musl), and over
+//! TCP (after a truncated answer, or with `use-vc`).
 
 use std::{net::IpAddr, time::Duration};
 
@@ -84,7 +86,7 @@ fn an_enrolled_pods_dns_is_answered_by_ztunnel() -> Result<()> {
         CLUSTER_DNS.to_ipv6_mapped().into(),
     ];
     for server in servers {
-        for send in [Send::Connected, Send::SendTo] {
+        for send in [Send::Connected, Send::SendTo, Send::Tcp] {
             let answer = resolve(&client, server, name, send)?;
             ensure!(
                 answer.as_ref().is_some_and(
@@ -96,10 +98,12 @@ fn an_enrolled_pods_dns_is_answered_by_ztunnel() -> Result<()> {
         }
     }
     // Outside the mesh: nothing redirects the query, so nothing answers it.
-    ensure!(
-        resolve(&outsider, CLUSTER_DNS, name, Send::Connected)?.is_none(),
-        "a pod outside the mesh had its DNS answered"
-    );
+    for send in [Send::Connected, Send::Tcp] {
+        ensure!(
+            resolve(&outsider, CLUSTER_DNS, name, send)?.is_none(),
+            "a pod outside the mesh had its DNS answered ({send:?})"
+        );
+    }
     let counters = datapath(&node)?.counters()?;
     ensure!(
         counters.get(warren_e2e::agent::Counter::DnsRedirected) >= 2
@@ -107,15 +111,17 @@ fn an_enrolled_pods_dns_is_answered_by_ztunnel() -> Result<()> {
         "{counters:?}"
     );
     let metrics = scrape_metrics(&node)?;
-    let answered = metric_sum(
-        &metrics,
-        "warren_ztunnel_dns_queries_total",
-        &[("outcome", "mesh")],
-    );
-    ensure!(
-        answered >= 2.0,
-        "ztunnel answered {answered} queries:\n{metrics}"
-    );
+    for transport in ["udp", "tcp"] {
+        let answered = metric_sum(
+            &metrics,
+            "warren_ztunnel_dns_queries_total",
+            &[("transport", transport), ("outcome", "mesh")],
+        );
+        ensure!(
+            answered >= 2.0,
+            "ztunnel answered {answered} queries over {transport}:\n{metrics}"
+        );
+    }
 
     // A ServiceEntry host without addresses: the agent allocates one, the proxy
     // answers with it, and a connection to it reaches the entry's endpoint.

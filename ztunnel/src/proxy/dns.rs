@@ -1,6 +1,6 @@
-//! The DNS proxy: enrolled pods' DNS queries, captured by the node's eBPF hooks
-//! (UDP to port 53), are answered here for the mesh's own names and forwarded for
-//! the rest.
+//! The DNS proxy: enrolled pods' DNS queries (UDP or TCP to port 53), sent here
+//! by the node's eBPF hooks, are answered for the mesh's own names and forwarded
+//! for the rest.
 //!
 //! - A query for the address (A or AAAA) of a Service (`name.ns.svc.<domain>`) or
 //!   a ServiceEntry host that the pod's namespace sees is answered from what the
@@ -8,7 +8,12 @@
 //!   here with none of that family gets an empty answer, not a forward: its other
 //!   family is what the pod should use.
 //! - Anything else goes unchanged to the node's DNS servers (`--dns-server`, else
-//!   ztunnel's /etc/resolv.conf), and their answer back.
+//!   ztunnel's /etc/resolv.conf), and their answer back, over the transport the
+//!   pod used.
+//! - Over TCP a pod may ask anything it may ask over UDP (RFC 7766): a resolver
+//!   asks again over TCP when an answer comes back truncated, and some ask over
+//!   TCP only. An answer too long for the UDP size the query allows (512 bytes,
+//!   or its EDNS size) is sent truncated, which sends the resolver to TCP.
 //!
 //! Answering here makes ServiceEntry hosts, which no DNS server may know,
 //! resolvable to the addresses the mesh routes, and saves the mesh's own names a
@@ -22,28 +27,41 @@ use std::{
 
 use simple_dns::{
     CLASS, OPCODE, Packet, PacketFlag, QCLASS, QTYPE, RCODE, ResourceRecord, TYPE,
-    rdata::{A, AAAA, RData},
+    rdata::{A, AAAA, OPT, RData},
 };
 use tokio::{
-    net::UdpSocket,
-    sync::{OnceCell, Semaphore},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::Semaphore,
 };
 use tracing::{debug, info, warn};
 
 use super::Inputs;
-use crate::drain;
+use crate::{drain, state::Workload};
 
 /// Seconds an answer from the mesh may be cached: short, so a changed Service
 /// address is seen soon.
 const TTL: u32 = 30;
-/// The largest DNS message over UDP (with EDNS); anything longer is not DNS.
+/// The largest DNS message over UDP (with EDNS) taken or sent here; anything
+/// longer is not DNS.
 const MAX_MESSAGE: usize = 4096;
+/// The largest answer over UDP to a query without EDNS (RFC 1035).
+const PLAIN_UDP_MESSAGE: usize = 512;
+/// How long a DNS connection may stay quiet between queries: resolvers send
+/// theirs at once, and a held connection costs a descriptor.
+const TCP_IDLE: Duration = Duration::from_secs(10);
 /// How long a forwarded query waits for the node's DNS server.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Queries waiting at once (forwarded, or from a pod ztunnel does not know yet):
 /// a pod flooding random names cannot take ztunnel's file descriptors, which the
 /// node's connections need. Past it a query is dropped and the resolver retries.
 const MAX_WAITING: usize = 256;
+
+/// How a query came, which bounds its answer's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
 
 /// What to do with one query.
 #[derive(Debug, PartialEq, Eq)]
@@ -66,7 +84,6 @@ pub async fn serve(inputs: Arc<Inputs>, socket: UdpSocket, mut drain: drain::Wat
     }
     let socket = Arc::new(socket);
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
-    let servers = Arc::new(OnceCell::new());
     let mut buf = vec![0; MAX_MESSAGE];
     loop {
         let (len, client) = tokio::select! {
@@ -85,26 +102,25 @@ pub async fn serve(inputs: Arc<Inputs>, socket: UdpSocket, mut drain: drain::Wat
         let query = &buf[..len];
         let reply = answer(&inputs, client.ip(), query);
         if let Reply::Answer(bytes) = &reply {
-            inputs.metrics.dns_query("mesh");
+            inputs.metrics.dns_query("udp", "mesh");
             if let Err(error) = socket.send_to(bytes, client).await {
                 debug!(%client, %error, "DNS proxy: answering");
             }
             continue;
         }
         if let Reply::Drop(why) = &reply {
-            inputs.metrics.dns_query("dropped");
+            inputs.metrics.dns_query("udp", "dropped");
             debug!(%client, %why, "DNS proxy: dropped a datagram");
             continue;
         }
         let Ok(permit) = Arc::clone(&waiting).try_acquire_owned() else {
-            inputs.metrics.dns_query("overloaded");
+            inputs.metrics.dns_query("udp", "overloaded");
             debug!(%client, "DNS proxy: too many queries waiting; dropped one");
             continue;
         };
         let call = Call {
             inputs: Arc::clone(&inputs),
             socket: Arc::clone(&socket),
-            servers: Arc::clone(&servers),
             query: query.to_vec(),
             client,
         };
@@ -119,7 +135,6 @@ pub async fn serve(inputs: Arc<Inputs>, socket: UdpSocket, mut drain: drain::Wat
 struct Call {
     inputs: Arc<Inputs>,
     socket: Arc<UdpSocket>,
-    servers: Arc<OnceCell<Vec<SocketAddr>>>,
     query: Vec<u8>,
     client: SocketAddr,
 }
@@ -138,17 +153,18 @@ impl Call {
                 None => Reply::Drop(format!("{ip} is not a pod of this node")),
             };
         }
+        let metrics = &self.inputs.metrics;
         match reply {
             Reply::Answer(bytes) => {
-                self.inputs.metrics.dns_query("mesh");
+                metrics.dns_query("udp", "mesh");
                 self.send(&bytes).await;
             }
             Reply::Forward => {
-                self.inputs.metrics.dns_query("forwarded");
+                metrics.dns_query("udp", "forwarded");
                 self.forward().await;
             }
             Reply::Drop(why) => {
-                self.inputs.metrics.dns_query("dropped");
+                metrics.dns_query("udp", "dropped");
                 debug!(client = %self.client, %why, "DNS proxy: dropped a datagram");
             }
             // Known after the wait, or dropped above: not again.
@@ -164,12 +180,7 @@ impl Call {
 
     /// Asks the node's DNS servers in turn and relays the first answer.
     async fn forward(&self) {
-        let configured = &self.inputs.config.dns_servers;
-        let servers = self
-            .servers
-            .get_or_try_init(|| async { crate::dns::servers(configured) })
-            .await;
-        let servers = match servers {
+        let servers = match self.inputs.dns.servers().await {
             Ok(servers) => servers,
             Err(error) => {
                 warn!(%error, "DNS proxy: nowhere to forward a query");
@@ -177,13 +188,121 @@ impl Call {
             }
         };
         for server in servers {
-            match ask(*server, &self.query).await {
+            match ask_udp(*server, &self.query).await {
                 Ok(reply) => return self.send(&reply).await,
                 Err(error) => debug!(%server, %error, "DNS proxy: forwarding"),
             }
         }
         warn!(client = %self.client, "DNS proxy: no DNS server answered a forwarded query");
     }
+}
+
+/// Answers DNS over TCP on `listener` until draining starts.
+pub async fn serve_tcp(inputs: Arc<Inputs>, listener: TcpListener, drain: drain::Watch) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "DNS proxy (TCP) ready");
+    }
+    super::accept_loop(listener, drain, "DNS proxy", move |client, peer, drain| {
+        serve_stream(Arc::clone(&inputs), client, peer, drain)
+    })
+    .await;
+}
+
+/// One pod's DNS connection: queries (each after its two length bytes) are
+/// answered in turn, forwarded ones over TCP too, until the pod closes, stays
+/// quiet for [`TCP_IDLE`], sends something that is not a query, or draining
+/// starts.
+async fn serve_stream(
+    inputs: Arc<Inputs>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    mut drain: drain::Watch,
+) {
+    let metrics = &inputs.metrics;
+    // As over UDP: this node's pods only, a newcomer's update waited for.
+    let (state, ip) = (&inputs.state, peer.ip().to_canonical());
+    let pod = state
+        .wait_for(inputs.config.catch_up_wait, |s| {
+            s.workload_by_ip(ip).filter(|w| s.is_local(w))
+        })
+        .await;
+    let Some(pod) = pod else {
+        metrics.dns_query("tcp", "dropped");
+        debug!(%peer, "DNS proxy: a TCP connection from no pod of this node; closed");
+        return super::reset(client);
+    };
+    loop {
+        let read = tokio::select! {
+            read = tokio::time::timeout(TCP_IDLE, crate::dns::read_message(&mut client)) => read,
+            () = drain.draining() => return,
+        };
+        let query = match read {
+            Ok(Ok(Some(query))) => query,
+            Ok(Ok(None)) => return,
+            Ok(Err(error)) => return debug!(%peer, %error, "DNS proxy: reading a TCP query"),
+            Err(_) => return debug!(%peer, "DNS proxy: a TCP connection stayed idle; closed"),
+        };
+        let reply = match answer_pod(&inputs, &pod, &query, Transport::Tcp) {
+            Reply::Answer(bytes) => {
+                metrics.dns_query("tcp", "mesh");
+                bytes
+            }
+            Reply::Forward => {
+                metrics.dns_query("tcp", "forwarded");
+                match forward_tcp(&inputs, &query).await {
+                    Some(bytes) => bytes,
+                    // Closed: the resolver tries its next server.
+                    None => return,
+                }
+            }
+            Reply::Drop(why) => {
+                metrics.dns_query("tcp", "dropped");
+                return debug!(%peer, %why, "DNS proxy: closed a TCP connection");
+            }
+            // The pod is known: looked up above.
+            Reply::Unknown => return,
+        };
+        if let Err(error) = crate::dns::write_message(&mut client, &reply).await {
+            return debug!(%peer, %error, "DNS proxy: answering over TCP");
+        }
+    }
+}
+
+/// Asks the node's DNS servers in turn over TCP; the first answer.
+async fn forward_tcp(inputs: &Inputs, query: &[u8]) -> Option<Vec<u8>> {
+    let servers = match inputs.dns.servers().await {
+        Ok(servers) => servers,
+        Err(error) => {
+            warn!(%error, "DNS proxy: nowhere to forward a query");
+            return None;
+        }
+    };
+    for server in servers {
+        match tokio::time::timeout(FORWARD_TIMEOUT, ask_tcp(*server, query)).await {
+            Ok(Ok(reply)) => return Some(reply),
+            Ok(Err(error)) => debug!(%server, %error, "DNS proxy: forwarding over TCP"),
+            Err(_) => debug!(%server, "DNS proxy: forwarding over TCP timed out"),
+        }
+    }
+    warn!("DNS proxy: no DNS server answered a query forwarded over TCP");
+    None
+}
+
+/// One query to `server` over a TCP connection of its own, its answer.
+async fn ask_tcp(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(server).await?;
+    stream.set_nodelay(true)?;
+    crate::dns::write_message(&mut stream, query).await?;
+    let reply = crate::dns::read_message(&mut stream).await?.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed without an answer",
+        )
+    })?;
+    if reply.get(..2) != query.get(..2) {
+        return Err(std::io::Error::other("an answer to another query"));
+    }
+    Ok(reply)
 }
 
 /// A successor has bound the same port (`SO_REUSEPORT`), and the kernel shares
@@ -204,7 +323,7 @@ fn leave_port(socket: &UdpSocket) {
     }
 }
 
-/// The reply to one query from `client` (a pod of this node).
+/// The reply to one query over UDP from `client` (a pod of this node).
 pub fn answer(inputs: &Inputs, client: IpAddr, query: &[u8]) -> Reply {
     // Only this node's pods are captured here: anyone else reaching the port (it is
     // on the node's address) is not served, so it is no open resolver.
@@ -215,6 +334,11 @@ pub fn answer(inputs: &Inputs, client: IpAddr, query: &[u8]) -> Reply {
     else {
         return Reply::Unknown;
     };
+    answer_pod(inputs, &pod, query, Transport::Udp)
+}
+
+/// The reply to one query from `pod` that came over `transport`.
+pub fn answer_pod(inputs: &Inputs, pod: &Workload, query: &[u8], transport: Transport) -> Reply {
     let packet = match Packet::parse(query) {
         Ok(packet) => packet,
         Err(error) => return Reply::Drop(format!("not a DNS message: {error}")),
@@ -236,6 +360,10 @@ pub fn answer(inputs: &Inputs, client: IpAddr, query: &[u8]) -> Reply {
     if !matches!(question.qclass, QCLASS::CLASS(CLASS::IN)) {
         return Reply::Forward;
     }
+    // EDNS beyond version 0 is the servers' to answer (with BADVERS, or in kind).
+    if packet.opt().is_some_and(|opt| opt.version != 0) {
+        return Reply::Forward;
+    }
     let name = question.qname.to_string();
     // The names the pod's namespace sees (a Service's `exportTo`).
     let Some(service) = inputs.state.service_by_dns_name(&name, &pod.namespace) else {
@@ -252,6 +380,14 @@ pub fn answer(inputs: &Inputs, client: IpAddr, query: &[u8]) -> Reply {
     }
     *reply.rcode_mut() = RCODE::NoError;
     reply.questions.push(question.clone());
+    // A query with EDNS gets it back (RFC 6891), offering the size taken here.
+    if packet.opt().is_some() {
+        *reply.opt_mut() = Some(OPT {
+            opt_codes: Vec::new(),
+            udp_packet_size: MAX_MESSAGE as u16,
+            version: 0,
+        });
+    }
     // Addresses the agent allocated lead nowhere but here: an IPv6 one only
     // while this ztunnel takes IPv6 captures (else the pod would dial an
     // address no one answers; without it, it asks for the IPv4 one). The
@@ -271,7 +407,22 @@ pub fn answer(inputs: &Inputs, client: IpAddr, query: &[u8]) -> Reply {
             rdata,
         ));
     }
-    match reply.build_bytes_vec() {
+    let limit = match transport {
+        Transport::Tcp => usize::from(u16::MAX),
+        Transport::Udp => packet.opt().map_or(PLAIN_UDP_MESSAGE, |opt| {
+            usize::from(opt.udp_packet_size).clamp(PLAIN_UDP_MESSAGE, MAX_MESSAGE)
+        }),
+    };
+    let built = match reply.build_bytes_vec_compressed() {
+        Ok(bytes) if bytes.len() > limit => {
+            // No part of an answer: the resolver asks again over TCP for all of it.
+            reply.answers.clear();
+            reply.set_flags(PacketFlag::TRUNCATION);
+            reply.build_bytes_vec_compressed()
+        }
+        built => built,
+    };
+    match built {
         Ok(bytes) => Reply::Answer(bytes),
         Err(error) => Reply::Drop(format!("building the answer for {name}: {error}")),
     }
@@ -283,8 +434,8 @@ enum Family {
     V6,
 }
 
-/// One query to `server`, its answer (matched by ID).
-async fn ask(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+/// One query to `server` over UDP, its answer (matched by ID).
+async fn ask_udp(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
     let bind: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0".parse().map_err(std::io::Error::other)?
     } else {

@@ -3,7 +3,7 @@
 //! - [`outbound`]: connections captured from local pods (15001).
 //! - [`inbound`]: HBONE from other nodes (15008): mTLS, CONNECT, policy, the pod.
 //! - [`inbound_passthrough`]: plaintext to local pods (15006), PERMISSIVE only.
-//! - [`dns`]: the DNS proxy (15053, UDP): local pods' captured DNS queries.
+//! - [`dns`]: the DNS proxy (15053, UDP and TCP): local pods' captured DNS queries.
 //! - [`pool`] and [`hbone`]: the HTTP/2 CONNECT client and server and the connection pool.
 //! - [`connection`]: relaying bytes, counting them, and reporting the connection.
 
