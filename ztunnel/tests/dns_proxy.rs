@@ -452,7 +452,10 @@ async fn dns_over_tcp_is_answered_and_a_long_answer_over_udp_sends_the_resolver_
         .expect("an answer");
     assert!(answer.metadata.truncation, "{answer:?}");
     assert!(answer.answers.is_empty());
-    assert!(answer.edns.is_none(), "EDNS in an answer to a query without");
+    assert!(
+        answer.edns.is_none(),
+        "EDNS in an answer to a query without"
+    );
     // With EDNS offering 4 096 bytes: all of it, EDNS in the answer too.
     let edns = with_edns(question(5, "many.example.com.", RecordType::A), 4096);
     let answer = ask_raw(proxy, client, &edns.to_vec().unwrap())
@@ -465,7 +468,10 @@ async fn dns_over_tcp_is_answered_and_a_long_answer_over_udp_sends_the_resolver_
     assert_eq!(offered.version(), 0);
     assert!(offered.max_payload() >= 1232);
     // An EDNS size below 512 still allows 512: a short answer fits.
-    let small = with_edns(question(6, "app.demo.svc.cluster.local.", RecordType::A), 100);
+    let small = with_edns(
+        question(6, "app.demo.svc.cluster.local.", RecordType::A),
+        100,
+    );
     let answer = ask_raw(proxy, client, &small.to_vec().unwrap())
         .await
         .map(|bytes| Message::from_vec(&bytes).unwrap())
@@ -481,7 +487,11 @@ async fn dns_over_tcp_is_answered_and_a_long_answer_over_udp_sends_the_resolver_
     .await;
     assert!(answers.is_empty(), "{answers:?}");
     let metrics = mesh.a.metrics().await;
-    for (transport, outcome, at_least) in [("tcp", "mesh", 2), ("tcp", "forwarded", 1), ("udp", "mesh", 3)] {
+    for (transport, outcome, at_least) in [
+        ("tcp", "mesh", 2),
+        ("tcp", "forwarded", 1),
+        ("udp", "mesh", 3),
+    ] {
         let seen = metric(
             &metrics,
             "warren_ztunnel_dns_queries_total",

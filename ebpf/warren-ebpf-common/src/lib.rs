@@ -42,17 +42,40 @@ pub mod program {
     /// `cgroup/sendmsg6`, `cgroup/recvmsg6`: the same for IPv6 sockets.
     pub const SENDMSG6: &str = "warren_sendmsg6";
     pub const RECVMSG6: &str = "warren_recvmsg6";
+    /// `cgroup/getpeername4`, `cgroup/getpeername6`: a captured connection's
+    /// peer is the destination the pod dialled, not ztunnel.
+    pub const GETPEERNAME4: &str = "warren_getpeername4";
+    pub const GETPEERNAME6: &str = "warren_getpeername6";
 
     /// Programs attached to the node's cgroup subtree, in attach order:
     /// the programs that answer `SO_ORIGINAL_DST` first, capture last, so a
     /// failed install never leaves capture on with nothing answering.
     pub const CGROUP: &[&str] = &[
-        SOCK_OPS, GETSOCKOPT, RECVMSG4, RECVMSG6, CONNECT4, CONNECT6, SENDMSG4, SENDMSG6,
+        SOCK_OPS,
+        GETSOCKOPT,
+        RECVMSG4,
+        RECVMSG6,
+        GETPEERNAME4,
+        GETPEERNAME6,
+        CONNECT4,
+        CONNECT6,
+        SENDMSG4,
+        SENDMSG6,
     ];
     /// Every program the object carries.
     pub const ALL: &[&str] = &[
-        CONNECT4, CONNECT6, SOCK_OPS, GETSOCKOPT, SHORTCUT, GUARD, SENDMSG4, RECVMSG4, SENDMSG6,
+        CONNECT4,
+        CONNECT6,
+        SOCK_OPS,
+        GETSOCKOPT,
+        SHORTCUT,
+        GUARD,
+        SENDMSG4,
+        RECVMSG4,
+        SENDMSG6,
         RECVMSG6,
+        GETPEERNAME4,
+        GETPEERNAME6,
     ];
 }
 
@@ -528,6 +551,8 @@ counters! {
     DnsRedirected = 15 => "dns_redirected",
     /// An answer of the DNS proxy given the address the pod asked.
     DnsAnswerRestored = 16 => "dns_answer_restored",
+    /// A captured connection's peer given as the destination the pod dialled.
+    PeerRestored = 17 => "peer_restored",
 }
 
 #[cfg(feature = "user")]

@@ -3,8 +3,9 @@
 //!
 //! - Client side established: the original destination recorded at connect
 //!   (by socket cookie) moves to the flow key, where `getsockopt` on the
-//!   proxy's accepted socket finds it; the socket asks to hear about its
-//!   close, so the entry goes when the connection does.
+//!   proxy's accepted socket finds it (and `getpeername` on the pod's); the
+//!   socket asks to hear about its close, so the entry goes when the
+//!   connection does.
 //! - Either side established with a peer on this node (and the shortcut
 //!   on): the socket gets an account of bytes sent through the shortcut and
 //!   joins the shortcut SOCKHASH, keyed by its own view of the flow; its

@@ -9,6 +9,7 @@
 //! | `capture` | `cgroup/connect4`, `cgroup/connect6` | send enrolled pods' connects to ztunnel |
 //! | `flows` | `sock_ops` | key original destinations by flow; fill the shortcut map |
 //! | `original_dst` | `cgroup/getsockopt` | answer `SO_ORIGINAL_DST` |
+//! | `peer` | `cgroup/getpeername4`, `getpeername6` | give a captured connection's peer as the pod dialled it |
 //! | `shortcut` | `sk_msg` | hand bytes straight to the local peer socket |
 //! | `guard` | TC classifier | STRICT: only the node may open connections to a pod |
 //! | `dns` | `cgroup/sendmsg4`, `sendmsg6`, `recvmsg4`, `recvmsg6` | send enrolled pods' DNS queries to ztunnel's DNS proxy |
@@ -34,6 +35,8 @@ mod guard;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod original_dst;
+#[cfg(target_arch = "bpf")]
+mod peer;
 #[cfg(target_arch = "bpf")]
 mod rewrite;
 #[cfg(target_arch = "bpf")]

@@ -264,6 +264,8 @@ fn attach_to_cgroup(
         program::RECVMSG4 => link::attach_type::CGROUP_UDP4_RECVMSG,
         program::SENDMSG6 => link::attach_type::CGROUP_UDP6_SENDMSG,
         program::RECVMSG6 => link::attach_type::CGROUP_UDP6_RECVMSG,
+        program::GETPEERNAME4 => link::attach_type::CGROUP_INET4_GETPEERNAME,
+        program::GETPEERNAME6 => link::attach_type::CGROUP_INET6_GETPEERNAME,
         _ => return Err(ProgramError::UnexpectedProgramType),
     };
     load_cgroup_program(prog)?;

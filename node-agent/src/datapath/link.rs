@@ -27,6 +27,8 @@ pub(super) mod attach_type {
     pub const CGROUP_UDP4_RECVMSG: u32 = 19;
     pub const CGROUP_UDP6_RECVMSG: u32 = 20;
     pub const CGROUP_GETSOCKOPT: u32 = 21;
+    pub const CGROUP_INET4_GETPEERNAME: u32 = 29;
+    pub const CGROUP_INET6_GETPEERNAME: u32 = 30;
 }
 
 const BPF_OBJ_PIN: libc::c_long = 6;

@@ -3,7 +3,7 @@
 //! ```text
 //! /sys/fs/bpf/warren/<node>/
 //!   maps/<MAP NAME>          every map (aya pins them by name)
-//!   links/<program>          cgroup attachments (connect4, connect6, sock_ops, getsockopt)
+//!   links/<program>          cgroup attachments (connect, sock_ops, getsockopt, getpeername, DNS)
 //!   links/guard_<veth>       TC (TCX) attachment of the guard on one pod's veth
 //!   progs/<program>          programs attached without a link (sk_msg) or
 //!                            attached later (the guard, per pod)

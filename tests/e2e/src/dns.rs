@@ -33,7 +33,8 @@ pub struct Answer {
 }
 
 /// Asks `server` (IP) for NAME's record of type QTYPE (1: A, 28: AAAA) and prints
-/// `<answering ip> <port> <address>…`, or exits 3 after 3 s without an answer.
+/// `<answering ip> <port> <address>…`, or exits 3 without an answer (none
+/// within 3 s, or the server unreachable).
 /// Over TCP the answering address is the connection's peer (`getpeername`).
 const RESOLVER: &str = r#"
 import socket, struct, sys
@@ -65,7 +66,8 @@ try:
     else:
         s.sendto(query, (server, 53))
         data, sender = s.recvfrom(4096)
-except (socket.timeout, ConnectionError):
+except OSError:
+    # No answer in time, or none to be had (refused, unreachable).
     sys.exit(3)
 def skip_name(at):
     while True:

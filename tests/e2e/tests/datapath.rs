@@ -106,6 +106,28 @@ fn url(pod: &Pod, port: u16) -> String {
     format!("http://{}:{port}/", pod.ip)
 }
 
+/// The peer of a connection from `client` to `target` (`ip:port`, `[ip6]:port`),
+/// as the client's `getpeername` says, `ip:port` or `[ip6]:port`.
+fn peer_seen(client: &Pod, host: &str, port: u16) -> Result<String> {
+    const PEER: &str = r#"
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection((host, port), timeout=5)
+peer = s.getpeername()
+print(f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}")
+"#;
+    let out = client
+        .sandbox
+        .exec("python3", ["-c", PEER, host, &port.to_string()])?;
+    ensure!(
+        out.status.success(),
+        "connecting from {} to {host}:{port}: {}",
+        client.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// `n` requests from `client` to `url` over one keep-alive connection, all
 /// of which must succeed.
 fn all_ok(client: &Pod, url: &str, n: u64) -> Result<()> {
@@ -157,6 +179,22 @@ fn enrolled_pods_are_captured_with_original_destination_and_source() -> Result<(
     }
     ensure!(mesh.counter(Counter::ConnectRedirected)? >= 2);
     ensure!(mesh.counter(Counter::GetsockoptAnswered)? >= 4);
+
+    // The client, asking whom it is connected to, hears the server it dialled,
+    // not the proxy's listener the connection was sent to.
+    for server in [remote, same_node] {
+        let before = mesh.captured_from(client).len();
+        let peer = peer_seen(client, &server.ip.to_string(), 8080)?;
+        ensure!(
+            mesh.captured_from(client).len() == before + 1,
+            "the connection was not captured"
+        );
+        ensure!(
+            peer == format!("{}:8080", server.ip),
+            "getpeername gave {peer}"
+        );
+    }
+    ensure!(mesh.counter(Counter::PeerRestored)? >= 2);
 
     // Left alone: a pod that is not enrolled, an excluded port, loopback.
     let before = mesh.captured().len();
@@ -800,6 +838,9 @@ fn ipv6_is_captured_and_guarded_too() -> Result<()> {
         "{}",
         seen[0]
     );
+    // Its peer, as the client asks it, is the server it dialled.
+    let peer = peer_seen(client, &remote.ip6.to_string(), 8080)?;
+    ensure!(peer == want, "getpeername gave {peer}, want {want}");
 
     // STRICT over IPv6: an outsider is refused, mesh traffic from the node passes.
     enroll(&mesh.cluster, guarded, Mode::Strict, &[])?;

@@ -293,12 +293,14 @@ async fn ask_tcp(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut stream = TcpStream::connect(server).await?;
     stream.set_nodelay(true)?;
     crate::dns::write_message(&mut stream, query).await?;
-    let reply = crate::dns::read_message(&mut stream).await?.ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "closed without an answer",
-        )
-    })?;
+    let reply = crate::dns::read_message(&mut stream)
+        .await?
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed without an answer",
+            )
+        })?;
     if reply.get(..2) != query.get(..2) {
         return Err(std::io::Error::other("an answer to another query"));
     }
