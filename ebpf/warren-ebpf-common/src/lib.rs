@@ -44,8 +44,8 @@ pub mod program {
     pub const RECVMSG6: &str = "warren_recvmsg6";
     /// `cgroup/getpeername4`, `cgroup/getpeername6`: a captured connection's
     /// peer is the destination the pod dialled, not ztunnel.
-    pub const GETPEERNAME4: &str = "warren_getpeername4";
-    pub const GETPEERNAME6: &str = "warren_getpeername6";
+    pub const GETPEERNAME4: &str = "warren_getpeer4";
+    pub const GETPEERNAME6: &str = "warren_getpeer6";
 
     /// Programs attached to the node's cgroup subtree, in attach order:
     /// the programs that answer `SO_ORIGINAL_DST` first, capture last, so a
@@ -577,6 +577,18 @@ mod tests {
     use core::mem::size_of;
 
     use super::*;
+
+    /// The kernel keeps a program's first 15 bytes of name (BPF_OBJ_NAME_LEN),
+    /// and tools that list programs (bpftool, warrenctl) tell them apart by it.
+    #[test]
+    fn program_names_differ_as_the_kernel_keeps_them() {
+        let kept = |name: &'static str| &name[..name.len().min(15)];
+        for (i, name) in program::ALL.iter().enumerate() {
+            for other in &program::ALL[..i] {
+                assert_ne!(kept(name), kept(other), "{name} and {other}");
+            }
+        }
+    }
 
     #[test]
     fn counter_table_is_consistent() {

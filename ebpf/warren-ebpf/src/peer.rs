@@ -23,7 +23,7 @@ use crate::{
 const ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(getpeername4)]
-pub fn warren_getpeername4(ctx: SockAddrContext) -> i32 {
+pub fn warren_getpeer4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid `bpf_sock_addr` whose `sk` is the socket asked.
     let sk = unsafe { &*(*ctx.sock_addr).__bindgen_anon_1.sk };
     let own = FlowKey {
@@ -43,7 +43,7 @@ pub fn warren_getpeername4(ctx: SockAddrContext) -> i32 {
 }
 
 #[cgroup_sock_addr(getpeername6)]
-pub fn warren_getpeername6(ctx: SockAddrContext) -> i32 {
+pub fn warren_getpeer6(ctx: SockAddrContext) -> i32 {
     // SAFETY: as above.
     let sk: &bpf_sock = unsafe { &*(*ctx.sock_addr).__bindgen_anon_1.sk };
     // Keyed as `flows` keys it: a dual-stack socket's IPv4 flow as IPv4.
