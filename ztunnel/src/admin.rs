@@ -119,6 +119,31 @@ pub fn handler(
                     quit.request(reason);
                     text(StatusCode::OK, "draining\n")
                 }
+                "/explain" => {
+                    let query = request.uri().query().unwrap_or_default();
+                    let param = |name: &str| {
+                        query
+                            .split('&')
+                            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                            .map(decode)
+                    };
+                    let explained = match (param("from"), param("to")) {
+                        (Some(from), Some(to)) => crate::explain::explain(
+                            &inputs.state,
+                            inputs.config.prefer_same_node,
+                            &from,
+                            &to,
+                        ),
+                        _ => Err(crate::explain::ExplainError::Usage),
+                    };
+                    match explained.map(serde_json::to_value) {
+                        Ok(Ok(explanation)) => json(&explanation),
+                        Ok(Err(error)) => {
+                            text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n"))
+                        }
+                        Err(error) => text(StatusCode::BAD_REQUEST, format!("{error}\n")),
+                    }
+                }
                 "/server_info" => json(
                     &serde_json::to_value(ServerInfo::of_this_process(server, inputs.state.node()))
                         .unwrap_or_default(),
@@ -128,7 +153,7 @@ pub fn handler(
                 }
                 "/" => text(
                     StatusCode::OK,
-                    "/config_dump\n/logging?level=<filter>\nPOST /quitquitquit\n/server_info\n",
+                    "/config_dump\n/explain?from=<pod>&to=<destination>\n/logging?level=<filter>\nPOST /quitquitquit\n/server_info\n",
                 ),
                 other => text(
                     StatusCode::NOT_FOUND,

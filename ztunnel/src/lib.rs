@@ -6,7 +6,7 @@
 //! - [`proxy`]: the data path (outbound capture, HBONE in and out, plaintext inbound).
 //! - [`tls`], [`rbac`]: mTLS by SPIFFE identity and L4 authorization.
 //! - [`dns`]: resolving endpoints known by name (ServiceEntry `resolution: DNS`).
-//! - [`metrics`], [`admin`], [`readiness`], [`drain`]: operating it.
+//! - [`metrics`], [`admin`] (with [`explain`]), [`readiness`], [`drain`]: operating it.
 //! - [`app`]: binding the listeners and starting it all, for the binary and tests;
 //!   [`handover`]: taking a node over from a running ztunnel without losing a connection.
 
@@ -15,6 +15,7 @@ pub mod app;
 pub mod config;
 pub mod dns;
 pub mod drain;
+pub mod explain;
 pub mod handover;
 pub mod http_endpoint;
 pub mod limits;

@@ -23,7 +23,7 @@ use clap::Parser;
 use serde::Deserialize as _;
 use serde_json::Value;
 use warren_e2e::{
-    agent::{Counter, agent_socket, datapath, warrenctl, warrenctl_text},
+    agent::{Counter, agent_socket, datapath, warrenctl, warrenctl_explain, warrenctl_text},
     cni::{self, Runtime},
     dns::{Send, resolve},
     mesh::{Mesh, MeshOptions, eventually, metric_sum, scrape_metrics, start_mesh_with},
@@ -33,7 +33,7 @@ use warren_testbed::{
     Cluster, Node, Pod, PodSpec, Process, ServicePort, addressing::CLUSTER_DNS, labels, manifests,
 };
 
-use crate::steps::{Steps, show_yaml};
+use crate::steps::{Steps, show_output, show_yaml};
 
 #[derive(Parser)]
 #[command(
@@ -641,6 +641,19 @@ impl Demo {
         })?;
         let member = load(self.pod("shop/front")?, &url, &["-n", "5", "-c", "1"])?;
         ensure!(count_status(&member, 200) == 5, "front refused: {member}");
+        // Why: cart's node explains what its connection meets.
+        let target = format!("{}:8080", app.ip);
+        println!(
+            "   $ warrenctl explain shop/cart {target}   (on {})",
+            cart.node
+        );
+        let node = self.node(self.node_index(&cart.node)?)?;
+        let explained = warrenctl_explain(node, "shop/cart", &target)?;
+        show_output(&explained);
+        ensure!(
+            explained.contains("verdict: denied") && explained.contains("deny-cart"),
+            "warrenctl explain does not say why cart is refused:\n{explained}"
+        );
         let metrics = scrape_metrics(self.node(1)?)?;
         let denied = metric_sum(
             &metrics,

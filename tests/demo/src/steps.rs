@@ -97,6 +97,13 @@ impl Steps {
     }
 }
 
+/// Shows what a command printed, set off as [`show_yaml`] sets off a file.
+pub fn show_output(text: &str) {
+    for line in text.lines() {
+        println!("   {} {line}", paint("2", "│"));
+    }
+}
+
 /// Prints a YAML document the way the demo applies it.
 pub fn show_yaml(file: &str, yaml: &str) {
     println!("   applying {file}:");

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use warren_ebpf_common::program;
 pub use warren_ebpf_common::{AddrKind, Counter, Mode, ZTUNNEL_MARK};
 use warren_node_agent::datapath::{Datapath, PodEnrollment};
@@ -197,8 +197,6 @@ pub fn warrenctl(node: &Node, args: &[&str]) -> Result<serde_json::Value> {
         .with_context(|| format!("warrenctl {args:?} printed no JSON"))
 }
 
-/// Runs `warrenctl ARGS…` and returns what it printed; fails with its
-/// stderr if it exits non-zero.
 /// `warrenctl config dump --output json` of the node's agent: its view and refusals.
 pub fn config_dump(cluster: &Cluster, node: &Node) -> Result<serde_json::Value> {
     let socket = agent_socket(cluster, node)?;
@@ -213,6 +211,24 @@ pub fn config_dump(cluster: &Cluster, node: &Node) -> Result<serde_json::Value> 
     Ok(serde_json::from_str(&text)?)
 }
 
+/// `warrenctl explain FROM TO` on `node` (in its network namespace, where its
+/// ztunnel's admin port listens): what it printed.
+pub fn warrenctl_explain(node: &Node, from: &str, to: &str) -> Result<String> {
+    let ctl = binaries::path("warrenctl")?;
+    let out = node
+        .sandbox
+        .exec(&ctl.to_string_lossy(), ["explain", from, to])
+        .context("running warrenctl explain")?;
+    ensure!(
+        out.status.success(),
+        "warrenctl explain {from} {to} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `warrenctl ARGS…` and returns what it printed; fails with its
+/// stderr if it exits non-zero.
 pub fn warrenctl_text(args: &[&str]) -> Result<String> {
     let ctl = binaries::path("warrenctl")?;
     let out = std::process::Command::new(ctl)

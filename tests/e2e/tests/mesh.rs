@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
+    agent::warrenctl_explain,
     mesh::{eventually, metric_sum, scrape_metrics, start_mesh},
     workload::{count_status, load, pingpong, start_echo, start_http_server},
 };
@@ -176,6 +177,37 @@ fn a_deny_policy_blocks_one_caller_and_not_the_others() -> Result<()> {
         denied >= 5.0,
         "deny_policy refusals counted: {denied}\n{metrics}"
     );
+
+    // Each source's node explains what its connections meet, as they met it.
+    let target = format!("{}:8080", web.ip);
+    for (node, from, to, says) in [
+        (
+            0,
+            "demo/batch",
+            target.as_str(),
+            ["denied by DENY policy", "verdict: denied"],
+        ),
+        (
+            0,
+            "demo/front",
+            "web.demo.svc.cluster.local:80",
+            ["HBONE to node", "verdict: allowed"],
+        ),
+        (
+            1,
+            "demo/near",
+            target.as_str(),
+            ["straight to pod demo/web", "verdict: allowed"],
+        ),
+    ] {
+        let explained = warrenctl_explain(&mesh.nodes[node].node, from, to)?;
+        for part in says {
+            ensure!(
+                explained.contains(part),
+                "warrenctl explain {from} {to} does not say {part:?}:\n{explained}"
+            );
+        }
+    }
     Ok(())
 }
 

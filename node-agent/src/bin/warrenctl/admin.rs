@@ -31,7 +31,7 @@ pub fn get_in_netns(netns: &Path, port: u16, path: &str) -> Result<Vec<u8>> {
 /// One HTTP/1.0 exchange: the server closes the connection after its
 /// answer and sends no chunked encoding, so the body is what follows the
 /// head.
-fn get(addr: SocketAddr, path: &str) -> Result<Vec<u8>> {
+pub fn get(addr: SocketAddr, path: &str) -> Result<Vec<u8>> {
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)
         .with_context(|| format!("connecting to the admin endpoint {addr}"))?;
     stream.set_read_timeout(Some(TIMEOUT))?;

@@ -10,6 +10,7 @@ mod bpf;
 mod certs;
 mod config;
 mod dump;
+mod explain;
 mod table;
 mod waypoint;
 
@@ -35,6 +36,9 @@ enum Command {
     /// Workload certificates this node serves: identity, serial, expiry;
     /// `--chain ID` for one identity's whole chain.
     Certs(certs::CertsArgs),
+    /// What this node's ztunnel would do with a connection from one of its
+    /// pods, step by step: the destination, the route, the policy, the verdict.
+    Explain(explain::ExplainArgs),
     /// A namespace's waypoint in local mode: `apply` and `delete` its
     /// Gateway in the config folder, `list` them; `clusters` of a running one.
     #[command(subcommand)]
@@ -46,6 +50,7 @@ fn main() -> std::process::ExitCode {
         Command::Bpf(cmd) => bpf::run(cmd),
         Command::Config(cmd) => config::run(cmd),
         Command::Certs(args) => certs::run(args),
+        Command::Explain(args) => explain::run(args),
         Command::Waypoint(cmd) => waypoint::run(cmd),
     };
     match result {
