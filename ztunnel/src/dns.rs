@@ -472,21 +472,32 @@ async fn ask(server: SocketAddr, host: &str, kind: TYPE) -> Result<Answer, Strin
 
 /// The same question over TCP.
 async fn ask_tcp(server: SocketAddr, id: u16, query: &[u8], host: &str) -> Result<Answer, String> {
-    let mut stream = TcpStream::connect(server)
+    let bytes = exchange_tcp(server, query)
         .await
-        .map_err(|e| e.to_string())?;
-    write_message(&mut stream, query)
-        .await
-        .map_err(|e| format!("asking about {host}: {e}"))?;
-    let bytes = read_message(&mut stream)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("the server closed without answering")?;
+        .map_err(|e| format!("asking about {host} over TCP: {e}"))?;
     let reply = Packet::parse(&bytes).map_err(|e| format!("a malformed answer: {e}"))?;
     if reply.id() != id {
         return Err("an answer to another question".into());
     }
     read_answer(&reply, server)
+}
+
+/// One query to `server` over a TCP connection of its own, and its answer (the
+/// first message back; one with another ID is an error).
+pub(crate) async fn exchange_tcp(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(server).await?;
+    stream.set_nodelay(true)?;
+    write_message(&mut stream, query).await?;
+    let reply = read_message(&mut stream).await?.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed without an answer",
+        )
+    })?;
+    if reply.get(..2) != query.get(..2) {
+        return Err(std::io::Error::other("an answer to another query"));
+    }
+    Ok(reply)
 }
 
 /// Writes one DNS message to a TCP stream: two length bytes before it.

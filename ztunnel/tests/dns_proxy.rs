@@ -411,6 +411,12 @@ async fn dns_over_tcp_is_answered_and_a_long_answer_over_udp_sends_the_resolver_
         &many,
         &[],
     ));
+    mesh.view.put(service(
+        warren_api::key::service_entry("demo", "twenty.example.com"),
+        "twenty.example.com",
+        &many[..20],
+        &[],
+    ));
     mesh.sync();
     let proxy = mesh.a.ztunnel.addresses.dns_proxy[0];
     let client = mesh.client_ip;
@@ -467,16 +473,46 @@ async fn dns_over_tcp_is_answered_and_a_long_answer_over_udp_sends_the_resolver_
     let offered = answer.edns.as_ref().expect("EDNS in the answer");
     assert_eq!(offered.version(), 0);
     assert!(offered.max_payload() >= 1232);
-    // An EDNS size below 512 still allows 512: a short answer fits.
-    let small = with_edns(
-        question(6, "app.demo.svc.cluster.local.", RecordType::A),
-        100,
-    );
+    // An EDNS size below 512 still allows 512: 20 addresses (about 360 bytes)
+    // fit whole.
+    let small = with_edns(question(6, "twenty.example.com.", RecordType::A), 100);
     let answer = ask_raw(proxy, client, &small.to_vec().unwrap())
         .await
         .map(|bytes| Message::from_vec(&bytes).unwrap())
         .expect("an answer");
+    assert!(!answer.metadata.truncation);
+    assert_eq!(addresses(&answer), &many[..20]);
+    // A DNSSEC-aware resolver's query (DO set) is still the mesh's to answer,
+    // and its answer says DO back.
+    let mut edns = Edns::new();
+    edns.set_dnssec_ok(true);
+    let mut dnssec = question(8, "app.demo.svc.cluster.local.", RecordType::A);
+    dnssec.set_edns(edns);
+    let answer = ask_raw(proxy, client, &dnssec.to_vec().unwrap())
+        .await
+        .map(|bytes| Message::from_vec(&bytes).unwrap())
+        .expect("an answer");
+    assert!(answer.metadata.authoritative, "{answer:?}");
     assert_eq!(addresses(&answer), [vip]);
+    assert!(answer.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok));
+    // A query split across TCP segments, the length bytes apart: answered.
+    let split = question(9, "app.demo.svc.cluster.local.", RecordType::A)
+        .to_vec()
+        .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(client, 0)).unwrap();
+    let mut stream = socket.connect(proxy).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let len = u16::try_from(split.len()).unwrap().to_be_bytes();
+    for part in [&len[..1], &len[1..], &split[..5], &split[5..]] {
+        stream.write_all(part).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await.unwrap();
+    let mut bytes = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut bytes).await.unwrap();
+    assert_eq!(addresses(&Message::from_vec(&bytes).unwrap()), [vip]);
 
     // Not a pod of this node: the connection is closed unanswered.
     let answers = ask_tcp(

@@ -89,7 +89,7 @@ pub async fn handle(
     };
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
     let state = &inputs.state;
-    let Some(workload) = state.workload_by_ip(dst.ip()).filter(|w| state.is_local(w)) else {
+    let Some(workload) = state.local_workload_by_ip(dst.ip()) else {
         return refuse(
             stream,
             StatusCode::NOT_FOUND,

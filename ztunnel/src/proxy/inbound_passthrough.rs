@@ -62,7 +62,7 @@ pub async fn handle(
         reset(client);
     };
     let state = &inputs.state;
-    let Some(workload) = state.workload_by_ip(dst.ip()).filter(|w| state.is_local(w)) else {
+    let Some(workload) = state.local_workload_by_ip(dst.ip()) else {
         return refuse(
             client,
             "unknown_destination",

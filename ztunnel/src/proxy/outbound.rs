@@ -96,10 +96,7 @@ async fn source_workload(inputs: &Inputs, peer: SocketAddr, cookie: u64) -> Opti
     } else {
         debug!(%peer, "no netns cookie from the kernel; identifying the source by address");
     }
-    inputs
-        .state
-        .workload_by_ip(peer.ip())
-        .filter(|w| inputs.state.is_local(w))
+    inputs.state.local_workload_by_ip(peer.ip())
 }
 
 /// Proxies one captured connection whose origin is known. Public so tests (and tools)

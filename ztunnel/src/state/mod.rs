@@ -614,6 +614,12 @@ impl State {
             .cloned()
     }
 
+    /// The workload of this node at `ip`: who a connection or a query from a
+    /// pod of this node comes from, or where one for a pod of it goes.
+    pub fn local_workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
+        self.workload_by_ip(ip).filter(|w| self.is_local(w))
+    }
+
     /// The service with this cluster IP.
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<Arc<Service>> {
         self.read().service_at(ip.to_canonical()).cloned()

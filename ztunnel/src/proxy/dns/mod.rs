@@ -29,11 +29,13 @@ use simple_dns::{
     CLASS, OPCODE, Packet, PacketFlag, QCLASS, QTYPE, RCODE, ResourceRecord, TYPE,
     rdata::{A, AAAA, OPT, RData},
 };
-use tokio::{
-    net::{TcpListener, TcpStream, UdpSocket},
-    sync::Semaphore,
-};
+use tokio::{net::UdpSocket, sync::Semaphore};
 use tracing::{debug, info, warn};
+
+mod edns;
+mod tcp;
+
+pub use tcp::serve as serve_tcp;
 
 use super::Inputs;
 use crate::{drain, state::Workload};
@@ -46,9 +48,9 @@ const TTL: u32 = 30;
 const MAX_MESSAGE: usize = 4096;
 /// The largest answer over UDP to a query without EDNS (RFC 1035).
 const PLAIN_UDP_MESSAGE: usize = 512;
-/// How long a DNS connection may stay quiet between queries: resolvers send
-/// theirs at once, and a held connection costs a descriptor.
-const TCP_IDLE: Duration = Duration::from_secs(10);
+/// The UDP size this proxy offers in its EDNS answers: what passes without IP
+/// fragmentation on common paths (DNS flag day 2020).
+const EDNS_SIZE: u16 = 1232;
 /// How long a forwarded query waits for the node's DNS server.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Queries waiting at once (forwarded, or from a pod ztunnel does not know yet):
@@ -59,7 +61,9 @@ const MAX_WAITING: usize = 256;
 /// How a query came, which bounds its answer's size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
+    /// 512 bytes, or the EDNS size the query offers.
     Udp,
+    /// Any size a message can have.
     Tcp,
 }
 
@@ -145,7 +149,7 @@ impl Call {
             let (state, ip) = (&self.inputs.state, self.client.ip());
             let known = state
                 .wait_for(self.inputs.config.catch_up_wait, |s| {
-                    s.workload_by_ip(ip).filter(|w| s.is_local(w))
+                    s.local_workload_by_ip(ip)
                 })
                 .await;
             reply = match known {
@@ -197,116 +201,6 @@ impl Call {
     }
 }
 
-/// Answers DNS over TCP on `listener` until draining starts.
-pub async fn serve_tcp(inputs: Arc<Inputs>, listener: TcpListener, drain: drain::Watch) {
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "DNS proxy (TCP) ready");
-    }
-    super::accept_loop(listener, drain, "DNS proxy", move |client, peer, drain| {
-        serve_stream(Arc::clone(&inputs), client, peer, drain)
-    })
-    .await;
-}
-
-/// One pod's DNS connection: queries (each after its two length bytes) are
-/// answered in turn, forwarded ones over TCP too, until the pod closes, stays
-/// quiet for [`TCP_IDLE`], sends something that is not a query, or draining
-/// starts.
-async fn serve_stream(
-    inputs: Arc<Inputs>,
-    mut client: TcpStream,
-    peer: SocketAddr,
-    mut drain: drain::Watch,
-) {
-    let metrics = &inputs.metrics;
-    // As over UDP: this node's pods only, a newcomer's update waited for.
-    let (state, ip) = (&inputs.state, peer.ip().to_canonical());
-    let pod = state
-        .wait_for(inputs.config.catch_up_wait, |s| {
-            s.workload_by_ip(ip).filter(|w| s.is_local(w))
-        })
-        .await;
-    let Some(pod) = pod else {
-        metrics.dns_query("tcp", "dropped");
-        debug!(%peer, "DNS proxy: a TCP connection from no pod of this node; closed");
-        return super::reset(client);
-    };
-    loop {
-        let read = tokio::select! {
-            read = tokio::time::timeout(TCP_IDLE, crate::dns::read_message(&mut client)) => read,
-            () = drain.draining() => return,
-        };
-        let query = match read {
-            Ok(Ok(Some(query))) => query,
-            Ok(Ok(None)) => return,
-            Ok(Err(error)) => return debug!(%peer, %error, "DNS proxy: reading a TCP query"),
-            Err(_) => return debug!(%peer, "DNS proxy: a TCP connection stayed idle; closed"),
-        };
-        let reply = match answer_pod(&inputs, &pod, &query, Transport::Tcp) {
-            Reply::Answer(bytes) => {
-                metrics.dns_query("tcp", "mesh");
-                bytes
-            }
-            Reply::Forward => {
-                metrics.dns_query("tcp", "forwarded");
-                match forward_tcp(&inputs, &query).await {
-                    Some(bytes) => bytes,
-                    // Closed: the resolver tries its next server.
-                    None => return,
-                }
-            }
-            Reply::Drop(why) => {
-                metrics.dns_query("tcp", "dropped");
-                return debug!(%peer, %why, "DNS proxy: closed a TCP connection");
-            }
-            // The pod is known: looked up above.
-            Reply::Unknown => return,
-        };
-        if let Err(error) = crate::dns::write_message(&mut client, &reply).await {
-            return debug!(%peer, %error, "DNS proxy: answering over TCP");
-        }
-    }
-}
-
-/// Asks the node's DNS servers in turn over TCP; the first answer.
-async fn forward_tcp(inputs: &Inputs, query: &[u8]) -> Option<Vec<u8>> {
-    let servers = match inputs.dns.servers().await {
-        Ok(servers) => servers,
-        Err(error) => {
-            warn!(%error, "DNS proxy: nowhere to forward a query");
-            return None;
-        }
-    };
-    for server in servers {
-        match tokio::time::timeout(FORWARD_TIMEOUT, ask_tcp(*server, query)).await {
-            Ok(Ok(reply)) => return Some(reply),
-            Ok(Err(error)) => debug!(%server, %error, "DNS proxy: forwarding over TCP"),
-            Err(_) => debug!(%server, "DNS proxy: forwarding over TCP timed out"),
-        }
-    }
-    warn!("DNS proxy: no DNS server answered a query forwarded over TCP");
-    None
-}
-
-/// One query to `server` over a TCP connection of its own, its answer.
-async fn ask_tcp(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect(server).await?;
-    stream.set_nodelay(true)?;
-    crate::dns::write_message(&mut stream, query).await?;
-    let reply = crate::dns::read_message(&mut stream)
-        .await?
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "closed without an answer",
-            )
-        })?;
-    if reply.get(..2) != query.get(..2) {
-        return Err(std::io::Error::other("an answer to another query"));
-    }
-    Ok(reply)
-}
-
 /// A successor has bound the same port (`SO_REUSEPORT`), and the kernel shares
 /// queries between the two sockets until this one is closed. Forwarded queries
 /// still in flight answer through it, so it cannot close yet. A connected UDP
@@ -329,11 +223,7 @@ fn leave_port(socket: &UdpSocket) {
 pub fn answer(inputs: &Inputs, client: IpAddr, query: &[u8]) -> Reply {
     // Only this node's pods are captured here: anyone else reaching the port (it is
     // on the node's address) is not served, so it is no open resolver.
-    let Some(pod) = inputs
-        .state
-        .workload_by_ip(client)
-        .filter(|w| inputs.state.is_local(w))
-    else {
+    let Some(pod) = inputs.state.local_workload_by_ip(client) else {
         return Reply::Unknown;
     };
     answer_pod(inputs, &pod, query, Transport::Udp)
@@ -363,7 +253,7 @@ pub fn answer_pod(inputs: &Inputs, pod: &Workload, query: &[u8], transport: Tran
         return Reply::Forward;
     }
     // EDNS beyond version 0 is the servers' to answer (with BADVERS, or in kind).
-    if packet.opt().is_some_and(|opt| opt.version != 0) {
+    if edns::version(query).is_some_and(|version| version != 0) {
         return Reply::Forward;
     }
     let name = question.qname.to_string();
@@ -386,7 +276,7 @@ pub fn answer_pod(inputs: &Inputs, pod: &Workload, query: &[u8], transport: Tran
     if packet.opt().is_some() {
         *reply.opt_mut() = Some(OPT {
             opt_codes: Vec::new(),
-            udp_packet_size: MAX_MESSAGE as u16,
+            udp_packet_size: EDNS_SIZE,
             version: 0,
         });
     }
@@ -425,7 +315,12 @@ pub fn answer_pod(inputs: &Inputs, pod: &Workload, query: &[u8], transport: Tran
         built => built,
     };
     match built {
-        Ok(bytes) => Reply::Answer(bytes),
+        Ok(mut bytes) => {
+            if edns::dnssec_ok(query) {
+                edns::set_dnssec_ok(&mut bytes);
+            }
+            Reply::Answer(bytes)
+        }
         Err(error) => Reply::Drop(format!("building the answer for {name}: {error}")),
     }
 }
@@ -446,7 +341,9 @@ async fn ask_udp(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
     let socket = UdpSocket::bind(bind).await?;
     socket.connect(server).await?;
     socket.send(query).await?;
-    let mut buf = vec![0; MAX_MESSAGE];
+    // As large as a datagram: a pod may offer any EDNS size, and the server's
+    // answer is relayed whole.
+    let mut buf = vec![0; usize::from(u16::MAX)];
     let id = query.get(..2);
     let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
     loop {
