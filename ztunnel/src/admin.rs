@@ -74,12 +74,7 @@ pub fn handler(
                     json(&dump)
                 }
                 "/logging" => {
-                    let level = request
-                        .uri()
-                        .query()
-                        .unwrap_or_default()
-                        .split('&')
-                        .find_map(|kv| kv.strip_prefix("level="));
+                    let level = query_param(&request, "level");
                     match (level, log) {
                         (None, _) => text(
                             StatusCode::BAD_REQUEST,
@@ -89,19 +84,16 @@ pub fn handler(
                             StatusCode::NOT_IMPLEMENTED,
                             "log filter changes are not available in this process\n",
                         ),
-                        (Some(level), Some(log)) => {
-                            let level = decode(level);
-                            match log(&level) {
-                                Ok(()) => {
-                                    tracing::info!(filter = %level, "log filter changed");
-                                    text(StatusCode::OK, format!("log filter: {level}\n"))
-                                }
-                                Err(error) => text(
-                                    StatusCode::BAD_REQUEST,
-                                    format!("bad filter {level:?}: {error}\n"),
-                                ),
+                        (Some(level), Some(log)) => match log(&level) {
+                            Ok(()) => {
+                                tracing::info!(filter = %level, "log filter changed");
+                                text(StatusCode::OK, format!("log filter: {level}\n"))
                             }
-                        }
+                            Err(error) => text(
+                                StatusCode::BAD_REQUEST,
+                                format!("bad filter {level:?}: {error}\n"),
+                            ),
+                        },
                     }
                 }
                 // POST only, as Envoy's and Istio's: a stray GET (a browser, a link
@@ -120,20 +112,11 @@ pub fn handler(
                     text(StatusCode::OK, "draining\n")
                 }
                 "/explain" => {
-                    let query = request.uri().query().unwrap_or_default();
-                    let param = |name: &str| {
-                        query
-                            .split('&')
-                            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-                            .map(decode)
-                    };
-                    let explained = match (param("from"), param("to")) {
-                        (Some(from), Some(to)) => crate::explain::explain(
-                            &inputs.state,
-                            inputs.config.prefer_same_node,
-                            &from,
-                            &to,
-                        ),
+                    let from = query_param(&request, "from");
+                    let explained = match (from, query_param(&request, "to")) {
+                        (Some(from), Some(to)) => {
+                            crate::explain::explain(&inputs, &from, &to).await
+                        }
                         _ => Err(crate::explain::ExplainError::Usage),
                     };
                     match explained.map(serde_json::to_value) {
@@ -164,39 +147,32 @@ pub fn handler(
     })
 }
 
-/// Percent-decoding for the few characters a filter may carry (`,` `=` `:`).
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        // Two hex digits: at most 255.
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The first value of `name` in the request's query, decoded.
+fn query_param<B>(request: &http::Request<B>, name: &str) -> Option<String> {
+    form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn decodes_percent_escapes() {
-        assert_eq!(super::decode("info%2Caccess%3Doff"), "info,access=off");
-        assert_eq!(super::decode("debug"), "debug");
-        assert_eq!(super::decode("bad%2"), "bad%2");
+    fn query_values_are_decoded() {
+        let request = |uri: &str| http::Request::get(uri).body(()).unwrap();
+        let logging = request("/logging?level=info%2Caccess%3Doff");
+        assert_eq!(
+            super::query_param(&logging, "level").as_deref(),
+            Some("info,access=off")
+        );
+        let explain = request("/explain?from=shop%2Ffront&to=%5Bfd00%3A%3A1%5D%3A80");
+        assert_eq!(
+            super::query_param(&explain, "to").as_deref(),
+            Some("[fd00::1]:80")
+        );
+        assert_eq!(
+            super::query_param(&explain, "from").as_deref(),
+            Some("shop/front")
+        );
+        assert_eq!(super::query_param(&explain, "level"), None);
     }
 }

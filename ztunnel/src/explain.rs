@@ -1,30 +1,36 @@
 //! `/explain` on the admin port: what ztunnel would do with a connection from
 //! one of its node's pods to a destination, step by step, and why.
 //!
-//! The answer comes from the calls the data path makes (`State::resolve`,
-//! `State::authorize`) on the state it holds, so it cannot drift from what a
-//! connection meets. It holds for a connection opened now: a Service's endpoint
-//! is the one its balancer picks next (asking takes that turn), and a
-//! destination on another node is checked against the policies this ztunnel
-//! holds for it, which are the ones the agent sends that node's ztunnel too.
+//! The route is the data path's own ([`outbound::route`]: the state's choice,
+//! a named endpoint resolved by DNS), followed by the checks `outbound::handle`
+//! makes before it carries a connection, and the destination's policy as its
+//! ztunnel applies it ([`State::authorize`]). It holds for a connection opened
+//! now: a Service's endpoint is the one its balancer gives the next connection
+//! (looked at, not taken), and a destination on another node is judged with
+//! the policies this ztunnel holds for it, which the agent sends that node's
+//! ztunnel too. Two things it cannot see: the node's capture settings (a port
+//! the pod excludes is not captured at all; port 53 goes to the DNS proxy when
+//! the node captures DNS) and what a waypoint decides.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-};
+use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
 use crate::{
+    proxy::{
+        Inputs,
+        outbound::{self, Route},
+    },
     rbac,
-    state::{State, Target, Upstream, Workload},
+    state::{Pick, State, Upstream, Workload},
 };
 
 /// One step of the path, in the order the data path takes them.
 #[derive(Debug, Serialize)]
 pub struct Step {
-    /// `source`, `name`, `destination`, `route` or `policy`.
+    /// `source`, `name`, `destination`, `route`, `policy` or `note`.
     pub stage: &'static str,
+    /// What happens there, in words.
     pub detail: String,
 }
 
@@ -42,6 +48,7 @@ pub enum Verdict {
     Refused,
 }
 
+/// The steps and the verdict.
 #[derive(Debug, Serialize)]
 pub struct Explanation {
     pub steps: Vec<Step>,
@@ -57,23 +64,25 @@ pub enum ExplainError {
     UnknownSource(String),
     #[error("{pod} runs on node {node:?}, not on this one: ask that node's ztunnel")]
     OtherNode { pod: String, node: String },
-    #[error("{0:?} is neither address:port nor host:port")]
+    #[error("{0} is not in the mesh: its connections are not captured")]
+    NotInMesh(String),
+    #[error("{0} has no address")]
+    NoAddress(String),
+    #[error("{0:?} is neither address:port nor host:port (an IPv6 address goes in brackets)")]
     BadDestination(String),
-    #[error(
-        "{host} is no name of the mesh that namespace {namespace} sees: the pod's DNS server resolves it; explain the address it gives"
-    )]
-    UnknownName { host: String, namespace: String },
+    #[error("{host} is no name of the mesh that namespace {namespace} sees: {why}")]
+    NotMeshName {
+        host: String,
+        namespace: String,
+        why: &'static str,
+    },
 }
 
 /// Explains a connection from `from` (a pod of this node: an address, or
-/// `namespace/name`) to `to` (`address:port`, or `host:port` for a name the DNS
-/// proxy answers).
-pub fn explain(
-    state: &State,
-    prefer_same_node: bool,
-    from: &str,
-    to: &str,
-) -> Result<Explanation, ExplainError> {
+/// `namespace/name`) to `to` (`address:port`, or `host:port` for a name the
+/// DNS proxy answers).
+pub async fn explain(inputs: &Inputs, from: &str, to: &str) -> Result<Explanation, ExplainError> {
+    let state = &inputs.state;
     let source = source(state, from)?;
     let mut steps = Vec::new();
     let mut step = |stage: &'static str, detail: String| steps.push(Step { stage, detail });
@@ -89,77 +98,50 @@ pub fn explain(
             }
         ),
     );
-    let dst = match to.parse::<SocketAddr>() {
-        Ok(dst) => dst,
-        Err(_) => {
-            let (host, port) = to
-                .rsplit_once(':')
-                .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
-                .ok_or_else(|| ExplainError::BadDestination(to.to_owned()))?;
-            let unknown = || ExplainError::UnknownName {
-                host: host.to_owned(),
-                namespace: source.namespace.clone(),
-            };
-            let service = state
-                .service_by_dns_name(host, &source.namespace)
-                .ok_or_else(unknown)?;
-            // The DNS proxy's A answer: what a resolver asking both dials first.
-            let ip = service
-                .vips
-                .iter()
-                .copied()
-                .find(IpAddr::is_ipv4)
-                .or_else(|| service.vips.first().copied())
-                .ok_or_else(unknown)?;
-            step(
-                "name",
-                format!(
-                    "{host} is {}: the DNS proxy answers {}",
-                    service.key,
-                    list(&service.vips)
-                ),
-            );
-            SocketAddr::new(ip, port)
-        }
-    };
-    let resolved = match state.resolve(dst, Some(&source), prefer_same_node) {
-        Ok(resolved) => resolved,
-        Err(error) => {
-            step("destination", format!("{dst}: refused ({error})"));
-            return Ok(Explanation {
-                steps,
-                verdict: Verdict::Refused,
-            });
-        }
-    };
-    if let Some(service) = &resolved.service {
-        step(
-            "destination",
-            format!("{dst} is an address of {}", service.key),
-        );
-    }
-    let upstream = match resolved.target {
-        Target::Upstream(upstream) => upstream,
-        Target::Named { host, port, .. } => {
-            step(
-                "route",
-                format!(
-                    "its endpoint is named {host}: resolved by DNS as the connection opens, then port {port} there, as to any address"
-                ),
-            );
-            return Ok(Explanation {
-                steps,
-                verdict: Verdict::Allowed,
-            });
-        }
-    };
+    let dst = destination(state, &source, to, &mut step)?;
     let source_ip = source
         .addresses
         .iter()
         .copied()
         .find(|ip| ip.is_ipv4() == dst.is_ipv4())
         .or_else(|| source.addresses.first().copied())
-        .unwrap_or(dst.ip());
+        .ok_or_else(|| ExplainError::NoAddress(name(&source)))?;
+    if dst.port() == 53 && !inputs.config.dns_proxy_addrs.is_empty() {
+        step(
+            "note",
+            "port 53: where the node captures DNS (--ztunnel-dns-port), this connection goes to the DNS proxy instead".to_owned(),
+        );
+    }
+    let refused = |steps| Explanation {
+        steps,
+        verdict: Verdict::Refused,
+    };
+    let Route {
+        service,
+        upstream,
+        named,
+    } = match outbound::route(inputs, dst, &source, Pick::Peek).await {
+        Ok(route) => route,
+        Err(refusal) => {
+            step(
+                "destination",
+                format!("{dst}: refused ({})", refusal.detail),
+            );
+            return Ok(refused(steps));
+        }
+    };
+    if let Some(service) = &service {
+        step(
+            "destination",
+            format!("{dst} is an address of {}", service.key),
+        );
+    }
+    if let Some((host, ip)) = named {
+        step(
+            "destination",
+            format!("its endpoint is named {host}: DNS gives {ip}"),
+        );
+    }
     let verdict = match upstream {
         Upstream::Hbone {
             gateway,
@@ -168,23 +150,26 @@ pub fn explain(
             workload,
             waypoint,
         } => {
+            // As `outbound::handle` checks before it opens the tunnel.
             let Some(source_identity) = &source.identity else {
                 step(
                     "route",
                     format!("refused: {} has no identity for mutual TLS", name(&source)),
                 );
-                return Ok(Explanation {
-                    steps,
-                    verdict: Verdict::Refused,
-                });
+                return Ok(refused(steps));
             };
             if state.certificate(source_identity).is_none() {
                 step(
                     "route",
                     format!(
-                        "no certificate for {source_identity} yet: a connection waits for it (--catch-up-wait), then is refused"
+                        "refused: no certificate for {source_identity} yet (a connection waits --catch-up-wait for it)"
                     ),
                 );
+                return Ok(refused(steps));
+            }
+            if state.trust_bundle().is_none() {
+                step("route", "refused: no trust bundle yet".to_owned());
+                return Ok(refused(steps));
             }
             if waypoint {
                 let by = workload
@@ -198,19 +183,20 @@ pub fn explain(
                 );
                 step(
                     "policy",
-                    "the waypoint applies its L4 and L7 AuthorizationPolicies (and picks a Service's endpoint)".to_owned(),
+                    "the waypoint applies its AuthorizationPolicies (and picks a Service's endpoint)"
+                        .to_owned(),
                 );
                 Verdict::ToWaypoint
             } else {
                 let node = workload.as_deref().map_or("", |w| w.node.as_str());
+                let pod = workload
+                    .as_deref()
+                    .map(|w| format!(" (pod {})", name(w)))
+                    .unwrap_or_default();
                 step(
                     "route",
                     format!(
-                        "HBONE to node {node:?} at {gateway}: mutual TLS expecting {identity}, CONNECT {authority}{}",
-                        workload
-                            .as_deref()
-                            .map(|w| format!(" (pod {})", name(w)))
-                            .unwrap_or_default()
+                        "HBONE to node {node:?} at {gateway}: mutual TLS expecting {identity}, CONNECT {authority}{pod}"
                     ),
                 );
                 match workload {
@@ -248,7 +234,7 @@ pub fn explain(
                         name(&w)
                     ),
                     None => format!(
-                        "plain TCP to {addr}, outside the mesh (outbound policy ALLOW_ANY or a ServiceEntry): no mutual TLS, no policy of the mesh"
+                        "plain TCP to {addr}, outside the mesh: no mutual TLS, no policy of the mesh"
                     ),
                 },
             );
@@ -256,6 +242,71 @@ pub fn explain(
         }
     };
     Ok(Explanation { steps, verdict })
+}
+
+/// The pod `from` names: of this node, and in the mesh.
+fn source(state: &State, from: &str) -> Result<std::sync::Arc<Workload>, ExplainError> {
+    let found = match from.parse::<IpAddr>() {
+        Ok(ip) => state.workload_by_ip(ip),
+        Err(_) => from.split_once('/').and_then(|(namespace, pod)| {
+            state.find_workload(|w| w.namespace == namespace && w.name == pod)
+        }),
+    }
+    .ok_or_else(|| ExplainError::UnknownSource(from.to_owned()))?;
+    if !state.is_local(&found) {
+        return Err(ExplainError::OtherNode {
+            pod: name(&found),
+            node: found.node.clone(),
+        });
+    }
+    if !found.hbone {
+        return Err(ExplainError::NotInMesh(name(&found)));
+    }
+    Ok(found)
+}
+
+/// The address `to` names: as given, or a name as the DNS proxy answers `source`.
+fn destination(
+    state: &State,
+    source: &Workload,
+    to: &str,
+    step: &mut impl FnMut(&'static str, String),
+) -> Result<SocketAddr, ExplainError> {
+    if let Ok(dst) = to.parse::<SocketAddr>() {
+        return Ok(SocketAddr::new(dst.ip().to_canonical(), dst.port()));
+    }
+    let bad = || ExplainError::BadDestination(to.to_owned());
+    let (host, port) = to.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    // An address without its brackets, or a name with a port of its own.
+    if host.parse::<IpAddr>().is_ok() || host.contains(':') {
+        return Err(bad());
+    }
+    let not_mesh = |why| ExplainError::NotMeshName {
+        host: host.to_owned(),
+        namespace: source.namespace.clone(),
+        why,
+    };
+    let service = state
+        .service_by_dns_name(host, &source.namespace)
+        .ok_or_else(|| {
+            not_mesh("the pod's DNS server resolves it; explain the address it gives")
+        })?;
+    // The DNS proxy's A answer: what a resolver asking for both dials first.
+    let ip = service
+        .vips
+        .iter()
+        .copied()
+        .find(IpAddr::is_ipv4)
+        .or_else(|| service.vips.first().copied())
+        .ok_or_else(|| {
+            not_mesh("a ServiceEntry host without addresses, which the pod's DNS server resolves; explain the address it gives")
+        })?;
+    step(
+        "name",
+        format!("{host} is {}: the DNS proxy answers {ip}", service.key),
+    );
+    Ok(SocketAddr::new(ip, port))
 }
 
 /// The destination workload's L4 policies, as its ztunnel applies them.
@@ -301,24 +352,6 @@ fn policy(
             Verdict::Denied
         }
     }
-}
-
-/// The pod `from` names, which must be of this node.
-fn source(state: &State, from: &str) -> Result<Arc<Workload>, ExplainError> {
-    let found = match from.parse::<IpAddr>() {
-        Ok(ip) => state.workload_by_ip(ip.to_canonical()),
-        Err(_) => from.split_once('/').and_then(|(namespace, pod)| {
-            state.find_workload(|w| w.namespace == namespace && w.name == pod)
-        }),
-    }
-    .ok_or_else(|| ExplainError::UnknownSource(from.to_owned()))?;
-    if !state.is_local(&found) {
-        return Err(ExplainError::OtherNode {
-            pod: name(&found),
-            node: found.node.clone(),
-        });
-    }
-    Ok(found)
 }
 
 fn name(workload: &Workload) -> String {

@@ -1,6 +1,6 @@
 //! `/explain`: what ztunnel says it would do with a connection agrees with what
-//! the connection meets. Each explanation is checked against a real connection
-//! through the same ztunnel.
+//! the connection meets. Explanations are checked against real connections
+//! through the same ztunnel where the outcome is this ztunnel's to decide.
 
 mod common;
 
@@ -109,6 +109,66 @@ async fn explain_tells_what_a_connection_meets() {
         PAYLOAD
     );
 
+    // Two endpoints: an explanation looks at the one the next connection gets
+    // and leaves it that turn; the connection takes it, and the next
+    // explanation names the other.
+    let second = echo(ip(2, 3)).await;
+    let second_key = mesh.view.add_workload(workload(
+        "demo",
+        "second",
+        "server",
+        second.ip(),
+        "node-b",
+        ip(2, 1),
+    ));
+    mesh.view.put(res(
+        warren_api::key::service("demo", "pair"),
+        Kind::Service(config::Service {
+            name: "pair".into(),
+            namespace: "demo".into(),
+            hostname: "pair.demo.svc.cluster.local".into(),
+            vips: vec![warren_api::addr::to_bytes(ip(100, 3))],
+            ports: vec![config::ServicePort {
+                port: 80,
+                target_port: u32::from(mesh.server.port()),
+                ..Default::default()
+            }],
+            endpoints: [(&mesh.server_key, mesh.server), (&second_key, second)]
+                .into_iter()
+                .map(|(key, addr)| config::Endpoint {
+                    workload: key.clone(),
+                    address: warren_api::addr::to_bytes(addr.ip()),
+                    ready: true,
+                    ports: [(80, u32::from(addr.port()))].into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    ));
+    mesh.sync();
+    let pair = SocketAddr::new(ip(100, 3), 80);
+    let endpoint = async || {
+        let (_, steps) = explained(&mesh, &client, &pair.to_string()).await;
+        [mesh.server, second]
+            .into_iter()
+            .find(|addr| steps.contains(&format!("CONNECT {addr}")))
+            .unwrap_or_else(|| panic!("no endpoint in\n{steps}"))
+    };
+    let next = endpoint().await;
+    assert_eq!(endpoint().await, next, "explaining took the turn");
+    assert_eq!(
+        round_trip(mesh.client_to(pair).await, PAYLOAD)
+            .await
+            .unwrap(),
+        PAYLOAD
+    );
+    assert_ne!(
+        endpoint().await,
+        next,
+        "the connection did not take its turn"
+    );
+
     // A DENY policy on the server: denied, naming the policy, and refused indeed.
     let deny = policy(
         "no-clients",
@@ -184,16 +244,41 @@ async fn explain_tells_what_a_connection_meets() {
     assert!(refused(mesh.client_to(outside).await).await);
 
     // Questions it cannot answer say why: a pod of another node, an unknown pod,
-    // a name outside the mesh, a malformed destination.
+    // a pod outside the mesh, a name outside the mesh, a host the pod's DNS
+    // resolves, a malformed destination.
+    let mut outsider = workload("demo", "outsider", "outsider", ip(1, 9), "node-a", ip(1, 1));
+    outsider.protocol = config::TunnelProtocol::None.into();
+    mesh.view.add_workload(outsider);
+    mesh.view.put(res(
+        warren_api::key::service_entry("demo", "dynamic.example.com"),
+        Kind::Service(config::Service {
+            name: "dynamic.example.com".into(),
+            namespace: "demo".into(),
+            hostname: "dynamic.example.com".into(),
+            ..Default::default()
+        }),
+    ));
+    mesh.sync();
     for (from, to, says) in [
         ("demo/server", server.as_str(), "runs on node \"node-b\""),
         ("demo/nobody", server.as_str(), "no pod \"demo/nobody\""),
-        (client.as_str(), "www.example.org:80", "no name of the mesh"),
+        ("demo/outsider", server.as_str(), "is not in the mesh"),
+        (
+            client.as_str(),
+            "www.example.org:80",
+            "the pod's DNS server resolves it",
+        ),
+        (
+            client.as_str(),
+            "dynamic.example.com:80",
+            "without addresses",
+        ),
         (
             client.as_str(),
             "nowhere",
             "neither address:port nor host:port",
         ),
+        (client.as_str(), "fd00::1:80", "in brackets"),
     ] {
         let (status, body) = explain(&mesh, from, to).await;
         assert_eq!(status, 400, "{from} -> {to}: {body}");

@@ -23,6 +23,7 @@ use warren_ztunnel::{
         hbone::client::{self, Establish, HboneError},
         pool::{Pool, PoolKey},
     },
+    state::Pick,
     tls::{TrustBundle, WorkloadCertificate},
 };
 
@@ -1289,7 +1290,9 @@ async fn a_vip_prefers_endpoints_on_the_same_node_when_asked() {
     let picks = |prefer: bool| -> Vec<bool> {
         (0..8)
             .map(|_| {
-                let resolved = state.resolve(vip, None, prefer).expect("the VIP resolves");
+                let resolved = state
+                    .resolve(vip, None, prefer, Pick::Take)
+                    .expect("the VIP resolves");
                 matches!(
                     resolved.target,
                     warren_ztunnel::state::Target::Upstream(
@@ -1335,7 +1338,7 @@ async fn a_vip_prefers_endpoints_on_the_same_node_when_asked() {
         .collect();
     put_balanced_service(&mut mesh.view, "api", vip, remote_only, Some(node_local));
     mesh.sync();
-    let refused = state.resolve(vip, None, false);
+    let refused = state.resolve(vip, None, false, Pick::Take);
     assert!(
         matches!(
             refused,

@@ -4,7 +4,12 @@
 //! another node (or a waypoint), straight to a pod of this node after its policy, or
 //! plain TCP outside the mesh.
 
-use std::{net::SocketAddr, os::fd::AsFd as _, path::Path, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::fd::AsFd as _,
+    path::Path,
+    sync::Arc,
+};
 
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
@@ -21,7 +26,7 @@ use crate::{
     drain,
     metrics::{ConnectionLabels, Reporter, SecurityPolicy},
     rbac,
-    state::{State, Target, Upstream, Workload},
+    state::{Pick, Service, State, Target, Upstream, Workload},
 };
 
 const DIRECTION: &str = "outbound";
@@ -99,6 +104,74 @@ async fn source_workload(inputs: &Inputs, peer: SocketAddr, cookie: u64) -> Opti
     inputs.state.local_workload_by_ip(peer.ip())
 }
 
+/// Where a connection goes, as [`route`] found it.
+#[derive(Debug)]
+pub struct Route {
+    /// The Service whose address was dialled.
+    pub service: Option<Arc<Service>>,
+    pub upstream: Upstream,
+    /// The endpoint's name and the address DNS gave it, for an endpoint known
+    /// by name.
+    pub named: Option<(String, IpAddr)>,
+}
+
+/// Why [`route`] found nowhere to go: a reason for metrics, and what it was.
+#[derive(Debug)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// Where a connection from `source` to `dst` goes: the state's choice
+/// ([`State::resolve`]), an endpoint known by name resolved per connection,
+/// outside the state's lock. `pick` says whether a Service's endpoint is taken
+/// (a connection) or only looked at (`/explain`).
+pub async fn route(
+    inputs: &Inputs,
+    dst: SocketAddr,
+    source: &Workload,
+    pick: Pick,
+) -> Result<Route, Refusal> {
+    let refusal = |reason: &'static str, detail: &dyn std::fmt::Display| Refusal {
+        reason,
+        detail: detail.to_string(),
+    };
+    let resolved = inputs
+        .state
+        .resolve(dst, Some(source), inputs.config.prefer_same_node, pick)
+        .map_err(|error| refusal(error.reason(), &error))?;
+    let (upstream, named) = match resolved.target {
+        Target::Upstream(upstream) => (upstream, None),
+        Target::Named {
+            host,
+            port,
+            first_address,
+        } => {
+            let ip = inputs
+                .dns
+                .pick(
+                    &host,
+                    first_address,
+                    dst.is_ipv4(),
+                    inputs.config.connect_timeout,
+                )
+                .await
+                .map_err(|error| refusal("dns", &error))?;
+            debug!(%dst, %host, %ip, "endpoint name resolved");
+            let upstream = inputs
+                .state
+                .to_address(&host, SocketAddr::new(ip, port))
+                .map_err(|error| refusal(error.reason(), &error))?;
+            (upstream, Some((host, ip)))
+        }
+    };
+    Ok(Route {
+        service: resolved.service,
+        upstream,
+        named,
+    })
+}
+
 /// Proxies one captured connection whose origin is known. Public so tests (and tools)
 /// can drive the outbound path without the eBPF capture.
 pub async fn handle(
@@ -141,39 +214,11 @@ pub async fn handle(
             ),
         );
     };
-    let resolved = match inputs
-        .state
-        .resolve(dst, Some(&source), inputs.config.prefer_same_node)
-    {
-        Ok(resolved) => resolved,
-        Err(error) => return refuse(client, Some(&source), error.reason(), &error),
-    };
-    let service = resolved.service;
-    let upstream = match resolved.target {
-        Target::Upstream(upstream) => upstream,
-        Target::Named {
-            host,
-            port,
-            first_address,
-        } => match inputs
-            .dns
-            .pick(
-                &host,
-                first_address,
-                dst.is_ipv4(),
-                inputs.config.connect_timeout,
-            )
-            .await
-        {
-            Ok(ip) => {
-                debug!(%peer, %dst, %host, %ip, "endpoint name resolved");
-                match inputs.state.to_address(&host, SocketAddr::new(ip, port)) {
-                    Ok(upstream) => upstream,
-                    Err(error) => return refuse(client, Some(&source), error.reason(), &error),
-                }
-            }
-            Err(error) => return refuse(client, Some(&source), "dns", &error),
-        },
+    let Route {
+        service, upstream, ..
+    } = match route(&inputs, dst, &source, Pick::Take).await {
+        Ok(route) => route,
+        Err(refusal) => return refuse(client, Some(&source), refusal.reason, &refusal.detail),
     };
     let buffer = inputs.config.buffer_size;
     let metrics = &inputs.metrics;

@@ -26,7 +26,7 @@ use crate::{
     tls::{self, TrustBundle, WorkloadCertificate},
 };
 pub use policy::Authorization;
-pub use service::Service;
+pub use service::{Pick, Service};
 pub use waypoint::Waypoint;
 pub use workload::Workload;
 
@@ -775,12 +775,14 @@ impl State {
     /// waypoint), a pod address its workload, anything else passes through or is
     /// refused, per the outbound policy.
     /// `source`, the connecting workload, is where closeness is measured
-    /// from (a Service's `trafficDistribution`).
+    /// from (a Service's `trafficDistribution`); `pick` whether choosing an
+    /// endpoint takes the balancer's turn.
     pub fn resolve(
         &self,
         dst: SocketAddr,
         source: Option<&Workload>,
         prefer_same_node: bool,
+        pick: Pick,
     ) -> Result<Resolved, ResolveError> {
         let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
         let node = self.node();
@@ -847,7 +849,7 @@ impl State {
                 preference.map_or(Some(0), |lb| lb.closeness(&client, place.as_ref()))
             };
             let endpoint = service
-                .pick(usable, closeness)
+                .pick(usable, closeness, pick)
                 .ok_or_else(|| ResolveError::NoEndpoint(service.key.clone()))?;
             let target_port = Service::target_port(endpoint, port);
             let ip = match &endpoint.address {
@@ -1286,20 +1288,22 @@ mod tests {
             let service = Service::from_proto("service/ns/db", proto).expect("a service");
             inner.upsert("service/ns/db".into(), Resource::Service(Arc::new(service)));
         });
-        let hop = |dst: &str| match state.resolve(dst.parse().expect("ip:port"), None, false) {
-            Ok(Resolved {
-                target:
-                    Target::Upstream(Upstream::Hbone {
-                        gateway,
-                        authority,
-                        waypoint,
-                        ..
-                    }),
-                ..
-            }) => Ok((gateway.to_string(), authority.to_string(), waypoint)),
-            Ok(other) => panic!("not over HBONE: {other:?}"),
-            Err(error) => Err(error),
-        };
+        let hop =
+            |dst: &str| match state.resolve(dst.parse().expect("ip:port"), None, false, Pick::Take)
+            {
+                Ok(Resolved {
+                    target:
+                        Target::Upstream(Upstream::Hbone {
+                            gateway,
+                            authority,
+                            waypoint,
+                            ..
+                        }),
+                    ..
+                }) => Ok((gateway.to_string(), authority.to_string(), waypoint)),
+                Ok(other) => panic!("not over HBONE: {other:?}"),
+                Err(error) => Err(error),
+            };
         // By its address, and through its Service (which has no waypoint of
         // its own): to its waypoint, asking for the pod.
         let through = Ok(("10.0.0.9:15008".into(), "10.0.1.5:8080".into(), true));

@@ -11,6 +11,17 @@ use warren_api::config;
 
 use super::{ResourceError, Waypoint};
 
+/// Whether choosing a Service's endpoint takes the balancer's turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// For a connection: the next one gets the next endpoint.
+    Take,
+    /// For a look (`/explain`): the endpoint the next connection gets, the
+    /// turn left to it. Where closeness narrows the set, picks are random
+    /// either way.
+    Peek,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Service {
     pub key: String,
@@ -423,11 +434,12 @@ impl Service {
 
     /// The next ready endpoint for which `usable` holds, round robin among
     /// the closest: `closeness` ranks an endpoint (more is closer) or rules
-    /// it out (`None`).
+    /// it out (`None`). [`Pick::Peek`] leaves the turn to the next connection.
     pub fn pick(
         &self,
         usable: impl Fn(&Endpoint) -> bool,
         closeness: impl Fn(&Endpoint) -> Option<usize>,
+        pick: Pick,
     ) -> Option<&Endpoint> {
         // Two passes and no allocation: this runs for every outbound
         // connection to a Service.
@@ -454,7 +466,10 @@ impl Service {
         // pin a client to one endpoint, so those picks are random (as
         // Istio's ztunnel picks).
         let n = if closest == all {
-            self.next.fetch_add(1, Ordering::Relaxed)
+            match pick {
+                Pick::Take => self.next.fetch_add(1, Ordering::Relaxed),
+                Pick::Peek => self.next.load(Ordering::Relaxed),
+            }
         } else {
             rand::random_range(0..closest)
         };
@@ -606,7 +621,7 @@ mod tests {
         // Narrowed to the closest: at random among them (a shared cursor
         // would line up with other clients' turns).
         let picked: BTreeMap<u8, usize> = (0..400)
-            .filter_map(|_| service.pick(|_| true, closeness(3)))
+            .filter_map(|_| service.pick(|_| true, closeness(3), Pick::Take))
             .fold(BTreeMap::new(), |mut seen, e| {
                 *seen.entry(last(e)).or_default() += 1;
                 seen
@@ -615,17 +630,32 @@ mod tests {
         assert!(picked.values().all(|n| *n > 100), "{picked:?}");
         // Everyone equally close: round robin.
         let even: Vec<u8> = (0..3)
-            .filter_map(|_| service.pick(|_| true, |_| Some(0)))
+            .filter_map(|_| service.pick(|_| true, |_| Some(0), Pick::Take))
             .map(last)
             .collect();
         let mut sorted = even.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, vec![1, 2, 3], "each ready endpoint once: {even:?}");
+        // A look leaves the turn to the next connection.
+        let all_close = |_: &Endpoint| Some(0);
+        let peeked = service.pick(|_| true, all_close, Pick::Peek).map(last);
+        assert_eq!(
+            service.pick(|_| true, all_close, Pick::Peek).map(last),
+            peeked
+        );
+        assert_eq!(
+            service.pick(|_| true, all_close, Pick::Take).map(last),
+            peeked
+        );
+        assert_ne!(
+            service.pick(|_| true, all_close, Pick::Peek).map(last),
+            peeked
+        );
         // The close ones unusable: the far one.
         let third = Address::Ip(IpAddr::from([10, 0, 0, 3]));
-        let far = service.pick(|e| e.address == third, closeness(3));
+        let far = service.pick(|e| e.address == third, closeness(3), Pick::Take);
         assert_eq!(far.map(|e| &e.address), Some(&third));
         // Every endpoint ruled out: none.
-        assert!(service.pick(|_| true, |_| None).is_none());
+        assert!(service.pick(|_| true, |_| None, Pick::Take).is_none());
     }
 }
