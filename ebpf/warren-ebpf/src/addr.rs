@@ -21,6 +21,12 @@ pub fn is_v4_mapped(addr: &[u32; 4]) -> bool {
     addr[0] == 0 && addr[1] == 0 && u32::from_be(addr[2]) == 0xffff
 }
 
+/// `::ffff:a.b.c.d`, from an IPv4 address in network order.
+#[inline(always)]
+pub fn v4_mapped(addr_be: u32) -> [u32; 4] {
+    [0, 0, 0xffffu32.to_be(), addr_be]
+}
+
 /// The map key of an address in kernel layout.
 #[inline(always)]
 pub fn ip_key(family: u32, addr: [u32; 4]) -> IpKey {

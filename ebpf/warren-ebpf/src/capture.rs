@@ -23,7 +23,7 @@ use aya_ebpf::{
 use warren_ebpf_common::{Counter, NodeConfig, OrigDst, PodStats, PortKey, SockAddr};
 
 use crate::{
-    addr::{is_loopback_v4, is_loopback_v6, is_v4_mapped},
+    addr::{is_loopback_v4, is_loopback_v6, is_v4_mapped, v4_mapped},
     counters::{bump, bump_pod},
     maps::{CONFIG, ENROLLED, EXCLUDED_PORTS, ORIG_DST},
     rewrite::{set_addr4, set_addr6},
@@ -80,7 +80,7 @@ pub fn warren_connect6(ctx: SockAddrContext) -> i32 {
         if cfg.ztunnel_ip4 == 0 {
             return unconfigured();
         }
-        [0, 0, 0xffffu32.to_be(), cfg.ztunnel_ip4]
+        v4_mapped(cfg.ztunnel_ip4)
     } else {
         if cfg.ztunnel_ip6 == [0; 4] {
             return unconfigured();

@@ -22,7 +22,7 @@ use aya_ebpf::{
 use warren_ebpf_common::{AF_INET, AF_INET6, Counter, NodeConfig, PortKey, SockAddr};
 
 use crate::{
-    addr::{is_loopback_v4, is_loopback_v6, is_v4_mapped},
+    addr::{is_loopback_v4, is_loopback_v6, is_v4_mapped, v4_mapped},
     counters::bump,
     maps::{CONFIG, DNS_ORIG, ENROLLED, EXCLUDED_PORTS},
     rewrite::{set_addr4, set_addr6},
@@ -89,7 +89,7 @@ pub fn warren_recvmsg6(ctx: SockAddrContext) -> i32 {
     // path (sendmsg4 recorded it as IPv4); the answer comes back here, v4-mapped.
     let server = match asked.family {
         AF_INET6 => asked.addr,
-        AF_INET if mapped => [0, 0, 0xffffu32.to_be(), asked.addr[0]],
+        AF_INET if mapped => v4_mapped(asked.addr[0]),
         _ => return ALLOW,
     };
     set_addr6(&ctx, server, asked.port);
@@ -194,7 +194,7 @@ pub fn redirect_query6(ctx: &SockAddrContext) {
         if cfg.ztunnel_ip4 == 0 {
             return;
         }
-        [0, 0, 0xffffu32.to_be(), cfg.ztunnel_ip4]
+        v4_mapped(cfg.ztunnel_ip4)
     } else {
         if cfg.ztunnel_ip6 == [0; 4] {
             return;

@@ -15,7 +15,7 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, bpf_sock,
     },
     helpers::bpf_get_socket_cookie,
     macros::sock_ops,
@@ -108,6 +108,31 @@ fn join_shortcut(ctx: &SockOpsContext, own: &FlowKey) {
         let _ = ctx.set_cb_flags(flags as i32);
     } else {
         let _ = SHORTCUT_SENT.remove(own);
+    }
+}
+
+/// A socket's own view of its flow from its `bpf_sock` (hooks other than
+/// sock_ops), keyed as [`own_flow`] keys it.
+#[inline(always)]
+pub fn sock_flow(sk: &bpf_sock) -> FlowKey {
+    // `src_port` is in host order, `dst_port` in network order.
+    let (src_port, dst_port) = (sk.src_port as u16, u16::from_be(sk.dst_port));
+    if sk.family == AF_INET as u32 {
+        FlowKey {
+            src: [sk.src_ip4, 0, 0, 0],
+            dst: [sk.dst_ip4, 0, 0, 0],
+            src_port,
+            dst_port,
+            family: AF_INET as u32,
+        }
+    } else {
+        fold_v4_mapped(FlowKey {
+            src: sk.src_ip6,
+            dst: sk.dst_ip6,
+            src_port,
+            dst_port,
+            family: AF_INET6 as u32,
+        })
     }
 }
 

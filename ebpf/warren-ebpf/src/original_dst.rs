@@ -11,13 +11,13 @@ use core::ptr::{addr_of_mut, write_unaligned, write_volatile};
 
 use aya_ebpf::{bindings::bpf_sockopt, macros::cgroup_sockopt, programs::SockoptContext};
 use warren_ebpf_common::{
-    AF_INET, AF_INET6, Counter, FlowKey, OrigDst, SO_ORIGINAL_DST, SO_WARREN_ORIGIN, SOL_IP,
-    SOL_IPV6,
+    AF_INET, AF_INET6, Counter, OrigDst, SO_ORIGINAL_DST, SO_WARREN_ORIGIN, SOL_IP, SOL_IPV6,
 };
 
 use crate::{
+    addr::v4_mapped,
     counters::bump,
-    flows::fold_v4_mapped,
+    flows::sock_flow,
     maps::{CONFIG, ORIG_DST_BY_FLOW},
 };
 
@@ -62,23 +62,7 @@ pub fn warren_getsockopt(ctx: SockoptContext) -> i32 {
     // SAFETY: `sk` is set for sockopt programs and points to the socket.
     let sk = unsafe { &*so.__bindgen_anon_1.sk };
     // The proxy's accepted socket: its remote end is the client.
-    let client = if sk.family == AF_INET as u32 {
-        FlowKey {
-            src: [sk.dst_ip4, 0, 0, 0],
-            dst: [sk.src_ip4, 0, 0, 0],
-            src_port: u16::from_be(sk.dst_port),
-            dst_port: sk.src_port as u16,
-            family: AF_INET as u32,
-        }
-    } else {
-        fold_v4_mapped(FlowKey {
-            src: sk.dst_ip6,
-            dst: sk.src_ip6,
-            src_port: u16::from_be(sk.dst_port),
-            dst_port: sk.src_port as u16,
-            family: AF_INET6 as u32,
-        })
-    };
+    let client = sock_flow(sk).reversed();
     let Some(orig) = ORIG_DST_BY_FLOW.get_ptr(&client) else {
         bump(Counter::GetsockoptMiss);
         // On ztunnel's own listener, conntrack's answer (if any) would be
@@ -114,7 +98,7 @@ pub fn warren_getsockopt(ctx: SockoptContext) -> i32 {
         }
         Answer::V6 => {
             let addr_be = if orig.dst.family == AF_INET {
-                [0, 0, 0xffffu32.to_be(), orig.dst.addr[0]]
+                v4_mapped(orig.dst.addr[0])
             } else {
                 orig.dst.addr
             };
