@@ -116,6 +116,10 @@ pub mod map {
     /// asked, whose address the proxy's answers are given back (LRU).
     pub const DNS_ORIG: &str = "WARREN_DNS_ORIG";
 
+    /// Maps that only count: a build that reshapes one (a counter added)
+    /// starts it over at zero instead of reinstalling the datapath.
+    pub const STATISTICS: &[&str] = &[COUNTERS, POD_STATS];
+
     /// Every map the object carries.
     pub const ALL: &[&str] = &[
         ENROLLED,

@@ -27,9 +27,11 @@ pub enum Installed {
     Fresh,
     /// This agent's own programs were there: adopted, nothing attached twice.
     Adopted,
-    /// Another version's programs were there, with maps of the same shape:
-    /// each pinned link now runs this version's program, swapped
-    /// atomically, with no gap in capture and the maps' contents kept.
+    /// Another version's programs were there (or an install cut short),
+    /// with maps of the same shape: each pinned link now runs this
+    /// version's program, swapped atomically, and the programs it lacked
+    /// are attached, with no gap in capture and the maps' contents kept
+    /// (statistics of another shape start over).
     Upgraded,
     /// The pinned maps had another shape: everything was removed and
     /// installed afresh (enrollment comes back from configuration).
@@ -73,34 +75,44 @@ pub fn install(pins: &Pins, cgroup: &Path) -> Result<Installed, DatapathError> {
     let present = expected.iter().filter(|p| p.exists()).count();
     let mut outcome = Installed::Fresh;
     if present > 0 {
-        if let Some(mismatch) = layout_mismatch(pins) {
-            // Reusing maps of another shape would corrupt them (aya reuses
-            // pins without comparing): start over.
-            warn!(pins = %pins.root().display(), %mismatch, "pinned maps have another shape; reinstalling");
-            remove_programs(pins)?;
-            remove_maps(pins)?;
-            outcome = Installed::Reinstalled;
-        } else if present == expected.len() {
-            if installed_object(pins) == Some(hash) {
+        let reshaped = layout_mismatches(pins);
+        if reshaped
+            .iter()
+            .all(|(name, _)| map::STATISTICS.contains(name))
+        {
+            // Counters only: started over, the datapath kept.
+            for (name, mismatch) in &reshaped {
+                warn!(map = name, %mismatch, "pinned statistics map has another shape; starting it over");
+                let path = pins.map(name);
+                fs::remove_file(&path).map_err(DatapathError::io("unpinning", &path))?;
+            }
+            if reshaped.is_empty()
+                && present == expected.len()
+                && installed_object(pins) == Some(hash)
+            {
                 info!(pins = %pins.root().display(), "adopting the installed datapath");
                 return Ok(Installed::Adopted);
             }
-            upgrade_in_place(pins, bytes)?;
+            // Another build (programs added or gone, statistics reshaped), or
+            // an install that died halfway: programs swapped inside the links
+            // there are, the missing ones attached; maps, enrollments and
+            // guards kept, and no moment without capture.
+            let cgroup_fd = open_cgroup(cgroup)?;
+            upgrade_in_place(pins, bytes, &cgroup_fd, cgroup)?;
             record_object(pins, hash)?;
             info!(pins = %pins.root().display(), "programs upgraded in place");
             return Ok(Installed::Upgraded);
-        } else {
-            // An install that died halfway: start its programs over, keep maps.
-            warn!(pins = %pins.root().display(), present, "incomplete installation found; reinstalling programs");
-            remove_programs(pins)?;
         }
+        // Reusing maps of another shape would corrupt them (aya reuses pins
+        // without comparing): start over.
+        let (name, mismatch) = &reshaped[0];
+        warn!(pins = %pins.root().display(), map = name, %mismatch, "pinned maps have another shape; reinstalling");
+        remove_programs(pins)?;
+        remove_maps(pins)?;
+        outcome = Installed::Reinstalled;
     }
 
-    let cgroup_fd = fs::File::open(cgroup).map_err(DatapathError::io("opening cgroup", cgroup))?;
-    // Attaching to a cgroup v1 folder fails with a bare EBADF; say what is wrong.
-    if !is_cgroup2(&cgroup_fd) {
-        return Err(DatapathError::NotCgroup2(cgroup.to_owned()));
-    }
+    let cgroup_fd = open_cgroup(cgroup)?;
     let mut ebpf = load(pins, bytes)?;
     let target = cgroup.display().to_string();
     for &name in program::CGROUP {
@@ -117,14 +129,24 @@ pub fn install(pins: &Pins, cgroup: &Path) -> Result<Installed, DatapathError> {
     }
     install_shortcut(&mut ebpf, pins)?;
     install_guard(&mut ebpf, pins)?;
-    if let Some(mismatch) = layout_mismatch(pins) {
+    if let Some((name, mismatch)) = layout_mismatches(pins).into_iter().next() {
         // The table in warren-ebpf-common and the eBPF declarations differ:
         // a build mistake, caught before any agent trusts the maps.
-        return Err(DatapathError::Layout(mismatch));
+        return Err(DatapathError::Layout(format!("{name}: {mismatch}")));
     }
     record_object(pins, hash)?;
     info!(pins = %pins.root().display(), cgroup = %target, "datapath installed");
     Ok(outcome)
+}
+
+/// The cgroup v2 folder programs attach to.
+fn open_cgroup(cgroup: &Path) -> Result<fs::File, DatapathError> {
+    let cgroup_fd = fs::File::open(cgroup).map_err(DatapathError::io("opening cgroup", cgroup))?;
+    // Attaching to a cgroup v1 folder fails with a bare EBADF; say what is wrong.
+    if !is_cgroup2(&cgroup_fd) {
+        return Err(DatapathError::NotCgroup2(cgroup.to_owned()));
+    }
+    Ok(cgroup_fd)
 }
 
 fn load(pins: &Pins, bytes: &[u8]) -> Result<Ebpf, DatapathError> {
@@ -135,15 +157,35 @@ fn load(pins: &Pins, bytes: &[u8]) -> Result<Ebpf, DatapathError> {
 }
 
 /// Swaps every pinned attachment to this object's programs.
-fn upgrade_in_place(pins: &Pins, bytes: &[u8]) -> Result<(), DatapathError> {
+fn upgrade_in_place(
+    pins: &Pins,
+    bytes: &[u8],
+    cgroup_fd: &fs::File,
+    cgroup: &Path,
+) -> Result<(), DatapathError> {
     let mut ebpf = load(pins, bytes)?;
+    // In attach order: what answers for captured flows before capture.
     for &name in program::CGROUP {
         let prog = ebpf
             .program_mut(name)
             .ok_or(DatapathError::MissingProgram(name))?;
+        let pin = pins.link(name);
+        if !pin.exists() {
+            attach_to_cgroup(name, prog, cgroup_fd, &pin).map_err(|source| {
+                DatapathError::Attach {
+                    name,
+                    target: cgroup.display().to_string(),
+                    source,
+                }
+            })?;
+            info!(
+                program = name,
+                "attached a program the installed datapath lacked"
+            );
+            continue;
+        }
         load_cgroup_program(prog).map_err(prog_err(name))?;
         let fd = prog.fd().map_err(prog_err(name))?;
-        let pin = pins.link(name);
         link::update_pinned_link(&pin, fd.as_fd())
             .map_err(|e| DatapathError::io("updating link", pin)(e))?;
     }
@@ -201,26 +243,30 @@ fn install_guard(ebpf: &mut Ebpf, pins: &Pins) -> Result<aya::programs::ProgramF
         .map_err(prog_err(program::GUARD))
 }
 
-/// A description of the first pinned map whose shape differs from
-/// [`MAP_LAYOUTS`], if any.
-fn layout_mismatch(pins: &Pins) -> Option<String> {
+/// Each pinned map whose shape differs from [`MAP_LAYOUTS`], with how.
+fn layout_mismatches(pins: &Pins) -> Vec<(&'static str, String)> {
+    let mut found = Vec::new();
     for want in MAP_LAYOUTS {
         let path = pins.map(want.name);
         if !path.exists() {
             continue;
         }
         let Ok(info) = MapInfo::from_pin(&path) else {
-            return Some(format!("{} cannot be read", want.name));
+            found.push((want.name, "cannot be read".to_owned()));
+            continue;
         };
         let have = (info.key_size(), info.value_size(), info.max_entries());
         if have != (want.key_size, want.value_size, want.max_entries) {
-            return Some(format!(
-                "{}: key {} value {} max {} pinned, key {} value {} max {} expected",
-                want.name, have.0, have.1, have.2, want.key_size, want.value_size, want.max_entries
+            found.push((
+                want.name,
+                format!(
+                    "key {} value {} max {} pinned, key {} value {} max {} expected",
+                    have.0, have.1, have.2, want.key_size, want.value_size, want.max_entries
+                ),
             ));
         }
     }
-    None
+    found
 }
 
 /// The object hash recorded in the pinned META map.

@@ -773,6 +773,52 @@ fn another_version_is_upgraded_in_place_or_reinstalled() -> Result<()> {
     );
     ensure!(bpftool_cgroup_programs(mesh.node())? == program::CGROUP.len());
 
+    // An older build: without a program this one has, with fewer counters.
+    // Upgraded all the same: the missing program attached, the counters
+    // started over, the rest kept (the pod's enrollment, its STRICT guard).
+    mesh.agent.stop()?;
+    let bpffs = mesh.node().bpffs.clone();
+    std::fs::remove_file(bpffs.join("links").join(program::GETPEERNAME6))?;
+    let counters = bpffs.join("maps/WARREN_COUNTERS");
+    std::fs::remove_file(&counters)?;
+    let counters = counters.to_string_lossy().into_owned();
+    bpftool(&[
+        "map",
+        "create",
+        &counters,
+        "type",
+        "percpu_array",
+        "key",
+        "4",
+        "value",
+        "8",
+        "entries",
+        "3",
+        "name",
+        "WARREN_COUNTERS",
+    ])?;
+    mesh.agent = start_agent_with(&mesh.cluster, mesh.node(), AGENT_ARGS)?;
+    ensure!(
+        mesh.agent.output().contains("Upgraded"),
+        "no upgrade:\n{}",
+        mesh.agent.output()
+    );
+    ensure!(bpftool_cgroup_programs(mesh.node())? == program::CGROUP.len());
+    ensure!(
+        attachments(mesh.node())?.len() == before.len(),
+        "attachments {before:?} → {:?}",
+        attachments(mesh.node())?
+    );
+    ensure!(
+        datapath(mesh.node())?.pods()?.len() == 1,
+        "enrollment lost in the upgrade"
+    );
+    all_ok(&client, &url(&remote, 8080), 1)?;
+    ensure!(
+        mesh.counter(Counter::ConnectRedirected)? >= 1,
+        "the counters did not start over in a map of this build's shape"
+    );
+
     // Maps of another shape: not reused, everything installed afresh.
     mesh.agent.stop()?;
     std::fs::remove_file(&meta)?;
