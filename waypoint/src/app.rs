@@ -235,13 +235,16 @@ impl App {
                 "warren-waypoint",
             );
             let context = Arc::clone(&context);
-            Arc::new(move |request| {
-                if request.uri().path() == "/clusters" {
+            Arc::new(move |request| match request.uri().path() {
+                "/clusters" => {
                     let dump = context.dump_clusters();
                     Box::pin(async move { http_endpoint::json(&dump) })
-                } else {
-                    l4(request)
                 }
+                "/explain" => {
+                    let answer = crate::explain::answer(&context, request.uri().query());
+                    Box::pin(async move { answer })
+                }
+                _ => l4(request),
             })
         };
         tokio::spawn(http_endpoint::serve(

@@ -20,6 +20,7 @@
 pub mod app;
 pub mod authz;
 pub mod config;
+pub mod explain;
 pub mod metrics;
 pub mod proxy;
 pub mod route;

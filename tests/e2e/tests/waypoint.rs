@@ -434,6 +434,59 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
             .is_some_and(|c| c.len() == dump["clusters"].as_array().map_or(0, Vec::len)),
         "warrenctl waypoint clusters --json must carry the waypoint's answer: {as_json}"
     );
+
+    // The waypoint explains each request above as it took it.
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "waypoint",
+            "explain",
+            "-n",
+            "demo",
+            "--config-dir",
+            &config_dir,
+            "--from",
+            "demo/client",
+        ];
+        args.extend_from_slice(extra);
+        warrenctl_text(&args)
+    };
+    let host = "http://app.demo.svc.cluster.local/";
+    let old = format!("{url}old");
+    for (request, says) in [
+        (
+            vec!["-H", "end-user: jason", host],
+            vec!["route \"jason\"", "subset v2 (100%)", "verdict: forwarded"],
+        ),
+        (
+            vec![url.as_str()],
+            vec![
+                "route \"canary\"",
+                "subset v1 (80%)",
+                "subset v2 (20%)",
+                "verdict: forwarded",
+            ],
+        ),
+        (
+            vec!["-H", "x-fault: abort", host],
+            vec!["abort with HTTP 418", "for 50% of requests"],
+        ),
+        (
+            vec![old.as_str()],
+            vec![
+                "route \"moved\"",
+                "redirect 301 Moved Permanently to app.example/new",
+                "verdict: answered",
+            ],
+        ),
+    ] {
+        let shown = explain(&request)?;
+        for part in says {
+            ensure!(
+                shown.contains(part),
+                "warrenctl waypoint explain {request:?} does not say {part:?}:\n{shown}"
+            );
+        }
+    }
     drop(servers);
     drop(waypoint);
     Ok(())

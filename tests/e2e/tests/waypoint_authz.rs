@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
+    agent::warrenctl_text,
     mesh::{eventually, start_mesh, start_waypoint, waypoint_gateway},
     workload::{count_status, load, start_http_server},
 };
@@ -234,6 +235,57 @@ fn a_waypoint_enforces_attached_authorization_policies() -> Result<()> {
         "client-b's answer: {answer:?} {}",
         String::from_utf8_lossy(&curl.stderr)
     );
+    // The waypoint explains each refusal, naming the policy, and a request
+    // it lets through.
+    let config_dir = config.to_string_lossy().into_owned();
+    let explain = |from: &str, extra: &[&str]| {
+        let mut args = vec![
+            "waypoint",
+            "explain",
+            "-n",
+            "demo",
+            "--config-dir",
+            &config_dir,
+            "--from",
+            from,
+        ];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        warrenctl_text(&args)
+    };
+    for (from, extra, says) in [
+        (
+            "demo/client-a",
+            &[][..],
+            ["allowed by", "verdict: forwarded"],
+        ),
+        (
+            "demo/client-a",
+            &["-H", "x-block: yes"][..],
+            [
+                "denied by DENY policy demo/block, its rule 0 matched",
+                "verdict: denied",
+            ],
+        ),
+        (
+            "demo/client-b",
+            &[][..],
+            ["ALLOW policies apply and none matched", "verdict: denied"],
+        ),
+        (
+            "demo/client-a",
+            &["-X", "POST"][..],
+            ["ALLOW policies apply and none matched", "verdict: denied"],
+        ),
+    ] {
+        let shown = explain(from, extra)?;
+        for part in says {
+            ensure!(
+                shown.contains(part),
+                "warrenctl waypoint explain from {from} {extra:?} does not say {part:?}:\n{shown}"
+            );
+        }
+    }
     let output = waypoint.output();
     for details in [
         "rbac_access_denied_matched_policy[ns[demo]-policy[block]-rule[0]]",

@@ -87,6 +87,43 @@ pub struct RetryOn {
     pub status_codes: Vec<u16>,
 }
 
+impl std::fmt::Display for RetryOn {
+    /// The conditions as `retryOn` names them, comma-separated.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let named = [
+            (self.five_xx, "5xx"),
+            (self.gateway_error, "gateway-error"),
+            (self.reset, "reset"),
+            (self.reset_before_request, "reset-before-request"),
+            (self.connect_failure, "connect-failure"),
+            (self.envoy_ratelimited, "envoy-ratelimited"),
+            (self.retriable_4xx, "retriable-4xx"),
+            (self.refused_stream, "refused-stream"),
+            (self.retriable_status_codes, "retriable-status-codes"),
+            (self.retriable_headers, "retriable-headers"),
+            (
+                self.http3_post_connect_failure,
+                "http3-post-connect-failure",
+            ),
+            (self.grpc_cancelled, "cancelled"),
+            (self.grpc_deadline_exceeded, "deadline-exceeded"),
+            (self.grpc_internal, "internal"),
+            (self.grpc_resource_exhausted, "resource-exhausted"),
+            (self.grpc_unavailable, "unavailable"),
+        ];
+        let mut names: Vec<String> = named
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| (*name).to_owned())
+            .collect();
+        names.extend(self.status_codes.iter().map(u16::to_string));
+        if names.is_empty() {
+            return f.write_str("nothing");
+        }
+        f.write_str(&names.join(","))
+    }
+}
+
 impl RetryOn {
     /// Reads a comma-separated `retryOn`. Blank entries are skipped (as
     /// Istio does); an unknown name is an error. Listing a status code turns

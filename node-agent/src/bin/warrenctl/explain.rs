@@ -1,7 +1,8 @@
 //! `warrenctl explain FROM TO`: asks this node's ztunnel what it would do with a
 //! connection from one of its pods (`/explain` on its admin port), and prints
 //! each step: who the source is, what the destination resolves to, the route,
-//! the policy, and the verdict.
+//! the policy, and the verdict. `warrenctl waypoint explain` prints a
+//! waypoint's answer for one request the same way.
 
 use std::net::SocketAddr;
 
@@ -43,19 +44,24 @@ pub fn run(args: ExplainArgs) -> Result<()> {
         .finish();
     let path = format!("/explain?{query}");
     let body = admin::get(args.admin, &path)?;
-    match args.output {
-        Output::Json => println!("{}", String::from_utf8_lossy(&body).trim_end()),
-        Output::Table => {
-            let explanation: Explanation = serde_json::from_slice(&body)
-                .context("ztunnel's /explain is not what warrenctl reads")?;
-            let rows: Vec<Vec<String>> = explanation
-                .steps
-                .into_iter()
-                .map(|step| vec![step.stage, step.detail])
-                .collect();
-            table::print(&["STEP", "WHAT HAPPENS"], &rows);
-            println!("\nverdict: {}", explanation.verdict.replace('_', " "));
-        }
+    print(&body, matches!(args.output, Output::Json))
+}
+
+/// Prints an explanation (ztunnel's or a waypoint's `/explain`): its steps as
+/// a table and the verdict, or the JSON as it came.
+pub fn print(body: &[u8], json: bool) -> Result<()> {
+    if json {
+        println!("{}", String::from_utf8_lossy(body).trim_end());
+        return Ok(());
     }
+    let explanation: Explanation =
+        serde_json::from_slice(body).context("an /explain answer warrenctl cannot read")?;
+    let rows: Vec<Vec<String>> = explanation
+        .steps
+        .into_iter()
+        .map(|step| vec![step.stage, step.detail])
+        .collect();
+    table::print(&["STEP", "WHAT HAPPENS"], &rows);
+    println!("\nverdict: {}", explanation.verdict.replace('_', " "));
     Ok(())
 }

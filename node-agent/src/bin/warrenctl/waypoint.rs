@@ -2,7 +2,8 @@
 //! config folder plays the API server: `apply` writes the Gateway that asks
 //! for it (each node agent then runs `warren-waypoint` in the namespace's
 //! waypoint pods on its node), `delete` removes it, `list` shows them.
-//! `clusters` asks a running waypoint how its upstream clusters stand.
+//! `clusters` asks a running waypoint how its upstream clusters stand, and
+//! `explain` what it would do with one request.
 
 use std::{
     collections::BTreeMap,
@@ -66,6 +67,42 @@ pub enum Command {
         #[arg(long)]
         node: Option<String>,
     },
+    /// What a namespace's running waypoint would do with one request, step
+    /// by step: the caller, the destination, the AuthorizationPolicy
+    /// decision, the VirtualService route, its faults, destinations and
+    /// weights, timeout, retries and mirrors (the waypoint's admin
+    /// `/explain`).
+    Explain {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        request: Request,
+        /// The waypoint's admin port (on loopback in its pod).
+        #[arg(long, default_value_t = 15000)]
+        admin_port: u16,
+        /// Print the waypoint's answer as JSON.
+        #[arg(short, long)]
+        json: bool,
+    },
+}
+
+/// A request for `waypoint explain`.
+#[derive(Args, Clone, Debug)]
+pub struct Request {
+    /// The calling pod, NAMESPACE/NAME.
+    #[arg(long)]
+    from: String,
+    /// The request's method.
+    #[arg(short = 'X', long, default_value = "GET")]
+    method: String,
+    /// A request header, `name: value` (repeat for more).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Only the pods of this node (the agent's `--node-name`).
+    #[arg(long)]
+    node: Option<String>,
+    /// The URL: `http://HOST[:PORT]/PATH`, HOST a Service's name or address.
+    url: String,
 }
 
 /// Where the local configuration lives (the agent's `--config-dir`).
@@ -99,6 +136,12 @@ pub fn run(cmd: Command) -> Result<()> {
             json,
             node,
         } => clusters(&target, admin_port, json, node.as_deref()),
+        Command::Explain {
+            target,
+            request,
+            admin_port,
+            json,
+        } => explain(&target, &request, admin_port, json),
     }
 }
 
@@ -253,7 +296,9 @@ struct WaypointPod {
     netns: PathBuf,
 }
 
-fn clusters(target: &Target, admin_port: u16, json: bool, node: Option<&str>) -> Result<()> {
+/// The running pods of `target`'s waypoint whose network namespace is on
+/// this machine (of `node` only, when given).
+fn running_pods(target: &Target, node: Option<&str>) -> Result<Vec<WaypointPod>> {
     let pods: Vec<WaypointPod> = read_folder(&target.folder.config_dir)?
         .into_iter()
         .flat_map(|(_, objects)| objects)
@@ -287,6 +332,36 @@ fn clusters(target: &Target, admin_port: u16, json: bool, node: Option<&str>) ->
             target.folder.config_dir.display()
         );
     }
+    Ok(pods)
+}
+
+/// Asks a running pod of the waypoint what it would do with one request.
+fn explain(target: &Target, request: &Request, admin_port: u16, json: bool) -> Result<()> {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query
+        .append_pair("from", &request.from)
+        .append_pair("method", &request.method)
+        .append_pair("url", &request.url);
+    for header in &request.headers {
+        query.append_pair("header", header);
+    }
+    let path = format!("/explain?{}", query.finish());
+    let mut failed = Vec::new();
+    // Every pod of a waypoint holds the same tables: the first to answer.
+    for pod in running_pods(target, request.node.as_deref())? {
+        match admin::get_in_netns(&pod.netns, admin_port, &path) {
+            Ok(body) => {
+                println!("waypoint pod {}", pod.name);
+                return crate::explain::print(&body, json);
+            }
+            Err(err) => failed.push(format!("{}: {err:#}", pod.name)),
+        }
+    }
+    bail!("no waypoint pod answered:\n{}", failed.join("\n"))
+}
+
+fn clusters(target: &Target, admin_port: u16, json: bool, node: Option<&str>) -> Result<()> {
+    let pods = running_pods(target, node)?;
     let mut answers = serde_json::Map::new();
     let mut failed = Vec::new();
     for pod in &pods {

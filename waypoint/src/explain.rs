@@ -1,0 +1,473 @@
+//! `/explain` on the waypoint's admin port: what this waypoint would do with
+//! one request, step by step: who calls, which destination it serves, what its
+//! AuthorizationPolicies decide, which VirtualService rule routes it, and what
+//! that rule does.
+//!
+//! Decided by the calls a request goes through (`destination::of_connect`,
+//! `serves`, `authz::authorize`, `RouteTable::route`) on the tables the
+//! waypoint routes with now. Chances (a fault's share, weighted destinations, a
+//! mirror's share) are told as the shares they are, not drawn; which endpoint
+//! answers is the cluster's (`warrenctl waypoint clusters`).
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::{Method, StatusCode, Uri};
+use serde::Serialize;
+use warren_ztunnel::{
+    http_endpoint::{Reply, json, text},
+    state::service::Protocol,
+};
+
+use crate::{
+    app::Context,
+    authz,
+    proxy::{destination, serves},
+    route::{Abort, Action, FaultAbort, HttpRule, Lookup, RequestInfo, RouteDestination, Scope},
+};
+
+/// The request to explain, as `/explain`'s query gives it.
+#[derive(Debug, Default)]
+pub struct Question {
+    /// The calling pod: `namespace/name`.
+    pub from: String,
+    pub method: String,
+    /// `http://host[:port]/path?query`: a Service's name, or an address.
+    pub url: String,
+    /// `name: value` each.
+    pub headers: Vec<String>,
+}
+
+/// One step, in the order the waypoint takes them.
+#[derive(Debug, Serialize)]
+pub struct Step {
+    /// `caller`, `destination`, `policy`, `route`, `fault`, `action`,
+    /// `timeout`, `retries` or `mirror`.
+    pub stage: &'static str,
+    /// What happens there, in words.
+    pub detail: String,
+}
+
+/// How the request ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Sent on to a destination (faults and retries as the steps say).
+    Forwarded,
+    /// Answered by the waypoint itself: a redirect, a direct response, or a
+    /// fault abort for every request.
+    Answered,
+    /// 403 from an AuthorizationPolicy.
+    Denied,
+    /// 404: the host's VirtualService has no rule for it.
+    NotRouted,
+    /// Not this waypoint's to serve (the step says why).
+    Refused,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    pub steps: Vec<Step>,
+    pub verdict: Verdict,
+}
+
+/// Why a question could not be answered here.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error(
+        "usage: /explain?from=<namespace/pod>&url=<http://host[:port]/path>[&method=GET][&header=name:value]..."
+    )]
+    Usage,
+    #[error("no pod {0:?} is known to this waypoint")]
+    UnknownCaller(String),
+    #[error("{0} has no mesh identity: it reaches no waypoint")]
+    NotInMesh(String),
+    #[error("{url:?} is not a request this waypoint can read: {why}")]
+    BadRequest { url: String, why: String },
+    #[error(
+        "{host} is no name of the mesh that namespace {namespace} sees; give the address it resolves to"
+    )]
+    UnknownName { host: String, namespace: String },
+}
+
+impl Question {
+    /// Reads `/explain`'s query: `from`, `url`, `method`, `header` (repeated).
+    pub fn from_query(query: &str) -> Result<Question, ExplainError> {
+        let mut question = Question::default();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "from" => question.from = value.into_owned(),
+                "url" => question.url = value.into_owned(),
+                "method" => question.method = value.into_owned(),
+                "header" => question.headers.push(value.into_owned()),
+                _ => return Err(ExplainError::Usage),
+            }
+        }
+        if question.from.is_empty() || question.url.is_empty() {
+            return Err(ExplainError::Usage);
+        }
+        Ok(question)
+    }
+}
+
+/// `/explain`'s answer to `query`: the explanation as JSON, or 400 and why.
+pub fn answer(ctx: &Context, query: Option<&str>) -> Reply {
+    let explained = Question::from_query(query.unwrap_or_default())
+        .and_then(|question| explain(ctx, &question));
+    match explained.map(serde_json::to_value) {
+        Ok(Ok(explanation)) => json(&explanation),
+        Ok(Err(error)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+        Err(error) => text(StatusCode::BAD_REQUEST, format!("{error}\n")),
+    }
+}
+
+/// Explains `question`'s request as this waypoint would take it.
+pub fn explain(ctx: &Context, question: &Question) -> Result<Explanation, ExplainError> {
+    let state = &ctx.inputs.state;
+    let (namespace, pod) = question
+        .from
+        .split_once('/')
+        .ok_or_else(|| ExplainError::UnknownCaller(question.from.clone()))?;
+    let caller = state
+        .find_workload(|w| w.namespace == namespace && w.name == pod)
+        .ok_or_else(|| ExplainError::UnknownCaller(question.from.clone()))?;
+    let identity = caller
+        .identity
+        .clone()
+        .ok_or_else(|| ExplainError::NotInMesh(question.from.clone()))?;
+    let mut parts = request_parts(question)?;
+    let mut steps = Vec::new();
+    let mut step = |stage: &'static str, detail: String| steps.push(Step { stage, detail });
+    step("caller", format!("pod {} as {identity}", question.from));
+    let dst = destination_address(state, &parts.uri, &caller.namespace)?;
+    let source_ip = caller
+        .addresses
+        .iter()
+        .copied()
+        .find(|ip| ip.is_ipv4() == dst.is_ipv4())
+        .or_else(|| caller.addresses.first().copied())
+        .unwrap_or(dst.ip());
+    let done = |steps, verdict| Ok(Explanation { steps, verdict });
+    let Some(service) = destination::of_connect(state, dst, &caller.namespace) else {
+        step(
+            "destination",
+            format!("{dst} is neither a Service nor a pod whose traffic goes through a waypoint"),
+        );
+        return done(steps, Verdict::Refused);
+    };
+    let me = ctx.identity();
+    if !serves(&service, &me) {
+        step(
+            "destination",
+            format!("{} uses another waypoint, not {me}", service.key),
+        );
+        return done(steps, Verdict::Refused);
+    }
+    let Some(port) = service.port(dst.port()) else {
+        step(
+            "destination",
+            format!("{} has no port {}", service.key, dst.port()),
+        );
+        return done(steps, Verdict::Refused);
+    };
+    step(
+        "destination",
+        format!(
+            "{} ({}) port {}, {:?}",
+            service.key,
+            service.hostname,
+            dst.port(),
+            port.protocol()
+        ),
+    );
+    let compiled = ctx.tables.current();
+    let principals = state.trust_domains().principals(&identity);
+    let peer = authz::Peer {
+        identity: &identity,
+        principals: &principals,
+        source_ip,
+        service: &service.name,
+        service_namespace: &service.namespace,
+        port: dst.port(),
+    };
+    if port.protocol() == Protocol::Tcp {
+        // No requests on a TCP port: the policies decide the connection.
+        return match authz::authorize_connection(&compiled.authz, &peer) {
+            Some(denial) => {
+                step(
+                    "policy",
+                    format!("a TCP port: the connection is refused: {}", denied(&denial)),
+                );
+                done(steps, Verdict::Denied)
+            }
+            None => {
+                step(
+                    "policy",
+                    "a TCP port: the connection is allowed; its bytes are relayed as they come"
+                        .to_owned(),
+                );
+                done(steps, Verdict::Forwarded)
+            }
+        };
+    }
+    if let Some(denial) = authz::authorize(&compiled.authz, &peer, &mut parts) {
+        step("policy", format!("403: {}", denied(&denial)));
+        return done(steps, Verdict::Denied);
+    }
+    step(
+        "policy",
+        if compiled.authz.is_empty() {
+            "no AuthorizationPolicy applies here: allowed".to_owned()
+        } else {
+            "allowed by this waypoint's AuthorizationPolicies".to_owned()
+        },
+    );
+    let scope = Scope {
+        service_namespace: &service.namespace,
+        waypoint_namespace: &ctx.config.namespace,
+    };
+    let info = RequestInfo::from_parts(&parts, dst.port(), &caller.labels, &identity.namespace);
+    let rule = match compiled.routes.route(&service.hostname, scope, &info) {
+        Lookup::Routed(routed) => {
+            step(
+                "route",
+                format!(
+                    "VirtualService {}, route {:?}",
+                    routed.virtual_service,
+                    routed.route_name()
+                ),
+            );
+            routed.rule
+        }
+        Lookup::Default => {
+            step(
+                "route",
+                format!(
+                    "no VirtualService for {}: to the Service itself, with Istio's default retries",
+                    service.hostname
+                ),
+            );
+            step("action", format!("forward to {}", service.hostname));
+            return done(steps, Verdict::Forwarded);
+        }
+        Lookup::NoMatch(vs) => {
+            step(
+                "route",
+                format!("404: no route of VirtualService {vs} matches"),
+            );
+            return done(steps, Verdict::NotRouted);
+        }
+    };
+    let verdict = describe(rule, &mut step);
+    done(steps, verdict)
+}
+
+/// What a routed request meets: faults, the action, timeout, retries, mirrors.
+fn describe(rule: &HttpRule, step: &mut impl FnMut(&'static str, String)) -> Verdict {
+    let mut aborted_always = false;
+    if let Some(fault) = &rule.fault {
+        if let Some(delay) = &fault.delay {
+            step(
+                "fault",
+                format!(
+                    "delay of {:?} for {} of requests",
+                    delay.duration,
+                    share(delay.per_million)
+                ),
+            );
+        }
+        if let Some(FaultAbort { abort, per_million }) = &fault.abort {
+            aborted_always = *per_million >= 1_000_000;
+            let with = match abort {
+                Abort::Http(status) => format!("HTTP {status}"),
+                Abort::Grpc(code) => format!("gRPC status {code}"),
+            };
+            step(
+                "fault",
+                format!("abort with {with} for {} of requests", share(*per_million)),
+            );
+        }
+    }
+    match &rule.action {
+        Action::Forward(destinations) => {
+            let total: u32 = destinations.iter().map(|d| d.weight).sum();
+            let each: Vec<String> = destinations
+                .iter()
+                .map(|d| format!("{} ({})", target(d), share_of(d.weight, total)))
+                .collect();
+            step("action", format!("forward to {}", each.join(", ")));
+        }
+        // Answered here: no upstream, so no timeout, retries or mirrors.
+        Action::Redirect(redirect) => {
+            let to = format!(
+                "{}{}",
+                redirect.authority.as_deref().unwrap_or("the same host"),
+                redirect.uri.as_deref().unwrap_or(" (same path)")
+            );
+            step(
+                "action",
+                format!("answered with redirect {} to {to}", redirect.status),
+            );
+            return Verdict::Answered;
+        }
+        Action::DirectResponse(direct) => {
+            step(
+                "action",
+                format!("answered directly with {}", direct.status),
+            );
+            return Verdict::Answered;
+        }
+    }
+    step(
+        "timeout",
+        match rule.timeout {
+            Some(limit) => format!("{limit:?} for the whole exchange, retries included"),
+            None => "none".to_owned(),
+        },
+    );
+    let retries = &rule.retries;
+    step(
+        "retries",
+        if retries.attempts == 0 {
+            "none".to_owned()
+        } else {
+            format!(
+                "up to {} on {}{}",
+                retries.attempts,
+                retries.retry_on,
+                retries
+                    .per_try_timeout
+                    .map(|t| format!(", {t:?} each"))
+                    .unwrap_or_default()
+            )
+        },
+    );
+    for mirror in &rule.mirrors {
+        step(
+            "mirror",
+            format!(
+                "{} of requests copied to {}{} (answers dropped)",
+                share(mirror.per_million),
+                mirror.host,
+                mirror
+                    .subset
+                    .as_deref()
+                    .map(|s| format!(" subset {s}"))
+                    .unwrap_or_default()
+            ),
+        );
+    }
+    if aborted_always {
+        Verdict::Answered
+    } else {
+        Verdict::Forwarded
+    }
+}
+
+/// Why a request was refused, in words, with Envoy's detail the access log
+/// carries.
+fn denied(denial: &authz::Denial) -> String {
+    match denial {
+        authz::Denial::Matched {
+            namespace,
+            name,
+            rule,
+            custom: false,
+        } => {
+            format!("denied by DENY policy {namespace}/{name}, its rule {rule} matched ({denial})")
+        }
+        authz::Denial::Matched {
+            namespace, name, ..
+        } => format!(
+            "CUSTOM policy {namespace}/{name} applies, and no external authorizer is reachable: fail closed ({denial})"
+        ),
+        authz::Denial::NoAllowMatched => {
+            format!("ALLOW policies apply and none matched ({denial})")
+        }
+    }
+}
+
+fn target(destination: &RouteDestination) -> String {
+    let mut out = destination.host.clone();
+    if let Some(port) = destination.port {
+        out.push_str(&format!(":{port}"));
+    }
+    if let Some(subset) = &destination.subset {
+        out.push_str(&format!(" subset {subset}"));
+    }
+    out
+}
+
+fn share(per_million: u32) -> String {
+    format!("{}%", f64::from(per_million) / 10_000.0)
+}
+
+fn share_of(weight: u32, total: u32) -> String {
+    if total == 0 {
+        return "0%".to_owned();
+    }
+    format!(
+        "{}%",
+        (f64::from(weight) * 100.0 / f64::from(total) * 10.0).round() / 10.0
+    )
+}
+
+/// The request as the waypoint would receive it.
+fn request_parts(question: &Question) -> Result<http::request::Parts, ExplainError> {
+    let bad = |why: String| ExplainError::BadRequest {
+        url: question.url.clone(),
+        why,
+    };
+    let method = if question.method.is_empty() {
+        Method::GET
+    } else {
+        Method::from_bytes(question.method.as_bytes()).map_err(|e| bad(e.to_string()))?
+    };
+    let mut request = http::Request::builder().method(method).uri(&question.url);
+    for header in &question.headers {
+        let (name, value) = header
+            .split_once(':')
+            .ok_or_else(|| bad(format!("header {header:?} is not name:value")))?;
+        request = request.header(name.trim(), value.trim());
+    }
+    let (parts, ()) = request
+        .body(())
+        .map_err(|e| bad(e.to_string()))?
+        .into_parts();
+    if parts.uri.authority().is_none() {
+        return Err(bad("no host: give http://host/path".to_owned()));
+    }
+    Ok(parts)
+}
+
+/// The address a request for `uri` reaches the waypoint at: the host's own,
+/// or the Service's its name resolves to for `namespace`.
+fn destination_address(
+    state: &warren_ztunnel::state::State,
+    uri: &Uri,
+    namespace: &str,
+) -> Result<SocketAddr, ExplainError> {
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip.to_canonical(), port));
+    }
+    let unknown = || ExplainError::UnknownName {
+        host: host.to_owned(),
+        namespace: namespace.to_owned(),
+    };
+    let service = state
+        .service_by_dns_name(host, namespace)
+        .ok_or_else(unknown)?;
+    let ip = service
+        .vips
+        .iter()
+        .copied()
+        .find(IpAddr::is_ipv4)
+        .or_else(|| service.vips.first().copied())
+        .ok_or_else(unknown)?;
+    Ok(SocketAddr::new(ip, port))
+}
