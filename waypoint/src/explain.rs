@@ -21,8 +21,11 @@ use warren_ztunnel::{
 use crate::{
     app::Context,
     authz,
-    proxy::{destination, serves},
-    route::{Abort, Action, FaultAbort, HttpRule, Lookup, RequestInfo, RouteDestination, Scope},
+    proxy::{destination, http::is_grpc, serves},
+    route::{
+        Abort, Action, FaultAbort, HttpRule, Lookup, RequestInfo, RouteDestination, Scope,
+        tcp::{ConnectionInfo, TcpRouted},
+    },
 };
 
 /// The request to explain, as `/explain`'s query gives it.
@@ -134,11 +137,11 @@ pub fn explain(ctx: &Context, question: &Question) -> Result<Explanation, Explai
         .identity
         .clone()
         .ok_or_else(|| ExplainError::NotInMesh(question.from.clone()))?;
-    let mut parts = request_parts(question)?;
+    let (mut parts, url) = request_parts(question)?;
     let mut steps = Vec::new();
     let mut step = |stage: &'static str, detail: String| steps.push(Step { stage, detail });
     step("caller", format!("pod {} as {identity}", question.from));
-    let dst = destination_address(state, &parts.uri, &caller.namespace)?;
+    let dst = destination_address(state, &url, &caller.namespace)?;
     let source_ip = caller
         .addresses
         .iter()
@@ -200,14 +203,45 @@ pub fn explain(ctx: &Context, question: &Question) -> Result<Explanation, Explai
                 done(steps, Verdict::Denied)
             }
             None => {
-                step(
-                    "policy",
-                    "a TCP port: the connection is allowed; its bytes are relayed as they come"
-                        .to_owned(),
-                );
+                step("policy", "a TCP port: the connection is allowed".to_owned());
+                let scope = Scope {
+                    service_namespace: &service.namespace,
+                    waypoint_namespace: &ctx.config.namespace,
+                };
+                let info = ConnectionInfo {
+                    port: dst.port(),
+                    destination: dst.ip(),
+                    source_labels: &caller.labels,
+                    source_namespace: &identity.namespace,
+                };
+                match compiled.tcp_routes.route(&service.hostname, scope, &info) {
+                    TcpRouted::Default => step(
+                        "route",
+                        format!(
+                            "no VirtualService tcp rule fits: the bytes go to {}",
+                            service.hostname
+                        ),
+                    ),
+                    TcpRouted::Rule(vs, rule) => {
+                        step(
+                            "route",
+                            format!("VirtualService {vs}, tcp rule {:?}", rule.name),
+                        );
+                        step(
+                            "action",
+                            format!("relay to {}", shares(rule.destinations())),
+                        );
+                    }
+                }
                 done(steps, Verdict::Forwarded)
             }
         };
+    }
+    if is_grpc(&parts.headers) {
+        step(
+            "note",
+            "a gRPC call: what the waypoint answers itself (403, 404, an abort) reaches the caller as HTTP 200 with a grpc-status".to_owned(),
+        );
     }
     if let Some(denial) = authz::authorize(&compiled.authz, &peer, &mut parts) {
         step("policy", format!("403: {}", denied(&denial)));
@@ -263,7 +297,6 @@ pub fn explain(ctx: &Context, question: &Question) -> Result<Explanation, Explai
 
 /// What a routed request meets: faults, the action, timeout, retries, mirrors.
 fn describe(rule: &HttpRule, step: &mut impl FnMut(&'static str, String)) -> Verdict {
-    let mut aborted_always = false;
     if let Some(fault) = &rule.fault {
         if let Some(delay) = &fault.delay {
             step(
@@ -276,7 +309,6 @@ fn describe(rule: &HttpRule, step: &mut impl FnMut(&'static str, String)) -> Ver
             );
         }
         if let Some(FaultAbort { abort, per_million }) = &fault.abort {
-            aborted_always = *per_million >= 1_000_000;
             let with = match abort {
                 Abort::Http(status) => format!("HTTP {status}"),
                 Abort::Grpc(code) => format!("gRPC status {code}"),
@@ -285,16 +317,15 @@ fn describe(rule: &HttpRule, step: &mut impl FnMut(&'static str, String)) -> Ver
                 "fault",
                 format!("abort with {with} for {} of requests", share(*per_million)),
             );
+            // Every request aborted: none gets further.
+            if *per_million >= 1_000_000 {
+                return Verdict::Answered;
+            }
         }
     }
     match &rule.action {
         Action::Forward(destinations) => {
-            let total: u32 = destinations.iter().map(|d| d.weight).sum();
-            let each: Vec<String> = destinations
-                .iter()
-                .map(|d| format!("{} ({})", target(d), share_of(d.weight, total)))
-                .collect();
-            step("action", format!("forward to {}", each.join(", ")));
+            step("action", format!("forward to {}", shares(destinations)));
         }
         // Answered here: no upstream, so no timeout, retries or mirrors.
         Action::Redirect(redirect) => {
@@ -356,11 +387,7 @@ fn describe(rule: &HttpRule, step: &mut impl FnMut(&'static str, String)) -> Ver
             ),
         );
     }
-    if aborted_always {
-        Verdict::Answered
-    } else {
-        Verdict::Forwarded
-    }
+    Verdict::Forwarded
 }
 
 /// Why a request was refused, in words, with Envoy's detail the access log
@@ -386,6 +413,16 @@ fn denied(denial: &authz::Denial) -> String {
     }
 }
 
+/// Weighted destinations, each with its share of the traffic.
+fn shares(destinations: &[RouteDestination]) -> String {
+    let total: u64 = destinations.iter().map(|d| u64::from(d.weight)).sum();
+    destinations
+        .iter()
+        .map(|d| format!("{} ({})", target(d), share_of(u64::from(d.weight), total)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn target(destination: &RouteDestination) -> String {
     let mut out = destination.host.clone();
     if let Some(port) = destination.port {
@@ -401,42 +438,57 @@ fn share(per_million: u32) -> String {
     format!("{}%", f64::from(per_million) / 10_000.0)
 }
 
-fn share_of(weight: u32, total: u32) -> String {
+fn share_of(weight: u64, total: u64) -> String {
     if total == 0 {
         return "0%".to_owned();
     }
-    format!(
-        "{}%",
-        (f64::from(weight) * 100.0 / f64::from(total) * 10.0).round() / 10.0
-    )
+    // Weights are small; a share to one decimal is what a reader needs.
+    let tenths = (weight * 1000 + total / 2) / total;
+    match tenths % 10 {
+        0 => format!("{}%", tenths / 10),
+        tenth => format!("{}.{tenth}%", tenths / 10),
+    }
 }
 
-/// The request as the waypoint would receive it.
-fn request_parts(question: &Question) -> Result<http::request::Parts, ExplainError> {
+/// The request as the waypoint receives it over HTTP/1.1: in origin form,
+/// its host in `Host` (the URL's, unless a header names another), and the
+/// URL it was sent to.
+fn request_parts(question: &Question) -> Result<(http::request::Parts, Uri), ExplainError> {
     let bad = |why: String| ExplainError::BadRequest {
         url: question.url.clone(),
         why,
     };
+    let url: Uri = question
+        .url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+    let authority = url
+        .authority()
+        .ok_or_else(|| bad("no host: give http://host/path".to_owned()))?
+        .clone();
     let method = if question.method.is_empty() {
         Method::GET
     } else {
         Method::from_bytes(question.method.as_bytes()).map_err(|e| bad(e.to_string()))?
     };
-    let mut request = http::Request::builder().method(method).uri(&question.url);
+    let path = url.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = http::Request::builder().method(method).uri(path);
+    let mut has_host = false;
     for header in &question.headers {
         let (name, value) = header
             .split_once(':')
             .ok_or_else(|| bad(format!("header {header:?} is not name:value")))?;
+        has_host |= name.trim().eq_ignore_ascii_case("host");
         request = request.header(name.trim(), value.trim());
+    }
+    if !has_host {
+        request = request.header(http::header::HOST, authority.as_str());
     }
     let (parts, ()) = request
         .body(())
         .map_err(|e| bad(e.to_string()))?
         .into_parts();
-    if parts.uri.authority().is_none() {
-        return Err(bad("no host: give http://host/path".to_owned()));
-    }
-    Ok(parts)
+    Ok((parts, url))
 }
 
 /// The address a request for `uri` reaches the waypoint at: the host's own,
@@ -451,7 +503,13 @@ fn destination_address(
         .unwrap_or_default()
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip.to_canonical(), port));
     }

@@ -99,6 +99,10 @@ pub fn install(pins: &Pins, cgroup: &Path) -> Result<Installed, DatapathError> {
             // guards kept, and no moment without capture.
             let cgroup_fd = open_cgroup(cgroup)?;
             upgrade_in_place(pins, bytes, &cgroup_fd, cgroup)?;
+            if let Some((name, mismatch)) = layout_mismatches(pins).into_iter().next() {
+                // As after a fresh install: a build mistake, caught here.
+                return Err(DatapathError::Layout(format!("{name}: {mismatch}")));
+            }
             record_object(pins, hash)?;
             info!(pins = %pins.root().display(), "programs upgraded in place");
             return Ok(Installed::Upgraded);
@@ -195,8 +199,37 @@ fn upgrade_in_place(
     let _ = fs::remove_file(pins.prog(program::GUARD));
     let guard_fd = install_guard(&mut ebpf, pins)?;
     for path in guard_links(pins)? {
+        // A pod whose veth went while no agent ran: its link is dead (the
+        // kernel detached it) and cannot take a program; it goes.
+        if link::tcx_link_ifindex(&path).is_ok_and(|ifindex| ifindex == 0) {
+            info!(link = %path.display(), "unpinning the guard of an interface that is gone");
+            fs::remove_file(&path).map_err(DatapathError::io("unpinning", &path))?;
+            continue;
+        }
         link::update_pinned_link(&path, guard_fd.as_fd())
             .map_err(|e| DatapathError::io("updating link", path)(e))?;
+    }
+    remove_strays(pins)?;
+    Ok(())
+}
+
+/// Unpins what an older build left that this one does not have: a link of a
+/// program gone or renamed (it would keep running beside its successor) and
+/// a map no program uses.
+fn remove_strays(pins: &Pins) -> Result<(), DatapathError> {
+    let strays = pin_files(&pins.links_dir())?.into_iter().filter(|path| {
+        path.file_name().is_some_and(|name| {
+            let name = name.to_string_lossy();
+            !name.starts_with("guard_") && !program::CGROUP.contains(&name.as_ref())
+        })
+    });
+    let stray_maps = pin_files(&pins.maps_dir())?.into_iter().filter(|path| {
+        path.file_name()
+            .is_some_and(|name| !map::ALL.contains(&name.to_string_lossy().as_ref()))
+    });
+    for path in strays.chain(stray_maps) {
+        info!(pin = %path.display(), "unpinning what an older build left");
+        fs::remove_file(&path).map_err(DatapathError::io("unpinning", &path))?;
     }
     Ok(())
 }

@@ -773,12 +773,36 @@ fn another_version_is_upgraded_in_place_or_reinstalled() -> Result<()> {
     );
     ensure!(bpftool_cgroup_programs(mesh.node())? == program::CGROUP.len());
 
-    // An older build: without a program this one has, with fewer counters.
-    // Upgraded all the same: the missing program attached, the counters
-    // started over, the rest kept (the pod's enrollment, its STRICT guard).
+    // An older build: without a program this one has, with a program under
+    // a name this one no longer uses, with fewer counters and a map this one
+    // does not have. Upgraded all the same: the missing program attached,
+    // the renamed one's old link gone (else both would run), the counters
+    // started over, the stray map unpinned, the rest kept (the pod's
+    // enrollment, its STRICT guard).
     mesh.agent.stop()?;
     let bpffs = mesh.node().bpffs.clone();
-    std::fs::remove_file(bpffs.join("links").join(program::GETPEERNAME6))?;
+    let links = bpffs.join("links");
+    std::fs::remove_file(links.join(program::GETPEERNAME6))?;
+    std::fs::rename(
+        links.join(program::GETPEERNAME4),
+        links.join("warren_getpeername4"),
+    )?;
+    let stray_map = bpffs.join("maps/WARREN_SHORTCUT_BUDGET");
+    bpftool(&[
+        "map",
+        "create",
+        &stray_map.to_string_lossy(),
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "8",
+        "entries",
+        "1",
+        "name",
+        "WARREN_OLD",
+    ])?;
     let counters = bpffs.join("maps/WARREN_COUNTERS");
     std::fs::remove_file(&counters)?;
     let counters = counters.to_string_lossy().into_owned();
@@ -804,6 +828,10 @@ fn another_version_is_upgraded_in_place_or_reinstalled() -> Result<()> {
         mesh.agent.output()
     );
     ensure!(bpftool_cgroup_programs(mesh.node())? == program::CGROUP.len());
+    ensure!(
+        !links.join("warren_getpeername4").exists() && !stray_map.exists(),
+        "an older build's pins were left"
+    );
     ensure!(
         attachments(mesh.node())?.len() == before.len(),
         "attachments {before:?} → {:?}",

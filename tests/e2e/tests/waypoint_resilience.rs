@@ -19,6 +19,7 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
+    agent::warrenctl_text,
     mesh::{
         eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway, waypoint_metrics,
     },
@@ -1100,6 +1101,63 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
             .collect::<Vec<_>>()
             .join("\n")
     );
+
+    // The waypoint explains the TCP route it took, and a gRPC abort for every
+    // call (nothing after it: no route, no retries).
+    let config_dir = shop.cluster.config_dir().to_string_lossy().into_owned();
+    let grpc_faulty = format!(
+        "http://{}:9090/grpc.health.v1.Health/Check",
+        shop.vip("grpc-faulty")?
+    );
+    for (request, says, never) in [
+        (
+            vec![format!("http://{db}/")],
+            vec![
+                "tcp rule",
+                "relay to db.shop.svc.cluster.local subset v2 (100%)",
+                "verdict: forwarded",
+            ],
+            "retries",
+        ),
+        (
+            vec![
+                "-X".to_owned(),
+                "POST".to_owned(),
+                "-H".to_owned(),
+                "content-type: application/grpc".to_owned(),
+                grpc_faulty,
+            ],
+            vec![
+                "a gRPC call",
+                "abort with gRPC status 14 for 100% of requests",
+                "verdict: answered",
+            ],
+            "retries",
+        ),
+    ] {
+        let mut args = vec![
+            "waypoint",
+            "explain",
+            "-n",
+            NS,
+            "--config-dir",
+            &config_dir,
+            "--from",
+            "shop/client",
+        ];
+        args.extend(request.iter().map(String::as_str));
+        let shown = warrenctl_text(&args)?;
+        for part in says {
+            ensure!(
+                shown.contains(part),
+                "warrenctl waypoint explain {request:?} does not say {part:?}:\n{shown}"
+            );
+        }
+        ensure!(
+            !shown.contains(never),
+            "{request:?} goes no further, yet:\n{shown}"
+        );
+    }
 
     // maxConnectionDuration 1s: an idle connection to the db port is
     // closed by the waypoint after a second, not left to the client's 5 s.

@@ -1343,7 +1343,8 @@ fn grpc_timeout(headers: &HeaderMap) -> Option<std::time::Duration> {
     })
 }
 
-fn is_grpc(headers: &HeaderMap) -> bool {
+/// Whether a request or an answer is gRPC (its content type).
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

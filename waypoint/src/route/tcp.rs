@@ -158,6 +158,11 @@ impl TcpRule {
         self.matches.is_empty() || self.matches.iter().any(|m| m.fits(c))
     }
 
+    /// Where it sends connections, each with its weight.
+    pub fn destinations(&self) -> &[RouteDestination] {
+        &self.destinations
+    }
+
     /// A destination drawn by weight.
     pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<&RouteDestination> {
         let total: u64 = self.destinations.iter().map(|d| u64::from(d.weight)).sum();

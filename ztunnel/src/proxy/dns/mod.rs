@@ -301,8 +301,9 @@ pub fn answer_pod(inputs: &Inputs, pod: &Workload, query: &[u8], transport: Tran
     }
     let limit = match transport {
         Transport::Tcp => usize::from(u16::MAX),
+        // No larger than offered here either: what passes unfragmented.
         Transport::Udp => packet.opt().map_or(PLAIN_UDP_MESSAGE, |opt| {
-            usize::from(opt.udp_packet_size).clamp(PLAIN_UDP_MESSAGE, MAX_MESSAGE)
+            usize::from(opt.udp_packet_size).clamp(PLAIN_UDP_MESSAGE, usize::from(EDNS_SIZE))
         }),
     };
     let built = match reply.build_bytes_vec_compressed() {

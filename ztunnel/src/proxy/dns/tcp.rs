@@ -37,6 +37,9 @@ const MAX_PER_SOURCE: usize = 16;
 /// How long a connection may stay quiet between queries, or leave an answer
 /// unread: resolvers send theirs at once.
 const IDLE: Duration = Duration::from_secs(10);
+/// A zone transfer's server silent this long after its first message has
+/// sent them all.
+const TRANSFER_PAUSE: Duration = Duration::from_secs(1);
 
 /// Answers DNS over TCP on `listener` until draining starts.
 pub async fn serve(inputs: Arc<Inputs>, listener: TcpListener, drain: drain::Watch) {
@@ -46,7 +49,7 @@ pub async fn serve(inputs: Arc<Inputs>, listener: TcpListener, drain: drain::Wat
     let limits = Arc::new(Limits::new());
     accept_loop(listener, drain, "DNS proxy", move |client, peer, drain| {
         let inputs = Arc::clone(&inputs);
-        let slot = limits.take(peer.ip());
+        let slot = limits.take(peer.ip().to_canonical());
         async move {
             match slot {
                 Some(_slot) => serve_connection(&inputs, client, peer, drain).await,
@@ -156,20 +159,30 @@ fn is_zone_transfer(query: &[u8]) -> bool {
     })
 }
 
-/// Relays a zone transfer's messages from `server` until it closes, or stops
-/// sending for [`FORWARD_TIMEOUT`].
+/// Relays a zone transfer's messages from `server`: until it closes, or,
+/// once it has sent some, until it pauses for [`TRANSFER_PAUSE`] (servers
+/// keep the connection open after the last one).
 async fn transfer(server: SocketAddr, client: &mut TcpStream, query: &[u8]) -> std::io::Result<()> {
     let mut upstream = timeout(FORWARD_TIMEOUT, TcpStream::connect(server))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting"))??;
     write_message(&mut upstream, query).await?;
-    while let Some(message) = timeout(FORWARD_TIMEOUT, read_message(&mut upstream))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the transfer stalled"))??
-    {
-        send(client, &message).await?;
+    let mut wait = FORWARD_TIMEOUT;
+    loop {
+        match timeout(wait, read_message(&mut upstream)).await {
+            Ok(Ok(Some(message))) => send(client, &message).await?,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(error)) => return Err(error),
+            Err(_) if wait == TRANSFER_PAUSE => return Ok(()),
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the server did not answer the transfer",
+                ));
+            }
+        }
+        wait = TRANSFER_PAUSE;
     }
-    Ok(())
 }
 
 /// The connections open, in all and per source address.
