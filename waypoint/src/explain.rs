@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::{Method, StatusCode, Uri};
 use serde::Serialize;
 use warren_ztunnel::{
+    explain::Step,
     http_endpoint::{Reply, json, text},
     state::service::Protocol,
 };
@@ -40,16 +41,6 @@ pub struct Question {
     pub headers: Vec<String>,
 }
 
-/// One step, in the order the waypoint takes them.
-#[derive(Debug, Serialize)]
-pub struct Step {
-    /// `caller`, `destination`, `policy`, `route`, `fault`, `action`,
-    /// `timeout`, `retries` or `mirror`.
-    pub stage: &'static str,
-    /// What happens there, in words.
-    pub detail: String,
-}
-
 /// How the request ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -67,11 +58,10 @@ pub enum Verdict {
     Refused,
 }
 
-#[derive(Debug, Serialize)]
-pub struct Explanation {
-    pub steps: Vec<Step>,
-    pub verdict: Verdict,
-}
+/// The steps (stages `caller`, `destination`, `note`, `policy`, `route`,
+/// `fault`, `action`, `timeout`, `retries`, `mirror`) and the verdict, as
+/// ztunnel's `/explain` gives a connection's.
+pub type Explanation = warren_ztunnel::explain::Explanation<Verdict>;
 
 /// Why a question could not be answered here.
 #[derive(Debug, thiserror::Error)]

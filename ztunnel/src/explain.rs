@@ -25,10 +25,11 @@ use crate::{
     state::{Pick, State, Upstream, Workload},
 };
 
-/// One step of the path, in the order the data path takes them.
+/// One step of the path, in the order the data path takes them (the
+/// waypoint's `/explain` tells its steps the same way).
 #[derive(Debug, Serialize)]
 pub struct Step {
-    /// `source`, `name`, `destination`, `route`, `policy` or `note`.
+    /// Here `source`, `name`, `destination`, `route`, `policy` or `note`.
     pub stage: &'static str,
     /// What happens there, in words.
     pub detail: String,
@@ -48,11 +49,12 @@ pub enum Verdict {
     Refused,
 }
 
-/// The steps and the verdict.
+/// The steps and how they end: a [`Verdict`] here, a request's verdict in
+/// the waypoint.
 #[derive(Debug, Serialize)]
-pub struct Explanation {
+pub struct Explanation<V = Verdict> {
     pub steps: Vec<Step>,
-    pub verdict: Verdict,
+    pub verdict: V,
 }
 
 /// Why a question could not be answered here.

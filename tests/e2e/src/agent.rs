@@ -227,6 +227,30 @@ pub fn warrenctl_explain(node: &Node, from: &str, to: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `warrenctl waypoint explain` of `namespace`'s waypoint (its pods found in
+/// `config_dir`) for a request from `from` (`namespace/pod`): `request` is
+/// what follows (`-X`, `-H`, the URL). What it printed.
+pub fn warrenctl_waypoint_explain(
+    config_dir: &std::path::Path,
+    namespace: &str,
+    from: &str,
+    request: &[&str],
+) -> Result<String> {
+    let config_dir = config_dir.to_string_lossy();
+    let mut args = vec![
+        "waypoint",
+        "explain",
+        "-n",
+        namespace,
+        "--config-dir",
+        &config_dir,
+        "--from",
+        from,
+    ];
+    args.extend_from_slice(request);
+    warrenctl_text(&args)
+}
+
 /// Runs `warrenctl ARGS…` and returns what it printed; fails with its
 /// stderr if it exits non-zero.
 pub fn warrenctl_text(args: &[&str]) -> Result<String> {

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
-    agent::warrenctl_text,
+    agent::{warrenctl_text, warrenctl_waypoint_explain},
     mesh::{
         eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway, waypoint_metrics,
     },
@@ -436,19 +436,8 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
     );
 
     // The waypoint explains each request above as it took it.
-    let explain = |extra: &[&str]| {
-        let mut args = vec![
-            "waypoint",
-            "explain",
-            "-n",
-            "demo",
-            "--config-dir",
-            &config_dir,
-            "--from",
-            "demo/client",
-        ];
-        args.extend_from_slice(extra);
-        warrenctl_text(&args)
+    let explain = |request: &[&str]| {
+        warrenctl_waypoint_explain(&cluster.config_dir(), "demo", "demo/client", request)
     };
     let host = "http://app.demo.svc.cluster.local/";
     let old = format!("{url}old");

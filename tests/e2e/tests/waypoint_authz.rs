@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
-    agent::warrenctl_text,
+    agent::warrenctl_waypoint_explain,
     mesh::{eventually, start_mesh, start_waypoint, waypoint_gateway},
     workload::{count_status, load, start_http_server},
 };
@@ -237,21 +237,9 @@ fn a_waypoint_enforces_attached_authorization_policies() -> Result<()> {
     );
     // The waypoint explains each refusal, naming the policy, and a request
     // it lets through.
-    let config_dir = config.to_string_lossy().into_owned();
     let explain = |from: &str, extra: &[&str]| {
-        let mut args = vec![
-            "waypoint",
-            "explain",
-            "-n",
-            "demo",
-            "--config-dir",
-            &config_dir,
-            "--from",
-            from,
-        ];
-        args.extend_from_slice(extra);
-        args.push(&url);
-        warrenctl_text(&args)
+        let request = [extra, &[url.as_str()]].concat();
+        warrenctl_waypoint_explain(&config, "demo", from, &request)
     };
     for (from, extra, says) in [
         (

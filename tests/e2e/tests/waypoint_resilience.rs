@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
-    agent::warrenctl_text,
+    agent::warrenctl_waypoint_explain,
     mesh::{
         eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway, waypoint_metrics,
     },
@@ -1104,7 +1104,6 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
 
     // The waypoint explains the TCP route it took, and a gRPC abort for every
     // call (nothing after it: no route, no retries).
-    let config_dir = shop.cluster.config_dir().to_string_lossy().into_owned();
     let grpc_faulty = format!(
         "http://{}:9090/grpc.health.v1.Health/Check",
         shop.vip("grpc-faulty")?
@@ -1135,18 +1134,9 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
             "retries",
         ),
     ] {
-        let mut args = vec![
-            "waypoint",
-            "explain",
-            "-n",
-            NS,
-            "--config-dir",
-            &config_dir,
-            "--from",
-            "shop/client",
-        ];
-        args.extend(request.iter().map(String::as_str));
-        let shown = warrenctl_text(&args)?;
+        let request: Vec<&str> = request.iter().map(String::as_str).collect();
+        let shown =
+            warrenctl_waypoint_explain(&shop.cluster.config_dir(), NS, "shop/client", &request)?;
         for part in says {
             ensure!(
                 shown.contains(part),
