@@ -519,3 +519,87 @@ fn destination_address(
         .ok_or_else(unknown)?;
     Ok(SocketAddr::new(ip, port))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn question(url: &str, headers: &[&str]) -> Question {
+        Question {
+            from: "demo/client".into(),
+            method: String::new(),
+            url: url.into(),
+            headers: headers.iter().map(|h| (*h).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_query_names_the_request() {
+        let asked = Question::from_query(
+            "from=demo%2Fclient&url=http%3A%2F%2Fapp%2Fx%3Fa%3D1&method=POST&header=end-user%3A+jason&header=x-a%3A+b",
+        )
+        .expect("a question");
+        assert_eq!(asked.from, "demo/client");
+        assert_eq!(asked.url, "http://app/x?a=1");
+        assert_eq!(asked.method, "POST");
+        assert_eq!(asked.headers, ["end-user: jason", "x-a: b"]);
+        for bad in [
+            "",
+            "from=demo%2Fclient",
+            "url=http%3A%2F%2Fapp%2F",
+            "from=a%2Fb&url=x&color=red",
+        ] {
+            assert!(
+                matches!(Question::from_query(bad), Err(ExplainError::Usage)),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// As HTTP/1.1 brings it: origin form, the host in `Host` unless a header
+    /// names another.
+    #[test]
+    fn the_request_arrives_as_http1_brings_it() {
+        let (parts, url) = request_parts(&question(
+            "http://app.demo:8080/a/b?c=d",
+            &["end-user: jason"],
+        ))
+        .expect("a request");
+        assert_eq!(parts.method, Method::GET);
+        assert_eq!(parts.uri, "/a/b?c=d");
+        assert_eq!(parts.headers[http::header::HOST], "app.demo:8080");
+        assert_eq!(parts.headers["end-user"], "jason");
+        assert_eq!(url.port_u16(), Some(8080));
+        let (parts, _) = request_parts(&question("http://10.96.0.10/", &["Host: other.example"]))
+            .expect("a request");
+        assert_eq!(parts.headers[http::header::HOST], "other.example");
+        for (url, headers) in [
+            ("/no-host", &[][..]),
+            ("http://app/", &["no colon"][..]),
+            ("http://app/", &["bad name: x"][..]),
+            ("not a url at all", &[][..]),
+        ] {
+            assert!(
+                matches!(
+                    request_parts(&question(url, headers)),
+                    Err(ExplainError::BadRequest { .. })
+                ),
+                "{url} {headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn shares_are_given_to_a_tenth() {
+        assert_eq!(share_of(80, 100), "80%");
+        assert_eq!(share_of(1, 3), "33.3%");
+        assert_eq!(share_of(2, 3), "66.7%");
+        assert_eq!(
+            share_of(u64::from(u32::MAX), 2 * u64::from(u32::MAX)),
+            "50%"
+        );
+        assert_eq!(share_of(0, 0), "0%");
+        assert_eq!(share(500_000), "50%");
+        assert_eq!(share(1_000_000), "100%");
+    }
+}
