@@ -23,7 +23,10 @@ use clap::Parser;
 use serde::Deserialize as _;
 use serde_json::Value;
 use warren_e2e::{
-    agent::{Counter, agent_socket, datapath, warrenctl, warrenctl_explain, warrenctl_text},
+    agent::{
+        Counter, agent_socket, datapath, warrenctl, warrenctl_explain, warrenctl_text,
+        warrenctl_waypoint_explain,
+    },
     cni::{self, Runtime},
     dns::{Send, resolve},
     mesh::{Mesh, MeshOptions, eventually, metric_sum, scrape_metrics, start_mesh_with},
@@ -1004,6 +1007,22 @@ impl Demo {
         ensure!(
             v1 + ov2 == 200 && v1 > ov2,
             "others should stay on the 80/20 canary: {others}"
+        );
+        // Why: the waypoint explains the route a request of jason's takes.
+        let host = "http://app.shop.svc.cluster.local/";
+        println!(
+            "   $ warrenctl waypoint explain -n shop --from shop/client -H 'end-user: jason' {host}"
+        );
+        let explained = warrenctl_waypoint_explain(
+            &self.cluster.config_dir(),
+            SHOP,
+            "shop/client",
+            &["-H", "end-user: jason", host],
+        )?;
+        show_output(&explained);
+        ensure!(
+            explained.contains("subset v2 (100%)") && explained.contains("verdict: forwarded"),
+            "warrenctl waypoint explain does not say jason goes to v2:\n{explained}"
         );
         Ok(format!(
             "end-user: jason → v2 {v2}/200; without the header: v1 {v1}, v2 {ov2} of 200 (canary kept)"
