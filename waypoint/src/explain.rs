@@ -22,7 +22,11 @@ use warren_ztunnel::{
 use crate::{
     app::Context,
     authz,
-    proxy::{destination, http::is_grpc, serves},
+    proxy::{
+        destination,
+        http::{grpc_timeout, is_grpc},
+        serves,
+    },
     route::{
         Abort, Action, FaultAbort, HttpRule, Lookup, RequestInfo, RouteDestination, Scope,
         tcp::{ConnectionInfo, TcpRouted},
@@ -281,12 +285,16 @@ pub fn explain(ctx: &Context, question: &Question) -> Result<Explanation, Explai
             return done(steps, Verdict::NotRouted);
         }
     };
-    let verdict = describe(rule, &mut step);
+    let verdict = describe(rule, &parts.headers, &mut step);
     done(steps, verdict)
 }
 
 /// What a routed request meets: faults, the action, timeout, retries, mirrors.
-fn describe(rule: &HttpRule, step: &mut impl FnMut(&'static str, String)) -> Verdict {
+fn describe(
+    rule: &HttpRule,
+    headers: &http::HeaderMap,
+    step: &mut impl FnMut(&'static str, String),
+) -> Verdict {
     if let Some(fault) = &rule.fault {
         if let Some(delay) = &fault.delay {
             step(
@@ -340,9 +348,16 @@ fn describe(rule: &HttpRule, step: &mut impl FnMut(&'static str, String)) -> Ver
     }
     step(
         "timeout",
-        match rule.timeout {
-            Some(limit) => format!("{limit:?} for the whole exchange, retries included"),
-            None => "none".to_owned(),
+        // A gRPC client's deadline counts too, as the data path counts it.
+        match (rule.timeout, grpc_timeout(headers)) {
+            (Some(route), Some(grpc)) if grpc < route => {
+                format!(
+                    "{grpc:?}, the call's grpc-timeout (the route's is {route:?}), retries included"
+                )
+            }
+            (Some(limit), _) => format!("{limit:?} for the whole exchange, retries included"),
+            (None, Some(grpc)) => format!("{grpc:?}, the call's grpc-timeout, retries included"),
+            (None, None) => "none".to_owned(),
         },
     );
     let retries = &rule.retries;

@@ -141,7 +141,9 @@ pub async fn explain(inputs: &Inputs, from: &str, to: &str) -> Result<Explanatio
     if let Some((host, ip)) = named {
         step(
             "destination",
-            format!("its endpoint is named {host}: DNS gives {ip}"),
+            format!(
+                "its endpoint is named {host}: DNS gives {ip} now (a connection picks among the addresses as the ServiceEntry's resolution says)"
+            ),
         );
     }
     let verdict = match upstream {

@@ -1324,7 +1324,7 @@ fn closeness(
 /// The `grpc-timeout` header: up to 8 digits and a unit (`H`, `M`, `S`,
 /// `m`, `u`, `n`); `None` when absent or malformed (then ignored, as Envoy
 /// does).
-fn grpc_timeout(headers: &HeaderMap) -> Option<std::time::Duration> {
+pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<std::time::Duration> {
     use std::time::Duration;
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);

@@ -49,6 +49,15 @@ pub fn get(addr: SocketAddr, path: &str) -> Result<Vec<u8>> {
     split_answer(&answer).with_context(|| format!("the answer of {addr}{path}"))
 }
 
+/// A proxy that answered, with another status than 200: what it said, which
+/// asking it again (or another pod of it) would not change.
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {body}")]
+pub struct Answered {
+    pub status: String,
+    pub body: String,
+}
+
 /// The body of a `200` answer.
 fn split_answer(answer: &[u8]) -> Result<Vec<u8>> {
     let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
@@ -59,10 +68,13 @@ fn split_answer(answer: &[u8]) -> Result<Vec<u8>> {
     let body = answer[end + 4..].to_vec();
     match status.split_whitespace().nth(1) {
         Some("200") => Ok(body),
-        Some(_) => bail!(
-            "{status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
-        ),
+        Some(_) => Err(Answered {
+            status: status.to_owned(),
+            body: String::from_utf8_lossy(&body[..body.len().min(200)])
+                .trim()
+                .to_owned(),
+        }
+        .into()),
         None => bail!("not an HTTP status line: {status:?}"),
     }
 }
@@ -83,6 +95,10 @@ mod tests {
         let error = split_answer(b"HTTP/1.0 404 Not Found\r\n\r\nno such page")
             .expect_err("a 404 is an error");
         assert_eq!(error.to_string(), "HTTP/1.0 404 Not Found: no such page");
+        assert!(
+            error.is::<Answered>(),
+            "an answer, not a failure to get one"
+        );
         let error = split_answer(b"HTTP/1.0 200 OK\r\n").expect_err("truncated");
         assert!(error.to_string().contains("no complete HTTP head"));
         let error = split_answer(b"garbage\r\n\r\n").expect_err("not HTTP");

@@ -354,6 +354,10 @@ fn explain(target: &Target, request: &Request, admin_port: u16, json: bool) -> R
                 println!("waypoint pod {}", pod.name);
                 return crate::explain::print(&body, json);
             }
+            // The question was read and answered: no other pod says otherwise.
+            Err(err) if err.chain().any(|e| e.is::<admin::Answered>()) => {
+                return Err(err.context(format!("waypoint pod {}", pod.name)));
+            }
             Err(err) => failed.push(format!("{}: {err:#}", pod.name)),
         }
     }
