@@ -70,8 +70,12 @@ pub enum ExplainError {
     NotInMesh(String),
     #[error("{0} has no address")]
     NoAddress(String),
-    #[error("{0:?} is neither address:port nor host:port (an IPv6 address goes in brackets)")]
+    #[error(
+        "{0:?} is neither address:port, host:port nor namespace/pod:port (an IPv6 address goes in brackets)"
+    )]
     BadDestination(String),
+    #[error("no pod {0:?} is known to this ztunnel")]
+    UnknownDestination(String),
     #[error("{host} is no name of the mesh that namespace {namespace} sees: {why}")]
     NotMeshName {
         host: String,
@@ -81,8 +85,8 @@ pub enum ExplainError {
 }
 
 /// Explains a connection from `from` (a pod of this node: an address, or
-/// `namespace/name`) to `to` (`address:port`, or `host:port` for a name the
-/// DNS proxy answers).
+/// `namespace/name`) to `to` (`address:port`, `host:port` for a name the
+/// DNS proxy answers, or `namespace/pod:port` for a pod's own address).
 pub async fn explain(inputs: &Inputs, from: &str, to: &str) -> Result<Explanation, ExplainError> {
     let state = &inputs.state;
     let source = source(state, from)?;
@@ -285,6 +289,21 @@ fn destination(
     // An address without its brackets, or a name with a port of its own.
     if host.parse::<IpAddr>().is_ok() || host.contains(':') {
         return Err(bad());
+    }
+    // A pod by name, dialled at its own address.
+    if let Some((namespace, name)) = host.split_once('/') {
+        let pod = state
+            .find_workload(|w| w.namespace == namespace && w.name == name)
+            .ok_or_else(|| ExplainError::UnknownDestination(host.to_owned()))?;
+        let ip = pod
+            .addresses
+            .iter()
+            .copied()
+            .find(IpAddr::is_ipv4)
+            .or_else(|| pod.addresses.first().copied())
+            .ok_or_else(|| ExplainError::NoAddress(host.to_owned()))?;
+        step("name", format!("pod {host} is at {ip}"));
+        return Ok(SocketAddr::new(ip, port));
     }
     let not_mesh = |why| ExplainError::NotMeshName {
         host: host.to_owned(),

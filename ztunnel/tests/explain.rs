@@ -169,6 +169,14 @@ async fn explain_tells_what_a_connection_meets() {
         "the connection did not take its turn"
     );
 
+    // A pod by name: its own address.
+    let (verdict, steps) = explained(&mesh, &client, "demo/server:9").await;
+    assert!(
+        steps.contains(&format!("name: pod demo/server is at {}", mesh.server.ip())),
+        "{steps}"
+    );
+    assert_eq!(verdict, "allowed", "{steps}");
+
     // A DENY policy on the server: denied, naming the policy, and refused indeed.
     let deny = policy(
         "no-clients",
@@ -273,11 +281,8 @@ async fn explain_tells_what_a_connection_meets() {
             "dynamic.example.com:80",
             "without addresses",
         ),
-        (
-            client.as_str(),
-            "nowhere",
-            "neither address:port nor host:port",
-        ),
+        (client.as_str(), "nowhere", "neither address:port"),
+        (client.as_str(), "demo/nobody:80", "no pod \"demo/nobody\""),
         (client.as_str(), "fd00::1:80", "in brackets"),
     ] {
         let (status, body) = explain(&mesh, from, to).await;

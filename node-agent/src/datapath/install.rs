@@ -86,7 +86,11 @@ pub fn install(pins: &Pins, cgroup: &Path) -> Result<Installed, DatapathError> {
                 let path = pins.map(name);
                 fs::remove_file(&path).map_err(DatapathError::io("unpinning", &path))?;
             }
+            // Links on another cgroup (`--cgroup` changed) or on one that is
+            // gone capture nothing here: they go, and are attached again.
+            let moved = unpin_links_elsewhere(pins, cgroup)?;
             if reshaped.is_empty()
+                && moved == 0
                 && present == expected.len()
                 && installed_object(pins) == Some(hash)
             {
@@ -211,6 +215,30 @@ fn upgrade_in_place(
     }
     remove_strays(pins)?;
     Ok(())
+}
+
+/// Unpins the cgroup links attached to another cgroup than `cgroup`, or to
+/// one that is gone; how many.
+fn unpin_links_elsewhere(pins: &Pins, cgroup: &Path) -> Result<usize, DatapathError> {
+    use std::os::unix::fs::MetadataExt as _;
+    // A cgroup's id is its folder's inode number.
+    let target = fs::metadata(cgroup)
+        .map_err(DatapathError::io("reading cgroup", cgroup))?
+        .ino();
+    let mut moved = 0;
+    for name in program::CGROUP {
+        let path = pins.link(name);
+        if !path.exists() {
+            continue;
+        }
+        let attached = link::cgroup_link_id(&path).unwrap_or(0);
+        if attached != target {
+            warn!(link = %path.display(), attached, target, "link attached elsewhere than --cgroup; attaching it again");
+            fs::remove_file(&path).map_err(DatapathError::io("unpinning", &path))?;
+            moved += 1;
+        }
+    }
+    Ok(moved)
 }
 
 /// Unpins what an older build left that this one does not have: a link of a

@@ -129,6 +129,23 @@ pub(super) fn tcx_link_ifindex(pin: &Path) -> io::Result<u32> {
     Ok(u32::from_ne_bytes([info[16], info[17], info[18], info[19]]))
 }
 
+/// The cgroup a pinned cgroup link is attached to (the id, which is the
+/// cgroup folder's inode number); 0 once that cgroup is gone.
+pub(super) fn cgroup_link_id(pin: &Path) -> io::Result<u64> {
+    let link = obj_get(pin)?;
+    // struct bpf_link_info: type u32 @0, id u32 @4, prog_id u32 @8, then a
+    // union aligned to 8 whose cgroup member is { cgroup_id u64 @16, attach_type }.
+    let mut info = [0u8; 128];
+    let mut attr = Attr::zeroed();
+    attr.put_u32(0, link.as_raw_fd() as u32);
+    attr.put_u32(4, info.len() as u32);
+    attr.put_u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&info[16..24]);
+    Ok(u64::from_ne_bytes(id))
+}
+
 /// Swaps the program inside the link pinned at `pin` for `new_prog`,
 /// atomically: the attachment never goes away, and the old and new
 /// programs never both run.

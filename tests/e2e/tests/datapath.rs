@@ -496,6 +496,38 @@ fn pins_outlive_the_agent_and_a_restart_adopts_them() -> Result<()> {
         "counters restarted"
     );
 
+    // Restarted with another --cgroup (here the node's pods' subtree, which
+    // the stand-in proxy is outside of), then with the first one again: the
+    // links follow --cgroup each time, and capture works where they are.
+    mesh.agent.stop()?;
+    let mut moved = mesh.node().clone();
+    moved.cgroup = moved.pods_cgroup.clone();
+    mesh.agent = start_agent_with(&mesh.cluster, &moved, AGENT_ARGS)?;
+    let on = |node: &Node| bpftool_cgroup_programs(node);
+    ensure!(
+        mesh.agent.output().contains("attached elsewhere")
+            && on(&moved)? == program::CGROUP.len()
+            && on(mesh.node())? == 0,
+        "programs on the new cgroup: {}, on the old: {}\n{}",
+        on(&moved)?,
+        on(mesh.node())?,
+        mesh.agent.output()
+    );
+    mesh.agent.stop()?;
+    mesh.agent = start_agent_with(&mesh.cluster, mesh.node(), AGENT_ARGS)?;
+    ensure!(
+        on(mesh.node())? == program::CGROUP.len() && on(&moved)? == 0,
+        "programs back on the node's cgroup: {}, left on the pods': {}",
+        on(mesh.node())?,
+        on(&moved)?
+    );
+    let before = mesh.captured_from(&client).len();
+    all_ok(&client, &url(&remote, 8080), 1)?;
+    ensure!(
+        mesh.captured_from(&client).len() == before + 1,
+        "not captured after the links came back"
+    );
+
     // Uninstall removes everything; traffic then goes direct.
     mesh.agent.stop()?;
     let agent = binaries::path("warren-node-agent")?;

@@ -15,8 +15,9 @@ use crate::{admin, config::Output, table};
 pub struct ExplainArgs {
     /// The source pod, on this node: its address, or NAMESPACE/NAME.
     from: String,
-    /// The destination: ADDRESS:PORT, or HOST:PORT for a Service or
-    /// ServiceEntry host (as the pod's DNS proxy answers it).
+    /// The destination: ADDRESS:PORT, HOST:PORT for a Service or
+    /// ServiceEntry host (as the pod's DNS proxy answers it), or
+    /// NAMESPACE/POD:PORT for a pod's own address.
     to: String,
     /// ztunnel's admin endpoint (`--admin-addr` of warren-ztunnel).
     #[arg(long, default_value = "127.0.0.1:15000")]
