@@ -5,8 +5,9 @@
 //!
 //! Bounded so that no pod, nor anyone reaching the port from off the node, can
 //! take the descriptors the node's connections need: [`MAX_CONNECTIONS`] at
-//! once, [`MAX_PER_SOURCE`] from one address, each closed after [`IDLE`]
-//! without a query or with an answer it does not read.
+//! once, [`MAX_PER_SOURCE`] from one address, [`MAX_WAITING`] from addresses
+//! ztunnel does not know yet, each closed after [`IDLE`] without a query or
+//! with an answer it does not read.
 
 use std::{
     collections::HashMap,
@@ -34,6 +35,10 @@ use crate::{
 const MAX_CONNECTIONS: usize = 256;
 /// DNS connections open at once from one address.
 const MAX_PER_SOURCE: usize = 16;
+/// Connections from addresses of no pod of this node (yet) waiting at once
+/// for the agent's update: a pod captured as its sandbox was built asks
+/// before ztunnel knows it, but so can anyone reaching the port.
+const MAX_WAITING: usize = 16;
 /// How long a connection may stay quiet between queries, or leave an answer
 /// unread: resolvers send theirs at once.
 const IDLE: Duration = Duration::from_secs(10);
@@ -47,12 +52,16 @@ pub async fn serve(inputs: Arc<Inputs>, listener: TcpListener, drain: drain::Wat
         info!(%addr, "DNS proxy (TCP) ready");
     }
     let limits = Arc::new(Limits::new());
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     accept_loop(listener, drain, "DNS proxy", move |client, peer, drain| {
         let inputs = Arc::clone(&inputs);
         let slot = limits.take(peer.ip().to_canonical());
+        let limits_waiting = Arc::clone(&waiting);
         async move {
             match slot {
-                Some(_slot) => serve_connection(&inputs, client, peer, drain).await,
+                Some(_slot) => {
+                    serve_connection(&inputs, &limits_waiting, client, peer, drain).await
+                }
                 None => {
                     inputs.metrics.dns_query("tcp", "overloaded");
                     debug!(%peer, "DNS proxy: too many connections; reset one");
@@ -68,17 +77,27 @@ pub async fn serve(inputs: Arc<Inputs>, listener: TcpListener, drain: drain::Wat
 /// query, or draining starts.
 async fn serve_connection(
     inputs: &Inputs,
+    waiting: &Arc<Semaphore>,
     mut client: TcpStream,
     peer: SocketAddr,
     mut drain: drain::Watch,
 ) {
     let metrics = &inputs.metrics;
-    // As over UDP: this node's pods only, a newcomer's update waited for.
+    // As over UDP: this node's pods only, a newcomer's update waited for,
+    // by a few connections at a time (anyone can reach the port).
     let ip = peer.ip().to_canonical();
-    let pod = inputs
-        .state
-        .wait_for(inputs.config.catch_up_wait, |s| s.local_workload_by_ip(ip))
-        .await;
+    let pod = match inputs.state.local_workload_by_ip(ip) {
+        Some(pod) => Some(pod),
+        None => match Arc::clone(waiting).try_acquire_owned() {
+            Ok(_waiting) => {
+                inputs
+                    .state
+                    .wait_for(inputs.config.catch_up_wait, |s| s.local_workload_by_ip(ip))
+                    .await
+            }
+            Err(_) => None,
+        },
+    };
     let Some(pod) = pod else {
         metrics.dns_query("tcp", "dropped");
         debug!(%peer, "DNS proxy: a TCP connection from no pod of this node; reset");
