@@ -78,6 +78,8 @@ pub enum ExplainError {
     UnknownCaller(String),
     #[error("{0} has no mesh identity: it reaches no waypoint")]
     NotInMesh(String),
+    #[error("{0} has no address")]
+    NoAddress(String),
     #[error("{url:?} is not a request this waypoint can read: {why}")]
     BadRequest { url: String, why: String },
     #[error(
@@ -137,12 +139,8 @@ pub fn explain(ctx: &Context, question: &Question) -> Result<Explanation, Explai
     step("caller", format!("pod {} as {identity}", question.from));
     let dst = destination_address(state, &url, &caller.namespace)?;
     let source_ip = caller
-        .addresses
-        .iter()
-        .copied()
-        .find(|ip| ip.is_ipv4() == dst.is_ipv4())
-        .or_else(|| caller.addresses.first().copied())
-        .unwrap_or(dst.ip());
+        .address_toward(dst.ip())
+        .ok_or_else(|| ExplainError::NoAddress(question.from.clone()))?;
     let done = |steps, verdict| Ok(Explanation { steps, verdict });
     let Some(service) = destination::of_connect(state, dst, &caller.namespace) else {
         step(

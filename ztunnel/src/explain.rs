@@ -106,11 +106,7 @@ pub async fn explain(inputs: &Inputs, from: &str, to: &str) -> Result<Explanatio
     );
     let dst = destination(state, &source, to, &mut step)?;
     let source_ip = source
-        .addresses
-        .iter()
-        .copied()
-        .find(|ip| ip.is_ipv4() == dst.is_ipv4())
-        .or_else(|| source.addresses.first().copied())
+        .address_toward(dst.ip())
         .ok_or_else(|| ExplainError::NoAddress(name(&source)))?;
     if dst.port() == 53 && !inputs.config.dns_proxy_addrs.is_empty() {
         step(

@@ -116,9 +116,25 @@ fn obj_get(pin: &Path) -> io::Result<OwnedFd> {
 /// The ifindex a pinned TCX link is attached to; 0 once its interface is
 /// gone (the kernel detaches the link then).
 pub(super) fn tcx_link_ifindex(pin: &Path) -> io::Result<u32> {
+    // The tcx member of the union: { ifindex u32 @16, attach_type }.
+    let info = link_info(pin)?;
+    Ok(u32::from_ne_bytes([info[16], info[17], info[18], info[19]]))
+}
+
+/// The cgroup a pinned cgroup link is attached to (the id, which is the
+/// cgroup folder's inode number); 0 once that cgroup is gone.
+pub(super) fn cgroup_link_id(pin: &Path) -> io::Result<u64> {
+    // The cgroup member of the union: { cgroup_id u64 @16, attach_type }.
+    let info = link_info(pin)?;
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&info[16..24]);
+    Ok(u64::from_ne_bytes(id))
+}
+
+/// The `struct bpf_link_info` of the link pinned at `pin`: type u32 @0, id
+/// u32 @4, prog_id u32 @8, then a union aligned to 8, per link type, @16.
+fn link_info(pin: &Path) -> io::Result<[u8; 128]> {
     let link = obj_get(pin)?;
-    // struct bpf_link_info: type u32 @0, id u32 @4, prog_id u32 @8, then a
-    // union aligned to 8 whose tcx member is { ifindex u32 @16, attach_type }.
     let mut info = [0u8; 128];
     // obj_get_info_by_fd: bpf_fd u32 @0, info_len u32 @4, info u64 @8.
     let mut attr = Attr::zeroed();
@@ -126,24 +142,7 @@ pub(super) fn tcx_link_ifindex(pin: &Path) -> io::Result<u32> {
     attr.put_u32(4, info.len() as u32);
     attr.put_u64(8, info.as_mut_ptr() as u64);
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(u32::from_ne_bytes([info[16], info[17], info[18], info[19]]))
-}
-
-/// The cgroup a pinned cgroup link is attached to (the id, which is the
-/// cgroup folder's inode number); 0 once that cgroup is gone.
-pub(super) fn cgroup_link_id(pin: &Path) -> io::Result<u64> {
-    let link = obj_get(pin)?;
-    // struct bpf_link_info: type u32 @0, id u32 @4, prog_id u32 @8, then a
-    // union aligned to 8 whose cgroup member is { cgroup_id u64 @16, attach_type }.
-    let mut info = [0u8; 128];
-    let mut attr = Attr::zeroed();
-    attr.put_u32(0, link.as_raw_fd() as u32);
-    attr.put_u32(4, info.len() as u32);
-    attr.put_u64(8, info.as_mut_ptr() as u64);
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&info[16..24]);
-    Ok(u64::from_ne_bytes(id))
+    Ok(info)
 }
 
 /// Swaps the program inside the link pinned at `pin` for `new_prog`,

@@ -68,6 +68,16 @@ impl Mode {
 }
 
 impl Workload {
+    /// The address it connects to `dst` from: one of `dst`'s family, else
+    /// its first.
+    pub fn address_toward(&self, dst: IpAddr) -> Option<IpAddr> {
+        self.addresses
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == dst.is_ipv4())
+            .or_else(|| self.addresses.first().copied())
+    }
+
     pub fn from_proto(
         key: &str,
         w: config::Workload,
