@@ -56,12 +56,10 @@ pub async fn serve(inputs: Arc<Inputs>, listener: TcpListener, drain: drain::Wat
     accept_loop(listener, drain, "DNS proxy", move |client, peer, drain| {
         let inputs = Arc::clone(&inputs);
         let slot = limits.take(peer.ip().to_canonical());
-        let limits_waiting = Arc::clone(&waiting);
+        let waiting = Arc::clone(&waiting);
         async move {
             match slot {
-                Some(_slot) => {
-                    serve_connection(&inputs, &limits_waiting, client, peer, drain).await
-                }
+                Some(_slot) => serve_connection(&inputs, &waiting, client, peer, drain).await,
                 None => {
                     inputs.metrics.dns_query("tcp", "overloaded");
                     debug!(%peer, "DNS proxy: too many connections; reset one");
