@@ -122,12 +122,8 @@ pub fn answer(ctx: &Context, query: Option<&str>) -> Reply {
 /// Explains `question`'s request as this waypoint would take it.
 pub fn explain(ctx: &Context, question: &Question) -> Result<Explanation, ExplainError> {
     let state = &ctx.inputs.state;
-    let (namespace, pod) = question
-        .from
-        .split_once('/')
-        .ok_or_else(|| ExplainError::UnknownCaller(question.from.clone()))?;
     let caller = state
-        .find_workload(|w| w.namespace == namespace && w.name == pod)
+        .pod(&question.from)
         .ok_or_else(|| ExplainError::UnknownCaller(question.from.clone()))?;
     let identity = caller
         .identity
@@ -175,6 +171,11 @@ pub fn explain(ctx: &Context, question: &Question) -> Result<Explanation, Explai
         ),
     );
     let compiled = ctx.tables.current();
+    // The service's own VirtualServices, and the waypoint's namespace's.
+    let scope = Scope {
+        service_namespace: &service.namespace,
+        waypoint_namespace: &ctx.config.namespace,
+    };
     let principals = state.trust_domains().principals(&identity);
     let peer = authz::Peer {
         identity: &identity,
@@ -196,10 +197,6 @@ pub fn explain(ctx: &Context, question: &Question) -> Result<Explanation, Explai
             }
             None => {
                 step("policy", "a TCP port: the connection is allowed".to_owned());
-                let scope = Scope {
-                    service_namespace: &service.namespace,
-                    waypoint_namespace: &ctx.config.namespace,
-                };
                 let info = ConnectionInfo {
                     port: dst.port(),
                     destination: dst.ip(),
@@ -247,10 +244,6 @@ pub fn explain(ctx: &Context, question: &Question) -> Result<Explanation, Explai
             "allowed by this waypoint's AuthorizationPolicies".to_owned()
         },
     );
-    let scope = Scope {
-        service_namespace: &service.namespace,
-        waypoint_namespace: &ctx.config.namespace,
-    };
     let info = RequestInfo::from_parts(&parts, dst.port(), &caller.labels, &identity.namespace);
     let rule = match compiled.routes.route(&service.hostname, scope, &info) {
         Lookup::Routed(routed) => {
@@ -523,13 +516,7 @@ fn destination_address(
     let service = state
         .service_by_dns_name(host, namespace)
         .ok_or_else(unknown)?;
-    let ip = service
-        .vips
-        .iter()
-        .copied()
-        .find(IpAddr::is_ipv4)
-        .or_else(|| service.vips.first().copied())
-        .ok_or_else(unknown)?;
+    let ip = warren_api::addr::ipv4_first(&service.vips).ok_or_else(unknown)?;
     Ok(SocketAddr::new(ip, port))
 }
 

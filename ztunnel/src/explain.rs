@@ -15,6 +15,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
+use warren_api::addr::ipv4_first;
 
 use crate::{
     proxy::{
@@ -252,9 +253,7 @@ pub async fn explain(inputs: &Inputs, from: &str, to: &str) -> Result<Explanatio
 fn source(state: &State, from: &str) -> Result<std::sync::Arc<Workload>, ExplainError> {
     let found = match from.parse::<IpAddr>() {
         Ok(ip) => state.workload_by_ip(ip),
-        Err(_) => from.split_once('/').and_then(|(namespace, pod)| {
-            state.find_workload(|w| w.namespace == namespace && w.name == pod)
-        }),
+        Err(_) => state.pod(from),
     }
     .ok_or_else(|| ExplainError::UnknownSource(from.to_owned()))?;
     if !state.is_local(&found) {
@@ -287,17 +286,12 @@ fn destination(
         return Err(bad());
     }
     // A pod by name, dialled at its own address.
-    if let Some((namespace, name)) = host.split_once('/') {
+    if host.contains('/') {
         let pod = state
-            .find_workload(|w| w.namespace == namespace && w.name == name)
+            .pod(host)
             .ok_or_else(|| ExplainError::UnknownDestination(host.to_owned()))?;
-        let ip = pod
-            .addresses
-            .iter()
-            .copied()
-            .find(IpAddr::is_ipv4)
-            .or_else(|| pod.addresses.first().copied())
-            .ok_or_else(|| ExplainError::NoAddress(host.to_owned()))?;
+        let ip =
+            ipv4_first(&pod.addresses).ok_or_else(|| ExplainError::NoAddress(host.to_owned()))?;
         step("name", format!("pod {host} is at {ip}"));
         return Ok(SocketAddr::new(ip, port));
     }
@@ -311,14 +305,8 @@ fn destination(
         .ok_or_else(|| {
             not_mesh("the pod's DNS server resolves it; explain the address it gives")
         })?;
-    // The DNS proxy's A answer: what a resolver asking for both dials first.
-    let ip = service
-        .vips
-        .iter()
-        .copied()
-        .find(IpAddr::is_ipv4)
-        .or_else(|| service.vips.first().copied())
-        .ok_or_else(|| {
+    // The DNS proxy's answer a resolver asking for both dials first.
+    let ip = ipv4_first(&service.vips).ok_or_else(|| {
             not_mesh("a ServiceEntry host without addresses, which the pod's DNS server resolves; explain the address it gives")
         })?;
     step(

@@ -10,6 +10,16 @@ pub fn to_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
+/// The address a client that asks for both families dials first: the first
+/// IPv4 one (resolvers ask for A first), else the first.
+pub fn ipv4_first(addresses: &[IpAddr]) -> Option<IpAddr> {
+    addresses
+        .iter()
+        .copied()
+        .find(IpAddr::is_ipv4)
+        .or_else(|| addresses.first().copied())
+}
+
 /// An address from the protos; `None` when the length is neither 4 nor 16.
 pub fn from_bytes(bytes: &[u8]) -> Option<IpAddr> {
     match bytes.len() {

@@ -596,6 +596,12 @@ impl State {
         self.read().workloads.values().find(|w| wanted(w)).cloned()
     }
 
+    /// A pod by `namespace/name`, as people name pods.
+    pub fn pod(&self, qualified: &str) -> Option<Arc<Workload>> {
+        let (namespace, name) = qualified.split_once('/')?;
+        self.workload(&warren_api::key::workload(namespace, name))
+    }
+
     pub fn workload_by_cookie(&self, cookie: u64) -> Option<Arc<Workload>> {
         let inner = self.read();
         inner
