@@ -241,8 +241,11 @@ impl App {
                     Box::pin(async move { http_endpoint::json(&dump) })
                 }
                 "/explain" => {
-                    let answer = crate::explain::answer(&context, request.uri().query());
-                    Box::pin(async move { answer })
+                    let context = Arc::clone(&context);
+                    let query = request.uri().query().map(str::to_owned);
+                    Box::pin(
+                        async move { crate::explain::answer(&context, query.as_deref()).await },
+                    )
                 }
                 _ => l4(request),
             })

@@ -54,6 +54,8 @@ pub enum Verdict {
     /// Answered by the waypoint itself: a redirect, a direct response, or a
     /// fault abort for every request.
     Answered,
+    /// 401: a JWT the RequestAuthentications refuse.
+    Unauthenticated,
     /// 403 from an AuthorizationPolicy.
     Denied,
     /// 404: the host's VirtualService has no rule for it.
@@ -62,7 +64,8 @@ pub enum Verdict {
     Refused,
 }
 
-/// The steps (stages `caller`, `destination`, `note`, `policy`, `route`,
+/// The steps (stages `caller`, `destination`, `note`, `authentication`,
+/// `policy`, `route`,
 /// `fault`, `action`, `timeout`, `retries`, `mirror`) and the verdict, as
 /// ztunnel's `/explain` gives a connection's.
 pub type Explanation = warren_ztunnel::explain::Explanation<Verdict>;
@@ -109,9 +112,11 @@ impl Question {
 }
 
 /// `/explain`'s answer to `query`: the explanation as JSON, or 400 and why.
-pub fn answer(ctx: &Context, query: Option<&str>) -> Reply {
-    let explained = Question::from_query(query.unwrap_or_default())
-        .and_then(|question| explain(ctx, &question));
+pub async fn answer(ctx: &Context, query: Option<&str>) -> Reply {
+    let explained = match Question::from_query(query.unwrap_or_default()) {
+        Ok(question) => explain(ctx, &question).await,
+        Err(error) => Err(error),
+    };
     match explained.map(serde_json::to_value) {
         Ok(Ok(explanation)) => json(&explanation),
         Ok(Err(error)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
@@ -120,7 +125,7 @@ pub fn answer(ctx: &Context, query: Option<&str>) -> Reply {
 }
 
 /// Explains `question`'s request as this waypoint would take it.
-pub fn explain(ctx: &Context, question: &Question) -> Result<Explanation, ExplainError> {
+pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, ExplainError> {
     let state = &ctx.inputs.state;
     let caller = state
         .pod(&question.from)
@@ -232,7 +237,36 @@ pub fn explain(ctx: &Context, question: &Question) -> Result<Explanation, Explai
             "a gRPC call: what the waypoint answers itself (403, 404, an abort) reaches the caller as HTTP 200 with a grpc-status".to_owned(),
         );
     }
-    if let Some(denial) = authz::authorize(&compiled.authz, &peer, &mut parts) {
+    let verified = if compiled.authn.applies(&service.namespace, &service.name) {
+        match compiled
+            .authn
+            .authenticate(&service.namespace, &service.name, &mut parts)
+            .await
+        {
+            Err(rejection) => {
+                step("authentication", format!("401: {rejection}"));
+                return done(steps, Verdict::Unauthenticated);
+            }
+            Ok(Some(verified)) => {
+                step(
+                    "authentication",
+                    format!("JWT verified: request principal {}", verified.principal),
+                );
+                Some(verified)
+            }
+            Ok(None) => {
+                step(
+                    "authentication",
+                    "no JWT: the request goes on unauthenticated (no request principal)".to_owned(),
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(denial) = authz::authorize(&compiled.authz, &peer, &mut parts, verified.as_deref())
+    {
         step("policy", format!("403: {}", denied(&denial)));
         return done(steps, Verdict::Denied);
     }

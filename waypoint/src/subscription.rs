@@ -41,7 +41,12 @@ impl Subscription {
 fn is_l7(kind: &Option<Kind>) -> bool {
     matches!(
         kind,
-        Some(Kind::VirtualService(_) | Kind::DestinationRule(_) | Kind::L7Authorization(_))
+        Some(
+            Kind::VirtualService(_)
+                | Kind::DestinationRule(_)
+                | Kind::L7Authorization(_)
+                | Kind::L7Authentication(_)
+        )
     )
 }
 
@@ -76,6 +81,10 @@ impl Handler for Subscription {
                 Some(Kind::L7Authorization(policy)) => {
                     Tables::parse_authorization(policy, &self.namespace, self.gateway.as_deref())
                         .map(|p| self.tables.upsert_authorization(resource.key.clone(), p))
+                }
+                Some(Kind::L7Authentication(ra)) => {
+                    Tables::parse_authentication(ra, &self.namespace, self.gateway.as_deref())
+                        .map(|r| self.tables.upsert_authentication(resource.key.clone(), r))
                 }
                 _ => Ok(()),
             };

@@ -1,6 +1,7 @@
-//! The waypoint's L7 configuration: the VirtualServices, DestinationRules and
-//! attached AuthorizationPolicies the agent sent, compiled into a
-//! [`RouteTable`], [`Policies`] and an [`Authorizer`], rebuilt
+//! The waypoint's L7 configuration: the VirtualServices, DestinationRules,
+//! attached AuthorizationPolicies and RequestAuthentications the agent sent,
+//! compiled into a [`RouteTable`], [`Policies`], an [`Authorizer`] and an
+//! [`Authenticator`], rebuilt
 //! whole when either changes (there are few per namespace; a rebuild takes
 //! microseconds and readers never wait for it: they hold the previous
 //! [`Compiled`] until they are done).
@@ -11,10 +12,13 @@ use std::{
 };
 
 use tracing::warn;
-use warren_api::config::{DestinationRule, L7Authorization, VirtualService};
-use warren_model::istio::{AuthorizationPolicySpec, DestinationRuleSpec, VirtualServiceSpec};
+use warren_api::config::{DestinationRule, L7Authentication, L7Authorization, VirtualService};
+use warren_model::istio::{
+    AuthorizationPolicySpec, DestinationRuleSpec, RequestAuthenticationSpec, VirtualServiceSpec,
+};
 
 use crate::{
+    authn::{Authenticator, AuthnInput, keys::KeyStore},
     authz::{Authorizer, PolicyInput},
     route::{RouteTable, VsInput, tcp::TcpTable},
     upstream::{DrInput, Policies, Scope},
@@ -28,6 +32,7 @@ pub struct Compiled {
     pub tcp_routes: TcpTable,
     pub policies: Policies,
     pub authz: Authorizer,
+    pub authn: Authenticator,
     /// Bumped on every rebuild: upstream clusters built from an older
     /// generation are rebuilt.
     pub generation: u64,
@@ -38,6 +43,9 @@ pub struct Tables {
     virtual_services: RwLock<BTreeMap<String, VsInput>>,
     destination_rules: RwLock<BTreeMap<String, DrInput>>,
     authorizations: RwLock<BTreeMap<String, PolicyInput>>,
+    authentications: RwLock<BTreeMap<String, AuthnInput>>,
+    /// Fetched key sets, kept across rebuilds.
+    keys: KeyStore,
     compiled: RwLock<Arc<Compiled>>,
 }
 
@@ -98,10 +106,30 @@ impl Tables {
         })
     }
 
+    /// Checks an attached RequestAuthentication resource, bound as
+    /// [`Tables::parse_authorization`] binds a policy.
+    pub fn parse_authentication(
+        ra: &L7Authentication,
+        namespace: &str,
+        gateway: Option<&str>,
+    ) -> Result<AuthnInput, String> {
+        let spec: RequestAuthenticationSpec =
+            serde_json::from_str(&ra.spec_json).map_err(|e| format!("spec_json: {e}"))?;
+        Ok(AuthnInput {
+            namespace: ra.namespace.clone(),
+            name: ra.name.clone(),
+            waypoint: ra.namespace == namespace
+                && ra.gateways.iter().any(|g| gateway.is_none_or(|me| g == me)),
+            services: ra.services.clone(),
+            spec,
+        })
+    }
+
     pub fn keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = read(&self.virtual_services).keys().cloned().collect();
         keys.extend(read(&self.destination_rules).keys().cloned());
         keys.extend(read(&self.authorizations).keys().cloned());
+        keys.extend(read(&self.authentications).keys().cloned());
         keys
     }
 
@@ -117,11 +145,16 @@ impl Tables {
         write(&self.authorizations).insert(key, policy);
     }
 
+    pub fn upsert_authentication(&self, key: String, ra: AuthnInput) {
+        write(&self.authentications).insert(key, ra);
+    }
+
     /// Forgets `key`; false if it was not an L7 resource.
     pub fn remove(&self, key: &str) -> bool {
         write(&self.virtual_services).remove(key).is_some()
             || write(&self.destination_rules).remove(key).is_some()
             || write(&self.authorizations).remove(key).is_some()
+            || write(&self.authentications).remove(key).is_some()
     }
 
     /// Compiles what is held and makes it current. Errors were checked when
@@ -145,6 +178,7 @@ impl Tables {
             warn!(%error, "DestinationRule not (fully) applied");
         }
         let authz = Authorizer::build(read(&self.authorizations).values().cloned());
+        let authn = Authenticator::build(read(&self.authentications).values().cloned(), &self.keys);
         let mut compiled = write(&self.compiled);
         let generation = compiled.generation + 1;
         *compiled = Arc::new(Compiled {
@@ -152,6 +186,7 @@ impl Tables {
             tcp_routes,
             policies,
             authz,
+            authn,
             generation,
         });
     }

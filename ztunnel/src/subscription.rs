@@ -74,7 +74,7 @@ fn parse(key: &str, kind: Kind, trust_domain: &str) -> Result<Resource, String> 
         Kind::VirtualService(_) | Kind::DestinationRule(_) => {
             Err("L7 routing is the waypoint's; ztunnel does not take it".to_owned())
         }
-        Kind::L7Authorization(_) => Err(
+        Kind::L7Authorization(_) | Kind::L7Authentication(_) => Err(
             "a policy attached by targetRef is the waypoint's to enforce; ztunnel does not take it"
                 .to_owned(),
         ),

@@ -54,3 +54,8 @@ pub fn destination_rule(namespace: &str, name: &str) -> String {
 pub fn l7_authorization(namespace: &str, name: &str) -> String {
     format!("l7authorization/{namespace}/{name}")
 }
+
+/// A RequestAuthentication the namespace's waypoint enforces.
+pub fn l7_authentication(namespace: &str, name: &str) -> String {
+    format!("l7authentication/{namespace}/{name}")
+}

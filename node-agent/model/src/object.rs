@@ -17,7 +17,8 @@ use super::{
     gateway::{self, Gateway},
     intern::intern,
     istio::{
-        AuthorizationPolicy, DestinationRule, PeerAuthentication, ServiceEntry, VirtualService,
+        AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication,
+        ServiceEntry, VirtualService,
     },
     validate,
 };
@@ -35,6 +36,7 @@ pub enum Kind {
     ServiceEntry,
     AuthorizationPolicy,
     PeerAuthentication,
+    RequestAuthentication,
     Gateway,
 }
 
@@ -58,6 +60,9 @@ impl Kind {
             }
             ("security.istio.io", "PeerAuthentication") if istio_version => {
                 Kind::PeerAuthentication
+            }
+            ("security.istio.io", "RequestAuthentication") if istio_version => {
+                Kind::RequestAuthentication
             }
             ("gateway.networking.k8s.io", "Gateway") if matches!(version, "v1" | "v1beta1") => {
                 Kind::Gateway
@@ -87,6 +92,7 @@ impl Kind {
             Kind::ServiceEntry => "ServiceEntry",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::RequestAuthentication => "RequestAuthentication",
             Kind::Gateway => "Gateway",
         }
     }
@@ -137,6 +143,7 @@ pub enum Object {
     ServiceEntry(Arc<ServiceEntry>),
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
     PeerAuthentication(Arc<PeerAuthentication>),
+    RequestAuthentication(Arc<RequestAuthentication>),
     Gateway(Arc<Gateway>),
 }
 
@@ -153,6 +160,7 @@ impl Object {
             Object::ServiceEntry(_) => Kind::ServiceEntry,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Object::RequestAuthentication(_) => Kind::RequestAuthentication,
             Object::Gateway(_) => Kind::Gateway,
         }
     }
@@ -171,6 +179,7 @@ impl Object {
             Object::ServiceEntry(o) => Some(&o.metadata),
             Object::AuthorizationPolicy(o) => Some(&o.metadata),
             Object::PeerAuthentication(o) => Some(&o.metadata),
+            Object::RequestAuthentication(o) => Some(&o.metadata),
             Object::Gateway(o) => Some(&o.metadata),
         }
     }
@@ -347,6 +356,8 @@ pub fn parse_document(doc: Value, source: &str) -> Result<Object, ConfigError> {
             .map(|(o, e)| (Object::AuthorizationPolicy(Arc::new(o)), e)),
         Kind::PeerAuthentication => checked(doc, validate::peer_authentication)
             .map(|(o, e)| (Object::PeerAuthentication(Arc::new(o)), e)),
+        Kind::RequestAuthentication => checked(doc, validate::request_authentication)
+            .map(|(o, e)| (Object::RequestAuthentication(Arc::new(o)), e)),
         Kind::Gateway => {
             checked(doc, gateway::validate).map(|(o, e)| (Object::Gateway(Arc::new(o)), e))
         }

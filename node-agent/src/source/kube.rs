@@ -78,6 +78,13 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
         "peerauthentications",
     ),
     (
+        Kind::RequestAuthentication,
+        "security.istio.io",
+        "v1",
+        "RequestAuthentication",
+        "requestauthentications",
+    ),
+    (
         Kind::Gateway,
         "gateway.networking.k8s.io",
         "v1",

@@ -6,21 +6,25 @@
 //! request attributes is dropped (it could only allow more), and a DENY rule
 //! loses its request conditions (it denies more, never less). Each change is
 //! noted on the resource, so `warrenctl config dump` explains a refusal.
+//!
+//! Policies attached by `targetRef(s)` (and RequestAuthentications, which
+//! only a waypoint can act on) go to the waypoints as they are.
 
 use std::net::IpAddr;
 
 use warren_api::{
     addr,
     config::{
-        Action, Authorization, Cidr, Clause, L7Authorization, Match, Rule, Scope, StringMatch,
-        string_match::Kind as StringKind,
+        Action, Authorization, Cidr, Clause, L7Authentication, L7Authorization, Match, Rule, Scope,
+        StringMatch, string_match::Kind as StringKind,
     },
 };
 
 use crate::model::{
     Labels,
     istio::{
-        Action as IstioAction, AuthorizationPolicy, Condition, Operation, Rule as IstioRule, Source,
+        Action as IstioAction, AuthorizationPolicy, Condition, Operation, PolicyTargetReference,
+        RequestAuthentication, Rule as IstioRule, Source,
     },
 };
 
@@ -125,9 +129,37 @@ pub fn l7_authorization(
     entry_hosts: impl Fn(&str) -> Vec<String>,
 ) -> Option<L7Authorization> {
     let spec = &policy.spec;
+    let (gateways, services) = attachment(
+        spec.target_ref.iter().chain(&spec.target_refs),
+        is_waypoint,
+        entry_hosts,
+    )?;
+    Some(L7Authorization {
+        name: policy.metadata.name.clone().unwrap_or_default(),
+        namespace: policy
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        waypoint: !gateways.is_empty(),
+        gateways,
+        services,
+        // Serializing a validated model type cannot fail; an empty spec is
+        // refused by the waypoint, which then keeps the last good one.
+        spec_json: serde_json::to_string(spec).unwrap_or_default(),
+    })
+}
+
+/// Whom `targets` attach a policy to in its namespace: (waypoint Gateways,
+/// Services and ServiceEntry hosts); `None` when no waypoint serves any.
+pub fn attachment<'a>(
+    targets: impl Iterator<Item = &'a PolicyTargetReference>,
+    is_waypoint: impl Fn(&str) -> bool,
+    entry_hosts: impl Fn(&str) -> Vec<String>,
+) -> Option<(Vec<String>, Vec<String>)> {
     let mut gateways = Vec::new();
     let mut services = Vec::new();
-    for target in spec.target_ref.iter().chain(&spec.target_refs) {
+    for target in targets {
         match (target.group.as_str(), target.kind.as_str()) {
             ("gateway.networking.k8s.io", "Gateway") if is_waypoint(&target.name) => {
                 gateways.push(target.name.clone());
@@ -144,18 +176,32 @@ pub fn l7_authorization(
         names.sort();
         names.dedup();
     }
-    Some(L7Authorization {
-        name: policy.metadata.name.clone().unwrap_or_default(),
-        namespace: policy
+    Some((gateways, services))
+}
+
+/// The JWT rules for the waypoint of their namespace, attached as
+/// [`l7_authorization`] attaches a policy. `None` for selector ones: in
+/// ambient mode no proxy verifies tokens for a workload itself.
+pub fn l7_authentication(
+    ra: &RequestAuthentication,
+    is_waypoint: impl Fn(&str) -> bool,
+    entry_hosts: impl Fn(&str) -> Vec<String>,
+) -> Option<L7Authentication> {
+    let spec = &ra.spec;
+    let (gateways, services) = attachment(
+        spec.target_ref.iter().chain(&spec.target_refs),
+        is_waypoint,
+        entry_hosts,
+    )?;
+    Some(L7Authentication {
+        name: ra.metadata.name.clone().unwrap_or_default(),
+        namespace: ra
             .metadata
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into()),
-        waypoint: !gateways.is_empty(),
         gateways,
         services,
-        // Serializing a validated model type cannot fail; an empty spec is
-        // refused by the waypoint, which then keeps the last good one.
         spec_json: serde_json::to_string(spec).unwrap_or_default(),
     })
 }

@@ -118,6 +118,7 @@ impl View {
         });
         let keys: Vec<ObjectKey> = [
             Kind::AuthorizationPolicy,
+            Kind::RequestAuthentication,
             Kind::Gateway,
             Kind::EndpointSlice,
             Kind::Service,
@@ -180,6 +181,7 @@ impl View {
                 Kind::PeerAuthentication => {
                     namespaces.insert((ns != self.mesh.root_namespace).then_some(ns));
                 }
+                Kind::RequestAuthentication => self.l7_policy(store, key),
                 Kind::AuthorizationPolicy => {
                     self.l7_policy(store, key);
                     if self.policy_changed(store, key) {
@@ -383,26 +385,44 @@ impl View {
         before.as_ref() != now.as_ref().map(|(_, s)| s)
     }
 
-    /// Publishes (or withdraws) the policy for the waypoint of its namespace.
+    /// Publishes (or withdraws) the AuthorizationPolicy or
+    /// RequestAuthentication `key` for the waypoint of its namespace.
     fn l7_policy(&mut self, store: &Store, key: &ObjectKey) {
         let ns = key.namespace.as_deref().unwrap_or("default");
-        let resource_key = key::l7_authorization(ns, &key.name);
-        let computed = match store.get(key) {
-            Some(Object::AuthorizationPolicy(policy)) => authorization::l7_authorization(
-                policy,
-                |gateway| is_waypoint_gateway(store, ns, gateway),
-                |entry| match store.get(&ObjectKey::new(Kind::ServiceEntry, Some(ns), entry)) {
-                    Some(Object::ServiceEntry(e)) => e.spec.hosts.clone(),
-                    _ => Vec::new(),
-                },
-            ),
-            _ => None,
+        let is_waypoint = |gateway: &str| is_waypoint_gateway(store, ns, gateway);
+        let entry_hosts =
+            |entry: &str| match store.get(&ObjectKey::new(Kind::ServiceEntry, Some(ns), entry)) {
+                Some(Object::ServiceEntry(e)) => e.spec.hosts.clone(),
+                _ => Vec::new(),
+            };
+        let (resource_key, computed) = if key.kind == Kind::RequestAuthentication {
+            let computed = match store.get(key) {
+                Some(Object::RequestAuthentication(ra)) => {
+                    authorization::l7_authentication(ra, is_waypoint, entry_hosts)
+                }
+                _ => None,
+            };
+            (
+                key::l7_authentication(ns, &key.name),
+                computed.map(ResourceKind::L7Authentication),
+            )
+        } else {
+            let computed = match store.get(key) {
+                Some(Object::AuthorizationPolicy(policy)) => {
+                    authorization::l7_authorization(policy, is_waypoint, entry_hosts)
+                }
+                _ => None,
+            };
+            (
+                key::l7_authorization(ns, &key.name),
+                computed.map(ResourceKind::L7Authorization),
+            )
         };
         self.publisher.write(|p| match computed {
-            Some(policy) => {
+            Some(kind) => {
                 p.upsert(Resource {
                     key: resource_key,
-                    kind: Some(ResourceKind::L7Authorization(policy)),
+                    kind: Some(kind),
                 });
             }
             None => {
@@ -411,10 +431,12 @@ impl View {
         });
     }
 
-    /// Recomputes the waypoint policies of `namespace` (a Gateway changed).
+    /// Recomputes the waypoint policies of `namespace` (a Gateway or a
+    /// ServiceEntry changed).
     fn l7_policies_in(&mut self, store: &Store, namespace: &str) {
         let keys: Vec<ObjectKey> = store
             .of_kind_in(Kind::AuthorizationPolicy, namespace)
+            .chain(store.of_kind_in(Kind::RequestAuthentication, namespace))
             .map(Object::key)
             .collect();
         for key in &keys {

@@ -280,6 +280,8 @@ impl Published {
 
 /// Key prefix of the policies a waypoint enforces ([`warren_api::key::l7_authorization`]).
 const L7_AUTHORIZATION: &str = "l7authorization/";
+/// Key prefix of the JWT rules a waypoint enforces ([`warren_api::key::l7_authentication`]).
+const L7_AUTHENTICATION: &str = "l7authentication/";
 
 /// Who a subscription serves, and so which resources it receives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -300,6 +302,7 @@ impl Audience {
                 !key.starts_with("virtualservice/")
                     && !key.starts_with("destinationrule/")
                     && !key.starts_with(L7_AUTHORIZATION)
+                    && !key.starts_with(L7_AUTHENTICATION)
             }
             Audience::Waypoint { namespace } => {
                 if let Some(identity) = key.strip_prefix("certificate/") {

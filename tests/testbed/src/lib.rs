@@ -10,11 +10,13 @@
 //! - [`addressing`]: the address plan.
 //! - [`netns`], [`cgroup`]: the kernel objects underneath.
 //! - [`privilege`]: the checks privileged tests start with, failing loudly.
+//! - [`jwt`]: a token issuer, for tests of RequestAuthentication.
 pub mod addressing;
 pub mod binaries;
 pub mod cgroup;
 pub mod cleanup;
 pub mod cluster;
+pub mod jwt;
 pub mod manifests;
 pub mod netns;
 pub mod privilege;

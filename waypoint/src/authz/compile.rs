@@ -5,9 +5,12 @@
 //! a source or operation every field must hold; a field holds when any of
 //! its values matches (`not…` fields: when none does).
 //!
-//! What the waypoint cannot evaluate (JWT principals, `request.auth.*`,
-//! path templates, attributes it does not know) fails closed, as Istio
-//! does: the field is recorded as unsupported, which makes an ALLOW rule
+//! JWT principals and claims (`requestPrincipals`, `request.auth.*`) are
+//! those of the token [`crate::authn`] verified; a request without one has
+//! none, so an ALLOW rule that asks for them does not match it.
+//!
+//! What the waypoint cannot evaluate (path templates, attributes it does
+//! not know) fails closed, as Istio does: the field is recorded as unsupported, which makes an ALLOW rule
 //! never match and is ignored in a DENY rule (so that it denies more, never
 //! less).
 
@@ -35,6 +38,11 @@ enum Test {
     /// The authority, without case.
     Host(Vec<Pattern>),
     Header(HeaderName, Vec<Pattern>),
+    /// The verified JWT's `<iss>/<sub>`.
+    RequestPrincipal(Vec<Pattern>),
+    /// A verified JWT's claim, by its path of names (`aud`, `groups`,
+    /// `realm_access`/`roles`).
+    Claim(Vec<String>, Vec<Pattern>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,7 +56,12 @@ impl Test {
     fn is_http(&self) -> bool {
         matches!(
             self,
-            Test::Method(_) | Test::Path(_) | Test::Host(_) | Test::Header(..)
+            Test::Method(_)
+                | Test::Path(_)
+                | Test::Host(_)
+                | Test::Header(..)
+                | Test::RequestPrincipal(_)
+                | Test::Claim(..)
         )
     }
 }
@@ -81,6 +94,17 @@ impl Field {
                 .as_ref()
                 .and_then(|h| h.header(name))
                 .is_some_and(|v| any(p, &v)),
+            // No token, no principal: `values` fail, `notValues` hold.
+            Test::RequestPrincipal(p) => request
+                .http
+                .as_ref()
+                .and_then(|h| h.auth)
+                .is_some_and(|a| any(p, &a.principal)),
+            Test::Claim(path, p) => request
+                .http
+                .as_ref()
+                .and_then(|h| h.auth)
+                .is_some_and(|a| a.claim(path).iter().any(|v| any(p, v))),
         };
         hit != self.negated
     }
@@ -219,14 +243,16 @@ fn ports(values: &[String], path: &str, unsupported: &mut Vec<String>) -> Option
 
 fn source(s: &Source, path: &str, unsupported: &mut Vec<String>) -> Vec<Field> {
     let mut fields = Vec::new();
-    for (name, values) in [
-        ("requestPrincipals", &s.request_principals),
-        ("notRequestPrincipals", &s.not_request_principals),
-    ] {
-        if !values.is_empty() {
-            unsupported.push(format!("{path}.{name} (JWT is not validated here)"));
-        }
-    }
+    push(
+        &mut fields,
+        patterns(&s.request_principals).map(Test::RequestPrincipal),
+        false,
+    );
+    push(
+        &mut fields,
+        patterns(&s.not_request_principals).map(Test::RequestPrincipal),
+        true,
+    );
     push(
         &mut fields,
         patterns(&s.principals).map(Test::Principal),
@@ -340,14 +366,45 @@ fn condition(c: &Condition, path: &str, fields: &mut Vec<Field>, unsupported: &m
             push(fields, accounts(&c.values).map(Test::Principal), false);
             push(fields, accounts(&c.not_values).map(Test::Principal), true);
         }
+        "request.auth.principal" => strings(Test::RequestPrincipal, fields),
+        "request.auth.audiences" => {
+            strings_of(c, fields, |p| Test::Claim(vec!["aud".into()], p));
+        }
+        "request.auth.presenter" => {
+            strings_of(c, fields, |p| Test::Claim(vec!["azp".into()], p));
+        }
         "destination.port" => {
             let test = ports(&c.values, path, unsupported);
             push(fields, test, false);
             let test = ports(&c.not_values, path, unsupported);
             push(fields, test, true);
         }
-        // request.auth.* (JWT), destination.ip, connection.sni,
-        // experimental.*: not known to this waypoint.
-        other => unsupported.push(format!("{path} {other:?}")),
+        other => match claim_path(other) {
+            Some(names) => strings_of(c, fields, |p| Test::Claim(names.clone(), p)),
+            // destination.ip, connection.sni, request.auth.claims with a
+            // bad path, experimental.*: not known to this waypoint.
+            None => unsupported.push(format!("{path} {other:?}")),
+        },
     }
+}
+
+/// Pushes `make(values)` (and its negation for `not_values`) of a condition.
+fn strings_of(c: &Condition, fields: &mut Vec<Field>, make: impl Fn(Vec<Pattern>) -> Test) {
+    push(fields, patterns(&c.values).map(&make), false);
+    push(fields, patterns(&c.not_values).map(&make), true);
+}
+
+/// `request.auth.claims[a][b]` → `[a, b]`.
+fn claim_path(key: &str) -> Option<Vec<String>> {
+    let mut rest = key.strip_prefix("request.auth.claims")?;
+    let mut names = Vec::new();
+    while !rest.is_empty() {
+        let (name, after) = rest.strip_prefix('[')?.split_once(']')?;
+        if name.is_empty() {
+            return None;
+        }
+        names.push(name.to_owned());
+        rest = after;
+    }
+    (!names.is_empty()).then_some(names)
 }

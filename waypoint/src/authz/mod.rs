@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 use warren_api::Identity;
 use warren_model::istio::{Action, AuthorizationPolicySpec};
 
+use crate::authn::Verified;
 use compile::CompiledRule;
 
 /// Envoy's RBAC filter's answer, which operators and tests recognize.
@@ -216,6 +217,8 @@ pub struct HttpRequest<'a> {
     /// The authority, lower-cased.
     pub host: String,
     pub headers: &'a HeaderMap,
+    /// The caller a verified JWT names, if the request carried one.
+    pub auth: Option<&'a Verified>,
 }
 
 /// Who sent a request and where it goes, as the CONNECT stream told.
@@ -230,7 +233,11 @@ pub struct Peer<'a> {
 }
 
 impl<'a> Request<'a> {
-    pub fn new(peer: &Peer<'a>, parts: &'a http::request::Parts) -> Request<'a> {
+    pub fn new(
+        peer: &Peer<'a>,
+        parts: &'a http::request::Parts,
+        auth: Option<&'a Verified>,
+    ) -> Request<'a> {
         let host = parts
             .uri
             .authority()
@@ -244,6 +251,7 @@ impl<'a> Request<'a> {
                 path: parts.uri.path(),
                 host,
                 headers: &parts.headers,
+                auth,
             }),
             ..Request::connection(peer)
         }
@@ -282,12 +290,13 @@ pub fn authorize(
     authorizer: &Authorizer,
     peer: &Peer<'_>,
     parts: &mut http::request::Parts,
+    auth: Option<&Verified>,
 ) -> Option<Denial> {
     path::normalize_uri(&mut parts.uri);
     if authorizer.is_empty() {
         return None;
     }
-    match authorizer.decide(&Request::new(peer, parts)) {
+    match authorizer.decide(&Request::new(peer, parts, auth)) {
         Decision::Allow => None,
         Decision::Deny(denial) => Some(denial),
     }

@@ -3,6 +3,8 @@ use std::net::IpAddr;
 use serde_json::{Value, json};
 use warren_api::{Identity, identity::TrustDomains};
 
+use crate::authn::Verified;
+
 use super::{
     Authorizer, Decision, Denial, Peer, PolicyInput, Request,
     matcher::{Cidr, Pattern},
@@ -22,6 +24,8 @@ struct Sent {
     /// The peer's trust domain, and the mesh's.
     td: &'static str,
     domains: TrustDomains,
+    /// The claims of a verified JWT, if the request carried one.
+    jwt: Option<Value>,
 }
 
 fn get(uri: &'static str) -> Sent {
@@ -36,6 +40,7 @@ fn get(uri: &'static str) -> Sent {
         headers: Vec::new(),
         td: "cluster.local",
         domains: TrustDomains::default(),
+        jwt: None,
     }
 }
 
@@ -60,6 +65,10 @@ impl Sent {
     }
     fn header(mut self, name: &'static str, value: &'static str) -> Sent {
         self.headers.push((name, value));
+        self
+    }
+    fn jwt(mut self, claims: Value) -> Sent {
+        self.jwt = Some(claims);
         self
     }
     fn ip(mut self, ip: &'static str) -> Sent {
@@ -96,7 +105,11 @@ fn decide(authorizer: &Authorizer, sent: Sent) -> Decision {
     }
     let (mut parts, ()) = builder.body(()).expect("test request").into_parts();
     normalize_uri(&mut parts.uri);
-    sent.with_peer(|peer| authorizer.decide(&Request::new(peer, &parts)))
+    let auth = sent.jwt.clone().map(|claims| match claims {
+        Value::Object(claims) => Verified::from_claims(claims),
+        _ => unreachable!("claims are an object"),
+    });
+    sent.with_peer(|peer| authorizer.decide(&Request::new(peer, &parts, auth.as_ref())))
 }
 
 fn on_waypoint(name: &str, spec: Value) -> PolicyInput {
@@ -415,33 +428,90 @@ fn custom_fails_closed_as_a_deny_of_what_it_matches() {
 }
 
 #[test]
-fn unsupported_fields_fail_closed() {
-    // An ALLOW rule needing a JWT never matches …
+fn jwt_principals_and_claims_are_the_verified_tokens() {
+    let alice = || {
+        json!({ "iss": "https://idp.example", "sub": "alice", "aud": ["shop", "web"],
+                "azp": "frontend", "groups": ["dev", "admin"], "scope": "read write",
+                "realm": { "roles": ["ops"] }, "level": 3 })
+    };
+    // Any authenticated caller, and no one without a token.
     let allow = authorizer(vec![on_waypoint(
         "jwt",
         json!({ "rules": [{ "from": [{ "source": { "requestPrincipals": ["*"] } }] }] }),
     )]);
+    assert!(allowed(&allow, get("/").jwt(alice())));
     assert!(!allowed(&allow, get("/")));
-    // … even beside conditions that would hold.
+    // A principal is `iss/sub`, matched as Istio's patterns are.
     let allow = authorizer(vec![on_waypoint(
         "jwt",
-        json!({ "rules": [{
-            "from": [{ "source": { "principals": [A] } }],
-            "when": [{ "key": "request.auth.claims[group]", "values": ["admin"] }],
-        }] }),
+        json!({ "rules": [{ "from": [{ "source": {
+            "requestPrincipals": ["https://idp.example/*"], "principals": [A] } }] }] }),
     )]);
-    assert!(!allowed(&allow, get("/")));
-    // A DENY rule needing one matches regardless of it, on its other
-    // conditions.
+    assert!(allowed(&allow, get("/").jwt(alice())));
+    assert!(!allowed(
+        &allow,
+        get("/").jwt(json!({ "iss": "https://other", "sub": "alice" }))
+    ));
+    // Claims: list elements, nested names, space-delimited scopes,
+    // numbers; audiences and presenter.
+    for (key, value, holds) in [
+        ("request.auth.claims[groups]", "admin", true),
+        ("request.auth.claims[groups]", "root", false),
+        ("request.auth.claims[realm][roles]", "ops", true),
+        ("request.auth.claims[scope]", "write", true),
+        ("request.auth.claims[scope]", "read write", false),
+        ("request.auth.claims[level]", "3", true),
+        ("request.auth.claims[missing]", "*", false),
+        ("request.auth.audiences", "web", true),
+        ("request.auth.audiences", "api", false),
+        ("request.auth.presenter", "front*", true),
+        ("request.auth.principal", "https://idp.example/alice", true),
+    ] {
+        let allow = authorizer(vec![on_waypoint(
+            "claims",
+            json!({ "rules": [{ "when": [{ "key": key, "values": [value] }] }] }),
+        )]);
+        assert_eq!(
+            allowed(&allow, get("/").jwt(alice())),
+            holds,
+            "{key} {value}"
+        );
+        // Without a token nothing about one holds.
+        assert!(!allowed(&allow, get("/")), "{key} without a token");
+    }
+    // A DENY of callers without a token on some paths (Istio's
+    // "require JWT" recipe).
     let deny = authorizer(vec![on_waypoint(
-        "jwt",
+        "require-jwt",
         json!({ "action": "DENY", "rules": [{
             "from": [{ "source": { "notRequestPrincipals": ["*"] } }],
             "to": [{ "operation": { "paths": ["/admin*"] } }],
         }] }),
     )]);
-    assert!(!allowed(&deny, get("/admin")));
+    assert_eq!(denied_by(&deny, get("/admin")), Some("require-jwt".into()));
+    assert!(allowed(&deny, get("/admin").jwt(alice())));
     assert!(allowed(&deny, get("/public")));
+    // A claim condition with a path the waypoint cannot read fails closed.
+    let bad = authorizer(vec![on_waypoint(
+        "bad",
+        json!({ "rules": [{ "when": [{ "key": "request.auth.claims[]", "values": ["x"] }] }] }),
+    )]);
+    assert!(!allowed(&bad, get("/").jwt(alice())));
+    // On a TCP connection there is no token: an ALLOW that needs one
+    // allows nothing.
+    let allow = authorizer(vec![on_waypoint(
+        "jwt",
+        json!({ "rules": [{ "from": [{ "source": { "requestPrincipals": ["*"] } }] }] }),
+    )]);
+    assert!(get("/").with_peer(|peer| {
+        !allow
+            .decide(&Request::connection(peer))
+            .eq(&Decision::Allow)
+    }));
+}
+
+#[test]
+fn unsupported_fields_fail_closed() {
     // Path templates are not implemented: same treatment.
     let template = authorizer(vec![on_waypoint(
         "t",

@@ -1,5 +1,6 @@
-//! One request through the waypoint: authorize it (AuthorizationPolicy
-//! attached to the waypoint or the Service), route it (VirtualService), inject
+//! One request through the waypoint: check its JWTs (RequestAuthentication)
+//! and authorize it (AuthorizationPolicy attached to the waypoint or the
+//! Service), route it (VirtualService), inject
 //! faults, pick an upstream cluster and endpoint (DestinationRule), send it
 //! with retries under the route's timeout, copy it to mirrors, and report it.
 //!
@@ -131,7 +132,18 @@ pub async fn handle(
         service_namespace: &down.service.namespace,
         port: down.port,
     };
-    let denial = authz::authorize(&ctx.tables.current().authz, &peer, &mut parts);
+    // JWTs first: AuthorizationPolicy reads the caller they name.
+    let compiled = ctx.tables.current();
+    let refusal = match compiled
+        .authn
+        .authenticate(&down.service.namespace, &down.service.name, &mut parts)
+        .await
+    {
+        Err(rejection) => Some((rejection.response(&parts), rejection.details())),
+        Ok(verified) => authz::authorize(&compiled.authz, &peer, &mut parts, verified.as_deref())
+            .map(|denial| (authz::forbidden(), denial.to_string())),
+    };
+    drop(compiled);
     // Kept for the access line only when it is written.
     let path = if tracing::enabled!(target: "access", tracing::Level::INFO) {
         parts.uri.path().to_owned()
@@ -157,11 +169,11 @@ pub async fn handle(
         upstream: None,
         destination: None,
         attempts: 0,
-        details: denial.as_ref().map(ToString::to_string),
+        details: refusal.as_ref().map(|(_, details)| details.clone()),
         request_body: None,
     });
-    let mut done = match &denial {
-        Some(_) => Done::local(boxed(authz::forbidden()), "-", String::new()),
+    let mut done = match refusal {
+        Some((response, _)) => Done::local(boxed(response), "-", String::new()),
         None => route_and_forward(&ctx, &down, parts, body).await,
     };
     if grpc && done.local {

@@ -3,7 +3,7 @@
 //!
 //! - [`networking`]: VirtualService, DestinationRule, ServiceEntry
 //!   (`networking.istio.io`).
-//! - [`security`]: AuthorizationPolicy, PeerAuthentication
+//! - [`security`]: AuthorizationPolicy, RequestAuthentication, PeerAuthentication
 //!   (`security.istio.io`).
 //! - [`common`]: pieces both groups use (selectors, string matches…).
 //!

@@ -1,4 +1,5 @@
-//! `security.istio.io`: AuthorizationPolicy and PeerAuthentication.
+//! `security.istio.io`: AuthorizationPolicy, RequestAuthentication and
+//! PeerAuthentication.
 //!
 //! Same conventions as [`super::networking`]: Istio's field names, unknown
 //! fields refused, empty fields skipped so a round trip reproduces the input.
@@ -173,6 +174,99 @@ pub struct Condition {
     pub values: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_values: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------
+// RequestAuthentication
+// ---------------------------------------------------------------------------
+
+/// Which JSON Web Tokens a workload (or, by `targetRef(s)`, a waypoint)
+/// accepts. A request without a token passes unauthenticated; one with a
+/// token that fails any check is refused (401). Who may do what with which
+/// token is AuthorizationPolicy's business (`requestPrincipals`,
+/// `request.auth.*`).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "security.istio.io",
+    version = "v1",
+    kind = "RequestAuthentication",
+    namespaced,
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestAuthenticationSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<WorkloadSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<PolicyTargetReference>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_refs: Vec<PolicyTargetReference>,
+    /// One per accepted issuer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+/// An issuer whose tokens are accepted, where to find its keys, and where
+/// to look for its tokens in a request.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtRule {
+    /// The token's `iss` must equal it.
+    #[serde(default)]
+    pub issuer: String,
+    /// The token's `aud` must hold one of them; empty: `aud` not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// Where the issuer publishes its JSON Web Key Set. Without it (and
+    /// without `jwks`), OpenID discovery on `issuer` tells.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub jwks_uri: String,
+    /// The key set itself, as JSON text; wins over `jwksUri`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub jwks: String,
+    /// Default (with `fromParams` and `fromCookies` empty too):
+    /// `Authorization: Bearer <token>` and the `access_token` parameter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_headers: Vec<JwtHeader>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_params: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_cookies: Vec<String>,
+    /// A header to carry the verified payload (base64url) upstream.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output_payload_to_header: String,
+    /// Keep the token in the request sent upstream (default: removed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward_original_token: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    /// How long fetching the key set may take (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Claims holding space-separated words, each matched on its own
+    /// (`scope` and `permission` always are).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub space_delimited_claims: Vec<String>,
+}
+
+/// A header a token is read from, after `prefix` (e.g. `"Bearer "`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtHeader {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+}
+
+/// Copies a verified token's claim into a request header.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimToHeader {
+    #[serde(default)]
+    pub header: String,
+    #[serde(default)]
+    pub claim: String,
 }
 
 // ---------------------------------------------------------------------------

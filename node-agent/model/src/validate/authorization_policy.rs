@@ -70,7 +70,7 @@ pub fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<FieldError> {
     r.into_errors()
 }
 
-fn target_ref(r: &mut Report, path: &str, target: &PolicyTargetReference) {
+pub(super) fn target_ref(r: &mut Report, path: &str, target: &PolicyTargetReference) {
     if target.name.is_empty() {
         r.error(format!("{path}.name"), "required");
     }

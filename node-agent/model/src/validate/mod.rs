@@ -16,11 +16,12 @@
 //! One file per kind holds its entry point and the checks only that kind
 //! needs: `virtual_service.rs` (with the cross-object [`unknown_subsets`]),
 //! `destination_rule.rs`, `service_entry.rs`, `authorization_policy.rs` and
-//! `peer_authentication.rs`. Checks several kinds share live here.
+//! `peer_authentication.rs` and `request_authentication.rs`. Checks several kinds share live here.
 
 mod authorization_policy;
 mod destination_rule;
 mod peer_authentication;
+mod request_authentication;
 mod service_entry;
 mod virtual_service;
 
@@ -39,6 +40,7 @@ use super::istio::WorkloadSelector;
 pub use authorization_policy::authorization_policy;
 pub use destination_rule::destination_rule;
 pub use peer_authentication::peer_authentication;
+pub use request_authentication::{key_set, request_authentication};
 pub use service_entry::service_entry;
 pub use virtual_service::{grpc_code, unknown_subsets, virtual_service};
 

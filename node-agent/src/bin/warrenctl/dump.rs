@@ -174,6 +174,14 @@ pub fn resource_json(r: &Resource) -> Value {
                 "spec": serde_json::from_str::<Value>(&a.spec_json).unwrap_or(Value::Null),
             }),
         ),
+        Some(Kind::L7Authentication(a)) => (
+            "L7Authentication",
+            json!({
+                "name": a.name, "namespace": a.namespace,
+                "gateways": a.gateways, "services": a.services,
+                "spec": serde_json::from_str::<Value>(&a.spec_json).unwrap_or(Value::Null),
+            }),
+        ),
         None => ("Unknown", Value::Null),
     };
     json!({ "key": r.key, "kind": kind, "spec": body })
@@ -302,7 +310,10 @@ pub fn print_tables(dump: &DumpResponse) {
     let rows: Vec<Vec<String>> = of(|k| {
         matches!(
             k,
-            Kind::VirtualService(_) | Kind::DestinationRule(_) | Kind::L7Authorization(_)
+            Kind::VirtualService(_)
+                | Kind::DestinationRule(_)
+                | Kind::L7Authorization(_)
+                | Kind::L7Authentication(_)
         )
     })
     .filter_map(|r| match &r.kind {
@@ -316,16 +327,16 @@ pub fn print_tables(dump: &DumpResponse) {
             format!("{}/{}", d.namespace, d.name),
             d.host.clone(),
         ]),
-        // Whom an attached AuthorizationPolicy binds, in the HOSTS column.
+        // Whom an attached policy binds, in the HOSTS column.
         Some(Kind::L7Authorization(a)) => Some(vec![
             "AuthorizationPolicy".into(),
             format!("{}/{}", a.namespace, a.name),
-            a.gateways
-                .iter()
-                .map(|g| format!("(waypoint {g})"))
-                .chain(a.services.iter().cloned())
-                .collect::<Vec<_>>()
-                .join(","),
+            bound(&a.gateways, &a.services),
+        ]),
+        Some(Kind::L7Authentication(a)) => Some(vec![
+            "RequestAuthentication".into(),
+            format!("{}/{}", a.namespace, a.name),
+            bound(&a.gateways, &a.services),
         ]),
         _ => None,
     })
@@ -365,4 +376,14 @@ fn print_problems(title: &str, meaning: &str, header: [&str; 2], problems: &[Ref
         .map(|r| vec![r.object.clone(), r.error.clone()])
         .collect();
     table::print(&header, &rows);
+}
+
+/// Waypoint Gateways and Services a policy is attached to, for a table cell.
+fn bound(gateways: &[String], services: &[String]) -> String {
+    gateways
+        .iter()
+        .map(|g| format!("(waypoint {g})"))
+        .chain(services.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(",")
 }

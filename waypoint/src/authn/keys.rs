@@ -1,0 +1,257 @@
+//! The keys tokens are verified with: a rule's inline key set, or one
+//! fetched from its `jwksUri` (or found by OpenID discovery on its issuer)
+//! and refreshed in the background.
+//!
+//! One fetcher per key set location, shared by every generation of the
+//! compiled tables that names it: a rebuild does not fetch again, and the
+//! fetcher stops when the last generation naming it is dropped.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Istio's default refresh interval for fetched key sets
+/// (`PILOT_JWT_PUB_KEY_REFRESH_INTERVAL`).
+const REFRESH: Duration = Duration::from_secs(20 * 60);
+/// Retries of a failed fetch back off up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A key set (or discovery document) larger than this is refused.
+const MAX_DOCUMENT: usize = 1 << 20;
+
+/// A key set, ready to verify with.
+pub struct Keys {
+    keys: Vec<Key>,
+}
+
+pub struct Key {
+    pub kid: Option<String>,
+    /// The algorithm the key is for, when the set says.
+    pub alg: Option<Algorithm>,
+    pub key: DecodingKey,
+}
+
+impl Keys {
+    /// No keys: every token is refused.
+    pub fn empty() -> Keys {
+        Keys { keys: Vec::new() }
+    }
+
+    /// Reads a JSON Web Key Set; every key must be usable.
+    pub fn parse(text: &str) -> Result<Keys, String> {
+        let set = warren_model::validate::key_set(text)?;
+        let mut keys = Vec::with_capacity(set.keys.len());
+        for jwk in &set.keys {
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+            let alg = jwk
+                .common
+                .key_algorithm
+                .and_then(|a| a.to_string().parse::<Algorithm>().ok());
+            keys.push(Key {
+                kid: jwk.common.key_id.clone(),
+                alg,
+                key,
+            });
+        }
+        Ok(Keys { keys })
+    }
+
+    /// The keys a token with `kid` (if it names one) signed with `alg` may
+    /// be verified by.
+    pub fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> impl Iterator<Item = &Key> {
+        self.keys.iter().filter(move |k| {
+            kid.is_none_or(|kid| k.kid.as_deref() == Some(kid)) && k.alg.is_none_or(|a| a == alg)
+        })
+    }
+}
+
+/// Where a key set comes from, when it is not inline.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Remote {
+    /// `jwksUri`.
+    Uri(String),
+    /// OpenID discovery: `<issuer>/.well-known/openid-configuration` names
+    /// the key set's location.
+    Discovery(String),
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Remote::Uri(uri) => f.write_str(uri),
+            Remote::Discovery(issuer) => write!(f, "{issuer} (OpenID discovery)"),
+        }
+    }
+}
+
+/// What a fetcher has: nothing yet, the last good key set, or only a
+/// failure.
+type Fetched = Option<Result<Arc<Keys>, String>>;
+
+/// Fetches one remote key set and keeps it fresh while it is in use.
+pub struct Fetcher {
+    remote: Remote,
+    current: watch::Receiver<Fetched>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+impl Fetcher {
+    /// The key set, waiting up to `timeout` for a first fetch.
+    pub async fn keys(&self, timeout: Duration) -> Result<Arc<Keys>, String> {
+        let mut current = self.current.clone();
+        let waited = tokio::time::timeout(timeout, current.wait_for(Option::is_some)).await;
+        let fetched = match waited {
+            Ok(Ok(fetched)) => fetched.clone(),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                return Err(format!(
+                    "no key set from {} within {timeout:?}",
+                    self.remote
+                ));
+            }
+        };
+        match fetched {
+            Some(result) => result,
+            None => Err(format!("the fetcher of {} stopped", self.remote)),
+        }
+    }
+
+    pub fn remote(&self) -> &Remote {
+        &self.remote
+    }
+}
+
+/// The fetchers in use, by location.
+#[derive(Default)]
+pub struct KeyStore {
+    fetchers: Mutex<HashMap<Remote, Weak<Fetcher>>>,
+}
+
+impl KeyStore {
+    /// The fetcher of `remote`, started if none runs. Outside a runtime
+    /// (unit tests) nothing is fetched: tokens needing it are refused.
+    pub fn fetcher(&self, remote: Remote, timeout: Duration) -> Arc<Fetcher> {
+        let mut fetchers = self.fetchers.lock().unwrap_or_else(|p| p.into_inner());
+        fetchers.retain(|_, f| f.strong_count() > 0);
+        if let Some(fetcher) = fetchers.get(&remote).and_then(Weak::upgrade) {
+            return fetcher;
+        }
+        let (tx, rx) = watch::channel(None);
+        let task = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|rt| rt.spawn(refresh(remote.clone(), timeout, tx)));
+        let fetcher = Arc::new(Fetcher {
+            remote: remote.clone(),
+            current: rx,
+            task,
+        });
+        fetchers.insert(remote, Arc::downgrade(&fetcher));
+        fetcher
+    }
+}
+
+/// Fetches `remote` now and every [`REFRESH`]; a failed fetch is retried
+/// with backoff and does not replace a good key set.
+async fn refresh(remote: Remote, timeout: Duration, tx: watch::Sender<Fetched>) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let fetched = tokio::time::timeout(timeout, fetch(&remote))
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {timeout:?}")));
+        match fetched {
+            Ok(keys) => {
+                info!(jwks = %remote, keys = keys.keys.len(), "fetched JWT key set");
+                tx.send_replace(Some(Ok(Arc::new(keys))));
+                backoff = Duration::from_secs(1);
+                tokio::time::sleep(REFRESH).await;
+            }
+            Err(error) => {
+                warn!(jwks = %remote, %error, retry_in = ?backoff, "fetching JWT key set failed");
+                tx.send_if_modified(|current| match current {
+                    Some(Ok(_)) => false,
+                    _ => {
+                        *current = Some(Err(error));
+                        true
+                    }
+                });
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+async fn fetch(remote: &Remote) -> Result<Keys, String> {
+    let uri = match remote {
+        Remote::Uri(uri) => uri.clone(),
+        Remote::Discovery(issuer) => {
+            let url = format!(
+                "{}/.well-known/openid-configuration",
+                issuer.trim_end_matches('/')
+            );
+            let document = get(&url).await?;
+            let document: serde_json::Value = serde_json::from_slice(&document)
+                .map_err(|e| format!("{url}: not a JSON document: {e}"))?;
+            document
+                .get("jwks_uri")
+                .and_then(|u| u.as_str())
+                .ok_or_else(|| format!("{url}: no jwks_uri"))?
+                .to_owned()
+        }
+    };
+    let body = get(&uri).await?;
+    let text = std::str::from_utf8(&body).map_err(|_| format!("{uri}: not UTF-8 text"))?;
+    Keys::parse(text).map_err(|e| format!("{uri}: {e}"))
+}
+
+/// One GET over HTTP or HTTPS (the system's roots), body at most
+/// [`MAX_DOCUMENT`].
+async fn get(url: &str) -> Result<Bytes, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(Arc::new(rustls::crypto::ring::default_provider()))
+        .map_err(|e| format!("no TLS roots for {url}: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    let response = client
+        .get(uri)
+        .await
+        .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+    if !response.status().is_success() {
+        return Err(format!("{url}: answered {}", response.status()));
+    }
+    let body = Limited::new(response.into_body(), MAX_DOCUMENT)
+        .collect()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    Ok(body.to_bytes())
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
