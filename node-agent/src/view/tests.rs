@@ -1055,6 +1055,83 @@ fn l7_policy(view: &View, name: &str) -> Option<warren_api::config::L7Authorizat
     }
 }
 
+const JWT_RULES: &str = r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: { name: on-waypoint, namespace: demo }
+spec:
+  targetRefs: [{ group: gateway.networking.k8s.io, kind: Gateway, name: waypoint }]
+  jwtRules: [{ issuer: "https://idp.example", jwksUri: "https://idp.example/keys" }]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: { name: on-service, namespace: demo }
+spec:
+  targetRef: { kind: Service, name: app }
+  jwtRules: [{ issuer: "https://idp.example" }]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: { name: by-selector, namespace: demo }
+spec:
+  selector: { matchLabels: { app: app } }
+  jwtRules: [{ issuer: "https://idp.example" }]
+"#;
+
+fn jwt_rules(view: &View, name: &str) -> Option<warren_api::config::L7Authentication> {
+    match get(view, &key::l7_authentication("demo", name)) {
+        Some(ResourceKind::L7Authentication(p)) => Some(p),
+        _ => None,
+    }
+}
+
+#[test]
+fn request_authentications_reach_waypoints_as_attached() {
+    let (mut store, mut view) = built(JWT_RULES);
+    // No waypoint Gateway yet.
+    assert_eq!(jwt_rules(&view, "on-waypoint"), None);
+    let on_service = jwt_rules(&view, "on-service").expect("Service target published");
+    assert!(on_service.gateways.is_empty());
+    assert_eq!(on_service.services, ["app"]);
+    let spec: serde_json::Value = serde_json::from_str(&on_service.spec_json).unwrap();
+    assert_eq!(spec["jwtRules"][0]["issuer"], "https://idp.example");
+    // A selector one: no proxy in ambient mode verifies tokens for a pod.
+    assert_eq!(jwt_rules(&view, "by-selector"), None);
+
+    let keys = apply(&mut store, WAYPOINT_GATEWAY);
+    view.changed(&store, &keys);
+    let on_waypoint = jwt_rules(&view, "on-waypoint").expect("published");
+    assert_eq!(on_waypoint.gateways, ["waypoint"]);
+
+    let published = view.publisher().lock();
+    let jwt = |audience: &Audience| match published.pending(None, audience) {
+        Pending::Update(u) => u
+            .upserts
+            .iter()
+            .filter(|r| r.key.starts_with("l7authentication/"))
+            .count(),
+        Pending::UpToDate => 0,
+    };
+    assert_eq!(jwt(&Audience::Ztunnel), 0);
+    assert_eq!(
+        jwt(&Audience::Waypoint {
+            namespace: "demo".into()
+        }),
+        2
+    );
+    drop(published);
+
+    // Gone from the store: withdrawn.
+    let gone = delete(
+        &mut store,
+        Kind::RequestAuthentication,
+        "demo",
+        "on-service",
+    );
+    view.changed(&store, &[gone]);
+    assert_eq!(jwt_rules(&view, "on-service"), None);
+}
+
 #[test]
 fn attached_policies_reach_their_namespace_waypoint_only() {
     let (mut store, mut view) = built(ATTACHED_POLICIES);
