@@ -168,7 +168,7 @@ fn main() -> ExitCode {
     };
 
     // The tour, in order; a later step builds on what the earlier ones set up.
-    let tour: [(&str, Step); 19] = [
+    let tour: [(&str, Step); 20] = [
         (
             "Mesh up: CA, node agents (eBPF datapath pinned), ztunnels",
             Demo::mesh_up,
@@ -222,6 +222,10 @@ fn main() -> ExitCode {
         (
             "Swim lane: x-lane-id: dev-alice takes dev-alice versions",
             Demo::swim_lane,
+        ),
+        (
+            "JWT: the waypoint verifies tokens; /admin takes a good one",
+            Demo::jwt,
         ),
         (
             "Zones: traffic stays in its zone, and fails over when it must",
@@ -1123,6 +1127,71 @@ impl Demo {
             &self.waypoint_metrics()?,
             "warren_waypoint_retries_total",
             &[],
+        ))
+    }
+
+    fn jwt(&mut self) -> Result<String> {
+        const ISSUER: &str = "https://idp.shop.example";
+        let idp = warren_testbed::jwt::Issuer::new(ISSUER, "demo-key")?;
+        let rules = |jwks: &str| {
+            format!(
+                "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{ name: jwt, namespace: shop }}\nspec:\n  targetRefs: [{{ group: gateway.networking.k8s.io, kind: Gateway, name: waypoint }}]\n  jwtRules:\n  - issuer: {ISSUER}\n    jwks: '{jwks}'\n    outputClaimToHeaders: [{{ header: x-user, claim: sub }}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{ name: admin-needs-jwt, namespace: shop }}\nspec:\n  targetRefs: [{{ group: gateway.networking.k8s.io, kind: Gateway, name: waypoint }}]\n  rules:\n  - to: [{{ operation: {{ notPaths: [\"/admin*\"] }} }}]\n  - from: [{{ source: {{ requestPrincipals: [\"{ISSUER}/*\"] }} }}]\n    to: [{{ operation: {{ paths: [\"/admin*\"] }} }}]\n"
+            )
+        };
+        show_yaml("jwt.yaml", &rules("<the issuer's public key set>"));
+        let file = "jwt.shop.yaml";
+        std::fs::write(self.cluster.config_dir().join(file), rules(&idp.jwks()))
+            .with_context(|| format!("writing {file}"))?;
+        let client = self.client()?;
+        let admin = self.url("app", "/admin")?;
+        let alice = idp.token(serde_json::json!({ "sub": "alice" }))?;
+        let expired = idp.token(serde_json::json!({ "sub": "alice", "exp": 1_000_000 }))?;
+        let curl = |token: Option<&str>| -> Result<(u16, String)> {
+            let auth = token.map(|t| format!("authorization: Bearer {t}"));
+            let mut args = vec!["-sS", "--max-time", "5", "-w", "\n%{http_code}"];
+            if let Some(auth) = &auth {
+                args.extend(["-H", auth.as_str()]);
+            }
+            args.push(&admin);
+            let out = client.sandbox.exec("curl", &args)?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+            Ok((code.trim().parse().unwrap_or(0), body.to_owned()))
+        };
+        eventually(Duration::from_secs(20), "the JWT rules in force", || {
+            Ok(curl(None)?.0 == 403)
+        })
+        .with_context(|| self.logs())?;
+        let (anonymous, _) = curl(None)?;
+        let (with_token, body) = curl(Some(&alice))?;
+        let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let user = answer["headers"]["x-user"]
+            .as_str()
+            .unwrap_or("-")
+            .to_owned();
+        ensure!(
+            with_token == 200
+                && user == "alice"
+                && answer["headers"].get("authorization").is_none(),
+            "with alice's token: {with_token} {body}"
+        );
+        let (stale, why) = curl(Some(&expired))?;
+        ensure!(
+            stale == 401 && why.contains("Jwt is expired"),
+            "with an expired token: {stale} {why:?}"
+        );
+        println!("   $ curl {admin}   → {anonymous} RBAC: access denied");
+        println!(
+            "   $ curl -H 'authorization: Bearer <alice's token>' {admin}   → {with_token}, app sees x-user: {user}"
+        );
+        println!("   $ curl -H 'authorization: Bearer <expired>' {admin}   → {stale} {why}");
+        std::fs::remove_file(self.cluster.config_dir().join(file))?;
+        eventually(Duration::from_secs(20), "the JWT rules withdrawn", || {
+            Ok(curl(None)?.0 == 200)
+        })
+        .with_context(|| self.logs())?;
+        Ok(format!(
+            "/admin: {anonymous} without a token, {with_token} with alice's (the app sees x-user: {user}, not the token), {stale} \"{why}\" with an expired one"
         ))
     }
 
