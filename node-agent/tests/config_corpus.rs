@@ -79,6 +79,9 @@ macro_rules! check {
             "PeerAuthentication" => {
                 check_as::<PeerAuthentication>(typed($de), validate::peer_authentication)
             }
+            "RequestAuthentication" => {
+                check_as::<RequestAuthentication>(typed($de), validate::request_authentication)
+            }
             other => panic!("the corpus holds no {other}"),
         }
     };
@@ -140,6 +143,7 @@ fn valid_corpus_round_trips_and_validates() {
         "ServiceEntry",
         "AuthorizationPolicy",
         "PeerAuthentication",
+        "RequestAuthentication",
     ] {
         assert!(
             kinds_seen.iter().any(|k| k == kind),
@@ -260,6 +264,7 @@ fn crds_generate_for_every_kind() {
         ServiceEntry::crd(),
         AuthorizationPolicy::crd(),
         PeerAuthentication::crd(),
+        RequestAuthentication::crd(),
     ]
     .into_iter()
     .map(|crd| crd.metadata.name.unwrap_or_default())
@@ -272,6 +277,7 @@ fn crds_generate_for_every_kind() {
             "serviceentries.networking.istio.io",
             "authorizationpolicies.security.istio.io",
             "peerauthentications.security.istio.io",
+            "requestauthentications.security.istio.io",
         ]
     );
 }
