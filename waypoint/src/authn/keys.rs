@@ -15,7 +15,10 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::{
+    Algorithm, DecodingKey,
+    jwk::{Jwk, PublicKeyUse},
+};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -45,21 +48,33 @@ impl Keys {
         Keys { keys: Vec::new() }
     }
 
-    /// Reads a JSON Web Key Set; every key must be usable.
-    pub fn parse(text: &str) -> Result<Keys, String> {
+    /// A rule's own key set (`jwks`): every key must be readable, as the
+    /// agent checked.
+    pub fn inline(text: &str) -> Result<Keys, String> {
         let set = warren_model::validate::key_set(text)?;
-        let mut keys = Vec::with_capacity(set.keys.len());
-        for jwk in &set.keys {
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
-            let alg = jwk
-                .common
-                .key_algorithm
-                .and_then(|a| a.to_string().parse::<Algorithm>().ok());
-            keys.push(Key {
-                kid: jwk.common.key_id.clone(),
-                alg,
-                key,
-            });
+        Ok(Keys {
+            keys: set.keys.iter().filter_map(Key::from_jwk).collect(),
+        })
+    }
+
+    /// A fetched key set: keys this proxy cannot use are skipped, since
+    /// an issuer may publish other key types, or encryption keys, beside
+    /// its signing keys; at least one must be usable.
+    pub fn fetched(text: &str) -> Result<Keys, String> {
+        #[derive(serde::Deserialize)]
+        struct Set {
+            keys: Vec<serde_json::Value>,
+        }
+        let set: Set =
+            serde_json::from_str(text).map_err(|e| format!("not a JSON Web Key Set: {e}"))?;
+        let keys: Vec<Key> = set
+            .keys
+            .into_iter()
+            .filter_map(|v| serde_json::from_value::<Jwk>(v).ok())
+            .filter_map(|jwk| Key::from_jwk(&jwk))
+            .collect();
+        if keys.is_empty() {
+            return Err("no key of the set can verify tokens".into());
         }
         Ok(Keys { keys })
     }
@@ -69,6 +84,25 @@ impl Keys {
     pub fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> impl Iterator<Item = &Key> {
         self.keys.iter().filter(move |k| {
             kid.is_none_or(|kid| k.kid.as_deref() == Some(kid)) && k.alg.is_none_or(|a| a == alg)
+        })
+    }
+}
+
+impl Key {
+    /// A signing key; `None` for an encryption key (`use: enc`), a key for
+    /// an algorithm that is no signature's, or one that cannot be read.
+    fn from_jwk(jwk: &Jwk) -> Option<Key> {
+        if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
+            return None;
+        }
+        let alg = match jwk.common.key_algorithm {
+            None => None,
+            Some(a) => Some(a.to_string().parse::<Algorithm>().ok()?),
+        };
+        Some(Key {
+            kid: jwk.common.key_id.clone(),
+            alg,
+            key: DecodingKey::from_jwk(jwk).ok()?,
         })
     }
 }
@@ -217,7 +251,7 @@ async fn fetch(remote: &Remote) -> Result<Keys, String> {
     };
     let body = get(&uri).await?;
     let text = std::str::from_utf8(&body).map_err(|_| format!("{uri}: not UTF-8 text"))?;
-    Keys::parse(text).map_err(|e| format!("{uri}: {e}"))
+    Keys::fetched(text).map_err(|e| format!("{uri}: {e}"))
 }
 
 /// One GET over HTTP or HTTPS (the system's roots), body at most

@@ -70,7 +70,7 @@ impl Rule {
             None => FETCH_TIMEOUT,
         };
         let keys = if !rule.jwks.is_empty() {
-            KeySource::Inline(Arc::new(Keys::parse(&rule.jwks)?))
+            KeySource::Inline(Arc::new(Keys::inline(&rule.jwks)?))
         } else if !rule.jwks_uri.is_empty() {
             KeySource::Remote(store.fetcher(Remote::Uri(rule.jwks_uri.clone()), timeout))
         } else {

@@ -379,7 +379,18 @@ async fn key_server(jwks: String) -> (SocketAddr, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn key_sets_are_fetched_once_and_shared_by_rebuilds() {
     let idp = issuer();
-    let (addr, fetched) = key_server(idp.jwks()).await;
+    // Beside the signing key: an encryption key under the same kid, a curve
+    // this proxy does not know, and an algorithm that signs nothing. They
+    // are skipped, not fatal (issuers publish such keys).
+    let mut enc = issuer().jwk();
+    enc["use"] = json!("enc");
+    let served = json!({ "keys": [
+        enc,
+        { "kty": "EC", "crv": "secp256k1", "kid": "k9", "x": "AA", "y": "AA" },
+        { "kty": "RSA", "alg": "RSA-OAEP", "kid": "k8", "n": "AQAB", "e": "AQAB" },
+        idp.jwk(),
+    ] });
+    let (addr, fetched) = key_server(served.to_string()).await;
     let store = KeyStore::default();
     let rules = json!([{ "issuer": ISS, "jwksUri": format!("http://{addr}/keys") }]);
     let first = Authenticator::build(vec![input(rules.clone())], &store);
@@ -423,4 +434,34 @@ async fn key_sets_are_fetched_once_and_shared_by_rebuilds() {
     assert_eq!(check(&a, &mut parts).await, Err(Rejection::KeysUnavailable));
     let mut parts = request("/", &[]);
     assert_eq!(check(&a, &mut parts).await, Ok(None));
+}
+
+#[test]
+fn only_signing_keys_verify() {
+    let idp = issuer();
+    let mut enc = idp.jwk();
+    enc["use"] = json!("enc");
+    let only_enc = json!({ "keys": [enc] }).to_string();
+    assert!(super::keys::Keys::fetched(&only_enc).is_err());
+    let inline = super::keys::Keys::inline(&only_enc).expect("readable");
+    assert_eq!(
+        inline
+            .candidates(Some("k1"), jsonwebtoken::Algorithm::ES256)
+            .count(),
+        0
+    );
+    let signing = super::keys::Keys::fetched(&idp.jwks()).expect("usable");
+    assert_eq!(
+        signing
+            .candidates(Some("k1"), jsonwebtoken::Algorithm::ES256)
+            .count(),
+        1
+    );
+    // A key for ES256 is no candidate for another algorithm.
+    assert_eq!(
+        signing
+            .candidates(Some("k1"), jsonwebtoken::Algorithm::HS256)
+            .count(),
+        0
+    );
 }
