@@ -539,3 +539,95 @@ async fn dns_over_tcp_is_answered_and_a_long_answer_over_udp_sends_the_resolver_
         assert!(seen >= at_least, "{transport} {outcome}: {seen}\n{metrics}");
     }
 }
+
+/// Connections from addresses ztunnel does not know wait for the agent's
+/// update a few at a time: with 16 waiting, the next is reset at once,
+/// while they wait on; the one whose pod then appears is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_sources_wait_sixteen_at_a_time() {
+    let ip = |c: u8, d: u8| IpAddr::from([127, 55, c, d]);
+    let mut mesh = two_nodes_configured(55, |config| {
+        // Long enough that the waiting connections are still waiting when
+        // the test looks, whatever the machine's speed.
+        config.catch_up_wait = Duration::from_secs(30);
+    })
+    .await;
+    mesh.view.put(service(
+        warren_api::key::service("demo", "app"),
+        "app.demo.svc.cluster.local",
+        &[ip(60, 1)],
+        &[],
+    ));
+    mesh.sync();
+    let proxy = mesh.a.ztunnel.addresses.dns_proxy[0];
+    let connect = async |from: IpAddr| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+        socket.connect(proxy).await.unwrap()
+    };
+    // Sixteen newcomers, each from its own address (one address alone
+    // would meet the per-source limit first).
+    let mut waiting = Vec::new();
+    for d in 1..=16 {
+        waiting.push(connect(ip(90, d)).await);
+    }
+    // Accepted in order; half a second for each to take its place in the
+    // pool (a spawn away), then the seventeenth must be reset on its first
+    // try, not after waiting itself.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let probe = async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(ip(91, 1), 0))?;
+        // The reset can come before the connect is seen to complete.
+        let mut stream = socket.connect(proxy).await?;
+        let mut byte = [0u8; 1];
+        stream.read(&mut byte).await
+    };
+    let read = tokio::time::timeout(Duration::from_secs(5), probe).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "a seventeenth newcomer was not reset while sixteen waited: {read:?}"
+    );
+    // The sixteen still wait: nothing to read, not closed.
+    for (i, stream) in waiting.iter().enumerate() {
+        let mut byte = [0u8; 1];
+        match stream.try_read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("waiting connection {i} was ended: {other:?}"),
+        }
+    }
+    // The first one's pod arrives: its query is answered.
+    mesh.view.add_workload(workload(
+        "demo",
+        "newcomer",
+        "newcomer",
+        ip(90, 1),
+        "node-a",
+        ip(1, 1),
+    ));
+    mesh.sync();
+    let mut stream = waiting.swap_remove(0);
+    let query = question(1, "app.demo.svc.cluster.local.", RecordType::A)
+        .to_vec()
+        .unwrap();
+    let mut framed = u16::try_from(query.len()).unwrap().to_be_bytes().to_vec();
+    framed.extend_from_slice(&query);
+    stream.write_all(&framed).await.unwrap();
+    let mut len = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut len))
+        .await
+        .expect("an answer once the pod is known")
+        .unwrap();
+    let mut bytes = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut bytes).await.unwrap();
+    assert_eq!(addresses(&Message::from_vec(&bytes).unwrap()), [ip(60, 1)]);
+    let metrics = mesh.a.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "warren_ztunnel_dns_queries_total",
+            &["transport=\"tcp\"", "outcome=\"dropped\""],
+        ) >= 1,
+        "{metrics}"
+    );
+}
