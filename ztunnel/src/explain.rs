@@ -8,9 +8,10 @@
 //! now: a Service's endpoint is the one its balancer gives the next connection
 //! (looked at, not taken), and a destination on another node is judged with
 //! the policies this ztunnel holds for it, which the agent sends that node's
-//! ztunnel too. Two things it cannot see: the node's capture settings (a port
-//! the pod excludes is not captured at all; port 53 goes to the DNS proxy when
-//! the node captures DNS) and what a waypoint decides.
+//! ztunnel too. A port the pod excludes from capture is said to go past
+//! ztunnel, as the agent configured the kernel. What it cannot see: whether
+//! the node captures DNS (port 53 then goes to the DNS proxy; it notes that)
+//! and what a waypoint decides.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -48,6 +49,9 @@ pub enum Verdict {
     Denied,
     /// Refused before any policy (the last step says why).
     Refused,
+    /// Not captured: it goes to its destination past ztunnel, outside the
+    /// mesh's mTLS and policies.
+    NotCaptured,
 }
 
 /// The steps and how they end: a [`Verdict`] here, a request's verdict in
@@ -109,6 +113,19 @@ pub async fn explain(inputs: &Inputs, from: &str, to: &str) -> Result<Explanatio
     let source_ip = source
         .address_toward(dst.ip())
         .ok_or_else(|| ExplainError::NoAddress(name(&source)))?;
+    if source.excluded_ports.contains(&dst.port()) {
+        step(
+            "capture",
+            format!(
+                "port {} is excluded from capture for this pod (annotation warren.io/exclude-outbound-ports): the kernel lets the connection go straight to {dst}; ztunnel never sees it, so no mTLS, policy or waypoint applies",
+                dst.port()
+            ),
+        );
+        return Ok(Explanation {
+            steps,
+            verdict: Verdict::NotCaptured,
+        });
+    }
     if dst.port() == 53 && !inputs.config.dns_proxy_addrs.is_empty() {
         step(
             "note",

@@ -251,6 +251,24 @@ async fn explain_tells_what_a_connection_meets() {
     assert!(steps.contains("REGISTRY_ONLY"), "{steps}");
     assert!(refused(mesh.client_to(outside).await).await);
 
+    // A port the pod excludes from capture: past ztunnel, whatever the
+    // policies and the registry say.
+    mesh.view
+        .workload_mut(&mesh.client_key.clone())
+        .excluded_ports = vec![u32::from(outside.port())];
+    mesh.sync();
+    let (verdict, steps) = explained(&mesh, &client, &outside.to_string()).await;
+    assert_eq!(verdict, "not_captured", "{steps}");
+    assert!(
+        steps.contains(&format!("port {} is excluded from capture", outside.port())),
+        "{steps}"
+    );
+    mesh.view
+        .workload_mut(&mesh.client_key.clone())
+        .excluded_ports
+        .clear();
+    mesh.sync();
+
     // Questions it cannot answer say why: a pod of another node, an unknown pod,
     // a pod outside the mesh, a name outside the mesh, a host the pod's DNS
     // resolves, a malformed destination.

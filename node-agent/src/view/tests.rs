@@ -29,7 +29,7 @@ metadata:
   name: app-v1-0
   namespace: demo
   labels: { app: app, version: v1 }
-  annotations: { warren.io/netns: /run/netns/t-app-v1-0 }
+  annotations: { warren.io/netns: /run/netns/t-app-v1-0, warren.io/exclude-outbound-ports: "5432,25" }
 spec: { nodeName: node-a, serviceAccountName: app, containers: [{ name: main }] }
 status: { hostIP: 172.30.0.1, podIP: 10.244.0.5, podIPs: [{ ip: 10.244.0.5 }, { ip: "fd00:244::5" }] }
 ---
@@ -151,6 +151,20 @@ fn delta_keys(view: &View, since: u64) -> Vec<String> {
 
 fn version(view: &View) -> u64 {
     view.publisher().lock().version()
+}
+
+#[test]
+fn a_workload_carries_the_ports_its_pod_excludes_from_capture() {
+    let (_, view) = built("");
+    assert_eq!(
+        workload(&view, "demo", "app-v1-0").excluded_ports,
+        [5432, 25]
+    );
+    assert!(
+        workload(&view, "demo", "app-v2-0")
+            .excluded_ports
+            .is_empty()
+    );
 }
 
 #[test]

@@ -111,6 +111,13 @@ pub fn workload(
             .map(|n| n.path.display().to_string())
             .unwrap_or_default(),
         waypoint,
+        // A bad annotation was refused with the pod; none are excluded then.
+        excluded_ports: pod
+            .excluded_ports()
+            .unwrap_or_default()
+            .into_iter()
+            .map(u32::from)
+            .collect(),
         name,
         namespace,
     })

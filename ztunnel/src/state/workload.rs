@@ -43,6 +43,8 @@ pub struct Workload {
     pub locality: Locality,
     /// The waypoint that traffic addressed to the pod itself goes through.
     pub waypoint: Option<Waypoint>,
+    /// Destination ports its connections to are not captured.
+    pub excluded_ports: Vec<u16>,
 }
 
 /// PeerAuthentication's mode for one workload (or port).
@@ -186,6 +188,11 @@ impl Workload {
             labels: w.labels.into_iter().collect(),
             locality: Locality::parse(&w.locality),
             waypoint,
+            excluded_ports: w
+                .excluded_ports
+                .iter()
+                .filter_map(|p| u16::try_from(*p).ok())
+                .collect(),
         })
     }
 
