@@ -18,6 +18,10 @@ pub mod socket;
 pub mod subscribe;
 
 /// Generated from `proto/warren/config/v1/config.proto`.
+// `Resource.kind` is as large as a Workload. The view keeps resources
+// encoded and proxies turn them into their own types at once, so a decoded
+// Resource is short-lived and boxing its variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub mod config {
     tonic::include_proto!("warren.config.v1");
 }
