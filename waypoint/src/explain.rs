@@ -202,24 +202,43 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
             }
             None => {
                 step("policy", "a TCP port: the connection is allowed".to_owned());
+                // On a TLS port the URL's host stands for the server name
+                // the client's hello would ask for (none for an address).
+                let tls = port.carries_tls();
+                let server_name = url
+                    .host()
+                    .filter(|h| h.parse::<std::net::IpAddr>().is_err() && !h.starts_with('['));
+                if tls && compiled.tcp_routes.reads_sni(&service.hostname, scope) {
+                    step(
+                        "tls",
+                        match server_name {
+                            Some(name) => format!(
+                                "a TLS port: routed on the server name {name}, read from the client's hello"
+                            ),
+                            None => "a TLS port: a hello without a server name fits no tls rule"
+                                .to_owned(),
+                        },
+                    );
+                }
                 let info = ConnectionInfo {
                     port: dst.port(),
                     destination: dst.ip(),
                     source_labels: &caller.labels,
                     source_namespace: &identity.namespace,
+                    tls: tls.then_some(server_name),
                 };
                 match compiled.tcp_routes.route(&service.hostname, scope, &info) {
                     TcpRouted::Default => step(
                         "route",
                         format!(
-                            "no VirtualService tcp rule fits: the bytes go to {}",
+                            "no VirtualService tcp or tls rule fits: the bytes go to {}",
                             service.hostname
                         ),
                     ),
                     TcpRouted::Rule(vs, rule) => {
                         step(
                             "route",
-                            format!("VirtualService {vs}, tcp rule {:?}", rule.name),
+                            format!("VirtualService {vs}, rule {:?}", rule.name),
                         );
                         step(
                             "action",

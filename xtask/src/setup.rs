@@ -30,6 +30,8 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "curl",
+    // TLS backends and certificates in the waypoint's TLS routing test.
+    "openssl",
     // Benchmark tools and baselines.
     "iperf3",
     "wrk",

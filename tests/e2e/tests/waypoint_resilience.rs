@@ -1112,7 +1112,7 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         (
             vec![format!("http://{db}/")],
             vec![
-                "tcp rule",
+                "rule \"spec.tcp[0]\"",
                 "relay to db.shop.svc.cluster.local subset v2 (100%)",
                 "verdict: forwarded",
             ],

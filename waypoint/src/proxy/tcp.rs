@@ -1,5 +1,6 @@
 //! A connection to a TCP service port through the waypoint: route it once
-//! (VirtualService `tcp` rules), take a connection-pool slot and an
+//! (VirtualService `tls` rules on the server name of the client's hello, on
+//! a TLS port, then `tcp` rules), take a connection-pool slot and an
 //! endpoint from the destination's cluster (DestinationRule subsets, load
 //! balancing, `tcp.maxConnections`, outlier detection), connect over HBONE,
 //! and splice bytes until either side closes, or the DestinationRule's
@@ -19,13 +20,14 @@ use std::{
 };
 
 use http::{HeaderMap, Uri};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tracing::{debug, info};
 use warren_ztunnel::{drain, proxy::hbone::Tunnel};
 
 use super::{
     Downstream,
     connect::{ConnectError, Upstream},
+    hello,
 };
 use crate::{
     app::{ClusterKey, Context},
@@ -80,19 +82,42 @@ pub async fn serve(
 ) {
     let start = Instant::now();
     let compiled = ctx.tables.current();
-    let empty = BTreeMap::new();
-    let info = ConnectionInfo {
-        port: down.port,
-        destination: down.vip,
-        source_labels: down.source.as_ref().map_or(&empty, |w| &w.labels),
-        source_namespace: &down.peer.identity.namespace,
-    };
     let host = &down.service.hostname;
     let default = RouteDestination::to_host(host);
     // The service's own VirtualServices, and the waypoint's namespace's.
     let scope = Scope {
         service_namespace: &down.service.namespace,
         waypoint_namespace: &ctx.config.namespace,
+    };
+    // On a TLS port whose VirtualService routes by server name: the
+    // client's hello, read first and sent on first.
+    let tls_port = down
+        .service
+        .port(down.port)
+        .is_some_and(|p| p.carries_tls());
+    let mut hello = Vec::new();
+    let server_name = if tls_port && compiled.tcp_routes.reads_sni(host, scope) {
+        match tokio::time::timeout(hello::TIMEOUT, hello::server_name(&mut tunnel, &mut hello))
+            .await
+        {
+            Ok(Ok(name)) => name,
+            Ok(Err(error)) => {
+                debug!(%error, "the client left before its TLS hello");
+                return;
+            }
+            // Routed without a name: no `tls` rule fits.
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let empty = BTreeMap::new();
+    let info = ConnectionInfo {
+        port: down.port,
+        destination: down.vip,
+        source_labels: down.source.as_ref().map_or(&empty, |w| &w.labels),
+        source_namespace: &down.peer.identity.namespace,
+        tls: tls_port.then_some(server_name.as_deref()),
     };
     let (route, destination) = match compiled.tcp_routes.route(host, scope, &info) {
         TcpRouted::Default => ("default".to_owned(), &default),
@@ -120,6 +145,7 @@ pub async fn serve(
         }
     };
     let traffic = Traffic::new();
+    traffic.moved(&traffic.from_client, hello.len());
     let mut client = Counted {
         inner: &mut tunnel,
         traffic: &traffic,
@@ -127,10 +153,14 @@ pub async fn serve(
     let splice = async {
         match upstream {
             Upstream::Tunnel(io) => {
-                tokio::io::copy_bidirectional(&mut client, &mut io.into_inner()).await
+                let mut io = io.into_inner();
+                io.write_all(&hello).await?;
+                tokio::io::copy_bidirectional(&mut client, &mut io).await
             }
             Upstream::Tcp(io) => {
-                tokio::io::copy_bidirectional(&mut client, &mut io.into_inner()).await
+                let mut io = io.into_inner();
+                io.write_all(&hello).await?;
+                tokio::io::copy_bidirectional(&mut client, &mut io).await
             }
         }
     };

@@ -1,5 +1,5 @@
-//! VirtualService `tcp` rules: where a connection to a TCP service port
-//! goes.
+//! VirtualService `tcp` and `tls` rules: where a connection to a TCP
+//! service port goes.
 //!
 //! A waypoint serves a port whose protocol is TCP (see
 //! `warren_ztunnel::state::service::Protocol`) as opaque bytes: it picks a
@@ -12,13 +12,19 @@
 //! waypoint does the same).
 //!
 //! Match fields: `port`, `sourceLabels`, `sourceNamespace`,
-//! `destinationSubnets`. A match bound to `gateways` other than `mesh` is
-//! the gateways', not the waypoint's: left out (a rule left with none is).
+//! `destinationSubnets`, and for `tls` rules `sniHosts`. A match bound to
+//! `gateways` other than `mesh` is the gateways', not the waypoint's: left
+//! out (a rule left with none is).
+//!
+//! On a port that carries TLS (`tls`, `https`), the VirtualService's `tls`
+//! rules are tried first, on the server name the client's hello asks for
+//! (the waypoint reads it without terminating TLS), then its `tcp` rules, as
+//! Istio tries them.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use rand::Rng;
-use warren_model::istio::{L4MatchAttributes, TcpRoute};
+use warren_model::istio::{L4MatchAttributes, TcpRoute, TlsMatchAttributes, TlsRoute};
 
 use super::{
     ErrorEffect, ExportTo, RouteDestination, RouteError, Scope, VsId, VsInput, host::HostIndex,
@@ -43,6 +49,9 @@ pub struct ConnectionInfo<'a> {
     pub destination: IpAddr,
     pub source_labels: &'a BTreeMap<String, String>,
     pub source_namespace: &'a str,
+    /// On a port that carries TLS: the server name of the client's hello
+    /// (`Some(None)` when it names none, or was not TLS). `None` elsewhere.
+    pub tls: Option<Option<&'a str>>,
 }
 
 #[derive(Clone, Debug)]
@@ -51,9 +60,32 @@ struct L4Match {
     subnets: Vec<Cidr>,
     source_labels: BTreeMap<String, String>,
     source_namespace: Option<String>,
+    /// `sniHosts`, lower case: exact, `*.suffix`, or `*`. Empty for `tcp`.
+    sni_hosts: Vec<String>,
 }
 
 impl L4Match {
+    fn compile_tls(path: &str, m: &TlsMatchAttributes) -> Result<Self, Invalid> {
+        if m.sni_hosts.is_empty() {
+            return Err(invalid(
+                format!("{path}.sniHosts"),
+                "a tls match needs at least one".into(),
+            ));
+        }
+        let mut compiled = L4Match::compile(
+            path,
+            &L4MatchAttributes {
+                destination_subnets: m.destination_subnets.clone(),
+                port: m.port,
+                source_labels: m.source_labels.clone(),
+                source_namespace: m.source_namespace.clone(),
+                gateways: m.gateways.clone(),
+            },
+        )?;
+        compiled.sni_hosts = m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        Ok(compiled)
+    }
+
     fn compile(path: &str, m: &L4MatchAttributes) -> Result<Self, Invalid> {
         let port = m
             .port
@@ -79,11 +111,20 @@ impl L4Match {
             subnets,
             source_labels: m.source_labels.clone(),
             source_namespace: Some(m.source_namespace.clone()).filter(|n| !n.is_empty()),
+            sni_hosts: Vec::new(),
         })
     }
 
     fn fits(&self, c: &ConnectionInfo<'_>) -> bool {
-        self.port.is_none_or(|p| p == c.port)
+        let sni = || {
+            let Some(Some(name)) = c.tls else {
+                return false;
+            };
+            let name = name.to_ascii_lowercase();
+            self.sni_hosts.iter().any(|h| sni_matches(h, &name))
+        };
+        (self.sni_hosts.is_empty() || sni())
+            && self.port.is_none_or(|p| p == c.port)
             && (self.subnets.is_empty() || self.subnets.iter().any(|n| n.contains(c.destination)))
             && self
                 .source_labels
@@ -96,7 +137,19 @@ impl L4Match {
     }
 }
 
-/// One compiled `tcp` rule.
+/// Whether `name` (lower case) is one of `pattern`: the same name, `*`, or
+/// `*.suffix` for a name with at least one more label.
+fn sni_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        None => pattern == name,
+        Some("") => true,
+        Some(suffix) => {
+            suffix.starts_with('.') && name.len() > suffix.len() && name.ends_with(suffix)
+        }
+    }
+}
+
+/// One compiled `tcp` or `tls` rule.
 #[derive(Clone, Debug)]
 pub struct TcpRule {
     pub name: String,
@@ -112,18 +165,46 @@ impl TcpRule {
             .r#match
             .iter()
             .enumerate()
-            .filter(|(_, m)| m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+            .filter(|(_, m)| for_mesh(&m.gateways))
             .map(|(i, m)| L4Match::compile(&format!("{path}.match[{i}]"), m))
             .collect::<Result<Vec<_>, _>>()?;
         if !rule.r#match.is_empty() && matches.is_empty() {
             return Ok(None);
         }
-        if rule.route.is_empty() {
+        Self::with_destinations(path, matches, &rule.route).map(Some)
+    }
+
+    /// A `tls` rule: like a `tcp` one, each match with `sniHosts`.
+    fn compile_tls(path: &str, rule: &TlsRoute) -> Result<Option<Self>, Invalid> {
+        if rule.r#match.is_empty() {
+            return Err(invalid(
+                format!("{path}.match"),
+                "a tls rule needs a match with sniHosts".into(),
+            ));
+        }
+        let matches = rule
+            .r#match
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| for_mesh(&m.gateways))
+            .map(|(i, m)| L4Match::compile_tls(&format!("{path}.match[{i}]"), m))
+            .collect::<Result<Vec<_>, _>>()?;
+        if matches.is_empty() {
+            return Ok(None);
+        }
+        Self::with_destinations(path, matches, &rule.route).map(Some)
+    }
+
+    fn with_destinations(
+        path: &str,
+        matches: Vec<L4Match>,
+        route: &[warren_model::istio::RouteDestination],
+    ) -> Result<Self, Invalid> {
+        if route.is_empty() {
             return Err(invalid(format!("{path}.route"), "no destination".into()));
         }
-        let several = rule.route.len() > 1;
-        let destinations = rule
-            .route
+        let several = route.len() > 1;
+        let destinations = route
             .iter()
             .enumerate()
             .map(|(i, d)| {
@@ -147,11 +228,11 @@ impl TcpRule {
                 Ok(destination)
             })
             .collect::<Result<Vec<_>, Invalid>>()?;
-        Ok(Some(TcpRule {
+        Ok(TcpRule {
             name: path.to_owned(),
             matches,
             destinations,
-        }))
+        })
     }
 
     fn fits(&self, c: &ConnectionInfo<'_>) -> bool {
@@ -181,17 +262,30 @@ impl TcpRule {
     }
 }
 
+/// A match bound to the mesh (no `gateways`, or `mesh` among them).
+fn for_mesh(gateways: &[String]) -> bool {
+    gateways.is_empty() || gateways.iter().any(|g| g == "mesh")
+}
+
 /// How a TCP connection to a host is routed.
 pub enum TcpRouted<'a> {
-    /// No VirtualService's `tcp` rule fits: to the host itself.
+    /// No VirtualService's `tcp` (or `tls`) rule fits: to the host itself.
     Default,
     Rule(&'a VsId, &'a TcpRule),
 }
 
-/// Every VirtualService's `tcp` rules, by host.
+/// One VirtualService's connection rules.
+struct Rules {
+    id: VsId,
+    export_to: ExportTo,
+    tcp: Vec<TcpRule>,
+    tls: Vec<TcpRule>,
+}
+
+/// Every VirtualService's `tcp` and `tls` rules, by host.
 #[derive(Default)]
 pub struct TcpTable {
-    virtual_services: Vec<(VsId, ExportTo, Vec<TcpRule>)>,
+    virtual_services: Vec<Rules>,
     hosts: HostIndex,
 }
 
@@ -204,33 +298,42 @@ impl TcpTable {
         let mut errors = Vec::new();
         for input in inputs {
             let spec = &input.spec;
-            if spec.tcp.is_empty()
-                || (!spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh"))
-            {
+            if (spec.tcp.is_empty() && spec.tls.is_empty()) || !for_mesh(&spec.gateways) {
                 continue;
             }
             let id = VsId {
                 namespace: input.namespace.clone(),
                 name: input.name.clone(),
             };
-            let rules = spec
+            let tcp = spec
                 .tcp
                 .iter()
                 .enumerate()
                 .map(|(i, r)| TcpRule::compile(&format!("spec.tcp[{i}]"), r))
                 .collect::<Result<Vec<_>, _>>();
-            match rules {
-                Ok(rules) => {
-                    let rules: Vec<TcpRule> = rules.into_iter().flatten().collect();
-                    if rules.is_empty() {
+            let tls = spec
+                .tls
+                .iter()
+                .enumerate()
+                .map(|(i, r)| TcpRule::compile_tls(&format!("spec.tls[{i}]"), r))
+                .collect::<Result<Vec<_>, _>>();
+            match tcp.and_then(|tcp| Ok((tcp, tls?))) {
+                Ok((tcp, tls)) => {
+                    let tcp: Vec<TcpRule> = tcp.into_iter().flatten().collect();
+                    let tls: Vec<TcpRule> = tls.into_iter().flatten().collect();
+                    if tcp.is_empty() && tls.is_empty() {
                         continue;
                     }
                     let index = table.virtual_services.len();
                     for host in &input.hosts {
                         table.hosts.claim(host, index);
                     }
-                    let export_to = ExportTo::new(&spec.export_to);
-                    table.virtual_services.push((id, export_to, rules));
+                    table.virtual_services.push(Rules {
+                        id,
+                        export_to: ExportTo::new(&spec.export_to),
+                        tcp,
+                        tls,
+                    });
                 }
                 Err(Invalid { field, reason }) => errors.push(RouteError {
                     virtual_service: id,
@@ -244,17 +347,32 @@ impl TcpTable {
         (table, errors)
     }
 
-    /// Where a connection to `host` goes, with the VirtualServices `scope`
-    /// admits.
-    pub fn route(&self, host: &str, scope: Scope<'_>, c: &ConnectionInfo<'_>) -> TcpRouted<'_> {
-        let claimed = self
-            .hosts
+    /// The VirtualService that routes connections to `host`, of those
+    /// `scope` admits.
+    fn claimed(&self, host: &str, scope: Scope<'_>) -> Option<&Rules> {
+        self.hosts
             .claims(host)
             .filter_map(|i| self.virtual_services.get(i))
-            .find(|(id, export_to, _)| scope.admits(id, export_to));
-        claimed
-            .and_then(|(id, _, rules)| rules.iter().find(|r| r.fits(c)).map(|r| (id, r)))
-            .map_or(TcpRouted::Default, |(id, rule)| TcpRouted::Rule(id, rule))
+            .find(|rules| scope.admits(&rules.id, &rules.export_to))
+    }
+
+    /// Whether routing a connection to `host` would look at its server
+    /// name: worth reading the client's hello for.
+    pub fn reads_sni(&self, host: &str, scope: Scope<'_>) -> bool {
+        self.claimed(host, scope).is_some_and(|r| !r.tls.is_empty())
+    }
+
+    /// Where a connection to `host` goes, with the VirtualServices `scope`
+    /// admits: its `tls` rules first on a port that carries TLS, then its
+    /// `tcp` rules.
+    pub fn route(&self, host: &str, scope: Scope<'_>, c: &ConnectionInfo<'_>) -> TcpRouted<'_> {
+        let Some(rules) = self.claimed(host, scope) else {
+            return TcpRouted::Default;
+        };
+        let tls = c.tls.is_some().then_some(&rules.tls).into_iter().flatten();
+        tls.chain(&rules.tcp)
+            .find(|r| r.fits(c))
+            .map_or(TcpRouted::Default, |rule| TcpRouted::Rule(&rules.id, rule))
     }
 }
 
@@ -286,6 +404,7 @@ mod tests {
             destination: "10.96.0.10".parse().expect("an address"),
             source_labels: labels,
             source_namespace: "shop",
+            tls: None,
         }
     }
 
@@ -383,6 +502,87 @@ mod tests {
                 .and_then(|d| d.subset.as_deref()),
             Some("v2")
         );
+    }
+
+    fn tls_input(spec: serde_json::Value) -> VsInput {
+        let mut spec = spec;
+        spec["hosts"] = serde_json::json!([HOST]);
+        VsInput {
+            namespace: "shop".into(),
+            name: "tls".into(),
+            created: 0,
+            hosts: vec![HOST.into()],
+            spec: serde_json::from_value(spec).expect("a valid spec"),
+        }
+    }
+
+    fn subset_for(table: &TcpTable, c: &ConnectionInfo<'_>) -> Option<String> {
+        match table.route(HOST, SHOP, c) {
+            TcpRouted::Default => None,
+            TcpRouted::Rule(_, rule) => rule.pick(&mut rand::rng()).and_then(|d| d.subset.clone()),
+        }
+    }
+
+    #[test]
+    fn tls_rules_route_on_the_server_name_then_tcp_rules() {
+        let (table, errors) = TcpTable::build([tls_input(serde_json::json!({
+            "tls": [
+                { "match": [{ "sniHosts": ["a.example.com"] }],
+                  "route": [{ "destination": { "host": HOST, "subset": "a" } }] },
+                { "match": [{ "sniHosts": ["*.Example.org"], "port": 443 }],
+                  "route": [{ "destination": { "host": HOST, "subset": "org" } }] }
+            ],
+            "tcp": [{ "route": [{ "destination": { "host": HOST, "subset": "rest" } }] }]
+        }))]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(table.reads_sni(HOST, SHOP));
+        let labels = BTreeMap::new();
+        let on = |port: u16, tls: Option<Option<&'static str>>| ConnectionInfo {
+            tls,
+            ..conn(port, &labels)
+        };
+        for (c, want) in [
+            (on(443, Some(Some("a.example.com"))), "a"),
+            (on(443, Some(Some("A.EXAMPLE.COM"))), "a"),
+            (on(443, Some(Some("api.example.org"))), "org"),
+            (on(443, Some(Some("x.y.example.org"))), "org"),
+            // The bare suffix is no name under it; another port, no fit.
+            (on(443, Some(Some("example.org"))), "rest"),
+            (on(8443, Some(Some("api.example.org"))), "rest"),
+            (on(443, Some(Some("b.example.com"))), "rest"),
+            // No server name in the hello; not a TLS port at all.
+            (on(443, Some(None)), "rest"),
+            (on(443, None), "rest"),
+        ] {
+            assert_eq!(subset_for(&table, &c).as_deref(), Some(want), "{:?}", c.tls);
+        }
+        // tls rules alone: what fits none goes to the service.
+        let (table, _) = TcpTable::build([tls_input(serde_json::json!({
+            "tls": [{ "match": [{ "sniHosts": ["*"] , "sourceLabels": { "app": "web" } }],
+                      "route": [{ "destination": { "host": HOST, "subset": "web" } }] }]
+        }))]);
+        let web: BTreeMap<_, _> = [("app".to_owned(), "web".to_owned())].into();
+        let c = ConnectionInfo {
+            tls: Some(Some("any.example")),
+            ..conn(443, &web)
+        };
+        assert_eq!(subset_for(&table, &c).as_deref(), Some("web"));
+        let c = ConnectionInfo {
+            tls: Some(Some("any.example")),
+            ..conn(443, &labels)
+        };
+        assert_eq!(subset_for(&table, &c), None);
+    }
+
+    #[test]
+    fn a_tls_rule_without_server_names_is_refused() {
+        let (table, errors) = TcpTable::build([tls_input(serde_json::json!({
+            "tls": [{ "match": [{ "port": 443 }],
+                      "route": [{ "destination": { "host": HOST } }] }]
+        }))]);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].to_string().contains("sniHosts"), "{}", errors[0]);
+        assert!(!table.reads_sni(HOST, SHOP));
     }
 
     #[test]

@@ -255,6 +255,12 @@ impl ServicePort {
         }
     }
 
+    /// Whether it declares TLS a proxy passes through (`tls`, `https`):
+    /// VirtualService `tls` rules route it by server name.
+    pub fn carries_tls(&self) -> bool {
+        matches!(self.declared().as_str(), "tls" | "https")
+    }
+
     /// `appProtocol` first, else the port name's prefix, lower case.
     fn declared(&self) -> String {
         let declared = if self.app_protocol.is_empty() {

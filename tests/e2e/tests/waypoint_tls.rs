@@ -1,0 +1,238 @@
+//! VirtualService `tls` rules at the waypoint, with real TLS: two backends
+//! of one Service's `https` port, each with a certificate of its own; the
+//! waypoint reads the server name of each client's hello, without
+//! terminating TLS, and sends the connection to the subset its rule names.
+//! A name no rule has goes to the Service as a whole.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+use warren_e2e::{
+    agent::warrenctl_waypoint_explain,
+    mesh::{eventually, start_mesh, start_waypoint, waypoint_gateway, waypoint_pod},
+};
+use warren_testbed::{Cluster, Pod, PodSpec, ServicePort, labels, privilege::require_root};
+
+const ROUTES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: secure, namespace: demo }
+spec:
+  host: secure
+  subsets:
+  - { name: a, labels: { version: a } }
+  - { name: b, labels: { version: b } }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: secure, namespace: demo }
+spec:
+  hosts: [secure]
+  tls:
+  - match: [{ sniHosts: [a.example.com] }]
+    route: [{ destination: { host: secure, subset: a } }]
+  - match: [{ sniHosts: ["*.b.example.com"] }]
+    route: [{ destination: { host: secure, subset: b } }]
+"#;
+
+/// A self-signed certificate and key for `cn`, in `dir`.
+fn certificate(dir: &Path, cn: &str) -> Result<()> {
+    let key = dir.join(format!("{cn}.key"));
+    let cert = dir.join(format!("{cn}.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", &format!("/CN={cn}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("running openssl req")?;
+    ensure!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The CN of the certificate that answered a TLS connection from `pod` to
+/// `vip:443` asking for `name`.
+fn answered_by(pod: &Pod, vip: &str, name: &str) -> Result<String> {
+    let resolve = format!("{name}:443:{vip}");
+    let out = pod.sandbox.exec(
+        "curl",
+        [
+            "-sk",
+            "-v",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "--resolve",
+            &resolve,
+            &format!("https://{name}/"),
+        ],
+    )?;
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    verbose
+        .lines()
+        .find_map(|l| {
+            l.split_once("subject: CN=")
+                .map(|(_, cn)| cn.trim().to_owned())
+        })
+        .with_context(|| format!("no certificate in curl's output for {name}:\n{verbose}"))
+}
+
+#[test]
+fn a_waypoint_routes_tls_by_server_name() -> Result<()> {
+    require_root()?;
+    let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
+    cluster.add_namespace("demo", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
+    for (name, node, version) in [("secure-a", 1, "a"), ("secure-b", 1, "b")] {
+        cluster.add_pod(PodSpec {
+            name: name.into(),
+            namespace: "demo".into(),
+            node,
+            labels: labels(&[("app", "secure"), ("version", version)]),
+            service_account: Some("secure".into()),
+        })?;
+    }
+    cluster.add_pod(PodSpec {
+        name: "client".into(),
+        namespace: "demo".into(),
+        node: 0,
+        labels: labels(&[("app", "client")]),
+        service_account: Some("client".into()),
+    })?;
+    cluster.add_pod(waypoint_pod("demo", 1))?;
+    cluster.add_service(
+        "demo",
+        "secure",
+        labels(&[("app", "secure")]),
+        vec![ServicePort {
+            name: "https".into(),
+            port: 443,
+            target_port: 8443,
+        }],
+    )?;
+    let mut mesh = start_mesh(&cluster)?;
+    mesh.wait_ready(Duration::from_secs(30))
+        .with_context(|| mesh.logs())?;
+    let config = cluster.config_dir().to_path_buf();
+    std::fs::write(
+        config.join("gateway.demo.waypoint.yaml"),
+        waypoint_gateway("demo"),
+    )?;
+    let waypoint_pod = cluster.pod("waypoint")?.clone();
+    let waypoint = start_waypoint(&cluster, &waypoint_pod, "demo").with_context(|| mesh.logs())?;
+
+    // Two TLS servers, told apart by their certificates.
+    let certs = cluster.config_dir().join("tls-certs");
+    std::fs::create_dir_all(&certs)?;
+    let mut servers = Vec::new();
+    for (pod, cn) in [("secure-a", "backend-a"), ("secure-b", "backend-b")] {
+        certificate(&certs, cn)?;
+        let pod = cluster.pod(pod)?.clone();
+        let cert = certs.join(format!("{cn}.pem"));
+        let key = certs.join(format!("{cn}.key"));
+        servers.push(cluster.spawn(
+            &pod.sandbox,
+            "openssl",
+            &[
+                "s_server",
+                "-accept",
+                "8443",
+                "-cert",
+                &cert.to_string_lossy(),
+                "-key",
+                &key.to_string_lossy(),
+                "-www",
+                "-quiet",
+            ],
+        )?);
+    }
+    let vip = cluster
+        .services()
+        .iter()
+        .find(|s| s.name == "secure")
+        .context("service secure")?
+        .cluster_ip
+        .to_string();
+    let client = cluster.pod("client")?.clone();
+    let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
+
+    // Without rules: both backends answer, whatever the name.
+    eventually(Duration::from_secs(20), "both backends answer", || {
+        let seen: Vec<String> = (0..8)
+            .filter_map(|_| answered_by(&client, &vip, "a.example.com").ok())
+            .collect();
+        Ok(seen.iter().any(|s| s == "backend-a") && seen.iter().any(|s| s == "backend-b"))
+    })
+    .with_context(logs)?;
+
+    std::fs::write(config.join("routes.demo.secure.yaml"), ROUTES)?;
+    eventually(Duration::from_secs(20), "tls rules in force", || {
+        Ok((0..4)
+            .all(|_| answered_by(&client, &vip, "a.example.com").is_ok_and(|cn| cn == "backend-a")))
+    })
+    .with_context(logs)?;
+    for (name, want) in [
+        ("a.example.com", "backend-a"),
+        ("api.b.example.com", "backend-b"),
+        ("x.y.b.example.com", "backend-b"),
+    ] {
+        for _ in 0..10 {
+            let got = answered_by(&client, &vip, name)?;
+            ensure!(
+                got == want,
+                "{name}: answered by {got}, expected {want}\n{}",
+                logs()
+            );
+        }
+    }
+    // A name no rule has: the Service, both backends.
+    let seen: Vec<String> = (0..12)
+        .map(|_| answered_by(&client, &vip, "other.example.com"))
+        .collect::<Result<_>>()?;
+    ensure!(
+        seen.iter().any(|s| s == "backend-a") && seen.iter().any(|s| s == "backend-b"),
+        "other.example.com was answered by {seen:?} only"
+    );
+    // The access log names the rule each connection took.
+    let output = waypoint.output();
+    ensure!(
+        output.contains("spec.tls[1]"),
+        "the access log does not name the tls rule:\n{output}"
+    );
+    // The waypoint explains what it does with a hello: by the Service's
+    // name (the server name a client dialling it sends), and by address
+    // (no server name).
+    for (url, says) in [
+        (
+            "https://secure.demo.svc.cluster.local/".to_owned(),
+            "routed on the server name secure.demo.svc.cluster.local",
+        ),
+        (
+            format!("https://{vip}/"),
+            "a hello without a server name fits no tls rule",
+        ),
+    ] {
+        let shown = warrenctl_waypoint_explain(&config, "demo", "demo/client", &[&url])?;
+        ensure!(
+            shown.contains(says) && shown.contains("no VirtualService tcp or tls rule fits"),
+            "explain {url}:\n{shown}"
+        );
+    }
+
+    drop(servers);
+    drop(waypoint);
+    Ok(())
+}
