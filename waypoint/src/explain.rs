@@ -269,7 +269,13 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
             Ok(Some(verified)) => {
                 step(
                     "authentication",
-                    format!("JWT verified: request principal {}", verified.principal),
+                    match &verified.principal {
+                        Some(principal) => format!("JWT verified: request principal {principal}"),
+                        None => format!(
+                            "JWT of {} verified, without a subject: no request principal",
+                            verified.issuer
+                        ),
+                    },
                 );
                 Some(verified)
             }

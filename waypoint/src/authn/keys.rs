@@ -17,7 +17,7 @@ use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use jsonwebtoken::{
     Algorithm, DecodingKey,
-    jwk::{Jwk, PublicKeyUse},
+    jwk::{AlgorithmParameters, Jwk},
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -71,6 +71,8 @@ impl Keys {
             .keys
             .into_iter()
             .filter_map(|v| serde_json::from_value::<Jwk>(v).ok())
+            // A shared secret in a published set is everyone's.
+            .filter(|jwk| !matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)))
             .filter_map(|jwk| Key::from_jwk(&jwk))
             .collect();
         if keys.is_empty() {
@@ -80,29 +82,25 @@ impl Keys {
     }
 
     /// The keys a token with `kid` (if it names one) signed with `alg` may
-    /// be verified by.
+    /// be verified by: a key without a `kid` is tried for any (as Envoy
+    /// does), one with a `kid` only for that.
     pub fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> impl Iterator<Item = &Key> {
         self.keys.iter().filter(move |k| {
-            kid.is_none_or(|kid| k.kid.as_deref() == Some(kid)) && k.alg.is_none_or(|a| a == alg)
+            (kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
+                && k.alg.is_none_or(|a| a == alg)
         })
     }
 }
 
 impl Key {
-    /// A signing key; `None` for an encryption key (`use: enc`), a key for
-    /// an algorithm that is no signature's, or one that cannot be read.
+    /// A signing key ([`warren_model::validate::signing_key`]); `None` for
+    /// an encryption key or one that cannot be used.
     fn from_jwk(jwk: &Jwk) -> Option<Key> {
-        if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
-            return None;
-        }
-        let alg = match jwk.common.key_algorithm {
-            None => None,
-            Some(a) => Some(a.to_string().parse::<Algorithm>().ok()?),
-        };
+        let (key, alg) = warren_model::validate::signing_key(jwk).ok()??;
         Some(Key {
             kid: jwk.common.key_id.clone(),
             alg,
-            key: DecodingKey::from_jwk(jwk).ok()?,
+            key,
         })
     }
 }
@@ -133,21 +131,48 @@ type Fetched = Option<Result<Arc<Keys>, String>>;
 /// Fetches one remote key set and keeps it fresh while it is in use.
 pub struct Fetcher {
     remote: Remote,
+    timeout: Duration,
     current: watch::Receiver<Fetched>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    /// The refresh task, once started; the sender it publishes with until
+    /// then.
+    task: Mutex<Task>,
+}
+
+enum Task {
+    NotStarted(watch::Sender<Fetched>),
+    Running(tokio::task::JoinHandle<()>),
+    /// No runtime to run it on (unit tests).
+    Unavailable,
 }
 
 impl Drop for Fetcher {
     fn drop(&mut self) {
-        if let Some(task) = &self.task {
+        if let Task::Running(task) = &*self.task.get_mut().unwrap_or_else(|p| p.into_inner()) {
             task.abort();
         }
     }
 }
 
 impl Fetcher {
-    /// The key set, waiting up to `timeout` for a first fetch.
+    /// Starts fetching, if not yet.
+    pub fn start(&self) {
+        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if !matches!(*task, Task::NotStarted(_)) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            *task = Task::Unavailable;
+            return;
+        };
+        if let Task::NotStarted(tx) = std::mem::replace(&mut *task, Task::Unavailable) {
+            *task = Task::Running(runtime.spawn(refresh(self.remote.clone(), self.timeout, tx)));
+        }
+    }
+
+    /// The key set, waiting up to `timeout` for a first fetch (started now
+    /// if it was not).
     pub async fn keys(&self, timeout: Duration) -> Result<Arc<Keys>, String> {
+        self.start();
         let mut current = self.current.clone();
         let waited = tokio::time::timeout(timeout, current.wait_for(Option::is_some)).await;
         let fetched = match waited {
@@ -178,8 +203,11 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
-    /// The fetcher of `remote`, started if none runs. Outside a runtime
-    /// (unit tests) nothing is fetched: tokens needing it are refused.
+    /// The fetcher of `remote`, shared if one is in use. It fetches once a
+    /// token needs it ([`Fetcher::keys`]) or once [`Fetcher::start`]ed, so a
+    /// rule no request of this waypoint meets costs no request to its
+    /// issuer. Outside a runtime (unit tests) nothing is fetched: tokens
+    /// needing it are refused.
     pub fn fetcher(&self, remote: Remote, timeout: Duration) -> Arc<Fetcher> {
         let mut fetchers = self.fetchers.lock().unwrap_or_else(|p| p.into_inner());
         fetchers.retain(|_, f| f.strong_count() > 0);
@@ -187,13 +215,11 @@ impl KeyStore {
             return fetcher;
         }
         let (tx, rx) = watch::channel(None);
-        let task = tokio::runtime::Handle::try_current()
-            .ok()
-            .map(|rt| rt.spawn(refresh(remote.clone(), timeout, tx)));
         let fetcher = Arc::new(Fetcher {
             remote: remote.clone(),
+            timeout,
             current: rx,
-            task,
+            task: Mutex::new(Task::NotStarted(tx)),
         });
         fetchers.insert(remote, Arc::downgrade(&fetcher));
         fetcher

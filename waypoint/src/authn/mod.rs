@@ -64,17 +64,32 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn compile(policy: &str, rule: &JwtRule, store: &KeyStore) -> Result<Rule, String> {
+    /// `prefetch`: fetch a remote key set now rather than when a token
+    /// first needs it (for rules attached to this waypoint, which see its
+    /// every request).
+    fn compile(
+        policy: &str,
+        rule: &JwtRule,
+        store: &KeyStore,
+        prefetch: bool,
+    ) -> Result<Rule, String> {
         let timeout = match &rule.timeout {
             Some(t) => warren_model::validate::duration("timeout", t).map_err(|e| e.to_string())?,
             None => FETCH_TIMEOUT,
         };
+        let remote = |remote: Remote| {
+            let fetcher = store.fetcher(remote, timeout);
+            if prefetch {
+                fetcher.start();
+            }
+            KeySource::Remote(fetcher)
+        };
         let keys = if !rule.jwks.is_empty() {
             KeySource::Inline(Arc::new(Keys::inline(&rule.jwks)?))
         } else if !rule.jwks_uri.is_empty() {
-            KeySource::Remote(store.fetcher(Remote::Uri(rule.jwks_uri.clone()), timeout))
+            remote(Remote::Uri(rule.jwks_uri.clone()))
         } else {
-            KeySource::Remote(store.fetcher(Remote::Discovery(rule.issuer.clone()), timeout))
+            remote(Remote::Discovery(rule.issuer.clone()))
         };
         let header = |name: &str| {
             HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("{name:?}: bad header"))
@@ -144,14 +159,16 @@ impl Authenticator {
                     .spec
                     .jwt_rules
                     .iter()
-                    .map(|rule| match Rule::compile(&name, rule, store) {
-                        Ok(rule) => rule,
-                        Err(error) => {
-                            warn!(policy = %name, issuer = %rule.issuer, %error,
+                    .map(
+                        |rule| match Rule::compile(&name, rule, store, input.waypoint) {
+                            Ok(rule) => rule,
+                            Err(error) => {
+                                warn!(policy = %name, issuer = %rule.issuer, %error,
                                 "JWT rule not usable: its issuer's tokens are refused");
-                            Rule::refusing(&name, rule)
-                        }
-                    })
+                                Rule::refusing(&name, rule)
+                            }
+                        },
+                    )
                     .collect();
                 Policy {
                     namespace: input.namespace,
@@ -209,11 +226,17 @@ impl Authenticator {
                 parts.headers.remove(name);
             }
         }
+        if is_cors_preflight(parts) {
+            // A browser sends no credentials with it (Istio lets it pass).
+            return Ok(None);
+        }
         let found = token::find(&rules, parts);
         let mut checked = Vec::with_capacity(found.len());
         for token in &found {
             checked.push((token::verify(token).await?, token.payload()));
         }
+        // More than one rule for the token's issuer (two RequestAuthentications
+        // apply): the first that accepts it is the one its outputs follow.
         for (token, payload) in &checked {
             let rule = token.rule;
             if !rule.forward
@@ -240,7 +263,7 @@ impl Rule {
             issuer: rule.issuer.clone(),
             audiences: Vec::new(),
             keys: KeySource::Inline(Arc::new(Keys::empty())),
-            locations: token::locations(rule).unwrap_or_default(),
+            locations: token::locations(rule).unwrap_or_else(|_| token::default_locations()),
             forward: true,
             payload_header: None,
             claim_headers: Vec::new(),
@@ -250,11 +273,24 @@ impl Rule {
     }
 }
 
+/// A CORS preflight: `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`.
+fn is_cors_preflight(parts: &Parts) -> bool {
+    parts.method == http::Method::OPTIONS
+        && parts.headers.contains_key(header::ORIGIN)
+        && parts
+            .headers
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
 /// Who a good token says the caller is.
 #[derive(Debug)]
 pub struct Verified {
-    /// `<iss>/<sub>`: what `requestPrincipals` match.
-    pub principal: String,
+    pub issuer: String,
+    /// `sub`, when it is a string.
+    pub subject: Option<String>,
+    /// `<iss>/<sub>`, for logs and `warrenctl`; none without a subject.
+    pub principal: Option<String>,
     claims: Map<String, Value>,
     /// Claims whose string values are space-separated words.
     space_delimited: Vec<String>,
@@ -265,9 +301,13 @@ pub struct Verified {
 impl Verified {
     /// A caller with `claims` (for tests of what reads them).
     pub fn from_claims(claims: Map<String, Value>) -> Verified {
-        let text = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or_default();
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+        let issuer = text("iss").unwrap_or_default();
+        let subject = text("sub").filter(|s| !s.is_empty());
         Verified {
-            principal: format!("{}/{}", text("iss"), text("sub")),
+            principal: subject.as_ref().map(|sub| format!("{issuer}/{sub}")),
+            issuer,
+            subject,
             space_delimited: Vec::new(),
             claims,
             payload: String::new(),
@@ -283,9 +323,9 @@ impl Verified {
     }
 
     /// The values of the claim at `path` (nested objects by name), as
-    /// Istio's `request.auth.claims[a][b]` reads them: a list gives each
-    /// element, a space-delimited claim each word, a number or boolean its
-    /// text.
+    /// Istio's `request.auth.claims[a][b]` reads them: a string, each string
+    /// of a list, each word of a space-delimited claim. Numbers and booleans
+    /// match nothing, as in Istio.
     pub fn claim(&self, path: &[String]) -> Vec<String> {
         let Some((first, rest)) = path.split_first() else {
             return Vec::new();
@@ -303,8 +343,6 @@ impl Verified {
                 out.extend(s.split(' ').filter(|w| !w.is_empty()).map(str::to_owned))
             }
             Value::String(s) => out.push(s.clone()),
-            Value::Number(n) => out.push(n.to_string()),
-            Value::Bool(b) => out.push(b.to_string()),
             _ => {}
         };
         match value {

@@ -57,9 +57,13 @@ fn bearer(token: &str) -> String {
 }
 
 async fn check(a: &Authenticator, parts: &mut Parts) -> Result<Option<String>, Rejection> {
-    a.authenticate("demo", "app", parts)
-        .await
-        .map(|v| v.map(|v| v.principal.clone()))
+    a.authenticate("demo", "app", parts).await.map(|v| {
+        v.map(|v| {
+            v.principal
+                .clone()
+                .unwrap_or_else(|| format!("{} (no subject)", v.issuer))
+        })
+    })
 }
 
 #[tokio::test]
@@ -443,13 +447,8 @@ fn only_signing_keys_verify() {
     enc["use"] = json!("enc");
     let only_enc = json!({ "keys": [enc] }).to_string();
     assert!(super::keys::Keys::fetched(&only_enc).is_err());
-    let inline = super::keys::Keys::inline(&only_enc).expect("readable");
-    assert_eq!(
-        inline
-            .candidates(Some("k1"), jsonwebtoken::Algorithm::ES256)
-            .count(),
-        0
-    );
+    // Inline, as the agent checks it: refused too.
+    assert!(super::keys::Keys::inline(&only_enc).is_err());
     let signing = super::keys::Keys::fetched(&idp.jwks()).expect("usable");
     assert_eq!(
         signing
@@ -464,4 +463,167 @@ fn only_signing_keys_verify() {
             .count(),
         0
     );
+}
+
+#[tokio::test]
+async fn rules_of_one_issuer_keys_without_kid_and_audiences_as_envoy_compares() {
+    let idp = issuer();
+    // Two RequestAuthentications name the issuer: the first's audience
+    // refuses the token, the second accepts it, and the second's outputs
+    // follow.
+    let a = build(vec![
+        input(json!([{ "issuer": ISS, "jwks": idp.jwks(), "audiences": ["bank"] }])),
+        AuthnInput {
+            name: "second".into(),
+            ..input(
+                json!([{ "issuer": ISS, "jwks": idp.jwks(), "audiences": ["https://shop.example/"],
+                             "outputClaimToHeaders": [{ "header": "x-user", "claim": "sub" }] }]),
+            )
+        },
+    ]);
+    // The scheme and a trailing slash do not count.
+    let token = idp
+        .token(json!({ "sub": "alice", "aud": "shop.example" }))
+        .expect("t");
+    let mut parts = request("/", &[("authorization", &bearer(&token))]);
+    assert_eq!(
+        check(&a, &mut parts).await,
+        Ok(Some(format!("{ISS}/alice")))
+    );
+    assert_eq!(parts.headers["x-user"], "alice");
+    // Neither accepts it: the first refusal is the answer.
+    let token = idp
+        .token(json!({ "sub": "alice", "aud": "api" }))
+        .expect("t");
+    let mut parts = request("/", &[("authorization", &bearer(&token))]);
+    assert_eq!(check(&a, &mut parts).await, Err(Rejection::Audience));
+
+    // A key without a kid is tried for a token that names one.
+    let mut jwk = idp.jwk();
+    jwk.as_object_mut().expect("object").remove("kid");
+    let a = build(vec![input(json!([{ "issuer": ISS,
+        "jwks": json!({ "keys": [jwk] }).to_string() }]))]);
+    let token = idp.token(json!({ "sub": "alice" })).expect("t");
+    let mut parts = request("/", &[("authorization", &bearer(&token))]);
+    assert_eq!(
+        check(&a, &mut parts).await,
+        Ok(Some(format!("{ISS}/alice")))
+    );
+}
+
+#[tokio::test]
+async fn a_rule_that_cannot_be_used_refuses_its_issuers_tokens() {
+    let idp = issuer();
+    // Past the agent's checks (an older agent, say): no usable key.
+    let a = build(vec![input(
+        json!([{ "issuer": ISS, "jwks": "{\"keys\": []}" }]),
+    )]);
+    let token = idp.token(json!({ "sub": "alice" })).expect("t");
+    let mut parts = request("/", &[("authorization", &bearer(&token))]);
+    assert_eq!(check(&a, &mut parts).await, Err(Rejection::NoMatchingKey));
+    let mut parts = request(&format!("/?access_token={token}"), &[]);
+    assert_eq!(check(&a, &mut parts).await, Err(Rejection::NoMatchingKey));
+    let mut parts = request("/", &[]);
+    assert_eq!(check(&a, &mut parts).await, Ok(None));
+}
+
+#[tokio::test]
+async fn a_cors_preflight_passes_and_scopes_split_into_words() {
+    let idp = issuer();
+    let a = build(vec![input(json!([{ "issuer": ISS, "jwks": idp.jwks(),
+        "spaceDelimitedClaims": ["roles"] }]))]);
+    let expired = idp
+        .token(json!({ "sub": "a", "exp": now() - 600 }))
+        .expect("t");
+    let mut parts = request("/", &[("authorization", &bearer(&expired))]);
+    parts.method = http::Method::OPTIONS;
+    assert_eq!(check(&a, &mut parts).await, Err(Rejection::Expired));
+    parts
+        .headers
+        .insert("origin", "https://shop.example".parse().expect("value"));
+    parts.headers.insert(
+        "access-control-request-method",
+        "POST".parse().expect("value"),
+    );
+    assert_eq!(check(&a, &mut parts).await, Ok(None));
+
+    let token = idp
+        .token(json!({ "sub": "a", "roles": "admin  ops", "groups": "x y" }))
+        .expect("t");
+    let mut parts = request("/", &[("authorization", &bearer(&token))]);
+    let verified = a
+        .authenticate("demo", "app", &mut parts)
+        .await
+        .expect("good")
+        .expect("a caller");
+    assert_eq!(verified.claim(&["roles".into()]), ["admin", "ops"]);
+    assert_eq!(verified.claim(&["groups".into()]), ["x y"]);
+}
+
+#[tokio::test]
+async fn key_sets_are_fetched_when_needed_and_a_stalled_issuer_times_out() {
+    let idp = issuer();
+    let (addr, fetched) = key_server(idp.jwks()).await;
+    let store = KeyStore::default();
+    let rules = json!([{ "issuer": ISS, "jwksUri": format!("http://{addr}/keys") }]);
+    // Attached to a Service: nothing fetched until a token needs it.
+    let for_service = Authenticator::build(
+        vec![AuthnInput {
+            waypoint: false,
+            services: vec!["app".into()],
+            ..input(rules.clone())
+        }],
+        &store,
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(fetched.load(Ordering::SeqCst), 0);
+    let token = idp.token(json!({ "sub": "alice" })).expect("t");
+    let mut parts = request("/", &[("authorization", &bearer(&token))]);
+    assert!(
+        check(&for_service, &mut parts)
+            .await
+            .is_ok_and(|p| p.is_some())
+    );
+    assert_eq!(fetched.load(Ordering::SeqCst), 1);
+    drop(for_service);
+
+    // Attached to the waypoint: fetched at once (a fresh store, as after a
+    // restart).
+    let (addr, fetched) = key_server(idp.jwks()).await;
+    let store = KeyStore::default();
+    let _on_waypoint = Authenticator::build(
+        vec![input(
+            json!([{ "issuer": ISS, "jwksUri": format!("http://{addr}/keys") }]),
+        )],
+        &store,
+    );
+    let mut waited = 0;
+    while fetched.load(Ordering::SeqCst) == 0 && waited < 50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(fetched.load(Ordering::SeqCst), 1);
+
+    // An issuer that accepts and never answers: refused after `timeout`.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let stalled_addr = stalled.local_addr().expect("address");
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = stalled.accept().await {
+            open.push(stream);
+        }
+    });
+    let a = Authenticator::build(
+        vec![input(
+            json!([{ "issuer": ISS, "jwksUri": format!("http://{stalled_addr}/keys"),
+                             "timeout": "1s" }]),
+        )],
+        &KeyStore::default(),
+    );
+    let started = std::time::Instant::now();
+    let mut parts = request("/", &[("authorization", &bearer(&token))]);
+    assert_eq!(check(&a, &mut parts).await, Err(Rejection::KeysUnavailable));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }

@@ -28,6 +28,18 @@ pub enum Location {
     Cookie(String),
 }
 
+/// Where a rule that names no location looks: `Authorization: Bearer …`
+/// and the `access_token` parameter.
+pub fn default_locations() -> Vec<Location> {
+    vec![
+        Location::Header {
+            name: header::AUTHORIZATION,
+            prefix: "Bearer ".into(),
+        },
+        Location::Param("access_token".into()),
+    ]
+}
+
 /// A rule's locations; Istio's default when it names none.
 pub fn locations(rule: &JwtRule) -> Result<Vec<Location>, String> {
     let mut out = Vec::new();
@@ -42,11 +54,7 @@ pub fn locations(rule: &JwtRule) -> Result<Vec<Location>, String> {
     out.extend(rule.from_params.iter().cloned().map(Location::Param));
     out.extend(rule.from_cookies.iter().cloned().map(Location::Cookie));
     if out.is_empty() {
-        out.push(Location::Header {
-            name: header::AUTHORIZATION,
-            prefix: "Bearer ".into(),
-        });
-        out.push(Location::Param("access_token".into()));
+        out = default_locations();
     }
     Ok(out)
 }
@@ -154,14 +162,40 @@ pub async fn verify<'a>(found: &Found<'a>) -> Result<Checked<'a>, Rejection> {
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .ok_or(Rejection::Malformed)?;
     let issuer = claims.get("iss").and_then(Value::as_str);
-    let (rule, location) = found
-        .seen_by
-        .iter()
-        .find(|(rule, _)| Some(rule.issuer.as_str()) == issuer)
-        .copied()
-        .ok_or(Rejection::UnknownIssuer)?;
     // An unknown `alg` (`none` among them) fails here.
     let head = jsonwebtoken::decode_header(token).map_err(|_| Rejection::BadHeader)?;
+    // Each rule of the issuer that looked where the token was (two
+    // RequestAuthentications may name one issuer): the first to accept it.
+    let mut first_refusal = None;
+    for (rule, location) in found
+        .seen_by
+        .iter()
+        .filter(|(rule, _)| Some(rule.issuer.as_str()) == issuer)
+    {
+        match check(token, &head, &claims, rule).await {
+            Ok(()) => {
+                return Ok(Checked {
+                    rule,
+                    location: *location,
+                    claims,
+                });
+            }
+            Err(refusal) => {
+                first_refusal.get_or_insert(refusal);
+            }
+        }
+    }
+    Err(first_refusal.unwrap_or(Rejection::UnknownIssuer))
+}
+
+/// Checks a token (whose issuer is `rule`'s) against `rule`: signature,
+/// time limits, audience.
+async fn check(
+    token: &str,
+    head: &jsonwebtoken::Header,
+    claims: &Map<String, Value>,
+    rule: &Rule,
+) -> Result<(), Rejection> {
     let keys = rule.keys().await?;
     let mut validation = Validation::new(head.alg);
     // Time and audience are checked below, as Envoy checks them.
@@ -194,7 +228,7 @@ pub async fn verify<'a>(found: &Found<'a>) -> Result<Checked<'a>, Rejection> {
     if !rule.audiences.is_empty() {
         let allowed = |v: &Value| {
             v.as_str()
-                .is_some_and(|a| rule.audiences.iter().any(|r| r == a))
+                .is_some_and(|a| rule.audiences.iter().any(|r| same_audience(r, a)))
         };
         let ok = match claims.get("aud") {
             Some(Value::Array(items)) => items.iter().any(allowed),
@@ -205,11 +239,20 @@ pub async fn verify<'a>(found: &Found<'a>) -> Result<Checked<'a>, Rejection> {
             return Err(Rejection::Audience);
         }
     }
-    Ok(Checked {
-        rule,
-        location,
-        claims,
-    })
+    Ok(())
+}
+
+/// Audiences compare as Envoy compares them: without an `http://` or
+/// `https://` scheme and without one trailing `/`.
+fn same_audience(a: &str, b: &str) -> bool {
+    let bare = |s: &str| -> String {
+        let s = s
+            .strip_prefix("https://")
+            .or_else(|| s.strip_prefix("http://"))
+            .unwrap_or(s);
+        s.strip_suffix('/').unwrap_or(s).to_owned()
+    };
+    bare(a) == bare(b)
 }
 
 /// Writes what `rule` outputs of a good token: its payload and claims.

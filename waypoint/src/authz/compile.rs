@@ -21,6 +21,7 @@ use super::{
     Request,
     matcher::{Cidr, Pattern},
 };
+use crate::authn::Verified;
 
 /// What one field tests, with the values it accepts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,8 +39,8 @@ enum Test {
     /// The authority, without case.
     Host(Vec<Pattern>),
     Header(HeaderName, Vec<Pattern>),
-    /// The verified JWT's `<iss>/<sub>`.
-    RequestPrincipal(Vec<Pattern>),
+    /// The verified JWT's issuer and subject.
+    RequestPrincipal(Vec<RequestPrincipal>),
     /// A verified JWT's claim, by its path of names (`aud`, `groups`,
     /// `realm_access`/`roles`).
     Claim(Vec<String>, Vec<Pattern>),
@@ -99,7 +100,7 @@ impl Field {
                 .http
                 .as_ref()
                 .and_then(|h| h.auth)
-                .is_some_and(|a| any(p, &a.principal)),
+                .is_some_and(|a| p.iter().any(|p| p.matches(a))),
             Test::Claim(path, p) => request
                 .http
                 .as_ref()
@@ -108,6 +109,54 @@ impl Field {
         };
         hit != self.negated
     }
+}
+
+/// A `requestPrincipals` value as Istio reads it: `*`, any caller with an
+/// issuer and a subject; `<issuer>/<subject>`, split at the last `/`, each
+/// side a pattern of its own (so `https://idp.example/*` is that issuer
+/// exactly, any subject); without a `/`, a pattern of the whole
+/// `<iss>/<sub>`. A token without a subject names no principal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestPrincipal {
+    Any,
+    Parts(Pattern, Pattern),
+    Whole(Pattern),
+}
+
+impl RequestPrincipal {
+    fn parse(value: &str) -> RequestPrincipal {
+        if value == "*" {
+            return RequestPrincipal::Any;
+        }
+        match value.rsplit_once('/') {
+            Some((issuer, subject)) => {
+                RequestPrincipal::Parts(Pattern::parse(issuer), Pattern::parse(subject))
+            }
+            None => RequestPrincipal::Whole(Pattern::parse(value)),
+        }
+    }
+
+    fn matches(&self, caller: &Verified) -> bool {
+        let (Some(subject), Some(principal)) = (&caller.subject, &caller.principal) else {
+            return false;
+        };
+        if caller.issuer.is_empty() {
+            return false;
+        }
+        match self {
+            RequestPrincipal::Any => true,
+            RequestPrincipal::Parts(issuer, sub) => {
+                issuer.matches(&caller.issuer) && sub.matches(subject)
+            }
+            RequestPrincipal::Whole(p) => p.matches(principal),
+        }
+    }
+}
+
+fn request_principals(values: &[String]) -> Option<Test> {
+    (!values.is_empty()).then(|| {
+        Test::RequestPrincipal(values.iter().map(|v| RequestPrincipal::parse(v)).collect())
+    })
 }
 
 /// `host:port` → `host`; `[v6]:port` → `[v6]`.
@@ -245,12 +294,12 @@ fn source(s: &Source, path: &str, unsupported: &mut Vec<String>) -> Vec<Field> {
     let mut fields = Vec::new();
     push(
         &mut fields,
-        patterns(&s.request_principals).map(Test::RequestPrincipal),
+        request_principals(&s.request_principals),
         false,
     );
     push(
         &mut fields,
-        patterns(&s.not_request_principals).map(Test::RequestPrincipal),
+        request_principals(&s.not_request_principals),
         true,
     );
     push(
@@ -366,7 +415,10 @@ fn condition(c: &Condition, path: &str, fields: &mut Vec<Field>, unsupported: &m
             push(fields, accounts(&c.values).map(Test::Principal), false);
             push(fields, accounts(&c.not_values).map(Test::Principal), true);
         }
-        "request.auth.principal" => strings(Test::RequestPrincipal, fields),
+        "request.auth.principal" => {
+            push(fields, request_principals(&c.values), false);
+            push(fields, request_principals(&c.not_values), true);
+        }
         "request.auth.audiences" => {
             strings_of(c, fields, |p| Test::Claim(vec!["aud".into()], p));
         }

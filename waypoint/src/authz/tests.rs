@@ -441,17 +441,47 @@ fn jwt_principals_and_claims_are_the_verified_tokens() {
     )]);
     assert!(allowed(&allow, get("/").jwt(alice())));
     assert!(!allowed(&allow, get("/")));
-    // A principal is `iss/sub`, matched as Istio's patterns are.
+    // A principal is issuer and subject, split at the last `/` of the
+    // value, each matched as Istio's patterns are: `X/*` is issuer X
+    // exactly, not every issuer whose name starts with `X/`.
     let allow = authorizer(vec![on_waypoint(
         "jwt",
         json!({ "rules": [{ "from": [{ "source": {
             "requestPrincipals": ["https://idp.example/*"], "principals": [A] } }] }] }),
     )]);
     assert!(allowed(&allow, get("/").jwt(alice())));
-    assert!(!allowed(
-        &allow,
-        get("/").jwt(json!({ "iss": "https://other", "sub": "alice" }))
-    ));
+    for caller in [
+        json!({ "iss": "https://other", "sub": "alice" }),
+        json!({ "iss": "https://idp.example/partners", "sub": "alice" }),
+    ] {
+        assert!(!allowed(&allow, get("/").jwt(caller.clone())), "{caller}");
+    }
+    let allow = authorizer(vec![on_waypoint(
+        "jwt",
+        json!({ "rules": [{ "from": [{ "source": {
+            "requestPrincipals": ["https://idp.example/a/b", "*/svc-*"] } }] }] }),
+    )]);
+    // Issuer `https://idp.example/a`, subject `b`; any issuer, `svc-` subjects.
+    for (caller, holds) in [
+        (json!({ "iss": "https://idp.example/a", "sub": "b" }), true),
+        (json!({ "iss": "https://idp.example", "sub": "a/b" }), false),
+        (json!({ "iss": "https://x", "sub": "svc-cart" }), true),
+        (json!({ "iss": "https://x", "sub": "user" }), false),
+    ] {
+        assert_eq!(
+            allowed(&allow, get("/").jwt(caller.clone())),
+            holds,
+            "{caller}"
+        );
+    }
+    // A good token without a subject names no principal: `*` does not
+    // match it, `notRequestPrincipals: ["*"]` does.
+    let allow = authorizer(vec![on_waypoint(
+        "jwt",
+        json!({ "rules": [{ "from": [{ "source": { "requestPrincipals": ["*"] } }] }] }),
+    )]);
+    let no_subject = json!({ "iss": "https://idp.example", "aud": "shop" });
+    assert!(!allowed(&allow, get("/").jwt(no_subject.clone())));
     // Claims: list elements, nested names, space-delimited scopes,
     // numbers; audiences and presenter.
     for (key, value, holds) in [
@@ -460,7 +490,8 @@ fn jwt_principals_and_claims_are_the_verified_tokens() {
         ("request.auth.claims[realm][roles]", "ops", true),
         ("request.auth.claims[scope]", "write", true),
         ("request.auth.claims[scope]", "read write", false),
-        ("request.auth.claims[level]", "3", true),
+        // A number is no string: Istio's matchers never match it.
+        ("request.auth.claims[level]", "3", false),
         ("request.auth.claims[missing]", "*", false),
         ("request.auth.audiences", "web", true),
         ("request.auth.audiences", "api", false),
@@ -489,6 +520,10 @@ fn jwt_principals_and_claims_are_the_verified_tokens() {
         }] }),
     )]);
     assert_eq!(denied_by(&deny, get("/admin")), Some("require-jwt".into()));
+    assert_eq!(
+        denied_by(&deny, get("/admin").jwt(no_subject)),
+        Some("require-jwt".into())
+    );
     assert!(allowed(&deny, get("/admin").jwt(alice())));
     assert!(allowed(&deny, get("/public")));
     // A claim condition with a path the waypoint cannot read fails closed.

@@ -40,7 +40,7 @@ use super::istio::WorkloadSelector;
 pub use authorization_policy::authorization_policy;
 pub use destination_rule::destination_rule;
 pub use peer_authentication::peer_authentication;
-pub use request_authentication::{key_set, request_authentication};
+pub use request_authentication::{key_set, request_authentication, signing_key};
 pub use service_entry::service_entry;
 pub use virtual_service::{grpc_code, unknown_subsets, virtual_service};
 

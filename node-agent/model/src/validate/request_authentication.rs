@@ -3,7 +3,10 @@
 
 use std::collections::BTreeSet;
 
-use jsonwebtoken::{DecodingKey, jwk::JwkSet};
+use jsonwebtoken::{
+    Algorithm, DecodingKey,
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse},
+};
 
 use crate::error::FieldError;
 use crate::istio::{JwtRule, RequestAuthentication};
@@ -116,17 +119,57 @@ fn jwt_rule(r: &mut Report, path: &str, rule: &JwtRule) {
     }
 }
 
-/// A JSON Web Key Set with at least one key this proxy can verify with.
+/// A JSON Web Key Set whose every key is readable, with at least one that
+/// verifies signatures (see [`signing_key`]).
 pub fn key_set(text: &str) -> Result<JwkSet, String> {
     let set: JwkSet =
         serde_json::from_str(text).map_err(|e| format!("not a JSON Web Key Set: {e}"))?;
     if set.keys.is_empty() {
         return Err("the key set has no keys".into());
     }
+    let mut signing = 0;
     for (i, key) in set.keys.iter().enumerate() {
-        DecodingKey::from_jwk(key).map_err(|e| format!("key {i} cannot verify tokens: {e}"))?;
+        if signing_key(key)
+            .map_err(|e| format!("key {i} cannot verify tokens: {e}"))?
+            .is_some()
+        {
+            signing += 1;
+        }
+    }
+    if signing == 0 {
+        return Err("no key of the set verifies signatures (only encryption keys)".into());
     }
     Ok(set)
+}
+
+/// What a key verifies signatures with, and for which algorithm if it says:
+/// `None` for an encryption key (`use: enc`, or an encryption `alg`), which
+/// signs nothing; an error for a key that cannot be used.
+pub fn signing_key(jwk: &Jwk) -> Result<Option<(DecodingKey, Option<Algorithm>)>, String> {
+    if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
+        return Ok(None);
+    }
+    let alg = match jwk.common.key_algorithm {
+        None => None,
+        Some(a) => match a.to_string().parse::<Algorithm>() {
+            Ok(alg) => Some(alg),
+            Err(_) => return Ok(None),
+        },
+    };
+    match &jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P521 => {
+            return Err("P-521 (ES512) keys are not supported".into());
+        }
+        // base64url, unpadded: four characters carry three bytes.
+        AlgorithmParameters::OctetKey(oct)
+            if oct.value.trim_end_matches('=').len() * 3 / 4 < 32 =>
+        {
+            return Err("an HMAC key needs at least 32 bytes".into());
+        }
+        _ => {}
+    }
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    Ok(Some((key, alg)))
 }
 
 fn http_url(url: &str) -> Result<(), String> {
@@ -205,6 +248,8 @@ mod tests {
                 {"issuer": "x", "jwksUri": "ftp://keys"},
                 {"issuer": "x", "jwks": JWKS},
                 {"issuer": "y", "jwks": "{\"keys\":[{\"kty\":\"RSA\",\"n\":\"!\",\"e\":\"AQAB\"}]}"},
+                {"issuer": "w", "jwks": "{\"keys\":[{\"kty\":\"oct\",\"k\":\"c2hvcnQ\"}]}"},
+                {"issuer": "v", "jwks": "{\"keys\":[{\"kty\":\"RSA\",\"use\":\"enc\",\"n\":\"AQAB\",\"e\":\"AQAB\"}]}"},
                 {"issuer": "z", "jwks": JWKS, "fromHeaders": [{"name": ":path"}],
                  "outputClaimToHeaders": [{"header": "x-a"}], "timeout": "0s"}
             ]
@@ -217,9 +262,11 @@ mod tests {
             "spec.jwtRules[2].jwksUri: \"ftp://keys\" is not an http",
             "spec.jwtRules[3].issuer: \"x\" is already the issuer",
             "spec.jwtRules[4].jwks: key 0 cannot verify tokens",
-            "spec.jwtRules[5].fromHeaders[0].name: \":path\": pseudo-headers",
-            "spec.jwtRules[5].outputClaimToHeaders[0].claim: required",
-            "spec.jwtRules[5].timeout:",
+            "spec.jwtRules[5].jwks: key 0 cannot verify tokens: an HMAC key needs at least 32 bytes",
+            "spec.jwtRules[6].jwks: no key of the set verifies signatures",
+            "spec.jwtRules[7].fromHeaders[0].name: \":path\": pseudo-headers",
+            "spec.jwtRules[7].outputClaimToHeaders[0].claim: required",
+            "spec.jwtRules[7].timeout:",
         ];
         for want in expect {
             assert!(
