@@ -208,7 +208,18 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
                 let server_name = url
                     .host()
                     .filter(|h| h.parse::<std::net::IpAddr>().is_err() && !h.starts_with('['));
-                if tls && compiled.tcp_routes.reads_sni(&service.hostname, scope) {
+                let mut info = ConnectionInfo {
+                    port: dst.port(),
+                    destination: dst.ip(),
+                    source_labels: &caller.labels,
+                    source_namespace: &identity.namespace,
+                    tls: tls.then_some(None),
+                };
+                if tls
+                    && compiled
+                        .tcp_routes
+                        .reads_sni(&service.hostname, scope, &info)
+                {
                     step(
                         "tls",
                         match server_name {
@@ -220,13 +231,7 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
                         },
                     );
                 }
-                let info = ConnectionInfo {
-                    port: dst.port(),
-                    destination: dst.ip(),
-                    source_labels: &caller.labels,
-                    source_namespace: &identity.namespace,
-                    tls: tls.then_some(server_name),
-                };
+                info.tls = tls.then_some(server_name);
                 match compiled.tcp_routes.route(&service.hostname, scope, &info) {
                     TcpRouted::Default => step(
                         "route",

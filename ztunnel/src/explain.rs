@@ -24,7 +24,7 @@ use crate::{
         outbound::{self, Route},
     },
     rbac,
-    state::{Pick, State, Upstream, Workload},
+    state::{Pick, State, Upstream, Workload, workload::Mode},
 };
 
 /// One step of the path, in the order the data path takes them (the
@@ -89,6 +89,13 @@ pub enum ExplainError {
     },
 }
 
+fn refused_(steps: Vec<Step>) -> Explanation {
+    Explanation {
+        steps,
+        verdict: Verdict::Refused,
+    }
+}
+
 /// Explains a connection from `from` (a pod of this node: an address, or
 /// `namespace/name`) to `to` (`address:port`, `host:port` for a name the
 /// DNS proxy answers, or `namespace/pod:port` for a pod's own address).
@@ -121,6 +128,27 @@ pub async fn explain(inputs: &Inputs, from: &str, to: &str) -> Result<Explanatio
                 dst.port()
             ),
         );
+        // Plaintext meets the destination's guard: a STRICT pod of the
+        // mesh drops it.
+        let strict = |w: &Workload| w.hbone && w.mode_on(dst.port()) == Mode::Strict;
+        if let Some(pod) = state.workload_by_ip(dst.ip()) {
+            if strict(&pod) {
+                step(
+                    "policy",
+                    format!(
+                        "pod {} is STRICT on port {}: its guard drops the plaintext connection",
+                        name(&pod),
+                        dst.port()
+                    ),
+                );
+                return Ok(refused_(steps));
+            }
+        } else if state.service_by_vip(dst.ip()).is_some() {
+            step(
+                "note",
+                "an endpoint of the Service that is a STRICT pod of the mesh drops the plaintext connection".to_owned(),
+            );
+        }
         return Ok(Explanation {
             steps,
             verdict: Verdict::NotCaptured,

@@ -263,6 +263,15 @@ async fn explain_tells_what_a_connection_meets() {
         steps.contains(&format!("port {} is excluded from capture", outside.port())),
         "{steps}"
     );
+    // To a STRICT pod of the mesh, the plaintext is dropped by its guard.
+    let (client_key, server_key) = (mesh.client_key.clone(), mesh.server_key.clone());
+    mesh.view.workload_mut(&client_key).excluded_ports = vec![u32::from(mesh.server.port())];
+    mesh.view.workload_mut(&server_key).inbound_mode = config::InboundMode::Strict.into();
+    mesh.sync();
+    let (verdict, steps) = explained(&mesh, &client, &mesh.server.to_string()).await;
+    assert_eq!(verdict, "refused", "{steps}");
+    assert!(steps.contains("is STRICT on port"), "{steps}");
+    mesh.view.workload_mut(&server_key).inbound_mode = config::InboundMode::Permissive.into();
     mesh.view
         .workload_mut(&mesh.client_key.clone())
         .excluded_ports

@@ -33,6 +33,8 @@ spec:
     route: [{ destination: { host: secure, subset: a } }]
   - match: [{ sniHosts: ["*.b.example.com"] }]
     route: [{ destination: { host: secure, subset: b } }]
+  - match: [{ sniHosts: [secure.demo.svc.cluster.local] }]
+    route: [{ destination: { host: secure, subset: a } }]
 "#;
 
 /// A self-signed certificate and key for `cn`, in `dir`.
@@ -188,6 +190,7 @@ fn a_waypoint_routes_tls_by_server_name() -> Result<()> {
         ("a.example.com", "backend-a"),
         ("api.b.example.com", "backend-b"),
         ("x.y.b.example.com", "backend-b"),
+        ("secure.demo.svc.cluster.local", "backend-a"),
     ] {
         for _ in 0..10 {
             let got = answered_by(&client, &vip, name)?;
@@ -218,18 +221,28 @@ fn a_waypoint_routes_tls_by_server_name() -> Result<()> {
     for (url, says) in [
         (
             "https://secure.demo.svc.cluster.local/".to_owned(),
-            "routed on the server name secure.demo.svc.cluster.local",
+            [
+                "routed on the server name secure.demo.svc.cluster.local",
+                "rule \"spec.tls[2]\"",
+                "relay to secure.demo.svc.cluster.local subset a (100%)",
+            ],
         ),
         (
             format!("https://{vip}/"),
-            "a hello without a server name fits no tls rule",
+            [
+                "a hello without a server name fits no tls rule",
+                "no VirtualService tcp or tls rule fits",
+                "verdict: forwarded",
+            ],
         ),
     ] {
         let shown = warrenctl_waypoint_explain(&config, "demo", "demo/client", &[&url])?;
-        ensure!(
-            shown.contains(says) && shown.contains("no VirtualService tcp or tls rule fits"),
-            "explain {url}:\n{shown}"
-        );
+        for part in says {
+            ensure!(
+                shown.contains(part),
+                "explain {url} does not say {part:?}:\n{shown}"
+            );
+        }
     }
 
     drop(servers);

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tracing::debug;
 
 /// How long a client may take to send its hello (it sends it first).
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,7 +30,8 @@ pub async fn server_name<R: AsyncRead + Unpin>(
         read.extend_from_slice(&chunk[..n]);
         let mut rest = &chunk[..n];
         while !rest.is_empty() {
-            if acceptor.read_tls(&mut rest).is_err() {
+            if let Err(error) = acceptor.read_tls(&mut rest) {
+                debug!(%error, "not a TLS hello: routed without a server name");
                 return Ok(None);
             }
         }
@@ -38,8 +40,14 @@ pub async fn server_name<R: AsyncRead + Unpin>(
                 return Ok(accepted.client_hello().server_name().map(str::to_owned));
             }
             Ok(None) if read.len() < MAX_HELLO => {}
-            // Not TLS, or a hello too long to be one.
-            Ok(None) | Err(_) => return Ok(None),
+            Ok(None) => return Ok(None),
+            // Not TLS, or a hello rustls will not read (it is stricter than
+            // Envoy's inspector: a hello without signature algorithms, as
+            // some TLS 1.0 clients send, is refused).
+            Err((error, _)) => {
+                debug!(%error, "not a TLS hello rustls reads: routed without a server name");
+                return Ok(None);
+            }
         }
     }
 }
@@ -77,6 +85,28 @@ mod tests {
         let name = server_name(&mut io, &mut read).await.expect("read");
         assert_eq!(name.as_deref(), Some("api.example.com"));
         assert_eq!(read, hello);
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_no_hello_are_told_at_once() {
+        // The client keeps its side open: only the bytes tell.
+        use tokio::io::AsyncWriteExt as _;
+        for bytes in [
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            b"SSH-2.0-OpenSSH_9.2\r\n".to_vec(),
+        ] {
+            let (mut reader, mut writer) = tokio::io::duplex(1024);
+            writer.write_all(&bytes).await.expect("write");
+            let mut read = Vec::new();
+            let name =
+                tokio::time::timeout(Duration::from_secs(2), server_name(&mut reader, &mut read))
+                    .await
+                    .expect("told without waiting for more")
+                    .expect("read");
+            assert_eq!(name, None);
+            assert_eq!(read, bytes);
+            drop(writer);
+        }
     }
 
     #[tokio::test]

@@ -56,6 +56,9 @@ enum Ended {
     /// Cut after `tcp.idleTimeout` without traffic (Envoy's close reason).
     #[error("tcp_session_idle_timeout: no traffic for {0:?} (idleTimeout)")]
     Idle(Duration),
+    /// The client's side failed before its TLS hello was complete.
+    #[error("reading the client's TLS hello: {0}")]
+    Hello(io::Error),
 }
 
 impl Ended {
@@ -70,6 +73,8 @@ impl Ended {
             // Envoy's TCP proxy sets no flag for its idle timeout; the
             // details say it.
             Ended::Idle(_) => "-",
+            // The client went (downstream connection termination).
+            Ended::Hello(_) => "DC",
         }
     }
 }
@@ -95,30 +100,39 @@ pub async fn serve(
         .service
         .port(down.port)
         .is_some_and(|p| p.carries_tls());
+    let empty = BTreeMap::new();
+    let mut info = ConnectionInfo {
+        port: down.port,
+        destination: down.vip,
+        source_labels: down.source.as_ref().map_or(&empty, |w| &w.labels),
+        source_namespace: &down.peer.identity.namespace,
+        tls: tls_port.then_some(None),
+    };
     let mut hello = Vec::new();
-    let server_name = if tls_port && compiled.tcp_routes.reads_sni(host, scope) {
+    let server_name = if tls_port && compiled.tcp_routes.reads_sni(host, scope, &info) {
         match tokio::time::timeout(hello::TIMEOUT, hello::server_name(&mut tunnel, &mut hello))
             .await
         {
             Ok(Ok(name)) => name,
             Ok(Err(error)) => {
-                debug!(%error, "the client left before its TLS hello");
+                let ended = Ended::Hello(error);
+                let read = u64::try_from(hello.len()).unwrap_or(u64::MAX);
+                log(&down, "-", start, Err(&ended), None, (read, 0));
                 return;
             }
             // Routed without a name: no `tls` rule fits.
-            Err(_) => None,
+            Err(_) => {
+                debug!(
+                    "no TLS hello within {:?}: routed without a server name",
+                    hello::TIMEOUT
+                );
+                None
+            }
         }
     } else {
         None
     };
-    let empty = BTreeMap::new();
-    let info = ConnectionInfo {
-        port: down.port,
-        destination: down.vip,
-        source_labels: down.source.as_ref().map_or(&empty, |w| &w.labels),
-        source_namespace: &down.peer.identity.namespace,
-        tls: tls_port.then_some(server_name.as_deref()),
-    };
+    info.tls = tls_port.then_some(server_name.as_deref());
     let (route, destination) = match compiled.tcp_routes.route(host, scope, &info) {
         TcpRouted::Default => ("default".to_owned(), &default),
         TcpRouted::Rule(id, rule) => match rule.pick(&mut rand::rng()) {
@@ -140,7 +154,8 @@ pub async fn serve(
     } = match connected {
         Ok(connected) => connected,
         Err((refused, endpoint)) => {
-            log(&down, &route, start, Err(&refused), endpoint, (0, 0));
+            let read = u64::try_from(hello.len()).unwrap_or(u64::MAX);
+            log(&down, &route, start, Err(&refused), endpoint, (read, 0));
             return;
         }
     };

@@ -285,8 +285,11 @@ impl RouteTable {
                 reason: e.reason,
                 effect: ErrorEffect::Skipped,
             };
-            // TCP-only: the [`tcp::TcpTable`]'s, nothing for HTTP to report.
-            if input.spec.http.is_empty() && !input.spec.tcp.is_empty() {
+            // TCP and TLS only: the [`tcp::TcpTable`]'s, nothing for HTTP
+            // to report.
+            if input.spec.http.is_empty()
+                && (!input.spec.tcp.is_empty() || !input.spec.tls.is_empty())
+            {
                 continue;
             }
             let rules = match compile_rules(&input.spec) {
@@ -385,10 +388,7 @@ fn compile_rules(spec: &VirtualServiceSpec) -> Result<Vec<HttpRule>, CompileErro
         ));
     }
     if spec.http.is_empty() {
-        return Err(CompileError::new(
-            "spec.http",
-            "no http routes (tls routes are not supported)",
-        ));
+        return Err(CompileError::new("spec.http", "no http routes"));
     }
     spec.http
         .iter()

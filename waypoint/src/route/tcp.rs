@@ -120,11 +120,16 @@ impl L4Match {
             let Some(Some(name)) = c.tls else {
                 return false;
             };
-            let name = name.to_ascii_lowercase();
+            // A fully qualified name's root dot is no part of it.
+            let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
             self.sni_hosts.iter().any(|h| sni_matches(h, &name))
         };
-        (self.sni_hosts.is_empty() || sni())
-            && self.port.is_none_or(|p| p == c.port)
+        (self.sni_hosts.is_empty() || sni()) && self.fits_but_name(c)
+    }
+
+    /// Whether every field but `sniHosts` fits.
+    fn fits_but_name(&self, c: &ConnectionInfo<'_>) -> bool {
+        self.port.is_none_or(|p| p == c.port)
             && (self.subnets.is_empty() || self.subnets.iter().any(|n| n.contains(c.destination)))
             && self
                 .source_labels
@@ -237,6 +242,11 @@ impl TcpRule {
 
     fn fits(&self, c: &ConnectionInfo<'_>) -> bool {
         self.matches.is_empty() || self.matches.iter().any(|m| m.fits(c))
+    }
+
+    /// Whether the rule could fit, its server names aside.
+    fn could_fit(&self, c: &ConnectionInfo<'_>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.fits_but_name(c))
     }
 
     /// Where it sends connections, each with its weight.
@@ -356,10 +366,13 @@ impl TcpTable {
             .find(|rules| scope.admits(&rules.id, &rules.export_to))
     }
 
-    /// Whether routing a connection to `host` would look at its server
-    /// name: worth reading the client's hello for.
-    pub fn reads_sni(&self, host: &str, scope: Scope<'_>) -> bool {
-        self.claimed(host, scope).is_some_and(|r| !r.tls.is_empty())
+    /// Whether routing connection `c` to `host` would look at its server
+    /// name (a `tls` rule fits it but for the name): worth reading the
+    /// client's hello for, and only then (a server-first protocol would
+    /// wait for it).
+    pub fn reads_sni(&self, host: &str, scope: Scope<'_>, c: &ConnectionInfo<'_>) -> bool {
+        self.claimed(host, scope)
+            .is_some_and(|r| r.tls.iter().any(|rule| rule.could_fit(c)))
     }
 
     /// Where a connection to `host` goes, with the VirtualServices `scope`
@@ -535,14 +548,15 @@ mod tests {
             "tcp": [{ "route": [{ "destination": { "host": HOST, "subset": "rest" } }] }]
         }))]);
         assert!(errors.is_empty(), "{errors:?}");
-        assert!(table.reads_sni(HOST, SHOP));
         let labels = BTreeMap::new();
         let on = |port: u16, tls: Option<Option<&'static str>>| ConnectionInfo {
             tls,
             ..conn(port, &labels)
         };
+        assert!(table.reads_sni(HOST, SHOP, &on(443, Some(None))));
         for (c, want) in [
             (on(443, Some(Some("a.example.com"))), "a"),
+            (on(443, Some(Some("a.example.com."))), "a"),
             (on(443, Some(Some("A.EXAMPLE.COM"))), "a"),
             (on(443, Some(Some("api.example.org"))), "org"),
             (on(443, Some(Some("x.y.example.org"))), "org"),
@@ -575,6 +589,29 @@ mod tests {
     }
 
     #[test]
+    fn the_hello_is_read_only_where_a_tls_rule_could_fit() {
+        let (table, errors) = TcpTable::build([tls_input(serde_json::json!({
+            "tls": [{ "match": [{ "sniHosts": ["a.example.com"], "port": 443 }],
+                      "route": [{ "destination": { "host": HOST, "subset": "a" } }] }],
+            "tcp": [{ "route": [{ "destination": { "host": HOST } }] }]
+        }))]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let labels = BTreeMap::new();
+        let on = |port: u16| ConnectionInfo {
+            tls: Some(None),
+            ..conn(port, &labels)
+        };
+        assert!(table.reads_sni(HOST, SHOP, &on(443)));
+        assert!(!table.reads_sni(HOST, SHOP, &on(8443)));
+        // Not in scope: another namespace's service.
+        let other = Scope {
+            service_namespace: "other",
+            waypoint_namespace: "other",
+        };
+        assert!(!table.reads_sni(HOST, other, &on(443)));
+    }
+
+    #[test]
     fn a_tls_rule_without_server_names_is_refused() {
         let (table, errors) = TcpTable::build([tls_input(serde_json::json!({
             "tls": [{ "match": [{ "port": 443 }],
@@ -582,7 +619,7 @@ mod tests {
         }))]);
         assert_eq!(errors.len(), 1);
         assert!(errors[0].to_string().contains("sniHosts"), "{}", errors[0]);
-        assert!(!table.reads_sni(HOST, SHOP));
+        assert!(!table.reads_sni(HOST, SHOP, &conn(443, &BTreeMap::new())));
     }
 
     #[test]

@@ -703,7 +703,14 @@ fn tls_route(r: &mut Report, path: &str, route: &TlsRoute) {
             r.error(format!("{p}.sniHosts"), "at least one SNI host is required");
         }
         for (h, sni) in m.sni_hosts.iter().enumerate() {
-            if sni.parse::<IpAddr>().is_err() {
+            // Stricter than Istio: a client sends no server name for an
+            // address, so such a host could never match.
+            if sni.parse::<IpAddr>().is_ok() {
+                r.error(
+                    format!("{p}.sniHosts[{h}]"),
+                    format!("{sni:?} is an address: TLS clients send no server name for one"),
+                );
+            } else {
                 host_name(r, &format!("{p}.sniHosts[{h}]"), sni);
             }
         }
