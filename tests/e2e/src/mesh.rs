@@ -397,6 +397,34 @@ pub fn waypoint_metrics(pod: &warren_testbed::Pod) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Starts the mesh on `cluster`, and once it is ready the waypoint of
+/// `namespace` in its pod `waypoint` (see [`waypoint_pod`]): its Gateway
+/// written, the process started and configured.
+pub fn start_mesh_and_waypoint(cluster: &Cluster, namespace: &str) -> Result<(Mesh, Process)> {
+    let mut mesh = start_mesh(cluster)?;
+    mesh.wait_ready(Duration::from_secs(30))
+        .with_context(|| mesh.logs())?;
+    std::fs::write(
+        cluster
+            .config_dir()
+            .join(format!("gateway.{namespace}.waypoint.yaml")),
+        waypoint_gateway(namespace),
+    )?;
+    let pod = cluster.pod("waypoint")?.clone();
+    let waypoint = start_waypoint(cluster, &pod, namespace).with_context(|| mesh.logs())?;
+    Ok((mesh, waypoint))
+}
+
+/// The cluster IP of Service `name`.
+pub fn service_vip(cluster: &Cluster, name: &str) -> Result<std::net::Ipv4Addr> {
+    cluster
+        .services()
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| s.cluster_ip)
+        .with_context(|| format!("no service {name}"))
+}
+
 /// Starts `warren-waypoint` for `namespace` in `pod` (a pod labelled as the
 /// Gateway's, outside the capture), subscribed to its node's agent, and waits
 /// until it has its config and certificate.

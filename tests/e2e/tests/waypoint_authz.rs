@@ -7,10 +7,9 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
     agent::warrenctl_waypoint_explain,
-    mesh::{eventually, start_mesh, start_waypoint, waypoint_gateway},
+    mesh::{eventually, service_vip, start_mesh_and_waypoint, waypoint_pod},
     workload::{count_status, load, start_http_server},
 };
 use warren_testbed::{Cluster, Pod, PodSpec, ServicePort, labels, privilege::require_root};
@@ -176,24 +175,11 @@ fn a_waypoint_enforces_attached_authorization_policies() -> Result<()> {
             target_port: 8080,
         }],
     )?;
-    let mut mesh = start_mesh(&cluster)?;
-    mesh.wait_ready(Duration::from_secs(30))
-        .with_context(|| mesh.logs())?;
+    let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
     let config = cluster.config_dir().to_path_buf();
-    std::fs::write(
-        config.join("gateway.demo.waypoint.yaml"),
-        waypoint_gateway("demo"),
-    )?;
-    let waypoint_pod = cluster.pod("waypoint")?.clone();
-    let waypoint = start_waypoint(&cluster, &waypoint_pod, "demo").with_context(|| mesh.logs())?;
     let app = cluster.pod("app")?.clone();
     let server = start_http_server(&cluster, &app, 8080, &["--name", "app"])?;
-    let vip = cluster
-        .services()
-        .iter()
-        .find(|s| s.name == "app")
-        .context("service app")?
-        .cluster_ip;
+    let vip = service_vip(&cluster, "app")?;
     let base = format!("http://{vip}");
     let clients = [
         ("client-a", cluster.pod("client-a")?.clone()),

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};
 use warren_e2e::{
     agent::warrenctl_waypoint_explain,
-    mesh::{eventually, start_mesh, start_waypoint, waypoint_gateway, waypoint_pod},
+    mesh::{eventually, service_vip, start_mesh_and_waypoint, waypoint_pod},
     workload::start_http_server,
 };
 use warren_testbed::{
@@ -100,24 +100,11 @@ fn a_waypoint_verifies_jwts_and_authorizes_on_them() -> Result<()> {
             target_port: 8080,
         }],
     )?;
-    let mut mesh = start_mesh(&cluster)?;
-    mesh.wait_ready(Duration::from_secs(30))
-        .with_context(|| mesh.logs())?;
+    let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
     let config = cluster.config_dir().to_path_buf();
-    std::fs::write(
-        config.join("gateway.demo.waypoint.yaml"),
-        waypoint_gateway("demo"),
-    )?;
-    let waypoint_pod = cluster.pod("waypoint")?.clone();
-    let waypoint = start_waypoint(&cluster, &waypoint_pod, "demo").with_context(|| mesh.logs())?;
     let app = cluster.pod("app")?.clone();
     let server = start_http_server(&cluster, &app, 8080, &["--name", "app"])?;
-    let vip = cluster
-        .services()
-        .iter()
-        .find(|s| s.name == "app")
-        .context("service app")?
-        .cluster_ip;
+    let vip = service_vip(&cluster, "app")?;
     let base = format!("http://{vip}");
     let client = cluster.pod("client")?.clone();
     let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());

@@ -9,7 +9,7 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
     agent::warrenctl_waypoint_explain,
-    mesh::{eventually, start_mesh, start_waypoint, waypoint_gateway, waypoint_pod},
+    mesh::{eventually, service_vip, start_mesh_and_waypoint, waypoint_pod},
 };
 use warren_testbed::{Cluster, Pod, PodSpec, ServicePort, labels, privilege::require_root};
 
@@ -125,16 +125,8 @@ fn a_waypoint_routes_tls_by_server_name() -> Result<()> {
             target_port: 8443,
         }],
     )?;
-    let mut mesh = start_mesh(&cluster)?;
-    mesh.wait_ready(Duration::from_secs(30))
-        .with_context(|| mesh.logs())?;
+    let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
     let config = cluster.config_dir().to_path_buf();
-    std::fs::write(
-        config.join("gateway.demo.waypoint.yaml"),
-        waypoint_gateway("demo"),
-    )?;
-    let waypoint_pod = cluster.pod("waypoint")?.clone();
-    let waypoint = start_waypoint(&cluster, &waypoint_pod, "demo").with_context(|| mesh.logs())?;
 
     // Two TLS servers, told apart by their certificates.
     let certs = cluster.config_dir().join("tls-certs");
@@ -161,13 +153,7 @@ fn a_waypoint_routes_tls_by_server_name() -> Result<()> {
             ],
         )?);
     }
-    let vip = cluster
-        .services()
-        .iter()
-        .find(|s| s.name == "secure")
-        .context("service secure")?
-        .cluster_ip
-        .to_string();
+    let vip = service_vip(&cluster, "secure")?.to_string();
     let client = cluster.pod("client")?.clone();
     let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
 

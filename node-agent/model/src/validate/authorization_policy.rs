@@ -2,7 +2,9 @@
 //! action and provider, and the rules' sources, operations and conditions.
 
 use crate::error::FieldError;
-use crate::istio::{Action, AuthorizationPolicy, Operation, PolicyTargetReference, Rule, Source};
+use crate::istio::{
+    Action, AuthorizationPolicy, Operation, PolicyTargetReference, Rule, Source, WorkloadSelector,
+};
 
 use super::{Report, ip_or_cidr, workload_selector};
 
@@ -12,26 +14,12 @@ pub fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<FieldError> {
     let spec = &ap.spec;
     let action = spec.action();
 
-    let attachments = [
-        spec.selector.is_some(),
-        spec.target_ref.is_some(),
-        !spec.target_refs.is_empty(),
-    ];
-    if attachments.iter().filter(|set| **set).count() > 1 {
-        r.error(
-            "spec",
-            "only one of selector, targetRef and targetRefs may be set",
-        );
-    }
-    if let Some(selector) = &spec.selector {
-        workload_selector(&mut r, "spec.selector", selector);
-    }
-    if let Some(target) = &spec.target_ref {
-        target_ref(&mut r, "spec.targetRef", target);
-    }
-    for (i, target) in spec.target_refs.iter().enumerate() {
-        target_ref(&mut r, &format!("spec.targetRefs[{i}]"), target);
-    }
+    attachment(
+        &mut r,
+        spec.selector.as_ref(),
+        spec.target_ref.as_ref(),
+        &spec.target_refs,
+    );
 
     match (action, &spec.provider) {
         (Action::Custom, provider) => {
@@ -70,7 +58,34 @@ pub fn authorization_policy(ap: &AuthorizationPolicy) -> Vec<FieldError> {
     r.into_errors()
 }
 
-pub(super) fn target_ref(r: &mut Report, path: &str, target: &PolicyTargetReference) {
+/// A policy's attachment, shared by AuthorizationPolicy and
+/// RequestAuthentication: at most one of a selector and target references,
+/// each valid.
+pub(super) fn attachment(
+    r: &mut Report,
+    selector: Option<&WorkloadSelector>,
+    target: Option<&PolicyTargetReference>,
+    targets: &[PolicyTargetReference],
+) {
+    let set = [selector.is_some(), target.is_some(), !targets.is_empty()];
+    if set.iter().filter(|set| **set).count() > 1 {
+        r.error(
+            "spec",
+            "only one of selector, targetRef and targetRefs may be set",
+        );
+    }
+    if let Some(selector) = selector {
+        workload_selector(r, "spec.selector", selector);
+    }
+    if let Some(target) = target {
+        target_ref(r, "spec.targetRef", target);
+    }
+    for (i, target) in targets.iter().enumerate() {
+        target_ref(r, &format!("spec.targetRefs[{i}]"), target);
+    }
+}
+
+fn target_ref(r: &mut Report, path: &str, target: &PolicyTargetReference) {
     if target.name.is_empty() {
         r.error(format!("{path}.name"), "required");
     }

@@ -11,32 +11,18 @@ use jsonwebtoken::{
 use crate::error::FieldError;
 use crate::istio::{JwtRule, RequestAuthentication};
 
-use super::{Report, authorization_policy::target_ref, positive_duration, workload_selector};
+use super::{Report, authorization_policy::attachment, positive_duration};
 
 /// Checks a RequestAuthentication on its own.
 pub fn request_authentication(ra: &RequestAuthentication) -> Vec<FieldError> {
     let mut r = Report::default();
     let spec = &ra.spec;
-    let attachments = [
-        spec.selector.is_some(),
-        spec.target_ref.is_some(),
-        !spec.target_refs.is_empty(),
-    ];
-    if attachments.iter().filter(|set| **set).count() > 1 {
-        r.error(
-            "spec",
-            "only one of selector, targetRef and targetRefs may be set",
-        );
-    }
-    if let Some(selector) = &spec.selector {
-        workload_selector(&mut r, "spec.selector", selector);
-    }
-    if let Some(target) = &spec.target_ref {
-        target_ref(&mut r, "spec.targetRef", target);
-    }
-    for (i, target) in spec.target_refs.iter().enumerate() {
-        target_ref(&mut r, &format!("spec.targetRefs[{i}]"), target);
-    }
+    attachment(
+        &mut r,
+        spec.selector.as_ref(),
+        spec.target_ref.as_ref(),
+        &spec.target_refs,
+    );
     let mut issuers = BTreeSet::new();
     for (i, rule) in spec.jwt_rules.iter().enumerate() {
         let path = format!("spec.jwtRules[{i}]");
