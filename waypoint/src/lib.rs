@@ -18,6 +18,7 @@
 //! library.
 
 pub mod app;
+pub mod attachment;
 pub mod authn;
 pub mod authz;
 pub mod config;

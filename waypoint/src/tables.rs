@@ -18,6 +18,7 @@ use warren_model::istio::{
 };
 
 use crate::{
+    attachment::binds_waypoint,
     authn::{Authenticator, AuthnInput, keys::KeyStore},
     authz::{Authorizer, PolicyInput},
     route::{RouteTable, VsInput, tcp::TcpTable},
@@ -95,12 +96,8 @@ impl Tables {
             // or of another, which the agent sends for their Services). An
             // agent older than `gateways` sets only `waypoint`: bound then,
             // as it was (more policy, never less).
-            waypoint: policy.namespace == namespace
-                && (policy
-                    .gateways
-                    .iter()
-                    .any(|g| gateway.is_none_or(|me| g == me))
-                    || (policy.gateways.is_empty() && policy.waypoint)),
+            waypoint: binds_waypoint(&policy.namespace, &policy.gateways, namespace, gateway)
+                || (policy.namespace == namespace && policy.gateways.is_empty() && policy.waypoint),
             services: policy.services.clone(),
             spec,
         })
@@ -118,8 +115,7 @@ impl Tables {
         Ok(AuthnInput {
             namespace: ra.namespace.clone(),
             name: ra.name.clone(),
-            waypoint: ra.namespace == namespace
-                && ra.gateways.iter().any(|g| gateway.is_none_or(|me| g == me)),
+            waypoint: binds_waypoint(&ra.namespace, &ra.gateways, namespace, gateway),
             services: ra.services.clone(),
             spec,
         })

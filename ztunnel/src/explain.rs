@@ -89,7 +89,9 @@ pub enum ExplainError {
     },
 }
 
-fn refused_(steps: Vec<Step>) -> Explanation {
+/// How an explanation ends when the connection is refused (the last step
+/// says why).
+fn refused(steps: Vec<Step>) -> Explanation {
     Explanation {
         steps,
         verdict: Verdict::Refused,
@@ -141,7 +143,7 @@ pub async fn explain(inputs: &Inputs, from: &str, to: &str) -> Result<Explanatio
                         dst.port()
                     ),
                 );
-                return Ok(refused_(steps));
+                return Ok(refused(steps));
             }
         } else if state.service_by_vip(dst.ip()).is_some() {
             step(
@@ -160,10 +162,7 @@ pub async fn explain(inputs: &Inputs, from: &str, to: &str) -> Result<Explanatio
             "port 53: where the node captures DNS (--ztunnel-dns-port), this connection goes to the DNS proxy instead".to_owned(),
         );
     }
-    let refused = |steps| Explanation {
-        steps,
-        verdict: Verdict::Refused,
-    };
+
     let Route {
         service,
         upstream,

@@ -294,7 +294,8 @@ async fn get(url: &str) -> Result<Bytes, String> {
     let response = client
         .get(uri)
         .await
-        .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+        // `{:#}`: the error with its causes (the connect error under it).
+        .map_err(|e| format!("{url}: {:#}", anyhow::Error::new(e)))?;
     if !response.status().is_success() {
         return Err(format!("{url}: answered {}", response.status()));
     }
@@ -303,15 +304,4 @@ async fn get(url: &str) -> Result<Bytes, String> {
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     Ok(body.to_bytes())
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -199,7 +199,13 @@ impl Authenticator {
         self.policies
             .iter()
             .filter(move |p| {
-                p.waypoint || (p.namespace == namespace && p.services.iter().any(|s| s == service))
+                crate::attachment::applies(
+                    p.waypoint,
+                    &p.namespace,
+                    &p.services,
+                    namespace,
+                    service,
+                )
             })
             .flat_map(|p| &p.rules)
     }
@@ -235,8 +241,7 @@ impl Authenticator {
         for token in &found {
             checked.push((token::verify(token).await?, token.payload()));
         }
-        // More than one rule for the token's issuer (two RequestAuthentications
-        // apply): the first that accepts it is the one its outputs follow.
+        // Each token's outputs follow the rule that accepted it.
         for (token, payload) in &checked {
             let rule = token.rule;
             if !rule.forward
@@ -250,7 +255,7 @@ impl Authenticator {
         Ok(checked
             .into_iter()
             .next()
-            .map(|(token, payload)| Arc::new(Verified::new(token.rule, token.claims, payload))))
+            .map(|(token, _)| Arc::new(Verified::new(token.rule, token.claims))))
     }
 }
 
@@ -294,8 +299,6 @@ pub struct Verified {
     claims: Map<String, Value>,
     /// Claims whose string values are space-separated words.
     space_delimited: Vec<String>,
-    /// The token's payload as sent (base64url), for `warrenctl` to show.
-    pub payload: String,
 }
 
 impl Verified {
@@ -310,14 +313,12 @@ impl Verified {
             subject,
             space_delimited: Vec::new(),
             claims,
-            payload: String::new(),
         }
     }
 
-    fn new(rule: &Rule, claims: Map<String, Value>, payload: &str) -> Verified {
+    fn new(rule: &Rule, claims: Map<String, Value>) -> Verified {
         Verified {
             space_delimited: rule.space_delimited.clone(),
-            payload: payload.to_owned(),
             ..Verified::from_claims(claims)
         }
     }

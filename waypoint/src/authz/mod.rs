@@ -76,9 +76,13 @@ impl Policy {
     }
 
     fn applies_to(&self, request: &Request<'_>) -> bool {
-        self.waypoint
-            || (self.namespace == request.service_namespace
-                && self.services.iter().any(|s| s == request.service))
+        crate::attachment::applies(
+            self.waypoint,
+            &self.namespace,
+            &self.services,
+            request.service_namespace,
+            request.service,
+        )
     }
 
     /// The index of the first rule that matches.
