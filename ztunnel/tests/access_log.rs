@@ -2,15 +2,13 @@
 //! connection ends (or is refused), with who, where, how many bytes and how
 //! it ended.
 
-mod common;
-
 use std::{
     io::Write,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use common::*;
+use crate::common::*;
 use warren_api::config::{self, Action};
 
 const PAYLOAD: &[u8] = b"logged through the mesh";

@@ -2,11 +2,9 @@
 //! ztunnel has the certificate they need (the CA is still issuing it). They wait
 //! for it, up to `--catch-up-wait`, instead of failing.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use warren_api::{Identity, config};
 
 /// Takes the certificate of `identity` out of the view, to put back later.
@@ -23,7 +21,7 @@ async fn connections_wait_for_a_new_pods_certificate() {
         (spiffe("demo", "server"), "the destination's (server side)"),
         (spiffe("demo", "client"), "the source's (client side)"),
     ] {
-        let net = 50 + u8::from(whose.contains("source"));
+        let net = 57 + u8::from(whose.contains("source"));
         let mut mesh = two_nodes_configured(net, |config| {
             config.catch_up_wait = Duration::from_secs(5);
             config.tls_handshake_timeout = Duration::from_secs(6);

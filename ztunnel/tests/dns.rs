@@ -2,8 +2,6 @@
 //! the name with the DNS server it is given when a connection picks the endpoint, and
 //! refuses the connection, saying why, when the name does not resolve in time.
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
@@ -11,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpListener,

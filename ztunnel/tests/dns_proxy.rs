@@ -2,8 +2,6 @@
 //! host with addresses) is answered by ztunnel with the addresses the mesh routes;
 //! any other query goes to the node's DNS server and its answer back unchanged.
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
@@ -11,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use crate::common::*;
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{Name, RData, RecordType},
@@ -100,7 +98,7 @@ fn addresses(answer: &Message) -> Vec<IpAddr> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mesh_names_are_answered_here_and_the_rest_forwarded() {
-    let ip = |c: u8, d: u8| IpAddr::from([127, 49, c, d]);
+    let ip = |c: u8, d: u8| IpAddr::from([127, 56, c, d]);
     let vip: IpAddr = ip(60, 1);
     let vip6: IpAddr = "fd00:96::10".parse().unwrap();
     let entry_vip = ip(60, 2);
@@ -110,7 +108,7 @@ async fn the_mesh_names_are_answered_here_and_the_rest_forwarded() {
         ("dynamic.example.com.", vec![ip(70, 2)]),
     ])));
     let dns = dns::serve(ip(53, 1), zone).await;
-    let mut mesh = two_nodes_configured(49, |config| {
+    let mut mesh = two_nodes_configured(56, |config| {
         config.dns_servers = vec![dns];
         config.catch_up_wait = Duration::from_secs(5);
     })

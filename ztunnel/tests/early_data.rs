@@ -8,12 +8,10 @@
 //! to accept: a stream filling its window with bytes the peer cannot deliver yet
 //! would hold back every other stream of the pooled connection.
 
-mod common;
-
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{Method, Response};
 use rustls::sign::SingleCertAndKey;
 use tokio::{

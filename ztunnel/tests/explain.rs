@@ -2,11 +2,9 @@
 //! the connection meets. Explanations are checked against real connections
 //! through the same ztunnel where the outcome is this ztunnel's to decide.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use warren_api::config::{self, Action, resource::Kind};
 

@@ -2,8 +2,6 @@
 //! connections move to the new process, new connections never fail, and a connection
 //! open through the old process finishes on it.
 
-mod common;
-
 use std::{
     sync::{
         Arc, Mutex,
@@ -12,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use warren_api::subscribe::Handler as _;
 use warren_ztunnel::{

@@ -1,12 +1,10 @@
 //! HBONE between two ztunnels on loopback: round trips, identity checks, authorization,
 //! and bad input.
 
-mod common;
-
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{Method, Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};

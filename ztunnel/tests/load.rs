@@ -1,11 +1,9 @@
 //! Many concurrent tunnels through one pair of ztunnels, and no file descriptor left
 //! behind. Alone in its test binary: it counts this process's descriptors.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const TUNNELS: usize = 1_000;
 

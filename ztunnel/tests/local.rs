@@ -2,11 +2,9 @@
 //! the outbound policy for unknown destinations, the source from the kernel's cookie,
 //! admin and readiness, and drain.
 
-mod common;
-
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use warren_api::config::{self, Action, InboundMode, resource::Kind};
 use warren_ztunnel::{admin::LogControl, drain, state::State};

@@ -1,11 +1,9 @@
 //! ztunnel fed by a real subscription to an in-process config server on a Unix socket:
 //! refusals keep the last good copy, and pushed policy applies without a restart.
 
-mod common;
-
 use std::{sync::Arc, time::Duration};
 
-use common::*;
+use crate::common::*;
 use warren_api::{
     config::{self, Action, Hello, Role, Update, client_message::Message, resource::Kind},
     subscribe::Subscriber,

@@ -252,10 +252,13 @@ fn helper_cluster_then_wait() -> Result<()> {
 /// Starts `helper_cluster_then_wait` in a child process and returns it with
 /// the id of the cluster it made.
 fn start_helper() -> Result<(std::process::Child, String)> {
+    // The harness names a test by its path below the crate root.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let helper = format!("{module}::helper_cluster_then_wait");
     let mut child = Command::new(std::env::current_exe()?)
         .args([
             "--exact",
-            "helper_cluster_then_wait",
+            &helper,
             "--ignored",
             "--nocapture",
         ])

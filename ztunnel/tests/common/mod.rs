@@ -606,6 +606,24 @@ pub struct TwoNodes {
     pub server_key: String,
 }
 
+/// Claims loopback net `net` for the calling test, panicking if another test of
+/// this binary has it: all tests share one process and run in parallel, so two
+/// on one net would fail now and then, depending on timing; this fails every
+/// time instead. The harness names each test's thread after the test, and
+/// `#[tokio::test]` polls the test's own future on that thread.
+fn claim_net(net: u8) {
+    static OWNERS: Mutex<BTreeMap<u8, String>> = Mutex::new(BTreeMap::new());
+    let me = std::thread::current().name().unwrap_or("?").to_owned();
+    let mut owners = OWNERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let owner = owners.entry(net).or_insert_with(|| me.clone());
+    assert!(
+        *owner == me,
+        "loopback net 127.{net}.0.0/16 is taken by test {owner}; give {me} a net of its own"
+    );
+}
+
 /// `net` picks a loopback /16 of its own (127.`net`.0.0) so tests running in parallel
 /// never share an address.
 pub async fn two_nodes(net: u8) -> TwoNodes {
@@ -615,6 +633,7 @@ pub async fn two_nodes(net: u8) -> TwoNodes {
 /// [`two_nodes`], each node's config changed by `tune` first.
 pub async fn two_nodes_configured(net: u8, tune: impl Fn(&mut Config)) -> TwoNodes {
     init();
+    claim_net(net);
     let ip = |c: u8, d: u8| IpAddr::from([127, net, c, d]);
     let node = async |name: &str, ip: IpAddr, peer_hbone_port: u16| {
         let mut config = test_config(name, ip, peer_hbone_port);
