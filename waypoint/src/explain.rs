@@ -43,6 +43,9 @@ pub struct Question {
     pub url: String,
     /// `name: value` each.
     pub headers: Vec<String>,
+    /// On a TLS port, the server name of the client's hello; `None`: the
+    /// URL's host, when it is a name.
+    pub sni: Option<String>,
 }
 
 /// How the request ends.
@@ -74,7 +77,7 @@ pub type Explanation = warren_ztunnel::explain::Explanation<Verdict>;
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
     #[error(
-        "usage: /explain?from=<namespace/pod>&url=<http://host[:port]/path>[&method=GET][&header=name:value]..."
+        "usage: /explain?from=<namespace/pod>&url=<http://host[:port]/path>[&method=GET][&header=name:value]...[&sni=name]"
     )]
     Usage,
     #[error("no pod {0:?} is known to this waypoint")]
@@ -92,7 +95,8 @@ pub enum ExplainError {
 }
 
 impl Question {
-    /// Reads `/explain`'s query: `from`, `url`, `method`, `header` (repeated).
+    /// Reads `/explain`'s query: `from`, `url`, `method`, `header` (repeated),
+    /// `sni`.
     pub fn from_query(query: &str) -> Result<Question, ExplainError> {
         let mut question = Question::default();
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -101,6 +105,7 @@ impl Question {
                 "url" => question.url = value.into_owned(),
                 "method" => question.method = value.into_owned(),
                 "header" => question.headers.push(value.into_owned()),
+                "sni" => question.sni = Some(value.into_owned()),
                 _ => return Err(ExplainError::Usage),
             }
         }
@@ -191,69 +196,84 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
         port: dst.port(),
     };
     if port.protocol() == Protocol::Tcp {
-        // No requests on a TCP port: the policies decide the connection.
-        return match authz::authorize_connection(&compiled.authz, &peer) {
-            Some(denial) => {
-                step(
-                    "policy",
-                    format!("a TCP port: the connection is refused: {}", denied(&denial)),
-                );
-                done(steps, Verdict::Denied)
-            }
-            None => {
-                step("policy", "a TCP port: the connection is allowed".to_owned());
-                // On a TLS port the URL's host stands for the server name
-                // the client's hello would ask for (none for an address).
-                let tls = port.carries_tls();
-                let server_name = url
-                    .host()
-                    .filter(|h| h.parse::<std::net::IpAddr>().is_err() && !h.starts_with('['));
-                let mut info = ConnectionInfo {
-                    port: dst.port(),
-                    destination: dst.ip(),
-                    source_labels: &caller.labels,
-                    source_namespace: &identity.namespace,
-                    tls: tls.then_some(None),
-                };
-                if tls
-                    && compiled
-                        .tcp_routes
-                        .reads_sni(&service.hostname, scope, &info)
-                {
-                    step(
-                        "tls",
-                        match server_name {
-                            Some(name) => format!(
-                                "a TLS port: routed on the server name {name}, read from the client's hello"
-                            ),
-                            None => "a TLS port: a hello without a server name fits no tls rule"
-                                .to_owned(),
-                        },
-                    );
-                }
-                info.tls = tls.then_some(server_name);
-                match compiled.tcp_routes.route(&service.hostname, scope, &info) {
-                    TcpRouted::Default => step(
-                        "route",
-                        format!(
-                            "no VirtualService tcp or tls rule fits: the bytes go to {}",
-                            service.hostname
-                        ),
-                    ),
-                    TcpRouted::Rule(vs, rule) => {
-                        step(
-                            "route",
-                            format!("VirtualService {vs}, rule {:?}", rule.name),
-                        );
-                        step(
-                            "action",
-                            format!("relay to {}", shares(rule.destinations())),
-                        );
-                    }
-                }
-                done(steps, Verdict::Forwarded)
-            }
+        // No requests on a TCP port: the policies decide the connection. On
+        // a TLS port, the server name of the client's hello is the one
+        // asked, else the URL's host (an address names none).
+        let tls = port.carries_tls();
+        let server_name = question
+            .sni
+            .as_deref()
+            .or_else(|| {
+                url.host()
+                    .filter(|h| h.parse::<std::net::IpAddr>().is_err() && !h.starts_with('['))
+            })
+            .filter(|_| tls);
+        let mut info = ConnectionInfo {
+            port: dst.port(),
+            destination: dst.ip(),
+            source_labels: &caller.labels,
+            source_namespace: &identity.namespace,
+            tls: tls.then_some(None),
         };
+        // The hello is read only for a policy or a rule that looks at it.
+        let decided = tls && compiled.authz.reads_server_name(&peer);
+        let routed = tls
+            && compiled
+                .tcp_routes
+                .reads_sni(&service.hostname, scope, &info);
+        if decided || routed {
+            let uses = match (decided, routed) {
+                (true, true) => "decided and routed",
+                (true, false) => "decided",
+                _ => "routed",
+            };
+            let without = [
+                decided.then_some("matches no connection.sni value"),
+                routed.then_some("fits no tls rule"),
+            ];
+            let without: Vec<&str> = without.into_iter().flatten().collect();
+            step(
+                "tls",
+                match server_name {
+                    Some(name) => format!(
+                        "a TLS port: {uses} on the server name {name}, read from the client's hello"
+                    ),
+                    None => format!(
+                        "a TLS port: a hello without a server name {}",
+                        without.join(" and ")
+                    ),
+                },
+            );
+        }
+        if let Some(denial) = authz::authorize_connection(&compiled.authz, &peer, server_name) {
+            step(
+                "policy",
+                format!("a TCP port: the connection is refused: {}", denied(&denial)),
+            );
+            return done(steps, Verdict::Denied);
+        }
+        step("policy", "a TCP port: the connection is allowed".to_owned());
+        info.tls = tls.then_some(server_name);
+        match compiled.tcp_routes.route(&service.hostname, scope, &info) {
+            TcpRouted::Default => step(
+                "route",
+                format!(
+                    "no VirtualService tcp or tls rule fits: the bytes go to {}",
+                    service.hostname
+                ),
+            ),
+            TcpRouted::Rule(vs, rule) => {
+                step(
+                    "route",
+                    format!("VirtualService {vs}, rule {:?}", rule.name),
+                );
+                step(
+                    "action",
+                    format!("relay to {}", shares(rule.destinations())),
+                );
+            }
+        }
+        return done(steps, Verdict::Forwarded);
     }
     if is_grpc(&parts.headers) {
         step(
@@ -594,15 +614,17 @@ mod tests {
             method: String::new(),
             url: url.into(),
             headers: headers.iter().map(|h| (*h).to_owned()).collect(),
+            sni: None,
         }
     }
 
     #[test]
     fn the_query_names_the_request() {
         let asked = Question::from_query(
-            "from=demo%2Fclient&url=http%3A%2F%2Fapp%2Fx%3Fa%3D1&method=POST&header=end-user%3A+jason&header=x-a%3A+b",
+            "from=demo%2Fclient&url=http%3A%2F%2Fapp%2Fx%3Fa%3D1&method=POST&header=end-user%3A+jason&header=x-a%3A+b&sni=db.example",
         )
         .expect("a question");
+        assert_eq!(asked.sni.as_deref(), Some("db.example"));
         assert_eq!(asked.from, "demo/client");
         assert_eq!(asked.url, "http://app/x?a=1");
         assert_eq!(asked.method, "POST");

@@ -256,12 +256,7 @@ fn start_helper() -> Result<(std::process::Child, String)> {
     let module = module_path!().split_once("::").map_or("", |(_, m)| m);
     let helper = format!("{module}::helper_cluster_then_wait");
     let mut child = Command::new(std::env::current_exe()?)
-        .args([
-            "--exact",
-            &helper,
-            "--ignored",
-            "--nocapture",
-        ])
+        .args(["--exact", &helper, "--ignored", "--nocapture"])
         .env("WARREN_E2E_HELPER", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

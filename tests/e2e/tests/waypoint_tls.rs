@@ -2,7 +2,8 @@
 //! of one Service's `https` port, each with a certificate of its own; the
 //! waypoint reads the server name of each client's hello, without
 //! terminating TLS, and sends the connection to the subset its rule names.
-//! A name no rule has goes to the Service as a whole.
+//! A name no rule has goes to the Service as a whole. An AuthorizationPolicy
+//! on `connection.sni` refuses connections by the name they ask for.
 
 use std::{path::Path, time::Duration};
 
@@ -35,6 +36,19 @@ spec:
     route: [{ destination: { host: secure, subset: b } }]
   - match: [{ sniHosts: [secure.demo.svc.cluster.local] }]
     route: [{ destination: { host: secure, subset: a } }]
+"#;
+
+/// Connections asking for a name under `b.example.com` are refused, by a
+/// policy that the waypoint can decide only once it has read the hello.
+const DENY_B: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: no-b, namespace: demo }
+spec:
+  targetRefs: [{ kind: Service, group: "", name: secure }]
+  action: DENY
+  rules:
+  - when: [{ key: connection.sni, values: ["*.b.example.com"] }]
 "#;
 
 /// A self-signed certificate and key for `cn`, in `dir`.
@@ -230,6 +244,54 @@ fn a_waypoint_routes_tls_by_server_name() -> Result<()> {
             );
         }
     }
+
+    // An AuthorizationPolicy on the server name: the hello is read before
+    // the decision, and a denied connection never reaches a backend.
+    std::fs::write(config.join("authz.demo.no-b.yaml"), DENY_B)?;
+    eventually(
+        Duration::from_secs(20),
+        "the server-name policy in force",
+        || Ok(answered_by(&client, &vip, "api.b.example.com").is_err()),
+    )
+    .with_context(logs)?;
+    for _ in 0..5 {
+        let refused = answered_by(&client, &vip, "x.y.b.example.com");
+        ensure!(refused.is_err(), "x.y.b.example.com answered: {refused:?}");
+        let got = answered_by(&client, &vip, "a.example.com")?;
+        ensure!(got == "backend-a", "a.example.com answered by {got}");
+    }
+    let output = waypoint.output();
+    ensure!(
+        output
+            .lines()
+            .any(|l| l.contains(r#"server_name="x.y.b.example.com""#)
+                && l.contains("rbac_access_denied_matched_policy[ns[demo]-policy[no-b]-rule[0]]")),
+        "no access line of a connection denied by its server name:\n{output}"
+    );
+    let explained = |sni: &str| {
+        warrenctl_waypoint_explain(
+            &config,
+            "demo",
+            "demo/client",
+            &["--sni", sni, &format!("https://{vip}/")],
+        )
+    };
+    let shown = explained("api.b.example.com")?;
+    for part in [
+        "decided and routed on the server name api.b.example.com",
+        "policy[no-b]",
+        "verdict: denied",
+    ] {
+        ensure!(
+            shown.contains(part),
+            "explain does not say {part:?}:\n{shown}"
+        );
+    }
+    let shown = explained("a.example.com")?;
+    ensure!(
+        shown.contains("rule \"spec.tls[0]\"") && shown.contains("verdict: forwarded"),
+        "explain of a.example.com:\n{shown}"
+    );
 
     drop(servers);
     drop(waypoint);

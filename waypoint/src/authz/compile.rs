@@ -44,6 +44,9 @@ enum Test {
     /// A verified JWT's claim, by its path of names (`aud`, `groups`,
     /// `realm_access`/`roles`).
     Claim(Vec<String>, Vec<Pattern>),
+    /// `connection.sni`: the server name of the client's TLS hello, without
+    /// case.
+    ServerName(Vec<Pattern>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +109,11 @@ impl Field {
                 .as_ref()
                 .and_then(|h| h.auth)
                 .is_some_and(|a| a.claim(path).iter().any(|v| any(p, v))),
+            // No hello, no name: `values` fail, `notValues` hold, as
+            // Envoy's `requested_server_name` matcher does on an empty name.
+            Test::ServerName(p) => request
+                .server_name
+                .is_some_and(|name| any(p, &name.to_ascii_lowercase())),
         };
         hit != self.negated
     }
@@ -186,6 +194,16 @@ pub struct CompiledRule {
 }
 
 impl CompiledRule {
+    /// Whether deciding it needs the connection's server name.
+    pub fn reads_server_name(&self) -> bool {
+        self.from
+            .iter()
+            .chain(&self.to)
+            .flatten()
+            .chain(&self.when)
+            .any(|f| matches!(f.test, Test::ServerName(_)))
+    }
+
     /// Whether the rule matches. `allowing` rules with an unsupported field
     /// never do; in the others that field was left out (it matches).
     pub fn matches(&self, request: &Request<'_>, allowing: bool) -> bool {
@@ -425,6 +443,14 @@ fn condition(c: &Condition, path: &str, fields: &mut Vec<Field>, unsupported: &m
         "request.auth.presenter" => {
             strings_of(c, fields, |p| Test::Claim(vec!["azp".into()], p));
         }
+        "connection.sni" => {
+            let names = |values: &[String]| {
+                patterns(values)
+                    .map(|p| Test::ServerName(p.into_iter().map(Pattern::lowercase).collect()))
+            };
+            push(fields, names(&c.values), false);
+            push(fields, names(&c.not_values), true);
+        }
         "destination.port" => {
             let test = ports(&c.values, path, unsupported);
             push(fields, test, false);
@@ -433,8 +459,8 @@ fn condition(c: &Condition, path: &str, fields: &mut Vec<Field>, unsupported: &m
         }
         other => match claim_path(other) {
             Some(names) => strings_of(c, fields, |p| Test::Claim(names.clone(), p)),
-            // destination.ip, connection.sni, request.auth.claims with a
-            // bad path, experimental.*: not known to this waypoint.
+            // destination.ip, request.auth.claims with a bad path,
+            // experimental.*: not known to this waypoint.
             None => unsupported.push(format!("{path} {other:?}")),
         },
     }

@@ -47,6 +47,8 @@ struct Policy {
     waypoint: bool,
     services: Vec<String>,
     rules: Vec<CompiledRule>,
+    /// Some rule reads `connection.sni`.
+    reads_server_name: bool,
 }
 
 impl Policy {
@@ -71,17 +73,18 @@ impl Policy {
             action,
             waypoint: input.waypoint,
             services: input.services,
+            reads_server_name: rules.iter().any(CompiledRule::reads_server_name),
             rules,
         }
     }
 
-    fn applies_to(&self, request: &Request<'_>) -> bool {
+    fn applies_to(&self, service_namespace: &str, service: &str) -> bool {
         crate::attachment::applies(
             self.waypoint,
             &self.namespace,
             &self.services,
-            request.service_namespace,
-            request.service,
+            service_namespace,
+            service,
         )
     }
 
@@ -116,10 +119,20 @@ impl Authorizer {
         self.policies.is_empty()
     }
 
+    /// Whether a policy that applies to `peer`'s connections reads their
+    /// server name (`connection.sni`): on a TLS port, such a connection is
+    /// decided once the client's hello is read, not at CONNECT.
+    pub fn reads_server_name(&self, peer: &Peer<'_>) -> bool {
+        self.policies
+            .iter()
+            .any(|p| p.reads_server_name && p.applies_to(peer.service_namespace, peer.service))
+    }
+
     pub fn decide(&self, request: &Request<'_>) -> Decision {
         let mut allow_policies = false;
         let mut allowed = false;
-        for policy in self.policies.iter().filter(|p| p.applies_to(request)) {
+        let applies = |p: &&Policy| p.applies_to(request.service_namespace, request.service);
+        for policy in self.policies.iter().filter(applies) {
             match policy.action {
                 Action::Deny | Action::Custom => {
                     if let Some(rule) = policy.matching_rule(request) {
@@ -209,6 +222,10 @@ pub struct Request<'a> {
     pub service_namespace: &'a str,
     /// The destination (service) port.
     pub port: u16,
+    /// `connection.sni`: the server name the client's TLS hello asked for.
+    /// `None` without a hello, and for HTTP requests, which arrive in
+    /// plaintext inside HBONE.
+    pub server_name: Option<&'a str>,
     /// `None` for a TCP connection.
     pub http: Option<HttpRequest<'a>>,
 }
@@ -257,12 +274,13 @@ impl<'a> Request<'a> {
                 headers: &parts.headers,
                 auth,
             }),
-            ..Request::connection(peer)
+            ..Request::connection(peer, None)
         }
     }
 
-    /// A TCP connection: who, from where, to which port; no request.
-    pub fn connection(peer: &Peer<'a>) -> Request<'a> {
+    /// A TCP connection: who, from where, to which port, and the server
+    /// name its hello asked for, if read; no request.
+    pub fn connection(peer: &Peer<'a>, server_name: Option<&'a str>) -> Request<'a> {
         Request {
             principals: peer.principals,
             namespace: &peer.identity.namespace,
@@ -270,6 +288,7 @@ impl<'a> Request<'a> {
             service: peer.service,
             service_namespace: peer.service_namespace,
             port: peer.port,
+            server_name,
             http: None,
         }
     }
@@ -307,12 +326,17 @@ pub fn authorize(
 }
 
 /// Decides a TCP connection (Istio's rules for TCP: see
-/// [`Request::connection`]); `Some` when it is denied.
-pub fn authorize_connection(authorizer: &Authorizer, peer: &Peer<'_>) -> Option<Denial> {
+/// [`Request::connection`]) with the server name of its hello, if read;
+/// `Some` when it is denied.
+pub fn authorize_connection(
+    authorizer: &Authorizer,
+    peer: &Peer<'_>,
+    server_name: Option<&str>,
+) -> Option<Denial> {
     if authorizer.is_empty() {
         return None;
     }
-    match authorizer.decide(&Request::connection(peer)) {
+    match authorizer.decide(&Request::connection(peer, server_name)) {
         Decision::Allow => None,
         Decision::Deny(denial) => Some(denial),
     }

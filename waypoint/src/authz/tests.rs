@@ -540,9 +540,72 @@ fn jwt_principals_and_claims_are_the_verified_tokens() {
     )]);
     assert!(get("/").with_peer(|peer| {
         !allow
-            .decide(&Request::connection(peer))
+            .decide(&Request::connection(peer, None))
             .eq(&Decision::Allow)
     }));
+}
+
+/// Whether a TCP connection from `sent`'s peer whose hello asked for
+/// `server_name` is allowed.
+fn named_connection_allowed(a: &Authorizer, sent: &Sent, server_name: Option<&str>) -> bool {
+    sent.with_peer(|peer| super::authorize_connection(a, peer, server_name).is_none())
+}
+
+#[test]
+fn server_names_decide_tls_connections() {
+    let allow = authorizer(vec![PolicyInput {
+        services: vec!["db".into()],
+        waypoint: false,
+        ..on_waypoint(
+            "by-name",
+            json!({ "rules": [{ "when": [{
+                "key": "connection.sni",
+                "values": ["api.example.com", "*.internal"],
+            }] }] }),
+        )
+    }]);
+    let db = get("/").service("db").port(443);
+    for (name, holds) in [
+        (Some("api.example.com"), true),
+        (Some("API.Example.COM"), true),
+        (Some("billing.internal"), true),
+        (Some("example.com"), false),
+        (None, false),
+    ] {
+        assert_eq!(
+            named_connection_allowed(&allow, &db, name),
+            holds,
+            "{name:?}"
+        );
+    }
+    // An HTTP request arrives in plaintext inside HBONE: it has no name.
+    assert!(!allowed(&allow, get("/").service("db")));
+    // Only connections to the policy's Service wait for their hello.
+    assert!(db.with_peer(|peer| allow.reads_server_name(peer)));
+    let other = get("/").service("other").port(443);
+    assert!(!other.with_peer(|peer| allow.reads_server_name(peer)));
+    let plain = authorizer(vec![on_waypoint("plain", json!({ "rules": [{}] }))]);
+    assert!(!db.with_peer(|peer| plain.reads_server_name(peer)));
+    // A DENY of every name but one: a connection without a name is denied
+    // too (`notValues` holds when there is nothing to match).
+    let deny = authorizer(vec![on_waypoint(
+        "only-api",
+        json!({ "action": "DENY", "rules": [{ "when": [{
+            "key": "connection.sni",
+            "notValues": ["api.example.com"],
+        }] }] }),
+    )]);
+    assert!(named_connection_allowed(
+        &deny,
+        &db,
+        Some("api.example.com")
+    ));
+    assert!(!named_connection_allowed(
+        &deny,
+        &db,
+        Some("admin.example.com")
+    ));
+    assert!(!named_connection_allowed(&deny, &db, None));
 }
 
 #[test]
@@ -619,7 +682,7 @@ fn path_normalization() {
 
 /// A TCP connection's decision: who, from where, to which port.
 fn connection_allowed(a: &Authorizer, sent: Sent) -> bool {
-    sent.with_peer(|peer| super::authorize_connection(a, peer).is_none())
+    named_connection_allowed(a, &sent, None)
 }
 
 #[test]

@@ -158,7 +158,10 @@ impl ConnectHandler for Waypoint {
                 ),
             );
         }
-        let Some(protocol) = service.port(dst.port()).map(|p| p.protocol()) else {
+        let Some((protocol, tls_port)) = service
+            .port(dst.port())
+            .map(|p| (p.protocol(), p.carries_tls()))
+        else {
             return refuse(
                 stream,
                 StatusCode::NOT_FOUND,
@@ -170,7 +173,9 @@ impl ConnectHandler for Waypoint {
         let (source_ip, source) = original_source(state, request.headers(), &peer);
         let principals = state.trust_domains().principals(&peer.identity);
         // A TCP port has no requests to decide: the policies decide the
-        // connection, before it is accepted (as ztunnel's are).
+        // connection, before it is accepted (as ztunnel's are); or, when one
+        // reads the server name on a TLS port, once the hello tells it.
+        let mut policy = tcp::Policy::Decided;
         if protocol == Protocol::Tcp {
             let who = authz::Peer {
                 identity: &peer.identity,
@@ -180,7 +185,10 @@ impl ConnectHandler for Waypoint {
                 service_namespace: &service.namespace,
                 port: dst.port(),
             };
-            if let Some(denial) = authz::authorize_connection(&ctx.tables.current().authz, &who) {
+            let authorizer = &ctx.tables.current().authz;
+            if tls_port && authorizer.reads_server_name(&who) {
+                policy = tcp::Policy::AfterHello;
+            } else if let Some(denial) = authz::authorize_connection(authorizer, &who, None) {
                 return refuse(
                     stream,
                     StatusCode::FORBIDDEN,
@@ -209,7 +217,7 @@ impl ConnectHandler for Waypoint {
         };
         match protocol {
             Protocol::Http => serve_http(Arc::clone(ctx), downstream, tunnel, drain).await,
-            Protocol::Tcp => tcp::serve(Arc::clone(ctx), downstream, tunnel, drain).await,
+            Protocol::Tcp => tcp::serve(Arc::clone(ctx), downstream, tunnel, policy, drain).await,
         }
     }
 }

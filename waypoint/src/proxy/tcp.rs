@@ -1,6 +1,7 @@
-//! A connection to a TCP service port through the waypoint: route it once
-//! (VirtualService `tls` rules on the server name of the client's hello, on
-//! a TLS port, then `tcp` rules), take a connection-pool slot and an
+//! A connection to a TCP service port through the waypoint: on a TLS port,
+//! read the server name of the client's hello when a policy or a route
+//! needs it; decide the policies that wait for it; route once
+//! (VirtualService `tls` rules on that name, then `tcp` rules), take a connection-pool slot and an
 //! endpoint from the destination's cluster (DestinationRule subsets, load
 //! balancing, `tcp.maxConnections`, outlier detection), connect over HBONE,
 //! and splice bytes until either side closes, or the DestinationRule's
@@ -31,6 +32,7 @@ use super::{
 };
 use crate::{
     app::{ClusterKey, Context},
+    authz,
     metrics::ClusterLabels,
     route::{
         RouteDestination, Scope,
@@ -59,6 +61,9 @@ enum Ended {
     /// The client's side failed before its TLS hello was complete.
     #[error("reading the client's TLS hello: {0}")]
     Hello(io::Error),
+    /// An AuthorizationPolicy that reads the server name denied it.
+    #[error("{0}")]
+    Denied(authz::Denial),
 }
 
 impl Ended {
@@ -75,14 +80,25 @@ impl Ended {
             Ended::Idle(_) => "-",
             // The client went (downstream connection termination).
             Ended::Hello(_) => "DC",
+            // As Envoy's network RBAC filter: no flag, the details say it.
+            Ended::Denied(_) => "-",
         }
     }
+}
+
+/// Whether a connection's AuthorizationPolicies were decided at CONNECT, or
+/// read its server name and wait for its hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    Decided,
+    AfterHello,
 }
 
 pub async fn serve(
     ctx: Arc<Context>,
     down: Arc<Downstream>,
     mut tunnel: Tunnel,
+    policy: Policy,
     _drain: drain::Watch,
 ) {
     let start = Instant::now();
@@ -94,7 +110,7 @@ pub async fn serve(
         service_namespace: &down.service.namespace,
         waypoint_namespace: &ctx.config.namespace,
     };
-    // On a TLS port whose VirtualService routes by server name: the
+    // On a TLS port whose policies or routes read the server name: the
     // client's hello, read first and sent on first.
     let tls_port = down
         .service
@@ -109,7 +125,9 @@ pub async fn serve(
         tls: tls_port.then_some(None),
     };
     let mut hello = Vec::new();
-    let server_name = if tls_port && compiled.tcp_routes.reads_sni(host, scope, &info) {
+    let reads_hello =
+        policy == Policy::AfterHello || compiled.tcp_routes.reads_sni(host, scope, &info);
+    let server_name = if tls_port && reads_hello {
         match tokio::time::timeout(hello::TIMEOUT, hello::server_name(&mut tunnel, &mut hello))
             .await
         {
@@ -117,13 +135,14 @@ pub async fn serve(
             Ok(Err(error)) => {
                 let ended = Ended::Hello(error);
                 let read = u64::try_from(hello.len()).unwrap_or(u64::MAX);
-                log(&down, "-", start, Err(&ended), None, (read, 0));
+                log(&down, "-", None, start, Err(&ended), None, (read, 0));
                 return;
             }
-            // Routed without a name: no `tls` rule fits.
+            // Decided and routed without a name: no `tls` rule fits, and
+            // a `connection.sni` value matches nothing.
             Err(_) => {
                 debug!(
-                    "no TLS hello within {:?}: routed without a server name",
+                    "no TLS hello within {:?}: decided and routed without a server name",
                     hello::TIMEOUT
                 );
                 None
@@ -132,6 +151,34 @@ pub async fn serve(
     } else {
         None
     };
+    if policy == Policy::AfterHello {
+        let peer = authz::Peer {
+            identity: &down.peer.identity,
+            principals: &down.principals,
+            source_ip: down.source_ip,
+            service: &down.service.name,
+            service_namespace: &down.service.namespace,
+            port: down.port,
+        };
+        if let Some(denial) =
+            authz::authorize_connection(&compiled.authz, &peer, server_name.as_deref())
+        {
+            // Dropping the tunnel resets the client's connection: its bytes
+            // never reach a destination.
+            let read = u64::try_from(hello.len()).unwrap_or(u64::MAX);
+            let ended = Ended::Denied(denial);
+            log(
+                &down,
+                "-",
+                server_name.as_deref(),
+                start,
+                Err(&ended),
+                None,
+                (read, 0),
+            );
+            return;
+        }
+    }
     info.tls = tls_port.then_some(server_name.as_deref());
     let (route, destination) = match compiled.tcp_routes.route(host, scope, &info) {
         TcpRouted::Default => ("default".to_owned(), &default),
@@ -155,7 +202,15 @@ pub async fn serve(
         Ok(connected) => connected,
         Err((refused, endpoint)) => {
             let read = u64::try_from(hello.len()).unwrap_or(u64::MAX);
-            log(&down, &route, start, Err(&refused), endpoint, (read, 0));
+            log(
+                &down,
+                &route,
+                server_name.as_deref(),
+                start,
+                Err(&refused),
+                endpoint,
+                (read, 0),
+            );
             return;
         }
     };
@@ -197,9 +252,25 @@ pub async fn serve(
             if let Err(error) = copied {
                 debug!(%error, "tcp connection ended with an error");
             }
-            log(&down, &route, start, Ok(()), Some(endpoint), bytes);
+            log(
+                &down,
+                &route,
+                server_name.as_deref(),
+                start,
+                Ok(()),
+                Some(endpoint),
+                bytes,
+            );
         }
-        Err(cut) => log(&down, &route, start, Err(&cut), Some(endpoint), bytes),
+        Err(cut) => log(
+            &down,
+            &route,
+            server_name.as_deref(),
+            start,
+            Err(&cut),
+            Some(endpoint),
+            bytes,
+        ),
     }
 }
 
@@ -372,9 +443,12 @@ async fn connect(
     }
 }
 
+/// The connection's access line; `server_name` is its hello's, when read
+/// (Envoy's `%REQUESTED_SERVER_NAME%`).
 fn log(
     down: &Downstream,
     route: &str,
+    server_name: Option<&str>,
     start: Instant,
     result: Result<(), &Ended>,
     upstream: Option<SocketAddr>,
@@ -387,6 +461,7 @@ fn log(
         service = %down.service.hostname,
         port = down.port,
         protocol = "tcp",
+        server_name = server_name.unwrap_or("-"),
         route,
         flags = result.err().map_or("-", Ended::flag),
         details = %result.err().map_or_else(|| "-".to_owned(), ToString::to_string),

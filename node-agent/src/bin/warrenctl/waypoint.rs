@@ -98,6 +98,10 @@ pub struct Request {
     /// A request header, `name: value` (repeat for more).
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
+    /// On a TLS port: the server name the client's hello asks for (default:
+    /// the URL's host, when it is a name).
+    #[arg(long)]
+    sni: Option<String>,
     /// Only the pods of this node (the agent's `--node-name`).
     #[arg(long)]
     node: Option<String>,
@@ -344,6 +348,9 @@ fn explain(target: &Target, request: &Request, admin_port: u16, json: bool) -> R
         .append_pair("url", &request.url);
     for header in &request.headers {
         query.append_pair("header", header);
+    }
+    if let Some(sni) = &request.sni {
+        query.append_pair("sni", sni);
     }
     let path = format!("/explain?{}", query.finish());
     let mut failed = Vec::new();
