@@ -203,6 +203,7 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
         let server_name = question
             .sni
             .as_deref()
+            .filter(|name| !name.is_empty())
             .or_else(|| {
                 url.host()
                     .filter(|h| h.parse::<std::net::IpAddr>().is_err() && !h.starts_with('['))
@@ -216,7 +217,8 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
             tls: tls.then_some(None),
         };
         // The hello is read only for a policy or a rule that looks at it.
-        let decided = tls && compiled.authz.reads_server_name(&peer);
+        let at_connect = authz::at_connect(&compiled.authz, &peer, tls);
+        let decided = at_connect == authz::AtConnect::AfterHello;
         let routed = tls
             && compiled
                 .tcp_routes
@@ -245,7 +247,15 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
                 },
             );
         }
-        if let Some(denial) = authz::authorize_connection(&compiled.authz, &peer, server_name) {
+        let denial = match at_connect {
+            authz::AtConnect::Allowed => None,
+            authz::AtConnect::Denied(denial) => Some(denial),
+            authz::AtConnect::AfterHello => {
+                let name = authz::ServerName::Read(server_name);
+                authz::authorize_connection(&compiled.authz, &peer, name)
+            }
+        };
+        if let Some(denial) = denial {
             step(
                 "policy",
                 format!("a TCP port: the connection is refused: {}", denied(&denial)),

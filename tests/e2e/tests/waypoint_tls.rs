@@ -268,6 +268,19 @@ fn a_waypoint_routes_tls_by_server_name() -> Result<()> {
                 && l.contains("rbac_access_denied_matched_policy[ns[demo]-policy[no-b]-rule[0]]")),
         "no access line of a connection denied by its server name:\n{output}"
     );
+    // Bytes that are no TLS hello cannot tell a name: with a policy on the
+    // name, the connection is refused rather than sent on unchecked.
+    let plain = client.sandbox.exec(
+        "curl",
+        ["-s", "--max-time", "8", &format!("http://{vip}:443/")],
+    )?;
+    ensure!(!plain.status.success(), "plain HTTP to the TLS port passed");
+    eventually(Duration::from_secs(5), "the refusal logged", || {
+        Ok(waypoint
+            .output()
+            .contains("connection.sni cannot be read: not a TLS hello"))
+    })
+    .with_context(logs)?;
     let explained = |sni: &str| {
         warrenctl_waypoint_explain(
             &config,

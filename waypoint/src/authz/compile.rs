@@ -18,7 +18,7 @@ use http::HeaderName;
 use warren_model::istio::{Condition, Operation, Rule, Source};
 
 use super::{
-    Request,
+    Request, ServerName,
     matcher::{Cidr, Pattern},
 };
 use crate::authn::Verified;
@@ -78,6 +78,15 @@ impl Field {
             // that it denies more, never less).
             return !allowing;
         }
+        if let Test::ServerName(_) = self.test {
+            match request.server_name {
+                // Fail closed, as for an HTTP field on a connection.
+                ServerName::NotRead => return !allowing,
+                // The most lenient reading (see `ServerName::Any`).
+                ServerName::Any => return allowing,
+                ServerName::Read(_) => {}
+            }
+        }
         let any = |patterns: &[Pattern], value: &str| patterns.iter().any(|p| p.matches(value));
         let hit = match &self.test {
             Test::Principal(p) => request.principals.iter().any(|n| any(p, n)),
@@ -111,9 +120,10 @@ impl Field {
                 .is_some_and(|a| a.claim(path).iter().any(|v| any(p, v))),
             // No hello, no name: `values` fail, `notValues` hold, as
             // Envoy's `requested_server_name` matcher does on an empty name.
-            Test::ServerName(p) => request
-                .server_name
-                .is_some_and(|name| any(p, &name.to_ascii_lowercase())),
+            Test::ServerName(p) => match request.server_name {
+                ServerName::Read(Some(name)) => any(p, &name.to_ascii_lowercase()),
+                _ => false,
+            },
         };
         hit != self.negated
     }
@@ -194,16 +204,6 @@ pub struct CompiledRule {
 }
 
 impl CompiledRule {
-    /// Whether deciding it needs the connection's server name.
-    pub fn reads_server_name(&self) -> bool {
-        self.from
-            .iter()
-            .chain(&self.to)
-            .flatten()
-            .chain(&self.when)
-            .any(|f| matches!(f.test, Test::ServerName(_)))
-    }
-
     /// Whether the rule matches. `allowing` rules with an unsupported field
     /// never do; in the others that field was left out (it matches).
     pub fn matches(&self, request: &Request<'_>, allowing: bool) -> bool {

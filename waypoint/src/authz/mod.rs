@@ -47,8 +47,6 @@ struct Policy {
     waypoint: bool,
     services: Vec<String>,
     rules: Vec<CompiledRule>,
-    /// Some rule reads `connection.sni`.
-    reads_server_name: bool,
 }
 
 impl Policy {
@@ -73,7 +71,6 @@ impl Policy {
             action,
             waypoint: input.waypoint,
             services: input.services,
-            reads_server_name: rules.iter().any(CompiledRule::reads_server_name),
             rules,
         }
     }
@@ -117,15 +114,6 @@ impl Authorizer {
 
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()
-    }
-
-    /// Whether a policy that applies to `peer`'s connections reads their
-    /// server name (`connection.sni`): on a TLS port, such a connection is
-    /// decided once the client's hello is read, not at CONNECT.
-    pub fn reads_server_name(&self, peer: &Peer<'_>) -> bool {
-        self.policies
-            .iter()
-            .any(|p| p.reads_server_name && p.applies_to(peer.service_namespace, peer.service))
     }
 
     pub fn decide(&self, request: &Request<'_>) -> Decision {
@@ -222,10 +210,8 @@ pub struct Request<'a> {
     pub service_namespace: &'a str,
     /// The destination (service) port.
     pub port: u16,
-    /// `connection.sni`: the server name the client's TLS hello asked for.
-    /// `None` without a hello, and for HTTP requests, which arrive in
-    /// plaintext inside HBONE.
-    pub server_name: Option<&'a str>,
+    /// `connection.sni`.
+    pub server_name: ServerName<'a>,
     /// `None` for a TCP connection.
     pub http: Option<HttpRequest<'a>>,
 }
@@ -240,6 +226,22 @@ pub struct HttpRequest<'a> {
     pub headers: &'a HeaderMap,
     /// The caller a verified JWT names, if the request carried one.
     pub auth: Option<&'a Verified>,
+}
+
+/// `connection.sni` as a decision knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerName<'a> {
+    /// From the client's whole TLS hello; `None` when it names no server.
+    /// An HTTP request has none: it arrives in plaintext inside HBONE.
+    Read(Option<&'a str>),
+    /// Not read (a port not declared TLS): a rule on it fails closed, so an
+    /// ALLOW rule never matches and a DENY rule matches on its other
+    /// conditions alone.
+    NotRead,
+    /// Not read yet, and taken as whatever name suits the caller best: an
+    /// ALLOW rule's condition on it holds, a DENY rule's does not. Denied
+    /// even so, a connection is denied whatever its hello says.
+    Any,
 }
 
 /// Who sent a request and where it goes, as the CONNECT stream told.
@@ -274,13 +276,13 @@ impl<'a> Request<'a> {
                 headers: &parts.headers,
                 auth,
             }),
-            ..Request::connection(peer, None)
+            ..Request::connection(peer, ServerName::Read(None))
         }
     }
 
     /// A TCP connection: who, from where, to which port, and the server
     /// name its hello asked for, if read; no request.
-    pub fn connection(peer: &Peer<'a>, server_name: Option<&'a str>) -> Request<'a> {
+    pub fn connection(peer: &Peer<'a>, server_name: ServerName<'a>) -> Request<'a> {
         Request {
             principals: peer.principals,
             namespace: &peer.identity.namespace,
@@ -326,12 +328,12 @@ pub fn authorize(
 }
 
 /// Decides a TCP connection (Istio's rules for TCP: see
-/// [`Request::connection`]) with the server name of its hello, if read;
-/// `Some` when it is denied.
+/// [`Request::connection`]) with what is known of its server name; `Some`
+/// when it is denied.
 pub fn authorize_connection(
     authorizer: &Authorizer,
     peer: &Peer<'_>,
-    server_name: Option<&str>,
+    server_name: ServerName<'_>,
 ) -> Option<Denial> {
     if authorizer.is_empty() {
         return None;
@@ -339,6 +341,37 @@ pub fn authorize_connection(
     match authorizer.decide(&Request::connection(peer, server_name)) {
         Decision::Allow => None,
         Decision::Deny(denial) => Some(denial),
+    }
+}
+
+/// How a TCP connection stands at its CONNECT, before any byte of it is
+/// read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AtConnect {
+    /// Allowed, whatever its hello says.
+    Allowed,
+    /// Denied, whatever its hello says.
+    Denied(Denial),
+    /// Its server name decides (`connection.sni` on a TLS port): decide
+    /// once the hello is read.
+    AfterHello,
+}
+
+/// Decides a TCP connection at its CONNECT where its server name cannot
+/// change the outcome: allowed even if the name fails every `connection.sni`
+/// condition, or denied even if it passes them. `tls_port`: whether its
+/// port carries TLS, so that a hello will tell the name; elsewhere rules on
+/// the name fail closed.
+pub fn at_connect(authorizer: &Authorizer, peer: &Peer<'_>, tls_port: bool) -> AtConnect {
+    let Some(strict) = authorize_connection(authorizer, peer, ServerName::NotRead) else {
+        return AtConnect::Allowed;
+    };
+    if !tls_port {
+        return AtConnect::Denied(strict);
+    }
+    match authorize_connection(authorizer, peer, ServerName::Any) {
+        Some(denial) => AtConnect::Denied(denial),
+        None => AtConnect::AfterHello,
     }
 }
 

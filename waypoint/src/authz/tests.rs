@@ -6,7 +6,7 @@ use warren_api::{Identity, identity::TrustDomains};
 use crate::authn::Verified;
 
 use super::{
-    Authorizer, Decision, Denial, Peer, PolicyInput, Request,
+    AtConnect, Authorizer, Decision, Denial, Peer, PolicyInput, Request, ServerName,
     matcher::{Cidr, Pattern},
     path::{normalize, normalize_uri},
 };
@@ -540,15 +540,20 @@ fn jwt_principals_and_claims_are_the_verified_tokens() {
     )]);
     assert!(get("/").with_peer(|peer| {
         !allow
-            .decide(&Request::connection(peer, None))
+            .decide(&Request::connection(peer, ServerName::NotRead))
             .eq(&Decision::Allow)
     }));
 }
 
-/// Whether a TCP connection from `sent`'s peer whose hello asked for
-/// `server_name` is allowed.
-fn named_connection_allowed(a: &Authorizer, sent: &Sent, server_name: Option<&str>) -> bool {
+/// Whether a TCP connection from `sent`'s peer is allowed, knowing
+/// `server_name` of it.
+fn named_connection_allowed(a: &Authorizer, sent: &Sent, server_name: ServerName<'_>) -> bool {
     sent.with_peer(|peer| super::authorize_connection(a, peer, server_name).is_none())
+}
+
+/// How a TCP connection from `sent`'s peer stands at its CONNECT.
+fn at_connect(a: &Authorizer, sent: &Sent, tls_port: bool) -> AtConnect {
+    sent.with_peer(|peer| super::at_connect(a, peer, tls_port))
 }
 
 #[test]
@@ -572,40 +577,78 @@ fn server_names_decide_tls_connections() {
         (Some("example.com"), false),
         (None, false),
     ] {
+        let known = ServerName::Read(name);
         assert_eq!(
-            named_connection_allowed(&allow, &db, name),
+            named_connection_allowed(&allow, &db, known),
             holds,
             "{name:?}"
         );
     }
     // An HTTP request arrives in plaintext inside HBONE: it has no name.
     assert!(!allowed(&allow, get("/").service("db")));
-    // Only connections to the policy's Service wait for their hello.
-    assert!(db.with_peer(|peer| allow.reads_server_name(peer)));
+    // On a TLS port the hello decides; on another the rule fails closed.
+    assert_eq!(at_connect(&allow, &db, true), AtConnect::AfterHello);
+    assert!(matches!(
+        at_connect(&allow, &db, false),
+        AtConnect::Denied(_)
+    ));
+    // Other Services' connections are decided at CONNECT.
     let other = get("/").service("other").port(443);
-    assert!(!other.with_peer(|peer| allow.reads_server_name(peer)));
-    let plain = authorizer(vec![on_waypoint("plain", json!({ "rules": [{}] }))]);
-    assert!(!db.with_peer(|peer| plain.reads_server_name(peer)));
+    assert_eq!(at_connect(&allow, &other, true), AtConnect::Allowed);
+
     // A DENY of every name but one: a connection without a name is denied
     // too (`notValues` holds when there is nothing to match).
-    let deny = authorizer(vec![on_waypoint(
-        "only-api",
-        json!({ "action": "DENY", "rules": [{ "when": [{
-            "key": "connection.sni",
-            "notValues": ["api.example.com"],
-        }] }] }),
-    )]);
+    let only_api = || {
+        on_waypoint(
+            "only-api",
+            json!({ "action": "DENY", "rules": [{ "when": [{
+                "key": "connection.sni",
+                "notValues": ["api.example.com"],
+            }] }] }),
+        )
+    };
+    let deny = authorizer(vec![only_api()]);
+    let named = |name| ServerName::Read(Some(name));
     assert!(named_connection_allowed(
         &deny,
         &db,
-        Some("api.example.com")
+        named("api.example.com")
     ));
     assert!(!named_connection_allowed(
         &deny,
         &db,
-        Some("admin.example.com")
+        named("admin.example.com")
     ));
-    assert!(!named_connection_allowed(&deny, &db, None));
+    assert!(!named_connection_allowed(
+        &deny,
+        &db,
+        ServerName::Read(None)
+    ));
+    assert_eq!(at_connect(&deny, &db, true), AtConnect::AfterHello);
+    // On a port not declared TLS the DENY matches on its other conditions.
+    assert!(matches!(
+        at_connect(&deny, &db, false),
+        AtConnect::Denied(_)
+    ));
+
+    // A connection another policy denies whatever its name is refused at
+    // CONNECT, without waiting for its hello.
+    let not_b = on_waypoint(
+        "not-b",
+        json!({ "action": "DENY", "rules": [{ "from": [{ "source": {
+            "principals": ["cluster.local/ns/demo/sa/client-b"],
+        } }] }] }),
+    );
+    let both = authorizer(vec![only_api(), not_b]);
+    let from_b = get("/").from("demo", "client-b").service("db").port(443);
+    assert!(matches!(
+        at_connect(&both, &from_b, true),
+        AtConnect::Denied(Denial::Matched { name, .. }) if name == "not-b"
+    ));
+    assert_eq!(at_connect(&both, &db, true), AtConnect::AfterHello);
+    // Nor does a connection that every name lets through wait.
+    let plain = authorizer(vec![on_waypoint("plain", json!({ "rules": [{}] }))]);
+    assert_eq!(at_connect(&plain, &db, true), AtConnect::Allowed);
 }
 
 #[test]
@@ -682,7 +725,7 @@ fn path_normalization() {
 
 /// A TCP connection's decision: who, from where, to which port.
 fn connection_allowed(a: &Authorizer, sent: Sent) -> bool {
-    named_connection_allowed(a, &sent, None)
+    named_connection_allowed(a, &sent, ServerName::NotRead)
 }
 
 #[test]

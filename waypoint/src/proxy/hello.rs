@@ -1,6 +1,7 @@
 //! A TLS client's hello, read without terminating TLS: the server name it
-//! asks for, which `tls` rules route on (Envoy's TLS inspector). What was
-//! read is kept, to be sent to the upstream before the splice.
+//! asks for, which `tls` rules route on and `connection.sni` policies decide
+//! on (Envoy's TLS inspector). What was read is kept, to be sent to the
+//! upstream before the splice.
 
 use std::time::Duration;
 
@@ -13,41 +14,61 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// the bytes are not read as one.
 const MAX_HELLO: usize = 64 * 1024;
 
-/// Reads from `io` into `read` until the client's hello is complete, and
-/// returns the server name it asks for: `None` when it names none, or the
-/// bytes are not a TLS hello, or the client stops sending first.
-pub async fn server_name<R: AsyncRead + Unpin>(
-    io: &mut R,
-    read: &mut Vec<u8>,
-) -> std::io::Result<Option<String>> {
+/// What a client's first bytes turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hello {
+    /// A whole TLS hello, and the server name it asks for (`None`: it names
+    /// none, as for an address).
+    Read(Option<String>),
+    /// No hello this waypoint can read, and why: other bytes, a hello cut
+    /// short or past the size limit, or one rustls refuses. Routing goes on
+    /// without a name; a policy on the name cannot be decided.
+    Unreadable(String),
+}
+
+impl Hello {
+    /// The server name, if a hello named one.
+    pub fn server_name(&self) -> Option<&str> {
+        match self {
+            Hello::Read(name) => name.as_deref(),
+            Hello::Unreadable(_) => None,
+        }
+    }
+}
+
+/// Reads from `io` into `bytes` until the client's hello is complete, or
+/// the bytes cannot be one.
+pub async fn read<R: AsyncRead + Unpin>(io: &mut R, bytes: &mut Vec<u8>) -> std::io::Result<Hello> {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut chunk = [0u8; 4096];
+    let unreadable = |why: String| {
+        debug!(%why, "no TLS hello to read a server name from");
+        Ok(Hello::Unreadable(why))
+    };
     loop {
         let n = io.read(&mut chunk).await?;
         if n == 0 {
-            return Ok(None);
+            return unreadable("the client stopped sending before its hello was whole".into());
         }
-        read.extend_from_slice(&chunk[..n]);
+        bytes.extend_from_slice(&chunk[..n]);
         let mut rest = &chunk[..n];
         while !rest.is_empty() {
             if let Err(error) = acceptor.read_tls(&mut rest) {
-                debug!(%error, "not a TLS hello: routed without a server name");
-                return Ok(None);
+                return unreadable(format!("not a TLS hello: {error}"));
             }
         }
         match acceptor.accept() {
             Ok(Some(accepted)) => {
-                return Ok(accepted.client_hello().server_name().map(str::to_owned));
+                return Ok(Hello::Read(
+                    accepted.client_hello().server_name().map(str::to_owned),
+                ));
             }
-            Ok(None) if read.len() < MAX_HELLO => {}
-            Ok(None) => return Ok(None),
+            Ok(None) if bytes.len() < MAX_HELLO => {}
+            Ok(None) => return unreadable(format!("no whole hello in {MAX_HELLO} bytes")),
             // Not TLS, or a hello rustls will not read (it is stricter than
             // Envoy's inspector: a hello without signature algorithms, as
             // some TLS 1.0 clients send, is refused).
-            Err((error, _)) => {
-                debug!(%error, "not a TLS hello rustls reads: routed without a server name");
-                return Ok(None);
-            }
+            Err((error, _)) => return unreadable(format!("not a TLS hello rustls reads: {error}")),
         }
     }
 }
@@ -81,10 +102,10 @@ mod tests {
         let hello = hello_for("api.example.com");
         // Sent in pieces, as a slow client would.
         let mut io = tokio_test_io(&hello, 7);
-        let mut read = Vec::new();
-        let name = server_name(&mut io, &mut read).await.expect("read");
-        assert_eq!(name.as_deref(), Some("api.example.com"));
-        assert_eq!(read, hello);
+        let mut bytes_read = Vec::new();
+        let hello_read = read(&mut io, &mut bytes_read).await.expect("read");
+        assert_eq!(hello_read, Hello::Read(Some("api.example.com".into())));
+        assert_eq!(bytes_read, hello);
     }
 
     #[tokio::test]
@@ -97,14 +118,14 @@ mod tests {
         ] {
             let (mut reader, mut writer) = tokio::io::duplex(1024);
             writer.write_all(&bytes).await.expect("write");
-            let mut read = Vec::new();
-            let name =
-                tokio::time::timeout(Duration::from_secs(2), server_name(&mut reader, &mut read))
+            let mut bytes_read = Vec::new();
+            let hello_read =
+                tokio::time::timeout(Duration::from_secs(2), read(&mut reader, &mut bytes_read))
                     .await
                     .expect("told without waiting for more")
                     .expect("read");
-            assert_eq!(name, None);
-            assert_eq!(read, bytes);
+            assert!(matches!(hello_read, Hello::Unreadable(_)), "{hello_read:?}");
+            assert_eq!(bytes_read, bytes);
             drop(writer);
         }
     }
@@ -117,18 +138,37 @@ mod tests {
             Vec::new(),
         ] {
             let mut io = tokio_test_io(&bytes, 3);
-            let mut read = Vec::new();
-            let name = server_name(&mut io, &mut read).await.expect("read");
-            assert_eq!(name, None, "{bytes:?}");
+            let mut bytes_read = Vec::new();
+            let hello_read = read(&mut io, &mut bytes_read).await.expect("read");
+            assert!(
+                matches!(hello_read, Hello::Unreadable(_)),
+                "{bytes:?}: {hello_read:?}"
+            );
+            assert_eq!(hello_read.server_name(), None);
             // What was read is kept, to go first; the rest is still to
             // be read by the splice.
-            assert!(bytes.starts_with(&read), "{read:?} of {bytes:?}");
+            assert!(
+                bytes.starts_with(&bytes_read),
+                "{bytes_read:?} of {bytes:?}"
+            );
         }
-        // An address names no server: a client sends no SNI for one.
+        // A hello cut short is no hello either.
+        let hello = hello_for("api.example.com");
+        let mut io = tokio_test_io(&hello[..hello.len() / 2], 16);
+        let mut bytes_read = Vec::new();
+        assert!(matches!(
+            read(&mut io, &mut bytes_read).await.expect("read"),
+            Hello::Unreadable(_)
+        ));
+        // An address names no server: a client sends no SNI for one, but
+        // the hello is whole.
         let hello = hello_for("10.0.0.1");
         let mut io = tokio_test_io(&hello, 4096);
-        let mut read = Vec::new();
-        assert_eq!(server_name(&mut io, &mut read).await.expect("read"), None);
+        let mut bytes_read = Vec::new();
+        assert_eq!(
+            read(&mut io, &mut bytes_read).await.expect("read"),
+            Hello::Read(None)
+        );
     }
 
     /// A reader handing out `bytes` `step` at a time, then the end.

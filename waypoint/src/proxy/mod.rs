@@ -45,7 +45,10 @@ use warren_ztunnel::{
     state::{Service, Workload, service::Protocol},
 };
 
-use crate::{app::Context, authz};
+use crate::{
+    app::Context,
+    authz::{self, AtConnect},
+};
 
 const DIRECTION: &str = "waypoint";
 
@@ -185,16 +188,17 @@ impl ConnectHandler for Waypoint {
                 service_namespace: &service.namespace,
                 port: dst.port(),
             };
-            let authorizer = &ctx.tables.current().authz;
-            if tls_port && authorizer.reads_server_name(&who) {
-                policy = tcp::Policy::AfterHello;
-            } else if let Some(denial) = authz::authorize_connection(authorizer, &who, None) {
-                return refuse(
-                    stream,
-                    StatusCode::FORBIDDEN,
-                    "deny_policy",
-                    format!("{} to {dst}: {denial}", peer.identity),
-                );
+            match authz::at_connect(&ctx.tables.current().authz, &who, tls_port) {
+                AtConnect::Allowed => {}
+                AtConnect::AfterHello => policy = tcp::Policy::AfterHello,
+                AtConnect::Denied(denial) => {
+                    return refuse(
+                        stream,
+                        StatusCode::FORBIDDEN,
+                        "deny_policy",
+                        format!("{} to {dst}: {denial}", peer.identity),
+                    );
+                }
             }
         }
         let downstream = Arc::new(Downstream {

@@ -28,11 +28,11 @@ use warren_ztunnel::{drain, proxy::hbone::Tunnel};
 use super::{
     Downstream,
     connect::{ConnectError, Upstream},
-    hello,
+    hello::{self, Hello},
 };
 use crate::{
     app::{ClusterKey, Context},
-    authz,
+    authz::{self, ServerName},
     metrics::ClusterLabels,
     route::{
         RouteDestination, Scope,
@@ -64,6 +64,10 @@ enum Ended {
     /// An AuthorizationPolicy that reads the server name denied it.
     #[error("{0}")]
     Denied(authz::Denial),
+    /// A policy needs the server name and the client sent no hello that
+    /// tells it.
+    #[error("rbac_access_denied: connection.sni cannot be read: {0}")]
+    NoHello(String),
 }
 
 impl Ended {
@@ -81,7 +85,7 @@ impl Ended {
             // The client went (downstream connection termination).
             Ended::Hello(_) => "DC",
             // As Envoy's network RBAC filter: no flag, the details say it.
-            Ended::Denied(_) => "-",
+            Ended::Denied(_) | Ended::NoHello(_) => "-",
         }
     }
 }
@@ -125,32 +129,27 @@ pub async fn serve(
         tls: tls_port.then_some(None),
     };
     let mut hello = Vec::new();
-    let reads_hello =
-        policy == Policy::AfterHello || compiled.tcp_routes.reads_sni(host, scope, &info);
-    let server_name = if tls_port && reads_hello {
-        match tokio::time::timeout(hello::TIMEOUT, hello::server_name(&mut tunnel, &mut hello))
-            .await
-        {
-            Ok(Ok(name)) => name,
+    let read_hello = policy == Policy::AfterHello
+        || (tls_port && compiled.tcp_routes.reads_sni(host, scope, &info));
+    let client_hello = if read_hello {
+        match tokio::time::timeout(hello::TIMEOUT, hello::read(&mut tunnel, &mut hello)).await {
+            Ok(Ok(read)) => Some(read),
             Ok(Err(error)) => {
                 let ended = Ended::Hello(error);
                 let read = u64::try_from(hello.len()).unwrap_or(u64::MAX);
                 log(&down, "-", None, start, Err(&ended), None, (read, 0));
                 return;
             }
-            // Decided and routed without a name: no `tls` rule fits, and
-            // a `connection.sni` value matches nothing.
-            Err(_) => {
-                debug!(
-                    "no TLS hello within {:?}: decided and routed without a server name",
-                    hello::TIMEOUT
-                );
-                None
-            }
+            Err(_) => Some(Hello::Unreadable(format!(
+                "no whole TLS hello within {:?}",
+                hello::TIMEOUT
+            ))),
         }
     } else {
         None
     };
+    // Routed without a name when there is none: no `tls` rule fits.
+    let server_name = client_hello.as_ref().and_then(Hello::server_name);
     if policy == Policy::AfterHello {
         let peer = authz::Peer {
             identity: &down.peer.identity,
@@ -160,26 +159,27 @@ pub async fn serve(
             service_namespace: &down.service.namespace,
             port: down.port,
         };
-        if let Some(denial) =
-            authz::authorize_connection(&compiled.authz, &peer, server_name.as_deref())
-        {
+        let refused = match &client_hello {
+            Some(Hello::Read(name)) => {
+                let name = ServerName::Read(name.as_deref());
+                authz::authorize_connection(&compiled.authz, &peer, name).map(Ended::Denied)
+            }
+            // A name the policies need but cannot have: fail closed, or
+            // a client could pass a DENY by sending its hello late or in
+            // a form this waypoint does not read.
+            Some(Hello::Unreadable(why)) => Some(Ended::NoHello(why.clone())),
+            None => Some(Ended::NoHello("not read".to_owned())),
+        };
+        if let Some(ended) = refused {
             // Dropping the tunnel resets the client's connection: its bytes
             // never reach a destination.
+            ctx.inputs.metrics.refuse(super::DIRECTION, "deny_policy");
             let read = u64::try_from(hello.len()).unwrap_or(u64::MAX);
-            let ended = Ended::Denied(denial);
-            log(
-                &down,
-                "-",
-                server_name.as_deref(),
-                start,
-                Err(&ended),
-                None,
-                (read, 0),
-            );
+            log(&down, "-", server_name, start, Err(&ended), None, (read, 0));
             return;
         }
     }
-    info.tls = tls_port.then_some(server_name.as_deref());
+    info.tls = tls_port.then_some(server_name);
     let (route, destination) = match compiled.tcp_routes.route(host, scope, &info) {
         TcpRouted::Default => ("default".to_owned(), &default),
         TcpRouted::Rule(id, rule) => match rule.pick(&mut rand::rng()) {
@@ -205,7 +205,7 @@ pub async fn serve(
             log(
                 &down,
                 &route,
-                server_name.as_deref(),
+                server_name,
                 start,
                 Err(&refused),
                 endpoint,
@@ -255,7 +255,7 @@ pub async fn serve(
             log(
                 &down,
                 &route,
-                server_name.as_deref(),
+                server_name,
                 start,
                 Ok(()),
                 Some(endpoint),
@@ -265,7 +265,7 @@ pub async fn serve(
         Err(cut) => log(
             &down,
             &route,
-            server_name.as_deref(),
+            server_name,
             start,
             Err(&cut),
             Some(endpoint),
