@@ -7,11 +7,14 @@
 //! - [`intern`]: one copy of strings that repeat across objects.
 //! - [`istio`]: Istio's networking and security API types.
 //! - [`gateway`]: the Gateway API's Gateway, which asks for a waypoint.
+//! - [`http_route`]: the Gateway API's HTTPRoute for Services, and the
+//!   VirtualService it amounts to.
 //! - [`validate`]: per-kind checks, each error naming field path and reason.
 //! - [`error`]: the errors an operator sees.
 pub mod cluster;
 pub mod error;
 pub mod gateway;
+pub mod http_route;
 pub mod intern;
 pub mod istio;
 pub mod labels;

@@ -15,6 +15,7 @@ use super::{
     ConfigError, FieldError,
     cluster::{EndpointSlice, Namespace, Node, Pod, Service},
     gateway::{self, Gateway},
+    http_route::{self, HTTPRoute},
     intern::intern,
     istio::{
         AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication,
@@ -38,6 +39,7 @@ pub enum Kind {
     PeerAuthentication,
     RequestAuthentication,
     Gateway,
+    HttpRoute,
 }
 
 impl Kind {
@@ -67,6 +69,9 @@ impl Kind {
             ("gateway.networking.k8s.io", "Gateway") if matches!(version, "v1" | "v1beta1") => {
                 Kind::Gateway
             }
+            ("gateway.networking.k8s.io", "HTTPRoute") if matches!(version, "v1" | "v1beta1") => {
+                Kind::HttpRoute
+            }
             _ => {
                 return Err(format!(
                     "Warren does not read {kind} of apiVersion {api_version}"
@@ -94,6 +99,7 @@ impl Kind {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
         }
     }
 }
@@ -145,6 +151,7 @@ pub enum Object {
     PeerAuthentication(Arc<PeerAuthentication>),
     RequestAuthentication(Arc<RequestAuthentication>),
     Gateway(Arc<Gateway>),
+    HttpRoute(Arc<HTTPRoute>),
 }
 
 impl Object {
@@ -162,6 +169,7 @@ impl Object {
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
             Object::RequestAuthentication(_) => Kind::RequestAuthentication,
             Object::Gateway(_) => Kind::Gateway,
+            Object::HttpRoute(_) => Kind::HttpRoute,
         }
     }
 
@@ -181,6 +189,7 @@ impl Object {
             Object::PeerAuthentication(o) => Some(&o.metadata),
             Object::RequestAuthentication(o) => Some(&o.metadata),
             Object::Gateway(o) => Some(&o.metadata),
+            Object::HttpRoute(o) => Some(&o.metadata),
         }
     }
 
@@ -360,6 +369,9 @@ pub fn parse_document(doc: Value, source: &str) -> Result<Object, ConfigError> {
             .map(|(o, e)| (Object::RequestAuthentication(Arc::new(o)), e)),
         Kind::Gateway => {
             checked(doc, gateway::validate).map(|(o, e)| (Object::Gateway(Arc::new(o)), e))
+        }
+        Kind::HttpRoute => {
+            checked(doc, http_route::validate).map(|(o, e)| (Object::HttpRoute(Arc::new(o)), e))
         }
     }
     .map_err(|e| refuse(kind.name(), vec![e]))?;

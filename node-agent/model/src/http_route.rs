@@ -1,0 +1,1182 @@
+//! `gateway.networking.k8s.io` HTTPRoute, as the Gateway API's mesh profile
+//! (GAMMA) reads it: routes attached to a Service by `parentRefs`, which the
+//! Service's waypoint applies to every request for it. Istio's ambient mode
+//! takes these in place of VirtualServices, so its YAML carries over.
+//!
+//! A route for a Gateway (an ingress) is some other controller's business
+//! and is left alone. The fields are typed and refuse unknown ones, so a
+//! setting Warren does not act on (`sessionPersistence`, `cors`, an
+//! `ExtensionRef` filter…) is an error naming its path rather than a rule
+//! silently weakened.
+//!
+//! [`virtual_service`] turns the routes of one Service into the
+//! VirtualService the waypoints already route with, rules ordered by the
+//! Gateway API's precedence. Istio does the same conversion.
+
+use std::cmp::Reverse;
+
+use http::{HeaderName, Method};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    FieldError,
+    istio::{
+        Destination, HeaderOperations, Headers, HttpMatchRequest, HttpMirrorPolicy, HttpRedirect,
+        HttpRetry, HttpRewrite, HttpRoute as IstioHttpRoute, HttpRouteDestination, Percent,
+        PortSelector, RegexRewrite, StringMatch, VirtualService, VirtualServiceSpec,
+    },
+    validate,
+};
+
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "HTTPRoute",
+    namespaced,
+    status = "HttpRouteStatus",
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parent_refs: Vec<ParentReference>,
+    /// Ignored for Service parents, as GAMMA asks: the Service names the
+    /// traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<HttpRouteRule>,
+}
+
+/// Written by the route's controllers; read only so that an object with a
+/// status parses.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<serde_json::Value>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParentReference {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Alternatives; none means every request (a `/` prefix).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<HttpRouteMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<HttpRouteFilter>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backend_refs: Vec<HttpBackendRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<HttpRouteTimeouts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<HttpRouteRetry>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<HttpPathMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HttpValueMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<HttpValueMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpPathMatch {
+    /// `Exact`, `PathPrefix` (the default) or `RegularExpression`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `/` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// A header or query parameter match.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpValueMatch {
+    /// `Exact` (the default) or `RegularExpression`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteFilter {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_header_modifier: Option<HeaderFilter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_header_modifier: Option<HeaderFilter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_mirror: Option<MirrorFilter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_redirect: Option<RedirectFilter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_rewrite: Option<UrlRewriteFilter>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderFilter {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<HttpHeader>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<HttpHeader>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MirrorFilter {
+    pub backend_ref: BackendReference,
+    /// Share of requests copied, 0 to 100 (all when neither this nor
+    /// `fraction` is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<Fraction>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fraction {
+    pub numerator: i32,
+    /// 100 when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denominator: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedirectFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    /// 301 or 302 (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UrlRewriteFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathModifier>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathModifier {
+    /// `ReplaceFullPath` or `ReplacePrefixMatch`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_full_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_prefix_match: Option<String>,
+}
+
+/// Where requests (or their copies) go.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendReference {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// `Service` (the default), or Istio's `Hostname` (group
+    /// `networking.istio.io`) for a ServiceEntry host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpBackendRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    /// Relative share of requests (1 when not given; 0 sends none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i32>,
+    /// Header changes for requests sent to this backend only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<HttpRouteFilter>,
+}
+
+impl HttpBackendRef {
+    fn reference(&self) -> BackendReference {
+        BackendReference {
+            group: self.group.clone(),
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            port: self.port,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteTimeouts {
+    /// The whole request, retries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// Each try.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_request: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteRetry {
+    /// Status codes that are retried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Which Services a route attaches to
+// ---------------------------------------------------------------------------
+
+/// A Service of the route's own namespace that a route attaches to, and the
+/// port its parentRef narrows it to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceParent {
+    pub service: String,
+    pub port: Option<u16>,
+}
+
+fn is_core(group: Option<&str>) -> bool {
+    matches!(group, None | Some("" | "core"))
+}
+
+fn is_service_parent(parent: &ParentReference) -> bool {
+    is_core(parent.group.as_deref()) && parent.kind.as_deref() == Some("Service")
+}
+
+impl HTTPRoute {
+    fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// The Services this route attaches to (mesh routes). Empty for a route
+    /// of ingress Gateways only, which is not Warren's.
+    pub fn service_parents(&self) -> Vec<ServiceParent> {
+        self.spec
+            .parent_refs
+            .iter()
+            .filter(|p| is_service_parent(p))
+            .map(|p| ServiceParent {
+                service: p.name.clone(),
+                port: p.port.and_then(|port| u16::try_from(port).ok()),
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------
+
+const PATH_TYPES: [&str; 3] = ["Exact", "PathPrefix", "RegularExpression"];
+const VALUE_TYPES: [&str; 2] = ["Exact", "RegularExpression"];
+
+/// Checks an HTTPRoute on its own. A route without Service parents is not
+/// checked further: it is some ingress controller's.
+pub fn validate(route: &HTTPRoute) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut error = |path: String, reason: String| errors.push(FieldError::new(path, reason));
+    if route.service_parents().is_empty() {
+        return Vec::new();
+    }
+    let namespace = route.namespace();
+    for (i, parent) in route.spec.parent_refs.iter().enumerate() {
+        let path = format!("spec.parentRefs[{i}]");
+        if !is_service_parent(parent) {
+            continue;
+        }
+        if parent
+            .namespace
+            .as_deref()
+            .is_some_and(|ns| ns != namespace)
+        {
+            error(
+                format!("{path}.namespace"),
+                "a route for another namespace's Service (a consumer route) is not supported: put the route in the Service's namespace".into(),
+            );
+        }
+        if parent.section_name.is_some() {
+            error(
+                format!("{path}.sectionName"),
+                "not supported for a Service parent: narrow the route by `port`".into(),
+            );
+        }
+        if let Some(port) = parent.port {
+            port_in_range(&mut error, format!("{path}.port"), port);
+        }
+    }
+    for (i, rule) in route.spec.rules.iter().enumerate() {
+        rule_errors(&mut error, &format!("spec.rules[{i}]"), namespace, rule);
+    }
+    errors
+}
+
+fn port_in_range(error: &mut impl FnMut(String, String), path: String, port: i32) {
+    if !(1..=65535).contains(&port) {
+        error(path, format!("{port} is not a port (1-65535)"));
+    }
+}
+
+fn rule_errors(
+    error: &mut impl FnMut(String, String),
+    path: &str,
+    namespace: &str,
+    rule: &HttpRouteRule,
+) {
+    for (j, m) in rule.matches.iter().enumerate() {
+        let path = format!("{path}.matches[{j}]");
+        if let Some(p) = &m.path {
+            let kind = p.kind.as_deref().unwrap_or("PathPrefix");
+            let value = p.value.as_deref().unwrap_or("/");
+            if !PATH_TYPES.contains(&kind) {
+                error(
+                    format!("{path}.path.type"),
+                    format!("{kind:?} is not one of {}", PATH_TYPES.join(", ")),
+                );
+            } else if kind == "RegularExpression" {
+                regex(error, format!("{path}.path.value"), value);
+            } else if !value.starts_with('/') {
+                error(
+                    format!("{path}.path.value"),
+                    format!("{value:?} does not start with /"),
+                );
+            }
+        }
+        for (field, values) in [("headers", &m.headers), ("queryParams", &m.query_params)] {
+            for (k, v) in values.iter().enumerate() {
+                let path = format!("{path}.{field}[{k}]");
+                let kind = v.kind.as_deref().unwrap_or("Exact");
+                if !VALUE_TYPES.contains(&kind) {
+                    error(
+                        format!("{path}.type"),
+                        format!("{kind:?} is not one of {}", VALUE_TYPES.join(", ")),
+                    );
+                } else if kind == "RegularExpression" {
+                    regex(error, format!("{path}.value"), &v.value);
+                }
+                if field == "headers" && HeaderName::from_bytes(v.name.as_bytes()).is_err() {
+                    error(
+                        format!("{path}.name"),
+                        format!("{:?} is not a header name", v.name),
+                    );
+                } else if v.name.is_empty() {
+                    error(format!("{path}.name"), "empty".into());
+                }
+            }
+        }
+        if let Some(method) = &m.method
+            && !is_method(method)
+        {
+            error(
+                format!("{path}.method"),
+                format!("{method:?} is not an HTTP method"),
+            );
+        }
+    }
+    let redirect = rule.filters.iter().any(|f| f.request_redirect.is_some());
+    let rewrite = rule.filters.iter().any(|f| f.url_rewrite.is_some());
+    if redirect && rewrite {
+        error(
+            format!("{path}.filters"),
+            "RequestRedirect and URLRewrite cannot be used together".into(),
+        );
+    }
+    if redirect && !rule.backend_refs.is_empty() {
+        error(
+            format!("{path}.backendRefs"),
+            "a rule that redirects sends nothing to backends: remove them or the redirect".into(),
+        );
+    }
+    let prefix_only = rule.matches.iter().all(|m| {
+        m.path
+            .as_ref()
+            .is_none_or(|p| p.kind.as_deref().unwrap_or("PathPrefix") == "PathPrefix")
+    });
+    for (j, filter) in rule.filters.iter().enumerate() {
+        filter_errors(
+            error,
+            &format!("{path}.filters[{j}]"),
+            namespace,
+            filter,
+            prefix_only,
+            false,
+        );
+    }
+    for (j, backend) in rule.backend_refs.iter().enumerate() {
+        let path = format!("{path}.backendRefs[{j}]");
+        backend_errors(error, &path, namespace, &backend.reference());
+        if let Some(weight) = backend.weight
+            && !(0..=1_000_000).contains(&weight)
+        {
+            error(
+                format!("{path}.weight"),
+                format!("{weight} is not within 0-1000000"),
+            );
+        }
+        for (k, filter) in backend.filters.iter().enumerate() {
+            filter_errors(
+                error,
+                &format!("{path}.filters[{k}]"),
+                namespace,
+                filter,
+                prefix_only,
+                true,
+            );
+        }
+    }
+    if let Some(timeouts) = &rule.timeouts {
+        for (field, value) in [
+            ("request", &timeouts.request),
+            ("backendRequest", &timeouts.backend_request),
+        ] {
+            if let Some(value) = value
+                && let Err(e) = validate::duration(&format!("{path}.timeouts.{field}"), value)
+            {
+                error(e.path, e.reason);
+            }
+        }
+    }
+    if let Some(retry) = &rule.retry {
+        if retry.attempts.is_some_and(|a| a < 0) {
+            error(
+                format!("{path}.retry.attempts"),
+                "cannot be negative".into(),
+            );
+        }
+        for (k, code) in retry.codes.iter().enumerate() {
+            if !(400..=599).contains(code) {
+                error(
+                    format!("{path}.retry.codes[{k}]"),
+                    format!("{code} is not an HTTP error status (400-599)"),
+                );
+            }
+        }
+        if let Some(backoff) = &retry.backoff
+            && let Err(e) = validate::duration(&format!("{path}.retry.backoff"), backoff)
+        {
+            error(e.path, e.reason);
+        }
+    }
+}
+
+fn filter_errors(
+    error: &mut impl FnMut(String, String),
+    path: &str,
+    namespace: &str,
+    filter: &HttpRouteFilter,
+    prefix_only: bool,
+    on_backend: bool,
+) {
+    let set = [
+        (
+            "RequestHeaderModifier",
+            filter.request_header_modifier.is_some(),
+        ),
+        (
+            "ResponseHeaderModifier",
+            filter.response_header_modifier.is_some(),
+        ),
+        ("RequestMirror", filter.request_mirror.is_some()),
+        ("RequestRedirect", filter.request_redirect.is_some()),
+        ("URLRewrite", filter.url_rewrite.is_some()),
+    ];
+    let Some(&(_, present)) = set.iter().find(|(kind, _)| *kind == filter.kind) else {
+        error(
+            format!("{path}.type"),
+            format!(
+                "{:?} is not supported (supported: RequestHeaderModifier, ResponseHeaderModifier, RequestMirror, RequestRedirect, URLRewrite)",
+                filter.kind
+            ),
+        );
+        return;
+    };
+    if !present || set.iter().filter(|(_, p)| *p).count() != 1 {
+        error(
+            path.to_owned(),
+            format!("a {} filter sets exactly its own field", filter.kind),
+        );
+        return;
+    }
+    if on_backend && !filter.kind.ends_with("HeaderModifier") {
+        error(
+            format!("{path}.type"),
+            format!(
+                "{} is not supported on a backend: put it on the rule",
+                filter.kind
+            ),
+        );
+    }
+    for (field, headers) in [
+        ("requestHeaderModifier", &filter.request_header_modifier),
+        ("responseHeaderModifier", &filter.response_header_modifier),
+    ] {
+        let Some(headers) = headers else { continue };
+        let names = headers
+            .set
+            .iter()
+            .map(|h| ("set", h.name.as_str()))
+            .chain(headers.add.iter().map(|h| ("add", h.name.as_str())))
+            .chain(headers.remove.iter().map(|n| ("remove", n.as_str())));
+        for (op, name) in names {
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                error(
+                    format!("{path}.{field}.{op}"),
+                    format!("{name:?} is not a header name"),
+                );
+            }
+        }
+    }
+    if let Some(mirror) = &filter.request_mirror {
+        backend_errors(
+            error,
+            &format!("{path}.requestMirror.backendRef"),
+            namespace,
+            &mirror.backend_ref,
+        );
+        if mirror.percent.is_some_and(|p| !(0..=100).contains(&p)) {
+            error(
+                format!("{path}.requestMirror.percent"),
+                "not within 0-100".into(),
+            );
+        }
+        if let Some(f) = &mirror.fraction {
+            let denominator = f.denominator.unwrap_or(100);
+            if denominator < 1 || f.numerator < 0 || f.numerator > denominator {
+                error(
+                    format!("{path}.requestMirror.fraction"),
+                    "needs 0 <= numerator <= denominator and denominator >= 1".into(),
+                );
+            }
+            if mirror.percent.is_some() {
+                error(
+                    format!("{path}.requestMirror"),
+                    "percent and fraction cannot both be set".into(),
+                );
+            }
+        }
+    }
+    if let Some(redirect) = &filter.request_redirect {
+        let path = format!("{path}.requestRedirect");
+        if let Some(scheme) = &redirect.scheme
+            && !matches!(scheme.as_str(), "http" | "https")
+        {
+            error(
+                format!("{path}.scheme"),
+                format!("{scheme:?} is not http or https"),
+            );
+        }
+        if let Some(code) = redirect.status_code
+            && !matches!(code, 301 | 302)
+        {
+            error(
+                format!("{path}.statusCode"),
+                format!("{code} is not 301 or 302"),
+            );
+        }
+        if let Some(port) = redirect.port {
+            port_in_range(error, format!("{path}.port"), port);
+        }
+        if let Some(modifier) = &redirect.path {
+            if modifier.kind == "ReplacePrefixMatch" {
+                error(
+                    format!("{path}.path.type"),
+                    "ReplacePrefixMatch in a redirect is not supported yet: use ReplaceFullPath"
+                        .into(),
+                );
+            } else {
+                path_modifier(error, &format!("{path}.path"), modifier, prefix_only);
+            }
+        }
+    }
+    if let Some(rewrite) = &filter.url_rewrite
+        && let Some(modifier) = &rewrite.path
+    {
+        path_modifier(
+            error,
+            &format!("{path}.urlRewrite.path"),
+            modifier,
+            prefix_only,
+        );
+    }
+}
+
+fn path_modifier(
+    error: &mut impl FnMut(String, String),
+    path: &str,
+    modifier: &PathModifier,
+    prefix_only: bool,
+) {
+    let value = match modifier.kind.as_str() {
+        "ReplaceFullPath" => modifier.replace_full_path.as_deref(),
+        "ReplacePrefixMatch" => {
+            if !prefix_only {
+                error(
+                    format!("{path}.type"),
+                    "ReplacePrefixMatch needs every match of the rule to be a PathPrefix".into(),
+                );
+            }
+            modifier.replace_prefix_match.as_deref()
+        }
+        other => {
+            error(
+                format!("{path}.type"),
+                format!("{other:?} is not ReplaceFullPath or ReplacePrefixMatch"),
+            );
+            return;
+        }
+    };
+    match value {
+        Some(v) if v.starts_with('/') => {}
+        Some(v) => error(path.to_owned(), format!("{v:?} does not start with /")),
+        None => error(
+            path.to_owned(),
+            format!("{} needs its value", modifier.kind),
+        ),
+    }
+}
+
+fn backend_errors(
+    error: &mut impl FnMut(String, String),
+    path: &str,
+    namespace: &str,
+    backend: &BackendReference,
+) {
+    let service =
+        is_core(backend.group.as_deref()) && backend.kind.as_deref().is_none_or(|k| k == "Service");
+    let hostname = backend.group.as_deref() == Some("networking.istio.io")
+        && backend.kind.as_deref() == Some("Hostname");
+    if !service && !hostname {
+        error(
+            format!("{path}.kind"),
+            format!(
+                "{}/{} is not a backend Warren sends to (a Service, or networking.istio.io Hostname)",
+                backend.group.as_deref().unwrap_or(""),
+                backend.kind.as_deref().unwrap_or("Service")
+            ),
+        );
+    }
+    if backend
+        .namespace
+        .as_deref()
+        .is_some_and(|ns| ns != namespace)
+    {
+        error(
+            format!("{path}.namespace"),
+            "a backend in another namespace needs a ReferenceGrant, which Warren does not read yet"
+                .into(),
+        );
+    }
+    match backend.port {
+        Some(port) => port_in_range(error, format!("{path}.port"), port),
+        None if service => error(
+            format!("{path}.port"),
+            "required for a Service backend".into(),
+        ),
+        None => {}
+    }
+}
+
+fn regex(error: &mut impl FnMut(String, String), path: String, value: &str) {
+    if let Err(e) = regex::Regex::new(value) {
+        error(path, format!("not a regular expression: {e}"));
+    }
+}
+
+fn is_method(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH"
+    ) && Method::from_bytes(method.as_bytes()).is_ok()
+}
+
+// ---------------------------------------------------------------------------
+// Conversion
+// ---------------------------------------------------------------------------
+
+/// The VirtualService of Service `service` in `namespace` made of `routes`
+/// (the HTTPRoutes attached to it, each validated), named after the
+/// Service; `None` when no route has a rule for it.
+///
+/// Each match of each rule becomes one VirtualService rule, ordered as the
+/// Gateway API orders matches: an exact path first, then regular
+/// expressions, then prefixes longest first; then a method before none,
+/// more headers first, more query parameters first; then the older route,
+/// the route's `namespace/name`, and the order written.
+pub fn virtual_service(
+    namespace: &str,
+    service: &str,
+    routes: &[&HTTPRoute],
+) -> Option<VirtualService> {
+    let mut ordered: Vec<(MatchRank, IstioHttpRoute)> = Vec::new();
+    for route in routes {
+        let created = route
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second());
+        let name = route.metadata.name.clone().unwrap_or_default();
+        for parent in route
+            .service_parents()
+            .iter()
+            .filter(|p| p.service == service)
+        {
+            for (i, rule) in route.spec.rules.iter().enumerate() {
+                let rule_name = rule.name.clone().unwrap_or_else(|| format!("rules[{i}]"));
+                let default_match = [HttpRouteMatch::default()];
+                let matches: &[HttpRouteMatch] = if rule.matches.is_empty() {
+                    &default_match
+                } else {
+                    &rule.matches
+                };
+                for (j, m) in matches.iter().enumerate() {
+                    let rank = MatchRank::of(m, created, &name, (i, j));
+                    let mut converted = convert_rule(namespace, rule, m, parent.port);
+                    converted.name = format!("{name}.{rule_name}.matches[{j}]");
+                    ordered.push((rank, converted));
+                }
+            }
+        }
+    }
+    if ordered.is_empty() {
+        return None;
+    }
+    ordered.sort_by(|a, b| a.0.cmp(&b.0));
+    let oldest = routes
+        .iter()
+        .filter_map(|r| r.metadata.creation_timestamp.clone())
+        .min_by_key(|t| t.0);
+    let mut vs = VirtualService::new(
+        service,
+        VirtualServiceSpec {
+            hosts: vec![service.to_owned()],
+            gateways: Vec::new(),
+            http: ordered.into_iter().map(|(_, rule)| rule).collect(),
+            tls: Vec::new(),
+            tcp: Vec::new(),
+            export_to: Vec::new(),
+        },
+    );
+    vs.metadata.namespace = Some(namespace.to_owned());
+    vs.metadata.creation_timestamp = oldest;
+    Some(vs)
+}
+
+/// Sorts matches by the Gateway API's precedence (see [`virtual_service`]).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct MatchRank {
+    /// 0 exact, 1 regular expression, 2 prefix.
+    path_kind: u8,
+    path_length: Reverse<usize>,
+    no_method: bool,
+    headers: Reverse<usize>,
+    query_params: Reverse<usize>,
+    created: i64,
+    route: String,
+    position: (usize, usize),
+}
+
+impl MatchRank {
+    fn of(m: &HttpRouteMatch, created: i64, route: &str, position: (usize, usize)) -> MatchRank {
+        let (kind, value) = path_of(m);
+        let path_kind = match kind {
+            "Exact" => 0,
+            "RegularExpression" => 1,
+            _ => 2,
+        };
+        MatchRank {
+            path_kind,
+            path_length: Reverse(if path_kind == 2 { value.len() } else { 0 }),
+            no_method: m.method.is_none(),
+            headers: Reverse(m.headers.len()),
+            query_params: Reverse(m.query_params.len()),
+            created,
+            route: route.to_owned(),
+            position,
+        }
+    }
+}
+
+fn path_of(m: &HttpRouteMatch) -> (&str, &str) {
+    let kind = m
+        .path
+        .as_ref()
+        .and_then(|p| p.kind.as_deref())
+        .unwrap_or("PathPrefix");
+    let value = m
+        .path
+        .as_ref()
+        .and_then(|p| p.value.as_deref())
+        .unwrap_or("/");
+    (kind, value)
+}
+
+/// A `PathPrefix` value as Gateway API compares it: a trailing `/` does
+/// not count (`/foo/` is `/foo`), and `/` stays `/`.
+fn prefix_of(value: &str) -> &str {
+    match value.trim_end_matches('/') {
+        "" => "/",
+        trimmed => trimmed,
+    }
+}
+
+fn exact(value: &str) -> StringMatch {
+    StringMatch {
+        exact: Some(value.to_owned()),
+        ..StringMatch::default()
+    }
+}
+
+fn value_match(v: &HttpValueMatch) -> StringMatch {
+    match v.kind.as_deref() {
+        Some("RegularExpression") => StringMatch {
+            regex: Some(v.value.clone()),
+            ..StringMatch::default()
+        },
+        _ => exact(&v.value),
+    }
+}
+
+/// One match of `rule` as a VirtualService rule. A `PathPrefix` matches
+/// whole path segments (`/foo` takes `/foo` and `/foo/bar`, not `/foobar`),
+/// so it becomes two alternatives: the path itself, and the prefix with a
+/// `/` after it.
+fn convert_rule(
+    namespace: &str,
+    rule: &HttpRouteRule,
+    m: &HttpRouteMatch,
+    port: Option<u16>,
+) -> IstioHttpRoute {
+    let base = HttpMatchRequest {
+        method: m.method.as_deref().map(exact),
+        headers: m
+            .headers
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), value_match(h)))
+            .collect(),
+        query_params: m
+            .query_params
+            .iter()
+            .map(|q| (q.name.clone(), value_match(q)))
+            .collect(),
+        port: port.map(u32::from),
+        ..HttpMatchRequest::default()
+    };
+    let (kind, value) = path_of(m);
+    let with_uri = |uri: StringMatch| HttpMatchRequest {
+        uri: Some(uri),
+        ..base.clone()
+    };
+    let matches = match kind {
+        "Exact" => vec![with_uri(exact(value))],
+        "RegularExpression" => vec![with_uri(StringMatch {
+            regex: Some(value.to_owned()),
+            ..StringMatch::default()
+        })],
+        _ => match prefix_of(value) {
+            "/" => vec![with_uri(StringMatch {
+                prefix: Some("/".into()),
+                ..StringMatch::default()
+            })],
+            prefix => vec![
+                with_uri(exact(prefix)),
+                with_uri(StringMatch {
+                    prefix: Some(format!("{prefix}/")),
+                    ..StringMatch::default()
+                }),
+            ],
+        },
+    };
+    let mut out = IstioHttpRoute {
+        r#match: matches,
+        ..IstioHttpRoute::default()
+    };
+    let mut request = HeaderOperations::default();
+    let mut response = HeaderOperations::default();
+    for filter in &rule.filters {
+        if let Some(h) = &filter.request_header_modifier {
+            header_operations(&mut request, h);
+        }
+        if let Some(h) = &filter.response_header_modifier {
+            header_operations(&mut response, h);
+        }
+        if let Some(mirror) = &filter.request_mirror {
+            let share = match (&mirror.percent, &mirror.fraction) {
+                (Some(p), _) => Some(f64::from(*p)),
+                (None, Some(f)) => Some(
+                    f64::from(f.numerator) * 100.0 / f64::from(f.denominator.unwrap_or(100).max(1)),
+                ),
+                (None, None) => None,
+            };
+            out.mirrors.push(HttpMirrorPolicy {
+                destination: destination(namespace, &mirror.backend_ref),
+                percentage: share.map(|value| Percent { value }),
+            });
+        }
+        if let Some(redirect) = &filter.request_redirect {
+            out.redirect = Some(HttpRedirect {
+                uri: redirect
+                    .path
+                    .as_ref()
+                    .and_then(|p| p.replace_full_path.clone())
+                    .unwrap_or_default(),
+                authority: redirect.hostname.clone().unwrap_or_default(),
+                port: redirect.port.and_then(|p| u32::try_from(p).ok()),
+                scheme: redirect.scheme.clone().unwrap_or_default(),
+                // Gateway API's default is 302, Istio's 301.
+                redirect_code: Some(
+                    redirect
+                        .status_code
+                        .and_then(|c| u32::try_from(c).ok())
+                        .unwrap_or(302),
+                ),
+                ..HttpRedirect::default()
+            });
+        }
+        if let Some(rewrite) = &filter.url_rewrite {
+            out.rewrite = Some(url_rewrite(rewrite, kind, value));
+        }
+    }
+    out.headers = headers(request, response);
+    // Weights are relative in Gateway API and percentages in Istio.
+    let total: i64 = rule
+        .backend_refs
+        .iter()
+        .map(|b| i64::from(b.weight.unwrap_or(1).max(0)))
+        .sum();
+    if out.redirect.is_none() {
+        if total == 0 {
+            // No backend, or all at weight 0: Gateway API answers 500.
+            out.direct_response = Some(crate::istio::HttpDirectResponse {
+                status: 500,
+                body: None,
+            });
+        } else {
+            out.route = percentages(rule, total)
+                .into_iter()
+                .zip(&rule.backend_refs)
+                .filter(|(weight, _)| *weight > 0)
+                .map(|(weight, backend)| {
+                    let mut request = HeaderOperations::default();
+                    let mut response = HeaderOperations::default();
+                    for filter in &backend.filters {
+                        if let Some(h) = &filter.request_header_modifier {
+                            header_operations(&mut request, h);
+                        }
+                        if let Some(h) = &filter.response_header_modifier {
+                            header_operations(&mut response, h);
+                        }
+                    }
+                    HttpRouteDestination {
+                        destination: destination(namespace, &backend.reference()),
+                        weight: Some(weight),
+                        headers: headers(request, response),
+                    }
+                })
+                .collect();
+        }
+    }
+    if let Some(timeouts) = &rule.timeouts {
+        out.timeout = timeouts.request.clone();
+        if let Some(per_try) = &timeouts.backend_request {
+            out.retries
+                .get_or_insert_with(HttpRetry::default)
+                .per_try_timeout = Some(per_try.clone());
+        }
+    }
+    if let Some(retry) = &rule.retry {
+        let retries = out.retries.get_or_insert_with(HttpRetry::default);
+        // Gateway API retries no status unless told, but connection
+        // failures always.
+        retries.attempts = Some(retry.attempts.unwrap_or(1));
+        let mut on = vec!["connect-failure".to_owned(), "refused-stream".to_owned()];
+        on.extend(retry.codes.iter().map(ToString::to_string));
+        retries.retry_on = on.join(",");
+        retries.backoff = retry.backoff.clone();
+    }
+    out
+}
+
+/// Relative weights as percentages summing to 100, the rounding given to
+/// the largest remainders.
+fn percentages(rule: &HttpRouteRule, total: i64) -> Vec<i32> {
+    let weights: Vec<i64> = rule
+        .backend_refs
+        .iter()
+        .map(|b| i64::from(b.weight.unwrap_or(1).max(0)))
+        .collect();
+    let mut shares: Vec<i64> = weights.iter().map(|w| w * 100 / total).collect();
+    let mut left = 100 - shares.iter().sum::<i64>();
+    let mut by_remainder: Vec<usize> = (0..weights.len()).collect();
+    by_remainder.sort_by_key(|&i| Reverse(weights[i] * 100 % total));
+    for i in by_remainder {
+        if left == 0 {
+            break;
+        }
+        if weights[i] > 0 {
+            shares[i] += 1;
+            left -= 1;
+        }
+    }
+    shares
+        .into_iter()
+        .map(|s| i32::try_from(s).unwrap_or(0))
+        .collect()
+}
+
+fn destination(namespace: &str, backend: &BackendReference) -> Destination {
+    let hostname = backend.kind.as_deref() == Some("Hostname");
+    Destination {
+        host: if hostname {
+            backend.name.clone()
+        } else {
+            format!("{}.{namespace}", backend.name)
+        },
+        port: backend
+            .port
+            .and_then(|p| u32::try_from(p).ok())
+            .map(|number| PortSelector { number }),
+        ..Destination::default()
+    }
+}
+
+fn header_operations(into: &mut HeaderOperations, filter: &HeaderFilter) {
+    for h in &filter.set {
+        into.set
+            .insert(h.name.to_ascii_lowercase(), h.value.clone());
+    }
+    for h in &filter.add {
+        into.add
+            .insert(h.name.to_ascii_lowercase(), h.value.clone());
+    }
+    into.remove
+        .extend(filter.remove.iter().map(|n| n.to_ascii_lowercase()));
+}
+
+fn headers(request: HeaderOperations, response: HeaderOperations) -> Option<Headers> {
+    let empty = |h: &HeaderOperations| h.set.is_empty() && h.add.is_empty() && h.remove.is_empty();
+    (!empty(&request) || !empty(&response)).then(|| Headers {
+        request: (!empty(&request)).then_some(request),
+        response: (!empty(&response)).then_some(response),
+    })
+}
+
+/// `urlRewrite` on a rule matched by `kind`/`value`. A prefix replacement
+/// keeps what follows the matched segments (`/foo/x` with `/foo` replaced by
+/// `/bar` is `/bar/x`, by `/` is `/x`), written as a regular expression
+/// rewrite since a VirtualService's `uri` rewrite replaces characters, not
+/// segments.
+fn url_rewrite(rewrite: &UrlRewriteFilter, kind: &str, value: &str) -> HttpRewrite {
+    let mut out = HttpRewrite {
+        authority: rewrite.hostname.clone().unwrap_or_default(),
+        ..HttpRewrite::default()
+    };
+    let Some(modifier) = &rewrite.path else {
+        return out;
+    };
+    match (
+        modifier.kind.as_str(),
+        &modifier.replace_full_path,
+        &modifier.replace_prefix_match,
+    ) {
+        ("ReplaceFullPath", Some(full), _) => {
+            out.uri_regex_rewrite = Some(RegexRewrite {
+                r#match: "^.*$".into(),
+                rewrite: full.replace('\\', "\\\\"),
+            });
+        }
+        ("ReplacePrefixMatch", _, Some(replacement)) if kind == "PathPrefix" => {
+            let prefix = prefix_of(value);
+            let escaped = regex::escape(if prefix == "/" { "" } else { prefix });
+            // A substitution reads `\` as one backslash.
+            let replacement = replacement.trim_end_matches('/').replace('\\', "\\\\");
+            out.uri_regex_rewrite = Some(if replacement.is_empty() {
+                // `/` for the matched segments: what follows them, or `/`.
+                RegexRewrite {
+                    r#match: format!("^{escaped}/?(.*)$"),
+                    rewrite: "/\\1".into(),
+                }
+            } else {
+                // The matched segments, then `/rest` or nothing.
+                RegexRewrite {
+                    r#match: format!("^{escaped}(/.*)?$"),
+                    rewrite: format!("{replacement}\\1"),
+                }
+            });
+        }
+        _ => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

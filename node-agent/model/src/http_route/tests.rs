@@ -1,0 +1,300 @@
+use serde_json::json;
+
+use super::*;
+
+fn route(name: &str, spec: serde_json::Value) -> HTTPRoute {
+    let mut route = HTTPRoute::new(name, serde_json::from_value(spec).expect("a route spec"));
+    route.metadata.namespace = Some("shop".into());
+    route
+}
+
+fn reviews(rules: serde_json::Value) -> HTTPRoute {
+    route(
+        "reviews",
+        json!({
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "reviews", "port": 9080 }],
+            "rules": rules,
+        }),
+    )
+}
+
+fn errors(route: &HTTPRoute) -> Vec<String> {
+    validate(route)
+        .into_iter()
+        .map(|e| format!("{}: {}", e.path, e.reason))
+        .collect()
+}
+
+/// The VirtualService `routes` make for `reviews`, which must pass the
+/// checks a written one does.
+fn converted(routes: &[&HTTPRoute]) -> VirtualServiceSpec {
+    let vs = virtual_service("shop", "reviews", routes).expect("a VirtualService");
+    let problems = validate::virtual_service(&vs);
+    assert!(problems.is_empty(), "{problems:?}");
+    vs.spec
+}
+
+#[test]
+fn weights_become_percentages_and_prefixes_whole_segments() {
+    let r = reviews(json!([{
+        "matches": [{ "path": { "type": "PathPrefix", "value": "/api/" } }],
+        "backendRefs": [
+            { "name": "reviews-v1", "port": 9080, "weight": 2 },
+            { "name": "reviews-v2", "port": 9080, "weight": 1 },
+            { "name": "reviews-v3", "port": 9080, "weight": 0 },
+        ],
+    }]));
+    assert_eq!(errors(&r), Vec::<String>::new());
+    let vs = converted(&[&r]);
+    assert_eq!(vs.hosts, ["reviews"]);
+    let rule = &vs.http[0];
+    assert_eq!(rule.name, "reviews.rules[0].matches[0]");
+    // `/api` itself and what is under it; not `/apix`.
+    let uris: Vec<_> = rule
+        .r#match
+        .iter()
+        .map(|m| m.uri.clone().expect("a uri"))
+        .collect();
+    assert_eq!(uris[0].exact.as_deref(), Some("/api"));
+    assert_eq!(uris[1].prefix.as_deref(), Some("/api/"));
+    assert!(
+        rule.r#match.iter().all(|m| m.port == Some(9080)),
+        "the parentRef's port"
+    );
+    let weights: Vec<_> = rule
+        .route
+        .iter()
+        .map(|d| (d.destination.host.as_str(), d.weight))
+        .collect();
+    assert_eq!(
+        weights,
+        [("reviews-v1.shop", Some(67)), ("reviews-v2.shop", Some(33))]
+    );
+}
+
+#[test]
+fn matches_are_ordered_by_gateway_api_precedence() {
+    let older = {
+        let mut r = reviews(json!([
+            { "backendRefs": [{ "name": "catch-all", "port": 80 }] },
+            { "matches": [{ "path": { "value": "/a" } }], "backendRefs": [{ "name": "short", "port": 80 }] },
+        ]));
+        r.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-01-01T00:00:00Z".parse().expect("a time"),
+        ));
+        r
+    };
+    let newer = route(
+        "newer",
+        json!({
+            "parentRefs": [{ "kind": "Service", "name": "reviews" }],
+            "rules": [
+                { "matches": [{ "path": { "value": "/a/b" } }], "backendRefs": [{ "name": "long", "port": 80 }] },
+                { "matches": [{ "path": { "type": "Exact", "value": "/a" } }], "backendRefs": [{ "name": "exact", "port": 80 }] },
+                { "matches": [{ "path": { "value": "/a" }, "headers": [{ "name": "x-canary", "value": "1" }] }],
+                  "backendRefs": [{ "name": "canary", "port": 80 }] },
+                { "matches": [{ "path": { "value": "/a" }, "method": "POST" }], "backendRefs": [{ "name": "post", "port": 80 }] },
+            ],
+        }),
+    );
+    let vs = converted(&[&newer, &older]);
+    let order: Vec<_> = vs
+        .http
+        .iter()
+        .map(|r| {
+            r.route[0]
+                .destination
+                .host
+                .split('.')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    // Exact; the longest prefix; a method; more headers; then the older
+    // route first among equals; the catch-all `/` last.
+    assert_eq!(
+        order,
+        ["exact", "long", "post", "canary", "short", "catch-all"]
+    );
+}
+
+#[test]
+fn filters_become_the_virtual_service_fields() {
+    let r = reviews(json!([{
+        "matches": [{ "path": { "value": "/v1" } }],
+        "filters": [
+            { "type": "RequestHeaderModifier", "requestHeaderModifier": {
+                "set": [{ "name": "X-Env", "value": "prod" }], "remove": ["x-debug"] } },
+            { "type": "URLRewrite", "urlRewrite": { "hostname": "api.internal",
+                "path": { "type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2" } } },
+            { "type": "RequestMirror", "requestMirror": {
+                "backendRef": { "name": "shadow", "port": 80 }, "percent": 10 } },
+        ],
+        "backendRefs": [{ "name": "reviews", "port": 9080, "filters": [
+            { "type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                "add": [{ "name": "x-served-by", "value": "reviews" }] } },
+        ] }],
+        "timeouts": { "request": "3s", "backendRequest": "1s" },
+        "retry": { "attempts": 2, "codes": [503], "backoff": "100ms" },
+    }]));
+    assert_eq!(errors(&r), Vec::<String>::new());
+    let rule = &converted(&[&r]).http[0];
+    let request = rule
+        .headers
+        .as_ref()
+        .and_then(|h| h.request.clone())
+        .expect("request headers");
+    assert_eq!(request.set["x-env"], "prod");
+    assert_eq!(request.remove, ["x-debug"]);
+    let rewrite = rule.rewrite.clone().expect("a rewrite");
+    assert_eq!(rewrite.authority, "api.internal");
+    let regex_rewrite = rewrite.uri_regex_rewrite.expect("a path rewrite");
+    let re = regex::Regex::new(&regex_rewrite.r#match).expect("a regex");
+    for (path, want) in [("/v1", "/v2"), ("/v1/items/7", "/v2/items/7")] {
+        let got = re.replace(path, regex_rewrite.rewrite.replace("\\1", "${1}").as_str());
+        assert_eq!(got, want, "{path}");
+    }
+    assert_eq!(rule.mirrors[0].destination.host, "shadow.shop");
+    assert_eq!(
+        rule.mirrors[0].percentage.as_ref().map(|p| p.value),
+        Some(10.0)
+    );
+    let response = rule.route[0]
+        .headers
+        .as_ref()
+        .and_then(|h| h.response.clone())
+        .expect("backend headers");
+    assert_eq!(response.add["x-served-by"], "reviews");
+    assert_eq!(rule.timeout.as_deref(), Some("3s"));
+    let retries = rule.retries.clone().expect("retries");
+    assert_eq!(retries.attempts, Some(2));
+    assert_eq!(retries.per_try_timeout.as_deref(), Some("1s"));
+    assert_eq!(retries.retry_on, "connect-failure,refused-stream,503");
+}
+
+#[test]
+fn a_prefix_replaced_by_slash_keeps_what_follows() {
+    let rewrite = url_rewrite(
+        &UrlRewriteFilter {
+            hostname: None,
+            path: Some(PathModifier {
+                kind: "ReplacePrefixMatch".into(),
+                replace_full_path: None,
+                replace_prefix_match: Some("/".into()),
+            }),
+        },
+        "PathPrefix",
+        "/old/",
+    )
+    .uri_regex_rewrite
+    .expect("a rewrite");
+    let re = regex::Regex::new(&rewrite.r#match).expect("a regex");
+    for (path, want) in [("/old", "/"), ("/old/x/y", "/x/y")] {
+        assert_eq!(
+            re.replace(path, rewrite.rewrite.replace("\\1", "${1}").as_str()),
+            want
+        );
+    }
+}
+
+#[test]
+fn no_backend_answers_500_and_a_redirect_needs_none() {
+    let r = reviews(json!([
+        { "matches": [{ "path": { "value": "/gone" } }] },
+        { "matches": [{ "path": { "value": "/old" } }], "filters": [{ "type": "RequestRedirect",
+            "requestRedirect": { "hostname": "new.example", "path": { "type": "ReplaceFullPath", "replaceFullPath": "/new" } } }] },
+    ]));
+    assert_eq!(errors(&r), Vec::<String>::new());
+    let vs = converted(&[&r]);
+    let by_name = |n: &str| {
+        vs.http
+            .iter()
+            .find(|r| r.name.starts_with(n))
+            .expect("a rule")
+    };
+    assert_eq!(
+        by_name("reviews.rules[0]")
+            .direct_response
+            .as_ref()
+            .map(|d| d.status),
+        Some(500)
+    );
+    let redirect = by_name("reviews.rules[1]")
+        .redirect
+        .clone()
+        .expect("a redirect");
+    assert_eq!(
+        (
+            redirect.authority.as_str(),
+            redirect.uri.as_str(),
+            redirect.redirect_code
+        ),
+        ("new.example", "/new", Some(302))
+    );
+}
+
+#[test]
+fn ingress_routes_are_not_warrens_and_mesh_routes_are_checked() {
+    let ingress = route(
+        "web",
+        json!({ "parentRefs": [{ "name": "public-gateway" }], "rules": [{ "filters": [{ "type": "ExtensionRef" }] }] }),
+    );
+    assert!(ingress.service_parents().is_empty());
+    assert_eq!(
+        errors(&ingress),
+        Vec::<String>::new(),
+        "left to its controller"
+    );
+    assert!(virtual_service("shop", "reviews", &[&ingress]).is_none());
+
+    let bad = route(
+        "bad",
+        json!({
+            "parentRefs": [{ "kind": "Service", "name": "reviews", "namespace": "other", "port": 70000 }],
+            "rules": [{
+                "matches": [
+                    { "path": { "type": "RegularExpression", "value": "/(" } },
+                    { "path": { "value": "no-slash" }, "method": "BREW", "headers": [{ "name": "bad header", "value": "x" }] },
+                ],
+                "filters": [
+                    { "type": "ExtensionRef" },
+                    { "type": "RequestRedirect", "requestRedirect": { "statusCode": 307, "path": { "type": "ReplacePrefixMatch", "replacePrefixMatch": "/x" } } },
+                    { "type": "URLRewrite", "urlRewrite": { "hostname": "x" } },
+                ],
+                "backendRefs": [
+                    { "name": "elsewhere", "namespace": "other", "port": 80 },
+                    { "name": "no-port" },
+                    { "kind": "Pod", "name": "p", "port": 80, "weight": -1 },
+                ],
+                "timeouts": { "request": "soon" },
+                "retry": { "codes": [200] },
+            }],
+        }),
+    );
+    let found = errors(&bad);
+    for expected in [
+        "spec.parentRefs[0].namespace: a route for another namespace's Service",
+        "spec.parentRefs[0].port: 70000 is not a port",
+        "spec.rules[0].matches[0].path.value: not a regular expression",
+        "spec.rules[0].matches[1].path.value: \"no-slash\" does not start with /",
+        "spec.rules[0].matches[1].method: \"BREW\" is not an HTTP method",
+        "spec.rules[0].matches[1].headers[0].name: \"bad header\" is not a header name",
+        "spec.rules[0].filters: RequestRedirect and URLRewrite cannot be used together",
+        "spec.rules[0].backendRefs: a rule that redirects sends nothing to backends",
+        "spec.rules[0].filters[0].type: \"ExtensionRef\" is not supported",
+        "spec.rules[0].filters[1].requestRedirect.statusCode: 307 is not 301 or 302",
+        "spec.rules[0].filters[1].requestRedirect.path.type: ReplacePrefixMatch in a redirect",
+        "spec.rules[0].backendRefs[0].namespace: a backend in another namespace needs a ReferenceGrant",
+        "spec.rules[0].backendRefs[1].port: required for a Service backend",
+        "spec.rules[0].backendRefs[2].kind: /Pod is not a backend",
+        "spec.rules[0].backendRefs[2].weight: -1 is not within",
+        "spec.rules[0].timeouts.request: \"soon\" is not a duration",
+        "spec.rules[0].retry.codes[0]: 200 is not an HTTP error status",
+    ] {
+        assert!(
+            found.iter().any(|f| f.starts_with(expected)),
+            "missing {expected:?} in {found:#?}"
+        );
+    }
+}
