@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use warren_node_agent::model::FieldError;
+use warren_node_agent::model::http_route::{self, HTTPRoute};
 use warren_node_agent::model::istio::*;
 use warren_node_agent::model::validate;
 
@@ -82,6 +83,7 @@ macro_rules! check {
             "RequestAuthentication" => {
                 check_as::<RequestAuthentication>(typed($de), validate::request_authentication)
             }
+            "HTTPRoute" => check_as::<HTTPRoute>(typed($de), http_route::validate),
             other => panic!("the corpus holds no {other}"),
         }
     };
@@ -144,6 +146,7 @@ fn valid_corpus_round_trips_and_validates() {
         "AuthorizationPolicy",
         "PeerAuthentication",
         "RequestAuthentication",
+        "HTTPRoute",
     ] {
         assert!(
             kinds_seen.iter().any(|k| k == kind),
@@ -265,6 +268,7 @@ fn crds_generate_for_every_kind() {
         AuthorizationPolicy::crd(),
         PeerAuthentication::crd(),
         RequestAuthentication::crd(),
+        HTTPRoute::crd(),
     ]
     .into_iter()
     .map(|crd| crd.metadata.name.unwrap_or_default())
@@ -278,6 +282,7 @@ fn crds_generate_for_every_kind() {
             "authorizationpolicies.security.istio.io",
             "peerauthentications.security.istio.io",
             "requestauthentications.security.istio.io",
+            "httproutes.gateway.networking.k8s.io",
         ]
     );
 }

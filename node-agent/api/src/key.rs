@@ -46,6 +46,11 @@ pub fn virtual_service(namespace: &str, name: &str) -> String {
     format!("virtualservice/{namespace}/{name}")
 }
 
+/// The VirtualService a Service's HTTPRoutes make together.
+pub fn http_routes(namespace: &str, service: &str) -> String {
+    format!("httproutes/{namespace}/{service}")
+}
+
 pub fn destination_rule(namespace: &str, name: &str) -> String {
     format!("destinationrule/{namespace}/{name}")
 }
@@ -58,4 +63,18 @@ pub fn l7_authorization(namespace: &str, name: &str) -> String {
 /// A RequestAuthentication the namespace's waypoint enforces.
 pub fn l7_authentication(namespace: &str, name: &str) -> String {
     format!("l7authentication/{namespace}/{name}")
+}
+
+/// Whether `key` is of L7 routing or policy, which only waypoints use: a
+/// ztunnel is not sent it.
+pub fn is_l7(key: &str) -> bool {
+    [
+        "virtualservice/",
+        "httproutes/",
+        "destinationrule/",
+        "l7authorization/",
+        "l7authentication/",
+    ]
+    .iter()
+    .any(|prefix| key.starts_with(prefix))
 }

@@ -764,8 +764,8 @@ fn is_method(method: &str) -> bool {
 // ---------------------------------------------------------------------------
 
 /// The VirtualService of Service `service` in `namespace` made of `routes`
-/// (the HTTPRoutes attached to it, each validated), named after the
-/// Service; `None` when no route has a rule for it.
+/// (the HTTPRoutes attached to it, each validated), named
+/// `<service>-httproutes`; `None` when no route has a rule for it.
 ///
 /// Each match of each rule becomes one VirtualService rule, ordered as the
 /// Gateway API orders matches: an exact path first, then regular
@@ -815,8 +815,9 @@ pub fn virtual_service(
         .iter()
         .filter_map(|r| r.metadata.creation_timestamp.clone())
         .min_by_key(|t| t.0);
+    // Named apart from a written VirtualService of the Service's name.
     let mut vs = VirtualService::new(
-        service,
+        &format!("{service}-httproutes"),
         VirtualServiceSpec {
             hosts: vec![service.to_owned()],
             gateways: Vec::new(),

@@ -91,6 +91,13 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
         "Gateway",
         "gateways",
     ),
+    (
+        Kind::HttpRoute,
+        "gateway.networking.k8s.io",
+        "v1",
+        "HTTPRoute",
+        "httproutes",
+    ),
 ];
 
 /// What the agent reads from the API server, as RBAC names it: (API group,

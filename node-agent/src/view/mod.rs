@@ -31,9 +31,15 @@ use warren_api::{
     key,
 };
 
+use tracing::warn;
+
 use crate::{
     enrollment::PodNetns,
-    model::{Kind, Labels, Object, ObjectKey},
+    model::{
+        Kind, Labels, Object, ObjectKey,
+        http_route::{self, HTTPRoute},
+        validate,
+    },
     store::Store,
 };
 pub use authorization::Selection;
@@ -73,6 +79,8 @@ pub struct View {
     waypoints: BTreeMap<String, waypoint::Waypoints>,
     /// The Service keys each namespace's ServiceEntries publish.
     entries: BTreeMap<String, BTreeSet<String>>,
+    /// The VirtualService keys each namespace's HTTPRoutes publish.
+    http_routes: BTreeMap<String, BTreeSet<String>>,
     /// Addresses of ServiceEntry hosts that have none of their own.
     auto_vips: auto_vip::AutoVips,
 }
@@ -88,6 +96,7 @@ impl View {
             local_identities: BTreeMap::new(),
             waypoints: BTreeMap::new(),
             entries: BTreeMap::new(),
+            http_routes: BTreeMap::new(),
             auto_vips: auto_vip::AutoVips::new(),
         }
     }
@@ -124,6 +133,7 @@ impl View {
             Kind::Service,
             Kind::Pod,
             Kind::VirtualService,
+            Kind::HttpRoute,
             Kind::DestinationRule,
             Kind::ServiceEntry,
         ]
@@ -149,6 +159,8 @@ impl View {
         let mut entry_namespaces: BTreeSet<String> = BTreeSet::new();
         // A ServiceEntry changed: hosts' allocated addresses may have too.
         let mut entries_changed = false;
+        // Namespaces whose HTTPRoutes must be converted again.
+        let mut route_namespaces: BTreeSet<String> = BTreeSet::new();
         for key in keys {
             let ns = key.namespace.as_deref().unwrap_or_default().to_owned();
             match key.kind {
@@ -218,6 +230,9 @@ impl View {
                     );
                 }
                 Kind::VirtualService | Kind::DestinationRule => self.routing(store, key),
+                Kind::HttpRoute => {
+                    route_namespaces.insert(ns);
+                }
                 Kind::ServiceEntry => {
                     // A policy may target the entry (its hosts).
                     self.l7_policies_in(store, &ns);
@@ -255,6 +270,9 @@ impl View {
         // After the waypoints: an entry may name one.
         for ns in &entry_namespaces {
             self.service_entries(store, ns);
+        }
+        for ns in &route_namespaces {
+            self.http_routes(store, ns);
         }
         if namespaces.contains(&None) {
             workloads.extend(store.of_kind(Kind::Pod).map(Object::key));
@@ -549,6 +567,63 @@ impl View {
                 p.remove(&resource_key);
             }
         });
+    }
+
+    /// Publishes the VirtualService that `namespace`'s HTTPRoutes make for
+    /// each Service they attach to, and withdraws those no route makes any
+    /// more. All of a namespace's at once: a Service's routes are one.
+    fn http_routes(&mut self, store: &Store, namespace: &str) {
+        let routes: Vec<&HTTPRoute> = store
+            .of_kind_in(Kind::HttpRoute, namespace)
+            .filter_map(|o| match o {
+                Object::HttpRoute(route) => Some(&**route),
+                _ => None,
+            })
+            .collect();
+        let services: BTreeSet<String> = routes
+            .iter()
+            .flat_map(|r| r.service_parents())
+            .map(|p| p.service)
+            .collect();
+        let mut computed = BTreeMap::new();
+        for service in services {
+            let Some(vs) = http_route::virtual_service(namespace, &service, &routes) else {
+                continue;
+            };
+            // Made of checked routes, so a written VirtualService's checks
+            // pass; were one to fail, the routes stay out rather than reach
+            // the waypoints half-understood.
+            let problems = validate::virtual_service(&vs);
+            if !problems.is_empty() {
+                let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                warn!(
+                    namespace,
+                    service,
+                    problems = %problems.join("; "),
+                    "the HTTPRoutes of a Service make no valid VirtualService; they are left out"
+                );
+                continue;
+            }
+            if let Some(vs) = routing::virtual_service(&self.mesh, &vs) {
+                computed.insert(key::http_routes(namespace, &service), vs);
+            }
+        }
+        let before = self.http_routes.remove(namespace).unwrap_or_default();
+        let now: BTreeSet<String> = computed.keys().cloned().collect();
+        self.publisher.write(|p| {
+            for gone in before.difference(&now) {
+                p.remove(gone);
+            }
+            for (key, vs) in computed {
+                p.upsert(Resource {
+                    key,
+                    kind: Some(ResourceKind::VirtualService(vs)),
+                });
+            }
+        });
+        if !now.is_empty() {
+            self.http_routes.insert(namespace.to_owned(), now);
+        }
     }
 
     /// Publishes the Services of `namespace`'s ServiceEntries, and removes

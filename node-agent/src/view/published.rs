@@ -278,11 +278,6 @@ impl Published {
     }
 }
 
-/// Key prefix of the policies a waypoint enforces ([`warren_api::key::l7_authorization`]).
-const L7_AUTHORIZATION: &str = "l7authorization/";
-/// Key prefix of the JWT rules a waypoint enforces ([`warren_api::key::l7_authentication`]).
-const L7_AUTHENTICATION: &str = "l7authentication/";
-
 /// Who a subscription serves, and so which resources it receives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Audience {
@@ -298,12 +293,7 @@ impl Audience {
     pub fn receives(&self, key: &str) -> bool {
         match self {
             Audience::All => true,
-            Audience::Ztunnel => {
-                !key.starts_with("virtualservice/")
-                    && !key.starts_with("destinationrule/")
-                    && !key.starts_with(L7_AUTHORIZATION)
-                    && !key.starts_with(L7_AUTHENTICATION)
-            }
+            Audience::Ztunnel => !warren_api::key::is_l7(key),
             Audience::Waypoint { namespace } => {
                 if let Some(identity) = key.strip_prefix("certificate/") {
                     // A waypoint holds only keys of its own namespace's identities.

@@ -935,6 +935,87 @@ fn a_waypoint_in_another_namespace_serves_only_whom_its_listeners_admit() {
 }
 
 #[test]
+fn a_services_http_routes_reach_waypoints_as_one_virtual_service() {
+    let (mut store, mut view) = built(WAYPOINT_GATEWAY);
+    let keys = apply(
+        &mut store,
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: canary, namespace: demo }
+spec:
+  parentRefs: [{ kind: Service, name: app, port: 80 }]
+  rules:
+  - backendRefs:
+    - { name: app-v1, port: 80, weight: 9 }
+    - { name: app-v2, port: 80, weight: 1 }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: jason, namespace: demo }
+spec:
+  parentRefs: [{ kind: Service, name: app }]
+  rules:
+  - matches: [{ headers: [{ name: end-user, value: jason }] }]
+    backendRefs: [{ name: app-v2, port: 80 }]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: ingress, namespace: demo }
+spec:
+  parentRefs: [{ name: public }]
+  rules:
+  - backendRefs: [{ name: app, port: 80 }]
+"#,
+    );
+    view.changed(&store, &keys);
+    let routes = key::http_routes("demo", "app");
+    let Some(ResourceKind::VirtualService(vs)) = get(&view, &routes) else {
+        panic!("no VirtualService for the routes of app");
+    };
+    assert_eq!(vs.name, "app-httproutes");
+    assert_eq!(vs.hosts, ["app.demo.svc.cluster.local"]);
+    let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
+    // Both routes, the one with a header match first.
+    assert_eq!(spec["http"][0]["name"], "jason.rules[0].matches[0]");
+    assert_eq!(
+        spec["http"][0]["route"][0]["destination"]["host"],
+        "app-v2.demo.svc.cluster.local"
+    );
+    assert_eq!(spec["http"][1]["route"][0]["weight"], 90);
+    // The ingress route makes nothing; nothing of this goes to ztunnels.
+    let published = view.publisher().lock();
+    let keys_for = |audience: &Audience| -> Vec<String> {
+        match published.pending(None, audience) {
+            Pending::Update(u) => u.upserts.into_iter().map(|r| r.key).collect(),
+            Pending::UpToDate => Vec::new(),
+        }
+    };
+    let all = keys_for(&Audience::All);
+    assert_eq!(
+        all.iter().filter(|k| k.starts_with("httproutes/")).count(),
+        1,
+        "{all:?}"
+    );
+    assert!(!keys_for(&Audience::Ztunnel).contains(&routes));
+    assert!(
+        keys_for(&Audience::Waypoint {
+            namespace: "demo".into()
+        })
+        .contains(&routes)
+    );
+    drop(published);
+
+    // Without routes the VirtualService is withdrawn.
+    let gone = [
+        delete(&mut store, Kind::HttpRoute, "demo", "canary"),
+        delete(&mut store, Kind::HttpRoute, "demo", "jason"),
+    ];
+    view.changed(&store, &gone);
+    assert!(get(&view, &routes).is_none());
+}
+
+#[test]
 fn routing_reaches_waypoints_with_hosts_qualified_and_not_ztunnels() {
     let (mut store, mut view) = built(WAYPOINT_GATEWAY);
     let keys = apply(

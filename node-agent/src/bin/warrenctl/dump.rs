@@ -318,7 +318,12 @@ pub fn print_tables(dump: &DumpResponse) {
     })
     .filter_map(|r| match &r.kind {
         Some(Kind::VirtualService(v)) => Some(vec![
-            "VirtualService".into(),
+            // What a Service's HTTPRoutes make together.
+            if r.key.starts_with("httproutes/") {
+                "HTTPRoutes".into()
+            } else {
+                "VirtualService".into()
+            },
             format!("{}/{}", v.namespace, v.name),
             v.hosts.join(","),
         ]),
