@@ -73,6 +73,7 @@ mod examples {
     pub const FAULT_INJECTION: &str = include_str!("../../../examples/fault-injection.yaml");
     pub const RETRIES_TIMEOUTS: &str = include_str!("../../../examples/retries-timeouts.yaml");
     pub const SWIM_LANE: &str = include_str!("../../../examples/swim-lane.yaml");
+    pub const HTTP_ROUTE: &str = include_str!("../../../examples/http-route.yaml");
     pub const LOCALITY: &str = include_str!("../../../examples/locality.yaml");
     pub const LOCALITY_FAILOVER: &str = include_str!("../../../examples/locality-failover.yaml");
     pub const EGRESS: &str = include_str!("../../../examples/egress.yaml");
@@ -168,7 +169,7 @@ fn main() -> ExitCode {
     };
 
     // The tour, in order; a later step builds on what the earlier ones set up.
-    let tour: [(&str, Step); 20] = [
+    let tour: [(&str, Step); 21] = [
         (
             "Mesh up: CA, node agents (eBPF datapath pinned), ztunnels",
             Demo::mesh_up,
@@ -222,6 +223,10 @@ fn main() -> ExitCode {
         (
             "Swim lane: x-lane-id: dev-alice takes dev-alice versions",
             Demo::swim_lane,
+        ),
+        (
+            "Gateway API: an HTTPRoute in place of the VirtualService, 90/10",
+            Demo::http_route,
         ),
         (
             "JWT: the waypoint verifies tokens; /admin takes a good one",
@@ -1127,6 +1132,57 @@ impl Demo {
             &self.waypoint_metrics()?,
             "warren_waypoint_retries_total",
             &[],
+        ))
+    }
+
+    fn http_route(&mut self) -> Result<String> {
+        show_yaml("examples/http-route.yaml", examples::HTTP_ROUTE);
+        let mut services = Vec::new();
+        let mut routes = Vec::new();
+        for doc in documents(examples::HTTP_ROUTE)? {
+            let yaml = serde_yaml::to_string(&doc)?;
+            if doc["kind"].as_str() == Some("Service") {
+                services.push(yaml);
+            } else {
+                routes.push(yaml);
+            }
+        }
+        apply_services(&mut self.cluster, &services.join("---\n"))?;
+        // The HTTPRoute takes over from the VirtualService of the steps
+        // before: a Service is routed by one or the other.
+        let config_dir = self.cluster.config_dir();
+        std::fs::remove_file(config_dir.join(ROUTES_FILE))
+            .with_context(|| format!("removing {ROUTES_FILE}"))?;
+        std::fs::write(
+            config_dir.join("httproutes.shop.yaml"),
+            routes.join("---\n"),
+        )
+        .context("writing httproutes.shop.yaml")?;
+        self.wait_routes(
+            "jason's requests to v2 by the HTTPRoute",
+            &["end-user: jason"],
+            |r| count_version(r, "v2") == 20,
+        )?;
+        let client = self.client()?;
+        let url = self.url("app", "/")?;
+        let report = load(&client, &url, &["-n", "1000", "-c", "8"])?;
+        let (v1, v2) = (count_version(&report, "v1"), count_version(&report, "v2"));
+        ensure!(
+            v1 + v2 == 1000 && (860..=940).contains(&v1),
+            "{v1} v1 + {v2} v2 of 1000, expected 90 % ± 4 points to v1: {report}\n{}",
+            self.logs()
+        );
+        let jason = load(
+            &client,
+            &url,
+            &["-n", "100", "-c", "4", "-H", "end-user: jason"],
+        )?;
+        let to_v2 = count_version(&jason, "v2");
+        ensure!(to_v2 == 100, "jason reached v2 {to_v2}/100 times: {jason}");
+        Ok(format!(
+            "1000 requests by the HTTPRoute: v1 {v1} ({:.1} %), v2 {v2} ({:.1} %) — target 90/10 ± 4; jason to v2 {to_v2}/100",
+            v1 as f64 / 10.0,
+            v2 as f64 / 10.0
         ))
     }
 
