@@ -3,11 +3,13 @@
 //! rather than one per file, since each binary links all of ztunnel: a
 //! dozen of them took half a gigabyte of disk and their own link each.
 //! Tests run in parallel, so each picks a loopback net of its own
-//! (`common::two_nodes`, which refuses a net another test took).
+//! (`common::two_nodes`, which refuses a net another test took). The access
+//! log's test is the exception (`access_log_main.rs`): it reads what the
+//! process's one global tracing subscriber writes, so it has a process of
+//! its own.
 
 mod common;
 
-mod access_log;
 mod catch_up;
 mod dns;
 mod dns_proxy;
