@@ -13,7 +13,7 @@
 //! VirtualService the waypoints already route with, rules ordered by the
 //! Gateway API's precedence. Istio does the same conversion.
 
-use std::cmp::Reverse;
+use std::{cmp::Reverse, collections::BTreeMap};
 
 use http::{HeaderName, Method};
 use kube::CustomResource;
@@ -23,9 +23,10 @@ use serde::{Deserialize, Serialize};
 use crate::{
     FieldError,
     istio::{
-        Destination, HeaderOperations, Headers, HttpMatchRequest, HttpMirrorPolicy, HttpRedirect,
-        HttpRetry, HttpRewrite, HttpRoute as IstioHttpRoute, HttpRouteDestination, Percent,
-        PortSelector, RegexRewrite, StringMatch, VirtualService, VirtualServiceSpec,
+        Destination, HeaderOperations, Headers, HttpDirectResponse, HttpMatchRequest,
+        HttpMirrorPolicy, HttpRedirect, HttpRetry, HttpRewrite, HttpRoute as IstioHttpRoute,
+        HttpRouteDestination, Percent, PortSelector, RedirectPortSelection, RegexRewrite,
+        StringMatch, VirtualService, VirtualServiceSpec,
     },
     validate,
 };
@@ -306,12 +307,18 @@ pub struct ServiceParent {
     pub port: Option<u16>,
 }
 
+/// A backend's group: core when omitted (the API's default for a
+/// BackendObjectReference).
 fn is_core(group: Option<&str>) -> bool {
     matches!(group, None | Some("" | "core"))
 }
 
+/// A parentRef naming a core Service. Its group must be written (`""`): the
+/// API server fills an omitted one with `gateway.networking.k8s.io`, so a
+/// route read from a folder means what it would in a cluster.
 fn is_service_parent(parent: &ParentReference) -> bool {
-    is_core(parent.group.as_deref()) && parent.kind.as_deref() == Some("Service")
+    matches!(parent.group.as_deref(), Some("" | "core"))
+        && parent.kind.as_deref() == Some("Service")
 }
 
 impl HTTPRoute {
@@ -346,12 +353,26 @@ const VALUE_TYPES: [&str; 2] = ["Exact", "RegularExpression"];
 pub fn validate(route: &HTTPRoute) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let mut error = |path: String, reason: String| errors.push(FieldError::new(path, reason));
-    if route.service_parents().is_empty() {
+    let meant_for_services = route
+        .spec
+        .parent_refs
+        .iter()
+        .any(|p| p.kind.as_deref() == Some("Service"));
+    if !meant_for_services {
         return Vec::new();
     }
     let namespace = route.namespace();
     for (i, parent) in route.spec.parent_refs.iter().enumerate() {
         let path = format!("spec.parentRefs[{i}]");
+        if parent.kind.as_deref() == Some("Service") && !is_service_parent(parent) {
+            error(
+                format!("{path}.group"),
+                format!(
+                    "{:?} is not the core group of a Service: write group: \"\" (an omitted group is gateway.networking.k8s.io)",
+                    parent.group.as_deref().unwrap_or("")
+                ),
+            );
+        }
         if !is_service_parent(parent) {
             continue;
         }
@@ -377,6 +398,9 @@ pub fn validate(route: &HTTPRoute) -> Vec<FieldError> {
     }
     for (i, rule) in route.spec.rules.iter().enumerate() {
         rule_errors(&mut error, &format!("spec.rules[{i}]"), namespace, rule);
+    }
+    if errors.is_empty() {
+        errors.extend(conversion_errors(route));
     }
     errors
 }
@@ -763,20 +787,51 @@ fn is_method(method: &str) -> bool {
 // Conversion
 // ---------------------------------------------------------------------------
 
+/// What a route that passed [`validate`] would still be refused for: the
+/// VirtualService it makes must pass a written one's checks, or the route
+/// is refused here (named, the last good version kept) rather than its
+/// Service losing every route at the waypoints.
+fn conversion_errors(route: &HTTPRoute) -> Vec<FieldError> {
+    let namespace = route.namespace();
+    let mut services: Vec<String> = route
+        .service_parents()
+        .into_iter()
+        .map(|p| p.service)
+        .collect();
+    services.dedup();
+    services
+        .iter()
+        .filter_map(|service| virtual_service(namespace, service, "cluster.local", &[route]))
+        .flat_map(|vs| validate::virtual_service(&vs))
+        .map(|e| {
+            FieldError::new(
+                "spec",
+                format!(
+                    "makes a VirtualService Warren cannot route with ({}: {})",
+                    e.path, e.reason
+                ),
+            )
+        })
+        .collect()
+}
+
 /// The VirtualService of Service `service` in `namespace` made of `routes`
 /// (the HTTPRoutes attached to it, each validated), named
-/// `<service>-httproutes`; `None` when no route has a rule for it.
+/// `<service>-httproutes`, every host fully qualified (`cluster_domain`);
+/// `None` when no route has a rule for it.
 ///
 /// Each match of each rule becomes one VirtualService rule, ordered as the
-/// Gateway API orders matches: an exact path first, then regular
-/// expressions, then prefixes longest first; then a method before none,
-/// more headers first, more query parameters first; then the older route,
-/// the route's `namespace/name`, and the order written.
+/// Gateway API orders matches and Istio breaks its ties: an exact path
+/// first, then prefixes longest first, then regular expressions; then a
+/// method before none, more headers first, more query parameters first;
+/// then the older route, the route's `namespace/name`, and the order written.
 pub fn virtual_service(
     namespace: &str,
     service: &str,
+    cluster_domain: &str,
     routes: &[&HTTPRoute],
 ) -> Option<VirtualService> {
+    let fqdn = |name: &str| format!("{name}.{namespace}.svc.{cluster_domain}");
     let mut ordered: Vec<(MatchRank, IstioHttpRoute)> = Vec::new();
     for route in routes {
         let created = route
@@ -785,11 +840,25 @@ pub fn virtual_service(
             .as_ref()
             .map_or(0, |t| t.0.as_second());
         let name = route.metadata.name.clone().unwrap_or_default();
-        for parent in route
+        // The ports its parentRefs to this Service narrow it to; none
+        // narrowed means every port.
+        let parents: Vec<Option<u16>> = route
             .service_parents()
-            .iter()
+            .into_iter()
             .filter(|p| p.service == service)
-        {
+            .map(|p| p.port)
+            .collect();
+        let ports: Vec<Option<u16>> = if parents.is_empty() {
+            continue;
+        } else if parents.contains(&None) {
+            vec![None]
+        } else {
+            let mut ports = parents;
+            ports.sort_unstable();
+            ports.dedup();
+            ports
+        };
+        for port in &ports {
             for (i, rule) in route.spec.rules.iter().enumerate() {
                 let rule_name = rule.name.clone().unwrap_or_else(|| format!("rules[{i}]"));
                 let default_match = [HttpRouteMatch::default()];
@@ -800,8 +869,13 @@ pub fn virtual_service(
                 };
                 for (j, m) in matches.iter().enumerate() {
                     let rank = MatchRank::of(m, created, &name, (i, j));
-                    let mut converted = convert_rule(namespace, rule, m, parent.port);
-                    converted.name = format!("{name}.{rule_name}.matches[{j}]");
+                    let mut converted = convert_rule(&fqdn, rule, m, *port);
+                    converted.name = match (port, ports.len()) {
+                        (Some(port), 2..) => {
+                            format!("{name}.{rule_name}.matches[{j}].port[{port}]")
+                        }
+                        _ => format!("{name}.{rule_name}.matches[{j}]"),
+                    };
                     ordered.push((rank, converted));
                 }
             }
@@ -819,7 +893,7 @@ pub fn virtual_service(
     let mut vs = VirtualService::new(
         &format!("{service}-httproutes"),
         VirtualServiceSpec {
-            hosts: vec![service.to_owned()],
+            hosts: vec![fqdn(service)],
             gateways: Vec::new(),
             http: ordered.into_iter().map(|(_, rule)| rule).collect(),
             tls: Vec::new(),
@@ -832,10 +906,10 @@ pub fn virtual_service(
     Some(vs)
 }
 
-/// Sorts matches by the Gateway API's precedence (see [`virtual_service`]).
+/// Sorts matches by precedence (see [`virtual_service`]).
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct MatchRank {
-    /// 0 exact, 1 regular expression, 2 prefix.
+    /// 0 exact, 1 prefix, 2 regular expression (Istio's order).
     path_kind: u8,
     path_length: Reverse<usize>,
     no_method: bool,
@@ -851,12 +925,16 @@ impl MatchRank {
         let (kind, value) = path_of(m);
         let path_kind = match kind {
             "Exact" => 0,
-            "RegularExpression" => 1,
-            _ => 2,
+            "RegularExpression" => 2,
+            _ => 1,
         };
         MatchRank {
             path_kind,
-            path_length: Reverse(if path_kind == 2 { value.len() } else { 0 }),
+            path_length: Reverse(if path_kind == 1 {
+                prefix_of(value).len()
+            } else {
+                value.len()
+            }),
             no_method: m.method.is_none(),
             headers: Reverse(m.headers.len()),
             query_params: Reverse(m.query_params.len()),
@@ -907,28 +985,43 @@ fn value_match(v: &HttpValueMatch) -> StringMatch {
     }
 }
 
-/// One match of `rule` as a VirtualService rule. A `PathPrefix` matches
-/// whole path segments (`/foo` takes `/foo` and `/foo/bar`, not `/foobar`),
-/// so it becomes two alternatives: the path itself, and the prefix with a
-/// `/` after it.
+/// Header or query matches by name, the first of a name counting (as the
+/// Gateway API says), header names without case.
+fn by_name(values: &[HttpValueMatch], lowercase: bool) -> BTreeMap<String, StringMatch> {
+    let mut out = BTreeMap::new();
+    for v in values {
+        let name = if lowercase {
+            v.name.to_ascii_lowercase()
+        } else {
+            v.name.clone()
+        };
+        out.entry(name).or_insert_with(|| value_match(v));
+    }
+    out
+}
+
+/// A duration the Gateway API may write as `0s`, which disables a timeout:
+/// left out, as a VirtualService without one has none.
+fn nonzero(duration: Option<&String>) -> Option<String> {
+    duration
+        .filter(|d| validate::duration("", d).is_ok_and(|d| !d.is_zero()))
+        .cloned()
+}
+
+/// One match of `rule` as a VirtualService rule, hosts made by `fqdn`. A
+/// `PathPrefix` matches whole path segments (`/foo` takes `/foo` and
+/// `/foo/bar`, not `/foobar`), so it becomes two alternatives: the path
+/// itself, and the prefix with a `/` after it.
 fn convert_rule(
-    namespace: &str,
+    fqdn: &dyn Fn(&str) -> String,
     rule: &HttpRouteRule,
     m: &HttpRouteMatch,
     port: Option<u16>,
 ) -> IstioHttpRoute {
     let base = HttpMatchRequest {
         method: m.method.as_deref().map(exact),
-        headers: m
-            .headers
-            .iter()
-            .map(|h| (h.name.to_ascii_lowercase(), value_match(h)))
-            .collect(),
-        query_params: m
-            .query_params
-            .iter()
-            .map(|q| (q.name.clone(), value_match(q)))
-            .collect(),
+        headers: by_name(&m.headers, true),
+        query_params: by_name(&m.query_params, false),
         port: port.map(u32::from),
         ..HttpMatchRequest::default()
     };
@@ -937,6 +1030,10 @@ fn convert_rule(
         uri: Some(uri),
         ..base.clone()
     };
+    let prefix = |p: String| StringMatch {
+        prefix: Some(p),
+        ..StringMatch::default()
+    };
     let matches = match kind {
         "Exact" => vec![with_uri(exact(value))],
         "RegularExpression" => vec![with_uri(StringMatch {
@@ -944,17 +1041,8 @@ fn convert_rule(
             ..StringMatch::default()
         })],
         _ => match prefix_of(value) {
-            "/" => vec![with_uri(StringMatch {
-                prefix: Some("/".into()),
-                ..StringMatch::default()
-            })],
-            prefix => vec![
-                with_uri(exact(prefix)),
-                with_uri(StringMatch {
-                    prefix: Some(format!("{prefix}/")),
-                    ..StringMatch::default()
-                }),
-            ],
+            "/" => vec![with_uri(prefix("/".into()))],
+            path => vec![with_uri(exact(path)), with_uri(prefix(format!("{path}/")))],
         },
     };
     let mut out = IstioHttpRoute {
@@ -979,50 +1067,32 @@ fn convert_rule(
                 (None, None) => None,
             };
             out.mirrors.push(HttpMirrorPolicy {
-                destination: destination(namespace, &mirror.backend_ref),
+                destination: destination(fqdn, &mirror.backend_ref),
                 percentage: share.map(|value| Percent { value }),
             });
         }
         if let Some(redirect) = &filter.request_redirect {
-            out.redirect = Some(HttpRedirect {
-                uri: redirect
-                    .path
-                    .as_ref()
-                    .and_then(|p| p.replace_full_path.clone())
-                    .unwrap_or_default(),
-                authority: redirect.hostname.clone().unwrap_or_default(),
-                port: redirect.port.and_then(|p| u32::try_from(p).ok()),
-                scheme: redirect.scheme.clone().unwrap_or_default(),
-                // Gateway API's default is 302, Istio's 301.
-                redirect_code: Some(
-                    redirect
-                        .status_code
-                        .and_then(|c| u32::try_from(c).ok())
-                        .unwrap_or(302),
-                ),
-                ..HttpRedirect::default()
-            });
+            out.redirect = Some(redirect_of(redirect));
         }
         if let Some(rewrite) = &filter.url_rewrite {
-            out.rewrite = Some(url_rewrite(rewrite, kind, value));
+            out.rewrite = url_rewrite(rewrite, kind, value);
         }
     }
     out.headers = headers(request, response);
-    // Weights are relative in Gateway API and percentages in Istio.
-    let total: i64 = rule
-        .backend_refs
-        .iter()
-        .map(|b| i64::from(b.weight.unwrap_or(1).max(0)))
-        .sum();
     if out.redirect.is_none() {
-        if total == 0 {
+        let weights: Vec<i64> = rule
+            .backend_refs
+            .iter()
+            .map(|b| i64::from(b.weight.unwrap_or(1).max(0)))
+            .collect();
+        if weights.iter().all(|w| *w == 0) {
             // No backend, or all at weight 0: Gateway API answers 500.
-            out.direct_response = Some(crate::istio::HttpDirectResponse {
+            out.direct_response = Some(HttpDirectResponse {
                 status: 500,
                 body: None,
             });
         } else {
-            out.route = percentages(rule, total)
+            out.route = percentages(&weights)
                 .into_iter()
                 .zip(&rule.backend_refs)
                 .filter(|(weight, _)| *weight > 0)
@@ -1038,7 +1108,7 @@ fn convert_rule(
                         }
                     }
                     HttpRouteDestination {
-                        destination: destination(namespace, &backend.reference()),
+                        destination: destination(fqdn, &backend.reference()),
                         weight: Some(weight),
                         headers: headers(request, response),
                     }
@@ -1046,46 +1116,98 @@ fn convert_rule(
                 .collect();
         }
     }
-    if let Some(timeouts) = &rule.timeouts {
-        out.timeout = timeouts.request.clone();
-        if let Some(per_try) = &timeouts.backend_request {
-            out.retries
-                .get_or_insert_with(HttpRetry::default)
-                .per_try_timeout = Some(per_try.clone());
+    let timeouts = rule.timeouts.clone().unwrap_or_default();
+    let request_timeout = nonzero(timeouts.request.as_ref());
+    let backend_timeout = nonzero(timeouts.backend_request.as_ref());
+    out.timeout = request_timeout.clone();
+    match &rule.retry {
+        // Retries disabled: one try, which the backend timeout bounds too.
+        Some(retry) if retry.attempts == Some(0) => {
+            out.retries = Some(HttpRetry {
+                attempts: Some(0),
+                ..HttpRetry::default()
+            });
+            out.timeout = shorter(request_timeout, backend_timeout);
         }
-    }
-    if let Some(retry) = &rule.retry {
-        let retries = out.retries.get_or_insert_with(HttpRetry::default);
-        // Gateway API retries no status unless told, but connection
-        // failures always.
-        retries.attempts = Some(retry.attempts.unwrap_or(1));
-        let mut on = vec!["connect-failure".to_owned(), "refused-stream".to_owned()];
-        on.extend(retry.codes.iter().map(ToString::to_string));
-        retries.retry_on = on.join(",");
-        retries.backoff = retry.backoff.clone();
+        Some(retry) => {
+            // Gateway API retries no status unless told, but connection
+            // failures always.
+            let mut on = vec!["connect-failure".to_owned(), "refused-stream".to_owned()];
+            on.extend(retry.codes.iter().map(ToString::to_string));
+            out.retries = Some(HttpRetry {
+                attempts: Some(retry.attempts.unwrap_or(1)),
+                per_try_timeout: backend_timeout,
+                retry_on: on.join(","),
+                backoff: nonzero(retry.backoff.as_ref()),
+                ..HttpRetry::default()
+            });
+        }
+        // Istio's default retries apply, as for a VirtualService without
+        // `retries`; a backend timeout then bounds the request, as Istio
+        // writes it.
+        None => out.timeout = shorter(request_timeout, backend_timeout),
     }
     out
 }
 
-/// Relative weights as percentages summing to 100, the rounding given to
-/// the largest remainders.
-fn percentages(rule: &HttpRouteRule, total: i64) -> Vec<i32> {
-    let weights: Vec<i64> = rule
-        .backend_refs
-        .iter()
-        .map(|b| i64::from(b.weight.unwrap_or(1).max(0)))
-        .collect();
+/// The shorter of two optional durations (either alone when one is `None`).
+fn shorter(a: Option<String>, b: Option<String>) -> Option<String> {
+    let length = |d: &String| validate::duration("", d).unwrap_or_default();
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if length(&b) < length(&a) { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A redirect's port as the Gateway API asks: the one given; else the
+/// scheme's default when the scheme changes; else the request's own.
+fn redirect_of(redirect: &RedirectFilter) -> HttpRedirect {
+    let port = redirect.port.and_then(|p| u32::try_from(p).ok());
+    let derive_port = match (port, &redirect.scheme) {
+        (Some(_), _) => None,
+        (None, Some(_)) => Some(RedirectPortSelection::FromProtocolDefault),
+        (None, None) => Some(RedirectPortSelection::FromRequestPort),
+    };
+    HttpRedirect {
+        uri: redirect
+            .path
+            .as_ref()
+            .and_then(|p| p.replace_full_path.clone())
+            .unwrap_or_default(),
+        authority: redirect.hostname.clone().unwrap_or_default(),
+        port,
+        derive_port,
+        scheme: redirect.scheme.clone().unwrap_or_default(),
+        // Gateway API's default is 302, Istio's 301.
+        redirect_code: Some(
+            redirect
+                .status_code
+                .and_then(|c| u32::try_from(c).ok())
+                .unwrap_or(302),
+        ),
+    }
+}
+
+/// Relative weights (not all 0) as percentages summing to 100: rounded
+/// down, the rest given to the largest remainders, and every positive
+/// weight at least 1 % (taken from the largest share), so that a small
+/// backend is not dropped: 1 % is a VirtualService's step.
+fn percentages(weights: &[i64]) -> Vec<i32> {
+    let total: i64 = weights.iter().sum();
     let mut shares: Vec<i64> = weights.iter().map(|w| w * 100 / total).collect();
-    let mut left = 100 - shares.iter().sum::<i64>();
-    let mut by_remainder: Vec<usize> = (0..weights.len()).collect();
+    let left = usize::try_from(100 - shares.iter().sum::<i64>()).unwrap_or(0);
+    let mut by_remainder: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0).collect();
     by_remainder.sort_by_key(|&i| Reverse(weights[i] * 100 % total));
-    for i in by_remainder {
-        if left == 0 {
-            break;
-        }
-        if weights[i] > 0 {
-            shares[i] += 1;
-            left -= 1;
+    for &i in by_remainder.iter().cycle().take(left) {
+        shares[i] += 1;
+    }
+    for i in 0..shares.len() {
+        if weights[i] > 0
+            && shares[i] == 0
+            && let Some(largest) = (0..shares.len()).max_by_key(|&j| shares[j])
+        {
+            shares[largest] -= 1;
+            shares[i] = 1;
         }
     }
     shares
@@ -1094,13 +1216,15 @@ fn percentages(rule: &HttpRouteRule, total: i64) -> Vec<i32> {
         .collect()
 }
 
-fn destination(namespace: &str, backend: &BackendReference) -> Destination {
+/// A backend's host: a Service's fully qualified name, or a Hostname as
+/// written.
+fn destination(fqdn: &dyn Fn(&str) -> String, backend: &BackendReference) -> Destination {
     let hostname = backend.kind.as_deref() == Some("Hostname");
     Destination {
         host: if hostname {
             backend.name.clone()
         } else {
-            format!("{}.{namespace}", backend.name)
+            fqdn(&backend.name)
         },
         port: backend
             .port
@@ -1131,35 +1255,36 @@ fn headers(request: HeaderOperations, response: HeaderOperations) -> Option<Head
     })
 }
 
-/// `urlRewrite` on a rule matched by `kind`/`value`. A prefix replacement
-/// keeps what follows the matched segments (`/foo/x` with `/foo` replaced by
-/// `/bar` is `/bar/x`, by `/` is `/x`), written as a regular expression
-/// rewrite since a VirtualService's `uri` rewrite replaces characters, not
-/// segments.
-fn url_rewrite(rewrite: &UrlRewriteFilter, kind: &str, value: &str) -> HttpRewrite {
+/// `urlRewrite` on a rule matched by `kind`/`value`; `None` when it changes
+/// nothing. A prefix replacement keeps what follows the matched segments
+/// (`/foo/x` with `/foo` replaced by `/bar` is `/bar/x`, by `/` is `/x`),
+/// written as a regular expression rewrite since a VirtualService's `uri`
+/// rewrite replaces characters, not segments.
+fn url_rewrite(rewrite: &UrlRewriteFilter, kind: &str, value: &str) -> Option<HttpRewrite> {
     let mut out = HttpRewrite {
         authority: rewrite.hostname.clone().unwrap_or_default(),
         ..HttpRewrite::default()
     };
-    let Some(modifier) = &rewrite.path else {
-        return out;
-    };
-    match (
-        modifier.kind.as_str(),
-        &modifier.replace_full_path,
-        &modifier.replace_prefix_match,
-    ) {
-        ("ReplaceFullPath", Some(full), _) => {
+    // A substitution reads `\\` as one backslash.
+    let escape = |text: &str| text.replace('\\', "\\\\");
+    let path = rewrite.path.as_ref().map(|m| {
+        (
+            m.kind.as_str(),
+            &m.replace_full_path,
+            &m.replace_prefix_match,
+        )
+    });
+    match path {
+        Some(("ReplaceFullPath", Some(full), _)) => {
             out.uri_regex_rewrite = Some(RegexRewrite {
                 r#match: "^.*$".into(),
-                rewrite: full.replace('\\', "\\\\"),
+                rewrite: escape(full),
             });
         }
-        ("ReplacePrefixMatch", _, Some(replacement)) if kind == "PathPrefix" => {
+        Some(("ReplacePrefixMatch", _, Some(replacement))) if kind == "PathPrefix" => {
             let prefix = prefix_of(value);
             let escaped = regex::escape(if prefix == "/" { "" } else { prefix });
-            // A substitution reads `\` as one backslash.
-            let replacement = replacement.trim_end_matches('/').replace('\\', "\\\\");
+            let replacement = escape(replacement.trim_end_matches('/'));
             out.uri_regex_rewrite = Some(if replacement.is_empty() {
                 // `/` for the matched segments: what follows them, or `/`.
                 RegexRewrite {
@@ -1176,7 +1301,7 @@ fn url_rewrite(rewrite: &UrlRewriteFilter, kind: &str, value: &str) -> HttpRewri
         }
         _ => {}
     }
-    out
+    (!out.authority.is_empty() || out.uri_regex_rewrite.is_some()).then_some(out)
 }
 
 #[cfg(test)]

@@ -587,12 +587,14 @@ impl View {
             .collect();
         let mut computed = BTreeMap::new();
         for service in services {
-            let Some(vs) = http_route::virtual_service(namespace, &service, &routes) else {
+            let domain = &self.mesh.cluster_domain;
+            let Some(vs) = http_route::virtual_service(namespace, &service, domain, &routes) else {
                 continue;
             };
-            // Made of checked routes, so a written VirtualService's checks
-            // pass; were one to fail, the routes stay out rather than reach
-            // the waypoints half-understood.
+            // Each route alone was checked to make a VirtualService that
+            // passes; together they could still clash (two naming a rule
+            // alike). Then they stay out rather than reach the waypoints
+            // half-understood.
             let problems = validate::virtual_service(&vs);
             if !problems.is_empty() {
                 let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
@@ -600,13 +602,14 @@ impl View {
                     namespace,
                     service,
                     problems = %problems.join("; "),
-                    "the HTTPRoutes of a Service make no valid VirtualService; they are left out"
+                    "the HTTPRoutes of a Service make no valid VirtualService together; they are left out"
                 );
                 continue;
             }
-            if let Some(vs) = routing::virtual_service(&self.mesh, &vs) {
-                computed.insert(key::http_routes(namespace, &service), vs);
-            }
+            // Hosts are fully qualified already: a two-label Hostname
+            // backend is a name outside the cluster, not `<svc>.<ns>`.
+            let published = routing::published(&vs, &vs.spec);
+            computed.insert(key::http_routes(namespace, &service), published);
         }
         let before = self.http_routes.remove(namespace).unwrap_or_default();
         let now: BTreeSet<String> = computed.keys().cloned().collect();

@@ -10,6 +10,7 @@ use warren_api::config::{DestinationRule, VirtualService};
 use super::Mesh;
 use crate::model::istio::{
     Destination, DestinationRule as IstioDestinationRule, VirtualService as IstioVirtualService,
+    VirtualServiceSpec,
 };
 
 /// `host` as a fully qualified name, read in `namespace`.
@@ -70,19 +71,29 @@ pub fn virtual_service(mesh: &Mesh, vs: &IstioVirtualService) -> Option<VirtualS
             qualify_destination(mesh, &namespace, &mut route.destination);
         }
     }
-    Some(VirtualService {
+    Some(published(vs, &spec))
+}
+
+/// `vs` with `spec` (its hosts already fully qualified) as the waypoints
+/// receive it.
+pub fn published(vs: &IstioVirtualService, spec: &VirtualServiceSpec) -> VirtualService {
+    VirtualService {
         name: vs.metadata.name.clone().unwrap_or_default(),
         created: vs
             .metadata
             .creation_timestamp
             .as_ref()
             .map_or(0, |t| t.0.as_second()),
-        namespace,
+        namespace: vs
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         hosts: spec.hosts.clone(),
         // Serializing a validated model type cannot fail; an empty spec would
         // be refused by the waypoint rather than taken for "no routes".
-        spec_json: serde_json::to_string(&spec).unwrap_or_default(),
-    })
+        spec_json: serde_json::to_string(spec).unwrap_or_default(),
+    }
 }
 
 pub fn destination_rule(mesh: &Mesh, dr: &IstioDestinationRule) -> DestinationRule {

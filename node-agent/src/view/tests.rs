@@ -944,7 +944,7 @@ apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: { name: canary, namespace: demo }
 spec:
-  parentRefs: [{ kind: Service, name: app, port: 80 }]
+  parentRefs: [{ group: "", kind: Service, name: app, port: 80 }]
   rules:
   - backendRefs:
     - { name: app-v1, port: 80, weight: 9 }
@@ -954,7 +954,7 @@ apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: { name: jason, namespace: demo }
 spec:
-  parentRefs: [{ kind: Service, name: app }]
+  parentRefs: [{ group: "", kind: Service, name: app }]
   rules:
   - matches: [{ headers: [{ name: end-user, value: jason }] }]
     backendRefs: [{ name: app-v2, port: 80 }]

@@ -28,7 +28,7 @@ fn errors(route: &HTTPRoute) -> Vec<String> {
 /// The VirtualService `routes` make for `reviews`, which must pass the
 /// checks a written one does.
 fn converted(routes: &[&HTTPRoute]) -> VirtualServiceSpec {
-    let vs = virtual_service("shop", "reviews", routes).expect("a VirtualService");
+    let vs = virtual_service("shop", "reviews", "cluster.local", routes).expect("a VirtualService");
     let problems = validate::virtual_service(&vs);
     assert!(problems.is_empty(), "{problems:?}");
     vs.spec
@@ -46,7 +46,7 @@ fn weights_become_percentages_and_prefixes_whole_segments() {
     }]));
     assert_eq!(errors(&r), Vec::<String>::new());
     let vs = converted(&[&r]);
-    assert_eq!(vs.hosts, ["reviews"]);
+    assert_eq!(vs.hosts, ["reviews.shop.svc.cluster.local"]);
     let rule = &vs.http[0];
     assert_eq!(rule.name, "reviews.rules[0].matches[0]");
     // `/api` itself and what is under it; not `/apix`.
@@ -68,54 +68,198 @@ fn weights_become_percentages_and_prefixes_whole_segments() {
         .collect();
     assert_eq!(
         weights,
-        [("reviews-v1.shop", Some(67)), ("reviews-v2.shop", Some(33))]
+        [
+            ("reviews-v1.shop.svc.cluster.local", Some(67)),
+            ("reviews-v2.shop.svc.cluster.local", Some(33))
+        ]
     );
+}
+
+fn created_at(mut route: HTTPRoute, when: &str) -> HTTPRoute {
+    route.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        when.parse().expect("a time"),
+    ));
+    route
+}
+
+/// The first label of each rule's first destination, in order.
+fn order(vs: &VirtualServiceSpec) -> Vec<String> {
+    vs.http
+        .iter()
+        .map(|r| {
+            let host = &r.route[0].destination.host;
+            host.split('.').next().unwrap_or_default().to_owned()
+        })
+        .collect()
 }
 
 #[test]
 fn matches_are_ordered_by_gateway_api_precedence() {
-    let older = {
-        let mut r = reviews(json!([
+    let older = created_at(
+        reviews(json!([
             { "backendRefs": [{ "name": "catch-all", "port": 80 }] },
-            { "matches": [{ "path": { "value": "/a" } }], "backendRefs": [{ "name": "short", "port": 80 }] },
-        ]));
-        r.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            "2026-01-01T00:00:00Z".parse().expect("a time"),
-        ));
-        r
+            { "matches": [{ "path": { "value": "/a" } }], "backendRefs": [{ "name": "old-a", "port": 80 }] },
+        ])),
+        "2026-01-01T00:00:00Z",
+    );
+    let newer = created_at(
+        route(
+            "newer",
+            json!({
+                "parentRefs": [{ "group": "", "kind": "Service", "name": "reviews" }],
+                "rules": [
+                    { "matches": [{ "path": { "value": "/a/b" } }], "backendRefs": [{ "name": "long", "port": 80 }] },
+                    { "matches": [{ "path": { "type": "Exact", "value": "/a" } }], "backendRefs": [{ "name": "exact", "port": 80 }] },
+                    { "matches": [{ "path": { "value": "/a" }, "headers": [{ "name": "x-canary", "value": "1" }] }],
+                      "backendRefs": [{ "name": "canary", "port": 80 }] },
+                    { "matches": [{ "path": { "value": "/a" }, "method": "POST" }], "backendRefs": [{ "name": "post", "port": 80 }] },
+                    { "matches": [{ "path": { "value": "/a/" } }], "backendRefs": [{ "name": "new-a", "port": 80 }] },
+                    { "matches": [{ "path": { "type": "RegularExpression", "value": "/a/.*/c" } }],
+                      "backendRefs": [{ "name": "regex", "port": 80 }] },
+                ],
+            }),
+        ),
+        "2026-06-01T00:00:00Z",
+    );
+    // Exact; the longest prefix; a method; more headers; then, among equal
+    // matches (`/a` and `/a/` are one prefix), the older route; the
+    // catch-all `/`; regular expressions after every prefix (Istio's order).
+    let expected = [
+        "exact",
+        "long",
+        "post",
+        "canary",
+        "old-a",
+        "new-a",
+        "catch-all",
+        "regex",
+    ];
+    assert_eq!(order(&converted(&[&newer, &older])), expected);
+    assert_eq!(
+        order(&converted(&[&older, &newer])),
+        expected,
+        "whatever the input order"
+    );
+}
+
+#[test]
+fn timeouts_and_retries_as_the_gateway_api_means_them() {
+    let timeouts = |timeouts: serde_json::Value, retry: Option<serde_json::Value>| {
+        let mut rule =
+            json!({ "backendRefs": [{ "name": "reviews", "port": 9080 }], "timeouts": timeouts });
+        if let Some(retry) = retry {
+            rule["retry"] = retry;
+        }
+        let r = reviews(json!([rule]));
+        assert_eq!(errors(&r), Vec::<String>::new());
+        let rule = converted(&[&r]).http.remove(0);
+        (rule.timeout, rule.retries)
     };
-    let newer = route(
-        "newer",
+    // A backend timeout without `retry` bounds the request (Istio's
+    // default retries then stay as they are).
+    assert_eq!(
+        timeouts(json!({ "backendRequest": "2s" }), None),
+        (Some("2s".into()), None)
+    );
+    assert_eq!(
+        timeouts(json!({ "request": "1s", "backendRequest": "2s" }), None),
+        (Some("1s".into()), None)
+    );
+    // `0s` disables a timeout.
+    assert_eq!(timeouts(json!({ "request": "0s" }), None), (None, None));
+    // No retries at all.
+    let (timeout, retries) = timeouts(
+        json!({ "backendRequest": "3s" }),
+        Some(json!({ "attempts": 0 })),
+    );
+    assert_eq!(timeout.as_deref(), Some("3s"));
+    assert_eq!(
+        retries.map(|r| (r.attempts, r.retry_on)),
+        Some((Some(0), String::new()))
+    );
+    // With retries, each try has the backend timeout.
+    let (timeout, retries) = timeouts(
+        json!({ "request": "10s", "backendRequest": "1s" }),
+        Some(json!({ "attempts": 2, "codes": [503] })),
+    );
+    assert_eq!(timeout.as_deref(), Some("10s"));
+    let retries = retries.expect("retries");
+    assert_eq!(retries.per_try_timeout.as_deref(), Some("1s"));
+    assert_eq!(retries.retry_on, "connect-failure,refused-stream,503");
+}
+
+#[test]
+fn several_ports_of_a_service_redirect_ports_and_small_weights() {
+    // Two parentRefs to one Service: the rules once per port, named apart.
+    let r = route(
+        "ports",
         json!({
-            "parentRefs": [{ "kind": "Service", "name": "reviews" }],
-            "rules": [
-                { "matches": [{ "path": { "value": "/a/b" } }], "backendRefs": [{ "name": "long", "port": 80 }] },
-                { "matches": [{ "path": { "type": "Exact", "value": "/a" } }], "backendRefs": [{ "name": "exact", "port": 80 }] },
-                { "matches": [{ "path": { "value": "/a" }, "headers": [{ "name": "x-canary", "value": "1" }] }],
-                  "backendRefs": [{ "name": "canary", "port": 80 }] },
-                { "matches": [{ "path": { "value": "/a" }, "method": "POST" }], "backendRefs": [{ "name": "post", "port": 80 }] },
+            "parentRefs": [
+                { "group": "", "kind": "Service", "name": "reviews", "port": 9080 },
+                { "group": "", "kind": "Service", "name": "reviews", "port": 9081 },
             ],
+            "rules": [{ "backendRefs": [
+                { "name": "big", "port": 80, "weight": 999 },
+                { "name": "small", "port": 80, "weight": 1 },
+            ] }],
         }),
     );
-    let vs = converted(&[&newer, &older]);
-    let order: Vec<_> = vs
-        .http
-        .iter()
-        .map(|r| {
-            r.route[0]
-                .destination
-                .host
-                .split('.')
-                .next()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .collect();
-    // Exact; the longest prefix; a method; more headers; then the older
-    // route first among equals; the catch-all `/` last.
+    assert_eq!(errors(&r), Vec::<String>::new());
+    let vs = converted(&[&r]);
+    let names: Vec<_> = vs.http.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(
-        order,
-        ["exact", "long", "post", "canary", "short", "catch-all"]
+        names,
+        [
+            "ports.rules[0].matches[0].port[9080]",
+            "ports.rules[0].matches[0].port[9081]"
+        ]
+    );
+    // A small weight keeps 1 %, a VirtualService's step, not 0.
+    let weights: Vec<_> = vs.http[0].route.iter().map(|d| d.weight).collect();
+    assert_eq!(weights, [Some(99), Some(1)]);
+
+    // A redirect's port: as given; the scheme's default when the scheme
+    // changes; else the request's.
+    let redirect = |filter: serde_json::Value| {
+        let r = reviews(
+            json!([{ "filters": [{ "type": "RequestRedirect", "requestRedirect": filter }] }]),
+        );
+        assert_eq!(errors(&r), Vec::<String>::new());
+        converted(&[&r])
+            .http
+            .remove(0)
+            .redirect
+            .expect("a redirect")
+    };
+    let given = redirect(json!({ "port": 8443 }));
+    assert_eq!((given.port, given.derive_port), (Some(8443), None));
+    let scheme = redirect(json!({ "scheme": "https" }));
+    assert_eq!(
+        scheme.derive_port,
+        Some(crate::istio::RedirectPortSelection::FromProtocolDefault)
+    );
+    let host = redirect(json!({ "hostname": "elsewhere.example" }));
+    assert_eq!(
+        host.derive_port,
+        Some(crate::istio::RedirectPortSelection::FromRequestPort)
+    );
+    let status_only = redirect(json!({ "statusCode": 301 }));
+    assert_eq!(status_only.redirect_code, Some(301));
+
+    // A Hostname backend keeps its name; the first header match of a name
+    // counts.
+    let r = reviews(json!([{
+        "matches": [{ "headers": [
+            { "name": "X-Env", "value": "first" },
+            { "name": "x-env", "value": "second" },
+        ] }],
+        "backendRefs": [{ "group": "networking.istio.io", "kind": "Hostname", "name": "httpbin.org", "port": 443 }],
+    }]));
+    let rule = converted(&[&r]).http.remove(0);
+    assert_eq!(rule.route[0].destination.host, "httpbin.org");
+    assert_eq!(
+        rule.r#match[0].headers["x-env"].exact.as_deref(),
+        Some("first")
     );
 }
 
@@ -155,7 +299,10 @@ fn filters_become_the_virtual_service_fields() {
         let got = re.replace(path, regex_rewrite.rewrite.replace("\\1", "${1}").as_str());
         assert_eq!(got, want, "{path}");
     }
-    assert_eq!(rule.mirrors[0].destination.host, "shadow.shop");
+    assert_eq!(
+        rule.mirrors[0].destination.host,
+        "shadow.shop.svc.cluster.local"
+    );
     assert_eq!(
         rule.mirrors[0].percentage.as_ref().map(|p| p.value),
         Some(10.0)
@@ -187,7 +334,7 @@ fn a_prefix_replaced_by_slash_keeps_what_follows() {
         "PathPrefix",
         "/old/",
     )
-    .uri_regex_rewrite
+    .and_then(|r| r.uri_regex_rewrite)
     .expect("a rewrite");
     let re = regex::Regex::new(&rewrite.r#match).expect("a regex");
     for (path, want) in [("/old", "/"), ("/old/x/y", "/x/y")] {
@@ -246,12 +393,12 @@ fn ingress_routes_are_not_warrens_and_mesh_routes_are_checked() {
         Vec::<String>::new(),
         "left to its controller"
     );
-    assert!(virtual_service("shop", "reviews", &[&ingress]).is_none());
+    assert!(virtual_service("shop", "reviews", "cluster.local", &[&ingress]).is_none());
 
     let bad = route(
         "bad",
         json!({
-            "parentRefs": [{ "kind": "Service", "name": "reviews", "namespace": "other", "port": 70000 }],
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "reviews", "namespace": "other", "port": 70000 }],
             "rules": [{
                 "matches": [
                     { "path": { "type": "RegularExpression", "value": "/(" } },
@@ -272,6 +419,21 @@ fn ingress_routes_are_not_warrens_and_mesh_routes_are_checked() {
             }],
         }),
     );
+    // The API server reads an omitted group as gateway.networking.k8s.io:
+    // a Service parent without one is refused, not silently ignored.
+    let groupless = route(
+        "groupless",
+        json!({ "parentRefs": [{ "kind": "Service", "name": "reviews" }], "rules": [] }),
+    );
+    assert!(groupless.service_parents().is_empty());
+    assert!(
+        errors(&groupless)
+            .iter()
+            .any(|e| e.starts_with("spec.parentRefs[0].group:")),
+        "{:?}",
+        errors(&groupless)
+    );
+
     let found = errors(&bad);
     for expected in [
         "spec.parentRefs[0].namespace: a route for another namespace's Service",
