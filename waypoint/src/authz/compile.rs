@@ -31,6 +31,8 @@ enum Test {
     /// The namespace of the peer's identity.
     Namespace(Vec<Pattern>),
     SourceIp(Vec<Cidr>),
+    /// The address the client dialled (a Service's, or a pod's own).
+    DestinationIp(Vec<Cidr>),
     /// The destination (service) port.
     Port(Vec<u16>),
     Method(Vec<Pattern>),
@@ -92,6 +94,9 @@ impl Field {
             Test::Principal(p) => request.principals.iter().any(|n| any(p, n)),
             Test::Namespace(p) => any(p, request.namespace),
             Test::SourceIp(blocks) => blocks.iter().any(|b| b.contains(request.source_ip)),
+            Test::DestinationIp(blocks) => {
+                blocks.iter().any(|b| b.contains(request.destination_ip))
+            }
             Test::Port(ports) => ports.contains(&request.port),
             Test::Method(p) => request.http.as_ref().is_some_and(|h| any(p, h.method)),
             Test::Path(p) => request.http.as_ref().is_some_and(|h| any(p, h.path)),
@@ -279,7 +284,13 @@ fn accounts(values: &[String]) -> Option<Vec<Pattern>> {
     })
 }
 
-fn blocks(values: &[String], path: &str, unsupported: &mut Vec<String>) -> Option<Test> {
+/// Address blocks, as `make` of them (a source's or the destination's).
+fn blocks(
+    values: &[String],
+    path: &str,
+    unsupported: &mut Vec<String>,
+    make: fn(Vec<Cidr>) -> Test,
+) -> Option<Test> {
     if values.is_empty() {
         return None;
     }
@@ -291,7 +302,7 @@ fn blocks(values: &[String], path: &str, unsupported: &mut Vec<String>) -> Optio
             None => unsupported.push(format!("{path} {v:?} (not an address)")),
         }
     }
-    Some(Test::SourceIp(out))
+    Some(make(out))
 }
 
 fn ports(values: &[String], path: &str, unsupported: &mut Vec<String>) -> Option<Test> {
@@ -358,7 +369,12 @@ fn source(s: &Source, path: &str, unsupported: &mut Vec<String>) -> Vec<Field> {
         ("remoteIpBlocks", &s.remote_ip_blocks, false),
         ("notRemoteIpBlocks", &s.not_remote_ip_blocks, true),
     ] {
-        let test = blocks(values, &format!("{path}.{name}"), unsupported);
+        let test = blocks(
+            values,
+            &format!("{path}.{name}"),
+            unsupported,
+            Test::SourceIp,
+        );
         push(&mut fields, test, negated);
     }
     fields
@@ -421,10 +437,15 @@ fn condition(c: &Condition, path: &str, fields: &mut Vec<Field>, unsupported: &m
         return;
     }
     match key {
-        "source.ip" | "remote.ip" => {
-            let test = blocks(&c.values, path, unsupported);
+        "source.ip" | "remote.ip" | "destination.ip" => {
+            let make = if key == "destination.ip" {
+                Test::DestinationIp
+            } else {
+                Test::SourceIp
+            };
+            let test = blocks(&c.values, path, unsupported, make);
             push(fields, test, false);
-            let test = blocks(&c.not_values, path, unsupported);
+            let test = blocks(&c.not_values, path, unsupported, make);
             push(fields, test, true);
         }
         "source.namespace" => strings(Test::Namespace, fields),
@@ -459,8 +480,8 @@ fn condition(c: &Condition, path: &str, fields: &mut Vec<Field>, unsupported: &m
         }
         other => match claim_path(other) {
             Some(names) => strings_of(c, fields, |p| Test::Claim(names.clone(), p)),
-            // destination.ip, request.auth.claims with a bad path,
-            // experimental.*: not known to this waypoint.
+            // request.auth.claims with a bad path, experimental.*: not
+            // known to this waypoint.
             None => unsupported.push(format!("{path} {other:?}")),
         },
     }

@@ -205,6 +205,8 @@ pub struct Request<'a> {
     pub principals: &'a [String],
     pub namespace: &'a str,
     pub source_ip: IpAddr,
+    /// `destination.ip`: the address the client dialled.
+    pub destination_ip: IpAddr,
     /// The destination Service's name and namespace.
     pub service: &'a str,
     pub service_namespace: &'a str,
@@ -250,6 +252,9 @@ pub struct Peer<'a> {
     /// [`warren_api::identity::TrustDomains::principals`] of `identity`.
     pub principals: &'a [String],
     pub source_ip: IpAddr,
+    /// The address the client dialled, as the CONNECT names it: a
+    /// Service's, or a pod's own.
+    pub destination_ip: IpAddr,
     pub service: &'a str,
     pub service_namespace: &'a str,
     pub port: u16,
@@ -287,6 +292,7 @@ impl<'a> Request<'a> {
             principals: peer.principals,
             namespace: &peer.identity.namespace,
             source_ip: peer.source_ip,
+            destination_ip: peer.destination_ip,
             service: peer.service,
             service_namespace: peer.service_namespace,
             port: peer.port,

@@ -16,6 +16,8 @@ struct Sent {
     sa: &'static str,
     ns: &'static str,
     ip: &'static str,
+    /// The address the client dialled.
+    destination: &'static str,
     service: &'static str,
     port: u16,
     method: &'static str,
@@ -33,6 +35,7 @@ fn get(uri: &'static str) -> Sent {
         sa: "client-a",
         ns: "demo",
         ip: "10.0.0.5",
+        destination: "10.96.0.10",
         service: "app",
         port: 80,
         method: "GET",
@@ -79,6 +82,10 @@ impl Sent {
         self.port = port;
         self
     }
+    fn dialling(mut self, destination: &'static str) -> Sent {
+        self.destination = destination;
+        self
+    }
     fn service(mut self, service: &'static str) -> Sent {
         self.service = service;
         self
@@ -91,6 +98,7 @@ impl Sent {
             identity: &identity,
             principals: &principals,
             source_ip: self.ip.parse::<IpAddr>().expect("test address"),
+            destination_ip: self.destination.parse::<IpAddr>().expect("test address"),
             service: self.service,
             service_namespace: "demo",
             port: self.port,
@@ -649,6 +657,24 @@ fn server_names_decide_tls_connections() {
     // Nor does a connection that every name lets through wait.
     let plain = authorizer(vec![on_waypoint("plain", json!({ "rules": [{}] }))]);
     assert_eq!(at_connect(&plain, &db, true), AtConnect::Allowed);
+}
+
+#[test]
+fn destination_ip_is_the_address_dialled() {
+    let a = authorizer(vec![on_waypoint(
+        "vip-only",
+        json!({ "action": "DENY", "rules": [{ "when": [{
+            "key": "destination.ip",
+            "notValues": ["10.96.0.0/16"],
+        }] }] }),
+    )]);
+    assert!(allowed(&a, get("/")), "the Service's address");
+    assert_eq!(
+        denied_by(&a, get("/").dialling("10.244.1.7")),
+        Some("vip-only".into()),
+        "a pod dialled by its own address"
+    );
+    assert!(!connection_allowed(&a, get("/").dialling("10.244.1.7")));
 }
 
 #[test]

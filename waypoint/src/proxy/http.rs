@@ -124,14 +124,7 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .unwrap_or(0);
     // Before routing and faults, as Envoy's RBAC filter runs ahead of them.
-    let peer = authz::Peer {
-        identity: &down.peer.identity,
-        principals: &down.principals,
-        source_ip: down.source_ip,
-        service: &down.service.name,
-        service_namespace: &down.service.namespace,
-        port: down.port,
-    };
+    let peer = down.authz_peer();
     // JWTs first: AuthorizationPolicy reads the caller they name.
     let compiled = ctx.tables.current();
     let refusal = match compiled

@@ -73,6 +73,19 @@ pub struct Downstream {
 }
 
 impl Downstream {
+    /// Who calls and where, as AuthorizationPolicies read it.
+    pub fn authz_peer(&self) -> authz::Peer<'_> {
+        authz::Peer {
+            identity: &self.peer.identity,
+            principals: &self.principals,
+            source_ip: self.source_ip,
+            destination_ip: self.vip,
+            service: &self.service.name,
+            service_namespace: &self.service.namespace,
+            port: self.port,
+        }
+    }
+
     /// The client as load balancing hashes it.
     pub fn client(&self) -> Client {
         Client {
@@ -184,6 +197,7 @@ impl ConnectHandler for Waypoint {
                 identity: &peer.identity,
                 principals: &principals,
                 source_ip,
+                destination_ip: dst.ip(),
                 service: &service.name,
                 service_namespace: &service.namespace,
                 port: dst.port(),

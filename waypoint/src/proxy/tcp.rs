@@ -151,14 +151,7 @@ pub async fn serve(
     // Routed without a name when there is none: no `tls` rule fits.
     let server_name = client_hello.as_ref().and_then(Hello::server_name);
     if policy == Policy::AfterHello {
-        let peer = authz::Peer {
-            identity: &down.peer.identity,
-            principals: &down.principals,
-            source_ip: down.source_ip,
-            service: &down.service.name,
-            service_namespace: &down.service.namespace,
-            port: down.port,
-        };
+        let peer = down.authz_peer();
         let refused = match &client_hello {
             Some(Hello::Read(name)) => {
                 let name = ServerName::Read(name.as_deref());
