@@ -1,7 +1,8 @@
 //! Gateway API HTTPRoutes at the waypoint, with real traffic: routes attached
 //! to a Service (its `parentRefs`) split its requests by weight between
 //! per-version Services, match headers, rewrite by whole path segments,
-//! answer 500 where a rule has no backend, and leave when deleted.
+//! redirect, answer 500 where a rule has no backend, leave the Service's
+//! other port alone (the parentRef names port 80), and leave when deleted.
 
 use std::time::Duration;
 
@@ -34,6 +35,12 @@ spec:
       requestHeaderModifier: { set: [{ name: x-set, value: "yes" }] }
     backendRefs: [{ name: app-v1, port: 80 }]
   - matches: [{ path: { type: Exact, value: /gone } }]
+  - matches: [{ path: { type: Exact, value: /old } }]
+    filters:
+    - type: RequestRedirect
+      requestRedirect:
+        hostname: app.example
+        path: { type: ReplaceFullPath, replaceFullPath: /new }
   - backendRefs:
     - { name: app-v1, port: 80, weight: 4 }
     - { name: app-v2, port: 80, weight: 1 }
@@ -68,9 +75,16 @@ fn http_routes_split_match_and_rewrite_at_the_waypoint() -> Result<()> {
             target_port: 8080,
         }]
     };
-    // The Service clients call, and one per version for the routes to
-    // send to (Gateway API has no subsets).
-    cluster.add_service("demo", "app", labels(&[("app", "app")]), http())?;
+    // The Service clients call (a second port the routes do not name),
+    // and one per version for the routes to send to (Gateway API has no
+    // subsets).
+    let mut ports = http();
+    ports.push(ServicePort {
+        name: "http-alt".into(),
+        port: 8081,
+        target_port: 8080,
+    });
+    cluster.add_service("demo", "app", labels(&[("app", "app")]), ports)?;
     for version in ["v1", "v2"] {
         let selector = labels(&[("app", "app"), ("version", version)]);
         cluster.add_service("demo", &format!("app-{version}"), selector, http())?;
@@ -135,6 +149,30 @@ fn http_routes_split_match_and_rewrite_at_the_waypoint() -> Result<()> {
     ensure!(
         count_status(&report, 500) == 20,
         "a rule without backends answers 500: {report}"
+    );
+    // The other port is not the route's: straight to the Service.
+    let vip = service_vip(&cluster, "app")?;
+    let (code, _) = curl(&[&format!("http://{vip}:8081/gone")])?;
+    ensure!(code == 200, "port 8081 is not the route's: {code}");
+    // A redirect, answered by the waypoint (302, the Gateway API's default).
+    let out = client.sandbox.exec(
+        "curl",
+        [
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "5",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            &format!("{url}old"),
+        ],
+    )?;
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        answer.starts_with("302 http://app.example") && answer.ends_with("/new"),
+        "/old must redirect to app.example/new: {answer}\n{}",
+        logs()
     );
 
     // Without the route the Service's own endpoints answer again.
