@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use warren_node_agent::model::FieldError;
+use warren_node_agent::model::grpc_route::{self, GRPCRoute};
 use warren_node_agent::model::http_route::{self, HTTPRoute};
 use warren_node_agent::model::istio::*;
 use warren_node_agent::model::validate;
@@ -84,6 +85,7 @@ macro_rules! check {
                 check_as::<RequestAuthentication>(typed($de), validate::request_authentication)
             }
             "HTTPRoute" => check_as::<HTTPRoute>(typed($de), http_route::validate),
+            "GRPCRoute" => check_as::<GRPCRoute>(typed($de), grpc_route::validate),
             other => panic!("the corpus holds no {other}"),
         }
     };
@@ -147,6 +149,7 @@ fn valid_corpus_round_trips_and_validates() {
         "PeerAuthentication",
         "RequestAuthentication",
         "HTTPRoute",
+        "GRPCRoute",
     ] {
         assert!(
             kinds_seen.iter().any(|k| k == kind),
@@ -269,6 +272,7 @@ fn crds_generate_for_every_kind() {
         PeerAuthentication::crd(),
         RequestAuthentication::crd(),
         HTTPRoute::crd(),
+        GRPCRoute::crd(),
     ]
     .into_iter()
     .map(|crd| crd.metadata.name.unwrap_or_default())
@@ -283,6 +287,7 @@ fn crds_generate_for_every_kind() {
             "peerauthentications.security.istio.io",
             "requestauthentications.security.istio.io",
             "httproutes.gateway.networking.k8s.io",
+            "grpcroutes.gateway.networking.k8s.io",
         ]
     );
 }

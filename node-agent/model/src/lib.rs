@@ -9,11 +9,13 @@
 //! - [`gateway`]: the Gateway API's Gateway, which asks for a waypoint.
 //! - [`http_route`]: the Gateway API's HTTPRoute for Services, and the
 //!   VirtualService it amounts to.
+//! - [`grpc_route`]: the Gateway API's GRPCRoute, read as an HTTPRoute.
 //! - [`validate`]: per-kind checks, each error naming field path and reason.
 //! - [`error`]: the errors an operator sees.
 pub mod cluster;
 pub mod error;
 pub mod gateway;
+pub mod grpc_route;
 pub mod http_route;
 pub mod intern;
 pub mod istio;

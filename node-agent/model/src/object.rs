@@ -15,6 +15,7 @@ use super::{
     ConfigError, FieldError,
     cluster::{EndpointSlice, Namespace, Node, Pod, Service},
     gateway::{self, Gateway},
+    grpc_route::{self, GRPCRoute},
     http_route::{self, HTTPRoute},
     intern::intern,
     istio::{
@@ -40,6 +41,7 @@ pub enum Kind {
     RequestAuthentication,
     Gateway,
     HttpRoute,
+    GrpcRoute,
 }
 
 impl Kind {
@@ -72,6 +74,9 @@ impl Kind {
             ("gateway.networking.k8s.io", "HTTPRoute") if matches!(version, "v1" | "v1beta1") => {
                 Kind::HttpRoute
             }
+            ("gateway.networking.k8s.io", "GRPCRoute") if matches!(version, "v1" | "v1alpha2") => {
+                Kind::GrpcRoute
+            }
             _ => {
                 return Err(format!(
                     "Warren does not read {kind} of apiVersion {api_version}"
@@ -100,6 +105,7 @@ impl Kind {
             Kind::RequestAuthentication => "RequestAuthentication",
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
         }
     }
 }
@@ -152,6 +158,7 @@ pub enum Object {
     RequestAuthentication(Arc<RequestAuthentication>),
     Gateway(Arc<Gateway>),
     HttpRoute(Arc<HTTPRoute>),
+    GrpcRoute(Arc<GRPCRoute>),
 }
 
 impl Object {
@@ -170,6 +177,7 @@ impl Object {
             Object::RequestAuthentication(_) => Kind::RequestAuthentication,
             Object::Gateway(_) => Kind::Gateway,
             Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
         }
     }
 
@@ -190,6 +198,7 @@ impl Object {
             Object::RequestAuthentication(o) => Some(&o.metadata),
             Object::Gateway(o) => Some(&o.metadata),
             Object::HttpRoute(o) => Some(&o.metadata),
+            Object::GrpcRoute(o) => Some(&o.metadata),
         }
     }
 
@@ -372,6 +381,9 @@ pub fn parse_document(doc: Value, source: &str) -> Result<Object, ConfigError> {
         }
         Kind::HttpRoute => {
             checked(doc, http_route::validate).map(|(o, e)| (Object::HttpRoute(Arc::new(o)), e))
+        }
+        Kind::GrpcRoute => {
+            checked(doc, grpc_route::validate).map(|(o, e)| (Object::GrpcRoute(Arc::new(o)), e))
         }
     }
     .map_err(|e| refuse(kind.name(), vec![e]))?;

@@ -98,6 +98,13 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
         "HTTPRoute",
         "httproutes",
     ),
+    (
+        Kind::GrpcRoute,
+        "gateway.networking.k8s.io",
+        "v1",
+        "GRPCRoute",
+        "grpcroutes",
+    ),
 ];
 
 /// What the agent reads from the API server, as RBAC names it: (API group,

@@ -134,6 +134,7 @@ impl View {
             Kind::Pod,
             Kind::VirtualService,
             Kind::HttpRoute,
+            Kind::GrpcRoute,
             Kind::DestinationRule,
             Kind::ServiceEntry,
         ]
@@ -230,7 +231,7 @@ impl View {
                     );
                 }
                 Kind::VirtualService | Kind::DestinationRule => self.routing(store, key),
-                Kind::HttpRoute => {
+                Kind::HttpRoute | Kind::GrpcRoute => {
                     route_namespaces.insert(ns);
                 }
                 Kind::ServiceEntry => {
@@ -569,16 +570,26 @@ impl View {
         });
     }
 
-    /// Publishes the VirtualService that `namespace`'s HTTPRoutes make for
-    /// each Service they attach to, and withdraws those no route makes any
-    /// more. All of a namespace's at once: a Service's routes are one.
+    /// Publishes the VirtualService that `namespace`'s HTTPRoutes and
+    /// GRPCRoutes make for each Service they attach to, and withdraws those
+    /// no route makes any more. All of a namespace's at once: a Service's
+    /// routes are one.
     fn http_routes(&mut self, store: &Store, namespace: &str) {
+        // GRPCRoutes as the HTTPRoutes they amount to.
+        let grpc: Vec<HTTPRoute> = store
+            .of_kind_in(Kind::GrpcRoute, namespace)
+            .filter_map(|o| match o {
+                Object::GrpcRoute(route) => Some(route.as_http_route()),
+                _ => None,
+            })
+            .collect();
         let routes: Vec<&HTTPRoute> = store
             .of_kind_in(Kind::HttpRoute, namespace)
             .filter_map(|o| match o {
                 Object::HttpRoute(route) => Some(&**route),
                 _ => None,
             })
+            .chain(&grpc)
             .collect();
         let services: BTreeSet<String> = routes
             .iter()

@@ -1,0 +1,327 @@
+//! `gateway.networking.k8s.io` GRPCRoute for Services (GAMMA), as Istio's
+//! ambient mode takes it: a gRPC call is an HTTP/2 `POST` to
+//! `/<service>/<method>`, so a GRPCRoute is read as the HTTPRoute it amounts
+//! to ([`GRPCRoute::as_http_route`]) and goes the same way from there: the
+//! same checks, and one VirtualService with the Service's HTTPRoutes.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    FieldError,
+    http_route::{
+        HTTPRoute, HttpBackendRef, HttpPathMatch, HttpRouteFilter, HttpRouteMatch, HttpRouteRule,
+        HttpRouteSpec, HttpRouteStatus, HttpValueMatch, ParentReference,
+    },
+};
+
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "gateway.networking.k8s.io",
+    version = "v1",
+    kind = "GRPCRoute",
+    namespaced,
+    status = "HttpRouteStatus",
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parent_refs: Vec<ParentReference>,
+    /// Ignored for Service parents, as for an HTTPRoute.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<GrpcRouteRule>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Alternatives; none means every call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<GrpcRouteMatch>,
+    /// `RequestHeaderModifier`, `ResponseHeaderModifier` and
+    /// `RequestMirror`, as on an HTTPRoute.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<HttpRouteFilter>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backend_refs: Vec<HttpBackendRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<GrpcMethodMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HttpValueMatch>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcMethodMatch {
+    /// `Exact` (the default) or `RegularExpression`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The fully qualified service, `package.Service`; any when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The method; any when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+/// The filters a GRPCRoute may have.
+const FILTERS: [&str; 4] = [
+    "RequestHeaderModifier",
+    "ResponseHeaderModifier",
+    "RequestMirror",
+    "ExtensionRef",
+];
+
+impl GRPCRoute {
+    /// The HTTPRoute this route amounts to, named `grpcroute:<name>` so that
+    /// its rules never share a name with an HTTPRoute's.
+    pub fn as_http_route(&self) -> HTTPRoute {
+        let rules = self
+            .spec
+            .rules
+            .iter()
+            .map(|rule| HttpRouteRule {
+                name: rule.name.clone(),
+                matches: rule
+                    .matches
+                    .iter()
+                    .map(|m| HttpRouteMatch {
+                        path: m.method.as_ref().and_then(path_of),
+                        headers: m.headers.clone(),
+                        ..HttpRouteMatch::default()
+                    })
+                    .collect(),
+                filters: rule.filters.clone(),
+                backend_refs: rule.backend_refs.clone(),
+                timeouts: None,
+                retry: None,
+            })
+            .collect();
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        let mut route = HTTPRoute::new(
+            &format!("grpcroute:{name}"),
+            HttpRouteSpec {
+                parent_refs: self.spec.parent_refs.clone(),
+                hostnames: self.spec.hostnames.clone(),
+                rules,
+            },
+        );
+        route
+            .metadata
+            .namespace
+            .clone_from(&self.metadata.namespace);
+        route
+            .metadata
+            .creation_timestamp
+            .clone_from(&self.metadata.creation_timestamp);
+        route
+    }
+}
+
+/// A method match as a path match: `/<service>/<method>` exactly, the
+/// service's calls by prefix, or a regular expression where a part is
+/// open or is one.
+fn path_of(m: &GrpcMethodMatch) -> Option<HttpPathMatch> {
+    let regex = m.kind.as_deref() == Some("RegularExpression");
+    let path = |kind: &str, value: String| HttpPathMatch {
+        kind: Some(kind.to_owned()),
+        value: Some(value),
+    };
+    match (m.service.as_deref(), m.method.as_deref(), regex) {
+        (None, None, _) => None,
+        (Some(service), Some(method), false) => Some(path("Exact", format!("/{service}/{method}"))),
+        (Some(service), None, false) => Some(path("PathPrefix", format!("/{service}"))),
+        (service, method, _) => {
+            let part = |p: Option<&str>| {
+                p.map_or_else(
+                    || "[^/]+".to_owned(),
+                    |p| {
+                        if regex {
+                            p.to_owned()
+                        } else {
+                            regex::escape(p)
+                        }
+                    },
+                )
+            };
+            Some(path(
+                "RegularExpression",
+                format!("/{}/{}", part(service), part(method)),
+            ))
+        }
+    }
+}
+
+/// Checks a GRPCRoute: its method matches here, the rest as the HTTPRoute it
+/// amounts to (whose field paths are the same but for `method`).
+pub fn validate(route: &GRPCRoute) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (i, rule) in route.spec.rules.iter().enumerate() {
+        for (j, m) in rule.matches.iter().enumerate() {
+            let Some(method) = &m.method else { continue };
+            let path = format!("spec.rules[{i}].matches[{j}].method");
+            let kind = method.kind.as_deref().unwrap_or("Exact");
+            if method.service.is_none() && method.method.is_none() {
+                errors.push(FieldError::new(&path, "give a service, a method or both"));
+            }
+            for (field, value) in [("service", &method.service), ("method", &method.method)] {
+                let Some(value) = value else { continue };
+                let path = format!("{path}.{field}");
+                match kind {
+                    "Exact" if !is_name(value, field == "service") => errors.push(FieldError::new(
+                        path,
+                        format!("{value:?} is not a gRPC {field} name"),
+                    )),
+                    "RegularExpression" => {
+                        if let Err(e) = regex::Regex::new(value) {
+                            errors.push(FieldError::new(
+                                path,
+                                format!("not a regular expression: {e}"),
+                            ));
+                        }
+                    }
+                    "Exact" => {}
+                    other => errors.push(FieldError::new(
+                        format!("{path}.type"),
+                        format!("{other:?} is not Exact or RegularExpression"),
+                    )),
+                }
+            }
+        }
+        for (j, filter) in rule.filters.iter().enumerate() {
+            if !FILTERS.contains(&filter.kind.as_str()) {
+                errors.push(FieldError::new(
+                    format!("spec.rules[{i}].filters[{j}].type"),
+                    format!("{:?} is not a GRPCRoute filter", filter.kind),
+                ));
+            }
+        }
+    }
+    if errors.is_empty() {
+        errors.extend(crate::http_route::validate(&route.as_http_route()));
+    }
+    errors
+}
+
+/// A gRPC service (`package.Service`, dots allowed) or method name.
+fn is_name(value: &str, dotted: bool) -> bool {
+    let part = |p: &str| {
+        p.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if dotted {
+        value.split('.').all(part)
+    } else {
+        part(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn grpc_route(rules: serde_json::Value) -> GRPCRoute {
+        let spec = json!({
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "grpc", "port": 9090 }],
+            "rules": rules,
+        });
+        let mut route = GRPCRoute::new("api", serde_json::from_value(spec).expect("a spec"));
+        route.metadata.namespace = Some("shop".into());
+        route
+    }
+
+    #[test]
+    fn method_matches_become_paths() {
+        let route = grpc_route(json!([
+            { "matches": [{ "method": { "service": "grpc.health.v1.Health", "method": "Check" } }],
+              "backendRefs": [{ "name": "health", "port": 9090 }] },
+            { "matches": [{ "method": { "service": "shop.Cart" } }],
+              "backendRefs": [{ "name": "cart", "port": 9090 }] },
+            { "matches": [{ "method": { "method": "Watch" }, "headers": [{ "name": "x-v", "value": "2" }] }],
+              "backendRefs": [{ "name": "watch", "port": 9090 }] },
+            { "matches": [{ "method": { "type": "RegularExpression", "service": "shop\\..*" } }],
+              "backendRefs": [{ "name": "shop", "port": 9090 }] },
+            { "backendRefs": [{ "name": "grpc", "port": 9090 }] },
+        ]));
+        assert_eq!(validate(&route), Vec::new());
+        let vs = crate::http_route::virtual_service(
+            "shop",
+            "grpc",
+            "cluster.local",
+            &[&route.as_http_route()],
+        )
+        .expect("a VirtualService");
+        let uris: Vec<(String, String)> = vs
+            .spec
+            .http
+            .iter()
+            .map(|rule| {
+                let uri = rule.r#match[0].uri.clone().unwrap_or_default();
+                let host = &rule.route[0].destination.host;
+                let target = host.split('.').next().unwrap_or_default().to_owned();
+                let form = match (uri.exact, uri.prefix, uri.regex) {
+                    (Some(e), _, _) => format!("exact {e}"),
+                    (_, Some(p), _) => format!("prefix {p}"),
+                    (_, _, Some(r)) => format!("regex {r}"),
+                    _ => "any".into(),
+                };
+                (target, form)
+            })
+            .collect();
+        let uris: Vec<(&str, &str)> = uris.iter().map(|(t, f)| (t.as_str(), f.as_str())).collect();
+        assert_eq!(
+            uris,
+            [
+                ("health", "exact /grpc.health.v1.Health/Check"),
+                ("cart", "exact /shop.Cart"),
+                ("grpc", "prefix /"),
+                ("shop", "regex /shop\\..*/[^/]+"),
+                ("watch", "regex /[^/]+/Watch"),
+            ]
+        );
+        assert!(vs.spec.http[0].name.starts_with("grpcroute:api."));
+    }
+
+    #[test]
+    fn bad_method_matches_and_http_only_filters_are_refused() {
+        let route = grpc_route(json!([{
+            "matches": [
+                { "method": {} },
+                { "method": { "service": "not a service" } },
+                { "method": { "type": "RegularExpression", "method": "(" } },
+            ],
+            "filters": [{ "type": "URLRewrite", "urlRewrite": { "hostname": "x" } }],
+            "backendRefs": [{ "name": "grpc", "port": 9090 }],
+        }]));
+        let found: Vec<String> = validate(&route)
+            .into_iter()
+            .map(|e| format!("{}: {}", e.path, e.reason))
+            .collect();
+        for expected in [
+            "spec.rules[0].matches[0].method: give a service",
+            "spec.rules[0].matches[1].method.service: \"not a service\" is not a gRPC service name",
+            "spec.rules[0].matches[2].method.method: not a regular expression",
+            "spec.rules[0].filters[0].type: \"URLRewrite\" is not a GRPCRoute filter",
+        ] {
+            assert!(
+                found.iter().any(|f| f.starts_with(expected)),
+                "missing {expected:?} in {found:#?}"
+            );
+        }
+    }
+}
