@@ -2,7 +2,8 @@
 //! to a Service (its `parentRefs`) split its requests by weight between
 //! per-version Services, match headers, rewrite by whole path segments,
 //! redirect, answer 500 where a rule has no backend, leave the Service's
-//! other port alone (the parentRef names port 80), and leave when deleted.
+//! other port alone (the parentRef names port 80), and leave when deleted;
+//! a GRPCRoute matches calls by their method.
 
 use std::time::Duration;
 
@@ -181,5 +182,100 @@ fn http_routes_split_match_and_rewrite_at_the_waypoint() -> Result<()> {
         Ok(curl(&[&format!("{url}gone")])?.0 == 200)
     })
     .with_context(logs)?;
+    Ok(())
+}
+
+/// Sends `grpc.health.v1.Health/Check` calls elsewhere, or (with another
+/// method named) leaves them to the default rule.
+fn grpc_route(method: &str) -> String {
+    format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{ name: grpc, namespace: demo }}
+spec:
+  parentRefs: [{{ group: "", kind: Service, name: grpc, port: 9090 }}]
+  rules:
+  - matches: [{{ method: {{ service: grpc.health.v1.Health, method: {method} }} }}]
+    backendRefs: [{{ name: grpc-nowhere, port: 9090 }}]
+  - backendRefs: [{{ name: grpc, port: 9090 }}]
+"#
+    )
+}
+
+#[test]
+fn a_grpc_route_matches_calls_by_method() -> Result<()> {
+    require_root()?;
+    let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
+    cluster.add_namespace("demo", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
+    for (name, node, app) in [("grpc-0", 1, "grpc"), ("client", 0, "client")] {
+        cluster.add_pod(PodSpec {
+            name: name.into(),
+            namespace: "demo".into(),
+            node,
+            labels: labels(&[("app", app)]),
+            service_account: Some(app.into()),
+        })?;
+    }
+    cluster.add_pod(waypoint_pod("demo", 1))?;
+    let grpc_port = || {
+        vec![ServicePort {
+            name: "grpc".into(),
+            port: 9090,
+            target_port: 9090,
+        }]
+    };
+    cluster.add_service("demo", "grpc", labels(&[("app", "grpc")]), grpc_port())?;
+    // A Service with no endpoints: a call sent there is UNAVAILABLE.
+    cluster.add_service(
+        "demo",
+        "grpc-nowhere",
+        labels(&[("app", "nowhere")]),
+        grpc_port(),
+    )?;
+    let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
+    let sample = warren_testbed::binaries::path("warren-sample")?;
+    let sample = sample.to_string_lossy().into_owned();
+    let server_pod = cluster.pod("grpc-0")?.clone();
+    let mut server = cluster.spawn(
+        &server_pod.sandbox,
+        &sample,
+        &["grpc-server", "--listen", "[::]:9090"],
+    )?;
+    warren_e2e::workload::wait_listening(&server_pod, 9090, &mut server)?;
+    let url = format!("http://{}:9090", service_vip(&cluster, "grpc")?);
+    let client = cluster.pod("client")?.clone();
+    let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
+    // The gRPC status of one Check call.
+    let check = || -> Result<i64> {
+        let out = client
+            .sandbox
+            .exec(&sample, ["grpc-check", "--url", url.as_str()])?;
+        ensure!(
+            out.status.success(),
+            "grpc-check: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer: Value = serde_json::from_slice(&out.stdout).context("grpc-check's JSON")?;
+        answer["code"].as_i64().context("no code")
+    };
+    ensure!(check()? == 0, "Check before any route\n{}", logs());
+
+    let file = cluster.config_dir().join("grpcroutes.demo.grpc.yaml");
+    std::fs::write(&file, grpc_route("Check"))?;
+    eventually(Duration::from_secs(20), "Check sent nowhere", || {
+        Ok(check()? == 14)
+    })
+    .with_context(logs)?;
+    // Another method named: Check takes the default rule.
+    std::fs::write(&file, grpc_route("Watch"))?;
+    eventually(Duration::from_secs(20), "Check by the default rule", || {
+        Ok(check()? == 0)
+    })
+    .with_context(logs)?;
+    for _ in 0..5 {
+        ensure!(check()? == 0, "Check must stay on the default rule");
+    }
+    drop(server);
     Ok(())
 }
