@@ -240,6 +240,8 @@ pub struct BackendReference {
     pub port: Option<i32>,
 }
 
+/// A [`BackendReference`] with a weight and filters. Its fields are spelt
+/// out: serde's `flatten` and `deny_unknown_fields` do not go together.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpBackendRef {

@@ -357,6 +357,31 @@ pub fn waypoint_pod(namespace: &str, node: usize) -> PodSpec {
     }
 }
 
+/// A pod of the tests' `demo` namespace: name, node, labels, service
+/// account.
+pub type DemoPod<'a> = (&'a str, usize, &'a [(&'a str, &'a str)], &'a str);
+
+/// Two nodes, namespace `demo` in the mesh with `pods`, and a waypoint pod
+/// on node 1: where most waypoint tests start.
+pub fn demo_cluster_with_waypoint_pod(pods: &[DemoPod<'_>]) -> Result<Cluster> {
+    let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
+    cluster.add_namespace(
+        "demo",
+        warren_testbed::labels(&[("warren.io/dataplane-mode", "ambient")]),
+    )?;
+    for &(name, node, pod_labels, account) in pods {
+        cluster.add_pod(PodSpec {
+            name: name.into(),
+            namespace: "demo".into(),
+            node,
+            labels: warren_testbed::labels(pod_labels),
+            service_account: Some(account.into()),
+        })?;
+    }
+    cluster.add_pod(waypoint_pod("demo", 1))?;
+    Ok(cluster)
+}
+
 /// The Gateway that asks for a namespace's waypoint, exactly as `warrenctl
 /// waypoint apply` writes it (both use the model's one definition).
 pub fn waypoint_gateway(namespace: &str) -> String {

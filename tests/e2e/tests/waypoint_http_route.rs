@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use warren_e2e::{
-    mesh::{eventually, service_vip, start_mesh_and_waypoint, waypoint_pod},
+    mesh::{demo_cluster_with_waypoint_pod, eventually, service_vip, start_mesh_and_waypoint},
     workload::{count_status, count_version, load, start_app_versions},
 };
-use warren_testbed::{Cluster, PodSpec, ServicePort, labels, privilege::require_root};
+use warren_testbed::{ServicePort, labels, privilege::require_root};
 
 const ROUTES_FILE: &str = "routes.demo.app.yaml";
 
@@ -50,25 +50,11 @@ spec:
 #[test]
 fn http_routes_split_match_and_rewrite_at_the_waypoint() -> Result<()> {
     require_root()?;
-    let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
-    cluster.add_namespace("demo", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
-    for (name, node, version) in [("app-v1", 1, "v1"), ("app-v2", 0, "v2")] {
-        cluster.add_pod(PodSpec {
-            name: name.into(),
-            namespace: "demo".into(),
-            node,
-            labels: labels(&[("app", "app"), ("version", version)]),
-            service_account: Some("app".into()),
-        })?;
-    }
-    cluster.add_pod(PodSpec {
-        name: "client".into(),
-        namespace: "demo".into(),
-        node: 0,
-        labels: labels(&[("app", "client")]),
-        service_account: Some("client".into()),
-    })?;
-    cluster.add_pod(waypoint_pod("demo", 1))?;
+    let mut cluster = demo_cluster_with_waypoint_pod(&[
+        ("app-v1", 1, &[("app", "app"), ("version", "v1")], "app"),
+        ("app-v2", 0, &[("app", "app"), ("version", "v2")], "app"),
+        ("client", 0, &[("app", "client")], "client"),
+    ])?;
     let http = || {
         vec![ServicePort {
             name: "http".into(),
@@ -206,18 +192,10 @@ spec:
 #[test]
 fn a_grpc_route_matches_calls_by_method() -> Result<()> {
     require_root()?;
-    let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
-    cluster.add_namespace("demo", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
-    for (name, node, app) in [("grpc-0", 1, "grpc"), ("client", 0, "client")] {
-        cluster.add_pod(PodSpec {
-            name: name.into(),
-            namespace: "demo".into(),
-            node,
-            labels: labels(&[("app", app)]),
-            service_account: Some(app.into()),
-        })?;
-    }
-    cluster.add_pod(waypoint_pod("demo", 1))?;
+    let mut cluster = demo_cluster_with_waypoint_pod(&[
+        ("grpc-0", 1, &[("app", "grpc")], "grpc"),
+        ("client", 0, &[("app", "client")], "client"),
+    ])?;
     let grpc_port = || {
         vec![ServicePort {
             name: "grpc".into(),

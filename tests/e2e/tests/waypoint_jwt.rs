@@ -11,12 +11,10 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};
 use warren_e2e::{
     agent::warrenctl_waypoint_explain,
-    mesh::{eventually, service_vip, start_mesh_and_waypoint, waypoint_pod},
+    mesh::{demo_cluster_with_waypoint_pod, eventually, service_vip, start_mesh_and_waypoint},
     workload::start_http_server,
 };
-use warren_testbed::{
-    Cluster, Pod, PodSpec, ServicePort, jwt::Issuer, labels, privilege::require_root,
-};
+use warren_testbed::{Pod, ServicePort, jwt::Issuer, labels, privilege::require_root};
 
 const ISSUER: &str = "https://idp.warren.test";
 const JWT_FILE: &str = "requestauthentication.demo.jwt.yaml";
@@ -78,18 +76,10 @@ fn get(pod: &Pod, url: &str, token: Option<&str>) -> Result<(u16, String)> {
 #[test]
 fn a_waypoint_verifies_jwts_and_authorizes_on_them() -> Result<()> {
     require_root()?;
-    let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
-    cluster.add_namespace("demo", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
-    for (name, node, app) in [("app", 1, "app"), ("client", 0, "client")] {
-        cluster.add_pod(PodSpec {
-            name: name.into(),
-            namespace: "demo".into(),
-            node,
-            labels: labels(&[("app", app)]),
-            service_account: Some(app.into()),
-        })?;
-    }
-    cluster.add_pod(waypoint_pod("demo", 1))?;
+    let mut cluster = demo_cluster_with_waypoint_pod(&[
+        ("app", 1, &[("app", "app")], "app"),
+        ("client", 0, &[("app", "client")], "client"),
+    ])?;
     cluster.add_service(
         "demo",
         "app",

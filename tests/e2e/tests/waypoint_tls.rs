@@ -10,9 +10,9 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
     agent::warrenctl_waypoint_explain,
-    mesh::{eventually, service_vip, start_mesh_and_waypoint, waypoint_pod},
+    mesh::{demo_cluster_with_waypoint_pod, eventually, service_vip, start_mesh_and_waypoint},
 };
-use warren_testbed::{Cluster, Pod, PodSpec, ServicePort, labels, privilege::require_root};
+use warren_testbed::{Pod, ServicePort, labels, privilege::require_root};
 
 const ROUTES: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -110,25 +110,21 @@ fn answered_by(pod: &Pod, vip: &str, name: &str) -> Result<String> {
 #[test]
 fn a_waypoint_routes_tls_by_server_name() -> Result<()> {
     require_root()?;
-    let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
-    cluster.add_namespace("demo", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
-    for (name, node, version) in [("secure-a", 1, "a"), ("secure-b", 1, "b")] {
-        cluster.add_pod(PodSpec {
-            name: name.into(),
-            namespace: "demo".into(),
-            node,
-            labels: labels(&[("app", "secure"), ("version", version)]),
-            service_account: Some("secure".into()),
-        })?;
-    }
-    cluster.add_pod(PodSpec {
-        name: "client".into(),
-        namespace: "demo".into(),
-        node: 0,
-        labels: labels(&[("app", "client")]),
-        service_account: Some("client".into()),
-    })?;
-    cluster.add_pod(waypoint_pod("demo", 1))?;
+    let mut cluster = demo_cluster_with_waypoint_pod(&[
+        (
+            "secure-a",
+            1,
+            &[("app", "secure"), ("version", "a")],
+            "secure",
+        ),
+        (
+            "secure-b",
+            1,
+            &[("app", "secure"), ("version", "b")],
+            "secure",
+        ),
+        ("client", 0, &[("app", "client")], "client"),
+    ])?;
     cluster.add_service(
         "demo",
         "secure",
