@@ -1,8 +1,10 @@
 //! `gateway.networking.k8s.io` GRPCRoute for Services (GAMMA), as Istio's
 //! ambient mode takes it: a gRPC call is an HTTP/2 `POST` to
 //! `/<service>/<method>`, so a GRPCRoute is read as the HTTPRoute it amounts
-//! to ([`GRPCRoute::as_http_route`]) and goes the same way from there: the
-//! same checks, and one VirtualService with the Service's HTTPRoutes.
+//! to ([`GRPCRoute::as_http_route`]) and goes the same way from there (the
+//! same checks, a VirtualService), but for the order of its rules, which is
+//! gRPC's own ([`virtual_service`]). A Service with GRPCRoutes is routed by
+//! them alone: the Gateway API gives them precedence over its HTTPRoutes.
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -11,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use crate::{
     FieldError,
     http_route::{
-        HTTPRoute, HttpBackendRef, HttpPathMatch, HttpRouteFilter, HttpRouteMatch, HttpRouteRule,
-        HttpRouteSpec, HttpRouteStatus, HttpValueMatch, ParentReference,
+        self, HTTPRoute, HttpBackendRef, HttpPathMatch, HttpRouteFilter, HttpRouteMatch,
+        HttpRouteRule, HttpRouteSpec, HttpRouteStatus, HttpValueMatch, MatchRank, ParentReference,
     },
+    istio::VirtualService,
 };
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -75,13 +78,47 @@ pub struct GrpcMethodMatch {
     pub method: Option<String>,
 }
 
-/// The filters a GRPCRoute may have.
-const FILTERS: [&str; 4] = [
+/// The filters a GRPCRoute may have that Warren applies (`ExtensionRef`
+/// is refused when read).
+const FILTERS: [&str; 3] = [
     "RequestHeaderModifier",
     "ResponseHeaderModifier",
     "RequestMirror",
-    "ExtensionRef",
 ];
+
+/// The VirtualService of Service `service` in `namespace` made of its
+/// GRPCRoutes `routes` (see [`http_route::virtual_service`]), their matches
+/// in the Gateway API's order for gRPC: the longer service name first, then
+/// the longer method name, then more header matches; then the older route,
+/// its name, and the order written.
+pub fn virtual_service(
+    namespace: &str,
+    service: &str,
+    cluster_domain: &str,
+    routes: &[&GRPCRoute],
+) -> Option<VirtualService> {
+    let http: Vec<HTTPRoute> = routes.iter().map(|r| r.as_http_route()).collect();
+    let http: Vec<&HTTPRoute> = http.iter().collect();
+    http_route::assemble(namespace, service, cluster_domain, &http, &|k, i, j| {
+        let route = routes[k];
+        let created = route
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second());
+        let m = route.spec.rules[i].matches.get(j);
+        let method = m.and_then(|m| m.method.as_ref());
+        let length = |part: Option<&String>| part.map_or(0, String::len);
+        MatchRank::grpc(
+            length(method.and_then(|m| m.service.as_ref())),
+            length(method.and_then(|m| m.method.as_ref())),
+            m.map_or(0, |m| m.headers.len()),
+            created,
+            route.metadata.name.as_deref().unwrap_or_default(),
+            (i, j),
+        )
+    })
+}
 
 impl GRPCRoute {
     /// The HTTPRoute this route amounts to, named `grpcroute:<name>` so that
@@ -129,9 +166,9 @@ impl GRPCRoute {
     }
 }
 
-/// A method match as a path match: `/<service>/<method>` exactly, the
-/// service's calls by prefix, or a regular expression where a part is
-/// open or is one.
+/// A method match as a path match: `/<service>/<method>` exactly, else a
+/// regular expression with each part given (escaped, or a group of its own
+/// when it is one) or any name.
 fn path_of(m: &GrpcMethodMatch) -> Option<HttpPathMatch> {
     let regex = m.kind.as_deref() == Some("RegularExpression");
     let path = |kind: &str, value: String| HttpPathMatch {
@@ -141,19 +178,11 @@ fn path_of(m: &GrpcMethodMatch) -> Option<HttpPathMatch> {
     match (m.service.as_deref(), m.method.as_deref(), regex) {
         (None, None, _) => None,
         (Some(service), Some(method), false) => Some(path("Exact", format!("/{service}/{method}"))),
-        (Some(service), None, false) => Some(path("PathPrefix", format!("/{service}"))),
         (service, method, _) => {
-            let part = |p: Option<&str>| {
-                p.map_or_else(
-                    || "[^/]+".to_owned(),
-                    |p| {
-                        if regex {
-                            p.to_owned()
-                        } else {
-                            regex::escape(p)
-                        }
-                    },
-                )
+            let part = |p: Option<&str>| match p {
+                None => "[^/]+".to_owned(),
+                Some(p) if regex => format!("(?:{p})"),
+                Some(p) => regex::escape(p),
             };
             Some(path(
                 "RegularExpression",
@@ -175,35 +204,53 @@ pub fn validate(route: &GRPCRoute) -> Vec<FieldError> {
             if method.service.is_none() && method.method.is_none() {
                 errors.push(FieldError::new(&path, "give a service, a method or both"));
             }
+            if !matches!(kind, "Exact" | "RegularExpression") {
+                errors.push(FieldError::new(
+                    format!("{path}.type"),
+                    format!("{kind:?} is not Exact or RegularExpression"),
+                ));
+                continue;
+            }
             for (field, value) in [("service", &method.service), ("method", &method.method)] {
                 let Some(value) = value else { continue };
                 let path = format!("{path}.{field}");
-                match kind {
-                    "Exact" if !is_name(value, field == "service") => errors.push(FieldError::new(
+                if value.len() > 1024 {
+                    errors.push(FieldError::new(path, "longer than 1024 characters"));
+                } else if kind == "RegularExpression" {
+                    if let Err(e) = regex::Regex::new(value) {
+                        errors.push(FieldError::new(
+                            path,
+                            format!("not a regular expression: {e}"),
+                        ));
+                    }
+                } else if !is_name(value, field == "service") {
+                    errors.push(FieldError::new(
                         path,
                         format!("{value:?} is not a gRPC {field} name"),
-                    )),
-                    "RegularExpression" => {
-                        if let Err(e) = regex::Regex::new(value) {
-                            errors.push(FieldError::new(
-                                path,
-                                format!("not a regular expression: {e}"),
-                            ));
-                        }
-                    }
-                    "Exact" => {}
-                    other => errors.push(FieldError::new(
-                        format!("{path}.type"),
-                        format!("{other:?} is not Exact or RegularExpression"),
-                    )),
+                    ));
                 }
             }
         }
-        for (j, filter) in rule.filters.iter().enumerate() {
+        let backend_filters = rule.backend_refs.iter().enumerate().flat_map(|(k, b)| {
+            b.filters
+                .iter()
+                .enumerate()
+                .map(move |(j, f)| (format!("spec.rules[{i}].backendRefs[{k}].filters[{j}]"), f))
+        });
+        let rule_filters = rule
+            .filters
+            .iter()
+            .enumerate()
+            .map(|(j, f)| (format!("spec.rules[{i}].filters[{j}]"), f));
+        for (path, filter) in rule_filters.chain(backend_filters) {
             if !FILTERS.contains(&filter.kind.as_str()) {
                 errors.push(FieldError::new(
-                    format!("spec.rules[{i}].filters[{j}].type"),
-                    format!("{:?} is not a GRPCRoute filter", filter.kind),
+                    format!("{path}.type"),
+                    format!(
+                        "{:?} is not supported on a GRPCRoute (supported: {})",
+                        filter.kind,
+                        FILTERS.join(", ")
+                    ),
                 ));
             }
         }
@@ -214,8 +261,14 @@ pub fn validate(route: &GRPCRoute) -> Vec<FieldError> {
     errors
 }
 
-/// A gRPC service (`package.Service`, dots allowed) or method name.
+/// A gRPC service (`package.Service`, dots allowed, a leading one too) or
+/// method name.
 fn is_name(value: &str, dotted: bool) -> bool {
+    let value = if dotted {
+        value.strip_prefix('.').unwrap_or(value)
+    } else {
+        value
+    };
     let part = |p: &str| {
         p.chars()
             .next()
@@ -259,13 +312,8 @@ mod tests {
             { "backendRefs": [{ "name": "grpc", "port": 9090 }] },
         ]));
         assert_eq!(validate(&route), Vec::new());
-        let vs = crate::http_route::virtual_service(
-            "shop",
-            "grpc",
-            "cluster.local",
-            &[&route.as_http_route()],
-        )
-        .expect("a VirtualService");
+        let vs =
+            virtual_service("shop", "grpc", "cluster.local", &[&route]).expect("a VirtualService");
         let uris: Vec<(String, String)> = vs
             .spec
             .http
@@ -287,11 +335,14 @@ mod tests {
         assert_eq!(
             uris,
             [
+                // The longest service name first (`shop.Cart` has 9
+                // characters, the pattern `shop\..*` 8); a method before
+                // none.
                 ("health", "exact /grpc.health.v1.Health/Check"),
-                ("cart", "exact /shop.Cart"),
-                ("grpc", "prefix /"),
-                ("shop", "regex /shop\\..*/[^/]+"),
+                ("cart", "regex /shop\\.Cart/[^/]+"),
+                ("shop", "regex /(?:shop\\..*)/[^/]+"),
                 ("watch", "regex /[^/]+/Watch"),
+                ("grpc", "prefix /"),
             ]
         );
         assert!(vs.spec.http[0].name.starts_with("grpcroute:api."));
@@ -316,7 +367,7 @@ mod tests {
             "spec.rules[0].matches[0].method: give a service",
             "spec.rules[0].matches[1].method.service: \"not a service\" is not a gRPC service name",
             "spec.rules[0].matches[2].method.method: not a regular expression",
-            "spec.rules[0].filters[0].type: \"URLRewrite\" is not a GRPCRoute filter",
+            "spec.rules[0].filters[0].type: \"URLRewrite\" is not supported on a GRPCRoute",
         ] {
             assert!(
                 found.iter().any(|f| f.starts_with(expected)),

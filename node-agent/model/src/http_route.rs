@@ -833,14 +833,32 @@ pub fn virtual_service(
     cluster_domain: &str,
     routes: &[&HTTPRoute],
 ) -> Option<VirtualService> {
-    let fqdn = |name: &str| format!("{name}.{namespace}.svc.{cluster_domain}");
-    let mut ordered: Vec<(MatchRank, IstioHttpRoute)> = Vec::new();
-    for route in routes {
+    assemble(namespace, service, cluster_domain, routes, &|k, i, j| {
+        let route = routes[k];
         let created = route
             .metadata
             .creation_timestamp
             .as_ref()
             .map_or(0, |t| t.0.as_second());
+        let default_match = HttpRouteMatch::default();
+        let m = route.spec.rules[i].matches.get(j).unwrap_or(&default_match);
+        let name = route.metadata.name.as_deref().unwrap_or_default();
+        MatchRank::of(m, created, name, (i, j))
+    })
+}
+
+/// [`virtual_service`] with the order of its rules given by `rank(route,
+/// rule, match)` (indexes into `routes`; a rule without matches has one, 0).
+pub(crate) fn assemble(
+    namespace: &str,
+    service: &str,
+    cluster_domain: &str,
+    routes: &[&HTTPRoute],
+    rank: &dyn Fn(usize, usize, usize) -> MatchRank,
+) -> Option<VirtualService> {
+    let fqdn = |name: &str| format!("{name}.{namespace}.svc.{cluster_domain}");
+    let mut ordered: Vec<(MatchRank, IstioHttpRoute)> = Vec::new();
+    for (k, route) in routes.iter().enumerate() {
         let name = route.metadata.name.clone().unwrap_or_default();
         // The ports its parentRefs to this Service narrow it to; none
         // narrowed means every port.
@@ -870,7 +888,7 @@ pub fn virtual_service(
                     &rule.matches
                 };
                 for (j, m) in matches.iter().enumerate() {
-                    let rank = MatchRank::of(m, created, &name, (i, j));
+                    let rank = rank(k, i, j);
                     let mut converted = convert_rule(&fqdn, rule, m, *port);
                     converted.name = match (port, ports.len()) {
                         (Some(port), 2..) => {
@@ -908,12 +926,15 @@ pub fn virtual_service(
     Some(vs)
 }
 
-/// Sorts matches by precedence (see [`virtual_service`]).
+/// Sorts matches by precedence (see [`virtual_service`]; a GRPCRoute's,
+/// [`MatchRank::grpc`], are never sorted with an HTTPRoute's).
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct MatchRank {
+pub(crate) struct MatchRank {
     /// 0 exact, 1 prefix, 2 regular expression (Istio's order).
     path_kind: u8,
     path_length: Reverse<usize>,
+    /// A GRPCRoute's method name's length.
+    method_length: Reverse<usize>,
     no_method: bool,
     headers: Reverse<usize>,
     query_params: Reverse<usize>,
@@ -923,6 +944,30 @@ struct MatchRank {
 }
 
 impl MatchRank {
+    /// A GRPCRoute match, as the Gateway API orders them: the longer
+    /// service name first, then the longer method name, then more header
+    /// matches; then as for an HTTPRoute.
+    pub(crate) fn grpc(
+        service: usize,
+        method: usize,
+        headers: usize,
+        created: i64,
+        route: &str,
+        position: (usize, usize),
+    ) -> MatchRank {
+        MatchRank {
+            path_kind: 0,
+            path_length: Reverse(service),
+            method_length: Reverse(method),
+            no_method: false,
+            headers: Reverse(headers),
+            query_params: Reverse(0),
+            created,
+            route: route.to_owned(),
+            position,
+        }
+    }
+
     fn of(m: &HttpRouteMatch, created: i64, route: &str, position: (usize, usize)) -> MatchRank {
         let (kind, value) = path_of(m);
         let path_kind = match kind {
@@ -937,6 +982,7 @@ impl MatchRank {
             } else {
                 value.len()
             }),
+            method_length: Reverse(0),
             no_method: m.method.is_none(),
             headers: Reverse(m.headers.len()),
             query_params: Reverse(m.query_params.len()),

@@ -37,6 +37,7 @@ use crate::{
     enrollment::PodNetns,
     model::{
         Kind, Labels, Object, ObjectKey,
+        grpc_route::{self, GRPCRoute},
         http_route::{self, HTTPRoute},
         validate,
     },
@@ -575,31 +576,48 @@ impl View {
     /// no route makes any more. All of a namespace's at once: a Service's
     /// routes are one.
     fn http_routes(&mut self, store: &Store, namespace: &str) {
-        // GRPCRoutes as the HTTPRoutes they amount to.
-        let grpc: Vec<HTTPRoute> = store
+        let grpc: Vec<&GRPCRoute> = store
             .of_kind_in(Kind::GrpcRoute, namespace)
             .filter_map(|o| match o {
-                Object::GrpcRoute(route) => Some(route.as_http_route()),
+                Object::GrpcRoute(route) => Some(&**route),
                 _ => None,
             })
             .collect();
-        let routes: Vec<&HTTPRoute> = store
+        let http: Vec<&HTTPRoute> = store
             .of_kind_in(Kind::HttpRoute, namespace)
             .filter_map(|o| match o {
                 Object::HttpRoute(route) => Some(&**route),
                 _ => None,
             })
-            .chain(&grpc)
             .collect();
-        let services: BTreeSet<String> = routes
+        let grpc_services: BTreeSet<String> = grpc
+            .iter()
+            .flat_map(|r| r.as_http_route().service_parents())
+            .map(|p| p.service)
+            .collect();
+        let http_services: BTreeSet<String> = http
             .iter()
             .flat_map(|r| r.service_parents())
             .map(|p| p.service)
             .collect();
         let mut computed = BTreeMap::new();
-        for service in services {
-            let domain = &self.mesh.cluster_domain;
-            let Some(vs) = http_route::virtual_service(namespace, &service, domain, &routes) else {
+        let domain = &self.mesh.cluster_domain;
+        for service in grpc_services.union(&http_services) {
+            // The Gateway API gives a Service's GRPCRoutes precedence over
+            // its HTTPRoutes, which are then not in force.
+            let vs = if grpc_services.contains(service) {
+                if http_services.contains(service) {
+                    warn!(
+                        namespace,
+                        service,
+                        "a Service with GRPCRoutes is routed by them: its HTTPRoutes are left out"
+                    );
+                }
+                grpc_route::virtual_service(namespace, service, domain, &grpc)
+            } else {
+                http_route::virtual_service(namespace, service, domain, &http)
+            };
+            let Some(vs) = vs else {
                 continue;
             };
             // Each route alone was checked to make a VirtualService that
@@ -620,7 +638,7 @@ impl View {
             // Hosts are fully qualified already: a two-label Hostname
             // backend is a name outside the cluster, not `<svc>.<ns>`.
             let published = routing::published(&vs, &vs.spec);
-            computed.insert(key::http_routes(namespace, &service), published);
+            computed.insert(key::http_routes(namespace, service), published);
         }
         let before = self.http_routes.remove(namespace).unwrap_or_default();
         let now: BTreeSet<String> = computed.keys().cloned().collect();

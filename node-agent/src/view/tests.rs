@@ -1006,10 +1006,38 @@ spec:
     );
     drop(published);
 
+    // A GRPCRoute for the same Service takes precedence over its
+    // HTTPRoutes (the Gateway API's rule).
+    let grpc = apply(
+        &mut store,
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: { name: calls, namespace: demo }
+spec:
+  parentRefs: [{ group: "", kind: Service, name: app }]
+  rules:
+  - backendRefs: [{ name: app-v1, port: 80 }]
+"#,
+    );
+    view.changed(&store, &grpc);
+    let Some(ResourceKind::VirtualService(vs)) = get(&view, &routes) else {
+        panic!("no VirtualService for the routes of app");
+    };
+    let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
+    let names: Vec<&str> = spec["http"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["grpcroute:calls.rules[0].matches[0]"]);
+
     // Without routes the VirtualService is withdrawn.
     let gone = [
         delete(&mut store, Kind::HttpRoute, "demo", "canary"),
         delete(&mut store, Kind::HttpRoute, "demo", "jason"),
+        delete(&mut store, Kind::GrpcRoute, "demo", "calls"),
     ];
     view.changed(&store, &gone);
     assert!(get(&view, &routes).is_none());
