@@ -86,6 +86,34 @@ pub struct View {
     auto_vips: auto_vip::AutoVips,
 }
 
+/// Publishes `computed`, the resources one namespace's objects of a kind
+/// make together, and withdraws those of `published[namespace]` it no longer
+/// has; `published` then holds its keys.
+fn replace_set(
+    publisher: &Publisher,
+    published: &mut BTreeMap<String, BTreeSet<String>>,
+    namespace: &str,
+    computed: impl Iterator<Item = (String, ResourceKind)>,
+) {
+    let before = published.remove(namespace).unwrap_or_default();
+    let computed: Vec<(String, ResourceKind)> = computed.collect();
+    let now: BTreeSet<String> = computed.iter().map(|(key, _)| key.clone()).collect();
+    publisher.write(|p| {
+        for gone in before.difference(&now) {
+            p.remove(gone);
+        }
+        for (key, kind) in computed {
+            p.upsert(Resource {
+                key,
+                kind: Some(kind),
+            });
+        }
+    });
+    if !now.is_empty() {
+        published.insert(namespace.to_owned(), now);
+    }
+}
+
 impl View {
     pub fn new(mesh: Mesh, publisher: Publisher) -> Self {
         Self {
@@ -640,22 +668,10 @@ impl View {
             let published = routing::published(&vs, &vs.spec);
             computed.insert(key::http_routes(namespace, service), published);
         }
-        let before = self.http_routes.remove(namespace).unwrap_or_default();
-        let now: BTreeSet<String> = computed.keys().cloned().collect();
-        self.publisher.write(|p| {
-            for gone in before.difference(&now) {
-                p.remove(gone);
-            }
-            for (key, vs) in computed {
-                p.upsert(Resource {
-                    key,
-                    kind: Some(ResourceKind::VirtualService(vs)),
-                });
-            }
-        });
-        if !now.is_empty() {
-            self.http_routes.insert(namespace.to_owned(), now);
-        }
+        let computed = computed
+            .into_iter()
+            .map(|(key, vs)| (key, ResourceKind::VirtualService(vs)));
+        replace_set(&self.publisher, &mut self.http_routes, namespace, computed);
     }
 
     /// Publishes the Services of `namespace`'s ServiceEntries, and removes
@@ -695,22 +711,10 @@ impl View {
                     .or_insert(service);
             }
         }
-        let before = self.entries.remove(namespace).unwrap_or_default();
-        let now: BTreeSet<String> = computed.keys().cloned().collect();
-        self.publisher.write(|p| {
-            for gone in before.difference(&now) {
-                p.remove(gone);
-            }
-            for (key, service) in computed {
-                p.upsert(Resource {
-                    key,
-                    kind: Some(ResourceKind::Service(service)),
-                });
-            }
-        });
-        if !now.is_empty() {
-            self.entries.insert(namespace.to_owned(), now);
-        }
+        let computed = computed
+            .into_iter()
+            .map(|(key, service)| (key, ResourceKind::Service(service)));
+        replace_set(&self.publisher, &mut self.entries, namespace, computed);
     }
 
     fn service(&mut self, store: &Store, namespace: &str, name: &str) {

@@ -149,6 +149,14 @@ fn delta_keys(view: &View, since: u64) -> Vec<String> {
     }
 }
 
+/// The keys `audience` is sent from nothing.
+fn keys_for(view: &View, audience: &Audience) -> Vec<String> {
+    match view.publisher().lock().pending(None, audience) {
+        Pending::Update(u) => u.upserts.into_iter().map(|r| r.key).collect(),
+        Pending::UpToDate => Vec::new(),
+    }
+}
+
 fn version(view: &View) -> u64 {
     view.publisher().lock().version()
 }
@@ -984,13 +992,7 @@ spec:
     );
     assert_eq!(spec["http"][1]["route"][0]["weight"], 90);
     // The ingress route makes nothing; nothing of this goes to ztunnels.
-    let published = view.publisher().lock();
-    let keys_for = |audience: &Audience| -> Vec<String> {
-        match published.pending(None, audience) {
-            Pending::Update(u) => u.upserts.into_iter().map(|r| r.key).collect(),
-            Pending::UpToDate => Vec::new(),
-        }
-    };
+    let keys_for = |audience: &Audience| keys_for(&view, audience);
     let all = keys_for(&Audience::All);
     assert_eq!(
         all.iter().filter(|k| k.starts_with("httproutes/")).count(),
@@ -1004,7 +1006,6 @@ spec:
         })
         .contains(&routes)
     );
-    drop(published);
 
     // A GRPCRoute for the same Service takes precedence over its
     // HTTPRoutes (the Gateway API's rule).
@@ -1090,13 +1091,7 @@ spec:
     assert_eq!(dr.host, "app.demo.svc.cluster.local");
 
     // Who receives what.
-    let published = view.publisher().lock();
-    let keys_for = |audience: &Audience| -> Vec<String> {
-        match published.pending(None, audience) {
-            Pending::Update(u) => u.upserts.into_iter().map(|r| r.key).collect(),
-            Pending::UpToDate => Vec::new(),
-        }
-    };
+    let keys_for = |audience: &Audience| keys_for(&view, audience);
     let ztunnel = keys_for(&Audience::Ztunnel);
     assert!(!ztunnel.iter().any(|k| k.starts_with("virtualservice/")));
     assert!(ztunnel.contains(&key::service("demo", "app")));
@@ -1105,7 +1100,6 @@ spec:
     });
     assert!(waypoint.contains(&key::virtual_service("demo", "app")));
     assert!(waypoint.contains(&key::destination_rule("demo", "app")));
-    drop(published);
 
     // A certificate reaches only the waypoint of its namespace.
     let cert = |ns: &str| {
@@ -1284,13 +1278,7 @@ fn attached_policies_reach_their_namespace_waypoint_only() {
     assert!(on_waypoint.waypoint, "for waypoints older than `gateways`");
     assert!(on_waypoint.services.is_empty());
 
-    let published = view.publisher().lock();
-    let keys_for = |audience: &Audience| -> Vec<String> {
-        match published.pending(None, audience) {
-            Pending::Update(u) => u.upserts.into_iter().map(|r| r.key).collect(),
-            Pending::UpToDate => Vec::new(),
-        }
-    };
+    let keys_for = |audience: &Audience| keys_for(&view, audience);
     let l7 = |keys: &[String]| {
         keys.iter()
             .filter(|k| k.starts_with("l7authorization/"))
@@ -1311,7 +1299,6 @@ fn attached_policies_reach_their_namespace_waypoint_only() {
         })),
         2
     );
-    drop(published);
 
     // Deleted: withdrawn.
     let key = delete(&mut store, Kind::AuthorizationPolicy, "demo", "on-service");
