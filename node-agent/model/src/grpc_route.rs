@@ -121,6 +121,11 @@ pub fn virtual_service(
 }
 
 impl GRPCRoute {
+    /// The Services this route attaches to, as for an HTTPRoute.
+    pub fn service_parents(&self) -> Vec<http_route::ServiceParent> {
+        http_route::service_parents(&self.spec.parent_refs)
+    }
+
     /// The HTTPRoute this route amounts to, named `grpcroute:<name>` so that
     /// its rules never share a name with an HTTPRoute's.
     pub fn as_http_route(&self) -> HTTPRoute {

@@ -15,7 +15,7 @@
 
 use std::{cmp::Reverse, collections::BTreeMap};
 
-use http::{HeaderName, Method};
+use http::HeaderName;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -262,6 +262,15 @@ pub struct HttpBackendRef {
     pub filters: Vec<HttpRouteFilter>,
 }
 
+impl BackendReference {
+    /// Istio's `networking.istio.io` `Hostname`: a ServiceEntry host, taken
+    /// as written.
+    fn is_hostname(&self) -> bool {
+        self.group.as_deref() == Some("networking.istio.io")
+            && self.kind.as_deref() == Some("Hostname")
+    }
+}
+
 impl HttpBackendRef {
     fn reference(&self) -> BackendReference {
         BackendReference {
@@ -331,16 +340,20 @@ impl HTTPRoute {
     /// The Services this route attaches to (mesh routes). Empty for a route
     /// of ingress Gateways only, which is not Warren's.
     pub fn service_parents(&self) -> Vec<ServiceParent> {
-        self.spec
-            .parent_refs
-            .iter()
-            .filter(|p| is_service_parent(p))
-            .map(|p| ServiceParent {
-                service: p.name.clone(),
-                port: p.port.and_then(|port| u16::try_from(port).ok()),
-            })
-            .collect()
+        service_parents(&self.spec.parent_refs)
     }
+}
+
+/// The Services among a route's `parentRefs`, HTTP or gRPC.
+pub(crate) fn service_parents(parent_refs: &[ParentReference]) -> Vec<ServiceParent> {
+    parent_refs
+        .iter()
+        .filter(|p| is_service_parent(p))
+        .map(|p| ServiceParent {
+            service: p.name.clone(),
+            port: p.port.and_then(|port| u16::try_from(port).ok()),
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -421,9 +434,8 @@ fn rule_errors(
 ) {
     for (j, m) in rule.matches.iter().enumerate() {
         let path = format!("{path}.matches[{j}]");
-        if let Some(p) = &m.path {
-            let kind = p.kind.as_deref().unwrap_or("PathPrefix");
-            let value = p.value.as_deref().unwrap_or("/");
+        if m.path.is_some() {
+            let (kind, value) = path_of(m);
             if !PATH_TYPES.contains(&kind) {
                 error(
                     format!("{path}.path.type"),
@@ -483,11 +495,7 @@ fn rule_errors(
             "a rule that redirects sends nothing to backends: remove them or the redirect".into(),
         );
     }
-    let prefix_only = rule.matches.iter().all(|m| {
-        m.path
-            .as_ref()
-            .is_none_or(|p| p.kind.as_deref().unwrap_or("PathPrefix") == "PathPrefix")
-    });
+    let prefix_only = rule.matches.iter().all(|m| path_of(m).0 == "PathPrefix");
     for (j, filter) in rule.filters.iter().enumerate() {
         filter_errors(
             error,
@@ -739,9 +747,7 @@ fn backend_errors(
 ) {
     let service =
         is_core(backend.group.as_deref()) && backend.kind.as_deref().is_none_or(|k| k == "Service");
-    let hostname = backend.group.as_deref() == Some("networking.istio.io")
-        && backend.kind.as_deref() == Some("Hostname");
-    if !service && !hostname {
+    if !service && !backend.is_hostname() {
         error(
             format!("{path}.kind"),
             format!(
@@ -778,11 +784,12 @@ fn regex(error: &mut impl FnMut(String, String), path: String, value: &str) {
     }
 }
 
+/// The methods the Gateway API's `HTTPMethod` allows.
 fn is_method(method: &str) -> bool {
     matches!(
         method,
         "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH"
-    ) && Method::from_bytes(method.as_bytes()).is_ok()
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -800,6 +807,7 @@ fn conversion_errors(route: &HTTPRoute) -> Vec<FieldError> {
         .into_iter()
         .map(|p| p.service)
         .collect();
+    services.sort_unstable();
     services.dedup();
     services
         .iter()
@@ -1097,15 +1105,7 @@ fn convert_rule(
         r#match: matches,
         ..IstioHttpRoute::default()
     };
-    let mut request = HeaderOperations::default();
-    let mut response = HeaderOperations::default();
     for filter in &rule.filters {
-        if let Some(h) = &filter.request_header_modifier {
-            header_operations(&mut request, h);
-        }
-        if let Some(h) = &filter.response_header_modifier {
-            header_operations(&mut response, h);
-        }
         if let Some(mirror) = &filter.request_mirror {
             let share = match (&mirror.percent, &mirror.fraction) {
                 (Some(p), _) => Some(f64::from(*p)),
@@ -1126,7 +1126,7 @@ fn convert_rule(
             out.rewrite = url_rewrite(rewrite, kind, value);
         }
     }
-    out.headers = headers(request, response);
+    out.headers = headers(&rule.filters);
     if out.redirect.is_none() {
         let weights: Vec<i64> = rule
             .backend_refs
@@ -1144,22 +1144,10 @@ fn convert_rule(
                 .into_iter()
                 .zip(&rule.backend_refs)
                 .filter(|(weight, _)| *weight > 0)
-                .map(|(weight, backend)| {
-                    let mut request = HeaderOperations::default();
-                    let mut response = HeaderOperations::default();
-                    for filter in &backend.filters {
-                        if let Some(h) = &filter.request_header_modifier {
-                            header_operations(&mut request, h);
-                        }
-                        if let Some(h) = &filter.response_header_modifier {
-                            header_operations(&mut response, h);
-                        }
-                    }
-                    HttpRouteDestination {
-                        destination: destination(fqdn, &backend.reference()),
-                        weight: Some(weight),
-                        headers: headers(request, response),
-                    }
+                .map(|(weight, backend)| HttpRouteDestination {
+                    destination: destination(fqdn, &backend.reference()),
+                    weight: Some(weight),
+                    headers: headers(&backend.filters),
                 })
                 .collect();
         }
@@ -1267,9 +1255,8 @@ fn percentages(weights: &[i64]) -> Vec<i32> {
 /// A backend's host: a Service's fully qualified name, or a Hostname as
 /// written.
 fn destination(fqdn: &dyn Fn(&str) -> String, backend: &BackendReference) -> Destination {
-    let hostname = backend.kind.as_deref() == Some("Hostname");
     Destination {
-        host: if hostname {
+        host: if backend.is_hostname() {
             backend.name.clone()
         } else {
             fqdn(&backend.name)
@@ -1295,7 +1282,19 @@ fn header_operations(into: &mut HeaderOperations, filter: &HeaderFilter) {
         .extend(filter.remove.iter().map(|n| n.to_ascii_lowercase()));
 }
 
-fn headers(request: HeaderOperations, response: HeaderOperations) -> Option<Headers> {
+/// The header changes of `filters` (a rule's, or a backend's), `None` when
+/// they change none.
+fn headers(filters: &[HttpRouteFilter]) -> Option<Headers> {
+    let mut request = HeaderOperations::default();
+    let mut response = HeaderOperations::default();
+    for filter in filters {
+        if let Some(h) = &filter.request_header_modifier {
+            header_operations(&mut request, h);
+        }
+        if let Some(h) = &filter.response_header_modifier {
+            header_operations(&mut response, h);
+        }
+    }
     let empty = |h: &HeaderOperations| h.set.is_empty() && h.add.is_empty() && h.remove.is_empty();
     (!empty(&request) || !empty(&response)).then(|| Headers {
         request: (!empty(&request)).then_some(request),

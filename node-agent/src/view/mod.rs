@@ -620,7 +620,7 @@ impl View {
             .collect();
         let grpc_services: BTreeSet<String> = grpc
             .iter()
-            .flat_map(|r| r.as_http_route().service_parents())
+            .flat_map(|r| r.service_parents())
             .map(|p| p.service)
             .collect();
         let http_services: BTreeSet<String> = http

@@ -150,6 +150,8 @@ pub async fn serve(
     };
     // Routed without a name when there is none: no `tls` rule fits.
     let server_name = client_hello.as_ref().and_then(Hello::server_name);
+    // What the access line of a connection ended before the splice counts.
+    let read = u64::try_from(hello.len()).unwrap_or(u64::MAX);
     if policy == Policy::AfterHello {
         let peer = down.authz_peer();
         let refused = match &client_hello {
@@ -167,7 +169,6 @@ pub async fn serve(
             // Dropping the tunnel resets the client's connection: its bytes
             // never reach a destination.
             ctx.inputs.metrics.refuse(super::DIRECTION, "deny_policy");
-            let read = u64::try_from(hello.len()).unwrap_or(u64::MAX);
             log(&down, "-", server_name, start, Err(&ended), None, (read, 0));
             return;
         }
@@ -194,7 +195,6 @@ pub async fn serve(
     } = match connected {
         Ok(connected) => connected,
         Err((refused, endpoint)) => {
-            let read = u64::try_from(hello.len()).unwrap_or(u64::MAX);
             log(
                 &down,
                 &route,
