@@ -20,6 +20,7 @@ use warren_e2e::{
         attached_programs, datapath, enroll, expected_programs, register_local_pods, start_agent,
         start_agent_with, start_proxy, unenroll, warrenctl,
     },
+    mesh::eventually,
     workload::{count_status, load, start_echo, start_http_server, wait_listening},
 };
 use warren_ebpf_common::{Counter, Mode, program};
@@ -185,9 +186,14 @@ fn enrolled_pods_are_captured_with_original_destination_and_source() -> Result<(
     for server in [remote, same_node] {
         let before = mesh.captured_from(client).len();
         let peer = peer_seen(client, &server.ip.to_string(), 8080)?;
+        // The client's connect completes in the kernel, before the proxy
+        // accepts and records it: the client may be gone first.
+        eventually(Duration::from_secs(5), "the connection captured", || {
+            Ok(mesh.captured_from(client).len() > before)
+        })?;
         ensure!(
             mesh.captured_from(client).len() == before + 1,
-            "the connection was not captured"
+            "one connection, one capture"
         );
         ensure!(
             peer == format!("{}:8080", server.ip),
