@@ -16,6 +16,7 @@ use warren_node_agent::model::FieldError;
 use warren_node_agent::model::grpc_route::{self, GRPCRoute};
 use warren_node_agent::model::http_route::{self, HTTPRoute};
 use warren_node_agent::model::istio::*;
+use warren_node_agent::model::l4_route::{self, TCPRoute, TLSRoute};
 use warren_node_agent::model::validate;
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/config");
@@ -86,6 +87,8 @@ macro_rules! check {
             }
             "HTTPRoute" => check_as::<HTTPRoute>(typed($de), http_route::validate),
             "GRPCRoute" => check_as::<GRPCRoute>(typed($de), grpc_route::validate),
+            "TCPRoute" => check_as::<TCPRoute>(typed($de), l4_route::validate_tcp),
+            "TLSRoute" => check_as::<TLSRoute>(typed($de), l4_route::validate_tls),
             other => panic!("the corpus holds no {other}"),
         }
     };
@@ -150,6 +153,8 @@ fn valid_corpus_round_trips_and_validates() {
         "RequestAuthentication",
         "HTTPRoute",
         "GRPCRoute",
+        "TCPRoute",
+        "TLSRoute",
     ] {
         assert!(
             kinds_seen.iter().any(|k| k == kind),
@@ -273,6 +278,8 @@ fn crds_generate_for_every_kind() {
         RequestAuthentication::crd(),
         HTTPRoute::crd(),
         GRPCRoute::crd(),
+        TCPRoute::crd(),
+        TLSRoute::crd(),
     ]
     .into_iter()
     .map(|crd| crd.metadata.name.unwrap_or_default())
@@ -288,6 +295,8 @@ fn crds_generate_for_every_kind() {
             "requestauthentications.security.istio.io",
             "httproutes.gateway.networking.k8s.io",
             "grpcroutes.gateway.networking.k8s.io",
+            "tcproutes.gateway.networking.k8s.io",
+            "tlsroutes.gateway.networking.k8s.io",
         ]
     );
 }

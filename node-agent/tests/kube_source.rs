@@ -172,9 +172,13 @@ async fn lists_watches_and_relists_after_410() {
     );
 }
 
-/// An API server that lets the agent list namespaces but not nodes (a
-/// ClusterRole from before Warren read Nodes).
-async fn nodes_forbidden(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) {
+/// An API server that lets the agent list namespaces, refuses the paths
+/// `refused` with `status`, and holds every other request.
+async fn refusing(
+    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    refused: &'static [&'static str],
+    status: http::StatusCode,
+) {
     let mut held = Vec::new();
     while let Some((request, send)) = handle.next_request().await {
         let path = request.uri().path().to_owned();
@@ -189,15 +193,15 @@ async fn nodes_forbidden(mut handle: tower_test::mock::Handle<Request<Body>, Res
                 "10",
                 vec![namespace("shop", "9", true)],
             )))),
-            ("/api/v1/nodes", _) => {
-                let status = json!({
+            (path, _) if refused.contains(&path) => {
+                let body = json!({
                     "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "reason": "Forbidden", "code": 403,
-                    "message": "nodes is forbidden: User \"system:serviceaccount:warren:agent\" cannot list resource \"nodes\""
+                    "reason": status.canonical_reason(), "code": status.as_u16(),
+                    "message": format!("{path}: refused")
                 });
                 let mut response =
-                    Response::new(Body::from(serde_json::to_vec(&status).expect("JSON")));
-                *response.status_mut() = http::StatusCode::FORBIDDEN;
+                    Response::new(Body::from(serde_json::to_vec(&body).expect("JSON")));
+                *response.status_mut() = status;
                 send.send_response(response);
             }
             _ => held.push(send),
@@ -205,12 +209,8 @@ async fn nodes_forbidden(mut handle: tower_test::mock::Handle<Request<Body>, Res
     }
 }
 
-#[tokio::test]
-async fn a_forbidden_node_watch_does_not_hold_the_first_sync_back() {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    tokio::spawn(nodes_forbidden(handle));
-    let client = Client::new(service, "default");
-    let source = KubeSource::with_kinds(client, vec![Kind::Namespace, Kind::Node]);
+/// The events of `source` up to its first sync (or 5 s without one).
+async fn until_synced(source: KubeSource) -> Vec<String> {
     let (tx, mut rx) = mpsc::channel(64);
     tokio::spawn(source.run(tx));
     let mut log = Vec::new();
@@ -225,5 +225,41 @@ async fn a_forbidden_node_watch_does_not_hold_the_first_sync_back() {
             break;
         }
     }
+    log
+}
+
+#[tokio::test]
+async fn a_forbidden_node_watch_does_not_hold_the_first_sync_back() {
+    // A ClusterRole from before Warren read Nodes.
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(refusing(
+        handle,
+        &["/api/v1/nodes"],
+        http::StatusCode::FORBIDDEN,
+    ));
+    let client = Client::new(service, "default");
+    let source = KubeSource::with_kinds(client, vec![Kind::Namespace, Kind::Node]);
+    let log = until_synced(source).await;
+    assert_eq!(log, vec!["upsert Namespace shop", "synced"], "{log:?}");
+}
+
+#[tokio::test]
+async fn experimental_gateway_routes_not_installed_do_not_hold_the_first_sync_back() {
+    // A cluster with the Gateway API's standard CRDs only.
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(refusing(
+        handle,
+        &[
+            "/apis/gateway.networking.k8s.io/v1alpha2/tcproutes",
+            "/apis/gateway.networking.k8s.io/v1alpha2/tlsroutes",
+        ],
+        http::StatusCode::NOT_FOUND,
+    ));
+    let client = Client::new(service, "default");
+    let source = KubeSource::with_kinds(
+        client,
+        vec![Kind::Namespace, Kind::TcpRoute, Kind::TlsRoute],
+    );
+    let log = until_synced(source).await;
     assert_eq!(log, vec!["upsert Namespace shop", "synced"], "{log:?}");
 }

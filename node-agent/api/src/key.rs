@@ -46,10 +46,13 @@ pub fn virtual_service(namespace: &str, name: &str) -> String {
     format!("virtualservice/{namespace}/{name}")
 }
 
-/// The VirtualService a Service's HTTPRoutes make together.
-pub fn http_routes(namespace: &str, service: &str) -> String {
-    format!("httproutes/{namespace}/{service}")
+/// The VirtualService a Service's Gateway API routes make together.
+pub fn service_routes(namespace: &str, service: &str) -> String {
+    format!("{SERVICE_ROUTES_PREFIX}{namespace}/{service}")
 }
+
+/// What [`service_routes`] keys begin with.
+pub const SERVICE_ROUTES_PREFIX: &str = "routes/";
 
 pub fn destination_rule(namespace: &str, name: &str) -> String {
     format!("destinationrule/{namespace}/{name}")
@@ -70,7 +73,7 @@ pub fn l7_authentication(namespace: &str, name: &str) -> String {
 pub fn is_l7(key: &str) -> bool {
     [
         "virtualservice/",
-        "httproutes/",
+        SERVICE_ROUTES_PREFIX,
         "destinationrule/",
         "l7authorization/",
         "l7authentication/",

@@ -14,7 +14,7 @@ use crate::{
     FieldError,
     http_route::{
         self, HTTPRoute, HttpBackendRef, HttpPathMatch, HttpRouteFilter, HttpRouteMatch,
-        HttpRouteRule, HttpRouteSpec, HttpRouteStatus, HttpValueMatch, MatchRank, ParentReference,
+        HttpRouteRule, HttpRouteSpec, HttpValueMatch, MatchRank, ParentReference, RouteStatus,
     },
     istio::VirtualService,
 };
@@ -25,7 +25,7 @@ use crate::{
     version = "v1",
     kind = "GRPCRoute",
     namespaced,
-    status = "HttpRouteStatus",
+    status = "RouteStatus",
     derive = "PartialEq"
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -16,6 +16,7 @@
 use std::{cmp::Reverse, collections::BTreeMap};
 
 use http::HeaderName;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -37,7 +38,7 @@ use crate::{
     version = "v1",
     kind = "HTTPRoute",
     namespaced,
-    status = "HttpRouteStatus",
+    status = "RouteStatus",
     derive = "PartialEq"
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -52,11 +53,11 @@ pub struct HttpRouteSpec {
     pub rules: Vec<HttpRouteRule>,
 }
 
-/// Written by the route's controllers; read only so that an object with a
-/// status parses.
+/// A route's status (any kind of route), written by its controllers; read
+/// only so that an object with a status parses.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct HttpRouteStatus {
+pub struct RouteStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parents: Vec<serde_json::Value>,
 }
@@ -368,16 +369,36 @@ const VALUE_TYPES: [&str; 2] = ["Exact", "RegularExpression"];
 pub fn validate(route: &HTTPRoute) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let mut error = |path: String, reason: String| errors.push(FieldError::new(path, reason));
-    let meant_for_services = route
-        .spec
-        .parent_refs
-        .iter()
-        .any(|p| p.kind.as_deref() == Some("Service"));
-    if !meant_for_services {
+    if !meant_for_services(&route.spec.parent_refs) {
         return Vec::new();
     }
     let namespace = route.namespace();
-    for (i, parent) in route.spec.parent_refs.iter().enumerate() {
+    parent_errors(&mut error, &route.spec.parent_refs, namespace);
+    for (i, rule) in route.spec.rules.iter().enumerate() {
+        rule_errors(&mut error, &format!("spec.rules[{i}]"), namespace, rule);
+    }
+    if errors.is_empty() {
+        errors.extend(conversion_errors(route));
+    }
+    errors
+}
+
+/// Whether a route names a Service among its parents (well or badly): a
+/// mesh route, Warren's to check. One for Gateways only is an ingress
+/// controller's.
+pub(crate) fn meant_for_services(parent_refs: &[ParentReference]) -> bool {
+    parent_refs
+        .iter()
+        .any(|p| p.kind.as_deref() == Some("Service"))
+}
+
+/// The problems of a mesh route's `parentRefs` (any kind of route).
+pub(crate) fn parent_errors(
+    error: &mut impl FnMut(String, String),
+    parent_refs: &[ParentReference],
+    namespace: &str,
+) {
+    for (i, parent) in parent_refs.iter().enumerate() {
         let path = format!("spec.parentRefs[{i}]");
         if parent.kind.as_deref() == Some("Service") && !is_service_parent(parent) {
             error(
@@ -408,19 +429,12 @@ pub fn validate(route: &HTTPRoute) -> Vec<FieldError> {
             );
         }
         if let Some(port) = parent.port {
-            port_in_range(&mut error, format!("{path}.port"), port);
+            port_in_range(error, format!("{path}.port"), port);
         }
     }
-    for (i, rule) in route.spec.rules.iter().enumerate() {
-        rule_errors(&mut error, &format!("spec.rules[{i}]"), namespace, rule);
-    }
-    if errors.is_empty() {
-        errors.extend(conversion_errors(route));
-    }
-    errors
 }
 
-fn port_in_range(error: &mut impl FnMut(String, String), path: String, port: i32) {
+pub(crate) fn port_in_range(error: &mut impl FnMut(String, String), path: String, port: i32) {
     if !(1..=65535).contains(&port) {
         error(path, format!("{port} is not a port (1-65535)"));
     }
@@ -739,7 +753,7 @@ fn path_modifier(
     }
 }
 
-fn backend_errors(
+pub(crate) fn backend_errors(
     error: &mut impl FnMut(String, String),
     path: &str,
     namespace: &str,
@@ -826,9 +840,9 @@ fn conversion_errors(route: &HTTPRoute) -> Vec<FieldError> {
 }
 
 /// The VirtualService of Service `service` in `namespace` made of `routes`
-/// (the HTTPRoutes attached to it, each validated), named
-/// `<service>-httproutes`, every host fully qualified (`cluster_domain`);
-/// `None` when no route has a rule for it.
+/// (the HTTPRoutes attached to it, each validated; see
+/// [`routes_virtual_service`]), every host fully qualified
+/// (`cluster_domain`); `None` when no route has a rule for it.
 ///
 /// Each match of each rule becomes one VirtualService rule, ordered as the
 /// Gateway API orders matches and Istio breaks its ties: an exact path
@@ -913,25 +927,38 @@ pub(crate) fn assemble(
         return None;
     }
     ordered.sort_by(|a, b| a.0.cmp(&b.0));
-    let oldest = routes
-        .iter()
-        .filter_map(|r| r.metadata.creation_timestamp.clone())
-        .min_by_key(|t| t.0);
-    // Named apart from a written VirtualService of the Service's name.
+    let mut vs = routes_virtual_service(
+        namespace,
+        service,
+        cluster_domain,
+        routes.iter().map(|r| &r.metadata),
+    );
+    vs.spec.http = ordered.into_iter().map(|(_, rule)| rule).collect();
+    Some(vs)
+}
+
+/// The VirtualService, with no rules yet, that a Service's Gateway API
+/// routes (of every kind) make together: named `<service>-routes` (apart
+/// from a written VirtualService of the Service's name), for the Service's
+/// fully qualified host, as old as the oldest of `routes`.
+pub(crate) fn routes_virtual_service<'a>(
+    namespace: &str,
+    service: &str,
+    cluster_domain: &str,
+    routes: impl Iterator<Item = &'a ObjectMeta>,
+) -> VirtualService {
     let mut vs = VirtualService::new(
-        &format!("{service}-httproutes"),
+        &format!("{service}-routes"),
         VirtualServiceSpec {
-            hosts: vec![fqdn(service)],
-            gateways: Vec::new(),
-            http: ordered.into_iter().map(|(_, rule)| rule).collect(),
-            tls: Vec::new(),
-            tcp: Vec::new(),
-            export_to: Vec::new(),
+            hosts: vec![format!("{service}.{namespace}.svc.{cluster_domain}")],
+            ..VirtualServiceSpec::default()
         },
     );
     vs.metadata.namespace = Some(namespace.to_owned());
-    vs.metadata.creation_timestamp = oldest;
-    Some(vs)
+    vs.metadata.creation_timestamp = routes
+        .filter_map(|m| m.creation_timestamp.clone())
+        .min_by_key(|t| t.0);
+    vs
 }
 
 /// Sorts matches by precedence (see [`virtual_service`]; a GRPCRoute's,
@@ -1228,7 +1255,7 @@ fn redirect_of(redirect: &RedirectFilter) -> HttpRedirect {
 /// down, the rest given to the largest remainders, and every positive
 /// weight at least 1 % (taken from the largest share), so that a small
 /// backend is not dropped: 1 % is a VirtualService's step.
-fn percentages(weights: &[i64]) -> Vec<i32> {
+pub(crate) fn percentages(weights: &[i64]) -> Vec<i32> {
     let total: i64 = weights.iter().sum();
     let mut shares: Vec<i64> = weights.iter().map(|w| w * 100 / total).collect();
     let left = usize::try_from(100 - shares.iter().sum::<i64>()).unwrap_or(0);
@@ -1254,7 +1281,10 @@ fn percentages(weights: &[i64]) -> Vec<i32> {
 
 /// A backend's host: a Service's fully qualified name, or a Hostname as
 /// written.
-fn destination(fqdn: &dyn Fn(&str) -> String, backend: &BackendReference) -> Destination {
+pub(crate) fn destination(
+    fqdn: &dyn Fn(&str) -> String,
+    backend: &BackendReference,
+) -> Destination {
     Destination {
         host: if backend.is_hostname() {
             backend.name.clone()

@@ -10,6 +10,8 @@
 //! - [`http_route`]: the Gateway API's HTTPRoute for Services, and the
 //!   VirtualService it amounts to.
 //! - [`grpc_route`]: the Gateway API's GRPCRoute, read as an HTTPRoute.
+//! - [`l4_route`]: the Gateway API's TCPRoute and TLSRoute for Services, as
+//!   VirtualService `tcp` and `tls` rules.
 //! - [`validate`]: per-kind checks, each error naming field path and reason.
 //! - [`error`]: the errors an operator sees.
 pub mod cluster;
@@ -19,6 +21,7 @@ pub mod grpc_route;
 pub mod http_route;
 pub mod intern;
 pub mod istio;
+pub mod l4_route;
 pub mod labels;
 pub mod object;
 pub mod validate;

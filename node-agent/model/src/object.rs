@@ -22,6 +22,7 @@ use super::{
         AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication,
         ServiceEntry, VirtualService,
     },
+    l4_route::{self, TCPRoute, TLSRoute},
     validate,
 };
 
@@ -42,6 +43,8 @@ pub enum Kind {
     Gateway,
     HttpRoute,
     GrpcRoute,
+    TcpRoute,
+    TlsRoute,
 }
 
 impl Kind {
@@ -77,6 +80,12 @@ impl Kind {
             ("gateway.networking.k8s.io", "GRPCRoute") if matches!(version, "v1" | "v1alpha2") => {
                 Kind::GrpcRoute
             }
+            ("gateway.networking.k8s.io", "TCPRoute") if version == "v1alpha2" => Kind::TcpRoute,
+            ("gateway.networking.k8s.io", "TLSRoute")
+                if matches!(version, "v1" | "v1alpha3" | "v1alpha2") =>
+            {
+                Kind::TlsRoute
+            }
             _ => {
                 return Err(format!(
                     "Warren does not read {kind} of apiVersion {api_version}"
@@ -106,6 +115,8 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
+            Kind::TcpRoute => "TCPRoute",
+            Kind::TlsRoute => "TLSRoute",
         }
     }
 }
@@ -159,6 +170,8 @@ pub enum Object {
     Gateway(Arc<Gateway>),
     HttpRoute(Arc<HTTPRoute>),
     GrpcRoute(Arc<GRPCRoute>),
+    TcpRoute(Arc<TCPRoute>),
+    TlsRoute(Arc<TLSRoute>),
 }
 
 impl Object {
@@ -178,6 +191,8 @@ impl Object {
             Object::Gateway(_) => Kind::Gateway,
             Object::HttpRoute(_) => Kind::HttpRoute,
             Object::GrpcRoute(_) => Kind::GrpcRoute,
+            Object::TcpRoute(_) => Kind::TcpRoute,
+            Object::TlsRoute(_) => Kind::TlsRoute,
         }
     }
 
@@ -199,6 +214,8 @@ impl Object {
             Object::Gateway(o) => Some(&o.metadata),
             Object::HttpRoute(o) => Some(&o.metadata),
             Object::GrpcRoute(o) => Some(&o.metadata),
+            Object::TcpRoute(o) => Some(&o.metadata),
+            Object::TlsRoute(o) => Some(&o.metadata),
         }
     }
 
@@ -349,44 +366,48 @@ pub fn parse_document(doc: Value, source: &str) -> Result<Object, ConfigError> {
     let kind = Kind::from_type(&api_version, &kind_name)
         .map_err(|reason| refuse(&kind_name, vec![FieldError::new("kind", reason)]))?;
     // Kubernetes' own kinds are checked whole, then kept compact.
-    let (object, errors) = match kind {
-        Kind::Namespace => checked::<core::Namespace>(doc, no_rules)
-            .map(|(o, e)| (Object::Namespace(Arc::new(o.into())), e)),
-        Kind::Node => {
-            checked::<core::Node>(doc, no_rules).map(|(o, e)| (Object::Node(Arc::new(o.into())), e))
+    let (object, errors) =
+        match kind {
+            Kind::Namespace => checked::<core::Namespace>(doc, no_rules)
+                .map(|(o, e)| (Object::Namespace(Arc::new(o.into())), e)),
+            Kind::Node => checked::<core::Node>(doc, no_rules)
+                .map(|(o, e)| (Object::Node(Arc::new(o.into())), e)),
+            Kind::Pod => checked::<core::Pod>(doc, no_rules).map(|(o, mut e)| {
+                let pod = Pod::from(o);
+                e.extend(pod.excluded_ports().err());
+                (Object::Pod(Arc::new(pod)), e)
+            }),
+            Kind::Service => checked::<core::Service>(doc, no_rules)
+                .map(|(o, e)| (Object::Service(Arc::new(o.into())), e)),
+            Kind::EndpointSlice => checked::<discovery::EndpointSlice>(doc, no_rules)
+                .map(|(o, e)| (Object::EndpointSlice(Arc::new(o.into())), e)),
+            Kind::VirtualService => checked(doc, validate::virtual_service)
+                .map(|(o, e)| (Object::VirtualService(Arc::new(o)), e)),
+            Kind::DestinationRule => checked(doc, validate::destination_rule)
+                .map(|(o, e)| (Object::DestinationRule(Arc::new(o)), e)),
+            Kind::ServiceEntry => checked(doc, validate::service_entry)
+                .map(|(o, e)| (Object::ServiceEntry(Arc::new(o)), e)),
+            Kind::AuthorizationPolicy => checked(doc, validate::authorization_policy)
+                .map(|(o, e)| (Object::AuthorizationPolicy(Arc::new(o)), e)),
+            Kind::PeerAuthentication => checked(doc, validate::peer_authentication)
+                .map(|(o, e)| (Object::PeerAuthentication(Arc::new(o)), e)),
+            Kind::RequestAuthentication => checked(doc, validate::request_authentication)
+                .map(|(o, e)| (Object::RequestAuthentication(Arc::new(o)), e)),
+            Kind::Gateway => {
+                checked(doc, gateway::validate).map(|(o, e)| (Object::Gateway(Arc::new(o)), e))
+            }
+            Kind::HttpRoute => {
+                checked(doc, http_route::validate).map(|(o, e)| (Object::HttpRoute(Arc::new(o)), e))
+            }
+            Kind::GrpcRoute => {
+                checked(doc, grpc_route::validate).map(|(o, e)| (Object::GrpcRoute(Arc::new(o)), e))
+            }
+            Kind::TcpRoute => checked(doc, l4_route::validate_tcp)
+                .map(|(o, e)| (Object::TcpRoute(Arc::new(o)), e)),
+            Kind::TlsRoute => checked(doc, l4_route::validate_tls)
+                .map(|(o, e)| (Object::TlsRoute(Arc::new(o)), e)),
         }
-        Kind::Pod => checked::<core::Pod>(doc, no_rules).map(|(o, mut e)| {
-            let pod = Pod::from(o);
-            e.extend(pod.excluded_ports().err());
-            (Object::Pod(Arc::new(pod)), e)
-        }),
-        Kind::Service => checked::<core::Service>(doc, no_rules)
-            .map(|(o, e)| (Object::Service(Arc::new(o.into())), e)),
-        Kind::EndpointSlice => checked::<discovery::EndpointSlice>(doc, no_rules)
-            .map(|(o, e)| (Object::EndpointSlice(Arc::new(o.into())), e)),
-        Kind::VirtualService => checked(doc, validate::virtual_service)
-            .map(|(o, e)| (Object::VirtualService(Arc::new(o)), e)),
-        Kind::DestinationRule => checked(doc, validate::destination_rule)
-            .map(|(o, e)| (Object::DestinationRule(Arc::new(o)), e)),
-        Kind::ServiceEntry => checked(doc, validate::service_entry)
-            .map(|(o, e)| (Object::ServiceEntry(Arc::new(o)), e)),
-        Kind::AuthorizationPolicy => checked(doc, validate::authorization_policy)
-            .map(|(o, e)| (Object::AuthorizationPolicy(Arc::new(o)), e)),
-        Kind::PeerAuthentication => checked(doc, validate::peer_authentication)
-            .map(|(o, e)| (Object::PeerAuthentication(Arc::new(o)), e)),
-        Kind::RequestAuthentication => checked(doc, validate::request_authentication)
-            .map(|(o, e)| (Object::RequestAuthentication(Arc::new(o)), e)),
-        Kind::Gateway => {
-            checked(doc, gateway::validate).map(|(o, e)| (Object::Gateway(Arc::new(o)), e))
-        }
-        Kind::HttpRoute => {
-            checked(doc, http_route::validate).map(|(o, e)| (Object::HttpRoute(Arc::new(o)), e))
-        }
-        Kind::GrpcRoute => {
-            checked(doc, grpc_route::validate).map(|(o, e)| (Object::GrpcRoute(Arc::new(o)), e))
-        }
-    }
-    .map_err(|e| refuse(kind.name(), vec![e]))?;
+        .map_err(|e| refuse(kind.name(), vec![e]))?;
     if !errors.is_empty() {
         return Err(refuse(kind.name(), errors));
     }

@@ -105,6 +105,20 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
         "GRPCRoute",
         "grpcroutes",
     ),
+    (
+        Kind::TcpRoute,
+        "gateway.networking.k8s.io",
+        "v1alpha2",
+        "TCPRoute",
+        "tcproutes",
+    ),
+    (
+        Kind::TlsRoute,
+        "gateway.networking.k8s.io",
+        "v1alpha2",
+        "TLSRoute",
+        "tlsroutes",
+    ),
 ];
 
 /// What the agent reads from the API server, as RBAC names it: (API group,
@@ -116,8 +130,10 @@ pub fn watched_resources() -> impl Iterator<Item = (&'static str, &'static str)>
 }
 
 /// Kinds whose listing failing does not hold back the first sync: without
-/// Nodes, workloads just have no locality.
-const OPTIONAL_KINDS: &[Kind] = &[Kind::Node];
+/// Nodes, workloads just have no locality; TCPRoutes and TLSRoutes are in
+/// the Gateway API's experimental channel, whose CRDs many clusters do not
+/// install (they come in when installed: the watcher keeps trying).
+const OPTIONAL_KINDS: &[Kind] = &[Kind::Node, Kind::TcpRoute, Kind::TlsRoute];
 
 pub struct KubeSource {
     client: Client,

@@ -35,12 +35,7 @@ use tracing::warn;
 
 use crate::{
     enrollment::PodNetns,
-    model::{
-        Kind, Labels, Object, ObjectKey,
-        grpc_route::{self, GRPCRoute},
-        http_route::{self, HTTPRoute},
-        validate,
-    },
+    model::{Kind, Labels, Object, ObjectKey, grpc_route, http_route, l4_route, validate},
     store::Store,
 };
 pub use authorization::Selection;
@@ -80,8 +75,8 @@ pub struct View {
     waypoints: BTreeMap<String, waypoint::Waypoints>,
     /// The Service keys each namespace's ServiceEntries publish.
     entries: BTreeMap<String, BTreeSet<String>>,
-    /// The VirtualService keys each namespace's HTTPRoutes publish.
-    http_routes: BTreeMap<String, BTreeSet<String>>,
+    /// The VirtualService keys each namespace's Gateway API routes publish.
+    service_routes: BTreeMap<String, BTreeSet<String>>,
     /// Addresses of ServiceEntry hosts that have none of their own.
     auto_vips: auto_vip::AutoVips,
 }
@@ -125,7 +120,7 @@ impl View {
             local_identities: BTreeMap::new(),
             waypoints: BTreeMap::new(),
             entries: BTreeMap::new(),
-            http_routes: BTreeMap::new(),
+            service_routes: BTreeMap::new(),
             auto_vips: auto_vip::AutoVips::new(),
         }
     }
@@ -164,6 +159,8 @@ impl View {
             Kind::VirtualService,
             Kind::HttpRoute,
             Kind::GrpcRoute,
+            Kind::TcpRoute,
+            Kind::TlsRoute,
             Kind::DestinationRule,
             Kind::ServiceEntry,
         ]
@@ -260,7 +257,7 @@ impl View {
                     );
                 }
                 Kind::VirtualService | Kind::DestinationRule => self.routing(store, key),
-                Kind::HttpRoute | Kind::GrpcRoute => {
+                Kind::HttpRoute | Kind::GrpcRoute | Kind::TcpRoute | Kind::TlsRoute => {
                     route_namespaces.insert(ns);
                 }
                 Kind::ServiceEntry => {
@@ -302,7 +299,7 @@ impl View {
             self.service_entries(store, ns);
         }
         for ns in &route_namespaces {
-            self.http_routes(store, ns);
+            self.service_routes(store, ns);
         }
         if namespaces.contains(&None) {
             workloads.extend(store.of_kind(Kind::Pod).map(Object::key));
@@ -599,38 +596,54 @@ impl View {
         });
     }
 
-    /// Publishes the VirtualService that `namespace`'s HTTPRoutes and
-    /// GRPCRoutes make for each Service they attach to, and withdraws those
-    /// no route makes any more. All of a namespace's at once: a Service's
-    /// routes are one.
-    fn http_routes(&mut self, store: &Store, namespace: &str) {
-        let grpc: Vec<&GRPCRoute> = store
-            .of_kind_in(Kind::GrpcRoute, namespace)
-            .filter_map(|o| match o {
-                Object::GrpcRoute(route) => Some(&**route),
-                _ => None,
-            })
-            .collect();
-        let http: Vec<&HTTPRoute> = store
-            .of_kind_in(Kind::HttpRoute, namespace)
-            .filter_map(|o| match o {
-                Object::HttpRoute(route) => Some(&**route),
-                _ => None,
-            })
-            .collect();
-        let grpc_services: BTreeSet<String> = grpc
-            .iter()
-            .flat_map(|r| r.service_parents())
-            .map(|p| p.service)
-            .collect();
-        let http_services: BTreeSet<String> = http
-            .iter()
-            .flat_map(|r| r.service_parents())
-            .map(|p| p.service)
-            .collect();
+    /// Publishes the VirtualService that `namespace`'s Gateway API routes
+    /// (HTTP, gRPC, TCP, TLS) make for each Service they attach to, and
+    /// withdraws those no route makes any more. All of a namespace's at
+    /// once: a Service's routes are one.
+    fn service_routes(&mut self, store: &Store, namespace: &str) {
+        fn of<'a, T>(
+            store: &'a Store,
+            kind: Kind,
+            namespace: &'a str,
+            pick: impl Fn(&'a Object) -> Option<&'a T>,
+        ) -> Vec<&'a T> {
+            store.of_kind_in(kind, namespace).filter_map(pick).collect()
+        }
+        let grpc = of(store, Kind::GrpcRoute, namespace, |o| match o {
+            Object::GrpcRoute(route) => Some(&**route),
+            _ => None,
+        });
+        let http = of(store, Kind::HttpRoute, namespace, |o| match o {
+            Object::HttpRoute(route) => Some(&**route),
+            _ => None,
+        });
+        let tcp = of(store, Kind::TcpRoute, namespace, |o| match o {
+            Object::TcpRoute(route) => Some(&**route),
+            _ => None,
+        });
+        let tls = of(store, Kind::TlsRoute, namespace, |o| match o {
+            Object::TlsRoute(route) => Some(&**route),
+            _ => None,
+        });
+        let services_of = |parents: Vec<Vec<http_route::ServiceParent>>| -> BTreeSet<String> {
+            parents.into_iter().flatten().map(|p| p.service).collect()
+        };
+        let grpc_services = services_of(grpc.iter().map(|r| r.service_parents()).collect());
+        let http_services = services_of(http.iter().map(|r| r.service_parents()).collect());
+        let l4_services = services_of(
+            tcp.iter()
+                .map(|r| r.service_parents())
+                .chain(tls.iter().map(|r| r.service_parents()))
+                .collect(),
+        );
         let mut computed = BTreeMap::new();
         let domain = &self.mesh.cluster_domain;
-        for service in grpc_services.union(&http_services) {
+        let services: BTreeSet<&String> = grpc_services
+            .iter()
+            .chain(&http_services)
+            .chain(&l4_services)
+            .collect();
+        for service in services {
             // The Gateway API gives a Service's GRPCRoutes precedence over
             // its HTTPRoutes, which are then not in force.
             let vs = if grpc_services.contains(service) {
@@ -645,6 +658,7 @@ impl View {
             } else {
                 http_route::virtual_service(namespace, service, domain, &http)
             };
+            let vs = l4_route::virtual_service(namespace, service, domain, vs, &tcp, &tls);
             let Some(vs) = vs else {
                 continue;
             };
@@ -659,19 +673,24 @@ impl View {
                     namespace,
                     service,
                     problems = %problems.join("; "),
-                    "the HTTPRoutes of a Service make no valid VirtualService together; they are left out"
+                    "the Gateway API routes of a Service make no valid VirtualService together; they are left out"
                 );
                 continue;
             }
             // Hosts are fully qualified already: a two-label Hostname
             // backend is a name outside the cluster, not `<svc>.<ns>`.
             let published = routing::published(&vs, &vs.spec);
-            computed.insert(key::http_routes(namespace, service), published);
+            computed.insert(key::service_routes(namespace, service), published);
         }
         let computed = computed
             .into_iter()
             .map(|(key, vs)| (key, ResourceKind::VirtualService(vs)));
-        replace_set(&self.publisher, &mut self.http_routes, namespace, computed);
+        replace_set(
+            &self.publisher,
+            &mut self.service_routes,
+            namespace,
+            computed,
+        );
     }
 
     /// Publishes the Services of `namespace`'s ServiceEntries, and removes

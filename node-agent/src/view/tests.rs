@@ -943,7 +943,7 @@ fn a_waypoint_in_another_namespace_serves_only_whom_its_listeners_admit() {
 }
 
 #[test]
-fn a_services_http_routes_reach_waypoints_as_one_virtual_service() {
+fn a_services_gateway_routes_reach_waypoints_as_one_virtual_service() {
     let (mut store, mut view) = built(WAYPOINT_GATEWAY);
     let keys = apply(
         &mut store,
@@ -977,11 +977,11 @@ spec:
 "#,
     );
     view.changed(&store, &keys);
-    let routes = key::http_routes("demo", "app");
+    let routes = key::service_routes("demo", "app");
     let Some(ResourceKind::VirtualService(vs)) = get(&view, &routes) else {
         panic!("no VirtualService for the routes of app");
     };
-    assert_eq!(vs.name, "app-httproutes");
+    assert_eq!(vs.name, "app-routes");
     assert_eq!(vs.hosts, ["app.demo.svc.cluster.local"]);
     let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
     // Both routes, the one with a header match first.
@@ -995,7 +995,9 @@ spec:
     let keys_for = |audience: &Audience| keys_for(&view, audience);
     let all = keys_for(&Audience::All);
     assert_eq!(
-        all.iter().filter(|k| k.starts_with("httproutes/")).count(),
+        all.iter()
+            .filter(|k| k.starts_with(key::SERVICE_ROUTES_PREFIX))
+            .count(),
         1,
         "{all:?}"
     );
@@ -1034,13 +1036,67 @@ spec:
         .collect();
     assert_eq!(names, ["grpcroute:calls.rules[0].matches[0]"]);
 
-    // Without routes the VirtualService is withdrawn.
+    // TCP and TLS routes join the same VirtualService, as its `tcp` and
+    // `tls` rules.
+    let l4 = apply(
+        &mut store,
+        r#"
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: { name: db, namespace: demo }
+spec:
+  parentRefs: [{ group: "", kind: Service, name: app, port: 5432 }]
+  rules:
+  - backendRefs:
+    - { name: app-v1, port: 5432, weight: 3 }
+    - { name: app-v2, port: 5432, weight: 1 }
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: { name: secure, namespace: demo }
+spec:
+  parentRefs: [{ group: "", kind: Service, name: app }]
+  hostnames: ["*.example.com"]
+  rules:
+  - backendRefs: [{ name: app-v2, port: 443 }]
+"#,
+    );
+    view.changed(&store, &l4);
+    let Some(ResourceKind::VirtualService(vs)) = get(&view, &routes) else {
+        panic!("no VirtualService for the routes of app");
+    };
+    let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
+    assert_eq!(spec["http"].as_array().map(Vec::len), Some(1), "{spec}");
+    assert_eq!(spec["tcp"][0]["match"][0]["port"], 5432, "{spec}");
+    assert_eq!(spec["tcp"][0]["route"][0]["weight"], 75, "{spec}");
+    assert_eq!(
+        spec["tcp"][0]["route"][1]["destination"]["host"],
+        "app-v2.demo.svc.cluster.local"
+    );
+    assert_eq!(
+        spec["tls"][0]["match"][0]["sniHosts"],
+        serde_json::json!(["*.example.com"])
+    );
+
+    // Without routes the VirtualService is withdrawn, whichever kind goes
+    // last.
     let gone = [
         delete(&mut store, Kind::HttpRoute, "demo", "canary"),
         delete(&mut store, Kind::HttpRoute, "demo", "jason"),
         delete(&mut store, Kind::GrpcRoute, "demo", "calls"),
+        delete(&mut store, Kind::TcpRoute, "demo", "db"),
     ];
     view.changed(&store, &gone);
+    let Some(ResourceKind::VirtualService(vs)) = get(&view, &routes) else {
+        panic!("the TLSRoute alone still routes app");
+    };
+    let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
+    assert!(
+        spec.get("http").is_none() && spec.get("tcp").is_none(),
+        "{spec}"
+    );
+    let last = delete(&mut store, Kind::TlsRoute, "demo", "secure");
+    view.changed(&store, &[last]);
     assert!(get(&view, &routes).is_none());
 }
 

@@ -4,15 +4,19 @@
 //! terminating TLS, and sends the connection to the subset its rule names.
 //! A name no rule has goes to the Service as a whole. An AuthorizationPolicy
 //! on `connection.sni` refuses connections by the name they ask for.
+//! Gateway API TCPRoutes and TLSRoutes do the same through the
+//! VirtualService they make.
 
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
     agent::warrenctl_waypoint_explain,
-    mesh::{demo_cluster_with_waypoint_pod, eventually, service_vip, start_mesh_and_waypoint},
+    mesh::{
+        Mesh, demo_cluster_with_waypoint_pod, eventually, service_vip, start_mesh_and_waypoint,
+    },
 };
-use warren_testbed::{Pod, ServicePort, labels, privilege::require_root};
+use warren_testbed::{Cluster, Pod, Process, ServicePort, labels, privilege::require_root};
 
 const ROUTES: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -107,70 +111,125 @@ fn answered_by(pod: &Pod, vip: &str, name: &str) -> Result<String> {
         .with_context(|| format!("no certificate in curl's output for {name}:\n{verbose}"))
 }
 
+/// The testbed of these tests: Service `secure` (port 443, `https`) over
+/// two TLS servers whose certificates name them (`backend-a`,
+/// `backend-b`), a client, and the mesh with the namespace's waypoint.
+struct TlsBackends {
+    cluster: Cluster,
+    mesh: Mesh,
+    waypoint: Process,
+    _servers: Vec<Process>,
+    vip: String,
+    client: Pod,
+}
+
+impl TlsBackends {
+    /// With Services `secure-a` and `secure-b` for each server alone when
+    /// `per_backend`.
+    fn start(per_backend: bool) -> Result<TlsBackends> {
+        require_root()?;
+        let mut cluster = demo_cluster_with_waypoint_pod(&[
+            (
+                "secure-a",
+                1,
+                &[("app", "secure"), ("version", "a")],
+                "secure",
+            ),
+            (
+                "secure-b",
+                1,
+                &[("app", "secure"), ("version", "b")],
+                "secure",
+            ),
+            ("client", 0, &[("app", "client")], "client"),
+        ])?;
+        let https = || {
+            vec![ServicePort {
+                name: "https".into(),
+                port: 443,
+                target_port: 8443,
+            }]
+        };
+        cluster.add_service("demo", "secure", labels(&[("app", "secure")]), https())?;
+        if per_backend {
+            for version in ["a", "b"] {
+                let selector = labels(&[("app", "secure"), ("version", version)]);
+                cluster.add_service("demo", &format!("secure-{version}"), selector, https())?;
+            }
+        }
+        let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
+
+        // Two TLS servers, told apart by their certificates.
+        let certs = cluster.config_dir().join("tls-certs");
+        std::fs::create_dir_all(&certs)?;
+        let mut servers = Vec::new();
+        for (pod, cn) in [("secure-a", "backend-a"), ("secure-b", "backend-b")] {
+            certificate(&certs, cn)?;
+            let pod = cluster.pod(pod)?.clone();
+            let cert = certs.join(format!("{cn}.pem"));
+            let key = certs.join(format!("{cn}.key"));
+            servers.push(cluster.spawn(
+                &pod.sandbox,
+                "openssl",
+                &[
+                    "s_server",
+                    "-accept",
+                    "8443",
+                    "-cert",
+                    &cert.to_string_lossy(),
+                    "-key",
+                    &key.to_string_lossy(),
+                    "-www",
+                    "-quiet",
+                ],
+            )?);
+        }
+        let vip = service_vip(&cluster, "secure")?.to_string();
+        let client = cluster.pod("client")?.clone();
+        Ok(TlsBackends {
+            cluster,
+            mesh,
+            waypoint,
+            _servers: servers,
+            vip,
+            client,
+        })
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "{}\nwaypoint:\n{}",
+            self.mesh.logs(),
+            self.waypoint.output()
+        )
+    }
+
+    /// Which backends answered `n` connections asking for `name`.
+    fn answers(&self, name: &str, n: usize) -> Result<Vec<String>> {
+        (0..n)
+            .map(|_| answered_by(&self.client, &self.vip, name))
+            .collect()
+    }
+}
+
 #[test]
 fn a_waypoint_routes_tls_by_server_name() -> Result<()> {
-    require_root()?;
-    let mut cluster = demo_cluster_with_waypoint_pod(&[
-        (
-            "secure-a",
-            1,
-            &[("app", "secure"), ("version", "a")],
-            "secure",
-        ),
-        (
-            "secure-b",
-            1,
-            &[("app", "secure"), ("version", "b")],
-            "secure",
-        ),
-        ("client", 0, &[("app", "client")], "client"),
-    ])?;
-    cluster.add_service(
-        "demo",
-        "secure",
-        labels(&[("app", "secure")]),
-        vec![ServicePort {
-            name: "https".into(),
-            port: 443,
-            target_port: 8443,
-        }],
-    )?;
-    let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
+    let backends = TlsBackends::start(false)?;
+    let TlsBackends {
+        cluster,
+        waypoint,
+        vip,
+        client,
+        ..
+    } = &backends;
+    let (vip, client) = (vip.as_str(), client);
     let config = cluster.config_dir().to_path_buf();
-
-    // Two TLS servers, told apart by their certificates.
-    let certs = cluster.config_dir().join("tls-certs");
-    std::fs::create_dir_all(&certs)?;
-    let mut servers = Vec::new();
-    for (pod, cn) in [("secure-a", "backend-a"), ("secure-b", "backend-b")] {
-        certificate(&certs, cn)?;
-        let pod = cluster.pod(pod)?.clone();
-        let cert = certs.join(format!("{cn}.pem"));
-        let key = certs.join(format!("{cn}.key"));
-        servers.push(cluster.spawn(
-            &pod.sandbox,
-            "openssl",
-            &[
-                "s_server",
-                "-accept",
-                "8443",
-                "-cert",
-                &cert.to_string_lossy(),
-                "-key",
-                &key.to_string_lossy(),
-                "-www",
-                "-quiet",
-            ],
-        )?);
-    }
-    let vip = service_vip(&cluster, "secure")?.to_string();
-    let client = cluster.pod("client")?.clone();
-    let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
+    let logs = || backends.logs();
 
     // Without rules: both backends answer, whatever the name.
     eventually(Duration::from_secs(20), "both backends answer", || {
         let seen: Vec<String> = (0..8)
-            .filter_map(|_| answered_by(&client, &vip, "a.example.com").ok())
+            .filter_map(|_| answered_by(client, vip, "a.example.com").ok())
             .collect();
         Ok(seen.iter().any(|s| s == "backend-a") && seen.iter().any(|s| s == "backend-b"))
     })
@@ -179,7 +238,7 @@ fn a_waypoint_routes_tls_by_server_name() -> Result<()> {
     std::fs::write(config.join("routes.demo.secure.yaml"), ROUTES)?;
     eventually(Duration::from_secs(20), "tls rules in force", || {
         Ok((0..4)
-            .all(|_| answered_by(&client, &vip, "a.example.com").is_ok_and(|cn| cn == "backend-a")))
+            .all(|_| answered_by(client, vip, "a.example.com").is_ok_and(|cn| cn == "backend-a")))
     })
     .with_context(logs)?;
     for (name, want) in [
@@ -189,7 +248,7 @@ fn a_waypoint_routes_tls_by_server_name() -> Result<()> {
         ("secure.demo.svc.cluster.local", "backend-a"),
     ] {
         for _ in 0..10 {
-            let got = answered_by(&client, &vip, name)?;
+            let got = answered_by(client, vip, name)?;
             ensure!(
                 got == want,
                 "{name}: answered by {got}, expected {want}\n{}",
@@ -199,7 +258,7 @@ fn a_waypoint_routes_tls_by_server_name() -> Result<()> {
     }
     // A name no rule has: the Service, both backends.
     let seen: Vec<String> = (0..12)
-        .map(|_| answered_by(&client, &vip, "other.example.com"))
+        .map(|_| answered_by(client, vip, "other.example.com"))
         .collect::<Result<_>>()?;
     ensure!(
         seen.iter().any(|s| s == "backend-a") && seen.iter().any(|s| s == "backend-b"),
@@ -247,13 +306,13 @@ fn a_waypoint_routes_tls_by_server_name() -> Result<()> {
     eventually(
         Duration::from_secs(20),
         "the server-name policy in force",
-        || Ok(answered_by(&client, &vip, "api.b.example.com").is_err()),
+        || Ok(answered_by(client, vip, "api.b.example.com").is_err()),
     )
     .with_context(logs)?;
     for _ in 0..5 {
-        let refused = answered_by(&client, &vip, "x.y.b.example.com");
+        let refused = answered_by(client, vip, "x.y.b.example.com");
         ensure!(refused.is_err(), "x.y.b.example.com answered: {refused:?}");
-        let got = answered_by(&client, &vip, "a.example.com")?;
+        let got = answered_by(client, vip, "a.example.com")?;
         ensure!(got == "backend-a", "a.example.com answered by {got}");
     }
     let output = waypoint.output();
@@ -302,7 +361,90 @@ fn a_waypoint_routes_tls_by_server_name() -> Result<()> {
         "explain of a.example.com:\n{shown}"
     );
 
-    drop(servers);
-    drop(waypoint);
+    Ok(())
+}
+
+/// Gateway API routes for the same Service: a TCPRoute shares its
+/// connections 4:1 between the two servers, and a TLSRoute sends the names
+/// under `b.example.com` to `b` alone (TLS rules are tried first).
+const GATEWAY_ROUTES: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: { name: split, namespace: demo }
+spec:
+  parentRefs: [{ group: "", kind: Service, name: secure, port: 443 }]
+  rules:
+  - backendRefs:
+    - { name: secure-a, port: 443, weight: 4 }
+    - { name: secure-b, port: 443, weight: 1 }
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: { name: b-names, namespace: demo }
+spec:
+  parentRefs: [{ group: "", kind: Service, name: secure, port: 443 }]
+  hostnames: ["*.b.example.com"]
+  rules:
+  - backendRefs: [{ name: secure-b, port: 443 }]
+"#;
+
+#[test]
+fn gateway_tcp_and_tls_routes_at_the_waypoint() -> Result<()> {
+    let backends = TlsBackends::start(true)?;
+    let config = backends.cluster.config_dir().to_path_buf();
+    let logs = || backends.logs();
+    eventually(Duration::from_secs(20), "the mesh routes", || {
+        Ok(backends.answers("a.example.com", 1).is_ok())
+    })
+    .with_context(logs)?;
+
+    let routes = config.join("routes.demo.gateway.yaml");
+    std::fs::write(&routes, GATEWAY_ROUTES)?;
+    eventually(Duration::from_secs(20), "the TLSRoute in force", || {
+        Ok(backends
+            .answers("api.b.example.com", 4)?
+            .iter()
+            .all(|cn| cn == "backend-b"))
+    })
+    .with_context(logs)?;
+    for name in ["api.b.example.com", "x.y.b.example.com"] {
+        let seen = backends.answers(name, 10)?;
+        ensure!(
+            seen.iter().all(|cn| cn == "backend-b"),
+            "{name}: answered by {seen:?}, expected backend-b alone\n{}",
+            logs()
+        );
+    }
+    // Other names: the TCPRoute's 4:1 split (b expected 20 of 100; the
+    // bounds are about four standard deviations wide).
+    let seen = backends.answers("other.example.com", 100)?;
+    let b = seen.iter().filter(|cn| *cn == "backend-b").count();
+    let a = seen.iter().filter(|cn| *cn == "backend-a").count();
+    eprintln!("TCPRoute weights 4:1 through the waypoint: a {a}, b {b} of 100");
+    ensure!(
+        a + b == 100 && (5..=38).contains(&b),
+        "4:1 split: {a} a, {b} b of 100\n{}",
+        logs()
+    );
+    // The access log names the VirtualService the routes make, and its rule.
+    let output = backends.waypoint.output();
+    for rule in [
+        "demo/secure-routes.spec.tls[0]",
+        "demo/secure-routes.spec.tcp[0]",
+    ] {
+        ensure!(
+            output.contains(rule),
+            "the access log does not name {rule}:\n{output}"
+        );
+    }
+
+    // Deleted, the routes leave: the Service as a whole again, both
+    // servers for any name.
+    std::fs::remove_file(&routes)?;
+    eventually(Duration::from_secs(20), "the routes withdrawn", || {
+        let seen = backends.answers("api.b.example.com", 12)?;
+        Ok(seen.iter().any(|cn| cn == "backend-a"))
+    })
+    .with_context(logs)?;
     Ok(())
 }

@@ -19,7 +19,7 @@ use super::common::{Percent, StringMatch, WorkloadSelector};
 // ---------------------------------------------------------------------------
 
 /// How requests for a set of hosts are routed.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "networking.istio.io",
     version = "v1",

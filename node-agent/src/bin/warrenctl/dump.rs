@@ -9,6 +9,7 @@ use warren_api::{
         MeshSettings, OutboundPolicy, Refusal, Resource, Scope, Service, StringMatch,
         TunnelProtocol, Workload, resource::Kind, string_match::Kind as SKind,
     },
+    key,
 };
 
 use crate::table;
@@ -318,9 +319,9 @@ pub fn print_tables(dump: &DumpResponse) {
     })
     .filter_map(|r| match &r.kind {
         Some(Kind::VirtualService(v)) => Some(vec![
-            // What a Service's HTTPRoutes make together.
-            if r.key.starts_with("httproutes/") {
-                "HTTPRoutes".into()
+            // What a Service's Gateway API routes make together.
+            if r.key.starts_with(key::SERVICE_ROUTES_PREFIX) {
+                "GatewayRoutes".into()
             } else {
                 "VirtualService".into()
             },

@@ -1,0 +1,321 @@
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use serde_json::json;
+
+use super::*;
+
+fn created(seconds: i64) -> Option<Time> {
+    Some(Time(
+        Timestamp::from_second(seconds).expect("a time in range"),
+    ))
+}
+
+fn tcp(name: &str, age: i64, spec: serde_json::Value) -> TCPRoute {
+    let mut route = TCPRoute::new(name, serde_json::from_value(spec).expect("a route spec"));
+    route.metadata.namespace = Some("shop".into());
+    route.metadata.creation_timestamp = created(1_000 - age);
+    route
+}
+
+fn tls(name: &str, age: i64, spec: serde_json::Value) -> TLSRoute {
+    let mut route = TLSRoute::new(name, serde_json::from_value(spec).expect("a route spec"));
+    route.metadata.namespace = Some("shop".into());
+    route.metadata.creation_timestamp = created(1_000 - age);
+    route
+}
+
+fn errors(found: Vec<FieldError>) -> Vec<String> {
+    found
+        .into_iter()
+        .map(|e| format!("{}: {}", e.path, e.reason))
+        .collect()
+}
+
+/// The VirtualService of Service `db`, which must pass a written one's
+/// checks.
+fn converted(http: Option<VirtualService>, tcp: &[&TCPRoute], tls: &[&TLSRoute]) -> VirtualService {
+    let vs =
+        virtual_service("shop", "db", "cluster.local", http, tcp, tls).expect("a VirtualService");
+    let problems = validate::virtual_service(&vs);
+    assert!(problems.is_empty(), "{problems:?}");
+    vs
+}
+
+const DB: &str = "db";
+
+fn parent(port: Option<u16>) -> serde_json::Value {
+    match port {
+        Some(port) => json!({ "group": "", "kind": "Service", "name": DB, "port": port }),
+        None => json!({ "group": "", "kind": "Service", "name": DB }),
+    }
+}
+
+#[test]
+fn a_tcp_route_splits_connections_by_weight_on_its_port() {
+    let r = tcp(
+        "split",
+        0,
+        json!({
+            "parentRefs": [parent(Some(5432))],
+            "rules": [{ "backendRefs": [
+                { "name": "db-v1", "port": 5432, "weight": 2 },
+                { "name": "db-v2", "port": 5432, "weight": 1 },
+                { "name": "db-v3", "port": 5432, "weight": 0 },
+            ]}],
+        }),
+    );
+    assert_eq!(errors(validate_tcp(&r)), Vec::<String>::new());
+    let vs = converted(None, &[&r], &[]);
+    assert_eq!(vs.metadata.name.as_deref(), Some("db-routes"));
+    assert_eq!(vs.spec.hosts, ["db.shop.svc.cluster.local"]);
+    let rule = &vs.spec.tcp[0];
+    assert_eq!(rule.r#match.len(), 1);
+    assert_eq!(rule.r#match[0].port, Some(5432));
+    // Weight 0 sends nothing: left out.
+    let split: Vec<(&str, Option<i32>)> = rule
+        .route
+        .iter()
+        .map(|d| (d.destination.host.as_str(), d.weight))
+        .collect();
+    assert_eq!(
+        split,
+        [
+            ("db-v1.shop.svc.cluster.local", Some(67)),
+            ("db-v2.shop.svc.cluster.local", Some(33)),
+        ]
+    );
+    assert_eq!(
+        rule.route[0].destination.port.as_ref().map(|p| p.number),
+        Some(5432)
+    );
+}
+
+#[test]
+fn a_route_for_every_port_matches_any_and_the_older_route_wins() {
+    let newer = tcp(
+        "newer",
+        1,
+        json!({
+            "parentRefs": [parent(None)],
+            "rules": [{ "backendRefs": [{ "name": "db-v2", "port": 5432 }] }],
+        }),
+    );
+    let older = tcp(
+        "older",
+        100,
+        json!({
+            "parentRefs": [parent(None)],
+            "rules": [{ "backendRefs": [{ "name": "db-v1", "port": 5432 }] }],
+        }),
+    );
+    let vs = converted(None, &[&newer, &older], &[]);
+    let hosts: Vec<&str> = vs
+        .spec
+        .tcp
+        .iter()
+        .map(|r| r.route[0].destination.host.as_str())
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            "db-v1.shop.svc.cluster.local",
+            "db-v2.shop.svc.cluster.local"
+        ]
+    );
+    assert!(vs.spec.tcp[0].r#match.is_empty(), "every port");
+    // A lone backend takes everything: no weight written.
+    assert_eq!(vs.spec.tcp[0].route[0].weight, None);
+    // The VirtualService is as old as its oldest route.
+    assert_eq!(
+        vs.metadata.creation_timestamp,
+        older.metadata.creation_timestamp
+    );
+}
+
+#[test]
+fn tls_routes_go_by_server_name_the_more_specific_first() {
+    let any = tls(
+        "any",
+        300,
+        json!({
+            "parentRefs": [parent(Some(443))],
+            "rules": [{ "backendRefs": [{ "name": "fallback", "port": 443 }] }],
+        }),
+    );
+    let wide = tls(
+        "wide",
+        200,
+        json!({
+            "parentRefs": [parent(Some(443))],
+            "hostnames": ["*.example.com"],
+            "rules": [{ "backendRefs": [{ "name": "wide", "port": 443 }] }],
+        }),
+    );
+    let narrow = tls(
+        "narrow",
+        100,
+        json!({
+            "parentRefs": [parent(Some(443))],
+            "hostnames": ["*.eu.example.com", "Pay.Example.com"],
+            "rules": [{ "backendRefs": [{ "name": "narrow", "port": 443 }] }],
+        }),
+    );
+    for r in [&any, &wide, &narrow] {
+        assert_eq!(errors(validate_tls(r)), Vec::<String>::new());
+    }
+    let vs = converted(None, &[], &[&any, &wide, &narrow]);
+    let order: Vec<(String, &str)> = vs
+        .spec
+        .tls
+        .iter()
+        .map(|r| {
+            assert_eq!(r.r#match[0].port, Some(443));
+            (
+                r.r#match[0].sni_hosts.join(","),
+                r.route[0].destination.host.as_str(),
+            )
+        })
+        .collect();
+    // Exact name first (lower-cased), then the longer wildcard, then the
+    // shorter, then any name: older routes do not shadow newer, more
+    // specific ones.
+    assert_eq!(
+        order,
+        [
+            ("pay.example.com".into(), "narrow.shop.svc.cluster.local"),
+            ("*.eu.example.com".into(), "narrow.shop.svc.cluster.local"),
+            ("*.example.com".into(), "wide.shop.svc.cluster.local"),
+            ("*".into(), "fallback.shop.svc.cluster.local"),
+        ]
+    );
+}
+
+#[test]
+fn l4_rules_join_the_services_http_routes() {
+    let mut http =
+        http_route::routes_virtual_service("shop", DB, "cluster.local", std::iter::empty());
+    http.metadata.creation_timestamp = created(10);
+    http.spec.http = vec![crate::istio::HttpRoute {
+        name: "web.rules[0].matches[0]".into(),
+        ..Default::default()
+    }];
+    let r = tcp(
+        "raw",
+        0,
+        json!({
+            "parentRefs": [parent(Some(5432))],
+            "rules": [{ "backendRefs": [{ "name": "db-v1", "port": 5432 }] }],
+        }),
+    );
+    let vs = virtual_service("shop", DB, "cluster.local", Some(http.clone()), &[&r], &[])
+        .expect("a VirtualService");
+    assert_eq!(vs.spec.http, http.spec.http);
+    assert_eq!(vs.spec.tcp.len(), 1);
+    // The HTTP routes are older.
+    assert_eq!(vs.metadata.creation_timestamp, created(10));
+    // No L4 route for the Service: the HTTP one as it was.
+    let other = virtual_service(
+        "shop",
+        "web",
+        "cluster.local",
+        Some(http.clone()),
+        &[&r],
+        &[],
+    );
+    assert_eq!(other, Some(http));
+    assert_eq!(
+        virtual_service("shop", "web", "cluster.local", None, &[&r], &[]),
+        None
+    );
+}
+
+#[test]
+fn what_a_route_cannot_mean_is_refused_by_path() {
+    let refused = |spec: serde_json::Value| errors(validate_tcp(&tcp("bad", 0, spec)));
+    let backend = json!({ "name": "db-v1", "port": 5432 });
+    assert_eq!(
+        refused(json!({ "parentRefs": [parent(None)], "rules": [
+            { "backendRefs": [backend] }, { "backendRefs": [backend] },
+        ]})),
+        [
+            "spec.rules: only one rule: a connection carries nothing (no path, no header) to choose between rules by; split connections with backend weights"
+        ]
+    );
+    assert_eq!(
+        refused(json!({ "parentRefs": [parent(None)] })),
+        ["spec.rules: a route needs its rule: where connections go"]
+    );
+    assert_eq!(
+        refused(json!({ "parentRefs": [parent(None)], "rules": [{}] })),
+        ["spec.rules[0].backendRefs: at least one backend"]
+    );
+    let zero = refused(json!({ "parentRefs": [parent(None)], "rules": [
+        { "backendRefs": [{ "name": "db-v1", "port": 5432, "weight": 0 }] },
+    ]}));
+    assert_eq!(zero.len(), 1);
+    assert!(zero[0].starts_with("spec.rules[0].backendRefs: every backend has weight 0"));
+    let paths = |found: Vec<String>| -> Vec<String> {
+        found
+            .into_iter()
+            .map(|e| e.split(':').next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        paths(refused(json!({
+            "parentRefs": [{ "kind": "Service", "name": DB }],
+            "rules": [{ "backendRefs": [
+                { "name": "db-v1", "namespace": "other", "port": 5432 },
+                { "name": "db-v2" },
+                { "name": "db-v3", "port": 5432, "weight": -1 },
+            ]}],
+        }))),
+        [
+            "spec.parentRefs[0].group",
+            "spec.rules[0].backendRefs[0].namespace",
+            "spec.rules[0].backendRefs[1].port",
+            "spec.rules[0].backendRefs[2].weight",
+        ]
+    );
+    // Filters are not a TCPRoute backend's field at all.
+    assert!(
+        serde_json::from_value::<TcpRouteSpec>(json!({ "rules": [{ "backendRefs": [
+            { "name": "db-v1", "port": 5432, "filters": [] },
+        ]}]}))
+        .is_err()
+    );
+    // A route for Gateways only is an ingress controller's: not checked.
+    assert_eq!(
+        errors(validate_tcp(&tcp(
+            "ingress",
+            0,
+            json!({ "parentRefs": [{ "name": "public" }], "rules": [] }),
+        ))),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn tls_server_names_are_host_names() {
+    let r = tls(
+        "names",
+        0,
+        json!({
+            "parentRefs": [parent(None)],
+            "hostnames": ["10.0.0.1", "a.*.example.com", "-bad.example.com", "ok.example.com", "*.example.com"],
+            "rules": [{ "backendRefs": [{ "name": "db-v1", "port": 443 }] }],
+        }),
+    );
+    let found = errors(validate_tls(&r));
+    let paths: Vec<&str> = found
+        .iter()
+        .map(|e| e.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.hostnames[0]",
+            "spec.hostnames[1]",
+            "spec.hostnames[2]"
+        ],
+        "{found:?}"
+    );
+}
