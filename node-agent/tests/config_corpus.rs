@@ -17,6 +17,7 @@ use warren_node_agent::model::grpc_route::{self, GRPCRoute};
 use warren_node_agent::model::http_route::{self, HTTPRoute};
 use warren_node_agent::model::istio::*;
 use warren_node_agent::model::l4_route::{self, TCPRoute, TLSRoute};
+use warren_node_agent::model::reference_grant::{self, ReferenceGrant};
 use warren_node_agent::model::validate;
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/config");
@@ -89,6 +90,7 @@ macro_rules! check {
             "GRPCRoute" => check_as::<GRPCRoute>(typed($de), grpc_route::validate),
             "TCPRoute" => check_as::<TCPRoute>(typed($de), l4_route::validate_tcp),
             "TLSRoute" => check_as::<TLSRoute>(typed($de), l4_route::validate_tls),
+            "ReferenceGrant" => check_as::<ReferenceGrant>(typed($de), reference_grant::validate),
             other => panic!("the corpus holds no {other}"),
         }
     };
@@ -155,6 +157,7 @@ fn valid_corpus_round_trips_and_validates() {
         "GRPCRoute",
         "TCPRoute",
         "TLSRoute",
+        "ReferenceGrant",
     ] {
         assert!(
             kinds_seen.iter().any(|k| k == kind),
@@ -280,6 +283,7 @@ fn crds_generate_for_every_kind() {
         GRPCRoute::crd(),
         TCPRoute::crd(),
         TLSRoute::crd(),
+        ReferenceGrant::crd(),
     ]
     .into_iter()
     .map(|crd| crd.metadata.name.unwrap_or_default())
@@ -297,6 +301,7 @@ fn crds_generate_for_every_kind() {
             "grpcroutes.gateway.networking.k8s.io",
             "tcproutes.gateway.networking.k8s.io",
             "tlsroutes.gateway.networking.k8s.io",
+            "referencegrants.gateway.networking.k8s.io",
         ]
     );
 }

@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use crate::{
     FieldError,
     http_route::{
-        self, HTTPRoute, HttpBackendRef, HttpPathMatch, HttpRouteFilter, HttpRouteMatch,
+        self, Backends, HTTPRoute, HttpBackendRef, HttpPathMatch, HttpRouteFilter, HttpRouteMatch,
         HttpRouteRule, HttpRouteSpec, HttpValueMatch, MatchRank, ParentReference, RouteStatus,
     },
     istio::VirtualService,
+    reference_grant::Grants,
 };
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -96,10 +97,17 @@ pub fn virtual_service(
     service: &str,
     cluster_domain: &str,
     routes: &[&GRPCRoute],
+    grants: &Grants,
 ) -> Option<VirtualService> {
     let http: Vec<HTTPRoute> = routes.iter().map(|r| r.as_http_route()).collect();
     let http: Vec<&HTTPRoute> = http.iter().collect();
-    http_route::assemble(namespace, service, cluster_domain, &http, &|k, i, j| {
+    let backends = Backends {
+        kind: "GRPCRoute",
+        namespace,
+        cluster_domain,
+        grants,
+    };
+    http_route::assemble(&backends, service, &http, &|k, i, j| {
         let route = routes[k];
         let created = route
             .metadata
@@ -317,8 +325,14 @@ mod tests {
             { "backendRefs": [{ "name": "grpc", "port": 9090 }] },
         ]));
         assert_eq!(validate(&route), Vec::new());
-        let vs =
-            virtual_service("shop", "grpc", "cluster.local", &[&route]).expect("a VirtualService");
+        let vs = virtual_service(
+            "shop",
+            "grpc",
+            "cluster.local",
+            &[&route],
+            &Grants::default(),
+        )
+        .expect("a VirtualService");
         let uris: Vec<(String, String)> = vs
             .spec
             .http

@@ -24,11 +24,12 @@ use serde::{Deserialize, Serialize};
 use crate::{
     FieldError,
     istio::{
-        Destination, HeaderOperations, Headers, HttpDirectResponse, HttpMatchRequest,
-        HttpMirrorPolicy, HttpRedirect, HttpRetry, HttpRewrite, HttpRoute as IstioHttpRoute,
-        HttpRouteDestination, Percent, PortSelector, RedirectPortSelection, RegexRewrite,
-        StringMatch, VirtualService, VirtualServiceSpec,
+        Destination, FaultAbort, HeaderOperations, Headers, HttpDirectResponse, HttpFaultInjection,
+        HttpMatchRequest, HttpMirrorPolicy, HttpRedirect, HttpRetry, HttpRewrite,
+        HttpRoute as IstioHttpRoute, HttpRouteDestination, Percent, PortSelector,
+        RedirectPortSelection, RegexRewrite, StringMatch, VirtualService, VirtualServiceSpec,
     },
+    reference_grant::Grants,
     validate,
 };
 
@@ -771,15 +772,18 @@ pub(crate) fn backend_errors(
             ),
         );
     }
-    if backend
-        .namespace
-        .as_deref()
-        .is_some_and(|ns| ns != namespace)
+    // Another namespace's Service is fine here: whether a ReferenceGrant
+    // lets the route send to it is decided as routes are converted, since
+    // grants come and go on their own.
+    if backend.is_hostname()
+        && backend
+            .namespace
+            .as_deref()
+            .is_some_and(|ns| ns != namespace)
     {
         error(
             format!("{path}.namespace"),
-            "a backend in another namespace needs a ReferenceGrant, which Warren does not read yet"
-                .into(),
+            "a Hostname is not in a namespace: leave namespace out".into(),
         );
     }
     match backend.port {
@@ -825,7 +829,15 @@ fn conversion_errors(route: &HTTPRoute) -> Vec<FieldError> {
     services.dedup();
     services
         .iter()
-        .filter_map(|service| virtual_service(namespace, service, "cluster.local", &[route]))
+        .filter_map(|service| {
+            virtual_service(
+                namespace,
+                service,
+                "cluster.local",
+                &[route],
+                &Grants::all(),
+            )
+        })
         .flat_map(|vs| validate::virtual_service(&vs))
         .map(|e| {
             FieldError::new(
@@ -849,13 +861,22 @@ fn conversion_errors(route: &HTTPRoute) -> Vec<FieldError> {
 /// first, then prefixes longest first, then regular expressions; then a
 /// method before none, more headers first, more query parameters first;
 /// then the older route, the route's `namespace/name`, and the order written.
+/// A backend in another namespace is sent to only when `grants` permit it
+/// (see [`Backends`]).
 pub fn virtual_service(
     namespace: &str,
     service: &str,
     cluster_domain: &str,
     routes: &[&HTTPRoute],
+    grants: &Grants,
 ) -> Option<VirtualService> {
-    assemble(namespace, service, cluster_domain, routes, &|k, i, j| {
+    let backends = Backends {
+        kind: "HTTPRoute",
+        namespace,
+        cluster_domain,
+        grants,
+    };
+    assemble(&backends, service, routes, &|k, i, j| {
         let route = routes[k];
         let created = route
             .metadata
@@ -869,16 +890,57 @@ pub fn virtual_service(
     })
 }
 
+/// Where the backends of routes of one kind and namespace are, and which
+/// of them the routes may send to.
+pub(crate) struct Backends<'a> {
+    /// The routes' kind, as a ReferenceGrant names it (`HTTPRoute`, …).
+    pub kind: &'a str,
+    /// The routes' namespace.
+    pub namespace: &'a str,
+    pub cluster_domain: &'a str,
+    pub grants: &'a Grants,
+}
+
+impl Backends<'_> {
+    /// Whether a route may send to `backend`: a Service of another
+    /// namespace only with a ReferenceGrant there.
+    pub(crate) fn permitted(&self, backend: &BackendReference) -> bool {
+        backend.is_hostname()
+            || self.grants.permits_service(
+                self.kind,
+                self.namespace,
+                backend.namespace.as_deref().unwrap_or(self.namespace),
+                &backend.name,
+            )
+    }
+
+    /// A backend's host: a Service's fully qualified name, in its own
+    /// namespace, or a Hostname as written.
+    pub(crate) fn destination(&self, backend: &BackendReference) -> Destination {
+        Destination {
+            host: if backend.is_hostname() {
+                backend.name.clone()
+            } else {
+                let namespace = backend.namespace.as_deref().unwrap_or(self.namespace);
+                format!("{}.{namespace}.svc.{}", backend.name, self.cluster_domain)
+            },
+            port: backend
+                .port
+                .and_then(|p| u32::try_from(p).ok())
+                .map(|number| PortSelector { number }),
+            ..Destination::default()
+        }
+    }
+}
+
 /// [`virtual_service`] with the order of its rules given by `rank(route,
 /// rule, match)` (indexes into `routes`; a rule without matches has one, 0).
 pub(crate) fn assemble(
-    namespace: &str,
+    backends: &Backends<'_>,
     service: &str,
-    cluster_domain: &str,
     routes: &[&HTTPRoute],
     rank: &dyn Fn(usize, usize, usize) -> MatchRank,
 ) -> Option<VirtualService> {
-    let fqdn = |name: &str| format!("{name}.{namespace}.svc.{cluster_domain}");
     let mut ordered: Vec<(MatchRank, IstioHttpRoute)> = Vec::new();
     for (k, route) in routes.iter().enumerate() {
         let name = route.metadata.name.clone().unwrap_or_default();
@@ -911,7 +973,7 @@ pub(crate) fn assemble(
                 };
                 for (j, m) in matches.iter().enumerate() {
                     let rank = rank(k, i, j);
-                    let mut converted = convert_rule(&fqdn, rule, m, *port);
+                    let mut converted = convert_rule(backends, rule, m, *port);
                     converted.name = match (port, ports.len()) {
                         (Some(port), 2..) => {
                             format!("{name}.{rule_name}.matches[{j}].port[{port}]")
@@ -928,9 +990,9 @@ pub(crate) fn assemble(
     }
     ordered.sort_by(|a, b| a.0.cmp(&b.0));
     let mut vs = routes_virtual_service(
-        namespace,
+        backends.namespace,
         service,
-        cluster_domain,
+        backends.cluster_domain,
         routes.iter().map(|r| &r.metadata),
     );
     vs.spec.http = ordered.into_iter().map(|(_, rule)| rule).collect();
@@ -1091,12 +1153,17 @@ fn nonzero(duration: Option<&String>) -> Option<String> {
         .cloned()
 }
 
-/// One match of `rule` as a VirtualService rule, hosts made by `fqdn`. A
-/// `PathPrefix` matches whole path segments (`/foo` takes `/foo` and
-/// `/foo/bar`, not `/foobar`), so it becomes two alternatives: the path
-/// itself, and the prefix with a `/` after it.
+/// One match of `rule` as a VirtualService rule. A `PathPrefix` matches
+/// whole path segments (`/foo` takes `/foo` and `/foo/bar`, not
+/// `/foobar`), so it becomes two alternatives: the path itself, and the
+/// prefix with a `/` after it.
+///
+/// A backend the route may not send to (another namespace's without a
+/// ReferenceGrant) is not sent to: its share of requests is answered `500`,
+/// as the Gateway API asks (a fault abort of that share), and a mirror to
+/// one is left out.
 fn convert_rule(
-    fqdn: &dyn Fn(&str) -> String,
+    backends: &Backends<'_>,
     rule: &HttpRouteRule,
     m: &HttpRouteMatch,
     port: Option<u16>,
@@ -1133,7 +1200,9 @@ fn convert_rule(
         ..IstioHttpRoute::default()
     };
     for filter in &rule.filters {
-        if let Some(mirror) = &filter.request_mirror {
+        if let Some(mirror) = &filter.request_mirror
+            && backends.permitted(&mirror.backend_ref)
+        {
             let share = match (&mirror.percent, &mirror.fraction) {
                 (Some(p), _) => Some(f64::from(*p)),
                 (None, Some(f)) => Some(
@@ -1142,7 +1211,7 @@ fn convert_rule(
                 (None, None) => None,
             };
             out.mirrors.push(HttpMirrorPolicy {
-                destination: destination(fqdn, &mirror.backend_ref),
+                destination: backends.destination(&mirror.backend_ref),
                 percentage: share.map(|value| Percent { value }),
             });
         }
@@ -1160,23 +1229,48 @@ fn convert_rule(
             .iter()
             .map(|b| i64::from(b.weight.unwrap_or(1).max(0)))
             .collect();
-        if weights.iter().all(|w| *w == 0) {
-            // No backend, or all at weight 0: Gateway API answers 500.
+        let total: i64 = weights.iter().sum();
+        let permitted: Vec<i64> = weights
+            .iter()
+            .zip(&rule.backend_refs)
+            .map(|(w, b)| {
+                if backends.permitted(&b.reference()) {
+                    *w
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let refused = total - permitted.iter().sum::<i64>();
+        if refused == total {
+            // No backend, all at weight 0, or none permitted: Gateway API
+            // answers 500.
             out.direct_response = Some(HttpDirectResponse {
                 status: 500,
                 body: None,
             });
         } else {
-            out.route = percentages(&weights)
+            out.route = percentages(&permitted)
                 .into_iter()
                 .zip(&rule.backend_refs)
                 .filter(|(weight, _)| *weight > 0)
                 .map(|(weight, backend)| HttpRouteDestination {
-                    destination: destination(fqdn, &backend.reference()),
+                    destination: backends.destination(&backend.reference()),
                     weight: Some(weight),
                     headers: headers(&backend.filters),
                 })
                 .collect();
+            if refused > 0 {
+                let share = refused as f64 * 100.0 / total as f64;
+                out.fault = Some(HttpFaultInjection {
+                    delay: None,
+                    abort: Some(FaultAbort {
+                        http_status: Some(500),
+                        grpc_status: None,
+                        percentage: Some(Percent { value: share }),
+                    }),
+                });
+            }
         }
     }
     let timeouts = rule.timeouts.clone().unwrap_or_default();
@@ -1277,26 +1371,6 @@ pub(crate) fn percentages(weights: &[i64]) -> Vec<i32> {
         .into_iter()
         .map(|s| i32::try_from(s).unwrap_or(0))
         .collect()
-}
-
-/// A backend's host: a Service's fully qualified name, or a Hostname as
-/// written.
-pub(crate) fn destination(
-    fqdn: &dyn Fn(&str) -> String,
-    backend: &BackendReference,
-) -> Destination {
-    Destination {
-        host: if backend.is_hostname() {
-            backend.name.clone()
-        } else {
-            fqdn(&backend.name)
-        },
-        port: backend
-            .port
-            .and_then(|p| u32::try_from(p).ok())
-            .map(|number| PortSelector { number }),
-        ..Destination::default()
-    }
 }
 
 fn header_operations(into: &mut HeaderOperations, filter: &HeaderFilter) {

@@ -24,12 +24,12 @@ use serde::{Deserialize, Serialize};
 use crate::{
     FieldError,
     http_route::{
-        self, BackendReference, ParentReference, RouteStatus, backend_errors, destination,
-        percentages,
+        self, BackendReference, Backends, ParentReference, RouteStatus, backend_errors, percentages,
     },
     istio::{
         L4MatchAttributes, RouteDestination, TcpRoute, TlsMatchAttributes, TlsRoute, VirtualService,
     },
+    reference_grant::Grants,
     validate,
 };
 
@@ -113,6 +113,8 @@ impl BackendRef {
 
 /// What TCPRoutes and TLSRoutes share: where they attach and their rules.
 trait L4Route {
+    /// The kind, as a ReferenceGrant names it.
+    const KIND: &'static str;
     fn meta(&self) -> &ObjectMeta;
     fn parent_refs(&self) -> &[ParentReference];
     fn rules(&self) -> &[L4RouteRule];
@@ -125,6 +127,7 @@ trait L4Route {
 }
 
 impl L4Route for TCPRoute {
+    const KIND: &'static str = "TCPRoute";
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
     }
@@ -140,6 +143,7 @@ impl L4Route for TCPRoute {
 }
 
 impl L4Route for TLSRoute {
+    const KIND: &'static str = "TLSRoute";
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
     }
@@ -281,10 +285,13 @@ fn conversion_errors<R: L4Route>(
                 "cluster.local",
                 std::iter::once(route.meta()),
             );
-            add(
-                &mut vs,
-                rules(namespace, service, "cluster.local", &[route]),
-            );
+            let backends = Backends {
+                kind: R::KIND,
+                namespace,
+                cluster_domain: "cluster.local",
+                grants: &Grants::all(),
+            };
+            add(&mut vs, rules(&backends, service, &[route]));
             validate::virtual_service(&vs)
         })
         .map(|e| {
@@ -308,6 +315,11 @@ fn conversion_errors<R: L4Route>(
 /// routes make if any, with the `tcp` rules of `tcp` and the `tls` rules of
 /// `tls` (the routes attached to it, each validated) added; `None` when no
 /// route has a rule for it.
+///
+/// A backend in another namespace is connected to only when `grants`
+/// permit it; the others of its route take its share (a route left with
+/// none is left out: its connections go to the Service itself, as without
+/// it).
 pub fn virtual_service(
     namespace: &str,
     service: &str,
@@ -315,9 +327,16 @@ pub fn virtual_service(
     http: Option<VirtualService>,
     tcp: &[&TCPRoute],
     tls: &[&TLSRoute],
+    grants: &Grants,
 ) -> Option<VirtualService> {
-    let tcp_rules = rules(namespace, service, cluster_domain, tcp).tcp;
-    let tls_rules = rules(namespace, service, cluster_domain, tls).tls;
+    let backends = |kind| Backends {
+        kind,
+        namespace,
+        cluster_domain,
+        grants,
+    };
+    let tcp_rules = rules(&backends(TCPRoute::KIND), service, tcp).tcp;
+    let tls_rules = rules(&backends(TLSRoute::KIND), service, tls).tls;
     if tcp_rules.is_empty() && tls_rules.is_empty() {
         return http;
     }
@@ -352,8 +371,7 @@ struct Rank {
     route: String,
 }
 
-fn rules<R: L4Route>(namespace: &str, service: &str, cluster_domain: &str, routes: &[&R]) -> Rules {
-    let fqdn = |name: &str| format!("{name}.{namespace}.svc.{cluster_domain}");
+fn rules<R: L4Route>(backends: &Backends<'_>, service: &str, routes: &[&R]) -> Rules {
     let mut tcp: Vec<(Rank, TcpRoute)> = Vec::new();
     let mut tls: Vec<(Rank, TlsRoute)> = Vec::new();
     for route in routes {
@@ -367,7 +385,13 @@ fn rules<R: L4Route>(namespace: &str, service: &str, cluster_domain: &str, route
         let weights: Vec<i64> = rule
             .backend_refs
             .iter()
-            .map(|b| i64::from(weight(b)))
+            .map(|b| {
+                if backends.permitted(&b.reference()) {
+                    i64::from(weight(b))
+                } else {
+                    0
+                }
+            })
             .collect();
         if weights.iter().all(|w| *w == 0) {
             continue;
@@ -378,7 +402,7 @@ fn rules<R: L4Route>(namespace: &str, service: &str, cluster_domain: &str, route
             .zip(&rule.backend_refs)
             .filter(|(share, _)| *share > 0)
             .map(|(share, backend)| RouteDestination {
-                destination: destination(&fqdn, &backend.reference()),
+                destination: backends.destination(&backend.reference()),
                 weight: several.then_some(share),
             })
             .collect();

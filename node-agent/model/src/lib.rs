@@ -12,6 +12,8 @@
 //! - [`grpc_route`]: the Gateway API's GRPCRoute, read as an HTTPRoute.
 //! - [`l4_route`]: the Gateway API's TCPRoute and TLSRoute for Services, as
 //!   VirtualService `tcp` and `tls` rules.
+//! - [`reference_grant`]: the Gateway API's ReferenceGrant, which lets
+//!   routes send to another namespace's Services.
 //! - [`validate`]: per-kind checks, each error naming field path and reason.
 //! - [`error`]: the errors an operator sees.
 pub mod cluster;
@@ -24,6 +26,7 @@ pub mod istio;
 pub mod l4_route;
 pub mod labels;
 pub mod object;
+pub mod reference_grant;
 pub mod validate;
 
 pub use error::{ConfigError, FieldError};

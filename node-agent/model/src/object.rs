@@ -23,6 +23,7 @@ use super::{
         ServiceEntry, VirtualService,
     },
     l4_route::{self, TCPRoute, TLSRoute},
+    reference_grant::{self, ReferenceGrant},
     validate,
 };
 
@@ -45,6 +46,7 @@ pub enum Kind {
     GrpcRoute,
     TcpRoute,
     TlsRoute,
+    ReferenceGrant,
 }
 
 impl Kind {
@@ -81,6 +83,11 @@ impl Kind {
                 Kind::GrpcRoute
             }
             ("gateway.networking.k8s.io", "TCPRoute") if version == "v1alpha2" => Kind::TcpRoute,
+            ("gateway.networking.k8s.io", "ReferenceGrant")
+                if matches!(version, "v1" | "v1beta1" | "v1alpha2") =>
+            {
+                Kind::ReferenceGrant
+            }
             ("gateway.networking.k8s.io", "TLSRoute")
                 if matches!(version, "v1" | "v1alpha3" | "v1alpha2") =>
             {
@@ -117,6 +124,7 @@ impl Kind {
             Kind::GrpcRoute => "GRPCRoute",
             Kind::TcpRoute => "TCPRoute",
             Kind::TlsRoute => "TLSRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
         }
     }
 }
@@ -172,6 +180,7 @@ pub enum Object {
     GrpcRoute(Arc<GRPCRoute>),
     TcpRoute(Arc<TCPRoute>),
     TlsRoute(Arc<TLSRoute>),
+    ReferenceGrant(Arc<ReferenceGrant>),
 }
 
 impl Object {
@@ -193,6 +202,7 @@ impl Object {
             Object::GrpcRoute(_) => Kind::GrpcRoute,
             Object::TcpRoute(_) => Kind::TcpRoute,
             Object::TlsRoute(_) => Kind::TlsRoute,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
         }
     }
 
@@ -216,6 +226,7 @@ impl Object {
             Object::GrpcRoute(o) => Some(&o.metadata),
             Object::TcpRoute(o) => Some(&o.metadata),
             Object::TlsRoute(o) => Some(&o.metadata),
+            Object::ReferenceGrant(o) => Some(&o.metadata),
         }
     }
 
@@ -406,6 +417,8 @@ pub fn parse_document(doc: Value, source: &str) -> Result<Object, ConfigError> {
                 .map(|(o, e)| (Object::TcpRoute(Arc::new(o)), e)),
             Kind::TlsRoute => checked(doc, l4_route::validate_tls)
                 .map(|(o, e)| (Object::TlsRoute(Arc::new(o)), e)),
+            Kind::ReferenceGrant => checked(doc, reference_grant::validate)
+                .map(|(o, e)| (Object::ReferenceGrant(Arc::new(o)), e)),
         }
         .map_err(|e| refuse(kind.name(), vec![e]))?;
     if !errors.is_empty() {

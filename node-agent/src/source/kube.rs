@@ -106,6 +106,13 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
         "grpcroutes",
     ),
     (
+        Kind::ReferenceGrant,
+        "gateway.networking.k8s.io",
+        "v1beta1",
+        "ReferenceGrant",
+        "referencegrants",
+    ),
+    (
         Kind::TcpRoute,
         "gateway.networking.k8s.io",
         "v1alpha2",

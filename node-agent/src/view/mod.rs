@@ -35,11 +35,22 @@ use tracing::warn;
 
 use crate::{
     enrollment::PodNetns,
-    model::{Kind, Labels, Object, ObjectKey, grpc_route, http_route, l4_route, validate},
+    model::{
+        Kind, Labels, Object, ObjectKey, grpc_route, http_route, l4_route, reference_grant::Grants,
+        validate,
+    },
     store::Store,
 };
 pub use authorization::Selection;
 pub use published::{Audience, Form, Pending, Published, Publisher};
+
+/// The Gateway API's route kinds, which make a Service's VirtualService.
+const ROUTE_KINDS: [Kind; 4] = [
+    Kind::HttpRoute,
+    Kind::GrpcRoute,
+    Kind::TcpRoute,
+    Kind::TlsRoute,
+];
 
 /// What [`key::certificate`] keys begin with.
 const CERTIFICATE_PREFIX: &str = "certificate/";
@@ -259,6 +270,15 @@ impl View {
                 Kind::VirtualService | Kind::DestinationRule => self.routing(store, key),
                 Kind::HttpRoute | Kind::GrpcRoute | Kind::TcpRoute | Kind::TlsRoute => {
                     route_namespaces.insert(ns);
+                }
+                Kind::ReferenceGrant => {
+                    // A grant may let routes of any namespace in, or shut
+                    // them out: every namespace with routes again.
+                    route_namespaces.extend(ROUTE_KINDS.iter().flat_map(|&kind| {
+                        store
+                            .of_kind(kind)
+                            .filter_map(|o| o.key().namespace.map(|ns| ns.to_string()))
+                    }));
                 }
                 Kind::ServiceEntry => {
                     // A policy may target the entry (its hosts).
@@ -609,6 +629,10 @@ impl View {
         ) -> Vec<&'a T> {
             store.of_kind_in(kind, namespace).filter_map(pick).collect()
         }
+        let grants = Grants::new(store.of_kind(Kind::ReferenceGrant).filter_map(|o| match o {
+            Object::ReferenceGrant(grant) => Some(&**grant),
+            _ => None,
+        }));
         let grpc = of(store, Kind::GrpcRoute, namespace, |o| match o {
             Object::GrpcRoute(route) => Some(&**route),
             _ => None,
@@ -654,11 +678,11 @@ impl View {
                         "a Service with GRPCRoutes is routed by them: its HTTPRoutes are left out"
                     );
                 }
-                grpc_route::virtual_service(namespace, service, domain, &grpc)
+                grpc_route::virtual_service(namespace, service, domain, &grpc, &grants)
             } else {
-                http_route::virtual_service(namespace, service, domain, &http)
+                http_route::virtual_service(namespace, service, domain, &http, &grants)
             };
-            let vs = l4_route::virtual_service(namespace, service, domain, vs, &tcp, &tls);
+            let vs = l4_route::virtual_service(namespace, service, domain, vs, &tcp, &tls, &grants);
             let Some(vs) = vs else {
                 continue;
             };

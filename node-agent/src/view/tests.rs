@@ -1101,6 +1101,59 @@ spec:
 }
 
 #[test]
+fn a_reference_grant_lets_routes_of_another_namespace_in_and_out() {
+    let (mut store, mut view) = built(WAYPOINT_GATEWAY);
+    let keys = apply(
+        &mut store,
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: across, namespace: demo }
+spec:
+  parentRefs: [{ group: "", kind: Service, name: app }]
+  rules:
+  - backendRefs: [{ name: ratings, namespace: data, port: 80 }]
+"#,
+    );
+    view.changed(&store, &keys);
+    let routes = key::service_routes("demo", "app");
+    let rule = |view: &View| -> serde_json::Value {
+        let Some(ResourceKind::VirtualService(vs)) = get(view, &routes) else {
+            panic!("no VirtualService for the routes of app");
+        };
+        let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
+        spec["http"][0].clone()
+    };
+    // No grant: answered 500, nothing sent to `data`.
+    assert_eq!(rule(&view)["directResponse"]["status"], 500);
+
+    // A grant in `data`, changed on its own, reaches the route of `demo`.
+    let grant = apply(
+        &mut store,
+        r#"
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: { name: from-demo, namespace: data }
+spec:
+  from: [{ group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: demo }]
+  to: [{ group: "", kind: Service }]
+"#,
+    );
+    view.changed(&store, &grant);
+    let granted = rule(&view);
+    assert!(granted.get("directResponse").is_none(), "{granted}");
+    assert_eq!(
+        granted["route"][0]["destination"]["host"],
+        "ratings.data.svc.cluster.local"
+    );
+
+    // Withdrawn: shut out again.
+    let gone = delete(&mut store, Kind::ReferenceGrant, "data", "from-demo");
+    view.changed(&store, &[gone]);
+    assert_eq!(rule(&view)["directResponse"]["status"], 500);
+}
+
+#[test]
 fn routing_reaches_waypoints_with_hosts_qualified_and_not_ztunnels() {
     let (mut store, mut view) = built(WAYPOINT_GATEWAY);
     let keys = apply(

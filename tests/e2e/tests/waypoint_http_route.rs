@@ -3,7 +3,8 @@
 //! per-version Services, match headers, rewrite by whole path segments,
 //! redirect, answer 500 where a rule has no backend, leave the Service's
 //! other port alone (the parentRef names port 80), and leave when deleted;
-//! a GRPCRoute matches calls by their method.
+//! a GRPCRoute matches calls by their method; a route sends to another
+//! namespace's Service only while a ReferenceGrant there permits it.
 
 use std::time::Duration;
 
@@ -11,9 +12,9 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use warren_e2e::{
     mesh::{demo_cluster_with_waypoint_pod, eventually, service_vip, start_mesh_and_waypoint},
-    workload::{count_status, count_version, load, start_app_versions},
+    workload::{count_status, count_version, load, start_app_versions, start_http_server},
 };
-use warren_testbed::{ServicePort, labels, privilege::require_root};
+use warren_testbed::{PodSpec, ServicePort, labels, privilege::require_root};
 
 const ROUTES_FILE: &str = "routes.demo.app.yaml";
 
@@ -255,5 +256,118 @@ fn a_grpc_route_matches_calls_by_method() -> Result<()> {
         ensure!(check()? == 0, "Check must stay on the default rule");
     }
     drop(server);
+    Ok(())
+}
+
+/// Half of `app`'s requests to namespace `data`'s `app`.
+const ACROSS: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: across, namespace: demo }
+spec:
+  parentRefs: [{ group: "", kind: Service, name: app, port: 80 }]
+  rules:
+  - backendRefs:
+    - { name: app-v1, port: 80 }
+    - { name: app, namespace: data, port: 80 }
+"#;
+
+/// `data` lets HTTPRoutes of `demo` send to its Service `app`.
+const GRANT: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: { name: from-demo, namespace: data }
+spec:
+  from: [{ group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: demo }]
+  to: [{ group: "", kind: Service, name: app }]
+"#;
+
+#[test]
+fn a_route_sends_to_another_namespace_only_with_a_reference_grant() -> Result<()> {
+    require_root()?;
+    let mut cluster = demo_cluster_with_waypoint_pod(&[
+        ("app-v1", 1, &[("app", "app"), ("version", "v1")], "app"),
+        ("client", 0, &[("app", "client")], "client"),
+    ])?;
+    cluster.add_namespace("data", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
+    cluster.add_pod(PodSpec {
+        name: "app-v3".into(),
+        namespace: "data".into(),
+        node: 1,
+        labels: labels(&[("app", "app"), ("version", "v3")]),
+        service_account: Some("app".into()),
+    })?;
+    let http = || {
+        vec![ServicePort {
+            name: "http".into(),
+            port: 80,
+            target_port: 8080,
+        }]
+    };
+    let selector = || labels(&[("app", "app")]);
+    cluster.add_service("demo", "app", selector(), http())?;
+    cluster.add_service("demo", "app-v1", selector(), http())?;
+    cluster.add_service("data", "app", selector(), http())?;
+    let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
+    let mut servers = start_app_versions(&cluster, &["v1"])?;
+    let v3 = cluster.pod("data/app-v3")?.clone();
+    servers.push(start_http_server(
+        &cluster,
+        &v3,
+        8080,
+        &["--version", "v3", "--name", "app-v3"],
+    )?);
+    let url = format!("http://{}/", service_vip(&cluster, "app")?);
+    let client = cluster.pod("client")?.clone();
+    let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
+    let counts = |n: &str| -> Result<(u64, u64, u64)> {
+        let report = load(&client, &url, &["-n", n, "-c", "4"])?;
+        Ok((
+            count_version(&report, "v1"),
+            count_version(&report, "v3"),
+            count_status(&report, 500),
+        ))
+    };
+
+    // Without a grant the other namespace's share is answered 500, and
+    // none of it reaches `data`.
+    let config = cluster.config_dir().to_path_buf();
+    std::fs::write(config.join("routes.demo.across.yaml"), ACROSS)?;
+    eventually(Duration::from_secs(20), "the route in force", || {
+        Ok(counts("20")?.2 > 0)
+    })
+    .with_context(logs)?;
+    let (v1, v3_seen, failed) = counts("400")?;
+    eprintln!("without a ReferenceGrant: v1 {v1}, data/app {v3_seen}, 500 {failed} of 400");
+    ensure!(
+        v3_seen == 0 && v1 + failed == 400 && (140..=260).contains(&failed),
+        "without a grant: v1 {v1}, v3 {v3_seen}, 500 {failed} of 400\n{}",
+        logs()
+    );
+
+    // With one, half goes to `data`.
+    let grant = config.join("grants.data.from-demo.yaml");
+    std::fs::write(&grant, GRANT)?;
+    eventually(Duration::from_secs(20), "the grant in force", || {
+        let (_, v3, failed) = counts("20")?;
+        Ok(v3 > 0 && failed == 0)
+    })
+    .with_context(logs)?;
+    let (v1, v3_seen, failed) = counts("400")?;
+    eprintln!("with a ReferenceGrant: v1 {v1}, data/app {v3_seen}, 500 {failed} of 400");
+    ensure!(
+        failed == 0 && v1 + v3_seen == 400 && (140..=260).contains(&v3_seen),
+        "with a grant: v1 {v1}, v3 {v3_seen}, 500 {failed} of 400\n{}",
+        logs()
+    );
+
+    // Withdrawn, it shuts the route out again.
+    std::fs::remove_file(&grant)?;
+    eventually(Duration::from_secs(20), "the grant withdrawn", || {
+        let (_, v3, failed) = counts("20")?;
+        Ok(v3 == 0 && failed > 0)
+    })
+    .with_context(logs)?;
+    drop(servers);
     Ok(())
 }

@@ -1,3 +1,4 @@
+use crate::reference_grant::ReferenceGrant;
 use serde_json::json;
 
 use super::*;
@@ -28,7 +29,14 @@ fn errors(route: &HTTPRoute) -> Vec<String> {
 /// The VirtualService `routes` make for `reviews`, which must pass the
 /// checks a written one does.
 fn converted(routes: &[&HTTPRoute]) -> VirtualServiceSpec {
-    let vs = virtual_service("shop", "reviews", "cluster.local", routes).expect("a VirtualService");
+    let vs = virtual_service(
+        "shop",
+        "reviews",
+        "cluster.local",
+        routes,
+        &Grants::default(),
+    )
+    .expect("a VirtualService");
     let problems = validate::virtual_service(&vs);
     assert!(problems.is_empty(), "{problems:?}");
     vs.spec
@@ -393,7 +401,16 @@ fn ingress_routes_are_not_warrens_and_mesh_routes_are_checked() {
         Vec::<String>::new(),
         "left to its controller"
     );
-    assert!(virtual_service("shop", "reviews", "cluster.local", &[&ingress]).is_none());
+    assert!(
+        virtual_service(
+            "shop",
+            "reviews",
+            "cluster.local",
+            &[&ingress],
+            &Grants::default()
+        )
+        .is_none()
+    );
 
     let bad = route(
         "bad",
@@ -410,7 +427,7 @@ fn ingress_routes_are_not_warrens_and_mesh_routes_are_checked() {
                     { "type": "URLRewrite", "urlRewrite": { "hostname": "x" } },
                 ],
                 "backendRefs": [
-                    { "name": "elsewhere", "namespace": "other", "port": 80 },
+                    { "group": "networking.istio.io", "kind": "Hostname", "name": "api.example.com", "namespace": "other" },
                     { "name": "no-port" },
                     { "kind": "Pod", "name": "p", "port": 80, "weight": -1 },
                 ],
@@ -447,7 +464,7 @@ fn ingress_routes_are_not_warrens_and_mesh_routes_are_checked() {
         "spec.rules[0].filters[0].type: \"ExtensionRef\" is not supported",
         "spec.rules[0].filters[1].requestRedirect.statusCode: 307 is not 301 or 302",
         "spec.rules[0].filters[1].requestRedirect.path.type: ReplacePrefixMatch in a redirect",
-        "spec.rules[0].backendRefs[0].namespace: a backend in another namespace needs a ReferenceGrant",
+        "spec.rules[0].backendRefs[0].namespace: a Hostname is not in a namespace",
         "spec.rules[0].backendRefs[1].port: required for a Service backend",
         "spec.rules[0].backendRefs[2].kind: /Pod is not a backend",
         "spec.rules[0].backendRefs[2].weight: -1 is not within",
@@ -459,4 +476,89 @@ fn ingress_routes_are_not_warrens_and_mesh_routes_are_checked() {
             "missing {expected:?} in {found:#?}"
         );
     }
+}
+
+#[test]
+fn another_namespaces_backend_needs_a_reference_grant() {
+    let r = reviews(json!([{
+        "filters": [{ "type": "RequestMirror", "requestMirror": {
+            "backendRef": { "name": "audit", "namespace": "data", "port": 80 },
+        }}],
+        "backendRefs": [
+            { "name": "reviews-v1", "port": 9080, "weight": 3 },
+            { "name": "ratings", "namespace": "data", "port": 9080, "weight": 1 },
+        ],
+    }]));
+    // Another namespace's Service is no error in itself: grants come and
+    // go on their own.
+    assert_eq!(errors(&r), Vec::<String>::new());
+    let convert = |grants: &Grants| {
+        let vs = virtual_service("shop", "reviews", "cluster.local", &[&r], grants)
+            .expect("a VirtualService");
+        assert!(validate::virtual_service(&vs).is_empty());
+        vs.spec.http[0].clone()
+    };
+
+    // Without a grant: its share answered 500 (a fault abort of 25 %),
+    // the rest to the permitted backend, and no copies to another
+    // namespace's Service.
+    let rule = convert(&Grants::default());
+    let hosts: Vec<(&str, Option<i32>)> = rule
+        .route
+        .iter()
+        .map(|d| (d.destination.host.as_str(), d.weight))
+        .collect();
+    assert_eq!(hosts, [("reviews-v1.shop.svc.cluster.local", Some(100))]);
+    let abort = rule.fault.and_then(|f| f.abort).expect("an abort");
+    assert_eq!(abort.http_status, Some(500));
+    assert_eq!(abort.percentage.map(|p| p.value), Some(25.0));
+    assert!(rule.mirrors.is_empty());
+
+    // With one in `data` for HTTPRoutes of `shop`: sent there, by its name
+    // in its own namespace.
+    let mut grant = ReferenceGrant::new(
+        "from-shop",
+        serde_json::from_value(json!({
+            "from": [{ "group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "shop" }],
+            "to": [{ "group": "", "kind": "Service" }],
+        }))
+        .expect("a grant"),
+    );
+    grant.metadata.namespace = Some("data".into());
+    let rule = convert(&Grants::new([&grant]));
+    let hosts: Vec<(&str, Option<i32>)> = rule
+        .route
+        .iter()
+        .map(|d| (d.destination.host.as_str(), d.weight))
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            ("reviews-v1.shop.svc.cluster.local", Some(75)),
+            ("ratings.data.svc.cluster.local", Some(25)),
+        ]
+    );
+    assert!(rule.fault.is_none());
+    assert_eq!(
+        rule.mirrors[0].destination.host,
+        "audit.data.svc.cluster.local"
+    );
+
+    // Every backend refused: the rule answers 500.
+    let only_other = reviews(json!([{ "backendRefs": [
+        { "name": "ratings", "namespace": "data", "port": 9080 },
+    ]}]));
+    let vs = virtual_service(
+        "shop",
+        "reviews",
+        "cluster.local",
+        &[&only_other],
+        &Grants::default(),
+    )
+    .expect("a VirtualService");
+    assert_eq!(
+        vs.spec.http[0].direct_response.as_ref().map(|d| d.status),
+        Some(500)
+    );
+    assert!(vs.spec.http[0].route.is_empty());
 }

@@ -1,3 +1,4 @@
+use crate::reference_grant::ReferenceGrant;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use serde_json::json;
 
@@ -33,8 +34,16 @@ fn errors(found: Vec<FieldError>) -> Vec<String> {
 /// The VirtualService of Service `db`, which must pass a written one's
 /// checks.
 fn converted(http: Option<VirtualService>, tcp: &[&TCPRoute], tls: &[&TLSRoute]) -> VirtualService {
-    let vs =
-        virtual_service("shop", "db", "cluster.local", http, tcp, tls).expect("a VirtualService");
+    let vs = virtual_service(
+        "shop",
+        "db",
+        "cluster.local",
+        http,
+        tcp,
+        tls,
+        &Grants::default(),
+    )
+    .expect("a VirtualService");
     let problems = validate::virtual_service(&vs);
     assert!(problems.is_empty(), "{problems:?}");
     vs
@@ -206,8 +215,17 @@ fn l4_rules_join_the_services_http_routes() {
             "rules": [{ "backendRefs": [{ "name": "db-v1", "port": 5432 }] }],
         }),
     );
-    let vs = virtual_service("shop", DB, "cluster.local", Some(http.clone()), &[&r], &[])
-        .expect("a VirtualService");
+    let none = Grants::default();
+    let vs = virtual_service(
+        "shop",
+        DB,
+        "cluster.local",
+        Some(http.clone()),
+        &[&r],
+        &[],
+        &none,
+    )
+    .expect("a VirtualService");
     assert_eq!(vs.spec.http, http.spec.http);
     assert_eq!(vs.spec.tcp.len(), 1);
     // The HTTP routes are older.
@@ -220,10 +238,11 @@ fn l4_rules_join_the_services_http_routes() {
         Some(http.clone()),
         &[&r],
         &[],
+        &none,
     );
     assert_eq!(other, Some(http));
     assert_eq!(
-        virtual_service("shop", "web", "cluster.local", None, &[&r], &[]),
+        virtual_service("shop", "web", "cluster.local", None, &[&r], &[], &none),
         None
     );
 }
@@ -263,7 +282,7 @@ fn what_a_route_cannot_mean_is_refused_by_path() {
         paths(refused(json!({
             "parentRefs": [{ "kind": "Service", "name": DB }],
             "rules": [{ "backendRefs": [
-                { "name": "db-v1", "namespace": "other", "port": 5432 },
+                { "group": "networking.istio.io", "kind": "Hostname", "name": "db.example.com", "namespace": "other" },
                 { "name": "db-v2" },
                 { "name": "db-v3", "port": 5432, "weight": -1 },
             ]}],
@@ -318,4 +337,55 @@ fn tls_server_names_are_host_names() {
         ],
         "{found:?}"
     );
+}
+
+#[test]
+fn another_namespaces_backend_needs_a_reference_grant() {
+    let r = tcp(
+        "across",
+        0,
+        json!({
+            "parentRefs": [parent(Some(5432))],
+            "rules": [{ "backendRefs": [
+                { "name": "db-v1", "port": 5432, "weight": 1 },
+                { "name": "db", "namespace": "data", "port": 5432, "weight": 1 },
+            ]}],
+        }),
+    );
+    assert_eq!(errors(validate_tcp(&r)), Vec::<String>::new());
+    let hosts = |grants: &Grants| -> Vec<(String, Option<i32>)> {
+        let vs = virtual_service("shop", DB, "cluster.local", None, &[&r], &[], grants)
+            .expect("a VirtualService");
+        assert!(validate::virtual_service(&vs).is_empty());
+        vs.spec.tcp[0]
+            .route
+            .iter()
+            .map(|d| (d.destination.host.clone(), d.weight))
+            .collect()
+    };
+    // Without a grant the permitted backend takes every connection.
+    assert_eq!(
+        hosts(&Grants::default()),
+        [("db-v1.shop.svc.cluster.local".to_owned(), Some(100))]
+    );
+    // A grant for TCPRoutes of `shop` to that Service.
+    let mut grant = ReferenceGrant::new(
+        "from-shop",
+        serde_json::from_value(json!({
+            "from": [{ "group": "gateway.networking.k8s.io", "kind": "TCPRoute", "namespace": "shop" }],
+            "to": [{ "group": "", "kind": "Service", "name": "db" }],
+        }))
+        .expect("a grant"),
+    );
+    grant.metadata.namespace = Some("data".into());
+    assert_eq!(
+        hosts(&Grants::new([&grant])),
+        [
+            ("db-v1.shop.svc.cluster.local".to_owned(), Some(50)),
+            ("db.data.svc.cluster.local".to_owned(), Some(50)),
+        ]
+    );
+    // A grant for HTTPRoutes says nothing of TCPRoutes.
+    grant.spec.from[0].kind = "HTTPRoute".into();
+    assert_eq!(hosts(&Grants::new([&grant])).len(), 1);
 }
