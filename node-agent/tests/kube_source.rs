@@ -172,12 +172,12 @@ async fn lists_watches_and_relists_after_410() {
     );
 }
 
-/// An API server that lets the agent list namespaces, refuses the paths
-/// `refused` with `status`, and holds every other request.
-async fn refusing(
+/// An API server that lists namespace `shop`, answers the paths of
+/// `answers` (lists and discovery) as given, holds every watch, and knows
+/// nothing else (404).
+async fn scripted(
     mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
-    refused: &'static [&'static str],
-    status: http::StatusCode,
+    answers: Vec<(&'static str, http::StatusCode, Value)>,
 ) {
     let mut held = Vec::new();
     while let Some((request, send)) = handle.next_request().await {
@@ -187,26 +187,44 @@ async fn refusing(
             .query()
             .unwrap_or_default()
             .contains("watch=true");
-        match (path.as_str(), is_watch) {
-            ("/api/v1/namespaces", false) => send.send_response(Response::new(Body::from(list(
-                "NamespaceList",
-                "10",
-                vec![namespace("shop", "9", true)],
-            )))),
-            (path, _) if refused.contains(&path) => {
-                let body = json!({
-                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "reason": status.canonical_reason(), "code": status.as_u16(),
-                    "message": format!("{path}: refused")
-                });
-                let mut response =
-                    Response::new(Body::from(serde_json::to_vec(&body).expect("JSON")));
-                *response.status_mut() = status;
-                send.send_response(response);
-            }
-            _ => held.push(send),
+        if is_watch {
+            held.push(send);
+            continue;
         }
+        let (status, body) = match answers.iter().find(|(p, _, _)| *p == path) {
+            Some((_, status, body)) => (*status, body.clone()),
+            None if path == "/api/v1/namespaces" => (
+                http::StatusCode::OK,
+                serde_json::from_slice(&list(
+                    "NamespaceList",
+                    "10",
+                    vec![namespace("shop", "9", true)],
+                ))
+                .expect("JSON"),
+            ),
+            None => (http::StatusCode::NOT_FOUND, status(404, &path)),
+        };
+        let mut response = Response::new(Body::from(serde_json::to_vec(&body).expect("JSON")));
+        *response.status_mut() = status;
+        send.send_response(response);
     }
+}
+
+/// A refusal as the API server words it.
+fn status(code: u16, path: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "code": code, "message": format!("{path}: refused")
+    })
+}
+
+/// What discovery says is served at a group version.
+fn resources(group_version: &str, plurals: &[&str]) -> Value {
+    let resources: Vec<Value> = plurals
+        .iter()
+        .map(|p| json!({ "name": p, "singularName": "", "namespaced": true, "kind": "", "verbs": ["list", "watch"] }))
+        .collect();
+    json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources })
 }
 
 /// The events of `source` up to its first sync (or 5 s without one).
@@ -232,10 +250,10 @@ async fn until_synced(source: KubeSource) -> Vec<String> {
 async fn a_forbidden_node_watch_does_not_hold_the_first_sync_back() {
     // A ClusterRole from before Warren read Nodes.
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    tokio::spawn(refusing(
+    let forbidden = http::StatusCode::FORBIDDEN;
+    tokio::spawn(scripted(
         handle,
-        &["/api/v1/nodes"],
-        http::StatusCode::FORBIDDEN,
+        vec![("/api/v1/nodes", forbidden, status(403, "nodes"))],
     ));
     let client = Client::new(service, "default");
     let source = KubeSource::with_kinds(client, vec![Kind::Namespace, Kind::Node]);
@@ -245,15 +263,14 @@ async fn a_forbidden_node_watch_does_not_hold_the_first_sync_back() {
 
 #[tokio::test]
 async fn experimental_gateway_routes_not_installed_do_not_hold_the_first_sync_back() {
-    // A cluster with the Gateway API's standard CRDs only.
+    // A cluster with the Gateway API's standard CRDs only: discovery lists
+    // no TLSRoute, and the routes' lists are not found.
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    tokio::spawn(refusing(
+    let ok = http::StatusCode::OK;
+    let v1 = resources("gateway.networking.k8s.io/v1", &["httproutes", "gateways"]);
+    tokio::spawn(scripted(
         handle,
-        &[
-            "/apis/gateway.networking.k8s.io/v1alpha2/tcproutes",
-            "/apis/gateway.networking.k8s.io/v1alpha2/tlsroutes",
-        ],
-        http::StatusCode::NOT_FOUND,
+        vec![("/apis/gateway.networking.k8s.io/v1", ok, v1)],
     ));
     let client = Client::new(service, "default");
     let source = KubeSource::with_kinds(
@@ -262,4 +279,73 @@ async fn experimental_gateway_routes_not_installed_do_not_hold_the_first_sync_ba
     );
     let log = until_synced(source).await;
     assert_eq!(log, vec!["upsert Namespace shop", "synced"], "{log:?}");
+}
+
+#[tokio::test]
+async fn a_forbidden_route_kind_holds_the_first_sync_back() {
+    // A ClusterRole from before Warren read TCPRoutes: they change where
+    // connections go, so the agent does not go on without them.
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let forbidden = http::StatusCode::FORBIDDEN;
+    tokio::spawn(scripted(
+        handle,
+        vec![(
+            "/apis/gateway.networking.k8s.io/v1alpha2/tcproutes",
+            forbidden,
+            status(403, "tcproutes"),
+        )],
+    ));
+    let client = Client::new(service, "default");
+    let source = KubeSource::with_kinds(client, vec![Kind::Namespace, Kind::TcpRoute]);
+    let log = until_synced(source).await;
+    assert_eq!(log, vec!["upsert Namespace shop"], "{log:?}");
+}
+
+#[tokio::test]
+async fn a_kind_is_watched_at_the_version_the_cluster_serves() {
+    // CRDs of an older Gateway API release: TLSRoute at v1alpha2 only.
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ok = http::StatusCode::OK;
+    let route = json!({
+        "metadata": { "name": "secure", "namespace": "shop", "resourceVersion": "7" },
+        "spec": {
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "db" }],
+            "rules": [{ "backendRefs": [{ "name": "db", "port": 443 }] }],
+        },
+    });
+    let routes: Value =
+        serde_json::from_slice(&list("TLSRouteList", "7", vec![route])).expect("JSON");
+    tokio::spawn(scripted(
+        handle,
+        vec![
+            (
+                "/apis/gateway.networking.k8s.io/v1",
+                ok,
+                resources("gateway.networking.k8s.io/v1", &["httproutes"]),
+            ),
+            (
+                "/apis/gateway.networking.k8s.io/v1alpha2",
+                ok,
+                resources("gateway.networking.k8s.io/v1alpha2", &["tlsroutes"]),
+            ),
+            (
+                "/apis/gateway.networking.k8s.io/v1alpha2/tlsroutes",
+                ok,
+                routes,
+            ),
+        ],
+    ));
+    let client = Client::new(service, "default");
+    let source = KubeSource::with_kinds(client, vec![Kind::Namespace, Kind::TlsRoute]);
+    let mut log = until_synced(source).await;
+    log.sort();
+    assert_eq!(
+        log,
+        vec![
+            "synced",
+            "upsert Namespace shop",
+            "upsert TLSRoute shop/secure"
+        ],
+        "{log:?}"
+    );
 }

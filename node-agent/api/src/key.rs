@@ -46,9 +46,16 @@ pub fn virtual_service(namespace: &str, name: &str) -> String {
     format!("virtualservice/{namespace}/{name}")
 }
 
-/// The VirtualService a Service's Gateway API routes make together.
+/// The VirtualService a Service's Gateway API HTTP (or gRPC) routes make
+/// together.
 pub fn service_routes(namespace: &str, service: &str) -> String {
     format!("{SERVICE_ROUTES_PREFIX}{namespace}/{service}")
+}
+
+/// The VirtualService a Service's Gateway API TCP and TLS routes make
+/// together.
+pub fn service_l4_routes(namespace: &str, service: &str) -> String {
+    format!("{SERVICE_ROUTES_PREFIX}{namespace}/{service}/l4")
 }
 
 /// What [`service_routes`] keys begin with.

@@ -990,6 +990,7 @@ pub(crate) fn assemble(
     }
     ordered.sort_by(|a, b| a.0.cmp(&b.0));
     let mut vs = routes_virtual_service(
+        "routes",
         backends.namespace,
         service,
         backends.cluster_domain,
@@ -1000,17 +1001,18 @@ pub(crate) fn assemble(
 }
 
 /// The VirtualService, with no rules yet, that a Service's Gateway API
-/// routes (of every kind) make together: named `<service>-routes` (apart
+/// routes of one layer make together: named `<service>-<suffix>` (apart
 /// from a written VirtualService of the Service's name), for the Service's
 /// fully qualified host, as old as the oldest of `routes`.
 pub(crate) fn routes_virtual_service<'a>(
+    suffix: &str,
     namespace: &str,
     service: &str,
     cluster_domain: &str,
     routes: impl Iterator<Item = &'a ObjectMeta>,
 ) -> VirtualService {
     let mut vs = VirtualService::new(
-        &format!("{service}-routes"),
+        &format!("{service}-{suffix}"),
         VirtualServiceSpec {
             hosts: vec![format!("{service}.{namespace}.svc.{cluster_domain}")],
             ..VirtualServiceSpec::default()

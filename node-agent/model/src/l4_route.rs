@@ -5,7 +5,7 @@
 //! (TLSRoute), the bytes passed through untouched.
 //!
 //! Each route becomes the VirtualService `tcp` or `tls` rule it amounts to,
-//! added to the VirtualService the Service's HTTP routes make
+//! in one VirtualService for the Service's TCP and TLS routes
 //! ([`virtual_service`]): the waypoint routes them as a written one's.
 //!
 //! A connection carries nothing to choose between a route's rules by (no
@@ -280,6 +280,7 @@ fn conversion_errors<R: L4Route>(
         .iter()
         .flat_map(|service| {
             let mut vs = http_route::routes_virtual_service(
+                SUFFIX,
                 namespace,
                 service,
                 "cluster.local",
@@ -310,11 +311,15 @@ fn conversion_errors<R: L4Route>(
 // Conversion
 // ---------------------------------------------------------------------------
 
-/// The VirtualService of Service `service` in `namespace` (see
-/// `http_route::routes_virtual_service`): `http`, the one its HTTP or gRPC
-/// routes make if any, with the `tcp` rules of `tcp` and the `tls` rules of
-/// `tls` (the routes attached to it, each validated) added; `None` when no
-/// route has a rule for it.
+/// The VirtualService of Service `service` in `namespace` made of the
+/// `tcp` rules of `tcp` and the `tls` rules of `tls` (the routes attached to
+/// it, each validated), named `<service>-l4-routes`; `None` when no route
+/// has a rule for it.
+///
+/// It is apart from the one the Service's HTTP routes make: the waypoint
+/// routes connections and requests by different VirtualServices anyway, and
+/// so each has its own age (which decides against a written VirtualService
+/// of the Service) and a problem in one leaves the other in force.
 ///
 /// A backend in another namespace is connected to only when `grants`
 /// permit it; the others of its route take its share (a route left with
@@ -324,7 +329,6 @@ pub fn virtual_service(
     namespace: &str,
     service: &str,
     cluster_domain: &str,
-    http: Option<VirtualService>,
     tcp: &[&TCPRoute],
     tls: &[&TLSRoute],
     grants: &Grants,
@@ -338,16 +342,14 @@ pub fn virtual_service(
     let tcp_rules = rules(&backends(TCPRoute::KIND), service, tcp).tcp;
     let tls_rules = rules(&backends(TLSRoute::KIND), service, tls).tls;
     if tcp_rules.is_empty() && tls_rules.is_empty() {
-        return http;
+        return None;
     }
-    // As old as the oldest route of any kind (the HTTP routes' is theirs).
     let metas = tcp
         .iter()
         .map(|r| &r.metadata)
-        .chain(tls.iter().map(|r| &r.metadata))
-        .chain(http.as_ref().map(|vs| &vs.metadata));
-    let mut vs = http_route::routes_virtual_service(namespace, service, cluster_domain, metas);
-    vs.spec.http = http.map(|vs| vs.spec.http).unwrap_or_default();
+        .chain(tls.iter().map(|r| &r.metadata));
+    let mut vs =
+        http_route::routes_virtual_service(SUFFIX, namespace, service, cluster_domain, metas);
     vs.spec.tcp = tcp_rules;
     vs.spec.tls = tls_rules;
     Some(vs)
@@ -498,6 +500,9 @@ fn ports(parent_refs: &[ParentReference], service: &str) -> Vec<Option<u16>> {
 fn weight(backend: &BackendRef) -> i32 {
     backend.weight.unwrap_or(1).max(0)
 }
+
+/// What a Service's VirtualService of TCP and TLS routes is named after.
+const SUFFIX: &str = "l4-routes";
 
 #[cfg(test)]
 mod tests;

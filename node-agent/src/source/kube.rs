@@ -10,7 +10,10 @@
 //! ztunnel; enrollment picks this node's pods itself. After a watch is lost (`410 Gone`, a disconnect) the
 //! watcher lists again, and objects that vanished meanwhile are deleted.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use anyhow::Result;
 use futures::{StreamExt as _, stream::select_all};
@@ -20,7 +23,7 @@ use kube::{
     runtime::{WatchStreamExt as _, watcher},
 };
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::SourceEvent;
 use crate::model::{
@@ -108,7 +111,7 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
     (
         Kind::ReferenceGrant,
         "gateway.networking.k8s.io",
-        "v1beta1",
+        "v1",
         "ReferenceGrant",
         "referencegrants",
     ),
@@ -122,7 +125,7 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
     (
         Kind::TlsRoute,
         "gateway.networking.k8s.io",
-        "v1alpha2",
+        "v1",
         "TLSRoute",
         "tlsroutes",
     ),
@@ -136,11 +139,34 @@ pub fn watched_resources() -> impl Iterator<Item = (&'static str, &'static str)>
         .map(|&(_, group, _, _, plural)| (group, plural))
 }
 
-/// Kinds whose listing failing does not hold back the first sync: without
-/// Nodes, workloads just have no locality; TCPRoutes and TLSRoutes are in
-/// the Gateway API's experimental channel, whose CRDs many clusters do not
-/// install (they come in when installed: the watcher keeps trying).
-const OPTIONAL_KINDS: &[Kind] = &[Kind::Node, Kind::TcpRoute, Kind::TlsRoute];
+/// Older versions a kind may be served at, newest first, where a cluster's
+/// CRDs may predate the version in [`KINDS`]: the first that the API
+/// server serves the kind at is watched ([`served_version`]).
+const OLDER_VERSIONS: &[(Kind, &[&str])] = &[
+    (Kind::HttpRoute, &["v1beta1"]),
+    (Kind::GrpcRoute, &["v1alpha2"]),
+    (Kind::TlsRoute, &["v1alpha3", "v1alpha2"]),
+    (Kind::ReferenceGrant, &["v1beta1"]),
+];
+
+/// How long the API server's discovery of one version may take.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a kind's listing refused with `code` (an HTTP status) may let
+/// the first sync go on without it, the kind coming in when it can (the
+/// watcher keeps trying).
+fn optional(kind: Kind, code: u16) -> bool {
+    match kind {
+        // Without Nodes, workloads just have no locality, e.g. for an
+        // agent whose ClusterRole predates reading them.
+        Kind::Node => matches!(code, 403 | 404),
+        // Not served: the Gateway API's experimental CRDs, which many
+        // clusters do not install. Forbidden still holds the sync: these
+        // change where connections go.
+        Kind::TcpRoute | Kind::TlsRoute => code == 404,
+        _ => false,
+    }
+}
 
 pub struct KubeSource {
     client: Client,
@@ -170,10 +196,11 @@ impl KubeSource {
     /// then every change, until the receiver goes away.
     pub async fn run(self, events: mpsc::Sender<SourceEvent>) -> Result<()> {
         let mut streams = Vec::new();
-        for &(kind, group, version, api_kind, plural) in KINDS {
+        for &(kind, group, newest, api_kind, plural) in KINDS {
             if !self.kinds.contains(&kind) {
                 continue;
             }
+            let version = served_version(&self.client, kind, group, newest, plural).await;
             let resource = ApiResource::from_gvk_with_plural(
                 &GroupVersionKind::gvk(group, version, api_kind),
                 plural,
@@ -194,6 +221,9 @@ impl KubeSource {
         let mut known: BTreeMap<Kind, BTreeSet<ObjectKey>> = BTreeMap::new();
         let mut relisting: BTreeMap<Kind, BTreeSet<ObjectKey>> = BTreeMap::new();
         let mut listed: BTreeSet<Kind> = BTreeSet::new();
+        // Optional kinds already reported as not there: their retries are
+        // not worth a warning each.
+        let mut reported: BTreeSet<Kind> = BTreeSet::new();
         let mut synced = false;
         while let Some((kind, event)) = merged.next().await {
             let seen = match event {
@@ -206,15 +236,20 @@ impl KubeSource {
                 Err(err) => {
                     // The watcher retries with backoff; the last good
                     // objects stay in force meanwhile.
-                    warn!(kind = kind.name(), error = %err, "watching the API server");
-                    // A kind that only refines the view (Nodes: localities)
-                    // must not hold the first sync back, e.g. for an agent
-                    // whose ClusterRole predates it; it comes in when it can.
-                    if OPTIONAL_KINDS.contains(&kind) && refused(&err) && !listed.contains(&kind) {
+                    let optional = refusal(&err).is_some_and(|code| optional(kind, code));
+                    if optional && reported.contains(&kind) {
+                        debug!(kind = kind.name(), error = %err, "watching the API server");
+                    } else {
+                        warn!(kind = kind.name(), error = %err, "watching the API server");
+                    }
+                    // A kind that may be missing must not hold the first
+                    // sync back; it comes in when it can.
+                    if optional && !listed.contains(&kind) {
                         warn!(
                             kind = kind.name(),
-                            "going on without it until it can be listed (does the agent's ClusterRole allow list and watch?)"
+                            "going on without it until it can be listed (is its CRD installed? does the agent's ClusterRole allow list and watch?)"
                         );
+                        reported.insert(kind);
                         // Counted as listed, with nothing it had dropped.
                         relisting.remove(&kind);
                         Seen::Listed
@@ -291,18 +326,53 @@ impl KubeSource {
     }
 }
 
-/// Whether the API server refused the request (forbidden, or no such
-/// resource) rather than failing it for a while: only then does an
-/// optional kind stop holding the first sync back.
-fn refused(err: &watcher::Error) -> bool {
-    let code = match err {
+/// The status the API server refused the request with, if it answered at
+/// all (rather than failing it for a while): only a refusal may let an
+/// optional kind stop holding the first sync back ([`optional`]).
+fn refusal(err: &watcher::Error) -> Option<u16> {
+    match err {
         watcher::Error::InitialListFailed(kube::Error::Api(status))
         | watcher::Error::WatchStartFailed(kube::Error::Api(status))
-        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code,
-        watcher::Error::WatchError(status) => status.code,
-        _ => return false,
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => Some(status.code),
+        watcher::Error::WatchError(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// The version to watch `kind` at: `newest`, else the first of its
+/// [`OLDER_VERSIONS`] at which the API server's discovery lists `plural`
+/// (CRDs installed from an older Gateway API release serve only those);
+/// `newest` when discovery says nothing (the kind is then likely not
+/// installed, and its watch tells).
+async fn served_version(
+    client: &Client,
+    kind: Kind,
+    group: &str,
+    newest: &'static str,
+    plural: &str,
+) -> &'static str {
+    let Some(&(_, older)) = OLDER_VERSIONS.iter().find(|(k, _)| *k == kind) else {
+        return newest;
     };
-    matches!(code, 403 | 404)
+    for &version in std::iter::once(&newest).chain(older) {
+        let listed = tokio::time::timeout(
+            DISCOVERY_TIMEOUT,
+            client.list_api_group_resources(&format!("{group}/{version}")),
+        )
+        .await;
+        match listed {
+            Ok(Ok(resources)) if resources.resources.iter().any(|r| r.name == plural) => {
+                if version != newest {
+                    info!(kind = kind.name(), version, "watching an older version");
+                }
+                return version;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => debug!(kind = kind.name(), version, error = %err, "discovery"),
+            Err(_) => debug!(kind = kind.name(), version, "discovery timed out"),
+        }
+    }
+    newest
 }
 
 /// The API server leaves `apiVersion` and `kind` out of a list's items; the

@@ -670,7 +670,7 @@ impl View {
         for service in services {
             // The Gateway API gives a Service's GRPCRoutes precedence over
             // its HTTPRoutes, which are then not in force.
-            let vs = if grpc_services.contains(service) {
+            let http_vs = if grpc_services.contains(service) {
                 if http_services.contains(service) {
                     warn!(
                         namespace,
@@ -682,29 +682,35 @@ impl View {
             } else {
                 http_route::virtual_service(namespace, service, domain, &http, &grants)
             };
-            let vs = l4_route::virtual_service(namespace, service, domain, vs, &tcp, &tls, &grants);
-            let Some(vs) = vs else {
-                continue;
-            };
-            // Each route alone was checked to make a VirtualService that
-            // passes; together they could still clash (two naming a rule
-            // alike). Then they stay out rather than reach the waypoints
-            // half-understood.
-            let problems = validate::virtual_service(&vs);
-            if !problems.is_empty() {
-                let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                warn!(
-                    namespace,
-                    service,
-                    problems = %problems.join("; "),
-                    "the Gateway API routes of a Service make no valid VirtualService together; they are left out"
-                );
-                continue;
+            let l4_vs = l4_route::virtual_service(namespace, service, domain, &tcp, &tls, &grants);
+            let made = [
+                (key::service_routes(namespace, service), http_vs),
+                (key::service_l4_routes(namespace, service), l4_vs),
+            ];
+            for (key, vs) in made {
+                let Some(vs) = vs else {
+                    continue;
+                };
+                // Each route alone was checked to make a VirtualService that
+                // passes; together they could still clash (two naming a
+                // rule alike). Then they stay out rather than reach the
+                // waypoints half-understood.
+                let problems = validate::virtual_service(&vs);
+                if !problems.is_empty() {
+                    let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                    warn!(
+                        namespace,
+                        service,
+                        virtual_service = vs.metadata.name.as_deref().unwrap_or_default(),
+                        problems = %problems.join("; "),
+                        "the Gateway API routes of a Service make no valid VirtualService together; they are left out"
+                    );
+                    continue;
+                }
+                // Hosts are fully qualified already: a two-label Hostname
+                // backend is a name outside the cluster, not `<svc>.<ns>`.
+                computed.insert(key, routing::published(&vs, &vs.spec));
             }
-            // Hosts are fully qualified already: a two-label Hostname
-            // backend is a name outside the cluster, not `<svc>.<ns>`.
-            let published = routing::published(&vs, &vs.spec);
-            computed.insert(key::service_routes(namespace, service), published);
         }
         let computed = computed
             .into_iter()

@@ -1036,8 +1036,8 @@ spec:
         .collect();
     assert_eq!(names, ["grpcroute:calls.rules[0].matches[0]"]);
 
-    // TCP and TLS routes join the same VirtualService, as its `tcp` and
-    // `tls` rules.
+    // TCP and TLS routes make a VirtualService of their own, of `tcp` and
+    // `tls` rules; the HTTP one stays as it was.
     let l4 = apply(
         &mut store,
         r#"
@@ -1062,11 +1062,13 @@ spec:
 "#,
     );
     view.changed(&store, &l4);
-    let Some(ResourceKind::VirtualService(vs)) = get(&view, &routes) else {
-        panic!("no VirtualService for the routes of app");
+    let l4_routes = key::service_l4_routes("demo", "app");
+    let Some(ResourceKind::VirtualService(vs)) = get(&view, &l4_routes) else {
+        panic!("no VirtualService for the TCP and TLS routes of app");
     };
+    assert_eq!(vs.name, "app-l4-routes");
     let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
-    assert_eq!(spec["http"].as_array().map(Vec::len), Some(1), "{spec}");
+    assert!(spec.get("http").is_none(), "{spec}");
     assert_eq!(spec["tcp"][0]["match"][0]["port"], 5432, "{spec}");
     assert_eq!(spec["tcp"][0]["route"][0]["weight"], 75, "{spec}");
     assert_eq!(
@@ -1078,8 +1080,12 @@ spec:
         serde_json::json!(["*.example.com"])
     );
 
-    // Without routes the VirtualService is withdrawn, whichever kind goes
-    // last.
+    assert!(matches!(
+        get(&view, &routes),
+        Some(ResourceKind::VirtualService(_))
+    ));
+
+    // Without routes each VirtualService is withdrawn.
     let gone = [
         delete(&mut store, Kind::HttpRoute, "demo", "canary"),
         delete(&mut store, Kind::HttpRoute, "demo", "jason"),
@@ -1087,17 +1093,15 @@ spec:
         delete(&mut store, Kind::TcpRoute, "demo", "db"),
     ];
     view.changed(&store, &gone);
-    let Some(ResourceKind::VirtualService(vs)) = get(&view, &routes) else {
+    assert!(get(&view, &routes).is_none());
+    let Some(ResourceKind::VirtualService(vs)) = get(&view, &l4_routes) else {
         panic!("the TLSRoute alone still routes app");
     };
     let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
-    assert!(
-        spec.get("http").is_none() && spec.get("tcp").is_none(),
-        "{spec}"
-    );
+    assert!(spec.get("tcp").is_none(), "{spec}");
     let last = delete(&mut store, Kind::TlsRoute, "demo", "secure");
     view.changed(&store, &[last]);
-    assert!(get(&view, &routes).is_none());
+    assert!(get(&view, &l4_routes).is_none());
 }
 
 #[test]

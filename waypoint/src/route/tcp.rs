@@ -21,13 +21,17 @@
 //! (the waypoint reads it without terminating TLS), then its `tcp` rules, as
 //! Istio tries them.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
 
 use rand::Rng;
 use warren_model::istio::{L4MatchAttributes, TcpRoute, TlsMatchAttributes, TlsRoute};
 
 use super::{
-    ErrorEffect, ExportTo, RouteDestination, RouteError, Scope, VsId, VsInput, host::HostIndex,
+    ErrorEffect, ExportTo, RouteDestination, RouteError, Scope, VsId, VsInput,
+    host::{HostIndex, normalize_host},
 };
 use crate::authz::matcher::Cidr;
 
@@ -306,6 +310,9 @@ impl TcpTable {
     pub fn build(inputs: impl IntoIterator<Item = VsInput>) -> (TcpTable, Vec<RouteError>) {
         let mut table = TcpTable::default();
         let mut errors = Vec::new();
+        // By (namespace, host): the first VirtualService of a namespace
+        // with connection rules for a host keeps it, as for HTTP.
+        let mut claims: HashMap<(String, String), VsId> = HashMap::new();
         for input in inputs {
             let spec = &input.spec;
             if (spec.tcp.is_empty() && spec.tls.is_empty()) || !for_mesh(&spec.gateways) {
@@ -335,7 +342,20 @@ impl TcpTable {
                         continue;
                     }
                     let index = table.virtual_services.len();
-                    for host in &input.hosts {
+                    for (i, host) in input.hosts.iter().enumerate() {
+                        let key = (id.namespace.clone(), normalize_host(host));
+                        if let Some(owner) = claims.get(&key) {
+                            errors.push(RouteError {
+                                virtual_service: id.clone(),
+                                field: format!("hosts[{i}]"),
+                                reason: format!(
+                                    "host {host:?} already has tcp or tls rules from VirtualService {owner}, which comes first"
+                                ),
+                                effect: ErrorEffect::HostIgnored { host: host.clone() },
+                            });
+                            continue;
+                        }
+                        claims.insert(key, id.clone());
                         table.hosts.claim(host, index);
                     }
                     table.virtual_services.push(Rules {
@@ -483,6 +503,35 @@ mod tests {
             table.route(HOST, SHOP, &conn(1, &labels)),
             TcpRouted::Rule(..)
         ));
+    }
+
+    #[test]
+    fn a_later_virtual_service_for_a_host_is_reported_not_silently_shadowed() {
+        let first = input(
+            "first",
+            serde_json::json!([{ "route": [{ "destination": { "host": HOST, "subset": "v1" } }] }]),
+        );
+        let second = input(
+            "second",
+            serde_json::json!([{ "route": [{ "destination": { "host": HOST, "subset": "v2" } }] }]),
+        );
+        let (table, errors) = TcpTable::build([first, second]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].virtual_service.name, "second");
+        assert!(
+            errors[0].reason.contains("VirtualService shop/first"),
+            "{}",
+            errors[0].reason
+        );
+        assert!(matches!(
+            &errors[0].effect,
+            ErrorEffect::HostIgnored { host } if host == HOST
+        ));
+        let labels = BTreeMap::new();
+        let TcpRouted::Rule(id, _) = table.route(HOST, SHOP, &conn(5432, &labels)) else {
+            panic!("the first VirtualService routes");
+        };
+        assert_eq!(id.name, "first");
     }
 
     #[test]

@@ -33,17 +33,9 @@ fn errors(found: Vec<FieldError>) -> Vec<String> {
 
 /// The VirtualService of Service `db`, which must pass a written one's
 /// checks.
-fn converted(http: Option<VirtualService>, tcp: &[&TCPRoute], tls: &[&TLSRoute]) -> VirtualService {
-    let vs = virtual_service(
-        "shop",
-        "db",
-        "cluster.local",
-        http,
-        tcp,
-        tls,
-        &Grants::default(),
-    )
-    .expect("a VirtualService");
+fn converted(tcp: &[&TCPRoute], tls: &[&TLSRoute]) -> VirtualService {
+    let vs = virtual_service("shop", "db", "cluster.local", tcp, tls, &Grants::default())
+        .expect("a VirtualService");
     let problems = validate::virtual_service(&vs);
     assert!(problems.is_empty(), "{problems:?}");
     vs
@@ -73,8 +65,8 @@ fn a_tcp_route_splits_connections_by_weight_on_its_port() {
         }),
     );
     assert_eq!(errors(validate_tcp(&r)), Vec::<String>::new());
-    let vs = converted(None, &[&r], &[]);
-    assert_eq!(vs.metadata.name.as_deref(), Some("db-routes"));
+    let vs = converted(&[&r], &[]);
+    assert_eq!(vs.metadata.name.as_deref(), Some("db-l4-routes"));
     assert_eq!(vs.spec.hosts, ["db.shop.svc.cluster.local"]);
     let rule = &vs.spec.tcp[0];
     assert_eq!(rule.r#match.len(), 1);
@@ -116,7 +108,7 @@ fn a_route_for_every_port_matches_any_and_the_older_route_wins() {
             "rules": [{ "backendRefs": [{ "name": "db-v1", "port": 5432 }] }],
         }),
     );
-    let vs = converted(None, &[&newer, &older], &[]);
+    let vs = converted(&[&newer, &older], &[]);
     let hosts: Vec<&str> = vs
         .spec
         .tcp
@@ -171,7 +163,7 @@ fn tls_routes_go_by_server_name_the_more_specific_first() {
     for r in [&any, &wide, &narrow] {
         assert_eq!(errors(validate_tls(r)), Vec::<String>::new());
     }
-    let vs = converted(None, &[], &[&any, &wide, &narrow]);
+    let vs = converted(&[], &[&any, &wide, &narrow]);
     let order: Vec<(String, &str)> = vs
         .spec
         .tls
@@ -199,50 +191,48 @@ fn tls_routes_go_by_server_name_the_more_specific_first() {
 }
 
 #[test]
-fn l4_rules_join_the_services_http_routes() {
-    let mut http =
-        http_route::routes_virtual_service("shop", DB, "cluster.local", std::iter::empty());
-    http.metadata.creation_timestamp = created(10);
-    http.spec.http = vec![crate::istio::HttpRoute {
-        name: "web.rules[0].matches[0]".into(),
-        ..Default::default()
-    }];
-    let r = tcp(
+fn a_services_tcp_and_tls_routes_make_one_virtual_service_of_their_own() {
+    let raw = tcp(
         "raw",
-        0,
+        50,
         json!({
-            "parentRefs": [parent(Some(5432))],
+            // Two ports of the Service, one parentRef each: a match each.
+            "parentRefs": [parent(Some(5432)), parent(Some(5433))],
             "rules": [{ "backendRefs": [{ "name": "db-v1", "port": 5432 }] }],
         }),
     );
-    let none = Grants::default();
-    let vs = virtual_service(
-        "shop",
-        DB,
-        "cluster.local",
-        Some(http.clone()),
-        &[&r],
-        &[],
-        &none,
-    )
-    .expect("a VirtualService");
-    assert_eq!(vs.spec.http, http.spec.http);
-    assert_eq!(vs.spec.tcp.len(), 1);
-    // The HTTP routes are older.
-    assert_eq!(vs.metadata.creation_timestamp, created(10));
-    // No L4 route for the Service: the HTTP one as it was.
-    let other = virtual_service(
-        "shop",
-        "web",
-        "cluster.local",
-        Some(http.clone()),
-        &[&r],
-        &[],
-        &none,
+    let secure = tls(
+        "secure",
+        70,
+        json!({
+            // One parentRef narrowed, one not: every port.
+            "parentRefs": [parent(Some(443)), parent(None)],
+            "hostnames": ["db.example.com"],
+            "rules": [{ "backendRefs": [{ "name": "db-v1", "port": 443 }] }],
+        }),
     );
-    assert_eq!(other, Some(http));
+    let vs = converted(&[&raw], &[&secure]);
+    assert_eq!(vs.metadata.name.as_deref(), Some("db-l4-routes"));
+    assert!(vs.spec.http.is_empty());
+    let ports: Vec<Option<u32>> = vs.spec.tcp[0].r#match.iter().map(|m| m.port).collect();
+    assert_eq!(ports, [Some(5432), Some(5433)]);
+    let ports: Vec<Option<u32>> = vs.spec.tls[0].r#match.iter().map(|m| m.port).collect();
+    assert_eq!(ports, [None]);
+    // As old as its oldest route.
     assert_eq!(
-        virtual_service("shop", "web", "cluster.local", None, &[&r], &[], &none),
+        vs.metadata.creation_timestamp,
+        secure.metadata.creation_timestamp
+    );
+    // Nothing for a Service no route names.
+    assert_eq!(
+        virtual_service(
+            "shop",
+            "web",
+            "cluster.local",
+            &[&raw],
+            &[&secure],
+            &Grants::default()
+        ),
         None
     );
 }
@@ -354,7 +344,7 @@ fn another_namespaces_backend_needs_a_reference_grant() {
     );
     assert_eq!(errors(validate_tcp(&r)), Vec::<String>::new());
     let hosts = |grants: &Grants| -> Vec<(String, Option<i32>)> {
-        let vs = virtual_service("shop", DB, "cluster.local", None, &[&r], &[], grants)
+        let vs = virtual_service("shop", DB, "cluster.local", &[&r], &[], grants)
             .expect("a VirtualService");
         assert!(validate::virtual_service(&vs).is_empty());
         vs.spec.tcp[0]
