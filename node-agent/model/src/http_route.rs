@@ -274,7 +274,7 @@ impl BackendReference {
 }
 
 impl HttpBackendRef {
-    fn reference(&self) -> BackendReference {
+    pub fn reference(&self) -> BackendReference {
         BackendReference {
             group: self.group.clone(),
             kind: self.kind.clone(),

@@ -100,7 +100,7 @@ pub struct BackendRef {
 }
 
 impl BackendRef {
-    fn reference(&self) -> BackendReference {
+    pub fn reference(&self) -> BackendReference {
         BackendReference {
             group: self.group.clone(),
             kind: self.kind.clone(),

@@ -50,6 +50,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The Gateway API's route kinds, which make a Service's
+    /// VirtualServices.
+    pub const GATEWAY_ROUTES: [Kind; 4] = [
+        Kind::HttpRoute,
+        Kind::GrpcRoute,
+        Kind::TcpRoute,
+        Kind::TlsRoute,
+    ];
+
     /// The kind with the API groups it may come from.
     fn from_type(api_version: &str, kind: &str) -> Result<Self, String> {
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);

@@ -339,6 +339,16 @@ fn refusal(err: &watcher::Error) -> Option<u16> {
     }
 }
 
+/// Where the API server serves `kind`, at the version it is watched at.
+pub async fn api_resource(client: &Client, kind: Kind) -> Option<ApiResource> {
+    let &(_, group, newest, api_kind, plural) = KINDS.iter().find(|k| k.0 == kind)?;
+    let version = served_version(client, kind, group, newest, plural).await;
+    Some(ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, version, api_kind),
+        plural,
+    ))
+}
+
 /// The version to watch `kind` at: `newest`, else the first of its
 /// [`OLDER_VERSIONS`] at which the API server's discovery lists `plural`
 /// (CRDs installed from an older Gateway API release serve only those);

@@ -44,14 +44,6 @@ use crate::{
 pub use authorization::Selection;
 pub use published::{Audience, Form, Pending, Published, Publisher};
 
-/// The Gateway API's route kinds, which make a Service's VirtualService.
-const ROUTE_KINDS: [Kind; 4] = [
-    Kind::HttpRoute,
-    Kind::GrpcRoute,
-    Kind::TcpRoute,
-    Kind::TlsRoute,
-];
-
 /// What [`key::certificate`] keys begin with.
 const CERTIFICATE_PREFIX: &str = "certificate/";
 
@@ -274,7 +266,7 @@ impl View {
                 Kind::ReferenceGrant => {
                     // A grant may let routes of any namespace in, or shut
                     // them out: every namespace with routes again.
-                    route_namespaces.extend(ROUTE_KINDS.iter().flat_map(|&kind| {
+                    route_namespaces.extend(Kind::GATEWAY_ROUTES.iter().flat_map(|&kind| {
                         store
                             .of_kind(kind)
                             .filter_map(|o| o.key().namespace.map(|ns| ns.to_string()))

@@ -17,6 +17,7 @@
 //! refuses, and it must not stop the watch for the others.
 
 pub mod render;
+pub mod route_status;
 
 #[cfg(test)]
 mod tests;
@@ -128,6 +129,9 @@ pub async fn run(
         image = %settings.image,
         "waypoint controller starting"
     );
+    // Route status is cluster-wide: routes name Services of their own
+    // namespace, but grants come from any.
+    let statuses = tokio::spawn(route_status::run(client.clone()));
     let context = Arc::new(Context::new(client, settings));
     Controller::new_with(gateways, watcher::Config::default(), resource)
         .owns(deployments, owned)
@@ -148,6 +152,7 @@ pub async fn run(
             }
         })
         .await;
+    statuses.abort();
     info!("waypoint controller stopped");
 }
 

@@ -1,0 +1,748 @@
+//! Route status: every Gateway API route attached to a Service is told, in
+//! its `status.parents`, whether Warren took it (`Accepted`) and whether its
+//! backends resolve (`ResolvedRefs`), as a Gateway API controller reports
+//! to `kubectl get httproute -o yaml`. A refused route says why, with the
+//! same errors the node agents log; one naming another namespace's Service
+//! without a ReferenceGrant says so.
+//!
+//! The controller keeps its own [`Store`] of what a status depends on (the
+//! routes, Services and ReferenceGrants), fed by the same [`KubeSource`] as
+//! the node agents', and after each batch of changes works out every
+//! route's status ([`parents`]). It writes only what differs from what the
+//! route shows ([`merged`]): a JSON merge patch of `status.parents` with the
+//! route's `resourceVersion`, so other controllers' entries are kept and a
+//! write racing another fails, to be redone from the version the watch
+//! brings next.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, jiff::Timestamp};
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, Patch, PatchParams},
+};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::{
+    model::{
+        Kind, Object, ObjectKey,
+        http_route::{BackendReference, ParentReference},
+        reference_grant::Grants,
+    },
+    source::kube::{KubeSource, api_resource},
+    store::Store,
+};
+
+/// Who writes these entries (a Gateway API controller name: a domain,
+/// then a path).
+pub const CONTROLLER_NAME: &str = "warren.io/waypoint-controller";
+
+/// The kinds a route's status depends on.
+const WATCHED: [Kind; 7] = [
+    Kind::Namespace,
+    Kind::Service,
+    Kind::ReferenceGrant,
+    Kind::HttpRoute,
+    Kind::GrpcRoute,
+    Kind::TcpRoute,
+    Kind::TlsRoute,
+];
+
+/// One condition of a parent's status, without its transition time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Condition {
+    pub kind: &'static str,
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What a route says about one of its Service parents.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parent {
+    pub parent_ref: ParentReference,
+    pub conditions: Vec<Condition>,
+}
+
+/// What a route's status is worked out from.
+struct Route<'a> {
+    kind: &'static str,
+    meta: &'a ObjectMeta,
+    parent_refs: &'a [ParentReference],
+    backends: Vec<BackendReference>,
+}
+
+fn route_of(object: &Object) -> Option<Route<'_>> {
+    let mirrors = |filters: &[crate::model::http_route::HttpRouteFilter]| {
+        filters
+            .iter()
+            .filter_map(|f| f.request_mirror.as_ref())
+            .map(|m| m.backend_ref.clone())
+            .collect::<Vec<_>>()
+    };
+    Some(match object {
+        Object::HttpRoute(r) => Route {
+            kind: "HTTPRoute",
+            meta: &r.metadata,
+            parent_refs: &r.spec.parent_refs,
+            backends: r
+                .spec
+                .rules
+                .iter()
+                .flat_map(|rule| {
+                    let refs = rule.backend_refs.iter().map(|b| b.reference());
+                    refs.chain(mirrors(&rule.filters))
+                })
+                .collect(),
+        },
+        Object::GrpcRoute(r) => Route {
+            kind: "GRPCRoute",
+            meta: &r.metadata,
+            parent_refs: &r.spec.parent_refs,
+            backends: r
+                .spec
+                .rules
+                .iter()
+                .flat_map(|rule| {
+                    let refs = rule.backend_refs.iter().map(|b| b.reference());
+                    refs.chain(mirrors(&rule.filters))
+                })
+                .collect(),
+        },
+        Object::TcpRoute(r) => Route {
+            kind: "TCPRoute",
+            meta: &r.metadata,
+            parent_refs: &r.spec.parent_refs,
+            backends: r
+                .spec
+                .rules
+                .iter()
+                .flat_map(|rule| rule.backend_refs.iter().map(|b| b.reference()))
+                .collect(),
+        },
+        Object::TlsRoute(r) => Route {
+            kind: "TLSRoute",
+            meta: &r.metadata,
+            parent_refs: &r.spec.parent_refs,
+            backends: r
+                .spec
+                .rules
+                .iter()
+                .flat_map(|rule| rule.backend_refs.iter().map(|b| b.reference()))
+                .collect(),
+        },
+        _ => return None,
+    })
+}
+
+/// A parentRef naming a core Service (its group written, as the model
+/// requires).
+fn is_service_parent(parent: &ParentReference) -> bool {
+    matches!(parent.group.as_deref(), Some("" | "core"))
+        && parent.kind.as_deref() == Some("Service")
+}
+
+fn service_exists(store: &Store, namespace: &str, name: &str) -> bool {
+    store
+        .get(&ObjectKey::new(Kind::Service, Some(namespace), name))
+        .is_some()
+}
+
+/// The status a route in force should show for each of its Service
+/// parents.
+fn parents(store: &Store, grants: &Grants, route: &Route<'_>) -> Vec<Parent> {
+    let namespace = route.meta.namespace.as_deref().unwrap_or("default");
+    let resolved = resolved_refs(store, grants, route, namespace);
+    route
+        .parent_refs
+        .iter()
+        .filter(|p| is_service_parent(p))
+        .map(|parent| {
+            let accepted = if service_exists(store, namespace, &parent.name) {
+                Condition {
+                    kind: "Accepted",
+                    status: true,
+                    reason: "Accepted",
+                    message: format!(
+                        "routes Service {namespace}/{} at the waypoint that serves it",
+                        parent.name
+                    ),
+                }
+            } else {
+                Condition {
+                    kind: "Accepted",
+                    status: false,
+                    reason: "NoMatchingParent",
+                    message: format!("no Service {namespace}/{}", parent.name),
+                }
+            };
+            Parent {
+                parent_ref: parent.clone(),
+                conditions: vec![accepted, resolved.clone()],
+            }
+        })
+        .collect()
+}
+
+/// Whether every backend of a route resolves: a Service that exists, in
+/// the route's namespace or one whose ReferenceGrant lets it in.
+fn resolved_refs(store: &Store, grants: &Grants, route: &Route<'_>, namespace: &str) -> Condition {
+    let mut not_permitted = Vec::new();
+    let mut not_found = Vec::new();
+    for backend in &route.backends {
+        let hostname = backend.group.as_deref() == Some("networking.istio.io")
+            && backend.kind.as_deref() == Some("Hostname");
+        if hostname {
+            continue;
+        }
+        let to = backend.namespace.as_deref().unwrap_or(namespace);
+        let name = format!("{to}/{}", backend.name);
+        if !grants.permits_service(route.kind, namespace, to, &backend.name) {
+            not_permitted.push(name);
+        } else if !service_exists(store, to, &backend.name) {
+            not_found.push(name);
+        }
+    }
+    not_permitted.dedup();
+    not_found.dedup();
+    if !not_permitted.is_empty() {
+        Condition {
+            kind: "ResolvedRefs",
+            status: false,
+            reason: "RefNotPermitted",
+            message: format!(
+                "no ReferenceGrant lets {}s of {namespace} send to {}: nothing is sent there",
+                route.kind,
+                not_permitted.join(", ")
+            ),
+        }
+    } else if !not_found.is_empty() {
+        Condition {
+            kind: "ResolvedRefs",
+            status: false,
+            reason: "BackendNotFound",
+            message: format!("no Service {}", not_found.join(", ")),
+        }
+    } else {
+        Condition {
+            kind: "ResolvedRefs",
+            status: true,
+            reason: "ResolvedRefs",
+            message: "every backend resolves".into(),
+        }
+    }
+}
+
+/// The status of a refused route, read from its raw object: each Service
+/// parent not accepted, with why.
+fn refused_parents(object: &Value, why: &str) -> Vec<Parent> {
+    let parent_refs: Vec<ParentReference> = object
+        .pointer("/spec/parentRefs")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| serde_json::from_value(p.clone()).ok())
+        .collect();
+    parent_refs
+        .into_iter()
+        .filter(is_service_parent)
+        .map(|parent_ref| Parent {
+            parent_ref,
+            conditions: vec![Condition {
+                kind: "Accepted",
+                status: false,
+                reason: "UnsupportedValue",
+                message: format!("refused, its last good version (if any) stays in force: {why}"),
+            }],
+        })
+        .collect()
+}
+
+/// `observed` (a route's `status.parents`) with this controller's entries
+/// replaced by `ours` at `generation`; `None` when that changes nothing.
+/// A condition keeps its transition time while its status stays.
+fn merged(observed: &[Value], ours: &[Parent], generation: i64, now: &str) -> Option<Vec<Value>> {
+    let is_ours = |entry: &Value| entry["controllerName"] == CONTROLLER_NAME;
+    let previous: Vec<&Value> = observed.iter().filter(|e| is_ours(e)).collect();
+    let entries: Vec<Value> = ours
+        .iter()
+        .map(|parent| {
+            let parent_ref = serde_json::to_value(&parent.parent_ref).unwrap_or(Value::Null);
+            let before = previous.iter().find(|e| e["parentRef"] == parent_ref);
+            let conditions: Vec<Value> = parent
+                .conditions
+                .iter()
+                .map(|c| {
+                    let status = if c.status { "True" } else { "False" };
+                    let since = before
+                        .and_then(|e| e["conditions"].as_array())
+                        .into_iter()
+                        .flatten()
+                        .find(|old| old["type"] == c.kind && old["status"] == status)
+                        .and_then(|old| old["lastTransitionTime"].as_str())
+                        .unwrap_or(now);
+                    json!({
+                        "type": c.kind,
+                        "status": status,
+                        "reason": c.reason,
+                        "message": c.message,
+                        "observedGeneration": generation,
+                        "lastTransitionTime": since,
+                    })
+                })
+                .collect();
+            json!({
+                "parentRef": parent_ref,
+                "controllerName": CONTROLLER_NAME,
+                "conditions": conditions,
+            })
+        })
+        .collect();
+    let unchanged =
+        entries.len() == previous.len() && entries.iter().all(|e| previous.contains(&e));
+    if unchanged {
+        return None;
+    }
+    let mut all: Vec<Value> = observed.iter().filter(|e| !is_ours(e)).cloned().collect();
+    all.extend(entries);
+    Some(all)
+}
+
+/// The statuses to write: (route, its resourceVersion, the whole new
+/// `status.parents`), for every route in force in `store` that is not
+/// refused.
+fn to_write(store: &Store, now: &str) -> Vec<(ObjectKey, Option<String>, Vec<Value>)> {
+    let grants = Grants::new(store.of_kind(Kind::ReferenceGrant).filter_map(|o| match o {
+        Object::ReferenceGrant(g) => Some(&**g),
+        _ => None,
+    }));
+    let refused: Vec<&ObjectKey> = store.refusals().filter_map(|(key, _)| key).collect();
+    let mut out = Vec::new();
+    for kind in Kind::GATEWAY_ROUTES {
+        for object in store.of_kind(kind) {
+            let key = object.key();
+            // Its last good version is in the store; the refused one
+            // speaks for it ([`refused_parents`]).
+            if refused.contains(&&key) {
+                continue;
+            }
+            let Some(route) = route_of(object) else {
+                continue;
+            };
+            let ours = parents(store, &grants, &route);
+            if ours.is_empty() {
+                continue;
+            }
+            let observed = observed_parents(object);
+            let generation = route.meta.generation.unwrap_or_default();
+            if let Some(parents) = merged(&observed, &ours, generation, now) {
+                out.push((key, route.meta.resource_version.clone(), parents));
+            }
+        }
+    }
+    out
+}
+
+fn observed_parents(object: &Object) -> Vec<Value> {
+    let status = match object {
+        Object::HttpRoute(r) => r.status.as_ref(),
+        Object::GrpcRoute(r) => r.status.as_ref(),
+        Object::TcpRoute(r) => r.status.as_ref(),
+        Object::TlsRoute(r) => r.status.as_ref(),
+        _ => None,
+    };
+    status.map(|s| s.parents.clone()).unwrap_or_default()
+}
+
+/// Writes route statuses until the source ends.
+pub async fn run(client: Client) {
+    let (tx, mut events) = mpsc::channel(1024);
+    let source = KubeSource::with_kinds(client.clone(), WATCHED.to_vec());
+    tokio::spawn(async move {
+        if let Err(err) = source.run(tx).await {
+            warn!(error = %err, "route status: watching the API server");
+        }
+    });
+    let mut store = Store::default();
+    let mut resources: HashMap<Kind, ApiResource> = HashMap::new();
+    // The refusals already written, by route: not fetched again until the
+    // error changes.
+    let mut refusals_written: BTreeMap<ObjectKey, String> = BTreeMap::new();
+    info!("route status writer starting");
+    while let Some(event) = events.recv().await {
+        store.apply(event);
+        while let Ok(event) = events.try_recv() {
+            store.apply(event);
+        }
+        if !store.synced() {
+            continue;
+        }
+        let now = Timestamp::now().to_string();
+        for (key, resource_version, parents) in to_write(&store, &now) {
+            let Some(api) = api_of(&client, &mut resources, &key).await else {
+                continue;
+            };
+            write(&api, &key, resource_version, parents).await;
+            refusals_written.remove(&key);
+        }
+        let refused: Vec<(ObjectKey, String)> = store
+            .refusals()
+            .filter_map(|(key, error)| Some((key?.clone(), error.to_string())))
+            .filter(|(key, _)| Kind::GATEWAY_ROUTES.contains(&key.kind))
+            .collect();
+        refusals_written.retain(|key, _| refused.iter().any(|(k, _)| k == key));
+        for (key, why) in refused {
+            if refusals_written.get(&key) == Some(&why) {
+                continue;
+            }
+            let Some(api) = api_of(&client, &mut resources, &key).await else {
+                continue;
+            };
+            // The refused version itself: the store has only its last good
+            // one, if any.
+            let object = match api.get_status(&key.name).await {
+                Ok(object) => object,
+                Err(err) => {
+                    debug!(route = %key, error = %err, "route status: reading a refused route");
+                    continue;
+                }
+            };
+            let raw = serde_json::to_value(&object).unwrap_or(Value::Null);
+            let observed: Vec<Value> = raw
+                .pointer("/status/parents")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let ours = refused_parents(&raw, &why);
+            let generation = object.metadata.generation.unwrap_or_default();
+            if let Some(parents) = merged(&observed, &ours, generation, &now) {
+                write(
+                    &api,
+                    &key,
+                    object.metadata.resource_version.clone(),
+                    parents,
+                )
+                .await;
+            }
+            refusals_written.insert(key, why);
+        }
+    }
+    info!("route status writer stopped");
+}
+
+/// The API of `key`'s kind in its namespace, at the version served.
+async fn api_of(
+    client: &Client,
+    resources: &mut HashMap<Kind, ApiResource>,
+    key: &ObjectKey,
+) -> Option<Api<DynamicObject>> {
+    let resource = match resources.get(&key.kind) {
+        Some(resource) => resource.clone(),
+        None => {
+            let resource = api_resource(client, key.kind).await?;
+            resources.insert(key.kind, resource.clone());
+            resource
+        }
+    };
+    let namespace = key.namespace.as_deref()?;
+    Some(Api::namespaced_with(client.clone(), namespace, &resource))
+}
+
+async fn write(
+    api: &Api<DynamicObject>,
+    key: &ObjectKey,
+    resource_version: Option<String>,
+    parents: Vec<Value>,
+) {
+    // The resourceVersion makes the write fail rather than drop what
+    // another controller wrote meanwhile.
+    let patch = json!({
+        "metadata": { "resourceVersion": resource_version },
+        "status": { "parents": parents },
+    });
+    match api
+        .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => debug!(route = %key, "route status written"),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            debug!(route = %key, "route status: changed meanwhile, written again from its next version");
+        }
+        Err(err) => warn!(route = %key, error = %err, "route status: writing"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: { name: app, namespace: shop }
+spec: { ports: [{ name: http, port: 80 }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: app-v1, namespace: shop }
+spec: { ports: [{ name: http, port: 80 }] }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: r, namespace: shop, generation: 3, resourceVersion: "41" }
+spec:
+  parentRefs:
+  - { group: "", kind: Service, name: app }
+  - { group: "", kind: Service, name: gone }
+  - { name: public }
+  rules:
+  - backendRefs:
+    - { name: app-v1, port: 80 }
+    - { name: ratings, namespace: data, port: 80 }
+"#;
+
+    fn conditions(parent: &Value) -> Vec<(String, String, String)> {
+        parent["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                (
+                    c["type"].as_str().unwrap_or_default().to_owned(),
+                    c["status"].as_str().unwrap_or_default().to_owned(),
+                    c["reason"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_route_is_told_what_was_taken_and_what_does_not_resolve() {
+        let store = Store::from_yaml(ROUTE);
+        let writes = to_write(&store, "2026-12-06T00:00:00Z");
+        assert_eq!(writes.len(), 1);
+        let (key, resource_version, parents) = &writes[0];
+        assert_eq!(key.name.as_ref(), "r");
+        assert_eq!(resource_version.as_deref(), Some("41"));
+        // The Service parents only: the Gateway is another controller's.
+        assert_eq!(parents.len(), 2, "{parents:#?}");
+        assert_eq!(parents[0]["parentRef"]["name"], "app");
+        assert_eq!(parents[0]["controllerName"], CONTROLLER_NAME);
+        assert_eq!(
+            conditions(&parents[0]),
+            [
+                ("Accepted".into(), "True".into(), "Accepted".into()),
+                (
+                    "ResolvedRefs".into(),
+                    "False".into(),
+                    "RefNotPermitted".into()
+                ),
+            ]
+        );
+        assert_eq!(parents[0]["conditions"][0]["observedGeneration"], 3);
+        let message = parents[0]["conditions"][1]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(message.contains("data/ratings"), "{message}");
+        assert_eq!(
+            conditions(&parents[1])[0],
+            ("Accepted".into(), "False".into(), "NoMatchingParent".into())
+        );
+
+        // With a grant the other namespace's Service is let in, but it does
+        // not exist.
+        let granted = format!(
+            "{ROUTE}---\n{}",
+            r#"
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: { name: g, namespace: data }
+spec:
+  from: [{ group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop }]
+  to: [{ group: "", kind: Service }]
+"#
+        );
+        let store = Store::from_yaml(&granted);
+        let writes = to_write(&store, "2026-12-06T00:00:00Z");
+        assert_eq!(
+            conditions(&writes[0].2[0])[1],
+            (
+                "ResolvedRefs".into(),
+                "False".into(),
+                "BackendNotFound".into()
+            )
+        );
+    }
+
+    #[test]
+    fn what_the_route_shows_already_is_not_written_again_and_others_stay() {
+        let store = Store::from_yaml(ROUTE);
+        let object = store
+            .get(&ObjectKey::new(Kind::HttpRoute, Some("shop"), "r"))
+            .expect("the route");
+        let route = route_of(object).expect("a route");
+        let ours = parents(&store, &Grants::default(), &route);
+        let other = json!({
+            "parentRef": { "name": "public" },
+            "controllerName": "example.com/ingress",
+            "conditions": [],
+        });
+        let first = merged(
+            std::slice::from_ref(&other),
+            &ours,
+            3,
+            "2026-12-06T00:00:00Z",
+        )
+        .expect("a first write");
+        assert_eq!(first[0], other, "another controller's entry is kept");
+        assert_eq!(first.len(), 3);
+        // Shown already: nothing to write, even later.
+        assert_eq!(merged(&first, &ours, 3, "2026-12-07T00:00:00Z"), None);
+        // A new generation is written; a condition whose status stayed
+        // keeps its transition time.
+        let next = merged(&first, &ours, 4, "2026-12-07T00:00:00Z").expect("a new generation");
+        assert_eq!(
+            next[1]["conditions"][0]["lastTransitionTime"],
+            "2026-12-06T00:00:00Z"
+        );
+        assert_eq!(next[1]["conditions"][0]["observedGeneration"], 4);
+    }
+
+    /// An API server with Service `shop/app` and HTTPRoute `shop/r` (whose
+    /// backend in `data` has no grant), no experimental route CRDs, and
+    /// every watch held; each status patch is sent to `patches`.
+    async fn api_server(
+        mut handle: tower_test::mock::Handle<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >,
+        patches: mpsc::UnboundedSender<(String, String, Value)>,
+    ) {
+        use kube::client::Body;
+        let list = |kind: &str, items: Vec<Value>| json!({ "apiVersion": "v1", "kind": kind, "metadata": { "resourceVersion": "50" }, "items": items });
+        let route = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": { "name": "r", "namespace": "shop", "generation": 2, "resourceVersion": "41" },
+            "spec": {
+                "parentRefs": [{ "group": "", "kind": "Service", "name": "app" }],
+                "rules": [{ "backendRefs": [{ "name": "ratings", "namespace": "data", "port": 80 }] }],
+            },
+        });
+        let mut held = Vec::new();
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            let query = request.uri().query().unwrap_or_default().to_owned();
+            if query.contains("watch=true") {
+                held.push(send);
+                continue;
+            }
+            let content_type = request
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let bytes = request.into_body().collect_bytes().await.expect("a body");
+            let gateway = "/apis/gateway.networking.k8s.io";
+            let (code, body) = match (method.as_str(), path.as_str()) {
+                ("PATCH", _) => {
+                    let body: Value = serde_json::from_slice(&bytes).expect("JSON");
+                    let _ = patches.send((path.clone(), content_type, body.clone()));
+                    (200, route.clone())
+                }
+                (_, "/api/v1/namespaces") => (200, list("NamespaceList", vec![])),
+                (_, "/api/v1/services") => (
+                    200,
+                    list(
+                        "ServiceList",
+                        vec![
+                            json!({ "metadata": { "name": "app", "namespace": "shop" }, "spec": {} }),
+                        ],
+                    ),
+                ),
+                (_, p) if p == format!("{gateway}/v1") => {
+                    let resources: Vec<Value> = ["httproutes", "grpcroutes", "referencegrants"]
+                        .iter()
+                        .map(|n| json!({ "name": n, "singularName": "", "namespaced": true, "kind": "", "verbs": ["list"] }))
+                        .collect();
+                    (
+                        200,
+                        json!({ "kind": "APIResourceList", "apiVersion": "v1",
+                            "groupVersion": "gateway.networking.k8s.io/v1", "resources": resources }),
+                    )
+                }
+                (_, p) if p == format!("{gateway}/v1/httproutes") => {
+                    (200, list("HTTPRouteList", vec![route.clone()]))
+                }
+                (_, p) if p == format!("{gateway}/v1/grpcroutes") => {
+                    (200, list("GRPCRouteList", vec![]))
+                }
+                (_, p) if p == format!("{gateway}/v1/referencegrants") => {
+                    (200, list("ReferenceGrantList", vec![]))
+                }
+                _ => (
+                    404,
+                    json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404 }),
+                ),
+            };
+            let mut response =
+                http::Response::new(Body::from(serde_json::to_vec(&body).expect("JSON")));
+            *response.status_mut() = http::StatusCode::from_u16(code).expect("a status");
+            send.send_response(response);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_writer_patches_a_routes_status_with_its_resource_version() {
+        let (service, handle) = tower_test::mock::pair();
+        let (patches, mut seen) = mpsc::unbounded_channel();
+        tokio::spawn(api_server(handle, patches));
+        let writer = tokio::spawn(run(Client::new(service, "default")));
+        let (path, content_type, body) =
+            tokio::time::timeout(std::time::Duration::from_secs(10), seen.recv())
+                .await
+                .expect("a status patch within 10 s")
+                .expect("a patch");
+        writer.abort();
+        assert_eq!(
+            path,
+            "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/r/status"
+        );
+        assert_eq!(content_type, "application/merge-patch+json");
+        assert_eq!(body["metadata"]["resourceVersion"], "41");
+        let parent = &body["status"]["parents"][0];
+        assert_eq!(parent["parentRef"]["name"], "app");
+        assert_eq!(
+            conditions(parent),
+            [
+                ("Accepted".into(), "True".into(), "Accepted".into()),
+                (
+                    "ResolvedRefs".into(),
+                    "False".into(),
+                    "RefNotPermitted".into()
+                ),
+            ]
+        );
+        assert_eq!(parent["conditions"][1]["observedGeneration"], 2);
+    }
+
+    #[test]
+    fn a_refused_route_says_why_on_each_service_parent() {
+        let raw = json!({
+            "spec": { "parentRefs": [
+                { "group": "", "kind": "Service", "name": "app", "port": 80 },
+                { "name": "public" },
+            ]},
+        });
+        let parents = refused_parents(&raw, "spec.rules[0].filters[0].type: not supported");
+        assert_eq!(parents.len(), 1);
+        assert_eq!(parents[0].parent_ref.port, Some(80));
+        let accepted = &parents[0].conditions[0];
+        assert!(!accepted.status);
+        assert_eq!(accepted.reason, "UnsupportedValue");
+        assert!(accepted.message.contains("filters[0].type: not supported"));
+    }
+}
