@@ -312,6 +312,42 @@ mod tests {
     }
 
     #[test]
+    fn calls_no_backend_takes_are_unavailable() {
+        let route = grpc_route(json!([
+            { "matches": [{ "method": { "method": "Check" } }],
+              "backendRefs": [
+                { "name": "grpc", "port": 9090 },
+                { "name": "grpc", "namespace": "data", "port": 9090, "weight": 3 },
+              ] },
+            { "backendRefs": [] },
+        ]));
+        assert_eq!(validate(&route), Vec::new());
+        let vs = virtual_service(
+            "shop",
+            "grpc",
+            "cluster.local",
+            &[&route],
+            &Grants::default(),
+        )
+        .expect("a VirtualService");
+        assert!(crate::validate::virtual_service(&vs).is_empty());
+        let abort = |i: usize| {
+            vs.spec.http[i]
+                .fault
+                .as_ref()
+                .and_then(|f| f.abort.clone())
+                .expect("an abort")
+        };
+        // The share of a backend without a grant, as gRPC says it.
+        assert_eq!(abort(0).grpc_status.as_deref(), Some("UNAVAILABLE"));
+        assert_eq!(abort(0).http_status, None);
+        assert_eq!(abort(0).percentage.map(|p| p.value), Some(75.0));
+        // No backend at all: every call.
+        assert_eq!(abort(1).grpc_status.as_deref(), Some("UNAVAILABLE"));
+        assert_eq!(abort(1).percentage.map(|p| p.value), Some(100.0));
+    }
+
+    #[test]
     fn method_matches_become_paths() {
         let route = grpc_route(json!([
             { "matches": [{ "method": { "service": "grpc.health.v1.Health", "method": "Check" } }],

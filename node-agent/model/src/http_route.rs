@@ -267,9 +267,27 @@ pub struct HttpBackendRef {
 impl BackendReference {
     /// Istio's `networking.istio.io` `Hostname`: a ServiceEntry host, taken
     /// as written.
-    fn is_hostname(&self) -> bool {
+    pub fn is_hostname(&self) -> bool {
         self.group.as_deref() == Some("networking.istio.io")
             && self.kind.as_deref() == Some("Hostname")
+    }
+
+    /// The Kubernetes Service this backend reaches, as (namespace, name),
+    /// for a route of `namespace`: a Service backend's, or the one a
+    /// Hostname names by its cluster name (`<svc>.<ns>.svc…`, which the
+    /// waypoint resolves to that Service). `None` for other Hostnames
+    /// (ServiceEntry hosts, which are in no namespace).
+    pub fn service(&self, namespace: &str) -> Option<(String, String)> {
+        if !self.is_hostname() {
+            let to = self.namespace.as_deref().unwrap_or(namespace);
+            return Some((to.to_owned(), self.name.clone()));
+        }
+        let name = self.name.trim_end_matches('.').to_ascii_lowercase();
+        let mut labels = name.split('.');
+        match (labels.next(), labels.next(), labels.next()) {
+            (Some(service), Some(to), Some("svc")) => Some((to.to_owned(), service.to_owned())),
+            _ => None,
+        }
     }
 }
 
@@ -775,6 +793,17 @@ pub(crate) fn backend_errors(
     // Another namespace's Service is fine here: whether a ReferenceGrant
     // lets the route send to it is decided as routes are converted, since
     // grants come and go on their own.
+    if backend.is_hostname() && backend.name.parse::<std::net::IpAddr>().is_ok() {
+        // The waypoint would send to the pod of that address: a way round
+        // the grants, and not a host.
+        error(
+            format!("{path}.name"),
+            format!(
+                "{:?} is an address: a Hostname backend is a host name",
+                backend.name
+            ),
+        );
+    }
     if backend.is_hostname()
         && backend
             .namespace
@@ -904,14 +933,16 @@ pub(crate) struct Backends<'a> {
 impl Backends<'_> {
     /// Whether a route may send to `backend`: a Service of another
     /// namespace only with a ReferenceGrant there.
+    /// A Hostname naming a Service by its cluster name counts as that
+    /// Service: otherwise it would reach any namespace without a grant.
     pub(crate) fn permitted(&self, backend: &BackendReference) -> bool {
-        backend.is_hostname()
-            || self.grants.permits_service(
-                self.kind,
-                self.namespace,
-                backend.namespace.as_deref().unwrap_or(self.namespace),
-                &backend.name,
-            )
+        match backend.service(self.namespace) {
+            Some((to, service)) => {
+                self.grants
+                    .permits_service(self.kind, self.namespace, &to, &service)
+            }
+            None => true,
+        }
     }
 
     /// A backend's host: a Service's fully qualified name, in its own
@@ -1244,13 +1275,26 @@ fn convert_rule(
             })
             .collect();
         let refused = total - permitted.iter().sum::<i64>();
+        // A call that no backend takes: a GRPCRoute answers UNAVAILABLE (a
+        // gRPC client reads a 500 as INTERNAL), an HTTPRoute 500.
+        let unavailable = |share: f64| HttpFaultInjection {
+            delay: None,
+            abort: Some(FaultAbort {
+                http_status: (backends.kind != "GRPCRoute").then_some(500),
+                grpc_status: (backends.kind == "GRPCRoute").then(|| "UNAVAILABLE".to_owned()),
+                percentage: Some(Percent { value: share }),
+            }),
+        };
         if refused == total {
             // No backend, all at weight 0, or none permitted: Gateway API
-            // answers 500.
+            // answers 500 (the fault answers first, for gRPC's status).
             out.direct_response = Some(HttpDirectResponse {
                 status: 500,
                 body: None,
             });
+            if backends.kind == "GRPCRoute" {
+                out.fault = Some(unavailable(100.0));
+            }
         } else {
             out.route = percentages(&permitted)
                 .into_iter()
@@ -1263,15 +1307,7 @@ fn convert_rule(
                 })
                 .collect();
             if refused > 0 {
-                let share = refused as f64 * 100.0 / total as f64;
-                out.fault = Some(HttpFaultInjection {
-                    delay: None,
-                    abort: Some(FaultAbort {
-                        http_status: Some(500),
-                        grpc_status: None,
-                        percentage: Some(Percent { value: share }),
-                    }),
-                });
+                out.fault = Some(unavailable(refused as f64 * 100.0 / total as f64));
             }
         }
     }

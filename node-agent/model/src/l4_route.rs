@@ -313,7 +313,7 @@ fn conversion_errors<R: L4Route>(
 
 /// The VirtualService of Service `service` in `namespace` made of the
 /// `tcp` rules of `tcp` and the `tls` rules of `tls` (the routes attached to
-/// it, each validated), named `<service>-l4-routes`; `None` when no route
+/// it, each validated), named `<service>-routes-l4`; `None` when no route
 /// has a rule for it.
 ///
 /// It is apart from the one the Service's HTTP routes make: the waypoint
@@ -502,7 +502,7 @@ fn weight(backend: &BackendRef) -> i32 {
 }
 
 /// What a Service's VirtualService of TCP and TLS routes is named after.
-const SUFFIX: &str = "l4-routes";
+const SUFFIX: &str = "routes-l4";
 
 #[cfg(test)]
 mod tests;

@@ -111,7 +111,7 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
     (
         Kind::ReferenceGrant,
         "gateway.networking.k8s.io",
-        "v1",
+        "v1beta1",
         "ReferenceGrant",
         "referencegrants",
     ),
@@ -125,7 +125,7 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
     (
         Kind::TlsRoute,
         "gateway.networking.k8s.io",
-        "v1",
+        "v1alpha2",
         "TLSRoute",
         "tlsroutes",
     ),
@@ -139,18 +139,23 @@ pub fn watched_resources() -> impl Iterator<Item = (&'static str, &'static str)>
         .map(|&(_, group, _, _, plural)| (group, plural))
 }
 
-/// Older versions a kind may be served at, newest first, where a cluster's
-/// CRDs may predate the version in [`KINDS`]: the first that the API
-/// server serves the kind at is watched ([`served_version`]).
-const OLDER_VERSIONS: &[(Kind, &[&str])] = &[
-    (Kind::HttpRoute, &["v1beta1"]),
-    (Kind::GrpcRoute, &["v1alpha2"]),
-    (Kind::TlsRoute, &["v1alpha3", "v1alpha2"]),
-    (Kind::ReferenceGrant, &["v1beta1"]),
+/// The versions a kind may be served at, newest first, for kinds whose
+/// CRDs differ between Gateway API releases: the first the API server
+/// serves the kind at is watched ([`served_version`]); the version in
+/// [`KINDS`], the most widely served, when discovery cannot tell.
+const VERSIONS: &[(Kind, &[&str])] = &[
+    (Kind::HttpRoute, &["v1", "v1beta1"]),
+    (Kind::GrpcRoute, &["v1", "v1alpha2"]),
+    (Kind::TlsRoute, &["v1", "v1alpha3", "v1alpha2"]),
+    (Kind::ReferenceGrant, &["v1", "v1beta1", "v1alpha2"]),
 ];
 
 /// How long the API server's discovery of one version may take.
-const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Rounds of discovery when the API server fails to answer (not when it
+/// says a version is not served), a second apart, then twice that, ….
+const DISCOVERY_ROUNDS: u32 = 3;
 
 /// Whether a kind's listing refused with `code` (an HTTP status) may let
 /// the first sync go on without it, the kind coming in when it can (the
@@ -196,11 +201,14 @@ impl KubeSource {
     /// then every change, until the receiver goes away.
     pub async fn run(self, events: mpsc::Sender<SourceEvent>) -> Result<()> {
         let mut streams = Vec::new();
-        for &(kind, group, newest, api_kind, plural) in KINDS {
-            if !self.kinds.contains(&kind) {
-                continue;
-            }
-            let version = served_version(&self.client, kind, group, newest, plural).await;
+        // Discovered all at once: a slow API server delays the start once.
+        let kinds: Vec<_> = KINDS.iter().filter(|k| self.kinds.contains(&k.0)).collect();
+        let versions =
+            futures::future::join_all(kinds.iter().map(|&&(kind, group, fallback, _, plural)| {
+                served_version(&self.client, kind, group, fallback, plural)
+            }))
+            .await;
+        for (&&(kind, group, _, api_kind, plural), version) in kinds.iter().zip(versions) {
             let resource = ApiResource::from_gvk_with_plural(
                 &GroupVersionKind::gvk(group, version, api_kind),
                 plural,
@@ -341,48 +349,67 @@ fn refusal(err: &watcher::Error) -> Option<u16> {
 
 /// Where the API server serves `kind`, at the version it is watched at.
 pub async fn api_resource(client: &Client, kind: Kind) -> Option<ApiResource> {
-    let &(_, group, newest, api_kind, plural) = KINDS.iter().find(|k| k.0 == kind)?;
-    let version = served_version(client, kind, group, newest, plural).await;
+    let &(_, group, fallback, api_kind, plural) = KINDS.iter().find(|k| k.0 == kind)?;
+    let version = served_version(client, kind, group, fallback, plural).await;
     Some(ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk(group, version, api_kind),
         plural,
     ))
 }
 
-/// The version to watch `kind` at: `newest`, else the first of its
-/// [`OLDER_VERSIONS`] at which the API server's discovery lists `plural`
-/// (CRDs installed from an older Gateway API release serve only those);
-/// `newest` when discovery says nothing (the kind is then likely not
-/// installed, and its watch tells).
+/// The version to watch `kind` at: the first of its [`VERSIONS`] at which
+/// the API server's discovery lists `plural` (CRDs installed from an older
+/// Gateway API release serve only older ones). `fallback` when no version
+/// lists it (the kind is then not installed, and its watch tells) or when
+/// discovery keeps failing.
 async fn served_version(
     client: &Client,
     kind: Kind,
     group: &str,
-    newest: &'static str,
+    fallback: &'static str,
     plural: &str,
 ) -> &'static str {
-    let Some(&(_, older)) = OLDER_VERSIONS.iter().find(|(k, _)| *k == kind) else {
-        return newest;
+    let Some(&(_, versions)) = VERSIONS.iter().find(|(k, _)| *k == kind) else {
+        return fallback;
     };
-    for &version in std::iter::once(&newest).chain(older) {
-        let listed = tokio::time::timeout(
-            DISCOVERY_TIMEOUT,
-            client.list_api_group_resources(&format!("{group}/{version}")),
-        )
-        .await;
-        match listed {
-            Ok(Ok(resources)) if resources.resources.iter().any(|r| r.name == plural) => {
-                if version != newest {
-                    info!(kind = kind.name(), version, "watching an older version");
+    for round in 0..DISCOVERY_ROUNDS {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_secs(1 << (round - 1))).await;
+        }
+        // Whether some version could not be asked about: then a later
+        // round may find it.
+        let mut unsure = false;
+        for &version in versions {
+            let listed = tokio::time::timeout(
+                DISCOVERY_TIMEOUT,
+                client.list_api_group_resources(&format!("{group}/{version}")),
+            )
+            .await;
+            match listed {
+                Ok(Ok(resources)) if resources.resources.iter().any(|r| r.name == plural) => {
+                    if version != versions[0] {
+                        info!(kind = kind.name(), version, "watching an older version");
+                    }
+                    return version;
                 }
-                return version;
+                Ok(Ok(_)) => {}
+                // Not served at this version: an answer.
+                Ok(Err(kube::Error::Api(status))) if status.code == 404 => {}
+                Ok(Err(err)) => {
+                    unsure = true;
+                    debug!(kind = kind.name(), version, error = %err, "discovery");
+                }
+                Err(_) => {
+                    unsure = true;
+                    debug!(kind = kind.name(), version, "discovery timed out");
+                }
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => debug!(kind = kind.name(), version, error = %err, "discovery"),
-            Err(_) => debug!(kind = kind.name(), version, "discovery timed out"),
+        }
+        if !unsure {
+            break;
         }
     }
-    newest
+    fallback
 }
 
 /// The API server leaves `apiVersion` and `kind` out of a list's items; the

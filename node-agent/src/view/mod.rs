@@ -44,6 +44,26 @@ use crate::{
 pub use authorization::Selection;
 pub use published::{Audience, Form, Pending, Published, Publisher};
 
+/// The ReferenceGrants in force: those of `store` but the ones whose last
+/// update was refused. A grant's last good version must not outlive an
+/// update meant to narrow it: a grant refused grants nothing.
+pub fn grants_in_force(store: &Store) -> Grants {
+    let refused: BTreeSet<&ObjectKey> = store
+        .refusals()
+        .filter_map(|(key, _)| key)
+        .filter(|key| key.kind == Kind::ReferenceGrant)
+        .collect();
+    Grants::new(
+        store
+            .of_kind(Kind::ReferenceGrant)
+            .filter(|o| !refused.contains(&o.key()))
+            .filter_map(|o| match o {
+                Object::ReferenceGrant(grant) => Some(&**grant),
+                _ => None,
+            }),
+    )
+}
+
 /// What [`key::certificate`] keys begin with.
 const CERTIFICATE_PREFIX: &str = "certificate/";
 
@@ -621,10 +641,7 @@ impl View {
         ) -> Vec<&'a T> {
             store.of_kind_in(kind, namespace).filter_map(pick).collect()
         }
-        let grants = Grants::new(store.of_kind(Kind::ReferenceGrant).filter_map(|o| match o {
-            Object::ReferenceGrant(grant) => Some(&**grant),
-            _ => None,
-        }));
+        let grants = grants_in_force(store);
         let grpc = of(store, Kind::GrpcRoute, namespace, |o| match o {
             Object::GrpcRoute(route) => Some(&**route),
             _ => None,

@@ -1066,7 +1066,7 @@ spec:
     let Some(ResourceKind::VirtualService(vs)) = get(&view, &l4_routes) else {
         panic!("no VirtualService for the TCP and TLS routes of app");
     };
-    assert_eq!(vs.name, "app-l4-routes");
+    assert_eq!(vs.name, "app-routes-l4");
     let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
     assert!(spec.get("http").is_none(), "{spec}");
     assert_eq!(spec["tcp"][0]["match"][0]["port"], 5432, "{spec}");
@@ -1151,7 +1151,25 @@ spec:
         "ratings.data.svc.cluster.local"
     );
 
-    // Withdrawn: shut out again.
+    // An update of the grant that is refused (meant to narrow it, say)
+    // leaves it granting nothing rather than its last good version.
+    let key = grant[0].clone();
+    store.apply(SourceEvent::Rejected {
+        key: Some(key.clone()),
+        error: crate::model::ConfigError {
+            kind: "ReferenceGrant".into(),
+            object: "data/from-demo".into(),
+            origin: None,
+            errors: vec![crate::model::FieldError::new(
+                "spec.to[0].nme",
+                "unknown field",
+            )],
+        },
+    });
+    view.changed(&store, std::slice::from_ref(&key));
+    assert_eq!(rule(&view)["directResponse"]["status"], 500);
+
+    // Withdrawn: shut out too.
     let gone = delete(&mut store, Kind::ReferenceGrant, "data", "from-demo");
     view.changed(&store, &[gone]);
     assert_eq!(rule(&view)["directResponse"]["status"], 500);

@@ -33,6 +33,7 @@ use crate::{
     },
     source::kube::{KubeSource, api_resource},
     store::Store,
+    view::grants_in_force,
 };
 
 /// Who writes these entries (a Gateway API controller name: a domain,
@@ -192,16 +193,14 @@ fn resolved_refs(store: &Store, grants: &Grants, route: &Route<'_>, namespace: &
     let mut not_permitted = Vec::new();
     let mut not_found = Vec::new();
     for backend in &route.backends {
-        let hostname = backend.group.as_deref() == Some("networking.istio.io")
-            && backend.kind.as_deref() == Some("Hostname");
-        if hostname {
+        // A ServiceEntry host is in no namespace: nothing to grant.
+        let Some((to, service)) = backend.service(namespace) else {
             continue;
-        }
-        let to = backend.namespace.as_deref().unwrap_or(namespace);
-        let name = format!("{to}/{}", backend.name);
-        if !grants.permits_service(route.kind, namespace, to, &backend.name) {
+        };
+        let name = format!("{to}/{service}");
+        if !grants.permits_service(route.kind, namespace, &to, &service) {
             not_permitted.push(name);
-        } else if !service_exists(store, to, &backend.name) {
+        } else if !service_exists(store, &to, &service) {
             not_found.push(name);
         }
     }
@@ -314,10 +313,7 @@ fn merged(observed: &[Value], ours: &[Parent], generation: i64, now: &str) -> Op
 /// `status.parents`), for every route in force in `store` that is not
 /// refused.
 fn to_write(store: &Store, now: &str) -> Vec<(ObjectKey, Option<String>, Vec<Value>)> {
-    let grants = Grants::new(store.of_kind(Kind::ReferenceGrant).filter_map(|o| match o {
-        Object::ReferenceGrant(g) => Some(&**g),
-        _ => None,
-    }));
+    let grants = grants_in_force(store);
     let refused: Vec<&ObjectKey> = store.refusals().filter_map(|(key, _)| key).collect();
     let mut out = Vec::new();
     for kind in Kind::GATEWAY_ROUTES {

@@ -429,8 +429,8 @@ fn gateway_tcp_and_tls_routes_at_the_waypoint() -> Result<()> {
     // The access log names the VirtualService the routes make, and its rule.
     let output = backends.waypoint.output();
     for rule in [
-        "demo/secure-l4-routes.spec.tls[0]",
-        "demo/secure-l4-routes.spec.tcp[0]",
+        "demo/secure-routes-l4.spec.tls[0]",
+        "demo/secure-routes-l4.spec.tcp[0]",
     ] {
         ensure!(
             output.contains(rule),

@@ -311,8 +311,8 @@ impl TcpTable {
         let mut table = TcpTable::default();
         let mut errors = Vec::new();
         // By (namespace, host): the first VirtualService of a namespace
-        // with connection rules for a host keeps it, as for HTTP.
-        let mut claims: HashMap<(String, String), VsId> = HashMap::new();
+        // with connection rules for a host, and whom it is exported to.
+        let mut claims: HashMap<(String, String), (VsId, Vec<String>)> = HashMap::new();
         for input in inputs {
             let spec = &input.spec;
             if (spec.tcp.is_empty() && spec.tls.is_empty()) || !for_mesh(&spec.gateways) {
@@ -344,7 +344,13 @@ impl TcpTable {
                     let index = table.virtual_services.len();
                     for (i, host) in input.hosts.iter().enumerate() {
                         let key = (id.namespace.clone(), normalize_host(host));
-                        if let Some(owner) = claims.get(&key) {
+                        // Shadowed wherever it is seen only when the first
+                        // is seen there too (exported alike); otherwise it
+                        // still routes where the first is not visible.
+                        if let Some((owner, _)) = claims
+                            .get(&key)
+                            .filter(|(_, exported)| *exported == spec.export_to)
+                        {
                             errors.push(RouteError {
                                 virtual_service: id.clone(),
                                 field: format!("hosts[{i}]"),
@@ -355,7 +361,9 @@ impl TcpTable {
                             });
                             continue;
                         }
-                        claims.insert(key, id.clone());
+                        claims
+                            .entry(key)
+                            .or_insert_with(|| (id.clone(), spec.export_to.clone()));
                         table.hosts.claim(host, index);
                     }
                     table.virtual_services.push(Rules {
@@ -532,6 +540,28 @@ mod tests {
             panic!("the first VirtualService routes");
         };
         assert_eq!(id.name, "first");
+
+        // Exported apart, the later one still routes where the first is
+        // not seen, and is not reported.
+        let mut own = input(
+            "own",
+            serde_json::json!([{ "route": [{ "destination": { "host": HOST, "subset": "v1" } }] }]),
+        );
+        own.spec.export_to = vec![".".into()];
+        let shared = input(
+            "shared",
+            serde_json::json!([{ "route": [{ "destination": { "host": HOST, "subset": "v2" } }] }]),
+        );
+        let (table, errors) = TcpTable::build([own, shared]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let elsewhere = Scope {
+            service_namespace: "shop",
+            waypoint_namespace: "infra",
+        };
+        let TcpRouted::Rule(id, _) = table.route(HOST, elsewhere, &conn(5432, &labels)) else {
+            panic!("the exported VirtualService routes for another namespace's waypoint");
+        };
+        assert_eq!(id.name, "shared");
     }
 
     #[test]

@@ -562,3 +562,62 @@ fn another_namespaces_backend_needs_a_reference_grant() {
     );
     assert!(vs.spec.http[0].route.is_empty());
 }
+
+#[test]
+fn a_hostname_naming_another_namespaces_service_needs_a_grant_too() {
+    // The waypoint resolves a Service's cluster name to the Service: as a
+    // Hostname it must not reach another namespace without a grant.
+    let r = reviews(json!([{
+        "filters": [{ "type": "RequestMirror", "requestMirror": { "backendRef": {
+            "group": "networking.istio.io", "kind": "Hostname", "name": "Audit.Data.svc.cluster.local.",
+        }}}],
+        "backendRefs": [
+            { "name": "reviews-v1", "port": 9080 },
+            { "group": "networking.istio.io", "kind": "Hostname", "name": "ratings.data.svc.cluster.local", "port": 9080 },
+            { "group": "networking.istio.io", "kind": "Hostname", "name": "api.example.com", "port": 443 },
+        ],
+    }]));
+    assert_eq!(errors(&r), Vec::<String>::new());
+    let vs = virtual_service(
+        "shop",
+        "reviews",
+        "cluster.local",
+        &[&r],
+        &Grants::default(),
+    )
+    .expect("a VirtualService");
+    let rule = &vs.spec.http[0];
+    let hosts: Vec<&str> = rule
+        .route
+        .iter()
+        .map(|d| d.destination.host.as_str())
+        .collect();
+    assert_eq!(
+        hosts,
+        ["reviews-v1.shop.svc.cluster.local", "api.example.com"],
+        "a ServiceEntry host is in no namespace; a Service's cluster name is"
+    );
+    assert!(rule.fault.as_ref().and_then(|f| f.abort.as_ref()).is_some());
+    assert!(rule.mirrors.is_empty());
+    // Its own namespace's Service by cluster name needs nothing.
+    let own = BackendReference {
+        group: Some("networking.istio.io".into()),
+        kind: Some("Hostname".into()),
+        name: "reviews.shop.svc.cluster.local".into(),
+        namespace: None,
+        port: None,
+    };
+    assert_eq!(own.service("shop"), Some(("shop".into(), "reviews".into())));
+
+    // An address is no host name (and would reach the pod behind it).
+    let by_address = reviews(json!([{ "backendRefs": [
+        { "group": "networking.istio.io", "kind": "Hostname", "name": "10.1.2.3", "port": 80 },
+    ]}]));
+    assert!(
+        errors(&by_address)
+            .iter()
+            .any(|e| e.starts_with("spec.rules[0].backendRefs[0].name: \"10.1.2.3\" is an address")),
+        "{:?}",
+        errors(&by_address)
+    );
+}

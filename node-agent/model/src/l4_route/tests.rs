@@ -66,7 +66,7 @@ fn a_tcp_route_splits_connections_by_weight_on_its_port() {
     );
     assert_eq!(errors(validate_tcp(&r)), Vec::<String>::new());
     let vs = converted(&[&r], &[]);
-    assert_eq!(vs.metadata.name.as_deref(), Some("db-l4-routes"));
+    assert_eq!(vs.metadata.name.as_deref(), Some("db-routes-l4"));
     assert_eq!(vs.spec.hosts, ["db.shop.svc.cluster.local"]);
     let rule = &vs.spec.tcp[0];
     assert_eq!(rule.r#match.len(), 1);
@@ -212,7 +212,7 @@ fn a_services_tcp_and_tls_routes_make_one_virtual_service_of_their_own() {
         }),
     );
     let vs = converted(&[&raw], &[&secure]);
-    assert_eq!(vs.metadata.name.as_deref(), Some("db-l4-routes"));
+    assert_eq!(vs.metadata.name.as_deref(), Some("db-routes-l4"));
     assert!(vs.spec.http.is_empty());
     let ports: Vec<Option<u32>> = vs.spec.tcp[0].r#match.iter().map(|m| m.port).collect();
     assert_eq!(ports, [Some(5432), Some(5433)]);
