@@ -43,6 +43,7 @@ use crate::{
 };
 pub use authorization::Selection;
 pub use published::{Audience, Form, Pending, Published, Publisher};
+pub use waypoint::serving_service;
 
 /// The ReferenceGrants in force: those of `store` but the ones whose last
 /// update was refused. A grant's last good version must not outlive an

@@ -181,6 +181,35 @@ pub fn of_service(
     )
 }
 
+/// The waypoint Gateway (`namespace/name`) that serves Service `svc` of
+/// `namespace`, whether or not a pod runs it yet; `None` when none does
+/// (none chosen, or the one its labels name missing or not admitting it).
+/// For a route's status, which has no node's view at hand.
+pub fn serving_service(store: &Store, namespace: &str, svc: &Service) -> Option<String> {
+    let mut waypoints: BTreeMap<String, Waypoints> = BTreeMap::new();
+    for object in store.of_kind(Kind::Gateway) {
+        let Object::Gateway(g) = object else { continue };
+        if !(g.serves_services() || g.serves_workloads()) {
+            continue;
+        }
+        let (Some(at), Some(name)) = (&g.metadata.namespace, &g.metadata.name) else {
+            continue;
+        };
+        // Named in the address's workload, which `unavailable` leaves empty.
+        let address = GatewayAddress {
+            workload: format!("{at}/{name}"),
+            ..unavailable()
+        };
+        waypoints
+            .entry(at.clone())
+            .or_default()
+            .insert(name.clone(), address);
+    }
+    of_service(store, &waypoints, namespace, svc)
+        .map(|address| address.workload)
+        .filter(|workload| !workload.is_empty())
+}
+
 /// The waypoint a ServiceEntry's hosts send their traffic through: only one
 /// its own or its namespace's `istio.io/use-waypoint` label names (as in
 /// Istio: traffic leaving the mesh goes through a waypoint only when asked,

@@ -33,7 +33,7 @@ use crate::{
     },
     source::kube::{KubeSource, api_resource},
     store::Store,
-    view::grants_in_force,
+    view::{grants_in_force, serving_service},
 };
 
 /// Who writes these entries (a Gateway API controller name: a domain,
@@ -41,9 +41,10 @@ use crate::{
 pub const CONTROLLER_NAME: &str = "warren.io/waypoint-controller";
 
 /// The kinds a route's status depends on.
-const WATCHED: [Kind; 7] = [
+const WATCHED: [Kind; 8] = [
     Kind::Namespace,
     Kind::Service,
+    Kind::Gateway,
     Kind::ReferenceGrant,
     Kind::HttpRoute,
     Kind::GrpcRoute,
@@ -161,15 +162,28 @@ fn parents(store: &Store, grants: &Grants, route: &Route<'_>) -> Vec<Parent> {
         .iter()
         .filter(|p| is_service_parent(p))
         .map(|parent| {
-            let accepted = if service_exists(store, namespace, &parent.name) {
+            let service = match store.get(&ObjectKey::new(Kind::Service, Some(namespace), &parent.name)) {
+                Some(Object::Service(service)) => Some(service),
+                _ => None,
+            };
+            let accepted = if let Some(service) = service {
+                // Attached either way; whether it routes anything yet is
+                // the waypoint's.
+                let message = match serving_service(store, namespace, service) {
+                    Some(waypoint) => format!(
+                        "routes Service {namespace}/{} at its waypoint {waypoint}",
+                        parent.name
+                    ),
+                    None => format!(
+                        "attached to Service {namespace}/{}, which no waypoint serves yet: it routes nothing until one does",
+                        parent.name
+                    ),
+                };
                 Condition {
                     kind: "Accepted",
                     status: true,
                     reason: "Accepted",
-                    message: format!(
-                        "routes Service {namespace}/{} at the waypoint that serves it",
-                        parent.name
-                    ),
+                    message,
                 }
             } else {
                 Condition {
@@ -573,6 +587,32 @@ spec:
     }
 
     #[test]
+    fn accepted_says_which_waypoint_routes_by_it() {
+        let message = |yaml: &str| {
+            let store = Store::from_yaml(yaml);
+            let writes = to_write(&store, "2026-12-06T00:00:00Z");
+            writes[0].2[0]["conditions"][0]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let without = message(ROUTE);
+        assert!(without.contains("no waypoint serves"), "{without}");
+        let with = message(&format!(
+            "{ROUTE}---\n{}",
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: { name: waypoint, namespace: shop }
+spec:
+  gatewayClassName: warren-waypoint
+  listeners: [{ name: mesh, port: 15008, protocol: HBONE }]
+"#
+        ));
+        assert!(with.contains("at its waypoint shop/waypoint"), "{with}");
+    }
+
+    #[test]
     fn what_the_route_shows_already_is_not_written_again_and_others_stay() {
         let store = Store::from_yaml(ROUTE);
         let object = store
@@ -672,6 +712,9 @@ spec:
                 }
                 (_, p) if p == format!("{gateway}/v1/httproutes") => {
                     (200, list("HTTPRouteList", vec![route.clone()]))
+                }
+                (_, p) if p == format!("{gateway}/v1/gateways") => {
+                    (200, list("GatewayList", vec![]))
                 }
                 (_, p) if p == format!("{gateway}/v1/grpcroutes") => {
                     (200, list("GRPCRouteList", vec![]))
