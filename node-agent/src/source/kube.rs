@@ -139,6 +139,14 @@ pub fn watched_resources() -> impl Iterator<Item = (&'static str, &'static str)>
         .map(|&(_, group, _, _, plural)| (group, plural))
 }
 
+/// `kind` as RBAC names it: (API group, resource).
+pub fn resource_of(kind: Kind) -> Option<(&'static str, &'static str)> {
+    KINDS
+        .iter()
+        .find(|k| k.0 == kind)
+        .map(|&(_, group, _, _, plural)| (group, plural))
+}
+
 /// The versions a kind may be served at, newest first, for kinds whose
 /// CRDs differ between Gateway API releases: the first the API server
 /// serves the kind at is watched ([`served_version`]); the version in
@@ -208,7 +216,7 @@ impl KubeSource {
                 served_version(&self.client, kind, group, fallback, plural)
             }))
             .await;
-        for (&&(kind, group, _, api_kind, plural), version) in kinds.iter().zip(versions) {
+        for (&&(kind, group, _, api_kind, plural), (version, _)) in kinds.iter().zip(versions) {
             let resource = ApiResource::from_gvk_with_plural(
                 &GroupVersionKind::gvk(group, version, api_kind),
                 plural,
@@ -348,29 +356,30 @@ fn refusal(err: &watcher::Error) -> Option<u16> {
 }
 
 /// Where the API server serves `kind`, at the version it is watched at.
-pub async fn api_resource(client: &Client, kind: Kind) -> Option<ApiResource> {
+/// Also whether the version is known to be served, not a fallback.
+pub async fn api_resource(client: &Client, kind: Kind) -> Option<(ApiResource, bool)> {
     let &(_, group, fallback, api_kind, plural) = KINDS.iter().find(|k| k.0 == kind)?;
-    let version = served_version(client, kind, group, fallback, plural).await;
-    Some(ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(group, version, api_kind),
-        plural,
-    ))
+    let (version, served) = served_version(client, kind, group, fallback, plural).await;
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, api_kind), plural);
+    Some((resource, served))
 }
 
 /// The version to watch `kind` at: the first of its [`VERSIONS`] at which
 /// the API server's discovery lists `plural` (CRDs installed from an older
 /// Gateway API release serve only older ones). `fallback` when no version
 /// lists it (the kind is then not installed, and its watch tells) or when
-/// discovery keeps failing.
+/// discovery keeps failing; with whether the version is known to be served
+/// (a kind of one version always is).
 async fn served_version(
     client: &Client,
     kind: Kind,
     group: &str,
     fallback: &'static str,
     plural: &str,
-) -> &'static str {
+) -> (&'static str, bool) {
     let Some(&(_, versions)) = VERSIONS.iter().find(|(k, _)| *k == kind) else {
-        return fallback;
+        return (fallback, true);
     };
     for round in 0..DISCOVERY_ROUNDS {
         if round > 0 {
@@ -390,7 +399,7 @@ async fn served_version(
                     if version != versions[0] {
                         info!(kind = kind.name(), version, "watching an older version");
                     }
-                    return version;
+                    return (version, true);
                 }
                 Ok(Ok(_)) => {}
                 // Not served at this version: an answer.
@@ -409,7 +418,7 @@ async fn served_version(
             break;
         }
     }
-    fallback
+    (fallback, false)
 }
 
 /// The API server leaves `apiVersion` and `kind` out of a list's items; the

@@ -14,7 +14,7 @@
 //! write racing another fails, to be redone from the version the watch
 //! brings next.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, jiff::Timestamp};
 use kube::{
@@ -31,8 +31,8 @@ use crate::{
         http_route::{BackendReference, ParentReference},
         reference_grant::Grants,
     },
-    source::kube::{KubeSource, api_resource},
-    store::Store,
+    source::kube::{KubeSource, api_resource, resource_of},
+    store::{Applied, Store},
     view::{grants_in_force, serving_service},
 };
 
@@ -51,6 +51,22 @@ const WATCHED: [Kind; 8] = [
     Kind::TcpRoute,
     Kind::TlsRoute,
 ];
+
+/// What the writer reads, as RBAC names it: (API group, resource), each
+/// to get, list and watch; and the routes' `status`, to get and patch
+/// (`<resource>/status`).
+pub fn needed_resources() -> (
+    Vec<(&'static str, &'static str)>,
+    Vec<(&'static str, String)>,
+) {
+    let read = WATCHED.iter().filter_map(|&k| resource_of(k)).collect();
+    let status = Kind::GATEWAY_ROUTES
+        .iter()
+        .filter_map(|&k| resource_of(k))
+        .map(|(group, plural)| (group, format!("{plural}/status")))
+        .collect();
+    (read, status)
+}
 
 /// One condition of a parent's status, without its transition time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,7 +182,23 @@ fn parents(store: &Store, grants: &Grants, route: &Route<'_>) -> Vec<Parent> {
                 Some(Object::Service(service)) => Some(service),
                 _ => None,
             };
-            let accepted = if let Some(service) = service {
+            let port_missing = |service: &crate::model::cluster::Service| {
+                parent
+                    .port
+                    .is_some_and(|port| !service.ports.iter().any(|p| p.port == port))
+            };
+            let accepted = if let Some(service) = service.filter(|s| port_missing(s)) {
+                Condition {
+                    kind: "Accepted",
+                    status: false,
+                    reason: "NoMatchingParent",
+                    message: format!(
+                        "Service {namespace}/{} has no port {}",
+                        service.name,
+                        parent.port.unwrap_or_default()
+                    ),
+                }
+            } else if let Some(service) = service {
                 // Attached either way; whether it routes anything yet is
                 // the waypoint's.
                 let message = match serving_service(store, namespace, service) {
@@ -258,9 +290,11 @@ fn refused_parents(object: &Value, why: &str) -> Vec<Parent> {
         .flatten()
         .filter_map(|p| serde_json::from_value(p.clone()).ok())
         .collect();
+    // Every parent meant to be a Service, its group written or not: a
+    // missing `group: ""` is the commonest reason for the refusal.
     parent_refs
         .into_iter()
-        .filter(is_service_parent)
+        .filter(|p| p.kind.as_deref() == Some("Service"))
         .map(|parent_ref| Parent {
             parent_ref,
             conditions: vec![Condition {
@@ -273,11 +307,15 @@ fn refused_parents(object: &Value, why: &str) -> Vec<Parent> {
         .collect()
 }
 
+/// Whether a `status.parents` entry is this controller's.
+fn is_ours(entry: &Value) -> bool {
+    entry["controllerName"] == CONTROLLER_NAME
+}
+
 /// `observed` (a route's `status.parents`) with this controller's entries
 /// replaced by `ours` at `generation`; `None` when that changes nothing.
 /// A condition keeps its transition time while its status stays.
 fn merged(observed: &[Value], ours: &[Parent], generation: i64, now: &str) -> Option<Vec<Value>> {
-    let is_ours = |entry: &Value| entry["controllerName"] == CONTROLLER_NAME;
     let previous: Vec<&Value> = observed.iter().filter(|e| is_ours(e)).collect();
     let entries: Vec<Value> = ours
         .iter()
@@ -342,10 +380,11 @@ fn to_write(store: &Store, now: &str) -> Vec<(ObjectKey, Option<String>, Vec<Val
                 continue;
             };
             let ours = parents(store, &grants, &route);
-            if ours.is_empty() {
+            let observed = observed_parents(object);
+            // No Service parent now: still our entries to take away.
+            if ours.is_empty() && !observed.iter().any(is_ours) {
                 continue;
             }
-            let observed = observed_parents(object);
             let generation = route.meta.generation.unwrap_or_default();
             if let Some(parents) = merged(&observed, &ours, generation, now) {
                 out.push((key, route.meta.resource_version.clone(), parents));
@@ -377,41 +416,70 @@ pub async fn run(client: Client) {
     });
     let mut store = Store::default();
     let mut resources: HashMap<Kind, ApiResource> = HashMap::new();
-    // The refusals already written, by route: not fetched again until the
-    // error changes.
-    let mut refusals_written: BTreeMap<ObjectKey, String> = BTreeMap::new();
+    // Writes that failed, by route, with the version they were of: not
+    // tried again until the route changes (a 403 or a 422 would fail the
+    // same way on every batch).
+    let mut failed: HashMap<ObjectKey, Option<String>> = HashMap::new();
+    // Refused routes to read and write: each version the source refuses
+    // (every refused route at the first sync).
+    let mut refused_changed: Vec<ObjectKey> = Vec::new();
+    let mut synced_once = false;
     info!("route status writer starting");
     while let Some(event) = events.recv().await {
-        store.apply(event);
+        let mut batch = vec![event];
         while let Ok(event) = events.try_recv() {
-            store.apply(event);
+            batch.push(event);
+        }
+        for event in batch {
+            if let Applied::Refused(key) = store.apply(event)
+                && Kind::GATEWAY_ROUTES.contains(&key.kind)
+            {
+                refused_changed.push(key);
+            }
         }
         if !store.synced() {
             continue;
         }
+        if !synced_once {
+            synced_once = true;
+            refused_changed.extend(
+                store
+                    .refusals()
+                    .filter_map(|(key, _)| key.cloned())
+                    .filter(|key| Kind::GATEWAY_ROUTES.contains(&key.kind)),
+            );
+        }
         let now = Timestamp::now().to_string();
         for (key, resource_version, parents) in to_write(&store, &now) {
-            let Some(api) = api_of(&client, &mut resources, &key).await else {
-                continue;
-            };
-            write(&api, &key, resource_version, parents).await;
-            refusals_written.remove(&key);
-        }
-        let refused: Vec<(ObjectKey, String)> = store
-            .refusals()
-            .filter_map(|(key, error)| Some((key?.clone(), error.to_string())))
-            .filter(|(key, _)| Kind::GATEWAY_ROUTES.contains(&key.kind))
-            .collect();
-        refusals_written.retain(|key, _| refused.iter().any(|(k, _)| k == key));
-        for (key, why) in refused {
-            if refusals_written.get(&key) == Some(&why) {
+            if failed.get(&key) == Some(&resource_version) {
                 continue;
             }
             let Some(api) = api_of(&client, &mut resources, &key).await else {
                 continue;
             };
+            if write(&api, &key, resource_version.clone(), parents).await {
+                failed.remove(&key);
+            } else {
+                failed.insert(key, resource_version);
+            }
+        }
+        refused_changed.sort();
+        refused_changed.dedup();
+        for key in std::mem::take(&mut refused_changed) {
+            // Still refused (not fixed or deleted since)?
+            let Some(why) = store
+                .refusals()
+                .find(|(k, _)| *k == Some(&key))
+                .map(|(_, error)| error.to_string())
+            else {
+                continue;
+            };
+            let Some(api) = api_of(&client, &mut resources, &key).await else {
+                continue;
+            };
             // The refused version itself: the store has only its last good
-            // one, if any.
+            // one, if any. A failed write is tried again when the route
+            // next changes (a 409 means it has).
             let object = match api.get_status(&key.name).await {
                 Ok(object) => object,
                 Err(err) => {
@@ -428,15 +496,9 @@ pub async fn run(client: Client) {
             let ours = refused_parents(&raw, &why);
             let generation = object.metadata.generation.unwrap_or_default();
             if let Some(parents) = merged(&observed, &ours, generation, &now) {
-                write(
-                    &api,
-                    &key,
-                    object.metadata.resource_version.clone(),
-                    parents,
-                )
-                .await;
+                let version = object.metadata.resource_version.clone();
+                write(&api, &key, version, parents).await;
             }
-            refusals_written.insert(key, why);
         }
     }
     info!("route status writer stopped");
@@ -451,8 +513,11 @@ async fn api_of(
     let resource = match resources.get(&key.kind) {
         Some(resource) => resource.clone(),
         None => {
-            let resource = api_resource(client, key.kind).await?;
-            resources.insert(key.kind, resource.clone());
+            let (resource, discovered) = api_resource(client, key.kind).await?;
+            // A fallback is asked about again next time.
+            if discovered {
+                resources.insert(key.kind, resource.clone());
+            }
             resource
         }
     };
@@ -460,12 +525,19 @@ async fn api_of(
     Some(Api::namespaced_with(client.clone(), namespace, &resource))
 }
 
+/// Whether the write was done (or found nothing to do against a newer
+/// version).
 async fn write(
     api: &Api<DynamicObject>,
     key: &ObjectKey,
     resource_version: Option<String>,
     parents: Vec<Value>,
-) {
+) -> bool {
+    let Some(resource_version) = resource_version else {
+        // Without one the write could not be conditional.
+        debug!(route = %key, "route status: no resourceVersion, not written");
+        return false;
+    };
     // The resourceVersion makes the write fail rather than drop what
     // another controller wrote meanwhile.
     let patch = json!({
@@ -476,11 +548,18 @@ async fn write(
         .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => debug!(route = %key, "route status written"),
+        Ok(_) => {
+            debug!(route = %key, "route status written");
+            true
+        }
         Err(kube::Error::Api(status)) if status.code == 409 => {
             debug!(route = %key, "route status: changed meanwhile, written again from its next version");
+            true
         }
-        Err(err) => warn!(route = %key, error = %err, "route status: writing"),
+        Err(err) => {
+            warn!(route = %key, error = %err, "route status: writing");
+            false
+        }
     }
 }
 
@@ -666,6 +745,16 @@ spec:
                 "rules": [{ "backendRefs": [{ "name": "ratings", "namespace": "data", "port": 80 }] }],
             },
         });
+        // Refused by the node agents' model (a Service parent without its
+        // group), read back by the writer.
+        let bad = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": { "name": "bad", "namespace": "shop", "generation": 1, "resourceVersion": "43" },
+            "spec": {
+                "parentRefs": [{ "group": "gateway.networking.k8s.io", "kind": "Service", "name": "app" }],
+                "rules": [{ "backendRefs": [{ "name": "app", "port": 80 }] }],
+            },
+        });
         let mut held = Vec::new();
         while let Some((request, send)) = handle.next_request().await {
             let method = request.method().clone();
@@ -711,7 +800,12 @@ spec:
                     )
                 }
                 (_, p) if p == format!("{gateway}/v1/httproutes") => {
-                    (200, list("HTTPRouteList", vec![route.clone()]))
+                    (200, list("HTTPRouteList", vec![route.clone(), bad.clone()]))
+                }
+                ("GET", p)
+                    if p == format!("{gateway}/v1/namespaces/shop/httproutes/bad/status") =>
+                {
+                    (200, bad.clone())
                 }
                 (_, p) if p == format!("{gateway}/v1/gateways") => {
                     (200, list("GatewayList", vec![]))
@@ -740,12 +834,32 @@ spec:
         let (patches, mut seen) = mpsc::unbounded_channel();
         tokio::spawn(api_server(handle, patches));
         let writer = tokio::spawn(run(Client::new(service, "default")));
-        let (path, content_type, body) =
+        let mut next = async || {
             tokio::time::timeout(std::time::Duration::from_secs(10), seen.recv())
                 .await
                 .expect("a status patch within 10 s")
-                .expect("a patch");
+                .expect("a patch")
+        };
+        let mut patches = vec![next().await, next().await];
         writer.abort();
+        patches.sort_by(|a, b| a.0.cmp(&b.0));
+        // The refused route: not accepted, and why.
+        let (path, _, body) = patches.remove(0);
+        assert_eq!(
+            path,
+            "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/bad/status"
+        );
+        assert_eq!(body["metadata"]["resourceVersion"], "43");
+        let parent = &body["status"]["parents"][0];
+        assert_eq!(
+            conditions(parent),
+            [("Accepted".into(), "False".into(), "UnsupportedValue".into())]
+        );
+        let message = parent["conditions"][0]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(message.contains("spec.parentRefs[0].group"), "{message}");
+        let (path, content_type, body) = patches.remove(0);
         assert_eq!(
             path,
             "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/r/status"
@@ -783,5 +897,61 @@ spec:
         assert!(!accepted.status);
         assert_eq!(accepted.reason, "UnsupportedValue");
         assert!(accepted.message.contains("filters[0].type: not supported"));
+
+        // Refused for the commonest slip, a Service parent without
+        // `group: ""` (the API server wrote its default group): still told.
+        let raw = json!({
+            "spec": { "parentRefs": [
+                { "group": "gateway.networking.k8s.io", "kind": "Service", "name": "app" },
+            ]},
+        });
+        assert_eq!(refused_parents(&raw, "spec.parentRefs[0].group").len(), 1);
+    }
+
+    #[test]
+    fn a_route_that_no_longer_names_a_service_loses_our_entries() {
+        let with_ours = |yaml: &str| -> Store {
+            Store::from_yaml(&yaml.replace(
+                "metadata: { name: r, namespace: shop, generation: 3, resourceVersion: \"41\" }",
+                "metadata: { name: r, namespace: shop, generation: 4, resourceVersion: \"42\" }",
+            ))
+        };
+        // First written with both parents…
+        let store = Store::from_yaml(ROUTE);
+        let written = to_write(&store, "2026-12-06T00:00:00Z").remove(0).2;
+        // …then the route names only the Gateway, its status showing ours.
+        let gateway_only = format!(
+            "{}\nstatus: {}",
+            ROUTE.replace(
+                "  - { group: \"\", kind: Service, name: app }\n  - { group: \"\", kind: Service, name: gone }\n",
+                "",
+            ),
+            json!({ "parents": written })
+        );
+        let store = with_ours(&gateway_only);
+        let writes = to_write(&store, "2026-12-07T00:00:00Z");
+        assert_eq!(writes.len(), 1, "{writes:?}");
+        assert_eq!(writes[0].2, Vec::<Value>::new());
+        // Once they are gone, nothing more.
+        let done = gateway_only.replace(&json!({ "parents": written }).to_string(), "{}");
+        assert!(to_write(&with_ours(&done), "2026-12-08T00:00:00Z").is_empty());
+    }
+
+    #[test]
+    fn a_port_the_service_lacks_is_no_matching_parent() {
+        let store = Store::from_yaml(&ROUTE.replace(
+            "  - { group: \"\", kind: Service, name: app }\n",
+            "  - { group: \"\", kind: Service, name: app, port: 8080 }\n",
+        ));
+        let writes = to_write(&store, "2026-12-06T00:00:00Z");
+        let parent = &writes[0].2[0];
+        assert_eq!(
+            conditions(parent)[0],
+            ("Accepted".into(), "False".into(), "NoMatchingParent".into())
+        );
+        let message = parent["conditions"][0]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(message.contains("no port 8080"), "{message}");
     }
 }

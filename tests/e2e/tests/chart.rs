@@ -21,6 +21,7 @@ use warren_node_agent::{
     ca::root_store::SECRET_BUNDLE,
     config::{Cli, Command as AgentCommand},
     source::kube::watched_resources,
+    waypoint_controller::route_status,
 };
 
 const NAMESPACE: &str = "warren-system";
@@ -344,6 +345,31 @@ fn the_helm_chart_renders_what_the_programs_accept() -> Result<()> {
     else {
         bail!("the waypoint controller does not run `waypoint-controller`");
     };
+    // The waypoint controller may read what route status depends on, and
+    // write the routes' status.
+    let controller_rules = granted(
+        &objects,
+        "ClusterRole",
+        "warren-waypoint-controller",
+        text(&controller["spec"]["template"]["spec"]["serviceAccountName"])?,
+    )?;
+    let (read, status) = route_status::needed_resources();
+    for (group, resource) in read {
+        for verb in ["get", "list", "watch"] {
+            ensure!(
+                allows(controller_rules, group, resource, verb, None),
+                "the waypoint controller may not {verb} {resource} ({group:?})"
+            );
+        }
+    }
+    for (group, resource) in status {
+        for verb in ["get", "patch"] {
+            ensure!(
+                allows(controller_rules, group, &resource, verb, None),
+                "the waypoint controller may not {verb} {resource} ({group:?})"
+            );
+        }
+    }
     for (who, socket) in [
         ("ztunnel", &config.agent_socket),
         ("waypoints", &controller_args.agent_socket),
