@@ -52,20 +52,24 @@ const WATCHED: [Kind; 8] = [
     Kind::TlsRoute,
 ];
 
-/// What the writer reads, as RBAC names it: (API group, resource), each
-/// to get, list and watch; and the routes' `status`, to get and patch
-/// (`<resource>/status`).
-pub fn needed_resources() -> (
-    Vec<(&'static str, &'static str)>,
-    Vec<(&'static str, String)>,
-) {
-    let read = WATCHED.iter().filter_map(|&k| resource_of(k)).collect();
-    let status = Kind::GATEWAY_ROUTES
-        .iter()
-        .filter_map(|&k| resource_of(k))
-        .map(|(group, plural)| (group, format!("{plural}/status")))
-        .collect();
-    (read, status)
+/// What the writer needs of RBAC, as it names resources: (API group,
+/// resource).
+pub struct Access {
+    /// To get, list and watch.
+    pub read: Vec<(&'static str, &'static str)>,
+    /// The routes' `<resource>/status`, to get and patch.
+    pub status: Vec<(&'static str, String)>,
+}
+
+pub fn needed_access() -> Access {
+    Access {
+        read: WATCHED.iter().filter_map(|&k| resource_of(k)).collect(),
+        status: Kind::GATEWAY_ROUTES
+            .iter()
+            .filter_map(|&k| resource_of(k))
+            .map(|(group, plural)| (group, format!("{plural}/status")))
+            .collect(),
+    }
 }
 
 /// One condition of a parent's status, without its transition time.

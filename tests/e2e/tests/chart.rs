@@ -353,8 +353,8 @@ fn the_helm_chart_renders_what_the_programs_accept() -> Result<()> {
         "warren-waypoint-controller",
         text(&controller["spec"]["template"]["spec"]["serviceAccountName"])?,
     )?;
-    let (read, status) = route_status::needed_resources();
-    for (group, resource) in read {
+    let access = route_status::needed_access();
+    for (group, resource) in access.read {
         for verb in ["get", "list", "watch"] {
             ensure!(
                 allows(controller_rules, group, resource, verb, None),
@@ -362,7 +362,7 @@ fn the_helm_chart_renders_what_the_programs_accept() -> Result<()> {
             );
         }
     }
-    for (group, resource) in status {
+    for (group, resource) in access.status {
         for verb in ["get", "patch"] {
             ensure!(
                 allows(controller_rules, group, &resource, verb, None),
