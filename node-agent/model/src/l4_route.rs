@@ -27,7 +27,8 @@ use crate::{
         self, BackendReference, Backends, ParentReference, RouteStatus, backend_errors, percentages,
     },
     istio::{
-        L4MatchAttributes, RouteDestination, TcpRoute, TlsMatchAttributes, TlsRoute, VirtualService,
+        Destination, L4MatchAttributes, RouteDestination, TcpRoute, TlsMatchAttributes, TlsRoute,
+        VirtualService,
     },
     reference_grant::Grants,
     validate,
@@ -228,14 +229,6 @@ fn check<R: L4Route>(route: &R, add: impl Fn(&mut VirtualService, Rules)) -> Vec
                 );
             }
         }
-        if !rule.backend_refs.is_empty() && rule.backend_refs.iter().all(|b| weight(b) == 0) {
-            // The Gateway API drops such connections; a VirtualService
-            // cannot say so, and routing them anyway would be worse.
-            error(
-                format!("{path}.backendRefs"),
-                "every backend has weight 0, which would refuse every connection: Warren cannot refuse them by route yet (use an AuthorizationPolicy), so give one a weight".into(),
-            );
-        }
     }
     if errors.is_empty() {
         errors.extend(conversion_errors(route, add));
@@ -384,30 +377,47 @@ fn rules<R: L4Route>(backends: &Backends<'_>, service: &str, routes: &[&R]) -> R
         if ports.is_empty() {
             continue;
         }
-        let weights: Vec<i64> = rule
+        // Each backend with its share, a backend not permitted as the
+        // rejecting host ([`REJECTED`]): the Gateway API rejects that share
+        // of connections, and all of them when every weight is 0.
+        let mut shares: Vec<(i64, Option<BackendReference>)> = rule
             .backend_refs
             .iter()
             .map(|b| {
-                if backends.permitted(&b.reference()) {
-                    i64::from(weight(b))
-                } else {
-                    0
-                }
+                let reference = b.reference();
+                let permitted = backends.permitted(&reference);
+                (i64::from(weight(b)), permitted.then_some(reference))
             })
             .collect();
-        if weights.iter().all(|w| *w == 0) {
-            continue;
+        if shares.iter().all(|(w, _)| *w == 0) {
+            shares = vec![(1, None)];
         }
-        let several = weights.len() > 1;
-        let destinations: Vec<RouteDestination> = percentages(&weights)
-            .into_iter()
-            .zip(&rule.backend_refs)
-            .filter(|(share, _)| *share > 0)
-            .map(|(share, backend)| RouteDestination {
-                destination: backends.destination(&backend.reference()),
-                weight: several.then_some(share),
-            })
-            .collect();
+        let weights: Vec<i64> = shares.iter().map(|(w, _)| *w).collect();
+        let several = weights.iter().filter(|w| **w > 0).count() > 1;
+        let mut destinations: Vec<RouteDestination> = Vec::new();
+        for (share, (_, backend)) in percentages(&weights).into_iter().zip(&shares) {
+            if share == 0 {
+                continue;
+            }
+            let destination = match backend {
+                Some(backend) => backends.destination(backend),
+                None => Destination {
+                    host: REJECTED.to_owned(),
+                    ..Destination::default()
+                },
+            };
+            // The rejected shares of several backends go as one.
+            match destinations
+                .iter_mut()
+                .find(|d| backend.is_none() && d.destination.host == REJECTED)
+            {
+                Some(d) => d.weight = d.weight.map(|w| w + share),
+                None => destinations.push(RouteDestination {
+                    destination,
+                    weight: several.then_some(share),
+                }),
+            }
+        }
         let created = route
             .meta()
             .creation_timestamp
@@ -500,6 +510,13 @@ fn ports(parent_refs: &[ParentReference], service: &str) -> Vec<Option<u16>> {
 fn weight(backend: &BackendRef) -> i32 {
     backend.weight.unwrap_or(1).max(0)
 }
+
+/// The host a connection route sends the connections it rejects to: a name
+/// under `.invalid`, which never resolves (RFC 2606), so the waypoint
+/// refuses them, its access log naming this host. The Gateway API rejects
+/// the share of a backend a route may not send to, and every connection of
+/// a route whose backends all weigh 0.
+pub const REJECTED: &str = "rejected-by-route.invalid";
 
 /// What a Service's VirtualService of TCP and TLS routes is named after.
 const SUFFIX: &str = "routes-l4";

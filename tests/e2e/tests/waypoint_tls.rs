@@ -438,6 +438,35 @@ fn gateway_tcp_and_tls_routes_at_the_waypoint() -> Result<()> {
         );
     }
 
+    // Every backend at weight 0: the TCPRoute rejects every connection it
+    // takes (names under b.example.com still go by the TLSRoute).
+    std::fs::write(
+        &routes,
+        GATEWAY_ROUTES
+            .replace("weight: 4 }", "weight: 0 }")
+            .replace("weight: 1 }", "weight: 0 }"),
+    )?;
+    eventually(
+        Duration::from_secs(20),
+        "the drained TCPRoute in force",
+        || Ok(answered_by(&backends.client, &backends.vip, "other.example.com").is_err()),
+    )
+    .with_context(logs)?;
+    for _ in 0..5 {
+        let refused = answered_by(&backends.client, &backends.vip, "other.example.com");
+        ensure!(
+            refused.is_err(),
+            "a drained TCPRoute let one through: {refused:?}"
+        );
+        let kept = answered_by(&backends.client, &backends.vip, "api.b.example.com")?;
+        ensure!(kept == "backend-b", "api.b.example.com answered by {kept}");
+    }
+    let output = backends.waypoint.output();
+    ensure!(
+        output.contains("rejected-by-route.invalid"),
+        "the access log does not say why connections were refused:\n{output}"
+    );
+
     // Deleted, the routes leave: the Service as a whole again, both
     // servers for any name.
     std::fs::remove_file(&routes)?;

@@ -257,11 +257,23 @@ fn what_a_route_cannot_mean_is_refused_by_path() {
         refused(json!({ "parentRefs": [parent(None)], "rules": [{}] })),
         ["spec.rules[0].backendRefs: at least one backend"]
     );
-    let zero = refused(json!({ "parentRefs": [parent(None)], "rules": [
-        { "backendRefs": [{ "name": "db-v1", "port": 5432, "weight": 0 }] },
-    ]}));
-    assert_eq!(zero.len(), 1);
-    assert!(zero[0].starts_with("spec.rules[0].backendRefs: every backend has weight 0"));
+    // Every backend at weight 0 is no error: the route rejects every
+    // connection, as the Gateway API asks.
+    let zero = tcp(
+        "drain",
+        0,
+        json!({ "parentRefs": [parent(None)], "rules": [
+            { "backendRefs": [{ "name": "db-v1", "port": 5432, "weight": 0 }] },
+        ]}),
+    );
+    assert_eq!(errors(validate_tcp(&zero)), Vec::<String>::new());
+    let vs = converted(&[&zero], &[]);
+    let hosts: Vec<(&str, Option<i32>)> = vs.spec.tcp[0]
+        .route
+        .iter()
+        .map(|d| (d.destination.host.as_str(), d.weight))
+        .collect();
+    assert_eq!(hosts, [(REJECTED, None)]);
     let paths = |found: Vec<String>| -> Vec<String> {
         found
             .into_iter()
@@ -353,10 +365,13 @@ fn another_namespaces_backend_needs_a_reference_grant() {
             .map(|d| (d.destination.host.clone(), d.weight))
             .collect()
     };
-    // Without a grant the permitted backend takes every connection.
+    // Without a grant its share of connections is rejected.
     assert_eq!(
         hosts(&Grants::default()),
-        [("db-v1.shop.svc.cluster.local".to_owned(), Some(100))]
+        [
+            ("db-v1.shop.svc.cluster.local".to_owned(), Some(50)),
+            (REJECTED.to_owned(), Some(50)),
+        ]
     );
     // A grant for TCPRoutes of `shop` to that Service.
     let mut grant = ReferenceGrant::new(
@@ -377,5 +392,5 @@ fn another_namespaces_backend_needs_a_reference_grant() {
     );
     // A grant for HTTPRoutes says nothing of TCPRoutes.
     grant.spec.from[0].kind = "HTTPRoute".into();
-    assert_eq!(hosts(&Grants::new([&grant])).len(), 1);
+    assert_eq!(hosts(&Grants::new([&grant]))[1].0, REJECTED);
 }
