@@ -291,6 +291,22 @@ impl BackendReference {
     }
 }
 
+/// Every backend `backend_refs` and `filters` (a rule's) send to, its
+/// mirrors' included: what a route's status reports on.
+pub fn rule_backends<'a>(
+    backend_refs: &'a [HttpBackendRef],
+    filters: &'a [HttpRouteFilter],
+) -> impl Iterator<Item = BackendReference> + 'a {
+    let mirrors = filters
+        .iter()
+        .filter_map(|f| f.request_mirror.as_ref())
+        .map(|m| m.backend_ref.clone());
+    backend_refs
+        .iter()
+        .map(HttpBackendRef::reference)
+        .chain(mirrors)
+}
+
 impl HttpBackendRef {
     pub fn reference(&self) -> BackendReference {
         BackendReference {
@@ -347,7 +363,7 @@ fn is_core(group: Option<&str>) -> bool {
 /// A parentRef naming a core Service. Its group must be written (`""`): the
 /// API server fills an omitted one with `gateway.networking.k8s.io`, so a
 /// route read from a folder means what it would in a cluster.
-fn is_service_parent(parent: &ParentReference) -> bool {
+pub fn is_service_parent(parent: &ParentReference) -> bool {
     matches!(parent.group.as_deref(), Some("" | "core"))
         && parent.kind.as_deref() == Some("Service")
 }
@@ -849,8 +865,27 @@ fn is_method(method: &str) -> bool {
 /// Service losing every route at the waypoints.
 fn conversion_errors(route: &HTTPRoute) -> Vec<FieldError> {
     let namespace = route.namespace();
-    let mut services: Vec<String> = route
-        .service_parents()
+    unroutable(&route.spec.parent_refs, |service| {
+        virtual_service(
+            namespace,
+            service,
+            "cluster.local",
+            &[route],
+            &Grants::all(),
+        )
+    })
+}
+
+/// The problems of the VirtualServices `make` makes of one route for each
+/// Service among its `parent_refs`, as errors of the route (any kind of
+/// route: what passed its own checks must still make a VirtualService the
+/// waypoints route with). Every backend is taken as permitted: grants come
+/// and go on their own.
+pub(crate) fn unroutable(
+    parent_refs: &[ParentReference],
+    make: impl Fn(&str) -> Option<VirtualService>,
+) -> Vec<FieldError> {
+    let mut services: Vec<String> = service_parents(parent_refs)
         .into_iter()
         .map(|p| p.service)
         .collect();
@@ -858,15 +893,7 @@ fn conversion_errors(route: &HTTPRoute) -> Vec<FieldError> {
     services.dedup();
     services
         .iter()
-        .filter_map(|service| {
-            virtual_service(
-                namespace,
-                service,
-                "cluster.local",
-                &[route],
-                &Grants::all(),
-            )
-        })
+        .filter_map(|service| make(service))
         .flat_map(|vs| validate::virtual_service(&vs))
         .map(|e| {
             FieldError::new(

@@ -31,7 +31,6 @@ use crate::{
         VirtualService,
     },
     reference_grant::Grants,
-    validate,
 };
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -263,41 +262,23 @@ fn conversion_errors<R: L4Route>(
     add: impl Fn(&mut VirtualService, Rules),
 ) -> Vec<FieldError> {
     let namespace = route.namespace();
-    let mut services: Vec<String> = http_route::service_parents(route.parent_refs())
-        .into_iter()
-        .map(|p| p.service)
-        .collect();
-    services.sort_unstable();
-    services.dedup();
-    services
-        .iter()
-        .flat_map(|service| {
-            let mut vs = http_route::routes_virtual_service(
-                SUFFIX,
-                namespace,
-                service,
-                "cluster.local",
-                std::iter::once(route.meta()),
-            );
-            let backends = Backends {
-                kind: R::KIND,
-                namespace,
-                cluster_domain: "cluster.local",
-                grants: &Grants::all(),
-            };
-            add(&mut vs, rules(&backends, service, &[route]));
-            validate::virtual_service(&vs)
-        })
-        .map(|e| {
-            FieldError::new(
-                "spec",
-                format!(
-                    "makes a VirtualService Warren cannot route with ({}: {})",
-                    e.path, e.reason
-                ),
-            )
-        })
-        .collect()
+    http_route::unroutable(route.parent_refs(), |service| {
+        let mut vs = http_route::routes_virtual_service(
+            SUFFIX,
+            namespace,
+            service,
+            "cluster.local",
+            std::iter::once(route.meta()),
+        );
+        let backends = Backends {
+            kind: R::KIND,
+            namespace,
+            cluster_domain: "cluster.local",
+            grants: &Grants::all(),
+        };
+        add(&mut vs, rules(&backends, service, &[route]));
+        Some(vs)
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -315,9 +296,7 @@ fn conversion_errors<R: L4Route>(
 /// of the Service) and a problem in one leaves the other in force.
 ///
 /// A backend in another namespace is connected to only when `grants`
-/// permit it; the others of its route take its share (a route left with
-/// none is left out: its connections go to the Service itself, as without
-/// it).
+/// permit it: its share of connections is rejected ([`REJECTED`]).
 pub fn virtual_service(
     namespace: &str,
     service: &str,

@@ -28,7 +28,8 @@ use tracing::{debug, info, warn};
 use crate::{
     model::{
         Kind, Object, ObjectKey,
-        http_route::{BackendReference, ParentReference},
+        http_route::{BackendReference, ParentReference, is_service_parent, rule_backends},
+        l4_route::{BackendRef, L4RouteRule},
         reference_grant::Grants,
     },
     source::kube::{KubeSource, api_resource, resource_of},
@@ -97,73 +98,43 @@ struct Route<'a> {
 }
 
 fn route_of(object: &Object) -> Option<Route<'_>> {
-    let mirrors = |filters: &[crate::model::http_route::HttpRouteFilter]| {
-        filters
+    let l4 = |rules: &[L4RouteRule]| -> Vec<BackendReference> {
+        rules
             .iter()
-            .filter_map(|f| f.request_mirror.as_ref())
-            .map(|m| m.backend_ref.clone())
-            .collect::<Vec<_>>()
+            .flat_map(|rule| rule.backend_refs.iter().map(BackendRef::reference))
+            .collect()
     };
     Some(match object {
         Object::HttpRoute(r) => Route {
             kind: "HTTPRoute",
             meta: &r.metadata,
             parent_refs: &r.spec.parent_refs,
-            backends: r
-                .spec
-                .rules
-                .iter()
-                .flat_map(|rule| {
-                    let refs = rule.backend_refs.iter().map(|b| b.reference());
-                    refs.chain(mirrors(&rule.filters))
-                })
+            backends: (r.spec.rules.iter())
+                .flat_map(|rule| rule_backends(&rule.backend_refs, &rule.filters))
                 .collect(),
         },
         Object::GrpcRoute(r) => Route {
             kind: "GRPCRoute",
             meta: &r.metadata,
             parent_refs: &r.spec.parent_refs,
-            backends: r
-                .spec
-                .rules
-                .iter()
-                .flat_map(|rule| {
-                    let refs = rule.backend_refs.iter().map(|b| b.reference());
-                    refs.chain(mirrors(&rule.filters))
-                })
+            backends: (r.spec.rules.iter())
+                .flat_map(|rule| rule_backends(&rule.backend_refs, &rule.filters))
                 .collect(),
         },
         Object::TcpRoute(r) => Route {
             kind: "TCPRoute",
             meta: &r.metadata,
             parent_refs: &r.spec.parent_refs,
-            backends: r
-                .spec
-                .rules
-                .iter()
-                .flat_map(|rule| rule.backend_refs.iter().map(|b| b.reference()))
-                .collect(),
+            backends: l4(&r.spec.rules),
         },
         Object::TlsRoute(r) => Route {
             kind: "TLSRoute",
             meta: &r.metadata,
             parent_refs: &r.spec.parent_refs,
-            backends: r
-                .spec
-                .rules
-                .iter()
-                .flat_map(|rule| rule.backend_refs.iter().map(|b| b.reference()))
-                .collect(),
+            backends: l4(&r.spec.rules),
         },
         _ => return None,
     })
-}
-
-/// A parentRef naming a core Service (its group written, as the model
-/// requires).
-fn is_service_parent(parent: &ParentReference) -> bool {
-    matches!(parent.group.as_deref(), Some("" | "core"))
-        && parent.kind.as_deref() == Some("Service")
 }
 
 fn service_exists(store: &Store, namespace: &str, name: &str) -> bool {

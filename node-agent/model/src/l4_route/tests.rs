@@ -1,4 +1,5 @@
 use crate::reference_grant::ReferenceGrant;
+use crate::validate;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use serde_json::json;
 
