@@ -81,7 +81,9 @@ pub struct L4RouteRule {
 }
 
 /// A backend and its share of connections (no filters: there is nothing
-/// to change in a byte stream).
+/// to change in a byte stream). Its fields are spelt out, as
+/// `HttpBackendRef`'s are: serde's `flatten` and `deny_unknown_fields` do
+/// not go together.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendRef {
