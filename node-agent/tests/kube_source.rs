@@ -303,7 +303,8 @@ async fn a_forbidden_route_kind_holds_the_first_sync_back() {
 
 #[tokio::test]
 async fn a_kind_is_watched_at_the_version_the_cluster_serves() {
-    // CRDs of an older Gateway API release: TLSRoute at v1alpha2 only.
+    // CRDs of a Gateway API release serving TLSRoute at v1alpha3 only:
+    // neither the newest nor the fallback version.
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let ok = http::StatusCode::OK;
     let route = json!({
@@ -324,12 +325,12 @@ async fn a_kind_is_watched_at_the_version_the_cluster_serves() {
                 resources("gateway.networking.k8s.io/v1", &["httproutes"]),
             ),
             (
-                "/apis/gateway.networking.k8s.io/v1alpha2",
+                "/apis/gateway.networking.k8s.io/v1alpha3",
                 ok,
-                resources("gateway.networking.k8s.io/v1alpha2", &["tlsroutes"]),
+                resources("gateway.networking.k8s.io/v1alpha3", &["tlsroutes"]),
             ),
             (
-                "/apis/gateway.networking.k8s.io/v1alpha2/tlsroutes",
+                "/apis/gateway.networking.k8s.io/v1alpha3/tlsroutes",
                 ok,
                 routes,
             ),

@@ -152,6 +152,7 @@ pub fn resource_of(kind: Kind) -> Option<(&'static str, &'static str)> {
 /// serves the kind at is watched ([`served_version`]); the version in
 /// [`KINDS`], the most widely served, when discovery cannot tell.
 const VERSIONS: &[(Kind, &[&str])] = &[
+    (Kind::Gateway, &["v1", "v1beta1"]),
     (Kind::HttpRoute, &["v1", "v1beta1"]),
     (Kind::GrpcRoute, &["v1", "v1alpha2"]),
     (Kind::TlsRoute, &["v1", "v1alpha3", "v1alpha2"]),

@@ -1132,17 +1132,15 @@ spec:
     assert_eq!(rule(&view)["directResponse"]["status"], 500);
 
     // A grant in `data`, changed on its own, reaches the route of `demo`.
-    let grant = apply(
-        &mut store,
-        r#"
+    const GRANT: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1beta1
 kind: ReferenceGrant
 metadata: { name: from-demo, namespace: data }
 spec:
   from: [{ group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: demo }]
   to: [{ group: "", kind: Service }]
-"#,
-    );
+"#;
+    let grant = apply(&mut store, GRANT);
     view.changed(&store, &grant);
     let granted = rule(&view);
     assert!(granted.get("directResponse").is_none(), "{granted}");
@@ -1151,8 +1149,16 @@ spec:
         "ratings.data.svc.cluster.local"
     );
 
-    // An update of the grant that is refused (meant to narrow it, say)
-    // leaves it granting nothing rather than its last good version.
+    // Withdrawn: shut out again.
+    let gone = delete(&mut store, Kind::ReferenceGrant, "data", "from-demo");
+    view.changed(&store, &[gone]);
+    assert_eq!(rule(&view)["directResponse"]["status"], 500);
+
+    // Back, then an update of it that is refused (meant to narrow it,
+    // say): it grants nothing rather than its last good version.
+    let grant = apply(&mut store, GRANT);
+    view.changed(&store, &grant);
+    assert!(rule(&view).get("directResponse").is_none());
     let key = grant[0].clone();
     store.apply(SourceEvent::Rejected {
         key: Some(key.clone()),
@@ -1167,11 +1173,6 @@ spec:
         },
     });
     view.changed(&store, std::slice::from_ref(&key));
-    assert_eq!(rule(&view)["directResponse"]["status"], 500);
-
-    // Withdrawn: shut out too.
-    let gone = delete(&mut store, Kind::ReferenceGrant, "data", "from-demo");
-    view.changed(&store, &[gone]);
     assert_eq!(rule(&view)["directResponse"]["status"], 500);
 }
 

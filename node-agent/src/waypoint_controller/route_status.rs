@@ -41,6 +41,9 @@ use crate::{
 /// then a path).
 pub const CONTROLLER_NAME: &str = "warren.io/waypoint-controller";
 
+/// How often writes that failed are tried again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The kinds a route's status depends on.
 const WATCHED: [Kind; 8] = [
     Kind::Namespace,
@@ -391,17 +394,32 @@ pub async fn run(client: Client) {
     });
     let mut store = Store::default();
     let mut resources: HashMap<Kind, ApiResource> = HashMap::new();
-    // Writes that failed, by route, with the version they were of: not
-    // tried again until the route changes (a 403 or a 422 would fail the
-    // same way on every batch).
-    let mut failed: HashMap<ObjectKey, Option<String>> = HashMap::new();
+    // Writes that failed, by route, with the version and the status they
+    // were: not tried again as they were (a 403 or a 422 would fail the same
+    // way on every batch) but on the next retry tick, or when either
+    // changes.
+    let mut failed: HashMap<ObjectKey, (Option<String>, Vec<Value>)> = HashMap::new();
     // Refused routes to read and write: each version the source refuses
-    // (every refused route at the first sync).
+    // (every refused route at the first sync), and those whose reading or
+    // writing failed, again at the next retry tick.
     let mut refused_changed: Vec<ObjectKey> = Vec::new();
+    let mut refused_retry: Vec<ObjectKey> = Vec::new();
     let mut synced_once = false;
+    let mut retry = tokio::time::interval(RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!("route status writer starting");
-    while let Some(event) = events.recv().await {
-        let mut batch = vec![event];
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => batch.push(event),
+                None => break,
+            },
+            _ = retry.tick(), if !failed.is_empty() || !refused_retry.is_empty() => {
+                failed.clear();
+                refused_changed.append(&mut refused_retry);
+            }
+        }
         while let Ok(event) = events.try_recv() {
             batch.push(event);
         }
@@ -425,17 +443,21 @@ pub async fn run(client: Client) {
             );
         }
         let now = Timestamp::now().to_string();
+        // A route gone needs no retry.
+        failed.retain(|key, _| store.get(key).is_some());
         for (key, resource_version, parents) in to_write(&store, &now) {
-            if failed.get(&key) == Some(&resource_version) {
+            let attempt = (resource_version, parents);
+            if failed.get(&key) == Some(&attempt) {
                 continue;
             }
             let Some(api) = api_of(&client, &mut resources, &key).await else {
+                failed.insert(key, attempt);
                 continue;
             };
-            if write(&api, &key, resource_version.clone(), parents).await {
+            if write(&api, &key, attempt.0.clone(), attempt.1.clone()).await {
                 failed.remove(&key);
             } else {
-                failed.insert(key, resource_version);
+                failed.insert(key, attempt);
             }
         }
         refused_changed.sort();
@@ -450,15 +472,17 @@ pub async fn run(client: Client) {
                 continue;
             };
             let Some(api) = api_of(&client, &mut resources, &key).await else {
+                refused_retry.push(key);
                 continue;
             };
             // The refused version itself: the store has only its last good
-            // one, if any. A failed write is tried again when the route
-            // next changes (a 409 means it has).
+            // one, if any.
             let object = match api.get_status(&key.name).await {
                 Ok(object) => object,
+                Err(kube::Error::Api(status)) if status.code == 404 => continue,
                 Err(err) => {
                     debug!(route = %key, error = %err, "route status: reading a refused route");
+                    refused_retry.push(key);
                     continue;
                 }
             };
@@ -472,7 +496,9 @@ pub async fn run(client: Client) {
             let generation = object.metadata.generation.unwrap_or_default();
             if let Some(parents) = merged(&observed, &ours, generation, &now) {
                 let version = object.metadata.resource_version.clone();
-                write(&api, &key, version, parents).await;
+                if !write(&api, &key, version, parents).await {
+                    refused_retry.push(key);
+                }
             }
         }
     }

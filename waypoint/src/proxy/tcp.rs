@@ -23,6 +23,7 @@ use std::{
 use http::{HeaderMap, Uri};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tracing::{debug, info};
+use warren_model::l4_route::REJECTED;
 use warren_ztunnel::{drain, proxy::hbone::Tunnel};
 
 use super::{
@@ -68,6 +69,10 @@ enum Ended {
     /// tells it.
     #[error("rbac_access_denied: connection.sni cannot be read: {0}")]
     NoHello(String),
+    /// The route's share of connections that the Gateway API rejects (a
+    /// backend it may not send to, or every backend at weight 0).
+    #[error("rejected by route: {REJECTED} (a backend not permitted, or every weight 0)")]
+    Rejected,
 }
 
 impl Ended {
@@ -86,6 +91,8 @@ impl Ended {
             Ended::Hello(_) => "DC",
             // As Envoy's network RBAC filter: no flag, the details say it.
             Ended::Denied(_) | Ended::NoHello(_) => "-",
+            // No route for it, as far as the route is concerned.
+            Ended::Rejected => "NR",
         }
     }
 }
@@ -181,6 +188,23 @@ pub async fn serve(
             None => ("-".to_owned(), &default),
         },
     };
+    // Refused here, by name: nothing (a ServiceEntry, say) may make the
+    // host reach anyone.
+    if destination.host == REJECTED {
+        ctx.inputs
+            .metrics
+            .refuse(super::DIRECTION, "rejected_by_route");
+        log(
+            &down,
+            &route,
+            server_name,
+            start,
+            Err(&Ended::Rejected),
+            None,
+            (read, 0),
+        );
+        return;
+    }
     let key = ClusterKey {
         host: destination.host.clone(),
         subset: destination.subset.clone(),

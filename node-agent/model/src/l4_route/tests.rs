@@ -395,3 +395,47 @@ fn another_namespaces_backend_needs_a_reference_grant() {
     grant.spec.from[0].kind = "HTTPRoute".into();
     assert_eq!(hosts(&Grants::new([&grant]))[1].0, REJECTED);
 }
+
+#[test]
+fn the_refused_shares_of_several_backends_are_rejected_as_one() {
+    let r = tcp(
+        "across",
+        0,
+        json!({
+            "parentRefs": [parent(None)],
+            "rules": [{ "backendRefs": [
+                { "name": "db-v1", "port": 5432, "weight": 1 },
+                { "name": "db", "namespace": "data", "port": 5432, "weight": 1 },
+                { "name": "db", "namespace": "other", "port": 5432, "weight": 2 },
+            ]}],
+        }),
+    );
+    let vs = converted(&[&r], &[]);
+    let hosts: Vec<(&str, Option<i32>)> = vs.spec.tcp[0]
+        .route
+        .iter()
+        .map(|d| (d.destination.host.as_str(), d.weight))
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            ("db-v1.shop.svc.cluster.local", Some(25)),
+            (REJECTED, Some(75)),
+        ]
+    );
+    // Only refused backends: all of it, no weight needed.
+    let r = tcp(
+        "away",
+        0,
+        json!({
+            "parentRefs": [parent(None)],
+            "rules": [{ "backendRefs": [
+                { "name": "db", "namespace": "data", "port": 5432 },
+                { "name": "db-v1", "port": 5432, "weight": 0 },
+            ]}],
+        }),
+    );
+    let vs = converted(&[&r], &[]);
+    assert_eq!(vs.spec.tcp[0].route.len(), 1);
+    assert_eq!(vs.spec.tcp[0].route[0].destination.host, REJECTED);
+}

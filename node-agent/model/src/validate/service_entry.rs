@@ -27,6 +27,15 @@ pub fn service_entry(se: &ServiceEntry) -> Vec<FieldError> {
             continue;
         }
         host_name(&mut r, &path, host);
+        // `.invalid` never resolves (RFC 2606): routes send what they
+        // reject to such a name, which nothing may serve.
+        let lower = host.trim_end_matches('.').to_ascii_lowercase();
+        if lower == "invalid" || lower.ends_with(".invalid") {
+            r.error(
+                &path,
+                format!("{host:?} is under .invalid, which names nothing (RFC 2606)"),
+            );
+        }
         // Without endpoints, DNS resolution resolves the hosts themselves.
         if matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin)
             && spec.endpoints.is_empty()
