@@ -128,6 +128,15 @@ pub fn virtual_service(
     })
 }
 
+impl http_route::Parents for GRPCRoute {
+    fn parent_refs(&self) -> &[ParentReference] {
+        &self.spec.parent_refs
+    }
+    fn parent_refs_mut(&mut self) -> &mut Vec<ParentReference> {
+        &mut self.spec.parent_refs
+    }
+}
+
 impl GRPCRoute {
     /// The Services this route attaches to, as for an HTTPRoute.
     pub fn service_parents(&self) -> Vec<http_route::ServiceParent> {

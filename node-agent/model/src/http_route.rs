@@ -380,16 +380,56 @@ impl HTTPRoute {
     }
 }
 
-/// The Services among a route's `parentRefs`, HTTP or gRPC.
+/// The Services among a route's `parentRefs`, of any kind of route. A
+/// parent whose `sectionName` [`resolve_sections`] did not turn into a port
+/// attaches to nothing.
 pub(crate) fn service_parents(parent_refs: &[ParentReference]) -> Vec<ServiceParent> {
     parent_refs
         .iter()
-        .filter(|p| is_service_parent(p))
+        .filter(|p| is_service_parent(p) && p.section_name.is_none())
         .map(|p| ServiceParent {
             service: p.name.clone(),
             port: p.port.and_then(|port| u16::try_from(port).ok()),
         })
         .collect()
+}
+
+/// Where a route of any Gateway API kind attaches.
+pub trait Parents {
+    fn parent_refs(&self) -> &[ParentReference];
+    fn parent_refs_mut(&mut self) -> &mut Vec<ParentReference>;
+}
+
+impl Parents for HTTPRoute {
+    fn parent_refs(&self) -> &[ParentReference] {
+        &self.spec.parent_refs
+    }
+    fn parent_refs_mut(&mut self) -> &mut Vec<ParentReference> {
+        &mut self.spec.parent_refs
+    }
+}
+
+/// Turns the `sectionName` of each Service parent, which names one of its
+/// ports, into that port (`port_of(service, name)`), as the Gateway API
+/// reads it for a Service. A name the Service has no port of, or one whose
+/// port is not the `port` also given, is left: the parent then attaches to
+/// nothing.
+pub fn resolve_sections(
+    parent_refs: &mut [ParentReference],
+    port_of: impl Fn(&str, &str) -> Option<u16>,
+) {
+    for parent in parent_refs.iter_mut().filter(|p| is_service_parent(p)) {
+        let Some(section) = &parent.section_name else {
+            continue;
+        };
+        let Some(port) = port_of(&parent.name, section) else {
+            continue;
+        };
+        if parent.port.is_none_or(|p| p == i32::from(port)) {
+            parent.port = Some(i32::from(port));
+            parent.section_name = None;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -457,10 +497,12 @@ pub(crate) fn parent_errors(
                 "a route for another namespace's Service (a consumer route) is not supported: put the route in the Service's namespace".into(),
             );
         }
-        if parent.section_name.is_some() {
+        if let Some(section) = &parent.section_name
+            && !validate::is_dns1123_label(section)
+        {
             error(
                 format!("{path}.sectionName"),
-                "not supported for a Service parent: narrow the route by `port`".into(),
+                format!("{section:?} is not a port name (a DNS label)"),
             );
         }
         if let Some(port) = parent.port {

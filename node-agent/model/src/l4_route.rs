@@ -160,6 +160,24 @@ impl L4Route for TLSRoute {
     }
 }
 
+impl http_route::Parents for TCPRoute {
+    fn parent_refs(&self) -> &[ParentReference] {
+        &self.spec.parent_refs
+    }
+    fn parent_refs_mut(&mut self) -> &mut Vec<ParentReference> {
+        &mut self.spec.parent_refs
+    }
+}
+
+impl http_route::Parents for TLSRoute {
+    fn parent_refs(&self) -> &[ParentReference] {
+        &self.spec.parent_refs
+    }
+    fn parent_refs_mut(&mut self) -> &mut Vec<ParentReference> {
+        &mut self.spec.parent_refs
+    }
+}
+
 impl TCPRoute {
     /// The Services this route attaches to, as for an HTTPRoute.
     pub fn service_parents(&self) -> Vec<http_route::ServiceParent> {

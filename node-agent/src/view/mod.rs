@@ -18,6 +18,7 @@ mod waypoint;
 mod workload;
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
@@ -36,7 +37,10 @@ use tracing::warn;
 use crate::{
     enrollment::PodNetns,
     model::{
-        Kind, Labels, Object, ObjectKey, grpc_route, http_route, l4_route, reference_grant::Grants,
+        Kind, Labels, Object, ObjectKey, grpc_route,
+        http_route::{self, Parents, resolve_sections},
+        l4_route,
+        reference_grant::Grants,
         validate,
     },
     store::Store,
@@ -252,6 +256,13 @@ impl View {
                     }
                 }
                 Kind::Service => {
+                    // A route may name one of its ports by name.
+                    if Kind::GATEWAY_ROUTES
+                        .iter()
+                        .any(|&kind| store.of_kind_in(kind, &ns).next().is_some())
+                    {
+                        route_namespaces.insert(ns.clone());
+                    }
                     services.insert((ns, key.name.to_string()));
                 }
                 Kind::EndpointSlice => {
@@ -634,31 +645,85 @@ impl View {
     /// withdraws those no route makes any more. All of a namespace's at
     /// once: a Service's routes are one.
     fn service_routes(&mut self, store: &Store, namespace: &str) {
-        fn of<'a, T>(
+        // A Service parent's `sectionName` names one of its ports.
+        let port_of = |service: &str, section: &str| {
+            let key = ObjectKey::new(Kind::Service, Some(namespace), service);
+            let Some(Object::Service(service)) = store.get(&key) else {
+                return None;
+            };
+            service
+                .ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(section))
+                .and_then(|p| u16::try_from(p.port).ok())
+        };
+        // The routes of a kind, their sections resolved (copied only then).
+        fn of<'a, T: Clone + Parents>(
             store: &'a Store,
             kind: Kind,
             namespace: &'a str,
             pick: impl Fn(&'a Object) -> Option<&'a T>,
-        ) -> Vec<&'a T> {
-            store.of_kind_in(kind, namespace).filter_map(pick).collect()
+            port_of: &dyn Fn(&str, &str) -> Option<u16>,
+        ) -> Vec<Cow<'a, T>> {
+            store
+                .of_kind_in(kind, namespace)
+                .filter_map(pick)
+                .map(|route| {
+                    let mut route = Cow::Borrowed(route);
+                    if route.parent_refs().iter().any(|p| p.section_name.is_some()) {
+                        resolve_sections(route.to_mut().parent_refs_mut(), port_of);
+                    }
+                    route
+                })
+                .collect()
         }
         let grants = grants_in_force(store);
-        let grpc = of(store, Kind::GrpcRoute, namespace, |o| match o {
-            Object::GrpcRoute(route) => Some(&**route),
-            _ => None,
-        });
-        let http = of(store, Kind::HttpRoute, namespace, |o| match o {
-            Object::HttpRoute(route) => Some(&**route),
-            _ => None,
-        });
-        let tcp = of(store, Kind::TcpRoute, namespace, |o| match o {
-            Object::TcpRoute(route) => Some(&**route),
-            _ => None,
-        });
-        let tls = of(store, Kind::TlsRoute, namespace, |o| match o {
-            Object::TlsRoute(route) => Some(&**route),
-            _ => None,
-        });
+        let grpc = of(
+            store,
+            Kind::GrpcRoute,
+            namespace,
+            |o| match o {
+                Object::GrpcRoute(route) => Some(&**route),
+                _ => None,
+            },
+            &port_of,
+        );
+        let http = of(
+            store,
+            Kind::HttpRoute,
+            namespace,
+            |o| match o {
+                Object::HttpRoute(route) => Some(&**route),
+                _ => None,
+            },
+            &port_of,
+        );
+        let tcp = of(
+            store,
+            Kind::TcpRoute,
+            namespace,
+            |o| match o {
+                Object::TcpRoute(route) => Some(&**route),
+                _ => None,
+            },
+            &port_of,
+        );
+        let tls = of(
+            store,
+            Kind::TlsRoute,
+            namespace,
+            |o| match o {
+                Object::TlsRoute(route) => Some(&**route),
+                _ => None,
+            },
+            &port_of,
+        );
+        let (grpc, http, tcp, tls): (Vec<&_>, Vec<&_>, Vec<&_>, Vec<&_>) = (
+            grpc.iter().map(AsRef::as_ref).collect(),
+            http.iter().map(AsRef::as_ref).collect(),
+            tcp.iter().map(AsRef::as_ref).collect(),
+            tls.iter().map(AsRef::as_ref).collect(),
+        );
         let services_of = |parents: Vec<Vec<http_route::ServiceParent>>| -> BTreeSet<String> {
             parents.into_iter().flatten().map(|p| p.service).collect()
         };

@@ -1105,6 +1105,67 @@ spec:
 }
 
 #[test]
+fn a_route_names_a_services_port_by_its_name() {
+    let (mut store, mut view) = built(WAYPOINT_GATEWAY);
+    let keys = apply(
+        &mut store,
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: admin, namespace: demo }
+spec:
+  parentRefs: [{ group: "", kind: Service, name: app, sectionName: admin }]
+  rules:
+  - backendRefs: [{ name: app, port: 9000 }]
+"#,
+    );
+    view.changed(&store, &keys);
+    let Some(ResourceKind::VirtualService(vs)) = get(&view, &key::service_routes("demo", "app"))
+    else {
+        panic!("no VirtualService for the routes of app");
+    };
+    let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
+    assert_eq!(spec["http"][0]["match"][0]["port"], 9000, "{spec}");
+
+    // A name the Service has no port of: the route attaches to nothing.
+    let keys = apply(
+        &mut store,
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: admin, namespace: demo }
+spec:
+  parentRefs: [{ group: "", kind: Service, name: app, sectionName: metrics }]
+  rules:
+  - backendRefs: [{ name: app, port: 9000 }]
+"#,
+    );
+    view.changed(&store, &keys);
+    assert!(get(&view, &key::service_routes("demo", "app")).is_none());
+
+    // The Service gains a port of that name: the route attaches, with no
+    // change to the route.
+    let keys = apply(
+        &mut store,
+        r#"
+apiVersion: v1
+kind: Service
+metadata: { name: app, namespace: demo }
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{ name: http, port: 80, targetPort: web }, { name: metrics, port: 9100, targetPort: 9100 }]
+"#,
+    );
+    view.changed(&store, &keys);
+    let Some(ResourceKind::VirtualService(vs)) = get(&view, &key::service_routes("demo", "app"))
+    else {
+        panic!("the route attaches once the port is there");
+    };
+    let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
+    assert_eq!(spec["http"][0]["match"][0]["port"], 9100, "{spec}");
+}
+
+#[test]
 fn a_reference_grant_lets_routes_of_another_namespace_in_and_out() {
     let (mut store, mut view) = built(WAYPOINT_GATEWAY);
     let keys = apply(

@@ -160,21 +160,31 @@ fn parents(store: &Store, grants: &Grants, route: &Route<'_>) -> Vec<Parent> {
                 Some(Object::Service(service)) => Some(service),
                 _ => None,
             };
-            let port_missing = |service: &crate::model::cluster::Service| {
-                parent
-                    .port
-                    .is_some_and(|port| !service.ports.iter().any(|p| p.port == port))
+            // The port (by number, or by name with `sectionName`) that the
+            // parent narrows the route to, when the Service has none such.
+            let missing = |service: &crate::model::cluster::Service| -> Option<String> {
+                let fits = |p: &crate::model::cluster::ServicePort| {
+                    parent.port.is_none_or(|port| p.port == port)
+                        && parent
+                            .section_name
+                            .as_deref()
+                            .is_none_or(|name| p.name.as_deref() == Some(name))
+                };
+                let narrowed = parent.port.is_some() || parent.section_name.is_some();
+                (narrowed && !service.ports.iter().any(fits)).then(|| {
+                    match (&parent.section_name, parent.port) {
+                        (Some(name), Some(port)) => format!("no port {port} named {name:?}"),
+                        (Some(name), None) => format!("no port named {name:?}"),
+                        (None, port) => format!("no port {}", port.unwrap_or_default()),
+                    }
+                })
             };
-            let accepted = if let Some(service) = service.filter(|s| port_missing(s)) {
+            let accepted = if let Some(why) = service.and_then(|s| missing(s)) {
                 Condition {
                     kind: "Accepted",
                     status: false,
                     reason: "NoMatchingParent",
-                    message: format!(
-                        "Service {namespace}/{} has no port {}",
-                        service.name,
-                        parent.port.unwrap_or_default()
-                    ),
+                    message: format!("Service {namespace}/{} has {why}", parent.name),
                 }
             } else if let Some(service) = service {
                 // Attached either way; whether it routes anything yet is
@@ -954,5 +964,24 @@ spec:
             .as_str()
             .unwrap_or_default();
         assert!(message.contains("no port 8080"), "{message}");
+    }
+
+    #[test]
+    fn a_section_name_the_service_lacks_is_no_matching_parent() {
+        let store = Store::from_yaml(&ROUTE.replace(
+            "  - { group: \"\", kind: Service, name: app }\n",
+            "  - { group: \"\", kind: Service, name: app, sectionName: http }\n  - { group: \"\", kind: Service, name: app, sectionName: admin }\n",
+        ));
+        let writes = to_write(&store, "2026-12-06T00:00:00Z");
+        let parents = &writes[0].2;
+        assert_eq!(conditions(&parents[0])[0].1, "True", "{parents:#?}");
+        assert_eq!(
+            conditions(&parents[1])[0],
+            ("Accepted".into(), "False".into(), "NoMatchingParent".into())
+        );
+        let message = parents[1]["conditions"][0]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(message.contains("no port named \"admin\""), "{message}");
     }
 }

@@ -621,3 +621,55 @@ fn a_hostname_naming_another_namespaces_service_needs_a_grant_too() {
         errors(&by_address)
     );
 }
+
+#[test]
+fn a_section_name_is_a_port_of_the_service_by_name() {
+    let mut r = route(
+        "named",
+        json!({
+            "parentRefs": [
+                { "group": "", "kind": "Service", "name": "reviews", "sectionName": "http" },
+                { "group": "", "kind": "Service", "name": "reviews", "sectionName": "grpc", "port": 9999 },
+                { "group": "", "kind": "Service", "name": "reviews", "sectionName": "admin" },
+            ],
+            "rules": [{ "backendRefs": [{ "name": "reviews-v1", "port": 9080 }] }],
+        }),
+    );
+    assert_eq!(errors(&r), Vec::<String>::new());
+    // Before its names are resolved it attaches to nothing.
+    assert!(r.service_parents().is_empty());
+    resolve_sections(&mut r.spec.parent_refs, |service, name| {
+        assert_eq!(service, "reviews");
+        match name {
+            "http" => Some(9080),
+            "grpc" => Some(9090),
+            _ => None,
+        }
+    });
+    // `http` is port 9080; `grpc` is 9090, not the 9999 also given; the
+    // Service has no `admin`.
+    assert_eq!(
+        r.service_parents(),
+        [ServiceParent {
+            service: "reviews".into(),
+            port: Some(9080)
+        }]
+    );
+    let vs = converted(&[&r]);
+    assert_eq!(vs.http[0].r#match[0].port, Some(9080));
+    // Not a port name at all: refused.
+    let bad = route(
+        "bad-name",
+        json!({
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "reviews", "sectionName": "Not_A_Name" }],
+            "rules": [],
+        }),
+    );
+    assert!(
+        errors(&bad)
+            .iter()
+            .any(|e| e.starts_with("spec.parentRefs[0].sectionName:")),
+        "{:?}",
+        errors(&bad)
+    );
+}

@@ -282,7 +282,7 @@ fn name_problem(name: &str) -> Option<String> {
 const DNS1123_LABEL: &str =
     "lowercase letters, digits and '-', beginning and ending alphanumeric, at most 63 characters";
 
-fn is_dns1123_label(value: &str) -> bool {
+pub fn is_dns1123_label(value: &str) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 63
