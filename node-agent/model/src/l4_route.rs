@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     FieldError,
     http_route::{
-        self, BackendReference, Backends, ParentReference, RouteStatus, backend_errors, percentages,
+        self, BackendReference, Backends, ParentReference, Parents, RouteStatus, backend_errors,
+        percentages,
     },
     istio::{
         Destination, L4MatchAttributes, RouteDestination, TcpRoute, TlsMatchAttributes, TlsRoute,
@@ -114,11 +115,10 @@ impl BackendRef {
 }
 
 /// What TCPRoutes and TLSRoutes share: where they attach and their rules.
-trait L4Route {
+trait L4Route: Parents {
     /// The kind, as a ReferenceGrant names it.
     const KIND: &'static str;
     fn meta(&self) -> &ObjectMeta;
-    fn parent_refs(&self) -> &[ParentReference];
     fn rules(&self) -> &[L4RouteRule];
     /// Its server names, for a TLSRoute; `None` for a TCPRoute.
     fn hostnames(&self) -> Option<&[String]>;
@@ -133,9 +133,6 @@ impl L4Route for TCPRoute {
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
     }
-    fn parent_refs(&self) -> &[ParentReference] {
-        &self.spec.parent_refs
-    }
     fn rules(&self) -> &[L4RouteRule] {
         &self.spec.rules
     }
@@ -149,9 +146,6 @@ impl L4Route for TLSRoute {
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
     }
-    fn parent_refs(&self) -> &[ParentReference] {
-        &self.spec.parent_refs
-    }
     fn rules(&self) -> &[L4RouteRule] {
         &self.spec.rules
     }
@@ -160,7 +154,7 @@ impl L4Route for TLSRoute {
     }
 }
 
-impl http_route::Parents for TCPRoute {
+impl Parents for TCPRoute {
     fn parent_refs(&self) -> &[ParentReference] {
         &self.spec.parent_refs
     }
@@ -169,7 +163,7 @@ impl http_route::Parents for TCPRoute {
     }
 }
 
-impl http_route::Parents for TLSRoute {
+impl Parents for TLSRoute {
     fn parent_refs(&self) -> &[ParentReference] {
         &self.spec.parent_refs
     }
