@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::{Method, StatusCode, Uri};
 use serde::Serialize;
+use warren_model::l4_route::REJECTED;
 use warren_ztunnel::{
     explain::Step,
     http_endpoint::{Reply, json, text},
@@ -282,6 +283,20 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
                     "action",
                     format!("relay to {}", shares(rule.destinations())),
                 );
+                // A Gateway API route's rejected share (a backend it may not
+                // send to, or every weight 0): refused, not relayed.
+                let rejected = |d: &RouteDestination| d.host == REJECTED;
+                if rule.destinations().iter().any(rejected) {
+                    step(
+                        "note",
+                        format!(
+                            "{REJECTED} is the route's rejected share: those connections are refused (NR)"
+                        ),
+                    );
+                }
+                if !rule.destinations().is_empty() && rule.destinations().iter().all(rejected) {
+                    return done(steps, Verdict::Refused);
+                }
             }
         }
         return done(steps, Verdict::Forwarded);

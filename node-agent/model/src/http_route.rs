@@ -907,15 +907,41 @@ fn is_method(method: &str) -> bool {
 /// Service losing every route at the waypoints.
 fn conversion_errors(route: &HTTPRoute) -> Vec<FieldError> {
     let namespace = route.namespace();
+    let route = with_placeholder_sections(route);
     unroutable(&route.spec.parent_refs, |service| {
         virtual_service(
             namespace,
             service,
             "cluster.local",
-            &[route],
+            &[&route],
             &Grants::all(),
         )
     })
+}
+
+/// `route` with each Service parent's `sectionName` taken as a port
+/// (the `port` it gives, else one number per name), as the view resolves
+/// it from the Service: what it makes can be checked before any Service is
+/// known, rather than only found wrong once attached.
+pub(crate) fn with_placeholder_sections<T: Parents + Clone>(route: &T) -> std::borrow::Cow<'_, T> {
+    if route.parent_refs().iter().all(|p| p.section_name.is_none()) {
+        return std::borrow::Cow::Borrowed(route);
+    }
+    let mut names: Vec<(String, Option<i32>)> = Vec::new();
+    for parent in route.parent_refs() {
+        if let Some(name) = &parent.section_name
+            && !names.iter().any(|(n, _)| n == name)
+        {
+            names.push((name.clone(), parent.port));
+        }
+    }
+    let mut copy = route.clone();
+    resolve_sections(copy.parent_refs_mut(), |_, section| {
+        let i = names.iter().position(|(n, _)| n == section)?;
+        let given = names[i].1.and_then(|p| u16::try_from(p).ok());
+        Some(given.unwrap_or_else(|| u16::try_from(i + 1).unwrap_or(u16::MAX)))
+    });
+    std::borrow::Cow::Owned(copy)
 }
 
 /// The problems of the VirtualServices `make` makes of one route for each

@@ -115,7 +115,7 @@ impl BackendRef {
 }
 
 /// What TCPRoutes and TLSRoutes share: where they attach and their rules.
-trait L4Route: Parents {
+trait L4Route: Parents + Clone {
     /// The kind, as a ReferenceGrant names it.
     const KIND: &'static str;
     fn meta(&self) -> &ObjectMeta;
@@ -276,6 +276,8 @@ fn conversion_errors<R: L4Route>(
     add: impl Fn(&mut VirtualService, Rules),
 ) -> Vec<FieldError> {
     let namespace = route.namespace();
+    let route = http_route::with_placeholder_sections(route);
+    let route = route.as_ref();
     http_route::unroutable(route.parent_refs(), |service| {
         let mut vs = http_route::routes_virtual_service(
             SUFFIX,

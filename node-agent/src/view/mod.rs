@@ -256,10 +256,23 @@ impl View {
                     }
                 }
                 Kind::Service => {
-                    // A route may name one of its ports by name.
+                    // A route may name one of its ports by name: its
+                    // ports may have changed.
+                    let names_ports = |o: &Object| {
+                        let parents = match o {
+                            Object::HttpRoute(r) => r.parent_refs(),
+                            Object::GrpcRoute(r) => r.parent_refs(),
+                            Object::TcpRoute(r) => r.parent_refs(),
+                            Object::TlsRoute(r) => r.parent_refs(),
+                            _ => &[],
+                        };
+                        parents
+                            .iter()
+                            .any(|p| p.section_name.is_some() && *p.name == *key.name)
+                    };
                     if Kind::GATEWAY_ROUTES
                         .iter()
-                        .any(|&kind| store.of_kind_in(kind, &ns).next().is_some())
+                        .any(|&kind| store.of_kind_in(kind, &ns).any(names_ports))
                     {
                         route_namespaces.insert(ns.clone());
                     }

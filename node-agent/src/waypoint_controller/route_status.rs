@@ -415,7 +415,7 @@ pub async fn run(client: Client) {
     let mut refused_changed: Vec<ObjectKey> = Vec::new();
     let mut refused_retry: Vec<ObjectKey> = Vec::new();
     let mut synced_once = false;
-    let mut retry = tokio::time::interval(RETRY);
+    let mut retry = tokio::time::interval_at(tokio::time::Instant::now() + RETRY, RETRY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!("route status writer starting");
     loop {
@@ -456,7 +456,8 @@ pub async fn run(client: Client) {
         // A route gone needs no retry.
         failed.retain(|key, _| store.get(key).is_some());
         for (key, resource_version, parents) in to_write(&store, &now) {
-            let attempt = (resource_version, parents);
+            // What was tried, its times aside (they are new every batch).
+            let attempt = (resource_version.clone(), without_times(&parents));
             if failed.get(&key) == Some(&attempt) {
                 continue;
             }
@@ -464,7 +465,7 @@ pub async fn run(client: Client) {
                 failed.insert(key, attempt);
                 continue;
             };
-            if write(&api, &key, attempt.0.clone(), attempt.1.clone()).await {
+            if write(&api, &key, resource_version, parents).await {
                 failed.remove(&key);
             } else {
                 failed.insert(key, attempt);
@@ -513,6 +514,21 @@ pub async fn run(client: Client) {
         }
     }
     info!("route status writer stopped");
+}
+
+/// `parents` without their conditions' transition times.
+fn without_times(parents: &[Value]) -> Vec<Value> {
+    let mut parents = parents.to_vec();
+    for parent in &mut parents {
+        if let Some(conditions) = parent["conditions"].as_array_mut() {
+            for condition in conditions {
+                if let Some(c) = condition.as_object_mut() {
+                    c.remove("lastTransitionTime");
+                }
+            }
+        }
+    }
+    parents
 }
 
 /// The API of `key`'s kind in its namespace, at the version served.

@@ -466,6 +466,23 @@ fn gateway_tcp_and_tls_routes_at_the_waypoint() -> Result<()> {
         output.contains("rejected-by-route.invalid"),
         "the access log does not say why connections were refused:\n{output}"
     );
+    // And the waypoint explains it.
+    let shown = warrenctl_waypoint_explain(
+        &config,
+        "demo",
+        "demo/client",
+        &[
+            "--sni",
+            "other.example.com",
+            &format!("https://{}/", backends.vip),
+        ],
+    )?;
+    for part in ["rejected share", "verdict: refused"] {
+        ensure!(
+            shown.contains(part),
+            "explain does not say {part:?}:\n{shown}"
+        );
+    }
 
     // Deleted, the routes leave: the Service as a whole again, both
     // servers for any name.

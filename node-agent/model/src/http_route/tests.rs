@@ -673,3 +673,33 @@ fn a_section_name_is_a_port_of_the_service_by_name() {
         errors(&bad)
     );
 }
+
+#[test]
+fn what_a_route_by_port_name_would_make_is_checked_before_it_attaches() {
+    // Removing `host` passes the route's own checks but makes a
+    // VirtualService no waypoint takes: refused even though the port name
+    // is only resolved once the route attaches.
+    for parent in [
+        json!({ "group": "", "kind": "Service", "name": "reviews", "sectionName": "http" }),
+        json!({ "group": "", "kind": "Service", "name": "reviews", "sectionName": "http", "port": 9080 }),
+        json!({ "group": "", "kind": "Service", "name": "reviews", "port": 9080 }),
+    ] {
+        let r = route(
+            "strip-host",
+            json!({
+                "parentRefs": [parent],
+                "rules": [{
+                    "filters": [{ "type": "RequestHeaderModifier", "requestHeaderModifier": { "remove": ["host"] } }],
+                    "backendRefs": [{ "name": "reviews-v1", "port": 9080 }],
+                }],
+            }),
+        );
+        let found = errors(&r);
+        assert!(
+            found
+                .iter()
+                .any(|e| e.starts_with("spec: makes a VirtualService Warren cannot route with")),
+            "{parent}: {found:?}"
+        );
+    }
+}
