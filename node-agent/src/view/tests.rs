@@ -121,6 +121,14 @@ fn get(view: &View, key: &str) -> Option<ResourceKind> {
     view.publisher().lock().get(key).and_then(|r| r.kind)
 }
 
+/// The spec of the VirtualService published under `key`, as JSON.
+fn virtual_service_spec(view: &View, key: &str) -> Option<serde_json::Value> {
+    match get(view, key)? {
+        ResourceKind::VirtualService(vs) => serde_json::from_str(&vs.spec_json).ok(),
+        _ => None,
+    }
+}
+
 fn workload(view: &View, ns: &str, name: &str) -> Workload {
     match get(view, &key::workload(ns, name)) {
         Some(ResourceKind::Workload(w)) => w,
@@ -1024,10 +1032,8 @@ spec:
 "#,
     );
     view.changed(&store, &grpc);
-    let Some(ResourceKind::VirtualService(vs)) = get(&view, &routes) else {
-        panic!("no VirtualService for the routes of app");
-    };
-    let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
+    let spec =
+        virtual_service_spec(&view, &routes).expect("no VirtualService for the routes of app");
     let names: Vec<&str> = spec["http"]
         .as_array()
         .into_iter()
@@ -1094,10 +1100,8 @@ spec:
     ];
     view.changed(&store, &gone);
     assert!(get(&view, &routes).is_none());
-    let Some(ResourceKind::VirtualService(vs)) = get(&view, &l4_routes) else {
-        panic!("the TLSRoute alone still routes app");
-    };
-    let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
+    let spec =
+        virtual_service_spec(&view, &l4_routes).expect("the TLSRoute alone still routes app");
     assert!(spec.get("tcp").is_none(), "{spec}");
     let last = delete(&mut store, Kind::TlsRoute, "demo", "secure");
     view.changed(&store, &[last]);
@@ -1120,11 +1124,8 @@ spec:
 "#,
     );
     view.changed(&store, &keys);
-    let Some(ResourceKind::VirtualService(vs)) = get(&view, &key::service_routes("demo", "app"))
-    else {
-        panic!("no VirtualService for the routes of app");
-    };
-    let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
+    let spec = virtual_service_spec(&view, &key::service_routes("demo", "app"))
+        .expect("no VirtualService for the routes of app");
     assert_eq!(spec["http"][0]["match"][0]["port"], 9000, "{spec}");
 
     // A name the Service has no port of: the route attaches to nothing.
@@ -1157,11 +1158,8 @@ spec:
 "#,
     );
     view.changed(&store, &keys);
-    let Some(ResourceKind::VirtualService(vs)) = get(&view, &key::service_routes("demo", "app"))
-    else {
-        panic!("the route attaches once the port is there");
-    };
-    let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
+    let spec = virtual_service_spec(&view, &key::service_routes("demo", "app"))
+        .expect("the route attaches once the port is there");
     assert_eq!(spec["http"][0]["match"][0]["port"], 9100, "{spec}");
 }
 
@@ -1183,10 +1181,8 @@ spec:
     view.changed(&store, &keys);
     let routes = key::service_routes("demo", "app");
     let rule = |view: &View| -> serde_json::Value {
-        let Some(ResourceKind::VirtualService(vs)) = get(view, &routes) else {
-            panic!("no VirtualService for the routes of app");
-        };
-        let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
+        let spec =
+            virtual_service_spec(view, &routes).expect("no VirtualService for the routes of app");
         spec["http"][0].clone()
     };
     // No grant: answered 500, nothing sent to `data`.
