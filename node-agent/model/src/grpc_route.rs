@@ -138,11 +138,6 @@ impl http_route::Parents for GRPCRoute {
 }
 
 impl GRPCRoute {
-    /// The Services this route attaches to, as for an HTTPRoute.
-    pub fn service_parents(&self) -> Vec<http_route::ServiceParent> {
-        http_route::service_parents(&self.spec.parent_refs)
-    }
-
     /// The HTTPRoute this route amounts to, named `grpcroute:<name>` so that
     /// its rules never share a name with an HTTPRoute's.
     pub fn as_http_route(&self) -> HTTPRoute {

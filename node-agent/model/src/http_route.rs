@@ -372,12 +372,6 @@ impl HTTPRoute {
     fn namespace(&self) -> &str {
         self.metadata.namespace.as_deref().unwrap_or("default")
     }
-
-    /// The Services this route attaches to (mesh routes). Empty for a route
-    /// of ingress Gateways only, which is not Warren's.
-    pub fn service_parents(&self) -> Vec<ServiceParent> {
-        service_parents(&self.spec.parent_refs)
-    }
 }
 
 /// The Services among a route's `parentRefs`, of any kind of route. A
@@ -398,6 +392,12 @@ pub(crate) fn service_parents(parent_refs: &[ParentReference]) -> Vec<ServicePar
 pub trait Parents {
     fn parent_refs(&self) -> &[ParentReference];
     fn parent_refs_mut(&mut self) -> &mut Vec<ParentReference>;
+
+    /// The Services this route attaches to (mesh routes). Empty for a route
+    /// of ingress Gateways only, which is not Warren's.
+    fn service_parents(&self) -> Vec<ServiceParent> {
+        service_parents(self.parent_refs())
+    }
 }
 
 impl Parents for HTTPRoute {

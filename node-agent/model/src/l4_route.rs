@@ -172,20 +172,6 @@ impl Parents for TLSRoute {
     }
 }
 
-impl TCPRoute {
-    /// The Services this route attaches to, as for an HTTPRoute.
-    pub fn service_parents(&self) -> Vec<http_route::ServiceParent> {
-        http_route::service_parents(&self.spec.parent_refs)
-    }
-}
-
-impl TLSRoute {
-    /// The Services this route attaches to, as for an HTTPRoute.
-    pub fn service_parents(&self) -> Vec<http_route::ServiceParent> {
-        http_route::service_parents(&self.spec.parent_refs)
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Validation
 // ---------------------------------------------------------------------------

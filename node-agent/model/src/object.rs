@@ -16,7 +16,7 @@ use super::{
     cluster::{EndpointSlice, Namespace, Node, Pod, Service},
     gateway::{self, Gateway},
     grpc_route::{self, GRPCRoute},
-    http_route::{self, HTTPRoute},
+    http_route::{self, HTTPRoute, ParentReference},
     intern::intern,
     istio::{
         AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication,
@@ -212,6 +212,17 @@ impl Object {
             Object::TcpRoute(_) => Kind::TcpRoute,
             Object::TlsRoute(_) => Kind::TlsRoute,
             Object::ReferenceGrant(_) => Kind::ReferenceGrant,
+        }
+    }
+
+    /// A Gateway API route's `parentRefs`; `None` for other kinds.
+    pub fn route_parents(&self) -> Option<&[ParentReference]> {
+        match self {
+            Object::HttpRoute(r) => Some(&r.spec.parent_refs),
+            Object::GrpcRoute(r) => Some(&r.spec.parent_refs),
+            Object::TcpRoute(r) => Some(&r.spec.parent_refs),
+            Object::TlsRoute(r) => Some(&r.spec.parent_refs),
+            _ => None,
         }
     }
 

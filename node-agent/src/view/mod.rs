@@ -259,14 +259,8 @@ impl View {
                     // A route may name one of its ports by name: its
                     // ports may have changed.
                     let names_ports = |o: &Object| {
-                        let parents = match o {
-                            Object::HttpRoute(r) => r.parent_refs(),
-                            Object::GrpcRoute(r) => r.parent_refs(),
-                            Object::TcpRoute(r) => r.parent_refs(),
-                            Object::TlsRoute(r) => r.parent_refs(),
-                            _ => &[],
-                        };
-                        parents
+                        o.route_parents()
+                            .unwrap_or_default()
                             .iter()
                             .any(|p| p.section_name.is_some() && *p.name == *key.name)
                     };
@@ -737,17 +731,14 @@ impl View {
             tcp.iter().map(AsRef::as_ref).collect(),
             tls.iter().map(AsRef::as_ref).collect(),
         );
-        let services_of = |parents: Vec<Vec<http_route::ServiceParent>>| -> BTreeSet<String> {
-            parents.into_iter().flatten().map(|p| p.service).collect()
-        };
-        let grpc_services = services_of(grpc.iter().map(|r| r.service_parents()).collect());
-        let http_services = services_of(http.iter().map(|r| r.service_parents()).collect());
-        let l4_services = services_of(
-            tcp.iter()
-                .map(|r| r.service_parents())
-                .chain(tls.iter().map(|r| r.service_parents()))
-                .collect(),
-        );
+        fn services_of<T: Parents>(routes: &[&T]) -> BTreeSet<String> {
+            let parents = routes.iter().flat_map(|r| r.service_parents());
+            parents.map(|p| p.service).collect()
+        }
+        let grpc_services = services_of(&grpc);
+        let http_services = services_of(&http);
+        let mut l4_services = services_of(&tcp);
+        l4_services.extend(services_of(&tls));
         let mut computed = BTreeMap::new();
         let domain = &self.mesh.cluster_domain;
         let services: BTreeSet<&String> = grpc_services

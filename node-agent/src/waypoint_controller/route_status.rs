@@ -28,7 +28,9 @@ use tracing::{debug, info, warn};
 use crate::{
     model::{
         Kind, Object, ObjectKey,
-        http_route::{BackendReference, ParentReference, is_service_parent, rule_backends},
+        http_route::{
+            BackendReference, ParentReference, RouteStatus, is_service_parent, rule_backends,
+        },
         l4_route::{BackendRef, L4RouteRule},
         reference_grant::Grants,
     },
@@ -98,6 +100,8 @@ struct Route<'a> {
     meta: &'a ObjectMeta,
     parent_refs: &'a [ParentReference],
     backends: Vec<BackendReference>,
+    /// What its `status.parents` shows now.
+    observed: &'a [Value],
 }
 
 fn route_of(object: &Object) -> Option<Route<'_>> {
@@ -112,6 +116,7 @@ fn route_of(object: &Object) -> Option<Route<'_>> {
             kind: "HTTPRoute",
             meta: &r.metadata,
             parent_refs: &r.spec.parent_refs,
+            observed: observed(r.status.as_ref()),
             backends: (r.spec.rules.iter())
                 .flat_map(|rule| rule_backends(&rule.backend_refs, &rule.filters))
                 .collect(),
@@ -120,6 +125,7 @@ fn route_of(object: &Object) -> Option<Route<'_>> {
             kind: "GRPCRoute",
             meta: &r.metadata,
             parent_refs: &r.spec.parent_refs,
+            observed: observed(r.status.as_ref()),
             backends: (r.spec.rules.iter())
                 .flat_map(|rule| rule_backends(&rule.backend_refs, &rule.filters))
                 .collect(),
@@ -128,16 +134,23 @@ fn route_of(object: &Object) -> Option<Route<'_>> {
             kind: "TCPRoute",
             meta: &r.metadata,
             parent_refs: &r.spec.parent_refs,
+            observed: observed(r.status.as_ref()),
             backends: l4(&r.spec.rules),
         },
         Object::TlsRoute(r) => Route {
             kind: "TLSRoute",
             meta: &r.metadata,
             parent_refs: &r.spec.parent_refs,
+            observed: observed(r.status.as_ref()),
             backends: l4(&r.spec.rules),
         },
         _ => return None,
     })
+}
+
+/// What a route's `status.parents` shows.
+fn observed(status: Option<&RouteStatus>) -> &[Value] {
+    status.map_or(&[], |s| &s.parents)
 }
 
 fn service_exists(store: &Store, namespace: &str, name: &str) -> bool {
@@ -368,29 +381,17 @@ fn to_write(store: &Store, now: &str) -> Vec<(ObjectKey, Option<String>, Vec<Val
                 continue;
             };
             let ours = parents(store, &grants, &route);
-            let observed = observed_parents(object);
             // No Service parent now: still our entries to take away.
-            if ours.is_empty() && !observed.iter().any(is_ours) {
+            if ours.is_empty() && !route.observed.iter().any(is_ours) {
                 continue;
             }
             let generation = route.meta.generation.unwrap_or_default();
-            if let Some(parents) = merged(&observed, &ours, generation, now) {
+            if let Some(parents) = merged(route.observed, &ours, generation, now) {
                 out.push((key, route.meta.resource_version.clone(), parents));
             }
         }
     }
     out
-}
-
-fn observed_parents(object: &Object) -> Vec<Value> {
-    let status = match object {
-        Object::HttpRoute(r) => r.status.as_ref(),
-        Object::GrpcRoute(r) => r.status.as_ref(),
-        Object::TcpRoute(r) => r.status.as_ref(),
-        Object::TlsRoute(r) => r.status.as_ref(),
-        _ => None,
-    };
-    status.map(|s| s.parents.clone()).unwrap_or_default()
 }
 
 /// Writes route statuses until the source ends.
