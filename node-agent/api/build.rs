@@ -7,7 +7,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/warren/config/v1/config.proto",
         "proto/warren/ca/v1/ca.proto",
+        "proto/envoy/service/auth/v3/external_auth.proto",
     ];
+    for dependency in [
+        "proto/envoy/service/auth/v3/attribute_context.proto",
+        "proto/envoy/config/core/v3/base.proto",
+        "proto/envoy/type/v3/http_status.proto",
+        "proto/google/rpc/status.proto",
+    ] {
+        println!("cargo:rerun-if-changed={dependency}");
+    }
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

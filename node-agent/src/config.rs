@@ -124,6 +124,11 @@ pub struct RunArgs {
     /// Namespace whose unselected PeerAuthentication applies mesh-wide.
     #[arg(long, default_value = "istio-system", env = "WARREN_ROOT_NAMESPACE")]
     pub root_namespace: String,
+    /// The ConfigMap of the root namespace holding Istio's mesh config under
+    /// its `mesh` key (its `extensionProviders` are read): `istio`, as
+    /// Istio names it (`istio-<revision>` for a revision).
+    #[arg(long, default_value = "istio", env = "WARREN_MESH_CONFIG")]
+    pub mesh_config: String,
     /// How often the config folder is rescanned in case the watcher missed
     /// an event.
     #[arg(

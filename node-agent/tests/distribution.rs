@@ -68,6 +68,7 @@ impl Agent {
                 node: "n1".into(),
                 node_addresses: vec!["172.30.0.1".parse().unwrap()],
                 root_namespace: "istio-system".into(),
+                mesh_config: "istio".into(),
                 trust_domain: "cluster.local".into(),
                 trust_domain_aliases: Vec::new(),
                 cluster_domain: "cluster.local".into(),

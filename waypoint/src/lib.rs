@@ -8,6 +8,7 @@
 //!   limits, outlier detection).
 //! - [`authz`]: AuthorizationPolicies attached to the waypoint or its
 //!   Services, decided per request before routing.
+//! - [`ext_authz`]: the external authorizers CUSTOM policies ask.
 //! - [`tables`] and [`subscription`]: that configuration as the node agent
 //!   streams it.
 //! - [`proxy`]: HBONE in, HTTP inside, HBONE out.
@@ -23,6 +24,7 @@ pub mod authn;
 pub mod authz;
 pub mod config;
 pub mod explain;
+pub mod ext_authz;
 pub mod metrics;
 pub mod proxy;
 pub mod route;

@@ -129,6 +129,15 @@ pub struct ClusterLabels {
     pub subset: String,
 }
 
+/// An external authorizer's answers: `ok`, `denied`, `error` (refused with
+/// `statusOnError`), `failure_mode_allowed` (let through by `failOpen`),
+/// `undefined` (a policy named a provider the mesh config lacks).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExtAuthzLabels {
+    pub provider: String,
+    pub result: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
@@ -145,6 +154,8 @@ pub struct Metrics {
     pub retry_overflows: Family<ClusterLabels, Counter>,
     /// Copies sent to mirrors.
     pub mirrored: Family<ClusterLabels, Counter>,
+    /// Checks of CUSTOM policies' providers, by result.
+    pub ext_authz: Family<ExtAuthzLabels, Counter>,
 }
 
 /// Istio's duration buckets (milliseconds).
@@ -183,6 +194,7 @@ impl Metrics {
             retries: Family::default(),
             retry_overflows: Family::default(),
             mirrored: Family::default(),
+            ext_authz: Family::default(),
         };
         l4.register(|r: &mut Registry| {
             r.register(
@@ -229,6 +241,11 @@ impl Metrics {
                 "warren_waypoint_mirrored_requests",
                 "Request copies sent to mirrors",
                 metrics.mirrored.clone(),
+            );
+            r.register(
+                "warren_waypoint_ext_authz_checks",
+                "Requests a CUSTOM policy's external authorizer was asked about, by result",
+                metrics.ext_authz.clone(),
             );
         });
         metrics

@@ -46,6 +46,7 @@ fn is_l7(kind: &Option<Kind>) -> bool {
                 | Kind::DestinationRule(_)
                 | Kind::L7Authorization(_)
                 | Kind::L7Authentication(_)
+                | Kind::ExtensionProvider(_)
         )
     )
 }
@@ -86,6 +87,8 @@ impl Handler for Subscription {
                     Tables::parse_authentication(ra, &self.namespace, self.gateway.as_deref())
                         .map(|r| self.tables.upsert_authentication(resource.key.clone(), r))
                 }
+                Some(Kind::ExtensionProvider(provider)) => Tables::parse_provider(provider)
+                    .map(|p| self.tables.upsert_provider(resource.key.clone(), p)),
                 _ => Ok(()),
             };
             if let Err(reason) = parsed {

@@ -12,7 +12,9 @@ use std::{
 };
 
 use tracing::warn;
-use warren_api::config::{DestinationRule, L7Authentication, L7Authorization, VirtualService};
+use warren_api::config::{
+    DestinationRule, ExtensionProvider, L7Authentication, L7Authorization, VirtualService,
+};
 use warren_model::istio::{
     AuthorizationPolicySpec, DestinationRuleSpec, RequestAuthenticationSpec, VirtualServiceSpec,
 };
@@ -21,6 +23,7 @@ use crate::{
     attachment::binds_waypoint,
     authn::{Authenticator, AuthnInput, keys::KeyStore},
     authz::{Authorizer, PolicyInput},
+    ext_authz::{Provider, Providers},
     route::{RouteTable, VsInput, tcp::TcpTable},
     upstream::{DrInput, Policies, Scope},
 };
@@ -34,6 +37,8 @@ pub struct Compiled {
     pub policies: Policies,
     pub authz: Authorizer,
     pub authn: Authenticator,
+    /// The external authorizers CUSTOM policies name.
+    pub ext_authz: Providers,
     /// Bumped on every rebuild: upstream clusters built from an older
     /// generation are rebuilt.
     pub generation: u64,
@@ -45,6 +50,7 @@ pub struct Tables {
     destination_rules: RwLock<BTreeMap<String, DrInput>>,
     authorizations: RwLock<BTreeMap<String, PolicyInput>>,
     authentications: RwLock<BTreeMap<String, AuthnInput>>,
+    providers: RwLock<BTreeMap<String, Arc<Provider>>>,
     /// Fetched key sets, kept across rebuilds.
     keys: KeyStore,
     compiled: RwLock<Arc<Compiled>>,
@@ -121,11 +127,18 @@ impl Tables {
         })
     }
 
+    /// Checks an external authorizer of the mesh config.
+    pub fn parse_provider(provider: &ExtensionProvider) -> Result<Provider, String> {
+        let spec = serde_json::from_str(&provider.spec_json).map_err(|e| format!("spec_json: {e}"))?;
+        Provider::compile(&spec)
+    }
+
     pub fn keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = read(&self.virtual_services).keys().cloned().collect();
         keys.extend(read(&self.destination_rules).keys().cloned());
         keys.extend(read(&self.authorizations).keys().cloned());
         keys.extend(read(&self.authentications).keys().cloned());
+        keys.extend(read(&self.providers).keys().cloned());
         keys
     }
 
@@ -145,12 +158,17 @@ impl Tables {
         write(&self.authentications).insert(key, ra);
     }
 
+    pub fn upsert_provider(&self, key: String, provider: Provider) {
+        write(&self.providers).insert(key, Arc::new(provider));
+    }
+
     /// Forgets `key`; false if it was not an L7 resource.
     pub fn remove(&self, key: &str) -> bool {
         write(&self.virtual_services).remove(key).is_some()
             || write(&self.destination_rules).remove(key).is_some()
             || write(&self.authorizations).remove(key).is_some()
             || write(&self.authentications).remove(key).is_some()
+            || write(&self.providers).remove(key).is_some()
     }
 
     /// Compiles what is held and makes it current. Errors were checked when
@@ -175,6 +193,17 @@ impl Tables {
         }
         let authz = Authorizer::build(read(&self.authorizations).values().cloned());
         let authn = Authenticator::build(read(&self.authentications).values().cloned(), &self.keys);
+        let ext_authz = Providers::new(read(&self.providers).values().cloned());
+        for (policy, provider) in authz.custom_providers() {
+            if ext_authz.get(provider).is_none() {
+                warn!(
+                    %policy,
+                    provider,
+                    defined = ?ext_authz.names().collect::<Vec<_>>(),
+                    "a CUSTOM AuthorizationPolicy names an extension provider the mesh config does not define: requests its rules match are denied"
+                );
+            }
+        }
         let mut compiled = write(&self.compiled);
         let generation = compiled.generation + 1;
         *compiled = Arc::new(Compiled {
@@ -183,6 +212,7 @@ impl Tables {
             policies,
             authz,
             authn,
+            ext_authz,
             generation,
         });
     }

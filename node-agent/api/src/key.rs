@@ -75,6 +75,14 @@ pub fn l7_authentication(namespace: &str, name: &str) -> String {
     format!("l7authentication/{namespace}/{name}")
 }
 
+/// An external authorizer of the mesh config.
+pub fn extension_provider(name: &str) -> String {
+    format!("{EXTENSION_PROVIDER_PREFIX}{name}")
+}
+
+/// What [`extension_provider`] keys begin with.
+pub const EXTENSION_PROVIDER_PREFIX: &str = "extensionprovider/";
+
 /// Whether `key` is of L7 routing or policy, which only waypoints use: a
 /// ztunnel is not sent it.
 pub fn is_l7(key: &str) -> bool {
@@ -84,6 +92,7 @@ pub fn is_l7(key: &str) -> bool {
         "destinationrule/",
         "l7authorization/",
         "l7authentication/",
+        EXTENSION_PROVIDER_PREFIX,
     ]
     .iter()
     .any(|prefix| key.starts_with(prefix))

@@ -4,6 +4,7 @@
 //!   (the per-node view), and [`subscribe`], the client side of that stream
 //!   that ztunnel and waypoints run.
 //! - [`ca`]: the mesh certificate authority's signing service.
+//! - [`ext_authz`]: Envoy's external authorization API, for CUSTOM policies.
 //! - [`handover`]: what a ztunnel hand-over needs of the node.
 //! - [`identity`]: SPIFFE identities as every component names them.
 //! - [`key`]: how resources of the per-node view are addressed.
@@ -29,6 +30,41 @@ pub mod config {
 /// Generated from `proto/warren/ca/v1/ca.proto`.
 pub mod ca {
     tonic::include_proto!("warren.ca.v1");
+}
+
+/// Envoy's external authorization API, which waypoints speak to the
+/// providers of CUSTOM AuthorizationPolicies (`proto/envoy`, the parts
+/// Warren uses, with Envoy's field numbers).
+pub mod ext_authz {
+    pub use self::envoy::service::auth::v3::*;
+
+    pub mod envoy {
+        pub mod config {
+            pub mod core {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.config.core.v3");
+                }
+            }
+        }
+        pub mod r#type {
+            pub mod v3 {
+                tonic::include_proto!("envoy.r#type.v3");
+            }
+        }
+        pub mod service {
+            pub mod auth {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.service.auth.v3");
+                }
+            }
+        }
+    }
+
+    pub mod google {
+        pub mod rpc {
+            tonic::include_proto!("google.rpc");
+        }
+    }
 }
 
 pub use identity::Identity;

@@ -1,4 +1,5 @@
-//! Kubernetes' own kinds — Namespace, Node, Pod, Service, EndpointSlice — as the
+//! Kubernetes' own kinds — Namespace, Node, Pod, Service, EndpointSlice,
+//! ConfigMap — as the
 //! agent keeps them: only the fields Warren reads.
 //!
 //! A k8s-openapi `Pod` is over 2 KB before any of its strings, and a mesh
@@ -21,7 +22,13 @@ use warren_api::{
     locality::{REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL},
 };
 
-use crate::{FieldError, intern::intern, labels::Labels};
+use crate::{
+    FieldError,
+    intern::intern,
+    istio::mesh::{MESH_KEY, MeshConfig},
+    labels::Labels,
+    validate,
+};
 
 /// Annotations under this prefix are kept; Warren reads no others (and some,
 /// like kubectl's last-applied-configuration, are large).
@@ -424,6 +431,54 @@ impl From<discovery::EndpointSlice> for EndpointSlice {
                 })
                 .collect(),
         }
+    }
+}
+
+/// A ConfigMap, as far as it holds Istio's mesh config (`data.mesh`): the
+/// node agent reads the one named by `--mesh-config` in the root namespace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigMap {
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
+    /// `None` when it has no `mesh` key.
+    pub mesh: Option<MeshConfig>,
+}
+
+impl ConfigMap {
+    /// Reads `data.mesh` (YAML), checked: errors name the field under
+    /// `data.mesh`.
+    pub fn read(map: core::ConfigMap) -> (ConfigMap, Vec<FieldError>) {
+        let mut errors = Vec::new();
+        let text = map.data.as_ref().and_then(|d| d.get(MESH_KEY));
+        let mesh = text.and_then(|text| {
+            // An empty `mesh` key says nothing: every default.
+            if text.trim().is_empty() {
+                return Some(MeshConfig::default());
+            }
+            let de = serde_yaml::Deserializer::from_str(text);
+            match serde_path_to_error::deserialize::<_, MeshConfig>(de) {
+                Ok(mesh) => {
+                    errors.extend(validate::mesh_config("data.mesh", &mesh));
+                    Some(mesh)
+                }
+                Err(error) => {
+                    let error = validate::from_serde(error);
+                    let path = match error.path.as_str() {
+                        "" => "data.mesh".to_owned(),
+                        path => format!("data.mesh.{path}"),
+                    };
+                    errors.push(FieldError::new(path, error.reason));
+                    None
+                }
+            }
+        });
+        let meta = map.metadata;
+        let map = ConfigMap {
+            namespace: namespace_of(meta.namespace.as_deref()),
+            name: name_of(meta.name),
+            mesh,
+        };
+        (map, errors)
     }
 }
 

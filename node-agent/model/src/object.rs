@@ -13,7 +13,7 @@ use serde_yaml::Value;
 pub use super::cluster::EXCLUDE_OUTBOUND_PORTS;
 use super::{
     ConfigError, FieldError,
-    cluster::{EndpointSlice, Namespace, Node, Pod, Service},
+    cluster::{ConfigMap, EndpointSlice, Namespace, Node, Pod, Service},
     gateway::{self, Gateway},
     grpc_route::{self, GRPCRoute},
     http_route::{self, HTTPRoute, ParentReference},
@@ -35,6 +35,7 @@ pub enum Kind {
     Pod,
     Service,
     EndpointSlice,
+    ConfigMap,
     VirtualService,
     DestinationRule,
     ServiceEntry,
@@ -70,6 +71,7 @@ impl Kind {
             ("", "Pod") if version == "v1" => Kind::Pod,
             ("", "Service") if version == "v1" => Kind::Service,
             ("discovery.k8s.io", "EndpointSlice") if version == "v1" => Kind::EndpointSlice,
+            ("", "ConfigMap") if version == "v1" => Kind::ConfigMap,
             ("networking.istio.io", "VirtualService") if istio_version => Kind::VirtualService,
             ("networking.istio.io", "DestinationRule") if istio_version => Kind::DestinationRule,
             ("networking.istio.io", "ServiceEntry") if istio_version => Kind::ServiceEntry,
@@ -122,6 +124,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::ConfigMap => "ConfigMap",
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
@@ -178,6 +181,7 @@ pub enum Object {
     Pod(Arc<Pod>),
     Service(Arc<Service>),
     EndpointSlice(Arc<EndpointSlice>),
+    ConfigMap(Arc<ConfigMap>),
     VirtualService(Arc<VirtualService>),
     DestinationRule(Arc<DestinationRule>),
     ServiceEntry(Arc<ServiceEntry>),
@@ -200,6 +204,7 @@ impl Object {
             Object::Pod(_) => Kind::Pod,
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::ConfigMap(_) => Kind::ConfigMap,
             Object::VirtualService(_) => Kind::VirtualService,
             Object::DestinationRule(_) => Kind::DestinationRule,
             Object::ServiceEntry(_) => Kind::ServiceEntry,
@@ -234,7 +239,8 @@ impl Object {
             | Object::Node(_)
             | Object::Pod(_)
             | Object::Service(_)
-            | Object::EndpointSlice(_) => None,
+            | Object::EndpointSlice(_)
+            | Object::ConfigMap(_) => None,
             Object::VirtualService(o) => Some(&o.metadata),
             Object::DestinationRule(o) => Some(&o.metadata),
             Object::ServiceEntry(o) => Some(&o.metadata),
@@ -258,6 +264,7 @@ impl Object {
             Object::Pod(o) => &o.name,
             Object::Service(o) => &o.name,
             Object::EndpointSlice(o) => &o.name,
+            Object::ConfigMap(o) => &o.name,
             _ => self
                 .metadata()
                 .and_then(|m| m.name.as_deref())
@@ -272,6 +279,7 @@ impl Object {
             Object::Pod(o) => Some(&o.namespace),
             Object::Service(o) => Some(&o.namespace),
             Object::EndpointSlice(o) => Some(&o.namespace),
+            Object::ConfigMap(o) => Some(&o.namespace),
             _ => Some(
                 self.metadata()
                     .and_then(|m| m.namespace.as_deref())
@@ -288,6 +296,7 @@ impl Object {
             Object::Pod(o) => (Some(o.namespace.clone()), o.name.clone()),
             Object::Service(o) => (Some(o.namespace.clone()), o.name.clone()),
             Object::EndpointSlice(o) => (Some(o.namespace.clone()), o.name.clone()),
+            Object::ConfigMap(o) => (Some(o.namespace.clone()), o.name.clone()),
             _ => {
                 let meta = self.metadata();
                 let namespace = meta.and_then(|m| m.namespace.as_deref());
@@ -412,6 +421,11 @@ pub fn parse_document(doc: Value, source: &str) -> Result<Object, ConfigError> {
                 .map(|(o, e)| (Object::Service(Arc::new(o.into())), e)),
             Kind::EndpointSlice => checked::<discovery::EndpointSlice>(doc, no_rules)
                 .map(|(o, e)| (Object::EndpointSlice(Arc::new(o.into())), e)),
+            Kind::ConfigMap => checked::<core::ConfigMap>(doc, no_rules).map(|(o, mut e)| {
+                let (map, errors) = ConfigMap::read(o);
+                e.extend(errors);
+                (Object::ConfigMap(Arc::new(map)), e)
+            }),
             Kind::VirtualService => checked(doc, validate::virtual_service)
                 .map(|(o, e)| (Object::VirtualService(Arc::new(o)), e)),
             Kind::DestinationRule => checked(doc, validate::destination_rule)

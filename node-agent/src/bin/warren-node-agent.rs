@@ -142,7 +142,12 @@ async fn run(args: RunArgs) -> Result<()> {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the Kubernetes API server (in-cluster or kubeconfig)")?;
-        spawn_source(KubeSource::new(client), events_tx, "kube".into());
+        let mesh_config = (args.root_namespace.clone(), args.mesh_config.clone());
+        spawn_source(
+            KubeSource::new(client, mesh_config),
+            events_tx,
+            "kube".into(),
+        );
     } else {
         drop(events_tx);
     }
@@ -162,6 +167,7 @@ async fn run(args: RunArgs) -> Result<()> {
             node: args.node.node.clone(),
             node_addresses: args.node_addrs.clone(),
             root_namespace: args.root_namespace.clone(),
+            mesh_config: args.mesh_config.clone(),
             trust_domain: args.trust_domain.clone(),
             trust_domain_aliases: args.trust_domain_aliases.clone(),
             cluster_domain: args.cluster_domain.clone(),

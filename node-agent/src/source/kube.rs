@@ -38,6 +38,7 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
     (Kind::Node, "", "v1", "Node", "nodes"),
     (Kind::Pod, "", "v1", "Pod", "pods"),
     (Kind::Service, "", "v1", "Service", "services"),
+    (Kind::ConfigMap, "", "v1", "ConfigMap", "configmaps"),
     (
         Kind::EndpointSlice,
         "discovery.k8s.io",
@@ -131,11 +132,14 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
     ),
 ];
 
-/// What the agent reads from the API server, as RBAC names it: (API group,
-/// resource). The Helm chart's ClusterRole must allow get, list and watch on each.
+/// What the agent reads cluster-wide from the API server, as RBAC names it:
+/// (API group, resource). The Helm chart's ClusterRole must allow get, list
+/// and watch on each. The mesh config's ConfigMap is read in the root
+/// namespace alone, by name (a Role).
 pub fn watched_resources() -> impl Iterator<Item = (&'static str, &'static str)> {
     KINDS
         .iter()
+        .filter(|k| k.0 != Kind::ConfigMap)
         .map(|&(_, group, _, _, plural)| (group, plural))
 }
 
@@ -178,6 +182,9 @@ fn optional(kind: Kind, code: u16) -> bool {
         // clusters do not install. Forbidden still holds the sync: these
         // change where connections go.
         Kind::TcpRoute | Kind::TlsRoute => code == 404,
+        // A ClusterRole from before the mesh config was read: without its
+        // providers CUSTOM policies fail closed, so nothing is let through.
+        Kind::ConfigMap => code == 403,
         _ => false,
     }
 }
@@ -185,6 +192,8 @@ fn optional(kind: Kind, code: u16) -> bool {
 pub struct KubeSource {
     client: Client,
     kinds: Vec<Kind>,
+    /// (namespace, name) of the one ConfigMap read: the mesh config.
+    mesh_config: Option<(String, String)>,
 }
 
 /// What one kind's watcher saw, before relist bookkeeping.
@@ -196,14 +205,25 @@ enum Seen {
 }
 
 impl KubeSource {
-    /// Watches every kind Warren reads.
-    pub fn new(client: Client) -> Self {
-        Self::with_kinds(client, KINDS.iter().map(|k| k.0).collect())
+    /// Watches every kind Warren reads, and of ConfigMaps the one named
+    /// `name` in `namespace` (Istio's mesh config).
+    pub fn new(client: Client, mesh_config: (String, String)) -> Self {
+        Self {
+            client,
+            kinds: KINDS.iter().map(|k| k.0).collect(),
+            mesh_config: Some(mesh_config),
+        }
     }
 
-    /// Watches only `kinds` (a cluster without Istio's CRDs, or a test).
+    /// Watches only `kinds` (a cluster without Istio's CRDs, or a test);
+    /// no ConfigMap.
     pub fn with_kinds(client: Client, kinds: Vec<Kind>) -> Self {
-        Self { client, kinds }
+        let kinds = kinds.into_iter().filter(|&k| k != Kind::ConfigMap).collect();
+        Self {
+            client,
+            kinds,
+            mesh_config: None,
+        }
     }
 
     /// Sends every listed object, then `Synced` once every kind is listed,
@@ -222,8 +242,17 @@ impl KubeSource {
                 &GroupVersionKind::gvk(group, version, api_kind),
                 plural,
             );
-            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
-            let config = watcher::Config::default();
+            let (api, config) = match (kind, &self.mesh_config) {
+                // One object, by name: the agent may read no other ConfigMap.
+                (Kind::ConfigMap, Some((namespace, name))) => (
+                    Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, &resource),
+                    watcher::Config::default().fields(&format!("metadata.name={name}")),
+                ),
+                _ => (
+                    Api::all_with(self.client.clone(), &resource),
+                    watcher::Config::default(),
+                ),
+            };
             let types = TypeMeta {
                 api_version: resource.api_version.clone(),
                 kind: resource.kind.clone(),

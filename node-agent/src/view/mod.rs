@@ -26,7 +26,7 @@ use std::{
 use warren_api::{
     Identity, addr,
     config::{
-        Certificate, MeshSettings, OutboundPolicy, Refusal, Resource, TrustBundle, TunnelProtocol,
+        Certificate, ExtensionProvider, MeshSettings, OutboundPolicy, Refusal, Resource, TrustBundle, TunnelProtocol,
         resource::Kind as ResourceKind,
     },
     key,
@@ -78,6 +78,8 @@ pub struct Mesh {
     pub node: String,
     pub node_addresses: Vec<IpAddr>,
     pub root_namespace: String,
+    /// The root namespace's ConfigMap holding Istio's mesh config.
+    pub mesh_config: String,
     pub trust_domain: String,
     pub trust_domain_aliases: Vec<String>,
     pub cluster_domain: String,
@@ -107,6 +109,8 @@ pub struct View {
     service_routes: BTreeMap<String, BTreeSet<String>>,
     /// Addresses of ServiceEntry hosts that have none of their own.
     auto_vips: auto_vip::AutoVips,
+    /// The extension provider keys the mesh config publishes.
+    providers: BTreeSet<String>,
 }
 
 /// Publishes `computed`, the resources one namespace's objects of a kind
@@ -150,6 +154,7 @@ impl View {
             entries: BTreeMap::new(),
             service_routes: BTreeMap::new(),
             auto_vips: auto_vip::AutoVips::new(),
+            providers: BTreeSet::new(),
         }
     }
 
@@ -191,6 +196,7 @@ impl View {
             Kind::TlsRoute,
             Kind::DestinationRule,
             Kind::ServiceEntry,
+            Kind::ConfigMap,
         ]
         .into_iter()
         .flat_map(|kind| store.of_kind(kind).map(Object::key))
@@ -311,6 +317,7 @@ impl View {
                             .filter_map(|o| o.key().namespace.map(|ns| ns.to_string()))
                     }));
                 }
+                Kind::ConfigMap => self.extension_providers(store, key),
                 Kind::ServiceEntry => {
                     // A policy may target the entry (its hosts).
                     self.l7_policies_in(store, &ns);
@@ -525,6 +532,44 @@ impl View {
                 p.remove(&resource_key);
             }
         });
+    }
+
+    /// Publishes the external authorizers of the mesh config, when `key` is
+    /// its ConfigMap. A refused update leaves the last good providers in
+    /// force (the store keeps the last good object).
+    fn extension_providers(&mut self, store: &Store, key: &ObjectKey) {
+        if key.namespace.as_deref() != Some(self.mesh.root_namespace.as_str())
+            || *key.name != *self.mesh.mesh_config
+        {
+            return;
+        }
+        let providers = match store.get(key) {
+            Some(Object::ConfigMap(map)) => map
+                .mesh
+                .as_ref()
+                .map(|mesh| mesh.extension_providers.as_slice())
+                .unwrap_or_default(),
+            _ => &[],
+        };
+        let computed: Vec<(String, ResourceKind)> = providers
+            .iter()
+            .filter(|p| p.authz_protocol().is_some())
+            .filter_map(|provider| {
+                let spec_json = serde_json::to_string(provider)
+                    .map_err(|error| warn!(provider = %provider.name, %error, "cannot encode an extension provider"))
+                    .ok()?;
+                Some((
+                    key::extension_provider(&provider.name),
+                    ResourceKind::ExtensionProvider(ExtensionProvider {
+                        name: provider.name.clone(),
+                        spec_json,
+                    }),
+                ))
+            })
+            .collect();
+        let mut published = BTreeMap::from([(String::new(), std::mem::take(&mut self.providers))]);
+        replace_set(&self.publisher, &mut published, "", computed.into_iter());
+        self.providers = published.remove("").unwrap_or_default();
     }
 
     /// Recomputes the waypoint policies of `namespace` (a Gateway or a

@@ -76,6 +76,7 @@ fn mesh() -> Mesh {
         node: "node-a".into(),
         node_addresses: vec!["172.30.0.1".parse().unwrap()],
         root_namespace: "istio-system".into(),
+        mesh_config: "istio".into(),
         trust_domain: "cluster.local".into(),
         trust_domain_aliases: Vec::new(),
         cluster_domain: "cluster.local".into(),
@@ -2117,4 +2118,96 @@ fn a_starting_pod_is_published_with_the_addresses_the_runtime_reported() {
     assert_eq!(published.addresses, vec![addr::to_bytes(reported)]);
     assert_eq!(published.netns_cookie, 77);
     assert_eq!(published.service_account, "app");
+}
+
+const MESH_CONFIG: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    accessLogFile: /dev/stdout
+    extensionProviders:
+    - name: opa
+      envoyExtAuthzGrpc: {service: opa.auth.svc.cluster.local, port: 9191}
+    - name: sso
+      envoyExtAuthzHttp: {service: sso.auth.svc.cluster.local, port: "4180", headersToUpstreamOnAllow: [x-user]}
+    - name: tracing
+      zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
+"#;
+
+fn providers(view: &View) -> Vec<String> {
+    view.publisher()
+        .lock()
+        .keys()
+        .filter(|k| k.starts_with(key::EXTENSION_PROVIDER_PREFIX))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_mesh_configs_authorizers_go_to_waypoints() {
+    let (mut store, mut view) = built(MESH_CONFIG);
+    // Tracing providers are not for waypoints to ask.
+    assert_eq!(
+        providers(&view),
+        ["extensionprovider/opa", "extensionprovider/sso"]
+    );
+    let Some(ResourceKind::ExtensionProvider(sso)) = get(&view, "extensionprovider/sso") else {
+        panic!("sso published");
+    };
+    let spec: serde_json::Value = serde_json::from_str(&sso.spec_json).unwrap();
+    assert_eq!(spec["envoyExtAuthzHttp"]["port"], 4180);
+    assert_eq!(spec["envoyExtAuthzHttp"]["headersToUpstreamOnAllow"][0], "x-user");
+    // Waypoints alone are sent them.
+    assert!(warren_api::key::is_l7("extensionprovider/sso"));
+
+    // Another ConfigMap, or one elsewhere, is not the mesh config.
+    let keys = apply(
+        &mut store,
+        &MESH_CONFIG
+            .replace("name: istio,", "name: istio-canary,")
+            .replace("- name: opa", "- name: opa2"),
+    );
+    view.changed(&store, &keys);
+    let keys = apply(
+        &mut store,
+        &MESH_CONFIG
+            .replace("namespace: istio-system", "namespace: demo")
+            .replace("- name: opa", "- name: opa3"),
+    );
+    view.changed(&store, &keys);
+    assert_eq!(
+        providers(&view),
+        ["extensionprovider/opa", "extensionprovider/sso"]
+    );
+
+    // A provider dropped is withdrawn; the ConfigMap gone, all of them.
+    let keys = apply(
+        &mut store,
+        &MESH_CONFIG.replace(
+            "    - name: opa\n      envoyExtAuthzGrpc: {service: opa.auth.svc.cluster.local, port: 9191}\n",
+            "",
+        ),
+    );
+    view.changed(&store, &keys);
+    assert_eq!(providers(&view), ["extensionprovider/sso"]);
+    let key = delete(&mut store, Kind::ConfigMap, "istio-system", "istio");
+    view.changed(&store, &[key]);
+    assert!(providers(&view).is_empty());
+}
+
+#[test]
+fn a_bad_mesh_config_is_refused_naming_the_field() {
+    let bad = MESH_CONFIG.replace("port: 9191", "port: 0");
+    let doc = split_documents(&bad).unwrap().remove(0);
+    let error = parse_document(doc, "test").unwrap_err().to_string();
+    assert!(
+        error.contains("ConfigMap istio-system/istio")
+            && error.contains("data.mesh.extensionProviders[0].envoyExtAuthzGrpc.port: required"),
+        "{error}"
+    );
+    let doc = split_documents(&MESH_CONFIG.replace("port: 9191}", "port: 9191")).unwrap().remove(0);
+    let error = parse_document(doc, "test").unwrap_err().to_string();
+    assert!(error.contains("data.mesh"), "{error}");
 }

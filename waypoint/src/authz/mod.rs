@@ -1,9 +1,11 @@
 //! L7 AuthorizationPolicy: the policies attached by `targetRef(s)` to this
 //! namespace's waypoint Gateway or to its Services, decided per request.
 //!
-//! Istio's order: a matching DENY (or CUSTOM, which cannot be asked here and
-//! so denies what it matches) denies; else, if ALLOW policies apply, one must
-//! match; else the request is allowed. AUDIT changes nothing.
+//! Istio's order: the providers of the CUSTOM policies whose rules match are
+//! asked first ([`Authorizer::custom`]; `proxy::external` asks them); then a
+//! matching DENY denies; else, if ALLOW policies apply, one must match; else
+//! the request is allowed. AUDIT changes nothing. A TCP connection is not
+//! asked about: a CUSTOM policy that matches it denies it (fail closed).
 //!
 //! - [`matcher`]: Istio's string patterns and IP blocks.
 //! - [`compile`]: rules as tests on a request, failing closed.
@@ -44,6 +46,8 @@ struct Policy {
     namespace: String,
     name: String,
     action: Action,
+    /// The extension provider a CUSTOM policy names.
+    provider: String,
     waypoint: bool,
     services: Vec<String>,
     rules: Vec<CompiledRule>,
@@ -69,6 +73,12 @@ impl Policy {
             namespace: input.namespace,
             name: input.name,
             action,
+            provider: input
+                .spec
+                .provider
+                .as_ref()
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
             waypoint: input.waypoint,
             services: input.services,
             rules,
@@ -116,12 +126,47 @@ impl Authorizer {
         self.policies.is_empty()
     }
 
+    /// `(namespace/name, provider)` of each CUSTOM policy.
+    pub fn custom_providers(&self) -> impl Iterator<Item = (String, &str)> {
+        self.policies
+            .iter()
+            .filter(|p| p.action == Action::Custom)
+            .map(|p| (format!("{}/{}", p.namespace, p.name), p.provider.as_str()))
+    }
+
+    /// The providers to ask about an HTTP request: one per provider whose
+    /// CUSTOM policies have a matching rule (the first such rule names it),
+    /// in policy order.
+    pub fn custom(&self, request: &Request<'_>) -> Vec<Custom> {
+        let mut found: Vec<Custom> = Vec::new();
+        let applies = |p: &&Policy| p.applies_to(request.service_namespace, request.service);
+        for policy in self.policies.iter().filter(applies) {
+            if policy.action != Action::Custom
+                || found.iter().any(|c| c.provider == policy.provider)
+            {
+                continue;
+            }
+            if let Some(rule) = policy.matching_rule(request) {
+                found.push(Custom {
+                    provider: policy.provider.clone(),
+                    namespace: policy.namespace.clone(),
+                    name: policy.name.clone(),
+                    rule,
+                });
+            }
+        }
+        found
+    }
+
+    /// DENY and ALLOW (and, for a TCP connection, CUSTOM as DENY); an HTTP
+    /// request's CUSTOM policies are [`Authorizer::custom`]'s.
     pub fn decide(&self, request: &Request<'_>) -> Decision {
         let mut allow_policies = false;
         let mut allowed = false;
         let applies = |p: &&Policy| p.applies_to(request.service_namespace, request.service);
         for policy in self.policies.iter().filter(applies) {
             match policy.action {
+                Action::Custom if request.http.is_some() => {}
                 Action::Deny | Action::Custom => {
                     if let Some(rule) = policy.matching_rule(request) {
                         return Decision::Deny(Denial::Matched {
@@ -148,6 +193,26 @@ impl Authorizer {
         } else {
             Decision::Allow
         }
+    }
+}
+
+/// A CUSTOM policy's rule that matched a request: its provider must be
+/// asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Custom {
+    pub provider: String,
+    pub namespace: String,
+    pub name: String,
+    pub rule: usize,
+}
+
+impl fmt::Display for Custom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ns[{}]-policy[{}]-rule[{}]",
+            self.namespace, self.name, self.rule
+        )
     }
 }
 
@@ -187,8 +252,8 @@ impl fmt::Display for Denial {
                     "rbac_access_denied_matched_policy[ns[{namespace}]-policy[{name}]-rule[{rule}]]"
                 )?;
                 if *custom {
-                    // No external authorizer is reachable from here.
-                    f.write_str("(CUSTOM unsupported: fail closed)")?;
+                    // Providers are asked about requests, not connections.
+                    f.write_str("(CUSTOM on a TCP connection: fail closed)")?;
                 }
                 Ok(())
             }
@@ -313,6 +378,21 @@ impl HttpRequest<'_> {
             .collect();
         Some(joined.join(","))
     }
+}
+
+/// The CUSTOM policies' providers to ask about a request, after normalizing
+/// its path (so what is decided is what is sent on).
+pub fn custom(
+    authorizer: &Authorizer,
+    peer: &Peer<'_>,
+    parts: &mut http::request::Parts,
+    auth: Option<&Verified>,
+) -> Vec<Custom> {
+    path::normalize_uri(&mut parts.uri);
+    if authorizer.is_empty() {
+        return Vec::new();
+    }
+    authorizer.custom(&Request::new(peer, parts, auth))
 }
 
 /// Normalizes the request's path (so what is decided is what is sent on)

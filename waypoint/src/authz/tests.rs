@@ -413,26 +413,60 @@ fn allow_without_rules_allows_nothing_and_audit_changes_nothing() {
     assert!(allowed(&audit, get("/")));
 }
 
+/// The CUSTOM providers to ask about `sent`.
+fn custom(authorizer: &Authorizer, sent: Sent) -> Vec<String> {
+    let (mut parts, ()) = http::Request::builder()
+        .method(sent.method)
+        .uri(sent.uri)
+        .body(())
+        .expect("test request")
+        .into_parts();
+    sent.with_peer(|peer| super::custom(authorizer, peer, &mut parts, None))
+        .into_iter()
+        .map(|c| format!("{} {c}", c.provider))
+        .collect()
+}
+
 #[test]
-fn custom_fails_closed_as_a_deny_of_what_it_matches() {
-    let a = authorizer(vec![on_waypoint(
-        "ext",
-        json!({ "action": "CUSTOM", "provider": { "name": "opa" },
-                "rules": [{ "to": [{ "operation": { "paths": ["/admin*"] } }] }] }),
-    )]);
-    assert!(allowed(&a, get("/public")));
-    let decision = decide(&a, get("/admin"));
-    assert!(
-        matches!(
-            &decision,
-            Decision::Deny(Denial::Matched { custom: true, .. })
+fn custom_asks_the_providers_of_matching_rules_and_fails_closed_on_connections() {
+    let a = authorizer(vec![
+        on_waypoint(
+            "ext",
+            json!({ "action": "CUSTOM", "provider": { "name": "opa" },
+                    "rules": [{ "to": [{ "operation": { "paths": ["/admin*"] } }] }] }),
         ),
-        "{decision:?}"
+        on_waypoint(
+            "ext-too",
+            json!({ "action": "CUSTOM", "provider": { "name": "opa" },
+                    "rules": [{ "to": [{ "operation": { "paths": ["/admin/x"] } }] }] }),
+        ),
+        on_waypoint(
+            "sso",
+            json!({ "action": "CUSTOM", "provider": { "name": "oauth2" },
+                    "rules": [{ "to": [{ "operation": { "methods": ["POST"] } }] },
+                              { "to": [{ "operation": { "paths": ["/admin/x"] } }] }] }),
+        ),
+    ]);
+    // Not asked; and CUSTOM policies are no DENY for a request.
+    assert!(custom(&a, get("/public")).is_empty());
+    assert!(allowed(&a, get("/admin/x")));
+    // One question per provider, named by its first matching rule.
+    assert_eq!(
+        custom(&a, get("/admin/x")),
+        ["opa ns[demo]-policy[ext]-rule[0]", "oauth2 ns[demo]-policy[sso]-rule[1]"]
     );
-    let Decision::Deny(denial) = decision else {
-        unreachable!()
-    };
-    assert!(denial.to_string().contains("policy[ext]"));
+    assert_eq!(custom(&a, get("/admin/y")), ["opa ns[demo]-policy[ext]-rule[0]"]);
+    // The path as sent on: dot segments cannot sidestep the question.
+    assert_eq!(
+        custom(&a, get("/public/../admin/y")),
+        ["opa ns[demo]-policy[ext]-rule[0]"]
+    );
+    // A connection has no requests to ask about: what a CUSTOM rule would
+    // match (its HTTP fields left out) is denied.
+    let sent = get("/");
+    let denial = sent.with_peer(|peer| super::authorize_connection(&a, peer, ServerName::NotRead));
+    let denial = denial.expect("denied").to_string();
+    assert!(denial.contains("policy[ext]") && denial.contains("CUSTOM"), "{denial}");
 }
 
 #[test]

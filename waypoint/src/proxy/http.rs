@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 use warren_ztunnel::state::{Workload, service::Address};
 
 use super::{
+    external,
     Client, Downstream,
     connect::SendError,
     replay::{BoxError, ReadCount, Source},
@@ -72,9 +73,9 @@ fn boxed(response: Response<Bytes>) -> Response<Body> {
 }
 
 /// What became of a request, for telemetry.
-struct Done {
-    response: Response<Body>,
-    flags: &'static str,
+pub(super) struct Done {
+    pub(super) response: Response<Body>,
+    pub(super) flags: &'static str,
     route: String,
     /// The endpoint that answered, if any.
     upstream: Option<SocketAddr>,
@@ -127,14 +128,37 @@ pub async fn handle(
     let peer = down.authz_peer();
     // JWTs first: AuthorizationPolicy reads the caller they name.
     let compiled = ctx.tables.current();
-    let refusal = match compiled
+    // Changes an external authorizer asks of the response.
+    let mut on_response = None;
+    let authenticated = compiled
         .authn
         .authenticate(&down.service.namespace, &down.service.name, &mut parts)
-        .await
-    {
-        Err(rejection) => Some((rejection.response(&parts), rejection.details())),
-        Ok(verified) => authz::authorize(&compiled.authz, &peer, &mut parts, verified.as_deref())
-            .map(|denial| (authz::forbidden(), denial.to_string())),
+        .await;
+    let refusal = match authenticated {
+        Err(rejection) => Some((
+            boxed(rejection.response(&parts)),
+            rejection.details(),
+            "-",
+        )),
+        Ok(verified) => {
+            // CUSTOM first: an authorizer's headers are what DENY and
+            // ALLOW then see, as in Envoy's filter chain.
+            let customs = authz::custom(&compiled.authz, &peer, &mut parts, verified.as_deref());
+            let asked = match customs.is_empty() {
+                true => Ok(None),
+                false => external::ask(&ctx, &compiled, &down, &customs, &mut parts, &request_id)
+                    .await
+                    .map(Some),
+            };
+            match asked {
+                Err(refused) => Some((refused.response, refused.details, external::FLAG)),
+                Ok(changes) => {
+                    on_response = changes.filter(|c| !c.response.is_empty());
+                    authz::authorize(&compiled.authz, &peer, &mut parts, verified.as_deref())
+                        .map(|denial| (boxed(authz::forbidden()), denial.to_string(), "-"))
+                }
+            }
+        }
     };
     drop(compiled);
     // Kept for the access line only when it is written.
@@ -162,13 +186,16 @@ pub async fn handle(
         upstream: None,
         destination: None,
         attempts: 0,
-        details: refusal.as_ref().map(|(_, details)| details.clone()),
+        details: refusal.as_ref().map(|(_, details, _)| details.clone()),
         request_body: None,
     });
     let mut done = match refusal {
-        Some((response, _)) => Done::local(boxed(response), "-", String::new()),
+        Some((response, _, flags)) => Done::local(response, flags, String::new()),
         None => route_and_forward(&ctx, &down, parts, body).await,
     };
+    if let Some(changes) = &on_response {
+        changes.apply_to_response(done.response.headers_mut());
+    }
     if grpc && done.local {
         done.response = grpc_local_reply(done.response).await;
     }
@@ -417,7 +444,7 @@ async fn route_and_forward(
                     &compiled,
                     &key,
                     &copy,
-                    body.as_ref(),
+                    Outgoing::Client(body.as_ref()),
                     &mut once,
                 );
                 if tokio::time::timeout(limit, copy).await.is_err() {
@@ -540,7 +567,7 @@ async fn send_with_retries(
     let mut in_flight: Option<RetryPermit> = None;
     loop {
         tries += 1;
-        let result = attempt(ctx, compiled, key, parts, body, &mut tried).await;
+        let result = attempt(ctx, compiled, key, parts, Outgoing::Client(body), &mut tried).await;
         let retryable = match &result {
             Attempt::Answered { response, .. } => {
                 retries.should_retry_response(response.status(), response.headers())
@@ -632,7 +659,7 @@ async fn send_with_retries(
     }
 }
 
-enum Attempt {
+pub(super) enum Attempt {
     Answered {
         response: Response<Body>,
         endpoint: SocketAddr,
@@ -648,7 +675,7 @@ enum Attempt {
 }
 
 /// What one request's attempts share.
-struct Tries<'a> {
+pub(super) struct Tries<'a> {
     /// The downstream connection, for hashing and the access log.
     client: Client,
     /// `None` for a mirror's copy: a single attempt, sending the body the
@@ -672,7 +699,7 @@ impl<'a> Tries<'a> {
     }
 
     /// A mirror's copy: one try, no retries, no route timeout to report.
-    fn mirror(client: Client) -> Self {
+    pub(super) fn mirror(client: Client) -> Self {
         Self {
             client,
             retries: None,
@@ -682,13 +709,21 @@ impl<'a> Tries<'a> {
     }
 }
 
+/// What an attempt sends as its body.
+pub(super) enum Outgoing<'a> {
+    /// The client's (if it has one), as read so far and on.
+    Client(Option<&'a Arc<Source>>),
+    /// A body of the waypoint's own (an authorizer's check).
+    Fixed(Bytes),
+}
+
 /// One try: a cluster, a pool permit, an endpoint, the exchange.
-async fn attempt(
+pub(super) async fn attempt(
     ctx: &Context,
     compiled: &Compiled,
     key: &ClusterKey,
     parts: &http::request::Parts,
-    body: Option<&Arc<Source>>,
+    body: Outgoing<'_>,
     tries: &mut Tries<'_>,
 ) -> Attempt {
     let client = tries.client;
@@ -777,9 +812,10 @@ async fn attempt(
         Err(error) => return local(StatusCode::BAD_REQUEST, &error.to_string(), "-"),
     };
     let mut request = Request::new(match body {
-        Some(source) if tries.retries.is_none() => source.mirror().boxed(),
-        Some(source) => source.attempt().boxed(),
-        None => full(Bytes::new()),
+        Outgoing::Client(Some(source)) if tries.retries.is_none() => source.mirror().boxed(),
+        Outgoing::Client(Some(source)) => source.attempt().boxed(),
+        Outgoing::Client(None) => full(Bytes::new()),
+        Outgoing::Fixed(bytes) => full(bytes),
     });
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
@@ -1026,7 +1062,7 @@ fn grpc_message(text: &[u8]) -> String {
 
 /// The authority a request names: its URI's (HTTP/2's `:authority`, or an
 /// absolute-form HTTP/1.1 target), else its `Host` header's.
-fn request_authority(parts: &http::request::Parts) -> Option<http::uri::Authority> {
+pub(super) fn request_authority(parts: &http::request::Parts) -> Option<http::uri::Authority> {
     match parts.uri.authority() {
         Some(authority) => Some(authority.clone()),
         None => parts

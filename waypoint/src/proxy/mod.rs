@@ -17,6 +17,7 @@
 
 pub mod connect;
 pub mod destination;
+mod external;
 mod hello;
 pub mod http;
 pub mod keepalive;

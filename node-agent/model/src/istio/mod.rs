@@ -6,12 +6,14 @@
 //! - [`security`]: AuthorizationPolicy, RequestAuthentication, PeerAuthentication
 //!   (`security.istio.io`).
 //! - [`common`]: pieces both groups use (selectors, string matches…).
+//! - [`mesh`]: MeshConfig's extension providers (the `istio` ConfigMap).
 //!
 //! The types are declared at `v1`; Istio's `v1beta1` and `v1alpha3` have the
 //! same fields and are read into them. What each field means to Warren, and
 //! which are enforced, is in `docs/configuration.md`; checks are in
 //! [`crate::validate`].
 pub mod common;
+pub mod mesh;
 pub mod networking;
 pub mod security;
 

@@ -20,6 +20,7 @@
 
 mod authorization_policy;
 mod destination_rule;
+mod mesh_config;
 mod peer_authentication;
 mod request_authentication;
 mod service_entry;
@@ -39,6 +40,7 @@ use super::istio::WorkloadSelector;
 
 pub use authorization_policy::authorization_policy;
 pub use destination_rule::destination_rule;
+pub use mesh_config::{mesh_config, status_code};
 pub use peer_authentication::peer_authentication;
 pub use request_authentication::{key_set, request_authentication, signing_key};
 pub use service_entry::service_entry;

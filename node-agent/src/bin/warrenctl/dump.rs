@@ -12,6 +12,8 @@ use warren_api::{
     key,
 };
 
+use warren_node_agent::model::istio::mesh;
+
 use crate::table;
 
 fn ip(bytes: &[u8]) -> String {
@@ -183,6 +185,13 @@ pub fn resource_json(r: &Resource) -> Value {
                 "spec": serde_json::from_str::<Value>(&a.spec_json).unwrap_or(Value::Null),
             }),
         ),
+        Some(Kind::ExtensionProvider(p)) => (
+            "ExtensionProvider",
+            json!({
+                "name": p.name,
+                "spec": serde_json::from_str::<Value>(&p.spec_json).unwrap_or(Value::Null),
+            }),
+        ),
         None => ("Unknown", Value::Null),
     };
     json!({ "key": r.key, "kind": kind, "spec": body })
@@ -315,6 +324,7 @@ pub fn print_tables(dump: &DumpResponse) {
                 | Kind::DestinationRule(_)
                 | Kind::L7Authorization(_)
                 | Kind::L7Authentication(_)
+                | Kind::ExtensionProvider(_)
         )
     })
     .filter_map(|r| match &r.kind {
@@ -343,6 +353,24 @@ pub fn print_tables(dump: &DumpResponse) {
             "RequestAuthentication".into(),
             format!("{}/{}", a.namespace, a.name),
             bound(&a.gateways, &a.services),
+        ]),
+        // The authorizer it asks, in the HOSTS column.
+        Some(Kind::ExtensionProvider(p)) => Some(vec![
+            "ExtensionProvider".into(),
+            p.name.clone(),
+            serde_json::from_str::<mesh::ExtensionProvider>(
+                &p.spec_json,
+            )
+            .ok()
+            .and_then(|spec| {
+                let (service, port) = spec.authz_service()?;
+                let protocol = match spec.authz_protocol()? {
+                    mesh::AuthzProtocol::Http => "http",
+                    mesh::AuthzProtocol::Grpc => "grpc",
+                };
+                Some(format!("{service}:{port} ({protocol})"))
+            })
+            .unwrap_or_default(),
         ]),
         _ => None,
     })

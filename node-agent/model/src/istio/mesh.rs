@@ -1,0 +1,197 @@
+//! `istio.mesh.v1alpha1.MeshConfig`, the mesh-wide settings Istio keeps as
+//! YAML under the `mesh` key of the `istio` ConfigMap in its root namespace.
+//!
+//! Warren reads its `extensionProviders`: the external authorizers that
+//! CUSTOM AuthorizationPolicies name. Its other settings have node-agent
+//! flags (`--trust-domain`, `--outbound-policy`, …) and are left as they
+//! are, so a cluster's existing ConfigMap is read unchanged.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
+
+/// The ConfigMap key Istio keeps the mesh config under.
+pub const MESH_KEY: &str = "mesh";
+
+/// The part of MeshConfig Warren acts on.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extension_providers: Vec<ExtensionProvider>,
+    /// Istio's other settings: read so the YAML parses, not acted on.
+    #[serde(flatten, skip_serializing)]
+    pub other: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// One named provider. Exactly one kind is set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionProvider {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy_ext_authz_http: Option<ExtAuthzHttp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy_ext_authz_grpc: Option<ExtAuthzGrpc>,
+    /// Tracing, logging and metrics providers (`zipkin`,
+    /// `opentelemetry`, `envoyFileAccessLog`, …), which the Telemetry API
+    /// names and Warren does not read: kept so a mesh config that has them
+    /// still parses.
+    #[serde(flatten, skip_serializing)]
+    pub other: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// The provider kinds Istio defines besides the external authorizers;
+/// any other key is a mistake worth refusing.
+pub const OTHER_PROVIDER_KINDS: &[&str] = &[
+    "zipkin",
+    "lightstep",
+    "datadog",
+    "stackdriver",
+    "opencensus",
+    "skywalking",
+    "opentelemetry",
+    "prometheus",
+    "envoyFileAccessLog",
+    "envoyHttpAls",
+    "envoyTcpAls",
+    "envoyOtelAls",
+    "sds",
+];
+
+/// `EnvoyExternalAuthorizationHttpProvider`: ask an HTTP service, whose
+/// answer 200 allows and any other answer denies.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtAuthzHttp {
+    /// `[<namespace>/]<hostname>`: a Service's or ServiceEntry's host.
+    #[serde(default)]
+    pub service: String,
+    #[serde(default, deserialize_with = "number_or_text")]
+    pub port: u32,
+    /// How long to wait for the answer (Istio's default: 600s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Put before the request's path in the check request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Allow the request when the service cannot be asked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_open: bool,
+    /// The status a request gets when the service cannot be asked (and
+    /// `failOpen` is false); `"403"` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_on_error: Option<String>,
+    /// The request's headers (patterns) the check request carries, besides
+    /// the ones it always does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include_request_headers_in_check: Vec<String>,
+    /// Istio's deprecated name for `includeRequestHeadersInCheck`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include_headers_in_check: Vec<String>,
+    /// Fixed headers added to the check request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub include_additional_headers_in_check: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_request_body_in_check: Option<BodyInCheck>,
+    /// Headers of an allowing answer (patterns) set on the request sent on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers_to_upstream_on_allow: Vec<String>,
+    /// Headers of a denying answer (patterns) the client gets; all of them
+    /// when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers_to_downstream_on_deny: Vec<String>,
+    /// Headers of an allowing answer (patterns) added to the response the
+    /// client gets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers_to_downstream_on_allow: Vec<String>,
+}
+
+/// `EnvoyExternalAuthorizationGrpcProvider`: ask a gRPC service
+/// `envoy.service.auth.v3.Authorization`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtAuthzGrpc {
+    #[serde(default)]
+    pub service: String,
+    #[serde(default, deserialize_with = "number_or_text")]
+    pub port: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_open: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_on_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_request_body_in_check: Option<BodyInCheck>,
+}
+
+/// How much of the request's body the check carries.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BodyInCheck {
+    /// At most this many bytes are buffered for the check.
+    #[serde(default, deserialize_with = "number_or_text")]
+    pub max_request_bytes: u32,
+    /// A longer body is sent cut to `maxRequestBytes`, rather than the
+    /// request refused with 413.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_partial_message: bool,
+    /// gRPC: the body as bytes (`raw_body`) rather than as text.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pack_as_bytes: bool,
+}
+
+/// Which kind of external authorizer a provider is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthzProtocol {
+    Http,
+    Grpc,
+}
+
+impl ExtensionProvider {
+    /// The external authorizer's protocol, if the provider is one.
+    pub fn authz_protocol(&self) -> Option<AuthzProtocol> {
+        match (&self.envoy_ext_authz_http, &self.envoy_ext_authz_grpc) {
+            (Some(_), _) => Some(AuthzProtocol::Http),
+            (None, Some(_)) => Some(AuthzProtocol::Grpc),
+            (None, None) => None,
+        }
+    }
+
+    /// `(service, port)` of an external authorizer.
+    pub fn authz_service(&self) -> Option<(&str, u32)> {
+        match (&self.envoy_ext_authz_http, &self.envoy_ext_authz_grpc) {
+            (Some(http), _) => Some((&http.service, http.port)),
+            (None, Some(grpc)) => Some((&grpc.service, grpc.port)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Splits a provider's `service` into its optional namespace and its host.
+pub fn split_service(service: &str) -> (Option<&str>, &str) {
+    match service.split_once('/') {
+        Some((namespace, host)) => (Some(namespace), host),
+        None => (None, service),
+    }
+}
+
+/// A number, or a number written as text: Istio reads the mesh config as
+/// protobuf JSON, which takes both (its docs write `port: "8000"`).
+fn number_or_text<'de, D: Deserializer<'de>>(de: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Number(u32),
+        Text(String),
+    }
+    match Either::deserialize(de)? {
+        Either::Number(n) => Ok(n),
+        Either::Text(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| D::Error::custom(format!("{text:?} is not a number"))),
+    }
+}

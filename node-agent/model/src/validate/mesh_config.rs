@@ -1,0 +1,333 @@
+//! MeshConfig checks: the extension providers CUSTOM policies name.
+
+use std::collections::BTreeSet;
+
+use crate::error::FieldError;
+use crate::istio::mesh::{
+    BodyInCheck, ExtAuthzGrpc, ExtAuthzHttp, MeshConfig, OTHER_PROVIDER_KINDS, split_service,
+};
+
+use super::{Report, duration, host_name, is_dns1123_label, port};
+
+/// Checks a mesh config; `path` is where it sits (`data.mesh`).
+pub fn mesh_config(path: &str, mesh: &MeshConfig) -> Vec<FieldError> {
+    let mut r = Report::default();
+    let mut names = BTreeSet::new();
+    for (i, provider) in mesh.extension_providers.iter().enumerate() {
+        let path = format!("{path}.extensionProviders[{i}]");
+        if provider.name.is_empty() {
+            r.error(format!("{path}.name"), "required");
+        } else if !names.insert(provider.name.as_str()) {
+            r.error(
+                format!("{path}.name"),
+                format!(
+                    "{:?} is already the name of an earlier provider",
+                    provider.name
+                ),
+            );
+        }
+        let mut kinds: Vec<&str> = Vec::new();
+        if let Some(http) = &provider.envoy_ext_authz_http {
+            kinds.push("envoyExtAuthzHttp");
+            ext_authz_http(&mut r, &format!("{path}.envoyExtAuthzHttp"), http);
+        }
+        if let Some(grpc) = &provider.envoy_ext_authz_grpc {
+            kinds.push("envoyExtAuthzGrpc");
+            ext_authz_grpc(&mut r, &format!("{path}.envoyExtAuthzGrpc"), grpc);
+        }
+        for key in provider.other.keys() {
+            if OTHER_PROVIDER_KINDS.contains(&key.as_str()) {
+                kinds.push(key);
+            } else {
+                r.error(
+                    format!("{path}.{key}"),
+                    "not a kind of extension provider Istio defines",
+                );
+            }
+        }
+        match kinds.len() {
+            0 if provider.other.is_empty() => r.error(
+                path,
+                "needs one provider kind (envoyExtAuthzHttp, envoyExtAuthzGrpc, or one of Istio's telemetry providers)",
+            ),
+            0 | 1 => {}
+            _ => r.error(
+                path,
+                format!("has {} provider kinds; give exactly one", kinds.join(" and ")),
+            ),
+        }
+    }
+    r.into_errors()
+}
+
+fn ext_authz_http(r: &mut Report, path: &str, http: &ExtAuthzHttp) {
+    common(
+        r,
+        path,
+        &http.service,
+        http.port,
+        http.timeout.as_deref(),
+        http.status_on_error.as_deref(),
+        http.include_request_body_in_check.as_ref(),
+    );
+    if let Some(prefix) = &http.path_prefix
+        && !prefix.starts_with('/')
+    {
+        r.error(
+            format!("{path}.pathPrefix"),
+            format!("{prefix:?} must begin with '/'"),
+        );
+    }
+    for (field, patterns) in [
+        (
+            "includeRequestHeadersInCheck",
+            &http.include_request_headers_in_check,
+        ),
+        ("includeHeadersInCheck", &http.include_headers_in_check),
+        ("headersToUpstreamOnAllow", &http.headers_to_upstream_on_allow),
+        ("headersToDownstreamOnDeny", &http.headers_to_downstream_on_deny),
+        (
+            "headersToDownstreamOnAllow",
+            &http.headers_to_downstream_on_allow,
+        ),
+    ] {
+        for (i, pattern) in patterns.iter().enumerate() {
+            if let Err(reason) = header_pattern(pattern) {
+                r.error(format!("{path}.{field}[{i}]"), reason);
+            }
+        }
+    }
+    for (name, value) in &http.include_additional_headers_in_check {
+        let at = format!("{path}.includeAdditionalHeadersInCheck.{name}");
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() || name.starts_with(':') {
+            r.error(&at, format!("{name:?} is not a valid header name"));
+        } else if http::HeaderValue::from_str(value).is_err() {
+            r.error(&at, format!("{value:?} is not a valid header value"));
+        } else if is_command_operator(value) {
+            // Istio lets Envoy fill such values from the request; sent as
+            // written they would tell the authorizer something false.
+            r.error(
+                &at,
+                format!("{value:?}: values taken from the request (%…%) are not supported; give a fixed value"),
+            );
+        }
+    }
+}
+
+fn ext_authz_grpc(r: &mut Report, path: &str, grpc: &ExtAuthzGrpc) {
+    common(
+        r,
+        path,
+        &grpc.service,
+        grpc.port,
+        grpc.timeout.as_deref(),
+        grpc.status_on_error.as_deref(),
+        grpc.include_request_body_in_check.as_ref(),
+    );
+}
+
+/// What both kinds of external authorizer have.
+fn common(
+    r: &mut Report,
+    path: &str,
+    service: &str,
+    number: u32,
+    timeout: Option<&str>,
+    status_on_error: Option<&str>,
+    body: Option<&BodyInCheck>,
+) {
+    let service_path = format!("{path}.service");
+    match split_service(service) {
+        (_, "") => r.error(&service_path, "required: the authorizer's host, `[<namespace>/]<hostname>`"),
+        (Some(namespace), host) => {
+            if !is_dns1123_label(namespace) {
+                r.error(
+                    &service_path,
+                    format!("{namespace:?} is not a namespace name"),
+                );
+            }
+            authorizer_host(r, &service_path, host);
+        }
+        (None, host) => authorizer_host(r, &service_path, host),
+    }
+    if number == 0 {
+        r.error(format!("{path}.port"), "required");
+    } else {
+        port(r, &format!("{path}.port"), number);
+    }
+    if let Some(timeout) = timeout {
+        match duration(&format!("{path}.timeout"), timeout) {
+            Ok(limit) if limit.is_zero() => {
+                r.error(format!("{path}.timeout"), "must be longer than 0")
+            }
+            Ok(_) => {}
+            Err(error) => r.push(error),
+        }
+    }
+    if let Some(status) = status_on_error
+        && status_code(status).is_none()
+    {
+        r.error(
+            format!("{path}.statusOnError"),
+            format!("{status:?} is not an HTTP status code (200-599)"),
+        );
+    }
+    if let Some(body) = body
+        && body.max_request_bytes == 0
+    {
+        r.error(
+            format!("{path}.includeRequestBodyInCheck.maxRequestBytes"),
+            "required: how many bytes of the body the check carries (at least 1)",
+        );
+    }
+}
+
+/// A provider's host: a fully qualified name, as Istio asks, without a
+/// wildcard (it names one service).
+fn authorizer_host(r: &mut Report, path: &str, host: &str) {
+    if host.contains('*') {
+        r.error(path, format!("{host:?}: a wildcard names no one service"));
+    } else if !host.contains('.') {
+        r.error(
+            path,
+            format!("{host:?} is not fully qualified (e.g. \"ext-authz.auth.svc.cluster.local\")"),
+        );
+    } else {
+        host_name(r, path, host);
+    }
+}
+
+/// `statusOnError` as a status code.
+pub fn status_code(text: &str) -> Option<u16> {
+    text.parse::<u16>()
+        .ok()
+        .filter(|code| (200..=599).contains(code))
+}
+
+/// A header name pattern as Istio's provider lists take them: exact,
+/// `prefix*` or `*suffix`, without case.
+fn header_pattern(pattern: &str) -> Result<(), String> {
+    let name = pattern
+        .strip_suffix('*')
+        .or_else(|| pattern.strip_prefix('*'))
+        .unwrap_or(pattern);
+    if name.is_empty() {
+        return Err(format!(
+            "{pattern:?}: give a header name, `prefix*` or `*suffix`"
+        ));
+    }
+    if name.contains('*') {
+        return Err(format!(
+            "{pattern:?}: '*' may only begin or end a pattern"
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'+-.^_`|~:".contains(&b))
+    {
+        return Err(format!("{pattern:?} is not a header name pattern"));
+    }
+    Ok(())
+}
+
+/// Whether `value` uses Envoy's `%COMMAND%` substitution.
+fn is_command_operator(value: &str) -> bool {
+    let Some(rest) = value.strip_prefix('%') else {
+        return value.contains("%REQ(") || value.contains("%DOWNSTREAM_");
+    };
+    rest.bytes()
+        .take_while(|b| b.is_ascii_uppercase() || *b == b'_')
+        .count()
+        > 0
+        && value.ends_with('%')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Vec<String> {
+        let mesh: MeshConfig = serde_yaml::from_str(yaml).expect("parses");
+        mesh_config("data.mesh", &mesh)
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn providers_istio_accepts() {
+        let errors = check(
+            r#"
+accessLogFile: /dev/stdout
+extensionProviders:
+- name: sample-http
+  envoyExtAuthzHttp:
+    service: ext-authz.foo.svc.cluster.local
+    port: "8000"
+    timeout: 2s
+    pathPrefix: /check
+    failOpen: true
+    statusOnError: "503"
+    includeRequestHeadersInCheck: ["x-ext-authz", "x-user-*", "*-id"]
+    includeAdditionalHeadersInCheck: {x-from: waypoint}
+    headersToUpstreamOnAllow: ["x-ext-authz-check-result"]
+    headersToDownstreamOnDeny: ["x-ext-authz-check-result", "content-type"]
+- name: sample-grpc
+  envoyExtAuthzGrpc:
+    service: foo/ext-authz.example.com
+    port: 9000
+    includeRequestBodyInCheck: {maxRequestBytes: 4096, allowPartialMessage: true}
+- name: tracing
+  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
+"#,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let errors = check(
+            r#"
+extensionProviders:
+- name: a
+  envoyExtAuthzHttp: {service: ext-authz, port: 0, pathPrefix: check, statusOnError: "42",
+                      headersToUpstreamOnAllow: ["*"], includeRequestHeadersInCheck: ["x-*-y"]}
+- name: a
+  envoyExtAuthzGrpc: {service: "*.example.com", port: 70000, timeout: 0s,
+                      includeRequestBodyInCheck: {allowPartialMessage: true}}
+- name: b
+  envoyExtAuthzHttp: {service: Bad_NS/x.example.com, port: 80,
+                      includeAdditionalHeadersInCheck: {x-client: "%DOWNSTREAM_REMOTE_ADDRESS%"}}
+  envoyExtAuthzGrpc: {service: x.example.com, port: 80}
+- name: c
+  zipkn: {service: z.example.com}
+- name: d
+"#,
+        );
+        let expect = [
+            "extensionProviders[0].envoyExtAuthzHttp.service: \"ext-authz\" is not fully qualified",
+            "extensionProviders[0].envoyExtAuthzHttp.port: required",
+            "extensionProviders[0].envoyExtAuthzHttp.statusOnError: \"42\" is not an HTTP status code",
+            "extensionProviders[0].envoyExtAuthzHttp.pathPrefix: \"check\" must begin with '/'",
+            "extensionProviders[0].envoyExtAuthzHttp.includeRequestHeadersInCheck[0]: \"x-*-y\": '*' may only begin or end",
+            "extensionProviders[0].envoyExtAuthzHttp.headersToUpstreamOnAllow[0]: \"*\": give a header name",
+            "extensionProviders[1].name: \"a\" is already the name of an earlier provider",
+            "extensionProviders[1].envoyExtAuthzGrpc.service: \"*.example.com\": a wildcard",
+            "extensionProviders[1].envoyExtAuthzGrpc.port: port 70000 is out of range",
+            "extensionProviders[1].envoyExtAuthzGrpc.timeout: must be longer than 0",
+            "extensionProviders[1].envoyExtAuthzGrpc.includeRequestBodyInCheck.maxRequestBytes: required",
+            "extensionProviders[2].envoyExtAuthzHttp.service: \"Bad_NS\" is not a namespace name",
+            "extensionProviders[2].envoyExtAuthzHttp.includeAdditionalHeadersInCheck.x-client: \"%DOWNSTREAM_REMOTE_ADDRESS%\": values taken from the request",
+            "extensionProviders[2]: has envoyExtAuthzHttp and envoyExtAuthzGrpc provider kinds",
+            "extensionProviders[3].zipkn: not a kind of extension provider",
+            "extensionProviders[4]: needs one provider kind",
+        ];
+        for want in expect {
+            assert!(
+                errors.iter().any(|e| e.contains(want)),
+                "missing {want:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+    }
+}

@@ -1,0 +1,262 @@
+//! Asking the external authorizers of CUSTOM policies about a request, as
+//! Envoy's ext_authz filter does, before DENY and ALLOW are decided.
+//!
+//! A check travels like any request the waypoint sends: through the
+//! authorizer's upstream cluster (its Service's endpoints, load balancing,
+//! outlier detection, HBONE to their nodes), one try, within the provider's
+//! timeout. Its answer decides ([`crate::ext_authz`]); when there is none
+//! to be had, `failOpen` lets the request go on or `statusOnError` answers.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, Version, header, request::Parts};
+use http_body_util::BodyExt as _;
+use tracing::debug;
+
+use super::{
+    Downstream,
+    http::{Attempt, Outgoing, Tries, attempt, full},
+};
+use crate::{
+    app::{Body, ClusterKey, Context},
+    authz::{self, Custom},
+    ext_authz::{Changes, MAX_ANSWER, Protocol, Provider, Verdict, grpc},
+    metrics::ExtAuthzLabels,
+    tables::Compiled,
+};
+
+/// How Envoy marks a request an external authorizer refused.
+pub const FLAG: &str = "UAEX";
+
+/// A request the authorizers did not let through.
+pub struct Refused {
+    pub response: Response<Body>,
+    /// The access log's `details`.
+    pub details: String,
+}
+
+/// Asks the provider of each of `customs` in turn; each allowing answer's
+/// changes are made to `parts` before the next is asked. `Ok` with the
+/// changes for the response when every one allows.
+pub async fn ask(
+    ctx: &Arc<Context>,
+    compiled: &Compiled,
+    down: &Downstream,
+    customs: &[Custom],
+    parts: &mut Parts,
+    request_id: &HeaderValue,
+) -> Result<Changes, Refused> {
+    let mut on_response = Changes::default();
+    for custom in customs {
+        let Some(provider) = compiled.ext_authz.get(&custom.provider) else {
+            // As Istio: a policy whose provider is not there denies what
+            // its rules match.
+            count(ctx, &custom.provider, "undefined");
+            return Err(Refused {
+                response: authz::forbidden().map(full),
+                details: format!(
+                    "ext_authz_error: {custom} names provider {:?}, which the mesh config does not define",
+                    custom.provider
+                ),
+            });
+        };
+        let verdict = match &provider.body {
+            // Fail closed rather than ask without what the provider wants.
+            Some(_) => Verdict::Error("includeRequestBodyInCheck is not supported yet".into()),
+            None => check(ctx, compiled, down, provider, parts, request_id).await,
+        };
+        match verdict {
+            Verdict::Allow(changes) => {
+                count(ctx, &provider.name, "ok");
+                changes.apply_to_request(parts);
+                on_response.response.extend(changes.response);
+            }
+            Verdict::Deny(answer) => {
+                count(ctx, &provider.name, "denied");
+                return Err(Refused {
+                    response: answer.map(full),
+                    details: format!("ext_authz_denied: {} ({custom})", provider.name),
+                });
+            }
+            Verdict::Error(reason) if provider.fail_open => {
+                count(ctx, &provider.name, "failure_mode_allowed");
+                debug!(provider = %provider.name, %reason, "external authorizer failed; failOpen lets the request go on");
+            }
+            Verdict::Error(reason) => {
+                count(ctx, &provider.name, "error");
+                let mut response = Response::new(full(Bytes::new()));
+                *response.status_mut() = provider.status_on_error;
+                return Err(Refused {
+                    response,
+                    details: format!("ext_authz_error: {}: {reason}", provider.name),
+                });
+            }
+        }
+    }
+    Ok(on_response)
+}
+
+fn count(ctx: &Context, provider: &str, result: &'static str) {
+    ctx.metrics
+        .ext_authz
+        .get_or_create(&ExtAuthzLabels {
+            provider: provider.to_owned(),
+            result,
+        })
+        .inc();
+}
+
+/// One check: sent, answered, read.
+async fn check(
+    ctx: &Arc<Context>,
+    compiled: &Compiled,
+    down: &Downstream,
+    provider: &Provider,
+    parts: &Parts,
+    request_id: &HeaderValue,
+) -> Verdict {
+    let host = super::http::request_authority(parts)
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| down.service.hostname.clone());
+    let (check, body) = match &provider.protocol {
+        Protocol::Http(settings) => (settings.check(parts, &host, None), Bytes::new()),
+        Protocol::Grpc => {
+            let source_principal = down.peer.identity.to_string();
+            let destination_principal = ctx.identity().to_string();
+            let attributes = grpc::HttpAttributes {
+                id: request_id.to_str().unwrap_or_default(),
+                parts,
+                host: &host,
+                body: None,
+            };
+            let message = grpc::check(
+                &grpc::Peer {
+                    ip: down.source_ip,
+                    port: 0,
+                    principal: &source_principal,
+                    service: "",
+                },
+                &grpc::Peer {
+                    ip: down.vip,
+                    port: down.port,
+                    principal: &destination_principal,
+                    service: &down.service.hostname,
+                },
+                Some(&attributes),
+            );
+            (grpc_call(&provider.host, provider.port), grpc::frame(&message))
+        }
+    };
+    let key = ClusterKey {
+        host: provider.host.clone(),
+        subset: None,
+        port: provider.port,
+    };
+    let mut once = Tries::mirror(down.client());
+    let sent = attempt(ctx, compiled, &key, &check, Outgoing::Fixed(body), &mut once);
+    let answer = match tokio::time::timeout(provider.timeout, async {
+        match sent.await {
+            Attempt::Answered { response, .. } => {
+                let (parts, body) = response.into_parts();
+                let (body, trailers) = read_answer(body).await?;
+                Ok((parts, body, trailers))
+            }
+            Attempt::Failed { detail, .. } => Err(detail),
+            Attempt::Local(done) => Err(format!(
+                "no answer from {}:{} ({} {})",
+                provider.host,
+                provider.port,
+                done.response.status(),
+                done.flags
+            )),
+        }
+    })
+    .await
+    {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(reason)) => return Verdict::Error(reason),
+        Err(_) => {
+            return Verdict::Error(format!(
+                "no answer within {:?}",
+                provider.timeout
+            ));
+        }
+    };
+    let (head, body, trailers) = answer;
+    match &provider.protocol {
+        Protocol::Http(settings) => settings.verdict(Response::from_parts(head, body)),
+        Protocol::Grpc => {
+            if head.status != StatusCode::OK {
+                return Verdict::Error(format!("the authorizer answered {}", head.status));
+            }
+            // A failed call may come as headers alone (trailers-only).
+            let status = trailers
+                .as_ref()
+                .and_then(|t| t.get(super::report::GRPC_STATUS))
+                .or_else(|| head.headers.get(super::report::GRPC_STATUS));
+            match status.map(|s| s.as_bytes()) {
+                Some(b"0") => {}
+                Some(code) => {
+                    let message = trailers
+                        .as_ref()
+                        .and_then(|t| t.get("grpc-message"))
+                        .or_else(|| head.headers.get("grpc-message"))
+                        .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+                        .unwrap_or_default();
+                    return Verdict::Error(format!(
+                        "the authorizer failed the call: grpc-status {} {message}",
+                        String::from_utf8_lossy(code)
+                    ));
+                }
+                None => return Verdict::Error("the answer has no grpc-status".into()),
+            }
+            match grpc::unframe(&body) {
+                Ok(answer) => grpc::verdict(answer),
+                Err(reason) => Verdict::Error(reason),
+            }
+        }
+    }
+}
+
+/// An answer's body, at most [`MAX_ANSWER`] bytes, and its trailers.
+async fn read_answer(mut body: Body) -> Result<(Bytes, Option<HeaderMap>), String> {
+    let mut data = BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the answer: {e}"))?;
+        match frame.into_data() {
+            Ok(chunk) => {
+                if data.len() + chunk.len() > MAX_ANSWER {
+                    return Err(format!("the answer is longer than {MAX_ANSWER} bytes"));
+                }
+                data.extend_from_slice(&chunk);
+            }
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok((data.freeze(), trailers))
+}
+
+/// The head of a unary call to `Authorization/Check`.
+fn grpc_call(host: &str, port: u16) -> Parts {
+    let (mut parts, ()) = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(grpc::CHECK_PATH)
+        .version(Version::HTTP_2)
+        .body(())
+        .unwrap_or_else(|_| http::Request::new(()))
+        .into_parts();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    // `attempt` adds `te: trailers` over HTTP/2 for a request that asks.
+    parts
+        .headers
+        .insert(header::TE, HeaderValue::from_static("trailers"));
+    if let Ok(authority) = HeaderValue::from_str(&format!("{host}:{port}")) {
+        parts.headers.insert(header::HOST, authority);
+    }
+    parts
+}
