@@ -19,6 +19,7 @@ mod waypoint_authz;
 mod waypoint_choice;
 mod waypoint_deploy;
 mod waypoint_egress;
+mod waypoint_ext_authz;
 mod waypoint_http_route;
 mod waypoint_jwt;
 mod waypoint_locality;

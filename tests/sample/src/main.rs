@@ -16,6 +16,7 @@
 //! Every flag, its default and its environment variable are declared here.
 
 mod accept;
+mod authz;
 mod body;
 mod byte_size;
 mod dns;
@@ -109,6 +110,20 @@ enum Command {
     /// Serve DNS over UDP with a fixed zone (A and AAAA records from --record), NXDOMAIN
     /// for any other name: names for testbed addresses, with no DNS outside the testbed.
     Dns(DnsArgs),
+    /// Serve as the external authorizer of CUSTOM AuthorizationPolicies, over HTTP and
+    /// gRPC (Envoy's ext_authz protocols): `x-ext-authz: allow` is allowed, anything
+    /// else denied (`fail` and `slow` make the HTTP authorizer fail or stall).
+    Authz(AuthzArgs),
+}
+
+#[derive(Args)]
+struct AuthzArgs {
+    /// Address the HTTP authorizer listens on.
+    #[arg(long, default_value = "0.0.0.0:8000")]
+    http: SocketAddr,
+    /// Address the gRPC authorizer listens on (h2c).
+    #[arg(long, default_value = "0.0.0.0:9000")]
+    grpc: SocketAddr,
 }
 
 #[derive(Args)]
@@ -361,6 +376,7 @@ async fn main() -> Result<ExitCode> {
             Ok(done)
         }
         Command::GrpcServer(args) => grpc::serve(args.listen).await.map(|()| done),
+        Command::Authz(args) => authz::serve(args.http, args.grpc).await.map(|()| done),
         Command::Duplex(args) => {
             let report = duplex::run(&args.url, args.chunks, args.timeout).await?;
             println!("{}", serde_json::to_string(&report)?);
