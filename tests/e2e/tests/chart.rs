@@ -462,6 +462,31 @@ fn the_helm_chart_renders_what_the_programs_accept() -> Result<()> {
             );
         }
     }
+    // And the mesh config's ConfigMap, in the root namespace, by name only.
+    let mesh_role = granted(
+        &objects,
+        "Role",
+        "warren-node-agent-mesh-config",
+        text(&agent_spec["serviceAccountName"])?,
+    )?;
+    let role = find(&objects, "Role", "warren-node-agent-mesh-config")?;
+    ensure!(
+        role["metadata"]["namespace"] == run.root_namespace.as_str(),
+        "the mesh config's Role is not in the root namespace {}: {:?}",
+        run.root_namespace,
+        role["metadata"]
+    );
+    for verb in ["get", "list", "watch"] {
+        ensure!(
+            allows(mesh_role, "", "configmaps", verb, Some(&run.mesh_config)),
+            "the node agent may not {verb} the ConfigMap {}",
+            run.mesh_config
+        );
+        ensure!(
+            !allows(mesh_role, "", "configmaps", verb, Some("another")),
+            "the node agent may {verb} ConfigMaps other than the mesh config"
+        );
+    }
     Ok(())
 }
 
