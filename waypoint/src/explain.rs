@@ -341,6 +341,38 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
     } else {
         None
     };
+    // CUSTOM first, as a request meets them; the authorizers are not asked
+    // here (an explanation changes nothing and calls no one).
+    for custom in authz::custom(&compiled.authz, &peer, &mut parts, verified.as_deref()) {
+        let Some(provider) = compiled.ext_authz.get(&custom.provider) else {
+            step(
+                "policy",
+                format!(
+                    "403: CUSTOM policy {}/{} (rule {}) names provider {:?}, which the mesh config does not define: fail closed",
+                    custom.namespace, custom.name, custom.rule, custom.provider
+                ),
+            );
+            return done(steps, Verdict::Denied);
+        };
+        step(
+            "policy",
+            format!(
+                "CUSTOM policy {}/{} (rule {}): asks {} ({}, {}:{}), whose answer decides; {}; what follows is if it allows",
+                custom.namespace,
+                custom.name,
+                custom.rule,
+                provider.name,
+                provider.kind(),
+                provider.host,
+                provider.port,
+                if provider.fail_open {
+                    "if it cannot answer, the request goes on (failOpen)".to_owned()
+                } else {
+                    format!("if it cannot answer, {}", provider.status_on_error)
+                },
+            ),
+        );
+    }
     if let Some(denial) = authz::authorize(&compiled.authz, &peer, &mut parts, verified.as_deref())
     {
         step("policy", format!("403: {}", denied(&denial)));
@@ -511,7 +543,7 @@ fn denied(denial: &authz::Denial) -> String {
         authz::Denial::Matched {
             namespace, name, ..
         } => format!(
-            "CUSTOM policy {namespace}/{name} applies, and no external authorizer is reachable: fail closed ({denial})"
+            "CUSTOM policy {namespace}/{name} matches a TCP connection, which no authorizer is asked about: fail closed ({denial})"
         ),
         authz::Denial::NoAllowMatched => {
             format!("ALLOW policies apply and none matched ({denial})")

@@ -129,7 +129,8 @@ impl Tables {
 
     /// Checks an external authorizer of the mesh config.
     pub fn parse_provider(provider: &ExtensionProvider) -> Result<Provider, String> {
-        let spec = serde_json::from_str(&provider.spec_json).map_err(|e| format!("spec_json: {e}"))?;
+        let spec =
+            serde_json::from_str(&provider.spec_json).map_err(|e| format!("spec_json: {e}"))?;
         Provider::compile(&spec)
     }
 

@@ -218,7 +218,10 @@ impl KubeSource {
     /// Watches only `kinds` (a cluster without Istio's CRDs, or a test);
     /// no ConfigMap.
     pub fn with_kinds(client: Client, kinds: Vec<Kind>) -> Self {
-        let kinds = kinds.into_iter().filter(|&k| k != Kind::ConfigMap).collect();
+        let kinds = kinds
+            .into_iter()
+            .filter(|&k| k != Kind::ConfigMap)
+            .collect();
         Self {
             client,
             kinds,
@@ -245,7 +248,11 @@ impl KubeSource {
             let (api, config) = match (kind, &self.mesh_config) {
                 // One object, by name: the agent may read no other ConfigMap.
                 (Kind::ConfigMap, Some((namespace, name))) => (
-                    Api::<DynamicObject>::namespaced_with(self.client.clone(), namespace, &resource),
+                    Api::<DynamicObject>::namespaced_with(
+                        self.client.clone(),
+                        namespace,
+                        &resource,
+                    ),
                     watcher::Config::default().fields(&format!("metadata.name={name}")),
                 ),
                 _ => (

@@ -26,8 +26,8 @@ use std::{
 use warren_api::{
     Identity, addr,
     config::{
-        Certificate, ExtensionProvider, MeshSettings, OutboundPolicy, Refusal, Resource, TrustBundle, TunnelProtocol,
-        resource::Kind as ResourceKind,
+        Certificate, ExtensionProvider, MeshSettings, OutboundPolicy, Refusal, Resource,
+        TrustBundle, TunnelProtocol, resource::Kind as ResourceKind,
     },
     key,
 };

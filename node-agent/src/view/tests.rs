@@ -2158,7 +2158,10 @@ fn the_mesh_configs_authorizers_go_to_waypoints() {
     };
     let spec: serde_json::Value = serde_json::from_str(&sso.spec_json).unwrap();
     assert_eq!(spec["envoyExtAuthzHttp"]["port"], 4180);
-    assert_eq!(spec["envoyExtAuthzHttp"]["headersToUpstreamOnAllow"][0], "x-user");
+    assert_eq!(
+        spec["envoyExtAuthzHttp"]["headersToUpstreamOnAllow"][0],
+        "x-user"
+    );
     // Waypoints alone are sent them.
     assert!(warren_api::key::is_l7("extensionprovider/sso"));
 
@@ -2207,7 +2210,9 @@ fn a_bad_mesh_config_is_refused_naming_the_field() {
             && error.contains("data.mesh.extensionProviders[0].envoyExtAuthzGrpc.port: required"),
         "{error}"
     );
-    let doc = split_documents(&MESH_CONFIG.replace("port: 9191}", "port: 9191")).unwrap().remove(0);
+    let doc = split_documents(&MESH_CONFIG.replace("port: 9191}", "port: 9191"))
+        .unwrap()
+        .remove(0);
     let error = parse_document(doc, "test").unwrap_err().to_string();
     assert!(error.contains("data.mesh"), "{error}");
 }

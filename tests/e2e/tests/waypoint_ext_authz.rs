@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use warren_e2e::{
+    agent::warrenctl_waypoint_explain,
     mesh::{demo_cluster_with_waypoint_pod, eventually, service_vip, start_mesh_and_waypoint},
     workload::start_http_server,
 };
@@ -129,10 +130,7 @@ fn a_waypoint_asks_external_authorizers_for_custom_policies() -> Result<()> {
         ("app", 1, &[("app", "app")], "app"),
         ("client", 0, &[("app", "client")], "client"),
     ])?;
-    cluster.add_namespace(
-        "auth",
-        labels(&[("warren.io/dataplane-mode", "ambient")]),
-    )?;
+    cluster.add_namespace("auth", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
     cluster.add_pod(PodSpec {
         name: "ext-authz".into(),
         namespace: "auth".into(),
@@ -266,7 +264,11 @@ fn a_waypoint_asks_external_authorizers_for_custom_policies() -> Result<()> {
 
         // No authorizer to ask: statusOnError, or through with failOpen.
         let unreachable = get(&client, &format!("{base}/unreachable"), Some("allow"))?;
-        ensure!(unreachable.status == 503, "unreachable: {}", unreachable.status);
+        ensure!(
+            unreachable.status == 503,
+            "unreachable: {}",
+            unreachable.status
+        );
         let lenient = get(&client, &format!("{base}/lenient"), None)?;
         ensure!(lenient.status == 200, "failOpen: {}", lenient.status);
         // A provider the mesh config lacks: fail closed.
@@ -281,8 +283,35 @@ fn a_waypoint_asks_external_authorizers_for_custom_policies() -> Result<()> {
     };
     check_cases()?;
 
+    // The waypoint explains whom it would ask, without asking.
+    for (path, says) in [
+        (
+            "/grpc/x",
+            "asks sample-grpc (grpc, ext-authz.auth.svc.cluster.local:9000), whose answer decides",
+        ),
+        (
+            "/undefined",
+            "names provider \"undefined\", which the mesh config does not define",
+        ),
+    ] {
+        let shown = warrenctl_waypoint_explain(
+            &config,
+            "demo",
+            "demo/client",
+            &[&format!("{base}{path}")],
+        )?;
+        ensure!(
+            shown.contains(says),
+            "explain of {path} does not say {says:?}:\n{shown}"
+        );
+    }
+
     let output = waypoint.output();
-    for says in ["UAEX", "ext_authz_denied: sample-http", "ext_authz_error: unreachable"] {
+    for says in [
+        "UAEX",
+        "ext_authz_denied: sample-http",
+        "ext_authz_error: unreachable",
+    ] {
         ensure!(
             output.contains(says),
             "the access log does not say {says:?}:\n{output}"

@@ -61,7 +61,9 @@ pub async fn serve(http: SocketAddr, grpc: SocketAddr) -> Result<()> {
     info!(%http, %grpc, "external authorizer listening");
     let grpc_server = tonic::transport::Server::builder()
         .add_service(AuthorizationServer::new(Sample))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener));
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+            grpc_listener,
+        ));
     let http_server = async move {
         loop {
             let (stream, _) = match http_listener.accept().await {
@@ -105,7 +107,11 @@ async fn check_http(request: Request<Incoming>) -> Result<Response<Full<Bytes>>,
         .to_owned();
     let (status, result, body) = match asked.as_str() {
         ALLOW => (StatusCode::OK, "allowed", ""),
-        "fail" => (StatusCode::INTERNAL_SERVER_ERROR, "failed", "the authorizer failed"),
+        "fail" => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed",
+            "the authorizer failed",
+        ),
         "slow" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             (StatusCode::OK, "allowed", "")
@@ -144,10 +150,7 @@ impl Authorization for Sample {
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let attributes = request.into_inner().attributes.unwrap_or_default();
-        let principal = attributes
-            .source
-            .map(|s| s.principal)
-            .unwrap_or_default();
+        let principal = attributes.source.map(|s| s.principal).unwrap_or_default();
         let allowed = attributes
             .request
             .and_then(|r| r.http)

@@ -453,9 +453,15 @@ fn custom_asks_the_providers_of_matching_rules_and_fails_closed_on_connections()
     // One question per provider, named by its first matching rule.
     assert_eq!(
         custom(&a, get("/admin/x")),
-        ["opa ns[demo]-policy[ext]-rule[0]", "oauth2 ns[demo]-policy[sso]-rule[1]"]
+        [
+            "opa ns[demo]-policy[ext]-rule[0]",
+            "oauth2 ns[demo]-policy[sso]-rule[1]"
+        ]
     );
-    assert_eq!(custom(&a, get("/admin/y")), ["opa ns[demo]-policy[ext]-rule[0]"]);
+    assert_eq!(
+        custom(&a, get("/admin/y")),
+        ["opa ns[demo]-policy[ext]-rule[0]"]
+    );
     // The path as sent on: dot segments cannot sidestep the question.
     assert_eq!(
         custom(&a, get("/public/../admin/y")),
@@ -466,7 +472,10 @@ fn custom_asks_the_providers_of_matching_rules_and_fails_closed_on_connections()
     let sent = get("/");
     let denial = sent.with_peer(|peer| super::authorize_connection(&a, peer, ServerName::NotRead));
     let denial = denial.expect("denied").to_string();
-    assert!(denial.contains("policy[ext]") && denial.contains("CUSTOM"), "{denial}");
+    assert!(
+        denial.contains("policy[ext]") && denial.contains("CUSTOM"),
+        "{denial}"
+    );
 }
 
 #[test]

@@ -13,8 +13,8 @@ use warren_api::ext_authz::{
     AttributeContext, CheckRequest, CheckResponse, attribute_context,
     check_response::HttpResponse,
     envoy::config::core::v3::{
-        Address, HeaderValueOption, SocketAddress, address, header_value_option::HeaderAppendAction,
-        socket_address,
+        Address, HeaderValueOption, SocketAddress, address,
+        header_value_option::HeaderAppendAction, socket_address,
     },
 };
 
@@ -55,9 +55,7 @@ pub fn check(
             address: Some(address::Address::SocketAddress(SocketAddress {
                 protocol: socket_address::Protocol::Tcp as i32,
                 address: p.ip.to_string(),
-                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
-                    p.port,
-                ))),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(p.port))),
             })),
         }),
         service: p.service.to_owned(),
@@ -151,9 +149,12 @@ pub fn unframe(body: &[u8]) -> Result<CheckResponse, String> {
         return Err("the answer is compressed, which was not asked for".into());
     }
     let length = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
-    let message = rest
-        .get(..length)
-        .ok_or_else(|| format!("the answer's message is cut short ({} of {length} bytes)", rest.len()))?;
+    let message = rest.get(..length).ok_or_else(|| {
+        format!(
+            "the answer's message is cut short ({} of {length} bytes)",
+            rest.len()
+        )
+    })?;
     CheckResponse::decode(message).map_err(|e| format!("the answer is no CheckResponse: {e}"))
 }
 

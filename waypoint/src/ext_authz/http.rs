@@ -146,7 +146,9 @@ impl Settings {
                 changes.set.push((name.clone(), value.clone()));
             }
             if any_matches(&self.to_client_on_allow, name.as_str()) {
-                changes.response.push((name.clone(), value.clone(), Mode::Add));
+                changes
+                    .response
+                    .push((name.clone(), value.clone(), Mode::Add));
             }
         }
         changes

@@ -120,10 +120,7 @@ pub struct Providers {
 impl Providers {
     pub fn new(providers: impl IntoIterator<Item = Arc<Provider>>) -> Providers {
         Providers {
-            by_name: providers
-                .into_iter()
-                .map(|p| (p.name.clone(), p))
-                .collect(),
+            by_name: providers.into_iter().map(|p| (p.name.clone(), p)).collect(),
         }
     }
 

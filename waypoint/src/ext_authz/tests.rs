@@ -32,7 +32,11 @@ fn request(uri: &str, headers: &[(&'static str, &'static str)]) -> ::http::reque
     builder.body(()).expect("test request").into_parts().0
 }
 
-fn answer(status: u16, headers: &[(&'static str, &'static str)], body: &'static str) -> Response<Bytes> {
+fn answer(
+    status: u16,
+    headers: &[(&'static str, &'static str)],
+    body: &'static str,
+) -> Response<Bytes> {
     let mut response = Response::new(Bytes::from_static(body.as_bytes()));
     *response.status_mut() = StatusCode::from_u16(status).expect("status");
     for (name, value) in headers {
@@ -60,7 +64,10 @@ fn providers_take_istios_defaults() {
     let p = provider(
         "{name: p, envoyExtAuthzGrpc: {service: opa/opa.opa.svc.cluster.local., port: 9191}}",
     );
-    assert_eq!((p.host.as_str(), p.port), ("opa.opa.svc.cluster.local", 9191));
+    assert_eq!(
+        (p.host.as_str(), p.port),
+        ("opa.opa.svc.cluster.local", 9191)
+    );
     assert_eq!(p.timeout, DEFAULT_TIMEOUT);
     assert_eq!(p.status_on_error, StatusCode::FORBIDDEN);
     assert!(!p.fail_open);
@@ -122,7 +129,12 @@ fn an_http_answer_allows_only_with_200() {
     };
     let mut parts = request(
         "/",
-        &[("x-auth-user", "forged"), ("cookie", "c"), ("x-remove-me", "1"), ("x-keep", "1")],
+        &[
+            ("x-auth-user", "forged"),
+            ("cookie", "c"),
+            ("x-remove-me", "1"),
+            ("x-keep", "1"),
+        ],
     );
     changes.apply_to_request(&mut parts);
     assert_eq!(parts.headers["x-auth-user"], "ann");
@@ -137,11 +149,19 @@ fn an_http_answer_allows_only_with_200() {
     assert_eq!(traces, ["upstream", "abc"]);
 
     // 5xx: the authorizer could not decide.
-    assert!(matches!(settings.verdict(answer(503, &[], "")), Verdict::Error(_)));
+    assert!(matches!(
+        settings.verdict(answer(503, &[], "")),
+        Verdict::Error(_)
+    ));
     // Anything else is its answer to the client, with its headers but the host.
     let Verdict::Deny(denied) = settings.verdict(answer(
         302,
-        &[("location", "https://login.example/"), ("set-cookie", "a=1"), ("set-cookie", "b=2"), ("host", "x")],
+        &[
+            ("location", "https://login.example/"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("host", "x"),
+        ],
         "log in first",
     )) else {
         panic!("302 denies");
@@ -160,7 +180,11 @@ fn headers_to_the_client_on_deny_keep_what_a_client_needs() {
     );
     let Verdict::Deny(denied) = settings.verdict(answer(
         401,
-        &[("x-reason", "expired"), ("www-authenticate", "Bearer"), ("x-internal", "no")],
+        &[
+            ("x-reason", "expired"),
+            ("www-authenticate", "Bearer"),
+            ("x-internal", "no"),
+        ],
         "",
     )) else {
         panic!("401 denies");
@@ -246,7 +270,10 @@ fn a_grpc_answer_round_trips_and_decides() {
         }),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus { code: 401 }),
-            headers: vec![option("x-why", "expired", None, 0), option("x-skip", "1", Some(true), 0)],
+            headers: vec![
+                option("x-why", "expired", None, 0),
+                option("x-skip", "1", Some(true), 0),
+            ],
             body: "token expired".into(),
         })),
     };
@@ -275,7 +302,11 @@ fn a_grpc_answer_round_trips_and_decides() {
 fn grpc_framing_refuses_what_is_not_one_message() {
     assert!(grpc::unframe(&[0, 0, 0]).is_err());
     assert!(grpc::unframe(&[1, 0, 0, 0, 0]).is_err());
-    assert!(grpc::unframe(&[0, 0, 0, 0, 9, 1]).unwrap_err().contains("cut short"));
+    assert!(
+        grpc::unframe(&[0, 0, 0, 0, 9, 1])
+            .unwrap_err()
+            .contains("cut short")
+    );
     // Not a CheckResponse: field 1 as a varint where a message belongs.
     assert!(grpc::unframe(&[0, 0, 0, 0, 2, 0x08, 0x01]).is_err());
 }

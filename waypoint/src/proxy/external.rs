@@ -145,7 +145,10 @@ async fn check(
                 },
                 Some(&attributes),
             );
-            (grpc_call(&provider.host, provider.port), grpc::frame(&message))
+            (
+                grpc_call(&provider.host, provider.port),
+                grpc::frame(&message),
+            )
         }
     };
     let key = ClusterKey {
@@ -154,7 +157,14 @@ async fn check(
         port: provider.port,
     };
     let mut once = Tries::mirror(down.client());
-    let sent = attempt(ctx, compiled, &key, &check, Outgoing::Fixed(body), &mut once);
+    let sent = attempt(
+        ctx,
+        compiled,
+        &key,
+        &check,
+        Outgoing::Fixed(body),
+        &mut once,
+    );
     let answer = match tokio::time::timeout(provider.timeout, async {
         match sent.await {
             Attempt::Answered { response, .. } => {
@@ -177,10 +187,7 @@ async fn check(
         Ok(Ok(answer)) => answer,
         Ok(Err(reason)) => return Verdict::Error(reason),
         Err(_) => {
-            return Verdict::Error(format!(
-                "no answer within {:?}",
-                provider.timeout
-            ));
+            return Verdict::Error(format!("no answer within {:?}", provider.timeout));
         }
     };
     let (head, body, trailers) = answer;

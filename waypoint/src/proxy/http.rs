@@ -32,9 +32,9 @@ use tracing::{debug, warn};
 use warren_ztunnel::state::{Workload, service::Address};
 
 use super::{
-    external,
     Client, Downstream,
     connect::SendError,
+    external,
     replay::{BoxError, ReadCount, Source},
     report::{Arrived, Finished, GRPC_STATUS, Measured, Unanswered},
     upgrade,
@@ -135,11 +135,7 @@ pub async fn handle(
         .authenticate(&down.service.namespace, &down.service.name, &mut parts)
         .await;
     let refusal = match authenticated {
-        Err(rejection) => Some((
-            boxed(rejection.response(&parts)),
-            rejection.details(),
-            "-",
-        )),
+        Err(rejection) => Some((boxed(rejection.response(&parts)), rejection.details(), "-")),
         Ok(verified) => {
             // CUSTOM first: an authorizer's headers are what DENY and
             // ALLOW then see, as in Envoy's filter chain.
@@ -567,7 +563,15 @@ async fn send_with_retries(
     let mut in_flight: Option<RetryPermit> = None;
     loop {
         tries += 1;
-        let result = attempt(ctx, compiled, key, parts, Outgoing::Client(body), &mut tried).await;
+        let result = attempt(
+            ctx,
+            compiled,
+            key,
+            parts,
+            Outgoing::Client(body),
+            &mut tried,
+        )
+        .await;
         let retryable = match &result {
             Attempt::Answered { response, .. } => {
                 retries.should_retry_response(response.status(), response.headers())

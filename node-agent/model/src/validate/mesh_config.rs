@@ -84,8 +84,14 @@ fn ext_authz_http(r: &mut Report, path: &str, http: &ExtAuthzHttp) {
             &http.include_request_headers_in_check,
         ),
         ("includeHeadersInCheck", &http.include_headers_in_check),
-        ("headersToUpstreamOnAllow", &http.headers_to_upstream_on_allow),
-        ("headersToDownstreamOnDeny", &http.headers_to_downstream_on_deny),
+        (
+            "headersToUpstreamOnAllow",
+            &http.headers_to_upstream_on_allow,
+        ),
+        (
+            "headersToDownstreamOnDeny",
+            &http.headers_to_downstream_on_deny,
+        ),
         (
             "headersToDownstreamOnAllow",
             &http.headers_to_downstream_on_allow,
@@ -138,7 +144,10 @@ fn common(
 ) {
     let service_path = format!("{path}.service");
     match split_service(service) {
-        (_, "") => r.error(&service_path, "required: the authorizer's host, `[<namespace>/]<hostname>`"),
+        (_, "") => r.error(
+            &service_path,
+            "required: the authorizer's host, `[<namespace>/]<hostname>`",
+        ),
         (Some(namespace), host) => {
             if !is_dns1123_label(namespace) {
                 r.error(
@@ -217,9 +226,7 @@ fn header_pattern(pattern: &str) -> Result<(), String> {
         ));
     }
     if name.contains('*') {
-        return Err(format!(
-            "{pattern:?}: '*' may only begin or end a pattern"
-        ));
+        return Err(format!("{pattern:?}: '*' may only begin or end a pattern"));
     }
     if !name
         .bytes()

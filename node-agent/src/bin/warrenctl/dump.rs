@@ -358,19 +358,17 @@ pub fn print_tables(dump: &DumpResponse) {
         Some(Kind::ExtensionProvider(p)) => Some(vec![
             "ExtensionProvider".into(),
             p.name.clone(),
-            serde_json::from_str::<mesh::ExtensionProvider>(
-                &p.spec_json,
-            )
-            .ok()
-            .and_then(|spec| {
-                let (service, port) = spec.authz_service()?;
-                let protocol = match spec.authz_protocol()? {
-                    mesh::AuthzProtocol::Http => "http",
-                    mesh::AuthzProtocol::Grpc => "grpc",
-                };
-                Some(format!("{service}:{port} ({protocol})"))
-            })
-            .unwrap_or_default(),
+            serde_json::from_str::<mesh::ExtensionProvider>(&p.spec_json)
+                .ok()
+                .and_then(|spec| {
+                    let (service, port) = spec.authz_service()?;
+                    let protocol = match spec.authz_protocol()? {
+                        mesh::AuthzProtocol::Http => "http",
+                        mesh::AuthzProtocol::Grpc => "grpc",
+                    };
+                    Some(format!("{service}:{port} ({protocol})"))
+                })
+                .unwrap_or_default(),
         ]),
         _ => None,
     })
