@@ -9,7 +9,7 @@
 //!
 //! - [`http`]: a copy of the request's head (Envoy's raw HTTP protocol);
 //!   200 allows, 5xx is an error, anything else denies.
-//! - [`grpc`]: `envoy.service.auth.v3.Authorization/Check`.
+//! - [`grpc`]: Envoy's `Authorization/Check` service.
 
 pub mod grpc;
 pub mod http;
