@@ -65,7 +65,14 @@ impl Settings {
     /// The head of the check for the request `parts` (its path already
     /// normalized, as the policies saw it), whose body the check carries
     /// `body` of: `None` for no body, `Some(partial)` when it does.
-    pub fn check(&self, parts: &Parts, host: &str, body: Option<(usize, bool)>) -> Parts {
+    /// `Err` when the check cannot name the request's path: it is then not
+    /// asked about another.
+    pub fn check(
+        &self,
+        parts: &Parts,
+        host: &str,
+        body: Option<(usize, bool)>,
+    ) -> Result<Parts, String> {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let target = format!("{}{path}", self.path_prefix);
         let mut headers = HeaderMap::new();
@@ -91,26 +98,18 @@ impl Settings {
         for (name, value) in &self.additional {
             headers.insert(name.clone(), value.clone());
         }
-        let mut builder = http::Request::builder()
+        let uri = target
+            .parse::<http::Uri>()
+            .map_err(|e| format!("the check's path {target:?}: {e}"))?;
+        let (mut check, ()) = http::Request::builder()
             .method(parts.method.clone())
-            .version(http::Version::HTTP_11);
-        // The request's own path was a valid URI; with a prefix that
-        // begins with '/' it still is. Should it not be, the check goes to
-        // the prefix alone rather than nowhere.
-        builder = match target.parse::<http::Uri>() {
-            Ok(uri) => builder.uri(uri),
-            Err(_) => builder.uri(if self.path_prefix.is_empty() {
-                "/"
-            } else {
-                self.path_prefix.as_str()
-            }),
-        };
-        let (mut check, ()) = builder
+            .version(http::Version::HTTP_11)
+            .uri(uri)
             .body(())
-            .unwrap_or_else(|_| http::Request::new(()))
+            .map_err(|e| format!("the check: {e}"))?
             .into_parts();
         check.headers = headers;
-        check
+        Ok(check)
     }
 
     /// Reads the authorizer's answer.

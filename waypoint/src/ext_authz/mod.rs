@@ -254,16 +254,6 @@ impl Changes {
             }
         }
     }
-
-    /// Another authorizer's changes after these.
-    pub fn extend(&mut self, other: Changes) {
-        self.set.extend(other.set);
-        self.append.extend(other.append);
-        self.remove.extend(other.remove);
-        self.response.extend(other.response);
-        self.query_set.extend(other.query_set);
-        self.query_remove.extend(other.query_remove);
-    }
 }
 
 /// Headers the waypoint never lets an authorizer set or remove on the

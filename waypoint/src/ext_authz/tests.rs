@@ -94,7 +94,9 @@ fn an_http_check_copies_what_the_provider_names() {
             ("content-length", "12"),
         ],
     );
-    let check = settings.check(&parts, "app.demo:8080", None);
+    let check = settings
+        .check(&parts, "app.demo:8080", None)
+        .expect("a check");
     assert_eq!(check.method, "POST");
     assert_eq!(check.uri, "/check/orders/7?full=1");
     let h = &check.headers;

@@ -61,11 +61,21 @@ pub async fn ask(
                 ),
             });
         };
-        let verdict = match &provider.body {
-            // Fail closed rather than ask without what the provider wants.
-            Some(_) => Verdict::Error("includeRequestBodyInCheck is not supported yet".into()),
-            None => check(ctx, compiled, down, provider, parts, request_id).await,
-        };
+        if provider.body.is_some() {
+            // Refused whatever `failOpen` says: asking without the body the
+            // provider wants is no check, and not asking is none either.
+            count(ctx, &provider.name, "error");
+            let mut response = Response::new(full(Bytes::new()));
+            *response.status_mut() = provider.status_on_error;
+            return Err(Refused {
+                response,
+                details: format!(
+                    "ext_authz_error: {}: includeRequestBodyInCheck is not supported yet",
+                    provider.name
+                ),
+            });
+        }
+        let verdict = check(ctx, compiled, down, provider, parts, request_id).await;
         match verdict {
             Verdict::Allow(changes) => {
                 count(ctx, &provider.name, "ok");
@@ -120,7 +130,10 @@ async fn check(
         .map(|a| a.to_string())
         .unwrap_or_else(|| down.service.hostname.clone());
     let (check, body) = match &provider.protocol {
-        Protocol::Http(settings) => (settings.check(parts, &host, None), Bytes::new()),
+        Protocol::Http(settings) => match settings.check(parts, &host, None) {
+            Ok(check) => (check, Bytes::new()),
+            Err(reason) => return Verdict::Error(reason),
+        },
         Protocol::Grpc => {
             let source_principal = down.peer.identity.to_string();
             let destination_principal = ctx.identity().to_string();
@@ -156,15 +169,12 @@ async fn check(
         subset: None,
         port: provider.port,
     };
+    let body = match provider.protocol {
+        Protocol::Http(_) => Outgoing::Fixed(body),
+        Protocol::Grpc => Outgoing::Grpc(body),
+    };
     let mut once = Tries::mirror(down.client());
-    let sent = attempt(
-        ctx,
-        compiled,
-        &key,
-        &check,
-        Outgoing::Fixed(body),
-        &mut once,
-    );
+    let sent = attempt(ctx, compiled, &key, &check, body, &mut once);
     let answer = match tokio::time::timeout(provider.timeout, async {
         match sent.await {
             Attempt::Answered { response, .. } => {

@@ -137,6 +137,14 @@ pub async fn handle(
     let refusal = match authenticated {
         Err(rejection) => Some((boxed(rejection.response(&parts)), rejection.details(), "-")),
         Ok(verified) => {
+            // What is checked must be what is sent on: a request naming
+            // its authority in its target (absolute form, `:authority`)
+            // goes there, whatever its `Host` says (RFC 9112 3.2.2).
+            if let Some(authority) = parts.uri.authority()
+                && let Ok(host) = HeaderValue::from_str(authority.as_str())
+            {
+                parts.headers.insert(header::HOST, host);
+            }
             // CUSTOM first: an authorizer's headers are what DENY and
             // ALLOW then see, as in Envoy's filter chain.
             let customs = authz::custom(&compiled.authz, &peer, &mut parts, verified.as_deref());
@@ -719,6 +727,8 @@ pub(super) enum Outgoing<'a> {
     Client(Option<&'a Arc<Source>>),
     /// A body of the waypoint's own (an authorizer's check).
     Fixed(Bytes),
+    /// A gRPC message of the waypoint's own: HTTP/2 whatever the port says.
+    Grpc(Bytes),
 }
 
 /// One try: a cluster, a pool permit, an endpoint, the exchange.
@@ -745,6 +755,7 @@ pub(super) async fn attempt(
     // An upgrade (WebSocket) stays on HTTP/1.1: it takes its connection over.
     let upgrading = upgrade::requested(parts.version, &parts.headers);
     let h2 = match cluster.upstream_http() {
+        _ if matches!(body, Outgoing::Grpc(_)) => true,
         UpstreamHttp::Http2 => upgrading.is_none(),
         UpstreamHttp::Http1 => false,
         UpstreamHttp::Client => parts.version == Version::HTTP_2,
@@ -819,7 +830,7 @@ pub(super) async fn attempt(
         Outgoing::Client(Some(source)) if tries.retries.is_none() => source.mirror().boxed(),
         Outgoing::Client(Some(source)) => source.attempt().boxed(),
         Outgoing::Client(None) => full(Bytes::new()),
-        Outgoing::Fixed(bytes) => full(bytes),
+        Outgoing::Fixed(bytes) | Outgoing::Grpc(bytes) => full(bytes),
     });
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
