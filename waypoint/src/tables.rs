@@ -51,6 +51,9 @@ pub struct Tables {
     authorizations: RwLock<BTreeMap<String, PolicyInput>>,
     authentications: RwLock<BTreeMap<String, AuthnInput>>,
     providers: RwLock<BTreeMap<String, Arc<Provider>>>,
+    /// (policy, provider) pairs already warned about as undefined: said
+    /// once, not on every rebuild.
+    undefined: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
     /// Fetched key sets, kept across rebuilds.
     keys: KeyStore,
     compiled: RwLock<Arc<Compiled>>,
@@ -195,16 +198,25 @@ impl Tables {
         let authz = Authorizer::build(read(&self.authorizations).values().cloned());
         let authn = Authenticator::build(read(&self.authentications).values().cloned(), &self.keys);
         let ext_authz = Providers::new(read(&self.providers).values().cloned());
-        for (policy, provider) in authz.custom_providers() {
-            if ext_authz.get(provider).is_none() {
+        let mut undefined = self.undefined.lock().unwrap_or_else(|p| p.into_inner());
+        let now: std::collections::BTreeSet<(String, String)> = authz
+            .custom_providers()
+            .filter(|(_, provider)| ext_authz.get(provider).is_none())
+            .map(|(policy, provider)| (policy, provider.to_owned()))
+            .collect();
+        for (policy, provider) in &now {
+            if !undefined.contains(&(policy.clone(), provider.clone())) {
                 warn!(
                     %policy,
-                    provider,
+                    %provider,
                     defined = ?ext_authz.names().collect::<Vec<_>>(),
                     "a CUSTOM AuthorizationPolicy names an extension provider the mesh config does not define: requests its rules match are denied"
                 );
             }
         }
+        // Forgotten once defined again, so a later loss is said again.
+        *undefined = now;
+        drop(undefined);
         let mut compiled = write(&self.compiled);
         let generation = compiled.generation + 1;
         *compiled = Arc::new(Compiled {

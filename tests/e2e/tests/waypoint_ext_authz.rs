@@ -8,13 +8,16 @@
 //! mesh config lacks fails closed. A bad mesh config keeps the last good
 //! providers in force.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use warren_e2e::{
     agent::warrenctl_waypoint_explain,
-    mesh::{demo_cluster_with_waypoint_pod, eventually, service_vip, start_mesh_and_waypoint},
+    mesh::{
+        demo_cluster_with_waypoint_pod, eventually, metric_sum, service_vip,
+        start_mesh_and_waypoint, waypoint_metrics,
+    },
     workload::start_http_server,
 };
 use warren_testbed::{Pod, PodSpec, ServicePort, binaries, labels, privilege::require_root};
@@ -49,6 +52,18 @@ data:
       envoyExtAuthzHttp: {{ service: nowhere.auth.svc.cluster.local, port: 80, statusOnError: "503" }}
     - name: lenient
       envoyExtAuthzHttp: {{ service: nowhere.auth.svc.cluster.local, port: 80, failOpen: true }}
+    - name: grpc-body
+      envoyExtAuthzGrpc:
+        service: ext-authz.auth.svc.cluster.local
+        port: 9000
+        includeRequestBodyInCheck: {{ maxRequestBytes: 16 }}
+    - name: http-partial
+      envoyExtAuthzHttp:
+        service: ext-authz.auth.svc.cluster.local
+        port: 8000
+        includeRequestHeadersInCheck: [x-ext-authz]
+        headersToUpstreamOnAllow: [x-ext-authz-check-*]
+        includeRequestBodyInCheck: {{ maxRequestBytes: 4, allowPartialMessage: true }}
 "#
     )
 }
@@ -75,6 +90,8 @@ fn policies() -> String {
         custom("by-unreachable", "unreachable", "/unreachable*"),
         custom("by-lenient", "lenient", "/lenient*"),
         custom("by-undefined", "undefined", "/undefined*"),
+        custom("by-grpc-body", "grpc-body", "/upload*"),
+        custom("by-http-partial", "http-partial", "/partial*"),
     ]
     .join("---\n")
 }
@@ -97,10 +114,18 @@ impl Answer {
 
 /// One request by curl from `pod`, with `x-ext-authz: <decide>` when given.
 fn get(pod: &Pod, url: &str, decide: Option<&str>) -> Result<Answer> {
+    call(pod, url, decide, None)
+}
+
+/// One request by curl from `pod`: a POST of `body` when given.
+fn call(pod: &Pod, url: &str, decide: Option<&str>, body: Option<&str>) -> Result<Answer> {
     let header = decide.map(|d| format!("x-ext-authz: {d}"));
     let mut args = vec!["-sS", "-i", "--max-time", "8"];
     if let Some(header) = &header {
         args.extend(["-H", header.as_str()]);
+    }
+    if let Some(body) = body {
+        args.extend(["--data-binary", body]);
     }
     args.push(url);
     let out = pod.sandbox.exec("curl", &args)?;
@@ -179,6 +204,7 @@ fn a_waypoint_asks_external_authorizers_for_custom_policies() -> Result<()> {
     let vip = service_vip(&cluster, "app")?;
     let base = format!("http://{vip}");
     let client = cluster.pod("client")?.clone();
+    let waypoint_pod = cluster.pod("waypoint")?.clone();
     let logs = || {
         format!(
             "{}\nwaypoint:\n{}\nauthorizer:\n{}",
@@ -238,6 +264,17 @@ fn a_waypoint_asks_external_authorizers_for_custom_policies() -> Result<()> {
             failed.status,
             failed.body
         );
+        // Too slow for the provider's timeout (2 s against 3): the same.
+        let started = Instant::now();
+        let slow = get(&client, &http, Some("slow"))?;
+        let took = started.elapsed();
+        ensure!(
+            slow.status == 403
+                && took >= Duration::from_millis(1900)
+                && took < Duration::from_millis(2900),
+            "slow authorizer: {} after {took:?}",
+            slow.status
+        );
 
         // gRPC: the check names the caller; the allow says so to the app.
         let grpc = format!("{base}/grpc/orders");
@@ -260,6 +297,51 @@ fn a_waypoint_asks_external_authorizers_for_custom_policies() -> Result<()> {
             denied.status,
             denied.headers,
             denied.body
+        );
+
+        // The body in the check: whole (gRPC), refused past the limit, or
+        // its first bytes when the provider takes part of it (HTTP); the
+        // app gets all of it either way.
+        let upload = call(
+            &client,
+            &format!("{base}/upload"),
+            Some("allow"),
+            Some("order=7"),
+        )?;
+        let answer: Value = serde_json::from_str(&upload.body).unwrap_or(Value::Null);
+        ensure!(
+            upload.status == 200
+                && answer["headers"]["x-ext-authz-check-body"] == "order=7"
+                && answer["body_bytes"] == 7,
+            "body over gRPC: {} {answer}",
+            upload.status
+        );
+        let big = "x".repeat(40);
+        let refused = call(
+            &client,
+            &format!("{base}/upload"),
+            Some("allow"),
+            Some(&big),
+        )?;
+        ensure!(
+            refused.status == 413,
+            "a body past maxRequestBytes: {}",
+            refused.status
+        );
+        let partial = call(
+            &client,
+            &format!("{base}/partial"),
+            Some("allow"),
+            Some("abcdefgh"),
+        )?;
+        let answer: Value = serde_json::from_str(&partial.body).unwrap_or(Value::Null);
+        ensure!(
+            partial.status == 200
+                && answer["headers"]["x-ext-authz-check-body"] == "abcd"
+                && answer["headers"]["x-ext-authz-check-partial"] == "true"
+                && answer["body_bytes"] == 8,
+            "partial body over HTTP: {} {answer}",
+            partial.status
         );
 
         // No authorizer to ask: statusOnError, or through with failOpen.
@@ -305,6 +387,38 @@ fn a_waypoint_asks_external_authorizers_for_custom_policies() -> Result<()> {
             "explain of {path} does not say {says:?}:\n{shown}"
         );
     }
+
+    // Each outcome counted by provider: the lenient one let requests
+    // through because it could not be asked, not because it allowed.
+    let metrics = waypoint_metrics(&waypoint_pod)?;
+    for (provider, result) in [
+        ("sample-http", "ok"),
+        ("sample-http", "denied"),
+        ("sample-http", "error"),
+        ("sample-grpc", "ok"),
+        ("sample-grpc", "denied"),
+        ("unreachable", "error"),
+        ("lenient", "failure_mode_allowed"),
+        ("undefined", "undefined"),
+    ] {
+        let counted = metric_sum(
+            &metrics,
+            "warren_waypoint_ext_authz_checks_total",
+            &[("provider", provider), ("result", result)],
+        );
+        ensure!(
+            counted >= 1.0,
+            "no {result} counted for {provider}:\n{metrics}"
+        );
+    }
+    ensure!(
+        metric_sum(
+            &metrics,
+            "warren_waypoint_ext_authz_checks_total",
+            &[("provider", "lenient"), ("result", "ok")],
+        ) == 0.0,
+        "the unreachable lenient provider answered?\n{metrics}"
+    );
 
     let output = waypoint.output();
     for says in [

@@ -18,7 +18,7 @@ use std::{convert::Infallible, net::SocketAddr, time::Duration};
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -47,6 +47,10 @@ pub const RESULT: &str = "x-ext-authz-check-result";
 pub const CHECKED_PATH: &str = "x-ext-authz-check-path";
 /// The caller's identity a gRPC check carried.
 pub const PRINCIPAL: &str = "x-ext-authz-principal";
+/// The body the check carried (when the provider asks for it), and over
+/// HTTP whether it was only the body's first bytes.
+pub const CHECKED_BODY: &str = "x-ext-authz-check-body";
+pub const CHECKED_PARTIAL: &str = "x-ext-authz-check-partial";
 /// The denial's body.
 pub const DENIED_BODY: &str = "denied by ext_authz: the request has no `x-ext-authz: allow`";
 
@@ -94,6 +98,15 @@ pub async fn serve(http: SocketAddr, grpc: SocketAddr) -> Result<()> {
 }
 
 async fn check_http(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (head, body) = request.into_parts();
+    // A check is small; one that is not is cut, not buffered whole.
+    let checked = http_body_util::Limited::new(body, 64 * 1024)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let partial = head.headers.get("x-envoy-auth-partial-body").cloned();
+    let request = Request::from_parts(head, ());
     let path = request
         .uri()
         .path_and_query()
@@ -125,6 +138,14 @@ async fn check_http(request: Request<Incoming>) -> Result<Response<Full<Bytes>>,
     if let Ok(path) = HeaderValue::from_str(&path) {
         headers.insert(CHECKED_PATH, path);
     }
+    if !checked.is_empty()
+        && let Ok(checked) = HeaderValue::from_bytes(&checked)
+    {
+        headers.insert(CHECKED_BODY, checked);
+    }
+    if let Some(partial) = partial {
+        headers.insert(CHECKED_PARTIAL, partial);
+    }
     Ok(response)
 }
 
@@ -151,10 +172,13 @@ impl Authorization for Sample {
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let attributes = request.into_inner().attributes.unwrap_or_default();
         let principal = attributes.source.map(|s| s.principal).unwrap_or_default();
-        let allowed = attributes
-            .request
-            .and_then(|r| r.http)
-            .is_some_and(|http| http.headers.get(DECIDING).map(String::as_str) == Some(ALLOW));
+        let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
+        let allowed = http.headers.get(DECIDING).map(String::as_str) == Some(ALLOW);
+        let body = if http.raw_body.is_empty() {
+            http.body
+        } else {
+            String::from_utf8_lossy(&http.raw_body).into_owned()
+        };
         let answer = if allowed {
             CheckResponse {
                 status: Some(Status {
@@ -162,7 +186,11 @@ impl Authorization for Sample {
                     message: String::new(),
                 }),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                    headers: vec![header(RESULT, "allowed"), header(PRINCIPAL, &principal)],
+                    headers: vec![
+                        header(RESULT, "allowed"),
+                        header(PRINCIPAL, &principal),
+                        header(CHECKED_BODY, &body),
+                    ],
                     ..OkHttpResponse::default()
                 })),
             }

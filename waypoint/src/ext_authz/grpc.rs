@@ -39,9 +39,10 @@ pub struct HttpAttributes<'a> {
     pub id: &'a str,
     pub parts: &'a Parts,
     pub host: &'a str,
-    /// The body, whole or its first bytes; `pack_as_bytes` puts it in
-    /// `raw_body`.
-    pub body: Option<(&'a [u8], bool)>,
+    /// The body (whole or its first bytes) when the provider asks for it.
+    pub body: Option<&'a [u8]>,
+    /// Put the body in `raw_body`, as bytes, rather than in `body`, as text.
+    pub pack_as_bytes: bool,
 }
 
 /// Builds the check for a request (or, without `http`, a connection).
@@ -101,8 +102,8 @@ fn http_request(h: &HttpAttributes<'_>) -> attribute_context::HttpRequest {
         .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
         .unwrap_or(-1);
     let (body, raw_body) = match h.body {
-        Some((bytes, true)) => (String::new(), bytes.to_vec()),
-        Some((bytes, false)) => (String::from_utf8_lossy(bytes).into_owned(), Vec::new()),
+        Some(bytes) if h.pack_as_bytes => (String::new(), bytes.to_vec()),
+        Some(bytes) => (String::from_utf8_lossy(bytes).into_owned(), Vec::new()),
         None => (String::new(), Vec::new()),
     };
     attribute_context::HttpRequest {

@@ -14,6 +14,23 @@ use super::{Changes, Mode, Pattern, Verdict, any_matches, protected};
 /// The answer header naming request headers an allowing authorizer removes.
 const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
+/// Headers of the authorizer's own connection and message, which are not
+/// the client's to receive.
+fn framing(name: &HeaderName) -> bool {
+    [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONNECTION,
+        header::UPGRADE,
+        header::TE,
+        header::TRAILER,
+        header::PROXY_AUTHENTICATE,
+    ]
+    .contains(name)
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
 /// Says whether the check carries the whole body or its first bytes.
 pub const PARTIAL_BODY: &str = "x-envoy-auth-partial-body";
 
@@ -63,8 +80,8 @@ impl Settings {
     }
 
     /// The head of the check for the request `parts` (its path already
-    /// normalized, as the policies saw it), whose body the check carries
-    /// `body` of: `None` for no body, `Some(partial)` when it does.
+    /// normalized, as the policies saw it). `body`: the length of the body
+    /// the check carries, and whether that is only the body's first bytes.
     /// `Err` when the check cannot name the request's path: it is then not
     /// asked about another.
     pub fn check(
@@ -164,7 +181,7 @@ impl Settings {
             } else {
                 always.contains(name) || any_matches(&self.to_client_on_deny, name.as_str())
             };
-            if wanted && name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            if wanted && !framing(name) {
                 headers.append(name.clone(), value.clone());
             }
         }

@@ -206,23 +206,38 @@ impl Changes {
         }
     }
 
+    /// Edits only the parameters named: every other one is sent on byte
+    /// for byte, as the client wrote it.
     fn apply_to_query(&self, uri: &mut ::http::Uri) {
-        let mut pairs: Vec<(String, String)> = uri
+        let named = |pair: &str| -> String {
+            let key = pair.split('=').next().unwrap_or_default();
+            form_urlencoded::parse(key.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default()
+        };
+        let mut pairs: Vec<String> = uri
             .query()
-            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter(|p| {
+                let key = named(p);
+                !self.query_remove.contains(&key) && !self.query_set.iter().any(|(k, _)| *k == key)
+            })
+            .map(str::to_owned)
+            .collect();
         for (key, value) in &self.query_set {
-            pairs.retain(|(k, _)| k != key);
-            pairs.push((key.clone(), value.clone()));
+            pairs.push(
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair(key, value)
+                    .finish(),
+            );
         }
-        pairs.retain(|(k, _)| !self.query_remove.contains(k));
-        let query = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(&pairs)
-            .finish();
-        let path_and_query = if query.is_empty() {
+        let path_and_query = if pairs.is_empty() {
             uri.path().to_owned()
         } else {
-            format!("{}?{query}", uri.path())
+            format!("{}?{}", uri.path(), pairs.join("&"))
         };
         let mut parts = uri.clone().into_parts();
         match path_and_query.parse() {

@@ -246,7 +246,7 @@ fn a_grpc_answer_round_trips_and_decides() {
         panic!("code 0 allows");
     };
     let mut parts = request(
-        "/orders?debug=1&tenant=x&page=2",
+        "/orders?debug=1&tenant=x&page=2&flag&q=%FF",
         &[("authorization", "t"), ("x-groups", "dev"), ("host", "app")],
     );
     changes.apply_to_request(&mut parts);
@@ -254,7 +254,8 @@ fn a_grpc_answer_round_trips_and_decides() {
     assert_eq!(parts.headers["x-groups"], "dev,ops");
     assert_eq!(parts.headers["host"], "app");
     assert!(!parts.headers.contains_key("authorization"));
-    assert_eq!(parts.uri, "/orders?page=2&tenant=t+1");
+    // Only the parameters named change; the rest go on as written.
+    assert_eq!(parts.uri, "/orders?page=2&flag&q=%FF&tenant=t+1");
     let mut response = HeaderMap::new();
     for name in ["x-a", "x-b", "x-c"] {
         response.insert(name, HeaderValue::from_static("old"));
@@ -323,7 +324,8 @@ fn a_grpc_check_describes_the_request() {
         id: "req-1",
         parts: &parts,
         host: "app.demo",
-        body: None,
+        body: Some(b"{\"order\": 7}"),
+        pack_as_bytes: false,
     };
     let check = grpc::check(
         &grpc::Peer {
@@ -357,6 +359,8 @@ fn a_grpc_check_describes_the_request() {
     assert_eq!(http.headers[":path"], "/orders/7?full=1");
     assert_eq!(http.headers[":method"], "POST");
     assert_eq!(http.id, "req-1");
+    assert_eq!(http.body, "{\"order\": 7}");
+    assert!(http.raw_body.is_empty());
 }
 
 #[test]
@@ -365,4 +369,59 @@ fn patterns_are_exact_prefix_or_suffix_without_case() {
     assert!(p("X-User").matches("x-user") && !p("x-user").matches("x-user-id"));
     assert!(p("x-user-*").matches("x-user-id") && !p("x-user-*").matches("x-use"));
     assert!(p("*-id").matches("x-request-id") && !p("*-id").matches("x-identity"));
+}
+
+/// The wire bytes of Envoy's messages, field numbers and all, written out by
+/// hand from its protos: a wrong number here would still round-trip through
+/// prost, but no real authorizer would understand it.
+#[test]
+fn messages_have_envoys_field_numbers() {
+    use prost::Message as _;
+    use warren_api::ext_authz::{AttributeContext, CheckRequest, attribute_context};
+    // attributes(1) { request(4) { http(2) { path(4): "/p" } } }
+    let check = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    path: "/p".into(),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }),
+    };
+    assert_eq!(
+        check.encode_to_vec(),
+        [0x0a, 0x08, 0x22, 0x06, 0x12, 0x04, 0x22, 0x02, b'/', b'p']
+    );
+    // status(1) { code(1): 7 }, denied_response(2) { status(1) { code(1): 401 }, body(3): "x" }
+    let denied = [
+        0x0a, 0x02, 0x08, 0x07, 0x12, 0x08, 0x0a, 0x03, 0x08, 0x91, 0x03, 0x1a, 0x01, b'x',
+    ];
+    let Verdict::Deny(response) =
+        grpc::verdict(CheckResponse::decode(&denied[..]).expect("decodes"))
+    else {
+        panic!("code 7 denies");
+    };
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.body().as_ref(), b"x");
+    // ok_response(3) { headers(2) { header(1) { key(1): "k", value(2): "v" } },
+    //                  headers_to_remove(5): "r", response_headers_to_add(6) { header(1) { key "a", value "b" } } }
+    let ok = [
+        0x1a, 0x17, 0x12, 0x08, 0x0a, 0x06, 0x0a, 0x01, b'k', 0x12, 0x01, b'v', 0x2a, 0x01, b'r',
+        0x32, 0x08, 0x0a, 0x06, 0x0a, 0x01, b'a', 0x12, 0x01, b'b',
+    ];
+    let Verdict::Allow(changes) = grpc::verdict(CheckResponse::decode(&ok[..]).expect("decodes"))
+    else {
+        panic!("no status allows");
+    };
+    assert_eq!(
+        changes.set,
+        [(
+            ::http::HeaderName::from_static("k"),
+            HeaderValue::from_static("v")
+        )]
+    );
+    assert_eq!(changes.remove, [::http::HeaderName::from_static("r")]);
+    assert_eq!(changes.response.len(), 1);
 }

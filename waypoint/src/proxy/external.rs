@@ -17,6 +17,7 @@ use tracing::debug;
 use super::{
     Downstream,
     http::{Attempt, Outgoing, Tries, attempt, full},
+    prefixed::{Ahead, Prefixed},
 };
 use crate::{
     app::{Body, ClusterKey, Context},
@@ -45,6 +46,7 @@ pub async fn ask(
     down: &Downstream,
     customs: &[Custom],
     parts: &mut Parts,
+    body: &mut Prefixed,
     request_id: &HeaderValue,
 ) -> Result<Changes, Refused> {
     let mut on_response = Changes::default();
@@ -61,21 +63,52 @@ pub async fn ask(
                 ),
             });
         };
-        if provider.body.is_some() {
-            // Refused whatever `failOpen` says: asking without the body the
-            // provider wants is no check, and not asking is none either.
-            count(ctx, &provider.name, "error");
-            let mut response = Response::new(full(Bytes::new()));
-            *response.status_mut() = provider.status_on_error;
-            return Err(Refused {
-                response,
-                details: format!(
-                    "ext_authz_error: {}: includeRequestBodyInCheck is not supported yet",
-                    provider.name
-                ),
-            });
-        }
-        let verdict = check(ctx, compiled, down, provider, parts, request_id).await;
+        let ahead = match &provider.body {
+            None => None,
+            Some(wanted) => {
+                let limit = wanted.max_request_bytes as usize;
+                match body.read_ahead(limit, provider.timeout).await {
+                    // Envoy's answer to a body past the buffer, whatever
+                    // `failOpen` says: it cannot be checked as asked.
+                    Ok(ahead) if !ahead.whole && !wanted.allow_partial_message => {
+                        count(ctx, &provider.name, "error");
+                        let mut response =
+                            Response::new(full(Bytes::from_static(b"Payload Too Large")));
+                        *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                        return Err(Refused {
+                            response,
+                            details: format!(
+                                "ext_authz_error: {}: the body is longer than maxRequestBytes ({limit})",
+                                provider.name
+                            ),
+                        });
+                    }
+                    Ok(ahead) => Some(ahead),
+                    Err(reason) => {
+                        // The client's body failed or stalled: nothing to
+                        // forward either.
+                        count(ctx, &provider.name, "error");
+                        let mut response = Response::new(full(Bytes::new()));
+                        *response.status_mut() = provider.status_on_error;
+                        return Err(Refused {
+                            response,
+                            details: format!("ext_authz_error: {}: {reason}", provider.name),
+                        });
+                    }
+                }
+            }
+        };
+        let pack_as_bytes = provider.body.as_ref().is_some_and(|b| b.pack_as_bytes);
+        let verdict = check(
+            ctx,
+            compiled,
+            down,
+            provider,
+            parts,
+            ahead.as_ref().map(|a| (a, pack_as_bytes)),
+            request_id,
+        )
+        .await;
         match verdict {
             Verdict::Allow(changes) => {
                 count(ctx, &provider.name, "ok");
@@ -124,16 +157,23 @@ async fn check(
     down: &Downstream,
     provider: &Provider,
     parts: &Parts,
+    ahead: Option<(&Ahead, bool)>,
     request_id: &HeaderValue,
 ) -> Verdict {
     let host = super::http::request_authority(parts)
         .map(|a| a.to_string())
         .unwrap_or_else(|| down.service.hostname.clone());
     let (check, body) = match &provider.protocol {
-        Protocol::Http(settings) => match settings.check(parts, &host, None) {
-            Ok(check) => (check, Bytes::new()),
-            Err(reason) => return Verdict::Error(reason),
-        },
+        Protocol::Http(settings) => {
+            let body = ahead.map(|(a, _)| (a.bytes.len(), !a.whole));
+            match settings.check(parts, &host, body) {
+                Ok(check) => (
+                    check,
+                    ahead.map(|(a, _)| a.bytes.clone()).unwrap_or_default(),
+                ),
+                Err(reason) => return Verdict::Error(reason),
+            }
+        }
         Protocol::Grpc => {
             let source_principal = down.peer.identity.to_string();
             let destination_principal = ctx.identity().to_string();
@@ -141,7 +181,8 @@ async fn check(
                 id: request_id.to_str().unwrap_or_default(),
                 parts,
                 host: &host,
-                body: None,
+                body: ahead.map(|(a, _)| a.bytes.as_ref()),
+                pack_as_bytes: ahead.is_some_and(|(_, pack)| pack),
             };
             let message = grpc::check(
                 &grpc::Peer {

@@ -35,6 +35,7 @@ use super::{
     Client, Downstream,
     connect::SendError,
     external,
+    prefixed::Prefixed,
     replay::{BoxError, ReadCount, Source},
     report::{Arrived, Finished, GRPC_STATUS, Measured, Unanswered},
     upgrade,
@@ -111,6 +112,8 @@ pub async fn handle(
 ) -> Response<Body> {
     let start = Instant::now();
     let (mut parts, body) = request.into_parts();
+    // Read ahead only for an authorizer that asks for the body.
+    let mut body = Prefixed::new(body);
     // Kept aside for the splice, should the upstream switch protocols.
     let downstream_upgrade = upgrade::requested(parts.version, &parts.headers)
         .and_then(|_| parts.extensions.remove::<OnUpgrade>());
@@ -150,9 +153,17 @@ pub async fn handle(
             let customs = authz::custom(&compiled.authz, &peer, &mut parts, verified.as_deref());
             let asked = match customs.is_empty() {
                 true => Ok(None),
-                false => external::ask(&ctx, &compiled, &down, &customs, &mut parts, &request_id)
-                    .await
-                    .map(Some),
+                false => external::ask(
+                    &ctx,
+                    &compiled,
+                    &down,
+                    &customs,
+                    &mut parts,
+                    &mut body,
+                    &request_id,
+                )
+                .await
+                .map(Some),
             };
             match asked {
                 Err(refused) => Some((refused.response, refused.details, external::FLAG)),
@@ -305,7 +316,7 @@ async fn route_and_forward(
     ctx: &Arc<Context>,
     down: &Downstream,
     mut parts: http::request::Parts,
-    body: Incoming,
+    body: Prefixed,
 ) -> Done {
     let compiled = ctx.tables.current();
     let empty = BTreeMap::new();

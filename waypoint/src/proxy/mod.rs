@@ -24,6 +24,7 @@ pub mod keepalive;
 mod lifetime;
 pub mod multiplex;
 pub mod names;
+mod prefixed;
 pub mod replay;
 mod report;
 pub mod tcp;
