@@ -218,6 +218,11 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
             source_namespace: &identity.namespace,
             tls: tls.then_some(None),
         };
+        // CUSTOM first, at the CONNECT.
+        let customs = authz::custom_connection(&compiled.authz, &peer);
+        if !customs_allow(&mut step, &compiled, &customs, true) {
+            return done(steps, Verdict::Denied);
+        }
         // The hello is read only for a policy or a rule that looks at it.
         let at_connect = authz::at_connect(&compiled.authz, &peer, tls);
         let decided = at_connect == authz::AtConnect::AfterHello;
@@ -341,37 +346,10 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
     } else {
         None
     };
-    // CUSTOM first, as a request meets them; the authorizers are not asked
-    // here (an explanation changes nothing and calls no one).
-    for custom in authz::custom(&compiled.authz, &peer, &mut parts, verified.as_deref()) {
-        let Some(provider) = compiled.ext_authz.get(&custom.provider) else {
-            step(
-                "policy",
-                format!(
-                    "403: CUSTOM policy {}/{} (rule {}) names provider {:?}, which the mesh config does not define: fail closed",
-                    custom.namespace, custom.name, custom.rule, custom.provider
-                ),
-            );
-            return done(steps, Verdict::Denied);
-        };
-        step(
-            "policy",
-            format!(
-                "CUSTOM policy {}/{} (rule {}): asks {} ({}, {}:{}), whose answer decides; {}; what follows is if it allows",
-                custom.namespace,
-                custom.name,
-                custom.rule,
-                provider.name,
-                provider.kind(),
-                provider.host,
-                provider.port,
-                if provider.fail_open {
-                    "if it cannot answer, the request goes on (failOpen)".to_owned()
-                } else {
-                    format!("if it cannot answer, {}", provider.status_on_error)
-                },
-            ),
-        );
+    // CUSTOM first, as a request meets them.
+    let customs = authz::custom(&compiled.authz, &peer, &mut parts, verified.as_deref());
+    if !customs_allow(&mut step, &compiled, &customs, false) {
+        return done(steps, Verdict::Denied);
     }
     if let Some(denial) = authz::authorize(&compiled.authz, &peer, &mut parts, verified.as_deref())
     {
@@ -528,6 +506,61 @@ fn describe(
     Verdict::Forwarded
 }
 
+/// Says whom the CUSTOM policies that match would ask, without asking (an
+/// explanation changes nothing and calls no one); false when one of them
+/// cannot be asked at all, which denies.
+fn customs_allow(
+    step: &mut impl FnMut(&'static str, String),
+    compiled: &crate::tables::Compiled,
+    customs: &[authz::Custom],
+    connection: bool,
+) -> bool {
+    for custom in customs {
+        let policy = format!(
+            "CUSTOM policy {}/{} (rule {})",
+            custom.namespace, custom.name, custom.rule
+        );
+        let Some(provider) = compiled.ext_authz.get(&custom.provider) else {
+            step(
+                "policy",
+                format!(
+                    "refused: {policy} names provider {:?}, which the mesh config does not define: fail closed",
+                    custom.provider
+                ),
+            );
+            return false;
+        };
+        if connection && !provider.asks_about_connections() {
+            step(
+                "policy",
+                format!(
+                    "refused: {policy} names {}, an HTTP authorizer, which cannot be asked about a TCP connection: fail closed",
+                    provider.name
+                ),
+            );
+            return false;
+        }
+        step(
+            "policy",
+            format!(
+                "{policy}: asks {} ({}, {}:{}), whose answer decides; {}; what follows is if it allows",
+                provider.name,
+                provider.kind(),
+                provider.host,
+                provider.port,
+                if provider.fail_open {
+                    "if it cannot answer, this goes on (failOpen)".to_owned()
+                } else if connection {
+                    "if it cannot answer, the connection is refused".to_owned()
+                } else {
+                    format!("if it cannot answer, {}", provider.status_on_error)
+                },
+            ),
+        );
+    }
+    true
+}
+
 /// Why a request was refused, in words, with Envoy's detail the access log
 /// carries.
 fn denied(denial: &authz::Denial) -> String {
@@ -536,15 +569,9 @@ fn denied(denial: &authz::Denial) -> String {
             namespace,
             name,
             rule,
-            custom: false,
         } => {
             format!("denied by DENY policy {namespace}/{name}, its rule {rule} matched ({denial})")
         }
-        authz::Denial::Matched {
-            namespace, name, ..
-        } => format!(
-            "CUSTOM policy {namespace}/{name} matches a TCP connection, which no authorizer is asked about: fail closed ({denial})"
-        ),
         authz::Denial::NoAllowMatched => {
             format!("ALLOW policies apply and none matched ({denial})")
         }

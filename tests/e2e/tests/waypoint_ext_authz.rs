@@ -18,7 +18,7 @@ use warren_e2e::{
         demo_cluster_with_waypoint_pod, eventually, metric_sum, service_vip,
         start_mesh_and_waypoint, waypoint_metrics,
     },
-    workload::start_http_server,
+    workload::{pingpong, start_echo, start_http_server},
 };
 use warren_testbed::{Pod, PodSpec, ServicePort, binaries, labels, privilege::require_root};
 
@@ -75,7 +75,7 @@ apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{ name: {name}, namespace: demo }}
 spec:
-  targetRefs: [{{ group: gateway.networking.k8s.io, kind: Gateway, name: waypoint }}]
+  targetRefs: [{{ kind: Service, name: app }}]
   action: CUSTOM
   provider: {{ name: {provider} }}
   rules: [{{ to: [{{ operation: {{ paths: ["{path}"] }} }}] }}]
@@ -92,6 +92,18 @@ fn policies() -> String {
         custom("by-undefined", "undefined", "/undefined*"),
         custom("by-grpc-body", "grpc-body", "/upload*"),
         custom("by-http-partial", "http-partial", "/partial*"),
+        // The TCP Service: every connection asked about, over gRPC.
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: db-connections, namespace: demo }
+spec:
+  targetRefs: [{ kind: Service, name: db }]
+  action: CUSTOM
+  provider: { name: sample-grpc }
+  rules: [{}]
+"#
+        .to_owned(),
     ]
     .join("---\n")
 }
@@ -154,7 +166,18 @@ fn a_waypoint_asks_external_authorizers_for_custom_policies() -> Result<()> {
     let mut cluster = demo_cluster_with_waypoint_pod(&[
         ("app", 1, &[("app", "app")], "app"),
         ("client", 0, &[("app", "client")], "client"),
+        ("intruder", 0, &[("app", "intruder")], "intruder"),
     ])?;
+    cluster.add_service(
+        "demo",
+        "db",
+        labels(&[("app", "app")]),
+        vec![ServicePort {
+            name: "tcp".into(),
+            port: 5432,
+            target_port: 9090,
+        }],
+    )?;
     cluster.add_namespace("auth", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
     cluster.add_pod(PodSpec {
         name: "ext-authz".into(),
@@ -194,12 +217,23 @@ fn a_waypoint_asks_external_authorizers_for_custom_policies() -> Result<()> {
     let config = cluster.config_dir().to_path_buf();
     let app = cluster.pod("app")?.clone();
     let server = start_http_server(&cluster, &app, 8080, &["--name", "app"])?;
+    let echo = start_echo(&cluster, &app, 9090)?;
+    let db = format!("{}:5432", service_vip(&cluster, "db")?);
+    let intruder = cluster.pod("intruder")?.clone();
     let authz_pod = cluster.pod("ext-authz")?.clone();
     let sample = binaries::path("warren-sample")?;
     let authorizer = cluster.spawn(
         &authz_pod.sandbox,
         &sample.to_string_lossy(),
-        &["authz", "--http", "[::]:8000", "--grpc", "[::]:9000"],
+        &[
+            "authz",
+            "--http",
+            "[::]:8000",
+            "--grpc",
+            "[::]:9000",
+            "--allow-service-account",
+            "client",
+        ],
     )?;
     let vip = service_vip(&cluster, "app")?;
     let base = format!("http://{vip}");
@@ -344,6 +378,23 @@ fn a_waypoint_asks_external_authorizers_for_custom_policies() -> Result<()> {
             partial.status
         );
 
+        // A TCP connection is asked about at its CONNECT: the sample allows
+        // the client's service account, and not the intruder's.
+        let through = pingpong(&client, &db, &["--round-trips", "3"])?;
+        ensure!(
+            through.status.success(),
+            "the client's connection to db: {}{}\n{}",
+            String::from_utf8_lossy(&through.stdout),
+            String::from_utf8_lossy(&through.stderr),
+            logs()
+        );
+        let refused = pingpong(&intruder, &db, &["--round-trips", "3"])?;
+        ensure!(
+            !refused.status.success(),
+            "the intruder's connection to db went through: {}",
+            String::from_utf8_lossy(&refused.stdout)
+        );
+
         // No authorizer to ask: statusOnError, or through with failOpen.
         let unreachable = get(&client, &format!("{base}/unreachable"), Some("allow"))?;
         ensure!(
@@ -425,6 +476,7 @@ fn a_waypoint_asks_external_authorizers_for_custom_policies() -> Result<()> {
         "UAEX",
         "ext_authz_denied: sample-http",
         "ext_authz_error: unreachable",
+        "sample-grpc denied the connection",
     ] {
         ensure!(
             output.contains(says),
@@ -459,6 +511,7 @@ fn a_waypoint_asks_external_authorizers_for_custom_policies() -> Result<()> {
     .with_context(logs)?;
 
     drop(server);
+    drop(echo);
     drop(authorizer);
     drop(waypoint);
     Ok(())

@@ -11,7 +11,9 @@
 //! - gRPC (`--grpc`): `envoy.service.auth.v3.Authorization/Check`. An allow
 //!   sets `x-ext-authz-check-result: allowed` and `x-ext-authz-principal`
 //!   (the caller's identity the check carried) on the request; a denial is
-//!   PERMISSION_DENIED with a 403, the header and a body.
+//!   PERMISSION_DENIED with a 403, the header and a body. A check about a
+//!   TCP connection (no request) is allowed when the caller's identity is
+//!   of service account `--allow-service-account`.
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
@@ -54,7 +56,11 @@ pub const CHECKED_PARTIAL: &str = "x-ext-authz-check-partial";
 /// The denial's body.
 pub const DENIED_BODY: &str = "denied by ext_authz: the request has no `x-ext-authz: allow`";
 
-pub async fn serve(http: SocketAddr, grpc: SocketAddr) -> Result<()> {
+pub async fn serve(
+    http: SocketAddr,
+    grpc: SocketAddr,
+    allow_service_account: Option<String>,
+) -> Result<()> {
     let mut shutdown = Shutdown::install()?;
     let http_listener = tokio::net::TcpListener::bind(http)
         .await
@@ -64,7 +70,9 @@ pub async fn serve(http: SocketAddr, grpc: SocketAddr) -> Result<()> {
         .with_context(|| format!("binding the gRPC authorizer to {grpc}"))?;
     info!(%http, %grpc, "external authorizer listening");
     let grpc_server = tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(Sample))
+        .add_service(AuthorizationServer::new(Sample {
+            allow_service_account,
+        }))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
             grpc_listener,
         ));
@@ -149,7 +157,10 @@ async fn check_http(request: Request<Incoming>) -> Result<Response<Full<Bytes>>,
     Ok(response)
 }
 
-struct Sample;
+struct Sample {
+    /// Connections of this service account are allowed.
+    allow_service_account: Option<String>,
+}
 
 fn header(key: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
@@ -172,8 +183,15 @@ impl Authorization for Sample {
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let attributes = request.into_inner().attributes.unwrap_or_default();
         let principal = attributes.source.map(|s| s.principal).unwrap_or_default();
-        let http = attributes.request.and_then(|r| r.http).unwrap_or_default();
-        let allowed = http.headers.get(DECIDING).map(String::as_str) == Some(ALLOW);
+        let request = attributes.request.and_then(|r| r.http);
+        let allowed = match &request {
+            Some(http) => http.headers.get(DECIDING).map(String::as_str) == Some(ALLOW),
+            None => self
+                .allow_service_account
+                .as_ref()
+                .is_some_and(|sa| principal.ends_with(&format!("/sa/{sa}"))),
+        };
+        let http = request.unwrap_or_default();
         let body = if http.raw_body.is_empty() {
             http.body
         } else {

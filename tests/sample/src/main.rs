@@ -124,6 +124,10 @@ struct AuthzArgs {
     /// Address the gRPC authorizer listens on (h2c).
     #[arg(long, default_value = "0.0.0.0:9000")]
     grpc: SocketAddr,
+    /// Allow TCP connections (checks without a request) of callers of this service
+    /// account; without it every connection is denied.
+    #[arg(long)]
+    allow_service_account: Option<String>,
 }
 
 #[derive(Args)]
@@ -376,7 +380,9 @@ async fn main() -> Result<ExitCode> {
             Ok(done)
         }
         Command::GrpcServer(args) => grpc::serve(args.listen).await.map(|()| done),
-        Command::Authz(args) => authz::serve(args.http, args.grpc).await.map(|()| done),
+        Command::Authz(args) => authz::serve(args.http, args.grpc, args.allow_service_account)
+            .await
+            .map(|()| done),
         Command::Duplex(args) => {
             let report = duplex::run(&args.url, args.chunks, args.timeout).await?;
             println!("{}", serde_json::to_string(&report)?);

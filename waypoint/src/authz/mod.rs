@@ -2,10 +2,10 @@
 //! namespace's waypoint Gateway or to its Services, decided per request.
 //!
 //! Istio's order: the providers of the CUSTOM policies whose rules match are
-//! asked first ([`Authorizer::custom`]; `proxy::external` asks them); then a
-//! matching DENY denies; else, if ALLOW policies apply, one must match; else
-//! the request is allowed. AUDIT changes nothing. A TCP connection is not
-//! asked about: a CUSTOM policy that matches it denies it (fail closed).
+//! asked first ([`Authorizer::custom`]; `proxy::external` asks them, about a
+//! request or, at its CONNECT, a TCP connection); then a matching DENY
+//! denies; else, if ALLOW policies apply, one must match; else the request
+//! is allowed. AUDIT changes nothing.
 //!
 //! - [`matcher`]: Istio's string patterns and IP blocks.
 //! - [`compile`]: rules as tests on a request, failing closed.
@@ -158,22 +158,20 @@ impl Authorizer {
         found
     }
 
-    /// DENY and ALLOW (and, for a TCP connection, CUSTOM as DENY); an HTTP
-    /// request's CUSTOM policies are [`Authorizer::custom`]'s.
+    /// DENY and ALLOW; CUSTOM policies are [`Authorizer::custom`]'s.
     pub fn decide(&self, request: &Request<'_>) -> Decision {
         let mut allow_policies = false;
         let mut allowed = false;
         let applies = |p: &&Policy| p.applies_to(request.service_namespace, request.service);
         for policy in self.policies.iter().filter(applies) {
             match policy.action {
-                Action::Custom if request.http.is_some() => {}
-                Action::Deny | Action::Custom => {
+                Action::Custom => {}
+                Action::Deny => {
                     if let Some(rule) = policy.matching_rule(request) {
                         return Decision::Deny(Denial::Matched {
                             namespace: policy.namespace.clone(),
                             name: policy.name.clone(),
                             rule,
-                            custom: policy.action == Action::Custom,
                         });
                     }
                 }
@@ -225,12 +223,11 @@ pub enum Decision {
 /// Why a request was denied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Denial {
-    /// A DENY (or CUSTOM) policy's rule matched.
+    /// A DENY policy's rule matched.
     Matched {
         namespace: String,
         name: String,
         rule: usize,
-        custom: bool,
     },
     /// ALLOW policies apply and none matched.
     NoAllowMatched,
@@ -245,18 +242,10 @@ impl fmt::Display for Denial {
                 namespace,
                 name,
                 rule,
-                custom,
-            } => {
-                write!(
-                    f,
-                    "rbac_access_denied_matched_policy[ns[{namespace}]-policy[{name}]-rule[{rule}]]"
-                )?;
-                if *custom {
-                    // Providers are asked about requests, not connections.
-                    f.write_str("(CUSTOM on a TCP connection: fail closed)")?;
-                }
-                Ok(())
-            }
+            } => write!(
+                f,
+                "rbac_access_denied_matched_policy[ns[{namespace}]-policy[{name}]-rule[{rule}]]"
+            ),
             Denial::NoAllowMatched => f.write_str("rbac_access_denied_matched_policy[none]"),
         }
     }
@@ -393,6 +382,17 @@ pub fn custom(
         return Vec::new();
     }
     authorizer.custom(&Request::new(peer, parts, auth))
+}
+
+/// The CUSTOM policies' providers to ask about a TCP connection at its
+/// CONNECT. Their rules are read as Istio reads them for TCP, as a DENY's:
+/// what a connection cannot tell (HTTP fields, its server name) is left
+/// out, so a rule asks about more connections, never fewer.
+pub fn custom_connection(authorizer: &Authorizer, peer: &Peer<'_>) -> Vec<Custom> {
+    if authorizer.is_empty() {
+        return Vec::new();
+    }
+    authorizer.custom(&Request::connection(peer, ServerName::NotRead))
 }
 
 /// Normalizes the request's path (so what is decided is what is sent on)

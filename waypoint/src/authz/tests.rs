@@ -360,7 +360,6 @@ fn deny_wins_over_allow() {
             namespace: "demo".into(),
             name: "block".into(),
             rule: 0,
-            custom: false,
         })
     );
 }
@@ -428,7 +427,7 @@ fn custom(authorizer: &Authorizer, sent: Sent) -> Vec<String> {
 }
 
 #[test]
-fn custom_asks_the_providers_of_matching_rules_and_fails_closed_on_connections() {
+fn custom_asks_the_providers_of_matching_rules_of_requests_and_connections() {
     let a = authorizer(vec![
         on_waypoint(
             "ext",
@@ -467,14 +466,26 @@ fn custom_asks_the_providers_of_matching_rules_and_fails_closed_on_connections()
         custom(&a, get("/public/../admin/y")),
         ["opa ns[demo]-policy[ext]-rule[0]"]
     );
-    // A connection has no requests to ask about: what a CUSTOM rule would
-    // match (its HTTP fields left out) is denied.
+    // A connection is asked about at its CONNECT, its rules read as a
+    // DENY's (HTTP conditions left out: every rule matches here); CUSTOM
+    // is no DENY for it either.
     let sent = get("/");
-    let denial = sent.with_peer(|peer| super::authorize_connection(&a, peer, ServerName::NotRead));
-    let denial = denial.expect("denied").to_string();
+    let asked: Vec<String> = sent
+        .with_peer(|peer| super::custom_connection(&a, peer))
+        .into_iter()
+        .map(|c| format!("{} {c}", c.provider))
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            "opa ns[demo]-policy[ext]-rule[0]",
+            "oauth2 ns[demo]-policy[sso]-rule[0]"
+        ]
+    );
+    let sent = get("/");
     assert!(
-        denial.contains("policy[ext]") && denial.contains("CUSTOM"),
-        "{denial}"
+        sent.with_peer(|peer| super::authorize_connection(&a, peer, ServerName::NotRead))
+            .is_none()
     );
 }
 

@@ -102,6 +102,12 @@ impl Provider {
         })
     }
 
+    /// Whether it can be asked about a TCP connection (which has no request
+    /// to copy): only over gRPC, as Envoy's network ext_authz filter.
+    pub fn asks_about_connections(&self) -> bool {
+        matches!(self.protocol, Protocol::Grpc)
+    }
+
     /// `http` or `grpc`, for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self.protocol {

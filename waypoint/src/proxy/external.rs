@@ -7,15 +7,20 @@
 //! timeout. Its answer decides ([`crate::ext_authz`]); when there is none
 //! to be had, `failOpen` lets the request go on or `statusOnError` answers.
 
-use std::sync::Arc;
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Response, StatusCode, Version, header, request::Parts};
 use http_body_util::BodyExt as _;
 use tracing::debug;
 
+use warren_api::Identity;
+
 use super::{
-    Downstream,
+    Client, Downstream,
     http::{Attempt, Outgoing, Tries, attempt, full},
     prefixed::{Ahead, Prefixed},
 };
@@ -99,16 +104,12 @@ pub async fn ask(
             }
         };
         let pack_as_bytes = provider.body.as_ref().is_some_and(|b| b.pack_as_bytes);
-        let verdict = check(
-            ctx,
-            compiled,
-            down,
-            provider,
+        let asked = Asked {
             parts,
-            ahead.as_ref().map(|a| (a, pack_as_bytes)),
+            ahead: ahead.as_ref().map(|a| (a, pack_as_bytes)),
             request_id,
-        )
-        .await;
+        };
+        let verdict = check(ctx, compiled, &Caller::of(down), provider, Some(asked)).await;
         match verdict {
             Verdict::Allow(changes) => {
                 count(ctx, &provider.name, "ok");
@@ -150,21 +151,106 @@ fn count(ctx: &Context, provider: &str, result: &'static str) {
         .inc();
 }
 
+/// Who calls, and where: what a check tells of both ends.
+pub struct Caller<'a> {
+    pub identity: &'a Identity,
+    pub source_ip: IpAddr,
+    /// The address and port dialled.
+    pub destination: SocketAddr,
+    /// The destination Service's host.
+    pub service: &'a str,
+    /// For load balancing the check, as the request itself would be.
+    pub client: Client,
+}
+
+impl<'a> Caller<'a> {
+    fn of(down: &'a Downstream) -> Caller<'a> {
+        Caller {
+            identity: &down.peer.identity,
+            source_ip: down.source_ip,
+            destination: SocketAddr::new(down.vip, down.port),
+            service: &down.service.hostname,
+            client: down.client(),
+        }
+    }
+}
+
+/// The request a check is about.
+struct Asked<'a> {
+    parts: &'a Parts,
+    /// The body read ahead, and whether it goes as bytes.
+    ahead: Option<(&'a Ahead, bool)>,
+    request_id: &'a HeaderValue,
+}
+
+/// Asks the gRPC providers of `customs` about a TCP connection at its
+/// CONNECT (Envoy's network ext_authz: who, from where, to where; no
+/// request). `Err((reason, details))` refuses it: a denial, an authorizer
+/// that cannot answer (unless `failOpen`), an undefined provider, or an
+/// HTTP one, which has no request to be shown (fail closed).
+pub async fn ask_connection(
+    ctx: &Arc<Context>,
+    compiled: &Compiled,
+    caller: &Caller<'_>,
+    customs: &[Custom],
+) -> Result<(), (&'static str, String)> {
+    for custom in customs {
+        let Some(provider) = compiled.ext_authz.get(&custom.provider) else {
+            count(ctx, &custom.provider, "undefined");
+            return Err((
+                "ext_authz_error",
+                format!(
+                    "{custom} names provider {:?}, which the mesh config does not define",
+                    custom.provider
+                ),
+            ));
+        };
+        if !provider.asks_about_connections() {
+            count(ctx, &provider.name, "error");
+            return Err((
+                "ext_authz_error",
+                format!(
+                    "{custom} names {}, an HTTP authorizer, which cannot be asked about a TCP connection",
+                    provider.name
+                ),
+            ));
+        }
+        match check(ctx, compiled, caller, provider, None).await {
+            Verdict::Allow(_) => count(ctx, &provider.name, "ok"),
+            Verdict::Deny(_) => {
+                count(ctx, &provider.name, "denied");
+                return Err((
+                    "ext_authz_denied",
+                    format!("{} denied the connection ({custom})", provider.name),
+                ));
+            }
+            Verdict::Error(reason) if provider.fail_open => {
+                count(ctx, &provider.name, "failure_mode_allowed");
+                debug!(provider = %provider.name, %reason, "external authorizer failed; failOpen lets the connection go on");
+            }
+            Verdict::Error(reason) => {
+                count(ctx, &provider.name, "error");
+                return Err(("ext_authz_error", format!("{}: {reason}", provider.name)));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One check: sent, answered, read.
 async fn check(
     ctx: &Arc<Context>,
     compiled: &Compiled,
-    down: &Downstream,
+    caller: &Caller<'_>,
     provider: &Provider,
-    parts: &Parts,
-    ahead: Option<(&Ahead, bool)>,
-    request_id: &HeaderValue,
+    asked: Option<Asked<'_>>,
 ) -> Verdict {
-    let host = super::http::request_authority(parts)
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| down.service.hostname.clone());
-    let (check, body) = match &provider.protocol {
-        Protocol::Http(settings) => {
+    let (check, body) = match (&provider.protocol, &asked) {
+        (Protocol::Http(_), None) => {
+            return Verdict::Error("an HTTP authorizer has no request to be shown".into());
+        }
+        (Protocol::Http(settings), Some(Asked { parts, ahead, .. })) => {
+            let host = request_host(parts, caller);
             let body = ahead.map(|(a, _)| (a.bytes.len(), !a.whole));
             match settings.check(parts, &host, body) {
                 Ok(check) => (
@@ -174,30 +260,34 @@ async fn check(
                 Err(reason) => return Verdict::Error(reason),
             }
         }
-        Protocol::Grpc => {
-            let source_principal = down.peer.identity.to_string();
+        (Protocol::Grpc, _) => {
+            let source_principal = caller.identity.to_string();
             let destination_principal = ctx.identity().to_string();
-            let attributes = grpc::HttpAttributes {
-                id: request_id.to_str().unwrap_or_default(),
-                parts,
-                host: &host,
-                body: ahead.map(|(a, _)| a.bytes.as_ref()),
-                pack_as_bytes: ahead.is_some_and(|(_, pack)| pack),
+            let host = asked.as_ref().map(|a| request_host(a.parts, caller));
+            let attributes = match (&asked, &host) {
+                (Some(asked), Some(host)) => Some(grpc::HttpAttributes {
+                    id: asked.request_id.to_str().unwrap_or_default(),
+                    parts: asked.parts,
+                    host,
+                    body: asked.ahead.map(|(a, _)| a.bytes.as_ref()),
+                    pack_as_bytes: asked.ahead.is_some_and(|(_, pack)| pack),
+                }),
+                _ => None,
             };
             let message = grpc::check(
                 &grpc::Peer {
-                    ip: down.source_ip,
+                    ip: caller.source_ip,
                     port: 0,
                     principal: &source_principal,
                     service: "",
                 },
                 &grpc::Peer {
-                    ip: down.vip,
-                    port: down.port,
+                    ip: caller.destination.ip(),
+                    port: caller.destination.port(),
                     principal: &destination_principal,
-                    service: &down.service.hostname,
+                    service: caller.service,
                 },
-                Some(&attributes),
+                attributes.as_ref(),
             );
             (
                 grpc_call(&provider.host, provider.port),
@@ -214,7 +304,7 @@ async fn check(
         Protocol::Http(_) => Outgoing::Fixed(body),
         Protocol::Grpc => Outgoing::Grpc(body),
     };
-    let mut once = Tries::mirror(down.client());
+    let mut once = Tries::mirror(caller.client);
     let sent = attempt(ctx, compiled, &key, &check, body, &mut once);
     let answer = match tokio::time::timeout(provider.timeout, async {
         match sent.await {
@@ -275,6 +365,13 @@ async fn check(
             }
         }
     }
+}
+
+/// The host a request names: its authority, else its Service's.
+fn request_host(parts: &Parts, caller: &Caller<'_>) -> String {
+    super::http::request_authority(parts)
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| caller.service.to_owned())
 }
 
 /// An answer's body, at most [`MAX_ANSWER`] bytes, and its trailers.

@@ -204,7 +204,32 @@ impl ConnectHandler for Waypoint {
                 service_namespace: &service.namespace,
                 port: dst.port(),
             };
-            match authz::at_connect(&ctx.tables.current().authz, &who, tls_port) {
+            let compiled = ctx.tables.current();
+            // CUSTOM first: their authorizers are asked about the connection.
+            let customs = authz::custom_connection(&compiled.authz, &who);
+            if !customs.is_empty() {
+                let caller = external::Caller {
+                    identity: &peer.identity,
+                    source_ip,
+                    destination: dst,
+                    service: &service.hostname,
+                    client: Client {
+                        addr: SocketAddr::new(source_ip, 0),
+                        connection: rand::random(),
+                    },
+                };
+                if let Err((reason, details)) =
+                    external::ask_connection(ctx, &compiled, &caller, &customs).await
+                {
+                    return refuse(
+                        stream,
+                        StatusCode::FORBIDDEN,
+                        reason,
+                        format!("{} to {dst}: {details}", peer.identity),
+                    );
+                }
+            }
+            match authz::at_connect(&compiled.authz, &who, tls_port) {
                 AtConnect::Allowed => {}
                 AtConnect::AfterHello => policy = tcp::Policy::AfterHello,
                 AtConnect::Denied(denial) => {
