@@ -227,7 +227,7 @@ pub fn verdict(answer: CheckResponse) -> Verdict {
                 continue;
             }
             if let Some((name, value)) = header(option)
-                && name != http::header::CONTENT_LENGTH
+                && !super::http::framing(&name)
             {
                 response.headers_mut().append(name, value);
             }

@@ -16,7 +16,7 @@ const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
 /// Headers of the authorizer's own connection and message, which are not
 /// the client's to receive.
-fn framing(name: &HeaderName) -> bool {
+pub(super) fn framing(name: &HeaderName) -> bool {
     [
         header::CONTENT_LENGTH,
         header::TRANSFER_ENCODING,

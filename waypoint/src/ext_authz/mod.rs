@@ -233,7 +233,11 @@ impl Changes {
             })
             .map(str::to_owned)
             .collect();
-        for (key, value) in &self.query_set {
+        for (i, (key, value)) in self.query_set.iter().enumerate() {
+            // A key set twice takes its last value.
+            if self.query_set[i + 1..].iter().any(|(k, _)| k == key) {
+                continue;
+            }
             pairs.push(
                 form_urlencoded::Serializer::new(String::new())
                     .append_pair(key, value)

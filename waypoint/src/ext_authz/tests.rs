@@ -424,4 +424,42 @@ fn messages_have_envoys_field_numbers() {
     );
     assert_eq!(changes.remove, [::http::HeaderName::from_static("r")]);
     assert_eq!(changes.response.len(), 1);
+
+    // attributes(1) { source(1) { principal(4): "p" },
+    //                 request(4) { http(2) { headers(3) { "a": "b" }, raw_body(12): "z" } } }
+    let check = CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(attribute_context::Peer {
+                principal: "p".into(),
+                ..Default::default()
+            }),
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    headers: [("a".to_owned(), "b".to_owned())].into(),
+                    raw_body: b"z".to_vec(),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }),
+    };
+    assert_eq!(
+        check.encode_to_vec(),
+        [
+            0x0a, 0x14, 0x0a, 0x03, 0x22, 0x01, b'p', 0x22, 0x0d, 0x12, 0x0b, 0x1a, 0x06, 0x0a,
+            0x01, b'a', 0x12, 0x01, b'b', 0x62, 0x01, b'z'
+        ]
+    );
+    // ok_response(3) { query_parameters_to_set(7) { key "q", value "1" },
+    //                  query_parameters_to_remove(8): "r" }
+    let query = [
+        0x1a, 0x0b, 0x3a, 0x06, 0x0a, 0x01, b'q', 0x12, 0x01, b'1', 0x42, 0x01, b'r',
+    ];
+    let Verdict::Allow(changes) =
+        grpc::verdict(CheckResponse::decode(&query[..]).expect("decodes"))
+    else {
+        panic!("no status allows");
+    };
+    assert_eq!(changes.query_set, [("q".to_owned(), "1".to_owned())]);
+    assert_eq!(changes.query_remove, ["r"]);
 }

@@ -51,7 +51,7 @@ pub async fn ask(
     down: &Downstream,
     customs: &[Custom],
     parts: &mut Parts,
-    body: &mut Prefixed,
+    body: &mut Prefixed<hyper::body::Incoming>,
     request_id: &HeaderValue,
 ) -> Result<Changes, Refused> {
     let mut on_response = Changes::default();

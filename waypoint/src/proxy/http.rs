@@ -316,7 +316,7 @@ async fn route_and_forward(
     ctx: &Arc<Context>,
     down: &Downstream,
     mut parts: http::request::Parts,
-    body: Prefixed,
+    body: Prefixed<Incoming>,
 ) -> Done {
     let compiled = ctx.tables.current();
     let empty = BTreeMap::new();

@@ -194,6 +194,7 @@ impl ConnectHandler for Waypoint {
         // connection, before it is accepted (as ztunnel's are); or, when one
         // reads the server name on a TLS port, once the hello tells it.
         let mut policy = tcp::Policy::Decided;
+        let compiled = ctx.tables.current();
         if protocol == Protocol::Tcp {
             let who = authz::Peer {
                 identity: &peer.identity,
@@ -204,7 +205,6 @@ impl ConnectHandler for Waypoint {
                 service_namespace: &service.namespace,
                 port: dst.port(),
             };
-            let compiled = ctx.tables.current();
             // CUSTOM first: their authorizers are asked about the connection.
             let customs = authz::custom_connection(&compiled.authz, &who);
             if !customs.is_empty() {
@@ -262,7 +262,9 @@ impl ConnectHandler for Waypoint {
         };
         match protocol {
             Protocol::Http => serve_http(Arc::clone(ctx), downstream, tunnel, drain).await,
-            Protocol::Tcp => tcp::serve(Arc::clone(ctx), downstream, tunnel, policy, drain).await,
+            Protocol::Tcp => {
+                tcp::serve(Arc::clone(ctx), downstream, tunnel, policy, compiled, drain).await
+            }
         }
     }
 }

@@ -110,10 +110,13 @@ pub async fn serve(
     down: Arc<Downstream>,
     mut tunnel: Tunnel,
     policy: Policy,
+    // The generation its CONNECT was decided with: the hello is decided
+    // with the same policies (a CUSTOM policy added meanwhile was not
+    // asked about this connection).
+    compiled: Arc<crate::tables::Compiled>,
     _drain: drain::Watch,
 ) {
     let start = Instant::now();
-    let compiled = ctx.tables.current();
     let host = &down.service.hostname;
     let default = RouteDestination::to_host(host);
     // The service's own VirtualServices, and the waypoint's namespace's.
