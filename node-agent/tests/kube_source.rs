@@ -350,3 +350,74 @@ async fn a_kind_is_watched_at_the_version_the_cluster_serves() {
         "{log:?}"
     );
 }
+
+/// Answers with the mesh config's ConfigMap, checking that it is asked for
+/// in its namespace and by name alone.
+async fn mesh_config_server(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) {
+    let mut held = Vec::new();
+    while let Some((request, send)) = handle.next_request().await {
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        if query.contains("watch=true") {
+            held.push(send);
+            continue;
+        }
+        let body = match path.as_str() {
+            "/api/v1/namespaces" => list("NamespaceList", "10", vec![namespace("shop", "9", true)]),
+            "/api/v1/namespaces/istio-system/configmaps" => {
+                assert!(
+                    query.contains("fieldSelector=metadata.name%3Distio"),
+                    "the ConfigMaps are not selected by name: {query}"
+                );
+                let map = json!({
+                    "metadata": { "name": "istio", "namespace": "istio-system", "resourceVersion": "7" },
+                    "data": { "mesh": "extensionProviders:\n- name: opa\n  envoyExtAuthzGrpc: {service: opa.opa.svc.cluster.local, port: 9191}\n" }
+                });
+                list("ConfigMapList", "7", vec![map])
+            }
+            other => panic!("unexpected request {other} {query}"),
+        };
+        send.send_response(Response::new(Body::from(body)));
+    }
+}
+
+#[tokio::test]
+async fn the_mesh_config_is_the_one_configmap_read() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(mesh_config_server(handle));
+    let client = Client::new(service, "default");
+    let source = KubeSource::with_kinds(client, vec![Kind::Namespace])
+        .with_mesh_config("istio-system".into(), "istio".into());
+    let mut log = until_synced(source).await;
+    log.sort();
+    assert_eq!(
+        log,
+        vec![
+            "synced",
+            "upsert ConfigMap istio-system/istio",
+            "upsert Namespace shop"
+        ],
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_forbidden_mesh_config_does_not_hold_the_first_sync_back() {
+    // A chart from before the mesh config was read: without its providers,
+    // CUSTOM policies fail closed, so the agent may go on.
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let forbidden = http::StatusCode::FORBIDDEN;
+    tokio::spawn(scripted(
+        handle,
+        vec![(
+            "/api/v1/namespaces/istio-system/configmaps",
+            forbidden,
+            status(403, "configmaps"),
+        )],
+    ));
+    let client = Client::new(service, "default");
+    let source = KubeSource::with_kinds(client, vec![Kind::Namespace])
+        .with_mesh_config("istio-system".into(), "istio".into());
+    let log = until_synced(source).await;
+    assert_eq!(log, vec!["upsert Namespace shop", "synced"], "{log:?}");
+}

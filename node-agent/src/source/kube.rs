@@ -208,11 +208,16 @@ impl KubeSource {
     /// Watches every kind Warren reads, and of ConfigMaps the one named
     /// `name` in `namespace` (Istio's mesh config).
     pub fn new(client: Client, mesh_config: (String, String)) -> Self {
-        Self {
-            client,
-            kinds: KINDS.iter().map(|k| k.0).collect(),
-            mesh_config: Some(mesh_config),
-        }
+        let (namespace, name) = mesh_config;
+        Self::with_kinds(client, KINDS.iter().map(|k| k.0).collect())
+            .with_mesh_config(namespace, name)
+    }
+
+    /// Also watches the ConfigMap `name` of `namespace`, and no other.
+    pub fn with_mesh_config(mut self, namespace: String, name: String) -> Self {
+        self.kinds.push(Kind::ConfigMap);
+        self.mesh_config = Some((namespace, name));
+        self
     }
 
     /// Watches only `kinds` (a cluster without Istio's CRDs, or a test);
