@@ -5,7 +5,8 @@
 //! The application (manifests in `examples/` at the repository root): `front`
 //! calls `app` (v1 on the other node, v2 on its own node, plus a flaky v3, a
 //! slow `reports` version and Alice's `dev-alice`); app v2 and dev-alice call
-//! `data` (v1 only). `client` and `cart` are callers in the mesh;
+//! `data` (v1 only). `client` and `cart` are callers in the mesh (`cart` also
+//! runs the external authorizer of the CUSTOM policy step);
 //! `outside/curl` is a client outside it. The mesh: the CA, per node a node
 //! agent (eBPF datapath, config, certificates) and a ztunnel, and later the
 //! namespace's waypoint.
@@ -169,7 +170,7 @@ fn main() -> ExitCode {
     };
 
     // The tour, in order; a later step builds on what the earlier ones set up.
-    let tour: [(&str, Step); 21] = [
+    let tour: [(&str, Step); 22] = [
         (
             "Mesh up: CA, node agents (eBPF datapath pinned), ztunnels",
             Demo::mesh_up,
@@ -231,6 +232,10 @@ fn main() -> ExitCode {
         (
             "JWT: the waypoint verifies tokens; /admin takes a good one",
             Demo::jwt,
+        ),
+        (
+            "CUSTOM policy: an external authorizer decides /orders",
+            Demo::ext_authz,
         ),
         (
             "Zones: traffic stays in its zone, and fails over when it must",
@@ -1248,6 +1253,106 @@ impl Demo {
         .with_context(|| self.logs())?;
         Ok(format!(
             "/admin: {anonymous} without a token, {with_token} with alice's (the app sees x-user: {user}, not the token), {stale} \"{why}\" with an expired one"
+        ))
+    }
+
+    /// Istio's CUSTOM action: the mesh config names an external authorizer
+    /// (the sample's, run in `cart`, over gRPC), and a policy sends it the
+    /// requests for `/orders`.
+    fn ext_authz(&mut self) -> Result<String> {
+        let cart = self.pod("shop/cart")?.clone();
+        let sample = warren_testbed::binaries::path("warren-sample")?;
+        let authorizer = self.cluster.spawn(
+            &cart.sandbox,
+            &sample.to_string_lossy(),
+            &["authz", "--http", "[::]:8000", "--grpc", "[::]:9000"],
+        )?;
+        self.cluster.add_service(
+            SHOP,
+            "ext-authz",
+            labels(&[("app", "cart")]),
+            vec![ServicePort {
+                name: "grpc".into(),
+                port: 9000,
+                target_port: 9000,
+            }],
+        )?;
+        let mesh = "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: istio, namespace: istio-system }\ndata:\n  mesh: |-\n    extensionProviders:\n    - name: sample-ext-authz\n      envoyExtAuthzGrpc: { service: ext-authz.shop.svc.cluster.local, port: 9000, timeout: 1s }\n";
+        let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: { name: orders-ask-ext-authz, namespace: shop }\nspec:\n  targetRefs: [{ kind: Service, name: app }]\n  action: CUSTOM\n  provider: { name: sample-ext-authz }\n  rules: [{ to: [{ operation: { paths: [\"/orders*\"] } }] }]\n";
+        show_yaml("configmap.istio-system.istio.yaml", mesh);
+        show_yaml("authorizationpolicy.shop.orders-ask-ext-authz.yaml", policy);
+        let files = [
+            ("configmap.istio-system.istio.yaml", mesh),
+            ("authorizationpolicy.shop.orders-ask-ext-authz.yaml", policy),
+        ];
+        for (file, yaml) in files {
+            std::fs::write(self.cluster.config_dir().join(file), yaml)
+                .with_context(|| format!("writing {file}"))?;
+        }
+        let client = self.client()?;
+        let orders = self.url("app", "/orders/7")?;
+        let curl = |url: &str, allow: bool| -> Result<(u16, String)> {
+            let mut args = vec!["-sS", "--max-time", "5", "-w", "\n%{http_code}"];
+            if allow {
+                args.extend(["-H", "x-ext-authz: allow"]);
+            }
+            args.push(url);
+            let out = client.sandbox.exec("curl", &args)?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+            Ok((code.trim().parse().unwrap_or(0), body.to_owned()))
+        };
+        eventually(Duration::from_secs(20), "the authorizer asked", || {
+            Ok(curl(&orders, false)?.0 == 403)
+        })
+        .with_context(|| format!("{}\nauthorizer:\n{}", self.logs(), authorizer.output()))?;
+        let (denied, why) = curl(&orders, false)?;
+        let (allowed, body) = curl(&orders, true)?;
+        let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let result = answer["headers"]["x-ext-authz-check-result"]
+            .as_str()
+            .unwrap_or("-")
+            .to_owned();
+        let (other, _) = curl(&self.url("app", "/")?, false)?;
+        ensure!(
+            denied == 403 && why.contains("denied by ext_authz"),
+            "without x-ext-authz: {denied} {why:?}"
+        );
+        ensure!(
+            allowed == 200 && result == "allowed",
+            "with x-ext-authz: allow: {allowed} {body}"
+        );
+        ensure!(other == 200, "/ is not the authorizer's: {other}");
+        println!("   $ curl {orders}   → {denied} {why}");
+        println!(
+            "   $ curl -H 'x-ext-authz: allow' {orders}   → {allowed}, app sees x-ext-authz-check-result: {result}"
+        );
+        println!(
+            "   $ curl {}   → {other} (not asked)",
+            self.url("app", "/")?
+        );
+        // Why: the waypoint says whom it asks, without asking.
+        let host = "http://app.shop.svc.cluster.local/orders/7";
+        println!("   $ warrenctl waypoint explain -n shop --from shop/client {host}");
+        let explained =
+            warrenctl_waypoint_explain(&self.cluster.config_dir(), SHOP, "shop/client", &[host])?;
+        show_output(&explained);
+        ensure!(
+            explained.contains("asks sample-ext-authz (grpc"),
+            "warrenctl waypoint explain does not name the authorizer:\n{explained}"
+        );
+        for (file, _) in files {
+            std::fs::remove_file(self.cluster.config_dir().join(file))?;
+        }
+        eventually(
+            Duration::from_secs(20),
+            "the CUSTOM policy withdrawn",
+            || Ok(curl(&orders, false)?.0 == 200),
+        )
+        .with_context(|| self.logs())?;
+        drop(authorizer);
+        Ok(format!(
+            "/orders: {denied} without x-ext-authz (the authorizer's own answer), {allowed} with it (the app sees its header); / not asked: {other}"
         ))
     }
 
