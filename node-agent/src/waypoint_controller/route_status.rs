@@ -199,6 +199,21 @@ fn parents(store: &Store, grants: &Grants, route: &Route<'_>) -> Vec<Parent> {
                     reason: "NoMatchingParent",
                     message: format!("Service {namespace}/{} has {why}", parent.name),
                 }
+            } else if let Some(grpc) = (route.kind == "HTTPRoute")
+                .then(|| grpc_route_naming(store, namespace, &parent.name))
+                .flatten()
+            {
+                // GEP-1426: where both attach, GRPCRoutes win and the
+                // HTTPRoutes are not in force (the view leaves them out).
+                Condition {
+                    kind: "Accepted",
+                    status: false,
+                    reason: "Conflicted",
+                    message: format!(
+                        "not in force: GRPCRoute {namespace}/{grpc} also attaches to Service {namespace}/{}, and a Service's GRPCRoutes take precedence over its HTTPRoutes",
+                        parent.name
+                    ),
+                }
             } else if let Some(service) = service {
                 // Attached either way; whether it routes anything yet is
                 // the waypoint's.
@@ -232,6 +247,27 @@ fn parents(store: &Store, grants: &Grants, route: &Route<'_>) -> Vec<Parent> {
             }
         })
         .collect()
+}
+
+/// A GRPCRoute of `namespace` attached to its Service `service` (by a port
+/// the Service has, when it names one), as the view counts them.
+fn grpc_route_naming(store: &Store, namespace: &str, service: &str) -> Option<String> {
+    let ports = match store.get(&ObjectKey::new(Kind::Service, Some(namespace), service)) {
+        Some(Object::Service(s)) => s.ports.clone(),
+        _ => return None,
+    };
+    store
+        .of_kind_in(Kind::GrpcRoute, namespace)
+        .find(|o| {
+            o.route_parents().unwrap_or_default().iter().any(|p| {
+                is_service_parent(p)
+                    && p.name == service
+                    && p.section_name.as_deref().is_none_or(|name| {
+                        ports.iter().any(|port| port.name.as_deref() == Some(name))
+                    })
+            })
+        })
+        .map(|o| o.name().to_owned())
 }
 
 /// Whether every backend of a route resolves: a Service that exists, in
@@ -690,6 +726,47 @@ spec:
                 "False".into(),
                 "BackendNotFound".into()
             )
+        );
+    }
+
+    #[test]
+    fn an_http_route_beside_a_grpc_route_is_conflicted() {
+        let grpc = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: { name: calls, namespace: shop, generation: 1 }
+spec:
+  parentRefs: [{ group: "", kind: Service, name: app }]
+  rules: [{ backendRefs: [{ name: app-v1, port: 80 }] }]
+"#;
+        let store = Store::from_yaml(&format!("{ROUTE}{grpc}"));
+        let writes = to_write(&store, "2026-12-06T00:00:00Z");
+        let http = writes
+            .iter()
+            .find(|(key, _, _)| key.kind == Kind::HttpRoute)
+            .expect("the HTTPRoute's status");
+        assert_eq!(
+            conditions(&http.2[0])[0],
+            ("Accepted".into(), "False".into(), "Conflicted".into())
+        );
+        let message = http.2[0]["conditions"][0]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(message.contains("GRPCRoute shop/calls"), "{message}");
+        // The GRPCRoute itself is in force.
+        let grpc = writes
+            .iter()
+            .find(|(key, _, _)| key.kind == Kind::GrpcRoute)
+            .expect("the GRPCRoute's status");
+        assert_eq!(
+            conditions(&grpc.2[0])[0],
+            ("Accepted".into(), "True".into(), "Accepted".into())
+        );
+        // The other parent (a Service that does not exist) stays as it was.
+        assert_eq!(
+            conditions(&http.2[1])[0],
+            ("Accepted".into(), "False".into(), "NoMatchingParent".into())
         );
     }
 
