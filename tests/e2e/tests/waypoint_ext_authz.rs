@@ -1,7 +1,7 @@
 //! CUSTOM AuthorizationPolicy at the waypoint, with real traffic: the mesh
 //! config's extension providers are read from the `istio` ConfigMap, and the
 //! waypoint asks a real authorizer (the sample's, over HTTP and over gRPC,
-//! in another namespace of the mesh) about the requests the policies' rules
+//! in another namespace, in the mesh or outside it) about the requests the policies' rules
 //! match. An allow carries the authorizer's headers to the app, a denial is
 //! the authorizer's answer, an authorizer that cannot answer is
 //! `statusOnError` or, with `failOpen`, no obstacle, and a provider the
@@ -162,6 +162,17 @@ fn call(pod: &Pod, url: &str, decide: Option<&str>, body: Option<&str>) -> Resul
 
 #[test]
 fn a_waypoint_asks_external_authorizers_for_custom_policies() -> Result<()> {
+    asks_external_authorizers(true)
+}
+
+/// The same with the authorizer outside the mesh (a namespace not opted
+/// in): the waypoint reaches it in plaintext, as any such destination.
+#[test]
+fn an_authorizer_outside_the_mesh_is_asked_too() -> Result<()> {
+    asks_external_authorizers(false)
+}
+
+fn asks_external_authorizers(authorizer_in_mesh: bool) -> Result<()> {
     require_root()?;
     let mut cluster = demo_cluster_with_waypoint_pod(&[
         ("app", 1, &[("app", "app")], "app"),
@@ -178,7 +189,12 @@ fn a_waypoint_asks_external_authorizers_for_custom_policies() -> Result<()> {
             target_port: 9090,
         }],
     )?;
-    cluster.add_namespace("auth", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
+    let mode: &[(&str, &str)] = if authorizer_in_mesh {
+        &[("warren.io/dataplane-mode", "ambient")]
+    } else {
+        &[]
+    };
+    cluster.add_namespace("auth", labels(mode))?;
     cluster.add_pod(PodSpec {
         name: "ext-authz".into(),
         namespace: "auth".into(),
