@@ -1,5 +1,6 @@
-//! Asking the external authorizers of CUSTOM policies about a request, as
-//! Envoy's ext_authz filter does, before DENY and ALLOW are decided.
+//! Asking the external authorizers of CUSTOM policies about a request (as
+//! Envoy's HTTP ext_authz filter does) or a TCP connection at its CONNECT
+//! (as its network filter does), before DENY and ALLOW are decided.
 //!
 //! A check travels like any request the waypoint sends: through the
 //! authorizer's upstream cluster (its Service's endpoints, load balancing,
