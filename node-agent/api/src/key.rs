@@ -58,6 +58,17 @@ pub fn service_l4_routes(namespace: &str, service: &str) -> String {
     format!("{SERVICE_ROUTES_PREFIX}{namespace}/{service}/l4")
 }
 
+/// The VirtualService a ServiceEntry's Gateway API HTTP (or gRPC) routes
+/// make (Istio's routes for egress); apart from any Service's.
+pub fn service_entry_routes(namespace: &str, entry: &str) -> String {
+    format!("{SERVICE_ROUTES_PREFIX}{namespace}/serviceentry/{entry}")
+}
+
+/// The VirtualService a ServiceEntry's TCP and TLS routes make.
+pub fn service_entry_l4_routes(namespace: &str, entry: &str) -> String {
+    format!("{SERVICE_ROUTES_PREFIX}{namespace}/serviceentry/{entry}/l4")
+}
+
 /// What [`service_routes`] keys begin with.
 pub const SERVICE_ROUTES_PREFIX: &str = "routes/";
 

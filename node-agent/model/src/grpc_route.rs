@@ -94,7 +94,7 @@ const FILTERS: [&str; 3] = [
 /// its name, and the order written.
 pub fn virtual_service(
     namespace: &str,
-    service: &str,
+    target: &http_route::Target,
     cluster_domain: &str,
     routes: &[&GRPCRoute],
     grants: &Grants,
@@ -107,7 +107,7 @@ pub fn virtual_service(
         cluster_domain,
         grants,
     };
-    http_route::assemble(&backends, service, &http, &|k, i, j| {
+    http_route::assemble(&backends, target, &http, &|k, i, j| {
         let route = routes[k];
         let created = route
             .metadata
@@ -328,7 +328,7 @@ mod tests {
         assert_eq!(validate(&route), Vec::new());
         let vs = virtual_service(
             "shop",
-            "grpc",
+            &crate::http_route::Target::service("shop", "grpc", "cluster.local"),
             "cluster.local",
             &[&route],
             &Grants::default(),
@@ -367,7 +367,7 @@ mod tests {
         assert_eq!(validate(&route), Vec::new());
         let vs = virtual_service(
             "shop",
-            "grpc",
+            &crate::http_route::Target::service("shop", "grpc", "cluster.local"),
             "cluster.local",
             &[&route],
             &Grants::default(),

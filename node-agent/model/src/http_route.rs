@@ -346,12 +346,75 @@ pub struct HttpRouteRetry {
 // Which Services a route attaches to
 // ---------------------------------------------------------------------------
 
-/// A Service of the route's own namespace that a route attaches to, and the
-/// port its parentRef narrows it to.
+/// What a mesh route attaches to: a Service of its own namespace, or (as
+/// Istio reads routes for egress) a ServiceEntry of it, whose hosts it
+/// then routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ParentKind {
+    Service,
+    ServiceEntry,
+}
+
+impl ParentKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ParentKind::Service => "Service",
+            ParentKind::ServiceEntry => "ServiceEntry",
+        }
+    }
+}
+
+/// A Service (or ServiceEntry) of the route's own namespace that a route
+/// attaches to, and the port its parentRef narrows it to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ServiceParent {
+    pub kind: ParentKind,
+    /// The Service's or ServiceEntry's name.
     pub service: String,
     pub port: Option<u16>,
+}
+
+/// A parent a VirtualService is made for, with the hosts it routes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub kind: ParentKind,
+    pub name: String,
+    pub hosts: Vec<String>,
+}
+
+impl Target {
+    /// A Service: its fully qualified host.
+    pub fn service(namespace: &str, name: &str, cluster_domain: &str) -> Target {
+        Target {
+            kind: ParentKind::Service,
+            name: name.to_owned(),
+            hosts: vec![format!("{name}.{namespace}.svc.{cluster_domain}")],
+        }
+    }
+
+    /// A ServiceEntry: its hosts.
+    pub fn service_entry(name: &str, hosts: Vec<String>) -> Target {
+        Target {
+            kind: ParentKind::ServiceEntry,
+            name: name.to_owned(),
+            hosts,
+        }
+    }
+
+    /// Whether a route's parent is this target.
+    pub(crate) fn is(&self, parent: &ServiceParent) -> bool {
+        parent.kind == self.kind && parent.service == self.name
+    }
+
+    /// The name of the VirtualService its routes of one layer make:
+    /// `<service>-<suffix>`, `<entry>-entry-<suffix>` (a Service and a
+    /// ServiceEntry may share a name).
+    fn virtual_service_name(&self, suffix: &str) -> String {
+        match self.kind {
+            ParentKind::Service => format!("{}-{suffix}", self.name),
+            ParentKind::ServiceEntry => format!("{}-entry-{suffix}", self.name),
+        }
+    }
 }
 
 /// A backend's group: core when omitted (the API's default for a
@@ -368,6 +431,23 @@ pub fn is_service_parent(parent: &ParentReference) -> bool {
         && parent.kind.as_deref() == Some("Service")
 }
 
+/// A parentRef naming an Istio ServiceEntry.
+pub fn is_service_entry_parent(parent: &ParentReference) -> bool {
+    parent.group.as_deref() == Some("networking.istio.io")
+        && parent.kind.as_deref() == Some("ServiceEntry")
+}
+
+/// What a mesh route's parentRef attaches to, if it is one.
+pub fn parent_kind(parent: &ParentReference) -> Option<ParentKind> {
+    if is_service_parent(parent) {
+        Some(ParentKind::Service)
+    } else if is_service_entry_parent(parent) {
+        Some(ParentKind::ServiceEntry)
+    } else {
+        None
+    }
+}
+
 impl HTTPRoute {
     fn namespace(&self) -> &str {
         self.metadata.namespace.as_deref().unwrap_or("default")
@@ -380,10 +460,13 @@ impl HTTPRoute {
 pub(crate) fn service_parents(parent_refs: &[ParentReference]) -> Vec<ServiceParent> {
     parent_refs
         .iter()
-        .filter(|p| is_service_parent(p) && p.section_name.is_none())
-        .map(|p| ServiceParent {
-            service: p.name.clone(),
-            port: p.port.and_then(|port| u16::try_from(port).ok()),
+        .filter(|p| p.section_name.is_none())
+        .filter_map(|p| {
+            Some(ServiceParent {
+                kind: parent_kind(p)?,
+                service: p.name.clone(),
+                port: p.port.and_then(|port| u16::try_from(port).ok()),
+            })
         })
         .collect()
 }
@@ -409,20 +492,23 @@ impl Parents for HTTPRoute {
     }
 }
 
-/// Turns the `sectionName` of each Service parent, which names one of its
-/// ports, into that port (`port_of(service, name)`), as the Gateway API
-/// reads it for a Service. A name the Service has no port of, or one whose
-/// port is not the `port` also given, is left: the parent then attaches to
-/// nothing.
+/// Turns the `sectionName` of each Service (or ServiceEntry) parent, which
+/// names one of its ports, into that port (`port_of(kind, name, section)`),
+/// as the Gateway API reads it for a Service. A name the parent has no port
+/// of, or one whose port is not the `port` also given, is left: the parent
+/// then attaches to nothing.
 pub fn resolve_sections(
     parent_refs: &mut [ParentReference],
-    port_of: impl Fn(&str, &str) -> Option<u16>,
+    port_of: impl Fn(ParentKind, &str, &str) -> Option<u16>,
 ) {
-    for parent in parent_refs.iter_mut().filter(|p| is_service_parent(p)) {
+    for parent in parent_refs.iter_mut() {
+        let Some(kind) = parent_kind(parent) else {
+            continue;
+        };
         let Some(section) = &parent.section_name else {
             continue;
         };
-        let Some(port) = port_of(&parent.name, section) else {
+        let Some(port) = port_of(kind, &parent.name, section) else {
             continue;
         };
         if parent.port.is_none_or(|p| p == i32::from(port)) {
@@ -464,7 +550,7 @@ pub fn validate(route: &HTTPRoute) -> Vec<FieldError> {
 pub(crate) fn meant_for_services(parent_refs: &[ParentReference]) -> bool {
     parent_refs
         .iter()
-        .any(|p| p.kind.as_deref() == Some("Service"))
+        .any(|p| matches!(p.kind.as_deref(), Some("Service" | "ServiceEntry")))
 }
 
 /// The problems of a mesh route's `parentRefs` (any kind of route).
@@ -484,9 +570,18 @@ pub(crate) fn parent_errors(
                 ),
             );
         }
-        if !is_service_parent(parent) {
-            continue;
+        if parent.kind.as_deref() == Some("ServiceEntry") && !is_service_entry_parent(parent) {
+            error(
+                format!("{path}.group"),
+                format!(
+                    "{:?} is not the group of a ServiceEntry: write group: networking.istio.io",
+                    parent.group.as_deref().unwrap_or("")
+                ),
+            );
         }
+        let Some(kind) = parent_kind(parent) else {
+            continue;
+        };
         if parent
             .namespace
             .as_deref()
@@ -494,7 +589,10 @@ pub(crate) fn parent_errors(
         {
             error(
                 format!("{path}.namespace"),
-                "a route for another namespace's Service (a consumer route) is not supported: put the route in the Service's namespace".into(),
+                format!(
+                    "a route for another namespace's {} (a consumer route) is not supported: put the route in its namespace",
+                    kind.name()
+                ),
             );
         }
         if let Some(section) = &parent.section_name
@@ -908,10 +1006,10 @@ fn is_method(method: &str) -> bool {
 fn conversion_errors(route: &HTTPRoute) -> Vec<FieldError> {
     let namespace = route.namespace();
     let route = with_placeholder_sections(route);
-    unroutable(&route.spec.parent_refs, |service| {
+    unroutable(&route.spec.parent_refs, namespace, |target| {
         virtual_service(
             namespace,
-            service,
+            target,
             "cluster.local",
             &[&route],
             &Grants::all(),
@@ -936,7 +1034,7 @@ pub(crate) fn with_placeholder_sections<T: Parents + Clone>(route: &T) -> std::b
         }
     }
     let mut copy = route.clone();
-    resolve_sections(copy.parent_refs_mut(), |_, section| {
+    resolve_sections(copy.parent_refs_mut(), |_, _, section| {
         let i = names.iter().position(|(n, _)| n == section)?;
         let given = names[i].1.and_then(|p| u16::try_from(p).ok());
         Some(given.unwrap_or_else(|| u16::try_from(i + 1).unwrap_or(u16::MAX)))
@@ -951,17 +1049,25 @@ pub(crate) fn with_placeholder_sections<T: Parents + Clone>(route: &T) -> std::b
 /// and go on their own.
 pub(crate) fn unroutable(
     parent_refs: &[ParentReference],
-    make: impl Fn(&str) -> Option<VirtualService>,
+    namespace: &str,
+    make: impl Fn(&Target) -> Option<VirtualService>,
 ) -> Vec<FieldError> {
-    let mut services: Vec<String> = service_parents(parent_refs)
+    let mut parents: Vec<(ParentKind, String)> = service_parents(parent_refs)
         .into_iter()
-        .map(|p| p.service)
+        .map(|p| (p.kind, p.service))
         .collect();
-    services.sort_unstable();
-    services.dedup();
-    services
+    parents.sort_unstable();
+    parents.dedup();
+    parents
         .iter()
-        .filter_map(|service| make(service))
+        .map(|(kind, name)| match kind {
+            ParentKind::Service => Target::service(namespace, name, "cluster.local"),
+            // Its hosts are not known here: a name of the right form.
+            ParentKind::ServiceEntry => {
+                Target::service_entry(name, vec![format!("{name}.entry.example")])
+            }
+        })
+        .filter_map(|target| make(&target))
         .flat_map(|vs| validate::virtual_service(&vs))
         .map(|e| {
             FieldError::new(
@@ -989,7 +1095,7 @@ pub(crate) fn unroutable(
 /// (see [`Backends`]).
 pub fn virtual_service(
     namespace: &str,
-    service: &str,
+    target: &Target,
     cluster_domain: &str,
     routes: &[&HTTPRoute],
     grants: &Grants,
@@ -1000,7 +1106,7 @@ pub fn virtual_service(
         cluster_domain,
         grants,
     };
-    assemble(&backends, service, routes, &|k, i, j| {
+    assemble(&backends, target, routes, &|k, i, j| {
         let route = routes[k];
         let created = route
             .metadata
@@ -1063,7 +1169,7 @@ impl Backends<'_> {
 /// rule, match)` (indexes into `routes`; a rule without matches has one, 0).
 pub(crate) fn assemble(
     backends: &Backends<'_>,
-    service: &str,
+    target: &Target,
     routes: &[&HTTPRoute],
     rank: &dyn Fn(usize, usize, usize) -> MatchRank,
 ) -> Option<VirtualService> {
@@ -1075,7 +1181,7 @@ pub(crate) fn assemble(
         let parents: Vec<Option<u16>> = route
             .service_parents()
             .into_iter()
-            .filter(|p| p.service == service)
+            .filter(|p| target.is(p))
             .map(|p| p.port)
             .collect();
         let ports: Vec<Option<u16>> = if parents.is_empty() {
@@ -1118,29 +1224,27 @@ pub(crate) fn assemble(
     let mut vs = routes_virtual_service(
         "routes",
         backends.namespace,
-        service,
-        backends.cluster_domain,
+        target,
         routes.iter().map(|r| &r.metadata),
     );
     vs.spec.http = ordered.into_iter().map(|(_, rule)| rule).collect();
     Some(vs)
 }
 
-/// The VirtualService, with no rules yet, that a Service's Gateway API
-/// routes of one layer make together: named `<service>-<suffix>` (apart
-/// from a written VirtualService of the Service's name), for the Service's
-/// fully qualified host, as old as the oldest of `routes`.
+/// The VirtualService, with no rules yet, that a Service's (or
+/// ServiceEntry's) Gateway API routes of one layer make together: named
+/// after it and `suffix` (apart from a written VirtualService of its name),
+/// for its hosts, as old as the oldest of `routes`.
 pub(crate) fn routes_virtual_service<'a>(
     suffix: &str,
     namespace: &str,
-    service: &str,
-    cluster_domain: &str,
+    target: &Target,
     routes: impl Iterator<Item = &'a ObjectMeta>,
 ) -> VirtualService {
     let mut vs = VirtualService::new(
-        &format!("{service}-{suffix}"),
+        &target.virtual_service_name(suffix),
         VirtualServiceSpec {
-            hosts: vec![format!("{service}.{namespace}.svc.{cluster_domain}")],
+            hosts: target.hosts.clone(),
             ..VirtualServiceSpec::default()
         },
     );

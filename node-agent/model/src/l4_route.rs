@@ -16,6 +16,8 @@
 
 use std::cmp::Reverse;
 
+use crate::http_route::Target;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -264,12 +266,11 @@ fn conversion_errors<R: L4Route>(
     let namespace = route.namespace();
     let route = http_route::with_placeholder_sections(route);
     let route = route.as_ref();
-    http_route::unroutable(route.parent_refs(), |service| {
+    http_route::unroutable(route.parent_refs(), namespace, |target| {
         let mut vs = http_route::routes_virtual_service(
             SUFFIX,
             namespace,
-            service,
-            "cluster.local",
+            target,
             std::iter::once(route.meta()),
         );
         let backends = Backends {
@@ -278,7 +279,7 @@ fn conversion_errors<R: L4Route>(
             cluster_domain: "cluster.local",
             grants: &Grants::all(),
         };
-        add(&mut vs, rules(&backends, service, &[route]));
+        add(&mut vs, rules(&backends, target, &[route]));
         Some(vs)
     })
 }
@@ -301,7 +302,7 @@ fn conversion_errors<R: L4Route>(
 /// permit it: its share of connections is rejected ([`REJECTED`]).
 pub fn virtual_service(
     namespace: &str,
-    service: &str,
+    target: &Target,
     cluster_domain: &str,
     tcp: &[&TCPRoute],
     tls: &[&TLSRoute],
@@ -313,8 +314,8 @@ pub fn virtual_service(
         cluster_domain,
         grants,
     };
-    let tcp_rules = rules(&backends(TCPRoute::KIND), service, tcp).tcp;
-    let tls_rules = rules(&backends(TLSRoute::KIND), service, tls).tls;
+    let tcp_rules = rules(&backends(TCPRoute::KIND), target, tcp).tcp;
+    let tls_rules = rules(&backends(TLSRoute::KIND), target, tls).tls;
     if tcp_rules.is_empty() && tls_rules.is_empty() {
         return None;
     }
@@ -322,8 +323,7 @@ pub fn virtual_service(
         .iter()
         .map(|r| &r.metadata)
         .chain(tls.iter().map(|r| &r.metadata));
-    let mut vs =
-        http_route::routes_virtual_service(SUFFIX, namespace, service, cluster_domain, metas);
+    let mut vs = http_route::routes_virtual_service(SUFFIX, namespace, target, metas);
     vs.spec.tcp = tcp_rules;
     vs.spec.tls = tls_rules;
     Some(vs)
@@ -347,14 +347,14 @@ struct Rank {
     route: String,
 }
 
-fn rules<R: L4Route>(backends: &Backends<'_>, service: &str, routes: &[&R]) -> Rules {
+fn rules<R: L4Route>(backends: &Backends<'_>, target: &Target, routes: &[&R]) -> Rules {
     let mut tcp: Vec<(Rank, TcpRoute)> = Vec::new();
     let mut tls: Vec<(Rank, TlsRoute)> = Vec::new();
     for route in routes {
         let Some(rule) = route.rules().first() else {
             continue;
         };
-        let ports = ports(route.parent_refs(), service);
+        let ports = ports(route.parent_refs(), target);
         if ports.is_empty() {
             continue;
         }
@@ -472,12 +472,12 @@ fn rules<R: L4Route>(backends: &Backends<'_>, service: &str, routes: &[&R]) -> R
     }
 }
 
-/// The ports of `service` that `parent_refs` attach to: `[None]` for every
-/// port, empty when none of them is the Service's.
-fn ports(parent_refs: &[ParentReference], service: &str) -> Vec<Option<u16>> {
+/// The ports of `target` that `parent_refs` attach to: `[None]` for every
+/// port, empty when none of them is the target's.
+fn ports(parent_refs: &[ParentReference], target: &Target) -> Vec<Option<u16>> {
     let mut ports: Vec<Option<u16>> = http_route::service_parents(parent_refs)
         .into_iter()
-        .filter(|p| p.service == service)
+        .filter(|p| target.is(p))
         .map(|p| p.port)
         .collect();
     if ports.contains(&None) {

@@ -38,7 +38,7 @@ use crate::{
     enrollment::PodNetns,
     model::{
         Kind, Labels, Object, ObjectKey, grpc_route,
-        http_route::{self, Parents, resolve_sections},
+        http_route::{self, ParentKind, Parents, Target, resolve_sections},
         l4_route,
         reference_grant::Grants,
         validate,
@@ -319,6 +319,8 @@ impl View {
                 }
                 Kind::ConfigMap => self.extension_providers(store, key),
                 Kind::ServiceEntry => {
+                    // Routes may attach to it: they route its hosts.
+                    route_namespaces.insert(ns.clone());
                     // A policy may target the entry (its hosts).
                     self.l7_policies_in(store, &ns);
                     entry_namespaces.insert(ns);
@@ -697,17 +699,31 @@ impl View {
     /// withdraws those no route makes any more. All of a namespace's at
     /// once: a Service's routes are one.
     fn service_routes(&mut self, store: &Store, namespace: &str) {
-        // A Service parent's `sectionName` names one of its ports.
-        let port_of = |service: &str, section: &str| {
-            let key = ObjectKey::new(Kind::Service, Some(namespace), service);
-            let Some(Object::Service(service)) = store.get(&key) else {
-                return None;
-            };
-            service
-                .ports
-                .iter()
-                .find(|p| p.name.as_deref() == Some(section))
-                .and_then(|p| u16::try_from(p.port).ok())
+        // A parent's `sectionName` names one of its ports.
+        let port_of = |kind: ParentKind, name: &str, section: &str| match kind {
+            ParentKind::Service => {
+                let key = ObjectKey::new(Kind::Service, Some(namespace), name);
+                let Some(Object::Service(service)) = store.get(&key) else {
+                    return None;
+                };
+                service
+                    .ports
+                    .iter()
+                    .find(|p| p.name.as_deref() == Some(section))
+                    .and_then(|p| u16::try_from(p.port).ok())
+            }
+            ParentKind::ServiceEntry => {
+                let key = ObjectKey::new(Kind::ServiceEntry, Some(namespace), name);
+                let Some(Object::ServiceEntry(entry)) = store.get(&key) else {
+                    return None;
+                };
+                entry
+                    .spec
+                    .ports
+                    .iter()
+                    .find(|p| p.name == section)
+                    .and_then(|p| u16::try_from(p.number).ok())
+            }
         };
         // The routes of a kind, their sections resolved (copied only then).
         fn of<'a, T: Clone + Parents>(
@@ -715,7 +731,7 @@ impl View {
             kind: Kind,
             namespace: &'a str,
             pick: impl Fn(&'a Object) -> Option<&'a T>,
-            port_of: &dyn Fn(&str, &str) -> Option<u16>,
+            port_of: &dyn Fn(ParentKind, &str, &str) -> Option<u16>,
         ) -> Vec<Cow<'a, T>> {
             store
                 .of_kind_in(kind, namespace)
@@ -776,9 +792,9 @@ impl View {
             tcp.iter().map(AsRef::as_ref).collect(),
             tls.iter().map(AsRef::as_ref).collect(),
         );
-        fn services_of<T: Parents>(routes: &[&T]) -> BTreeSet<String> {
+        fn services_of<T: Parents>(routes: &[&T]) -> BTreeSet<(ParentKind, String)> {
             let parents = routes.iter().flat_map(|r| r.service_parents());
-            parents.map(|p| p.service).collect()
+            parents.map(|p| (p.kind, p.service)).collect()
         }
         let grpc_services = services_of(&grpc);
         let http_services = services_of(&http);
@@ -786,31 +802,50 @@ impl View {
         l4_services.extend(services_of(&tls));
         let mut computed = BTreeMap::new();
         let domain = &self.mesh.cluster_domain;
-        let services: BTreeSet<&String> = grpc_services
+        let services: BTreeSet<&(ParentKind, String)> = grpc_services
             .iter()
             .chain(&http_services)
             .chain(&l4_services)
             .collect();
-        for service in services {
+        for parent in services {
+            let (kind, service) = (parent.0, parent.1.as_str());
+            let target = match kind {
+                ParentKind::Service => Target::service(namespace, service, domain),
+                // Its hosts, as its Services carry them; routes of an entry
+                // that is not there route nothing.
+                ParentKind::ServiceEntry => {
+                    let key = ObjectKey::new(Kind::ServiceEntry, Some(namespace), service);
+                    let Some(Object::ServiceEntry(entry)) = store.get(&key) else {
+                        continue;
+                    };
+                    Target::service_entry(service, entry.spec.hosts.clone())
+                }
+            };
             // The Gateway API gives a Service's GRPCRoutes precedence over
             // its HTTPRoutes, which are then not in force.
-            let http_vs = if grpc_services.contains(service) {
-                if http_services.contains(service) {
+            let http_vs = if grpc_services.contains(parent) {
+                if http_services.contains(parent) {
                     warn!(
                         namespace,
                         service,
                         "a Service with GRPCRoutes is routed by them: its HTTPRoutes are left out"
                     );
                 }
-                grpc_route::virtual_service(namespace, service, domain, &grpc, &grants)
+                grpc_route::virtual_service(namespace, &target, domain, &grpc, &grants)
             } else {
-                http_route::virtual_service(namespace, service, domain, &http, &grants)
+                http_route::virtual_service(namespace, &target, domain, &http, &grants)
             };
-            let l4_vs = l4_route::virtual_service(namespace, service, domain, &tcp, &tls, &grants);
-            let made = [
-                (key::service_routes(namespace, service), http_vs),
-                (key::service_l4_routes(namespace, service), l4_vs),
-            ];
+            let l4_vs = l4_route::virtual_service(namespace, &target, domain, &tcp, &tls, &grants);
+            let made = match kind {
+                ParentKind::Service => [
+                    (key::service_routes(namespace, service), http_vs),
+                    (key::service_l4_routes(namespace, service), l4_vs),
+                ],
+                ParentKind::ServiceEntry => [
+                    (key::service_entry_routes(namespace, service), http_vs),
+                    (key::service_entry_l4_routes(namespace, service), l4_vs),
+                ],
+            };
             for (key, vs) in made {
                 let Some(vs) = vs else {
                     continue;

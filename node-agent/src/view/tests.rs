@@ -2216,3 +2216,45 @@ fn a_bad_mesh_config_is_refused_naming_the_field() {
     let error = parse_document(doc, "test").unwrap_err().to_string();
     assert!(error.contains("data.mesh"), "{error}");
 }
+
+#[test]
+fn routes_of_a_service_entry_route_its_hosts() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: httpbin, namespace: shop }
+spec:
+  hosts: [httpbin.org, www.httpbin.org]
+  ports: [{ number: 80, name: http, protocol: HTTP }]
+  resolution: DNS
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: egress, namespace: shop }
+spec:
+  parentRefs: [{ group: networking.istio.io, kind: ServiceEntry, name: httpbin, sectionName: http }]
+  rules:
+  - filters: [{ type: RequestHeaderModifier, requestHeaderModifier: { set: [{ name: x-egress, value: "yes" }] } }]
+    backendRefs: [{ kind: Hostname, group: networking.istio.io, name: httpbin.org, port: 80 }]
+"#;
+    let (mut store, mut view) = built(yaml);
+    let key = key::service_entry_routes("shop", "httpbin");
+    let spec = virtual_service_spec(&view, &key).expect("the entry's routes published");
+    assert_eq!(
+        spec["hosts"],
+        serde_json::json!(["httpbin.org", "www.httpbin.org"])
+    );
+    // The section is the entry's port of that name.
+    assert_eq!(spec["http"][0]["match"][0]["port"], 80);
+    assert_eq!(
+        spec["http"][0]["route"][0]["destination"]["host"],
+        "httpbin.org"
+    );
+    // A Service's routes are apart: none was made.
+    assert!(get(&view, &key::service_routes("shop", "httpbin")).is_none());
+
+    // Without the entry, its routes route nothing.
+    let gone = delete(&mut store, Kind::ServiceEntry, "shop", "httpbin");
+    view.changed(&store, &[gone]);
+    assert!(get(&view, &key).is_none());
+}

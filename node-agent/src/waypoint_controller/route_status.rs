@@ -29,7 +29,8 @@ use crate::{
     model::{
         Kind, Object, ObjectKey,
         http_route::{
-            BackendReference, ParentReference, RouteStatus, is_service_parent, rule_backends,
+            BackendReference, ParentReference, RouteStatus, is_service_entry_parent,
+            is_service_parent, rule_backends,
         },
         l4_route::{BackendRef, L4RouteRule},
         reference_grant::Grants,
@@ -47,9 +48,10 @@ pub const CONTROLLER_NAME: &str = "warren.io/waypoint-controller";
 const RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The kinds a route's status depends on.
-const WATCHED: [Kind; 8] = [
+const WATCHED: [Kind; 9] = [
     Kind::Namespace,
     Kind::Service,
+    Kind::ServiceEntry,
     Kind::Gateway,
     Kind::ReferenceGrant,
     Kind::HttpRoute,
@@ -164,6 +166,14 @@ fn service_exists(store: &Store, namespace: &str, name: &str) -> bool {
 fn parents(store: &Store, grants: &Grants, route: &Route<'_>) -> Vec<Parent> {
     let namespace = route.meta.namespace.as_deref().unwrap_or("default");
     let resolved = resolved_refs(store, grants, route, namespace);
+    let entries = route
+        .parent_refs
+        .iter()
+        .filter(|p| is_service_entry_parent(p))
+        .map(|parent| Parent {
+            parent_ref: parent.clone(),
+            conditions: vec![entry_accepted(store, namespace, parent), resolved.clone()],
+        });
     route
         .parent_refs
         .iter()
@@ -246,8 +256,75 @@ fn parents(store: &Store, grants: &Grants, route: &Route<'_>) -> Vec<Parent> {
                 conditions: vec![accepted, resolved.clone()],
             }
         })
+        .chain(entries)
         .collect()
 }
+
+/// `Accepted` for a ServiceEntry parent (Istio's routes for egress): the
+/// entry (and the port the parentRef names) exists; the message says
+/// whether a waypoint serves its hosts, which it must for them to be
+/// routed.
+fn entry_accepted(store: &Store, namespace: &str, parent: &ParentReference) -> Condition {
+    let key = ObjectKey::new(Kind::ServiceEntry, Some(namespace), &parent.name);
+    let Some(Object::ServiceEntry(entry)) = store.get(&key) else {
+        return Condition {
+            kind: "Accepted",
+            status: false,
+            reason: "NoMatchingParent",
+            message: format!("no ServiceEntry {namespace}/{}", parent.name),
+        };
+    };
+    let fits = |p: &crate::model::istio::ServicePort| {
+        parent
+            .port
+            .is_none_or(|port| i64::from(p.number) == i64::from(port))
+            && parent
+                .section_name
+                .as_deref()
+                .is_none_or(|name| p.name == name)
+    };
+    if (parent.port.is_some() || parent.section_name.is_some())
+        && !entry.spec.ports.iter().any(fits)
+    {
+        return Condition {
+            kind: "Accepted",
+            status: false,
+            reason: "NoMatchingParent",
+            message: format!("ServiceEntry {namespace}/{} has no such port", parent.name),
+        };
+    }
+    let hosts = entry.spec.hosts.join(", ");
+    let label =
+        |labels: &std::collections::BTreeMap<String, String>| labels.get(USE_WAYPOINT).cloned();
+    let entry_waypoint = entry.metadata.labels.as_ref().and_then(label);
+    let namespace_waypoint = match store.get(&ObjectKey::new(Kind::Namespace, None, namespace)) {
+        Some(Object::Namespace(ns)) => ns.labels.get(USE_WAYPOINT).map(str::to_owned),
+        _ => None,
+    };
+    let message = match entry_waypoint
+        .or(namespace_waypoint)
+        .filter(|w| w != "none")
+    {
+        Some(waypoint) => format!(
+            "routes the hosts of ServiceEntry {namespace}/{} ({hosts}) at its waypoint {waypoint}",
+            parent.name
+        ),
+        None => format!(
+            "attached to ServiceEntry {namespace}/{} ({hosts}), which no waypoint serves: it routes nothing until one does (label it istio.io/use-waypoint)",
+            parent.name
+        ),
+    };
+    Condition {
+        kind: "Accepted",
+        status: true,
+        reason: "Accepted",
+        message,
+    }
+}
+
+/// The label that sends a Service's or ServiceEntry's traffic through a
+/// waypoint.
+const USE_WAYPOINT: &str = "istio.io/use-waypoint";
 
 /// A GRPCRoute of `namespace` attached to its Service `service` (by a port
 /// the Service has, when it names one), as the view counts them.
@@ -327,11 +404,12 @@ fn refused_parents(object: &Value, why: &str) -> Vec<Parent> {
         .flatten()
         .filter_map(|p| serde_json::from_value(p.clone()).ok())
         .collect();
-    // Every parent meant to be a Service, its group written or not: a
-    // missing `group: ""` is the commonest reason for the refusal.
+    // Every parent meant to be a Service (or ServiceEntry), its group
+    // written or not: a missing `group: ""` is the commonest reason for the
+    // refusal.
     parent_refs
         .into_iter()
-        .filter(|p| p.kind.as_deref() == Some("Service"))
+        .filter(|p| matches!(p.kind.as_deref(), Some("Service" | "ServiceEntry")))
         .map(|parent_ref| Parent {
             parent_ref,
             conditions: vec![Condition {
@@ -730,6 +808,54 @@ spec:
     }
 
     #[test]
+    fn a_service_entry_parent_is_accepted_when_it_exists() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: httpbin, namespace: shop, labels: { istio.io/use-waypoint: waypoint } }
+spec:
+  hosts: [httpbin.org]
+  ports: [{ number: 80, name: http, protocol: HTTP }]
+  resolution: DNS
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: egress, namespace: shop, generation: 2, resourceVersion: "7" }
+spec:
+  parentRefs:
+  - { group: networking.istio.io, kind: ServiceEntry, name: httpbin }
+  - { group: networking.istio.io, kind: ServiceEntry, name: httpbin, port: 8080 }
+  - { group: networking.istio.io, kind: ServiceEntry, name: missing }
+  rules: [{ backendRefs: [{ kind: Hostname, group: networking.istio.io, name: httpbin.org, port: 80 }] }]
+"#;
+        let store = Store::from_yaml(yaml);
+        let writes = to_write(&store, "2026-12-06T00:00:00Z");
+        assert_eq!(writes.len(), 1, "{writes:#?}");
+        let parents = &writes[0].2;
+        assert_eq!(parents.len(), 3, "{parents:#?}");
+        let accepted = |i: usize| {
+            (
+                conditions(&parents[i])[0].clone(),
+                parents[i]["conditions"][0]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        };
+        let (condition, message) = accepted(0);
+        assert_eq!(
+            condition,
+            ("Accepted".into(), "True".into(), "Accepted".into())
+        );
+        assert!(
+            message.contains("httpbin.org") && message.contains("waypoint waypoint"),
+            "{message}"
+        );
+        assert_eq!(accepted(1).0.2, "NoMatchingParent", "{}", accepted(1).1);
+        assert_eq!(accepted(2).0.2, "NoMatchingParent", "{}", accepted(2).1);
+    }
+
+    #[test]
     fn an_http_route_beside_a_grpc_route_is_conflicted() {
         let grpc = r#"
 ---
@@ -884,6 +1010,9 @@ spec:
                     (200, route.clone())
                 }
                 (_, "/api/v1/namespaces") => (200, list("NamespaceList", vec![])),
+                (_, "/apis/networking.istio.io/v1/serviceentries") => {
+                    (200, list("ServiceEntryList", vec![]))
+                }
                 (_, "/api/v1/services") => (
                     200,
                     list(

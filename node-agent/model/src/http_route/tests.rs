@@ -31,7 +31,7 @@ fn errors(route: &HTTPRoute) -> Vec<String> {
 fn converted(routes: &[&HTTPRoute]) -> VirtualServiceSpec {
     let vs = virtual_service(
         "shop",
-        "reviews",
+        &crate::http_route::Target::service("shop", "reviews", "cluster.local"),
         "cluster.local",
         routes,
         &Grants::default(),
@@ -404,7 +404,7 @@ fn ingress_routes_are_not_warrens_and_mesh_routes_are_checked() {
     assert!(
         virtual_service(
             "shop",
-            "reviews",
+            &crate::http_route::Target::service("shop", "reviews", "cluster.local"),
             "cluster.local",
             &[&ingress],
             &Grants::default()
@@ -493,8 +493,14 @@ fn another_namespaces_backend_needs_a_reference_grant() {
     // go on their own.
     assert_eq!(errors(&r), Vec::<String>::new());
     let convert = |grants: &Grants| {
-        let vs = virtual_service("shop", "reviews", "cluster.local", &[&r], grants)
-            .expect("a VirtualService");
+        let vs = virtual_service(
+            "shop",
+            &crate::http_route::Target::service("shop", "reviews", "cluster.local"),
+            "cluster.local",
+            &[&r],
+            grants,
+        )
+        .expect("a VirtualService");
         assert!(validate::virtual_service(&vs).is_empty());
         vs.spec.http[0].clone()
     };
@@ -550,7 +556,7 @@ fn another_namespaces_backend_needs_a_reference_grant() {
     ]}]));
     let vs = virtual_service(
         "shop",
-        "reviews",
+        &crate::http_route::Target::service("shop", "reviews", "cluster.local"),
         "cluster.local",
         &[&only_other],
         &Grants::default(),
@@ -580,7 +586,7 @@ fn a_hostname_naming_another_namespaces_service_needs_a_grant_too() {
     assert_eq!(errors(&r), Vec::<String>::new());
     let vs = virtual_service(
         "shop",
-        "reviews",
+        &crate::http_route::Target::service("shop", "reviews", "cluster.local"),
         "cluster.local",
         &[&r],
         &Grants::default(),
@@ -638,7 +644,7 @@ fn a_section_name_is_a_port_of_the_service_by_name() {
     assert_eq!(errors(&r), Vec::<String>::new());
     // Before its names are resolved it attaches to nothing.
     assert!(r.service_parents().is_empty());
-    resolve_sections(&mut r.spec.parent_refs, |service, name| {
+    resolve_sections(&mut r.spec.parent_refs, |_, service, name| {
         assert_eq!(service, "reviews");
         match name {
             "http" => Some(9080),
@@ -651,6 +657,7 @@ fn a_section_name_is_a_port_of_the_service_by_name() {
     assert_eq!(
         r.service_parents(),
         [ServiceParent {
+            kind: ParentKind::Service,
             service: "reviews".into(),
             port: Some(9080)
         }]
@@ -702,4 +709,69 @@ fn what_a_route_by_port_name_would_make_is_checked_before_it_attaches() {
             "{parent}: {found:?}"
         );
     }
+}
+
+#[test]
+fn a_service_entry_parent_attaches_a_route_to_its_hosts() {
+    let good = route(
+        "egress",
+        json!({
+            "parentRefs": [{ "group": "networking.istio.io", "kind": "ServiceEntry", "name": "httpbin", "port": 443 }],
+            "rules": [{ "backendRefs": [{ "group": "networking.istio.io", "kind": "Hostname", "name": "httpbin.org", "port": 443 }] }],
+        }),
+    );
+    assert!(errors(&good).is_empty(), "{:?}", errors(&good));
+    assert_eq!(
+        good.service_parents(),
+        [ServiceParent {
+            kind: ParentKind::ServiceEntry,
+            service: "httpbin".into(),
+            port: Some(443),
+        }]
+    );
+    let target = Target::service_entry("httpbin", vec!["httpbin.org".into()]);
+    let vs = virtual_service(
+        "shop",
+        &target,
+        "cluster.local",
+        &[&good],
+        &Grants::default(),
+    )
+    .expect("a VirtualService for the entry");
+    assert_eq!(vs.metadata.name.as_deref(), Some("httpbin-entry-routes"));
+    assert_eq!(vs.spec.hosts, ["httpbin.org"]);
+    assert_eq!(vs.spec.http[0].r#match[0].port, Some(443));
+    // Not a Service of the same name.
+    let service = Target::service("shop", "httpbin", "cluster.local");
+    assert!(
+        virtual_service(
+            "shop",
+            &service,
+            "cluster.local",
+            &[&good],
+            &Grants::default()
+        )
+        .is_none()
+    );
+
+    // The wrong group, and another namespace's entry (a consumer route).
+    let bad = route(
+        "bad",
+        json!({
+            "parentRefs": [
+                { "group": "gateway.networking.k8s.io", "kind": "ServiceEntry", "name": "httpbin" },
+                { "group": "networking.istio.io", "kind": "ServiceEntry", "name": "httpbin", "namespace": "other" },
+            ],
+            "rules": [],
+        }),
+    );
+    let found = errors(&bad);
+    assert!(
+        found.iter().any(
+            |e| e.starts_with("spec.parentRefs[0].group:") && e.contains("networking.istio.io")
+        ) && found
+            .iter()
+            .any(|e| e.starts_with("spec.parentRefs[1].namespace:") && e.contains("ServiceEntry")),
+        "{found:?}"
+    );
 }

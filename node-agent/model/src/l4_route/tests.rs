@@ -35,8 +35,15 @@ fn errors(found: Vec<FieldError>) -> Vec<String> {
 /// The VirtualService of Service `db`, which must pass a written one's
 /// checks.
 fn converted(tcp: &[&TCPRoute], tls: &[&TLSRoute]) -> VirtualService {
-    let vs = virtual_service("shop", "db", "cluster.local", tcp, tls, &Grants::default())
-        .expect("a VirtualService");
+    let vs = virtual_service(
+        "shop",
+        &crate::http_route::Target::service("shop", "db", "cluster.local"),
+        "cluster.local",
+        tcp,
+        tls,
+        &Grants::default(),
+    )
+    .expect("a VirtualService");
     let problems = validate::virtual_service(&vs);
     assert!(problems.is_empty(), "{problems:?}");
     vs
@@ -228,7 +235,7 @@ fn a_services_tcp_and_tls_routes_make_one_virtual_service_of_their_own() {
     assert_eq!(
         virtual_service(
             "shop",
-            "web",
+            &crate::http_route::Target::service("shop", "web", "cluster.local"),
             "cluster.local",
             &[&raw],
             &[&secure],
@@ -357,8 +364,15 @@ fn another_namespaces_backend_needs_a_reference_grant() {
     );
     assert_eq!(errors(validate_tcp(&r)), Vec::<String>::new());
     let hosts = |grants: &Grants| -> Vec<(String, Option<i32>)> {
-        let vs = virtual_service("shop", DB, "cluster.local", &[&r], &[], grants)
-            .expect("a VirtualService");
+        let vs = virtual_service(
+            "shop",
+            &crate::http_route::Target::service("shop", DB, "cluster.local"),
+            "cluster.local",
+            &[&r],
+            &[],
+            grants,
+        )
+        .expect("a VirtualService");
         assert!(validate::virtual_service(&vs).is_empty());
         vs.spec.tcp[0]
             .route
