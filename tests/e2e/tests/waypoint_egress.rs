@@ -1,7 +1,8 @@
 //! A waypoint for traffic leaving the cluster: a ServiceEntry labelled
 //! `istio.io/use-waypoint` sends its host's traffic through the namespace's
 //! waypoint, which applies the host's VirtualService and resolves the host
-//! (`resolution: DNS`) to reach it: Istio's egress waypoint.
+//! (`resolution: DNS`) to reach it: Istio's egress waypoint. A Gateway API
+//! HTTPRoute attached to the entry routes its host there too.
 
 use std::time::Duration;
 
@@ -205,6 +206,43 @@ fn a_service_entry_labelled_for_the_waypoint_leaves_through_it() -> Result<()> {
         },
     )
     .with_context(|| mesh.logs())?;
+
+    // A Gateway API route attached to the entry (Istio's form for egress)
+    // in place of the VirtualService: it routes the entry's host.
+    let entry_only = egress_config("istio.io/use-waypoint: waypoint");
+    let entry_only = entry_only.split("---").next().unwrap_or_default();
+    std::fs::write(cluster.config_dir().join("egress.demo.yaml"), entry_only)?;
+    std::fs::write(
+        cluster.config_dir().join("route.demo.yaml"),
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{ name: external-api, namespace: demo }}\n\
+             spec:\n  parentRefs: [{{ group: networking.istio.io, kind: ServiceEntry, name: external-api }}]\n  \
+             rules:\n  - matches: [{{ path: {{ type: PathPrefix, value: /gw }} }}]\n    \
+             filters: [{{ type: RequestHeaderModifier, requestHeaderModifier: {{ set: [{{ name: x-route, value: gateway-api }}] }} }}]\n    \
+             backendRefs: [{{ group: networking.istio.io, kind: Hostname, name: {HOST}, port: 80 }}]\n"
+        ),
+    )?;
+    eventually(
+        Duration::from_secs(20),
+        "the entry's HTTPRoute on the waypoint",
+        || {
+            let out = client
+                .sandbox
+                .exec("curl", ["-sS", "--max-time", "5", &url("/gw/hello")])?;
+            let body = String::from_utf8_lossy(&out.stdout);
+            Ok(body.contains("\"x-route\":\"gateway-api\""))
+        },
+    )
+    .with_context(|| mesh.logs())?;
+    // The route claims the host: what it does not match is not routed, and
+    // the VirtualService's fault is gone.
+    let other = load(&client, &url("/blocked"), &["-n", "5"])?;
+    ensure!(
+        count_status(&other, 404) == 5,
+        "a path the entry's route does not match: {other}"
+    );
+    std::fs::remove_file(cluster.config_dir().join("route.demo.yaml"))?;
 
     // Without the label, the entry's traffic no longer goes through the
     // waypoint: ztunnel resolves the host and reaches the API itself, so
