@@ -61,12 +61,13 @@ pub fn service_l4_routes(namespace: &str, service: &str) -> String {
 /// The VirtualService a ServiceEntry's Gateway API HTTP (or gRPC) routes
 /// make (Istio's routes for egress); apart from any Service's.
 pub fn service_entry_routes(namespace: &str, entry: &str) -> String {
-    format!("{SERVICE_ROUTES_PREFIX}{namespace}/serviceentry/{entry}")
+    // `:` is in no Service's name: no key of a Service's is one of these.
+    format!("{SERVICE_ROUTES_PREFIX}{namespace}/serviceentry:{entry}")
 }
 
 /// The VirtualService a ServiceEntry's TCP and TLS routes make.
 pub fn service_entry_l4_routes(namespace: &str, entry: &str) -> String {
-    format!("{SERVICE_ROUTES_PREFIX}{namespace}/serviceentry/{entry}/l4")
+    format!("{SERVICE_ROUTES_PREFIX}{namespace}/serviceentry:{entry}/l4")
 }
 
 /// What [`service_routes`] keys begin with.

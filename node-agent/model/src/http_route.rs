@@ -392,8 +392,10 @@ impl Target {
         }
     }
 
-    /// A ServiceEntry: its hosts.
-    pub fn service_entry(name: &str, hosts: Vec<String>) -> Target {
+    /// A ServiceEntry: its hosts (each once).
+    pub fn service_entry(name: &str, mut hosts: Vec<String>) -> Target {
+        let mut seen = std::collections::BTreeSet::new();
+        hosts.retain(|h| seen.insert(h.to_ascii_lowercase()));
         Target {
             kind: ParentKind::ServiceEntry,
             name: name.to_owned(),
@@ -407,12 +409,12 @@ impl Target {
     }
 
     /// The name of the VirtualService its routes of one layer make:
-    /// `<service>-<suffix>`, `<entry>-entry-<suffix>` (a Service and a
-    /// ServiceEntry may share a name).
+    /// `<service>-<suffix>`, `<entry>.entry-<suffix>` (a Service's name has
+    /// no dot, so the two never meet).
     fn virtual_service_name(&self, suffix: &str) -> String {
         match self.kind {
             ParentKind::Service => format!("{}-{suffix}", self.name),
-            ParentKind::ServiceEntry => format!("{}-entry-{suffix}", self.name),
+            ParentKind::ServiceEntry => format!("{}.entry-{suffix}", self.name),
         }
     }
 }
@@ -1063,9 +1065,7 @@ pub(crate) fn unroutable(
         .map(|(kind, name)| match kind {
             ParentKind::Service => Target::service(namespace, name, "cluster.local"),
             // Its hosts are not known here: a name of the right form.
-            ParentKind::ServiceEntry => {
-                Target::service_entry(name, vec![format!("{name}.entry.example")])
-            }
+            ParentKind::ServiceEntry => Target::service_entry(name, vec!["entry.example".into()]),
         })
         .filter_map(|target| make(&target))
         .flat_map(|vs| validate::virtual_service(&vs))

@@ -47,7 +47,7 @@ use crate::{
 };
 pub use authorization::Selection;
 pub use published::{Audience, Form, Pending, Published, Publisher};
-pub use waypoint::serving_service;
+pub use waypoint::{serving_entry, serving_service};
 
 /// The ReferenceGrants in force: those of `store` but the ones whose last
 /// update was refused. A grant's last good version must not outlive an
@@ -67,6 +67,25 @@ pub fn grants_in_force(store: &Store) -> Grants {
                 _ => None,
             }),
     )
+}
+
+/// Whether a ServiceEntry host is, or covers, a Kubernetes Service's name
+/// (`*.svc.<cluster domain>`): `reviews.shop.svc.cluster.local`,
+/// `*.shop.svc.cluster.local`, `*.cluster.local`, `*`.
+fn names_cluster_services(host: &str, cluster_domain: &str) -> bool {
+    let services = format!("svc.{cluster_domain}");
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host == services || host.ends_with(&format!(".{services}")) {
+        return true;
+    }
+    match host.strip_prefix('*') {
+        Some("") => true,
+        Some(suffix) => {
+            let suffix = suffix.trim_start_matches('.');
+            services == suffix || services.ends_with(&format!(".{suffix}"))
+        }
+        None => false,
+    }
 }
 
 /// What [`key::certificate`] keys begin with.
@@ -818,7 +837,26 @@ impl View {
                     let Some(Object::ServiceEntry(entry)) = store.get(&key) else {
                         continue;
                     };
-                    Target::service_entry(service, entry.spec.hosts.clone())
+                    // An entry never takes over a Kubernetes Service's name:
+                    // its routes route none of the cluster's.
+                    let (hosts, cluster): (Vec<String>, Vec<String>) = entry
+                        .spec
+                        .hosts
+                        .iter()
+                        .cloned()
+                        .partition(|h| !names_cluster_services(h, domain));
+                    if !cluster.is_empty() {
+                        warn!(
+                            namespace,
+                            entry = service,
+                            hosts = %cluster.join(", "),
+                            "routes attached to a ServiceEntry do not route its hosts that name the cluster's Services"
+                        );
+                    }
+                    if hosts.is_empty() {
+                        continue;
+                    }
+                    Target::service_entry(service, hosts)
                 }
             };
             // The Gateway API gives a Service's GRPCRoutes precedence over

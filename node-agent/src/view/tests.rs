@@ -2224,9 +2224,8 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: { name: httpbin, namespace: shop }
 spec:
-  hosts: [httpbin.org, www.httpbin.org]
+  hosts: [httpbin.org, www.httpbin.org, reviews.shop.svc.cluster.local, "*.cluster.local", httpbin.org]
   ports: [{ number: 80, name: http, protocol: HTTP }]
-  resolution: DNS
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -2242,6 +2241,7 @@ spec:
     let spec = virtual_service_spec(&view, &key).expect("the entry's routes published");
     assert_eq!(
         spec["hosts"],
+        // Its own hosts, each once; none naming the cluster's Services.
         serde_json::json!(["httpbin.org", "www.httpbin.org"])
     );
     // The section is the entry's port of that name.

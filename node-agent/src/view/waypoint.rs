@@ -186,6 +186,22 @@ pub fn of_service(
 /// (none chosen, or the one its labels name missing or not admitting it).
 /// For a route's status, which has no node's view at hand.
 pub fn serving_service(store: &Store, namespace: &str, svc: &Service) -> Option<String> {
+    of_service(store, &named_waypoints(store), namespace, svc)
+        .map(|address| address.workload)
+        .filter(|workload| !workload.is_empty())
+}
+
+/// The waypoint (`<namespace>/<gateway>`) a ServiceEntry's hosts go through,
+/// as [`serving_service`] tells a Service's.
+pub fn serving_entry(store: &Store, namespace: &str, entry: &ServiceEntry) -> Option<String> {
+    of_entry(store, &named_waypoints(store), namespace, entry)
+        .map(|address| address.workload)
+        .filter(|workload| !workload.is_empty())
+}
+
+/// Every Gateway that asks for a waypoint, by name, its address naming it
+/// alone (whether it runs does not matter to which one traffic is meant for).
+fn named_waypoints(store: &Store) -> BTreeMap<String, Waypoints> {
     let mut waypoints: BTreeMap<String, Waypoints> = BTreeMap::new();
     for object in store.of_kind(Kind::Gateway) {
         let Object::Gateway(g) = object else { continue };
@@ -205,9 +221,7 @@ pub fn serving_service(store: &Store, namespace: &str, svc: &Service) -> Option<
             .or_default()
             .insert(name.clone(), address);
     }
-    of_service(store, &waypoints, namespace, svc)
-        .map(|address| address.workload)
-        .filter(|workload| !workload.is_empty())
+    waypoints
 }
 
 /// The waypoint a ServiceEntry's hosts send their traffic through: only one

@@ -29,15 +29,15 @@ use crate::{
     model::{
         Kind, Object, ObjectKey,
         http_route::{
-            BackendReference, ParentReference, RouteStatus, is_service_entry_parent,
-            is_service_parent, rule_backends,
+            BackendReference, ParentKind, ParentReference, RouteStatus, is_service_entry_parent,
+            is_service_parent, parent_kind, rule_backends,
         },
         l4_route::{BackendRef, L4RouteRule},
         reference_grant::Grants,
     },
     source::kube::{KubeSource, api_resource, resource_of},
     store::{Applied, Store},
-    view::{grants_in_force, serving_service},
+    view::{grants_in_force, serving_entry, serving_service},
 };
 
 /// Who writes these entries (a Gateway API controller name: a domain,
@@ -170,9 +170,20 @@ fn parents(store: &Store, grants: &Grants, route: &Route<'_>) -> Vec<Parent> {
         .parent_refs
         .iter()
         .filter(|p| is_service_entry_parent(p))
-        .map(|parent| Parent {
-            parent_ref: parent.clone(),
-            conditions: vec![entry_accepted(store, namespace, parent), resolved.clone()],
+        .map(|parent| {
+            let grpc = (route.kind == "HTTPRoute")
+                .then(|| {
+                    grpc_route_naming(store, namespace, ParentKind::ServiceEntry, &parent.name)
+                })
+                .flatten();
+            let accepted = match grpc {
+                Some(grpc) => conflicted(namespace, ParentKind::ServiceEntry, &parent.name, &grpc),
+                None => entry_accepted(store, namespace, parent),
+            };
+            Parent {
+                parent_ref: parent.clone(),
+                conditions: vec![accepted, resolved.clone()],
+            }
         });
     route
         .parent_refs
@@ -210,20 +221,10 @@ fn parents(store: &Store, grants: &Grants, route: &Route<'_>) -> Vec<Parent> {
                     message: format!("Service {namespace}/{} has {why}", parent.name),
                 }
             } else if let Some(grpc) = (route.kind == "HTTPRoute")
-                .then(|| grpc_route_naming(store, namespace, &parent.name))
+                .then(|| grpc_route_naming(store, namespace, ParentKind::Service, &parent.name))
                 .flatten()
             {
-                // GEP-1426: where both attach, GRPCRoutes win and the
-                // HTTPRoutes are not in force (the view leaves them out).
-                Condition {
-                    kind: "Accepted",
-                    status: false,
-                    reason: "Conflicted",
-                    message: format!(
-                        "not in force: GRPCRoute {namespace}/{grpc} also attaches to Service {namespace}/{}, and a Service's GRPCRoutes take precedence over its HTTPRoutes",
-                        parent.name
-                    ),
-                }
+                conflicted(namespace, ParentKind::Service, &parent.name, &grpc)
             } else if let Some(service) = service {
                 // Attached either way; whether it routes anything yet is
                 // the waypoint's.
@@ -294,17 +295,7 @@ fn entry_accepted(store: &Store, namespace: &str, parent: &ParentReference) -> C
         };
     }
     let hosts = entry.spec.hosts.join(", ");
-    let label =
-        |labels: &std::collections::BTreeMap<String, String>| labels.get(USE_WAYPOINT).cloned();
-    let entry_waypoint = entry.metadata.labels.as_ref().and_then(label);
-    let namespace_waypoint = match store.get(&ObjectKey::new(Kind::Namespace, None, namespace)) {
-        Some(Object::Namespace(ns)) => ns.labels.get(USE_WAYPOINT).map(str::to_owned),
-        _ => None,
-    };
-    let message = match entry_waypoint
-        .or(namespace_waypoint)
-        .filter(|w| w != "none")
-    {
+    let message = match serving_entry(store, namespace, entry) {
         Some(waypoint) => format!(
             "routes the hosts of ServiceEntry {namespace}/{} ({hosts}) at its waypoint {waypoint}",
             parent.name
@@ -322,25 +313,65 @@ fn entry_accepted(store: &Store, namespace: &str, parent: &ParentReference) -> C
     }
 }
 
-/// The label that sends a Service's or ServiceEntry's traffic through a
-/// waypoint.
-const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+/// GEP-1426: where both attach, GRPCRoutes win and the HTTPRoutes are not
+/// in force (the view leaves them out).
+fn conflicted(namespace: &str, kind: ParentKind, name: &str, grpc: &str) -> Condition {
+    let kind = kind.name();
+    Condition {
+        kind: "Accepted",
+        status: false,
+        reason: "Conflicted",
+        message: format!(
+            "not in force: GRPCRoute {namespace}/{grpc} also attaches to {kind} {namespace}/{name}, and GRPCRoutes take precedence over HTTPRoutes"
+        ),
+    }
+}
 
-/// A GRPCRoute of `namespace` attached to its Service `service` (by a port
-/// the Service has, when it names one), as the view counts them.
-fn grpc_route_naming(store: &Store, namespace: &str, service: &str) -> Option<String> {
-    let ports = match store.get(&ObjectKey::new(Kind::Service, Some(namespace), service)) {
-        Some(Object::Service(s)) => s.ports.clone(),
-        _ => return None,
+/// A GRPCRoute of `namespace` attached to its Service (or ServiceEntry)
+/// `name`, as the view counts them: its `sectionName`, if any, resolved
+/// from the parent's ports.
+fn grpc_route_naming(
+    store: &Store,
+    namespace: &str,
+    kind: ParentKind,
+    name: &str,
+) -> Option<String> {
+    let port_named = |section: &str| -> Option<u16> {
+        match kind {
+            ParentKind::Service => {
+                match store.get(&ObjectKey::new(Kind::Service, Some(namespace), name)) {
+                    Some(Object::Service(s)) => s
+                        .ports
+                        .iter()
+                        .find(|p| p.name.as_deref() == Some(section))
+                        .and_then(|p| u16::try_from(p.port).ok()),
+                    _ => None,
+                }
+            }
+            ParentKind::ServiceEntry => {
+                match store.get(&ObjectKey::new(Kind::ServiceEntry, Some(namespace), name)) {
+                    Some(Object::ServiceEntry(e)) => e
+                        .spec
+                        .ports
+                        .iter()
+                        .find(|p| p.name == section)
+                        .and_then(|p| u16::try_from(p.number).ok()),
+                    _ => None,
+                }
+            }
+        }
     };
     store
         .of_kind_in(Kind::GrpcRoute, namespace)
         .find(|o| {
             o.route_parents().unwrap_or_default().iter().any(|p| {
-                is_service_parent(p)
-                    && p.name == service
-                    && p.section_name.as_deref().is_none_or(|name| {
-                        ports.iter().any(|port| port.name.as_deref() == Some(name))
+                parent_kind(p) == Some(kind)
+                    && p.name == name
+                    // As the view resolves it: a name the parent has, of the
+                    // port also given, if any.
+                    && p.section_name.as_deref().is_none_or(|section| {
+                        port_named(section)
+                            .is_some_and(|port| p.port.is_none_or(|given| given == i32::from(port)))
                     })
             })
         })
@@ -827,6 +858,13 @@ spec:
   - { group: networking.istio.io, kind: ServiceEntry, name: httpbin, port: 8080 }
   - { group: networking.istio.io, kind: ServiceEntry, name: missing }
   rules: [{ backendRefs: [{ kind: Hostname, group: networking.istio.io, name: httpbin.org, port: 80 }] }]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: { name: waypoint, namespace: shop }
+spec:
+  gatewayClassName: warren-waypoint
+  listeners: [{ name: mesh, port: 15008, protocol: HBONE }]
 "#;
         let store = Store::from_yaml(yaml);
         let writes = to_write(&store, "2026-12-06T00:00:00Z");
@@ -848,11 +886,32 @@ spec:
             ("Accepted".into(), "True".into(), "Accepted".into())
         );
         assert!(
-            message.contains("httpbin.org") && message.contains("waypoint waypoint"),
+            message.contains("httpbin.org") && message.contains("at its waypoint shop/waypoint"),
             "{message}"
         );
         assert_eq!(accepted(1).0.2, "NoMatchingParent", "{}", accepted(1).1);
         assert_eq!(accepted(2).0.2, "NoMatchingParent", "{}", accepted(2).1);
+
+        // A GRPCRoute on the same entry is in force instead.
+        let grpc = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: { name: calls, namespace: shop }
+spec:
+  parentRefs: [{ group: networking.istio.io, kind: ServiceEntry, name: httpbin, sectionName: http }]
+  rules: [{ backendRefs: [{ kind: Hostname, group: networking.istio.io, name: httpbin.org, port: 80 }] }]
+"#;
+        let store = Store::from_yaml(&format!("{yaml}{grpc}"));
+        let writes = to_write(&store, "2026-12-06T00:00:00Z");
+        let http = writes
+            .iter()
+            .find(|(key, _, _)| key.kind == Kind::HttpRoute)
+            .expect("the HTTPRoute's status");
+        assert_eq!(
+            conditions(&http.2[0])[0],
+            ("Accepted".into(), "False".into(), "Conflicted".into())
+        );
     }
 
     #[test]

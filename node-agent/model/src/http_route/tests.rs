@@ -738,7 +738,7 @@ fn a_service_entry_parent_attaches_a_route_to_its_hosts() {
         &Grants::default(),
     )
     .expect("a VirtualService for the entry");
-    assert_eq!(vs.metadata.name.as_deref(), Some("httpbin-entry-routes"));
+    assert_eq!(vs.metadata.name.as_deref(), Some("httpbin.entry-routes"));
     assert_eq!(vs.spec.hosts, ["httpbin.org"]);
     assert_eq!(vs.spec.http[0].r#match[0].port, Some(443));
     // Not a Service of the same name.
