@@ -113,12 +113,16 @@ fn allows(action: Action) -> bool {
 pub struct Authorizer {
     /// In key order, so which policy a denial names is stable.
     policies: Vec<Policy>,
+    /// Whether any is CUSTOM: a request is looked at for them only then.
+    has_custom: bool,
 }
 
 impl Authorizer {
     pub fn build(inputs: impl IntoIterator<Item = PolicyInput>) -> Authorizer {
+        let policies: Vec<Policy> = inputs.into_iter().map(Policy::compile).collect();
         Authorizer {
-            policies: inputs.into_iter().map(Policy::compile).collect(),
+            has_custom: policies.iter().any(|p| p.action == Action::Custom),
+            policies,
         }
     }
 
@@ -370,17 +374,18 @@ impl HttpRequest<'_> {
 }
 
 /// The CUSTOM policies' providers to ask about a request, after normalizing
-/// its path (so what is decided is what is sent on).
+/// its path (so what is decided is what is sent on). Without CUSTOM
+/// policies, nothing is done here ([`authorize`] normalizes the path).
 pub fn custom(
     authorizer: &Authorizer,
     peer: &Peer<'_>,
     parts: &mut http::request::Parts,
     auth: Option<&Verified>,
 ) -> Vec<Custom> {
-    path::normalize_uri(&mut parts.uri);
-    if authorizer.is_empty() {
+    if !authorizer.has_custom {
         return Vec::new();
     }
+    path::normalize_uri(&mut parts.uri);
     authorizer.custom(&Request::new(peer, parts, auth))
 }
 
@@ -389,7 +394,7 @@ pub fn custom(
 /// what a connection cannot tell (HTTP fields, its server name) is left
 /// out, so a rule asks about more connections, never fewer.
 pub fn custom_connection(authorizer: &Authorizer, peer: &Peer<'_>) -> Vec<Custom> {
-    if authorizer.is_empty() {
+    if !authorizer.has_custom {
         return Vec::new();
     }
     authorizer.custom(&Request::connection(peer, ServerName::NotRead))
