@@ -69,6 +69,42 @@ pub fn grants_in_force(store: &Store) -> Grants {
     )
 }
 
+/// The port named `section` of the Service (or ServiceEntry) `name` of
+/// `namespace`: what a route's parentRef `sectionName` means.
+pub fn section_port(
+    store: &Store,
+    namespace: &str,
+    kind: ParentKind,
+    name: &str,
+    section: &str,
+) -> Option<u16> {
+    match kind {
+        ParentKind::Service => {
+            let key = ObjectKey::new(Kind::Service, Some(namespace), name);
+            let Some(Object::Service(service)) = store.get(&key) else {
+                return None;
+            };
+            service
+                .ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(section))
+                .and_then(|p| u16::try_from(p.port).ok())
+        }
+        ParentKind::ServiceEntry => {
+            let key = ObjectKey::new(Kind::ServiceEntry, Some(namespace), name);
+            let Some(Object::ServiceEntry(entry)) = store.get(&key) else {
+                return None;
+            };
+            entry
+                .spec
+                .ports
+                .iter()
+                .find(|p| p.name == section)
+                .and_then(|p| u16::try_from(p.number).ok())
+        }
+    }
+}
+
 /// Whether a ServiceEntry host is, or covers, a Kubernetes Service's name
 /// (`*.svc.<cluster domain>`): `reviews.shop.svc.cluster.local`,
 /// `*.shop.svc.cluster.local`, `*.cluster.local`, `*`.
@@ -719,31 +755,8 @@ impl View {
     /// once: a Service's routes are one.
     fn service_routes(&mut self, store: &Store, namespace: &str) {
         // A parent's `sectionName` names one of its ports.
-        let port_of = |kind: ParentKind, name: &str, section: &str| match kind {
-            ParentKind::Service => {
-                let key = ObjectKey::new(Kind::Service, Some(namespace), name);
-                let Some(Object::Service(service)) = store.get(&key) else {
-                    return None;
-                };
-                service
-                    .ports
-                    .iter()
-                    .find(|p| p.name.as_deref() == Some(section))
-                    .and_then(|p| u16::try_from(p.port).ok())
-            }
-            ParentKind::ServiceEntry => {
-                let key = ObjectKey::new(Kind::ServiceEntry, Some(namespace), name);
-                let Some(Object::ServiceEntry(entry)) = store.get(&key) else {
-                    return None;
-                };
-                entry
-                    .spec
-                    .ports
-                    .iter()
-                    .find(|p| p.name == section)
-                    .and_then(|p| u16::try_from(p.number).ok())
-            }
-        };
+        let port_of =
+            |kind, name: &str, section: &str| section_port(store, namespace, kind, name, section);
         // The routes of a kind, their sections resolved (copied only then).
         fn of<'a, T: Clone + Parents>(
             store: &'a Store,

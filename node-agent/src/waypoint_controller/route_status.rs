@@ -37,7 +37,7 @@ use crate::{
     },
     source::kube::{KubeSource, api_resource, resource_of},
     store::{Applied, Store},
-    view::{grants_in_force, serving_entry, serving_service},
+    view::{grants_in_force, section_port, serving_entry, serving_service},
 };
 
 /// Who writes these entries (a Gateway API controller name: a domain,
@@ -87,6 +87,26 @@ pub struct Condition {
     pub status: bool,
     pub reason: &'static str,
     pub message: String,
+}
+
+impl Condition {
+    fn accepted(message: String) -> Condition {
+        Condition {
+            kind: "Accepted",
+            status: true,
+            reason: "Accepted",
+            message,
+        }
+    }
+
+    fn not_accepted(reason: &'static str, message: String) -> Condition {
+        Condition {
+            kind: "Accepted",
+            status: false,
+            reason,
+            message,
+        }
+    }
 }
 
 /// What a route says about one of its Service parents.
@@ -214,12 +234,7 @@ fn parents(store: &Store, grants: &Grants, route: &Route<'_>) -> Vec<Parent> {
                 })
             };
             let accepted = if let Some(why) = service.and_then(|s| missing(s)) {
-                Condition {
-                    kind: "Accepted",
-                    status: false,
-                    reason: "NoMatchingParent",
-                    message: format!("Service {namespace}/{} has {why}", parent.name),
-                }
+                Condition::not_accepted("NoMatchingParent", format!("Service {namespace}/{} has {why}", parent.name))
             } else if let Some(grpc) = (route.kind == "HTTPRoute")
                 .then(|| grpc_route_naming(store, namespace, ParentKind::Service, &parent.name))
                 .flatten()
@@ -238,19 +253,9 @@ fn parents(store: &Store, grants: &Grants, route: &Route<'_>) -> Vec<Parent> {
                         parent.name
                     ),
                 };
-                Condition {
-                    kind: "Accepted",
-                    status: true,
-                    reason: "Accepted",
-                    message,
-                }
+                Condition::accepted(message)
             } else {
-                Condition {
-                    kind: "Accepted",
-                    status: false,
-                    reason: "NoMatchingParent",
-                    message: format!("no Service {namespace}/{}", parent.name),
-                }
+                Condition::not_accepted("NoMatchingParent", format!("no Service {namespace}/{}", parent.name))
             };
             Parent {
                 parent_ref: parent.clone(),
@@ -268,12 +273,10 @@ fn parents(store: &Store, grants: &Grants, route: &Route<'_>) -> Vec<Parent> {
 fn entry_accepted(store: &Store, namespace: &str, parent: &ParentReference) -> Condition {
     let key = ObjectKey::new(Kind::ServiceEntry, Some(namespace), &parent.name);
     let Some(Object::ServiceEntry(entry)) = store.get(&key) else {
-        return Condition {
-            kind: "Accepted",
-            status: false,
-            reason: "NoMatchingParent",
-            message: format!("no ServiceEntry {namespace}/{}", parent.name),
-        };
+        return Condition::not_accepted(
+            "NoMatchingParent",
+            format!("no ServiceEntry {namespace}/{}", parent.name),
+        );
     };
     let fits = |p: &crate::model::istio::ServicePort| {
         parent
@@ -287,12 +290,10 @@ fn entry_accepted(store: &Store, namespace: &str, parent: &ParentReference) -> C
     if (parent.port.is_some() || parent.section_name.is_some())
         && !entry.spec.ports.iter().any(fits)
     {
-        return Condition {
-            kind: "Accepted",
-            status: false,
-            reason: "NoMatchingParent",
-            message: format!("ServiceEntry {namespace}/{} has no such port", parent.name),
-        };
+        return Condition::not_accepted(
+            "NoMatchingParent",
+            format!("ServiceEntry {namespace}/{} has no such port", parent.name),
+        );
     }
     let hosts = entry.spec.hosts.join(", ");
     let message = match serving_entry(store, namespace, entry) {
@@ -305,26 +306,19 @@ fn entry_accepted(store: &Store, namespace: &str, parent: &ParentReference) -> C
             parent.name
         ),
     };
-    Condition {
-        kind: "Accepted",
-        status: true,
-        reason: "Accepted",
-        message,
-    }
+    Condition::accepted(message)
 }
 
 /// GEP-1426: where both attach, GRPCRoutes win and the HTTPRoutes are not
 /// in force (the view leaves them out).
 fn conflicted(namespace: &str, kind: ParentKind, name: &str, grpc: &str) -> Condition {
     let kind = kind.name();
-    Condition {
-        kind: "Accepted",
-        status: false,
-        reason: "Conflicted",
-        message: format!(
+    Condition::not_accepted(
+        "Conflicted",
+        format!(
             "not in force: GRPCRoute {namespace}/{grpc} also attaches to {kind} {namespace}/{name}, and GRPCRoutes take precedence over HTTPRoutes"
         ),
-    }
+    )
 }
 
 /// A GRPCRoute of `namespace` attached to its Service (or ServiceEntry)
@@ -336,31 +330,6 @@ fn grpc_route_naming(
     kind: ParentKind,
     name: &str,
 ) -> Option<String> {
-    let port_named = |section: &str| -> Option<u16> {
-        match kind {
-            ParentKind::Service => {
-                match store.get(&ObjectKey::new(Kind::Service, Some(namespace), name)) {
-                    Some(Object::Service(s)) => s
-                        .ports
-                        .iter()
-                        .find(|p| p.name.as_deref() == Some(section))
-                        .and_then(|p| u16::try_from(p.port).ok()),
-                    _ => None,
-                }
-            }
-            ParentKind::ServiceEntry => {
-                match store.get(&ObjectKey::new(Kind::ServiceEntry, Some(namespace), name)) {
-                    Some(Object::ServiceEntry(e)) => e
-                        .spec
-                        .ports
-                        .iter()
-                        .find(|p| p.name == section)
-                        .and_then(|p| u16::try_from(p.number).ok()),
-                    _ => None,
-                }
-            }
-        }
-    };
     store
         .of_kind_in(Kind::GrpcRoute, namespace)
         .find(|o| {
@@ -370,7 +339,7 @@ fn grpc_route_naming(
                     // As the view resolves it: a name the parent has, of the
                     // port also given, if any.
                     && p.section_name.as_deref().is_none_or(|section| {
-                        port_named(section)
+                        section_port(store, namespace, kind, name, section)
                             .is_some_and(|port| p.port.is_none_or(|given| given == i32::from(port)))
                     })
             })
@@ -443,12 +412,10 @@ fn refused_parents(object: &Value, why: &str) -> Vec<Parent> {
         .filter(|p| matches!(p.kind.as_deref(), Some("Service" | "ServiceEntry")))
         .map(|parent_ref| Parent {
             parent_ref,
-            conditions: vec![Condition {
-                kind: "Accepted",
-                status: false,
-                reason: "UnsupportedValue",
-                message: format!("refused, its last good version (if any) stays in force: {why}"),
-            }],
+            conditions: vec![Condition::not_accepted(
+                "UnsupportedValue",
+                format!("refused, its last good version (if any) stays in force: {why}"),
+            )],
         })
         .collect()
 }

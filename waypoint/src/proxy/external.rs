@@ -43,6 +43,19 @@ pub struct Refused {
     pub details: String,
 }
 
+impl Refused {
+    /// The provider could not decide and does not fail open: its
+    /// `statusOnError`, with an empty body.
+    fn on_error(provider: &Provider, reason: &str) -> Refused {
+        let mut response = Response::new(full(Bytes::new()));
+        *response.status_mut() = provider.status_on_error;
+        Refused {
+            response,
+            details: format!("ext_authz_error: {}: {reason}", provider.name),
+        }
+    }
+}
+
 /// Asks the provider of each of `customs` in turn; each allowing answer's
 /// changes are made to `parts` before the next is asked. `Ok` with the
 /// changes for the response when every one allows.
@@ -94,12 +107,7 @@ pub async fn ask(
                         // The client's body failed or stalled: nothing to
                         // forward either.
                         count(ctx, &provider.name, "error");
-                        let mut response = Response::new(full(Bytes::new()));
-                        *response.status_mut() = provider.status_on_error;
-                        return Err(Refused {
-                            response,
-                            details: format!("ext_authz_error: {}: {reason}", provider.name),
-                        });
+                        return Err(Refused::on_error(provider, &reason));
                     }
                 }
             }
@@ -130,12 +138,7 @@ pub async fn ask(
             }
             Verdict::Error(reason) => {
                 count(ctx, &provider.name, "error");
-                let mut response = Response::new(full(Bytes::new()));
-                *response.status_mut() = provider.status_on_error;
-                return Err(Refused {
-                    response,
-                    details: format!("ext_authz_error: {}: {reason}", provider.name),
-                });
+                return Err(Refused::on_error(provider, &reason));
             }
         }
     }
