@@ -91,6 +91,7 @@ macro_rules! check {
             "TCPRoute" => check_as::<TCPRoute>(typed($de), l4_route::validate_tcp),
             "TLSRoute" => check_as::<TLSRoute>(typed($de), l4_route::validate_tls),
             "ReferenceGrant" => check_as::<ReferenceGrant>(typed($de), reference_grant::validate),
+            "Telemetry" => check_as::<telemetry::Telemetry>(typed($de), validate::telemetry),
             other => panic!("the corpus holds no {other}"),
         }
     };
@@ -279,6 +280,7 @@ fn crds_generate_for_every_kind() {
         AuthorizationPolicy::crd(),
         PeerAuthentication::crd(),
         RequestAuthentication::crd(),
+        telemetry::Telemetry::crd(),
         HTTPRoute::crd(),
         GRPCRoute::crd(),
         TCPRoute::crd(),
@@ -297,6 +299,7 @@ fn crds_generate_for_every_kind() {
             "authorizationpolicies.security.istio.io",
             "peerauthentications.security.istio.io",
             "requestauthentications.security.istio.io",
+            "telemetries.telemetry.istio.io",
             "httproutes.gateway.networking.k8s.io",
             "grpcroutes.gateway.networking.k8s.io",
             "tcproutes.gateway.networking.k8s.io",

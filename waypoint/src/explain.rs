@@ -68,7 +68,7 @@ pub enum Verdict {
     Refused,
 }
 
-/// The steps (stages `caller`, `destination`, `note`, `authentication`,
+/// The steps (stages `caller`, `destination`, `telemetry`, `note`, `authentication`,
 /// `policy`, `route`,
 /// `fault`, `action`, `timeout`, `retries`, `mirror`) and the verdict, as
 /// ztunnel's `/explain` gives a connection's.
@@ -182,6 +182,13 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
         ),
     );
     let compiled = ctx.tables.current();
+    if let Some(asked) = compiled
+        .telemetry
+        .for_service(&service.namespace, &service.name)
+        .describe()
+    {
+        step("telemetry", asked);
+    }
     // The service's own VirtualServices, and the waypoint's namespace's.
     let scope = Scope {
         service_namespace: &service.namespace,

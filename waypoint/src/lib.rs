@@ -9,6 +9,7 @@
 //! - [`authz`]: AuthorizationPolicies attached to the waypoint or its
 //!   Services, decided per request before routing.
 //! - [`ext_authz`]: the external authorizers CUSTOM policies ask.
+//! - [`telemetry`]: what Telemetry objects ask of access lines and metrics.
 //! - [`tables`] and [`subscription`]: that configuration as the node agent
 //!   streams it.
 //! - [`proxy`]: HBONE in, HTTP inside, HBONE out.
@@ -30,6 +31,7 @@ pub mod proxy;
 pub mod route;
 pub mod subscription;
 pub mod tables;
+pub mod telemetry;
 pub mod upstream;
 
 pub use app::App;

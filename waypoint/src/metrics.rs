@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    encoding::{EncodeLabelSet, LabelSetEncoder},
     metrics::{
         counter::Counter,
         family::Family,
@@ -15,6 +15,8 @@ use prometheus_client::{
     registry::Registry,
 };
 use warren_ztunnel::{metrics::Metrics as L4Metrics, state::Workload};
+
+use crate::telemetry::{Facts, MetricsPlan, RequestMetric, TagChange};
 
 /// Istio's standard request labels, as a waypoint reports them.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +39,88 @@ pub struct RequestLabels {
     pub grpc_response_status: String,
     pub response_flags: &'static str,
     pub connection_security_policy: &'static str,
+}
+
+impl RequestLabels {
+    /// Every label, by name, in the order Istio lists them.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        let fields: [(&str, String); 18] = [
+            ("reporter", self.reporter.to_owned()),
+            ("source_workload", self.source_workload.clone()),
+            (
+                "source_workload_namespace",
+                self.source_workload_namespace.clone(),
+            ),
+            ("source_principal", self.source_principal.clone()),
+            (
+                "source_canonical_service",
+                self.source_canonical_service.clone(),
+            ),
+            ("destination_workload", self.destination_workload.clone()),
+            (
+                "destination_workload_namespace",
+                self.destination_workload_namespace.clone(),
+            ),
+            ("destination_principal", self.destination_principal.clone()),
+            (
+                "destination_canonical_service",
+                self.destination_canonical_service.clone(),
+            ),
+            ("destination_version", self.destination_version.clone()),
+            ("destination_service", self.destination_service.clone()),
+            (
+                "destination_service_name",
+                self.destination_service_name.clone(),
+            ),
+            (
+                "destination_service_namespace",
+                self.destination_service_namespace.clone(),
+            ),
+            ("request_protocol", self.request_protocol.to_owned()),
+            ("response_code", self.response_code.to_string()),
+            ("grpc_response_status", self.grpc_response_status.clone()),
+            ("response_flags", self.response_flags.to_owned()),
+            (
+                "connection_security_policy",
+                self.connection_security_policy.to_owned(),
+            ),
+        ];
+        fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+}
+
+/// A request series' labels: Istio's standard set, or one a Telemetry's
+/// `tagOverrides` changed (labels removed or added).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum SeriesLabels {
+    Standard(RequestLabels),
+    Changed(Vec<(String, String)>),
+}
+
+impl EncodeLabelSet for SeriesLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        match self {
+            SeriesLabels::Standard(labels) => labels.encode(encoder),
+            SeriesLabels::Changed(pairs) => pairs.encode(encoder),
+        }
+    }
+}
+
+/// What one request's metrics observe.
+#[derive(Clone, Copy, Debug)]
+pub struct Observed {
+    pub duration_ms: f64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+impl RequestMetrics {
+    pub fn record(&self, observed: Observed) {
+        self.requests.inc();
+        self.duration.observe(observed.duration_ms);
+        self.request_bytes.observe(observed.request_bytes as f64);
+        self.response_bytes.observe(observed.response_bytes as f64);
+    }
 }
 
 /// The four request metrics of one label set.
@@ -105,7 +189,7 @@ impl RequestMetricsCache {
         if let Some((_, found)) = entries.iter().find(|(key, _)| key.is(&varying)) {
             return found.clone();
         }
-        let found = metrics.for_labels(&labels());
+        let found = metrics.for_labels(labels());
         if entries.len() >= CACHED_LABEL_SETS {
             entries.clear();
         }
@@ -140,10 +224,10 @@ pub struct ExtAuthzLabels {
 
 #[derive(Clone)]
 pub struct Metrics {
-    pub requests: Family<RequestLabels, Counter>,
-    pub duration: Family<RequestLabels, Histogram>,
-    pub request_bytes: Family<RequestLabels, Histogram>,
-    pub response_bytes: Family<RequestLabels, Histogram>,
+    pub requests: Family<SeriesLabels, Counter>,
+    pub duration: Family<SeriesLabels, Histogram>,
+    pub request_bytes: Family<SeriesLabels, Histogram>,
+    pub response_bytes: Family<SeriesLabels, Histogram>,
     /// Requests answered 503 because a connection pool limit was reached.
     pub overflows: Family<ClusterLabels, Counter>,
     /// Endpoints ejected by outlier detection.
@@ -173,12 +257,63 @@ fn size_histogram() -> Histogram {
 
 impl Metrics {
     /// The request metrics of one label set (handles on the families' series).
-    pub fn for_labels(&self, labels: &RequestLabels) -> RequestMetrics {
+    pub fn for_labels(&self, labels: RequestLabels) -> RequestMetrics {
+        let labels = SeriesLabels::Standard(labels);
         RequestMetrics {
-            requests: self.requests.get_or_create(labels).clone(),
-            duration: self.duration.get_or_create(labels).clone(),
-            request_bytes: self.request_bytes.get_or_create(labels).clone(),
-            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+            requests: self.requests.get_or_create(&labels).clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Records one request as a Telemetry's `plan` shapes it: metrics it
+    /// disables are left alone (no series is made for them), labels its
+    /// `tagOverrides` name are removed or set from `facts`.
+    pub fn record_planned(
+        &self,
+        plan: &MetricsPlan,
+        labels: &RequestLabels,
+        facts: &Facts<'_>,
+        observed: Observed,
+    ) {
+        for metric in RequestMetric::EACH {
+            let planned = plan.get(metric);
+            if planned.disabled {
+                continue;
+            }
+            let labels = if planned.tags.is_empty() {
+                SeriesLabels::Standard(labels.clone())
+            } else {
+                let mut pairs = labels.pairs();
+                for (tag, change) in &planned.tags {
+                    pairs.retain(|(name, _)| name != tag);
+                    if let TagChange::Upsert(expr) = change {
+                        pairs.push((tag.clone(), expr.label(facts)));
+                    }
+                }
+                SeriesLabels::Changed(pairs)
+            };
+            match metric {
+                RequestMetric::Count => {
+                    self.requests.get_or_create(&labels).inc();
+                }
+                RequestMetric::Duration => {
+                    self.duration
+                        .get_or_create(&labels)
+                        .observe(observed.duration_ms);
+                }
+                RequestMetric::RequestSize => {
+                    self.request_bytes
+                        .get_or_create(&labels)
+                        .observe(observed.request_bytes as f64);
+                }
+                RequestMetric::ResponseSize => {
+                    self.response_bytes
+                        .get_or_create(&labels)
+                        .observe(observed.response_bytes as f64);
+                }
+            }
         }
     }
 
@@ -304,7 +439,13 @@ mod tests {
                 .inc();
         }
         assert_eq!(built, 2, "one label set per code");
-        assert_eq!(metrics.requests.get_or_create(&labels(200)).get(), 3);
-        assert_eq!(metrics.requests.get_or_create(&labels(503)).get(), 1);
+        let count = |code| {
+            metrics
+                .requests
+                .get_or_create(&SeriesLabels::Standard(labels(code)))
+                .get()
+        };
+        assert_eq!(count(200), 3);
+        assert_eq!(count(503), 1);
     }
 }

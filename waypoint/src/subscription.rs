@@ -47,6 +47,8 @@ fn is_l7(kind: &Option<Kind>) -> bool {
                 | Kind::L7Authorization(_)
                 | Kind::L7Authentication(_)
                 | Kind::ExtensionProvider(_)
+                | Kind::Telemetry(_)
+                | Kind::TelemetryDefaults(_)
         )
     )
 }
@@ -89,6 +91,15 @@ impl Handler for Subscription {
                 }
                 Some(Kind::ExtensionProvider(provider)) => Tables::parse_provider(provider)
                     .map(|p| self.tables.upsert_provider(resource.key.clone(), p)),
+                Some(Kind::Telemetry(telemetry)) => {
+                    Tables::parse_telemetry(telemetry, &self.namespace, self.gateway.as_deref())
+                        .map(|t| self.tables.upsert_telemetry(resource.key.clone(), t))
+                }
+                Some(Kind::TelemetryDefaults(defaults)) => {
+                    self.tables
+                        .set_telemetry_defaults(Tables::parse_telemetry_defaults(defaults));
+                    Ok(())
+                }
                 _ => Ok(()),
             };
             if let Err(reason) = parsed {

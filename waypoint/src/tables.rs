@@ -1,7 +1,8 @@
 //! The waypoint's L7 configuration: the VirtualServices, DestinationRules,
-//! attached AuthorizationPolicies and RequestAuthentications the agent sent,
-//! compiled into a [`RouteTable`], [`Policies`], an [`Authorizer`] and an
-//! [`Authenticator`], rebuilt
+//! attached AuthorizationPolicies and RequestAuthentications, Telemetry
+//! objects and extension providers the agent sent, compiled into a
+//! [`RouteTable`], [`Policies`], an [`Authorizer`], an [`Authenticator`] and
+//! [`Telemetries`], rebuilt
 //! whole when either changes (there are few per namespace; a rebuild takes
 //! microseconds and readers never wait for it: they hold the previous
 //! [`Compiled`] until they are done).
@@ -12,11 +13,16 @@ use std::{
 };
 
 use tracing::warn;
-use warren_api::config::{
-    DestinationRule, ExtensionProvider, L7Authentication, L7Authorization, VirtualService,
+use warren_api::{
+    config::{
+        DestinationRule, ExtensionProvider, L7Authentication, L7Authorization, Telemetry,
+        TelemetryDefaults, VirtualService,
+    },
+    key,
 };
 use warren_model::istio::{
     AuthorizationPolicySpec, DestinationRuleSpec, RequestAuthenticationSpec, VirtualServiceSpec,
+    mesh::ExtensionProvider as ProviderSpec, telemetry::TelemetrySpec,
 };
 
 use crate::{
@@ -25,6 +31,7 @@ use crate::{
     authz::{Authorizer, PolicyInput},
     ext_authz::{Provider, Providers},
     route::{RouteTable, VsInput, tcp::TcpTable},
+    telemetry::{Defaults, Telemetries, TelemetryInput},
     upstream::{DrInput, Policies, Scope},
 };
 
@@ -39,6 +46,8 @@ pub struct Compiled {
     pub authn: Authenticator,
     /// The external authorizers CUSTOM policies name.
     pub ext_authz: Providers,
+    /// What the Telemetry API asks of access lines and metrics.
+    pub telemetry: Telemetries,
     /// Bumped on every rebuild: upstream clusters built from an older
     /// generation are rebuilt.
     pub generation: u64,
@@ -51,6 +60,11 @@ pub struct Tables {
     authorizations: RwLock<BTreeMap<String, PolicyInput>>,
     authentications: RwLock<BTreeMap<String, AuthnInput>>,
     providers: RwLock<BTreeMap<String, Arc<Provider>>>,
+    telemetries: RwLock<BTreeMap<String, TelemetryInput>>,
+    /// Access-log and Prometheus providers, by key.
+    telemetry_providers: RwLock<BTreeMap<String, Arc<ProviderSpec>>>,
+    /// The mesh config's `defaultProviders`, when it has them.
+    telemetry_defaults: RwLock<Option<Defaults>>,
     /// (policy, provider) pairs already warned about as undefined: said
     /// once, not on every rebuild.
     undefined: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
@@ -130,11 +144,52 @@ impl Tables {
         })
     }
 
-    /// Checks an external authorizer of the mesh config.
-    pub fn parse_provider(provider: &ExtensionProvider) -> Result<Provider, String> {
-        let spec =
+    /// Checks an extension provider of the mesh config: an external
+    /// authorizer or a telemetry provider.
+    pub fn parse_provider(provider: &ExtensionProvider) -> Result<ParsedProvider, String> {
+        let spec: ProviderSpec =
             serde_json::from_str(&provider.spec_json).map_err(|e| format!("spec_json: {e}"))?;
-        Provider::compile(&spec)
+        if spec.is_telemetry() {
+            return Ok(ParsedProvider::Telemetry(spec));
+        }
+        Provider::compile(&spec).map(ParsedProvider::Authz)
+    }
+
+    /// Checks a Telemetry and compiles its expressions, bound as
+    /// [`Tables::parse_authorization`] binds a policy.
+    pub fn parse_telemetry(
+        telemetry: &Telemetry,
+        namespace: &str,
+        gateway: Option<&str>,
+    ) -> Result<TelemetryInput, String> {
+        let spec: TelemetrySpec =
+            serde_json::from_str(&telemetry.spec_json).map_err(|e| format!("spec_json: {e}"))?;
+        if !spec.tracing.is_empty() {
+            warn!(
+                telemetry = %format!("{}/{}", telemetry.namespace, telemetry.name),
+                "tracing settings are read but not acted on: the waypoint continues traces and reports no spans"
+            );
+        }
+        let mut input =
+            TelemetryInput::compile(telemetry.namespace.clone(), telemetry.name.clone(), spec)?;
+        input.created = telemetry.created;
+        input.namespace_wide = telemetry.namespace_wide;
+        input.mesh_wide = telemetry.mesh_wide;
+        input.waypoint = binds_waypoint(
+            &telemetry.namespace,
+            &telemetry.gateways,
+            namespace,
+            gateway,
+        );
+        input.services = telemetry.services.clone();
+        Ok(input)
+    }
+
+    pub fn parse_telemetry_defaults(defaults: &TelemetryDefaults) -> Defaults {
+        Defaults {
+            metrics: defaults.metrics.clone(),
+            access_logging: defaults.access_logging.clone(),
+        }
     }
 
     pub fn keys(&self) -> Vec<String> {
@@ -143,6 +198,11 @@ impl Tables {
         keys.extend(read(&self.authorizations).keys().cloned());
         keys.extend(read(&self.authentications).keys().cloned());
         keys.extend(read(&self.providers).keys().cloned());
+        keys.extend(read(&self.telemetries).keys().cloned());
+        keys.extend(read(&self.telemetry_providers).keys().cloned());
+        if read(&self.telemetry_defaults).is_some() {
+            keys.push(key::TELEMETRY_DEFAULTS.to_owned());
+        }
         keys
     }
 
@@ -162,8 +222,26 @@ impl Tables {
         write(&self.authentications).insert(key, ra);
     }
 
-    pub fn upsert_provider(&self, key: String, provider: Provider) {
-        write(&self.providers).insert(key, Arc::new(provider));
+    pub fn upsert_provider(&self, key: String, provider: ParsedProvider) {
+        // A name may change kind: it is one or the other.
+        match provider {
+            ParsedProvider::Authz(provider) => {
+                write(&self.telemetry_providers).remove(&key);
+                write(&self.providers).insert(key, Arc::new(provider));
+            }
+            ParsedProvider::Telemetry(spec) => {
+                write(&self.providers).remove(&key);
+                write(&self.telemetry_providers).insert(key, Arc::new(spec));
+            }
+        }
+    }
+
+    pub fn upsert_telemetry(&self, key: String, telemetry: TelemetryInput) {
+        write(&self.telemetries).insert(key, telemetry);
+    }
+
+    pub fn set_telemetry_defaults(&self, defaults: Defaults) {
+        *write(&self.telemetry_defaults) = Some(defaults);
     }
 
     /// Forgets `key`; false if it was not an L7 resource.
@@ -173,12 +251,16 @@ impl Tables {
             || write(&self.authorizations).remove(key).is_some()
             || write(&self.authentications).remove(key).is_some()
             || write(&self.providers).remove(key).is_some()
+            || write(&self.telemetries).remove(key).is_some()
+            || write(&self.telemetry_providers).remove(key).is_some()
+            || (key == key::TELEMETRY_DEFAULTS && write(&self.telemetry_defaults).take().is_some())
     }
 
     /// Compiles what is held and makes it current. Errors were checked when
     /// each resource came in, except those between objects (two
     /// VirtualServices claiming a host), which are logged here.
     pub fn rebuild(&self, scope: Scope) {
+        let namespace = scope.namespace.clone();
         // Oldest first, then by namespace and name (Istio's precedence).
         let mut virtual_services: Vec<VsInput> =
             read(&self.virtual_services).values().cloned().collect();
@@ -217,6 +299,12 @@ impl Tables {
         // Forgotten once defined again, so a later loss is said again.
         *undefined = now;
         drop(undefined);
+        let telemetry = Telemetries::build(
+            read(&self.telemetries).values(),
+            &read(&self.telemetry_providers),
+            &read(&self.telemetry_defaults).clone().unwrap_or_default(),
+            &namespace,
+        );
         let mut compiled = write(&self.compiled);
         let generation = compiled.generation + 1;
         *compiled = Arc::new(Compiled {
@@ -226,9 +314,16 @@ impl Tables {
             authz,
             authn,
             ext_authz,
+            telemetry,
             generation,
         });
     }
+}
+
+/// An extension provider, by what the waypoint does with it.
+pub enum ParsedProvider {
+    Authz(Provider),
+    Telemetry(ProviderSpec),
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

@@ -78,8 +78,11 @@ fn parse(key: &str, kind: Kind, trust_domain: &str) -> Result<Resource, String> 
             "a policy attached by targetRef is the waypoint's to enforce; ztunnel does not take it"
                 .to_owned(),
         ),
-        Kind::ExtensionProvider(_) => Err(
-            "external authorizers are asked by waypoints; ztunnel does not take them".to_owned(),
+        Kind::ExtensionProvider(_) => {
+            Err("extension providers are used by waypoints; ztunnel does not take them".to_owned())
+        }
+        Kind::Telemetry(_) | Kind::TelemetryDefaults(_) => Err(
+            "the Telemetry API shapes waypoints' telemetry; ztunnel does not take it".to_owned(),
         ),
     }
 }

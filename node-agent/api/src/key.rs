@@ -92,6 +92,17 @@ pub fn extension_provider(name: &str) -> String {
     format!("{EXTENSION_PROVIDER_PREFIX}{name}")
 }
 
+/// A Telemetry for waypoints.
+pub fn telemetry(namespace: &str, name: &str) -> String {
+    format!("{TELEMETRY_PREFIX}{namespace}/{name}")
+}
+
+/// What [`telemetry`] keys begin with.
+pub const TELEMETRY_PREFIX: &str = "telemetry/";
+
+/// The mesh config's default telemetry providers.
+pub const TELEMETRY_DEFAULTS: &str = "telemetrydefaults";
+
 /// What [`extension_provider`] keys begin with.
 pub const EXTENSION_PROVIDER_PREFIX: &str = "extensionprovider/";
 
@@ -105,6 +116,8 @@ pub fn is_l7(key: &str) -> bool {
         "l7authorization/",
         "l7authentication/",
         EXTENSION_PROVIDER_PREFIX,
+        TELEMETRY_PREFIX,
+        TELEMETRY_DEFAULTS,
     ]
     .iter()
     .any(|prefix| key.starts_with(prefix))

@@ -20,7 +20,7 @@ use super::{
     intern::intern,
     istio::{
         AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication,
-        ServiceEntry, VirtualService,
+        ServiceEntry, VirtualService, telemetry::Telemetry,
     },
     l4_route::{self, TCPRoute, TLSRoute},
     reference_grant::{self, ReferenceGrant},
@@ -42,6 +42,7 @@ pub enum Kind {
     AuthorizationPolicy,
     PeerAuthentication,
     RequestAuthentication,
+    Telemetry,
     Gateway,
     HttpRoute,
     GrpcRoute,
@@ -83,6 +84,9 @@ impl Kind {
             }
             ("security.istio.io", "RequestAuthentication") if istio_version => {
                 Kind::RequestAuthentication
+            }
+            ("telemetry.istio.io", "Telemetry") if matches!(version, "v1" | "v1alpha1") => {
+                Kind::Telemetry
             }
             ("gateway.networking.k8s.io", "Gateway") if matches!(version, "v1" | "v1beta1") => {
                 Kind::Gateway
@@ -131,6 +135,7 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::Telemetry => "Telemetry",
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
@@ -188,6 +193,7 @@ pub enum Object {
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
     PeerAuthentication(Arc<PeerAuthentication>),
     RequestAuthentication(Arc<RequestAuthentication>),
+    Telemetry(Arc<Telemetry>),
     Gateway(Arc<Gateway>),
     HttpRoute(Arc<HTTPRoute>),
     GrpcRoute(Arc<GRPCRoute>),
@@ -211,6 +217,7 @@ impl Object {
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
             Object::RequestAuthentication(_) => Kind::RequestAuthentication,
+            Object::Telemetry(_) => Kind::Telemetry,
             Object::Gateway(_) => Kind::Gateway,
             Object::HttpRoute(_) => Kind::HttpRoute,
             Object::GrpcRoute(_) => Kind::GrpcRoute,
@@ -247,6 +254,7 @@ impl Object {
             Object::AuthorizationPolicy(o) => Some(&o.metadata),
             Object::PeerAuthentication(o) => Some(&o.metadata),
             Object::RequestAuthentication(o) => Some(&o.metadata),
+            Object::Telemetry(o) => Some(&o.metadata),
             Object::Gateway(o) => Some(&o.metadata),
             Object::HttpRoute(o) => Some(&o.metadata),
             Object::GrpcRoute(o) => Some(&o.metadata),
@@ -438,6 +446,9 @@ pub fn parse_document(doc: Value, source: &str) -> Result<Object, ConfigError> {
                 .map(|(o, e)| (Object::PeerAuthentication(Arc::new(o)), e)),
             Kind::RequestAuthentication => checked(doc, validate::request_authentication)
                 .map(|(o, e)| (Object::RequestAuthentication(Arc::new(o)), e)),
+            Kind::Telemetry => {
+                checked(doc, validate::telemetry).map(|(o, e)| (Object::Telemetry(Arc::new(o)), e))
+            }
             Kind::Gateway => {
                 checked(doc, gateway::validate).map(|(o, e)| (Object::Gateway(Arc::new(o)), e))
             }

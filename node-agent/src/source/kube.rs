@@ -89,6 +89,13 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
         "requestauthentications",
     ),
     (
+        Kind::Telemetry,
+        "telemetry.istio.io",
+        "v1",
+        "Telemetry",
+        "telemetries",
+    ),
+    (
         Kind::Gateway,
         "gateway.networking.k8s.io",
         "v1",
@@ -152,7 +159,7 @@ pub fn resource_of(kind: Kind) -> Option<(&'static str, &'static str)> {
 }
 
 /// The versions a kind may be served at, newest first, for kinds whose
-/// CRDs differ between Gateway API releases: the first the API server
+/// CRDs differ between releases (of the Gateway API, of Istio): the first the API server
 /// serves the kind at is watched ([`served_version`]); the version in
 /// [`KINDS`], the most widely served, when discovery cannot tell.
 const VERSIONS: &[(Kind, &[&str])] = &[
@@ -161,6 +168,8 @@ const VERSIONS: &[(Kind, &[&str])] = &[
     (Kind::GrpcRoute, &["v1", "v1alpha2"]),
     (Kind::TlsRoute, &["v1", "v1alpha3", "v1alpha2"]),
     (Kind::ReferenceGrant, &["v1", "v1beta1", "v1alpha2"]),
+    // `v1` since Istio 1.22; older control planes' CRDs serve `v1alpha1`.
+    (Kind::Telemetry, &["v1", "v1alpha1"]),
 ];
 
 /// How long the API server's discovery of one version may take.
@@ -185,6 +194,10 @@ fn optional(kind: Kind, code: u16) -> bool {
         // A ClusterRole from before the mesh config was read: without its
         // providers CUSTOM policies fail closed, so nothing is let through.
         Kind::ConfigMap => code == 403,
+        // Telemetry shapes what is reported, never where traffic goes or
+        // who may send it: without its CRD (a cluster without Istio's) or
+        // its RBAC, the proxies report as they do by default.
+        Kind::Telemetry => matches!(code, 403 | 404),
         _ => false,
     }
 }

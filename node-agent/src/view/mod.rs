@@ -14,6 +14,7 @@ pub mod published;
 pub mod routing;
 mod service;
 mod service_entry;
+mod telemetry;
 mod waypoint;
 mod workload;
 
@@ -27,7 +28,7 @@ use warren_api::{
     Identity, addr,
     config::{
         Certificate, ExtensionProvider, MeshSettings, OutboundPolicy, Refusal, Resource,
-        TrustBundle, TunnelProtocol, resource::Kind as ResourceKind,
+        TelemetryDefaults, TrustBundle, TunnelProtocol, resource::Kind as ResourceKind,
     },
     key,
 };
@@ -164,7 +165,8 @@ pub struct View {
     service_routes: BTreeMap<String, BTreeSet<String>>,
     /// Addresses of ServiceEntry hosts that have none of their own.
     auto_vips: auto_vip::AutoVips,
-    /// The extension provider keys the mesh config publishes.
+    /// The extension provider keys (and the telemetry defaults' key) the
+    /// mesh config publishes.
     providers: BTreeSet<String>,
 }
 
@@ -240,6 +242,7 @@ impl View {
         let keys: Vec<ObjectKey> = [
             Kind::AuthorizationPolicy,
             Kind::RequestAuthentication,
+            Kind::Telemetry,
             Kind::Gateway,
             Kind::EndpointSlice,
             Kind::Service,
@@ -309,7 +312,7 @@ impl View {
                 Kind::PeerAuthentication => {
                     namespaces.insert((ns != self.mesh.root_namespace).then_some(ns));
                 }
-                Kind::RequestAuthentication => self.l7_policy(store, key),
+                Kind::RequestAuthentication | Kind::Telemetry => self.l7_policy(store, key),
                 Kind::AuthorizationPolicy => {
                     self.l7_policy(store, key);
                     if self.policy_changed(store, key) {
@@ -545,8 +548,8 @@ impl View {
         before.as_ref() != now.as_ref().map(|(_, s)| s)
     }
 
-    /// Publishes (or withdraws) the AuthorizationPolicy or
-    /// RequestAuthentication `key` for the waypoint of its namespace.
+    /// Publishes (or withdraws) the AuthorizationPolicy,
+    /// RequestAuthentication or Telemetry `key` for the waypoints it binds.
     fn l7_policy(&mut self, store: &Store, key: &ObjectKey) {
         let ns = key.namespace.as_deref().unwrap_or("default");
         let is_waypoint = |gateway: &str| is_waypoint_gateway(store, ns, gateway);
@@ -565,6 +568,17 @@ impl View {
             (
                 key::l7_authentication(ns, &key.name),
                 computed.map(ResourceKind::L7Authentication),
+            )
+        } else if key.kind == Kind::Telemetry {
+            let computed = match store.get(key) {
+                Some(Object::Telemetry(t)) => {
+                    telemetry::for_waypoints(t, &self.mesh.root_namespace, is_waypoint, entry_hosts)
+                }
+                _ => None,
+            };
+            (
+                key::telemetry(ns, &key.name),
+                computed.map(ResourceKind::Telemetry),
             )
         } else {
             let computed = match store.get(key) {
@@ -591,26 +605,39 @@ impl View {
         });
     }
 
-    /// Publishes the external authorizers of the mesh config, when `key` is
-    /// its ConfigMap. A refused update leaves the last good providers in
-    /// force (the store keeps the last good object).
+    /// Publishes the extension providers of the mesh config waypoints use
+    /// (external authorizers, access logs, Prometheus) and its default
+    /// telemetry providers, when `key` is its ConfigMap. A refused update
+    /// leaves the last good ones in force (the store keeps the last good
+    /// object).
     fn extension_providers(&mut self, store: &Store, key: &ObjectKey) {
         if key.namespace.as_deref() != Some(self.mesh.root_namespace.as_str())
             || *key.name != *self.mesh.mesh_config
         {
             return;
         }
-        let providers = match store.get(key) {
-            Some(Object::ConfigMap(map)) => map
-                .mesh
-                .as_ref()
-                .map(|mesh| mesh.extension_providers.as_slice())
-                .unwrap_or_default(),
-            _ => &[],
+        let mesh = match store.get(key) {
+            Some(Object::ConfigMap(map)) => map.mesh.as_ref(),
+            _ => None,
         };
+        let providers = mesh
+            .map(|mesh| mesh.extension_providers.as_slice())
+            .unwrap_or_default();
+        let defaults = mesh
+            .and_then(|mesh| mesh.default_providers.as_ref())
+            .map(|d| {
+                (
+                    key::TELEMETRY_DEFAULTS.to_owned(),
+                    ResourceKind::TelemetryDefaults(TelemetryDefaults {
+                        metrics: d.metrics.clone(),
+                        access_logging: d.access_logging.clone(),
+                        tracing: d.tracing.clone(),
+                    }),
+                )
+            });
         let computed: Vec<(String, ResourceKind)> = providers
             .iter()
-            .filter(|p| p.authz_protocol().is_some())
+            .filter(|p| p.authz_protocol().is_some() || p.is_telemetry())
             .filter_map(|provider| {
                 let spec_json = serde_json::to_string(provider)
                     .map_err(|error| warn!(provider = %provider.name, %error, "cannot encode an extension provider"))
@@ -623,6 +650,7 @@ impl View {
                     }),
                 ))
             })
+            .chain(defaults)
             .collect();
         let mut published = BTreeMap::from([(String::new(), std::mem::take(&mut self.providers))]);
         replace_set(&self.publisher, &mut published, "", computed.into_iter());
@@ -635,6 +663,7 @@ impl View {
         let keys: Vec<ObjectKey> = store
             .of_kind_in(Kind::AuthorizationPolicy, namespace)
             .chain(store.of_kind_in(Kind::RequestAuthentication, namespace))
+            .chain(store.of_kind_in(Kind::Telemetry, namespace))
             .map(Object::key)
             .collect();
         for key in &keys {

@@ -2258,3 +2258,128 @@ spec:
     view.changed(&store, &[gone]);
     assert!(get(&view, &key).is_none());
 }
+
+const TELEMETRIES: &str = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: mesh-default, namespace: istio-system, creationTimestamp: "2026-01-01T00:00:00Z" }
+spec:
+  accessLogging: [{ providers: [{ name: envoy }], filter: { expression: "response.code >= 500" } }]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: quiet, namespace: demo }
+spec:
+  accessLogging: [{ disabled: true }]
+---
+apiVersion: telemetry.istio.io/v1alpha1
+kind: Telemetry
+metadata: { name: on-waypoint, namespace: demo }
+spec:
+  targetRefs: [{ group: gateway.networking.k8s.io, kind: Gateway, name: waypoint }]
+  metrics: [{ overrides: [{ match: { metric: REQUEST_SIZE }, disabled: true }] }]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: on-service, namespace: demo }
+spec:
+  targetRefs: [{ kind: Service, name: app }]
+  accessLogging: [{ providers: [{ name: envoy }] }]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: by-selector, namespace: demo }
+spec:
+  selector: { matchLabels: { app: app } }
+  accessLogging: [{ disabled: true }]
+"#;
+
+fn telemetry(view: &View, ns: &str, name: &str) -> Option<warren_api::config::Telemetry> {
+    match get(view, &key::telemetry(ns, name)) {
+        Some(ResourceKind::Telemetry(t)) => Some(t),
+        _ => None,
+    }
+}
+
+#[test]
+fn telemetries_reach_waypoints_with_whom_they_apply_to() {
+    let (mut store, mut view) = built(TELEMETRIES);
+    let mesh = telemetry(&view, "istio-system", "mesh-default").expect("published");
+    assert!(mesh.mesh_wide && mesh.namespace_wide);
+    assert_eq!(mesh.created, 1_767_225_600);
+    let spec: serde_json::Value = serde_json::from_str(&mesh.spec_json).unwrap();
+    assert_eq!(
+        spec["accessLogging"][0]["filter"]["expression"],
+        "response.code >= 500"
+    );
+    let quiet = telemetry(&view, "demo", "quiet").expect("published");
+    assert!(quiet.namespace_wide && !quiet.mesh_wide);
+    let on_service = telemetry(&view, "demo", "on-service").expect("published");
+    assert_eq!(on_service.services, ["app"]);
+    // No waypoint Gateway yet; and a selector names pods, not waypoints.
+    assert_eq!(telemetry(&view, "demo", "on-waypoint"), None);
+    assert_eq!(telemetry(&view, "demo", "by-selector"), None);
+
+    let keys = apply(&mut store, WAYPOINT_GATEWAY);
+    view.changed(&store, &keys);
+    let on_waypoint = telemetry(&view, "demo", "on-waypoint").expect("published");
+    assert_eq!(on_waypoint.gateways, ["waypoint"]);
+
+    // For waypoints only.
+    assert!(warren_api::key::is_l7(&key::telemetry("demo", "quiet")));
+    let published = view.publisher().lock();
+    let sent = |audience: &Audience| match published.pending(None, audience) {
+        Pending::Update(u) => u
+            .upserts
+            .iter()
+            .filter(|r| r.key.starts_with(key::TELEMETRY_PREFIX))
+            .count(),
+        Pending::UpToDate => 0,
+    };
+    assert_eq!(sent(&Audience::Ztunnel), 0);
+    assert_eq!(
+        sent(&Audience::Waypoint {
+            namespace: "demo".into()
+        }),
+        4
+    );
+    drop(published);
+
+    let gone = delete(&mut store, Kind::Telemetry, "demo", "quiet");
+    view.changed(&store, &[gone]);
+    assert_eq!(telemetry(&view, "demo", "quiet"), None);
+}
+
+#[test]
+fn the_mesh_configs_telemetry_providers_and_defaults_go_to_waypoints() {
+    let mesh = MESH_CONFIG.replace(
+        "    - name: tracing\n",
+        "    - name: json-stdout\n      envoyFileAccessLog: {path: /dev/stdout, logFormat: {labels: {code: \"%RESPONSE_CODE%\"}}}\n    - name: prom\n      prometheus: {}\n    - name: tracing\n",
+    ) + "    defaultProviders: {accessLogging: [json-stdout]}\n";
+    let (mut store, mut view) = built(&mesh);
+    assert_eq!(
+        providers(&view),
+        [
+            "extensionprovider/json-stdout",
+            "extensionprovider/opa",
+            "extensionprovider/prom",
+            "extensionprovider/sso"
+        ]
+    );
+    let Some(ResourceKind::TelemetryDefaults(defaults)) = get(&view, key::TELEMETRY_DEFAULTS)
+    else {
+        panic!("defaults published");
+    };
+    assert_eq!(defaults.access_logging, ["json-stdout"]);
+    assert!(defaults.metrics.is_empty());
+    assert!(warren_api::key::is_l7(key::TELEMETRY_DEFAULTS));
+
+    // Dropped from the mesh config: withdrawn.
+    let keys = apply(&mut store, MESH_CONFIG);
+    view.changed(&store, &keys);
+    assert!(get(&view, key::TELEMETRY_DEFAULTS).is_none());
+    assert_eq!(
+        providers(&view),
+        ["extensionprovider/opa", "extensionprovider/sso"]
+    );
+}

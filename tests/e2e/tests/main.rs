@@ -24,6 +24,7 @@ mod waypoint_http_route;
 mod waypoint_jwt;
 mod waypoint_locality;
 mod waypoint_resilience;
+mod waypoint_telemetry;
 mod waypoint_tls;
 mod waypoint_workload;
 mod ztunnel_scale;

@@ -46,6 +46,7 @@ use crate::{
     metrics::ClusterLabels,
     route::{Action, FailureKind, Lookup, RequestInfo, RetryPolicy, RouteDestination, Scope},
     tables::Compiled,
+    telemetry::attributes::RequestFacts,
     upstream::{
         self, Cluster, Endpoint, HashInput, LoadBalancer, Outcome, RetryPermit, UpstreamHttp,
     },
@@ -131,6 +132,11 @@ pub async fn handle(
     let peer = down.authz_peer();
     // JWTs first: AuthorizationPolicy reads the caller they name.
     let compiled = ctx.tables.current();
+    let telemetry = Arc::clone(
+        compiled
+            .telemetry
+            .for_service(&down.service.namespace, &down.service.name),
+    );
     // Changes an external authorizer asks of the response.
     let mut on_response = None;
     let authenticated = compiled
@@ -176,12 +182,17 @@ pub async fn handle(
         }
     };
     drop(compiled);
-    // Kept for the access line only when it is written.
-    let path = if tracing::enabled!(target: "access", tracing::Level::INFO) {
+    // Kept for the access line only when it may be written.
+    let path = if tracing::enabled!(target: "access", tracing::Level::INFO)
+        && !telemetry.access_log.is_off()
+    {
         parts.uri.path().to_owned()
     } else {
         String::new()
     };
+    let facts = telemetry
+        .reads_request
+        .then(|| Box::new(request_facts(&parts)));
     // Reports the request should the client leave before its answer.
     let unanswered = Unanswered::new(Finished {
         ctx: Arc::clone(&ctx),
@@ -193,6 +204,7 @@ pub async fn handle(
             path,
             grpc,
             request_bytes: declared_bytes,
+            facts,
         },
         response_code: 0,
         grpc_status: None,
@@ -203,6 +215,8 @@ pub async fn handle(
         attempts: 0,
         details: refusal.as_ref().map(|(_, details, _)| details.clone()),
         request_body: None,
+        telemetry,
+        response_headers: None,
     });
     let mut done = match refusal {
         Some((response, _, flags)) => Done::local(response, flags, String::new()),
@@ -233,7 +247,35 @@ pub async fn handle(
     finished.destination = done.destination;
     finished.attempts = done.attempts;
     finished.request_body = done.request_body;
+    if finished.telemetry.reads_response {
+        finished.response_headers = Some(parts.headers.clone());
+    }
     Response::from_parts(parts, Measured::new(body, finished).boxed())
+}
+
+/// What a Telemetry expression may read of a request (`request.*`).
+fn request_facts(parts: &http::request::Parts) -> RequestFacts {
+    RequestFacts {
+        headers: parts.headers.clone(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path(), |p| p.as_str())
+            .to_owned(),
+        host: parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+        scheme: parts.uri.scheme_str().unwrap_or("http").to_owned(),
+        method: parts.method.as_str().to_owned(),
+        protocol: match parts.version {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+    }
 }
 
 /// Resolves when a route's timeout of `limit` expires: `limit` after the

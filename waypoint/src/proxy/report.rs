@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tracing::info;
 use warren_ztunnel::state::Workload;
@@ -23,7 +23,8 @@ use super::{
 };
 use crate::{
     app::{Body, Context},
-    metrics::{RequestLabels, Varying},
+    metrics::{Observed, RequestLabels, Varying},
+    telemetry::{Facts, Resolved, attributes::RequestFacts},
 };
 
 pub(super) const GRPC_STATUS: &str = "grpc-status";
@@ -37,6 +38,9 @@ pub(super) struct Arrived {
     pub(super) path: String,
     pub(super) grpc: bool,
     pub(super) request_bytes: u64,
+    /// What Telemetry expressions may read of it, kept only when one reads
+    /// `request.*`.
+    pub(super) facts: Option<Box<RequestFacts>>,
 }
 
 /// A request whose answer is on its way downstream: reported (metrics and
@@ -61,6 +65,11 @@ pub(super) struct Finished {
     pub(super) details: Option<String>,
     /// The bytes read of the client's body, when it was sent on.
     pub(super) request_body: Option<ReadCount>,
+    /// The Telemetry in force for the request's Service.
+    pub(super) telemetry: Arc<Resolved>,
+    /// The answer's headers, kept only when a Telemetry expression reads
+    /// `response.*`.
+    pub(super) response_headers: Option<HeaderMap>,
 }
 
 /// How the answer's body ended.
@@ -89,31 +98,53 @@ impl Finished {
             .request_body
             .as_ref()
             .map_or(request.request_bytes, ReadCount::get);
-        let metrics = down.metrics.get(
-            &self.ctx.metrics,
-            Varying {
-                destination: self.destination.as_ref(),
-                grpc: request.grpc,
-                response_code: self.response_code,
-                grpc_response_status: self.grpc_status.as_ref(),
-                response_flags: flags,
-            },
-            || {
-                request_labels(
-                    down,
-                    self.destination.as_deref(),
-                    self.response_code,
-                    self.grpc_status.as_ref(),
-                    flags,
-                    request.grpc,
+        let observed = Observed {
+            duration_ms: request.start.elapsed().as_secs_f64() * 1000.0,
+            request_bytes,
+            response_bytes,
+        };
+        let telemetry = &self.telemetry;
+        let facts = || Facts {
+            request: request.facts.as_deref(),
+            request_id: request.request_id.to_str().ok(),
+            request_bytes,
+            response_code: Some(self.response_code),
+            response_headers: self.response_headers.as_ref(),
+            response_bytes,
+            grpc_status: self.grpc_status.as_ref(),
+            flags,
+            source: Some(down.source_ip),
+            principal: Some(format!("spiffe://{}", down.peer.identity.principal())),
+            destination: Some(SocketAddr::new(down.vip, down.port)),
+            upstream: self.upstream,
+            server_name: None,
+        };
+        let plan = &telemetry.metrics;
+        if plan.is_plain() {
+            // Istio's labels, as the connection's earlier requests had them.
+            down.metrics
+                .get(
+                    &self.ctx.metrics,
+                    Varying {
+                        destination: self.destination.as_ref(),
+                        grpc: request.grpc,
+                        response_code: self.response_code,
+                        grpc_response_status: self.grpc_status.as_ref(),
+                        response_flags: flags,
+                    },
+                    || self.labels(flags),
                 )
-            },
-        );
-        let elapsed_ms = request.start.elapsed().as_secs_f64() * 1000.0;
-        metrics.requests.inc();
-        metrics.duration.observe(elapsed_ms);
-        metrics.request_bytes.observe(request_bytes as f64);
-        metrics.response_bytes.observe(response_bytes as f64);
+                .record(observed);
+        } else if !plan.off {
+            self.ctx
+                .metrics
+                .record_planned(plan, &self.labels(flags), &facts(), observed);
+        }
+        if !tracing::enabled!(target: "access", tracing::Level::INFO)
+            || !telemetry.access_log.admits_with(facts)
+        {
+            return;
+        }
         info!(
             target: "access",
             request_id = %request.request_id.to_str().unwrap_or_default(),
@@ -131,9 +162,20 @@ impl Finished {
             attempts = self.attempts,
             request_bytes,
             response_bytes,
-            duration_ms = elapsed_ms,
+            duration_ms = observed.duration_ms,
             "request"
         );
+    }
+
+    fn labels(&self, flags: &'static str) -> RequestLabels {
+        request_labels(
+            &self.down,
+            self.destination.as_deref(),
+            self.response_code,
+            self.grpc_status.as_ref(),
+            flags,
+            self.request.grpc,
+        )
     }
 }
 

@@ -39,6 +39,7 @@ use crate::{
         RouteDestination, Scope,
         tcp::{ConnectionInfo, TcpRouted},
     },
+    telemetry::{Facts, Resolved},
     upstream::{HashInput, Outcome, Permit, PoolLimits},
 };
 
@@ -116,7 +117,13 @@ pub async fn serve(
     compiled: Arc<crate::tables::Compiled>,
     _drain: drain::Watch,
 ) {
-    let start = Instant::now();
+    let line = Line {
+        down: &down,
+        telemetry: compiled
+            .telemetry
+            .for_service(&down.service.namespace, &down.service.name),
+        start: Instant::now(),
+    };
     let host = &down.service.hostname;
     let default = RouteDestination::to_host(host);
     // The service's own VirtualServices, and the waypoint's namespace's.
@@ -147,7 +154,7 @@ pub async fn serve(
             Ok(Err(error)) => {
                 let ended = Ended::Hello(error);
                 let read = u64::try_from(hello.len()).unwrap_or(u64::MAX);
-                log(&down, "-", None, start, Err(&ended), None, (read, 0));
+                line.log("-", None, Err(&ended), None, (read, 0));
                 return;
             }
             Err(_) => Some(Hello::Unreadable(format!(
@@ -179,7 +186,7 @@ pub async fn serve(
             // Dropping the tunnel resets the client's connection: its bytes
             // never reach a destination.
             ctx.inputs.metrics.refuse(super::DIRECTION, "deny_policy");
-            log(&down, "-", server_name, start, Err(&ended), None, (read, 0));
+            line.log("-", server_name, Err(&ended), None, (read, 0));
             return;
         }
     }
@@ -197,15 +204,7 @@ pub async fn serve(
         ctx.inputs
             .metrics
             .refuse(super::DIRECTION, "rejected_by_route");
-        log(
-            &down,
-            &route,
-            server_name,
-            start,
-            Err(&Ended::Rejected),
-            None,
-            (read, 0),
-        );
+        line.log(&route, server_name, Err(&Ended::Rejected), None, (read, 0));
         return;
     }
     let key = ClusterKey {
@@ -222,15 +221,7 @@ pub async fn serve(
     } = match connected {
         Ok(connected) => connected,
         Err((refused, endpoint)) => {
-            log(
-                &down,
-                &route,
-                server_name,
-                start,
-                Err(&refused),
-                endpoint,
-                (read, 0),
-            );
+            line.log(&route, server_name, Err(&refused), endpoint, (read, 0));
             return;
         }
     };
@@ -272,25 +263,9 @@ pub async fn serve(
             if let Err(error) = copied {
                 debug!(%error, "tcp connection ended with an error");
             }
-            log(
-                &down,
-                &route,
-                server_name,
-                start,
-                Ok(()),
-                Some(endpoint),
-                bytes,
-            );
+            line.log(&route, server_name, Ok(()), Some(endpoint), bytes);
         }
-        Err(cut) => log(
-            &down,
-            &route,
-            server_name,
-            start,
-            Err(&cut),
-            Some(endpoint),
-            bytes,
-        ),
+        Err(cut) => line.log(&route, server_name, Err(&cut), Some(endpoint), bytes),
     }
 }
 
@@ -465,32 +440,54 @@ async fn connect(
 
 /// The connection's access line; `server_name` is its hello's, when read
 /// (Envoy's `%REQUESTED_SERVER_NAME%`).
-fn log(
-    down: &Downstream,
-    route: &str,
-    server_name: Option<&str>,
+struct Line<'a> {
+    down: &'a Downstream,
+    telemetry: &'a Resolved,
     start: Instant,
-    result: Result<(), &Ended>,
-    upstream: Option<SocketAddr>,
-    (sent, received): (u64, u64),
-) {
-    info!(
-        target: "access",
-        src = %down.source_ip,
-        src_identity = %down.peer.identity,
-        service = %down.service.hostname,
-        port = down.port,
-        protocol = "tcp",
-        server_name = server_name.unwrap_or("-"),
-        route,
-        flags = result.err().map_or("-", Ended::flag),
-        details = %result.err().map_or_else(|| "-".to_owned(), ToString::to_string),
-        upstream = ?upstream,
-        sent,
-        received,
-        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-        "connection"
-    );
+}
+
+impl Line<'_> {
+    fn log(
+        &self,
+        route: &str,
+        server_name: Option<&str>,
+        result: Result<(), &Ended>,
+        upstream: Option<SocketAddr>,
+        (sent, received): (u64, u64),
+    ) {
+        let down = self.down;
+        let facts = || Facts {
+            source: Some(down.source_ip),
+            principal: Some(format!("spiffe://{}", down.peer.identity.principal())),
+            destination: Some(SocketAddr::new(down.vip, down.port)),
+            upstream,
+            server_name,
+            flags: result.err().map_or("-", Ended::flag),
+            ..Facts::default()
+        };
+        if !tracing::enabled!(target: "access", tracing::Level::INFO)
+            || !self.telemetry.access_log.admits_with(facts)
+        {
+            return;
+        }
+        info!(
+            target: "access",
+            src = %down.source_ip,
+            src_identity = %down.peer.identity,
+            service = %down.service.hostname,
+            port = down.port,
+            protocol = "tcp",
+            server_name = server_name.unwrap_or("-"),
+            route,
+            flags = result.err().map_or("-", Ended::flag),
+            details = %result.err().map_or_else(|| "-".to_owned(), ToString::to_string),
+            upstream = ?upstream,
+            sent,
+            received,
+            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            "connection"
+        );
+    }
 }
 
 #[cfg(test)]

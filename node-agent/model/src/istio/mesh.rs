@@ -19,6 +19,9 @@ pub const MESH_KEY: &str = "mesh";
 pub struct MeshConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extension_providers: Vec<ExtensionProvider>,
+    /// The telemetry providers in force where no Telemetry names any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_providers: Option<DefaultProviders>,
     /// Istio's other settings: read so the YAML parses, not acted on.
     #[serde(flatten, skip_serializing)]
     pub other: BTreeMap<String, serde_yaml::Value>,
@@ -34,10 +37,17 @@ pub struct ExtensionProvider {
     pub envoy_ext_authz_http: Option<ExtAuthzHttp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envoy_ext_authz_grpc: Option<ExtAuthzGrpc>,
-    /// Tracing, logging and metrics providers (`zipkin`,
-    /// `opentelemetry`, `envoyFileAccessLog`, …), which the Telemetry API
-    /// names and Warren does not read: kept so a mesh config that has them
-    /// still parses.
+    /// An access log written to a file (the waypoint writes its access
+    /// lines to stdout: `/dev/stdout` is the one path it honours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy_file_access_log: Option<FileAccessLog>,
+    /// The proxies' Prometheus metrics (`/metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<Prometheus>,
+    /// Other tracing, logging and metrics providers (`zipkin`,
+    /// `opentelemetry`, `envoyOtelAls`, …), which Telemetry objects may
+    /// name and Warren does not send to: kept so a mesh config that has
+    /// them still parses.
     #[serde(flatten, skip_serializing)]
     pub other: BTreeMap<String, serde_yaml::Value>,
 }
@@ -52,8 +62,6 @@ pub const OTHER_PROVIDER_KINDS: &[&str] = &[
     "opencensus",
     "skywalking",
     "opentelemetry",
-    "prometheus",
-    "envoyFileAccessLog",
     "envoyHttpAls",
     "envoyTcpAls",
     "envoyOtelAls",
@@ -143,11 +151,61 @@ pub struct BodyInCheck {
     pub pack_as_bytes: bool,
 }
 
+/// `defaultProviders`: the providers a level without Telemetry (or a
+/// Telemetry entry naming none) uses.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DefaultProviders {
+    /// Empty: `prometheus`, as in Istio's default mesh config (a repeated
+    /// field merged over the default cannot be emptied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracing: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_logging: Vec<String>,
+}
+
+/// The provider Istio's default mesh config defines for metrics.
+pub const PROMETHEUS: &str = "prometheus";
+
+/// The provider Istio's default mesh config defines for access logs: a
+/// file access log to `/dev/stdout`.
+pub const ENVOY: &str = "envoy";
+
+/// The one access-log path a Warren proxy writes to.
+pub const STDOUT: &str = "/dev/stdout";
+
+/// `EnvoyFileAccessLogProvider`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileAccessLog {
+    /// Empty: `/dev/stdout`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    /// Envoy's line format (`text` or `labels`): read, not used; Warren's
+    /// proxies write their own fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<serde_json::Value>,
+}
+
+/// `PrometheusMetricsProvider`: no settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Prometheus {}
+
 /// Which kind of external authorizer a provider is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthzProtocol {
     Http,
     Grpc,
+}
+
+impl FileAccessLog {
+    /// Whether its lines go where the waypoint writes its own.
+    pub fn to_stdout(&self) -> bool {
+        self.path.is_empty() || self.path == STDOUT
+    }
 }
 
 impl ExtensionProvider {
@@ -158,6 +216,12 @@ impl ExtensionProvider {
             (None, Some(_)) => Some(AuthzProtocol::Grpc),
             (None, None) => None,
         }
+    }
+
+    /// Whether the provider is one the waypoint's telemetry uses: an access
+    /// log or Prometheus.
+    pub fn is_telemetry(&self) -> bool {
+        self.envoy_file_access_log.is_some() || self.prometheus.is_some()
     }
 
     /// `(service, port)` of an external authorizer.

@@ -6,6 +6,7 @@
 //! - [`security`]: AuthorizationPolicy, RequestAuthentication, PeerAuthentication
 //!   (`security.istio.io`).
 //! - [`common`]: pieces both groups use (selectors, string matches…).
+//! - [`telemetry`]: Telemetry (`telemetry.istio.io`).
 //! - [`mesh`]: MeshConfig's extension providers (the `istio` ConfigMap).
 //!
 //! The types are declared at `v1`; Istio's `v1beta1` and `v1alpha3` have the
@@ -16,6 +17,7 @@ pub mod common;
 pub mod mesh;
 pub mod networking;
 pub mod security;
+pub mod telemetry;
 
 pub use common::*;
 pub use networking::*;

@@ -35,6 +35,12 @@ pub fn mesh_config(path: &str, mesh: &MeshConfig) -> Vec<FieldError> {
             kinds.push("envoyExtAuthzGrpc");
             ext_authz_grpc(&mut r, &format!("{path}.envoyExtAuthzGrpc"), grpc);
         }
+        if provider.envoy_file_access_log.is_some() {
+            kinds.push("envoyFileAccessLog");
+        }
+        if provider.prometheus.is_some() {
+            kinds.push("prometheus");
+        }
         for key in provider.other.keys() {
             if OTHER_PROVIDER_KINDS.contains(&key.as_str()) {
                 kinds.push(key);

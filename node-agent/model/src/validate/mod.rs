@@ -16,7 +16,9 @@
 //! One file per kind holds its entry point and the checks only that kind
 //! needs: `virtual_service.rs` (with the cross-object [`unknown_subsets`]),
 //! `destination_rule.rs`, `service_entry.rs`, `authorization_policy.rs` and
-//! `peer_authentication.rs` and `request_authentication.rs`. Checks several kinds share live here.
+//! `peer_authentication.rs`, `request_authentication.rs` and `telemetry.rs`
+//! (with the CEL [`telemetry::expression`] the waypoint compiles too). Checks
+//! several kinds share live here.
 
 mod authorization_policy;
 mod destination_rule;
@@ -24,6 +26,7 @@ mod mesh_config;
 mod peer_authentication;
 mod request_authentication;
 mod service_entry;
+pub mod telemetry;
 mod virtual_service;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,6 +47,7 @@ pub use mesh_config::{mesh_config, status_code};
 pub use peer_authentication::peer_authentication;
 pub use request_authentication::{key_set, request_authentication, signing_key};
 pub use service_entry::service_entry;
+pub use telemetry::telemetry;
 pub use virtual_service::{grpc_code, unknown_subsets, virtual_service};
 
 /// Turns a deserialization error into a [`FieldError`] at the path where it

@@ -192,6 +192,21 @@ pub fn resource_json(r: &Resource) -> Value {
                 "spec": serde_json::from_str::<Value>(&p.spec_json).unwrap_or(Value::Null),
             }),
         ),
+        Some(Kind::Telemetry(t)) => (
+            "Telemetry",
+            json!({
+                "name": t.name, "namespace": t.namespace,
+                "namespaceWide": t.namespace_wide, "meshWide": t.mesh_wide,
+                "gateways": t.gateways, "services": t.services,
+                "spec": serde_json::from_str::<Value>(&t.spec_json).unwrap_or(Value::Null),
+            }),
+        ),
+        Some(Kind::TelemetryDefaults(d)) => (
+            "TelemetryDefaults",
+            json!({
+                "metrics": d.metrics, "accessLogging": d.access_logging, "tracing": d.tracing,
+            }),
+        ),
         None => ("Unknown", Value::Null),
     };
     json!({ "key": r.key, "kind": kind, "spec": body })
@@ -325,6 +340,8 @@ pub fn print_tables(dump: &DumpResponse) {
                 | Kind::L7Authorization(_)
                 | Kind::L7Authentication(_)
                 | Kind::ExtensionProvider(_)
+                | Kind::Telemetry(_)
+                | Kind::TelemetryDefaults(_)
         )
     })
     .filter_map(|r| match &r.kind {
@@ -368,7 +385,34 @@ pub fn print_tables(dump: &DumpResponse) {
                     };
                     Some(format!("{service}:{port} ({protocol})"))
                 })
-                .unwrap_or_default(),
+                .unwrap_or_else(|| "(telemetry)".into()),
+        ]),
+        // Whom it applies to, in the HOSTS column.
+        Some(Kind::Telemetry(t)) => Some(vec![
+            "Telemetry".into(),
+            format!("{}/{}", t.namespace, t.name),
+            match (t.mesh_wide, t.namespace_wide) {
+                (true, _) => "(mesh)".into(),
+                (false, true) => "(namespace)".into(),
+                (false, false) => bound(&t.gateways, &t.services),
+            },
+        ]),
+        Some(Kind::TelemetryDefaults(d)) => Some(vec![
+            "TelemetryDefaults".into(),
+            "(mesh config)".into(),
+            format!(
+                "metrics: {}; accessLogging: {}",
+                if d.metrics.is_empty() {
+                    "prometheus".into()
+                } else {
+                    d.metrics.join(",")
+                },
+                if d.access_logging.is_empty() {
+                    "-".into()
+                } else {
+                    d.access_logging.join(",")
+                },
+            ),
         ]),
         _ => None,
     })

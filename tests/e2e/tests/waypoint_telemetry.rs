@@ -1,0 +1,315 @@
+//! The Telemetry API at the waypoint, with real traffic: a mesh-wide
+//! Telemetry in the root namespace keeps access lines for failed requests
+//! only, the namespace's turns them off, one attached to the waypoint turns
+//! them on for a header and changes how requests are counted (a label
+//! removed, one added from the request, a metric off). A Telemetry whose
+//! expression does not compile is refused and the last good one stays in
+//! force; removing the objects brings back a line for every request.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use warren_e2e::{
+    agent::warrenctl_waypoint_explain,
+    mesh::{
+        demo_cluster_with_waypoint_pod, eventually, metric_sum, service_vip,
+        start_mesh_and_waypoint, waypoint_metrics,
+    },
+    workload::start_http_server,
+};
+use warren_testbed::{Pod, ServicePort, labels, privilege::require_root};
+
+const MESH_FILE: &str = "telemetry.istio-system.mesh-default.yaml";
+const NAMESPACE_FILE: &str = "telemetry.demo.quiet.yaml";
+const WAYPOINT_FILE: &str = "telemetry.demo.waypoint.yaml";
+
+const MESH_WIDE: &str = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: mesh-default, namespace: istio-system }
+spec:
+  accessLogging:
+  - providers: [{ name: envoy }]
+    filter: { expression: "response.code >= 400" }
+"#;
+
+const NAMESPACE_WIDE: &str = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: quiet, namespace: demo }
+spec:
+  accessLogging: [{ disabled: true }]
+"#;
+
+const ON_WAYPOINT: &str = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: waypoint, namespace: demo }
+spec:
+  targetRefs: [{ group: gateway.networking.k8s.io, kind: Gateway, name: waypoint }]
+  accessLogging:
+  - providers: [{ name: envoy }]
+    filter: { expression: "request.headers['x-debug'] == 'on'" }
+  metrics:
+  - overrides:
+    - match: { metric: REQUEST_COUNT }
+      tagOverrides:
+        destination_version: { operation: REMOVE }
+        request_path: { value: "request.url_path" }
+    - match: { metric: REQUEST_SIZE }
+      disabled: true
+"#;
+
+/// The status of one GET by curl from `pod`, with `headers`.
+fn get(pod: &Pod, url: &str, headers: &[&str]) -> Result<u16> {
+    let mut args = vec![
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "8",
+    ];
+    for header in headers {
+        args.extend(["-H", header]);
+    }
+    args.push(url);
+    let out = pod.sandbox.exec("curl", &args)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().with_context(|| {
+        format!(
+            "curl {url}: {text:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The waypoint's access lines of requests for `path`.
+fn lines_for(output: &str, path: &str) -> usize {
+    let field = format!("path=\"{path}\"");
+    let bare = format!("path={path} ");
+    output
+        .lines()
+        .filter(|l| l.contains("access") && (l.contains(&field) || l.contains(&bare)))
+        .count()
+}
+
+#[test]
+fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
+    require_root()?;
+    let cluster = demo_cluster_with_waypoint_pod(&[
+        ("app", 1, &[("app", "app")], "app"),
+        ("client", 0, &[("app", "client")], "client"),
+    ])?;
+    cluster.add_service(
+        "demo",
+        "app",
+        labels(&[("app", "app")]),
+        vec![ServicePort {
+            name: "http".into(),
+            port: 80,
+            target_port: 8080,
+        }],
+    )?;
+    let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
+    let config = cluster.config_dir().to_path_buf();
+    let app = cluster.pod("app")?.clone();
+    let server = start_http_server(&cluster, &app, 8080, &["--name", "app"])?;
+    let client = cluster.pod("client")?.clone();
+    let waypoint_pod = cluster.pod("waypoint")?.clone();
+    let base = format!("http://{}", service_vip(&cluster, "app")?);
+    let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
+
+    // No Telemetry: a line for every request, as always.
+    eventually(
+        Duration::from_secs(30),
+        "the waypoint logs requests",
+        || {
+            Ok(get(&client, &format!("{base}/before"), &[])? == 200
+                && lines_for(&waypoint.output(), "/before") >= 1)
+        },
+    )
+    .with_context(logs)?;
+
+    // Mesh-wide: failed requests only.
+    std::fs::write(config.join(MESH_FILE), MESH_WIDE)?;
+    eventually(
+        Duration::from_secs(20),
+        "the mesh's filter in force",
+        || {
+            Ok(get(&client, &format!("{base}/status/503"), &[])? == 503
+                && lines_for(&waypoint.output(), "/status/503") >= 1)
+        },
+    )
+    .with_context(logs)?;
+    for _ in 0..3 {
+        ensure!(get(&client, &format!("{base}/mesh/ok"), &[])? == 200);
+    }
+    ensure!(get(&client, &format!("{base}/status/404"), &[])? == 404);
+    // A line is written when the answer's body has gone: give it a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let output = waypoint.output();
+    ensure!(
+        lines_for(&output, "/mesh/ok") == 0 && lines_for(&output, "/status/404") == 1,
+        "the mesh-wide filter: {} lines of 200s, {} of the 404\n{output}",
+        lines_for(&output, "/mesh/ok"),
+        lines_for(&output, "/status/404")
+    );
+
+    // The namespace's own: none at all.
+    std::fs::write(config.join(NAMESPACE_FILE), NAMESPACE_WIDE)?;
+    eventually(
+        Duration::from_secs(20),
+        "the namespace's Telemetry in force",
+        || {
+            // A failed request the mesh's filter would log leaves no line
+            // (a status of its own each time: 520, 521, …).
+            let code = 520 + next();
+            let path = format!("/status/{code}");
+            let status = get(&client, &format!("{base}{path}"), &[])?;
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(u32::from(status) == code && lines_for(&waypoint.output(), &path) == 0)
+        },
+    )
+    .with_context(logs)?;
+
+    // Attached to the waypoint: lines for `x-debug: on`, and metrics shaped.
+    std::fs::write(config.join(WAYPOINT_FILE), ON_WAYPOINT)?;
+    eventually(
+        Duration::from_secs(20),
+        "the waypoint's Telemetry in force",
+        || {
+            Ok(
+                get(&client, &format!("{base}/debug/on"), &["x-debug: on"])? == 200
+                    && lines_for(&waypoint.output(), "/debug/on") >= 1,
+            )
+        },
+    )
+    .with_context(logs)?;
+    ensure!(get(&client, &format!("{base}/debug/off"), &["x-debug: off"])? == 200);
+    ensure!(get(&client, &format!("{base}/status/502"), &[])? == 502);
+    std::thread::sleep(Duration::from_millis(300));
+    let output = waypoint.output();
+    ensure!(
+        lines_for(&output, "/debug/off") == 0 && lines_for(&output, "/status/502") == 0,
+        "only x-debug: on is logged:\n{output}"
+    );
+    let metrics = waypoint_metrics(&waypoint_pod)?;
+    let counted = metric_sum(
+        &metrics,
+        "istio_requests_total",
+        &[("request_path", "/debug/off"), ("response_code", "200")],
+    );
+    ensure!(
+        counted == 1.0,
+        "requests counted with their path: {counted}\n{metrics}"
+    );
+    let relabelled: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{") && l.contains("request_path="))
+        .collect();
+    ensure!(
+        !relabelled.is_empty()
+            && relabelled
+                .iter()
+                .all(|l| !l.contains("destination_version=")),
+        "destination_version removed: {relabelled:#?}"
+    );
+    // Istio's labels stay on the other metrics; REQUEST_SIZE has no new series.
+    let durations_before = metric_sum(
+        &metrics,
+        "istio_request_duration_milliseconds_count",
+        &[("destination_service_name", "app")],
+    );
+    let sizes_before = metric_sum(
+        &metrics,
+        "istio_request_bytes_count",
+        &[("destination_service_name", "app")],
+    );
+    ensure!(get(&client, &format!("{base}/debug/more"), &[])? == 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let metrics = waypoint_metrics(&waypoint_pod)?;
+    ensure!(
+        metric_sum(
+            &metrics,
+            "istio_request_duration_milliseconds_count",
+            &[("destination_service_name", "app")],
+        ) == durations_before + 1.0,
+        "durations still counted:\n{metrics}"
+    );
+    ensure!(
+        metric_sum(
+            &metrics,
+            "istio_request_bytes_count",
+            &[("destination_service_name", "app")],
+        ) == sizes_before,
+        "REQUEST_SIZE is off:\n{metrics}"
+    );
+
+    // explain names what is in force.
+    let shown =
+        warrenctl_waypoint_explain(&config, "demo", "demo/client", &[&format!("{base}/x")])?;
+    for says in [
+        "Telemetry istio-system/mesh-default, demo/quiet, demo/waypoint",
+        "an access line when `request.headers['x-debug'] == 'on'`",
+        "istio_request_bytes off",
+        "istio_requests_total labels -destination_version request_path=`request.url_path`",
+    ] {
+        ensure!(
+            shown.contains(says),
+            "explain does not say {says:?}:\n{shown}"
+        );
+    }
+
+    // A filter that does not compile is refused; the last good one stays.
+    std::fs::write(
+        config.join(WAYPOINT_FILE),
+        ON_WAYPOINT.replace("== 'on'", "== "),
+    )?;
+    eventually(
+        Duration::from_secs(20),
+        "the agents refuse the broken Telemetry",
+        || {
+            Ok(mesh
+                .logs()
+                .lines()
+                .filter(|l| {
+                    l.contains("rejected") && l.contains("spec.accessLogging[0].filter.expression")
+                })
+                .count()
+                >= 2)
+        },
+    )
+    .with_context(logs)?;
+    ensure!(get(&client, &format!("{base}/still/on"), &["x-debug: on"])? == 200);
+    ensure!(get(&client, &format!("{base}/still/off"), &[])? == 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let output = waypoint.output();
+    ensure!(
+        lines_for(&output, "/still/on") == 1 && lines_for(&output, "/still/off") == 0,
+        "the last good Telemetry stays in force:\n{output}"
+    );
+
+    // All gone: a line for every request again, Istio's labels on every metric.
+    for file in [WAYPOINT_FILE, NAMESPACE_FILE, MESH_FILE] {
+        std::fs::remove_file(config.join(file))?;
+    }
+    eventually(Duration::from_secs(20), "the defaults back", || {
+        let path = format!("/after/{}", next());
+        let status = get(&client, &format!("{base}{path}"), &[])?;
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(status == 200 && lines_for(&waypoint.output(), &path) == 1)
+    })
+    .with_context(logs)?;
+    drop(server);
+    drop(waypoint);
+    Ok(())
+}
+
+/// 0, 1, 2, …: what makes a request's path one no earlier request had.
+fn next() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,633 @@
+//! The Telemetry API as a waypoint applies it: which access lines it writes
+//! and how it counts requests, per Service.
+//!
+//! Telemetry objects come in layers, merged as Istio merges them for a proxy
+//! receiving requests (mode `SERVER`): the root namespace's namespace-wide
+//! one (the mesh's), then the waypoint's namespace's, then those attached by
+//! `targetRefs` to this waypoint or to the request's Service, oldest first.
+//! A later layer overrides an earlier one, provider by provider; an entry
+//! that names no provider uses the previous level's (at the top, the mesh
+//! config's `defaultProviders`).
+//!
+//! Only what this proxy reports can be shaped:
+//! - access lines go to stdout, so a provider counts as this log when it is
+//!   the built-in `envoy` or an `envoyFileAccessLog` writing to
+//!   `/dev/stdout`; others (OpenTelemetry, gRPC ALS, other files) are not
+//!   sent to;
+//! - metrics are the Prometheus ones (`prometheus`, built in, or a provider
+//!   of that kind): the four `istio_request*` families;
+//! - tracing is read and not acted on: the waypoint continues traces, it
+//!   reports no spans.
+//!
+//! Without any Telemetry or default provider for access logging, the
+//! waypoint writes its access lines as it always has (see
+//! [`AccessLog::Default`]).
+
+pub mod attributes;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use tracing::warn;
+use warren_model::istio::{
+    mesh::{ENVOY, ExtensionProvider, PROMETHEUS},
+    telemetry::{
+        AccessLogging, IstioMetric, MetricSelector, Metrics, ProviderRef, TagOperation,
+        TelemetrySpec,
+    },
+};
+
+use crate::attachment::applies;
+pub use attributes::{Expr, Facts};
+
+/// A Telemetry as the agent sent it, its expressions compiled.
+#[derive(Clone, Debug)]
+pub struct TelemetryInput {
+    pub namespace: String,
+    pub name: String,
+    pub created: i64,
+    pub namespace_wide: bool,
+    pub mesh_wide: bool,
+    /// Attached to this waypoint by a targetRef to its Gateway.
+    pub waypoint: bool,
+    /// Services of `namespace` it is attached to.
+    pub services: Vec<String>,
+    pub spec: TelemetrySpec,
+    /// `accessLogging[i].filter`, compiled.
+    pub filters: Vec<Option<Expr>>,
+    /// `metrics[i].overrides[j].tagOverrides[tag].value`, compiled.
+    pub tag_values: BTreeMap<(usize, usize, String), Expr>,
+}
+
+impl TelemetryInput {
+    /// Compiles `spec`'s expressions; the error names the one that fails.
+    pub fn compile(
+        namespace: String,
+        name: String,
+        spec: TelemetrySpec,
+    ) -> Result<TelemetryInput, String> {
+        let mut filters = Vec::new();
+        for (i, logging) in spec.access_logging.iter().enumerate() {
+            filters.push(match &logging.filter {
+                Some(filter) => Some(
+                    Expr::compile(&filter.expression)
+                        .map_err(|e| format!("accessLogging[{i}].filter.expression: {e}"))?,
+                ),
+                None => None,
+            });
+        }
+        let mut tag_values = BTreeMap::new();
+        for (i, metrics) in spec.metrics.iter().enumerate() {
+            for (j, o) in metrics.overrides.iter().enumerate() {
+                for (tag, change) in &o.tag_overrides {
+                    if let (TagOperation::Upsert, Some(value)) = (change.operation, &change.value) {
+                        let expr = Expr::compile(value).map_err(|e| {
+                            format!("metrics[{i}].overrides[{j}].tagOverrides.{tag}.value: {e}")
+                        })?;
+                        tag_values.insert((i, j, tag.clone()), expr);
+                    }
+                }
+            }
+        }
+        Ok(TelemetryInput {
+            namespace,
+            name,
+            created: 0,
+            namespace_wide: false,
+            mesh_wide: false,
+            waypoint: false,
+            services: Vec::new(),
+            spec,
+            filters,
+            tag_values,
+        })
+    }
+
+    fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The mesh config's `defaultProviders`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Defaults {
+    pub metrics: Vec<String>,
+    pub access_logging: Vec<String>,
+}
+
+impl Defaults {
+    fn metrics(&self) -> Vec<String> {
+        if self.metrics.is_empty() {
+            vec![PROMETHEUS.to_owned()]
+        } else {
+            self.metrics.clone()
+        }
+    }
+}
+
+/// What the providers a Telemetry may name are, to this waypoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProviderKind {
+    /// Its access lines on stdout.
+    Stdout,
+    /// A file other than stdout: not written.
+    OtherFile,
+    Prometheus,
+    /// Something this waypoint does not send to (or no provider by that
+    /// name).
+    Elsewhere,
+}
+
+fn provider_kind(name: &str, providers: &BTreeMap<String, Arc<ExtensionProvider>>) -> ProviderKind {
+    // Istio looks providers up ignoring case.
+    let defined = providers
+        .values()
+        .find(|p| p.name.eq_ignore_ascii_case(name));
+    match defined {
+        Some(p) => match (&p.envoy_file_access_log, &p.prometheus) {
+            (Some(log), _) if log.to_stdout() => ProviderKind::Stdout,
+            (Some(_), _) => ProviderKind::OtherFile,
+            (None, Some(_)) => ProviderKind::Prometheus,
+            (None, None) => ProviderKind::Elsewhere,
+        },
+        // Istio's default mesh config defines both.
+        None if name.eq_ignore_ascii_case(ENVOY) => ProviderKind::Stdout,
+        None if name.eq_ignore_ascii_case(PROMETHEUS) => ProviderKind::Prometheus,
+        None => ProviderKind::Elsewhere,
+    }
+}
+
+/// Whether (and which of) the waypoint's access lines are written.
+#[derive(Clone, Debug, Default)]
+pub enum AccessLog {
+    /// No Telemetry or default provider says: a line per request and
+    /// connection, as the log filter (`access` target) allows.
+    #[default]
+    Default,
+    /// Lines for what any of these filters holds true for; `None` passes
+    /// all. Empty: none at all.
+    Filtered(Vec<Option<Expr>>),
+}
+
+impl AccessLog {
+    /// Whether nothing is logged.
+    pub fn is_off(&self) -> bool {
+        matches!(self, AccessLog::Filtered(filters) if filters.is_empty())
+    }
+
+    /// Whether a request or connection makes a line; `facts` are built
+    /// only for a filter to read.
+    pub fn admits_with<'a>(&self, facts: impl FnOnce() -> Facts<'a>) -> bool {
+        let AccessLog::Filtered(filters) = self else {
+            return true;
+        };
+        if filters.iter().any(Option::is_none) {
+            return true;
+        }
+        let facts = facts();
+        filters.iter().flatten().any(|expr| expr.holds(&facts))
+    }
+}
+
+/// One of the four request metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestMetric {
+    Count = 0,
+    Duration = 1,
+    RequestSize = 2,
+    ResponseSize = 3,
+}
+
+impl RequestMetric {
+    pub const EACH: [RequestMetric; 4] = [
+        RequestMetric::Count,
+        RequestMetric::Duration,
+        RequestMetric::RequestSize,
+        RequestMetric::ResponseSize,
+    ];
+
+    fn of(metric: IstioMetric) -> Option<RequestMetric> {
+        match metric {
+            IstioMetric::RequestCount => Some(RequestMetric::Count),
+            IstioMetric::RequestDuration => Some(RequestMetric::Duration),
+            IstioMetric::RequestSize => Some(RequestMetric::RequestSize),
+            IstioMetric::ResponseSize => Some(RequestMetric::ResponseSize),
+            _ => None,
+        }
+    }
+}
+
+/// A label changed by `tagOverrides`.
+#[derive(Clone, Debug)]
+pub enum TagChange {
+    Remove,
+    Upsert(Expr),
+}
+
+/// How one request metric is counted.
+#[derive(Clone, Debug, Default)]
+pub struct MetricPlan {
+    pub disabled: bool,
+    /// Label → change, by label name.
+    pub tags: BTreeMap<String, TagChange>,
+}
+
+/// How requests are counted.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsPlan {
+    /// No Prometheus provider in scope, or `ALL_METRICS` disabled.
+    pub off: bool,
+    pub each: [MetricPlan; 4],
+}
+
+impl MetricsPlan {
+    pub fn get(&self, metric: RequestMetric) -> &MetricPlan {
+        &self.each[metric as usize]
+    }
+
+    /// Every request metric counted with Istio's labels (as without any
+    /// Telemetry): the connection's cached series serve.
+    pub fn is_plain(&self) -> bool {
+        !self.off && self.each.iter().all(|m| !m.disabled && m.tags.is_empty())
+    }
+}
+
+/// The telemetry in force for one scope (this waypoint, or one Service
+/// through it).
+#[derive(Clone, Debug, Default)]
+pub struct Resolved {
+    pub access_log: AccessLog,
+    pub metrics: MetricsPlan,
+    /// The Telemetry objects that made it, in the order applied.
+    pub sources: Vec<String>,
+    /// Some expression reads `request.*`: requests keep what it may read.
+    pub reads_request: bool,
+    /// Some expression reads `response.*`: answers keep their headers.
+    pub reads_response: bool,
+}
+
+impl Resolved {
+    /// What it asks, in words (`warrenctl waypoint explain`); `None` when
+    /// it leaves the waypoint's defaults alone.
+    pub fn describe(&self) -> Option<String> {
+        let logs = match &self.access_log {
+            AccessLog::Default => None,
+            AccessLog::Filtered(filters) if filters.is_empty() => Some("no access line".to_owned()),
+            AccessLog::Filtered(filters) if filters.iter().any(Option::is_none) => {
+                Some("an access line for every request".to_owned())
+            }
+            AccessLog::Filtered(filters) => Some(format!(
+                "an access line when {}",
+                filters
+                    .iter()
+                    .flatten()
+                    .map(|e| format!("`{}`", e.text()))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )),
+        };
+        let metrics = if self.metrics.off {
+            Some("no request metrics".to_owned())
+        } else if self.metrics.is_plain() {
+            None
+        } else {
+            let names = [
+                "istio_requests_total",
+                "istio_request_duration_milliseconds",
+                "istio_request_bytes",
+                "istio_response_bytes",
+            ];
+            let changes: Vec<String> = RequestMetric::EACH
+                .iter()
+                .map(|m| (names[*m as usize], self.metrics.get(*m)))
+                .filter_map(|(name, plan)| {
+                    if plan.disabled {
+                        return Some(format!("{name} off"));
+                    }
+                    if plan.tags.is_empty() {
+                        return None;
+                    }
+                    let tags: Vec<String> = plan
+                        .tags
+                        .iter()
+                        .map(|(tag, change)| match change {
+                            TagChange::Remove => format!("-{tag}"),
+                            TagChange::Upsert(e) => format!("{tag}=`{}`", e.text()),
+                        })
+                        .collect();
+                    Some(format!("{name} labels {}", tags.join(" ")))
+                })
+                .collect();
+            Some(changes.join("; "))
+        };
+        if logs.is_none() && metrics.is_none() {
+            return None;
+        }
+        let from = if self.sources.is_empty() {
+            "the mesh config's default providers".to_owned()
+        } else {
+            format!("Telemetry {}", self.sources.join(", "))
+        };
+        let asked: Vec<String> = [logs, metrics].into_iter().flatten().collect();
+        Some(format!("{from}: {}", asked.join("; ")))
+    }
+}
+
+/// The telemetry in force through this waypoint.
+#[derive(Debug, Default)]
+pub struct Telemetries {
+    base: Arc<Resolved>,
+    /// Service namespace → name → its own, where a Telemetry is attached
+    /// to it.
+    by_service: HashMap<String, HashMap<String, Arc<Resolved>>>,
+}
+
+impl Telemetries {
+    /// Merges `inputs` for the waypoint of `namespace` and the root
+    /// namespace's mesh-wide one.
+    pub fn build<'a>(
+        inputs: impl IntoIterator<Item = &'a TelemetryInput>,
+        providers: &BTreeMap<String, Arc<ExtensionProvider>>,
+        defaults: &Defaults,
+        namespace: &str,
+    ) -> Telemetries {
+        let mut inputs: Vec<&TelemetryInput> = inputs.into_iter().collect();
+        // Oldest first, then by name: which namespace-wide one is in force,
+        // and the order attached ones apply in.
+        inputs.sort_by(|a, b| {
+            (a.created, &a.namespace, &a.name).cmp(&(b.created, &b.namespace, &b.name))
+        });
+        let mesh = inputs.iter().copied().find(|t| t.mesh_wide);
+        let own = inputs
+            .iter()
+            .copied()
+            .find(|t| t.namespace_wide && !t.mesh_wide && t.namespace == namespace);
+        let attached: Vec<&TelemetryInput> = inputs
+            .iter()
+            .copied()
+            .filter(|t| !t.namespace_wide)
+            .collect();
+        let layers = |service: Option<(&str, &str)>| -> Vec<&TelemetryInput> {
+            mesh.into_iter()
+                .chain(own)
+                .chain(attached.iter().copied().filter(|t| match service {
+                    None => t.waypoint,
+                    Some((ns, name)) => applies(t.waypoint, &t.namespace, &t.services, ns, name),
+                }))
+                .collect()
+        };
+        let base = Arc::new(resolve(&layers(None), providers, defaults));
+        let mut by_service: HashMap<String, HashMap<String, Arc<Resolved>>> = HashMap::new();
+        let named: BTreeSet<(&str, &str)> = attached
+            .iter()
+            .flat_map(|t| {
+                t.services
+                    .iter()
+                    .map(|s| (t.namespace.as_str(), s.as_str()))
+            })
+            .collect();
+        for (ns, name) in named {
+            let resolved = resolve(&layers(Some((ns, name))), providers, defaults);
+            by_service
+                .entry(ns.to_owned())
+                .or_default()
+                .insert(name.to_owned(), Arc::new(resolved));
+        }
+        Telemetries { base, by_service }
+    }
+
+    /// What applies to a request for `name` of `namespace`.
+    pub fn for_service(&self, namespace: &str, name: &str) -> &Arc<Resolved> {
+        if self.by_service.is_empty() {
+            return &self.base;
+        }
+        self.by_service
+            .get(namespace)
+            .and_then(|names| names.get(name))
+            .unwrap_or(&self.base)
+    }
+}
+
+/// Merges the layers (outermost first) for a proxy receiving requests.
+fn resolve(
+    layers: &[&TelemetryInput],
+    providers: &BTreeMap<String, Arc<ExtensionProvider>>,
+    defaults: &Defaults,
+) -> Resolved {
+    let access_log = merge_logs(layers, providers, defaults);
+    let metrics = merge_metrics(layers, providers, defaults);
+    let exprs_read = |root: &str| {
+        let filters = match &access_log {
+            AccessLog::Default => &[][..],
+            AccessLog::Filtered(filters) => &filters[..],
+        };
+        filters.iter().flatten().any(|e| e.reads(root))
+            || metrics.each.iter().any(|m| {
+                m.tags
+                    .values()
+                    .any(|c| matches!(c, TagChange::Upsert(e) if e.reads(root)))
+            })
+    };
+    Resolved {
+        reads_request: exprs_read("request"),
+        reads_response: exprs_read("response"),
+        sources: layers.iter().map(|t| t.id()).collect(),
+        access_log,
+        metrics,
+    }
+}
+
+fn names(providers: &[ProviderRef]) -> Vec<String> {
+    providers.iter().map(|p| p.name.clone()).collect()
+}
+
+fn for_server(logging: &AccessLogging) -> bool {
+    logging
+        .r#match
+        .as_ref()
+        .is_none_or(|m| m.mode.applies_to_server())
+}
+
+/// Istio's `mergeLogs` for mode SERVER: which providers log, each with its
+/// filter or disabled; then what of it reaches stdout.
+fn merge_logs(
+    layers: &[&TelemetryInput],
+    providers: &BTreeMap<String, Arc<ExtensionProvider>>,
+    defaults: &Defaults,
+) -> AccessLog {
+    let layers: Vec<&TelemetryInput> = layers
+        .iter()
+        .copied()
+        .filter(|t| !t.spec.access_logging.is_empty())
+        .collect();
+    if layers.is_empty() && defaults.access_logging.is_empty() {
+        return AccessLog::Default;
+    }
+    // provider → (disabled, filter)
+    let mut merged: BTreeMap<String, (bool, Option<Expr>)> = BTreeMap::new();
+    if layers.is_empty() {
+        for name in &defaults.access_logging {
+            merged.insert(name.clone(), (false, None));
+        }
+    } else {
+        // The providers in scope: those the innermost level that names any
+        // names; and the filter each was last given.
+        let mut in_scope = defaults.access_logging.clone();
+        let mut filters: BTreeMap<String, Option<Expr>> = BTreeMap::new();
+        for layer in &layers {
+            let mut named = Vec::new();
+            for (i, logging) in layer.spec.access_logging.iter().enumerate() {
+                if !for_server(logging) {
+                    continue;
+                }
+                for name in names(&logging.providers) {
+                    filters.insert(name.clone(), layer.filters.get(i).cloned().flatten());
+                    named.push(name);
+                }
+            }
+            if !named.is_empty() {
+                in_scope = named;
+            }
+        }
+        let mut parent = defaults.access_logging.clone();
+        for layer in &layers {
+            for logging in &layer.spec.access_logging {
+                let mut named = names(&logging.providers);
+                if named.is_empty() {
+                    named = parent.clone();
+                }
+                parent = named.clone();
+                if !for_server(logging) {
+                    continue;
+                }
+                for name in named.into_iter().filter(|n| in_scope.contains(n)) {
+                    let entry = if logging.disabled == Some(true) {
+                        (true, None)
+                    } else {
+                        (false, filters.get(&name).cloned().flatten())
+                    };
+                    merged.insert(name, entry);
+                }
+            }
+        }
+    }
+    // Nothing said for this side: as if no Telemetry spoke (Istio then
+    // falls back to the mesh config's access log).
+    if merged.is_empty() {
+        return AccessLog::Default;
+    }
+    let mut filters = Vec::new();
+    for (name, (disabled, filter)) in merged {
+        match provider_kind(&name, providers) {
+            ProviderKind::Stdout if !disabled => filters.push(filter),
+            ProviderKind::OtherFile if !disabled => {
+                warn!(provider = %name, "an access-log provider writes to a file other than /dev/stdout: the waypoint writes its access lines to stdout only; not used");
+            }
+            _ => {}
+        }
+    }
+    AccessLog::Filtered(filters)
+}
+
+/// The request metrics a selector picks: `None` for all of them (Istio's
+/// `ALL_METRICS`, or no match).
+fn selected(selector: Option<&MetricSelector>) -> Option<Vec<RequestMetric>> {
+    let Some(selector) = selector else {
+        return None;
+    };
+    match (&selector.metric, &selector.custom_metric) {
+        (Some(IstioMetric::AllMetrics), _) | (None, None) => None,
+        (Some(metric), _) => Some(RequestMetric::of(*metric).into_iter().collect()),
+        (None, Some(name)) => Some(
+            IstioMetric::by_prometheus_name(name)
+                .and_then(RequestMetric::of)
+                .into_iter()
+                .collect(),
+        ),
+    }
+}
+
+/// Istio's `mergeMetrics` for mode SERVER and the Prometheus providers.
+fn merge_metrics(
+    layers: &[&TelemetryInput],
+    providers: &BTreeMap<String, Arc<ExtensionProvider>>,
+    defaults: &Defaults,
+) -> MetricsPlan {
+    let entries: Vec<(&TelemetryInput, usize, &Metrics)> = layers
+        .iter()
+        .flat_map(|t| {
+            t.spec
+                .metrics
+                .iter()
+                .enumerate()
+                .map(move |(i, m)| (*t, i, m))
+        })
+        .collect();
+    let mut in_scope = defaults.metrics();
+    for (_, _, metrics) in &entries {
+        if !metrics.providers.is_empty() {
+            in_scope = names(&metrics.providers);
+        }
+    }
+    let prometheus_in_scope = |names: &[String]| {
+        names.iter().any(|n| {
+            in_scope.contains(n) && provider_kind(n, providers) == ProviderKind::Prometheus
+        })
+    };
+    let mut plan = MetricsPlan {
+        off: !prometheus_in_scope(&in_scope),
+        ..MetricsPlan::default()
+    };
+    if plan.off {
+        return plan;
+    }
+    let mut parent = defaults.metrics();
+    let mut disabled: [Option<bool>; 4] = [None; 4];
+    for (layer, i, metrics) in entries {
+        let mut named = names(&metrics.providers);
+        if named.is_empty() {
+            named = parent.clone();
+        }
+        parent = named.clone();
+        if !prometheus_in_scope(&named) {
+            continue;
+        }
+        for (j, o) in metrics.overrides.iter().enumerate() {
+            let selector = o.r#match.as_ref();
+            if !selector.is_none_or(|s| s.mode.applies_to_server()) {
+                continue;
+            }
+            let picked = selected(selector);
+            if picked.is_none() && o.disabled == Some(true) {
+                plan.off = true;
+                continue;
+            }
+            // A later level's override of any metric turns them back on.
+            plan.off = false;
+            for metric in picked.unwrap_or_else(|| RequestMetric::EACH.to_vec()) {
+                let each = &mut plan.each[metric as usize];
+                if let Some(value) = o.disabled {
+                    disabled[metric as usize] = Some(value);
+                }
+                for (tag, change) in &o.tag_overrides {
+                    let change = match change.operation {
+                        TagOperation::Remove => TagChange::Remove,
+                        TagOperation::Upsert => match layer.tag_values.get(&(i, j, tag.clone())) {
+                            Some(expr) => TagChange::Upsert(expr.clone()),
+                            None => continue,
+                        },
+                    };
+                    each.tags.insert(tag.clone(), change);
+                }
+            }
+        }
+    }
+    for (each, disabled) in plan.each.iter_mut().zip(disabled) {
+        each.disabled = disabled.unwrap_or(false);
+    }
+    plan
+}

@@ -1,0 +1,444 @@
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+};
+
+use http::{HeaderMap, HeaderValue};
+use warren_model::istio::mesh::ExtensionProvider;
+
+use super::{attributes::RequestFacts, *};
+use crate::metrics::{Metrics, Observed, RequestLabels};
+
+/// How a Telemetry is attached, for [`input`].
+enum At {
+    Mesh,
+    Namespace(&'static str),
+    Waypoint,
+    Service(&'static str),
+}
+
+fn input(name: &str, created: i64, at: At, spec: &str) -> TelemetryInput {
+    let spec = serde_yaml::from_str(spec).expect("a Telemetry spec");
+    let namespace = match at {
+        At::Mesh => "istio-system",
+        At::Namespace(ns) => ns,
+        At::Waypoint | At::Service(_) => "demo",
+    };
+    let mut t = TelemetryInput::compile(namespace.into(), name.into(), spec).expect("compiles");
+    t.created = created;
+    match at {
+        At::Mesh => {
+            t.namespace_wide = true;
+            t.mesh_wide = true;
+        }
+        At::Namespace(_) => t.namespace_wide = true,
+        At::Waypoint => t.waypoint = true,
+        At::Service(service) => t.services = vec![service.into()],
+    }
+    t
+}
+
+fn build(inputs: &[TelemetryInput]) -> Telemetries {
+    build_with(inputs, &BTreeMap::new(), &Defaults::default())
+}
+
+fn build_with(
+    inputs: &[TelemetryInput],
+    providers: &BTreeMap<String, Arc<ExtensionProvider>>,
+    defaults: &Defaults,
+) -> Telemetries {
+    Telemetries::build(inputs, providers, defaults, "demo")
+}
+
+fn facts(code: u16) -> Facts<'static> {
+    Facts {
+        response_code: Some(code),
+        source: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7))),
+        ..Facts::default()
+    }
+}
+
+fn logs(resolved: &Resolved, code: u16) -> bool {
+    resolved.access_log.admits_with(|| facts(code))
+}
+
+#[test]
+fn without_telemetry_the_waypoint_logs_and_counts_as_always() {
+    let t = build(&[]);
+    let base = t.for_service("demo", "app");
+    assert!(matches!(base.access_log, AccessLog::Default));
+    assert!(base.metrics.is_plain());
+    assert!(!base.reads_request && !base.reads_response);
+}
+
+#[test]
+fn the_mesh_filter_holds_until_a_namespace_turns_logs_off() {
+    let mesh = input(
+        "mesh-default",
+        1,
+        At::Mesh,
+        "accessLogging: [{providers: [{name: envoy}], filter: {expression: 'response.code >= 400'}}]",
+    );
+    let t = build(std::slice::from_ref(&mesh));
+    let base = t.for_service("demo", "app");
+    assert!(logs(base, 503) && !logs(base, 200));
+    assert!(base.reads_response && !base.reads_request);
+    assert_eq!(base.sources, ["istio-system/mesh-default"]);
+
+    // The namespace's entry names no provider: the mesh's (envoy) is
+    // disabled.
+    let quiet = input(
+        "quiet",
+        2,
+        At::Namespace("demo"),
+        "accessLogging: [{disabled: true}]",
+    );
+    let t = build(&[mesh.clone(), quiet.clone()]);
+    assert!(t.for_service("demo", "app").access_log.is_off());
+
+    // Another namespace's does not reach this waypoint.
+    let elsewhere = input(
+        "quiet",
+        2,
+        At::Namespace("shop"),
+        "accessLogging: [{disabled: true}]",
+    );
+    let t = build(&[mesh.clone(), elsewhere]);
+    assert!(logs(t.for_service("demo", "app"), 500));
+
+    // Attached to this waypoint: every request logged again, no filter.
+    let loud = input(
+        "loud",
+        3,
+        At::Waypoint,
+        "accessLogging: [{providers: [{name: envoy}]}]",
+    );
+    let t = build(&[mesh.clone(), quiet.clone(), loud]);
+    assert!(logs(t.for_service("demo", "app"), 200));
+
+    // Attached to one Service: only its requests.
+    let one = input(
+        "one",
+        3,
+        At::Service("app"),
+        "accessLogging: [{providers: [{name: envoy}]}]",
+    );
+    let t = build(&[mesh, quiet, one]);
+    assert!(logs(t.for_service("demo", "app"), 200));
+    assert!(t.for_service("demo", "other").access_log.is_off());
+    assert!(t.for_service("shop", "app").access_log.is_off());
+}
+
+#[test]
+fn the_oldest_namespace_wide_telemetry_is_in_force() {
+    let older = input(
+        "a-older",
+        1,
+        At::Namespace("demo"),
+        "accessLogging: [{providers: [{name: envoy}], disabled: true}]",
+    );
+    let newer = input(
+        "b-newer",
+        2,
+        At::Namespace("demo"),
+        "accessLogging: [{providers: [{name: envoy}]}]",
+    );
+    let t = build(&[newer, older]);
+    let base = t.for_service("demo", "app");
+    assert!(base.access_log.is_off());
+    assert_eq!(base.sources, ["demo/a-older"]);
+}
+
+#[test]
+fn an_entry_without_providers_takes_its_parents() {
+    // Nothing above names a provider: nothing to disable, the default stays.
+    let alone = input(
+        "alone",
+        1,
+        At::Namespace("demo"),
+        "accessLogging: [{disabled: true}]",
+    );
+    let t = build(std::slice::from_ref(&alone));
+    assert!(matches!(
+        t.for_service("demo", "app").access_log,
+        AccessLog::Default
+    ));
+    // Under the mesh config's default provider it is that provider's.
+    let defaults = Defaults {
+        access_logging: vec!["envoy".into()],
+        ..Defaults::default()
+    };
+    let t = build_with(&[alone], &BTreeMap::new(), &defaults);
+    assert!(t.for_service("demo", "app").access_log.is_off());
+}
+
+#[test]
+fn client_side_entries_leave_the_waypoint_as_it_was() {
+    let client = input(
+        "client",
+        1,
+        At::Mesh,
+        "accessLogging: [{match: {mode: CLIENT}, disabled: true}]
+metrics: [{overrides: [{match: {mode: CLIENT}, disabled: true}]}]",
+    );
+    let t = build(&[client]);
+    let base = t.for_service("demo", "app");
+    assert!(matches!(base.access_log, AccessLog::Default));
+    assert!(base.metrics.is_plain());
+}
+
+#[test]
+fn providers_decide_where_lines_go() {
+    // Mesh defaults: every request logged.
+    let defaults = Defaults {
+        access_logging: vec!["envoy".into()],
+        ..Defaults::default()
+    };
+    let t = build_with(&[], &BTreeMap::new(), &defaults);
+    assert!(logs(t.for_service("demo", "app"), 200));
+
+    // Only an OpenTelemetry sink named: nothing on stdout.
+    let otel = input(
+        "otel",
+        1,
+        At::Mesh,
+        "accessLogging: [{providers: [{name: otel}]}]",
+    );
+    let t = build(std::slice::from_ref(&otel));
+    assert!(t.for_service("demo", "app").access_log.is_off());
+
+    // `envoy` redefined to write a file: not this log; a provider writing
+    // to /dev/stdout is.
+    let provider = |name: &str, path: &str| {
+        let spec: ExtensionProvider = serde_yaml::from_str(&format!(
+            "{{name: {name}, envoyFileAccessLog: {{path: '{path}'}}}}"
+        ))
+        .expect("a provider");
+        (format!("extensionprovider/{name}"), Arc::new(spec))
+    };
+    let providers = BTreeMap::from([
+        provider("envoy", "/var/log/access.log"),
+        provider("stdout-json", "/dev/stdout"),
+    ]);
+    let envoy = input(
+        "envoy",
+        1,
+        At::Mesh,
+        "accessLogging: [{providers: [{name: envoy}]}]",
+    );
+    let t = build_with(
+        std::slice::from_ref(&envoy),
+        &providers,
+        &Defaults::default(),
+    );
+    assert!(t.for_service("demo", "app").access_log.is_off());
+    let json = input(
+        "json",
+        1,
+        At::Mesh,
+        "accessLogging: [{providers: [{name: STDOUT-JSON}]}]",
+    );
+    let t = build_with(&[json], &providers, &Defaults::default());
+    assert!(
+        logs(t.for_service("demo", "app"), 200),
+        "names are matched ignoring case"
+    );
+}
+
+#[test]
+fn metrics_are_disabled_and_relabelled_as_istio_merges_them() {
+    let all_off = input(
+        "off",
+        1,
+        At::Mesh,
+        "metrics: [{overrides: [{disabled: true}]}]",
+    );
+    let t = build(std::slice::from_ref(&all_off));
+    assert!(t.for_service("demo", "app").metrics.off);
+
+    // A lower level's override turns them back on, with its changes.
+    let tags = input(
+        "tags",
+        2,
+        At::Waypoint,
+        "metrics:
+- overrides:
+  - match: {metric: REQUEST_COUNT}
+    tagOverrides:
+      destination_version: {operation: REMOVE}
+      request_host: {value: request.host}
+  - match: {customMetric: request_bytes, mode: SERVER}
+    disabled: true",
+    );
+    let t = build(&[all_off, tags]);
+    let plan = &t.for_service("demo", "app").metrics;
+    assert!(!plan.off && !plan.is_plain());
+    let count = plan.get(RequestMetric::Count);
+    assert!(!count.disabled);
+    assert!(matches!(
+        count.tags.get("destination_version"),
+        Some(TagChange::Remove)
+    ));
+    assert!(matches!(
+        count.tags.get("request_host"),
+        Some(TagChange::Upsert(_))
+    ));
+    assert!(plan.get(RequestMetric::RequestSize).disabled);
+    assert!(!plan.get(RequestMetric::Duration).disabled);
+    assert!(t.for_service("demo", "app").reads_request);
+
+    // Providers that are not Prometheus take the metrics out of scope.
+    let elsewhere = input(
+        "sd",
+        1,
+        At::Mesh,
+        "metrics: [{providers: [{name: stackdriver}]}]",
+    );
+    let t = build(&[elsewhere]);
+    assert!(t.for_service("demo", "app").metrics.off);
+    let defaults = Defaults {
+        metrics: vec!["stackdriver".into()],
+        ..Defaults::default()
+    };
+    let t = build_with(&[], &BTreeMap::new(), &defaults);
+    assert!(t.for_service("demo", "app").metrics.off);
+}
+
+#[test]
+fn expressions_read_the_request_and_fail_as_false_or_unknown() {
+    let mut headers = HeaderMap::new();
+    headers.insert("x-user", HeaderValue::from_static("jason"));
+    headers.append("x-tag", HeaderValue::from_static("a"));
+    headers.append("x-tag", HeaderValue::from_static("b"));
+    let request = RequestFacts {
+        headers,
+        path: "/api/items?page=2".into(),
+        host: "app.demo.svc.cluster.local".into(),
+        scheme: "http".into(),
+        method: "GET".into(),
+        protocol: "HTTP/1.1",
+    };
+    let facts = Facts {
+        request: Some(&request),
+        response_code: Some(404),
+        destination: Some(SocketAddr::from(([10, 96, 0, 1], 80))),
+        principal: Some("spiffe://cluster.local/ns/demo/sa/client".into()),
+        ..Facts::default()
+    };
+    let holds = |text: &str| Expr::compile(text).expect("compiles").holds(&facts);
+    assert!(holds("request.headers['x-user'] == 'jason'"));
+    assert!(holds("request.headers['x-tag'] == 'a,b'"));
+    assert!(holds(
+        "request.url_path == '/api/items' && request.path.endsWith('page=2')"
+    ));
+    assert!(holds("response.code == 404 && request.method == 'GET'"));
+    assert!(holds("destination.port == 80 && connection.mtls"));
+    assert!(holds(
+        "connection.uri_san_peer_certificate.endsWith('/sa/client')"
+    ));
+    assert!(holds("has(request.headers.x_missing) == false"));
+    // A header not there is an error: not true.
+    assert!(!holds("request.headers['x-missing'] == 'a'"));
+    // Comparing unlike types is an error: not true.
+    assert!(!holds("response.code == 'x'"));
+    let label = |text: &str| Expr::compile(text).expect("compiles").label(&facts);
+    assert_eq!(label("request.host"), "app.demo.svc.cluster.local");
+    assert_eq!(label("response.code"), "404");
+    assert_eq!(label("request.headers['x-missing']"), "unknown");
+
+    // A connection has no request or response: filters on them are false.
+    let connection = Facts {
+        server_name: Some("api.example.com"),
+        ..Facts::default()
+    };
+    let expr = Expr::compile("response.code >= 400").expect("compiles");
+    assert!(!expr.holds(&connection));
+    let sni =
+        Expr::compile("connection.requested_server_name == 'api.example.com'").expect("compiles");
+    assert!(sni.holds(&connection));
+}
+
+#[test]
+fn planned_metrics_leave_out_disabled_ones_and_change_labels() {
+    let l4 = warren_ztunnel::metrics::Metrics::new();
+    let metrics = Metrics::register(&l4);
+    let tags = input(
+        "tags",
+        1,
+        At::Waypoint,
+        "metrics:
+- overrides:
+  - match: {metric: REQUEST_COUNT}
+    tagOverrides:
+      destination_version: {operation: REMOVE}
+      request_host: {value: request.host}
+  - match: {metric: REQUEST_DURATION}
+    disabled: true",
+    );
+    let t = build(&[tags]);
+    let plan = &t.for_service("demo", "app").metrics;
+    let request = RequestFacts {
+        host: "app.demo".into(),
+        ..RequestFacts::default()
+    };
+    let facts = Facts {
+        request: Some(&request),
+        ..Facts::default()
+    };
+    let labels = RequestLabels {
+        reporter: "waypoint",
+        source_workload: "client".into(),
+        source_workload_namespace: "demo".into(),
+        source_principal: "spiffe://cluster.local/ns/demo/sa/client".into(),
+        source_canonical_service: "client".into(),
+        destination_workload: "app".into(),
+        destination_workload_namespace: "demo".into(),
+        destination_principal: "spiffe://cluster.local/ns/demo/sa/app".into(),
+        destination_canonical_service: "app".into(),
+        destination_version: "v1".into(),
+        destination_service: "app.demo.svc.cluster.local".into(),
+        destination_service_name: "app".into(),
+        destination_service_namespace: "demo".into(),
+        request_protocol: "http",
+        response_code: 200,
+        grpc_response_status: String::new(),
+        response_flags: "-",
+        connection_security_policy: "mutual_tls",
+    };
+    let observed = Observed {
+        duration_ms: 1.0,
+        request_bytes: 0,
+        response_bytes: 10,
+    };
+    metrics.record_planned(plan, &labels, &facts, observed);
+    metrics.record_planned(plan, &labels, &facts, observed);
+    let text = l4.encode();
+    let requests: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .collect();
+    assert_eq!(requests.len(), 1, "{text}");
+    assert!(
+        requests[0].contains("request_host=\"app.demo\""),
+        "{}",
+        requests[0]
+    );
+    assert!(
+        !requests[0].contains("destination_version"),
+        "{}",
+        requests[0]
+    );
+    assert!(requests[0].ends_with(" 2"), "{}", requests[0]);
+    assert!(
+        !text.contains("istio_request_duration_milliseconds_count{"),
+        "a disabled metric has no series: {text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("istio_response_bytes_count{")
+                && l.contains("destination_version=\"v1\"")
+                && !l.contains("request_host")),
+        "the other metrics keep Istio's labels: {text}"
+    );
+}
