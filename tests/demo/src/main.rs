@@ -79,6 +79,7 @@ mod examples {
     pub const LOCALITY_FAILOVER: &str = include_str!("../../../examples/locality-failover.yaml");
     pub const EGRESS: &str = include_str!("../../../examples/egress.yaml");
     pub const POD_WAYPOINT: &str = include_str!("../../../examples/pod-waypoint.yaml");
+    pub const TELEMETRY: &str = include_str!("../../../examples/telemetry.yaml");
 }
 
 /// The file in the config folder that holds the current step's
@@ -170,7 +171,7 @@ fn main() -> ExitCode {
     };
 
     // The tour, in order; a later step builds on what the earlier ones set up.
-    let tour: [(&str, Step); 22] = [
+    let tour: [(&str, Step); 23] = [
         (
             "Mesh up: CA, node agents (eBPF datapath pinned), ztunnels",
             Demo::mesh_up,
@@ -236,6 +237,10 @@ fn main() -> ExitCode {
         (
             "CUSTOM policy: an external authorizer decides /orders",
             Demo::ext_authz,
+        ),
+        (
+            "Telemetry: access lines for failures only, requests counted by method",
+            Demo::telemetry,
         ),
         (
             "Zones: traffic stays in its zone, and fails over when it must",
@@ -1259,6 +1264,125 @@ impl Demo {
     /// Istio's CUSTOM action: the mesh config names an external authorizer
     /// (the sample's, run in `cart`, over gRPC), and a policy sends it the
     /// requests for `/orders`.
+    fn telemetry(&mut self) -> Result<String> {
+        const FILE: &str = "telemetry.yaml";
+        show_yaml("examples/telemetry.yaml", examples::TELEMETRY);
+        std::fs::write(self.cluster.config_dir().join(FILE), examples::TELEMETRY)
+            .with_context(|| format!("writing {FILE}"))?;
+        let client = self.client()?;
+        // The waypoint's access lines of requests for `path` (its node's
+        // agent runs it: they are in the agent's output).
+        let lines = |demo: &Demo, path: &str| {
+            let field = format!("path=\"{path}\"");
+            demo.logs()
+                .lines()
+                .filter(|l| l.contains("access: request") && l.contains(&field))
+                .count()
+        };
+        let status = |url: &str| -> Result<u16> {
+            let out = client.sandbox.exec(
+                "curl",
+                [
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "5",
+                    url,
+                ],
+            )?;
+            Ok(String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0))
+        };
+        // In force once a successful request leaves no line.
+        let mut probe = 0;
+        eventually(Duration::from_secs(20), "the Telemetry in force", || {
+            probe += 1;
+            let path = format!("/telemetry/probe-{probe}");
+            let answered = status(&self.url("app", &path)?)?;
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(answered == 200 && lines(self, &path) == 0)
+        })
+        .with_context(|| self.logs())?;
+        let ok = self.url("app", "/telemetry/ok")?;
+        let report = load(&client, &ok, &["-n", "200", "-c", "4"])?;
+        let failed = self.url("app", "/status/503")?;
+        let mut failures = 0;
+        for _ in 0..5 {
+            failures += u64::from(status(&failed)? == 503);
+        }
+        // A line is written once the answer's body has gone.
+        std::thread::sleep(Duration::from_millis(500));
+        let (ok_lines, failed_lines) = (lines(self, "/telemetry/ok"), lines(self, "/status/503"));
+        println!("   | requests | answered | access lines |");
+        println!("   |---|---|---|");
+        println!(
+            "   | GET /telemetry/ok | {} × 200 | {ok_lines} |",
+            count_status(&report, 200)
+        );
+        println!("   | GET /status/503 | {failures} × 503 | {failed_lines} |");
+        ensure!(
+            count_status(&report, 200) == 200 && ok_lines == 0,
+            "successful requests were logged ({ok_lines} lines): {report}"
+        );
+        ensure!(
+            failures == 5 && failed_lines == 5,
+            "{failures} failures, {failed_lines} lines\n{}",
+            self.logs()
+        );
+        let metrics = self.waypoint_metrics()?;
+        let by_method = metric_sum(
+            &metrics,
+            "istio_requests_total",
+            &[
+                ("request_method", "GET"),
+                ("destination_service_name", "app"),
+            ],
+        );
+        ensure!(
+            by_method >= 205.0,
+            "requests counted by method: {by_method}\n{metrics}"
+        );
+        if let Some(series) = metrics.lines().find(|l| {
+            l.starts_with("istio_requests_total{") && l.contains("request_method=\"GET\"")
+        }) {
+            let labels: Vec<&str> = series
+                .split(['{', ','])
+                .filter(|l| l.starts_with("request_method") || l.starts_with("response_code"))
+                .collect();
+            println!(
+                "   istio_requests_total{{…, {}}} (waypoint /metrics)",
+                labels.join(", ")
+            );
+        }
+        let host = "http://app.shop.svc.cluster.local/telemetry/ok";
+        println!("   $ warrenctl waypoint explain -n shop --from shop/client {host}");
+        let explained =
+            warrenctl_waypoint_explain(&self.cluster.config_dir(), SHOP, "shop/client", &[host])?;
+        show_output(&explained);
+        ensure!(
+            explained.contains("an access line when `response.code >= 500`"),
+            "warrenctl waypoint explain does not say what the Telemetry asks:\n{explained}"
+        );
+        // Back to a line for every request, for the steps after.
+        std::fs::remove_file(self.cluster.config_dir().join(FILE))?;
+        eventually(Duration::from_secs(20), "the Telemetry withdrawn", || {
+            probe += 1;
+            let path = format!("/telemetry/probe-{probe}");
+            let answered = status(&self.url("app", &path)?)?;
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(answered == 200 && lines(self, &path) == 1)
+        })
+        .with_context(|| self.logs())?;
+        Ok(format!(
+            "{ok_lines} access lines for 200 successes, {failed_lines} for 5 failures; {by_method} requests counted with request_method"
+        ))
+    }
+
     fn ext_authz(&mut self) -> Result<String> {
         let cart = self.pod("shop/cart")?.clone();
         let sample = warren_testbed::binaries::path("warren-sample")?;

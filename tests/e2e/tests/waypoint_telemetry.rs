@@ -98,7 +98,7 @@ fn lines_for(output: &str, path: &str) -> usize {
 #[test]
 fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
     require_root()?;
-    let cluster = demo_cluster_with_waypoint_pod(&[
+    let mut cluster = demo_cluster_with_waypoint_pod(&[
         ("app", 1, &[("app", "app")], "app"),
         ("client", 0, &[("app", "client")], "client"),
     ])?;
