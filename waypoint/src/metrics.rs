@@ -92,6 +92,10 @@ impl RequestLabels {
 /// A request series' labels: Istio's standard set, or one a Telemetry's
 /// `tagOverrides` changed (labels removed or added).
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every series is Standard: boxing it would cost an allocation per lookup to save nothing"
+)]
 pub enum SeriesLabels {
     Standard(RequestLabels),
     Changed(Vec<(String, String)>),

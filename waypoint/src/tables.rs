@@ -150,9 +150,9 @@ impl Tables {
         let spec: ProviderSpec =
             serde_json::from_str(&provider.spec_json).map_err(|e| format!("spec_json: {e}"))?;
         if spec.is_telemetry() {
-            return Ok(ParsedProvider::Telemetry(spec));
+            return Ok(ParsedProvider::Telemetry(Arc::new(spec)));
         }
-        Provider::compile(&spec).map(ParsedProvider::Authz)
+        Provider::compile(&spec).map(|p| ParsedProvider::Authz(Arc::new(p)))
     }
 
     /// Checks a Telemetry and compiles its expressions, bound as
@@ -227,11 +227,11 @@ impl Tables {
         match provider {
             ParsedProvider::Authz(provider) => {
                 write(&self.telemetry_providers).remove(&key);
-                write(&self.providers).insert(key, Arc::new(provider));
+                write(&self.providers).insert(key, provider);
             }
             ParsedProvider::Telemetry(spec) => {
                 write(&self.providers).remove(&key);
-                write(&self.telemetry_providers).insert(key, Arc::new(spec));
+                write(&self.telemetry_providers).insert(key, spec);
             }
         }
     }
@@ -322,8 +322,8 @@ impl Tables {
 
 /// An extension provider, by what the waypoint does with it.
 pub enum ParsedProvider {
-    Authz(Provider),
-    Telemetry(ProviderSpec),
+    Authz(Arc<Provider>),
+    Telemetry(Arc<ProviderSpec>),
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

@@ -1347,16 +1347,18 @@ impl Demo {
             by_method >= 205.0,
             "requests counted by method: {by_method}\n{metrics}"
         );
-        if let Some(series) = metrics.lines().find(|l| {
-            l.starts_with("istio_requests_total{") && l.contains("request_method=\"GET\"")
-        }) {
-            let labels: Vec<&str> = series
-                .split(['{', ','])
+        if let Some((labels, value)) = metrics
+            .lines()
+            .filter(|l| l.contains("request_method=\"GET\""))
+            .find_map(|l| l.strip_prefix("istio_requests_total{")?.rsplit_once("} "))
+        {
+            let shown: Vec<&str> = labels
+                .split(',')
                 .filter(|l| l.starts_with("request_method") || l.starts_with("response_code"))
                 .collect();
             println!(
-                "   istio_requests_total{{…, {}}} (waypoint /metrics)",
-                labels.join(", ")
+                "   istio_requests_total{{…, {}}} {value}   (the waypoint's /metrics)",
+                shown.join(", ")
             );
         }
         let host = "http://app.shop.svc.cluster.local/telemetry/ok";

@@ -536,9 +536,7 @@ fn merge_logs(
 /// The request metrics a selector picks: `None` for all of them (Istio's
 /// `ALL_METRICS`, or no match).
 fn selected(selector: Option<&MetricSelector>) -> Option<Vec<RequestMetric>> {
-    let Some(selector) = selector else {
-        return None;
-    };
+    let selector = selector?;
     match (&selector.metric, &selector.custom_metric) {
         (Some(IstioMetric::AllMetrics), _) | (None, None) => None,
         (Some(metric), _) => Some(RequestMetric::of(*metric).into_iter().collect()),
