@@ -2,7 +2,10 @@
 //! `istio_request_duration_milliseconds`, `istio_request_bytes`,
 //! `istio_response_bytes`), plus the waypoint's own counters.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
 
 use http::HeaderValue;
 use prometheus_client::{
@@ -16,7 +19,23 @@ use prometheus_client::{
 };
 use warren_ztunnel::{metrics::Metrics as L4Metrics, state::Workload};
 
-use crate::telemetry::{Facts, MetricsPlan, RequestMetric, TagChange};
+use crate::telemetry::{Attributes, MetricsPlan, RequestMetric, TagChange};
+
+/// `value` as a Prometheus label value may hold it: the text encoder writes
+/// values as they are, and a `"` or `\` from a peer (a header, a
+/// `grpc-status`) would make the whole scrape unreadable.
+pub fn escaped(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// Istio's standard request labels, as a waypoint reports them.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -278,24 +297,32 @@ impl Metrics {
         &self,
         plan: &MetricsPlan,
         labels: &RequestLabels,
-        facts: &Facts<'_>,
+        attributes: &Attributes<'_, '_>,
         observed: Observed,
     ) {
+        let standard = labels.pairs();
+        // Each label's new value, worked out once for the four metrics.
+        let mut values: BTreeMap<&str, String> = BTreeMap::new();
         for metric in RequestMetric::EACH {
             let planned = plan.get(metric);
             if planned.disabled {
                 continue;
             }
-            let labels = if planned.tags.is_empty() {
+            let mut pairs = standard.clone();
+            for (tag, change) in &planned.tags {
+                pairs.retain(|(name, _)| name != tag);
+                if let TagChange::Upsert(expr) = change {
+                    let value = values
+                        .entry(tag)
+                        .or_insert_with(|| escaped(&expr.label(attributes)));
+                    pairs.push((tag.clone(), value.clone()));
+                }
+            }
+            // Unchanged after all (a label set to the value it had): the
+            // standard series, not a twin of it.
+            let labels = if pairs == standard {
                 SeriesLabels::Standard(labels.clone())
             } else {
-                let mut pairs = labels.pairs();
-                for (tag, change) in &planned.tags {
-                    pairs.retain(|(name, _)| name != tag);
-                    if let TagChange::Upsert(expr) = change {
-                        pairs.push((tag.clone(), expr.label(facts)));
-                    }
-                }
                 SeriesLabels::Changed(pairs)
             };
             match metric {

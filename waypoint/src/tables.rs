@@ -68,6 +68,8 @@ pub struct Tables {
     /// (policy, provider) pairs already warned about as undefined: said
     /// once, not on every rebuild.
     undefined: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// What the Telemetry objects ask that cannot be done, already said.
+    telemetry_notes: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Fetched key sets, kept across rebuilds.
     keys: KeyStore,
     compiled: RwLock<Arc<Compiled>>,
@@ -149,10 +151,10 @@ impl Tables {
     pub fn parse_provider(provider: &ExtensionProvider) -> Result<ParsedProvider, String> {
         let spec: ProviderSpec =
             serde_json::from_str(&provider.spec_json).map_err(|e| format!("spec_json: {e}"))?;
-        if spec.is_telemetry() {
-            return Ok(ParsedProvider::Telemetry(Arc::new(spec)));
+        match spec.authz_protocol() {
+            Some(_) => Provider::compile(&spec).map(|p| ParsedProvider::Authz(Arc::new(p))),
+            None => Ok(ParsedProvider::Telemetry(Arc::new(spec))),
         }
-        Provider::compile(&spec).map(|p| ParsedProvider::Authz(Arc::new(p)))
     }
 
     /// Checks a Telemetry and compiles its expressions, bound as
@@ -164,12 +166,6 @@ impl Tables {
     ) -> Result<TelemetryInput, String> {
         let spec: TelemetrySpec =
             serde_json::from_str(&telemetry.spec_json).map_err(|e| format!("spec_json: {e}"))?;
-        if !spec.tracing.is_empty() {
-            warn!(
-                telemetry = %format!("{}/{}", telemetry.namespace, telemetry.name),
-                "tracing settings are read but not acted on: the waypoint continues traces and reports no spans"
-            );
-        }
         let mut input =
             TelemetryInput::compile(telemetry.namespace.clone(), telemetry.name.clone(), spec)?;
         input.created = telemetry.created;
@@ -305,6 +301,15 @@ impl Tables {
             &read(&self.telemetry_defaults).clone().unwrap_or_default(),
             &namespace,
         );
+        let mut said = self
+            .telemetry_notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for note in telemetry.notes.difference(&said) {
+            warn!(%note, "a Telemetry is not (fully) applied");
+        }
+        said.clone_from(&telemetry.notes);
+        drop(said);
         let mut compiled = write(&self.compiled);
         let generation = compiled.generation + 1;
         *compiled = Arc::new(Compiled {

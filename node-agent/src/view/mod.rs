@@ -605,9 +605,10 @@ impl View {
         });
     }
 
-    /// Publishes the extension providers of the mesh config waypoints use
-    /// (external authorizers, access logs, Prometheus) and its default
-    /// telemetry providers, when `key` is its ConfigMap. A refused update
+    /// Publishes the extension providers of the mesh config to waypoints
+    /// (external authorizers; access logs and Prometheus, which Telemetry
+    /// objects name; the other kinds by name, so that naming them is not
+    /// naming nothing) and its default telemetry providers, when `key` is its ConfigMap. A refused update
     /// leaves the last good ones in force (the store keeps the last good
     /// object).
     fn extension_providers(&mut self, store: &Store, key: &ObjectKey) {
@@ -637,7 +638,6 @@ impl View {
             });
         let computed: Vec<(String, ResourceKind)> = providers
             .iter()
-            .filter(|p| p.authz_protocol().is_some() || p.is_telemetry())
             .filter_map(|provider| {
                 let spec_json = serde_json::to_string(provider)
                     .map_err(|error| warn!(provider = %provider.name, %error, "cannot encode an extension provider"))

@@ -2148,10 +2148,15 @@ fn providers(view: &View) -> Vec<String> {
 #[test]
 fn the_mesh_configs_authorizers_go_to_waypoints() {
     let (mut store, mut view) = built(MESH_CONFIG);
-    // Tracing providers are not for waypoints to ask.
+    // A tracing provider too, by name: a Telemetry naming it names a
+    // provider that is there.
     assert_eq!(
         providers(&view),
-        ["extensionprovider/opa", "extensionprovider/sso"]
+        [
+            "extensionprovider/opa",
+            "extensionprovider/sso",
+            "extensionprovider/tracing"
+        ]
     );
     let Some(ResourceKind::ExtensionProvider(sso)) = get(&view, "extensionprovider/sso") else {
         panic!("sso published");
@@ -2182,7 +2187,11 @@ fn the_mesh_configs_authorizers_go_to_waypoints() {
     view.changed(&store, &keys);
     assert_eq!(
         providers(&view),
-        ["extensionprovider/opa", "extensionprovider/sso"]
+        [
+            "extensionprovider/opa",
+            "extensionprovider/sso",
+            "extensionprovider/tracing"
+        ]
     );
 
     // A provider dropped is withdrawn; the ConfigMap gone, all of them.
@@ -2194,7 +2203,10 @@ fn the_mesh_configs_authorizers_go_to_waypoints() {
         ),
     );
     view.changed(&store, &keys);
-    assert_eq!(providers(&view), ["extensionprovider/sso"]);
+    assert_eq!(
+        providers(&view),
+        ["extensionprovider/sso", "extensionprovider/tracing"]
+    );
     let key = delete(&mut store, Kind::ConfigMap, "istio-system", "istio");
     view.changed(&store, &[key]);
     assert!(providers(&view).is_empty());
@@ -2363,7 +2375,8 @@ fn the_mesh_configs_telemetry_providers_and_defaults_go_to_waypoints() {
             "extensionprovider/json-stdout",
             "extensionprovider/opa",
             "extensionprovider/prom",
-            "extensionprovider/sso"
+            "extensionprovider/sso",
+            "extensionprovider/tracing"
         ]
     );
     let Some(ResourceKind::TelemetryDefaults(defaults)) = get(&view, key::TELEMETRY_DEFAULTS)
@@ -2380,6 +2393,10 @@ fn the_mesh_configs_telemetry_providers_and_defaults_go_to_waypoints() {
     assert!(get(&view, key::TELEMETRY_DEFAULTS).is_none());
     assert_eq!(
         providers(&view),
-        ["extensionprovider/opa", "extensionprovider/sso"]
+        [
+            "extensionprovider/opa",
+            "extensionprovider/sso",
+            "extensionprovider/tracing"
+        ]
     );
 }

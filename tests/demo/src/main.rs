@@ -1261,9 +1261,9 @@ impl Demo {
         ))
     }
 
-    /// Istio's CUSTOM action: the mesh config names an external authorizer
-    /// (the sample's, run in `cart`, over gRPC), and a policy sends it the
-    /// requests for `/orders`.
+    /// Istio's Telemetry API: the root namespace's filters the access lines
+    /// of every waypoint, one attached to shop's waypoint adds a label to
+    /// its request counts.
     fn telemetry(&mut self) -> Result<String> {
         const FILE: &str = "telemetry.yaml";
         show_yaml("examples/telemetry.yaml", examples::TELEMETRY);
@@ -1298,14 +1298,24 @@ impl Demo {
                 .parse()
                 .unwrap_or(0))
         };
-        // In force once a successful request leaves no line.
-        let mut probe = 0;
+        // In force once a successful request, counted by method, leaves no
+        // line (counted and logged happen together). Each probe answers a
+        // status of its own: 201, 202, ….
+        let mut probe = 200;
         eventually(Duration::from_secs(20), "the Telemetry in force", || {
             probe += 1;
-            let path = format!("/telemetry/probe-{probe}");
+            let path = format!("/status/{probe}");
             let answered = status(&self.url("app", &path)?)?;
-            std::thread::sleep(Duration::from_millis(300));
-            Ok(answered == 200 && lines(self, &path) == 0)
+            let code = probe.to_string();
+            let counted = [("request_method", "GET"), ("response_code", code.as_str())];
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while metric_sum(&self.waypoint_metrics()?, "istio_requests_total", &counted) < 1.0 {
+                if Instant::now() > deadline {
+                    return Ok(false);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(answered == probe && lines(self, &path) == 0)
         })
         .with_context(|| self.logs())?;
         let ok = self.url("app", "/telemetry/ok")?;
@@ -1315,8 +1325,12 @@ impl Demo {
         for _ in 0..5 {
             failures += u64::from(status(&failed)? == 503);
         }
-        // A line is written once the answer's body has gone.
-        std::thread::sleep(Duration::from_millis(500));
+        // The failures, sent last, are logged: once their lines are there,
+        // the successes' would be.
+        eventually(Duration::from_secs(10), "the failures logged", || {
+            Ok(lines(self, "/status/503") >= 5)
+        })
+        .with_context(|| self.logs())?;
         let (ok_lines, failed_lines) = (lines(self, "/telemetry/ok"), lines(self, "/status/503"));
         println!("   | requests | answered | access lines |");
         println!("   |---|---|---|");
@@ -1374,10 +1388,10 @@ impl Demo {
         std::fs::remove_file(self.cluster.config_dir().join(FILE))?;
         eventually(Duration::from_secs(20), "the Telemetry withdrawn", || {
             probe += 1;
-            let path = format!("/telemetry/probe-{probe}");
+            let path = format!("/status/{probe}");
             let answered = status(&self.url("app", &path)?)?;
             std::thread::sleep(Duration::from_millis(300));
-            Ok(answered == 200 && lines(self, &path) == 1)
+            Ok(answered == probe && lines(self, &path) == 1)
         })
         .with_context(|| self.logs())?;
         Ok(format!(
@@ -1385,6 +1399,9 @@ impl Demo {
         ))
     }
 
+    /// Istio's CUSTOM action: the mesh config names an external authorizer
+    /// (the sample's, run in `cart`, over gRPC), and a policy sends it the
+    /// requests for `/orders`.
     fn ext_authz(&mut self) -> Result<String> {
         let cart = self.pod("shop/cart")?.clone();
         let sample = warren_testbed::binaries::path("warren-sample")?;

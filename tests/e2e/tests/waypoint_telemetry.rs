@@ -147,8 +147,12 @@ fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
         ensure!(get(&client, &format!("{base}/mesh/ok"), &[])? == 200);
     }
     ensure!(get(&client, &format!("{base}/status/404"), &[])? == 404);
-    // A line is written when the answer's body has gone: give it a moment.
-    std::thread::sleep(Duration::from_millis(300));
+    // The 404, sent last, is logged: once its line is there, so would be
+    // the others'.
+    eventually(Duration::from_secs(10), "the 404 logged", || {
+        Ok(lines_for(&waypoint.output(), "/status/404") == 1)
+    })
+    .with_context(logs)?;
     let output = waypoint.output();
     ensure!(
         lines_for(&output, "/mesh/ok") == 0 && lines_for(&output, "/status/404") == 1,
@@ -168,7 +172,9 @@ fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
             let code = 520 + next();
             let path = format!("/status/{code}");
             let status = get(&client, &format!("{base}{path}"), &[])?;
-            std::thread::sleep(Duration::from_millis(300));
+            // Counted and logged at the same moment: once counted, its
+            // line would be there.
+            counted(&waypoint_pod, &[("response_code", &code.to_string())])?;
             Ok(u32::from(status) == code && lines_for(&waypoint.output(), &path) == 0)
         },
     )
@@ -189,21 +195,21 @@ fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
     .with_context(logs)?;
     ensure!(get(&client, &format!("{base}/debug/off"), &["x-debug: off"])? == 200);
     ensure!(get(&client, &format!("{base}/status/502"), &[])? == 502);
-    std::thread::sleep(Duration::from_millis(300));
+    counted(&waypoint_pod, &[("response_code", "502")])?;
     let output = waypoint.output();
     ensure!(
         lines_for(&output, "/debug/off") == 0 && lines_for(&output, "/status/502") == 0,
         "only x-debug: on is logged:\n{output}"
     );
     let metrics = waypoint_metrics(&waypoint_pod)?;
-    let counted = metric_sum(
+    let by_path = metric_sum(
         &metrics,
         "istio_requests_total",
         &[("request_path", "/debug/off"), ("response_code", "200")],
     );
     ensure!(
-        counted == 1.0,
-        "requests counted with their path: {counted}\n{metrics}"
+        by_path == 1.0,
+        "requests counted with their path: {by_path}\n{metrics}"
     );
     let relabelled: Vec<&str> = metrics
         .lines()
@@ -228,7 +234,7 @@ fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
         &[("destination_service_name", "app")],
     );
     ensure!(get(&client, &format!("{base}/debug/more"), &[])? == 200);
-    std::thread::sleep(Duration::from_millis(300));
+    counted(&waypoint_pod, &[("request_path", "/debug/more")])?;
     let metrics = waypoint_metrics(&waypoint_pod)?;
     ensure!(
         metric_sum(
@@ -284,7 +290,7 @@ fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
     .with_context(logs)?;
     ensure!(get(&client, &format!("{base}/still/on"), &["x-debug: on"])? == 200);
     ensure!(get(&client, &format!("{base}/still/off"), &[])? == 200);
-    std::thread::sleep(Duration::from_millis(300));
+    counted(&waypoint_pod, &[("request_path", "/still/off")])?;
     let output = waypoint.output();
     ensure!(
         lines_for(&output, "/still/on") == 1 && lines_for(&output, "/still/off") == 0,
@@ -305,6 +311,14 @@ fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
     drop(server);
     drop(waypoint);
     Ok(())
+}
+
+/// Waits until the waypoint has counted a request with `labels`: its access
+/// line, if it gets one, is written at the same moment.
+fn counted(waypoint: &Pod, labels: &[(&str, &str)]) -> Result<()> {
+    eventually(Duration::from_secs(10), "the request counted", || {
+        Ok(metric_sum(&waypoint_metrics(waypoint)?, "istio_requests_total", labels) >= 1.0)
+    })
 }
 
 /// 0, 1, 2, …: what makes a request's path one no earlier request had.

@@ -192,7 +192,7 @@ pub async fn handle(
     };
     let facts = telemetry
         .reads_request
-        .then(|| Box::new(request_facts(&parts)));
+        .then(|| Box::new(request_facts(&parts, telemetry.reads_request_headers)));
     // Reports the request should the client leave before its answer.
     let unanswered = Unanswered::new(Finished {
         ctx: Arc::clone(&ctx),
@@ -247,16 +247,21 @@ pub async fn handle(
     finished.destination = done.destination;
     finished.attempts = done.attempts;
     finished.request_body = done.request_body;
-    if finished.telemetry.reads_response {
+    if finished.telemetry.reads_response_headers {
         finished.response_headers = Some(parts.headers.clone());
     }
     Response::from_parts(parts, Measured::new(body, finished).boxed())
 }
 
-/// What a Telemetry expression may read of a request (`request.*`).
-fn request_facts(parts: &http::request::Parts) -> RequestFacts {
+/// What a Telemetry expression may read of a request (`request.*`); its
+/// headers only when one reads them.
+fn request_facts(parts: &http::request::Parts, headers: bool) -> RequestFacts {
     RequestFacts {
-        headers: parts.headers.clone(),
+        headers: if headers {
+            parts.headers.clone()
+        } else {
+            HeaderMap::new()
+        },
         path: parts
             .uri
             .path_and_query()
@@ -275,7 +280,17 @@ fn request_facts(parts: &http::request::Parts) -> RequestFacts {
             http::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
         },
+        referer: header_text(&parts.headers, header::REFERER),
+        useragent: header_text(&parts.headers, header::USER_AGENT),
     }
+}
+
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Resolves when a route's timeout of `limit` expires: `limit` after the

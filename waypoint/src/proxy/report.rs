@@ -24,7 +24,7 @@ use super::{
 use crate::{
     app::{Body, Context},
     metrics::{Observed, RequestLabels, Varying},
-    telemetry::{Facts, Resolved, attributes::RequestFacts},
+    telemetry::{Attributes, Facts, Resolved, attributes::RequestFacts},
 };
 
 pub(super) const GRPC_STATUS: &str = "grpc-status";
@@ -104,7 +104,10 @@ impl Finished {
             response_bytes,
         };
         let telemetry = &self.telemetry;
-        let facts = || Facts {
+        let plan = &telemetry.metrics;
+        // What expressions read, built only for them.
+        let reads = (!plan.off && !plan.is_plain()) || telemetry.access_log.reads_attributes();
+        let facts = reads.then(|| Facts {
             request: request.facts.as_deref(),
             request_id: request.request_id.to_str().ok(),
             request_bytes,
@@ -118,8 +121,8 @@ impl Finished {
             destination: Some(SocketAddr::new(down.vip, down.port)),
             upstream: self.upstream,
             server_name: None,
-        };
-        let plan = &telemetry.metrics;
+        });
+        let attributes = facts.as_ref().map(Attributes::of);
         if plan.is_plain() {
             // Istio's labels, as the connection's earlier requests had them.
             down.metrics
@@ -135,13 +138,13 @@ impl Finished {
                     || self.labels(flags),
                 )
                 .record(observed);
-        } else if !plan.off {
+        } else if let (false, Some(attributes)) = (plan.off, &attributes) {
             self.ctx
                 .metrics
-                .record_planned(plan, &self.labels(flags), &facts(), observed);
+                .record_planned(plan, &self.labels(flags), attributes, observed);
         }
         if !tracing::enabled!(target: "access", tracing::Level::INFO)
-            || !telemetry.access_log.admits_with(facts)
+            || !telemetry.access_log.admits(attributes.as_ref())
         {
             return;
         }
@@ -333,10 +336,11 @@ fn request_labels(
         destination_service_namespace,
         request_protocol: if grpc { "grpc" } else { "http" },
         response_code,
-        grpc_response_status: grpc_status
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned(),
+        grpc_response_status: crate::metrics::escaped(
+            grpc_status
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default(),
+        ),
         response_flags: flags,
         connection_security_policy: "mutual_tls",
     }

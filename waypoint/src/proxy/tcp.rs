@@ -39,7 +39,7 @@ use crate::{
         RouteDestination, Scope,
         tcp::{ConnectionInfo, TcpRouted},
     },
-    telemetry::{Facts, Resolved},
+    telemetry::{Attributes, Facts, Resolved},
     upstream::{HashInput, Outcome, Permit, PoolLimits},
 };
 
@@ -456,7 +456,8 @@ impl Line<'_> {
         (sent, received): (u64, u64),
     ) {
         let down = self.down;
-        let facts = || Facts {
+        let access_log = &self.telemetry.access_log;
+        let facts = access_log.reads_attributes().then(|| Facts {
             source: Some(down.source_ip),
             principal: Some(format!("spiffe://{}", down.peer.identity.principal())),
             destination: Some(SocketAddr::new(down.vip, down.port)),
@@ -464,9 +465,9 @@ impl Line<'_> {
             server_name,
             flags: result.err().map_or("-", Ended::flag),
             ..Facts::default()
-        };
+        });
         if !tracing::enabled!(target: "access", tracing::Level::INFO)
-            || !self.telemetry.access_log.admits_with(facts)
+            || !access_log.admits(facts.as_ref().map(Attributes::of).as_ref())
         {
             return;
         }

@@ -3,11 +3,14 @@
 //! `response.code`, `source.address`, …).
 //!
 //! Only the top-level attributes an expression names are built, once per
-//! evaluation. An expression that fails (a header that is not there, a
-//! comparison of unlike types) is false for a filter and `unknown` for a
-//! label, as Envoy treats it.
+//! request whatever the number of expressions; an attribute the request
+//! does not have (`response` of a TCP connection) is an empty map. An
+//! expression that fails (a header that is not there, a comparison of
+//! unlike types) is false for a filter and `unknown` for a label, as Envoy
+//! treats it.
 
 use std::{
+    cell::OnceCell,
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{Arc, LazyLock},
@@ -26,6 +29,9 @@ pub struct Expr {
     program: Arc<Program>,
     /// Which of [`warren_model::validate::telemetry::ATTRIBUTES`] it reads.
     reads: Vec<&'static str>,
+    /// Whether it may read headers (`request.headers`, `response.headers`):
+    /// only then are they kept for it.
+    reads_headers: bool,
 }
 
 impl std::fmt::Debug for Expr {
@@ -47,6 +53,7 @@ impl Expr {
             text: Arc::from(text),
             program: Arc::new(program),
             reads,
+            reads_headers: text.contains("headers"),
         })
     }
 
@@ -59,24 +66,29 @@ impl Expr {
         self.reads.contains(&root)
     }
 
-    fn evaluate(&self, facts: &Facts<'_>) -> Option<Value> {
+    /// Whether it reads `root`'s headers.
+    pub fn reads_headers_of(&self, root: &str) -> bool {
+        self.reads_headers && self.reads(root)
+    }
+
+    fn evaluate(&self, attributes: &Attributes<'_, '_>) -> Option<Value> {
         let mut context = Context::with_env(Arc::clone(&ENV));
         for root in &self.reads {
-            let value = facts.attribute(root)?;
-            let value: Box<dyn cel::common::value::Val> = value.try_into().ok()?;
+            let value: Box<dyn cel::common::value::Val> =
+                attributes.get(root).clone().try_into().ok()?;
             context.add_variable_as_val(*root, value);
         }
         self.program.execute(&context).ok()
     }
 
     /// As a filter: true only when it evaluates to `true`.
-    pub fn holds(&self, facts: &Facts<'_>) -> bool {
-        matches!(self.evaluate(facts), Some(Value::Bool(true)))
+    pub fn holds(&self, attributes: &Attributes<'_, '_>) -> bool {
+        matches!(self.evaluate(attributes), Some(Value::Bool(true)))
     }
 
     /// As a label's value: its text; `unknown` when it fails.
-    pub fn label(&self, facts: &Facts<'_>) -> String {
-        match self.evaluate(facts) {
+    pub fn label(&self, attributes: &Attributes<'_, '_>) -> String {
+        match self.evaluate(attributes) {
             Some(Value::String(s)) => s.to_string(),
             Some(Value::Int(i)) => i.to_string(),
             Some(Value::UInt(u)) => u.to_string(),
@@ -98,6 +110,10 @@ pub struct RequestFacts {
     pub method: String,
     /// `HTTP/1.1`, `HTTP/2`.
     pub protocol: &'static str,
+    /// Kept apart from `headers`, which are kept only for an expression
+    /// that reads them.
+    pub referer: String,
+    pub useragent: String,
 }
 
 /// Everything an expression may read of one request (or connection, whose
@@ -122,6 +138,37 @@ pub struct Facts<'a> {
     pub upstream: Option<SocketAddr>,
     /// A TLS hello's server name (TCP connections).
     pub server_name: Option<&'a str>,
+}
+
+/// [`Facts`] as expressions read them: each top-level attribute built the
+/// first time one is read, then shared by every expression of the request.
+pub struct Attributes<'f, 'a> {
+    facts: &'f Facts<'a>,
+    /// By their index in [`warren_model::validate::telemetry::ATTRIBUTES`].
+    built: [OnceCell<Value>; 6],
+}
+
+impl<'f, 'a> Attributes<'f, 'a> {
+    pub fn of(facts: &'f Facts<'a>) -> Self {
+        Attributes {
+            facts,
+            built: Default::default(),
+        }
+    }
+
+    /// The top-level attribute `root`, built the first time it is read; an
+    /// empty map when the request has none.
+    fn get(&self, root: &str) -> &Value {
+        let index = warren_model::validate::telemetry::ATTRIBUTES
+            .iter()
+            .position(|a| *a == root)
+            .unwrap_or(0);
+        self.built[index].get_or_init(|| {
+            self.facts
+                .build(root)
+                .unwrap_or_else(|| Value::from(HashMap::<Key, Value>::new()))
+        })
+    }
 }
 
 fn map(entries: Vec<(&str, Value)>) -> Value {
@@ -157,20 +204,13 @@ fn address(entries: &mut Vec<(&str, Value)>, addr: SocketAddr) {
 }
 
 impl Facts<'_> {
-    /// The top-level attribute `root`; `None` when the request has none
-    /// (`response` of a TCP connection).
-    fn attribute(&self, root: &str) -> Option<Value> {
+    /// `root` of this request; `None` when it has none (`response` of a TCP
+    /// connection).
+    fn build(&self, root: &str) -> Option<Value> {
         let value = match root {
             "request" => {
                 let request = self.request?;
                 let (url_path, _) = request.path.split_once('?').unwrap_or((&request.path, ""));
-                let header = |name: http::header::HeaderName| {
-                    request
-                        .headers
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                };
                 map(vec![
                     ("path", text(&request.path)),
                     ("url_path", text(url_path)),
@@ -178,8 +218,8 @@ impl Facts<'_> {
                     ("scheme", text(&request.scheme)),
                     ("method", text(&request.method)),
                     ("headers", headers(&request.headers)),
-                    ("referer", text(header(http::header::REFERER))),
-                    ("useragent", text(header(http::header::USER_AGENT))),
+                    ("referer", text(&request.referer)),
+                    ("useragent", text(&request.useragent)),
                     ("id", text(self.request_id.unwrap_or_default())),
                     ("protocol", text(request.protocol)),
                     ("size", Value::Int(saturating(self.request_bytes))),

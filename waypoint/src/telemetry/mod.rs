@@ -32,7 +32,6 @@ use std::{
     sync::Arc,
 };
 
-use tracing::warn;
 use warren_model::istio::{
     mesh::{ENVOY, ExtensionProvider, PROMETHEUS},
     telemetry::{
@@ -42,7 +41,7 @@ use warren_model::istio::{
 };
 
 use crate::attachment::applies;
-pub use attributes::{Expr, Facts};
+pub use attributes::{Attributes, Expr, Facts};
 
 /// A Telemetry as the agent sent it, its expressions compiled.
 #[derive(Clone, Debug)]
@@ -137,9 +136,10 @@ enum ProviderKind {
     /// A file other than stdout: not written.
     OtherFile,
     Prometheus,
-    /// Something this waypoint does not send to (or no provider by that
-    /// name).
+    /// A provider this waypoint does not send to (OpenTelemetry, …).
     Elsewhere,
+    /// No provider by that name: left out, as Istio leaves it out.
+    Undefined,
 }
 
 fn provider_kind(name: &str, providers: &BTreeMap<String, Arc<ExtensionProvider>>) -> ProviderKind {
@@ -157,7 +157,7 @@ fn provider_kind(name: &str, providers: &BTreeMap<String, Arc<ExtensionProvider>
         // Istio's default mesh config defines both.
         None if name.eq_ignore_ascii_case(ENVOY) => ProviderKind::Stdout,
         None if name.eq_ignore_ascii_case(PROMETHEUS) => ProviderKind::Prometheus,
-        None => ProviderKind::Elsewhere,
+        None => ProviderKind::Undefined,
     }
 }
 
@@ -179,19 +179,52 @@ impl AccessLog {
         matches!(self, AccessLog::Filtered(filters) if filters.is_empty())
     }
 
-    /// Whether a request or connection makes a line; `facts` are built
-    /// only for a filter to read.
-    pub fn admits_with<'a>(&self, facts: impl FnOnce() -> Facts<'a>) -> bool {
+    /// Whether deciding a line needs the request's attributes (a filter
+    /// that may pass or not).
+    pub fn reads_attributes(&self) -> bool {
+        match self {
+            AccessLog::Default => false,
+            AccessLog::Filtered(filters) => {
+                !filters.is_empty() && filters.iter().all(Option::is_some)
+            }
+        }
+    }
+
+    /// Whether a request or connection makes a line; `attributes` are read
+    /// when [`AccessLog::reads_attributes`].
+    pub fn admits(&self, attributes: Option<&Attributes<'_, '_>>) -> bool {
         let AccessLog::Filtered(filters) = self else {
             return true;
         };
         if filters.iter().any(Option::is_none) {
             return true;
         }
-        let facts = facts();
-        filters.iter().flatten().any(|expr| expr.holds(&facts))
+        attributes.is_some_and(|a| filters.iter().flatten().any(|expr| expr.holds(a)))
     }
 }
+
+/// The labels a waypoint writes on its request metrics (Istio's, less
+/// those of clusters and apps it has no value for).
+pub const STANDARD_LABELS: [&str; 18] = [
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_canonical_service",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_canonical_service",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+];
 
 /// One of the four request metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,8 +299,10 @@ pub struct Resolved {
     pub sources: Vec<String>,
     /// Some expression reads `request.*`: requests keep what it may read.
     pub reads_request: bool,
-    /// Some expression reads `response.*`: answers keep their headers.
-    pub reads_response: bool,
+    /// Some expression reads `request.headers`: requests keep theirs.
+    pub reads_request_headers: bool,
+    /// Some expression reads `response.headers`: answers keep theirs.
+    pub reads_response_headers: bool,
 }
 
 impl Resolved {
@@ -344,6 +379,9 @@ pub struct Telemetries {
     /// Service namespace → name → its own, where a Telemetry is attached
     /// to it.
     by_service: HashMap<String, HashMap<String, Arc<Resolved>>>,
+    /// What could not be done as asked (a provider not defined, a file
+    /// not written, tracing), for the waypoint to say once.
+    pub notes: BTreeSet<String>,
 }
 
 impl Telemetries {
@@ -366,10 +404,13 @@ impl Telemetries {
             .iter()
             .copied()
             .find(|t| t.namespace_wide && !t.mesh_wide && t.namespace == namespace);
+        // As Istio: only the waypoint's namespace's attach to it (a
+        // Service of another namespace it serves takes that namespace's
+        // mesh-wide and the waypoint's, not its own namespace's).
         let attached: Vec<&TelemetryInput> = inputs
             .iter()
             .copied()
-            .filter(|t| !t.namespace_wide)
+            .filter(|t| !t.namespace_wide && t.namespace == namespace)
             .collect();
         let layers = |service: Option<(&str, &str)>| -> Vec<&TelemetryInput> {
             mesh.into_iter()
@@ -380,7 +421,12 @@ impl Telemetries {
                 }))
                 .collect()
         };
-        let base = Arc::new(resolve(&layers(None), providers, defaults));
+        let mut notes: BTreeSet<String> = inputs
+            .iter()
+            .filter(|t| !t.spec.tracing.is_empty())
+            .map(|t| format!("Telemetry {}: tracing is read, not acted on: the waypoint continues traces and reports no spans", t.id()))
+            .collect();
+        let base = Arc::new(resolve(&layers(None), providers, defaults, &mut notes));
         let mut by_service: HashMap<String, HashMap<String, Arc<Resolved>>> = HashMap::new();
         let named: BTreeSet<(&str, &str)> = attached
             .iter()
@@ -391,13 +437,17 @@ impl Telemetries {
             })
             .collect();
         for (ns, name) in named {
-            let resolved = resolve(&layers(Some((ns, name))), providers, defaults);
+            let resolved = resolve(&layers(Some((ns, name))), providers, defaults, &mut notes);
             by_service
                 .entry(ns.to_owned())
                 .or_default()
                 .insert(name.to_owned(), Arc::new(resolved));
         }
-        Telemetries { base, by_service }
+        Telemetries {
+            base,
+            by_service,
+            notes,
+        }
     }
 
     /// What applies to a request for `name` of `namespace`.
@@ -412,29 +462,34 @@ impl Telemetries {
     }
 }
 
-/// Merges the layers (outermost first) for a proxy receiving requests.
+/// Merges the layers (outermost first) for a proxy receiving requests;
+/// what cannot be done as asked goes to `notes`.
 fn resolve(
     layers: &[&TelemetryInput],
     providers: &BTreeMap<String, Arc<ExtensionProvider>>,
     defaults: &Defaults,
+    notes: &mut BTreeSet<String>,
 ) -> Resolved {
-    let access_log = merge_logs(layers, providers, defaults);
+    let access_log = merge_logs(layers, providers, defaults, notes);
     let metrics = merge_metrics(layers, providers, defaults);
-    let exprs_read = |root: &str| {
-        let filters = match &access_log {
-            AccessLog::Default => &[][..],
-            AccessLog::Filtered(filters) => &filters[..],
-        };
-        filters.iter().flatten().any(|e| e.reads(root))
-            || metrics.each.iter().any(|m| {
-                m.tags
-                    .values()
-                    .any(|c| matches!(c, TagChange::Upsert(e) if e.reads(root)))
-            })
+    let filters = match &access_log {
+        AccessLog::Default => &[][..],
+        AccessLog::Filtered(filters) => &filters[..],
     };
+    let exprs: Vec<&Expr> = filters
+        .iter()
+        .flatten()
+        .chain(metrics.each.iter().flat_map(|m| {
+            m.tags.values().filter_map(|c| match c {
+                TagChange::Upsert(e) => Some(e),
+                TagChange::Remove => None,
+            })
+        }))
+        .collect();
     Resolved {
-        reads_request: exprs_read("request"),
-        reads_response: exprs_read("response"),
+        reads_request: exprs.iter().any(|e| e.reads("request")),
+        reads_request_headers: exprs.iter().any(|e| e.reads_headers_of("request")),
+        reads_response_headers: exprs.iter().any(|e| e.reads_headers_of("response")),
         sources: layers.iter().map(|t| t.id()).collect(),
         access_log,
         metrics,
@@ -458,6 +513,7 @@ fn merge_logs(
     layers: &[&TelemetryInput],
     providers: &BTreeMap<String, Arc<ExtensionProvider>>,
     defaults: &Defaults,
+    notes: &mut BTreeSet<String>,
 ) -> AccessLog {
     let layers: Vec<&TelemetryInput> = layers
         .iter()
@@ -515,6 +571,17 @@ fn merge_logs(
             }
         }
     }
+    // Providers the mesh config does not define are left out, as Istio
+    // leaves them out.
+    merged.retain(|name, _| {
+        let defined = provider_kind(name, providers) != ProviderKind::Undefined;
+        if !defined {
+            notes.insert(format!(
+                "access-log provider {name:?} is not defined in the mesh config: left out"
+            ));
+        }
+        defined
+    });
     // Nothing said for this side: as if no Telemetry spoke (Istio then
     // falls back to the mesh config's access log).
     if merged.is_empty() {
@@ -525,7 +592,7 @@ fn merge_logs(
         match provider_kind(&name, providers) {
             ProviderKind::Stdout if !disabled => filters.push(filter),
             ProviderKind::OtherFile if !disabled => {
-                warn!(provider = %name, "an access-log provider writes to a file other than /dev/stdout: the waypoint writes its access lines to stdout only; not used");
+                notes.insert(format!("access-log provider {name:?} writes to a file other than /dev/stdout: the waypoint writes its access lines to stdout only; not used"));
             }
             _ => {}
         }
@@ -613,6 +680,11 @@ fn merge_metrics(
                 }
                 for (tag, change) in &o.tag_overrides {
                     let change = match change.operation {
+                        // A label the waypoint does not write: nothing to
+                        // remove (and the series stay Istio's own).
+                        TagOperation::Remove if !STANDARD_LABELS.contains(&tag.as_str()) => {
+                            continue;
+                        }
                         TagOperation::Remove => TagChange::Remove,
                         TagOperation::Upsert => match layer.tag_values.get(&(i, j, tag.clone())) {
                             Some(expr) => TagChange::Upsert(expr.clone()),

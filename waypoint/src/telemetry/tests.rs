@@ -60,7 +60,8 @@ fn facts(code: u16) -> Facts<'static> {
 }
 
 fn logs(resolved: &Resolved, code: u16) -> bool {
-    resolved.access_log.admits_with(|| facts(code))
+    let facts = facts(code);
+    resolved.access_log.admits(Some(&Attributes::of(&facts)))
 }
 
 #[test]
@@ -69,7 +70,7 @@ fn without_telemetry_the_waypoint_logs_and_counts_as_always() {
     let base = t.for_service("demo", "app");
     assert!(matches!(base.access_log, AccessLog::Default));
     assert!(base.metrics.is_plain());
-    assert!(!base.reads_request && !base.reads_response);
+    assert!(!base.reads_request && !base.reads_response_headers);
 }
 
 #[test]
@@ -83,7 +84,8 @@ fn the_mesh_filter_holds_until_a_namespace_turns_logs_off() {
     let t = build(std::slice::from_ref(&mesh));
     let base = t.for_service("demo", "app");
     assert!(logs(base, 503) && !logs(base, 200));
-    assert!(base.reads_response && !base.reads_request);
+    // `response.code` alone: no headers kept for it.
+    assert!(!base.reads_response_headers && !base.reads_request);
     assert_eq!(base.sources, ["istio-system/mesh-default"]);
 
     // The namespace's entry names no provider: the mesh's (envoy) is
@@ -199,14 +201,36 @@ fn providers_decide_where_lines_go() {
     assert!(logs(t.for_service("demo", "app"), 200));
 
     // Only an OpenTelemetry sink named: nothing on stdout.
+    let otel_provider: ExtensionProvider =
+        serde_yaml::from_str("{name: otel}").expect("a provider of a kind not sent in full");
+    let with_otel =
+        BTreeMap::from([("extensionprovider/otel".to_owned(), Arc::new(otel_provider))]);
     let otel = input(
         "otel",
         1,
         At::Mesh,
         "accessLogging: [{providers: [{name: otel}]}]",
     );
-    let t = build(std::slice::from_ref(&otel));
+    let t = build_with(
+        std::slice::from_ref(&otel),
+        &with_otel,
+        &Defaults::default(),
+    );
     assert!(t.for_service("demo", "app").access_log.is_off());
+    // A name the mesh config does not define is left out, as in Istio: the
+    // waypoint logs as it would without the Telemetry, and says so.
+    let t = build(std::slice::from_ref(&otel));
+    assert!(matches!(
+        t.for_service("demo", "app").access_log,
+        AccessLog::Default
+    ));
+    assert!(
+        t.notes
+            .iter()
+            .any(|n| n.contains("\"otel\" is not defined")),
+        "{:?}",
+        t.notes
+    );
 
     // `envoy` redefined to write a file: not this log; a provider writing
     // to /dev/stdout is.
@@ -318,6 +342,8 @@ fn expressions_read_the_request_and_fail_as_false_or_unknown() {
         scheme: "http".into(),
         method: "GET".into(),
         protocol: "HTTP/1.1",
+        useragent: "curl/8".into(),
+        ..RequestFacts::default()
     };
     let facts = Facts {
         request: Some(&request),
@@ -326,13 +352,15 @@ fn expressions_read_the_request_and_fail_as_false_or_unknown() {
         principal: Some("spiffe://cluster.local/ns/demo/sa/client".into()),
         ..Facts::default()
     };
-    let holds = |text: &str| Expr::compile(text).expect("compiles").holds(&facts);
+    let attributes = Attributes::of(&facts);
+    let holds = |text: &str| Expr::compile(text).expect("compiles").holds(&attributes);
     assert!(holds("request.headers['x-user'] == 'jason'"));
     assert!(holds("request.headers['x-tag'] == 'a,b'"));
     assert!(holds(
         "request.url_path == '/api/items' && request.path.endsWith('page=2')"
     ));
     assert!(holds("response.code == 404 && request.method == 'GET'"));
+    assert!(holds("request.useragent.startsWith('curl/')"));
     assert!(holds("destination.port == 80 && connection.mtls"));
     assert!(holds(
         "connection.uri_san_peer_certificate.endsWith('/sa/client')"
@@ -342,7 +370,7 @@ fn expressions_read_the_request_and_fail_as_false_or_unknown() {
     assert!(!holds("request.headers['x-missing'] == 'a'"));
     // Comparing unlike types is an error: not true.
     assert!(!holds("response.code == 'x'"));
-    let label = |text: &str| Expr::compile(text).expect("compiles").label(&facts);
+    let label = |text: &str| Expr::compile(text).expect("compiles").label(&attributes);
     assert_eq!(label("request.host"), "app.demo.svc.cluster.local");
     assert_eq!(label("response.code"), "404");
     assert_eq!(label("request.headers['x-missing']"), "unknown");
@@ -352,11 +380,20 @@ fn expressions_read_the_request_and_fail_as_false_or_unknown() {
         server_name: Some("api.example.com"),
         ..Facts::default()
     };
+    let connection = Attributes::of(&connection);
     let expr = Expr::compile("response.code >= 400").expect("compiles");
     assert!(!expr.holds(&connection));
     let sni =
         Expr::compile("connection.requested_server_name == 'api.example.com'").expect("compiles");
     assert!(sni.holds(&connection));
+    // The absent response is an empty map: the rest of the expression counts.
+    let either = Expr::compile(
+        "response.code >= 500 || connection.requested_server_name == 'api.example.com'",
+    )
+    .expect("compiles");
+    assert!(either.holds(&connection));
+    let no_code = Expr::compile("!has(response.code)").expect("compiles");
+    assert!(no_code.holds(&connection));
 }
 
 #[test]
@@ -386,6 +423,7 @@ fn planned_metrics_leave_out_disabled_ones_and_change_labels() {
         request: Some(&request),
         ..Facts::default()
     };
+    let attributes = Attributes::of(&facts);
     let labels = RequestLabels {
         reporter: "waypoint",
         source_workload: "client".into(),
@@ -411,8 +449,8 @@ fn planned_metrics_leave_out_disabled_ones_and_change_labels() {
         request_bytes: 0,
         response_bytes: 10,
     };
-    metrics.record_planned(plan, &labels, &facts, observed);
-    metrics.record_planned(plan, &labels, &facts, observed);
+    metrics.record_planned(plan, &labels, &attributes, observed);
+    metrics.record_planned(plan, &labels, &attributes, observed);
     let text = l4.encode();
     let requests: Vec<&str> = text
         .lines()
@@ -441,4 +479,92 @@ fn planned_metrics_leave_out_disabled_ones_and_change_labels() {
                 && !l.contains("request_host")),
         "the other metrics keep Istio's labels: {text}"
     );
+}
+
+#[test]
+fn removing_a_label_the_waypoint_does_not_write_changes_nothing() {
+    let trims = input(
+        "trims",
+        1,
+        At::Mesh,
+        "metrics: [{overrides: [{tagOverrides: {source_cluster: {operation: REMOVE}, destination_cluster: {operation: REMOVE}}}]}]",
+    );
+    let t = build(&[trims]);
+    assert!(t.for_service("demo", "app").metrics.is_plain());
+}
+
+#[test]
+fn only_the_waypoints_namespace_attaches_telemetry() {
+    let mut elsewhere = input(
+        "other",
+        1,
+        At::Service("app"),
+        "accessLogging: [{disabled: true, providers: [{name: envoy}]}]",
+    );
+    elsewhere.namespace = "shop".into();
+    let t = build(&[elsewhere]);
+    assert!(matches!(
+        t.for_service("shop", "app").access_log,
+        AccessLog::Default
+    ));
+}
+
+#[test]
+fn label_values_from_requests_are_escaped() {
+    let l4 = warren_ztunnel::metrics::Metrics::new();
+    let metrics = Metrics::register(&l4);
+    let host = input(
+        "host",
+        1,
+        At::Waypoint,
+        "metrics: [{overrides: [{match: {metric: REQUEST_COUNT}, tagOverrides: {request_host: {value: request.host}}}]}]",
+    );
+    let t = build(&[host]);
+    let request = RequestFacts {
+        host: "a\"b\\c\nd".into(),
+        ..RequestFacts::default()
+    };
+    let facts = Facts {
+        request: Some(&request),
+        ..Facts::default()
+    };
+    let mut labels = sample_labels();
+    labels.grpc_response_status = crate::metrics::escaped("1\"");
+    let observed = Observed {
+        duration_ms: 1.0,
+        request_bytes: 0,
+        response_bytes: 0,
+    };
+    metrics.record_planned(
+        &t.for_service("demo", "a").metrics,
+        &labels,
+        &Attributes::of(&facts),
+        observed,
+    );
+    let text = l4.encode();
+    assert!(text.contains(r#"request_host="a\"b\\c\nd""#), "{text}");
+    assert!(text.contains(r#"grpc_response_status="1\"""#), "{text}");
+}
+
+fn sample_labels() -> RequestLabels {
+    RequestLabels {
+        reporter: "waypoint",
+        source_workload: "c".into(),
+        source_workload_namespace: "demo".into(),
+        source_principal: "p".into(),
+        source_canonical_service: "c".into(),
+        destination_workload: "a".into(),
+        destination_workload_namespace: "demo".into(),
+        destination_principal: "q".into(),
+        destination_canonical_service: "a".into(),
+        destination_version: "v1".into(),
+        destination_service: "a.demo".into(),
+        destination_service_name: "a".into(),
+        destination_service_namespace: "demo".into(),
+        request_protocol: "http",
+        response_code: 200,
+        grpc_response_status: String::new(),
+        response_flags: "-",
+        connection_security_policy: "mutual_tls",
+    }
 }

@@ -218,12 +218,6 @@ impl ExtensionProvider {
         }
     }
 
-    /// Whether the provider is one the waypoint's telemetry uses: an access
-    /// log or Prometheus.
-    pub fn is_telemetry(&self) -> bool {
-        self.envoy_file_access_log.is_some() || self.prometheus.is_some()
-    }
-
     /// `(service, port)` of an external authorizer.
     pub fn authz_service(&self) -> Option<(&str, u32)> {
         match (&self.envoy_ext_authz_http, &self.envoy_ext_authz_grpc) {

@@ -37,7 +37,7 @@ pub fn expression(text: &str) -> Result<cel::Program, String> {
     let mut unknown: Vec<&str> = references
         .variables()
         .into_iter()
-        .filter(|v| !ATTRIBUTES.contains(v))
+        .filter(|v| !ATTRIBUTES.contains(v) && !is_loop_variable(text, v))
         .collect();
     unknown.sort_unstable();
     if !unknown.is_empty() {
@@ -48,6 +48,21 @@ pub fn expression(text: &str) -> Result<cel::Program, String> {
         ));
     }
     Ok(program)
+}
+
+/// Whether `name` is the variable a comprehension macro binds in `text`
+/// (`request.headers.exists(k, k.startsWith('x-'))`), which the parser lists
+/// among the expression's variables.
+fn is_loop_variable(text: &str, name: &str) -> bool {
+    const MACROS: [&str; 5] = ["all", "exists", "exists_one", "map", "filter"];
+    MACROS.iter().any(|m| {
+        text.match_indices(&format!(".{m}(")).any(|(at, found)| {
+            text[at + found.len()..]
+                .trim_start()
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.trim_start().starts_with(','))
+        })
+    })
 }
 
 /// Checks a Telemetry on its own.
@@ -115,6 +130,10 @@ fn metrics(r: &mut Report, path: &str, metrics: &Metrics) {
                     path.clone(),
                     format!("{tag:?} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)"),
                 );
+            } else if tag == "le" || tag.starts_with("__") {
+                // `le` is a histogram bucket's own label, `__*` Prometheus's:
+                // either would make the whole scrape unreadable.
+                r.error(path.clone(), format!("{tag:?} is reserved by Prometheus"));
             }
             match (change.operation, change.value.as_deref()) {
                 (TagOperation::Upsert, None) => {
@@ -237,6 +256,7 @@ mod tests {
     - match: {{metric: REQUEST_COUNT, customMetric: requests_total}}
       tagOverrides:
         9lives: {{operation: REMOVE}}
+        le: {{operation: REMOVE}}
         host: {{operation: UPSERT}}
         gone: {{operation: REMOVE, value: request.host}}
   tracing:
@@ -257,6 +277,7 @@ mod tests {
             "spec.metrics[0].reportingInterval: \"soon\" is not a duration",
             "spec.metrics[0].overrides[0].match: only one of metric and customMetric may be set",
             "spec.metrics[0].overrides[0].tagOverrides.9lives: \"9lives\" is not a Prometheus label name",
+            "spec.metrics[0].overrides[0].tagOverrides.le: \"le\" is reserved by Prometheus",
             "spec.metrics[0].overrides[0].tagOverrides.host.value: required for UPSERT",
             "spec.metrics[0].overrides[0].tagOverrides.gone.value: may only be set when operation is UPSERT",
             "spec.tracing[0].randomSamplingPercentage: 101 is not between 0 and 100",
@@ -277,6 +298,13 @@ mod tests {
     fn expressions_compile_to_programs_naming_known_attributes() {
         assert!(expression("has(request.headers.x) && response.code == 200").is_ok());
         assert!(expression("source.address.startsWith('10.')").is_ok());
+        // A macro's loop variable is no attribute.
+        assert!(expression("request.headers.exists(k, k.startsWith('x-'))").is_ok());
+        assert!(expression("[1, 2].map(n, n * 2).all( m , m > 0)").is_ok());
+        let error = expression("request.headers.exists(k, j == 1)")
+            .err()
+            .unwrap_or_default();
+        assert!(error.contains("names j,"), "{error}");
         let error = expression("node.id").err().unwrap_or_default();
         assert!(error.contains("names node"), "{error}");
     }
