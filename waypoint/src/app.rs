@@ -59,6 +59,8 @@ pub struct Context {
     pub proximity: Mutex<Option<(u64, Option<crate::upstream::Proximity>)>>,
     /// What endpoints known by name resolved to.
     pub names: crate::proxy::names::Names,
+    /// Sampled spans on their way to their collectors.
+    pub spans: crate::proxy::spans::Spans,
 }
 
 impl Context {
@@ -206,7 +208,9 @@ impl App {
             connector,
             proximity: Mutex::new(None),
             names: Default::default(),
+            spans: Default::default(),
         });
+        tokio::spawn(crate::proxy::spans::run(Arc::clone(&context)));
         let trigger = drain::Trigger::new();
         let quit = Arc::new(admin::Quit::default());
 

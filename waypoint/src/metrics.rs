@@ -230,6 +230,13 @@ impl RequestMetricsCache {
     }
 }
 
+/// A tracing provider's spans: `sent`, `failed`, `dropped`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanLabels {
+    pub provider: String,
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabels {
     pub destination_service: String,
@@ -263,6 +270,8 @@ pub struct Metrics {
     pub mirrored: Family<ClusterLabels, Counter>,
     /// Checks of CUSTOM policies' providers, by result.
     pub ext_authz: Family<ExtAuthzLabels, Counter>,
+    /// Spans of sampled requests, by what became of them.
+    pub spans: Family<SpanLabels, Counter>,
 }
 
 /// Istio's duration buckets (milliseconds).
@@ -361,6 +370,7 @@ impl Metrics {
             retry_overflows: Family::default(),
             mirrored: Family::default(),
             ext_authz: Family::default(),
+            spans: Family::default(),
         };
         l4.register(|r: &mut Registry| {
             r.register(
@@ -412,6 +422,11 @@ impl Metrics {
                 "warren_waypoint_ext_authz_checks",
                 "Requests a CUSTOM policy's external authorizer was asked about, by result",
                 metrics.ext_authz.clone(),
+            );
+            r.register(
+                "warren_waypoint_spans",
+                "Spans of sampled requests, by what became of them: sent to the collector, failed (not taken), dropped (queue full)",
+                metrics.spans.clone(),
             );
         });
         metrics

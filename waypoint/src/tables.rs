@@ -185,6 +185,7 @@ impl Tables {
         Defaults {
             metrics: defaults.metrics.clone(),
             access_logging: defaults.access_logging.clone(),
+            tracing: defaults.tracing.clone(),
         }
     }
 

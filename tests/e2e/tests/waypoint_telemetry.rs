@@ -327,3 +327,271 @@ fn next() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
+
+const TRACING_MESH_CONFIG: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: istio, namespace: istio-system }
+data:
+  mesh: |
+    extensionProviders:
+    - name: zipkin
+      zipkin: { service: zipkin.observe.svc.cluster.local, port: 9411 }
+"#;
+
+fn tracing_telemetry(sampling: u32) -> String {
+    format!(
+        r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{ name: mesh-default, namespace: istio-system }}
+spec:
+  tracing:
+  - providers: [{{ name: zipkin }}]
+    randomSamplingPercentage: {sampling}
+    customTags:
+      team: {{ literal: {{ value: shop }} }}
+      user: {{ header: {{ name: x-user, defaultValue: nobody }} }}
+"#
+    )
+}
+
+/// The trace headers the app received, by one GET from `pod` with `headers`.
+fn app_saw(pod: &Pod, url: &str, headers: &[&str]) -> Result<serde_json::Value> {
+    let mut args = vec!["-sS", "--max-time", "8"];
+    for header in headers {
+        args.extend(["-H", header]);
+    }
+    args.push(url);
+    let out = pod.sandbox.exec("curl", &args)?;
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("curl {url}: {}", String::from_utf8_lossy(&out.stdout)))?;
+    Ok(body["headers"].clone())
+}
+
+/// The spans the collector holds of `trace`.
+fn spans_of(collector: &Pod, trace: &str) -> Result<Vec<serde_json::Value>> {
+    let url = format!("http://127.0.0.1:9411/api/v2/spans?traceId={trace}");
+    let out = collector
+        .sandbox
+        .exec("curl", ["-sS", "--max-time", "5", url.as_str()])?;
+    let spans: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("the collector: {}", String::from_utf8_lossy(&out.stdout)))?;
+    Ok(spans)
+}
+
+/// `traceparent`'s fields: (trace id, parent span id, flags).
+fn traceparent(saw: &serde_json::Value) -> Result<(String, String, String)> {
+    let value = saw["traceparent"]
+        .as_str()
+        .with_context(|| format!("no traceparent reached the app: {saw}"))?;
+    match value.split('-').collect::<Vec<_>>().as_slice() {
+        ["00", trace, span, flags] => {
+            Ok(((*trace).to_owned(), (*span).to_owned(), (*flags).to_owned()))
+        }
+        _ => anyhow::bail!("not a traceparent: {value:?}"),
+    }
+}
+
+#[test]
+fn the_waypoint_samples_traces_and_reports_its_spans_to_zipkin() -> Result<()> {
+    require_root()?;
+    let mut cluster = demo_cluster_with_waypoint_pod(&[
+        ("app", 1, &[("app", "app")], "app"),
+        ("client", 0, &[("app", "client")], "client"),
+    ])?;
+    cluster.add_namespace("observe", labels(&[]))?;
+    cluster.add_pod(warren_testbed::PodSpec {
+        name: "zipkin".into(),
+        namespace: "observe".into(),
+        node: 1,
+        labels: labels(&[("app", "zipkin")]),
+        service_account: Some("zipkin".into()),
+    })?;
+    for (namespace, name, port, target_port) in
+        [("demo", "app", 80, 8080), ("observe", "zipkin", 9411, 9411)]
+    {
+        cluster.add_service(
+            namespace,
+            name,
+            labels(&[("app", name)]),
+            vec![ServicePort {
+                name: "http".into(),
+                port,
+                target_port,
+            }],
+        )?;
+    }
+    let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
+    let config = cluster.config_dir().to_path_buf();
+    let app = cluster.pod("app")?.clone();
+    let server = start_http_server(&cluster, &app, 8080, &["--name", "app"])?;
+    let collector_pod = cluster.pod("zipkin")?.clone();
+    let sample = warren_testbed::binaries::path("warren-sample")?;
+    let collector = cluster.spawn(
+        &collector_pod.sandbox,
+        &sample.to_string_lossy(),
+        &["collect", "--listen", "[::]:9411"],
+    )?;
+    let client = cluster.pod("client")?.clone();
+    let waypoint_pod = cluster.pod("waypoint")?.clone();
+    let base = format!("http://{}", service_vip(&cluster, "app")?);
+    let logs = || {
+        format!(
+            "{}\nwaypoint:\n{}\ncollector:\n{}",
+            mesh.logs(),
+            waypoint.output(),
+            collector.output()
+        )
+    };
+
+    // Before: a request without trace headers gets none.
+    eventually(Duration::from_secs(30), "the app answers", || {
+        Ok(get(&client, &format!("{base}/"), &[])? == 200)
+    })
+    .with_context(logs)?;
+    let saw = app_saw(&client, &format!("{base}/untraced"), &[])?;
+    ensure!(saw.get("traceparent").is_none(), "a trace started: {saw}");
+
+    std::fs::write(
+        config.join("configmap.istio-system.istio.yaml"),
+        TRACING_MESH_CONFIG,
+    )?;
+    std::fs::write(config.join(MESH_FILE), tracing_telemetry(100))?;
+    // A trace started by the waypoint: sampled, its span reported with the
+    // waypoint's id as the app's parent.
+    let mut started = None;
+    eventually(
+        Duration::from_secs(30),
+        "the waypoint starts traces",
+        || {
+            let saw = app_saw(&client, &format!("{base}/traced"), &["x-user: jason"])?;
+            started = saw.get("traceparent").is_some().then_some(saw);
+            Ok(started.is_some())
+        },
+    )
+    .with_context(logs)?;
+    let saw = started.context("a trace")?;
+    let (trace, waypoint_span, flags) = traceparent(&saw)?;
+    ensure!(flags == "01", "sampled at 100 %: {saw}");
+    ensure!(
+        saw["x-b3-traceid"] == trace.as_str() && saw["x-b3-sampled"] == "1",
+        "B3 too: {saw}"
+    );
+    let mut reported = Vec::new();
+    eventually(
+        Duration::from_secs(15),
+        "the span reaches the collector",
+        || {
+            reported = spans_of(&collector_pod, &trace)?;
+            Ok(!reported.is_empty())
+        },
+    )
+    .with_context(logs)?;
+    let span = &reported[0];
+    ensure!(
+        reported.len() == 1
+            && span["id"] == waypoint_span.as_str()
+            && span.get("parentId").is_none()
+            && span["kind"] == "SERVER"
+            && span["name"] == "app.demo.svc.cluster.local:80/*"
+            && span["localEndpoint"]["serviceName"] == "waypoint.demo"
+            && span["tags"]["http.status_code"] == "200"
+            && span["tags"]["http.method"] == "GET"
+            && span["tags"]["http.url"] == "http://app.demo.svc.cluster.local:80/traced"
+            && span["tags"]["team"] == "shop"
+            && span["tags"]["user"] == "jason"
+            && span["duration"].as_u64().is_some_and(|d| d > 0),
+        "the waypoint's span: {reported:#?}"
+    );
+
+    // The caller's trace: continued, the caller's span the parent; its
+    // decision holds either way.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let unsampled_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let saw = app_saw(
+        &client,
+        &format!("{base}/unsampled"),
+        &[&format!(
+            "traceparent: 00-{unsampled_trace}-00f067aa0ba902b7-00"
+        )],
+    )?;
+    ensure!(traceparent(&saw)?.2 == "00", "unsampled stays so: {saw}");
+    let saw = app_saw(
+        &client,
+        &format!("{base}/continued"),
+        &[&format!(
+            "traceparent: 00-{caller_trace}-00f067aa0ba902b7-01"
+        )],
+    )?;
+    let (trace, waypoint_span, _) = traceparent(&saw)?;
+    ensure!(
+        trace == caller_trace && waypoint_span != "00f067aa0ba902b7",
+        "{saw}"
+    );
+    eventually(
+        Duration::from_secs(15),
+        "the continued trace's span",
+        || {
+            reported = spans_of(&collector_pod, caller_trace)?;
+            Ok(!reported.is_empty())
+        },
+    )
+    .with_context(logs)?;
+    ensure!(
+        reported[0]["parentId"] == "00f067aa0ba902b7"
+            && reported[0]["id"] == waypoint_span.as_str(),
+        "{reported:#?}"
+    );
+    // Sent before the continued one, in the same batch or an earlier one.
+    ensure!(
+        spans_of(&collector_pod, unsampled_trace)?.is_empty(),
+        "an unsampled trace was reported"
+    );
+
+    // Sampling at 0 %: new traces start unsampled, and report nothing.
+    std::fs::write(config.join(MESH_FILE), tracing_telemetry(0))?;
+    let mut unsampled = None;
+    eventually(Duration::from_secs(20), "sampling at 0 %", || {
+        let saw = app_saw(&client, &format!("{base}/rare"), &[])?;
+        let (trace, _, flags) = traceparent(&saw)?;
+        unsampled = Some(trace);
+        Ok(flags == "00" && saw["x-b3-sampled"] == "0")
+    })
+    .with_context(logs)?;
+    let marker = "6bf92f3577b34da6a3ce929d0e0e4738";
+    app_saw(
+        &client,
+        &format!("{base}/marker"),
+        &[&format!("traceparent: 00-{marker}-00f067aa0ba902b7-01")],
+    )?;
+    eventually(Duration::from_secs(15), "the marker's span", || {
+        Ok(!spans_of(&collector_pod, marker)?.is_empty())
+    })
+    .with_context(logs)?;
+    let unsampled = unsampled.context("a trace")?;
+    ensure!(
+        spans_of(&collector_pod, &unsampled)?.is_empty(),
+        "a trace sampled at 0 % was reported"
+    );
+
+    let metrics = waypoint_metrics(&waypoint_pod)?;
+    let sent = metric_sum(
+        &metrics,
+        "warren_waypoint_spans_total",
+        &[("provider", "zipkin"), ("result", "sent")],
+    );
+    ensure!(sent >= 3.0, "spans counted as sent: {sent}\n{metrics}");
+    let shown =
+        warrenctl_waypoint_explain(&config, "demo", "demo/client", &[&format!("{base}/x")])?;
+    ensure!(
+        shown.contains(
+            "spans to zipkin (zipkin.observe.svc.cluster.local:9411), 0% of new traces sampled"
+        ),
+        "explain does not name the collector:\n{shown}"
+    );
+    drop(collector);
+    drop(server);
+    drop(waypoint);
+    Ok(())
+}

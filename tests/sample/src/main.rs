@@ -19,6 +19,7 @@ mod accept;
 mod authz;
 mod body;
 mod byte_size;
+mod collect;
 mod dns;
 mod duplex;
 mod duration;
@@ -114,6 +115,16 @@ enum Command {
     /// gRPC (Envoy's ext_authz protocols): `x-ext-authz: allow` is allowed, anything
     /// else denied (`fail` and `slow` make the HTTP authorizer fail or stall).
     Authz(AuthzArgs),
+    /// A span collector standing in for Zipkin: keeps what is posted to
+    /// /api/v2/spans and gives it back on GET.
+    Collect(CollectArgs),
+}
+
+#[derive(Args)]
+struct CollectArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:9411")]
+    listen: SocketAddr,
 }
 
 #[derive(Args)]
@@ -383,6 +394,7 @@ async fn main() -> Result<ExitCode> {
         Command::Authz(args) => authz::serve(args.http, args.grpc, args.allow_service_account)
             .await
             .map(|()| done),
+        Command::Collect(args) => collect::serve(args.listen).await.map(|()| done),
         Command::Duplex(args) => {
             let report = duplex::run(&args.url, args.chunks, args.timeout).await?;
             println!("{}", serde_json::to_string(&report)?);

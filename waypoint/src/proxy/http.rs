@@ -27,7 +27,6 @@ use hyper::{
     body::{Body as _, Incoming},
     upgrade::OnUpgrade,
 };
-use rand::Rng as _;
 use tracing::{debug, warn};
 use warren_ztunnel::state::{Workload, service::Address};
 
@@ -38,7 +37,7 @@ use super::{
     prefixed::Prefixed,
     replay::{BoxError, ReadCount, Source},
     report::{Arrived, Finished, GRPC_STATUS, Measured, Unanswered},
-    upgrade,
+    trace, upgrade,
 };
 use crate::{
     app::{Body, ClusterKey, Context},
@@ -119,7 +118,14 @@ pub async fn handle(
     let downstream_upgrade = upgrade::requested(parts.version, &parts.headers)
         .and_then(|_| parts.extensions.remove::<OnUpgrade>());
     let request_id = ensure_request_id(&mut parts.headers);
-    propagate_trace(&mut parts.headers);
+    // JWTs first: AuthorizationPolicy reads the caller they name.
+    let compiled = ctx.tables.current();
+    let telemetry = Arc::clone(
+        compiled
+            .telemetry
+            .for_service(&down.service.namespace, &down.service.name),
+    );
+    let span = trace::continue_or_start(&mut parts.headers, telemetry.tracing.as_deref());
     let grpc = is_grpc(&parts.headers);
     let method = parts.method.clone();
     // What the client declared; the body's real size once read.
@@ -130,13 +136,6 @@ pub async fn handle(
         .unwrap_or(0);
     // Before routing and faults, as Envoy's RBAC filter runs ahead of them.
     let peer = down.authz_peer();
-    // JWTs first: AuthorizationPolicy reads the caller they name.
-    let compiled = ctx.tables.current();
-    let telemetry = Arc::clone(
-        compiled
-            .telemetry
-            .for_service(&down.service.namespace, &down.service.name),
-    );
     // Changes an external authorizer asks of the response.
     let mut on_response = None;
     let authenticated = compiled
@@ -182,9 +181,11 @@ pub async fn handle(
         }
     };
     drop(compiled);
-    // Kept for the access line only when it may be written.
-    let path = if tracing::enabled!(target: "access", tracing::Level::INFO)
-        && !telemetry.access_log.is_off()
+    // Kept for the access line only when it may be written, and for a
+    // sampled span.
+    let path = if (tracing::enabled!(target: "access", tracing::Level::INFO)
+        && !telemetry.access_log.is_off())
+        || span.as_ref().is_some_and(|s| s.sampled)
     {
         parts.uri.path().to_owned()
     } else {
@@ -205,6 +206,7 @@ pub async fn handle(
             grpc,
             request_bytes: declared_bytes,
             facts,
+            span,
         },
         response_code: 0,
         grpc_status: None,
@@ -1506,46 +1508,6 @@ fn uuid_v4(rng: &mut impl rand::Rng) -> [u8; 36] {
     out
 }
 
-/// Continues the caller's trace with a span of the waypoint's own: W3C
-/// `traceparent` gets a new parent id; B3 headers a new span id with the
-/// caller's as parent.
-fn propagate_trace(headers: &mut HeaderMap) {
-    if !["traceparent", "x-b3-traceid", "b3"]
-        .iter()
-        .any(|name| headers.contains_key(*name))
-    {
-        return;
-    }
-    let span = format!("{:016x}", rand::rng().random::<u64>());
-    if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        let fields: Vec<&str> = parent.split('-').collect();
-        if let [version, trace, _parent, flags] = fields.as_slice()
-            && trace.len() == 32
-            && let Ok(value) = HeaderValue::from_str(&format!("{version}-{trace}-{span}-{flags}"))
-        {
-            headers.insert("traceparent", value);
-        }
-    }
-    if headers.contains_key("x-b3-traceid") {
-        if let Some(caller) = headers.get("x-b3-spanid").cloned() {
-            headers.insert("x-b3-parentspanid", caller);
-        }
-        if let Ok(value) = HeaderValue::from_str(&span) {
-            headers.insert("x-b3-spanid", value);
-        }
-    }
-    if let Some(b3) = headers.get("b3").and_then(|v| v.to_str().ok()) {
-        let fields: Vec<&str> = b3.split('-').collect();
-        if fields.len() >= 2 {
-            let sampled = fields.get(2).map_or(String::new(), |s| format!("-{s}"));
-            let rebuilt = format!("{}-{span}{sampled}-{}", fields[0], fields[1]);
-            if let Ok(value) = HeaderValue::from_str(&rebuilt) {
-                headers.insert("b3", value);
-            }
-        }
-    }
-}
-
 /// Whether the client's `TE` lists `trailers`.
 fn wants_trailers(headers: &HeaderMap) -> bool {
     headers
@@ -1618,7 +1580,7 @@ mod tests {
         for (name, value) in pairs {
             headers.insert(*name, HeaderValue::from_str(value).unwrap());
         }
-        propagate_trace(&mut headers);
+        super::super::trace::continue_or_start(&mut headers, None);
         headers
     }
 

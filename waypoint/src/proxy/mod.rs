@@ -27,7 +27,9 @@ pub mod names;
 mod prefixed;
 pub mod replay;
 mod report;
+pub mod spans;
 pub mod tcp;
+pub mod trace;
 pub mod upgrade;
 
 use std::{net::SocketAddr, sync::Arc};

@@ -20,11 +20,12 @@ use warren_ztunnel::state::Workload;
 use super::{
     Downstream,
     replay::{BoxError, ReadCount},
+    trace::Span,
 };
 use crate::{
     app::{Body, Context},
     metrics::{Observed, RequestLabels, Varying},
-    telemetry::{Attributes, Facts, Resolved, attributes::RequestFacts},
+    telemetry::{Attributes, Facts, Resolved, TracingPlan, attributes::RequestFacts, zipkin},
 };
 
 pub(super) const GRPC_STATUS: &str = "grpc-status";
@@ -41,6 +42,8 @@ pub(super) struct Arrived {
     /// What Telemetry expressions may read of it, kept only when one reads
     /// `request.*`.
     pub(super) facts: Option<Box<RequestFacts>>,
+    /// The waypoint's span, when a tracing provider is in force.
+    pub(super) span: Option<Span>,
 }
 
 /// A request whose answer is on its way downstream: reported (metrics and
@@ -143,6 +146,12 @@ impl Finished {
                 .metrics
                 .record_planned(plan, &self.labels(flags), attributes, observed);
         }
+        if let (Some(plan), Some(span)) = (&telemetry.tracing, &request.span)
+            && span.sampled
+            && !plan.disabled
+        {
+            self.send_span(plan, span, flags, request_bytes, response_bytes);
+        }
         if !tracing::enabled!(target: "access", tracing::Level::INFO)
             || !telemetry.access_log.admits(attributes.as_ref())
         {
@@ -168,6 +177,65 @@ impl Finished {
             duration_ms = observed.duration_ms,
             "request"
         );
+    }
+
+    /// Queues the waypoint's span of this request for its collector.
+    fn send_span(
+        &self,
+        plan: &Arc<TracingPlan>,
+        span: &Span,
+        flags: &'static str,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        let down = &self.down;
+        let request = &self.request;
+        let config = &self.ctx.config;
+        let gateway = config.gateway.as_deref().unwrap_or("waypoint");
+        let local_service = format!("{gateway}.{}", config.namespace);
+        let mut tags = vec![
+            ("component", "proxy".to_owned()),
+            ("http.method", request.method.to_string()),
+            (
+                "http.url",
+                format!(
+                    "http://{}:{}{}",
+                    down.service.hostname, down.port, request.path
+                ),
+            ),
+            ("http.status_code", self.response_code.to_string()),
+            ("response_flags", flags.to_owned()),
+            ("request_size", request_bytes.to_string()),
+            ("response_size", response_bytes.to_string()),
+            (
+                "guid:x-request-id",
+                request.request_id.to_str().unwrap_or_default().to_owned(),
+            ),
+            ("peer.address", down.source_ip.to_string()),
+            ("istio.canonical_service", gateway.to_owned()),
+            ("istio.namespace", config.namespace.clone()),
+        ];
+        if let Some(upstream) = self.upstream {
+            tags.push(("upstream.address", upstream.to_string()));
+        }
+        if let Some(status) = self.grpc_status.as_ref().and_then(|v| v.to_str().ok()) {
+            tags.push(("grpc.status_code", status.to_owned()));
+        }
+        if self.response_code == 0 || self.response_code >= 500 {
+            tags.push(("error", "true".to_owned()));
+        }
+        let reported = zipkin::Reported {
+            span,
+            duration: request.start.elapsed(),
+            name: format!("{}:{}/*", down.service.hostname, down.port),
+            local_service: &local_service,
+            source: down.source_ip,
+            tags,
+            max_tag_length: plan.max_tag_length,
+        };
+        self.ctx
+            .spans
+            .submit(&self.ctx, plan, zipkin::encode(&reported));
     }
 
     fn labels(&self, flags: &'static str) -> RequestLabels {

@@ -16,8 +16,9 @@
 //!   sent to;
 //! - metrics are the Prometheus ones (`prometheus`, built in, or a provider
 //!   of that kind): the four `istio_request*` families;
-//! - tracing is read and not acted on: the waypoint continues traces, it
-//!   reports no spans.
+//! - spans go to a `zipkin` provider (Zipkin's JSON, v2); the waypoint
+//!   starts traces for requests that come without one, samples them, and
+//!   reports its own span of each sampled request ([`TracingPlan`]).
 //!
 //! Without any Telemetry or default provider for access logging, the
 //! waypoint writes its access lines as it always has (see
@@ -26,6 +27,7 @@
 pub mod attributes;
 #[cfg(test)]
 mod tests;
+pub mod zipkin;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -33,9 +35,9 @@ use std::{
 };
 
 use warren_model::istio::{
-    mesh::{ENVOY, ExtensionProvider, PROMETHEUS},
+    mesh::{ENVOY, ExtensionProvider, PROMETHEUS, split_service},
     telemetry::{
-        AccessLogging, IstioMetric, MetricSelector, Metrics, ProviderRef, TagOperation,
+        AccessLogging, CustomTag, IstioMetric, MetricSelector, Metrics, ProviderRef, TagOperation,
         TelemetrySpec,
     },
 };
@@ -116,6 +118,7 @@ impl TelemetryInput {
 pub struct Defaults {
     pub metrics: Vec<String>,
     pub access_logging: Vec<String>,
+    pub tracing: Vec<String>,
 }
 
 impl Defaults {
@@ -295,6 +298,9 @@ impl MetricsPlan {
 pub struct Resolved {
     pub access_log: AccessLog,
     pub metrics: MetricsPlan,
+    /// Where spans go and which are sampled; `None`: no tracing provider
+    /// in force (traces are continued, none started, no span sent).
+    pub tracing: Option<Arc<TracingPlan>>,
     /// The Telemetry objects that made it, in the order applied.
     pub sources: Vec<String>,
     /// Some expression reads `request.*`: requests keep what it may read.
@@ -359,7 +365,15 @@ impl Resolved {
                 .collect();
             Some(changes.join("; "))
         };
-        if logs.is_none() && metrics.is_none() {
+        let tracing = self.tracing.as_ref().map(|t| {
+            let sent = if t.disabled {
+                "no spans sent".to_owned()
+            } else {
+                format!("spans to {} ({}:{})", t.provider, t.host, t.port)
+            };
+            format!("{sent}, {}% of new traces sampled", t.sampling)
+        });
+        if logs.is_none() && metrics.is_none() && tracing.is_none() {
             return None;
         }
         let from = if self.sources.is_empty() {
@@ -367,7 +381,7 @@ impl Resolved {
         } else {
             format!("Telemetry {}", self.sources.join(", "))
         };
-        let asked: Vec<String> = [logs, metrics].into_iter().flatten().collect();
+        let asked: Vec<String> = [logs, metrics, tracing].into_iter().flatten().collect();
         Some(format!("{from}: {}", asked.join("; ")))
     }
 }
@@ -421,11 +435,7 @@ impl Telemetries {
                 }))
                 .collect()
         };
-        let mut notes: BTreeSet<String> = inputs
-            .iter()
-            .filter(|t| !t.spec.tracing.is_empty())
-            .map(|t| format!("Telemetry {}: tracing is read, not acted on: the waypoint continues traces and reports no spans", t.id()))
-            .collect();
+        let mut notes = BTreeSet::new();
         let base = Arc::new(resolve(&layers(None), providers, defaults, &mut notes));
         let mut by_service: HashMap<String, HashMap<String, Arc<Resolved>>> = HashMap::new();
         let named: BTreeSet<(&str, &str)> = attached
@@ -471,6 +481,7 @@ fn resolve(
     notes: &mut BTreeSet<String>,
 ) -> Resolved {
     let access_log = merge_logs(layers, providers, defaults, notes);
+    let tracing = merge_tracing(layers, providers, defaults, notes).map(Arc::new);
     let metrics = merge_metrics(layers, providers, defaults);
     let filters = match &access_log {
         AccessLog::Default => &[][..],
@@ -491,6 +502,7 @@ fn resolve(
         reads_request_headers: exprs.iter().any(|e| e.reads_headers_of("request")),
         reads_response_headers: exprs.iter().any(|e| e.reads_headers_of("response")),
         sources: layers.iter().map(|t| t.id()).collect(),
+        tracing,
         access_log,
         metrics,
     }
@@ -598,6 +610,94 @@ fn merge_logs(
         }
     }
     AccessLog::Filtered(filters)
+}
+
+/// Where a waypoint's spans go, and which requests it samples.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TracingPlan {
+    /// The provider's name (metrics, explain).
+    pub provider: String,
+    /// The collector: a Service's (or ServiceEntry's) host and port.
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+    pub max_tag_length: usize,
+    /// New trace ids of 64 bits.
+    pub short_trace_ids: bool,
+    /// Percent of the traces the waypoint starts (or is left to decide)
+    /// that are sampled.
+    pub sampling: f64,
+    /// Spans are not sent (traces are still started and continued).
+    pub disabled: bool,
+    pub custom_tags: Vec<(String, CustomTag)>,
+}
+
+/// Istio's sampling when no Telemetry says (its `PILOT_TRACE_SAMPLING`
+/// default).
+pub const DEFAULT_SAMPLING: f64 = 1.0;
+
+/// Istio's `Tracing()` for mode SERVER: the first provider of the innermost
+/// entry that names one (else the mesh config's first default), each other
+/// field the innermost entry's that sets it.
+fn merge_tracing(
+    layers: &[&TelemetryInput],
+    providers: &BTreeMap<String, Arc<ExtensionProvider>>,
+    defaults: &Defaults,
+    notes: &mut BTreeSet<String>,
+) -> Option<TracingPlan> {
+    let mut provider = defaults.tracing.first().cloned();
+    let mut disabled = false;
+    let mut sampling = None;
+    let mut custom_tags = None;
+    for tracing in layers.iter().flat_map(|t| &t.spec.tracing) {
+        if !tracing
+            .r#match
+            .as_ref()
+            .is_none_or(|m| m.mode.applies_to_server())
+        {
+            continue;
+        }
+        if let Some(first) = tracing.providers.first() {
+            provider = Some(first.name.clone());
+        }
+        if let Some(value) = tracing.disable_span_reporting {
+            disabled = value;
+        }
+        if let Some(value) = tracing.random_sampling_percentage {
+            sampling = Some(value);
+        }
+        if !tracing.custom_tags.is_empty() {
+            custom_tags = Some(&tracing.custom_tags);
+        }
+    }
+    let name = provider?;
+    let defined = providers
+        .values()
+        .find(|p| p.name.eq_ignore_ascii_case(&name));
+    let Some(zipkin) = defined.and_then(|p| p.zipkin.as_ref()) else {
+        notes.insert(match defined {
+            Some(_) => format!("tracing provider {name:?} is not a zipkin provider, the one kind a waypoint sends spans to: no spans"),
+            None => format!("tracing provider {name:?} is not defined in the mesh config: no spans"),
+        });
+        return None;
+    };
+    let (_, host) = split_service(&zipkin.service);
+    Some(TracingPlan {
+        provider: name,
+        host: host.to_owned(),
+        port: u16::try_from(zipkin.port).unwrap_or_default(),
+        path: zipkin
+            .path
+            .clone()
+            .unwrap_or_else(|| "/api/v2/spans".to_owned()),
+        max_tag_length: zipkin.max_tag_length.map_or(256, |n| n as usize),
+        short_trace_ids: zipkin.enable_64bit_trace_id,
+        sampling: sampling.unwrap_or(DEFAULT_SAMPLING),
+        disabled,
+        custom_tags: custom_tags
+            .map(|tags| tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
+    })
 }
 
 /// The request metrics a selector picks: `None` for all of them (Istio's

@@ -44,6 +44,9 @@ pub struct ExtensionProvider {
     /// The proxies' Prometheus metrics (`/metrics`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<Prometheus>,
+    /// A Zipkin collector, which waypoints send their spans to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zipkin: Option<Zipkin>,
     /// Other tracing, logging and metrics providers (`zipkin`,
     /// `opentelemetry`, `envoyOtelAls`, …), which Telemetry objects may
     /// name and Warren does not send to: kept so a mesh config that has
@@ -55,7 +58,6 @@ pub struct ExtensionProvider {
 /// The provider kinds Istio defines besides the external authorizers;
 /// any other key is a mistake worth refusing.
 pub const OTHER_PROVIDER_KINDS: &[&str] = &[
-    "zipkin",
     "lightstep",
     "datadog",
     "stackdriver",
@@ -187,6 +189,30 @@ pub struct FileAccessLog {
     /// proxies write their own fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_format: Option<serde_json::Value>,
+}
+
+/// `ZipkinTracingProvider`: spans sent as Zipkin's JSON (v2).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Zipkin {
+    /// `[<namespace>/]<hostname>` of the collector.
+    #[serde(default)]
+    pub service: String,
+    #[serde(default, deserialize_with = "number_or_text")]
+    pub port: u32,
+    /// The longest a tag's value may be (Istio's default: 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tag_length: Option<u32>,
+    /// New trace ids of 64 bits rather than 128.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enable_64bit_trace_id: bool,
+    /// Where spans are posted; `/api/v2/spans` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Istio's `headers` (sent with each post) and other newer settings
+    /// are read and not used.
+    #[serde(flatten, skip_serializing)]
+    pub other: BTreeMap<String, serde_yaml::Value>,
 }
 
 /// `PrometheusMetricsProvider`: no settings.

@@ -4,7 +4,8 @@ use std::collections::BTreeSet;
 
 use crate::error::FieldError;
 use crate::istio::mesh::{
-    BodyInCheck, ExtAuthzGrpc, ExtAuthzHttp, MeshConfig, OTHER_PROVIDER_KINDS, split_service,
+    BodyInCheck, ExtAuthzGrpc, ExtAuthzHttp, MeshConfig, OTHER_PROVIDER_KINDS, Zipkin,
+    split_service,
 };
 
 use super::{Report, duration, host_name, is_dns1123_label, port};
@@ -40,6 +41,10 @@ pub fn mesh_config(path: &str, mesh: &MeshConfig) -> Vec<FieldError> {
         }
         if provider.prometheus.is_some() {
             kinds.push("prometheus");
+        }
+        if let Some(z) = &provider.zipkin {
+            kinds.push("zipkin");
+            zipkin(&mut r, &format!("{path}.zipkin"), z);
         }
         for key in provider.other.keys() {
             if OTHER_PROVIDER_KINDS.contains(&key.as_str()) {
@@ -148,28 +153,7 @@ fn common(
     status_on_error: Option<&str>,
     body: Option<&BodyInCheck>,
 ) {
-    let service_path = format!("{path}.service");
-    match split_service(service) {
-        (_, "") => r.error(
-            &service_path,
-            "required: the authorizer's host, `[<namespace>/]<hostname>`",
-        ),
-        (Some(namespace), host) => {
-            if !is_dns1123_label(namespace) {
-                r.error(
-                    &service_path,
-                    format!("{namespace:?} is not a namespace name"),
-                );
-            }
-            authorizer_host(r, &service_path, host);
-        }
-        (None, host) => authorizer_host(r, &service_path, host),
-    }
-    if number == 0 {
-        r.error(format!("{path}.port"), "required");
-    } else {
-        port(r, &format!("{path}.port"), number);
-    }
+    service_and_port(r, path, service, number);
     if let Some(timeout) = timeout {
         match duration(&format!("{path}.timeout"), timeout) {
             Ok(limit) if limit.is_zero() => {
@@ -194,6 +178,41 @@ fn common(
             format!("{path}.includeRequestBodyInCheck.maxRequestBytes"),
             "required: how many bytes of the body the check carries (at least 1)",
         );
+    }
+}
+
+fn zipkin(r: &mut Report, path: &str, zipkin: &Zipkin) {
+    service_and_port(r, path, &zipkin.service, zipkin.port);
+    if let Some(p) = &zipkin.path
+        && !p.starts_with('/')
+    {
+        r.error(format!("{path}.path"), format!("{p:?} must begin with '/'"));
+    }
+}
+
+/// Where a provider is: `[<namespace>/]<hostname>` and a port.
+fn service_and_port(r: &mut Report, path: &str, service: &str, number: u32) {
+    let service_path = format!("{path}.service");
+    match split_service(service) {
+        (_, "") => r.error(
+            &service_path,
+            "required: the provider's host, `[<namespace>/]<hostname>`",
+        ),
+        (Some(namespace), host) => {
+            if !is_dns1123_label(namespace) {
+                r.error(
+                    &service_path,
+                    format!("{namespace:?} is not a namespace name"),
+                );
+            }
+            authorizer_host(r, &service_path, host);
+        }
+        (None, host) => authorizer_host(r, &service_path, host),
+    }
+    if number == 0 {
+        r.error(format!("{path}.port"), "required");
+    } else {
+        port(r, &format!("{path}.port"), number);
     }
 }
 
