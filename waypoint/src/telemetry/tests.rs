@@ -568,3 +568,139 @@ fn sample_labels() -> RequestLabels {
         connection_security_policy: "mutual_tls",
     }
 }
+
+fn zipkin_provider() -> BTreeMap<String, Arc<ExtensionProvider>> {
+    let spec: ExtensionProvider = serde_yaml::from_str(
+        "{name: zipkin, zipkin: {service: observe/zipkin.observe.svc.cluster.local, port: 9411, maxTagLength: 8}}",
+    )
+    .expect("a provider");
+    BTreeMap::from([("extensionprovider/zipkin".to_owned(), Arc::new(spec))])
+}
+
+#[test]
+fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
+    let providers = zipkin_provider();
+    let mesh = input(
+        "mesh",
+        1,
+        At::Mesh,
+        "tracing: [{providers: [{name: zipkin}], randomSamplingPercentage: 10, customTags: {team: {literal: {value: shop}}}}]",
+    );
+    let t = build_with(
+        std::slice::from_ref(&mesh),
+        &providers,
+        &Defaults::default(),
+    );
+    let plan = t
+        .for_service("demo", "app")
+        .tracing
+        .clone()
+        .expect("a plan");
+    assert_eq!(
+        (plan.host.as_str(), plan.port, plan.path.as_str()),
+        ("zipkin.observe.svc.cluster.local", 9411, "/api/v2/spans")
+    );
+    assert_eq!(
+        (plan.sampling, plan.max_tag_length, plan.disabled),
+        (10.0, 8, false)
+    );
+    assert_eq!(plan.custom_tags.len(), 1);
+
+    // The namespace's: another rate, spans off; the provider and tags stay.
+    let quiet = input(
+        "quiet",
+        2,
+        At::Namespace("demo"),
+        "tracing: [{randomSamplingPercentage: 50, disableSpanReporting: true}]",
+    );
+    let t = build_with(&[mesh.clone(), quiet], &providers, &Defaults::default());
+    let plan = t
+        .for_service("demo", "app")
+        .tracing
+        .clone()
+        .expect("a plan");
+    assert_eq!(
+        (plan.sampling, plan.disabled, plan.custom_tags.len()),
+        (50.0, true, 1)
+    );
+
+    // Client-side entries leave the waypoint alone; the default rate is
+    // Istio's 1 %.
+    let client = input(
+        "client",
+        2,
+        At::Namespace("demo"),
+        "tracing: [{match: {mode: CLIENT}, randomSamplingPercentage: 50}]",
+    );
+    let bare = input(
+        "bare",
+        1,
+        At::Mesh,
+        "tracing: [{providers: [{name: zipkin}]}]",
+    );
+    let t = build_with(&[bare, client], &providers, &Defaults::default());
+    let plan = t
+        .for_service("demo", "app")
+        .tracing
+        .clone()
+        .expect("a plan");
+    assert_eq!(plan.sampling, DEFAULT_SAMPLING);
+
+    // The mesh config's default provider, without any Telemetry.
+    let defaults = Defaults {
+        tracing: vec!["zipkin".into()],
+        ..Defaults::default()
+    };
+    let t = build_with(&[], &providers, &defaults);
+    assert!(t.for_service("demo", "app").tracing.is_some());
+
+    // No provider, an undefined one, or one of another kind: no tracing,
+    // and the waypoint says why.
+    assert!(build(&[]).for_service("demo", "app").tracing.is_none());
+    let t = build(std::slice::from_ref(&mesh));
+    assert!(t.for_service("demo", "app").tracing.is_none());
+    assert!(
+        t.notes
+            .iter()
+            .any(|n| n.contains("\"zipkin\" is not defined")),
+        "{:?}",
+        t.notes
+    );
+}
+
+#[test]
+fn a_span_is_zipkins_json() {
+    let span = crate::proxy::trace::Span {
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        id: 0x00f0_67aa_0ba9_02b7,
+        parent: Some(0x1),
+        sampled: true,
+        start: std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456),
+        tags: vec![("team".into(), "a long team name".into())],
+    };
+    let reported = zipkin::Reported {
+        span: &span,
+        duration: std::time::Duration::from_micros(1500),
+        name: "app.demo.svc.cluster.local:80/*".into(),
+        local_service: "waypoint.demo",
+        source: IpAddr::V6("fd00::7".parse().expect("an address")),
+        tags: vec![("http.status_code", "200".into())],
+        max_tag_length: 6,
+    };
+    let json = zipkin::encode(&reported);
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
+            "id": "00f067aa0ba902b7",
+            "parentId": "0000000000000001",
+            "name": "app.demo.svc.cluster.local:80/*",
+            "kind": "SERVER",
+            "timestamp": 1_700_000_000_123_456_u64,
+            "duration": 1500,
+            "localEndpoint": {"serviceName": "waypoint.demo"},
+            "remoteEndpoint": {"ipv6": "fd00::7"},
+            "tags": {"http.status_code": "200", "team": "a long"},
+        })
+    );
+}
