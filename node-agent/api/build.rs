@@ -8,12 +8,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/warren/config/v1/config.proto",
         "proto/warren/ca/v1/ca.proto",
         "proto/envoy/service/auth/v3/external_auth.proto",
+        "proto/opentelemetry/proto/collector/trace/v1/trace_service.proto",
     ];
     for dependency in [
         "proto/envoy/service/auth/v3/attribute_context.proto",
         "proto/envoy/config/core/v3/base.proto",
         "proto/envoy/type/v3/http_status.proto",
         "proto/google/rpc/status.proto",
+        "proto/opentelemetry/proto/trace/v1/trace.proto",
+        "proto/opentelemetry/proto/common/v1/common.proto",
+        "proto/opentelemetry/proto/resource/v1/resource.proto",
     ] {
         println!("cargo:rerun-if-changed={dependency}");
     }

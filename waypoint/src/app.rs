@@ -210,8 +210,11 @@ impl App {
             names: Default::default(),
             spans: Default::default(),
         });
-        tokio::spawn(crate::proxy::spans::run(Arc::clone(&context)));
         let trigger = drain::Trigger::new();
+        tokio::spawn(crate::proxy::spans::run(
+            Arc::clone(&context),
+            trigger.watch(),
+        ));
         let quit = Arc::new(admin::Quit::default());
 
         let handler = Waypoint(Arc::clone(&context));

@@ -26,6 +26,7 @@ pub mod authz;
 pub mod config;
 pub mod explain;
 pub mod ext_authz;
+pub mod grpc;
 pub mod metrics;
 pub mod proxy;
 pub mod route;

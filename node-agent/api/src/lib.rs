@@ -35,6 +35,42 @@ pub mod ca {
 /// Envoy's external authorization API, which waypoints speak to the
 /// providers of CUSTOM AuthorizationPolicies (`proto/envoy`, the parts
 /// Warren uses, with Envoy's field numbers).
+/// OTLP's trace export (the subset a waypoint sends), for tracing
+/// providers of kind `opentelemetry`.
+pub mod otlp {
+    pub use self::opentelemetry::proto::{
+        collector::trace::v1 as collector, common::v1 as common, resource::v1 as resource,
+        trace::v1 as trace,
+    };
+
+    pub mod opentelemetry {
+        pub mod proto {
+            pub mod collector {
+                pub mod trace {
+                    pub mod v1 {
+                        tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
+                    }
+                }
+            }
+            pub mod common {
+                pub mod v1 {
+                    tonic::include_proto!("opentelemetry.proto.common.v1");
+                }
+            }
+            pub mod resource {
+                pub mod v1 {
+                    tonic::include_proto!("opentelemetry.proto.resource.v1");
+                }
+            }
+            pub mod trace {
+                pub mod v1 {
+                    tonic::include_proto!("opentelemetry.proto.trace.v1");
+                }
+            }
+        }
+    }
+}
+
 pub mod ext_authz {
     pub use self::envoy::service::auth::v3::*;
 

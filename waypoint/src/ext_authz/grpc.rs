@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode, request::Parts};
 use prost::Message as _;
 use tracing::debug;
@@ -125,17 +125,6 @@ fn http_request(h: &HttpAttributes<'_>) -> attribute_context::HttpRequest {
         body,
         raw_body,
     }
-}
-
-/// A message in gRPC's framing: uncompressed, its length, itself.
-pub fn frame(check: &CheckRequest) -> Bytes {
-    let length = check.encoded_len();
-    let mut out = BytesMut::with_capacity(5 + length);
-    out.put_u8(0);
-    out.put_u32(u32::try_from(length).unwrap_or(u32::MAX));
-    // Encoding into a buffer with room for it cannot fail.
-    let _ = check.encode(&mut out);
-    out.freeze()
 }
 
 /// The one message of a unary answer's body.

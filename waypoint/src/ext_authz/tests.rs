@@ -342,7 +342,7 @@ fn a_grpc_check_describes_the_request() {
         },
         Some(&attributes),
     );
-    let framed = grpc::frame(&check);
+    let framed = crate::grpc::frame(&check);
     assert_eq!(framed[0], 0);
     assert_eq!(
         u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize,

@@ -295,7 +295,7 @@ async fn check(
             );
             (
                 grpc_call(&provider.host, provider.port),
-                grpc::frame(&message),
+                crate::grpc::frame(&message),
             )
         }
     };

@@ -25,7 +25,11 @@ use super::{
 use crate::{
     app::{Body, Context},
     metrics::{Observed, RequestLabels, Varying},
-    telemetry::{Attributes, Facts, Resolved, TracingPlan, attributes::RequestFacts, zipkin},
+    telemetry::{
+        Attributes, Facts, Resolved, TracingPlan,
+        attributes::RequestFacts,
+        span::{self, Record},
+    },
 };
 
 pub(super) const GRPC_STATUS: &str = "grpc-status";
@@ -148,7 +152,6 @@ impl Finished {
         }
         if let (Some(plan), Some(span)) = (&telemetry.tracing, &request.span)
             && span.sampled
-            && !plan.disabled
         {
             self.send_span(plan, span, flags, request_bytes, response_bytes);
         }
@@ -198,9 +201,12 @@ impl Finished {
             ("http.method", request.method.to_string()),
             (
                 "http.url",
-                format!(
-                    "http://{}:{}{}",
-                    down.service.hostname, down.port, request.path
+                span::cut(
+                    &format!(
+                        "http://{}:{}{}",
+                        down.service.hostname, down.port, request.path
+                    ),
+                    plan.max_tag_length,
                 ),
             ),
             ("http.status_code", self.response_code.to_string()),
@@ -224,18 +230,23 @@ impl Finished {
         if self.response_code == 0 || self.response_code >= 500 {
             tags.push(("error", "true".to_owned()));
         }
-        let reported = zipkin::Reported {
-            span,
+        let record = Record {
+            trace_id: span.trace_id.clone(),
+            id: span.id,
+            parent: span.parent,
+            start: span.start,
             duration: request.start.elapsed(),
             name: format!("{}:{}/*", down.service.hostname, down.port),
-            local_service: &local_service,
+            local_service,
             source: down.source_ip,
-            tags,
-            max_tag_length: plan.max_tag_length,
+            tags: tags
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .chain(span.tags.iter().cloned())
+                .collect(),
+            error: self.response_code == 0 || self.response_code >= 500,
         };
-        self.ctx
-            .spans
-            .submit(&self.ctx, plan, zipkin::encode(&reported));
+        self.ctx.spans.submit(&self.ctx, plan, record);
     }
 
     fn labels(&self, flags: &'static str) -> RequestLabels {

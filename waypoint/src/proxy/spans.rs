@@ -1,22 +1,25 @@
-//! Sending sampled spans to their Zipkin collector, off the request path:
-//! reports queue spans (a bounded queue: when the collector cannot keep up,
-//! spans are dropped and counted, requests never wait), and one task posts
-//! them in batches, through the collector's upstream cluster as any request
-//! the waypoint sends (HBONE to a collector in the mesh).
+//! Sending sampled spans to their collector (Zipkin's JSON, or OTLP over
+//! gRPC or HTTP), off the request path: reports queue spans (a bounded
+//! queue: when the collector cannot keep up, spans are dropped and counted,
+//! requests never wait), and one task posts them in batches, through the
+//! collector's upstream cluster as any request the waypoint sends (HBONE to
+//! a collector in the mesh).
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, header};
+use http::{HeaderMap, HeaderValue, Method, Version, header};
+use http_body_util::BodyExt as _;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::debug;
+use warren_ztunnel::drain;
 
 use super::http::{Attempt, Outgoing, Tries, attempt};
 use crate::{
     app::{ClusterKey, Context},
     metrics::SpanLabels,
-    telemetry::TracingPlan,
+    telemetry::{TraceProtocol, TracingPlan, otlp, span::Record, zipkin},
 };
 
 /// Spans waiting to be sent; past this, new ones are dropped.
@@ -28,15 +31,15 @@ const BATCH: usize = 256;
 /// How long a span waits for others to share its post.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// How long a post may take.
-const POST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most of a collector's answer read.
+const MAX_ANSWER: usize = 64 * 1024;
 
-/// A collector: host, port, path.
-type Collector = (String, u16, String);
+/// A collector: host, port, protocol, path.
+type Collector = (String, u16, TraceProtocol, String);
 
 struct Queued {
     plan: Arc<TracingPlan>,
-    span: Value,
+    span: Record,
 }
 
 /// The reports' end of the queue.
@@ -57,7 +60,7 @@ impl Default for Spans {
 
 impl Spans {
     /// Queues `span` for `plan`'s collector; a full queue drops it.
-    pub fn submit(&self, ctx: &Context, plan: &Arc<TracingPlan>, span: Value) {
+    pub fn submit(&self, ctx: &Context, plan: &Arc<TracingPlan>, span: Record) {
         let queued = Queued {
             plan: Arc::clone(plan),
             span,
@@ -78,8 +81,12 @@ fn count(ctx: &Context, provider: &str, result: &'static str, n: u64) {
         .inc_by(n);
 }
 
-/// Posts queued spans until the waypoint stops; started once.
-pub async fn run(ctx: Arc<Context>) {
+/// How long the spans still queued when the waypoint drains may take to go.
+const FLUSH: Duration = Duration::from_secs(2);
+
+/// Posts queued spans until the waypoint drains, then what is queued then;
+/// started once.
+pub async fn run(ctx: Arc<Context>, mut drain: drain::Watch) {
     let taken = ctx
         .spans
         .rx
@@ -90,8 +97,19 @@ pub async fn run(ctx: Arc<Context>) {
         return;
     };
     loop {
-        let Some(first) = rx.recv().await else {
-            return;
+        let first = tokio::select! {
+            next = rx.recv() => match next {
+                Some(first) => first,
+                None => return,
+            },
+            () = drain.draining() => {
+                let mut left = Vec::new();
+                while let Ok(queued) = rx.try_recv() {
+                    left.push(queued);
+                }
+                let _ = tokio::time::timeout(FLUSH, post_all(&ctx, left)).await;
+                return;
+            }
         };
         let mut batch = vec![first];
         let linger = tokio::time::sleep(LINGER);
@@ -103,47 +121,75 @@ pub async fn run(ctx: Arc<Context>) {
                     None => break,
                 },
                 () = &mut linger => break,
+                () = drain.draining() => break,
             }
         }
-        // One post per collector.
-        let mut by_collector: BTreeMap<Collector, (Arc<TracingPlan>, Vec<Value>)> = BTreeMap::new();
-        for queued in batch {
-            let key = (
-                queued.plan.host.clone(),
-                queued.plan.port,
-                queued.plan.path.clone(),
-            );
-            by_collector
-                .entry(key)
-                .or_insert_with(|| (Arc::clone(&queued.plan), Vec::new()))
-                .1
-                .push(queued.span);
-        }
-        for (plan, spans) in by_collector.into_values() {
-            let n = spans.len() as u64;
-            match post(&ctx, &plan, spans).await {
-                Ok(()) => count(&ctx, &plan.provider, "sent", n),
-                Err(reason) => {
-                    debug!(provider = %plan.provider, %reason, spans = n, "spans not sent");
-                    count(&ctx, &plan.provider, "failed", n);
-                }
-            }
-        }
+        post_all(&ctx, batch).await;
     }
 }
 
-async fn post(ctx: &Arc<Context>, plan: &TracingPlan, spans: Vec<Value>) -> Result<(), String> {
-    let body = serde_json::to_vec(&Value::Array(spans)).map_err(|e| e.to_string())?;
-    let (mut parts, ()) = http::Request::builder()
+/// One post per collector, all at once: a slow collector holds up no other.
+async fn post_all(ctx: &Arc<Context>, batch: Vec<Queued>) {
+    let mut by_collector: BTreeMap<Collector, (Arc<TracingPlan>, Vec<Record>)> = BTreeMap::new();
+    for queued in batch {
+        let plan = &queued.plan;
+        let key = (
+            plan.host.clone(),
+            plan.port,
+            plan.protocol,
+            plan.path.clone(),
+        );
+        by_collector
+            .entry(key)
+            .or_insert_with(|| (Arc::clone(plan), Vec::new()))
+            .1
+            .push(queued.span);
+    }
+    let posts = by_collector.into_values().map(|(plan, spans)| async move {
+        let n = spans.len() as u64;
+        match post(ctx, &plan, &spans).await {
+            Ok(()) => count(ctx, &plan.provider, "sent", n),
+            Err(reason) => {
+                debug!(provider = %plan.provider, %reason, spans = n, "spans not sent");
+                count(ctx, &plan.provider, "failed", n);
+            }
+        }
+    });
+    futures::future::join_all(posts).await;
+}
+
+/// One post of `spans` in the plan's protocol, within its timeout.
+async fn post(ctx: &Arc<Context>, plan: &TracingPlan, spans: &[Record]) -> Result<(), String> {
+    let (content_type, body) = match plan.protocol {
+        TraceProtocol::Zipkin => {
+            let json = Value::Array(spans.iter().map(zipkin::encode).collect());
+            let body = serde_json::to_vec(&json).map_err(|e| e.to_string())?;
+            ("application/json", Outgoing::Fixed(Bytes::from(body)))
+        }
+        TraceProtocol::OtlpHttp => (
+            "application/x-protobuf",
+            Outgoing::Fixed(Bytes::from(otlp::encode(spans))),
+        ),
+        TraceProtocol::OtlpGrpc => (
+            "application/grpc",
+            Outgoing::Grpc(crate::grpc::frame(&otlp::request(spans))),
+        ),
+    };
+    let mut request = http::Request::builder()
         .method(Method::POST)
-        .uri(plan.path.as_str())
+        .uri(plan.path.as_str());
+    if plan.protocol == TraceProtocol::OtlpGrpc {
+        request = request
+            .version(Version::HTTP_2)
+            .header(header::TE, "trailers");
+    }
+    let (mut parts, ()) = request
         .body(())
         .map_err(|e| format!("{}: {e}", plan.path))?
         .into_parts();
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(host) = HeaderValue::from_str(&format!("{}:{}", plan.host, plan.port)) {
         parts.headers.insert(header::HOST, host);
     }
@@ -153,32 +199,70 @@ async fn post(ctx: &Arc<Context>, plan: &TracingPlan, spans: Vec<Value>) -> Resu
         port: plan.port,
     };
     let compiled = ctx.tables.current();
+    // The waypoint itself is the client: no caller to balance or hash by.
     let client = super::Client {
         addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         connection: 0,
     };
     let mut once = Tries::mirror(client);
-    let sent = attempt(
-        ctx,
-        &compiled,
-        &key,
-        &parts,
-        Outgoing::Fixed(Bytes::from(body)),
-        &mut once,
-    );
-    match tokio::time::timeout(POST_TIMEOUT, sent).await {
-        Err(_) => Err(format!("no answer within {POST_TIMEOUT:?}")),
-        Ok(Attempt::Answered { response, .. }) if response.status().is_success() => Ok(()),
-        Ok(Attempt::Answered { response, .. }) => {
-            Err(format!("the collector answered {}", response.status()))
+    let sent = async {
+        match attempt(ctx, &compiled, &key, &parts, body, &mut once).await {
+            Attempt::Answered { response, .. } if !response.status().is_success() => {
+                Err(format!("the collector answered {}", response.status()))
+            }
+            Attempt::Answered { response, .. } => {
+                let (head, mut body) = response.into_parts();
+                // Read whole (a few bytes): over gRPC the status comes last.
+                let mut read = 0;
+                let mut trailers = None;
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(|e| format!("reading the answer: {e}"))?;
+                    match frame.into_data() {
+                        Ok(chunk) => {
+                            read += chunk.len();
+                            if read > MAX_ANSWER {
+                                return Err(format!("an answer longer than {MAX_ANSWER} bytes"));
+                            }
+                        }
+                        Err(frame) => trailers = frame.into_trailers().ok(),
+                    }
+                }
+                match plan.protocol {
+                    TraceProtocol::OtlpGrpc => grpc_ok(&head.headers, trailers.as_ref()),
+                    TraceProtocol::Zipkin | TraceProtocol::OtlpHttp => Ok(()),
+                }
+            }
+            Attempt::Failed { detail, .. } => Err(detail),
+            Attempt::Local(done) => Err(format!(
+                "no way to {}:{} ({} {})",
+                plan.host,
+                plan.port,
+                done.response.status(),
+                done.flags
+            )),
         }
-        Ok(Attempt::Failed { detail, .. }) => Err(detail),
-        Ok(Attempt::Local(done)) => Err(format!(
-            "no way to {}:{} ({} {})",
-            plan.host,
-            plan.port,
-            done.response.status(),
-            done.flags
+    };
+    match tokio::time::timeout(plan.timeout, sent).await {
+        Err(_) => Err(format!("no answer within {:?}", plan.timeout)),
+        Ok(answered) => answered,
+    }
+}
+
+/// A gRPC answer's status (in the trailers, or in the headers of a
+/// trailers-only answer): 0, or why not.
+fn grpc_ok(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Result<(), String> {
+    let field = |name: &str| {
+        trailers
+            .and_then(|t| t.get(name))
+            .or_else(|| headers.get(name))
+            .and_then(|v| v.to_str().ok())
+    };
+    match field("grpc-status") {
+        Some("0") => Ok(()),
+        Some(code) => Err(format!(
+            "the collector answered grpc-status {code}: {}",
+            field("grpc-message").unwrap_or_default()
         )),
+        None => Err("the collector's answer has no grpc-status".to_owned()),
     }
 }

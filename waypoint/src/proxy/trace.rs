@@ -24,11 +24,12 @@ pub struct Span {
     pub tags: Vec<(String, String)>,
 }
 
-/// What the request brought.
+/// What the request brought: a trace to continue, or only a sampling
+/// decision (`b3: 0`, `x-b3-sampled: 1` without a trace id).
 struct Incoming {
-    trace_id: String,
-    parent: Option<u64>,
-    /// `None`: the caller left the decision to us (B3 without `sampled`).
+    /// `None`: a decision alone.
+    trace: Option<(String, u64)>,
+    /// `None`: the caller left the decision to us (B3 without one).
     sampled: Option<bool>,
 }
 
@@ -36,44 +37,52 @@ struct Incoming {
 /// with a `plan`, starts one when there is none and returns the span to
 /// report. Without a plan, as ever: headers continued, nothing started.
 pub fn continue_or_start(headers: &mut HeaderMap, plan: Option<&TracingPlan>) -> Option<Span> {
-    let incoming = read(headers);
-    if incoming.is_none() && plan.is_none() {
-        return None;
-    }
     let mut rng = rand::rng();
-    let id = rng.random::<u64>().max(1);
-    let span_hex = format!("{id:016x}");
     let Some(plan) = plan else {
-        rewrite(headers, &span_hex);
+        if ["traceparent", "x-b3-traceid", "b3"]
+            .iter()
+            .any(|name| headers.contains_key(*name))
+        {
+            rewrite(
+                headers,
+                &format!("{:016x}", rng.random::<u64>().max(1)),
+                None,
+            );
+        }
         return None;
     };
-    let sample = |rng: &mut rand::rngs::ThreadRng| rng.random::<f64>() * 100.0 < plan.sampling;
-    let (trace_id, parent, sampled) = match incoming {
-        Some(Incoming {
-            trace_id,
-            parent,
-            sampled,
-        }) => {
-            rewrite(headers, &span_hex);
-            let sampled = match sampled {
-                Some(sampled) => sampled,
-                None => {
-                    let sampled = sample(&mut rng);
-                    if headers.contains_key("x-b3-traceid") {
-                        headers.insert("x-b3-sampled", bit(sampled));
-                    }
-                    sampled
-                }
-            };
-            (trace_id, parent, sampled)
+    let id = rng.random::<u64>().max(1);
+    let span_hex = format!("{id:016x}");
+    let incoming = read(headers);
+    let decided = incoming.as_ref().and_then(|i| i.sampled);
+    let sampled = decided.unwrap_or_else(|| rng.random::<f64>() * 100.0 < plan.sampling);
+    let (trace_id, parent) = match incoming.and_then(|i| i.trace) {
+        Some((trace_id, parent)) => {
+            // A B3 trace beside a `traceparent` that is no trace: the
+            // latter would contradict it downstream.
+            let w3c_valid = headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(w3c)
+                .is_some();
+            if !w3c_valid {
+                headers.remove("traceparent");
+                headers.remove("tracestate");
+            }
+            // Ours to say when the caller did not.
+            rewrite(headers, &span_hex, decided.is_none().then_some(sampled));
+            (trace_id, Some(parent))
         }
         None => {
+            // A new trace: what the caller sent of another goes.
+            for stale in ["b3", "x-b3-parentspanid", "x-b3-flags", "tracestate"] {
+                headers.remove(stale);
+            }
             let trace_id = if plan.short_trace_ids {
                 format!("{:016x}", rng.random::<u64>().max(1))
             } else {
                 format!("{:032x}", rng.random::<u128>().max(1))
             };
-            let sampled = sample(&mut rng);
             let flags = if sampled { "01" } else { "00" };
             for (name, value) in [
                 (
@@ -88,7 +97,7 @@ pub fn continue_or_start(headers: &mut HeaderMap, plan: Option<&TracingPlan>) ->
                 }
             }
             headers.insert("x-b3-sampled", bit(sampled));
-            (trace_id, None, sampled)
+            (trace_id, None)
         }
     };
     let tags = if sampled {
@@ -110,65 +119,101 @@ fn bit(on: bool) -> HeaderValue {
     HeaderValue::from_static(if on { "1" } else { "0" })
 }
 
-/// The trace the request is part of, if its headers say.
-fn read(headers: &HeaderMap) -> Option<Incoming> {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let hex64 = |s: &str| {
-        (s.len() == 16)
-            .then(|| u64::from_str_radix(s, 16).ok())
-            .flatten()
-    };
-    let trace_hex = |s: &str| {
-        (matches!(s.len(), 16 | 32) && s.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| s.to_ascii_lowercase())
-    };
-    if let Some(parent) = text("traceparent")
-        && let [_, trace, span, flags] = parent.split('-').collect::<Vec<_>>().as_slice()
-        && trace.len() == 32
-        && let (Some(trace_id), Some(span), Ok(flags)) =
-            (trace_hex(trace), hex64(span), u8::from_str_radix(flags, 16))
-    {
-        return Some(Incoming {
-            trace_id,
-            parent: Some(span),
-            sampled: Some(flags & 1 == 1),
-        });
-    }
-    if let Some(trace_id) = text("x-b3-traceid").and_then(trace_hex) {
-        let sampled = match (text("x-b3-flags"), text("x-b3-sampled")) {
-            (Some("1"), _) => Some(true),
-            (_, Some("1" | "true")) => Some(true),
-            (_, Some("0" | "false")) => Some(false),
-            _ => None,
-        };
-        return Some(Incoming {
-            trace_id,
-            parent: text("x-b3-spanid").and_then(hex64),
-            sampled,
-        });
-    }
-    if let Some(b3) = text("b3") {
-        let fields: Vec<&str> = b3.split('-').collect();
-        if let [trace, span, rest @ ..] = fields.as_slice()
-            && let (Some(trace_id), Some(span)) = (trace_hex(trace), hex64(span))
-        {
-            let sampled = match rest.first() {
-                Some(&"1" | &"d") => Some(true),
-                Some(&"0") => Some(false),
-                _ => None,
-            };
-            return Some(Incoming {
-                trace_id,
-                parent: Some(span),
-                sampled,
-            });
-        }
-    }
-    None
+/// Hex digits of one of `lengths`, not all zeros (W3C and B3 refuse a zero
+/// id), in lowercase.
+fn hex_id(s: &str, lengths: &[usize]) -> Option<String> {
+    (lengths.contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_hexdigit())
+        && s.bytes().any(|b| b != b'0'))
+    .then(|| s.to_ascii_lowercase())
 }
 
-/// The request's trace headers, continued with span `span`.
-fn rewrite(headers: &mut HeaderMap, span: &str) {
+/// A 64-bit span id: 16 hex digits, not zero.
+fn span_id(s: &str) -> Option<u64> {
+    hex_id(s, &[16]).and_then(|h| u64::from_str_radix(&h, 16).ok())
+}
+
+fn b3_state(s: &str) -> Option<bool> {
+    match s {
+        "1" | "d" => Some(true),
+        "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// `traceparent`: version (not `ff`; `00` has exactly four fields),
+/// trace id, parent id, two hex digits of flags.
+fn w3c(value: &str) -> Option<Incoming> {
+    let fields: Vec<&str> = value.split('-').collect();
+    let version = *fields.first()?;
+    if version.len() != 2
+        || !version.bytes().all(|b| b.is_ascii_hexdigit())
+        || version.eq_ignore_ascii_case("ff")
+        || fields.len() < 4
+        || (version == "00" && fields.len() != 4)
+    {
+        return None;
+    }
+    let trace_id = hex_id(fields[1], &[32])?;
+    let parent = span_id(fields[2])?;
+    let flags = fields[3];
+    if flags.len() != 2 || !flags.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some(Incoming {
+        trace: Some((trace_id, parent)),
+        sampled: Some(flags & 1 == 1),
+    })
+}
+
+/// The trace (or decision) the request's headers carry, the first valid
+/// one of `traceparent`, `b3`, `x-b3-*`.
+fn read(headers: &HeaderMap) -> Option<Incoming> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(incoming) = text("traceparent").and_then(w3c) {
+        return Some(incoming);
+    }
+    let b3 = text("b3").map(|b3| b3.split('-').collect::<Vec<_>>());
+    if let Some(fields) = &b3
+        && let [trace, span, rest @ ..] = fields.as_slice()
+        && let (Some(trace_id), Some(parent)) = (hex_id(trace, &[16, 32]), span_id(span))
+    {
+        return Some(Incoming {
+            trace: Some((trace_id, parent)),
+            sampled: rest.first().and_then(|s| b3_state(s)),
+        });
+    }
+    let multi_sampled = match (text("x-b3-flags"), text("x-b3-sampled")) {
+        (Some("1"), _) => Some(true),
+        (_, Some("1" | "true")) => Some(true),
+        (_, Some("0" | "false")) => Some(false),
+        _ => None,
+    };
+    if let (Some(trace_id), Some(parent)) = (
+        text("x-b3-traceid").and_then(|t| hex_id(t, &[16, 32])),
+        text("x-b3-spanid").and_then(span_id),
+    ) {
+        return Some(Incoming {
+            trace: Some((trace_id, parent)),
+            sampled: multi_sampled,
+        });
+    }
+    // A decision alone: `b3: 0|1|d`, or `x-b3-sampled` without a trace.
+    let decision = match b3.as_deref() {
+        Some([state]) => b3_state(state),
+        _ => None,
+    }
+    .or(multi_sampled)?;
+    Some(Incoming {
+        trace: None,
+        sampled: Some(decision),
+    })
+}
+
+/// The request's trace headers, continued with span `span`; `decided` is
+/// the waypoint's sampling decision, when the caller left it to us.
+fn rewrite(headers: &mut HeaderMap, span: &str, decided: Option<bool>) {
     if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
         let fields: Vec<&str> = parent.split('-').collect();
         if let [version, trace, _parent, flags] = fields.as_slice()
@@ -185,12 +230,24 @@ fn rewrite(headers: &mut HeaderMap, span: &str) {
         if let Ok(value) = HeaderValue::from_str(span) {
             headers.insert("x-b3-spanid", value);
         }
+        if let Some(sampled) = decided {
+            headers.insert("x-b3-sampled", bit(sampled));
+        }
     }
     if let Some(b3) = headers.get("b3").and_then(|v| v.to_str().ok()) {
+        // `trace-span[-state[-parent]]`: the caller's span becomes the
+        // parent, which B3 writes only after a sampling state.
         let fields: Vec<&str> = b3.split('-').collect();
-        if fields.len() >= 2 {
-            let sampled = fields.get(2).map_or(String::new(), |s| format!("-{s}"));
-            let rebuilt = format!("{}-{span}{sampled}-{}", fields[0], fields[1]);
+        if let [trace, caller, rest @ ..] = fields.as_slice() {
+            let state = rest
+                .first()
+                .copied()
+                .filter(|s| b3_state(s).is_some())
+                .or(decided.map(|d| if d { "1" } else { "0" }));
+            let rebuilt = match state {
+                Some(state) => format!("{trace}-{span}-{state}-{caller}"),
+                None => format!("{trace}-{span}"),
+            };
             if let Ok(value) = HeaderValue::from_str(&rebuilt) {
                 headers.insert("b3", value);
             }
@@ -198,8 +255,13 @@ fn rewrite(headers: &mut HeaderMap, span: &str) {
     }
 }
 
+/// The longest a custom tag's value may be: a header a client sends must
+/// not make the span queue large.
+const CUSTOM_TAG_MAX: usize = 256;
+
 /// The plan's `customTags` for this request: literals, the waypoint's
-/// environment, the request's headers (each with its default).
+/// environment, the request's headers (each with its default); empty
+/// values left out, as Envoy leaves them out.
 fn custom_tags(plan: &TracingPlan, headers: &HeaderMap) -> Vec<(String, String)> {
     plan.custom_tags
         .iter()
@@ -216,7 +278,12 @@ fn custom_tags(plan: &TracingPlan, headers: &HeaderMap) -> Vec<(String, String)>
             } else {
                 return None;
             };
-            Some((name.clone(), value))
+            (!value.is_empty()).then(|| {
+                (
+                    name.clone(),
+                    crate::telemetry::span::cut(&value, CUSTOM_TAG_MAX),
+                )
+            })
         })
         .collect()
 }
@@ -230,11 +297,12 @@ mod tests {
             provider: "zipkin".into(),
             host: "zipkin.observe.svc.cluster.local".into(),
             port: 9411,
+            protocol: crate::telemetry::TraceProtocol::Zipkin,
             path: "/api/v2/spans".into(),
+            timeout: std::time::Duration::from_secs(5),
             max_tag_length: 256,
             short_trace_ids: false,
             sampling,
-            disabled: false,
             custom_tags: vec![(
                 "user".into(),
                 serde_yaml::from_str("{header: {name: x-user, defaultValue: nobody}}")
@@ -334,16 +402,116 @@ mod tests {
     fn garbage_is_no_trace() {
         for (name, value) in [
             ("traceparent", "00-zz-b7ad6b7169203331-01"),
-            ("x-b3-traceid", "not-hex"),
-            ("b3", "1"),
+            (
+                "traceparent",
+                "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            ),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            ),
+            (
+                "traceparent",
+                "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1",
+            ),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-+7ad6b7169203331-01",
+            ),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+            ),
+            ("b3", "0af7651916cd43dd8448eb211c80319c"),
         ] {
             let mut h = HeaderMap::new();
             h.insert(
                 http::header::HeaderName::from_static(name),
                 HeaderValue::from_static(value),
             );
+            h.insert(
+                "x-b3-parentspanid",
+                HeaderValue::from_static("a2fb4a1d1a96d312"),
+            );
             let span = continue_or_start(&mut h, Some(&plan(100.0))).expect("a new trace");
             assert!(span.parent.is_none(), "{name}: {value}");
+            assert_ne!(
+                span.trace_id, "0af7651916cd43dd8448eb211c80319c",
+                "{name}: {value}"
+            );
+            assert_eq!(h["x-b3-traceid"], span.trace_id.as_str(), "{name}: {value}");
+            assert!(
+                !h.contains_key("b3") && !h.contains_key("x-b3-parentspanid"),
+                "stale headers of another trace stay: {h:?}"
+            );
         }
+        // A later version may add fields.
+        let mut h = headers(&[(
+            "traceparent",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        )]);
+        let span = continue_or_start(&mut h, Some(&plan(0.0))).expect("a span");
+        assert_eq!(span.parent, Some(0xb7ad6b7169203331));
+    }
+
+    #[test]
+    fn a_b3_decision_alone_is_the_callers() {
+        for (pairs, sampled) in [
+            (&[("b3", "0")][..], false),
+            (&[("b3", "d")][..], true),
+            (&[("x-b3-sampled", "1")][..], true),
+            (&[("x-b3-flags", "1")][..], true),
+        ] {
+            let mut h = headers(pairs);
+            let at = if sampled { 0.0 } else { 100.0 };
+            let span = continue_or_start(&mut h, Some(&plan(at))).expect("a span");
+            assert_eq!(span.sampled, sampled, "{pairs:?}");
+            assert!(span.parent.is_none());
+            assert!(!h.contains_key("b3"));
+            assert_eq!(h["x-b3-sampled"], if sampled { "1" } else { "0" });
+        }
+    }
+
+    #[test]
+    fn a_b3_single_header_keeps_its_form() {
+        // Without a decision: the waypoint's goes in, the caller's span
+        // after it as the parent.
+        let mut h = headers(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1")]);
+        let span = continue_or_start(&mut h, Some(&plan(100.0))).expect("a span");
+        assert_eq!(
+            h["b3"],
+            format!(
+                "80f198ee56343ba864fe8b2a57d3eff7-{:016x}-1-e457b5a2e4d86bd1",
+                span.id
+            )
+            .as_str()
+        );
+        // Without a plan: no decision to write, no parent either.
+        let mut h = headers(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1")]);
+        assert!(continue_or_start(&mut h, None).is_none());
+        let b3 = h["b3"].to_str().unwrap_or_default();
+        assert!(
+            b3.starts_with("80f198ee56343ba864fe8b2a57d3eff7-") && b3.len() == 32 + 1 + 16,
+            "{b3}"
+        );
+    }
+
+    #[test]
+    fn custom_tags_leave_out_empty_values_and_are_cut() {
+        let mut p = plan(100.0);
+        p.custom_tags.push((
+            "empty".into(),
+            serde_yaml::from_str("{header: {name: x-none}}").expect("a tag"),
+        ));
+        let long = "x".repeat(1000);
+        let mut h = HeaderMap::new();
+        h.insert("x-user", HeaderValue::from_str(&long).expect("a value"));
+        let span = continue_or_start(&mut h, Some(&p)).expect("a span");
+        assert_eq!(span.tags.len(), 1, "{:?}", span.tags);
+        assert_eq!(span.tags[0].1.len(), CUSTOM_TAG_MAX);
     }
 }

@@ -16,15 +16,18 @@
 //!   sent to;
 //! - metrics are the Prometheus ones (`prometheus`, built in, or a provider
 //!   of that kind): the four `istio_request*` families;
-//! - spans go to a `zipkin` provider (Zipkin's JSON, v2); the waypoint
-//!   starts traces for requests that come without one, samples them, and
-//!   reports its own span of each sampled request ([`TracingPlan`]).
+//! - spans go to a `zipkin` provider (Zipkin's JSON, v2) or an
+//!   `opentelemetry` one (OTLP over gRPC or HTTP); the waypoint starts
+//!   traces for requests that come without one, samples them, and reports
+//!   its own span of each sampled request ([`TracingPlan`]).
 //!
 //! Without any Telemetry or default provider for access logging, the
 //! waypoint writes its access lines as it always has (see
 //! [`AccessLog::Default`]).
 
 pub mod attributes;
+pub mod otlp;
+pub mod span;
 #[cfg(test)]
 mod tests;
 pub mod zipkin;
@@ -366,12 +369,10 @@ impl Resolved {
             Some(changes.join("; "))
         };
         let tracing = self.tracing.as_ref().map(|t| {
-            let sent = if t.disabled {
-                "no spans sent".to_owned()
-            } else {
-                format!("spans to {} ({}:{})", t.provider, t.host, t.port)
-            };
-            format!("{sent}, {}% of new traces sampled", t.sampling)
+            format!(
+                "spans to {} ({}:{}), {}% of new traces sampled",
+                t.provider, t.host, t.port, t.sampling
+            )
         });
         if logs.is_none() && metrics.is_none() && tracing.is_none() {
             return None;
@@ -620,17 +621,37 @@ pub struct TracingPlan {
     /// The collector: a Service's (or ServiceEntry's) host and port.
     pub host: String,
     pub port: u16,
+    pub protocol: TraceProtocol,
+    /// Where spans are posted (Zipkin, OTLP over HTTP).
     pub path: String,
+    /// How long a post may take.
+    pub timeout: std::time::Duration,
+    /// The longest the `http.url` tag may be (Envoy's path tag length).
     pub max_tag_length: usize,
     /// New trace ids of 64 bits.
     pub short_trace_ids: bool,
     /// Percent of the traces the waypoint starts (or is left to decide)
     /// that are sampled.
     pub sampling: f64,
-    /// Spans are not sent (traces are still started and continued).
-    pub disabled: bool,
     pub custom_tags: Vec<(String, CustomTag)>,
 }
+
+/// How spans reach their collector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TraceProtocol {
+    /// Zipkin's JSON (v2), posted.
+    Zipkin,
+    /// OTLP's export over gRPC.
+    OtlpGrpc,
+    /// OTLP's export request (protobuf), posted.
+    OtlpHttp,
+}
+
+/// The longest `http.url` tag, whatever `maxTagLength` says.
+const MAX_PATH_TAG: u32 = 8192;
+
+/// How long a post of spans may take, unless the provider says.
+const POST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Istio's sampling when no Telemetry says (its `PILOT_TRACE_SAMPLING`
 /// default).
@@ -670,30 +691,79 @@ fn merge_tracing(
             custom_tags = Some(&tracing.custom_tags);
         }
     }
-    let name = provider?;
+    // As Istio: no span reporting is no tracing (no trace started either).
+    let name = provider.filter(|_| !disabled)?;
     let defined = providers
         .values()
         .find(|p| p.name.eq_ignore_ascii_case(&name));
-    let Some(zipkin) = defined.and_then(|p| p.zipkin.as_ref()) else {
-        notes.insert(match defined {
-            Some(_) => format!("tracing provider {name:?} is not a zipkin provider, the one kind a waypoint sends spans to: no spans"),
-            None => format!("tracing provider {name:?} is not defined in the mesh config: no spans"),
-        });
-        return None;
+    let (service, port, protocol, path, timeout, max_tag_length, short_trace_ids) = match defined
+        .map(|p| (&p.zipkin, &p.opentelemetry))
+    {
+        Some((Some(zipkin), _)) => (
+            &zipkin.service,
+            zipkin.port,
+            TraceProtocol::Zipkin,
+            zipkin
+                .path
+                .clone()
+                .unwrap_or_else(|| "/api/v2/spans".to_owned()),
+            POST_TIMEOUT,
+            zipkin.max_tag_length,
+            zipkin.enable_64bit_trace_id,
+        ),
+        Some((None, Some(otel))) => {
+            let (protocol, path, timeout) = match &otel.http {
+                Some(http) => (
+                    TraceProtocol::OtlpHttp,
+                    http.path
+                        .clone()
+                        .unwrap_or_else(|| otlp::HTTP_PATH.to_owned()),
+                    http.timeout
+                        .as_deref()
+                        .and_then(|t| warren_model::validate::duration("timeout", t).ok())
+                        .unwrap_or(POST_TIMEOUT),
+                ),
+                None => (
+                    TraceProtocol::OtlpGrpc,
+                    otlp::EXPORT_PATH.to_owned(),
+                    POST_TIMEOUT,
+                ),
+            };
+            (
+                &otel.service,
+                otel.port,
+                protocol,
+                path,
+                timeout,
+                otel.max_tag_length,
+                false,
+            )
+        }
+        Some((None, None)) => {
+            notes.insert(format!("tracing provider {name:?} is neither zipkin nor opentelemetry, the kinds a waypoint sends spans to: no spans"));
+            return None;
+        }
+        None => {
+            notes.insert(format!(
+                "tracing provider {name:?} is not defined in the mesh config: no spans"
+            ));
+            return None;
+        }
     };
-    let (_, host) = split_service(&zipkin.service);
+    let (_, host) = split_service(service);
     Some(TracingPlan {
         provider: name,
         host: host.to_owned(),
-        port: u16::try_from(zipkin.port).unwrap_or_default(),
-        path: zipkin
-            .path
-            .clone()
-            .unwrap_or_else(|| "/api/v2/spans".to_owned()),
-        max_tag_length: zipkin.max_tag_length.map_or(256, |n| n as usize),
-        short_trace_ids: zipkin.enable_64bit_trace_id,
+        port: u16::try_from(port).unwrap_or_default(),
+        protocol,
+        path,
+        timeout,
+        // Envoy's path tag length: 0 is the default, and so is nothing.
+        max_tag_length: max_tag_length
+            .filter(|n| *n > 0)
+            .map_or(256, |n| n.min(MAX_PATH_TAG) as usize),
+        short_trace_ids,
         sampling: sampling.unwrap_or(DEFAULT_SAMPLING),
-        disabled,
         custom_tags: custom_tags
             .map(|tags| tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default(),

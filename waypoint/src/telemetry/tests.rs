@@ -597,32 +597,45 @@ fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
         .clone()
         .expect("a plan");
     assert_eq!(
-        (plan.host.as_str(), plan.port, plan.path.as_str()),
-        ("zipkin.observe.svc.cluster.local", 9411, "/api/v2/spans")
+        (
+            plan.host.as_str(),
+            plan.port,
+            plan.protocol,
+            plan.path.as_str()
+        ),
+        (
+            "zipkin.observe.svc.cluster.local",
+            9411,
+            TraceProtocol::Zipkin,
+            "/api/v2/spans"
+        )
     );
-    assert_eq!(
-        (plan.sampling, plan.max_tag_length, plan.disabled),
-        (10.0, 8, false)
-    );
+    assert_eq!((plan.sampling, plan.max_tag_length), (10.0, 8));
     assert_eq!(plan.custom_tags.len(), 1);
 
-    // The namespace's: another rate, spans off; the provider and tags stay.
-    let quiet = input(
-        "quiet",
+    // The namespace's: another rate; the provider and tags stay.
+    let rate = input(
+        "rate",
         2,
         At::Namespace("demo"),
-        "tracing: [{randomSamplingPercentage: 50, disableSpanReporting: true}]",
+        "tracing: [{randomSamplingPercentage: 50}]",
     );
-    let t = build_with(&[mesh.clone(), quiet], &providers, &Defaults::default());
+    let t = build_with(&[mesh.clone(), rate], &providers, &Defaults::default());
     let plan = t
         .for_service("demo", "app")
         .tracing
         .clone()
         .expect("a plan");
-    assert_eq!(
-        (plan.sampling, plan.disabled, plan.custom_tags.len()),
-        (50.0, true, 1)
+    assert_eq!((plan.sampling, plan.custom_tags.len()), (50.0, 1));
+    // Span reporting off: no tracing at all, as in Istio.
+    let quiet = input(
+        "quiet",
+        2,
+        At::Namespace("demo"),
+        "tracing: [{disableSpanReporting: true}]",
     );
+    let t = build_with(&[mesh.clone(), quiet], &providers, &Defaults::default());
+    assert!(t.for_service("demo", "app").tracing.is_none());
 
     // Client-side entries leave the waypoint alone; the default rate is
     // Istio's 1 %.
@@ -646,6 +659,43 @@ fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
         .expect("a plan");
     assert_eq!(plan.sampling, DEFAULT_SAMPLING);
 
+    // OpenTelemetry: gRPC, or HTTP with `http`.
+    let otel = |http: &str| {
+        let spec: ExtensionProvider = serde_yaml::from_str(&format!(
+            "{{name: zipkin, opentelemetry: {{service: otel.observe.svc.cluster.local, port: 4317{http}}}}}"
+        ))
+        .expect("a provider");
+        BTreeMap::from([("extensionprovider/zipkin".to_owned(), Arc::new(spec))])
+    };
+    let t = build_with(std::slice::from_ref(&mesh), &otel(""), &Defaults::default());
+    let plan = t
+        .for_service("demo", "app")
+        .tracing
+        .clone()
+        .expect("a plan");
+    assert_eq!(
+        (plan.protocol, plan.path.as_str()),
+        (TraceProtocol::OtlpGrpc, otlp::EXPORT_PATH)
+    );
+    let t = build_with(
+        std::slice::from_ref(&mesh),
+        &otel(", http: {path: /otlp/v1/traces, timeout: 2s}"),
+        &Defaults::default(),
+    );
+    let plan = t
+        .for_service("demo", "app")
+        .tracing
+        .clone()
+        .expect("a plan");
+    assert_eq!(
+        (plan.protocol, plan.path.as_str(), plan.timeout),
+        (
+            TraceProtocol::OtlpHttp,
+            "/otlp/v1/traces",
+            std::time::Duration::from_secs(2)
+        )
+    );
+
     // The mesh config's default provider, without any Telemetry.
     let defaults = Defaults {
         tracing: vec!["zipkin".into()],
@@ -668,28 +718,28 @@ fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
     );
 }
 
-#[test]
-fn a_span_is_zipkins_json() {
-    let span = crate::proxy::trace::Span {
+fn record() -> span::Record {
+    span::Record {
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         id: 0x00f0_67aa_0ba9_02b7,
         parent: Some(0x1),
-        sampled: true,
         start: std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456),
-        tags: vec![("team".into(), "a long team name".into())],
-    };
-    let reported = zipkin::Reported {
-        span: &span,
         duration: std::time::Duration::from_micros(1500),
         name: "app.demo.svc.cluster.local:80/*".into(),
-        local_service: "waypoint.demo",
+        local_service: "waypoint.demo".into(),
         source: IpAddr::V6("fd00::7".parse().expect("an address")),
-        tags: vec![("http.status_code", "200".into())],
-        max_tag_length: 6,
-    };
-    let json = zipkin::encode(&reported);
+        tags: vec![
+            ("http.status_code".into(), "503".into()),
+            ("team".into(), span::cut("a long team name", 6)),
+        ],
+        error: true,
+    }
+}
+
+#[test]
+fn a_span_is_zipkins_json() {
     assert_eq!(
-        json,
+        zipkin::encode(&record()),
         serde_json::json!({
             "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
             "id": "00f067aa0ba902b7",
@@ -700,7 +750,66 @@ fn a_span_is_zipkins_json() {
             "duration": 1500,
             "localEndpoint": {"serviceName": "waypoint.demo"},
             "remoteEndpoint": {"ipv6": "fd00::7"},
-            "tags": {"http.status_code": "200", "team": "a long"},
+            "tags": {"http.status_code": "503", "team": "a long"},
         })
     );
+    // Cut on a character's boundary.
+    assert_eq!(span::cut("héllo", 2), "h");
+}
+
+#[test]
+fn spans_are_otlp_for_opentelemetry_collectors() {
+    use prost::Message as _;
+    use warren_api::otlp::{collector::ExportTraceServiceRequest, common::any_value};
+    let mut short = record();
+    short.trace_id = "00f067aa0ba902b7".into();
+    short.parent = None;
+    short.error = false;
+    let bytes = otlp::encode(&[record(), short]);
+    let request = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("OTLP");
+    let resource = &request.resource_spans[0];
+    let attribute = |attributes: &[warren_api::otlp::common::KeyValue], key: &str| {
+        attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
+            match kv.value.as_ref()?.value.as_ref()? {
+                any_value::Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            }
+        })
+    };
+    assert_eq!(
+        attribute(
+            &resource.resource.as_ref().expect("a resource").attributes,
+            "service.name"
+        ),
+        Some("waypoint.demo".into())
+    );
+    let spans = &resource.scope_spans[0].spans;
+    assert_eq!(spans.len(), 2);
+    let first = &spans[0];
+    assert_eq!(
+        first.trace_id,
+        [
+            0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+            0x47, 0x36
+        ]
+    );
+    assert_eq!(
+        first.span_id,
+        [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+    );
+    assert_eq!(first.parent_span_id, [0, 0, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(first.kind, 2, "SERVER");
+    assert_eq!(first.start_time_unix_nano, 1_700_000_000_123_456_000);
+    assert_eq!(
+        first.end_time_unix_nano - first.start_time_unix_nano,
+        1_500_000
+    );
+    assert_eq!(
+        attribute(&first.attributes, "http.status_code"),
+        Some("503".into())
+    );
+    assert_eq!(first.status.as_ref().map(|s| s.code), Some(2), "ERROR");
+    // A 64-bit trace id is padded on the left to OTLP's 16 bytes.
+    assert_eq!(spans[1].trace_id[..8], [0; 8]);
+    assert!(spans[1].parent_span_id.is_empty() && spans[1].status.is_none());
 }

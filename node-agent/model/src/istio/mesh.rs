@@ -47,6 +47,10 @@ pub struct ExtensionProvider {
     /// A Zipkin collector, which waypoints send their spans to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zipkin: Option<Zipkin>,
+    /// An OpenTelemetry collector (OTLP over gRPC, or over HTTP with
+    /// `http`), which waypoints send their spans to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opentelemetry: Option<OpenTelemetry>,
     /// Other tracing, logging and metrics providers (`zipkin`,
     /// `opentelemetry`, `envoyOtelAls`, …), which Telemetry objects may
     /// name and Warren does not send to: kept so a mesh config that has
@@ -63,7 +67,6 @@ pub const OTHER_PROVIDER_KINDS: &[&str] = &[
     "stackdriver",
     "opencensus",
     "skywalking",
-    "opentelemetry",
     "envoyHttpAls",
     "envoyTcpAls",
     "envoyOtelAls",
@@ -211,6 +214,41 @@ pub struct Zipkin {
     pub path: Option<String>,
     /// Istio's `headers` (sent with each post) and other newer settings
     /// are read and not used.
+    #[serde(flatten, skip_serializing)]
+    pub other: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// `OpenTelemetryTracingProvider`: spans sent as OTLP.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenTelemetry {
+    /// `[<namespace>/]<hostname>` of the collector.
+    #[serde(default)]
+    pub service: String,
+    #[serde(default, deserialize_with = "number_or_text")]
+    pub port: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tag_length: Option<u32>,
+    /// OTLP over HTTP (protobuf) rather than gRPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<OtlpHttp>,
+    /// `grpc` (timeout, metadata), `resourceDetectors`, samplers: read,
+    /// not used.
+    #[serde(flatten, skip_serializing)]
+    pub other: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// `OpenTelemetryTracingProvider.http`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OtlpHttp {
+    /// Where spans are posted; `/v1/traces` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// How long a post may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// `headers` sent with each post: read, not used.
     #[serde(flatten, skip_serializing)]
     pub other: BTreeMap<String, serde_yaml::Value>,
 }

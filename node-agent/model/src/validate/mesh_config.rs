@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 use crate::error::FieldError;
 use crate::istio::mesh::{
-    BodyInCheck, ExtAuthzGrpc, ExtAuthzHttp, MeshConfig, OTHER_PROVIDER_KINDS, Zipkin,
-    split_service,
+    BodyInCheck, ExtAuthzGrpc, ExtAuthzHttp, MeshConfig, OTHER_PROVIDER_KINDS, OpenTelemetry,
+    Zipkin, split_service,
 };
 
 use super::{Report, duration, host_name, is_dns1123_label, port};
@@ -45,6 +45,10 @@ pub fn mesh_config(path: &str, mesh: &MeshConfig) -> Vec<FieldError> {
         if let Some(z) = &provider.zipkin {
             kinds.push("zipkin");
             zipkin(&mut r, &format!("{path}.zipkin"), z);
+        }
+        if let Some(otel) = &provider.opentelemetry {
+            kinds.push("opentelemetry");
+            opentelemetry(&mut r, &format!("{path}.opentelemetry"), otel);
         }
         for key in provider.other.keys() {
             if OTHER_PROVIDER_KINDS.contains(&key.as_str()) {
@@ -183,10 +187,35 @@ fn common(
 
 fn zipkin(r: &mut Report, path: &str, zipkin: &Zipkin) {
     service_and_port(r, path, &zipkin.service, zipkin.port);
-    if let Some(p) = &zipkin.path
-        && !p.starts_with('/')
-    {
-        r.error(format!("{path}.path"), format!("{p:?} must begin with '/'"));
+    if let Some(p) = &zipkin.path {
+        post_path(r, &format!("{path}.path"), p);
+    }
+}
+
+/// Where spans are posted: a path a request can have.
+fn post_path(r: &mut Report, path: &str, value: &str) {
+    if !value.starts_with('/') {
+        r.error(path, format!("{value:?} must begin with '/'"));
+    } else if value.parse::<http::uri::PathAndQuery>().is_err() {
+        r.error(path, format!("{value:?} is not a path a request can have"));
+    }
+}
+
+fn opentelemetry(r: &mut Report, path: &str, otel: &OpenTelemetry) {
+    service_and_port(r, path, &otel.service, otel.port);
+    if let Some(http) = &otel.http {
+        if let Some(p) = &http.path {
+            post_path(r, &format!("{path}.http.path"), p);
+        }
+        if let Some(timeout) = &http.timeout {
+            match duration(&format!("{path}.http.timeout"), timeout) {
+                Ok(limit) if limit.is_zero() => {
+                    r.error(format!("{path}.http.timeout"), "must be longer than 0")
+                }
+                Ok(_) => {}
+                Err(error) => r.push(error),
+            }
+        }
     }
 }
 
@@ -310,7 +339,19 @@ extensionProviders:
     port: 9000
     includeRequestBodyInCheck: {maxRequestBytes: 4096, allowPartialMessage: true}
 - name: tracing
-  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
+  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411, maxTagLength: 100, path: /api/v2/spans}
+- name: otel
+  opentelemetry: {service: otel.observe.svc.cluster.local, port: 4317, resourceDetectors: {environment: {}}}
+- name: otel-http
+  opentelemetry:
+    service: observe/otel.observe.svc.cluster.local
+    port: "4318"
+    http: {path: /v1/traces, timeout: 2s, headers: [{name: x-tenant, value: shop}]}
+- name: stdout
+  envoyFileAccessLog: {path: /dev/stdout, logFormat: {labels: {code: "%RESPONSE_CODE%"}}}
+- name: prom
+  prometheus: {}
+defaultProviders: {metrics: [prom], accessLogging: [stdout], tracing: [otel]}
 "#,
         );
         assert!(errors.is_empty(), "{errors:?}");
@@ -334,6 +375,10 @@ extensionProviders:
 - name: c
   zipkn: {service: z.example.com}
 - name: d
+- name: e
+  zipkin: {service: zipkin, port: 9411, path: "/a b"}
+- name: f
+  opentelemetry: {service: otel.observe.svc.cluster.local, http: {path: v1/traces, timeout: 0s}}
 "#,
         );
         let expect = [
@@ -353,6 +398,11 @@ extensionProviders:
             "extensionProviders[2]: has envoyExtAuthzHttp and envoyExtAuthzGrpc provider kinds",
             "extensionProviders[3].zipkn: not a kind of extension provider",
             "extensionProviders[4]: needs one provider kind",
+            "extensionProviders[5].zipkin.service: \"zipkin\" is not fully qualified",
+            "extensionProviders[5].zipkin.path: \"/a b\" is not a path a request can have",
+            "extensionProviders[6].opentelemetry.port: required",
+            "extensionProviders[6].opentelemetry.http.path: \"v1/traces\" must begin with '/'",
+            "extensionProviders[6].opentelemetry.http.timeout: must be longer than 0",
         ];
         for want in expect {
             assert!(
