@@ -239,7 +239,7 @@ fn main() -> ExitCode {
             Demo::ext_authz,
         ),
         (
-            "Telemetry: access lines for failures only, requests counted by method",
+            "Telemetry: access lines for failures only, counts by method, traces to Zipkin",
             Demo::telemetry,
         ),
         (
@@ -1266,6 +1266,24 @@ impl Demo {
     /// its request counts.
     fn telemetry(&mut self) -> Result<String> {
         const FILE: &str = "telemetry.yaml";
+        // The tracing provider's collector: the sample's stand-in, in cart.
+        let cart = self.pod("shop/cart")?.clone();
+        let sample = warren_testbed::binaries::path("warren-sample")?;
+        let collector = self.cluster.spawn(
+            &cart.sandbox,
+            &sample.to_string_lossy(),
+            &["collect", "--listen", "[::]:9411"],
+        )?;
+        self.cluster.add_service(
+            SHOP,
+            "zipkin",
+            labels(&[("app", "cart")]),
+            vec![ServicePort {
+                name: "http".into(),
+                port: 9411,
+                target_port: 9411,
+            }],
+        )?;
         show_yaml("examples/telemetry.yaml", examples::TELEMETRY);
         std::fs::write(self.cluster.config_dir().join(FILE), examples::TELEMETRY)
             .with_context(|| format!("writing {FILE}"))?;
@@ -1375,6 +1393,49 @@ impl Demo {
                 shown.join(", ")
             );
         }
+        // A trace the waypoint started: the app saw its span as the parent,
+        // and the collector has the span.
+        let traced = self.url("app", "/telemetry/traced")?;
+        let out = client
+            .sandbox
+            .exec("curl", ["-sS", "--max-time", "5", traced.as_str()])?;
+        let saw: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let parent = saw["headers"]["traceparent"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let fields: Vec<&str> = parent.split('-').collect();
+        let [_, trace, span_id, "01"] = fields.as_slice() else {
+            bail!("no sampled trace reached the app: {saw}");
+        };
+        let mut spans = Value::Null;
+        eventually(Duration::from_secs(10), "the span collected", || {
+            let url = format!("http://127.0.0.1:9411/api/v2/spans?traceId={trace}");
+            let out = cart
+                .sandbox
+                .exec("curl", ["-sS", "--max-time", "5", url.as_str()])?;
+            spans = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            Ok(spans.as_array().is_some_and(|s| !s.is_empty()))
+        })
+        .with_context(|| format!("{}\ncollector:\n{}", self.logs(), collector.output()))?;
+        let span = &spans[0];
+        ensure!(
+            span["id"] == *span_id && span["tags"]["http.status_code"] == "200",
+            "the collector's span: {spans}"
+        );
+        println!("   $ curl {traced}   → the app sees traceparent: {parent}");
+        println!(
+            "   the collector (Zipkin JSON) has span {} \"{}\" of {}: {} in {} µs",
+            span["id"].as_str().unwrap_or_default(),
+            span["name"].as_str().unwrap_or_default(),
+            span["localEndpoint"]["serviceName"]
+                .as_str()
+                .unwrap_or_default(),
+            span["tags"]["http.status_code"]
+                .as_str()
+                .unwrap_or_default(),
+            span["duration"]
+        );
         let host = "http://app.shop.svc.cluster.local/telemetry/ok";
         println!("   $ warrenctl waypoint explain -n shop --from shop/client {host}");
         let explained =
@@ -1394,8 +1455,9 @@ impl Demo {
             Ok(answered == probe && lines(self, &path) == 1)
         })
         .with_context(|| self.logs())?;
+        drop(collector);
         Ok(format!(
-            "{ok_lines} access lines for 200 successes, {failed_lines} for 5 failures; {by_method} requests counted with request_method"
+            "{ok_lines} access lines for 200 successes, {failed_lines} for 5 failures; {by_method} requests counted with request_method; trace {trace} collected"
         ))
     }
 
