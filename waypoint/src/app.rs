@@ -157,6 +157,8 @@ pub struct App {
     pub context: Arc<Context>,
     trigger: drain::Trigger,
     quit: Arc<admin::Quit>,
+    /// The span exporter, flushed once the requests are done.
+    spans: tokio::task::JoinHandle<()>,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -211,10 +213,7 @@ impl App {
             spans: Default::default(),
         });
         let trigger = drain::Trigger::new();
-        tokio::spawn(crate::proxy::spans::run(
-            Arc::clone(&context),
-            trigger.watch(),
-        ));
+        let spans = tokio::spawn(crate::proxy::spans::run(Arc::clone(&context)));
         let quit = Arc::new(admin::Quit::default());
 
         let handler = Waypoint(Arc::clone(&context));
@@ -340,6 +339,7 @@ impl App {
             context,
             trigger,
             quit,
+            spans,
         })
     }
 
@@ -350,8 +350,13 @@ impl App {
     pub async fn drain(self) -> drain::Outcome {
         let timeout = self.context.config.drain_timeout;
         self.context.inputs.pool.clear();
-        self.trigger
+        let outcome = self
+            .trigger
             .drain(timeout, std::time::Duration::from_secs(1))
-            .await
+            .await;
+        // The last requests' spans too: sent after them, within its bound.
+        self.context.spans.flush();
+        let _ = tokio::time::timeout(crate::proxy::spans::FLUSH, self.spans).await;
+        outcome
     }
 }

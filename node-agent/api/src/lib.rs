@@ -32,11 +32,8 @@ pub mod ca {
     tonic::include_proto!("warren.ca.v1");
 }
 
-/// Envoy's external authorization API, which waypoints speak to the
-/// providers of CUSTOM AuthorizationPolicies (`proto/envoy`, the parts
-/// Warren uses, with Envoy's field numbers).
-/// OTLP's trace export (the subset a waypoint sends), for tracing
-/// providers of kind `opentelemetry`.
+/// OTLP's trace export (the subset a waypoint sends, with OTLP's field
+/// numbers), for tracing providers of kind `opentelemetry`.
 pub mod otlp {
     pub use self::opentelemetry::proto::{
         collector::trace::v1 as collector, common::v1 as common, resource::v1 as resource,
@@ -71,6 +68,9 @@ pub mod otlp {
     }
 }
 
+/// Envoy's external authorization API, which waypoints speak to the
+/// providers of CUSTOM AuthorizationPolicies (`proto/envoy`, the parts
+/// Warren uses, with Envoy's field numbers).
 pub mod ext_authz {
     pub use self::envoy::service::auth::v3::*;
 

@@ -31,7 +31,9 @@ use warren_e2e::{
     cni::{self, Runtime},
     dns::{Send, resolve},
     mesh::{Mesh, MeshOptions, eventually, metric_sum, scrape_metrics, start_mesh_with},
-    workload::{count_status, count_version, finished_report, load, start_http_server},
+    workload::{
+        count_status, count_version, curl_status, finished_report, load, start_http_server,
+    },
 };
 use warren_testbed::{
     Cluster, Node, Pod, PodSpec, Process, ServicePort, addressing::CLUSTER_DNS, labels, manifests,
@@ -1297,25 +1299,7 @@ impl Demo {
                 .filter(|l| l.contains("access: request") && l.contains(&field))
                 .count()
         };
-        let status = |url: &str| -> Result<u16> {
-            let out = client.sandbox.exec(
-                "curl",
-                [
-                    "-sS",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--max-time",
-                    "5",
-                    url,
-                ],
-            )?;
-            Ok(String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse()
-                .unwrap_or(0))
-        };
+        let status = |url: &str| curl_status(&client, url, &[]);
         // In force once a successful request, counted by method, leaves no
         // line (counted and logged happen together). Each probe answers a
         // status of its own: 201, 202, ….

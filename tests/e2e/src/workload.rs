@@ -58,6 +58,31 @@ pub fn start_http_server(
     }
 }
 
+/// The status of one GET by curl from `pod`, with `headers` (`name: value`).
+pub fn curl_status(pod: &Pod, url: &str, headers: &[&str]) -> Result<u16> {
+    let mut args = vec![
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "8",
+    ];
+    for header in headers {
+        args.extend(["-H", header]);
+    }
+    args.push(url);
+    let out = pod.sandbox.exec("curl", &args)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().with_context(|| {
+        format!(
+            "curl {url}: {text:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// Runs the sample load client in `pod` against `url` and returns its JSON
 /// report.
 pub fn load(pod: &Pod, url: &str, args: &[&str]) -> Result<Value> {

@@ -15,7 +15,7 @@ use warren_e2e::{
         demo_cluster_with_waypoint_pod, eventually, metric_sum, service_vip,
         start_mesh_and_waypoint, waypoint_metrics,
     },
-    workload::start_http_server,
+    workload::{curl_status, start_http_server},
 };
 use warren_testbed::{Pod, ServicePort, labels, privilege::require_root};
 
@@ -60,31 +60,6 @@ spec:
       disabled: true
 "#;
 
-/// The status of one GET by curl from `pod`, with `headers`.
-fn get(pod: &Pod, url: &str, headers: &[&str]) -> Result<u16> {
-    let mut args = vec![
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--max-time",
-        "8",
-    ];
-    for header in headers {
-        args.extend(["-H", header]);
-    }
-    args.push(url);
-    let out = pod.sandbox.exec("curl", &args)?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.trim().parse().with_context(|| {
-        format!(
-            "curl {url}: {text:?} {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 /// The waypoint's access lines of requests for `path`.
 fn lines_for(output: &str, path: &str) -> usize {
     let field = format!("path=\"{path}\"");
@@ -126,7 +101,7 @@ fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
         Duration::from_secs(30),
         "the waypoint logs requests",
         || {
-            Ok(get(&client, &format!("{base}/before"), &[])? == 200
+            Ok(curl_status(&client, &format!("{base}/before"), &[])? == 200
                 && lines_for(&waypoint.output(), "/before") >= 1)
         },
     )
@@ -138,15 +113,17 @@ fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
         Duration::from_secs(20),
         "the mesh's filter in force",
         || {
-            Ok(get(&client, &format!("{base}/status/503"), &[])? == 503
-                && lines_for(&waypoint.output(), "/status/503") >= 1)
+            Ok(
+                curl_status(&client, &format!("{base}/status/503"), &[])? == 503
+                    && lines_for(&waypoint.output(), "/status/503") >= 1,
+            )
         },
     )
     .with_context(logs)?;
     for _ in 0..3 {
-        ensure!(get(&client, &format!("{base}/mesh/ok"), &[])? == 200);
+        ensure!(curl_status(&client, &format!("{base}/mesh/ok"), &[])? == 200);
     }
-    ensure!(get(&client, &format!("{base}/status/404"), &[])? == 404);
+    ensure!(curl_status(&client, &format!("{base}/status/404"), &[])? == 404);
     // The 404, sent last, is logged: once its line is there, so would be
     // the others'.
     eventually(Duration::from_secs(10), "the 404 logged", || {
@@ -171,7 +148,7 @@ fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
             // (a status of its own each time: 520, 521, …).
             let code = 520 + next();
             let path = format!("/status/{code}");
-            let status = get(&client, &format!("{base}{path}"), &[])?;
+            let status = curl_status(&client, &format!("{base}{path}"), &[])?;
             // Counted and logged at the same moment: once counted, its
             // line would be there.
             counted(&waypoint_pod, &[("response_code", &code.to_string())])?;
@@ -187,14 +164,14 @@ fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
         "the waypoint's Telemetry in force",
         || {
             Ok(
-                get(&client, &format!("{base}/debug/on"), &["x-debug: on"])? == 200
+                curl_status(&client, &format!("{base}/debug/on"), &["x-debug: on"])? == 200
                     && lines_for(&waypoint.output(), "/debug/on") >= 1,
             )
         },
     )
     .with_context(logs)?;
-    ensure!(get(&client, &format!("{base}/debug/off"), &["x-debug: off"])? == 200);
-    ensure!(get(&client, &format!("{base}/status/502"), &[])? == 502);
+    ensure!(curl_status(&client, &format!("{base}/debug/off"), &["x-debug: off"])? == 200);
+    ensure!(curl_status(&client, &format!("{base}/status/502"), &[])? == 502);
     counted(&waypoint_pod, &[("response_code", "502")])?;
     let output = waypoint.output();
     ensure!(
@@ -233,7 +210,7 @@ fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
         "istio_request_bytes_count",
         &[("destination_service_name", "app")],
     );
-    ensure!(get(&client, &format!("{base}/debug/more"), &[])? == 200);
+    ensure!(curl_status(&client, &format!("{base}/debug/more"), &[])? == 200);
     counted(&waypoint_pod, &[("request_path", "/debug/more")])?;
     let metrics = waypoint_metrics(&waypoint_pod)?;
     ensure!(
@@ -288,8 +265,8 @@ fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
         },
     )
     .with_context(logs)?;
-    ensure!(get(&client, &format!("{base}/still/on"), &["x-debug: on"])? == 200);
-    ensure!(get(&client, &format!("{base}/still/off"), &[])? == 200);
+    ensure!(curl_status(&client, &format!("{base}/still/on"), &["x-debug: on"])? == 200);
+    ensure!(curl_status(&client, &format!("{base}/still/off"), &[])? == 200);
     counted(&waypoint_pod, &[("request_path", "/still/off")])?;
     let output = waypoint.output();
     ensure!(
@@ -303,7 +280,7 @@ fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
     }
     eventually(Duration::from_secs(20), "the defaults back", || {
         let path = format!("/after/{}", next());
-        let status = get(&client, &format!("{base}{path}"), &[])?;
+        let status = curl_status(&client, &format!("{base}{path}"), &[])?;
         std::thread::sleep(Duration::from_millis(200));
         Ok(status == 200 && lines_for(&waypoint.output(), &path) == 1)
     })
@@ -450,7 +427,7 @@ fn the_waypoint_samples_traces_and_reports_its_spans_to_zipkin_and_otlp() -> Res
 
     // Before: a request without trace headers gets none.
     eventually(Duration::from_secs(30), "the app answers", || {
-        Ok(get(&client, &format!("{base}/"), &[])? == 200)
+        Ok(curl_status(&client, &format!("{base}/"), &[])? == 200)
     })
     .with_context(logs)?;
     let saw = app_saw(&client, &format!("{base}/untraced"), &[])?;

@@ -13,9 +13,8 @@ use std::{
     sync::Arc,
 };
 
-use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Response, StatusCode, Version, header, request::Parts};
-use http_body_util::BodyExt as _;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, Version, header, request::Parts};
 use tracing::debug;
 
 use warren_api::Identity;
@@ -314,7 +313,7 @@ async fn check(
         match sent.await {
             Attempt::Answered { response, .. } => {
                 let (parts, body) = response.into_parts();
-                let (body, trailers) = read_answer(body).await?;
+                let (body, trailers) = super::read_whole(body, MAX_ANSWER).await?;
                 Ok((parts, body, trailers))
             }
             Attempt::Failed { detail, .. } => Err(detail),
@@ -376,25 +375,6 @@ fn request_host(parts: &Parts, caller: &Caller<'_>) -> String {
     super::http::request_authority(parts)
         .map(|a| a.to_string())
         .unwrap_or_else(|| caller.service.to_owned())
-}
-
-/// An answer's body, at most [`MAX_ANSWER`] bytes, and its trailers.
-async fn read_answer(mut body: Body) -> Result<(Bytes, Option<HeaderMap>), String> {
-    let mut data = BytesMut::new();
-    let mut trailers = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("reading the answer: {e}"))?;
-        match frame.into_data() {
-            Ok(chunk) => {
-                if data.len() + chunk.len() > MAX_ANSWER {
-                    return Err(format!("the answer is longer than {MAX_ANSWER} bytes"));
-                }
-                data.extend_from_slice(&chunk);
-            }
-            Err(frame) => trailers = frame.into_trailers().ok(),
-        }
-    }
-    Ok((data.freeze(), trailers))
 }
 
 /// The head of a unary call to `Authorization/Check`.

@@ -107,6 +107,30 @@ pub struct Client {
     pub connection: u64,
 }
 
+/// An answer's body, at most `limit` bytes, and its trailers: the answers
+/// to the waypoint's own calls (an authorizer's, a span collector's).
+pub(super) async fn read_whole(
+    mut body: crate::app::Body,
+    limit: usize,
+) -> Result<(bytes::Bytes, Option<::http::HeaderMap>), String> {
+    use http_body_util::BodyExt as _;
+    let mut data = bytes::BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the answer: {e}"))?;
+        match frame.into_data() {
+            Ok(chunk) => {
+                if data.len() + chunk.len() > limit {
+                    return Err(format!("the answer is longer than {limit} bytes"));
+                }
+                data.extend_from_slice(&chunk);
+            }
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok((data.freeze(), trailers))
+}
+
 /// The waypoint's answer to a CONNECT: serve HTTP inside it.
 #[derive(Clone)]
 pub struct Waypoint(pub Arc<Context>);

@@ -9,11 +9,9 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Version, header};
-use http_body_util::BodyExt as _;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::debug;
-use warren_ztunnel::drain;
 
 use super::http::{Attempt, Outgoing, Tries, attempt};
 use crate::{
@@ -34,8 +32,9 @@ const LINGER: Duration = Duration::from_secs(1);
 /// The most of a collector's answer read.
 const MAX_ANSWER: usize = 64 * 1024;
 
-/// A collector: host, port, protocol, path.
-type Collector = (String, u16, TraceProtocol, String);
+/// A collector, as one provider reaches it: provider, host, port,
+/// protocol, path.
+type Collector = (String, String, u16, TraceProtocol, String);
 
 struct Queued {
     plan: Arc<TracingPlan>,
@@ -46,6 +45,8 @@ struct Queued {
 pub struct Spans {
     tx: mpsc::Sender<Queued>,
     rx: std::sync::Mutex<Option<mpsc::Receiver<Queued>>>,
+    /// Told when the waypoint has drained: send what is queued, and stop.
+    flushing: tokio::sync::Notify,
 }
 
 impl Default for Spans {
@@ -54,11 +55,17 @@ impl Default for Spans {
         Spans {
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
+            flushing: tokio::sync::Notify::new(),
         }
     }
 }
 
 impl Spans {
+    /// Sends what is queued, then stops (the waypoint has drained).
+    pub fn flush(&self) {
+        self.flushing.notify_one();
+    }
+
     /// Queues `span` for `plan`'s collector; a full queue drops it.
     pub fn submit(&self, ctx: &Context, plan: &Arc<TracingPlan>, span: Record) {
         let queued = Queued {
@@ -81,12 +88,13 @@ fn count(ctx: &Context, provider: &str, result: &'static str, n: u64) {
         .inc_by(n);
 }
 
-/// How long the spans still queued when the waypoint drains may take to go.
-const FLUSH: Duration = Duration::from_secs(2);
+/// How long the spans still queued when the waypoint has drained may take
+/// to go.
+pub const FLUSH: Duration = Duration::from_secs(2);
 
-/// Posts queued spans until the waypoint drains, then what is queued then;
-/// started once.
-pub async fn run(ctx: Arc<Context>, mut drain: drain::Watch) {
+/// Posts queued spans until [`Spans::flush`], then what is queued then
+/// (within [`FLUSH`]); started once.
+pub async fn run(ctx: Arc<Context>) {
     let taken = ctx
         .spans
         .rx
@@ -98,18 +106,25 @@ pub async fn run(ctx: Arc<Context>, mut drain: drain::Watch) {
     };
     loop {
         let first = tokio::select! {
-            next = rx.recv() => match next {
-                Some(first) => first,
-                None => return,
-            },
-            () = drain.draining() => {
+            biased;
+            () = ctx.spans.flushing.notified() => {
                 let mut left = Vec::new();
                 while let Ok(queued) = rx.try_recv() {
                     left.push(queued);
                 }
-                let _ = tokio::time::timeout(FLUSH, post_all(&ctx, left)).await;
+                let flush = async {
+                    while !left.is_empty() {
+                        let rest = left.split_off(left.len().min(BATCH));
+                        post_all(&ctx, std::mem::replace(&mut left, rest)).await;
+                    }
+                };
+                let _ = tokio::time::timeout(FLUSH, flush).await;
                 return;
             }
+            next = rx.recv() => match next {
+                Some(first) => first,
+                None => return,
+            },
         };
         let mut batch = vec![first];
         let linger = tokio::time::sleep(LINGER);
@@ -121,19 +136,20 @@ pub async fn run(ctx: Arc<Context>, mut drain: drain::Watch) {
                     None => break,
                 },
                 () = &mut linger => break,
-                () = drain.draining() => break,
             }
         }
         post_all(&ctx, batch).await;
     }
 }
 
-/// One post per collector, all at once: a slow collector holds up no other.
+/// One post per collector, all at once: a slow collector holds up no other
+/// within a batch (the next batch waits for the slowest, up to its timeout).
 async fn post_all(ctx: &Arc<Context>, batch: Vec<Queued>) {
     let mut by_collector: BTreeMap<Collector, (Arc<TracingPlan>, Vec<Record>)> = BTreeMap::new();
     for queued in batch {
         let plan = &queued.plan;
         let key = (
+            plan.provider.clone(),
             plan.host.clone(),
             plan.port,
             plan.protocol,
@@ -211,22 +227,9 @@ async fn post(ctx: &Arc<Context>, plan: &TracingPlan, spans: &[Record]) -> Resul
                 Err(format!("the collector answered {}", response.status()))
             }
             Attempt::Answered { response, .. } => {
-                let (head, mut body) = response.into_parts();
+                let (head, body) = response.into_parts();
                 // Read whole (a few bytes): over gRPC the status comes last.
-                let mut read = 0;
-                let mut trailers = None;
-                while let Some(frame) = body.frame().await {
-                    let frame = frame.map_err(|e| format!("reading the answer: {e}"))?;
-                    match frame.into_data() {
-                        Ok(chunk) => {
-                            read += chunk.len();
-                            if read > MAX_ANSWER {
-                                return Err(format!("an answer longer than {MAX_ANSWER} bytes"));
-                            }
-                        }
-                        Err(frame) => trailers = frame.into_trailers().ok(),
-                    }
-                }
+                let (_, trailers) = super::read_whole(body, MAX_ANSWER).await?;
                 match plan.protocol {
                     TraceProtocol::OtlpGrpc => grpc_ok(&head.headers, trailers.as_ref()),
                     TraceProtocol::Zipkin | TraceProtocol::OtlpHttp => Ok(()),

@@ -58,19 +58,11 @@ pub fn continue_or_start(headers: &mut HeaderMap, plan: Option<&TracingPlan>) ->
     let sampled = decided.unwrap_or_else(|| rng.random::<f64>() * 100.0 < plan.sampling);
     let (trace_id, parent) = match incoming.and_then(|i| i.trace) {
         Some((trace_id, parent)) => {
-            // A B3 trace beside a `traceparent` that is no trace: the
-            // latter would contradict it downstream.
-            let w3c_valid = headers
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .and_then(w3c)
-                .is_some();
-            if !w3c_valid {
-                headers.remove("traceparent");
-                headers.remove("tracestate");
-            }
-            // Ours to say when the caller did not.
-            rewrite(headers, &span_hex, decided.is_none().then_some(sampled));
+            // Headers of no valid trace beside the one continued would
+            // contradict it downstream.
+            drop_invalid(headers);
+            // The decision, in every header that carries none.
+            rewrite(headers, &span_hex, Some(sampled));
             (trace_id, Some(parent))
         }
         None => {
@@ -167,58 +159,102 @@ fn w3c(value: &str) -> Option<Incoming> {
     })
 }
 
+fn text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A `b3` header's fields.
+fn b3_fields(headers: &HeaderMap) -> Option<Vec<&str>> {
+    text(headers, "b3").map(|b3| b3.split('-').collect())
+}
+
+/// `b3`'s trace, span and state, when it names a trace.
+fn b3_trace(fields: &[&str]) -> Option<(String, u64, Option<bool>)> {
+    let [trace, span, rest @ ..] = fields else {
+        return None;
+    };
+    Some((
+        hex_id(trace, &[16, 32])?,
+        span_id(span)?,
+        rest.first().and_then(|s| b3_state(s)),
+    ))
+}
+
+/// `x-b3-traceid` and `x-b3-spanid`, when both are valid.
+fn b3_multi_trace(headers: &HeaderMap) -> Option<(String, u64)> {
+    Some((
+        text(headers, "x-b3-traceid").and_then(|t| hex_id(t, &[16, 32]))?,
+        text(headers, "x-b3-spanid").and_then(span_id)?,
+    ))
+}
+
 /// The trace (or decision) the request's headers carry, the first valid
-/// one of `traceparent`, `b3`, `x-b3-*`.
+/// one of `traceparent`, `b3`, `x-b3-*`; a decision of one B3 form counts
+/// for the other.
 fn read(headers: &HeaderMap) -> Option<Incoming> {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(incoming) = text("traceparent").and_then(w3c) {
+    if let Some(incoming) = text(headers, "traceparent").and_then(w3c) {
         return Some(incoming);
     }
-    let b3 = text("b3").map(|b3| b3.split('-').collect::<Vec<_>>());
-    if let Some(fields) = &b3
-        && let [trace, span, rest @ ..] = fields.as_slice()
-        && let (Some(trace_id), Some(parent)) = (hex_id(trace, &[16, 32]), span_id(span))
-    {
-        return Some(Incoming {
-            trace: Some((trace_id, parent)),
-            sampled: rest.first().and_then(|s| b3_state(s)),
-        });
-    }
-    let multi_sampled = match (text("x-b3-flags"), text("x-b3-sampled")) {
+    let b3 = b3_fields(headers);
+    let lone_state = match b3.as_deref() {
+        Some([state]) => b3_state(state),
+        _ => None,
+    };
+    let multi_sampled = match (text(headers, "x-b3-flags"), text(headers, "x-b3-sampled")) {
         (Some("1"), _) => Some(true),
         (_, Some("1" | "true")) => Some(true),
         (_, Some("0" | "false")) => Some(false),
         _ => None,
     };
-    if let (Some(trace_id), Some(parent)) = (
-        text("x-b3-traceid").and_then(|t| hex_id(t, &[16, 32])),
-        text("x-b3-spanid").and_then(span_id),
-    ) {
+    if let Some((trace_id, parent, state)) = b3.as_deref().and_then(b3_trace) {
         return Some(Incoming {
             trace: Some((trace_id, parent)),
-            sampled: multi_sampled,
+            sampled: state.or(multi_sampled),
+        });
+    }
+    if let Some(trace) = b3_multi_trace(headers) {
+        return Some(Incoming {
+            trace: Some(trace),
+            sampled: multi_sampled.or(lone_state),
         });
     }
     // A decision alone: `b3: 0|1|d`, or `x-b3-sampled` without a trace.
-    let decision = match b3.as_deref() {
-        Some([state]) => b3_state(state),
-        _ => None,
-    }
-    .or(multi_sampled)?;
     Some(Incoming {
         trace: None,
-        sampled: Some(decision),
+        sampled: Some(lone_state.or(multi_sampled)?),
     })
 }
 
-/// The request's trace headers, continued with span `span`; `decided` is
-/// the waypoint's sampling decision, when the caller left it to us.
-fn rewrite(headers: &mut HeaderMap, span: &str, decided: Option<bool>) {
-    if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+/// Takes out the trace headers that name no valid trace (a `tracestate`
+/// goes with its `traceparent`).
+fn drop_invalid(headers: &mut HeaderMap) {
+    if text(headers, "traceparent").and_then(w3c).is_none() {
+        headers.remove("traceparent");
+        headers.remove("tracestate");
+    }
+    let b3_valid = b3_fields(headers).is_none_or(|fields| match fields.as_slice() {
+        [state] => b3_state(state).is_some(),
+        fields => b3_trace(fields).is_some(),
+    });
+    if !b3_valid {
+        headers.remove("b3");
+    }
+    if headers.contains_key("x-b3-traceid") && b3_multi_trace(headers).is_none() {
+        for name in ["x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid"] {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The request's trace headers, continued with span `span`; `decision`
+/// goes into the B3 headers that carry none.
+fn rewrite(headers: &mut HeaderMap, span: &str, decision: Option<bool>) {
+    if let Some(parent) = text(headers, "traceparent") {
+        // Written as version 00, the one this waypoint speaks.
         let fields: Vec<&str> = parent.split('-').collect();
-        if let [version, trace, _parent, flags] = fields.as_slice()
+        if let [_, trace, _parent, flags, ..] = fields.as_slice()
             && trace.len() == 32
-            && let Ok(value) = HeaderValue::from_str(&format!("{version}-{trace}-{span}-{flags}"))
+            && let Ok(value) = HeaderValue::from_str(&format!("00-{trace}-{span}-{flags}"))
         {
             headers.insert("traceparent", value);
         }
@@ -230,20 +266,22 @@ fn rewrite(headers: &mut HeaderMap, span: &str, decided: Option<bool>) {
         if let Ok(value) = HeaderValue::from_str(span) {
             headers.insert("x-b3-spanid", value);
         }
-        if let Some(sampled) = decided {
+        if let Some(sampled) = decision
+            && !headers.contains_key("x-b3-sampled")
+            && !headers.contains_key("x-b3-flags")
+        {
             headers.insert("x-b3-sampled", bit(sampled));
         }
     }
-    if let Some(b3) = headers.get("b3").and_then(|v| v.to_str().ok()) {
+    if let Some(fields) = b3_fields(headers) {
         // `trace-span[-state[-parent]]`: the caller's span becomes the
         // parent, which B3 writes only after a sampling state.
-        let fields: Vec<&str> = b3.split('-').collect();
         if let [trace, caller, rest @ ..] = fields.as_slice() {
             let state = rest
                 .first()
                 .copied()
                 .filter(|s| b3_state(s).is_some())
-                .or(decided.map(|d| if d { "1" } else { "0" }));
+                .or(decision.map(|d| if d { "1" } else { "0" }));
             let rebuilt = match state {
                 Some(state) => format!("{trace}-{span}-{state}-{caller}"),
                 None => format!("{trace}-{span}"),
@@ -456,6 +494,43 @@ mod tests {
         )]);
         let span = continue_or_start(&mut h, Some(&plan(0.0))).expect("a span");
         assert_eq!(span.parent, Some(0xb7ad6b7169203331));
+        // Sent on as version 00, with the waypoint's span as the parent.
+        assert_eq!(
+            h["traceparent"],
+            format!("00-0af7651916cd43dd8448eb211c80319c-{:016x}-01", span.id).as_str()
+        );
+    }
+
+    #[test]
+    fn one_forms_decision_holds_for_the_other() {
+        // `b3` without a state, `x-b3-sampled: 0` beside it.
+        let mut h = headers(&[
+            ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1"),
+            ("x-b3-sampled", "0"),
+        ]);
+        let span = continue_or_start(&mut h, Some(&plan(100.0))).expect("a span");
+        assert!(!span.sampled);
+        assert!(
+            h["b3"]
+                .to_str()
+                .unwrap_or_default()
+                .contains("-0-e457b5a2e4d86bd1")
+        );
+        // A W3C decision goes into B3 headers that carry none; B3 headers
+        // of no valid trace go.
+        let mut h = headers(&[
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("x-b3-traceid", "0af7651916cd43dd8448eb211c80319c"),
+            ("x-b3-spanid", "b7ad6b7169203331"),
+            ("b3", "garbage-x"),
+        ]);
+        let span = continue_or_start(&mut h, Some(&plan(0.0))).expect("a span");
+        assert!(span.sampled);
+        assert_eq!(h["x-b3-sampled"], "1");
+        assert!(!h.contains_key("b3"));
     }
 
     #[test]

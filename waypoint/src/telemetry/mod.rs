@@ -1,5 +1,6 @@
-//! The Telemetry API as a waypoint applies it: which access lines it writes
-//! and how it counts requests, per Service.
+//! The Telemetry API as a waypoint applies it: which access lines it writes,
+//! how it counts requests, and which it traces and where their spans go,
+//! per Service.
 //!
 //! Telemetry objects come in layers, merged as Istio merges them for a proxy
 //! receiving requests (mode `SERVER`): the root namespace's namespace-wide
@@ -715,9 +716,11 @@ fn merge_tracing(
             let (protocol, path, timeout) = match &otel.http {
                 Some(http) => (
                     TraceProtocol::OtlpHttp,
-                    http.path
-                        .clone()
-                        .unwrap_or_else(|| otlp::HTTP_PATH.to_owned()),
+                    match &http.path {
+                        Some(p) if p.starts_with('/') => p.clone(),
+                        Some(p) => format!("/{p}"),
+                        None => otlp::HTTP_PATH.to_owned(),
+                    },
                     http.timeout
                         .as_deref()
                         .and_then(|t| warren_model::validate::duration("timeout", t).ok())
@@ -726,7 +729,11 @@ fn merge_tracing(
                 None => (
                     TraceProtocol::OtlpGrpc,
                     otlp::EXPORT_PATH.to_owned(),
-                    POST_TIMEOUT,
+                    otel.grpc
+                        .as_ref()
+                        .and_then(|g| g.timeout.as_deref())
+                        .and_then(|t| warren_model::validate::duration("timeout", t).ok())
+                        .unwrap_or(POST_TIMEOUT),
                 ),
             };
             (

@@ -51,6 +51,17 @@ fn build_with(
     Telemetries::build(inputs, providers, defaults, "demo")
 }
 
+/// The mesh config's providers, each given as its YAML.
+fn providers(specs: &[&str]) -> BTreeMap<String, Arc<ExtensionProvider>> {
+    specs
+        .iter()
+        .map(|yaml| {
+            let spec: ExtensionProvider = serde_yaml::from_str(yaml).expect("a provider");
+            (format!("extensionprovider/{}", spec.name), Arc::new(spec))
+        })
+        .collect()
+}
+
 fn facts(code: u16) -> Facts<'static> {
     Facts {
         response_code: Some(code),
@@ -201,10 +212,8 @@ fn providers_decide_where_lines_go() {
     assert!(logs(t.for_service("demo", "app"), 200));
 
     // Only an OpenTelemetry sink named: nothing on stdout.
-    let otel_provider: ExtensionProvider =
-        serde_yaml::from_str("{name: otel}").expect("a provider of a kind not sent in full");
-    let with_otel =
-        BTreeMap::from([("extensionprovider/otel".to_owned(), Arc::new(otel_provider))]);
+    // A provider of a kind not sent in full: its name alone.
+    let with_otel = providers(&["{name: otel}"]);
     let otel = input(
         "otel",
         1,
@@ -234,16 +243,9 @@ fn providers_decide_where_lines_go() {
 
     // `envoy` redefined to write a file: not this log; a provider writing
     // to /dev/stdout is.
-    let provider = |name: &str, path: &str| {
-        let spec: ExtensionProvider = serde_yaml::from_str(&format!(
-            "{{name: {name}, envoyFileAccessLog: {{path: '{path}'}}}}"
-        ))
-        .expect("a provider");
-        (format!("extensionprovider/{name}"), Arc::new(spec))
-    };
-    let providers = BTreeMap::from([
-        provider("envoy", "/var/log/access.log"),
-        provider("stdout-json", "/dev/stdout"),
+    let files = providers(&[
+        "{name: envoy, envoyFileAccessLog: {path: /var/log/access.log}}",
+        "{name: stdout-json, envoyFileAccessLog: {path: /dev/stdout}}",
     ]);
     let envoy = input(
         "envoy",
@@ -251,11 +253,7 @@ fn providers_decide_where_lines_go() {
         At::Mesh,
         "accessLogging: [{providers: [{name: envoy}]}]",
     );
-    let t = build_with(
-        std::slice::from_ref(&envoy),
-        &providers,
-        &Defaults::default(),
-    );
+    let t = build_with(std::slice::from_ref(&envoy), &files, &Defaults::default());
     assert!(t.for_service("demo", "app").access_log.is_off());
     let json = input(
         "json",
@@ -263,7 +261,7 @@ fn providers_decide_where_lines_go() {
         At::Mesh,
         "accessLogging: [{providers: [{name: STDOUT-JSON}]}]",
     );
-    let t = build_with(&[json], &providers, &Defaults::default());
+    let t = build_with(&[json], &files, &Defaults::default());
     assert!(
         logs(t.for_service("demo", "app"), 200),
         "names are matched ignoring case"
@@ -569,17 +567,11 @@ fn sample_labels() -> RequestLabels {
     }
 }
 
-fn zipkin_provider() -> BTreeMap<String, Arc<ExtensionProvider>> {
-    let spec: ExtensionProvider = serde_yaml::from_str(
-        "{name: zipkin, zipkin: {service: observe/zipkin.observe.svc.cluster.local, port: 9411, maxTagLength: 8}}",
-    )
-    .expect("a provider");
-    BTreeMap::from([("extensionprovider/zipkin".to_owned(), Arc::new(spec))])
-}
-
 #[test]
 fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
-    let providers = zipkin_provider();
+    let collectors = providers(&[
+        "{name: zipkin, zipkin: {service: observe/zipkin.observe.svc.cluster.local, port: 9411, maxTagLength: 8}}",
+    ]);
     let mesh = input(
         "mesh",
         1,
@@ -588,7 +580,7 @@ fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
     );
     let t = build_with(
         std::slice::from_ref(&mesh),
-        &providers,
+        &collectors,
         &Defaults::default(),
     );
     let plan = t
@@ -620,7 +612,7 @@ fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
         At::Namespace("demo"),
         "tracing: [{randomSamplingPercentage: 50}]",
     );
-    let t = build_with(&[mesh.clone(), rate], &providers, &Defaults::default());
+    let t = build_with(&[mesh.clone(), rate], &collectors, &Defaults::default());
     let plan = t
         .for_service("demo", "app")
         .tracing
@@ -634,7 +626,7 @@ fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
         At::Namespace("demo"),
         "tracing: [{disableSpanReporting: true}]",
     );
-    let t = build_with(&[mesh.clone(), quiet], &providers, &Defaults::default());
+    let t = build_with(&[mesh.clone(), quiet], &collectors, &Defaults::default());
     assert!(t.for_service("demo", "app").tracing.is_none());
 
     // Client-side entries leave the waypoint alone; the default rate is
@@ -651,7 +643,7 @@ fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
         At::Mesh,
         "tracing: [{providers: [{name: zipkin}]}]",
     );
-    let t = build_with(&[bare, client], &providers, &Defaults::default());
+    let t = build_with(&[bare, client], &collectors, &Defaults::default());
     let plan = t
         .for_service("demo", "app")
         .tracing
@@ -661,11 +653,9 @@ fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
 
     // OpenTelemetry: gRPC, or HTTP with `http`.
     let otel = |http: &str| {
-        let spec: ExtensionProvider = serde_yaml::from_str(&format!(
+        providers(&[&format!(
             "{{name: zipkin, opentelemetry: {{service: otel.observe.svc.cluster.local, port: 4317{http}}}}}"
-        ))
-        .expect("a provider");
-        BTreeMap::from([("extensionprovider/zipkin".to_owned(), Arc::new(spec))])
+        )])
     };
     let t = build_with(std::slice::from_ref(&mesh), &otel(""), &Defaults::default());
     let plan = t
@@ -696,12 +686,37 @@ fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
         )
     );
 
+    let t = build_with(
+        std::slice::from_ref(&mesh),
+        &otel(", grpc: {timeout: 1s}"),
+        &Defaults::default(),
+    );
+    let plan = t
+        .for_service("demo", "app")
+        .tracing
+        .clone()
+        .expect("a plan");
+    assert_eq!(plan.timeout, std::time::Duration::from_secs(1));
+
+    // A provider of another kind: no tracing, said why.
+    let t = build_with(
+        std::slice::from_ref(&mesh),
+        &providers(&["{name: zipkin}"]),
+        &Defaults::default(),
+    );
+    assert!(t.for_service("demo", "app").tracing.is_none());
+    assert!(
+        t.notes
+            .iter()
+            .any(|n| n.contains("neither zipkin nor opentelemetry"))
+    );
+
     // The mesh config's default provider, without any Telemetry.
     let defaults = Defaults {
         tracing: vec!["zipkin".into()],
         ..Defaults::default()
     };
-    let t = build_with(&[], &providers, &defaults);
+    let t = build_with(&[], &collectors, &defaults);
     assert!(t.for_service("demo", "app").tracing.is_some());
 
     // No provider, an undefined one, or one of another kind: no tracing,
@@ -809,6 +824,16 @@ fn spans_are_otlp_for_opentelemetry_collectors() {
         Some("503".into())
     );
     assert_eq!(first.status.as_ref().map(|s| s.code), Some(2), "ERROR");
+    // OTLP's wire numbers, not only ours read back: `flags` is fixed32
+    // field 16, the times fixed64 fields 7 and 8, the status field 15.
+    let wire = otlp::encode(&[record()]);
+    let has = |bytes: &[u8]| wire.windows(bytes.len()).any(|w| w == bytes);
+    assert!(has(&[0x85, 0x01, 1, 0, 0, 0]), "flags");
+    assert!(
+        has(&[0x39, 0x00, 0xca, 0x85, 0x3d, 0xfe, 0x9c, 0x97, 0x17]),
+        "start"
+    );
+    assert!(has(&[0x7a, 0x02, 0x18, 0x02]), "status ERROR");
     // A 64-bit trace id is padded on the left to OTLP's 16 bytes.
     assert_eq!(spans[1].trace_id[..8], [0; 8]);
     assert!(spans[1].parent_span_id.is_empty() && spans[1].status.is_none());

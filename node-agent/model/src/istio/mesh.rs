@@ -1,10 +1,12 @@
 //! `istio.mesh.v1alpha1.MeshConfig`, the mesh-wide settings Istio keeps as
 //! YAML under the `mesh` key of the `istio` ConfigMap in its root namespace.
 //!
-//! Warren reads its `extensionProviders`: the external authorizers that
-//! CUSTOM AuthorizationPolicies name. Its other settings have node-agent
-//! flags (`--trust-domain`, `--outbound-policy`, …) and are left as they
-//! are, so a cluster's existing ConfigMap is read unchanged.
+//! Warren reads its `extensionProviders` (the external authorizers that
+//! CUSTOM AuthorizationPolicies name; the access-log, Prometheus and tracing
+//! providers Telemetry objects name) and `defaultProviders`. Its other
+//! settings have node-agent flags (`--trust-domain`, `--outbound-policy`, …)
+//! and are left as they are, so a cluster's existing ConfigMap is read
+//! unchanged.
 
 use std::collections::BTreeMap;
 
@@ -232,8 +234,22 @@ pub struct OpenTelemetry {
     /// OTLP over HTTP (protobuf) rather than gRPC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<OtlpHttp>,
-    /// `grpc` (timeout, metadata), `resourceDetectors`, samplers: read,
-    /// not used.
+    /// OTLP over gRPC (the default): its timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<OtlpGrpc>,
+    /// `resourceDetectors`, samplers: read, not used.
+    #[serde(flatten, skip_serializing)]
+    pub other: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// `OpenTelemetryTracingProvider.grpc`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OtlpGrpc {
+    /// How long an export may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// `initialMetadata`: read, not used.
     #[serde(flatten, skip_serializing)]
     pub other: BTreeMap<String, serde_yaml::Value>,
 }
@@ -242,7 +258,8 @@ pub struct OpenTelemetry {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct OtlpHttp {
-    /// Where spans are posted; `/v1/traces` when unset.
+    /// Where spans are posted; `/v1/traces` when unset (a path without its
+    /// leading `/` gets one, as Istio joins it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// How long a post may take.

@@ -203,19 +203,34 @@ fn post_path(r: &mut Report, path: &str, value: &str) {
 
 fn opentelemetry(r: &mut Report, path: &str, otel: &OpenTelemetry) {
     service_and_port(r, path, &otel.service, otel.port);
+    if otel.http.is_some() && otel.grpc.is_some() {
+        r.error(path, "only one of http and grpc may be set");
+    }
     if let Some(http) = &otel.http {
         if let Some(p) = &http.path {
-            post_path(r, &format!("{path}.http.path"), p);
+            // Istio joins the path to the collector's address: a missing
+            // leading `/` is one it adds.
+            let rooted = if p.starts_with('/') {
+                p.clone()
+            } else {
+                format!("/{p}")
+            };
+            post_path(r, &format!("{path}.http.path"), &rooted);
         }
         if let Some(timeout) = &http.timeout {
-            match duration(&format!("{path}.http.timeout"), timeout) {
-                Ok(limit) if limit.is_zero() => {
-                    r.error(format!("{path}.http.timeout"), "must be longer than 0")
-                }
-                Ok(_) => {}
-                Err(error) => r.push(error),
-            }
+            positive(r, &format!("{path}.http.timeout"), timeout);
         }
+    }
+    if let Some(timeout) = otel.grpc.as_ref().and_then(|g| g.timeout.as_ref()) {
+        positive(r, &format!("{path}.grpc.timeout"), timeout);
+    }
+}
+
+fn positive(r: &mut Report, path: &str, value: &str) {
+    match duration(path, value) {
+        Ok(limit) if limit.is_zero() => r.error(path, "must be longer than 0"),
+        Ok(_) => {}
+        Err(error) => r.push(error),
     }
 }
 
@@ -346,7 +361,7 @@ extensionProviders:
   opentelemetry:
     service: observe/otel.observe.svc.cluster.local
     port: "4318"
-    http: {path: /v1/traces, timeout: 2s, headers: [{name: x-tenant, value: shop}]}
+    http: {path: v1/traces, timeout: 2s, headers: [{name: x-tenant, value: shop}]}
 - name: stdout
   envoyFileAccessLog: {path: /dev/stdout, logFormat: {labels: {code: "%RESPONSE_CODE%"}}}
 - name: prom
@@ -378,7 +393,7 @@ extensionProviders:
 - name: e
   zipkin: {service: zipkin, port: 9411, path: "/a b"}
 - name: f
-  opentelemetry: {service: otel.observe.svc.cluster.local, http: {path: v1/traces, timeout: 0s}}
+  opentelemetry: {service: otel.observe.svc.cluster.local, http: {path: "v1/a b", timeout: 0s}, grpc: {}}
 "#,
         );
         let expect = [
@@ -401,7 +416,8 @@ extensionProviders:
             "extensionProviders[5].zipkin.service: \"zipkin\" is not fully qualified",
             "extensionProviders[5].zipkin.path: \"/a b\" is not a path a request can have",
             "extensionProviders[6].opentelemetry.port: required",
-            "extensionProviders[6].opentelemetry.http.path: \"v1/traces\" must begin with '/'",
+            "extensionProviders[6].opentelemetry: only one of http and grpc may be set",
+            "extensionProviders[6].opentelemetry.http.path: \"/v1/a b\" is not a path a request can have",
             "extensionProviders[6].opentelemetry.http.timeout: must be longer than 0",
         ];
         for want in expect {
