@@ -361,6 +361,22 @@ pub fn waypoint_pod(namespace: &str, node: usize) -> PodSpec {
 /// account.
 pub type DemoPod<'a> = (&'a str, usize, &'a [(&'a str, &'a str)], &'a str);
 
+/// Service `demo/app`, port 80 (`http`) to 8080 of the pods labelled
+/// `app: app`: the HTTP app most waypoint tests send through the waypoint.
+pub fn add_app_service(cluster: &mut Cluster) -> Result<()> {
+    cluster.add_service(
+        "demo",
+        "app",
+        warren_testbed::labels(&[("app", "app")]),
+        vec![warren_testbed::ServicePort {
+            name: "http".into(),
+            port: 80,
+            target_port: 8080,
+        }],
+    )?;
+    Ok(())
+}
+
 /// Two nodes, namespace `demo` in the mesh with `pods`, and a waypoint pod
 /// on node 1: where most waypoint tests start.
 pub fn demo_cluster_with_waypoint_pod(pods: &[DemoPod<'_>]) -> Result<Cluster> {

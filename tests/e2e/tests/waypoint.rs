@@ -14,11 +14,12 @@ use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
     agent::{warrenctl_text, warrenctl_waypoint_explain},
     mesh::{
-        eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway, waypoint_metrics,
+        add_app_service, eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway,
+        waypoint_metrics,
     },
     workload::{count_status, count_version, load, start_app_versions},
 };
-use warren_testbed::{Cluster, PodSpec, ServicePort, labels, privilege::require_root};
+use warren_testbed::{Cluster, PodSpec, labels, privilege::require_root};
 
 const ROUTES: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -97,16 +98,7 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
         })?;
     }
     cluster.add_pod(waypoint_pod("demo", 1))?;
-    cluster.add_service(
-        "demo",
-        "app",
-        labels(&[("app", "app")]),
-        vec![ServicePort {
-            name: "http".into(),
-            port: 80,
-            target_port: 8080,
-        }],
-    )?;
+    add_app_service(&mut cluster)?;
     let mut mesh = start_mesh(&cluster)?;
     mesh.wait_ready(Duration::from_secs(30))
         .with_context(|| mesh.logs())?;

@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
     agent::warrenctl_waypoint_explain,
-    mesh::{eventually, service_vip, start_mesh_and_waypoint, waypoint_pod},
+    mesh::{add_app_service, eventually, service_vip, start_mesh_and_waypoint, waypoint_pod},
     workload::{count_status, load, start_http_server},
 };
-use warren_testbed::{Cluster, Pod, PodSpec, ServicePort, labels, privilege::require_root};
+use warren_testbed::{Cluster, Pod, PodSpec, labels, privilege::require_root};
 
 const ALLOW_FILE: &str = "authz.demo.public-for-a.yaml";
 const DENY_FILE: &str = "authz.demo.block.yaml";
@@ -165,16 +165,7 @@ fn a_waypoint_enforces_attached_authorization_policies() -> Result<()> {
         })?;
     }
     cluster.add_pod(waypoint_pod("demo", 1))?;
-    cluster.add_service(
-        "demo",
-        "app",
-        labels(&[("app", "app")]),
-        vec![ServicePort {
-            name: "http".into(),
-            port: 80,
-            target_port: 8080,
-        }],
-    )?;
+    add_app_service(&mut cluster)?;
     let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
     let config = cluster.config_dir().to_path_buf();
     let app = cluster.pod("app")?.clone();

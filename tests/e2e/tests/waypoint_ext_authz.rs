@@ -15,7 +15,7 @@ use serde_json::Value;
 use warren_e2e::{
     agent::warrenctl_waypoint_explain,
     mesh::{
-        demo_cluster_with_waypoint_pod, eventually, metric_sum, service_vip,
+        add_app_service, demo_cluster_with_waypoint_pod, eventually, metric_sum, service_vip,
         start_mesh_and_waypoint, waypoint_metrics,
     },
     workload::{pingpong, start_echo, start_http_server},
@@ -202,16 +202,7 @@ fn asks_external_authorizers(authorizer_in_mesh: bool) -> Result<()> {
         labels: labels(&[("app", "ext-authz")]),
         service_account: Some("ext-authz".into()),
     })?;
-    cluster.add_service(
-        "demo",
-        "app",
-        labels(&[("app", "app")]),
-        vec![ServicePort {
-            name: "http".into(),
-            port: 80,
-            target_port: 8080,
-        }],
-    )?;
+    add_app_service(&mut cluster)?;
     cluster.add_service(
         "auth",
         "ext-authz",

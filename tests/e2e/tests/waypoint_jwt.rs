@@ -11,10 +11,13 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};
 use warren_e2e::{
     agent::warrenctl_waypoint_explain,
-    mesh::{demo_cluster_with_waypoint_pod, eventually, service_vip, start_mesh_and_waypoint},
+    mesh::{
+        add_app_service, demo_cluster_with_waypoint_pod, eventually, service_vip,
+        start_mesh_and_waypoint,
+    },
     workload::start_http_server,
 };
-use warren_testbed::{Pod, ServicePort, jwt::Issuer, labels, privilege::require_root};
+use warren_testbed::{Pod, jwt::Issuer, privilege::require_root};
 
 const ISSUER: &str = "https://idp.warren.test";
 const JWT_FILE: &str = "requestauthentication.demo.jwt.yaml";
@@ -80,16 +83,7 @@ fn a_waypoint_verifies_jwts_and_authorizes_on_them() -> Result<()> {
         ("app", 1, &[("app", "app")], "app"),
         ("client", 0, &[("app", "client")], "client"),
     ])?;
-    cluster.add_service(
-        "demo",
-        "app",
-        labels(&[("app", "app")]),
-        vec![ServicePort {
-            name: "http".into(),
-            port: 80,
-            target_port: 8080,
-        }],
-    )?;
+    add_app_service(&mut cluster)?;
     let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
     let config = cluster.config_dir().to_path_buf();
     let app = cluster.pod("app")?.clone();

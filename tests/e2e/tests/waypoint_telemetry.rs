@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
     agent::warrenctl_waypoint_explain,
     mesh::{
-        demo_cluster_with_waypoint_pod, eventually, metric_sum, service_vip,
+        add_app_service, demo_cluster_with_waypoint_pod, eventually, metric_sum, service_vip,
         start_mesh_and_waypoint, waypoint_metrics,
     },
     workload::{curl_status, start_http_server},
@@ -77,16 +77,7 @@ fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
         ("app", 1, &[("app", "app")], "app"),
         ("client", 0, &[("app", "client")], "client"),
     ])?;
-    cluster.add_service(
-        "demo",
-        "app",
-        labels(&[("app", "app")]),
-        vec![ServicePort {
-            name: "http".into(),
-            port: 80,
-            target_port: 8080,
-        }],
-    )?;
+    add_app_service(&mut cluster)?;
     let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
     let config = cluster.config_dir().to_path_buf();
     let app = cluster.pod("app")?.clone();
