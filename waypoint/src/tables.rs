@@ -277,40 +277,28 @@ impl Tables {
         let authz = Authorizer::build(read(&self.authorizations).values().cloned());
         let authn = Authenticator::build(read(&self.authentications).values().cloned(), &self.keys);
         let ext_authz = Providers::new(read(&self.providers).values().cloned());
-        let mut undefined = self.undefined.lock().unwrap_or_else(|p| p.into_inner());
-        let now: std::collections::BTreeSet<(String, String)> = authz
+        let undefined = authz
             .custom_providers()
             .filter(|(_, provider)| ext_authz.get(provider).is_none())
             .map(|(policy, provider)| (policy, provider.to_owned()))
             .collect();
-        for (policy, provider) in &now {
-            if !undefined.contains(&(policy.clone(), provider.clone())) {
-                warn!(
-                    %policy,
-                    %provider,
-                    defined = ?ext_authz.names().collect::<Vec<_>>(),
-                    "a CUSTOM AuthorizationPolicy names an extension provider the mesh config does not define: requests its rules match are denied"
-                );
-            }
-        }
-        // Forgotten once defined again, so a later loss is said again.
-        *undefined = now;
-        drop(undefined);
+        say_new(&self.undefined, undefined, |(policy, provider)| {
+            warn!(
+                %policy,
+                %provider,
+                defined = ?ext_authz.names().collect::<Vec<_>>(),
+                "a CUSTOM AuthorizationPolicy names an extension provider the mesh config does not define: requests its rules match are denied"
+            );
+        });
         let telemetry = Telemetries::build(
             read(&self.telemetries).values(),
             &read(&self.telemetry_providers),
             &read(&self.telemetry_defaults).clone().unwrap_or_default(),
             &namespace,
         );
-        let mut said = self
-            .telemetry_notes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        for note in telemetry.notes.difference(&said) {
+        say_new(&self.telemetry_notes, telemetry.notes.clone(), |note| {
             warn!(%note, "a Telemetry is not (fully) applied");
-        }
-        said.clone_from(&telemetry.notes);
-        drop(said);
+        });
         let mut compiled = write(&self.compiled);
         let generation = compiled.generation + 1;
         *compiled = Arc::new(Compiled {
@@ -324,6 +312,21 @@ impl Tables {
             generation,
         });
     }
+}
+
+/// Says each of `now` that was not in force at the last rebuild, then
+/// remembers `now`: a problem is said once, and again if it comes back
+/// after being mended.
+fn say_new<T: Ord>(
+    said: &std::sync::Mutex<std::collections::BTreeSet<T>>,
+    now: std::collections::BTreeSet<T>,
+    say: impl Fn(&T),
+) {
+    let mut said = said.lock().unwrap_or_else(|p| p.into_inner());
+    for item in now.iter().filter(|item| !said.contains(item)) {
+        say(item);
+    }
+    *said = now;
 }
 
 /// An extension provider, by what the waypoint does with it.

@@ -732,6 +732,17 @@ spec:
     - { name: ratings, namespace: data, port: 80 }
 "#;
 
+    /// The first status written for an object of `kind`.
+    fn status_of(
+        writes: &[(ObjectKey, Option<String>, Vec<Value>)],
+        kind: Kind,
+    ) -> &(ObjectKey, Option<String>, Vec<Value>) {
+        writes
+            .iter()
+            .find(|(key, _, _)| key.kind == kind)
+            .unwrap_or_else(|| panic!("no status written for a {}", kind.name()))
+    }
+
     fn conditions(parent: &Value) -> Vec<(String, String, String)> {
         parent["conditions"]
             .as_array()
@@ -871,10 +882,7 @@ spec:
 "#;
         let store = Store::from_yaml(&format!("{yaml}{grpc}"));
         let writes = to_write(&store, "2026-12-06T00:00:00Z");
-        let http = writes
-            .iter()
-            .find(|(key, _, _)| key.kind == Kind::HttpRoute)
-            .expect("the HTTPRoute's status");
+        let http = status_of(&writes, Kind::HttpRoute);
         assert_eq!(
             conditions(&http.2[0])[0],
             ("Accepted".into(), "False".into(), "Conflicted".into())
@@ -894,10 +902,7 @@ spec:
 "#;
         let store = Store::from_yaml(&format!("{ROUTE}{grpc}"));
         let writes = to_write(&store, "2026-12-06T00:00:00Z");
-        let http = writes
-            .iter()
-            .find(|(key, _, _)| key.kind == Kind::HttpRoute)
-            .expect("the HTTPRoute's status");
+        let http = status_of(&writes, Kind::HttpRoute);
         assert_eq!(
             conditions(&http.2[0])[0],
             ("Accepted".into(), "False".into(), "Conflicted".into())
@@ -907,10 +912,7 @@ spec:
             .unwrap_or_default();
         assert!(message.contains("GRPCRoute shop/calls"), "{message}");
         // The GRPCRoute itself is in force.
-        let grpc = writes
-            .iter()
-            .find(|(key, _, _)| key.kind == Kind::GrpcRoute)
-            .expect("the GRPCRoute's status");
+        let grpc = status_of(&writes, Kind::GrpcRoute);
         assert_eq!(
             conditions(&grpc.2[0])[0],
             ("Accepted".into(), "True".into(), "Accepted".into())

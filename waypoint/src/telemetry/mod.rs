@@ -654,6 +654,14 @@ const MAX_PATH_TAG: u32 = 8192;
 /// How long a post of spans may take, unless the provider says.
 const POST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A provider's `timeout` (checked when the mesh config was read), or
+/// [`POST_TIMEOUT`].
+fn post_timeout(timeout: Option<&str>) -> std::time::Duration {
+    timeout
+        .and_then(|t| warren_model::validate::duration("timeout", t).ok())
+        .unwrap_or(POST_TIMEOUT)
+}
+
 /// Istio's sampling when no Telemetry says (its `PILOT_TRACE_SAMPLING`
 /// default).
 pub const DEFAULT_SAMPLING: f64 = 1.0;
@@ -721,19 +729,12 @@ fn merge_tracing(
                         Some(p) => format!("/{p}"),
                         None => otlp::HTTP_PATH.to_owned(),
                     },
-                    http.timeout
-                        .as_deref()
-                        .and_then(|t| warren_model::validate::duration("timeout", t).ok())
-                        .unwrap_or(POST_TIMEOUT),
+                    post_timeout(http.timeout.as_deref()),
                 ),
                 None => (
                     TraceProtocol::OtlpGrpc,
                     otlp::EXPORT_PATH.to_owned(),
-                    otel.grpc
-                        .as_ref()
-                        .and_then(|g| g.timeout.as_deref())
-                        .and_then(|t| warren_model::validate::duration("timeout", t).ok())
-                        .unwrap_or(POST_TIMEOUT),
+                    post_timeout(otel.grpc.as_ref().and_then(|g| g.timeout.as_deref())),
                 ),
             };
             (

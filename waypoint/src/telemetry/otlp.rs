@@ -2,8 +2,6 @@
 //! one export request per batch, the waypoint as its resource
 //! (`service.name`).
 
-use std::time::SystemTime;
-
 use prost::Message as _;
 use warren_api::otlp::{
     collector::ExportTraceServiceRequest,
@@ -12,7 +10,7 @@ use warren_api::otlp::{
     trace::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode},
 };
 
-use super::span::Record;
+use super::span::{Record, since_epoch, units};
 
 /// The gRPC method a collector answers.
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -29,11 +27,6 @@ fn text(key: &str, value: &str) -> KeyValue {
     }
 }
 
-fn nanos(at: SystemTime) -> u64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 /// Hex digits as bytes; OTLP's trace ids are 16 bytes, so a 64-bit one is
 /// padded on the left, as W3C pads it.
 fn trace_bytes(hex: &str) -> Vec<u8> {
@@ -44,7 +37,7 @@ fn trace_bytes(hex: &str) -> Vec<u8> {
 }
 
 fn span(r: &Record) -> Span {
-    let start = nanos(r.start);
+    let start = units(since_epoch(r.start).as_nanos());
     let mut attributes: Vec<KeyValue> = r.tags.iter().map(|(k, v)| text(k, v)).collect();
     attributes.push(text("net.peer.ip", &r.source.to_string()));
     Span {
@@ -59,8 +52,7 @@ fn span(r: &Record) -> Span {
         name: r.name.clone(),
         kind: SpanKind::Server.into(),
         start_time_unix_nano: start,
-        end_time_unix_nano: start
-            .saturating_add(u64::try_from(r.duration.as_nanos()).unwrap_or(u64::MAX)),
+        end_time_unix_nano: start.saturating_add(units(r.duration.as_nanos())),
         attributes,
         status: r.error.then(|| Status {
             code: StatusCode::Error.into(),

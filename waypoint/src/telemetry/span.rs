@@ -40,8 +40,14 @@ pub fn cut(value: &str, max: usize) -> String {
     value[..end].to_owned()
 }
 
-/// Microseconds since the epoch.
-pub fn micros(at: SystemTime) -> u64 {
+/// Time since the epoch (zero for a clock set before it).
+pub fn since_epoch(at: SystemTime) -> Duration {
     at.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+/// A count of time units (`as_micros`, `as_nanos`) as the `u64` the wire
+/// formats carry, saturating.
+pub fn units(n: u128) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }

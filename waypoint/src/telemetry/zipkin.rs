@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value, json};
 
-use super::span::{Record, micros};
+use super::span::{Record, since_epoch, units};
 
 /// The span as one element of a Zipkin v2 JSON array.
 pub fn encode(r: &Record) -> Value {
@@ -23,9 +23,9 @@ pub fn encode(r: &Record) -> Value {
         "id": format!("{:016x}", r.id),
         "name": r.name,
         "kind": "SERVER",
-        "timestamp": micros(r.start),
+        "timestamp": units(since_epoch(r.start).as_micros()),
         // Zipkin reads 0 as "not known": a request takes a microsecond at least.
-        "duration": u64::try_from(r.duration.as_micros()).unwrap_or(u64::MAX).max(1),
+        "duration": units(r.duration.as_micros()).max(1),
         "localEndpoint": { "serviceName": r.local_service },
         "remoteEndpoint": remote,
         "tags": tags,

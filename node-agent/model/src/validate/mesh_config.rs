@@ -159,13 +159,7 @@ fn common(
 ) {
     service_and_port(r, path, service, number);
     if let Some(timeout) = timeout {
-        match duration(&format!("{path}.timeout"), timeout) {
-            Ok(limit) if limit.is_zero() => {
-                r.error(format!("{path}.timeout"), "must be longer than 0")
-            }
-            Ok(_) => {}
-            Err(error) => r.push(error),
-        }
+        positive(r, &format!("{path}.timeout"), timeout);
     }
     if let Some(status) = status_on_error
         && status_code(status).is_none()
