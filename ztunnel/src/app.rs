@@ -127,6 +127,38 @@ fn bind_shared_udp(addr: SocketAddr, v6_only: bool, what: &str) -> anyhow::Resul
     UdpSocket::from_std(socket.into()).with_context(context)
 }
 
+/// How often [`bind_dns`] picks another port when the one the kernel gave for UDP
+/// is taken for TCP.
+const DNS_PORT_PICKS: usize = 16;
+
+/// The DNS proxy's UDP socket and its TCP listener on the same port. With port 0 the
+/// kernel picks the UDP port, and that port may already be someone's TCP port: pick
+/// again rather than fail.
+fn bind_dns(addr: SocketAddr, v6_only: bool) -> anyhow::Result<(UdpSocket, TcpListener)> {
+    let mut picks = 0;
+    loop {
+        let udp = bind_shared_udp(addr, v6_only, "DNS proxy")?;
+        let bound = udp
+            .local_addr()
+            .context("reading the DNS proxy's address")?;
+        match bind_shared(bound, v6_only, "DNS proxy (TCP)") {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(error) if addr.port() == 0 && picks < DNS_PORT_PICKS && in_use(&error) => {
+                picks += 1;
+                tracing::debug!(%bound, "DNS proxy port taken for TCP; picking another");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+fn in_use(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+}
+
 fn bind_all_shared(addrs: &[SocketAddr], what: &str) -> anyhow::Result<Vec<TcpListener>> {
     addrs
         .iter()
@@ -143,27 +175,11 @@ fn local_addrs(listeners: &[TcpListener]) -> anyhow::Result<Vec<SocketAddr>> {
 
 impl ProxyListeners {
     fn bind(config: &Config) -> anyhow::Result<Self> {
-        let dns_proxy = config
+        let (dns_proxy, dns_proxy_tcp) = config
             .dns_proxy_addrs
             .iter()
-            .map(|addr| {
-                let v6_only = v6_only(*addr, &config.dns_proxy_addrs);
-                bind_shared_udp(*addr, v6_only, "DNS proxy")
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        // The same port over TCP, also where the UDP one was picked (port 0).
-        let dns_proxy_tcp = config
-            .dns_proxy_addrs
-            .iter()
-            .zip(&dns_proxy)
-            .map(|(configured, socket)| {
-                let addr = socket
-                    .local_addr()
-                    .context("reading the DNS proxy's address")?;
-                let v6_only = v6_only(*configured, &config.dns_proxy_addrs);
-                bind_shared(addr, v6_only, "DNS proxy (TCP)")
-            })
-            .collect::<anyhow::Result<_>>()?;
+            .map(|addr| bind_dns(*addr, v6_only(*addr, &config.dns_proxy_addrs)))
+            .collect::<anyhow::Result<(Vec<_>, Vec<_>)>>()?;
         Ok(Self {
             outbound: bind_all_shared(&config.outbound_addrs, "outbound")?,
             dns_proxy,

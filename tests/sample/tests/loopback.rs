@@ -34,14 +34,14 @@ impl Server {
     /// Starts `warren-sample <subcommand> --listen 127.0.0.1:<free port> <args>` and
     /// waits until it accepts connections (for `http`, until `/healthz` answers).
     fn start(subcommand: &str, args: &[&str]) -> Server {
-        Self::spawn(subcommand, args, Stdio::null())
+        Self::spawn(subcommand, args, false)
     }
 
     /// Like [`Server::start`], for a server that reports on stdout while it runs
     /// (`transparent`): its lines arrive on the receiver as it prints them. Readiness
     /// probes count as connections too, so a test picks its own lines out by content.
     fn start_reporting(subcommand: &str, args: &[&str]) -> (Server, mpsc::Receiver<String>) {
-        let mut server = Self::spawn(subcommand, args, Stdio::piped());
+        let mut server = Self::spawn(subcommand, args, true);
         let stdout = server.child.stdout.take().expect("stdout is piped");
         let (lines, receiver) = mpsc::channel();
         // Ends when the server exits and its stdout closes.
@@ -56,30 +56,43 @@ impl Server {
         (server, receiver)
     }
 
-    fn spawn(subcommand: &str, args: &[&str], stdout: Stdio) -> Server {
-        let port = free_port();
-        let child = sample()
-            .arg(subcommand)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .stdout(stdout)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting warren-sample");
-        let mut server = Server { child, port };
-        server.wait_until_ready(subcommand == "http");
-        server
+    /// Starts the server on a port that was free a moment ago. If it exits before it
+    /// is ready (another process may have taken the port in between), it starts again
+    /// on another port, a few times at most.
+    fn spawn(subcommand: &str, args: &[&str], piped: bool) -> Server {
+        const STARTS: usize = 3;
+        for start in 1..=STARTS {
+            let port = free_port();
+            let child = sample()
+                .arg(subcommand)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(args)
+                .stdout(if piped { Stdio::piped() } else { Stdio::null() })
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("starting warren-sample");
+            let mut server = Server { child, port };
+            match server.wait_until_ready(subcommand == "http") {
+                Ok(()) => return server,
+                Err(status) if start < STARTS => {
+                    eprintln!("the server on port {port} exited early ({status}); starting again");
+                }
+                Err(status) => panic!("the server on port {port} exited early: {status}"),
+            }
+        }
+        unreachable!("the last start returns or panics")
     }
 
     fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn wait_until_ready(&mut self, http: bool) {
+    /// Waits until the server answers; the exit status if it exited first.
+    fn wait_until_ready(&mut self, http: bool) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().expect("checking the server") {
-                panic!("the server on port {} exited early: {status}", self.port);
+                return Err(status);
             }
             let ready = if http {
                 matches!(get(self.port, "/healthz", &[]), Ok((200, body)) if body == "ok")
@@ -87,7 +100,7 @@ impl Server {
                 TcpStream::connect(("127.0.0.1", self.port)).is_ok()
             };
             if ready {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
