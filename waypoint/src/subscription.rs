@@ -96,9 +96,8 @@ impl Handler for Subscription {
                         .map(|t| self.tables.upsert_telemetry(resource.key.clone(), t))
                 }
                 Some(Kind::TelemetryDefaults(defaults)) => {
-                    self.tables
-                        .set_telemetry_defaults(Tables::parse_telemetry_defaults(defaults));
-                    Ok(())
+                    Tables::parse_telemetry_defaults(defaults)
+                        .map(|d| self.tables.set_telemetry_defaults(d))
                 }
                 _ => Ok(()),
             };

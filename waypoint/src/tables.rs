@@ -181,12 +181,15 @@ impl Tables {
         Ok(input)
     }
 
-    pub fn parse_telemetry_defaults(defaults: &TelemetryDefaults) -> Defaults {
-        Defaults {
-            metrics: defaults.metrics.clone(),
-            access_logging: defaults.access_logging.clone(),
-            tracing: defaults.tracing.clone(),
-        }
+    pub fn parse_telemetry_defaults(defaults: &TelemetryDefaults) -> Result<Defaults, String> {
+        Defaults::new(
+            defaults.metrics.clone(),
+            defaults.access_logging.clone(),
+            defaults.tracing.clone(),
+            defaults.access_log_file.clone(),
+            &defaults.access_log_format,
+            &defaults.access_log_encoding,
+        )
     }
 
     pub fn keys(&self) -> Vec<String> {

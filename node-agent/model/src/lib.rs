@@ -14,6 +14,8 @@
 //!   VirtualService `tcp` and `tls` rules.
 //! - [`reference_grant`]: the Gateway API's ReferenceGrant, which lets
 //!   routes send to another namespace's Services.
+//! - [`log_format`]: Envoy's access-line formats (`logFormat`,
+//!   `accessLogFormat`), read and checked.
 //! - [`validate`]: per-kind checks, each error naming field path and reason.
 //! - [`error`]: the errors an operator sees.
 pub mod cluster;
@@ -25,6 +27,7 @@ pub mod intern;
 pub mod istio;
 pub mod l4_route;
 pub mod labels;
+pub mod log_format;
 pub mod object;
 pub mod reference_grant;
 pub mod validate;

@@ -625,14 +625,23 @@ impl View {
             .map(|mesh| mesh.extension_providers.as_slice())
             .unwrap_or_default();
         let defaults = mesh
-            .and_then(|mesh| mesh.default_providers.as_ref())
-            .map(|d| {
+            .filter(|mesh| {
+                mesh.default_providers.is_some()
+                    || mesh.access_log_file.is_some()
+                    || !mesh.access_log_format.is_empty()
+                    || !mesh.access_log_encoding.is_empty()
+            })
+            .map(|mesh| {
+                let d = mesh.default_providers.clone().unwrap_or_default();
                 (
                     key::TELEMETRY_DEFAULTS.to_owned(),
                     ResourceKind::TelemetryDefaults(TelemetryDefaults {
-                        metrics: d.metrics.clone(),
-                        access_logging: d.access_logging.clone(),
-                        tracing: d.tracing.clone(),
+                        metrics: d.metrics,
+                        access_logging: d.access_logging,
+                        tracing: d.tracing,
+                        access_log_file: mesh.access_log_file.clone(),
+                        access_log_format: mesh.access_log_format.clone(),
+                        access_log_encoding: mesh.access_log_encoding.clone(),
                     }),
                 )
             });

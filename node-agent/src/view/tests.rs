@@ -2126,7 +2126,6 @@ kind: ConfigMap
 metadata: {name: istio, namespace: istio-system}
 data:
   mesh: |
-    accessLogFile: /dev/stdout
     extensionProviders:
     - name: opa
       envoyExtAuthzGrpc: {service: opa.auth.svc.cluster.local, port: 9191}
@@ -2367,7 +2366,7 @@ fn the_mesh_configs_telemetry_providers_and_defaults_go_to_waypoints() {
     let mesh = MESH_CONFIG.replace(
         "    - name: tracing\n",
         "    - name: json-stdout\n      envoyFileAccessLog: {path: /dev/stdout, logFormat: {labels: {code: \"%RESPONSE_CODE%\"}}}\n    - name: prom\n      prometheus: {}\n    - name: tracing\n",
-    ) + "    defaultProviders: {accessLogging: [json-stdout]}\n";
+    ) + "    defaultProviders: {accessLogging: [json-stdout]}\n    accessLogFile: /dev/stdout\n    accessLogEncoding: JSON\n";
     let (mut store, mut view) = built(&mesh);
     assert_eq!(
         providers(&view),
@@ -2385,6 +2384,8 @@ fn the_mesh_configs_telemetry_providers_and_defaults_go_to_waypoints() {
     };
     assert_eq!(defaults.access_logging, ["json-stdout"]);
     assert!(defaults.metrics.is_empty());
+    assert_eq!(defaults.access_log_file.as_deref(), Some("/dev/stdout"));
+    assert_eq!(defaults.access_log_encoding, "JSON");
     assert!(warren_api::key::is_l7(key::TELEMETRY_DEFAULTS));
 
     // Dropped from the mesh config: withdrawn.

@@ -35,7 +35,6 @@ kind: ConfigMap
 metadata: {{ name: istio, namespace: istio-system }}
 data:
   mesh: |-
-    accessLogFile: /dev/stdout
     extensionProviders:
     - name: sample-http
       envoyExtAuthzHttp:

@@ -219,6 +219,7 @@ pub async fn handle(
         request_body: None,
         telemetry,
         response_headers: None,
+        response_trailers: None,
     });
     let mut done = match refusal {
         Some((response, _, flags)) => Done::local(response, flags, String::new()),

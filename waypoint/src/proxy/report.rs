@@ -8,7 +8,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context as TaskContext, Poll},
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use bytes::Bytes;
@@ -26,7 +26,7 @@ use crate::{
     app::{Body, Context},
     metrics::{Observed, RequestLabels, Varying},
     telemetry::{
-        Attributes, Facts, Resolved, TracingPlan,
+        Attributes, Facts, Resolved, TracingPlan, access_line,
         attributes::RequestFacts,
         span::{self, Record},
     },
@@ -74,9 +74,12 @@ pub(super) struct Finished {
     pub(super) request_body: Option<ReadCount>,
     /// The Telemetry in force for the request's Service.
     pub(super) telemetry: Arc<Resolved>,
-    /// The answer's headers, kept only when a Telemetry expression reads
-    /// `response.*`.
+    /// The answer's headers, kept only when a Telemetry expression or an
+    /// access-line format reads them.
     pub(super) response_headers: Option<HeaderMap>,
+    /// The answer's trailers, kept only when an access-line format reads
+    /// them.
+    pub(super) response_trailers: Option<HeaderMap>,
 }
 
 /// How the answer's body ended.
@@ -105,8 +108,9 @@ impl Finished {
             .request_body
             .as_ref()
             .map_or(request.request_bytes, ReadCount::get);
+        let elapsed = request.start.elapsed();
         let observed = Observed {
-            duration_ms: request.start.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
             request_bytes,
             response_bytes,
         };
@@ -128,6 +132,18 @@ impl Finished {
             destination: Some(SocketAddr::new(down.vip, down.port)),
             upstream: self.upstream,
             server_name: None,
+            start: SystemTime::now().checked_sub(elapsed),
+            duration: Some(elapsed),
+            route: Some(&self.route),
+            details: self.details.as_deref(),
+            attempts: Some(self.attempts),
+            service: Some(&down.service.hostname),
+            upstream_principal: self
+                .destination
+                .as_ref()
+                .and_then(|w| w.identity.as_ref())
+                .map(|id| format!("spiffe://{}", id.principal())),
+            response_trailers: self.response_trailers.as_ref(),
         });
         let attributes = facts.as_ref().map(Attributes::of);
         if plan.is_plain() {
@@ -155,31 +171,37 @@ impl Finished {
         {
             self.send_span(plan, span, flags, request_bytes, response_bytes);
         }
-        if !tracing::enabled!(target: "access", tracing::Level::INFO)
-            || !telemetry.access_log.admits(attributes.as_ref())
-        {
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return;
         }
-        info!(
-            target: "access",
-            request_id = %request.request_id.to_str().unwrap_or_default(),
-            src = %down.source_ip,
-            src_identity = %down.peer.identity,
-            service = %down.service.hostname,
-            method = %request.method,
-            path = request.path,
-            route = %self.route,
-            status = self.response_code,
-            grpc_status = self.grpc_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-            flags,
-            details = self.details.as_deref().unwrap_or("-"),
-            upstream = ?self.upstream,
-            attempts = self.attempts,
-            request_bytes,
-            response_bytes,
-            duration_ms = observed.duration_ms,
-            "request"
-        );
+        for format in telemetry.access_log.lines(attributes.as_ref()) {
+            match (format, &facts, &attributes) {
+                (Some(format), Some(facts), Some(attributes)) => {
+                    access_line::write(&format.line(facts, attributes));
+                }
+                (Some(_), _, _) => {}
+                (None, _, _) => info!(
+                    target: "access",
+                    request_id = %request.request_id.to_str().unwrap_or_default(),
+                    src = %down.source_ip,
+                    src_identity = %down.peer.identity,
+                    service = %down.service.hostname,
+                    method = %request.method,
+                    path = request.path,
+                    route = %self.route,
+                    status = self.response_code,
+                    grpc_status = self.grpc_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                    flags,
+                    details = self.details.as_deref().unwrap_or("-"),
+                    upstream = ?self.upstream,
+                    attempts = self.attempts,
+                    request_bytes,
+                    response_bytes,
+                    duration_ms = observed.duration_ms,
+                    "request"
+                ),
+            }
+        }
     }
 
     /// Queues the waypoint's span of this request for its collector.
@@ -328,11 +350,15 @@ impl hyper::body::Body for Measured {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
-                } else if let Some(trailers) = frame.trailers_ref()
-                    && let (Some(status), Some(finished)) =
-                        (trailers.get(GRPC_STATUS), this.finished.as_mut())
+                } else if let (Some(trailers), Some(finished)) =
+                    (frame.trailers_ref(), this.finished.as_mut())
                 {
-                    finished.grpc_status = Some(status.clone());
+                    if let Some(status) = trailers.get(GRPC_STATUS) {
+                        finished.grpc_status = Some(status.clone());
+                    }
+                    if finished.telemetry.reads_response_trailers {
+                        finished.response_trailers = Some(trailers.clone());
+                    }
                 }
                 if this.inner.is_end_stream() {
                     this.finish(Ending::Complete);

@@ -17,7 +17,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::Poll,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use http::{HeaderMap, Uri};
@@ -39,7 +39,7 @@ use crate::{
         RouteDestination, Scope,
         tcp::{ConnectionInfo, TcpRouted},
     },
-    telemetry::{Attributes, Facts, Resolved},
+    telemetry::{Attributes, Facts, Resolved, access_line},
     upstream::{HashInput, Outcome, Permit, PoolLimits},
 };
 
@@ -457,6 +457,8 @@ impl Line<'_> {
     ) {
         let down = self.down;
         let access_log = &self.telemetry.access_log;
+        let elapsed = self.start.elapsed();
+        let details = result.err().map(ToString::to_string);
         let facts = access_log.reads_attributes().then(|| Facts {
             source: Some(down.source_ip),
             principal: Some(format!("spiffe://{}", down.peer.identity.principal())),
@@ -464,30 +466,45 @@ impl Line<'_> {
             upstream,
             server_name,
             flags: result.err().map_or("-", Ended::flag),
+            // What the client sent, and what it was sent back.
+            request_bytes: sent,
+            response_bytes: received,
+            start: SystemTime::now().checked_sub(elapsed),
+            duration: Some(elapsed),
+            route: Some(route),
+            details: details.as_deref(),
+            service: Some(&down.service.hostname),
             ..Facts::default()
         });
-        if !tracing::enabled!(target: "access", tracing::Level::INFO)
-            || !access_log.admits(facts.as_ref().map(Attributes::of).as_ref())
-        {
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return;
         }
-        info!(
-            target: "access",
-            src = %down.source_ip,
-            src_identity = %down.peer.identity,
-            service = %down.service.hostname,
-            port = down.port,
-            protocol = "tcp",
-            server_name = server_name.unwrap_or("-"),
-            route,
-            flags = result.err().map_or("-", Ended::flag),
-            details = %result.err().map_or_else(|| "-".to_owned(), ToString::to_string),
-            upstream = ?upstream,
-            sent,
-            received,
-            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
-            "connection"
-        );
+        let attributes = facts.as_ref().map(Attributes::of);
+        for format in access_log.lines(attributes.as_ref()) {
+            match (format, &facts, &attributes) {
+                (Some(format), Some(facts), Some(attributes)) => {
+                    access_line::write(&format.line(facts, attributes));
+                }
+                (Some(_), _, _) => {}
+                (None, _, _) => info!(
+                    target: "access",
+                    src = %down.source_ip,
+                    src_identity = %down.peer.identity,
+                    service = %down.service.hostname,
+                    port = down.port,
+                    protocol = "tcp",
+                    server_name = server_name.unwrap_or("-"),
+                    route,
+                    flags = result.err().map_or("-", Ended::flag),
+                    details = details.as_deref().unwrap_or("-"),
+                    upstream = ?upstream,
+                    sent,
+                    received,
+                    duration_ms = elapsed.as_secs_f64() * 1000.0,
+                    "connection"
+                ),
+            }
+        }
     }
 }
 

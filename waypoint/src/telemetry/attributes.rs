@@ -14,6 +14,7 @@ use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{Arc, LazyLock},
+    time::{Duration, SystemTime},
 };
 
 use cel::{Context, Env, Program, Value, objects::Key};
@@ -86,6 +87,19 @@ impl Expr {
         matches!(self.evaluate(attributes), Some(Value::Bool(true)))
     }
 
+    /// As an access line's value: its text; `None` when it fails or is
+    /// null.
+    pub fn text_value(&self, attributes: &Attributes<'_, '_>) -> Option<String> {
+        match self.evaluate(attributes)? {
+            Value::String(s) => Some(s.to_string()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::UInt(u) => Some(u.to_string()),
+            Value::Float(f) => Some(f.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+
     /// As a label's value: its text; `unknown` when it fails.
     pub fn label(&self, attributes: &Attributes<'_, '_>) -> String {
         match self.evaluate(attributes) {
@@ -138,6 +152,22 @@ pub struct Facts<'a> {
     pub upstream: Option<SocketAddr>,
     /// A TLS hello's server name (TCP connections).
     pub server_name: Option<&'a str>,
+    // What access-line formats read besides.
+    /// When it began.
+    pub start: Option<SystemTime>,
+    /// From its start to the end of its answer (or of the connection).
+    pub duration: Option<Duration>,
+    /// The route that took it.
+    pub route: Option<&'a str>,
+    /// Why it was refused or failed, in words.
+    pub details: Option<&'a str>,
+    /// Tries upstream.
+    pub attempts: Option<u32>,
+    /// The Service it was addressed to (its hostname).
+    pub service: Option<&'a str>,
+    /// The answering workload's SPIFFE URI.
+    pub upstream_principal: Option<String>,
+    pub response_trailers: Option<&'a HeaderMap>,
 }
 
 /// [`Facts`] as expressions read them: each top-level attribute built the

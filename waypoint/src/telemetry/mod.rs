@@ -14,7 +14,10 @@
 //! - access lines go to stdout, so a provider counts as this log when it is
 //!   the built-in `envoy` or an `envoyFileAccessLog` writing to
 //!   `/dev/stdout`; others (OpenTelemetry, gRPC ALS, other files) are not
-//!   sent to;
+//!   sent to. A provider's `logFormat` (for `envoy`, the mesh config's
+//!   `accessLogFormat` and `accessLogEncoding`) gives the line's format
+//!   ([`access_line`]); a provider without one writes Istio's text line,
+//!   and `envoy` without a mesh format the waypoint's own line;
 //! - metrics are the Prometheus ones (`prometheus`, built in, or a provider
 //!   of that kind): the four `istio_request*` families;
 //! - spans go to a `zipkin` provider (Zipkin's JSON, v2) or an
@@ -22,10 +25,12 @@
 //!   traces for requests that come without one, samples them, and reports
 //!   its own span of each sampled request ([`TracingPlan`]).
 //!
-//! Without any Telemetry or default provider for access logging, the
-//! waypoint writes its access lines as it always has (see
-//! [`AccessLog::Default`]).
+//! Without any Telemetry or default provider for access logging, the mesh
+//! config's `accessLogFile` decides: unset, the waypoint writes its own
+//! line per request ([`AccessLog::Default`]); empty, none; `/dev/stdout`,
+//! a line in the mesh's format.
 
+pub mod access_line;
 pub mod attributes;
 pub mod otlp;
 pub mod span;
@@ -38,15 +43,19 @@ use std::{
     sync::Arc,
 };
 
-use warren_model::istio::{
-    mesh::{ENVOY, ExtensionProvider, PROMETHEUS, split_service},
-    telemetry::{
-        AccessLogging, CustomTag, IstioMetric, MetricSelector, Metrics, ProviderRef, TagOperation,
-        TelemetrySpec,
+use warren_model::{
+    istio::{
+        mesh::{ENVOY, ExtensionProvider, PROMETHEUS, STDOUT, split_service},
+        telemetry::{
+            AccessLogging, CustomTag, IstioMetric, MetricSelector, Metrics, ProviderRef,
+            TagOperation, TelemetrySpec,
+        },
     },
+    log_format::LogFormat,
 };
 
 use crate::attachment::applies;
+pub use access_line::AccessFormat;
 pub use attributes::{Attributes, Expr, Facts};
 
 /// A Telemetry as the agent sent it, its expressions compiled.
@@ -117,15 +126,68 @@ impl TelemetryInput {
     }
 }
 
-/// The mesh config's `defaultProviders`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The mesh config's `defaultProviders`, and its own access log.
+#[derive(Clone, Debug, Default)]
 pub struct Defaults {
     pub metrics: Vec<String>,
     pub access_logging: Vec<String>,
     pub tracing: Vec<String>,
+    /// `accessLogFile`: where lines go when nothing else says; unset, the
+    /// waypoint's own line.
+    pub access_log_file: Option<String>,
+    /// The format of the mesh's log and of the built-in `envoy` provider,
+    /// when the mesh config gives one (or a file, whose lines are then
+    /// Istio's); else the waypoint's own line.
+    pub access_log_format: Option<Arc<AccessFormat>>,
 }
 
 impl Defaults {
+    /// The mesh config's telemetry settings; the error names a format that
+    /// cannot be written.
+    pub fn new(
+        metrics: Vec<String>,
+        access_logging: Vec<String>,
+        tracing: Vec<String>,
+        access_log_file: Option<String>,
+        access_log_format: &str,
+        access_log_encoding: &str,
+    ) -> Result<Defaults, String> {
+        let says = access_log_file.as_deref().is_some_and(|f| !f.is_empty())
+            || !access_log_format.is_empty()
+            || !access_log_encoding.is_empty();
+        let access_log_format = if says {
+            let format = LogFormat::of_mesh(access_log_format, access_log_encoding)
+                .and_then(AccessFormat::compile)
+                .map_err(|e| format!("the mesh config's access log format: {e}"))?;
+            Some(Arc::new(format))
+        } else {
+            None
+        };
+        Ok(Defaults {
+            metrics,
+            access_logging,
+            tracing,
+            access_log_file,
+            access_log_format,
+        })
+    }
+
+    /// The log when no Telemetry or default provider speaks.
+    fn access_log(&self, notes: &mut BTreeSet<String>) -> AccessLog {
+        match self.access_log_file.as_deref() {
+            None => AccessLog::Default,
+            Some("") => AccessLog::Filtered(Vec::new()),
+            Some(STDOUT) => AccessLog::Filtered(vec![Sink {
+                filter: None,
+                format: self.access_log_format.clone(),
+            }]),
+            Some(other) => {
+                notes.insert(format!("the mesh config's accessLogFile {other:?} is not /dev/stdout: the waypoint writes its access lines to stdout only; none written"));
+                AccessLog::Filtered(Vec::new())
+            }
+        }
+    }
+
     fn metrics(&self) -> Vec<String> {
         if self.metrics.is_empty() {
             vec![PROMETHEUS.to_owned()]
@@ -171,42 +233,83 @@ fn provider_kind(name: &str, providers: &BTreeMap<String, Arc<ExtensionProvider>
 /// Whether (and which of) the waypoint's access lines are written.
 #[derive(Clone, Debug, Default)]
 pub enum AccessLog {
-    /// No Telemetry or default provider says: a line per request and
-    /// connection, as the log filter (`access` target) allows.
+    /// Nothing says: the waypoint's own line per request and connection,
+    /// as the log filter (`access` target) allows.
     #[default]
     Default,
-    /// Lines for what any of these filters holds true for; `None` passes
-    /// all. Empty: none at all.
-    Filtered(Vec<Option<Expr>>),
+    /// A line for each provider whose filter holds. Empty: none at all.
+    Filtered(Vec<Sink>),
+}
+
+/// One provider's lines.
+#[derive(Clone, Debug)]
+pub struct Sink {
+    /// Which requests it writes a line for; `None`: all.
+    pub filter: Option<Expr>,
+    /// `None`: the waypoint's own line.
+    pub format: Option<Arc<AccessFormat>>,
+}
+
+impl Sink {
+    /// Whether it writes a line for this request; `attributes` are there
+    /// when [`AccessLog::reads_attributes`].
+    pub fn admits(&self, attributes: Option<&Attributes<'_, '_>>) -> bool {
+        match &self.filter {
+            None => true,
+            Some(expr) => attributes.is_some_and(|a| expr.holds(a)),
+        }
+    }
 }
 
 impl AccessLog {
     /// Whether nothing is logged.
     pub fn is_off(&self) -> bool {
-        matches!(self, AccessLog::Filtered(filters) if filters.is_empty())
+        matches!(self, AccessLog::Filtered(sinks) if sinks.is_empty())
     }
 
-    /// Whether deciding a line needs the request's attributes (a filter
-    /// that may pass or not).
+    /// Whether a line needs the request's attributes: a filter that may
+    /// pass or not, or a format that writes them.
     pub fn reads_attributes(&self) -> bool {
         match self {
             AccessLog::Default => false,
-            AccessLog::Filtered(filters) => {
-                !filters.is_empty() && filters.iter().all(Option::is_some)
-            }
+            AccessLog::Filtered(sinks) => sinks
+                .iter()
+                .any(|s| s.filter.is_some() || s.format.is_some()),
         }
     }
 
-    /// Whether a request or connection makes a line; `attributes` are read
-    /// when [`AccessLog::reads_attributes`].
-    pub fn admits(&self, attributes: Option<&Attributes<'_, '_>>) -> bool {
-        let AccessLog::Filtered(filters) = self else {
-            return true;
+    /// The lines to write for a request or connection: one per provider
+    /// whose filter holds, the waypoint's own (`None`) at most once;
+    /// `attributes` are there when [`AccessLog::reads_attributes`].
+    pub fn lines<'s>(
+        &'s self,
+        attributes: Option<&Attributes<'_, '_>>,
+    ) -> Vec<Option<&'s Arc<AccessFormat>>> {
+        let sinks = match self {
+            AccessLog::Default => return vec![None],
+            AccessLog::Filtered(sinks) => sinks,
         };
-        if filters.iter().any(Option::is_none) {
-            return true;
+        let mut lines: Vec<Option<&Arc<AccessFormat>>> = Vec::new();
+        for sink in sinks.iter().filter(|s| s.admits(attributes)) {
+            let format = sink.format.as_ref();
+            if format.is_some() || !lines.iter().any(Option::is_none) {
+                lines.push(format);
+            }
         }
-        attributes.is_some_and(|a| filters.iter().flatten().any(|expr| expr.holds(a)))
+        lines
+    }
+
+    /// What lines need kept of each request.
+    fn reads(&self) -> access_line::Reads {
+        let mut reads = access_line::Reads::default();
+        if let AccessLog::Filtered(sinks) = self {
+            for format in sinks.iter().filter_map(|s| s.format.as_ref()) {
+                reads.request_headers |= format.reads.request_headers;
+                reads.response_headers |= format.reads.response_headers;
+                reads.response_trailers |= format.reads.response_trailers;
+            }
+        }
+        reads
     }
 }
 
@@ -313,6 +416,8 @@ pub struct Resolved {
     pub reads_request_headers: bool,
     /// Some expression reads `response.headers`: answers keep theirs.
     pub reads_response_headers: bool,
+    /// An access-line format reads trailers: answers keep theirs.
+    pub reads_response_trailers: bool,
 }
 
 impl Resolved {
@@ -321,19 +426,24 @@ impl Resolved {
     pub fn describe(&self) -> Option<String> {
         let logs = match &self.access_log {
             AccessLog::Default => None,
-            AccessLog::Filtered(filters) if filters.is_empty() => Some("no access line".to_owned()),
-            AccessLog::Filtered(filters) if filters.iter().any(Option::is_none) => {
-                Some("an access line for every request".to_owned())
-            }
-            AccessLog::Filtered(filters) => Some(format!(
-                "an access line when {}",
-                filters
+            AccessLog::Filtered(sinks) if sinks.is_empty() => Some("no access line".to_owned()),
+            AccessLog::Filtered(sinks) => Some(
+                sinks
                     .iter()
-                    .flatten()
-                    .map(|e| format!("`{}`", e.text()))
+                    .map(|sink| {
+                        let format = match &sink.format {
+                            None => "the waypoint's own",
+                            Some(f) if f.is_json() => "a JSON",
+                            Some(_) => "a text",
+                        };
+                        match &sink.filter {
+                            None => format!("{format} access line for every request"),
+                            Some(e) => format!("{format} access line when `{}`", e.text()),
+                        }
+                    })
                     .collect::<Vec<_>>()
-                    .join(" or ")
-            )),
+                    .join(", "),
+            ),
         };
         let metrics = if self.metrics.off {
             Some("no request metrics".to_owned())
@@ -438,7 +548,14 @@ impl Telemetries {
                 .collect()
         };
         let mut notes = BTreeSet::new();
-        let base = Arc::new(resolve(&layers(None), providers, defaults, &mut notes));
+        let formats = formats(providers, defaults, &mut notes);
+        let base = Arc::new(resolve(
+            &layers(None),
+            providers,
+            &formats,
+            defaults,
+            &mut notes,
+        ));
         let mut by_service: HashMap<String, HashMap<String, Arc<Resolved>>> = HashMap::new();
         let named: BTreeSet<(&str, &str)> = attached
             .iter()
@@ -449,7 +566,13 @@ impl Telemetries {
             })
             .collect();
         for (ns, name) in named {
-            let resolved = resolve(&layers(Some((ns, name))), providers, defaults, &mut notes);
+            let resolved = resolve(
+                &layers(Some((ns, name))),
+                providers,
+                &formats,
+                defaults,
+                &mut notes,
+            );
             by_service
                 .entry(ns.to_owned())
                 .or_default()
@@ -479,19 +602,21 @@ impl Telemetries {
 fn resolve(
     layers: &[&TelemetryInput],
     providers: &BTreeMap<String, Arc<ExtensionProvider>>,
+    formats: &Formats,
     defaults: &Defaults,
     notes: &mut BTreeSet<String>,
 ) -> Resolved {
-    let access_log = merge_logs(layers, providers, defaults, notes);
+    let access_log = merge_logs(layers, providers, formats, defaults, notes);
     let tracing = merge_tracing(layers, providers, defaults, notes).map(Arc::new);
     let metrics = merge_metrics(layers, providers, defaults);
-    let filters = match &access_log {
+    let sinks = match &access_log {
         AccessLog::Default => &[][..],
-        AccessLog::Filtered(filters) => &filters[..],
+        AccessLog::Filtered(sinks) => &sinks[..],
     };
-    let exprs: Vec<&Expr> = filters
+    let formats_read = access_log.reads();
+    let exprs: Vec<&Expr> = sinks
         .iter()
-        .flatten()
+        .filter_map(|s| s.filter.as_ref())
         .chain(metrics.each.iter().flat_map(|m| {
             m.tags.values().filter_map(|c| match c {
                 TagChange::Upsert(e) => Some(e),
@@ -499,14 +624,94 @@ fn resolve(
             })
         }))
         .collect();
+    // A format may write any of the request's own fields.
+    let formatted = sinks.iter().any(|s| s.format.is_some());
     Resolved {
-        reads_request: exprs.iter().any(|e| e.reads("request")),
-        reads_request_headers: exprs.iter().any(|e| e.reads_headers_of("request")),
-        reads_response_headers: exprs.iter().any(|e| e.reads_headers_of("response")),
+        reads_request: formatted || exprs.iter().any(|e| e.reads("request")),
+        reads_request_headers: formats_read.request_headers
+            || exprs.iter().any(|e| e.reads_headers_of("request")),
+        reads_response_headers: formats_read.response_headers
+            || exprs.iter().any(|e| e.reads_headers_of("response")),
+        reads_response_trailers: formats_read.response_trailers,
         sources: layers.iter().map(|t| t.id()).collect(),
         tracing,
         access_log,
         metrics,
+    }
+}
+
+/// Each file access-log provider's format, by its name; `None`: the
+/// waypoint's own line.
+type Formats = BTreeMap<String, Option<Arc<AccessFormat>>>;
+
+/// Compiles the providers' formats once per build: a provider without one
+/// writes Istio's text line. What cannot be written goes to `notes`.
+fn formats(
+    providers: &BTreeMap<String, Arc<ExtensionProvider>>,
+    defaults: &Defaults,
+    notes: &mut BTreeSet<String>,
+) -> Formats {
+    let mut istio_text: Option<Arc<AccessFormat>> = None;
+    let mut formats = Formats::new();
+    for provider in providers.values() {
+        let Some(log) = &provider.envoy_file_access_log else {
+            continue;
+        };
+        let name = &provider.name;
+        let compiled = match &log.log_format {
+            Some(spec) => LogFormat::of_provider(spec).and_then(AccessFormat::compile),
+            None => match &istio_text {
+                Some(format) => {
+                    formats.insert(name.clone(), Some(Arc::clone(format)));
+                    continue;
+                }
+                None => LogFormat::of_mesh("", "").and_then(AccessFormat::compile),
+            },
+        };
+        let format = match compiled {
+            Ok(format) => Arc::new(format),
+            Err(error) => {
+                notes.insert(format!("access-log provider {name:?}: {error}; the waypoint's own line is written instead"));
+                formats.insert(name.clone(), None);
+                continue;
+            }
+        };
+        say_not_reported(&format!("access-log provider {name:?}"), &format, notes);
+        if log.log_format.is_none() {
+            istio_text = Some(Arc::clone(&format));
+        }
+        formats.insert(name.clone(), Some(format));
+    }
+    if let Some(format) = &defaults.access_log_format {
+        say_not_reported("the mesh config's access log", format, notes);
+    }
+    formats
+}
+
+fn say_not_reported(whose: &str, format: &AccessFormat, notes: &mut BTreeSet<String>) {
+    let names = format.not_reported();
+    if !names.is_empty() {
+        notes.insert(format!(
+            "{whose} writes {} as '-': the waypoint has no value for them",
+            names.join(", ")
+        ));
+    }
+}
+
+/// The format `name`'s lines are written in.
+fn provider_format(
+    name: &str,
+    providers: &BTreeMap<String, Arc<ExtensionProvider>>,
+    formats: &Formats,
+    defaults: &Defaults,
+) -> Option<Arc<AccessFormat>> {
+    match providers
+        .values()
+        .find(|p| p.name.eq_ignore_ascii_case(name))
+    {
+        Some(p) => formats.get(&p.name).cloned().flatten(),
+        // The built-in `envoy`, as the mesh config's own log.
+        None => defaults.access_log_format.clone(),
     }
 }
 
@@ -526,6 +731,7 @@ fn for_server(logging: &AccessLogging) -> bool {
 fn merge_logs(
     layers: &[&TelemetryInput],
     providers: &BTreeMap<String, Arc<ExtensionProvider>>,
+    formats: &Formats,
     defaults: &Defaults,
     notes: &mut BTreeSet<String>,
 ) -> AccessLog {
@@ -535,7 +741,7 @@ fn merge_logs(
         .filter(|t| !t.spec.access_logging.is_empty())
         .collect();
     if layers.is_empty() && defaults.access_logging.is_empty() {
-        return AccessLog::Default;
+        return defaults.access_log(notes);
     }
     // provider → (disabled, filter)
     let mut merged: BTreeMap<String, (bool, Option<Expr>)> = BTreeMap::new();
@@ -599,19 +805,22 @@ fn merge_logs(
     // Nothing said for this side: as if no Telemetry spoke (Istio then
     // falls back to the mesh config's access log).
     if merged.is_empty() {
-        return AccessLog::Default;
+        return defaults.access_log(notes);
     }
-    let mut filters = Vec::new();
+    let mut sinks = Vec::new();
     for (name, (disabled, filter)) in merged {
         match provider_kind(&name, providers) {
-            ProviderKind::Stdout if !disabled => filters.push(filter),
+            ProviderKind::Stdout if !disabled => sinks.push(Sink {
+                filter,
+                format: provider_format(&name, providers, formats, defaults),
+            }),
             ProviderKind::OtherFile if !disabled => {
                 notes.insert(format!("access-log provider {name:?} writes to a file other than /dev/stdout: the waypoint writes its access lines to stdout only; not used"));
             }
             _ => {}
         }
     }
-    AccessLog::Filtered(filters)
+    AccessLog::Filtered(sinks)
 }
 
 /// Where a waypoint's spans go, and which requests it samples.

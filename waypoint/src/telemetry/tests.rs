@@ -72,7 +72,10 @@ fn facts(code: u16) -> Facts<'static> {
 
 fn logs(resolved: &Resolved, code: u16) -> bool {
     let facts = facts(code);
-    resolved.access_log.admits(Some(&Attributes::of(&facts)))
+    !resolved
+        .access_log
+        .lines(Some(&Attributes::of(&facts)))
+        .is_empty()
 }
 
 #[test]
@@ -265,6 +268,160 @@ fn providers_decide_where_lines_go() {
     assert!(
         logs(t.for_service("demo", "app"), 200),
         "names are matched ignoring case"
+    );
+}
+
+/// The mesh config's access-log settings.
+fn mesh_log(file: Option<&str>, format: &str, encoding: &str) -> Defaults {
+    Defaults::new(
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        file.map(str::to_owned),
+        format,
+        encoding,
+    )
+    .expect("valid settings")
+}
+
+/// Each line `access_log` writes for a 200 from 10.0.0.7, as `None` (the
+/// waypoint's own) or the formatted text.
+fn lines(resolved: &Resolved) -> Vec<Option<String>> {
+    let facts = facts(200);
+    let attributes = Attributes::of(&facts);
+    resolved
+        .access_log
+        .lines(Some(&attributes))
+        .into_iter()
+        .map(|format| format.map(|f| f.line(&facts, &attributes)))
+        .collect()
+}
+
+#[test]
+fn the_mesh_configs_access_log_file_decides_where_nothing_else_does() {
+    // Unset: the waypoint's own line.
+    let t = build_with(&[], &BTreeMap::new(), &mesh_log(None, "", ""));
+    assert!(matches!(
+        t.for_service("demo", "app").access_log,
+        AccessLog::Default
+    ));
+    // Empty: none, as Istio's default profile.
+    let t = build_with(&[], &BTreeMap::new(), &mesh_log(Some(""), "", ""));
+    assert!(t.for_service("demo", "app").access_log.is_off());
+    // /dev/stdout: Istio's text line, or the mesh's format.
+    let t = build_with(
+        &[],
+        &BTreeMap::new(),
+        &mesh_log(Some("/dev/stdout"), "", ""),
+    );
+    let written = lines(t.for_service("demo", "app"));
+    assert!(
+        matches!(written.as_slice(), [Some(line)] if line.starts_with("[-] \"- - -\" 200 ")),
+        "{written:?}"
+    );
+    let t = build_with(
+        &[],
+        &BTreeMap::new(),
+        &mesh_log(
+            Some("/dev/stdout"),
+            r#"{"code":"%RESPONSE_CODE%","peer":"%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}"#,
+            "JSON",
+        ),
+    );
+    assert_eq!(
+        lines(t.for_service("demo", "app")),
+        [Some("{\"code\":200,\"peer\":\"10.0.0.7\"}\n".to_owned())]
+    );
+    // Another file: not written, and said.
+    let t = build_with(
+        &[],
+        &BTreeMap::new(),
+        &mesh_log(Some("/var/log/a.log"), "", ""),
+    );
+    assert!(t.for_service("demo", "app").access_log.is_off());
+    assert!(
+        t.notes
+            .iter()
+            .any(|n| n.contains("\"/var/log/a.log\" is not /dev/stdout")),
+        "{:?}",
+        t.notes
+    );
+    // A format the mesh config gives without a file: `envoy`'s, when a
+    // Telemetry names it; no line of its own.
+    let defaults = mesh_log(None, "%RESPONSE_CODE% %DOWNSTREAM_TLS_VERSION%", "");
+    let t = build_with(&[], &BTreeMap::new(), &defaults);
+    assert!(matches!(
+        t.for_service("demo", "app").access_log,
+        AccessLog::Default
+    ));
+    let envoy = input(
+        "envoy",
+        1,
+        At::Mesh,
+        "accessLogging: [{providers: [{name: envoy}]}]",
+    );
+    let t = build_with(&[envoy], &BTreeMap::new(), &defaults);
+    assert_eq!(
+        lines(t.for_service("demo", "app")),
+        [Some("200 -\n".to_owned())]
+    );
+    assert!(
+        t.notes
+            .iter()
+            .any(|n| n
+                .contains("the mesh config's access log writes %DOWNSTREAM_TLS_VERSION% as '-'")),
+        "{:?}",
+        t.notes
+    );
+    let bad = Defaults::new(
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Some("/dev/stdout".into()),
+        "%NOPE%",
+        "",
+    );
+    assert!(bad.is_err_and(|e| e.contains("%NOPE% is not a command operator")));
+}
+
+#[test]
+fn each_provider_writes_its_own_format() {
+    let files = providers(&[
+        "{name: plain, envoyFileAccessLog: {path: /dev/stdout}}",
+        "{name: codes, envoyFileAccessLog: {logFormat: {text: \"code=%RESPONSE_CODE%\"}}}",
+        "{name: json, envoyFileAccessLog: {logFormat: {labels: {code: \"%RESPONSE_CODE%\", team: shop}}}}",
+    ]);
+    let all = input(
+        "all",
+        1,
+        At::Mesh,
+        "accessLogging: [{providers: [{name: plain}, {name: codes}, {name: json}, {name: envoy}]}]",
+    );
+    let t = build_with(&[all], &files, &Defaults::default());
+    let written = lines(t.for_service("demo", "app"));
+    // In the providers' name order: codes, envoy (the waypoint's own: no
+    // mesh format), json, plain (Istio's text line).
+    assert_eq!(written.len(), 4, "{written:?}");
+    assert_eq!(written[0].as_deref(), Some("code=200\n"));
+    assert_eq!(written[1], None);
+    assert_eq!(
+        written[2].as_deref(),
+        Some("{\"code\":200,\"team\":\"shop\"}\n")
+    );
+    assert!(
+        written[3]
+            .as_deref()
+            .is_some_and(|l| l.starts_with("[-] \"- - -\" 200 ")),
+        "{written:?}"
+    );
+    let resolved = t.for_service("demo", "app");
+    assert!(resolved.reads_request && resolved.access_log.reads_attributes());
+    assert!(!resolved.reads_response_trailers);
+    let described = resolved.describe().expect("says something");
+    assert!(
+        described.contains("a JSON access line for every request")
+            && described.contains("the waypoint's own access line for every request"),
+        "{described}"
     );
 }
 

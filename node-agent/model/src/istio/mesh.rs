@@ -24,6 +24,17 @@ pub struct MeshConfig {
     /// The telemetry providers in force where no Telemetry names any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_providers: Option<DefaultProviders>,
+    /// Where proxies write access lines when no Telemetry or default
+    /// provider says: empty for none. Unset: Warren's default, a line per
+    /// request on the waypoint's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_file: Option<String>,
+    /// The line's format under `accessLogEncoding`; Istio's when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub access_log_format: String,
+    /// `TEXT` (the default) or `JSON`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub access_log_encoding: String,
     /// Istio's other settings: read so the YAML parses, not acted on.
     #[serde(flatten, skip_serializing)]
     pub other: BTreeMap<String, serde_yaml::Value>,
@@ -190,10 +201,21 @@ pub struct FileAccessLog {
     /// Empty: `/dev/stdout`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
-    /// Envoy's line format (`text` or `labels`): read, not used; Warren's
-    /// proxies write their own fields.
+    /// The line's format; Warren's own line when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_format: Option<serde_json::Value>,
+    pub log_format: Option<LogFormatSpec>,
+}
+
+/// `EnvoyFileAccessLogProvider.LogFormat`: one of the two.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogFormatSpec {
+    /// Envoy's text format (`%COMMAND%` substitutions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Written as one JSON object per line; each value may substitute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// `ZipkinTracingProvider`: spans sent as Zipkin's JSON (v2).

@@ -7,6 +7,7 @@ use crate::istio::mesh::{
     BodyInCheck, ExtAuthzGrpc, ExtAuthzHttp, MeshConfig, OTHER_PROVIDER_KINDS, OpenTelemetry,
     Zipkin, split_service,
 };
+use crate::log_format::LogFormat;
 
 use super::{Report, duration, host_name, is_dns1123_label, port};
 
@@ -36,8 +37,13 @@ pub fn mesh_config(path: &str, mesh: &MeshConfig) -> Vec<FieldError> {
             kinds.push("envoyExtAuthzGrpc");
             ext_authz_grpc(&mut r, &format!("{path}.envoyExtAuthzGrpc"), grpc);
         }
-        if provider.envoy_file_access_log.is_some() {
+        if let Some(log) = &provider.envoy_file_access_log {
             kinds.push("envoyFileAccessLog");
+            if let Some(format) = &log.log_format
+                && let Err(error) = LogFormat::of_provider(format)
+            {
+                r.error(format!("{path}.envoyFileAccessLog.logFormat"), error);
+            }
         }
         if provider.prometheus.is_some() {
             kinds.push("prometheus");
@@ -71,6 +77,14 @@ pub fn mesh_config(path: &str, mesh: &MeshConfig) -> Vec<FieldError> {
                 format!("has {} provider kinds; give exactly one", kinds.join(" and ")),
             ),
         }
+    }
+    if let Err(error) = LogFormat::of_mesh(&mesh.access_log_format, &mesh.access_log_encoding) {
+        let field = if error.starts_with("accessLogEncoding") {
+            "accessLogEncoding"
+        } else {
+            "accessLogFormat"
+        };
+        r.error(format!("{path}.{field}"), error);
     }
     r.into_errors()
 }
@@ -329,7 +343,13 @@ mod tests {
         let errors = check(
             r#"
 accessLogFile: /dev/stdout
+accessLogEncoding: JSON
+accessLogFormat: '{"code": "%RESPONSE_CODE%", "path": "%REQ(:PATH):64%"}'
 extensionProviders:
+- name: text-stdout
+  envoyFileAccessLog:
+    path: /dev/stdout
+    logFormat: {text: "[%START_TIME(%Y-%m-%d)%] %REQ(:METHOD)% %CEL(request.url_path)% %DOWNSTREAM_TLS_VERSION%"}
 - name: sample-http
   envoyExtAuthzHttp:
     service: ext-authz.foo.svc.cluster.local
@@ -388,6 +408,11 @@ extensionProviders:
   zipkin: {service: zipkin, port: 9411, path: "/a b"}
 - name: f
   opentelemetry: {service: otel.observe.svc.cluster.local, http: {path: "v1/a b", timeout: 0s}, grpc: {}}
+- name: g
+  envoyFileAccessLog: {logFormat: {text: "%RESPONSE_CODE% %NO_SUCH%"}}
+- name: h
+  envoyFileAccessLog: {logFormat: {text: "x", labels: {a: b}}}
+accessLogEncoding: YAML
 "#,
         );
         let expect = [
@@ -413,6 +438,9 @@ extensionProviders:
             "extensionProviders[6].opentelemetry: only one of http and grpc may be set",
             "extensionProviders[6].opentelemetry.http.path: \"/v1/a b\" is not a path a request can have",
             "extensionProviders[6].opentelemetry.http.timeout: must be longer than 0",
+            "extensionProviders[7].envoyFileAccessLog.logFormat: %NO_SUCH% is not a command operator Warren knows",
+            "extensionProviders[8].envoyFileAccessLog.logFormat: only one of text and labels",
+            "data.mesh.accessLogEncoding: accessLogEncoding \"YAML\": TEXT or JSON",
         ];
         for want in expect {
             assert!(
