@@ -4,7 +4,9 @@
 //! them on for a header and changes how requests are counted (a label
 //! removed, one added from the request, a metric off). A Telemetry whose
 //! expression does not compile is refused and the last good one stays in
-//! force; removing the objects brings back a line for every request.
+//! force; removing the objects brings back a line for every request. The
+//! mesh config's own log and a provider's `logFormat` give the lines'
+//! format, JSON or text.
 
 use std::time::Duration;
 
@@ -294,6 +296,176 @@ fn next() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+const FORMATS_MESH_FILE: &str = "configmap.istio-system.istio.yaml";
+
+/// The mesh's own log as JSON in a format of its own, and a provider
+/// writing text lines.
+fn formats_mesh_config(text: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{ name: istio, namespace: istio-system }}
+data:
+  mesh: |
+    accessLogFile: /dev/stdout
+    accessLogEncoding: JSON
+    accessLogFormat: '{{"start": "%START_TIME%", "method": "%REQ(:METHOD)%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", "code": "%RESPONSE_CODE%", "id": "%REQ(X-REQUEST-ID)%", "ua": "%REQ(USER-AGENT):6%", "peer": "%DOWNSTREAM_PEER_URI_SAN%", "upstream": "%UPSTREAM_HOST%", "ms": "%DURATION%", "sent": "%BYTES_SENT%", "app": "%RESP(X-APP)%", "route": "%ROUTE_NAME%", "team": "shop"}}'
+    extensionProviders:
+    - name: text-codes
+      envoyFileAccessLog:
+        path: /dev/stdout
+        logFormat: {{ text: "{text}" }}
+"#
+    )
+}
+
+const TEXT_TELEMETRY: &str = r#"
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: { name: mesh-default, namespace: istio-system }
+spec:
+  accessLogging:
+  - providers: [{ name: text-codes }]
+    filter: { expression: "response.code >= 400" }
+"#;
+
+/// The waypoint's JSON access lines of requests for `path`.
+fn json_lines_for(output: &str, path: &str) -> Vec<serde_json::Value> {
+    output
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["path"] == path)
+        .collect()
+}
+
+#[test]
+fn access_lines_take_the_formats_the_mesh_config_gives() -> Result<()> {
+    require_root()?;
+    let mut cluster = demo_cluster_with_waypoint_pod(&[
+        ("app", 1, &[("app", "app")], "app"),
+        ("client", 0, &[("app", "client")], "client"),
+    ])?;
+    add_app_service(&mut cluster)?;
+    let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
+    let config = cluster.config_dir().to_path_buf();
+    let app = cluster.pod("app")?.clone();
+    let server = start_http_server(&cluster, &app, 8080, &["--name", "app"])?;
+    let client = cluster.pod("client")?.clone();
+    let waypoint_pod = cluster.pod("waypoint")?.clone();
+    let base = format!("http://{}", service_vip(&cluster, "app")?);
+    let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
+
+    // The mesh's own log: one JSON object per request, in its format.
+    std::fs::write(
+        config.join(FORMATS_MESH_FILE),
+        formats_mesh_config("TEXT %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS%"),
+    )?;
+    let mut line = serde_json::Value::Null;
+    eventually(Duration::from_secs(30), "a JSON access line", || {
+        let path = format!("/json/{}", next());
+        let status = curl_status(
+            &client,
+            &format!("{base}{path}"),
+            &["x-request-id: fmt-1", "user-agent: warren-e2e"],
+        )?;
+        counted(&waypoint_pod, &[("response_code", "200")])?;
+        let found = json_lines_for(&waypoint.output(), &path);
+        if let (200, [one]) = (status, found.as_slice()) {
+            line = one.clone();
+            return Ok(true);
+        }
+        Ok(false)
+    })
+    .with_context(logs)?;
+    let start = line["start"].as_str().unwrap_or_default();
+    ensure!(
+        line["method"] == "GET"
+            && line["code"] == 200
+            && line["id"] == "fmt-1"
+            && line["ua"] == "warren"
+            && line["peer"] == "spiffe://cluster.local/ns/demo/sa/client"
+            && line["upstream"]
+                .as_str()
+                .is_some_and(|u| u.ends_with(":8080"))
+            && line["ms"].is_u64()
+            && line["sent"].as_u64().is_some_and(|n| n > 0)
+            && line["app"].is_null()
+            && line["route"].is_string()
+            && line["team"] == "shop"
+            && start.len() == "2026-12-07T04:28:07.123Z".len()
+            && start.ends_with('Z'),
+        "the JSON line: {line}"
+    );
+
+    // A provider with a text format, for failed requests only.
+    std::fs::write(config.join(MESH_FILE), TEXT_TELEMETRY)?;
+    eventually(Duration::from_secs(20), "the provider's text lines", || {
+        Ok(
+            curl_status(&client, &format!("{base}/status/404"), &[])? == 404
+                && waypoint.output().contains("TEXT GET /status/404 404 -"),
+        )
+    })
+    .with_context(logs)?;
+    let path = format!("/text/{}", next());
+    ensure!(curl_status(&client, &format!("{base}{path}"), &[])? == 200);
+    ensure!(curl_status(&client, &format!("{base}/status/418"), &[])? == 418);
+    counted(&waypoint_pod, &[("response_code", "418")])?;
+    let output = waypoint.output();
+    ensure!(
+        output.contains("TEXT GET /status/418 418 -")
+            && !output.contains(&format!("TEXT GET {path} "))
+            && json_lines_for(&output, &path).is_empty(),
+        "only the provider's lines, for failures only:\n{output}"
+    );
+
+    // A format that cannot be written is refused; the last good one stays.
+    std::fs::write(
+        config.join(FORMATS_MESH_FILE),
+        formats_mesh_config("TEXT %NO_SUCH_OPERATOR%"),
+    )?;
+    eventually(
+        Duration::from_secs(20),
+        "the agents refuse the broken format",
+        || {
+            Ok(mesh
+                .logs()
+                .lines()
+                .filter(|l| l.contains("rejected") && l.contains("%NO_SUCH_OPERATOR%"))
+                .count()
+                >= 2)
+        },
+    )
+    .with_context(logs)?;
+    ensure!(curl_status(&client, &format!("{base}/status/409"), &[])? == 409);
+    counted(&waypoint_pod, &[("response_code", "409")])?;
+    let output = waypoint.output();
+    ensure!(
+        output.contains("TEXT GET /status/409 409 -"),
+        "the last good format stays:\n{output}"
+    );
+
+    // All gone: the waypoint's own line again.
+    for file in [MESH_FILE, FORMATS_MESH_FILE] {
+        std::fs::remove_file(config.join(file))?;
+    }
+    eventually(
+        Duration::from_secs(20),
+        "the waypoint's own lines back",
+        || {
+            let path = format!("/after/{}", next());
+            let status = curl_status(&client, &format!("{base}{path}"), &[])?;
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(status == 200 && lines_for(&waypoint.output(), &path) == 1)
+        },
+    )
+    .with_context(logs)?;
+    drop(server);
+    drop(waypoint);
+    Ok(())
 }
 
 const TRACING_MESH_CONFIG: &str = r#"
