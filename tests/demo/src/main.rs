@@ -241,7 +241,7 @@ fn main() -> ExitCode {
             Demo::ext_authz,
         ),
         (
-            "Telemetry: access lines for failures only, counts by method, traces to Zipkin",
+            "Telemetry: JSON access lines for failures only, counts by method, traces to Zipkin",
             Demo::telemetry,
         ),
         (
@@ -1290,9 +1290,19 @@ impl Demo {
         std::fs::write(self.cluster.config_dir().join(FILE), examples::TELEMETRY)
             .with_context(|| format!("writing {FILE}"))?;
         let client = self.client()?;
-        // The waypoint's access lines of requests for `path` (its node's
-        // agent runs it: they are in the agent's output).
-        let lines = |demo: &Demo, path: &str| {
+        // The waypoint's JSON access lines of requests for `path` (its
+        // node's agent runs it: they are in the agent's output).
+        let json_lines = |demo: &Demo, path: &str| -> Vec<Value> {
+            demo.logs()
+                .lines()
+                .filter(|l| l.starts_with('{'))
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| v["path"] == path)
+                .collect()
+        };
+        let lines = |demo: &Demo, path: &str| json_lines(demo, path).len();
+        // The waypoint's own lines, where nothing gives a format.
+        let own_lines = |demo: &Demo, path: &str| {
             let field = format!("path=\"{path}\"");
             demo.logs()
                 .lines()
@@ -1317,7 +1327,7 @@ impl Demo {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Ok(answered == probe && lines(self, &path) == 0)
+            Ok(answered == probe && own_lines(self, &path) == 0 && lines(self, &path) == 0)
         })
         .with_context(|| self.logs())?;
         let ok = self.url("app", "/telemetry/ok")?;
@@ -1341,6 +1351,10 @@ impl Demo {
             count_status(&report, 200)
         );
         println!("   | GET /status/503 | {failures} × 503 | {failed_lines} |");
+        if let Some(line) = json_lines(self, "/status/503").first() {
+            println!("   one of them, in the json-stdout provider's format:");
+            println!("   {line}");
+        }
         ensure!(
             count_status(&report, 200) == 200 && ok_lines == 0,
             "successful requests were logged ({ok_lines} lines): {report}"
@@ -1426,7 +1440,7 @@ impl Demo {
             warrenctl_waypoint_explain(&self.cluster.config_dir(), SHOP, "shop/client", &[host])?;
         show_output(&explained);
         ensure!(
-            explained.contains("an access line when `response.code >= 500`"),
+            explained.contains("a JSON access line when `response.code >= 500`"),
             "warrenctl waypoint explain does not say what the Telemetry asks:\n{explained}"
         );
         // Back to a line for every request, for the steps after.
@@ -1436,7 +1450,7 @@ impl Demo {
             let path = format!("/status/{probe}");
             let answered = status(&self.url("app", &path)?)?;
             std::thread::sleep(Duration::from_millis(300));
-            Ok(answered == probe && lines(self, &path) == 1)
+            Ok(answered == probe && own_lines(self, &path) == 1)
         })
         .with_context(|| self.logs())?;
         drop(collector);

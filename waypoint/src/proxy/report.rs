@@ -174,7 +174,7 @@ impl Finished {
         if !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return;
         }
-        for format in telemetry.access_log.lines(attributes.as_ref()) {
+        telemetry.access_log.for_each_line(attributes.as_ref(), |format| {
             match (format, &facts, &attributes) {
                 (Some(format), Some(facts), Some(attributes)) => {
                     access_line::write(&format.line(facts, attributes));
@@ -201,7 +201,7 @@ impl Finished {
                     "request"
                 ),
             }
-        }
+        });
     }
 
     /// Queues the waypoint's span of this request for its collector.

@@ -480,7 +480,7 @@ impl Line<'_> {
             return;
         }
         let attributes = facts.as_ref().map(Attributes::of);
-        for format in access_log.lines(attributes.as_ref()) {
+        access_log.for_each_line(attributes.as_ref(), |format| {
             match (format, &facts, &attributes) {
                 (Some(format), Some(facts), Some(attributes)) => {
                     access_line::write(&format.line(facts, attributes));
@@ -504,7 +504,7 @@ impl Line<'_> {
                     "connection"
                 ),
             }
-        }
+        });
     }
 }
 

@@ -278,25 +278,30 @@ impl AccessLog {
         }
     }
 
-    /// The lines to write for a request or connection: one per provider
-    /// whose filter holds, the waypoint's own (`None`) at most once;
-    /// `attributes` are there when [`AccessLog::reads_attributes`].
-    pub fn lines<'s>(
-        &'s self,
+    /// Calls `write` for each line to write for a request or connection:
+    /// one per provider whose filter holds, the waypoint's own (`None`) at
+    /// most once; `attributes` are there when
+    /// [`AccessLog::reads_attributes`].
+    pub fn for_each_line(
+        &self,
         attributes: Option<&Attributes<'_, '_>>,
-    ) -> Vec<Option<&'s Arc<AccessFormat>>> {
+        mut write: impl FnMut(Option<&Arc<AccessFormat>>),
+    ) {
         let sinks = match self {
-            AccessLog::Default => return vec![None],
+            AccessLog::Default => return write(None),
             AccessLog::Filtered(sinks) => sinks,
         };
-        let mut lines: Vec<Option<&Arc<AccessFormat>>> = Vec::new();
+        let mut own_written = false;
         for sink in sinks.iter().filter(|s| s.admits(attributes)) {
-            let format = sink.format.as_ref();
-            if format.is_some() || !lines.iter().any(Option::is_none) {
-                lines.push(format);
+            match &sink.format {
+                Some(format) => write(Some(format)),
+                None if own_written => {}
+                None => {
+                    own_written = true;
+                    write(None);
+                }
             }
         }
-        lines
     }
 
     /// What lines need kept of each request.
@@ -432,7 +437,7 @@ impl Resolved {
                     .iter()
                     .map(|sink| {
                         let format = match &sink.format {
-                            None => "the waypoint's own",
+                            None => "an",
                             Some(f) if f.is_json() => "a JSON",
                             Some(_) => "a text",
                         };
