@@ -574,7 +574,15 @@ fn the_waypoint_samples_traces_and_reports_its_spans_to_zipkin_and_otlp() -> Res
     let collector = cluster.spawn(
         &collector_pod.sandbox,
         &sample.to_string_lossy(),
-        &["collect", "--listen", "[::]:9411", "--grpc", "[::]:4317"],
+        &[
+            "collect",
+            "--listen",
+            "[::]:9411",
+            "--grpc",
+            "[::]:4317",
+            "--reject-tag",
+            "user=reject",
+        ],
     )?;
     let client = cluster.pod("client")?.clone();
     let waypoint_pod = cluster.pod("waypoint")?.clone();
@@ -780,6 +788,28 @@ fn the_waypoint_samples_traces_and_reports_its_spans_to_zipkin_and_otlp() -> Res
                 && span["tags"]["user"] == "ana"
                 && span["error"] == false,
             "{received}: {reported:#?}"
+        );
+        // A span the collector rejects in its answer (OTLP's partial
+        // success) is counted as rejected, not sent.
+        let spans = |result: &str| -> Result<f64> {
+            Ok(metric_sum(
+                &waypoint_metrics(&waypoint_pod)?,
+                "warren_waypoint_spans_total",
+                &[("provider", "zipkin"), ("result", result)],
+            ))
+        };
+        let rejected_before = spans("rejected")?;
+        let saw = app_saw(&client, &format!("{base}/rejected"), &["x-user: reject"])?;
+        let (trace, _, _) = traceparent(&saw)?;
+        eventually(Duration::from_secs(10), "the rejection counted", || {
+            Ok(spans("rejected")? > rejected_before)
+        })
+        .with_context(logs)?;
+        ensure!(
+            spans("rejected")? == rejected_before + 1.0
+                && spans_of(&collector_pod, &trace)?.is_empty(),
+            "{received}: one span rejected, none kept\n{}",
+            waypoint_metrics(&waypoint_pod)?
         );
     }
     drop(collector);

@@ -9,7 +9,8 @@
 //! each came, on `GET /api/v2/spans` (`?traceId=X`: one trace's), so tests
 //! can see what a waypoint reported. As Zipkin does, a body that is not
 //! spans, or a span whose ids are not hex or are all zeros, is refused (400
-//! for the whole post).
+//! for the whole post). With `--reject-tag KEY=VALUE`, OTLP spans with that
+//! tag are not kept and the answer is OTLP's partial success naming them.
 
 use std::{
     convert::Infallible,
@@ -31,7 +32,7 @@ use serde_json::{Value, json};
 use tracing::{debug, info};
 use warren_api::otlp::{
     collector::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
         trace_service_server::{TraceService, TraceServiceServer},
     },
     common::{KeyValue, any_value},
@@ -53,13 +54,17 @@ const MAX_POST: usize = 16 << 20;
 
 type Kept = Arc<Mutex<Vec<Value>>>;
 
-pub async fn serve(listen: SocketAddr, grpc: Option<SocketAddr>) -> Result<()> {
+/// A tag whose OTLP spans are rejected: key and value.
+pub type Reject = Option<(String, String)>;
+
+pub async fn serve(listen: SocketAddr, grpc: Option<SocketAddr>, reject: Reject) -> Result<()> {
     let mut shutdown = Shutdown::install()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the collector to {listen}"))?;
     info!(%listen, ?grpc, "span collector listening");
     let kept: Kept = Arc::default();
+    let reject = Arc::new(reject);
     let grpc_server = match grpc {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -67,6 +72,7 @@ pub async fn serve(listen: SocketAddr, grpc: Option<SocketAddr>) -> Result<()> {
                 .with_context(|| format!("binding the OTLP gRPC collector to {addr}"))?;
             let service = TraceServiceServer::new(Otlp {
                 kept: Arc::clone(&kept),
+                reject: Arc::clone(&reject),
             });
             Some(
                 tonic::transport::Server::builder()
@@ -92,8 +98,11 @@ pub async fn serve(listen: SocketAddr, grpc: Option<SocketAddr>) -> Result<()> {
                 }
             };
             let kept = Arc::clone(&kept);
+            let reject = Arc::clone(&reject);
             tokio::spawn(async move {
-                let service = service_fn(move |request| answer(Arc::clone(&kept), request));
+                let service = service_fn(move |request| {
+                    answer(Arc::clone(&kept), Arc::clone(&reject), request)
+                });
                 let served = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -116,6 +125,7 @@ pub async fn serve(listen: SocketAddr, grpc: Option<SocketAddr>) -> Result<()> {
 /// OTLP over gRPC.
 struct Otlp {
     kept: Kept,
+    reject: Arc<Reject>,
 }
 
 #[tonic::async_trait]
@@ -126,9 +136,30 @@ impl TraceService for Otlp {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let spans = from_otlp(&request.into_inner(), "otlp/grpc")
             .map_err(tonic::Status::invalid_argument)?;
-        keep(&self.kept, spans);
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        Ok(tonic::Response::new(keep_otlp(
+            &self.kept,
+            &self.reject,
+            spans,
+        )))
     }
+}
+
+/// Keeps the spans not rejected; the answer names those rejected.
+fn keep_otlp(kept: &Kept, reject: &Reject, spans: Vec<Value>) -> ExportTraceServiceResponse {
+    let (rejected, taken): (Vec<Value>, Vec<Value>) = spans.into_iter().partition(|span| {
+        reject
+            .as_ref()
+            .is_some_and(|(key, value)| span["tags"][key] == value.as_str())
+    });
+    keep(kept, taken);
+    let partial_success = reject
+        .as_ref()
+        .filter(|_| !rejected.is_empty())
+        .map(|(key, value)| ExportTracePartialSuccess {
+            rejected_spans: i64::try_from(rejected.len()).unwrap_or(i64::MAX),
+            error_message: format!("spans tagged {key}={value} are not taken here"),
+        });
+    ExportTraceServiceResponse { partial_success }
 }
 
 fn keep(kept: &Kept, spans: Vec<Value>) {
@@ -216,6 +247,7 @@ fn refuse(why: &str) -> Response<Full<Bytes>> {
 
 async fn answer(
     kept: Kept,
+    reject: Arc<Reject>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path().to_owned();
@@ -252,8 +284,13 @@ async fn answer(
         return Ok(match ExportTraceServiceRequest::decode(body.as_ref()) {
             Ok(request) => match from_otlp(&request, "otlp/http") {
                 Ok(spans) => {
-                    keep(&kept, spans);
-                    reply(StatusCode::OK, "{}")
+                    let answer = keep_otlp(&kept, &reject, spans);
+                    let mut response = reply(StatusCode::OK, answer.encode_to_vec());
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/x-protobuf"),
+                    );
+                    response
                 }
                 Err(why) => refuse(&why),
             },

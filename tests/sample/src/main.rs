@@ -128,6 +128,18 @@ struct CollectArgs {
     /// Address to take OTLP over gRPC on, if any.
     #[arg(long)]
     grpc: Option<SocketAddr>,
+    /// `KEY=VALUE`: OTLP spans with this tag are rejected (OTLP's partial
+    /// success names them).
+    #[arg(long, value_parser = parse_tag)]
+    reject_tag: Option<(String, String)>,
+}
+
+fn parse_tag(input: &str) -> Result<(String, String), String> {
+    input
+        .split_once('=')
+        .filter(|(key, _)| !key.is_empty())
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{input:?}: give KEY=VALUE"))
 }
 
 #[derive(Args)]
@@ -397,7 +409,9 @@ async fn main() -> Result<ExitCode> {
         Command::Authz(args) => authz::serve(args.http, args.grpc, args.allow_service_account)
             .await
             .map(|()| done),
-        Command::Collect(args) => collect::serve(args.listen, args.grpc).await.map(|()| done),
+        Command::Collect(args) => collect::serve(args.listen, args.grpc, args.reject_tag)
+            .await
+            .map(|()| done),
         Command::Duplex(args) => {
             let report = duplex::run(&args.url, args.chunks, args.timeout).await?;
             println!("{}", serde_json::to_string(&report)?);

@@ -7,7 +7,6 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode, request::Parts};
-use prost::Message as _;
 use tracing::debug;
 use warren_api::ext_authz::{
     AttributeContext, CheckRequest, CheckResponse, attribute_context,
@@ -125,27 +124,6 @@ fn http_request(h: &HttpAttributes<'_>) -> attribute_context::HttpRequest {
         body,
         raw_body,
     }
-}
-
-/// The one message of a unary answer's body.
-pub fn unframe(body: &[u8]) -> Result<CheckResponse, String> {
-    let [compressed, a, b, c, d, rest @ ..] = body else {
-        return Err(format!(
-            "the answer is {} bytes, too short for a gRPC message",
-            body.len()
-        ));
-    };
-    if *compressed != 0 {
-        return Err("the answer is compressed, which was not asked for".into());
-    }
-    let length = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
-    let message = rest.get(..length).ok_or_else(|| {
-        format!(
-            "the answer's message is cut short ({} of {length} bytes)",
-            rest.len()
-        )
-    })?;
-    CheckResponse::decode(message).map_err(|e| format!("the answer is no CheckResponse: {e}"))
 }
 
 /// Reads a CheckResponse.

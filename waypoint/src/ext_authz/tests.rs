@@ -240,7 +240,7 @@ fn a_grpc_answer_round_trips_and_decides() {
     let mut framed = vec![0u8];
     framed.extend_from_slice(&(prost::Message::encoded_len(&ok) as u32).to_be_bytes());
     framed.extend_from_slice(&prost::Message::encode_to_vec(&ok));
-    let read = grpc::unframe(&framed).expect("a message");
+    let read = unframe(&framed).expect("a message");
     assert_eq!(read, ok);
     let Verdict::Allow(changes) = grpc::verdict(read) else {
         panic!("code 0 allows");
@@ -301,17 +301,22 @@ fn a_grpc_answer_round_trips_and_decides() {
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
 }
 
+/// A CheckResponse read as the waypoint reads an authorizer's answer.
+fn unframe(body: &[u8]) -> Result<CheckResponse, String> {
+    crate::grpc::unframe(body, "CheckResponse")
+}
+
 #[test]
 fn grpc_framing_refuses_what_is_not_one_message() {
-    assert!(grpc::unframe(&[0, 0, 0]).is_err());
-    assert!(grpc::unframe(&[1, 0, 0, 0, 0]).is_err());
+    assert!(unframe(&[0, 0, 0]).is_err());
+    assert!(unframe(&[1, 0, 0, 0, 0]).is_err());
     assert!(
-        grpc::unframe(&[0, 0, 0, 0, 9, 1])
+        unframe(&[0, 0, 0, 0, 9, 1])
             .unwrap_err()
             .contains("cut short")
     );
     // Not a CheckResponse: field 1 as a varint where a message belongs.
-    assert!(grpc::unframe(&[0, 0, 0, 0, 2, 0x08, 0x01]).is_err());
+    assert!(unframe(&[0, 0, 0, 0, 2, 0x08, 0x01]).is_err());
 }
 
 #[test]

@@ -362,7 +362,10 @@ async fn check(
                 }
                 None => return Verdict::Error("the answer has no grpc-status".into()),
             }
-            match grpc::unframe(&body) {
+            match crate::grpc::unframe::<warren_api::ext_authz::CheckResponse>(
+                &body,
+                "CheckResponse",
+            ) {
                 Ok(answer) => grpc::verdict(answer),
                 Err(reason) => Verdict::Error(reason),
             }

@@ -1,17 +1,20 @@
 //! Sending sampled spans to their collector (Zipkin's JSON, or OTLP over
 //! gRPC or HTTP), off the request path: reports queue spans (a bounded
-//! queue: when the collector cannot keep up, spans are dropped and counted,
-//! requests never wait), and one task posts them in batches, through the
-//! collector's upstream cluster as any request the waypoint sends (HBONE to
-//! a collector in the mesh).
+//! queue: when a collector cannot keep up, its spans are dropped and
+//! counted, requests never wait), and each collector has a task of its own
+//! that posts them in batches, through the collector's upstream cluster as
+//! any request the waypoint sends (HBONE to a collector in the mesh). A
+//! slow collector holds up only its own spans.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Version, header};
+use prost::Message as _;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::JoinSet};
 use tracing::debug;
+use warren_api::otlp::collector::ExportTraceServiceResponse;
 
 use super::http::{Attempt, Outgoing, Tries, attempt};
 use crate::{
@@ -20,14 +23,22 @@ use crate::{
     telemetry::{TraceProtocol, TracingPlan, otlp, span::Record, zipkin},
 };
 
-/// Spans waiting to be sent; past this, new ones are dropped.
+/// Spans waiting to be handed to their collector's task; past this, new
+/// ones are dropped.
 const QUEUE: usize = 8192;
+
+/// Spans waiting for one collector; past this, its new ones are dropped.
+const PER_COLLECTOR: usize = 4 * BATCH;
 
 /// Spans per post at most.
 const BATCH: usize = 256;
 
 /// How long a span waits for others to share its post.
 const LINGER: Duration = Duration::from_secs(1);
+
+/// How long a collector's task waits for spans before it ends (a provider
+/// no longer in use leaves no task behind).
+const IDLE: Duration = Duration::from_secs(60);
 
 /// The most of a collector's answer read.
 const MAX_ANSWER: usize = 64 * 1024;
@@ -39,6 +50,19 @@ type Collector = (String, String, u16, TraceProtocol, String);
 struct Queued {
     plan: Arc<TracingPlan>,
     span: Record,
+}
+
+impl Queued {
+    fn collector(&self) -> Collector {
+        let plan = &self.plan;
+        (
+            plan.provider.clone(),
+            plan.host.clone(),
+            plan.port,
+            plan.protocol,
+            plan.path.clone(),
+        )
+    }
 }
 
 /// The reports' end of the queue.
@@ -79,6 +103,9 @@ impl Spans {
 }
 
 fn count(ctx: &Context, provider: &str, result: &'static str, n: u64) {
+    if n == 0 {
+        return;
+    }
     ctx.metrics
         .spans
         .get_or_create(&SpanLabels {
@@ -92,8 +119,8 @@ fn count(ctx: &Context, provider: &str, result: &'static str, n: u64) {
 /// to go.
 pub const FLUSH: Duration = Duration::from_secs(2);
 
-/// Posts queued spans until [`Spans::flush`], then what is queued then
-/// (within [`FLUSH`]); started once.
+/// Hands queued spans to their collectors' tasks until [`Spans::flush`];
+/// then lets each send what it holds (within [`FLUSH`]). Started once.
 pub async fn run(ctx: Arc<Context>) {
     let taken = ctx
         .spans
@@ -104,27 +131,77 @@ pub async fn run(ctx: Arc<Context>) {
     let Some(mut rx) = taken else {
         return;
     };
+    let mut collectors: BTreeMap<Collector, mpsc::Sender<Queued>> = BTreeMap::new();
+    let mut tasks = JoinSet::new();
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             biased;
             () = ctx.spans.flushing.notified() => {
+                while let Ok(queued) = rx.try_recv() {
+                    dispatch(&ctx, &mut collectors, &mut tasks, queued);
+                }
+                // Closed queues: each task posts what it holds, at once, and ends.
+                collectors.clear();
+                let _ = tokio::time::timeout(FLUSH, tasks.join_all()).await;
+                return;
+            }
+            next = rx.recv() => match next {
+                Some(queued) => dispatch(&ctx, &mut collectors, &mut tasks, queued),
+                None => return,
+            },
+            // Ended tasks are reaped as they go.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+}
+
+/// Hands `queued` to its collector's task, starting one when there is none
+/// (or the last one ended idle); a full queue drops it.
+fn dispatch(
+    ctx: &Arc<Context>,
+    collectors: &mut BTreeMap<Collector, mpsc::Sender<Queued>>,
+    tasks: &mut JoinSet<()>,
+    queued: Queued,
+) {
+    let key = queued.collector();
+    let queued = match collectors.get(&key) {
+        None => queued,
+        Some(tx) => match tx.try_send(queued) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(queued)) => {
+                count(ctx, &queued.plan.provider, "dropped", 1);
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(queued)) => queued,
+        },
+    };
+    let (tx, rx) = mpsc::channel(PER_COLLECTOR);
+    // A new channel has room for one.
+    let _ = tx.try_send(queued);
+    collectors.insert(key, tx);
+    tasks.spawn(collector(Arc::clone(ctx), rx));
+}
+
+/// One collector's task: posts its spans in batches of up to [`BATCH`], a
+/// span waiting up to [`LINGER`] for others; ends once idle for [`IDLE`],
+/// or when its queue is closed and what it held is posted.
+async fn collector(ctx: Arc<Context>, mut rx: mpsc::Receiver<Queued>) {
+    loop {
+        let first = match tokio::time::timeout(IDLE, rx.recv()).await {
+            Ok(Some(first)) => first,
+            Ok(None) => return,
+            Err(_) => {
+                // Nothing more comes in; what came since is still posted.
+                rx.close();
                 let mut left = Vec::new();
                 while let Ok(queued) = rx.try_recv() {
                     left.push(queued);
                 }
-                let flush = async {
-                    while !left.is_empty() {
-                        let rest = left.split_off(left.len().min(BATCH));
-                        post_all(&ctx, std::mem::replace(&mut left, rest)).await;
-                    }
-                };
-                let _ = tokio::time::timeout(FLUSH, flush).await;
+                for batch in left.chunks(BATCH) {
+                    post_batch(&ctx, batch).await;
+                }
                 return;
             }
-            next = rx.recv() => match next {
-                Some(first) => first,
-                None => return,
-            },
         };
         let mut batch = vec![first];
         let linger = tokio::time::sleep(LINGER);
@@ -138,44 +215,62 @@ pub async fn run(ctx: Arc<Context>) {
                 () = &mut linger => break,
             }
         }
-        post_all(&ctx, batch).await;
+        post_batch(&ctx, &batch).await;
     }
 }
 
-/// One post per collector, all at once: a slow collector holds up no other
-/// within a batch (the next batch waits for the slowest, up to its timeout).
-async fn post_all(ctx: &Arc<Context>, batch: Vec<Queued>) {
-    let mut by_collector: BTreeMap<Collector, (Arc<TracingPlan>, Vec<Record>)> = BTreeMap::new();
-    for queued in batch {
-        let plan = &queued.plan;
-        let key = (
-            plan.provider.clone(),
-            plan.host.clone(),
-            plan.port,
-            plan.protocol,
-            plan.path.clone(),
-        );
-        by_collector
-            .entry(key)
-            .or_insert_with(|| (Arc::clone(plan), Vec::new()))
-            .1
-            .push(queued.span);
-    }
-    let posts = by_collector.into_values().map(|(plan, spans)| async move {
-        let n = spans.len() as u64;
-        match post(ctx, &plan, &spans).await {
-            Ok(()) => count(ctx, &plan.provider, "sent", n),
-            Err(reason) => {
-                debug!(provider = %plan.provider, %reason, spans = n, "spans not sent");
-                count(ctx, &plan.provider, "failed", n);
-            }
+/// Posts one collector's batch, and counts how it went.
+async fn post_batch(ctx: &Arc<Context>, batch: &[Queued]) {
+    let Some(first) = batch.first() else {
+        return;
+    };
+    // The newest plan speaks for the batch (its timeout, say).
+    let plan = batch.last().map_or(&first.plan, |q| &q.plan);
+    let spans: Vec<Record> = batch.iter().map(|q| q.span.clone()).collect();
+    let n = spans.len() as u64;
+    match post(ctx, plan, &spans).await {
+        Ok(Taken::All) => count(ctx, &plan.provider, "sent", n),
+        Ok(Taken::Partly { rejected, why }) => {
+            let rejected = rejected.min(n);
+            debug!(provider = %plan.provider, rejected, %why, "the collector rejected spans");
+            count(ctx, &plan.provider, "sent", n - rejected);
+            count(ctx, &plan.provider, "rejected", rejected);
         }
-    });
-    futures::future::join_all(posts).await;
+        Err(reason) => {
+            debug!(provider = %plan.provider, %reason, spans = n, "spans not sent");
+            count(ctx, &plan.provider, "failed", n);
+        }
+    }
+}
+
+/// What a collector took of a post it answered.
+#[derive(Debug, PartialEq, Eq)]
+enum Taken {
+    All,
+    /// OTLP's partial success: some spans rejected, and why.
+    Partly {
+        rejected: u64,
+        why: String,
+    },
+}
+
+/// OTLP's answer to an export: a partial success names spans rejected. No
+/// answer, or one that does not decode, is taken as a success (the
+/// collector said OK; only a partial success says otherwise).
+fn otlp_taken(answer: Option<ExportTraceServiceResponse>) -> Taken {
+    match answer {
+        Some(ExportTraceServiceResponse {
+            partial_success: Some(partial),
+        }) if partial.rejected_spans > 0 => Taken::Partly {
+            rejected: u64::try_from(partial.rejected_spans).unwrap_or(0),
+            why: partial.error_message,
+        },
+        _ => Taken::All,
+    }
 }
 
 /// One post of `spans` in the plan's protocol, within its timeout.
-async fn post(ctx: &Arc<Context>, plan: &TracingPlan, spans: &[Record]) -> Result<(), String> {
+async fn post(ctx: &Arc<Context>, plan: &TracingPlan, spans: &[Record]) -> Result<Taken, String> {
     let (content_type, body) = match plan.protocol {
         TraceProtocol::Zipkin => {
             let json = Value::Array(spans.iter().map(zipkin::encode).collect());
@@ -229,10 +324,19 @@ async fn post(ctx: &Arc<Context>, plan: &TracingPlan, spans: &[Record]) -> Resul
             Attempt::Answered { response, .. } => {
                 let (head, body) = response.into_parts();
                 // Read whole (a few bytes): over gRPC the status comes last.
-                let (_, trailers) = super::read_whole(body, MAX_ANSWER).await?;
+                let (body, trailers) = super::read_whole(body, MAX_ANSWER).await?;
                 match plan.protocol {
-                    TraceProtocol::OtlpGrpc => grpc_ok(&head.headers, trailers.as_ref()),
-                    TraceProtocol::Zipkin | TraceProtocol::OtlpHttp => Ok(()),
+                    TraceProtocol::OtlpGrpc => {
+                        grpc_ok(&head.headers, trailers.as_ref())?;
+                        // A trailers-only answer has no message.
+                        Ok(otlp_taken(
+                            crate::grpc::unframe(&body, "ExportTraceServiceResponse").ok(),
+                        ))
+                    }
+                    TraceProtocol::OtlpHttp => Ok(otlp_taken(
+                        ExportTraceServiceResponse::decode(&body[..]).ok(),
+                    )),
+                    TraceProtocol::Zipkin => Ok(Taken::All),
                 }
             }
             Attempt::Failed { detail, .. } => Err(detail),
@@ -267,5 +371,37 @@ fn grpc_ok(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Result<(), Stri
             field("grpc-message").unwrap_or_default()
         )),
         None => Err("the collector's answer has no grpc-status".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use warren_api::otlp::collector::ExportTracePartialSuccess;
+
+    use super::*;
+
+    #[test]
+    fn only_a_partial_success_with_rejected_spans_says_some_were_not_taken() {
+        let answer = |rejected_spans, why: &str| ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans,
+                error_message: why.into(),
+            }),
+        };
+        assert_eq!(otlp_taken(None), Taken::All);
+        assert_eq!(
+            otlp_taken(Some(ExportTraceServiceResponse::default())),
+            Taken::All
+        );
+        // OTLP: a partial success without rejections is a warning only.
+        assert_eq!(otlp_taken(Some(answer(0, "slow down"))), Taken::All);
+        assert_eq!(
+            otlp_taken(Some(answer(3, "bad tags"))),
+            Taken::Partly {
+                rejected: 3,
+                why: "bad tags".into()
+            }
+        );
+        assert_eq!(otlp_taken(Some(answer(-1, "?"))), Taken::All);
     }
 }
