@@ -746,11 +746,11 @@ fn the_waypoint_samples_traces_and_reports_its_spans_to_zipkin_and_otlp() -> Res
     std::fs::write(config.join(MESH_FILE), tracing_telemetry(100))?;
     for (provider, received) in [
         (
-            "{ service: zipkin.observe.svc.cluster.local, port: 4317 }",
+            "{ service: zipkin.observe.svc.cluster.local, port: 4317, grpc: { initialMetadata: [{ name: x-tenant, value: shop }] } }",
             "otlp/grpc",
         ),
         (
-            "{ service: zipkin.observe.svc.cluster.local, port: 9411, http: { path: /v1/traces } }",
+            "{ service: zipkin.observe.svc.cluster.local, port: 9411, http: { path: /v1/traces, headers: [{ name: x-tenant, value: shop }] } }",
             "otlp/http",
         ),
     ] {
@@ -786,7 +786,8 @@ fn the_waypoint_samples_traces_and_reports_its_spans_to_zipkin_and_otlp() -> Res
                 && span["localEndpoint"]["serviceName"] == "waypoint.demo"
                 && span["tags"]["http.status_code"] == "200"
                 && span["tags"]["user"] == "ana"
-                && span["error"] == false,
+                && span["error"] == false
+                && span["postedWith"]["x-tenant"] == "shop",
             "{received}: {reported:#?}"
         );
         // A span the collector rejects in its answer (OTLP's partial

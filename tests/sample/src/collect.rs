@@ -11,6 +11,8 @@
 //! spans, or a span whose ids are not hex or are all zeros, is refused (400
 //! for the whole post). With `--reject-tag KEY=VALUE`, OTLP spans with that
 //! tag are not kept and the answer is OTLP's partial success naming them.
+//! Each span kept says which `x-` headers came with its post
+//! (`"postedWith"`).
 
 use std::{
     convert::Infallible,
@@ -134,8 +136,23 @@ impl TraceService for Otlp {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let spans = from_otlp(&request.into_inner(), "otlp/grpc")
+        let posted_with: serde_json::Map<String, Value> = request
+            .metadata()
+            .iter()
+            .filter_map(|entry| match entry {
+                tonic::metadata::KeyAndValueRef::Ascii(key, value) => Some((
+                    key.as_str().to_owned(),
+                    Value::String(value.to_str().ok()?.to_owned()),
+                )),
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .filter(|(key, _)| key.starts_with("x-"))
+            .collect();
+        let mut spans = from_otlp(&request.into_inner(), "otlp/grpc")
             .map_err(tonic::Status::invalid_argument)?;
+        for span in &mut spans {
+            span["postedWith"] = Value::Object(posted_with.clone());
+        }
         Ok(tonic::Response::new(keep_otlp(
             &self.kept,
             &self.reject,
@@ -273,6 +290,17 @@ async fn answer(
     if request.method() != Method::POST {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "{}"));
     }
+    let posted_with: serde_json::Map<String, Value> = request
+        .headers()
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("x-"))
+        .filter_map(|(name, value)| {
+            Some((
+                name.as_str().to_owned(),
+                Value::String(value.to_str().ok()?.to_owned()),
+            ))
+        })
+        .collect();
     let body = match http_body_util::Limited::new(request.into_body(), MAX_POST)
         .collect()
         .await
@@ -283,7 +311,10 @@ async fn answer(
     if path == OTLP_PATH {
         return Ok(match ExportTraceServiceRequest::decode(body.as_ref()) {
             Ok(request) => match from_otlp(&request, "otlp/http") {
-                Ok(spans) => {
+                Ok(mut spans) => {
+                    for span in &mut spans {
+                        span["postedWith"] = Value::Object(posted_with.clone());
+                    }
                     let answer = keep_otlp(&kept, &reject, spans);
                     let mut response = reply(StatusCode::OK, answer.encode_to_vec());
                     response.headers_mut().insert(
@@ -306,6 +337,7 @@ async fn answer(
                     return Ok(refuse(&format!("bad ids in {span}")));
                 }
                 span["received"] = Value::String("zipkin".into());
+                span["postedWith"] = Value::Object(posted_with.clone());
             }
             keep(&kept, spans);
             Ok(reply(StatusCode::ACCEPTED, ""))

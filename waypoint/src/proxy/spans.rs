@@ -304,6 +304,9 @@ async fn post(ctx: &Arc<Context>, plan: &TracingPlan, spans: &[Record]) -> Resul
     if let Ok(host) = HeaderValue::from_str(&format!("{}:{}", plan.host, plan.port)) {
         parts.headers.insert(header::HOST, host);
     }
+    for (name, value) in &plan.headers {
+        parts.headers.append(name.clone(), value.clone());
+    }
     let key = ClusterKey {
         host: plan.host.clone(),
         subset: None,

@@ -346,6 +346,7 @@ mod tests {
                 serde_yaml::from_str("{header: {name: x-user, defaultValue: nobody}}")
                     .expect("a tag"),
             )],
+            headers: Vec::new(),
         }
     }
 

@@ -45,7 +45,7 @@ use std::{
 
 use warren_model::{
     istio::{
-        mesh::{ENVOY, ExtensionProvider, PROMETHEUS, STDOUT, split_service},
+        mesh::{ENVOY, ExtensionProvider, HttpHeader, PROMETHEUS, STDOUT, split_service},
         telemetry::{
             AccessLogging, CustomTag, IstioMetric, MetricSelector, Metrics, ProviderRef,
             TagOperation, TelemetrySpec,
@@ -849,6 +849,8 @@ pub struct TracingPlan {
     /// that are sampled.
     pub sampling: f64,
     pub custom_tags: Vec<(String, CustomTag)>,
+    /// Sent with each post (`headers`, `initialMetadata`).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// How spans reach their collector.
@@ -919,60 +921,66 @@ fn merge_tracing(
     let defined = providers
         .values()
         .find(|p| p.name.eq_ignore_ascii_case(&name));
-    let (service, port, protocol, path, timeout, max_tag_length, short_trace_ids) = match defined
-        .map(|p| (&p.zipkin, &p.opentelemetry))
-    {
-        Some((Some(zipkin), _)) => (
-            &zipkin.service,
-            zipkin.port,
-            TraceProtocol::Zipkin,
-            zipkin
-                .path
-                .clone()
-                .unwrap_or_else(|| "/api/v2/spans".to_owned()),
-            POST_TIMEOUT,
-            zipkin.max_tag_length,
-            zipkin.enable_64bit_trace_id,
-        ),
-        Some((None, Some(otel))) => {
-            let (protocol, path, timeout) = match &otel.http {
-                Some(http) => (
-                    TraceProtocol::OtlpHttp,
-                    match &http.path {
-                        Some(p) if p.starts_with('/') => p.clone(),
-                        Some(p) => format!("/{p}"),
-                        None => otlp::HTTP_PATH.to_owned(),
-                    },
-                    post_timeout(http.timeout.as_deref()),
-                ),
-                None => (
-                    TraceProtocol::OtlpGrpc,
-                    otlp::EXPORT_PATH.to_owned(),
-                    post_timeout(otel.grpc.as_ref().and_then(|g| g.timeout.as_deref())),
-                ),
-            };
-            (
-                &otel.service,
-                otel.port,
-                protocol,
-                path,
-                timeout,
-                otel.max_tag_length,
-                false,
-            )
-        }
-        Some((None, None)) => {
-            notes.insert(format!("tracing provider {name:?} is neither zipkin nor opentelemetry, the kinds a waypoint sends spans to: no spans"));
-            return None;
-        }
-        None => {
-            notes.insert(format!(
-                "tracing provider {name:?} is not defined in the mesh config: no spans"
-            ));
-            return None;
-        }
-    };
+    let (service, port, protocol, path, timeout, max_tag_length, short_trace_ids, headers) =
+        match defined.map(|p| (&p.zipkin, &p.opentelemetry)) {
+            Some((Some(zipkin), _)) => (
+                &zipkin.service,
+                zipkin.port,
+                TraceProtocol::Zipkin,
+                zipkin
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| "/api/v2/spans".to_owned()),
+                POST_TIMEOUT,
+                zipkin.max_tag_length,
+                zipkin.enable_64bit_trace_id,
+                &zipkin.headers[..],
+            ),
+            Some((None, Some(otel))) => {
+                let (protocol, path, timeout, headers) = match &otel.http {
+                    Some(http) => (
+                        TraceProtocol::OtlpHttp,
+                        match &http.path {
+                            Some(p) if p.starts_with('/') => p.clone(),
+                            Some(p) => format!("/{p}"),
+                            None => otlp::HTTP_PATH.to_owned(),
+                        },
+                        post_timeout(http.timeout.as_deref()),
+                        &http.headers[..],
+                    ),
+                    None => (
+                        TraceProtocol::OtlpGrpc,
+                        otlp::EXPORT_PATH.to_owned(),
+                        post_timeout(otel.grpc.as_ref().and_then(|g| g.timeout.as_deref())),
+                        otel.grpc
+                            .as_ref()
+                            .map_or(&[][..], |g| &g.initial_metadata[..]),
+                    ),
+                };
+                (
+                    &otel.service,
+                    otel.port,
+                    protocol,
+                    path,
+                    timeout,
+                    otel.max_tag_length,
+                    false,
+                    headers,
+                )
+            }
+            Some((None, None)) => {
+                notes.insert(format!("tracing provider {name:?} is neither zipkin nor opentelemetry, the kinds a waypoint sends spans to: no spans"));
+                return None;
+            }
+            None => {
+                notes.insert(format!(
+                    "tracing provider {name:?} is not defined in the mesh config: no spans"
+                ));
+                return None;
+            }
+        };
     let (_, host) = split_service(service);
+    let headers = post_headers(&name, headers, notes);
     Some(TracingPlan {
         provider: name,
         host: host.to_owned(),
@@ -989,7 +997,42 @@ fn merge_tracing(
         custom_tags: custom_tags
             .map(|tags| tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default(),
+        headers,
     })
+}
+
+/// The headers a provider sends with each post, values from the
+/// environment read now; one that cannot be sent is left out, and said.
+fn post_headers(
+    provider: &str,
+    headers: &[HttpHeader],
+    notes: &mut BTreeSet<String>,
+) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    let mut out = Vec::new();
+    for header in headers {
+        let value = match (&header.value, &header.env_name) {
+            (Some(value), _) => Some(value.clone()),
+            (None, Some(variable)) => std::env::var(variable).ok(),
+            (None, None) => None,
+        };
+        let parsed = value.and_then(|v| {
+            Some((
+                http::HeaderName::from_bytes(header.name.to_ascii_lowercase().as_bytes()).ok()?,
+                http::HeaderValue::from_str(&v).ok()?,
+            ))
+        });
+        match parsed {
+            Some(pair) => out.push(pair),
+            None => {
+                notes.insert(format!(
+                    "tracing provider {provider:?}: header {:?} has no value to send (is {} set in the waypoint's environment?): left out",
+                    header.name,
+                    header.env_name.as_deref().unwrap_or("its variable")
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The request metrics a selector picks: `None` for all of them (Istio's

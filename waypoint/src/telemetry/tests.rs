@@ -848,7 +848,9 @@ fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
 
     let t = build_with(
         std::slice::from_ref(&mesh),
-        &otel(", grpc: {timeout: 1s}"),
+        &otel(
+            ", grpc: {timeout: 1s, initialMetadata: [{name: X-Tenant, value: shop}, {name: authorization, envName: PATH}, {name: x-token, envName: WARREN_NO_SUCH_VARIABLE}]}",
+        ),
         &Defaults::default(),
     );
     let plan = t
@@ -857,6 +859,24 @@ fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
         .clone()
         .expect("a plan");
     assert_eq!(plan.timeout, std::time::Duration::from_secs(1));
+    // Headers sent with each export: values given or read from the
+    // environment; one whose variable is not set is left out, and said.
+    let path = std::env::var("PATH").unwrap_or_default();
+    let sent: Vec<(&str, &str)> = plan
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.to_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        sent,
+        [("x-tenant", "shop"), ("authorization", path.as_str())]
+    );
+    assert!(
+        t.notes.iter().any(|n| n
+            .contains("header \"x-token\" has no value to send (is WARREN_NO_SUCH_VARIABLE set")),
+        "{:?}",
+        t.notes
+    );
 
     // A provider of another kind: no tracing, said why.
     let t = build_with(

@@ -236,10 +236,25 @@ pub struct Zipkin {
     /// Where spans are posted; `/api/v2/spans` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// Istio's `headers` (sent with each post) and other newer settings
-    /// are read and not used.
+    /// Sent with each post.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HttpHeader>,
+    /// Other newer settings: read, not used.
     #[serde(flatten, skip_serializing)]
     pub other: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// A header a provider sends with each call to its service: a value, or
+/// one read from the proxy's environment.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpHeader {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The environment variable the value is read from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_name: Option<String>,
 }
 
 /// `OpenTelemetryTracingProvider`: spans sent as OTLP.
@@ -271,7 +286,10 @@ pub struct OtlpGrpc {
     /// How long an export may take.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
-    /// `initialMetadata`: read, not used.
+    /// Sent with each export, as headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub initial_metadata: Vec<HttpHeader>,
+    /// Newer settings: read, not used.
     #[serde(flatten, skip_serializing)]
     pub other: BTreeMap<String, serde_yaml::Value>,
 }
@@ -287,7 +305,10 @@ pub struct OtlpHttp {
     /// How long a post may take.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
-    /// `headers` sent with each post: read, not used.
+    /// Sent with each post.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HttpHeader>,
+    /// Newer settings: read, not used.
     #[serde(flatten, skip_serializing)]
     pub other: BTreeMap<String, serde_yaml::Value>,
 }

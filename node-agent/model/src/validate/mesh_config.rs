@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 
 use crate::error::FieldError;
 use crate::istio::mesh::{
-    BodyInCheck, ExtAuthzGrpc, ExtAuthzHttp, MeshConfig, OTHER_PROVIDER_KINDS, OpenTelemetry,
-    Zipkin, split_service,
+    BodyInCheck, ExtAuthzGrpc, ExtAuthzHttp, HttpHeader, MeshConfig, OTHER_PROVIDER_KINDS,
+    OpenTelemetry, Zipkin, split_service,
 };
 use crate::log_format::LogFormat;
 
@@ -198,6 +198,54 @@ fn zipkin(r: &mut Report, path: &str, zipkin: &Zipkin) {
     if let Some(p) = &zipkin.path {
         post_path(r, &format!("{path}.path"), p);
     }
+    headers(r, &format!("{path}.headers"), &zipkin.headers);
+}
+
+/// Headers a provider sends: names a request may carry (not the ones the
+/// proxy writes itself), each with a value or an environment variable.
+fn headers(r: &mut Report, path: &str, headers: &[HttpHeader]) {
+    /// What the proxy sets on each post itself.
+    const OWN: [&str; 6] = [
+        "host",
+        "content-type",
+        "content-length",
+        "te",
+        "connection",
+        "transfer-encoding",
+    ];
+    for (i, header) in headers.iter().enumerate() {
+        let path = format!("{path}[{i}]");
+        let lower = header.name.to_ascii_lowercase();
+        if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            r.error(
+                format!("{path}.name"),
+                format!("{:?} is not a header name", header.name),
+            );
+        } else if OWN.contains(&lower.as_str()) {
+            r.error(
+                format!("{path}.name"),
+                format!("{:?} is set by the proxy itself", header.name),
+            );
+        }
+        match (&header.value, &header.env_name) {
+            (Some(value), None) => {
+                if http::HeaderValue::from_str(value).is_err() {
+                    r.error(
+                        format!("{path}.value"),
+                        "not a header value (control characters?)",
+                    );
+                }
+            }
+            (None, Some(name)) if name.is_empty() || name.contains('=') => {
+                r.error(
+                    format!("{path}.envName"),
+                    format!("{name:?} is not a variable's name"),
+                );
+            }
+            (None, Some(_)) => {}
+            _ => r.error(path, "give one of value and envName"),
+        }
+    }
 }
 
 /// Where spans are posted: a path a request can have.
@@ -228,9 +276,17 @@ fn opentelemetry(r: &mut Report, path: &str, otel: &OpenTelemetry) {
         if let Some(timeout) = &http.timeout {
             positive(r, &format!("{path}.http.timeout"), timeout);
         }
+        headers(r, &format!("{path}.http.headers"), &http.headers);
     }
-    if let Some(timeout) = otel.grpc.as_ref().and_then(|g| g.timeout.as_ref()) {
-        positive(r, &format!("{path}.grpc.timeout"), timeout);
+    if let Some(grpc) = &otel.grpc {
+        if let Some(timeout) = &grpc.timeout {
+            positive(r, &format!("{path}.grpc.timeout"), timeout);
+        }
+        headers(
+            r,
+            &format!("{path}.grpc.initialMetadata"),
+            &grpc.initial_metadata,
+        );
     }
 }
 
@@ -375,7 +431,11 @@ extensionProviders:
   opentelemetry:
     service: observe/otel.observe.svc.cluster.local
     port: "4318"
-    http: {path: v1/traces, timeout: 2s, headers: [{name: x-tenant, value: shop}]}
+    http: {path: v1/traces, timeout: 2s, headers: [{name: x-tenant, value: shop}, {name: authorization, envName: OTEL_TOKEN}]}
+- name: otel-grpc
+  opentelemetry: {service: otel.observe.svc.cluster.local, port: 4317, grpc: {initialMetadata: [{name: x-tenant, value: shop}]}}
+- name: zipkin-auth
+  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411, headers: [{name: x-scope, value: all}]}
 - name: stdout
   envoyFileAccessLog: {path: /dev/stdout, logFormat: {labels: {code: "%RESPONSE_CODE%"}}}
 - name: prom
@@ -412,6 +472,11 @@ extensionProviders:
   envoyFileAccessLog: {logFormat: {text: "%RESPONSE_CODE% %NO_SUCH%"}}
 - name: h
   envoyFileAccessLog: {logFormat: {text: "x", labels: {a: b}}}
+- name: i
+  opentelemetry:
+    service: otel.observe.svc.cluster.local
+    port: 4318
+    http: {headers: [{name: "bad name", value: x}, {name: content-type, value: x}, {name: x-a}, {name: x-b, value: a, envName: B}]}
 accessLogEncoding: YAML
 "#,
         );
@@ -441,6 +506,10 @@ accessLogEncoding: YAML
             "extensionProviders[7].envoyFileAccessLog.logFormat: %NO_SUCH% is not a command operator Warren knows",
             "extensionProviders[8].envoyFileAccessLog.logFormat: only one of text and labels",
             "data.mesh.accessLogEncoding: accessLogEncoding \"YAML\": TEXT or JSON",
+            "extensionProviders[9].opentelemetry.http.headers[0].name: \"bad name\" is not a header name",
+            "extensionProviders[9].opentelemetry.http.headers[1].name: \"content-type\" is set by the proxy itself",
+            "extensionProviders[9].opentelemetry.http.headers[2]: give one of value and envName",
+            "extensionProviders[9].opentelemetry.http.headers[3]: give one of value and envName",
         ];
         for want in expect {
             assert!(
