@@ -13,8 +13,8 @@ use serde_json::{Map, Value};
 /// Istio's default text line (its `EnvoyTextLogFormat`).
 pub const ISTIO_TEXT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
 
-/// Istio's default JSON labels (its `EnvoyJSONLogFormatIstio`), in order.
-pub const ISTIO_JSON: [(&str, &str); 25] = [
+/// Istio's default JSON labels (its `EnvoyJSONLogFormatIstio`).
+pub const ISTIO_JSON: [(&str, &str); 24] = [
     ("start_time", "%START_TIME%"),
     ("route_name", "%ROUTE_NAME%"),
     ("method", "%REQ(:METHOD)%"),
@@ -48,7 +48,6 @@ pub const ISTIO_JSON: [(&str, &str); 25] = [
         "upstream_transport_failure_reason",
         "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
     ),
-    ("upstream_peer_uri_san", "%UPSTREAM_PEER_URI_SAN%"),
 ];
 
 /// A whole access-line format.
@@ -60,7 +59,8 @@ pub enum LogFormat {
     Json(Labels),
 }
 
-/// JSON labels, in the order given.
+/// JSON labels, by key (as JSON objects are read, and as Envoy writes
+/// them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Labels(pub Vec<(String, Label)>);
 
@@ -74,6 +74,7 @@ pub enum Label {
     /// A number, boolean or null, written as given.
     Constant(Value),
     Nested(Labels),
+    List(Vec<Label>),
 }
 
 /// Text with `%COMMAND%` substitutions.
@@ -106,11 +107,17 @@ pub enum Command {
     /// RFC 3339 with milliseconds, in UTC.
     StartTime(Option<String>),
     RequestHeader(HeaderRef),
+    /// As `RequestHeader`, a path's query left out.
+    RequestHeaderWithoutQuery(HeaderRef),
     ResponseHeader(HeaderRef),
     ResponseTrailer(HeaderRef),
     Protocol,
     ResponseCode,
-    ResponseCodeDetails,
+    /// Spaces as `_` (Envoy's details are one token), unless
+    /// `ALLOW_WHITESPACES` was asked for.
+    ResponseCodeDetails {
+        whitespace: bool,
+    },
     ResponseFlags,
     ConnectionTerminationDetails,
     UpstreamTransportFailureReason,
@@ -137,7 +144,7 @@ pub enum Command {
     /// A CEL expression over the request's attributes.
     Cel(String),
     /// An operator Envoy has and Warren's proxies have no value for:
-    /// written as `-` (`null` in JSON).
+    /// written as `-` (`null` in JSON). As written, argument included.
     NotReported(String),
 }
 
@@ -145,7 +152,10 @@ pub enum Command {
 const PLAIN: [(&str, Command); 26] = [
     ("PROTOCOL", Command::Protocol),
     ("RESPONSE_CODE", Command::ResponseCode),
-    ("RESPONSE_CODE_DETAILS", Command::ResponseCodeDetails),
+    (
+        "RESPONSE_CODE_DETAILS",
+        Command::ResponseCodeDetails { whitespace: false },
+    ),
     ("RESPONSE_FLAGS", Command::ResponseFlags),
     (
         "CONNECTION_TERMINATION_DETAILS",
@@ -195,9 +205,24 @@ const PLAIN: [(&str, Command); 26] = [
     ("HOSTNAME", Command::Hostname),
 ];
 
-/// Envoy operators (without argument) accepted and written as `-`: a
-/// format written for Envoy keeps working, with these empty.
-const NOT_REPORTED: [&str; 23] = [
+/// Envoy operators accepted and written as `-`: a format written for
+/// Envoy keeps working, with these empty (the waypoint warns once). Any
+/// argument they take is read, not used.
+const NOT_REPORTED: [&str; 37] = [
+    "DYNAMIC_METADATA",
+    "CLUSTER_METADATA",
+    "UPSTREAM_METADATA",
+    "METADATA",
+    "FILTER_STATE",
+    "UPSTREAM_FILTER_STATE",
+    "TRACE_ID",
+    "RESPONSE_FLAGS_LONG",
+    "STREAM_ID",
+    "UPSTREAM_CONNECTION_ID",
+    "DOWNSTREAM_PEER_CERT",
+    "DOWNSTREAM_PEER_URI_SAN_ALL",
+    "UPSTREAM_PEER_SUBJECT",
+    "UPSTREAM_TLS_VERSION",
     "DOWNSTREAM_LOCAL_URI_SAN",
     "REQUEST_DURATION",
     "REQUEST_TX_DURATION",
@@ -233,11 +258,15 @@ impl fmt::Display for Command {
             Command::StartTime(None) => f.write_str("%START_TIME%"),
             Command::StartTime(Some(format)) => write!(f, "%START_TIME({format})%"),
             Command::RequestHeader(h) => header(f, "REQ", h),
+            Command::RequestHeaderWithoutQuery(h) => header(f, "REQ_WITHOUT_QUERY", h),
+            Command::ResponseCodeDetails { whitespace: true } => {
+                f.write_str("%RESPONSE_CODE_DETAILS(ALLOW_WHITESPACES)%")
+            }
             Command::ResponseHeader(h) => header(f, "RESP", h),
             Command::ResponseTrailer(h) => header(f, "TRAILER", h),
             Command::Environment(name) => write!(f, "%ENVIRONMENT({name})%"),
             Command::Cel(expr) => write!(f, "%CEL({expr})%"),
-            Command::NotReported(name) => write!(f, "%{name}%"),
+            Command::NotReported(written) => write!(f, "%{written}%"),
             plain => {
                 let name = PLAIN
                     .iter()
@@ -246,21 +275,6 @@ impl fmt::Display for Command {
                 write!(f, "%{name}%")
             }
         }
-    }
-}
-
-impl Command {
-    /// Whether its value is a number (written unquoted in JSON).
-    pub fn is_number(&self) -> bool {
-        matches!(
-            self,
-            Command::ResponseCode
-                | Command::BytesReceived
-                | Command::BytesSent
-                | Command::Duration
-                | Command::DownstreamLocalPort
-                | Command::UpstreamRequestAttemptCount
-        )
     }
 }
 
@@ -381,12 +395,27 @@ fn resolve(name: &str, argument: Option<&str>) -> Result<Command, String> {
     let command = match name {
         "START_TIME" => {
             let format = argument.filter(|a| !a.is_empty());
-            if let Some(format) = format {
-                check_time_format(format).map_err(|e| format!("%START_TIME({format})%: {e}"))?;
-            }
-            Command::StartTime(format.map(str::to_owned))
+            let translated = match format {
+                Some(format) => {
+                    Some(time_format(format).map_err(|e| format!("%START_TIME({format})%: {e}"))?)
+                }
+                None => None,
+            };
+            Command::StartTime(translated)
         }
         "REQ" => Command::RequestHeader(header(name, needs("a header name")?)?),
+        "REQ_WITHOUT_QUERY" => {
+            Command::RequestHeaderWithoutQuery(header(name, needs("a header name")?)?)
+        }
+        "RESPONSE_CODE_DETAILS" => match argument {
+            None => Command::ResponseCodeDetails { whitespace: false },
+            Some("ALLOW_WHITESPACES") => Command::ResponseCodeDetails { whitespace: true },
+            Some(other) => {
+                return Err(format!(
+                    "%RESPONSE_CODE_DETAILS({other})%: the argument may be ALLOW_WHITESPACES"
+                ));
+            }
+        },
         "RESP" => Command::ResponseHeader(header(name, needs("a header name")?)?),
         "TRAILER" => Command::ResponseTrailer(header(name, needs("a header name")?)?),
         "ENVIRONMENT" => Command::Environment(needs("a variable's name")?.to_owned()),
@@ -395,17 +424,16 @@ fn resolve(name: &str, argument: Option<&str>) -> Result<Command, String> {
             crate::validate::telemetry::expression(expr).map_err(|e| format!("%CEL%: {e}"))?;
             Command::Cel(expr.to_owned())
         }
+        _ if NOT_REPORTED.contains(&name) => Command::NotReported(match argument {
+            Some(argument) => format!("{name}({argument})"),
+            None => name.to_owned(),
+        }),
         _ => {
             let command = PLAIN
                 .iter()
                 .find(|(known, _)| *known == name)
                 .map(|(_, c)| c.clone())
-                .or_else(|| {
-                    NOT_REPORTED
-                        .contains(&name)
-                        .then(|| Command::NotReported(name.to_owned()))
-                })
-                .ok_or_else(|| format!("%{name}% is not a command operator Warren knows"))?;
+                .ok_or_else(|| format!("%{name}% is not a command operator Envoy has"))?;
             if argument.is_some() {
                 return Err(format!("%{name}% takes no argument"));
             }
@@ -432,11 +460,44 @@ fn header(op: &str, argument: &str) -> Result<HeaderRef, String> {
     Ok(HeaderRef { name, fallback })
 }
 
-/// Refuses a `strftime` format that cannot be written.
-fn check_time_format(format: &str) -> Result<(), String> {
-    jiff::fmt::strtime::format(format, jiff::Timestamp::UNIX_EPOCH)
-        .map(drop)
-        .map_err(|e| format!("not a strftime format: {e}"))
+/// Envoy's `strftime` format as the waypoint writes it (`jiff`'s), or why
+/// it cannot be written. Envoy's own extensions are translated: `%E<n>S`
+/// and `%E*S` (seconds with n or all fractional digits), `%Ez` (`+hh:mm`),
+/// `%f` without a width (nine digits), `%Z` (`UTC`: start times are in
+/// UTC).
+fn time_format(format: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(format.len());
+    let mut rest = format;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let directive = &rest[at + 1..];
+        let (written, used) = match directive.as_bytes() {
+            [b'E', b'*', b'S', ..] => ("%S%.f".to_owned(), 3),
+            [b'E', d, b'S', ..] if d.is_ascii_digit() => (format!("%S.%{}f", *d as char), 3),
+            [b'E', b'z', ..] => ("%:z".to_owned(), 2),
+            [b'f', ..] => ("%9f".to_owned(), 1),
+            [b'Z', ..] => ("UTC".to_owned(), 1),
+            [b'%', ..] => ("%%".to_owned(), 1),
+            _ => ("%".to_owned(), 0),
+        };
+        out.push_str(&written);
+        rest = &directive[used..];
+    }
+    out.push_str(rest);
+    jiff::fmt::strtime::format(&out, jiff::Timestamp::UNIX_EPOCH)
+        .map_err(|e| format!("not a strftime format: {e}"))?;
+    Ok(out)
+}
+
+/// A label's value that is not a string at the top: a constant, nested
+/// labels, or a list of values.
+fn label(value: &Value) -> Result<Label, String> {
+    Ok(match value {
+        Value::String(text) => Label::Template(Template::parse(text)?),
+        Value::Object(inner) => Label::Nested(Labels::parse(inner)?),
+        Value::Array(items) => Label::List(items.iter().map(label).collect::<Result<_, _>>()?),
+        constant => Label::Constant(constant.clone()),
+    })
 }
 
 impl Labels {
@@ -452,8 +513,7 @@ impl Labels {
                 Value::Object(inner) => {
                     Label::Nested(Labels::parse(inner).map_err(|e| format!("{key}.{e}"))?)
                 }
-                Value::Array(_) => return Err(format!("{key}: a list is not a label's value")),
-                constant => Label::Constant(constant.clone()),
+                other => label(other).map_err(|e| format!("{key}: {e}"))?,
             };
             out.push((key.clone(), label));
         }
@@ -476,24 +536,34 @@ impl Labels {
     pub fn commands(&self) -> Vec<&Command> {
         let mut all = Vec::new();
         for (_, label) in &self.0 {
-            match label {
-                Label::Template(t) => all.extend(t.commands()),
-                Label::Nested(inner) => all.extend(inner.commands()),
-                Label::Constant(_) => {}
-            }
+            label.commands(&mut all);
         }
         all
     }
 }
 
+impl Label {
+    fn commands<'l>(&'l self, all: &mut Vec<&'l Command>) {
+        match self {
+            Label::Template(t) => all.extend(t.commands()),
+            Label::Nested(inner) => all.extend(inner.commands()),
+            Label::List(items) => items.iter().for_each(|i| i.commands(all)),
+            Label::Constant(_) => {}
+        }
+    }
+}
+
 impl LogFormat {
-    /// An `envoyFileAccessLog` provider's `logFormat`: `text` or `labels`.
+    /// An `envoyFileAccessLog` provider's `logFormat`: `text` or `labels`;
+    /// Istio's default text line or JSON labels where the one given is
+    /// empty, or neither is.
     pub fn of_provider(spec: &crate::istio::mesh::LogFormatSpec) -> Result<LogFormat, String> {
         match (&spec.text, &spec.labels) {
             (Some(_), Some(_)) => Err("only one of text and labels may be set".into()),
-            (Some(text), None) => Ok(LogFormat::Text(text_line(text)?)),
+            (Some(text), None) if !text.is_empty() => Ok(LogFormat::Text(text_line(text)?)),
+            (None, Some(labels)) if labels.is_empty() => Ok(LogFormat::Json(Labels::istio())),
             (None, Some(labels)) => Labels::parse(labels).map(LogFormat::Json),
-            (None, None) => Err("give text or labels".into()),
+            _ => text_line(ISTIO_TEXT).map(LogFormat::Text),
         }
     }
 
@@ -510,7 +580,7 @@ impl LogFormat {
                     .map_err(|e| format!("with JSON encoding, a JSON object of labels: {e}"))?;
                 Labels::parse(&labels).map(LogFormat::Json)
             }
-            other => Err(format!("accessLogEncoding {other:?}: TEXT or JSON")),
+            other => Err(format!("{other:?} is not TEXT or JSON")),
         }
     }
 
@@ -595,7 +665,11 @@ mod tests {
     #[test]
     fn mistakes_are_named() {
         let cases = [
-            ("%FOO%", "%FOO% is not a command operator Warren knows"),
+            ("%FOO%", "%FOO% is not a command operator Envoy has"),
+            (
+                "%RESPONSE_CODE_DETAILS(X)%",
+                "the argument may be ALLOW_WHITESPACES",
+            ),
             ("%REQ%", "%REQ% needs a header name"),
             ("%REQ()%", "%REQ% needs a header name"),
             ("%REQ(bad header)%", "\"bad header\" is not a header name"),
@@ -606,6 +680,7 @@ mod tests {
             ("%BYTES_SENT:x%", "':' must be followed by a length"),
             ("%CEL(nope.x)%", "which a proxy does not know"),
             ("%START_TIME(%K)%", "not a strftime format"),
+            ("%START_TIME(%Y%)%", "not a strftime format"),
         ];
         for (text, want) in cases {
             let error = Template::parse(text).expect_err(text);
@@ -633,12 +708,82 @@ mod tests {
         let error = LogFormat::of_mesh("%RESPONSE_CODE%", "JSON").expect_err("not JSON");
         assert!(error.contains("a JSON object of labels"), "{error}");
         let error = LogFormat::of_mesh("", "YAML").expect_err("no such encoding");
-        assert!(error.contains("TEXT or JSON"), "{error}");
+        assert!(error.contains("\"YAML\" is not TEXT or JSON"), "{error}");
         let LogFormat::Text(text) = LogFormat::of_mesh("%RESPONSE_CODE%", "TEXT").expect("text")
         else {
             panic!("not text");
         };
         assert_eq!(text.0.last(), Some(&Piece::Literal("\n".into())));
+    }
+
+    #[test]
+    fn envoys_time_extensions_are_translated() {
+        for (envoy, written) in [
+            ("%Y-%m-%dT%H:%M:%E3SZ", "%Y-%m-%dT%H:%M:%S.%3fZ"),
+            ("%s.%f %Ez %Z %%", "%s.%9f %:z UTC %%"),
+            ("%E*S", "%S%.f"),
+        ] {
+            let t = Template::parse(&format!("%START_TIME({envoy})%")).expect(envoy);
+            assert_eq!(
+                t.0,
+                vec![op(Command::StartTime(Some(written.into())))],
+                "{envoy}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_provider_formats_are_istios() {
+        use crate::istio::mesh::LogFormatSpec;
+        let text = |spec: LogFormatSpec| match LogFormat::of_provider(&spec) {
+            Ok(LogFormat::Text(t)) => t.commands().count(),
+            other => panic!("not text: {other:?}"),
+        };
+        assert_eq!(text(LogFormatSpec::default()), 24);
+        assert_eq!(
+            text(LogFormatSpec {
+                text: Some(String::new()),
+                labels: None
+            }),
+            24
+        );
+        let empty = LogFormatSpec {
+            text: None,
+            labels: Some(Map::new()),
+        };
+        assert!(matches!(
+            LogFormat::of_provider(&empty),
+            Ok(LogFormat::Json(labels)) if labels == Labels::istio()
+        ));
+    }
+
+    #[test]
+    fn envoys_other_operators_are_accepted_and_lists_are_labels() {
+        let t = Template::parse(
+            "%DYNAMIC_METADATA(istio.mixer:status):20% %TRACE_ID% %REQ_WITHOUT_QUERY(:PATH)% %RESPONSE_CODE_DETAILS(ALLOW_WHITESPACES)%",
+        )
+        .expect("parses");
+        let printed: Vec<String> = t.commands().map(ToString::to_string).collect();
+        assert_eq!(
+            printed,
+            [
+                "%DYNAMIC_METADATA(istio.mixer:status)%",
+                "%TRACE_ID%",
+                "%REQ_WITHOUT_QUERY(:path)%",
+                "%RESPONSE_CODE_DETAILS(ALLOW_WHITESPACES)%"
+            ]
+        );
+        let LogFormat::Json(labels) = LogFormat::of_mesh(
+            r#"{"codes": ["%RESPONSE_CODE%", 1, {"f": "%RESPONSE_FLAGS%"}]}"#,
+            "JSON",
+        )
+        .expect("a list") else {
+            panic!("not JSON");
+        };
+        assert_eq!(
+            labels.commands(),
+            vec![&Command::ResponseCode, &Command::ResponseFlags]
+        );
     }
 
     #[test]

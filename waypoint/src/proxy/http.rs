@@ -45,7 +45,7 @@ use crate::{
     metrics::ClusterLabels,
     route::{Action, FailureKind, Lookup, RequestInfo, RetryPolicy, RouteDestination, Scope},
     tables::Compiled,
-    telemetry::attributes::RequestFacts,
+    telemetry::{HeaderNeed, attributes::RequestFacts},
     upstream::{
         self, Cluster, Endpoint, HashInput, LoadBalancer, Outcome, RetryPermit, UpstreamHttp,
     },
@@ -193,7 +193,7 @@ pub async fn handle(
     };
     let facts = telemetry
         .reads_request
-        .then(|| Box::new(request_facts(&parts, telemetry.reads_request_headers)));
+        .then(|| Box::new(request_facts(&parts, &telemetry.request_headers)));
     // Reports the request should the client leave before its answer.
     let unanswered = Unanswered::new(Finished {
         ctx: Arc::clone(&ctx),
@@ -250,21 +250,15 @@ pub async fn handle(
     finished.destination = done.destination;
     finished.attempts = done.attempts;
     finished.request_body = done.request_body;
-    if finished.telemetry.reads_response_headers {
-        finished.response_headers = Some(parts.headers.clone());
-    }
+    finished.response_headers = finished.telemetry.response_headers.keep(&parts.headers);
     Response::from_parts(parts, Measured::new(body, finished).boxed())
 }
 
 /// What a Telemetry expression may read of a request (`request.*`); its
-/// headers only when one reads them.
-fn request_facts(parts: &http::request::Parts, headers: bool) -> RequestFacts {
+/// headers only those something reads.
+fn request_facts(parts: &http::request::Parts, headers: &HeaderNeed) -> RequestFacts {
     RequestFacts {
-        headers: if headers {
-            parts.headers.clone()
-        } else {
-            HeaderMap::new()
-        },
+        headers: headers.keep(&parts.headers).unwrap_or_default(),
         path: parts
             .uri
             .path_and_query()

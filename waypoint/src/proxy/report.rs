@@ -116,8 +116,10 @@ impl Finished {
         };
         let telemetry = &self.telemetry;
         let plan = &telemetry.metrics;
-        // What expressions read, built only for them.
-        let reads = (!plan.off && !plan.is_plain()) || telemetry.access_log.reads_attributes();
+        let logging = tracing::enabled!(target: "access", tracing::Level::INFO);
+        // What expressions and formats read, built only for them.
+        let reads =
+            (!plan.off && !plan.is_plain()) || (logging && telemetry.access_log.reads_attributes());
         let facts = reads.then(|| Facts {
             request: request.facts.as_deref(),
             request_id: request.request_id.to_str().ok(),
@@ -135,7 +137,11 @@ impl Finished {
             start: SystemTime::now().checked_sub(elapsed),
             duration: Some(elapsed),
             route: Some(&self.route),
-            details: self.details.as_deref(),
+            // Envoy's details of an answer the upstream gave.
+            details: self
+                .details
+                .as_deref()
+                .or((self.upstream.is_some() && flags == "-").then_some("via_upstream")),
             attempts: Some(self.attempts),
             service: Some(&down.service.hostname),
             upstream_principal: self
@@ -171,7 +177,7 @@ impl Finished {
         {
             self.send_span(plan, span, flags, request_bytes, response_bytes);
         }
-        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+        if !logging {
             return;
         }
         telemetry.access_log.for_each_line(attributes.as_ref(), |format| {

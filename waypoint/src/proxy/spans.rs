@@ -142,15 +142,22 @@ pub async fn run(ctx: Arc<Context>) {
                 }
                 // Closed queues: each task posts what it holds, at once, and ends.
                 collectors.clear();
-                let _ = tokio::time::timeout(FLUSH, tasks.join_all()).await;
+                let all_ended = async { while tasks.join_next().await.is_some() {} };
+                let _ = tokio::time::timeout(FLUSH, all_ended).await;
                 return;
             }
             next = rx.recv() => match next {
                 Some(queued) => dispatch(&ctx, &mut collectors, &mut tasks, queued),
                 None => return,
             },
-            // Ended tasks are reaped as they go.
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            // A task that ended idle leaves its entry behind: gone too.
+            Some(ended) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Ok(key) = ended
+                    && collectors.get(&key).is_some_and(mpsc::Sender::is_closed)
+                {
+                    collectors.remove(&key);
+                }
+            }
         }
     }
 }
@@ -160,7 +167,7 @@ pub async fn run(ctx: Arc<Context>) {
 fn dispatch(
     ctx: &Arc<Context>,
     collectors: &mut BTreeMap<Collector, mpsc::Sender<Queued>>,
-    tasks: &mut JoinSet<()>,
+    tasks: &mut JoinSet<Collector>,
     queued: Queued,
 ) {
     let key = queued.collector();
@@ -178,29 +185,31 @@ fn dispatch(
     let (tx, rx) = mpsc::channel(PER_COLLECTOR);
     // A new channel has room for one.
     let _ = tx.try_send(queued);
-    collectors.insert(key, tx);
-    tasks.spawn(collector(Arc::clone(ctx), rx));
+    collectors.insert(key.clone(), tx);
+    tasks.spawn(collector(Arc::clone(ctx), key, rx));
 }
 
 /// One collector's task: posts its spans in batches of up to [`BATCH`], a
 /// span waiting up to [`LINGER`] for others; ends once idle for [`IDLE`],
-/// or when its queue is closed and what it held is posted.
-async fn collector(ctx: Arc<Context>, mut rx: mpsc::Receiver<Queued>) {
+/// or when its queue is closed and what it held is posted. Returns whose
+/// task it was.
+async fn collector(ctx: Arc<Context>, key: Collector, mut rx: mpsc::Receiver<Queued>) -> Collector {
     loop {
         let first = match tokio::time::timeout(IDLE, rx.recv()).await {
             Ok(Some(first)) => first,
-            Ok(None) => return,
+            Ok(None) => return key,
             Err(_) => {
-                // Nothing more comes in; what came since is still posted.
+                // Nothing more comes in; what came since (a send that had
+                // its place before the close included) is still posted.
                 rx.close();
                 let mut left = Vec::new();
-                while let Ok(queued) = rx.try_recv() {
+                while let Some(queued) = rx.recv().await {
                     left.push(queued);
                 }
                 for batch in left.chunks(BATCH) {
                     post_batch(&ctx, batch).await;
                 }
-                return;
+                return key;
             }
         };
         let mut batch = vec![first];

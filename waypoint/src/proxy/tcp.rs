@@ -455,6 +455,9 @@ impl Line<'_> {
         upstream: Option<SocketAddr>,
         (sent, received): (u64, u64),
     ) {
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return;
+        }
         let down = self.down;
         let access_log = &self.telemetry.access_log;
         let elapsed = self.start.elapsed();
@@ -476,9 +479,6 @@ impl Line<'_> {
             service: Some(&down.service.hostname),
             ..Facts::default()
         });
-        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
-            return;
-        }
         let attributes = facts.as_ref().map(Attributes::of);
         access_log.for_each_line(attributes.as_ref(), |format| {
             match (format, &facts, &attributes) {

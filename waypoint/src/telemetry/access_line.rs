@@ -38,12 +38,74 @@ pub struct AccessFormat {
 }
 
 /// What of a request a format reads, beyond what every request keeps.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reads {
-    pub request_headers: bool,
-    pub response_headers: bool,
+    /// The request's own fields (method, path, host, protocol).
+    pub request: bool,
+    pub request_headers: HeaderNeed,
+    pub response_headers: HeaderNeed,
     pub response_trailers: bool,
 }
+
+/// Which of a message's headers must be kept for what reads them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum HeaderNeed {
+    #[default]
+    None,
+    /// These (lowercase), and no others.
+    Some(Vec<http::HeaderName>),
+    /// All of them (an expression may read any).
+    All,
+}
+
+impl HeaderNeed {
+    /// Adds what `other` needs.
+    pub fn and(&mut self, other: &HeaderNeed) {
+        match (&mut *self, other) {
+            (_, HeaderNeed::None) | (HeaderNeed::All, _) => {}
+            (_, HeaderNeed::All) => *self = HeaderNeed::All,
+            (HeaderNeed::None, HeaderNeed::Some(names)) => *self = HeaderNeed::Some(names.clone()),
+            (HeaderNeed::Some(mine), HeaderNeed::Some(names)) => {
+                for name in names {
+                    if !mine.contains(name) {
+                        mine.push(name.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn name(&mut self, name: &str) {
+        if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+            self.and(&HeaderNeed::Some(vec![name]));
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        matches!(self, HeaderNeed::None)
+    }
+
+    /// The headers of `from` it needs, copied.
+    pub fn keep(&self, from: &HeaderMap) -> Option<HeaderMap> {
+        match self {
+            HeaderNeed::None => None,
+            HeaderNeed::All => Some(from.clone()),
+            HeaderNeed::Some(names) => {
+                let mut kept = HeaderMap::new();
+                for name in names {
+                    for value in from.get_all(name) {
+                        kept.append(name.clone(), value.clone());
+                    }
+                }
+                Some(kept)
+            }
+        }
+    }
+}
+
+/// Request headers every request keeps in its own fields: reading them
+/// needs no copy of the headers.
+const KEPT_ANYWAY: [&str; 4] = ["host", "user-agent", "referer", "x-request-id"];
 
 /// One command's value.
 enum Value<'a> {
@@ -61,19 +123,33 @@ impl AccessFormat {
             match command {
                 Command::Cel(text) => {
                     let expr = Expr::compile(text)?;
-                    reads.request_headers |= expr.reads_headers_of("request");
-                    reads.response_headers |= expr.reads_headers_of("response");
+                    reads.request |= expr.reads("request");
+                    if expr.reads_headers_of("request") {
+                        reads.request_headers = HeaderNeed::All;
+                    }
+                    if expr.reads_headers_of("response") {
+                        reads.response_headers = HeaderNeed::All;
+                    }
                     cel.insert(text.clone(), expr);
                 }
                 Command::Environment(name) => {
                     environment.insert(name.clone(), std::env::var(name).ok());
                 }
-                Command::RequestHeader(h) => {
-                    reads.request_headers |=
-                        !is_pseudo(&h.name) || h.fallback.as_deref().is_some_and(|f| !is_pseudo(f));
+                Command::RequestHeader(h) | Command::RequestHeaderWithoutQuery(h) => {
+                    reads.request = true;
+                    for name in std::iter::once(&h.name).chain(&h.fallback) {
+                        if !is_pseudo(name) && !KEPT_ANYWAY.contains(&name.as_str()) {
+                            reads.request_headers.name(name);
+                        }
+                    }
                 }
-                Command::ResponseHeader(_) => reads.response_headers = true,
+                Command::ResponseHeader(h) => {
+                    for name in std::iter::once(&h.name).chain(&h.fallback) {
+                        reads.response_headers.name(name);
+                    }
+                }
                 Command::ResponseTrailer(_) => reads.response_trailers = true,
+                Command::Protocol => reads.request = true,
                 _ => {}
             }
         }
@@ -146,22 +222,31 @@ impl AccessFormat {
     ) -> Map<String, Json> {
         let mut object = Map::new();
         for (key, label) in &labels.0 {
-            let value = match label {
-                Label::Constant(value) => value.clone(),
-                Label::Nested(inner) => Json::Object(self.json(inner, facts, attributes)),
-                Label::Template(template) => match template.single() {
-                    Some((command, max_len)) => match self.value(command, facts, attributes) {
-                        Value::Missing => Json::Null,
-                        Value::Number(n) if max_len.is_none() => Json::from(n),
-                        Value::Number(n) => Json::from(cut(&n.to_string(), max_len)),
-                        Value::Text(text) => Json::from(cut(&text, max_len)),
-                    },
-                    None => Json::from(self.text(template, facts, attributes)),
-                },
-            };
-            object.insert(key.clone(), value);
+            object.insert(key.clone(), self.label(label, facts, attributes));
         }
         object
+    }
+
+    fn label(&self, label: &Label, facts: &Facts<'_>, attributes: &Attributes<'_, '_>) -> Json {
+        match label {
+            Label::Constant(value) => value.clone(),
+            Label::Nested(inner) => Json::Object(self.json(inner, facts, attributes)),
+            Label::List(items) => Json::Array(
+                items
+                    .iter()
+                    .map(|item| self.label(item, facts, attributes))
+                    .collect(),
+            ),
+            Label::Template(template) => match template.single() {
+                Some((command, max_len)) => match self.value(command, facts, attributes) {
+                    Value::Missing => Json::Null,
+                    Value::Number(n) if max_len.is_none() => Json::from(n),
+                    Value::Number(n) => Json::from(cut(&n.to_string(), max_len)),
+                    Value::Text(text) => Json::from(cut(&text, max_len)),
+                },
+                None => Json::from(self.text(template, facts, attributes)),
+            },
+        }
     }
 
     fn value<'f>(
@@ -179,19 +264,29 @@ impl AccessFormat {
                 .and_then(|at| start_time(at, format.as_deref()))
                 .map_or(Value::Missing, owned),
             Command::RequestHeader(h) => request_header(facts, h),
+            Command::RequestHeaderWithoutQuery(h) => match request_header(facts, h) {
+                Value::Text(Cow::Borrowed(text)) => {
+                    Value::Text(Cow::Borrowed(text.split_once('?').map_or(text, |(p, _)| p)))
+                }
+                Value::Text(Cow::Owned(text)) => Value::Text(Cow::Owned(
+                    text.split_once('?')
+                        .map_or(text.as_str(), |(p, _)| p)
+                        .to_owned(),
+                )),
+                other => other,
+            },
             Command::ResponseHeader(h) => header(facts.response_headers, h),
             Command::ResponseTrailer(h) => header(facts.response_trailers, h),
             Command::Protocol => present(facts.request.map(|r| r.protocol)),
-            Command::ResponseCode => facts
-                .response_code
-                .map_or(Value::Missing, |c| Value::Number(u64::from(c))),
+            // 0 without an answer (a TCP connection, a client gone), as
+            // Envoy writes it.
+            Command::ResponseCode => Value::Number(u64::from(facts.response_code.unwrap_or(0))),
             // Envoy's details are one token: spaces become underscores.
-            Command::ResponseCodeDetails => facts
-                .details
-                .filter(|d| !d.is_empty())
-                .map_or(Value::Missing, |d| {
-                    owned(d.replace(char::is_whitespace, "_"))
-                }),
+            Command::ResponseCodeDetails { whitespace } => match facts.details {
+                Some("") | None => Value::Missing,
+                Some(d) if *whitespace => text(d),
+                Some(d) => owned(d.replace(char::is_whitespace, "_")),
+            },
             Command::ResponseFlags => text(if facts.flags.is_empty() {
                 "-"
             } else {
@@ -208,7 +303,12 @@ impl AccessFormat {
             Command::UpstreamCluster => match (facts.service, facts.destination) {
                 // Istio's name for a waypoint's cluster of a Service.
                 (Some(host), Some(addr)) => {
-                    owned(format!("inbound-vip|{}|http|{host}", addr.port()))
+                    let protocol = if facts.request.is_some() {
+                        "http"
+                    } else {
+                        "tcp"
+                    };
+                    owned(format!("inbound-vip|{}|{protocol}|{host}", addr.port()))
                 }
                 _ => Value::Missing,
             },
@@ -284,7 +384,7 @@ fn request_header<'f>(facts: &'f Facts<'_>, h: &HeaderRef) -> Value<'f> {
             "user-agent" if request.headers.is_empty() => Cow::Borrowed(request.useragent.as_str()),
             "referer" if request.headers.is_empty() => Cow::Borrowed(request.referer.as_str()),
             name if name.starts_with(':') => return None,
-            name => joined(&request.headers, name)?,
+            name => first(&request.headers, name)?,
         };
         (!value.is_empty()).then_some(value)
     };
@@ -297,25 +397,19 @@ fn header<'f>(headers: Option<&'f HeaderMap>, h: &HeaderRef) -> Value<'f> {
     let Some(headers) = headers else {
         return Value::Missing;
     };
-    joined(headers, &h.name)
-        .or_else(|| h.fallback.as_deref().and_then(|f| joined(headers, f)))
+    first(headers, &h.name)
+        .or_else(|| h.fallback.as_deref().and_then(|f| first(headers, f)))
         .map_or(Value::Missing, Value::Text)
 }
 
-/// A header's values, comma-joined as Envoy joins them.
-fn joined<'f>(headers: &'f HeaderMap, name: &str) -> Option<Cow<'f, str>> {
-    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
-    let first = values.next()?;
-    let rest: Vec<&str> = values.collect();
-    if rest.is_empty() {
-        return Some(Cow::Borrowed(first));
-    }
-    Some(Cow::Owned(
-        std::iter::once(first)
-            .chain(rest)
-            .collect::<Vec<_>>()
-            .join(","),
-    ))
+/// A header's first value, as Envoy writes a header that came several
+/// times.
+fn first<'f>(headers: &'f HeaderMap, name: &str) -> Option<Cow<'f, str>> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(Cow::Borrowed)
 }
 
 /// `at` in `format` (strftime), or Envoy's default: RFC 3339 in UTC with
@@ -431,7 +525,7 @@ mod tests {
             serde_json::json!({
                 "code": 503, "bytes": 345, "sni": null,
                 "who": "spiffe://cluster.local/ns/demo/sa/client",
-                "both": "503/URX", "tags": "a,b", "type": "text", "team": "shop",
+                "both": "503/URX", "tags": "a", "type": "text", "team": "shop",
                 "n": {"attempts": 3}, "one": 1, "long": "/api/items!", "cut": "50"
             })
         );
@@ -456,12 +550,45 @@ mod tests {
                 .expect("compiles")
                 .reads
         };
-        assert_eq!(reads("%REQ(:METHOD)% %REQ(:PATH)%"), Reads::default());
-        assert!(reads("%REQ(X-A)%").request_headers);
-        assert!(reads("%REQ(:PATH?X-A)%").request_headers);
-        assert!(reads("%CEL(request.headers['a'])%").request_headers);
-        assert!(reads("%RESP(X-A)%").response_headers);
+        let names = |names: &[&'static str]| {
+            HeaderNeed::Some(
+                names
+                    .iter()
+                    .map(|n| http::HeaderName::from_static(n))
+                    .collect(),
+            )
+        };
+        assert_eq!(reads("%RESPONSE_CODE% %DURATION%"), Reads::default());
+        // The request's own fields: no headers copied for them.
+        let own =
+            reads("%REQ(:METHOD)% %REQ(:PATH)% %REQ(USER-AGENT)% %REQ(X-REQUEST-ID)% %PROTOCOL%");
+        assert!(own.request && own.request_headers.is_none());
+        // Only the headers named are kept.
+        let some = reads("%REQ(X-A)% %REQ(:PATH?X-B)% %RESP(X-C)%");
+        assert_eq!(some.request_headers, names(&["x-a", "x-b"]));
+        assert_eq!(some.response_headers, names(&["x-c"]));
+        assert_eq!(
+            reads("%CEL(request.headers['a'])%").request_headers,
+            HeaderNeed::All
+        );
         assert!(reads("%TRAILER(GRPC-MESSAGE)%").response_trailers);
+        // And keeping copies those alone, every value of each.
+        let mut headers = HeaderMap::new();
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        headers.append("x-z", HeaderValue::from_static("3"));
+        let kept = some.request_headers.keep(&headers).expect("kept");
+        assert_eq!(kept.len(), 2);
+        assert!(kept.get("x-z").is_none());
+        assert!(HeaderNeed::None.keep(&headers).is_none());
+    }
+
+    #[test]
+    fn a_path_without_its_query_and_details_with_their_spaces() {
+        let text =
+            "%REQ_WITHOUT_QUERY(:PATH)% %RESPONSE_CODE_DETAILS(ALLOW_WHITESPACES)% %TRACE_ID%";
+        let format = LogFormat::Text(Template::parse(text).expect("parses"));
+        assert_eq!(render(format), "/api/items upstream reset before headers -");
     }
 
     #[test]
@@ -479,7 +606,7 @@ mod tests {
             AccessFormat::compile(LogFormat::of_mesh("", "").expect("a format")).expect("compiles");
         assert_eq!(
             format.line(&facts, &attributes),
-            "[-] \"- - -\" - - - - \"-\" 10 20 - - \"-\" \"-\" \"-\" \"-\" \"-\" - - - 10.0.0.1:0 db.example.com -\n"
+            "[-] \"- - -\" 0 - - - \"-\" 10 20 - - \"-\" \"-\" \"-\" \"-\" \"-\" - - - 10.0.0.1:0 db.example.com -\n"
         );
     }
 }

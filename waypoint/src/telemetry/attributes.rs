@@ -102,14 +102,8 @@ impl Expr {
 
     /// As a label's value: its text; `unknown` when it fails.
     pub fn label(&self, attributes: &Attributes<'_, '_>) -> String {
-        match self.evaluate(attributes) {
-            Some(Value::String(s)) => s.to_string(),
-            Some(Value::Int(i)) => i.to_string(),
-            Some(Value::UInt(u)) => u.to_string(),
-            Some(Value::Float(f)) => f.to_string(),
-            Some(Value::Bool(b)) => b.to_string(),
-            _ => "unknown".to_owned(),
-        }
+        self.text_value(attributes)
+            .unwrap_or_else(|| "unknown".to_owned())
     }
 }
 

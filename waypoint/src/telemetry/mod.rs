@@ -55,7 +55,7 @@ use warren_model::{
 };
 
 use crate::attachment::applies;
-pub use access_line::AccessFormat;
+pub use access_line::{AccessFormat, HeaderNeed};
 pub use attributes::{Attributes, Expr, Facts};
 
 /// A Telemetry as the agent sent it, its expressions compiled.
@@ -152,7 +152,7 @@ impl Defaults {
         access_log_format: &str,
         access_log_encoding: &str,
     ) -> Result<Defaults, String> {
-        let says = access_log_file.as_deref().is_some_and(|f| !f.is_empty())
+        let says = access_log_file.is_some()
             || !access_log_format.is_empty()
             || !access_log_encoding.is_empty();
         let access_log_format = if says {
@@ -309,8 +309,9 @@ impl AccessLog {
         let mut reads = access_line::Reads::default();
         if let AccessLog::Filtered(sinks) = self {
             for format in sinks.iter().filter_map(|s| s.format.as_ref()) {
-                reads.request_headers |= format.reads.request_headers;
-                reads.response_headers |= format.reads.response_headers;
+                reads.request |= format.reads.request;
+                reads.request_headers.and(&format.reads.request_headers);
+                reads.response_headers.and(&format.reads.response_headers);
                 reads.response_trailers |= format.reads.response_trailers;
             }
         }
@@ -415,12 +416,14 @@ pub struct Resolved {
     pub tracing: Option<Arc<TracingPlan>>,
     /// The Telemetry objects that made it, in the order applied.
     pub sources: Vec<String>,
-    /// Some expression reads `request.*`: requests keep what it may read.
+    /// Some expression or format reads the request's own fields: requests
+    /// keep them.
     pub reads_request: bool,
-    /// Some expression reads `request.headers`: requests keep theirs.
-    pub reads_request_headers: bool,
-    /// Some expression reads `response.headers`: answers keep theirs.
-    pub reads_response_headers: bool,
+    /// The request headers an expression or a format reads: requests keep
+    /// those.
+    pub request_headers: HeaderNeed,
+    /// Likewise the answer's.
+    pub response_headers: HeaderNeed,
     /// An access-line format reads trailers: answers keep theirs.
     pub reads_response_trailers: bool,
 }
@@ -629,14 +632,20 @@ fn resolve(
             })
         }))
         .collect();
-    // A format may write any of the request's own fields.
-    let formatted = sinks.iter().any(|s| s.format.is_some());
+    let mut request_headers = formats_read.request_headers;
+    if exprs.iter().any(|e| e.reads_headers_of("request")) {
+        request_headers = HeaderNeed::All;
+    }
+    let mut response_headers = formats_read.response_headers;
+    if exprs.iter().any(|e| e.reads_headers_of("response")) {
+        response_headers = HeaderNeed::All;
+    }
     Resolved {
-        reads_request: formatted || exprs.iter().any(|e| e.reads("request")),
-        reads_request_headers: formats_read.request_headers
-            || exprs.iter().any(|e| e.reads_headers_of("request")),
-        reads_response_headers: formats_read.response_headers
-            || exprs.iter().any(|e| e.reads_headers_of("response")),
+        reads_request: formats_read.request
+            || !request_headers.is_none()
+            || exprs.iter().any(|e| e.reads("request")),
+        request_headers,
+        response_headers,
         reads_response_trailers: formats_read.response_trailers,
         sources: layers.iter().map(|t| t.id()).collect(),
         tracing,

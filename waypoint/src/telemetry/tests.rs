@@ -85,7 +85,7 @@ fn without_telemetry_the_waypoint_logs_and_counts_as_always() {
     let base = t.for_service("demo", "app");
     assert!(matches!(base.access_log, AccessLog::Default));
     assert!(base.metrics.is_plain());
-    assert!(!base.reads_request && !base.reads_response_headers);
+    assert!(!base.reads_request && base.response_headers.is_none());
 }
 
 #[test]
@@ -100,7 +100,7 @@ fn the_mesh_filter_holds_until_a_namespace_turns_logs_off() {
     let base = t.for_service("demo", "app");
     assert!(logs(base, 503) && !logs(base, 200));
     // `response.code` alone: no headers kept for it.
-    assert!(!base.reads_response_headers && !base.reads_request);
+    assert!(base.response_headers.is_none() && !base.reads_request);
     assert_eq!(base.sources, ["istio-system/mesh-default"]);
 
     // The namespace's entry names no provider: the mesh's (envoy) is

@@ -472,7 +472,7 @@ pub struct PortTrafficPolicy {
 }
 
 /// `simple` or `consistentHash` (a oneof in Istio), plus locality settings.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancerSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -482,8 +482,30 @@ pub struct LoadBalancerSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality_lb_setting: Option<LocalityLbSetting>,
     /// Slow-start window for new endpoints (a duration despite the name).
+    /// Deprecated for `warmup`, which wins when both are set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_duration_secs: Option<String>,
+    /// Slow start: its window, the least share a new endpoint gets, and
+    /// how its share grows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<WarmupConfiguration>,
+}
+
+/// `LoadBalancerSettings.warmup`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WarmupConfiguration {
+    /// How long a new endpoint warms up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// The least share of its weight a warming endpoint gets, in percent
+    /// (Envoy's default: 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_percent: Option<f64>,
+    /// How the share grows with age: 1 (the default) linearly; above 1,
+    /// slowly at first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggression: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]

@@ -164,6 +164,31 @@ fn load_balancer_settings(r: &mut Report, path: &str, lb: &LoadBalancerSettings)
     if let Some(warmup) = &lb.warmup_duration_secs {
         positive_duration(r, &format!("{path}.warmupDurationSecs"), warmup);
     }
+    if let Some(warmup) = &lb.warmup {
+        let path = format!("{path}.warmup");
+        match &warmup.duration {
+            Some(d) => {
+                positive_duration(r, &format!("{path}.duration"), d);
+            }
+            None => r.error(format!("{path}.duration"), "required"),
+        }
+        if let Some(percent) = warmup.minimum_percent
+            && !(0.0..=100.0).contains(&percent)
+        {
+            r.error(
+                format!("{path}.minimumPercent"),
+                format!("{percent} is not within 0-100"),
+            );
+        }
+        if let Some(aggression) = warmup.aggression
+            && !(aggression.is_finite() && aggression > 0.0)
+        {
+            r.error(
+                format!("{path}.aggression"),
+                format!("{aggression}: must be above 0 (1 grows the share linearly)"),
+            );
+        }
+    }
 }
 
 fn consistent_hash(r: &mut Report, path: &str, hash: &ConsistentHashLb) {

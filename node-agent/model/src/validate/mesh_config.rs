@@ -78,13 +78,14 @@ pub fn mesh_config(path: &str, mesh: &MeshConfig) -> Vec<FieldError> {
             ),
         }
     }
-    if let Err(error) = LogFormat::of_mesh(&mesh.access_log_format, &mesh.access_log_encoding) {
-        let field = if error.starts_with("accessLogEncoding") {
-            "accessLogEncoding"
-        } else {
-            "accessLogFormat"
-        };
-        r.error(format!("{path}.{field}"), error);
+    let encoding = &mesh.access_log_encoding;
+    if !matches!(encoding.as_str(), "" | "TEXT" | "JSON") {
+        r.error(
+            format!("{path}.accessLogEncoding"),
+            format!("{encoding:?} is not TEXT or JSON"),
+        );
+    } else if let Err(error) = LogFormat::of_mesh(&mesh.access_log_format, encoding) {
+        r.error(format!("{path}.accessLogFormat"), error);
     }
     r.into_errors()
 }
@@ -503,9 +504,9 @@ accessLogEncoding: YAML
             "extensionProviders[6].opentelemetry: only one of http and grpc may be set",
             "extensionProviders[6].opentelemetry.http.path: \"/v1/a b\" is not a path a request can have",
             "extensionProviders[6].opentelemetry.http.timeout: must be longer than 0",
-            "extensionProviders[7].envoyFileAccessLog.logFormat: %NO_SUCH% is not a command operator Warren knows",
+            "extensionProviders[7].envoyFileAccessLog.logFormat: %NO_SUCH% is not a command operator Envoy has",
             "extensionProviders[8].envoyFileAccessLog.logFormat: only one of text and labels",
-            "data.mesh.accessLogEncoding: accessLogEncoding \"YAML\": TEXT or JSON",
+            "data.mesh.accessLogEncoding: \"YAML\" is not TEXT or JSON",
             "extensionProviders[9].opentelemetry.http.headers[0].name: \"bad name\" is not a header name",
             "extensionProviders[9].opentelemetry.http.headers[1].name: \"content-type\" is set by the proxy itself",
             "extensionProviders[9].opentelemetry.http.headers[2]: give one of value and envName",
