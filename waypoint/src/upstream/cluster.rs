@@ -125,20 +125,6 @@ struct Slot {
     joined: Instant,
 }
 
-/// Envoy's slow start floor: a new endpoint gets at least this share of
-/// its weight (`min_weight_percent`, 10 % by default; Istio leaves it).
-const WARMUP_MIN_FACTOR: f64 = 0.1;
-
-/// An endpoint's weight factor `age` into a `window` of slow start
-/// (Envoy's with aggression 1: linear, from at least one second, floored).
-fn warmup_factor(age: std::time::Duration, window: std::time::Duration) -> f64 {
-    if age >= window {
-        return 1.0;
-    }
-    let age = age.max(std::time::Duration::from_secs(1));
-    (age.as_secs_f64() / window.as_secs_f64()).clamp(WARMUP_MIN_FACTOR, 1.0)
-}
-
 impl Slot {
     /// The endpoint, counted as active until the pick is dropped.
     fn picked(&self, set_cookie: Option<SetCookie>) -> Picked {
@@ -364,13 +350,13 @@ impl Cluster {
         // ROUND_ROBIN and LEAST_REQUEST weigh it by its age (Envoy's EDF
         // weights; drawn at random here, which gives the same shares).
         let warming: Option<Vec<f64>> = match (lb, self.resolved.warmup) {
-            (LoadBalancer::RoundRobin | LoadBalancer::LeastRequest, Some(window))
-                if state.newest_join.is_some_and(|j| now < j + window) =>
+            (LoadBalancer::RoundRobin | LoadBalancer::LeastRequest, Some(warmup))
+                if state.newest_join.is_some_and(|j| now < j + warmup.window) =>
             {
                 let factors: Vec<f64> = (0..n)
                     .map(|c| {
                         slot_at(c).map_or(0.0, |s| {
-                            warmup_factor(now.saturating_duration_since(s.joined), window)
+                            warmup.factor(now.saturating_duration_since(s.joined))
                         })
                     })
                     .collect();
@@ -623,7 +609,11 @@ impl Cluster {
             "rules": resolved.rules,
             "subset_selector": resolved.selector,
             "load_balancer": format!("{:?}", resolved.load_balancer),
-            "warmup": resolved.warmup.map(|d| format!("{d:?}")),
+            "warmup": resolved.warmup.map(|w| serde_json::json!({
+                "window": format!("{:?}", w.window),
+                "minimum_percent": w.min_factor * 100.0,
+                "aggression": w.aggression,
+            })),
             "upstream_http": format!("{:?}", self.upstream_http()),
             "connection_pool": {
                 "max_connections": limit(pool.max_connections),

@@ -49,9 +49,8 @@
 //!
 //! # Not covered
 //!
-//! TLS settings (the mesh's own mTLS carries waypoint traffic), the newer
-//! `warmup` block (`warmupDurationSecs` is read), Envoy's success-rate and failure-percentage
-//! detectors (Istio turns them off), and `tcpKeepalive` on HBONE connections (it applies
+//! TLS settings (the mesh's own mTLS carries waypoint traffic), Envoy's
+//! success-rate and failure-percentage detectors (Istio turns them off), and `tcpKeepalive` on HBONE connections (it applies
 //! to endpoints outside the mesh). The mesh-wide `h2UpgradePolicy` and
 //! `localityLbSetting` are taken as their defaults (`DO_NOT_UPGRADE`;
 //! locality failover on).
@@ -76,6 +75,7 @@ pub use outlier::Outcome;
 pub use policy::{
     ConsistentHash, DrInput, HashCookie, HashKey, HashTable, Keepalive, LoadBalancer,
     OutlierSettings, Policies, PolicyError, PoolLimits, Resolved, UnknownSubset, UpstreamHttp,
+    Warmup,
 };
 pub(crate) use pool::Pool;
 pub use pool::{Overflow, Permit, RetryPermit};

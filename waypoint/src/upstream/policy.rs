@@ -131,9 +131,9 @@ pub struct Resolved {
     pub load_balancer: LoadBalancer,
     /// `loadBalancer.localityLbSetting`; `None` is the mesh default.
     pub locality: Option<LocalityLb>,
-    /// `loadBalancer.warmupDurationSecs`: a new endpoint's share ramps up
-    /// over this long (ROUND_ROBIN and LEAST_REQUEST only).
-    pub warmup: Option<Duration>,
+    /// `loadBalancer.warmup` (or `warmupDurationSecs`): a new endpoint's
+    /// share ramps up (ROUND_ROBIN and LEAST_REQUEST only).
+    pub warmup: Option<Warmup>,
     pub pool: PoolLimits,
     /// `None`: outlier detection is off (no `outlierDetection` applies).
     pub outlier: Option<OutlierSettings>,
@@ -397,8 +397,8 @@ struct Parts {
     /// Set with `load_balancer` (both come from `loadBalancer`, taken
     /// whole); the inner `None` when it has no `localityLbSetting`.
     locality: Option<Option<LocalityLb>>,
-    /// Likewise `warmupDurationSecs`.
-    warmup: Option<Option<Duration>>,
+    /// Likewise `warmup` (or `warmupDurationSecs`).
+    warmup: Option<Option<Warmup>>,
     pool: Option<PoolLimits>,
     outlier: Option<OutlierSettings>,
 }
@@ -667,17 +667,69 @@ fn compile_parts(
     Parts {
         load_balancer: load_balancer.map(|lb| compile_lb(cx, &format!("{path}.loadBalancer"), lb)),
         locality: load_balancer.map(|lb| lb.locality_lb_setting.as_ref().map(compile_locality)),
-        warmup: load_balancer.map(|lb| {
-            let d = lb.warmup_duration_secs.as_deref()?;
-            let d = cx.duration(
-                &format!("{path}.loadBalancer.warmupDurationSecs"),
-                d,
-                Duration::ZERO,
-            );
-            (!d.is_zero()).then_some(d)
-        }),
+        warmup: load_balancer.map(|lb| compile_warmup(cx, &format!("{path}.loadBalancer"), lb)),
         pool: pool.map(|p| compile_pool(cx, &format!("{path}.connectionPool"), p)),
         outlier: outlier.map(|o| compile_outlier(cx, &format!("{path}.outlierDetection"), o)),
+    }
+}
+
+/// Slow start: `warmup`, which wins over the deprecated
+/// `warmupDurationSecs` (Envoy's linear ramp from 10 %).
+fn compile_warmup(cx: &mut Ctx<'_>, path: &str, lb: &LoadBalancerSettings) -> Option<Warmup> {
+    let (field, duration) = match &lb.warmup {
+        Some(w) => ("warmup.duration", w.duration.as_deref()?),
+        None => ("warmupDurationSecs", lb.warmup_duration_secs.as_deref()?),
+    };
+    let window = cx.duration(&format!("{path}.{field}"), duration, Duration::ZERO);
+    if window.is_zero() {
+        return None;
+    }
+    let mut warmup = Warmup::linear(window);
+    if let Some(w) = &lb.warmup {
+        if let Some(percent) = w.minimum_percent.filter(|p| (0.0..=100.0).contains(p)) {
+            warmup.min_factor = percent / 100.0;
+        }
+        if let Some(aggression) = w.aggression.filter(|a| a.is_finite() && *a > 0.0) {
+            warmup.aggression = aggression;
+        }
+    }
+    Some(warmup)
+}
+
+/// How a new endpoint's share grows (Envoy's slow start): its weight is
+/// multiplied by `max(min_factor, (age / window) ^ (1 / aggression))`,
+/// the age counted as one second at least, until it is `window` old.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Warmup {
+    pub window: Duration,
+    /// `minimumPercent` / 100 (Envoy's default 10 %).
+    pub min_factor: f64,
+    /// 1: linear (the default).
+    pub aggression: f64,
+}
+
+// Both factors are finite (checked when compiled): equality is total.
+impl Eq for Warmup {}
+
+impl Warmup {
+    /// `warmupDurationSecs`: linear, from 10 %.
+    pub fn linear(window: Duration) -> Warmup {
+        Warmup {
+            window,
+            min_factor: 0.1,
+            aggression: 1.0,
+        }
+    }
+
+    /// The weight factor of an endpoint `age` old.
+    pub fn factor(&self, age: Duration) -> f64 {
+        if age >= self.window {
+            return 1.0;
+        }
+        let time = age.max(Duration::from_secs(1)).as_secs_f64() / self.window.as_secs_f64();
+        time.powf(1.0 / self.aggression)
+            .max(self.min_factor)
+            .min(1.0)
     }
 }
 

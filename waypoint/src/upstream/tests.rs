@@ -1708,7 +1708,7 @@ fn a_new_endpoint_warms_up_over_warmup_duration() {
     let s = Duration::from_secs;
     for lb in [LoadBalancer::RoundRobin, LoadBalancer::LeastRequest] {
         let resolved = Resolved {
-            warmup: Some(s(60)),
+            warmup: Some(Warmup::linear(s(60))),
             ..with_lb(lb.clone())
         };
         let cluster = Cluster::new(resolved, endpoints(2), t0);
@@ -1731,7 +1731,7 @@ fn a_new_endpoint_warms_up_over_warmup_duration() {
     }
     // RANDOM has no slow start in Envoy: an equal share at once.
     let resolved = Resolved {
-        warmup: Some(s(60)),
+        warmup: Some(Warmup::linear(s(60))),
         ..with_lb(LoadBalancer::Random)
     };
     let cluster = Cluster::new(resolved, endpoints(2), t0);
@@ -1752,7 +1752,74 @@ fn warmup_compiles_with_the_load_balancer() {
     let resolved = policies
         .resolve(HOST, "default", None, 80)
         .expect("resolves");
-    assert_eq!(resolved.warmup, Some(Duration::from_secs(90)));
+    assert_eq!(
+        resolved.warmup,
+        Some(Warmup::linear(Duration::from_secs(90)))
+    );
+    // `warmup` wins over the deprecated field, with its own ramp.
+    let policies = build(vec![dr(
+        "reviews",
+        HOST,
+        json!({"host": "reviews", "trafficPolicy": {
+            "loadBalancer": {"simple": "LEAST_REQUEST", "warmupDurationSecs": "90s",
+                             "warmup": {"duration": "30s", "minimumPercent": 25, "aggression": 2}}}}),
+    )]);
+    let resolved = policies
+        .resolve(HOST, "default", None, 80)
+        .expect("resolves");
+    assert_eq!(
+        resolved.warmup,
+        Some(Warmup {
+            window: Duration::from_secs(30),
+            min_factor: 0.25,
+            aggression: 2.0
+        })
+    );
+}
+
+#[test]
+fn warmup_ramps_as_envoy_with_its_floor_and_aggression() {
+    let s = Duration::from_secs;
+    let linear = Warmup::linear(s(60));
+    // Counted from one second; floored at 10 %; whole once warm.
+    assert_eq!(linear.factor(Duration::ZERO), 0.1);
+    assert!((linear.factor(s(30)) - 0.5).abs() < 1e-9);
+    assert_eq!(linear.factor(s(60)), 1.0);
+    // Aggression 2: the time factor's square root, more of its share
+    // early: 0.25^(1/2) = 0.5 a quarter of the way in.
+    let eager = Warmup {
+        aggression: 2.0,
+        ..linear
+    };
+    assert!((eager.factor(s(15)) - 0.5).abs() < 1e-9);
+    // Aggression 0.5: squared, 0.25^2 = 0.0625, held at the floor 10 %.
+    let shy = Warmup {
+        aggression: 0.5,
+        ..linear
+    };
+    assert_eq!(shy.factor(s(15)), 0.1);
+    let floored = Warmup {
+        min_factor: 0.5,
+        ..linear
+    };
+    assert_eq!(floored.factor(s(6)), 0.5);
+
+    // Through the load balancer: a new endpoint with aggression 2 gets
+    // 0.5 / 2.5 = 20 % of the picks a quarter of the way in.
+    let t0 = Instant::now();
+    let resolved = Resolved {
+        warmup: Some(eager),
+        ..with_lb(LoadBalancer::RoundRobin)
+    };
+    let cluster = Cluster::new(resolved, endpoints(2), t0);
+    let joined = t0 + s(300);
+    cluster.update_at(endpoints(3), joined);
+    let picked = tally(&cluster, 6000, joined + s(15));
+    let share = picked.get("ep2").copied().unwrap_or(0) as f64 / 6000.0;
+    assert!(
+        (0.17..0.23).contains(&share),
+        "aggression 2, 15 s in: {share}"
+    );
 }
 
 #[test]
@@ -1848,7 +1915,7 @@ fn slow_start_counts_from_when_the_endpoint_became_ready() {
     let t0 = Instant::now();
     let s = Duration::from_secs;
     let resolved = Resolved {
-        warmup: Some(s(60)),
+        warmup: Some(Warmup::linear(s(60))),
         ..with_lb(LoadBalancer::RoundRobin)
     };
     let cluster = Cluster::new(resolved, endpoints(2), t0);

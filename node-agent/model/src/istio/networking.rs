@@ -502,8 +502,9 @@ pub struct WarmupConfiguration {
     /// (Envoy's default: 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minimum_percent: Option<f64>,
-    /// How the share grows with age: 1 (the default) linearly; above 1,
-    /// slowly at first.
+    /// How the share grows with age (its time factor to the power
+    /// 1/aggression): 1 (the default) linearly; above 1, more of it early;
+    /// below 1, less.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggression: Option<f64>,
 }
