@@ -421,3 +421,96 @@ async fn a_forbidden_mesh_config_does_not_hold_the_first_sync_back() {
     let log = until_synced(source).await;
     assert_eq!(log, vec!["upsert Namespace shop", "synced"], "{log:?}");
 }
+
+/// An API server whose Gateway API CRDs serve TLSRoute at `v1alpha3` only
+/// once `installed` is set (CRDs installed after the agent started).
+async fn installing(
+    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    installed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let route = json!({
+        "metadata": { "name": "secure", "namespace": "shop", "resourceVersion": "7" },
+        "spec": {
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "db" }],
+            "rules": [{ "backendRefs": [{ "name": "db", "port": 443 }] }],
+        },
+    });
+    let mut held = Vec::new();
+    while let Some((request, send)) = handle.next_request().await {
+        let path = request.uri().path().to_owned();
+        if request
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .contains("watch=true")
+        {
+            held.push(send);
+            continue;
+        }
+        let now = installed.load(std::sync::atomic::Ordering::SeqCst);
+        let ok = http::StatusCode::OK;
+        let (status, body): (http::StatusCode, Value) = match path.as_str() {
+            "/api/v1/namespaces" => (
+                ok,
+                serde_json::from_slice(&list(
+                    "NamespaceList",
+                    "10",
+                    vec![namespace("shop", "9", true)],
+                ))
+                .expect("JSON"),
+            ),
+            "/apis/gateway.networking.k8s.io/v1" => (
+                ok,
+                resources("gateway.networking.k8s.io/v1", &["httproutes"]),
+            ),
+            "/apis/gateway.networking.k8s.io/v1alpha3" if now => (
+                ok,
+                resources("gateway.networking.k8s.io/v1alpha3", &["tlsroutes"]),
+            ),
+            "/apis/gateway.networking.k8s.io/v1alpha3/tlsroutes" if now => (
+                ok,
+                serde_json::from_slice(&list("TLSRouteList", "7", vec![route.clone()]))
+                    .expect("JSON"),
+            ),
+            _ => (http::StatusCode::NOT_FOUND, status(404, &path)),
+        };
+        let mut response = Response::new(Body::from(serde_json::to_vec(&body).expect("JSON")));
+        *response.status_mut() = status;
+        send.send_response(response);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crd_installed_later_at_another_version_is_watched_there() {
+    // At the start no version serves TLSRoute: its watch (at the fallback
+    // version) finds nothing and the first sync goes on without it. Then
+    // the CRDs come, serving it at v1alpha3 only: without a restart, the
+    // agent finds them there and lists the route.
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let installed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(installing(handle, std::sync::Arc::clone(&installed)));
+    let client = Client::new(service, "default");
+    let source = KubeSource::with_kinds(client, vec![Kind::Namespace, Kind::TlsRoute]);
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(source.run(tx));
+    let mut log = Vec::new();
+    let mut next = async || match timeout(Duration::from_secs(900), rx.recv()).await {
+        Ok(Some(SourceEvent::Upsert(o))) => format!("upsert {}", o.key()),
+        Ok(Some(SourceEvent::Synced)) => "synced".into(),
+        Ok(Some(other)) => format!("{other:?}"),
+        Ok(None) => "closed".into(),
+        Err(_) => "nothing within 900 s".into(),
+    };
+    while log.last().is_none_or(|l| l != "synced") {
+        let event = next().await;
+        let stop = event.starts_with("nothing") || event == "closed";
+        log.push(event);
+        if stop {
+            break;
+        }
+    }
+    assert_eq!(log, vec!["upsert Namespace shop", "synced"], "{log:?}");
+    installed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let event = next().await;
+    assert_eq!(event, "upsert TLSRoute shop/secure");
+}

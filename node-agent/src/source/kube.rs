@@ -9,6 +9,11 @@
 //! node's address come from its Pod), as Istio's control plane does for
 //! ztunnel; enrollment picks this node's pods itself. After a watch is lost (`410 Gone`, a disconnect) the
 //! watcher lists again, and objects that vanished meanwhile are deleted.
+//!
+//! A kind whose CRDs differ between releases is watched at the version the
+//! API server serves; while that watch finds nothing there (`404`: the CRD
+//! installed, upgraded or downgraded since), discovery is asked again and
+//! the watch follows the version served now, without a restart.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,13 +21,13 @@ use std::{
 };
 
 use anyhow::Result;
-use futures::{StreamExt as _, stream::select_all};
+use futures::StreamExt as _;
 use kube::{
     Api, Client,
     api::{ApiResource, DynamicObject, GroupVersionKind, TypeMeta},
     runtime::{WatchStreamExt as _, watcher},
 };
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::JoinSet};
 use tracing::{debug, info, warn};
 
 use super::SourceEvent;
@@ -179,6 +184,16 @@ const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// says a version is not served), a second apart, then twice that, ….
 const DISCOVERY_ROUNDS: u32 = 3;
 
+/// How long a versioned kind not found where it is watched waits before
+/// discovery is asked again.
+const REDISCOVERY: Duration = Duration::from_secs(60);
+
+/// One kind's watch event, as the merged stream carries it.
+type KindEvent = (
+    Kind,
+    std::result::Result<watcher::Event<DynamicObject>, watcher::Error>,
+);
+
 /// Whether a kind's listing refused with `code` (an HTTP status) may let
 /// the first sync go on without it, the kind coming in when it can (the
 /// watcher keeps trying).
@@ -250,44 +265,21 @@ impl KubeSource {
     /// Sends every listed object, then `Synced` once every kind is listed,
     /// then every change, until the receiver goes away.
     pub async fn run(self, events: mpsc::Sender<SourceEvent>) -> Result<()> {
-        let mut streams = Vec::new();
-        // Discovered all at once: a slow API server delays the start once.
-        let kinds: Vec<_> = KINDS.iter().filter(|k| self.kinds.contains(&k.0)).collect();
-        let versions =
-            futures::future::join_all(kinds.iter().map(|&&(kind, group, fallback, _, plural)| {
-                served_version(&self.client, kind, group, fallback, plural)
-            }))
-            .await;
-        for (&&(kind, group, _, api_kind, plural), (version, _)) in kinds.iter().zip(versions) {
-            let resource = ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk(group, version, api_kind),
-                plural,
-            );
-            let (api, config) = match (kind, &self.mesh_config) {
-                // One object, by name: the agent may read no other ConfigMap.
-                (Kind::ConfigMap, Some((namespace, name))) => (
-                    Api::<DynamicObject>::namespaced_with(
-                        self.client.clone(),
-                        namespace,
-                        &resource,
-                    ),
-                    watcher::Config::default().fields(&format!("metadata.name={name}")),
-                ),
-                _ => (
-                    Api::all_with(self.client.clone(), &resource),
-                    watcher::Config::default(),
-                ),
-            };
-            let types = TypeMeta {
-                api_version: resource.api_version.clone(),
-                kind: resource.kind.clone(),
-            };
-            let stream = watcher(api, config)
-                .default_backoff()
-                .map(move |event| (kind, event.map(|e| e.modify(|o| fill_types(o, &types)))));
-            streams.push(stream.boxed());
+        // A task per kind, all discovering at once (a slow API server delays
+        // the start once); dropped with this, they stop.
+        let (merged_tx, mut merged) = mpsc::channel::<KindEvent>(256);
+        let mut watches = JoinSet::new();
+        for &kind in &self.kinds {
+            if KINDS.iter().any(|k| k.0 == kind) {
+                watches.spawn(follow(
+                    self.client.clone(),
+                    kind,
+                    self.mesh_config.clone(),
+                    merged_tx.clone(),
+                ));
+            }
         }
-        let mut merged = select_all(streams);
+        drop(merged_tx);
         // Per kind: the keys last known, and those seen in a relist.
         let mut known: BTreeMap<Kind, BTreeSet<ObjectKey>> = BTreeMap::new();
         let mut relisting: BTreeMap<Kind, BTreeSet<ObjectKey>> = BTreeMap::new();
@@ -296,7 +288,7 @@ impl KubeSource {
         // not worth a warning each.
         let mut reported: BTreeSet<Kind> = BTreeSet::new();
         let mut synced = false;
-        while let Some((kind, event)) = merged.next().await {
+        while let Some((kind, event)) = merged.recv().await {
             let seen = match event {
                 Ok(watcher::Event::Init) => Seen::Listing,
                 Ok(watcher::Event::InitApply(o)) | Ok(watcher::Event::Apply(o)) => {
@@ -394,6 +386,71 @@ impl KubeSource {
             }
         }
         Ok(())
+    }
+}
+
+/// Watches `kind` at the version the API server serves it at, and follows
+/// it: while the watch finds nothing there (`404`), discovery is asked again
+/// every [`REDISCOVERY`], and a version served now starts a new watch there
+/// (its listing replaces what the old one had, as a relist does). Events go
+/// to `merged` until it closes.
+async fn follow(
+    client: Client,
+    kind: Kind,
+    mesh_config: Option<(String, String)>,
+    merged: mpsc::Sender<KindEvent>,
+) {
+    let Some(&(_, group, fallback, api_kind, plural)) = KINDS.iter().find(|k| k.0 == kind) else {
+        return;
+    };
+    let versioned = VERSIONS.iter().any(|(k, v)| *k == kind && v.len() > 1);
+    let (mut version, _) = served_version(&client, kind, group, fallback, plural).await;
+    loop {
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(group, version, api_kind),
+            plural,
+        );
+        let (api, config) = match (kind, &mesh_config) {
+            // One object, by name: the agent may read no other ConfigMap.
+            (Kind::ConfigMap, Some((namespace, name))) => (
+                Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource),
+                watcher::Config::default().fields(&format!("metadata.name={name}")),
+            ),
+            _ => (
+                Api::all_with(client.clone(), &resource),
+                watcher::Config::default(),
+            ),
+        };
+        let types = TypeMeta {
+            api_version: resource.api_version.clone(),
+            kind: resource.kind.clone(),
+        };
+        let mut stream = watcher(api, config).default_backoff().boxed();
+        let mut asked = tokio::time::Instant::now();
+        let moved_to = loop {
+            let Some(event) = stream.next().await else {
+                return;
+            };
+            let event = event.map(|e| e.modify(|o| fill_types(o, &types)));
+            let missing = matches!(&event, Err(err) if refusal(err) == Some(404));
+            if merged.send((kind, event)).await.is_err() {
+                return;
+            }
+            if missing && versioned && asked.elapsed() >= REDISCOVERY {
+                asked = tokio::time::Instant::now();
+                let (now, served) = served_version(&client, kind, group, fallback, plural).await;
+                if served && now != version {
+                    break now;
+                }
+            }
+        };
+        info!(
+            kind = kind.name(),
+            from = version,
+            to = moved_to,
+            "the API server serves the kind at another version now: watching it there"
+        );
+        version = moved_to;
     }
 }
 

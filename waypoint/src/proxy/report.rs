@@ -26,7 +26,7 @@ use crate::{
     app::{Body, Context},
     metrics::{Observed, RequestLabels, Varying},
     telemetry::{
-        Attributes, Facts, Resolved, TracingPlan, access_line,
+        AccessLine, Attributes, Facts, Resolved, TracingPlan, access_line,
         attributes::RequestFacts,
         span::{self, Record},
     },
@@ -180,13 +180,13 @@ impl Finished {
         if !logging {
             return;
         }
-        telemetry.access_log.for_each_line(attributes.as_ref(), |format| {
-            match (format, &facts, &attributes) {
-                (Some(format), Some(facts), Some(attributes)) => {
-                    access_line::write(&format.line(facts, attributes));
+        telemetry.access_log.for_each_line(attributes.as_ref(), |line| {
+            match (line, &facts, &attributes) {
+                (AccessLine::Formatted(format, stream), Some(facts), Some(attributes)) => {
+                    access_line::write(&format.line(facts, attributes), stream);
                 }
-                (Some(_), _, _) => {}
-                (None, _, _) => info!(
+                (AccessLine::Formatted(..), _, _) => {}
+                (AccessLine::Own, _, _) => info!(
                     target: "access",
                     request_id = %request.request_id.to_str().unwrap_or_default(),
                     src = %down.source_ip,

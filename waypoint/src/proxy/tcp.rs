@@ -39,7 +39,7 @@ use crate::{
         RouteDestination, Scope,
         tcp::{ConnectionInfo, TcpRouted},
     },
-    telemetry::{Attributes, Facts, Resolved, access_line},
+    telemetry::{AccessLine, Attributes, Facts, Resolved, access_line},
     upstream::{HashInput, Outcome, Permit, PoolLimits},
 };
 
@@ -480,13 +480,13 @@ impl Line<'_> {
             ..Facts::default()
         });
         let attributes = facts.as_ref().map(Attributes::of);
-        access_log.for_each_line(attributes.as_ref(), |format| {
-            match (format, &facts, &attributes) {
-                (Some(format), Some(facts), Some(attributes)) => {
-                    access_line::write(&format.line(facts, attributes));
+        access_log.for_each_line(attributes.as_ref(), |line| {
+            match (line, &facts, &attributes) {
+                (AccessLine::Formatted(format, stream), Some(facts), Some(attributes)) => {
+                    access_line::write(&format.line(facts, attributes), stream);
                 }
-                (Some(_), _, _) => {}
-                (None, _, _) => info!(
+                (AccessLine::Formatted(..), _, _) => {}
+                (AccessLine::Own, _, _) => info!(
                     target: "access",
                     src = %down.source_ip,
                     src_identity = %down.peer.identity,

@@ -15,7 +15,10 @@ use std::{
 
 use http::HeaderMap;
 use serde_json::{Map, Value as Json};
-use warren_model::log_format::{Command, HeaderRef, Label, Labels, LogFormat, Piece, Template};
+use warren_model::{
+    istio::mesh::Stream,
+    log_format::{Command, HeaderRef, Label, Labels, LogFormat, Piece, Template},
+};
 
 use super::attributes::{Attributes, Expr, Facts};
 
@@ -353,15 +356,19 @@ impl AccessFormat {
     }
 }
 
-/// Writes a line to stdout, where the provider's `/dev/stdout` is. A
-/// failed write is said once, not per request.
-pub fn write(line: &str) {
+/// Writes a line to the stream its provider's path names. A failed write
+/// is said once, not per request.
+pub fn write(line: &str, stream: Stream) {
     use std::io::Write as _;
     static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if let Err(error) = std::io::stdout().lock().write_all(line.as_bytes())
+    let written = match stream {
+        Stream::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
+        Stream::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
+    };
+    if let Err(error) = written
         && !FAILED.swap(true, std::sync::atomic::Ordering::Relaxed)
     {
-        tracing::warn!(%error, "cannot write access lines to stdout");
+        tracing::warn!(%error, ?stream, "cannot write access lines");
     }
 }
 

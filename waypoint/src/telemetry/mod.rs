@@ -45,7 +45,7 @@ use std::{
 
 use warren_model::{
     istio::{
-        mesh::{ENVOY, ExtensionProvider, HttpHeader, PROMETHEUS, STDOUT, split_service},
+        mesh::{ENVOY, ExtensionProvider, HttpHeader, PROMETHEUS, Stream, split_service},
         telemetry::{
             AccessLogging, CustomTag, IstioMetric, MetricSelector, Metrics, ProviderRef,
             TagOperation, TelemetrySpec,
@@ -177,14 +177,17 @@ impl Defaults {
         match self.access_log_file.as_deref() {
             None => AccessLog::Default,
             Some("") => AccessLog::Filtered(Vec::new()),
-            Some(STDOUT) => AccessLog::Filtered(vec![Sink {
-                filter: None,
-                format: self.access_log_format.clone(),
-            }]),
-            Some(other) => {
-                notes.insert(format!("the mesh config's accessLogFile {other:?} is not /dev/stdout: the waypoint writes its access lines to stdout only; none written"));
-                AccessLog::Filtered(Vec::new())
-            }
+            Some(path) => match Stream::of_path(path) {
+                Some(stream) => AccessLog::Filtered(vec![Sink {
+                    filter: None,
+                    format: self.access_log_format.clone(),
+                    stream,
+                }]),
+                None => {
+                    notes.insert(format!("the mesh config's accessLogFile {path:?} is not /dev/stdout or /dev/stderr: the waypoint writes its access lines to those only; none written"));
+                    AccessLog::Filtered(Vec::new())
+                }
+            },
         }
     }
 
@@ -200,9 +203,9 @@ impl Defaults {
 /// What the providers a Telemetry may name are, to this waypoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ProviderKind {
-    /// Its access lines on stdout.
-    Stdout,
-    /// A file other than stdout: not written.
+    /// Its access lines on the waypoint's stdout or stderr.
+    Stream(Stream),
+    /// A file: not written.
     OtherFile,
     Prometheus,
     /// A provider this waypoint does not send to (OpenTelemetry, …).
@@ -218,13 +221,14 @@ fn provider_kind(name: &str, providers: &BTreeMap<String, Arc<ExtensionProvider>
         .find(|p| p.name.eq_ignore_ascii_case(name));
     match defined {
         Some(p) => match (&p.envoy_file_access_log, &p.prometheus) {
-            (Some(log), _) if log.to_stdout() => ProviderKind::Stdout,
-            (Some(_), _) => ProviderKind::OtherFile,
+            (Some(log), _) => log
+                .stream()
+                .map_or(ProviderKind::OtherFile, ProviderKind::Stream),
             (None, Some(_)) => ProviderKind::Prometheus,
             (None, None) => ProviderKind::Elsewhere,
         },
         // Istio's default mesh config defines both.
-        None if name.eq_ignore_ascii_case(ENVOY) => ProviderKind::Stdout,
+        None if name.eq_ignore_ascii_case(ENVOY) => ProviderKind::Stream(Stream::Stdout),
         None if name.eq_ignore_ascii_case(PROMETHEUS) => ProviderKind::Prometheus,
         None => ProviderKind::Undefined,
     }
@@ -248,6 +252,16 @@ pub struct Sink {
     pub filter: Option<Expr>,
     /// `None`: the waypoint's own line.
     pub format: Option<Arc<AccessFormat>>,
+    /// Where a formatted line goes (the waypoint's own goes to its log).
+    pub stream: Stream,
+}
+
+/// One access line to write.
+#[derive(Clone, Copy, Debug)]
+pub enum AccessLine<'a> {
+    /// The waypoint's own, on its log.
+    Own,
+    Formatted(&'a AccessFormat, Stream),
 }
 
 impl Sink {
@@ -279,26 +293,25 @@ impl AccessLog {
     }
 
     /// Calls `write` for each line to write for a request or connection:
-    /// one per provider whose filter holds, the waypoint's own (`None`) at
-    /// most once; `attributes` are there when
-    /// [`AccessLog::reads_attributes`].
+    /// one per provider whose filter holds, the waypoint's own at most
+    /// once; `attributes` are there when [`AccessLog::reads_attributes`].
     pub fn for_each_line(
         &self,
         attributes: Option<&Attributes<'_, '_>>,
-        mut write: impl FnMut(Option<&Arc<AccessFormat>>),
+        mut write: impl FnMut(AccessLine<'_>),
     ) {
         let sinks = match self {
-            AccessLog::Default => return write(None),
+            AccessLog::Default => return write(AccessLine::Own),
             AccessLog::Filtered(sinks) => sinks,
         };
         let mut own_written = false;
         for sink in sinks.iter().filter(|s| s.admits(attributes)) {
             match &sink.format {
-                Some(format) => write(Some(format)),
+                Some(format) => write(AccessLine::Formatted(format, sink.stream)),
                 None if own_written => {}
                 None => {
                     own_written = true;
-                    write(None);
+                    write(AccessLine::Own);
                 }
             }
         }
@@ -824,12 +837,13 @@ fn merge_logs(
     let mut sinks = Vec::new();
     for (name, (disabled, filter)) in merged {
         match provider_kind(&name, providers) {
-            ProviderKind::Stdout if !disabled => sinks.push(Sink {
+            ProviderKind::Stream(stream) if !disabled => sinks.push(Sink {
+                stream,
                 filter,
                 format: provider_format(&name, providers, formats, defaults),
             }),
             ProviderKind::OtherFile if !disabled => {
-                notes.insert(format!("access-log provider {name:?} writes to a file other than /dev/stdout: the waypoint writes its access lines to stdout only; not used"));
+                notes.insert(format!("access-log provider {name:?} writes to a file, not /dev/stdout or /dev/stderr: the waypoint writes its access lines to those only; not used"));
             }
             _ => {}
         }

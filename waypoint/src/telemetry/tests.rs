@@ -293,8 +293,11 @@ fn lines(resolved: &Resolved) -> Vec<Option<String>> {
     let mut lines = Vec::new();
     resolved
         .access_log
-        .for_each_line(Some(&attributes), |format| {
-            lines.push(format.map(|f| f.line(&facts, &attributes)));
+        .for_each_line(Some(&attributes), |line| {
+            lines.push(match line {
+                AccessLine::Own => None,
+                AccessLine::Formatted(f, _) => Some(f.line(&facts, &attributes)),
+            });
         });
     lines
 }
@@ -334,6 +337,23 @@ fn the_mesh_configs_access_log_file_decides_where_nothing_else_does() {
         lines(t.for_service("demo", "app")),
         [Some("{\"code\":200,\"peer\":\"10.0.0.7\"}\n".to_owned())]
     );
+    // /dev/stderr: the same, on the waypoint's stderr.
+    let t = build_with(
+        &[],
+        &BTreeMap::new(),
+        &mesh_log(Some("/dev/stderr"), "", ""),
+    );
+    let AccessLog::Filtered(sinks) = &t.for_service("demo", "app").access_log else {
+        panic!("a sink");
+    };
+    assert!(matches!(
+        sinks.as_slice(),
+        [Sink {
+            stream: Stream::Stderr,
+            format: Some(_),
+            ..
+        }]
+    ));
     // Another file: not written, and said.
     let t = build_with(
         &[],
@@ -344,7 +364,7 @@ fn the_mesh_configs_access_log_file_decides_where_nothing_else_does() {
     assert!(
         t.notes
             .iter()
-            .any(|n| n.contains("\"/var/log/a.log\" is not /dev/stdout")),
+            .any(|n| n.contains("\"/var/log/a.log\" is not /dev/stdout or /dev/stderr")),
         "{:?}",
         t.notes
     );

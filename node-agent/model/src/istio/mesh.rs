@@ -191,8 +191,27 @@ pub const PROMETHEUS: &str = "prometheus";
 /// file access log to `/dev/stdout`.
 pub const ENVOY: &str = "envoy";
 
-/// The one access-log path a Warren proxy writes to.
+/// The access-log paths a Warren proxy writes to: its standard streams.
 pub const STDOUT: &str = "/dev/stdout";
+pub const STDERR: &str = "/dev/stderr";
+
+/// Where access lines go: one of the proxy's standard streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    /// The stream a path names; `None` for a file.
+    pub fn of_path(path: &str) -> Option<Stream> {
+        match path {
+            "" | STDOUT => Some(Stream::Stdout),
+            STDERR => Some(Stream::Stderr),
+            _ => None,
+        }
+    }
+}
 
 /// `EnvoyFileAccessLogProvider`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -327,8 +346,8 @@ pub enum AuthzProtocol {
 
 impl FileAccessLog {
     /// Whether its lines go where the waypoint writes its own.
-    pub fn to_stdout(&self) -> bool {
-        self.path.is_empty() || self.path == STDOUT
+    pub fn stream(&self) -> Option<Stream> {
+        Stream::of_path(&self.path)
     }
 }
 
