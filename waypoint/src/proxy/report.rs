@@ -26,7 +26,7 @@ use crate::{
     app::{Body, Context},
     metrics::{Observed, RequestLabels, Varying},
     telemetry::{
-        AccessLine, Attributes, Facts, Resolved, TracingPlan, access_line,
+        Attributes, Facts, Resolved, TracingPlan,
         attributes::RequestFacts,
         span::{self, Record},
     },
@@ -180,33 +180,27 @@ impl Finished {
         if !logging {
             return;
         }
-        telemetry.access_log.for_each_line(attributes.as_ref(), |line| {
-            match (line, &facts, &attributes) {
-                (AccessLine::Formatted(format, stream), Some(facts), Some(attributes)) => {
-                    access_line::write(&format.line(facts, attributes), stream);
-                }
-                (AccessLine::Formatted(..), _, _) => {}
-                (AccessLine::Own, _, _) => info!(
-                    target: "access",
-                    request_id = %request.request_id.to_str().unwrap_or_default(),
-                    src = %down.source_ip,
-                    src_identity = %down.peer.identity,
-                    service = %down.service.hostname,
-                    method = %request.method,
-                    path = request.path,
-                    route = %self.route,
-                    status = self.response_code,
-                    grpc_status = self.grpc_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-                    flags,
-                    details = self.details.as_deref().unwrap_or("-"),
-                    upstream = ?self.upstream,
-                    attempts = self.attempts,
-                    request_bytes,
-                    response_bytes,
-                    duration_ms = observed.duration_ms,
-                    "request"
-                ),
-            }
+        telemetry.access_log.write(facts.as_ref(), attributes.as_ref(), || {
+            info!(
+                target: "access",
+                request_id = %request.request_id.to_str().unwrap_or_default(),
+                src = %down.source_ip,
+                src_identity = %down.peer.identity,
+                service = %down.service.hostname,
+                method = %request.method,
+                path = request.path,
+                route = %self.route,
+                status = self.response_code,
+                grpc_status = self.grpc_status.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                flags,
+                details = self.details.as_deref().unwrap_or("-"),
+                upstream = ?self.upstream,
+                attempts = self.attempts,
+                request_bytes,
+                response_bytes,
+                duration_ms = observed.duration_ms,
+                "request"
+            );
         });
     }
 

@@ -39,7 +39,7 @@ use crate::{
         RouteDestination, Scope,
         tcp::{ConnectionInfo, TcpRouted},
     },
-    telemetry::{AccessLine, Attributes, Facts, Resolved, access_line},
+    telemetry::{Attributes, Facts, Resolved},
     upstream::{HashInput, Outcome, Permit, PoolLimits},
 };
 
@@ -480,30 +480,24 @@ impl Line<'_> {
             ..Facts::default()
         });
         let attributes = facts.as_ref().map(Attributes::of);
-        access_log.for_each_line(attributes.as_ref(), |line| {
-            match (line, &facts, &attributes) {
-                (AccessLine::Formatted(format, stream), Some(facts), Some(attributes)) => {
-                    access_line::write(&format.line(facts, attributes), stream);
-                }
-                (AccessLine::Formatted(..), _, _) => {}
-                (AccessLine::Own, _, _) => info!(
-                    target: "access",
-                    src = %down.source_ip,
-                    src_identity = %down.peer.identity,
-                    service = %down.service.hostname,
-                    port = down.port,
-                    protocol = "tcp",
-                    server_name = server_name.unwrap_or("-"),
-                    route,
-                    flags = result.err().map_or("-", Ended::flag),
-                    details = details.as_deref().unwrap_or("-"),
-                    upstream = ?upstream,
-                    sent,
-                    received,
-                    duration_ms = elapsed.as_secs_f64() * 1000.0,
-                    "connection"
-                ),
-            }
+        access_log.write(facts.as_ref(), attributes.as_ref(), || {
+            info!(
+                target: "access",
+                src = %down.source_ip,
+                src_identity = %down.peer.identity,
+                service = %down.service.hostname,
+                port = down.port,
+                protocol = "tcp",
+                server_name = server_name.unwrap_or("-"),
+                route,
+                flags = result.err().map_or("-", Ended::flag),
+                details = details.as_deref().unwrap_or("-"),
+                upstream = ?upstream,
+                sent,
+                received,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                "connection"
+            );
         });
     }
 }

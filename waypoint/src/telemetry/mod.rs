@@ -317,6 +317,24 @@ impl AccessLog {
         }
     }
 
+    /// Writes a request's or connection's lines: the formatted ones here,
+    /// the waypoint's own (at most once) by calling `own`. `facts` and
+    /// `attributes` are there when [`AccessLog::reads_attributes`].
+    pub fn write(
+        &self,
+        facts: Option<&Facts<'_>>,
+        attributes: Option<&Attributes<'_, '_>>,
+        mut own: impl FnMut(),
+    ) {
+        self.for_each_line(attributes, |line| match (line, facts, attributes) {
+            (AccessLine::Formatted(format, stream), Some(facts), Some(attributes)) => {
+                access_line::write(&format.line(facts, attributes), stream);
+            }
+            (AccessLine::Formatted(..), _, _) => {}
+            (AccessLine::Own, _, _) => own(),
+        });
+    }
+
     /// What lines need kept of each request.
     fn reads(&self) -> access_line::Reads {
         let mut reads = access_line::Reads::default();
