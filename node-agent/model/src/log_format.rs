@@ -126,6 +126,13 @@ pub enum Command {
     /// Milliseconds from the request's start to its answer's end.
     Duration,
     UpstreamHost,
+    UpstreamHostWithoutPort,
+    UpstreamPort,
+    /// The answer's gRPC status: its name (`OK`, `NotFound`, …), or its
+    /// number.
+    GrpcStatus {
+        number: bool,
+    },
     UpstreamCluster,
     UpstreamLocalAddress,
     UpstreamPeerUriSan,
@@ -149,7 +156,7 @@ pub enum Command {
 }
 
 /// Envoy operators that need no argument, by name.
-const PLAIN: [(&str, Command); 26] = [
+const PLAIN: [(&str, Command); 31] = [
     ("PROTOCOL", Command::Protocol),
     ("RESPONSE_CODE", Command::ResponseCode),
     (
@@ -169,6 +176,14 @@ const PLAIN: [(&str, Command); 26] = [
     ("BYTES_SENT", Command::BytesSent),
     ("DURATION", Command::Duration),
     ("UPSTREAM_HOST", Command::UpstreamHost),
+    ("UPSTREAM_REMOTE_ADDRESS", Command::UpstreamHost),
+    (
+        "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
+        Command::UpstreamHostWithoutPort,
+    ),
+    ("UPSTREAM_REMOTE_PORT", Command::UpstreamPort),
+    ("GRPC_STATUS", Command::GrpcStatus { number: false }),
+    ("GRPC_STATUS_NUMBER", Command::GrpcStatus { number: true }),
     ("UPSTREAM_CLUSTER", Command::UpstreamCluster),
     ("UPSTREAM_CLUSTER_RAW", Command::UpstreamCluster),
     ("UPSTREAM_LOCAL_ADDRESS", Command::UpstreamLocalAddress),
@@ -208,7 +223,7 @@ const PLAIN: [(&str, Command); 26] = [
 /// Envoy operators accepted and written as `-`: a format written for
 /// Envoy keeps working, with these empty (the waypoint warns once). Any
 /// argument they take is read, not used.
-const NOT_REPORTED: [&str; 37] = [
+const NOT_REPORTED: [&str; 58] = [
     "DYNAMIC_METADATA",
     "CLUSTER_METADATA",
     "UPSTREAM_METADATA",
@@ -244,8 +259,29 @@ const NOT_REPORTED: [&str; 37] = [
     "DOWNSTREAM_PEER_SUBJECT",
     "DOWNSTREAM_PEER_ISSUER",
     "DOWNSTREAM_PEER_FINGERPRINT_256",
-    "UPSTREAM_REMOTE_ADDRESS",
     "CONNECTION_ID",
+    "VIRTUAL_CLUSTER_NAME",
+    "UNIQUE_ID",
+    "REQUEST_HEADERS_BYTES",
+    "RESPONSE_HEADERS_BYTES",
+    "RESPONSE_TRAILERS_BYTES",
+    "UPSTREAM_TLS_CIPHER",
+    "UPSTREAM_TLS_SESSION_ID",
+    "UPSTREAM_PEER_ISSUER",
+    "UPSTREAM_PEER_CERT",
+    "UPSTREAM_LOCAL_PORT",
+    "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
+    "UPSTREAM_HOST_NAME",
+    "UPSTREAM_CONNECTION_POOL_READY_DURATION",
+    "DOWNSTREAM_REMOTE_PORT",
+    "DOWNSTREAM_DIRECT_REMOTE_PORT",
+    "DOWNSTREAM_LOCAL_DNS_SAN",
+    "DOWNSTREAM_PEER_DNS_SAN",
+    "UPSTREAM_PEER_DNS_SAN",
+    "DOWNSTREAM_TRANSPORT_FAILURE_REASON",
+    "COMMON_DURATION",
+    "LOCAL_REPLY_BODY",
+    "ACCESS_LOG_TYPE",
 ];
 
 impl fmt::Display for Command {
@@ -433,7 +469,7 @@ fn resolve(name: &str, argument: Option<&str>) -> Result<Command, String> {
                 .iter()
                 .find(|(known, _)| *known == name)
                 .map(|(_, c)| c.clone())
-                .ok_or_else(|| format!("%{name}% is not a command operator Envoy has"))?;
+                .ok_or_else(|| format!("%{name}% is not a command operator Warren knows"))?;
             if argument.is_some() {
                 return Err(format!("%{name}% takes no argument"));
             }
@@ -473,6 +509,7 @@ fn time_format(format: &str) -> Result<String, String> {
         let directive = &rest[at + 1..];
         let (written, used) = match directive.as_bytes() {
             [b'E', b'*', b'S', ..] => ("%S%.f".to_owned(), 3),
+            [b'E', b'0', b'S', ..] => ("%S".to_owned(), 3),
             [b'E', d, b'S', ..] if d.is_ascii_digit() => (format!("%S.%{}f", *d as char), 3),
             [b'E', b'z', ..] => ("%:z".to_owned(), 2),
             [b'f', ..] => ("%9f".to_owned(), 1),
@@ -665,7 +702,7 @@ mod tests {
     #[test]
     fn mistakes_are_named() {
         let cases = [
-            ("%FOO%", "%FOO% is not a command operator Envoy has"),
+            ("%FOO%", "%FOO% is not a command operator Warren knows"),
             (
                 "%RESPONSE_CODE_DETAILS(X)%",
                 "the argument may be ALLOW_WHITESPACES",

@@ -141,7 +141,8 @@ impl Finished {
             details: self
                 .details
                 .as_deref()
-                .or((self.upstream.is_some() && flags == "-").then_some("via_upstream")),
+                .or((self.upstream.is_some() && matches!(flags, "-" | "URX"))
+                    .then_some("via_upstream")),
             attempts: Some(self.attempts),
             service: Some(&down.service.hostname),
             upstream_principal: self

@@ -152,7 +152,9 @@ impl AccessFormat {
                     }
                 }
                 Command::ResponseTrailer(_) => reads.response_trailers = true,
-                Command::Protocol => reads.request = true,
+                // The cluster's protocol is the request's: HTTP when there
+                // is one.
+                Command::Protocol | Command::UpstreamCluster => reads.request = true,
                 _ => {}
             }
         }
@@ -303,6 +305,22 @@ impl AccessFormat {
             Command::UpstreamHost => facts
                 .upstream
                 .map_or(Value::Missing, |a| owned(a.to_string())),
+            Command::UpstreamHostWithoutPort => facts
+                .upstream
+                .map_or(Value::Missing, |a| owned(a.ip().to_string())),
+            Command::UpstreamPort => facts
+                .upstream
+                .map_or(Value::Missing, |a| Value::Number(u64::from(a.port()))),
+            Command::GrpcStatus { number } => match facts.grpc_status.and_then(|v| v.to_str().ok())
+            {
+                Some(code) if *number => code.parse().map_or(Value::Missing, Value::Number),
+                Some(code) => code
+                    .parse::<u8>()
+                    .ok()
+                    .and_then(grpc_status_name)
+                    .map_or_else(|| text(code), text),
+                None => Value::Missing,
+            },
             Command::UpstreamCluster => match (facts.service, facts.destination) {
                 // Istio's name for a waypoint's cluster of a Service.
                 (Some(host), Some(addr)) => {
@@ -357,19 +375,49 @@ impl AccessFormat {
 }
 
 /// Writes a line to the stream its provider's path names. A failed write
-/// is said once, not per request.
+/// is said once per stream, not per request.
 pub fn write(line: &str, stream: Stream) {
-    use std::io::Write as _;
-    static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let written = match stream {
-        Stream::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
-        Stream::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
+    use std::{io::Write as _, sync::atomic::AtomicBool};
+    static FAILED: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+    let (written, failed) = match stream {
+        Stream::Stdout => (
+            std::io::stdout().lock().write_all(line.as_bytes()),
+            &FAILED[0],
+        ),
+        Stream::Stderr => (
+            std::io::stderr().lock().write_all(line.as_bytes()),
+            &FAILED[1],
+        ),
     };
     if let Err(error) = written
-        && !FAILED.swap(true, std::sync::atomic::Ordering::Relaxed)
+        && !failed.swap(true, std::sync::atomic::Ordering::Relaxed)
     {
         tracing::warn!(%error, ?stream, "cannot write access lines");
     }
+}
+
+/// gRPC's name for a status code, as Envoy writes `%GRPC_STATUS%`.
+fn grpc_status_name(code: u8) -> Option<&'static str> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    NAMES.get(usize::from(code)).copied()
 }
 
 fn is_pseudo(name: &str) -> bool {
@@ -388,8 +436,8 @@ fn request_header<'f>(facts: &'f Facts<'_>, h: &HeaderRef) -> Value<'f> {
             ":authority" | "host" => Cow::Borrowed(request.host.as_str()),
             ":scheme" => Cow::Borrowed(request.scheme.as_str()),
             "x-request-id" => Cow::Borrowed(facts.request_id?),
-            "user-agent" if request.headers.is_empty() => Cow::Borrowed(request.useragent.as_str()),
-            "referer" if request.headers.is_empty() => Cow::Borrowed(request.referer.as_str()),
+            "user-agent" => Cow::Borrowed(request.useragent.as_str()),
+            "referer" => Cow::Borrowed(request.referer.as_str()),
             name if name.starts_with(':') => return None,
             name => first(&request.headers, name)?,
         };
@@ -588,6 +636,52 @@ mod tests {
         assert_eq!(kept.len(), 2);
         assert!(kept.get("x-z").is_none());
         assert!(HeaderNeed::None.keep(&headers).is_none());
+    }
+
+    #[test]
+    fn the_user_agent_is_written_whatever_other_headers_are_kept() {
+        let format = AccessFormat::compile(LogFormat::Text(
+            Template::parse("%REQ(USER-AGENT)% %REQ(X-FORWARDED-FOR)% %UPSTREAM_CLUSTER%")
+                .expect("parses"),
+        ))
+        .expect("compiles");
+        assert!(
+            format.reads.request,
+            "the cluster's protocol needs the request"
+        );
+        let mut all = HeaderMap::new();
+        all.insert("user-agent", HeaderValue::from_static("curl/8"));
+        all.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.9"));
+        all.insert("x-other", HeaderValue::from_static("no"));
+        let request = RequestFacts {
+            headers: format.reads.request_headers.keep(&all).unwrap_or_default(),
+            ..request()
+        };
+        assert_eq!(request.headers.len(), 1, "only x-forwarded-for is copied");
+        let response = HeaderMap::new();
+        let facts = facts(&request, &response);
+        let attributes = Attributes::of(&facts);
+        assert_eq!(
+            format.line(&facts, &attributes),
+            "curl/8 10.0.0.9 inbound-vip|80|http|app.demo.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn grpc_statuses_by_name_and_number() {
+        let format = AccessFormat::compile(LogFormat::Text(
+            Template::parse("%GRPC_STATUS% %GRPC_STATUS_NUMBER% %UPSTREAM_REMOTE_PORT%")
+                .expect("parses"),
+        ))
+        .expect("compiles");
+        let status = HeaderValue::from_static("5");
+        let facts = Facts {
+            grpc_status: Some(&status),
+            upstream: Some(SocketAddr::from(([10, 1, 0, 7], 8080))),
+            ..Facts::default()
+        };
+        let attributes = Attributes::of(&facts);
+        assert_eq!(format.line(&facts, &attributes), "NotFound 5 8080");
     }
 
     #[test]

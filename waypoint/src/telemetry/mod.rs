@@ -1052,23 +1052,24 @@ fn post_headers(
     let mut out = Vec::new();
     for header in headers {
         let value = match (&header.value, &header.env_name) {
-            (Some(value), _) => Some(value.clone()),
-            (None, Some(variable)) => std::env::var(variable).ok(),
-            (None, None) => None,
+            (Some(value), _) => Ok(value.clone()),
+            (None, Some(variable)) => std::env::var(variable)
+                .map_err(|_| format!("{variable} is not set in the waypoint's environment")),
+            (None, None) => Err("it has no value".to_owned()),
         };
         let parsed = value.and_then(|v| {
-            Some((
-                http::HeaderName::from_bytes(header.name.to_ascii_lowercase().as_bytes()).ok()?,
-                http::HeaderValue::from_str(&v).ok()?,
-            ))
+            let name = http::HeaderName::from_bytes(header.name.to_ascii_lowercase().as_bytes())
+                .map_err(|_| "not a header name".to_owned())?;
+            let value = http::HeaderValue::from_str(&v)
+                .map_err(|_| "its value is not a header value".to_owned())?;
+            Ok((name, value))
         });
         match parsed {
-            Some(pair) => out.push(pair),
-            None => {
+            Ok(pair) => out.push(pair),
+            Err(why) => {
                 notes.insert(format!(
-                    "tracing provider {provider:?}: header {:?} has no value to send (is {} set in the waypoint's environment?): left out",
-                    header.name,
-                    header.env_name.as_deref().unwrap_or("its variable")
+                    "tracing provider {provider:?}: header {:?} left out: {why}",
+                    header.name
                 ));
             }
         }

@@ -892,8 +892,9 @@ fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
         [("x-tenant", "shop"), ("authorization", path.as_str())]
     );
     assert!(
-        t.notes.iter().any(|n| n
-            .contains("header \"x-token\" has no value to send (is WARREN_NO_SUCH_VARIABLE set")),
+        t.notes
+            .iter()
+            .any(|n| n.contains("header \"x-token\" left out: WARREN_NO_SUCH_VARIABLE is not set")),
         "{:?}",
         t.notes
     );

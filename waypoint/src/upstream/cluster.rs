@@ -611,7 +611,7 @@ impl Cluster {
             "load_balancer": format!("{:?}", resolved.load_balancer),
             "warmup": resolved.warmup.map(|w| serde_json::json!({
                 "window": format!("{:?}", w.window),
-                "minimum_percent": w.min_factor * 100.0,
+                "minimum_percent": (w.min_factor * 1e8).round() / 1e6,
                 "aggression": w.aggression,
             })),
             "upstream_http": format!("{:?}", self.upstream_http()),

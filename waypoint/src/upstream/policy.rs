@@ -727,9 +727,11 @@ impl Warmup {
             return 1.0;
         }
         let time = age.max(Duration::from_secs(1)).as_secs_f64() / self.window.as_secs_f64();
+        // Never 0: a tiny aggression with no floor must not leave a Service
+        // whose endpoints are all new with nowhere to send.
         time.powf(1.0 / self.aggression)
             .max(self.min_factor)
-            .min(1.0)
+            .clamp(f64::MIN_POSITIVE, 1.0)
     }
 }
 

@@ -345,7 +345,7 @@ pub enum AuthzProtocol {
 }
 
 impl FileAccessLog {
-    /// Whether its lines go where the waypoint writes its own.
+    /// The stream its lines go to; `None` for a file.
     pub fn stream(&self) -> Option<Stream> {
         Stream::of_path(&self.path)
     }

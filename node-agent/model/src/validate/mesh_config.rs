@@ -504,7 +504,7 @@ accessLogEncoding: YAML
             "extensionProviders[6].opentelemetry: only one of http and grpc may be set",
             "extensionProviders[6].opentelemetry.http.path: \"/v1/a b\" is not a path a request can have",
             "extensionProviders[6].opentelemetry.http.timeout: must be longer than 0",
-            "extensionProviders[7].envoyFileAccessLog.logFormat: %NO_SUCH% is not a command operator Envoy has",
+            "extensionProviders[7].envoyFileAccessLog.logFormat: %NO_SUCH% is not a command operator Warren knows",
             "extensionProviders[8].envoyFileAccessLog.logFormat: only one of text and labels",
             "data.mesh.accessLogEncoding: \"YAML\" is not TEXT or JSON",
             "extensionProviders[9].opentelemetry.http.headers[0].name: \"bad name\" is not a header name",
