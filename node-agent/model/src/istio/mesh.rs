@@ -264,9 +264,10 @@ pub struct Zipkin {
 }
 
 /// A header a provider sends with each call to its service: a value, or
-/// one read from the proxy's environment.
+/// one read from the proxy's environment. Other fields (newer Istio's) are
+/// read and not used; one with neither value is refused.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HttpHeader {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
