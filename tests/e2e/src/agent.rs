@@ -199,15 +199,20 @@ pub fn warrenctl(node: &Node, args: &[&str]) -> Result<serde_json::Value> {
 
 /// `warrenctl config dump --output json` of the node's agent: its view and refusals.
 pub fn config_dump(cluster: &Cluster, node: &Node) -> Result<serde_json::Value> {
+    config_dump_with(cluster, node, &[])
+}
+
+/// `warrenctl config dump` with `extra` arguments (`--waypoint NS`, `--all`).
+pub fn config_dump_with(
+    cluster: &Cluster,
+    node: &Node,
+    extra: &[&str],
+) -> Result<serde_json::Value> {
     let socket = agent_socket(cluster, node)?;
-    let text = warrenctl_text(&[
-        "config",
-        "dump",
-        "--socket",
-        &socket.to_string_lossy(),
-        "--output",
-        "json",
-    ])?;
+    let socket = socket.to_string_lossy();
+    let mut args = vec!["config", "dump", "--socket", &socket, "--output", "json"];
+    args.extend_from_slice(extra);
+    let text = warrenctl_text(&args)?;
     Ok(serde_json::from_str(&text)?)
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
-    agent::warrenctl_waypoint_explain,
+    agent::{config_dump, config_dump_with, warrenctl_waypoint_explain},
     mesh::{
         Mesh, add_app_service, demo_cluster_with_waypoint_pod, eventually, metric_sum, service_vip,
         start_mesh_and_waypoint, waypoint_metrics,
@@ -66,7 +66,7 @@ spec:
 /// node 0), the mesh and demo's waypoint running.
 struct AppBehindWaypoint {
     // Held for the others' lifetime; dropped last.
-    _cluster: Cluster,
+    cluster: Cluster,
     mesh: Mesh,
     waypoint: Process,
     server: Process,
@@ -94,7 +94,7 @@ fn app_behind_waypoint() -> Result<AppBehindWaypoint> {
         mesh,
         waypoint,
         server,
-        _cluster: cluster,
+        cluster,
     })
 }
 
@@ -112,7 +112,7 @@ fn lines_for(output: &str, path: &str) -> usize {
 fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
     require_root()?;
     let AppBehindWaypoint {
-        _cluster,
+        cluster: _cluster,
         mesh,
         waypoint,
         server,
@@ -380,7 +380,7 @@ fn json_lines_for(output: &str, path: &str) -> Vec<serde_json::Value> {
 fn access_lines_take_the_formats_the_mesh_config_gives() -> Result<()> {
     require_root()?;
     let AppBehindWaypoint {
-        _cluster,
+        cluster,
         mesh,
         waypoint,
         server,
@@ -431,6 +431,28 @@ fn access_lines_take_the_formats_the_mesh_config_gives() -> Result<()> {
             && start.len() == "2026-12-07T04:28:07.123Z".len()
             && start.ends_with('Z'),
         "the JSON line: {line}"
+    );
+
+    // The agent's view for demo's waypoints says what the mesh config asks
+    // of the access log; its ztunnel view does not carry it.
+    let node = cluster.node(0)?;
+    let find = |dump: &serde_json::Value| {
+        dump["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["key"] == "telemetrydefaults")
+            .map(|r| r["spec"].clone())
+    };
+    ensure!(
+        find(&config_dump(&cluster, node)?).is_none(),
+        "ztunnel's view carries waypoint telemetry"
+    );
+    let defaults =
+        find(&config_dump_with(&cluster, node, &["--waypoint", "demo"])?).unwrap_or_default();
+    ensure!(
+        defaults["accessLogFile"] == "/dev/stdout" && defaults["accessLogEncoding"] == "JSON",
+        "warrenctl config dump --waypoint demo: {defaults}"
     );
 
     // A provider with a text format, for failed requests only.

@@ -21,12 +21,20 @@ pub enum Output {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// The node agent's current view: what it serves this node's ztunnel.
+    /// The node agent's current view: what it serves this node's ztunnel,
+    /// or (`--waypoint NS`) what it serves the waypoints of a namespace
+    /// (routes, policies, Telemetry, providers), or (`--all`) both.
     Dump {
         #[command(flatten)]
         agent: AgentArgs,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+        /// What the waypoints of this namespace are sent.
+        #[arg(long, value_name = "NAMESPACE", conflicts_with = "all")]
+        waypoint: Option<String>,
+        /// Everything the agent publishes.
+        #[arg(long)]
+        all: bool,
     },
     /// Each subscribed proxy: the version it was sent, the one it
     /// acknowledged, and why it refused one, if it did.
@@ -46,11 +54,21 @@ pub enum Command {
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Validate { files } => validate_files(&files),
-        Command::Dump { agent, output } => {
+        Command::Dump {
+            agent,
+            output,
+            waypoint,
+            all,
+        } => {
+            let (role, namespace) = match (waypoint, all) {
+                (Some(namespace), _) => (Role::Waypoint, namespace),
+                (None, true) => (Role::Unspecified, String::new()),
+                (None, false) => (Role::Ztunnel, String::new()),
+            };
             let dump = agent.call(|mut c| async move {
                 c.dump(DumpRequest {
-                    role: Role::Ztunnel as i32,
-                    namespace: String::new(),
+                    role: role as i32,
+                    namespace,
                 })
                 .await
                 .map(tonic::Response::into_inner)

@@ -205,6 +205,8 @@ pub fn resource_json(r: &Resource) -> Value {
             "TelemetryDefaults",
             json!({
                 "metrics": d.metrics, "accessLogging": d.access_logging, "tracing": d.tracing,
+                "accessLogFile": d.access_log_file, "accessLogFormat": d.access_log_format,
+                "accessLogEncoding": d.access_log_encoding,
             }),
         ),
         None => ("Unknown", Value::Null),
@@ -401,7 +403,7 @@ pub fn print_tables(dump: &DumpResponse) {
             "TelemetryDefaults".into(),
             "(mesh config)".into(),
             format!(
-                "metrics: {}; accessLogging: {}",
+                "metrics: {}; accessLogging: {}; accessLogFile: {}{}",
                 if d.metrics.is_empty() {
                     "prometheus".into()
                 } else {
@@ -411,6 +413,16 @@ pub fn print_tables(dump: &DumpResponse) {
                     "-".into()
                 } else {
                     d.access_logging.join(",")
+                },
+                match d.access_log_file.as_deref() {
+                    None => "(unset)",
+                    Some("") => "\"\" (none)",
+                    Some(path) => path,
+                },
+                if d.access_log_encoding.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", d.access_log_encoding)
                 },
             ),
         ]),
