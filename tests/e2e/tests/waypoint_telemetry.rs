@@ -302,19 +302,41 @@ fn telemetry_shapes_the_waypoints_access_lines_and_metrics() -> Result<()> {
     );
 
     // All gone: a line for every request again, Istio's labels on every metric.
-    for file in [WAYPOINT_FILE, NAMESPACE_FILE, MESH_FILE] {
-        std::fs::remove_file(config.join(file))?;
-    }
-    eventually(Duration::from_secs(20), "the defaults back", || {
-        let path = format!("/after/{}", next());
-        let status = curl_status(&client, &format!("{base}{path}"), &[])?;
-        std::thread::sleep(Duration::from_millis(200));
-        Ok(status == 200 && lines_for(&waypoint.output(), &path) == 1)
-    })
+    own_lines_back(
+        &config,
+        &[WAYPOINT_FILE, NAMESPACE_FILE, MESH_FILE],
+        &client,
+        &base,
+        &waypoint,
+    )
     .with_context(logs)?;
     drop(server);
     drop(waypoint);
     Ok(())
+}
+
+/// Removes `files` from the config folder and waits until a request gets
+/// the waypoint's own access line again, as without any Telemetry.
+fn own_lines_back(
+    config: &std::path::Path,
+    files: &[&str],
+    client: &Pod,
+    base: &str,
+    waypoint: &Process,
+) -> Result<()> {
+    for file in files {
+        std::fs::remove_file(config.join(file))?;
+    }
+    eventually(
+        Duration::from_secs(20),
+        "the waypoint's own lines back",
+        || {
+            let path = format!("/after/{}", next());
+            let status = curl_status(client, &format!("{base}{path}"), &[])?;
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(status == 200 && lines_for(&waypoint.output(), &path) == 1)
+        },
+    )
 }
 
 /// Waits until the waypoint has counted a request with `labels`: its access
@@ -503,18 +525,12 @@ fn access_lines_take_the_formats_the_mesh_config_gives() -> Result<()> {
     );
 
     // All gone: the waypoint's own line again.
-    for file in [MESH_FILE, FORMATS_MESH_FILE] {
-        std::fs::remove_file(config.join(file))?;
-    }
-    eventually(
-        Duration::from_secs(20),
-        "the waypoint's own lines back",
-        || {
-            let path = format!("/after/{}", next());
-            let status = curl_status(&client, &format!("{base}{path}"), &[])?;
-            std::thread::sleep(Duration::from_millis(200));
-            Ok(status == 200 && lines_for(&waypoint.output(), &path) == 1)
-        },
+    own_lines_back(
+        &config,
+        &[MESH_FILE, FORMATS_MESH_FILE],
+        &client,
+        &base,
+        &waypoint,
     )
     .with_context(logs)?;
     drop(server);

@@ -498,20 +498,7 @@ mod tests {
     use crate::telemetry::attributes::RequestFacts;
 
     fn request() -> RequestFacts {
-        let mut headers = HeaderMap::new();
-        headers.insert("user-agent", HeaderValue::from_static("curl/8"));
-        headers.append("x-tag", HeaderValue::from_static("a"));
-        headers.append("x-tag", HeaderValue::from_static("b"));
-        RequestFacts {
-            headers,
-            path: "/api/items?page=2".into(),
-            host: "app.demo.svc.cluster.local".into(),
-            scheme: "http".into(),
-            method: "GET".into(),
-            protocol: "HTTP/1.1",
-            referer: String::new(),
-            useragent: "curl/8".into(),
-        }
+        RequestFacts::example()
     }
 
     fn facts<'a>(request: &'a RequestFacts, response: &'a HeaderMap) -> Facts<'a> {

@@ -124,6 +124,29 @@ pub struct RequestFacts {
     pub useragent: String,
 }
 
+#[cfg(test)]
+impl RequestFacts {
+    /// What tests read of a request: `GET /api/items?page=2` from curl,
+    /// with `x-user: jason` and `x-tag` sent twice (`a`, `b`).
+    pub(crate) fn example() -> RequestFacts {
+        let mut headers = HeaderMap::new();
+        headers.insert("user-agent", HeaderValue::from_static("curl/8"));
+        headers.insert("x-user", HeaderValue::from_static("jason"));
+        headers.append("x-tag", HeaderValue::from_static("a"));
+        headers.append("x-tag", HeaderValue::from_static("b"));
+        RequestFacts {
+            headers,
+            path: "/api/items?page=2".into(),
+            host: "app.demo.svc.cluster.local".into(),
+            scheme: "http".into(),
+            method: "GET".into(),
+            protocol: "HTTP/1.1",
+            referer: String::new(),
+            useragent: "curl/8".into(),
+        }
+    }
+}
+
 /// Everything an expression may read of one request (or connection, whose
 /// `request` and `response` are absent).
 #[derive(Default)]

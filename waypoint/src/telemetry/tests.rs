@@ -4,7 +4,6 @@ use std::{
     sync::Arc,
 };
 
-use http::{HeaderMap, HeaderValue};
 use warren_model::istio::mesh::ExtensionProvider;
 
 use super::{attributes::RequestFacts, *};
@@ -68,6 +67,16 @@ fn facts(code: u16) -> Facts<'static> {
         source: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7))),
         ..Facts::default()
     }
+}
+
+/// Asserts the waypoint says `what` (once) of the Telemetry it was given.
+#[track_caller]
+fn says(t: &Telemetries, what: &str) {
+    assert!(
+        t.notes.iter().any(|n| n.contains(what)),
+        "no note says {what:?}: {:?}",
+        t.notes
+    );
 }
 
 fn logs(resolved: &Resolved, code: u16) -> bool {
@@ -237,13 +246,7 @@ fn providers_decide_where_lines_go() {
         t.for_service("demo", "app").access_log,
         AccessLog::Default
     ));
-    assert!(
-        t.notes
-            .iter()
-            .any(|n| n.contains("\"otel\" is not defined")),
-        "{:?}",
-        t.notes
-    );
+    says(&t, "\"otel\" is not defined");
 
     // `envoy` redefined to write a file: not this log; a provider writing
     // to /dev/stdout is.
@@ -361,13 +364,7 @@ fn the_mesh_configs_access_log_file_decides_where_nothing_else_does() {
         &mesh_log(Some("/var/log/a.log"), "", ""),
     );
     assert!(t.for_service("demo", "app").access_log.is_off());
-    assert!(
-        t.notes
-            .iter()
-            .any(|n| n.contains("\"/var/log/a.log\" is not /dev/stdout or /dev/stderr")),
-        "{:?}",
-        t.notes
-    );
+    says(&t, "\"/var/log/a.log\" is not /dev/stdout or /dev/stderr");
     // A format the mesh config gives without a file: `envoy`'s, when a
     // Telemetry names it; no line of its own.
     let defaults = mesh_log(None, "%RESPONSE_CODE% %DOWNSTREAM_TLS_VERSION%", "");
@@ -387,13 +384,9 @@ fn the_mesh_configs_access_log_file_decides_where_nothing_else_does() {
         lines(t.for_service("demo", "app")),
         [Some("200 -\n".to_owned())]
     );
-    assert!(
-        t.notes
-            .iter()
-            .any(|n| n
-                .contains("the mesh config's access log writes %DOWNSTREAM_TLS_VERSION% as '-'")),
-        "{:?}",
-        t.notes
+    says(
+        &t,
+        "the mesh config's access log writes %DOWNSTREAM_TLS_VERSION% as '-'",
     );
     let bad = Defaults::new(
         Vec::new(),
@@ -509,20 +502,7 @@ fn metrics_are_disabled_and_relabelled_as_istio_merges_them() {
 
 #[test]
 fn expressions_read_the_request_and_fail_as_false_or_unknown() {
-    let mut headers = HeaderMap::new();
-    headers.insert("x-user", HeaderValue::from_static("jason"));
-    headers.append("x-tag", HeaderValue::from_static("a"));
-    headers.append("x-tag", HeaderValue::from_static("b"));
-    let request = RequestFacts {
-        headers,
-        path: "/api/items?page=2".into(),
-        host: "app.demo.svc.cluster.local".into(),
-        scheme: "http".into(),
-        method: "GET".into(),
-        protocol: "HTTP/1.1",
-        useragent: "curl/8".into(),
-        ..RequestFacts::default()
-    };
+    let request = RequestFacts::example();
     let facts = Facts {
         request: Some(&request),
         response_code: Some(404),
@@ -891,12 +871,9 @@ fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
         sent,
         [("x-tenant", "shop"), ("authorization", path.as_str())]
     );
-    assert!(
-        t.notes
-            .iter()
-            .any(|n| n.contains("header \"x-token\" left out: WARREN_NO_SUCH_VARIABLE is not set")),
-        "{:?}",
-        t.notes
+    says(
+        &t,
+        "header \"x-token\" left out: WARREN_NO_SUCH_VARIABLE is not set",
     );
 
     // A provider of another kind: no tracing, said why.
@@ -906,11 +883,7 @@ fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
         &Defaults::default(),
     );
     assert!(t.for_service("demo", "app").tracing.is_none());
-    assert!(
-        t.notes
-            .iter()
-            .any(|n| n.contains("neither zipkin nor opentelemetry"))
-    );
+    says(&t, "neither zipkin nor opentelemetry");
 
     // The mesh config's default provider, without any Telemetry.
     let defaults = Defaults {
@@ -925,13 +898,7 @@ fn tracing_takes_the_innermost_settings_and_a_zipkin_provider() {
     assert!(build(&[]).for_service("demo", "app").tracing.is_none());
     let t = build(std::slice::from_ref(&mesh));
     assert!(t.for_service("demo", "app").tracing.is_none());
-    assert!(
-        t.notes
-            .iter()
-            .any(|n| n.contains("\"zipkin\" is not defined")),
-        "{:?}",
-        t.notes
-    );
+    says(&t, "\"zipkin\" is not defined");
 }
 
 fn record() -> span::Record {
