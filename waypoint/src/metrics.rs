@@ -264,7 +264,8 @@ pub struct Metrics {
     pub ejections: Family<ClusterLabels, Counter>,
     /// Retries sent.
     pub retries: Family<ClusterLabels, Counter>,
-    /// Retries not made because `http.maxRetries` were already in flight.
+    /// Retries not made because `http.maxRetries` (or the retry budget's
+    /// limit) were already in flight.
     pub retry_overflows: Family<ClusterLabels, Counter>,
     /// Copies sent to mirrors.
     pub mirrored: Family<ClusterLabels, Counter>,
@@ -410,7 +411,7 @@ impl Metrics {
             );
             r.register(
                 "warren_waypoint_retry_overflow",
-                "Retries not made because http.maxRetries were already in flight",
+                "Retries not made because http.maxRetries (or the retry budget) were already in flight",
                 metrics.retry_overflows.clone(),
             );
             r.register(

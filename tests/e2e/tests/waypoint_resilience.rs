@@ -451,6 +451,72 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         logs()
     );
 
+    // retryBudget replaces maxRetries (as in Envoy): a minimum of 8 lets every
+    // one of the eight requests retry, maxRetries 1 notwithstanding.
+    let with_budget = |budget: &str| {
+        CONFIG.replacen(
+            "connectionPool:\n      http: { maxRetries: 1 }",
+            &format!("connectionPool:\n      http: {{ maxRetries: 1 }}\n    retryBudget: {budget}"),
+            1,
+        )
+    };
+    let routes = config_dir.join("routes.shop.yaml");
+    std::fs::write(
+        &routes,
+        with_budget("{ percent: 100, minRetryConcurrency: 8 }"),
+    )?;
+    let mut seen = (0.0, 0.0);
+    eventually(
+        Duration::from_secs(20),
+        "retryBudget replaces maxRetries",
+        || {
+            let before = shop.waypoint_metrics()?;
+            load(&shop.client, &url, &["-n", "40", "-c", "8"])?;
+            let after = shop.waypoint_metrics()?;
+            let delta =
+                |name| metric_sum(&after, name, &budget) - metric_sum(&before, name, &budget);
+            seen = (
+                delta("warren_waypoint_retries_total"),
+                delta("warren_waypoint_retry_overflow_total"),
+            );
+            // Before the change some retries are refused; after it, none.
+            Ok(seen == (120.0, 0.0))
+        },
+    )
+    .with_context(|| format!("retries made, refused: {seen:?}\n{}", logs()))?;
+    eprintln!(
+        "retryBudget min 8 over maxRetries 1: {} retries made, {} refused",
+        seen.0, seen.1
+    );
+    // A quarter of the requests (eight at a time: two retries), with a
+    // minimum of 1: retries are refused again.
+    std::fs::write(
+        &routes,
+        with_budget("{ percent: 25, minRetryConcurrency: 1 }"),
+    )?;
+    eventually(
+        Duration::from_secs(20),
+        "a retry budget of 25 % refuses retries",
+        || {
+            let before = shop.waypoint_metrics()?;
+            load(&shop.client, &url, &["-n", "40", "-c", "8"])?;
+            let after = shop.waypoint_metrics()?;
+            let delta =
+                |name| metric_sum(&after, name, &budget) - metric_sum(&before, name, &budget);
+            seen = (
+                delta("warren_waypoint_retries_total"),
+                delta("warren_waypoint_retry_overflow_total"),
+            );
+            Ok(seen.0 > 0.0 && seen.0 < 120.0 && seen.1 > 0.0)
+        },
+    )
+    .with_context(|| format!("retries made, refused: {seen:?}\n{}", logs()))?;
+    eprintln!(
+        "retryBudget 25 %: {} retries made, {} refused",
+        seen.0, seen.1
+    );
+    std::fs::write(&routes, CONFIG)?;
+
     // Timeout: a 3 s backend behind a 300 ms route timeout answers 504 early.
     let report = load(&shop.client, &shop.url("slow")?, &["-n", "8", "-c", "4"])?;
     eprintln!(

@@ -806,10 +806,13 @@ pub(crate) mod tests {
     /// (beyond each endpoint's first connection). Leaked, so that a request
     /// future may borrow it wherever it is made (a few hundred bytes a test).
     pub(crate) fn cluster(limits: &PoolLimits, places: u32) -> &'static Pool {
-        Box::leak(Box::new(Pool::new(PoolLimits {
-            max_connections: places,
-            ..limits.clone()
-        })))
+        Box::leak(Box::new(Pool::new(
+            PoolLimits {
+                max_connections: places,
+                ..limits.clone()
+            },
+            None,
+        )))
     }
 
     fn per_connection(limit: u32) -> PoolLimits {

@@ -158,7 +158,7 @@ impl Cluster {
         };
         state.replace(endpoints, &resolved, now);
         Self {
-            pool: Pool::new(resolved.pool.clone()),
+            pool: Pool::new(resolved.pool.clone(), resolved.retry_budget),
             resolved,
             declared: DeclaredHttp::Undeclared,
             next: AtomicUsize::new(0),
@@ -481,7 +481,8 @@ impl Cluster {
         self.pool.admit_connection()
     }
 
-    /// A retry may start (`http.maxRetries` in flight at once).
+    /// A retry may start (`http.maxRetries` in flight at once, or what the
+    /// retry budget allows).
     pub fn try_retry(&self) -> Option<RetryPermit> {
         self.pool.try_retry()
     }
@@ -628,6 +629,13 @@ impl Cluster {
                 "max_connection_duration": pool.max_connection_duration.map(|d| format!("{d:?}")),
                 "tcp_idle_timeout": pool.tcp_idle_timeout.map(|d| format!("{d:?}")),
             },
+            // Replaces `max_retries` when set; `retry_limit` is what it allows now.
+            "retry_budget": resolved.retry_budget.map(|b| serde_json::json!({
+                "percent": b.percent,
+                "min_retry_concurrency": b.min_concurrency,
+                "budget_interval": b.interval.map(|d| format!("{d:?}")),
+            })),
+            "retry_limit": u32::try_from(self.pool.retry_limit()).map_or_else(|_| "unlimited".into(), limit),
             "outlier_detection": resolved.outlier.is_some(),
             "locality": proximity,
             "locality_groups": groups,

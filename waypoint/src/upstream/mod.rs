@@ -34,6 +34,7 @@
 //! | `interval` | 10s; `baseEjectionTime` 30s, growing to at most max(300s, base) (Envoy's `max_ejection_time`) |
 //! | `maxEjectionPercent` | 10% (0 means unset); no ejection may exceed it, so with fewer than 10 endpoints the default ejects none (Envoy ≥ 1.31) |
 //! | `minHealthPercent` | 0% |
+//! | `retryBudget` | off; when set, `percent` 20, `minRetryConcurrency` 3, `budgetInterval` 0s (the active and pending requests are the base), and `maxRetries` no longer applies |
 //!
 //! Outlier detection is on only where an `outlierDetection` applies.
 //!
@@ -74,8 +75,8 @@ pub use lookup::Scope;
 pub use outlier::Outcome;
 pub use policy::{
     ConsistentHash, DrInput, HashCookie, HashKey, HashTable, Keepalive, LoadBalancer,
-    OutlierSettings, Policies, PolicyError, PoolLimits, Resolved, UnknownSubset, UpstreamHttp,
-    Warmup,
+    OutlierSettings, Policies, PolicyError, PoolLimits, Resolved, RetryBudget, UnknownSubset,
+    UpstreamHttp, Warmup,
 };
 pub(crate) use pool::Pool;
 pub use pool::{Overflow, Permit, RetryPermit};

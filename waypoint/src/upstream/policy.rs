@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 use warren_model::istio::{
-    ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy, LoadBalancerSettings,
+    self, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy, LoadBalancerSettings,
     LocalityLbSetting, OutlierDetection, SimpleLb, TrafficPolicy,
 };
 use warren_ztunnel::state::service::DeclaredHttp;
@@ -135,6 +135,8 @@ pub struct Resolved {
     /// share ramps up (ROUND_ROBIN and LEAST_REQUEST only).
     pub warmup: Option<Warmup>,
     pub pool: PoolLimits,
+    /// `retryBudget`, which replaces `pool.max_retries` when set.
+    pub retry_budget: Option<RetryBudget>,
     /// `None`: outlier detection is off (no `outlierDetection` applies).
     pub outlier: Option<OutlierSettings>,
 }
@@ -152,6 +154,7 @@ impl Resolved {
             locality: None,
             warmup: None,
             pool: PoolLimits::default(),
+            retry_budget: None,
             outlier: None,
         }
     }
@@ -379,6 +382,8 @@ struct Compiled {
     parts: Parts,
     /// First entry for a port wins, as in Istio.
     ports: Vec<(u16, Parts)>,
+    /// `retryBudget` has no port-level form: it holds for every port.
+    retry_budget: Option<RetryBudget>,
 }
 
 impl Compiled {
@@ -475,6 +480,10 @@ impl Policies {
             },
         };
         let parts = merge_parts(rule.top.as_ref(), subset_policy, port);
+        // Like the other parts, a subset's budget replaces the top level's.
+        let retry_budget = subset_policy
+            .and_then(|s| s.retry_budget)
+            .or_else(|| rule.top.as_ref().and_then(|t| t.retry_budget));
         Ok(Resolved {
             host: host.to_owned(),
             subset: subset.map(str::to_owned),
@@ -485,6 +494,7 @@ impl Policies {
             locality: parts.locality.flatten(),
             warmup: parts.warmup.flatten(),
             pool: parts.pool.unwrap_or_default(),
+            retry_budget,
             outlier: parts.outlier,
         })
     }
@@ -654,7 +664,74 @@ fn compile_policy(cx: &mut Ctx<'_>, path: &str, policy: &TrafficPolicy) -> Compi
         );
         ports.push((port, parts));
     }
-    Compiled { parts, ports }
+    let retry_budget = policy
+        .retry_budget
+        .as_ref()
+        .map(|b| compile_retry_budget(cx, &format!("{path}.retryBudget"), b));
+    Compiled {
+        parts,
+        ports,
+        retry_budget,
+    }
+}
+
+/// `retryBudget`, Istio's defaults filled in; a value out of range is
+/// reported and its default used.
+fn compile_retry_budget(cx: &mut Ctx<'_>, path: &str, budget: &istio::RetryBudget) -> RetryBudget {
+    let mut compiled = RetryBudget::default();
+    match budget.percent {
+        Some(percent) if (0.0..=100.0).contains(&percent) => compiled.percent = percent,
+        Some(percent) => cx.error(
+            format!("{path}.percent"),
+            format!("{percent} is not within 0-100; using {}", compiled.percent),
+        ),
+        None => {}
+    }
+    if let Some(min) = budget.min_retry_concurrency {
+        compiled.min_concurrency = min;
+    }
+    if let Some(interval) = &budget.budget_interval {
+        let interval = cx.duration(&format!("{path}.budgetInterval"), interval, Duration::ZERO);
+        compiled.interval = (!interval.is_zero()).then_some(interval);
+    }
+    compiled
+}
+
+/// `retryBudget` (Envoy's `retry_budget` circuit breaker): at most
+/// `max(percent % of the base, min_concurrency)` retries in flight at once,
+/// the base being the cluster's active and pending requests or, with an
+/// `interval`, the requests made over the last `interval`. Envoy lets it
+/// replace `maxRetries`, and so does the waypoint.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetryBudget {
+    /// 0-100 (Istio's default: 20).
+    pub percent: f64,
+    /// Istio's default: 3.
+    pub min_concurrency: u32,
+    /// `budgetInterval`; `None` (`0s`, the default) counts requests active now.
+    pub interval: Option<Duration>,
+}
+
+// The percentage is within 0-100 (checked when compiled): equality is total.
+impl Eq for RetryBudget {}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            percent: 20.0,
+            min_concurrency: 3,
+            interval: None,
+        }
+    }
+}
+
+impl RetryBudget {
+    /// Retries that may be in flight with `base` requests counted.
+    pub fn limit(&self, base: u64) -> u64 {
+        // Rounded down, as Envoy converts the share to a count.
+        let share = (self.percent / 100.0 * base as f64) as u64;
+        share.max(u64::from(self.min_concurrency))
+    }
 }
 
 fn compile_parts(

@@ -15,13 +15,20 @@
 //! not queue: a long-lived connection may never free its place). A refusal
 //! is [`Overflow`]: the proxy answers 503 (Envoy's `UO`) or closes the
 //! connection.
+//!
+//! Retries in flight are bounded by `http.maxRetries`, or, when the rule sets
+//! a `retryBudget`, by a share of the requests ([`RetryBudget`]): the share
+//! grows with the load, so a burst of failing requests cannot all be retried
+//! at once and double the load on a struggling service (a retry storm),
+//! while a quiet cluster still gets the budget's minimum.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::policy::PoolLimits;
+use super::policy::{PoolLimits, RetryBudget};
 
 /// The request was refused: the pool is full and so is its queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +66,10 @@ pub(crate) struct Pool {
     overflows: AtomicU64,
     retries: Arc<AtomicU64>,
     retry_overflows: AtomicU64,
+    /// `retryBudget`, in place of `limits.max_retries`.
+    budget: Option<RetryBudget>,
+    /// The requests made lately, for a budget with an interval.
+    recent: Option<Mutex<Recent>>,
 }
 
 /// Takes the request off the pending count however the wait ends
@@ -80,7 +91,7 @@ fn permits(limit: u32) -> usize {
 }
 
 impl Pool {
-    pub(crate) fn new(limits: PoolLimits) -> Self {
+    pub(crate) fn new(limits: PoolLimits, budget: Option<RetryBudget>) -> Self {
         Self {
             connections: Arc::new(Semaphore::new(permits(limits.max_connections))),
             requests: Arc::new(Semaphore::new(permits(limits.max_requests))),
@@ -89,6 +100,10 @@ impl Pool {
             overflows: AtomicU64::new(0),
             retries: Arc::new(AtomicU64::new(0)),
             retry_overflows: AtomicU64::new(0),
+            recent: budget
+                .and_then(|b| b.interval)
+                .map(|interval| Mutex::new(Recent::new(interval, Instant::now()))),
+            budget,
         }
     }
 
@@ -157,10 +172,15 @@ impl Pool {
     }
 
     fn request(&self) -> Result<OwnedSemaphorePermit, Overflow> {
-        self.requests
+        let slot = self
+            .requests
             .clone()
             .try_acquire_owned()
-            .map_err(|_| self.overflow())
+            .map_err(|_| self.overflow())?;
+        if let Some(recent) = &self.recent {
+            lock(recent).record(Instant::now());
+        }
+        Ok(slot)
     }
 
     fn overflow(&self) -> Overflow {
@@ -191,10 +211,12 @@ impl Pool {
         Ok(slot)
     }
 
-    /// A retry may start if fewer than `maxRetries` are in flight.
+    /// A retry may start if fewer than `maxRetries` are in flight, or than
+    /// the retry budget allows.
     pub(crate) fn try_retry(&self) -> Option<RetryPermit> {
+        let limit = self.retry_limit();
         let before = self.retries.fetch_add(1, Ordering::AcqRel);
-        if before >= u64::from(self.limits.max_retries) {
+        if before >= limit {
             self.retries.fetch_sub(1, Ordering::AcqRel);
             self.retry_overflows.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -202,6 +224,24 @@ impl Pool {
         Some(RetryPermit {
             retries: self.retries.clone(),
         })
+    }
+
+    /// Retries that may be in flight now.
+    pub(crate) fn retry_limit(&self) -> u64 {
+        let Some(budget) = &self.budget else {
+            return u64::from(self.limits.max_retries);
+        };
+        let base = match &self.recent {
+            Some(recent) => lock(recent).total(Instant::now()),
+            None => self.active_requests() + self.pending(),
+        };
+        budget.limit(base)
+    }
+
+    /// HTTP requests holding a request slot (retries included).
+    pub(crate) fn active_requests(&self) -> u64 {
+        let held = permits(self.limits.max_requests) - self.requests.available_permits();
+        u64::try_from(held).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn pending(&self) -> u64 {
@@ -214,5 +254,65 @@ impl Pool {
 
     pub(crate) fn retry_overflows(&self) -> u64 {
         self.retry_overflows.load(Ordering::Relaxed)
+    }
+}
+
+fn lock(recent: &Mutex<Recent>) -> std::sync::MutexGuard<'_, Recent> {
+    // Nothing under the lock can panic; a poisoned count is still a count.
+    recent
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Requests made over the last interval, in ten slots of a tenth of it each
+/// (as Envoy's budget interval counts them): a request leaves the count
+/// between 0.9 and 1 interval after it was made.
+#[derive(Debug)]
+pub(crate) struct Recent {
+    slot: Duration,
+    /// Where the current slot began.
+    since: Instant,
+    current: usize,
+    counts: [u64; SLOTS],
+}
+
+const SLOTS: usize = 10;
+
+impl Recent {
+    pub(crate) fn new(interval: Duration, now: Instant) -> Self {
+        Self {
+            // A tenth of at least 1 ms (checked on load): never zero.
+            slot: (interval / SLOTS as u32).max(Duration::from_micros(1)),
+            since: now,
+            current: 0,
+            counts: [0; SLOTS],
+        }
+    }
+
+    pub(crate) fn record(&mut self, now: Instant) {
+        self.advance(now);
+        self.counts[self.current] += 1;
+    }
+
+    pub(crate) fn total(&mut self, now: Instant) -> u64 {
+        self.advance(now);
+        self.counts.iter().sum()
+    }
+
+    /// Moves to the slot `now` falls in, emptying the slots passed over.
+    fn advance(&mut self, now: Instant) {
+        let passed = now.saturating_duration_since(self.since).as_nanos() / self.slot.as_nanos();
+        if passed == 0 {
+            return;
+        }
+        for _ in 0..passed.min(SLOTS as u128) {
+            self.current = (self.current + 1) % SLOTS;
+            self.counts[self.current] = 0;
+        }
+        self.since = match u32::try_from(passed) {
+            Ok(n) => self.since + self.slot * n,
+            // Idle for ages: start afresh from now.
+            Err(_) => now,
+        };
     }
 }

@@ -1210,6 +1210,228 @@ fn retries_in_flight_are_limited() {
     assert!(cluster.try_retry().is_some());
 }
 
+fn budgeted(limits: PoolLimits, budget: RetryBudget) -> Arc<Cluster> {
+    let resolved = Resolved {
+        pool: limits,
+        retry_budget: Some(budget),
+        ..Resolved::defaults(HOST, 9080)
+    };
+    Arc::new(Cluster::new(resolved, endpoints(1), Instant::now()))
+}
+
+/// Takes retries until one is refused; returns those taken.
+fn retries_until_refused(cluster: &Cluster) -> Vec<RetryPermit> {
+    let mut taken = Vec::new();
+    while let Some(permit) = cluster.try_retry() {
+        taken.push(permit);
+        assert!(taken.len() <= 1000, "the budget must run out");
+    }
+    taken
+}
+
+#[test]
+fn a_retry_budget_grows_with_the_requests_and_replaces_max_retries() {
+    let budget = RetryBudget {
+        percent: 25.0,
+        min_concurrency: 2,
+        interval: None,
+    };
+    let cluster = budgeted(
+        PoolLimits {
+            max_retries: 1,
+            ..PoolLimits::default()
+        },
+        budget,
+    );
+    // A quiet cluster gets the minimum, not `maxRetries`' 1.
+    assert_eq!(retries_until_refused(&cluster).len(), 2);
+    assert_eq!(cluster.retry_overflows(), 1);
+    // Twenty requests in flight: 25 % of them.
+    let held: Vec<Permit> = (0..20)
+        .map(|_| cluster.admit_multiplexed().expect("admitted"))
+        .collect();
+    let retries = retries_until_refused(&cluster);
+    assert_eq!(retries.len(), 5);
+    // Rounded down: 23 requests allow 5 still (5.75), 24 allow 6.
+    let more: Vec<Permit> = (0..3)
+        .map(|_| cluster.admit_multiplexed().expect("admitted"))
+        .collect();
+    assert!(cluster.try_retry().is_none());
+    let _one_more = cluster.admit_multiplexed().expect("admitted");
+    let sixth = cluster.try_retry().expect("24 requests allow 6 retries");
+    // A retry that ends frees its place; the requests ending shrink the budget.
+    drop((held, more, sixth));
+    assert!(
+        cluster.try_retry().is_none(),
+        "1 request left: the minimum, 2, is below 5 in flight"
+    );
+    drop(retries);
+    assert_eq!(retries_until_refused(&cluster).len(), 2);
+}
+
+#[test]
+fn a_retry_budget_counts_waiting_requests() {
+    let cluster = budgeted(
+        PoolLimits::default(),
+        RetryBudget {
+            percent: 50.0,
+            min_concurrency: 0,
+            interval: None,
+        },
+    );
+    assert!(
+        cluster.try_retry().is_none(),
+        "no request, no minimum: no retry"
+    );
+    // The pending queue belongs to the pool: stand in for two waiting requests.
+    let waiting = [
+        cluster.pool().pend().expect("queued"),
+        cluster.pool().pend().expect("queued"),
+    ];
+    let _active = cluster.admit_multiplexed().expect("admitted");
+    let _active2 = cluster.admit_multiplexed().expect("admitted");
+    assert_eq!(
+        retries_until_refused(&cluster).len(),
+        2,
+        "half of 2 active + 2 pending"
+    );
+    drop(waiting);
+}
+
+#[test]
+fn a_retry_budget_interval_counts_the_requests_made_over_it() {
+    let cluster = budgeted(
+        PoolLimits::default(),
+        RetryBudget {
+            percent: 50.0,
+            min_concurrency: 1,
+            interval: Some(Duration::from_secs(60)),
+        },
+    );
+    // Ten requests made and finished: they still count for a minute.
+    for _ in 0..10 {
+        drop(cluster.admit_multiplexed().expect("admitted"));
+    }
+    assert_eq!(retries_until_refused(&cluster).len(), 5);
+}
+
+#[test]
+fn recent_requests_leave_the_count_after_one_interval() {
+    use super::pool::Recent;
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut recent = Recent::new(ms(1000), t0);
+    for _ in 0..4 {
+        recent.record(t0);
+    }
+    recent.record(t0 + ms(450));
+    assert_eq!(recent.total(t0 + ms(899)), 5);
+    // Ten slots of 100 ms: the first slot's requests leave at 1 s.
+    assert_eq!(recent.total(t0 + ms(1000)), 1);
+    assert_eq!(
+        recent.total(t0 + ms(1450)),
+        0,
+        "the later one leaves 1 s after its slot began"
+    );
+    recent.record(t0 + ms(1460));
+    assert_eq!(recent.total(t0 + ms(1460)), 1);
+    // Idle for hours, then counted afresh.
+    assert_eq!(recent.total(t0 + Duration::from_secs(7200)), 0);
+    recent.record(t0 + Duration::from_secs(7200));
+    assert_eq!(recent.total(t0 + Duration::from_secs(7200) + ms(10)), 1);
+}
+
+#[test]
+fn a_retry_budget_compiles_with_istio_defaults_and_follows_subsets() {
+    let (policies, errors) = Policies::build(
+        vec![dr(
+            "reviews",
+            HOST,
+            json!({"host": "reviews",
+               "trafficPolicy": {"retryBudget": {},
+                                 "portLevelSettings": [{"port": {"number": 80},
+                                     "connectionPool": {"http": {"maxRetries": 7}}}]},
+               "subsets": [
+                   {"name": "v1", "labels": {"version": "v1"}},
+                   {"name": "v2", "labels": {"version": "v2"},
+                    "trafficPolicy": {"retryBudget": {"percent": 50, "minRetryConcurrency": 0,
+                                                      "budgetInterval": "10s"}}},
+                   {"name": "v3", "labels": {"version": "v3"},
+                    "trafficPolicy": {"retryBudget": {"percent": 120, "budgetInterval": "0s"}}}]}),
+        )],
+        scope(),
+    );
+    let resolve = |subset, port| {
+        policies
+            .resolve(HOST, "default", subset, port)
+            .expect("resolves")
+    };
+    let defaults = RetryBudget {
+        percent: 20.0,
+        min_concurrency: 3,
+        interval: None,
+    };
+    assert_eq!(resolve(None, 9080).retry_budget, Some(defaults));
+    // A port-level entry has no budget of its own: the policy's holds.
+    let port = resolve(None, 80);
+    assert_eq!(
+        (port.retry_budget, port.pool.max_retries),
+        (Some(defaults), 7)
+    );
+    assert_eq!(resolve(Some("v1"), 9080).retry_budget, Some(defaults));
+    assert_eq!(
+        resolve(Some("v2"), 9080).retry_budget,
+        Some(RetryBudget {
+            percent: 50.0,
+            min_concurrency: 0,
+            interval: Some(Duration::from_secs(10)),
+        })
+    );
+    // Out of range: reported, and Istio's default used.
+    assert_eq!(resolve(Some("v3"), 9080).retry_budget, Some(defaults));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].path,
+        "spec.subsets[2].trafficPolicy.retryBudget.percent"
+    );
+    // No budget anywhere: none, and `maxRetries` rules.
+    let plain = build(vec![dr("reviews", HOST, json!({"host": "reviews"}))]);
+    assert_eq!(
+        plain
+            .resolve(HOST, "default", None, 80)
+            .expect("resolves")
+            .retry_budget,
+        None
+    );
+}
+
+#[test]
+fn clusters_show_the_retry_budget_and_what_it_allows_now() {
+    let cluster = budgeted(
+        PoolLimits::default(),
+        RetryBudget {
+            percent: 20.0,
+            min_concurrency: 3,
+            interval: Some(Duration::from_secs(10)),
+        },
+    );
+    let dump = cluster.dump(Instant::now());
+    assert_eq!(
+        dump["retry_budget"],
+        json!({"percent": 20.0, "min_retry_concurrency": 3, "budget_interval": "10s"})
+    );
+    assert_eq!(dump["retry_limit"], json!(3));
+    let plain = pooled(PoolLimits {
+        max_retries: 4,
+        ..PoolLimits::default()
+    })
+    .dump(Instant::now());
+    assert_eq!(
+        (plain["retry_budget"].clone(), plain["retry_limit"].clone()),
+        (json!(null), json!(4))
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Outlier detection
 // ---------------------------------------------------------------------------

@@ -454,6 +454,28 @@ pub struct TrafficPolicy {
     /// policy above for that port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_level_settings: Vec<PortTrafficPolicy>,
+    /// Retries in flight as a share of the requests: replaces
+    /// `connectionPool.http.maxRetries` when set, as in Envoy. Not a
+    /// port-level setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// `TrafficPolicy.retryBudget` (Envoy's `retry_budget` circuit breaker).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Retries in flight at most, as a percentage of the active and pending
+    /// requests (0-100; default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Retries in flight allowed whatever the percentage gives (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retry_concurrency: Option<u32>,
+    /// When set (and not `0s`), the requests made over this last stretch of
+    /// time are the base instead of those active now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_interval: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -7,7 +7,8 @@ use std::time::Duration;
 use crate::error::FieldError;
 use crate::istio::{
     ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, ConsistentHashLb, DestinationRule,
-    H2UpgradePolicy, LoadBalancerSettings, LocalityLbSetting, OutlierDetection, TrafficPolicy,
+    H2UpgradePolicy, LoadBalancerSettings, LocalityLbSetting, OutlierDetection, RetryBudget,
+    TrafficPolicy,
 };
 
 use super::{
@@ -85,11 +86,15 @@ fn traffic_policy(r: &mut Report, path: &str, policy: &TrafficPolicy) {
         && policy.outlier_detection.is_none()
         && policy.tls.is_none()
         && policy.port_level_settings.is_empty()
+        && policy.retry_budget.is_none()
     {
         r.error(
             path,
-            "set at least one of loadBalancer, connectionPool, outlierDetection, tls or portLevelSettings",
+            "set at least one of loadBalancer, connectionPool, outlierDetection, tls, portLevelSettings or retryBudget",
         );
+    }
+    if let Some(budget) = &policy.retry_budget {
+        retry_budget(r, &format!("{path}.retryBudget"), budget);
     }
     policy_parts(
         r,
@@ -187,6 +192,28 @@ fn load_balancer_settings(r: &mut Report, path: &str, lb: &LoadBalancerSettings)
                 format!("{path}.aggression"),
                 format!("{aggression}: must be above 0 (1 grows the share linearly)"),
             );
+        }
+    }
+}
+
+fn retry_budget(r: &mut Report, path: &str, budget: &RetryBudget) {
+    if let Some(percent) = budget.percent
+        && !(0.0..=100.0).contains(&percent)
+    {
+        r.error(
+            format!("{path}.percent"),
+            format!("{percent} is not within 0-100"),
+        );
+    }
+    if let Some(interval) = &budget.budget_interval {
+        let path = format!("{path}.budgetInterval");
+        // `0s` is the default: the requests active now are the base.
+        match duration(&path, interval) {
+            Ok(d) if d.is_zero() => {}
+            Ok(_) => {
+                positive_duration(r, &path, interval);
+            }
+            Err(e) => r.push(e),
         }
     }
 }
