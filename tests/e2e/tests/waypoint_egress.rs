@@ -2,20 +2,25 @@
 //! `istio.io/use-waypoint` sends its host's traffic through the namespace's
 //! waypoint, which applies the host's VirtualService and resolves the host
 //! (`resolution: DNS`) to reach it: Istio's egress waypoint. A Gateway API
-//! HTTPRoute attached to the entry routes its host there too.
+//! HTTPRoute attached to the entry routes its host there too, and a
+//! DestinationRule's `tls` has the waypoint reach an HTTPS host for clients
+//! that speak plain HTTP (TLS origination).
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
+use serde_json::Value;
 use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
     mesh::{
-        MeshOptions, eventually, metric_sum, start_mesh_with, start_waypoint_with,
+        Mesh, MeshOptions, eventually, metric_sum, start_mesh_with, start_waypoint_with,
         waypoint_gateway, waypoint_metrics,
     },
     workload::{count_status, load},
 };
-use warren_testbed::{Cluster, PodSpec, labels, privilege::require_root};
+use warren_testbed::{
+    Cluster, Node, PodSpec, Process, labels, pki::Authority, privilege::require_root,
+};
 
 const HOST: &str = "api.external.example";
 const VIP: &str = "10.96.250.9";
@@ -40,9 +45,18 @@ fn egress_config(waypoint_label: &str) -> String {
     )
 }
 
-#[test]
-fn a_service_entry_labelled_for_the_waypoint_leaves_through_it() -> Result<()> {
-    require_root()?;
+/// Two nodes: a client in the ambient namespace `demo` on node 0, the
+/// namespace's waypoint pod on node 1, and the mesh asking a DNS server on
+/// node 1's own address (`<node 1>:5353`), outside the cluster.
+struct Egress {
+    cluster: Cluster,
+    mesh: Mesh,
+    /// Node 1, whose own address serves the hosts outside the cluster.
+    node: Node,
+    dns: String,
+}
+
+fn egress_cluster() -> Result<Egress> {
     let mut cluster = Cluster::builder().nodes(2).pods_per_node(0).up()?;
     cluster.add_namespace("demo", labels(&[("warren.io/dataplane-mode", "ambient")]))?;
     cluster.add_pod(PodSpec {
@@ -53,8 +67,6 @@ fn a_service_entry_labelled_for_the_waypoint_leaves_through_it() -> Result<()> {
         service_account: Some("client".into()),
     })?;
     cluster.add_pod(waypoint_pod("demo", 1))?;
-    // Outside the cluster, on node 1's own address: the API, and a DNS
-    // server that names it for the waypoint and the ztunnels.
     let node = cluster.node(1)?.clone();
     let dns = format!("{}:5353", node.ip);
     let mut mesh = start_mesh_with(
@@ -66,46 +78,77 @@ fn a_service_entry_labelled_for_the_waypoint_leaves_through_it() -> Result<()> {
     )?;
     mesh.wait_ready(Duration::from_secs(30))
         .with_context(|| mesh.logs())?;
-    let sample = warren_testbed::binaries::path("warren-sample")?;
-    let sample = sample.to_string_lossy();
+    Ok(Egress {
+        cluster,
+        mesh,
+        node,
+        dns,
+    })
+}
+
+impl Egress {
+    /// Starts `warren-sample` with `args` on node 1's own address, outside the
+    /// cluster, and waits for it to listen on TCP `port` (UDP for `dns`).
+    fn serve(&self, args: &[&str], port: u16) -> Result<Process> {
+        let sample = warren_testbed::binaries::path("warren-sample")?;
+        let mut server = self
+            .cluster
+            .spawn(&self.node.sandbox, &sample.to_string_lossy(), args)?;
+        let filter = format!("sport = :{port}");
+        let which = if args.first() == Some(&"dns") {
+            "-Hlun"
+        } else {
+            "-Hltn"
+        };
+        eventually(
+            Duration::from_secs(10),
+            &format!("{} on node 1, port {port}", args.join(" ")),
+            || {
+                server.check_running()?;
+                let listening = self.node.sandbox.exec("ss", [which, &filter])?;
+                Ok(!listening.stdout.is_empty())
+            },
+        )?;
+        Ok(server)
+    }
+
+    /// The namespace's waypoint (its Gateway written, its process started on
+    /// node 1), asking the DNS server for external hosts.
+    fn start_waypoint(&self) -> Result<Process> {
+        std::fs::write(
+            self.cluster.config_dir().join("gateway.demo.waypoint.yaml"),
+            waypoint_gateway("demo"),
+        )?;
+        let pod = self.cluster.pod("waypoint")?.clone();
+        start_waypoint_with(&self.cluster, &pod, "demo", &["--dns-server", &self.dns])
+            .with_context(|| self.mesh.logs())
+    }
+}
+
+#[test]
+fn a_service_entry_labelled_for_the_waypoint_leaves_through_it() -> Result<()> {
+    require_root()?;
+    let egress = egress_cluster()?;
+    let Egress {
+        cluster,
+        mesh,
+        node,
+        dns,
+    } = &egress;
+    // Outside the cluster, on node 1's own address: the API, and a DNS
+    // server that names it for the waypoint and the ztunnels.
     let api = format!("{}:8080", node.ip);
     let record = format!("{HOST}={}", node.ip);
-    let mut servers = [
-        cluster.spawn(
-            &node.sandbox,
-            &sample,
-            &["http", "--listen", &api, "--version", "external"],
-        )?,
-        cluster.spawn(
-            &node.sandbox,
-            &sample,
-            &["dns", "--listen", &dns, "--record", &record],
-        )?,
+    let _servers = [
+        egress.serve(&["http", "--listen", &api, "--version", "external"], 8080)?,
+        egress.serve(&["dns", "--listen", dns, "--record", &record], 5353)?,
     ];
-    eventually(
-        Duration::from_secs(10),
-        "the API and DNS servers on node 1",
-        || {
-            for server in &mut servers {
-                server.check_running()?;
-            }
-            let tcp = node.sandbox.exec("ss", ["-Hltn", "sport = :8080"])?;
-            let udp = node.sandbox.exec("ss", ["-Hlun", "sport = :5353"])?;
-            Ok(!tcp.stdout.is_empty() && !udp.stdout.is_empty())
-        },
-    )?;
-
-    std::fs::write(
-        cluster.config_dir().join("gateway.demo.waypoint.yaml"),
-        waypoint_gateway("demo"),
-    )?;
     std::fs::write(
         cluster.config_dir().join("egress.demo.yaml"),
         egress_config("istio.io/use-waypoint: waypoint"),
     )?;
     let waypoint_pod = cluster.pod("waypoint")?.clone();
-    let _waypoint = start_waypoint_with(&cluster, &waypoint_pod, "demo", &["--dns-server", &dns])
-        .with_context(|| mesh.logs())?;
+    let _waypoint = egress.start_waypoint()?;
     let client = cluster.pod("client")?.clone();
     let url = |path: &str| format!("http://{VIP}{path}");
 
@@ -260,5 +303,217 @@ fn a_service_entry_labelled_for_the_waypoint_leaves_through_it() -> Result<()> {
         },
     )
     .with_context(|| mesh.logs())?;
+    Ok(())
+}
+
+const SECURE: &str = "secure.external.example";
+const SECURE_VIP: &str = "10.96.250.11";
+const MUTUAL: &str = "mtls.external.example";
+const MUTUAL_VIP: &str = "10.96.250.12";
+
+/// An entry through the waypoint for `host` (port 80 to the host's
+/// `target`), and a DestinationRule whose `tls` is `tls`.
+fn tls_origination(name: &str, host: &str, vip: &str, target: u16, tls: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{ name: {name}, namespace: demo, labels: {{ istio.io/use-waypoint: waypoint }} }}\n\
+         spec:\n  hosts: [{host}]\n  addresses: [{vip}]\n  \
+         ports: [{{ number: 80, name: http, protocol: HTTP, targetPort: {target} }}]\n  \
+         resolution: DNS\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+         metadata: {{ name: {name}, namespace: demo }}\n\
+         spec:\n  host: {host}\n  trafficPolicy:\n    tls: {tls}\n"
+    )
+}
+
+/// The server's answer to a GET of `http://<vip>/hello` from the client, with
+/// its status.
+fn get(client: &warren_testbed::Pod, vip: &str) -> Result<(u16, Value)> {
+    let out = client.sandbox.exec(
+        "curl",
+        [
+            "-sS",
+            "--max-time",
+            "5",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{vip}/hello"),
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    Ok((
+        status.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    ))
+}
+
+#[test]
+fn the_waypoint_starts_tls_to_an_external_host_as_its_destination_rule_says() -> Result<()> {
+    require_root()?;
+    let egress = egress_cluster()?;
+    let Egress {
+        cluster,
+        mesh,
+        node,
+        ..
+    } = &egress;
+    // The hosts' certificates, and the client certificate the waypoint shows
+    // the host that asks for one; written to node 1, where the waypoint runs.
+    let dir = cluster.node_dir(node)?;
+    let hosts = Authority::new("external hosts")?;
+    let other = Authority::new("someone else")?;
+    let clients = Authority::new("external clients")?;
+    let root = hosts.write_root(&dir, "hosts-root")?;
+    let other_root = other.write_root(&dir, "other-root")?;
+    let clients_root = clients.write_root(&dir, "clients-root")?;
+    let secure = hosts.server(&[SECURE])?.write(&dir, "secure")?;
+    let mutual = hosts.server(&[MUTUAL])?.write(&dir, "mutual")?;
+    let waypoint_cert = clients.client(&[])?.write(&dir, "waypoint")?;
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+
+    let (secure_at, mutual_at) = (format!("{}:8443", node.ip), format!("{}:8444", node.ip));
+    let records = [
+        format!("{SECURE}={}", node.ip),
+        format!("{MUTUAL}={}", node.ip),
+    ];
+    let _servers = [
+        egress.serve(
+            &[
+                "http",
+                "--listen",
+                &secure_at,
+                "--version",
+                "secure",
+                "--tls-cert",
+                &path(&secure.cert),
+                "--tls-key",
+                &path(&secure.key),
+            ],
+            8443,
+        )?,
+        egress.serve(
+            &[
+                "http",
+                "--listen",
+                &mutual_at,
+                "--version",
+                "mutual",
+                "--tls-cert",
+                &path(&mutual.cert),
+                "--tls-key",
+                &path(&mutual.key),
+                "--tls-client-ca",
+                &path(&clients_root),
+            ],
+            8444,
+        )?,
+        egress.serve(
+            &[
+                "dns",
+                "--listen",
+                &egress.dns,
+                "--record",
+                &records[0],
+                "--record",
+                &records[1],
+            ],
+            5353,
+        )?,
+    ];
+    let simple = |ca: &str| format!("{{ mode: SIMPLE, caCertificates: {ca} }}");
+    let entries = |secure_tls: &str| {
+        format!(
+            "{}---\n{}",
+            tls_origination("secure", SECURE, SECURE_VIP, 8443, secure_tls),
+            tls_origination(
+                "mutual",
+                MUTUAL,
+                MUTUAL_VIP,
+                8444,
+                &format!(
+                    "{{ mode: MUTUAL, caCertificates: {}, clientCertificate: {}, privateKey: {} }}",
+                    path(&root),
+                    path(&waypoint_cert.cert),
+                    path(&waypoint_cert.key)
+                ),
+            )
+        )
+    };
+    let config = cluster.config_dir().join("egress.demo.yaml");
+    std::fs::write(&config, entries(&simple(&path(&root))))?;
+    let waypoint = egress.start_waypoint()?;
+    let client = cluster.pod("client")?.clone();
+    let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
+
+    // SIMPLE: the client speaks plain HTTP; the host sees TLS for its name,
+    // HTTP/1.1 agreed by ALPN (the entry's port is `http`), no client
+    // certificate.
+    let mut answer = (0, Value::Null);
+    eventually(Duration::from_secs(20), "HTTPS to the secure host", || {
+        answer = get(&client, SECURE_VIP)?;
+        Ok(answer.0 == 200)
+    })
+    .with_context(|| format!("last answer: {answer:?}\n{}", logs()))?;
+    let tls = &answer.1["tls"];
+    eprintln!("SIMPLE: the host saw {tls}");
+    ensure!(
+        answer.1["version"] == "secure"
+            && tls["sni"] == SECURE
+            && tls["alpn"] == "http/1.1"
+            && tls["client_certificate"] == false,
+        "the host must see TLS for its name from the waypoint: {}",
+        answer.1
+    );
+
+    // MUTUAL: the waypoint shows its client certificate to the host that
+    // asks for one.
+    let answer = get(&client, MUTUAL_VIP)?;
+    eprintln!("MUTUAL: {} {}", answer.0, answer.1["tls"]);
+    ensure!(
+        answer.0 == 200 && answer.1["tls"]["client_certificate"] == true,
+        "the host asking for a client certificate must get one: {answer:?}\n{}",
+        logs()
+    );
+
+    // A host the rule's CA does not vouch for is refused (503), not reached
+    // in plaintext or without a check.
+    std::fs::write(&config, entries(&simple(&path(&other_root))))?;
+    eventually(
+        Duration::from_secs(20),
+        "a host the CA does not vouch for",
+        || Ok(get(&client, SECURE_VIP)?.0 == 503),
+    )
+    .with_context(logs)?;
+    let report = load(
+        &client,
+        &format!("http://{SECURE_VIP}/hello"),
+        &["-n", "10"],
+    )?;
+    ensure!(
+        count_status(&report, 503) == 10,
+        "every request to an untrusted host refused: {report}"
+    );
+
+    // Settings the waypoint cannot honour fail closed: a Secret it does not
+    // read is refused on load, and the host is not reached at all.
+    std::fs::write(
+        &config,
+        entries("{ mode: SIMPLE, credentialName: secure-ca }"),
+    )?;
+    eventually(Duration::from_secs(20), "credentialName refused", || {
+        Ok(get(&client, SECURE_VIP)?.0 == 503
+            && waypoint.output().contains("credentialName \"secure-ca\""))
+    })
+    .with_context(logs)?;
+    let out = cluster.pod("waypoint")?.sandbox.exec(
+        "curl",
+        ["-sS", "--max-time", "5", "http://127.0.0.1:15000/clusters"],
+    )?;
+    let dump = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        dump.contains("the waypoint reads no Secrets"),
+        "/clusters says why the cluster refuses: {dump}"
+    );
     Ok(())
 }

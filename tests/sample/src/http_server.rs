@@ -28,6 +28,7 @@ use crate::{
     error_chain::describe,
     fault::{self, FailRate},
     shutdown::{GRACE, Shutdown},
+    tls::{ServerTls, Session},
     upstream::{Upstream, UpstreamAnswer},
 };
 
@@ -64,11 +65,14 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// Log a line per request served.
     pub access_log: bool,
+    /// Serve HTTPS instead of plain HTTP.
+    pub tls: Option<ServerTls>,
 }
 
 pub async fn run(config: Config) -> Result<()> {
     let mut shutdown = Shutdown::install()?;
     let listen = config.listen;
+    let tls = config.tls.clone();
     let handler = Arc::new(Handler::new(config)?);
     let listener = TcpListener::bind(listen)
         .await
@@ -78,7 +82,8 @@ pub async fn run(config: Config) -> Result<()> {
         pod = %handler.identity.name,
         version = %handler.identity.version,
         upstream = ?handler.upstream.as_ref().map(|u| u.url().to_string()),
-        "http server listening (HTTP/1.1 and h2c)"
+        tls = tls.is_some(),
+        "http server listening (HTTP/1.1 and h2c, or over TLS)"
     );
 
     // `auto` tells HTTP/1.1 from prior-knowledge HTTP/2 by the connection's first bytes.
@@ -104,21 +109,45 @@ pub async fn run(config: Config) -> Result<()> {
                     info!(%peer, "connection accepted");
                 }
                 let handler = Arc::clone(&handler);
-                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let handler = Arc::clone(&handler);
-                    async move {
-                        if request.uri().path() == ECHO_STREAM {
-                            return Ok::<_, Infallible>(handler.echo_stream(request));
+                let service = move |session: Option<Session>| {
+                    service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                        let handler = Arc::clone(&handler);
+                        if let Some(session) = &session {
+                            request.extensions_mut().insert(session.clone());
                         }
-                        Ok(handler.handle(request).await.map(Either::Left))
-                    }
-                });
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let connection = graceful.watch(connection);
+                        async move {
+                            if request.uri().path() == ECHO_STREAM {
+                                return Ok::<_, Infallible>(handler.echo_stream(request));
+                            }
+                            Ok(handler.handle(request).await.map(Either::Left))
+                        }
+                    })
+                };
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
+                    let ended = match tls {
+                        None => {
+                            let connection = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service(None));
+                            watcher.watch(connection.into_owned()).await
+                        }
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok((stream, session)) => {
+                                let connection = builder.serve_connection_with_upgrades(
+                                    TokioIo::new(stream),
+                                    service(Some(session)),
+                                );
+                                watcher.watch(connection.into_owned()).await
+                            }
+                            Err(error) => {
+                                info!(%peer, %error, "TLS handshake failed");
+                                return;
+                            }
+                        },
+                    };
+                    if let Err(error) = ended {
                         debug!(%peer, error = %describe(&*error), "HTTP connection ended with an error");
                     }
                 });
@@ -172,6 +201,9 @@ struct Answer<'a> {
     chain: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     upstream: Option<UpstreamAnswer>,
+    /// The TLS handshake of the connection the request came on, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<Session>,
 }
 
 /// The JSON answer when the request could not be served (400, 413, 502).
@@ -348,6 +380,7 @@ impl Handler {
             body_bytes,
             chain: vec![self.identity.hop()],
             upstream: None,
+            tls: parts.extensions.get::<Session>().cloned(),
         }
     }
 
@@ -475,6 +508,7 @@ mod tests {
             upstream: None,
             upstream_timeout: Duration::from_secs(1),
             access_log: false,
+            tls: None,
         })
         .unwrap()
     }
@@ -609,6 +643,7 @@ mod tests {
             upstream: None,
             upstream_timeout: Duration::from_secs(1),
             access_log: false,
+            tls: None,
         });
         let error = result.err().unwrap();
         assert!(error.to_string().contains("pod name"), "{error:#}");

@@ -37,10 +37,11 @@ mod shutdown;
 mod socket_mark;
 mod stream;
 mod tally;
+mod tls;
 mod transparent;
 mod upstream;
 
-use std::{io::IsTerminal as _, net::SocketAddr, process::ExitCode, time::Duration};
+use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -259,6 +260,16 @@ struct HttpArgs {
     /// a mesh's mirrored copies or the connections a proxy opened.
     #[arg(long)]
     access_log: bool,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key. Answers then
+    /// say what the handshake was (server name, ALPN, client certificate).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// With --tls-cert: require a client certificate from this authority (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -392,7 +403,7 @@ async fn main() -> Result<ExitCode> {
 
     let done = ExitCode::SUCCESS;
     match Cli::parse().command {
-        Command::Http(args) => http_server::run(args.into_config()).await.map(|()| done),
+        Command::Http(args) => http_server::run(args.into_config()?).await.map(|()| done),
         Command::Hold(args) => {
             let report = hold::run(hold::Config {
                 connect: args.connect,
@@ -465,8 +476,16 @@ fn output(json: bool) -> load::Output {
 }
 
 impl HttpArgs {
-    fn into_config(self) -> http_server::Config {
-        http_server::Config {
+    fn into_config(self) -> Result<http_server::Config> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::ServerTls::load(
+                cert,
+                key,
+                self.tls_client_ca.as_deref(),
+            )?),
+            _ => None,
+        };
+        Ok(http_server::Config {
             listen: self.listen,
             identity: http_server::Identity {
                 name: self.name,
@@ -480,7 +499,8 @@ impl HttpArgs {
             upstream: self.upstream,
             upstream_timeout: self.upstream_timeout,
             access_log: self.access_log,
-        }
+            tls,
+        })
     }
 }
 

@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod jwt;
 pub mod manifests;
 pub mod netns;
+pub mod pki;
 pub mod privilege;
 pub mod sandbox;
 

@@ -1,7 +1,8 @@
 //! Opening upstream connections: an HBONE stream to the endpoint's node
 //! (mutual TLS as the waypoint's own identity, the endpoint's identity
 //! verified), or plain TCP to an endpoint outside the mesh, within the
-//! DestinationRule's `tcp.connectTimeout`. The HTTP pools
+//! DestinationRule's `tcp.connectTimeout`; over either, the TLS its `tls`
+//! asks the waypoint to start ([`Origination`]). The HTTP pools
 //! ([`super::keepalive`], [`super::multiplex`]) and TCP routes call it.
 
 use std::{
@@ -14,9 +15,11 @@ use std::{
 };
 
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_rustls::{TlsConnector, client::TlsStream};
 use warren_api::Identity;
 
-use crate::upstream::{Keepalive, PoolLimits};
+use crate::upstream::{Keepalive, Origination, PoolLimits, Speaks};
 use warren_ztunnel::proxy::{
     Inputs,
     hbone::{
@@ -40,6 +43,11 @@ pub enum ConnectError {
     Hbone(#[from] HboneError),
     #[error("connecting to {addr}: {source}")]
     Tcp { addr: SocketAddr, source: io::Error },
+    /// The DestinationRule's `tls` cannot be honoured: nothing is sent.
+    #[error("TLS to {addr} refused: {reason}")]
+    TlsSettings { addr: SocketAddr, reason: String },
+    #[error("TLS handshake with {addr}: {source}")]
+    TlsHandshake { addr: SocketAddr, source: io::Error },
     #[error("HTTP/2 handshake with {addr}: {source}")]
     Handshake {
         addr: SocketAddr,
@@ -68,6 +76,13 @@ pub enum SendError {
     Overflow,
 }
 
+impl SendError {
+    /// Refused for the DestinationRule's `tls`, before any connection.
+    pub fn is_unusable_settings(&self) -> bool {
+        matches!(self, SendError::Connect(error) if matches!(**error, ConnectError::TlsSettings { .. }))
+    }
+}
+
 /// Opens upstream connections as the waypoint's identity.
 #[derive(Clone)]
 pub struct Connector {
@@ -77,9 +92,17 @@ pub struct Connector {
 
 /// How an endpoint is reached. Pooled connections remember theirs, so that
 /// a pod joining the mesh (or moving node, or changing identity) is not
-/// reached over an old connection.
+/// reached over an old connection, nor an endpoint over TLS it was not
+/// meant to get (or without the TLS it was).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Route {
+pub struct Route {
+    pub via: Via,
+    /// TLS the waypoint starts over `via` (the DestinationRule's `tls`).
+    pub tls: Option<Origination>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Via {
     /// HBONE through the endpoint's node, verifying its identity.
     Hbone { node: IpAddr, expected: Identity },
     /// Plain TCP to an endpoint outside the mesh.
@@ -87,31 +110,37 @@ pub enum Route {
 }
 
 impl Connector {
-    /// How `authority` is reached now.
-    pub fn route(&self, authority: SocketAddr) -> Route {
+    /// How `authority` is reached now, with a cluster's `limits`.
+    pub fn route(&self, authority: SocketAddr, limits: &PoolLimits) -> Route {
         let workload = self.inputs.state.workload_by_ip(authority.ip());
-        match workload.as_deref() {
+        let via = match workload.as_deref() {
             Some(w) if w.hbone => match (&w.identity, w.node_address) {
-                (Some(expected), Some(node)) => Route::Hbone {
+                (Some(expected), Some(node)) => Via::Hbone {
                     node,
                     expected: expected.clone(),
                 },
-                _ => Route::Plain,
+                _ => Via::Plain,
             },
-            _ => Route::Plain,
+            _ => Via::Plain,
+        };
+        Route {
+            via,
+            tls: limits.tls.clone(),
         }
     }
 
     /// A byte stream to `authority` within the cluster's `connectTimeout`: an
     /// HBONE tunnel through the endpoint's node when it is a meshed workload
     /// (the endpoint's answer to the CONNECT included), else plain TCP with
-    /// the cluster's `tcpKeepalive`.
+    /// the cluster's `tcpKeepalive`; then the TLS the cluster starts, if any,
+    /// offering what the connection `speaks` (ALPN).
     pub async fn connect(
         &self,
         authority: SocketAddr,
         limits: &PoolLimits,
+        speaks: Speaks,
     ) -> Result<Upstream, ConnectError> {
-        self.connect_via(&self.route(authority), authority, limits)
+        self.connect_via(&self.route(authority, limits), authority, limits, speaks)
             .await
     }
 
@@ -121,9 +150,37 @@ impl Connector {
         route: &Route,
         authority: SocketAddr,
         limits: &PoolLimits,
+        speaks: Speaks,
     ) -> Result<Upstream, ConnectError> {
+        // Settings that cannot be honoured refuse before any byte is sent.
+        let tls = route
+            .tls
+            .as_ref()
+            .map(|tls| tls.client(speaks))
+            .transpose()
+            .map_err(|reason| ConnectError::TlsSettings {
+                addr: authority,
+                reason,
+            })?;
         let timeout = limits.connect_timeout;
-        tokio::time::timeout(timeout, self.open(route, authority, limits))
+        let open = async {
+            let transport = self.open(&route.via, authority, limits).await?;
+            let Some((config, server_name)) = tls else {
+                return Ok(match transport {
+                    Transport::Tunnel(tunnel) => Upstream::Tunnel(TokioIo::new(tunnel)),
+                    Transport::Tcp(tcp) => Upstream::Tcp(TokioIo::new(tcp)),
+                });
+            };
+            let stream = TlsConnector::from(config)
+                .connect(server_name, transport)
+                .await
+                .map_err(|source| ConnectError::TlsHandshake {
+                    addr: authority,
+                    source,
+                })?;
+            Ok(Upstream::Tls(TokioIo::new(Box::new(stream))))
+        };
+        tokio::time::timeout(timeout, open)
             .await
             .unwrap_or(Err(ConnectError::Timeout {
                 addr: authority,
@@ -133,13 +190,13 @@ impl Connector {
 
     async fn open(
         &self,
-        route: &Route,
+        via: &Via,
         authority: SocketAddr,
         limits: &PoolLimits,
-    ) -> Result<Upstream, ConnectError> {
+    ) -> Result<Transport, ConnectError> {
         let state = &self.inputs.state;
-        match route {
-            Route::Hbone {
+        match via {
+            Via::Hbone {
                 node: node_address,
                 expected,
             } => {
@@ -166,14 +223,14 @@ impl Connector {
                         Establish::AwaitAnswer,
                     )
                     .await?;
-                Ok(Upstream::Tunnel(TokioIo::new(tunnel)))
+                Ok(Transport::Tunnel(tunnel))
             }
-            Route::Plain => plain(authority, limits).await,
+            Via::Plain => plain(authority, limits).await,
         }
     }
 }
 
-async fn plain(addr: SocketAddr, limits: &PoolLimits) -> Result<Upstream, ConnectError> {
+async fn plain(addr: SocketAddr, limits: &PoolLimits) -> Result<Transport, ConnectError> {
     let timeout = limits.connect_timeout;
     let stream = warren_ztunnel::proxy::connect(addr, None, timeout)
         .await
@@ -190,7 +247,7 @@ async fn plain(addr: SocketAddr, limits: &PoolLimits) -> Result<Upstream, Connec
         // The connection works without it; the endpoint is not at fault.
         tracing::warn!(%addr, %error, "could not set TCP keepalive on an upstream connection");
     }
-    Ok(Upstream::Tcp(TokioIo::new(stream)))
+    Ok(Transport::Tcp(stream))
 }
 
 /// `SO_KEEPALIVE` with the timings `keepalive` sets; the others stay the
@@ -209,10 +266,70 @@ fn set_keepalive(stream: &tokio::net::TcpStream, keepalive: &Keepalive) -> io::R
     socket2::SockRef::from(stream).set_tcp_keepalive(&params)
 }
 
+/// What TLS to an endpoint runs over: a tunnel or a TCP connection.
+pub enum Transport {
+    Tunnel(Tunnel),
+    Tcp(tokio::net::TcpStream),
+}
+
+impl Transport {
+    fn carrier(&self) -> Option<Carrier> {
+        match self {
+            Transport::Tunnel(tunnel) => tunnel.carrier(),
+            Transport::Tcp(_) => None,
+        }
+    }
+}
+
+macro_rules! delegate_transport {
+    ($self:ident, $io:ident => $call:expr) => {
+        match $self.get_mut() {
+            Transport::Tunnel($io) => {
+                let $io = Pin::new($io);
+                $call
+            }
+            Transport::Tcp($io) => {
+                let $io = Pin::new($io);
+                $call
+            }
+        }
+    };
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate_transport!(self, io => io.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate_transport!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate_transport!(self, io => io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate_transport!(self, io => io.poll_shutdown(cx))
+    }
+}
+
 /// An upstream byte stream hyper speaks HTTP over.
 pub enum Upstream {
     Tunnel(TokioIo<Tunnel>),
     Tcp(TokioIo<tokio::net::TcpStream>),
+    /// TLS the waypoint started (boxed: its state is large).
+    Tls(TokioIo<Box<TlsStream<Transport>>>),
 }
 
 impl Upstream {
@@ -221,6 +338,15 @@ impl Upstream {
         match self {
             Upstream::Tunnel(io) => io.inner().carrier(),
             Upstream::Tcp(_) => None,
+            Upstream::Tls(io) => io.inner().get_ref().0.carrier(),
+        }
+    }
+
+    /// The protocol TLS agreed on (ALPN), if TLS was started.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            Upstream::Tls(io) => io.inner().get_ref().1.alpn_protocol(),
+            Upstream::Tunnel(_) | Upstream::Tcp(_) => None,
         }
     }
 }
@@ -233,6 +359,10 @@ macro_rules! delegate {
                 $call
             }
             Upstream::Tcp($io) => {
+                let $io = Pin::new($io);
+                $call
+            }
+            Upstream::Tls($io) => {
                 let $io = Pin::new($io);
                 $call
             }
@@ -269,6 +399,9 @@ impl hyper::rt::Write for Upstream {
 }
 
 #[cfg(test)]
+mod tls_tests;
+
+#[cfg(test)]
 mod tests {
     use std::time::Duration;
 
@@ -282,7 +415,10 @@ mod tests {
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local address");
-        let upstream = connector().connect(addr, limits).await.expect("connected");
+        let upstream = connector()
+            .connect(addr, limits, Speaks::Bytes)
+            .await
+            .expect("connected");
         let Upstream::Tcp(io) = upstream else {
             panic!("a loopback address outside the mesh is reached over plain TCP");
         };

@@ -931,7 +931,11 @@ pub(super) async fn attempt(
     let limits = cluster.limits();
     let report = |outcome| report_outcome(ctx, &cluster, key, &picked.endpoint.id, outcome);
     let failed = |error: SendError| {
-        report(Outcome::LocalFailure);
+        // TLS settings the waypoint cannot honour are the rule's fault, not
+        // the endpoint's: no outlier should be ejected for them.
+        if !error.is_unusable_settings() {
+            report(Outcome::LocalFailure);
+        }
         let kind = failure_kind(&error);
         let detail = match std::error::Error::source(&error) {
             Some(source) => format!("upstream {endpoint}: {error}: {source}"),

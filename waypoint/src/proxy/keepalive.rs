@@ -28,7 +28,10 @@ use super::{
     connect::{ConnectError, Connector, Route, SendError},
     lifetime::{Lifetime, sweep},
 };
-use crate::{app::Body, upstream::PoolLimits};
+use crate::{
+    app::Body,
+    upstream::{PoolLimits, Speaks},
+};
 
 /// HTTP/1.1 connections to upstream endpoints.
 pub struct KeepAlive {
@@ -73,7 +76,7 @@ impl KeepAlive {
     ) -> Result<Response<Incoming>, SendError> {
         // An idle connection may close while taken (the server's own idle
         // timeout); hyper then hands the request back unsent.
-        let route = self.connector.route(endpoint);
+        let route = self.connector.route(endpoint, limits);
         while let Some(mut connection) = self.take(endpoint, &route) {
             match connection.send.try_send_request(request).await {
                 Ok(response) => {
@@ -126,7 +129,7 @@ impl KeepAlive {
     ) -> Result<Connection, SendError> {
         let io = self
             .connector
-            .connect_via(&route, endpoint, limits)
+            .connect_via(&route, endpoint, limits, Speaks::Http1)
             .await
             .map_err(|error| SendError::Connect(Arc::new(error)))?;
         let carrier = io.carrier();

@@ -48,7 +48,7 @@ use super::{
 };
 use crate::{
     app::Body,
-    upstream::{Pool, PoolLimits},
+    upstream::{Pool, PoolLimits, Speaks},
 };
 
 /// HTTP/2 connections to upstream endpoints.
@@ -364,7 +364,7 @@ impl Multiplexed {
         pool: &Pool,
     ) -> Result<(Connection, Stream), SendError> {
         let limits = pool.limits();
-        let route = self.connector.route(endpoint);
+        let route = self.connector.route(endpoint, limits);
         let capacity = [
             limits.max_concurrent_streams,
             limits.max_requests_per_connection,
@@ -731,7 +731,7 @@ async fn open(dial: Dial) -> Result<Connection, Arc<ConnectError>> {
         freed,
     } = dial;
     let io = connector
-        .connect_via(&route, endpoint, &limits)
+        .connect_via(&route, endpoint, &limits, Speaks::Http2)
         .await
         .map_err(Arc::new)?;
     let carrier = io.carrier();

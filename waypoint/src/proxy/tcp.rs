@@ -40,7 +40,7 @@ use crate::{
         tcp::{ConnectionInfo, TcpRouted},
     },
     telemetry::{Attributes, Facts, Resolved},
-    upstream::{HashInput, Outcome, Permit, PoolLimits},
+    upstream::{HashInput, Outcome, Permit, PoolLimits, Speaks},
 };
 
 /// Why a connection was not spliced, or was cut, for the access log.
@@ -243,6 +243,11 @@ pub async fn serve(
                 io.write_all(&hello).await?;
                 tokio::io::copy_bidirectional(&mut client, &mut io).await
             }
+            Upstream::Tls(io) => {
+                let mut io = io.into_inner();
+                io.write_all(&hello).await?;
+                tokio::io::copy_bidirectional(&mut client, &mut io).await
+            }
         }
     };
     // Istio sets `tcp.maxConnectionDuration` as the TCP proxy's maximum
@@ -419,12 +424,19 @@ async fn connect(
         return Err((Ended::NoEndpoint, None));
     };
     let endpoint = picked.endpoint.address;
-    let connected = ctx.connector.connect(endpoint, cluster.limits()).await;
+    let connected = ctx
+        .connector
+        .connect(endpoint, cluster.limits(), Speaks::Bytes)
+        .await;
     let outcome = match &connected {
-        Ok(_) => Outcome::Success,
-        Err(_) => Outcome::LocalFailure,
+        Ok(_) => Some(Outcome::Success),
+        // The rule's TLS settings, not the endpoint, refused it.
+        Err(ConnectError::TlsSettings { .. }) => None,
+        Err(_) => Some(Outcome::LocalFailure),
     };
-    if cluster.report(&picked.endpoint.id, outcome, Instant::now()) {
+    if let Some(outcome) = outcome
+        && cluster.report(&picked.endpoint.id, outcome, Instant::now())
+    {
         ctx.metrics.ejections.get_or_create(&labels).inc();
     }
     match connected {

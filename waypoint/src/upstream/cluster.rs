@@ -629,6 +629,7 @@ impl Cluster {
                 "max_connection_duration": pool.max_connection_duration.map(|d| format!("{d:?}")),
                 "tcp_idle_timeout": pool.tcp_idle_timeout.map(|d| format!("{d:?}")),
             },
+            "tls": pool.tls.as_ref().map(super::Origination::describe),
             // Replaces `max_retries` when set; `retry_limit` is what it allows now.
             "retry_budget": resolved.retry_budget.map(|b| serde_json::json!({
                 "percent": b.percent,

@@ -50,9 +50,11 @@
 //!
 //! # Not covered
 //!
-//! TLS settings (the mesh's own mTLS carries waypoint traffic), Envoy's
-//! success-rate and failure-percentage detectors (Istio turns them off), and `tcpKeepalive` on HBONE connections (it applies
-//! to endpoints outside the mesh). The mesh-wide `h2UpgradePolicy` and
+//! `tls` with `ISTIO_MUTUAL` (the mesh's own mTLS, HBONE, carries traffic to
+//! meshed endpoints; `tls.rs` starts SIMPLE and MUTUAL TLS), Envoy's
+//! success-rate and failure-percentage detectors (Istio turns them off), and
+//! `tcpKeepalive` on HBONE connections (it applies to endpoints outside the
+//! mesh). The mesh-wide `h2UpgradePolicy` and
 //! `localityLbSetting` are taken as their defaults (`DO_NOT_UPGRADE`;
 //! locality failover on).
 
@@ -65,6 +67,7 @@ mod policy;
 mod pool;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::collections::BTreeMap;
 
@@ -80,6 +83,7 @@ pub use policy::{
 };
 pub(crate) use pool::Pool;
 pub use pool::{Overflow, Permit, RetryPermit};
+pub use tls::{Origination, Speaks};
 
 /// Whether an endpoint with `labels` belongs to a subset selecting
 /// `selector`: every selector label present with the same value. The empty

@@ -13,7 +13,7 @@
 //! Merging follows Istio's `MergeSubsetTrafficPolicy`
 //! (`pilot/pkg/networking/core/cluster_traffic_policy.go`), each of load
 //! balancer, connection pool and outlier detection taken whole, never field
-//! by field:
+//! by field (`tls` too, and `retryBudget`, which has no port-level form):
 //!
 //! 1. the rule's top-level policy;
 //! 2. replaced by its `portLevelSettings` entry for the port, if any: a part
@@ -23,17 +23,19 @@
 //!    port, replaced by that entry (again, omitted parts are defaults).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
 use warren_model::istio::{
-    self, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy, LoadBalancerSettings,
-    LocalityLbSetting, OutlierDetection, SimpleLb, TrafficPolicy,
+    self, ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy,
+    LoadBalancerSettings, LocalityLbSetting, OutlierDetection, SimpleLb, TrafficPolicy,
 };
 use warren_ztunnel::state::service::DeclaredHttp;
 
 use super::locality::{LocalityLb, PriorityLabel};
 use super::lookup::{Lookup, Placed, Scope};
+use super::tls::{Origination, TlsSettings};
 use crate::route::ExportTo;
 
 // ---------------------------------------------------------------------------
@@ -250,6 +252,9 @@ pub struct PoolLimits {
     pub h2_upgrade: bool,
     /// `http.useClientProtocol`.
     pub use_client_protocol: bool,
+    /// The rule's `tls` (a part of its own, set here once merged): TLS to
+    /// start on each connection; `None` starts none.
+    pub tls: Option<Origination>,
 }
 
 /// Linux's bounds on `TCP_KEEPIDLE`/`TCP_KEEPINTVL` (seconds) and `TCP_KEEPCNT`.
@@ -310,6 +315,7 @@ impl Default for PoolLimits {
             tcp_keepalive: None,
             h2_upgrade: false,
             use_client_protocol: false,
+            tls: None,
         }
     }
 }
@@ -406,6 +412,8 @@ struct Parts {
     warmup: Option<Option<Warmup>>,
     pool: Option<PoolLimits>,
     outlier: Option<OutlierSettings>,
+    /// `tls`; the inner `None` when its mode starts no TLS at the waypoint.
+    tls: Option<Option<Arc<TlsSettings>>>,
 }
 
 impl Policies {
@@ -479,7 +487,9 @@ impl Policies {
                 }
             },
         };
-        let parts = merge_parts(rule.top.as_ref(), subset_policy, port);
+        let mut parts = merge_parts(rule.top.as_ref(), subset_policy, port);
+        let mut pool = parts.pool.take().unwrap_or_default();
+        pool.tls = parts.tls.take().flatten().map(|tls| tls.for_host(host));
         // Like the other parts, a subset's budget replaces the top level's.
         let retry_budget = subset_policy
             .and_then(|s| s.retry_budget)
@@ -493,7 +503,7 @@ impl Policies {
             load_balancer: parts.load_balancer.unwrap_or_default(),
             locality: parts.locality.flatten(),
             warmup: parts.warmup.flatten(),
-            pool: parts.pool.unwrap_or_default(),
+            pool,
             retry_budget,
             outlier: parts.outlier,
         })
@@ -516,6 +526,7 @@ fn merge_parts(top: Option<&Compiled>, subset: Option<&Compiled>, port: u16) -> 
         warmup: own.warmup.or(base.warmup),
         pool: own.pool.clone().or(base.pool),
         outlier: own.outlier.clone().or(base.outlier),
+        tls: own.tls.clone().or(base.tls),
     }
 }
 
@@ -627,6 +638,7 @@ fn compile_policy(cx: &mut Ctx<'_>, path: &str, policy: &TrafficPolicy) -> Compi
         policy.load_balancer.as_ref(),
         policy.connection_pool.as_ref(),
         policy.outlier_detection.as_ref(),
+        policy.tls.as_ref(),
     );
     let mut ports: Vec<(u16, Parts)> = Vec::new();
     for (k, entry) in policy.port_level_settings.iter().enumerate() {
@@ -661,6 +673,7 @@ fn compile_policy(cx: &mut Ctx<'_>, path: &str, policy: &TrafficPolicy) -> Compi
             entry.load_balancer.as_ref(),
             entry.connection_pool.as_ref(),
             entry.outlier_detection.as_ref(),
+            entry.tls.as_ref(),
         );
         ports.push((port, parts));
     }
@@ -740,13 +753,25 @@ fn compile_parts(
     load_balancer: Option<&LoadBalancerSettings>,
     pool: Option<&ConnectionPoolSettings>,
     outlier: Option<&OutlierDetection>,
+    tls: Option<&ClientTlsSettings>,
 ) -> Parts {
+    let tls = tls.map(|spec| {
+        let compiled = TlsSettings::compile(spec);
+        if let Some((_, Some(error))) = &compiled {
+            cx.error(
+                format!("{path}.tls"),
+                format!("{error}; connections to the destination are refused"),
+            );
+        }
+        compiled.map(|(settings, _)| settings)
+    });
     Parts {
         load_balancer: load_balancer.map(|lb| compile_lb(cx, &format!("{path}.loadBalancer"), lb)),
         locality: load_balancer.map(|lb| lb.locality_lb_setting.as_ref().map(compile_locality)),
         warmup: load_balancer.map(|lb| compile_warmup(cx, &format!("{path}.loadBalancer"), lb)),
         pool: pool.map(|p| compile_pool(cx, &format!("{path}.connectionPool"), p)),
         outlier: outlier.map(|o| compile_outlier(cx, &format!("{path}.outlierDetection"), o)),
+        tls,
     }
 }
 

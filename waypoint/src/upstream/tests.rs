@@ -555,6 +555,7 @@ fn pool_limits_compile() {
             }),
             h2_upgrade: true,
             use_client_protocol: false,
+            tls: None,
         }
     );
     // An empty `tcpKeepalive` turns keepalive on with the system's timings.

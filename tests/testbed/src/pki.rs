@@ -1,0 +1,103 @@
+//! A certificate authority for tests and the demo: servers outside the mesh
+//! that speak TLS, and the client certificates they ask for. PEM files are
+//! written where a test's processes can read them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    /// The root certificate, PEM.
+    pub root_pem: String,
+}
+
+/// A certificate and its key, PEM.
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Where [`Leaf::write`] put a certificate and its key.
+pub struct LeafFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Authority {
+    pub fn new(name: &str) -> Result<Authority> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Authority {
+            root_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// A server certificate for DNS names or IP addresses.
+    pub fn server(&self, names: &[&str]) -> Result<Leaf> {
+        self.leaf(names, &[], ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A client certificate, with URI SANs (a SPIFFE identity, say) if any.
+    pub fn client(&self, uris: &[&str]) -> Result<Leaf> {
+        self.leaf(&[], uris, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn leaf(&self, names: &[&str], uris: &[&str], usage: ExtendedKeyUsagePurpose) -> Result<Leaf> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        for name in names {
+            params.subject_alt_names.push(match name.parse() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*name).try_into()?),
+            });
+        }
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI((*uri).try_into()?));
+        }
+        params.extended_key_usages = vec![usage];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Writes the root to `dir/<name>.pem`.
+    pub fn write_root(&self, dir: &Path, name: &str) -> Result<PathBuf> {
+        let path = dir.join(format!("{name}.pem"));
+        std::fs::write(&path, &self.root_pem)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+impl Leaf {
+    /// Writes `dir/<name>.pem` and `dir/<name>-key.pem`.
+    pub fn write(&self, dir: &Path, name: &str) -> Result<LeafFiles> {
+        let files = LeafFiles {
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}-key.pem")),
+        };
+        std::fs::write(&files.cert, &self.cert_pem)
+            .with_context(|| format!("writing {}", files.cert.display()))?;
+        std::fs::write(&files.key, &self.key_pem)
+            .with_context(|| format!("writing {}", files.key.display()))?;
+        Ok(files)
+    }
+}

@@ -1,0 +1,326 @@
+//! DestinationRule `tls` on real handshakes: a loopback server with
+//! certificates from a test authority, reached through the connector.
+
+use std::{net::SocketAddr, path::Path, sync::Arc};
+
+use rustls::{
+    ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_rustls::TlsAcceptor;
+use warren_model::istio::DestinationRuleSpec;
+use warren_testbed::pki::{Authority, Leaf};
+
+use super::{ConnectError, Upstream};
+use crate::proxy::multiplex::tests::connector;
+use crate::upstream::{DrInput, Policies, PoolLimits, Scope, Speaks};
+
+const HOST: &str = "api.example.test";
+
+/// What the server saw of a handshake.
+#[derive(Debug)]
+struct Seen {
+    sni: Option<String>,
+    alpn: Option<Vec<u8>>,
+    client_certificate: bool,
+}
+
+/// A TLS server on loopback that answers each connection with "hello",
+/// asking for a client certificate from `client_ca` if given; each
+/// handshake's outcome is sent on the channel.
+async fn server(
+    leaf: &Leaf,
+    client_ca: Option<&Authority>,
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Result<Seen, String>>,
+) {
+    let provider = warren_ztunnel::tls::provider();
+    let chain =
+        vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("server certificate")];
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("server key");
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(ca.root_pem.as_bytes()).expect("client root"))
+                .expect("root added");
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key).expect("server config");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local address");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match acceptor.accept(tcp).await {
+                    Ok(mut tls) => {
+                        let (_, session) = tls.get_ref();
+                        let seen = Seen {
+                            sni: session.server_name().map(str::to_owned),
+                            alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+                            client_certificate: session.peer_certificates().is_some(),
+                        };
+                        let _ = tx.send(Ok(seen));
+                        let _ = tls.write_all(b"hello").await;
+                        let _ = tls.shutdown().await;
+                    }
+                    Err(error) => {
+                        let _ = tx.send(Err(error.to_string()));
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// The pool limits a DestinationRule for [`HOST`] with `tls` gives, and the
+/// problems it reported.
+fn limits_for(tls: serde_json::Value) -> (PoolLimits, Vec<String>) {
+    let spec: DestinationRuleSpec =
+        serde_json::from_value(json!({"host": HOST, "trafficPolicy": {"tls": tls}}))
+            .expect("test DestinationRule spec is valid");
+    let (policies, errors) = Policies::build(
+        vec![DrInput {
+            namespace: "egress".into(),
+            name: "api".into(),
+            created: 0,
+            host: HOST.into(),
+            spec,
+        }],
+        Scope {
+            namespace: "egress".into(),
+            root: "istio-system".into(),
+            labels: Default::default(),
+        },
+    );
+    let pool = policies
+        .resolve(HOST, "egress", None, 443)
+        .expect("resolves")
+        .pool;
+    (
+        pool,
+        errors
+            .into_iter()
+            .map(|e| format!("{}: {}", e.path, e.reason))
+            .collect(),
+    )
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+async fn read_all(upstream: Upstream) -> Vec<u8> {
+    let Upstream::Tls(io) = upstream else {
+        panic!("the rule starts TLS");
+    };
+    let mut tls = io.into_inner();
+    let mut got = Vec::new();
+    let _ = tls.read_to_end(&mut got).await;
+    got
+}
+
+#[tokio::test]
+async fn simple_checks_the_server_against_the_ca_and_offers_what_it_speaks() {
+    let dir = tempdir();
+    let ca = Authority::new("egress test root").expect("ca");
+    let root = ca.write_root(dir.path(), "root").expect("root written");
+    let (addr, mut seen) = server(&ca.server(&[HOST]).expect("leaf"), None).await;
+    let (limits, errors) = limits_for(json!({"mode": "SIMPLE", "caCertificates": path(&root)}));
+    assert!(errors.is_empty(), "{errors:?}");
+
+    let upstream = connector()
+        .connect(addr, &limits, Speaks::Http1)
+        .await
+        .expect("TLS to a server the CA vouches for");
+    assert_eq!(upstream.alpn(), Some(&b"http/1.1"[..]));
+    let seen_now = seen.recv().await.expect("a handshake").expect("accepted");
+    assert_eq!(
+        seen_now.sni.as_deref(),
+        Some(HOST),
+        "the server name is the host"
+    );
+    assert!(!seen_now.client_certificate);
+    assert_eq!(read_all(upstream).await, b"hello");
+
+    let upstream = connector()
+        .connect(addr, &limits, Speaks::Http2)
+        .await
+        .expect("TLS again");
+    assert_eq!(upstream.alpn(), Some(&b"h2"[..]));
+    let seen_now = seen.recv().await.expect("a handshake").expect("accepted");
+    assert_eq!(seen_now.alpn.as_deref(), Some(&b"h2"[..]));
+}
+
+#[tokio::test]
+async fn a_server_the_rule_does_not_trust_is_refused() {
+    let dir = tempdir();
+    let ca = Authority::new("egress test root").expect("ca");
+    let root = ca.write_root(dir.path(), "root").expect("root written");
+    let stranger = Authority::new("someone else").expect("ca");
+    let (addr, _seen) = server(&stranger.server(&[HOST]).expect("leaf"), None).await;
+    let (limits, _) = limits_for(json!({"mode": "SIMPLE", "caCertificates": path(&root)}));
+    let refused = connector().connect(addr, &limits, Speaks::Http1).await;
+    assert!(
+        matches!(refused, Err(ConnectError::TlsHandshake { .. })),
+        "{:?}",
+        refused.err()
+    );
+    // The right CA, but a certificate for another name.
+    let (addr, _seen) = server(&ca.server(&["elsewhere.test"]).expect("leaf"), None).await;
+    let refused = connector().connect(addr, &limits, Speaks::Http1).await;
+    assert!(
+        matches!(refused, Err(ConnectError::TlsHandshake { .. })),
+        "{:?}",
+        refused.err()
+    );
+}
+
+#[tokio::test]
+async fn sni_and_subject_alt_names_say_which_name_is_asked_for_and_accepted() {
+    let dir = tempdir();
+    let ca = Authority::new("egress test root").expect("ca");
+    let root = path(&ca.write_root(dir.path(), "root").expect("root written"));
+    let (addr, mut seen) = server(&ca.server(&["backend.internal"]).expect("leaf"), None).await;
+
+    let (limits, _) =
+        limits_for(json!({"mode": "SIMPLE", "caCertificates": root, "sni": "backend.internal"}));
+    connector()
+        .connect(addr, &limits, Speaks::Bytes)
+        .await
+        .expect("the certificate is for the sni");
+    let seen_now = seen.recv().await.expect("a handshake").expect("accepted");
+    assert_eq!(seen_now.sni.as_deref(), Some("backend.internal"));
+    assert_eq!(seen_now.alpn, None, "TCP routes offer no ALPN");
+
+    // subjectAltNames replace the server name's check.
+    let (limits, _) = limits_for(
+        json!({"mode": "SIMPLE", "caCertificates": root, "subjectAltNames": ["nope.test", "backend.internal"]}),
+    );
+    connector()
+        .connect(addr, &limits, Speaks::Http1)
+        .await
+        .expect("one of the subjectAltNames is the certificate's");
+    let (limits, _) = limits_for(
+        json!({"mode": "SIMPLE", "caCertificates": root, "subjectAltNames": ["nope.test"]}),
+    );
+    let refused = connector().connect(addr, &limits, Speaks::Http1).await;
+    assert!(matches!(refused, Err(ConnectError::TlsHandshake { .. })));
+
+    // insecureSkipVerify: any certificate, even from a stranger.
+    let stranger = Authority::new("someone else").expect("ca");
+    let (addr, _seen) = server(&stranger.server(&["x.test"]).expect("leaf"), None).await;
+    let (limits, _) = limits_for(json!({"mode": "SIMPLE", "insecureSkipVerify": true}));
+    let upstream = connector()
+        .connect(addr, &limits, Speaks::Http1)
+        .await
+        .expect("not verified, as asked");
+    assert_eq!(read_all(upstream).await, b"hello");
+}
+
+#[tokio::test]
+async fn mutual_presents_the_client_certificate() {
+    let dir = tempdir();
+    let ca = Authority::new("egress test root").expect("ca");
+    let root = path(&ca.write_root(dir.path(), "root").expect("root written"));
+    let clients = Authority::new("clients").expect("ca");
+    let client = clients
+        .client(&["spiffe://cluster.local/ns/egress/sa/waypoint"])
+        .expect("client leaf")
+        .write(dir.path(), "client")
+        .expect("client written");
+    let (addr, mut seen) = server(&ca.server(&[HOST]).expect("leaf"), Some(&clients)).await;
+
+    let (limits, errors) = limits_for(json!({"mode": "MUTUAL", "caCertificates": root,
+        "clientCertificate": path(&client.cert), "privateKey": path(&client.key)}));
+    assert!(errors.is_empty(), "{errors:?}");
+    let upstream = connector()
+        .connect(addr, &limits, Speaks::Http1)
+        .await
+        .expect("mutual TLS");
+    let seen_now = seen.recv().await.expect("a handshake").expect("accepted");
+    assert!(seen_now.client_certificate);
+    assert_eq!(read_all(upstream).await, b"hello");
+
+    // Without it, the server refuses (in TLS 1.3 after the client's side of
+    // the handshake is done, so it shows on the server and in the read).
+    let (limits, _) = limits_for(json!({"mode": "SIMPLE", "caCertificates": root}));
+    if let Ok(upstream) = connector().connect(addr, &limits, Speaks::Http1).await {
+        assert_eq!(
+            read_all(upstream).await,
+            b"",
+            "nothing for a client without a certificate"
+        );
+    }
+    let refused = seen.recv().await.expect("a handshake");
+    assert!(refused.is_err(), "{refused:?}");
+}
+
+#[tokio::test]
+async fn settings_it_cannot_honour_refuse_before_connecting() {
+    let dir = tempdir();
+    let missing = path(&dir.path().join("missing.pem"));
+    // Nothing listens here: a refusal naming TLS shows no connect was tried.
+    let nowhere: SocketAddr = "127.0.0.1:9".parse().expect("address");
+    for (tls, says) in [
+        (
+            json!({"mode": "SIMPLE", "credentialName": "api-ca"}),
+            "credentialName \"api-ca\"",
+        ),
+        (
+            json!({"mode": "SIMPLE", "caCertificates": missing}),
+            "caCertificates",
+        ),
+        (
+            json!({"mode": "SIMPLE", "caCrl": "/etc/crl.pem", "insecureSkipVerify": false}),
+            "caCrl",
+        ),
+        (
+            json!({"mode": "MUTUAL", "clientCertificate": missing, "privateKey": missing}),
+            "clientCertificate",
+        ),
+    ] {
+        let (limits, errors) = limits_for(tls.clone());
+        assert!(
+            errors.len() == 1
+                && errors[0].starts_with("spec.trafficPolicy.tls: ")
+                && errors[0].contains(says),
+            "{tls}: {errors:?}"
+        );
+        match connector().connect(nowhere, &limits, Speaks::Http1).await {
+            Err(ConnectError::TlsSettings { reason, .. }) => {
+                assert!(reason.contains(says), "{reason}")
+            }
+            other => panic!("{tls}: refused for its settings, not {:?}", other.err()),
+        }
+    }
+    // DISABLE and ISTIO_MUTUAL start nothing here.
+    for mode in ["DISABLE", "ISTIO_MUTUAL"] {
+        let (limits, errors) = limits_for(json!({ "mode": mode }));
+        assert!(errors.is_empty() && limits.tls.is_none(), "{mode}");
+    }
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary directory")
+}
