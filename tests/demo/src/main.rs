@@ -37,6 +37,7 @@ use warren_e2e::{
 };
 use warren_testbed::{
     Cluster, Node, Pod, PodSpec, Process, ServicePort, addressing::CLUSTER_DNS, labels, manifests,
+    pki::Authority,
 };
 
 use crate::steps::{Steps, show_output, show_yaml};
@@ -1711,8 +1712,9 @@ impl Demo {
 
     /// A partner's API on node 1's own address, outside every pod, reached by
     /// shop's client at the ServiceEntry's address: the entry's label sends
-    /// it through the waypoint, which adds the partner key and refuses
-    /// `/admin` before anything leaves the cluster.
+    /// it through the waypoint, which adds the partner key, refuses `/admin`
+    /// before anything leaves the cluster, and starts TLS to the partner (the
+    /// client speaks plain HTTP; the partner only HTTPS).
     fn egress(&mut self) -> Result<String> {
         const API: &str = "http://240.240.0.10";
         let node = self.cluster.node(1)?.clone();
@@ -1721,8 +1723,15 @@ impl Demo {
             "examples/egress.yaml names the API at 172.30.0.2, node 1's address, but node 1 is at {}",
             node.ip
         );
+        // The partner's CA and certificate, on node 1 (where the waypoint runs).
+        let dir = self.cluster.node_dir(&node)?;
+        let partner_ca = Authority::new("partner CA")?;
+        let root = partner_ca.write_root(&dir, "partner-ca")?;
+        let cert = partner_ca
+            .server(&["api.partner.example"])?
+            .write(&dir, "partner")?;
         let sample = warren_testbed::binaries::path("warren-sample")?;
-        let listen = format!("{}:8080", node.ip);
+        let listen = format!("{}:8443", node.ip);
         let server = self.cluster.spawn(
             &node.sandbox,
             &sample.to_string_lossy(),
@@ -1734,10 +1743,19 @@ impl Demo {
                 "partner",
                 "--version",
                 "external",
+                "--tls-cert",
+                &cert.cert.to_string_lossy(),
+                "--tls-key",
+                &cert.key.to_string_lossy(),
             ],
         )?;
         self.servers.push(server);
-        self.apply("egress.yaml", examples::EGRESS, "egress.shop.yaml")?;
+        let yaml = examples::EGRESS.replace("/etc/warren/partner-ca.pem", &root.to_string_lossy());
+        ensure!(
+            yaml != examples::EGRESS,
+            "examples/egress.yaml names no CA file to replace"
+        );
+        self.apply("egress.yaml", &yaml, "egress.shop.yaml")?;
         let client = self.client()?;
         let admin = format!("{API}/admin/users");
         eventually(
@@ -1758,6 +1776,11 @@ impl Demo {
             body["pod"] == "partner" && key == "shop-demo-key",
             "the partner API should answer with the key the waypoint added: {body}"
         );
+        let tls = &body["tls"];
+        ensure!(
+            tls["sni"] == "api.partner.example" && tls["alpn"] == "http/1.1",
+            "the partner should have seen TLS from the waypoint for its name: {body}"
+        );
         let report = load(&client, &orders, &["-n", "200", "-c", "4"])?;
         let ok = count_status(&report, 200);
         ensure!(
@@ -1775,7 +1798,8 @@ impl Demo {
             &[("destination_service", "api.partner.example")],
         );
         Ok(format!(
-            "200/200 calls to api.partner.example ({API}, on node 1 outside the mesh) answered with x-partner-key added by the waypoint; 20/20 to /admin refused 403 there; the waypoint counted {counted:.0} requests to the host"
+            "200/200 plain-HTTP calls to api.partner.example ({API}, on node 1 outside the mesh) answered over TLS the waypoint started (the partner saw SNI {}, ALPN {}), with x-partner-key added by the waypoint; 20/20 to /admin refused 403 there; the waypoint counted {counted:.0} requests to the host",
+            tls["sni"], tls["alpn"]
         ))
     }
 

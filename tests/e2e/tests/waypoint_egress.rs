@@ -377,7 +377,7 @@ fn the_waypoint_starts_tls_to_an_external_host_as_its_destination_rule_says() ->
         format!("{SECURE}={}", node.ip),
         format!("{MUTUAL}={}", node.ip),
     ];
-    let _servers = [
+    let servers = [
         egress.serve(
             &[
                 "http",
@@ -385,6 +385,8 @@ fn the_waypoint_starts_tls_to_an_external_host_as_its_destination_rule_says() ->
                 &secure_at,
                 "--version",
                 "secure",
+                // A line per connection: the test sees when none came.
+                "--access-log",
                 "--tls-cert",
                 &path(&secure.cert),
                 "--tls-key",
@@ -506,6 +508,18 @@ fn the_waypoint_starts_tls_to_an_external_host_as_its_destination_rule_says() ->
             && waypoint.output().contains("credentialName \"secure-ca\""))
     })
     .with_context(logs)?;
+    let connections = || servers[0].output().matches("connection accepted").count();
+    let before = connections();
+    let report = load(
+        &client,
+        &format!("http://{SECURE_VIP}/hello"),
+        &["-n", "10"],
+    )?;
+    ensure!(
+        count_status(&report, 503) == 10 && connections() == before,
+        "refused without a connection to the host ({} new): {report}",
+        connections() - before
+    );
     let out = cluster.pod("waypoint")?.sandbox.exec(
         "curl",
         ["-sS", "--max-time", "5", "http://127.0.0.1:15000/clusters"],

@@ -453,17 +453,19 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
 
     // retryBudget replaces maxRetries (as in Envoy): a minimum of 8 lets every
     // one of the eight requests retry, maxRetries 1 notwithstanding.
-    let with_budget = |budget: &str| {
+    let with_budget = |max_retries: u32, budget: &str| {
         CONFIG.replacen(
             "connectionPool:\n      http: { maxRetries: 1 }",
-            &format!("connectionPool:\n      http: {{ maxRetries: 1 }}\n    retryBudget: {budget}"),
+            &format!(
+                "connectionPool:\n      http: {{ maxRetries: {max_retries} }}\n    retryBudget: {budget}"
+            ),
             1,
         )
     };
     let routes = config_dir.join("routes.shop.yaml");
     std::fs::write(
         &routes,
-        with_budget("{ percent: 100, minRetryConcurrency: 8 }"),
+        with_budget(1, "{ percent: 100, minRetryConcurrency: 8 }"),
     )?;
     let mut seen = (0.0, 0.0);
     eventually(
@@ -489,10 +491,11 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         seen.0, seen.1
     );
     // A quarter of the requests (eight at a time: two retries), with a
-    // minimum of 1: retries are refused again.
+    // minimum of 1: retries are refused again, by the budget alone (a
+    // maxRetries of 100 would let every one through).
     std::fs::write(
         &routes,
-        with_budget("{ percent: 25, minRetryConcurrency: 1 }"),
+        with_budget(100, "{ percent: 25, minRetryConcurrency: 1 }"),
     )?;
     eventually(
         Duration::from_secs(20),

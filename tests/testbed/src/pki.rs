@@ -47,7 +47,12 @@ impl Authority {
 
     /// A server certificate for DNS names or IP addresses.
     pub fn server(&self, names: &[&str]) -> Result<Leaf> {
-        self.leaf(names, &[], ExtendedKeyUsagePurpose::ServerAuth)
+        self.server_with(names, &[])
+    }
+
+    /// A server certificate for DNS names or IP addresses, and URIs.
+    pub fn server_with(&self, names: &[&str], uris: &[&str]) -> Result<Leaf> {
+        self.leaf(names, uris, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
     /// A client certificate, with URI SANs (a SPIFFE identity, say) if any.

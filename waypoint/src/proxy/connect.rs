@@ -153,6 +153,12 @@ impl Connector {
         speaks: Speaks,
     ) -> Result<Upstream, ConnectError> {
         // Settings that cannot be honoured refuse before any byte is sent.
+        if limits.mesh_tls_only && route.via == Via::Plain {
+            return Err(ConnectError::TlsSettings {
+                addr: authority,
+                reason: "tls.mode ISTIO_MUTUAL: the endpoint is outside the mesh, where the mesh's mutual TLS cannot reach it (set DISABLE, or SIMPLE/MUTUAL with the endpoint's own certificates)".into(),
+            });
+        }
         let tls = route
             .tls
             .as_ref()
@@ -164,21 +170,18 @@ impl Connector {
             })?;
         let timeout = limits.connect_timeout;
         let open = async {
-            let transport = self.open(&route.via, authority, limits).await?;
+            let stream = self.open(&route.via, authority, limits).await?;
             let Some((config, server_name)) = tls else {
-                return Ok(match transport {
-                    Transport::Tunnel(tunnel) => Upstream::Tunnel(TokioIo::new(tunnel)),
-                    Transport::Tcp(tcp) => Upstream::Tcp(TokioIo::new(tcp)),
-                });
+                return Ok(Upstream(TokioIo::new(stream)));
             };
-            let stream = TlsConnector::from(config)
-                .connect(server_name, transport)
+            let tls = TlsConnector::from(config)
+                .connect(server_name, stream)
                 .await
                 .map_err(|source| ConnectError::TlsHandshake {
                     addr: authority,
                     source,
                 })?;
-            Ok(Upstream::Tls(TokioIo::new(Box::new(stream))))
+            Ok(Upstream(TokioIo::new(Stream::Tls(Box::new(tls)))))
         };
         tokio::time::timeout(timeout, open)
             .await
@@ -193,7 +196,7 @@ impl Connector {
         via: &Via,
         authority: SocketAddr,
         limits: &PoolLimits,
-    ) -> Result<Transport, ConnectError> {
+    ) -> Result<Stream, ConnectError> {
         let state = &self.inputs.state;
         match via {
             Via::Hbone {
@@ -223,14 +226,14 @@ impl Connector {
                         Establish::AwaitAnswer,
                     )
                     .await?;
-                Ok(Transport::Tunnel(tunnel))
+                Ok(Stream::Tunnel(tunnel))
             }
             Via::Plain => plain(authority, limits).await,
         }
     }
 }
 
-async fn plain(addr: SocketAddr, limits: &PoolLimits) -> Result<Transport, ConnectError> {
+async fn plain(addr: SocketAddr, limits: &PoolLimits) -> Result<Stream, ConnectError> {
     let timeout = limits.connect_timeout;
     let stream = warren_ztunnel::proxy::connect(addr, None, timeout)
         .await
@@ -247,7 +250,7 @@ async fn plain(addr: SocketAddr, limits: &PoolLimits) -> Result<Transport, Conne
         // The connection works without it; the endpoint is not at fault.
         tracing::warn!(%addr, %error, "could not set TCP keepalive on an upstream connection");
     }
-    Ok(Transport::Tcp(stream))
+    Ok(Stream::Tcp(stream))
 }
 
 /// `SO_KEEPALIVE` with the timings `keepalive` sets; the others stay the
@@ -266,87 +269,22 @@ fn set_keepalive(stream: &tokio::net::TcpStream, keepalive: &Keepalive) -> io::R
     socket2::SockRef::from(stream).set_tcp_keepalive(&params)
 }
 
-/// What TLS to an endpoint runs over: a tunnel or a TCP connection.
-pub enum Transport {
+/// An upstream byte stream: an HBONE tunnel, a TCP connection, or TLS the
+/// waypoint started over one of them.
+pub enum Stream {
     Tunnel(Tunnel),
     Tcp(tokio::net::TcpStream),
+    /// Boxed: its state is large.
+    Tls(Box<TlsStream<Stream>>),
 }
 
-impl Transport {
+impl Stream {
+    /// The HBONE connection a tunnel runs on, which pools watch for GOAWAY.
     fn carrier(&self) -> Option<Carrier> {
         match self {
-            Transport::Tunnel(tunnel) => tunnel.carrier(),
-            Transport::Tcp(_) => None,
-        }
-    }
-}
-
-macro_rules! delegate_transport {
-    ($self:ident, $io:ident => $call:expr) => {
-        match $self.get_mut() {
-            Transport::Tunnel($io) => {
-                let $io = Pin::new($io);
-                $call
-            }
-            Transport::Tcp($io) => {
-                let $io = Pin::new($io);
-                $call
-            }
-        }
-    };
-}
-
-impl AsyncRead for Transport {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        delegate_transport!(self, io => io.poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for Transport {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        delegate_transport!(self, io => io.poll_write(cx, buf))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate_transport!(self, io => io.poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate_transport!(self, io => io.poll_shutdown(cx))
-    }
-}
-
-/// An upstream byte stream hyper speaks HTTP over.
-pub enum Upstream {
-    Tunnel(TokioIo<Tunnel>),
-    Tcp(TokioIo<tokio::net::TcpStream>),
-    /// TLS the waypoint started (boxed: its state is large).
-    Tls(TokioIo<Box<TlsStream<Transport>>>),
-}
-
-impl Upstream {
-    /// The HBONE connection a tunnel runs on, which pools watch for GOAWAY.
-    pub fn carrier(&self) -> Option<Carrier> {
-        match self {
-            Upstream::Tunnel(io) => io.inner().carrier(),
-            Upstream::Tcp(_) => None,
-            Upstream::Tls(io) => io.inner().get_ref().0.carrier(),
-        }
-    }
-
-    /// The protocol TLS agreed on (ALPN), if TLS was started.
-    pub fn alpn(&self) -> Option<&[u8]> {
-        match self {
-            Upstream::Tls(io) => io.inner().get_ref().1.alpn_protocol(),
-            Upstream::Tunnel(_) | Upstream::Tcp(_) => None,
+            Stream::Tunnel(tunnel) => tunnel.carrier(),
+            Stream::Tcp(_) => None,
+            Stream::Tls(tls) => tls.get_ref().0.carrier(),
         }
     }
 }
@@ -354,15 +292,15 @@ impl Upstream {
 macro_rules! delegate {
     ($self:ident, $io:ident => $call:expr) => {
         match $self.get_mut() {
-            Upstream::Tunnel($io) => {
+            Stream::Tunnel($io) => {
                 let $io = Pin::new($io);
                 $call
             }
-            Upstream::Tcp($io) => {
+            Stream::Tcp($io) => {
                 let $io = Pin::new($io);
                 $call
             }
-            Upstream::Tls($io) => {
+            Stream::Tls($io) => {
                 let $io = Pin::new($io);
                 $call
             }
@@ -370,17 +308,17 @@ macro_rules! delegate {
     };
 }
 
-impl hyper::rt::Read for Upstream {
+impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         delegate!(self, io => io.poll_read(cx, buf))
     }
 }
 
-impl hyper::rt::Write for Upstream {
+impl AsyncWrite for Stream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -395,6 +333,49 @@ impl hyper::rt::Write for Upstream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         delegate!(self, io => io.poll_shutdown(cx))
+    }
+}
+
+/// An upstream byte stream as hyper speaks HTTP over it.
+pub struct Upstream(TokioIo<Stream>);
+
+impl Upstream {
+    /// The HBONE connection it runs on, which pools watch for GOAWAY.
+    pub fn carrier(&self) -> Option<Carrier> {
+        self.0.inner().carrier()
+    }
+
+    /// The byte stream, for a TCP route's splice.
+    pub fn into_stream(self) -> Stream {
+        self.0.into_inner()
+    }
+}
+
+impl hyper::rt::Read for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
 
@@ -419,10 +400,10 @@ mod tests {
             .connect(addr, limits, Speaks::Bytes)
             .await
             .expect("connected");
-        let Upstream::Tcp(io) = upstream else {
+        let Stream::Tcp(tcp) = upstream.into_stream() else {
             panic!("a loopback address outside the mesh is reached over plain TCP");
         };
-        let socket = socket2::SockRef::from(io.inner());
+        let socket = socket2::SockRef::from(&tcp);
         (
             socket.keepalive().expect("SO_KEEPALIVE"),
             socket.tcp_keepalive_time().expect("TCP_KEEPIDLE"),

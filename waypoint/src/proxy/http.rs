@@ -700,7 +700,9 @@ async fn send_with_retries(
                 } => {
                     let (status, flags) = match kind {
                         FailureKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "UT"),
-                        FailureKind::ConnectFailure => (StatusCode::SERVICE_UNAVAILABLE, "UF"),
+                        FailureKind::ConnectFailure | FailureKind::Unusable => {
+                            (StatusCode::SERVICE_UNAVAILABLE, "UF")
+                        }
                         FailureKind::ProtocolError => (StatusCode::BAD_GATEWAY, "UPE"),
                         _ => (StatusCode::SERVICE_UNAVAILABLE, "UC"),
                     };
@@ -1176,6 +1178,7 @@ fn origin_form(request: &Uri) -> http::uri::PathAndQuery {
 /// How an upstream attempt failed, for `retryOn` and the response flags.
 fn failure_kind(error: &SendError) -> FailureKind {
     let hyper = match error {
+        _ if error.is_unusable_settings() => return FailureKind::Unusable,
         // (An overflow is answered locally before a try is judged.)
         SendError::Connect(_) | SendError::Overflow => return FailureKind::ConnectFailure,
         SendError::Request(error) => error,

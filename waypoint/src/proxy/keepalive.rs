@@ -103,18 +103,28 @@ impl KeepAlive {
     }
 
     /// The most recently used idle connection to `endpoint` still usable
-    /// and reaching it by `route`; the others found on the way are closed.
+    /// and reaching it by `route`. Those found on the way that are unusable,
+    /// or reach it a way it is no longer reached (a pod that joined the
+    /// mesh), are closed; those of another cluster's TLS settings stay.
     fn take(&self, endpoint: SocketAddr, route: &Route) -> Option<Connection> {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
         let stack = idle.get_mut(&endpoint)?;
         let mut found = None;
+        let mut others = Vec::new();
         while let Some(top) = stack.pop() {
-            if top.usable(now) && top.connection.lifetime.reaches_by(route) {
+            let lifetime = &top.connection.lifetime;
+            if !top.usable(now) || !lifetime.goes_via(&route.via) {
+                continue;
+            }
+            if lifetime.reaches_by(route) {
                 found = Some(top.connection);
                 break;
             }
+            others.push(top);
         }
+        // Back in their order, most recently used on top.
+        stack.extend(others.into_iter().rev());
         if stack.is_empty() {
             idle.remove(&endpoint);
         }

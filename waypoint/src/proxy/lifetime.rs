@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use warren_ztunnel::{drain, proxy::hbone::client::Carrier};
 
-use super::connect::Route;
+use super::connect::{Route, Via};
 use crate::upstream::PoolLimits;
 
 /// How often pooled connections are checked for their idle timeout and
@@ -43,9 +43,15 @@ impl Lifetime {
 
     /// Whether the endpoint is still reached this way (a pod that joined
     /// the mesh, moved node or changed identity is not reached over an old
-    /// connection).
+    /// connection), with the TLS the cluster asks for (another cluster's
+    /// connection to the same endpoint may carry other TLS, or none).
     pub fn reaches_by(&self, route: &Route) -> bool {
         self.route == *route
+    }
+
+    /// Whether it goes by `via`, whatever its TLS.
+    pub fn goes_via(&self, via: &Via) -> bool {
+        self.route.via == *via
     }
 
     /// Whether it may stay pooled at `now`, unused since `last_used`.

@@ -77,6 +77,9 @@ struct Endpoint {
 struct Opening {
     id: u64,
     handshake: Handshake,
+    /// How it reaches the endpoint: only requests of the same route join it
+    /// (another cluster's TLS settings, or their failure, are not theirs).
+    route: Route,
     waiting: usize,
     capacity: Option<usize>,
     /// One more than the endpoint's first (it holds a `maxConnections`
@@ -87,6 +90,10 @@ struct Opening {
 impl Opening {
     fn has_room(&self) -> bool {
         self.capacity.is_none_or(|c| self.waiting < c)
+    }
+
+    fn joinable_by(&self, route: &Route) -> bool {
+        self.route == *route && self.has_room()
     }
 }
 
@@ -391,7 +398,7 @@ impl Multiplexed {
                 if let Some(claimed) = entry.claim(&route, limits, now, Connection::has_room) {
                     return Ok(claimed);
                 }
-                if let Some(opening) = entry.opening.iter_mut().find(|o| o.has_room()) {
+                if let Some(opening) = entry.opening.iter_mut().find(|o| o.joinable_by(&route)) {
                     opening.waiting += 1;
                     spare = None;
                     Next::Join(opening.id, opening.handshake.clone(), opening.extra)
@@ -415,7 +422,7 @@ impl Multiplexed {
                 } else if late {
                     return entry.share(&route, limits, now).ok_or_else(unusable);
                 } else if !entry.usable(&route, now)
-                    && let Some(opening) = entry.opening.first_mut()
+                    && let Some(opening) = entry.opening.iter_mut().find(|o| o.route == route)
                 {
                     // Only connections being made, all spoken for: wait for
                     // one anyway, so that its failure is this request's too.
@@ -521,6 +528,7 @@ impl Multiplexed {
         entry.opening.push(Opening {
             id,
             handshake: handshake.clone(),
+            route: route.clone(),
             waiting: 1,
             capacity,
             extra,
@@ -597,7 +605,7 @@ impl Endpoint {
     /// Whether the endpoint has its connection outside `maxConnections`:
     /// usable, or being made.
     fn has_free_connection(&self, route: &Route, now: Instant) -> bool {
-        self.opening.iter().any(|o| !o.extra)
+        self.opening.iter().any(|o| !o.extra && o.route == *route)
             || self.open.iter().any(|o| {
                 o.connection._slot.is_none()
                     && o.connection.keep(o.last_used, now)

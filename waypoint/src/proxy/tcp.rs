@@ -232,23 +232,9 @@ pub async fn serve(
         traffic: &traffic,
     };
     let splice = async {
-        match upstream {
-            Upstream::Tunnel(io) => {
-                let mut io = io.into_inner();
-                io.write_all(&hello).await?;
-                tokio::io::copy_bidirectional(&mut client, &mut io).await
-            }
-            Upstream::Tcp(io) => {
-                let mut io = io.into_inner();
-                io.write_all(&hello).await?;
-                tokio::io::copy_bidirectional(&mut client, &mut io).await
-            }
-            Upstream::Tls(io) => {
-                let mut io = io.into_inner();
-                io.write_all(&hello).await?;
-                tokio::io::copy_bidirectional(&mut client, &mut io).await
-            }
-        }
+        let mut upstream = upstream.into_stream();
+        upstream.write_all(&hello).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
     };
     // Istio sets `tcp.maxConnectionDuration` as the TCP proxy's maximum
     // downstream connection duration and `tcp.idleTimeout` as its idle

@@ -43,6 +43,9 @@ pub enum FailureKind {
     ProtocolError,
     /// The per-try timeout expired.
     Timeout,
+    /// Refused before any connection, for settings the proxy cannot honour
+    /// (the DestinationRule's `tls`): another try would be refused alike.
+    Unusable,
 }
 
 /// The conditions of `retryOn`: Envoy's `x-envoy-retry-on` and
@@ -324,7 +327,7 @@ impl RetryPolicy {
     /// `gateway-error` retry every kind; the narrower conditions only their
     /// own.
     pub fn should_retry_error(&self, kind: FailureKind) -> bool {
-        if self.attempts == 0 {
+        if self.attempts == 0 || kind == FailureKind::Unusable {
             return false;
         }
         let on = &self.retry_on;
@@ -335,7 +338,10 @@ impl RetryPolicy {
             FailureKind::ConnectFailure => on.connect_failure || on.reset_before_request,
             FailureKind::ResetBeforeRequest => on.reset_before_request,
             FailureKind::RefusedStream => on.refused_stream,
-            FailureKind::Reset | FailureKind::ProtocolError | FailureKind::Timeout => false,
+            FailureKind::Reset
+            | FailureKind::ProtocolError
+            | FailureKind::Timeout
+            | FailureKind::Unusable => false,
         }
     }
 

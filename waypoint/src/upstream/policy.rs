@@ -23,7 +23,6 @@
 //!    port, replaced by that entry (again, omitted parts are defaults).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -35,7 +34,7 @@ use warren_ztunnel::state::service::DeclaredHttp;
 
 use super::locality::{LocalityLb, PriorityLabel};
 use super::lookup::{Lookup, Placed, Scope};
-use super::tls::{Origination, TlsSettings};
+use super::tls::{Origination, TlsMode, TlsSettings};
 use crate::route::ExportTo;
 
 // ---------------------------------------------------------------------------
@@ -255,6 +254,9 @@ pub struct PoolLimits {
     /// The rule's `tls` (a part of its own, set here once merged): TLS to
     /// start on each connection; `None` starts none.
     pub tls: Option<Origination>,
+    /// `tls.mode: ISTIO_MUTUAL`: only the mesh's mutual TLS (HBONE) may carry
+    /// the connections; an endpoint outside the mesh is refused.
+    pub mesh_tls_only: bool,
 }
 
 /// Linux's bounds on `TCP_KEEPIDLE`/`TCP_KEEPINTVL` (seconds) and `TCP_KEEPCNT`.
@@ -316,6 +318,7 @@ impl Default for PoolLimits {
             h2_upgrade: false,
             use_client_protocol: false,
             tls: None,
+            mesh_tls_only: false,
         }
     }
 }
@@ -412,8 +415,7 @@ struct Parts {
     warmup: Option<Option<Warmup>>,
     pool: Option<PoolLimits>,
     outlier: Option<OutlierSettings>,
-    /// `tls`; the inner `None` when its mode starts no TLS at the waypoint.
-    tls: Option<Option<Arc<TlsSettings>>>,
+    tls: Option<TlsMode>,
 }
 
 impl Policies {
@@ -489,7 +491,11 @@ impl Policies {
         };
         let mut parts = merge_parts(rule.top.as_ref(), subset_policy, port);
         let mut pool = parts.pool.take().unwrap_or_default();
-        pool.tls = parts.tls.take().flatten().map(|tls| tls.for_host(host));
+        match parts.tls.take() {
+            Some(TlsMode::Originate(settings)) => pool.tls = Some(settings.for_host(host)),
+            Some(TlsMode::MeshOnly) => pool.mesh_tls_only = true,
+            Some(TlsMode::Disable) | None => {}
+        }
         // Like the other parts, a subset's budget replaces the top level's.
         let retry_budget = subset_policy
             .and_then(|s| s.retry_budget)
@@ -756,14 +762,14 @@ fn compile_parts(
     tls: Option<&ClientTlsSettings>,
 ) -> Parts {
     let tls = tls.map(|spec| {
-        let compiled = TlsSettings::compile(spec);
-        if let Some((_, Some(error))) = &compiled {
+        let (mode, error) = TlsSettings::compile(spec);
+        if let Some(error) = error {
             cx.error(
                 format!("{path}.tls"),
                 format!("{error}; connections to the destination are refused"),
             );
         }
-        compiled.map(|(settings, _)| settings)
+        mode
     });
     Parts {
         load_balancer: load_balancer.map(|lb| compile_lb(cx, &format!("{path}.loadBalancer"), lb)),

@@ -43,7 +43,8 @@ pub struct Permit {
     _request: Option<OwnedSemaphorePermit>,
 }
 
-/// One retry in flight (`http.maxRetries`); dropping it ends the retry.
+/// One retry in flight (counted against `http.maxRetries` or the retry
+/// budget); dropping it ends the retry.
 #[derive(Debug)]
 pub struct RetryPermit {
     retries: Arc<AtomicU64>,
@@ -281,7 +282,8 @@ const SLOTS: usize = 10;
 impl Recent {
     pub(crate) fn new(interval: Duration, now: Instant) -> Self {
         Self {
-            // A tenth of at least 1 ms (checked on load): never zero.
+            // Intervals are 1 ms at least (checked on load); the floor only
+            // keeps a slot from being zero, which the division needs.
             slot: (interval / SLOTS as u32).max(Duration::from_micros(1)),
             since: now,
             current: 0,

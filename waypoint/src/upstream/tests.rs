@@ -556,6 +556,7 @@ fn pool_limits_compile() {
             h2_upgrade: true,
             use_client_protocol: false,
             tls: None,
+            mesh_tls_only: false,
         }
     );
     // An empty `tcpKeepalive` turns keepalive on with the system's timings.

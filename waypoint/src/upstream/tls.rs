@@ -3,16 +3,22 @@
 //! a ServiceEntry host, and the waypoint reaches the host over HTTPS, checking
 //! its certificate, with a client certificate of its own for `MUTUAL`.
 //!
-//! Settings are compiled with the rules, files read then. A setting the
-//! waypoint cannot honour (a file it cannot read, a `credentialName`, a
-//! `caCrl`) is reported and makes the cluster fail closed: its connections are
-//! refused with the reason, never made in plaintext instead.
+//! Settings are compiled with the rules, files read then (a few small files,
+//! on each configuration change: read in place rather than on another
+//! thread). What they hold is part of the settings' identity, so a rotated
+//! certificate at the same path makes a new cluster, with new connections. A
+//! setting the waypoint cannot honour (a file it cannot read, a
+//! `credentialName`, a `caCrl`) is reported and makes the cluster fail
+//! closed: its connections are refused with the reason, never made in
+//! plaintext instead.
 //!
 //! `ISTIO_MUTUAL` and `DISABLE` start nothing here: meshed endpoints are
-//! reached over HBONE, which is the mesh's mutual TLS.
+//! reached over HBONE, which is the mesh's mutual TLS (and `ISTIO_MUTUAL`
+//! refuses an endpoint outside the mesh, see `proxy/connect.rs`).
 
 use std::{
-    path::Path,
+    collections::hash_map::DefaultHasher,
+    hash::{Hash as _, Hasher as _},
     sync::{Arc, OnceLock},
 };
 
@@ -26,7 +32,6 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
     server::ParsedCertificate,
 };
-use warren_api::Identity;
 use warren_model::istio::{ClientTlsMode, ClientTlsSettings};
 
 /// What an origination speaks over the TLS it starts: its ALPN offer.
@@ -38,11 +43,28 @@ pub enum Speaks {
     Bytes,
 }
 
+/// A rule part's `tls`, by what it asks of the waypoint.
+#[derive(Clone, Debug)]
+pub enum TlsMode {
+    /// `DISABLE` (or no mode): no TLS from the waypoint; meshed endpoints
+    /// are still reached over HBONE.
+    Disable,
+    /// `ISTIO_MUTUAL`: the mesh's mutual TLS only, which HBONE is; an
+    /// endpoint outside the mesh cannot have it and is refused.
+    MeshOnly,
+    /// `SIMPLE` or `MUTUAL`: TLS started on each connection.
+    Originate(Arc<TlsSettings>),
+}
+
 /// One rule part's `tls` with SIMPLE or MUTUAL, compiled.
 #[derive(Debug)]
 pub struct TlsSettings {
-    /// As written, for equality (pooled connections compare it) and display.
+    /// As written, for display and, with `files`, equality (pooled
+    /// connections compare it).
     spec: ClientTlsSettings,
+    /// A digest of what the files held when read (or of why they could not
+    /// be): a changed file makes different settings.
+    files: u64,
     /// The client configs by ALPN, or why there are none.
     configs: Result<Configs, String>,
 }
@@ -55,23 +77,27 @@ struct Configs {
 }
 
 impl TlsSettings {
-    /// `None` when the mode starts no TLS here; else the settings, which may
-    /// be broken (reported as `Err` beside them, and failing closed).
-    pub fn compile(spec: &ClientTlsSettings) -> Option<(Arc<TlsSettings>, Option<String>)> {
+    /// What the rule's `tls` asks of the waypoint, and, for settings that
+    /// cannot be honoured (they fail closed), why.
+    pub fn compile(spec: &ClientTlsSettings) -> (TlsMode, Option<String>) {
         let mutual = match spec.mode {
             Some(ClientTlsMode::Simple) => false,
             Some(ClientTlsMode::Mutual) => true,
-            None | Some(ClientTlsMode::Disable | ClientTlsMode::IstioMutual) => return None,
+            Some(ClientTlsMode::IstioMutual) => return (TlsMode::MeshOnly, None),
+            None | Some(ClientTlsMode::Disable) => return (TlsMode::Disable, None),
         };
-        let configs = build(spec, mutual);
+        let mut files = Files::default();
+        let configs = build(spec, mutual, &mut files);
+        if let Err(error) = &configs {
+            error.hash(&mut files.digest);
+        }
         let error = configs.as_ref().err().cloned();
-        Some((
-            Arc::new(TlsSettings {
-                spec: spec.clone(),
-                configs,
-            }),
-            error,
-        ))
+        let settings = TlsSettings {
+            spec: spec.clone(),
+            files: files.digest.finish(),
+            configs,
+        };
+        (TlsMode::Originate(Arc::new(settings)), error)
     }
 
     /// The settings for traffic to `host` (the cluster's, fully qualified):
@@ -100,11 +126,14 @@ pub struct Origination {
     server_name: Result<ServerName<'static>, String>,
 }
 
-// Two clusters whose settings read the same reach an endpoint the same way:
-// they may share its pooled connections.
+// Two clusters whose settings read the same (rule and files) reach an
+// endpoint the same way: they may share its pooled connections.
 impl PartialEq for Origination {
     fn eq(&self, other: &Self) -> bool {
-        self.settings.spec == other.settings.spec && self.server_name == other.server_name
+        let same = Arc::ptr_eq(&self.settings, &other.settings)
+            || (self.settings.files == other.settings.files
+                && self.settings.spec == other.settings.spec);
+        same && self.server_name == other.server_name
     }
 }
 
@@ -142,7 +171,36 @@ impl Origination {
     }
 }
 
-fn build(spec: &ClientTlsSettings, mutual: bool) -> Result<Configs, String> {
+/// The files' contents, hashed as read.
+#[derive(Default)]
+struct Files {
+    digest: DefaultHasher,
+}
+
+impl Files {
+    fn read(&mut self, field: &str, path: &str) -> Result<Vec<u8>, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("{field} {path:?}: {e}"))?;
+        bytes.hash(&mut self.digest);
+        Ok(bytes)
+    }
+
+    fn certificates(
+        &mut self,
+        field: &str,
+        path: &str,
+    ) -> Result<Vec<CertificateDer<'static>>, String> {
+        let pem = self.read(field, path)?;
+        let certificates = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{field} {path:?}: {e}"))?;
+        if certificates.is_empty() {
+            return Err(format!("{field} {path:?}: no PEM certificate in it"));
+        }
+        Ok(certificates)
+    }
+}
+
+fn build(spec: &ClientTlsSettings, mutual: bool, files: &mut Files) -> Result<Configs, String> {
     if !spec.credential_name.is_empty() {
         return Err(format!(
             "credentialName {:?}: the waypoint reads no Secrets; give caCertificates, clientCertificate and privateKey as files",
@@ -156,33 +214,41 @@ fn build(spec: &ClientTlsSettings, mutual: bool) -> Result<Configs, String> {
         ));
     }
     let provider = warren_ztunnel::tls::provider();
-    let verifier: Arc<dyn ServerCertVerifier> = if spec.insecure_skip_verify == Some(true) {
-        Arc::new(Unverified(provider.signature_verification_algorithms))
+    let check = if spec.insecure_skip_verify == Some(true) {
+        Check::Nothing
     } else {
         let roots = if spec.ca_certificates.is_empty() {
             system_roots()?
         } else {
-            Arc::new(roots_from(&spec.ca_certificates)?)
+            let mut roots = RootCertStore::empty();
+            for certificate in files.certificates("caCertificates", &spec.ca_certificates)? {
+                roots
+                    .add(certificate)
+                    .map_err(|e| format!("caCertificates {:?}: {e}", spec.ca_certificates))?;
+            }
+            Arc::new(roots)
         };
-        let expected = spec
-            .subject_alt_names
-            .iter()
-            .map(|san| Expected::parse(san))
-            .collect::<Result<Vec<_>, _>>()?;
-        Arc::new(Verifier {
+        Check::Chain {
             roots,
-            expected,
-            algorithms: provider.signature_verification_algorithms,
-        })
+            expected: spec
+                .subject_alt_names
+                .iter()
+                .map(|san| Expected::parse(san))
+                .collect(),
+        }
     };
+    let verifier = Arc::new(Verifier {
+        check,
+        algorithms: provider.signature_verification_algorithms,
+    });
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS versions: {e}"))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let config = if mutual {
-        let chain = certificates_from(&spec.client_certificate, "clientCertificate")?;
-        let key = PrivateKeyDer::from_pem_file(&spec.private_key)
+        let chain = files.certificates("clientCertificate", &spec.client_certificate)?;
+        let key = PrivateKeyDer::from_pem_slice(&files.read("privateKey", &spec.private_key)?)
             .map_err(|e| format!("privateKey {:?}: {e}", spec.private_key))?;
         builder
             .with_client_auth_cert(chain, key)
@@ -200,26 +266,6 @@ fn build(spec: &ClientTlsSettings, mutual: bool) -> Result<Configs, String> {
         http2: with_alpn(&[b"h2"]),
         bytes: with_alpn(&[]),
     })
-}
-
-fn certificates_from(path: &str, field: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certificates = CertificateDer::pem_file_iter(Path::new(path))
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{field} {path:?}: {e}"))?;
-    if certificates.is_empty() {
-        return Err(format!("{field} {path:?}: no PEM certificate in it"));
-    }
-    Ok(certificates)
-}
-
-fn roots_from(path: &str) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    for certificate in certificates_from(path, "caCertificates")? {
-        roots
-            .add(certificate)
-            .map_err(|e| format!("caCertificates {path:?}: {e}"))?;
-    }
-    Ok(roots)
 }
 
 /// The system's trust anchors, read once (Istio verifies with them when a
@@ -242,48 +288,52 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
         .clone()
 }
 
-/// One `subjectAltNames` entry.
+/// One `subjectAltNames` entry: matched as a DNS name or IP address when
+/// it reads as one (wildcards in the certificate apply), else exactly
+/// against the certificate's URI SANs (a SPIFFE identity, say), as Envoy
+/// matches a SAN string.
 #[derive(Debug)]
 enum Expected {
-    /// A DNS name or an IP address.
     Name(ServerName<'static>),
-    /// A SPIFFE identity (a URI SAN).
-    Spiffe(Identity),
+    Uri(String),
 }
 
 impl Expected {
-    fn parse(san: &str) -> Result<Expected, String> {
-        if san.starts_with("spiffe://") {
-            return san
-                .parse()
-                .map(Expected::Spiffe)
-                .map_err(|e| format!("subjectAltNames {san:?}: {e}"));
+    fn parse(san: &str) -> Expected {
+        match ServerName::try_from(san.to_owned()) {
+            Ok(name) if !san.contains("://") => Expected::Name(name),
+            _ => Expected::Uri(san.to_owned()),
         }
-        ServerName::try_from(san.to_owned())
-            .map(Expected::Name)
-            .map_err(|_| {
-                format!(
-                    "subjectAltNames {san:?}: not a DNS name, an IP address or a spiffe:// identity"
-                )
-            })
     }
 
     fn matches(&self, cert: &ParsedCertificate<'_>, der: &CertificateDer<'_>) -> bool {
         match self {
             Expected::Name(name) => verify_server_name(cert, name).is_ok(),
-            Expected::Spiffe(identity) => {
-                warren_ztunnel::tls::identity_of(der).is_ok_and(|got| got == *identity)
+            Expected::Uri(uri) => {
+                warren_ztunnel::tls::uri_sans(der).is_ok_and(|uris| uris.iter().any(|u| u == uri))
             }
         }
     }
 }
 
-/// The chain to the roots, then the name: one of `subjectAltNames` when the
-/// rule lists some, else the server name asked for.
+/// What the server's certificate must pass.
+#[derive(Debug)]
+enum Check {
+    /// The chain to `roots`, then the name: one of `expected` when the rule
+    /// lists `subjectAltNames`, else the server name asked for.
+    Chain {
+        roots: Arc<RootCertStore>,
+        expected: Vec<Expected>,
+    },
+    /// `insecureSkipVerify: true`: any certificate, as the rule asks. The
+    /// handshake's signatures are still checked, so the peer holds the key
+    /// of the certificate it sent.
+    Nothing,
+}
+
 #[derive(Debug)]
 struct Verifier {
-    roots: Arc<RootCertStore>,
-    expected: Vec<Expected>,
+    check: Check,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -296,17 +346,20 @@ impl ServerCertVerifier for Verifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
+        let Check::Chain { roots, expected } = &self.check else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let cert = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            roots,
             intermediates,
             now,
             self.algorithms.all,
         )?;
-        if self.expected.is_empty() {
+        if expected.is_empty() {
             verify_server_name(&cert, server_name)?;
-        } else if !self.expected.iter().any(|e| e.matches(&cert, end_entity)) {
+        } else if !expected.iter().any(|e| e.matches(&cert, end_entity)) {
             return Err(Error::InvalidCertificate(CertificateError::NotValidForName));
         }
         Ok(ServerCertVerified::assertion())
@@ -332,46 +385,5 @@ impl ServerCertVerifier for Verifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
-    }
-}
-
-/// `insecureSkipVerify: true`: any certificate, as the rule asks. The
-/// handshake's signatures are still checked, so the peer holds the key of
-/// the certificate it sent.
-#[derive(Debug)]
-struct Unverified(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
     }
 }

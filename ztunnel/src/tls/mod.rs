@@ -45,25 +45,34 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// The SPIFFE identity in a certificate's URI SAN: exactly one `spiffe://` URI.
 pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, TlsError> {
+    let uris = uri_sans(cert)?;
+    let mut spiffe = uris.iter().filter(|uri| uri.starts_with("spiffe://"));
+    let uri = spiffe.next().ok_or(TlsError::NoIdentity)?;
+    if spiffe.next().is_some() {
+        return Err(TlsError::ManyIdentities);
+    }
+    Ok(uri.parse()?)
+}
+
+/// Every URI SAN of a certificate, as written (none without a SAN extension).
+pub fn uri_sans(cert: &CertificateDer<'_>) -> Result<Vec<String>, TlsError> {
     let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref())
         .map_err(|e| TlsError::Parse(e.to_string()))?;
-    let san = parsed
+    let Some(san) = parsed
         .subject_alternative_name()
         .map_err(|e| TlsError::Parse(e.to_string()))?
-        .ok_or(TlsError::NoIdentity)?;
-    let mut uris = san
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(san
         .value
         .general_names
         .iter()
         .filter_map(|name| match name {
-            GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(*uri),
+            GeneralName::URI(uri) => Some((*uri).to_owned()),
             _ => None,
-        });
-    let uri = uris.next().ok_or(TlsError::NoIdentity)?;
-    if uris.next().is_some() {
-        return Err(TlsError::ManyIdentities);
-    }
-    Ok(uri.parse()?)
+        })
+        .collect())
 }
 
 /// Seconds since the epoch of a certificate's notBefore and notAfter.

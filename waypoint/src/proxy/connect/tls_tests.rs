@@ -1,7 +1,13 @@
 //! DestinationRule `tls` on real handshakes: a loopback server with
 //! certificates from a test authority, reached through the connector.
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{convert::Infallible, net::SocketAddr, path::Path, sync::Arc};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt as _;
+use hyper::{server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
 
 use rustls::{
     ServerConfig,
@@ -14,8 +20,8 @@ use tokio_rustls::TlsAcceptor;
 use warren_model::istio::DestinationRuleSpec;
 use warren_testbed::pki::{Authority, Leaf};
 
-use super::{ConnectError, Upstream};
-use crate::proxy::multiplex::tests::connector;
+use super::{ConnectError, Stream, Upstream};
+use crate::proxy::{http::full, keepalive::KeepAlive, multiplex::tests::connector};
 use crate::upstream::{DrInput, Policies, PoolLimits, Scope, Speaks};
 
 const HOST: &str = "api.example.test";
@@ -28,16 +34,21 @@ struct Seen {
     client_certificate: bool,
 }
 
+type Handshakes = tokio::sync::mpsc::UnboundedReceiver<Result<Seen, String>>;
+
 /// A TLS server on loopback that answers each connection with "hello",
 /// asking for a client certificate from `client_ca` if given; each
 /// handshake's outcome is sent on the channel.
-async fn server(
-    leaf: &Leaf,
-    client_ca: Option<&Authority>,
-) -> (
-    SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<Result<Seen, String>>,
-) {
+async fn server(leaf: &Leaf, client_ca: Option<&Authority>) -> (SocketAddr, Handshakes) {
+    serve(leaf, client_ca, false).await
+}
+
+/// As [`server`], speaking HTTP/1.1 (200 "ok" to every request) instead.
+async fn http_server(leaf: &Leaf) -> (SocketAddr, Handshakes) {
+    serve(leaf, None, true).await
+}
+
+async fn serve(leaf: &Leaf, client_ca: Option<&Authority>, http: bool) -> (SocketAddr, Handshakes) {
     let provider = warren_ztunnel::tls::provider();
     let chain =
         vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("server certificate")];
@@ -80,8 +91,17 @@ async fn server(
                             client_certificate: session.peer_certificates().is_some(),
                         };
                         let _ = tx.send(Ok(seen));
-                        let _ = tls.write_all(b"hello").await;
-                        let _ = tls.shutdown().await;
+                        if http {
+                            let ok = service_fn(|_| async {
+                                Ok::<_, Infallible>(Response::new(full(Bytes::from_static(b"ok"))))
+                            });
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(tls), ok)
+                                .await;
+                        } else {
+                            let _ = tls.write_all(b"hello").await;
+                            let _ = tls.shutdown().await;
+                        }
                     }
                     Err(error) => {
                         let _ = tx.send(Err(error.to_string()));
@@ -130,11 +150,18 @@ fn path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-async fn read_all(upstream: Upstream) -> Vec<u8> {
-    let Upstream::Tls(io) = upstream else {
+/// What TLS agreed on (ALPN).
+fn alpn(upstream: Upstream) -> Option<Vec<u8>> {
+    let Stream::Tls(tls) = upstream.into_stream() else {
         panic!("the rule starts TLS");
     };
-    let mut tls = io.into_inner();
+    tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+}
+
+async fn read_all(upstream: Upstream) -> Vec<u8> {
+    let Stream::Tls(mut tls) = upstream.into_stream() else {
+        panic!("the rule starts TLS");
+    };
     let mut got = Vec::new();
     let _ = tls.read_to_end(&mut got).await;
     got
@@ -153,7 +180,6 @@ async fn simple_checks_the_server_against_the_ca_and_offers_what_it_speaks() {
         .connect(addr, &limits, Speaks::Http1)
         .await
         .expect("TLS to a server the CA vouches for");
-    assert_eq!(upstream.alpn(), Some(&b"http/1.1"[..]));
     let seen_now = seen.recv().await.expect("a handshake").expect("accepted");
     assert_eq!(
         seen_now.sni.as_deref(),
@@ -161,13 +187,14 @@ async fn simple_checks_the_server_against_the_ca_and_offers_what_it_speaks() {
         "the server name is the host"
     );
     assert!(!seen_now.client_certificate);
+    assert_eq!(seen_now.alpn.as_deref(), Some(&b"http/1.1"[..]));
     assert_eq!(read_all(upstream).await, b"hello");
 
     let upstream = connector()
         .connect(addr, &limits, Speaks::Http2)
         .await
         .expect("TLS again");
-    assert_eq!(upstream.alpn(), Some(&b"h2"[..]));
+    assert_eq!(alpn(upstream).as_deref(), Some(&b"h2"[..]));
     let seen_now = seen.recv().await.expect("a handshake").expect("accepted");
     assert_eq!(seen_now.alpn.as_deref(), Some(&b"h2"[..]));
 }
@@ -314,13 +341,142 @@ async fn settings_it_cannot_honour_refuse_before_connecting() {
             other => panic!("{tls}: refused for its settings, not {:?}", other.err()),
         }
     }
-    // DISABLE and ISTIO_MUTUAL start nothing here.
-    for mode in ["DISABLE", "ISTIO_MUTUAL"] {
-        let (limits, errors) = limits_for(json!({ "mode": mode }));
-        assert!(errors.is_empty() && limits.tls.is_none(), "{mode}");
+    // DISABLE starts nothing; ISTIO_MUTUAL starts nothing either (HBONE is
+    // the mesh's mutual TLS) and refuses an endpoint outside the mesh.
+    let (limits, errors) = limits_for(json!({ "mode": "DISABLE" }));
+    assert!(errors.is_empty() && limits.tls.is_none() && !limits.mesh_tls_only);
+    let (limits, errors) = limits_for(json!({ "mode": "ISTIO_MUTUAL" }));
+    assert!(errors.is_empty() && limits.tls.is_none() && limits.mesh_tls_only);
+    match connector().connect(nowhere, &limits, Speaks::Http1).await {
+        Err(ConnectError::TlsSettings { reason, .. }) => {
+            assert!(reason.contains("ISTIO_MUTUAL"), "{reason}");
+        }
+        other => panic!("ISTIO_MUTUAL to a plain endpoint: {:?}", other.err()),
     }
 }
 
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temporary directory")
+}
+
+#[tokio::test]
+async fn pooled_connections_are_kept_apart_by_their_tls() {
+    let dir = tempdir();
+    let ca = Authority::new("egress test root").expect("ca");
+    let root = path(&ca.write_root(dir.path(), "root").expect("root written"));
+    let (addr, mut seen) =
+        http_server(&ca.server(&[HOST, "alias.example.test"]).expect("leaf")).await;
+    let (by_host, _) = limits_for(json!({"mode": "SIMPLE", "caCertificates": root}));
+    let (by_alias, _) =
+        limits_for(json!({"mode": "SIMPLE", "caCertificates": root, "sni": "alias.example.test"}));
+    let pool = KeepAlive::new(connector());
+    let get = |limits: PoolLimits| {
+        let pool = &pool;
+        async move {
+            let request = Request::builder()
+                .uri("/")
+                .header(http::header::HOST, HOST)
+                .body(full(Bytes::new()))
+                .expect("request");
+            let response = pool.send(addr, request, &limits).await.expect("answered");
+            response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes()
+        }
+    };
+    let sni = |seen: Option<Result<Seen, String>>| seen.and_then(Result::ok).and_then(|s| s.sni);
+    // A connection goes back to the pool once its answer is read.
+    let settle = |idle: usize| {
+        let pool = &pool;
+        async move {
+            for _ in 0..200 {
+                if pool.idle() == idle {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            panic!("{} idle connections, expected {idle}", pool.idle());
+        }
+    };
+    assert_eq!(get(by_host.clone()).await, "ok");
+    settle(1).await;
+    assert_eq!(get(by_host.clone()).await, "ok");
+    settle(1).await;
+    assert_eq!(
+        sni(seen.recv().await).as_deref(),
+        Some(HOST),
+        "one handshake for both"
+    );
+    // Another cluster's settings (another server name) get a connection of
+    // their own, and leave the first one in the pool.
+    assert_eq!(get(by_alias.clone()).await, "ok");
+    assert_eq!(
+        sni(seen.recv().await).as_deref(),
+        Some("alias.example.test")
+    );
+    assert_eq!(get(by_host.clone()).await, "ok");
+    assert_eq!(get(by_alias).await, "ok");
+    assert!(seen.try_recv().is_err(), "each reused its own connection");
+    // Without TLS, the endpoint is never reached over one of those.
+    let request = Request::builder()
+        .uri("/")
+        .header(http::header::HOST, HOST)
+        .body(full(Bytes::new()))
+        .expect("request");
+    let plain = pool.send(addr, request, &PoolLimits::default()).await;
+    assert!(
+        plain.is_err(),
+        "plain HTTP to a TLS server fails rather than reusing TLS"
+    );
+}
+
+#[tokio::test]
+async fn changed_files_make_different_settings() {
+    let dir = tempdir();
+    let root = dir.path().join("root.pem");
+    let ca = Authority::new("first").expect("ca");
+    std::fs::write(&root, &ca.root_pem).expect("root written");
+    let tls = json!({"mode": "SIMPLE", "caCertificates": path(&root)});
+    let (first, _) = limits_for(tls.clone());
+    let (again, _) = limits_for(tls.clone());
+    assert_eq!(first.tls, again.tls, "same rule, same files: same settings");
+    // Rotated in place: the rule reads the same, the settings do not.
+    let rotated = Authority::new("second").expect("ca");
+    std::fs::write(&root, &rotated.root_pem).expect("root rewritten");
+    let (after, _) = limits_for(tls.clone());
+    assert_ne!(first.tls, after.tls);
+    // A file that was missing and then appears, likewise.
+    std::fs::remove_file(&root).expect("removed");
+    let (missing, errors) = limits_for(tls.clone());
+    assert_eq!(errors.len(), 1);
+    std::fs::write(&root, &ca.root_pem).expect("root back");
+    let (back, errors) = limits_for(tls);
+    assert!(errors.is_empty());
+    assert_ne!(missing.tls, back.tls);
+    assert_eq!(back.tls, first.tls);
+}
+
+#[tokio::test]
+async fn subject_alt_names_match_uris_exactly() {
+    let dir = tempdir();
+    let ca = Authority::new("egress test root").expect("ca");
+    let root = path(&ca.write_root(dir.path(), "root").expect("root written"));
+    let leaf = ca
+        .server_with(&[HOST], &["spiffe://partner.example/api"])
+        .expect("leaf");
+    let (addr, _seen) = server(&leaf, None).await;
+    let (limits, errors) = limits_for(json!({"mode": "SIMPLE", "caCertificates": root,
+        "subjectAltNames": ["spiffe://partner.example/api"]}));
+    assert!(errors.is_empty(), "{errors:?}");
+    connector()
+        .connect(addr, &limits, Speaks::Http1)
+        .await
+        .expect("the certificate carries that URI");
+    let (limits, _) = limits_for(json!({"mode": "SIMPLE", "caCertificates": root,
+        "subjectAltNames": ["spiffe://partner.example/other"]}));
+    let refused = connector().connect(addr, &limits, Speaks::Http1).await;
+    assert!(matches!(refused, Err(ConnectError::TlsHandshake { .. })));
 }
