@@ -250,7 +250,7 @@ fn main() -> ExitCode {
             Demo::zones,
         ),
         (
-            "Egress: an API outside the cluster, through the waypoint",
+            "Egress: an HTTPS API outside the cluster, TLS from the waypoint",
             Demo::egress,
         ),
         (
@@ -1799,7 +1799,8 @@ impl Demo {
         );
         Ok(format!(
             "200/200 plain-HTTP calls to api.partner.example ({API}, on node 1 outside the mesh) answered over TLS the waypoint started (the partner saw SNI {}, ALPN {}), with x-partner-key added by the waypoint; 20/20 to /admin refused 403 there; the waypoint counted {counted:.0} requests to the host",
-            tls["sni"], tls["alpn"]
+            tls["sni"].as_str().unwrap_or("-"),
+            tls["alpn"].as_str().unwrap_or("-")
         ))
     }
 
