@@ -462,6 +462,17 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
             1,
         )
     };
+    // Retries made and refused over 40 requests, 8 at a time.
+    let retries_of_40 = || -> Result<(f64, f64)> {
+        let before = shop.waypoint_metrics()?;
+        load(&shop.client, &url, &["-n", "40", "-c", "8"])?;
+        let after = shop.waypoint_metrics()?;
+        let delta = |name| metric_sum(&after, name, &budget) - metric_sum(&before, name, &budget);
+        Ok((
+            delta("warren_waypoint_retries_total"),
+            delta("warren_waypoint_retry_overflow_total"),
+        ))
+    };
     let routes = config_dir.join("routes.shop.yaml");
     std::fs::write(
         &routes,
@@ -472,15 +483,7 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         Duration::from_secs(20),
         "retryBudget replaces maxRetries",
         || {
-            let before = shop.waypoint_metrics()?;
-            load(&shop.client, &url, &["-n", "40", "-c", "8"])?;
-            let after = shop.waypoint_metrics()?;
-            let delta =
-                |name| metric_sum(&after, name, &budget) - metric_sum(&before, name, &budget);
-            seen = (
-                delta("warren_waypoint_retries_total"),
-                delta("warren_waypoint_retry_overflow_total"),
-            );
+            seen = retries_of_40()?;
             // Before the change some retries are refused; after it, none.
             Ok(seen == (120.0, 0.0))
         },
@@ -501,15 +504,7 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         Duration::from_secs(20),
         "a retry budget of 25 % refuses retries",
         || {
-            let before = shop.waypoint_metrics()?;
-            load(&shop.client, &url, &["-n", "40", "-c", "8"])?;
-            let after = shop.waypoint_metrics()?;
-            let delta =
-                |name| metric_sum(&after, name, &budget) - metric_sum(&before, name, &budget);
-            seen = (
-                delta("warren_waypoint_retries_total"),
-                delta("warren_waypoint_retry_overflow_total"),
-            );
+            seen = retries_of_40()?;
             Ok(seen.0 > 0.0 && seen.0 < 120.0 && seen.1 > 0.0)
         },
     )
