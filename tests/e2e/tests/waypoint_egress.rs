@@ -510,6 +510,10 @@ fn the_waypoint_starts_tls_to_an_external_host_as_its_destination_rule_says() ->
     .with_context(logs)?;
     let connections = || servers[0].output().matches("connection accepted").count();
     let before = connections();
+    ensure!(
+        before > 0,
+        "the host logs its connections (the phases before connected)"
+    );
     let report = load(
         &client,
         &format!("http://{SECURE_VIP}/hello"),

@@ -46,6 +46,12 @@ pub enum ConnectError {
     /// The DestinationRule's `tls` cannot be honoured: nothing is sent.
     #[error("TLS to {addr} refused: {reason}")]
     TlsSettings { addr: SocketAddr, reason: String },
+    /// `tls.mode: ISTIO_MUTUAL`, and this endpoint is outside the mesh, where
+    /// the mesh's mutual TLS cannot reach it (another endpoint may be in it).
+    #[error(
+        "{addr} is outside the mesh, and the DestinationRule's tls.mode ISTIO_MUTUAL allows only the mesh's mutual TLS (set DISABLE, or SIMPLE/MUTUAL with the endpoint's own certificates)"
+    )]
+    OutsideMesh { addr: SocketAddr },
     #[error("TLS handshake with {addr}: {source}")]
     TlsHandshake { addr: SocketAddr, source: io::Error },
     #[error("HTTP/2 handshake with {addr}: {source}")]
@@ -99,6 +105,9 @@ pub struct Route {
     pub via: Via,
     /// TLS the waypoint starts over `via` (the DestinationRule's `tls`).
     pub tls: Option<Origination>,
+    /// `tls.mode: ISTIO_MUTUAL`: only HBONE may carry it. Part of the route so
+    /// that such a request never takes another cluster's plain connection.
+    pub mesh_only: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +135,7 @@ impl Connector {
         Route {
             via,
             tls: limits.tls.clone(),
+            mesh_only: limits.mesh_tls_only,
         }
     }
 
@@ -153,11 +163,8 @@ impl Connector {
         speaks: Speaks,
     ) -> Result<Upstream, ConnectError> {
         // Settings that cannot be honoured refuse before any byte is sent.
-        if limits.mesh_tls_only && route.via == Via::Plain {
-            return Err(ConnectError::TlsSettings {
-                addr: authority,
-                reason: "tls.mode ISTIO_MUTUAL: the endpoint is outside the mesh, where the mesh's mutual TLS cannot reach it (set DISABLE, or SIMPLE/MUTUAL with the endpoint's own certificates)".into(),
-            });
+        if route.mesh_only && route.via == Via::Plain {
+            return Err(ConnectError::OutsideMesh { addr: authority });
         }
         let tls = route
             .tls

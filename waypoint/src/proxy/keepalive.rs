@@ -378,6 +378,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn istio_mutual_never_takes_a_plain_connection() {
+        let (endpoint, accepted) = server().await;
+        let pool = pool();
+        assert_eq!(get(&pool, endpoint, &PoolLimits::default()).await, "1");
+        settle(&pool, 1).await;
+        // Another cluster of the same endpoint asks for the mesh's mutual
+        // TLS only: the plain connection is not for it.
+        let mesh_only = PoolLimits {
+            mesh_tls_only: true,
+            ..PoolLimits::default()
+        };
+        let request = Request::builder()
+            .uri("/")
+            .header(http::header::HOST, "reviews")
+            .body(full(Bytes::new()))
+            .expect("request");
+        match pool.send(endpoint, request, &mesh_only).await {
+            Err(SendError::Connect(error)) => {
+                assert!(
+                    matches!(*error, ConnectError::OutsideMesh { .. }),
+                    "{error}"
+                );
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            pool.idle(),
+            1,
+            "the plain connection stays, for its own cluster"
+        );
+    }
+
+    #[tokio::test]
     async fn a_connection_is_not_reused_once_the_endpoint_joins_the_mesh() {
         use warren_api::config::{self, TunnelProtocol};
         use warren_ztunnel::state::{Resource, workload::Workload};

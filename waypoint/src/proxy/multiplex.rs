@@ -66,8 +66,10 @@ type Endpoints = Arc<Mutex<HashMap<SocketAddr, Endpoint>>>;
 struct Endpoint {
     open: Vec<Open>,
     opening: Vec<Opening>,
-    /// Wakes requests waiting for room on its connections.
-    freed: Arc<Freed>,
+    /// Wakes requests waiting for room on its connections, one per route: a
+    /// stream ending on a connection of one route is no room for another's
+    /// request, and must not use up the wake-up of the one it is room for.
+    freed: Vec<(Route, Arc<Freed>)>,
 }
 
 /// A connection being made, and the requests waiting for it: no more than
@@ -203,7 +205,7 @@ struct Connection {
 
 struct Streams {
     active: AtomicU32,
-    /// The endpoint's [`Endpoint::freed`].
+    /// Its route's wake-ups (see [`Endpoint::freed`]).
     freed: Arc<Freed>,
     /// When a stream last ended, in microseconds from `base` plus one (0:
     /// none yet; never later than the actual end).
@@ -438,7 +440,7 @@ impl Multiplexed {
                     if pending.is_none() {
                         pending = Some(pool.pend().map_err(|_| SendError::Overflow)?);
                     }
-                    let woken = entry.freed.listen();
+                    let woken = entry.freed(&route).listen();
                     // A stream that ended between the claim above and the
                     // listening: its room is there now.
                     if let Some(claimed) = entry.claim(&route, limits, now, Connection::has_room) {
@@ -522,7 +524,7 @@ impl Multiplexed {
                 id,
                 limits: limits.clone(),
                 slot,
-                freed: Arc::clone(&entry.freed),
+                freed: entry.freed(route),
             },
         );
         entry.opening.push(Opening {
@@ -604,6 +606,24 @@ impl Endpoint {
 
     /// Whether the endpoint has its connection outside `maxConnections`:
     /// usable, or being made.
+    /// The wake-ups of `route`'s requests. Routes no longer used (no
+    /// connection, none being made, nobody listening) are let go here.
+    fn freed(&mut self, route: &Route) -> Arc<Freed> {
+        let (open, opening) = (&self.open, &self.opening);
+        self.freed.retain(|(r, freed)| {
+            r == route
+                || freed.listening.load(Ordering::Acquire) > 0
+                || opening.iter().any(|o| o.route == *r)
+                || open.iter().any(|o| o.connection.lifetime.reaches_by(r))
+        });
+        if let Some((_, freed)) = self.freed.iter().find(|(r, _)| r == route) {
+            return Arc::clone(freed);
+        }
+        let freed = Arc::new(Freed::default());
+        self.freed.push((route.clone(), Arc::clone(&freed)));
+        freed
+    }
+
     fn has_free_connection(&self, route: &Route, now: Instant) -> bool {
         self.opening.iter().any(|o| !o.extra && o.route == *route)
             || self.open.iter().any(|o| {
@@ -679,7 +699,7 @@ struct Dial {
     /// Its place under `maxConnections`, when one more than the endpoint's
     /// first.
     slot: Option<Arc<ConnectionSlot>>,
-    /// The endpoint's [`Endpoint::freed`].
+    /// Its route's wake-ups (see [`Endpoint::freed`]).
     freed: Arc<Freed>,
 }
 

@@ -289,29 +289,28 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
 }
 
 /// One `subjectAltNames` entry: matched as a DNS name or IP address when
-/// it reads as one (wildcards in the certificate apply), else exactly
-/// against the certificate's URI SANs (a SPIFFE identity, say), as Envoy
-/// matches a SAN string.
+/// it reads as one (wildcards in the certificate apply); any other entry (a
+/// `spiffe://` identity, a wildcard name) must equal one of the certificate's
+/// DNS or URI SANs as written, as Envoy matches a SAN string exactly.
 #[derive(Debug)]
 enum Expected {
     Name(ServerName<'static>),
-    Uri(String),
+    Exactly(String),
 }
 
 impl Expected {
     fn parse(san: &str) -> Expected {
         match ServerName::try_from(san.to_owned()) {
-            Ok(name) if !san.contains("://") => Expected::Name(name),
-            _ => Expected::Uri(san.to_owned()),
+            Ok(name) => Expected::Name(name),
+            Err(_) => Expected::Exactly(san.to_owned()),
         }
     }
 
     fn matches(&self, cert: &ParsedCertificate<'_>, der: &CertificateDer<'_>) -> bool {
         match self {
             Expected::Name(name) => verify_server_name(cert, name).is_ok(),
-            Expected::Uri(uri) => {
-                warren_ztunnel::tls::uri_sans(der).is_ok_and(|uris| uris.iter().any(|u| u == uri))
-            }
+            Expected::Exactly(san) => warren_ztunnel::tls::alt_names(der)
+                .is_ok_and(|names| names.iter().any(|name| name.as_str() == san)),
         }
     }
 }

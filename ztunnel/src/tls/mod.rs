@@ -45,8 +45,11 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// The SPIFFE identity in a certificate's URI SAN: exactly one `spiffe://` URI.
 pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, TlsError> {
-    let uris = uri_sans(cert)?;
-    let mut spiffe = uris.iter().filter(|uri| uri.starts_with("spiffe://"));
+    let names = alt_names(cert)?;
+    let mut spiffe = names.iter().filter_map(|name| match name {
+        AltName::Uri(uri) if uri.starts_with("spiffe://") => Some(uri),
+        _ => None,
+    });
     let uri = spiffe.next().ok_or(TlsError::NoIdentity)?;
     if spiffe.next().is_some() {
         return Err(TlsError::ManyIdentities);
@@ -54,8 +57,23 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, TlsError> {
     Ok(uri.parse()?)
 }
 
-/// Every URI SAN of a certificate, as written (none without a SAN extension).
-pub fn uri_sans(cert: &CertificateDer<'_>) -> Result<Vec<String>, TlsError> {
+/// A subjectAltName of a certificate, as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AltName {
+    Dns(String),
+    Uri(String),
+}
+
+impl AltName {
+    pub fn as_str(&self) -> &str {
+        match self {
+            AltName::Dns(name) | AltName::Uri(name) => name,
+        }
+    }
+}
+
+/// Every DNS and URI SAN of a certificate (none without a SAN extension).
+pub fn alt_names(cert: &CertificateDer<'_>) -> Result<Vec<AltName>, TlsError> {
     let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref())
         .map_err(|e| TlsError::Parse(e.to_string()))?;
     let Some(san) = parsed
@@ -69,7 +87,8 @@ pub fn uri_sans(cert: &CertificateDer<'_>) -> Result<Vec<String>, TlsError> {
         .general_names
         .iter()
         .filter_map(|name| match name {
-            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            GeneralName::DNSName(dns) => Some(AltName::Dns((*dns).to_owned())),
+            GeneralName::URI(uri) => Some(AltName::Uri((*uri).to_owned())),
             _ => None,
         })
         .collect())

@@ -348,8 +348,8 @@ async fn settings_it_cannot_honour_refuse_before_connecting() {
     let (limits, errors) = limits_for(json!({ "mode": "ISTIO_MUTUAL" }));
     assert!(errors.is_empty() && limits.tls.is_none() && limits.mesh_tls_only);
     match connector().connect(nowhere, &limits, Speaks::Http1).await {
-        Err(ConnectError::TlsSettings { reason, .. }) => {
-            assert!(reason.contains("ISTIO_MUTUAL"), "{reason}");
+        Err(error @ ConnectError::OutsideMesh { .. }) => {
+            assert!(error.to_string().contains("ISTIO_MUTUAL"), "{error}");
         }
         other => panic!("ISTIO_MUTUAL to a plain endpoint: {:?}", other.err()),
     }
@@ -417,8 +417,11 @@ async fn pooled_connections_are_kept_apart_by_their_tls() {
         sni(seen.recv().await).as_deref(),
         Some("alias.example.test")
     );
+    settle(2).await;
     assert_eq!(get(by_host.clone()).await, "ok");
+    settle(2).await;
     assert_eq!(get(by_alias).await, "ok");
+    settle(2).await;
     assert!(seen.try_recv().is_err(), "each reused its own connection");
     // Without TLS, the endpoint is never reached over one of those.
     let request = Request::builder()
@@ -465,7 +468,10 @@ async fn subject_alt_names_match_uris_exactly() {
     let ca = Authority::new("egress test root").expect("ca");
     let root = path(&ca.write_root(dir.path(), "root").expect("root written"));
     let leaf = ca
-        .server_with(&[HOST], &["spiffe://partner.example/api"])
+        .server_with(
+            &[HOST, "*.wild.example.test"],
+            &["spiffe://partner.example/api"],
+        )
         .expect("leaf");
     let (addr, _seen) = server(&leaf, None).await;
     let (limits, errors) = limits_for(json!({"mode": "SIMPLE", "caCertificates": root,
@@ -479,4 +485,11 @@ async fn subject_alt_names_match_uris_exactly() {
         "subjectAltNames": ["spiffe://partner.example/other"]}));
     let refused = connector().connect(addr, &limits, Speaks::Http1).await;
     assert!(matches!(refused, Err(ConnectError::TlsHandshake { .. })));
+    // A wildcard entry equals the certificate's wildcard SAN as written.
+    let (limits, _) = limits_for(json!({"mode": "SIMPLE", "caCertificates": root,
+        "subjectAltNames": ["*.wild.example.test"]}));
+    connector()
+        .connect(addr, &limits, Speaks::Http1)
+        .await
+        .expect("the certificate carries that wildcard name");
 }
