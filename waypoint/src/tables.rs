@@ -5,14 +5,16 @@
 //! [`Telemetries`], rebuilt
 //! whole when either changes (there are few per namespace; a rebuild takes
 //! microseconds and readers never wait for it: they hold the previous
-//! [`Compiled`] until they are done).
+//! [`Compiled`] until they are done), or when a file a DestinationRule's
+//! `tls` reads changes ([`Tables::watch_tls_files`]).
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
 };
 
-use tracing::warn;
+use tracing::{info, warn};
 use warren_api::{
     config::{
         DestinationRule, ExtensionProvider, L7Authentication, L7Authorization, Telemetry,
@@ -24,6 +26,7 @@ use warren_model::istio::{
     AuthorizationPolicySpec, DestinationRuleSpec, RequestAuthenticationSpec, VirtualServiceSpec,
     mesh::ExtensionProvider as ProviderSpec, telemetry::TelemetrySpec,
 };
+use warren_ztunnel::drain;
 
 use crate::{
     attachment::binds_waypoint,
@@ -73,7 +76,16 @@ pub struct Tables {
     /// Fetched key sets, kept across rebuilds.
     keys: KeyStore,
     compiled: RwLock<Arc<Compiled>>,
+    /// The scope of the last rebuild, for one that no update asks for.
+    scope: RwLock<Option<Scope>>,
+    /// One rebuild at a time: one started on older inputs must not finish
+    /// last and put them back in force.
+    rebuilding: Mutex<()>,
 }
+
+/// How often the files DestinationRules' `tls` read are looked at again: a
+/// certificate renewed in place (cert-manager, say) is in force within it.
+pub const TLS_FILE_RECHECK: Duration = Duration::from_secs(30);
 
 impl Tables {
     pub fn current(&self) -> Arc<Compiled> {
@@ -260,6 +272,11 @@ impl Tables {
     /// each resource came in, except those between objects (two
     /// VirtualServices claiming a host), which are logged here.
     pub fn rebuild(&self, scope: Scope) {
+        let _one = self
+            .rebuilding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *write(&self.scope) = Some(scope.clone());
         let namespace = scope.namespace.clone();
         // Oldest first, then by namespace and name (Istio's precedence).
         let mut virtual_services: Vec<VsInput> =
@@ -314,6 +331,39 @@ impl Tables {
             telemetry,
             generation,
         });
+    }
+}
+
+impl Tables {
+    /// Compiles again if a file a DestinationRule's `tls` reads holds
+    /// something else than when compiled; says whether it did.
+    pub fn recheck_tls_files(&self) -> bool {
+        if !self.current().policies.tls_files_changed() {
+            return false;
+        }
+        let Some(scope) = read(&self.scope).clone() else {
+            return false;
+        };
+        info!("a file a DestinationRule's tls reads has changed: compiling the rules again");
+        self.rebuild(scope);
+        true
+    }
+
+    /// Every [`TLS_FILE_RECHECK`] until the drain, [`Tables::recheck_tls_files`]
+    /// (off the runtime's threads: it reads files).
+    pub async fn watch_tls_files(self: Arc<Self>, mut drain: drain::Watch) {
+        let mut tick = tokio::time::interval(TLS_FILE_RECHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let tables = Arc::clone(&self);
+                    let _ = tokio::task::spawn_blocking(move || tables.recheck_tls_files()).await;
+                }
+                () = drain.draining() => return,
+            }
+        }
     }
 }
 

@@ -23,6 +23,7 @@
 //!    port, replaced by that entry (again, omitted parts are defaults).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -368,6 +369,8 @@ impl Default for OutlierSettings {
 #[derive(Debug, Default)]
 pub struct Policies {
     rules: Lookup<Rule>,
+    /// Every `tls` that starts TLS, for [`Policies::tls_files_changed`].
+    tls: Vec<Arc<TlsSettings>>,
 }
 
 /// The rules of one host, merged.
@@ -432,12 +435,14 @@ impl Policies {
             (a.created, &a.namespace, &a.name).cmp(&(b.created, &b.namespace, &b.name))
         });
         let mut errors = Vec::new();
+        let mut tls = Vec::new();
         let mut lookup = Lookup::new(scope);
         for input in rules {
             let mut cx = Ctx {
                 namespace: &input.namespace,
                 name: &input.name,
                 errors: &mut errors,
+                tls: &mut tls,
             };
             let rule = compile_rule(&mut cx, &input.spec);
             let export_to = ExportTo::new(&input.spec.export_to);
@@ -452,7 +457,15 @@ impl Policies {
                 merge(&mut cx, older, later, &input.spec);
             }
         }
-        (Policies { rules: lookup }, errors)
+        (Policies { rules: lookup, tls }, errors)
+    }
+
+    /// Whether a file a `tls` reads (a certificate, a key, a CA) holds
+    /// something else now than when the rules were compiled: rotated in
+    /// place, or there at last. The rules are then compiled again, so that
+    /// new connections use it (`tables.rs`).
+    pub fn tls_files_changed(&self) -> bool {
+        self.tls.iter().any(|settings| settings.files_changed())
     }
 
     /// The effective settings for traffic to `host` (a fully qualified
@@ -578,6 +591,7 @@ struct Ctx<'a> {
     namespace: &'a str,
     name: &'a str,
     errors: &'a mut Vec<PolicyError>,
+    tls: &'a mut Vec<Arc<TlsSettings>>,
 }
 
 impl Ctx<'_> {
@@ -763,6 +777,9 @@ fn compile_parts(
 ) -> Parts {
     let tls = tls.map(|spec| {
         let (mode, error) = TlsSettings::compile(spec);
+        if let TlsMode::Originate(settings) = &mode {
+            cx.tls.push(Arc::clone(settings));
+        }
         if let Some(error) = error {
             cx.error(
                 format!("{path}.tls"),

@@ -100,6 +100,15 @@ impl TlsSettings {
         (TlsMode::Originate(Arc::new(settings)), error)
     }
 
+    /// Whether the files read hold something else now (compiling again
+    /// reads them the same way, and costs a few small files).
+    pub fn files_changed(&self) -> bool {
+        match TlsSettings::compile(&self.spec).0 {
+            TlsMode::Originate(now) => now.files != self.files,
+            TlsMode::Disable | TlsMode::MeshOnly => false,
+        }
+    }
+
     /// The settings for traffic to `host` (the cluster's, fully qualified):
     /// the server name is `sni`, else the host.
     pub fn for_host(self: &Arc<Self>, host: &str) -> Origination {

@@ -493,3 +493,53 @@ async fn subject_alt_names_match_uris_exactly() {
         .await
         .expect("the certificate carries that wildcard name");
 }
+
+#[tokio::test]
+async fn a_rotated_file_is_compiled_again_without_a_config_change() {
+    use crate::tables::Tables;
+
+    let dir = tempdir();
+    let root = dir.path().join("root.pem");
+    let first = Authority::new("first").expect("ca");
+    std::fs::write(&root, &first.root_pem).expect("root written");
+    let spec: DestinationRuleSpec = serde_json::from_value(json!({"host": HOST,
+        "trafficPolicy": {"tls": {"mode": "SIMPLE", "caCertificates": path(&root)}}}))
+    .expect("test DestinationRule spec is valid");
+    let tables = Tables::default();
+    tables.upsert_destination_rule(
+        "egress/api".into(),
+        DrInput {
+            namespace: "egress".into(),
+            name: "api".into(),
+            created: 0,
+            host: HOST.into(),
+            spec,
+        },
+    );
+    let scope = Scope {
+        namespace: "egress".into(),
+        root: "istio-system".into(),
+        labels: Default::default(),
+    };
+    tables.rebuild(scope);
+    let tls_now = |tables: &Tables| {
+        tables
+            .current()
+            .policies
+            .resolve(HOST, "egress", None, 443)
+            .expect("resolves")
+            .pool
+            .tls
+    };
+    let before = tls_now(&tables);
+    assert!(!tables.recheck_tls_files(), "nothing changed");
+    // cert-manager renews the file in place; no configuration changes.
+    let second = Authority::new("second").expect("ca");
+    std::fs::write(&root, &second.root_pem).expect("root rewritten");
+    assert!(tables.recheck_tls_files());
+    assert_ne!(tls_now(&tables), before);
+    assert!(
+        !tables.recheck_tls_files(),
+        "compiled with what is there now"
+    );
+}
