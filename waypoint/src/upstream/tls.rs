@@ -4,9 +4,10 @@
 //! its certificate, with a client certificate of its own for `MUTUAL`.
 //!
 //! Settings are compiled with the rules, files read then (a few small files,
-//! on each configuration change: read in place rather than on another
-//! thread). What they hold is part of the settings' identity, so a rotated
-//! certificate at the same path makes a new cluster, with new connections. A
+//! on each configuration change, and every 30 s to see whether they changed:
+//! `tables.rs`). What they hold is part of the settings' identity, so a
+//! rotated certificate at the same path makes a new cluster, with new
+//! connections. A
 //! setting the waypoint cannot honour (a file it cannot read, a
 //! `credentialName`, a `caCrl`) is reported and makes the cluster fail
 //! closed: its connections are refused with the reason, never made in
