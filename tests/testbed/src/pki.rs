@@ -1,25 +1,31 @@
 //! A certificate authority for tests and the demo: servers outside the mesh
-//! that speak TLS, and the client certificates they ask for. PEM files are
-//! written where a test's processes can read them.
+//! that speak TLS, the client certificates they ask for, and revocation
+//! lists. PEM files are written where a test's processes can read them.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber, date_time_ymd,
 };
 
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
     /// The root certificate, PEM.
     pub root_pem: String,
+    /// The next leaf's serial number.
+    serials: AtomicU64,
 }
 
 /// A certificate and its key, PEM.
 pub struct Leaf {
     pub cert_pem: String,
     pub key_pem: String,
+    /// Its serial number, to revoke it by.
+    pub serial: u64,
 }
 
 /// Where [`Leaf::write`] put a certificate and its key.
@@ -35,6 +41,7 @@ impl Authority {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
         let key = KeyPair::generate()?;
@@ -42,7 +49,30 @@ impl Authority {
         Ok(Authority {
             root_pem: cert.pem(),
             issuer: Issuer::new(params, key),
+            serials: AtomicU64::new(1),
         })
+    }
+
+    /// A revocation list (PEM) of this authority naming `revoked`, valid
+    /// from 2020 to 2099.
+    pub fn revocation_list(&self, revoked: &[&Leaf]) -> Result<String> {
+        let params = CertificateRevocationListParams {
+            this_update: date_time_ymd(2020, 1, 1),
+            next_update: date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|leaf| RevokedCertParams {
+                    serial_number: SerialNumber::from(leaf.serial),
+                    revocation_time: date_time_ymd(2024, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
     /// A server certificate for DNS names or IP addresses.
@@ -75,11 +105,14 @@ impl Authority {
         }
         params.extended_key_usages = vec![usage];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let serial = self.serials.fetch_add(1, Ordering::Relaxed);
+        params.serial_number = Some(SerialNumber::from(serial));
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial,
         })
     }
 

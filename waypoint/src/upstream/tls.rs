@@ -9,7 +9,7 @@
 //! rotated certificate at the same path makes a new cluster, with new
 //! connections. A
 //! setting the waypoint cannot honour (a file it cannot read, a
-//! `credentialName`, a `caCrl`) is reported and makes the cluster fail
+//! `credentialName`) is reported and makes the cluster fail
 //! closed: its connections are refused with the reason, never made in
 //! plaintext instead.
 //!
@@ -30,10 +30,17 @@ use rustls::{
         verify_server_cert_signed_by_trust_anchor, verify_server_name,
     },
     crypto::WebPkiSupportedAlgorithms,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+    pki_types::{
+        CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+        pem::PemObject,
+    },
     server::ParsedCertificate,
 };
 use warren_model::istio::{ClientTlsMode, ClientTlsSettings};
+use webpki::{
+    CertRevocationList, ExpirationPolicy, RevocationCheckDepth, RevocationOptionsBuilder,
+    UnknownStatusPolicy,
+};
 
 /// What an origination speaks over the TLS it starts: its ALPN offer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,6 +201,23 @@ impl Files {
         Ok(bytes)
     }
 
+    fn revocation_lists(&mut self, path: &str) -> Result<Vec<CertRevocationList<'static>>, String> {
+        let pem = self.read("caCrl", path)?;
+        let lists = CertificateRevocationListDer::pem_slice_iter(&pem)
+            .map(|der| {
+                let der = der.map_err(|e| e.to_string())?;
+                webpki::OwnedCertRevocationList::from_der(der.as_ref())
+                    .map(CertRevocationList::from)
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("caCrl {path:?}: {e}"))?;
+        if lists.is_empty() {
+            return Err(format!("caCrl {path:?}: no PEM revocation list in it"));
+        }
+        Ok(lists)
+    }
+
     fn certificates(
         &mut self,
         field: &str,
@@ -217,12 +241,6 @@ fn build(spec: &ClientTlsSettings, mutual: bool, files: &mut Files) -> Result<Co
             spec.credential_name
         ));
     }
-    if !spec.ca_crl.is_empty() {
-        return Err(format!(
-            "caCrl {:?}: certificate revocation lists are not supported, and the waypoint will not connect without checking one",
-            spec.ca_crl
-        ));
-    }
     let provider = warren_ztunnel::tls::provider();
     let check = if spec.insecure_skip_verify == Some(true) {
         Check::Nothing
@@ -238,8 +256,14 @@ fn build(spec: &ClientTlsSettings, mutual: bool, files: &mut Files) -> Result<Co
             }
             Arc::new(roots)
         };
+        let crls = if spec.ca_crl.is_empty() {
+            Vec::new()
+        } else {
+            files.revocation_lists(&spec.ca_crl)?
+        };
         Check::Chain {
             roots,
+            crls,
             expected: spec
                 .subject_alt_names
                 .iter()
@@ -276,6 +300,20 @@ fn build(spec: &ClientTlsSettings, mutual: bool, files: &mut Files) -> Result<Co
         http2: with_alpn(&[b"h2"]),
         bytes: with_alpn(&[]),
     })
+}
+
+/// webpki's refusal as rustls says it (the reason a handshake fails with).
+fn certificate_error(error: webpki::Error) -> Error {
+    let reason = match error {
+        webpki::Error::CertRevoked => CertificateError::Revoked,
+        webpki::Error::CertExpired { .. } => CertificateError::Expired,
+        webpki::Error::CertNotValidYet { .. } => CertificateError::NotValidYet,
+        webpki::Error::UnknownIssuer => CertificateError::UnknownIssuer,
+        webpki::Error::UnknownRevocationStatus => CertificateError::UnknownRevocationStatus,
+        webpki::Error::CrlExpired { .. } => CertificateError::ExpiredRevocationList,
+        other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
+    };
+    Error::InvalidCertificate(reason)
 }
 
 /// The system's trust anchors, read once (Istio verifies with them when a
@@ -328,10 +366,14 @@ impl Expected {
 /// What the server's certificate must pass.
 #[derive(Debug)]
 enum Check {
-    /// The chain to `roots`, then the name: one of `expected` when the rule
-    /// lists `subjectAltNames`, else the server name asked for.
+    /// The chain to `roots` (none of it revoked, with `caCrl`), then the
+    /// name: one of `expected` when the rule lists `subjectAltNames`, else
+    /// the server name asked for.
     Chain {
         roots: Arc<RootCertStore>,
+        /// `caCrl`: as in Envoy, a list must cover every certificate of the
+        /// chain (a certificate no list speaks for is refused).
+        crls: Vec<CertRevocationList<'static>>,
         expected: Vec<Expected>,
     },
     /// `insecureSkipVerify: true`: any certificate, as the rule asks. The
@@ -355,17 +397,48 @@ impl ServerCertVerifier for Verifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let Check::Chain { roots, expected } = &self.check else {
+        let Check::Chain {
+            roots,
+            crls,
+            expected,
+        } = &self.check
+        else {
             return Ok(ServerCertVerified::assertion());
         };
         let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        if crls.is_empty() {
+            verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        } else {
+            // rustls checks revocation only inside its own verifier, which
+            // also checks the name its own way: webpki directly, then.
+            let lists: Vec<&CertRevocationList<'_>> = crls.iter().collect();
+            let revocation = RevocationOptionsBuilder::new(&lists)
+                .map_err(|_| Error::General("no revocation list".into()))?
+                .with_depth(RevocationCheckDepth::Chain)
+                .with_status_policy(UnknownStatusPolicy::Deny)
+                .with_expiration_policy(ExpirationPolicy::Enforce)
+                .build();
+            webpki::EndEntityCert::try_from(end_entity)
+                .and_then(|leaf| {
+                    leaf.verify_for_usage(
+                        self.algorithms.all,
+                        &roots.roots,
+                        intermediates,
+                        now,
+                        webpki::KeyUsage::server_auth(),
+                        Some(revocation),
+                        None,
+                    )
+                    .map(|_| ())
+                })
+                .map_err(certificate_error)?;
+        }
         if expected.is_empty() {
             verify_server_name(&cert, server_name)?;
         } else if !expected.iter().any(|e| e.matches(&cert, end_entity)) {

@@ -319,7 +319,7 @@ async fn settings_it_cannot_honour_refuse_before_connecting() {
             "caCertificates",
         ),
         (
-            json!({"mode": "SIMPLE", "caCrl": "/etc/crl.pem", "insecureSkipVerify": false}),
+            json!({"mode": "SIMPLE", "caCrl": missing, "insecureSkipVerify": false}),
             "caCrl",
         ),
         (
@@ -541,5 +541,45 @@ async fn a_rotated_file_is_compiled_again_without_a_config_change() {
     assert!(
         !tables.recheck_tls_files(),
         "compiled with what is there now"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_with_ca_crl() {
+    let dir = tempdir();
+    let ca = Authority::new("egress test root").expect("ca");
+    let root = path(&ca.write_root(dir.path(), "root").expect("root written"));
+    let good = ca.server(&[HOST]).expect("leaf");
+    let revoked = ca.server(&[HOST]).expect("leaf");
+    let crl = dir.path().join("crl.pem");
+    std::fs::write(&crl, ca.revocation_list(&[&revoked]).expect("crl")).expect("crl written");
+    let (limits, errors) = limits_for(json!({"mode": "SIMPLE", "caCertificates": root,
+        "caCrl": path(&crl)}));
+    assert!(errors.is_empty(), "{errors:?}");
+
+    let (addr, _seen) = server(&good, None).await;
+    connector()
+        .connect(addr, &limits, Speaks::Http1)
+        .await
+        .expect("a certificate the list does not name");
+    let (addr, _seen) = server(&revoked, None).await;
+    match connector().connect(addr, &limits, Speaks::Http1).await {
+        Err(ConnectError::TlsHandshake { source, .. }) => {
+            assert!(source.to_string().contains("Revoked"), "{source}");
+        }
+        other => panic!("a revoked certificate: {:?}", other.err()),
+    }
+    // A list from another authority says nothing of this chain: refused,
+    // as Envoy refuses a chain its lists do not all cover.
+    let other = Authority::new("someone else").expect("ca");
+    std::fs::write(&crl, other.revocation_list(&[]).expect("crl")).expect("crl rewritten");
+    let (limits, _) = limits_for(json!({"mode": "SIMPLE", "caCertificates": root,
+        "caCrl": path(&crl)}));
+    let (addr, _seen) = server(&good, None).await;
+    let refused = connector().connect(addr, &limits, Speaks::Http1).await;
+    assert!(
+        matches!(refused, Err(ConnectError::TlsHandshake { .. })),
+        "{:?}",
+        refused.err()
     );
 }
