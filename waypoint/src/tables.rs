@@ -87,6 +87,9 @@ pub struct Tables {
 /// certificate renewed in place (cert-manager, say) is in force within it.
 pub const TLS_FILE_RECHECK: Duration = Duration::from_secs(30);
 
+/// How long a changed file is left to settle before it is read for good.
+pub const TLS_FILE_SETTLE: Duration = Duration::from_secs(2);
+
 impl Tables {
     pub fn current(&self) -> Arc<Compiled> {
         Arc::clone(&self.compiled.read().unwrap_or_else(|p| p.into_inner()))
@@ -272,10 +275,18 @@ impl Tables {
     /// each resource came in, except those between objects (two
     /// VirtualServices claiming a host), which are logged here.
     pub fn rebuild(&self, scope: Scope) {
-        let _one = self
-            .rebuilding
+        let one = self.one_rebuild();
+        self.rebuild_alone(scope, &one);
+    }
+
+    fn one_rebuild(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.rebuilding
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// [`Tables::rebuild`], with the rebuild lock held (`_one`).
+    fn rebuild_alone(&self, scope: Scope, _one: &std::sync::MutexGuard<'_, ()>) {
         *write(&self.scope) = Some(scope.clone());
         let namespace = scope.namespace.clone();
         // Oldest first, then by namespace and name (Istio's precedence).
@@ -286,8 +297,11 @@ impl Tables {
         });
         let (routes, route_errors) = RouteTable::build(virtual_services.iter().cloned());
         let (tcp_routes, tcp_errors) = TcpTable::build(virtual_services);
-        let (policies, policy_errors) =
-            Policies::build(read(&self.destination_rules).values().cloned(), scope);
+        // Taken out first: building reads the files `tls` names, and an
+        // update must not wait on that to file a rule.
+        let destination_rules: Vec<DrInput> =
+            read(&self.destination_rules).values().cloned().collect();
+        let (policies, policy_errors) = Policies::build(destination_rules, scope);
         for error in route_errors.iter().chain(&tcp_errors) {
             warn!(%error, "VirtualService not (fully) applied");
         }
@@ -338,6 +352,9 @@ impl Tables {
     /// Compiles again if a file a DestinationRule's `tls` reads holds
     /// something else than when compiled; says whether it did.
     pub fn recheck_tls_files(&self) -> bool {
+        // Under the rebuild lock: the scope read is the last rebuild's, and no
+        // update's rebuild can come between.
+        let one = self.one_rebuild();
         if !self.current().policies.tls_files_changed() {
             return false;
         }
@@ -345,12 +362,14 @@ impl Tables {
             return false;
         };
         info!("a file a DestinationRule's tls reads has changed: compiling the rules again");
-        self.rebuild(scope);
+        self.rebuild_alone(scope, &one);
         true
     }
 
     /// Every [`TLS_FILE_RECHECK`] until the drain, [`Tables::recheck_tls_files`]
-    /// (off the runtime's threads: it reads files).
+    /// (off the runtime's threads: it reads files). A change is taken up
+    /// [`TLS_FILE_SETTLE`] after it is seen, so that a file caught half
+    /// written, or a certificate renewed before its key, is read whole.
     pub async fn watch_tls_files(self: Arc<Self>, mut drain: drain::Watch) {
         let mut tick = tokio::time::interval(TLS_FILE_RECHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -358,6 +377,14 @@ impl Tables {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    let tables = Arc::clone(&self);
+                    let changed = tokio::task::spawn_blocking(move || {
+                        tables.current().policies.tls_files_changed()
+                    });
+                    if !matches!(changed.await, Ok(true)) {
+                        continue;
+                    }
+                    tokio::time::sleep(TLS_FILE_SETTLE).await;
                     let tables = Arc::clone(&self);
                     let _ = tokio::task::spawn_blocking(move || tables.recheck_tls_files()).await;
                 }

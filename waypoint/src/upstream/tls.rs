@@ -179,6 +179,8 @@ impl Origination {
         serde_json::json!({
             "mode": spec.mode.map(|m| format!("{m:?}").to_uppercase()),
             "server_name": self.server_name.as_ref().map(|n| n.to_str().into_owned()).ok(),
+            "sni": (!spec.sni.is_empty()).then_some(&spec.sni),
+            "ca_crl": (!spec.ca_crl.is_empty()).then_some(&spec.ca_crl),
             "subject_alt_names": spec.subject_alt_names,
             "ca_certificates": (!spec.ca_certificates.is_empty()).then_some(&spec.ca_certificates),
             "client_certificate": (!spec.client_certificate.is_empty()).then_some(&spec.client_certificate),
@@ -311,6 +313,9 @@ fn certificate_error(error: webpki::Error) -> Error {
         webpki::Error::UnknownIssuer => CertificateError::UnknownIssuer,
         webpki::Error::UnknownRevocationStatus => CertificateError::UnknownRevocationStatus,
         webpki::Error::CrlExpired { .. } => CertificateError::ExpiredRevocationList,
+        webpki::Error::BadDer | webpki::Error::BadDerTime => CertificateError::BadEncoding,
+        webpki::Error::InvalidSignatureForPublicKey => CertificateError::BadSignature,
+        webpki::Error::CertNotValidForName(_) => CertificateError::NotValidForName,
         other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
     };
     Error::InvalidCertificate(reason)

@@ -307,6 +307,8 @@ async fn mutual_presents_the_client_certificate() {
 async fn settings_it_cannot_honour_refuse_before_connecting() {
     let dir = tempdir();
     let missing = path(&dir.path().join("missing.pem"));
+    let ca = Authority::new("egress test root").expect("ca");
+    let root = path(&ca.write_root(dir.path(), "root").expect("root written"));
     // Nothing listens here: a refusal naming TLS shows no connect was tried.
     let nowhere: SocketAddr = "127.0.0.1:9".parse().expect("address");
     for (tls, says) in [
@@ -319,7 +321,7 @@ async fn settings_it_cannot_honour_refuse_before_connecting() {
             "caCertificates",
         ),
         (
-            json!({"mode": "SIMPLE", "caCrl": missing, "insecureSkipVerify": false}),
+            json!({"mode": "SIMPLE", "caCertificates": root, "caCrl": missing}),
             "caCrl",
         ),
         (
@@ -576,10 +578,24 @@ async fn a_revoked_certificate_is_refused_with_ca_crl() {
     let (limits, _) = limits_for(json!({"mode": "SIMPLE", "caCertificates": root,
         "caCrl": path(&crl)}));
     let (addr, _seen) = server(&good, None).await;
-    let refused = connector().connect(addr, &limits, Speaks::Http1).await;
-    assert!(
-        matches!(refused, Err(ConnectError::TlsHandshake { .. })),
-        "{:?}",
-        refused.err()
-    );
+    match connector().connect(addr, &limits, Speaks::Http1).await {
+        Err(ConnectError::TlsHandshake { source, .. }) => {
+            assert!(
+                source.to_string().contains("UnknownRevocationStatus"),
+                "{source}"
+            );
+        }
+        other => panic!("a chain no list covers: {:?}", other.err()),
+    }
+    // With a list, the name is still checked.
+    std::fs::write(&crl, ca.revocation_list(&[]).expect("crl")).expect("crl rewritten");
+    let (limits, _) = limits_for(json!({"mode": "SIMPLE", "caCertificates": root,
+        "caCrl": path(&crl)}));
+    let (addr, _seen) = server(&ca.server(&["elsewhere.test"]).expect("leaf"), None).await;
+    match connector().connect(addr, &limits, Speaks::Http1).await {
+        Err(ConnectError::TlsHandshake { source, .. }) => {
+            assert!(source.to_string().contains("not valid for name"), "{source}");
+        }
+        other => panic!("a certificate for another name: {:?}", other.err()),
+    }
 }
