@@ -594,7 +594,10 @@ async fn a_revoked_certificate_is_refused_with_ca_crl() {
     let (addr, _seen) = server(&ca.server(&["elsewhere.test"]).expect("leaf"), None).await;
     match connector().connect(addr, &limits, Speaks::Http1).await {
         Err(ConnectError::TlsHandshake { source, .. }) => {
-            assert!(source.to_string().contains("not valid for name"), "{source}");
+            assert!(
+                source.to_string().contains("not valid for name"),
+                "{source}"
+            );
         }
         other => panic!("a certificate for another name: {:?}", other.err()),
     }
