@@ -6,8 +6,11 @@ use std::{convert::Infallible, net::SocketAddr, path::Path, sync::Arc};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt as _;
-use hyper::{server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{
+    server::conn::{http1, http2},
+    service::service_fn,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use rustls::{
     ServerConfig,
@@ -21,7 +24,14 @@ use warren_model::istio::DestinationRuleSpec;
 use warren_testbed::pki::{Authority, Leaf};
 
 use super::{ConnectError, Stream, Upstream};
-use crate::proxy::{http::full, keepalive::KeepAlive, multiplex::tests::connector};
+use crate::proxy::{
+    http::full,
+    keepalive::KeepAlive,
+    multiplex::{
+        Multiplexed,
+        tests::{cluster, connector},
+    },
+};
 use crate::upstream::{DrInput, Policies, PoolLimits, Scope, Speaks};
 
 const HOST: &str = "api.example.test";
@@ -40,15 +50,28 @@ type Handshakes = tokio::sync::mpsc::UnboundedReceiver<Result<Seen, String>>;
 /// asking for a client certificate from `client_ca` if given; each
 /// handshake's outcome is sent on the channel.
 async fn server(leaf: &Leaf, client_ca: Option<&Authority>) -> (SocketAddr, Handshakes) {
-    serve(leaf, client_ca, false).await
+    serve(leaf, client_ca, Speaking::Hello).await
 }
 
 /// As [`server`], speaking HTTP/1.1 (200 "ok" to every request) instead.
 async fn http_server(leaf: &Leaf) -> (SocketAddr, Handshakes) {
-    serve(leaf, None, true).await
+    serve(leaf, None, Speaking::Http1).await
 }
 
-async fn serve(leaf: &Leaf, client_ca: Option<&Authority>, http: bool) -> (SocketAddr, Handshakes) {
+/// What a test server says once the handshake is done.
+#[derive(Clone, Copy, PartialEq)]
+enum Speaking {
+    Hello,
+    Http1,
+    /// HTTP/2, after holding each handshake back 300 ms.
+    SlowHttp2,
+}
+
+async fn serve(
+    leaf: &Leaf,
+    client_ca: Option<&Authority>,
+    speaking: Speaking,
+) -> (SocketAddr, Handshakes) {
     let provider = warren_ztunnel::tls::provider();
     let chain =
         vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("server certificate")];
@@ -82,6 +105,9 @@ async fn serve(leaf: &Leaf, client_ca: Option<&Authority>, http: bool) -> (Socke
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
+                if speaking == Speaking::SlowHttp2 {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
                 match acceptor.accept(tcp).await {
                     Ok(mut tls) => {
                         let (_, session) = tls.get_ref();
@@ -91,16 +117,24 @@ async fn serve(leaf: &Leaf, client_ca: Option<&Authority>, http: bool) -> (Socke
                             client_certificate: session.peer_certificates().is_some(),
                         };
                         let _ = tx.send(Ok(seen));
-                        if http {
-                            let ok = service_fn(|_| async {
-                                Ok::<_, Infallible>(Response::new(full(Bytes::from_static(b"ok"))))
-                            });
-                            let _ = http1::Builder::new()
-                                .serve_connection(TokioIo::new(tls), ok)
-                                .await;
-                        } else {
-                            let _ = tls.write_all(b"hello").await;
-                            let _ = tls.shutdown().await;
+                        let ok = service_fn(|_| async {
+                            Ok::<_, Infallible>(Response::new(full(Bytes::from_static(b"ok"))))
+                        });
+                        match speaking {
+                            Speaking::Hello => {
+                                let _ = tls.write_all(b"hello").await;
+                                let _ = tls.shutdown().await;
+                            }
+                            Speaking::Http1 => {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(tls), ok)
+                                    .await;
+                            }
+                            Speaking::SlowHttp2 => {
+                                let _ = http2::Builder::new(TokioExecutor::new())
+                                    .serve_connection(TokioIo::new(tls), ok)
+                                    .await;
+                            }
                         }
                     }
                     Err(error) => {
@@ -601,4 +635,54 @@ async fn a_revoked_certificate_is_refused_with_ca_crl() {
         }
         other => panic!("a certificate for another name: {:?}", other.err()),
     }
+}
+
+#[tokio::test]
+async fn an_http2_handshake_is_joined_only_by_requests_of_its_route() {
+    let dir = tempdir();
+    let ca = Authority::new("egress test root").expect("ca");
+    let root = path(&ca.write_root(dir.path(), "root").expect("root written"));
+    // Handshakes take 300 ms: a second request comes while the first is made.
+    let (addr, mut seen) = serve(
+        &ca.server(&[HOST]).expect("leaf"),
+        None,
+        Speaking::SlowHttp2,
+    )
+    .await;
+    // One cluster asks for a name the certificate does not carry: its
+    // handshake fails. Another asks for the right one.
+    let (wrong, _) =
+        limits_for(json!({"mode": "SIMPLE", "caCertificates": root, "sni": "wrong.example.test"}));
+    let (right, _) = limits_for(json!({"mode": "SIMPLE", "caCertificates": root}));
+    let pool = Multiplexed::new(connector());
+    let get = || {
+        Request::get(format!("https://{HOST}/"))
+            .body(full(Bytes::new()))
+            .expect("request")
+    };
+    let failing = pool.send(addr, get(), cluster(&wrong, 10));
+    let later = async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        pool.send(addr, get(), cluster(&right, 10)).await
+    };
+    let (failed, answered) = tokio::join!(failing, later);
+    assert!(failed.is_err(), "the misnamed cluster's request fails");
+    let (response, _stream) =
+        answered.expect("the other cluster's request is not the first's failure");
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(body, "ok");
+    // Two handshakes: the misnamed one, refused by the waypoint, and the
+    // other cluster's own.
+    let handshakes = [seen.recv().await, seen.recv().await];
+    let accepted: Vec<_> = handshakes
+        .iter()
+        .filter_map(|h| h.as_ref().and_then(|h| h.as_ref().ok()))
+        .map(|h| h.sni.clone())
+        .collect();
+    assert_eq!(accepted, vec![Some(HOST.to_owned())], "{handshakes:?}");
 }
