@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use warren_testbed::{Cluster, Node, PodSpec, Process, binaries};
+use warren_testbed::{Cluster, Node, Pod, PodSpec, Process, binaries};
 
 use warren_node_agent::{
     enrollment::DATAPLANE_LABELS,
@@ -514,4 +514,40 @@ pub fn start_waypoint_with(
     )?;
     process.wait_for_output("waypoint ready", Duration::from_secs(30))?;
     Ok(process)
+}
+
+/// demo's `app` (on node 1, behind Service `app` port 80) and `client` (on
+/// node 0), the mesh and demo's waypoint running.
+pub struct AppBehindWaypoint {
+    // Held for the others' lifetime; dropped last.
+    pub cluster: Cluster,
+    pub mesh: Mesh,
+    pub waypoint: Process,
+    pub server: Process,
+    pub config: std::path::PathBuf,
+    pub client: Pod,
+    pub waypoint_pod: Pod,
+    /// `http://<app's VIP>`.
+    pub base: String,
+}
+
+pub fn app_behind_waypoint() -> Result<AppBehindWaypoint> {
+    let mut cluster = demo_cluster_with_waypoint_pod(&[
+        ("app", 1, &[("app", "app")], "app"),
+        ("client", 0, &[("app", "client")], "client"),
+    ])?;
+    add_app_service(&mut cluster)?;
+    let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
+    let app = cluster.pod("app")?.clone();
+    let server = crate::workload::start_http_server(&cluster, &app, 8080, &["--name", "app"])?;
+    Ok(AppBehindWaypoint {
+        config: cluster.config_dir().to_path_buf(),
+        client: cluster.pod("client")?.clone(),
+        waypoint_pod: cluster.pod("waypoint")?.clone(),
+        base: format!("http://{}", service_vip(&cluster, "app")?),
+        mesh,
+        waypoint,
+        server,
+        cluster,
+    })
 }

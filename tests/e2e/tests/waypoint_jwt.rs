@@ -11,11 +11,7 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};
 use warren_e2e::{
     agent::warrenctl_waypoint_explain,
-    mesh::{
-        add_app_service, demo_cluster_with_waypoint_pod, eventually, service_vip,
-        start_mesh_and_waypoint,
-    },
-    workload::start_http_server,
+    mesh::{AppBehindWaypoint, app_behind_waypoint, eventually},
 };
 use warren_testbed::{Pod, jwt::Issuer, privilege::require_root};
 
@@ -79,18 +75,16 @@ fn get(pod: &Pod, url: &str, token: Option<&str>) -> Result<(u16, String)> {
 #[test]
 fn a_waypoint_verifies_jwts_and_authorizes_on_them() -> Result<()> {
     require_root()?;
-    let mut cluster = demo_cluster_with_waypoint_pod(&[
-        ("app", 1, &[("app", "app")], "app"),
-        ("client", 0, &[("app", "client")], "client"),
-    ])?;
-    add_app_service(&mut cluster)?;
-    let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
-    let config = cluster.config_dir().to_path_buf();
-    let app = cluster.pod("app")?.clone();
-    let server = start_http_server(&cluster, &app, 8080, &["--name", "app"])?;
-    let vip = service_vip(&cluster, "app")?;
-    let base = format!("http://{vip}");
-    let client = cluster.pod("client")?.clone();
+    let AppBehindWaypoint {
+        cluster: _cluster,
+        mesh,
+        waypoint,
+        server,
+        config,
+        client,
+        base,
+        ..
+    } = app_behind_waypoint()?;
     let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
 
     let idp = Issuer::new(ISSUER, "key-1")?;

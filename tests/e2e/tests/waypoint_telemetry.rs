@@ -14,12 +14,12 @@ use anyhow::{Context as _, Result, ensure};
 use warren_e2e::{
     agent::{config_dump, config_dump_with, warrenctl_waypoint_explain},
     mesh::{
-        Mesh, add_app_service, demo_cluster_with_waypoint_pod, eventually, metric_sum, service_vip,
-        start_mesh_and_waypoint, waypoint_metrics,
+        AppBehindWaypoint, app_behind_waypoint, demo_cluster_with_waypoint_pod, eventually,
+        metric_sum, service_vip, start_mesh_and_waypoint, waypoint_metrics,
     },
     workload::{curl_status, start_http_server},
 };
-use warren_testbed::{Cluster, Pod, Process, ServicePort, labels, privilege::require_root};
+use warren_testbed::{Pod, Process, ServicePort, labels, privilege::require_root};
 
 const MESH_FILE: &str = "telemetry.istio-system.mesh-default.yaml";
 const NAMESPACE_FILE: &str = "telemetry.demo.quiet.yaml";
@@ -61,42 +61,6 @@ spec:
     - match: { metric: REQUEST_SIZE }
       disabled: true
 "#;
-
-/// demo's `app` (on node 1, behind Service `app` port 80) and `client` (on
-/// node 0), the mesh and demo's waypoint running.
-struct AppBehindWaypoint {
-    // Held for the others' lifetime; dropped last.
-    cluster: Cluster,
-    mesh: Mesh,
-    waypoint: Process,
-    server: Process,
-    config: std::path::PathBuf,
-    client: Pod,
-    waypoint_pod: Pod,
-    /// `http://<app's VIP>`.
-    base: String,
-}
-
-fn app_behind_waypoint() -> Result<AppBehindWaypoint> {
-    let mut cluster = demo_cluster_with_waypoint_pod(&[
-        ("app", 1, &[("app", "app")], "app"),
-        ("client", 0, &[("app", "client")], "client"),
-    ])?;
-    add_app_service(&mut cluster)?;
-    let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
-    let app = cluster.pod("app")?.clone();
-    let server = start_http_server(&cluster, &app, 8080, &["--name", "app"])?;
-    Ok(AppBehindWaypoint {
-        config: cluster.config_dir().to_path_buf(),
-        client: cluster.pod("client")?.clone(),
-        waypoint_pod: cluster.pod("waypoint")?.clone(),
-        base: format!("http://{}", service_vip(&cluster, "app")?),
-        mesh,
-        waypoint,
-        server,
-        cluster,
-    })
-}
 
 /// The waypoint's access lines of requests for `path`.
 fn lines_for(output: &str, path: &str) -> usize {

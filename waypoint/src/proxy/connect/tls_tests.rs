@@ -180,6 +180,15 @@ fn limits_for(tls: serde_json::Value) -> (PoolLimits, Vec<String>) {
     )
 }
 
+/// `GET /` for [`HOST`], as the HTTP/1.1 pool sends it (origin form, `Host`).
+fn get_root() -> Request<crate::app::Body> {
+    Request::builder()
+        .uri("/")
+        .header(http::header::HOST, HOST)
+        .body(full(Bytes::new()))
+        .expect("request")
+}
+
 fn path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -409,11 +418,7 @@ async fn pooled_connections_are_kept_apart_by_their_tls() {
     let get = |limits: PoolLimits| {
         let pool = &pool;
         async move {
-            let request = Request::builder()
-                .uri("/")
-                .header(http::header::HOST, HOST)
-                .body(full(Bytes::new()))
-                .expect("request");
+            let request = get_root();
             let response = pool.send(addr, request, &limits).await.expect("answered");
             response
                 .into_body()
@@ -460,11 +465,7 @@ async fn pooled_connections_are_kept_apart_by_their_tls() {
     settle(2).await;
     assert!(seen.try_recv().is_err(), "each reused its own connection");
     // Without TLS, the endpoint is never reached over one of those.
-    let request = Request::builder()
-        .uri("/")
-        .header(http::header::HOST, HOST)
-        .body(full(Bytes::new()))
-        .expect("request");
+    let request = get_root();
     let plain = pool.send(addr, request, &PoolLimits::default()).await;
     assert!(
         plain.is_err(),
