@@ -129,6 +129,17 @@ pub struct RunArgs {
     /// Istio names it (`istio-<revision>` for a revision).
     #[arg(long, default_value = "istio", env = "WARREN_MESH_CONFIG")]
     pub mesh_config: String,
+    /// With --kube: a namespace whose Secrets DestinationRules may name as
+    /// `tls.credentialName` (repeat, or separate with commas). The agent
+    /// reads Secrets of these namespaces alone (a Role in each must let it
+    /// get, list and watch them); elsewhere a `credentialName` fails closed.
+    /// A folder source reads the Secrets of its folder.
+    #[arg(
+        long = "secret-namespace",
+        value_delimiter = ',',
+        env = "WARREN_SECRET_NAMESPACES"
+    )]
+    pub secret_namespaces: Vec<String>,
     /// How often the config folder is rescanned in case the watcher missed
     /// an event.
     #[arg(

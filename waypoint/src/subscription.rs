@@ -49,6 +49,7 @@ fn is_l7(kind: &Option<Kind>) -> bool {
                 | Kind::ExtensionProvider(_)
                 | Kind::Telemetry(_)
                 | Kind::TelemetryDefaults(_)
+                | Kind::Credential(_)
         )
     )
 }
@@ -94,6 +95,11 @@ impl Handler for Subscription {
                 Some(Kind::Telemetry(telemetry)) => {
                     Tables::parse_telemetry(telemetry, &self.namespace, self.gateway.as_deref())
                         .map(|t| self.tables.upsert_telemetry(resource.key.clone(), t))
+                }
+                Some(Kind::Credential(credential)) => {
+                    self.tables
+                        .upsert_credential(resource.key.clone(), credential.clone());
+                    Ok(())
                 }
                 Some(Kind::TelemetryDefaults(defaults)) => {
                     Tables::parse_telemetry_defaults(defaults)

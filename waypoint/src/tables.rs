@@ -17,8 +17,8 @@ use std::{
 use tracing::{info, warn};
 use warren_api::{
     config::{
-        DestinationRule, ExtensionProvider, L7Authentication, L7Authorization, Telemetry,
-        TelemetryDefaults, VirtualService,
+        Credential, DestinationRule, ExtensionProvider, L7Authentication, L7Authorization,
+        Telemetry, TelemetryDefaults, VirtualService,
     },
     key,
 };
@@ -35,7 +35,7 @@ use crate::{
     ext_authz::{Provider, Providers},
     route::{RouteTable, VsInput, tcp::TcpTable},
     telemetry::{Defaults, Telemetries, TelemetryInput},
-    upstream::{DrInput, Policies, Scope},
+    upstream::{Credentials, DrInput, Policies, Scope},
 };
 
 /// One generation of compiled routing.
@@ -60,6 +60,9 @@ pub struct Compiled {
 pub struct Tables {
     virtual_services: RwLock<BTreeMap<String, VsInput>>,
     destination_rules: RwLock<BTreeMap<String, DrInput>>,
+    /// Secrets `credentialName`s name, by key (the agent sends only this
+    /// namespace's).
+    credentials: RwLock<BTreeMap<String, Arc<Credential>>>,
     authorizations: RwLock<BTreeMap<String, PolicyInput>>,
     authentications: RwLock<BTreeMap<String, AuthnInput>>,
     providers: RwLock<BTreeMap<String, Arc<Provider>>>,
@@ -210,6 +213,7 @@ impl Tables {
     pub fn keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = read(&self.virtual_services).keys().cloned().collect();
         keys.extend(read(&self.destination_rules).keys().cloned());
+        keys.extend(read(&self.credentials).keys().cloned());
         keys.extend(read(&self.authorizations).keys().cloned());
         keys.extend(read(&self.authentications).keys().cloned());
         keys.extend(read(&self.providers).keys().cloned());
@@ -227,6 +231,10 @@ impl Tables {
 
     pub fn upsert_destination_rule(&self, key: String, dr: DrInput) {
         write(&self.destination_rules).insert(key, dr);
+    }
+
+    pub fn upsert_credential(&self, key: String, credential: Credential) {
+        write(&self.credentials).insert(key, Arc::new(credential));
     }
 
     pub fn upsert_authorization(&self, key: String, policy: PolicyInput) {
@@ -263,6 +271,7 @@ impl Tables {
     pub fn remove(&self, key: &str) -> bool {
         write(&self.virtual_services).remove(key).is_some()
             || write(&self.destination_rules).remove(key).is_some()
+            || write(&self.credentials).remove(key).is_some()
             || write(&self.authorizations).remove(key).is_some()
             || write(&self.authentications).remove(key).is_some()
             || write(&self.providers).remove(key).is_some()
@@ -301,7 +310,14 @@ impl Tables {
         // update must not wait on that to file a rule.
         let destination_rules: Vec<DrInput> =
             read(&self.destination_rules).values().cloned().collect();
-        let (policies, policy_errors) = Policies::build(destination_rules, scope);
+        // By name: a waypoint is sent only its own namespace's.
+        let credentials: Credentials = read(&self.credentials)
+            .values()
+            .filter(|c| c.namespace == namespace)
+            .map(|c| (c.name.clone(), Arc::clone(c)))
+            .collect();
+        let (policies, policy_errors) =
+            Policies::build_with(destination_rules, scope, &credentials);
         for error in route_errors.iter().chain(&tcp_errors) {
             warn!(%error, "VirtualService not (fully) applied");
         }

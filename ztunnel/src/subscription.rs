@@ -84,6 +84,10 @@ fn parse(key: &str, kind: Kind, trust_domain: &str) -> Result<Resource, String> 
         Kind::Telemetry(_) | Kind::TelemetryDefaults(_) => Err(
             "the Telemetry API shapes waypoints' telemetry; ztunnel does not take it".to_owned(),
         ),
+        Kind::Credential(_) => Err(
+            "a Secret named by credentialName is for waypoints' TLS origination; ztunnel does not take it"
+                .to_owned(),
+        ),
     }
 }
 

@@ -106,6 +106,21 @@ pub const TELEMETRY_DEFAULTS: &str = "telemetrydefaults";
 /// What [`extension_provider`] keys begin with.
 pub const EXTENSION_PROVIDER_PREFIX: &str = "extensionprovider/";
 
+/// A Secret's TLS material, for the waypoints of its namespace.
+pub fn credential(namespace: &str, name: &str) -> String {
+    format!("{CREDENTIAL_PREFIX}{namespace}/{name}")
+}
+
+/// What [`credential`] keys begin with.
+pub const CREDENTIAL_PREFIX: &str = "credential/";
+
+/// The namespace of a [`credential`] key.
+pub fn credential_namespace(key: &str) -> Option<&str> {
+    key.strip_prefix(CREDENTIAL_PREFIX)?
+        .split_once('/')
+        .map(|(namespace, _)| namespace)
+}
+
 /// Whether `key` is of L7 routing or policy, which only waypoints use: a
 /// ztunnel is not sent it.
 pub fn is_l7(key: &str) -> bool {
@@ -118,6 +133,7 @@ pub fn is_l7(key: &str) -> bool {
         EXTENSION_PROVIDER_PREFIX,
         TELEMETRY_PREFIX,
         TELEMETRY_DEFAULTS,
+        CREDENTIAL_PREFIX,
     ]
     .iter()
     .any(|prefix| key.starts_with(prefix))

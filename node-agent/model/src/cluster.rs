@@ -1,5 +1,5 @@
 //! Kubernetes' own kinds — Namespace, Node, Pod, Service, EndpointSlice,
-//! ConfigMap — as the
+//! ConfigMap, Secret — as the
 //! agent keeps them: only the fields Warren reads.
 //!
 //! A k8s-openapi `Pod` is over 2 KB before any of its strings, and a mesh
@@ -10,7 +10,7 @@
 //! repeat across objects (namespaces, nodes, service accounts, label sets)
 //! are shared ([`crate::intern`]).
 
-use std::{net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 use k8s_openapi::{
     api::{core::v1 as core, discovery::v1 as discovery},
@@ -479,6 +479,89 @@ impl ConfigMap {
             mesh,
         };
         (map, errors)
+    }
+}
+
+/// A Secret, as far as it holds TLS material a DestinationRule's
+/// `credentialName` may name: only the keys Istio reads are kept
+/// ([`Credential`]), so the agent holds nothing else a Secret carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Secret {
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
+    pub credential: Credential,
+}
+
+/// TLS material of a Secret, under Istio's keys: a TLS Secret's `tls.crt`,
+/// `tls.key`, `ca.crt` and `ca.crl`, or a generic one's `cert`, `key`,
+/// `cacert` and `crl` (the TLS key wins when both are there). Each is the
+/// PEM text as stored; `None` when the Secret does not have it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credential {
+    pub certificate_chain: Option<Arc<[u8]>>,
+    pub private_key: Option<Arc<[u8]>>,
+    pub ca_certificates: Option<Arc<[u8]>>,
+    pub ca_crl: Option<Arc<[u8]>>,
+}
+
+/// The suffix of a Secret holding only the CA of the credential named
+/// without it (Istio's `<credentialName>-cacert`).
+pub const CA_SECRET_SUFFIX: &str = "-cacert";
+
+// Never the bytes: a key must not reach a log line.
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let len = |v: &Option<Arc<[u8]>>| v.as_ref().map(|b| b.len());
+        f.debug_struct("Credential")
+            .field("certificate_chain_bytes", &len(&self.certificate_chain))
+            .field("private_key_bytes", &len(&self.private_key))
+            .field("ca_certificates_bytes", &len(&self.ca_certificates))
+            .field("ca_crl_bytes", &len(&self.ca_crl))
+            .finish()
+    }
+}
+
+impl Credential {
+    pub fn is_empty(&self) -> bool {
+        *self == Credential::default()
+    }
+}
+
+impl From<core::Secret> for Secret {
+    fn from(secret: core::Secret) -> Self {
+        // `stringData` is written over `data` by the API server; a file of
+        // the local folder may still carry both.
+        let mut data: BTreeMap<String, Vec<u8>> = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        data.extend(
+            secret
+                .string_data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes())),
+        );
+        let mut take = |keys: [&str; 2]| {
+            keys.iter()
+                .filter_map(|k| data.remove(*k))
+                .find(|v| !v.is_empty())
+                .map(Arc::from)
+        };
+        let credential = Credential {
+            certificate_chain: take(["tls.crt", "cert"]),
+            private_key: take(["tls.key", "key"]),
+            ca_certificates: take(["ca.crt", "cacert"]),
+            ca_crl: take(["ca.crl", "crl"]),
+        };
+        let meta = secret.metadata;
+        Secret {
+            namespace: namespace_of(meta.namespace.as_deref()),
+            name: name_of(meta.name),
+            credential,
+        }
     }
 }
 

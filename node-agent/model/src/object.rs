@@ -13,7 +13,7 @@ use serde_yaml::Value;
 pub use super::cluster::EXCLUDE_OUTBOUND_PORTS;
 use super::{
     ConfigError, FieldError,
-    cluster::{ConfigMap, EndpointSlice, Namespace, Node, Pod, Service},
+    cluster::{ConfigMap, EndpointSlice, Namespace, Node, Pod, Secret, Service},
     gateway::{self, Gateway},
     grpc_route::{self, GRPCRoute},
     http_route::{self, HTTPRoute, ParentReference},
@@ -36,6 +36,7 @@ pub enum Kind {
     Service,
     EndpointSlice,
     ConfigMap,
+    Secret,
     VirtualService,
     DestinationRule,
     ServiceEntry,
@@ -73,6 +74,7 @@ impl Kind {
             ("", "Service") if version == "v1" => Kind::Service,
             ("discovery.k8s.io", "EndpointSlice") if version == "v1" => Kind::EndpointSlice,
             ("", "ConfigMap") if version == "v1" => Kind::ConfigMap,
+            ("", "Secret") if version == "v1" => Kind::Secret,
             ("networking.istio.io", "VirtualService") if istio_version => Kind::VirtualService,
             ("networking.istio.io", "DestinationRule") if istio_version => Kind::DestinationRule,
             ("networking.istio.io", "ServiceEntry") if istio_version => Kind::ServiceEntry,
@@ -129,6 +131,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
@@ -187,6 +190,7 @@ pub enum Object {
     Service(Arc<Service>),
     EndpointSlice(Arc<EndpointSlice>),
     ConfigMap(Arc<ConfigMap>),
+    Secret(Arc<Secret>),
     VirtualService(Arc<VirtualService>),
     DestinationRule(Arc<DestinationRule>),
     ServiceEntry(Arc<ServiceEntry>),
@@ -211,6 +215,7 @@ impl Object {
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::ConfigMap(_) => Kind::ConfigMap,
+            Object::Secret(_) => Kind::Secret,
             Object::VirtualService(_) => Kind::VirtualService,
             Object::DestinationRule(_) => Kind::DestinationRule,
             Object::ServiceEntry(_) => Kind::ServiceEntry,
@@ -247,7 +252,8 @@ impl Object {
             | Object::Pod(_)
             | Object::Service(_)
             | Object::EndpointSlice(_)
-            | Object::ConfigMap(_) => None,
+            | Object::ConfigMap(_)
+            | Object::Secret(_) => None,
             Object::VirtualService(o) => Some(&o.metadata),
             Object::DestinationRule(o) => Some(&o.metadata),
             Object::ServiceEntry(o) => Some(&o.metadata),
@@ -273,6 +279,7 @@ impl Object {
             Object::Service(o) => &o.name,
             Object::EndpointSlice(o) => &o.name,
             Object::ConfigMap(o) => &o.name,
+            Object::Secret(o) => &o.name,
             _ => self
                 .metadata()
                 .and_then(|m| m.name.as_deref())
@@ -288,6 +295,7 @@ impl Object {
             Object::Service(o) => Some(&o.namespace),
             Object::EndpointSlice(o) => Some(&o.namespace),
             Object::ConfigMap(o) => Some(&o.namespace),
+            Object::Secret(o) => Some(&o.namespace),
             _ => Some(
                 self.metadata()
                     .and_then(|m| m.namespace.as_deref())
@@ -305,6 +313,7 @@ impl Object {
             Object::Service(o) => (Some(o.namespace.clone()), o.name.clone()),
             Object::EndpointSlice(o) => (Some(o.namespace.clone()), o.name.clone()),
             Object::ConfigMap(o) => (Some(o.namespace.clone()), o.name.clone()),
+            Object::Secret(o) => (Some(o.namespace.clone()), o.name.clone()),
             _ => {
                 let meta = self.metadata();
                 let namespace = meta.and_then(|m| m.namespace.as_deref());
@@ -434,6 +443,8 @@ pub fn parse_document(doc: Value, source: &str) -> Result<Object, ConfigError> {
                 e.extend(errors);
                 (Object::ConfigMap(Arc::new(map)), e)
             }),
+            Kind::Secret => checked::<core::Secret>(doc, no_rules)
+                .map(|(o, e)| (Object::Secret(Arc::new(o.into())), e)),
             Kind::VirtualService => checked(doc, validate::virtual_service)
                 .map(|(o, e)| (Object::VirtualService(Arc::new(o)), e)),
             Kind::DestinationRule => checked(doc, validate::destination_rule)

@@ -144,7 +144,8 @@ async fn run(args: RunArgs) -> Result<()> {
             .context("connecting to the Kubernetes API server (in-cluster or kubeconfig)")?;
         let mesh_config = (args.root_namespace.clone(), args.mesh_config.clone());
         spawn_source(
-            KubeSource::new(client, mesh_config),
+            KubeSource::new(client, mesh_config)
+                .with_secret_namespaces(args.secret_namespaces.clone()),
             events_tx,
             "kube".into(),
         );

@@ -44,6 +44,7 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
     (Kind::Pod, "", "v1", "Pod", "pods"),
     (Kind::Service, "", "v1", "Service", "services"),
     (Kind::ConfigMap, "", "v1", "ConfigMap", "configmaps"),
+    (Kind::Secret, "", "v1", "Secret", "secrets"),
     (
         Kind::EndpointSlice,
         "discovery.k8s.io",
@@ -147,13 +148,19 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
 /// What the agent reads cluster-wide from the API server, as RBAC names it:
 /// (API group, resource). The Helm chart's ClusterRole must allow get, list
 /// and watch on each. The mesh config's ConfigMap is read in the root
-/// namespace alone, by name (a Role).
+/// namespace alone, by name, and Secrets in the namespaces named for
+/// credentials alone (Roles).
 pub fn watched_resources() -> impl Iterator<Item = (&'static str, &'static str)> {
     KINDS
         .iter()
-        .filter(|k| k.0 != Kind::ConfigMap)
+        .filter(|k| !matches!(k.0, Kind::ConfigMap | Kind::Secret))
         .map(|&(_, group, _, _, plural)| (group, plural))
 }
+
+/// Secrets never read: Helm's release records (large, and never TLS) and
+/// service account tokens.
+pub const SECRET_FIELDS: &str =
+    "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token";
 
 /// `kind` as RBAC names it: (API group, resource).
 pub fn resource_of(kind: Kind) -> Option<(&'static str, &'static str)> {
@@ -188,9 +195,9 @@ const DISCOVERY_ROUNDS: u32 = 3;
 /// discovery is asked again.
 const REDISCOVERY: Duration = Duration::from_secs(60);
 
-/// One kind's watch event, as the merged stream carries it.
-type KindEvent = (
-    Kind,
+/// One watch's event, as the merged stream carries it.
+type WatchEvent = (
+    Watch,
     std::result::Result<watcher::Event<DynamicObject>, watcher::Error>,
 );
 
@@ -213,6 +220,8 @@ fn optional(kind: Kind, code: u16) -> bool {
         // who may send it: without its CRD (a cluster without Istio's) or
         // its RBAC, the proxies report as they do by default.
         Kind::Telemetry => matches!(code, 403 | 404),
+        // A namespace's Role missing: its `credentialName`s fail closed.
+        Kind::Secret => code == 403,
         _ => false,
     }
 }
@@ -222,6 +231,15 @@ pub struct KubeSource {
     kinds: Vec<Kind>,
     /// (namespace, name) of the one ConfigMap read: the mesh config.
     mesh_config: Option<(String, String)>,
+    /// The namespaces whose Secrets are read (for `credentialName`).
+    secret_namespaces: Vec<String>,
+}
+
+/// One watch: a kind, cluster-wide or in one namespace.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Watch {
+    kind: Kind,
+    namespace: Option<String>,
 }
 
 /// What one kind's watcher saw, before relist bookkeeping.
@@ -248,18 +266,47 @@ impl KubeSource {
         self
     }
 
+    /// Also watches the Secrets of `namespaces` (but those of
+    /// [`SECRET_FIELDS`]), each namespace on its own: the agent may read no
+    /// other namespace's.
+    pub fn with_secret_namespaces(mut self, namespaces: Vec<String>) -> Self {
+        let mut namespaces = namespaces;
+        namespaces.sort();
+        namespaces.dedup();
+        self.secret_namespaces = namespaces;
+        self
+    }
+
     /// Watches only `kinds` (a cluster without Istio's CRDs, or a test);
-    /// no ConfigMap.
+    /// no ConfigMap, no Secret.
     pub fn with_kinds(client: Client, kinds: Vec<Kind>) -> Self {
         let kinds = kinds
             .into_iter()
-            .filter(|&k| k != Kind::ConfigMap)
+            .filter(|&k| !matches!(k, Kind::ConfigMap | Kind::Secret))
             .collect();
         Self {
             client,
             kinds,
             mesh_config: None,
+            secret_namespaces: Vec::new(),
         }
+    }
+
+    fn watches(&self) -> Vec<Watch> {
+        let mut watches: Vec<Watch> = self
+            .kinds
+            .iter()
+            .filter(|&&kind| KINDS.iter().any(|k| k.0 == kind))
+            .map(|&kind| Watch {
+                kind,
+                namespace: None,
+            })
+            .collect();
+        watches.extend(self.secret_namespaces.iter().map(|ns| Watch {
+            kind: Kind::Secret,
+            namespace: Some(ns.clone()),
+        }));
+        watches
     }
 
     /// Sends every listed object, then `Synced` once every kind is listed,
@@ -267,28 +314,29 @@ impl KubeSource {
     pub async fn run(self, events: mpsc::Sender<SourceEvent>) -> Result<()> {
         // A task per kind, all discovering at once (a slow API server delays
         // the start once); dropped with this, they stop.
-        let (merged_tx, mut merged) = mpsc::channel::<KindEvent>(256);
-        let mut watches = JoinSet::new();
-        for &kind in &self.kinds {
-            if KINDS.iter().any(|k| k.0 == kind) {
-                watches.spawn(follow(
-                    self.client.clone(),
-                    kind,
-                    self.mesh_config.clone(),
-                    merged_tx.clone(),
-                ));
-            }
+        let (merged_tx, mut merged) = mpsc::channel::<WatchEvent>(256);
+        let mut tasks = JoinSet::new();
+        let watches = self.watches();
+        for watch in &watches {
+            tasks.spawn(follow(
+                self.client.clone(),
+                watch.clone(),
+                self.mesh_config.clone(),
+                merged_tx.clone(),
+            ));
         }
         drop(merged_tx);
-        // Per kind: the keys last known, and those seen in a relist.
-        let mut known: BTreeMap<Kind, BTreeSet<ObjectKey>> = BTreeMap::new();
-        let mut relisting: BTreeMap<Kind, BTreeSet<ObjectKey>> = BTreeMap::new();
-        let mut listed: BTreeSet<Kind> = BTreeSet::new();
-        // Optional kinds already reported as not there: their retries are
+        // Per watch: the keys last known, and those seen in a relist.
+        let mut known: BTreeMap<Watch, BTreeSet<ObjectKey>> = BTreeMap::new();
+        let mut relisting: BTreeMap<Watch, BTreeSet<ObjectKey>> = BTreeMap::new();
+        let mut listed: BTreeSet<Watch> = BTreeSet::new();
+        // Optional watches already reported as refused: their retries are
         // not worth a warning each.
-        let mut reported: BTreeSet<Kind> = BTreeSet::new();
+        let mut reported: BTreeSet<Watch> = BTreeSet::new();
         let mut synced = false;
-        while let Some((kind, event)) = merged.recv().await {
+        while let Some((watch, event)) = merged.recv().await {
+            let kind = watch.kind;
+            let in_namespace = watch.namespace.as_deref().unwrap_or("(all)");
             let seen = match event {
                 Ok(watcher::Event::Init) => Seen::Listing,
                 Ok(watcher::Event::InitApply(o)) | Ok(watcher::Event::Apply(o)) => {
@@ -300,21 +348,22 @@ impl KubeSource {
                     // The watcher retries with backoff; the last good
                     // objects stay in force meanwhile.
                     let optional = refusal(&err).is_some_and(|code| optional(kind, code));
-                    if optional && reported.contains(&kind) {
-                        debug!(kind = kind.name(), error = %err, "watching the API server");
+                    if optional && reported.contains(&watch) {
+                        debug!(kind = kind.name(), namespace = in_namespace, error = %err, "watching the API server");
                     } else {
-                        warn!(kind = kind.name(), error = %err, "watching the API server");
+                        warn!(kind = kind.name(), namespace = in_namespace, error = %err, "watching the API server");
                     }
                     // A kind that may be missing must not hold the first
                     // sync back; it comes in when it can.
-                    if optional && !listed.contains(&kind) {
+                    if optional && !listed.contains(&watch) {
                         warn!(
                             kind = kind.name(),
-                            "going on without it until it can be listed (is its CRD installed? does the agent's ClusterRole allow list and watch?)"
+                            namespace = in_namespace,
+                            "going on without it until it can be listed (is its CRD installed? does the agent's ClusterRole, or Role there, allow list and watch?)"
                         );
-                        reported.insert(kind);
+                        reported.insert(watch.clone());
                         // Counted as listed, with nothing it had dropped.
-                        relisting.remove(&kind);
+                        relisting.remove(&watch);
                         Seen::Listed
                     } else {
                         continue;
@@ -324,7 +373,7 @@ impl KubeSource {
             let mut out = Vec::new();
             match seen {
                 Seen::Listing => {
-                    relisting.insert(kind, BTreeSet::new());
+                    relisting.insert(watch.clone(), BTreeSet::new());
                 }
                 Seen::Object(object) => {
                     let doc = match serde_json::to_value(&*object).and_then(serde_json::from_value)
@@ -337,8 +386,8 @@ impl KubeSource {
                     };
                     let key = document_key(&doc);
                     if let Some(key) = &key {
-                        known.entry(kind).or_default().insert(key.clone());
-                        if let Some(seen) = relisting.get_mut(&kind) {
+                        known.entry(watch.clone()).or_default().insert(key.clone());
+                        if let Some(seen) = relisting.get_mut(&watch) {
                             seen.insert(key.clone());
                         }
                     }
@@ -352,15 +401,15 @@ impl KubeSource {
                         .and_then(serde_json::from_value)
                         .ok();
                     if let Some(key) = doc.as_ref().and_then(document_key) {
-                        known.entry(kind).or_default().remove(&key);
+                        known.entry(watch.clone()).or_default().remove(&key);
                         out.push(SourceEvent::Delete(key));
                     }
                 }
                 Seen::Listed => {
                     // What was known but not listed again vanished while the
                     // watch was down.
-                    if let Some(seen) = relisting.remove(&kind) {
-                        let kind_known = known.entry(kind).or_default();
+                    if let Some(seen) = relisting.remove(&watch) {
+                        let kind_known = known.entry(watch.clone()).or_default();
                         let vanished: Vec<ObjectKey> =
                             kind_known.difference(&seen).cloned().collect();
                         for key in vanished {
@@ -368,8 +417,8 @@ impl KubeSource {
                             out.push(SourceEvent::Delete(key));
                         }
                     }
-                    listed.insert(kind);
-                    if !synced && listed.len() == self.kinds.len() {
+                    listed.insert(watch.clone());
+                    if !synced && listed.len() == watches.len() {
                         synced = true;
                         info!(
                             kinds = listed.len(),
@@ -396,10 +445,11 @@ impl KubeSource {
 /// to `merged` until it closes.
 async fn follow(
     client: Client,
-    kind: Kind,
+    watch: Watch,
     mesh_config: Option<(String, String)>,
-    merged: mpsc::Sender<KindEvent>,
+    merged: mpsc::Sender<WatchEvent>,
 ) {
+    let kind = watch.kind;
     let Some(&(_, group, fallback, api_kind, plural)) = KINDS.iter().find(|k| k.0 == kind) else {
         return;
     };
@@ -410,12 +460,18 @@ async fn follow(
             &GroupVersionKind::gvk(group, version, api_kind),
             plural,
         );
-        let (api, config) = match (kind, &mesh_config) {
+        let (api, config) = match (kind, &mesh_config, &watch.namespace) {
             // One object, by name: the agent may read no other ConfigMap.
-            (Kind::ConfigMap, Some((namespace, name))) => (
+            (Kind::ConfigMap, Some((namespace, name)), _) => (
                 Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource),
                 watcher::Config::default().fields(&format!("metadata.name={name}")),
             ),
+            // Secrets of one namespace, never cluster-wide.
+            (Kind::Secret, _, Some(namespace)) => (
+                Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource),
+                watcher::Config::default().fields(SECRET_FIELDS),
+            ),
+            (Kind::Secret, _, None) => return,
             _ => (
                 Api::all_with(client.clone(), &resource),
                 watcher::Config::default(),
@@ -433,7 +489,7 @@ async fn follow(
             };
             let event = event.map(|e| e.modify(|o| fill_types(o, &types)));
             let missing = matches!(&event, Err(err) if refusal(err) == Some(404));
-            if merged.send((kind, event)).await.is_err() {
+            if merged.send((watch.clone(), event)).await.is_err() {
                 return;
             }
             if missing && versioned && asked.elapsed() >= REDISCOVERY {

@@ -10,6 +10,7 @@
 
 mod authorization;
 mod auto_vip;
+mod credential;
 pub mod published;
 pub mod routing;
 mod service;
@@ -168,6 +169,8 @@ pub struct View {
     /// The extension provider keys (and the telemetry defaults' key) the
     /// mesh config publishes.
     providers: BTreeSet<String>,
+    /// The `credentialName`s each DestinationRule names.
+    credential_names: BTreeMap<ObjectKey, BTreeSet<String>>,
 }
 
 /// Publishes `computed`, the resources one namespace's objects of a kind
@@ -212,6 +215,7 @@ impl View {
             service_routes: BTreeMap::new(),
             auto_vips: auto_vip::AutoVips::new(),
             providers: BTreeSet::new(),
+            credential_names: BTreeMap::new(),
         }
     }
 
@@ -253,6 +257,7 @@ impl View {
             Kind::TcpRoute,
             Kind::TlsRoute,
             Kind::DestinationRule,
+            Kind::Secret,
             Kind::ServiceEntry,
             Kind::ConfigMap,
         ]
@@ -362,7 +367,12 @@ impl View {
                             .map(Object::key),
                     );
                 }
-                Kind::VirtualService | Kind::DestinationRule => self.routing(store, key),
+                Kind::VirtualService => self.routing(store, key),
+                Kind::DestinationRule => {
+                    self.routing(store, key);
+                    self.credential_names(store, key);
+                }
+                Kind::Secret => self.credential(store, &ns, &key.name),
                 Kind::HttpRoute | Kind::GrpcRoute | Kind::TcpRoute | Kind::TlsRoute => {
                     route_namespaces.insert(ns);
                 }
@@ -404,6 +414,14 @@ impl View {
                 // Pods addressed directly may go through it too.
                 workloads.extend(store.of_kind_in(Kind::Pod, &ns).map(Object::key));
                 workloads.extend(waypoint::pods_naming(store, &ns));
+                // Whether its Secrets may be published.
+                let secrets: Vec<ObjectKey> = store
+                    .of_kind_in(Kind::Secret, &ns)
+                    .map(Object::key)
+                    .collect();
+                for secret in secrets {
+                    self.credential(store, &ns, &secret.name);
+                }
                 entry_namespaces.insert(ns);
             }
         }
@@ -779,6 +797,68 @@ impl View {
                 p.upsert(Resource {
                     key: resource_key,
                     kind: Some(kind),
+                });
+            }
+            None => {
+                p.remove(&resource_key);
+            }
+        });
+    }
+
+    /// Notes the `credentialName`s of the DestinationRule `key`, and
+    /// publishes (or withdraws) the Secrets of the names it starts (or
+    /// stops) naming.
+    fn credential_names(&mut self, store: &Store, key: &ObjectKey) {
+        let now = match store.get(key) {
+            Some(Object::DestinationRule(dr)) => credential::names_of(dr),
+            _ => BTreeSet::new(),
+        };
+        let before = if now.is_empty() {
+            self.credential_names.remove(key)
+        } else {
+            self.credential_names.insert(key.clone(), now.clone())
+        }
+        .unwrap_or_default();
+        let changed: BTreeSet<&String> = before.symmetric_difference(&now).collect();
+        if changed.is_empty() {
+            return;
+        }
+        let secrets: Vec<ObjectKey> = store
+            .of_kind(Kind::Secret)
+            .map(Object::key)
+            .filter(|k| credential::is_named(&k.name, |name| changed.iter().any(|c| *c == name)))
+            .collect();
+        for secret in secrets {
+            let ns = secret.namespace.as_deref().unwrap_or_default();
+            self.credential(store, ns, &secret.name);
+        }
+    }
+
+    /// Publishes the Secret `name` of `namespace` for that namespace's
+    /// waypoints if a DestinationRule names it and the namespace asks for a
+    /// waypoint; withdraws it otherwise.
+    fn credential(&mut self, store: &Store, namespace: &str, name: &str) {
+        let resource_key = key::credential(namespace, name);
+        let named = credential::is_named(name, |n| {
+            self.credential_names
+                .values()
+                .any(|names| names.contains(n))
+        });
+        let secret = match store.get(&ObjectKey::new(Kind::Secret, Some(namespace), name)) {
+            Some(Object::Secret(secret))
+                if named
+                    && self.waypoints.contains_key(namespace)
+                    && !secret.credential.is_empty() =>
+            {
+                Some(credential::resource(secret))
+            }
+            _ => None,
+        };
+        self.publisher.write(|p| match secret {
+            Some(secret) => {
+                p.upsert(Resource {
+                    key: resource_key,
+                    kind: Some(ResourceKind::Credential(secret)),
                 });
             }
             None => {

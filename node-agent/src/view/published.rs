@@ -283,7 +283,8 @@ impl Published {
 pub enum Audience {
     /// A node's ztunnel: everything but L7 routing.
     Ztunnel,
-    /// The waypoint of a namespace: everything but other identities' keys.
+    /// The waypoint of a namespace: everything but other namespaces' keys
+    /// (of identities, and of Secrets).
     Waypoint { namespace: String },
     /// Every resource (dumps).
     All,
@@ -300,6 +301,10 @@ impl Audience {
                     return identity
                         .parse::<warren_api::Identity>()
                         .is_ok_and(|id| id.namespace == *namespace);
+                }
+                if key.starts_with(warren_api::key::CREDENTIAL_PREFIX) {
+                    // Nor other namespaces' Secrets.
+                    return warren_api::key::credential_namespace(key) == Some(namespace);
                 }
                 // Every attached policy: one attached to Services binds
                 // whichever waypoint serves them, which may be another

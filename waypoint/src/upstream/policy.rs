@@ -35,7 +35,7 @@ use warren_ztunnel::state::service::DeclaredHttp;
 
 use super::locality::{LocalityLb, PriorityLabel};
 use super::lookup::{Lookup, Placed, Scope};
-use super::tls::{Origination, TlsMode, TlsSettings};
+use super::tls::{Credentials, Origination, TlsMode, TlsSettings};
 use crate::route::ExportTo;
 
 // ---------------------------------------------------------------------------
@@ -430,6 +430,15 @@ impl Policies {
         rules: impl IntoIterator<Item = DrInput>,
         scope: Scope,
     ) -> (Policies, Vec<PolicyError>) {
+        Policies::build_with(rules, scope, &Credentials::new())
+    }
+
+    /// [`Policies::build`], with the Secrets `credentialName`s may name.
+    pub fn build_with(
+        rules: impl IntoIterator<Item = DrInput>,
+        scope: Scope,
+        credentials: &Credentials,
+    ) -> (Policies, Vec<PolicyError>) {
         let mut rules: Vec<DrInput> = rules.into_iter().collect();
         rules.sort_by(|a, b| {
             (a.created, &a.namespace, &a.name).cmp(&(b.created, &b.namespace, &b.name))
@@ -443,6 +452,7 @@ impl Policies {
                 name: &input.name,
                 errors: &mut errors,
                 tls: &mut tls,
+                credentials,
             };
             let rule = compile_rule(&mut cx, &input.spec);
             let export_to = ExportTo::new(&input.spec.export_to);
@@ -592,6 +602,7 @@ struct Ctx<'a> {
     name: &'a str,
     errors: &'a mut Vec<PolicyError>,
     tls: &'a mut Vec<Arc<TlsSettings>>,
+    credentials: &'a Credentials,
 }
 
 impl Ctx<'_> {
@@ -776,7 +787,7 @@ fn compile_parts(
     tls: Option<&ClientTlsSettings>,
 ) -> Parts {
     let tls = tls.map(|spec| {
-        let (mode, error) = TlsSettings::compile(spec);
+        let (mode, error) = TlsSettings::compile(spec, cx.credentials);
         if let TlsMode::Originate(settings) = &mode {
             cx.tls.push(Arc::clone(settings));
         }

@@ -3,22 +3,24 @@
 //! a ServiceEntry host, and the waypoint reaches the host over HTTPS, checking
 //! its certificate, with a client certificate of its own for `MUTUAL`.
 //!
-//! Settings are compiled with the rules, files read then (a few small files,
-//! on each configuration change, and every 30 s to see whether they changed:
-//! `tables.rs`). What they hold is part of the settings' identity, so a
-//! rotated certificate at the same path makes a new cluster, with new
-//! connections. A
-//! setting the waypoint cannot honour (a file it cannot read, a
-//! `credentialName`) is reported and makes the cluster fail
-//! closed: its connections are refused with the reason, never made in
-//! plaintext instead.
+//! The certificates, key and CA come from files, or from a Secret of the
+//! waypoint's namespace that `credentialName` names (the agent sends those,
+//! as Istio's control plane does over SDS). Settings are compiled with the
+//! rules, files read then (a few small files, on each configuration change,
+//! and every 30 s to see whether they changed: `tables.rs`); a Secret's new
+//! version comes as a configuration change. What they hold is part of the
+//! settings' identity, so a rotated certificate makes a new cluster, with new
+//! connections. A setting the waypoint cannot honour (a file it cannot read,
+//! a Secret it was not sent) is reported and makes the cluster fail closed:
+//! its connections are refused with the reason, never made in plaintext
+//! instead.
 //!
 //! `ISTIO_MUTUAL` and `DISABLE` start nothing here: meshed endpoints are
 //! reached over HBONE, which is the mesh's mutual TLS (and `ISTIO_MUTUAL`
 //! refuses an endpoint outside the mesh, see `proxy/connect.rs`).
 
 use std::{
-    collections::hash_map::DefaultHasher,
+    collections::{BTreeMap, hash_map::DefaultHasher},
     hash::{Hash as _, Hasher as _},
     sync::{Arc, OnceLock},
 };
@@ -36,7 +38,11 @@ use rustls::{
     },
     server::ParsedCertificate,
 };
-use warren_model::istio::{ClientTlsMode, ClientTlsSettings};
+use warren_api::config::Credential;
+use warren_model::{
+    cluster::CA_SECRET_SUFFIX,
+    istio::{ClientTlsMode, ClientTlsSettings},
+};
 use webpki::{
     CertRevocationList, ExpirationPolicy, RevocationCheckDepth, RevocationOptionsBuilder,
     UnknownStatusPolicy,
@@ -70,9 +76,12 @@ pub struct TlsSettings {
     /// As written, for display and, with `files`, equality (pooled
     /// connections compare it).
     spec: ClientTlsSettings,
-    /// A digest of what the files held when read (or of why they could not
-    /// be): a changed file makes different settings.
+    /// A digest of what the files and credentials held when read (or of why
+    /// they could not be): a changed file or Secret makes different settings.
     files: u64,
+    /// The credentials read, to compile again with the same when the files
+    /// are looked at again.
+    credentials: Credentials,
     /// The client configs by ALPN, or why there are none.
     configs: Result<Configs, String>,
 }
@@ -87,22 +96,26 @@ struct Configs {
 impl TlsSettings {
     /// What the rule's `tls` asks of the waypoint, and, for settings that
     /// cannot be honoured (they fail closed), why.
-    pub fn compile(spec: &ClientTlsSettings) -> (TlsMode, Option<String>) {
+    pub fn compile(
+        spec: &ClientTlsSettings,
+        credentials: &Credentials,
+    ) -> (TlsMode, Option<String>) {
         let mutual = match spec.mode {
             Some(ClientTlsMode::Simple) => false,
             Some(ClientTlsMode::Mutual) => true,
             Some(ClientTlsMode::IstioMutual) => return (TlsMode::MeshOnly, None),
             None | Some(ClientTlsMode::Disable) => return (TlsMode::Disable, None),
         };
-        let mut files = Files::default();
-        let configs = build(spec, mutual, &mut files);
+        let mut material = Material::default();
+        let configs = build(spec, mutual, &mut material, credentials);
         if let Err(error) = &configs {
-            error.hash(&mut files.digest);
+            error.hash(&mut material.digest);
         }
         let error = configs.as_ref().err().cloned();
         let settings = TlsSettings {
             spec: spec.clone(),
-            files: files.digest.finish(),
+            files: material.digest.finish(),
+            credentials: material.used,
             configs,
         };
         (TlsMode::Originate(Arc::new(settings)), error)
@@ -111,7 +124,7 @@ impl TlsSettings {
     /// Whether the files read hold something else now (compiling again
     /// reads them the same way, and costs a few small files).
     pub fn files_changed(&self) -> bool {
-        match TlsSettings::compile(&self.spec).0 {
+        match TlsSettings::compile(&self.spec, &self.credentials).0 {
             TlsMode::Originate(now) => now.files != self.files,
             TlsMode::Disable | TlsMode::MeshOnly => false,
         }
@@ -184,28 +197,112 @@ impl Origination {
             "subject_alt_names": spec.subject_alt_names,
             "ca_certificates": (!spec.ca_certificates.is_empty()).then_some(&spec.ca_certificates),
             "client_certificate": (!spec.client_certificate.is_empty()).then_some(&spec.client_certificate),
+            "credential_name": (!spec.credential_name.is_empty()).then_some(&spec.credential_name),
+            "credentials_read": self.settings.credentials.keys().collect::<Vec<_>>(),
             "insecure_skip_verify": spec.insecure_skip_verify.unwrap_or(false),
             "error": self.settings.configs.as_ref().err().or(self.server_name.as_ref().err()),
         })
     }
 }
 
-/// The files' contents, hashed as read.
+/// The Secrets the agent sent, by name: its namespace's that rules name
+/// as `credentialName` (and their `-cacert` companions).
+pub type Credentials = BTreeMap<String, Arc<Credential>>;
+
+/// What a setting's certificates and key are read from (files, or a
+/// credential), hashed as read.
 #[derive(Default)]
-struct Files {
+struct Material {
     digest: DefaultHasher,
+    /// The credentials looked up, kept to compile again with the same.
+    used: Credentials,
 }
 
-impl Files {
-    fn read(&mut self, field: &str, path: &str) -> Result<Vec<u8>, String> {
+/// PEM text, with what it is for errors (`caCertificates "/etc/ca.pem"`).
+struct Pem {
+    what: String,
+    bytes: Vec<u8>,
+}
+
+/// A credential's parts, each `None` where its Secrets have none.
+struct FromCredential {
+    chain: Option<Pem>,
+    key: Option<Pem>,
+    ca: Option<Pem>,
+    crl: Option<Pem>,
+}
+
+impl Material {
+    fn file(&mut self, field: &str, path: &str) -> Result<Pem, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("{field} {path:?}: {e}"))?;
         bytes.hash(&mut self.digest);
-        Ok(bytes)
+        Ok(Pem {
+            what: format!("{field} {path:?}"),
+            bytes,
+        })
     }
 
-    fn revocation_lists(&mut self, path: &str) -> Result<Vec<CertRevocationList<'static>>, String> {
-        let pem = self.read("caCrl", path)?;
-        let lists = CertificateRevocationListDer::pem_slice_iter(&pem)
+    /// The parts of credential `name`: from the Secret of that name, and
+    /// the CA (and revocation lists) from `<name>-cacert` when it has none.
+    fn credential(
+        &mut self,
+        name: &str,
+        credentials: &Credentials,
+    ) -> Result<FromCredential, String> {
+        let main = credentials.get(name);
+        let companion_name = format!("{name}{CA_SECRET_SUFFIX}");
+        let companion = credentials.get(&companion_name);
+        if main.is_none() && companion.is_none() {
+            return Err(format!(
+                "credentialName {name:?}: the agent sent no Secret {name:?} of the waypoint's namespace (is there one, with a certificate or CA under Istio's keys? may the node agent read that namespace's Secrets: --secret-namespace, the chart's nodeAgent.credentialNamespaces?)"
+            ));
+        }
+        for (n, c) in [(name, main), (companion_name.as_str(), companion)] {
+            if let Some(c) = c {
+                self.used.insert(n.to_owned(), Arc::clone(c));
+            }
+        }
+        let mut part = |secret: &str, part: &str, bytes: Option<&Vec<u8>>| {
+            let bytes = bytes.filter(|b| !b.is_empty())?;
+            bytes.hash(&mut self.digest);
+            Some(Pem {
+                what: format!("credentialName {name:?} (Secret {secret:?}, {part})"),
+                bytes: bytes.clone(),
+            })
+        };
+        let of_main = |f: fn(&Credential) -> &Vec<u8>| main.map(|c| f(c));
+        let chain = part(name, "certificate", of_main(|c| &c.certificate_chain));
+        let key = part(name, "private key", of_main(|c| &c.private_key));
+        let ca = part(name, "CA", of_main(|c| &c.ca_certificates))
+            .or_else(|| part(&companion_name, "CA", companion.map(|c| &c.ca_certificates)));
+        let crl = part(name, "CRL", of_main(|c| &c.ca_crl))
+            .or_else(|| part(&companion_name, "CRL", companion.map(|c| &c.ca_crl)));
+        Ok(FromCredential {
+            chain,
+            key,
+            ca,
+            crl,
+        })
+    }
+}
+
+impl Pem {
+    fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, String> {
+        let certificates = CertificateDer::pem_slice_iter(&self.bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: {e}", self.what))?;
+        if certificates.is_empty() {
+            return Err(format!("{}: no PEM certificate in it", self.what));
+        }
+        Ok(certificates)
+    }
+
+    fn private_key(&self) -> Result<PrivateKeyDer<'static>, String> {
+        PrivateKeyDer::from_pem_slice(&self.bytes).map_err(|e| format!("{}: {e}", self.what))
+    }
+
+    fn revocation_lists(&self) -> Result<Vec<CertRevocationList<'static>>, String> {
+        let lists = CertificateRevocationListDer::pem_slice_iter(&self.bytes)
             .map(|der| {
                 let der = der.map_err(|e| e.to_string())?;
                 webpki::OwnedCertRevocationList::from_der(der.as_ref())
@@ -213,56 +310,57 @@ impl Files {
                     .map_err(|e| e.to_string())
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("caCrl {path:?}: {e}"))?;
+            .map_err(|e| format!("{}: {e}", self.what))?;
         if lists.is_empty() {
-            return Err(format!("caCrl {path:?}: no PEM revocation list in it"));
+            return Err(format!("{}: no PEM revocation list in it", self.what));
         }
         Ok(lists)
     }
-
-    fn certificates(
-        &mut self,
-        field: &str,
-        path: &str,
-    ) -> Result<Vec<CertificateDer<'static>>, String> {
-        let pem = self.read(field, path)?;
-        let certificates = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{field} {path:?}: {e}"))?;
-        if certificates.is_empty() {
-            return Err(format!("{field} {path:?}: no PEM certificate in it"));
-        }
-        Ok(certificates)
-    }
 }
 
-fn build(spec: &ClientTlsSettings, mutual: bool, files: &mut Files) -> Result<Configs, String> {
-    if !spec.credential_name.is_empty() {
-        return Err(format!(
-            "credentialName {:?}: the waypoint reads no Secrets; give caCertificates, clientCertificate and privateKey as files",
-            spec.credential_name
-        ));
-    }
+fn build(
+    spec: &ClientTlsSettings,
+    mutual: bool,
+    material: &mut Material,
+    credentials: &Credentials,
+) -> Result<Configs, String> {
+    let credential = match spec.credential_name.as_str() {
+        "" => None,
+        name => Some(material.credential(name, credentials)?),
+    };
     let provider = warren_ztunnel::tls::provider();
     let check = if spec.insecure_skip_verify == Some(true) {
         Check::Nothing
     } else {
-        let roots = if spec.ca_certificates.is_empty() {
-            system_roots()?
-        } else {
-            let mut roots = RootCertStore::empty();
-            for certificate in files.certificates("caCertificates", &spec.ca_certificates)? {
-                roots
-                    .add(certificate)
-                    .map_err(|e| format!("caCertificates {:?}: {e}", spec.ca_certificates))?;
+        let file_ca;
+        let ca = match &credential {
+            Some(credential) => credential.ca.as_ref(),
+            None if spec.ca_certificates.is_empty() => None,
+            None => {
+                file_ca = material.file("caCertificates", &spec.ca_certificates)?;
+                Some(&file_ca)
             }
-            Arc::new(roots)
         };
-        let crls = if spec.ca_crl.is_empty() {
-            Vec::new()
-        } else {
-            files.revocation_lists(&spec.ca_crl)?
+        let roots = match ca {
+            None => system_roots()?,
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for certificate in ca.certificates()? {
+                    roots
+                        .add(certificate)
+                        .map_err(|e| format!("{}: {e}", ca.what))?;
+                }
+                Arc::new(roots)
+            }
         };
+        // Lists from both a `caCrl` file and the credential all apply.
+        let mut crls = Vec::new();
+        if !spec.ca_crl.is_empty() {
+            crls.extend(material.file("caCrl", &spec.ca_crl)?.revocation_lists()?);
+        }
+        if let Some(crl) = credential.as_ref().and_then(|c| c.crl.as_ref()) {
+            crls.extend(crl.revocation_lists()?);
+        }
         Check::Chain {
             roots,
             crls,
@@ -283,12 +381,22 @@ fn build(spec: &ClientTlsSettings, mutual: bool, files: &mut Files) -> Result<Co
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let config = if mutual {
-        let chain = files.certificates("clientCertificate", &spec.client_certificate)?;
-        let key = PrivateKeyDer::from_pem_slice(&files.read("privateKey", &spec.private_key)?)
-            .map_err(|e| format!("privateKey {:?}: {e}", spec.private_key))?;
+        let (chain, key) = match credential {
+            Some(FromCredential { chain, key, .. }) => {
+                let name = &spec.credential_name;
+                (
+                    chain.ok_or_else(|| format!("credentialName {name:?}: mode MUTUAL needs a certificate (tls.crt or cert) in Secret {name:?}"))?,
+                    key.ok_or_else(|| format!("credentialName {name:?}: mode MUTUAL needs a private key (tls.key or key) in Secret {name:?}"))?,
+                )
+            }
+            None => (
+                material.file("clientCertificate", &spec.client_certificate)?,
+                material.file("privateKey", &spec.private_key)?,
+            ),
+        };
         builder
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| format!("clientCertificate and privateKey: {e}"))?
+            .with_client_auth_cert(chain.certificates()?, key.private_key()?)
+            .map_err(|e| format!("{} and {}: {e}", chain.what, key.what))?
     } else {
         builder.with_no_client_auth()
     };

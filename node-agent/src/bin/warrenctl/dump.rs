@@ -5,9 +5,9 @@ use serde_json::{Value, json};
 use warren_api::{
     addr,
     config::{
-        Action, Authorization, Certificate, Cidr, DumpResponse, GatewayAddress, InboundMode, Match,
-        MeshSettings, OutboundPolicy, Refusal, Resource, Scope, Service, StringMatch,
-        TunnelProtocol, Workload, resource::Kind, string_match::Kind as SKind,
+        Action, Authorization, Certificate, Cidr, Credential, DumpResponse, GatewayAddress,
+        InboundMode, Match, MeshSettings, OutboundPolicy, Refusal, Resource, Scope, Service,
+        StringMatch, TunnelProtocol, Workload, resource::Kind, string_match::Kind as SKind,
     },
     key,
 };
@@ -147,6 +147,18 @@ fn certificate_json(c: &Certificate) -> Value {
     })
 }
 
+/// A Secret's TLS material by what it has, never the bytes: a dump never
+/// shows keys (and certificates are for `openssl` on the Secret itself).
+fn credential_json(c: &Credential) -> Value {
+    json!({
+        "name": c.name, "namespace": c.namespace,
+        "certificateChain": !c.certificate_chain.is_empty(),
+        "privateKey": !c.private_key.is_empty(),
+        "caCertificates": !c.ca_certificates.is_empty(),
+        "caCrl": !c.ca_crl.is_empty(),
+    })
+}
+
 pub fn resource_json(r: &Resource) -> Value {
     let (kind, body) = match &r.kind {
         Some(Kind::Workload(w)) => ("Workload", workload_json(w)),
@@ -155,6 +167,7 @@ pub fn resource_json(r: &Resource) -> Value {
         Some(Kind::Mesh(m)) => ("MeshSettings", mesh_json(m)),
         Some(Kind::Certificate(c)) => ("Certificate", certificate_json(c)),
         Some(Kind::TrustBundle(t)) => ("TrustBundle", json!({ "roots": t.roots_pem.len() })),
+        Some(Kind::Credential(c)) => ("Credential", credential_json(c)),
         Some(Kind::VirtualService(v)) => (
             "VirtualService",
             json!({

@@ -20,6 +20,7 @@ use rustls::{
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_rustls::TlsAcceptor;
+use warren_api::config::Credential;
 use warren_model::istio::DestinationRuleSpec;
 use warren_testbed::pki::{Authority, Leaf};
 
@@ -32,7 +33,7 @@ use crate::proxy::{
         tests::{cluster, connector},
     },
 };
-use crate::upstream::{DrInput, Policies, PoolLimits, Scope, Speaks};
+use crate::upstream::{Credentials, DrInput, Policies, PoolLimits, Scope, Speaks};
 
 const HOST: &str = "api.example.test";
 
@@ -150,10 +151,15 @@ async fn serve(
 /// The pool limits a DestinationRule for [`HOST`] with `tls` gives, and the
 /// problems it reported.
 fn limits_for(tls: serde_json::Value) -> (PoolLimits, Vec<String>) {
+    limits_with(tls, &Credentials::new())
+}
+
+/// [`limits_for`], with the Secrets the agent sent.
+fn limits_with(tls: serde_json::Value, credentials: &Credentials) -> (PoolLimits, Vec<String>) {
     let spec: DestinationRuleSpec =
         serde_json::from_value(json!({"host": HOST, "trafficPolicy": {"tls": tls}}))
             .expect("test DestinationRule spec is valid");
-    let (policies, errors) = Policies::build(
+    let (policies, errors) = Policies::build_with(
         vec![DrInput {
             namespace: "egress".into(),
             name: "api".into(),
@@ -166,6 +172,7 @@ fn limits_for(tls: serde_json::Value) -> (PoolLimits, Vec<String>) {
             root: "istio-system".into(),
             labels: Default::default(),
         },
+        credentials,
     );
     let pool = policies
         .resolve(HOST, "egress", None, 443)
@@ -686,4 +693,135 @@ async fn an_http2_handshake_is_joined_only_by_requests_of_its_route() {
         .map(|h| h.sni.clone())
         .collect();
     assert_eq!(accepted, vec![Some(HOST.to_owned())], "{handshakes:?}");
+}
+
+/// A Secret of the `egress` namespace as the agent sends it.
+fn secret(name: &str, chain: &str, key: &str, ca: &str, crl: &str) -> (String, Arc<Credential>) {
+    let credential = Credential {
+        name: name.into(),
+        namespace: "egress".into(),
+        certificate_chain: chain.as_bytes().to_vec(),
+        private_key: key.as_bytes().to_vec(),
+        ca_certificates: ca.as_bytes().to_vec(),
+        ca_crl: crl.as_bytes().to_vec(),
+    };
+    (name.to_owned(), Arc::new(credential))
+}
+
+#[tokio::test]
+async fn credential_name_takes_the_certificates_from_the_secret_the_agent_sent() {
+    let ca = Authority::new("egress test root").expect("ca");
+    let clients = Authority::new("clients").expect("ca");
+    let client = clients
+        .client(&["spiffe://cluster.local/ns/egress/sa/waypoint"])
+        .expect("client leaf");
+    let (addr, mut seen) = server(&ca.server(&[HOST]).expect("leaf"), Some(&clients)).await;
+    let mutual = json!({"mode": "MUTUAL", "credentialName": "partner"});
+
+    // A TLS Secret with its CA: the waypoint presents its certificate and
+    // checks the server against its CA.
+    let whole: Credentials = [secret(
+        "partner",
+        &client.cert_pem,
+        &client.key_pem,
+        &ca.root_pem,
+        "",
+    )]
+    .into();
+    let (limits, errors) = limits_with(mutual.clone(), &whole);
+    assert!(errors.is_empty(), "{errors:?}");
+    let upstream = connector()
+        .connect(addr, &limits, Speaks::Http1)
+        .await
+        .expect("mutual TLS from the Secret");
+    let seen_now = seen.recv().await.expect("a handshake").expect("accepted");
+    assert!(seen_now.client_certificate);
+    assert_eq!(read_all(upstream).await, b"hello");
+
+    // The CA from the `-cacert` companion when the Secret has none.
+    let split: Credentials = [
+        secret("partner", &client.cert_pem, &client.key_pem, "", ""),
+        secret("partner-cacert", "", "", &ca.root_pem, ""),
+    ]
+    .into();
+    let (split_limits, errors) = limits_with(mutual.clone(), &split);
+    assert!(errors.is_empty(), "{errors:?}");
+    connector()
+        .connect(addr, &split_limits, Speaks::Http1)
+        .await
+        .expect("CA from partner-cacert");
+    assert!(seen.recv().await.expect("a handshake").is_ok());
+
+    // Another CA in the Secret: the server is not trusted.
+    let stranger = Authority::new("someone else").expect("ca");
+    let wrong_ca: Credentials = [secret(
+        "partner",
+        &client.cert_pem,
+        &client.key_pem,
+        &stranger.root_pem,
+        "",
+    )]
+    .into();
+    let (wrong_limits, _) = limits_with(mutual.clone(), &wrong_ca);
+    let refused = connector()
+        .connect(addr, &wrong_limits, Speaks::Http1)
+        .await;
+    assert!(
+        matches!(refused, Err(ConnectError::TlsHandshake { .. })),
+        "{:?}",
+        refused.err()
+    );
+    // A renewed Secret makes other settings (new connections), the same
+    // one the same (pooled connections shared).
+    assert_ne!(limits.tls, wrong_limits.tls);
+    assert_eq!(limits.tls, limits_with(mutual.clone(), &whole).0.tls);
+
+    // MUTUAL without a key in the Secret, or without the Secret: refused
+    // before connecting, naming what is missing.
+    let nowhere: SocketAddr = "127.0.0.1:9".parse().expect("address");
+    let keyless: Credentials = [secret("partner", &client.cert_pem, "", &ca.root_pem, "")].into();
+    let other: Credentials = [secret(
+        "someone-else",
+        &client.cert_pem,
+        &client.key_pem,
+        &ca.root_pem,
+        "",
+    )]
+    .into();
+    for (credentials, says) in [(keyless, "private key"), (other, "sent no Secret")] {
+        let (limits, errors) = limits_with(mutual.clone(), &credentials);
+        assert!(errors.len() == 1 && errors[0].contains(says), "{errors:?}");
+        match connector().connect(nowhere, &limits, Speaks::Http1).await {
+            Err(ConnectError::TlsSettings { reason, .. }) => {
+                assert!(reason.contains(says), "{reason}")
+            }
+            other => panic!("refused for its settings, not {:?}", other.err()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_credentials_revocation_list_refuses_a_revoked_server() {
+    let ca = Authority::new("egress test root").expect("ca");
+    let good = ca.server(&[HOST]).expect("leaf");
+    let revoked = ca.server(&[HOST]).expect("leaf");
+    let crl = ca.revocation_list(&[&revoked]).expect("crl");
+    let credentials: Credentials = [secret("partner", "", "", &ca.root_pem, &crl)].into();
+    let (limits, errors) = limits_with(
+        json!({"mode": "SIMPLE", "credentialName": "partner"}),
+        &credentials,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let (addr, _seen) = server(&good, None).await;
+    connector()
+        .connect(addr, &limits, Speaks::Http1)
+        .await
+        .expect("a certificate the list does not name");
+    let (addr, _seen) = server(&revoked, None).await;
+    match connector().connect(addr, &limits, Speaks::Http1).await {
+        Err(ConnectError::TlsHandshake { source, .. }) => {
+            assert!(source.to_string().contains("Revoked"), "{source}");
+        }
+        other => panic!("a revoked certificate: {:?}", other.err()),
+    }
 }
