@@ -422,6 +422,69 @@ async fn a_forbidden_mesh_config_does_not_hold_the_first_sync_back() {
     assert_eq!(log, vec!["upsert Namespace shop", "synced"], "{log:?}");
 }
 
+/// Answers Secrets of `egress` (checking the type selector) and refuses
+/// those of `locked` (no Role there); any other Secret request fails the
+/// test: the agent reads the namespaces it was given, never cluster-wide.
+async fn secrets_server(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) {
+    let mut held = Vec::new();
+    while let Some((request, send)) = handle.next_request().await {
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        if query.contains("watch=true") {
+            held.push(send);
+            continue;
+        }
+        let (code, body) = match path.as_str() {
+            "/api/v1/namespaces" => (
+                200,
+                list("NamespaceList", "10", vec![namespace("shop", "9", true)]),
+            ),
+            "/api/v1/namespaces/egress/secrets" => {
+                assert!(
+                    query.contains("fieldSelector=type%21%3Dhelm.sh%2Frelease.v1%2Ctype%21%3Dkubernetes.io%2Fservice-account-token"),
+                    "Helm releases and tokens are not left out: {query}"
+                );
+                let secret = json!({
+                    "metadata": { "name": "partner", "namespace": "egress", "resourceVersion": "7" },
+                    "type": "kubernetes.io/tls",
+                    "data": { "tls.crt": "Q0VSVA==", "tls.key": "S0VZ" }
+                });
+                (200, list("SecretList", "7", vec![secret]))
+            }
+            "/api/v1/namespaces/locked/secrets" => (
+                403,
+                serde_json::to_vec(&status(403, &path)).expect("JSON"),
+            ),
+            other => panic!("unexpected request {other} {query}"),
+        };
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = http::StatusCode::from_u16(code).expect("status");
+        send.send_response(response);
+    }
+}
+
+#[tokio::test]
+async fn secrets_are_read_only_in_the_namespaces_given() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(secrets_server(handle));
+    let client = Client::new(service, "default");
+    let source = KubeSource::with_kinds(client, vec![Kind::Namespace, Kind::Secret])
+        .with_secret_namespaces(vec!["locked".into(), "egress".into(), "egress".into()]);
+    let mut log = until_synced(source).await;
+    log.sort();
+    // A namespace without a Role does not hold the first sync back: its
+    // credentialNames fail closed.
+    assert_eq!(
+        log,
+        vec![
+            "synced",
+            "upsert Namespace shop",
+            "upsert Secret egress/partner"
+        ],
+        "{log:?}"
+    );
+}
+
 /// An API server whose Gateway API CRDs serve TLSRoute at `v1alpha3` only
 /// once `installed` is set (CRDs installed after the agent started).
 async fn installing(

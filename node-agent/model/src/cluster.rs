@@ -578,6 +578,41 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_keeps_only_istios_tls_keys() {
+        // `data` is base64: "CERT", "KEY", "SECRET".
+        let yaml = r#"
+apiVersion: v1
+kind: Secret
+metadata: { name: partner, namespace: egress }
+type: kubernetes.io/tls
+data: { tls.crt: Q0VSVA==, tls.key: S0VZ, password: U0VDUkVU }
+stringData: { cacert: CA, ca.crt: "", crl: CRL }
+"#;
+        let Ok(Object::Secret(secret)) = parse(yaml) else {
+            panic!("a Secret");
+        };
+        assert_eq!((&*secret.namespace, &*secret.name), ("egress", "partner"));
+        let c = &secret.credential;
+        assert_eq!(c.certificate_chain.as_deref(), Some(&b"CERT"[..]));
+        assert_eq!(c.private_key.as_deref(), Some(&b"KEY"[..]));
+        // An empty `ca.crt` does not hide the generic key.
+        assert_eq!(c.ca_certificates.as_deref(), Some(&b"CA"[..]));
+        assert_eq!(c.ca_crl.as_deref(), Some(&b"CRL"[..]));
+        // Nothing else is kept, and a log line never shows the bytes.
+        let shown = format!("{secret:?}");
+        assert!(!shown.contains("KEY") && !shown.contains("75"), "{shown}");
+        assert!(shown.contains("private_key_bytes: Some(3)"), "{shown}");
+
+        let Ok(Object::Secret(docker)) = parse(
+            "apiVersion: v1\nkind: Secret\nmetadata: { name: pull }\ndata: { .dockerconfigjson: e30= }\n",
+        ) else {
+            panic!("a Secret");
+        };
+        assert!(docker.credential.is_empty());
+        assert_eq!(&*docker.namespace, "default");
+    }
+
+    #[test]
     fn a_pod_keeps_what_warren_reads() {
         let yaml = r#"
 apiVersion: v1

@@ -2401,3 +2401,126 @@ fn the_mesh_configs_telemetry_providers_and_defaults_go_to_waypoints() {
         ]
     );
 }
+
+#[test]
+fn secrets_named_by_credential_name_reach_only_their_namespaces_waypoints() {
+    // `demo` has a waypoint; `plain` has none.
+    let (mut store, mut view) = built(WAYPOINT_GATEWAY);
+    let secrets = r#"
+apiVersion: v1
+kind: Secret
+metadata: { name: partner, namespace: demo }
+type: kubernetes.io/tls
+stringData: { tls.crt: CERT, tls.key: KEY, ca.crt: CA, other: never-kept }
+---
+apiVersion: v1
+kind: Secret
+metadata: { name: partner-cacert, namespace: demo }
+stringData: { cacert: CA2 }
+---
+apiVersion: v1
+kind: Secret
+metadata: { name: partner, namespace: plain }
+stringData: { cert: CERT, key: KEY }
+---
+apiVersion: v1
+kind: Secret
+metadata: { name: unrelated, namespace: demo }
+stringData: { tls.crt: CERT, tls.key: KEY }
+"#;
+    let keys = apply(&mut store, secrets);
+    view.changed(&store, &keys);
+    let credentials = |view: &View, audience: &Audience| -> Vec<String> {
+        keys_for(view, audience)
+            .into_iter()
+            .filter(|k| k.starts_with(key::CREDENTIAL_PREFIX))
+            .collect()
+    };
+    assert!(
+        credentials(&view, &Audience::All).is_empty(),
+        "no rule names them yet"
+    );
+
+    let rule = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: { name: partner, namespace: demo }
+spec:
+  host: api.partner.example
+  subsets:
+    - name: v1
+      labels: { version: v1 }
+      trafficPolicy:
+        portLevelSettings: [{ port: { number: 443 }, tls: { mode: MUTUAL, credentialName: partner } }]
+"#;
+    let keys = apply(&mut store, rule);
+    view.changed(&store, &keys);
+    let demo = Audience::Waypoint {
+        namespace: "demo".into(),
+    };
+    // Named (even deep in a subset's port-level policy): the Secret and its
+    // CA companion, to demo's waypoint; not plain's Secret (no waypoint
+    // there), not the unrelated one, nothing to ztunnels.
+    assert_eq!(
+        credentials(&view, &Audience::All),
+        [
+            key::credential("demo", "partner"),
+            key::credential("demo", "partner-cacert")
+        ]
+    );
+    assert_eq!(credentials(&view, &demo).len(), 2);
+    assert!(credentials(&view, &Audience::Ztunnel).is_empty());
+    assert!(
+        credentials(
+            &view,
+            &Audience::Waypoint {
+                namespace: "plain".into()
+            }
+        )
+        .is_empty()
+    );
+    let Some(ResourceKind::Credential(partner)) = get(&view, &key::credential("demo", "partner"))
+    else {
+        panic!("no credential published");
+    };
+    assert_eq!(partner.certificate_chain, b"CERT");
+    assert_eq!(partner.private_key, b"KEY");
+    assert_eq!(partner.ca_certificates, b"CA");
+    assert!(partner.ca_crl.is_empty());
+
+    // A waypoint for plain: its Secret of that name goes to it.
+    let keys = apply(
+        &mut store,
+        &WAYPOINT_GATEWAY.replace("namespace: demo", "namespace: plain"),
+    );
+    view.changed(&store, &keys);
+    assert_eq!(
+        credentials(
+            &view,
+            &Audience::Waypoint {
+                namespace: "plain".into()
+            }
+        ),
+        [key::credential("plain", "partner")]
+    );
+
+    // A renewed Secret is published again; a deleted one withdrawn.
+    let keys = apply(
+        &mut store,
+        &secrets.replace("tls.key: KEY, ca.crt: CA", "tls.key: KEY2, ca.crt: CA"),
+    );
+    view.changed(&store, &keys);
+    let Some(ResourceKind::Credential(partner)) = get(&view, &key::credential("demo", "partner"))
+    else {
+        panic!("no credential published");
+    };
+    assert_eq!(partner.private_key, b"KEY2");
+    let gone = delete(&mut store, Kind::Secret, "demo", "partner-cacert");
+    view.changed(&store, &[gone]);
+    assert!(get(&view, &key::credential("demo", "partner-cacert")).is_none());
+
+    // The rule no longer names it: withdrawn everywhere.
+    let gone = delete(&mut store, Kind::DestinationRule, "demo", "partner");
+    view.changed(&store, &[gone]);
+    assert!(credentials(&view, &Audience::All).is_empty());
+}

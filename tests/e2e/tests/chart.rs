@@ -576,3 +576,60 @@ fn the_chart_renders_without_the_optional_parts() -> Result<()> {
     );
     Ok(())
 }
+
+/// The agent reads Secrets only in the namespaces the chart names for
+/// `credentialName`s: a Role in each, none cluster-wide, and none by default.
+#[test]
+fn secrets_are_readable_only_in_the_credential_namespaces() -> Result<()> {
+    let secrets_readable = |objects: &[Value]| -> Result<(Vec<String>, Vec<String>)> {
+        let agent = find(objects, "DaemonSet", "warren-node-agent")?;
+        let AgentCommand::Run(run) = agent_cli(container(agent, "node-agent")?)? else {
+            bail!("the node agent does not `run`");
+        };
+        let account = text(&agent["spec"]["template"]["spec"]["serviceAccountName"])?;
+        let cluster_wide = granted(objects, "ClusterRole", "warren-node-agent", account)?;
+        ensure!(
+            ["get", "list", "watch"]
+                .iter()
+                .all(|verb| !allows(cluster_wide, "", "secrets", verb, None)),
+            "the node agent may read Secrets cluster-wide"
+        );
+        // Namespaces where a Role bound to the agent lets it read Secrets.
+        let mut namespaces = Vec::new();
+        for role in objects.iter().filter(|o| o["kind"] == "Role") {
+            let ns = text(&role["metadata"]["namespace"])?;
+            let name = &role["metadata"]["name"];
+            let bound = objects.iter().any(|b| {
+                b["kind"] == "RoleBinding"
+                    && b["metadata"]["namespace"] == ns
+                    && b["roleRef"]["kind"] == "Role"
+                    && b["roleRef"]["name"] == *name
+                    && list(&b["subjects"]).iter().any(|s| {
+                        s["name"] == account && s["namespace"] == NAMESPACE
+                    })
+            });
+            if bound
+                && ["get", "list", "watch"]
+                    .iter()
+                    .all(|verb| allows(&role["rules"], "", "secrets", verb, None))
+            {
+                namespaces.push(ns.to_owned());
+            }
+        }
+        namespaces.sort();
+        Ok((namespaces, run.secret_namespaces))
+    };
+    let (roles, read) = secrets_readable(&render(&[])?)?;
+    ensure!(
+        roles.is_empty() && read.is_empty(),
+        "by default: Roles {roles:?}, --secret-namespace {read:?}"
+    );
+    let (roles, read) = secrets_readable(&render(&[
+        "nodeAgent.credentialNamespaces={egress,partners}",
+    ])?)?;
+    ensure!(
+        roles == ["egress", "partners"] && read == ["egress", "partners"],
+        "Roles {roles:?}, --secret-namespace {read:?}"
+    );
+    Ok(())
+}

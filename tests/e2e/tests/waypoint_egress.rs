@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use serde_json::Value;
+use serde_json::{Value, json};
 use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
     mesh::{
@@ -369,7 +369,8 @@ fn the_waypoint_starts_tls_to_an_external_host_as_its_destination_rule_says() ->
     let clients_root = clients.write_root(&dir, "clients-root")?;
     let secure = hosts.server(&[SECURE])?.write(&dir, "secure")?;
     let mutual = hosts.server(&[MUTUAL])?.write(&dir, "mutual")?;
-    let waypoint_cert = clients.client(&[])?.write(&dir, "waypoint")?;
+    let waypoint_cert = clients.client(&[])?;
+    let stranger_cert = other.client(&[])?;
     let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
 
     let (secure_at, mutual_at) = (format!("{}:8443", node.ip), format!("{}:8444", node.ip));
@@ -433,15 +434,24 @@ fn the_waypoint_starts_tls_to_an_external_host_as_its_destination_rule_says() ->
                 MUTUAL,
                 MUTUAL_VIP,
                 8444,
-                &format!(
-                    "{{ mode: MUTUAL, caCertificates: {}, clientCertificate: {}, privateKey: {} }}",
-                    path(&root),
-                    path(&waypoint_cert.cert),
-                    path(&waypoint_cert.key)
-                ),
+                "{ mode: MUTUAL, credentialName: partner-client }",
             )
         )
     };
+    // MUTUAL takes its certificate, key and CA from a Secret of the
+    // waypoint's namespace, which the agent reads from the folder too.
+    let credential = |leaf: &warren_testbed::pki::Leaf| {
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": { "name": "partner-client", "namespace": "demo" },
+            "stringData": {
+                "tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": hosts.root_pem,
+            },
+        })
+        .to_string()
+    };
+    let secret = cluster.config_dir().join("partner-client.demo.yaml");
+    std::fs::write(&secret, credential(&waypoint_cert))?;
     let config = cluster.config_dir().join("egress.demo.yaml");
     std::fs::write(&config, entries(&simple(&path(&root))))?;
     let waypoint = egress.start_waypoint()?;
@@ -468,15 +478,30 @@ fn the_waypoint_starts_tls_to_an_external_host_as_its_destination_rule_says() ->
         answer.1
     );
 
-    // MUTUAL: the waypoint shows its client certificate to the host that
-    // asks for one.
+    // MUTUAL: the waypoint shows the Secret's client certificate to the
+    // host that asks for one.
     let answer = get(&client, MUTUAL_VIP)?;
-    eprintln!("MUTUAL: {} {}", answer.0, answer.1["tls"]);
+    eprintln!("MUTUAL (credentialName): {} {}", answer.0, answer.1["tls"]);
     ensure!(
         answer.0 == 200 && answer.1["tls"]["client_certificate"] == true,
-        "the host asking for a client certificate must get one: {answer:?}\n{}",
+        "the host asking for a client certificate must get the Secret's: {answer:?}\n{}",
         logs()
     );
+    // The Secret renewed with a certificate the host does not trust: in
+    // force on the next connections (refused), with no change to the rule;
+    // then back.
+    std::fs::write(&secret, credential(&stranger_cert))?;
+    eventually(
+        Duration::from_secs(20),
+        "the renewed Secret in force",
+        || Ok(get(&client, MUTUAL_VIP)?.0 == 503),
+    )
+    .with_context(logs)?;
+    std::fs::write(&secret, credential(&waypoint_cert))?;
+    eventually(Duration::from_secs(20), "the Secret back", || {
+        Ok(get(&client, MUTUAL_VIP)?.0 == 200)
+    })
+    .with_context(logs)?;
 
     // A host the rule's CA does not vouch for is refused (503), not reached
     // in plaintext or without a check.
@@ -497,8 +522,8 @@ fn the_waypoint_starts_tls_to_an_external_host_as_its_destination_rule_says() ->
         "every request to an untrusted host refused: {report}"
     );
 
-    // Settings the waypoint cannot honour fail closed: a Secret it does not
-    // read is refused on load, and the host is not reached at all.
+    // Settings the waypoint cannot honour fail closed: a Secret that does
+    // not exist is reported, and the host is not reached at all.
     std::fs::write(
         &config,
         entries("{ mode: SIMPLE, credentialName: secure-ca }"),
@@ -530,7 +555,7 @@ fn the_waypoint_starts_tls_to_an_external_host_as_its_destination_rule_says() ->
     )?;
     let dump = String::from_utf8_lossy(&out.stdout);
     ensure!(
-        dump.contains("the waypoint reads no Secrets"),
+        dump.contains("the agent sent no Secret"),
         "/clusters says why the cluster refuses: {dump}"
     );
     Ok(())
