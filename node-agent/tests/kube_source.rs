@@ -451,10 +451,9 @@ async fn secrets_server(mut handle: tower_test::mock::Handle<Request<Body>, Resp
                 });
                 (200, list("SecretList", "7", vec![secret]))
             }
-            "/api/v1/namespaces/locked/secrets" => (
-                403,
-                serde_json::to_vec(&status(403, &path)).expect("JSON"),
-            ),
+            "/api/v1/namespaces/locked/secrets" => {
+                (403, serde_json::to_vec(&status(403, &path)).expect("JSON"))
+            }
             other => panic!("unexpected request {other} {query}"),
         };
         let mut response = Response::new(Body::from(body));

@@ -589,9 +589,13 @@ fn secrets_are_readable_only_in_the_credential_namespaces() -> Result<()> {
         let account = text(&agent["spec"]["template"]["spec"]["serviceAccountName"])?;
         let cluster_wide = granted(objects, "ClusterRole", "warren-node-agent", account)?;
         ensure!(
-            ["get", "list", "watch"]
-                .iter()
-                .all(|verb| !allows(cluster_wide, "", "secrets", verb, None)),
+            ["get", "list", "watch"].iter().all(|verb| !allows(
+                cluster_wide,
+                "",
+                "secrets",
+                verb,
+                None
+            )),
             "the node agent may read Secrets cluster-wide"
         );
         // Namespaces where a Role bound to the agent lets it read Secrets.
@@ -604,9 +608,9 @@ fn secrets_are_readable_only_in_the_credential_namespaces() -> Result<()> {
                     && b["metadata"]["namespace"] == ns
                     && b["roleRef"]["kind"] == "Role"
                     && b["roleRef"]["name"] == *name
-                    && list(&b["subjects"]).iter().any(|s| {
-                        s["name"] == account && s["namespace"] == NAMESPACE
-                    })
+                    && list(&b["subjects"])
+                        .iter()
+                        .any(|s| s["name"] == account && s["namespace"] == NAMESPACE)
             });
             if bound
                 && ["get", "list", "watch"]
