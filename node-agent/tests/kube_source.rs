@@ -484,6 +484,83 @@ async fn secrets_are_read_only_in_the_namespaces_given() {
     );
 }
 
+/// Lists one Secret of `egress`, then refuses every watch and list there
+/// (403): the agent's Role was taken away.
+async fn revoking_server(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) {
+    let mut held = Vec::new();
+    let mut lists = 0;
+    while let Some((request, send)) = handle.next_request().await {
+        let path = request.uri().path().to_owned();
+        let is_watch = request
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .contains("watch=true");
+        let (code, body) = match (path.as_str(), is_watch) {
+            ("/api/v1/namespaces", false) => (
+                200,
+                list("NamespaceList", "10", vec![namespace("shop", "9", true)]),
+            ),
+            ("/api/v1/namespaces", true) => {
+                held.push(send);
+                continue;
+            }
+            ("/api/v1/namespaces/egress/secrets", false) => {
+                lists += 1;
+                if lists == 1 {
+                    let secret = json!({
+                        "metadata": { "name": "partner", "namespace": "egress", "resourceVersion": "7" },
+                        "data": { "cacert": "Q0E=" }
+                    });
+                    (200, list("SecretList", "7", vec![secret]))
+                } else {
+                    (403, serde_json::to_vec(&status(403, &path)).expect("JSON"))
+                }
+            }
+            ("/api/v1/namespaces/egress/secrets", true) => {
+                (403, serde_json::to_vec(&status(403, &path)).expect("JSON"))
+            }
+            (other, _) => panic!("unexpected request {other}"),
+        };
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = http::StatusCode::from_u16(code).expect("status");
+        send.send_response(response);
+    }
+}
+
+#[tokio::test]
+async fn secrets_no_longer_readable_are_withdrawn() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(revoking_server(handle));
+    let client = Client::new(service, "default");
+    let source = KubeSource::with_kinds(client, vec![Kind::Namespace])
+        .with_secret_namespaces(vec!["egress".into()]);
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(source.run(tx));
+    let mut log = Vec::new();
+    while let Ok(Some(event)) = timeout(Duration::from_secs(10), rx.recv()).await {
+        let deleted = matches!(event, SourceEvent::Delete(_));
+        log.push(match event {
+            SourceEvent::Upsert(o) => format!("upsert {}", o.key()),
+            SourceEvent::Delete(key) => format!("delete {key}"),
+            SourceEvent::Synced => "synced".into(),
+            other => format!("{other:?}"),
+        });
+        if deleted {
+            break;
+        }
+    }
+    assert!(
+        log.contains(&"upsert Secret egress/partner".to_owned()),
+        "{log:?}"
+    );
+    assert_eq!(
+        log.last().map(String::as_str),
+        Some("delete Secret egress/partner"),
+        "a Secret the agent may no longer read is withdrawn: {log:?}"
+    );
+}
+
 /// An API server whose Gateway API CRDs serve TLSRoute at `v1alpha3` only
 /// once `installed` is set (CRDs installed after the agent started).
 async fn installing(

@@ -25,6 +25,21 @@ pub mod subscribe;
 #[allow(clippy::large_enum_variant)]
 pub mod config {
     tonic::include_proto!("warren.config.v1");
+
+    // A Secret's key must not reach a log line or a test's failure message:
+    // the parts by their size.
+    impl std::fmt::Debug for Credential {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Credential")
+                .field("name", &self.name)
+                .field("namespace", &self.namespace)
+                .field("certificate_chain_bytes", &self.certificate_chain.len())
+                .field("private_key_bytes", &self.private_key.len())
+                .field("ca_certificates_bytes", &self.ca_certificates.len())
+                .field("ca_crl_bytes", &self.ca_crl.len())
+                .finish()
+        }
+    }
 }
 
 /// Generated from `proto/warren/ca/v1/ca.proto`.

@@ -492,10 +492,11 @@ pub struct Secret {
     pub credential: Credential,
 }
 
-/// TLS material of a Secret, under Istio's keys: a TLS Secret's `tls.crt`,
-/// `tls.key`, `ca.crt` and `ca.crl`, or a generic one's `cert`, `key`,
-/// `cacert` and `crl` (the TLS key wins when both are there). Each is the
-/// PEM text as stored; `None` when the Secret does not have it.
+/// TLS material of a Secret, under Istio's keys and in Istio's order: the
+/// certificate and key as a pair, a generic Secret's `cert` and `key` when
+/// both are there, else a TLS Secret's `tls.crt` and `tls.key`; the CA and
+/// its revocation lists likewise, `cacert` with `crl`, else `ca.crt` with
+/// `ca.crl`. Each is the PEM text as stored; `None` when not there.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credential {
     pub certificate_chain: Option<Arc<[u8]>>,
@@ -544,17 +545,28 @@ impl From<core::Secret> for Secret {
                 .into_iter()
                 .map(|(k, v)| (k, v.into_bytes())),
         );
-        let mut take = |keys: [&str; 2]| {
-            keys.iter()
-                .filter_map(|k| data.remove(*k))
-                .find(|v| !v.is_empty())
-                .map(Arc::from)
+        let value = |key: &str| {
+            data.get(key)
+                .filter(|v| !v.is_empty())
+                .map(|v| Arc::from(&v[..]))
         };
+        // The first pair whose first member is there.
+        let pair = |pairs: [(&str, &str); 2], both: bool| {
+            pairs.iter().find_map(|(a, b)| {
+                let first = value(a)?;
+                let second = value(b);
+                (!both || second.is_some()).then_some((Some(first), second))
+            })
+        };
+        let (certificate_chain, private_key) =
+            pair([("cert", "key"), ("tls.crt", "tls.key")], true).unwrap_or_default();
+        let (ca_certificates, ca_crl) =
+            pair([("cacert", "crl"), ("ca.crt", "ca.crl")], false).unwrap_or_default();
         let credential = Credential {
-            certificate_chain: take(["tls.crt", "cert"]),
-            private_key: take(["tls.key", "key"]),
-            ca_certificates: take(["ca.crt", "cacert"]),
-            ca_crl: take(["ca.crl", "crl"]),
+            certificate_chain,
+            private_key,
+            ca_certificates,
+            ca_crl,
         };
         let meta = secret.metadata;
         Secret {
@@ -595,13 +607,36 @@ stringData: { cacert: CA, ca.crt: "", crl: CRL }
         let c = &secret.credential;
         assert_eq!(c.certificate_chain.as_deref(), Some(&b"CERT"[..]));
         assert_eq!(c.private_key.as_deref(), Some(&b"KEY"[..]));
-        // An empty `ca.crt` does not hide the generic key.
+        // The generic CA key first (and an empty value is none).
         assert_eq!(c.ca_certificates.as_deref(), Some(&b"CA"[..]));
         assert_eq!(c.ca_crl.as_deref(), Some(&b"CRL"[..]));
         // Nothing else is kept, and a log line never shows the bytes.
         let shown = format!("{secret:?}");
         assert!(!shown.contains("KEY") && !shown.contains("75"), "{shown}");
         assert!(shown.contains("private_key_bytes: Some(3)"), "{shown}");
+
+        // Istio's order, pairs kept: a generic `cert` and `key` win over
+        // the TLS keys, and `ca.crt` comes with `ca.crl`, not `crl`.
+        let Ok(Object::Secret(both)) = parse(
+            "apiVersion: v1\nkind: Secret\nmetadata: { name: both }\nstringData: { cert: C1, key: K1, tls.crt: C2, tls.key: K2, ca.crt: A2, ca.crl: R2, crl: R1 }\n",
+        ) else {
+            panic!("a Secret");
+        };
+        let c = &both.credential;
+        assert_eq!(c.certificate_chain.as_deref(), Some(&b"C1"[..]));
+        assert_eq!(c.private_key.as_deref(), Some(&b"K1"[..]));
+        assert_eq!(c.ca_certificates.as_deref(), Some(&b"A2"[..]));
+        assert_eq!(c.ca_crl.as_deref(), Some(&b"R2"[..]));
+        let Ok(Object::Secret(lone)) = parse(
+            "apiVersion: v1\nkind: Secret\nmetadata: { name: lone }\nstringData: { cert: C1, tls.crt: C2, tls.key: K2 }\n",
+        ) else {
+            panic!("a Secret");
+        };
+        assert_eq!(
+            lone.credential.certificate_chain.as_deref(),
+            Some(&b"C2"[..])
+        );
+        assert_eq!(lone.credential.private_key.as_deref(), Some(&b"K2"[..]));
 
         let Ok(Object::Secret(docker)) = parse(
             "apiVersion: v1\nkind: Secret\nmetadata: { name: pull }\ndata: { .dockerconfigjson: e30= }\n",

@@ -270,7 +270,12 @@ impl KubeSource {
     /// [`SECRET_FIELDS`]), each namespace on its own: the agent may read no
     /// other namespace's.
     pub fn with_secret_namespaces(mut self, namespaces: Vec<String>) -> Self {
-        let mut namespaces = namespaces;
+        // An empty name would ask for every namespace's.
+        let mut namespaces: Vec<String> = namespaces
+            .into_iter()
+            .map(|ns| ns.trim().to_owned())
+            .filter(|ns| !ns.is_empty())
+            .collect();
         namespaces.sort();
         namespaces.dedup();
         self.secret_namespaces = namespaces;
@@ -345,8 +350,19 @@ impl KubeSource {
                 Ok(watcher::Event::Delete(o)) => Seen::Gone(Box::new(o)),
                 Ok(watcher::Event::InitDone) => Seen::Listed,
                 Err(err) => {
+                    // A namespace whose Secrets may no longer be read (its
+                    // Role taken away): what was read there is withdrawn,
+                    // so that its credentials fail closed.
+                    if kind == Kind::Secret && refusal(&err) == Some(403) {
+                        let gone = known.get_mut(&watch).map(std::mem::take);
+                        for key in gone.into_iter().flatten() {
+                            if events.send(SourceEvent::Delete(key)).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
                     // The watcher retries with backoff; the last good
-                    // objects stay in force meanwhile.
+                    // objects stay in force meanwhile (but the Secrets above).
                     let optional = refusal(&err).is_some_and(|code| optional(kind, code));
                     if optional && reported.contains(&watch) {
                         debug!(kind = kind.name(), namespace = in_namespace, error = %err, "watching the API server");

@@ -169,8 +169,12 @@ pub struct View {
     /// The extension provider keys (and the telemetry defaults' key) the
     /// mesh config publishes.
     providers: BTreeSet<String>,
-    /// The `credentialName`s each DestinationRule names.
-    credential_names: BTreeMap<ObjectKey, BTreeSet<String>>,
+    /// The `credentialName`s each DestinationRule names, each with
+    /// whether a `MUTUAL` part names it (its key is needed).
+    credential_names: BTreeMap<ObjectKey, BTreeMap<String, bool>>,
+    /// This node's waypoint pods (workload key → namespace): only they
+    /// receive their namespace's credentials.
+    local_waypoints: BTreeMap<String, String>,
 }
 
 /// Publishes `computed`, the resources one namespace's objects of a kind
@@ -216,6 +220,7 @@ impl View {
             auto_vips: auto_vip::AutoVips::new(),
             providers: BTreeSet::new(),
             credential_names: BTreeMap::new(),
+            local_waypoints: BTreeMap::new(),
         }
     }
 
@@ -414,14 +419,6 @@ impl View {
                 // Pods addressed directly may go through it too.
                 workloads.extend(store.of_kind_in(Kind::Pod, &ns).map(Object::key));
                 workloads.extend(waypoint::pods_naming(store, &ns));
-                // Whether its Secrets may be published.
-                let secrets: Vec<ObjectKey> = store
-                    .of_kind_in(Kind::Secret, &ns)
-                    .map(Object::key)
-                    .collect();
-                for secret in secrets {
-                    self.credential(store, &ns, &secret.name);
-                }
                 entry_namespaces.insert(ns);
             }
         }
@@ -740,6 +737,11 @@ impl View {
             }
             _ => None,
         };
+        let local_waypoint = computed
+            .as_ref()
+            .is_some_and(|w| w.is_waypoint && w.node == self.mesh.node)
+            && self.runs_waypoint(store, key, namespace);
+        self.local_waypoint(store, namespace, &resource_key, local_waypoint);
         match computed {
             Some(w) => {
                 // A waypoint pod is outside the capture (it must not loop back
@@ -805,13 +807,53 @@ impl View {
         });
     }
 
+    /// Notes whether the workload `resource_key` of `namespace` is a
+    /// waypoint on this node; when that makes the namespace gain its first
+    /// one or lose its last, its credentials are published or withdrawn.
+    fn local_waypoint(&mut self, store: &Store, namespace: &str, resource_key: &str, now: bool) {
+        let had = self.has_local_waypoint(namespace);
+        if now {
+            self.local_waypoints
+                .insert(resource_key.to_owned(), namespace.to_owned());
+        } else {
+            self.local_waypoints.remove(resource_key);
+        }
+        if had != self.has_local_waypoint(namespace) {
+            let secrets: Vec<ObjectKey> = store
+                .of_kind_in(Kind::Secret, namespace)
+                .map(Object::key)
+                .collect();
+            for secret in secrets {
+                self.credential(store, namespace, &secret.name);
+            }
+        }
+    }
+
+    /// Whether the pod `key` runs one of `namespace`'s waypoint Gateways.
+    fn runs_waypoint(&self, store: &Store, key: &ObjectKey, namespace: &str) -> bool {
+        let Some(Object::Pod(pod)) = store.get(key) else {
+            return false;
+        };
+        pod.labels
+            .get(crate::model::gateway::GATEWAY_NAME_LABEL)
+            .is_some_and(|gateway| {
+                self.waypoints
+                    .get(namespace)
+                    .is_some_and(|w| w.contains_key(gateway))
+            })
+    }
+
+    fn has_local_waypoint(&self, namespace: &str) -> bool {
+        self.local_waypoints.values().any(|ns| ns == namespace)
+    }
+
     /// Notes the `credentialName`s of the DestinationRule `key`, and
     /// publishes (or withdraws) the Secrets of the names it starts (or
     /// stops) naming.
     fn credential_names(&mut self, store: &Store, key: &ObjectKey) {
         let now = match store.get(key) {
             Some(Object::DestinationRule(dr)) => credential::names_of(dr),
-            _ => BTreeSet::new(),
+            _ => BTreeMap::new(),
         };
         let before = if now.is_empty() {
             self.credential_names.remove(key)
@@ -819,7 +861,13 @@ impl View {
             self.credential_names.insert(key.clone(), now.clone())
         }
         .unwrap_or_default();
-        let changed: BTreeSet<&String> = before.symmetric_difference(&now).collect();
+        // Names added, dropped, or whose need of a key changed.
+        let changed: BTreeSet<&String> = before
+            .iter()
+            .chain(&now)
+            .filter(|(name, _)| before.get(*name) != now.get(*name))
+            .map(|(name, _)| name)
+            .collect();
         if changed.is_empty() {
             return;
         }
@@ -835,22 +883,30 @@ impl View {
     }
 
     /// Publishes the Secret `name` of `namespace` for that namespace's
-    /// waypoints if a DestinationRule names it and the namespace asks for a
-    /// waypoint; withdraws it otherwise.
+    /// waypoints if a DestinationRule names it (or it is the CA companion of
+    /// a name) and one of them runs on this node, with its certificate and
+    /// key only if a `MUTUAL` part names it; withdraws it otherwise.
     fn credential(&mut self, store: &Store, namespace: &str, name: &str) {
         let resource_key = key::credential(namespace, name);
-        let named = credential::is_named(name, |n| {
+        // `Some(whether the key is needed)` if named itself.
+        let named = self
+            .credential_names
+            .values()
+            .filter_map(|names| names.get(name))
+            .copied()
+            .reduce(|a, b| a || b);
+        let companion = credential::is_companion_of(name, |n| {
             self.credential_names
                 .values()
-                .any(|names| names.contains(n))
+                .any(|names| names.contains_key(n))
         });
         let secret = match store.get(&ObjectKey::new(Kind::Secret, Some(namespace), name)) {
             Some(Object::Secret(secret))
-                if named
-                    && self.waypoints.contains_key(namespace)
+                if (named.is_some() || companion)
+                    && self.has_local_waypoint(namespace)
                     && !secret.credential.is_empty() =>
             {
-                Some(credential::resource(secret))
+                Some(credential::resource(secret, named == Some(true)))
             }
             _ => None,
         };

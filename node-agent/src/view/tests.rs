@@ -2404,8 +2404,8 @@ fn the_mesh_configs_telemetry_providers_and_defaults_go_to_waypoints() {
 
 #[test]
 fn secrets_named_by_credential_name_reach_only_their_namespaces_waypoints() {
-    // `demo` has a waypoint; `plain` has none.
-    let (mut store, mut view) = built(WAYPOINT_GATEWAY);
+    // `demo` has a waypoint running on this node (node-a); `plain` has none
+    // yet. Everything is there from the first build.
     let secrets = r#"
 apiVersion: v1
 kind: Secret
@@ -2416,51 +2416,50 @@ stringData: { tls.crt: CERT, tls.key: KEY, ca.crt: CA, other: never-kept }
 apiVersion: v1
 kind: Secret
 metadata: { name: partner-cacert, namespace: demo }
-stringData: { cacert: CA2 }
+stringData: { cacert: CA2, cert: C2, key: K2 }
 ---
 apiVersion: v1
 kind: Secret
 metadata: { name: partner, namespace: plain }
-stringData: { cert: CERT, key: KEY }
+stringData: { cert: CERT, key: KEY, cacert: CA }
 ---
 apiVersion: v1
 kind: Secret
 metadata: { name: unrelated, namespace: demo }
 stringData: { tls.crt: CERT, tls.key: KEY }
 "#;
-    let keys = apply(&mut store, secrets);
-    view.changed(&store, &keys);
-    let credentials = |view: &View, audience: &Audience| -> Vec<String> {
-        keys_for(view, audience)
-            .into_iter()
-            .filter(|k| k.starts_with(key::CREDENTIAL_PREFIX))
-            .collect()
-    };
-    assert!(
-        credentials(&view, &Audience::All).is_empty(),
-        "no rule names them yet"
-    );
-
     let rule = r#"
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: { name: partner, namespace: demo }
 spec:
   host: api.partner.example
+  trafficPolicy: { tls: { mode: ISTIO_MUTUAL, credentialName: unrelated } }
   subsets:
     - name: v1
       labels: { version: v1 }
       trafficPolicy:
         portLevelSettings: [{ port: { number: 443 }, tls: { mode: MUTUAL, credentialName: partner } }]
 "#;
-    let keys = apply(&mut store, rule);
-    view.changed(&store, &keys);
+    let (mut store, mut view) = built(&format!(
+        "{WAYPOINT_GATEWAY}---{WAYPOINT_POD}---{secrets}---{rule}"
+    ));
+    let credentials = |view: &View, audience: &Audience| -> Vec<String> {
+        keys_for(view, audience)
+            .into_iter()
+            .filter(|k| k.starts_with(key::CREDENTIAL_PREFIX))
+            .collect()
+    };
     let demo = Audience::Waypoint {
         namespace: "demo".into(),
     };
-    // Named (even deep in a subset's port-level policy): the Secret and its
-    // CA companion, to demo's waypoint; not plain's Secret (no waypoint
-    // there), not the unrelated one, nothing to ztunnels.
+    let plain = Audience::Waypoint {
+        namespace: "plain".into(),
+    };
+    // Named by a MUTUAL part (even deep in a subset's port-level policy):
+    // the Secret and its CA companion, to demo's waypoint; not plain's
+    // Secret (no waypoint there), not the one only an ISTIO_MUTUAL part
+    // names, nothing to ztunnels.
     assert_eq!(
         credentials(&view, &Audience::All),
         [
@@ -2470,37 +2469,51 @@ spec:
     );
     assert_eq!(credentials(&view, &demo).len(), 2);
     assert!(credentials(&view, &Audience::Ztunnel).is_empty());
-    assert!(
-        credentials(
-            &view,
-            &Audience::Waypoint {
-                namespace: "plain".into()
-            }
-        )
-        .is_empty()
-    );
-    let Some(ResourceKind::Credential(partner)) = get(&view, &key::credential("demo", "partner"))
-    else {
-        panic!("no credential published");
+    assert!(credentials(&view, &plain).is_empty());
+    let credential = |view: &View, ns: &str, name: &str| match get(view, &key::credential(ns, name))
+    {
+        Some(ResourceKind::Credential(c)) => Some(c),
+        _ => None,
     };
+    let partner = credential(&view, "demo", "partner").expect("published");
     assert_eq!(partner.certificate_chain, b"CERT");
     assert_eq!(partner.private_key, b"KEY");
     assert_eq!(partner.ca_certificates, b"CA");
     assert!(partner.ca_crl.is_empty());
+    // A companion gives its CA alone: its key is never sent.
+    let companion = credential(&view, "demo", "partner-cacert").expect("published");
+    assert_eq!(companion.ca_certificates, b"CA2");
+    assert!(companion.private_key.is_empty() && companion.certificate_chain.is_empty());
 
-    // A waypoint for plain: its Secret of that name goes to it.
+    // Named by SIMPLE parts only: the CA goes, not the key.
+    let keys = apply(&mut store, &rule.replace("mode: MUTUAL", "mode: SIMPLE"));
+    view.changed(&store, &keys);
+    let partner = credential(&view, "demo", "partner").expect("published");
+    assert_eq!(partner.ca_certificates, b"CA");
+    assert!(partner.private_key.is_empty() && partner.certificate_chain.is_empty());
+    let keys = apply(&mut store, rule);
+    view.changed(&store, &keys);
+
+    // A waypoint for plain, running on another node: still not here. On
+    // this node: its Secret of that name goes to it (the rule of demo names
+    // it, and the name is read in each waypoint's own namespace).
+    let plain_gateway = WAYPOINT_GATEWAY.replace("namespace: demo", "namespace: plain");
+    let plain_pod = WAYPOINT_POD.replace("namespace: demo", "namespace: plain");
     let keys = apply(
         &mut store,
-        &WAYPOINT_GATEWAY.replace("namespace: demo", "namespace: plain"),
+        &format!(
+            "{plain_gateway}---{}",
+            plain_pod
+                .replace("nodeName: node-a", "nodeName: node-b")
+                .replace("hostIP: 172.30.0.1", "hostIP: 172.30.0.2")
+        ),
     );
     view.changed(&store, &keys);
+    assert!(credentials(&view, &plain).is_empty());
+    let keys = apply(&mut store, &plain_pod);
+    view.changed(&store, &keys);
     assert_eq!(
-        credentials(
-            &view,
-            &Audience::Waypoint {
-                namespace: "plain".into()
-            }
-        ),
+        credentials(&view, &plain),
         [key::credential("plain", "partner")]
     );
 
@@ -2510,14 +2523,30 @@ spec:
         &secrets.replace("tls.key: KEY, ca.crt: CA", "tls.key: KEY2, ca.crt: CA"),
     );
     view.changed(&store, &keys);
-    let Some(ResourceKind::Credential(partner)) = get(&view, &key::credential("demo", "partner"))
-    else {
-        panic!("no credential published");
-    };
-    assert_eq!(partner.private_key, b"KEY2");
+    assert_eq!(
+        credential(&view, "demo", "partner")
+            .expect("published")
+            .private_key,
+        b"KEY2"
+    );
     let gone = delete(&mut store, Kind::Secret, "demo", "partner-cacert");
     view.changed(&store, &[gone]);
-    assert!(get(&view, &key::credential("demo", "partner-cacert")).is_none());
+    assert!(credential(&view, "demo", "partner-cacert").is_none());
+
+    // The waypoint leaves this node (its pod deleted), or its Gateway goes:
+    // withdrawn.
+    let gone = delete(&mut store, Kind::Pod, "plain", "waypoint-0");
+    view.changed(&store, &[gone]);
+    assert!(credentials(&view, &plain).is_empty());
+    let gone = delete(&mut store, Kind::Gateway, "demo", "waypoint");
+    view.changed(&store, &[gone]);
+    assert!(credentials(&view, &demo).is_empty());
+    let keys = apply(&mut store, WAYPOINT_GATEWAY);
+    view.changed(&store, &keys);
+    assert_eq!(
+        credentials(&view, &demo),
+        [key::credential("demo", "partner")]
+    );
 
     // The rule no longer names it: withdrawn everywhere.
     let gone = delete(&mut store, Kind::DestinationRule, "demo", "partner");

@@ -629,11 +629,22 @@ fn secrets_are_readable_only_in_the_credential_namespaces() -> Result<()> {
         "by default: Roles {roles:?}, --secret-namespace {read:?}"
     );
     let (roles, read) = secrets_readable(&render(&[
-        "nodeAgent.credentialNamespaces={egress,partners}",
+        "nodeAgent.credentialNamespaces={egress,partners,egress}",
     ])?)?;
     ensure!(
         roles == ["egress", "partners"] && read == ["egress", "partners"],
         "Roles {roles:?}, --secret-namespace {read:?}"
+    );
+    // Never the release's namespace: the CA's root key is a Secret there.
+    let refused = render(&[&format!(
+        "nodeAgent.credentialNamespaces={{egress,{NAMESPACE}}}"
+    )]);
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| format!("{e:#}").contains("mesh CA's root key")),
+        "the release's namespace is refused: {:?}",
+        refused.map(|o| o.len())
     );
     Ok(())
 }

@@ -348,6 +348,31 @@ fn get(client: &warren_testbed::Pod, vip: &str) -> Result<(u16, Value)> {
     ))
 }
 
+/// The `tls` of every cluster in the waypoint's `/clusters` whose
+/// `credentialName` is `name`.
+fn tls_settings(waypoint: &warren_testbed::Sandbox, name: &str) -> Result<Vec<Value>> {
+    let out = waypoint.exec(
+        "curl",
+        ["-sS", "--max-time", "5", "http://127.0.0.1:15000/clusters"],
+    )?;
+    let dump: Value = serde_json::from_slice(&out.stdout).context("/clusters is JSON")?;
+    fn walk(value: &Value, name: &str, found: &mut Vec<Value>) {
+        match value {
+            Value::Object(map) => {
+                if map.get("credential_name") == Some(&json!(name)) {
+                    found.push(value.clone());
+                }
+                map.values().for_each(|v| walk(v, name, found));
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, name, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(&dump, name, &mut found);
+    Ok(found)
+}
+
 #[test]
 fn the_waypoint_starts_tls_to_an_external_host_as_its_destination_rule_says() -> Result<()> {
     require_root()?;
@@ -497,6 +522,17 @@ fn the_waypoint_starts_tls_to_an_external_host_as_its_destination_rule_says() ->
         || Ok(get(&client, MUTUAL_VIP)?.0 == 503),
     )
     .with_context(logs)?;
+    // Refused by the host for its certificate, not for want of the Secret:
+    // the cluster read it and has no error of its own.
+    let settings = tls_settings(&cluster.pod("waypoint")?.sandbox, "partner-client")?;
+    ensure!(
+        settings
+            .iter()
+            .all(|tls| tls["credentials_read"] == json!(["partner-client"])
+                && tls["error"].is_null())
+            && !settings.is_empty(),
+        "the renewed Secret read, without error: {settings:?}"
+    );
     std::fs::write(&secret, credential(&waypoint_cert))?;
     eventually(Duration::from_secs(20), "the Secret back", || {
         Ok(get(&client, MUTUAL_VIP)?.0 == 200)

@@ -71,7 +71,6 @@ pub enum TlsMode {
 }
 
 /// One rule part's `tls` with SIMPLE or MUTUAL, compiled.
-#[derive(Debug)]
 pub struct TlsSettings {
     /// As written, for display and, with `files`, equality (pooled
     /// connections compare it).
@@ -79,6 +78,8 @@ pub struct TlsSettings {
     /// A digest of what the files and credentials held when read (or of why
     /// they could not be): a changed file or Secret makes different settings.
     files: u64,
+    /// Whether files were read (else there is nothing to look at again).
+    read_files: bool,
     /// The credentials read, to compile again with the same when the files
     /// are looked at again.
     credentials: Credentials,
@@ -86,7 +87,18 @@ pub struct TlsSettings {
     configs: Result<Configs, String>,
 }
 
-#[derive(Debug)]
+// Never the credentials' bytes: the Secrets by name.
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("spec", &self.spec)
+            .field("files", &self.files)
+            .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
+            .field("configs", &self.configs.as_ref().map(|_| "compiled"))
+            .finish()
+    }
+}
+
 struct Configs {
     http1: Arc<ClientConfig>,
     http2: Arc<ClientConfig>,
@@ -115,6 +127,7 @@ impl TlsSettings {
         let settings = TlsSettings {
             spec: spec.clone(),
             files: material.digest.finish(),
+            read_files: material.read_files,
             credentials: material.used,
             configs,
         };
@@ -124,6 +137,9 @@ impl TlsSettings {
     /// Whether the files read hold something else now (compiling again
     /// reads them the same way, and costs a few small files).
     pub fn files_changed(&self) -> bool {
+        if !self.read_files {
+            return false;
+        }
         match TlsSettings::compile(&self.spec, &self.credentials).0 {
             TlsMode::Originate(now) => now.files != self.files,
             TlsMode::Disable | TlsMode::MeshOnly => false,
@@ -210,11 +226,14 @@ impl Origination {
 pub type Credentials = BTreeMap<String, Arc<Credential>>;
 
 /// What a setting's certificates and key are read from (files, or a
-/// credential), hashed as read.
+/// credential), hashed as read, each part with its name, so that the same
+/// bytes in another part, or a part gone, make other settings.
 #[derive(Default)]
 struct Material {
     digest: DefaultHasher,
-    /// The credentials looked up, kept to compile again with the same.
+    /// Whether a file was looked at: only then is looking again worth it.
+    read_files: bool,
+    /// The credentials read, kept to compile again with the same.
     used: Credentials,
 }
 
@@ -224,7 +243,8 @@ struct Pem {
     bytes: Vec<u8>,
 }
 
-/// A credential's parts, each `None` where its Secrets have none.
+/// What a credential gives: the certificate and key for `MUTUAL` (`None`
+/// otherwise), and the CA and its revocation lists where there are some.
 struct FromCredential {
     chain: Option<Pem>,
     key: Option<Pem>,
@@ -234,49 +254,59 @@ struct FromCredential {
 
 impl Material {
     fn file(&mut self, field: &str, path: &str) -> Result<Pem, String> {
+        // Looked at even when unreadable: a file that appears later counts.
+        self.read_files = true;
         let bytes = std::fs::read(path).map_err(|e| format!("{field} {path:?}: {e}"))?;
-        bytes.hash(&mut self.digest);
+        (field, &bytes).hash(&mut self.digest);
         Ok(Pem {
             what: format!("{field} {path:?}"),
             bytes,
         })
     }
 
-    /// The parts of credential `name`: from the Secret of that name, and
-    /// the CA (and revocation lists) from `<name>-cacert` when it has none.
+    /// A part of the Secret `secret` (for credential `name`), hashed
+    /// whether there or not; `None` when empty.
+    fn part(&mut self, name: &str, secret: &str, part: &str, bytes: &[u8]) -> Option<Pem> {
+        (secret, part, bytes).hash(&mut self.digest);
+        (!bytes.is_empty()).then(|| Pem {
+            what: format!("credentialName {name:?} (Secret {secret:?}, {part})"),
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    /// What credential `name` gives, in Istio's order: the certificate and
+    /// key (for `mutual` alone) from the Secret `name`; the CA with its
+    /// revocation lists from `<name>-cacert` when that Secret was sent, else
+    /// from `name`.
     fn credential(
         &mut self,
         name: &str,
+        mutual: bool,
         credentials: &Credentials,
     ) -> Result<FromCredential, String> {
-        let main = credentials.get(name);
         let companion_name = format!("{name}{CA_SECRET_SUFFIX}");
+        let main = credentials.get(name);
         let companion = credentials.get(&companion_name);
-        if main.is_none() && companion.is_none() {
+        let from_companion = companion.map(|c| (companion_name.as_str(), c));
+        let Some((ca_name, ca_secret)) = from_companion.or(main.map(|m| (name, m))) else {
             return Err(format!(
-                "credentialName {name:?}: the agent sent no Secret {name:?} of the waypoint's namespace (is there one, with a certificate or CA under Istio's keys? may the node agent read that namespace's Secrets: --secret-namespace, the chart's nodeAgent.credentialNamespaces?)"
+                "credentialName {name:?}: the agent sent no Secret {name:?} (or {companion_name:?}) of the waypoint's namespace (is there one, with Istio's keys? may the node agent read that namespace's Secrets: --secret-namespace, the chart's nodeAgent.credentialNamespaces?)"
             ));
-        }
-        for (n, c) in [(name, main), (companion_name.as_str(), companion)] {
-            if let Some(c) = c {
-                self.used.insert(n.to_owned(), Arc::clone(c));
-            }
-        }
-        let mut part = |secret: &str, part: &str, bytes: Option<&Vec<u8>>| {
-            let bytes = bytes.filter(|b| !b.is_empty())?;
-            bytes.hash(&mut self.digest);
-            Some(Pem {
-                what: format!("credentialName {name:?} (Secret {secret:?}, {part})"),
-                bytes: bytes.clone(),
-            })
         };
-        let of_main = |f: fn(&Credential) -> &Vec<u8>| main.map(|c| f(c));
-        let chain = part(name, "certificate", of_main(|c| &c.certificate_chain));
-        let key = part(name, "private key", of_main(|c| &c.private_key));
-        let ca = part(name, "CA", of_main(|c| &c.ca_certificates))
-            .or_else(|| part(&companion_name, "CA", companion.map(|c| &c.ca_certificates)));
-        let crl = part(name, "CRL", of_main(|c| &c.ca_crl))
-            .or_else(|| part(&companion_name, "CRL", companion.map(|c| &c.ca_crl)));
+        let (mut chain, mut key) = (None, None);
+        if mutual {
+            let Some(main) = main else {
+                return Err(format!(
+                    "credentialName {name:?}: mode MUTUAL needs the certificate and key of Secret {name:?}, and the agent sent only {companion_name:?}"
+                ));
+            };
+            self.used.insert(name.to_owned(), Arc::clone(main));
+            chain = self.part(name, name, "certificate", &main.certificate_chain);
+            key = self.part(name, name, "private key", &main.private_key);
+        }
+        self.used.insert(ca_name.to_owned(), Arc::clone(ca_secret));
+        let ca = self.part(name, ca_name, "CA", &ca_secret.ca_certificates);
+        let crl = self.part(name, ca_name, "CRL", &ca_secret.ca_crl);
         Ok(FromCredential {
             chain,
             key,
@@ -326,7 +356,7 @@ fn build(
 ) -> Result<Configs, String> {
     let credential = match spec.credential_name.as_str() {
         "" => None,
-        name => Some(material.credential(name, credentials)?),
+        name => Some(material.credential(name, mutual, credentials)?),
     };
     let provider = warren_ztunnel::tls::provider();
     let check = if spec.insecure_skip_verify == Some(true) {
@@ -334,6 +364,14 @@ fn build(
     } else {
         let file_ca;
         let ca = match &credential {
+            // A credential's CA is the one its server must chain to: never
+            // the system's instead (Istio fails such a cluster too).
+            Some(FromCredential { ca: None, .. }) => {
+                let name = &spec.credential_name;
+                return Err(format!(
+                    "credentialName {name:?}: no CA (cacert or ca.crt) in Secret \"{name}{CA_SECRET_SUFFIX}\" or \"{name}\" to check the server against; add one, or set insecureSkipVerify"
+                ));
+            }
             Some(credential) => credential.ca.as_ref(),
             None if spec.ca_certificates.is_empty() => None,
             None => {
@@ -384,10 +422,12 @@ fn build(
         let (chain, key) = match credential {
             Some(FromCredential { chain, key, .. }) => {
                 let name = &spec.credential_name;
-                (
-                    chain.ok_or_else(|| format!("credentialName {name:?}: mode MUTUAL needs a certificate (tls.crt or cert) in Secret {name:?}"))?,
-                    key.ok_or_else(|| format!("credentialName {name:?}: mode MUTUAL needs a private key (tls.key or key) in Secret {name:?}"))?,
-                )
+                let missing = || {
+                    format!(
+                        "credentialName {name:?}: mode MUTUAL needs a certificate and its private key (cert and key, or tls.crt and tls.key) in Secret {name:?}"
+                    )
+                };
+                (chain.ok_or_else(missing)?, key.ok_or_else(missing)?)
             }
             None => (
                 material.file("clientCertificate", &spec.client_certificate)?,

@@ -752,8 +752,29 @@ async fn credential_name_takes_the_certificates_from_the_secret_the_agent_sent()
         .expect("CA from partner-cacert");
     assert!(seen.recv().await.expect("a handshake").is_ok());
 
-    // Another CA in the Secret: the server is not trusted.
+    // Istio's order: the companion's CA wins over the Secret's own (a
+    // cert-manager Secret's `ca.crt` is its client certificate's issuer).
     let stranger = Authority::new("someone else").expect("ca");
+    let both: Credentials = [
+        secret(
+            "partner",
+            &client.cert_pem,
+            &client.key_pem,
+            &stranger.root_pem,
+            "",
+        ),
+        secret("partner-cacert", "", "", &ca.root_pem, ""),
+    ]
+    .into();
+    let (both_limits, errors) = limits_with(mutual.clone(), &both);
+    assert!(errors.is_empty(), "{errors:?}");
+    connector()
+        .connect(addr, &both_limits, Speaks::Http1)
+        .await
+        .expect("CA from partner-cacert, not from partner");
+    assert!(seen.recv().await.expect("a handshake").is_ok());
+
+    // Another CA in the Secret: the server is not trusted.
     let wrong_ca: Credentials = [secret(
         "partner",
         &client.cert_pem,
@@ -788,7 +809,14 @@ async fn credential_name_takes_the_certificates_from_the_secret_the_agent_sent()
         "",
     )]
     .into();
-    for (credentials, says) in [(keyless, "private key"), (other, "sent no Secret")] {
+    // Without a CA the server cannot be checked: never against the
+    // system's roots instead.
+    let caless: Credentials = [secret("partner", &client.cert_pem, &client.key_pem, "", "")].into();
+    for (credentials, says) in [
+        (keyless, "private key"),
+        (other, "sent no Secret"),
+        (caless, "no CA"),
+    ] {
         let (limits, errors) = limits_with(mutual.clone(), &credentials);
         assert!(errors.len() == 1 && errors[0].contains(says), "{errors:?}");
         match connector().connect(nowhere, &limits, Speaks::Http1).await {
