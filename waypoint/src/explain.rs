@@ -448,7 +448,10 @@ fn describe(
             let to = format!(
                 "{}{}",
                 redirect.authority.as_deref().unwrap_or("the same host"),
-                redirect.uri.as_deref().unwrap_or(" (same path)")
+                redirect
+                    .path
+                    .as_ref()
+                    .map_or(" (same path)".into(), |p| p.describe())
             );
             step(
                 "action",

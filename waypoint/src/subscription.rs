@@ -74,7 +74,7 @@ impl Handler for Subscription {
         }
         for resource in l7 {
             let parsed = match &resource.kind {
-                Some(Kind::VirtualService(vs)) => Tables::parse_virtual_service(vs)
+                Some(Kind::VirtualService(vs)) => Tables::parse_virtual_service(&resource.key, vs)
                     .map(|vs| self.tables.upsert_virtual_service(resource.key.clone(), vs)),
                 Some(Kind::DestinationRule(dr)) => Tables::parse_destination_rule(dr).map(|dr| {
                     self.tables

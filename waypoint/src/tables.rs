@@ -99,7 +99,9 @@ impl Tables {
     }
 
     /// Checks a VirtualService resource; the error names what is wrong.
-    pub fn parse_virtual_service(vs: &VirtualService) -> Result<VsInput, String> {
+    /// Checks a VirtualService resource (`key`); the error names what is
+    /// wrong.
+    pub fn parse_virtual_service(key: &str, vs: &VirtualService) -> Result<VsInput, String> {
         let spec: VirtualServiceSpec =
             serde_json::from_str(&vs.spec_json).map_err(|e| format!("spec_json: {e}"))?;
         Ok(VsInput {
@@ -108,6 +110,7 @@ impl Tables {
             created: vs.created,
             hosts: vs.hosts.clone(),
             spec,
+            from_routes: key.starts_with(key::SERVICE_ROUTES_PREFIX),
         })
     }
 

@@ -872,15 +872,7 @@ fn filter_errors(
             port_in_range(error, format!("{path}.port"), port);
         }
         if let Some(modifier) = &redirect.path {
-            if modifier.kind == "ReplacePrefixMatch" {
-                error(
-                    format!("{path}.path.type"),
-                    "ReplacePrefixMatch in a redirect is not supported yet: use ReplaceFullPath"
-                        .into(),
-                );
-            } else {
-                path_modifier(error, &format!("{path}.path"), modifier, prefix_only);
-            }
+            path_modifier(error, &format!("{path}.path"), modifier, prefix_only);
         }
     }
     if let Some(rewrite) = &filter.url_rewrite
@@ -1553,8 +1545,15 @@ fn shorter(a: Option<String>, b: Option<String>) -> Option<String> {
     }
 }
 
+/// What Istio writes at the start of a redirect's `uri` for a Gateway API
+/// `ReplacePrefixMatch`: the rest replaces the path prefix the rule matched
+/// (the waypoint reads it so only in the VirtualServices made from routes,
+/// as Istio does).
+pub const REDIRECT_PREFIX_MARKER: &str = "%PREFIX()%";
+
 /// A redirect's port as the Gateway API asks: the one given; else the
-/// scheme's default when the scheme changes; else the request's own.
+/// scheme's default when the scheme changes; else the request's own. A
+/// prefix replacement is written with [`REDIRECT_PREFIX_MARKER`].
 fn redirect_of(redirect: &RedirectFilter) -> HttpRedirect {
     let port = redirect.port.and_then(|p| u32::try_from(p).ok());
     let derive_port = match (port, &redirect.scheme) {
@@ -1562,12 +1561,21 @@ fn redirect_of(redirect: &RedirectFilter) -> HttpRedirect {
         (None, Some(_)) => Some(RedirectPortSelection::FromProtocolDefault),
         (None, None) => Some(RedirectPortSelection::FromRequestPort),
     };
+    let uri = match redirect.path.as_ref().map(|p| {
+        (
+            p.kind.as_str(),
+            &p.replace_full_path,
+            &p.replace_prefix_match,
+        )
+    }) {
+        Some(("ReplaceFullPath", Some(full), _)) => full.clone(),
+        Some(("ReplacePrefixMatch", _, Some(replacement))) => {
+            format!("{REDIRECT_PREFIX_MARKER}{replacement}")
+        }
+        _ => String::new(),
+    };
     HttpRedirect {
-        uri: redirect
-            .path
-            .as_ref()
-            .and_then(|p| p.replace_full_path.clone())
-            .unwrap_or_default(),
+        uri,
         authority: redirect.hostname.clone().unwrap_or_default(),
         port,
         derive_port,

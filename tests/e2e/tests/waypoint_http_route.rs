@@ -43,6 +43,11 @@ spec:
       requestRedirect:
         hostname: app.example
         path: { type: ReplaceFullPath, replaceFullPath: /new }
+  - matches: [{ path: { type: PathPrefix, value: /legacy } }]
+    filters:
+    - type: RequestRedirect
+      requestRedirect:
+        path: { type: ReplacePrefixMatch, replacePrefixMatch: /modern }
   - backendRefs:
     - { name: app-v1, port: 80, weight: 4 }
     - { name: app-v2, port: 80, weight: 1 }
@@ -143,24 +148,45 @@ fn http_routes_split_match_and_rewrite_at_the_waypoint() -> Result<()> {
     let (code, _) = curl(&[&format!("http://{vip}:8081/gone")])?;
     ensure!(code == 200, "port 8081 is not the route's: {code}");
     // A redirect, answered by the waypoint (302, the Gateway API's default).
-    let out = client.sandbox.exec(
-        "curl",
-        [
-            "-sS",
-            "-o",
-            "/dev/null",
-            "--max-time",
-            "5",
-            "-w",
-            "%{http_code} %{redirect_url}",
-            &format!("{url}old"),
-        ],
-    )?;
-    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    let redirected = |path: &str| -> Result<String> {
+        let out = client.sandbox.exec(
+            "curl",
+            [
+                "-sS",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "5",
+                "-w",
+                "%{http_code} %{redirect_url}",
+                &format!("{url}{path}"),
+            ],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let answer = redirected("old")?;
     ensure!(
         answer.starts_with("302 http://app.example") && answer.ends_with("/new"),
         "/old must redirect to app.example/new: {answer}\n{}",
         logs()
+    );
+    // A prefix replaced, whole segments, the rest of the path and the
+    // query kept; `/legacyx` is not under `/legacy`.
+    let answer = redirected("legacy/items/7?color=red")?;
+    ensure!(
+        answer.starts_with("302 http://") && answer.ends_with("/modern/items/7?color=red"),
+        "/legacy/items/7 must redirect to /modern/items/7: {answer}\n{}",
+        logs()
+    );
+    let answer = redirected("legacy")?;
+    ensure!(
+        answer.ends_with("/modern"),
+        "/legacy must redirect to /modern: {answer}"
+    );
+    let answer = redirected("legacyx")?;
+    ensure!(
+        !answer.starts_with("302"),
+        "/legacyx is not under /legacy: {answer}"
     );
 
     // Without the route the Service's own endpoints answer again.

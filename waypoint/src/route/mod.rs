@@ -71,6 +71,9 @@ pub struct VsInput {
     /// `spec.hosts` is not read: it may hold short names.
     pub hosts: Vec<String>,
     pub spec: VirtualServiceSpec,
+    /// Made by the agent from Gateway API routes: the Gateway API's
+    /// semantics apply where Istio gives them (a redirect's `%PREFIX()%`).
+    pub from_routes: bool,
 }
 
 /// Names a VirtualService: `namespace/name`.
@@ -292,7 +295,7 @@ impl RouteTable {
             {
                 continue;
             }
-            let rules = match compile_rules(&input.spec) {
+            let rules = match compile_rules(&input.spec, input.from_routes) {
                 Ok(rules) => rules,
                 Err(e) => {
                     errors.push(skipped(e));
@@ -375,7 +378,10 @@ impl RouteTable {
     }
 }
 
-fn compile_rules(spec: &VirtualServiceSpec) -> Result<Vec<HttpRule>, CompileError> {
+fn compile_rules(
+    spec: &VirtualServiceSpec,
+    from_routes: bool,
+) -> Result<Vec<HttpRule>, CompileError> {
     // Only the mesh's rules are the waypoint's; a VirtualService bound to
     // gateways alone belongs to those gateways.
     if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
@@ -393,7 +399,7 @@ fn compile_rules(spec: &VirtualServiceSpec) -> Result<Vec<HttpRule>, CompileErro
     spec.http
         .iter()
         .enumerate()
-        .map(|(i, route)| HttpRule::compile(&format!("spec.http[{i}]"), route))
+        .map(|(i, route)| HttpRule::compile(&format!("spec.http[{i}]"), route, from_routes))
         .collect()
 }
 

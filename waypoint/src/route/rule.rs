@@ -10,10 +10,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Uri};
 use rand::Rng;
 use regex::Regex;
 use warren_model::istio::{
-    Destination, HeaderOperations, Headers, HttpDirectResponse, HttpRedirect, HttpRewrite,
-    HttpRoute, HttpRouteDestination, RedirectPortSelection,
+    Destination, HeaderOperations, Headers, HttpDirectResponse, HttpMatchRequest, HttpRedirect,
+    HttpRewrite, HttpRoute, HttpRouteDestination, RedirectPortSelection,
 };
-use warren_model::validate;
+use warren_model::{http_route::REDIRECT_PREFIX_MARKER as PREFIX_MARKER, validate};
 
 use super::fault::Fault;
 use super::matching::{Matched, RequestInfo, RequestMatch, UriMatched, regex_error};
@@ -116,9 +116,9 @@ impl MirrorTarget {
 /// `Location`: each part given replaces the request's, the rest is kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Redirect {
-    /// Replaces the whole path; the request's query string is kept unless
-    /// this has its own.
-    pub uri: Option<String>,
+    /// The new path, `None` to keep the request's; the request's query
+    /// string is kept unless a whole new path has its own.
+    pub path: Option<RedirectPath>,
     /// Replaces the host (and drops the request's port).
     pub authority: Option<String>,
     /// `http` or `https`.
@@ -126,6 +126,82 @@ pub struct Redirect {
     pub port: RedirectPort,
     /// `redirectCode`, 301 by default.
     pub status: StatusCode,
+}
+
+/// What a redirect does to the path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedirectPath {
+    /// Replaces the whole path (`uri`).
+    Full(String),
+    /// Replaces the path prefix the rule matched, whole segments (Gateway
+    /// API `ReplacePrefixMatch`): with `/api` matched and `/v2` given,
+    /// `/api/items` is `/v2/items`; with `/` given, `/items`.
+    Prefix {
+        matched: String,
+        replacement: String,
+    },
+}
+
+impl RedirectPath {
+    /// The path a request's `path` is sent to.
+    fn apply<'a>(&'a self, path: &str) -> Cow<'a, str> {
+        match self {
+            RedirectPath::Full(uri) => Cow::Borrowed(uri),
+            RedirectPath::Prefix {
+                matched,
+                replacement,
+            } => {
+                // What follows the matched segments: `/rest`, or nothing.
+                let rest = match path.strip_prefix(matched.as_str()) {
+                    Some("/") if matched.is_empty() => "",
+                    Some(rest) => rest,
+                    None => path,
+                };
+                match (replacement.trim_end_matches('/'), rest) {
+                    ("", "") => Cow::Borrowed("/"),
+                    ("", rest) => Cow::Owned(rest.to_owned()),
+                    (replacement, rest) => Cow::Owned(format!("{replacement}{rest}")),
+                }
+            }
+        }
+    }
+
+    /// For `explain`.
+    pub fn describe(&self) -> String {
+        match self {
+            RedirectPath::Full(uri) => uri.clone(),
+            RedirectPath::Prefix {
+                matched,
+                replacement,
+            } => format!(
+                "{replacement} in place of the prefix {}",
+                if matched.is_empty() { "/" } else { matched }
+            ),
+        }
+    }
+}
+
+/// The path prefix a rule made from a Gateway API `PathPrefix` matches (the
+/// agent writes it as the path itself and the path with a `/` after it, or
+/// as the prefix `/`), without its trailing `/` (empty for `/`).
+fn matched_prefix(path: &str, matches: &[HttpMatchRequest]) -> Result<String, CompileError> {
+    let refused = || {
+        CompileError::new(
+            path,
+            format!("{PREFIX_MARKER} needs every match of the rule to be one path prefix"),
+        )
+    };
+    let mut prefixes = matches.iter().map(|m| {
+        let uri = m.uri.as_ref()?;
+        let value = uri.prefix.as_deref().or(uri.exact.as_deref())?;
+        Some(value.trim_end_matches('/').to_owned())
+    });
+    let first = prefixes.next().flatten().ok_or_else(refused)?;
+    if prefixes.all(|p| p.as_deref() == Some(first.as_str())) {
+        Ok(first)
+    } else {
+        Err(refused())
+    }
 }
 
 /// The port of a redirect's `Location`.
@@ -307,7 +383,12 @@ fn header_name(path: &str, name: &str) -> Result<HeaderName, CompileError> {
 }
 
 impl HttpRule {
-    pub(super) fn compile(path: &str, route: &HttpRoute) -> Result<Self, CompileError> {
+    /// `from_routes`: made by the agent from Gateway API routes.
+    pub(super) fn compile(
+        path: &str,
+        route: &HttpRoute,
+        from_routes: bool,
+    ) -> Result<Self, CompileError> {
         let matches = route
             .r#match
             .iter()
@@ -334,7 +415,12 @@ impl HttpRule {
         ) {
             (false, None, None) => Action::Forward(compile_destinations(path, &route.route)?),
             (true, Some(redirect), None) => {
-                Action::Redirect(Redirect::compile(&format!("{path}.redirect"), redirect)?)
+                let path = format!("{path}.redirect");
+                let prefix = match redirect.uri.starts_with(PREFIX_MARKER) {
+                    true if from_routes => Some(matched_prefix(&path, &route.r#match)?),
+                    _ => None,
+                };
+                Action::Redirect(Redirect::compile(&path, redirect, prefix)?)
             }
             (true, None, Some(direct)) => Action::DirectResponse(DirectResponse::compile(
                 &format!("{path}.directResponse"),
@@ -774,7 +860,12 @@ fn re2_substitution(rewrite: &str, groups: usize) -> Result<String, String> {
 }
 
 impl Redirect {
-    fn compile(path: &str, r: &HttpRedirect) -> Result<Self, CompileError> {
+    /// `matched`: the rule's path prefix, when `uri` replaces it.
+    fn compile(
+        path: &str,
+        r: &HttpRedirect,
+        matched: Option<String>,
+    ) -> Result<Self, CompileError> {
         // The codes Istio translates; it drops the route for any other.
         let code = r.redirect_code.unwrap_or(301);
         let status = match code {
@@ -789,10 +880,14 @@ impl Redirect {
                 format!("{code} is not supported (Istio supports 301, 302, 303, 307 and 308)"),
             )
         })?;
-        let uri = (!r.uri.is_empty()).then(|| r.uri.clone());
-        if let Some(uri) = &uri {
+        let uri = match &matched {
+            Some(_) => r.uri.strip_prefix(PREFIX_MARKER),
+            None => Some(r.uri.as_str()),
+        }
+        .filter(|uri| !uri.is_empty());
+        if let Some(uri) = uri {
             let absolute = if uri.starts_with('/') {
-                Cow::Borrowed(uri.as_str())
+                Cow::Borrowed(uri)
             } else {
                 Cow::Owned(format!("/{uri}"))
             };
@@ -845,8 +940,15 @@ impl Redirect {
                 ));
             }
         };
+        let path = uri.map(|uri| match matched {
+            Some(matched) => RedirectPath::Prefix {
+                matched,
+                replacement: uri.to_owned(),
+            },
+            None => RedirectPath::Full(uri.to_owned()),
+        });
         Ok(Self {
-            uri,
+            path,
             authority,
             scheme,
             port,
@@ -881,10 +983,11 @@ impl Redirect {
                 if drop_port { host } else { req.authority }
             }
         };
-        let path: Cow<'_, str> = match (&self.uri, req.query) {
-            (Some(uri), _) if uri.contains('?') => Cow::Borrowed(uri),
+        let new_path = self.path.as_ref().map(|p| p.apply(req.path));
+        let path: Cow<'_, str> = match (new_path, req.query) {
+            (Some(uri), _) if uri.contains('?') => uri,
             (Some(uri), Some(query)) => Cow::Owned(format!("{uri}?{query}")),
-            (Some(uri), None) => Cow::Borrowed(uri),
+            (Some(uri), None) => uri,
             (None, Some(query)) => Cow::Owned(format!("{}?{query}", req.path)),
             (None, None) => Cow::Borrowed(req.path),
         };

@@ -436,6 +436,7 @@ mod tests {
             hosts: vec![HOST.into()],
             spec: serde_json::from_value(serde_json::json!({ "hosts": [HOST], "tcp": tcp }))
                 .expect("a valid spec"),
+            from_routes: false,
         }
     }
 
@@ -605,6 +606,7 @@ mod tests {
             created: 0,
             hosts: vec![HOST.into()],
             spec: serde_json::from_value(spec).expect("a valid spec"),
+            from_routes: false,
         }
     }
 

@@ -28,6 +28,7 @@ fn vs(name: &str, hosts: &[&str], spec: serde_json::Value) -> VsInput {
         created: 0,
         hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
         spec: serde_json::from_value(spec).expect("test spec parses"),
+        from_routes: false,
     }
 }
 
@@ -903,6 +904,66 @@ fn redirect_builds_the_location_as_envoy_does() {
     assert_eq!(
         location(&go("/http-80", "reviews:9080")),
         "http://reviews/http-80"
+    );
+}
+
+#[test]
+fn a_prefix_redirect_from_gateway_routes_replaces_the_matched_segments() {
+    // As the agent writes a Gateway API `PathPrefix` match: the path
+    // itself and the path with a `/` after it.
+    let prefix_rule = |value: &str, replacement: &str| {
+        let matches = if value == "/" {
+            json!([{"uri": {"prefix": "/"}}])
+        } else {
+            json!([{"uri": {"exact": value}}, {"uri": {"prefix": format!("{value}/")}}])
+        };
+        json!({"match": matches, "redirect": {"uri": format!("%PREFIX()%{replacement}"), "redirectCode": 302}})
+    };
+    let spec = json!({"http": [
+        prefix_rule("/api", "/v2"),
+        prefix_rule("/strip", "/"),
+        prefix_rule("/", "/root"),
+    ]});
+    let mut input = vs("reviews-routes", &[REVIEWS], spec.clone());
+    input.from_routes = true;
+    let (table, errors) = RouteTable::build(vec![input]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let caller = Caller::default();
+    let go =
+        |path: &str| location(&redirect_of(&table, &request("GET", path, &[]), &caller)).to_owned();
+    assert_eq!(go("/api/items?id=1"), "http://reviews:9080/v2/items?id=1");
+    assert_eq!(go("/api"), "http://reviews:9080/v2");
+    assert_eq!(go("/api/"), "http://reviews:9080/v2/");
+    assert_eq!(go("/strip/a/b"), "http://reviews:9080/a/b");
+    assert_eq!(go("/strip"), "http://reviews:9080/");
+    assert_eq!(go("/other/x"), "http://reviews:9080/root/other/x");
+    assert_eq!(go("/"), "http://reviews:9080/root");
+
+    // Written in a VirtualService by hand, the marker is a path like any
+    // other (as in Istio, which reads it only in what it made from routes).
+    let table = reviews(spec);
+    assert_eq!(
+        location(&redirect_of(
+            &table,
+            &request("GET", "/api/items", &[]),
+            &caller
+        )),
+        "http://reviews:9080/%PREFIX()%/v2"
+    );
+
+    // From routes, a rule whose matches are not one prefix is refused.
+    let mut input = vs(
+        "reviews-routes",
+        &[REVIEWS],
+        json!({"http": [{"match": [{"uri": {"regex": "/a.*"}}], "redirect": {"uri": "%PREFIX()%/b"}}]}),
+    );
+    input.from_routes = true;
+    let (_, errors) = RouteTable::build(vec![input]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].to_string().contains("%PREFIX()%"),
+        "{}",
+        errors[0]
     );
 }
 

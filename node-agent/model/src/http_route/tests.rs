@@ -253,6 +253,13 @@ fn several_ports_of_a_service_redirect_ports_and_small_weights() {
     );
     let status_only = redirect(json!({ "statusCode": 301 }));
     assert_eq!(status_only.redirect_code, Some(301));
+    // A prefix replacement, with Istio's marker for the waypoint.
+    let prefix =
+        redirect(json!({ "path": { "type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2" } }));
+    assert_eq!(prefix.uri, "%PREFIX()%/v2");
+    let full =
+        redirect(json!({ "path": { "type": "ReplaceFullPath", "replaceFullPath": "/new" } }));
+    assert_eq!(full.uri, "/new");
 
     // A Hostname backend keeps its name; the first header match of a name
     // counts.
@@ -463,7 +470,7 @@ fn ingress_routes_are_not_warrens_and_mesh_routes_are_checked() {
         "spec.rules[0].backendRefs: a rule that redirects sends nothing to backends",
         "spec.rules[0].filters[0].type: \"ExtensionRef\" is not supported",
         "spec.rules[0].filters[1].requestRedirect.statusCode: 307 is not 301 or 302",
-        "spec.rules[0].filters[1].requestRedirect.path.type: ReplacePrefixMatch in a redirect",
+        "spec.rules[0].filters[1].requestRedirect.path.type: ReplacePrefixMatch needs every match of the rule to be a PathPrefix",
         "spec.rules[0].backendRefs[0].namespace: a Hostname is not in a namespace",
         "spec.rules[0].backendRefs[1].port: required for a Service backend",
         "spec.rules[0].backendRefs[2].kind: /Pod is not a backend",
