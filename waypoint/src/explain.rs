@@ -29,7 +29,8 @@ use crate::{
         serves,
     },
     route::{
-        Abort, Action, FaultAbort, HttpRule, Lookup, RequestInfo, RouteDestination, Scope,
+        Abort, Action, CorsCheck, FaultAbort, HttpRule, Lookup, RequestInfo, RouteDestination,
+        Scope,
         tcp::{ConnectionInfo, TcpRouted},
     },
 };
@@ -403,6 +404,26 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
             return done(steps, Verdict::NotRouted);
         }
     };
+    // CORS runs before the faults: a preflight it answers gets no further.
+    if let Some(cors) = &rule.cors {
+        match cors.check(&parts.method, &parts.headers) {
+            CorsCheck::Answer(answer) => {
+                step(
+                    "cors",
+                    format!("preflight answered {} by the waypoint", answer.status()),
+                );
+                return done(steps, Verdict::Answered);
+            }
+            CorsCheck::Allowed(origin) => step(
+                "cors",
+                format!("origin {origin:?} allowed: the answer says so"),
+            ),
+            CorsCheck::Untouched => step(
+                "cors",
+                "no allowed Origin: the request and its answer are left as they are".into(),
+            ),
+        }
+    }
     let verdict = describe(rule, &parts.headers, &mut step);
     done(steps, verdict)
 }

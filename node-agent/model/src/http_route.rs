@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     FieldError,
     istio::{
-        Destination, FaultAbort, HeaderOperations, Headers, HttpDirectResponse, HttpFaultInjection,
-        HttpMatchRequest, HttpMirrorPolicy, HttpRedirect, HttpRetry, HttpRewrite,
-        HttpRoute as IstioHttpRoute, HttpRouteDestination, Percent, PortSelector,
+        CorsPolicy, Destination, FaultAbort, HeaderOperations, Headers, HttpDirectResponse,
+        HttpFaultInjection, HttpMatchRequest, HttpMirrorPolicy, HttpRedirect, HttpRetry,
+        HttpRewrite, HttpRoute as IstioHttpRoute, HttpRouteDestination, Percent, PortSelector,
         RedirectPortSelection, RegexRewrite, StringMatch, VirtualService, VirtualServiceSpec,
     },
     reference_grant::Grants,
@@ -147,6 +147,29 @@ pub struct HttpRouteFilter {
     pub request_redirect: Option<RedirectFilter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_rewrite: Option<UrlRewriteFilter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsFilter>,
+}
+
+/// `type: CORS` (Gateway API's `HTTPCORSFilter`): made the rule's
+/// VirtualService `corsPolicy`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsFilter {
+    /// `*`, or `scheme://host[:port]`, the host possibly `*.`-wildcarded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origins: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// Seconds a preflight's answer may be cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -774,12 +797,13 @@ fn filter_errors(
         ("RequestMirror", filter.request_mirror.is_some()),
         ("RequestRedirect", filter.request_redirect.is_some()),
         ("URLRewrite", filter.url_rewrite.is_some()),
+        ("CORS", filter.cors.is_some()),
     ];
     let Some(&(_, present)) = set.iter().find(|(kind, _)| *kind == filter.kind) else {
         error(
             format!("{path}.type"),
             format!(
-                "{:?} is not supported (supported: RequestHeaderModifier, ResponseHeaderModifier, RequestMirror, RequestRedirect, URLRewrite)",
+                "{:?} is not supported (supported: RequestHeaderModifier, ResponseHeaderModifier, RequestMirror, RequestRedirect, URLRewrite, CORS)",
                 filter.kind
             ),
         );
@@ -820,6 +844,9 @@ fn filter_errors(
                 );
             }
         }
+    }
+    if let Some(cors) = &filter.cors {
+        cors_errors(error, &format!("{path}.cors"), cors);
     }
     if let Some(mirror) = &filter.request_mirror {
         backend_errors(
@@ -978,6 +1005,113 @@ pub(crate) fn backend_errors(
 fn regex(error: &mut impl FnMut(String, String), path: String, value: &str) {
     if let Err(e) = regex::Regex::new(value) {
         error(path, format!("not a regular expression: {e}"));
+    }
+}
+
+fn cors_errors(error: &mut impl FnMut(String, String), path: &str, cors: &CorsFilter) {
+    for (i, origin) in cors.allow_origins.iter().enumerate() {
+        if origin != "*" && origin_pattern(origin).is_none() {
+            error(
+                format!("{path}.allowOrigins[{i}]"),
+                format!(
+                    "{origin:?} is not `*` nor scheme://host[:port] (the host may begin with `*.`)"
+                ),
+            );
+        }
+    }
+    for (i, method) in cors.allow_methods.iter().enumerate() {
+        if method != "*" && !is_method(method) {
+            error(
+                format!("{path}.allowMethods[{i}]"),
+                format!("{method:?} is not an HTTP method nor `*`"),
+            );
+        }
+    }
+    for (field, names) in [
+        ("allowHeaders", &cors.allow_headers),
+        ("exposeHeaders", &cors.expose_headers),
+    ] {
+        for (i, name) in names.iter().enumerate() {
+            if name != "*" && HeaderName::from_bytes(name.as_bytes()).is_err() {
+                error(
+                    format!("{path}.{field}[{i}]"),
+                    format!("{name:?} is not a header name nor `*`"),
+                );
+            }
+        }
+    }
+    if cors.max_age.is_some_and(|age| age < 1) {
+        error(format!("{path}.maxAge"), "at least 1 (seconds)".into());
+    }
+}
+
+/// An allowed origin as a full-match regular expression: `scheme://host`
+/// with an optional port, a leading `*.` standing for one or more labels;
+/// `None` when it is no such origin.
+fn origin_pattern(origin: &str) -> Option<String> {
+    let (scheme, rest) = origin.split_once("://")?;
+    let scheme_ok = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()) => {
+            (host, Some(port))
+        }
+        _ => (rest, None),
+    };
+    let (wildcard, name) = match host.strip_prefix("*.") {
+        Some(name) => (true, name),
+        None => (false, host),
+    };
+    let name_ok = !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !scheme_ok || !name_ok {
+        return None;
+    }
+    let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+    let wildcard = if wildcard { r"[^/:]+\." } else { "" };
+    Some(format!(
+        "{}://{wildcard}{}{}",
+        regex::escape(scheme),
+        regex::escape(name),
+        regex::escape(&port)
+    ))
+}
+
+/// The CORS filter as a VirtualService `corsPolicy`: an origin with a
+/// wildcard as a regular expression, any other as written (`*` allows
+/// every origin, as Envoy reads it).
+fn cors_policy(cors: &CorsFilter) -> CorsPolicy {
+    CorsPolicy {
+        allow_origins: cors
+            .allow_origins
+            .iter()
+            .map(|origin| match origin.contains('*') && origin != "*" {
+                true => StringMatch {
+                    regex: origin_pattern(origin),
+                    ..StringMatch::default()
+                },
+                false => StringMatch {
+                    exact: Some(origin.clone()),
+                    ..StringMatch::default()
+                },
+            })
+            .collect(),
+        allow_methods: cors.allow_methods.clone(),
+        allow_headers: cors.allow_headers.clone(),
+        expose_headers: cors.expose_headers.clone(),
+        max_age: cors
+            .max_age
+            .filter(|age| *age > 0)
+            .map(|age| format!("{age}s")),
+        allow_credentials: cors.allow_credentials.filter(|c| *c),
+        unmatched_preflights: None,
     }
 }
 
@@ -1444,6 +1578,9 @@ fn convert_rule(
         }
         if let Some(rewrite) = &filter.url_rewrite {
             out.rewrite = url_rewrite(rewrite, kind, value);
+        }
+        if let Some(cors) = &filter.cors {
+            out.cors_policy = Some(cors_policy(cors));
         }
     }
     out.headers = headers(&rule.filters);

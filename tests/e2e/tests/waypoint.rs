@@ -63,6 +63,15 @@ spec:
     match: [{ headers: { x-fault: { exact: abort } } }]
     fault: { abort: { httpStatus: 418, percentage: { value: 50 } } }
     route: [{ destination: { host: app, subset: v1 } }]
+  - name: browser
+    match: [{ uri: { prefix: /ui/ } }]
+    corsPolicy:
+      allowOrigins: [{ exact: "https://shop.example" }]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-token]
+      exposeHeaders: [x-sample-version]
+      maxAge: 1h
+    route: [{ destination: { host: app, subset: v1 } }]
   - name: canary
     route:
     - { destination: { host: app, subset: v1 }, weight: 80 }
@@ -310,6 +319,53 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
         logs()
     );
 
+    // CORS: a preflight from an allowed origin is answered by the
+    // waypoint (nothing of the backend's in it); an actual request goes on
+    // and its answer is marked; a preflight from another origin goes to
+    // the backend untouched (unmatchedPreflights: FORWARD, the default).
+    let preflight = |origin: &str| {
+        curl(&[
+            "-X",
+            "OPTIONS",
+            "-H",
+            &format!("origin: {origin}"),
+            "-H",
+            "access-control-request-method: POST",
+            &format!("{url}ui/page"),
+        ])
+    };
+    let (head, answer) = preflight("https://shop.example")?;
+    eprintln!("CORS preflight: {}", head.replace("\r\n", " | "));
+    ensure!(
+        head.starts_with("http/1.1 200")
+            && head.contains("access-control-allow-origin: https://shop.example")
+            && head.contains("access-control-allow-methods: get,post")
+            && head.contains("access-control-allow-headers: x-token")
+            && head.contains("access-control-max-age: 3600")
+            && !head.contains("x-sample-version")
+            && answer.is_null(),
+        "the waypoint must answer the preflight itself:\n{head}\n{answer}\n{}",
+        logs()
+    );
+    let (head, answer) = curl(&[
+        "-H",
+        "origin: https://shop.example",
+        &format!("{url}ui/page"),
+    ])?;
+    ensure!(
+        answer["path"] == "/ui/page"
+            && head.contains("access-control-allow-origin: https://shop.example")
+            && head.contains("access-control-expose-headers: x-sample-version"),
+        "an allowed origin's request reaches the backend, its answer marked:\n{head}\n{answer}"
+    );
+    let (head, answer) = preflight("https://evil.example")?;
+    ensure!(
+        answer["method"] == "OPTIONS"
+            && head.contains("x-sample-version")
+            && !head.contains("access-control-allow-origin"),
+        "another origin's preflight goes to the backend, unmarked:\n{head}\n{answer}"
+    );
+
     // An HTTP/1.0 client may send no Host; HTTP/1.1 upstream needs one,
     // the destination service's name.
     let (head, answer) = curl(&["--http1.0", "-H", "Host:", &url])?;
@@ -433,6 +489,7 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
     };
     let host = "http://app.demo.svc.cluster.local/";
     let old = format!("{url}old");
+    let ui = format!("{url}ui/page");
     for (request, says) in [
         (
             vec!["-H", "end-user: jason", host],
@@ -450,6 +507,22 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
         (
             vec!["-H", "x-fault: abort", host],
             vec!["abort with HTTP 418", "for 50% of requests"],
+        ),
+        (
+            vec![
+                "-X",
+                "OPTIONS",
+                "-H",
+                "origin: https://shop.example",
+                "-H",
+                "access-control-request-method: POST",
+                &ui,
+            ],
+            vec![
+                "route \"browser\"",
+                "preflight answered 200 OK by the waypoint",
+                "verdict: answered",
+            ],
         ),
         (
             vec![old.as_str()],

@@ -43,6 +43,14 @@ spec:
       requestRedirect:
         hostname: app.example
         path: { type: ReplaceFullPath, replaceFullPath: /new }
+  - matches: [{ path: { type: PathPrefix, value: /ui } }]
+    filters:
+    - type: CORS
+      cors:
+        allowOrigins: ["https://*.shop.example"]
+        allowMethods: [GET]
+        maxAge: 60
+    backendRefs: [{ name: app-v1, port: 80 }]
   - matches: [{ path: { type: PathPrefix, value: /legacy } }]
     filters:
     - type: RequestRedirect
@@ -176,6 +184,33 @@ fn http_routes_split_match_and_rewrite_at_the_waypoint() -> Result<()> {
     ensure!(
         answer.starts_with("302 http://") && answer.ends_with("/modern/items/7?color=red"),
         "/legacy/items/7 must redirect to /modern/items/7: {answer}\n{}",
+        logs()
+    );
+    // A CORS filter: a preflight from an origin under the wildcard is
+    // answered by the waypoint.
+    let out = client.sandbox.exec(
+        "curl",
+        [
+            "-sS",
+            "-i",
+            "--max-time",
+            "5",
+            "-X",
+            "OPTIONS",
+            "-H",
+            "origin: https://www.shop.example",
+            "-H",
+            "access-control-request-method: GET",
+            &format!("{url}ui/x"),
+        ],
+    )?;
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    ensure!(
+        head.starts_with("http/1.1 200")
+            && head.contains("access-control-allow-origin: https://www.shop.example")
+            && head.contains("access-control-max-age: 60")
+            && !head.contains("x-sample-version"),
+        "the CORS filter's preflight answered by the waypoint:\n{head}\n{}",
         logs()
     );
     let answer = redirected("legacy")?;

@@ -43,7 +43,10 @@ use crate::{
     app::{Body, ClusterKey, Context},
     authz,
     metrics::ClusterLabels,
-    route::{Action, FailureKind, Lookup, RequestInfo, RetryPolicy, RouteDestination, Scope},
+    route::{
+        Action, CorsCheck, FailureKind, HttpRule, Lookup, Matched, RequestInfo, RetryPolicy,
+        RouteDestination, Scope,
+    },
     tables::Compiled,
     telemetry::{HeaderNeed, attributes::RequestFacts},
     upstream::{
@@ -369,7 +372,7 @@ impl<T: Unpin> hyper::body::Body for Held<T> {
 async fn route_and_forward(
     ctx: &Arc<Context>,
     down: &Downstream,
-    mut parts: http::request::Parts,
+    parts: http::request::Parts,
     body: Prefixed<Incoming>,
 ) -> Done {
     let compiled = ctx.tables.current();
@@ -406,6 +409,59 @@ async fn route_and_forward(
             );
         }
     };
+    // CORS before the faults, as Envoy's filter runs ahead of them; its
+    // marks go on whatever answers (an upstream, a fault, a redirect).
+    let cors = rule.and_then(|r| r.cors.as_ref());
+    let allowed = match cors.map(|c| c.check(&parts.method, &parts.headers)) {
+        Some(CorsCheck::Answer(response)) => {
+            let mut response = boxed(response);
+            if let Some(rule) = rule {
+                rule.apply_response(None, response.headers_mut());
+            }
+            return Done::local(response, "-", route_name);
+        }
+        Some(CorsCheck::Allowed(origin)) => Some(origin),
+        Some(CorsCheck::Untouched) | None => None,
+    };
+    let routing = Routing {
+        rule,
+        matched,
+        route_name,
+    };
+    let mut done = forward_routed(ctx, &compiled, down, parts, body, routing).await;
+    if let (Some(cors), Some(origin)) = (cors, allowed) {
+        cors.allow(origin, done.response.headers_mut());
+    }
+    done
+}
+
+/// The rule a request matched (none: the service's default route), what
+/// matched, and the route's name for the access line.
+struct Routing<'a> {
+    rule: Option<&'a HttpRule>,
+    matched: Option<Matched>,
+    route_name: String,
+}
+
+/// Faults, then the rule's action: a local answer, or the request sent to
+/// the picked destination (with mirrors, retries and the route's timeout).
+async fn forward_routed(
+    ctx: &Arc<Context>,
+    compiled: &Compiled,
+    down: &Downstream,
+    mut parts: http::request::Parts,
+    body: Prefixed<Incoming>,
+    routing: Routing<'_>,
+) -> Done {
+    let Routing {
+        rule,
+        matched,
+        route_name,
+    } = routing;
+    let empty = BTreeMap::new();
+    let source_labels = down.source.as_ref().map_or(&empty, |w| &w.labels);
+    let source_namespace = down.peer.identity.namespace.as_str();
+    let host = down.service.hostname.as_str();
     let default_destination;
 
     // Faults first, as Envoy's fault filter runs before the router.
@@ -540,7 +596,7 @@ async fn route_and_forward(
     let forwarded = Instant::now();
     let route_timed_out = AtomicBool::new(false);
     let tried = Tries::request(down.client(), retries, &route_timed_out);
-    let send = send_with_retries(ctx, &compiled, &key, &parts, body.as_ref(), retries, tried);
+    let send = send_with_retries(ctx, compiled, &key, &parts, body.as_ref(), retries, tried);
     let mut done = match timeout {
         // Envoy's route timeout: from the end of the client's request to the
         // end of the answer, retries included. An upload is not cut short by

@@ -95,7 +95,7 @@ pub enum UriMatched {
 
 /// A compiled `StringMatch`.
 #[derive(Clone, Debug)]
-enum StringMatcher {
+pub(super) enum StringMatcher {
     /// `{}`: any value, as long as there is one.
     Present,
     Exact(String),
@@ -107,7 +107,11 @@ enum StringMatcher {
 impl StringMatcher {
     /// `star_is_present`: Istio reads the regex `*` (not valid RE2) as
     /// "present" in header and query parameter matches.
-    fn compile(path: &str, m: &StringMatch, star_is_present: bool) -> Result<Self, CompileError> {
+    pub(super) fn compile(
+        path: &str,
+        m: &StringMatch,
+        star_is_present: bool,
+    ) -> Result<Self, CompileError> {
         if m.kinds_set() > 1 {
             return Err(CompileError::new(
                 path,
@@ -125,7 +129,7 @@ impl StringMatcher {
         })
     }
 
-    fn matches(&self, value: &str) -> bool {
+    pub(super) fn matches(&self, value: &str) -> bool {
         match self {
             Self::Present => true,
             Self::Exact(e) => value == e,

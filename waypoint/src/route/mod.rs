@@ -34,6 +34,7 @@
 //! literal), and JWT-claim header matches (`@request.auth.claims.*`, which
 //! the model refuses).
 
+mod cors;
 mod fault;
 mod host;
 mod matching;
@@ -50,6 +51,7 @@ use host::{HostIndex, normalize_host};
 use rand::Rng;
 use warren_model::istio::VirtualServiceSpec;
 
+pub use cors::{Cors, CorsCheck};
 pub use fault::{Abort, Fault, FaultAbort, FaultDecision, FaultDelay};
 pub use matching::{Matched, RequestInfo, UriMatched};
 pub use retry::{Backoff, FailureKind, RetryOn, RetryPolicy};

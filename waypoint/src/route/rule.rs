@@ -15,6 +15,7 @@ use warren_model::istio::{
 };
 use warren_model::{http_route::REDIRECT_PREFIX_MARKER as PREFIX_MARKER, validate};
 
+use super::cors::Cors;
 use super::fault::Fault;
 use super::matching::{Matched, RequestInfo, RequestMatch, UriMatched, regex_error};
 use super::retry::RetryPolicy;
@@ -42,6 +43,8 @@ pub struct HttpRule {
     pub timeout: Option<Duration>,
     pub retries: RetryPolicy,
     pub fault: Option<Fault>,
+    /// `corsPolicy`.
+    pub cors: Option<Cors>,
     /// `mirror` (with `mirrorPercentage`) then `mirrors`, each with its
     /// share; targets whose share is 0 are left out.
     pub mirrors: Vec<MirrorTarget>,
@@ -461,6 +464,11 @@ impl HttpRule {
             Some(f) => Fault::compile(&format!("{path}.fault"), f)?,
             None => None,
         };
+        let cors = route
+            .cors_policy
+            .as_ref()
+            .map(|c| Cors::compile(&format!("{path}.corsPolicy"), c))
+            .transpose()?;
 
         let mut mirrors = Vec::new();
         if let Some(mirror) = &route.mirror {
@@ -502,6 +510,7 @@ impl HttpRule {
             timeout,
             retries,
             fault,
+            cors,
             mirrors,
         })
     }

@@ -1343,3 +1343,170 @@ fn request_info_reads_absolute_and_origin_form() {
     assert_eq!(info.authority, "reviews:9080", "from Host");
     assert_eq!(info.query, None);
 }
+
+// ---------------------------------------------------------------------------
+// CORS
+// ---------------------------------------------------------------------------
+
+fn cors_rule(policy: serde_json::Value) -> crate::route::Cors {
+    let table = reviews(
+        json!({"http": [{"route": [{"destination": {"host": REVIEWS}}], "corsPolicy": policy}]}),
+    );
+    let caller = Caller::default();
+    let routed = table
+        .route(REVIEWS, DEMO, &caller.info(&get("/", &[])))
+        .routed()
+        .expect("routed");
+    routed.rule.cors.clone().expect("a CORS policy")
+}
+
+fn cors_check(cors: &crate::route::Cors, method: &str, headers: &[(&str, &str)]) -> CorsCheck {
+    let parts = request(method, "/", headers);
+    cors.check(&parts.method, &parts.headers)
+}
+
+fn text<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[test]
+fn a_cors_preflight_is_answered_as_envoy_answers_it() {
+    let cors = cors_rule(json!({
+        "allowOrigins": [{"exact": "https://shop.example"}, {"regex": "https://.*\\.partner\\.example"}],
+        "allowMethods": ["GET", "POST"],
+        "allowHeaders": ["x-token", "content-type"],
+        "exposeHeaders": ["x-trace"],
+        "maxAge": "24h",
+        "allowCredentials": true,
+    }));
+    let preflight = |origin: &str| {
+        cors_check(
+            &cors,
+            "OPTIONS",
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+            ],
+        )
+    };
+    let CorsCheck::Answer(answer) = preflight("https://a.partner.example") else {
+        panic!("a preflight from an allowed origin is answered");
+    };
+    let h = answer.headers();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(
+        text(h, "access-control-allow-origin"),
+        Some("https://a.partner.example")
+    );
+    assert_eq!(text(h, "access-control-allow-methods"), Some("GET,POST"));
+    assert_eq!(
+        text(h, "access-control-allow-headers"),
+        Some("x-token,content-type")
+    );
+    assert_eq!(text(h, "access-control-max-age"), Some("86400"));
+    assert_eq!(text(h, "access-control-allow-credentials"), Some("true"));
+    assert!(h.get("access-control-expose-headers").is_none());
+
+    // Another origin: forwarded untouched (unmatchedPreflights FORWARD, the
+    // default); not a CORS request without an Origin, nor a preflight
+    // without the method it asks for.
+    assert!(matches!(
+        preflight("https://evil.example"),
+        CorsCheck::Untouched
+    ));
+    assert!(matches!(
+        preflight("https://partner.example"),
+        CorsCheck::Untouched
+    ));
+    assert!(matches!(
+        cors_check(&cors, "OPTIONS", &[]),
+        CorsCheck::Untouched
+    ));
+    assert!(matches!(
+        cors_check(&cors, "OPTIONS", &[("origin", "https://shop.example")]),
+        CorsCheck::Allowed(_)
+    ));
+
+    // An actual request from an allowed origin: its answer is marked.
+    let CorsCheck::Allowed(origin) =
+        cors_check(&cors, "GET", &[("origin", "https://shop.example")])
+    else {
+        panic!("an allowed origin");
+    };
+    let mut answer = http::HeaderMap::new();
+    cors.allow(origin, &mut answer);
+    assert_eq!(
+        text(&answer, "access-control-allow-origin"),
+        Some("https://shop.example")
+    );
+    assert_eq!(
+        text(&answer, "access-control-allow-credentials"),
+        Some("true")
+    );
+    assert_eq!(
+        text(&answer, "access-control-expose-headers"),
+        Some("x-trace")
+    );
+    assert!(matches!(
+        cors_check(&cors, "GET", &[("origin", "https://evil.example")]),
+        CorsCheck::Untouched
+    ));
+}
+
+#[test]
+fn cors_wildcards_and_unmatched_preflights() {
+    // `*` alone allows every origin, and echoes what a preflight asks for.
+    let cors = cors_rule(json!({
+        "allowOrigins": [{"exact": "*"}],
+        "allowMethods": ["*"],
+        "allowHeaders": ["*"],
+    }));
+    let CorsCheck::Answer(answer) = cors_check(
+        &cors,
+        "OPTIONS",
+        &[
+            ("origin", "https://anyone.example"),
+            ("access-control-request-method", "PATCH"),
+            ("access-control-request-headers", "x-a, x-b"),
+        ],
+    ) else {
+        panic!("answered");
+    };
+    let h = answer.headers();
+    assert_eq!(
+        text(h, "access-control-allow-origin"),
+        Some("https://anyone.example")
+    );
+    assert_eq!(text(h, "access-control-allow-methods"), Some("PATCH"));
+    assert_eq!(text(h, "access-control-allow-headers"), Some("x-a, x-b"));
+    assert!(h.get("access-control-allow-credentials").is_none());
+    assert!(h.get("access-control-max-age").is_none());
+
+    // IGNORE: a preflight from an origin not allowed is answered here too,
+    // without saying it is allowed.
+    let cors = cors_rule(json!({
+        "allowOrigins": [{"prefix": "https://shop."}],
+        "allowMethods": ["GET"],
+        "unmatchedPreflights": "IGNORE",
+    }));
+    let CorsCheck::Answer(answer) = cors_check(
+        &cors,
+        "OPTIONS",
+        &[
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "GET"),
+        ],
+    ) else {
+        panic!("answered, not forwarded");
+    };
+    assert!(
+        answer
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    assert_eq!(
+        text(answer.headers(), "access-control-allow-methods"),
+        Some("GET")
+    );
+}

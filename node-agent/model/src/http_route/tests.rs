@@ -261,6 +261,55 @@ fn several_ports_of_a_service_redirect_ports_and_small_weights() {
         redirect(json!({ "path": { "type": "ReplaceFullPath", "replaceFullPath": "/new" } }));
     assert_eq!(full.uri, "/new");
 
+    // A CORS filter is the rule's corsPolicy; a wildcard origin a regex.
+    let r = reviews(json!([{ "filters": [{ "type": "CORS", "cors": {
+        "allowOrigins": ["https://shop.example", "https://*.partner.example:8443", "*"],
+        "allowMethods": ["GET", "POST"], "allowHeaders": ["x-token"],
+        "exposeHeaders": ["x-trace"], "maxAge": 600, "allowCredentials": true,
+    } }] }]));
+    assert_eq!(errors(&r), Vec::<String>::new());
+    let cors = converted(&[&r])
+        .http
+        .remove(0)
+        .cors_policy
+        .expect("a corsPolicy");
+    assert_eq!(
+        cors.allow_origins[0].exact.as_deref(),
+        Some("https://shop.example")
+    );
+    let wildcard = regex::Regex::new(&format!(
+        "^(?:{})$",
+        cors.allow_origins[1].regex.as_deref().expect("a regex")
+    ))
+    .expect("a valid regex");
+    assert!(wildcard.is_match("https://a.partner.example:8443"));
+    assert!(wildcard.is_match("https://a.b.partner.example:8443"));
+    assert!(!wildcard.is_match("https://partner.example:8443"));
+    assert!(!wildcard.is_match("https://a.partner.example"));
+    assert!(!wildcard.is_match("http://a.partner.example:8443"));
+    assert!(!wildcard.is_match("https://evil.example/.partner.example:8443"));
+    assert_eq!(cors.allow_origins[2].exact.as_deref(), Some("*"));
+    assert_eq!(cors.allow_methods, ["GET", "POST"]);
+    assert_eq!(cors.max_age.as_deref(), Some("600s"));
+    assert_eq!(cors.allow_credentials, Some(true));
+    let bad = reviews(json!([{ "filters": [{ "type": "CORS", "cors": {
+        "allowOrigins": ["shop.example", "https://a.*.example"],
+        "allowMethods": ["BREW"], "allowHeaders": ["bad header"], "maxAge": 0,
+    } }] }]));
+    let found = errors(&bad);
+    for expected in [
+        "spec.rules[0].filters[0].cors.allowOrigins[0]: \"shop.example\" is not",
+        "spec.rules[0].filters[0].cors.allowOrigins[1]: \"https://a.*.example\" is not",
+        "spec.rules[0].filters[0].cors.allowMethods[0]: \"BREW\" is not",
+        "spec.rules[0].filters[0].cors.allowHeaders[0]: \"bad header\" is not",
+        "spec.rules[0].filters[0].cors.maxAge: at least 1",
+    ] {
+        assert!(
+            found.iter().any(|f| f.starts_with(expected)),
+            "missing {expected:?} in {found:#?}"
+        );
+    }
+
     // A Hostname backend keeps its name; the first header match of a name
     // counts.
     let r = reviews(json!([{
