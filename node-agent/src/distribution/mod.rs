@@ -23,10 +23,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 use warren_api::config::{
-    ClientMessage, ClientStatus, DumpRequest, DumpResponse, Hello, Role, StatusRequest,
+    ClientMessage, ClientStatus, DumpRequest, DumpResponse, Hello, Resource, Role, StatusRequest,
     StatusResponse, Update,
     client_message::Message,
     config_distribution_server::{ConfigDistribution, ConfigDistributionServer},
+    resource::Kind,
 };
 
 pub use socket::{SocketError, bind};
@@ -172,12 +173,33 @@ impl ConfigDistribution for Distribution {
         let published = self.publisher.lock();
         Ok(Response::new(DumpResponse {
             version: published.version(),
-            resources: published.resources(&audience).collect(),
+            resources: published.resources(&audience).map(redacted).collect(),
             refusals: published.refusals().to_vec(),
             uncaptured: published.uncaptured().to_vec(),
         }))
     }
 }
+
+/// What a dump holds of `resource`: never a private key (a certificate's
+/// or a credential's). A dump is for reading: anything that may reach the
+/// socket may ask for one, while keys go only to the subscriptions of the
+/// proxies they are for. A key is replaced by [`REDACTED`], so that a dump
+/// still shows there is one.
+fn redacted(mut resource: Resource) -> Resource {
+    match &mut resource.kind {
+        Some(Kind::Certificate(c)) if !c.private_key_pem.is_empty() => {
+            c.private_key_pem = REDACTED.to_owned();
+        }
+        Some(Kind::Credential(c)) if !c.private_key.is_empty() => {
+            c.private_key = REDACTED.as_bytes().to_vec();
+        }
+        _ => {}
+    }
+    resource
+}
+
+/// What a dump shows in place of a private key.
+pub const REDACTED: &str = "(redacted)";
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -266,6 +288,62 @@ impl Subscriber {
     fn record(&self, change: impl FnOnce(&mut ClientStatus)) {
         if let Some(status) = lock(&self.clients).get_mut(&self.id) {
             change(status);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use warren_api::config::{Certificate, Credential};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dump_never_carries_a_private_key() {
+        let publisher = Publisher::default();
+        publisher.write(|p| {
+            p.upsert(Resource {
+                key: "certificate/spiffe://cluster.local/ns/demo/sa/app".into(),
+                kind: Some(Kind::Certificate(Certificate {
+                    identity: "spiffe://cluster.local/ns/demo/sa/app".into(),
+                    chain_pem: vec!["CHAIN".into()],
+                    private_key_pem: "SECRET KEY".into(),
+                    ..Default::default()
+                })),
+            });
+            p.upsert(Resource {
+                key: warren_api::key::credential("demo", "partner"),
+                kind: Some(Kind::Credential(Credential {
+                    name: "partner".into(),
+                    namespace: "demo".into(),
+                    certificate_chain: b"CHAIN".to_vec(),
+                    private_key: b"SECRET KEY".to_vec(),
+                    ..Default::default()
+                })),
+            });
+        });
+        let distribution = Distribution::new(publisher);
+        for (role, namespace) in [(Role::Unspecified, ""), (Role::Waypoint, "demo")] {
+            let dump = distribution
+                .dump(Request::new(DumpRequest {
+                    role: role as i32,
+                    namespace: namespace.into(),
+                }))
+                .await
+                .expect("a dump")
+                .into_inner();
+            let keys: Vec<String> = dump
+                .resources
+                .iter()
+                .filter_map(|r| match &r.kind {
+                    Some(Kind::Certificate(c)) => Some(c.private_key_pem.clone()),
+                    Some(Kind::Credential(c)) => {
+                        Some(String::from_utf8_lossy(&c.private_key).into_owned())
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(keys, [REDACTED, REDACTED], "{role:?}");
         }
     }
 }
