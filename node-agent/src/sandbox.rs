@@ -258,7 +258,7 @@ impl Locator {
 /// (cgroupfs driver) or `[<root>-]kubepods[-<qos>]-pod<uid with underscores>.slice`
 /// (systemd driver). Kubernetes UIDs have no underscores, so turning them back
 /// into dashes is exact.
-fn pod_uid_of(part: &str) -> Option<String> {
+pub(crate) fn pod_uid_of(part: &str) -> Option<String> {
     if let Some(slice) = part.strip_suffix(".slice") {
         let (prefix, uid) = slice.rsplit_once("-pod")?;
         // `kubepods-…`, or under a kubelet `--cgroup-root` (kind: `kubelet-kubepods-…`).
@@ -306,7 +306,7 @@ fn is_namespace_file(path: &Path) -> Result<bool, SandboxError> {
 }
 
 /// A namespace's identity: the device and inode of its nsfs file.
-fn namespace_id(path: &Path) -> Result<(u64, u64), SandboxError> {
+pub(crate) fn namespace_id(path: &Path) -> Result<(u64, u64), SandboxError> {
     let meta = std::fs::metadata(path).map_err(|source| SandboxError::Io {
         what: "reading",
         path: path.to_owned(),

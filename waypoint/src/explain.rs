@@ -404,33 +404,14 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
             return done(steps, Verdict::NotRouted);
         }
     };
-    // CORS runs before the faults: a preflight it answers gets no further.
-    if let Some(cors) = &rule.cors {
-        match cors.check(&parts.method, &parts.headers) {
-            CorsCheck::Answer(answer) => {
-                step(
-                    "cors",
-                    format!("preflight answered {} by the waypoint", answer.status()),
-                );
-                return done(steps, Verdict::Answered);
-            }
-            CorsCheck::Allowed(origin) => step(
-                "cors",
-                format!("origin {origin:?} allowed: the answer says so"),
-            ),
-            CorsCheck::Untouched => step(
-                "cors",
-                "no allowed Origin: the request and its answer are left as they are".into(),
-            ),
-        }
-    }
-    let verdict = describe(rule, &parts.headers, &mut step);
+    let verdict = describe(rule, &parts.method, &parts.headers, &mut step);
     done(steps, verdict)
 }
 
 /// What a routed request meets: faults, the action, timeout, retries, mirrors.
 fn describe(
     rule: &HttpRule,
+    method: &Method,
     headers: &http::HeaderMap,
     step: &mut impl FnMut(&'static str, String),
 ) -> Verdict {
@@ -458,6 +439,27 @@ fn describe(
             if *per_million >= 1_000_000 {
                 return Verdict::Answered;
             }
+        }
+    }
+    // CORS after the faults, on a rule that forwards: a preflight it
+    // answers gets no further.
+    if let (Action::Forward(_), Some(cors)) = (&rule.action, &rule.cors) {
+        match cors.check(method, headers) {
+            CorsCheck::Answer(answer) => {
+                step(
+                    "cors",
+                    format!("preflight answered {} by the waypoint", answer.status()),
+                );
+                return Verdict::Answered;
+            }
+            CorsCheck::Allowed(origin) => step(
+                "cors",
+                format!("origin {origin:?} allowed: the answer says so"),
+            ),
+            CorsCheck::Untouched => step(
+                "cors",
+                "no allowed Origin: the request and its answer are left as they are".into(),
+            ),
         }
     }
     match &rule.action {

@@ -940,6 +940,12 @@ fn path_modifier(
         }
     };
     match value {
+        Some(v) if v.contains(['?', '#']) => error(
+            path.to_owned(),
+            format!("{v:?} is a path: no query or fragment"),
+        ),
+        // `""` strips the matched prefix, as `/` does.
+        Some("") if modifier.kind == "ReplacePrefixMatch" => {}
         Some(v) if v.starts_with('/') => {}
         Some(v) => error(path.to_owned(), format!("{v:?} does not start with /")),
         None => error(
@@ -1075,7 +1081,12 @@ fn origin_pattern(origin: &str) -> Option<String> {
         return None;
     }
     let port = port.map(|p| format!(":{p}")).unwrap_or_default();
-    let wildcard = if wildcard { r"[^/:]+\." } else { "" };
+    // One or more labels in place of `*`.
+    let wildcard = if wildcard {
+        r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\."
+    } else {
+        ""
+    };
     Some(format!(
         "{}://{wildcard}{}{}",
         regex::escape(scheme),
@@ -1089,18 +1100,19 @@ fn origin_pattern(origin: &str) -> Option<String> {
 /// every origin, as Envoy reads it).
 fn cors_policy(cors: &CorsFilter) -> CorsPolicy {
     CorsPolicy {
+        // An origin that is no pattern (refused when checked) allows nothing.
         allow_origins: cors
             .allow_origins
             .iter()
-            .map(|origin| match origin.contains('*') && origin != "*" {
-                true => StringMatch {
-                    regex: origin_pattern(origin),
+            .filter_map(|origin| match origin.contains('*') && origin != "*" {
+                true => Some(StringMatch {
+                    regex: Some(origin_pattern(origin)?),
                     ..StringMatch::default()
-                },
-                false => StringMatch {
+                }),
+                false => Some(StringMatch {
                     exact: Some(origin.clone()),
                     ..StringMatch::default()
-                },
+                }),
             })
             .collect(),
         allow_methods: cors.allow_methods.clone(),

@@ -180,7 +180,11 @@ async fn run(args: RunArgs) -> Result<()> {
     );
     let listener = distribution::bind(&args.socket).await?;
     info!(socket = %args.socket.display(), "serving proxies");
-    let service = Distribution::new(publisher).into_service();
+    // A hello is believed only of a process the agent can place.
+    let peers = distribution::Peers::new(networks);
+    let service = Distribution::new(publisher)
+        .checking(peers.clone())
+        .into_service();
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         if let Err(err) = tonic::transport::Server::builder()
@@ -279,6 +283,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 if let Some(handle) = &identities {
                     handle.want(view.local_identities());
                 }
+                peers.update(view.local_waypoints());
                 if let Some(waypoints) = &mut waypoints {
                     waypoints.reconcile(&store, &args.node.node);
                 }

@@ -7,6 +7,7 @@
 //! sent, from what the subscriber was last sent to what the view holds then.
 //! A slow proxy therefore gets fewer, larger deltas, never a backlog.
 
+mod peer;
 mod socket;
 
 use std::{
@@ -30,6 +31,7 @@ use warren_api::config::{
     resource::Kind,
 };
 
+pub use peer::Peers;
 pub use socket::{SocketError, bind};
 
 use crate::view::{Audience, Form, Pending, Publisher};
@@ -45,6 +47,9 @@ pub struct Distribution {
     publisher: Publisher,
     clients: Arc<Mutex<BTreeMap<u64, ClientStatus>>>,
     next_id: AtomicU64,
+    /// Whom a hello is believed of; `None` believes every hello (a test's
+    /// server, where the test is every peer).
+    peers: Option<Peers>,
 }
 
 impl Distribution {
@@ -53,7 +58,37 @@ impl Distribution {
             publisher,
             clients: Arc::default(),
             next_id: AtomicU64::new(1),
+            peers: None,
         }
+    }
+
+    /// Believes a hello only of a process placed by `peers` ([`peer`]).
+    pub fn checking(mut self, peers: Peers) -> Self {
+        self.peers = Some(peers);
+        self
+    }
+
+    /// Whether the process `pid` may subscribe as `role` for `namespace`.
+    fn check_peer(&self, pid: Option<i32>, role: Role, namespace: &str) -> Result<(), Status> {
+        let Some(peers) = &self.peers else {
+            return Ok(());
+        };
+        let checked = match role {
+            Role::Waypoint => peers.check_waypoint(pid, namespace),
+            _ => peers.check_ztunnel(pid),
+        };
+        checked.map_err(|reason| {
+            warn!(role = role.as_str_name(), namespace, %reason, "subscription refused");
+            Status::permission_denied(format!(
+                "a {} hello{} is not believed: {reason}",
+                role.as_str_name(),
+                if namespace.is_empty() {
+                    String::new()
+                } else {
+                    format!(" for namespace {namespace}")
+                }
+            ))
+        })
     }
 
     pub fn into_service(self) -> ConfigDistributionServer<Self> {
@@ -112,6 +147,12 @@ impl ConfigDistribution for Distribution {
         &self,
         request: Request<Streaming<ClientMessage>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        // The process at the other end (the kernel's word, SO_PEERCRED).
+        let pid = request
+            .extensions()
+            .get::<tonic::transport::server::UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .and_then(|cred| cred.pid());
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -125,6 +166,7 @@ impl ConfigDistribution for Distribution {
             ));
         };
         let (role, audience) = check_hello(&hello)?;
+        self.check_peer(pid, role, &hello.namespace)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let client_id = if hello.client_id.is_empty() {
             format!("client-{id}")

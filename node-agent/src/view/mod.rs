@@ -129,6 +129,16 @@ fn names_cluster_services(host: &str, cluster_domain: &str) -> bool {
 /// What [`key::certificate`] keys begin with.
 const CERTIFICATE_PREFIX: &str = "certificate/";
 
+/// A pod of a waypoint Gateway on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalWaypoint {
+    pub namespace: String,
+    pub uid: Option<String>,
+    /// Its `warren.io/netns` annotation (local mode's; not to be believed on
+    /// a cluster).
+    pub netns: Option<String>,
+}
+
 /// Mesh-wide settings the view needs.
 #[derive(Clone, Debug)]
 pub struct Mesh {
@@ -172,9 +182,10 @@ pub struct View {
     /// The `credentialName`s each DestinationRule names, each with
     /// whether a `MUTUAL` part names it (its key is needed).
     credential_names: BTreeMap<ObjectKey, BTreeMap<String, bool>>,
-    /// This node's waypoint pods (workload key → namespace): only they
-    /// receive their namespace's credentials.
-    local_waypoints: BTreeMap<String, String>,
+    /// This node's waypoint pods, by workload key: only they receive their
+    /// namespace's credentials, and only their processes may subscribe as
+    /// their namespace's waypoint (`distribution::Peers`).
+    local_waypoints: BTreeMap<String, LocalWaypoint>,
 }
 
 /// Publishes `computed`, the resources one namespace's objects of a kind
@@ -739,8 +750,8 @@ impl View {
         };
         let local_waypoint = computed
             .as_ref()
-            .is_some_and(|w| w.is_waypoint && w.node == self.mesh.node)
-            && self.runs_waypoint(store, key, namespace);
+            .filter(|w| w.is_waypoint && w.node == self.mesh.node)
+            .and_then(|_| self.waypoint_pod(store, key, namespace));
         self.local_waypoint(store, namespace, &resource_key, local_waypoint);
         match computed {
             Some(w) => {
@@ -810,14 +821,18 @@ impl View {
     /// Notes whether the workload `resource_key` of `namespace` is a
     /// waypoint on this node; when that makes the namespace gain its first
     /// one or lose its last, its credentials are published or withdrawn.
-    fn local_waypoint(&mut self, store: &Store, namespace: &str, resource_key: &str, now: bool) {
+    fn local_waypoint(
+        &mut self,
+        store: &Store,
+        namespace: &str,
+        resource_key: &str,
+        now: Option<LocalWaypoint>,
+    ) {
         let had = self.has_local_waypoint(namespace);
-        if now {
-            self.local_waypoints
-                .insert(resource_key.to_owned(), namespace.to_owned());
-        } else {
-            self.local_waypoints.remove(resource_key);
-        }
+        match now {
+            Some(pod) => self.local_waypoints.insert(resource_key.to_owned(), pod),
+            None => self.local_waypoints.remove(resource_key),
+        };
         if had != self.has_local_waypoint(namespace) {
             let secrets: Vec<ObjectKey> = store
                 .of_kind_in(Kind::Secret, namespace)
@@ -829,22 +844,36 @@ impl View {
         }
     }
 
-    /// Whether the pod `key` runs one of `namespace`'s waypoint Gateways.
-    fn runs_waypoint(&self, store: &Store, key: &ObjectKey, namespace: &str) -> bool {
+    /// The pod `key`, if it runs one of `namespace`'s waypoint Gateways.
+    fn waypoint_pod(
+        &self,
+        store: &Store,
+        key: &ObjectKey,
+        namespace: &str,
+    ) -> Option<LocalWaypoint> {
         let Some(Object::Pod(pod)) = store.get(key) else {
-            return false;
+            return None;
         };
-        pod.labels
-            .get(crate::model::gateway::GATEWAY_NAME_LABEL)
-            .is_some_and(|gateway| {
-                self.waypoints
-                    .get(namespace)
-                    .is_some_and(|w| w.contains_key(gateway))
-            })
+        let gateway = pod.labels.get(crate::model::gateway::GATEWAY_NAME_LABEL)?;
+        self.waypoints.get(namespace)?.get(gateway)?;
+        Some(LocalWaypoint {
+            namespace: namespace.to_owned(),
+            uid: pod.uid.as_deref().map(str::to_owned),
+            netns: pod
+                .annotation(crate::enrollment::NETNS_ANNOTATION)
+                .map(str::to_owned),
+        })
     }
 
     fn has_local_waypoint(&self, namespace: &str) -> bool {
-        self.local_waypoints.values().any(|ns| ns == namespace)
+        self.local_waypoints
+            .values()
+            .any(|w| w.namespace == namespace)
+    }
+
+    /// This node's waypoint pods.
+    pub fn local_waypoints(&self) -> impl Iterator<Item = &LocalWaypoint> {
+        self.local_waypoints.values()
     }
 
     /// Notes the `credentialName`s of the DestinationRule `key`, and

@@ -63,6 +63,15 @@ spec:
     match: [{ headers: { x-fault: { exact: abort } } }]
     fault: { abort: { httpStatus: 418, percentage: { value: 50 } } }
     route: [{ destination: { host: app, subset: v1 } }]
+  - name: browser-broken
+    match: [{ uri: { prefix: /ui/broken } }]
+    fault: { abort: { httpStatus: 503, percentage: { value: 100 } } }
+    corsPolicy: { allowOrigins: [{ exact: "https://shop.example" }], allowMethods: [GET] }
+    route: [{ destination: { host: app, subset: v1 } }]
+  - name: browser-moved
+    match: [{ uri: { prefix: /ui/moved } }]
+    redirect: { uri: /ui/page }
+    corsPolicy: { allowOrigins: [{ exact: "https://shop.example" }], allowMethods: [GET] }
   - name: browser
     match: [{ uri: { prefix: /ui/ } }]
     corsPolicy:
@@ -342,7 +351,8 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
             && head.contains("access-control-allow-methods: get,post")
             && head.contains("access-control-allow-headers: x-token")
             && head.contains("access-control-max-age: 3600")
-            && !head.contains("x-sample-version")
+            && head.contains("access-control-expose-headers: x-sample-version")
+            && !head.lines().any(|l| l.starts_with("x-sample-version:"))
             && answer.is_null(),
         "the waypoint must answer the preflight itself:\n{head}\n{answer}\n{}",
         logs()
@@ -365,6 +375,33 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
             && !head.contains("access-control-allow-origin"),
         "another origin's preflight goes to the backend, unmarked:\n{head}\n{answer}"
     );
+    // The faults come first (Istio's order): an abort answers the preflight
+    // and the request, unmarked; a redirect rule has no CORS (Envoy's
+    // filter leaves it alone).
+    for path in ["ui/broken", "ui/moved"] {
+        let (preflight_head, _) = curl(&[
+            "-X",
+            "OPTIONS",
+            "-H",
+            "origin: https://shop.example",
+            "-H",
+            "access-control-request-method: GET",
+            &format!("{url}{path}"),
+        ])?;
+        let (head, _) = curl(&[
+            "-H",
+            "origin: https://shop.example",
+            &format!("{url}{path}"),
+        ])?;
+        let status = if path == "ui/broken" { "503" } else { "301" };
+        ensure!(
+            [&preflight_head, &head]
+                .iter()
+                .all(|h| h.starts_with(&format!("http/1.1 {status}"))
+                    && !h.contains("access-control-allow-origin")),
+            "{path}: {status} and no CORS marks:\n{preflight_head}\n{head}"
+        );
+    }
 
     // An HTTP/1.0 client may send no Host; HTTP/1.1 upstream needs one,
     // the destination service's name.
@@ -541,6 +578,43 @@ fn a_waypoint_splits_routes_by_header_and_injects_faults() -> Result<()> {
             );
         }
     }
+
+    // A process of another pod cannot pass for demo's waypoint (and get its
+    // keys): the agent places it by its network namespace and refuses it.
+    let node = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.name == client.node)
+        .context("the client's node")?;
+    let socket = warren_e2e::agent::agent_socket(&cluster, node)?;
+    let mut impostor = cluster.spawn(
+        &client.sandbox,
+        &warren_testbed::binaries::path("warren-waypoint")?.to_string_lossy(),
+        &[
+            "--namespace",
+            "demo",
+            "--agent-socket",
+            &socket.to_string_lossy(),
+            "--client-id",
+            "impostor",
+        ],
+    )?;
+    impostor
+        .wait_for_output("not believed", Duration::from_secs(20))
+        .with_context(|| format!("the impostor was not refused:\n{}", impostor.output()))?;
+    let said = impostor.output();
+    eprintln!(
+        "impostor: {}",
+        said.lines()
+            .find(|l| l.contains("not believed"))
+            .unwrap_or_default()
+    );
+    ensure!(
+        said.contains("not in a waypoint pod of namespace demo")
+            && !said.contains("waypoint ready"),
+        "the impostor must get nothing:\n{said}"
+    );
+    drop(impostor);
     drop(servers);
     drop(waypoint);
     Ok(())

@@ -409,62 +409,8 @@ async fn route_and_forward(
             );
         }
     };
-    // CORS before the faults, as Envoy's filter runs ahead of them; its
-    // marks go on whatever answers (an upstream, a fault, a redirect).
-    let cors = rule.and_then(|r| r.cors.as_ref());
-    let allowed = match cors.map(|c| c.check(&parts.method, &parts.headers)) {
-        Some(CorsCheck::Answer(response)) => {
-            let mut response = boxed(response);
-            if let Some(rule) = rule {
-                rule.apply_response(None, response.headers_mut());
-            }
-            return Done::local(response, "-", route_name);
-        }
-        Some(CorsCheck::Allowed(origin)) => Some(origin),
-        Some(CorsCheck::Untouched) | None => None,
-    };
-    let routing = Routing {
-        rule,
-        matched,
-        route_name,
-    };
-    let mut done = forward_routed(ctx, &compiled, down, parts, body, routing).await;
-    if let (Some(cors), Some(origin)) = (cors, allowed) {
-        cors.allow(origin, done.response.headers_mut());
-    }
-    done
-}
-
-/// The rule a request matched (none: the service's default route), what
-/// matched, and the route's name for the access line.
-struct Routing<'a> {
-    rule: Option<&'a HttpRule>,
-    matched: Option<Matched>,
-    route_name: String,
-}
-
-/// Faults, then the rule's action: a local answer, or the request sent to
-/// the picked destination (with mirrors, retries and the route's timeout).
-async fn forward_routed(
-    ctx: &Arc<Context>,
-    compiled: &Compiled,
-    down: &Downstream,
-    mut parts: http::request::Parts,
-    body: Prefixed<Incoming>,
-    routing: Routing<'_>,
-) -> Done {
-    let Routing {
-        rule,
-        matched,
-        route_name,
-    } = routing;
-    let empty = BTreeMap::new();
-    let source_labels = down.source.as_ref().map_or(&empty, |w| &w.labels);
-    let source_namespace = down.peer.identity.namespace.as_str();
-    let host = down.service.hostname.as_str();
-    let default_destination;
-
-    // Faults first, as Envoy's fault filter runs before the router.
+    // Faults first, as Envoy's fault filter runs before the CORS filter
+    // (Istio's order) and the router.
     let mut delayed = false;
     if let Some(fault) = rule.and_then(|r| r.fault.as_ref()) {
         let decision = fault.decide(&mut rand::rng());
@@ -480,6 +426,72 @@ async fn forward_routed(
             return Done::local(response, "FI", route_name);
         }
     }
+    // Then CORS, on rules that forward (Envoy's filter leaves a redirect or
+    // a direct response alone): a preflight may be answered here, and the
+    // answer to an allowed origin's request (the upstream's, or one the
+    // waypoint gives: a timeout, no route) says it is allowed.
+    let cors = rule
+        .filter(|r| matches!(r.action, Action::Forward(_)))
+        .and_then(|r| r.cors.as_ref());
+    let allowed = match cors.map(|c| c.check(&parts.method, &parts.headers)) {
+        Some(CorsCheck::Answer(response)) => {
+            let mut response = boxed(response);
+            if let Some(rule) = rule {
+                rule.apply_response(None, response.headers_mut());
+            }
+            let mut done = Done::local(response, "-", route_name);
+            // An answer, not an error: not turned into a gRPC status.
+            done.local = false;
+            return done;
+        }
+        Some(CorsCheck::Allowed(origin)) => Some(origin),
+        Some(CorsCheck::Untouched) | None => None,
+    };
+    let routing = Routing {
+        rule,
+        matched,
+        route_name,
+        delayed,
+    };
+    let mut done = forward_routed(ctx, &compiled, down, parts, body, routing).await;
+    if let (Some(cors), Some(origin)) = (cors, allowed) {
+        cors.allow(origin, done.response.headers_mut());
+    }
+    done
+}
+
+/// The rule a request matched (none: the service's default route), what
+/// matched, and the route's name for the access line.
+struct Routing<'a> {
+    rule: Option<&'a HttpRule>,
+    matched: Option<Matched>,
+    route_name: String,
+    /// A fault delayed it (flag `DI`).
+    delayed: bool,
+}
+
+/// The rule's action: a local answer, or the request sent to the picked
+/// destination (with mirrors, retries and the route's timeout).
+async fn forward_routed(
+    ctx: &Arc<Context>,
+    compiled: &Compiled,
+    down: &Downstream,
+    mut parts: http::request::Parts,
+    body: Prefixed<Incoming>,
+    routing: Routing<'_>,
+) -> Done {
+    let Routing {
+        rule,
+        matched,
+        route_name,
+        delayed,
+    } = routing;
+    let empty = BTreeMap::new();
+    let source_labels = down.source.as_ref().map_or(&empty, |w| &w.labels);
+    let source_namespace = down.peer.identity.namespace.as_str();
+    let host = down.service.hostname.as_str();
+    let default_destination;
+
     let destination = match rule.map(|r| &r.action) {
         None => {
             default_destination = RouteDestination::to_host(host);

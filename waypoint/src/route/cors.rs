@@ -5,7 +5,9 @@
 //! and the policy forwards such preflights (Istio's default,
 //! `unmatchedPreflights: FORWARD`). Any other request from an allowed origin
 //! goes on, and its answer, whoever gives it, says the origin is allowed.
-//! Runs before the faults, as Envoy's filter does.
+//! Runs after the faults (Istio puts Envoy's fault filter first), and only
+//! on rules that forward: Envoy's filter leaves redirects and direct
+//! responses alone.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
@@ -47,7 +49,18 @@ impl Cors {
             .allow_origins
             .iter()
             .enumerate()
-            .map(|(i, m)| StringMatcher::compile(&format!("{path}.allowOrigins[{i}]"), m, false))
+            .map(|(i, m)| {
+                let path = format!("{path}.allowOrigins[{i}]");
+                // An empty match would take `*`, so every origin: the model
+                // refuses it, and so does this, should one come through.
+                if [&m.exact, &m.prefix, &m.regex]
+                    .iter()
+                    .all(|v| v.as_deref().unwrap_or_default().is_empty())
+                {
+                    return Err(CompileError::new(path, "an empty origin match"));
+                }
+                StringMatcher::compile(&path, m, false)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let joined = |field: &str, items: &[String]| -> Result<Option<HeaderValue>, CompileError> {
             if items.is_empty() {
@@ -104,10 +117,11 @@ impl Cors {
         let mut response = Response::new(Bytes::new());
         *response.status_mut() = StatusCode::OK;
         let out = response.headers_mut();
+        // Envoy's answer passes through its own marking of answers: an
+        // allowed origin's gets what any answer to it gets.
         if allowed {
-            out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        }
-        if self.allow_credentials {
+            self.allow(origin.clone(), out);
+        } else if self.allow_credentials {
             out.insert(
                 header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
                 HeaderValue::from_static("true"),

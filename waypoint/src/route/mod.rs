@@ -27,10 +27,8 @@
 //! against the calling workload (known from its mTLS identity and
 //! ztunnel's `Forwarded`), as a sidecar would; Istio's waypoint drops such
 //! matches.
-//! Not implemented: `corsPolicy` (parsed and ignored: the waypoint does not
-//! answer preflights), `delegate` (the model refuses it), `tls` routes (a
-//! VirtualService with only those is reported and skipped; `tcp` routes are
-//! [`tcp`]'s), Envoy `%COMMAND%` substitutions in header values (values are
+//! `tcp` and `tls` routes are [`tcp`]'s. Not implemented: `delegate` (the
+//! model refuses it), Envoy `%COMMAND%` substitutions in header values (values are
 //! literal), and JWT-claim header matches (`@request.auth.claims.*`, which
 //! the model refuses).
 

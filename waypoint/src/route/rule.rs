@@ -23,10 +23,8 @@ use super::{CompileError, chance, per_million};
 
 /// One `http` rule of a VirtualService, compiled.
 ///
-/// `corsPolicy` is not compiled: the waypoint does not answer CORS
-/// preflights, so requests pass through to the destination unchanged.
-/// `timeout`, `retries`, `mirrors` and `rewrite` only matter when the
-/// action is [`Action::Forward`], as in Istio.
+/// `timeout`, `retries`, `mirrors`, `rewrite` and `corsPolicy` only matter
+/// when the action is [`Action::Forward`], as in Istio.
 #[derive(Clone, Debug)]
 pub struct HttpRule {
     name: String,
@@ -889,11 +887,17 @@ impl Redirect {
                 format!("{code} is not supported (Istio supports 301, 302, 303, 307 and 308)"),
             )
         })?;
+        // In prefix mode an empty replacement strips the prefix.
         let uri = match &matched {
             Some(_) => r.uri.strip_prefix(PREFIX_MARKER),
-            None => Some(r.uri.as_str()),
+            None => Some(r.uri.as_str()).filter(|uri| !uri.is_empty()),
+        };
+        if matched.is_some() && uri.is_some_and(|uri| uri.contains(['?', '#'])) {
+            return Err(CompileError::new(
+                format!("{path}.uri"),
+                "a prefix replacement is a path: no query or fragment",
+            ));
         }
-        .filter(|uri| !uri.is_empty());
         if let Some(uri) = uri {
             let absolute = if uri.starts_with('/') {
                 Cow::Borrowed(uri)

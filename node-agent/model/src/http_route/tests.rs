@@ -257,6 +257,20 @@ fn several_ports_of_a_service_redirect_ports_and_small_weights() {
     let prefix =
         redirect(json!({ "path": { "type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2" } }));
     assert_eq!(prefix.uri, "%PREFIX()%/v2");
+    let strip =
+        redirect(json!({ "path": { "type": "ReplacePrefixMatch", "replacePrefixMatch": "" } }));
+    assert_eq!(strip.uri, "%PREFIX()%");
+    let query = reviews(
+        json!([{ "filters": [{ "type": "RequestRedirect", "requestRedirect":
+        { "path": { "type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2?x=1" } } }] }]),
+    );
+    assert!(
+        errors(&query)
+            .iter()
+            .any(|e| e.contains("no query or fragment")),
+        "{:?}",
+        errors(&query)
+    );
     let full =
         redirect(json!({ "path": { "type": "ReplaceFullPath", "replaceFullPath": "/new" } }));
     assert_eq!(full.uri, "/new");
