@@ -1726,7 +1726,6 @@ impl Demo {
         // The partner's CA and certificate, on node 1 (where the waypoint runs).
         let dir = self.cluster.node_dir(&node)?;
         let partner_ca = Authority::new("partner CA")?;
-        let root = partner_ca.write_root(&dir, "partner-ca")?;
         let cert = partner_ca
             .server(&["api.partner.example"])?
             .write(&dir, "partner")?;
@@ -1750,10 +1749,16 @@ impl Demo {
             ],
         )?;
         self.servers.push(server);
-        let yaml = examples::EGRESS.replace("/etc/warren/partner-ca.pem", &root.to_string_lossy());
+        // The CA's PEM in the example's Secret, indented as its block.
+        let pem: Vec<String> = partner_ca
+            .root_pem
+            .lines()
+            .map(|line| format!("    {line}"))
+            .collect();
+        let yaml = examples::EGRESS.replace("    PARTNER CA CERTIFICATE", &pem.join("\n"));
         ensure!(
             yaml != examples::EGRESS,
-            "examples/egress.yaml names no CA file to replace"
+            "examples/egress.yaml has no CA certificate to replace"
         );
         self.apply("egress.yaml", &yaml, "egress.shop.yaml")?;
         let client = self.client()?;
