@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
 use tracing::{debug, error, info, warn};
 use warren_api::config::OutboundPolicy;
 use warren_ebpf_common::AddrKind;
@@ -186,7 +187,9 @@ async fn run(args: RunArgs) -> Result<()> {
         .checking(peers.clone())
         .into_service();
     tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        // Each connection placed as it is accepted (`distribution::Peers`).
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener)
+            .map(|accepted| accepted.map(distribution::PlacedStream::new));
         if let Err(err) = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming(incoming)

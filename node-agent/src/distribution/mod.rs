@@ -31,7 +31,7 @@ use warren_api::config::{
     resource::Kind,
 };
 
-pub use peer::Peers;
+pub use peer::{Peers, PlacedStream, Placement};
 pub use socket::{SocketError, bind};
 
 use crate::view::{Audience, Form, Pending, Publisher};
@@ -68,17 +68,17 @@ impl Distribution {
         self
     }
 
-    /// Whether the process `pid` may subscribe as `role` for `namespace`.
-    fn check_peer(&self, pid: Option<i32>, role: Role, namespace: &str) -> Result<(), Status> {
+    /// Whether the peer placed `at` may subscribe as `role` for `namespace`.
+    fn check_peer(&self, at: &Placement, role: Role, namespace: &str) -> Result<(), Status> {
         let Some(peers) = &self.peers else {
             return Ok(());
         };
         let checked = match role {
-            Role::Waypoint => peers.check_waypoint(pid, namespace),
-            _ => peers.check_ztunnel(pid),
+            Role::Waypoint => peers.check_waypoint(at, namespace),
+            _ => peers.check_ztunnel(at),
         };
         checked.map_err(|reason| {
-            warn!(role = role.as_str_name(), namespace, %reason, "subscription refused");
+            warn!(role = role.as_str_name(), namespace, pid = ?at.pid, %reason, "subscription refused");
             Status::permission_denied(format!(
                 "a {} hello{} is not believed: {reason}",
                 role.as_str_name(),
@@ -147,12 +147,13 @@ impl ConfigDistribution for Distribution {
         &self,
         request: Request<Streaming<ClientMessage>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        // The process at the other end (the kernel's word, SO_PEERCRED).
-        let pid = request
+        // Where the connection's peer was placed when it was accepted
+        // (none on a server that does not place its peers).
+        let placement = request
             .extensions()
-            .get::<tonic::transport::server::UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
-            .and_then(|cred| cred.pid());
+            .get::<Placement>()
+            .cloned()
+            .unwrap_or_default();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -166,7 +167,7 @@ impl ConfigDistribution for Distribution {
             ));
         };
         let (role, audience) = check_hello(&hello)?;
-        self.check_peer(pid, role, &hello.namespace)?;
+        self.check_peer(&placement, role, &hello.namespace)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let client_id = if hello.client_id.is_empty() {
             format!("client-{id}")

@@ -2,8 +2,7 @@
 //! which keys a subscriber gets: a ztunnel every key of this node's
 //! workloads, a waypoint its namespace's identities and Secrets. The socket
 //! is root's alone, but waypoint pods mount it too, so the agent believes a
-//! hello only of a process it can place (by `SO_PEERCRED`, in the host's PID
-//! namespace, where the agent runs):
+//! hello only of a process it can place:
 //!
 //! - a ztunnel runs on the node's own network (the chart's DaemonSet is
 //!   `hostNetwork`, the testbed's runs in its node): the agent's network
@@ -12,10 +11,25 @@
 //!   this node: its process's cgroup names the pod's UID (as kubelet makes
 //!   them), or, in local mode, its network namespace is the pod's
 //!   (`warren.io/netns`).
+//!
+//! A connection is placed once, when it is accepted ([`Placement`]), from
+//! the connecting process as the kernel names it with a pidfd: what is read
+//! of `/proc/<pid>` counts only if that process is still alive once read, so
+//! a pid reused by another process cannot pass for it. Every stream of the
+//! connection is judged by that placement.
 
 use std::{
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
+    pin::Pin,
     sync::{Arc, RwLock},
+    task::{Context, Poll},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::UnixStream,
 };
 
 use crate::{
@@ -23,6 +37,140 @@ use crate::{
     sandbox::{namespace_id, pod_uid_of},
     view::LocalWaypoint,
 };
+
+/// `SO_PEERPIDFD` (Linux 6.5): a pidfd of the process that connected.
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// Where the process at the other end of a connection was when it was
+/// accepted; all `None` when it could not be told.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub pid: Option<i32>,
+    /// Its network namespace (device, inode).
+    pub netns: Option<(u64, u64)>,
+    /// The pod UID its cgroup names, if any.
+    pub pod_uid: Option<String>,
+}
+
+impl Placement {
+    /// Reads where the peer of `stream` is, under `proc`.
+    pub fn of(stream: &UnixStream, proc: &Path) -> Placement {
+        let Some(pid) = stream.peer_cred().ok().and_then(|c| c.pid()) else {
+            return Placement::default();
+        };
+        // The process itself, held so that its pid cannot be another's
+        // while we read: refused if it is already gone.
+        let Some(pidfd) = peer_pidfd(stream) else {
+            return Placement::default();
+        };
+        let placement = Placement::read(pid, proc);
+        if alive(&pidfd) {
+            placement
+        } else {
+            Placement::default()
+        }
+    }
+
+    /// What `/proc/<pid>` says (tests place fake processes this way).
+    pub fn read(pid: i32, proc: &Path) -> Placement {
+        let dir = proc.join(pid.to_string());
+        let pod_uid = std::fs::read_to_string(dir.join("cgroup"))
+            .ok()
+            .and_then(|cgroups| {
+                cgroups
+                    .lines()
+                    .filter_map(|line| line.splitn(3, ':').nth(2))
+                    .find_map(|path| path.split('/').find_map(pod_uid_of))
+            });
+        Placement {
+            pid: Some(pid),
+            netns: namespace_id(&dir.join("ns/net")).ok(),
+            pod_uid,
+        }
+    }
+}
+
+fn peer_pidfd(stream: &UnixStream) -> Option<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `fd`, an int.
+    let got = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&raw mut fd).cast(),
+            &raw mut len,
+        )
+    };
+    // SAFETY: on success the kernel gave us this descriptor to own.
+    (got == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the process of `pidfd` still runs (signal 0 checks, sends nothing).
+fn alive(pidfd: &OwnedFd) -> bool {
+    // SAFETY: pidfd_send_signal with signal 0 and no info only checks.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    sent == 0
+}
+
+/// An accepted connection with its peer's [`Placement`], which tonic puts in
+/// each request's extensions.
+pub struct PlacedStream {
+    stream: UnixStream,
+    placement: Placement,
+}
+
+impl PlacedStream {
+    pub fn new(stream: UnixStream) -> Self {
+        let placement = Placement::of(&stream, Path::new("/proc"));
+        Self { stream, placement }
+    }
+}
+
+impl tonic::transport::server::Connected for PlacedStream {
+    type ConnectInfo = Placement;
+
+    fn connect_info(&self) -> Placement {
+        self.placement.clone()
+    }
+}
+
+impl AsyncRead for PlacedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PlacedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
 
 /// A waypoint pod of this node, as a peer is placed against it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,36 +226,36 @@ impl Peers {
         }
     }
 
-    /// Whether process `pid` may subscribe as a ztunnel: it is on the
-    /// agent's own network.
-    pub fn check_ztunnel(&self, pid: Option<i32>) -> Result<(), String> {
-        let pid = pid.ok_or("the process at the other end of the socket is not known")?;
-        let theirs = namespace_id(&self.proc.join(pid.to_string()).join("ns/net"))
-            .map_err(|e| format!("process {pid}: {e}"))?;
+    /// Whether the peer `at` may subscribe as a ztunnel: it is on the
+    /// agent's own network, and not in a waypoint pod (one whose Deployment
+    /// a namespace's owner turned `hostNetwork` is on that network too).
+    pub fn check_ztunnel(&self, at: &Placement) -> Result<(), String> {
         let ours = namespace_id(&self.proc.join("self/ns/net")).map_err(|e| e.to_string())?;
-        if theirs == ours {
-            Ok(())
-        } else {
-            Err(format!(
-                "process {pid} is not on the node's network, where a ztunnel runs"
-            ))
+        match at.netns {
+            None => return Err(UNPLACED.to_owned()),
+            Some(theirs) if theirs != ours => {
+                return Err(
+                    "the process is not on the node's network, where a ztunnel runs".into(),
+                );
+            }
+            Some(_) => {}
         }
+        let waypoints = self
+            .waypoints
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if at.pod_uid.is_some() && waypoints.iter().any(|w| w.uid == at.pod_uid) {
+            return Err("the process is in a waypoint pod, not a ztunnel".into());
+        }
+        Ok(())
     }
 
-    /// Whether process `pid` may subscribe as the waypoint of `namespace`:
+    /// Whether the peer `at` may subscribe as the waypoint of `namespace`:
     /// it runs in a waypoint pod of that namespace on this node.
-    pub fn check_waypoint(&self, pid: Option<i32>, namespace: &str) -> Result<(), String> {
-        let pid = pid.ok_or("the process at the other end of the socket is not known")?;
-        let dir = self.proc.join(pid.to_string());
-        let uid = std::fs::read_to_string(dir.join("cgroup"))
-            .ok()
-            .and_then(|cgroups| {
-                cgroups
-                    .lines()
-                    .filter_map(|line| line.splitn(3, ':').nth(2))
-                    .find_map(|path| path.split('/').find_map(pod_uid_of))
-            });
-        let netns = namespace_id(&dir.join("ns/net")).ok();
+    pub fn check_waypoint(&self, at: &Placement, namespace: &str) -> Result<(), String> {
+        if at.pid.is_none() {
+            return Err(UNPLACED.to_owned());
+        }
         let waypoints = self
             .waypoints
             .read()
@@ -116,20 +264,24 @@ impl Peers {
             .iter()
             .filter(|w| w.namespace == namespace)
             .any(|w| {
-                (uid.is_some() && w.uid == uid)
-                    || w.netns
-                        .as_deref()
-                        .is_some_and(|path| netns.is_some() && namespace_id(path).ok() == netns)
+                (at.pod_uid.is_some() && w.uid == at.pod_uid)
+                    || w.netns.as_deref().is_some_and(|path| {
+                        at.netns.is_some() && namespace_id(path).ok() == at.netns
+                    })
             });
         if placed {
             Ok(())
         } else {
             Err(format!(
-                "process {pid} is not in a waypoint pod of namespace {namespace} on this node"
+                "the process is not in a waypoint pod of namespace {namespace} on this node"
             ))
         }
     }
 }
+
+/// Why a peer that could not be placed is refused.
+const UNPLACED: &str =
+    "the process at the other end of the socket could not be told (gone, or no pidfd)";
 
 #[cfg(test)]
 mod tests {
@@ -179,11 +331,29 @@ mod tests {
         );
         proc.peer(11, "0::/kubepods/pod/x\n", &proc.other_netns("pod-net"));
         let peers = Peers::with_proc(proc.dir.path(), PodNetworks::UidOnly);
-        assert_eq!(peers.check_ztunnel(Some(10)), Ok(()));
-        let refused = peers.check_ztunnel(Some(11)).unwrap_err();
+        let at = |pid| Placement::read(pid, proc.dir.path());
+        assert_eq!(peers.check_ztunnel(&at(10)), Ok(()));
+        let refused = peers.check_ztunnel(&at(11)).unwrap_err();
         assert!(refused.contains("not on the node's network"), "{refused}");
-        assert!(peers.check_ztunnel(None).is_err());
-        assert!(peers.check_ztunnel(Some(12)).is_err(), "no such process");
+        assert!(peers.check_ztunnel(&Placement::default()).is_err());
+        assert!(peers.check_ztunnel(&at(12)).is_err(), "no such process");
+        // A waypoint pod made `hostNetwork` is on the node's network, and
+        // still not a ztunnel.
+        proc.peer(
+            13,
+            &format!("0::/kubepods/besteffort/pod{UID}/c1\n"),
+            Path::new("/proc/self/ns/net"),
+        );
+        peers.update(
+            [&LocalWaypoint {
+                namespace: "demo".into(),
+                uid: Some(UID.into()),
+                netns: None,
+            }]
+            .into_iter(),
+        );
+        let refused = peers.check_ztunnel(&at(13)).unwrap_err();
+        assert!(refused.contains("in a waypoint pod"), "{refused}");
     }
 
     #[test]
@@ -207,22 +377,24 @@ mod tests {
         };
         let local = Peers::with_proc(proc.dir.path(), PodNetworks::AnnotationsOrUid);
         let cluster = Peers::with_proc(proc.dir.path(), PodNetworks::UidOnly);
+        let at = |pid| Placement::read(pid, proc.dir.path());
+        assert_eq!(at(20).pod_uid.as_deref(), Some(UID));
         for peers in [&local, &cluster] {
             peers.update([&waypoint].into_iter());
-            assert_eq!(peers.check_waypoint(Some(20), "demo"), Ok(()));
-            let refused = peers.check_waypoint(Some(20), "shop").unwrap_err();
+            assert_eq!(peers.check_waypoint(&at(20), "demo"), Ok(()));
+            let refused = peers.check_waypoint(&at(20), "shop").unwrap_err();
             assert!(
                 refused.contains("not in a waypoint pod of namespace shop"),
                 "{refused}"
             );
-            assert!(peers.check_waypoint(Some(22), "demo").is_err());
-            assert!(peers.check_waypoint(None, "demo").is_err());
+            assert!(peers.check_waypoint(&at(22), "demo").is_err());
+            assert!(peers.check_waypoint(&Placement::default(), "demo").is_err());
         }
         // The annotation is believed in local mode only.
-        assert_eq!(local.check_waypoint(Some(21), "demo"), Ok(()));
-        assert!(cluster.check_waypoint(Some(21), "demo").is_err());
+        assert_eq!(local.check_waypoint(&at(21), "demo"), Ok(()));
+        assert!(cluster.check_waypoint(&at(21), "demo").is_err());
         // Gone from this node: no longer believed.
         local.update(std::iter::empty());
-        assert!(local.check_waypoint(Some(20), "demo").is_err());
+        assert!(local.check_waypoint(&at(20), "demo").is_err());
     }
 }

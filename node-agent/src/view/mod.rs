@@ -748,10 +748,9 @@ impl View {
             }
             _ => None,
         };
-        let local_waypoint = computed
-            .as_ref()
-            .filter(|w| w.is_waypoint && w.node == self.mesh.node)
-            .and_then(|_| self.waypoint_pod(store, key, namespace));
+        // From the Pod itself: a waypoint's container may run (and
+        // subscribe) before its address is published, and its workload made.
+        let local_waypoint = self.waypoint_pod(store, key, namespace);
         self.local_waypoint(store, namespace, &resource_key, local_waypoint);
         match computed {
             Some(w) => {
@@ -844,7 +843,8 @@ impl View {
         }
     }
 
-    /// The pod `key`, if it runs one of `namespace`'s waypoint Gateways.
+    /// The pod `key`, if it is on this node, has not finished, and runs one
+    /// of `namespace`'s waypoint Gateways.
     fn waypoint_pod(
         &self,
         store: &Store,
@@ -854,6 +854,16 @@ impl View {
         let Some(Object::Pod(pod)) = store.get(key) else {
             return None;
         };
+        let finished = matches!(
+            pod.phase,
+            Some(
+                crate::model::cluster::PodPhase::Succeeded
+                    | crate::model::cluster::PodPhase::Failed
+            )
+        );
+        if pod.node_name.as_deref() != Some(self.mesh.node.as_str()) || finished {
+            return None;
+        }
         let gateway = pod.labels.get(crate::model::gateway::GATEWAY_NAME_LABEL)?;
         self.waypoints.get(namespace)?.get(gateway)?;
         Some(LocalWaypoint {

@@ -266,6 +266,10 @@ pub fn run(args: &Args) -> Result<()> {
         .build()?;
     let cluster = Cluster::builder().nodes(1).pods_per_node(0).up()?;
     let node = cluster.node(0)?;
+    // The probes subscribe as ztunnels, which the agent believes only of a
+    // process on the node's network: this one, for the bench (left before
+    // the cluster goes).
+    let _on_node = warren_testbed::netns::enter(&node.sandbox.netns)?;
     let dir = cluster.config_dir();
     write_atomic(&dir, "bench-change.yaml", &changed_policy(1))?;
 

@@ -83,6 +83,38 @@ pub fn run_in<T: Send + 'static>(
     .map_err(|_| anyhow::anyhow!("thread in {} panicked", netns.display()))?
 }
 
+/// The calling thread moved into a namespace until this is dropped. On the
+/// main thread it moves the process as others see it (`/proc/<pid>/ns/net`
+/// is the main thread's): a probe the node agent must place on a node's
+/// network, as it places a ztunnel, enters the node for a while.
+pub struct Entered {
+    home: File,
+}
+
+/// Moves the calling thread into the namespace at `netns`.
+pub fn enter(netns: &Path) -> Result<Entered> {
+    let home = File::open("/proc/thread-self/ns/net").context("opening this thread's namespace")?;
+    let file = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    // SAFETY: setns on a valid namespace fd changes only this thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("setns({})", netns.display()));
+    }
+    Ok(Entered { home })
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        // SAFETY: back to the namespace this thread was in; it is still open.
+        if unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            eprintln!(
+                "could not return to the namespace this thread left: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 /// Writes a sysctl under `/proc/sys/net` of the namespace at `netns`.
 pub fn sysctl(netns: &Path, key: &str, value: &str) -> Result<()> {
     let file = format!("/proc/sys/{}", key.replace('.', "/"));

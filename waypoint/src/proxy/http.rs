@@ -439,7 +439,8 @@ async fn route_and_forward(
             if let Some(rule) = rule {
                 rule.apply_response(None, response.headers_mut());
             }
-            let mut done = Done::local(response, "-", route_name);
+            let flags = if delayed { "DI" } else { "-" };
+            let mut done = Done::local(response, flags, route_name);
             // An answer, not an error: not turned into a gRPC status.
             done.local = false;
             return done;
