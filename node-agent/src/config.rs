@@ -129,6 +129,12 @@ pub struct RunArgs {
     /// Istio names it (`istio-<revision>` for a revision).
     #[arg(long, default_value = "istio", env = "WARREN_MESH_CONFIG")]
     pub mesh_config: String,
+    /// The namespace of Warren's own pods (the chart's release namespace): a
+    /// process in a pod may subscribe as this node's ztunnel only if its pod
+    /// is of this namespace. Unset, only a process in no pod may (the
+    /// testbed's).
+    #[arg(long, env = "WARREN_SYSTEM_NAMESPACE")]
+    pub system_namespace: Option<String>,
     /// With --kube: a namespace whose Secrets DestinationRules may name as
     /// `tls.credentialName` (repeat, or separate with commas). The agent
     /// reads Secrets of these namespaces alone (a Role in each must let it

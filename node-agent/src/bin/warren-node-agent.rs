@@ -182,7 +182,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let listener = distribution::bind(&args.socket).await?;
     info!(socket = %args.socket.display(), "serving proxies");
     // A hello is believed only of a process the agent can place.
-    let peers = distribution::Peers::new(networks);
+    let peers = distribution::Peers::new(networks, args.system_namespace.clone());
     let service = Distribution::new(publisher)
         .checking(peers.clone())
         .into_service();
@@ -286,7 +286,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 if let Some(handle) = &identities {
                     handle.want(view.local_identities());
                 }
-                peers.update(view.local_waypoints());
+                peers.update(view.local_waypoints(), view.local_pods());
                 if let Some(waypoints) = &mut waypoints {
                     waypoints.reconcile(&store, &args.node.node);
                 }

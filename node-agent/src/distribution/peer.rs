@@ -59,8 +59,9 @@ impl Placement {
             return Placement::default();
         };
         // The process itself, held so that its pid cannot be another's
-        // while we read: refused if it is already gone.
-        let Some(pidfd) = peer_pidfd(stream) else {
+        // while we read. (A peer already reaped gets no pidfd before Linux
+        // 6.16, and a pidfd of a dead process since: `alive` refuses it.)
+        let Some(pidfd) = peer_pidfd(stream, pid) else {
             return Placement::default();
         };
         let placement = Placement::read(pid, proc);
@@ -90,7 +91,31 @@ impl Placement {
     }
 }
 
-fn peer_pidfd(stream: &UnixStream) -> Option<OwnedFd> {
+/// A pidfd of the process that connected: the kernel's own (`SO_PEERPIDFD`),
+/// else, on a kernel before 6.5, one opened from its pid (`pidfd_open`),
+/// which a pid reused between the connect and now could fool.
+fn peer_pidfd(stream: &UnixStream, pid: i32) -> Option<OwnedFd> {
+    match socket_pidfd(stream) {
+        Ok(fd) => Some(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    "this kernel has no SO_PEERPIDFD (Linux 6.5): subscribers are placed by their pid alone"
+                );
+            });
+            // SAFETY: pidfd_open takes a pid and flags; the result, if any,
+            // is a new descriptor we own.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+            let fd = libc::c_int::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+            // SAFETY: a descriptor the kernel just gave us.
+            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        }
+        Err(_) => None,
+    }
+}
+
+fn socket_pidfd(stream: &UnixStream) -> io::Result<OwnedFd> {
     let mut fd: libc::c_int = -1;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `fd`, an int.
@@ -103,8 +128,11 @@ fn peer_pidfd(stream: &UnixStream) -> Option<OwnedFd> {
             &raw mut len,
         )
     };
+    if got != 0 || fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
     // SAFETY: on success the kernel gave us this descriptor to own.
-    (got == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Whether the process of `pidfd` still runs (signal 0 checks, sends nothing).
@@ -113,10 +141,10 @@ fn alive(pidfd: &OwnedFd) -> bool {
     let sent = unsafe {
         libc::syscall(
             libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            0,
+            libc::c_long::from(pidfd.as_raw_fd()),
+            0 as libc::c_long,
             std::ptr::null::<libc::siginfo_t>(),
-            0,
+            0 as libc::c_long,
         )
     };
     sent == 0
@@ -163,6 +191,18 @@ impl AsyncWrite for PlacedStream {
         Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
@@ -187,25 +227,49 @@ pub struct Peers {
     proc: PathBuf,
     networks: PodNetworks,
     waypoints: Arc<RwLock<Vec<WaypointPod>>>,
+    /// Warren's own pods' namespace (`--system-namespace`), and the UIDs of
+    /// this node's pods of it: where a ztunnel in a pod may run.
+    system_namespace: Option<String>,
+    system_pods: Arc<RwLock<Vec<String>>>,
 }
 
 impl Peers {
-    pub fn new(networks: PodNetworks) -> Self {
-        Self::with_proc(Path::new("/proc"), networks)
+    pub fn new(networks: PodNetworks, system_namespace: Option<String>) -> Self {
+        Self::with_proc(Path::new("/proc"), networks, system_namespace)
     }
 
     /// With another `/proc` (tests).
-    pub fn with_proc(proc: &Path, networks: PodNetworks) -> Self {
+    pub fn with_proc(proc: &Path, networks: PodNetworks, system_namespace: Option<String>) -> Self {
         Self {
             proc: proc.to_owned(),
             networks,
             waypoints: Arc::default(),
+            system_namespace,
+            system_pods: Arc::default(),
         }
     }
 
-    /// Notes this node's waypoint pods (the view's).
-    pub fn update<'a>(&self, pods: impl Iterator<Item = &'a LocalWaypoint>) {
-        let pods: Vec<WaypointPod> = pods
+    /// Notes this node's waypoint pods and its other pods, (namespace,
+    /// UID) (the view's).
+    pub fn update<'a>(
+        &self,
+        waypoints: impl Iterator<Item = &'a LocalWaypoint>,
+        pods: impl Iterator<Item = (&'a str, &'a str)>,
+    ) {
+        let system: Vec<String> = pods
+            .filter(|(namespace, _)| self.system_namespace.as_deref() == Some(*namespace))
+            .map(|(_, uid)| uid.to_owned())
+            .collect();
+        {
+            let mut known = self
+                .system_pods
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *known != system {
+                *known = system;
+            }
+        }
+        let pods: Vec<WaypointPod> = waypoints
             .map(|pod| WaypointPod {
                 namespace: pod.namespace.clone(),
                 uid: pod.uid.clone(),
@@ -227,8 +291,11 @@ impl Peers {
     }
 
     /// Whether the peer `at` may subscribe as a ztunnel: it is on the
-    /// agent's own network, and not in a waypoint pod (one whose Deployment
-    /// a namespace's owner turned `hostNetwork` is on that network too).
+    /// agent's own network, and in no pod (a node's daemon, as in the
+    /// testbed) or in a pod of Warren's own namespace on this node (the
+    /// chart's DaemonSet). Any other pod on the node's network (a
+    /// `hostNetwork` pod of a namespace's owner, a waypoint's included) is
+    /// refused, as is one the agent does not know yet: it tries again.
     pub fn check_ztunnel(&self, at: &Placement) -> Result<(), String> {
         let ours = namespace_id(&self.proc.join("self/ns/net")).map_err(|e| e.to_string())?;
         match at.netns {
@@ -240,14 +307,21 @@ impl Peers {
             }
             Some(_) => {}
         }
-        let waypoints = self
-            .waypoints
+        let Some(uid) = &at.pod_uid else {
+            return Ok(());
+        };
+        let system = self
+            .system_pods
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if at.pod_uid.is_some() && waypoints.iter().any(|w| w.uid == at.pod_uid) {
-            return Err("the process is in a waypoint pod, not a ztunnel".into());
+        if system.contains(uid) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the process is in pod {uid}, not one of Warren's own on this node (namespace {}, --system-namespace)",
+                self.system_namespace.as_deref().unwrap_or("unset")
+            ))
         }
-        Ok(())
     }
 
     /// Whether the peer `at` may subscribe as the waypoint of `namespace`:
@@ -330,30 +404,31 @@ mod tests {
             Path::new("/proc/self/ns/net"),
         );
         proc.peer(11, "0::/kubepods/pod/x\n", &proc.other_netns("pod-net"));
-        let peers = Peers::with_proc(proc.dir.path(), PodNetworks::UidOnly);
+        let peers = Peers::with_proc(
+            proc.dir.path(),
+            PodNetworks::UidOnly,
+            Some("warren-system".into()),
+        );
         let at = |pid| Placement::read(pid, proc.dir.path());
         assert_eq!(peers.check_ztunnel(&at(10)), Ok(()));
         let refused = peers.check_ztunnel(&at(11)).unwrap_err();
         assert!(refused.contains("not on the node's network"), "{refused}");
         assert!(peers.check_ztunnel(&Placement::default()).is_err());
         assert!(peers.check_ztunnel(&at(12)).is_err(), "no such process");
-        // A waypoint pod made `hostNetwork` is on the node's network, and
-        // still not a ztunnel.
+        // In a pod on the node's network: believed only if the pod is one of
+        // Warren's own (a `hostNetwork` pod of a tenant, a waypoint's made
+        // so, or one not known yet, is not).
         proc.peer(
             13,
             &format!("0::/kubepods/besteffort/pod{UID}/c1\n"),
             Path::new("/proc/self/ns/net"),
         );
-        peers.update(
-            [&LocalWaypoint {
-                namespace: "demo".into(),
-                uid: Some(UID.into()),
-                netns: None,
-            }]
-            .into_iter(),
-        );
         let refused = peers.check_ztunnel(&at(13)).unwrap_err();
-        assert!(refused.contains("in a waypoint pod"), "{refused}");
+        assert!(refused.contains("not one of Warren's own"), "{refused}");
+        peers.update(std::iter::empty(), [("demo", UID)].into_iter());
+        assert!(peers.check_ztunnel(&at(13)).is_err());
+        peers.update(std::iter::empty(), [("warren-system", UID)].into_iter());
+        assert_eq!(peers.check_ztunnel(&at(13)), Ok(()));
     }
 
     #[test]
@@ -375,12 +450,12 @@ mod tests {
             uid: Some(UID.into()),
             netns: Some(pod_net.to_string_lossy().into_owned()),
         };
-        let local = Peers::with_proc(proc.dir.path(), PodNetworks::AnnotationsOrUid);
-        let cluster = Peers::with_proc(proc.dir.path(), PodNetworks::UidOnly);
+        let local = Peers::with_proc(proc.dir.path(), PodNetworks::AnnotationsOrUid, None);
+        let cluster = Peers::with_proc(proc.dir.path(), PodNetworks::UidOnly, None);
         let at = |pid| Placement::read(pid, proc.dir.path());
         assert_eq!(at(20).pod_uid.as_deref(), Some(UID));
         for peers in [&local, &cluster] {
-            peers.update([&waypoint].into_iter());
+            peers.update([&waypoint].into_iter(), std::iter::empty());
             assert_eq!(peers.check_waypoint(&at(20), "demo"), Ok(()));
             let refused = peers.check_waypoint(&at(20), "shop").unwrap_err();
             assert!(
@@ -394,7 +469,7 @@ mod tests {
         assert_eq!(local.check_waypoint(&at(21), "demo"), Ok(()));
         assert!(cluster.check_waypoint(&at(21), "demo").is_err());
         // Gone from this node: no longer believed.
-        local.update(std::iter::empty());
+        local.update(std::iter::empty(), std::iter::empty());
         assert!(local.check_waypoint(&at(20), "demo").is_err());
     }
 }

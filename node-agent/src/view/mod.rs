@@ -186,6 +186,9 @@ pub struct View {
     /// namespace's credentials, and only their processes may subscribe as
     /// their namespace's waypoint (`distribution::Peers`).
     local_waypoints: BTreeMap<String, LocalWaypoint>,
+    /// This node's pods that have not finished, by workload key: (namespace,
+    /// UID), for `distribution::Peers`.
+    local_pods: BTreeMap<String, (String, String)>,
 }
 
 /// Publishes `computed`, the resources one namespace's objects of a kind
@@ -232,6 +235,7 @@ impl View {
             providers: BTreeSet::new(),
             credential_names: BTreeMap::new(),
             local_waypoints: BTreeMap::new(),
+            local_pods: BTreeMap::new(),
         }
     }
 
@@ -751,6 +755,15 @@ impl View {
         // From the Pod itself: a waypoint's container may run (and
         // subscribe) before its address is published, and its workload made.
         let local_waypoint = self.waypoint_pod(store, key, namespace);
+        match self
+            .local_pod(store, key)
+            .and_then(|pod| pod.uid.as_deref())
+        {
+            Some(uid) => self
+                .local_pods
+                .insert(resource_key.clone(), (namespace.to_owned(), uid.to_owned())),
+            None => self.local_pods.remove(&resource_key),
+        };
         self.local_waypoint(store, namespace, &resource_key, local_waypoint);
         match computed {
             Some(w) => {
@@ -851,6 +864,24 @@ impl View {
         key: &ObjectKey,
         namespace: &str,
     ) -> Option<LocalWaypoint> {
+        let pod = self.local_pod(store, key)?;
+        let gateway = pod.labels.get(crate::model::gateway::GATEWAY_NAME_LABEL)?;
+        self.waypoints.get(namespace)?.get(gateway)?;
+        Some(LocalWaypoint {
+            namespace: namespace.to_owned(),
+            uid: pod.uid.as_deref().map(str::to_owned),
+            netns: pod
+                .annotation(crate::enrollment::NETNS_ANNOTATION)
+                .map(str::to_owned),
+        })
+    }
+
+    /// The pod `key`, if it is on this node and has not finished.
+    fn local_pod<'s>(
+        &self,
+        store: &'s Store,
+        key: &ObjectKey,
+    ) -> Option<&'s crate::model::cluster::Pod> {
         let Some(Object::Pod(pod)) = store.get(key) else {
             return None;
         };
@@ -861,18 +892,14 @@ impl View {
                     | crate::model::cluster::PodPhase::Failed
             )
         );
-        if pod.node_name.as_deref() != Some(self.mesh.node.as_str()) || finished {
-            return None;
-        }
-        let gateway = pod.labels.get(crate::model::gateway::GATEWAY_NAME_LABEL)?;
-        self.waypoints.get(namespace)?.get(gateway)?;
-        Some(LocalWaypoint {
-            namespace: namespace.to_owned(),
-            uid: pod.uid.as_deref().map(str::to_owned),
-            netns: pod
-                .annotation(crate::enrollment::NETNS_ANNOTATION)
-                .map(str::to_owned),
-        })
+        (pod.node_name.as_deref() == Some(self.mesh.node.as_str()) && !finished).then_some(&**pod)
+    }
+
+    /// This node's pods that have not finished: (namespace, UID).
+    pub fn local_pods(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.local_pods
+            .values()
+            .map(|(namespace, uid)| (namespace.as_str(), uid.as_str()))
     }
 
     fn has_local_waypoint(&self, namespace: &str) -> bool {

@@ -102,6 +102,7 @@ fn args_of(container: &Value) -> Result<Vec<String>> {
             (None, Some("spec.nodeName")) => "node-1".to_owned(),
             (None, Some("status.hostIP")) => "10.0.0.7".to_owned(),
             (None, Some("metadata.name")) => "pod-1".to_owned(),
+            (None, Some("metadata.namespace")) => NAMESPACE.to_owned(),
             other => bail!("env {name}: no stand-in for {other:?}"),
         };
         env.insert(name, value);
@@ -623,7 +624,22 @@ fn secrets_are_readable_only_in_the_credential_namespaces() -> Result<()> {
         namespaces.sort();
         Ok((namespaces, run.secret_namespaces))
     };
-    let (roles, read) = secrets_readable(&render(&[])?)?;
+    // The agent knows its own namespace: a ztunnel in a pod is believed only
+    // if its pod is of it.
+    let objects = render(&[])?;
+    let agent = container(
+        find(&objects, "DaemonSet", "warren-node-agent")?,
+        "node-agent",
+    )?;
+    ensure!(
+        list(&agent["env"])
+            .iter()
+            .any(|v| v["name"] == "WARREN_SYSTEM_NAMESPACE"
+                && v["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"),
+        "the node agent is not told its namespace: {:?}",
+        agent["env"]
+    );
+    let (roles, read) = secrets_readable(&objects)?;
     ensure!(
         roles.is_empty() && read.is_empty(),
         "by default: Roles {roles:?}, --secret-namespace {read:?}"

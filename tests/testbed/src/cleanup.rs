@@ -54,7 +54,9 @@ pub fn remove_cluster(id: &str) -> Result<Removed> {
     let prefix = format!("{id}-");
     for name in netns::list(&prefix)? {
         // Anything that entered the namespace without joining our cgroups.
-        for pid in netns::pids(&name)? {
+        // Not this process: a bench may have entered a node's namespace.
+        let me = i32::try_from(std::process::id()).unwrap_or(-1);
+        for pid in netns::pids(&name)?.into_iter().filter(|pid| *pid != me) {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             removed.processes += 1;

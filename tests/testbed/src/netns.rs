@@ -89,6 +89,8 @@ pub fn run_in<T: Send + 'static>(
 /// network, as it places a ztunnel, enters the node for a while.
 pub struct Entered {
     home: File,
+    /// Dropped on the thread that entered (setns moves one thread).
+    _here: std::marker::PhantomData<*const ()>,
 }
 
 /// Moves the calling thread into the namespace at `netns`.
@@ -100,7 +102,10 @@ pub fn enter(netns: &Path) -> Result<Entered> {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("setns({})", netns.display()));
     }
-    Ok(Entered { home })
+    Ok(Entered {
+        home,
+        _here: std::marker::PhantomData,
+    })
 }
 
 impl Drop for Entered {
