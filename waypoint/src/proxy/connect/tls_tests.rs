@@ -588,6 +588,23 @@ async fn a_rotated_file_is_compiled_again_without_a_config_change() {
     );
 }
 
+/// With `limits`, a server showing `good` is reached and one showing
+/// `revoked` refused for it.
+async fn refuses_only_the_revoked(limits: &PoolLimits, good: &Leaf, revoked: &Leaf) {
+    let (addr, _seen) = server(good, None).await;
+    connector()
+        .connect(addr, limits, Speaks::Http1)
+        .await
+        .expect("a certificate the list does not name");
+    let (addr, _seen) = server(revoked, None).await;
+    match connector().connect(addr, limits, Speaks::Http1).await {
+        Err(ConnectError::TlsHandshake { source, .. }) => {
+            assert!(source.to_string().contains("Revoked"), "{source}");
+        }
+        other => panic!("a revoked certificate: {:?}", other.err()),
+    }
+}
+
 #[tokio::test]
 async fn a_revoked_certificate_is_refused_with_ca_crl() {
     let dir = tempdir();
@@ -601,18 +618,7 @@ async fn a_revoked_certificate_is_refused_with_ca_crl() {
         "caCrl": path(&crl)}));
     assert!(errors.is_empty(), "{errors:?}");
 
-    let (addr, _seen) = server(&good, None).await;
-    connector()
-        .connect(addr, &limits, Speaks::Http1)
-        .await
-        .expect("a certificate the list does not name");
-    let (addr, _seen) = server(&revoked, None).await;
-    match connector().connect(addr, &limits, Speaks::Http1).await {
-        Err(ConnectError::TlsHandshake { source, .. }) => {
-            assert!(source.to_string().contains("Revoked"), "{source}");
-        }
-        other => panic!("a revoked certificate: {:?}", other.err()),
-    }
+    refuses_only_the_revoked(&limits, &good, &revoked).await;
     // A list from another authority says nothing of this chain: refused,
     // as Envoy refuses a chain its lists do not all cover.
     let other = Authority::new("someone else").expect("ca");
@@ -840,16 +846,5 @@ async fn a_credentials_revocation_list_refuses_a_revoked_server() {
         &credentials,
     );
     assert!(errors.is_empty(), "{errors:?}");
-    let (addr, _seen) = server(&good, None).await;
-    connector()
-        .connect(addr, &limits, Speaks::Http1)
-        .await
-        .expect("a certificate the list does not name");
-    let (addr, _seen) = server(&revoked, None).await;
-    match connector().connect(addr, &limits, Speaks::Http1).await {
-        Err(ConnectError::TlsHandshake { source, .. }) => {
-            assert!(source.to_string().contains("Revoked"), "{source}");
-        }
-        other => panic!("a revoked certificate: {:?}", other.err()),
-    }
+    refuses_only_the_revoked(&limits, &good, &revoked).await;
 }
