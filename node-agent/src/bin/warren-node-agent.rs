@@ -286,7 +286,7 @@ async fn run(args: RunArgs) -> Result<()> {
                 if let Some(handle) = &identities {
                     handle.want(view.local_identities());
                 }
-                peers.update(view.local_waypoints(), view.local_pods());
+                peers.update(view.local_pods());
                 if let Some(waypoints) = &mut waypoints {
                     waypoints.reconcile(&store, &args.node.node);
                 }

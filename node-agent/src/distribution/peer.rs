@@ -35,7 +35,7 @@ use tokio::{
 use crate::{
     enrollment::PodNetworks,
     sandbox::{namespace_id, pod_uid_of},
-    view::LocalWaypoint,
+    view::LocalPod,
 };
 
 /// `SO_PEERPIDFD` (Linux 6.5): a pidfd of the process that connected.
@@ -212,25 +212,16 @@ impl AsyncWrite for PlacedStream {
     }
 }
 
-/// A waypoint pod of this node, as a peer is placed against it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct WaypointPod {
-    namespace: String,
-    uid: Option<String>,
-    /// Local mode's `warren.io/netns`.
-    netns: Option<PathBuf>,
-}
-
-/// The facts a peer is checked against, kept up to date from the store.
+/// The facts a peer is checked against, kept up to date from the view.
 #[derive(Clone)]
 pub struct Peers {
     proc: PathBuf,
     networks: PodNetworks,
-    waypoints: Arc<RwLock<Vec<WaypointPod>>>,
-    /// Warren's own pods' namespace (`--system-namespace`), and the UIDs of
-    /// this node's pods of it: where a ztunnel in a pod may run.
+    /// Warren's own pods' namespace (`--system-namespace`): where a ztunnel
+    /// in a pod may run.
     system_namespace: Option<String>,
-    system_pods: Arc<RwLock<Vec<String>>>,
+    /// This node's pods.
+    pods: Arc<RwLock<Vec<LocalPod>>>,
 }
 
 impl Peers {
@@ -243,51 +234,37 @@ impl Peers {
         Self {
             proc: proc.to_owned(),
             networks,
-            waypoints: Arc::default(),
             system_namespace,
-            system_pods: Arc::default(),
+            pods: Arc::default(),
         }
     }
 
-    /// Notes this node's waypoint pods and its other pods, (namespace,
-    /// UID) (the view's).
-    pub fn update<'a>(
-        &self,
-        waypoints: impl Iterator<Item = &'a LocalWaypoint>,
-        pods: impl Iterator<Item = (&'a str, &'a str)>,
-    ) {
-        let system: Vec<String> = pods
-            .filter(|(namespace, _)| self.system_namespace.as_deref() == Some(*namespace))
-            .map(|(_, uid)| uid.to_owned())
-            .collect();
-        {
-            let mut known = self
-                .system_pods
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if *known != system {
-                *known = system;
-            }
-        }
-        let pods: Vec<WaypointPod> = waypoints
-            .map(|pod| WaypointPod {
-                namespace: pod.namespace.clone(),
-                uid: pod.uid.clone(),
+    /// Notes this node's pods (the view's).
+    pub fn update<'a>(&self, pods: impl Iterator<Item = &'a LocalPod>) {
+        let pods: Vec<LocalPod> = pods
+            .map(|pod| LocalPod {
                 // An annotation is whoever wrote the pod's word: believed only
                 // where the folder is the operator's own.
-                netns: match self.networks {
-                    PodNetworks::AnnotationsOrUid => pod.netns.as_deref().map(PathBuf::from),
-                    PodNetworks::UidOnly => None,
-                },
+                netns: pod
+                    .netns
+                    .clone()
+                    .filter(|_| self.networks == PodNetworks::AnnotationsOrUid),
+                ..pod.clone()
             })
             .collect();
-        let mut waypoints = self
-            .waypoints
+        let mut known = self
+            .pods
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *waypoints != pods {
-            *waypoints = pods;
+        if *known != pods {
+            *known = pods;
         }
+    }
+
+    fn pods(&self) -> std::sync::RwLockReadGuard<'_, Vec<LocalPod>> {
+        self.pods
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether the peer `at` may subscribe as a ztunnel: it is on the
@@ -310,11 +287,12 @@ impl Peers {
         let Some(uid) = &at.pod_uid else {
             return Ok(());
         };
-        let system = self
-            .system_pods
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if system.contains(uid) {
+        let system = self.system_namespace.as_deref();
+        if self
+            .pods()
+            .iter()
+            .any(|p| p.uid.as_ref() == Some(uid) && Some(p.namespace.as_str()) == system)
+        {
             Ok(())
         } else {
             Err(format!(
@@ -330,17 +308,14 @@ impl Peers {
         if at.pid.is_none() {
             return Err(UNPLACED.to_owned());
         }
-        let waypoints = self
-            .waypoints
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let placed = waypoints
+        let placed = self
+            .pods()
             .iter()
-            .filter(|w| w.namespace == namespace)
+            .filter(|p| p.waypoint && p.namespace == namespace)
             .any(|w| {
                 (at.pod_uid.is_some() && w.uid == at.pod_uid)
                     || w.netns.as_deref().is_some_and(|path| {
-                        at.netns.is_some() && namespace_id(path).ok() == at.netns
+                        at.netns.is_some() && namespace_id(Path::new(path)).ok() == at.netns
                     })
             });
         if placed {
@@ -425,9 +400,17 @@ mod tests {
         );
         let refused = peers.check_ztunnel(&at(13)).unwrap_err();
         assert!(refused.contains("not one of Warren's own"), "{refused}");
-        peers.update(std::iter::empty(), [("demo", UID)].into_iter());
+        let pod = |namespace: &str, waypoint| LocalPod {
+            namespace: namespace.into(),
+            uid: Some(UID.into()),
+            netns: None,
+            waypoint,
+        };
+        peers.update([&pod("demo", false)].into_iter());
         assert!(peers.check_ztunnel(&at(13)).is_err());
-        peers.update(std::iter::empty(), [("warren-system", UID)].into_iter());
+        peers.update([&pod("demo", true)].into_iter());
+        assert!(peers.check_ztunnel(&at(13)).is_err(), "a waypoint's pod");
+        peers.update([&pod("warren-system", false)].into_iter());
         assert_eq!(peers.check_ztunnel(&at(13)), Ok(()));
     }
 
@@ -445,17 +428,25 @@ mod tests {
         proc.peer(20, &systemd, &elsewhere);
         proc.peer(21, "0::/system.slice/test.scope\n", &pod_net);
         proc.peer(22, "0::/system.slice/test.scope\n", &elsewhere);
-        let waypoint = LocalWaypoint {
+        let waypoint = LocalPod {
             namespace: "demo".into(),
             uid: Some(UID.into()),
             netns: Some(pod_net.to_string_lossy().into_owned()),
+            waypoint: true,
+        };
+        // The same pod, not (or no longer) a waypoint's.
+        let plain = LocalPod {
+            waypoint: false,
+            ..waypoint.clone()
         };
         let local = Peers::with_proc(proc.dir.path(), PodNetworks::AnnotationsOrUid, None);
         let cluster = Peers::with_proc(proc.dir.path(), PodNetworks::UidOnly, None);
         let at = |pid| Placement::read(pid, proc.dir.path());
         assert_eq!(at(20).pod_uid.as_deref(), Some(UID));
         for peers in [&local, &cluster] {
-            peers.update([&waypoint].into_iter(), std::iter::empty());
+            peers.update([&plain].into_iter());
+            assert!(peers.check_waypoint(&at(20), "demo").is_err());
+            peers.update([&waypoint].into_iter());
             assert_eq!(peers.check_waypoint(&at(20), "demo"), Ok(()));
             let refused = peers.check_waypoint(&at(20), "shop").unwrap_err();
             assert!(
@@ -469,7 +460,7 @@ mod tests {
         assert_eq!(local.check_waypoint(&at(21), "demo"), Ok(()));
         assert!(cluster.check_waypoint(&at(21), "demo").is_err());
         // Gone from this node: no longer believed.
-        local.update(std::iter::empty(), std::iter::empty());
+        local.update(std::iter::empty());
         assert!(local.check_waypoint(&at(20), "demo").is_err());
     }
 }

@@ -129,14 +129,17 @@ fn names_cluster_services(host: &str, cluster_domain: &str) -> bool {
 /// What [`key::certificate`] keys begin with.
 const CERTIFICATE_PREFIX: &str = "certificate/";
 
-/// A pod of a waypoint Gateway on this node.
+/// A pod on this node that has not finished, as `distribution::Peers`
+/// places subscribers against it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LocalWaypoint {
+pub struct LocalPod {
     pub namespace: String,
     pub uid: Option<String>,
     /// Its `warren.io/netns` annotation (local mode's; not to be believed on
     /// a cluster).
     pub netns: Option<String>,
+    /// It runs one of its namespace's waypoint Gateways.
+    pub waypoint: bool,
 }
 
 /// Mesh-wide settings the view needs.
@@ -182,13 +185,10 @@ pub struct View {
     /// The `credentialName`s each DestinationRule names, each with
     /// whether a `MUTUAL` part names it (its key is needed).
     credential_names: BTreeMap<ObjectKey, BTreeMap<String, bool>>,
-    /// This node's waypoint pods, by workload key: only they receive their
-    /// namespace's credentials, and only their processes may subscribe as
-    /// their namespace's waypoint (`distribution::Peers`).
-    local_waypoints: BTreeMap<String, LocalWaypoint>,
-    /// This node's pods that have not finished, by workload key: (namespace,
-    /// UID), for `distribution::Peers`.
-    local_pods: BTreeMap<String, (String, String)>,
+    /// This node's pods that have not finished, by workload key. Its
+    /// waypoint pods' namespaces receive their credentials, and only
+    /// processes of its pods may subscribe (`distribution::Peers`).
+    local_pods: BTreeMap<String, LocalPod>,
 }
 
 /// Publishes `computed`, the resources one namespace's objects of a kind
@@ -234,7 +234,6 @@ impl View {
             auto_vips: auto_vip::AutoVips::new(),
             providers: BTreeSet::new(),
             credential_names: BTreeMap::new(),
-            local_waypoints: BTreeMap::new(),
             local_pods: BTreeMap::new(),
         }
     }
@@ -754,17 +753,8 @@ impl View {
         };
         // From the Pod itself: a waypoint's container may run (and
         // subscribe) before its address is published, and its workload made.
-        let local_waypoint = self.waypoint_pod(store, key, namespace);
-        match self
-            .local_pod(store, key)
-            .and_then(|pod| pod.uid.as_deref())
-        {
-            Some(uid) => self
-                .local_pods
-                .insert(resource_key.clone(), (namespace.to_owned(), uid.to_owned())),
-            None => self.local_pods.remove(&resource_key),
-        };
-        self.local_waypoint(store, namespace, &resource_key, local_waypoint);
+        let local = self.local_pod(store, key, namespace);
+        self.local_pod_changed(store, namespace, &resource_key, local);
         match computed {
             Some(w) => {
                 // A waypoint pod is outside the capture (it must not loop back
@@ -830,20 +820,21 @@ impl View {
         });
     }
 
-    /// Notes whether the workload `resource_key` of `namespace` is a
-    /// waypoint on this node; when that makes the namespace gain its first
-    /// one or lose its last, its credentials are published or withdrawn.
-    fn local_waypoint(
+    /// Notes the local pod of workload `resource_key` of `namespace` (none
+    /// when it is not one); when that makes the namespace gain its first
+    /// waypoint on this node or lose its last, its credentials are published
+    /// or withdrawn.
+    fn local_pod_changed(
         &mut self,
         store: &Store,
         namespace: &str,
         resource_key: &str,
-        now: Option<LocalWaypoint>,
+        now: Option<LocalPod>,
     ) {
         let had = self.has_local_waypoint(namespace);
         match now {
-            Some(pod) => self.local_waypoints.insert(resource_key.to_owned(), pod),
-            None => self.local_waypoints.remove(resource_key),
+            Some(pod) => self.local_pods.insert(resource_key.to_owned(), pod),
+            None => self.local_pods.remove(resource_key),
         };
         if had != self.has_local_waypoint(namespace) {
             let secrets: Vec<ObjectKey> = store
@@ -856,32 +847,9 @@ impl View {
         }
     }
 
-    /// The pod `key`, if it is on this node, has not finished, and runs one
-    /// of `namespace`'s waypoint Gateways.
-    fn waypoint_pod(
-        &self,
-        store: &Store,
-        key: &ObjectKey,
-        namespace: &str,
-    ) -> Option<LocalWaypoint> {
-        let pod = self.local_pod(store, key)?;
-        let gateway = pod.labels.get(crate::model::gateway::GATEWAY_NAME_LABEL)?;
-        self.waypoints.get(namespace)?.get(gateway)?;
-        Some(LocalWaypoint {
-            namespace: namespace.to_owned(),
-            uid: pod.uid.as_deref().map(str::to_owned),
-            netns: pod
-                .annotation(crate::enrollment::NETNS_ANNOTATION)
-                .map(str::to_owned),
-        })
-    }
-
-    /// The pod `key`, if it is on this node and has not finished.
-    fn local_pod<'s>(
-        &self,
-        store: &'s Store,
-        key: &ObjectKey,
-    ) -> Option<&'s crate::model::cluster::Pod> {
+    /// The pod `key` of `namespace`, if it is on this node and has not
+    /// finished.
+    fn local_pod(&self, store: &Store, key: &ObjectKey, namespace: &str) -> Option<LocalPod> {
         let Some(Object::Pod(pod)) = store.get(key) else {
             return None;
         };
@@ -892,25 +860,36 @@ impl View {
                     | crate::model::cluster::PodPhase::Failed
             )
         );
-        (pod.node_name.as_deref() == Some(self.mesh.node.as_str()) && !finished).then_some(&**pod)
-    }
-
-    /// This node's pods that have not finished: (namespace, UID).
-    pub fn local_pods(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.local_pods
-            .values()
-            .map(|(namespace, uid)| (namespace.as_str(), uid.as_str()))
+        if pod.node_name.as_deref() != Some(self.mesh.node.as_str()) || finished {
+            return None;
+        }
+        let waypoint = pod
+            .labels
+            .get(crate::model::gateway::GATEWAY_NAME_LABEL)
+            .is_some_and(|gateway| {
+                self.waypoints
+                    .get(namespace)
+                    .is_some_and(|w| w.contains_key(gateway))
+            });
+        Some(LocalPod {
+            namespace: namespace.to_owned(),
+            uid: pod.uid.as_deref().map(str::to_owned),
+            netns: pod
+                .annotation(crate::enrollment::NETNS_ANNOTATION)
+                .map(str::to_owned),
+            waypoint,
+        })
     }
 
     fn has_local_waypoint(&self, namespace: &str) -> bool {
-        self.local_waypoints
+        self.local_pods
             .values()
-            .any(|w| w.namespace == namespace)
+            .any(|p| p.waypoint && p.namespace == namespace)
     }
 
-    /// This node's waypoint pods.
-    pub fn local_waypoints(&self) -> impl Iterator<Item = &LocalWaypoint> {
-        self.local_waypoints.values()
+    /// This node's pods that have not finished.
+    pub fn local_pods(&self) -> impl Iterator<Item = &LocalPod> {
+        self.local_pods.values()
     }
 
     /// Notes the `credentialName`s of the DestinationRule `key`, and
