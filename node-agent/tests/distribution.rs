@@ -12,7 +12,10 @@ use std::{
 
 use prost::Message as _;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::{
+    StreamExt as _,
+    wrappers::{ReceiverStream, UnixListenerStream},
+};
 use warren_api::{
     config::{
         ClientMessage, Hello, Resource, Role, StatusRequest, Update, client_message::Message,
@@ -22,6 +25,7 @@ use warren_api::{
 };
 use warren_node_agent::{
     distribution::{self, Distribution},
+    enrollment::PodNetworks,
     model::{
         ObjectKey,
         object::{parse_document, split_documents},
@@ -52,6 +56,8 @@ status: { hostIP: 172.30.0.1, podIP: 10.244.0.6 }
 struct Agent {
     store: Store,
     view: View,
+    /// Whom the agent believes, when it checks its peers.
+    peers: Option<distribution::Peers>,
     /// The server runs on its own runtime, so stopping the agent ends every
     /// connection and task it had, as the death of its process would.
     server: Option<tokio::runtime::Runtime>,
@@ -59,6 +65,17 @@ struct Agent {
 
 impl Agent {
     async fn start(socket: &Path, yaml: &str) -> Agent {
+        Self::start_with(socket, yaml, None).await
+    }
+
+    /// An agent that believes a hello only of a process it can place, as
+    /// the node agent does.
+    async fn start_checking(socket: &Path, yaml: &str) -> Agent {
+        let peers = distribution::Peers::new(PodNetworks::AnnotationsOrUid, None);
+        Self::start_with(socket, yaml, Some(peers)).await
+    }
+
+    async fn start_with(socket: &Path, yaml: &str, peers: Option<distribution::Peers>) -> Agent {
         let mut store = Store::default();
         apply(&mut store, yaml);
         store.apply(SourceEvent::Synced);
@@ -78,27 +95,45 @@ impl Agent {
             publisher.clone(),
         );
         view.rebuild(&store);
+        if let Some(peers) = &peers {
+            peers.update(view.local_pods());
+        }
         let server = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let service = Distribution::new(publisher).into_service();
+        let distribution = Distribution::new(publisher);
+        let checking = peers.is_some();
+        let service = match &peers {
+            Some(peers) => distribution.checking(peers.clone()),
+            None => distribution,
+        }
+        .into_service();
         let (bound_tx, bound) = tokio::sync::oneshot::channel();
         let socket = socket.to_owned();
         server.spawn(async move {
             let listener = distribution::bind(&socket).await.unwrap();
             let _ = bound_tx.send(());
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(UnixListenerStream::new(listener))
-                .await
-                .unwrap();
+            let incoming = UnixListenerStream::new(listener);
+            let server = tonic::transport::Server::builder().add_service(service);
+            if checking {
+                // Each connection placed as it is accepted, as the agent does.
+                server
+                    .serve_with_incoming(
+                        incoming.map(|accepted| accepted.map(distribution::PlacedStream::new)),
+                    )
+                    .await
+            } else {
+                server.serve_with_incoming(incoming).await
+            }
+            .unwrap();
         });
         bound.await.unwrap();
         Agent {
             store,
             view,
+            peers,
             server: Some(server),
         }
     }
@@ -118,6 +153,9 @@ impl Agent {
     fn change(&mut self, yaml: &str) {
         let keys = apply(&mut self.store, yaml);
         self.view.changed(&self.store, &keys);
+        if let Some(peers) = &self.peers {
+            peers.update(self.view.local_pods());
+        }
     }
 }
 
@@ -449,5 +487,145 @@ async fn resources_come_decoded_unless_the_client_reads_them_encoded() {
         .map(|bytes| Resource::decode(bytes.clone()).expect("each encoded resource decodes"))
         .collect();
     assert_eq!(from_bytes, decoded.upserts);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A waypoint's namespace, its Gateway, and a pod of it on this node whose
+/// network namespace (the testbed's annotation) is this process's: the test
+/// is that waypoint.
+const WAYPOINT: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: { name: demo, labels: { warren.io/dataplane-mode: ambient } }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: { name: waypoint, namespace: demo }
+spec:
+  gatewayClassName: warren-waypoint
+  listeners: [{ name: mesh, port: 15008, protocol: HBONE }]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: waypoint-0
+  namespace: demo
+  labels: { gateway.networking.k8s.io/gateway-name: waypoint, warren.io/dataplane-mode: none }
+  annotations: { warren.io/netns: /proc/self/ns/net }
+spec: { nodeName: n1, serviceAccountName: waypoint, containers: [{ name: main }] }
+status: { hostIP: 172.30.0.1, podIP: 10.244.0.9 }
+"#;
+
+/// Opens a subscription as `role` for `namespace`: its first update, or
+/// the agent's refusal. The hello's sender is kept open with the stream.
+async fn open_as(
+    socket: &Path,
+    role: Role,
+    namespace: &str,
+) -> Result<
+    (
+        tonic::Streaming<Update>,
+        mpsc::Sender<ClientMessage>,
+        Update,
+    ),
+    tonic::Status,
+> {
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(ClientMessage {
+        message: Some(Message::Hello(Hello {
+            role: role as i32,
+            namespace: namespace.into(),
+            client_id: format!("{}-{namespace}", role.as_str_name()),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut updates = ConfigDistributionClient::new(warren_api::socket::channel(socket))
+        .subscribe(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), updates.message())
+        .await
+        .expect("a first update in time")?
+        .expect("a first update");
+    Ok((updates, tx, first))
+}
+
+/// A waypoint's subscription lasts only as long as its process runs in a
+/// waypoint pod of its namespace on this node: when the pod stops being
+/// one, its stream is ended (it would otherwise keep receiving the
+/// namespace's keys until it reconnected), and a new hello is refused.
+/// The ztunnel's subscription is not touched.
+#[tokio::test]
+async fn a_waypoint_subscription_ends_when_its_pod_stops_being_a_waypoints() {
+    let dir = scratch("recheck");
+    let socket = dir.join("agent.sock");
+    let mut agent = Agent::start_checking(&socket, WAYPOINT).await;
+
+    let (mut waypoint, _waypoint_tx, first) = open_as(&socket, Role::Waypoint, "demo")
+        .await
+        .expect("this process is demo's waypoint pod");
+    assert!(first.snapshot);
+    let refused = open_as(&socket, Role::Waypoint, "shop")
+        .await
+        .expect_err("not shop's waypoint");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let (mut ztunnel, _ztunnel_tx, _) = open_as(&socket, Role::Ztunnel, "")
+        .await
+        .expect("this process is on the agent's network, in no pod");
+
+    // A pod of the node changes without touching the waypoint's: nothing ends.
+    agent.change(
+        "apiVersion: v1\nkind: Pod\nmetadata: { name: app, namespace: demo }\nspec: { nodeName: n1, serviceAccountName: app, containers: [{ name: main }] }\nstatus: { hostIP: 172.30.0.1, podIP: 10.244.0.5 }\n",
+    );
+    let update = tokio::time::timeout(Duration::from_secs(10), waypoint.message())
+        .await
+        .expect("a delta in time")
+        .expect("the stream goes on");
+    assert!(update.is_some_and(|u| !u.snapshot));
+
+    // The pod loses its Gateway's label: no longer a waypoint's.
+    agent.change(&WAYPOINT.replace("gateway.networking.k8s.io/gateway-name: waypoint, ", ""));
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), waypoint.message())
+            .await
+            .expect("the stream ends in time")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::PermissionDenied);
+    assert!(
+        ended.message().contains("withdrawn")
+            && ended.message().contains("not in a waypoint pod of namespace demo"),
+        "{}",
+        ended.message()
+    );
+    let refused = open_as(&socket, Role::Waypoint, "demo")
+        .await
+        .expect_err("a new hello is refused too");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    // The status stops listing it (its task ends just after saying why).
+    let mut listed = Vec::new();
+    for _ in 0..200 {
+        listed = status(&socket).await.clients;
+        if listed.iter().all(|c| c.role != Role::Waypoint as i32) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        listed.iter().all(|c| c.role != Role::Waypoint as i32),
+        "{listed:?}"
+    );
+
+    // The ztunnel's stream goes on, with the deltas.
+    let update = tokio::time::timeout(Duration::from_secs(10), ztunnel.message())
+        .await
+        .expect("a delta in time");
+    assert!(matches!(update, Ok(Some(_))), "{update:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -73,11 +73,7 @@ impl Distribution {
         let Some(peers) = &self.peers else {
             return Ok(());
         };
-        let checked = match role {
-            Role::Waypoint => peers.check_waypoint(at, namespace),
-            _ => peers.check_ztunnel(at),
-        };
-        checked.map_err(|reason| {
+        peers.check(at, role, namespace).map_err(|reason| {
             warn!(role = role.as_str_name(), namespace, pid = ?at.pid, %reason, "subscription refused");
             Status::permission_denied(format!(
                 "a {} hello{} is not believed: {reason}",
@@ -167,6 +163,9 @@ impl ConfigDistribution for Distribution {
             ));
         };
         let (role, audience) = check_hello(&hello)?;
+        // Watched from before the check, so that no change of this node's
+        // pods can fall between the check and the watch.
+        let changes = self.peers.as_ref().map(Peers::changes);
         self.check_peer(&placement, role, &hello.namespace)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let client_id = if hello.client_id.is_empty() {
@@ -186,6 +185,13 @@ impl ConfigDistribution for Distribution {
             },
         );
         let (tx, rx) = mpsc::channel(1);
+        let recheck = self.peers.clone().zip(changes).map(|(peers, changes)| Recheck {
+            changes,
+            peers,
+            placement,
+            role,
+            namespace: hello.namespace.clone(),
+        });
         let subscriber = Subscriber {
             id,
             client_id,
@@ -199,6 +205,7 @@ impl ConfigDistribution for Distribution {
             version: self.publisher.watch(),
             clients: self.clients.clone(),
             tx,
+            recheck,
         };
         tokio::spawn(subscriber.serve(inbound));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -258,6 +265,43 @@ struct Subscriber {
     version: watch::Receiver<u64>,
     clients: Arc<Mutex<BTreeMap<u64, ClientStatus>>>,
     tx: mpsc::Sender<Result<Update, Status>>,
+    /// How its peer is checked again as this node's pods change; `None`
+    /// where peers are not checked.
+    recheck: Option<Recheck>,
+}
+
+/// What a subscription was believed on, to check again: a waypoint's pod
+/// may be deleted, or stop being a waypoint's, while its stream runs, and
+/// it must stop receiving its namespace's keys then, not at its next
+/// reconnect.
+struct Recheck {
+    peers: Peers,
+    changes: watch::Receiver<u64>,
+    placement: Placement,
+    role: Role,
+    namespace: String,
+}
+
+impl Recheck {
+    /// Resolves with the reason once the peer no longer passes its check;
+    /// never, where nothing is checked.
+    async fn refused(recheck: &mut Option<Recheck>) -> String {
+        let Some(recheck) = recheck else {
+            return std::future::pending().await;
+        };
+        loop {
+            if recheck.changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if let Err(reason) =
+                recheck
+                    .peers
+                    .check(&recheck.placement, recheck.role, &recheck.namespace)
+            {
+                return reason;
+            }
+        }
+    }
 }
 
 impl Subscriber {
@@ -291,6 +335,16 @@ impl Subscriber {
                     if changed.is_err() {
                         break "agent stopping".to_owned();
                     }
+                }
+                reason = Recheck::refused(&mut self.recheck) => {
+                    warn!(client = %self.client_id, %reason, "subscription withdrawn");
+                    let _ = self
+                        .tx
+                        .send(Err(Status::permission_denied(format!(
+                            "the subscription is withdrawn: {reason}"
+                        ))))
+                        .await;
+                    break format!("withdrawn: {reason}");
                 }
                 message = inbound.message() => match message {
                     Ok(Some(ClientMessage { message: Some(Message::Ack(ack)) })) => {

@@ -16,7 +16,10 @@
 //! the connecting process as the kernel names it with a pidfd: what is read
 //! of `/proc/<pid>` counts only if that process is still alive once read, so
 //! a pid reused by another process cannot pass for it. Every stream of the
-//! connection is judged by that placement.
+//! connection is judged by that placement, when it starts and again
+//! whenever this node's pods change: a subscription whose process is no
+//! longer where its hello needs it (its pod deleted, relabelled or its
+//! Gateway gone) is ended ([`Peers::changes`]).
 
 use std::{
     io,
@@ -30,7 +33,9 @@ use std::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::UnixStream,
+    sync::watch,
 };
+use warren_api::config::Role;
 
 use crate::{
     enrollment::PodNetworks,
@@ -222,6 +227,9 @@ pub struct Peers {
     system_namespace: Option<String>,
     /// This node's pods.
     pods: Arc<RwLock<Vec<LocalPod>>>,
+    /// Counts the changes of `pods`, so that accepted subscriptions are
+    /// checked again.
+    generation: Arc<watch::Sender<u64>>,
 }
 
 impl Peers {
@@ -236,7 +244,14 @@ impl Peers {
             networks,
             system_namespace,
             pods: Arc::default(),
+            generation: Arc::new(watch::Sender::new(0)),
         }
+    }
+
+    /// Tells of each change of this node's pods, after which a
+    /// subscription's placement may no longer pass [`Peers::check`].
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Notes this node's pods (the view's).
@@ -258,6 +273,8 @@ impl Peers {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *known != pods {
             *known = pods;
+            drop(known);
+            self.generation.send_modify(|g| *g += 1);
         }
     }
 
@@ -265,6 +282,15 @@ impl Peers {
         self.pods
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the peer `at` may subscribe as `role` (for `namespace`, a
+    /// waypoint's).
+    pub fn check(&self, at: &Placement, role: Role, namespace: &str) -> Result<(), String> {
+        match role {
+            Role::Waypoint => self.check_waypoint(at, namespace),
+            _ => self.check_ztunnel(at),
+        }
     }
 
     /// Whether the peer `at` may subscribe as a ztunnel: it is on the

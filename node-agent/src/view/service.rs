@@ -100,6 +100,7 @@ pub fn service(mesh: &Mesh, svc: &KubeService, slices: &[&EndpointSlice]) -> Ser
         dns_first_address: false,
         export_to: Vec::new(),
         vips_allocated: false,
+        subject_alt_names: Vec::new(),
     }
 }
 

@@ -166,6 +166,7 @@ pub fn services<'a>(
             passthrough: resolution == Resolution::None,
             dns_first_address: resolution == Resolution::DnsRoundRobin,
             export_to: export_to.clone(),
+            subject_alt_names: spec.subject_alt_names.clone(),
         })
         .collect()
 }

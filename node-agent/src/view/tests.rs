@@ -2098,6 +2098,26 @@ fn an_entry_says_which_namespaces_see_it() {
     assert_eq!(export_to("nobody"), ["~"]);
 }
 
+/// An entry's `subjectAltNames` go with each of its hosts, for the waypoint
+/// to check the certificates of the endpoints it starts TLS to.
+#[test]
+fn an_entrys_subject_alt_names_go_with_its_hosts() {
+    let (_store, view) = built(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: { name: partner, namespace: demo }\n\
+         spec: { hosts: [api.partner.example, files.partner.example], ports: [{ number: 443, name: tls, protocol: TLS }], resolution: DNS,\n\
+         subjectAltNames: [api.partner.example, \"spiffe://partner.example/api\"] }\n",
+    );
+    for host in ["api.partner.example", "files.partner.example"] {
+        assert_eq!(
+            entry_service(&view, "demo", host)
+                .expect(host)
+                .subject_alt_names,
+            ["api.partner.example", "spiffe://partner.example/api"]
+        );
+    }
+}
+
 /// A pod captured while the runtime builds its sandbox (the CNI plugin) has no
 /// address in its status yet: the runtime's report publishes it, so ztunnel knows
 /// the pod from its first connection; kubelet's status takes over once written.

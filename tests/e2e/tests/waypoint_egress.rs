@@ -312,14 +312,22 @@ const MUTUAL: &str = "mtls.external.example";
 const MUTUAL_VIP: &str = "10.96.250.12";
 
 /// An entry through the waypoint for `host` (port 80 to the host's
-/// `target`), and a DestinationRule whose `tls` is `tls`.
-fn tls_origination(name: &str, host: &str, vip: &str, target: u16, tls: &str) -> String {
+/// `target`, and `entry_names` as its `subjectAltNames`), and a
+/// DestinationRule whose `tls` is `tls`.
+fn tls_origination(
+    name: &str,
+    host: &str,
+    vip: &str,
+    target: u16,
+    entry_names: &str,
+    tls: &str,
+) -> String {
     format!(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
          metadata: {{ name: {name}, namespace: demo, labels: {{ istio.io/use-waypoint: waypoint }} }}\n\
          spec:\n  hosts: [{host}]\n  addresses: [{vip}]\n  \
          ports: [{{ number: 80, name: http, protocol: HTTP, targetPort: {target} }}]\n  \
-         resolution: DNS\n\
+         resolution: DNS\n  subjectAltNames: {entry_names}\n\
          ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
          metadata: {{ name: {name}, namespace: demo }}\n\
          spec:\n  host: {host}\n  trafficPolicy:\n    tls: {tls}\n"
@@ -348,28 +356,32 @@ fn get(client: &warren_testbed::Pod, vip: &str) -> Result<(u16, Value)> {
     ))
 }
 
-/// The `tls` of every cluster in the waypoint's `/clusters` whose
-/// `credentialName` is `name`.
-fn tls_settings(waypoint: &warren_testbed::Sandbox, name: &str) -> Result<Vec<Value>> {
+/// The `tls` of every cluster in the waypoint's `/clusters` whose `field`
+/// is `value`.
+fn tls_settings(
+    waypoint: &warren_testbed::Sandbox,
+    field: &str,
+    value: &str,
+) -> Result<Vec<Value>> {
     let out = waypoint.exec(
         "curl",
         ["-sS", "--max-time", "5", "http://127.0.0.1:15000/clusters"],
     )?;
     let dump: Value = serde_json::from_slice(&out.stdout).context("/clusters is JSON")?;
-    fn walk(value: &Value, name: &str, found: &mut Vec<Value>) {
+    fn walk(value: &Value, field: &str, wanted: &str, found: &mut Vec<Value>) {
         match value {
             Value::Object(map) => {
-                if map.get("credential_name") == Some(&json!(name)) {
+                if map.get(field) == Some(&json!(wanted)) {
                     found.push(value.clone());
                 }
-                map.values().for_each(|v| walk(v, name, found));
+                map.values().for_each(|v| walk(v, field, wanted, found));
             }
-            Value::Array(items) => items.iter().for_each(|v| walk(v, name, found)),
+            Value::Array(items) => items.iter().for_each(|v| walk(v, field, wanted, found)),
             _ => {}
         }
     }
     let mut found = Vec::new();
-    walk(&dump, name, &mut found);
+    walk(&dump, field, value, &mut found);
     Ok(found)
 }
 
@@ -450,19 +462,21 @@ fn the_waypoint_starts_tls_to_an_external_host_as_its_destination_rule_says() ->
         )?,
     ];
     let simple = |ca: &str| format!("{{ mode: SIMPLE, caCertificates: {ca} }}");
-    let entries = |secure_tls: &str| {
+    let entries_naming = |secure_names: &str, secure_tls: &str| {
         format!(
             "{}---\n{}",
-            tls_origination("secure", SECURE, SECURE_VIP, 8443, secure_tls),
+            tls_origination("secure", SECURE, SECURE_VIP, 8443, secure_names, secure_tls),
             tls_origination(
                 "mutual",
                 MUTUAL,
                 MUTUAL_VIP,
                 8444,
+                "[]",
                 "{ mode: MUTUAL, credentialName: partner-client }",
             )
         )
     };
+    let entries = |secure_tls: &str| entries_naming("[]", secure_tls);
     // MUTUAL takes its certificate, key and CA from a Secret of the
     // waypoint's namespace, which the agent reads from the folder too.
     let credential = |leaf: &warren_testbed::pki::Leaf| {
@@ -524,7 +538,11 @@ fn the_waypoint_starts_tls_to_an_external_host_as_its_destination_rule_says() ->
     .with_context(logs)?;
     // Refused by the host for its certificate, not for want of the Secret:
     // the cluster read it and has no error of its own.
-    let settings = tls_settings(&cluster.pod("waypoint")?.sandbox, "partner-client")?;
+    let settings = tls_settings(
+        &cluster.pod("waypoint")?.sandbox,
+        "credential_name",
+        "partner-client",
+    )?;
     ensure!(
         settings
             .iter()
@@ -537,6 +555,41 @@ fn the_waypoint_starts_tls_to_an_external_host_as_its_destination_rule_says() ->
     eventually(Duration::from_secs(20), "the Secret back", || {
         Ok(get(&client, MUTUAL_VIP)?.0 == 200)
     })
+    .with_context(logs)?;
+
+    // The entry's subjectAltNames check the host's certificate where the
+    // rule lists none: a certificate for the host, from the trusted CA, is
+    // refused when it carries none of them, and accepted when it does.
+    std::fs::write(
+        &config,
+        entries_naming("[files.partner.example]", &simple(&path(&root))),
+    )?;
+    eventually(
+        Duration::from_secs(20),
+        "a certificate without the entry's names refused",
+        || Ok(get(&client, SECURE_VIP)?.0 == 503),
+    )
+    .with_context(logs)?;
+    let settings = tls_settings(&cluster.pod("waypoint")?.sandbox, "server_name", SECURE)?;
+    ensure!(
+        !settings.is_empty()
+            && settings.iter().all(|tls| tls["subject_alt_names"]
+                == json!(["files.partner.example"])
+                && tls["subject_alt_names_from"] == "ServiceEntry"),
+        "/clusters shows the entry's names in force: {settings:?}"
+    );
+    std::fs::write(
+        &config,
+        entries_naming(
+            &format!("[files.partner.example, {SECURE}]"),
+            &simple(&path(&root)),
+        ),
+    )?;
+    eventually(
+        Duration::from_secs(20),
+        "a certificate with one of the entry's names accepted",
+        || Ok(get(&client, SECURE_VIP)?.0 == 200),
+    )
     .with_context(logs)?;
 
     // A host the rule's CA does not vouch for is refused (503), not reached

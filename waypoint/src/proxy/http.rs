@@ -1329,6 +1329,13 @@ impl Context {
         if resolved.locality.is_none() {
             resolved.locality = closeness(service.load_balancing.as_ref());
         }
+        // A ServiceEntry's names check its endpoints' certificates where the
+        // rule lists none (Istio's rule for an entry's host).
+        resolved.pool.tls = resolved
+            .pool
+            .tls
+            .take()
+            .map(|tls| tls.with_entry_names(&service.subject_alt_names));
         let port = service
             .port(key.port)
             .ok_or_else(|| format!("service {} has no port {}", key.host, key.port))?;

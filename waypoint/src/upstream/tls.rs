@@ -84,7 +84,7 @@ pub struct TlsSettings {
     /// are looked at again.
     credentials: Credentials,
     /// The client configs by ALPN, or why there are none.
-    configs: Result<Configs, String>,
+    configs: Result<Arc<Configs>, String>,
 }
 
 // Never the credentials' bytes: the Secrets by name.
@@ -103,6 +103,60 @@ struct Configs {
     http1: Arc<ClientConfig>,
     http2: Arc<ClientConfig>,
     bytes: Arc<ClientConfig>,
+    /// Theirs, to make the same configs expecting other names.
+    verifier: Arc<Verifier>,
+}
+
+// Compiled configs: nothing to read in them but what the settings say.
+impl std::fmt::Debug for Configs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Configs").finish_non_exhaustive()
+    }
+}
+
+impl Configs {
+    fn new(config: &ClientConfig, verifier: Arc<Verifier>) -> Configs {
+        let with_alpn = |protocols: &[&[u8]]| {
+            let mut config = config.clone();
+            config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+            config
+                .dangerous()
+                .set_certificate_verifier(Arc::clone(&verifier) as Arc<dyn ServerCertVerifier>);
+            Arc::new(config)
+        };
+        Configs {
+            http1: with_alpn(&[b"http/1.1"]),
+            http2: with_alpn(&[b"h2"]),
+            bytes: with_alpn(&[]),
+            verifier,
+        }
+    }
+
+    /// The same configs, with a server's certificate checked for one of
+    /// `names` instead of the server name asked for; `None` where the rule
+    /// checks no name (`insecureSkipVerify`) or lists its own, which win.
+    fn expecting(&self, names: &[String]) -> Option<Configs> {
+        let Check::Chain {
+            roots,
+            crls,
+            expected,
+        } = &self.verifier.check
+        else {
+            return None;
+        };
+        if !expected.is_empty() {
+            return None;
+        }
+        let verifier = Arc::new(Verifier {
+            check: Check::Chain {
+                roots: Arc::clone(roots),
+                crls: Arc::clone(crls),
+                expected: names.iter().map(|san| Expected::parse(san)).collect(),
+            },
+            algorithms: self.verifier.algorithms,
+        });
+        Some(Configs::new(&self.http1, verifier))
+    }
 }
 
 impl TlsSettings {
@@ -119,7 +173,7 @@ impl TlsSettings {
             None | Some(ClientTlsMode::Disable) => return (TlsMode::Disable, None),
         };
         let mut material = Material::default();
-        let configs = build(spec, mutual, &mut material, credentials);
+        let configs = build(spec, mutual, &mut material, credentials).map(Arc::new);
         if let Err(error) = &configs {
             error.hash(&mut material.digest);
         }
@@ -159,7 +213,9 @@ impl TlsSettings {
         });
         Origination {
             settings: Arc::clone(self),
+            configs: self.configs.clone(),
             server_name,
+            entry_names: Vec::new(),
         }
     }
 }
@@ -169,7 +225,13 @@ impl TlsSettings {
 #[derive(Clone, Debug)]
 pub struct Origination {
     settings: Arc<TlsSettings>,
+    /// The settings' configs, or the same expecting `entry_names`.
+    configs: Result<Arc<Configs>, String>,
     server_name: Result<ServerName<'static>, String>,
+    /// The ServiceEntry's `subjectAltNames` where they stand in for the
+    /// rule's (which lists none): the names checked instead of the server
+    /// name.
+    entry_names: Vec<String>,
 }
 
 // Two clusters whose settings read the same (rule and files) reach an
@@ -179,20 +241,37 @@ impl PartialEq for Origination {
         let same = Arc::ptr_eq(&self.settings, &other.settings)
             || (self.settings.files == other.settings.files
                 && self.settings.spec == other.settings.spec);
-        same && self.server_name == other.server_name
+        same && self.server_name == other.server_name && self.entry_names == other.entry_names
     }
 }
 
 impl Eq for Origination {}
 
 impl Origination {
+    /// Checks the server's certificate for one of the ServiceEntry's
+    /// `subjectAltNames` (`names`), as Istio does for an entry's host, where
+    /// the rule lists none of its own and checks names at all.
+    #[must_use]
+    pub fn with_entry_names(mut self, names: &[String]) -> Origination {
+        if names.is_empty() {
+            return self;
+        }
+        if let Ok(configs) = &self.configs
+            && let Some(expecting) = configs.expecting(names)
+        {
+            self.configs = Ok(Arc::new(expecting));
+            self.entry_names = names.to_vec();
+        }
+        self
+    }
+
     /// The client config and server name to start TLS with, or why the
     /// connection must be refused.
     pub fn client(
         &self,
         speaks: Speaks,
     ) -> Result<(Arc<ClientConfig>, ServerName<'static>), String> {
-        let configs = self.settings.configs.as_ref().map_err(Clone::clone)?;
+        let configs = self.configs.as_ref().map_err(Clone::clone)?;
         let name = self.server_name.clone()?;
         let config = match speaks {
             Speaks::Http1 => &configs.http1,
@@ -210,13 +289,24 @@ impl Origination {
             "server_name": self.server_name.as_ref().map(|n| n.to_str().into_owned()).ok(),
             "sni": (!spec.sni.is_empty()).then_some(&spec.sni),
             "ca_crl": (!spec.ca_crl.is_empty()).then_some(&spec.ca_crl),
-            "subject_alt_names": spec.subject_alt_names,
+            "subject_alt_names": if self.entry_names.is_empty() {
+                &spec.subject_alt_names
+            } else {
+                &self.entry_names
+            },
+            "subject_alt_names_from": if !self.entry_names.is_empty() {
+                Some("ServiceEntry")
+            } else if !spec.subject_alt_names.is_empty() {
+                Some("DestinationRule")
+            } else {
+                None
+            },
             "ca_certificates": (!spec.ca_certificates.is_empty()).then_some(&spec.ca_certificates),
             "client_certificate": (!spec.client_certificate.is_empty()).then_some(&spec.client_certificate),
             "credential_name": (!spec.credential_name.is_empty()).then_some(&spec.credential_name),
             "credentials_read": self.settings.credentials.keys().collect::<Vec<_>>(),
             "insecure_skip_verify": spec.insecure_skip_verify.unwrap_or(false),
-            "error": self.settings.configs.as_ref().err().or(self.server_name.as_ref().err()),
+            "error": self.configs.as_ref().err().or(self.server_name.as_ref().err()),
         })
     }
 }
@@ -401,7 +491,7 @@ fn build(
         }
         Check::Chain {
             roots,
-            crls,
+            crls: Arc::new(crls),
             expected: spec
                 .subject_alt_names
                 .iter()
@@ -417,7 +507,7 @@ fn build(
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS versions: {e}"))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier);
+        .with_custom_certificate_verifier(Arc::clone(&verifier) as Arc<dyn ServerCertVerifier>);
     let config = if mutual {
         let (chain, key) = match credential {
             Some(FromCredential { chain, key, .. }) => {
@@ -440,16 +530,7 @@ fn build(
     } else {
         builder.with_no_client_auth()
     };
-    let with_alpn = |protocols: &[&[u8]]| {
-        let mut config = config.clone();
-        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
-        Arc::new(config)
-    };
-    Ok(Configs {
-        http1: with_alpn(&[b"http/1.1"]),
-        http2: with_alpn(&[b"h2"]),
-        bytes: with_alpn(&[]),
-    })
+    Ok(Configs::new(&config, verifier))
 }
 
 /// webpki's refusal as rustls says it (the reason a handshake fails with).
@@ -526,7 +607,7 @@ enum Check {
         roots: Arc<RootCertStore>,
         /// `caCrl`: as in Envoy, a list must cover every certificate of the
         /// chain (a certificate no list speaks for is refused).
-        crls: Vec<CertRevocationList<'static>>,
+        crls: Arc<Vec<CertRevocationList<'static>>>,
         expected: Vec<Expected>,
     },
     /// `insecureSkipVerify: true`: any certificate, as the rule asks. The

@@ -44,6 +44,10 @@ pub struct Service {
     pub vips_allocated: bool,
     /// The namespaces that see it (a ServiceEntry's `exportTo`); empty: all.
     pub export_to: Vec<String>,
+    /// A ServiceEntry's `subjectAltNames`, which a waypoint checks an
+    /// endpoint's certificate against when it starts TLS to it and the
+    /// DestinationRule names none (ztunnel does not start such TLS).
+    pub subject_alt_names: Vec<String>,
     /// Round-robin cursor, shared by every connection to the service.
     #[serde(skip)]
     next: AtomicUsize,
@@ -109,6 +113,7 @@ impl Service {
             dns_first_address: false,
             vips_allocated: false,
             export_to: Vec::new(),
+            subject_alt_names: Vec::new(),
             next: AtomicUsize::new(0),
         }
     }
@@ -430,6 +435,7 @@ impl Service {
             dns_first_address: s.dns_first_address,
             vips_allocated: s.vips_allocated,
             export_to: s.export_to,
+            subject_alt_names: s.subject_alt_names,
             next: AtomicUsize::new(0),
         })
     }
@@ -612,6 +618,7 @@ mod tests {
             dns_first_address: false,
             vips_allocated: false,
             export_to: Vec::new(),
+            subject_alt_names: Vec::new(),
             next: AtomicUsize::new(0),
         };
         let closeness = |far: u8| {

@@ -506,6 +506,73 @@ async fn changed_files_make_different_settings() {
     assert_eq!(back.tls, first.tls);
 }
 
+/// A ServiceEntry's `subjectAltNames` check the certificate where the
+/// rule lists none, in place of the server name; the rule's own win, and
+/// `insecureSkipVerify` still checks nothing.
+#[tokio::test]
+async fn a_service_entrys_subject_alt_names_stand_in_for_the_rules() {
+    let dir = tempdir();
+    let ca = Authority::new("egress test root").expect("ca");
+    let root = path(&ca.write_root(dir.path(), "root").expect("root written"));
+    let (addr, _seen) = server(&ca.server(&[HOST]).expect("leaf"), None).await;
+    let with_entry = |tls: serde_json::Value, names: &[&str]| {
+        let (mut limits, errors) = limits_for(tls);
+        assert!(errors.is_empty(), "{errors:?}");
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        limits.tls = limits.tls.map(|tls| tls.with_entry_names(&names));
+        limits
+    };
+    let simple = json!({"mode": "SIMPLE", "caCertificates": root});
+
+    let limits = with_entry(simple.clone(), &[]);
+    connector()
+        .connect(addr, &limits, Speaks::Http1)
+        .await
+        .expect("no names: the server name is checked");
+    let unchecked = limits.tls.clone().expect("TLS");
+
+    let limits = with_entry(simple.clone(), &["other.example.test"]);
+    let refused = connector().connect(addr, &limits, Speaks::Http1).await;
+    assert!(
+        matches!(refused, Err(ConnectError::TlsHandshake { .. })),
+        "the entry's names replace the server name's check"
+    );
+    let described = limits.tls.as_ref().expect("TLS").describe();
+    assert_eq!(described["subject_alt_names"], json!(["other.example.test"]));
+    assert_eq!(described["subject_alt_names_from"], "ServiceEntry");
+    // Settings that check other names reach an endpoint another way: they
+    // share no pooled connection.
+    assert_ne!(limits.tls.as_ref(), Some(&unchecked));
+
+    let limits = with_entry(simple.clone(), &["other.example.test", HOST]);
+    connector()
+        .connect(addr, &limits, Speaks::Http2)
+        .await
+        .expect("one of the entry's names is the certificate's");
+
+    let limits = with_entry(
+        json!({"mode": "SIMPLE", "caCertificates": root, "subjectAltNames": [HOST]}),
+        &["other.example.test"],
+    );
+    connector()
+        .connect(addr, &limits, Speaks::Http1)
+        .await
+        .expect("the rule's own names win");
+    let described = limits.tls.as_ref().expect("TLS").describe();
+    assert_eq!(described["subject_alt_names_from"], "DestinationRule");
+
+    let stranger = Authority::new("someone else").expect("ca");
+    let (addr, _seen) = server(&stranger.server(&["x.test"]).expect("leaf"), None).await;
+    let limits = with_entry(
+        json!({"mode": "SIMPLE", "insecureSkipVerify": true}),
+        &["other.example.test"],
+    );
+    connector()
+        .connect(addr, &limits, Speaks::Http1)
+        .await
+        .expect("insecureSkipVerify checks nothing, as asked");
+}
+
 #[tokio::test]
 async fn subject_alt_names_match_uris_exactly() {
     let dir = tempdir();
