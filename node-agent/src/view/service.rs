@@ -80,7 +80,8 @@ pub fn service(mesh: &Mesh, svc: &KubeService, slices: &[&EndpointSlice]) -> Ser
                     address: addr::to_bytes(ip),
                     ready,
                     ports: slice_ports.clone(),
-                    hostname: String::new(),
+                    // A pod's labels and locality are its Workload's.
+                    ..Endpoint::default()
                 });
             }
         }
@@ -120,14 +121,19 @@ pub(super) fn overrides(
         .collect()
 }
 
-/// One endpoint per address (or name), in a stable order, so that equal
-/// views encode equally (and publish no change).
+/// One endpoint per address (or name) and ports, in a stable order, so
+/// that equal views encode equally (and publish no change). A pod in two
+/// EndpointSlices is one endpoint; a ServiceEntry's address listed on two
+/// ports is two.
 pub(super) fn settle(endpoints: &mut Vec<Endpoint>) {
-    fn order(e: &Endpoint) -> (&[u8], &str, &str) {
-        (&e.address, &e.hostname, &e.workload)
+    type Order<'a> = (&'a [u8], &'a str, &'a BTreeMap<u32, u32>, &'a str);
+    fn order(e: &Endpoint) -> Order<'_> {
+        (&e.address, &e.hostname, &e.ports, &e.workload)
     }
     endpoints.sort_by(|a, b| order(a).cmp(&order(b)));
-    endpoints.dedup_by(|a, b| a.address == b.address && a.hostname == b.hostname);
+    endpoints.dedup_by(|a, b| {
+        a.address == b.address && a.hostname == b.hostname && a.ports == b.ports
+    });
 }
 
 /// How ztunnel should weigh closeness, as istiod maps a Service's fields:

@@ -119,6 +119,9 @@ pub fn services<'a>(
                         Err(_) => return None,
                     };
                     endpoint.ready = true;
+                    endpoint.labels = e.labels.clone().into_iter().collect();
+                    endpoint.locality = e.locality.clone();
+                    endpoint.weight = e.weight.unwrap_or(0);
                     // Service port → this endpoint's port, by port name.
                     endpoint.ports = overrides(
                         &ports,

@@ -2118,6 +2118,51 @@ fn an_entrys_subject_alt_names_go_with_its_hosts() {
     }
 }
 
+/// An entry's endpoints keep their own labels, locality and weight (unset:
+/// 0, which the proxies read as 1), for the waypoint's subsets and balancing;
+/// one address on another port is another endpoint.
+#[test]
+fn an_entrys_endpoints_keep_their_labels_locality_and_weight() {
+    let (_store, view) = built(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: { name: catalog, namespace: demo }\n\
+         spec: { hosts: [catalog.example], addresses: [10.80.0.7], ports: [{ number: 80, name: http }], resolution: STATIC,\n\
+         endpoints: [{ address: 192.0.2.1, labels: { version: v1 }, locality: us-east/a, weight: 3 }, { address: 192.0.2.2 },\n\
+         { address: 192.0.2.1, ports: { http: 8081 }, labels: { version: v2 } }] }\n",
+    );
+    let service = entry_service(&view, "demo", "catalog.example").expect("the entry");
+    let endpoints: Vec<_> = service
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                addr::from_bytes(&e.address).unwrap().to_string(),
+                e.labels.clone().into_iter().collect::<Vec<_>>(),
+                e.locality.clone(),
+                e.weight,
+            )
+        })
+        .collect();
+    assert_eq!(
+        endpoints,
+        [
+            (
+                "192.0.2.1".to_owned(),
+                vec![("version".to_owned(), "v1".to_owned())],
+                "us-east/a".to_owned(),
+                3
+            ),
+            (
+                "192.0.2.1".to_owned(),
+                vec![("version".to_owned(), "v2".to_owned())],
+                String::new(),
+                0
+            ),
+            ("192.0.2.2".to_owned(), vec![], String::new(), 0),
+        ]
+    );
+}
+
 /// A pod captured while the runtime builds its sandbox (the CNI plugin) has no
 /// address in its status yet: the runtime's report publishes it, so ztunnel knows
 /// the pod from its first connection; kubelet's status takes over once written.

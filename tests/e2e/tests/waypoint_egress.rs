@@ -16,7 +16,7 @@ use warren_e2e::{
         Mesh, MeshOptions, eventually, metric_sum, start_mesh_with, start_waypoint_with,
         waypoint_gateway, waypoint_metrics,
     },
-    workload::{count_status, load},
+    workload::{count_status, count_version, load},
 };
 use warren_testbed::{
     Cluster, Node, PodSpec, Process, labels, pki::Authority, privilege::require_root,
@@ -310,6 +310,82 @@ const SECURE: &str = "secure.external.example";
 const SECURE_VIP: &str = "10.96.250.11";
 const MUTUAL: &str = "mtls.external.example";
 const MUTUAL_VIP: &str = "10.96.250.12";
+
+const CANARY_HOST: &str = "catalog.external.example";
+const CANARY_VIP: &str = "10.96.250.12";
+
+/// An entry whose two endpoints (one address, two ports) carry labels and
+/// weights, subsets by those labels, and routes: `x-canary: yes` to subset
+/// `v2`, the rest to the host, balanced by the weights (1 to 3).
+fn canary_config(address: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{ name: catalog, namespace: demo, labels: {{ istio.io/use-waypoint: waypoint }} }}\n\
+         spec:\n  hosts: [{CANARY_HOST}]\n  addresses: [{CANARY_VIP}]\n  \
+         ports: [{{ number: 80, name: http, protocol: HTTP }}]\n  \
+         resolution: STATIC\n  endpoints:\n  \
+         - {{ address: {address}, ports: {{ http: 8091 }}, labels: {{ version: v1 }}, weight: 1 }}\n  \
+         - {{ address: {address}, ports: {{ http: 8092 }}, labels: {{ version: v2 }}, weight: 3 }}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+         metadata: {{ name: catalog, namespace: demo }}\n\
+         spec:\n  host: {CANARY_HOST}\n  \
+         subsets: [{{ name: v1, labels: {{ version: v1 }} }}, {{ name: v2, labels: {{ version: v2 }} }}]\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+         metadata: {{ name: catalog, namespace: demo }}\n\
+         spec:\n  hosts: [{CANARY_HOST}]\n  http:\n  \
+         - match: [{{ headers: {{ x-canary: {{ exact: \"yes\" }} }} }}]\n    \
+           route: [{{ destination: {{ host: {CANARY_HOST}, subset: v2 }} }}]\n  \
+         - route: [{{ destination: {{ host: {CANARY_HOST} }} }}]\n"
+    )
+}
+
+/// A ServiceEntry's endpoints keep their own labels and weights at the
+/// waypoint: a DestinationRule's subsets select them by label, and the host
+/// without a subset is balanced by their weights.
+#[test]
+fn an_entrys_endpoints_are_chosen_by_their_labels_and_weights() -> Result<()> {
+    require_root()?;
+    let egress = egress_cluster()?;
+    let Egress {
+        cluster,
+        mesh,
+        node,
+        ..
+    } = &egress;
+    let (v1, v2) = (format!("{}:8091", node.ip), format!("{}:8092", node.ip));
+    let _servers = [
+        egress.serve(&["http", "--listen", &v1, "--version", "v1"], 8091)?,
+        egress.serve(&["http", "--listen", &v2, "--version", "v2"], 8092)?,
+    ];
+    std::fs::write(
+        cluster.config_dir().join("catalog.demo.yaml"),
+        canary_config(&node.ip.to_string()),
+    )?;
+    let waypoint = egress.start_waypoint()?;
+    let client = cluster.pod("client")?.clone();
+    let url = format!("http://{CANARY_VIP}/items");
+    let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
+
+    let mut report = Value::Null;
+    eventually(Duration::from_secs(20), "the canary subset", || {
+        report = load(&client, &url, &["-n", "40", "-c", "2", "-H", "x-canary: yes"])?;
+        Ok(count_version(&report, "v2") == 40)
+    })
+    .with_context(|| format!("last report: {report}\n{}", logs()))?;
+
+    // The host itself: 3 of 4 requests to the endpoint weighted 3. One at
+    // a time: LEAST_REQUEST (Istio's default) divides a weight by the
+    // endpoint's requests in flight plus one, so concurrent requests would
+    // lean to the lighter endpoint, as Envoy's do.
+    let report = load(&client, &url, &["-n", "400", "-c", "1"])?;
+    let (to_v1, to_v2) = (count_version(&report, "v1"), count_version(&report, "v2"));
+    eprintln!("weighted 1:3 → v1 {to_v1}, v2 {to_v2}");
+    ensure!(
+        to_v1 + to_v2 == 400 && (250..=350).contains(&to_v2),
+        "the weights split the host's requests 1:3: {report}"
+    );
+    Ok(())
+}
 
 /// An entry through the waypoint for `host` (port 80 to the host's
 /// `target`, and `entry_names` as its `subjectAltNames`), and a

@@ -1384,36 +1384,51 @@ impl Context {
                     if !refused.is_empty() {
                         warn!(%host, addresses = ?refused, "an endpoint name resolves to addresses the waypoint does not dial (its own host's, or a Service's: name the Service instead); left out");
                     }
-                    if upstream::selects(&resolved.selector, &Default::default()) {
+                    // Each address is the entry's endpoint, with its labels,
+                    // locality and weight (as Envoy's DNS clusters).
+                    if upstream::selects(&resolved.selector, &e.labels) {
                         endpoints.extend(addresses.into_iter().map(|ip| Endpoint {
-                            locality: Default::default(),
+                            locality: e.locality.clone(),
                             node: String::new(),
                             ready_since: e.ready_since,
-                            id: format!("{host}/{ip}"),
+                            // An entry may list one name (or address) on
+                            // several ports: each is an endpoint of its own.
+                            id: format!("{host}/{}", SocketAddr::new(ip, target_port)),
                             address: SocketAddr::new(ip, target_port),
-                            labels: Default::default(),
+                            labels: e.labels.clone(),
+                            weight: e.weight,
                         }));
                     }
                     continue;
                 }
             };
+            // A pod's labels and locality are its workload's; a ServiceEntry
+            // endpoint's its own, where it gives them (an entry's endpoint
+            // may be a pod's address too).
             let workload = self.inputs.state.workload_by_ip(ip);
-            let labels = workload
-                .as_ref()
-                .map(|w| w.labels.clone())
-                .unwrap_or_default();
-            let (locality, node) = workload
+            let labels = match &workload {
+                Some(w) if e.labels.is_empty() => w.labels.clone(),
+                _ => e.labels.clone(),
+            };
+            let (mut locality, node) = workload
                 .as_ref()
                 .map(|w| (w.locality.clone(), w.node.clone()))
                 .unwrap_or_default();
+            if !e.locality.is_empty() {
+                locality = e.locality.clone();
+            }
             if upstream::selects(&resolved.selector, &labels) {
                 endpoints.push(Endpoint {
                     locality,
                     node,
                     ready_since: e.ready_since,
-                    id: e.workload.clone().unwrap_or_else(|| ip.to_string()),
+                    id: e
+                        .workload
+                        .clone()
+                        .unwrap_or_else(|| SocketAddr::new(ip, target_port).to_string()),
                     address: SocketAddr::new(ip, target_port),
                     labels,
+                    weight: e.weight,
                 });
             }
         }

@@ -249,8 +249,9 @@ pub(crate) enum Table {
 }
 
 impl Table {
-    /// A table over `keys`, the eligible endpoints out of `population`.
-    pub(crate) fn build(kind: &HashTable, keys: &[String], population: usize) -> Table {
+    /// A table over `keys` (each with its weight), the eligible endpoints
+    /// out of `population`.
+    pub(crate) fn build(kind: &HashTable, keys: &[(String, u32)], population: usize) -> Table {
         match kind {
             HashTable::Ring { minimum_size } => {
                 Table::Ring(Ring::build(keys, *minimum_size, population))
@@ -277,7 +278,9 @@ impl Table {
 /// all the cluster's endpoints, ejected or not: it changes only when the
 /// endpoint count crosses a power-of-two boundary, so removing or ejecting
 /// an endpoint usually moves only the keys it owned. The ring holds between
-/// `minimum` and twice that many points.
+/// `minimum` and twice that many points when the weights are equal; else
+/// each endpoint's count is scaled by its weight over the smallest (as
+/// Envoy's), the whole held to [`MAX_RING`] points.
 #[derive(Debug, Default)]
 pub(crate) struct Ring {
     /// Sorted.
@@ -286,8 +289,12 @@ pub(crate) struct Ring {
     owners: Vec<u32>,
 }
 
+/// Envoy's default `maximumRingSize`: a ring of weighted endpoints is
+/// never larger.
+const MAX_RING: usize = 1 << 23;
+
 impl Ring {
-    fn build(keys: &[String], minimum_size: usize, population: usize) -> Ring {
+    fn build(keys: &[(String, u32)], minimum_size: usize, population: usize) -> Ring {
         let n = keys.len();
         if n == 0 {
             return Ring::default();
@@ -298,11 +305,21 @@ impl Ring {
             .max(1)
             .checked_next_power_of_two()
             .unwrap_or(1);
-        let mut entries: Vec<(u64, u32)> = Vec::with_capacity(per_key * n);
-        for (owner, key) in keys.iter().enumerate() {
+        // Points per endpoint: `per_key` times its weight over the smallest,
+        // all scaled down together if that would pass the largest ring.
+        let lightest = keys.iter().map(|(_, w)| (*w).max(1)).min().unwrap_or(1);
+        let scaled = |w: u32| per_key as f64 * f64::from(w.max(1)) / f64::from(lightest);
+        let total: f64 = keys.iter().map(|(_, w)| scaled(*w)).sum();
+        let shrink = (MAX_RING as f64 / total).min(1.0);
+        let counts: Vec<usize> = keys
+            .iter()
+            .map(|(_, w)| ((scaled(*w) * shrink).round() as usize).max(1))
+            .collect();
+        let mut entries: Vec<(u64, u32)> = Vec::with_capacity(counts.iter().sum());
+        for (owner, ((key, _), count)) in keys.iter().zip(&counts).enumerate() {
             // More than 2^32 endpoints cannot be listed; saturate rather than wrap.
             let owner = u32::try_from(owner).unwrap_or(u32::MAX);
-            for replica in 0..per_key {
+            for replica in 0..*count {
                 let mut h = Hasher::new();
                 h.write(key.as_bytes());
                 h.write(b"_");
@@ -327,13 +344,16 @@ impl Ring {
 
 /// Maglev (Eisenbud et al., 2016): a prime-sized table filled by each
 /// endpoint's permutation in turn; near-minimal disruption, O(1) lookup.
+/// With unequal weights an endpoint takes its turn only as often as its
+/// weight over the heaviest's (Envoy's weighted Maglev), so its share of
+/// the table follows its weight.
 #[derive(Debug, Default)]
 pub(crate) struct Maglev {
     table: Vec<u32>,
 }
 
 impl Maglev {
-    fn build(keys: &[String], table_size: usize) -> Maglev {
+    fn build(keys: &[(String, u32)], table_size: usize) -> Maglev {
         let n = keys.len();
         // The permutation needs a prime size of at least 2.
         let m = if table_size < 2 { 65537 } else { table_size } as u64;
@@ -344,7 +364,14 @@ impl Maglev {
         let mut table = vec![EMPTY; m as usize];
         let mut cursor: Vec<u64> = Vec::with_capacity(n);
         let mut skip: Vec<u64> = Vec::with_capacity(n);
-        for key in keys {
+        let heaviest = keys.iter().map(|(_, w)| (*w).max(1)).max().unwrap_or(1);
+        let shares: Vec<f64> = keys
+            .iter()
+            .map(|(_, w)| f64::from((*w).max(1)) / f64::from(heaviest))
+            .collect();
+        // Turns earned and not yet taken; the heaviest takes one each round.
+        let mut credit = vec![0.0f64; n];
+        for (key, _) in keys {
             let mut offset = Hasher::with_seed(0);
             offset.write(key.as_bytes());
             let mut step = Hasher::with_seed(1);
@@ -355,6 +382,11 @@ impl Maglev {
         let mut filled = 0u64;
         'fill: loop {
             for i in 0..n {
+                credit[i] += shares[i];
+                if credit[i] < 1.0 {
+                    continue;
+                }
+                credit[i] -= 1.0;
                 // Each permutation visits every slot (m is prime), so an
                 // empty one is found while any remains.
                 while table[cursor[i] as usize] != EMPTY {
@@ -489,7 +521,7 @@ mod tests {
 
     #[test]
     fn ring_has_the_minimum_size_and_wraps() {
-        let keys: Vec<String> = (0..3).map(|i| format!("10.0.0.{i}:80")).collect();
+        let keys: Vec<(String, u32)> = (0..3).map(|i| (format!("10.0.0.{i}:80"), 1)).collect();
         let Table::Ring(ring) = Table::build(&HashTable::Ring { minimum_size: 1024 }, &keys, 3)
         else {
             panic!("asked for a ring");
@@ -507,7 +539,7 @@ mod tests {
 
     #[test]
     fn maglev_fills_every_slot_evenly() {
-        let keys: Vec<String> = (0..7).map(|i| format!("10.0.0.{i}:80")).collect();
+        let keys: Vec<(String, u32)> = (0..7).map(|i| (format!("10.0.0.{i}:80"), 1)).collect();
         let Table::Maglev(m) = Table::build(&HashTable::Maglev { table_size: 65537 }, &keys, 7)
         else {
             panic!("asked for maglev");
@@ -519,6 +551,51 @@ mod tests {
         // Maglev gives each endpoint within one slot of m / n.
         for c in counts {
             assert!((9361..=9364).contains(&c), "uneven maglev share {c}");
+        }
+    }
+
+    /// Weighted endpoints own shares of either table that follow their
+    /// weights: 1, 2 and 5 of 8.
+    #[test]
+    fn hash_tables_share_by_weight() {
+        let keys: Vec<(String, u32)> = [1, 2, 5]
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (format!("10.0.0.{i}:80"), *w))
+            .collect();
+        let shares = |owners: &[u32]| {
+            let mut counts = [0usize; 3];
+            for owner in owners {
+                counts[*owner as usize] += 1;
+            }
+            counts.map(|c| c as f64 / owners.len() as f64)
+        };
+        let Table::Maglev(m) = Table::build(&HashTable::Maglev { table_size: 65537 }, &keys, 3)
+        else {
+            panic!("asked for maglev");
+        };
+        let Table::Ring(ring) = Table::build(&HashTable::Ring { minimum_size: 1024 }, &keys, 3)
+        else {
+            panic!("asked for a ring");
+        };
+        // The ring's points: 512 per unit of weight (1024 / 3, rounded up to
+        // a power of two, for the lightest).
+        assert_eq!(ring.points.len(), 8 * 512);
+        for (name, got) in [("maglev", shares(&m.table)), ("ring points", shares(&ring.owners))] {
+            for (share, want) in got.iter().zip([1.0 / 8.0, 2.0 / 8.0, 5.0 / 8.0]) {
+                assert!((share - want).abs() < 0.01, "{name}: {got:?}");
+            }
+        }
+        // What the ring's points cover (its hash space) follows too, within
+        // what 4 096 random points allow.
+        let mut covered = [0f64; 3];
+        let mut previous = *ring.points.last().expect("points");
+        for (point, owner) in ring.points.iter().zip(&ring.owners) {
+            covered[*owner as usize] += point.wrapping_sub(previous) as f64 / u64::MAX as f64;
+            previous = *point;
+        }
+        for (share, want) in covered.iter().zip([1.0 / 8.0, 2.0 / 8.0, 5.0 / 8.0]) {
+            assert!((share - want).abs() < 0.04, "ring coverage: {covered:?}");
         }
     }
 

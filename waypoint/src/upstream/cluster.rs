@@ -42,6 +42,9 @@ pub struct Endpoint {
     /// Since when the mesh has known it ready; slow start counts from here
     /// (else from when the cluster first sees it).
     pub ready_since: Option<Instant>,
+    /// Its share of the picks relative to the others' (a ServiceEntry
+    /// endpoint's `weight`; 1 for every other).
+    pub weight: u32,
 }
 
 /// The chosen endpoint. Counts as an active request of the endpoint (for
@@ -111,6 +114,8 @@ struct Group {
     members: Vec<usize>,
     /// Members a pick chooses among.
     eligible: Vec<usize>,
+    /// Whether their weights differ (else picks need not weigh them).
+    weighted: bool,
     /// Consistent hash over `eligible`'s addresses.
     table: Option<Table>,
     /// Share of the picks, parts per 10 000.
@@ -346,21 +351,31 @@ impl Cluster {
                 .and_then(|p| group.eligible.get(p))
                 .and_then(|i| state.endpoints.get(*i))
         };
-        // Slow start: while an endpoint is younger than the warmup window,
-        // ROUND_ROBIN and LEAST_REQUEST weigh it by its age (Envoy's EDF
-        // weights; drawn at random here, which gives the same shares).
-        let warming: Option<Vec<f64>> = match (lb, self.resolved.warmup) {
-            (LoadBalancer::RoundRobin | LoadBalancer::LeastRequest, Some(warmup))
-                if state.newest_join.is_some_and(|j| now < j + warmup.window) =>
+        // ROUND_ROBIN and LEAST_REQUEST weigh an endpoint by its weight and,
+        // while it is younger than the warmup window, by its age (slow
+        // start): Envoy's EDF weights, drawn at random here, which gives the
+        // same shares. RANDOM ignores weights, as Envoy's does.
+        let warmup = self
+            .resolved
+            .warmup
+            .filter(|w| state.newest_join.is_some_and(|j| now < j + w.window));
+        let warming: Option<Vec<f64>> = match lb {
+            LoadBalancer::RoundRobin | LoadBalancer::LeastRequest
+                if group.weighted || warmup.is_some() =>
             {
+                let mut young = false;
                 let factors: Vec<f64> = (0..n)
                     .map(|c| {
                         slot_at(c).map_or(0.0, |s| {
-                            warmup.factor(now.saturating_duration_since(s.joined))
+                            let age = warmup.map_or(1.0, |w| {
+                                w.factor(now.saturating_duration_since(s.joined))
+                            });
+                            young |= age < 1.0;
+                            f64::from(s.endpoint.weight.max(1)) * age
                         })
                     })
                     .collect();
-                factors.iter().any(|f| *f < 1.0).then_some(factors)
+                (group.weighted || young).then_some(factors)
             }
             _ => None,
         };
@@ -574,6 +589,7 @@ impl Cluster {
                         "id": slot.endpoint.id,
                         "address": slot.endpoint.address.to_string(),
                         "locality": slot.endpoint.locality.to_string(),
+                        "weight": slot.endpoint.weight,
                         // `null`: locality balancing gives it no traffic.
                         "priority": priority(i),
                         "active_requests": slot.active.load(Ordering::Acquire),
@@ -872,12 +888,18 @@ impl State {
             if eligible == group.eligible && (group.table.is_some() || eligible.is_empty()) {
                 continue;
             }
+            let slots: Vec<&Slot> = eligible
+                .iter()
+                .filter_map(|i| self.endpoints.get(*i))
+                .collect();
+            group.weighted = slots
+                .windows(2)
+                .any(|pair| pair[0].endpoint.weight != pair[1].endpoint.weight);
             group.table = match &resolved.load_balancer {
                 LoadBalancer::ConsistentHash(ch) if !eligible.is_empty() => {
-                    let keys: Vec<String> = eligible
+                    let keys: Vec<(String, u32)> = slots
                         .iter()
-                        .filter_map(|i| self.endpoints.get(*i))
-                        .map(|s| s.endpoint.address.to_string())
+                        .map(|s| (s.endpoint.address.to_string(), s.endpoint.weight))
                         .collect();
                     Some(Table::build(&ch.table, &keys, group.members.len()))
                 }

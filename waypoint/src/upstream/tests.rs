@@ -55,6 +55,7 @@ fn endpoint(i: u8) -> Endpoint {
         locality: warren_api::Locality::default(),
         node: String::new(),
         ready_since: None,
+        weight: 1,
     }
 }
 
@@ -1963,6 +1964,54 @@ fn a_new_endpoint_warms_up_over_warmup_duration() {
     let picked = tally(&cluster, 6000, t0 + s(306));
     let share = picked.get("ep2").copied().unwrap_or(0) as f64 / 6000.0;
     assert!((0.30..0.37).contains(&share), "random: {share}");
+}
+
+/// Endpoints weighted 1, 1 and 2 (a ServiceEntry's `weight`).
+fn weighted_endpoints() -> Vec<Endpoint> {
+    [1, 1, 2]
+        .into_iter()
+        .enumerate()
+        .map(|(i, weight)| Endpoint {
+            weight,
+            ..endpoint(i as u8)
+        })
+        .collect()
+}
+
+#[test]
+fn weights_share_round_robin_and_least_request_picks_but_not_random_ones() {
+    let t0 = Instant::now();
+    let share = |picked: &BTreeMap<String, usize>, id: &str| {
+        picked.get(id).copied().unwrap_or(0) as f64 / 8000.0
+    };
+    for lb in [LoadBalancer::RoundRobin, LoadBalancer::LeastRequest] {
+        let cluster = Cluster::new(with_lb(lb.clone()), weighted_endpoints(), t0);
+        let picked = tally(&cluster, 8000, t0);
+        // 2 of 4: half the picks; the others a quarter each.
+        let heavy = share(&picked, "ep2");
+        assert!((0.46..0.54).contains(&heavy), "{lb:?}: {picked:?}");
+        for light in ["ep0", "ep1"] {
+            let got = share(&picked, light);
+            assert!((0.21..0.29).contains(&got), "{lb:?}: {picked:?}");
+        }
+    }
+    // With slow start too: a new heavy endpoint 30 s into a 60 s window
+    // weighs 2 × 0.5 against 1 + 1: a third of the picks.
+    let resolved = Resolved {
+        warmup: Some(Warmup::linear(Duration::from_secs(60))),
+        ..with_lb(LoadBalancer::RoundRobin)
+    };
+    let cluster = Cluster::new(resolved, endpoints(2), t0);
+    let joined = t0 + Duration::from_secs(300);
+    cluster.update_at(weighted_endpoints(), joined);
+    let picked = tally(&cluster, 8000, joined + Duration::from_secs(30));
+    let young = share(&picked, "ep2");
+    assert!((0.29..0.38).contains(&young), "{picked:?}");
+    // RANDOM ignores weights, as Envoy's does.
+    let cluster = Cluster::new(with_lb(LoadBalancer::Random), weighted_endpoints(), t0);
+    let picked = tally(&cluster, 8000, t0);
+    let heavy = share(&picked, "ep2");
+    assert!((0.29..0.38).contains(&heavy), "random: {picked:?}");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::{
 };
 
 use serde::Serialize;
-use warren_api::config;
+use warren_api::{Locality, config};
 
 use super::{ResourceError, Waypoint};
 
@@ -106,6 +106,9 @@ impl Service {
                 ready: true,
                 ports: BTreeMap::new(),
                 ready_since: None,
+                labels: BTreeMap::new(),
+                locality: Locality::default(),
+                weight: 1,
             }],
             waypoint: workload.waypoint.clone(),
             load_balancing: None,
@@ -289,6 +292,15 @@ pub struct Endpoint {
     /// Service's previous version): a waypoint's slow start counts from it.
     #[serde(skip)]
     pub ready_since: Option<std::time::Instant>,
+    /// A ServiceEntry endpoint's own labels, for a waypoint's subsets (a
+    /// pod's are its workload's).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// A ServiceEntry endpoint's own locality (a pod's is its workload's).
+    #[serde(serialize_with = "super::serialize_display")]
+    pub locality: Locality,
+    /// Its share of a waypoint's picks relative to the others' (at least 1).
+    pub weight: u32,
 }
 
 /// Where an endpoint is: an address, or a name (a ServiceEntry's with
@@ -411,6 +423,9 @@ impl Service {
                     ready: e.ready,
                     ports,
                     ready_since: e.ready.then(std::time::Instant::now),
+                    labels: e.labels.clone().into_iter().collect(),
+                    locality: Locality::parse(&e.locality),
+                    weight: e.weight.max(1),
                 })
             })
             .collect::<Result<Vec<_>, ResourceError>>()?;
@@ -597,6 +612,9 @@ mod tests {
             ready,
             ports: BTreeMap::new(),
             ready_since: None,
+            labels: BTreeMap::new(),
+            locality: Locality::default(),
+            weight: 1,
         };
         let service = Service {
             key: "svc".into(),
