@@ -600,7 +600,9 @@ async fn a_waypoint_subscription_ends_when_its_pod_stops_being_a_waypoints() {
     assert_eq!(ended.code(), tonic::Code::PermissionDenied);
     assert!(
         ended.message().contains("withdrawn")
-            && ended.message().contains("not in a waypoint pod of namespace demo"),
+            && ended
+                .message()
+                .contains("not in a waypoint pod of namespace demo"),
         "{}",
         ended.message()
     );

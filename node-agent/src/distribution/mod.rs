@@ -185,13 +185,17 @@ impl ConfigDistribution for Distribution {
             },
         );
         let (tx, rx) = mpsc::channel(1);
-        let recheck = self.peers.clone().zip(changes).map(|(peers, changes)| Recheck {
-            changes,
-            peers,
-            placement,
-            role,
-            namespace: hello.namespace.clone(),
-        });
+        let recheck = self
+            .peers
+            .clone()
+            .zip(changes)
+            .map(|(peers, changes)| Recheck {
+                changes,
+                peers,
+                placement,
+                role,
+                namespace: hello.namespace.clone(),
+            });
         let subscriber = Subscriber {
             id,
             client_id,

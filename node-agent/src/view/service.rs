@@ -131,9 +131,8 @@ pub(super) fn settle(endpoints: &mut Vec<Endpoint>) {
         (&e.address, &e.hostname, &e.ports, &e.workload)
     }
     endpoints.sort_by(|a, b| order(a).cmp(&order(b)));
-    endpoints.dedup_by(|a, b| {
-        a.address == b.address && a.hostname == b.hostname && a.ports == b.ports
-    });
+    endpoints
+        .dedup_by(|a, b| a.address == b.address && a.hostname == b.hostname && a.ports == b.ports);
 }
 
 /// How ztunnel should weigh closeness, as istiod maps a Service's fields:

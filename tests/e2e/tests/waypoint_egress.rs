@@ -324,8 +324,8 @@ fn canary_config(address: &str) -> String {
          spec:\n  hosts: [{CANARY_HOST}]\n  addresses: [{CANARY_VIP}]\n  \
          ports: [{{ number: 80, name: http, protocol: HTTP }}]\n  \
          resolution: STATIC\n  endpoints:\n  \
-         - {{ address: {address}, ports: {{ http: 8091 }}, labels: {{ version: v1 }}, weight: 1 }}\n  \
-         - {{ address: {address}, ports: {{ http: 8092 }}, labels: {{ version: v2 }}, weight: 3 }}\n\
+         - {{ address: {address}, ports: {{ http: 8091 }}, labels: {{ version: v1 }}, weight: 1, locality: region-x/zone-1 }}\n  \
+         - {{ address: {address}, ports: {{ http: 8092 }}, labels: {{ version: v2 }}, weight: 3, locality: region-x/zone-2 }}\n\
          ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
          metadata: {{ name: catalog, namespace: demo }}\n\
          spec:\n  host: {CANARY_HOST}\n  \
@@ -368,7 +368,11 @@ fn an_entrys_endpoints_are_chosen_by_their_labels_and_weights() -> Result<()> {
 
     let mut report = Value::Null;
     eventually(Duration::from_secs(20), "the canary subset", || {
-        report = load(&client, &url, &["-n", "40", "-c", "2", "-H", "x-canary: yes"])?;
+        report = load(
+            &client,
+            &url,
+            &["-n", "40", "-c", "2", "-H", "x-canary: yes"],
+        )?;
         Ok(count_version(&report, "v2") == 40)
     })
     .with_context(|| format!("last report: {report}\n{}", logs()))?;
@@ -383,6 +387,40 @@ fn an_entrys_endpoints_are_chosen_by_their_labels_and_weights() -> Result<()> {
     ensure!(
         to_v1 + to_v2 == 400 && (250..=350).contains(&to_v2),
         "the weights split the host's requests 1:3: {report}"
+    );
+    // /clusters shows each endpoint with the entry's locality and weight.
+    let out = cluster.pod("waypoint")?.sandbox.exec(
+        "curl",
+        ["-sS", "--max-time", "5", "http://127.0.0.1:15000/clusters"],
+    )?;
+    let dump: Value = serde_json::from_slice(&out.stdout).context("/clusters is JSON")?;
+    fn endpoints(value: &Value, found: &mut Vec<(String, String, u64)>) {
+        match value {
+            Value::Object(map) => {
+                if let (Some(address), Some(locality), Some(weight)) = (
+                    map.get("address").and_then(Value::as_str),
+                    map.get("locality").and_then(Value::as_str),
+                    map.get("weight").and_then(Value::as_u64),
+                ) {
+                    found.push((address.to_owned(), locality.to_owned(), weight));
+                }
+                map.values().for_each(|v| endpoints(v, found));
+            }
+            Value::Array(items) => items.iter().for_each(|v| endpoints(v, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    endpoints(&dump, &mut found);
+    found.sort();
+    found.dedup();
+    ensure!(
+        found
+            == [
+                (v1.clone(), "region-x/zone-1".to_owned(), 1),
+                (v2.clone(), "region-x/zone-2".to_owned(), 3),
+            ],
+        "the endpoints' localities and weights at the waypoint: {found:?}"
     );
     Ok(())
 }

@@ -581,7 +581,10 @@ mod tests {
         // The ring's points: 512 per unit of weight (1024 / 3, rounded up to
         // a power of two, for the lightest).
         assert_eq!(ring.points.len(), 8 * 512);
-        for (name, got) in [("maglev", shares(&m.table)), ("ring points", shares(&ring.owners))] {
+        for (name, got) in [
+            ("maglev", shares(&m.table)),
+            ("ring points", shares(&ring.owners)),
+        ] {
             for (share, want) in got.iter().zip([1.0 / 8.0, 2.0 / 8.0, 5.0 / 8.0]) {
                 assert!((share - want).abs() < 0.01, "{name}: {got:?}");
             }

@@ -367,9 +367,8 @@ impl Cluster {
                 let factors: Vec<f64> = (0..n)
                     .map(|c| {
                         slot_at(c).map_or(0.0, |s| {
-                            let age = warmup.map_or(1.0, |w| {
-                                w.factor(now.saturating_duration_since(s.joined))
-                            });
+                            let age = warmup
+                                .map_or(1.0, |w| w.factor(now.saturating_duration_since(s.joined)));
                             young |= age < 1.0;
                             f64::from(s.endpoint.weight.max(1)) * age
                         })

@@ -538,7 +538,10 @@ async fn a_service_entrys_subject_alt_names_stand_in_for_the_rules() {
         "the entry's names replace the server name's check"
     );
     let described = limits.tls.as_ref().expect("TLS").describe();
-    assert_eq!(described["subject_alt_names"], json!(["other.example.test"]));
+    assert_eq!(
+        described["subject_alt_names"],
+        json!(["other.example.test"])
+    );
     assert_eq!(described["subject_alt_names_from"], "ServiceEntry");
     // Settings that check other names reach an endpoint another way: they
     // share no pooled connection.
