@@ -12,7 +12,10 @@ use std::{
 
 use warren_api::{Identity, identity::TrustDomains};
 
-use crate::state::policy::{Action, Authorization, Cidr, Match, StringMatch};
+use crate::state::{
+    Cidr,
+    policy::{Action, Authorization, Match, StringMatch},
+};
 
 /// What a policy can see of a connection.
 #[derive(Clone, Copy, Debug)]

@@ -182,10 +182,8 @@ async fn run(args: RunArgs) -> Result<()> {
     let listener = distribution::bind(&args.socket).await?;
     info!(socket = %args.socket.display(), "serving proxies");
     // A hello is believed only of a process the agent can place.
-    let peers = distribution::Peers::new(networks, args.system_namespace.clone());
-    let service = Distribution::new(publisher)
-        .checking(peers.clone())
-        .into_service();
+    let peers = distribution::Peers::new(networks, args.system_namespace.clone(), view.node_pods());
+    let service = Distribution::new(publisher).checking(peers).into_service();
     tokio::spawn(async move {
         // Each connection placed as it is accepted (`distribution::Peers`).
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener)
@@ -286,7 +284,6 @@ async fn run(args: RunArgs) -> Result<()> {
                 if let Some(handle) = &identities {
                     handle.want(view.local_identities());
                 }
-                peers.update(view.local_pods());
                 if let Some(waypoints) = &mut waypoints {
                     waypoints.reconcile(&store, &args.node.node);
                 }

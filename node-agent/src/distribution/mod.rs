@@ -259,6 +259,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Ends a subscription whose peer no longer passes its check, saying why;
+/// the reason it ended. A proxy that does not read is not waited for long:
+/// its stream ends either way.
+async fn withdraw(
+    tx: &mpsc::Sender<Result<Update, Status>>,
+    client: &str,
+    reason: String,
+) -> String {
+    warn!(%client, %reason, "subscription withdrawn");
+    let status = Status::permission_denied(format!("the subscription is withdrawn: {reason}"));
+    let _ = tokio::time::timeout(WITHDRAW_TIMEOUT, tx.send(Err(status))).await;
+    format!("withdrawn: {reason}")
+}
+
+/// How long a withdrawal waits for room in a subscriber's stream.
+const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// One subscription's task.
 struct Subscriber {
     id: u64,
@@ -287,6 +304,20 @@ struct Recheck {
 }
 
 impl Recheck {
+    /// Why the peer no longer passes its check, if this node's pods changed
+    /// since it was last checked and it does not.
+    fn refused_now(recheck: &mut Option<Recheck>) -> Option<String> {
+        let recheck = recheck.as_mut()?;
+        if !recheck.changes.has_changed().unwrap_or(false) {
+            return None;
+        }
+        recheck.changes.borrow_and_update();
+        recheck
+            .peers
+            .check(&recheck.placement, recheck.role, &recheck.namespace)
+            .err()
+    }
+
     /// Resolves with the reason once the peer no longer passes its check;
     /// never, where nothing is checked.
     async fn refused(recheck: &mut Option<Recheck>) -> String {
@@ -312,6 +343,12 @@ impl Subscriber {
     async fn serve(mut self, mut inbound: Streaming<ClientMessage>) {
         let mut sent: Option<u64> = None;
         let reason = loop {
+            // The view shares a pod's change before it publishes what
+            // follows from it: checked here, a subscriber whose pod is gone
+            // gets nothing computed after that.
+            if let Some(reason) = Recheck::refused_now(&mut self.recheck) {
+                break withdraw(&self.tx, &self.client_id, reason).await;
+            }
             // Nothing is served before the view's first build: a proxy
             // must not take an empty mesh for the real one.
             if *self.version.borrow_and_update() > 0 {
@@ -335,20 +372,15 @@ impl Subscriber {
                 }
             }
             tokio::select! {
+                // A withdrawal before anything else that is ready.
+                biased;
+                reason = Recheck::refused(&mut self.recheck) => {
+                    break withdraw(&self.tx, &self.client_id, reason).await;
+                }
                 changed = self.version.changed() => {
                     if changed.is_err() {
                         break "agent stopping".to_owned();
                     }
-                }
-                reason = Recheck::refused(&mut self.recheck) => {
-                    warn!(client = %self.client_id, %reason, "subscription withdrawn");
-                    let _ = self
-                        .tx
-                        .send(Err(Status::permission_denied(format!(
-                            "the subscription is withdrawn: {reason}"
-                        ))))
-                        .await;
-                    break format!("withdrawn: {reason}");
                 }
                 message = inbound.message() => match message {
                     Ok(Some(ClientMessage { message: Some(Message::Ack(ack)) })) => {

@@ -26,7 +26,6 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     pin::Pin,
-    sync::{Arc, RwLock},
     task::{Context, Poll},
 };
 
@@ -40,7 +39,7 @@ use warren_api::config::Role;
 use crate::{
     enrollment::PodNetworks,
     sandbox::{namespace_id, pod_uid_of},
-    view::LocalPod,
+    view::NodePods,
 };
 
 /// `SO_PEERPIDFD` (Linux 6.5): a pidfd of the process that connected.
@@ -217,7 +216,8 @@ impl AsyncWrite for PlacedStream {
     }
 }
 
-/// The facts a peer is checked against, kept up to date from the view.
+/// The facts a peer is checked against: this node's pods as the view holds
+/// them.
 #[derive(Clone)]
 pub struct Peers {
     proc: PathBuf,
@@ -225,63 +225,33 @@ pub struct Peers {
     /// Warren's own pods' namespace (`--system-namespace`): where a ztunnel
     /// in a pod may run.
     system_namespace: Option<String>,
-    /// This node's pods.
-    pods: Arc<RwLock<Vec<LocalPod>>>,
-    /// Counts the changes of `pods`, so that accepted subscriptions are
-    /// checked again.
-    generation: Arc<watch::Sender<u64>>,
+    pods: NodePods,
 }
 
 impl Peers {
-    pub fn new(networks: PodNetworks, system_namespace: Option<String>) -> Self {
-        Self::with_proc(Path::new("/proc"), networks, system_namespace)
+    pub fn new(networks: PodNetworks, system_namespace: Option<String>, pods: NodePods) -> Self {
+        Self::with_proc(Path::new("/proc"), networks, system_namespace, pods)
     }
 
     /// With another `/proc` (tests).
-    pub fn with_proc(proc: &Path, networks: PodNetworks, system_namespace: Option<String>) -> Self {
+    pub fn with_proc(
+        proc: &Path,
+        networks: PodNetworks,
+        system_namespace: Option<String>,
+        pods: NodePods,
+    ) -> Self {
         Self {
             proc: proc.to_owned(),
             networks,
             system_namespace,
-            pods: Arc::default(),
-            generation: Arc::new(watch::Sender::new(0)),
+            pods,
         }
     }
 
     /// Tells of each change of this node's pods, after which a
     /// subscription's placement may no longer pass [`Peers::check`].
     pub fn changes(&self) -> watch::Receiver<u64> {
-        self.generation.subscribe()
-    }
-
-    /// Notes this node's pods (the view's).
-    pub fn update<'a>(&self, pods: impl Iterator<Item = &'a LocalPod>) {
-        let pods: Vec<LocalPod> = pods
-            .map(|pod| LocalPod {
-                // An annotation is whoever wrote the pod's word: believed only
-                // where the folder is the operator's own.
-                netns: pod
-                    .netns
-                    .clone()
-                    .filter(|_| self.networks == PodNetworks::AnnotationsOrUid),
-                ..pod.clone()
-            })
-            .collect();
-        let mut known = self
-            .pods
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *known != pods {
-            *known = pods;
-            drop(known);
-            self.generation.send_modify(|g| *g += 1);
-        }
-    }
-
-    fn pods(&self) -> std::sync::RwLockReadGuard<'_, Vec<LocalPod>> {
-        self.pods
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.pods.changes()
     }
 
     /// Whether the peer `at` may subscribe as `role` (for `namespace`, a
@@ -315,7 +285,8 @@ impl Peers {
         };
         let system = self.system_namespace.as_deref();
         if self
-            .pods()
+            .pods
+            .read()
             .iter()
             .any(|p| p.uid.as_ref() == Some(uid) && Some(p.namespace.as_str()) == system)
         {
@@ -334,15 +305,22 @@ impl Peers {
         if at.pid.is_none() {
             return Err(UNPLACED.to_owned());
         }
+        // An annotation is whoever wrote the pod's word: believed only where
+        // the folder is the operator's own.
+        let annotations = self.networks == PodNetworks::AnnotationsOrUid;
         let placed = self
-            .pods()
+            .pods
+            .read()
             .iter()
             .filter(|p| p.waypoint && p.namespace == namespace)
             .any(|w| {
                 (at.pod_uid.is_some() && w.uid == at.pod_uid)
-                    || w.netns.as_deref().is_some_and(|path| {
-                        at.netns.is_some() && namespace_id(Path::new(path)).ok() == at.netns
-                    })
+                    || w.netns
+                        .as_deref()
+                        .filter(|_| annotations)
+                        .is_some_and(|path| {
+                            at.netns.is_some() && namespace_id(Path::new(path)).ok() == at.netns
+                        })
             });
         if placed {
             Ok(())
@@ -363,6 +341,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     use super::*;
+    use crate::view::LocalPod;
 
     const UID: &str = "3f2c1a9e-5b7d-4c1e-9a2b-8d6e0f1a2b3c";
 
@@ -409,6 +388,7 @@ mod tests {
             proc.dir.path(),
             PodNetworks::UidOnly,
             Some("warren-system".into()),
+            NodePods::default(),
         );
         let at = |pid| Placement::read(pid, proc.dir.path());
         assert_eq!(peers.check_ztunnel(&at(10)), Ok(()));
@@ -432,11 +412,11 @@ mod tests {
             netns: None,
             waypoint,
         };
-        peers.update([&pod("demo", false)].into_iter());
+        peers.pods.set(vec![pod("demo", false)]);
         assert!(peers.check_ztunnel(&at(13)).is_err());
-        peers.update([&pod("demo", true)].into_iter());
+        peers.pods.set(vec![pod("demo", true)]);
         assert!(peers.check_ztunnel(&at(13)).is_err(), "a waypoint's pod");
-        peers.update([&pod("warren-system", false)].into_iter());
+        peers.pods.set(vec![pod("warren-system", false)]);
         assert_eq!(peers.check_ztunnel(&at(13)), Ok(()));
     }
 
@@ -465,14 +445,24 @@ mod tests {
             waypoint: false,
             ..waypoint.clone()
         };
-        let local = Peers::with_proc(proc.dir.path(), PodNetworks::AnnotationsOrUid, None);
-        let cluster = Peers::with_proc(proc.dir.path(), PodNetworks::UidOnly, None);
+        let local = Peers::with_proc(
+            proc.dir.path(),
+            PodNetworks::AnnotationsOrUid,
+            None,
+            NodePods::default(),
+        );
+        let cluster = Peers::with_proc(
+            proc.dir.path(),
+            PodNetworks::UidOnly,
+            None,
+            NodePods::default(),
+        );
         let at = |pid| Placement::read(pid, proc.dir.path());
         assert_eq!(at(20).pod_uid.as_deref(), Some(UID));
         for peers in [&local, &cluster] {
-            peers.update([&plain].into_iter());
+            peers.pods.set(vec![plain.clone()]);
             assert!(peers.check_waypoint(&at(20), "demo").is_err());
-            peers.update([&waypoint].into_iter());
+            peers.pods.set(vec![waypoint.clone()]);
             assert_eq!(peers.check_waypoint(&at(20), "demo"), Ok(()));
             let refused = peers.check_waypoint(&at(20), "shop").unwrap_err();
             assert!(
@@ -486,7 +476,7 @@ mod tests {
         assert_eq!(local.check_waypoint(&at(21), "demo"), Ok(()));
         assert!(cluster.check_waypoint(&at(21), "demo").is_err());
         // Gone from this node: no longer believed.
-        local.update(std::iter::empty());
+        local.pods.set(Vec::new());
         assert!(local.check_waypoint(&at(20), "demo").is_err());
     }
 }

@@ -11,6 +11,7 @@
 mod authorization;
 mod auto_vip;
 mod credential;
+mod node_pods;
 pub mod published;
 pub mod routing;
 mod service;
@@ -48,6 +49,7 @@ use crate::{
     store::Store,
 };
 pub use authorization::Selection;
+pub use node_pods::{LocalPod, NodePods};
 pub use published::{Audience, Form, Pending, Published, Publisher};
 pub use waypoint::{serving_entry, serving_service};
 
@@ -129,19 +131,6 @@ fn names_cluster_services(host: &str, cluster_domain: &str) -> bool {
 /// What [`key::certificate`] keys begin with.
 const CERTIFICATE_PREFIX: &str = "certificate/";
 
-/// A pod on this node that has not finished, as `distribution::Peers`
-/// places subscribers against it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LocalPod {
-    pub namespace: String,
-    pub uid: Option<String>,
-    /// Its `warren.io/netns` annotation (local mode's; not to be believed on
-    /// a cluster).
-    pub netns: Option<String>,
-    /// It runs one of its namespace's waypoint Gateways.
-    pub waypoint: bool,
-}
-
 /// Mesh-wide settings the view needs.
 #[derive(Clone, Debug)]
 pub struct Mesh {
@@ -189,6 +178,8 @@ pub struct View {
     /// waypoint pods' namespaces receive their credentials, and only
     /// processes of its pods may subscribe (`distribution::Peers`).
     local_pods: BTreeMap<String, LocalPod>,
+    /// The same, for readers outside the view.
+    node_pods: NodePods,
 }
 
 /// Publishes `computed`, the resources one namespace's objects of a kind
@@ -235,6 +226,7 @@ impl View {
             providers: BTreeSet::new(),
             credential_names: BTreeMap::new(),
             local_pods: BTreeMap::new(),
+            node_pods: NodePods::default(),
         }
     }
 
@@ -832,10 +824,16 @@ impl View {
         now: Option<LocalPod>,
     ) {
         let had = self.has_local_waypoint(namespace);
-        match now {
+        let before = match now.clone() {
             Some(pod) => self.local_pods.insert(resource_key.to_owned(), pod),
             None => self.local_pods.remove(resource_key),
         };
+        // Shared before anything that follows is published: a subscriber
+        // whose pod this was is checked again before its next update.
+        if before != now {
+            self.node_pods
+                .set(self.local_pods.values().cloned().collect());
+        }
         if had != self.has_local_waypoint(namespace) {
             let secrets: Vec<ObjectKey> = store
                 .of_kind_in(Kind::Secret, namespace)
@@ -887,9 +885,10 @@ impl View {
             .any(|p| p.waypoint && p.namespace == namespace)
     }
 
-    /// This node's pods that have not finished.
-    pub fn local_pods(&self) -> impl Iterator<Item = &LocalPod> {
-        self.local_pods.values()
+    /// This node's pods that have not finished, as they change (a handle
+    /// the view keeps writing).
+    pub fn node_pods(&self) -> NodePods {
+        self.node_pods.clone()
     }
 
     /// Notes the `credentialName`s of the DestinationRule `key`, and

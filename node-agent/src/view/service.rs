@@ -101,6 +101,7 @@ pub fn service(mesh: &Mesh, svc: &KubeService, slices: &[&EndpointSlice]) -> Ser
         dns_first_address: false,
         export_to: Vec::new(),
         vips_allocated: false,
+        vip_ranges: Vec::new(),
         subject_alt_names: Vec::new(),
     }
 }
@@ -121,18 +122,22 @@ pub(super) fn overrides(
         .collect()
 }
 
-/// One endpoint per address (or name) and ports, in a stable order, so
-/// that equal views encode equally (and publish no change). A pod in two
-/// EndpointSlices is one endpoint; a ServiceEntry's address listed on two
-/// ports is two.
+/// One endpoint per address (or name), in a stable order, so that equal
+/// views encode equally (and publish no change). A pod in two EndpointSlices
+/// is one endpoint (the first's ports); an address that is no pod's counts
+/// once per port map, so that a ServiceEntry's address listed on two ports
+/// is two endpoints.
 pub(super) fn settle(endpoints: &mut Vec<Endpoint>) {
-    type Order<'a> = (&'a [u8], &'a str, &'a BTreeMap<u32, u32>, &'a str);
+    type Order<'a> = (&'a [u8], &'a str, &'a str, &'a BTreeMap<u32, u32>);
     fn order(e: &Endpoint) -> Order<'_> {
-        (&e.address, &e.hostname, &e.ports, &e.workload)
+        (&e.address, &e.hostname, &e.workload, &e.ports)
     }
     endpoints.sort_by(|a, b| order(a).cmp(&order(b)));
-    endpoints
-        .dedup_by(|a, b| a.address == b.address && a.hostname == b.hostname && a.ports == b.ports);
+    endpoints.dedup_by(|a, b| {
+        a.address == b.address
+            && a.hostname == b.hostname
+            && (!a.workload.is_empty() || a.ports == b.ports)
+    });
 }
 
 /// How ztunnel should weigh closeness, as istiod maps a Service's fields:

@@ -3,9 +3,10 @@
 //! Service's cluster IPs (and count as registered under `REGISTRY_ONLY`).
 //!
 //! - `addresses` are the VIPs: single IPs (a CIDR of one address counts as
-//!   that address; wider CIDRs need per-prefix matching Warren does not have,
-//!   and are left out). Without any, each host has the address
-//!   [`super::auto_vip`] allocated it, which ztunnel's DNS proxy answers.
+//!   that address), and blocks (wider CIDRs), which ztunnel matches by
+//!   prefix for an address no Service has exactly. Without any address, each
+//!   host has the address [`super::auto_vip`] allocated it, which ztunnel's
+//!   DNS proxy answers.
 //! - With a `workloadSelector` (any resolution but `NONE`): the namespace's
 //!   running pods it selects, reached as mesh workloads.
 //! - `resolution: STATIC`: the endpoints with an IP address (names and
@@ -36,7 +37,7 @@ use std::net::IpAddr;
 
 use warren_api::{
     addr,
-    config::{Endpoint, Service, ServicePort},
+    config::{Cidr, Endpoint, Service, ServicePort},
     key,
 };
 
@@ -62,6 +63,9 @@ pub fn services<'a>(
         .filter_map(|a| single_address(a))
         .map(addr::to_bytes)
         .collect();
+    let vip_ranges: Vec<Cidr> = spec.addresses.iter().filter_map(|a| block(a)).collect();
+    // Istio allocates addresses only to entries that give none.
+    let allocate = spec.addresses.is_empty();
     let ports: Vec<ServicePort> = spec
         .ports
         .iter()
@@ -148,14 +152,17 @@ pub fn services<'a>(
             // L4 (Envoy tells them apart by Host or SNI; ztunnel and the
             // waypoint pick a Service by address): the first keeps them,
             // the others get none (give each its own entry).
-            vips_allocated: vips.is_empty(),
-            vips: if vips.is_empty() {
+            vips_allocated: allocate,
+            vips: if allocate {
                 auto_vip(host).into_iter().map(addr::to_bytes).collect()
             } else if shared.is_none() && i > 0 {
                 Vec::new()
             } else {
                 vips.clone()
             },
+            // Blocks are only with `NONE` and `STATIC` resolution, where the
+            // hosts share the endpoints: every host has them.
+            vip_ranges: vip_ranges.clone(),
             ports: ports.clone(),
             endpoints: shared.clone().unwrap_or_else(|| {
                 vec![Endpoint {
@@ -172,6 +179,18 @@ pub fn services<'a>(
             subject_alt_names: spec.subject_alt_names.clone(),
         })
         .collect()
+}
+
+/// A CIDR that holds more than one address.
+fn block(text: &str) -> Option<Cidr> {
+    let (ip, bits) = text.split_once('/')?;
+    let ip: IpAddr = ip.parse().ok()?;
+    let bits: u32 = bits.parse().ok()?;
+    let full = if ip.is_ipv4() { 32 } else { 128 };
+    (bits < full).then(|| Cidr {
+        address: addr::to_bytes(ip),
+        prefix_len: bits,
+    })
 }
 
 /// An address, or a CIDR that holds exactly one.
@@ -191,11 +210,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_cidrs_of_one_address_are_vips() {
+    fn a_cidr_of_one_address_is_a_vip_and_a_wider_one_a_block() {
         assert_eq!(single_address("10.9.0.1"), "10.9.0.1".parse().ok());
         assert_eq!(single_address("10.9.0.1/32"), "10.9.0.1".parse().ok());
         assert_eq!(single_address("fd00::1/128"), "fd00::1".parse().ok());
         assert_eq!(single_address("10.9.0.0/24"), None);
         assert_eq!(single_address("api.example.com"), None);
+        assert_eq!(block("10.9.0.1"), None);
+        assert_eq!(block("10.9.0.1/32"), None);
+        assert_eq!(
+            block("10.9.0.0/24"),
+            Some(Cidr {
+                address: vec![10, 9, 0, 0],
+                prefix_len: 24
+            })
+        );
+        assert_eq!(block("fd00::/8").map(|c| c.prefix_len), Some(8));
     }
 }

@@ -415,5 +415,45 @@ fn under_registry_only_a_service_entry_registers_a_destination_outside_the_mesh(
         after > refused,
         "the undeclared port was not refused by REGISTRY_ONLY ({refused} → {after})"
     );
+
+    // An address block (a CIDR wider than one address, resolution NONE)
+    // registers every address in it that no Service or pod has, on the
+    // entry's ports: node 1's address on another port now reaches its echo.
+    let ranged = format!("{}:9002", node.ip);
+    let mut range_echo = cluster.spawn(
+        &node.sandbox,
+        &sample.to_string_lossy(),
+        &["echo", "--listen", &ranged],
+    )?;
+    eventually(Duration::from_secs(10), "the echo on port 9002", || {
+        range_echo.check_running()?;
+        let tcp = node.sandbox.exec("ss", ["-Hltn", "sport = :9002"])?;
+        Ok(!tcp.stdout.is_empty())
+    })?;
+    ensure!(
+        !reaches(&front, &ranged)?,
+        "REGISTRY_ONLY let front reach {ranged} before any entry named it"
+    );
+    let [a, b, c, _] = node.ip.octets();
+    std::fs::write(
+        cluster.config_dir().join("service-entry-range.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {{ name: legacy-range, namespace: demo }}\n\
+             spec:\n  hosts: [range.legacy.example]\n  addresses: [{a}.{b}.{c}.0/24]\n  \
+             ports: [{{ number: 9002, name: tcp-range, protocol: TCP }}]\n"
+        ),
+    )?;
+    eventually(
+        Duration::from_secs(10),
+        "an address in the entry's block",
+        || reaches(&front, &ranged),
+    )
+    .with_context(|| mesh.logs())?;
+    // Outside the entry's ports, the block registers nothing.
+    ensure!(
+        !reaches(&front, &format!("{}:9001", node.ip))?,
+        "the block registered a port its entry does not declare"
+    );
     Ok(())
 }

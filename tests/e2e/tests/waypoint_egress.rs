@@ -312,7 +312,7 @@ const MUTUAL: &str = "mtls.external.example";
 const MUTUAL_VIP: &str = "10.96.250.12";
 
 const CANARY_HOST: &str = "catalog.external.example";
-const CANARY_VIP: &str = "10.96.250.12";
+const CANARY_VIP: &str = "10.96.250.14";
 
 /// An entry whose two endpoints (one address, two ports) carry labels and
 /// weights, subsets by those labels, and routes: `x-canary: yes` to subset

@@ -47,4 +47,4 @@ impl Pattern {
 
 /// ztunnel's address block: one definition of what "in this block" means
 /// for L4 and L7 policy alike.
-pub use warren_ztunnel::state::policy::Cidr;
+pub use warren_ztunnel::state::Cidr;

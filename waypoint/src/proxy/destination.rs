@@ -14,14 +14,15 @@ use warren_ztunnel::state::{Service, State};
 /// ztunnel reads it: an entry must not take over a pod's traffic (nor send
 /// it through the entry's waypoint instead of the pod's). Among
 /// ServiceEntries sharing an address, the one exported to the client's
-/// namespace counts. The caller checks that this waypoint is the one the
+/// namespace counts; an address no Service has may be in an entry's
+/// address block. The caller checks that this waypoint is the one the
 /// destination chose.
 pub fn of_connect(state: &State, dst: SocketAddr, namespace: &str) -> Option<Arc<Service>> {
     if state.workload_by_ip(dst.ip()).is_some() {
         return pod(state, dst.ip(), dst.port());
     }
     state
-        .service_by_vip_for(dst.ip(), namespace)
+        .service_for_connection(dst, namespace)
         .filter(|s| s.waypoint.is_some())
 }
 

@@ -251,12 +251,14 @@ pub(crate) enum Table {
 impl Table {
     /// A table over `keys` (each with its weight), the eligible endpoints
     /// out of `population`.
-    pub(crate) fn build(kind: &HashTable, keys: &[(String, u32)], population: usize) -> Table {
+    pub(crate) fn build(kind: &HashTable, keys: &[(String, u32)], population: Population) -> Table {
         match kind {
             HashTable::Ring { minimum_size } => {
                 Table::Ring(Ring::build(keys, *minimum_size, population))
             }
-            HashTable::Maglev { table_size } => Table::Maglev(Maglev::build(keys, *table_size)),
+            HashTable::Maglev { table_size } => {
+                Table::Maglev(Maglev::build(keys, *table_size, population))
+            }
         }
     }
 
@@ -265,6 +267,36 @@ impl Table {
             Table::Ring(ring) => ring.lookup(hash),
             Table::Maglev(maglev) => maglev.lookup(hash),
         }
+    }
+}
+
+/// What a table's shares are measured against: every endpoint of the group,
+/// ejected or not, so that ejecting one (or its coming back) moves only the
+/// keys it owned, not everyone's share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Population {
+    pub count: usize,
+    /// The sum of their weights (each at least 1).
+    pub total_weight: u64,
+    /// The largest of their weights (at least 1).
+    pub heaviest: u32,
+}
+
+impl Population {
+    /// The population of `weights` (0 counts as 1).
+    pub(crate) fn of(weights: impl IntoIterator<Item = u32>) -> Population {
+        let mut population = Population {
+            count: 0,
+            total_weight: 0,
+            heaviest: 1,
+        };
+        for w in weights {
+            let w = w.max(1);
+            population.count += 1;
+            population.total_weight += u64::from(w);
+            population.heaviest = population.heaviest.max(w);
+        }
+        population
     }
 }
 
@@ -278,9 +310,11 @@ impl Table {
 /// all the cluster's endpoints, ejected or not: it changes only when the
 /// endpoint count crosses a power-of-two boundary, so removing or ejecting
 /// an endpoint usually moves only the keys it owned. The ring holds between
-/// `minimum` and twice that many points when the weights are equal; else
-/// each endpoint's count is scaled by its weight over the smallest (as
-/// Envoy's), the whole held to [`MAX_RING`] points.
+/// `minimum` and twice that many points. With unequal weights the same
+/// number of points is shared by weight (each endpoint keeps at least one),
+/// measured against the whole population, so that the shares, too, change
+/// only with the population; Envoy sizes its ring from the lightest
+/// endpoint's share instead, which comes to the same shares.
 #[derive(Debug, Default)]
 pub(crate) struct Ring {
     /// Sorted.
@@ -289,31 +323,28 @@ pub(crate) struct Ring {
     owners: Vec<u32>,
 }
 
-/// Envoy's default `maximumRingSize`: a ring of weighted endpoints is
-/// never larger.
-const MAX_RING: usize = 1 << 23;
-
 impl Ring {
-    fn build(keys: &[(String, u32)], minimum_size: usize, population: usize) -> Ring {
+    fn build(keys: &[(String, u32)], minimum_size: usize, population: Population) -> Ring {
         let n = keys.len();
         if n == 0 {
             return Ring::default();
         }
-        let population = population.max(n);
+        let count = population.count.max(n);
         let per_key = minimum_size
-            .div_ceil(population)
+            .div_ceil(count)
             .max(1)
             .checked_next_power_of_two()
             .unwrap_or(1);
-        // Points per endpoint: `per_key` times its weight over the smallest,
-        // all scaled down together if that would pass the largest ring.
-        let lightest = keys.iter().map(|(_, w)| (*w).max(1)).min().unwrap_or(1);
-        let scaled = |w: u32| per_key as f64 * f64::from(w.max(1)) / f64::from(lightest);
-        let total: f64 = keys.iter().map(|(_, w)| scaled(*w)).sum();
-        let shrink = (MAX_RING as f64 / total).min(1.0);
+        // Equal weights: `per_key` each. Else the population's points
+        // (`per_key` × its size, at most twice `minimum_size`) by weight.
+        let total_weight = population.total_weight.max(n as u64);
+        let points = per_key as u128 * count as u128;
         let counts: Vec<usize> = keys
             .iter()
-            .map(|(_, w)| ((scaled(*w) * shrink).round() as usize).max(1))
+            .map(|(_, w)| {
+                let share = points * u128::from((*w).max(1)) / u128::from(total_weight);
+                usize::try_from(share).unwrap_or(per_key).max(1)
+            })
             .collect();
         let mut entries: Vec<(u64, u32)> = Vec::with_capacity(counts.iter().sum());
         for (owner, ((key, _), count)) in keys.iter().zip(&counts).enumerate() {
@@ -346,14 +377,17 @@ impl Ring {
 /// endpoint's permutation in turn; near-minimal disruption, O(1) lookup.
 /// With unequal weights an endpoint takes its turn only as often as its
 /// weight over the heaviest's (Envoy's weighted Maglev), so its share of
-/// the table follows its weight.
+/// the table follows its weight. The heaviest is the population's, ejected
+/// or not, so that ejecting it does not reshuffle everyone; the turns are
+/// scheduled exactly (in integers, by round), so skewed weights cost no
+/// more than equal ones.
 #[derive(Debug, Default)]
 pub(crate) struct Maglev {
     table: Vec<u32>,
 }
 
 impl Maglev {
-    fn build(keys: &[(String, u32)], table_size: usize) -> Maglev {
+    fn build(keys: &[(String, u32)], table_size: usize, population: Population) -> Maglev {
         let n = keys.len();
         // The permutation needs a prime size of at least 2.
         let m = if table_size < 2 { 65537 } else { table_size } as u64;
@@ -364,13 +398,23 @@ impl Maglev {
         let mut table = vec![EMPTY; m as usize];
         let mut cursor: Vec<u64> = Vec::with_capacity(n);
         let mut skip: Vec<u64> = Vec::with_capacity(n);
-        let heaviest = keys.iter().map(|(_, w)| (*w).max(1)).max().unwrap_or(1);
-        let shares: Vec<f64> = keys
+        let heaviest = keys
             .iter()
-            .map(|(_, w)| f64::from((*w).max(1)) / f64::from(heaviest))
+            .map(|(_, w)| (*w).max(1))
+            .fold(population.heaviest.max(1), u32::max);
+        // An endpoint of weight w takes its k-th turn in round
+        // ceil(k × heaviest / w) (the heaviest in every round); within a
+        // round, in the endpoints' order. So: the next turn of each, by
+        // (round, endpoint).
+        let round = |k: u64, w: u32| {
+            let w = u128::from(w.max(1));
+            (u128::from(k) * u128::from(heaviest)).div_ceil(w)
+        };
+        let mut turns: std::collections::BinaryHeap<std::cmp::Reverse<(u128, usize, u64)>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, (_, w))| std::cmp::Reverse((round(1, *w), i, 1)))
             .collect();
-        // Turns earned and not yet taken; the heaviest takes one each round.
-        let mut credit = vec![0.0f64; n];
         for (key, _) in keys {
             let mut offset = Hasher::with_seed(0);
             offset.write(key.as_bytes());
@@ -380,25 +424,20 @@ impl Maglev {
             skip.push(step.finish() % (m - 1) + 1);
         }
         let mut filled = 0u64;
-        'fill: loop {
-            for i in 0..n {
-                credit[i] += shares[i];
-                if credit[i] < 1.0 {
-                    continue;
-                }
-                credit[i] -= 1.0;
-                // Each permutation visits every slot (m is prime), so an
-                // empty one is found while any remains.
-                while table[cursor[i] as usize] != EMPTY {
-                    cursor[i] = (cursor[i] + skip[i]) % m;
-                }
-                table[cursor[i] as usize] = u32::try_from(i).unwrap_or(EMPTY - 1);
+        while filled < m {
+            let Some(std::cmp::Reverse((_, i, k))) = turns.pop() else {
+                break;
+            };
+            // Each permutation visits every slot (m is prime), so an empty
+            // one is found while any remains.
+            while table[cursor[i] as usize] != EMPTY {
                 cursor[i] = (cursor[i] + skip[i]) % m;
-                filled += 1;
-                if filled == m {
-                    break 'fill;
-                }
             }
+            table[cursor[i] as usize] = u32::try_from(i).unwrap_or(EMPTY - 1);
+            cursor[i] = (cursor[i] + skip[i]) % m;
+            filled += 1;
+            let weight = keys.get(i).map_or(1, |(_, w)| *w);
+            turns.push(std::cmp::Reverse((round(k + 1, weight), i, k + 1)));
         }
         Maglev { table }
     }
@@ -522,8 +561,11 @@ mod tests {
     #[test]
     fn ring_has_the_minimum_size_and_wraps() {
         let keys: Vec<(String, u32)> = (0..3).map(|i| (format!("10.0.0.{i}:80"), 1)).collect();
-        let Table::Ring(ring) = Table::build(&HashTable::Ring { minimum_size: 1024 }, &keys, 3)
-        else {
+        let Table::Ring(ring) = Table::build(
+            &HashTable::Ring { minimum_size: 1024 },
+            &keys,
+            Population::of([1, 1, 1]),
+        ) else {
             panic!("asked for a ring");
         };
         // ceil(1024 / 3) = 342, rounded up to 512.
@@ -540,8 +582,11 @@ mod tests {
     #[test]
     fn maglev_fills_every_slot_evenly() {
         let keys: Vec<(String, u32)> = (0..7).map(|i| (format!("10.0.0.{i}:80"), 1)).collect();
-        let Table::Maglev(m) = Table::build(&HashTable::Maglev { table_size: 65537 }, &keys, 7)
-        else {
+        let Table::Maglev(m) = Table::build(
+            &HashTable::Maglev { table_size: 65537 },
+            &keys,
+            Population::of([1; 7]),
+        ) else {
             panic!("asked for maglev");
         };
         let mut counts = [0usize; 7];
@@ -570,17 +615,20 @@ mod tests {
             }
             counts.map(|c| c as f64 / owners.len() as f64)
         };
-        let Table::Maglev(m) = Table::build(&HashTable::Maglev { table_size: 65537 }, &keys, 3)
+        let population = Population::of([1, 2, 5]);
+        let Table::Maglev(m) =
+            Table::build(&HashTable::Maglev { table_size: 65537 }, &keys, population)
         else {
             panic!("asked for maglev");
         };
-        let Table::Ring(ring) = Table::build(&HashTable::Ring { minimum_size: 1024 }, &keys, 3)
+        let Table::Ring(ring) =
+            Table::build(&HashTable::Ring { minimum_size: 1024 }, &keys, population)
         else {
             panic!("asked for a ring");
         };
-        // The ring's points: 512 per unit of weight (1024 / 3, rounded up to
-        // a power of two, for the lightest).
-        assert_eq!(ring.points.len(), 8 * 512);
+        // The ring's points: as many as for three equal endpoints (1024 / 3,
+        // rounded up to a power of two, each), shared 1:2:5.
+        assert_eq!(ring.points.len(), 3 * 512);
         for (name, got) in [
             ("maglev", shares(&m.table)),
             ("ring points", shares(&ring.owners)),
@@ -600,6 +648,52 @@ mod tests {
         for (share, want) in covered.iter().zip([1.0 / 8.0, 2.0 / 8.0, 5.0 / 8.0]) {
             assert!((share - want).abs() < 0.04, "ring coverage: {covered:?}");
         }
+
+        // The lightest ejected (still in the population): the others keep
+        // their points, so only its keys move.
+        let Table::Ring(without) = Table::build(
+            &HashTable::Ring { minimum_size: 1024 },
+            &keys[1..],
+            population,
+        ) else {
+            panic!("asked for a ring");
+        };
+        let points_of = |ring: &Ring, owner: u32| -> Vec<u64> {
+            ring.points
+                .iter()
+                .zip(&ring.owners)
+                .filter(|(_, o)| **o == owner)
+                .map(|(p, _)| *p)
+                .collect()
+        };
+        assert_eq!(points_of(&without, 0), points_of(&ring, 1));
+        assert_eq!(points_of(&without, 1), points_of(&ring, 2));
+    }
+
+    /// Skewed weights neither blow a ring up nor slow Maglev down: the ring
+    /// keeps its size (the light endpoint one point at least), and Maglev
+    /// schedules turns, not rounds.
+    #[test]
+    fn skewed_weights_keep_tables_small_and_quick() {
+        let keys: Vec<(String, u32)> = vec![("a:80".into(), 1), ("b:80".into(), u32::MAX)];
+        let population = Population::of([1, u32::MAX]);
+        let Table::Ring(ring) =
+            Table::build(&HashTable::Ring { minimum_size: 1024 }, &keys, population)
+        else {
+            panic!("asked for a ring");
+        };
+        assert_eq!(ring.points.len(), 1024);
+        assert_eq!(ring.owners.iter().filter(|o| **o == 0).count(), 1);
+        let started = std::time::Instant::now();
+        let Table::Maglev(m) =
+            Table::build(&HashTable::Maglev { table_size: 65537 }, &keys, population)
+        else {
+            panic!("asked for maglev");
+        };
+        assert!(m.table.iter().all(|o| *o < 2));
+        // The light one's first turn is past the table's end: it gets none.
+        assert_eq!(m.table.iter().filter(|o| **o == 0).count(), 0);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

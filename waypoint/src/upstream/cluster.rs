@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::balance::{
-    HashInput, SetCookie, Table, hash_request, random_index, two_choices, weighted_index,
+    HashInput, Population, SetCookie, Table, hash_request, random_index, two_choices,
+    weighted_index,
 };
 use super::locality::{self, Health, Member, Proximity, levels_in_panic, loads_in_total_panic};
 use super::outlier::{Detector, HostOutlier, Outcome};
@@ -900,7 +901,14 @@ impl State {
                         .iter()
                         .map(|s| (s.endpoint.address.to_string(), s.endpoint.weight))
                         .collect();
-                    Some(Table::build(&ch.table, &keys, group.members.len()))
+                    let population = Population::of(
+                        group
+                            .members
+                            .iter()
+                            .filter_map(|i| self.endpoints.get(*i))
+                            .map(|s| s.endpoint.weight),
+                    );
+                    Some(Table::build(&ch.table, &keys, population))
                 }
                 _ => None,
             };

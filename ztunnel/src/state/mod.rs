@@ -4,6 +4,7 @@
 //! The proxy asks questions here (who is this cookie, where does this address lead, may
 //! this connection pass); state never calls into the proxy.
 
+mod cidr;
 pub mod policy;
 pub mod service;
 mod waypoint;
@@ -25,6 +26,7 @@ use crate::{
     rbac,
     tls::{self, TrustBundle, WorkloadCertificate},
 };
+pub use cidr::Cidr;
 pub use policy::Authorization;
 pub use service::{Pick, Service};
 pub use waypoint::Waypoint;
@@ -165,6 +167,10 @@ pub struct Inner {
     pub(crate) services: HashMap<String, Arc<Service>>,
     /// Every Service with the address; [`Inner::service_at`] picks one.
     by_vip: HashMap<IpAddr, BTreeSet<String>>,
+    /// ServiceEntries' address blocks, longest prefix first (then by
+    /// [`precedence`]); [`Inner::claimed`] looks here for an address no
+    /// Service has exactly.
+    by_range: Vec<(Cidr, String)>,
     /// The services each workload is an endpoint of (keys both ways), for the
     /// destination side's telemetry, which sees a pod address and not the VIP.
     services_by_workload: HashMap<String, Vec<String>>,
@@ -216,6 +222,31 @@ impl Inner {
             workload: self.workloads.get(&waypoint.workload).cloned(),
             waypoint: true,
         })
+    }
+
+    /// The Service a connection to `dst` (canonical) from a client of
+    /// `namespace` goes to: one at the address exactly, else a ServiceEntry
+    /// whose address block holds it, the longest prefix first. A
+    /// ServiceEntry never takes a pod's address, and one resolved `NONE`
+    /// without the port leaves the address to the rest of the registry (a pod
+    /// there, another entry, or the outbound policy). Only what the client's
+    /// namespace sees counts (a ServiceEntry's `exportTo`).
+    fn claimed(&self, dst: SocketAddr, namespace: Option<&str>) -> Option<&Arc<Service>> {
+        let claims = |s: &&Arc<Service>| {
+            !warren_api::key::is_service_entry(&s.key)
+                || (!self.by_address.contains_key(&dst.ip())
+                    && (!s.passthrough || s.port(dst.port()).is_some()))
+        };
+        self.service_at_for(dst.ip(), namespace)
+            .filter(claims)
+            .or_else(|| {
+                self.by_range
+                    .iter()
+                    .filter(|(cidr, _)| cidr.contains(dst.ip()))
+                    .filter_map(|(_, key)| self.services.get(key))
+                    .filter(|s| namespace.is_none_or(|ns| s.visible_to(ns)))
+                    .find(claims)
+            })
     }
 
     /// The service at `ip` (canonical), by [`precedence`].
@@ -285,6 +316,9 @@ impl Inner {
         } else if let Some(old) = self.workloads.remove(key) {
             self.unindex_workload(&old);
         } else if let Some(old) = self.services.remove(key) {
+            if !old.vip_ranges.is_empty() {
+                self.by_range.retain(|(_, k)| k != key);
+            }
             for vip in &old.vips {
                 if let Some(keys) = self.by_vip.get_mut(vip) {
                     keys.remove(key);
@@ -378,6 +412,15 @@ impl Inner {
                 self.remove(&key);
                 for vip in &service.vips {
                     self.by_vip.entry(*vip).or_default().insert(key.clone());
+                }
+                if !service.vip_ranges.is_empty() {
+                    self.by_range
+                        .extend(service.vip_ranges.iter().map(|c| (*c, key.clone())));
+                    self.by_range.sort_by(|(a, ka), (b, kb)| {
+                        b.prefix_len
+                            .cmp(&a.prefix_len)
+                            .then_with(|| precedence(ka).cmp(&precedence(kb)))
+                    });
                 }
                 for workload in service.endpoints.iter().filter_map(|e| e.workload.as_ref()) {
                     let services = self
@@ -632,11 +675,19 @@ impl State {
     }
 
     /// The service at `ip` that clients of `namespace` see (a ServiceEntry's
-    /// `exportTo`), by [`precedence`]: the one their ztunnel sent them to.
+    /// `exportTo`), by [`precedence`].
     pub fn service_by_vip_for(&self, ip: IpAddr, namespace: &str) -> Option<Arc<Service>> {
         self.read()
             .service_at_for(ip.to_canonical(), Some(namespace))
             .cloned()
+    }
+
+    /// The Service a connection to `dst` from a client of `namespace` goes
+    /// to, as [`State::resolve`] chooses it (an address block included):
+    /// the one the client's ztunnel sent it for.
+    pub fn service_for_connection(&self, dst: SocketAddr, namespace: &str) -> Option<Arc<Service>> {
+        let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+        self.read().claimed(dst, Some(namespace)).cloned()
     }
 
     /// The service with this hostname (`name.namespace.svc.<domain>`, or a
@@ -798,12 +849,7 @@ impl State {
         // rest of the registry (a pod there, or the outbound policy).
         // Only what the client's namespace sees (a ServiceEntry's `exportTo`).
         let namespace = source.map(|w| w.namespace.as_str());
-        let claimed = inner.service_at_for(dst.ip(), namespace).filter(|s| {
-            !warren_api::key::is_service_entry(&s.key)
-                || (!inner.by_address.contains_key(&dst.ip())
-                    && (!s.passthrough || s.port(dst.port()).is_some()))
-        });
-        if let Some(service) = claimed {
+        if let Some(service) = inner.claimed(dst, namespace) {
             let found = Some(Arc::clone(service));
             let port =
                 service
@@ -1376,5 +1422,127 @@ mod tests {
         // `~`: nobody.
         state.update(|inner| inner.upsert(shared.clone(), entry(&shared, &["~"])));
         assert_eq!(seen_by("team-b"), None);
+    }
+
+    /// A ServiceEntry's address block claims an address no Service has
+    /// exactly and no pod has, on the entry's ports, the longest prefix
+    /// first, for the namespaces it is exported to.
+    #[test]
+    fn an_entrys_address_block_claims_what_no_service_or_pod_has() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("an address");
+        let dst = |s: &str| s.parse::<SocketAddr>().expect("ip:port");
+        let block = |address: &str, prefix_len: u32| config::Cidr {
+            address: warren_api::addr::to_bytes(ip(address)),
+            prefix_len,
+        };
+        let entry = |key: &str, host: &str, range: config::Cidr, export_to: &[&str]| {
+            let proto = config::Service {
+                name: host.into(),
+                namespace: "team-a".into(),
+                hostname: host.into(),
+                vip_ranges: vec![range],
+                ports: vec![config::ServicePort {
+                    port: 5432,
+                    target_port: 5432,
+                    ..Default::default()
+                }],
+                passthrough: true,
+                export_to: export_to.iter().map(|ns| (*ns).to_owned()).collect(),
+                ..Default::default()
+            };
+            Resource::Service(Arc::new(
+                Service::from_proto(key, proto).expect("a service"),
+            ))
+        };
+        let wide = warren_api::key::service_entry("team-a", "db.example");
+        let narrow = warren_api::key::service_entry("team-a", "replica.example");
+        let state = State::new(None, 15008);
+        state.update(|inner| {
+            inner.upsert(
+                wide.clone(),
+                entry(&wide, "db.example", block("10.70.0.0", 16), &[]),
+            );
+            inner.upsert(
+                narrow.clone(),
+                entry(
+                    &narrow,
+                    "replica.example",
+                    block("10.70.1.0", 24),
+                    &["team-a"],
+                ),
+            );
+            inner.upsert(
+                "service/ns/web".into(),
+                at_vip("service/ns/web", "10.70.0.10", "web.ns.svc.cluster.local"),
+            );
+            let pod = config::Workload {
+                name: "db-0".into(),
+                namespace: "ns".into(),
+                service_account: "db".into(),
+                addresses: vec![warren_api::addr::to_bytes(ip("10.70.2.7"))],
+                trust_domain: "cluster.local".into(),
+                ..Default::default()
+            };
+            inner.upsert(
+                "workload/ns/db-0".into(),
+                Resource::Workload(Arc::new(
+                    Workload::from_proto("workload/ns/db-0", pod, "cluster.local")
+                        .expect("a workload"),
+                )),
+            );
+        });
+        let claimed = |to: &str, ns: &str| {
+            state
+                .service_for_connection(dst(to), ns)
+                .map(|s| s.key.clone())
+        };
+        assert_eq!(claimed("10.70.3.3:5432", "team-a"), Some(wide.clone()));
+        assert_eq!(
+            claimed("10.70.1.3:5432", "team-a"),
+            Some(narrow.clone()),
+            "the longest prefix"
+        );
+        assert_eq!(
+            claimed("10.70.1.3:5432", "team-b"),
+            Some(wide.clone()),
+            "the narrow block is team-a's only"
+        );
+        assert_eq!(
+            claimed("10.70.0.10:80", "team-a").as_deref(),
+            Some("service/ns/web"),
+            "a Service's own address"
+        );
+        assert_eq!(claimed("10.70.2.7:5432", "team-a"), None, "a pod's address");
+        assert_eq!(
+            claimed("10.70.3.3:9999", "team-a"),
+            None,
+            "not the entry's port"
+        );
+        assert_eq!(
+            claimed("10.71.0.1:5432", "team-a"),
+            None,
+            "outside the blocks"
+        );
+        assert_eq!(
+            claimed("[::ffff:10.70.3.3]:5432", "team-a"),
+            Some(wide.clone()),
+            "an IPv4-mapped address is the IPv4 one"
+        );
+        // Resolved NONE: to the address dialled.
+        match state.resolve(dst("10.70.3.3:5432"), None, false, Pick::Take) {
+            Ok(Resolved {
+                target: Target::Upstream(Upstream::Plain { addr, .. }),
+                service: Some(service),
+            }) => {
+                assert_eq!(addr, dst("10.70.3.3:5432"));
+                assert_eq!(service.key, wide);
+            }
+            other => panic!("not passed through as the entry's: {other:?}"),
+        }
+        // The narrow entry gone: its block is gone with it.
+        state.update(|inner| inner.remove(&narrow));
+        assert_eq!(claimed("10.70.1.3:5432", "team-a"), Some(wide.clone()));
+        state.update(|inner| inner.remove(&wide));
+        assert_eq!(claimed("10.70.1.3:5432", "team-a"), None);
     }
 }

@@ -9,7 +9,10 @@ use std::{
 use serde::Serialize;
 use warren_api::{Locality, config};
 
-use super::{ResourceError, Waypoint};
+use super::{
+    ResourceError, Waypoint,
+    cidr::{Cidr, cidrs},
+};
 
 /// Whether choosing a Service's endpoint takes the balancer's turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +47,9 @@ pub struct Service {
     pub vips_allocated: bool,
     /// The namespaces that see it (a ServiceEntry's `exportTo`); empty: all.
     pub export_to: Vec<String>,
+    /// A ServiceEntry's address blocks: an address in one is the entry's
+    /// where no Service has it exactly and no pod has it.
+    pub vip_ranges: Vec<Cidr>,
     /// A ServiceEntry's `subjectAltNames`, which a waypoint checks an
     /// endpoint's certificate against when it starts TLS to it and the
     /// DestinationRule names none (ztunnel does not start such TLS).
@@ -116,6 +122,7 @@ impl Service {
             dns_first_address: false,
             vips_allocated: false,
             export_to: Vec::new(),
+            vip_ranges: Vec::new(),
             subject_alt_names: Vec::new(),
             next: AtomicUsize::new(0),
         }
@@ -450,6 +457,7 @@ impl Service {
             dns_first_address: s.dns_first_address,
             vips_allocated: s.vips_allocated,
             export_to: s.export_to,
+            vip_ranges: cidrs(key, "vip_ranges", &s.vip_ranges)?,
             subject_alt_names: s.subject_alt_names,
             next: AtomicUsize::new(0),
         })
@@ -636,6 +644,7 @@ mod tests {
             dns_first_address: false,
             vips_allocated: false,
             export_to: Vec::new(),
+            vip_ranges: Vec::new(),
             subject_alt_names: Vec::new(),
             next: AtomicUsize::new(0),
         };

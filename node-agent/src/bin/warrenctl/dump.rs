@@ -114,10 +114,18 @@ fn service_json(s: &Service) -> Value {
         "name": s.name, "namespace": s.namespace, "hostname": s.hostname,
         "vips": ips(&s.vips),
         "ports": s.ports.iter().map(|p| json!({"port": p.port, "targetPort": p.target_port, "name": p.name, "appProtocol": p.app_protocol})).collect::<Vec<_>>(),
-        "endpoints": s.endpoints.iter().map(|e| json!({"workload": e.workload, "address": (!e.address.is_empty()).then(|| ip(&e.address)), "hostname": (!e.hostname.is_empty()).then_some(&e.hostname), "ready": e.ready, "ports": e.ports})).collect::<Vec<_>>(),
+        "vipRanges": s.vip_ranges.iter().map(cidr).collect::<Vec<_>>(),
+        "endpoints": s.endpoints.iter().map(|e| json!({
+            "workload": e.workload, "address": (!e.address.is_empty()).then(|| ip(&e.address)),
+            "hostname": (!e.hostname.is_empty()).then_some(&e.hostname), "ready": e.ready, "ports": e.ports,
+            "labels": (!e.labels.is_empty()).then_some(&e.labels),
+            "locality": (!e.locality.is_empty()).then_some(&e.locality),
+            "weight": (e.weight != 0).then_some(e.weight),
+        })).collect::<Vec<_>>(),
         "waypoint": s.waypoint.as_ref().map(waypoint_json),
         "passthrough": s.passthrough,
         "dnsFirstAddress": s.dns_first_address,
+        "subjectAltNames": s.subject_alt_names,
     })
 }
 
