@@ -343,33 +343,37 @@ impl Subscriber {
     async fn serve(mut self, mut inbound: Streaming<ClientMessage>) {
         let mut sent: Option<u64> = None;
         let reason = loop {
-            // The view shares a pod's change before it publishes what
-            // follows from it: checked here, a subscriber whose pod is gone
-            // gets nothing computed after that.
-            if let Some(reason) = Recheck::refused_now(&mut self.recheck) {
-                break withdraw(&self.tx, &self.client_id, reason).await;
-            }
             // Nothing is served before the view's first build: a proxy
             // must not take an empty mesh for the real one.
-            if *self.version.borrow_and_update() > 0 {
-                let pending = self
-                    .publisher
-                    .lock()
-                    .pending_as(sent, &self.audience, self.form);
-                if let Pending::Update(update) = pending {
-                    let resources = update.upserts.len() + update.encoded_upserts.len();
-                    let version = update.version;
-                    self.record(|s| {
-                        s.sent_version = version;
-                        if update.snapshot {
-                            s.resources = resources as u64;
-                        }
-                    });
-                    if self.tx.send(Ok(update)).await.is_err() {
-                        break "stream closed".to_owned();
-                    }
-                    sent = Some(version);
+            let ready = *self.version.borrow_and_update() > 0;
+            let (refused, pending) = {
+                let published = self.publisher.lock();
+                // The view shares a pod's change before it publishes what
+                // follows from it: checked under the lock the publishing
+                // takes, a subscriber whose pod is gone gets nothing
+                // computed after that.
+                match Recheck::refused_now(&mut self.recheck) {
+                    Some(reason) => (Some(reason), Pending::UpToDate),
+                    None if ready => (None, published.pending_as(sent, &self.audience, self.form)),
+                    None => (None, Pending::UpToDate),
                 }
+            };
+            if let Some(reason) = refused {
+                break withdraw(&self.tx, &self.client_id, reason).await;
+            }
+            if let Pending::Update(update) = pending {
+                let resources = update.upserts.len() + update.encoded_upserts.len();
+                let version = update.version;
+                self.record(|s| {
+                    s.sent_version = version;
+                    if update.snapshot {
+                        s.resources = resources as u64;
+                    }
+                });
+                if self.tx.send(Ok(update)).await.is_err() {
+                    break "stream closed".to_owned();
+                }
+                sent = Some(version);
             }
             tokio::select! {
                 // A withdrawal before anything else that is ready.

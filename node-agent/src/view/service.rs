@@ -136,6 +136,7 @@ pub(super) fn settle(endpoints: &mut Vec<Endpoint>) {
     endpoints.dedup_by(|a, b| {
         a.address == b.address
             && a.hostname == b.hostname
+            && a.workload == b.workload
             && (!a.workload.is_empty() || a.ports == b.ports)
     });
 }
@@ -160,4 +161,54 @@ fn load_balancing(svc: &KubeService) -> Option<LoadBalancing> {
             Mode::Failover,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(last: u8, workload: &str, ports: &[(u32, u32)]) -> Endpoint {
+        Endpoint {
+            workload: workload.into(),
+            address: vec![10, 0, 0, last],
+            ready: true,
+            ports: ports.iter().copied().collect(),
+            ..Endpoint::default()
+        }
+    }
+
+    /// A pod listed twice (two EndpointSlices) is one endpoint; two pods
+    /// sharing an address, a pod and an address that is no pod's, and an
+    /// address listed on two port maps are each two.
+    #[test]
+    fn settle_keeps_one_endpoint_per_pod_and_per_address_and_ports() {
+        let mut endpoints = vec![
+            endpoint(1, "workload/ns/a", &[(80, 8080)]),
+            endpoint(1, "workload/ns/a", &[]),
+            endpoint(2, "workload/ns/old", &[]),
+            endpoint(2, "workload/ns/new", &[]),
+            endpoint(3, "", &[]),
+            endpoint(3, "workload/ns/c", &[]),
+            endpoint(4, "", &[(80, 8091)]),
+            endpoint(4, "", &[(80, 8092)]),
+            endpoint(4, "", &[(80, 8092)]),
+        ];
+        settle(&mut endpoints);
+        let kept: Vec<(u8, &str, usize)> = endpoints
+            .iter()
+            .map(|e| (e.address[3], e.workload.as_str(), e.ports.len()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                (1, "workload/ns/a", 0),
+                (2, "workload/ns/new", 0),
+                (2, "workload/ns/old", 0),
+                (3, "", 0),
+                (3, "workload/ns/c", 0),
+                (4, "", 1),
+                (4, "", 1),
+            ]
+        );
+    }
 }

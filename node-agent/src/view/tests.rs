@@ -2163,6 +2163,40 @@ fn an_entrys_endpoints_keep_their_labels_locality_and_weight() {
     );
 }
 
+/// An entry's CIDRs wider than one address are its address blocks; an
+/// entry that gives only blocks gets no allocated address (Istio allocates
+/// only for entries that give none).
+#[test]
+fn an_entrys_wide_cidrs_are_blocks_and_take_no_allocated_address() {
+    let (_store, view) = built(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: { name: subnet, namespace: demo }\n\
+         spec: { hosts: [db.subnet.example], addresses: [10.81.0.0/24, \"fd00:81::/64\", 10.82.0.1/32], ports: [{ number: 5432, name: tcp-db, protocol: TCP }] }\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: { name: blocks-only, namespace: demo }\n\
+         spec: { hosts: [only.subnet.example], addresses: [10.83.0.0/16], ports: [{ number: 5432, name: tcp-db, protocol: TCP }] }\n",
+    );
+    let subnet = entry_service(&view, "demo", "db.subnet.example").expect("the entry");
+    assert_eq!(ips(&subnet.vips), ["10.82.0.1"]);
+    let blocks: Vec<(String, u32)> = subnet
+        .vip_ranges
+        .iter()
+        .map(|c| {
+            (
+                addr::from_bytes(&c.address).unwrap().to_string(),
+                c.prefix_len,
+            )
+        })
+        .collect();
+    assert_eq!(
+        blocks,
+        [("10.81.0.0".to_owned(), 24), ("fd00:81::".to_owned(), 64)]
+    );
+    let only = entry_service(&view, "demo", "only.subnet.example").expect("the entry");
+    assert!(only.vips.is_empty() && !only.vips_allocated, "{only:?}");
+    assert_eq!(only.vip_ranges.len(), 1);
+}
+
 /// A pod captured while the runtime builds its sandbox (the CNI plugin) has no
 /// address in its status yet: the runtime's report publishes it, so ztunnel knows
 /// the pod from its first connection; kubelet's status takes over once written.

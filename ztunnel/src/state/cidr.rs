@@ -16,6 +16,21 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// An IPv4 block written in the IPv4-mapped range (`::ffff:10.0.0.0/104`)
+    /// as the IPv4 block it is (`10.0.0.0/8`), so that prefixes compare.
+    pub fn canonical(self) -> Cidr {
+        match self.address {
+            IpAddr::V6(v6) if self.prefix_len >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => Cidr {
+                    address: IpAddr::V4(v4),
+                    prefix_len: self.prefix_len - 96,
+                },
+                None => self,
+            },
+            _ => self,
+        }
+    }
+
     /// An address (a block of one) or `address/prefix`, as Istio writes
     /// ipBlocks and destinationSubnets; `None` when `s` is neither.
     pub fn parse(s: &str) -> Option<Cidr> {
@@ -89,7 +104,8 @@ pub(super) fn cidrs(
             Ok(Cidr {
                 address,
                 prefix_len,
-            })
+            }
+            .canonical())
         })
         .collect()
 }

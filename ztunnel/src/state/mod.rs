@@ -226,27 +226,29 @@ impl Inner {
 
     /// The Service a connection to `dst` (canonical) from a client of
     /// `namespace` goes to: one at the address exactly, else a ServiceEntry
-    /// whose address block holds it, the longest prefix first. A
-    /// ServiceEntry never takes a pod's address, and one resolved `NONE`
-    /// without the port leaves the address to the rest of the registry (a pod
-    /// there, another entry, or the outbound policy). Only what the client's
-    /// namespace sees counts (a ServiceEntry's `exportTo`).
+    /// whose address block holds it on one of its ports, the longest prefix
+    /// first (a block is a subnet's declared ports, as Istio listens on
+    /// them, never the whole subnet). A ServiceEntry never takes a pod's
+    /// address, and one resolved `NONE` without the port leaves the address
+    /// to the rest of the registry (a pod there, another entry, or the
+    /// outbound policy). Only what the client's namespace sees counts (a
+    /// ServiceEntry's `exportTo`).
     fn claimed(&self, dst: SocketAddr, namespace: Option<&str>) -> Option<&Arc<Service>> {
         let claims = |s: &&Arc<Service>| {
             !warren_api::key::is_service_entry(&s.key)
                 || (!self.by_address.contains_key(&dst.ip())
                     && (!s.passthrough || s.port(dst.port()).is_some()))
         };
-        self.service_at_for(dst.ip(), namespace)
-            .filter(claims)
-            .or_else(|| {
-                self.by_range
-                    .iter()
-                    .filter(|(cidr, _)| cidr.contains(dst.ip()))
-                    .filter_map(|(_, key)| self.services.get(key))
-                    .filter(|s| namespace.is_none_or(|ns| s.visible_to(ns)))
-                    .find(claims)
-            })
+        let exact = self.service_at_for(dst.ip(), namespace).filter(claims);
+        if exact.is_some() || self.by_range.is_empty() || self.by_address.contains_key(&dst.ip()) {
+            return exact;
+        }
+        self.by_range
+            .iter()
+            .filter(|(cidr, _)| cidr.contains(dst.ip()))
+            .filter_map(|(_, key)| self.services.get(key))
+            .filter(|s| namespace.is_none_or(|ns| s.visible_to(ns)))
+            .find(|s| s.port(dst.port()).is_some())
     }
 
     /// The service at `ip` (canonical), by [`precedence`].
@@ -1435,27 +1437,33 @@ mod tests {
             address: warren_api::addr::to_bytes(ip(address)),
             prefix_len,
         };
-        let entry = |key: &str, host: &str, range: config::Cidr, export_to: &[&str]| {
-            let proto = config::Service {
-                name: host.into(),
-                namespace: "team-a".into(),
-                hostname: host.into(),
-                vip_ranges: vec![range],
-                ports: vec![config::ServicePort {
-                    port: 5432,
-                    target_port: 5432,
+        let entry_resolved =
+            |key: &str, host: &str, range: config::Cidr, export_to: &[&str], passthrough: bool| {
+                let proto = config::Service {
+                    name: host.into(),
+                    namespace: "team-a".into(),
+                    hostname: host.into(),
+                    vip_ranges: vec![range],
+                    ports: vec![config::ServicePort {
+                        port: 5432,
+                        target_port: 5432,
+                        ..Default::default()
+                    }],
+                    passthrough,
+                    export_to: export_to.iter().map(|ns| (*ns).to_owned()).collect(),
                     ..Default::default()
-                }],
-                passthrough: true,
-                export_to: export_to.iter().map(|ns| (*ns).to_owned()).collect(),
-                ..Default::default()
+                };
+                Resource::Service(Arc::new(
+                    Service::from_proto(key, proto).expect("a service"),
+                ))
             };
-            Resource::Service(Arc::new(
-                Service::from_proto(key, proto).expect("a service"),
-            ))
+        let entry = |key: &str, host: &str, range: config::Cidr, export_to: &[&str]| {
+            entry_resolved(key, host, range, export_to, true)
         };
         let wide = warren_api::key::service_entry("team-a", "db.example");
         let narrow = warren_api::key::service_entry("team-a", "replica.example");
+        let fixed = warren_api::key::service_entry("team-a", "fixed.example");
+        let mapped = warren_api::key::service_entry("team-a", "mapped.example");
         let state = State::new(None, 15008);
         state.update(|inner| {
             inner.upsert(
@@ -1469,6 +1477,21 @@ mod tests {
                     "replica.example",
                     block("10.70.1.0", 24),
                     &["team-a"],
+                ),
+            );
+            // STATIC (its endpoints would be listed): a block of its own.
+            inner.upsert(
+                fixed.clone(),
+                entry_resolved(&fixed, "fixed.example", block("10.70.4.0", 24), &[], false),
+            );
+            // An IPv4 /8 written IPv4-mapped: as wide as it is, not /104.
+            inner.upsert(
+                mapped.clone(),
+                entry(
+                    &mapped,
+                    "mapped.example",
+                    block("::ffff:10.0.0.0", 104),
+                    &[],
                 ),
             );
             inner.upsert(
@@ -1518,8 +1541,15 @@ mod tests {
             None,
             "not the entry's port"
         );
+        assert_eq!(claimed("10.70.4.4:5432", "team-a"), Some(fixed.clone()));
         assert_eq!(
-            claimed("10.71.0.1:5432", "team-a"),
+            claimed("10.70.4.4:9999", "team-a"),
+            None,
+            "a STATIC entry's block is its ports too"
+        );
+        assert_eq!(claimed("10.9.9.9:5432", "team-a"), Some(mapped.clone()));
+        assert_eq!(
+            claimed("172.16.0.1:5432", "team-a"),
             None,
             "outside the blocks"
         );
@@ -1543,6 +1573,12 @@ mod tests {
         state.update(|inner| inner.remove(&narrow));
         assert_eq!(claimed("10.70.1.3:5432", "team-a"), Some(wide.clone()));
         state.update(|inner| inner.remove(&wide));
+        assert_eq!(
+            claimed("10.70.1.3:5432", "team-a"),
+            Some(mapped.clone()),
+            "the widest block left"
+        );
+        state.update(|inner| inner.remove(&mapped));
         assert_eq!(claimed("10.70.1.3:5432", "team-a"), None);
     }
 }
