@@ -401,4 +401,148 @@ mod tests {
             "the draining socket got a new query"
         );
     }
+
+    /// Whatever bytes a pod sends, the proxy answers, forwards or drops
+    /// them: never a panic, and an answer it builds is a DNS message, within
+    /// the size UDP allows. Seeded mutations of real queries and random
+    /// bytes, a bounded number of each.
+    #[tokio::test]
+    async fn any_bytes_a_pod_sends_are_answered_forwarded_or_dropped() {
+        use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+        use simple_dns::{Name, Question};
+        use warren_api::config;
+
+        use crate::{
+            config::Config,
+            metrics::Metrics,
+            state::{Resource, Service, State},
+        };
+
+        let state = State::new(None, 15008);
+        let key = warren_api::key::service("demo", "app");
+        let service = config::Service {
+            name: "app".into(),
+            namespace: "demo".into(),
+            hostname: "app.demo.svc.cluster.local".into(),
+            vips: ["10.96.0.10", "fd00:96::10"]
+                .iter()
+                .map(|ip| warren_api::addr::to_bytes(ip.parse().expect("an address")))
+                .collect(),
+            ports: vec![config::ServicePort {
+                port: 80,
+                target_port: 80,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        state.update(|inner| {
+            inner.upsert(
+                key.clone(),
+                Resource::Service(Arc::new(
+                    Service::from_proto(&key, service).expect("a service"),
+                )),
+            );
+        });
+        let pod = Workload::from_proto(
+            "workload/demo/client",
+            config::Workload {
+                name: "client".into(),
+                namespace: "demo".into(),
+                service_account: "client".into(),
+                addresses: vec![warren_api::addr::to_bytes(
+                    "10.244.0.5".parse().expect("an address"),
+                )],
+                trust_domain: "cluster.local".into(),
+                ..Default::default()
+            },
+            "cluster.local",
+        )
+        .expect("a workload");
+        let config = Arc::new(Config::for_tests("127.0.0.1".parse().expect("an address")));
+        let inputs = Inputs::new(config, state, Arc::new(Metrics::new()));
+
+        let query = |qtype: TYPE, edns: bool| {
+            let mut packet = Packet::new_query(0x5157);
+            packet.set_flags(PacketFlag::RECURSION_DESIRED);
+            packet.questions.push(Question::new(
+                Name::new_unchecked("app.demo.svc.cluster.local"),
+                QTYPE::TYPE(qtype),
+                QCLASS::CLASS(CLASS::IN),
+                false,
+            ));
+            if edns {
+                *packet.opt_mut() = Some(OPT {
+                    opt_codes: Vec::new(),
+                    udp_packet_size: 1232,
+                    version: 0,
+                });
+            }
+            packet.build_bytes_vec().expect("a query")
+        };
+        let seeds = [
+            query(TYPE::A, false),
+            query(TYPE::AAAA, true),
+            query(TYPE::MX, true),
+        ];
+        for seed in &seeds[..2] {
+            assert!(
+                matches!(answer_pod(&inputs, &pod, seed, Transport::Udp), Reply::Answer(_)),
+                "the unmutated query is answered here"
+            );
+        }
+
+        let mut rng = StdRng::seed_from_u64(0x5eed_d25);
+        let (mut answered, mut forwarded, mut dropped) = (0, 0, 0);
+        for round in 0..20_000u32 {
+            let mut bytes = seeds[round as usize % seeds.len()].clone();
+            match rng.random_range(0..5) {
+                // A few bytes changed anywhere.
+                0 => {
+                    for _ in 0..rng.random_range(1..=4) {
+                        let at = rng.random_range(0..bytes.len());
+                        bytes[at] = rng.random();
+                    }
+                }
+                // Cut short.
+                1 => bytes.truncate(rng.random_range(0..bytes.len())),
+                // Trailing bytes.
+                2 => bytes.extend((0..rng.random_range(1..64)).map(|_| rng.random::<u8>())),
+                // Counts in the header that the rest does not hold.
+                3 => {
+                    let at = rng.random_range(4..12);
+                    bytes[at] = rng.random();
+                }
+                // Nothing like a query.
+                _ => {
+                    bytes = (0..rng.random_range(0..600))
+                        .map(|_| rng.random::<u8>())
+                        .collect();
+                }
+            }
+            let _ = edns::version(&bytes);
+            let _ = edns::dnssec_ok(&bytes);
+            for transport in [Transport::Udp, Transport::Tcp] {
+                match answer_pod(&inputs, &pod, &bytes, transport) {
+                    Reply::Answer(answer) => {
+                        assert!(
+                            Packet::parse(&answer).is_ok(),
+                            "an answer that is no DNS message for {bytes:?}"
+                        );
+                        if matches!(transport, Transport::Udp) {
+                            assert!(answer.len() <= usize::from(EDNS_SIZE), "{bytes:?}");
+                        }
+                        answered += 1;
+                    }
+                    Reply::Forward => forwarded += 1,
+                    Reply::Drop(_) => dropped += 1,
+                    Reply::Unknown => unreachable!("only `answer` tells of unknown pods"),
+                }
+            }
+        }
+        // The mutations reached every outcome.
+        assert!(
+            answered > 0 && forwarded > 0 && dropped > 0,
+            "answered {answered}, forwarded {forwarded}, dropped {dropped}"
+        );
+    }
 }
