@@ -58,9 +58,9 @@ pub fn continue_or_start(headers: &mut HeaderMap, plan: Option<&TracingPlan>) ->
     let sampled = decided.unwrap_or_else(|| rng.random::<f64>() * 100.0 < plan.sampling);
     let (trace_id, parent) = match incoming.and_then(|i| i.trace) {
         Some((trace_id, parent)) => {
-            // Headers of no valid trace beside the one continued would
-            // contradict it downstream.
-            drop_invalid(headers);
+            // Headers of no valid trace, or of another trace, beside the
+            // one continued would contradict it downstream.
+            drop_invalid(headers, &trace_id);
             // The decision, in every header that carries none.
             rewrite(headers, &span_hex, Some(sampled));
             (trace_id, Some(parent))
@@ -225,25 +225,39 @@ fn read(headers: &HeaderMap) -> Option<Incoming> {
     })
 }
 
-/// Takes out the trace headers that name no valid trace (a `tracestate`
-/// goes with its `traceparent`).
-fn drop_invalid(headers: &mut HeaderMap) {
-    if text(headers, "traceparent").and_then(w3c).is_none() {
+/// Takes out the trace headers that name no valid trace, or another trace
+/// than `trace` (the one continued; a `tracestate` goes with its
+/// `traceparent`).
+fn drop_invalid(headers: &mut HeaderMap, trace: &str) {
+    let ours = |id: &str| same_trace(id, trace);
+    let w3c_ours = text(headers, "traceparent")
+        .and_then(w3c)
+        .and_then(|i| i.trace)
+        .is_some_and(|(id, _)| ours(&id));
+    if !w3c_ours {
         headers.remove("traceparent");
         headers.remove("tracestate");
     }
-    let b3_valid = b3_fields(headers).is_none_or(|fields| match fields.as_slice() {
+    let b3_ours = b3_fields(headers).is_none_or(|fields| match fields.as_slice() {
         [state] => b3_state(state).is_some(),
-        fields => b3_trace(fields).is_some(),
+        fields => b3_trace(fields).is_some_and(|(id, _, _)| ours(&id)),
     });
-    if !b3_valid {
+    if !b3_ours {
         headers.remove("b3");
     }
-    if headers.contains_key("x-b3-traceid") && b3_multi_trace(headers).is_none() {
+    if headers.contains_key("x-b3-traceid")
+        && !b3_multi_trace(headers).is_some_and(|(id, _)| ours(&id))
+    {
         for name in ["x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid"] {
             headers.remove(name);
         }
     }
+}
+
+/// Whether two trace ids (lowercase hex) are one trace: a 64-bit B3 id is
+/// the 128-bit one with its upper half zero.
+fn same_trace(a: &str, b: &str) -> bool {
+    a.trim_start_matches('0') == b.trim_start_matches('0')
 }
 
 /// The request's trace headers, continued with span `span`; `decision`
@@ -589,5 +603,143 @@ mod tests {
         let span = continue_or_start(&mut h, Some(&p)).expect("a span");
         assert_eq!(span.tags.len(), 1, "{:?}", span.tags);
         assert_eq!(span.tags[0].1.len(), CUSTOM_TAG_MAX);
+    }
+
+    /// Any trace headers a caller sends, well formed, cut short or garbled,
+    /// are continued, replaced or left alone: never a panic, and with a
+    /// tracing plan the request always leaves with a well-formed
+    /// `traceparent` of the span's trace. Seeded and bounded.
+    #[test]
+    fn any_trace_headers_leave_a_well_formed_trace() {
+        use rand::{Rng as _, SeedableRng as _, rngs::StdRng, seq::IndexedRandom as _};
+
+        let mut rng = StdRng::seed_from_u64(0x7ace);
+        let hex = |rng: &mut StdRng, n: usize| -> String {
+            (0..n)
+                .map(|_| *b"0123456789abcdefABCDEF".choose(rng).unwrap_or(&b'0') as char)
+                .collect()
+        };
+        let names = [
+            "traceparent",
+            "tracestate",
+            "b3",
+            "x-b3-traceid",
+            "x-b3-spanid",
+            "x-b3-parentspanid",
+            "x-b3-sampled",
+            "x-b3-flags",
+        ];
+        let well_formed = |value: &str, trace_id: &str| {
+            let parts: Vec<&str> = value.split('-').collect();
+            parts.len() == 4
+                && parts[0] == "00"
+                && parts[1].len() == 32
+                && parts[1].ends_with(trace_id)
+                && parts[2].len() == 16
+                && matches!(parts[3], "00" | "01")
+                && parts[1..3]
+                    .iter()
+                    .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
+        // Two valid traces at once, W3C's and B3's: the W3C one is
+        // continued, and the other must not go on beside it.
+        let mut h = headers(&[
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("b3", "463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-1"),
+        ]);
+        let span = continue_or_start(&mut h, Some(&plan(100.0))).expect("a span");
+        assert_eq!(span.trace_id, "0af7651916cd43dd8448eb211c80319c");
+        for name in ["x-b3-traceid", "b3"] {
+            let value = h
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            assert!(
+                value.is_empty() || value.starts_with(span.trace_id.as_str()),
+                "{name}: {value}"
+            );
+        }
+
+        for round in 0..5_000u32 {
+            let mut h = HeaderMap::new();
+            for name in names {
+                if !rng.random_bool(0.5) {
+                    continue;
+                }
+                let pieces: Vec<String> = (0..rng.random_range(0..6))
+                    .map(|_| match rng.random_range(0..6) {
+                        0 => hex(&mut rng, 32),
+                        1 => hex(&mut rng, 16),
+                        2 => {
+                            let n = rng.random_range(0..40);
+                            hex(&mut rng, n)
+                        }
+                        3 => ["0", "1", "d", "00", "01", "ff", ""]
+                            .choose(&mut rng)
+                            .copied()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        4 => "0".repeat(rng.random_range(1..33)),
+                        _ => (0..rng.random_range(0..8))
+                            .map(|_| char::from(rng.random_range(0x21u8..0x7f)))
+                            .collect(),
+                    })
+                    .collect();
+                let separator = if rng.random_bool(0.8) { "-" } else { "," };
+                if let Ok(value) = HeaderValue::from_str(&pieces.join(separator)) {
+                    h.insert(name, value);
+                }
+            }
+            let seen = format!("{h:?}");
+            let mut untraced = h.clone();
+            assert!(continue_or_start(&mut untraced, None).is_none(), "{seen}");
+            let sampling = f64::from(round % 3) * 50.0;
+            let span = continue_or_start(&mut h, Some(&plan(sampling))).expect("a span");
+            assert!(
+                matches!(span.trace_id.len(), 16 | 32)
+                    && span.trace_id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{seen} → {span:?}"
+            );
+            // Every trace header the request leaves with names the span's
+            // trace, and one at least does.
+            let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+            let same_trace = |id: &str| {
+                let (ours, theirs) = (span.trace_id.to_ascii_lowercase(), id.to_ascii_lowercase());
+                ours.trim_start_matches('0') == theirs.trim_start_matches('0')
+            };
+            let mut carried = 0;
+            if let Some(parent) = text("traceparent") {
+                assert!(
+                    well_formed(parent, &span.trace_id.to_ascii_lowercase())
+                        || parent.split('-').nth(1).is_some_and(same_trace),
+                    "{seen} → traceparent {parent:?}, trace {}",
+                    span.trace_id
+                );
+                carried += 1;
+            }
+            if let Some(trace) = text("x-b3-traceid") {
+                assert!(
+                    same_trace(trace),
+                    "{seen} → x-b3-traceid {trace:?}, trace {}",
+                    span.trace_id
+                );
+                carried += 1;
+            }
+            if let Some(b3) = text("b3").filter(|b3| b3.contains('-')) {
+                let trace = b3.split('-').next().unwrap_or_default();
+                assert!(
+                    same_trace(trace),
+                    "{seen} → b3 {b3:?}, trace {}",
+                    span.trace_id
+                );
+                carried += 1;
+            }
+            assert!(carried > 0, "{seen} → no trace header left");
+        }
     }
 }

@@ -486,7 +486,10 @@ mod tests {
         ];
         for seed in &seeds[..2] {
             assert!(
-                matches!(answer_pod(&inputs, &pod, seed, Transport::Udp), Reply::Answer(_)),
+                matches!(
+                    answer_pod(&inputs, &pod, seed, Transport::Udp),
+                    Reply::Answer(_)
+                ),
                 "the unmutated query is answered here"
             );
         }
