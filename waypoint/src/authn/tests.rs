@@ -627,3 +627,95 @@ async fn key_sets_are_fetched_when_needed_and_a_stalled_issuer_times_out() {
     assert_eq!(check(&a, &mut parts).await, Err(Rejection::KeysUnavailable));
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+/// Whatever a client sends where a token may be (garbled, cut short or
+/// spliced parts of a real token, or random text), the waypoint refuses
+/// it, or finds none there: never a panic, and never a caller it did not
+/// verify. Seeded and bounded.
+#[tokio::test]
+async fn any_token_a_client_sends_is_verified_or_refused() {
+    use rand::{Rng as _, SeedableRng as _, rngs::StdRng, seq::IndexedRandom as _};
+
+    let idp = issuer();
+    let a = build(vec![input(json!([{ "issuer": ISS, "jwks": idp.jwks(),
+        "fromHeaders": [{ "name": "authorization", "prefix": "Bearer " }, { "name": "x-jwt" }],
+        "fromParams": ["token"], "fromCookies": ["session"] }]))]);
+    let good = idp.token(json!({ "sub": "alice" })).expect("token");
+    let parts_of: Vec<String> = good.split('.').map(str::to_owned).collect();
+    let mut rng = StdRng::seed_from_u64(0x70ce);
+    let (mut refused, mut absent) = (0u32, 0u32);
+    for _ in 0..3_000 {
+        let token: String = match rng.random_range(0..5) {
+            // A real token with a few characters changed.
+            0 => {
+                let mut bytes = good.clone().into_bytes();
+                for _ in 0..rng.random_range(1..4) {
+                    let at = rng.random_range(0..bytes.len());
+                    bytes[at] = *b"ABCxyz019-_.=+/".choose(&mut rng).unwrap_or(&b'A');
+                }
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+            // Cut short.
+            1 => good[..rng.random_range(0..good.len())].to_owned(),
+            // Its parts shuffled, repeated or dropped.
+            2 => (0..rng.random_range(0..5))
+                .map(|_| parts_of.choose(&mut rng).cloned().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("."),
+            // Base64 of random JSON-ish bytes in three parts.
+            3 => (0..3)
+                .map(|_| {
+                    let raw: Vec<u8> = (0..rng.random_range(0..80))
+                        .map(|_| {
+                            *b"{}\":,[]0123456789abcdefalg\" none"
+                                .choose(&mut rng)
+                                .unwrap_or(&b'{')
+                        })
+                        .collect();
+                    URL_SAFE_NO_PAD.encode(raw)
+                })
+                .collect::<Vec<_>>()
+                .join("."),
+            // Printable noise.
+            _ => (0..rng.random_range(0..120))
+                .map(|_| char::from(rng.random_range(0x21u8..0x7f)))
+                .collect(),
+        };
+        if token == good {
+            continue;
+        }
+        let encoded: String = token
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let header_value = |v: String| http::HeaderValue::from_str(&v).ok();
+        let mut parts = match rng.random_range(0..4) {
+            0 => request("/", &[]),
+            1 => request(&format!("/?token={encoded}"), &[]),
+            _ => request("/", &[]),
+        };
+        let (name, value) = match rng.random_range(0..3) {
+            0 => ("authorization", bearer(&token)),
+            1 => ("x-jwt", token.clone()),
+            _ => ("cookie", format!("a=b; session={token}")),
+        };
+        if let Some(value) = header_value(value) {
+            parts.headers.insert(name, value);
+        }
+        match check(&a, &mut parts).await {
+            Err(_) => refused += 1,
+            Ok(None) => absent += 1,
+            Ok(Some(caller)) => panic!("{token:?} passed as {caller}"),
+        }
+    }
+    assert!(
+        refused > 1_000 && absent > 0,
+        "refused {refused}, absent {absent}"
+    );
+}

@@ -494,7 +494,7 @@ mod tests {
             );
         }
 
-        let mut rng = StdRng::seed_from_u64(0x5eed_d25);
+        let mut rng = StdRng::seed_from_u64(0x05ee_dd25);
         let (mut answered, mut forwarded, mut dropped) = (0, 0, 0);
         for round in 0..20_000u32 {
             let mut bytes = seeds[round as usize % seeds.len()].clone();
