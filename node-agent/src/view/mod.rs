@@ -1179,10 +1179,27 @@ impl View {
                         }
                     })
             };
+            // Istio's names for an entry's endpoints: its `subjectAltNames`,
+            // then the identities of its endpoints' `serviceAccount`s.
+            let accounts: BTreeSet<String> = entry
+                .spec
+                .endpoints
+                .iter()
+                .filter(|e| !e.service_account.is_empty())
+                .map(|e| {
+                    Identity::new(&self.mesh.trust_domain, namespace, &e.service_account)
+                        .to_string()
+                })
+                .collect();
             for mut service in
                 service_entry::services(namespace, entry, pods.iter().copied(), auto_vip)
             {
                 service.waypoint.clone_from(&waypoint);
+                for account in &accounts {
+                    if !service.subject_alt_names.contains(account) {
+                        service.subject_alt_names.push(account.clone());
+                    }
+                }
                 computed
                     .entry(key::service_entry(namespace, &service.hostname))
                     .or_insert(service);

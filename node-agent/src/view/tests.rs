@@ -2098,22 +2098,30 @@ fn an_entry_says_which_namespaces_see_it() {
     assert_eq!(export_to("nobody"), ["~"]);
 }
 
-/// An entry's `subjectAltNames` go with each of its hosts, for the waypoint
-/// to check the certificates of the endpoints it starts TLS to.
+/// An entry's `subjectAltNames` go with each of its hosts, with its
+/// endpoints' service accounts, for the waypoint to check the certificates of
+/// the endpoints it starts TLS to.
 #[test]
 fn an_entrys_subject_alt_names_go_with_its_hosts() {
     let (_store, view) = built(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
          metadata: { name: partner, namespace: demo }\n\
-         spec: { hosts: [api.partner.example, files.partner.example], ports: [{ number: 443, name: tls, protocol: TLS }], resolution: DNS,\n\
+         spec: { hosts: [api.partner.example, files.partner.example], ports: [{ number: 443, name: tls, protocol: TLS }], resolution: STATIC,\n\
+         endpoints: [{ address: 192.0.2.10, serviceAccount: partner }, { address: 192.0.2.11, serviceAccount: partner }],\n\
          subjectAltNames: [api.partner.example, \"spiffe://partner.example/api\"] }\n",
     );
+    // Then its endpoints' service accounts' identities, once each (Istio's
+    // names for the entry).
     for host in ["api.partner.example", "files.partner.example"] {
         assert_eq!(
             entry_service(&view, "demo", host)
                 .expect(host)
                 .subject_alt_names,
-            ["api.partner.example", "spiffe://partner.example/api"]
+            [
+                "api.partner.example",
+                "spiffe://partner.example/api",
+                "spiffe://cluster.local/ns/demo/sa/partner"
+            ]
         );
     }
 }
