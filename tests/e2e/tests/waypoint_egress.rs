@@ -389,29 +389,19 @@ fn an_entrys_endpoints_are_chosen_by_their_labels_and_weights() -> Result<()> {
         "the weights split the host's requests 1:3: {report}"
     );
     // /clusters shows each endpoint with the entry's locality and weight.
-    let out = cluster.pod("waypoint")?.sandbox.exec(
-        "curl",
-        ["-sS", "--max-time", "5", "http://127.0.0.1:15000/clusters"],
-    )?;
-    let dump: Value = serde_json::from_slice(&out.stdout).context("/clusters is JSON")?;
-    fn endpoints(value: &Value, found: &mut Vec<(String, String, u64)>) {
-        match value {
-            Value::Object(map) => {
-                if let (Some(address), Some(locality), Some(weight)) = (
-                    map.get("address").and_then(Value::as_str),
-                    map.get("locality").and_then(Value::as_str),
-                    map.get("weight").and_then(Value::as_u64),
-                ) {
-                    found.push((address.to_owned(), locality.to_owned(), weight));
-                }
-                map.values().for_each(|v| endpoints(v, found));
-            }
-            Value::Array(items) => items.iter().for_each(|v| endpoints(v, found)),
-            _ => {}
-        }
-    }
-    let mut found = Vec::new();
-    endpoints(&dump, &mut found);
+    let mut found: Vec<(String, String, u64)> =
+        clusters_objects(&cluster.pod("waypoint")?.sandbox, |o| {
+            o.contains_key("address") && o.contains_key("weight")
+        })?
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["address"].as_str()?.to_owned(),
+                e["locality"].as_str()?.to_owned(),
+                e["weight"].as_u64()?,
+            ))
+        })
+        .collect();
     found.sort();
     found.dedup();
     ensure!(
@@ -477,25 +467,34 @@ fn tls_settings(
     field: &str,
     value: &str,
 ) -> Result<Vec<Value>> {
+    clusters_objects(waypoint, |o| o.get(field) == Some(&json!(value)))
+}
+
+/// Every object, at any depth, of the waypoint's `/clusters` that `keep`
+/// takes.
+fn clusters_objects(
+    waypoint: &warren_testbed::Sandbox,
+    keep: impl Fn(&serde_json::Map<String, Value>) -> bool,
+) -> Result<Vec<Value>> {
     let out = waypoint.exec(
         "curl",
         ["-sS", "--max-time", "5", "http://127.0.0.1:15000/clusters"],
     )?;
     let dump: Value = serde_json::from_slice(&out.stdout).context("/clusters is JSON")?;
-    fn walk(value: &Value, field: &str, wanted: &str, found: &mut Vec<Value>) {
+    let mut found = Vec::new();
+    let mut pending = vec![&dump];
+    while let Some(value) = pending.pop() {
         match value {
             Value::Object(map) => {
-                if map.get(field) == Some(&json!(wanted)) {
+                if keep(map) {
                     found.push(value.clone());
                 }
-                map.values().for_each(|v| walk(v, field, wanted, found));
+                pending.extend(map.values());
             }
-            Value::Array(items) => items.iter().for_each(|v| walk(v, field, wanted, found)),
+            Value::Array(items) => pending.extend(items),
             _ => {}
         }
     }
-    let mut found = Vec::new();
-    walk(&dump, field, value, &mut found);
     Ok(found)
 }
 
