@@ -207,9 +207,13 @@ fn read(headers: &HeaderMap) -> Option<Incoming> {
         _ => None,
     };
     if let Some((trace_id, parent, state)) = b3.as_deref().and_then(b3_trace) {
+        // The multi headers' decision counts only for their own trace.
+        let multi_ours = text(headers, "x-b3-traceid")
+            .and_then(|t| hex_id(t, &[16, 32]))
+            .is_none_or(|id| same_trace(&id, &trace_id));
         return Some(Incoming {
             trace: Some((trace_id, parent)),
-            sampled: state.or(multi_sampled),
+            sampled: state.or(multi_sampled.filter(|_| multi_ours)),
         });
     }
     if let Some(trace) = b3_multi_trace(headers) {
@@ -248,7 +252,15 @@ fn drop_invalid(headers: &mut HeaderMap, trace: &str) {
     if headers.contains_key("x-b3-traceid")
         && !b3_multi_trace(headers).is_some_and(|(id, _)| ours(&id))
     {
-        for name in ["x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid"] {
+        // The decision goes with its trace: left behind, it would speak
+        // for the continued one.
+        for name in [
+            "x-b3-traceid",
+            "x-b3-spanid",
+            "x-b3-parentspanid",
+            "x-b3-sampled",
+            "x-b3-flags",
+        ] {
             headers.remove(name);
         }
     }
@@ -266,9 +278,14 @@ fn rewrite(headers: &mut HeaderMap, span: &str, decision: Option<bool>) {
     if let Some(parent) = text(headers, "traceparent") {
         // Written as version 00, the one this waypoint speaks.
         let fields: Vec<&str> = parent.split('-').collect();
+        // Lowercase, as W3C writes ids (a caller's uppercase was read).
         if let [_, trace, _parent, flags, ..] = fields.as_slice()
             && trace.len() == 32
-            && let Ok(value) = HeaderValue::from_str(&format!("00-{trace}-{span}-{flags}"))
+            && let Ok(value) = HeaderValue::from_str(&format!(
+                "00-{}-{span}-{}",
+                trace.to_ascii_lowercase(),
+                flags.to_ascii_lowercase()
+            ))
         {
             headers.insert("traceparent", value);
         }
@@ -652,8 +669,14 @@ mod tests {
             ("x-b3-spanid", "a2fb4a1d1a96d312"),
             ("b3", "463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-1"),
         ]);
+        h.insert("x-b3-sampled", HeaderValue::from_static("0"));
         let span = continue_or_start(&mut h, Some(&plan(100.0))).expect("a span");
         assert_eq!(span.trace_id, "0af7651916cd43dd8448eb211c80319c");
+        assert!(span.sampled, "the W3C trace's decision");
+        assert!(
+            h.get("x-b3-sampled").is_none_or(|v| v == "1"),
+            "the other trace's decision went with it: {h:?}"
+        );
         for name in ["x-b3-traceid", "b3"] {
             let value = h
                 .get(name)
