@@ -8,7 +8,10 @@ use http::Uri;
 /// RFC 3986 §6.2.2: unreserved characters percent-decoded, other escapes
 /// upper-cased, backslashes read as slashes (as browsers and Envoy do), dot
 /// segments removed. `%2F` stays encoded: decoding it would change which
-/// segments the path has.
+/// segments the path has. A `%` that starts no escape is written `%25` (as
+/// Envoy's canonicalizer does): kept bare, it could make an escape of what
+/// follows once decoded (`%%32%65` → `%2e`), which a backend decoding again
+/// would read as a dot the policy never saw. So normalizing is idempotent.
 pub fn normalize(path: &str) -> String {
     // The asterisk form (`OPTIONS *`) and other non-paths are left alone.
     if !path.starts_with('/') {
@@ -63,7 +66,7 @@ fn decode_unreserved(path: &str) -> String {
                     i += 3;
                 }
                 _ => {
-                    out.push(b'%');
+                    out.extend(b"%25");
                     i += 1;
                 }
             },

@@ -199,6 +199,94 @@ fn dot_segments_cannot_sidestep_a_path_rule() {
     assert!(!allowed(&deny, get("/public/%2E%2E/admin")));
 }
 
+/// Normalizing is idempotent, so no escape can appear that a backend
+/// decoding once more would read differently; and a path dressed up with
+/// dot segments, detours, backslashes and escapes of unreserved characters
+/// normalizes as the plain path does. Seeded and bounded.
+#[test]
+fn normalizing_a_path_twice_changes_nothing_and_disguises_come_off() {
+    use rand::{Rng as _, SeedableRng as _, rngs::StdRng, seq::IndexedRandom as _};
+
+    // A lone `%` once made an escape of what followed it, after decoding:
+    // `%%32%65` became `%2e`, a dot to a backend that decodes again.
+    assert_eq!(normalize("/%%32%65"), "/%252e");
+    assert_eq!(
+        normalize("/public/%%32%65%%32%65/admin"),
+        "/public/%252e%252e/admin"
+    );
+
+    let mut rng = StdRng::seed_from_u64(0x9a7e);
+    let alphabet: &[&str] = &[
+        "a", "b", "z", "0", "9", "-", ".", "_", "~", "%", "%2", "%2e", "%2E", "%2f", "%2F", "%41",
+        "%61", "%7e", "%25", "%zz", "\\", "/", "//", "..", ".", "é", "?", ";", "=", "+",
+    ];
+    for _ in 0..20_000 {
+        let path: String = std::iter::once("/".to_owned())
+            .chain(
+                (0..rng.random_range(0..16))
+                    .map(|_| (*alphabet.choose(&mut rng).unwrap_or(&"a")).to_owned()),
+            )
+            .collect();
+        let once = normalize(&path);
+        assert_eq!(normalize(&once), once, "{path:?} → {once:?}");
+        assert!(once.starts_with('/'), "{path:?} → {once:?}");
+        assert!(
+            !once.split('/').any(|s| s == "." || s == ".."),
+            "{path:?} → {once:?}"
+        );
+        assert!(!once.contains('\\'), "{path:?} → {once:?}");
+    }
+
+    // Disguises of a plain path: before any segment, a dot segment or a
+    // detour (written plainly or escaped); separators as backslashes;
+    // unreserved characters escaped.
+    let words = ["admin", "users", "a.b", "x-y", "_", "~me", "v1"];
+    let noise: &[&[&str]] = &[
+        &["."],
+        &["detour", ".."],
+        &["%2e"],
+        &["x", "%2E%2e"],
+        &[".", "."],
+    ];
+    for _ in 0..5_000 {
+        let segments: Vec<&str> = (0..rng.random_range(1..5))
+            .map(|_| *words.choose(&mut rng).unwrap_or(&"admin"))
+            .collect();
+        let plain = format!("/{}", segments.join("/"));
+        let mut dressed = String::new();
+        for (i, segment) in segments.iter().enumerate() {
+            let mut parts: Vec<&str> = Vec::new();
+            if rng.random_bool(0.3) {
+                parts.extend(noise.choose(&mut rng).copied().unwrap_or(&["."]));
+            }
+            parts.push(segment);
+            for (j, part) in parts.into_iter().enumerate() {
+                // A request's path starts with a slash; any other separator
+                // may be a backslash.
+                let first = i == 0 && j == 0;
+                dressed.push(if !first && rng.random_bool(0.2) {
+                    '\\'
+                } else {
+                    '/'
+                });
+                // (A part written with escapes is left as written.)
+                for c in part.chars() {
+                    if !part.contains('%') && rng.random_bool(0.3) {
+                        dressed.push_str(&format!("%{:02x}", c as u32));
+                    } else {
+                        dressed.push(c);
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            normalize(&dressed),
+            normalize(&plain),
+            "{dressed:?} vs {plain:?}"
+        );
+    }
+}
+
 #[test]
 fn string_forms_exact_prefix_suffix_presence() {
     for (pattern, path, expected) in [
@@ -793,7 +881,9 @@ fn path_normalization() {
         ("/x/%2e%2e/y", "/y"),
         ("/a\\..\\b", "/b"),
         ("/a//b", "/a//b"),
-        ("/100%", "/100%"),
+        // A `%` that starts no escape is escaped itself.
+        ("/100%", "/100%25"),
+        ("/100%25", "/100%25"),
         ("*", "*"),
     ] {
         assert_eq!(normalize(raw), normal, "{raw}");
