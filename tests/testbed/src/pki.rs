@@ -14,14 +14,22 @@ use rcgen::{
 
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
-    /// The root certificate, PEM.
+    /// The root certificate, PEM (for an intermediate, its root's).
     pub root_pem: String,
     /// The next leaf's serial number.
     serials: AtomicU64,
+    /// For an intermediate: its certificate, then its issuers' up to the
+    /// root (not included), PEM; each leaf's certificate comes with it.
+    chain_pem: String,
+    /// For an intermediate: its serial number with its issuer, to revoke it
+    /// by (0 for a root).
+    pub serial: u64,
 }
 
 /// A certificate and its key, PEM.
 pub struct Leaf {
+    /// The certificate, then its chain up to the root (not included) when
+    /// an intermediate issued it.
     pub cert_pem: String,
     pub key_pem: String,
     /// Its serial number, to revoke it by.
@@ -36,6 +44,36 @@ pub struct LeafFiles {
 
 impl Authority {
     pub fn new(name: &str) -> Result<Authority> {
+        let params = Self::ca_params(name)?;
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Authority {
+            root_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+            serials: AtomicU64::new(1),
+            chain_pem: String::new(),
+            serial: 0,
+        })
+    }
+
+    /// An intermediate authority this one signs: its leaves come with the
+    /// chain up to this authority's root.
+    pub fn intermediate(&self, name: &str) -> Result<Authority> {
+        let mut params = Self::ca_params(name)?;
+        let serial = self.serials.fetch_add(1, Ordering::Relaxed);
+        params.serial_number = Some(SerialNumber::from(serial));
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Authority {
+            root_pem: self.root_pem.clone(),
+            chain_pem: format!("{}{}", cert.pem(), self.chain_pem),
+            issuer: Issuer::new(params, key),
+            serials: AtomicU64::new(1),
+            serial,
+        })
+    }
+
+    fn ca_params(name: &str) -> Result<CertificateParams> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -44,27 +82,28 @@ impl Authority {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let key = KeyPair::generate()?;
-        let cert = params.self_signed(&key)?;
-        Ok(Authority {
-            root_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-            serials: AtomicU64::new(1),
-        })
+        Ok(params)
     }
 
     /// A revocation list (PEM) of this authority naming `revoked`, valid
     /// from 2020 to 2099.
     pub fn revocation_list(&self, revoked: &[&Leaf]) -> Result<String> {
+        let serials: Vec<u64> = revoked.iter().map(|leaf| leaf.serial).collect();
+        self.revocation_list_of(&serials)
+    }
+
+    /// A revocation list (PEM) of this authority naming the certificates
+    /// it issued with these serial numbers (an intermediate's included).
+    pub fn revocation_list_of(&self, serials: &[u64]) -> Result<String> {
         let params = CertificateRevocationListParams {
             this_update: date_time_ymd(2020, 1, 1),
             next_update: date_time_ymd(2099, 1, 1),
             crl_number: SerialNumber::from(1u64),
             issuing_distribution_point: None,
-            revoked_certs: revoked
+            revoked_certs: serials
                 .iter()
-                .map(|leaf| RevokedCertParams {
-                    serial_number: SerialNumber::from(leaf.serial),
+                .map(|serial| RevokedCertParams {
+                    serial_number: SerialNumber::from(*serial),
                     revocation_time: date_time_ymd(2024, 1, 1),
                     reason_code: None,
                     invalidity_date: None,
@@ -110,7 +149,7 @@ impl Authority {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Leaf {
-            cert_pem: cert.pem(),
+            cert_pem: format!("{}{}", cert.pem(), self.chain_pem),
             key_pem: key.serialize_pem(),
             serial,
         })

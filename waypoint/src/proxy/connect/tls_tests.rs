@@ -74,8 +74,11 @@ async fn serve(
     speaking: Speaking,
 ) -> (SocketAddr, Handshakes) {
     let provider = warren_ztunnel::tls::provider();
-    let chain =
-        vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("server certificate")];
+    // The leaf and, when an intermediate issued it, the chain after it.
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("server certificates");
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("server key");
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -719,6 +722,57 @@ async fn a_revoked_certificate_is_refused_with_ca_crl() {
         }
         other => panic!("a certificate for another name: {:?}", other.err()),
     }
+}
+
+/// `caCrl` covers the whole chain: with an intermediate, the root's list
+/// speaks for the intermediate and the intermediate's for the server. A
+/// revoked intermediate, a revoked server, or an intermediate no list
+/// speaks for is refused.
+#[tokio::test]
+async fn revocation_lists_cover_an_intermediate_too() {
+    let dir = tempdir();
+    let root = Authority::new("egress test root").expect("ca");
+    let anchor = path(&root.write_root(dir.path(), "root").expect("root written"));
+    let issuing = root.intermediate("egress issuing").expect("intermediate");
+    let good = issuing.server(&[HOST]).expect("leaf");
+    let revoked_leaf = issuing.server(&[HOST]).expect("leaf");
+    let crl = dir.path().join("crl.pem");
+    let lists = |root_revokes: &[u64], issuing_revokes: &[&Leaf], with_root: bool| {
+        let mut text = issuing.revocation_list(issuing_revokes).expect("crl");
+        if with_root {
+            text.push_str(&root.revocation_list_of(root_revokes).expect("crl"));
+        }
+        std::fs::write(&crl, text).expect("crl written");
+        let (limits, errors) = limits_for(json!({"mode": "SIMPLE", "caCertificates": anchor,
+            "caCrl": path(&crl)}));
+        assert!(errors.is_empty(), "{errors:?}");
+        limits
+    };
+    let refused_for = |outcome: Result<_, ConnectError>, reason: &str| match outcome {
+        Err(ConnectError::TlsHandshake { source, .. }) => {
+            assert!(source.to_string().contains(reason), "{source}");
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("not refused ({reason})"),
+    };
+
+    // Both lists, nothing revoked: accepted; the server's own revoked: refused.
+    let limits = lists(&[], &[&revoked_leaf], true);
+    refuses_only_the_revoked(&limits, &good, &revoked_leaf).await;
+    // The intermediate revoked by the root: every server under it refused.
+    let limits = lists(&[issuing.serial], &[], true);
+    let (addr, _seen) = server(&good, None).await;
+    refused_for(
+        connector().connect(addr, &limits, Speaks::Http1).await,
+        "Revoked",
+    );
+    // No list from the root: the intermediate's status is unknown.
+    let limits = lists(&[], &[], false);
+    let (addr, _seen) = server(&good, None).await;
+    refused_for(
+        connector().connect(addr, &limits, Speaks::Http1).await,
+        "UnknownRevocationStatus",
+    );
 }
 
 #[tokio::test]
