@@ -1180,15 +1180,32 @@ impl View {
                     })
             };
             // Istio's names for an entry's endpoints: its `subjectAltNames`,
-            // then the identities of its endpoints' `serviceAccount`s.
-            let accounts: BTreeSet<String> = entry
+            // then the identities of its endpoints' service accounts (a
+            // listed endpoint's `serviceAccount`, a selected pod's own), in
+            // the mesh's trust domain and each of its aliases.
+            let listed = entry
                 .spec
                 .endpoints
                 .iter()
                 .filter(|e| !e.service_account.is_empty())
-                .map(|e| {
-                    Identity::new(&self.mesh.trust_domain, namespace, &e.service_account)
-                        .to_string()
+                .map(|e| e.service_account.as_str());
+            let selected = entry
+                .spec
+                .workload_selector
+                .iter()
+                .flat_map(|selector| {
+                    pods.iter()
+                        .filter(|pod| !pod.finished() && pod.labels.matches(&selector.labels))
+                })
+                .map(|pod| pod.service_account_name.as_deref().unwrap_or("default"));
+            let domains =
+                std::iter::once(&self.mesh.trust_domain).chain(&self.mesh.trust_domain_aliases);
+            let accounts: BTreeSet<String> = listed
+                .chain(selected)
+                .flat_map(|account| {
+                    domains
+                        .clone()
+                        .map(move |domain| Identity::new(domain, namespace, account).to_string())
                 })
                 .collect();
             for mut service in

@@ -2126,6 +2126,44 @@ fn an_entrys_subject_alt_names_go_with_its_hosts() {
     }
 }
 
+/// The pods an entry selects add their service accounts' identities too,
+/// in the trust domain and each of its aliases.
+#[test]
+fn an_entrys_selected_pods_and_trust_domain_aliases_add_names() {
+    let mut store = Store::default();
+    apply(&mut store, BASE);
+    apply(
+        &mut store,
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: { name: catalog, namespace: demo }\n\
+         spec: { hosts: [catalog.internal], addresses: [10.80.0.9], ports: [{ number: 443, name: tls, protocol: TLS }], resolution: STATIC,\n\
+         workloadSelector: { labels: { app: catalog } } }\n\
+         ---\napiVersion: v1\nkind: Pod\n\
+         metadata: { name: catalog-0, namespace: demo, labels: { app: catalog } }\n\
+         spec: { nodeName: node-b, serviceAccountName: catalog, containers: [{ name: main }] }\n\
+         status: { phase: Running, hostIP: 172.30.0.2, podIP: 10.244.1.9 }\n",
+    );
+    store.apply(SourceEvent::Synced);
+    let mut view = View::new(
+        Mesh {
+            trust_domain_aliases: vec!["old.example".into()],
+            ..mesh()
+        },
+        Publisher::default(),
+    );
+    view.rebuild(&store);
+    let names = entry_service(&view, "demo", "catalog.internal")
+        .expect("the entry")
+        .subject_alt_names;
+    assert_eq!(
+        names,
+        [
+            "spiffe://cluster.local/ns/demo/sa/catalog",
+            "spiffe://old.example/ns/demo/sa/catalog"
+        ]
+    );
+}
+
 /// An entry's endpoints keep their own labels, locality and weight (unset:
 /// 0, which the proxies read as 1), for the waypoint's subsets and balancing;
 /// one address on another port is another endpoint.
