@@ -165,8 +165,17 @@ fn a_pod_is_captured_before_its_first_connection() -> Result<()> {
 
     // A pod of the mesh the agent never hears of does not start uncaptured: refused
     // after --cni-wait, naming it, and the runtime will try again.
-    let ghost = starting(&mut cluster, "shop", "ghost")?;
-    std::fs::remove_file(cluster.config_dir().join("pod.shop.ghost.yaml"))?;
+    // (Never written to the folder: written and then removed, the agent
+    // could read it in between and capture the pod.)
+    let ghost = cluster
+        .add_unlisted_pod(PodSpec {
+            name: "ghost".into(),
+            namespace: "shop".into(),
+            node: 0,
+            labels: labels(&[("app", "ghost")]),
+            service_account: Some("ghost".into()),
+        })?
+        .clone();
     let refused = runtime.run("ADD", &ghost)?;
     ensure!(
         refused.code == Some(1),

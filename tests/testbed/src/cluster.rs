@@ -103,6 +103,17 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
 }
 
+/// What the config folder shows of a new pod.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    /// Running, with its address.
+    Started,
+    /// Its sandbox being built: no address yet.
+    Starting,
+    /// Nothing: the agent never hears of it.
+    Unlisted,
+}
+
 /// What to create with [`Cluster::add_pod`].
 #[derive(Clone, Debug, Default)]
 pub struct PodSpec {
@@ -416,7 +427,7 @@ impl Cluster {
     /// Creates a pod: namespace, veth on its node's bridge, address, default
     /// route, cgroup, and its `Pod` object (plus updated EndpointSlices).
     pub fn add_pod(&mut self, spec: PodSpec) -> Result<&Pod> {
-        self.add_pod_shown(spec, false, true)
+        self.add_pod_shown(spec, false, Shown::Started)
     }
 
     /// Adds a pod shown as a kubelet on a Kubernetes node shows it: none of the
@@ -424,7 +435,7 @@ impl Cluster {
     /// UID), its cgroup named after the UID as kubelet's systemd driver names it,
     /// and a sandbox process ("pause") in it for as long as the pod lives.
     pub fn add_kubelet_pod(&mut self, spec: PodSpec) -> Result<&Pod> {
-        self.add_pod_shown(spec, true, true)
+        self.add_pod_shown(spec, true, Shown::Started)
     }
 
     /// [`Cluster::add_kubelet_pod`] caught while kubelet builds the sandbox: the
@@ -432,7 +443,13 @@ impl Cluster {
     /// address yet. [`Cluster::pod_started`] publishes it, as kubelet does once the
     /// CNI plugins have run.
     pub fn add_starting_pod(&mut self, spec: PodSpec) -> Result<&Pod> {
-        self.add_pod_shown(spec, true, false)
+        self.add_pod_shown(spec, true, Shown::Starting)
+    }
+
+    /// [`Cluster::add_starting_pod`] whose Pod object is never written: a
+    /// sandbox the node agent never hears of (no Service may select it).
+    pub fn add_unlisted_pod(&mut self, spec: PodSpec) -> Result<&Pod> {
+        self.add_pod_shown(spec, true, Shown::Unlisted)
     }
 
     /// Publishes a starting pod's address and phase (see [`Cluster::add_starting_pod`]).
@@ -448,7 +465,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn add_pod_shown(&mut self, spec: PodSpec, kubelet: bool, started: bool) -> Result<&Pod> {
+    fn add_pod_shown(&mut self, spec: PodSpec, kubelet: bool, shown: Shown) -> Result<&Pod> {
         if self
             .state
             .pods
@@ -579,10 +596,14 @@ impl Cluster {
                 "starting the pod's sandbox process: {status}"
             );
         }
-        if started {
-            manifests::write_pod(&self.config_dir(), &pod, &node)?;
-        } else {
-            manifests::write_starting_pod(&self.config_dir(), &pod, &node)?;
+        match shown {
+            Shown::Started => {
+                manifests::write_pod(&self.config_dir(), &pod, &node)?;
+            }
+            Shown::Starting => {
+                manifests::write_starting_pod(&self.config_dir(), &pod, &node)?;
+            }
+            Shown::Unlisted => {}
         }
         self.state.next_slot[spec.node] = slot + 1;
         self.state.pods.push(pod);
