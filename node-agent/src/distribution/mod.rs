@@ -34,7 +34,7 @@ use warren_api::config::{
 pub use peer::{Peers, PlacedStream, Placement};
 pub use socket::{SocketError, bind};
 
-use crate::view::{Audience, Form, Pending, Publisher};
+use crate::view::{Audience, Form, LocalPod, Pending, Publisher};
 
 /// How long a new stream may take to say who it is.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -297,13 +297,18 @@ struct Subscriber {
 /// reconnect.
 struct Recheck {
     peers: Peers,
-    changes: watch::Receiver<u64>,
+    changes: watch::Receiver<Vec<LocalPod>>,
     placement: Placement,
     role: Role,
     namespace: String,
 }
 
 impl Recheck {
+    fn check(&self) -> Result<(), String> {
+        self.peers
+            .check(&self.placement, self.role, &self.namespace)
+    }
+
     /// Why the peer no longer passes its check, if this node's pods changed
     /// since it was last checked and it does not.
     fn refused_now(recheck: &mut Option<Recheck>) -> Option<String> {
@@ -311,11 +316,8 @@ impl Recheck {
         if !recheck.changes.has_changed().unwrap_or(false) {
             return None;
         }
-        recheck.changes.borrow_and_update();
-        recheck
-            .peers
-            .check(&recheck.placement, recheck.role, &recheck.namespace)
-            .err()
+        recheck.changes.mark_unchanged();
+        recheck.check().err()
     }
 
     /// Resolves with the reason once the peer no longer passes its check;
@@ -328,11 +330,7 @@ impl Recheck {
             if recheck.changes.changed().await.is_err() {
                 return std::future::pending().await;
             }
-            if let Err(reason) =
-                recheck
-                    .peers
-                    .check(&recheck.placement, recheck.role, &recheck.namespace)
-            {
+            if let Err(reason) = recheck.check() {
                 return reason;
             }
         }

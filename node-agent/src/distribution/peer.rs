@@ -39,7 +39,7 @@ use warren_api::config::Role;
 use crate::{
     enrollment::PodNetworks,
     sandbox::{namespace_id, pod_uid_of},
-    view::NodePods,
+    view::{LocalPod, NodePods},
 };
 
 /// `SO_PEERPIDFD` (Linux 6.5): a pidfd of the process that connected.
@@ -250,7 +250,7 @@ impl Peers {
 
     /// Tells of each change of this node's pods, after which a
     /// subscription's placement may no longer pass [`Peers::check`].
-    pub fn changes(&self) -> watch::Receiver<u64> {
+    pub fn changes(&self) -> watch::Receiver<Vec<LocalPod>> {
         self.pods.changes()
     }
 
@@ -341,7 +341,6 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     use super::*;
-    use crate::view::LocalPod;
 
     const UID: &str = "3f2c1a9e-5b7d-4c1e-9a2b-8d6e0f1a2b3c";
 

@@ -5,7 +5,7 @@
 //! what follows from it, so a subscription whose pod has gone is checked
 //! again before the next update is sent to it.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -25,46 +25,33 @@ pub struct LocalPod {
 /// A handle on this node's pods: the view writes them, readers take a look
 /// and watch for changes.
 #[derive(Clone)]
-pub struct NodePods {
-    pods: Arc<RwLock<Vec<LocalPod>>>,
-    /// Counts the changes of `pods`.
-    generation: Arc<watch::Sender<u64>>,
-}
+pub struct NodePods(Arc<watch::Sender<Vec<LocalPod>>>);
 
 impl Default for NodePods {
     fn default() -> Self {
-        Self {
-            pods: Arc::default(),
-            generation: Arc::new(watch::Sender::new(0)),
-        }
+        Self(Arc::new(watch::Sender::new(Vec::new())))
     }
 }
 
 impl NodePods {
-    /// The pods now.
-    pub fn read(&self) -> RwLockReadGuard<'_, Vec<LocalPod>> {
-        self.pods
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The pods now (held briefly: the view waits for it).
+    pub fn read(&self) -> watch::Ref<'_, Vec<LocalPod>> {
+        self.0.borrow()
     }
 
     /// Tells of each change, which has been written when it is told.
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.generation.subscribe()
+    pub fn changes(&self) -> watch::Receiver<Vec<LocalPod>> {
+        self.0.subscribe()
     }
 
     /// Replaces the pods (the view's own doing; tests stand in for it).
     pub fn set(&self, pods: Vec<LocalPod>) {
-        {
-            let mut known = self
-                .pods
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.0.send_if_modified(|known| {
             if *known == pods {
-                return;
+                return false;
             }
             *known = pods;
-        }
-        self.generation.send_modify(|g| *g += 1);
+            true
+        });
     }
 }

@@ -57,13 +57,13 @@ pub fn services<'a>(
     auto_vip: impl Fn(&str) -> Vec<IpAddr>,
 ) -> Vec<Service> {
     let spec = &entry.spec;
-    let vips: Vec<Vec<u8>> = spec
+    // A block of one address is a VIP; a wider one stays a block.
+    let (vips, vip_ranges): (Vec<Cidr>, Vec<Cidr>) = spec
         .addresses
         .iter()
-        .filter_map(|a| single_address(a))
-        .map(addr::to_bytes)
-        .collect();
-    let vip_ranges: Vec<Cidr> = spec.addresses.iter().filter_map(|a| block(a)).collect();
+        .filter_map(|a| block(a))
+        .partition(|c| c.prefix_len as usize == c.address.len() * 8);
+    let vips: Vec<Vec<u8>> = vips.into_iter().map(|c| c.address).collect();
     // Istio allocates addresses only to entries that give none.
     let allocate = spec.addresses.is_empty();
     let ports: Vec<ServicePort> = spec
@@ -181,28 +181,22 @@ pub fn services<'a>(
         .collect()
 }
 
-/// A CIDR that holds more than one address.
+/// An address or a CIDR, as a block (an address is a block of one).
 fn block(text: &str) -> Option<Cidr> {
-    let (ip, bits) = text.split_once('/')?;
+    let (ip, bits) = match text.split_once('/') {
+        Some((ip, bits)) => (ip, Some(bits)),
+        None => (text, None),
+    };
     let ip: IpAddr = ip.parse().ok()?;
-    let bits: u32 = bits.parse().ok()?;
     let full = if ip.is_ipv4() { 32 } else { 128 };
-    (bits < full).then(|| Cidr {
+    let prefix_len = match bits {
+        Some(bits) => bits.parse().ok().filter(|b| *b <= full)?,
+        None => full,
+    };
+    Some(Cidr {
         address: addr::to_bytes(ip),
-        prefix_len: bits,
+        prefix_len,
     })
-}
-
-/// An address, or a CIDR that holds exactly one.
-fn single_address(text: &str) -> Option<IpAddr> {
-    match text.split_once('/') {
-        None => text.parse().ok(),
-        Some((ip, bits)) => {
-            let ip: IpAddr = ip.parse().ok()?;
-            let full = if ip.is_ipv4() { "32" } else { "128" };
-            (bits == full).then_some(ip)
-        }
-    }
 }
 
 #[cfg(test)]
@@ -211,13 +205,18 @@ mod tests {
 
     #[test]
     fn a_cidr_of_one_address_is_a_vip_and_a_wider_one_a_block() {
-        assert_eq!(single_address("10.9.0.1"), "10.9.0.1".parse().ok());
-        assert_eq!(single_address("10.9.0.1/32"), "10.9.0.1".parse().ok());
-        assert_eq!(single_address("fd00::1/128"), "fd00::1".parse().ok());
-        assert_eq!(single_address("10.9.0.0/24"), None);
-        assert_eq!(single_address("api.example.com"), None);
-        assert_eq!(block("10.9.0.1"), None);
-        assert_eq!(block("10.9.0.1/32"), None);
+        let one = |ip: &str| {
+            let ip: IpAddr = ip.parse().expect("an address");
+            Some(Cidr {
+                address: addr::to_bytes(ip),
+                prefix_len: if ip.is_ipv4() { 32 } else { 128 },
+            })
+        };
+        assert_eq!(block("10.9.0.1"), one("10.9.0.1"));
+        assert_eq!(block("10.9.0.1/32"), one("10.9.0.1"));
+        assert_eq!(block("fd00::1/128"), one("fd00::1"));
+        assert_eq!(block("api.example.com"), None);
+        assert_eq!(block("10.9.0.0/33"), None);
         assert_eq!(
             block("10.9.0.0/24"),
             Some(Cidr {

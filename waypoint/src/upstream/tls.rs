@@ -22,7 +22,7 @@
 use std::{
     collections::{BTreeMap, hash_map::DefaultHasher},
     hash::{Hash as _, Hasher as _},
-    sync::{Arc, OnceLock},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use rustls::{
@@ -85,6 +85,10 @@ pub struct TlsSettings {
     credentials: Credentials,
     /// The client configs by ALPN, or why there are none.
     configs: Result<Arc<Configs>, String>,
+    /// The same configs expecting a ServiceEntry's names, by names: made
+    /// once for these settings, so that clusters rebuilt on a mesh change
+    /// keep one verifier (and with it TLS session resumption).
+    expecting: Mutex<BTreeMap<Vec<String>, Arc<Configs>>>,
 }
 
 // Never the credentials' bytes: the Secrets by name.
@@ -184,8 +188,25 @@ impl TlsSettings {
             read_files: material.read_files,
             credentials: material.used,
             configs,
+            expecting: Mutex::default(),
         };
         (TlsMode::Originate(Arc::new(settings)), error)
+    }
+
+    /// The configs checking a server for one of `names` ([`Configs::expecting`]),
+    /// made once per set of names.
+    fn expecting(&self, names: &[String]) -> Option<Arc<Configs>> {
+        let configs = self.configs.as_ref().ok()?;
+        let mut made = self
+            .expecting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(expecting) = made.get(names) {
+            return Some(Arc::clone(expecting));
+        }
+        let expecting = Arc::new(configs.expecting(names)?);
+        made.insert(names.to_vec(), Arc::clone(&expecting));
+        Some(expecting)
     }
 
     /// Whether the files read hold something else now (compiling again
@@ -256,10 +277,8 @@ impl Origination {
         if names.is_empty() {
             return self;
         }
-        if let Ok(configs) = &self.configs
-            && let Some(expecting) = configs.expecting(names)
-        {
-            self.configs = Ok(Arc::new(expecting));
+        if let Some(expecting) = self.settings.expecting(names) {
+            self.configs = Ok(expecting);
             self.entry_names = names.to_vec();
         }
         self

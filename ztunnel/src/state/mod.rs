@@ -676,14 +676,6 @@ impl State {
         self.read().service_at(ip.to_canonical()).cloned()
     }
 
-    /// The service at `ip` that clients of `namespace` see (a ServiceEntry's
-    /// `exportTo`), by [`precedence`].
-    pub fn service_by_vip_for(&self, ip: IpAddr, namespace: &str) -> Option<Arc<Service>> {
-        self.read()
-            .service_at_for(ip.to_canonical(), Some(namespace))
-            .cloned()
-    }
-
     /// The Service a connection to `dst` from a client of `namespace` goes
     /// to, as [`State::resolve`] chooses it (an address block included):
     /// the one the client's ztunnel sent it for.
@@ -1403,13 +1395,14 @@ mod tests {
         };
         assert_eq!(seen_by("team-a"), Some(private.clone()));
         assert_eq!(seen_by("team-b"), None);
+        let to = SocketAddr::new(vip, 80);
         assert_eq!(
             state
-                .service_by_vip_for(vip, "team-a")
+                .service_for_connection(to, "team-a")
                 .map(|s| s.key.clone()),
             Some(private.clone())
         );
-        assert!(state.service_by_vip_for(vip, "team-b").is_none());
+        assert!(state.service_for_connection(to, "team-b").is_none());
         assert_eq!(
             state
                 .service_by_hostname("api.example", Some("team-b"))

@@ -533,6 +533,21 @@ async fn a_service_entrys_subject_alt_names_stand_in_for_the_rules() {
         .await
         .expect("no names: the server name is checked");
     let unchecked = limits.tls.clone().expect("TLS");
+    // Clusters rebuilt with the same names share one config (one verifier,
+    // so TLS sessions resume across rebuilds).
+    let names = ["other.example.test".to_owned()];
+    let config = |tls: &crate::upstream::Origination| {
+        tls.clone()
+            .with_entry_names(&names)
+            .client(Speaks::Http1)
+            .expect("a config")
+            .0
+    };
+    assert!(Arc::ptr_eq(&config(&unchecked), &config(&unchecked)));
+    assert!(!Arc::ptr_eq(
+        &config(&unchecked),
+        &unchecked.client(Speaks::Http1).expect("a config").0
+    ));
 
     let limits = with_entry(simple.clone(), &["other.example.test"]);
     let refused = connector().connect(addr, &limits, Speaks::Http1).await;
