@@ -77,6 +77,7 @@ macro_rules! check {
                 check_as::<DestinationRule>(typed($de), validate::destination_rule)
             }
             "ServiceEntry" => check_as::<ServiceEntry>(typed($de), validate::service_entry),
+            "WorkloadEntry" => check_as::<WorkloadEntry>(typed($de), validate::workload_entry),
             "AuthorizationPolicy" => {
                 check_as::<AuthorizationPolicy>(typed($de), validate::authorization_policy)
             }
@@ -151,6 +152,7 @@ fn valid_corpus_round_trips_and_validates() {
         "VirtualService",
         "DestinationRule",
         "ServiceEntry",
+        "WorkloadEntry",
         "AuthorizationPolicy",
         "PeerAuthentication",
         "RequestAuthentication",
@@ -277,6 +279,7 @@ fn crds_generate_for_every_kind() {
         VirtualService::crd(),
         DestinationRule::crd(),
         ServiceEntry::crd(),
+        WorkloadEntry::crd(),
         AuthorizationPolicy::crd(),
         PeerAuthentication::crd(),
         RequestAuthentication::crd(),
@@ -296,6 +299,7 @@ fn crds_generate_for_every_kind() {
             "virtualservices.networking.istio.io",
             "destinationrules.networking.istio.io",
             "serviceentries.networking.istio.io",
+            "workloadentries.networking.istio.io",
             "authorizationpolicies.security.istio.io",
             "peerauthentications.security.istio.io",
             "requestauthentications.security.istio.io",

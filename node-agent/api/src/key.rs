@@ -11,6 +11,13 @@ pub fn workload(namespace: &str, name: &str) -> String {
     format!("workload/{namespace}/{name}")
 }
 
+/// A WorkloadEntry's workload. `:` never appears in a pod's name, so the
+/// two never share a key; it is a workload's key all the same
+/// ([`is_workload`]).
+pub fn workload_entry(namespace: &str, name: &str) -> String {
+    format!("workload/{namespace}/workloadentry:{name}")
+}
+
 /// Whether a key is a workload's ([`workload`]): a waypoint serves a pod
 /// addressed directly as a Service keyed so.
 pub fn is_workload(key: &str) -> bool {

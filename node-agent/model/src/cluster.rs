@@ -291,6 +291,10 @@ pub struct Service {
     pub traffic_distribution: Option<TrafficDistribution>,
     /// `spec.internalTrafficPolicy: Local`: this node's endpoints only.
     pub node_local: bool,
+    /// `spec.selector`, when it has labels: the pods it selects are in its
+    /// EndpointSlices, and Warren adds the WorkloadEntries it selects, as
+    /// istiod does. Without one, the Service selects nothing.
+    pub selector: Option<BTreeMap<String, String>>,
 }
 
 /// The closeness a Service asks for, as Istio reads its values (case
@@ -348,6 +352,7 @@ impl From<core::Service> for Service {
         Self {
             traffic_distribution,
             node_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            selector: spec.selector.filter(|s| !s.is_empty()),
             namespace: namespace_of(meta.namespace.as_deref()),
             labels: Labels::from_map(meta.labels.as_ref()),
             name: name_of(meta.name),

@@ -20,7 +20,7 @@ use super::{
     intern::intern,
     istio::{
         AuthorizationPolicy, DestinationRule, PeerAuthentication, RequestAuthentication,
-        ServiceEntry, VirtualService, telemetry::Telemetry,
+        ServiceEntry, VirtualService, WorkloadEntry, telemetry::Telemetry,
     },
     l4_route::{self, TCPRoute, TLSRoute},
     reference_grant::{self, ReferenceGrant},
@@ -40,6 +40,7 @@ pub enum Kind {
     VirtualService,
     DestinationRule,
     ServiceEntry,
+    WorkloadEntry,
     AuthorizationPolicy,
     PeerAuthentication,
     RequestAuthentication,
@@ -78,6 +79,7 @@ impl Kind {
             ("networking.istio.io", "VirtualService") if istio_version => Kind::VirtualService,
             ("networking.istio.io", "DestinationRule") if istio_version => Kind::DestinationRule,
             ("networking.istio.io", "ServiceEntry") if istio_version => Kind::ServiceEntry,
+            ("networking.istio.io", "WorkloadEntry") if istio_version => Kind::WorkloadEntry,
             ("security.istio.io", "AuthorizationPolicy") if istio_version => {
                 Kind::AuthorizationPolicy
             }
@@ -135,6 +137,7 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
+            Kind::WorkloadEntry => "WorkloadEntry",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::RequestAuthentication => "RequestAuthentication",
@@ -194,6 +197,7 @@ pub enum Object {
     VirtualService(Arc<VirtualService>),
     DestinationRule(Arc<DestinationRule>),
     ServiceEntry(Arc<ServiceEntry>),
+    WorkloadEntry(Arc<WorkloadEntry>),
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
     PeerAuthentication(Arc<PeerAuthentication>),
     RequestAuthentication(Arc<RequestAuthentication>),
@@ -219,6 +223,7 @@ impl Object {
             Object::VirtualService(_) => Kind::VirtualService,
             Object::DestinationRule(_) => Kind::DestinationRule,
             Object::ServiceEntry(_) => Kind::ServiceEntry,
+            Object::WorkloadEntry(_) => Kind::WorkloadEntry,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
             Object::RequestAuthentication(_) => Kind::RequestAuthentication,
@@ -257,6 +262,7 @@ impl Object {
             Object::VirtualService(o) => Some(&o.metadata),
             Object::DestinationRule(o) => Some(&o.metadata),
             Object::ServiceEntry(o) => Some(&o.metadata),
+            Object::WorkloadEntry(o) => Some(&o.metadata),
             Object::AuthorizationPolicy(o) => Some(&o.metadata),
             Object::PeerAuthentication(o) => Some(&o.metadata),
             Object::RequestAuthentication(o) => Some(&o.metadata),
@@ -451,6 +457,8 @@ pub fn parse_document(doc: Value, source: &str) -> Result<Object, ConfigError> {
                 .map(|(o, e)| (Object::DestinationRule(Arc::new(o)), e)),
             Kind::ServiceEntry => checked(doc, validate::service_entry)
                 .map(|(o, e)| (Object::ServiceEntry(Arc::new(o)), e)),
+            Kind::WorkloadEntry => checked(doc, validate::workload_entry)
+                .map(|(o, e)| (Object::WorkloadEntry(Arc::new(o)), e)),
             Kind::AuthorizationPolicy => checked(doc, validate::authorization_policy)
                 .map(|(o, e)| (Object::AuthorizationPolicy(Arc::new(o)), e)),
             Kind::PeerAuthentication => checked(doc, validate::peer_authentication)

@@ -74,6 +74,13 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
         "serviceentries",
     ),
     (
+        Kind::WorkloadEntry,
+        "networking.istio.io",
+        "v1",
+        "WorkloadEntry",
+        "workloadentries",
+    ),
+    (
         Kind::AuthorizationPolicy,
         "security.istio.io",
         "v1",
@@ -220,6 +227,10 @@ fn optional(kind: Kind, code: u16) -> bool {
         // who may send it: without its CRD (a cluster without Istio's) or
         // its RBAC, the proxies report as they do by default.
         Kind::Telemetry => matches!(code, 403 | 404),
+        // WorkloadEntries only add endpoints (outside the cluster): an
+        // agent whose ClusterRole predates reading them, or a cluster
+        // without their CRD, serves the cluster's own and says so.
+        Kind::WorkloadEntry => matches!(code, 403 | 404),
         // A namespace's Role missing: its `credentialName`s fail closed.
         Kind::Secret => code == 403,
         _ => false,

@@ -168,6 +168,9 @@ pub struct View {
     service_routes: BTreeMap<String, BTreeSet<String>>,
     /// Addresses of ServiceEntry hosts that have none of their own.
     auto_vips: auto_vip::AutoVips,
+    /// ServiceEntry hosts of two labels, which routing reads as written
+    /// ([`routing::entry_hosts`]).
+    entry_hosts: BTreeSet<String>,
     /// The extension provider keys (and the telemetry defaults' key) the
     /// mesh config publishes.
     providers: BTreeSet<String>,
@@ -223,6 +226,7 @@ impl View {
             entries: BTreeMap::new(),
             service_routes: BTreeMap::new(),
             auto_vips: auto_vip::AutoVips::new(),
+            entry_hosts: BTreeSet::new(),
             providers: BTreeSet::new(),
             credential_names: BTreeMap::new(),
             local_pods: BTreeMap::new(),
@@ -262,6 +266,7 @@ impl View {
             Kind::EndpointSlice,
             Kind::Service,
             Kind::Pod,
+            Kind::WorkloadEntry,
             Kind::VirtualService,
             Kind::HttpRoute,
             Kind::GrpcRoute,
@@ -282,6 +287,17 @@ impl View {
     /// Recomputes what depends on the objects `keys` (changed, added or
     /// removed in `store`).
     pub fn changed(&mut self, store: &Store, keys: &[ObjectKey]) {
+        // Before the routing below reads them: a new two-label entry host
+        // changes what every VirtualService and DestinationRule naming it
+        // means.
+        let mut reroute = false;
+        if keys.iter().any(|k| k.kind == Kind::ServiceEntry) {
+            let now = routing::entry_hosts(store);
+            if now != self.entry_hosts {
+                self.entry_hosts = now;
+                reroute = true;
+            }
+        }
         let mut workloads: BTreeSet<ObjectKey> = BTreeSet::new();
         let mut services: BTreeSet<(String, String)> = BTreeSet::new();
         // Namespaces whose every workload must be recomputed; `None` for all.
@@ -306,6 +322,20 @@ impl View {
                         entry_namespaces.insert(ns.clone());
                     }
                     waypoint_namespaces.insert(ns);
+                }
+                Kind::WorkloadEntry => {
+                    workloads.insert(key.clone());
+                    // A workloadSelector may select it (or did), and so may
+                    // a Service's selector.
+                    if has_selecting_entry(store, &ns) {
+                        entry_namespaces.insert(ns.clone());
+                    }
+                    services.extend(
+                        store
+                            .of_kind_in(Kind::Service, &ns)
+                            .filter(|o| matches!(o, Object::Service(s) if s.selector.is_some()))
+                            .map(|o| (ns.clone(), o.key().name.to_string())),
+                    );
                 }
                 Kind::Gateway => {
                     // Whether a policy's targetRef names a waypoint may have changed.
@@ -422,9 +452,9 @@ impl View {
                 );
                 services.extend(waypoint::services_naming(store, &ns));
                 entry_namespaces.extend(waypoint::entry_namespaces_naming(store, &ns));
-                // Pods addressed directly may go through it too.
-                workloads.extend(store.of_kind_in(Kind::Pod, &ns).map(Object::key));
-                workloads.extend(waypoint::pods_naming(store, &ns));
+                // Workloads addressed directly may go through it too.
+                workloads.extend(workload_keys(store, Some(&ns)));
+                workloads.extend(waypoint::workloads_naming(store, &ns));
                 entry_namespaces.insert(ns);
             }
         }
@@ -441,10 +471,10 @@ impl View {
             self.service_routes(store, ns);
         }
         if namespaces.contains(&None) {
-            workloads.extend(store.of_kind(Kind::Pod).map(Object::key));
+            workloads.extend(workload_keys(store, None));
         } else {
             for ns in namespaces.into_iter().flatten() {
-                workloads.extend(store.of_kind_in(Kind::Pod, &ns).map(Object::key));
+                workloads.extend(workload_keys(store, Some(&ns)));
             }
         }
         for key in &workloads {
@@ -452,6 +482,15 @@ impl View {
         }
         for (ns, name) in &services {
             self.service(store, ns, name);
+        }
+        if reroute {
+            let routing: Vec<ObjectKey> = [Kind::VirtualService, Kind::DestinationRule]
+                .into_iter()
+                .flat_map(|kind| store.of_kind(kind).map(Object::key))
+                .collect();
+            for key in &routing {
+                self.routing(store, key);
+            }
         }
     }
 
@@ -732,8 +771,32 @@ impl View {
             .take_while(move |((ns, _), _)| ns == namespace)
     }
 
+    /// Recomputes the workload of the Pod or WorkloadEntry `key`.
     fn workload(&mut self, store: &Store, key: &ObjectKey) {
         let namespace = key.namespace.as_deref().unwrap_or("default");
+        if key.kind == Kind::WorkloadEntry {
+            let resource_key = key::workload_entry(namespace, &key.name);
+            let computed = match store.get(key) {
+                Some(Object::WorkloadEntry(entry)) => {
+                    let policies = self.policies_for(namespace, &entry.labels());
+                    workload::workload_entry(&self.mesh, store, entry, policies, &self.waypoints)
+                }
+                _ => None,
+            };
+            // Never this node's: no identity of it is served here.
+            self.publisher.write(|p| match computed {
+                Some(w) => {
+                    p.upsert(Resource {
+                        key: resource_key,
+                        kind: Some(ResourceKind::Workload(w)),
+                    });
+                }
+                None => {
+                    p.remove(&resource_key);
+                }
+            });
+            return;
+        }
         let resource_key = key::workload(namespace, &key.name);
         let computed = match store.get(key) {
             Some(Object::Pod(pod)) => {
@@ -784,7 +847,8 @@ impl View {
                 key::virtual_service(ns, &key.name),
                 match store.get(key) {
                     Some(Object::VirtualService(vs)) => {
-                        routing::virtual_service(&self.mesh, vs).map(ResourceKind::VirtualService)
+                        routing::virtual_service(&self.mesh, vs, &self.entry_hosts)
+                            .map(ResourceKind::VirtualService)
                     }
                     _ => None,
                 },
@@ -793,7 +857,7 @@ impl View {
                 key::destination_rule(ns, &key.name),
                 match store.get(key) {
                     Some(Object::DestinationRule(dr)) => Some(ResourceKind::DestinationRule(
-                        routing::destination_rule(&self.mesh, dr),
+                        routing::destination_rule(&self.mesh, dr, &self.entry_hosts),
                     )),
                     _ => None,
                 },
@@ -1162,6 +1226,13 @@ impl View {
                 _ => None,
             })
             .collect();
+        let workload_entries: Vec<_> = store
+            .of_kind_in(Kind::WorkloadEntry, namespace)
+            .filter_map(|o| match o {
+                Object::WorkloadEntry(e) => Some(e.as_ref()),
+                _ => None,
+            })
+            .collect();
         let mut computed: BTreeMap<String, warren_api::config::Service> = BTreeMap::new();
         for object in store.of_kind_in(Kind::ServiceEntry, namespace) {
             let Object::ServiceEntry(entry) = object else {
@@ -1181,8 +1252,9 @@ impl View {
             };
             // Istio's names for an entry's endpoints: its `subjectAltNames`,
             // then the identities of its endpoints' service accounts (a
-            // listed endpoint's `serviceAccount`, a selected pod's own), in
-            // the mesh's trust domain and each of its aliases.
+            // listed endpoint's `serviceAccount`, a selected pod's own, a
+            // selected WorkloadEntry's), in the mesh's trust domain and each
+            // of its aliases.
             let listed = entry
                 .spec
                 .endpoints
@@ -1197,7 +1269,20 @@ impl View {
                     pods.iter()
                         .filter(|pod| !pod.finished() && pod.labels.matches(&selector.labels))
                 })
-                .map(|pod| pod.service_account_name.as_deref().unwrap_or("default"));
+                .map(|pod| pod.service_account_name.as_deref().unwrap_or("default"))
+                .chain(
+                    entry
+                        .spec
+                        .workload_selector
+                        .iter()
+                        .flat_map(|selector| {
+                            workload_entries
+                                .iter()
+                                .filter(|e| e.labels().matches(&selector.labels))
+                        })
+                        .map(|e| e.spec.service_account.as_str())
+                        .filter(|account| !account.is_empty()),
+                );
             let domains =
                 std::iter::once(&self.mesh.trust_domain).chain(&self.mesh.trust_domain_aliases);
             let accounts: BTreeSet<String> = listed
@@ -1209,7 +1294,7 @@ impl View {
                 })
                 .collect();
             for mut service in
-                service_entry::services(namespace, entry, pods.iter().copied(), auto_vip)
+                service_entry::services(namespace, entry, &pods, &workload_entries, auto_vip)
             {
                 service.waypoint.clone_from(&waypoint);
                 for account in &accounts {
@@ -1244,7 +1329,18 @@ impl View {
                 _ => None,
             })
             .collect();
-        let mut computed = service::service(&self.mesh, svc, &slices);
+        // istiod's addition to Kubernetes: the WorkloadEntries the
+        // Service's selector picks are its endpoints too.
+        let entries: Vec<_> = svc.selector.as_ref().map_or_else(Vec::new, |selector| {
+            store
+                .of_kind_in(Kind::WorkloadEntry, namespace)
+                .filter_map(|o| match o {
+                    Object::WorkloadEntry(e) if e.labels().matches(selector) => Some(e.as_ref()),
+                    _ => None,
+                })
+                .collect()
+        });
+        let mut computed = service::service(&self.mesh, svc, &slices, &entries);
         computed.waypoint = waypoint::of_service(store, &self.waypoints, namespace, svc);
         self.publisher.write(|p| {
             p.upsert(Resource {
@@ -1253,6 +1349,21 @@ impl View {
             })
         });
     }
+}
+
+/// The keys of the Pods and WorkloadEntries of `namespace` (`None`: of
+/// every namespace): each makes a workload.
+fn workload_keys(store: &Store, namespace: Option<&str>) -> Vec<ObjectKey> {
+    [Kind::Pod, Kind::WorkloadEntry]
+        .into_iter()
+        .flat_map(|kind| match namespace {
+            Some(ns) => store
+                .of_kind_in(kind, ns)
+                .map(Object::key)
+                .collect::<Vec<_>>(),
+            None => store.of_kind(kind).map(Object::key).collect(),
+        })
+        .collect()
 }
 
 /// Whether a ServiceEntry of `namespace` picks its endpoints by labels (any

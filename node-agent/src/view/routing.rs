@@ -3,18 +3,44 @@
 //!
 //! Istio reads a short host (`reviews`) in the namespace of the object that
 //! names it, and `reviews.shop` as a name in namespace `shop`. Resolving here,
-//! once, means a waypoint in another namespace never has to guess.
+//! once, means a waypoint in another namespace never has to guess. A name of
+//! two labels that a ServiceEntry names as its host (`httpbin.org`) is that
+//! host, as written: Istio never reads a name with a dot as a short one.
+
+use std::collections::BTreeSet;
 
 use warren_api::config::{DestinationRule, VirtualService};
 
 use super::Mesh;
-use crate::model::istio::{
-    Destination, DestinationRule as IstioDestinationRule, VirtualService as IstioVirtualService,
-    VirtualServiceSpec,
+use crate::{
+    model::{
+        Kind, Object,
+        istio::{
+            Destination, DestinationRule as IstioDestinationRule,
+            VirtualService as IstioVirtualService, VirtualServiceSpec,
+        },
+    },
+    store::Store,
 };
 
-/// `host` as a fully qualified name, read in `namespace`.
-pub fn qualify(mesh: &Mesh, namespace: &str, host: &str) -> String {
+/// The hosts of two labels that ServiceEntries (of any namespace) name,
+/// lowercase: [`qualify`] keeps them as written.
+pub fn entry_hosts(store: &Store) -> BTreeSet<String> {
+    store
+        .of_kind(Kind::ServiceEntry)
+        .filter_map(|o| match o {
+            Object::ServiceEntry(entry) => Some(entry.spec.hosts.iter()),
+            _ => None,
+        })
+        .flatten()
+        .map(|host| host.trim_end_matches('.').to_ascii_lowercase())
+        .filter(|host| !host.starts_with('*') && host.split('.').count() == 2)
+        .collect()
+}
+
+/// `host` as a fully qualified name, read in `namespace`; `entry_hosts` are
+/// [`entry_hosts`].
+pub fn qualify(mesh: &Mesh, namespace: &str, host: &str, entry_hosts: &BTreeSet<String>) -> String {
     let suffix = format!("svc.{}", mesh.cluster_domain);
     if host.starts_with('*') || host.ends_with(&suffix) || host.parse::<std::net::IpAddr>().is_ok()
     {
@@ -22,6 +48,9 @@ pub fn qualify(mesh: &Mesh, namespace: &str, host: &str) -> String {
     }
     match host.split('.').count() {
         1 => format!("{host}.{namespace}.{suffix}"),
+        2 if entry_hosts.contains(&host.trim_end_matches('.').to_ascii_lowercase()) => {
+            host.to_owned()
+        }
         2 => format!("{host}.{suffix}"),
         // Three labels or more and not under the cluster domain: an external
         // name (a ServiceEntry host), kept as written.
@@ -29,11 +58,20 @@ pub fn qualify(mesh: &Mesh, namespace: &str, host: &str) -> String {
     }
 }
 
-fn qualify_destination(mesh: &Mesh, namespace: &str, destination: &mut Destination) {
-    destination.host = qualify(mesh, namespace, &destination.host);
+fn qualify_destination(
+    mesh: &Mesh,
+    namespace: &str,
+    destination: &mut Destination,
+    entry_hosts: &BTreeSet<String>,
+) {
+    destination.host = qualify(mesh, namespace, &destination.host, entry_hosts);
 }
 
-pub fn virtual_service(mesh: &Mesh, vs: &IstioVirtualService) -> Option<VirtualService> {
+pub fn virtual_service(
+    mesh: &Mesh,
+    vs: &IstioVirtualService,
+    entry_hosts: &BTreeSet<String>,
+) -> Option<VirtualService> {
     let namespace = vs
         .metadata
         .namespace
@@ -48,27 +86,27 @@ pub fn virtual_service(mesh: &Mesh, vs: &IstioVirtualService) -> Option<VirtualS
     spec.hosts = spec
         .hosts
         .iter()
-        .map(|h| qualify(mesh, &namespace, h))
+        .map(|h| qualify(mesh, &namespace, h, entry_hosts))
         .collect();
     for rule in &mut spec.http {
         for route in &mut rule.route {
-            qualify_destination(mesh, &namespace, &mut route.destination);
+            qualify_destination(mesh, &namespace, &mut route.destination, entry_hosts);
         }
         if let Some(mirror) = &mut rule.mirror {
-            qualify_destination(mesh, &namespace, mirror);
+            qualify_destination(mesh, &namespace, mirror, entry_hosts);
         }
         for mirror in &mut rule.mirrors {
-            qualify_destination(mesh, &namespace, &mut mirror.destination);
+            qualify_destination(mesh, &namespace, &mut mirror.destination, entry_hosts);
         }
     }
     for rule in &mut spec.tcp {
         for route in &mut rule.route {
-            qualify_destination(mesh, &namespace, &mut route.destination);
+            qualify_destination(mesh, &namespace, &mut route.destination, entry_hosts);
         }
     }
     for rule in &mut spec.tls {
         for route in &mut rule.route {
-            qualify_destination(mesh, &namespace, &mut route.destination);
+            qualify_destination(mesh, &namespace, &mut route.destination, entry_hosts);
         }
     }
     Some(published(vs, &spec))
@@ -96,14 +134,18 @@ pub fn published(vs: &IstioVirtualService, spec: &VirtualServiceSpec) -> Virtual
     }
 }
 
-pub fn destination_rule(mesh: &Mesh, dr: &IstioDestinationRule) -> DestinationRule {
+pub fn destination_rule(
+    mesh: &Mesh,
+    dr: &IstioDestinationRule,
+    entry_hosts: &BTreeSet<String>,
+) -> DestinationRule {
     let namespace = dr
         .metadata
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
     let mut spec = dr.spec.clone();
-    spec.host = qualify(mesh, &namespace, &spec.host);
+    spec.host = qualify(mesh, &namespace, &spec.host, entry_hosts);
     DestinationRule {
         name: dr.metadata.name.clone().unwrap_or_default(),
         created: dr

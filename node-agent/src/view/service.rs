@@ -1,5 +1,6 @@
 //! A Service as the proxies see it: its cluster IPs and ports, and the
-//! endpoints its EndpointSlices list.
+//! endpoints its EndpointSlices list, with the WorkloadEntries its selector
+//! picks (as istiod adds them).
 
 use std::collections::BTreeMap;
 
@@ -13,8 +14,9 @@ use warren_api::{
 };
 
 use super::Mesh;
-use crate::model::cluster::{
-    EndpointSlice, Service as KubeService, TargetPort, TrafficDistribution,
+use crate::model::{
+    cluster::{EndpointSlice, Service as KubeService, TargetPort, TrafficDistribution},
+    istio::WorkloadEntry,
 };
 
 /// The label tying an EndpointSlice to its Service.
@@ -25,7 +27,14 @@ pub fn service_of(slice: &EndpointSlice) -> Option<&str> {
     slice.labels.get(SERVICE_NAME_LABEL)
 }
 
-pub fn service(mesh: &Mesh, svc: &KubeService, slices: &[&EndpointSlice]) -> Service {
+/// `svc` with the endpoints of its `slices` and of the WorkloadEntries its
+/// selector picks (`entries`, of its namespace).
+pub fn service(
+    mesh: &Mesh,
+    svc: &KubeService,
+    slices: &[&EndpointSlice],
+    entries: &[&WorkloadEntry],
+) -> Service {
     let name = svc.name.to_string();
     let namespace = svc.namespace.to_string();
     let vips: Vec<Vec<u8>> = svc
@@ -86,6 +95,24 @@ pub fn service(mesh: &Mesh, svc: &KubeService, slices: &[&EndpointSlice]) -> Ser
             }
         }
     }
+    for entry in entries {
+        // Service port → the entry's port: by the service port's name, else
+        // by a named `targetPort`, as istiod maps them.
+        let tcp = svc.ports.iter().filter(|p| is_tcp(p.protocol.as_deref()));
+        let found = tcp.filter_map(|p| {
+            let port = u32::try_from(p.port).ok()?;
+            let by_name = p.name.as_deref().and_then(|n| entry.spec.ports.get(n));
+            let by_target = match &p.target_port {
+                Some(TargetPort::Name(n)) => entry.spec.ports.get(&**n),
+                _ => None,
+            };
+            Some((port, *by_name.or(by_target)?))
+        });
+        if let Some(endpoint) = workload_entry_endpoint(&namespace, entry, overrides(&ports, found))
+        {
+            endpoints.push(endpoint);
+        }
+    }
     // Slices arrive in any order.
     settle(&mut endpoints);
     Service {
@@ -104,6 +131,25 @@ pub fn service(mesh: &Mesh, svc: &KubeService, slices: &[&EndpointSlice]) -> Ser
         vip_ranges: Vec::new(),
         subject_alt_names: Vec::new(),
     }
+}
+
+/// The endpoint a WorkloadEntry of `namespace` with an IP address makes,
+/// listening on `ports` where they differ from the service's. Its labels and
+/// locality are its workload's; its weight travels with it.
+pub(super) fn workload_entry_endpoint(
+    namespace: &str,
+    entry: &WorkloadEntry,
+    ports: BTreeMap<u32, u32>,
+) -> Option<Endpoint> {
+    Some(Endpoint {
+        workload: key::workload_entry(namespace, entry.metadata.name.as_deref()?),
+        address: addr::to_bytes(entry.ip()?),
+        // Istio counts a WorkloadEntry healthy: nothing here probes it.
+        ready: true,
+        ports,
+        weight: entry.spec.weight.unwrap_or(0),
+        ..Endpoint::default()
+    })
 }
 
 /// An endpoint's ports (service port → where it listens) where they differ

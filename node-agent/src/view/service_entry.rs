@@ -8,7 +8,10 @@
 //!   host has the address [`super::auto_vip`] allocated it, which ztunnel's
 //!   DNS proxy answers.
 //! - With a `workloadSelector` (any resolution but `NONE`): the namespace's
-//!   running pods it selects, reached as mesh workloads.
+//!   running pods and WorkloadEntries it selects, each reached as its
+//!   workload says (a WorkloadEntry with an IP address is a workload; one
+//!   with a name is an endpoint by name for `DNS` and `DNS_ROUND_ROBIN`
+//!   entries, and left out of `STATIC` ones).
 //! - `resolution: STATIC`: the endpoints with an IP address (names and
 //!   `unix://` paths are left out).
 //! - `DNS` and `DNS_ROUND_ROBIN`: the endpoints, by address or by name, or
@@ -41,19 +44,21 @@ use warren_api::{
     key,
 };
 
-use super::service::{overrides, settle};
+use super::service::{overrides, settle, workload_entry_endpoint};
 use crate::model::{
     cluster::{Pod, PodPhase},
-    istio::{Resolution, ServiceEntry},
+    istio::{Resolution, ServiceEntry, WorkloadEntry},
 };
 
 /// The Services `entry` (of `namespace`) publishes, one per host, given the
-/// pods of its namespace (for a `workloadSelector`) and the addresses allocated
-/// to hosts without any. Their keys are [`key::service_entry`].
-pub fn services<'a>(
+/// pods and WorkloadEntries of its namespace (for a `workloadSelector`) and
+/// the addresses allocated to hosts without any. Their keys are
+/// [`key::service_entry`].
+pub fn services(
     namespace: &str,
     entry: &ServiceEntry,
-    pods: impl Iterator<Item = &'a Pod>,
+    pods: &[&Pod],
+    workload_entries: &[&WorkloadEntry],
     auto_vip: impl Fn(&str) -> Vec<IpAddr>,
 ) -> Vec<Service> {
     let spec = &entry.spec;
@@ -88,8 +93,10 @@ pub fn services<'a>(
     // (`None`: each host resolves itself).
     let mut shared = match (resolution, &spec.workload_selector) {
         (Resolution::None, _) => Some(Vec::new()),
-        (_, Some(selector)) => Some(
-            pods.filter(|pod| !pod.finished() && pod.labels.matches(&selector.labels))
+        (_, Some(selector)) => {
+            let pods = pods
+                .iter()
+                .filter(|pod| !pod.finished() && pod.labels.matches(&selector.labels))
                 .filter_map(|pod| {
                     Some(Endpoint {
                         workload: key::workload(namespace, &pod.name),
@@ -97,9 +104,38 @@ pub fn services<'a>(
                         ready: pod.phase == Some(PodPhase::Running),
                         ..Endpoint::default()
                     })
-                })
-                .collect(),
-        ),
+                });
+            let entries = workload_entries
+                .iter()
+                .filter(|e| e.labels().matches(&selector.labels))
+                .filter_map(|e| {
+                    // Service port → the entry's port, by port name.
+                    let ports = overrides(
+                        &ports,
+                        ports
+                            .iter()
+                            .filter_map(|p| Some((p.port, *e.spec.ports.get(&p.name)?))),
+                    );
+                    if e.ip().is_some() {
+                        return workload_entry_endpoint(namespace, e, ports);
+                    }
+                    // A name: resolved where the entry asks for it, and
+                    // then it has no workload (no address to key one by).
+                    let name = &e.spec.address;
+                    (by_name && !name.is_empty() && !name.starts_with("unix://")).then(|| {
+                        Endpoint {
+                            hostname: name.clone(),
+                            ready: true,
+                            ports,
+                            labels: e.labels().to_map().into_iter().collect(),
+                            locality: e.spec.locality.clone(),
+                            weight: e.spec.weight.unwrap_or(0),
+                            ..Endpoint::default()
+                        }
+                    })
+                });
+            Some(pods.chain(entries).collect())
+        }
         (_, None) if by_name && spec.endpoints.is_empty() => None,
         (_, None) => Some(
             spec.endpoints

@@ -2698,3 +2698,348 @@ spec:
     view.changed(&store, &[gone]);
     assert!(credentials(&view, &Audience::All).is_empty());
 }
+
+const WORKLOAD_ENTRIES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: vm-1, namespace: demo, labels: { team: payments, version: v0 } }
+spec:
+  address: 10.30.0.7
+  ports: { http: 8081 }
+  labels: { app: app, version: v3 }
+  locality: region-1/zone-1
+  weight: 2
+  serviceAccount: vm
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: vm-mesh, namespace: demo, labels: { networking.istio.io/tunnel: http } }
+spec: { address: 10.30.0.8, labels: { app: app }, serviceAccount: vm }
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: { name: by-name, namespace: demo }
+spec: { address: vm-3.example.com, labels: { app: app } }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: vms, namespace: demo }
+spec:
+  clusterIP: 10.96.0.30
+  selector: { app: app }
+  ports: [{ name: http, port: 80, targetPort: web }]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: app-only, namespace: demo }
+spec:
+  selector: { matchLabels: { app: app } }
+  rules: [{ from: [{ source: { namespaces: [demo] } }] }]
+"#;
+
+fn entry_workload(view: &View, ns: &str, name: &str) -> Option<Workload> {
+    match get(view, &key::workload_entry(ns, name))? {
+        ResourceKind::Workload(w) => Some(w),
+        _ => None,
+    }
+}
+
+/// A WorkloadEntry with an IP address is a workload on no node: plain TCP
+/// unless it speaks HBONE itself (then on its own address), its labels
+/// merged (the spec's win), its locality and the policies selecting it. One
+/// addressed by name makes none.
+#[test]
+fn a_workload_entry_is_a_workload_outside_the_cluster() {
+    let (_store, view) = built(WORKLOAD_ENTRIES);
+    let vm = entry_workload(&view, "demo", "vm-1").expect("vm-1's workload");
+    assert_eq!(vm.name, "vm-1");
+    assert_eq!(vm.node, "");
+    assert_eq!(ips(&vm.addresses), ["10.30.0.7"]);
+    assert!(vm.node_address.is_empty());
+    assert_eq!(vm.protocol, TunnelProtocol::None as i32);
+    assert_eq!(vm.service_account, "vm");
+    assert_eq!(
+        vm.labels,
+        BTreeMap::from([
+            ("app".to_owned(), "app".to_owned()),
+            ("team".to_owned(), "payments".to_owned()),
+            ("version".to_owned(), "v3".to_owned()),
+        ])
+        .into_iter()
+        .collect()
+    );
+    assert_eq!(
+        (vm.canonical_name.as_str(), vm.canonical_revision.as_str()),
+        ("app", "v3")
+    );
+    assert_eq!(vm.workload_name, "vm-1");
+    assert_eq!(vm.locality, "region-1/zone-1");
+    assert_eq!(vm.authorization_policies, ["authorization/demo/app-only"]);
+    // Not the key of a pod of the same name.
+    assert!(get(&view, &key::workload("demo", "vm-1")).is_none());
+
+    let mesh_vm = entry_workload(&view, "demo", "vm-mesh").expect("vm-mesh's workload");
+    assert_eq!(mesh_vm.protocol, TunnelProtocol::Hbone as i32);
+    assert_eq!(ips(&[mesh_vm.node_address]), ["10.30.0.8"]);
+
+    assert!(entry_workload(&view, "demo", "by-name").is_none());
+    // No identity of theirs is served on this node.
+    assert!(
+        view.local_identities()
+            .iter()
+            .all(|id| !id.to_string().ends_with("/sa/vm")),
+        "{:?}",
+        view.local_identities()
+    );
+}
+
+/// A Service's selector picks WorkloadEntries of its namespace as istiod
+/// does: each an endpoint keyed by its workload, on the port its `ports`
+/// name for the service port (else the `targetPort`'s name), with its
+/// weight; a Service without a selector takes none, and changes to an
+/// entry move it in and out.
+#[test]
+fn a_services_selector_picks_workload_entries() {
+    let (mut store, mut view) = built(WORKLOAD_ENTRIES);
+    /// (workload, address, port overrides, weight).
+    type Found = (String, String, Vec<(u32, u32)>, u32);
+    let endpoints = |view: &View| {
+        let mut found: Vec<Found> = service(view, "demo", "vms")
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.workload.clone(),
+                    ips(std::slice::from_ref(&e.address)).join(""),
+                    e.ports.iter().map(|(a, b)| (*a, *b)).collect(),
+                    e.weight,
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    assert_eq!(
+        endpoints(&view),
+        [
+            (
+                key::workload_entry("demo", "vm-1"),
+                "10.30.0.7".to_owned(),
+                vec![(80, 8081)],
+                2
+            ),
+            (
+                key::workload_entry("demo", "vm-mesh"),
+                "10.30.0.8".to_owned(),
+                vec![],
+                0
+            ),
+        ]
+    );
+    assert!(
+        service(&view, "demo", "vms")
+            .endpoints
+            .iter()
+            .all(|e| e.ready)
+    );
+    // The Service without a selector: its slices' pods only.
+    assert!(
+        service(&view, "demo", "app")
+            .endpoints
+            .iter()
+            .all(|e| key::is_workload(&e.workload) && !e.workload.contains("workloadentry:"))
+    );
+
+    // A named targetPort the entry declares is its port.
+    let keys = apply(
+        &mut store,
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
+         metadata: { name: vm-mesh, namespace: demo, labels: { networking.istio.io/tunnel: http } }\n\
+         spec: { address: 10.30.0.8, ports: { web: 9443 }, labels: { app: app }, serviceAccount: vm }\n",
+    );
+    view.changed(&store, &keys);
+    assert_eq!(endpoints(&view)[1].2, [(80, 9443)]);
+
+    // Relabelled out of the selector, then deleted: each change reaches the
+    // Service, and the workload goes with the entry.
+    let keys = apply(
+        &mut store,
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
+         metadata: { name: vm-mesh, namespace: demo }\n\
+         spec: { address: 10.30.0.8, labels: { app: other } }\n",
+    );
+    view.changed(&store, &keys);
+    assert_eq!(endpoints(&view).len(), 1);
+    let key = delete(&mut store, Kind::WorkloadEntry, "demo", "vm-1");
+    view.changed(&store, &[key]);
+    assert!(endpoints(&view).is_empty());
+    assert!(entry_workload(&view, "demo", "vm-1").is_none());
+    assert!(entry_workload(&view, "demo", "vm-mesh").is_some());
+}
+
+/// A ServiceEntry's workloadSelector picks WorkloadEntries beside pods: one
+/// with an address as its workload (on the port its `ports` name), one with a
+/// name only where the entry resolves names; their service accounts add to
+/// the entry's names.
+#[test]
+fn a_service_entry_selects_workload_entries() {
+    let entries = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: { name: db, namespace: demo }\n\
+         spec: { hosts: [db.internal], addresses: [10.80.0.20], ports: [{ number: 5432, name: tcp-pg, protocol: TCP }],\n\
+         resolution: STATIC, workloadSelector: { labels: { app: db } } }\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: { name: db-dns, namespace: demo }\n\
+         spec: { hosts: [db-dns.internal], addresses: [10.80.0.21], ports: [{ number: 5432, name: tcp-pg, protocol: TCP }],\n\
+         resolution: DNS, workloadSelector: { labels: { app: db } } }\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
+         metadata: { name: db-1, namespace: demo }\n\
+         spec: { address: 10.30.0.9, ports: { tcp-pg: 6432 }, labels: { app: db, role: primary }, serviceAccount: db }\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
+         metadata: { name: db-2, namespace: demo }\n\
+         spec: { address: db-2.example.com, labels: { app: db, role: replica }, locality: region-2/zone-1, weight: 4 }\n";
+    let (mut store, mut view) = built(entries);
+    let statics = entry_service(&view, "demo", "db.internal").expect("the STATIC entry");
+    assert_eq!(statics.endpoints.len(), 1, "{:?}", statics.endpoints);
+    let db1 = &statics.endpoints[0];
+    assert_eq!(db1.workload, key::workload_entry("demo", "db-1"));
+    assert_eq!(ips(std::slice::from_ref(&db1.address)), ["10.30.0.9"]);
+    assert_eq!(
+        db1.ports.iter().map(|(a, b)| (*a, *b)).collect::<Vec<_>>(),
+        [(5432, 6432)]
+    );
+    assert_eq!(
+        statics.subject_alt_names,
+        ["spiffe://cluster.local/ns/demo/sa/db"]
+    );
+
+    let dns = entry_service(&view, "demo", "db-dns.internal").expect("the DNS entry");
+    let mut found: Vec<(&str, &str, Option<&String>, &str, u32)> = dns
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.workload.as_str(),
+                e.hostname.as_str(),
+                e.labels.get("role"),
+                e.locality.as_str(),
+                e.weight,
+            )
+        })
+        .collect();
+    found.sort();
+    let db1_key = key::workload_entry("demo", "db-1");
+    let replica = "replica".to_owned();
+    assert_eq!(
+        found,
+        [
+            ("", "db-2.example.com", Some(&replica), "region-2/zone-1", 4),
+            (db1_key.as_str(), "", None, "", 0),
+        ]
+    );
+
+    // Relabelled out of the selector: the entries drop it.
+    let keys = apply(
+        &mut store,
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
+         metadata: { name: db-1, namespace: demo }\n\
+         spec: { address: 10.30.0.9, labels: { app: cache }, serviceAccount: db }\n",
+    );
+    view.changed(&store, &keys);
+    let statics = entry_service(&view, "demo", "db.internal").expect("the STATIC entry");
+    assert!(statics.endpoints.is_empty());
+    assert!(statics.subject_alt_names.is_empty());
+}
+
+/// A WorkloadEntry in the mesh follows the waypoint for workloads its
+/// labels name, as a pod does; one outside the mesh (plain TCP) never does.
+#[test]
+fn a_workload_entry_in_the_mesh_goes_through_the_waypoint_it_names() {
+    let gateway = waypoint_for("waypoint", "workload", "10.244.0.9");
+    let (_store, view) = built(&format!(
+        "{gateway}---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
+         metadata: {{ name: vm-mesh, namespace: demo, labels: {{ networking.istio.io/tunnel: http, istio.io/use-waypoint: waypoint }} }}\n\
+         spec: {{ address: 10.30.0.8, serviceAccount: vm }}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
+         metadata: {{ name: vm-plain, namespace: demo, labels: {{ istio.io/use-waypoint: waypoint }} }}\n\
+         spec: {{ address: 10.30.0.10 }}\n"
+    ));
+    let through = entry_workload(&view, "demo", "vm-mesh")
+        .and_then(|w| w.waypoint)
+        .expect("vm-mesh's waypoint");
+    assert_eq!(
+        through.identity,
+        "spiffe://cluster.local/ns/demo/sa/waypoint"
+    );
+    assert!(
+        entry_workload(&view, "demo", "vm-plain")
+            .expect("vm-plain's workload")
+            .waypoint
+            .is_none()
+    );
+}
+
+/// A two-label host is `<service>.<namespace>` unless a ServiceEntry names
+/// it: then it is that host, as written (`httpbin.org`), in a
+/// VirtualService's hosts and destinations and a DestinationRule's host,
+/// whichever arrives first.
+#[test]
+fn a_two_label_host_a_service_entry_names_is_not_a_short_name() {
+    let (mut store, mut view) = built("");
+    let keys = apply(
+        &mut store,
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+         metadata: { name: httpbin, namespace: demo }\n\
+         spec: { hosts: [httpbin.org], http: [{ route: [{ destination: { host: httpbin.org }, weight: 90 }, { destination: { host: app.demo }, weight: 10 }] }] }\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+         metadata: { name: httpbin, namespace: demo }\n\
+         spec: { host: httpbin.org, trafficPolicy: { loadBalancer: { simple: RANDOM } } }\n",
+    );
+    view.changed(&store, &keys);
+    let published = |view: &View| {
+        let Some(ResourceKind::VirtualService(vs)) =
+            get(view, &key::virtual_service("demo", "httpbin"))
+        else {
+            panic!("no VirtualService published");
+        };
+        let Some(ResourceKind::DestinationRule(dr)) =
+            get(view, &key::destination_rule("demo", "httpbin"))
+        else {
+            panic!("no DestinationRule published");
+        };
+        let spec: serde_json::Value = serde_json::from_str(&vs.spec_json).unwrap();
+        let route = |i: usize| spec["http"][0]["route"][i]["destination"]["host"].clone();
+        (vs.hosts.clone(), route(0), route(1), dr.host)
+    };
+    // No entry yet: read as a Service `httpbin` of namespace `org`.
+    assert_eq!(
+        published(&view),
+        (
+            vec!["httpbin.org.svc.cluster.local".to_owned()],
+            serde_json::json!("httpbin.org.svc.cluster.local"),
+            serde_json::json!("app.demo.svc.cluster.local"),
+            "httpbin.org.svc.cluster.local".to_owned()
+        )
+    );
+    // The entry arrives (in another namespace): the host is its.
+    let keys = apply(
+        &mut store,
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: { name: httpbin, namespace: egress }\n\
+         spec: { hosts: [HTTPBIN.org], ports: [{ number: 80, name: http, protocol: HTTP }], resolution: DNS }\n",
+    );
+    view.changed(&store, &keys);
+    assert_eq!(
+        published(&view),
+        (
+            vec!["httpbin.org".to_owned()],
+            serde_json::json!("httpbin.org"),
+            serde_json::json!("app.demo.svc.cluster.local"),
+            "httpbin.org".to_owned()
+        )
+    );
+    // And it goes.
+    let key = delete(&mut store, Kind::ServiceEntry, "egress", "httpbin");
+    view.changed(&store, &[key]);
+    assert_eq!(published(&view).3, "httpbin.org.svc.cluster.local");
+}

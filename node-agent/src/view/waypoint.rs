@@ -259,15 +259,27 @@ pub fn of_pod(
     waypoints: &BTreeMap<String, Waypoints>,
     pod: &Pod,
 ) -> Option<GatewayAddress> {
+    of_workload(store, waypoints, &pod.namespace, &pod.name, &pod.labels)
+}
+
+/// The waypoint of a workload `name` of `namespace` with `labels` (a pod
+/// or a WorkloadEntry), as [`of_pod`].
+pub fn of_workload(
+    store: &Store,
+    waypoints: &BTreeMap<String, Waypoints>,
+    namespace: &str,
+    name: &str,
+    labels: &Labels,
+) -> Option<GatewayAddress> {
     let choices = Choices {
-        own: &pod.labels,
+        own: labels,
         namespace_default: false,
     };
     chosen(
         store,
         waypoints,
-        &pod.namespace,
-        &pod.name,
+        namespace,
+        name,
         choices,
         Traffic::Workloads,
     )
@@ -365,18 +377,22 @@ pub fn entry_namespaces_naming(store: &Store, namespace: &str) -> Vec<String> {
     found
 }
 
-/// Pods outside `namespace` that may name a waypoint in it (by their own or
-/// their namespace's `istio.io/use-waypoint-namespace`): recomputed when
-/// that namespace's waypoints change.
-pub fn pods_naming(store: &Store, namespace: &str) -> Vec<ObjectKey> {
-    store
-        .of_kind(Kind::Pod)
-        .filter_map(|o| match o {
-            Object::Pod(pod) => Some(pod),
-            _ => None,
-        })
-        .filter(|pod| names_namespace(store, namespace, &pod.namespace, &pod.labels))
-        .map(|pod| ObjectKey::new(Kind::Pod, Some(&pod.namespace), &pod.name))
+/// Workloads (pods, WorkloadEntries) outside `namespace` that may name a
+/// waypoint in it (by their own or their namespace's
+/// `istio.io/use-waypoint-namespace`): recomputed when that namespace's
+/// waypoints change.
+pub fn workloads_naming(store: &Store, namespace: &str) -> Vec<ObjectKey> {
+    let pods = store.of_kind(Kind::Pod).filter_map(|o| match o {
+        Object::Pod(pod) => Some((o, pod.namespace.as_ref(), pod.labels.clone())),
+        _ => None,
+    });
+    let entries = store.of_kind(Kind::WorkloadEntry).filter_map(|o| match o {
+        Object::WorkloadEntry(entry) => Some((o, o.namespace()?, entry.labels())),
+        _ => None,
+    });
+    pods.chain(entries)
+        .filter(|(_, own, labels)| names_namespace(store, namespace, own, labels))
+        .map(|(o, _, _)| o.key())
         .collect()
 }
 

@@ -13,7 +13,9 @@ use warren_ebpf_common::Mode;
 use super::{Mesh, waypoint};
 use crate::{
     enrollment::{self, PodNetns, inbound_mode},
-    model::{Kind, Object, ObjectKey, cluster::Pod, gateway::GATEWAY_NAME_LABEL},
+    model::{
+        Kind, Object, ObjectKey, cluster::Pod, gateway::GATEWAY_NAME_LABEL, istio::WorkloadEntry,
+    },
     store::Store,
 };
 
@@ -118,6 +120,76 @@ pub fn workload(
             .into_iter()
             .map(u32::from)
             .collect(),
+        name,
+        namespace,
+    })
+}
+
+/// The workload of a WorkloadEntry (a VM, a server outside Kubernetes), or
+/// `None` while it has no IP address here (a DNS name, which only a
+/// DNS-resolved ServiceEntry selecting it reaches, or another network's).
+/// It runs on no node of the mesh: ztunnel reaches it in plain TCP, or over
+/// HBONE to its own address when it speaks HBONE itself
+/// ([`WorkloadEntry::speaks_hbone`]). No ztunnel here serves its inbound
+/// side, so PeerAuthentication and its L4 policies are its own proxy's to
+/// enforce; the policies are listed all the same, for dumps.
+pub fn workload_entry(
+    mesh: &Mesh,
+    store: &Store,
+    entry: &WorkloadEntry,
+    authorization_policies: Vec<String>,
+    waypoints: &BTreeMap<String, waypoint::Waypoints>,
+) -> Option<Workload> {
+    let address = entry.ip()?;
+    let name = entry.metadata.name.clone().unwrap_or_default();
+    let namespace = entry
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let labels = entry.labels();
+    let pick = |candidates: &[&str]| {
+        candidates
+            .iter()
+            .find_map(|l| labels.get(l))
+            .map(str::to_owned)
+    };
+    let hbone = entry.speaks_hbone();
+    // As for pods: only a workload in the mesh is reached through a
+    // waypoint for its own address.
+    let waypoint = hbone
+        .then(|| waypoint::of_workload(store, waypoints, &namespace, &name, &labels))
+        .flatten();
+    Some(Workload {
+        uid: format!("{namespace}/{name}"),
+        service_account: entry.spec.service_account.clone(),
+        node: String::new(),
+        addresses: vec![addr::to_bytes(address)],
+        // Its own HBONE port takes the tunnel, on its address.
+        node_address: if hbone {
+            addr::to_bytes(address)
+        } else {
+            Vec::new()
+        },
+        protocol: if hbone {
+            TunnelProtocol::Hbone
+        } else {
+            TunnelProtocol::None
+        } as i32,
+        trust_domain: mesh.trust_domain.clone(),
+        canonical_name: pick(NAME_LABELS).unwrap_or_else(|| name.clone()),
+        canonical_revision: pick(REVISION_LABELS).unwrap_or_else(|| "latest".into()),
+        workload_name: name.clone(),
+        is_waypoint: false,
+        labels: labels.to_map(),
+        authorization_policies,
+        inbound_mode: InboundMode::Permissive as i32,
+        port_modes: BTreeMap::new(),
+        locality: Locality::parse(&entry.spec.locality).to_string(),
+        netns_cookie: 0,
+        netns: String::new(),
+        waypoint,
+        excluded_ports: Vec::new(),
         name,
         namespace,
     })

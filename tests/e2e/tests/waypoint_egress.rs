@@ -4,7 +4,9 @@
 //! (`resolution: DNS`) to reach it: Istio's egress waypoint. A Gateway API
 //! HTTPRoute attached to the entry routes its host there too, and a
 //! DestinationRule's `tls` has the waypoint reach an HTTPS host for clients
-//! that speak plain HTTP (TLS origination).
+//! that speak plain HTTP (TLS origination). Servers outside the cluster
+//! described by WorkloadEntries are endpoints of the Services and entries
+//! that select them, with or without the waypoint.
 
 use std::time::Duration;
 
@@ -90,10 +92,15 @@ impl Egress {
     /// Starts `warren-sample` with `args` on node 1's own address, outside the
     /// cluster, and waits for it to listen on TCP `port` (UDP for `dns`).
     fn serve(&self, args: &[&str], port: u16) -> Result<Process> {
+        self.serve_on(&self.node, args, port)
+    }
+
+    /// As [`Egress::serve`], on `node`'s own address.
+    fn serve_on(&self, node: &Node, args: &[&str], port: u16) -> Result<Process> {
         let sample = warren_testbed::binaries::path("warren-sample")?;
         let mut server = self
             .cluster
-            .spawn(&self.node.sandbox, &sample.to_string_lossy(), args)?;
+            .spawn(&node.sandbox, &sample.to_string_lossy(), args)?;
         let filter = format!("sport = :{port}");
         let which = if args.first() == Some(&"dns") {
             "-Hlun"
@@ -102,10 +109,10 @@ impl Egress {
         };
         eventually(
             Duration::from_secs(10),
-            &format!("{} on node 1, port {port}", args.join(" ")),
+            &format!("{} on {}, port {port}", args.join(" "), node.ip),
             || {
                 server.check_running()?;
-                let listening = self.node.sandbox.exec("ss", [which, &filter])?;
+                let listening = node.sandbox.exec("ss", [which, &filter])?;
                 Ok(!listening.stdout.is_empty())
             },
         )?;
@@ -760,5 +767,179 @@ fn the_waypoint_starts_tls_to_an_external_host_as_its_destination_rule_says() ->
         dump.contains("the agent sent no Secret"),
         "/clusters says why the cluster refuses: {dump}"
     );
+    Ok(())
+}
+
+/// A WorkloadEntry `name` of `demo` at `address` with `app`'s label, its
+/// `http` port `port`, as `version`.
+fn workload_entry(name: &str, address: &str, app: &str, port: u16, version: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
+         metadata: {{ name: {name}, namespace: demo }}\n\
+         spec: {{ address: {address}, ports: {{ http: {port} }}, labels: {{ app: {app}, version: {version} }}, serviceAccount: {app} }}\n"
+    )
+}
+
+const LEGACY_SERVICE_VIP: &str = "10.96.250.30";
+const LEGACY_ENTRY_VIP: &str = "10.96.250.31";
+
+/// A server outside the cluster, described by a WorkloadEntry, is reached
+/// through the Kubernetes Service whose selector picks it and through a
+/// ServiceEntry's workloadSelector, on the port the entry names; a change
+/// to the entry moves both, and without it both are gone.
+#[test]
+fn a_workload_entry_is_an_endpoint_of_the_services_that_select_it() -> Result<()> {
+    require_root()?;
+    let egress = egress_cluster()?;
+    let Egress {
+        cluster,
+        mesh,
+        node,
+        ..
+    } = &egress;
+    let ip = node.ip.to_string();
+    let _servers = [
+        egress.serve(
+            &["http", "--listen", &format!("{ip}:8091"), "--version", "v1"],
+            8091,
+        )?,
+        egress.serve(
+            &["http", "--listen", &format!("{ip}:8092"), "--version", "v2"],
+            8092,
+        )?,
+    ];
+    let services = format!(
+        "apiVersion: v1\nkind: Service\n\
+         metadata: {{ name: legacy, namespace: demo }}\n\
+         spec: {{ clusterIP: {LEGACY_SERVICE_VIP}, selector: {{ app: legacy }}, ports: [{{ name: http, port: 80, targetPort: 8080 }}] }}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{ name: legacy, namespace: demo }}\n\
+         spec: {{ hosts: [legacy.internal], addresses: [{LEGACY_ENTRY_VIP}], ports: [{{ number: 80, name: http, protocol: HTTP }}],\n\
+         resolution: STATIC, workloadSelector: {{ labels: {{ app: legacy }} }} }}\n"
+    );
+    let dir = cluster.config_dir();
+    std::fs::write(dir.join("legacy.demo.yaml"), services)?;
+    let entry = dir.join("workloadentry.demo.legacy.yaml");
+    std::fs::write(&entry, workload_entry("legacy", &ip, "legacy", 8091, "v1"))?;
+    let client = cluster.pod("client")?.clone();
+    let versions = |client: &warren_testbed::Pod| -> Result<[(u16, String); 2]> {
+        Ok([LEGACY_SERVICE_VIP, LEGACY_ENTRY_VIP].map(|vip| {
+            let (status, body) = get(client, vip).unwrap_or((0, Value::Null));
+            (
+                status,
+                body["version"].as_str().unwrap_or_default().to_owned(),
+            )
+        }))
+    };
+    let answered = |version: &str| [(200, version.to_owned()), (200, version.to_owned())];
+    let mut last = versions(&client)?;
+    eventually(
+        Duration::from_secs(20),
+        "the entry behind both Services",
+        || {
+            last = versions(&client)?;
+            Ok(last == answered("v1"))
+        },
+    )
+    .with_context(|| format!("last answers: {last:?}\n{}", mesh.logs()))?;
+
+    // The entry moves to its other port: both Services follow.
+    std::fs::write(&entry, workload_entry("legacy", &ip, "legacy", 8092, "v2"))?;
+    eventually(Duration::from_secs(20), "the entry's new port", || {
+        last = versions(&client)?;
+        Ok(last == answered("v2"))
+    })
+    .with_context(|| format!("last answers: {last:?}\n{}", mesh.logs()))?;
+
+    // Without it, neither Service has an endpoint: refused.
+    std::fs::remove_file(&entry)?;
+    eventually(Duration::from_secs(20), "no endpoint left", || {
+        last = versions(&client)?;
+        Ok(last.iter().all(|(status, _)| *status == 0))
+    })
+    .with_context(|| format!("last answers: {last:?}\n{}", mesh.logs()))?;
+    Ok(())
+}
+
+const INVENTORY_VIP: &str = "10.96.250.32";
+
+/// WorkloadEntries on the two nodes' own addresses behind a ServiceEntry
+/// through the waypoint: a DestinationRule's subsets select them by their
+/// labels, and the waypoint lists both as the host's endpoints.
+#[test]
+fn the_waypoint_picks_workload_entries_by_their_labels() -> Result<()> {
+    require_root()?;
+    let egress = egress_cluster()?;
+    let Egress {
+        cluster,
+        mesh,
+        node,
+        ..
+    } = &egress;
+    let other = cluster.node(0)?.clone();
+    let (v1, v2) = (format!("{}:8093", other.ip), format!("{}:8094", node.ip));
+    let _servers = [
+        egress.serve_on(&other, &["http", "--listen", &v1, "--version", "v1"], 8093)?,
+        egress.serve(&["http", "--listen", &v2, "--version", "v2"], 8094)?,
+    ];
+    let config = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{ name: inventory, namespace: demo, labels: {{ istio.io/use-waypoint: waypoint }} }}\n\
+         spec: {{ hosts: [inventory.internal], addresses: [{INVENTORY_VIP}], ports: [{{ number: 80, name: http, protocol: HTTP }}],\n\
+         resolution: STATIC, workloadSelector: {{ labels: {{ app: inventory }} }} }}\n\
+         ---\n{}---\n{}\
+         ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+         metadata: {{ name: inventory, namespace: demo }}\n\
+         spec:\n  host: inventory.internal\n  \
+         subsets: [{{ name: v1, labels: {{ version: v1 }} }}, {{ name: v2, labels: {{ version: v2 }} }}]\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+         metadata: {{ name: inventory, namespace: demo }}\n\
+         spec:\n  hosts: [inventory.internal]\n  http:\n  \
+         - match: [{{ headers: {{ x-canary: {{ exact: \"yes\" }} }} }}]\n    \
+           route: [{{ destination: {{ host: inventory.internal, subset: v2 }} }}]\n  \
+         - route: [{{ destination: {{ host: inventory.internal, subset: v1 }} }}]\n",
+        workload_entry(
+            "inventory-1",
+            &other.ip.to_string(),
+            "inventory",
+            8093,
+            "v1"
+        ),
+        workload_entry("inventory-2", &node.ip.to_string(), "inventory", 8094, "v2"),
+    );
+    std::fs::write(cluster.config_dir().join("inventory.demo.yaml"), config)?;
+    let waypoint = egress.start_waypoint()?;
+    let client = cluster.pod("client")?.clone();
+    let url = format!("http://{INVENTORY_VIP}/items");
+    let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
+
+    let mut report = Value::Null;
+    eventually(Duration::from_secs(20), "the canary subset", || {
+        report = load(
+            &client,
+            &url,
+            &["-n", "20", "-c", "2", "-H", "x-canary: yes"],
+        )?;
+        Ok(count_version(&report, "v2") == 20)
+    })
+    .with_context(|| format!("last report: {report}\n{}", logs()))?;
+    let report = load(&client, &url, &["-n", "20", "-c", "2"])?;
+    ensure!(
+        count_version(&report, "v1") == 20,
+        "the other requests go to subset v1, the entry on node 0: {report}\n{}",
+        logs()
+    );
+    // /clusters lists both entries as the host's endpoints.
+    let mut found: Vec<String> = clusters_objects(&cluster.pod("waypoint")?.sandbox, |o| {
+        o.contains_key("address") && o.contains_key("weight")
+    })?
+    .iter()
+    .filter_map(|e| Some(e["address"].as_str()?.to_owned()))
+    .collect();
+    found.sort();
+    found.dedup();
+    let mut expected = vec![v1, v2];
+    expected.sort();
+    ensure!(found == expected, "the waypoint's endpoints: {found:?}");
     Ok(())
 }

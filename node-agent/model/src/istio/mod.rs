@@ -1,8 +1,8 @@
 //! Istio's configuration API as Rust types: the kinds Warren reads, with
 //! Istio's field names, so Istio YAML parses unchanged.
 //!
-//! - [`networking`]: VirtualService, DestinationRule, ServiceEntry
-//!   (`networking.istio.io`).
+//! - [`networking`]: VirtualService, DestinationRule, ServiceEntry,
+//!   WorkloadEntry (`networking.istio.io`).
 //! - [`security`]: AuthorizationPolicy, RequestAuthentication, PeerAuthentication
 //!   (`security.istio.io`).
 //! - [`common`]: pieces both groups use (selectors, string matches…).

@@ -1,4 +1,5 @@
-//! `networking.istio.io`: VirtualService, DestinationRule and ServiceEntry.
+//! `networking.istio.io`: VirtualService, DestinationRule, ServiceEntry and
+//! WorkloadEntry.
 //!
 //! Field names and meanings follow Istio's API reference; a Rust field is the
 //! YAML field in snake_case (`match` is `r#match`). Every struct refuses
@@ -795,7 +796,7 @@ pub struct ServiceEntrySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolution: Option<Resolution>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub endpoints: Vec<WorkloadEntry>,
+    pub endpoints: Vec<WorkloadEntrySpec>,
     /// Endpoints are the pods (and WorkloadEntries) with these labels;
     /// exclusive with `endpoints`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -851,10 +852,25 @@ pub enum Resolution {
     DnsRoundRobin,
 }
 
-/// An endpoint of a ServiceEntry (Istio's `WorkloadEntry` shape).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+// ---------------------------------------------------------------------------
+// WorkloadEntry
+// ---------------------------------------------------------------------------
+
+/// A workload outside Kubernetes (a VM, a bare-metal server): its own
+/// object, or, inline, an endpoint of a ServiceEntry (the same fields, as in
+/// Istio).
+#[derive(
+    CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema,
+)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "WorkloadEntry",
+    namespaced,
+    derive = "PartialEq"
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct WorkloadEntry {
+pub struct WorkloadEntrySpec {
     /// IP, DNS name, or `unix://` path.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
@@ -871,4 +887,34 @@ pub struct WorkloadEntry {
     pub weight: Option<u32>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service_account: String,
+}
+
+impl WorkloadEntry {
+    /// The labels selectors see: `metadata.labels`, then `spec.labels`,
+    /// which win where both give a key (Istio reads both).
+    pub fn labels(&self) -> crate::Labels {
+        let mut merged: BTreeMap<String, String> = self.metadata.labels.clone().unwrap_or_default();
+        merged.extend(self.spec.labels.clone());
+        crate::Labels::from_map(Some(&merged))
+    }
+
+    /// Its address, when it is an IP address (not a name, a `unix://` path,
+    /// or none, on another network).
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.spec.address.parse().ok()
+    }
+
+    /// Whether it terminates HBONE itself, as Istio tells: labelled
+    /// `networking.istio.io/tunnel: http` (a native HBONE endpoint), or
+    /// annotated `ambient.istio.io/redirection: enabled` (a ztunnel in front
+    /// of it). Connections to it then go over HBONE to its own address.
+    pub fn speaks_hbone(&self) -> bool {
+        self.labels().get("networking.istio.io/tunnel") == Some("http")
+            || self
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("ambient.istio.io/redirection"))
+                .is_some_and(|v| v == "enabled")
+    }
 }

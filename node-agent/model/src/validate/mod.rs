@@ -28,6 +28,7 @@ mod request_authentication;
 mod service_entry;
 pub mod telemetry;
 mod virtual_service;
+mod workload_entry;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Display;
@@ -49,6 +50,7 @@ pub use request_authentication::{key_set, request_authentication, signing_key};
 pub use service_entry::service_entry;
 pub use telemetry::telemetry;
 pub use virtual_service::{grpc_code, unknown_subsets, virtual_service};
+pub use workload_entry::workload_entry;
 
 /// Turns a deserialization error into a [`FieldError`] at the path where it
 /// happened (`spec.http[0].routes` for an unknown field). The root is the

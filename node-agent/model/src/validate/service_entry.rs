@@ -8,7 +8,7 @@ use crate::istio::{Resolution, ServiceEntry};
 
 use super::{
     DNS1123_LABEL, Report, export_to, fqdn_problem, host_name, ip_or_cidr, is_dns1123_label,
-    label_selector, port,
+    label_selector, port, workload_entry,
 };
 
 /// Checks a ServiceEntry on its own.
@@ -174,12 +174,7 @@ pub fn service_entry(se: &ServiceEntry) -> Vec<FieldError> {
                 r.error(format!("{path}.address"), "required");
             }
         } else if let Some(socket) = address.strip_prefix("unix://") {
-            if !socket.starts_with('/') {
-                r.error(
-                    format!("{path}.address"),
-                    format!("{address:?}: a unix socket address needs an absolute path"),
-                );
-            }
+            workload_entry::unix_socket(&mut r, &format!("{path}.address"), address, socket);
         } else if address.parse::<IpAddr>().is_err() {
             if resolution == Resolution::Static {
                 r.error(
@@ -193,14 +188,15 @@ pub fn service_entry(se: &ServiceEntry) -> Vec<FieldError> {
                 );
             }
         }
-        for (name, number) in &endpoint.ports {
-            let port_path = format!("{path}.ports.{name}");
+        for name in endpoint.ports.keys() {
             if !port_names.contains_key(name.as_str()) {
-                r.error(&port_path, format!("no port named {name:?} in spec.ports"));
+                r.error(
+                    format!("{path}.ports.{name}"),
+                    format!("no port named {name:?} in spec.ports"),
+                );
             }
-            port(&mut r, &port_path, *number);
         }
-        r.extend(label_selector(&format!("{path}.labels"), &endpoint.labels));
+        workload_entry::shared(&mut r, &path, endpoint);
     }
 
     export_to(&mut r, "spec.exportTo", &spec.export_to, true);
