@@ -18,6 +18,11 @@ pub fn workload_entry(namespace: &str, name: &str) -> String {
     format!("workload/{namespace}/workloadentry:{name}")
 }
 
+/// Whether a workload key is a WorkloadEntry's ([`workload_entry`]).
+pub fn is_workload_entry(key: &str) -> bool {
+    is_workload(key) && key.contains("/workloadentry:")
+}
+
 /// Whether a key is a workload's ([`workload`]): a waypoint serves a pod
 /// addressed directly as a Service keyed so.
 pub fn is_workload(key: &str) -> bool {

@@ -227,10 +227,10 @@ fn optional(kind: Kind, code: u16) -> bool {
         // who may send it: without its CRD (a cluster without Istio's) or
         // its RBAC, the proxies report as they do by default.
         Kind::Telemetry => matches!(code, 403 | 404),
-        // WorkloadEntries only add endpoints (outside the cluster): an
-        // agent whose ClusterRole predates reading them, or a cluster
-        // without their CRD, serves the cluster's own and says so.
-        Kind::WorkloadEntry => matches!(code, 403 | 404),
+        // A cluster without Istio's WorkloadEntry CRD has none. Forbidden
+        // holds the sync: an entry decides how a workload is reached
+        // (HBONE or plain) and which waypoint guards it.
+        Kind::WorkloadEntry => code == 404,
         // A namespace's Role missing: its `credentialName`s fail closed.
         Kind::Secret => code == 403,
         _ => false,

@@ -291,7 +291,10 @@ impl View {
         // changes what every VirtualService and DestinationRule naming it
         // means.
         let mut reroute = false;
-        if keys.iter().any(|k| k.kind == Kind::ServiceEntry) {
+        if keys
+            .iter()
+            .any(|k| matches!(k.kind, Kind::ServiceEntry | Kind::Service))
+        {
             let now = routing::entry_hosts(store);
             if now != self.entry_hosts {
                 self.entry_hosts = now;
@@ -1366,15 +1369,13 @@ fn workload_keys(store: &Store, namespace: Option<&str>) -> Vec<ObjectKey> {
         .collect()
 }
 
-/// Whether a ServiceEntry of `namespace` picks its endpoints by labels (any
-/// resolution but `NONE`, as `service_entry::services` reads it).
+/// Whether a ServiceEntry of `namespace` picks workloads by labels: its
+/// endpoints (any resolution but `NONE`, as `service_entry::services` reads
+/// it) and, whatever its resolution, the names of their service accounts.
 fn has_selecting_entry(store: &Store, namespace: &str) -> bool {
-    use crate::model::istio::Resolution;
-    store.of_kind_in(Kind::ServiceEntry, namespace).any(|o| {
-        matches!(o, Object::ServiceEntry(e)
-                if e.spec.workload_selector.is_some()
-                    && e.spec.resolution.is_some_and(|r| r != Resolution::None))
-    })
+    store
+        .of_kind_in(Kind::ServiceEntry, namespace)
+        .any(|o| matches!(o, Object::ServiceEntry(e) if e.spec.workload_selector.is_some()))
 }
 
 /// Whether `name` is a Gateway of a waypoint class in `namespace`.

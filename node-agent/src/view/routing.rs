@@ -2,10 +2,12 @@
 //! validated Istio specs with every host made fully qualified.
 //!
 //! Istio reads a short host (`reviews`) in the namespace of the object that
-//! names it, and `reviews.shop` as a name in namespace `shop`. Resolving here,
-//! once, means a waypoint in another namespace never has to guess. A name of
-//! two labels that a ServiceEntry names as its host (`httpbin.org`) is that
-//! host, as written: Istio never reads a name with a dot as a short one.
+//! names it. Warren also reads `reviews.shop` as Service `reviews` of
+//! namespace `shop`, as Kubernetes' DNS does (Istio reads any name with a
+//! dot as written): unless a ServiceEntry names that host and namespace
+//! `shop` has no Service `reviews`; then it is the entry's host
+//! (`httpbin.org`). Resolving here, once, means a waypoint in another
+//! namespace never has to guess.
 
 use std::collections::BTreeSet;
 
@@ -14,7 +16,7 @@ use warren_api::config::{DestinationRule, VirtualService};
 use super::Mesh;
 use crate::{
     model::{
-        Kind, Object,
+        Kind, Object, ObjectKey,
         istio::{
             Destination, DestinationRule as IstioDestinationRule,
             VirtualService as IstioVirtualService, VirtualServiceSpec,
@@ -23,9 +25,17 @@ use crate::{
     store::Store,
 };
 
-/// The hosts of two labels that ServiceEntries (of any namespace) name,
-/// lowercase: [`qualify`] keeps them as written.
+/// The hosts of two labels that ServiceEntries (of any namespace) name and
+/// that are no Service's `<name>.<namespace>`, lowercase: [`qualify`] keeps
+/// them as written.
 pub fn entry_hosts(store: &Store) -> BTreeSet<String> {
+    let is_service = |host: &str| {
+        host.split_once('.').is_some_and(|(name, namespace)| {
+            store
+                .get(&ObjectKey::new(Kind::Service, Some(namespace), name))
+                .is_some()
+        })
+    };
     store
         .of_kind(Kind::ServiceEntry)
         .filter_map(|o| match o {
@@ -35,6 +45,7 @@ pub fn entry_hosts(store: &Store) -> BTreeSet<String> {
         .flatten()
         .map(|host| host.trim_end_matches('.').to_ascii_lowercase())
         .filter(|host| !host.starts_with('*') && host.split('.').count() == 2)
+        .filter(|host| !is_service(host))
         .collect()
 }
 

@@ -96,17 +96,18 @@ pub fn service(
         }
     }
     for entry in entries {
-        // Service port → the entry's port: by the service port's name, else
-        // by a named `targetPort`, as istiod maps them.
+        // Service port → the entry's port, as istiod maps them: a named
+        // `targetPort` is the entry's port of that name; otherwise the
+        // entry's port named as the service port is. Neither: the target
+        // port.
         let tcp = svc.ports.iter().filter(|p| is_tcp(p.protocol.as_deref()));
         let found = tcp.filter_map(|p| {
             let port = u32::try_from(p.port).ok()?;
-            let by_name = p.name.as_deref().and_then(|n| entry.spec.ports.get(n));
-            let by_target = match &p.target_port {
-                Some(TargetPort::Name(n)) => entry.spec.ports.get(&**n),
-                _ => None,
+            let name = match &p.target_port {
+                Some(TargetPort::Name(target)) => Some(&**target),
+                _ => p.name.as_deref(),
             };
-            Some((port, *by_name.or(by_target)?))
+            Some((port, *entry.spec.ports.get(name?)?))
         });
         if let Some(endpoint) = workload_entry_endpoint(&namespace, entry, overrides(&ports, found))
         {

@@ -2705,7 +2705,7 @@ kind: WorkloadEntry
 metadata: { name: vm-1, namespace: demo, labels: { team: payments, version: v0 } }
 spec:
   address: 10.30.0.7
-  ports: { http: 8081 }
+  ports: { http: 8081, web-admin: 9444, admin: 1 }
   labels: { app: app, version: v3 }
   locality: region-1/zone-1
   weight: 2
@@ -2727,7 +2727,7 @@ metadata: { name: vms, namespace: demo }
 spec:
   clusterIP: 10.96.0.30
   selector: { app: app }
-  ports: [{ name: http, port: 80, targetPort: web }]
+  ports: [{ name: http, port: 80, targetPort: 8080 }, { name: admin, port: 9000, targetPort: web-admin }]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -2794,10 +2794,10 @@ fn a_workload_entry_is_a_workload_outside_the_cluster() {
 }
 
 /// A Service's selector picks WorkloadEntries of its namespace as istiod
-/// does: each an endpoint keyed by its workload, on the port its `ports`
-/// name for the service port (else the `targetPort`'s name), with its
-/// weight; a Service without a selector takes none, and changes to an
-/// entry move it in and out.
+/// does: each an endpoint keyed by its workload, on its port named as a
+/// named `targetPort`, else as the service port, with its weight; a Service
+/// without a selector takes none, and changes to an entry or the selector
+/// move it in and out.
 #[test]
 fn a_services_selector_picks_workload_entries() {
     let (mut store, mut view) = built(WORKLOAD_ENTRIES);
@@ -2825,7 +2825,7 @@ fn a_services_selector_picks_workload_entries() {
             (
                 key::workload_entry("demo", "vm-1"),
                 "10.30.0.7".to_owned(),
-                vec![(80, 8081)],
+                vec![(80, 8081), (9000, 9444)],
                 2
             ),
             (
@@ -2850,15 +2850,29 @@ fn a_services_selector_picks_workload_entries() {
             .all(|e| key::is_workload(&e.workload) && !e.workload.contains("workloadentry:"))
     );
 
-    // A named targetPort the entry declares is its port.
+    // The entry gains a port of the service port's name.
     let keys = apply(
         &mut store,
         "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
          metadata: { name: vm-mesh, namespace: demo, labels: { networking.istio.io/tunnel: http } }\n\
-         spec: { address: 10.30.0.8, ports: { web: 9443 }, labels: { app: app }, serviceAccount: vm }\n",
+         spec: { address: 10.30.0.8, ports: { http: 9443 }, labels: { app: app }, serviceAccount: vm }\n",
     );
     view.changed(&store, &keys);
     assert_eq!(endpoints(&view)[1].2, [(80, 9443)]);
+
+    // The Service's selector moves off the entries, then back.
+    let vms = |selector: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{ name: vms, namespace: demo }}\n\
+             spec: {{ clusterIP: 10.96.0.30, selector: {{ {selector} }}, ports: [{{ name: http, port: 80 }}] }}\n"
+        )
+    };
+    let keys = apply(&mut store, &vms("app: other"));
+    view.changed(&store, &keys);
+    assert!(endpoints(&view).is_empty());
+    let keys = apply(&mut store, &vms("app: app"));
+    view.changed(&store, &keys);
+    assert_eq!(endpoints(&view).len(), 2);
 
     // Relabelled out of the selector, then deleted: each change reaches the
     // Service, and the workload goes with the entry.
@@ -2971,12 +2985,10 @@ fn a_workload_entry_in_the_mesh_goes_through_the_waypoint_it_names() {
         through.identity,
         "spiffe://cluster.local/ns/demo/sa/waypoint"
     );
-    assert!(
-        entry_workload(&view, "demo", "vm-plain")
-            .expect("vm-plain's workload")
-            .waypoint
-            .is_none()
-    );
+    let plain = entry_workload(&view, "demo", "vm-plain").expect("vm-plain's workload");
+    assert!(plain.waypoint.is_none());
+    // Without a serviceAccount, `default` (as a pod's).
+    assert_eq!(plain.service_account, "default");
 }
 
 /// A two-label host is `<service>.<namespace>` unless a ServiceEntry names
@@ -2986,16 +2998,18 @@ fn a_workload_entry_in_the_mesh_goes_through_the_waypoint_it_names() {
 #[test]
 fn a_two_label_host_a_service_entry_names_is_not_a_short_name() {
     let (mut store, mut view) = built("");
-    let keys = apply(
-        &mut store,
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+    let routing = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
          metadata: { name: httpbin, namespace: demo }\n\
          spec: { hosts: [httpbin.org], http: [{ route: [{ destination: { host: httpbin.org }, weight: 90 }, { destination: { host: app.demo }, weight: 10 }] }] }\n\
          ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
          metadata: { name: httpbin, namespace: demo }\n\
-         spec: { host: httpbin.org, trafficPolicy: { loadBalancer: { simple: RANDOM } } }\n",
-    );
+         spec: { host: httpbin.org, trafficPolicy: { loadBalancer: { simple: RANDOM } } }\n";
+    let keys = apply(&mut store, routing);
     view.changed(&store, &keys);
+    let entry = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: { name: httpbin, namespace: egress }\n\
+         spec: { hosts: [HTTPBIN.org, app.demo], ports: [{ number: 80, name: http, protocol: HTTP }], resolution: DNS }\n";
+    let yaml = format!("{routing}---\n{entry}");
     let published = |view: &View| {
         let Some(ResourceKind::VirtualService(vs)) =
             get(view, &key::virtual_service("demo", "httpbin"))
@@ -3021,13 +3035,9 @@ fn a_two_label_host_a_service_entry_names_is_not_a_short_name() {
             "httpbin.org.svc.cluster.local".to_owned()
         )
     );
-    // The entry arrives (in another namespace): the host is its.
-    let keys = apply(
-        &mut store,
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
-         metadata: { name: httpbin, namespace: egress }\n\
-         spec: { hosts: [HTTPBIN.org], ports: [{ number: 80, name: http, protocol: HTTP }], resolution: DNS }\n",
-    );
+    // The entry arrives (in another namespace): the host is its. An entry
+    // naming a Service's `<name>.<namespace>` takes nothing from it.
+    let keys = apply(&mut store, entry);
     view.changed(&store, &keys);
     assert_eq!(
         published(&view),
@@ -3042,4 +3052,7 @@ fn a_two_label_host_a_service_entry_names_is_not_a_short_name() {
     let key = delete(&mut store, Kind::ServiceEntry, "egress", "httpbin");
     view.changed(&store, &[key]);
     assert_eq!(published(&view).3, "httpbin.org.svc.cluster.local");
+    // All arriving at once (a first sync).
+    let (_store, view) = built(&yaml);
+    assert_eq!(published(&view).3, "httpbin.org");
 }

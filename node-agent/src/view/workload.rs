@@ -161,8 +161,13 @@ pub fn workload_entry(
         .then(|| waypoint::of_workload(store, waypoints, &namespace, &name, &labels))
         .flatten();
     Some(Workload {
-        uid: format!("{namespace}/{name}"),
-        service_account: entry.spec.service_account.clone(),
+        uid: format!("{namespace}/workloadentry:{name}"),
+        // As for a pod, and as Istio's ztunnel reads an entry without one.
+        service_account: if entry.spec.service_account.is_empty() {
+            "default".to_owned()
+        } else {
+            entry.spec.service_account.clone()
+        },
         node: String::new(),
         addresses: vec![addr::to_bytes(address)],
         // Its own HBONE port takes the tunnel, on its address.

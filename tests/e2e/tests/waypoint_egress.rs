@@ -851,13 +851,19 @@ fn a_workload_entry_is_an_endpoint_of_the_services_that_select_it() -> Result<()
     })
     .with_context(|| format!("last answers: {last:?}\n{}", mesh.logs()))?;
 
-    // Without it, neither Service has an endpoint: refused.
+    // Without it, neither Service has an endpoint: refused, while the
+    // client still reaches the server by its own address.
     std::fs::remove_file(&entry)?;
     eventually(Duration::from_secs(20), "no endpoint left", || {
         last = versions(&client)?;
         Ok(last.iter().all(|(status, _)| *status == 0))
     })
     .with_context(|| format!("last answers: {last:?}\n{}", mesh.logs()))?;
+    let (status, body) = get(&client, &format!("{ip}:8092"))?;
+    ensure!(
+        status == 200 && body["version"] == "v2",
+        "the server itself still answers the client: {status} {body}"
+    );
     Ok(())
 }
 

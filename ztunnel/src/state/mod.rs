@@ -202,6 +202,22 @@ fn precedence(key: &str) -> (bool, &str) {
     (warren_api::key::is_service_entry(key), key)
 }
 
+/// Whether the workload `key` takes an address from the one `held` that has
+/// it too. A pod's address is the pod's: a WorkloadEntry (an address someone
+/// typed) never takes it, so another namespace's entry cannot shadow a pod.
+/// Between pods the newer one takes it (an address reused after a pod went);
+/// between entries the first key, whatever order they arrived in.
+fn claims_before(key: &str, held: &str) -> bool {
+    match (
+        warren_api::key::is_workload_entry(key),
+        warren_api::key::is_workload_entry(held),
+    ) {
+        (false, _) => true,
+        (true, false) => false,
+        (true, true) => key < held,
+    }
+}
+
 impl Inner {
     /// The hop to `waypoint`, asking it for `authority`, for the traffic of
     /// `owner` (a Service's or pod's key): refused while it is not running,
@@ -346,6 +362,17 @@ impl Inner {
         for ip in &old.addresses {
             if self.by_address.get(ip).is_some_and(|k| *k == old.key) {
                 self.by_address.remove(ip);
+                // Another workload claiming the address takes it back (a
+                // WorkloadEntry a pod had shadowed, say).
+                let next = self
+                    .workloads
+                    .values()
+                    .filter(|w| w.key != old.key && w.addresses.contains(ip))
+                    .map(|w| w.key.as_str())
+                    .reduce(|a, b| if claims_before(b, a) { b } else { a });
+                if let Some(next) = next {
+                    self.by_address.insert(*ip, next.to_owned());
+                }
             }
         }
         if old.netns_cookie != 0
@@ -385,7 +412,12 @@ impl Inner {
                     self.unindex_workload(&old);
                 }
                 for ip in &workload.addresses {
-                    self.by_address.insert(*ip, key.clone());
+                    match self.by_address.get(ip) {
+                        Some(held) if *held != key && !claims_before(&key, held) => {}
+                        _ => {
+                            self.by_address.insert(*ip, key.clone());
+                        }
+                    }
                 }
                 if workload.netns_cookie != 0 {
                     self.by_cookie.insert(workload.netns_cookie, key.clone());
@@ -686,14 +718,20 @@ impl State {
 
     /// The service with this hostname (`name.namespace.svc.<domain>`, or a
     /// ServiceEntry host) that clients of `namespace` see (any, without one), by
-    /// [`precedence`] when several claim it. A scan: the waypoint caches what it
-    /// finds per upstream cluster.
+    /// [`precedence`] when several claim it. Names compare as DNS does: in
+    /// any case, with or without the trailing dot (a ServiceEntry may write
+    /// its host either way, and a route another). A scan: the waypoint caches
+    /// what it finds per upstream cluster.
     pub fn service_by_hostname(
         &self,
         hostname: &str,
         namespace: Option<&str>,
     ) -> Option<Arc<Service>> {
-        self.service_named(|name| name == hostname, namespace)
+        let hostname = hostname.trim_end_matches('.');
+        self.service_named(
+            |name| name.trim_end_matches('.').eq_ignore_ascii_case(hostname),
+            namespace,
+        )
     }
 
     /// Whether a workload of this node has the identity a TLS client asks for by
@@ -701,21 +739,17 @@ impl State {
     pub fn serves_server_name(&self, server_name: &str) -> bool {
         let node = self.node();
         self.read().workloads.values().any(|w| {
-            w.node == node
+            !node.is_empty()
+                && w.node == node
                 && w.identity
                     .as_ref()
                     .is_some_and(|id| tls::server_name_string(id) == server_name)
         })
     }
 
-    /// [`State::service_by_hostname`] for a name as DNS asks it: any case, the
-    /// trailing dot or not (a ServiceEntry may write its host either way).
+    /// [`State::service_by_hostname`] for a name as DNS asks it.
     pub fn service_by_dns_name(&self, name: &str, namespace: &str) -> Option<Arc<Service>> {
-        let name = name.trim_end_matches('.');
-        self.service_named(
-            |hostname| hostname.trim_end_matches('.').eq_ignore_ascii_case(name),
-            Some(namespace),
-        )
+        self.service_by_hostname(name, Some(namespace))
     }
 
     /// The service whose hostname `matches` that clients of `namespace` see (any,
@@ -1573,5 +1607,63 @@ mod tests {
         );
         state.update(|inner| inner.remove(&mapped));
         assert_eq!(claimed("10.70.1.3:5432", "team-a"), None);
+    }
+
+    /// A pod's address stays the pod's whatever WorkloadEntry also names it
+    /// and in whatever order they arrive; the entry takes it only once the
+    /// pod has gone. Between entries the first key holds it.
+    #[test]
+    fn a_pods_address_is_never_a_workload_entrys() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("an address");
+        let at = |key: &str, address: &str| {
+            let (namespace, name) = key
+                .trim_start_matches("workload/")
+                .split_once('/')
+                .expect("ns/name");
+            let proto = config::Workload {
+                name: name.into(),
+                namespace: namespace.into(),
+                addresses: vec![warren_api::addr::to_bytes(ip(address))],
+                ..Default::default()
+            };
+            Resource::Workload(Arc::new(
+                Workload::from_proto(key, proto, "cluster.local").expect("a workload"),
+            ))
+        };
+        let pod = warren_api::key::workload("ns", "db-0");
+        let vm = warren_api::key::workload_entry("other", "vm");
+        let vm2 = warren_api::key::workload_entry("other", "a-vm");
+        let holder = |state: &State| state.workload_by_ip(ip("10.0.1.5")).map(|w| w.key.clone());
+        for entry_first in [false, true] {
+            let state = State::new(Some("node-a".into()), 15008);
+            state.update(|inner| {
+                if entry_first {
+                    inner.upsert(vm.clone(), at(&vm, "10.0.1.5"));
+                    inner.upsert(pod.clone(), at(&pod, "10.0.1.5"));
+                } else {
+                    inner.upsert(pod.clone(), at(&pod, "10.0.1.5"));
+                    inner.upsert(vm.clone(), at(&vm, "10.0.1.5"));
+                }
+            });
+            assert_eq!(
+                holder(&state).as_ref(),
+                Some(&pod),
+                "entry first: {entry_first}"
+            );
+            // An update of the entry changes nothing; the pod going hands it over.
+            state.update(|inner| inner.upsert(vm.clone(), at(&vm, "10.0.1.5")));
+            assert_eq!(holder(&state).as_ref(), Some(&pod));
+            state.update(|inner| inner.remove(&pod));
+            assert_eq!(holder(&state).as_ref(), Some(&vm));
+            // A second entry: the first key wins, either way round.
+            state.update(|inner| inner.upsert(vm2.clone(), at(&vm2, "10.0.1.5")));
+            assert_eq!(holder(&state).as_ref(), Some(&vm2));
+            state.update(|inner| inner.upsert(vm.clone(), at(&vm, "10.0.1.5")));
+            assert_eq!(holder(&state).as_ref(), Some(&vm2));
+            state.update(|inner| inner.remove(&vm2));
+            assert_eq!(holder(&state).as_ref(), Some(&vm));
+            state.update(|inner| inner.remove(&vm));
+            assert_eq!(holder(&state), None);
+        }
     }
 }

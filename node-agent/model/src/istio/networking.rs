@@ -905,11 +905,18 @@ impl WorkloadEntry {
     }
 
     /// Whether it terminates HBONE itself, as Istio tells: labelled
-    /// `networking.istio.io/tunnel: http` (a native HBONE endpoint), or
-    /// annotated `ambient.istio.io/redirection: enabled` (a ztunnel in front
-    /// of it). Connections to it then go over HBONE to its own address.
+    /// `networking.istio.io/tunnel` with `http` among its comma-separated
+    /// protocols (a native HBONE endpoint), or annotated
+    /// `ambient.istio.io/redirection: enabled` (a ztunnel in front of it).
+    /// Both are read from its metadata, as Istio does. Connections to it then
+    /// go over HBONE to its own address.
     pub fn speaks_hbone(&self) -> bool {
-        self.labels().get("networking.istio.io/tunnel") == Some("http")
+        let tunnel = self
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("networking.istio.io/tunnel"));
+        tunnel.is_some_and(|t| t.split(',').any(|p| p.trim() == "http"))
             || self
                 .metadata
                 .annotations
