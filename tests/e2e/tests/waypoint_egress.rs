@@ -949,3 +949,114 @@ fn the_waypoint_picks_workload_entries_by_their_labels() -> Result<()> {
     ensure!(found == expected, "the waypoint's endpoints: {found:?}");
     Ok(())
 }
+
+/// The answer to a GET of `http://<target>/hello` from the client: its
+/// status, body, and the `x-egress` header the waypoint's route sets.
+fn get_marked(client: &warren_testbed::Pod, target: &str) -> Result<(u16, Value, Option<String>)> {
+    let out = client.sandbox.exec(
+        "curl",
+        [
+            "-sS",
+            "--max-time",
+            "5",
+            "-D",
+            "/dev/stderr",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{target}/hello"),
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let headers = String::from_utf8_lossy(&out.stderr);
+    let marked = headers.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("x-egress")
+            .then(|| value.trim().to_owned())
+    });
+    Ok((
+        status.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+        marked,
+    ))
+}
+
+/// A ServiceEntry resolved `NONE` for a subnet's port, through the
+/// waypoint: the waypoint applies the host's routes, then sends each
+/// request where its client dialled (Envoy's original-destination cluster),
+/// here either node's own address in the block.
+#[test]
+fn the_waypoint_sends_a_none_entrys_requests_where_they_were_dialled() -> Result<()> {
+    require_root()?;
+    let egress = egress_cluster()?;
+    let Egress {
+        cluster,
+        mesh,
+        node,
+        ..
+    } = &egress;
+    let other = cluster.node(0)?.clone();
+    let (v1, v2) = (format!("{}:9003", other.ip), format!("{}:9003", node.ip));
+    let _servers = [
+        egress.serve_on(&other, &["http", "--listen", &v1, "--version", "v1"], 9003)?,
+        egress.serve(&["http", "--listen", &v2, "--version", "v2"], 9003)?,
+    ];
+    let [a, b, c, _] = other.ip.octets();
+    ensure!(
+        node.ip.octets()[..3] == [a, b, c],
+        "the nodes {} and {} share no /24",
+        other.ip,
+        node.ip
+    );
+    let block = format!("{a}.{b}.{c}.0/24");
+    std::fs::write(
+        cluster.config_dir().join("subnet.demo.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {{ name: subnet, namespace: demo, labels: {{ istio.io/use-waypoint: waypoint }} }}\n\
+             spec: {{ hosts: [subnet.internal], addresses: [\"{block}\"], ports: [{{ number: 9003, name: http, protocol: HTTP }}], resolution: NONE }}\n\
+             ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+             metadata: {{ name: subnet, namespace: demo }}\n\
+             spec:\n  hosts: [subnet.internal]\n  http:\n  \
+             - headers: {{ response: {{ set: {{ x-egress: subnet }} }} }}\n    \
+               route: [{{ destination: {{ host: subnet.internal }} }}]\n"
+        ),
+    )?;
+    let waypoint = egress.start_waypoint()?;
+    let client = cluster.pod("client")?.clone();
+    let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
+    for (target, version) in [(&v1, "v1"), (&v2, "v2")] {
+        let mut last = (0, Value::Null, None);
+        eventually(
+            Duration::from_secs(20),
+            &format!("{target} through the waypoint"),
+            || {
+                last = get_marked(&client, target)?;
+                Ok(last.0 == 200
+                    && last.1["version"] == version
+                    && last.2.as_deref() == Some("subnet"))
+            },
+        )
+        .with_context(|| format!("last answer from {target}: {last:?}\n{}", logs()))?;
+    }
+    // Ten more each: every request goes where it was dialled.
+    for (target, version) in [(&v1, "v1"), (&v2, "v2")] {
+        for _ in 0..10 {
+            let (status, body, marked) = get_marked(&client, target)?;
+            ensure!(
+                status == 200 && body["version"] == version && marked.as_deref() == Some("subnet"),
+                "{target}: {status} {body} {marked:?}"
+            );
+        }
+    }
+    // The waypoint's cluster for the host says what it is.
+    let clusters = clusters_objects(&cluster.pod("waypoint")?.sandbox, |o| {
+        o.get("original_destination") == Some(&json!(true))
+    })?;
+    ensure!(
+        !clusters.is_empty(),
+        "no original-destination cluster at the waypoint\n{}",
+        logs()
+    );
+    Ok(())
+}

@@ -938,10 +938,29 @@ pub(super) async fn attempt(
         Some(retries) if retries.retry_remote_localities => &tries.endpoints,
         _ => &[],
     };
-    let picked = match cluster.pick_avoiding(&hash, avoid, leave, Instant::now()) {
-        Some(picked) => picked,
-        None => {
-            return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "UH");
+    let picked = if cluster.is_original_destination() {
+        match client
+            .dialled
+            .and_then(|dialled| cluster.pick_original(dialled))
+        {
+            Some(picked) => picked,
+            None => {
+                return local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "{} is resolved NONE: requests go to the address the client dialled, and that is none of its addresses",
+                        key.host
+                    ),
+                    "UH",
+                );
+            }
+        }
+    } else {
+        match cluster.pick_avoiding(&hash, avoid, leave, Instant::now()) {
+            Some(picked) => picked,
+            None => {
+                return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "UH");
+            }
         }
     };
     let endpoint = picked.endpoint.address;
@@ -1310,13 +1329,6 @@ impl Context {
                 self.pod_destination(ip, key.port)
             })
             .ok_or_else(|| format!("no service {}", key.host))?;
-        if service.passthrough {
-            // Envoy would need an original-destination cluster here.
-            return Err(format!(
-                "{} is a ServiceEntry resolved NONE: a waypoint needs its endpoints (resolution STATIC or DNS)",
-                key.host
-            ));
-        }
         let mut resolved = compiled
             .policies
             .resolve(
@@ -1432,6 +1444,9 @@ impl Context {
                 });
             }
         }
+        // A ServiceEntry resolved `NONE` has no endpoints: requests go where
+        // their clients dialled (Envoy's ORIGINAL_DST).
+        let original = service.passthrough.then(|| Arc::clone(&service));
         let proximity = self.proximity(state_generation);
         let cluster = match clusters.get(key) {
             Some((_, cluster))
@@ -1444,6 +1459,7 @@ impl Context {
         };
         cluster.place(proximity);
         cluster.named(names, valid_until, names_generation);
+        cluster.set_original_destination(original);
         clusters.insert(key.clone(), (generation, Arc::clone(&cluster)));
         Ok(cluster)
     }

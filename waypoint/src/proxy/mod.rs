@@ -90,21 +90,25 @@ impl Downstream {
         }
     }
 
-    /// The client as load balancing hashes it.
+    /// The client as load balancing sees it.
     pub fn client(&self) -> Client {
         Client {
             addr: SocketAddr::new(self.source_ip, 0),
             connection: self.connection,
+            dialled: Some(SocketAddr::new(self.vip, self.port)),
         }
     }
 }
 
-/// The client of a request, as load balancing hashes it: its address
-/// (`useSourceIp`; the port is not known past ztunnel) and its connection.
+/// The client of a request, as load balancing sees it: its address
+/// (`useSourceIp`; the port is not known past ztunnel), its connection, and
+/// the address it dialled (where an original-destination cluster sends
+/// it; `None` for the waypoint's own calls).
 #[derive(Clone, Copy, Debug)]
 pub struct Client {
     pub addr: SocketAddr,
     pub connection: u64,
+    pub dialled: Option<SocketAddr>,
 }
 
 /// An answer's body, at most `limit` bytes, and its trailers: the answers
@@ -242,6 +246,7 @@ impl ConnectHandler for Waypoint {
                     client: Client {
                         addr: SocketAddr::new(source_ip, 0),
                         connection: rand::random(),
+                        dialled: None,
                     },
                 };
                 if let Err((reason, details)) =

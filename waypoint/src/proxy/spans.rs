@@ -326,6 +326,7 @@ async fn post(ctx: &Arc<Context>, plan: &TracingPlan, spans: &[Record]) -> Resul
     let client = super::Client {
         addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         connection: 0,
+        dialled: None,
     };
     let mut once = Tries::mirror(client);
     let sent = async {

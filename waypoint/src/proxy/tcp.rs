@@ -406,7 +406,15 @@ async fn connect(
     let (headers, uri) = (HeaderMap::new(), Uri::default());
     let client = down.client();
     let hash = HashInput::new(&headers, &uri, Some(client.addr), Some(client.connection));
-    let Some(picked) = cluster.pick(&hash, Instant::now()) else {
+    let picked = if cluster.is_original_destination() {
+        // A ServiceEntry resolved `NONE`: where the client dialled.
+        client
+            .dialled
+            .and_then(|dialled| cluster.pick_original(dialled))
+    } else {
+        cluster.pick(&hash, Instant::now())
+    };
+    let Some(picked) = picked else {
         return Err((Ended::NoEndpoint, None));
     };
     let endpoint = picked.endpoint.address;

@@ -27,7 +27,7 @@ use super::outlier::{Detector, HostOutlier, Outcome};
 use super::policy::{LoadBalancer, PoolLimits, Resolved, UpstreamHttp};
 use super::pool::{Overflow, Permit, Pool, RetryPermit};
 use warren_api::Locality;
-use warren_ztunnel::state::service::DeclaredHttp;
+use warren_ztunnel::state::{Service, service::DeclaredHttp};
 
 /// One endpoint of the cluster, as the proxy knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +83,10 @@ pub struct Cluster {
     /// The names' generation (`Names::generation`) the endpoints were
     /// built from: only clusters with names are rebuilt when it moves.
     names_generation: AtomicU64,
+    /// Envoy's ORIGINAL_DST, for a ServiceEntry resolved `NONE` (this
+    /// entry): no endpoints of its own; a request goes to the address its
+    /// client dialled, when that is one of the entry's.
+    original: Mutex<Option<Arc<Service>>>,
 }
 
 #[derive(Debug)]
@@ -172,7 +176,55 @@ impl Cluster {
             has_names: std::sync::atomic::AtomicBool::new(false),
             names: Mutex::new((Arc::from([]), None)),
             names_generation: AtomicU64::new(0),
+            original: Mutex::new(None),
         }
+    }
+
+    /// Makes it an original-destination cluster for `entry` (a ServiceEntry
+    /// resolved `NONE`, as the mesh has it now), or, with `None`, one with
+    /// endpoints of its own.
+    pub fn set_original_destination(&self, entry: Option<Arc<Service>>) {
+        *self.original.lock().unwrap_or_else(|p| p.into_inner()) = entry;
+    }
+
+    pub fn is_original_destination(&self) -> bool {
+        self.original
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// For an original-destination cluster: `dialled`, the address the
+    /// client dialled, as the endpoint (its own id, counted active while
+    /// the pick lives). `None` when the cluster is not one, or the address
+    /// is not the entry's (one of its addresses or blocks, on one of its
+    /// ports: a route sending another host's requests here must not make
+    /// the waypoint dial that host's address), or one the waypoint never
+    /// dials.
+    pub fn pick_original(&self, dialled: SocketAddr) -> Option<Picked> {
+        let entry = self
+            .original
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let ip = dialled.ip().to_canonical();
+        if !entry.has_address(ip) || entry.port(dialled.port()).is_none() || !super::dialable(ip) {
+            return None;
+        }
+        let dialled = SocketAddr::new(ip, dialled.port());
+        Some(Picked {
+            endpoint: Arc::new(Endpoint {
+                id: dialled.to_string(),
+                address: dialled,
+                labels: BTreeMap::new(),
+                locality: Locality::default(),
+                node: String::new(),
+                ready_since: None,
+                weight: 1,
+            }),
+            set_cookie: None,
+            _active: ActiveRequest(Arc::new(AtomicU64::new(1))),
+        })
     }
 
     /// Whether its endpoints, built from names at `generation` of their
@@ -623,6 +675,8 @@ impl Cluster {
             (endpoints, groups, proximity)
         };
         serde_json::json!({
+            // Endpoints are then the addresses clients dial.
+            "original_destination": self.is_original_destination(),
             "rules": resolved.rules,
             "subset_selector": resolved.selector,
             "load_balancer": format!("{:?}", resolved.load_balancer),

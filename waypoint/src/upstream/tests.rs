@@ -2233,3 +2233,76 @@ fn the_waypoints_own_host_is_never_an_endpoint() {
         assert!(super::dialable(ip.parse().unwrap()), "{ip}");
     }
 }
+
+/// A ServiceEntry resolved `NONE` (VIP 10.9.0.1, blocks 10.20.0.0/16 and
+/// 127.0.0.0/8, port 8080), as the mesh state has it.
+fn none_entry() -> Arc<warren_ztunnel::state::Service> {
+    use warren_api::{addr, config};
+    let proto = config::Service {
+        name: "legacy.internal".into(),
+        namespace: "ns".into(),
+        hostname: "legacy.internal".into(),
+        vips: vec![addr::to_bytes("10.9.0.1".parse().expect("an address"))],
+        vip_ranges: vec![
+            config::Cidr {
+                address: vec![10, 20, 0, 0],
+                prefix_len: 16,
+            },
+            // Tenant input may name the waypoint's own host.
+            config::Cidr {
+                address: vec![127, 0, 0, 0],
+                prefix_len: 8,
+            },
+        ],
+        ports: vec![config::ServicePort {
+            port: 8080,
+            ..Default::default()
+        }],
+        passthrough: true,
+        ..Default::default()
+    };
+    let key = warren_api::key::service_entry("ns", "legacy.internal");
+    Arc::new(warren_ztunnel::state::Service::from_proto(&key, proto).expect("an entry"))
+}
+
+/// An original-destination cluster sends a request where its client
+/// dialled, when that is one of the entry's addresses (a VIP, an address of
+/// a block, IPv4-mapped or not) on one of its ports; never elsewhere, nor to
+/// the waypoint's own host. It has no endpoints of its own to balance or
+/// eject, and stops being one when the entry does.
+#[test]
+fn an_original_destination_cluster_goes_where_the_client_dialled() {
+    let now = Instant::now();
+    let cluster = Cluster::new(Resolved::defaults("legacy.internal", 8080), Vec::new(), now);
+    let addr = |s: &str| s.parse::<SocketAddr>().expect("ip:port");
+    assert!(!cluster.is_original_destination());
+    assert!(cluster.pick_original(addr("10.9.0.1:8080")).is_none());
+    cluster.set_original_destination(Some(none_entry()));
+    assert!(cluster.is_original_destination());
+    for dialled in ["10.9.0.1:8080", "10.20.3.4:8080", "[::ffff:10.20.3.4]:8080"] {
+        let picked = cluster
+            .pick_original(addr(dialled))
+            .unwrap_or_else(|| panic!("{dialled} is the entry's"));
+        assert_eq!(
+            picked.endpoint.address,
+            addr(&dialled.replace("[::ffff:", "").replace(']', ""))
+        );
+        assert_eq!(picked.endpoint.id, picked.endpoint.address.to_string());
+    }
+    for elsewhere in [
+        "10.9.0.2:8080",
+        "10.21.0.1:8080",
+        "10.20.3.4:9090",
+        "127.0.0.1:8080",
+    ] {
+        assert!(
+            cluster.pick_original(addr(elsewhere)).is_none(),
+            "{elsewhere} is not the entry's"
+        );
+    }
+    assert!(cluster.endpoints().is_empty());
+    assert!(!cluster.report("10.9.0.1:8080", Outcome::Status(503), now));
+    assert_eq!(cluster.dump(now)["original_destination"], true);
+    cluster.set_original_destination(None);
+    assert!(cluster.pick_original(addr("10.9.0.1:8080")).is_none());
+}

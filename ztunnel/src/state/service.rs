@@ -60,6 +60,12 @@ pub struct Service {
 }
 
 impl Service {
+    /// Whether `ip` is one of its addresses: a VIP, or in one of its blocks.
+    pub fn has_address(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.vips.contains(&ip) || self.vip_ranges.iter().any(|block| block.contains(ip))
+    }
+
     /// Whether clients of `namespace` see it (`exportTo`: empty or `*` is
     /// every namespace, `~` none, else the namespaces named).
     pub fn visible_to(&self, namespace: &str) -> bool {
