@@ -240,12 +240,18 @@ pub async fn explain(inputs: &Inputs, from: &str, to: &str) -> Result<Explanatio
                 let node = workload.as_deref().map_or("", |w| w.node.as_str());
                 let pod = workload
                     .as_deref()
-                    .map(|w| format!(" (pod {})", name(w)))
+                    .map(|w| format!(" ({})", what(w)))
                     .unwrap_or_default();
+                // A WorkloadEntry on no node terminates HBONE itself.
+                let to = if node.is_empty() {
+                    "its own HBONE endpoint".to_owned()
+                } else {
+                    format!("node {node:?}")
+                };
                 step(
                     "route",
                     format!(
-                        "HBONE to node {node:?} at {gateway}: mutual TLS expecting {identity}, CONNECT {authority}{pod}"
+                        "HBONE to {to} at {gateway}: mutual TLS expecting {identity}, CONNECT {authority}{pod}"
                     ),
                 );
                 match workload {
@@ -279,8 +285,8 @@ pub async fn explain(inputs: &Inputs, from: &str, to: &str) -> Result<Explanatio
                 "route",
                 match workload {
                     Some(w) => format!(
-                        "plain TCP to pod {} at {addr}, which is not in the mesh: no mutual TLS, no policy of the mesh",
-                        name(&w)
+                        "plain TCP to {} at {addr}, which is not in the mesh: no mutual TLS, no policy of the mesh",
+                        what(&w)
                     ),
                     None => format!(
                         "plain TCP to {addr}, outside the mesh: no mutual TLS, no policy of the mesh"
@@ -407,6 +413,16 @@ fn policy(
 
 fn name(workload: &Workload) -> String {
     format!("{}/{}", workload.namespace, workload.name)
+}
+
+/// What a workload is, with its name: a pod, or a WorkloadEntry (a VM or a
+/// server outside Kubernetes).
+fn what(workload: &Workload) -> String {
+    if warren_api::key::is_workload_entry(&workload.key) {
+        format!("WorkloadEntry {}", name(workload))
+    } else {
+        format!("pod {}", name(workload))
+    }
 }
 
 fn list(addresses: &[IpAddr]) -> String {

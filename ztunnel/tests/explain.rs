@@ -318,3 +318,32 @@ async fn explain_tells_what_a_connection_meets() {
     assert_eq!(status, 400);
     assert!(body.contains("usage"), "{body}");
 }
+
+/// A WorkloadEntry outside the mesh (a VM, on no node) is named as one and
+/// reached in plain TCP, as the explanation says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_names_a_workload_entry() {
+    let mut mesh = two_nodes(55).await;
+    let vm = echo(IpAddr::from([127, 55, 3, 7])).await;
+    mesh.view.put(res(
+        warren_api::key::workload_entry("demo", "vm"),
+        Kind::Workload(config::Workload {
+            uid: "demo/workloadentry:vm".into(),
+            name: "vm".into(),
+            namespace: "demo".into(),
+            service_account: "default".into(),
+            addresses: vec![warren_api::addr::to_bytes(vm.ip())],
+            protocol: config::TunnelProtocol::None.into(),
+            ..Default::default()
+        }),
+    ));
+    mesh.sync();
+    let (verdict, steps) = explained(&mesh, &mesh.client_ip.to_string(), &vm.to_string()).await;
+    assert_eq!(verdict, "allowed", "{steps}");
+    let part = format!("plain TCP to WorkloadEntry demo/vm at {vm}, which is not in the mesh");
+    assert!(steps.contains(&part), "no {part:?} in\n{steps}");
+    assert_eq!(
+        round_trip(mesh.client_to(vm).await, PAYLOAD).await.unwrap(),
+        PAYLOAD
+    );
+}

@@ -981,10 +981,13 @@ fn get_marked(client: &warren_testbed::Pod, target: &str) -> Result<(u16, Value,
     ))
 }
 
-/// A ServiceEntry resolved `NONE` for a subnet's port, through the
+const OTHER_VIP: &str = "10.96.250.41";
+
+/// A ServiceEntry resolved `NONE` for a subnet's ports, through the
 /// waypoint: the waypoint applies the host's routes, then sends each
-/// request where its client dialled (Envoy's original-destination cluster),
-/// here either node's own address in the block.
+/// request (HTTP port) or connection (TCP port) where its client dialled
+/// (Envoy's original-destination cluster), here either node's own address
+/// in the block. Another host's route to the entry never dials there.
 #[test]
 fn the_waypoint_sends_a_none_entrys_requests_where_they_were_dialled() -> Result<()> {
     require_root()?;
@@ -1000,6 +1003,26 @@ fn the_waypoint_sends_a_none_entrys_requests_where_they_were_dialled() -> Result
     let _servers = [
         egress.serve_on(&other, &["http", "--listen", &v1, "--version", "v1"], 9003)?,
         egress.serve(&["http", "--listen", &v2, "--version", "v2"], 9003)?,
+        egress.serve(
+            &[
+                "http",
+                "--listen",
+                &format!("{}:9004", node.ip),
+                "--version",
+                "tcp",
+            ],
+            9004,
+        )?,
+        egress.serve(
+            &[
+                "http",
+                "--listen",
+                &format!("{}:9005", node.ip),
+                "--version",
+                "other",
+            ],
+            9005,
+        )?,
     ];
     let [a, b, c, _] = other.ip.octets();
     ensure!(
@@ -1014,12 +1037,22 @@ fn the_waypoint_sends_a_none_entrys_requests_where_they_were_dialled() -> Result
         format!(
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
              metadata: {{ name: subnet, namespace: demo, labels: {{ istio.io/use-waypoint: waypoint }} }}\n\
-             spec: {{ hosts: [subnet.internal], addresses: [\"{block}\"], ports: [{{ number: 9003, name: http, protocol: HTTP }}], resolution: NONE }}\n\
+             spec: {{ hosts: [subnet.internal], addresses: [\"{block}\"], resolution: NONE,\n\
+             ports: [{{ number: 9003, name: http, protocol: HTTP }}, {{ number: 9004, name: tcp, protocol: TCP }}] }}\n\
              ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
              metadata: {{ name: subnet, namespace: demo }}\n\
              spec:\n  hosts: [subnet.internal]\n  http:\n  \
              - headers: {{ response: {{ set: {{ x-egress: subnet }} }} }}\n    \
-               route: [{{ destination: {{ host: subnet.internal }} }}]\n"
+               route: [{{ destination: {{ host: subnet.internal }} }}]\n\
+             ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {{ name: other, namespace: demo, labels: {{ istio.io/use-waypoint: waypoint }} }}\n\
+             spec: {{ hosts: [other.internal], addresses: [{OTHER_VIP}], resolution: STATIC, endpoints: [{{ address: {} }}],\n\
+             ports: [{{ number: 9003, name: http, protocol: HTTP, targetPort: 9005 }}] }}\n\
+             ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+             metadata: {{ name: other, namespace: demo }}\n\
+             spec:\n  hosts: [other.internal]\n  http:\n  \
+             - route: [{{ destination: {{ host: subnet.internal }} }}]\n",
+            node.ip
         ),
     )?;
     let waypoint = egress.start_waypoint()?;
@@ -1049,6 +1082,32 @@ fn the_waypoint_sends_a_none_entrys_requests_where_they_were_dialled() -> Result
             );
         }
     }
+    // The TCP port: the connection goes where it was dialled.
+    let (status, body, marked) = get_marked(&client, &format!("{}:9004", node.ip))?;
+    ensure!(
+        status == 200 && body["version"] == "tcp" && marked.is_none(),
+        "the TCP port through the waypoint: {status} {body} {marked:?}\n{}",
+        logs()
+    );
+    // Another host routed to the entry: its VIP is not the entry's to dial.
+    let out = client.sandbox.exec(
+        "curl",
+        [
+            "-sS",
+            "--max-time",
+            "5",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{OTHER_VIP}:9003/hello"),
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    ensure!(
+        status == "503" && body.contains("dialled to other.internal"),
+        "a route from other.internal to the NONE entry must not dial other.internal's address: {status} {body}\n{}",
+        logs()
+    );
     // The waypoint's cluster for the host says what it is.
     let clusters = clusters_objects(&cluster.pod("waypoint")?.sandbox, |o| {
         o.get("original_destination") == Some(&json!(true))

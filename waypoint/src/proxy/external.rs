@@ -173,7 +173,12 @@ impl<'a> Caller<'a> {
             source_ip: down.source_ip,
             destination: SocketAddr::new(down.vip, down.port),
             service: &down.service.hostname,
-            client: down.client(),
+            // A check is the waypoint's own call: never where the client
+            // dialled.
+            client: Client {
+                dialled: None,
+                ..down.client()
+            },
         }
     }
 }
@@ -307,7 +312,7 @@ async fn check(
         Protocol::Http(_) => Outgoing::Fixed(body),
         Protocol::Grpc => Outgoing::Grpc(body),
     };
-    let mut once = Tries::mirror(caller.client);
+    let mut once = Tries::mirror(caller.client.clone());
     let sent = attempt(ctx, compiled, &key, &check, body, &mut once);
     let answer = match tokio::time::timeout(provider.timeout, async {
         match sent.await {

@@ -876,7 +876,7 @@ pub(super) async fn attempt(
     body: Outgoing<'_>,
     tries: &mut Tries<'_>,
 ) -> Attempt {
-    let client = tries.client;
+    let client = tries.client.clone();
     let local = |status, text: &str, flags| {
         Attempt::Local(Box::new(Done::local(
             reply(status, text),
@@ -939,21 +939,9 @@ pub(super) async fn attempt(
         _ => &[],
     };
     let picked = if cluster.is_original_destination() {
-        match client
-            .dialled
-            .and_then(|dialled| cluster.pick_original(dialled))
-        {
-            Some(picked) => picked,
-            None => {
-                return local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!(
-                        "{} is resolved NONE: requests go to the address the client dialled, and that is none of its addresses",
-                        key.host
-                    ),
-                    "UH",
-                );
-            }
+        match cluster.pick_original(client.dialled()) {
+            Ok(picked) => picked,
+            Err(reason) => return local(StatusCode::SERVICE_UNAVAILABLE, &reason, "UH"),
         }
     } else {
         match cluster.pick_avoiding(&hash, avoid, leave, Instant::now()) {
@@ -1446,20 +1434,24 @@ impl Context {
         }
         // A ServiceEntry resolved `NONE` has no endpoints: requests go where
         // their clients dialled (Envoy's ORIGINAL_DST).
-        let original = service.passthrough.then(|| Arc::clone(&service));
+        let original = service.passthrough;
         let proximity = self.proximity(state_generation);
         let cluster = match clusters.get(key) {
             Some((_, cluster))
                 if cluster.resolved() == &resolved && cluster.declared_http() == declared =>
             {
+                cluster.set_original_destination(original);
                 cluster.update(endpoints);
                 Arc::clone(cluster)
             }
-            _ => Arc::new(Cluster::new(resolved, endpoints, Instant::now()).for_port(declared)),
+            _ => {
+                let cluster = Cluster::new(resolved, endpoints, Instant::now()).for_port(declared);
+                cluster.set_original_destination(original);
+                Arc::new(cluster)
+            }
         };
         cluster.place(proximity);
         cluster.named(names, valid_until, names_generation);
-        cluster.set_original_destination(original);
         clusters.insert(key.clone(), (generation, Arc::clone(&cluster)));
         Ok(cluster)
     }

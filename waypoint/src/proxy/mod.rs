@@ -95,20 +95,38 @@ impl Downstream {
         Client {
             addr: SocketAddr::new(self.source_ip, 0),
             connection: self.connection,
-            dialled: Some(SocketAddr::new(self.vip, self.port)),
+            dialled: Some(Dialled {
+                addr: SocketAddr::new(self.vip, self.port),
+                service: Arc::clone(&self.service),
+            }),
         }
     }
 }
 
 /// The client of a request, as load balancing sees it: its address
 /// (`useSourceIp`; the port is not known past ztunnel), its connection, and
-/// the address it dialled (where an original-destination cluster sends
-/// it; `None` for the waypoint's own calls).
-#[derive(Clone, Copy, Debug)]
+/// what it dialled (where an original-destination cluster sends it; `None`
+/// for the waypoint's own calls).
+#[derive(Clone, Debug)]
 pub struct Client {
     pub addr: SocketAddr,
     pub connection: u64,
-    pub dialled: Option<SocketAddr>,
+    pub dialled: Option<Dialled>,
+}
+
+/// The address a client dialled, and the Service its ztunnel sent the
+/// connection to this waypoint for.
+#[derive(Clone, Debug)]
+pub struct Dialled {
+    pub addr: SocketAddr,
+    pub service: Arc<Service>,
+}
+
+impl Client {
+    /// What it dialled, as an original-destination cluster checks it.
+    pub fn dialled(&self) -> Option<(SocketAddr, &Service)> {
+        self.dialled.as_ref().map(|d| (d.addr, d.service.as_ref()))
+    }
 }
 
 /// An answer's body, at most `limit` bytes, and its trailers: the answers

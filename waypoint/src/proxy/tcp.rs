@@ -408,14 +408,13 @@ async fn connect(
     let hash = HashInput::new(&headers, &uri, Some(client.addr), Some(client.connection));
     let picked = if cluster.is_original_destination() {
         // A ServiceEntry resolved `NONE`: where the client dialled.
-        client
-            .dialled
-            .and_then(|dialled| cluster.pick_original(dialled))
+        cluster
+            .pick_original(client.dialled())
+            .map_err(|reason| (Ended::NoCluster(reason), None))?
     } else {
-        cluster.pick(&hash, Instant::now())
-    };
-    let Some(picked) = picked else {
-        return Err((Ended::NoEndpoint, None));
+        cluster
+            .pick(&hash, Instant::now())
+            .ok_or((Ended::NoEndpoint, None))?
     };
     let endpoint = picked.endpoint.address;
     let connected = ctx

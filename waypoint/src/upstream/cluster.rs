@@ -83,10 +83,10 @@ pub struct Cluster {
     /// The names' generation (`Names::generation`) the endpoints were
     /// built from: only clusters with names are rebuilt when it moves.
     names_generation: AtomicU64,
-    /// Envoy's ORIGINAL_DST, for a ServiceEntry resolved `NONE` (this
-    /// entry): no endpoints of its own; a request goes to the address its
-    /// client dialled, when that is one of the entry's.
-    original: Mutex<Option<Arc<Service>>>,
+    /// Envoy's ORIGINAL_DST, for a ServiceEntry resolved `NONE`: no
+    /// endpoints of its own; a request goes to the address its client
+    /// dialled ([`Cluster::pick_original`]).
+    original: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -176,46 +176,66 @@ impl Cluster {
             has_names: std::sync::atomic::AtomicBool::new(false),
             names: Mutex::new((Arc::from([]), None)),
             names_generation: AtomicU64::new(0),
-            original: Mutex::new(None),
+            original: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Makes it an original-destination cluster for `entry` (a ServiceEntry
-    /// resolved `NONE`, as the mesh has it now), or, with `None`, one with
-    /// endpoints of its own.
-    pub fn set_original_destination(&self, entry: Option<Arc<Service>>) {
-        *self.original.lock().unwrap_or_else(|p| p.into_inner()) = entry;
+    /// Makes it an original-destination cluster (its host is a ServiceEntry
+    /// resolved `NONE`), or one with endpoints of its own.
+    pub fn set_original_destination(&self, original: bool) {
+        self.original.store(original, Ordering::Release);
     }
 
     pub fn is_original_destination(&self) -> bool {
-        self.original
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.original.load(Ordering::Acquire)
     }
 
-    /// For an original-destination cluster: `dialled`, the address the
-    /// client dialled, as the endpoint (its own id, counted active while
-    /// the pick lives). `None` when the cluster is not one, or the address
-    /// is not the entry's (one of its addresses or blocks, on one of its
-    /// ports: a route sending another host's requests here must not make
-    /// the waypoint dial that host's address), or one the waypoint never
-    /// dials.
-    pub fn pick_original(&self, dialled: SocketAddr) -> Option<Picked> {
-        let entry = self
-            .original
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
-        let ip = dialled.ip().to_canonical();
-        if !entry.has_address(ip) || entry.port(dialled.port()).is_none() || !super::dialable(ip) {
-            return None;
+    /// For an original-destination cluster: where a request goes, from what
+    /// its client `dialled` (the address, and the Service its ztunnel sent
+    /// it for). The dialled address, on the cluster's port (the route's,
+    /// which is the dialled one unless a route names another), counted
+    /// active while the pick lives, when the request is for the very entry
+    /// it was dialled to: not a route or mirror from another host (whose
+    /// address is not the entry's to dial), nor the waypoint's own calls
+    /// (nothing dialled); the address is one of the entry's, the port one of
+    /// its ports, and the address one the waypoint dials. Else why not.
+    pub fn pick_original(&self, dialled: Option<(SocketAddr, &Service)>) -> Result<Picked, String> {
+        let host = &self.resolved.host;
+        if !self.is_original_destination() {
+            return Err(format!("{host} is not resolved NONE (any more)"));
         }
-        let dialled = SocketAddr::new(ip, dialled.port());
-        Some(Picked {
+        let Some((addr, entry)) = dialled else {
+            return Err(format!(
+                "{host} is resolved NONE: it has no endpoints for the waypoint's own calls"
+            ));
+        };
+        let same_host = entry
+            .hostname
+            .trim_end_matches('.')
+            .eq_ignore_ascii_case(host.trim_end_matches('.'));
+        if !entry.passthrough || !same_host {
+            return Err(format!(
+                "{host} is resolved NONE: only requests dialled to it go where they were dialled (this one was dialled to {})",
+                entry.hostname
+            ));
+        }
+        let ip = addr.ip().to_canonical();
+        let port = self.resolved.port;
+        if !entry.has_address(ip) || entry.port(port).is_none() {
+            return Err(format!(
+                "{host} is resolved NONE, and {ip} port {port} is none of its addresses and ports"
+            ));
+        }
+        if !super::dialable(ip) {
+            return Err(format!(
+                "{host} is resolved NONE, and {ip} is an address the waypoint never dials (its own host's)"
+            ));
+        }
+        let target = SocketAddr::new(ip, port);
+        Ok(Picked {
             endpoint: Arc::new(Endpoint {
-                id: dialled.to_string(),
-                address: dialled,
+                id: target.to_string(),
+                address: target,
                 labels: BTreeMap::new(),
                 locality: Locality::default(),
                 node: String::new(),

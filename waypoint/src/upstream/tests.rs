@@ -2234,14 +2234,15 @@ fn the_waypoints_own_host_is_never_an_endpoint() {
     }
 }
 
-/// A ServiceEntry resolved `NONE` (VIP 10.9.0.1, blocks 10.20.0.0/16 and
-/// 127.0.0.0/8, port 8080), as the mesh state has it.
-fn none_entry() -> Arc<warren_ztunnel::state::Service> {
+/// A ServiceEntry `host` resolved `NONE` (VIP 10.9.0.1, blocks
+/// 10.20.0.0/16 and 127.0.0.0/8, ports 8080 and 8443), as the mesh state has
+/// it.
+fn none_entry(host: &str) -> warren_ztunnel::state::Service {
     use warren_api::{addr, config};
     let proto = config::Service {
-        name: "legacy.internal".into(),
+        name: host.into(),
         namespace: "ns".into(),
-        hostname: "legacy.internal".into(),
+        hostname: host.into(),
         vips: vec![addr::to_bytes("10.9.0.1".parse().expect("an address"))],
         vip_ranges: vec![
             config::Cidr {
@@ -2254,55 +2255,76 @@ fn none_entry() -> Arc<warren_ztunnel::state::Service> {
                 prefix_len: 8,
             },
         ],
-        ports: vec![config::ServicePort {
-            port: 8080,
-            ..Default::default()
-        }],
+        ports: [8080, 8443]
+            .map(|port| config::ServicePort {
+                port,
+                ..Default::default()
+            })
+            .to_vec(),
         passthrough: true,
         ..Default::default()
     };
-    let key = warren_api::key::service_entry("ns", "legacy.internal");
-    Arc::new(warren_ztunnel::state::Service::from_proto(&key, proto).expect("an entry"))
+    let key = warren_api::key::service_entry("ns", host);
+    warren_ztunnel::state::Service::from_proto(&key, proto).expect("an entry")
 }
 
 /// An original-destination cluster sends a request where its client
-/// dialled, when that is one of the entry's addresses (a VIP, an address of
-/// a block, IPv4-mapped or not) on one of its ports; never elsewhere, nor to
-/// the waypoint's own host. It has no endpoints of its own to balance or
-/// eject, and stops being one when the entry does.
+/// dialled (an address of the entry: a VIP, an address of a block,
+/// IPv4-mapped or not), on the cluster's port (the route's), when the request
+/// was dialled to that very entry. Never for another host's connection (a
+/// route or mirror from it), nor the waypoint's own calls, nor to an address
+/// or port not the entry's, nor to the waypoint's own host. It has no
+/// endpoints of its own, and stops being one when the entry does.
 #[test]
 fn an_original_destination_cluster_goes_where_the_client_dialled() {
     let now = Instant::now();
-    let cluster = Cluster::new(Resolved::defaults("legacy.internal", 8080), Vec::new(), now);
+    let host = "legacy.internal";
+    let entry = none_entry(host);
+    let cluster = Cluster::new(Resolved::defaults(host, 8080), Vec::new(), now);
     let addr = |s: &str| s.parse::<SocketAddr>().expect("ip:port");
+    let dialled = |s: &str| Some((addr(s), &entry));
     assert!(!cluster.is_original_destination());
-    assert!(cluster.pick_original(addr("10.9.0.1:8080")).is_none());
-    cluster.set_original_destination(Some(none_entry()));
+    assert!(cluster.pick_original(dialled("10.9.0.1:8080")).is_err());
+    cluster.set_original_destination(true);
     assert!(cluster.is_original_destination());
-    for dialled in ["10.9.0.1:8080", "10.20.3.4:8080", "[::ffff:10.20.3.4]:8080"] {
-        let picked = cluster
-            .pick_original(addr(dialled))
-            .unwrap_or_else(|| panic!("{dialled} is the entry's"));
-        assert_eq!(
-            picked.endpoint.address,
-            addr(&dialled.replace("[::ffff:", "").replace(']', ""))
-        );
-        assert_eq!(picked.endpoint.id, picked.endpoint.address.to_string());
-    }
-    for elsewhere in [
-        "10.9.0.2:8080",
-        "10.21.0.1:8080",
-        "10.20.3.4:9090",
-        "127.0.0.1:8080",
+    for (to, expected) in [
+        ("10.9.0.1:8080", "10.9.0.1:8080"),
+        ("10.20.3.4:8080", "10.20.3.4:8080"),
+        ("[::ffff:10.20.3.4]:8080", "10.20.3.4:8080"),
     ] {
-        assert!(
-            cluster.pick_original(addr(elsewhere)).is_none(),
-            "{elsewhere} is not the entry's"
-        );
+        let picked = cluster
+            .pick_original(dialled(to))
+            .unwrap_or_else(|e| panic!("{to}: {e}"));
+        assert_eq!(picked.endpoint.address, addr(expected));
+        assert_eq!(picked.endpoint.id, expected);
     }
+    // Not the entry's address; the waypoint's own host.
+    for to in ["10.9.0.2:8080", "10.21.0.1:8080", "127.0.0.1:8080"] {
+        assert!(cluster.pick_original(dialled(to)).is_err(), "{to}");
+    }
+    // The waypoint's own call dialled nothing.
+    let own = cluster.pick_original(None).expect_err("nothing dialled");
+    assert!(own.contains("the waypoint's own calls"), "{own}");
+    // A connection dialled to another host (routed or mirrored here).
+    let other = none_entry("other.internal");
+    let routed = cluster
+        .pick_original(Some((addr("10.9.0.1:8080"), &other)))
+        .expect_err("another host's connection");
+    assert!(routed.contains("dialled to other.internal"), "{routed}");
+    // A route naming the entry's other port: the dialled address there; a
+    // port the entry does not declare: nowhere.
+    let tls = Cluster::new(Resolved::defaults(host, 8443), Vec::new(), now);
+    tls.set_original_destination(true);
+    let picked = tls
+        .pick_original(dialled("10.9.0.1:8080"))
+        .expect("port 8443");
+    assert_eq!(picked.endpoint.address, addr("10.9.0.1:8443"));
+    let undeclared = Cluster::new(Resolved::defaults(host, 9090), Vec::new(), now);
+    undeclared.set_original_destination(true);
+    assert!(undeclared.pick_original(dialled("10.9.0.1:8080")).is_err());
+
     assert!(cluster.endpoints().is_empty());
-    assert!(!cluster.report("10.9.0.1:8080", Outcome::Status(503), now));
     assert_eq!(cluster.dump(now)["original_destination"], true);
-    cluster.set_original_destination(None);
-    assert!(cluster.pick_original(addr("10.9.0.1:8080")).is_none());
+    cluster.set_original_destination(false);
+    assert!(cluster.pick_original(dialled("10.9.0.1:8080")).is_err());
 }
