@@ -301,6 +301,50 @@ async fn a_forbidden_route_kind_holds_the_first_sync_back() {
     assert_eq!(log, vec!["upsert Namespace shop"], "{log:?}");
 }
 
+/// WorkloadEntries are read from the API server; a cluster without Istio's
+/// CRD for them (404) starts without them, while a ClusterRole that does
+/// not allow reading them (403) holds the first sync: an entry decides how a
+/// workload is reached.
+#[tokio::test]
+async fn workload_entries_are_read_and_only_a_missing_crd_is_skipped() {
+    const PATH: &str = "/apis/networking.istio.io/v1/workloadentries";
+    let kinds = vec![Kind::Namespace, Kind::WorkloadEntry];
+    let entry = json!({ "metadata": { "name": "vm-1", "namespace": "shop", "resourceVersion": "7" },
+        "spec": { "address": "10.20.0.7", "labels": { "app": "details" } } });
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let listed: Value =
+        serde_json::from_slice(&list("WorkloadEntryList", "7", vec![entry])).expect("JSON");
+    tokio::spawn(scripted(handle, vec![(PATH, http::StatusCode::OK, listed)]));
+    let source = KubeSource::with_kinds(Client::new(service, "default"), kinds.clone());
+    let mut log = until_synced(source).await;
+    log.sort();
+    assert_eq!(
+        log,
+        [
+            "synced",
+            "upsert Namespace shop",
+            "upsert WorkloadEntry shop/vm-1"
+        ],
+        "{log:?}"
+    );
+
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(scripted(handle, Vec::new()));
+    let source = KubeSource::with_kinds(Client::new(service, "default"), kinds.clone());
+    let log = until_synced(source).await;
+    assert_eq!(log, vec!["upsert Namespace shop", "synced"], "{log:?}");
+
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let forbidden = http::StatusCode::FORBIDDEN;
+    tokio::spawn(scripted(
+        handle,
+        vec![(PATH, forbidden, status(403, "workloadentries"))],
+    ));
+    let source = KubeSource::with_kinds(Client::new(service, "default"), kinds);
+    let log = until_synced(source).await;
+    assert_eq!(log, vec!["upsert Namespace shop"], "{log:?}");
+}
+
 #[tokio::test]
 async fn a_kind_is_watched_at_the_version_the_cluster_serves() {
     // CRDs of a Gateway API release serving TLSRoute at v1alpha3 only:
