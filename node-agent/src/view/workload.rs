@@ -14,7 +14,8 @@ use super::{Mesh, waypoint};
 use crate::{
     enrollment::{self, PodNetns, inbound_mode},
     model::{
-        Kind, Object, ObjectKey, cluster::Pod, gateway::GATEWAY_NAME_LABEL, istio::WorkloadEntry,
+        Kind, Labels, Object, ObjectKey, cluster::Pod, gateway::GATEWAY_NAME_LABEL,
+        istio::WorkloadEntry,
     },
     store::Store,
 };
@@ -55,12 +56,6 @@ pub fn workload(
     let namespace = pod.namespace.to_string();
     let node = pod.node_name.as_deref().unwrap_or_default().to_owned();
     let labels = &pod.labels;
-    let pick = |candidates: &[&str]| {
-        candidates
-            .iter()
-            .find_map(|l| labels.get(l))
-            .map(str::to_owned)
-    };
     let node_address = pod
         .host_ip
         .or_else(|| {
@@ -89,14 +84,10 @@ pub fn workload(
         node,
         addresses: addresses.into_iter().map(addr::to_bytes).collect(),
         node_address,
-        protocol: if in_mesh {
-            TunnelProtocol::Hbone
-        } else {
-            TunnelProtocol::None
-        } as i32,
+        protocol: protocol(in_mesh),
         trust_domain: mesh.trust_domain.clone(),
-        canonical_name: pick(NAME_LABELS).unwrap_or_else(|| name.clone()),
-        canonical_revision: pick(REVISION_LABELS).unwrap_or_else(|| "latest".into()),
+        canonical_name: canonical(labels, NAME_LABELS).unwrap_or_else(|| name.clone()),
+        canonical_revision: canonical(labels, REVISION_LABELS).unwrap_or_else(|| "latest".into()),
         workload_name: owner_name(pod).unwrap_or_else(|| name.clone()),
         is_waypoint,
         labels: labels.to_map(),
@@ -148,12 +139,6 @@ pub fn workload_entry(
         .clone()
         .unwrap_or_else(|| "default".into());
     let labels = entry.labels();
-    let pick = |candidates: &[&str]| {
-        candidates
-            .iter()
-            .find_map(|l| labels.get(l))
-            .map(str::to_owned)
-    };
     let hbone = entry.speaks_hbone();
     // As for pods: only a workload in the mesh is reached through a
     // waypoint for its own address.
@@ -176,14 +161,10 @@ pub fn workload_entry(
         } else {
             Vec::new()
         },
-        protocol: if hbone {
-            TunnelProtocol::Hbone
-        } else {
-            TunnelProtocol::None
-        } as i32,
+        protocol: protocol(hbone),
         trust_domain: mesh.trust_domain.clone(),
-        canonical_name: pick(NAME_LABELS).unwrap_or_else(|| name.clone()),
-        canonical_revision: pick(REVISION_LABELS).unwrap_or_else(|| "latest".into()),
+        canonical_name: canonical(&labels, NAME_LABELS).unwrap_or_else(|| name.clone()),
+        canonical_revision: canonical(&labels, REVISION_LABELS).unwrap_or_else(|| "latest".into()),
         workload_name: name.clone(),
         is_waypoint: false,
         labels: labels.to_map(),
@@ -198,6 +179,23 @@ pub fn workload_entry(
         name,
         namespace,
     })
+}
+
+/// The first of `candidates` (most specific first) that `labels` give.
+fn canonical(labels: &Labels, candidates: &[&str]) -> Option<String> {
+    candidates
+        .iter()
+        .find_map(|l| labels.get(l))
+        .map(str::to_owned)
+}
+
+/// HBONE in the mesh, plain TCP outside it.
+fn protocol(in_mesh: bool) -> i32 {
+    if in_mesh {
+        TunnelProtocol::Hbone as i32
+    } else {
+        TunnelProtocol::None as i32
+    }
 }
 
 /// Where the pod runs: its own `istio-locality` label, else its node's

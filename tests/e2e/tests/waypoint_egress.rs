@@ -95,6 +95,23 @@ impl Egress {
         self.serve_on(&self.node, args, port)
     }
 
+    /// Servers answering as `v1` on node 0's own address, port `ports.0`,
+    /// and as `v2` on node 1's, port `ports.1`, with their addresses.
+    fn serve_versions(&self, ports: (u16, u16)) -> Result<([Process; 2], String, String)> {
+        let other = self.cluster.node(0)?.clone();
+        let v1 = format!("{}:{}", other.ip, ports.0);
+        let v2 = format!("{}:{}", self.node.ip, ports.1);
+        let servers = [
+            self.serve_on(
+                &other,
+                &["http", "--listen", &v1, "--version", "v1"],
+                ports.0,
+            )?,
+            self.serve(&["http", "--listen", &v2, "--version", "v2"], ports.1)?,
+        ];
+        Ok((servers, v1, v2))
+    }
+
     /// As [`Egress::serve`], on `node`'s own address.
     fn serve_on(&self, node: &Node, args: &[&str], port: u16) -> Result<Process> {
         let sample = warren_testbed::binaries::path("warren-sample")?;
@@ -448,23 +465,36 @@ fn tls_origination(
 /// The server's answer to a GET of `http://<vip>/hello` from the client, with
 /// its status.
 fn get(client: &warren_testbed::Pod, vip: &str) -> Result<(u16, Value)> {
+    let (status, body, _) = fetch(client, vip)?;
+    Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
+}
+
+/// The answer to a GET of `http://<target>/hello` from the client: its
+/// status (0 when none came), body, and the `x-egress` header a waypoint's
+/// route may set.
+fn fetch(client: &warren_testbed::Pod, target: &str) -> Result<(u16, String, Option<String>)> {
     let out = client.sandbox.exec(
         "curl",
         [
             "-sS",
             "--max-time",
             "5",
+            "-D",
+            "/dev/stderr",
             "-w",
             "\n%{http_code}",
-            &format!("http://{vip}/hello"),
+            &format!("http://{target}/hello"),
         ],
     )?;
     let text = String::from_utf8_lossy(&out.stdout);
     let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    Ok((
-        status.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    ))
+    let headers = String::from_utf8_lossy(&out.stderr);
+    let marked = headers.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("x-egress")
+            .then(|| value.trim().to_owned())
+    });
+    Ok((status.trim().parse().unwrap_or(0), body.to_owned(), marked))
 }
 
 /// The `tls` of every cluster in the waypoint's `/clusters` whose `field`
@@ -883,11 +913,7 @@ fn the_waypoint_picks_workload_entries_by_their_labels() -> Result<()> {
         ..
     } = &egress;
     let other = cluster.node(0)?.clone();
-    let (v1, v2) = (format!("{}:8093", other.ip), format!("{}:8094", node.ip));
-    let _servers = [
-        egress.serve_on(&other, &["http", "--listen", &v1, "--version", "v1"], 8093)?,
-        egress.serve(&["http", "--listen", &v2, "--version", "v2"], 8094)?,
-    ];
+    let (_servers, v1, v2) = egress.serve_versions((8093, 8094))?;
     let config = format!(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
          metadata: {{ name: inventory, namespace: demo, labels: {{ istio.io/use-waypoint: waypoint }} }}\n\
@@ -950,33 +976,12 @@ fn the_waypoint_picks_workload_entries_by_their_labels() -> Result<()> {
     Ok(())
 }
 
-/// The answer to a GET of `http://<target>/hello` from the client: its
-/// status, body, and the `x-egress` header the waypoint's route sets.
+/// [`fetch`], the body read as JSON.
 fn get_marked(client: &warren_testbed::Pod, target: &str) -> Result<(u16, Value, Option<String>)> {
-    let out = client.sandbox.exec(
-        "curl",
-        [
-            "-sS",
-            "--max-time",
-            "5",
-            "-D",
-            "/dev/stderr",
-            "-w",
-            "\n%{http_code}",
-            &format!("http://{target}/hello"),
-        ],
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    let headers = String::from_utf8_lossy(&out.stderr);
-    let marked = headers.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.eq_ignore_ascii_case("x-egress")
-            .then(|| value.trim().to_owned())
-    });
+    let (status, body, marked) = fetch(client, target)?;
     Ok((
-        status.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::Null),
         marked,
     ))
 }
@@ -999,10 +1004,8 @@ fn the_waypoint_sends_a_none_entrys_requests_where_they_were_dialled() -> Result
         ..
     } = &egress;
     let other = cluster.node(0)?.clone();
-    let (v1, v2) = (format!("{}:9003", other.ip), format!("{}:9003", node.ip));
+    let (_versions, v1, v2) = egress.serve_versions((9003, 9003))?;
     let _servers = [
-        egress.serve_on(&other, &["http", "--listen", &v1, "--version", "v1"], 9003)?,
-        egress.serve(&["http", "--listen", &v2, "--version", "v2"], 9003)?,
         egress.serve(
             &[
                 "http",
@@ -1090,21 +1093,9 @@ fn the_waypoint_sends_a_none_entrys_requests_where_they_were_dialled() -> Result
         logs()
     );
     // Another host routed to the entry: its VIP is not the entry's to dial.
-    let out = client.sandbox.exec(
-        "curl",
-        [
-            "-sS",
-            "--max-time",
-            "5",
-            "-w",
-            "\n%{http_code}",
-            &format!("http://{OTHER_VIP}:9003/hello"),
-        ],
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let (status, body, _) = fetch(&client, &format!("{OTHER_VIP}:9003"))?;
     ensure!(
-        status == "503" && body.contains("dialled to other.internal"),
+        status == 503 && body.contains("dialled to other.internal"),
         "a route from other.internal to the NONE entry must not dial other.internal's address: {status} {body}\n{}",
         logs()
     );
