@@ -1,7 +1,6 @@
 //! The CA's Kubernetes mode against recorded API server answers (kube's
 //! mock service): TokenReview decides who the caller is and which node it
-//! speaks for; the pods of that node (and the WorkloadEntries in the mesh at
-//! its addresses) decide which identities it may get.
+//! speaks for; the pods of that node decide which identities it may get.
 
 use std::collections::HashMap;
 
@@ -71,44 +70,6 @@ async fn api_server(
                 let items = items.get(selector.as_str()).cloned().unwrap_or_default();
                 json!({ "apiVersion": "v1", "kind": "PodList", "metadata": { "resourceVersion": "1" }, "items": items })
             }
-            (Method::GET, "/api/v1/nodes/node-a") => json!({
-                "apiVersion": "v1", "kind": "Node", "metadata": { "name": "node-a" },
-                "status": { "addresses": [
-                    { "type": "InternalIP", "address": "172.30.0.1" },
-                    { "type": "Hostname", "address": "node-a" },
-                ] }
-            }),
-            (Method::GET, "/api/v1/nodes/node-b") => {
-                let mut response = Response::new(Body::from(
-                    serde_json::to_vec(&json!({
-                        "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                        "reason": "NotFound", "code": 404, "message": "nodes \"node-b\" not found"
-                    }))
-                    .unwrap(),
-                ));
-                *response.status_mut() = http::StatusCode::NOT_FOUND;
-                send.send_response(response);
-                continue;
-            }
-            (Method::GET, "/apis/networking.istio.io/v1/namespaces/demo/workloadentries") => {
-                let entry = |name: &str, sa: &str, tunnel: bool| {
-                    let labels = if tunnel {
-                        json!({ "networking.istio.io/tunnel": "http" })
-                    } else {
-                        json!({})
-                    };
-                    json!({
-                        "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
-                        "metadata": { "name": name, "namespace": "demo", "labels": labels },
-                        "spec": { "address": "172.30.0.1", "serviceAccount": sa }
-                    })
-                };
-                json!({
-                    "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntryList",
-                    "metadata": { "resourceVersion": "1" },
-                    "items": [entry("host-api", "host-api", true), entry("host-plain", "plain", false)]
-                })
-            }
             other => panic!("unexpected request {other:?} {query}"),
         };
         send.send_response(Response::new(Body::from(
@@ -164,16 +125,7 @@ async fn a_node_may_obtain_identities_of_its_running_pods_only() {
     let placement = Placement::Kube(client);
     let id = |sa: &str| Identity::new("cluster.local", "demo", sa);
     placement.check("node-a", &id("web")).await.unwrap();
-    // A WorkloadEntry in the mesh at the node's address: a process of that
-    // host. One that does not speak HBONE is not the node's to serve.
-    placement.check("node-a", &id("host-api")).await.unwrap();
-    for (node, sa) in [
-        ("node-a", "batch"),
-        ("node-a", "db"),
-        ("node-b", "web"),
-        ("node-b", "host-api"),
-        ("node-a", "plain"),
-    ] {
+    for (node, sa) in [("node-a", "batch"), ("node-a", "db"), ("node-b", "web")] {
         let err = placement.check(node, &id(sa)).await.unwrap_err();
         assert!(
             matches!(err, PlacementError::NotOnNode { .. }),

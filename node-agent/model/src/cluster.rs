@@ -72,8 +72,6 @@ impl From<core::Namespace> for Namespace {
 pub struct Node {
     pub name: Arc<str>,
     pub locality: Locality,
-    /// `status.addresses` that are IP addresses (internal and external).
-    pub addresses: Box<[IpAddr]>,
 }
 
 impl From<core::Node> for Node {
@@ -89,15 +87,7 @@ impl From<core::Node> for Node {
                 level
             }
         };
-        let addresses = node
-            .status
-            .and_then(|s| s.addresses)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|a| a.address.parse::<IpAddr>().ok())
-            .collect();
         Self {
-            addresses,
             locality: Locality {
                 region: or_beta(
                     level(REGION_LABEL),

@@ -10,14 +10,11 @@
 //!   node agent's own watch may well be ahead of any cache the CA keeps.
 //!
 //! A pod counts if it runs as the identity's ServiceAccount (none given:
-//! `default`) and has not finished (phase Succeeded or Failed). So does a
-//! WorkloadEntry of the identity's namespace and ServiceAccount that speaks
-//! HBONE at one of the node's addresses (its Node's `status.addresses`): a
-//! process of that host, whose tunnel the node's ztunnel terminates.
+//! `default`) and has not finished (phase Succeeded or Failed).
 
 use std::sync::{Arc, RwLock};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::ListParams};
 use tonic::Code;
 use warren_api::Identity;
@@ -30,7 +27,7 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum PlacementError {
     #[error(
-        "node {node} may not obtain {identity}: no pod on node {node} runs as service account {namespace}/{service_account}, nor does a WorkloadEntry in the mesh at its address"
+        "node {node} may not obtain {identity}: no pod on node {node} runs as service account {namespace}/{service_account}"
     )]
     NotOnNode {
         node: String,
@@ -80,23 +77,10 @@ impl Placement {
                 if !store.synced() {
                     return Err(PlacementError::NotSynced);
                 }
-                let pod = store.of_kind(Kind::Pod).any(|object| match object {
+                store.of_kind(Kind::Pod).any(|object| match object {
                     Object::Pod(pod) => runs_as(pod, node, identity),
                     _ => false,
-                });
-                pod || {
-                    let key = model::ObjectKey::new(Kind::Node, None, node);
-                    let addresses = match store.get(&key) {
-                        Some(Object::Node(n)) => &n.addresses[..],
-                        _ => &[],
-                    };
-                    store
-                        .of_kind_in(Kind::WorkloadEntry, &identity.namespace)
-                        .any(|object| match object {
-                            Object::WorkloadEntry(entry) => hosts_entry(addresses, entry, identity),
-                            _ => false,
-                        })
-                }
+                })
             }
             Placement::Kube(client) => {
                 let api: Api<Pod> = Api::namespaced(client.clone(), &identity.namespace);
@@ -111,7 +95,6 @@ impl Placement {
                 pods.items
                     .into_iter()
                     .any(|pod| runs_as(&model::cluster::Pod::from(pod), node, identity))
-                    || host_entry_in_cluster(client, node, identity).await?
             }
         };
         if found {
@@ -125,55 +108,6 @@ impl Placement {
             })
         }
     }
-}
-
-/// Whether a WorkloadEntry of `identity`'s namespace and ServiceAccount
-/// speaks HBONE at one of `node`'s addresses (asked of the API server: the
-/// Node, then the namespace's entries). A cluster without the CRD has none.
-async fn host_entry_in_cluster(
-    client: &kube::Client,
-    node: &str,
-    identity: &Identity,
-) -> Result<bool, PlacementError> {
-    let lookup = |e: kube::Error| PlacementError::Lookup {
-        node: node.to_owned(),
-        reason: e.to_string(),
-    };
-    let not_found = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
-    let nodes: Api<Node> = Api::all(client.clone());
-    let found = match nodes.get_opt(node).await.map_err(lookup)? {
-        Some(found) => model::cluster::Node::from(found),
-        None => return Ok(false),
-    };
-    if found.addresses.is_empty() {
-        return Ok(false);
-    }
-    let api: Api<model::istio::WorkloadEntry> =
-        Api::namespaced(client.clone(), &identity.namespace);
-    let entries = match api.list(&ListParams::default()).await {
-        Ok(list) => list.items,
-        Err(e) if not_found(&e) => return Ok(false),
-        Err(e) => return Err(lookup(e)),
-    };
-    Ok(entries
-        .iter()
-        .any(|entry| hosts_entry(&found.addresses, entry, identity)))
-}
-
-/// The WorkloadEntry runs as `identity` in the mesh at one of `addresses`.
-fn hosts_entry(
-    addresses: &[std::net::IpAddr],
-    entry: &model::istio::WorkloadEntry,
-    identity: &Identity,
-) -> bool {
-    let account = match entry.spec.service_account.as_str() {
-        "" => "default",
-        account => account,
-    };
-    entry.metadata.namespace.as_deref() == Some(identity.namespace.as_str())
-        && account == identity.service_account
-        && entry.speaks_hbone()
-        && entry.ip().is_some_and(|ip| addresses.contains(&ip))
 }
 
 /// The pod is on `node`, still running or about to, as `identity`.

@@ -30,7 +30,7 @@ use warren_api::{
     Identity, addr,
     config::{
         Certificate, ExtensionProvider, MeshSettings, OutboundPolicy, Refusal, Resource,
-        TelemetryDefaults, TrustBundle, TunnelProtocol, Workload, resource::Kind as ResourceKind,
+        TelemetryDefaults, TrustBundle, TunnelProtocol, resource::Kind as ResourceKind,
     },
     key,
 };
@@ -786,7 +786,18 @@ impl View {
                 }
                 _ => None,
             };
-            self.publish_workload(resource_key, computed);
+            // Never this node's: no identity of it is served here.
+            self.publisher.write(|p| match computed {
+                Some(w) => {
+                    p.upsert(Resource {
+                        key: resource_key,
+                        kind: Some(ResourceKind::Workload(w)),
+                    });
+                }
+                None => {
+                    p.remove(&resource_key);
+                }
+            });
             return;
         }
         let resource_key = key::workload(namespace, &key.name);
@@ -802,17 +813,10 @@ impl View {
         // subscribe) before its address is published, and its workload made.
         let local = self.local_pod(store, key, namespace);
         self.local_pod_changed(store, namespace, &resource_key, local);
-        self.publish_workload(resource_key, computed);
-    }
-
-    /// Publishes (or withdraws) the workload `resource_key`, and notes its
-    /// identity when this node's ztunnel serves it.
-    fn publish_workload(&mut self, resource_key: String, computed: Option<Workload>) {
         match computed {
             Some(w) => {
                 // A waypoint pod is outside the capture (it must not loop back
                 // through ztunnel) but speaks mTLS: it needs its certificate.
-                // (So does a WorkloadEntry of this host in the mesh.)
                 let local = w.node == self.mesh.node
                     && (w.protocol == TunnelProtocol::Hbone as i32 || w.is_waypoint);
                 if local {

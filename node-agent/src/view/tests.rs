@@ -3056,39 +3056,3 @@ fn a_two_label_host_a_service_entry_names_is_not_a_short_name() {
     let (_store, view) = built(&yaml);
     assert_eq!(published(&view).3, "httpbin.org");
 }
-
-/// A WorkloadEntry in the mesh at this node's own address is a process of
-/// this host: this node's workload, whose identity this node serves. Plain,
-/// or at another address, it stays on no node.
-#[test]
-fn a_workload_entry_in_the_mesh_at_this_nodes_address_is_this_nodes() {
-    let entry = |name: &str, address: &str, tunnel: bool| {
-        let labels = if tunnel {
-            "{ networking.istio.io/tunnel: http }"
-        } else {
-            "{}"
-        };
-        format!(
-            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
-             metadata: {{ name: {name}, namespace: demo, labels: {labels} }}\n\
-             spec: {{ address: {address}, serviceAccount: {name} }}\n"
-        )
-    };
-    let (_store, view) = built(&format!(
-        "{}---\n{}---\n{}",
-        entry("host-api", "172.30.0.1", true),
-        entry("host-plain", "172.30.0.1", false),
-        entry("other-host", "172.30.0.2", true),
-    ));
-    let node = |name: &str| entry_workload(&view, "demo", name).expect(name).node;
-    assert_eq!(node("host-api"), "node-a");
-    assert_eq!(node("host-plain"), "");
-    assert_eq!(node("other-host"), "");
-    let served: Vec<String> = view
-        .local_identities()
-        .iter()
-        .map(ToString::to_string)
-        .filter(|id| id.contains("host"))
-        .collect();
-    assert_eq!(served, ["spiffe://cluster.local/ns/demo/sa/host-api"]);
-}

@@ -140,10 +140,6 @@ pub fn workload_entry(
         .unwrap_or_else(|| "default".into());
     let labels = entry.labels();
     let hbone = entry.speaks_hbone();
-    // An entry in the mesh at this node's own address is a process of this
-    // host: this node's ztunnel terminates its HBONE (as a VM's ztunnel
-    // would), so it is this node's workload, with its certificate here.
-    let here = hbone && mesh.node_addresses.contains(&address);
     // As for pods: only a workload in the mesh is reached through a
     // waypoint for its own address.
     let waypoint = hbone
@@ -157,11 +153,7 @@ pub fn workload_entry(
         } else {
             entry.spec.service_account.clone()
         },
-        node: if here {
-            mesh.node.clone()
-        } else {
-            String::new()
-        },
+        node: String::new(),
         addresses: vec![addr::to_bytes(address)],
         // Its own HBONE port takes the tunnel, on its address.
         node_address: if hbone {

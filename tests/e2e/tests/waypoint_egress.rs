@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
     mesh::{
-        Mesh, MeshOptions, eventually, metric_sum, scrape_metrics, start_mesh_with,
-        start_waypoint_with, waypoint_gateway, waypoint_metrics,
+        Mesh, MeshOptions, eventually, metric_sum, start_mesh_with, start_waypoint_with,
+        waypoint_gateway, waypoint_metrics,
     },
     workload::{count_status, count_version, load},
 };
@@ -1107,87 +1107,6 @@ fn the_waypoint_sends_a_none_entrys_requests_where_they_were_dialled() -> Result
         !clusters.is_empty(),
         "no original-destination cluster at the waypoint\n{}",
         logs()
-    );
-    Ok(())
-}
-
-/// A process of a node's own host joins the mesh through a WorkloadEntry
-/// at the node's address that speaks HBONE: clients' ztunnels tunnel to it
-/// over mutual TLS, and the node's ztunnel terminates the tunnel with the
-/// entry's identity, enforces the L4 policies selecting it, and counts the
-/// connections as the entry's (as a VM's own ztunnel would).
-#[test]
-fn a_host_process_joins_the_mesh_through_a_workload_entry() -> Result<()> {
-    require_root()?;
-    let egress = egress_cluster()?;
-    let Egress {
-        cluster,
-        mesh,
-        node,
-        ..
-    } = &egress;
-    let target = format!("{}:8095", node.ip);
-    let _server = egress.serve(&["http", "--listen", &target, "--version", "host"], 8095)?;
-    let dir = cluster.config_dir();
-    std::fs::write(
-        dir.join("workloadentry.demo.host-api.yaml"),
-        format!(
-            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
-             metadata: {{ name: host-api, namespace: demo, labels: {{ networking.istio.io/tunnel: http }} }}\n\
-             spec: {{ address: {}, labels: {{ app: host-api }}, serviceAccount: host-api }}\n",
-            node.ip
-        ),
-    )?;
-    let client = cluster.pod("client")?.clone();
-    // Counted by node 1's ztunnel as the entry's, over mutual TLS.
-    let tunnelled = || -> Result<f64> {
-        Ok(metric_sum(
-            &scrape_metrics(node)?,
-            "istio_tcp_connections_opened_total",
-            &[
-                ("reporter", "destination"),
-                ("destination_workload", "host-api"),
-                (
-                    "destination_principal",
-                    "spiffe://cluster.local/ns/demo/sa/host-api",
-                ),
-                ("connection_security_policy", "mutual_tls"),
-            ],
-        ))
-    };
-    let mut last = (0, Value::Null);
-    eventually(
-        Duration::from_secs(20),
-        "the host process over HBONE",
-        || {
-            last = get(&client, &target)?;
-            Ok(last.0 == 200 && last.1["version"] == "host" && tunnelled()? > 0.0)
-        },
-    )
-    .with_context(|| format!("last answer: {last:?}\n{}", mesh.logs()))?;
-
-    // An L4 policy selecting the entry is enforced by node 1's ztunnel.
-    std::fs::write(
-        dir.join("authorizationpolicy.demo.host-api.yaml"),
-        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
-         metadata: { name: host-api, namespace: demo }\n\
-         spec: { selector: { matchLabels: { app: host-api } }, action: DENY,\n\
-         rules: [{ from: [{ source: { principals: [cluster.local/ns/demo/sa/client] } }] }] }\n",
-    )?;
-    eventually(Duration::from_secs(20), "the client refused", || {
-        last = get(&client, &target)?;
-        Ok(last.0 == 0)
-    })
-    .with_context(|| format!("last answer: {last:?}\n{}", mesh.logs()))?;
-    let refused = metric_sum(
-        &scrape_metrics(node)?,
-        "warren_ztunnel_refused_connections_total",
-        &[("direction", "inbound")],
-    );
-    ensure!(
-        refused > 0.0,
-        "node 1's ztunnel counted no refusal\n{}",
-        mesh.logs()
     );
     Ok(())
 }

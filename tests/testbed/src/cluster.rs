@@ -268,11 +268,6 @@ impl Cluster {
             cluster.create_node(i)?;
         }
         cluster.route_between_nodes()?;
-        // Each node's Node object, with its addresses (what the CA checks a
-        // WorkloadEntry at a node's address against), as kubelet registers it.
-        for node in cluster.nodes() {
-            manifests::write_node(&cluster.config_dir(), node, &BTreeMap::new())?;
-        }
         cluster.add_namespace("default", BTreeMap::new())?;
         for node in 0..spec.nodes {
             for j in 0..spec.pods_per_node {
@@ -420,7 +415,7 @@ impl Cluster {
             .iter()
             .find(|n| n.name == node || n.name.ends_with(&format!("-{node}")))
             .with_context(|| format!("no node {node}"))?;
-        manifests::write_node(&self.config_dir(), node, &labels)?;
+        manifests::write_node(&self.config_dir(), &node.name, &labels)?;
         Ok(())
     }
 

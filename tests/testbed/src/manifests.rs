@@ -62,19 +62,13 @@ pub fn write_namespace(
     write(dir, file_name("Namespace", None, name), &object)
 }
 
-pub fn write_node(dir: &Path, node: &Node, labels: &BTreeMap<String, String>) -> Result<PathBuf> {
-    let name = node.name.as_str();
+pub fn write_node(dir: &Path, name: &str, labels: &BTreeMap<String, String>) -> Result<PathBuf> {
     let mut labels = labels.clone();
     labels.insert("kubernetes.io/hostname".into(), name.into());
     let object = json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": { "name": name, "labels": labels },
-        "status": { "addresses": [
-            { "type": "InternalIP", "address": node.ip.to_string() },
-            { "type": "InternalIP", "address": node.ip6.to_string() },
-            { "type": "Hostname", "address": name },
-        ] },
     });
     write(dir, file_name("Node", None, name), &object)
 }
