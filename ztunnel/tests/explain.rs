@@ -323,8 +323,8 @@ async fn explain_tells_what_a_connection_meets() {
 /// reached in plain TCP, as the explanation says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_names_a_workload_entry() {
-    let mut mesh = two_nodes(55).await;
-    let vm = echo(IpAddr::from([127, 55, 3, 7])).await;
+    let mut mesh = two_nodes(60).await;
+    let vm = echo(IpAddr::from([127, 60, 3, 7])).await;
     mesh.view.put(res(
         warren_api::key::workload_entry("demo", "vm"),
         Kind::Workload(config::Workload {

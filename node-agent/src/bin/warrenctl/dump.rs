@@ -269,7 +269,12 @@ pub fn print_tables(dump: &DumpResponse) {
         .filter_map(|r| match &r.kind {
             Some(Kind::Workload(w)) => Some(vec![
                 w.uid.clone(),
-                w.node.clone(),
+                // A WorkloadEntry runs on no node of the mesh.
+                if w.node.is_empty() {
+                    "-".to_owned()
+                } else {
+                    w.node.clone()
+                },
                 ips(&w.addresses).join(","),
                 protocol(w),
                 w.service_account.clone(),
