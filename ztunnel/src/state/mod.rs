@@ -163,6 +163,9 @@ pub struct Inner {
     pub(crate) mesh: Option<Mesh>,
     pub(crate) workloads: HashMap<String, Arc<Workload>>,
     by_address: HashMap<IpAddr, String>,
+    /// WorkloadEntries' workloads by address: where no pod holds an
+    /// address, the first key of its set does ([`claims_before`]).
+    entries_at: HashMap<IpAddr, BTreeSet<String>>,
     by_cookie: HashMap<u64, String>,
     pub(crate) services: HashMap<String, Arc<Service>>,
     /// Every Service with the address; [`Inner::service_at`] picks one.
@@ -359,19 +362,20 @@ impl Inner {
     }
 
     fn unindex_workload(&mut self, old: &Workload) {
+        let entry = warren_api::key::is_workload_entry(&old.key);
         for ip in &old.addresses {
+            if entry && let Some(keys) = self.entries_at.get_mut(ip) {
+                keys.remove(&old.key);
+                if keys.is_empty() {
+                    self.entries_at.remove(ip);
+                }
+            }
             if self.by_address.get(ip).is_some_and(|k| *k == old.key) {
                 self.by_address.remove(ip);
-                // Another workload claiming the address takes it back (a
-                // WorkloadEntry a pod had shadowed, say).
-                let next = self
-                    .workloads
-                    .values()
-                    .filter(|w| w.key != old.key && w.addresses.contains(ip))
-                    .map(|w| w.key.as_str())
-                    .reduce(|a, b| if claims_before(b, a) { b } else { a });
-                if let Some(next) = next {
-                    self.by_address.insert(*ip, next.to_owned());
+                // The WorkloadEntry a pod (or a first entry) had shadowed
+                // takes the address back.
+                if let Some(next) = self.entries_at.get(ip).and_then(BTreeSet::first) {
+                    self.by_address.insert(*ip, next.clone());
                 }
             }
         }
@@ -411,7 +415,11 @@ impl Inner {
                 if let Some(old) = self.workloads.remove(&key) {
                     self.unindex_workload(&old);
                 }
+                let entry = warren_api::key::is_workload_entry(&key);
                 for ip in &workload.addresses {
+                    if entry {
+                        self.entries_at.entry(*ip).or_default().insert(key.clone());
+                    }
                     match self.by_address.get(ip) {
                         Some(held) if *held != key && !claims_before(&key, held) => {}
                         _ => {
