@@ -580,6 +580,21 @@ impl View {
         });
     }
 
+    /// Publishes `kind` as resource `key`, or withdraws `key` when `None`.
+    fn publish(&self, key: String, kind: Option<ResourceKind>) {
+        self.publisher.write(|p| match kind {
+            Some(kind) => {
+                p.upsert(Resource {
+                    key,
+                    kind: Some(kind),
+                });
+            }
+            None => {
+                p.remove(&key);
+            }
+        });
+    }
+
     /// Recomputes the policy resource; true if whom it selects changed.
     fn policy_changed(&mut self, store: &Store, key: &ObjectKey) -> bool {
         let id = (
@@ -655,17 +670,7 @@ impl View {
                 computed.map(ResourceKind::L7Authorization),
             )
         };
-        self.publisher.write(|p| match computed {
-            Some(kind) => {
-                p.upsert(Resource {
-                    key: resource_key,
-                    kind: Some(kind),
-                });
-            }
-            None => {
-                p.remove(&resource_key);
-            }
-        });
+        self.publish(resource_key, computed);
     }
 
     /// Publishes the extension providers of the mesh config to waypoints
@@ -787,17 +792,7 @@ impl View {
                 _ => None,
             };
             // Never this node's: no identity of it is served here.
-            self.publisher.write(|p| match computed {
-                Some(w) => {
-                    p.upsert(Resource {
-                        key: resource_key,
-                        kind: Some(ResourceKind::Workload(w)),
-                    });
-                }
-                None => {
-                    p.remove(&resource_key);
-                }
-            });
+            self.publish(resource_key, computed.map(ResourceKind::Workload));
             return;
         }
         let resource_key = key::workload(namespace, &key.name);
@@ -866,17 +861,7 @@ impl View {
                 },
             ),
         };
-        self.publisher.write(|p| match computed {
-            Some(kind) => {
-                p.upsert(Resource {
-                    key: resource_key,
-                    kind: Some(kind),
-                });
-            }
-            None => {
-                p.remove(&resource_key);
-            }
-        });
+        self.publish(resource_key, computed);
     }
 
     /// Notes the local pod of workload `resource_key` of `namespace` (none
@@ -1021,17 +1006,7 @@ impl View {
             }
             _ => None,
         };
-        self.publisher.write(|p| match secret {
-            Some(secret) => {
-                p.upsert(Resource {
-                    key: resource_key,
-                    kind: Some(ResourceKind::Credential(secret)),
-                });
-            }
-            None => {
-                p.remove(&resource_key);
-            }
-        });
+        self.publish(resource_key, secret.map(ResourceKind::Credential));
     }
 
     /// Publishes the VirtualService that `namespace`'s Gateway API routes
@@ -1236,6 +1211,10 @@ impl View {
                 _ => None,
             })
             .collect();
+        let trust_domains: Vec<&str> = std::iter::once(&self.mesh.trust_domain)
+            .chain(&self.mesh.trust_domain_aliases)
+            .map(String::as_str)
+            .collect();
         let mut computed: BTreeMap<String, warren_api::config::Service> = BTreeMap::new();
         for object in store.of_kind_in(Kind::ServiceEntry, namespace) {
             let Object::ServiceEntry(entry) = object else {
@@ -1253,58 +1232,15 @@ impl View {
                         }
                     })
             };
-            // Istio's names for an entry's endpoints: its `subjectAltNames`,
-            // then the identities of its endpoints' service accounts (a
-            // listed endpoint's `serviceAccount`, a selected pod's own, a
-            // selected WorkloadEntry's), in the mesh's trust domain and each
-            // of its aliases.
-            let listed = entry
-                .spec
-                .endpoints
-                .iter()
-                .filter(|e| !e.service_account.is_empty())
-                .map(|e| e.service_account.as_str());
-            let selected = entry
-                .spec
-                .workload_selector
-                .iter()
-                .flat_map(|selector| {
-                    pods.iter()
-                        .filter(|pod| !pod.finished() && pod.labels.matches(&selector.labels))
-                })
-                .map(|pod| pod.service_account_name.as_deref().unwrap_or("default"))
-                .chain(
-                    entry
-                        .spec
-                        .workload_selector
-                        .iter()
-                        .flat_map(|selector| {
-                            workload_entries
-                                .iter()
-                                .filter(|e| e.labels().matches(&selector.labels))
-                        })
-                        .map(|e| e.spec.service_account.as_str())
-                        .filter(|account| !account.is_empty()),
-                );
-            let domains =
-                std::iter::once(&self.mesh.trust_domain).chain(&self.mesh.trust_domain_aliases);
-            let accounts: BTreeSet<String> = listed
-                .chain(selected)
-                .flat_map(|account| {
-                    domains
-                        .clone()
-                        .map(move |domain| Identity::new(domain, namespace, account).to_string())
-                })
-                .collect();
-            for mut service in
-                service_entry::services(namespace, entry, &pods, &workload_entries, auto_vip)
-            {
+            for mut service in service_entry::services(
+                namespace,
+                entry,
+                &pods,
+                &workload_entries,
+                &trust_domains,
+                auto_vip,
+            ) {
                 service.waypoint.clone_from(&waypoint);
-                for account in &accounts {
-                    if !service.subject_alt_names.contains(account) {
-                        service.subject_alt_names.push(account.clone());
-                    }
-                }
                 computed
                     .entry(key::service_entry(namespace, &service.hostname))
                     .or_insert(service);

@@ -36,10 +36,13 @@
 //! Two entries of a namespace naming the same host: the first by name
 //! publishes it (Istio merges them; Warren keeps one, predictably).
 
-use std::net::IpAddr;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use warren_api::{
-    addr,
+    Identity, addr,
     config::{Cidr, Endpoint, Service, ServicePort},
     key,
 };
@@ -47,18 +50,20 @@ use warren_api::{
 use super::service::{overrides, settle, workload_entry_endpoint};
 use crate::model::{
     cluster::{Pod, PodPhase},
-    istio::{Resolution, ServiceEntry, WorkloadEntry},
+    istio::{Resolution, ServiceEntry, WorkloadEntry, WorkloadEntrySpec},
 };
 
 /// The Services `entry` (of `namespace`) publishes, one per host, given the
-/// pods and WorkloadEntries of its namespace (for a `workloadSelector`) and
-/// the addresses allocated to hosts without any. Their keys are
-/// [`key::service_entry`].
+/// pods and WorkloadEntries of its namespace (for a `workloadSelector`), the
+/// mesh's trust domains (its own first, then its aliases: the names of the
+/// endpoints' identities) and the addresses allocated to hosts without any.
+/// Their keys are [`key::service_entry`].
 pub fn services(
     namespace: &str,
     entry: &ServiceEntry,
     pods: &[&Pod],
     workload_entries: &[&WorkloadEntry],
+    trust_domains: &[&str],
     auto_vip: impl Fn(&str) -> Vec<IpAddr>,
 ) -> Vec<Service> {
     let spec = &entry.spec;
@@ -89,93 +94,83 @@ pub fn services(
         .map(|ns| if ns == "." { namespace } else { ns.as_str() }.to_owned())
         .collect();
     let by_name = matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin);
-    // Endpoints shared by every host: selected pods, or listed endpoints
-    // (`None`: each host resolves itself).
+    // What the `workloadSelector` picks: running pods, and WorkloadEntries.
+    let (selected_pods, selected_entries): (Vec<&Pod>, Vec<&WorkloadEntry>) =
+        match &spec.workload_selector {
+            Some(selector) => (
+                pods.iter()
+                    .filter(|pod| !pod.finished() && pod.labels.matches(&selector.labels))
+                    .copied()
+                    .collect(),
+                workload_entries
+                    .iter()
+                    .filter(|e| e.labels().matches(&selector.labels))
+                    .copied()
+                    .collect(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+    // Endpoints shared by every host: selected workloads, or listed
+    // endpoints (`None`: each host resolves itself).
     let mut shared = match (resolution, &spec.workload_selector) {
         (Resolution::None, _) => Some(Vec::new()),
-        (_, Some(selector)) => {
-            let pods = pods
-                .iter()
-                .filter(|pod| !pod.finished() && pod.labels.matches(&selector.labels))
-                .filter_map(|pod| {
-                    Some(Endpoint {
-                        workload: key::workload(namespace, &pod.name),
-                        address: addr::to_bytes(pod.addresses().first().copied()?),
-                        ready: pod.phase == Some(PodPhase::Running),
-                        ..Endpoint::default()
-                    })
-                });
-            let entries = workload_entries
-                .iter()
-                .filter(|e| e.labels().matches(&selector.labels))
-                .filter_map(|e| {
-                    // Service port → the entry's port, by port name.
-                    let ports = overrides(
-                        &ports,
-                        ports
-                            .iter()
-                            .filter_map(|p| Some((p.port, *e.spec.ports.get(&p.name)?))),
-                    );
-                    if e.ip().is_some() {
-                        return workload_entry_endpoint(namespace, e, ports);
-                    }
-                    // A name: resolved where the entry asks for it, and
-                    // then it has no workload (no address to key one by).
-                    let name = &e.spec.address;
-                    (by_name && !name.is_empty() && !name.starts_with("unix://")).then(|| {
-                        Endpoint {
-                            hostname: name.clone(),
-                            ready: true,
-                            ports,
-                            labels: e.labels().to_map().into_iter().collect(),
-                            locality: e.spec.locality.clone(),
-                            weight: e.spec.weight.unwrap_or(0),
-                            ..Endpoint::default()
-                        }
-                    })
-                });
+        (_, Some(_)) => {
+            let pods = selected_pods.iter().filter_map(|pod| {
+                Some(Endpoint {
+                    workload: key::workload(namespace, &pod.name),
+                    address: addr::to_bytes(pod.addresses().first().copied()?),
+                    ready: pod.phase == Some(PodPhase::Running),
+                    ..Endpoint::default()
+                })
+            });
+            // An entry with an address is its workload; one with a name is
+            // resolved as a listed endpoint's name would be.
+            let entries = selected_entries.iter().filter_map(|e| match e.ip() {
+                Some(_) => workload_entry_endpoint(namespace, e, by_port_name(&ports, &e.spec)),
+                None => listed(&e.spec, e.labels().to_map(), &ports, by_name),
+            });
             Some(pods.chain(entries).collect())
         }
         (_, None) if by_name && spec.endpoints.is_empty() => None,
         (_, None) => Some(
             spec.endpoints
                 .iter()
-                .filter_map(|e| {
-                    // An endpoint on another network has no address here.
-                    if e.address.is_empty() {
-                        return None;
-                    }
-                    let mut endpoint = match e.address.parse::<IpAddr>() {
-                        Ok(ip) => Endpoint {
-                            address: addr::to_bytes(ip),
-                            ..Endpoint::default()
-                        },
-                        // Names only where the entry asks for resolution;
-                        // `unix://` paths are no TCP destination.
-                        Err(_) if by_name && !e.address.starts_with("unix://") => Endpoint {
-                            hostname: e.address.clone(),
-                            ..Endpoint::default()
-                        },
-                        Err(_) => return None,
-                    };
-                    endpoint.ready = true;
-                    endpoint.labels = e.labels.clone().into_iter().collect();
-                    endpoint.locality = e.locality.clone();
-                    endpoint.weight = e.weight.unwrap_or(0);
-                    // Service port → this endpoint's port, by port name.
-                    endpoint.ports = overrides(
-                        &ports,
-                        ports
-                            .iter()
-                            .filter_map(|p| Some((p.port, *e.ports.get(&p.name)?))),
-                    );
-                    Some(endpoint)
-                })
+                .filter_map(|e| listed(e, e.labels.clone(), &ports, by_name))
                 .collect(),
         ),
     };
     if let Some(endpoints) = &mut shared {
         settle(endpoints);
+    }
+    // Istio's names for the entry's endpoints: its `subjectAltNames`, then
+    // the identities of its endpoints' service accounts (a listed
+    // endpoint's, a selected pod's, a selected WorkloadEntry's given one),
+    // in each of `trust_domains`, once each.
+    let accounts: BTreeSet<&str> = spec
+        .endpoints
+        .iter()
+        .map(|e| e.service_account.as_str())
+        .chain(selected_pods.iter().map(|pod| pod.service_account()))
+        .chain(
+            selected_entries
+                .iter()
+                .map(|e| e.spec.service_account.as_str()),
+        )
+        .filter(|account| !account.is_empty())
+        .collect();
+    let identities: BTreeSet<String> = trust_domains
+        .iter()
+        .flat_map(|domain| {
+            accounts
+                .iter()
+                .map(move |account| Identity::new(domain, namespace, account).to_string())
+        })
+        .collect();
+    let mut subject_alt_names = spec.subject_alt_names.clone();
+    for name in identities {
+        if !subject_alt_names.contains(&name) {
+            subject_alt_names.push(name);
+        }
     }
     spec.hosts
         .iter()
@@ -212,9 +207,49 @@ pub fn services(
             passthrough: resolution == Resolution::None,
             dns_first_address: resolution == Resolution::DnsRoundRobin,
             export_to: export_to.clone(),
-            subject_alt_names: spec.subject_alt_names.clone(),
+            subject_alt_names: subject_alt_names.clone(),
         })
         .collect()
+}
+
+/// The endpoint a listed entry (a ServiceEntry's `endpoints[]` item, or a
+/// selected WorkloadEntry without an IP) makes with `labels`: its IP, or its
+/// name where the entry resolves names (`by_name`); none on another network
+/// (no address) or for a `unix://` path (no TCP destination).
+fn listed(
+    spec: &WorkloadEntrySpec,
+    labels: BTreeMap<String, String>,
+    ports: &[ServicePort],
+    by_name: bool,
+) -> Option<Endpoint> {
+    let address = spec.address.as_str();
+    let (address, hostname) = match address.parse::<IpAddr>() {
+        Ok(ip) => (addr::to_bytes(ip), String::new()),
+        Err(_) if by_name && !address.is_empty() && !address.starts_with("unix://") => {
+            (Vec::new(), address.to_owned())
+        }
+        Err(_) => return None,
+    };
+    Some(Endpoint {
+        address,
+        hostname,
+        ready: true,
+        labels: labels.into_iter().collect(),
+        locality: spec.locality.clone(),
+        weight: spec.weight.unwrap_or(0),
+        ports: by_port_name(ports, spec),
+        ..Endpoint::default()
+    })
+}
+
+/// Service port → the entry's port of the same name, where it differs.
+fn by_port_name(ports: &[ServicePort], spec: &WorkloadEntrySpec) -> BTreeMap<u32, u32> {
+    overrides(
+        ports,
+        ports
+            .iter()
+            .filter_map(|p| Some((p.port, *spec.ports.get(&p.name)?))),
+    )
 }
 
 /// An address or a CIDR, as a block (an address is a block of one).

@@ -254,17 +254,20 @@ fn drop_invalid(headers: &mut HeaderMap, trace: &str) {
     {
         // The decision goes with its trace: left behind, it would speak
         // for the continued one.
-        for name in [
-            "x-b3-traceid",
-            "x-b3-spanid",
-            "x-b3-parentspanid",
-            "x-b3-sampled",
-            "x-b3-flags",
-        ] {
+        for name in B3_MULTI {
             headers.remove(name);
         }
     }
 }
+
+/// B3's multi-header form: a trace's id, span, parent and decision.
+const B3_MULTI: [&str; 5] = [
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
 
 /// Whether two trace ids (lowercase hex) are one trace: a 64-bit B3 id is
 /// the 128-bit one with its upper half zero.
@@ -636,16 +639,10 @@ mod tests {
                 .map(|_| *b"0123456789abcdefABCDEF".choose(rng).unwrap_or(&b'0') as char)
                 .collect()
         };
-        let names = [
-            "traceparent",
-            "tracestate",
-            "b3",
-            "x-b3-traceid",
-            "x-b3-spanid",
-            "x-b3-parentspanid",
-            "x-b3-sampled",
-            "x-b3-flags",
-        ];
+        let names: Vec<&str> = ["traceparent", "tracestate", "b3"]
+            .into_iter()
+            .chain(B3_MULTI)
+            .collect();
         let well_formed = |value: &str, trace_id: &str| {
             let parts: Vec<&str> = value.split('-').collect();
             parts.len() == 4
@@ -690,7 +687,7 @@ mod tests {
 
         for round in 0..5_000u32 {
             let mut h = HeaderMap::new();
-            for name in names {
+            for &name in &names {
                 if !rng.random_bool(0.5) {
                     continue;
                 }
