@@ -136,10 +136,12 @@ pub struct RunArgs {
     #[arg(long, env = "WARREN_SYSTEM_NAMESPACE")]
     pub system_namespace: Option<String>,
     /// With --kube: a namespace whose Secrets DestinationRules may name as
-    /// `tls.credentialName` (repeat, or separate with commas). The agent
-    /// reads Secrets of these namespaces alone (a Role in each must let it
-    /// get, list and watch them); elsewhere a `credentialName` fails closed.
-    /// A folder source reads the Secrets of its folder.
+    /// `tls.credentialName`, and whose ConfigMaps BackendTLSPolicies may name
+    /// as CA bundles (repeat, or separate with commas). The agent reads
+    /// Secrets and ConfigMaps of these namespaces alone (a Role in each must
+    /// let it get, list and watch them); elsewhere a `credentialName` or a
+    /// `caCertificateRef` fails closed. A folder source reads the Secrets and
+    /// ConfigMaps of its folder.
     #[arg(
         long = "secret-namespace",
         value_delimiter = ',',

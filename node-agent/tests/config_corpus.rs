@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use warren_node_agent::model::FieldError;
+use warren_node_agent::model::backend_tls_policy::{self, BackendTLSPolicy};
 use warren_node_agent::model::grpc_route::{self, GRPCRoute};
 use warren_node_agent::model::http_route::{self, HTTPRoute};
 use warren_node_agent::model::istio::*;
@@ -92,6 +93,9 @@ macro_rules! check {
             "TCPRoute" => check_as::<TCPRoute>(typed($de), l4_route::validate_tcp),
             "TLSRoute" => check_as::<TLSRoute>(typed($de), l4_route::validate_tls),
             "ReferenceGrant" => check_as::<ReferenceGrant>(typed($de), reference_grant::validate),
+            "BackendTLSPolicy" => {
+                check_as::<BackendTLSPolicy>(typed($de), backend_tls_policy::validate)
+            }
             "Telemetry" => check_as::<telemetry::Telemetry>(typed($de), validate::telemetry),
             other => panic!("the corpus holds no {other}"),
         }
@@ -161,6 +165,7 @@ fn valid_corpus_round_trips_and_validates() {
         "TCPRoute",
         "TLSRoute",
         "ReferenceGrant",
+        "BackendTLSPolicy",
     ] {
         assert!(
             kinds_seen.iter().any(|k| k == kind),

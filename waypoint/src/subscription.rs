@@ -50,6 +50,7 @@ fn is_l7(kind: &Option<Kind>) -> bool {
                 | Kind::Telemetry(_)
                 | Kind::TelemetryDefaults(_)
                 | Kind::Credential(_)
+                | Kind::BackendTls(_)
         )
     )
 }
@@ -99,6 +100,11 @@ impl Handler for Subscription {
                 Some(Kind::Credential(credential)) => {
                     self.tables
                         .upsert_credential(resource.key.clone(), credential.clone());
+                    Ok(())
+                }
+                Some(Kind::BackendTls(tls)) => {
+                    self.tables
+                        .upsert_backend_tls(resource.key.clone(), tls.clone());
                     Ok(())
                 }
                 Some(Kind::TelemetryDefaults(defaults)) => {

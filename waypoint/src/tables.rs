@@ -1,6 +1,7 @@
-//! The waypoint's L7 configuration: the VirtualServices, DestinationRules,
-//! attached AuthorizationPolicies and RequestAuthentications, Telemetry
-//! objects and extension providers the agent sent, compiled into a
+//! The waypoint's L7 configuration: the VirtualServices, DestinationRules
+//! (with the BackendTLSPolicies that speak where they do not), attached
+//! AuthorizationPolicies and RequestAuthentications, Telemetry objects and
+//! extension providers the agent sent, compiled into a
 //! [`RouteTable`], [`Policies`], an [`Authorizer`], an [`Authenticator`] and
 //! [`Telemetries`], rebuilt
 //! whole when either changes (there are few per namespace; a rebuild takes
@@ -17,7 +18,7 @@ use std::{
 use tracing::{info, warn};
 use warren_api::{
     config::{
-        Credential, DestinationRule, ExtensionProvider, L7Authentication, L7Authorization,
+        BackendTls, Credential, DestinationRule, ExtensionProvider, L7Authentication, L7Authorization,
         Telemetry, TelemetryDefaults, VirtualService,
     },
     key,
@@ -35,7 +36,7 @@ use crate::{
     ext_authz::{Provider, Providers},
     route::{RouteTable, VsInput, tcp::TcpTable},
     telemetry::{Defaults, Telemetries, TelemetryInput},
-    upstream::{Credentials, DrInput, Policies, Scope},
+    upstream::{BackendTlsTable, Credentials, DrInput, Policies, Scope},
 };
 
 /// One generation of compiled routing.
@@ -63,6 +64,8 @@ pub struct Tables {
     /// Secrets `credentialName`s name, by key (the agent sends only this
     /// namespace's).
     credentials: RwLock<BTreeMap<String, Arc<Credential>>>,
+    /// BackendTLSPolicies as the agent resolved them, by key.
+    backend_tls: RwLock<BTreeMap<String, BackendTls>>,
     authorizations: RwLock<BTreeMap<String, PolicyInput>>,
     authentications: RwLock<BTreeMap<String, AuthnInput>>,
     providers: RwLock<BTreeMap<String, Arc<Provider>>>,
@@ -217,6 +220,7 @@ impl Tables {
         let mut keys: Vec<String> = read(&self.virtual_services).keys().cloned().collect();
         keys.extend(read(&self.destination_rules).keys().cloned());
         keys.extend(read(&self.credentials).keys().cloned());
+        keys.extend(read(&self.backend_tls).keys().cloned());
         keys.extend(read(&self.authorizations).keys().cloned());
         keys.extend(read(&self.authentications).keys().cloned());
         keys.extend(read(&self.providers).keys().cloned());
@@ -238,6 +242,10 @@ impl Tables {
 
     pub fn upsert_credential(&self, key: String, credential: Credential) {
         write(&self.credentials).insert(key, Arc::new(credential));
+    }
+
+    pub fn upsert_backend_tls(&self, key: String, tls: BackendTls) {
+        write(&self.backend_tls).insert(key, tls);
     }
 
     pub fn upsert_authorization(&self, key: String, policy: PolicyInput) {
@@ -275,6 +283,7 @@ impl Tables {
         write(&self.virtual_services).remove(key).is_some()
             || write(&self.destination_rules).remove(key).is_some()
             || write(&self.credentials).remove(key).is_some()
+            || write(&self.backend_tls).remove(key).is_some()
             || write(&self.authorizations).remove(key).is_some()
             || write(&self.authentications).remove(key).is_some()
             || write(&self.providers).remove(key).is_some()
@@ -321,6 +330,14 @@ impl Tables {
             .collect();
         let (policies, policy_errors) =
             Policies::build_with(destination_rules, scope, &credentials);
+        let (backend_tls, backend_tls_errors) = {
+            let held = read(&self.backend_tls);
+            BackendTlsTable::build(held.iter().map(|(key, tls)| (key.as_str(), tls)))
+        };
+        let policies = policies.with_backend_tls(backend_tls);
+        for error in &backend_tls_errors {
+            warn!(%error, "BackendTLSPolicy not applied");
+        }
         for error in route_errors.iter().chain(&tcp_errors) {
             warn!(%error, "VirtualService not (fully) applied");
         }

@@ -88,6 +88,10 @@ fn parse(key: &str, kind: Kind, trust_domain: &str) -> Result<Resource, String> 
             "a Secret named by credentialName is for waypoints' TLS origination; ztunnel does not take it"
                 .to_owned(),
         ),
+        Kind::BackendTls(_) => Err(
+            "a BackendTLSPolicy is for waypoints' TLS origination; ztunnel does not take it"
+                .to_owned(),
+        ),
     }
 }
 

@@ -126,6 +126,20 @@ pub fn credential(namespace: &str, name: &str) -> String {
 /// What [`credential`] keys begin with.
 pub const CREDENTIAL_PREFIX: &str = "credential/";
 
+/// The BackendTLSPolicies in force on a Service.
+pub fn backend_tls(namespace: &str, service: &str) -> String {
+    format!("{BACKEND_TLS_PREFIX}{namespace}/{service}")
+}
+
+/// The BackendTLSPolicies in force on a ServiceEntry.
+pub fn service_entry_backend_tls(namespace: &str, entry: &str) -> String {
+    // `:` is in no Service's name, as for routes.
+    format!("{BACKEND_TLS_PREFIX}{namespace}/serviceentry:{entry}")
+}
+
+/// What [`backend_tls`] keys begin with.
+pub const BACKEND_TLS_PREFIX: &str = "backendtls/";
+
 /// The namespace of a [`credential`] key.
 pub fn credential_namespace(key: &str) -> Option<&str> {
     key.strip_prefix(CREDENTIAL_PREFIX)?
@@ -146,6 +160,7 @@ pub fn is_l7(key: &str) -> bool {
         TELEMETRY_PREFIX,
         TELEMETRY_DEFAULTS,
         CREDENTIAL_PREFIX,
+        BACKEND_TLS_PREFIX,
     ]
     .iter()
     .any(|prefix| key.starts_with(prefix))

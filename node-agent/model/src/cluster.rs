@@ -23,7 +23,7 @@ use warren_api::{
 };
 
 use crate::{
-    FieldError,
+    FieldError, backend_tls_policy,
     intern::intern,
     istio::mesh::{MESH_KEY, MeshConfig},
     labels::Labels,
@@ -439,14 +439,18 @@ impl From<discovery::EndpointSlice> for EndpointSlice {
     }
 }
 
-/// A ConfigMap, as far as it holds Istio's mesh config (`data.mesh`): the
-/// node agent reads the one named by `--mesh-config` in the root namespace.
+/// A ConfigMap, as far as it holds Istio's mesh config (`data.mesh`; the
+/// node agent reads the one named by `--mesh-config` in the root namespace)
+/// or a CA bundle a BackendTLSPolicy may name (`data["ca.crt"]`, in the
+/// namespaces whose TLS material the agent reads). Nothing else is kept.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConfigMap {
     pub name: Arc<str>,
     pub namespace: Arc<str>,
     /// `None` when it has no `mesh` key.
     pub mesh: Option<MeshConfig>,
+    /// `data["ca.crt"]`, as written; `None` when not there.
+    pub ca_certificates: Option<Arc<str>>,
 }
 
 impl ConfigMap {
@@ -477,11 +481,17 @@ impl ConfigMap {
                 }
             }
         });
+        let ca_certificates = map
+            .data
+            .as_ref()
+            .and_then(|d| d.get(backend_tls_policy::CA_KEY))
+            .map(|pem| Arc::from(pem.as_str()));
         let meta = map.metadata;
         let map = ConfigMap {
             namespace: namespace_of(meta.namespace.as_deref()),
             name: name_of(meta.name),
             mesh,
+            ca_certificates,
         };
         (map, errors)
     }

@@ -18,6 +18,7 @@
 //!   `accessLogFormat`), read and checked.
 //! - [`validate`]: per-kind checks, each error naming field path and reason.
 //! - [`error`]: the errors an operator sees.
+pub mod backend_tls_policy;
 pub mod cluster;
 pub mod error;
 pub mod gateway;

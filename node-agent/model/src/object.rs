@@ -13,6 +13,7 @@ use serde_yaml::Value;
 pub use super::cluster::EXCLUDE_OUTBOUND_PORTS;
 use super::{
     ConfigError, FieldError,
+    backend_tls_policy::{self, BackendTLSPolicy},
     cluster::{ConfigMap, EndpointSlice, Namespace, Node, Pod, Secret, Service},
     gateway::{self, Gateway},
     grpc_route::{self, GRPCRoute},
@@ -51,6 +52,7 @@ pub enum Kind {
     TcpRoute,
     TlsRoute,
     ReferenceGrant,
+    BackendTlsPolicy,
 }
 
 impl Kind {
@@ -112,6 +114,13 @@ impl Kind {
             {
                 Kind::TlsRoute
             }
+            // `v1alpha3` (Gateway API 1.2 and 1.3) has the fields of `v1`;
+            // `v1alpha2` had others and is not read.
+            ("gateway.networking.k8s.io", "BackendTLSPolicy")
+                if matches!(version, "v1" | "v1alpha3") =>
+            {
+                Kind::BackendTlsPolicy
+            }
             _ => {
                 return Err(format!(
                     "Warren does not read {kind} of apiVersion {api_version}"
@@ -148,6 +157,7 @@ impl Kind {
             Kind::TcpRoute => "TCPRoute",
             Kind::TlsRoute => "TLSRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::BackendTlsPolicy => "BackendTLSPolicy",
         }
     }
 }
@@ -208,6 +218,7 @@ pub enum Object {
     TcpRoute(Arc<TCPRoute>),
     TlsRoute(Arc<TLSRoute>),
     ReferenceGrant(Arc<ReferenceGrant>),
+    BackendTlsPolicy(Arc<BackendTLSPolicy>),
 }
 
 impl Object {
@@ -234,6 +245,7 @@ impl Object {
             Object::TcpRoute(_) => Kind::TcpRoute,
             Object::TlsRoute(_) => Kind::TlsRoute,
             Object::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Object::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
         }
     }
 
@@ -273,6 +285,7 @@ impl Object {
             Object::TcpRoute(o) => Some(&o.metadata),
             Object::TlsRoute(o) => Some(&o.metadata),
             Object::ReferenceGrant(o) => Some(&o.metadata),
+            Object::BackendTlsPolicy(o) => Some(&o.metadata),
         }
     }
 
@@ -483,6 +496,8 @@ pub fn parse_document(doc: Value, source: &str) -> Result<Object, ConfigError> {
                 .map(|(o, e)| (Object::TlsRoute(Arc::new(o)), e)),
             Kind::ReferenceGrant => checked(doc, reference_grant::validate)
                 .map(|(o, e)| (Object::ReferenceGrant(Arc::new(o)), e)),
+            Kind::BackendTlsPolicy => checked(doc, backend_tls_policy::validate)
+                .map(|(o, e)| (Object::BackendTlsPolicy(Arc::new(o)), e)),
         }
         .map_err(|e| refuse(kind.name(), vec![e]))?;
     if !errors.is_empty() {

@@ -144,6 +144,13 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
         "tcproutes",
     ),
     (
+        Kind::BackendTlsPolicy,
+        "gateway.networking.k8s.io",
+        "v1",
+        "BackendTLSPolicy",
+        "backendtlspolicies",
+    ),
+    (
         Kind::TlsRoute,
         "gateway.networking.k8s.io",
         "v1alpha2",
@@ -155,8 +162,8 @@ const KINDS: &[(Kind, &str, &str, &str, &str)] = &[
 /// What the agent reads cluster-wide from the API server, as RBAC names it:
 /// (API group, resource). The Helm chart's ClusterRole must allow get, list
 /// and watch on each. The mesh config's ConfigMap is read in the root
-/// namespace alone, by name, and Secrets in the namespaces named for
-/// credentials alone (Roles).
+/// namespace alone, by name, and Secrets and ConfigMaps (CA bundles) in the
+/// namespaces named for credentials alone (Roles).
 pub fn watched_resources() -> impl Iterator<Item = (&'static str, &'static str)> {
     KINDS
         .iter()
@@ -187,6 +194,8 @@ const VERSIONS: &[(Kind, &[&str])] = &[
     (Kind::GrpcRoute, &["v1", "v1alpha2"]),
     (Kind::TlsRoute, &["v1", "v1alpha3", "v1alpha2"]),
     (Kind::ReferenceGrant, &["v1", "v1beta1", "v1alpha2"]),
+    // `v1` since Gateway API 1.4; 1.2 and 1.3 serve `v1alpha3`.
+    (Kind::BackendTlsPolicy, &["v1", "v1alpha3"]),
     // `v1` since Istio 1.22; older control planes' CRDs serve `v1alpha1`.
     (Kind::Telemetry, &["v1", "v1alpha1"]),
 ];
@@ -222,6 +231,7 @@ fn optional(kind: Kind, code: u16) -> bool {
         Kind::TcpRoute | Kind::TlsRoute => code == 404,
         // A ClusterRole from before the mesh config was read: without its
         // providers CUSTOM policies fail closed, so nothing is let through.
+        // A namespace's Role missing: its CA bundles fail closed.
         Kind::ConfigMap => code == 403,
         // Telemetry shapes what is reported, never where traffic goes or
         // who may send it: without its CRD (a cluster without Istio's) or
@@ -233,6 +243,10 @@ fn optional(kind: Kind, code: u16) -> bool {
         Kind::WorkloadEntry => code == 404,
         // A namespace's Role missing: its `credentialName`s fail closed.
         Kind::Secret => code == 403,
+        // A cluster without the Gateway API's CRD for it has none.
+        // Forbidden holds the sync: a policy decides whether servers are
+        // reached over TLS.
+        Kind::BackendTlsPolicy => code == 404,
         _ => false,
     }
 }
@@ -242,7 +256,8 @@ pub struct KubeSource {
     kinds: Vec<Kind>,
     /// (namespace, name) of the one ConfigMap read: the mesh config.
     mesh_config: Option<(String, String)>,
-    /// The namespaces whose Secrets are read (for `credentialName`).
+    /// The namespaces whose Secrets (for `credentialName`) and ConfigMaps
+    /// (CA bundles of BackendTLSPolicies) are read.
     secret_namespaces: Vec<String>,
 }
 
@@ -278,8 +293,8 @@ impl KubeSource {
     }
 
     /// Also watches the Secrets of `namespaces` (but those of
-    /// [`SECRET_FIELDS`]), each namespace on its own: the agent may read no
-    /// other namespace's.
+    /// [`SECRET_FIELDS`]) and their ConfigMaps, each namespace on its own:
+    /// the agent may read no other namespace's.
     pub fn with_secret_namespaces(mut self, namespaces: Vec<String>) -> Self {
         // An empty name would ask for every namespace's.
         let mut namespaces: Vec<String> = namespaces
@@ -309,19 +324,30 @@ impl KubeSource {
     }
 
     fn watches(&self) -> Vec<Watch> {
+        // The mesh config's namespace watched whole sees the mesh config
+        // too: one watch of it, not two that would each add and delete it.
+        let mesh_namespace_whole = self
+            .mesh_config
+            .as_ref()
+            .is_some_and(|(ns, _)| self.secret_namespaces.contains(ns));
         let mut watches: Vec<Watch> = self
             .kinds
             .iter()
             .filter(|&&kind| KINDS.iter().any(|k| k.0 == kind))
+            .filter(|&&kind| !(kind == Kind::ConfigMap && mesh_namespace_whole))
             .map(|&kind| Watch {
                 kind,
                 namespace: None,
             })
             .collect();
-        watches.extend(self.secret_namespaces.iter().map(|ns| Watch {
-            kind: Kind::Secret,
-            namespace: Some(ns.clone()),
-        }));
+        for ns in &self.secret_namespaces {
+            for kind in [Kind::Secret, Kind::ConfigMap] {
+                watches.push(Watch {
+                    kind,
+                    namespace: Some(ns.clone()),
+                });
+            }
+        }
         watches
     }
 
@@ -361,10 +387,11 @@ impl KubeSource {
                 Ok(watcher::Event::Delete(o)) => Seen::Gone(Box::new(o)),
                 Ok(watcher::Event::InitDone) => Seen::Listed,
                 Err(err) => {
-                    // A namespace whose Secrets may no longer be read (its
-                    // Role taken away): what was read there is withdrawn,
-                    // so that its credentials fail closed.
-                    if kind == Kind::Secret && refusal(&err) == Some(403) {
+                    // A namespace whose Secrets (or CA bundles) may no
+                    // longer be read (its Role taken away): what was read
+                    // there is withdrawn, so that its credentials fail
+                    // closed.
+                    if watch.namespace.is_some() && refusal(&err) == Some(403) {
                         let gone = known.get_mut(&watch).map(std::mem::take);
                         for key in gone.into_iter().flatten() {
                             if events.send(SourceEvent::Delete(key)).await.is_err() {
@@ -488,11 +515,18 @@ async fn follow(
             plural,
         );
         let (api, config) = match (kind, &mesh_config, &watch.namespace) {
-            // One object, by name: the agent may read no other ConfigMap.
-            (Kind::ConfigMap, Some((namespace, name)), _) => (
+            // The ConfigMaps of a namespace named for credentials.
+            (Kind::ConfigMap, _, Some(namespace)) => (
+                Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource),
+                watcher::Config::default(),
+            ),
+            // One object, by name: the agent may read no other ConfigMap
+            // cluster-wide.
+            (Kind::ConfigMap, Some((namespace, name)), None) => (
                 Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource),
                 watcher::Config::default().fields(&format!("metadata.name={name}")),
             ),
+            (Kind::ConfigMap, None, None) => return,
             // Secrets of one namespace, never cluster-wide.
             (Kind::Secret, _, Some(namespace)) => (
                 Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource),

@@ -10,6 +10,7 @@
 
 mod authorization;
 mod auto_vip;
+mod backend_tls;
 mod credential;
 mod node_pods;
 pub mod published;
@@ -166,6 +167,8 @@ pub struct View {
     entries: BTreeMap<String, BTreeSet<String>>,
     /// The VirtualService keys each namespace's Gateway API routes publish.
     service_routes: BTreeMap<String, BTreeSet<String>>,
+    /// The BackendTLSPolicy keys each namespace's policies publish.
+    backend_tls: BTreeMap<String, BTreeSet<String>>,
     /// Addresses of ServiceEntry hosts that have none of their own.
     auto_vips: auto_vip::AutoVips,
     /// ServiceEntry hosts of two labels, which routing reads as written
@@ -225,6 +228,7 @@ impl View {
             waypoints: BTreeMap::new(),
             entries: BTreeMap::new(),
             service_routes: BTreeMap::new(),
+            backend_tls: BTreeMap::new(),
             auto_vips: auto_vip::AutoVips::new(),
             entry_hosts: BTreeSet::new(),
             providers: BTreeSet::new(),
@@ -276,6 +280,7 @@ impl View {
             Kind::Secret,
             Kind::ServiceEntry,
             Kind::ConfigMap,
+            Kind::BackendTlsPolicy,
         ]
         .into_iter()
         .flat_map(|kind| store.of_kind(kind).map(Object::key))
@@ -315,8 +320,13 @@ impl View {
         let mut entries_changed = false;
         // Namespaces whose HTTPRoutes must be converted again.
         let mut route_namespaces: BTreeSet<String> = BTreeSet::new();
+        // Namespaces whose BackendTLSPolicies must be resolved again.
+        let mut tls_namespaces: BTreeSet<String> = BTreeSet::new();
         for key in keys {
             let ns = key.namespace.as_deref().unwrap_or_default().to_owned();
+            if backend_tls::depends_on(store, key) {
+                tls_namespaces.insert(ns.clone());
+            }
             match key.kind {
                 Kind::Pod => {
                     workloads.insert(key.clone());
@@ -430,6 +440,8 @@ impl View {
                     }));
                 }
                 Kind::ConfigMap => self.extension_providers(store, key),
+                // Resolved below, with what they read.
+                Kind::BackendTlsPolicy => {}
                 Kind::ServiceEntry => {
                     // Routes may attach to it: they route its hosts.
                     route_namespaces.insert(ns.clone());
@@ -472,6 +484,13 @@ impl View {
         }
         for ns in &route_namespaces {
             self.service_routes(store, ns);
+        }
+        for ns in &tls_namespaces {
+            let computed = backend_tls::in_namespace(store, ns, &self.mesh.cluster_domain);
+            let computed = computed
+                .into_iter()
+                .map(|(key, tls)| (key, ResourceKind::BackendTls(tls)));
+            replace_set(&self.publisher, &mut self.backend_tls, ns, computed);
         }
         if namespaces.contains(&None) {
             workloads.extend(workload_keys(store, None));

@@ -3050,3 +3050,200 @@ fn a_two_label_host_a_service_entry_names_is_not_a_short_name() {
     let (_store, view) = built(&yaml);
     assert_eq!(published(&view).3, "httpbin.org");
 }
+
+/// The BackendTLSPolicies published for `key`, or `None`.
+fn backend_tls(view: &View, key: &str) -> Option<warren_api::config::BackendTls> {
+    match get(view, key)? {
+        ResourceKind::BackendTls(tls) => Some(tls),
+        other => panic!("{key} is not a BackendTls: {other:?}"),
+    }
+}
+
+/// (port, policy, CA bytes as text, system roots, error) of each port entry.
+fn tls_ports(tls: &warren_api::config::BackendTls) -> Vec<(u32, String, String, bool, String)> {
+    tls.ports
+        .iter()
+        .map(|p| {
+            (
+                p.port,
+                p.policy.clone(),
+                String::from_utf8_lossy(&p.ca_certificates).into_owned(),
+                p.system_roots,
+                p.error.clone(),
+            )
+        })
+        .collect()
+}
+
+const BACKEND_TLS: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: app-ca, namespace: demo }
+data: { ca.crt: "PEM-A" }
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: extra-ca, namespace: demo }
+data: { ca.crt: "PEM-B\n" }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: { name: whole, namespace: demo, creationTimestamp: "2026-01-01T00:00:01Z" }
+spec:
+  targetRefs: [{ group: "", kind: Service, name: app }]
+  validation:
+    caCertificateRefs: [{ group: "", kind: ConfigMap, name: app-ca }, { group: "", kind: ConfigMap, name: extra-ca }]
+    hostname: app.demo.example
+    subjectAltNames: [{ type: URI, uri: "spiffe://cluster.local/ns/demo/sa/app" }]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: { name: later-whole, namespace: demo, creationTimestamp: "2026-01-01T00:00:03Z" }
+spec:
+  targetRefs: [{ group: "", kind: Service, name: app }]
+  validation: { wellKnownCACertificates: System, hostname: later.example }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: { name: admin-port, namespace: demo, creationTimestamp: "2026-01-01T00:00:05Z" }
+spec:
+  targetRefs:
+  - { group: "", kind: Service, name: app, sectionName: admin }
+  - { group: "", kind: Service, name: app, sectionName: nope }
+  - { group: "", kind: Service, name: missing }
+  validation: { wellKnownCACertificates: System, hostname: admin.demo.example }
+"#;
+
+#[test]
+fn backend_tls_policies_reach_waypoints_port_by_port_with_their_ca_bundles() {
+    let (mut store, mut view) = built(BACKEND_TLS);
+    let key = key::backend_tls("demo", "app");
+    let tls = backend_tls(&view, &key).expect("published");
+    assert_eq!(tls.namespace, "demo");
+    assert_eq!(tls.hosts, ["app.demo.svc.cluster.local"]);
+    // The port a policy names by section, whatever its age; then the oldest
+    // policy for the whole Service; a section naming no port, and a Service
+    // that does not exist, make nothing.
+    assert_eq!(
+        tls_ports(&tls),
+        [
+            (9000, "demo/admin-port".into(), String::new(), true, String::new()),
+            (0, "demo/whole".into(), "PEM-A\nPEM-B\n".into(), false, String::new()),
+        ]
+    );
+    assert_eq!(tls.ports[1].hostname, "app.demo.example");
+    assert_eq!(
+        tls.ports[1].subject_alt_names,
+        ["spiffe://cluster.local/ns/demo/sa/app"]
+    );
+    assert!(backend_tls(&view, &key::backend_tls("demo", "missing")).is_none());
+    // Waypoints only.
+    assert!(!keys_for(&view, &Audience::Ztunnel).contains(&key));
+    assert!(
+        keys_for(
+            &view,
+            &Audience::Waypoint {
+                namespace: "plain".into()
+            }
+        )
+        .contains(&key)
+    );
+
+    // A renewed bundle is published again.
+    let changed = apply(
+        &mut store,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: app-ca, namespace: demo }\ndata: { ca.crt: \"PEM-C\" }\n",
+    );
+    view.changed(&store, &changed);
+    let tls = backend_tls(&view, &key).unwrap();
+    assert_eq!(tls_ports(&tls)[1].2, "PEM-C\nPEM-B\n");
+    // One reference that cannot be read fails the policy whole, closed,
+    // saying why; the other port keeps its own policy.
+    let changed = apply(
+        &mut store,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: extra-ca, namespace: demo }\ndata: { other: x }\n",
+    );
+    view.changed(&store, &changed);
+    let ports = tls_ports(&backend_tls(&view, &key).unwrap());
+    assert_eq!(ports[0].1, "demo/admin-port");
+    assert_eq!(ports[1].2, "");
+    assert!(
+        ports[1].4.contains("extra-ca") && ports[1].4.contains("no \"ca.crt\""),
+        "{ports:?}"
+    );
+    let gone = delete(&mut store, Kind::ConfigMap, "demo", "app-ca");
+    view.changed(&store, &[gone]);
+    let ports = tls_ports(&backend_tls(&view, &key).unwrap());
+    assert!(
+        ports[1].4.contains("demo/app-ca") && ports[1].4.contains("not found"),
+        "{ports:?}"
+    );
+
+    // The oldest whole-Service policy gone, the next takes its place.
+    let gone = delete(&mut store, Kind::BackendTlsPolicy, "demo", "whole");
+    view.changed(&store, &[gone]);
+    let ports = tls_ports(&backend_tls(&view, &key).unwrap());
+    assert_eq!(
+        ports[1],
+        (0, "demo/later-whole".into(), String::new(), true, String::new())
+    );
+    // A port renamed: the policy naming it no longer applies there.
+    let changed = apply(
+        &mut store,
+        "apiVersion: v1\nkind: Service\nmetadata: { name: app, namespace: demo }\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{ name: http, port: 80 }, { name: metrics, port: 9000 }]\n",
+    );
+    view.changed(&store, &changed);
+    let ports = tls_ports(&backend_tls(&view, &key).unwrap());
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(ports[0].1, "demo/later-whole");
+    // Every policy gone: withdrawn.
+    for name in ["later-whole", "admin-port"] {
+        let gone = delete(&mut store, Kind::BackendTlsPolicy, "demo", name);
+        view.changed(&store, &[gone]);
+    }
+    assert!(backend_tls(&view, &key).is_none());
+}
+
+#[test]
+fn a_backend_tls_policy_for_a_service_entry_names_its_hosts() {
+    let (mut store, mut view) = built(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: partner, namespace: demo }
+spec:
+  hosts: [Partner.Example., app.demo.svc.cluster.local]
+  ports: [{ number: 80, name: http, protocol: HTTP }, { number: 8443, name: admin, protocol: HTTP }]
+  resolution: DNS
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: { name: partner, namespace: demo }
+spec:
+  targetRefs: [{ group: networking.istio.io, kind: ServiceEntry, name: partner, sectionName: http }]
+  validation: { wellKnownCACertificates: System, hostname: partner.example }
+"#,
+    );
+    let key = key::service_entry_backend_tls("demo", "partner");
+    // Its hosts as DNS compares them; never a cluster Service's name.
+    let tls = backend_tls(&view, &key).expect("published");
+    assert_eq!(tls.hosts, ["partner.example"]);
+    assert_eq!(
+        tls_ports(&tls),
+        [(80, "demo/partner".into(), String::new(), true, String::new())]
+    );
+    // The policy arriving after its entry, or the entry after it: the same.
+    let gone = delete(&mut store, Kind::ServiceEntry, "demo", "partner");
+    view.changed(&store, &[gone]);
+    assert!(backend_tls(&view, &key).is_none());
+    let back = apply(
+        &mut store,
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: partner, namespace: demo }\nspec:\n  hosts: [partner.example]\n  ports: [{ number: 443, name: http, protocol: HTTP }]\n  resolution: DNS\n",
+    );
+    view.changed(&store, &back);
+    assert_eq!(
+        tls_ports(&backend_tls(&view, &key).unwrap())[0].0,
+        443,
+        "the port the section names now"
+    );
+}

@@ -58,6 +58,7 @@
 //! `localityLbSetting` are taken as their defaults (`DO_NOT_UPGRADE`;
 //! locality failover on).
 
+mod backend_tls;
 mod balance;
 mod cluster;
 mod locality;
@@ -71,6 +72,7 @@ mod tls;
 
 use std::collections::BTreeMap;
 
+pub use backend_tls::{BackendTlsError, BackendTlsTable};
 pub use balance::{HashInput, SetCookie};
 pub use cluster::{Cluster, Endpoint, Picked};
 pub use locality::{HOSTNAME_LABEL, LocalityLb, PriorityLabel, Proximity};

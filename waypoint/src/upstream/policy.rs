@@ -33,6 +33,7 @@ use warren_model::istio::{
 };
 use warren_ztunnel::state::service::DeclaredHttp;
 
+use super::backend_tls::BackendTlsTable;
 use super::locality::{LocalityLb, PriorityLabel};
 use super::lookup::{Lookup, Placed, Scope};
 use super::tls::{Credentials, Origination, TlsMode, TlsSettings};
@@ -365,12 +366,14 @@ impl Default for OutlierSettings {
 // Compiled rules
 // ---------------------------------------------------------------------------
 
-/// Every DestinationRule visible to the waypoint, compiled and merged.
+/// Every DestinationRule visible to the waypoint, compiled and merged, and
+/// the BackendTLSPolicies that speak where no rule's `tls` does.
 #[derive(Debug, Default)]
 pub struct Policies {
     rules: Lookup<Rule>,
     /// Every `tls` that starts TLS, for [`Policies::tls_files_changed`].
     tls: Vec<Arc<TlsSettings>>,
+    backend_tls: BackendTlsTable,
 }
 
 /// The rules of one host, merged.
@@ -467,7 +470,21 @@ impl Policies {
                 merge(&mut cx, older, later, &input.spec);
             }
         }
-        (Policies { rules: lookup, tls }, errors)
+        (
+            Policies {
+                rules: lookup,
+                tls,
+                backend_tls: BackendTlsTable::default(),
+            },
+            errors,
+        )
+    }
+
+    /// With `table`'s BackendTLSPolicies.
+    #[must_use]
+    pub fn with_backend_tls(mut self, table: BackendTlsTable) -> Policies {
+        self.backend_tls = table;
+        self
     }
 
     /// Whether a file a `tls` reads (a certificate, a key, a CA) holds
@@ -491,7 +508,13 @@ impl Policies {
         let subset = subset.filter(|s| !s.is_empty());
         let Some(rule) = self.rules.get(host, namespace) else {
             return match subset {
-                None => Ok(Resolved::defaults(host, port)),
+                None => {
+                    let mut resolved = Resolved::defaults(host, port);
+                    if let Some(settings) = self.backend_tls.get(host, namespace, port) {
+                        resolved.pool.tls = Some(settings.for_host(host));
+                    }
+                    Ok(resolved)
+                }
                 Some(subset) => Err(UnknownSubset {
                     host: host.to_owned(),
                     subset: subset.to_owned(),
@@ -517,7 +540,13 @@ impl Policies {
         match parts.tls.take() {
             Some(TlsMode::Originate(settings)) => pool.tls = Some(settings.for_host(host)),
             Some(TlsMode::MeshOnly) => pool.mesh_tls_only = true,
-            Some(TlsMode::Disable) | None => {}
+            Some(TlsMode::Disable) => {}
+            // No rule speaks of TLS here: a BackendTLSPolicy may.
+            None => {
+                if let Some(settings) = self.backend_tls.get(host, namespace, port) {
+                    pool.tls = Some(settings.for_host(host));
+                }
+            }
         }
         // Like the other parts, a subset's budget replaces the top level's.
         let retry_budget = subset_policy

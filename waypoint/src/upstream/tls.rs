@@ -38,7 +38,7 @@ use rustls::{
     },
     server::ParsedCertificate,
 };
-use warren_api::config::Credential;
+use warren_api::config::{BackendTlsPort, Credential};
 use warren_model::{
     cluster::CA_SECRET_SUFFIX,
     istio::{ClientTlsMode, ClientTlsSettings},
@@ -70,11 +70,15 @@ pub enum TlsMode {
     Originate(Arc<TlsSettings>),
 }
 
-/// One rule part's `tls` with SIMPLE or MUTUAL, compiled.
+/// One rule part's `tls` with SIMPLE or MUTUAL (or a BackendTLSPolicy's),
+/// compiled.
 pub struct TlsSettings {
     /// As written, for display and, with `files`, equality (pooled
     /// connections compare it).
     spec: ClientTlsSettings,
+    /// `None` for a DestinationRule's; the BackendTLSPolicy
+    /// (`namespace/name`) these settings are made from otherwise.
+    policy: Option<String>,
     /// A digest of what the files and credentials held when read (or of why
     /// they could not be): a changed file or Secret makes different settings.
     files: u64,
@@ -96,6 +100,7 @@ impl std::fmt::Debug for TlsSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsSettings")
             .field("spec", &self.spec)
+            .field("policy", &self.policy)
             .field("files", &self.files)
             .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
             .field("configs", &self.configs.as_ref().map(|_| "compiled"))
@@ -177,13 +182,63 @@ impl TlsSettings {
             None | Some(ClientTlsMode::Disable) => return (TlsMode::Disable, None),
         };
         let mut material = Material::default();
-        let configs = build(spec, mutual, &mut material, credentials).map(Arc::new);
+        let configs = build(spec, mutual, None, &mut material, credentials).map(Arc::new);
+        TlsSettings::compiled(spec.clone(), None, configs, material)
+    }
+
+    /// What a BackendTLSPolicy asks on a port (see `backend_tls.rs`):
+    /// `SIMPLE` to the server named `hostname`, whose certificate must chain
+    /// to the policy's CA bundle (or the system's trust anchors) and carry
+    /// one of `subject_alt_names`, or `hostname` when it lists none. With
+    /// `error` (what the agent could not read for it), the settings fail
+    /// closed with it.
+    pub fn compile_backend(policy: &BackendTlsPort) -> (TlsMode, Option<String>) {
+        // The hostname listed as the name to check when no other is: the
+        // check is then the policy's own, never a ServiceEntry's names.
+        let names = if policy.subject_alt_names.is_empty() {
+            vec![policy.hostname.clone()]
+        } else {
+            policy.subject_alt_names.clone()
+        };
+        let spec = ClientTlsSettings {
+            mode: Some(ClientTlsMode::Simple),
+            sni: policy.hostname.clone(),
+            subject_alt_names: names,
+            ..ClientTlsSettings::default()
+        };
+        let what = format!("BackendTLSPolicy {}", policy.policy);
+        let mut material = Material::default();
+        let configs = if !policy.error.is_empty() {
+            Err(format!("{what}: {}", policy.error))
+        } else if policy.system_roots {
+            build(&spec, false, None, &mut material, &Credentials::new())
+        } else {
+            // The bundle's bytes make the settings what they are: another
+            // bundle, other settings (and new connections).
+            policy.ca_certificates.hash(&mut material.digest);
+            let ca = Pem {
+                what: format!("{what} (caCertificateRefs)"),
+                bytes: policy.ca_certificates.clone(),
+            };
+            build(&spec, false, Some(ca), &mut material, &Credentials::new())
+        }
+        .map(Arc::new);
+        TlsSettings::compiled(spec, Some(policy.policy.clone()), configs, material)
+    }
+
+    fn compiled(
+        spec: ClientTlsSettings,
+        policy: Option<String>,
+        configs: Result<Arc<Configs>, String>,
+        mut material: Material,
+    ) -> (TlsMode, Option<String>) {
         if let Err(error) = &configs {
             error.hash(&mut material.digest);
         }
         let error = configs.as_ref().err().cloned();
         let settings = TlsSettings {
-            spec: spec.clone(),
+            spec,
+            policy,
             files: material.digest.finish(),
             read_files: material.read_files,
             credentials: material.used,
@@ -215,6 +270,7 @@ impl TlsSettings {
         if !self.read_files {
             return false;
         }
+        // A policy's settings read no file: `read_files` is false for them.
         match TlsSettings::compile(&self.spec, &self.credentials).0 {
             TlsMode::Originate(now) => now.files != self.files,
             TlsMode::Disable | TlsMode::MeshOnly => false,
@@ -261,7 +317,8 @@ impl PartialEq for Origination {
     fn eq(&self, other: &Self) -> bool {
         let same = Arc::ptr_eq(&self.settings, &other.settings)
             || (self.settings.files == other.settings.files
-                && self.settings.spec == other.settings.spec);
+                && self.settings.spec == other.settings.spec
+                && self.settings.policy == other.settings.policy);
         same && self.server_name == other.server_name && self.entry_names == other.entry_names
     }
 }
@@ -315,11 +372,14 @@ impl Origination {
             },
             "subject_alt_names_from": if !self.entry_names.is_empty() {
                 Some("ServiceEntry")
+            } else if self.settings.policy.is_some() {
+                Some("BackendTLSPolicy")
             } else if !spec.subject_alt_names.is_empty() {
                 Some("DestinationRule")
             } else {
                 None
             },
+            "backend_tls_policy": self.settings.policy,
             "ca_certificates": (!spec.ca_certificates.is_empty()).then_some(&spec.ca_certificates),
             "client_certificate": (!spec.client_certificate.is_empty()).then_some(&spec.client_certificate),
             "credential_name": (!spec.credential_name.is_empty()).then_some(&spec.credential_name),
@@ -457,9 +517,12 @@ impl Pem {
     }
 }
 
+/// The client configs `spec` asks for; `inline_ca`, when given, is the CA
+/// bundle (a BackendTLSPolicy's), in place of files and credentials.
 fn build(
     spec: &ClientTlsSettings,
     mutual: bool,
+    inline_ca: Option<Pem>,
     material: &mut Material,
     credentials: &Credentials,
 ) -> Result<Configs, String> {
@@ -473,6 +536,7 @@ fn build(
     } else {
         let file_ca;
         let ca = match &credential {
+            _ if inline_ca.is_some() => inline_ca.as_ref(),
             // A credential's CA is the one its server must chain to: never
             // the system's instead (Istio fails such a cluster too).
             Some(FromCredential { ca: None, .. }) => {

@@ -176,6 +176,19 @@ pub fn resource_json(r: &Resource) -> Value {
         Some(Kind::Certificate(c)) => ("Certificate", certificate_json(c)),
         Some(Kind::TrustBundle(t)) => ("TrustBundle", json!({ "roots": t.roots_pem.len() })),
         Some(Kind::Credential(c)) => ("Credential", credential_json(c)),
+        Some(Kind::BackendTls(b)) => (
+            "BackendTLS",
+            json!({
+                "namespace": b.namespace, "hosts": b.hosts,
+                "ports": b.ports.iter().map(|p| json!({
+                    "port": p.port, "policy": p.policy, "hostname": p.hostname,
+                    "subjectAltNames": p.subject_alt_names,
+                    "caCertificates": !p.ca_certificates.is_empty(),
+                    "systemRoots": p.system_roots,
+                    "error": (!p.error.is_empty()).then_some(&p.error),
+                })).collect::<Vec<_>>(),
+            }),
+        ),
         Some(Kind::VirtualService(v)) => (
             "VirtualService",
             json!({

@@ -1,0 +1,210 @@
+//! Gateway API BackendTLSPolicies as the waypoints receive them: for each
+//! Service (or ServiceEntry) one or more policies target, the policy in
+//! force on each of its ports, with the CA bundle of its ConfigMaps read in.
+//!
+//! Which policy wins follows the Gateway API: one naming the port
+//! (`sectionName`) beats one for the whole target, and among equals the
+//! oldest (then the first by name) wins. A policy whose ConfigMaps cannot
+//! all be read (missing, without `ca.crt`, or in a namespace the agent may
+//! not read) still wins its ports, carrying why: the waypoint refuses their
+//! connections rather than reach the server unchecked or in plaintext.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use warren_api::{
+    config::{BackendTls, BackendTlsPort},
+    key,
+};
+
+use crate::{
+    model::{
+        Kind, Object, ObjectKey,
+        backend_tls_policy::{BackendTLSPolicy, CA_KEY, WellKnownCaCertificates},
+        http_route::ParentKind,
+    },
+    store::Store,
+};
+
+use super::{names_cluster_services, section_port};
+
+/// The resources `namespace`'s policies make, by key.
+pub fn in_namespace(
+    store: &Store,
+    namespace: &str,
+    cluster_domain: &str,
+) -> BTreeMap<String, BackendTls> {
+    let mut policies: Vec<&BackendTLSPolicy> = store
+        .of_kind_in(Kind::BackendTlsPolicy, namespace)
+        .filter_map(|o| match o {
+            Object::BackendTlsPolicy(p) => Some(&**p),
+            _ => None,
+        })
+        .collect();
+    policies.sort_by_key(|p| {
+        let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        (created, p.metadata.name.clone())
+    });
+    // Each target's policies, oldest first, with the port they name.
+    let mut targets: BTreeMap<(ParentKind, &str), Vec<(Option<&str>, &BackendTLSPolicy)>> =
+        BTreeMap::new();
+    for policy in &policies {
+        for target in &policy.spec.target_refs {
+            if let Some(kind) = target.target_kind() {
+                targets
+                    .entry((kind, &target.name))
+                    .or_default()
+                    .push((target.section_name.as_deref(), policy));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for ((kind, name), attached) in targets {
+        let Some((resource_key, hosts)) = target(store, namespace, kind, name, cluster_domain)
+        else {
+            continue;
+        };
+        let mut ports = Vec::new();
+        let mut taken = BTreeSet::new();
+        for (section, policy) in &attached {
+            let Some(section) = section else { continue };
+            // A port the target does not have: the policy applies nowhere
+            // on it (until the port appears).
+            if let Some(port) = section_port(store, namespace, kind, name, section)
+                && taken.insert(port)
+            {
+                ports.push(port_entry(store, namespace, policy, port));
+            }
+        }
+        if let Some((_, policy)) = attached.iter().find(|(section, _)| section.is_none()) {
+            ports.push(port_entry(store, namespace, policy, 0));
+        }
+        if ports.is_empty() {
+            continue;
+        }
+        out.insert(
+            resource_key,
+            BackendTls {
+                namespace: namespace.to_owned(),
+                hosts,
+                ports,
+            },
+        );
+    }
+    out
+}
+
+/// The resource key and hosts of a target that exists.
+fn target(
+    store: &Store,
+    namespace: &str,
+    kind: ParentKind,
+    name: &str,
+    cluster_domain: &str,
+) -> Option<(String, Vec<String>)> {
+    match kind {
+        ParentKind::Service => {
+            let key = ObjectKey::new(Kind::Service, Some(namespace), name);
+            store.get(&key)?;
+            Some((
+                key::backend_tls(namespace, name),
+                vec![format!("{name}.{namespace}.svc.{cluster_domain}")],
+            ))
+        }
+        ParentKind::ServiceEntry => {
+            let key = ObjectKey::new(Kind::ServiceEntry, Some(namespace), name);
+            let Some(Object::ServiceEntry(entry)) = store.get(&key) else {
+                return None;
+            };
+            // An entry never speaks for a Kubernetes Service's name.
+            let hosts: Vec<String> = entry
+                .spec
+                .hosts
+                .iter()
+                .filter(|h| !names_cluster_services(h, cluster_domain))
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                .collect();
+            (!hosts.is_empty()).then(|| (key::service_entry_backend_tls(namespace, name), hosts))
+        }
+    }
+}
+
+/// What `policy` asks on `port` (0: every port), its CA bundle read.
+fn port_entry(
+    store: &Store,
+    namespace: &str,
+    policy: &BackendTLSPolicy,
+    port: u16,
+) -> BackendTlsPort {
+    let validation = &policy.spec.validation;
+    let name = policy.metadata.name.as_deref().unwrap_or_default();
+    let (ca_certificates, error) = ca_bundle(store, namespace, policy);
+    BackendTlsPort {
+        port: u32::from(port),
+        policy: format!("{namespace}/{name}"),
+        hostname: validation.hostname.clone(),
+        subject_alt_names: validation
+            .subject_alt_names
+            .iter()
+            .map(|san| san.value().to_owned())
+            .collect(),
+        ca_certificates,
+        system_roots: validation.well_known_ca_certificates == Some(WellKnownCaCertificates::System),
+        error,
+    }
+}
+
+/// The PEM of every ConfigMap the policy names, in order, or why it cannot
+/// be had: one reference that cannot be read fails the policy whole, as the
+/// Gateway API asks.
+fn ca_bundle(store: &Store, namespace: &str, policy: &BackendTLSPolicy) -> (Vec<u8>, String) {
+    let mut bundle = Vec::new();
+    for reference in &policy.spec.validation.ca_certificate_refs {
+        let key = ObjectKey::new(Kind::ConfigMap, Some(namespace), &reference.name);
+        let pem = match store.get(&key) {
+            Some(Object::ConfigMap(map)) => map.ca_certificates.clone(),
+            _ => {
+                return (
+                    Vec::new(),
+                    format!(
+                        "ConfigMap {namespace}/{} (caCertificateRefs) was not found: is there one, and may the node agent read that namespace's (--secret-namespace, the chart's nodeAgent.credentialNamespaces)?",
+                        reference.name
+                    ),
+                );
+            }
+        };
+        match pem {
+            Some(pem) if !pem.trim().is_empty() => {
+                bundle.extend_from_slice(pem.as_bytes());
+                if !pem.ends_with('\n') {
+                    bundle.push(b'\n');
+                }
+            }
+            _ => {
+                return (
+                    Vec::new(),
+                    format!(
+                        "ConfigMap {namespace}/{} (caCertificateRefs) has no {CA_KEY:?} key to check the server against",
+                        reference.name
+                    ),
+                );
+            }
+        }
+    }
+    (bundle, String::new())
+}
+
+/// Whether a change to the object `key` may change `namespace`'s
+/// resources: its policies, and what they read.
+pub fn depends_on(store: &Store, key: &ObjectKey) -> bool {
+    match key.kind {
+        Kind::BackendTlsPolicy => true,
+        Kind::ConfigMap | Kind::Service | Kind::ServiceEntry => {
+            let namespace = key.namespace.as_deref().unwrap_or_default();
+            store
+                .of_kind_in(Kind::BackendTlsPolicy, namespace)
+                .next()
+                .is_some()
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,99 @@
+//! Gateway API BackendTLSPolicies, as the agent resolved them (which policy
+//! is in force on which port of which host, its CA bundle read in),
+//! compiled into the TLS the waypoint starts to a host's endpoints.
+//!
+//! They speak only where no DestinationRule's `tls` does: a rule written for
+//! the host and port (at any level, `DISABLE` included) is the operator's
+//! last word, as Istio lets a DestinationRule override what it converts a
+//! BackendTLSPolicy into.
+
+use std::{collections::HashMap, sync::Arc};
+
+use warren_api::config::BackendTls;
+
+use super::tls::{TlsMode, TlsSettings};
+
+/// Every policy the agent sent, by (host, namespace of its target).
+#[derive(Debug, Default)]
+pub struct BackendTlsTable {
+    hosts: HashMap<(String, String), Ports>,
+}
+
+/// One target's ports: their own settings, then those for every other port.
+#[derive(Clone, Debug, Default)]
+struct Ports {
+    each: Vec<(u16, Arc<TlsSettings>)>,
+    rest: Option<Arc<TlsSettings>>,
+}
+
+/// A policy part that cannot be honoured: its connections are refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("BackendTLSPolicy {policy} (port {port}): {reason}; connections are refused")]
+pub struct BackendTlsError {
+    pub policy: String,
+    /// 0 for every port.
+    pub port: u16,
+    pub reason: String,
+}
+
+impl BackendTlsTable {
+    /// Compiles the targets' policies, in any order. A host two targets of
+    /// one namespace share (two ServiceEntries naming it) keeps the first
+    /// target's ports, by resource key.
+    pub fn build<'a>(
+        targets: impl IntoIterator<Item = (&'a str, &'a BackendTls)>,
+    ) -> (BackendTlsTable, Vec<BackendTlsError>) {
+        let mut targets: Vec<(&str, &BackendTls)> = targets.into_iter().collect();
+        targets.sort_by_key(|(key, _)| *key);
+        let mut table = BackendTlsTable::default();
+        let mut errors = Vec::new();
+        for (_, target) in targets {
+            let mut ports = Ports::default();
+            for port in &target.ports {
+                let number = u16::try_from(port.port).unwrap_or_default();
+                let (mode, error) = TlsSettings::compile_backend(port);
+                if let Some(reason) = error {
+                    errors.push(BackendTlsError {
+                        policy: port.policy.clone(),
+                        port: number,
+                        reason,
+                    });
+                }
+                let TlsMode::Originate(settings) = mode else {
+                    continue;
+                };
+                if number == 0 {
+                    ports.rest.get_or_insert(settings);
+                } else if !ports.each.iter().any(|(p, _)| *p == number) {
+                    ports.each.push((number, settings));
+                }
+            }
+            for host in &target.hosts {
+                let key = (normal(host), target.namespace.clone());
+                table.hosts.entry(key).or_insert_with(|| ports.clone());
+            }
+        }
+        (table, errors)
+    }
+
+    /// The TLS a policy asks for traffic to `host` (of a service in
+    /// `namespace`) on `port`.
+    pub fn get(&self, host: &str, namespace: &str, port: u16) -> Option<&Arc<TlsSettings>> {
+        let ports = self.hosts.get(&(normal(host), namespace.to_owned()))?;
+        ports
+            .each
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, settings)| settings)
+            .or(ports.rest.as_ref())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+}
+
+/// Hosts compare as DNS names do: any case, a trailing dot or not.
+fn normal(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
