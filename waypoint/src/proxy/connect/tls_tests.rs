@@ -987,3 +987,177 @@ async fn a_credentials_revocation_list_refuses_a_revoked_server() {
     assert!(errors.is_empty(), "{errors:?}");
     refuses_only_the_revoked(&limits, &good, &revoked).await;
 }
+
+/// A BackendTLSPolicy on [`HOST`] (of namespace `egress`), as the agent
+/// sends it: `ports` are (port, policy, CA bundle, subjectAltNames, error).
+fn backend_tls(ports: &[(u32, &str, &str, &[&str], &str)]) -> warren_api::config::BackendTls {
+    warren_api::config::BackendTls {
+        namespace: "egress".into(),
+        // As DNS compares names.
+        hosts: vec![format!("{}.", HOST.to_ascii_uppercase())],
+        ports: ports
+            .iter()
+            .map(
+                |&(port, policy, ca, names, error)| warren_api::config::BackendTlsPort {
+                    port,
+                    policy: policy.into(),
+                    hostname: "backend.internal".into(),
+                    subject_alt_names: names.iter().map(|n| (*n).to_owned()).collect(),
+                    ca_certificates: ca.as_bytes().to_vec(),
+                    system_roots: ca.is_empty(),
+                    error: error.into(),
+                },
+            )
+            .collect(),
+    }
+}
+
+/// The pool settings for [`HOST`] port 443 of a service in `namespace`,
+/// with `rule` (a DestinationRule's spec, if any) and `policy`, and the
+/// policies' errors.
+fn limits_with_policy(
+    rule: Option<serde_json::Value>,
+    policy: &warren_api::config::BackendTls,
+    namespace: &str,
+    port: u16,
+) -> (PoolLimits, Vec<String>) {
+    let rules = rule.map(|spec| DrInput {
+        namespace: "egress".into(),
+        name: "api".into(),
+        created: 0,
+        host: HOST.into(),
+        spec: serde_json::from_value(spec).expect("test DestinationRule spec is valid"),
+    });
+    let (policies, _) = Policies::build(
+        rules,
+        Scope {
+            namespace: "egress".into(),
+            root: "istio-system".into(),
+            labels: Default::default(),
+        },
+    );
+    let (table, errors) = crate::upstream::BackendTlsTable::build([("backendtls/egress/api", policy)]);
+    let policies = policies.with_backend_tls(table);
+    let pool = policies
+        .resolve(HOST, namespace, None, port)
+        .expect("resolves")
+        .pool;
+    (pool, errors.iter().map(ToString::to_string).collect())
+}
+
+#[tokio::test]
+async fn a_backend_tls_policy_asks_for_its_hostname_and_checks_it_against_its_bundle() {
+    let ca = Authority::new("backend root").expect("ca");
+    let (addr, mut seen) = server(&ca.server(&["backend.internal"]).expect("leaf"), None).await;
+    let policy = backend_tls(&[(0, "egress/api", &ca.root_pem, &[], "")]);
+    let (limits, errors) = limits_with_policy(None, &policy, "egress", 443);
+    assert!(errors.is_empty(), "{errors:?}");
+    let upstream = connector()
+        .connect(addr, &limits, Speaks::Http1)
+        .await
+        .expect("TLS to a server the bundle vouches for");
+    let seen_now = seen.recv().await.expect("a handshake").expect("accepted");
+    assert_eq!(seen_now.sni.as_deref(), Some("backend.internal"));
+    assert_eq!(seen_now.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(read_all(upstream).await, b"hello");
+    let described = limits.tls.as_ref().expect("TLS").describe();
+    assert_eq!(described["backend_tls_policy"], "egress/api");
+    assert_eq!(described["subject_alt_names_from"], "BackendTLSPolicy");
+    // A ServiceEntry's names never stand in for the policy's hostname.
+    let mut with_entry = limits.clone();
+    with_entry.tls = with_entry
+        .tls
+        .map(|tls| tls.with_entry_names(&["elsewhere.test".to_owned()]));
+    connector()
+        .connect(addr, &with_entry, Speaks::Http1)
+        .await
+        .expect("the policy's hostname is still what is checked");
+
+    // Only the target's namespace: a host of that name elsewhere is not it.
+    let (elsewhere, _) = limits_with_policy(None, &policy, "other", 443);
+    assert!(elsewhere.tls.is_none());
+
+    // Another CA, or the bundle's CA for another name: refused.
+    let stranger = Authority::new("someone else").expect("ca");
+    let (addr, _seen) = server(&stranger.server(&["backend.internal"]).expect("leaf"), None).await;
+    let refused = connector().connect(addr, &limits, Speaks::Http1).await;
+    assert!(matches!(refused, Err(ConnectError::TlsHandshake { .. })));
+    let (addr, _seen) = server(&ca.server(&[HOST]).expect("leaf"), None).await;
+    let refused = connector().connect(addr, &limits, Speaks::Http1).await;
+    assert!(
+        matches!(refused, Err(ConnectError::TlsHandshake { .. })),
+        "the certificate must carry the hostname"
+    );
+    // subjectAltNames replace the hostname's check, not the name asked for.
+    let named = backend_tls(&[(0, "egress/api", &ca.root_pem, &[HOST], "")]);
+    let (limits, _) = limits_with_policy(None, &named, "egress", 443);
+    let mut seen = {
+        let (addr, seen) = server(&ca.server(&[HOST]).expect("leaf"), None).await;
+        connector()
+            .connect(addr, &limits, Speaks::Http1)
+            .await
+            .expect("one of the subjectAltNames is the certificate's");
+        seen
+    };
+    let seen_now = seen.recv().await.expect("a handshake").expect("accepted");
+    assert_eq!(seen_now.sni.as_deref(), Some("backend.internal"));
+}
+
+#[tokio::test]
+async fn a_destination_rules_tls_speaks_before_a_backend_tls_policy() {
+    let ca = Authority::new("backend root").expect("ca");
+    let policy = backend_tls(&[
+        (9000, "egress/admin", "", &[], ""),
+        (0, "egress/api", &ca.root_pem, &[], ""),
+    ]);
+    let tls_of = |rule: Option<serde_json::Value>, port: u16| {
+        let (limits, _) = limits_with_policy(rule, &policy, "egress", port);
+        limits
+            .tls
+            .map(|tls| tls.describe()["backend_tls_policy"].clone())
+    };
+    // Port by port.
+    assert_eq!(tls_of(None, 443), Some(json!("egress/api")));
+    assert_eq!(tls_of(None, 9000), Some(json!("egress/admin")));
+    // A rule that says nothing of TLS leaves it to the policy.
+    let balancing = json!({"host": HOST, "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}});
+    assert_eq!(tls_of(Some(balancing), 443), Some(json!("egress/api")));
+    // A rule's tls, DISABLE included, is the operator's last word.
+    let disabled = json!({"host": HOST, "trafficPolicy": {"tls": {"mode": "DISABLE"}}});
+    assert_eq!(tls_of(Some(disabled), 443), None);
+    let own = json!({"host": HOST, "trafficPolicy": {"portLevelSettings": [
+        {"port": {"number": 443}, "tls": {"mode": "SIMPLE", "insecureSkipVerify": true}}
+    ]}});
+    assert_eq!(tls_of(Some(own.clone()), 443), Some(serde_json::Value::Null));
+    assert_eq!(tls_of(Some(own), 9000), Some(json!("egress/admin")));
+}
+
+#[tokio::test]
+async fn a_backend_tls_policy_that_cannot_be_honoured_refuses_its_connections() {
+    let ca = Authority::new("backend root").expect("ca");
+    let (addr, mut seen) = server(&ca.server(&["backend.internal"]).expect("leaf"), None).await;
+    let missing = "ConfigMap egress/api-ca (caCertificateRefs) was not found";
+    for (policy, why) in [
+        (backend_tls(&[(0, "egress/api", "", &[], missing)]), missing),
+        (
+            backend_tls(&[(0, "egress/api", "not PEM", &[], "")]),
+            "BackendTLSPolicy egress/api (caCertificateRefs): no PEM certificate",
+        ),
+    ] {
+        let (limits, errors) = limits_with_policy(None, &policy, "egress", 443);
+        assert!(
+            errors.len() == 1 && errors[0].contains(why),
+            "reported: {errors:?}"
+        );
+        let refused = connector().connect(addr, &limits, Speaks::Http1).await;
+        assert!(
+            matches!(&refused, Err(e) if e.to_string().contains(why)),
+            "{:?}",
+            refused.err()
+        );
+    }
+    assert!(
+        seen.try_recv().is_err(),
+        "refused before any connection to the server"
+    );
+}
