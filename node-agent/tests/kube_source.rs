@@ -263,8 +263,9 @@ async fn a_forbidden_node_watch_does_not_hold_the_first_sync_back() {
 
 #[tokio::test]
 async fn experimental_gateway_routes_not_installed_do_not_hold_the_first_sync_back() {
-    // A cluster with the Gateway API's standard CRDs only: discovery lists
-    // no TLSRoute, and the routes' lists are not found.
+    // A cluster with the Gateway API's standard CRDs only, from before
+    // BackendTLSPolicy was among them: discovery lists no TLSRoute and no
+    // BackendTLSPolicy, and their lists are not found.
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let ok = http::StatusCode::OK;
     let v1 = resources("gateway.networking.k8s.io/v1", &["httproutes", "gateways"]);
@@ -275,7 +276,12 @@ async fn experimental_gateway_routes_not_installed_do_not_hold_the_first_sync_ba
     let client = Client::new(service, "default");
     let source = KubeSource::with_kinds(
         client,
-        vec![Kind::Namespace, Kind::TcpRoute, Kind::TlsRoute],
+        vec![
+            Kind::Namespace,
+            Kind::TcpRoute,
+            Kind::TlsRoute,
+            Kind::BackendTlsPolicy,
+        ],
     );
     let log = until_synced(source).await;
     assert_eq!(log, vec!["upsert Namespace shop", "synced"], "{log:?}");
@@ -466,9 +472,11 @@ async fn a_forbidden_mesh_config_does_not_hold_the_first_sync_back() {
     assert_eq!(log, vec!["upsert Namespace shop", "synced"], "{log:?}");
 }
 
-/// Answers Secrets of `egress` (checking the type selector) and refuses
-/// those of `locked` (no Role there); any other Secret request fails the
-/// test: the agent reads the namespaces it was given, never cluster-wide.
+/// Answers Secrets and ConfigMaps of `egress` (checking the Secrets' type
+/// selector, and that the ConfigMaps are listed whole, the mesh config with
+/// them) and refuses those of `locked` (no Role there); any other request
+/// fails the test: the agent reads the namespaces it was given, never
+/// cluster-wide.
 async fn secrets_server(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) {
     let mut held = Vec::new();
     while let Some((request, send)) = handle.next_request().await {
@@ -495,7 +503,24 @@ async fn secrets_server(mut handle: tower_test::mock::Handle<Request<Body>, Resp
                 });
                 (200, list("SecretList", "7", vec![secret]))
             }
-            "/api/v1/namespaces/locked/secrets" => {
+            "/api/v1/namespaces/egress/configmaps" => {
+                assert!(
+                    !query.contains("fieldSelector"),
+                    "the namespace's ConfigMaps are listed whole, the mesh config among them, by one watch: {query}"
+                );
+                let maps = vec![
+                    json!({
+                        "metadata": { "name": "partner-ca", "namespace": "egress", "resourceVersion": "8" },
+                        "data": { "ca.crt": "PEM" }
+                    }),
+                    json!({
+                        "metadata": { "name": "istio", "namespace": "egress", "resourceVersion": "9" },
+                        "data": { "mesh": "" }
+                    }),
+                ];
+                (200, list("ConfigMapList", "9", maps))
+            }
+            "/api/v1/namespaces/locked/secrets" | "/api/v1/namespaces/locked/configmaps" => {
                 (403, serde_json::to_vec(&status(403, &path)).expect("JSON"))
             }
             other => panic!("unexpected request {other} {query}"),
@@ -512,15 +537,18 @@ async fn secrets_are_read_only_in_the_namespaces_given() {
     tokio::spawn(secrets_server(handle));
     let client = Client::new(service, "default");
     let source = KubeSource::with_kinds(client, vec![Kind::Namespace, Kind::Secret])
+        .with_mesh_config("egress".into(), "istio".into())
         .with_secret_namespaces(vec!["locked".into(), "egress".into(), "egress".into()]);
     let mut log = until_synced(source).await;
     log.sort();
     // A namespace without a Role does not hold the first sync back: its
-    // credentialNames fail closed.
+    // credentialNames and CA bundles fail closed.
     assert_eq!(
         log,
         vec![
             "synced",
+            "upsert ConfigMap egress/istio",
+            "upsert ConfigMap egress/partner-ca",
             "upsert Namespace shop",
             "upsert Secret egress/partner"
         ],
@@ -563,6 +591,13 @@ async fn revoking_server(mut handle: tower_test::mock::Handle<Request<Body>, Res
             }
             ("/api/v1/namespaces/egress/secrets", true) => {
                 (403, serde_json::to_vec(&status(403, &path)).expect("JSON"))
+            }
+            ("/api/v1/namespaces/egress/configmaps", false) => {
+                (200, list("ConfigMapList", "3", Vec::new()))
+            }
+            ("/api/v1/namespaces/egress/configmaps", true) => {
+                held.push(send);
+                continue;
             }
             (other, _) => panic!("unexpected request {other}"),
         };

@@ -3216,7 +3216,8 @@ spec:
   ports: [{ number: 80, name: http, protocol: HTTP }, { number: 8443, name: admin, protocol: HTTP }]
   resolution: DNS
 ---
-apiVersion: gateway.networking.k8s.io/v1
+# Gateway API 1.2 and 1.3 serve v1alpha3, which has v1's fields.
+apiVersion: gateway.networking.k8s.io/v1alpha3
 kind: BackendTLSPolicy
 metadata: { name: partner, namespace: demo }
 spec:
