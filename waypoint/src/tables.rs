@@ -18,8 +18,8 @@ use std::{
 use tracing::{info, warn};
 use warren_api::{
     config::{
-        BackendTls, Credential, DestinationRule, ExtensionProvider, L7Authentication, L7Authorization,
-        Telemetry, TelemetryDefaults, VirtualService,
+        BackendTls, Credential, DestinationRule, ExtensionProvider, L7Authentication,
+        L7Authorization, Telemetry, TelemetryDefaults, VirtualService,
     },
     key,
 };

@@ -27,6 +27,9 @@ use crate::{
 
 use super::{names_cluster_services, section_port};
 
+/// A policy attached to a target, with the port it names (by name), if any.
+type Attached<'a> = (Option<&'a str>, &'a BackendTLSPolicy);
+
 /// The resources `namespace`'s policies make, by key.
 pub fn in_namespace(
     store: &Store,
@@ -45,8 +48,7 @@ pub fn in_namespace(
         (created, p.metadata.name.clone())
     });
     // Each target's policies, oldest first, with the port they name.
-    let mut targets: BTreeMap<(ParentKind, &str), Vec<(Option<&str>, &BackendTLSPolicy)>> =
-        BTreeMap::new();
+    let mut targets: BTreeMap<(ParentKind, &str), Vec<Attached<'_>>> = BTreeMap::new();
     for policy in &policies {
         for target in &policy.spec.target_refs {
             if let Some(kind) = target.target_kind() {
@@ -148,7 +150,8 @@ fn port_entry(
             .map(|san| san.value().to_owned())
             .collect(),
         ca_certificates,
-        system_roots: validation.well_known_ca_certificates == Some(WellKnownCaCertificates::System),
+        system_roots: validation.well_known_ca_certificates
+            == Some(WellKnownCaCertificates::System),
         error,
     }
 }

@@ -3127,8 +3127,20 @@ fn backend_tls_policies_reach_waypoints_port_by_port_with_their_ca_bundles() {
     assert_eq!(
         tls_ports(&tls),
         [
-            (9000, "demo/admin-port".into(), String::new(), true, String::new()),
-            (0, "demo/whole".into(), "PEM-A\nPEM-B\n".into(), false, String::new()),
+            (
+                9000,
+                "demo/admin-port".into(),
+                String::new(),
+                true,
+                String::new()
+            ),
+            (
+                0,
+                "demo/whole".into(),
+                "PEM-A\nPEM-B\n".into(),
+                false,
+                String::new()
+            ),
         ]
     );
     assert_eq!(tls.ports[1].hostname, "app.demo.example");
@@ -3185,7 +3197,13 @@ fn backend_tls_policies_reach_waypoints_port_by_port_with_their_ca_bundles() {
     let ports = tls_ports(&backend_tls(&view, &key).unwrap());
     assert_eq!(
         ports[1],
-        (0, "demo/later-whole".into(), String::new(), true, String::new())
+        (
+            0,
+            "demo/later-whole".into(),
+            String::new(),
+            true,
+            String::new()
+        )
     );
     // A port renamed: the policy naming it no longer applies there.
     let changed = apply(
@@ -3231,7 +3249,13 @@ spec:
     assert_eq!(tls.hosts, ["partner.example"]);
     assert_eq!(
         tls_ports(&tls),
-        [(80, "demo/partner".into(), String::new(), true, String::new())]
+        [(
+            80,
+            "demo/partner".into(),
+            String::new(),
+            true,
+            String::new()
+        )]
     );
     // The policy arriving after its entry, or the entry after it: the same.
     let gone = delete(&mut store, Kind::ServiceEntry, "demo", "partner");

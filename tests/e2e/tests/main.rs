@@ -16,6 +16,7 @@ mod mesh;
 mod testbed;
 mod waypoint;
 mod waypoint_authz;
+mod waypoint_backend_tls;
 mod waypoint_choice;
 mod waypoint_deploy;
 mod waypoint_egress;

@@ -1036,7 +1036,8 @@ fn limits_with_policy(
             labels: Default::default(),
         },
     );
-    let (table, errors) = crate::upstream::BackendTlsTable::build([("backendtls/egress/api", policy)]);
+    let (table, errors) =
+        crate::upstream::BackendTlsTable::build([("backendtls/egress/api", policy)]);
     let policies = policies.with_backend_tls(table);
     let pool = policies
         .resolve(HOST, namespace, None, port)
@@ -1128,7 +1129,10 @@ async fn a_destination_rules_tls_speaks_before_a_backend_tls_policy() {
     let own = json!({"host": HOST, "trafficPolicy": {"portLevelSettings": [
         {"port": {"number": 443}, "tls": {"mode": "SIMPLE", "insecureSkipVerify": true}}
     ]}});
-    assert_eq!(tls_of(Some(own.clone()), 443), Some(serde_json::Value::Null));
+    assert_eq!(
+        tls_of(Some(own.clone()), 443),
+        Some(serde_json::Value::Null)
+    );
     assert_eq!(tls_of(Some(own), 9000), Some(json!("egress/admin")));
 }
 
