@@ -473,10 +473,10 @@ async fn a_forbidden_mesh_config_does_not_hold_the_first_sync_back() {
 }
 
 /// Answers Secrets and ConfigMaps of `egress` (checking the Secrets' type
-/// selector, and that the ConfigMaps are listed whole, the mesh config with
-/// them) and refuses those of `locked` (no Role there); any other request
-/// fails the test: the agent reads the namespaces it was given, never
-/// cluster-wide.
+/// selector, and that the mesh config, there too, is read by its own watch
+/// and by no other) and refuses those of `locked` (no Role there); any
+/// other request fails the test: the agent reads the namespaces it was
+/// given, never cluster-wide.
 async fn secrets_server(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) {
     let mut held = Vec::new();
     while let Some((request, send)) = handle.next_request().await {
@@ -503,22 +503,25 @@ async fn secrets_server(mut handle: tower_test::mock::Handle<Request<Body>, Resp
                 });
                 (200, list("SecretList", "7", vec![secret]))
             }
+            "/api/v1/namespaces/egress/configmaps"
+                if query.contains("fieldSelector=metadata.name%3Distio") =>
+            {
+                let mesh = json!({
+                    "metadata": { "name": "istio", "namespace": "egress", "resourceVersion": "9" },
+                    "data": { "mesh": "" }
+                });
+                (200, list("ConfigMapList", "9", vec![mesh]))
+            }
             "/api/v1/namespaces/egress/configmaps" => {
                 assert!(
-                    !query.contains("fieldSelector"),
-                    "the namespace's ConfigMaps are listed whole, the mesh config among them, by one watch: {query}"
+                    query.contains("fieldSelector=metadata.name%21%3Distio"),
+                    "the namespace's other ConfigMaps leave the mesh config to its own watch: {query}"
                 );
-                let maps = vec![
-                    json!({
-                        "metadata": { "name": "partner-ca", "namespace": "egress", "resourceVersion": "8" },
-                        "data": { "ca.crt": "PEM" }
-                    }),
-                    json!({
-                        "metadata": { "name": "istio", "namespace": "egress", "resourceVersion": "9" },
-                        "data": { "mesh": "" }
-                    }),
-                ];
-                (200, list("ConfigMapList", "9", maps))
+                let ca = json!({
+                    "metadata": { "name": "partner-ca", "namespace": "egress", "resourceVersion": "8" },
+                    "data": { "ca.crt": "PEM" }
+                });
+                (200, list("ConfigMapList", "8", vec![ca]))
             }
             "/api/v1/namespaces/locked/secrets" | "/api/v1/namespaces/locked/configmaps" => {
                 (403, serde_json::to_vec(&status(403, &path)).expect("JSON"))
@@ -561,6 +564,7 @@ async fn secrets_are_read_only_in_the_namespaces_given() {
 async fn revoking_server(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) {
     let mut held = Vec::new();
     let mut lists = 0;
+    let mut map_lists = 0;
     while let Some((request, send)) = handle.next_request().await {
         let path = request.uri().path().to_owned();
         let is_watch = request
@@ -593,11 +597,19 @@ async fn revoking_server(mut handle: tower_test::mock::Handle<Request<Body>, Res
                 (403, serde_json::to_vec(&status(403, &path)).expect("JSON"))
             }
             ("/api/v1/namespaces/egress/configmaps", false) => {
-                (200, list("ConfigMapList", "3", Vec::new()))
+                map_lists += 1;
+                if map_lists == 1 {
+                    let ca = json!({
+                        "metadata": { "name": "partner-ca", "namespace": "egress", "resourceVersion": "3" },
+                        "data": { "ca.crt": "PEM" }
+                    });
+                    (200, list("ConfigMapList", "3", vec![ca]))
+                } else {
+                    (403, serde_json::to_vec(&status(403, &path)).expect("JSON"))
+                }
             }
             ("/api/v1/namespaces/egress/configmaps", true) => {
-                held.push(send);
-                continue;
+                (403, serde_json::to_vec(&status(403, &path)).expect("JSON"))
             }
             (other, _) => panic!("unexpected request {other}"),
         };
@@ -617,27 +629,27 @@ async fn secrets_no_longer_readable_are_withdrawn() {
     let (tx, mut rx) = mpsc::channel(64);
     tokio::spawn(source.run(tx));
     let mut log = Vec::new();
+    let mut deletes = 0;
     while let Ok(Some(event)) = timeout(Duration::from_secs(10), rx.recv()).await {
-        let deleted = matches!(event, SourceEvent::Delete(_));
+        deletes += usize::from(matches!(event, SourceEvent::Delete(_)));
         log.push(match event {
             SourceEvent::Upsert(o) => format!("upsert {}", o.key()),
             SourceEvent::Delete(key) => format!("delete {key}"),
             SourceEvent::Synced => "synced".into(),
             other => format!("{other:?}"),
         });
-        if deleted {
+        if deletes == 2 {
             break;
         }
     }
-    assert!(
-        log.contains(&"upsert Secret egress/partner".to_owned()),
-        "{log:?}"
-    );
-    assert_eq!(
-        log.last().map(String::as_str),
-        Some("delete Secret egress/partner"),
-        "a Secret the agent may no longer read is withdrawn: {log:?}"
-    );
+    for read in ["Secret egress/partner", "ConfigMap egress/partner-ca"] {
+        let (upsert, delete) = (format!("upsert {read}"), format!("delete {read}"));
+        let at = |line: &str| log.iter().position(|l| l == line);
+        assert!(
+            at(&upsert).is_some() && at(&upsert) < at(&delete),
+            "what the agent may no longer read is withdrawn: {log:?}"
+        );
+    }
 }
 
 /// An API server whose Gateway API CRDs serve TLSRoute at `v1alpha3` only

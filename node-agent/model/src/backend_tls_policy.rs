@@ -6,10 +6,15 @@
 //! must chain to the CA bundle of the named ConfigMaps (or to the system's
 //! trust anchors) and carry `hostname`, or one of `subjectAltNames`.
 //!
-//! The fields are typed and refuse unknown ones, and `options` are refused
-//! (Warren knows none): TLS weaker than the policy asks is never started in
-//! its name. Which policy applies to which port, and the CA bundles, are
-//! the view's business (`node-agent/src/view/backend_tls.rs`).
+//! Refusing a policy would send its targets' traffic without TLS, so only
+//! what the Gateway API's CRD itself refuses makes the object invalid
+//! ([`validate`]). What is valid there but Warren cannot honour (a CA bundle
+//! of another kind, an option, a field it does not know, an IP address as
+//! the server name: [`cannot_honour`]) keeps the policy in force on its
+//! ports, failing their connections closed with the reason. Targets of
+//! other kinds are left to whoever implements them. Which policy applies to
+//! which port, and the CA bundles, are the view's business
+//! (`node-agent/src/view/backend_tls.rs`).
 
 use std::collections::BTreeMap;
 
@@ -37,7 +42,7 @@ const MAX_ALT_NAMES: usize = 5;
     status = "PolicyStatus",
     derive = "PartialEq"
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct BackendTlsPolicySpec {
     /// The Services (or ServiceEntries) of the policy's namespace it applies
     /// to, each whole or one port by name (`sectionName`).
@@ -47,6 +52,10 @@ pub struct BackendTlsPolicySpec {
     /// Implementation-specific settings; Warren has none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
+    /// Fields of a newer Gateway API than Warren knows, kept to fail the
+    /// policy closed rather than ignore what they ask.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 /// A policy's status, written by its controllers; read only so that an
@@ -84,8 +93,8 @@ impl TargetRef {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Validation {
     /// ConfigMaps of the policy's namespace whose `ca.crt` holds the CA
     /// bundle the server must chain to; all of them together.
@@ -93,17 +102,21 @@ pub struct Validation {
     pub ca_certificate_refs: Vec<LocalObjectReference>,
     /// `System`: the trust anchors of the system the waypoint runs on,
     /// instead of `caCertificateRefs`.
+    /// `System` is the one value the Gateway API defines.
     #[serde(
         default,
         rename = "wellKnownCACertificates",
         skip_serializing_if = "Option::is_none"
     )]
-    pub well_known_ca_certificates: Option<WellKnownCaCertificates>,
+    pub well_known_ca_certificates: Option<String>,
     /// The server name asked for (SNI), and the name the certificate must
     /// carry when `subjectAltNames` lists none.
     pub hostname: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<SubjectAltName>,
+    /// As [`BackendTlsPolicySpec::unknown`].
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -115,10 +128,8 @@ pub struct LocalObjectReference {
     pub name: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum WellKnownCaCertificates {
-    System,
-}
+/// The `wellKnownCACertificates` value for the system's trust anchors.
+pub const SYSTEM_CAS: &str = "System";
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -150,9 +161,8 @@ impl SubjectAltName {
     }
 }
 
-/// Checks a BackendTLSPolicy as the Gateway API's CRD and webhook would,
-/// and refuses what Warren cannot honour (targets other than Services and
-/// ServiceEntries, CA bundles other than ConfigMaps, any option).
+/// Checks a BackendTLSPolicy as the Gateway API's CRD does: what fails
+/// here is refused (its last good version, if any, stays in force).
 pub fn validate(policy: &BackendTLSPolicy) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let spec = &policy.spec;
@@ -170,14 +180,8 @@ pub fn validate(policy: &BackendTLSPolicy) -> Vec<FieldError> {
     }
     for (i, target) in spec.target_refs.iter().enumerate() {
         let path = format!("spec.targetRefs[{i}]");
-        if target.target_kind().is_none() {
-            error(
-                format!("{path}.kind"),
-                format!(
-                    "{:?} of group {:?}: Warren applies BackendTLSPolicies to Services (group \"\") and ServiceEntries (group networking.istio.io)",
-                    target.kind, target.group
-                ),
-            );
+        if target.kind.is_empty() {
+            error(format!("{path}.kind"), "required".into());
         }
         if !is_subdomain(&target.name) {
             error(
@@ -204,17 +208,15 @@ pub fn validate(policy: &BackendTLSPolicy) -> Vec<FieldError> {
             "spec.validation.hostname".into(),
             "required: the server name to ask for and check".into(),
         );
-    } else if !is_precise_hostname(hostname) {
+    } else if !is_subdomain(hostname) {
         error(
             "spec.validation.hostname".into(),
-            format!(
-                "{hostname:?} is not a precise host name (lowercase DNS labels, no wildcard, not an IP address)"
-            ),
+            format!("{hostname:?} is not a precise host name (lowercase DNS labels, no wildcard)"),
         );
     }
     match (
         validation.ca_certificate_refs.is_empty(),
-        validation.well_known_ca_certificates,
+        &validation.well_known_ca_certificates,
     ) {
         (true, None) => error(
             "spec.validation".into(),
@@ -236,19 +238,9 @@ pub fn validate(policy: &BackendTLSPolicy) -> Vec<FieldError> {
         );
     }
     for (i, reference) in validation.ca_certificate_refs.iter().enumerate() {
-        let path = format!("spec.validation.caCertificateRefs[{i}]");
-        if !(matches!(reference.group.as_str(), "" | "core") && reference.kind == "ConfigMap") {
-            error(
-                format!("{path}.kind"),
-                format!(
-                    "{:?} of group {:?}: Warren reads CA bundles from ConfigMaps (group \"\", key {CA_KEY})",
-                    reference.kind, reference.group
-                ),
-            );
-        }
         if !is_subdomain(&reference.name) {
             error(
-                format!("{path}.name"),
+                format!("spec.validation.caCertificateRefs[{i}].name"),
                 format!("{:?} is not a valid object name", reference.name),
             );
         }
@@ -265,52 +257,83 @@ pub fn validate(policy: &BackendTLSPolicy) -> Vec<FieldError> {
     for (i, san) in validation.subject_alt_names.iter().enumerate() {
         let path = format!("spec.validation.subjectAltNames[{i}]");
         match san.kind {
-            SanType::Hostname if !san.uri.is_empty() => {
-                error(format!("{path}.uri"), "only with type URI".into())
+            SanType::Hostname if san.hostname.is_empty() || !san.uri.is_empty() => {
+                error(path, "type Hostname takes hostname, and no uri".into())
             }
-            SanType::Hostname if !is_san_hostname(&san.hostname) => error(
-                format!("{path}.hostname"),
-                format!(
-                    "{:?} is not a host name (DNS labels, a wildcard first label allowed)",
-                    san.hostname
-                ),
-            ),
-            SanType::Uri if !san.hostname.is_empty() => {
-                error(format!("{path}.hostname"), "only with type Hostname".into())
+            SanType::Uri if san.uri.is_empty() || !san.hostname.is_empty() => {
+                error(path, "type URI takes uri, and no hostname".into())
             }
-            SanType::Uri if !is_absolute_uri(&san.uri) => error(
-                format!("{path}.uri"),
-                format!(
-                    "{:?} is not an absolute URI (scheme://…, e.g. spiffe://trust.domain/ns/x/sa/y)",
-                    san.uri
-                ),
-            ),
+            _ => {}
+        }
+    }
+    errors
+}
+
+/// What a valid policy asks that Warren cannot do, each with its field: the
+/// policy then refuses its ports' connections with these reasons (it is
+/// never dropped, which would send them without TLS). Targets of kinds
+/// other than Services and ServiceEntries are not among them: the policy
+/// does not apply to those here.
+pub fn cannot_honour(policy: &BackendTLSPolicy) -> Vec<String> {
+    let spec = &policy.spec;
+    let validation = &spec.validation;
+    let mut reasons = Vec::new();
+    if validation.hostname.parse::<std::net::IpAddr>().is_ok() {
+        reasons.push(format!(
+            "validation.hostname {:?} is an IP address, which cannot be a TLS server name",
+            validation.hostname
+        ));
+    }
+    if let Some(known) = &validation.well_known_ca_certificates
+        && known != SYSTEM_CAS
+    {
+        reasons.push(format!(
+            "validation.wellKnownCACertificates {known:?}: Warren knows {SYSTEM_CAS:?} only"
+        ));
+    }
+    for (i, reference) in validation.ca_certificate_refs.iter().enumerate() {
+        if !(matches!(reference.group.as_str(), "" | "core") && reference.kind == "ConfigMap") {
+            reasons.push(format!(
+                "validation.caCertificateRefs[{i}]: {:?} of group {:?}; Warren reads CA bundles from ConfigMaps (key {CA_KEY})",
+                reference.kind, reference.group
+            ));
+        }
+    }
+    for (i, san) in validation.subject_alt_names.iter().enumerate() {
+        match san.kind {
+            SanType::Hostname if !is_san_hostname(&san.hostname) => reasons.push(format!(
+                "validation.subjectAltNames[{i}].hostname {:?} is not a DNS name",
+                san.hostname
+            )),
+            SanType::Uri if !is_absolute_uri(&san.uri) => reasons.push(format!(
+                "validation.subjectAltNames[{i}].uri {:?} is not an absolute URI",
+                san.uri
+            )),
             _ => {}
         }
     }
     for option in spec.options.keys() {
-        error(
-            format!("spec.options.{option}"),
-            "Warren knows no BackendTLSPolicy option; it refuses the policy rather than start TLS other than it asks".into(),
-        );
+        reasons.push(format!(
+            "options.{option}: Warren knows no BackendTLSPolicy option, and starts no TLS other than the policy asks"
+        ));
     }
-    errors
+    let unknown = (spec.unknown.keys().map(|k| format!("spec.{k}")))
+        .chain(validation.unknown.keys().map(|k| format!("validation.{k}")));
+    for field in unknown {
+        reasons.push(format!("{field}: a field Warren does not know"));
+    }
+    reasons
 }
 
 fn is_subdomain(name: &str) -> bool {
     !name.is_empty() && name.len() <= 253 && name.split('.').all(is_dns1123_label)
 }
 
-/// The Gateway API's `PreciseHostname`: no wildcard, no IP address.
-fn is_precise_hostname(name: &str) -> bool {
-    name.parse::<std::net::IpAddr>().is_err() && is_subdomain(name)
-}
-
-/// A certificate's DNS name as a policy may expect it: a precise name, or
-/// one whose first label is `*`.
+/// A certificate's DNS name as a policy may expect it: a precise name (not
+/// an IP address), or one whose first label is `*`.
 fn is_san_hostname(name: &str) -> bool {
     let rest = name.strip_prefix("*.").unwrap_or(name);
-    is_precise_hostname(rest)
+    rest.parse::<std::net::IpAddr>().is_err() && is_subdomain(rest)
 }
 
 fn is_absolute_uri(uri: &str) -> bool {
@@ -330,18 +353,18 @@ mod tests {
 
     use super::*;
 
-    fn policy(spec: serde_json::Value) -> Result<BackendTLSPolicy, String> {
+    fn policy(spec: serde_json::Value) -> BackendTLSPolicy {
         serde_json::from_value(json!({
             "apiVersion": "gateway.networking.k8s.io/v1",
             "kind": "BackendTLSPolicy",
             "metadata": { "name": "tls", "namespace": "shop" },
             "spec": spec,
         }))
-        .map_err(|e| e.to_string())
+        .expect("parses")
     }
 
     fn errors(spec: serde_json::Value) -> Vec<String> {
-        validate(&policy(spec).expect("parses"))
+        validate(&policy(spec))
             .into_iter()
             .map(|e| format!("{}: {}", e.path, e.reason))
             .collect()
@@ -353,6 +376,8 @@ mod tests {
             "targetRefs": [
                 { "group": "", "kind": "Service", "name": "api", "sectionName": "https" },
                 { "group": "networking.istio.io", "kind": "ServiceEntry", "name": "partner" },
+                // Another implementation's kind: not Warren's to apply.
+                { "group": "inference.networking.k8s.io", "kind": "InferencePool", "name": "llm" },
             ],
             "validation": {
                 "caCertificateRefs": [{ "group": "", "kind": "ConfigMap", "name": "api-ca" }],
@@ -364,83 +389,113 @@ mod tests {
             },
         });
         assert_eq!(errors(spec.clone()), Vec::<String>::new());
-        let parsed = policy(spec).unwrap();
+        let parsed = policy(spec);
+        assert_eq!(cannot_honour(&parsed), Vec::<String>::new());
+        let kinds: Vec<_> = parsed
+            .spec
+            .target_refs
+            .iter()
+            .map(TargetRef::target_kind)
+            .collect();
         assert_eq!(
-            parsed.spec.target_refs[1].target_kind(),
-            Some(ParentKind::ServiceEntry)
+            kinds,
+            [
+                Some(ParentKind::Service),
+                Some(ParentKind::ServiceEntry),
+                None
+            ]
         );
         assert_eq!(
             parsed.spec.validation.subject_alt_names[1].value(),
             "spiffe://cluster.local/ns/shop/sa/api"
         );
-        assert_eq!(
-            errors(json!({
-                "targetRefs": [{ "group": "", "kind": "Service", "name": "api" }],
-                "validation": { "wellKnownCACertificates": "System", "hostname": "api.example" },
-            })),
-            Vec::<String>::new()
-        );
+        let system = json!({
+            "targetRefs": [{ "group": "", "kind": "Service", "name": "api" }],
+            "validation": { "wellKnownCACertificates": "System", "hostname": "api.example" },
+        });
+        assert_eq!(errors(system.clone()), Vec::<String>::new());
+        assert_eq!(cannot_honour(&policy(system)), Vec::<String>::new());
     }
 
     #[test]
-    fn what_cannot_be_honoured_is_refused_by_path() {
+    fn what_the_crd_refuses_is_refused_by_path() {
         let found = errors(json!({
             "targetRefs": [
-                { "group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint" },
                 { "group": "", "kind": "Service", "name": "api", "sectionName": "HTTPS" },
                 { "group": "", "kind": "Service", "name": "api", "sectionName": "HTTPS" },
             ],
             "validation": {
-                "caCertificateRefs": [{ "group": "", "kind": "Secret", "name": "api-ca" }],
+                "caCertificateRefs": [{ "group": "", "kind": "ConfigMap", "name": "Api CA" }],
                 "wellKnownCACertificates": "System",
                 "hostname": "*.shop.example",
                 "subjectAltNames": [
-                    { "type": "URI", "uri": "not a uri" },
+                    { "type": "URI", "hostname": "a.example" },
                     { "type": "Hostname", "hostname": "a.example", "uri": "spiffe://x/y" },
                 ],
             },
-            "options": { "example.com/min-version": "1.3" },
         }));
         let paths: Vec<&str> = found
             .iter()
-            .map(|e| e.split(':').next().unwrap_or_default())
+            .map(|e| e.split(": ").next().unwrap_or_default())
             .collect();
         assert_eq!(
             paths,
             [
-                "spec.targetRefs[0].kind",
+                "spec.targetRefs[0].sectionName",
                 "spec.targetRefs[1].sectionName",
-                "spec.targetRefs[2].sectionName",
-                "spec.targetRefs[2]",
+                "spec.targetRefs[1]",
                 "spec.validation.hostname",
                 "spec.validation",
-                "spec.validation.caCertificateRefs[0].kind",
-                "spec.validation.subjectAltNames[0].uri",
-                "spec.validation.subjectAltNames[1].uri",
-                "spec.options.example.com/min-version",
+                "spec.validation.caCertificateRefs[0].name",
+                "spec.validation.subjectAltNames[0]",
+                "spec.validation.subjectAltNames[1]",
             ],
             "{found:#?}"
         );
-        // No target, no CA, an IP address for a host name.
-        let found = errors(json!({
-            "targetRefs": [],
-            "validation": { "hostname": "10.0.0.1" },
+        // No target, no CA.
+        let found = errors(json!({ "targetRefs": [], "validation": { "hostname": "a.example" } }));
+        assert_eq!(found.len(), 2, "{found:#?}");
+    }
+
+    #[test]
+    fn what_warren_cannot_do_keeps_the_policy_to_fail_closed() {
+        let asked = policy(json!({
+            "targetRefs": [{ "group": "", "kind": "Service", "name": "api" }],
+            "validation": {
+                "caCertificateRefs": [{ "group": "", "kind": "Secret", "name": "api-ca" }],
+                "hostname": "10.0.0.1",
+                "subjectAltNames": [
+                    { "type": "URI", "uri": "not a uri" },
+                    { "type": "Hostname", "hostname": "10.0.0.2" },
+                ],
+                "crlRefs": [{ "name": "revoked" }],
+            },
+            "options": { "example.com/min-version": "1.3" },
+            "futureField": true,
         }));
-        assert_eq!(found.len(), 3, "{found:#?}");
-        // A field Warren does not know is refused when read.
-        assert!(
-            policy(json!({
-                "targetRefs": [{ "group": "", "kind": "Service", "name": "api" }],
-                "validation": { "hostname": "a.example", "wellKnownCACertificates": "System", "ocsp": true },
-            }))
-            .is_err()
+        assert_eq!(validate(&asked), Vec::new(), "valid as the CRD sees it");
+        let reasons = cannot_honour(&asked);
+        let fields: Vec<&str> = reasons
+            .iter()
+            .map(|e| e.split([' ', ':']).next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "validation.hostname",
+                "validation.caCertificateRefs[0]",
+                "validation.subjectAltNames[0].uri",
+                "validation.subjectAltNames[1].hostname",
+                "options.example.com/min-version",
+                "spec.futureField",
+                "validation.crlRefs",
+            ],
+            "{reasons:#?}"
         );
-        assert!(
-            policy(json!({
-                "targetRefs": [{ "group": "", "kind": "Service", "name": "api" }],
-                "validation": { "hostname": "a.example", "wellKnownCACertificates": "Mozilla" },
-            }))
-            .is_err()
-        );
+        let other_cas = policy(json!({
+            "targetRefs": [{ "group": "", "kind": "Service", "name": "api" }],
+            "validation": { "hostname": "a.example", "wellKnownCACertificates": "Mozilla" },
+        }));
+        assert_eq!(cannot_honour(&other_cas).len(), 1);
     }
 }

@@ -324,17 +324,10 @@ impl KubeSource {
     }
 
     fn watches(&self) -> Vec<Watch> {
-        // The mesh config's namespace watched whole sees the mesh config
-        // too: one watch of it, not two that would each add and delete it.
-        let mesh_namespace_whole = self
-            .mesh_config
-            .as_ref()
-            .is_some_and(|(ns, _)| self.secret_namespaces.contains(ns));
         let mut watches: Vec<Watch> = self
             .kinds
             .iter()
             .filter(|&&kind| KINDS.iter().any(|k| k.0 == kind))
-            .filter(|&&kind| !(kind == Kind::ConfigMap && mesh_namespace_whole))
             .map(|&kind| Watch {
                 kind,
                 namespace: None,
@@ -515,11 +508,22 @@ async fn follow(
             plural,
         );
         let (api, config) = match (kind, &mesh_config, &watch.namespace) {
-            // The ConfigMaps of a namespace named for credentials.
-            (Kind::ConfigMap, _, Some(namespace)) => (
-                Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource),
-                watcher::Config::default(),
-            ),
+            // The ConfigMaps of a namespace named for credentials; in the
+            // mesh config's namespace, all but the mesh config, which its
+            // own watch (by name, with a Role of its own) reads: one watch
+            // per object, so that neither deletes what the other holds.
+            (Kind::ConfigMap, mesh, Some(namespace)) => {
+                let config = match mesh {
+                    Some((mesh_namespace, name)) if mesh_namespace == namespace => {
+                        watcher::Config::default().fields(&format!("metadata.name!={name}"))
+                    }
+                    _ => watcher::Config::default(),
+                };
+                (
+                    Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource),
+                    config,
+                )
+            }
             // One object, by name: the agent may read no other ConfigMap
             // cluster-wide.
             (Kind::ConfigMap, Some((namespace, name)), None) => (

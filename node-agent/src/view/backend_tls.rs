@@ -6,8 +6,10 @@
 //! (`sectionName`) beats one for the whole target, and among equals the
 //! oldest (then the first by name) wins. A policy whose ConfigMaps cannot
 //! all be read (missing, without `ca.crt`, or in a namespace the agent may
-//! not read) still wins its ports, carrying why: the waypoint refuses their
-//! connections rather than reach the server unchecked or in plaintext.
+//! not read), or that asks what Warren cannot do
+//! ([`cannot_honour`]), still wins its ports, carrying why: the waypoint
+//! refuses their connections rather than reach the server unchecked or in
+//! plaintext.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,7 +21,7 @@ use warren_api::{
 use crate::{
     model::{
         Kind, Object, ObjectKey,
-        backend_tls_policy::{BackendTLSPolicy, CA_KEY, WellKnownCaCertificates},
+        backend_tls_policy::{BackendTLSPolicy, CA_KEY, SYSTEM_CAS, SanType, cannot_honour},
         http_route::ParentKind,
     },
     store::Store,
@@ -130,7 +132,8 @@ fn target(
     }
 }
 
-/// What `policy` asks on `port` (0: every port), its CA bundle read.
+/// What `policy` asks on `port` (0: every port), its CA bundle read, or
+/// why it cannot be honoured.
 fn port_entry(
     store: &Store,
     namespace: &str,
@@ -139,19 +142,28 @@ fn port_entry(
 ) -> BackendTlsPort {
     let validation = &policy.spec.validation;
     let name = policy.metadata.name.as_deref().unwrap_or_default();
-    let (ca_certificates, error) = ca_bundle(store, namespace, policy);
+    let sans = |kind: SanType| {
+        validation
+            .subject_alt_names
+            .iter()
+            .filter(|san| san.kind == kind)
+            .map(|san| san.value().to_owned())
+            .collect()
+    };
+    let cannot = cannot_honour(policy);
+    let (ca_certificates, error) = if cannot.is_empty() {
+        ca_bundle(store, namespace, policy)
+    } else {
+        (Vec::new(), cannot.join("; "))
+    };
     BackendTlsPort {
         port: u32::from(port),
         policy: format!("{namespace}/{name}"),
         hostname: validation.hostname.clone(),
-        subject_alt_names: validation
-            .subject_alt_names
-            .iter()
-            .map(|san| san.value().to_owned())
-            .collect(),
+        subject_alt_names: sans(SanType::Hostname),
+        uri_subject_alt_names: sans(SanType::Uri),
         ca_certificates,
-        system_roots: validation.well_known_ca_certificates
-            == Some(WellKnownCaCertificates::System),
+        system_roots: validation.well_known_ca_certificates.as_deref() == Some(SYSTEM_CAS),
         error,
     }
 }

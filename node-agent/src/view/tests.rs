@@ -3144,8 +3144,10 @@ fn backend_tls_policies_reach_waypoints_port_by_port_with_their_ca_bundles() {
         ]
     );
     assert_eq!(tls.ports[1].hostname, "app.demo.example");
+    // Names by type: a URI is matched with URIs alone.
+    assert!(tls.ports[1].subject_alt_names.is_empty());
     assert_eq!(
-        tls.ports[1].subject_alt_names,
+        tls.ports[1].uri_subject_alt_names,
         ["spiffe://cluster.local/ns/demo/sa/app"]
     );
     assert!(backend_tls(&view, &key::backend_tls("demo", "missing")).is_none());
@@ -3270,5 +3272,54 @@ spec:
         tls_ports(&backend_tls(&view, &key).unwrap())[0].0,
         443,
         "the port the section names now"
+    );
+}
+
+#[test]
+fn a_backend_tls_policy_warren_cannot_honour_holds_its_ports_closed() {
+    let (_, view) = built(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: { name: zeta, namespace: demo, creationTimestamp: "2026-01-01T00:00:01Z" }
+spec:
+  targetRefs: [{ group: "", kind: Service, name: app }]
+  validation: { wellKnownCACertificates: System, hostname: zeta.example }
+---
+# As old as zeta: the first by name wins.
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: { name: alpha, namespace: demo, creationTimestamp: "2026-01-01T00:00:01Z" }
+spec:
+  targetRefs: [{ group: "", kind: Service, name: app }]
+  validation: { wellKnownCACertificates: System, hostname: alpha.example }
+---
+# A CA bundle of a kind Warren does not read, and a target of a kind it
+# does not apply policies to: the policy holds port http, closed.
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: { name: secret-ca, namespace: demo }
+spec:
+  targetRefs:
+  - { group: "", kind: Service, name: app, sectionName: http }
+  - { group: inference.networking.k8s.io, kind: InferencePool, name: llm }
+  validation:
+    caCertificateRefs: [{ group: "", kind: Secret, name: app-ca }]
+    hostname: app.demo.example
+  options: { example.com/min-version: "1.3" }
+"#,
+    );
+    let ports = tls_ports(&backend_tls(&view, &key::backend_tls("demo", "app")).unwrap());
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    assert_eq!((ports[0].0, ports[0].1.as_str()), (80, "demo/secret-ca"));
+    assert!(
+        ports[0].4.contains("caCertificateRefs[0]")
+            && ports[0].4.contains("options.example.com/min-version")
+            && ports[0].2.is_empty(),
+        "{ports:?}"
+    );
+    assert_eq!(
+        ports[1],
+        (0, "demo/alpha".into(), String::new(), true, String::new())
     );
 }

@@ -2,10 +2,12 @@
 //! is in force on which port of which host, its CA bundle read in),
 //! compiled into the TLS the waypoint starts to a host's endpoints.
 //!
-//! They speak only where no DestinationRule's `tls` does: a rule written for
-//! the host and port (at any level, `DISABLE` included) is the operator's
-//! last word, as Istio lets a DestinationRule override what it converts a
-//! BackendTLSPolicy into.
+//! They speak only where no DestinationRule's `tls` for that very host does:
+//! a rule written for the host and port (at any level, `DISABLE` included)
+//! is the operator's last word, as Istio lets a DestinationRule of the host
+//! override what it converts a BackendTLSPolicy into. A wildcard rule's
+//! `tls` (a mesh-wide `*.local` with `ISTIO_MUTUAL`, say) gives way to the
+//! policy, as the exact host the policy makes would win over it in Istio.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -38,8 +40,8 @@ pub struct BackendTlsError {
 
 impl BackendTlsTable {
     /// Compiles the targets' policies, in any order. A host two targets of
-    /// one namespace share (two ServiceEntries naming it) keeps the first
-    /// target's ports, by resource key.
+    /// one namespace share (two ServiceEntries naming it) has the ports of
+    /// both: on a port both speak for, the first target's by resource key.
     pub fn build<'a>(
         targets: impl IntoIterator<Item = (&'a str, &'a BackendTls)>,
     ) -> (BackendTlsTable, Vec<BackendTlsError>) {
@@ -50,7 +52,10 @@ impl BackendTlsTable {
         for (_, target) in targets {
             let mut ports = Ports::default();
             for port in &target.ports {
-                let number = u16::try_from(port.port).unwrap_or_default();
+                // The agent sends service ports; anything else is no port.
+                let Ok(number) = u16::try_from(port.port) else {
+                    continue;
+                };
                 let (mode, error) = TlsSettings::compile_backend(port);
                 if let Some(reason) = error {
                     errors.push(BackendTlsError {
@@ -70,7 +75,15 @@ impl BackendTlsTable {
             }
             for host in &target.hosts {
                 let key = (normal(host), target.namespace.clone());
-                table.hosts.entry(key).or_insert_with(|| ports.clone());
+                let held = table.hosts.entry(key).or_default();
+                for (number, settings) in &ports.each {
+                    if !held.each.iter().any(|(p, _)| p == number) {
+                        held.each.push((*number, Arc::clone(settings)));
+                    }
+                }
+                if held.rest.is_none() {
+                    held.rest.clone_from(&ports.rest);
+                }
             }
         }
         (table, errors)

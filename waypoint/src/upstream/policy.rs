@@ -380,6 +380,9 @@ pub struct Policies {
 #[derive(Debug)]
 struct Rule {
     from: Vec<String>,
+    /// For a wildcard host (`*.local`): its `tls` gives way to a
+    /// BackendTLSPolicy of the host (see `backend_tls.rs`).
+    wildcard: bool,
     top: Option<Compiled>,
     subsets: Vec<CompiledSubset>,
 }
@@ -457,7 +460,8 @@ impl Policies {
                 tls: &mut tls,
                 credentials,
             };
-            let rule = compile_rule(&mut cx, &input.spec);
+            let mut rule = compile_rule(&mut cx, &input.spec);
+            rule.wildcard = input.host.starts_with('*');
             let export_to = ExportTo::new(&input.spec.export_to);
             let selector = input
                 .spec
@@ -537,13 +541,19 @@ impl Policies {
         };
         let mut parts = merge_parts(rule.top.as_ref(), subset_policy, port);
         let mut pool = parts.pool.take().unwrap_or_default();
-        match parts.tls.take() {
+        let policy_tls = self.backend_tls.get(host, namespace, port);
+        // A rule of this very host speaks first; a wildcard rule's `tls`
+        // gives way to a policy of the host.
+        let rule_tls = parts
+            .tls
+            .take()
+            .filter(|_| !rule.wildcard || policy_tls.is_none());
+        match rule_tls {
             Some(TlsMode::Originate(settings)) => pool.tls = Some(settings.for_host(host)),
             Some(TlsMode::MeshOnly) => pool.mesh_tls_only = true,
             Some(TlsMode::Disable) => {}
-            // No rule speaks of TLS here: a BackendTLSPolicy may.
             None => {
-                if let Some(settings) = self.backend_tls.get(host, namespace, port) {
+                if let Some(settings) = policy_tls {
                     pool.tls = Some(settings.for_host(host));
                 }
             }
@@ -686,6 +696,7 @@ fn compile_rule(cx: &mut Ctx<'_>, spec: &DestinationRuleSpec) -> Rule {
     }
     Rule {
         from: vec![format!("{}/{}", cx.namespace, cx.name)],
+        wildcard: false,
         top,
         subsets,
     }

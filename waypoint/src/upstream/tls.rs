@@ -43,6 +43,7 @@ use warren_model::{
     cluster::CA_SECRET_SUFFIX,
     istio::{ClientTlsMode, ClientTlsSettings},
 };
+use warren_ztunnel::tls::AltName;
 use webpki::{
     CertRevocationList, ExpirationPolicy, RevocationCheckDepth, RevocationOptionsBuilder,
     UnknownStatusPolicy,
@@ -189,38 +190,55 @@ impl TlsSettings {
     /// What a BackendTLSPolicy asks on a port (see `backend_tls.rs`):
     /// `SIMPLE` to the server named `hostname`, whose certificate must chain
     /// to the policy's CA bundle (or the system's trust anchors) and carry
-    /// one of `subject_alt_names`, or `hostname` when it lists none. With
-    /// `error` (what the agent could not read for it), the settings fail
+    /// one of its DNS `subject_alt_names` or URI `uri_subject_alt_names`, or
+    /// `hostname` when it lists none. With `error` (what the agent could not
+    /// read for it, or what Warren cannot do of it), the settings fail
     /// closed with it.
     pub fn compile_backend(policy: &BackendTlsPort) -> (TlsMode, Option<String>) {
-        // The hostname listed as the name to check when no other is: the
-        // check is then the policy's own, never a ServiceEntry's names.
-        let names = if policy.subject_alt_names.is_empty() {
+        let (dns, uris) = (&policy.subject_alt_names, &policy.uri_subject_alt_names);
+        // The hostname is the name to check when no other is listed: the
+        // check is then the policy's own, never a ServiceEntry's names. A
+        // URI is matched with URIs alone.
+        let mut expected: Vec<Expected> = dns.iter().map(|san| Expected::parse(san)).collect();
+        expected.extend(uris.iter().map(|uri| Expected::Uri(uri.clone())));
+        if expected.is_empty() {
+            expected.push(Expected::parse(&policy.hostname));
+        }
+        let shown = if dns.is_empty() && uris.is_empty() {
             vec![policy.hostname.clone()]
         } else {
-            policy.subject_alt_names.clone()
+            dns.iter().chain(uris).cloned().collect()
         };
+        // For display and equality: the URIs are told apart by their
+        // scheme, which no DNS name has.
         let spec = ClientTlsSettings {
             mode: Some(ClientTlsMode::Simple),
             sni: policy.hostname.clone(),
-            subject_alt_names: names,
+            subject_alt_names: shown,
             ..ClientTlsSettings::default()
         };
         let what = format!("BackendTLSPolicy {}", policy.policy);
         let mut material = Material::default();
         let configs = if !policy.error.is_empty() {
             Err(format!("{what}: {}", policy.error))
-        } else if policy.system_roots {
-            build(&spec, false, None, &mut material, &Credentials::new())
         } else {
-            // The bundle's bytes make the settings what they are: another
-            // bundle, other settings (and new connections).
-            policy.ca_certificates.hash(&mut material.digest);
-            let ca = Pem {
-                what: format!("{what} (caCertificateRefs)"),
-                bytes: policy.ca_certificates.clone(),
-            };
-            build(&spec, false, Some(ca), &mut material, &Credentials::new())
+            let ca = (!policy.system_roots).then(|| {
+                // The bundle's bytes make the settings what they are:
+                // another bundle, other settings (and new connections).
+                policy.ca_certificates.hash(&mut material.digest);
+                Pem {
+                    what: format!("{what} (caCertificateRefs)"),
+                    bytes: policy.ca_certificates.clone(),
+                }
+            });
+            let backend = Backend { ca, expected };
+            build(
+                &spec,
+                false,
+                Some(backend),
+                &mut material,
+                &Credentials::new(),
+            )
         }
         .map(Arc::new);
         TlsSettings::compiled(spec, Some(policy.policy.clone()), configs, material)
@@ -517,15 +535,26 @@ impl Pem {
     }
 }
 
-/// The client configs `spec` asks for; `inline_ca`, when given, is the CA
-/// bundle (a BackendTLSPolicy's), in place of files and credentials.
+/// What a BackendTLSPolicy gives in place of a rule's files, credentials
+/// and `subjectAltNames`: its CA bundle (`None`: the system's anchors) and
+/// the names, typed, the certificate must carry one of.
+struct Backend {
+    ca: Option<Pem>,
+    expected: Vec<Expected>,
+}
+
+/// The client configs `spec` asks for, or a BackendTLSPolicy's (`backend`).
 fn build(
     spec: &ClientTlsSettings,
     mutual: bool,
-    inline_ca: Option<Pem>,
+    backend: Option<Backend>,
     material: &mut Material,
     credentials: &Credentials,
 ) -> Result<Configs, String> {
+    let (inline_ca, backend_expected) = match backend {
+        Some(Backend { ca, expected }) => (ca, Some(expected)),
+        None => (None, None),
+    };
     let credential = match spec.credential_name.as_str() {
         "" => None,
         name => Some(material.credential(name, mutual, credentials)?),
@@ -575,11 +604,12 @@ fn build(
         Check::Chain {
             roots,
             crls: Arc::new(crls),
-            expected: spec
-                .subject_alt_names
-                .iter()
-                .map(|san| Expected::parse(san))
-                .collect(),
+            expected: backend_expected.unwrap_or_else(|| {
+                spec.subject_alt_names
+                    .iter()
+                    .map(|san| Expected::parse(san))
+                    .collect()
+            }),
         }
     };
     let verifier = Arc::new(Verifier {
@@ -661,6 +691,9 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
 enum Expected {
     Name(ServerName<'static>),
     Exactly(String),
+    /// A BackendTLSPolicy's `URI` name: one of the certificate's URI SANs,
+    /// as written (never a DNS SAN of the same text).
+    Uri(String),
 }
 
 impl Expected {
@@ -676,6 +709,11 @@ impl Expected {
             Expected::Name(name) => verify_server_name(cert, name).is_ok(),
             Expected::Exactly(san) => warren_ztunnel::tls::alt_names(der)
                 .is_ok_and(|names| names.iter().any(|name| name.as_str() == san)),
+            Expected::Uri(uri) => warren_ztunnel::tls::alt_names(der).is_ok_and(|names| {
+                names
+                    .iter()
+                    .any(|name| matches!(name, AltName::Uri(u) if u == uri))
+            }),
         }
     }
 }

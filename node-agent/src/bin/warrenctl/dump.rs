@@ -183,6 +183,7 @@ pub fn resource_json(r: &Resource) -> Value {
                 "ports": b.ports.iter().map(|p| json!({
                     "port": p.port, "policy": p.policy, "hostname": p.hostname,
                     "subjectAltNames": p.subject_alt_names,
+                    "uriSubjectAltNames": p.uri_subject_alt_names,
                     "caCertificates": !p.ca_certificates.is_empty(),
                     "systemRoots": p.system_roots,
                     "error": (!p.error.is_empty()).then_some(&p.error),

@@ -989,7 +989,8 @@ async fn a_credentials_revocation_list_refuses_a_revoked_server() {
 }
 
 /// A BackendTLSPolicy on [`HOST`] (of namespace `egress`), as the agent
-/// sends it: `ports` are (port, policy, CA bundle, subjectAltNames, error).
+/// sends it: `ports` are (port, policy, CA bundle, subjectAltNames, error);
+/// a name with a scheme is a URI.
 fn backend_tls(ports: &[(u32, &str, &str, &[&str], &str)]) -> warren_api::config::BackendTls {
     warren_api::config::BackendTls {
         namespace: "egress".into(),
@@ -1002,7 +1003,16 @@ fn backend_tls(ports: &[(u32, &str, &str, &[&str], &str)]) -> warren_api::config
                     port,
                     policy: policy.into(),
                     hostname: "backend.internal".into(),
-                    subject_alt_names: names.iter().map(|n| (*n).to_owned()).collect(),
+                    subject_alt_names: names
+                        .iter()
+                        .filter(|n| !n.contains("://"))
+                        .map(|n| (*n).to_owned())
+                        .collect(),
+                    uri_subject_alt_names: names
+                        .iter()
+                        .filter(|n| n.contains("://"))
+                        .map(|n| (*n).to_owned())
+                        .collect(),
                     ca_certificates: ca.as_bytes().to_vec(),
                     system_roots: ca.is_empty(),
                     error: error.into(),
@@ -1102,6 +1112,60 @@ async fn a_backend_tls_policy_asks_for_its_hostname_and_checks_it_against_its_bu
     };
     let seen_now = seen.recv().await.expect("a handshake").expect("accepted");
     assert_eq!(seen_now.sni.as_deref(), Some("backend.internal"));
+
+    // A URI is one of the certificate's URIs, never its DNS names.
+    let identity = "spiffe://cluster.local/ns/egress/sa/api";
+    let (addr, _seen) = server(
+        &ca.server_with(&["backend.internal"], &[identity])
+            .expect("leaf"),
+        None,
+    )
+    .await;
+    let (limits, _) = limits_with_policy(
+        None,
+        &backend_tls(&[(0, "egress/api", &ca.root_pem, &[identity], "")]),
+        "egress",
+        443,
+    );
+    connector()
+        .connect(addr, &limits, Speaks::Http1)
+        .await
+        .expect("the certificate carries the URI");
+    let other = "spiffe://cluster.local/ns/egress/sa/other";
+    let (limits, _) = limits_with_policy(
+        None,
+        &backend_tls(&[(0, "egress/api", &ca.root_pem, &[other], "")]),
+        "egress",
+        443,
+    );
+    let refused = connector().connect(addr, &limits, Speaks::Http1).await;
+    assert!(
+        matches!(refused, Err(ConnectError::TlsHandshake { .. })),
+        "a URI the certificate lacks, though its hostname is there"
+    );
+}
+
+#[test]
+fn targets_sharing_a_host_keep_each_others_ports() {
+    let ca = Authority::new("backend root").expect("ca");
+    let a = backend_tls(&[(80, "egress/a", &ca.root_pem, &[], "")]);
+    let b = backend_tls(&[
+        (80, "egress/b80", "", &[], ""),
+        (0, "egress/b", "", &[], ""),
+    ]);
+    let (table, errors) = crate::upstream::BackendTlsTable::build([
+        ("backendtls/egress/serviceentry:b", &b),
+        ("backendtls/egress/serviceentry:a", &a),
+    ]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let policy_on = |port| {
+        table
+            .get(HOST, "egress", port)
+            .map(|settings| settings.for_host(HOST).describe()["backend_tls_policy"].clone())
+    };
+    // Port 80: the first target's by key; every other port: the other's.
+    assert_eq!(policy_on(80), Some(json!("egress/a")));
+    assert_eq!(policy_on(443), Some(json!("egress/b")));
 }
 
 #[tokio::test]
@@ -1134,6 +1198,44 @@ async fn a_destination_rules_tls_speaks_before_a_backend_tls_policy() {
         Some(serde_json::Value::Null)
     );
     assert_eq!(tls_of(Some(own), 9000), Some(json!("egress/admin")));
+    // A wildcard rule's tls (a mesh-wide ISTIO_MUTUAL, say) gives way to a
+    // policy of the host itself.
+    let wildcard = |tls: serde_json::Value| {
+        let rules = DrInput {
+            namespace: "egress".into(),
+            name: "mesh-wide".into(),
+            created: 0,
+            host: "*.test".into(),
+            spec: serde_json::from_value(json!({"host": "*.test", "trafficPolicy": {"tls": tls}}))
+                .expect("valid"),
+        };
+        let (policies, _) = Policies::build(
+            [rules],
+            Scope {
+                namespace: "egress".into(),
+                root: "istio-system".into(),
+                labels: Default::default(),
+            },
+        );
+        let (table, _) = crate::upstream::BackendTlsTable::build([("k", &policy)]);
+        let pool = policies
+            .with_backend_tls(table)
+            .resolve(HOST, "egress", None, 443)
+            .expect("resolves")
+            .pool;
+        (
+            pool.tls.map(|t| t.describe()["backend_tls_policy"].clone()),
+            pool.mesh_tls_only,
+        )
+    };
+    assert_eq!(
+        wildcard(json!({"mode": "ISTIO_MUTUAL"})),
+        (Some(json!("egress/api")), false)
+    );
+    assert_eq!(
+        wildcard(json!({"mode": "DISABLE"})),
+        (Some(json!("egress/api")), false)
+    );
 }
 
 #[tokio::test]
@@ -1160,6 +1262,16 @@ async fn a_backend_tls_policy_that_cannot_be_honoured_refuses_its_connections() 
             refused.err()
         );
     }
+    // A connection made now is the first the server sees: the refused
+    // ones never reached it.
+    let good = backend_tls(&[(0, "egress/api", &ca.root_pem, &[], "")]);
+    let (limits, _) = limits_with_policy(None, &good, "egress", 443);
+    connector()
+        .connect(addr, &limits, Speaks::Http1)
+        .await
+        .expect("TLS with settings that can be honoured");
+    seen.recv().await.expect("a handshake").expect("accepted");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert!(
         seen.try_recv().is_err(),
         "refused before any connection to the server"
