@@ -390,10 +390,12 @@ pub(super) fn address(
 
 impl Service {
     pub fn from_proto(key: &str, s: config::Service) -> Result<Service, ResourceError> {
+        // Canonical, as every address looked up is: an IPv4-mapped VIP
+        // (`::ffff:10.0.0.1`, which an entry may list) is the IPv4 one.
         let vips = s
             .vips
             .iter()
-            .map(|v| address(key, "vips", v))
+            .map(|v| address(key, "vips", v).map(|ip| ip.to_canonical()))
             .collect::<Result<Vec<_>, _>>()?;
         let ports = s
             .ports
@@ -533,6 +535,22 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv4_mapped_vip_is_its_ipv4_address() {
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("address");
+        let service = Service::from_proto(
+            "service/egress/partner",
+            config::Service {
+                vips: vec![warren_api::addr::to_bytes(mapped)],
+                ..Default::default()
+            },
+        )
+        .expect("valid");
+        let v4: IpAddr = "10.0.0.1".parse().expect("address");
+        assert_eq!(service.vips, [v4]);
+        assert!(service.has_address(v4) && service.has_address(mapped));
+    }
 
     fn port(name: &str, app_protocol: &str) -> ServicePort {
         ServicePort {
