@@ -1,7 +1,8 @@
 //! `/explain` on the waypoint's admin port: what this waypoint would do with
 //! one request, step by step: who calls, which destination it serves, what its
-//! AuthorizationPolicies decide, which VirtualService rule routes it, and what
-//! that rule does.
+//! AuthorizationPolicies decide, which VirtualService rule routes it, what
+//! that rule does, and the TLS the waypoint starts to the endpoints (a
+//! DestinationRule's `tls`, or a BackendTLSPolicy).
 //!
 //! Decided by the calls a request goes through (`destination::of_connect`,
 //! `serves`, `authz::authorize`, `RouteTable::route`) on the tables the
@@ -394,6 +395,9 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
                 ),
             );
             step("action", format!("forward to {}", service.hostname));
+            if let Some(tls) = tls_to(ctx, &compiled, &service.hostname, None, dst.port()) {
+                step("tls", tls);
+            }
             return done(steps, Verdict::Forwarded);
         }
         Lookup::NoMatch(vs) => {
@@ -405,7 +409,82 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
         }
     };
     let verdict = describe(rule, &parts.method, &parts.headers, &mut step);
+    if let (Verdict::Forwarded, Action::Forward(destinations)) = (&verdict, &rule.action) {
+        for d in destinations {
+            let port = d.port.unwrap_or(dst.port());
+            if let Some(tls) = tls_to(ctx, &compiled, &d.host, d.subset.as_deref(), port) {
+                step("tls", tls);
+            }
+        }
+    }
     done(steps, verdict)
+}
+
+/// The TLS the waypoint starts (or refuses to) on its connections to a
+/// destination's endpoints, and who asks for it; `None` when it starts none
+/// (HBONE, the mesh's mutual TLS, still carries meshed traffic).
+fn tls_to(
+    ctx: &Context,
+    compiled: &crate::tables::Compiled,
+    host: &str,
+    subset: Option<&str>,
+    port: u16,
+) -> Option<String> {
+    let service = ctx
+        .inputs
+        .state
+        .service_by_hostname(host, Some(&ctx.config.namespace))?;
+    let resolved = compiled
+        .policies
+        .resolve(host, &service.namespace, subset, port)
+        .ok()?;
+    let at = format!("{host}:{port}");
+    let rules = || format!("DestinationRule {}", resolved.rules.join(", "));
+    if resolved.pool.mesh_tls_only {
+        return Some(format!(
+            "{at}: ISTIO_MUTUAL ({}): meshed endpoints only, over HBONE",
+            rules()
+        ));
+    }
+    let tls = resolved
+        .pool
+        .tls
+        .as_ref()?
+        .clone()
+        .with_entry_names(&service.subject_alt_names)
+        .describe();
+    let from = match tls["backend_tls_policy"].as_str() {
+        Some(policy) => format!("BackendTLSPolicy {policy}"),
+        None => rules(),
+    };
+    if let Some(error) = tls["error"].as_str() {
+        return Some(format!(
+            "{at}: refused (503), as {from} asks what cannot be done: {error}"
+        ));
+    }
+    let names = if tls["insecure_skip_verify"] == true {
+        return Some(format!(
+            "{at}: TLS started by the waypoint ({from}): server name {}, certificate not checked (insecureSkipVerify)",
+            tls["server_name"].as_str().unwrap_or("?"),
+        ));
+    } else {
+        tls["subject_alt_names"].clone()
+    };
+    let names = names
+        .as_array()
+        .filter(|names| !names.is_empty())
+        .map(|names| {
+            let names: Vec<&str> = names.iter().filter_map(|n| n.as_str()).collect();
+            match names.as_slice() {
+                [one] => (*one).to_owned(),
+                many => format!("one of {}", many.join(", ")),
+            }
+        })
+        .unwrap_or_else(|| "the server name".to_owned());
+    Some(format!(
+        "{at}: TLS started by the waypoint ({from}): server name {}, certificate checked for {names}",
+        tls["server_name"].as_str().unwrap_or("?"),
+    ))
 }
 
 /// What a routed request meets: faults, the action, timeout, retries, mirrors.

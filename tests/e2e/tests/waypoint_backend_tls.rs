@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};
 use warren_e2e::{
+    agent::warrenctl_waypoint_explain,
     mesh::{demo_cluster_with_waypoint_pod, eventually, service_vip, start_mesh_and_waypoint},
     workload::{count_status, load},
 };
@@ -171,6 +172,23 @@ fn the_waypoint_starts_tls_to_a_service_as_its_backend_tls_policy_says() -> Resu
         }
         Ok(found)
     };
+    // The waypoint explains which TLS a request to the Service meets, and
+    // why.
+    let explain = || {
+        warrenctl_waypoint_explain(
+            &cluster.config_dir(),
+            "demo",
+            "demo/client",
+            &[&format!("http://{vip}/hello")],
+        )
+    };
+    let explained = explain()?;
+    eprintln!("explained:\n{explained}");
+    ensure!(
+        explained.contains("BackendTLSPolicy demo/secure")
+            && explained.contains(&format!("server name {NAME}")),
+        "explain names the policy and the server name:\n{explained}"
+    );
     let described = clusters("backend_tls_policy")?;
     ensure!(
         described
@@ -214,6 +232,11 @@ fn the_waypoint_starts_tls_to_a_service_as_its_backend_tls_policy_says() -> Resu
         count_status(&report, 503) == 10 && connections() == before,
         "refused without a connection to the pod ({} new): {report}",
         connections() - before
+    );
+    let explained = explain()?;
+    ensure!(
+        explained.contains("refused (503)") && explained.contains("demo/secure-ca"),
+        "explain says why requests are refused:\n{explained}"
     );
     ensure!(
         clusters("error")?.iter().any(|tls| tls["error"]
