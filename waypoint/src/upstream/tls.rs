@@ -359,6 +359,12 @@ impl Origination {
         self
     }
 
+    /// The BackendTLSPolicy (`namespace/name`) these settings are made
+    /// from; `None` for a DestinationRule's.
+    pub fn backend_tls_policy(&self) -> Option<&str> {
+        self.settings.policy.as_deref()
+    }
+
     /// The client config and server name to start TLS with, or why the
     /// connection must be refused.
     pub fn client(
