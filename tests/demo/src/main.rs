@@ -81,6 +81,7 @@ mod examples {
     pub const LOCALITY: &str = include_str!("../../../examples/locality.yaml");
     pub const LOCALITY_FAILOVER: &str = include_str!("../../../examples/locality-failover.yaml");
     pub const EGRESS: &str = include_str!("../../../examples/egress.yaml");
+    pub const BACKEND_TLS: &str = include_str!("../../../examples/backend-tls.yaml");
     pub const POD_WAYPOINT: &str = include_str!("../../../examples/pod-waypoint.yaml");
     pub const TELEMETRY: &str = include_str!("../../../examples/telemetry.yaml");
 }
@@ -174,7 +175,7 @@ fn main() -> ExitCode {
     };
 
     // The tour, in order; a later step builds on what the earlier ones set up.
-    let tour: [(&str, Step); 23] = [
+    let tour: [(&str, Step); 24] = [
         (
             "Mesh up: CA, node agents (eBPF datapath pinned), ztunnels",
             Demo::mesh_up,
@@ -252,6 +253,10 @@ fn main() -> ExitCode {
         (
             "Egress: an HTTPS API outside the cluster, TLS from the waypoint",
             Demo::egress,
+        ),
+        (
+            "BackendTLSPolicy: TLS from the waypoint to an HTTPS-only pod",
+            Demo::backend_tls,
         ),
         (
             "A pod reached by its own address passes its waypoint too",
@@ -1804,6 +1809,97 @@ impl Demo {
         );
         Ok(format!(
             "200/200 plain-HTTP calls to api.partner.example ({API}, on node 1 outside the mesh) answered over TLS the waypoint started (the partner saw SNI {}, ALPN {}), with x-partner-key added by the waypoint; 20/20 to /admin refused 403 there; the waypoint counted {counted:.0} requests to the host",
+            tls["sni"].as_str().unwrap_or("-"),
+            tls["alpn"].as_str().unwrap_or("-")
+        ))
+    }
+
+    /// `ledger`, a pod that serves HTTPS alone, called in plain HTTP: the
+    /// Gateway API's BackendTLSPolicy has the waypoint start TLS to it,
+    /// checked against the CA bundle of a ConfigMap.
+    fn backend_tls(&mut self) -> Result<String> {
+        let node = self.node(1)?.clone();
+        let dir = self.cluster.node_dir(&node)?;
+        let ca = Authority::new("ledger CA")?;
+        let cert = ca.server(&["ledger.shop.example"])?.write(&dir, "ledger")?;
+        let pod = self
+            .cluster
+            .add_pod(PodSpec {
+                name: "ledger".into(),
+                namespace: SHOP.into(),
+                node: 1,
+                labels: labels(&[("app", "ledger"), ("version", "tls")]),
+                service_account: Some("ledger".into()),
+            })?
+            .clone();
+        let sample = warren_testbed::binaries::path("warren-sample")?;
+        let server = self.cluster.spawn(
+            &pod.sandbox,
+            &sample.to_string_lossy(),
+            &[
+                "http",
+                "--listen",
+                "[::]:8443",
+                "--name",
+                "ledger",
+                "--version",
+                "tls",
+                "--tls-cert",
+                &cert.cert.to_string_lossy(),
+                "--tls-key",
+                &cert.key.to_string_lossy(),
+            ],
+        )?;
+        self.servers.push(server);
+        eventually(Duration::from_secs(10), "ledger listening on 8443", || {
+            let listening = pod.sandbox.exec("ss", ["-Hltn", "sport = :8443"])?;
+            Ok(!listening.stdout.is_empty())
+        })?;
+        // The Service goes to the testbed (its address); the policy and the
+        // ConfigMap, with the CA's PEM in place, to the config folder.
+        let (services, rest): (Vec<&str>, Vec<&str>) = examples::BACKEND_TLS
+            .split("\n---\n")
+            .partition(|doc| doc.contains("\nkind: Service\n"));
+        apply_services(&mut self.cluster, &services.join("\n---\n"))?;
+        let pem: Vec<String> = ca.root_pem.lines().map(|l| format!("    {l}")).collect();
+        let rest = rest.join("\n---\n");
+        let yaml = rest.replace("    LEDGER CA CERTIFICATE", &pem.join("\n"));
+        ensure!(
+            yaml != rest,
+            "examples/backend-tls.yaml has no CA certificate to replace"
+        );
+        self.apply("backend-tls.yaml", &yaml, "backend-tls.shop.yaml")?;
+        let client = self.client()?;
+        let url = self.url("ledger", "/accounts")?;
+        let mut body = Value::Null;
+        eventually(Duration::from_secs(20), "ledger answering over TLS", || {
+            body = curl(&client, &[&url]).unwrap_or(Value::Null);
+            Ok(body["pod"] == "ledger")
+        })
+        .with_context(|| format!("last answer: {body}\n{}", self.logs()))?;
+        let tls = &body["tls"];
+        ensure!(
+            tls["sni"] == "ledger.shop.example" && tls["alpn"] == "http/1.1",
+            "ledger should have seen TLS from the waypoint for its name: {body}"
+        );
+        let report = load(&client, &url, &["-n", "100", "-c", "4"])?;
+        let ok = count_status(&report, 200);
+        ensure!(ok == 100, "{ok} of 100 calls to ledger answered: {report}");
+        let explained =
+            warrenctl_waypoint_explain(&self.cluster.config_dir(), SHOP, "shop/client", &[&url])?;
+        let said = explained
+            .lines()
+            .find(|line| line.starts_with("tls"))
+            .with_context(|| format!("no tls step in:\n{explained}"))?
+            .to_owned();
+        println!("   $ warrenctl waypoint explain -n shop --from shop/client {url}");
+        println!("   {said}");
+        ensure!(
+            said.contains("BackendTLSPolicy shop/ledger"),
+            "explain should name the policy: {said}"
+        );
+        Ok(format!(
+            "100/100 plain-HTTP calls to ledger answered by a pod that serves only HTTPS, over TLS the waypoint started (ledger saw SNI {}, ALPN {}), its certificate checked against ConfigMap ledger-ca; `warrenctl waypoint explain` names the policy",
             tls["sni"].as_str().unwrap_or("-"),
             tls["alpn"].as_str().unwrap_or("-")
         ))
