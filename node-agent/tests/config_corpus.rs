@@ -294,6 +294,7 @@ fn crds_generate_for_every_kind() {
         TCPRoute::crd(),
         TLSRoute::crd(),
         ReferenceGrant::crd(),
+        BackendTLSPolicy::crd(),
     ]
     .into_iter()
     .map(|crd| crd.metadata.name.unwrap_or_default())
@@ -314,6 +315,7 @@ fn crds_generate_for_every_kind() {
             "tcproutes.gateway.networking.k8s.io",
             "tlsroutes.gateway.networking.k8s.io",
             "referencegrants.gateway.networking.k8s.io",
+            "backendtlspolicies.gateway.networking.k8s.io",
         ]
     );
 }

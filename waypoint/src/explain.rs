@@ -430,29 +430,23 @@ fn tls_to(
     subset: Option<&str>,
     port: u16,
 ) -> Option<String> {
-    let service = ctx
-        .inputs
-        .state
-        .service_by_hostname(host, Some(&ctx.config.namespace))?;
-    let resolved = compiled
-        .policies
-        .resolve(host, &service.namespace, subset, port)
-        .ok()?;
+    // The cluster requests use: what it holds is what they meet.
+    let key = crate::app::ClusterKey {
+        host: host.to_owned(),
+        subset: subset.map(str::to_owned),
+        port,
+    };
+    let cluster = ctx.cluster(compiled, &key).ok()?;
     let at = format!("{host}:{port}");
-    let rules = || format!("DestinationRule {}", resolved.rules.join(", "));
-    if resolved.pool.mesh_tls_only {
+    let rules = || format!("DestinationRule {}", cluster.resolved().rules.join(", "));
+    let limits = cluster.limits();
+    if limits.mesh_tls_only {
         return Some(format!(
             "{at}: ISTIO_MUTUAL ({}): meshed endpoints only, over HBONE",
             rules()
         ));
     }
-    let tls = resolved
-        .pool
-        .tls
-        .as_ref()?
-        .clone()
-        .with_entry_names(&service.subject_alt_names)
-        .describe();
+    let tls = limits.tls.as_ref()?.describe();
     let from = match tls["backend_tls_policy"].as_str() {
         Some(policy) => format!("BackendTLSPolicy {policy}"),
         None => rules(),

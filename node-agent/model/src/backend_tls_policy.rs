@@ -68,8 +68,8 @@ pub struct PolicyStatus {
 }
 
 /// `LocalPolicyTargetReferenceWithSectionName`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct TargetRef {
     /// `""` (core) for a Service, `networking.istio.io` for a ServiceEntry.
     #[serde(default)]
@@ -79,6 +79,9 @@ pub struct TargetRef {
     /// A port of the target, by name; every port when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub section_name: Option<String>,
+    /// As [`BackendTlsPolicySpec::unknown`].
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 impl TargetRef {
@@ -101,8 +104,8 @@ pub struct Validation {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ca_certificate_refs: Vec<LocalObjectReference>,
     /// `System`: the trust anchors of the system the waypoint runs on,
-    /// instead of `caCertificateRefs`.
-    /// `System` is the one value the Gateway API defines.
+    /// instead of `caCertificateRefs` (the one value the Gateway API
+    /// defines).
     #[serde(
         default,
         rename = "wellKnownCACertificates",
@@ -119,44 +122,59 @@ pub struct Validation {
     pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct LocalObjectReference {
     #[serde(default)]
     pub group: String,
     pub kind: String,
     pub name: String,
+    /// As [`BackendTlsPolicySpec::unknown`].
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 /// The `wellKnownCACertificates` value for the system's trust anchors.
 pub const SYSTEM_CAS: &str = "System";
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct SubjectAltName {
+    /// `Hostname` or `URI` (read as text: a type of a newer Gateway API
+    /// fails the policy closed rather than the object to parse).
     #[serde(rename = "type")]
-    pub kind: SanType,
+    pub kind: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hostname: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub uri: String,
+    /// As [`BackendTlsPolicySpec::unknown`].
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SanType {
-    #[default]
     Hostname,
-    #[serde(rename = "URI")]
     Uri,
 }
 
 impl SubjectAltName {
+    /// Its type, if one Warren knows.
+    pub fn san_type(&self) -> Option<SanType> {
+        match self.kind.as_str() {
+            "Hostname" => Some(SanType::Hostname),
+            "URI" => Some(SanType::Uri),
+            _ => None,
+        }
+    }
+
     /// The name as the waypoint matches it: a DNS name, or a URI compared
     /// as written.
     pub fn value(&self) -> &str {
-        match self.kind {
-            SanType::Hostname => &self.hostname,
-            SanType::Uri => &self.uri,
+        match self.san_type() {
+            Some(SanType::Uri) => &self.uri,
+            _ => &self.hostname,
         }
     }
 }
@@ -183,18 +201,15 @@ pub fn validate(policy: &BackendTLSPolicy) -> Vec<FieldError> {
         if target.kind.is_empty() {
             error(format!("{path}.kind"), "required".into());
         }
-        if !is_subdomain(&target.name) {
-            error(
-                format!("{path}.name"),
-                format!("{:?} is not a valid object name", target.name),
-            );
+        if !is_object_name(&target.name) {
+            error(format!("{path}.name"), "1 to 253 characters".into());
         }
         if let Some(section) = &target.section_name
-            && !is_dns1123_label(section)
+            && !is_subdomain(section)
         {
             error(
                 format!("{path}.sectionName"),
-                format!("{section:?} is not a port name (a DNS label)"),
+                format!("{section:?} is not a section name (lowercase DNS labels, dot-separated)"),
             );
         }
         if spec.target_refs[..i].contains(target) {
@@ -238,10 +253,10 @@ pub fn validate(policy: &BackendTLSPolicy) -> Vec<FieldError> {
         );
     }
     for (i, reference) in validation.ca_certificate_refs.iter().enumerate() {
-        if !is_subdomain(&reference.name) {
+        if !is_object_name(&reference.name) {
             error(
                 format!("spec.validation.caCertificateRefs[{i}].name"),
-                format!("{:?} is not a valid object name", reference.name),
+                "1 to 253 characters".into(),
             );
         }
     }
@@ -256,11 +271,11 @@ pub fn validate(policy: &BackendTLSPolicy) -> Vec<FieldError> {
     }
     for (i, san) in validation.subject_alt_names.iter().enumerate() {
         let path = format!("spec.validation.subjectAltNames[{i}]");
-        match san.kind {
-            SanType::Hostname if san.hostname.is_empty() || !san.uri.is_empty() => {
+        match san.san_type() {
+            Some(SanType::Hostname) if san.hostname.is_empty() || !san.uri.is_empty() => {
                 error(path, "type Hostname takes hostname, and no uri".into())
             }
-            SanType::Uri if san.uri.is_empty() || !san.hostname.is_empty() => {
+            Some(SanType::Uri) if san.uri.is_empty() || !san.hostname.is_empty() => {
                 error(path, "type URI takes uri, and no hostname".into())
             }
             _ => {}
@@ -292,6 +307,11 @@ pub fn cannot_honour(policy: &BackendTLSPolicy) -> Vec<String> {
         ));
     }
     for (i, reference) in validation.ca_certificate_refs.iter().enumerate() {
+        for field in reference.unknown.keys() {
+            reasons.push(format!(
+                "validation.caCertificateRefs[{i}].{field}: a field Warren does not know"
+            ));
+        }
         if !(matches!(reference.group.as_str(), "" | "core") && reference.kind == "ConfigMap") {
             reasons.push(format!(
                 "validation.caCertificateRefs[{i}]: {:?} of group {:?}; Warren reads CA bundles from ConfigMaps (key {CA_KEY})",
@@ -300,16 +320,35 @@ pub fn cannot_honour(policy: &BackendTLSPolicy) -> Vec<String> {
         }
     }
     for (i, san) in validation.subject_alt_names.iter().enumerate() {
-        match san.kind {
-            SanType::Hostname if !is_san_hostname(&san.hostname) => reasons.push(format!(
+        for field in san.unknown.keys() {
+            reasons.push(format!(
+                "validation.subjectAltNames[{i}].{field}: a field Warren does not know"
+            ));
+        }
+        match san.san_type() {
+            Some(SanType::Hostname) if !is_san_hostname(&san.hostname) => reasons.push(format!(
                 "validation.subjectAltNames[{i}].hostname {:?} is not a DNS name",
                 san.hostname
             )),
-            SanType::Uri if !is_absolute_uri(&san.uri) => reasons.push(format!(
+            Some(SanType::Uri) if !is_absolute_uri(&san.uri) => reasons.push(format!(
                 "validation.subjectAltNames[{i}].uri {:?} is not an absolute URI",
                 san.uri
             )),
+            None => reasons.push(format!(
+                "validation.subjectAltNames[{i}].type {:?}: Warren knows Hostname and URI",
+                san.kind
+            )),
             _ => {}
+        }
+    }
+    // Fields of a target it applies to; another kind's are not its business.
+    for (i, target) in spec.target_refs.iter().enumerate() {
+        if target.target_kind().is_some() {
+            for field in target.unknown.keys() {
+                reasons.push(format!(
+                    "targetRefs[{i}].{field}: a field Warren does not know"
+                ));
+            }
         }
     }
     for option in spec.options.keys() {
@@ -323,6 +362,11 @@ pub fn cannot_honour(policy: &BackendTLSPolicy) -> Vec<String> {
         reasons.push(format!("{field}: a field Warren does not know"));
     }
     reasons
+}
+
+/// The Gateway API's `ObjectName`: only its length is checked there.
+fn is_object_name(name: &str) -> bool {
+    (1..=253).contains(&name.len())
 }
 
 fn is_subdomain(name: &str) -> bool {
@@ -446,7 +490,6 @@ mod tests {
                 "spec.targetRefs[1]",
                 "spec.validation.hostname",
                 "spec.validation",
-                "spec.validation.caCertificateRefs[0].name",
                 "spec.validation.subjectAltNames[0]",
                 "spec.validation.subjectAltNames[1]",
             ],
@@ -460,13 +503,18 @@ mod tests {
     #[test]
     fn what_warren_cannot_do_keeps_the_policy_to_fail_closed() {
         let asked = policy(json!({
-            "targetRefs": [{ "group": "", "kind": "Service", "name": "api" }],
+            "targetRefs": [
+                { "group": "", "kind": "Service", "name": "api", "weight": 1 },
+                // Not Warren's target: its fields are not Warren's either.
+                { "group": "x.example", "kind": "Pool", "name": "p", "extra": true },
+            ],
             "validation": {
                 "caCertificateRefs": [{ "group": "", "kind": "Secret", "name": "api-ca" }],
                 "hostname": "10.0.0.1",
                 "subjectAltNames": [
                     { "type": "URI", "uri": "not a uri" },
                     { "type": "Hostname", "hostname": "10.0.0.2" },
+                    { "type": "IPAddress", "ipAddress": "10.0.0.3" },
                 ],
                 "crlRefs": [{ "name": "revoked" }],
             },
@@ -486,6 +534,9 @@ mod tests {
                 "validation.caCertificateRefs[0]",
                 "validation.subjectAltNames[0].uri",
                 "validation.subjectAltNames[1].hostname",
+                "validation.subjectAltNames[2].ipAddress",
+                "validation.subjectAltNames[2].type",
+                "targetRefs[0].weight",
                 "options.example.com/min-version",
                 "spec.futureField",
                 "validation.crlRefs",

@@ -146,7 +146,7 @@ fn port_entry(
         validation
             .subject_alt_names
             .iter()
-            .filter(|san| san.kind == kind)
+            .filter(|san| san.san_type() == Some(kind))
             .map(|san| san.value().to_owned())
             .collect()
     };

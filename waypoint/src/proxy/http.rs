@@ -1287,16 +1287,6 @@ fn is_refused_stream(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The TLS a cluster of `port` starts: none from a BackendTLSPolicy on a
-/// port that carries TLS already (`https`, `tls`: the client's own TLS,
-/// passed through by server name, which a second layer would break).
-pub(crate) fn origination_on(
-    port: &warren_ztunnel::state::service::ServicePort,
-    tls: Option<upstream::Origination>,
-) -> Option<upstream::Origination> {
-    tls.filter(|tls| tls.backend_tls_policy().is_none() || !port.carries_tls())
-}
-
 impl Context {
     /// The live cluster for `key`, rebuilt when the routing generation or the
     /// mesh state moved (keeping load-balancer and outlier state of the
@@ -1339,13 +1329,16 @@ impl Context {
         if resolved.locality.is_none() {
             resolved.locality = closeness(service.load_balancing.as_ref());
         }
+        // A ServiceEntry's names check its endpoints' certificates where the
+        // rule lists none (Istio's rule for an entry's host).
+        resolved.pool.tls = resolved
+            .pool
+            .tls
+            .take()
+            .map(|tls| tls.with_entry_names(&service.subject_alt_names));
         let port = service
             .port(key.port)
             .ok_or_else(|| format!("service {} has no port {}", key.host, key.port))?;
-        // A ServiceEntry's names check its endpoints' certificates where the
-        // rule lists none (Istio's rule for an entry's host).
-        resolved.pool.tls = origination_on(port, resolved.pool.tls.take())
-            .map(|tls| tls.with_entry_names(&service.subject_alt_names));
         let declared = port.declared_http();
         let mut endpoints: Vec<Endpoint> = Vec::with_capacity(service.endpoints.len());
         // Names the endpoints came from, and when the first answer expires

@@ -8,6 +8,7 @@
 //! `tcp.maxConnectionDuration` or `tcp.idleTimeout` ends it.
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     io,
     net::SocketAddr,
@@ -212,7 +213,7 @@ pub async fn serve(
         subset: destination.subset.clone(),
         port: destination.port.unwrap_or(down.port),
     };
-    let connected = connect(&ctx, &compiled, &key, &down).await;
+    let connected = connect(&ctx, &compiled, &key, &down, tls_port).await;
     let Connected {
         upstream,
         endpoint,
@@ -384,12 +385,29 @@ struct Connected {
     _permit: Permit,
 }
 
-/// A pool slot, an endpoint and a connection to it.
+/// The settings a connection of the cluster's is made with: when the bytes
+/// relayed are the client's own TLS (it dialled a port that carries TLS),
+/// without a BackendTLSPolicy's TLS, which would wrap it in a second layer
+/// the endpoint cannot read. (A DestinationRule's `tls` is the operator's
+/// own word, and stays.)
+pub(crate) fn relaying(limits: &PoolLimits, client_tls: bool) -> Cow<'_, PoolLimits> {
+    match &limits.tls {
+        Some(tls) if client_tls && tls.backend_tls_policy().is_some() => Cow::Owned(PoolLimits {
+            tls: None,
+            ..limits.clone()
+        }),
+        _ => Cow::Borrowed(limits),
+    }
+}
+
+/// A pool slot, an endpoint and a connection to it; `client_tls` when the
+/// bytes relayed are the client's own TLS.
 async fn connect(
     ctx: &Context,
     compiled: &crate::tables::Compiled,
     key: &ClusterKey,
     down: &Downstream,
+    client_tls: bool,
 ) -> Result<Connected, (Ended, Option<SocketAddr>)> {
     let labels = ClusterLabels {
         destination_service: key.host.clone(),
@@ -417,9 +435,10 @@ async fn connect(
             .ok_or((Ended::NoEndpoint, None))?
     };
     let endpoint = picked.endpoint.address;
+    let limits = relaying(cluster.limits(), client_tls);
     let connected = ctx
         .connector
-        .connect(endpoint, cluster.limits(), Speaks::Bytes)
+        .connect(endpoint, &limits, Speaks::Bytes)
         .await;
     let outcome = match &connected {
         Ok(_) => Some(Outcome::Success),
@@ -436,7 +455,7 @@ async fn connect(
         Ok(upstream) => Ok(Connected {
             upstream,
             endpoint,
-            limits: cluster.limits().clone(),
+            limits: limits.into_owned(),
             _permit: permit,
         }),
         Err(error) => Err((Ended::Connect(error), Some(endpoint))),

@@ -41,7 +41,9 @@ pub struct BackendTlsError {
 impl BackendTlsTable {
     /// Compiles the targets' policies, in any order. A host two targets of
     /// one namespace share (two ServiceEntries naming it) has the ports of
-    /// both: on a port both speak for, the first target's by resource key.
+    /// both, as one target's are: a port one of them names has that one's
+    /// policy (the first's by resource key when both name it), every other
+    /// port the first whole-target policy.
     pub fn build<'a>(
         targets: impl IntoIterator<Item = (&'a str, &'a BackendTls)>,
     ) -> (BackendTlsTable, Vec<BackendTlsError>) {

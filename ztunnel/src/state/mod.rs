@@ -1231,6 +1231,22 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv4_mapped_vip_is_found_at_its_ipv4_address() {
+        let key = warren_api::key::service_entry("egress", "partner.example");
+        let state = State::new(None, 15008);
+        state.update(|inner| {
+            inner.upsert(
+                key.clone(),
+                at_vip(&key, "::ffff:10.96.0.20", "partner.example"),
+            );
+        });
+        for dialled in ["10.96.0.20", "::ffff:10.96.0.20"] {
+            let found = state.service_by_vip(dialled.parse().expect("an address"));
+            assert_eq!(found.map(|s| s.key.clone()), Some(key.clone()), "{dialled}");
+        }
+    }
+
+    #[test]
     fn a_service_entry_never_takes_over_a_services_address_or_hostname() {
         let vip: IpAddr = "10.96.0.10".parse().expect("an address");
         let svc = "service/ns/web".to_owned();

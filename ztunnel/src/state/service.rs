@@ -392,11 +392,14 @@ impl Service {
     pub fn from_proto(key: &str, s: config::Service) -> Result<Service, ResourceError> {
         // Canonical, as every address looked up is: an IPv4-mapped VIP
         // (`::ffff:10.0.0.1`, which an entry may list) is the IPv4 one.
-        let vips = s
-            .vips
-            .iter()
-            .map(|v| address(key, "vips", v).map(|ip| ip.to_canonical()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut vips = Vec::with_capacity(s.vips.len());
+        for v in &s.vips {
+            let ip = address(key, "vips", v)?.to_canonical();
+            // Both forms of one address listed: one VIP (one DNS answer).
+            if !vips.contains(&ip) {
+                vips.push(ip);
+            }
+        }
         let ports = s
             .ports
             .iter()
@@ -539,15 +542,18 @@ mod tests {
     #[test]
     fn an_ipv4_mapped_vip_is_its_ipv4_address() {
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("address");
+        let v4: IpAddr = "10.0.0.1".parse().expect("address");
         let service = Service::from_proto(
             "service/egress/partner",
             config::Service {
-                vips: vec![warren_api::addr::to_bytes(mapped)],
+                vips: vec![
+                    warren_api::addr::to_bytes(mapped),
+                    warren_api::addr::to_bytes(v4),
+                ],
                 ..Default::default()
             },
         )
         .expect("valid");
-        let v4: IpAddr = "10.0.0.1".parse().expect("address");
         assert_eq!(service.vips, [v4]);
         assert!(service.has_address(v4) && service.has_address(mapped));
     }

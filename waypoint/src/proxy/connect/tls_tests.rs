@@ -1279,26 +1279,22 @@ async fn a_backend_tls_policy_that_cannot_be_honoured_refuses_its_connections() 
 }
 
 #[test]
-fn a_backend_tls_policy_starts_nothing_on_a_port_that_carries_tls() {
+fn a_backend_tls_policy_starts_nothing_on_the_clients_own_tls() {
     let ca = Authority::new("backend root").expect("ca");
     let policy = backend_tls(&[(0, "egress/api", &ca.root_pem, &[], "")]);
     let (from_policy, _) = limits_with_policy(None, &policy, "egress", 443);
     let rule = json!({"host": HOST, "trafficPolicy": {"tls": {"mode": "SIMPLE", "insecureSkipVerify": true}}});
     let (from_rule, _) = limits_with_policy(Some(rule), &policy, "egress", 443);
-    let port = |name: &str| warren_ztunnel::state::service::ServicePort {
-        port: 443,
-        target_port: 8443,
-        name: name.into(),
-        app_protocol: String::new(),
+    let on = |limits: &PoolLimits, client_tls| {
+        crate::proxy::tcp::relaying(limits, client_tls)
+            .tls
+            .is_some()
     };
-    let on = |port, limits: &PoolLimits| {
-        crate::proxy::http::origination_on(&port, limits.tls.clone()).is_some()
-    };
-    assert!(on(port("http"), &from_policy), "plain HTTP to the mesh");
+    assert!(on(&from_policy, false), "plain bytes of the client's");
     assert!(
-        !on(port("https"), &from_policy) && !on(port("tls-db"), &from_policy),
+        !on(&from_policy, true),
         "the client's own TLS passes through"
     );
     // A DestinationRule's tls is the operator's own word, as before.
-    assert!(on(port("https"), &from_rule));
+    assert!(on(&from_rule, true));
 }
