@@ -371,6 +371,18 @@ fn deploy() -> Result<Demo> {
 /// Creates the Services of a manifest in the testbed, which assigns each a
 /// ClusterIP and writes it with its EndpointSlice, as the API server and the
 /// endpoint-slice controller would.
+/// `yaml` with its placeholder line `placeholder` (in a YAML block, four
+/// spaces in) replaced by `ca`'s root certificate, indented as the block.
+fn with_ca(yaml: &str, placeholder: &str, ca: &Authority) -> Result<String> {
+    let pem: Vec<String> = ca.root_pem.lines().map(|l| format!("    {l}")).collect();
+    let placeholder = format!("    {placeholder}");
+    ensure!(
+        yaml.contains(&placeholder),
+        "no {placeholder:?} to put the CA certificate in"
+    );
+    Ok(yaml.replace(&placeholder, &pem.join("\n")))
+}
+
 fn apply_services(cluster: &mut Cluster, yaml: &str) -> Result<()> {
     for doc in documents(yaml)? {
         ensure!(
@@ -1734,37 +1746,11 @@ impl Demo {
         let cert = partner_ca
             .server(&["api.partner.example"])?
             .write(&dir, "partner")?;
-        let sample = warren_testbed::binaries::path("warren-sample")?;
         let listen = format!("{}:8443", node.ip);
-        let server = self.cluster.spawn(
-            &node.sandbox,
-            &sample.to_string_lossy(),
-            &[
-                "http",
-                "--listen",
-                &listen,
-                "--name",
-                "partner",
-                "--version",
-                "external",
-                "--tls-cert",
-                &cert.cert.to_string_lossy(),
-                "--tls-key",
-                &cert.key.to_string_lossy(),
-            ],
-        )?;
+        let server = self.serve_https(&node.sandbox, &listen, ("partner", "external"), &cert)?;
         self.servers.push(server);
-        // The CA's PEM in the example's Secret, indented as its block.
-        let pem: Vec<String> = partner_ca
-            .root_pem
-            .lines()
-            .map(|line| format!("    {line}"))
-            .collect();
-        let yaml = examples::EGRESS.replace("    PARTNER CA CERTIFICATE", &pem.join("\n"));
-        ensure!(
-            yaml != examples::EGRESS,
-            "examples/egress.yaml has no CA certificate to replace"
-        );
+        let yaml = with_ca(examples::EGRESS, "PARTNER CA CERTIFICATE", &partner_ca)
+            .context("examples/egress.yaml")?;
         self.apply("egress.yaml", &yaml, "egress.shop.yaml")?;
         let client = self.client()?;
         let admin = format!("{API}/admin/users");
@@ -1814,6 +1800,35 @@ impl Demo {
         ))
     }
 
+    /// The sample HTTP server on `listen` in `sandbox`, answering as `name`
+    /// and `version`, over TLS only, with `cert`.
+    fn serve_https(
+        &self,
+        sandbox: &warren_testbed::Sandbox,
+        listen: &str,
+        (name, version): (&str, &str),
+        cert: &warren_testbed::pki::LeafFiles,
+    ) -> Result<Process> {
+        let sample = warren_testbed::binaries::path("warren-sample")?;
+        self.cluster.spawn(
+            sandbox,
+            &sample.to_string_lossy(),
+            &[
+                "http",
+                "--listen",
+                listen,
+                "--name",
+                name,
+                "--version",
+                version,
+                "--tls-cert",
+                &cert.cert.to_string_lossy(),
+                "--tls-key",
+                &cert.key.to_string_lossy(),
+            ],
+        )
+    }
+
     /// `ledger`, a pod that serves HTTPS alone, called in plain HTTP: the
     /// Gateway API's BackendTLSPolicy has the waypoint start TLS to it,
     /// checked against the CA bundle of a ConfigMap.
@@ -1832,24 +1847,7 @@ impl Demo {
                 service_account: Some("ledger".into()),
             })?
             .clone();
-        let sample = warren_testbed::binaries::path("warren-sample")?;
-        let server = self.cluster.spawn(
-            &pod.sandbox,
-            &sample.to_string_lossy(),
-            &[
-                "http",
-                "--listen",
-                "[::]:8443",
-                "--name",
-                "ledger",
-                "--version",
-                "tls",
-                "--tls-cert",
-                &cert.cert.to_string_lossy(),
-                "--tls-key",
-                &cert.key.to_string_lossy(),
-            ],
-        )?;
+        let server = self.serve_https(&pod.sandbox, "[::]:8443", ("ledger", "tls"), &cert)?;
         self.servers.push(server);
         eventually(Duration::from_secs(10), "ledger listening on 8443", || {
             let listening = pod.sandbox.exec("ss", ["-Hltn", "sport = :8443"])?;
@@ -1861,13 +1859,8 @@ impl Demo {
             .split("\n---\n")
             .partition(|doc| doc.contains("\nkind: Service\n"));
         apply_services(&mut self.cluster, &services.join("\n---\n"))?;
-        let pem: Vec<String> = ca.root_pem.lines().map(|l| format!("    {l}")).collect();
-        let rest = rest.join("\n---\n");
-        let yaml = rest.replace("    LEDGER CA CERTIFICATE", &pem.join("\n"));
-        ensure!(
-            yaml != rest,
-            "examples/backend-tls.yaml has no CA certificate to replace"
-        );
+        let yaml = with_ca(&rest.join("\n---\n"), "LEDGER CA CERTIFICATE", &ca)
+            .context("examples/backend-tls.yaml")?;
         self.apply("backend-tls.yaml", &yaml, "backend-tls.shop.yaml")?;
         let client = self.client()?;
         let url = self.url("ledger", "/accounts")?;

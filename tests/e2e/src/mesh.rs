@@ -423,6 +423,35 @@ pub fn all_to_v2(namespace: &str) -> String {
     )
 }
 
+/// Every object, at any depth, of the waypoint's `/clusters` (its admin
+/// port, from inside its pod's `waypoint` sandbox) that `keep` takes.
+pub fn clusters_objects(
+    waypoint: &warren_testbed::Sandbox,
+    keep: impl Fn(&serde_json::Map<String, serde_json::Value>) -> bool,
+) -> Result<Vec<serde_json::Value>> {
+    use serde_json::Value;
+    let out = waypoint.exec(
+        "curl",
+        ["-sS", "--max-time", "5", "http://127.0.0.1:15000/clusters"],
+    )?;
+    let dump: Value = serde_json::from_slice(&out.stdout).context("/clusters is JSON")?;
+    let mut found = Vec::new();
+    let mut pending = vec![&dump];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Object(map) => {
+                if keep(map) {
+                    found.push(value.clone());
+                }
+                pending.extend(map.values());
+            }
+            Value::Array(items) => pending.extend(items),
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
 /// A waypoint's Prometheus metrics, scraped from inside its pod.
 pub fn waypoint_metrics(pod: &warren_testbed::Pod) -> Result<String> {
     let out = pod.sandbox.exec(

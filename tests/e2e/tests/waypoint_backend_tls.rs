@@ -12,7 +12,10 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};
 use warren_e2e::{
     agent::warrenctl_waypoint_explain,
-    mesh::{demo_cluster_with_waypoint_pod, eventually, service_vip, start_mesh_and_waypoint},
+    mesh::{
+        clusters_objects, demo_cluster_with_waypoint_pod, eventually, service_vip,
+        start_mesh_and_waypoint,
+    },
     workload::{count_status, load},
 };
 use warren_testbed::{ServicePort, labels, pki::Authority, privilege::require_root};
@@ -151,26 +154,7 @@ fn the_waypoint_starts_tls_to_a_service_as_its_backend_tls_policy_says() -> Resu
         "every request over the policy's TLS: {report}"
     );
     let clusters = |field: &str| -> Result<Vec<Value>> {
-        let out = cluster.pod("waypoint")?.sandbox.exec(
-            "curl",
-            ["-sS", "--max-time", "5", "http://127.0.0.1:15000/clusters"],
-        )?;
-        let dump: Value = serde_json::from_slice(&out.stdout).context("/clusters is JSON")?;
-        let mut found = Vec::new();
-        let mut pending = vec![dump];
-        while let Some(value) = pending.pop() {
-            match value {
-                Value::Object(map) => {
-                    if map.contains_key(field) {
-                        found.push(Value::Object(map.clone()));
-                    }
-                    pending.extend(map.into_iter().map(|(_, v)| v));
-                }
-                Value::Array(items) => pending.extend(items),
-                _ => {}
-            }
-        }
-        Ok(found)
+        clusters_objects(&cluster.pod("waypoint")?.sandbox, |o| o.contains_key(field))
     };
     // The waypoint explains which TLS a request to the Service meets, and
     // why.

@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
     mesh::{
-        Mesh, MeshOptions, eventually, metric_sum, start_mesh_with, start_waypoint_with,
-        waypoint_gateway, waypoint_metrics,
+        Mesh, MeshOptions, clusters_objects, eventually, metric_sum, start_mesh_with,
+        start_waypoint_with, waypoint_gateway, waypoint_metrics,
     },
     workload::{count_status, count_version, load},
 };
@@ -505,34 +505,6 @@ fn tls_settings(
     value: &str,
 ) -> Result<Vec<Value>> {
     clusters_objects(waypoint, |o| o.get(field) == Some(&json!(value)))
-}
-
-/// Every object, at any depth, of the waypoint's `/clusters` that `keep`
-/// takes.
-fn clusters_objects(
-    waypoint: &warren_testbed::Sandbox,
-    keep: impl Fn(&serde_json::Map<String, Value>) -> bool,
-) -> Result<Vec<Value>> {
-    let out = waypoint.exec(
-        "curl",
-        ["-sS", "--max-time", "5", "http://127.0.0.1:15000/clusters"],
-    )?;
-    let dump: Value = serde_json::from_slice(&out.stdout).context("/clusters is JSON")?;
-    let mut found = Vec::new();
-    let mut pending = vec![&dump];
-    while let Some(value) = pending.pop() {
-        match value {
-            Value::Object(map) => {
-                if keep(map) {
-                    found.push(value.clone());
-                }
-                pending.extend(map.values());
-            }
-            Value::Array(items) => pending.extend(items),
-            _ => {}
-        }
-    }
-    Ok(found)
 }
 
 #[test]
