@@ -280,14 +280,25 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
         }
         step("policy", "a TCP port: the connection is allowed".to_owned());
         info.tls = tls.then_some(server_name);
+        // The TLS the waypoint starts to where the bytes go; none from a
+        // BackendTLSPolicy over the client's own TLS, as the proxy does.
+        let upstream_tls = |d: &RouteDestination| {
+            let port = d.port.unwrap_or(dst.port());
+            tls_to(ctx, &compiled, &d.host, d.subset.as_deref(), port, tls)
+        };
         match compiled.tcp_routes.route(&service.hostname, scope, &info) {
-            TcpRouted::Default => step(
-                "route",
-                format!(
-                    "no VirtualService tcp or tls rule fits: the bytes go to {}",
-                    service.hostname
-                ),
-            ),
+            TcpRouted::Default => {
+                step(
+                    "route",
+                    format!(
+                        "no VirtualService tcp or tls rule fits: the bytes go to {}",
+                        service.hostname
+                    ),
+                );
+                if let Some(said) = upstream_tls(&RouteDestination::to_host(&service.hostname)) {
+                    step("upstream tls", said);
+                }
+            }
             TcpRouted::Rule(vs, rule) => {
                 step(
                     "route",
@@ -310,6 +321,11 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
                 }
                 if !rule.destinations().is_empty() && rule.destinations().iter().all(rejected) {
                     return done(steps, Verdict::Refused);
+                }
+                for d in rule.destinations().iter().filter(|d| !rejected(d)) {
+                    if let Some(said) = upstream_tls(d) {
+                        step("upstream tls", said);
+                    }
                 }
             }
         }
@@ -395,8 +411,8 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
                 ),
             );
             step("action", format!("forward to {}", service.hostname));
-            if let Some(tls) = tls_to(ctx, &compiled, &service.hostname, None, dst.port()) {
-                step("tls", tls);
+            if let Some(tls) = tls_to(ctx, &compiled, &service.hostname, None, dst.port(), false) {
+                step("upstream tls", tls);
             }
             return done(steps, Verdict::Forwarded);
         }
@@ -412,8 +428,8 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
     if let (Verdict::Forwarded, Action::Forward(destinations)) = (&verdict, &rule.action) {
         for d in destinations {
             let port = d.port.unwrap_or(dst.port());
-            if let Some(tls) = tls_to(ctx, &compiled, &d.host, d.subset.as_deref(), port) {
-                step("tls", tls);
+            if let Some(tls) = tls_to(ctx, &compiled, &d.host, d.subset.as_deref(), port, false) {
+                step("upstream tls", tls);
             }
         }
     }
@@ -423,12 +439,15 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
 /// The TLS the waypoint starts (or refuses to) on its connections to a
 /// destination's endpoints, and who asks for it; `None` when it starts none
 /// (HBONE, the mesh's mutual TLS, still carries meshed traffic).
+/// `client_tls`: the bytes are the client's own TLS (a TCP connection to a
+/// TLS port), which no BackendTLSPolicy wraps.
 fn tls_to(
     ctx: &Context,
     compiled: &crate::tables::Compiled,
     host: &str,
     subset: Option<&str>,
     port: u16,
+    client_tls: bool,
 ) -> Option<String> {
     // The cluster requests use: what it holds is what they meet.
     let key = crate::app::ClusterKey {
@@ -439,7 +458,7 @@ fn tls_to(
     let cluster = ctx.cluster(compiled, &key).ok()?;
     let at = format!("{host}:{port}");
     let rules = || format!("DestinationRule {}", cluster.resolved().rules.join(", "));
-    let limits = cluster.limits();
+    let limits = crate::proxy::tcp::relaying(cluster.limits(), client_tls);
     if limits.mesh_tls_only {
         return Some(format!(
             "{at}: ISTIO_MUTUAL ({}): meshed endpoints only, over HBONE",

@@ -1882,8 +1882,8 @@ impl Demo {
             warrenctl_waypoint_explain(&self.cluster.config_dir(), SHOP, "shop/client", &[&url])?;
         let said = explained
             .lines()
-            .find(|line| line.starts_with("tls"))
-            .with_context(|| format!("no tls step in:\n{explained}"))?
+            .find(|line| line.starts_with("upstream tls"))
+            .with_context(|| format!("no upstream tls step in:\n{explained}"))?
             .to_owned();
         println!("   $ warrenctl waypoint explain -n shop --from shop/client {url}");
         println!("   {said}");
