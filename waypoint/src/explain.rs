@@ -475,27 +475,20 @@ fn tls_to(
             "{at}: refused (503), as {from} asks what cannot be done: {error}"
         ));
     }
-    let names = if tls["insecure_skip_verify"] == true {
-        return Some(format!(
-            "{at}: TLS started by the waypoint ({from}): server name {}, certificate not checked (insecureSkipVerify)",
-            tls["server_name"].as_str().unwrap_or("?"),
-        ));
-    } else {
-        tls["subject_alt_names"].clone()
-    };
-    let names = names
+    let names: Vec<&str> = tls["subject_alt_names"]
         .as_array()
-        .filter(|names| !names.is_empty())
-        .map(|names| {
-            let names: Vec<&str> = names.iter().filter_map(|n| n.as_str()).collect();
-            match names.as_slice() {
-                [one] => (*one).to_owned(),
-                many => format!("one of {}", many.join(", ")),
-            }
-        })
-        .unwrap_or_else(|| "the server name".to_owned());
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str())
+        .collect();
+    let checked = match names.as_slice() {
+        _ if tls["insecure_skip_verify"] == true => "not checked (insecureSkipVerify)".to_owned(),
+        [] => "checked for the server name".to_owned(),
+        [one] => format!("checked for {one}"),
+        many => format!("checked for one of {}", many.join(", ")),
+    };
     Some(format!(
-        "{at}: TLS started by the waypoint ({from}): server name {}, certificate checked for {names}",
+        "{at}: TLS started by the waypoint ({from}): server name {}, certificate {checked}",
         tls["server_name"].as_str().unwrap_or("?"),
     ))
 }

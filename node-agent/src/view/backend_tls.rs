@@ -29,8 +29,9 @@ use crate::{
 
 use super::{names_cluster_services, section_port};
 
-/// A policy attached to a target, with the port it names (by name), if any.
-type Attached<'a> = (Option<&'a str>, &'a BackendTLSPolicy);
+/// What a policy asks (for every port), attached to a target, with the
+/// port it names (by name), if any.
+type Attached<'a> = (Option<&'a str>, &'a BackendTlsPort);
 
 /// The resources `namespace`'s policies make, by key.
 pub fn in_namespace(
@@ -49,18 +50,28 @@ pub fn in_namespace(
         let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
         (created, p.metadata.name.clone())
     });
+    // What each policy asks, its bundle read once however many ports and
+    // targets it holds.
+    let asked: Vec<BackendTlsPort> = policies
+        .iter()
+        .map(|policy| policy_entry(store, namespace, policy))
+        .collect();
     // Each target's policies, oldest first, with the port they name.
     let mut targets: BTreeMap<(ParentKind, &str), Vec<Attached<'_>>> = BTreeMap::new();
-    for policy in &policies {
+    for (policy, asked) in policies.iter().zip(&asked) {
         for target in &policy.spec.target_refs {
             if let Some(kind) = target.target_kind() {
                 targets
                     .entry((kind, &target.name))
                     .or_default()
-                    .push((target.section_name.as_deref(), policy));
+                    .push((target.section_name.as_deref(), asked));
             }
         }
     }
+    let on_port = |asked: &BackendTlsPort, port: u16| BackendTlsPort {
+        port: u32::from(port),
+        ..asked.clone()
+    };
     let mut out = BTreeMap::new();
     for ((kind, name), attached) in targets {
         let Some((resource_key, hosts)) = target(store, namespace, kind, name, cluster_domain)
@@ -69,18 +80,18 @@ pub fn in_namespace(
         };
         let mut ports = Vec::new();
         let mut taken = BTreeSet::new();
-        for (section, policy) in &attached {
+        for (section, asked) in &attached {
             let Some(section) = section else { continue };
             // A port the target does not have: the policy applies nowhere
             // on it (until the port appears).
             if let Some(port) = section_port(store, namespace, kind, name, section)
                 && taken.insert(port)
             {
-                ports.push(port_entry(store, namespace, policy, port));
+                ports.push(on_port(asked, port));
             }
         }
-        if let Some((_, policy)) = attached.iter().find(|(section, _)| section.is_none()) {
-            ports.push(port_entry(store, namespace, policy, 0));
+        if let Some((_, asked)) = attached.iter().find(|(section, _)| section.is_none()) {
+            ports.push(on_port(asked, 0));
         }
         if ports.is_empty() {
             continue;
@@ -132,14 +143,9 @@ fn target(
     }
 }
 
-/// What `policy` asks on `port` (0: every port), its CA bundle read, or
-/// why it cannot be honoured.
-fn port_entry(
-    store: &Store,
-    namespace: &str,
-    policy: &BackendTLSPolicy,
-    port: u16,
-) -> BackendTlsPort {
+/// What `policy` asks (on every port: port 0), its CA bundle read, or why
+/// it cannot be honoured.
+fn policy_entry(store: &Store, namespace: &str, policy: &BackendTLSPolicy) -> BackendTlsPort {
     let validation = &policy.spec.validation;
     let name = policy.metadata.name.as_deref().unwrap_or_default();
     let sans = |kind: SanType| {
@@ -157,7 +163,7 @@ fn port_entry(
         (Vec::new(), cannot.join("; "))
     };
     BackendTlsPort {
-        port: u32::from(port),
+        port: 0,
         policy: format!("{namespace}/{name}"),
         hostname: validation.hostname.clone(),
         subject_alt_names: sans(SanType::Hostname),

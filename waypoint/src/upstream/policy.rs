@@ -510,13 +510,13 @@ impl Policies {
         port: u16,
     ) -> Result<Resolved, UnknownSubset> {
         let subset = subset.filter(|s| !s.is_empty());
+        // A BackendTLSPolicy's TLS, where no rule's `tls` speaks.
+        let policy_tls = self.backend_tls.get(host, namespace, port);
         let Some(rule) = self.rules.get(host, namespace) else {
             return match subset {
                 None => {
                     let mut resolved = Resolved::defaults(host, port);
-                    if let Some(settings) = self.backend_tls.get(host, namespace, port) {
-                        resolved.pool.tls = Some(settings.for_host(host));
-                    }
+                    resolved.pool.tls = policy_tls.map(|settings| settings.for_host(host));
                     Ok(resolved)
                 }
                 Some(subset) => Err(UnknownSubset {
@@ -541,7 +541,6 @@ impl Policies {
         };
         let mut parts = merge_parts(rule.top.as_ref(), subset_policy, port);
         let mut pool = parts.pool.take().unwrap_or_default();
-        let policy_tls = self.backend_tls.get(host, namespace, port);
         // A rule of this very host speaks first; a wildcard rule's `tls`
         // gives way to a policy of the host.
         let rule_tls = parts
@@ -552,11 +551,7 @@ impl Policies {
             Some(TlsMode::Originate(settings)) => pool.tls = Some(settings.for_host(host)),
             Some(TlsMode::MeshOnly) => pool.mesh_tls_only = true,
             Some(TlsMode::Disable) => {}
-            None => {
-                if let Some(settings) = policy_tls {
-                    pool.tls = Some(settings.for_host(host));
-                }
-            }
+            None => pool.tls = policy_tls.map(|settings| settings.for_host(host)),
         }
         // Like the other parts, a subset's budget replaces the top level's.
         let retry_budget = subset_policy
