@@ -517,9 +517,11 @@ async fn secrets_server(mut handle: tower_test::mock::Handle<Request<Body>, Resp
                     query.contains("fieldSelector=metadata.name%21%3Distio"),
                     "the namespace's other ConfigMaps leave the mesh config to its own watch: {query}"
                 );
+                // An application's `mesh` key, no mesh config: it must not
+                // have the bundle beside it refused.
                 let ca = json!({
                     "metadata": { "name": "partner-ca", "namespace": "egress", "resourceVersion": "8" },
-                    "data": { "ca.crt": "PEM" }
+                    "data": { "ca.crt": "PEM", "mesh": "[not, mesh, config" }
                 });
                 (200, list("ConfigMapList", "8", vec![ca]))
             }

@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 use super::SourceEvent;
 use crate::model::{
     Kind, ObjectKey,
+    istio::mesh::MESH_KEY,
     object::{document_key, parse_document},
 };
 
@@ -169,6 +170,16 @@ pub fn watched_resources() -> impl Iterator<Item = (&'static str, &'static str)>
         .iter()
         .filter(|k| !matches!(k.0, Kind::ConfigMap | Kind::Secret))
         .map(|&(_, group, _, _, plural)| (group, plural))
+}
+
+/// Keeps of a ConfigMap read for its CA bundle (from a namespace's watch,
+/// never the mesh config, which has a watch of its own) no `mesh` key: an
+/// application's ConfigMap may well have one, and parsed as mesh config it
+/// would be refused, with the bundle beside it.
+fn only_bundles(object: &mut DynamicObject) {
+    if let Some(data) = object.data.get_mut("data").and_then(|d| d.as_object_mut()) {
+        data.remove(MESH_KEY);
+    }
 }
 
 /// Secrets never read: Helm's release records (large, and never TLS) and
@@ -422,7 +433,10 @@ impl KubeSource {
                 Seen::Listing => {
                     relisting.insert(watch.clone(), BTreeSet::new());
                 }
-                Seen::Object(object) => {
+                Seen::Object(mut object) => {
+                    if watch.kind == Kind::ConfigMap && watch.namespace.is_some() {
+                        only_bundles(&mut object);
+                    }
                     let doc = match serde_json::to_value(&*object).and_then(serde_json::from_value)
                     {
                         Ok(doc) => doc,
