@@ -284,7 +284,8 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
         // BackendTLSPolicy over the client's own TLS, as the proxy does.
         let upstream_tls = |d: &RouteDestination| {
             let port = d.port.unwrap_or(dst.port());
-            tls_to(ctx, &compiled, &d.host, d.subset.as_deref(), port, tls)
+            let carried = Carried::Bytes { client_tls: tls };
+            tls_to(ctx, &compiled, &d.host, d.subset.as_deref(), port, carried)
         };
         match compiled.tcp_routes.route(&service.hostname, scope, &info) {
             TcpRouted::Default => {
@@ -411,7 +412,8 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
                 ),
             );
             step("action", format!("forward to {}", service.hostname));
-            if let Some(tls) = tls_to(ctx, &compiled, &service.hostname, None, dst.port(), false) {
+            let host = &service.hostname;
+            if let Some(tls) = tls_to(ctx, &compiled, host, None, dst.port(), Carried::Requests) {
                 step("upstream tls", tls);
             }
             return done(steps, Verdict::Forwarded);
@@ -428,7 +430,8 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
     if let (Verdict::Forwarded, Action::Forward(destinations)) = (&verdict, &rule.action) {
         for d in destinations {
             let port = d.port.unwrap_or(dst.port());
-            if let Some(tls) = tls_to(ctx, &compiled, &d.host, d.subset.as_deref(), port, false) {
+            let subset = d.subset.as_deref();
+            if let Some(tls) = tls_to(ctx, &compiled, &d.host, subset, port, Carried::Requests) {
                 step("upstream tls", tls);
             }
         }
@@ -436,18 +439,27 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
     done(steps, verdict)
 }
 
+/// What the waypoint relays to a destination.
+#[derive(Clone, Copy)]
+enum Carried {
+    Requests,
+    /// A TCP connection's bytes; `client_tls` when they are the client's own
+    /// TLS (it dialled a TLS port), which no BackendTLSPolicy wraps.
+    Bytes {
+        client_tls: bool,
+    },
+}
+
 /// The TLS the waypoint starts (or refuses to) on its connections to a
 /// destination's endpoints, and who asks for it; `None` when it starts none
 /// (HBONE, the mesh's mutual TLS, still carries meshed traffic).
-/// `client_tls`: the bytes are the client's own TLS (a TCP connection to a
-/// TLS port), which no BackendTLSPolicy wraps.
 fn tls_to(
     ctx: &Context,
     compiled: &crate::tables::Compiled,
     host: &str,
     subset: Option<&str>,
     port: u16,
-    client_tls: bool,
+    carried: Carried,
 ) -> Option<String> {
     // The cluster requests use: what it holds is what they meet.
     let key = crate::app::ClusterKey {
@@ -458,6 +470,7 @@ fn tls_to(
     let cluster = ctx.cluster(compiled, &key).ok()?;
     let at = format!("{host}:{port}");
     let rules = || format!("DestinationRule {}", cluster.resolved().rules.join(", "));
+    let client_tls = matches!(carried, Carried::Bytes { client_tls: true });
     let limits = crate::proxy::tcp::relaying(cluster.limits(), client_tls);
     if limits.mesh_tls_only {
         return Some(format!(
@@ -471,8 +484,12 @@ fn tls_to(
         None => rules(),
     };
     if let Some(error) = tls["error"].as_str() {
+        let refused = match carried {
+            Carried::Requests => "requests refused (503)",
+            Carried::Bytes { .. } => "connections closed (UF), no byte sent to the endpoint",
+        };
         return Some(format!(
-            "{at}: refused (503), as {from} asks what cannot be done: {error}"
+            "{at}: {refused}, as {from} asks what cannot be done: {error}"
         ));
     }
     let names: Vec<&str> = tls["subject_alt_names"]

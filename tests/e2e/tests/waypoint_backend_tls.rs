@@ -20,6 +20,9 @@ use warren_e2e::{
 };
 use warren_testbed::{ServicePort, labels, pki::Authority, privilege::require_root};
 
+/// The Service's opaque TCP port.
+const TCP_PORT: u16 = 9000;
+
 /// The name the pod's certificate carries, and the policy asks for.
 const NAME: &str = "secure.demo.example";
 
@@ -27,7 +30,8 @@ fn policy() -> String {
     format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\n\
          metadata: {{ name: secure, namespace: demo }}\n\
-         spec:\n  targetRefs: [{{ group: \"\", kind: Service, name: secure, sectionName: http }}]\n  \
+         spec:\n  targetRefs:\n  - {{ group: \"\", kind: Service, name: secure, sectionName: http }}\n  \
+         - {{ group: \"\", kind: Service, name: secure, sectionName: tcp }}\n  \
          validation:\n    caCertificateRefs: [{{ group: \"\", kind: ConfigMap, name: secure-ca }}]\n    \
          hostname: {NAME}\n"
     )
@@ -50,16 +54,24 @@ fn the_waypoint_starts_tls_to_a_service_as_its_backend_tls_policy_says() -> Resu
         ("secure", 1, &[("app", "secure")], "secure"),
         ("client", 0, &[("app", "client")], "client"),
     ])?;
-    // Clients speak plain HTTP to port 80; the pod serves HTTPS on 8443.
+    // Clients speak plain HTTP to port 80, and bytes to port 9000 (opaque
+    // TCP to the waypoint); the pod serves HTTPS on 8443.
     cluster.add_service(
         "demo",
         "secure",
         labels(&[("app", "secure")]),
-        vec![ServicePort {
-            name: "http".into(),
-            port: 80,
-            target_port: 8443,
-        }],
+        vec![
+            ServicePort {
+                name: "http".into(),
+                port: 80,
+                target_port: 8443,
+            },
+            ServicePort {
+                name: "tcp".into(),
+                port: TCP_PORT,
+                target_port: 8443,
+            },
+        ],
     )?;
     let (mesh, waypoint) = start_mesh_and_waypoint(&cluster, "demo")?;
     let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
@@ -97,7 +109,7 @@ fn the_waypoint_starts_tls_to_a_service_as_its_backend_tls_policy_says() -> Resu
     )?;
     let vip = service_vip(&cluster, "secure")?.to_string();
     let client = cluster.pod("client")?.clone();
-    let get = || -> Result<(u16, Value)> {
+    let get_at = |port: u16| -> Result<(u16, Value)> {
         let out = client.sandbox.exec(
             "curl",
             [
@@ -106,7 +118,7 @@ fn the_waypoint_starts_tls_to_a_service_as_its_backend_tls_policy_says() -> Resu
                 "5",
                 "-w",
                 "\n%{http_code}",
-                &format!("http://{vip}/hello"),
+                &format!("http://{vip}:{port}/hello"),
             ],
         )?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -116,6 +128,7 @@ fn the_waypoint_starts_tls_to_a_service_as_its_backend_tls_policy_says() -> Resu
             serde_json::from_str(body).unwrap_or(Value::Null),
         ))
     };
+    let get = || get_at(80);
 
     // Without the policy the waypoint speaks plain HTTP to a TLS port: no
     // answer from the server.
@@ -158,20 +171,41 @@ fn the_waypoint_starts_tls_to_a_service_as_its_backend_tls_policy_says() -> Resu
     };
     // The waypoint explains which TLS a request to the Service meets, and
     // why.
-    let explain = || {
+    let explain_at = |port: u16| {
         warrenctl_waypoint_explain(
             &cluster.config_dir(),
             "demo",
             "demo/client",
-            &[&format!("http://{vip}/hello")],
+            &[&format!("http://{vip}:{port}/hello")],
         )
     };
+    let explain = || explain_at(80);
     let explained = explain()?;
     eprintln!("explained:\n{explained}");
     ensure!(
         explained.contains("BackendTLSPolicy demo/secure")
             && explained.contains(&format!("server name {NAME}")),
         "explain names the policy and the server name:\n{explained}"
+    );
+    // On the TCP port the waypoint wraps the client's bytes (an HTTP
+    // request it does not read) in the policy's TLS alike, offering no
+    // protocol (ALPN) it cannot know, and says so.
+    let (status, body) = get_at(TCP_PORT)?;
+    eprintln!(
+        "BackendTLSPolicy on the TCP port: the pod saw {}",
+        body["tls"]
+    );
+    ensure!(
+        status == 200 && body["tls"]["sni"] == NAME && body["tls"]["alpn"].is_null(),
+        "bytes to the TCP port reach the pod over the policy's TLS: {status} {body}"
+    );
+    let explained = explain_at(TCP_PORT)?;
+    ensure!(
+        explained.contains("a TCP port")
+            && explained.contains(&format!(
+                "{TCP_PORT}: TLS started by the waypoint (BackendTLSPolicy demo/secure)"
+            )),
+        "explain of the TCP port names the policy's TLS:\n{explained}"
     );
     let described = clusters("backend_tls_policy")?;
     ensure!(
@@ -219,8 +253,18 @@ fn the_waypoint_starts_tls_to_a_service_as_its_backend_tls_policy_says() -> Resu
     );
     let explained = explain()?;
     ensure!(
-        explained.contains("refused (503)") && explained.contains("demo/secure-ca"),
+        explained.contains("requests refused (503)") && explained.contains("demo/secure-ca"),
         "explain says why requests are refused:\n{explained}"
+    );
+    let (status, _) = get_at(TCP_PORT)?;
+    let explained = explain_at(TCP_PORT)?;
+    ensure!(
+        status == 0
+            && connections() == before
+            && explained.contains("connections closed (UF)")
+            && explained.contains("demo/secure-ca"),
+        "on the TCP port, connections are closed before reaching the pod ({status}), \
+         and explain says why:\n{explained}"
     );
     ensure!(
         clusters("error")?.iter().any(|tls| tls["error"]
