@@ -264,6 +264,19 @@ pub struct WaypointControllerArgs {
     /// is mounted into waypoint pods at the same path.
     #[arg(long, default_value = warren_api::socket::DEFAULT_PATH, env = "WARREN_AGENT_SOCKET")]
     pub agent_socket: PathBuf,
+    /// The cluster's DNS domain, as the node agents are given it.
+    #[arg(long, default_value = "cluster.local", env = "WARREN_CLUSTER_DOMAIN")]
+    pub cluster_domain: String,
+    /// (repeatable, or comma-separated) The node agents' `--secret-namespace`
+    /// list: the namespaces whose ConfigMaps BackendTLSPolicies may name as
+    /// CA bundles. The controller reads their ConfigMaps (not their Secrets)
+    /// to tell each policy whether its references resolve.
+    #[arg(
+        long = "secret-namespace",
+        env = "WARREN_SECRET_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub secret_namespaces: Vec<String>,
 }
 
 /// `warren-node-agent ca`: the mesh certificate authority. Without a

@@ -134,6 +134,12 @@ pub struct LocalObjectReference {
     pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
+impl LocalObjectReference {
+    pub fn is_config_map(&self) -> bool {
+        matches!(self.group.as_str(), "" | "core") && self.kind == "ConfigMap"
+    }
+}
+
 /// The `wellKnownCACertificates` value for the system's trust anchors.
 pub const SYSTEM_CAS: &str = "System";
 
@@ -290,6 +296,33 @@ pub fn validate(policy: &BackendTLSPolicy) -> Vec<FieldError> {
 /// other than Services and ServiceEntries are not among them: the policy
 /// does not apply to those here.
 pub fn cannot_honour(policy: &BackendTLSPolicy) -> Vec<String> {
+    let mut reasons = unsupported_ca_kinds(policy);
+    reasons.extend(unsupported(policy));
+    reasons
+}
+
+/// The `caCertificateRefs` Warren cannot read, being of another kind than a
+/// ConfigMap (the Gateway API's `InvalidKind`).
+pub fn unsupported_ca_kinds(policy: &BackendTLSPolicy) -> Vec<String> {
+    let refs = policy
+        .spec
+        .validation
+        .ca_certificate_refs
+        .iter()
+        .enumerate();
+    refs.filter(|(_, reference)| !reference.is_config_map())
+        .map(|(i, reference)| {
+            format!(
+                "validation.caCertificateRefs[{i}]: {:?} of group {:?}; Warren reads CA bundles from ConfigMaps (key {CA_KEY})",
+                reference.kind, reference.group
+            )
+        })
+        .collect()
+}
+
+/// What [`cannot_honour`] holds besides [`unsupported_ca_kinds`]: the
+/// settings themselves (the Gateway API's `Invalid`).
+pub fn unsupported(policy: &BackendTLSPolicy) -> Vec<String> {
     let spec = &policy.spec;
     let validation = &spec.validation;
     let mut reasons = Vec::new();
@@ -310,12 +343,6 @@ pub fn cannot_honour(policy: &BackendTLSPolicy) -> Vec<String> {
         for field in reference.unknown.keys() {
             reasons.push(format!(
                 "validation.caCertificateRefs[{i}].{field}: a field Warren does not know"
-            ));
-        }
-        if !(matches!(reference.group.as_str(), "" | "core") && reference.kind == "ConfigMap") {
-            reasons.push(format!(
-                "validation.caCertificateRefs[{i}]: {:?} of group {:?}; Warren reads CA bundles from ConfigMaps (key {CA_KEY})",
-                reference.kind, reference.group
             ));
         }
     }

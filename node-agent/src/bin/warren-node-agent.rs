@@ -72,6 +72,10 @@ async fn waypoint_controller(args: WaypointControllerArgs) -> Result<()> {
             image: args.image,
             agent_socket: args.agent_socket,
         },
+        waypoint_controller::route_status::Settings {
+            cluster_domain: args.cluster_domain,
+            bundle_namespaces: args.secret_namespaces,
+        },
         args.namespace.as_deref(),
         shutdown,
     )

@@ -270,6 +270,8 @@ pub struct KubeSource {
     /// The namespaces whose Secrets (for `credentialName`) and ConfigMaps
     /// (CA bundles of BackendTLSPolicies) are read.
     secret_namespaces: Vec<String>,
+    /// What is watched in each of `secret_namespaces`.
+    namespaced_kinds: &'static [Kind],
 }
 
 /// One watch: a kind, cluster-wide or in one namespace.
@@ -316,7 +318,16 @@ impl KubeSource {
         namespaces.sort();
         namespaces.dedup();
         self.secret_namespaces = namespaces;
+        self.namespaced_kinds = &[Kind::Secret, Kind::ConfigMap];
         self
+    }
+
+    /// Also watches the ConfigMaps of `namespaces` (not their Secrets), each
+    /// namespace on its own: the CA bundles BackendTLSPolicies name there.
+    pub fn with_bundle_namespaces(self, namespaces: Vec<String>) -> Self {
+        let mut source = self.with_secret_namespaces(namespaces);
+        source.namespaced_kinds = &[Kind::ConfigMap];
+        source
     }
 
     /// Watches only `kinds` (a cluster without Istio's CRDs, or a test);
@@ -331,6 +342,7 @@ impl KubeSource {
             kinds,
             mesh_config: None,
             secret_namespaces: Vec::new(),
+            namespaced_kinds: &[],
         }
     }
 
@@ -345,7 +357,7 @@ impl KubeSource {
             })
             .collect();
         for ns in &self.secret_namespaces {
-            for kind in [Kind::Secret, Kind::ConfigMap] {
+            for &kind in self.namespaced_kinds {
                 watches.push(Watch {
                     kind,
                     namespace: Some(ns.clone()),

@@ -13,6 +13,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rustls_pki_types::{CertificateDer, pem::PemObject as _};
+
 use warren_api::{
     config::{BackendTls, BackendTlsPort},
     key,
@@ -180,38 +182,51 @@ fn policy_entry(store: &Store, namespace: &str, policy: &BackendTLSPolicy) -> Ba
 fn ca_bundle(store: &Store, namespace: &str, policy: &BackendTLSPolicy) -> (Vec<u8>, String) {
     let mut bundle = Vec::new();
     for reference in &policy.spec.validation.ca_certificate_refs {
-        let key = ObjectKey::new(Kind::ConfigMap, Some(namespace), &reference.name);
-        let pem = match store.get(&key) {
-            Some(Object::ConfigMap(map)) => map.ca_certificates.clone(),
-            _ => {
-                return (
-                    Vec::new(),
-                    format!(
-                        "ConfigMap {namespace}/{} (caCertificateRefs) was not found: is there one, and may the node agent read that namespace's (--secret-namespace, the chart's nodeAgent.credentialNamespaces)?",
-                        reference.name
-                    ),
-                );
-            }
-        };
-        match pem {
-            Some(pem) if !pem.trim().is_empty() => {
+        match ca_certificates(store, namespace, &reference.name) {
+            Ok(pem) => {
                 bundle.extend_from_slice(pem.as_bytes());
                 if !pem.ends_with('\n') {
                     bundle.push(b'\n');
                 }
             }
-            _ => {
-                return (
-                    Vec::new(),
-                    format!(
-                        "ConfigMap {namespace}/{} (caCertificateRefs) has no {CA_KEY:?} key to check the server against",
-                        reference.name
-                    ),
-                );
-            }
+            Err(why) => return (Vec::new(), why),
         }
     }
     (bundle, String::new())
+}
+
+/// The CA certificates (PEM) of ConfigMap `name` of `namespace`, or why
+/// they cannot be had: no such ConfigMap (or one the agent may not read),
+/// no `ca.crt`, or one without a certificate in it.
+pub fn ca_certificates<'a>(
+    store: &'a Store,
+    namespace: &str,
+    name: &str,
+) -> Result<&'a str, String> {
+    let key = ObjectKey::new(Kind::ConfigMap, Some(namespace), name);
+    let Some(Object::ConfigMap(map)) = store.get(&key) else {
+        return Err(format!(
+            "ConfigMap {namespace}/{name} (caCertificateRefs) was not found: is there one, and may the node agent read that namespace's (--secret-namespace, the chart's nodeAgent.credentialNamespaces)?"
+        ));
+    };
+    let pem = map.ca_certificates.as_deref().unwrap_or_default();
+    if pem.trim().is_empty() {
+        return Err(format!(
+            "ConfigMap {namespace}/{name} (caCertificateRefs) has no {CA_KEY:?} key to check the server against"
+        ));
+    }
+    // What the waypoint would find unreadable, said here, where the
+    // ConfigMap is named.
+    let mut certificates = CertificateDer::pem_slice_iter(pem.as_bytes());
+    match certificates.next() {
+        Some(Ok(_)) if certificates.all(|c| c.is_ok()) => Ok(pem),
+        Some(Ok(_)) | Some(Err(_)) => Err(format!(
+            "ConfigMap {namespace}/{name} (caCertificateRefs): its {CA_KEY:?} has a PEM block that cannot be read"
+        )),
+        None => Err(format!(
+            "ConfigMap {namespace}/{name} (caCertificateRefs): its {CA_KEY:?} holds no PEM certificate"
+        )),
+    }
 }
 
 /// Whether a change to the object `key` may change `namespace`'s

@@ -10,7 +10,7 @@
 
 mod authorization;
 mod auto_vip;
-mod backend_tls;
+pub mod backend_tls;
 mod credential;
 mod node_pods;
 pub mod published;

@@ -3059,6 +3059,12 @@ fn backend_tls(view: &View, key: &str) -> Option<warren_api::config::BackendTls>
     }
 }
 
+/// A PEM certificate block around `base64` (not DER the waypoint could
+/// use, which the view does not read).
+fn pem(base64: &str) -> String {
+    format!("-----BEGIN CERTIFICATE-----\n{base64}\n-----END CERTIFICATE-----")
+}
+
 /// (port, policy, CA bytes as text, system roots, error) of each port entry.
 fn tls_ports(tls: &warren_api::config::BackendTls) -> Vec<(u32, String, String, bool, String)> {
     tls.ports
@@ -3079,12 +3085,12 @@ const BACKEND_TLS: &str = r#"
 apiVersion: v1
 kind: ConfigMap
 metadata: { name: app-ca, namespace: demo }
-data: { ca.crt: "PEM-A" }
+data: { ca.crt: "-----BEGIN CERTIFICATE-----\nQQ==\n-----END CERTIFICATE-----" }
 ---
 apiVersion: v1
 kind: ConfigMap
 metadata: { name: extra-ca, namespace: demo }
-data: { ca.crt: "PEM-B\n" }
+data: { ca.crt: "-----BEGIN CERTIFICATE-----\nQg==\n-----END CERTIFICATE-----\n" }
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: BackendTLSPolicy
@@ -3137,7 +3143,7 @@ fn backend_tls_policies_reach_waypoints_port_by_port_with_their_ca_bundles() {
             (
                 0,
                 "demo/whole".into(),
-                "PEM-A\nPEM-B\n".into(),
+                format!("{}\n{}\n", pem("QQ=="), pem("Qg==")),
                 false,
                 String::new()
             ),
@@ -3166,11 +3172,47 @@ fn backend_tls_policies_reach_waypoints_port_by_port_with_their_ca_bundles() {
     // A renewed bundle is published again.
     let changed = apply(
         &mut store,
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: app-ca, namespace: demo }\ndata: { ca.crt: \"PEM-C\" }\n",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: app-ca, namespace: demo }}\ndata: {{ ca.crt: {:?} }}\n",
+            pem("Qw==")
+        ),
     );
     view.changed(&store, &changed);
     let tls = backend_tls(&view, &key).unwrap();
-    assert_eq!(tls_ports(&tls)[1].2, "PEM-C\nPEM-B\n");
+    assert_eq!(
+        tls_ports(&tls)[1].2,
+        format!("{}\n{}\n", pem("Qw=="), pem("Qg=="))
+    );
+    // A ca.crt without a certificate in it fails the policy here, naming
+    // the ConfigMap, rather than at the waypoint.
+    for (text, why) in [
+        ("not a certificate", "holds no PEM certificate"),
+        (
+            "-----BEGIN CERTIFICATE-----\n%%%\n-----END CERTIFICATE-----",
+            "cannot be read",
+        ),
+    ] {
+        let changed = apply(
+            &mut store,
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: app-ca, namespace: demo }}\ndata: {{ ca.crt: {text:?} }}\n"
+            ),
+        );
+        view.changed(&store, &changed);
+        let ports = tls_ports(&backend_tls(&view, &key).unwrap());
+        assert!(
+            ports[1].4.contains("demo/app-ca") && ports[1].4.contains(why),
+            "{text:?}: {ports:?}"
+        );
+    }
+    let changed = apply(
+        &mut store,
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: app-ca, namespace: demo }}\ndata: {{ ca.crt: {:?} }}\n",
+            pem("Qw==")
+        ),
+    );
+    view.changed(&store, &changed);
     // One reference that cannot be read fails the policy whole, closed,
     // saying why; the other port keeps its own policy.
     let changed = apply(

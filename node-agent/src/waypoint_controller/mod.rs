@@ -16,6 +16,7 @@
 //! Gateway of another controller's class may carry fields Warren's model
 //! refuses, and it must not stop the watch for the others.
 
+mod policy_status;
 pub mod render;
 pub mod route_status;
 
@@ -107,6 +108,7 @@ pub fn gateway_resource() -> ApiResource {
 pub async fn run(
     client: Client,
     settings: Settings,
+    status: route_status::Settings,
     namespace: Option<&str>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -131,7 +133,7 @@ pub async fn run(
     );
     // Route status is cluster-wide: routes name Services of their own
     // namespace, but grants come from any.
-    let statuses = tokio::spawn(route_status::run(client.clone()));
+    let statuses = tokio::spawn(route_status::run(client.clone(), status));
     let context = Arc::new(Context::new(client, settings));
     Controller::new_with(gateways, watcher::Config::default(), resource)
         .owns(deployments, owned)

@@ -1,4 +1,5 @@
-//! Route status: every Gateway API route attached to a Service is told, in
+//! Route and policy status: every Gateway API route attached to a Service
+//! is told, in
 //! its `status.parents`, whether Warren took it (`Accepted`) and whether its
 //! backends resolve (`ResolvedRefs`), as a Gateway API controller reports
 //! to `kubectl get httproute -o yaml`. A refused route says why, with the
@@ -12,7 +13,8 @@
 //! route shows ([`merged`]): a JSON merge patch of `status.parents` with the
 //! route's `resourceVersion`, so other controllers' entries are kept and a
 //! write racing another fails, to be redone from the version the watch
-//! brings next.
+//! brings next. BackendTLSPolicies are told likewise, in `status.ancestors`
+//! ([`policy_status`]).
 
 use std::collections::HashMap;
 
@@ -40,6 +42,8 @@ use crate::{
     view::{grants_in_force, section_port, serving_entry, serving_service},
 };
 
+use super::policy_status;
+
 /// Who writes these entries (a Gateway API controller name: a domain,
 /// then a path).
 pub const CONTROLLER_NAME: &str = "warren.io/waypoint-controller";
@@ -47,8 +51,9 @@ pub const CONTROLLER_NAME: &str = "warren.io/waypoint-controller";
 /// How often writes that failed are tried again.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The kinds a route's status depends on.
-const WATCHED: [Kind; 9] = [
+/// The kinds a route's or a policy's status depends on (and ConfigMaps of
+/// the namespaces given, [`Settings::bundle_namespaces`]).
+const WATCHED: [Kind; 10] = [
     Kind::Namespace,
     Kind::Service,
     Kind::ServiceEntry,
@@ -58,21 +63,52 @@ const WATCHED: [Kind; 9] = [
     Kind::GrpcRoute,
     Kind::TcpRoute,
     Kind::TlsRoute,
+    Kind::BackendTlsPolicy,
 ];
+
+/// What this controller writes the status of.
+const WRITTEN: [Kind; 5] = [
+    Kind::HttpRoute,
+    Kind::GrpcRoute,
+    Kind::TcpRoute,
+    Kind::TlsRoute,
+    Kind::BackendTlsPolicy,
+];
+
+/// Where the status of an object of `kind` lists its entries, and the
+/// field naming each entry's object: a route's parents, a policy's
+/// ancestors.
+fn status_list(kind: Kind) -> (&'static str, &'static str) {
+    match kind {
+        Kind::BackendTlsPolicy => ("ancestors", "ancestorRef"),
+        _ => ("parents", "parentRef"),
+    }
+}
+
+/// What the writer needs besides the API server.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// The cluster's DNS domain, as the node agents have it.
+    pub cluster_domain: String,
+    /// The namespaces whose ConfigMaps the node agents read CA bundles from
+    /// (their `--secret-namespace`): a policy's reference elsewhere does not
+    /// resolve for them, nor here.
+    pub bundle_namespaces: Vec<String>,
+}
 
 /// What the writer needs of RBAC, as it names resources: (API group,
 /// resource).
 pub struct Access {
     /// To get, list and watch.
     pub read: Vec<(&'static str, &'static str)>,
-    /// The routes' `<resource>/status`, to get and patch.
+    /// The routes' and policies' `<resource>/status`, to get and patch.
     pub status: Vec<(&'static str, String)>,
 }
 
 pub fn needed_access() -> Access {
     Access {
         read: WATCHED.iter().filter_map(|&k| resource_of(k)).collect(),
-        status: Kind::GATEWAY_ROUTES
+        status: WRITTEN
             .iter()
             .filter_map(|&k| resource_of(k))
             .map(|(group, plural)| (group, format!("{plural}/status")))
@@ -90,7 +126,7 @@ pub struct Condition {
 }
 
 impl Condition {
-    fn accepted(message: String) -> Condition {
+    pub(super) fn accepted(message: String) -> Condition {
         Condition {
             kind: "Accepted",
             status: true,
@@ -99,7 +135,7 @@ impl Condition {
         }
     }
 
-    fn not_accepted(reason: &'static str, message: String) -> Condition {
+    pub(super) fn not_accepted(reason: &'static str, message: String) -> Condition {
         Condition {
             kind: "Accepted",
             status: false,
@@ -109,7 +145,8 @@ impl Condition {
     }
 }
 
-/// What a route says about one of its Service parents.
+/// What a route says about one of its Service parents (or a policy about
+/// one of its ancestors).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Parent {
     pub parent_ref: ParentReference,
@@ -420,21 +457,28 @@ fn refused_parents(object: &Value, why: &str) -> Vec<Parent> {
         .collect()
 }
 
-/// Whether a `status.parents` entry is this controller's.
+/// Whether a `status.parents` (or `ancestors`) entry is this controller's.
 fn is_ours(entry: &Value) -> bool {
     entry["controllerName"] == CONTROLLER_NAME
 }
 
-/// `observed` (a route's `status.parents`) with this controller's entries
+/// `observed` (a route's `status.parents`, a policy's `status.ancestors`:
+/// entries whose object is named by `field`) with this controller's entries
 /// replaced by `ours` at `generation`; `None` when that changes nothing.
 /// A condition keeps its transition time while its status stays.
-fn merged(observed: &[Value], ours: &[Parent], generation: i64, now: &str) -> Option<Vec<Value>> {
+fn merged(
+    observed: &[Value],
+    field: &str,
+    ours: &[Parent],
+    generation: i64,
+    now: &str,
+) -> Option<Vec<Value>> {
     let previous: Vec<&Value> = observed.iter().filter(|e| is_ours(e)).collect();
     let entries: Vec<Value> = ours
         .iter()
         .map(|parent| {
             let parent_ref = serde_json::to_value(&parent.parent_ref).unwrap_or(Value::Null);
-            let before = previous.iter().find(|e| e["parentRef"] == parent_ref);
+            let before = previous.iter().find(|e| e[field] == parent_ref);
             let conditions: Vec<Value> = parent
                 .conditions
                 .iter()
@@ -458,7 +502,7 @@ fn merged(observed: &[Value], ours: &[Parent], generation: i64, now: &str) -> Op
                 })
                 .collect();
             json!({
-                "parentRef": parent_ref,
+                field: parent_ref,
                 "controllerName": CONTROLLER_NAME,
                 "conditions": conditions,
             })
@@ -474,10 +518,14 @@ fn merged(observed: &[Value], ours: &[Parent], generation: i64, now: &str) -> Op
     Some(all)
 }
 
-/// The statuses to write: (route, its resourceVersion, the whole new
-/// `status.parents`), for every route in force in `store` that is not
-/// refused.
-fn to_write(store: &Store, now: &str) -> Vec<(ObjectKey, Option<String>, Vec<Value>)> {
+/// The statuses to write: (route or policy, its resourceVersion, the whole
+/// new `status.parents` or `status.ancestors`), for every one in force in
+/// `store` that is not refused.
+fn to_write(
+    store: &Store,
+    now: &str,
+    cluster_domain: &str,
+) -> Vec<(ObjectKey, Option<String>, Vec<Value>)> {
     let grants = grants_in_force(store);
     let refused: Vec<&ObjectKey> = store.refusals().filter_map(|(key, _)| key).collect();
     let mut out = Vec::new();
@@ -498,18 +546,43 @@ fn to_write(store: &Store, now: &str) -> Vec<(ObjectKey, Option<String>, Vec<Val
                 continue;
             }
             let generation = route.meta.generation.unwrap_or_default();
-            if let Some(parents) = merged(route.observed, &ours, generation, now) {
+            if let Some(parents) = merged(route.observed, "parentRef", &ours, generation, now) {
                 out.push((key, route.meta.resource_version.clone(), parents));
             }
+        }
+    }
+    // What each namespace's policies hold, worked out once for all of them.
+    let mut held: std::collections::BTreeMap<String, policy_status::Held> = Default::default();
+    for object in store.of_kind(Kind::BackendTlsPolicy) {
+        let Object::BackendTlsPolicy(policy) = object else {
+            continue;
+        };
+        let key = object.key();
+        if refused.contains(&&key) {
+            continue;
+        }
+        let namespace = key.namespace.as_deref().unwrap_or_default();
+        let held = held
+            .entry(namespace.to_owned())
+            .or_insert_with(|| policy_status::held(store, namespace, cluster_domain));
+        let ours = policy_status::ancestors(store, held, policy);
+        let observed = policy.status.as_ref().map_or(&[][..], |s| &s.ancestors);
+        if ours.is_empty() && !observed.iter().any(is_ours) {
+            continue;
+        }
+        let generation = policy.metadata.generation.unwrap_or_default();
+        if let Some(ancestors) = merged(observed, "ancestorRef", &ours, generation, now) {
+            out.push((key, policy.metadata.resource_version.clone(), ancestors));
         }
     }
     out
 }
 
-/// Writes route statuses until the source ends.
-pub async fn run(client: Client) {
+/// Writes route and policy statuses until the source ends.
+pub async fn run(client: Client, settings: Settings) {
     let (tx, mut events) = mpsc::channel(1024);
-    let source = KubeSource::with_kinds(client.clone(), WATCHED.to_vec());
+    let source = KubeSource::with_kinds(client.clone(), WATCHED.to_vec())
+        .with_bundle_namespaces(settings.bundle_namespaces.clone());
     tokio::spawn(async move {
         if let Err(err) = source.run(tx).await {
             warn!(error = %err, "route status: watching the API server");
@@ -548,7 +621,7 @@ pub async fn run(client: Client) {
         }
         for event in batch {
             if let Applied::Refused(key) = store.apply(event)
-                && Kind::GATEWAY_ROUTES.contains(&key.kind)
+                && WRITTEN.contains(&key.kind)
             {
                 refused_changed.push(key);
             }
@@ -562,13 +635,13 @@ pub async fn run(client: Client) {
                 store
                     .refusals()
                     .filter_map(|(key, _)| key.cloned())
-                    .filter(|key| Kind::GATEWAY_ROUTES.contains(&key.kind)),
+                    .filter(|key| WRITTEN.contains(&key.kind)),
             );
         }
         let now = Timestamp::now().to_string();
         // A route gone needs no retry.
         failed.retain(|key, _| store.get(key).is_some());
-        for (key, resource_version, parents) in to_write(&store, &now) {
+        for (key, resource_version, parents) in to_write(&store, &now, &settings.cluster_domain) {
             // What was tried, its times aside (they are new every batch).
             let attempt = (resource_version.clone(), without_times(&parents));
             if failed.get(&key) == Some(&attempt) {
@@ -611,14 +684,18 @@ pub async fn run(client: Client) {
                 }
             };
             let raw = serde_json::to_value(&object).unwrap_or(Value::Null);
+            let (list, field) = status_list(key.kind);
             let observed: Vec<Value> = raw
-                .pointer("/status/parents")
+                .pointer(&format!("/status/{list}"))
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
-            let ours = refused_parents(&raw, &why);
+            let ours = match key.kind {
+                Kind::BackendTlsPolicy => policy_status::refused_ancestors(&raw, &why),
+                _ => refused_parents(&raw, &why),
+            };
             let generation = object.metadata.generation.unwrap_or_default();
-            if let Some(parents) = merged(&observed, &ours, generation, &now) {
+            if let Some(parents) = merged(&observed, field, &ours, generation, &now) {
                 let version = object.metadata.resource_version.clone();
                 if !write(&api, &key, version, parents).await {
                     refused_retry.push(key);
@@ -680,9 +757,10 @@ async fn write(
     };
     // The resourceVersion makes the write fail rather than drop what
     // another controller wrote meanwhile.
+    let (list, _) = status_list(key.kind);
     let patch = json!({
         "metadata": { "resourceVersion": resource_version },
-        "status": { "parents": parents },
+        "status": { list: parents },
     });
     match api
         .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -761,7 +839,7 @@ spec:
     #[test]
     fn a_route_is_told_what_was_taken_and_what_does_not_resolve() {
         let store = Store::from_yaml(ROUTE);
-        let writes = to_write(&store, "2026-12-06T00:00:00Z");
+        let writes = to_write(&store, "2026-12-06T00:00:00Z", "cluster.local");
         assert_eq!(writes.len(), 1);
         let (key, resource_version, parents) = &writes[0];
         assert_eq!(key.name.as_ref(), "r");
@@ -805,7 +883,7 @@ spec:
 "#
         );
         let store = Store::from_yaml(&granted);
-        let writes = to_write(&store, "2026-12-06T00:00:00Z");
+        let writes = to_write(&store, "2026-12-06T00:00:00Z", "cluster.local");
         assert_eq!(
             conditions(&writes[0].2[0])[1],
             (
@@ -845,7 +923,7 @@ spec:
   listeners: [{ name: mesh, port: 15008, protocol: HBONE }]
 "#;
         let store = Store::from_yaml(yaml);
-        let writes = to_write(&store, "2026-12-06T00:00:00Z");
+        let writes = to_write(&store, "2026-12-06T00:00:00Z", "cluster.local");
         assert_eq!(writes.len(), 1, "{writes:#?}");
         let parents = &writes[0].2;
         assert_eq!(parents.len(), 3, "{parents:#?}");
@@ -881,7 +959,7 @@ spec:
   rules: [{ backendRefs: [{ kind: Hostname, group: networking.istio.io, name: httpbin.org, port: 80 }] }]
 "#;
         let store = Store::from_yaml(&format!("{yaml}{grpc}"));
-        let writes = to_write(&store, "2026-12-06T00:00:00Z");
+        let writes = to_write(&store, "2026-12-06T00:00:00Z", "cluster.local");
         let http = status_of(&writes, Kind::HttpRoute);
         assert_eq!(
             conditions(&http.2[0])[0],
@@ -901,7 +979,7 @@ spec:
   rules: [{ backendRefs: [{ name: app-v1, port: 80 }] }]
 "#;
         let store = Store::from_yaml(&format!("{ROUTE}{grpc}"));
-        let writes = to_write(&store, "2026-12-06T00:00:00Z");
+        let writes = to_write(&store, "2026-12-06T00:00:00Z", "cluster.local");
         let http = status_of(&writes, Kind::HttpRoute);
         assert_eq!(
             conditions(&http.2[0])[0],
@@ -928,7 +1006,7 @@ spec:
     fn accepted_says_which_waypoint_routes_by_it() {
         let message = |yaml: &str| {
             let store = Store::from_yaml(yaml);
-            let writes = to_write(&store, "2026-12-06T00:00:00Z");
+            let writes = to_write(&store, "2026-12-06T00:00:00Z", "cluster.local");
             writes[0].2[0]["conditions"][0]["message"]
                 .as_str()
                 .unwrap_or_default()
@@ -965,6 +1043,7 @@ spec:
         });
         let first = merged(
             std::slice::from_ref(&other),
+            "parentRef",
             &ours,
             3,
             "2026-12-06T00:00:00Z",
@@ -973,10 +1052,14 @@ spec:
         assert_eq!(first[0], other, "another controller's entry is kept");
         assert_eq!(first.len(), 3);
         // Shown already: nothing to write, even later.
-        assert_eq!(merged(&first, &ours, 3, "2026-12-07T00:00:00Z"), None);
+        assert_eq!(
+            merged(&first, "parentRef", &ours, 3, "2026-12-07T00:00:00Z"),
+            None
+        );
         // A new generation is written; a condition whose status stayed
         // keeps its transition time.
-        let next = merged(&first, &ours, 4, "2026-12-07T00:00:00Z").expect("a new generation");
+        let next = merged(&first, "parentRef", &ours, 4, "2026-12-07T00:00:00Z")
+            .expect("a new generation");
         assert_eq!(
             next[1]["conditions"][0]["lastTransitionTime"],
             "2026-12-06T00:00:00Z"
@@ -1013,6 +1096,35 @@ spec:
                 "parentRefs": [{ "group": "gateway.networking.k8s.io", "kind": "Service", "name": "app" }],
                 "rules": [{ "backendRefs": [{ "name": "app", "port": 80 }] }],
             },
+        });
+        // A BackendTLSPolicy whose bundle is in a namespace the writer was
+        // given, and one the agents refuse (two kinds of CA at once).
+        let policy = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+            "metadata": { "name": "tls", "namespace": "shop", "generation": 5, "resourceVersion": "44" },
+            "spec": {
+                "targetRefs": [{ "group": "", "kind": "Service", "name": "app" }],
+                "validation": {
+                    "caCertificateRefs": [{ "group": "", "kind": "ConfigMap", "name": "app-ca" }],
+                    "hostname": "app.shop.example",
+                },
+            },
+        });
+        let bad_policy = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+            "metadata": { "name": "bad-tls", "namespace": "shop", "generation": 1, "resourceVersion": "45" },
+            "spec": {
+                "targetRefs": [{ "group": "", "kind": "Service", "name": "app" }],
+                "validation": {
+                    "caCertificateRefs": [{ "group": "", "kind": "ConfigMap", "name": "app-ca" }],
+                    "wellKnownCACertificates": "System",
+                    "hostname": "app.shop.example",
+                },
+            },
+        });
+        let bundle = json!({
+            "metadata": { "name": "app-ca", "namespace": "shop" },
+            "data": { "ca.crt": "-----BEGIN CERTIFICATE-----\nQQ==\n-----END CERTIFICATE-----\n" },
         });
         let mut held = Vec::new();
         while let Some((request, send)) = handle.next_request().await {
@@ -1051,7 +1163,7 @@ spec:
                     ),
                 ),
                 (_, p) if p == format!("{gateway}/v1") => {
-                    let resources: Vec<Value> = ["httproutes", "grpcroutes", "referencegrants"]
+                    let resources: Vec<Value> = ["httproutes", "grpcroutes", "referencegrants", "backendtlspolicies"]
                         .iter()
                         .map(|n| json!({ "name": n, "singularName": "", "namespaced": true, "kind": "", "verbs": ["list"] }))
                         .collect();
@@ -1078,6 +1190,26 @@ spec:
                 (_, p) if p == format!("{gateway}/v1/referencegrants") => {
                     (200, list("ReferenceGrantList", vec![]))
                 }
+                (_, p) if p == format!("{gateway}/v1/backendtlspolicies") => (
+                    200,
+                    list(
+                        "BackendTLSPolicyList",
+                        vec![policy.clone(), bad_policy.clone()],
+                    ),
+                ),
+                ("GET", p)
+                    if p == format!(
+                        "{gateway}/v1/namespaces/shop/backendtlspolicies/bad-tls/status"
+                    ) =>
+                {
+                    (200, bad_policy.clone())
+                }
+                // The namespace given, and no other; never a Secret (a
+                // panic here stops the server, and no patch arrives).
+                (_, "/api/v1/namespaces/shop/configmaps") => {
+                    (200, list("ConfigMapList", vec![bundle.clone()]))
+                }
+                (_, p) if p.ends_with("/secrets") => panic!("the writer asked for Secrets: {p}"),
                 _ => (
                     404,
                     json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404 }),
@@ -1095,16 +1227,53 @@ spec:
         let (service, handle) = tower_test::mock::pair();
         let (patches, mut seen) = mpsc::unbounded_channel();
         tokio::spawn(api_server(handle, patches));
-        let writer = tokio::spawn(run(Client::new(service, "default")));
+        let settings = Settings {
+            cluster_domain: "cluster.local".into(),
+            bundle_namespaces: vec!["shop".into()],
+        };
+        let writer = tokio::spawn(run(Client::new(service, "default"), settings));
         let mut next = async || {
             tokio::time::timeout(std::time::Duration::from_secs(10), seen.recv())
                 .await
                 .expect("a status patch within 10 s")
                 .expect("a patch")
         };
-        let mut patches = vec![next().await, next().await];
+        let mut patches = vec![next().await, next().await, next().await, next().await];
         writer.abort();
         patches.sort_by(|a, b| a.0.cmp(&b.0));
+        // The policies: the one refused, not accepted, and why; the other
+        // holding its Service, its ConfigMap read.
+        let (path, _, body) = patches.remove(0);
+        assert_eq!(
+            path,
+            "/apis/gateway.networking.k8s.io/v1/namespaces/shop/backendtlspolicies/bad-tls/status"
+        );
+        assert_eq!(body["metadata"]["resourceVersion"], "45");
+        let ancestor = &body["status"]["ancestors"][0];
+        assert_eq!(
+            ancestor["ancestorRef"],
+            json!({ "group": "", "kind": "Service", "name": "app" })
+        );
+        assert_eq!(
+            conditions(ancestor),
+            [("Accepted".into(), "False".into(), "Invalid".into())]
+        );
+        let (path, _, body) = patches.remove(0);
+        assert_eq!(
+            path,
+            "/apis/gateway.networking.k8s.io/v1/namespaces/shop/backendtlspolicies/tls/status"
+        );
+        assert_eq!(body["metadata"]["resourceVersion"], "44");
+        let ancestor = &body["status"]["ancestors"][0];
+        assert_eq!(ancestor["controllerName"], CONTROLLER_NAME);
+        assert_eq!(
+            conditions(ancestor),
+            [
+                ("Accepted".into(), "True".into(), "Accepted".into()),
+                ("ResolvedRefs".into(), "True".into(), "ResolvedRefs".into()),
+            ]
+        );
+        assert_eq!(ancestor["conditions"][0]["observedGeneration"], 5);
         // The refused route: not accepted, and why.
         let (path, _, body) = patches.remove(0);
         assert_eq!(
@@ -1180,7 +1349,9 @@ spec:
         };
         // First written with both parents…
         let store = Store::from_yaml(ROUTE);
-        let written = to_write(&store, "2026-12-06T00:00:00Z").remove(0).2;
+        let written = to_write(&store, "2026-12-06T00:00:00Z", "cluster.local")
+            .remove(0)
+            .2;
         // …then the route names only the Gateway, its status showing ours.
         let gateway_only = format!(
             "{}\nstatus: {}",
@@ -1191,12 +1362,12 @@ spec:
             json!({ "parents": written })
         );
         let store = with_ours(&gateway_only);
-        let writes = to_write(&store, "2026-12-07T00:00:00Z");
+        let writes = to_write(&store, "2026-12-07T00:00:00Z", "cluster.local");
         assert_eq!(writes.len(), 1, "{writes:?}");
         assert_eq!(writes[0].2, Vec::<Value>::new());
         // Once they are gone, nothing more.
         let done = gateway_only.replace(&json!({ "parents": written }).to_string(), "{}");
-        assert!(to_write(&with_ours(&done), "2026-12-08T00:00:00Z").is_empty());
+        assert!(to_write(&with_ours(&done), "2026-12-08T00:00:00Z", "cluster.local").is_empty());
     }
 
     #[test]
@@ -1205,7 +1376,7 @@ spec:
             "  - { group: \"\", kind: Service, name: app }\n",
             "  - { group: \"\", kind: Service, name: app, port: 8080 }\n",
         ));
-        let writes = to_write(&store, "2026-12-06T00:00:00Z");
+        let writes = to_write(&store, "2026-12-06T00:00:00Z", "cluster.local");
         let parent = &writes[0].2[0];
         assert_eq!(
             conditions(parent)[0],
@@ -1223,7 +1394,7 @@ spec:
             "  - { group: \"\", kind: Service, name: app }\n",
             "  - { group: \"\", kind: Service, name: app, sectionName: http }\n  - { group: \"\", kind: Service, name: app, sectionName: admin }\n",
         ));
-        let writes = to_write(&store, "2026-12-06T00:00:00Z");
+        let writes = to_write(&store, "2026-12-06T00:00:00Z", "cluster.local");
         let parents = &writes[0].2;
         assert_eq!(conditions(&parents[0])[0].1, "True", "{parents:#?}");
         assert_eq!(

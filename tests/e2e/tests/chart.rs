@@ -530,6 +530,34 @@ fn granted<'a>(objects: &'a [Value], kind: &str, role: &str, account: &str) -> R
     Ok(&find(objects, kind, role)?["rules"])
 }
 
+/// The namespaces where a Role bound to `account` lets it get, list and
+/// watch `resource` (of the core group).
+fn namespaces_granting(objects: &[Value], account: &str, resource: &str) -> Result<Vec<String>> {
+    let mut namespaces = Vec::new();
+    for role in objects.iter().filter(|o| o["kind"] == "Role") {
+        let ns = text(&role["metadata"]["namespace"])?;
+        let name = &role["metadata"]["name"];
+        let bound = objects.iter().any(|b| {
+            b["kind"] == "RoleBinding"
+                && b["metadata"]["namespace"] == ns
+                && b["roleRef"]["kind"] == "Role"
+                && b["roleRef"]["name"] == *name
+                && list(&b["subjects"])
+                    .iter()
+                    .any(|s| s["name"] == account && s["namespace"] == NAMESPACE)
+        });
+        if bound
+            && ["get", "list", "watch"]
+                .iter()
+                .all(|verb| allows(&role["rules"], "", resource, verb, None))
+        {
+            namespaces.push(ns.to_owned());
+        }
+    }
+    namespaces.sort();
+    Ok(namespaces)
+}
+
 /// Without the CA and the waypoint controller (an operator's own CA, Gateways handled
 /// elsewhere), the chart still renders a node agent that runs, without identities.
 #[test]
@@ -599,29 +627,7 @@ fn secrets_are_readable_only_in_the_credential_namespaces() -> Result<()> {
             )),
             "the node agent may read Secrets cluster-wide"
         );
-        // Namespaces where a Role bound to the agent lets it read Secrets.
-        let mut namespaces = Vec::new();
-        for role in objects.iter().filter(|o| o["kind"] == "Role") {
-            let ns = text(&role["metadata"]["namespace"])?;
-            let name = &role["metadata"]["name"];
-            let bound = objects.iter().any(|b| {
-                b["kind"] == "RoleBinding"
-                    && b["metadata"]["namespace"] == ns
-                    && b["roleRef"]["kind"] == "Role"
-                    && b["roleRef"]["name"] == *name
-                    && list(&b["subjects"])
-                        .iter()
-                        .any(|s| s["name"] == account && s["namespace"] == NAMESPACE)
-            });
-            if bound
-                && ["get", "list", "watch"]
-                    .iter()
-                    .all(|verb| allows(&role["rules"], "", "secrets", verb, None))
-            {
-                namespaces.push(ns.to_owned());
-            }
-        }
-        namespaces.sort();
+        let namespaces = namespaces_granting(objects, account, "secrets")?;
         Ok((namespaces, run.secret_namespaces))
     };
     // The agent knows its own namespace: a ztunnel in a pod is believed only
@@ -644,12 +650,29 @@ fn secrets_are_readable_only_in_the_credential_namespaces() -> Result<()> {
         roles.is_empty() && read.is_empty(),
         "by default: Roles {roles:?}, --secret-namespace {read:?}"
     );
-    let (roles, read) = secrets_readable(&render(&[
-        "nodeAgent.credentialNamespaces={egress,partners,egress}",
-    ])?)?;
+    let objects = render(&["nodeAgent.credentialNamespaces={egress,partners,egress}"])?;
+    let (roles, read) = secrets_readable(&objects)?;
     ensure!(
         roles == ["egress", "partners"] && read == ["egress", "partners"],
         "Roles {roles:?}, --secret-namespace {read:?}"
+    );
+    // The waypoint controller reads the ConfigMaps there (for BackendTLSPolicy
+    // status), never the Secrets.
+    let controller = find(&objects, "Deployment", "warren-waypoint-controller")?;
+    let AgentCommand::WaypointController(args) =
+        agent_cli(container(controller, "waypoint-controller")?)?
+    else {
+        bail!("the waypoint controller does not run `waypoint-controller`");
+    };
+    let account = text(&controller["spec"]["template"]["spec"]["serviceAccountName"])?;
+    let bundles = namespaces_granting(&objects, account, "configmaps")?;
+    let secrets = namespaces_granting(&objects, account, "secrets")?;
+    ensure!(
+        bundles == ["egress", "partners"]
+            && args.secret_namespaces == ["egress", "partners"]
+            && secrets.is_empty(),
+        "the controller reads ConfigMaps in {bundles:?} (told {:?}), Secrets in {secrets:?}",
+        args.secret_namespaces
     );
     // Never the release's namespace: the CA's root key is a Secret there.
     let refused = render(&[&format!(
