@@ -384,9 +384,11 @@ spec:
     hostname: other.shop.example
 "#;
 
-    /// (type, status, reason, message) of each condition, per ancestor (by
-    /// name).
-    fn statuses(yaml: &str, policy: &str) -> Vec<(String, Vec<(String, bool, String, String)>)> {
+    /// (type, status, reason, message) of a condition.
+    type Shown = (String, bool, String, String);
+
+    /// Each condition, per ancestor (by name).
+    fn statuses(yaml: &str, policy: &str) -> Vec<(String, Vec<Shown>)> {
         let store = Store::from_yaml(yaml);
         let key = ObjectKey::new(Kind::BackendTlsPolicy, Some("shop"), policy);
         let Some(Object::BackendTlsPolicy(policy)) = store.get(&key) else {
@@ -404,7 +406,7 @@ spec:
             .collect()
     }
 
-    fn reasons(status: &[(String, bool, String, String)]) -> Vec<(&str, bool, &str)> {
+    fn reasons(status: &[Shown]) -> Vec<(&str, bool, &str)> {
         status
             .iter()
             .map(|(kind, status, reason, _)| (kind.as_str(), *status, reason.as_str()))
