@@ -115,7 +115,13 @@ impl Handler for Subscription {
             mentioned.insert(resource.key.clone());
             let result = match resource.kind {
                 Some(kind) => parse(&resource.key, kind, &trust_domain),
-                None => Err("the resource has no kind".to_owned()),
+                // prost leaves a oneof variant it does not know empty: a
+                // newer agent's kind, which this build cannot enforce. Refused,
+                // so the agent hears of it (its status lists the NACK).
+                None => Err(
+                    "a kind of resource this build does not know (a newer node agent's? roll ztunnel and the waypoints out with it): not applied"
+                        .to_owned(),
+                ),
             };
             match result {
                 Ok(r) => parsed.push((resource.key, r)),

@@ -102,6 +102,11 @@ async fn a_bad_resource_is_refused_and_the_last_good_copy_stays() {
                 Kind::Certificate(bad_cert),
             ),
             res("authorization/demo/fine", Kind::Authorization(good)),
+            // A kind of a newer agent reads as none at all.
+            config::Resource {
+                key: "future/demo/x".into(),
+                kind: None,
+            },
         ],
         vec![],
     ));
@@ -113,9 +118,16 @@ async fn a_bad_resource_is_refused_and_the_last_good_copy_stays() {
                 refused,
                 vec![
                     warren_api::key::certificate(&server_id),
+                    "future/demo/x".to_owned(),
                     "workload/demo/dangling".to_owned(),
                     mesh.server_key.clone(),
                 ]
+            );
+            assert!(
+                nack.reason
+                    .contains("a kind of resource this build does not know"),
+                "{}",
+                nack.reason
             );
             assert!(
                 nack.reason
