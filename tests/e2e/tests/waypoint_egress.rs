@@ -139,13 +139,21 @@ impl Egress {
     /// The namespace's waypoint (its Gateway written, its process started on
     /// node 1), asking the DNS server for external hosts.
     fn start_waypoint(&self) -> Result<Process> {
+        self.start_waypoint_with(&[])
+    }
+
+    /// [`Egress::start_waypoint`], with more arguments.
+    fn start_waypoint_with(&self, args: &[&str]) -> Result<Process> {
         std::fs::write(
             self.cluster.config_dir().join("gateway.demo.waypoint.yaml"),
             waypoint_gateway("demo"),
         )?;
         let pod = self.cluster.pod("waypoint")?.clone();
-        start_waypoint_with(&self.cluster, &pod, "demo", &["--dns-server", &self.dns])
-            .with_context(|| self.mesh.logs())
+        let args: Vec<&str> = ["--dns-server", &self.dns]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        start_waypoint_with(&self.cluster, &pod, "demo", &args).with_context(|| self.mesh.logs())
     }
 }
 
@@ -1078,6 +1086,103 @@ fn the_waypoint_sends_a_none_entrys_requests_where_they_were_dialled() -> Result
     ensure!(
         !clusters.is_empty(),
         "no original-destination cluster at the waypoint\n{}",
+        logs()
+    );
+    Ok(())
+}
+
+/// A ServiceEntry switched back and forth between `NONE` and `STATIC` under
+/// load: its address is the server's own and its one endpoint, so either
+/// way every request reaches the same server, and none may fail while the
+/// waypoint's cluster changes kind under requests in flight.
+#[test]
+fn an_entry_switched_between_none_and_static_under_load_drops_no_request() -> Result<()> {
+    require_root()?;
+    let egress = egress_cluster()?;
+    let Egress {
+        cluster,
+        mesh,
+        node,
+        ..
+    } = &egress;
+    let target = format!("{}:9006", node.ip);
+    let _server = egress.serve(&["http", "--listen", &target, "--version", "flip"], 9006)?;
+    let entry = |resolution: &str| {
+        let endpoints = match resolution {
+            "STATIC" => format!(" endpoints: [{{ address: {} }}],", node.ip),
+            _ => String::new(),
+        };
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {{ name: flip, namespace: demo, labels: {{ istio.io/use-waypoint: waypoint }} }}\n\
+             spec: {{ hosts: [flip.internal], addresses: [{}], resolution: {resolution},{endpoints}\n\
+             ports: [{{ number: 9006, name: http, protocol: HTTP }}] }}\n\
+             ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+             metadata: {{ name: flip, namespace: demo }}\n\
+             spec:\n  hosts: [flip.internal]\n  http:\n  \
+             - headers: {{ response: {{ set: {{ x-egress: subnet }} }} }}\n    \
+               route: [{{ destination: {{ host: flip.internal }} }}]\n",
+            node.ip
+        )
+    };
+    let file = cluster.config_dir().join("flip.demo.yaml");
+    std::fs::write(&file, entry("STATIC"))?;
+    // Two workers: a request may be served while a change is applied.
+    let waypoint = egress.start_waypoint_with(&["--worker-threads", "2"])?;
+    let client = cluster.pod("client")?.clone();
+    let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
+    for resolution in ["STATIC", "NONE"] {
+        std::fs::write(&file, entry(resolution))?;
+        let mut last = (0, Value::Null, None);
+        eventually(
+            Duration::from_secs(20),
+            &format!("{resolution} through the waypoint"),
+            || {
+                last = get_marked(&client, &target)?;
+                Ok(last.0 == 200 && last.2.as_deref() == Some("subnet"))
+            },
+        )
+        .with_context(|| format!("last answer: {last:?}\n{}", logs()))?;
+    }
+    // Load for 4 s while the entry changes kind every 150 ms.
+    let loader = {
+        let client = client.clone();
+        let url = format!("http://{target}/hello");
+        std::thread::spawn(move || load(&client, &url, &["-d", "4s", "-c", "4"]))
+    };
+    let mut switches = 0;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(150));
+        switches += 1;
+        // Written whole, then renamed: the agent never reads half a file.
+        let next = file.with_extension("yaml.tmp");
+        let resolution = if switches % 2 == 1 { "STATIC" } else { "NONE" };
+        std::fs::write(&next, entry(resolution))?;
+        std::fs::rename(&next, &file)?;
+    }
+    let report = loader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
+    // The switches were in force: the last one (NONE) is.
+    let original = || -> Result<bool> {
+        let clusters = clusters_objects(&cluster.pod("waypoint")?.sandbox, |o| {
+            o.get("original_destination").is_some()
+                && o.get("host") == Some(&json!("flip.internal"))
+        })?;
+        Ok(clusters.iter().any(|c| c["original_destination"] == true))
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the last switch (NONE) in force",
+        original,
+    )
+    .with_context(logs)?;
+    let total = report["requests"].as_u64().unwrap_or_default();
+    eprintln!("{switches} switches between NONE and STATIC under load: {report}");
+    ensure!(
+        total > 100 && count_status(&report, 200) == total,
+        "every request answered 200 while the entry switched {switches} times: {report}\n{}",
         logs()
     );
     Ok(())

@@ -1440,8 +1440,16 @@ impl Context {
             Some((_, cluster))
                 if cluster.resolved() == &resolved && cluster.declared_http() == declared =>
             {
-                cluster.set_original_destination(original);
-                cluster.update(endpoints);
+                // In the order that leaves no moment without a way to go
+                // (requests on other workers pick meanwhile): the flag set
+                // before the endpoints go, cleared after they come.
+                if original {
+                    cluster.set_original_destination(true);
+                    cluster.update(endpoints);
+                } else {
+                    cluster.update(endpoints);
+                    cluster.set_original_destination(false);
+                }
                 Arc::clone(cluster)
             }
             _ => {
