@@ -26,10 +26,11 @@ use warren_ztunnel::drain;
 
 use super::{
     connect::{ConnectError, Connector, Route, SendError},
-    lifetime::{Lifetime, sweep},
+    lifetime::{InForce, Lifetime, sweep},
 };
 use crate::{
     app::Body,
+    tables::Tables,
     upstream::{PoolLimits, Speaks},
 };
 
@@ -190,15 +191,16 @@ impl KeepAlive {
     }
 
     /// Closes idle connections past their idle timeout or maximum duration,
-    /// or closed by the peer, until the drain.
-    pub async fn run_eviction(self: Arc<Self>, drain: drain::Watch) {
-        sweep(drain, |now| self.evict(now)).await;
+    /// closed by the peer, or started with TLS settings `tables` no longer
+    /// ask for, until the drain.
+    pub async fn run_eviction(self: Arc<Self>, drain: drain::Watch, tables: Arc<Tables>) {
+        sweep(drain, tables, |now, in_force| self.evict(now, in_force)).await;
     }
 
-    fn evict(&self, now: Instant) {
+    pub(super) fn evict(&self, now: Instant, in_force: InForce<'_>) {
         lock(&self.idle).retain(|endpoint, stack| {
             stack.retain(|idle| {
-                let keep = idle.usable(now);
+                let keep = idle.usable(now) && idle.connection.lifetime.tls_in_force(in_force);
                 if !keep {
                     debug!(%endpoint, "closing an idle HTTP/1.1 upstream connection");
                 }
@@ -332,9 +334,9 @@ mod tests {
         };
         assert_eq!(get(&pool, endpoint, &limits).await, "1");
         settle(&pool, 1).await;
-        pool.evict(Instant::now());
+        pool.evict(Instant::now(), &|_| true);
         assert_eq!(pool.idle(), 1, "not idle long enough yet");
-        pool.evict(Instant::now() + Duration::from_millis(150));
+        pool.evict(Instant::now() + Duration::from_millis(150), &|_| true);
         assert_eq!(pool.idle(), 0, "idle past idleTimeout");
         // Idle past the timeout when taken: not used, a new one is opened.
         assert_eq!(get(&pool, endpoint, &limits).await, "2");
@@ -349,7 +351,7 @@ mod tests {
             ..PoolLimits::default()
         };
         settle(&pool, 1).await;
-        pool.evict(Instant::now() + Duration::from_secs(1));
+        pool.evict(Instant::now() + Duration::from_secs(1), &|_| true);
         assert_eq!(get(&pool, endpoint, &limits).await, "4");
         settle(&pool, 1).await;
         tokio::time::sleep(Duration::from_millis(150)).await;

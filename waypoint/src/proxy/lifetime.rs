@@ -2,13 +2,19 @@
 //! [`super::multiplex`] for HTTP/2) keep about a pooled connection besides
 //! the connection itself, and their eviction loop.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use warren_ztunnel::{drain, proxy::hbone::client::Carrier};
 
+use crate::tables::Tables;
+
 use super::connect::{Route, Via};
-use crate::upstream::PoolLimits;
+use crate::upstream::{PoolLimits, TlsSettings};
+
+/// Whether connections started with some TLS settings are still asked for
+/// ([`crate::upstream::Policies::starts`], of the tables in force).
+pub type InForce<'a> = &'a dyn Fn(&TlsSettings) -> bool;
 
 /// How often pooled connections are checked for their idle timeout and
 /// maximum duration.
@@ -49,6 +55,15 @@ impl Lifetime {
         self.route == *route
     }
 
+    /// Whether the TLS it started (if any) is still asked for: settings no
+    /// rule or policy holds any more would never be taken again.
+    pub fn tls_in_force(&self, in_force: InForce<'_>) -> bool {
+        self.route
+            .tls
+            .as_ref()
+            .is_none_or(|tls| in_force(tls.settings()))
+    }
+
     /// Whether it goes by `via`, whatever its TLS.
     pub fn goes_via(&self, via: &Via) -> bool {
         self.route.via == *via
@@ -82,14 +97,21 @@ impl Lifetime {
     }
 }
 
-/// Calls `evict` every [`EVICTION_INTERVAL`] until the drain: each pool's
-/// eviction task.
-pub async fn sweep(mut drain: drain::Watch, evict: impl Fn(Instant)) {
+/// Calls `evict` every [`EVICTION_INTERVAL`] until the drain, with the
+/// TLS settings the tables in force ask for: each pool's eviction task.
+pub async fn sweep(
+    mut drain: drain::Watch,
+    tables: Arc<Tables>,
+    evict: impl Fn(Instant, InForce<'_>),
+) {
     let mut tick = tokio::time::interval(EVICTION_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => evict(Instant::now()),
+            _ = tick.tick() => {
+                let compiled = tables.current();
+                evict(Instant::now(), &|settings| compiled.policies.starts(settings));
+            }
             () = drain.draining() => return,
         }
     }

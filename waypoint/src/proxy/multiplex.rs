@@ -44,10 +44,11 @@ use warren_ztunnel::drain;
 
 use super::{
     connect::{ConnectError, Connector, Route, SendError},
-    lifetime::{Lifetime, sweep},
+    lifetime::{InForce, Lifetime, sweep},
 };
 use crate::{
     app::Body,
+    tables::Tables,
     upstream::{Pool, PoolLimits, Speaks},
 };
 
@@ -550,15 +551,19 @@ impl Multiplexed {
     }
 
     /// Closes connections that have closed, sat unused for their idle
-    /// timeout or lived their maximum duration, until the drain.
-    pub async fn run_eviction(self: Arc<Self>, drain: drain::Watch) {
-        sweep(drain, |now| self.evict(now)).await;
+    /// timeout or lived their maximum duration, until the drain; and those
+    /// without a stream that were started with TLS settings `tables` no
+    /// longer ask for.
+    pub async fn run_eviction(self: Arc<Self>, drain: drain::Watch, tables: Arc<Tables>) {
+        sweep(drain, tables, |now, in_force| self.evict(now, in_force)).await;
     }
 
-    fn evict(&self, now: Instant) {
+    pub(super) fn evict(&self, now: Instant, in_force: InForce<'_>) {
         lock(&self.endpoints).retain(|endpoint, entry| {
             entry.open.retain(|o| {
-                let keep = o.connection.keep(o.last_used, now);
+                let obsolete = !o.connection.lifetime.tls_in_force(in_force)
+                    && o.connection.streams.active.load(Ordering::Acquire) == 0;
+                let keep = !obsolete && o.connection.keep(o.last_used, now);
                 if !keep {
                     debug!(%endpoint, "retiring an idle, old or closed HTTP/2 upstream connection");
                 }
@@ -987,7 +992,9 @@ pub(crate) mod tests {
             .expect("an answer");
         assert_eq!(text(answer).await, "ok");
         assert_eq!(pool.len(), 1);
-        pool.evict(Instant::now() + PoolLimits::default().idle_timeout);
+        pool.evict(Instant::now() + PoolLimits::default().idle_timeout, &|_| {
+            true
+        });
         assert!(pool.is_empty(), "idle past the timeout");
         tokio::time::timeout(Duration::from_secs(5), async {
             while seen.closed.load(Ordering::SeqCst) < 1 {
@@ -1027,7 +1034,7 @@ pub(crate) mod tests {
         assert_eq!(text(streaming).await, "one two");
         assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
         // And the eviction pass retires it without a request.
-        pool.evict(Instant::now() + Duration::from_millis(150));
+        pool.evict(Instant::now() + Duration::from_millis(150), &|_| true);
         assert!(pool.is_empty());
     }
 
@@ -1161,13 +1168,13 @@ pub(crate) mod tests {
             .await
             .expect("an answer");
         // Far past the idle timeout, but with a stream open: kept.
-        pool.evict(Instant::now() + limits.idle_timeout * 2);
+        pool.evict(Instant::now() + limits.idle_timeout * 2, &|_| true);
         assert_eq!(pool.connections(), 1, "a busy connection is not idle");
         assert_eq!(text(streaming).await, "one two");
         // Its idle time counts from the end of that stream.
-        pool.evict(Instant::now() + limits.idle_timeout / 2);
+        pool.evict(Instant::now() + limits.idle_timeout / 2, &|_| true);
         assert_eq!(pool.connections(), 1);
-        pool.evict(Instant::now() + limits.idle_timeout);
+        pool.evict(Instant::now() + limits.idle_timeout, &|_| true);
         assert!(pool.is_empty());
         assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
     }

@@ -39,6 +39,13 @@ pub struct BackendTlsError {
 }
 
 impl BackendTlsTable {
+    /// Every policy's settings.
+    pub fn settings(&self) -> impl Iterator<Item = &Arc<TlsSettings>> {
+        self.hosts
+            .values()
+            .flat_map(|ports| ports.each.iter().map(|(_, s)| s).chain(&ports.rest))
+    }
+
     /// Compiles the targets' policies, in any order. A host two targets of
     /// one namespace share (two ServiceEntries naming it) has the ports of
     /// both, as one target's are: a port one of them names has that one's

@@ -85,7 +85,7 @@ pub use policy::{
 };
 pub(crate) use pool::Pool;
 pub use pool::{Overflow, Permit, RetryPermit};
-pub use tls::{Credentials, Origination, Speaks};
+pub use tls::{Credentials, Origination, Speaks, TlsSettings};
 
 /// Whether an endpoint with `labels` belongs to a subset selecting
 /// `selector`: every selector label present with the same value. The empty

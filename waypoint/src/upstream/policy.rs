@@ -499,6 +499,17 @@ impl Policies {
         self.tls.iter().any(|settings| settings.files_changed())
     }
 
+    /// Whether connections started with `settings` are still what some rule
+    /// or BackendTLSPolicy asks for. Pooled connections of settings that are
+    /// no longer (a renewed CA bundle, a changed rule) are closed rather than
+    /// left idle until their timeout: nothing would take them again.
+    pub fn starts(&self, settings: &TlsSettings) -> bool {
+        self.tls
+            .iter()
+            .chain(self.backend_tls.settings())
+            .any(|held| held.same_as(settings))
+    }
+
     /// The effective settings for traffic to `host` (a fully qualified
     /// name) of a service in `namespace`, the route's `subset` and the
     /// destination `port`.

@@ -170,6 +170,13 @@ impl Configs {
 }
 
 impl TlsSettings {
+    /// Whether `other` reads the same (rule, policy and what its files and
+    /// credentials held): connections made with one may serve the other.
+    pub fn same_as(&self, other: &TlsSettings) -> bool {
+        std::ptr::eq(self, other)
+            || (self.files == other.files && self.spec == other.spec && self.policy == other.policy)
+    }
+
     /// What the rule's `tls` asks of the waypoint, and, for settings that
     /// cannot be honoured (they fail closed), why.
     pub fn compile(
@@ -333,11 +340,9 @@ pub struct Origination {
 // endpoint the same way: they may share its pooled connections.
 impl PartialEq for Origination {
     fn eq(&self, other: &Self) -> bool {
-        let same = Arc::ptr_eq(&self.settings, &other.settings)
-            || (self.settings.files == other.settings.files
-                && self.settings.spec == other.settings.spec
-                && self.settings.policy == other.settings.policy);
-        same && self.server_name == other.server_name && self.entry_names == other.entry_names
+        self.settings.same_as(&other.settings)
+            && self.server_name == other.server_name
+            && self.entry_names == other.entry_names
     }
 }
 
@@ -363,6 +368,11 @@ impl Origination {
     /// from; `None` for a DestinationRule's.
     pub fn backend_tls_policy(&self) -> Option<&str> {
         self.settings.policy.as_deref()
+    }
+
+    /// The settings it was made from.
+    pub fn settings(&self) -> &TlsSettings {
+        &self.settings
     }
 
     /// The client config and server name to start TLS with, or why the

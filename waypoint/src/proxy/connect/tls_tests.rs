@@ -1298,3 +1298,81 @@ fn a_backend_tls_policy_starts_nothing_on_the_clients_own_tls() {
     // A DestinationRule's tls is the operator's own word, as before.
     assert!(on(&from_rule, true));
 }
+
+/// Pooled connections started with a CA bundle since renewed are closed at
+/// the pools' next sweep (nothing would take them again; before, they sat
+/// idle for up to an hour), while those of settings still asked for stay.
+#[tokio::test]
+async fn pooled_connections_of_a_renewed_bundle_are_closed() {
+    let ca = Authority::new("backend root").expect("ca");
+    let next = Authority::new("next root").expect("ca");
+    let leaf = ca.server(&["backend.internal"]).expect("leaf");
+    let policies = |bundle: &str| {
+        let policy = backend_tls(&[(0, "egress/api", bundle, &[], "")]);
+        let (table, errors) =
+            crate::upstream::BackendTlsTable::build([("backendtls/egress/api", &policy)]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let scope = Scope {
+            namespace: "egress".into(),
+            root: "istio-system".into(),
+            labels: Default::default(),
+        };
+        Policies::build(None, scope).0.with_backend_tls(table)
+    };
+    let before = policies(&ca.root_pem);
+    let again = policies(&ca.root_pem);
+    let renewed = policies(&format!("{}{}", ca.root_pem, next.root_pem));
+    let limits = before
+        .resolve(HOST, "egress", None, 443)
+        .expect("resolves")
+        .pool;
+    let now = tokio::time::Instant::now;
+
+    // HTTP/1.1: one idle connection after a request.
+    let (addr, _seen) = http_server(&leaf).await;
+    let pool = KeepAlive::new(connector());
+    let response = pool
+        .send(addr, get_root(), &limits)
+        .await
+        .expect("answered");
+    response.into_body().collect().await.expect("body");
+    for _ in 0..200 {
+        if pool.idle() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(pool.idle(), 1);
+    // The same bundle compiled again (any config change does): kept.
+    pool.evict(now(), &|settings| again.starts(settings));
+    assert_eq!(
+        pool.idle(),
+        1,
+        "settings that read the same are still asked for"
+    );
+    pool.evict(now(), &|settings| renewed.starts(settings));
+    assert_eq!(pool.idle(), 0, "the old bundle's connection is closed");
+
+    // HTTP/2 likewise, once its streams are done.
+    let (addr, _seen) = serve(&leaf, None, Speaking::SlowHttp2).await;
+    let pool = Multiplexed::new(connector());
+    let request = Request::get(format!("https://{HOST}/"))
+        .body(full(Bytes::new()))
+        .expect("request");
+    let (response, stream) = pool
+        .send(addr, request, cluster(&limits, 10))
+        .await
+        .expect("answered");
+    pool.evict(now(), &|settings| renewed.starts(settings));
+    assert_eq!(pool.connections(), 1, "a stream still runs on it");
+    response.into_body().collect().await.expect("body");
+    drop(stream);
+    pool.evict(now(), &|settings| again.starts(settings));
+    assert_eq!(pool.connections(), 1);
+    pool.evict(now(), &|settings| renewed.starts(settings));
+    assert_eq!(
+        pool.connections(),
+        0,
+        "the old bundle's connection is closed"
+    );
+}
