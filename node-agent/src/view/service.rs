@@ -172,19 +172,40 @@ pub(super) fn overrides(
 /// One endpoint per address (or name), in a stable order, so that equal
 /// views encode equally (and publish no change). A pod in two EndpointSlices
 /// is one endpoint (the first's ports); an address that is no pod's counts
-/// once per port map, so that a ServiceEntry's address listed on two ports
-/// is two endpoints.
+/// once per port map and set of labels, locality and weight, so that a
+/// ServiceEntry's address listed on two ports, or twice with other labels
+/// (one server in two subsets, as Envoy keeps them), is two endpoints.
 pub(super) fn settle(endpoints: &mut Vec<Endpoint>) {
-    type Order<'a> = (&'a [u8], &'a str, &'a str, &'a BTreeMap<u32, u32>);
+    type Order<'a> = (
+        &'a [u8],
+        &'a str,
+        &'a str,
+        &'a BTreeMap<u32, u32>,
+        &'a BTreeMap<String, String>,
+        &'a str,
+        u32,
+    );
     fn order(e: &Endpoint) -> Order<'_> {
-        (&e.address, &e.hostname, &e.workload, &e.ports)
+        (
+            &e.address,
+            &e.hostname,
+            &e.workload,
+            &e.ports,
+            &e.labels,
+            &e.locality,
+            e.weight,
+        )
     }
     endpoints.sort_by(|a, b| order(a).cmp(&order(b)));
     endpoints.dedup_by(|a, b| {
         a.address == b.address
             && a.hostname == b.hostname
             && a.workload == b.workload
-            && (!a.workload.is_empty() || a.ports == b.ports)
+            && (!a.workload.is_empty()
+                || (a.ports == b.ports
+                    && a.labels == b.labels
+                    && a.locality == b.locality
+                    && a.weight == b.weight))
     });
 }
 

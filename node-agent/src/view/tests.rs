@@ -2166,7 +2166,7 @@ fn an_entrys_selected_pods_and_trust_domain_aliases_add_names() {
 
 /// An entry's endpoints keep their own labels, locality and weight (unset:
 /// 0, which the proxies read as 1), for the waypoint's subsets and balancing;
-/// one address on another port is another endpoint.
+/// one address on another port, or with other labels, is another endpoint.
 #[test]
 fn an_entrys_endpoints_keep_their_labels_locality_and_weight() {
     let (_store, view) = built(
@@ -2174,7 +2174,8 @@ fn an_entrys_endpoints_keep_their_labels_locality_and_weight() {
          metadata: { name: catalog, namespace: demo }\n\
          spec: { hosts: [catalog.example], addresses: [10.80.0.7], ports: [{ number: 80, name: http }], resolution: STATIC,\n\
          endpoints: [{ address: 192.0.2.1, labels: { version: v1 }, locality: us-east/a, weight: 3 }, { address: 192.0.2.2 },\n\
-         { address: 192.0.2.1, ports: { http: 8081 }, labels: { version: v2 } }] }\n",
+         { address: 192.0.2.1, ports: { http: 8081 }, labels: { version: v2 } },\n\
+         { address: 192.0.2.1, ports: { http: 8081 }, labels: { version: v3 } }, { address: 192.0.2.2 }] }\n",
     );
     let service = entry_service(&view, "demo", "catalog.example").expect("the entry");
     let endpoints: Vec<_> = service
@@ -2204,6 +2205,14 @@ fn an_entrys_endpoints_keep_their_labels_locality_and_weight() {
                 String::new(),
                 0
             ),
+            // The same server in another subset: an endpoint of its own.
+            (
+                "192.0.2.1".to_owned(),
+                vec![("version".to_owned(), "v3".to_owned())],
+                String::new(),
+                0
+            ),
+            // Listed twice alike: once.
             ("192.0.2.2".to_owned(), vec![], String::new(), 0),
         ]
     );
