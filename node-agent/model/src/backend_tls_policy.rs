@@ -557,8 +557,8 @@ mod tests {
         assert_eq!(
             fields,
             [
-                "validation.hostname",
                 "validation.caCertificateRefs[0]",
+                "validation.hostname",
                 "validation.subjectAltNames[0].uri",
                 "validation.subjectAltNames[1].hostname",
                 "validation.subjectAltNames[2].ipAddress",

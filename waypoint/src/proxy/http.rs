@@ -50,7 +50,8 @@ use crate::{
     tables::Compiled,
     telemetry::{HeaderNeed, attributes::RequestFacts},
     upstream::{
-        self, Cluster, Endpoint, HashInput, LoadBalancer, Outcome, RetryPermit, UpstreamHttp,
+        self, Cluster, Endpoint, HashInput, LoadBalancer, Outcome, RetryPermit, Unpicked,
+        UpstreamHttp,
     },
 };
 
@@ -938,17 +939,14 @@ pub(super) async fn attempt(
         Some(retries) if retries.retry_remote_localities => &tries.endpoints,
         _ => &[],
     };
-    let picked = if cluster.is_original_destination() {
-        match cluster.pick_original(client.dialled()) {
-            Ok(picked) => picked,
-            Err(reason) => return local(StatusCode::SERVICE_UNAVAILABLE, &reason, "UH"),
+    let dialled = || client.dialled_now(&ctx.inputs.state);
+    let picked = match cluster.pick_for(dialled, &hash, avoid, leave, Instant::now()) {
+        Ok(picked) => picked,
+        Err(Unpicked::NotDialled(reason)) => {
+            return local(StatusCode::SERVICE_UNAVAILABLE, &reason, "UH");
         }
-    } else {
-        match cluster.pick_avoiding(&hash, avoid, leave, Instant::now()) {
-            Some(picked) => picked,
-            None => {
-                return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "UH");
-            }
+        Err(Unpicked::NoEndpoint) => {
+            return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", "UH");
         }
     };
     let endpoint = picked.endpoint.address;

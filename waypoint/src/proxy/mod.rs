@@ -46,7 +46,7 @@ use warren_ztunnel::{
         Tunnel, original_source,
         server::{ConnectHandler, Peer, Stream},
     },
-    state::{Service, Workload, service::Protocol},
+    state::{Service, State, Workload, service::Protocol},
 };
 
 use crate::{
@@ -90,7 +90,8 @@ impl Downstream {
         }
     }
 
-    /// The client as load balancing sees it.
+    /// The client as load balancing sees it (what it dialled as its
+    /// connection was made; see [`Client::dialled_now`]).
     pub fn client(&self) -> Client {
         Client {
             addr: SocketAddr::new(self.source_ip, 0),
@@ -123,6 +124,17 @@ pub struct Dialled {
 }
 
 impl Client {
+    /// What it dialled, with the entry as it is now: a kept-alive connection
+    /// made while its entry had endpoints (`STATIC`) meets it resolved
+    /// `NONE` later, and must go where it dialled then, as a new one would.
+    pub fn dialled_now(&self, state: &State) -> Option<(SocketAddr, Arc<Service>)> {
+        let dialled = self.dialled.as_ref()?;
+        let service = state
+            .service(&dialled.service.key)
+            .unwrap_or_else(|| Arc::clone(&dialled.service));
+        Some((dialled.addr, service))
+    }
+
     /// What it dialled, as an original-destination cluster checks it.
     pub fn dialled(&self) -> Option<(SocketAddr, &Service)> {
         self.dialled.as_ref().map(|d| (d.addr, d.service.as_ref()))

@@ -41,7 +41,7 @@ use crate::{
         tcp::{ConnectionInfo, TcpRouted},
     },
     telemetry::{Attributes, Facts, Resolved},
-    upstream::{HashInput, Outcome, Permit, PoolLimits, Speaks},
+    upstream::{HashInput, Outcome, Permit, PoolLimits, Speaks, Unpicked},
 };
 
 /// Why a connection was not spliced, or was cut, for the access log.
@@ -424,15 +424,12 @@ async fn connect(
     let (headers, uri) = (HeaderMap::new(), Uri::default());
     let client = down.client();
     let hash = HashInput::new(&headers, &uri, Some(client.addr), Some(client.connection));
-    let picked = if cluster.is_original_destination() {
-        // A ServiceEntry resolved `NONE`: where the client dialled.
-        cluster
-            .pick_original(client.dialled())
-            .map_err(|reason| (Ended::NoCluster(reason), None))?
-    } else {
-        cluster
-            .pick(&hash, Instant::now())
-            .ok_or((Ended::NoEndpoint, None))?
+    // A ServiceEntry resolved `NONE`: where the client dialled.
+    let dialled = || client.dialled_now(&ctx.inputs.state);
+    let picked = match cluster.pick_for(dialled, &hash, &[], &[], Instant::now()) {
+        Ok(picked) => picked,
+        Err(Unpicked::NotDialled(reason)) => return Err((Ended::NoCluster(reason), None)),
+        Err(Unpicked::NoEndpoint) => return Err((Ended::NoEndpoint, None)),
     };
     let endpoint = picked.endpoint.address;
     let limits = relaying(cluster.limits(), client_tls);

@@ -147,6 +147,16 @@ impl Slot {
     }
 }
 
+/// Why [`Cluster::pick_for`] found nowhere to send a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unpicked {
+    /// No endpoint is eligible ("no healthy upstream").
+    NoEndpoint,
+    /// An original-destination cluster's request was not dialled to its
+    /// entry (or is the waypoint's own call): why.
+    NotDialled(String),
+}
+
 impl Cluster {
     /// A cluster created at `now` (outlier detection's interval ticks count
     /// from it). `endpoints` are already filtered by the subset's selector.
@@ -190,20 +200,50 @@ impl Cluster {
         self.original.load(Ordering::Acquire)
     }
 
+    /// Where a request goes: for an original-destination cluster, where its
+    /// client dialled ([`Cluster::pick_original`]; `dialled` is asked only
+    /// then); else one of its endpoints ([`Cluster::pick_avoiding`]). A
+    /// cluster switching to `NONE` sets its flag before its endpoints go, and
+    /// one switching back takes its endpoints before clearing it, so the flag
+    /// is read again when no endpoint is left: a request meeting the switch
+    /// always has a way to go.
+    pub fn pick_for(
+        &self,
+        dialled: impl FnOnce() -> Option<(SocketAddr, Arc<Service>)>,
+        input: &HashInput<'_>,
+        avoid: &[String],
+        leave: &[String],
+        now: Instant,
+    ) -> Result<Picked, Unpicked> {
+        if !self.is_original_destination() {
+            if let Some(picked) = self.pick_avoiding(input, avoid, leave, now) {
+                return Ok(picked);
+            }
+            if !self.is_original_destination() {
+                return Err(Unpicked::NoEndpoint);
+            }
+        }
+        let dialled = dialled();
+        self.pick_original(
+            dialled
+                .as_ref()
+                .map(|(addr, entry)| (*addr, entry.as_ref())),
+        )
+        .map_err(Unpicked::NotDialled)
+    }
+
     /// For an original-destination cluster: where a request goes, from what
     /// its client `dialled` (the address, and the Service its ztunnel sent
-    /// it for). The dialled address, on the cluster's port (the route's,
-    /// which is the dialled one unless a route names another), counted
-    /// active while the pick lives, when the request is for the very entry
-    /// it was dialled to: not a route or mirror from another host (whose
-    /// address is not the entry's to dial), nor the waypoint's own calls
-    /// (nothing dialled); the address is one of the entry's, the port one of
-    /// its ports, and the address one the waypoint dials. Else why not.
-    pub fn pick_original(&self, dialled: Option<(SocketAddr, &Service)>) -> Result<Picked, String> {
+    /// it for, as it is now). The dialled address, on the cluster's port (the
+    /// route's, which is the dialled one unless a route names another),
+    /// counted active while the pick lives, when the request is for the very
+    /// entry it was dialled to: not a route or mirror from another host
+    /// (whose address is not the entry's to dial), nor the waypoint's own
+    /// calls (nothing dialled); the address is one of the entry's, the port
+    /// one of its ports, and the address one the waypoint dials. Else why
+    /// not.
+    fn pick_original(&self, dialled: Option<(SocketAddr, &Service)>) -> Result<Picked, String> {
         let host = &self.resolved.host;
-        if !self.is_original_destination() {
-            return Err(format!("{host} is not resolved NONE (any more)"));
-        }
         let Some((addr, entry)) = dialled else {
             return Err(format!(
                 "{host} is resolved NONE: it has no endpoints for the waypoint's own calls"

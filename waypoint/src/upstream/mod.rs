@@ -74,7 +74,7 @@ use std::collections::BTreeMap;
 
 pub use backend_tls::{BackendTlsError, BackendTlsTable};
 pub use balance::{HashInput, SetCookie};
-pub use cluster::{Cluster, Endpoint, Picked};
+pub use cluster::{Cluster, Endpoint, Picked, Unpicked};
 pub use locality::{HOSTNAME_LABEL, LocalityLb, PriorityLabel, Proximity};
 pub use lookup::Scope;
 pub use outlier::Outcome;

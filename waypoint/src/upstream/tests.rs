@@ -2279,12 +2279,19 @@ fn none_entry(host: &str) -> warren_ztunnel::state::Service {
 fn an_original_destination_cluster_goes_where_the_client_dialled() {
     let now = Instant::now();
     let host = "legacy.internal";
-    let entry = none_entry(host);
+    let entry = Arc::new(none_entry(host));
     let cluster = Cluster::new(Resolved::defaults(host, 8080), Vec::new(), now);
     let addr = |s: &str| s.parse::<SocketAddr>().expect("ip:port");
-    let dialled = |s: &str| Some((addr(s), &entry));
+    let pick =
+        |cluster: &Cluster, to: Option<&str>, entry: &Arc<warren_ztunnel::state::Service>| {
+            let dialled = || to.map(|to| (addr(to), Arc::clone(entry)));
+            cluster.pick_for(dialled, &HashInput::default(), &[], &[], now)
+        };
     assert!(!cluster.is_original_destination());
-    assert!(cluster.pick_original(dialled("10.9.0.1:8080")).is_err());
+    assert_eq!(
+        pick(&cluster, Some("10.9.0.1:8080"), &entry).err(),
+        Some(Unpicked::NoEndpoint)
+    );
     cluster.set_original_destination(true);
     assert!(cluster.is_original_destination());
     for (to, expected) in [
@@ -2292,39 +2299,81 @@ fn an_original_destination_cluster_goes_where_the_client_dialled() {
         ("10.20.3.4:8080", "10.20.3.4:8080"),
         ("[::ffff:10.20.3.4]:8080", "10.20.3.4:8080"),
     ] {
-        let picked = cluster
-            .pick_original(dialled(to))
-            .unwrap_or_else(|e| panic!("{to}: {e}"));
+        let picked = pick(&cluster, Some(to), &entry).unwrap_or_else(|e| panic!("{to}: {e:?}"));
         assert_eq!(picked.endpoint.address, addr(expected));
         assert_eq!(picked.endpoint.id, expected);
     }
+    let refused = |result: Result<Picked, Unpicked>| match result {
+        Err(Unpicked::NotDialled(reason)) => reason,
+        other => panic!(
+            "expected a refusal, got {:?}",
+            other.map(|p| p.endpoint.address)
+        ),
+    };
     // Not the entry's address; the waypoint's own host.
     for to in ["10.9.0.2:8080", "10.21.0.1:8080", "127.0.0.1:8080"] {
-        assert!(cluster.pick_original(dialled(to)).is_err(), "{to}");
+        refused(pick(&cluster, Some(to), &entry));
     }
     // The waypoint's own call dialled nothing.
-    let own = cluster.pick_original(None).expect_err("nothing dialled");
+    let own = refused(pick(&cluster, None, &entry));
     assert!(own.contains("the waypoint's own calls"), "{own}");
     // A connection dialled to another host (routed or mirrored here).
-    let other = none_entry("other.internal");
-    let routed = cluster
-        .pick_original(Some((addr("10.9.0.1:8080"), &other)))
-        .expect_err("another host's connection");
+    let other = Arc::new(none_entry("other.internal"));
+    let routed = refused(pick(&cluster, Some("10.9.0.1:8080"), &other));
     assert!(routed.contains("dialled to other.internal"), "{routed}");
     // A route naming the entry's other port: the dialled address there; a
     // port the entry does not declare: nowhere.
     let tls = Cluster::new(Resolved::defaults(host, 8443), Vec::new(), now);
     tls.set_original_destination(true);
-    let picked = tls
-        .pick_original(dialled("10.9.0.1:8080"))
-        .expect("port 8443");
+    let picked = pick(&tls, Some("10.9.0.1:8080"), &entry).expect("port 8443");
     assert_eq!(picked.endpoint.address, addr("10.9.0.1:8443"));
     let undeclared = Cluster::new(Resolved::defaults(host, 9090), Vec::new(), now);
     undeclared.set_original_destination(true);
-    assert!(undeclared.pick_original(dialled("10.9.0.1:8080")).is_err());
+    refused(pick(&undeclared, Some("10.9.0.1:8080"), &entry));
 
     assert!(cluster.endpoints().is_empty());
     assert_eq!(cluster.dump(now)["original_destination"], true);
     cluster.set_original_destination(false);
-    assert!(cluster.pick_original(dialled("10.9.0.1:8080")).is_err());
+    assert_eq!(
+        pick(&cluster, Some("10.9.0.1:8080"), &entry).err(),
+        Some(Unpicked::NoEndpoint)
+    );
+}
+
+/// A cluster switching between `NONE` and `STATIC` (as the proxy applies
+/// it: the flag set before the endpoints go, cleared after they come) has a
+/// way to go at every step, whichever side a request meets.
+#[test]
+fn a_cluster_switching_kind_always_has_a_way_to_go() {
+    let now = Instant::now();
+    let host = "legacy.internal";
+    let entry = Arc::new(none_entry(host));
+    let server: SocketAddr = "10.9.0.1:8080".parse().expect("ip:port");
+    let endpoint = || Endpoint {
+        id: server.to_string(),
+        address: server,
+        labels: BTreeMap::new(),
+        locality: Default::default(),
+        node: String::new(),
+        ready_since: None,
+        weight: 1,
+    };
+    let cluster = Cluster::new(Resolved::defaults(host, 8080), vec![endpoint()], now);
+    let goes = |cluster: &Cluster| {
+        let dialled = || Some((server, Arc::clone(&entry)));
+        cluster
+            .pick_for(dialled, &HashInput::default(), &[], &[], now)
+            .map(|p| p.endpoint.address)
+    };
+    // STATIC → NONE: the flag first, then the endpoints go.
+    assert_eq!(goes(&cluster), Ok(server));
+    cluster.set_original_destination(true);
+    assert_eq!(goes(&cluster), Ok(server));
+    cluster.update_at(Vec::new(), now);
+    assert_eq!(goes(&cluster), Ok(server));
+    // NONE → STATIC: the endpoints first, then the flag is cleared.
+    cluster.update_at(vec![endpoint()], now);
+    assert_eq!(goes(&cluster), Ok(server));
+    cluster.set_original_destination(false);
+    assert_eq!(goes(&cluster), Ok(server));
 }

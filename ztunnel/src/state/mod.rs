@@ -711,6 +711,11 @@ impl State {
         self.workload_by_ip(ip).filter(|w| self.is_local(w))
     }
 
+    /// The service of this resource key, as it is now.
+    pub fn service(&self, key: &str) -> Option<Arc<Service>> {
+        self.read().services.get(key).cloned()
+    }
+
     /// The service with this cluster IP.
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<Arc<Service>> {
         self.read().service_at(ip.to_canonical()).cloned()
