@@ -36,6 +36,8 @@ pub mod netns;
 pub mod sandbox;
 pub mod source;
 pub mod store;
+#[cfg(test)]
+mod test_pki;
 pub mod view;
 pub mod waypoint_controller;
 pub mod waypoints;

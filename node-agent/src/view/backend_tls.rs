@@ -215,18 +215,30 @@ pub fn ca_certificates<'a>(
             "ConfigMap {namespace}/{name} (caCertificateRefs) has no {CA_KEY:?} key to check the server against"
         ));
     }
-    // What the waypoint would find unreadable, said here, where the
-    // ConfigMap is named.
-    let mut certificates = CertificateDer::pem_slice_iter(pem.as_bytes());
-    match certificates.next() {
-        Some(Ok(_)) if certificates.all(|c| c.is_ok()) => Ok(pem),
-        Some(Ok(_)) | Some(Err(_)) => Err(format!(
-            "ConfigMap {namespace}/{name} (caCertificateRefs): its {CA_KEY:?} has a PEM block that cannot be read"
-        )),
-        None => Err(format!(
-            "ConfigMap {namespace}/{name} (caCertificateRefs): its {CA_KEY:?} holds no PEM certificate"
-        )),
+    // What the waypoint would refuse as trust anchors, said here, where the
+    // ConfigMap is named (and its status can tell).
+    let why = |what: &str| {
+        Err(format!(
+            "ConfigMap {namespace}/{name} (caCertificateRefs): its {CA_KEY:?} {what}"
+        ))
+    };
+    let mut found = 0;
+    for certificate in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let Ok(certificate) = certificate else {
+            return why("has a PEM block that cannot be read");
+        };
+        if webpki::anchor_from_trusted_cert(&certificate).is_err() {
+            return why(&format!(
+                "holds a certificate (number {}) that cannot be a trust anchor",
+                found + 1
+            ));
+        }
+        found += 1;
     }
+    if found == 0 {
+        return why("holds no PEM certificate");
+    }
+    Ok(pem)
 }
 
 /// Whether a change to the object `key` may change `namespace`'s

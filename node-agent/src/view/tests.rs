@@ -6,6 +6,7 @@ use warren_api::config::{
 };
 
 use super::*;
+use crate::test_pki::ca_pem as pem;
 use crate::{
     model::{
         gateway::{Gateway, NamespaceSelector, RouteNamespaces, WAYPOINT_FOR_LABEL},
@@ -3068,12 +3069,6 @@ fn backend_tls(view: &View, key: &str) -> Option<warren_api::config::BackendTls>
     }
 }
 
-/// A PEM certificate block around `base64` (not DER the waypoint could
-/// use, which the view does not read).
-fn pem(base64: &str) -> String {
-    format!("-----BEGIN CERTIFICATE-----\n{base64}\n-----END CERTIFICATE-----")
-}
-
 /// (port, policy, CA bytes as text, system roots, error) of each port entry.
 fn tls_ports(tls: &warren_api::config::BackendTls) -> Vec<(u32, String, String, bool, String)> {
     tls.ports
@@ -3094,12 +3089,12 @@ const BACKEND_TLS: &str = r#"
 apiVersion: v1
 kind: ConfigMap
 metadata: { name: app-ca, namespace: demo }
-data: { ca.crt: "-----BEGIN CERTIFICATE-----\nQQ==\n-----END CERTIFICATE-----" }
+data: { ca.crt: CA-A }
 ---
 apiVersion: v1
 kind: ConfigMap
 metadata: { name: extra-ca, namespace: demo }
-data: { ca.crt: "-----BEGIN CERTIFICATE-----\nQg==\n-----END CERTIFICATE-----\n" }
+data: { ca.crt: CA-B }
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: BackendTLSPolicy
@@ -3131,7 +3126,11 @@ spec:
 
 #[test]
 fn backend_tls_policies_reach_waypoints_port_by_port_with_their_ca_bundles() {
-    let (mut store, mut view) = built(BACKEND_TLS);
+    // The second bundle ends with a newline, the first does not.
+    let yaml = BACKEND_TLS
+        .replace("CA-A", &format!("{:?}", pem("A")))
+        .replace("CA-B", &format!("{:?}", format!("{}\n", pem("B"))));
+    let (mut store, mut view) = built(&yaml);
     let key = key::backend_tls("demo", "app");
     let tls = backend_tls(&view, &key).expect("published");
     assert_eq!(tls.namespace, "demo");
@@ -3152,7 +3151,7 @@ fn backend_tls_policies_reach_waypoints_port_by_port_with_their_ca_bundles() {
             (
                 0,
                 "demo/whole".into(),
-                format!("{}\n{}\n", pem("QQ=="), pem("Qg==")),
+                format!("{}\n{}\n", pem("A"), pem("B")),
                 false,
                 String::new()
             ),
@@ -3183,14 +3182,14 @@ fn backend_tls_policies_reach_waypoints_port_by_port_with_their_ca_bundles() {
         &mut store,
         &format!(
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: app-ca, namespace: demo }}\ndata: {{ ca.crt: {:?} }}\n",
-            pem("Qw==")
+            pem("C")
         ),
     );
     view.changed(&store, &changed);
     let tls = backend_tls(&view, &key).unwrap();
     assert_eq!(
         tls_ports(&tls)[1].2,
-        format!("{}\n{}\n", pem("Qw=="), pem("Qg=="))
+        format!("{}\n{}\n", pem("C"), pem("B"))
     );
     // A ca.crt without a certificate in it fails the policy here, naming
     // the ConfigMap, rather than at the waypoint.
@@ -3199,6 +3198,11 @@ fn backend_tls_policies_reach_waypoints_port_by_port_with_their_ca_bundles() {
         (
             "-----BEGIN CERTIFICATE-----\n%%%\n-----END CERTIFICATE-----",
             "cannot be read",
+        ),
+        // Base64 of no certificate: the waypoint could not trust it.
+        (
+            "-----BEGIN CERTIFICATE-----\nQQ==\n-----END CERTIFICATE-----",
+            "cannot be a trust anchor",
         ),
     ] {
         let changed = apply(
@@ -3218,7 +3222,7 @@ fn backend_tls_policies_reach_waypoints_port_by_port_with_their_ca_bundles() {
         &mut store,
         &format!(
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: app-ca, namespace: demo }}\ndata: {{ ca.crt: {:?} }}\n",
-            pem("Qw==")
+            pem("C")
         ),
     );
     view.changed(&store, &changed);

@@ -335,7 +335,7 @@ spec:
 apiVersion: v1
 kind: ConfigMap
 metadata: { name: good-ca, namespace: shop }
-data: { ca.crt: "-----BEGIN CERTIFICATE-----\nQQ==\n-----END CERTIFICATE-----\n" }
+data: { ca.crt: GOOD-CA }
 ---
 apiVersion: v1
 kind: ConfigMap
@@ -389,7 +389,8 @@ spec:
 
     /// Each condition, per ancestor (by name).
     fn statuses(yaml: &str, policy: &str) -> Vec<(String, Vec<Shown>)> {
-        let store = Store::from_yaml(yaml);
+        let yaml = yaml.replace("GOOD-CA", &format!("{:?}", crate::test_pki::ca_pem("good")));
+        let store = Store::from_yaml(&yaml);
         let key = ObjectKey::new(Kind::BackendTlsPolicy, Some("shop"), policy);
         let Some(Object::BackendTlsPolicy(policy)) = store.get(&key) else {
             panic!("no policy {key}");

@@ -1124,7 +1124,7 @@ spec:
         });
         let bundle = json!({
             "metadata": { "name": "app-ca", "namespace": "shop" },
-            "data": { "ca.crt": "-----BEGIN CERTIFICATE-----\nQQ==\n-----END CERTIFICATE-----\n" },
+            "data": { "ca.crt": crate::test_pki::ca_pem("shop") },
         });
         let mut held = Vec::new();
         while let Some((request, send)) = handle.next_request().await {
