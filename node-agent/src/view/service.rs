@@ -174,7 +174,7 @@ pub(super) fn overrides(
 /// is one endpoint (the first's ports); an address that is no pod's counts
 /// once per port map and set of labels, locality and weight, so that a
 /// ServiceEntry's address listed on two ports, or twice with other labels
-/// (one server in two subsets, as Envoy keeps them), is two endpoints.
+/// (one server in two subsets, each of which finds it), is two endpoints.
 pub(super) fn settle(endpoints: &mut Vec<Endpoint>) {
     type Order<'a> = (
         &'a [u8],

@@ -167,56 +167,41 @@ fn accepted(
             )
         }
     };
-    let ports: Vec<&BackendTlsPort> = held
-        .get(&resource_key)
-        .map(|tls| tls.ports.iter().collect())
-        .unwrap_or_default();
+    let Some(tls) = held.get(&resource_key) else {
+        // Held nowhere at all: a ServiceEntry whose hosts all name the
+        // cluster's Services (which an entry never takes over), or the
+        // sections it names are none of the target's ports (below).
+        if kind == ParentKind::ServiceEntry && sections.iter().any(Option::is_none) {
+            return Condition::not_accepted(
+                "TargetNotFound",
+                format!(
+                    "{what} has no host of its own: its hosts name the cluster's Services, which an entry's policy does not take"
+                ),
+            );
+        }
+        return not_held(store, &[], namespace, kind, name, sections, &what);
+    };
+    let ports: Vec<&BackendTlsPort> = tls.ports.iter().collect();
     let mine: Vec<u32> = ports
         .iter()
         .filter(|p| p.policy == me)
         .map(|p| p.port)
         .collect();
     if mine.is_empty() {
-        // Each section it names: no such port, or held by another policy.
-        let mut missing = Vec::new();
-        let mut holders = Vec::new();
-        for section in sections {
-            let port = match section {
-                Some(section) => match section_port(store, namespace, kind, name, section) {
-                    Some(port) => u32::from(port),
-                    None => {
-                        missing.push(format!("{section:?}"));
-                        continue;
-                    }
-                },
-                None => 0,
-            };
-            if let Some(holder) = ports.iter().find(|p| p.port == port) {
-                holders.push(holder.policy.clone());
-            }
-        }
-        holders.sort();
-        holders.dedup();
-        return if holders.is_empty() {
-            Condition::not_accepted(
-                "TargetNotFound",
-                format!(
-                    "{what} has no port named {}: the policy applies there once it has",
-                    missing.join(", ")
-                ),
-            )
-        } else {
-            Condition::not_accepted(
-                "Conflicted",
-                format!(
-                    "an older policy (or one first by name) holds {what} where this one would: BackendTLSPolicy {}",
-                    holders.join(", ")
-                ),
-            )
-        };
+        return not_held(store, &ports, namespace, kind, name, sections, &what);
     }
     let on = if mine.contains(&0) {
-        "every port".to_owned()
+        // Ports other policies name by section are theirs.
+        let others: Vec<String> = ports
+            .iter()
+            .filter(|p| p.port != 0 && p.policy != me)
+            .map(|p| p.port.to_string())
+            .collect();
+        if others.is_empty() {
+            "every port".to_owned()
+        } else {
+            format!("every port but {}", others.join(", "))
+        }
     } else {
         let ports: Vec<String> = mine.iter().map(u32::to_string).collect();
         format!("port {}", ports.join(", "))
@@ -251,6 +236,56 @@ fn accepted(
         ", but refuses its connections until every CA certificate reference resolves"
     };
     Condition::accepted(format!("holds {what} ({on}) {waypoint}{refused}"))
+}
+
+/// Why a policy holds no port of a target: each section it names is no port
+/// of the target, or another policy holds it (`ports`: what the target's
+/// policies hold).
+fn not_held(
+    store: &Store,
+    ports: &[&BackendTlsPort],
+    namespace: &str,
+    kind: ParentKind,
+    name: &str,
+    sections: &[Option<&str>],
+    what: &str,
+) -> Condition {
+    let mut missing = Vec::new();
+    let mut holders = Vec::new();
+    for section in sections {
+        let port = match section {
+            Some(section) => match section_port(store, namespace, kind, name, section) {
+                Some(port) => u32::from(port),
+                None => {
+                    missing.push(format!("{section:?}"));
+                    continue;
+                }
+            },
+            None => 0,
+        };
+        if let Some(holder) = ports.iter().find(|p| p.port == port) {
+            holders.push(holder.policy.clone());
+        }
+    }
+    holders.sort();
+    holders.dedup();
+    if holders.is_empty() {
+        Condition::not_accepted(
+            "TargetNotFound",
+            format!(
+                "{what} has no port named {}: the policy applies there once it has",
+                missing.join(", ")
+            ),
+        )
+    } else {
+        Condition::not_accepted(
+            "Conflicted",
+            format!(
+                "an older policy (or one first by name) holds {what} where this one would: BackendTLSPolicy {}",
+                holders.join(", ")
+            ),
+        )
+    }
 }
 
 /// Whether a policy's `caCertificateRefs` resolve.
@@ -433,7 +468,8 @@ spec:
         // The section another policy names is not this one's.
         let message = &whole[0].1[0].3;
         assert!(
-            message.contains("Service shop/app (every port) at its waypoint shop/waypoint"),
+            message
+                .contains("Service shop/app (every port but 9000) at its waypoint shop/waypoint"),
             "{message}"
         );
         assert!(
@@ -479,6 +515,32 @@ spec:
         assert!(
             missing[0].3.contains("no Service shop/missing"),
             "{missing:?}"
+        );
+        // An entry whose hosts all name the cluster's Services.
+        let inside = format!(
+            "{POLICIES}---\n{}",
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: { name: inside, namespace: shop }
+spec: { hosts: [other.shop.svc.cluster.local], ports: [{ number: 80, name: http }], resolution: DNS }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: { name: inside-tls, namespace: shop }
+spec:
+  targetRefs: [{ group: networking.istio.io, kind: ServiceEntry, name: inside }]
+  validation: { wellKnownCACertificates: System, hostname: other.example }
+"#
+        );
+        let inside = statuses(&inside, "inside-tls");
+        assert_eq!(
+            reasons(&inside[0].1)[0],
+            ("Accepted", false, "TargetNotFound")
+        );
+        assert!(
+            inside[0].1[0].3.contains("no host of its own"),
+            "{inside:?}"
         );
     }
 
