@@ -2,7 +2,7 @@
 //! [`super::multiplex`] for HTTP/2) keep about a pooled connection besides
 //! the connection itself, and their eviction loop.
 
-use std::{sync::Arc, time::Duration};
+use std::{cell::RefCell, collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use warren_ztunnel::{drain, proxy::hbone::client::Carrier};
@@ -110,7 +110,16 @@ pub async fn sweep(
         tokio::select! {
             _ = tick.tick() => {
                 let compiled = tables.current();
-                evict(Instant::now(), &|settings| compiled.policies.starts(settings));
+                // Connections made alike share their settings: each is looked
+                // up once a sweep, however many connections (and rules) there are.
+                let seen = RefCell::new(HashMap::<usize, bool>::new());
+                evict(Instant::now(), &|settings| {
+                    let id = std::ptr::from_ref(settings) as usize;
+                    *seen
+                        .borrow_mut()
+                        .entry(id)
+                        .or_insert_with(|| compiled.policies.starts(settings))
+                });
             }
             () = drain.draining() => return,
         }
