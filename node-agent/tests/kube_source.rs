@@ -307,6 +307,43 @@ async fn a_forbidden_route_kind_holds_the_first_sync_back() {
     assert_eq!(log, vec!["upsert Namespace shop"], "{log:?}");
 }
 
+/// A forbidden BackendTLSPolicy listing holds the agent's first sync back
+/// (a policy decides whether servers are reached over TLS), but not that of
+/// a reader told it may go on without it (the status writer, whose routes'
+/// status should not wait on a ClusterRole from before policy status).
+#[tokio::test]
+async fn a_forbidden_kind_may_be_let_go_by_a_reader_that_writes_status() {
+    for let_go in [false, true] {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let forbidden = http::StatusCode::FORBIDDEN;
+        tokio::spawn(scripted(
+            handle,
+            ["v1", "v1alpha3"]
+                .map(|version| {
+                    let path: &'static str = match version {
+                        "v1" => "/apis/gateway.networking.k8s.io/v1/backendtlspolicies",
+                        _ => "/apis/gateway.networking.k8s.io/v1alpha3/backendtlspolicies",
+                    };
+                    (path, forbidden, status(403, "backendtlspolicies"))
+                })
+                .to_vec(),
+        ));
+        let client = Client::new(service, "default");
+        let mut source =
+            KubeSource::with_kinds(client, vec![Kind::Namespace, Kind::BackendTlsPolicy]);
+        if let_go {
+            source = source.with_forbidden_optional(&[Kind::BackendTlsPolicy]);
+        }
+        let log = until_synced(source).await;
+        let expected: &[&str] = if let_go {
+            &["upsert Namespace shop", "synced"]
+        } else {
+            &["upsert Namespace shop"]
+        };
+        assert_eq!(log, expected, "let go: {let_go}");
+    }
+}
+
 /// WorkloadEntries are read from the API server; a cluster without Istio's
 /// CRD for them (404) starts without them, while a ClusterRole that does
 /// not allow reading them (403) holds the first sync: an entry decides how a

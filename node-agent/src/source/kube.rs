@@ -272,6 +272,10 @@ pub struct KubeSource {
     secret_namespaces: Vec<String>,
     /// What is watched in each of `secret_namespaces`.
     namespaced_kinds: &'static [Kind],
+    /// Kinds whose forbidden listing lets the first sync go on besides
+    /// those [`optional`] names: a reader that writes status rather than
+    /// routes traffic.
+    forbidden_optional: &'static [Kind],
 }
 
 /// One watch: a kind, cluster-wide or in one namespace.
@@ -322,6 +326,13 @@ impl KubeSource {
         self
     }
 
+    /// Lets a forbidden listing of any of `kinds` not hold the first sync
+    /// back (for a reader whose work on the other kinds should go on).
+    pub fn with_forbidden_optional(mut self, kinds: &'static [Kind]) -> Self {
+        self.forbidden_optional = kinds;
+        self
+    }
+
     /// Also watches the ConfigMaps of `namespaces` (not their Secrets), each
     /// namespace on its own: the CA bundles BackendTLSPolicies name there.
     pub fn with_bundle_namespaces(self, namespaces: Vec<String>) -> Self {
@@ -343,6 +354,7 @@ impl KubeSource {
             mesh_config: None,
             secret_namespaces: Vec::new(),
             namespaced_kinds: &[],
+            forbidden_optional: &[],
         }
     }
 
@@ -417,7 +429,10 @@ impl KubeSource {
                     }
                     // The watcher retries with backoff; the last good
                     // objects stay in force meanwhile (but the Secrets above).
-                    let optional = refusal(&err).is_some_and(|code| optional(kind, code));
+                    let optional = refusal(&err).is_some_and(|code| {
+                        optional(kind, code)
+                            || (code == 403 && self.forbidden_optional.contains(&kind))
+                    });
                     if optional && reported.contains(&watch) {
                         debug!(kind = kind.name(), namespace = in_namespace, error = %err, "watching the API server");
                     } else {

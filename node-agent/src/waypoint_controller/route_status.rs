@@ -581,8 +581,11 @@ fn to_write(
 /// Writes route and policy statuses until the source ends.
 pub async fn run(client: Client, settings: Settings) {
     let (tx, mut events) = mpsc::channel(1024);
+    // A ClusterRole from before BackendTLSPolicy status (an upgrade in
+    // progress) leaves the policies without status, the routes' written.
     let source = KubeSource::with_kinds(client.clone(), WATCHED.to_vec())
-        .with_bundle_namespaces(settings.bundle_namespaces.clone());
+        .with_bundle_namespaces(settings.bundle_namespaces.clone())
+        .with_forbidden_optional(&[Kind::BackendTlsPolicy]);
     tokio::spawn(async move {
         if let Err(err) = source.run(tx).await {
             warn!(error = %err, "route status: watching the API server");
