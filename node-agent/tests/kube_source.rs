@@ -332,7 +332,7 @@ async fn a_forbidden_kind_may_be_let_go_by_a_reader_that_writes_status() {
         let mut source =
             KubeSource::with_kinds(client, vec![Kind::Namespace, Kind::BackendTlsPolicy]);
         if let_go {
-            source = source.with_forbidden_optional(&[Kind::BackendTlsPolicy]);
+            source = source.with_optional_kinds(&[Kind::BackendTlsPolicy]);
         }
         let log = until_synced(source).await;
         let expected: &[&str] = if let_go {

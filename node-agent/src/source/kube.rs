@@ -272,10 +272,10 @@ pub struct KubeSource {
     secret_namespaces: Vec<String>,
     /// What is watched in each of `secret_namespaces`.
     namespaced_kinds: &'static [Kind],
-    /// Kinds whose forbidden listing lets the first sync go on besides
-    /// those [`optional`] names: a reader that writes status rather than
-    /// routes traffic.
-    forbidden_optional: &'static [Kind],
+    /// Kinds whose listing, forbidden (403) or not served (404), lets the
+    /// first sync go on, besides what [`optional`] lets go: for a reader
+    /// that writes status rather than routes traffic.
+    optional_kinds: &'static [Kind],
 }
 
 /// One watch: a kind, cluster-wide or in one namespace.
@@ -326,10 +326,11 @@ impl KubeSource {
         self
     }
 
-    /// Lets a forbidden listing of any of `kinds` not hold the first sync
-    /// back (for a reader whose work on the other kinds should go on).
-    pub fn with_forbidden_optional(mut self, kinds: &'static [Kind]) -> Self {
-        self.forbidden_optional = kinds;
+    /// Lets a listing of any of `kinds` that is forbidden or not served not
+    /// hold the first sync back (for a reader whose work on the other kinds
+    /// should go on).
+    pub fn with_optional_kinds(mut self, kinds: &'static [Kind]) -> Self {
+        self.optional_kinds = kinds;
         self
     }
 
@@ -354,7 +355,7 @@ impl KubeSource {
             mesh_config: None,
             secret_namespaces: Vec::new(),
             namespaced_kinds: &[],
-            forbidden_optional: &[],
+            optional_kinds: &[],
         }
     }
 
@@ -431,7 +432,7 @@ impl KubeSource {
                     // objects stay in force meanwhile (but the Secrets above).
                     let optional = refusal(&err).is_some_and(|code| {
                         optional(kind, code)
-                            || (code == 403 && self.forbidden_optional.contains(&kind))
+                            || (matches!(code, 403 | 404) && self.optional_kinds.contains(&kind))
                     });
                     if optional && reported.contains(&watch) {
                         debug!(kind = kind.name(), namespace = in_namespace, error = %err, "watching the API server");

@@ -52,7 +52,17 @@ pub fn entry_hosts(store: &Store) -> BTreeSet<String> {
 /// `host` as a fully qualified name, read in `namespace`; `entry_hosts` are
 /// [`entry_hosts`].
 pub fn qualify(mesh: &Mesh, namespace: &str, host: &str, entry_hosts: &BTreeSet<String>) -> String {
-    let suffix = format!("svc.{}", mesh.cluster_domain);
+    qualify_in(&mesh.cluster_domain, namespace, host, entry_hosts)
+}
+
+/// [`qualify`] in the cluster domain `domain`.
+pub fn qualify_in(
+    domain: &str,
+    namespace: &str,
+    host: &str,
+    entry_hosts: &BTreeSet<String>,
+) -> String {
+    let suffix = format!("svc.{domain}");
     if host.starts_with('*') || host.ends_with(&suffix) || host.parse::<std::net::IpAddr>().is_ok()
     {
         return host.to_owned();

@@ -53,7 +53,7 @@ const RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The kinds a route's or a policy's status depends on (and ConfigMaps of
 /// the namespaces given, [`Settings::bundle_namespaces`]).
-const WATCHED: [Kind; 10] = [
+const WATCHED: [Kind; 11] = [
     Kind::Namespace,
     Kind::Service,
     Kind::ServiceEntry,
@@ -64,6 +64,8 @@ const WATCHED: [Kind; 10] = [
     Kind::TcpRoute,
     Kind::TlsRoute,
     Kind::BackendTlsPolicy,
+    // A VirtualService may take a Service's host ahead of its routes.
+    Kind::VirtualService,
 ];
 
 /// What this controller writes the status of.
@@ -220,7 +222,7 @@ fn service_exists(store: &Store, namespace: &str, name: &str) -> bool {
 
 /// The status a route in force should show for each of its Service
 /// parents.
-fn parents(store: &Store, grants: &Grants, route: &Route<'_>) -> Vec<Parent> {
+fn parents(store: &Store, grants: &Grants, route: &Route<'_>, cluster_domain: &str) -> Vec<Parent> {
     let namespace = route.meta.namespace.as_deref().unwrap_or("default");
     let resolved = resolved_refs(store, grants, route, namespace);
     let entries = route
@@ -277,6 +279,17 @@ fn parents(store: &Store, grants: &Grants, route: &Route<'_>) -> Vec<Parent> {
                 .flatten()
             {
                 conflicted(namespace, ParentKind::Service, &parent.name, &grpc)
+            } else if let Some(vs) = matches!(route.kind, "HTTPRoute" | "GRPCRoute")
+                .then(|| shadowed_by(store, namespace, &parent.name, cluster_domain))
+                .flatten()
+            {
+                Condition::not_accepted(
+                    "Conflicted",
+                    format!(
+                        "not in force: VirtualService {namespace}/{vs}, older, routes the host of Service {namespace}/{} at the waypoint (as Istio, the oldest VirtualService of a host wins); delete it, or move its rules into routes",
+                        parent.name
+                    ),
+                )
             } else if let Some(service) = service {
                 // Attached either way; whether it routes anything yet is
                 // the waypoint's.
@@ -344,6 +357,77 @@ fn entry_accepted(store: &Store, namespace: &str, parent: &ParentReference) -> C
         ),
     };
     Condition::accepted(message)
+}
+
+/// A VirtualService of the Service's namespace that takes its host ahead of
+/// the Service's Gateway API routes: the waypoint ranks VirtualServices
+/// oldest first (then by name), and the routes of a Service make one as old
+/// as the oldest of them, named `<service>-routes`. It must apply to the
+/// mesh (no `gateways`, or `mesh` among them), be visible in its namespace,
+/// and have `http` rules. (One of another namespace, exported here, is left
+/// out: the waypoint logs it.)
+fn shadowed_by(
+    store: &Store,
+    namespace: &str,
+    service: &str,
+    cluster_domain: &str,
+) -> Option<String> {
+    let attached = |o: &&Object| {
+        o.route_parents()
+            .unwrap_or_default()
+            .iter()
+            .any(|p| parent_kind(p) == Some(ParentKind::Service) && p.name == service)
+    };
+    let created = |meta: &ObjectMeta| {
+        meta.creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second())
+    };
+    let routes = [Kind::HttpRoute, Kind::GrpcRoute]
+        .into_iter()
+        .flat_map(|kind| store.of_kind_in(kind, namespace))
+        .filter(attached)
+        .filter_map(|o| match o {
+            Object::HttpRoute(r) => Some(created(&r.metadata)),
+            Object::GrpcRoute(r) => Some(created(&r.metadata)),
+            _ => None,
+        })
+        .min()?;
+    let routes = (routes, format!("{service}-routes"));
+    let host = format!("{service}.{namespace}.svc.{cluster_domain}");
+    let entry_hosts = crate::view::routing::entry_hosts(store);
+    let names_host = |written: &String| {
+        let qualified =
+            crate::view::routing::qualify_in(cluster_domain, namespace, written, &entry_hosts);
+        let qualified = qualified.trim_end_matches('.').to_ascii_lowercase();
+        qualified == host
+            || qualified
+                .strip_prefix('*')
+                .is_some_and(|suffix| host.ends_with(suffix))
+    };
+    store
+        .of_kind_in(Kind::VirtualService, namespace)
+        .filter_map(|o| match o {
+            Object::VirtualService(vs) => Some(vs),
+            _ => None,
+        })
+        .filter(|vs| {
+            let spec = &vs.spec;
+            let for_mesh = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
+            let visible = spec.export_to.is_empty()
+                || spec
+                    .export_to
+                    .iter()
+                    .any(|e| e == "." || e == "*" || e == namespace);
+            for_mesh && visible && !spec.http.is_empty() && spec.hosts.iter().any(names_host)
+        })
+        .map(|vs| {
+            let name = vs.metadata.name.clone().unwrap_or_default();
+            (created(&vs.metadata), name)
+        })
+        .filter(|vs| *vs < routes)
+        .min()
+        .map(|(_, name)| name)
 }
 
 /// GEP-1426: where both attach, GRPCRoutes win and the HTTPRoutes are not
@@ -540,7 +624,7 @@ fn to_write(
             let Some(route) = route_of(object) else {
                 continue;
             };
-            let ours = parents(store, &grants, &route);
+            let ours = parents(store, &grants, &route, cluster_domain);
             // No Service parent now: still our entries to take away.
             if ours.is_empty() && !route.observed.iter().any(is_ours) {
                 continue;
@@ -582,10 +666,12 @@ fn to_write(
 pub async fn run(client: Client, settings: Settings) {
     let (tx, mut events) = mpsc::channel(1024);
     // A ClusterRole from before BackendTLSPolicy status (an upgrade in
-    // progress) leaves the policies without status, the routes' written.
+    // progress) leaves the policies without status, the routes' written; a
+    // cluster without Istio's VirtualServices (or leave to read them) has
+    // routes no VirtualService shadows.
     let source = KubeSource::with_kinds(client.clone(), WATCHED.to_vec())
         .with_bundle_namespaces(settings.bundle_namespaces.clone())
-        .with_forbidden_optional(&[Kind::BackendTlsPolicy]);
+        .with_optional_kinds(&[Kind::BackendTlsPolicy, Kind::VirtualService]);
     tokio::spawn(async move {
         if let Err(err) = source.run(tx).await {
             warn!(error = %err, "route status: watching the API server");
@@ -970,6 +1056,59 @@ spec:
         );
     }
 
+    /// An older VirtualService of the Service's host (for the mesh, visible
+    /// there) takes it ahead of the Service's routes, which the status says;
+    /// a younger one, one bound to gateways only, or one of another
+    /// namespace does not.
+    #[test]
+    fn a_route_an_older_virtual_service_shadows_is_conflicted() {
+        let route = ROUTE.replace(
+            "metadata: { name: r, namespace: shop, generation: 3, resourceVersion: \"41\" }",
+            "metadata: { name: r, namespace: shop, generation: 3, resourceVersion: \"41\", creationTimestamp: \"2026-01-02T00:00:00Z\" }",
+        );
+        let accepted = |vs: &str| {
+            let store = Store::from_yaml(&format!("{route}---\n{vs}"));
+            let writes = to_write(&store, "2026-12-07T00:00:00Z", "cluster.local");
+            let first = status_of(&writes, Kind::HttpRoute).2[0].clone();
+            assert_eq!(first["parentRef"]["name"], "app");
+            (
+                conditions(&first)[0].2.clone(),
+                first["conditions"][0]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        };
+        let vs = |meta: &str, spec: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ {meta} }}\nspec: {{ {spec}, http: [{{ route: [{{ destination: {{ host: app }} }}] }}] }}\n"
+            )
+        };
+        let older = "name: legacy, namespace: shop, creationTimestamp: \"2026-01-01T00:00:00Z\"";
+        for hosts in [
+            "hosts: [app]",
+            "hosts: [app.shop.svc.cluster.local]",
+            "hosts: [\"*.shop.svc.cluster.local\"]",
+        ] {
+            let (reason, message) = accepted(&vs(older, hosts));
+            assert_eq!(reason, "Conflicted", "{hosts}: {message}");
+            assert!(message.contains("VirtualService shop/legacy"), "{message}");
+        }
+        let younger = "name: legacy, namespace: shop, creationTimestamp: \"2026-01-03T00:00:00Z\"";
+        let elsewhere =
+            "name: legacy, namespace: data, creationTimestamp: \"2026-01-01T00:00:00Z\"";
+        for (meta, spec) in [
+            (younger, "hosts: [app]"),
+            (older, "hosts: [app], gateways: [shop/ingress]"),
+            (older, "hosts: [app], exportTo: [data]"),
+            (older, "hosts: [other]"),
+            (elsewhere, "hosts: [app.shop.svc.cluster.local]"),
+        ] {
+            let (reason, message) = accepted(&vs(meta, spec));
+            assert_eq!(reason, "Accepted", "{meta} {spec}: {message}");
+        }
+    }
+
     #[test]
     fn an_http_route_beside_a_grpc_route_is_conflicted() {
         let grpc = r#"
@@ -1038,7 +1177,7 @@ spec:
             .get(&ObjectKey::new(Kind::HttpRoute, Some("shop"), "r"))
             .expect("the route");
         let route = route_of(object).expect("a route");
-        let ours = parents(&store, &Grants::default(), &route);
+        let ours = parents(&store, &Grants::default(), &route, "cluster.local");
         let other = json!({
             "parentRef": { "name": "public" },
             "controllerName": "example.com/ingress",
