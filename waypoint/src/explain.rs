@@ -478,12 +478,18 @@ fn tls_to(
             rules()
         ));
     }
-    let tls = limits.tls.as_ref()?.describe();
+    let origination = limits.tls.as_ref()?;
+    let tls = origination.describe();
     let from = match tls["backend_tls_policy"].as_str() {
         Some(policy) => format!("BackendTLSPolicy {policy}"),
         None => rules(),
     };
-    if let Some(error) = tls["error"].as_str() {
+    // A TCP connection has no request to name a wildcard host's server.
+    let error = match carried {
+        Carried::Bytes { .. } => origination.client(crate::upstream::Speaks::Bytes).err(),
+        Carried::Requests => None,
+    };
+    if let Some(error) = tls["error"].as_str().map(str::to_owned).or(error) {
         let refused = match carried {
             Carried::Requests => "requests refused (503)",
             Carried::Bytes { .. } => "connections closed (UF), no byte sent to the endpoint",

@@ -1188,3 +1188,99 @@ fn an_entry_switched_between_none_and_static_under_load_drops_no_request() -> Re
     );
     Ok(())
 }
+
+/// TLS origination to a wildcard ServiceEntry host (resolution `NONE`, an
+/// address block) with no `sni` in the DestinationRule: the waypoint asks
+/// the server for each request's own host (Istio's auto SNI), on the port
+/// the route names, and checks the certificate for that host.
+#[test]
+fn tls_to_a_wildcard_host_asks_for_each_requests_host() -> Result<()> {
+    require_root()?;
+    let egress = egress_cluster()?;
+    let Egress {
+        cluster,
+        mesh,
+        node,
+        ..
+    } = &egress;
+    let dir = cluster.node_dir(node)?;
+    let hosts = Authority::new("wildcard hosts")?;
+    let root = hosts.write_root(&dir, "wild-root")?;
+    let leaf = hosts.server(&["api.wild.test"])?.write(&dir, "wild")?;
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let _server = egress.serve(
+        &[
+            "http",
+            "--listen",
+            &format!("{}:9443", node.ip),
+            "--version",
+            "wild",
+            "--tls-cert",
+            &path(&leaf.cert),
+            "--tls-key",
+            &path(&leaf.key),
+        ],
+        9443,
+    )?;
+    let [a, b, c, _] = node.ip.octets();
+    std::fs::write(
+        cluster.config_dir().join("wild.demo.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {{ name: wild, namespace: demo, labels: {{ istio.io/use-waypoint: waypoint }} }}\n\
+             spec: {{ hosts: [\"*.wild.test\"], addresses: [\"{a}.{b}.{c}.0/24\"], resolution: NONE,\n\
+             ports: [{{ number: 9080, name: http, protocol: HTTP }}, {{ number: 9443, name: https, protocol: HTTPS }}] }}\n\
+             ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+             metadata: {{ name: wild, namespace: demo }}\n\
+             spec:\n  hosts: [\"*.wild.test\"]\n  http:\n  \
+             - route: [{{ destination: {{ host: \"*.wild.test\", port: {{ number: 9443 }} }} }}]\n\
+             ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+             metadata: {{ name: wild, namespace: demo }}\n\
+             spec: {{ host: \"*.wild.test\", trafficPolicy: {{ tls: {{ mode: SIMPLE, caCertificates: {} }} }} }}\n",
+            path(&root)
+        ),
+    )?;
+    let waypoint = egress.start_waypoint()?;
+    let client = cluster.pod("client")?.clone();
+    let logs = || format!("{}\nwaypoint:\n{}", mesh.logs(), waypoint.output());
+    let get = |host: &str| -> Result<(u16, Value)> {
+        let out = client.sandbox.exec(
+            "curl",
+            [
+                "-sS",
+                "--max-time",
+                "5",
+                "-H",
+                &format!("Host: {host}"),
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{}:9080/hello", node.ip),
+            ],
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        Ok((
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        ))
+    };
+    let mut answer = (0, Value::Null);
+    eventually(Duration::from_secs(20), "TLS to api.wild.test", || {
+        answer = get("api.wild.test")?;
+        Ok(answer.0 == 200)
+    })
+    .with_context(|| format!("last answer: {answer:?}\n{}", logs()))?;
+    ensure!(
+        answer.1["version"] == "wild" && answer.1["tls"]["sni"] == "api.wild.test",
+        "the server must be asked for the request's host: {}",
+        answer.1
+    );
+    // A host under the wildcard that the certificate does not carry.
+    let (status, body) = get("www.wild.test")?;
+    ensure!(
+        status == 503,
+        "a certificate without the request's host must be refused: {status} {body}\n{}",
+        logs()
+    );
+    Ok(())
+}

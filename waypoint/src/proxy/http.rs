@@ -1004,7 +1004,13 @@ pub(super) async fn attempt(
     if let Some(protocol) = &upgrading {
         upgrade::restore(request.headers_mut(), protocol);
     }
-    let limits = cluster.limits();
+    // A wildcard host's TLS names the request's host (Istio's auto SNI).
+    let host = request_authority(parts);
+    let limits = match &host {
+        Some(host) => cluster.limits().for_request(host.host()),
+        None => std::borrow::Cow::Borrowed(cluster.limits()),
+    };
+    let limits = limits.as_ref();
     let report = |outcome| report_outcome(ctx, &cluster, key, &picked.endpoint.id, outcome);
     let failed = |error: SendError| {
         // TLS settings the waypoint cannot honour are the rule's fault, not
@@ -1028,7 +1034,7 @@ pub(super) async fn attempt(
     // in Envoy, the try's timeout starts once the pool hands one over, and
     // time spent waiting is not the endpoint's failure.
     let reserved = if h2 {
-        match ctx.http2.reserve(endpoint, cluster.pool()).await {
+        match ctx.http2.reserve(endpoint, cluster.pool(), limits).await {
             Ok(reserved) => Some(reserved),
             Err(SendError::Overflow) => return overflowed(),
             Err(error) => return failed(error),
@@ -1041,7 +1047,7 @@ pub(super) async fn attempt(
             Some(reserved) => {
                 let (response, stream) = ctx
                     .http2
-                    .send_on(endpoint, request, reserved, cluster.pool())
+                    .send_on(endpoint, request, reserved, cluster.pool(), limits)
                     .await?;
                 Ok((response, Some(stream)))
             }

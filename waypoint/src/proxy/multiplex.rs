@@ -308,20 +308,24 @@ impl Multiplexed {
         request: Request<Body>,
         pool: &Pool,
     ) -> Result<(Response<Incoming>, Stream), SendError> {
-        let reserved = self.reserve(endpoint, pool).await?;
-        self.send_on(endpoint, request, reserved, pool).await
+        let reserved = self.reserve(endpoint, pool, pool.limits()).await?;
+        self.send_on(endpoint, request, reserved, pool, pool.limits())
+            .await
     }
 
     /// A stream on a connection to `endpoint`, waiting in the cluster's
     /// pending queue for one if need be. `pool` is the cluster's: its
     /// settings, its places under `maxConnections` for connections beyond
     /// the endpoint's first, and its pending queue.
+    /// `limits`: the pool's, or the same for the request (a wildcard host's
+    /// TLS named by it, [`PoolLimits::for_request`]).
     pub(crate) async fn reserve(
         &self,
         endpoint: SocketAddr,
         pool: &Pool,
+        limits: &PoolLimits,
     ) -> Result<Reserved, SendError> {
-        let (connection, stream) = self.connection(endpoint, pool).await?;
+        let (connection, stream) = self.connection(endpoint, pool, limits).await?;
         Ok(Reserved { connection, stream })
     }
 
@@ -334,6 +338,7 @@ impl Multiplexed {
         mut request: Request<Body>,
         reserved: Reserved,
         pool: &Pool,
+        limits: &PoolLimits,
     ) -> Result<(Response<Incoming>, Stream), SendError> {
         let Reserved {
             mut connection,
@@ -352,7 +357,7 @@ impl Multiplexed {
                         self.forget(endpoint, connection.id);
                         request = unsent;
                         retried = true;
-                        (connection, stream) = self.connection(endpoint, pool).await?;
+                        (connection, stream) = self.connection(endpoint, pool, limits).await?;
                     }
                     _ => return Err(SendError::Request(error.into_error())),
                 },
@@ -372,8 +377,8 @@ impl Multiplexed {
         &self,
         endpoint: SocketAddr,
         pool: &Pool,
+        limits: &PoolLimits,
     ) -> Result<(Connection, Stream), SendError> {
-        let limits = pool.limits();
         let route = self.connector.route(endpoint, limits);
         let capacity = [
             limits.max_concurrent_streams,

@@ -287,6 +287,19 @@ pub enum UpstreamHttp {
 }
 
 impl PoolLimits {
+    /// These limits for a request to `host` (its own, without the port):
+    /// a wildcard host's TLS takes its server name from the request
+    /// ([`super::Origination::for_request`]); any other is as it is.
+    pub fn for_request(&self, host: &str) -> std::borrow::Cow<'_, PoolLimits> {
+        match self.tls.as_ref().and_then(|tls| tls.for_request(host)) {
+            Some(tls) => std::borrow::Cow::Owned(PoolLimits {
+                tls: Some(tls),
+                ..self.clone()
+            }),
+            None => std::borrow::Cow::Borrowed(self),
+        }
+    }
+
     /// As istiod picks a cluster's protocol: the client's when
     /// `useClientProtocol` says so; HTTP/2 for a port declaring it or with
     /// `h2UpgradePolicy: UPGRADE`; HTTP/1.1 for a port declaring `http`

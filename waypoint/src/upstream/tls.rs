@@ -303,21 +303,34 @@ impl TlsSettings {
     }
 
     /// The settings for traffic to `host` (the cluster's, fully qualified):
-    /// the server name is `sni`, else the host.
+    /// the server name is `sni`, else the host; for a wildcard host, each
+    /// request's own (Istio's auto SNI, [`Origination::for_request`]).
     pub fn for_host(self: &Arc<Self>, host: &str) -> Origination {
+        let wildcard = host
+            .strip_prefix('*')
+            .filter(|suffix| {
+                self.spec.sni.is_empty() && suffix.len() > 1 && suffix.starts_with('.')
+            })
+            .map(|suffix| suffix.trim_end_matches('.').to_ascii_lowercase());
         let name = if self.spec.sni.is_empty() {
             host
         } else {
             &self.spec.sni
         };
-        let server_name = ServerName::try_from(name.to_owned()).map_err(|_| {
-            format!("{name:?} cannot be a TLS server name; set the DestinationRule's tls.sni")
-        });
+        let server_name = match &wildcard {
+            Some(_) => Err(format!(
+                "{host} is a wildcard host: the server name is each request's host, and a TCP connection (which has none) needs the DestinationRule's tls.sni"
+            )),
+            None => ServerName::try_from(name.to_owned()).map_err(|_| {
+                format!("{name:?} cannot be a TLS server name; set the DestinationRule's tls.sni")
+            }),
+        };
         Origination {
             settings: Arc::clone(self),
             configs: self.configs.clone(),
             server_name,
             entry_names: Vec::new(),
+            wildcard,
         }
     }
 }
@@ -334,6 +347,9 @@ pub struct Origination {
     /// rule's (which lists none): the names checked instead of the server
     /// name.
     entry_names: Vec<String>,
+    /// For a wildcard host without `sni`: the part under the wildcard
+    /// (`.example.com`), under which each request's host is the server name.
+    wildcard: Option<String>,
 }
 
 // Two clusters whose settings read the same (rule and files) reach an
@@ -343,6 +359,7 @@ impl PartialEq for Origination {
         self.settings.same_as(&other.settings)
             && self.server_name == other.server_name
             && self.entry_names == other.entry_names
+            && self.wildcard == other.wildcard
     }
 }
 
@@ -375,6 +392,26 @@ impl Origination {
         &self.settings
     }
 
+    /// For a wildcard host without `sni`: these settings for a request to
+    /// `host` (its `Host` or `:authority`, without the port), which is then
+    /// the server name sent and, without `subjectAltNames`, the name the
+    /// certificate must carry, as Istio's auto SNI does. `None` when the
+    /// settings name their server themselves, or `host` is not under the
+    /// wildcard (its requests are refused with the reason).
+    pub fn for_request(&self, host: &str) -> Option<Origination> {
+        let suffix = self.wildcard.as_deref()?;
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if host.len() <= suffix.len() || !host.ends_with(suffix) {
+            return None;
+        }
+        let name = ServerName::try_from(host).ok()?;
+        Some(Origination {
+            server_name: Ok(name),
+            wildcard: None,
+            ..self.clone()
+        })
+    }
+
     /// The client config and server name to start TLS with, or why the
     /// connection must be refused.
     pub fn client(
@@ -396,7 +433,10 @@ impl Origination {
         let spec = &self.settings.spec;
         serde_json::json!({
             "mode": spec.mode.map(|m| format!("{m:?}").to_uppercase()),
-            "server_name": self.server_name.as_ref().map(|n| n.to_str().into_owned()).ok(),
+            "server_name": match &self.wildcard {
+                Some(suffix) => Some(format!("(each request's host, under *{suffix})")),
+                None => self.server_name.as_ref().map(|n| n.to_str().into_owned()).ok(),
+            },
             "sni": (!spec.sni.is_empty()).then_some(&spec.sni),
             "ca_crl": (!spec.ca_crl.is_empty()).then_some(&spec.ca_crl),
             "subject_alt_names": if self.entry_names.is_empty() {
@@ -419,7 +459,10 @@ impl Origination {
             "credential_name": (!spec.credential_name.is_empty()).then_some(&spec.credential_name),
             "credentials_read": self.settings.credentials.keys().collect::<Vec<_>>(),
             "insecure_skip_verify": spec.insecure_skip_verify.unwrap_or(false),
-            "error": self.configs.as_ref().err().or(self.server_name.as_ref().err()),
+            "error": self.configs.as_ref().err().or(match &self.wildcard {
+                Some(_) => None,
+                None => self.server_name.as_ref().err(),
+            }),
         })
     }
 }

@@ -1376,3 +1376,80 @@ async fn pooled_connections_of_a_renewed_bundle_are_closed() {
         "the old bundle's connection is closed"
     );
 }
+
+/// A wildcard host without `sni` asks for each request's own host (Istio's
+/// auto SNI) and checks the certificate for it; a host not under the
+/// wildcard, and a TCP connection (no request to name one), are refused.
+#[tokio::test]
+async fn a_wildcard_host_asks_for_each_requests_host() {
+    let dir = tempdir();
+    let ca = Authority::new("wildcard root").expect("ca");
+    let root = path(&ca.write_root(dir.path(), "root").expect("root written"));
+    let (addr, mut seen) = http_server(&ca.server(&["api.wild.test"]).expect("leaf")).await;
+    let wildcard = "*.wild.test";
+    let spec: DestinationRuleSpec = serde_json::from_value(json!({
+        "host": wildcard,
+        "trafficPolicy": { "tls": { "mode": "SIMPLE", "caCertificates": root } },
+    }))
+    .expect("spec");
+    let (policies, errors) = Policies::build(
+        vec![DrInput {
+            namespace: "egress".into(),
+            name: "wild".into(),
+            created: 0,
+            host: wildcard.into(),
+            spec,
+        }],
+        Scope {
+            namespace: "egress".into(),
+            root: "istio-system".into(),
+            labels: Default::default(),
+        },
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let limits = policies
+        .resolve(wildcard, "egress", None, 443)
+        .expect("resolves")
+        .pool;
+    let described = limits.tls.as_ref().expect("TLS").describe();
+    assert!(described["error"].is_null(), "{described}");
+    assert!(
+        described["server_name"]
+            .as_str()
+            .is_some_and(|n| n.contains("each request's host")),
+        "{described}"
+    );
+    // No request: nothing names the server.
+    let bytes = connector().connect(addr, &limits, Speaks::Bytes).await;
+    assert!(
+        bytes.is_err(),
+        "a TCP connection to a wildcard host needs sni"
+    );
+
+    // The request's host names it, and the certificate must carry it.
+    let pool = KeepAlive::new(connector());
+    let named = limits.for_request("API.wild.test.");
+    assert!(matches!(named, std::borrow::Cow::Owned(_)));
+    let response = pool.send(addr, get_root(), &named).await.expect("answered");
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(body, "ok");
+    let handshake = seen.recv().await.and_then(Result::ok).expect("a handshake");
+    assert_eq!(handshake.sni.as_deref(), Some("api.wild.test"));
+    let other = limits.for_request("www.wild.test");
+    assert!(
+        pool.send(addr, get_root(), &other).await.is_err(),
+        "a certificate that does not carry the request's host is refused"
+    );
+    // Hosts not under the wildcard keep the cluster's settings (refused).
+    for host in ["api.other.test", "wild.test", "evilwild.test"] {
+        assert!(
+            matches!(limits.for_request(host), std::borrow::Cow::Borrowed(_)),
+            "{host}"
+        );
+    }
+}
