@@ -391,6 +391,8 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
         },
     );
     let info = RequestInfo::from_parts(&parts, dst.port(), &caller.labels, &identity.namespace);
+    // The request's host, as the proxy reads it for a wildcard host's TLS.
+    let request_host = crate::proxy::http::request_authority(&parts).map(|a| a.host().to_owned());
     let rule = match compiled.routes.route(&service.hostname, scope, &info) {
         Lookup::Routed(routed) => {
             step(
@@ -413,7 +415,14 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
             );
             step("action", format!("forward to {}", service.hostname));
             let host = &service.hostname;
-            if let Some(tls) = tls_to(ctx, &compiled, host, None, dst.port(), Carried::Requests) {
+            if let Some(tls) = tls_to(
+                ctx,
+                &compiled,
+                host,
+                None,
+                dst.port(),
+                Carried::Requests(request_host.as_deref()),
+            ) {
                 step("upstream tls", tls);
             }
             return done(steps, Verdict::Forwarded);
@@ -431,7 +440,14 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
         for d in destinations {
             let port = d.port.unwrap_or(dst.port());
             let subset = d.subset.as_deref();
-            if let Some(tls) = tls_to(ctx, &compiled, &d.host, subset, port, Carried::Requests) {
+            if let Some(tls) = tls_to(
+                ctx,
+                &compiled,
+                &d.host,
+                subset,
+                port,
+                Carried::Requests(request_host.as_deref()),
+            ) {
                 step("upstream tls", tls);
             }
         }
@@ -441,13 +457,12 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
 
 /// What the waypoint relays to a destination.
 #[derive(Clone, Copy)]
-enum Carried {
-    Requests,
+enum Carried<'a> {
+    /// Requests, with their host (a wildcard host's TLS asks for it).
+    Requests(Option<&'a str>),
     /// A TCP connection's bytes; `client_tls` when they are the client's own
     /// TLS (it dialled a TLS port), which no BackendTLSPolicy wraps.
-    Bytes {
-        client_tls: bool,
-    },
+    Bytes { client_tls: bool },
 }
 
 /// The TLS the waypoint starts (or refuses to) on its connections to a
@@ -459,7 +474,7 @@ fn tls_to(
     host: &str,
     subset: Option<&str>,
     port: u16,
-    carried: Carried,
+    carried: Carried<'_>,
 ) -> Option<String> {
     // The cluster requests use: what it holds is what they meet.
     let key = crate::app::ClusterKey {
@@ -472,6 +487,12 @@ fn tls_to(
     let rules = || format!("DestinationRule {}", cluster.resolved().rules.join(", "));
     let client_tls = matches!(carried, Carried::Bytes { client_tls: true });
     let limits = crate::proxy::tcp::relaying(cluster.limits(), client_tls);
+    let limits = match carried {
+        Carried::Requests(Some(host)) => {
+            std::borrow::Cow::Owned(limits.for_request(host).into_owned())
+        }
+        _ => limits,
+    };
     if limits.mesh_tls_only {
         return Some(format!(
             "{at}: ISTIO_MUTUAL ({}): meshed endpoints only, over HBONE",
@@ -487,11 +508,11 @@ fn tls_to(
     // A TCP connection has no request to name a wildcard host's server.
     let error = match carried {
         Carried::Bytes { .. } => origination.client(crate::upstream::Speaks::Bytes).err(),
-        Carried::Requests => None,
+        Carried::Requests(_) => None,
     };
     if let Some(error) = tls["error"].as_str().map(str::to_owned).or(error) {
         let refused = match carried {
-            Carried::Requests => "requests refused (503)",
+            Carried::Requests(_) => "requests refused (503)",
             Carried::Bytes { .. } => "connections closed (UF), no byte sent to the endpoint",
         };
         return Some(format!(

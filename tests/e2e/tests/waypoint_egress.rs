@@ -14,6 +14,7 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};
 use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
+    agent::warrenctl_waypoint_explain,
     mesh::{
         Mesh, MeshOptions, clusters_objects, eventually, metric_sum, start_mesh_with,
         start_waypoint_with, waypoint_gateway, waypoint_metrics,
@@ -1274,6 +1275,21 @@ fn tls_to_a_wildcard_host_asks_for_each_requests_host() -> Result<()> {
         answer.1["version"] == "wild" && answer.1["tls"]["sni"] == "api.wild.test",
         "the server must be asked for the request's host: {}",
         answer.1
+    );
+    // explain names the server the request's host asks for.
+    let shown = warrenctl_waypoint_explain(
+        &cluster.config_dir(),
+        "demo",
+        "demo/client",
+        &[
+            "-H",
+            "Host: api.wild.test",
+            &format!("http://{}:9080/hello", node.ip),
+        ],
+    )?;
+    ensure!(
+        shown.contains("server name api.wild.test"),
+        "explain names the request's host as the server:\n{shown}"
     );
     // A host under the wildcard that the certificate does not carry.
     let (status, body) = get("www.wild.test")?;

@@ -1228,7 +1228,7 @@ fn grpc_message(text: &[u8]) -> String {
 
 /// The authority a request names: its URI's (HTTP/2's `:authority`, or an
 /// absolute-form HTTP/1.1 target), else its `Host` header's.
-pub(super) fn request_authority(parts: &http::request::Parts) -> Option<http::uri::Authority> {
+pub(crate) fn request_authority(parts: &http::request::Parts) -> Option<http::uri::Authority> {
     match parts.uri.authority() {
         Some(authority) => Some(authority.clone()),
         None => parts
