@@ -127,12 +127,10 @@ impl Client {
     /// What it dialled, with the entry as it is now: a kept-alive connection
     /// made while its entry had endpoints (`STATIC`) meets it resolved
     /// `NONE` later, and must go where it dialled then, as a new one would.
+    /// `None` once the entry is gone: nothing it dialled may be reached.
     pub fn dialled_now(&self, state: &State) -> Option<(SocketAddr, Arc<Service>)> {
         let dialled = self.dialled.as_ref()?;
-        let service = state
-            .service(&dialled.service.key)
-            .unwrap_or_else(|| Arc::clone(&dialled.service));
-        Some((dialled.addr, service))
+        Some((dialled.addr, state.service(&dialled.service.key)?))
     }
 
     /// What it dialled, as an original-destination cluster checks it.

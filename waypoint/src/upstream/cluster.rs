@@ -224,6 +224,16 @@ impl Cluster {
             }
         }
         let dialled = dialled();
+        // The entry has endpoints again (STATIC) while this cluster is not
+        // rebuilt yet, or is between its endpoints coming and its flag
+        // going: those endpoints.
+        if dialled
+            .as_ref()
+            .is_some_and(|(_, entry)| !entry.passthrough)
+            && let Some(picked) = self.pick_avoiding(input, avoid, leave, now)
+        {
+            return Ok(picked);
+        }
         self.pick_original(
             dialled
                 .as_ref()
@@ -246,14 +256,17 @@ impl Cluster {
         let host = &self.resolved.host;
         let Some((addr, entry)) = dialled else {
             return Err(format!(
-                "{host} is resolved NONE: it has no endpoints for the waypoint's own calls"
+                "{host} is resolved NONE: it has no endpoints for the waypoint's own calls, nor for a connection whose entry is gone"
             ));
         };
         let same_host = entry
             .hostname
             .trim_end_matches('.')
             .eq_ignore_ascii_case(host.trim_end_matches('.'));
-        if !entry.passthrough || !same_host {
+        // The entry itself, as it is now (its key and host): it may have
+        // just turned STATIC, which a request picking from this cluster
+        // before it is rebuilt with endpoints meets.
+        if !same_host {
             return Err(format!(
                 "{host} is resolved NONE: only requests dialled to it go where they were dialled (this one was dialled to {})",
                 entry.hostname

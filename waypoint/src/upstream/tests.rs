@@ -2238,6 +2238,11 @@ fn the_waypoints_own_host_is_never_an_endpoint() {
 /// 10.20.0.0/16 and 127.0.0.0/8, ports 8080 and 8443), as the mesh state has
 /// it.
 fn none_entry(host: &str) -> warren_ztunnel::state::Service {
+    entry_resolved(host, true)
+}
+
+/// [`none_entry`], resolved `NONE` (`passthrough`) or not.
+fn entry_resolved(host: &str, passthrough: bool) -> warren_ztunnel::state::Service {
     use warren_api::{addr, config};
     let proto = config::Service {
         name: host.into(),
@@ -2261,7 +2266,7 @@ fn none_entry(host: &str) -> warren_ztunnel::state::Service {
                 ..Default::default()
             })
             .to_vec(),
-        passthrough: true,
+        passthrough,
         ..Default::default()
     };
     let key = warren_api::key::service_entry("ns", host);
@@ -2342,13 +2347,17 @@ fn an_original_destination_cluster_goes_where_the_client_dialled() {
 
 /// A cluster switching between `NONE` and `STATIC` (as the proxy applies
 /// it: the flag set before the endpoints go, cleared after they come) has a
-/// way to go at every step, whichever side a request meets.
+/// way to go at every step, whichever side a request meets: the entry's
+/// endpoints while it has them and is `STATIC`, else where the client
+/// dialled. An entry gone leaves nothing to dial.
 #[test]
 fn a_cluster_switching_kind_always_has_a_way_to_go() {
     let now = Instant::now();
     let host = "legacy.internal";
-    let entry = Arc::new(none_entry(host));
-    let server: SocketAddr = "10.9.0.1:8080".parse().expect("ip:port");
+    let none = Arc::new(none_entry(host));
+    let statics = Arc::new(entry_resolved(host, false));
+    let dialled: SocketAddr = "10.9.0.1:8080".parse().expect("ip:port");
+    let server: SocketAddr = "10.9.0.7:8080".parse().expect("ip:port");
     let endpoint = || Endpoint {
         id: server.to_string(),
         address: server,
@@ -2359,21 +2368,30 @@ fn a_cluster_switching_kind_always_has_a_way_to_go() {
         weight: 1,
     };
     let cluster = Cluster::new(Resolved::defaults(host, 8080), vec![endpoint()], now);
-    let goes = |cluster: &Cluster| {
-        let dialled = || Some((server, Arc::clone(&entry)));
+    let goes = |entry: Option<&Arc<warren_ztunnel::state::Service>>| {
+        let dialled = || entry.map(|e| (dialled, Arc::clone(e)));
         cluster
             .pick_for(dialled, &HashInput::default(), &[], &[], now)
             .map(|p| p.endpoint.address)
     };
-    // STATIC → NONE: the flag first, then the endpoints go.
-    assert_eq!(goes(&cluster), Ok(server));
+    // STATIC, then the entry turns NONE: the cluster's endpoints until its
+    // flag is set; then where the client dialled, endpoints or not.
+    assert_eq!(goes(Some(&statics)), Ok(server));
+    assert_eq!(goes(Some(&none)), Ok(server));
     cluster.set_original_destination(true);
-    assert_eq!(goes(&cluster), Ok(server));
+    assert_eq!(goes(Some(&none)), Ok(dialled));
     cluster.update_at(Vec::new(), now);
-    assert_eq!(goes(&cluster), Ok(server));
-    // NONE → STATIC: the endpoints first, then the flag is cleared.
+    assert_eq!(goes(Some(&none)), Ok(dialled));
+    // The entry turns STATIC: before the cluster has its endpoints, where
+    // the client dialled (one of the entry's addresses); once it has them,
+    // those, the flag set or not.
+    assert_eq!(goes(Some(&statics)), Ok(dialled));
     cluster.update_at(vec![endpoint()], now);
-    assert_eq!(goes(&cluster), Ok(server));
+    assert_eq!(goes(Some(&statics)), Ok(server));
     cluster.set_original_destination(false);
-    assert_eq!(goes(&cluster), Ok(server));
+    assert_eq!(goes(Some(&statics)), Ok(server));
+    // Flagged NONE again, and the entry gone: nothing dialled may be reached.
+    cluster.set_original_destination(true);
+    cluster.update_at(Vec::new(), now);
+    assert!(matches!(goes(None), Err(Unpicked::NotDialled(_))));
 }
