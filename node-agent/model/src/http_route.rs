@@ -496,6 +496,19 @@ pub(crate) fn service_parents(parent_refs: &[ParentReference]) -> Vec<ServicePar
         .collect()
 }
 
+/// The routes of `routes` attached to `target`: those whose VirtualService
+/// it makes, and whose age it takes (the waypoint ranks VirtualServices by
+/// age; another Service's routes are not this one's).
+pub(crate) fn attached<'a, R: Parents>(
+    routes: &'a [&'a R],
+    target: &'a Target,
+) -> impl Iterator<Item = &'a R> + 'a {
+    routes
+        .iter()
+        .copied()
+        .filter(|r| r.service_parents().iter().any(|p| target.is(p)))
+}
+
 /// Where a route of any Gateway API kind attaches.
 pub trait Parents {
     fn parent_refs(&self) -> &[ParentReference];
@@ -1363,7 +1376,7 @@ pub(crate) fn assemble(
         "routes",
         backends.namespace,
         target,
-        routes.iter().map(|r| &r.metadata),
+        attached(routes, target).map(|r| &r.metadata),
     );
     vs.spec.http = ordered.into_iter().map(|(_, rule)| rule).collect();
     Some(vs)

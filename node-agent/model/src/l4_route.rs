@@ -319,10 +319,9 @@ pub fn virtual_service(
     if tcp_rules.is_empty() && tls_rules.is_empty() {
         return None;
     }
-    let metas = tcp
-        .iter()
+    let metas = http_route::attached(tcp, target)
         .map(|r| &r.metadata)
-        .chain(tls.iter().map(|r| &r.metadata));
+        .chain(http_route::attached(tls, target).map(|r| &r.metadata));
     let mut vs = http_route::routes_virtual_service(SUFFIX, namespace, target, metas);
     vs.spec.tcp = tcp_rules;
     vs.spec.tls = tls_rules;

@@ -280,13 +280,16 @@ fn parents(store: &Store, grants: &Grants, route: &Route<'_>, cluster_domain: &s
             {
                 conflicted(namespace, ParentKind::Service, &parent.name, &grpc)
             } else if let Some(vs) = matches!(route.kind, "HTTPRoute" | "GRPCRoute")
-                .then(|| shadowed_by(store, namespace, &parent.name, cluster_domain))
+                .then(|| {
+                    let key = ObjectKey::new(Kind::Service, Some(namespace), &parent.name);
+                    store.get(&key).and_then(|svc| shadowed_by(store, namespace, svc, cluster_domain))
+                })
                 .flatten()
             {
                 Condition::not_accepted(
                     "Conflicted",
                     format!(
-                        "not in force: VirtualService {namespace}/{vs}, older, routes the host of Service {namespace}/{} at the waypoint (as Istio, the oldest VirtualService of a host wins); delete it, or move its rules into routes",
+                        "not in force: VirtualService {vs}, older, routes the host of Service {namespace}/{} at its waypoint first (as Istio, the oldest VirtualService of a host wins); delete it, or move its rules into routes",
                         parent.name
                     ),
                 )
@@ -359,75 +362,88 @@ fn entry_accepted(store: &Store, namespace: &str, parent: &ParentReference) -> C
     Condition::accepted(message)
 }
 
-/// A VirtualService of the Service's namespace that takes its host ahead of
-/// the Service's Gateway API routes: the waypoint ranks VirtualServices
-/// oldest first (then by name), and the routes of a Service make one as old
-/// as the oldest of them, named `<service>-routes`. It must apply to the
-/// mesh (no `gateways`, or `mesh` among them), be visible in its namespace,
-/// and have `http` rules. (One of another namespace, exported here, is left
-/// out: the waypoint logs it.)
+/// A VirtualService that takes the Service's host ahead of its Gateway API
+/// routes at the waypoint that serves it, as the waypoint ranks them: those
+/// of the Service's namespace and of the waypoint's, visible to the
+/// waypoint's, claiming the host exactly (an exact claim wins over any
+/// wildcard), with `http` rules, for the mesh; the oldest first, then by
+/// namespace and name. The routes make one of their own, as old as the
+/// oldest of them (GRPCRoutes where any attach, else HTTPRoutes), named
+/// `<service>-routes`. `namespace/name` of the one ahead, if any.
 fn shadowed_by(
     store: &Store,
     namespace: &str,
-    service: &str,
+    service: &Object,
     cluster_domain: &str,
 ) -> Option<String> {
-    let attached = |o: &&Object| {
-        o.route_parents()
-            .unwrap_or_default()
-            .iter()
-            .any(|p| parent_kind(p) == Some(ParentKind::Service) && p.name == service)
+    let Object::Service(svc) = service else {
+        return None;
     };
+    let name = svc.name.as_ref();
+    // Not served, the routes route nothing yet: the message says so.
+    let waypoint = serving_service(store, namespace, svc)?;
+    let waypoint_namespace = waypoint.split_once('/').map_or(namespace, |(ns, _)| ns);
     let created = |meta: &ObjectMeta| {
         meta.creation_timestamp
             .as_ref()
             .map_or(0, |t| t.0.as_second())
     };
-    let routes = [Kind::HttpRoute, Kind::GrpcRoute]
-        .into_iter()
-        .flat_map(|kind| store.of_kind_in(kind, namespace))
-        .filter(attached)
-        .filter_map(|o| match o {
-            Object::HttpRoute(r) => Some(created(&r.metadata)),
-            Object::GrpcRoute(r) => Some(created(&r.metadata)),
-            _ => None,
-        })
-        .min()?;
-    let routes = (routes, format!("{service}-routes"));
-    let host = format!("{service}.{namespace}.svc.{cluster_domain}");
-    let entry_hosts = crate::view::routing::entry_hosts(store);
-    let names_host = |written: &String| {
-        let qualified =
-            crate::view::routing::qualify_in(cluster_domain, namespace, written, &entry_hosts);
-        let qualified = qualified.trim_end_matches('.').to_ascii_lowercase();
-        qualified == host
-            || qualified
-                .strip_prefix('*')
-                .is_some_and(|suffix| host.ends_with(suffix))
+    let oldest = |kind: Kind| {
+        store
+            .of_kind_in(kind, namespace)
+            .filter(|o| {
+                o.route_parents()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|p| parent_kind(p) == Some(ParentKind::Service) && p.name == name)
+            })
+            .filter_map(|o| match o {
+                Object::HttpRoute(r) => Some(created(&r.metadata)),
+                Object::GrpcRoute(r) => Some(created(&r.metadata)),
+                _ => None,
+            })
+            .min()
     };
-    store
-        .of_kind_in(Kind::VirtualService, namespace)
+    let routes_created = oldest(Kind::GrpcRoute).or_else(|| oldest(Kind::HttpRoute))?;
+    let routes = (
+        routes_created,
+        namespace.to_owned(),
+        format!("{name}-routes"),
+    );
+    let host = format!("{name}.{namespace}.svc.{cluster_domain}");
+    let entry_hosts = crate::view::routing::entry_hosts(store);
+    let mut namespaces = vec![namespace];
+    if waypoint_namespace != namespace {
+        namespaces.push(waypoint_namespace);
+    }
+    namespaces
+        .into_iter()
+        .flat_map(|ns| store.of_kind_in(Kind::VirtualService, ns))
         .filter_map(|o| match o {
             Object::VirtualService(vs) => Some(vs),
             _ => None,
         })
-        .filter(|vs| {
+        .filter_map(|vs| {
+            let own = vs.metadata.namespace.as_deref().unwrap_or("default");
             let spec = &vs.spec;
             let for_mesh = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
             let visible = spec.export_to.is_empty()
-                || spec
-                    .export_to
-                    .iter()
-                    .any(|e| e == "." || e == "*" || e == namespace);
-            for_mesh && visible && !spec.http.is_empty() && spec.hosts.iter().any(names_host)
-        })
-        .map(|vs| {
-            let name = vs.metadata.name.clone().unwrap_or_default();
-            (created(&vs.metadata), name)
+                || spec.export_to.iter().any(|e| {
+                    e == "*" || e == waypoint_namespace || (e == "." && own == waypoint_namespace)
+                });
+            let claims = spec.hosts.iter().any(|written| {
+                let qualified =
+                    crate::view::routing::qualify_in(cluster_domain, own, written, &entry_hosts);
+                qualified.trim_end_matches('.').eq_ignore_ascii_case(&host)
+            });
+            (for_mesh && visible && claims && !spec.http.is_empty()).then(|| {
+                let name = vs.metadata.name.clone().unwrap_or_default();
+                (created(&vs.metadata), own.to_owned(), name)
+            })
         })
         .filter(|vs| *vs < routes)
         .min()
-        .map(|(_, name)| name)
+        .map(|(_, ns, name)| format!("{ns}/{name}"))
 }
 
 /// GEP-1426: where both attach, GRPCRoutes win and the HTTPRoutes are not
@@ -1056,20 +1072,33 @@ spec:
         );
     }
 
-    /// An older VirtualService of the Service's host (for the mesh, visible
-    /// there) takes it ahead of the Service's routes, which the status says;
-    /// a younger one, one bound to gateways only, or one of another
-    /// namespace does not.
+    /// An older VirtualService claiming the Service's host exactly (for the
+    /// mesh, visible to its waypoint, of the Service's namespace or the
+    /// waypoint's) takes it ahead of the Service's routes, which the status
+    /// says, as the waypoint ranks them; a younger one, a wildcard (an exact
+    /// claim wins), one bound to gateways only, one not visible, or one of
+    /// another namespace does not; nor does another Service's older route
+    /// make this one's older.
     #[test]
     fn a_route_an_older_virtual_service_shadows_is_conflicted() {
         let route = ROUTE.replace(
             "metadata: { name: r, namespace: shop, generation: 3, resourceVersion: \"41\" }",
             "metadata: { name: r, namespace: shop, generation: 3, resourceVersion: \"41\", creationTimestamp: \"2026-01-02T00:00:00Z\" }",
         );
-        let accepted = |vs: &str| {
-            let store = Store::from_yaml(&format!("{route}---\n{vs}"));
+        let waypoint = |namespace: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{ name: waypoint, namespace: {namespace} }}\n\
+                 spec:\n  gatewayClassName: warren-waypoint\n  listeners: [{{ name: mesh, port: 15008, protocol: HBONE, allowedRoutes: {{ namespaces: {{ from: All }} }} }}]\n"
+            )
+        };
+        let accepted = |extra: &str| {
+            let store = Store::from_yaml(&format!("{route}---\n{extra}"));
             let writes = to_write(&store, "2026-12-07T00:00:00Z", "cluster.local");
-            let first = status_of(&writes, Kind::HttpRoute).2[0].clone();
+            let (_, _, parents) = writes
+                .iter()
+                .find(|(key, _, _)| key.kind == Kind::HttpRoute && &*key.name == "r")
+                .expect("route r's status");
+            let first = parents[0].clone();
             assert_eq!(first["parentRef"]["name"], "app");
             (
                 conditions(&first)[0].2.clone(),
@@ -1084,29 +1113,64 @@ spec:
                 "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ {meta} }}\nspec: {{ {spec}, http: [{{ route: [{{ destination: {{ host: app }} }}] }}] }}\n"
             )
         };
+        let here = waypoint("shop");
         let older = "name: legacy, namespace: shop, creationTimestamp: \"2026-01-01T00:00:00Z\"";
-        for hosts in [
-            "hosts: [app]",
-            "hosts: [app.shop.svc.cluster.local]",
-            "hosts: [\"*.shop.svc.cluster.local\"]",
-        ] {
-            let (reason, message) = accepted(&vs(older, hosts));
+        for hosts in ["hosts: [app]", "hosts: [app.shop.svc.cluster.local]"] {
+            let (reason, message) = accepted(&format!("{here}---\n{}", vs(older, hosts)));
             assert_eq!(reason, "Conflicted", "{hosts}: {message}");
             assert!(message.contains("VirtualService shop/legacy"), "{message}");
         }
+        // Not served by a waypoint: the routes route nothing yet anyway.
+        let (reason, _) = accepted(&vs(older, "hosts: [app]"));
+        assert_eq!(reason, "Accepted");
         let younger = "name: legacy, namespace: shop, creationTimestamp: \"2026-01-03T00:00:00Z\"";
         let elsewhere =
             "name: legacy, namespace: data, creationTimestamp: \"2026-01-01T00:00:00Z\"";
         for (meta, spec) in [
             (younger, "hosts: [app]"),
+            (older, "hosts: [\"*.shop.svc.cluster.local\"]"),
             (older, "hosts: [app], gateways: [shop/ingress]"),
             (older, "hosts: [app], exportTo: [data]"),
             (older, "hosts: [other]"),
             (elsewhere, "hosts: [app.shop.svc.cluster.local]"),
         ] {
-            let (reason, message) = accepted(&vs(meta, spec));
+            let (reason, message) = accepted(&format!("{here}---\n{}", vs(meta, spec)));
             assert_eq!(reason, "Accepted", "{meta} {spec}: {message}");
         }
+        // Another Service's older route does not make this Service's routes
+        // older.
+        let other_route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: { name: old, namespace: shop, creationTimestamp: \"2025-01-01T00:00:00Z\" }\n\
+             spec: { parentRefs: [{ group: \"\", kind: Service, name: app-v1 }], rules: [{ backendRefs: [{ name: app-v1, port: 80 }] }] }\n";
+        let (reason, _) = accepted(&format!(
+            "{here}---\n{other_route}---\n{}",
+            vs(older, "hosts: [app]")
+        ));
+        assert_eq!(reason, "Conflicted");
+        // A waypoint of another namespace: its namespace's VirtualServices
+        // count, visible to it.
+        let labelled = route.replace(
+            "metadata: { name: app, namespace: shop }",
+            "metadata: { name: app, namespace: shop, labels: { istio.io/use-waypoint: waypoint, istio.io/use-waypoint-namespace: mesh } }",
+        );
+        let accepted_there = |extra: &str| {
+            let store =
+                Store::from_yaml(&format!("{labelled}---\n{}---\n{extra}", waypoint("mesh")));
+            let writes = to_write(&store, "2026-12-07T00:00:00Z", "cluster.local");
+            let first = status_of(&writes, Kind::HttpRoute).2[0].clone();
+            conditions(&first)[0].2.clone()
+        };
+        let in_mesh = "name: legacy, namespace: mesh, creationTimestamp: \"2026-01-01T00:00:00Z\"";
+        assert_eq!(
+            accepted_there(&vs(in_mesh, "hosts: [app.shop.svc.cluster.local]")),
+            "Conflicted"
+        );
+        // Private to its own namespace, which is not the waypoint's.
+        assert_eq!(
+            accepted_there(&vs(older, "hosts: [app], exportTo: [\".\"]")),
+            "Accepted"
+        );
+        assert_eq!(accepted_there(&vs(older, "hosts: [app]")), "Conflicted");
     }
 
     #[test]

@@ -845,3 +845,36 @@ fn a_service_entry_parent_attaches_a_route_to_its_hosts() {
         "{found:?}"
     );
 }
+
+/// The routes' VirtualService is as old as the oldest route attached to its
+/// Service: another Service's older route does not make it older (the
+/// waypoint ranks VirtualServices of a host by age).
+#[test]
+fn the_routes_virtual_service_is_as_old_as_the_services_own_routes() {
+    let mine = created_at(
+        reviews(json!([{ "backendRefs": [{ "name": "reviews", "port": 9080 }] }])),
+        "2026-03-01T00:00:00Z",
+    );
+    let other = created_at(
+        route(
+            "ratings",
+            json!({
+                "parentRefs": [{ "group": "", "kind": "Service", "name": "ratings" }],
+                "rules": [{ "backendRefs": [{ "name": "ratings", "port": 9080 }] }],
+            }),
+        ),
+        "2026-01-01T00:00:00Z",
+    );
+    let vs = virtual_service(
+        "shop",
+        &crate::http_route::Target::service("shop", "reviews", "cluster.local"),
+        "cluster.local",
+        &[&other, &mine],
+        &Grants::default(),
+    )
+    .expect("a VirtualService");
+    assert_eq!(
+        vs.metadata.creation_timestamp,
+        mine.metadata.creation_timestamp
+    );
+}
