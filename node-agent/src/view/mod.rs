@@ -113,7 +113,7 @@ pub fn section_port(
 /// Whether a ServiceEntry host is, or covers, a Kubernetes Service's name
 /// (`*.svc.<cluster domain>`): `reviews.shop.svc.cluster.local`,
 /// `*.shop.svc.cluster.local`, `*.cluster.local`, `*`.
-fn names_cluster_services(host: &str, cluster_domain: &str) -> bool {
+pub fn names_cluster_services(host: &str, cluster_domain: &str) -> bool {
     let services = format!("svc.{cluster_domain}");
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     if host == services || host.ends_with(&format!(".{services}")) {

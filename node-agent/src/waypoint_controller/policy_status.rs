@@ -22,15 +22,21 @@ use crate::{
         http_route::{ParentKind, ParentReference},
     },
     store::Store,
-    view::{backend_tls, section_port, serving_entry, serving_service},
+    view::{backend_tls, names_cluster_services, section_port, serving_entry, serving_service},
 };
 
 /// What the policies of a namespace hold, by the resource key of their
 /// target: worked out once per namespace for all its policies.
-pub type Held = BTreeMap<String, warren_api::config::BackendTls>;
+pub struct Held {
+    resources: BTreeMap<String, warren_api::config::BackendTls>,
+    cluster_domain: String,
+}
 
 pub fn held(store: &Store, namespace: &str, cluster_domain: &str) -> Held {
-    backend_tls::in_namespace(store, namespace, cluster_domain)
+    Held {
+        resources: backend_tls::in_namespace(store, namespace, cluster_domain),
+        cluster_domain: cluster_domain.to_owned(),
+    }
 }
 
 /// The ancestor entries `policy` should show, one per Service or
@@ -145,6 +151,9 @@ fn accepted(
         sections,
     } = target;
     let what = format!("{} {namespace}/{name}", kind.name());
+    // A ServiceEntry's hosts that name no cluster Service (which an entry
+    // never takes over).
+    let mut own_hosts = None;
     let (resource_key, serving) = match kind {
         ParentKind::Service => {
             let key = ObjectKey::new(Kind::Service, Some(namespace), name);
@@ -161,17 +170,23 @@ fn accepted(
             let Some(Object::ServiceEntry(entry)) = store.get(&key) else {
                 return Condition::not_accepted("TargetNotFound", format!("no {what}"));
             };
+            let hosts = entry.spec.hosts.iter();
+            own_hosts = Some(
+                hosts
+                    .filter(|h| !names_cluster_services(h, &held.cluster_domain))
+                    .count(),
+            );
             (
                 key::service_entry_backend_tls(namespace, name),
                 serving_entry(store, namespace, entry),
             )
         }
     };
-    let Some(tls) = held.get(&resource_key) else {
+    let Some(tls) = held.resources.get(&resource_key) else {
         // Held nowhere at all: a ServiceEntry whose hosts all name the
         // cluster's Services (which an entry never takes over), or the
         // sections it names are none of the target's ports (below).
-        if kind == ParentKind::ServiceEntry && sections.iter().any(Option::is_none) {
+        if own_hosts == Some(0) {
             return Condition::not_accepted(
                 "TargetNotFound",
                 format!(
