@@ -546,17 +546,26 @@ metadata: { name: inside-tls, namespace: shop }
 spec:
   targetRefs: [{ group: networking.istio.io, kind: ServiceEntry, name: inside }]
   validation: { wellKnownCACertificates: System, hostname: other.example }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: { name: inside-port, namespace: shop }
+spec:
+  targetRefs: [{ group: networking.istio.io, kind: ServiceEntry, name: inside, sectionName: http }]
+  validation: { wellKnownCACertificates: System, hostname: other.example }
 "#
         );
-        let inside = statuses(&inside, "inside-tls");
-        assert_eq!(
-            reasons(&inside[0].1)[0],
-            ("Accepted", false, "TargetNotFound")
-        );
-        assert!(
-            inside[0].1[0].3.contains("no host of its own"),
-            "{inside:?}"
-        );
+        for policy in ["inside-tls", "inside-port"] {
+            let shown = statuses(&inside, policy);
+            assert_eq!(
+                reasons(&shown[0].1)[0],
+                ("Accepted", false, "TargetNotFound")
+            );
+            assert!(
+                shown[0].1[0].3.contains("no host of its own"),
+                "{policy}: {shown:?}"
+            );
+        }
     }
 
     #[test]
