@@ -446,7 +446,8 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
                 &d.host,
                 subset,
                 port,
-                Carried::Requests(request_host.as_deref()),
+                // The host it leaves with, rewritten or not.
+                Carried::Requests(rule.rewritten_host(d).or(request_host.as_deref())),
             ) {
                 step("upstream tls", tls);
             }

@@ -593,6 +593,16 @@ impl HttpRule {
     /// Header changes run as Istio orders them for Envoy: every `remove`
     /// (rule, then destination), then the rule's `set` and `add`, then the
     /// destination's — so a destination's `set` wins over the rule's.
+    /// The host a request routed to `destination` leaves with when the rule
+    /// (or the destination) rewrites its authority ([`HttpRule::apply_request`]).
+    pub fn rewritten_host<'a>(&'a self, destination: &'a RouteDestination) -> Option<&'a str> {
+        let authority = self
+            .authority
+            .as_ref()
+            .or(destination.headers.authority.as_ref())?;
+        Some(authority.uri.host())
+    }
+
     pub fn apply_request(
         &self,
         destination: &RouteDestination,

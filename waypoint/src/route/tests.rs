@@ -716,6 +716,8 @@ fn authority_rewrite_sets_host_and_the_uri_authority() {
         .expect("valid");
     assert_eq!(origin_form.uri.to_string(), "/x");
     assert_eq!(header(&origin_form.headers, "host"), ["ratings.demo:9080"]);
+    // What explain reads as the host the request leaves with.
+    assert_eq!(rule.rewritten_host(dest), Some("ratings.demo"));
 }
 
 #[test]
@@ -735,6 +737,7 @@ fn destination_authority_applies_when_the_rule_sets_none() {
     rule.apply_request(dest, &mut parts, &matched)
         .expect("valid");
     assert_eq!(header(&parts.headers, "host"), ["canary.demo"]);
+    assert_eq!(rule.rewritten_host(dest), Some("canary.demo"));
 }
 
 #[test]
