@@ -26,7 +26,7 @@ use warren_ztunnel::drain;
 
 use super::{
     connect::{ConnectError, Connector, Route, SendError},
-    lifetime::{InForce, Lifetime, sweep},
+    lifetime::{InForce, Lifetime, MAX_IDLE_PER_ENDPOINT, sweep},
 };
 use crate::{
     app::Body,
@@ -182,7 +182,13 @@ impl KeepAlive {
         let idle = Arc::clone(&self.idle);
         tokio::spawn(async move {
             if connection.send.ready().await.is_ok() {
-                lock(&idle).entry(endpoint).or_default().push(Idle {
+                let mut idle = lock(&idle);
+                let stack = idle.entry(endpoint).or_default();
+                // The least recently used goes first.
+                if stack.len() >= MAX_IDLE_PER_ENDPOINT {
+                    stack.remove(0);
+                }
+                stack.push(Idle {
                     connection,
                     since: Instant::now(),
                 });
@@ -305,6 +311,23 @@ mod tests {
             settle(&pool, 1).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// Many connections opened at once (as many names under a wildcard
+    /// open, one each): at most [`MAX_IDLE_PER_ENDPOINT`] stay idle.
+    #[tokio::test]
+    async fn idle_connections_per_endpoint_are_bounded() {
+        let (endpoint, accepted) = server().await;
+        let pool = pool();
+        let limits = PoolLimits::default();
+        let many = MAX_IDLE_PER_ENDPOINT + 20;
+        let answers =
+            futures::future::join_all((0..many).map(|_| get(&pool, endpoint, &limits))).await;
+        assert_eq!(answers.len(), many);
+        assert_eq!(accepted.load(Ordering::SeqCst), many, "one connection each");
+        settle(&pool, MAX_IDLE_PER_ENDPOINT).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.idle(), MAX_IDLE_PER_ENDPOINT);
     }
 
     #[tokio::test]

@@ -16,6 +16,12 @@ use crate::upstream::{PoolLimits, TlsSettings};
 /// ([`crate::upstream::Policies::starts`], of the tables in force).
 pub type InForce<'a> = &'a dyn Fn(&TlsSettings) -> bool;
 
+/// The most idle connections a pool keeps per endpoint (beyond any one
+/// load's concurrency, which reuses them): clients naming many servers
+/// under a wildcard host (one connection per name) must not pile up idle
+/// connections until their idle timeout.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
 /// How often pooled connections are checked for their idle timeout and
 /// maximum duration.
 pub const EVICTION_INTERVAL: Duration = Duration::from_secs(1);

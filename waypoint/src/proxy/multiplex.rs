@@ -44,7 +44,7 @@ use warren_ztunnel::drain;
 
 use super::{
     connect::{ConnectError, Connector, Route, SendError},
-    lifetime::{InForce, Lifetime, sweep},
+    lifetime::{InForce, Lifetime, MAX_IDLE_PER_ENDPOINT, sweep},
 };
 use crate::{
     app::Body,
@@ -574,6 +574,25 @@ impl Multiplexed {
                 }
                 keep
             });
+            // Past the bound, the least recently used of those carrying no
+            // stream go.
+            let idle = |o: &Open| o.connection.streams.active.load(Ordering::Acquire) == 0;
+            let mut idle_since: Vec<Instant> = entry
+                .open
+                .iter()
+                .filter(|o| idle(o))
+                .map(|o| o.last_used)
+                .collect();
+            if idle_since.len() > MAX_IDLE_PER_ENDPOINT {
+                idle_since.sort_unstable();
+                let cut = idle_since[idle_since.len() - MAX_IDLE_PER_ENDPOINT];
+                let mut over = idle_since.len() - MAX_IDLE_PER_ENDPOINT;
+                entry.open.retain(|o| {
+                    let drop = over > 0 && idle(o) && o.last_used < cut;
+                    over -= usize::from(drop);
+                    !drop
+                });
+            }
             !entry.open.is_empty() || !entry.opening.is_empty()
         });
     }
