@@ -132,11 +132,6 @@ impl Client {
         let dialled = self.dialled.as_ref()?;
         Some((dialled.addr, state.service(&dialled.service.key)?))
     }
-
-    /// What it dialled, as an original-destination cluster checks it.
-    pub fn dialled(&self) -> Option<(SocketAddr, &Service)> {
-        self.dialled.as_ref().map(|d| (d.addr, d.service.as_ref()))
-    }
 }
 
 /// An answer's body, at most `limit` bytes, and its trailers: the answers
