@@ -1453,3 +1453,62 @@ async fn a_wildcard_host_asks_for_each_requests_host() {
         );
     }
 }
+
+/// Many names under a wildcard host make one HTTP/2 connection each: once
+/// their streams are done, the sweep keeps at most
+/// [`MAX_IDLE_PER_ENDPOINT`](crate::proxy::lifetime::MAX_IDLE_PER_ENDPOINT)
+/// of them.
+#[tokio::test]
+async fn idle_http2_connections_per_endpoint_are_bounded() {
+    use crate::proxy::lifetime::MAX_IDLE_PER_ENDPOINT;
+    let dir = tempdir();
+    let ca = Authority::new("wildcard root").expect("ca");
+    let root = path(&ca.write_root(dir.path(), "root").expect("root written"));
+    let leaf = ca.server(&["*.wild.test"]).expect("leaf");
+    let (addr, _seen) = serve(&leaf, None, Speaking::SlowHttp2).await;
+    let wildcard = "*.wild.test";
+    let spec: DestinationRuleSpec = serde_json::from_value(json!({
+        "host": wildcard,
+        "trafficPolicy": { "tls": { "mode": "SIMPLE", "caCertificates": root } },
+    }))
+    .expect("spec");
+    let (policies, _) = Policies::build(
+        vec![DrInput {
+            namespace: "egress".into(),
+            name: "wild".into(),
+            created: 0,
+            host: wildcard.into(),
+            spec,
+        }],
+        Scope {
+            namespace: "egress".into(),
+            root: "istio-system".into(),
+            labels: Default::default(),
+        },
+    );
+    let limits = policies
+        .resolve(wildcard, "egress", None, 443)
+        .expect("resolves")
+        .pool;
+    let pool = Multiplexed::new(connector());
+    let many = MAX_IDLE_PER_ENDPOINT + 4;
+    let sends = (0..many).map(|i| {
+        let named = limits.for_request(&format!("h{i}.wild.test")).into_owned();
+        let pool = &pool;
+        async move {
+            let request = Request::get(format!("https://h{i}.wild.test/"))
+                .body(full(Bytes::new()))
+                .expect("request");
+            let (response, stream) = pool
+                .send(addr, request, cluster(&named, 10))
+                .await
+                .expect("answered");
+            response.into_body().collect().await.expect("body");
+            drop(stream);
+        }
+    });
+    futures::future::join_all(sends).await;
+    assert_eq!(pool.connections(), many, "one connection per name");
+    pool.evict(tokio::time::Instant::now(), &|_| true);
+    assert_eq!(pool.connections(), MAX_IDLE_PER_ENDPOINT);
+}
