@@ -3069,6 +3069,13 @@ fn backend_tls(view: &View, key: &str) -> Option<warren_api::config::BackendTls>
     }
 }
 
+/// ConfigMap `demo/app-ca` with `ca.crt` holding `text`.
+fn app_ca(text: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: app-ca, namespace: demo }}\ndata: {{ ca.crt: {text:?} }}\n"
+    )
+}
+
 /// (port, policy, CA bytes as text, system roots, error) of each port entry.
 fn tls_ports(tls: &warren_api::config::BackendTls) -> Vec<(u32, String, String, bool, String)> {
     tls.ports
@@ -3178,13 +3185,7 @@ fn backend_tls_policies_reach_waypoints_port_by_port_with_their_ca_bundles() {
     );
 
     // A renewed bundle is published again.
-    let changed = apply(
-        &mut store,
-        &format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: app-ca, namespace: demo }}\ndata: {{ ca.crt: {:?} }}\n",
-            pem("C")
-        ),
-    );
+    let changed = apply(&mut store, &app_ca(&pem("C")));
     view.changed(&store, &changed);
     let tls = backend_tls(&view, &key).unwrap();
     assert_eq!(
@@ -3205,12 +3206,7 @@ fn backend_tls_policies_reach_waypoints_port_by_port_with_their_ca_bundles() {
             "cannot be a trust anchor",
         ),
     ] {
-        let changed = apply(
-            &mut store,
-            &format!(
-                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: app-ca, namespace: demo }}\ndata: {{ ca.crt: {text:?} }}\n"
-            ),
-        );
+        let changed = apply(&mut store, &app_ca(text));
         view.changed(&store, &changed);
         let ports = tls_ports(&backend_tls(&view, &key).unwrap());
         assert!(
@@ -3218,13 +3214,7 @@ fn backend_tls_policies_reach_waypoints_port_by_port_with_their_ca_bundles() {
             "{text:?}: {ports:?}"
         );
     }
-    let changed = apply(
-        &mut store,
-        &format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: app-ca, namespace: demo }}\ndata: {{ ca.crt: {:?} }}\n",
-            pem("C")
-        ),
-    );
+    let changed = apply(&mut store, &app_ca(&pem("C")));
     view.changed(&store, &changed);
     // One reference that cannot be read fails the policy whole, closed,
     // saying why; the other port keeps its own policy.

@@ -279,34 +279,34 @@ fn parents(store: &Store, grants: &Grants, route: &Route<'_>, cluster_domain: &s
                 .flatten()
             {
                 conflicted(namespace, ParentKind::Service, &parent.name, &grpc)
-            } else if let Some(vs) = matches!(route.kind, "HTTPRoute" | "GRPCRoute")
-                .then(|| {
-                    let key = ObjectKey::new(Kind::Service, Some(namespace), &parent.name);
-                    store.get(&key).and_then(|svc| shadowed_by(store, namespace, svc, cluster_domain))
-                })
-                .flatten()
-            {
-                Condition::not_accepted(
-                    "Conflicted",
-                    format!(
-                        "not in force: VirtualService {vs}, older, routes the host of Service {namespace}/{} at its waypoint first (as Istio, the oldest VirtualService of a host wins); delete it, or move its rules into routes",
-                        parent.name
-                    ),
-                )
             } else if let Some(service) = service {
                 // Attached either way; whether it routes anything yet is
-                // the waypoint's.
-                let message = match serving_service(store, namespace, service) {
-                    Some(waypoint) => format!(
+                // the waypoint's, and an older VirtualService may take its
+                // host there first.
+                let waypoint = serving_service(store, namespace, service);
+                let shadowed = match (&waypoint, route.kind) {
+                    (Some(waypoint), "HTTPRoute" | "GRPCRoute") => {
+                        shadowed_by(store, namespace, &parent.name, waypoint, cluster_domain)
+                    }
+                    _ => None,
+                };
+                match (shadowed, waypoint) {
+                    (Some(vs), _) => Condition::not_accepted(
+                        "Conflicted",
+                        format!(
+                            "not in force: VirtualService {vs}, older, routes the host of Service {namespace}/{} at its waypoint first (as Istio, the oldest VirtualService of a host wins); delete it, or move its rules into routes",
+                            parent.name
+                        ),
+                    ),
+                    (None, Some(waypoint)) => Condition::accepted(format!(
                         "routes Service {namespace}/{} at its waypoint {waypoint}",
                         parent.name
-                    ),
-                    None => format!(
+                    )),
+                    (None, None) => Condition::accepted(format!(
                         "attached to Service {namespace}/{}, which no waypoint serves yet: it routes nothing until one does",
                         parent.name
-                    ),
-                };
-                Condition::accepted(message)
+                    )),
+                }
             } else {
                 Condition::not_accepted("NoMatchingParent", format!("no Service {namespace}/{}", parent.name))
             };
@@ -373,15 +373,10 @@ fn entry_accepted(store: &Store, namespace: &str, parent: &ParentReference) -> C
 fn shadowed_by(
     store: &Store,
     namespace: &str,
-    service: &Object,
+    name: &str,
+    waypoint: &str,
     cluster_domain: &str,
 ) -> Option<String> {
-    let Object::Service(svc) = service else {
-        return None;
-    };
-    let name = svc.name.as_ref();
-    // Not served, the routes route nothing yet: the message says so.
-    let waypoint = serving_service(store, namespace, svc)?;
     let waypoint_namespace = waypoint.split_once('/').map_or(namespace, |(ns, _)| ns);
     let created = |meta: &ObjectMeta| {
         meta.creation_timestamp

@@ -1004,9 +1004,10 @@ pub(super) async fn attempt(
     if let Some(protocol) = &upgrading {
         upgrade::restore(request.headers_mut(), protocol);
     }
-    // A wildcard host's TLS names the request's host (Istio's auto SNI).
-    let host = request_authority(parts);
-    let limits = match &host {
+    // A wildcard host's TLS names the request's host (Istio's auto SNI);
+    // any other cluster's limits are taken as they are.
+    let names_by_request = (cluster.limits().tls.as_ref()).is_some_and(|t| t.names_by_request());
+    let limits = match names_by_request.then(|| request_authority(parts)).flatten() {
         Some(host) => cluster.limits().for_request(host.host()),
         None => std::borrow::Cow::Borrowed(cluster.limits()),
     };

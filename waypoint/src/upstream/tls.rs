@@ -392,6 +392,12 @@ impl Origination {
         &self.settings
     }
 
+    /// Whether the server name comes from each request (a wildcard host
+    /// without `sni`, [`Origination::for_request`]).
+    pub fn names_by_request(&self) -> bool {
+        self.wildcard.is_some()
+    }
+
     /// For a wildcard host without `sni`: these settings for a request to
     /// `host` (its `Host` or `:authority`, without the port), which is then
     /// the server name sent and, without `subjectAltNames`, the name the

@@ -159,15 +159,24 @@ fn limits_for(tls: serde_json::Value) -> (PoolLimits, Vec<String>) {
 
 /// [`limits_for`], with the Secrets the agent sent.
 fn limits_with(tls: serde_json::Value, credentials: &Credentials) -> (PoolLimits, Vec<String>) {
+    limits_at(HOST, tls, credentials)
+}
+
+/// [`limits_with`] for a rule of `host` (port 443).
+fn limits_at(
+    host: &str,
+    tls: serde_json::Value,
+    credentials: &Credentials,
+) -> (PoolLimits, Vec<String>) {
     let spec: DestinationRuleSpec =
-        serde_json::from_value(json!({"host": HOST, "trafficPolicy": {"tls": tls}}))
+        serde_json::from_value(json!({"host": host, "trafficPolicy": {"tls": tls}}))
             .expect("test DestinationRule spec is valid");
     let (policies, errors) = Policies::build_with(
         vec![DrInput {
             namespace: "egress".into(),
             name: "api".into(),
             created: 0,
-            host: HOST.into(),
+            host: host.into(),
             spec,
         }],
         Scope {
@@ -178,7 +187,7 @@ fn limits_with(tls: serde_json::Value, credentials: &Credentials) -> (PoolLimits
         credentials,
     );
     let pool = policies
-        .resolve(HOST, "egress", None, 443)
+        .resolve(host, "egress", None, 443)
         .expect("resolves")
         .pool;
     (
@@ -1386,31 +1395,9 @@ async fn a_wildcard_host_asks_for_each_requests_host() {
     let ca = Authority::new("wildcard root").expect("ca");
     let root = path(&ca.write_root(dir.path(), "root").expect("root written"));
     let (addr, mut seen) = http_server(&ca.server(&["api.wild.test"]).expect("leaf")).await;
-    let wildcard = "*.wild.test";
-    let spec: DestinationRuleSpec = serde_json::from_value(json!({
-        "host": wildcard,
-        "trafficPolicy": { "tls": { "mode": "SIMPLE", "caCertificates": root } },
-    }))
-    .expect("spec");
-    let (policies, errors) = Policies::build(
-        vec![DrInput {
-            namespace: "egress".into(),
-            name: "wild".into(),
-            created: 0,
-            host: wildcard.into(),
-            spec,
-        }],
-        Scope {
-            namespace: "egress".into(),
-            root: "istio-system".into(),
-            labels: Default::default(),
-        },
-    );
+    let tls = json!({ "mode": "SIMPLE", "caCertificates": root });
+    let (limits, errors) = limits_at("*.wild.test", tls, &Credentials::new());
     assert!(errors.is_empty(), "{errors:?}");
-    let limits = policies
-        .resolve(wildcard, "egress", None, 443)
-        .expect("resolves")
-        .pool;
     let described = limits.tls.as_ref().expect("TLS").describe();
     assert!(described["error"].is_null(), "{described}");
     assert!(
@@ -1466,30 +1453,8 @@ async fn idle_http2_connections_per_endpoint_are_bounded() {
     let root = path(&ca.write_root(dir.path(), "root").expect("root written"));
     let leaf = ca.server(&["*.wild.test"]).expect("leaf");
     let (addr, _seen) = serve(&leaf, None, Speaking::SlowHttp2).await;
-    let wildcard = "*.wild.test";
-    let spec: DestinationRuleSpec = serde_json::from_value(json!({
-        "host": wildcard,
-        "trafficPolicy": { "tls": { "mode": "SIMPLE", "caCertificates": root } },
-    }))
-    .expect("spec");
-    let (policies, _) = Policies::build(
-        vec![DrInput {
-            namespace: "egress".into(),
-            name: "wild".into(),
-            created: 0,
-            host: wildcard.into(),
-            spec,
-        }],
-        Scope {
-            namespace: "egress".into(),
-            root: "istio-system".into(),
-            labels: Default::default(),
-        },
-    );
-    let limits = policies
-        .resolve(wildcard, "egress", None, 443)
-        .expect("resolves")
-        .pool;
+    let tls = json!({ "mode": "SIMPLE", "caCertificates": root });
+    let (limits, _) = limits_at("*.wild.test", tls, &Credentials::new());
     let pool = Multiplexed::new(connector());
     let many = MAX_IDLE_PER_ENDPOINT + 4;
     let sends = (0..many).map(|i| {
