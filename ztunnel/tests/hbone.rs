@@ -1000,6 +1000,66 @@ async fn bad_requests_get_clear_errors() {
     }
 }
 
+/// A tunnel reaches only a pod of the mesh: not a pod of the node outside it
+/// (nor one on the host network, whose address is the node's), and not a
+/// waypoint. Istio's ztunnel checks the target the same way; without it any
+/// holder of a mesh certificate could dial the node's own ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_reaches_only_pods_of_the_mesh() {
+    let mut mesh = two_nodes(61).await;
+    let node_b: std::net::IpAddr = "127.61.2.1".parse().unwrap();
+    let mut listeners = Vec::new();
+    for (name, ip, tune) in [
+        (
+            "outsider",
+            "127.61.2.5",
+            (|w: &mut config::Workload| {
+                w.protocol = config::TunnelProtocol::None.into();
+            }) as fn(&mut config::Workload),
+        ),
+        ("waypoint", "127.61.2.6", |w: &mut config::Workload| {
+            w.is_waypoint = true;
+        }),
+    ] {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, 0))
+            .await
+            .unwrap();
+        let mut w = workload("demo", name, name, ip, "node-b", node_b);
+        tune(&mut w);
+        mesh.view.add_workload(w);
+        listeners.push(listener);
+    }
+    mesh.sync();
+    let mut sender = raw_h2(&mesh).await;
+    for listener in &listeners {
+        let target = listener.local_addr().unwrap();
+        let connect = Request::builder()
+            .method(Method::CONNECT)
+            .uri(target.to_string())
+            .body(Empty::new())
+            .unwrap();
+        sender.ready().await.unwrap();
+        let (status, body) = send(&mut sender, connect).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{target}: {body}");
+        assert!(
+            body.contains("outside the mesh") || body.contains("a waypoint"),
+            "{body}"
+        );
+        let accepted = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+        assert!(accepted.is_err(), "{target} was dialled");
+    }
+    // A pod of the mesh still is.
+    let good = Request::builder()
+        .method(Method::CONNECT)
+        .uri(mesh.server.to_string())
+        .body(Empty::new())
+        .unwrap();
+    sender.ready().await.unwrap();
+    let response = sender.send_request(good).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_truncated_and_stalled_peers_are_cut() {
     let mesh = two_nodes(18).await;

@@ -1340,7 +1340,7 @@ impl Context {
             .pool
             .tls
             .take()
-            .map(|tls| tls.with_entry_names(&service.subject_alt_names));
+            .map(|tls| tls.with_entry_names(&service.key, &service.subject_alt_names));
         let port = service
             .port(key.port)
             .ok_or_else(|| format!("service {} has no port {}", key.host, key.port))?;

@@ -5,16 +5,18 @@
 use std::{cell::RefCell, collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
-use warren_ztunnel::{drain, proxy::hbone::client::Carrier};
+use warren_ztunnel::{drain, proxy::hbone::client::Carrier, state::State};
 
 use crate::tables::Tables;
 
 use super::connect::{Route, Via};
-use crate::upstream::{PoolLimits, TlsSettings};
+use crate::upstream::{Origination, PoolLimits};
 
-/// Whether connections started with some TLS settings are still asked for
-/// ([`crate::upstream::Policies::starts`], of the tables in force).
-pub type InForce<'a> = &'a dyn Fn(&TlsSettings) -> bool;
+/// Whether connections started with some TLS are still asked for: its
+/// settings are some rule's or policy's ([`crate::upstream::Policies::starts`],
+/// of the tables in force), and the names it checks still listed
+/// ([`entry_still_names`]).
+pub type InForce<'a> = &'a dyn Fn(&Origination) -> bool;
 
 /// The most idle connections a pool keeps per endpoint (beyond any one
 /// load's concurrency, which reuses them): clients naming many servers
@@ -62,12 +64,10 @@ impl Lifetime {
     }
 
     /// Whether the TLS it started (if any) is still asked for: settings no
-    /// rule or policy holds any more would never be taken again.
+    /// rule or policy holds any more, or names its ServiceEntry no longer
+    /// lists, would never be taken again.
     pub fn tls_in_force(&self, in_force: InForce<'_>) -> bool {
-        self.route
-            .tls
-            .as_ref()
-            .is_none_or(|tls| in_force(tls.settings()))
+        self.route.tls.as_ref().is_none_or(in_force)
     }
 
     /// Whether it goes by `via`, whatever its TLS.
@@ -103,11 +103,24 @@ impl Lifetime {
     }
 }
 
+/// Whether the ServiceEntry whose `subjectAltNames` `tls` checks (if any)
+/// lists them still: once it lists others, or is gone, connections checking
+/// the old names would never be taken again.
+pub fn entry_still_names(tls: &Origination, state: &State) -> bool {
+    tls.entry_names().is_none_or(|(entry, names)| {
+        state
+            .service(entry)
+            .is_some_and(|service| service.subject_alt_names == names)
+    })
+}
+
 /// Calls `evict` every [`EVICTION_INTERVAL`] until the drain, with the
-/// TLS settings the tables in force ask for: each pool's eviction task.
+/// TLS the tables in force and the ServiceEntries of `state` ask for: each
+/// pool's eviction task.
 pub async fn sweep(
     mut drain: drain::Watch,
     tables: Arc<Tables>,
+    state: Arc<State>,
     evict: impl Fn(Instant, InForce<'_>),
 ) {
     let mut tick = tokio::time::interval(EVICTION_INTERVAL);
@@ -119,12 +132,14 @@ pub async fn sweep(
                 // Connections made alike share their settings: each is looked
                 // up once a sweep, however many connections (and rules) there are.
                 let seen = RefCell::new(HashMap::<usize, bool>::new());
-                evict(Instant::now(), &|settings| {
+                evict(Instant::now(), &|tls| {
+                    let settings = tls.settings();
                     let id = std::ptr::from_ref(settings) as usize;
-                    *seen
+                    let held = *seen
                         .borrow_mut()
                         .entry(id)
-                        .or_insert_with(|| compiled.policies.starts(settings))
+                        .or_insert_with(|| compiled.policies.starts(settings));
+                    held && entry_still_names(tls, &state)
                 });
             }
             () = drain.draining() => return,

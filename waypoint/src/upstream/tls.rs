@@ -329,6 +329,7 @@ impl TlsSettings {
             settings: Arc::clone(self),
             configs: self.configs.clone(),
             server_name,
+            entry: None,
             entry_names: Vec::new(),
             wildcard,
         }
@@ -347,6 +348,11 @@ pub struct Origination {
     /// rule's (which lists none): the names checked instead of the server
     /// name.
     entry_names: Vec<String>,
+    /// The key of the ServiceEntry they are from, where they are: once it
+    /// lists other names (or is gone), connections checking these would
+    /// never be taken again. Not part of equality: entries listing the same
+    /// names reach an endpoint alike.
+    entry: Option<String>,
     /// For a wildcard host without `sni`: the part under the wildcard
     /// (`.example.com`), under which each request's host is the server name.
     wildcard: Option<String>,
@@ -366,19 +372,29 @@ impl PartialEq for Origination {
 impl Eq for Origination {}
 
 impl Origination {
-    /// Checks the server's certificate for one of the ServiceEntry's
-    /// `subjectAltNames` (`names`), as Istio does for an entry's host, where
-    /// the rule lists none of its own and checks names at all.
+    /// Checks the server's certificate for one of the `subjectAltNames`
+    /// (`names`) of the ServiceEntry keyed `entry`, as Istio does for an
+    /// entry's host, where the rule lists none of its own and checks names
+    /// at all.
     #[must_use]
-    pub fn with_entry_names(mut self, names: &[String]) -> Origination {
+    pub fn with_entry_names(mut self, entry: &str, names: &[String]) -> Origination {
         if names.is_empty() {
             return self;
         }
         if let Some(expecting) = self.settings.expecting(names) {
             self.configs = Ok(expecting);
             self.entry_names = names.to_vec();
+            self.entry = Some(entry.to_owned());
         }
         self
+    }
+
+    /// The ServiceEntry (its key) whose `subjectAltNames` its connections
+    /// check, and those names; `None` where no entry's names apply.
+    pub fn entry_names(&self) -> Option<(&str, &[String])> {
+        self.entry
+            .as_deref()
+            .map(|entry| (entry, self.entry_names.as_slice()))
     }
 
     /// The BackendTLSPolicy (`namespace/name`) these settings are made

@@ -97,6 +97,23 @@ pub async fn handle(
             format!("{} is not a workload of this node", dst.ip()),
         );
     };
+    // Only a pod of the mesh is reached this way, as Istio's ztunnel checks
+    // the tunnel's target: a pod outside it (or on the host network, whose
+    // address is the node's) or a waypoint would let any holder of a mesh
+    // certificate dial the node's own ports, or around a pod's own proxy.
+    if !workload.hbone || workload.is_waypoint {
+        let what = if workload.is_waypoint {
+            "a waypoint, which terminates its own tunnels"
+        } else {
+            "outside the mesh"
+        };
+        return refuse(
+            stream,
+            StatusCode::NOT_FOUND,
+            "unknown_destination",
+            format!("{} ({}) is {what}", dst.ip(), workload.key),
+        );
+    }
 
     let (src_ip, source_workload) = original_source(state, request.headers(), &peer);
     let service = state.inbound_service(&workload, dst.port());

@@ -28,6 +28,7 @@ use super::{ConnectError, Stream, Upstream};
 use crate::proxy::{
     http::full,
     keepalive::KeepAlive,
+    lifetime,
     multiplex::{
         Multiplexed,
         tests::{cluster, connector},
@@ -36,6 +37,8 @@ use crate::proxy::{
 use crate::upstream::{Credentials, DrInput, Policies, PoolLimits, Scope, Speaks};
 
 const HOST: &str = "api.example.test";
+/// The ServiceEntry whose `subjectAltNames` the tests check against.
+const ENTRY: &str = "service/egress/serviceentry:api.example.test";
 
 /// What the server saw of a handshake.
 #[derive(Debug)]
@@ -531,7 +534,7 @@ async fn a_service_entrys_subject_alt_names_stand_in_for_the_rules() {
         let (mut limits, errors) = limits_for(tls);
         assert!(errors.is_empty(), "{errors:?}");
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        limits.tls = limits.tls.map(|tls| tls.with_entry_names(&names));
+        limits.tls = limits.tls.map(|tls| tls.with_entry_names(ENTRY, &names));
         limits
     };
     let simple = json!({"mode": "SIMPLE", "caCertificates": root});
@@ -547,7 +550,7 @@ async fn a_service_entrys_subject_alt_names_stand_in_for_the_rules() {
     let names = ["other.example.test".to_owned()];
     let config = |tls: &crate::upstream::Origination| {
         tls.clone()
-            .with_entry_names(&names)
+            .with_entry_names(ENTRY, &names)
             .client(Speaks::Http1)
             .expect("a config")
             .0
@@ -1087,7 +1090,7 @@ async fn a_backend_tls_policy_asks_for_its_hostname_and_checks_it_against_its_bu
     let mut with_entry = limits.clone();
     with_entry.tls = with_entry
         .tls
-        .map(|tls| tls.with_entry_names(&["elsewhere.test".to_owned()]));
+        .map(|tls| tls.with_entry_names(ENTRY, &["elsewhere.test".to_owned()]));
     connector()
         .connect(addr, &with_entry, Speaks::Http1)
         .await
@@ -1308,6 +1311,17 @@ fn a_backend_tls_policy_starts_nothing_on_the_clients_own_tls() {
     assert!(on(&from_rule, true));
 }
 
+/// Waits for `pool` to hold the connection of the answer just read.
+async fn one_idle(pool: &KeepAlive) {
+    for _ in 0..200 {
+        if pool.idle() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(pool.idle(), 1);
+}
+
 /// Pooled connections started with a CA bundle since renewed are closed at
 /// the pools' next sweep (nothing would take them again; before, they sat
 /// idle for up to an hour), while those of settings still asked for stay.
@@ -1345,21 +1359,15 @@ async fn pooled_connections_of_a_renewed_bundle_are_closed() {
         .await
         .expect("answered");
     response.into_body().collect().await.expect("body");
-    for _ in 0..200 {
-        if pool.idle() == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    assert_eq!(pool.idle(), 1);
+    one_idle(&pool).await;
     // The same bundle compiled again (any config change does): kept.
-    pool.evict(now(), &|settings| again.starts(settings));
+    pool.evict(now(), &|tls| again.starts(tls.settings()));
     assert_eq!(
         pool.idle(),
         1,
         "settings that read the same are still asked for"
     );
-    pool.evict(now(), &|settings| renewed.starts(settings));
+    pool.evict(now(), &|tls| renewed.starts(tls.settings()));
     assert_eq!(pool.idle(), 0, "the old bundle's connection is closed");
 
     // HTTP/2 likewise, once its streams are done.
@@ -1372,18 +1380,82 @@ async fn pooled_connections_of_a_renewed_bundle_are_closed() {
         .send(addr, request, cluster(&limits, 10))
         .await
         .expect("answered");
-    pool.evict(now(), &|settings| renewed.starts(settings));
+    pool.evict(now(), &|tls| renewed.starts(tls.settings()));
     assert_eq!(pool.connections(), 1, "a stream still runs on it");
     response.into_body().collect().await.expect("body");
     drop(stream);
-    pool.evict(now(), &|settings| again.starts(settings));
+    pool.evict(now(), &|tls| again.starts(tls.settings()));
     assert_eq!(pool.connections(), 1);
-    pool.evict(now(), &|settings| renewed.starts(settings));
+    pool.evict(now(), &|tls| renewed.starts(tls.settings()));
     assert_eq!(
         pool.connections(),
         0,
         "the old bundle's connection is closed"
     );
+}
+
+/// Pooled connections that check a ServiceEntry's `subjectAltNames` are
+/// closed at the next sweep once the entry lists other names (or is gone):
+/// the cluster's new connections check the new names, and nothing would
+/// take the old ones again.
+#[tokio::test]
+async fn pooled_connections_checking_an_entrys_old_names_are_closed() {
+    use warren_api::{addr, config};
+    use warren_ztunnel::state::{Resource, State, service::Service};
+
+    let dir = tempdir();
+    let ca = Authority::new("egress test root").expect("ca");
+    let root = path(&ca.write_root(dir.path(), "root").expect("root written"));
+    let (addr, _seen) = http_server(&ca.server(&[HOST]).expect("leaf")).await;
+    let (mut limits, errors) = limits_for(json!({"mode": "SIMPLE", "caCertificates": root}));
+    assert!(errors.is_empty(), "{errors:?}");
+    let names = vec![HOST.to_owned()];
+    limits.tls = limits.tls.map(|tls| tls.with_entry_names(ENTRY, &names));
+
+    let state = State::new(None, 15008);
+    let list = |names: &[String]| {
+        let entry = config::Service {
+            name: HOST.into(),
+            namespace: "egress".into(),
+            hostname: HOST.into(),
+            vips: vec![addr::to_bytes("240.240.0.1".parse().expect("ip"))],
+            subject_alt_names: names.to_vec(),
+            ..Default::default()
+        };
+        let entry = Service::from_proto(ENTRY, entry).expect("an entry");
+        state.update(|inner| inner.upsert(ENTRY.into(), Resource::Service(Arc::new(entry))));
+    };
+    list(&names);
+
+    let pool = KeepAlive::new(connector());
+    let response = pool
+        .send(addr, get_root(), &limits)
+        .await
+        .expect("answered");
+    response.into_body().collect().await.expect("body");
+    one_idle(&pool).await;
+    let sweep = || {
+        pool.evict(tokio::time::Instant::now(), &|tls| {
+            lifetime::entry_still_names(tls, &state)
+        });
+    };
+    sweep();
+    assert_eq!(pool.idle(), 1, "the entry still lists the names");
+    list(&["other.example.test".to_owned()]);
+    sweep();
+    assert_eq!(pool.idle(), 0, "the old names' connection is closed");
+
+    // Gone altogether: likewise.
+    list(&names);
+    let response = pool
+        .send(addr, get_root(), &limits)
+        .await
+        .expect("answered");
+    response.into_body().collect().await.expect("body");
+    one_idle(&pool).await;
+    state.update(|inner| inner.remove(ENTRY));
+    sweep();
+    assert_eq!(pool.idle(), 0, "the removed entry's connection is closed");
 }
 
 /// A wildcard host without `sni` asks for each request's own host (Istio's
