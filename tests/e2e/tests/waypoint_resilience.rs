@@ -21,7 +21,8 @@ use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
     agent::warrenctl_waypoint_explain,
     mesh::{
-        eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway, waypoint_metrics,
+        clusters_objects, eventually, metric_sum, start_mesh, start_waypoint, waypoint_gateway,
+        waypoint_metrics,
     },
     workload::{count_status, count_version, load, start_echo, start_http_server},
 };
@@ -1112,6 +1113,43 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         "an upgrade must be switched and spliced through the waypoint: {answer:?}\n{}",
         logs()
     );
+    // An upgraded connection keeps its endpoint busy until it closes, as
+    // Envoy counts it: LEAST_REQUEST and maxConnections see WebSockets too.
+    let busy = |o: &serde_json::Map<String, Value>| {
+        o.get("address").is_some()
+            && o.get("active_requests")
+                .and_then(Value::as_u64)
+                .is_some_and(|n| n > 0)
+    };
+    let primary = shop.vip("primary")?;
+    std::thread::scope(|scope| -> Result<()> {
+        let held_open = scope.spawn(|| {
+            shop.client.sandbox.exec(
+                "bash",
+                [
+                    "-c",
+                    &format!(
+                        "exec 3<>/dev/tcp/{primary}/80; printf 'GET /chat HTTP/1.1\\r\\nHost: primary\\r\\nConnection: Upgrade\\r\\nUpgrade: warren-echo\\r\\n\\r\\n' >&3; timeout 3 cat <&3 >/dev/null"
+                    ),
+                ],
+            )
+        });
+        let seen = eventually(
+            Duration::from_millis(2500),
+            "an upgraded connection's endpoint is busy",
+            || Ok(!clusters_objects(&shop.waypoint_pod.sandbox, busy)?.is_empty()),
+        );
+        held_open
+            .join()
+            .map_err(|_| anyhow::anyhow!("the upgrading client panicked"))??;
+        seen.with_context(logs)
+    })?;
+    eventually(
+        Duration::from_secs(3),
+        "the endpoint is idle once the upgraded connection closed",
+        || Ok(clusters_objects(&shop.waypoint_pod.sandbox, busy)?.is_empty()),
+    )
+    .with_context(logs)?;
 
     // TCP routes: every connection to the db port goes to subset v2, and
     // the bytes come back intact.

@@ -240,7 +240,13 @@ pub async fn handle(
         .entry(REQUEST_ID)
         .or_insert(request_id);
     let upstream_upgrade = done.response.extensions_mut().remove::<OnUpgrade>();
-    upgrade::splice(done.response.status(), downstream_upgrade, upstream_upgrade);
+    let hold = done.response.extensions_mut().remove::<upgrade::Hold>();
+    upgrade::splice(
+        done.response.status(),
+        downstream_upgrade,
+        upstream_upgrade,
+        hold,
+    );
     let (parts, body) = done.response.into_parts();
     // Always there: only this takes it.
     let Some(mut finished) = unanswered.answered() else {
@@ -1090,21 +1096,29 @@ pub(super) async fn attempt(
                 Outcome::Success
             });
             let set_cookie = picked.set_cookie.clone();
+            let held = (permit, picked, stream);
+            let switching =
+                upgrading.is_some() && response.status() == StatusCode::SWITCHING_PROTOCOLS;
             // The pool slot and the endpoint's active-request count last as
             // long as the answer's body: a connection streaming a body is
-            // still busy (maxConnections, LEAST_REQUEST).
-            let mut response = response.map(|body| {
-                Held {
-                    body: body.map_err(BoxError::from).boxed(),
-                    _held: (permit, picked, stream),
-                }
-                .boxed()
-            });
+            // still busy (maxConnections, LEAST_REQUEST). An upgraded one is
+            // busy until its splice ends, as Envoy counts it.
+            let mut response = if switching {
+                let mut response = response.map(|body| body.map_err(BoxError::from).boxed());
+                response.extensions_mut().insert(upgrade::Hold::new(held));
+                response
+            } else {
+                response.map(|body| {
+                    Held {
+                        body: body.map_err(BoxError::from).boxed(),
+                        _held: held,
+                    }
+                    .boxed()
+                })
+            };
             let switched = response.headers().get(header::UPGRADE).cloned();
             strip_hop_by_hop(response.headers_mut());
-            if let (Some(_), StatusCode::SWITCHING_PROTOCOLS, Some(protocol)) =
-                (&upgrading, response.status(), &switched)
-            {
+            if let (true, Some(protocol)) = (switching, &switched) {
                 upgrade::restore(response.headers_mut(), protocol);
             }
             if let Some(cookie) = &set_cookie

@@ -10,6 +10,8 @@
 //! a normal response. HTTP/2's extended CONNECT (RFC 8441) is not supported:
 //! such a request is an ordinary CONNECT to the router and is refused.
 
+use std::sync::{Arc, Mutex};
+
 use http::{HeaderMap, HeaderValue, StatusCode, Version, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -38,10 +40,34 @@ pub fn restore(headers: &mut HeaderMap, protocol: &HeaderValue) {
     headers.insert(header::UPGRADE, protocol.clone());
 }
 
+/// What an upgraded connection holds for as long as it is spliced: its
+/// connection-pool slot and its endpoint's active-request count, so
+/// `maxConnections` bounds WebSockets too and LEAST_REQUEST sees them.
+/// Carried in the answer's extensions from the attempt to the splice (which
+/// is why it is `Clone`; only one ever holds it).
+#[derive(Clone)]
+pub struct Hold(Arc<Mutex<Option<Box<dyn Send>>>>);
+
+impl Hold {
+    pub fn new(held: impl Send + 'static) -> Self {
+        Hold(Arc::new(Mutex::new(Some(Box::new(held)))))
+    }
+
+    fn take(&self) -> Option<Box<dyn Send>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
 /// When the upstream switched protocols, splices the two connections once
-/// both sides have handed them over. `upstream` is the upstream response's
-/// upgrade (taken before the response is sent downstream).
-pub fn splice(status: StatusCode, downstream: Option<OnUpgrade>, upstream: Option<OnUpgrade>) {
+/// both sides have handed them over, holding `hold` until the splice ends.
+/// `upstream` is the upstream response's upgrade (taken before the response
+/// is sent downstream).
+pub fn splice(
+    status: StatusCode,
+    downstream: Option<OnUpgrade>,
+    upstream: Option<OnUpgrade>,
+    hold: Option<Hold>,
+) {
     let (true, Some(downstream), Some(upstream)) = (
         status == StatusCode::SWITCHING_PROTOCOLS,
         downstream,
@@ -49,7 +75,9 @@ pub fn splice(status: StatusCode, downstream: Option<OnUpgrade>, upstream: Optio
     ) else {
         return;
     };
+    let held = hold.and_then(|hold| hold.take());
     tokio::spawn(async move {
+        let _held = held;
         let (down, up) = match tokio::try_join!(downstream, upstream) {
             Ok(both) => both,
             Err(error) => {
