@@ -19,7 +19,7 @@ use warren_model::istio::{Condition, Operation, Rule, Source};
 
 use super::{
     Request, ServerName,
-    matcher::{Cidr, Pattern},
+    matcher::{Cidr, PathTemplate, Pattern},
 };
 use crate::authn::Verified;
 
@@ -405,14 +405,34 @@ fn operation(o: &Operation, path: &str, unsupported: &mut Vec<String>) -> Vec<Fi
         true,
     );
     for (name, values, negated) in [("paths", &o.paths, false), ("notPaths", &o.not_paths, true)] {
-        // Path templates (`/a/{*}/b`) are not implemented: fail closed
-        // rather than compare them as literal text.
-        if values.iter().any(|v| v.contains('{')) {
-            unsupported.push(format!("{path}.{name} (path templates)"));
+        match path_patterns(values) {
+            Ok(patterns) => push(&mut fields, patterns.map(Test::Path), negated),
+            // A template Istio would not read: the field is left out, so
+            // that the rule fails closed (an ALLOW rule never matches, any
+            // other matches on its other conditions) rather than compare it
+            // as literal text.
+            Err(why) => unsupported.push(format!("{path}.{name}: {why}")),
         }
-        push(&mut fields, patterns(values).map(Test::Path), negated);
     }
     fields
+}
+
+/// `paths` or `notPaths`: Istio's string patterns, and path templates.
+fn path_patterns(values: &[String]) -> Result<Option<Vec<Pattern>>, String> {
+    if values.is_empty() {
+        return Ok(None);
+    }
+    values
+        .iter()
+        .map(|v| {
+            if PathTemplate::is_template(v) {
+                PathTemplate::parse(v).map(Pattern::Template)
+            } else {
+                Ok(Pattern::parse(v))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 fn condition(c: &Condition, path: &str, fields: &mut Vec<Field>, unsupported: &mut Vec<String>) {

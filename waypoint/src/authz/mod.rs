@@ -64,7 +64,7 @@ impl Policy {
                     policy = %format!("{}/{}", input.namespace, input.name),
                     rule = i,
                     unsupported = %rule.unsupported.join(", "),
-                    effect = if allows(action) { "the rule never matches" } else { "those conditions are ignored: the rule denies more" },
+                    effect = if allows(action) { "the rule never matches" } else { "those conditions are left out: the rule matches more" },
                     "AuthorizationPolicy asks what the waypoint cannot evaluate; failing closed"
                 );
             }

@@ -7,7 +7,7 @@ use crate::authn::Verified;
 
 use super::{
     AtConnect, Authorizer, Decision, Denial, Peer, PolicyInput, Request, ServerName,
-    matcher::{Cidr, Pattern},
+    matcher::{Cidr, PathTemplate, Pattern},
     path::{normalize, normalize_uri},
 };
 
@@ -819,14 +819,84 @@ fn destination_ip_is_the_address_dialled() {
     assert!(!connection_allowed(&a, get("/").dialling("10.244.1.7")));
 }
 
+/// Path templates as Istio reads them: `{*}` one segment, `{**}` the rest
+/// of the path, in ALLOW, DENY and CUSTOM rules alike.
 #[test]
-fn unsupported_fields_fail_closed() {
-    // Path templates are not implemented: same treatment.
-    let template = authorizer(vec![on_waypoint(
+fn path_templates_match_segments() {
+    let allow = authorizer(vec![on_waypoint(
         "t",
-        json!({ "rules": [{ "to": [{ "operation": { "paths": ["/a/{*}/b"] } }] }] }),
+        json!({ "rules": [{ "to": [{ "operation": { "paths": ["/a/{*}/b", "/files/{**}"] } }] }] }),
     )]);
-    assert!(!allowed(&template, get("/a/{*}/b")));
+    for path in [
+        "/a/x/b",
+        "/a/x.y-z/b",
+        "/files/",
+        "/files/x",
+        "/files/x/y/z.txt",
+    ] {
+        assert!(allowed(&allow, get(path)), "{path}");
+    }
+    for path in [
+        "/a/b",
+        "/a//b",
+        "/a/x/y/b",
+        "/a/x/b/c",
+        "/a/{*}/b",
+        "/files",
+        "/filesx/y",
+    ] {
+        assert!(!allowed(&allow, get(path)), "{path}");
+    }
+
+    let deny = authorizer(vec![on_waypoint(
+        "block-admin",
+        json!({ "action": "DENY", "rules": [{ "to": [{ "operation": { "paths": ["/admin/{**}"] } }] }] }),
+    )]);
+    assert_eq!(
+        denied_by(&deny, get("/admin/users")).as_deref(),
+        Some("block-admin")
+    );
+    assert!(allowed(&deny, get("/public/users")));
+    // After normalization: dot segments cannot sidestep it.
+    assert!(!allowed(&deny, get("/public/../admin/users")));
+
+    let ask = authorizer(vec![on_waypoint(
+        "ext",
+        json!({ "action": "CUSTOM", "provider": { "name": "opa" },
+                "rules": [{ "to": [{ "operation": { "notPaths": ["/public/{*}"] } }] }] }),
+    )]);
+    assert!(custom(&ask, get("/public/x")).is_empty());
+    assert_eq!(
+        custom(&ask, get("/admin/x")),
+        ["opa ns[demo]-policy[ext]-rule[0]"]
+    );
+}
+
+/// A template Istio would not read fails closed: an ALLOW rule using it
+/// never matches, and in a DENY or CUSTOM rule the field is left out (the
+/// rule matches on its other conditions), never compared as literal text.
+#[test]
+fn unreadable_path_templates_fail_closed() {
+    for bad in ["/a/{*}.txt", "/{**}/b/{*}", "/a/*/{*}", "/a/{x}"] {
+        assert!(
+            PathTemplate::parse(bad).is_err(),
+            "{bad} must not read as a template"
+        );
+        let allow = authorizer(vec![on_waypoint(
+            "t",
+            json!({ "rules": [{ "to": [{ "operation": { "paths": [bad] } }] }] }),
+        )]);
+        assert!(!allowed(&allow, get(bad)), "{bad}");
+        let deny = authorizer(vec![on_waypoint(
+            "d",
+            json!({ "action": "DENY", "rules": [{ "to": [{ "operation": { "paths": [bad, "/y"], "methods": ["POST"] } }] }] }),
+        )]);
+        assert!(allowed(&deny, get("/z")), "{bad}: GET is not the rule's");
+        assert!(
+            !allowed(&deny, get("/z").method("POST")),
+            "{bad}: the paths are left out, so any POST is denied"
+        );
+    }
 }
 
 #[test]
