@@ -38,7 +38,25 @@ pub type Body = BoxBody<Bytes, crate::proxy::replay::BoxError>;
 pub struct ClusterKey {
     pub host: String,
     pub subset: Option<String>,
+    /// The destination's `port`, else the port the request came in on.
     pub port: u16,
+    /// Whether the destination named its port: where it did not, a service
+    /// with a single port is reached on that one (Istio: a destination of
+    /// such a service needs none), whatever port the request came in on.
+    pub port_named: bool,
+}
+
+impl ClusterKey {
+    /// For a destination of `host` and `subset` on `port`, or, without one,
+    /// on `incoming`, the request's.
+    pub fn new(host: &str, subset: Option<&str>, port: Option<u16>, incoming: u16) -> Self {
+        ClusterKey {
+            host: host.to_owned(),
+            subset: subset.map(str::to_owned),
+            port: port.unwrap_or(incoming),
+            port_named: port.is_some(),
+        }
+    }
 }
 
 /// What every request shares.

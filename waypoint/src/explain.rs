@@ -22,7 +22,7 @@ use warren_ztunnel::{
 };
 
 use crate::{
-    app::Context,
+    app::{ClusterKey, Context},
     authz,
     proxy::{
         destination,
@@ -283,9 +283,9 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
         // The TLS the waypoint starts to where the bytes go; none from a
         // BackendTLSPolicy over the client's own TLS, as the proxy does.
         let upstream_tls = |d: &RouteDestination| {
-            let port = d.port.unwrap_or(dst.port());
+            let key = ClusterKey::new(&d.host, d.subset.as_deref(), d.port, dst.port());
             let carried = Carried::Bytes { client_tls: tls };
-            tls_to(ctx, &compiled, &d.host, d.subset.as_deref(), port, carried)
+            tls_to(ctx, &compiled, &key, carried)
         };
         match compiled.tcp_routes.route(&service.hostname, scope, &info) {
             TcpRouted::Default => {
@@ -418,9 +418,7 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
             if let Some(tls) = tls_to(
                 ctx,
                 &compiled,
-                host,
-                None,
-                dst.port(),
+                &ClusterKey::new(host, None, None, dst.port()),
                 Carried::Requests(request_host.as_deref()),
             ) {
                 step("upstream tls", tls);
@@ -438,14 +436,11 @@ pub async fn explain(ctx: &Context, question: &Question) -> Result<Explanation, 
     let verdict = describe(rule, &parts.method, &parts.headers, &mut step);
     if let (Verdict::Forwarded, Action::Forward(destinations)) = (&verdict, &rule.action) {
         for d in destinations {
-            let port = d.port.unwrap_or(dst.port());
-            let subset = d.subset.as_deref();
+            let key = ClusterKey::new(&d.host, d.subset.as_deref(), d.port, dst.port());
             if let Some(tls) = tls_to(
                 ctx,
                 &compiled,
-                &d.host,
-                subset,
-                port,
+                &key,
                 // The host it leaves with, rewritten or not.
                 Carried::Requests(rule.rewritten_host(d).or(request_host.as_deref())),
             ) {
@@ -472,19 +467,12 @@ enum Carried<'a> {
 fn tls_to(
     ctx: &Context,
     compiled: &crate::tables::Compiled,
-    host: &str,
-    subset: Option<&str>,
-    port: u16,
+    key: &ClusterKey,
     carried: Carried<'_>,
 ) -> Option<String> {
     // The cluster requests use: what it holds is what they meet.
-    let key = crate::app::ClusterKey {
-        host: host.to_owned(),
-        subset: subset.map(str::to_owned),
-        port,
-    };
-    let cluster = ctx.cluster(compiled, &key).ok()?;
-    let at = format!("{host}:{port}");
+    let cluster = ctx.cluster(compiled, key).ok()?;
+    let at = format!("{}:{}", key.host, cluster.port());
     let rules = || format!("DestinationRule {}", cluster.resolved().rules.join(", "));
     let client_tls = matches!(carried, Carried::Bytes { client_tls: true });
     let limits = crate::proxy::tcp::relaying(cluster.limits(), client_tls);

@@ -54,6 +54,14 @@ const SERVICES: &[(&str, &[(&str, usize)])] = &[
 const CONFIG: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: VirtualService
+metadata: { name: portless, namespace: shop }
+spec:
+  hosts: [portless]
+  http:
+  - route: [{ destination: { host: primary-alt } }]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
 metadata: { name: flaky, namespace: shop }
 spec:
   hosts: [flaky]
@@ -315,6 +323,20 @@ fn setup() -> Result<Shop> {
             vec![ServicePort {
                 name: "http".into(),
                 port: 80,
+                target_port: 8080,
+            }],
+        )?;
+    }
+    // `portless` routes to `primary-alt`, whose only port (8000) is not the
+    // one the request came in on, without naming it.
+    for (service, port) in [("portless", 80), ("primary-alt", 8000)] {
+        cluster.add_service(
+            NS,
+            service,
+            labels(&[("app", "primary")]),
+            vec![ServicePort {
+                name: "http".into(),
+                port,
                 target_port: 8080,
             }],
         )?;
@@ -1111,6 +1133,23 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
             && answer.to_ascii_lowercase().contains("upgrade: warren-echo")
             && answer.ends_with("hello-through-the-waypoint"),
         "an upgrade must be switched and spliced through the waypoint: {answer:?}\n{}",
+        logs()
+    );
+    // A destination without a port reaches its service's only port (8000),
+    // not the one the request came in on (80), as Istio does.
+    let answer = shop.curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+        &shop.url("portless")?,
+    ])?;
+    ensure!(
+        answer == "200",
+        "a portless destination of a one-port Service: {answer}\n{}",
         logs()
     );
     // An upgraded connection keeps its endpoint busy until it closes, as

@@ -303,11 +303,7 @@ async fn check(
             )
         }
     };
-    let key = ClusterKey {
-        host: provider.host.clone(),
-        subset: None,
-        port: provider.port,
-    };
+    let key = ClusterKey::new(&provider.host, None, Some(provider.port), provider.port);
     let body = match provider.protocol {
         Protocol::Http(_) => Outgoing::Fixed(body),
         Protocol::Grpc => Outgoing::Grpc(body),

@@ -560,11 +560,12 @@ async fn forward_routed(
     let upgrading = upgrade::requested(parts.version, &parts.headers).is_some();
     if let Some(rule) = rule.filter(|_| !upgrading) {
         for mirror in rule.mirrors_for(&mut rand::rng()) {
-            let key = ClusterKey {
-                host: mirror.host.clone(),
-                subset: mirror.subset.clone(),
-                port: mirror.port.unwrap_or(down.port),
-            };
+            let key = ClusterKey::new(
+                &mirror.host,
+                mirror.subset.as_deref(),
+                mirror.port,
+                down.port,
+            );
             let mut copy = clone_parts(&parts);
             shadow(&mut copy);
             ctx.metrics
@@ -599,11 +600,12 @@ async fn forward_routed(
         }
     }
 
-    let key = ClusterKey {
-        host: destination.host.clone(),
-        subset: destination.subset.clone(),
-        port: destination.port.unwrap_or(down.port),
-    };
+    let key = ClusterKey::new(
+        &destination.host,
+        destination.subset.as_deref(),
+        destination.port,
+        down.port,
+    );
     let default_retries;
     let retries = match rule {
         Some(rule) => &rule.retries,
@@ -1336,13 +1338,18 @@ impl Context {
                 self.pod_destination(ip, key.port)
             })
             .ok_or_else(|| format!("no service {}", key.host))?;
+        let port = match (service.port(key.port), service.ports.as_slice()) {
+            (Some(port), _) => port,
+            (None, [only]) if !key.port_named => only,
+            (None, _) => return Err(format!("service {} has no port {}", key.host, key.port)),
+        };
         let mut resolved = compiled
             .policies
             .resolve(
                 &key.host,
                 &service.namespace,
                 key.subset.as_deref(),
-                key.port,
+                port.port,
             )
             .map_err(|e| e.to_string())?;
         if resolved.locality.is_none() {
@@ -1355,9 +1362,6 @@ impl Context {
             .tls
             .take()
             .map(|tls| tls.with_entry_names(&service.key, &service.subject_alt_names));
-        let port = service
-            .port(key.port)
-            .ok_or_else(|| format!("service {} has no port {}", key.host, key.port))?;
         let declared = port.declared_http();
         let mut endpoints: Vec<Endpoint> = Vec::with_capacity(service.endpoints.len());
         // Names the endpoints came from, and when the first answer expires
@@ -1472,7 +1476,8 @@ impl Context {
                 Arc::clone(cluster)
             }
             _ => {
-                let cluster = Cluster::new(resolved, endpoints, Instant::now()).for_port(declared);
+                let cluster =
+                    Cluster::new(resolved, endpoints, Instant::now()).for_port(port.port, declared);
                 cluster.set_original_destination(original);
                 Arc::new(cluster)
             }

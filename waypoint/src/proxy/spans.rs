@@ -316,11 +316,7 @@ async fn post(ctx: &Arc<Context>, plan: &TracingPlan, spans: &[Record]) -> Resul
     for (name, value) in &plan.headers {
         parts.headers.append(name.clone(), value.clone());
     }
-    let key = ClusterKey {
-        host: plan.host.clone(),
-        subset: None,
-        port: plan.port,
-    };
+    let key = ClusterKey::new(&plan.host, None, Some(plan.port), plan.port);
     let compiled = ctx.tables.current();
     // The waypoint itself is the client: no caller to balance or hash by.
     let client = super::Client {

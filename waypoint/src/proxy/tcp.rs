@@ -208,11 +208,12 @@ pub async fn serve(
         line.log(&route, server_name, Err(&Ended::Rejected), None, (read, 0));
         return;
     }
-    let key = ClusterKey {
-        host: destination.host.clone(),
-        subset: destination.subset.clone(),
-        port: destination.port.unwrap_or(down.port),
-    };
+    let key = ClusterKey::new(
+        &destination.host,
+        destination.subset.as_deref(),
+        destination.port,
+        down.port,
+    );
     let connected = connect(&ctx, &compiled, &key, &down, tls_port).await;
     let Connected {
         upstream,

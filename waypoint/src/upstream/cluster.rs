@@ -71,6 +71,8 @@ pub struct Cluster {
     resolved: Resolved,
     /// What the service port declares (see [`Cluster::upstream_http`]).
     declared: DeclaredHttp,
+    /// The service port it reaches: the destination's, or a service's only one.
+    port: u16,
     pool: Pool,
     /// ROUND_ROBIN's position.
     next: AtomicUsize,
@@ -181,6 +183,7 @@ impl Cluster {
             pool: Pool::new(resolved.pool.clone(), resolved.retry_budget),
             resolved,
             declared: DeclaredHttp::Undeclared,
+            port: 0,
             next: AtomicUsize::new(0),
             state: Mutex::new(state),
             has_names: std::sync::atomic::AtomicBool::new(false),
@@ -356,11 +359,17 @@ impl Cluster {
         }
     }
 
-    /// For a service port that declares `declared` (a cluster is made
-    /// anew when that changes).
-    pub fn for_port(mut self, declared: DeclaredHttp) -> Self {
+    /// For service port `port`, which declares `declared` (a cluster is
+    /// made anew when that changes).
+    pub fn for_port(mut self, port: u16, declared: DeclaredHttp) -> Self {
+        self.port = port;
         self.declared = declared;
         self
+    }
+
+    /// The service port it reaches (0 before [`Cluster::for_port`]).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn resolved(&self) -> &Resolved {
