@@ -519,12 +519,18 @@ pub fn inbound_mode(
         });
         found
     };
-    let workload = in_ns(namespace).into_iter().find(|pa| {
-        pa.spec
-            .selector
-            .as_ref()
-            .is_some_and(|sel| !sel.match_labels.is_empty() && labels.matches(&sel.match_labels))
-    });
+    // A selector in the root namespace selects nothing, not even its own
+    // pods (as Istio's ambient mode reads it): only its policy without one,
+    // the mesh's, counts.
+    let workload = (namespace != root_namespace)
+        .then(|| {
+            in_ns(namespace).into_iter().find(|pa| {
+                pa.spec.selector.as_ref().is_some_and(|sel| {
+                    !sel.match_labels.is_empty() && labels.matches(&sel.match_labels)
+                })
+            })
+        })
+        .flatten();
     let unselected = |ns: &str| {
         in_ns(ns).into_iter().find(|pa| {
             pa.spec
@@ -694,6 +700,21 @@ mod tests {
         // Another namespace's policy does not apply.
         let other = pa("billing", "ns", None, "STRICT", None);
         assert_eq!(mode(&other, "web"), Mode::Permissive);
+        // A selector in the root namespace selects nothing, there either.
+        let root_selector = pa("istio-system", "w", Some("web"), "STRICT", None);
+        assert_eq!(mode(&root_selector, "web"), Mode::Permissive);
+        let in_root = inbound_mode(
+            &store(&root_selector),
+            "istio-system",
+            "istio-system",
+            &pod("web"),
+        );
+        assert_eq!(in_root.0, Mode::Permissive, "not even its own pods");
+        assert_eq!(
+            inbound_mode(&store(&mesh), "istio-system", "istio-system", &pod("web")).0,
+            Mode::Strict,
+            "the mesh's policy applies there too"
+        );
     }
 
     #[test]
