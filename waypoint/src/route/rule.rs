@@ -32,6 +32,11 @@ pub struct HttpRule {
     names: Vec<String>,
     matches: Vec<RequestMatch>,
     pub action: Action,
+    /// Whether `route` listed several destinations, even ones that take no
+    /// traffic (weight 0): their header changes then belong to weighted
+    /// clusters, as istiod decides before dropping those, so a 100/0 canary
+    /// orders them as a 50/50 one does.
+    split: bool,
     path_rewrite: Option<PathRewrite>,
     /// `rewrite.authority`, else an authority set in `headers.request`.
     authority: Option<RewrittenAuthority>,
@@ -502,6 +507,7 @@ impl HttpRule {
             names,
             matches,
             action,
+            split: route.route.len() > 1,
             path_rewrite,
             authority,
             headers,
@@ -680,7 +686,7 @@ impl HttpRule {
     }
 
     fn has_several_destinations(&self) -> bool {
-        matches!(&self.action, Action::Forward(destinations) if destinations.len() > 1)
+        self.split
     }
 }
 

@@ -821,6 +821,27 @@ fn with_several_destinations_the_rules_header_changes_come_last() {
         parts.headers.get("x-debug").is_none(),
         "the rule's remove runs last"
     );
+
+    // A 100/0 canary lists two destinations: the same order, though only
+    // one takes traffic (istiod decides before dropping the other).
+    let table = reviews(json!({"http": [{
+    "headers": {"request": {"set": {"x-ver": "rule"}}},
+    "route": [
+        {"destination": {"host": REVIEWS, "subset": "v1"}, "weight": 100,
+         "headers": {"request": {"set": {"x-ver": "v1"}}}},
+        {"destination": {"host": REVIEWS, "subset": "v2"}, "weight": 0}
+    ]}]}));
+    let mut parts = get("/", &[]);
+    let routed = table
+        .route(REVIEWS, DEMO, &caller.info(&parts))
+        .routed()
+        .expect("routed");
+    let dest = routed.rule.pick_destination(&mut rng()).expect("forwards");
+    routed
+        .rule
+        .apply_request(dest, &mut parts, &routed.matched)
+        .expect("valid");
+    assert_eq!(header(&parts.headers, "x-ver"), ["rule"]);
 }
 
 // ---------------------------------------------------------------------------
