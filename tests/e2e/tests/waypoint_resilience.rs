@@ -473,6 +473,18 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
         "a retry budget of 1 must refuse retries at concurrency 8: {report}\n{}",
         logs()
     );
+    // A refused retry is an overflow (`UO`), as Envoy flags it; `URX` is for
+    // attempts used up.
+    let flagged = |flag: &str| {
+        let mut labels = budget.to_vec();
+        labels.push(("response_flags", flag));
+        metric_sum(&metrics, "istio_requests_total", &labels)
+    };
+    eprintln!("maxRetries 1: {} UO, {} URX", flagged("UO"), flagged("URX"));
+    ensure!(
+        flagged("UO") > 0.0,
+        "answers whose retry was refused are flagged UO: {metrics}"
+    );
 
     // retryBudget replaces maxRetries (as in Envoy): a minimum of 8 lets every
     // one of the eight requests retry, maxRetries 1 notwithstanding.

@@ -734,9 +734,13 @@ async fn send_with_retries(
         drop(in_flight.take());
         // A body streamed past the retry buffer cannot be sent again.
         let replayable = body.is_none_or(|b| b.replayable());
+        // A retry wanted but refused by `maxRetries` or the retry budget:
+        // Envoy's `UO`, not `URX` (the attempts are not used up).
+        let mut overflowed = false;
         in_flight = if retryable && replayable && tries <= retries.attempts {
             let permit = ctx.cluster(compiled, key).ok().and_then(|c| c.try_retry());
             if permit.is_none() {
+                overflowed = true;
                 ctx.metrics
                     .retry_overflows
                     .get_or_create(&ClusterLabels {
@@ -756,6 +760,11 @@ async fn send_with_retries(
         }
         if in_flight.is_none() {
             let exhausted = retryable && tries > 1;
+            let retry_flag = if overflowed {
+                Some("UO")
+            } else {
+                exhausted.then_some("URX")
+            };
             return match result {
                 Attempt::Answered {
                     response,
@@ -763,7 +772,7 @@ async fn send_with_retries(
                     destination,
                 } => Done {
                     response,
-                    flags: if exhausted { "URX" } else { "-" },
+                    flags: retry_flag.unwrap_or("-"),
                     route: String::new(),
                     upstream: Some(endpoint),
                     destination,
@@ -786,7 +795,7 @@ async fn send_with_retries(
                     };
                     Done {
                         response: reply(status, &detail),
-                        flags: if exhausted { "URX" } else { flags },
+                        flags: retry_flag.unwrap_or(flags),
                         route: String::new(),
                         upstream: endpoint,
                         destination: None,
