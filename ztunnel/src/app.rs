@@ -414,6 +414,12 @@ impl Ztunnel {
             ));
         }
         tokio::spawn(inputs.pool.clone().run_eviction(self.trigger.watch()));
+        tokio::spawn(
+            inputs
+                .authorized
+                .clone()
+                .run(Arc::clone(&inputs.state), self.trigger.watch()),
+        );
     }
 
     fn endpoint_server(&self, log: Option<LogControl>) -> EndpointServer {

@@ -1000,6 +1000,66 @@ async fn bad_requests_get_clear_errors() {
     }
 }
 
+/// Open connections are checked again when the policies change, as Istio's
+/// ztunnel does: a change that still allows them leaves them be; one that
+/// refuses them closes them, counted and logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_close_when_the_policies_come_to_refuse_them() {
+    use config::Match;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut mesh = two_nodes(62).await;
+    let mut open = mesh.client_to(mesh.server).await;
+    async fn echo(stream: &mut tokio::net::TcpStream) -> std::io::Result<[u8; 4]> {
+        stream.write_all(b"ping").await?;
+        let mut back = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(3), stream.read_exact(&mut back))
+            .await
+            .map_err(|_| std::io::Error::other("no echo in time"))??;
+        Ok(back)
+    }
+    assert_eq!(&echo(&mut open).await.unwrap(), b"ping");
+
+    // A policy that still allows the client: the connection stays.
+    let allow = policy(
+        "allow-client",
+        Action::Allow,
+        vec![vec![vec![Match {
+            principals: vec![exact("cluster.local/ns/demo/sa/client")],
+            ..Match::default()
+        }]]],
+    );
+    let key = mesh.view.add_policy(allow);
+    let server_key = mesh.server_key.clone();
+    mesh.view.workload_mut(&server_key).authorization_policies = vec![key.clone()];
+    mesh.sync();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(&echo(&mut open).await.unwrap(), b"ping", "still allowed");
+
+    // Narrowed to another client: closed, without waiting for the client.
+    let narrowed = policy(
+        "allow-client",
+        Action::Allow,
+        vec![vec![vec![Match {
+            principals: vec![exact("cluster.local/ns/demo/sa/other")],
+            ..Match::default()
+        }]]],
+    );
+    mesh.view.add_policy(narrowed);
+    mesh.sync();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(3), open.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the refused connection was not closed");
+    assert!(
+        eventually(Duration::from_secs(3), async || {
+            refused_metric(&mesh.b, "policy_changed").await == 1
+        })
+        .await,
+        "counted as closed by a policy change"
+    );
+    // New connections are refused as before.
+    assert!(refused(mesh.client_to(mesh.server).await).await);
+}
+
 /// A tunnel reaches only a pod of the mesh: not a pod of the node outside it
 /// (nor one on the host network, whose address is the node's), and not a
 /// waypoint. Istio's ztunnel checks the target the same way; without it any

@@ -15,7 +15,10 @@ use tokio::{
 };
 use warren_api::Identity;
 
-use super::hbone::{Tunnel, client::HboneError};
+use super::{
+    hbone::{Tunnel, client::HboneError},
+    revocation::Admitted,
+};
 use crate::{
     drain,
     metrics::{ConnectionLabels, Metrics},
@@ -89,16 +92,19 @@ pub struct Relayed {
     /// The tunnel's CONNECT went again on another connection: its peer went away
     /// before taking it.
     pub sent_again: bool,
+    /// Closed because the policies in force came to refuse it.
+    pub revoked: bool,
 }
 
 /// Copies both ways until both directions have ended. An EOF on one side shuts down the
 /// other's writing (half-close) and the answer keeps flowing. Cut when the drain deadline
-/// passes.
+/// passes, or when the policies come to refuse an `admitted` connection.
 pub async fn relay<D, U>(
     downstream: D,
     upstream: U,
     buffer: usize,
     drain: &mut drain::Watch,
+    admitted: Option<&mut Admitted>,
 ) -> Relayed
 where
     D: AsyncRead + AsyncWrite + Unpin,
@@ -106,11 +112,16 @@ where
 {
     let mut down = Counting::new(downstream);
     let mut up = Counting::new(upstream);
+    let mut revoked = false;
     let error = tokio::select! {
         result = tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, buffer, buffer) => {
             result.err().map(|e| e.to_string())
         }
         () = drain.forced() => Some("cut at the drain deadline".to_owned()),
+        why = refused(admitted) => {
+            revoked = true;
+            Some(why)
+        }
     };
     Relayed {
         request_bytes: down.read,
@@ -118,6 +129,15 @@ where
         error,
         failed_connect: None,
         sent_again: false,
+        revoked,
+    }
+}
+
+/// Why the policies came to refuse an admitted connection, once they do.
+async fn refused(admitted: Option<&mut Admitted>) -> String {
+    match admitted {
+        Some(admitted) => admitted.revoked().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -138,10 +158,12 @@ pub async fn relay_tunnel(
     end: TunnelEnd,
     buffer: usize,
     drain: &mut drain::Watch,
+    admitted: Option<&mut Admitted>,
 ) -> Relayed {
     let mut counted = (0, 0);
     let mut failed_connect = None;
     let mut sent_again = false;
+    let mut revoked = false;
     let error = tokio::select! {
         spliced = tunnel.splice(socket, buffer) => {
             counted = (spliced.to_tunnel, spliced.from_tunnel);
@@ -150,6 +172,10 @@ pub async fn relay_tunnel(
             spliced.error.map(|e| e.to_string())
         }
         () = drain.forced() => Some("cut at the drain deadline".to_owned()),
+        why = refused(admitted) => {
+            revoked = true;
+            Some(why)
+        }
     };
     // (bytes from the socket, bytes from the tunnel)
     let (from_socket, from_tunnel) = counted;
@@ -163,6 +189,7 @@ pub async fn relay_tunnel(
         error,
         failed_connect,
         sent_again,
+        revoked,
     }
 }
 

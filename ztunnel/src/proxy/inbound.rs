@@ -137,6 +137,7 @@ pub async fn handle(
         log.refused(&detail);
         return refuse(stream, StatusCode::FORBIDDEN, denied.reason(), detail);
     }
+    let mut admitted = inputs.authorized.admit(&workload.key, &conn, false);
 
     let labels = ConnectionLabels::new(
         Reporter::destination,
@@ -170,8 +171,18 @@ pub async fn handle(
     match stream.accept() {
         Ok(tunnel) => {
             let buffer = inputs.config.buffer_size;
-            let relayed =
-                relay_tunnel(pod, tunnel, TunnelEnd::Downstream, buffer, &mut drain).await;
+            let relayed = relay_tunnel(
+                pod,
+                tunnel,
+                TunnelEnd::Downstream,
+                buffer,
+                &mut drain,
+                Some(&mut admitted),
+            )
+            .await;
+            if relayed.revoked {
+                metrics.refuse(DIRECTION, "policy_changed");
+            }
             report.finish(&relayed);
         }
         Err(error) => {

@@ -99,6 +99,7 @@ pub async fn handle(
         log.refused(&detail);
         return refuse(client, denied.reason(), detail);
     }
+    let mut admitted = inputs.authorized.admit(&workload.key, &conn, true);
     let source = state.workload_by_ip(src_ip);
     let labels = vec![ConnectionLabels::new(
         Reporter::destination,
@@ -117,7 +118,17 @@ pub async fn handle(
     .await
     {
         Ok(pod) => {
-            let relayed = relay(client, pod, inputs.config.buffer_size, &mut drain).await;
+            let relayed = relay(
+                client,
+                pod,
+                inputs.config.buffer_size,
+                &mut drain,
+                Some(&mut admitted),
+            )
+            .await;
+            if relayed.revoked {
+                inputs.metrics.refuse(DIRECTION, "policy_changed");
+            }
             report.finish(&relayed);
         }
         Err(error) => {

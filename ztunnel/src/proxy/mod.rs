@@ -6,6 +6,7 @@
 //! - [`dns`]: the DNS proxy (15053, UDP and TCP): local pods' captured DNS queries.
 //! - [`pool`] and [`hbone`]: the HTTP/2 CONNECT client and server and the connection pool.
 //! - [`connection`]: relaying bytes, counting them, and reporting the connection.
+//! - [`revocation`]: open connections checked again when the policies change.
 
 pub mod connection;
 pub mod dns;
@@ -14,6 +15,7 @@ pub mod inbound;
 pub mod inbound_passthrough;
 pub mod outbound;
 pub mod pool;
+pub mod revocation;
 
 use std::{
     fs::File,
@@ -39,6 +41,9 @@ pub struct Inputs {
     pub pool: pool::Pool,
     pub server_tls: ServerConfigs<State>,
     pub dns: crate::dns::Resolver,
+    /// Open connections a destination's policies admitted: closed once the
+    /// policies refuse them.
+    pub authorized: revocation::Authorized,
 }
 
 impl Inputs {
@@ -47,6 +52,7 @@ impl Inputs {
             pool: pool::Pool::new(Arc::clone(&config)),
             server_tls: ServerConfigs::new(Arc::clone(&state)),
             dns: crate::dns::Resolver::new(config.dns_servers.clone()),
+            authorized: revocation::Authorized::default(),
             config,
             state,
             metrics,

@@ -21,6 +21,7 @@ use super::{
     hbone::client::Establish,
     pool::PoolKey,
     reset,
+    revocation::Admitted,
 };
 use crate::{
     drain,
@@ -292,8 +293,15 @@ pub async fn handle(
                 .await
             {
                 Ok(tunnel) => {
-                    let relayed =
-                        relay_tunnel(client, tunnel, TunnelEnd::Upstream, buffer, &mut drain).await;
+                    let relayed = relay_tunnel(
+                        client,
+                        tunnel,
+                        TunnelEnd::Upstream,
+                        buffer,
+                        &mut drain,
+                        None,
+                    )
+                    .await;
                     if relayed.sent_again {
                         metrics.sent_again.inc();
                     }
@@ -332,6 +340,7 @@ pub async fn handle(
                     &format_args!("{conn}: {denied}"),
                 );
             }
+            let admitted = inputs.authorized.admit(&workload.key, &conn, false);
             let labels = [Reporter::source, Reporter::destination]
                 .into_iter()
                 .map(|reporter| {
@@ -355,7 +364,17 @@ pub async fn handle(
                 path: "direct",
             };
             // From the node, as HBONE would deliver it: the pod is in the mesh.
-            plain(&inputs, client, addr, None, labels, log, &mut drain).await;
+            let report = Report::open(&inputs.metrics, labels, log);
+            plain(
+                &inputs,
+                client,
+                addr,
+                None,
+                Some(admitted),
+                report,
+                &mut drain,
+            )
+            .await;
         }
         Upstream::Plain { addr, workload } => {
             let labels = vec![ConnectionLabels::new(
@@ -381,7 +400,8 @@ pub async fn handle(
             };
             // Outside the mesh: from the pod, as without the mesh.
             let netns = source.netns.as_deref();
-            plain(&inputs, client, addr, netns, labels, log, &mut drain).await;
+            let report = Report::open(&inputs.metrics, labels, log);
+            plain(&inputs, client, addr, netns, None, report, &mut drain).await;
         }
     }
 }
@@ -393,11 +413,10 @@ async fn plain(
     client: TcpStream,
     addr: SocketAddr,
     netns: Option<&Path>,
-    labels: Vec<ConnectionLabels>,
-    log: AccessLog,
+    mut admitted: Option<Admitted>,
+    report: Report<'_>,
     drain: &mut drain::Watch,
 ) {
-    let report = Report::open(&inputs.metrics, labels, log);
     let (mark, timeout) = (inputs.config.socket_mark(), inputs.config.connect_timeout);
     let connected = match netns {
         Some(netns) => connect_in(netns, addr, mark, timeout).await,
@@ -405,7 +424,17 @@ async fn plain(
     };
     match connected {
         Ok(upstream) => {
-            let relayed = relay(client, upstream, inputs.config.buffer_size, drain).await;
+            let relayed = relay(
+                client,
+                upstream,
+                inputs.config.buffer_size,
+                drain,
+                admitted.as_mut(),
+            )
+            .await;
+            if relayed.revoked {
+                inputs.metrics.refuse(DIRECTION, "policy_changed");
+            }
             report.finish(&relayed);
         }
         Err(error) => {
