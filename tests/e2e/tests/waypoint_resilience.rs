@@ -62,6 +62,15 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
+metadata: { name: upload, namespace: shop }
+spec:
+  hosts: [upload]
+  http:
+  - retries: { attempts: 1, perTryTimeout: 1s, retryOn: connect-failure }
+    route: [{ destination: { host: upload } }]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
 metadata: { name: flaky, namespace: shop }
 spec:
   hosts: [flaky]
@@ -329,7 +338,9 @@ fn setup() -> Result<Shop> {
     }
     // `portless` routes to `primary-alt`, whose only port (8000) is not the
     // one the request came in on, without naming it.
-    for (service, port) in [("portless", 80), ("primary-alt", 8000)] {
+    // `upload` too, with a short perTryTimeout (a slow upload must not
+    // count against it).
+    for (service, port) in [("portless", 80), ("primary-alt", 8000), ("upload", 80)] {
         cluster.add_service(
             NS,
             service,
@@ -1162,6 +1173,27 @@ fn the_waypoint_retries_times_out_mirrors_limits_ejects_and_hashes() -> Result<(
     ensure!(
         answer == "200",
         "a portless destination of a one-port Service: {answer}\n{}",
+        logs()
+    );
+    // A try's timeout starts once the client's request is complete, as
+    // Envoy's does: an upload slower than perTryTimeout (1 s) is not cut.
+    let started = Instant::now();
+    let out = shop.client.sandbox.exec(
+        "bash",
+        [
+            "-c",
+            &format!(
+                "head -c 30000 /dev/zero | curl -sS --limit-rate 12k --max-time 20 --data-binary @- -o /dev/null -w '%{{http_code}}' {}",
+                shop.url("upload")?
+            ),
+        ],
+    )?;
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("slow upload: {answer} after {:?}", started.elapsed());
+    ensure!(
+        answer == "200" && started.elapsed() > Duration::from_secs(2),
+        "an upload slower than perTryTimeout must not be cut by it: {answer:?} after {:?}\n{}",
+        started.elapsed(),
         logs()
     );
     // An upgraded connection keeps its endpoint busy until it closes, as

@@ -984,6 +984,11 @@ pub(super) async fn attempt(
         Ok(uri) => uri,
         Err(error) => return local(StatusCode::BAD_REQUEST, &error.to_string(), "-"),
     };
+    // The client's body, whose end starts the try's timeout.
+    let uploaded = match &body {
+        Outgoing::Client(Some(source)) => Some(Arc::clone(source)),
+        _ => None,
+    };
     let mut request = Request::new(match body {
         Outgoing::Client(Some(source)) if tries.retries.is_none() => source.mirror().boxed(),
         Outgoing::Client(Some(source)) => source.attempt().boxed(),
@@ -1060,9 +1065,14 @@ pub(super) async fn attempt(
     } else {
         None
     };
+    // The try's timeout starts once a connection is in hand and the
+    // client's request is complete, as Envoy's does: neither a slow connect
+    // nor a slow upload counts against it (nor against the endpoint).
+    let ready = tokio::sync::Notify::new();
     let sent = async {
         match reserved {
             Some(reserved) => {
+                ready.notify_one();
                 let (response, stream) = ctx
                     .http2
                     .send_on(endpoint, request, reserved, cluster.pool(), limits)
@@ -1070,9 +1080,22 @@ pub(super) async fn attempt(
                 Ok((response, Some(stream)))
             }
             None => {
-                let response = ctx.http1.send(endpoint, request, limits).await?;
+                let response = ctx
+                    .http1
+                    .send_once_ready(endpoint, request, limits, || ready.notify_one())
+                    .await?;
                 Ok::<_, SendError>((response, None))
             }
+        }
+    };
+    let try_expired = |limit| {
+        let (ready, uploaded) = (&ready, uploaded);
+        async move {
+            ready.notified().await;
+            if let Some(source) = uploaded {
+                source.completed_at().await;
+            }
+            tokio::time::sleep(limit).await;
         }
     };
     let mut cut_short = CutShort {
@@ -1084,7 +1107,12 @@ pub(super) async fn attempt(
         armed: true,
     };
     let result = match tries.retries.and_then(|r| r.per_try_timeout) {
-        Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
+        Some(limit) => {
+            tokio::select! {
+                sent = sent => Some(sent),
+                () = try_expired(limit) => None,
+            }
+        }
         None => Some(sent.await),
     };
     cut_short.armed = false;

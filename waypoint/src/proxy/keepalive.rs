@@ -72,13 +72,33 @@ impl KeepAlive {
     pub async fn send(
         &self,
         endpoint: SocketAddr,
-        mut request: Request<Body>,
+        request: Request<Body>,
         limits: &PoolLimits,
     ) -> Result<Response<Incoming>, SendError> {
+        self.send_once_ready(endpoint, request, limits, || {}).await
+    }
+
+    /// [`KeepAlive::send`], calling `ready` once a connection is in hand
+    /// (taken from the pool or opened), before the request goes on it: a
+    /// try's timeout starts then, as Envoy's starts when its pool is ready.
+    pub async fn send_once_ready(
+        &self,
+        endpoint: SocketAddr,
+        mut request: Request<Body>,
+        limits: &PoolLimits,
+        ready: impl FnOnce(),
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut ready = Some(ready);
+        let mut in_hand = || {
+            if let Some(ready) = ready.take() {
+                ready();
+            }
+        };
         // An idle connection may close while taken (the server's own idle
         // timeout); hyper then hands the request back unsent.
         let route = self.connector.route(endpoint, limits);
         while let Some(mut connection) = self.take(endpoint, &route) {
+            in_hand();
             match connection.send.try_send_request(request).await {
                 Ok(response) => {
                     self.give_back(endpoint, connection, limits);
@@ -94,6 +114,7 @@ impl KeepAlive {
             }
         }
         let mut connection = self.open(endpoint, route, limits).await?;
+        in_hand();
         let response = connection
             .send
             .send_request(request)
