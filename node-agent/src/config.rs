@@ -20,6 +20,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once, at start: the variants' sizes cost nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Install (or adopt) the eBPF datapath on this node and keep it
@@ -109,6 +111,13 @@ pub struct RunArgs {
     /// back-pressure (see docs/debugging.md).
     #[arg(long, env = "WARREN_SOCKET_SHORTCUT")]
     pub socket_shortcut: bool,
+    /// Hand connections from outside the mesh to enrolled pods to ztunnel's
+    /// plaintext inbound listener in each pod's namespace, so that
+    /// PeerAuthentication and the pods' L4 policies decide on them (Istio's
+    /// inbound capture). `false` lets them reach the pods directly, past
+    /// those policies: only for testing the datapath without ztunnel.
+    #[arg(long, env = "WARREN_INBOUND_CAPTURE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub inbound_capture: bool,
     /// This node's own addresses (repeatable): the STRICT guard admits
     /// connections from them (ztunnel, probes).
     #[arg(long = "node-addr", env = "WARREN_NODE_ADDRS", value_delimiter = ',')]

@@ -88,6 +88,7 @@ impl Agent {
                 cluster_domain: "cluster.local".into(),
                 outbound_policy: Default::default(),
                 captures_ipv6: false,
+                inbound_listeners: None,
             },
             publisher.clone(),
         );

@@ -420,6 +420,10 @@ impl Ztunnel {
                 .clone()
                 .run(Arc::clone(&inputs.state), self.trigger.watch()),
         );
+        tokio::spawn(proxy::inbound_capture::run(
+            Arc::clone(inputs),
+            self.trigger.watch(),
+        ));
     }
 
     fn endpoint_server(&self, log: Option<LogControl>) -> EndpointServer {

@@ -46,6 +46,10 @@ pub mod program {
     /// peer is the destination the pod dialled, not ztunnel.
     pub const GETPEERNAME4: &str = "warren_getpeer4";
     pub const GETPEERNAME6: &str = "warren_getpeer6";
+    /// `sk_lookup`, attached to each enrolled pod's network namespace: hands
+    /// connections from outside the mesh to ztunnel's plaintext inbound
+    /// listener in that namespace, so the pod's policies see them.
+    pub const INBOUND: &str = "warren_inbound";
 
     /// Programs attached to the node's cgroup subtree, in attach order:
     /// the programs that answer `SO_ORIGINAL_DST` first, capture last, so a
@@ -76,6 +80,7 @@ pub mod program {
         RECVMSG6,
         GETPEERNAME4,
         GETPEERNAME6,
+        INBOUND,
     ];
 }
 
@@ -115,6 +120,9 @@ pub mod map {
     /// Socket cookie → [`crate::SockAddr`]: the DNS server a pod's socket last
     /// asked, whose address the proxy's answers are given back (LRU).
     pub const DNS_ORIG: &str = "WARREN_DNS_ORIG";
+    /// SOCKHASH keyed by [`crate::IpKey`] (an enrolled pod's address):
+    /// ztunnel's plaintext inbound listener in that pod's namespace.
+    pub const INBOUND: &str = "WARREN_INBOUND";
 
     /// Maps that only count: a build that reshapes one (a counter added)
     /// starts it over at zero instead of reinstalling the datapath.
@@ -136,6 +144,7 @@ pub mod map {
         COUNTERS,
         META,
         DNS_ORIG,
+        INBOUND,
     ];
 }
 
@@ -177,6 +186,7 @@ pub const MAP_LAYOUTS: &[MapLayout] = &[
     layout::<u32, u64>(map::COUNTERS, Counter::COUNT),
     layout::<u32, u64>(map::META, 1),
     layout::<u64, SockAddr>(map::DNS_ORIG, capacity::DNS_ORIG),
+    layout::<IpKey, u32>(map::INBOUND, capacity::INBOUND),
 ];
 
 /// Capacities. Flow-keyed maps are LRU so that a flow whose close was never
@@ -191,6 +201,8 @@ pub mod capacity {
     pub const GUARD: u32 = 4_096;
     pub const GUARD_PORTS: u32 = 16_384;
     pub const DNS_ORIG: u32 = 16_384;
+    /// Two per enrolled pod (IPv4 and IPv6).
+    pub const INBOUND: u32 = 8_192;
 }
 
 /// How far one socket may get ahead of its peer through the shortcut (bytes
@@ -557,6 +569,12 @@ counters! {
     DnsAnswerRestored = 16 => "dns_answer_restored",
     /// A captured connection's peer given as the destination the pod dialled.
     PeerRestored = 17 => "peer_restored",
+    /// A connection from outside the mesh to an enrolled pod handed to
+    /// ztunnel's plaintext inbound listener.
+    InboundSteered = 18 => "inbound_steered",
+    /// One that found no listener of ztunnel's for its pod: dropped (the
+    /// client's next SYN finds one once ztunnel has made it).
+    InboundNoListener = 19 => "inbound_no_listener",
 }
 
 #[cfg(feature = "user")]

@@ -13,6 +13,7 @@
 //! | `shortcut` | `sk_msg` | hand bytes straight to the local peer socket |
 //! | `guard` | TC classifier | STRICT: only the node may open connections to a pod |
 //! | `dns` | `cgroup/sendmsg4`, `sendmsg6`, `recvmsg4`, `recvmsg6` | send enrolled pods' DNS queries to ztunnel's DNS proxy |
+//! | `inbound` | `sk_lookup` (per pod namespace) | hand connections from outside the mesh to ztunnel's plaintext inbound listener |
 //!
 //! On the host (for `cargo clippy --workspace`) this compiles to an empty
 //! `main`; every program is gated on `target_arch = "bpf"`.
@@ -31,6 +32,8 @@ mod dns;
 mod flows;
 #[cfg(target_arch = "bpf")]
 mod guard;
+#[cfg(target_arch = "bpf")]
+mod inbound;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

@@ -55,3 +55,6 @@ pub static META: Array<u64> = Array::pinned(1, 0);
 
 #[map(name = "WARREN_DNS_ORIG")]
 pub static DNS_ORIG: LruHashMap<u64, SockAddr> = LruHashMap::pinned(capacity::DNS_ORIG, 0);
+
+#[map(name = "WARREN_INBOUND")]
+pub static INBOUND: SockHash<IpKey> = SockHash::pinned(capacity::INBOUND, 0);

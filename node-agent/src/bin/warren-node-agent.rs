@@ -121,6 +121,7 @@ async fn run(args: RunArgs) -> Result<()> {
     for ip in &args.node_addrs {
         datapath.add_local_addr(*ip, AddrKind::Node)?;
     }
+    datapath.set_inbound_capture(args.inbound_capture);
     if args.ztunnel.is_some() {
         migrate_queued_connections();
     }
@@ -180,6 +181,9 @@ async fn run(args: RunArgs) -> Result<()> {
             outbound_policy: OutboundPolicy::from_str_name(&args.outbound_policy)
                 .unwrap_or(OutboundPolicy::AllowAny),
             captures_ipv6: args.ztunnel6.is_some(),
+            inbound_listeners: args
+                .inbound_capture
+                .then(|| datapath.pins().map(warren_ebpf_common::map::INBOUND)),
         },
         publisher.clone(),
     );

@@ -8,7 +8,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions};
+use aya::programs::{
+    LinkOrder, SchedClassifier, SkLookup, TcAttachType, links::FdLink, tc::TcAttachOptions,
+};
 use warren_ebpf_common::{EnrolledPod, IFNAME_LEN, Mode, POD_NAME_LEN, program};
 
 use super::{DatapathError, pins::Pins};
@@ -159,6 +161,53 @@ pub(super) fn attach_guard(pins: &Pins, pod: &str, veth: &str) -> Result<(), Dat
         source,
     })?;
     Ok(())
+}
+
+/// Attaches the pinned inbound capture to the pod's network namespace and
+/// pins the link (named by the namespace's cookie, which no other namespace
+/// ever has), unless an earlier agent already did.
+pub(super) fn attach_inbound(
+    pins: &Pins,
+    pod: &str,
+    netns: &Path,
+    cookie: u64,
+) -> Result<(), DatapathError> {
+    let link_path = pins.inbound_link(cookie);
+    if link_path.exists() {
+        return Ok(());
+    }
+    let mut inbound = SkLookup::from_pin(pins.prog(program::INBOUND)).map_err(|source| {
+        DatapathError::Program {
+            name: program::INBOUND,
+            source,
+        }
+    })?;
+    let namespace =
+        std::fs::File::open(netns).map_err(DatapathError::io("opening the namespace", netns))?;
+    let attach = |source| DatapathError::Attach {
+        name: program::INBOUND,
+        target: format!("{} (pod {pod})", netns.display()),
+        source,
+    };
+    let id = inbound.attach(&namespace).map_err(attach)?;
+    let link: FdLink = inbound.take_link(id).map_err(attach)?.into();
+    link.pin(&link_path).map_err(|source| DatapathError::Pin {
+        what: format!("inbound capture of pod {pod}"),
+        path: link_path,
+        source,
+    })?;
+    Ok(())
+}
+
+/// Detaches the inbound capture of the pod namespace with this cookie.
+pub(super) fn detach_inbound(pins: &Pins, cookie: u64) -> Result<(), DatapathError> {
+    let path = pins.inbound_link(cookie);
+    match std::fs::remove_file(&path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(DatapathError::io("unpinning", &path)(err))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Detaches the guards on interface `ifindex`, and any whose interface is

@@ -13,12 +13,15 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, MapInfo, SockHash},
-    programs::{Program, ProgramError, SchedClassifier, SkMsg},
+    programs::{Program, ProgramError, SchedClassifier, SkLookup, SkMsg},
 };
 use tracing::{info, warn};
 use warren_ebpf_common::{FlowKey, MAP_LAYOUTS, map, program};
 
-use super::{DatapathError, link, object, pins::Pins};
+use super::{
+    DatapathError, link, object,
+    pins::{INBOUND_LINK_PREFIX, Pins},
+};
 
 /// What [`install`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +46,7 @@ fn expected_pins(pins: &Pins) -> Vec<PathBuf> {
     let mut paths: Vec<_> = program::CGROUP.iter().map(|p| pins.link(p)).collect();
     paths.push(pins.prog(program::SHORTCUT));
     paths.push(pins.prog(program::GUARD));
+    paths.push(pins.prog(program::INBOUND));
     paths.extend(map::ALL.iter().map(|m| pins.map(m)));
     paths
 }
@@ -137,6 +141,7 @@ pub fn install(pins: &Pins, cgroup: &Path) -> Result<Installed, DatapathError> {
     }
     install_shortcut(&mut ebpf, pins)?;
     install_guard(&mut ebpf, pins)?;
+    install_inbound(&mut ebpf, pins)?;
     if let Some((name, mismatch)) = layout_mismatches(pins).into_iter().next() {
         // The table in warren-ebpf-common and the eBPF declarations differ:
         // a build mistake, caught before any agent trusts the maps.
@@ -213,6 +218,15 @@ fn upgrade_in_place(
         link::update_pinned_link(&path, guard_fd.as_fd())
             .map_err(|e| DatapathError::io("updating link", path)(e))?;
     }
+    let _ = fs::remove_file(pins.prog(program::INBOUND));
+    let inbound_fd = install_inbound(&mut ebpf, pins)?;
+    for path in inbound_links(pins)? {
+        // A pod namespace gone while no agent ran: its link is dead.
+        if let Err(error) = link::update_pinned_link(&path, inbound_fd.as_fd()) {
+            info!(link = %path.display(), %error, "unpinning the inbound capture of a namespace that is gone");
+            fs::remove_file(&path).map_err(DatapathError::io("unpinning", &path))?;
+        }
+    }
     remove_strays(pins)?;
     Ok(())
 }
@@ -248,7 +262,9 @@ fn remove_strays(pins: &Pins) -> Result<(), DatapathError> {
     let strays = pin_files(&pins.links_dir())?.into_iter().filter(|path| {
         path.file_name().is_some_and(|name| {
             let name = name.to_string_lossy();
-            !name.starts_with("guard_") && !program::CGROUP.contains(&name.as_ref())
+            !name.starts_with("guard_")
+                && !name.starts_with(INBOUND_LINK_PREFIX)
+                && !program::CGROUP.contains(&name.as_ref())
         })
     });
     let stray_maps = pin_files(&pins.maps_dir())?.into_iter().filter(|path| {
@@ -302,6 +318,24 @@ fn install_guard(ebpf: &mut Ebpf, pins: &Pins) -> Result<aya::programs::ProgramF
         .fd()
         .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
         .map_err(prog_err(program::GUARD))
+}
+
+/// The inbound capture attaches per pod namespace, at enrollment; pinned
+/// like the guard. Returns its fd.
+fn install_inbound(
+    ebpf: &mut Ebpf,
+    pins: &Pins,
+) -> Result<aya::programs::ProgramFd, DatapathError> {
+    let inbound: &mut SkLookup = program_as(ebpf, program::INBOUND)?;
+    inbound.load().map_err(prog_err(program::INBOUND))?;
+    let path = pins.prog(program::INBOUND);
+    inbound
+        .pin(&path)
+        .map_err(pin_err(program::INBOUND, path))?;
+    inbound
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        .map_err(prog_err(program::INBOUND))
 }
 
 /// Each pinned map whose shape differs from [`MAP_LAYOUTS`], with how.
@@ -407,6 +441,16 @@ fn pin_err(name: &'static str, path: PathBuf) -> impl FnOnce(aya::pin::PinError)
 
 fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
     move |source| DatapathError::Program { name, source }
+}
+
+fn inbound_links(pins: &Pins) -> Result<Vec<PathBuf>, DatapathError> {
+    Ok(pin_files(&pins.links_dir())?
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(INBOUND_LINK_PREFIX))
+        })
+        .collect())
 }
 
 fn guard_links(pins: &Pins) -> Result<Vec<PathBuf>, DatapathError> {

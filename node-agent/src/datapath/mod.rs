@@ -54,6 +54,9 @@ pub struct Redirect {
 pub struct Datapath {
     pins: Pins,
     maps: Maps,
+    /// Whether enrolled pods' inbound connections from outside the mesh go
+    /// to ztunnel ([`Datapath::set_inbound_capture`]).
+    inbound_capture: bool,
 }
 
 impl Datapath {
@@ -63,18 +66,35 @@ impl Datapath {
         let pins = Pins::new(pin_root);
         let installed = install::install(&pins, cgroup)?;
         let maps = Maps::open(&pins)?;
-        Ok((Self { pins, maps }, installed))
+        let datapath = Self {
+            pins,
+            maps,
+            inbound_capture: true,
+        };
+        Ok((datapath, installed))
     }
 
     /// Opens an installed datapath from its pins alone (no programs loaded).
     pub fn open(pin_root: &Path) -> Result<Self, DatapathError> {
         let pins = Pins::new(pin_root);
         let maps = Maps::open(&pins)?;
-        Ok(Self { pins, maps })
+        Ok(Self {
+            pins,
+            maps,
+            inbound_capture: true,
+        })
     }
 
     pub fn pins(&self) -> &Pins {
         &self.pins
+    }
+
+    /// Whether pods enrolled from now on (and enrolled again) have their
+    /// connections from outside the mesh handed to ztunnel's plaintext
+    /// inbound listener (on by default); `false` only for testing the
+    /// datapath without ztunnel.
+    pub fn set_inbound_capture(&mut self, on: bool) {
+        self.inbound_capture = on;
     }
 
     /// Points capture at ztunnel (`None` turns capture off: connects then
@@ -180,6 +200,13 @@ impl Datapath {
             }
         }
         self.set_excluded_ports(cookie, &pod.excluded_ports)?;
+        // Connections from outside the mesh go to ztunnel's plaintext inbound
+        // listener (which ztunnel makes in the pod's namespace).
+        if self.inbound_capture {
+            enroll::attach_inbound(&self.pins, &pod.name, &pod.netns, cookie)?;
+        } else {
+            enroll::detach_inbound(&self.pins, cookie)?;
+        }
         let mut enrolled: HashMap<_, u64, EnrolledPod> =
             HashMap::try_from(self.maps.get_mut(map::ENROLLED))
                 .map_err(DatapathError::map(map::ENROLLED))?;
@@ -204,6 +231,7 @@ impl Datapath {
             .remove(&cookie)
             .map_err(DatapathError::map(map::ENROLLED))?;
         self.set_excluded_ports(cookie, &[])?;
+        enroll::detach_inbound(&self.pins, cookie)?;
         if pod.ifindex != 0 {
             let mut guard: HashMap<_, u32, GuardEntry> =
                 HashMap::try_from(self.maps.get_mut(map::GUARD))

@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 /// Default parent of every node's pin folder.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf/warren";
 
+/// Links of the inbound capture, one per pod namespace: `inbound_<cookie>`.
+pub const INBOUND_LINK_PREFIX: &str = "inbound_";
+
 #[derive(Clone, Debug)]
 pub struct Pins {
     root: PathBuf,
@@ -56,6 +59,12 @@ impl Pins {
     pub fn guard_link(&self, veth: &str) -> PathBuf {
         self.links_dir()
             .join(format!("guard_{}", veth.replace('.', "_")))
+    }
+
+    /// The inbound capture's link in the pod namespace of this cookie.
+    pub fn inbound_link(&self, netns_cookie: u64) -> PathBuf {
+        self.links_dir()
+            .join(format!("{INBOUND_LINK_PREFIX}{netns_cookie}"))
     }
 
     pub fn prog(&self, name: &str) -> PathBuf {

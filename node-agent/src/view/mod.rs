@@ -147,6 +147,9 @@ pub struct Mesh {
     /// Whether this node captures IPv6 connections (`--ztunnel6`): only then
     /// does an allocated host get its IPv6 address, which nothing else routes.
     pub captures_ipv6: bool,
+    /// The pinned map where ztunnel puts its plaintext inbound listeners, when
+    /// this node captures inbound (its datapath is installed).
+    pub inbound_listeners: Option<std::path::PathBuf>,
 }
 
 pub struct View {
@@ -259,6 +262,12 @@ impl View {
                         .iter()
                         .map(|ip| addr::to_bytes(*ip))
                         .collect(),
+                    inbound_listeners: self
+                        .mesh
+                        .inbound_listeners
+                        .as_ref()
+                        .map(|path| path.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
                 })),
             });
         });

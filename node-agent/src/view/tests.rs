@@ -83,6 +83,7 @@ fn mesh() -> Mesh {
         cluster_domain: "cluster.local".into(),
         outbound_policy: OutboundPolicy::AllowAny,
         captures_ipv6: true,
+        inbound_listeners: None,
     }
 }
 

@@ -125,7 +125,13 @@ pub fn enroll(cluster: &Cluster, pod: &Pod, mode: Mode, excluded_ports: &[u16]) 
     };
     let bpffs = node.bpffs.clone();
     node.sandbox
-        .in_netns(move || Ok(Datapath::open(&bpffs)?.enroll(&enrollment)?))
+        .in_netns(move || {
+            let mut datapath = Datapath::open(&bpffs)?;
+            // The datapath tests' stand-in proxy has no plaintext inbound
+            // listeners: connections from outside the mesh go straight in.
+            datapath.set_inbound_capture(false);
+            Ok(datapath.enroll(&enrollment)?)
+        })
         .with_context(|| format!("enrolling {}", pod.name))
 }
 

@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 use warren_e2e::{
     agent::{
-        attached_programs, datapath, enroll, expected_programs, register_local_pods, start_agent,
+        attached_programs, datapath, enroll, expected_programs, register_local_pods,
         start_agent_with, start_proxy, unenroll, warrenctl,
     },
     mesh::eventually,
@@ -28,8 +28,10 @@ use warren_node_agent::datapath::PodEnrollment;
 use warren_testbed::{Cluster, Node, Pod, Process, binaries, privilege::require_root};
 
 /// The agent's flags in these tests: the socket shortcut is opt-in, and
-/// these tests cover it.
-const AGENT_ARGS: &[&str] = &["--socket-shortcut"];
+/// these tests cover it; the inbound capture is left out, since the stand-in
+/// proxy has no plaintext inbound listeners (e2e `mesh` covers it, with
+/// ztunnel).
+const AGENT_ARGS: &[&str] = &["--socket-shortcut", "--inbound-capture=false"];
 
 /// A cluster with the node agent and the stand-in proxy on node 0.
 struct Mesh {
@@ -229,7 +231,9 @@ fn enrolled_pods_are_captured_with_original_destination_and_source() -> Result<(
     };
     let bpffs = node.bpffs.clone();
     let node_cookie = node.sandbox.in_netns(move || {
-        Ok(warren_node_agent::datapath::Datapath::open(&bpffs)?.enroll(&self_enrollment)?)
+        let mut datapath = warren_node_agent::datapath::Datapath::open(&bpffs)?;
+        datapath.set_inbound_capture(false);
+        Ok(datapath.enroll(&self_enrollment)?)
     })?;
     let before = mesh.captured().len();
     all_ok(client, &url(remote, 8080), 2)?;
@@ -395,7 +399,7 @@ fn shortcut_is_off_without_the_flag() -> Result<()> {
     // Restarted without --socket-shortcut: it adopts the pinned datapath and
     // turns the shortcut off for connections from now on.
     mesh.agent.stop()?;
-    mesh.agent = start_agent(&mesh.cluster, mesh.node())?;
+    mesh.agent = start_agent_with(&mesh.cluster, mesh.node(), &["--inbound-capture=false"])?;
     let (client, server) = (mesh.pod("n0-p0")?, mesh.pod("n0-p1")?);
     let _echo = start_echo(&mesh.cluster, server, 9000)?;
     enroll(&mesh.cluster, client, Mode::Permissive, &[])?;
@@ -988,7 +992,9 @@ fn port_level_modes_override_the_pods_mode() -> Result<()> {
         };
         let bpffs = node.bpffs.clone();
         node.sandbox.in_netns(move || {
-            Ok(warren_node_agent::datapath::Datapath::open(&bpffs)?.enroll(&enrollment)?)
+            let mut datapath = warren_node_agent::datapath::Datapath::open(&bpffs)?;
+            datapath.set_inbound_capture(false);
+            Ok(datapath.enroll(&enrollment)?)
         })
     };
     let reachable = |port: u16| -> Result<bool> {

@@ -211,6 +211,74 @@ fn a_deny_policy_blocks_one_caller_and_not_the_others() -> Result<()> {
     Ok(())
 }
 
+/// Plaintext from outside the mesh to a PERMISSIVE pod goes through the
+/// node's ztunnel (the inbound capture hands it to ztunnel's listener in the
+/// pod's namespace), so the pod's L4 policies decide on it, as in Istio: a
+/// client with no identity is let in without policies and refused by an
+/// ALLOW for a principal, while mesh clients keep their mutual TLS.
+#[test]
+fn plaintext_from_outside_the_mesh_meets_the_pods_policies() -> Result<()> {
+    require_root()?;
+    let cluster = demo_cluster()?;
+    let mut mesh = start_mesh(&cluster)?;
+    mesh.wait_ready(Duration::from_secs(30))
+        .with_context(|| mesh.logs())?;
+    let web = cluster.pod("web")?.clone();
+    let _server = start_http_server(&cluster, &web, 8080, &[])?;
+    let url = format!("http://{}:8080/", web.ip);
+    // ztunnel makes its listener once the pod's config reaches it.
+    eventually(
+        Duration::from_secs(10),
+        "plain reaches web through ztunnel",
+        || Ok(ok_count(&cluster, "plain", &url, 4)? == 4),
+    )
+    .with_context(|| mesh.logs())?;
+    let metrics = scrape_metrics(&mesh.nodes[1].node)?;
+    let through = metric_sum(
+        &metrics,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("connection_security_policy", "unknown"),
+            ("destination_workload", "web"),
+        ],
+    );
+    ensure!(
+        through >= 1.0,
+        "plaintext to web counted by web's ztunnel: {through}\n{metrics}"
+    );
+
+    std::fs::write(
+        cluster.config_dir().join("allow-front.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+         metadata: { name: allow-front, namespace: demo }\n\
+         spec:\n  selector: { matchLabels: { app: web } }\n  action: ALLOW\n\
+         \x20 rules: [{ from: [{ source: { principals: [cluster.local/ns/demo/sa/front] } }] }]\n",
+    )?;
+    eventually(
+        Duration::from_secs(10),
+        "plain refused by the ALLOW",
+        || Ok(ok_count(&cluster, "plain", &url, 4)? == 0),
+    )
+    .with_context(|| mesh.logs())?;
+    let ok = ok_count(&cluster, "front", &url, 6)?;
+    ensure!(ok == 6, "front must still pass: {ok}/6\n{}", mesh.logs());
+    let metrics = scrape_metrics(&mesh.nodes[1].node)?;
+    let refused = metric_sum(
+        &metrics,
+        "warren_ztunnel_refused_connections_total",
+        &[
+            ("direction", "inbound_passthrough"),
+            ("reason", "not_allowed"),
+        ],
+    );
+    ensure!(
+        refused >= 1.0,
+        "the plaintext refusals counted: {refused}\n{metrics}"
+    );
+    Ok(())
+}
+
 #[test]
 fn sigterm_drains_ztunnel_open_connections_finish_new_ones_are_refused() -> Result<()> {
     require_root()?;

@@ -3,6 +3,8 @@
 //! - [`outbound`]: connections captured from local pods (15001).
 //! - [`inbound`]: HBONE from other nodes (15008): mTLS, CONNECT, policy, the pod.
 //! - [`inbound_passthrough`]: plaintext to local pods (15006), PERMISSIVE only.
+//! - [`inbound_capture`]: the plaintext listeners in local pods' namespaces the
+//!   node's inbound capture hands connections from outside the mesh to.
 //! - [`dns`]: the DNS proxy (15053, UDP and TCP): local pods' captured DNS queries.
 //! - [`pool`] and [`hbone`]: the HTTP/2 CONNECT client and server and the connection pool.
 //! - [`connection`]: relaying bytes, counting them, and reporting the connection.
@@ -12,6 +14,7 @@ pub mod connection;
 pub mod dns;
 pub mod hbone;
 pub mod inbound;
+pub mod inbound_capture;
 pub mod inbound_passthrough;
 pub mod outbound;
 pub mod pool;

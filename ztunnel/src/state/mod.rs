@@ -94,6 +94,8 @@ pub struct Mesh {
     pub registry_only: bool,
     pub node: String,
     pub node_addresses: Vec<IpAddr>,
+    /// Where the plaintext inbound listeners go (`MeshSettings.inbound_listeners`).
+    pub inbound_listeners: Option<std::path::PathBuf>,
 }
 
 impl Default for Mesh {
@@ -105,6 +107,7 @@ impl Default for Mesh {
             registry_only: false,
             node: String::new(),
             node_addresses: Vec::new(),
+            inbound_listeners: None,
         }
     }
 }
@@ -153,6 +156,8 @@ impl Mesh {
             registry_only,
             node: m.node.clone(),
             node_addresses,
+            inbound_listeners: (!m.inbound_listeners.is_empty())
+                .then(|| std::path::PathBuf::from(&m.inbound_listeners)),
         })
     }
 }
@@ -679,6 +684,21 @@ impl State {
     /// as a waypoint finding its own pod).
     pub fn find_workload(&self, wanted: impl Fn(&Workload) -> bool) -> Option<Arc<Workload>> {
         self.read().workloads.values().find(|w| wanted(w)).cloned()
+    }
+
+    /// This node's workloads (a scan: for what follows the node's pods as a
+    /// whole, on a config change).
+    pub fn local_workloads(&self) -> Vec<Arc<Workload>> {
+        let node = self.node();
+        if node.is_empty() {
+            return Vec::new();
+        }
+        self.read()
+            .workloads
+            .values()
+            .filter(|w| w.node == node)
+            .cloned()
+            .collect()
     }
 
     /// A pod by `namespace/name`, as people name pods.
