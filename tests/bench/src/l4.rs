@@ -1,10 +1,12 @@
 //! `l4`: pod to pod across nodes, direct and through Warren (capture →
 //! ztunnel → HBONE mTLS → ztunnel → pod), in one run.
 //!
-//! One echo server on node 1 in a meshed namespace (PERMISSIVE, so a
-//! client outside the mesh reaches it directly). Two clients on node 0,
-//! pinned to the same CPU: `direct` in a namespace outside the mesh, and
-//! `meshed` in the server's namespace, whose connections ztunnel carries.
+//! Two echo servers on node 1, pinned to the same CPU: one in a meshed
+//! namespace, one outside the mesh (a client outside the mesh reaching a
+//! meshed pod would go through its node's ztunnel, the inbound capture).
+//! Two clients on node 0, pinned to the same CPU: `direct` in a namespace
+//! outside the mesh, to the server outside it, and `meshed` in the meshed
+//! server's namespace, whose connections ztunnel carries.
 //! Arms alternate round by round; medians are reported. ztunnel's memory is
 //! read from /proc: resident at idle, and its high-water mark after the run.
 //!
@@ -114,6 +116,7 @@ pub fn run(args: &Args) -> Result<()> {
     cluster.add_namespace("plain", BTreeMap::new())?;
     for (name, ns, node) in [
         ("echo", "mesh", 1),
+        ("echo-plain", "plain", 1),
         ("meshed", "mesh", 0),
         ("direct", "plain", 0),
         ("relay0", "plain", 0),
@@ -130,30 +133,39 @@ pub fn run(args: &Args) -> Result<()> {
     let mut mesh = start_mesh(&cluster)?;
     mesh.wait_ready(Duration::from_secs(30))
         .with_context(|| mesh.logs())?;
-    let echo = cluster.pod("mesh/echo")?.clone();
+    let (echo, plain_echo) = (
+        cluster.pod("mesh/echo")?.clone(),
+        cluster.pod("plain/echo-plain")?.clone(),
+    );
     let sample = binaries::path("warren-sample")?;
     let sample = sample.to_string_lossy();
-    let _echo = cluster.spawn(
-        &echo.sandbox,
-        "taskset",
-        &[
-            "-c",
-            ECHO_CPU,
-            &sample,
-            "echo",
-            "--blocking",
-            "--listen",
-            "0.0.0.0:9000",
-        ],
-    )?;
+    let mut echoes = Vec::new();
+    for pod in [&echo, &plain_echo] {
+        echoes.push(cluster.spawn(
+            &pod.sandbox,
+            "taskset",
+            &[
+                "-c",
+                ECHO_CPU,
+                &sample,
+                "echo",
+                "--blocking",
+                "--listen",
+                "0.0.0.0:9000",
+            ],
+        )?);
+    }
     std::thread::sleep(Duration::from_millis(200));
+    // The mesh's arm to the meshed server; the baselines to its twin
+    // outside the mesh.
     let target = format!("{}:{ECHO_PORT}", echo.ip);
+    let plain_target = format!("{}:{ECHO_PORT}", plain_echo.ip);
     let (relay0, relay1) = (
         cluster.pod("plain/relay0")?.clone(),
         cluster.pod("plain/relay1")?.clone(),
     );
     let _relay1 =
-        tools::start_haproxy(&cluster, &relay1, &relay_config(&target), RELAY_PORT, None)?;
+        tools::start_haproxy(&cluster, &relay1, &relay_config(&plain_target), RELAY_PORT, None)?;
     let next = format!("{}:{RELAY_PORT}", relay1.ip);
     let _relay0 = tools::start_haproxy(&cluster, &relay0, &relay_config(&next), RELAY_PORT, None)?;
     let relay_target = format!("{}:{RELAY_PORT}", relay0.ip);
@@ -176,7 +188,7 @@ pub fn run(args: &Args) -> Result<()> {
     );
     for round in 1..=args.rounds {
         for (arm, client, to) in [
-            ("direct", &direct, &target),
+            ("direct", &direct, &plain_target),
             ("relay", &direct, &relay_target),
             ("warren", &meshed, &target),
         ] {

@@ -1,18 +1,20 @@
 //! `l7`: HTTP/1.1 keep-alive through the waypoint, against HAProxy with the
 //! equivalent route and retry policy, against no proxy at all, in one run.
 //!
-//! One HTTP server (`warren-sample http`, small JSON answers) on node 1 in a
-//! meshed namespace (PERMISSIVE, so clients outside the mesh reach it). The
+//! Two HTTP servers (`warren-sample http`, small JSON answers) on node 1: one
+//! in a meshed namespace, for the mesh's arms, and its twin outside the mesh,
+//! for the baselines (a client outside the mesh reaching a meshed pod would
+//! go through its node's ztunnel, the inbound capture). The
 //! load generator is `wrk -c 64 -t 2 --latency` run inside a client pod on
 //! node 0, pinned to CPU 0; the proxy under test is pinned to CPU 1 with one
 //! thread. Four arms, alternating round by round; medians are reported:
 //!
-//! - `direct`: a pod outside the mesh → the server pod's IP.
+//! - `direct`: a pod outside the mesh → the twin server pod's IP.
 //! - `haproxy`: the same pod → HAProxy (a pod outside the mesh on node 1;
 //!   `mode http`, `http-reuse always`, `path_beg /api` route, `retries 2`,
 //!   `retry-on` connection failures, empty answers, timeouts and 500–504:
 //!   HAProxy has no `5xx` class, and Envoy's `5xx` covers those) → the
-//!   server pod.
+//!   twin server pod.
 //! - `waypoint`: an enrolled pod → the Service VIP: capture → ztunnel →
 //!   HBONE → waypoint (VirtualService: prefix /api, retries 2 on
 //!   5xx,connect-failure) → HBONE → ztunnel → server.
@@ -177,6 +179,7 @@ pub fn run(args: &Args) -> Result<()> {
         ("meshed", NAMESPACE, 0, labels(&[("app", "meshed")])),
         ("direct", "plain", 0, labels(&[("app", "direct")])),
         ("haproxy", "plain", 1, labels(&[("app", "haproxy")])),
+        ("app-plain", "plain", 1, labels(&[("app", "app")])),
     ] {
         cluster.add_pod(PodSpec {
             name: name.into(),
@@ -217,18 +220,22 @@ pub fn run(args: &Args) -> Result<()> {
     write(&config.join("routes.mesh.app.yaml"), ROUTES)?;
 
     let server_pod = cluster.pod("mesh/app")?.clone();
-    let _server = start_http_server(
-        &cluster,
-        &server_pod,
-        SERVER_PORT,
-        &["--version", "v1", "--name", "app"],
-    )?;
+    let plain_server_pod = cluster.pod("plain/app-plain")?.clone();
+    let mut servers = Vec::new();
+    for pod in [&server_pod, &plain_server_pod] {
+        servers.push(start_http_server(
+            &cluster,
+            pod,
+            SERVER_PORT,
+            &["--version", "v1", "--name", "app"],
+        )?);
+    }
     let waypoint_pod = cluster.pod("mesh/waypoint")?.clone();
     eprintln!("l7: starting the waypoint and HAProxy, pinned to CPU {PROXY_CPU}");
     let waypoint =
         start_pinned_waypoint(&cluster, &mesh, &waypoint_pod, args).with_context(|| mesh.logs())?;
     let haproxy_pod = cluster.pod("plain/haproxy")?.clone();
-    let haproxy = start_haproxy(&cluster, &haproxy_pod, &server_pod, args)?;
+    let haproxy = start_haproxy(&cluster, &haproxy_pod, &plain_server_pod, args)?;
 
     let direct = cluster.pod("plain/direct")?.clone();
     let meshed = cluster.pod("mesh/meshed")?.clone();
@@ -236,7 +243,7 @@ pub fn run(args: &Args) -> Result<()> {
         match arm {
             Arm::Direct => (
                 &direct,
-                format!("http://{}:{SERVER_PORT}{PATH}", server_pod.ip),
+                format!("http://{}:{SERVER_PORT}{PATH}", plain_server_pod.ip),
             ),
             Arm::Haproxy => (
                 &direct,
