@@ -164,8 +164,13 @@ pub fn run(args: &Args) -> Result<()> {
         cluster.pod("plain/relay0")?.clone(),
         cluster.pod("plain/relay1")?.clone(),
     );
-    let _relay1 =
-        tools::start_haproxy(&cluster, &relay1, &relay_config(&plain_target), RELAY_PORT, None)?;
+    let _relay1 = tools::start_haproxy(
+        &cluster,
+        &relay1,
+        &relay_config(&plain_target),
+        RELAY_PORT,
+        None,
+    )?;
     let next = format!("{}:{RELAY_PORT}", relay1.ip);
     let _relay0 = tools::start_haproxy(&cluster, &relay0, &relay_config(&next), RELAY_PORT, None)?;
     let relay_target = format!("{}:{RELAY_PORT}", relay0.ip);
