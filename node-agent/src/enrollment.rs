@@ -100,6 +100,8 @@ struct Enrolled {
     cookie: u64,
     /// The runtime's report of its addresses (see [`PodNetns::addresses`]).
     addresses: Vec<IpAddr>,
+    /// Whether its inbound capture is on ([`Enrollment::capture_inbound`]).
+    inbound: bool,
 }
 
 /// What the CNI plugin is told about a pod whose sandbox the runtime is building.
@@ -283,10 +285,15 @@ impl Enrollment {
             }
             match datapath.enroll(&want) {
                 Ok(cookie) => {
+                    let inbound = self
+                        .enrolled
+                        .get(&key)
+                        .is_some_and(|old| old.cookie == cookie && old.inbound);
                     let now = Enrolled {
                         request: want,
                         cookie,
                         addresses,
+                        inbound,
                     };
                     if let Some(old) = self.enrolled.insert(key, now)
                         && old.cookie != cookie
@@ -317,6 +324,36 @@ impl Enrollment {
                         Ok(()) => info!(pod = %name, "unenrolled (left by an earlier agent)"),
                         Err(err) => warn!(pod = %name, error = %format!("{err:#}"), "unenrolling"),
                     }
+                }
+            }
+        }
+    }
+
+    /// Turns the inbound capture on for the enrolled pods ztunnel now has a
+    /// plaintext listener for (cheap when every pod has it on: the agent runs
+    /// it every second). Until then their plaintext clients reach them
+    /// directly, as before the capture (and with a ztunnel of a version
+    /// without it); once on, it stays on, failing closed if ztunnel goes.
+    pub fn capture_inbound(&mut self, datapath: &mut Datapath) {
+        if self.enrolled.values().all(|pod| pod.inbound) {
+            return;
+        }
+        let listening = match datapath.inbound_listeners() {
+            Ok(listening) => listening,
+            Err(err) => {
+                warn!(error = %format!("{err:#}"), "reading ztunnel's inbound listeners");
+                return;
+            }
+        };
+        for pod in self.enrolled.values_mut().filter(|pod| !pod.inbound) {
+            match datapath.capture_inbound(&pod.request, pod.cookie, &listening) {
+                Ok(true) => {
+                    info!(pod = %pod.request.name, "inbound capture on: plaintext clients go through ztunnel");
+                    pod.inbound = true;
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    warn!(pod = %pod.request.name, error = %format!("{err:#}"), "turning the inbound capture on");
                 }
             }
         }

@@ -320,13 +320,29 @@ impl Ztunnel {
         let addresses = proxies.addresses(&config)?;
         let ztunnel = Ztunnel::new(config, state, addresses);
         ztunnel.serve_proxies(proxies);
+        // The node's pods' plaintext listeners registered first: the running
+        // ztunnel's, closing as it drains, then take their entries with them.
+        let capture = Arc::clone(&ztunnel.inputs.capture);
+        if !capture.registered(Duration::from_secs(5)).await {
+            warn!(
+                "the plaintext inbound listeners were not all registered in time; taking over anyway"
+            );
+        }
         let config = Arc::clone(&ztunnel.inputs.config);
         let admin = config.admin_addr;
         // The process on the admin port may have changed while this one got ready.
         match handover::predecessor(admin, config.node_name.as_deref()).await {
             Ok(Some(now)) if now.pid == running.pid => match handover::ask_to_drain(admin).await {
                 Ok(()) => {
-                    info!(%admin, pid = running.pid, "took over: the previous ztunnel is draining")
+                    info!(%admin, pid = running.pid, "took over: the previous ztunnel is draining");
+                    // Its last registrations (a tick of its own after ours)
+                    // go with its listeners: ours again, soon after.
+                    tokio::spawn(async move {
+                        for pause in [200, 800, 2000] {
+                            tokio::time::sleep(Duration::from_millis(pause)).await;
+                            capture.reassert();
+                        }
+                    });
                 }
                 // Both serve until the operator stops the old one; nothing is lost.
                 Err(error) => warn!(

@@ -572,8 +572,8 @@ counters! {
     /// A connection from outside the mesh to an enrolled pod handed to
     /// ztunnel's plaintext inbound listener.
     InboundSteered = 18 => "inbound_steered",
-    /// One that found no listener of ztunnel's for its pod: dropped (the
-    /// client's next SYN finds one once ztunnel has made it).
+    /// One that found no listener of ztunnel's for its pod (ztunnel gone):
+    /// refused.
     InboundNoListener = 19 => "inbound_no_listener",
 }
 

@@ -6,10 +6,11 @@
 //! and L4 policies then decide on it, and it is counted.
 //!
 //! The listener is found by the pod's address (the connection's local
-//! address) in the `INBOUND` SOCKHASH, where ztunnel puts it. Without one,
-//! the connection is dropped: letting it through would skip the pod's
-//! policies; the client's next SYN finds the listener once ztunnel has made
-//! it.
+//! address) in the `INBOUND` SOCKHASH, where ztunnel puts it. Without one the
+//! connection is refused (the client gets a reset): letting it through would
+//! skip the pod's policies. The agent attaches this program to a pod's
+//! namespace only once ztunnel has registered the pod's listener, so that
+//! happens only when ztunnel went away after.
 
 use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
 use warren_ebpf_common::{AF_INET, AF_INET6, AddrKind, Counter};

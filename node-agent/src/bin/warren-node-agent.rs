@@ -256,6 +256,9 @@ async fn run(args: RunArgs) -> Result<()> {
     // Reconciling on a timer too retries enrollments that failed (a pod's
     // namespace or veth not there yet) and notices recreated namespaces.
     let mut retry = tokio::time::interval(Duration::from_secs(args.rescan_every.max(1)));
+    // ztunnel's listeners appear within moments of a pod's config: each pod's
+    // inbound capture follows within a second.
+    let mut inbound = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             Some(event) = events.recv() => {
@@ -319,6 +322,7 @@ async fn run(args: RunArgs) -> Result<()> {
                     view.set_certificates(&certs.by_identity, &certs.roots_pem);
                 }
             }
+            _ = inbound.tick() => enrollment.capture_inbound(&mut datapath),
             _ = retry.tick() => {
                 reclaim.on_tick();
                 if store.synced() {

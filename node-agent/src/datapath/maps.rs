@@ -18,7 +18,7 @@ fn wrap(name: &str, data: MapData) -> Map {
         map::ORIG_DST | map::ORIG_DST_BY_FLOW | map::SHORTCUT_SENT | map::DNS_ORIG => {
             Map::LruHashMap(data)
         }
-        map::SOCKS => Map::SockHash(data),
+        map::SOCKS | map::INBOUND => Map::SockHash(data),
         map::POD_STATS => Map::PerCpuHashMap(data),
         map::COUNTERS => Map::PerCpuArray(data),
         _ => Map::HashMap(data),

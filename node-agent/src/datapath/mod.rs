@@ -24,7 +24,7 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{Array, HashMap, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, HashMap, PerCpuHashMap, PerCpuValues, SockHash};
 use tracing::info;
 use warren_ebpf_common::{
     AddrKind, EnrolledPod, GuardEntry, GuardPortKey, IpKey, Mode, NodeConfig, PodStats, PortKey,
@@ -202,9 +202,7 @@ impl Datapath {
         self.set_excluded_ports(cookie, &pod.excluded_ports)?;
         // Connections from outside the mesh go to ztunnel's plaintext inbound
         // listener (which ztunnel makes in the pod's namespace).
-        if self.inbound_capture {
-            enroll::attach_inbound(&self.pins, &pod.name, &pod.netns, cookie)?;
-        } else {
+        if !self.inbound_capture {
             enroll::detach_inbound(&self.pins, cookie)?;
         }
         let mut enrolled: HashMap<_, u64, EnrolledPod> =
@@ -215,6 +213,42 @@ impl Datapath {
             .map_err(DatapathError::map(map::ENROLLED))?;
         info!(pod = %pod.name, netns_cookie = cookie, mode = pod.mode.name(), "pod enrolled");
         Ok(cookie)
+    }
+
+    /// The pod addresses ztunnel has registered a plaintext inbound listener
+    /// for (in the `INBOUND` SOCKHASH).
+    pub fn inbound_listeners(&self) -> Result<std::collections::BTreeSet<IpAddr>, DatapathError> {
+        let listeners: SockHash<_, IpKey> = SockHash::try_from(self.maps.get(map::INBOUND))
+            .map_err(DatapathError::map(map::INBOUND))?;
+        Ok(listeners
+            .keys()
+            .filter_map(Result::ok)
+            .filter_map(|key| key.to_ip())
+            .collect())
+    }
+
+    /// Turns the inbound capture on for the enrolled pod of this cookie, once
+    /// ztunnel listens for it (`listening`, from [`Datapath::inbound_listeners`]):
+    /// attaching it before would refuse the pod's plaintext clients (a ztunnel
+    /// not up yet, or of a version without the capture). Returns whether the
+    /// capture is on.
+    pub fn capture_inbound(
+        &mut self,
+        pod: &PodEnrollment,
+        cookie: u64,
+        listening: &std::collections::BTreeSet<IpAddr>,
+    ) -> Result<bool, DatapathError> {
+        if !self.inbound_capture {
+            return Ok(false);
+        }
+        let Some(ip) = pod.ip4 else {
+            return Ok(false);
+        };
+        if !listening.contains(&IpAddr::V4(ip)) {
+            return Ok(false);
+        }
+        enroll::attach_inbound(&self.pins, &pod.name, &pod.netns, cookie)?;
+        Ok(true)
     }
 
     /// Stops capturing new connections of the pod with this netns cookie;

@@ -10,7 +10,8 @@ use anyhow::{Context as _, Result, ensure};
 use warren_e2e::mesh::waypoint_pod;
 use warren_e2e::{
     mesh::{
-        MeshOptions, metric_sum, scrape_metrics, start_mesh_with, start_waypoint, waypoint_gateway,
+        MeshOptions, eventually, metric_sum, scrape_metrics, start_mesh_with, start_waypoint,
+        waypoint_gateway,
     },
     workload::{count_status, finished_report, pingpong, start_echo, start_http_server},
 };
@@ -65,6 +66,16 @@ fn a_new_ztunnel_takes_over_under_load_without_losing_a_connection() -> Result<(
             service_account: Some(name.into()),
         })?;
     }
+    // Outside the mesh: its plaintext to the server goes through the server's
+    // node's ztunnel (the inbound capture), hand-over or not.
+    cluster.add_namespace("legacy", std::collections::BTreeMap::new())?;
+    cluster.add_pod(PodSpec {
+        name: "outsider".into(),
+        namespace: "legacy".into(),
+        node: 0,
+        labels: labels(&[("app", "outsider")]),
+        service_account: None,
+    })?;
     cluster.add_service(
         "demo",
         "server",
@@ -95,6 +106,28 @@ fn a_new_ztunnel_takes_over_under_load_without_losing_a_connection() -> Result<(
         .into_owned();
     let pod_target = format!("{}:{ECHO_PORT}", server.ip);
     let vip_target = format!("{vip}:{ECHO_PORT}");
+    let outsider = cluster.pod("outsider")?.clone();
+    // Once the server's capture is on, the outsider's connections are ztunnel's.
+    eventually(
+        Duration::from_secs(10),
+        "the server's inbound capture on",
+        || {
+            let ok = pingpong(&outsider, &pod_target, &["--round-trips", "2"])?
+                .status
+                .success();
+            let metrics = scrape_metrics(&mesh.nodes[1].node)?;
+            let through = metric_sum(
+                &metrics,
+                "istio_tcp_connections_opened_total",
+                &[
+                    ("reporter", "destination"),
+                    ("connection_security_policy", "unknown"),
+                ],
+            );
+            Ok(ok && through >= 1.0)
+        },
+    )
+    .with_context(|| mesh.logs())?;
     let mut held = cluster.spawn(
         &client.sandbox,
         &sample,
@@ -125,6 +158,22 @@ fn a_new_ztunnel_takes_over_under_load_without_losing_a_connection() -> Result<(
         ],
     )?;
 
+    let mut plaintext = cluster.spawn(
+        &outsider.sandbox,
+        &sample,
+        &[
+            "pingpong",
+            "--connect",
+            &pod_target,
+            "--new-connection",
+            "--duration",
+            LOAD,
+            "--timeout",
+            "5s",
+            "--json",
+        ],
+    )?;
+
     // The destination's node first (peers' HBONE connections must move), then the
     // source's (captured connections must move).
     std::thread::sleep(Duration::from_millis(1500));
@@ -139,6 +188,7 @@ fn a_new_ztunnel_takes_over_under_load_without_losing_a_connection() -> Result<(
     for (what, process) in [
         ("held connection", &mut held),
         ("new connections", &mut churn),
+        ("plaintext from outside the mesh", &mut plaintext),
     ] {
         let report = finished_report(process, Duration::from_secs(30)).with_context(|| {
             format!(

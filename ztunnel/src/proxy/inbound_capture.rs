@@ -21,7 +21,11 @@ use std::{
 };
 
 use aya::maps::{MapData, SockHash};
-use tokio::task::JoinHandle;
+use tokio::{
+    net::TcpStream,
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
 use tracing::{debug, info, warn};
 use warren_ebpf_common::IpKey;
 
@@ -34,69 +38,125 @@ pub const PORT: u16 = 15006;
 /// How often every registration is asserted again.
 const REASSERT: Duration = Duration::from_secs(5);
 
+/// What the rest of ztunnel asks of the capture's task: whether it has
+/// registered the node's pods yet (a successor waits for it before its
+/// predecessor drains), and to register them again now (once the
+/// predecessor's listeners, closing, took their entries with them).
+#[derive(Default)]
+pub struct Control {
+    passes: watch::Sender<u64>,
+    reassert: Notify,
+}
+
+impl Control {
+    /// Whether the task has gone over the node's pods once, waiting up to
+    /// `within` for it.
+    pub async fn registered(&self, within: Duration) -> bool {
+        let mut passes = self.passes.subscribe();
+        tokio::time::timeout(within, passes.wait_for(|n| *n > 0))
+            .await
+            .is_ok_and(|seen| seen.is_ok())
+    }
+
+    /// Registers every listener again, without waiting for the next tick.
+    pub fn reassert(&self) {
+        self.reassert.notify_one();
+    }
+}
+
 /// Listeners of one pod.
 struct PodListeners {
     netns: PathBuf,
+    /// The namespace's cookie: a namespace made again at the same path is
+    /// another one.
+    netns_cookie: u64,
     addresses: Vec<IpAddr>,
     /// One per family, with the accept loop that owns it.
-    listeners: Vec<(Listening, JoinHandle<()>)>,
+    listeners: Vec<Listening>,
 }
 
-/// A listener's family and a descriptor of it, kept to register it again
-/// (the accept loop owns the listener itself).
+/// A listener's family, a descriptor of it (kept to register it again), and
+/// its accept loop, which owns the listener and ends with this.
 struct Listening {
     v4: bool,
     fd: OwnedFd,
+    _task: AbortOnDrop,
 }
 
-impl Drop for PodListeners {
+/// A task aborted when its handle goes: a listener made before a later one
+/// failed must not keep accepting.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        // The listener closes with its accept loop (and leaves the map).
-        for (_, task) in &self.listeners {
-            task.abort();
-        }
+        self.0.abort();
     }
+}
+
+/// The inbound capture's map, and which pin it was opened from (a datapath
+/// installed again pins a new map at the same path).
+struct OpenMap {
+    path: PathBuf,
+    inode: u64,
+    sockets: SockHash<MapData, IpKey>,
 }
 
 /// Keeps the node's pods' listeners as the state says, until the drain.
 pub async fn run(inputs: Arc<Inputs>, mut drain: drain::Watch) {
+    let control = Arc::clone(&inputs.capture);
     let mut changes = inputs.state.changes();
     let mut pods: HashMap<String, PodListeners> = HashMap::new();
-    let mut map: Option<(PathBuf, SockHash<MapData, IpKey>)> = None;
+    let mut map: Option<OpenMap> = None;
     let mut tick = tokio::time::interval(REASSERT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let Some(path) = inputs.state.mesh().inbound_listeners else {
+        match inputs.state.mesh().inbound_listeners {
             // This node captures no inbound (or has not said yet).
-            pods.clear();
-            map = None;
-            tokio::select! {
-                changed = changes.changed() => if changed.is_err() { return },
-                () = drain.draining() => return,
+            None => {
+                pods.clear();
+                map = None;
             }
-            continue;
-        };
-        if map.as_ref().is_none_or(|(open, _)| *open != path) {
-            map = match open_map(&path) {
-                Ok(opened) => {
-                    info!(map = %path.display(), "plaintext inbound listeners go in the node's inbound capture");
-                    Some((path.clone(), opened))
+            Some(path) => {
+                let inode = pin_inode(&path);
+                if map
+                    .as_ref()
+                    .is_none_or(|open| open.path != path || Some(open.inode) != inode)
+                {
+                    map = match (open_map(&path), inode) {
+                        (Ok(sockets), Some(inode)) => {
+                            info!(map = %path.display(), "plaintext inbound listeners go in the node's inbound capture");
+                            Some(OpenMap {
+                                path: path.clone(),
+                                inode,
+                                sockets,
+                            })
+                        }
+                        (Err(error), _) => {
+                            warn!(map = %path.display(), %error, "cannot open the inbound capture's map: this node's pods keep their plaintext clients out of ztunnel's sight");
+                            None
+                        }
+                        (Ok(_), None) => None,
+                    };
                 }
-                Err(error) => {
-                    warn!(map = %path.display(), %error, "cannot open the inbound capture's map: connections from outside the mesh to this node's pods are dropped until it opens");
-                    None
+                if let Some(open) = &mut map {
+                    follow(&inputs, &mut pods, &mut open.sockets, &drain).await;
                 }
-            };
+            }
         }
-        if let Some((_, sockets)) = &mut map {
-            follow(&inputs, &mut pods, sockets, &drain).await;
-        }
+        control.passes.send_modify(|n| *n += 1);
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             _ = tick.tick() => {}
+            () = control.reassert.notified() => {}
             () = drain.draining() => return,
         }
     }
+}
+
+/// The pin's inode: another one after the datapath was installed again.
+fn pin_inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| m.ino())
 }
 
 fn open_map(path: &Path) -> Result<SockHash<MapData, IpKey>, String> {
@@ -122,9 +182,11 @@ async fn follow(
         let Some(netns) = workload.netns.clone() else {
             continue;
         };
-        let current = pods
-            .get(&workload.key)
-            .is_some_and(|p| p.netns == netns && p.addresses == workload.addresses);
+        let current = pods.get(&workload.key).is_some_and(|p| {
+            p.netns == netns
+                && p.netns_cookie == workload.netns_cookie
+                && p.addresses == workload.addresses
+        });
         if !current {
             pods.remove(&workload.key);
             match listen(inputs, &workload, &netns, drain).await {
@@ -133,7 +195,7 @@ async fn follow(
                     pods.insert(workload.key.clone(), made);
                 }
                 Err(error) => {
-                    warn!(pod = %workload.key, netns = %netns.display(), %error, "cannot listen in the pod's namespace: its plaintext inbound is dropped");
+                    warn!(pod = %workload.key, netns = %netns.display(), %error, "cannot listen in the pod's namespace: its plaintext clients are refused once its capture is on");
                     continue;
                 }
             }
@@ -142,8 +204,7 @@ async fn follow(
             continue;
         };
         for ip in &pod.addresses {
-            let Some((listener, _)) = pod.listeners.iter().find(|(l, _)| l.v4 == ip.is_ipv4())
-            else {
+            let Some(listener) = pod.listeners.iter().find(|l| l.v4 == ip.is_ipv4()) else {
                 continue;
             };
             if let Err(error) = sockets.insert(IpKey::from_ip(*ip), listener.fd.as_raw_fd(), 0) {
@@ -178,35 +239,52 @@ async fn listen(
         socket.bind(SocketAddr::new(loopback, PORT))?;
         let listener = socket.listen(1024)?;
         let fd = listener.as_fd().try_clone_to_owned()?;
+        let inputs = Arc::clone(inputs);
         let task = tokio::spawn(super::accept_loop(
             listener,
             drain.clone(),
             "inbound_capture",
-            {
-                let inputs = Arc::clone(inputs);
-                move |stream, peer, drain| {
-                    let inputs = Arc::clone(&inputs);
-                    async move {
-                        // Handed over by the capture: the connection's own
-                        // address is where the client was going.
-                        match stream.local_addr() {
-                            Ok(dst) => {
-                                inbound_passthrough::handle(inputs, stream, peer, dst, drain).await;
-                            }
-                            Err(error) => {
-                                warn!(%peer, %error, "a captured connection without its address; resetting");
-                                super::reset(stream);
-                            }
-                        }
-                    }
-                }
-            },
+            move |stream, peer, drain| captured(Arc::clone(&inputs), stream, peer, drain),
         ));
-        listeners.push((Listening { v4, fd }, task));
+        listeners.push(Listening {
+            v4,
+            fd,
+            _task: AbortOnDrop(task),
+        });
     }
     Ok(PodListeners {
         netns: netns.to_owned(),
+        netns_cookie: workload.netns_cookie,
         addresses: workload.addresses.clone(),
         listeners,
     })
+}
+
+/// One connection the capture handed over: its own address is where the
+/// client was going.
+async fn captured(inputs: Arc<Inputs>, stream: TcpStream, peer: SocketAddr, drain: drain::Watch) {
+    // From this host (an address of the node's that the agent was not given
+    // as one): ztunnel's own connect to the pod would be captured again, and
+    // again. Refused, saying what to do, rather than looping.
+    if is_local_address(peer.ip()) {
+        warn!(%peer, "a connection from this node itself was captured: its address must be one of the agent's --node-addr (ztunnel's connections to pods come from it)");
+        inputs
+            .metrics
+            .refuse("inbound_passthrough", "from_unlisted_node_address");
+        super::reset(stream);
+        return;
+    }
+    match stream.local_addr() {
+        Ok(dst) => inbound_passthrough::handle(inputs, stream, peer, dst, drain).await,
+        Err(error) => {
+            warn!(%peer, %error, "a captured connection without its address; resetting");
+            super::reset(stream);
+        }
+    }
+}
+
+/// Whether `ip` is an address of this network namespace (ztunnel's, the
+/// node's): only a local address can be bound.
+fn is_local_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }

@@ -47,6 +47,8 @@ pub struct Inputs {
     /// Open connections a destination's policies admitted: closed once the
     /// policies refuse them.
     pub authorized: revocation::Authorized,
+    /// The plaintext inbound listeners' task ([`inbound_capture`]).
+    pub capture: Arc<inbound_capture::Control>,
 }
 
 impl Inputs {
@@ -56,6 +58,7 @@ impl Inputs {
             server_tls: ServerConfigs::new(Arc::clone(&state)),
             dns: crate::dns::Resolver::new(config.dns_servers.clone()),
             authorized: revocation::Authorized::default(),
+            capture: Arc::default(),
             config,
             state,
             metrics,
