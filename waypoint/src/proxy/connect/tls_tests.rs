@@ -1311,8 +1311,11 @@ fn a_backend_tls_policy_starts_nothing_on_the_clients_own_tls() {
     assert!(on(&from_rule, true));
 }
 
-/// Waits for `pool` to hold the connection of the answer just read.
-async fn one_idle(pool: &KeepAlive) {
+/// Sends a request through `pool` and waits for it to hold the answer's
+/// connection, idle.
+async fn pooled_after_a_request(pool: &KeepAlive, addr: SocketAddr, limits: &PoolLimits) {
+    let response = pool.send(addr, get_root(), limits).await.expect("answered");
+    response.into_body().collect().await.expect("body");
     for _ in 0..200 {
         if pool.idle() == 1 {
             break;
@@ -1354,12 +1357,7 @@ async fn pooled_connections_of_a_renewed_bundle_are_closed() {
     // HTTP/1.1: one idle connection after a request.
     let (addr, _seen) = http_server(&leaf).await;
     let pool = KeepAlive::new(connector());
-    let response = pool
-        .send(addr, get_root(), &limits)
-        .await
-        .expect("answered");
-    response.into_body().collect().await.expect("body");
-    one_idle(&pool).await;
+    pooled_after_a_request(&pool, addr, &limits).await;
     // The same bundle compiled again (any config change does): kept.
     pool.evict(now(), &|tls| again.starts(tls.settings()));
     assert_eq!(
@@ -1428,12 +1426,7 @@ async fn pooled_connections_checking_an_entrys_old_names_are_closed() {
     list(&names);
 
     let pool = KeepAlive::new(connector());
-    let response = pool
-        .send(addr, get_root(), &limits)
-        .await
-        .expect("answered");
-    response.into_body().collect().await.expect("body");
-    one_idle(&pool).await;
+    pooled_after_a_request(&pool, addr, &limits).await;
     let sweep = || {
         pool.evict(tokio::time::Instant::now(), &|tls| {
             lifetime::entry_still_names(tls, &state)
@@ -1447,12 +1440,7 @@ async fn pooled_connections_checking_an_entrys_old_names_are_closed() {
 
     // Gone altogether: likewise.
     list(&names);
-    let response = pool
-        .send(addr, get_root(), &limits)
-        .await
-        .expect("answered");
-    response.into_body().collect().await.expect("body");
-    one_idle(&pool).await;
+    pooled_after_a_request(&pool, addr, &limits).await;
     state.update(|inner| inner.remove(ENTRY));
     sweep();
     assert_eq!(pool.idle(), 0, "the removed entry's connection is closed");
