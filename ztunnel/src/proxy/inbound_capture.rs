@@ -107,6 +107,8 @@ pub async fn run(inputs: Arc<Inputs>, mut drain: drain::Watch) {
     let mut changes = inputs.state.changes();
     let mut pods: HashMap<String, PodListeners> = HashMap::new();
     let mut map: Option<OpenMap> = None;
+    // Why the map did not open, last time it did not.
+    let mut unopened: Option<String> = None;
     let mut tick = tokio::time::interval(REASSERT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -124,6 +126,7 @@ pub async fn run(inputs: Arc<Inputs>, mut drain: drain::Watch) {
                 {
                     map = match (open_map(&path), inode) {
                         (Ok(sockets), Some(inode)) => {
+                            unopened = None;
                             info!(map = %path.display(), "plaintext inbound listeners go in the node's inbound capture");
                             Some(OpenMap {
                                 path: path.clone(),
@@ -132,7 +135,11 @@ pub async fn run(inputs: Arc<Inputs>, mut drain: drain::Watch) {
                             })
                         }
                         (Err(error), _) => {
-                            warn!(map = %path.display(), %error, "cannot open the inbound capture's map: this node's pods keep their plaintext clients out of ztunnel's sight");
+                            // Said once per cause, not at every retry.
+                            if unopened.as_ref() != Some(&error) {
+                                warn!(map = %path.display(), %error, "cannot open the inbound capture's map (is bpffs mounted?): no pod of this node gets its capture until it opens; retrying");
+                                unopened = Some(error);
+                            }
                             None
                         }
                         (Ok(_), None) => None,
