@@ -248,16 +248,12 @@ impl App {
             ));
         }
         tokio::spawn(inputs.pool.clone().run_eviction(trigger.watch()));
-        let tables = &context.tables;
-        tokio::spawn(Arc::clone(&context.http1).run_eviction(
+        tokio::spawn(crate::proxy::sweep_pools(
             trigger.watch(),
-            Arc::clone(tables),
+            Arc::clone(&context.tables),
             Arc::clone(&inputs.state),
-        ));
-        tokio::spawn(Arc::clone(&context.http2).run_eviction(
-            trigger.watch(),
-            Arc::clone(tables),
-            Arc::clone(&inputs.state),
+            Arc::clone(&context.http1),
+            Arc::clone(&context.http2),
         ));
         tokio::spawn(Arc::clone(&context.tables).watch_tls_files(trigger.watch()));
         // ztunnel's admin endpoints, and `/clusters`.

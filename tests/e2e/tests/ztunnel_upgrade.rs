@@ -128,68 +128,36 @@ fn a_new_ztunnel_takes_over_under_load_without_losing_a_connection() -> Result<(
         },
     )
     .with_context(|| mesh.logs())?;
-    let mut held = cluster.spawn(
-        &client.sandbox,
-        &sample,
-        &[
-            "pingpong",
-            "--connect",
-            &pod_target,
-            "--duration",
-            LOAD,
-            "--timeout",
-            "5s",
-            "--json",
-        ],
-    )?;
-    let mut churn = cluster.spawn(
-        &client.sandbox,
-        &sample,
-        &[
-            "pingpong",
-            "--connect",
-            &vip_target,
-            "--new-connection",
-            "--duration",
-            LOAD,
-            "--timeout",
-            "5s",
-            "--json",
-        ],
-    )?;
-
-    let mut plaintext = cluster.spawn(
-        &outsider.sandbox,
-        &sample,
-        &[
-            "pingpong",
-            "--connect",
-            &pod_target,
-            "--new-connection",
-            "--duration",
-            LOAD,
-            "--timeout",
-            "5s",
-            "--json",
-        ],
-    )?;
+    // Ping-pong from `pod` to `target` for the whole load, on one connection
+    // or (`new`) a new one each time.
+    let pingpong_load = |pod: &warren_testbed::Pod, target: &str, new: bool| {
+        let mut args = vec!["pingpong", "--connect", target];
+        if new {
+            args.push("--new-connection");
+        }
+        args.extend(["--duration", LOAD, "--timeout", "5s", "--json"]);
+        cluster.spawn(&pod.sandbox, &sample, &args)
+    };
+    let mut held = pingpong_load(&client, &pod_target, false)?;
+    let mut churn = pingpong_load(&client, &vip_target, true)?;
+    let mut plaintext = pingpong_load(&outsider, &pod_target, true)?;
 
     // The destination's node first (peers' HBONE connections must move), then the
     // source's (captured connections must move).
     std::thread::sleep(Duration::from_millis(1500));
     let old = mesh.hand_over_ztunnels(&cluster, &[1, 0], Duration::from_millis(1500))?;
-    // Both hand-overs happened while the clients ran (else this proves nothing).
-    held.check_running()
-        .context("the held connection ended before the hand-overs")?;
-    churn
-        .check_running()
-        .context("the new connections ended before the hand-overs")?;
-
-    for (what, process) in [
+    let mut clients = [
         ("held connection", &mut held),
         ("new connections", &mut churn),
         ("plaintext from outside the mesh", &mut plaintext),
-    ] {
+    ];
+    // The hand-overs happened while they all ran (else this proves nothing).
+    for (what, process) in &mut clients {
+        process
+            .check_running()
+            .with_context(|| format!("{what}: ended before the hand-overs"))?;
+    }
+    for (what, process) in clients {
         let report = finished_report(process, Duration::from_secs(30)).with_context(|| {
             format!(
                 "{what}: a connection failed across the hand-overs\n{}",

@@ -22,15 +22,13 @@ use http::{Request, Response};
 use hyper::{body::Incoming, client::conn::http1};
 use tokio::time::Instant;
 use tracing::debug;
-use warren_ztunnel::{drain, state::State};
 
 use super::{
     connect::{ConnectError, Connector, Route, SendError},
-    lifetime::{InForce, Lifetime, MAX_IDLE_PER_ENDPOINT, sweep},
+    lifetime::{InForce, Lifetime, MAX_IDLE_PER_ENDPOINT},
 };
 use crate::{
     app::Body,
-    tables::Tables,
     upstream::{PoolLimits, Speaks},
 };
 
@@ -215,21 +213,6 @@ impl KeepAlive {
                 });
             }
         });
-    }
-
-    /// Closes idle connections past their idle timeout or maximum duration,
-    /// closed by the peer, or started with TLS settings `tables` no longer
-    /// ask for, until the drain.
-    pub async fn run_eviction(
-        self: Arc<Self>,
-        drain: drain::Watch,
-        tables: Arc<Tables>,
-        state: Arc<State>,
-    ) {
-        sweep(drain, tables, state, |now, in_force| {
-            self.evict(now, in_force);
-        })
-        .await;
     }
 
     pub(super) fn evict(&self, now: Instant, in_force: InForce<'_>) {

@@ -362,6 +362,25 @@ async fn serve_http(
     }
 }
 
+/// Closes the upstream pools' connections that are idle past their timeout
+/// or maximum duration, closed by the peer, or started with TLS that the
+/// tables in force and the ServiceEntries of `state` no longer ask for,
+/// every second until the drain. One task for both pools: each TLS setting
+/// is looked up once a sweep.
+pub async fn sweep_pools(
+    drain: drain::Watch,
+    tables: Arc<crate::tables::Tables>,
+    state: Arc<warren_ztunnel::state::State>,
+    http1: Arc<keepalive::KeepAlive>,
+    http2: Arc<multiplex::Multiplexed>,
+) {
+    lifetime::sweep(drain, tables, state, |now, in_force| {
+        http1.evict(now, in_force);
+        http2.evict(now, in_force);
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use warren_api::{Identity, config};

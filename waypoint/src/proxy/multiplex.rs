@@ -40,15 +40,13 @@ use hyper::{body::Incoming, client::conn::http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::{sync::Notify, time::Instant};
 use tracing::debug;
-use warren_ztunnel::{drain, state::State};
 
 use super::{
     connect::{ConnectError, Connector, Route, SendError},
-    lifetime::{InForce, Lifetime, MAX_IDLE_PER_ENDPOINT, sweep},
+    lifetime::{InForce, Lifetime, MAX_IDLE_PER_ENDPOINT},
 };
 use crate::{
     app::Body,
-    tables::Tables,
     upstream::{Pool, PoolLimits, Speaks},
 };
 
@@ -553,22 +551,6 @@ impl Multiplexed {
                 endpoints.remove(&endpoint);
             }
         }
-    }
-
-    /// Closes connections that have closed, sat unused for their idle
-    /// timeout or lived their maximum duration, until the drain; and those
-    /// without a stream that were started with TLS settings `tables` no
-    /// longer ask for.
-    pub async fn run_eviction(
-        self: Arc<Self>,
-        drain: drain::Watch,
-        tables: Arc<Tables>,
-        state: Arc<State>,
-    ) {
-        sweep(drain, tables, state, |now, in_force| {
-            self.evict(now, in_force);
-        })
-        .await;
     }
 
     pub(super) fn evict(&self, now: Instant, in_force: InForce<'_>) {
